@@ -1,0 +1,29 @@
+"""Adapters: per-query attention of any supported block family, from the block's own weights.
+
+Importing this package registers the built-in adapters (one module per family).
+"""
+from . import mmcv, nlanalysis_blocks  # noqa: F401  (registration side effects)
+from .base import BlockAdapter, UnsupportedBlockError
+from .registry import (
+    BlockInfo,
+    attention,
+    attention_maps,
+    find_adapter,
+    get_adapter,
+    list_adapters,
+    list_blocks,
+    register_adapter,
+)
+
+__all__ = [
+    "BlockAdapter",
+    "BlockInfo",
+    "UnsupportedBlockError",
+    "attention",
+    "attention_maps",
+    "find_adapter",
+    "get_adapter",
+    "list_adapters",
+    "list_blocks",
+    "register_adapter",
+]

@@ -1,0 +1,60 @@
+"""The adapter contract: how the toolkit gets per-query attention out of a block family.
+
+Attention inside a block's ``forward`` is computed by function calls (``softmax``, ``matmul``,
+fused ``scaled_dot_product_attention``) that module hooks cannot see. An adapter therefore
+recomputes it from the block's *input* and the block's *own weights*, and tests check the
+recomputed map against the block's real output (``z = x + W_z(A g(x))``).
+
+A new block family is one small module: subclass :class:`BlockAdapter`, decorate it with
+:func:`nlanalysis.adapters.register_adapter`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from ..blocks.attention import LazyAttention
+
+__all__ = ["BlockAdapter", "UnsupportedBlockError"]
+
+
+class UnsupportedBlockError(TypeError):
+    """A module that no registered adapter knows, or a known block in a form it can't analyse."""
+
+
+class BlockAdapter(ABC):
+    """Recomputes one block family's per-query attention from the block's input.
+
+    Attributes:
+        family: short unique name used by the registry and in result sets.
+        description: one line naming the classes/codebases covered.
+    """
+
+    family: ClassVar[str]
+    description: ClassVar[str]
+
+    @abstractmethod
+    def matches(self, module: nn.Module) -> bool:
+        """True if ``module`` is a block of this family (by class and attributes, no imports)."""
+
+    @abstractmethod
+    def attention(self, module: nn.Module, x: Tensor) -> LazyAttention:
+        """Lazy maps ``[B, N_query, N_key]`` for the block input ``x`` ``[B, C, H, W]``."""
+
+    def describe(self, module: nn.Module) -> dict[str, Any]:
+        """Static facts about the block (mode, channels, ...), for result sets and ``inspect``."""
+        return {"family": self.family, "class": type(module).__name__}
+
+    def block_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The input tensor ``x`` from a forward hook's positional/keyword arguments."""
+        if args:
+            return args[0]
+        if len(kwargs) == 1:
+            return next(iter(kwargs.values()))
+        raise UnsupportedBlockError(f"{self.family}: cannot find the block input among forward kwargs {list(kwargs)}")
+
+    def context_term(self, module: nn.Module, x: Tensor, z: Tensor) -> Tensor:
+        """What the block adds to its input before fusion (the paper's ``output``): ``z - x``."""
+        return z - x

@@ -1,0 +1,35 @@
+"""Adapter for this project's own blocks (:mod:`nlanalysis.blocks`): they know their maps."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..blocks import ContextBlock, LazyAttention, NonLocal2d, SimplifiedNonLocal2d
+from .base import BlockAdapter
+from .registry import register_adapter
+
+_BLOCKS = (NonLocal2d, ContextBlock, SimplifiedNonLocal2d)
+
+
+@register_adapter
+class NLAnalysisAdapter(BlockAdapter):
+    family = "nlanalysis"
+    description = "nlanalysis.blocks NonLocal2d (4 modes), ContextBlock, SimplifiedNonLocal2d"
+
+    def matches(self, module: nn.Module) -> bool:
+        return isinstance(module, _BLOCKS)
+
+    def attention(self, module: nn.Module, x: Tensor) -> LazyAttention:
+        return module.attention(x)
+
+    def describe(self, module: nn.Module) -> dict[str, Any]:
+        info = super().describe(module)
+        info["in_channels"] = module.in_channels
+        if isinstance(module, NonLocal2d):
+            info.update(mode=module.mode, inter_channels=module.inter_channels, sub_sample=module.sub_sample)
+        elif isinstance(module, ContextBlock):
+            info.update(mode="gc", pooling_type=module.pooling_type, fusion_types=list(module.fusion_types))
+        else:
+            info.update(mode="snl")
+        return info

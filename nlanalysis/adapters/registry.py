@@ -1,0 +1,130 @@
+"""Registry of block adapters, and the functions that use it on any model.
+
+In the style of torchvision's model registry: :func:`register_adapter` fills a dict and
+refuses duplicates; :func:`list_blocks` finds analysable blocks in a model with glob filters.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..blocks.attention import LazyAttention
+from .base import BlockAdapter, UnsupportedBlockError
+
+__all__ = [
+    "BlockInfo",
+    "attention",
+    "attention_maps",
+    "find_adapter",
+    "get_adapter",
+    "list_adapters",
+    "list_blocks",
+    "register_adapter",
+]
+
+_ADAPTERS: dict[str, BlockAdapter] = {}
+
+
+def register_adapter(cls: type[BlockAdapter]) -> type[BlockAdapter]:
+    """Class decorator: register one instance of ``cls`` under ``cls.family``."""
+    family = getattr(cls, "family", None)
+    if not family:
+        raise ValueError(f"{cls.__name__} has no 'family' name")
+    if family in _ADAPTERS:
+        raise ValueError(f"an adapter for family {family!r} is already registered ({type(_ADAPTERS[family]).__name__})")
+    _ADAPTERS[family] = cls()
+    return cls
+
+
+def list_adapters() -> dict[str, str]:
+    """``{family: description}`` of every registered adapter."""
+    return {name: adapter.description for name, adapter in _ADAPTERS.items()}
+
+
+def find_adapter(module: nn.Module) -> BlockAdapter | None:
+    """The adapter whose family ``module`` belongs to, or ``None``."""
+    for adapter in _ADAPTERS.values():
+        if adapter.matches(module):
+            return adapter
+    return None
+
+
+def get_adapter(module: nn.Module) -> BlockAdapter:
+    """Like :func:`find_adapter` but raises a helpful :class:`UnsupportedBlockError`."""
+    adapter = find_adapter(module)
+    if adapter is None:
+        known = "\n".join(f"  - {name}: {desc}" for name, desc in list_adapters().items())
+        raise UnsupportedBlockError(
+            f"no adapter for module of type {type(module).__module__}.{type(module).__qualname__}. "
+            f"Supported block families:\n{known}\n"
+            "Hint: write a BlockAdapter subclass and decorate it with nlanalysis.adapters.register_adapter."
+        )
+    return adapter
+
+
+def attention(block: nn.Module, x: Tensor) -> LazyAttention:
+    """Lazy per-query attention of ``block`` for its input ``x`` ``[B, C, H, W]``."""
+    _check_features(x)
+    return get_adapter(block).attention(block, x)
+
+
+def attention_maps(block: nn.Module, x: Tensor) -> Tensor:
+    """All per-query maps ``[B, N_query, N_key]`` of ``block`` for input ``x``.
+
+    Materialises ``N x N`` values: for whole data sets use :func:`attention` (chunked rows)
+    or :class:`nlanalysis.capture.Capture`.
+    """
+    return attention(block, x).full()
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """A block found in a model: dotted name, module and the adapter that reads it."""
+
+    name: str
+    module: nn.Module
+    adapter: BlockAdapter
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+
+def list_blocks(
+    model: nn.Module,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+) -> list[BlockInfo]:
+    """Analysable blocks of ``model``, outermost first, filtered by ``fnmatch`` globs on names.
+
+    A block's own submodules are not searched (an NL block's ``theta`` is not a block).
+    """
+    include = [include] if isinstance(include, str) else list(include or [])
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    found: list[BlockInfo] = []
+    skip: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in skip):
+            continue
+        adapter = find_adapter(module)
+        if adapter is None:
+            continue
+        skip.append(name)
+        if include and not any(fnmatch.fnmatchcase(name, pat) for pat in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+            continue
+        found.append(BlockInfo(name, module, adapter))
+    return found
+
+
+def _check_features(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected the block input as a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D block input [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.isfinite().all():
+        raise ValueError("block input contains NaN or inf values")

@@ -1,0 +1,44 @@
+"""``nlanalysis`` console entry point: a thin argparse front over the Python API.
+
+Each subcommand is one module in this package exposing ``register(subparsers)``, which adds
+its parser and sets ``func`` (``args -> exit code``). Add a module and list it in
+:data:`SUBCOMMANDS` to add a command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..adapters import UnsupportedBlockError
+
+SUBCOMMANDS = ("analyze",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nlanalysis",
+        description="Do the attention maps of non-local blocks depend on the query? (GCNet analysis)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, UnsupportedBlockError) as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"nlanalysis {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Mean pairwise cosine distance in O(N*D) time and O(D) memory.
+
+This is the statistic of GCNet (Cao et al., "GCNet: Non-local Networks Meet
+Squeeze-Excitation Networks and Beyond", arXiv 1904.11492, Sec. 3, Table 1):
+the average distance between the vectors of all pairs of positions,
+
+    avg_dist = 1/N^2 * sum_i sum_j dist(v_i, v_j),
+
+applied to a non-local block's input features, its output (context term) and
+its attention maps. ``dist`` is the cosine distance.
+
+Algebra. With unit vectors u_i = v_i / ||v_i|| and s = sum_i u_i,
+
+    sum_{i,j} cos(v_i, v_j) = ||s||^2,
+
+so the mean over all ordered pairs (i = j included) is ``||s||^2 / N^2`` and
+the mean over pairs with i != j is ``(||s||^2 - N) / (N (N - 1))``. Only ``s``
+(D numbers) and two counts have to be kept, so vectors can be streamed in
+chunks and nothing of size N x N is ever formed.
+
+Rules (all computation in float64):
+
+* **Distance convention** (``convention``): ``"1-cos"`` (default, as
+  ``scipy.spatial.distance.cosine``; range [0, 2]) or ``"(1-cos)/2"`` (half of
+  it; range [0, 1]). Tables must say which one they use.
+* **Self pairs** (``include_self``): ``True`` (default) averages over all N^2
+  ordered pairs, i = j included, as the paper's formula; ``False`` averages
+  over the N (N - 1) ordered pairs with i != j (equal to the mean of
+  ``scipy.spatial.distance.pdist(v, "cosine")``).
+* **Normalisation**: each vector is first divided by its largest absolute
+  component and only then by its Euclidean norm, in float64, so magnitudes
+  such as 1e-30 or 1e30 in float32 (or 1e-200 / 1e200 in float64) neither
+  underflow nor overflow.
+* **Zero vectors**: a vector is "zero" iff all its components are exactly 0.
+  Its cosine with anything is undefined, so ``zero`` picks a rule:
+
+  - ``"exclude"`` (default): zero vectors are dropped; the mean runs over
+    pairs of non-zero vectors and N is the number of non-zero vectors.
+  - ``"orthogonal"``: a zero vector has cosine 0 (distance 1) with every
+    vector, itself included; it adds nothing to ``s`` but counts in N.
+  - ``"raise"``: ``ValueError`` naming how many zero vectors were seen.
+
+* **Too few vectors**: if fewer than 1 (``include_self=True``) or 2
+  (``include_self=False``) vectors count, the result is NaN, not an error.
+* **Round-off**: the result is clamped to [0, 2] (or [0, 1]); the exact value
+  always lies in that range, so the clamp only removes float round-off
+  (of order 1e-15).
+* **Invalid input**: NaN or inf in a used vector raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Convention",
+    "CosineAccumulator",
+    "ZeroRule",
+    "mean_pairwise_cosine_distance",
+]
+
+ZeroRule = Literal["exclude", "orthogonal", "raise"]
+Convention = Literal["1-cos", "(1-cos)/2"]
+
+_ZERO_RULES: tuple[str, ...] = ("exclude", "orthogonal", "raise")
+_CONVENTIONS: tuple[str, ...] = ("1-cos", "(1-cos)/2")
+
+# Temporary float64 working set per chunk when ``chunk_size`` is None.
+_AUTO_CHUNK_ELEMENTS = 1 << 22  # 4 Mi float64 values = 32 MiB
+
+
+def _unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Scale-robust unit vectors of the rows of ``v``.
+
+    Args:
+        v: ``[..., n, D]`` float64, finite.
+
+    Returns:
+        ``(u, is_zero)``: ``u`` is ``[..., n, D]`` float64 with unit rows (all-zero
+        rows stay zero) and ``is_zero`` is bool ``[..., n]``.
+    """
+    peak = v.abs().amax(dim=-1, keepdim=True)  # [..., n, 1]
+    is_zero = peak == 0
+    u = v / torch.where(is_zero, torch.ones_like(peak), peak)  # max |component| = 1
+    norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)  # in [1, sqrt(D)]
+    u = u / torch.where(is_zero, torch.ones_like(norm), norm)
+    return u, is_zero.squeeze(-1)
+
+
+class CosineAccumulator:
+    """Streaming mean pairwise cosine distance.
+
+    Vectors arrive in chunks through :meth:`update`; the accumulator keeps only
+    the sum of unit vectors ``s`` (shape ``[*batch_shape, D]``, float64) and two
+    counts, so memory is O(D) per batch element however many vectors are seen.
+    See the module docstring for the rules on zero vectors and conventions.
+
+    Args:
+        dim: Vector length D.
+        batch_shape: Leading batch dimensions, each with its own statistic
+            (e.g. ``(B,)`` for one value per image).
+        device: Where ``s`` and the counts live (default: CPU). Chunks on other
+            devices are reduced where they are and only the ``[*batch, D]``
+            partial sum is moved.
+
+    Attributes:
+        s: ``[*batch_shape, D]`` float64 sum of unit vectors.
+        n_total: ``[*batch_shape]`` int64, vectors seen (masked-in, zero ones
+            included).
+        n_zero: ``[*batch_shape]`` int64, all-zero vectors seen (masked-in).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        batch_shape: tuple[int, ...] = (),
+        device: torch.device | str | None = None,
+    ) -> None:
+        if int(dim) < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.batch_shape = tuple(int(b) for b in batch_shape)
+        self.s = torch.zeros(*self.batch_shape, self.dim, dtype=torch.float64, device=device)
+        self.n_total = torch.zeros(self.batch_shape, dtype=torch.int64, device=device)
+        self.n_zero = torch.zeros(self.batch_shape, dtype=torch.int64, device=device)
+
+    def __repr__(self) -> str:
+        return (
+            f"CosineAccumulator(dim={self.dim}, batch_shape={self.batch_shape}, "
+            f"vectors={int(self.n_total.sum())}, zero={int(self.n_zero.sum())})"
+        )
+
+    def update(self, v: Tensor, mask: Tensor | None = None) -> None:
+        """Add a chunk of vectors.
+
+        Args:
+            v: ``[*batch_shape, n, D]`` tensor of any real dtype (converted to
+                float64 here).
+            mask: Optional bool ``[*batch_shape, n]``; ``True`` marks vectors to
+                use. Masked-out vectors are ignored entirely (they may hold
+                anything, even NaN).
+
+        Raises:
+            ValueError: On a shape mismatch, or if a used vector holds NaN/inf.
+            TypeError: On complex input.
+        """
+        expected = (*self.batch_shape, "n", self.dim)
+        if v.ndim != len(self.batch_shape) + 2 or tuple(v.shape[:-2]) != self.batch_shape or v.shape[-1] != self.dim:
+            raise ValueError(f"expected features of shape {expected}, got {tuple(v.shape)}")
+        if v.is_complex():
+            raise TypeError("complex features are not supported; pass real tensors")
+        v = v.detach().to(torch.float64)
+        if mask is not None:
+            if tuple(mask.shape) != tuple(v.shape[:-1]):
+                raise ValueError(f"mask must have shape {tuple(v.shape[:-1])} (features without D), got {tuple(mask.shape)}")
+            mask = mask.to(device=v.device, dtype=torch.bool)
+            v = torch.where(mask.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
+        u, is_zero = _unit_rows(v)
+        if mask is None:
+            n_used = torch.full(self.batch_shape, v.shape[-2], dtype=torch.int64, device=v.device)
+            n_zero = is_zero.sum(dim=-1)
+        else:
+            n_used = mask.sum(dim=-1)
+            n_zero = (is_zero & mask).sum(dim=-1)
+        self.s += u.sum(dim=-2).to(self.s.device)
+        self.n_total += n_used.to(self.n_total.device)
+        self.n_zero += n_zero.to(self.n_zero.device)
+
+    def merge(self, other: CosineAccumulator) -> CosineAccumulator:
+        """Add another accumulator's state to this one (e.g. from another shard).
+
+        Args:
+            other: An accumulator with the same ``dim`` and ``batch_shape``.
+
+        Returns:
+            ``self``, for chaining.
+        """
+        if other.dim != self.dim or other.batch_shape != self.batch_shape:
+            raise ValueError(
+                f"cannot merge accumulators of dim/batch_shape {other.dim}/{other.batch_shape} "
+                f"into {self.dim}/{self.batch_shape}"
+            )
+        self.s += other.s.to(self.s.device)
+        self.n_total += other.n_total.to(self.n_total.device)
+        self.n_zero += other.n_zero.to(self.n_zero.device)
+        return self
+
+    def result(
+        self,
+        *,
+        include_self: bool = True,
+        convention: Convention = "1-cos",
+        zero: ZeroRule = "exclude",
+    ) -> Tensor:
+        """Mean pairwise cosine distance of everything seen so far.
+
+        Args:
+            include_self: Average over all ordered pairs, i = j included
+                (GCNet's 1/N^2 sum_i sum_j); else over pairs with i != j.
+            convention: ``"1-cos"`` or ``"(1-cos)/2"``.
+            zero: ``"exclude"``, ``"orthogonal"`` or ``"raise"`` (module docstring).
+
+        Returns:
+            ``[*batch_shape]`` float64 (0-d when ``batch_shape == ()``); NaN where
+            too few vectors count.
+
+        Raises:
+            ValueError: On an unknown rule, or ``zero="raise"`` with zero vectors.
+        """
+        if convention not in _CONVENTIONS:
+            raise ValueError(f"unknown convention {convention!r}; use one of {_CONVENTIONS}")
+        if zero not in _ZERO_RULES:
+            raise ValueError(f"unknown zero rule {zero!r}; use one of {_ZERO_RULES}")
+        n_nonzero = self.n_total - self.n_zero
+        if zero == "raise":
+            n_bad = int(self.n_zero.sum())
+            if n_bad:
+                raise ValueError(
+                    f"{n_bad} all-zero vector(s) among {int(self.n_total.sum())}; their cosine is undefined. "
+                    "Pass zero='exclude' to drop them or zero='orthogonal' to count them as distance 1."
+                )
+        # n: vectors that count; n_unit: vectors whose self-cosine is 1.
+        n = n_nonzero if zero == "exclude" else self.n_total
+        n = n.to(torch.float64)
+        n_unit = n_nonzero.to(torch.float64)
+        s2 = (self.s * self.s).sum(dim=-1)
+        if include_self:
+            mean_cos = s2 / (n * n)
+            valid = n >= 1
+        else:
+            mean_cos = (s2 - n_unit) / (n * (n - 1))
+            valid = n >= 2
+        dist = (1.0 - mean_cos).clamp(0.0, 2.0)
+        if convention == "(1-cos)/2":
+            dist = dist / 2
+        return torch.where(valid, dist, torch.full_like(dist, math.nan))
+
+
+def mean_pairwise_cosine_distance(
+    v: Tensor,
+    *,
+    include_self: bool = True,
+    convention: Convention = "1-cos",
+    zero: ZeroRule = "exclude",
+    mask: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Mean cosine distance over pairs of rows of ``v``, exactly, in O(N*D).
+
+    Args:
+        v: ``[N, D]`` or ``[*batch, N, D]``, any real dtype.
+        include_self: Include the i = j pairs (GCNet's 1/N^2 sum_i sum_j).
+        convention: ``"1-cos"`` (default) or ``"(1-cos)/2"``.
+        zero: Zero-vector rule: ``"exclude"``, ``"orthogonal"`` or ``"raise"``.
+        mask: Optional bool ``[*batch, N]``; ``True`` marks rows to use.
+        chunk_size: Rows per chunk along N. ``None`` picks a size that keeps
+            the float64 working copy near 32 MiB.
+
+    Returns:
+        float64 tensor of shape ``[*batch]`` (0-d for ``[N, D]`` input).
+
+    Raises:
+        ValueError: On NaN/inf, bad shapes or rules, or ``zero="raise"`` with
+            zero vectors present.
+    """
+    if v.ndim < 2:
+        raise ValueError(f"expected features of shape [*batch, N, D], got {tuple(v.shape)}")
+    *batch, n, dim = v.shape
+    acc = CosineAccumulator(dim, tuple(batch), device=v.device)
+    if chunk_size is None:
+        per_row = max(1, dim * math.prod(batch))
+        chunk_size = max(1, _AUTO_CHUNK_ELEMENTS // per_row)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if mask is not None and tuple(mask.shape) != tuple(v.shape[:-1]):
+        raise ValueError(f"mask must have shape {tuple(v.shape[:-1])}, got {tuple(mask.shape)}")
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        acc.update(v[..., start:stop, :], None if mask is None else mask[..., start:stop])
+    return acc.result(include_self=include_self, convention=convention, zero=zero)
