@@ -38,6 +38,10 @@ class NonLocal2d(nn.Module):
         norm_cfg: optional norm after ``conv_out`` (mmcv style, e.g. ``{"type": "BN"}``).
         zeros_init: initialise the output transform to zero (block starts as identity).
         std: std of the normal init of ``g``/``theta``/``phi`` (mmcv: 0.01).
+        logit_scale: overrides the factor on the (embedded) Gaussian logits, for layouts that
+            scale differently: timm's ``NonLocalAttn`` uses ``C**-0.5``, AlexHex7's blocks 1, the
+            GCNet repository's ``NonLocal2D`` (a known bug) ``sqrt(C')``. ``None``: mmcv's rule.
+        out_bias: bias on ``conv_out.conv``; ``None`` means only without a norm (mmcv).
     """
 
     _abbr_ = "nonlocal_block"
@@ -52,6 +56,8 @@ class NonLocal2d(nn.Module):
         norm_cfg: dict[str, Any] | None = None,
         zeros_init: bool = True,
         std: float = 0.01,
+        logit_scale: float | None = None,
+        out_bias: bool | None = None,
     ) -> None:
         super().__init__()
         if mode not in PAIRWISE_MODES:
@@ -62,11 +68,12 @@ class NonLocal2d(nn.Module):
         self.mode = mode
         self.sub_sample = sub_sample
         self.inter_channels = max(in_channels // reduction, 1)
+        self.logit_scale = logit_scale
         c, ci = in_channels, self.inter_channels
 
         pool = nn.MaxPool2d(kernel_size=(2, 2))
         self.g: nn.Module = ConvNorm(c, ci)
-        self.conv_out = ConvNorm(ci, c, norm_cfg=norm_cfg)
+        self.conv_out = ConvNorm(ci, c, norm_cfg=norm_cfg, bias=out_bias)
         if mode != "gaussian":
             self.theta = ConvNorm(c, ci)
             self.phi: nn.Module = ConvNorm(c, ci)
@@ -153,7 +160,9 @@ def mmcv_style_attention(block: nn.Module, x: Tensor) -> PairwiseAttention:
     key_shape = (key.shape[-2], key.shape[-1])
     key = key.flatten(2)
     scale = 1.0
-    if mode == "embedded_gaussian" and block.use_scale:
+    if getattr(block, "logit_scale", None) is not None:
+        scale = block.logit_scale
+    elif mode == "embedded_gaussian" and block.use_scale:
         scale = block.inter_channels**-0.5
     if mode == "concatenation":
         # concat_project is a bias-free 1x1 conv on [theta_i; phi_j] then ReLU, so it splits
