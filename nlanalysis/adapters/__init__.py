@@ -3,11 +3,14 @@
 Importing this package registers the built-in adapters (one module per family).
 """
 from . import mmcv, nlanalysis_blocks  # noqa: F401  (registration side effects)
+from . import alexhex7  # noqa: F401
+from . import timm  # noqa: F401
 from .base import BlockAdapter, UnsupportedBlockError
 from .registry import (
     BlockInfo,
     attention,
     attention_maps,
+    check_features,
     find_adapter,
     get_adapter,
     list_adapters,
@@ -21,6 +24,7 @@ __all__ = [
     "UnsupportedBlockError",
     "attention",
     "attention_maps",
+    "check_features",
     "find_adapter",
     "get_adapter",
     "list_adapters",

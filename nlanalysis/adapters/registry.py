@@ -18,6 +18,7 @@ __all__ = [
     "BlockInfo",
     "attention",
     "attention_maps",
+    "check_features",
     "find_adapter",
     "get_adapter",
     "list_adapters",
@@ -67,7 +68,7 @@ def get_adapter(module: nn.Module) -> BlockAdapter:
 
 def attention(block: nn.Module, x: Tensor) -> LazyAttention:
     """Lazy per-query attention of ``block`` for its input ``x`` ``[B, C, H, W]``."""
-    _check_features(x)
+    check_features(x)
     return get_adapter(block).attention(block, x)
 
 
@@ -121,7 +122,8 @@ def list_blocks(
     return found
 
 
-def _check_features(x: Tensor) -> None:
+def check_features(x: Tensor) -> None:
+    """Raise a clear error unless ``x`` is a finite ``[B, C, H, W]`` tensor."""
     if not isinstance(x, Tensor):
         raise TypeError(f"expected the block input as a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:

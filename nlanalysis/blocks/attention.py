@@ -42,14 +42,16 @@ class LazyAttention(ABC):
         key_shape: ``(H_k, W_k)`` of the key grid (smaller than ``query_shape`` when keys are
             sub-sampled).
         query_independent: True when every query has the same map by construction.
-        distribution: True when rows are probability distributions (softmax), so entropy and
-            Jensen-Shannon divergence are defined; False for signed or unnormalised maps.
+        distribution: True when rows are probability distributions (softmax).
+        nonnegative: True when no weight can be negative (entropy and Jensen-Shannon divergence
+            of the row-normalised maps are defined); False for signed maps (dot product).
     """
 
     query_shape: tuple[int, int]
     key_shape: tuple[int, int]
     query_independent: bool
     distribution: bool
+    nonnegative: bool
 
     @property
     def batch_size(self) -> int:
@@ -65,6 +67,10 @@ class LazyAttention(ABC):
 
     @abstractmethod
     def _batch_size(self) -> int: ...
+
+    @abstractmethod
+    def image(self, b: int) -> LazyAttention:
+        """The maps of batch item ``b`` alone (a batch of one; no copy)."""
 
     @abstractmethod
     def take(self, index: Tensor) -> Tensor:
@@ -130,6 +136,7 @@ class PairwiseAttention(LazyAttention):
         self.scale = scale
         self.query_independent = False
         self.distribution = mode in ("gaussian", "embedded_gaussian")
+        self.nonnegative = mode != "dot_product"
 
     def _batch_size(self) -> int:
         return self.query.shape[0]
@@ -137,6 +144,11 @@ class PairwiseAttention(LazyAttention):
     @property
     def device(self) -> torch.device:
         return self.query.device
+
+    def image(self, b: int) -> PairwiseAttention:
+        return PairwiseAttention(
+            self.mode, self.query[b : b + 1], self.key[b : b + 1], self.query_shape, self.key_shape, self.scale
+        )
 
     def take(self, index: Tensor) -> Tensor:
         return self._rows(index)
@@ -173,7 +185,8 @@ class SharedAttention(LazyAttention):
         self.query_shape = tuple(query_shape)
         self.key_shape = key_shape
         self.query_independent = True
-        self.distribution = bool((weights >= 0).all())
+        self.nonnegative = bool((weights >= 0).all())
+        self.distribution = self.nonnegative and bool(torch.allclose(weights.sum(-1), weights.new_ones(())))
 
     def _batch_size(self) -> int:
         return self.weights.shape[0]
@@ -181,6 +194,9 @@ class SharedAttention(LazyAttention):
     @property
     def device(self) -> torch.device:
         return self.weights.device
+
+    def image(self, b: int) -> SharedAttention:
+        return SharedAttention(self.weights[b : b + 1], self.query_shape, self.key_shape)
 
     def take(self, index: Tensor) -> Tensor:
         return self.weights[:, None, :].expand(-1, index.numel(), -1)

@@ -1,0 +1,286 @@
+"""Forward hooks that capture what every NL/GC block of a model does, without editing it.
+
+In the style of pytorch-grad-cam's ``ActivationsAndGradients``: a context manager owns its hook
+handles and always removes them, so hooks never outlive a ``with`` block. For each forward and
+each selected block it records a :class:`BlockRecord`: the block's statistics
+(:func:`nlanalysis.measure.measure_block`, all queries streamed through the metrics in chunks,
+never all kept), the attention maps of chosen query points (kept, with their coordinates in
+feature-map cells and input-image pixels), and optionally the tensors ``x``, ``z`` and ``z - x``.
+
+Everything recorded is detached and moved to the CPU; recomputation runs under ``no_grad``.
+
+Coordinates: a query grid of ``H_f x W_f`` cells over a model input of ``H x W`` pixels has
+stride ``s = (H / H_f, W / W_f)``; pixel ``(y, x)`` (continuous, pixel ``i`` spans ``[i, i+1)``)
+falls in cell ``(floor(y / s_y), floor(x / s_x))``, and a cell's image coordinate is its centre
+``((r + 0.5) s_y, (c + 0.5) s_x)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import BlockInfo, check_features, list_blocks
+from .measure import BlockStats, measure_block
+
+__all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "valid_cells"]
+
+
+@dataclass
+class QueryMaps:
+    """Attention maps of chosen query points.
+
+    Attributes:
+        feature_yx: ``[K, 2]`` long, (row, col) of each query on the block's query grid.
+        image_yx: ``[K, 2]`` float, the query's position in model-input pixels (``None`` when the
+            input size is unknown).
+        maps: ``[B, K, H_k, W_k]`` float32, each query's map over the key grid.
+    """
+
+    feature_yx: Tensor
+    image_yx: Tensor | None
+    maps: Tensor
+
+
+@dataclass
+class BlockRecord:
+    """What one block did in one forward.
+
+    Attributes:
+        name: dotted module name in the model.
+        family: adapter family (``nlanalysis``, ``mmcv``, ...).
+        info: static facts from the adapter (mode, channels, ...).
+        call: index of the model forward this record belongs to (0-based).
+        input_size: ``(H, W)`` of the model input, if it was a 4-D tensor.
+        query_shape, key_shape: ``(H, W)`` grids of queries and keys.
+        stats: :class:`BlockStats` (``None`` when statistics were switched off).
+        queries: :class:`QueryMaps` of the chosen query points (``None`` without queries).
+        x, z, context: block input, output and ``z - x`` (only with ``keep_tensors=True``).
+    """
+
+    name: str
+    family: str
+    info: dict[str, Any]
+    call: int
+    input_size: tuple[int, int] | None
+    query_shape: tuple[int, int]
+    key_shape: tuple[int, int]
+    stats: BlockStats | None = None
+    queries: QueryMaps | None = None
+    x: Tensor | None = None
+    z: Tensor | None = None
+    context: Tensor | None = None
+
+
+def valid_cells(valid: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Downsample a ``[B, H, W]`` bool mask of valid input pixels to a ``grid`` of cells.
+
+    A cell is valid when the pixel at its centre is valid (padding sits at the bottom/right,
+    so this keeps every cell whose centre lies on the image).
+    """
+    if valid.dim() != 3:
+        raise ValueError(f"valid mask must be [B, H, W], got shape {tuple(valid.shape)}")
+    _, h, w = valid.shape
+    gh, gw = grid
+    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * h / gh).long().clamp(max=h - 1)
+    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * w / gw).long().clamp(max=w - 1)
+    return valid[:, rows.to(valid.device)][:, :, cols.to(valid.device)].bool()
+
+
+class Capture:
+    """Context manager recording :class:`BlockRecord` s for the NL/GC blocks of a model.
+
+    Example::
+
+        with Capture(model, blocks="backbone.layer3.*", queries=[(120, 200)]) as cap:
+            model(images)
+        for rec in cap.records:
+            print(rec.name, rec.stats.att)
+
+    Args:
+        model: any ``nn.Module`` containing supported blocks.
+        blocks: glob(s) on dotted module names selecting blocks (default: all found).
+        exclude: glob(s) of blocks to skip.
+        queries: ``(y, x)`` query points whose maps are kept, in ``query_space`` coordinates.
+        query_space: ``"image"`` (model-input pixels) or ``"feature"`` (cells of each block's grid).
+        stats: compute :class:`BlockStats` (all queries, streamed in chunks).
+        keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
+        keep_records: append records to :attr:`records`; switch off and use ``on_record`` to
+            stream them (memory then stays flat however many forwards run).
+        on_record: callback receiving each record as it is made.
+        chunk_size, jsd_pairs, convention, zero: passed to :func:`measure_block`.
+        seed: seeds the JSD pair sampling (one generator for the capture's lifetime).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: str | Iterable[str] | None = None,
+        *,
+        exclude: str | Iterable[str] | None = None,
+        queries: Sequence[Sequence[float]] | Tensor | None = None,
+        query_space: Literal["image", "feature"] = "image",
+        stats: bool = True,
+        keep_tensors: bool = False,
+        keep_records: bool = True,
+        on_record: Callable[[BlockRecord], None] | None = None,
+        chunk_size: int = 256,
+        jsd_pairs: int = 512,
+        convention: str = "1-cos",
+        zero: str = "exclude",
+        seed: int = 0,
+    ) -> None:
+        if query_space not in ("image", "feature"):
+            raise ValueError(f"query_space must be 'image' or 'feature', got {query_space!r}")
+        self.model = model
+        self.blocks: list[BlockInfo] = list_blocks(model, include=blocks, exclude=exclude)
+        if not self.blocks:
+            which = f" matching {blocks!r}" if blocks else ""
+            raise ValueError(
+                f"no supported NL/GC block{which} found in {type(model).__name__}. "
+                "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; "
+                "nlanalysis.adapters.list_adapters() lists supported families."
+            )
+        self.queries = None if queries is None else torch.as_tensor(queries, dtype=torch.float64).reshape(-1, 2)
+        self.query_space = query_space
+        self.stats = stats
+        self.keep_tensors = keep_tensors
+        self.keep_records = keep_records
+        self.on_record = on_record
+        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.records: list[BlockRecord] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._calls = 0
+        self._input_size: tuple[int, int] | None = None
+        self._valid: Tensor | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        if self._handles:
+            raise RuntimeError("this Capture is already active")
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._on_model_output))
+            for block in self.blocks:
+                hook = self._make_hook(block)
+                self._handles.append(block.module.register_forward_hook(hook, with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        """Forget the records kept so far."""
+        self.records.clear()
+
+    def set_valid(self, valid: Tensor | None) -> None:
+        """Mark the valid (non-padding) pixels ``[B, H, W]`` of the next forward's input."""
+        self._valid = None if valid is None else valid.bool()
+
+    def set_input_size(self, size: tuple[int, int]) -> None:
+        """Tell the capture the input image size when the model input is not a 4-D tensor."""
+        self._input_size = (int(size[0]), int(size[1]))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(first, Tensor) and first.dim() == 4:
+            self._input_size = (first.shape[-2], first.shape[-1])
+
+    def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._calls += 1
+
+    def _make_hook(self, block: BlockInfo) -> Callable[..., None]:
+        info = block.adapter.describe(block.module)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            with torch.no_grad():
+                record = self._record(block, info, args, kwargs, output)
+            if self.keep_records:
+                self.records.append(record)
+            if self.on_record is not None:
+                self.on_record(record)
+
+        return hook
+
+    def _record(self, block: BlockInfo, info: dict[str, Any], args: tuple, kwargs: dict, output: Any) -> BlockRecord:
+        adapter = block.adapter
+        x = adapter.block_input(args, kwargs).detach()
+        check_features(x)
+        z = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+        context = adapter.context_term(block.module, x, z)
+        att = adapter.attention(block.module, x)
+        record = BlockRecord(
+            name=block.name,
+            family=adapter.family,
+            info=info,
+            call=self._calls,
+            input_size=self._input_size,
+            query_shape=att.query_shape,
+            key_shape=att.key_shape,
+        )
+        if self.stats:
+            valid = None
+            if self._valid is not None:
+                if self._valid.shape[0] != x.shape[0]:
+                    raise ValueError(f"valid mask has batch {self._valid.shape[0]}, the block input {x.shape[0]}")
+                valid = valid_cells(self._valid, att.query_shape)
+            record.stats = measure_block(att, x, context, valid=valid, generator=self.generator, **self.measure_kwargs)
+        if self.queries is not None:
+            record.queries = self._query_maps(block.name, att)
+        if self.keep_tensors:
+            record.x, record.z, record.context = x.cpu(), z.cpu(), context.cpu()
+        return record
+
+    def _query_maps(self, name: str, att: Any) -> QueryMaps:
+        gh, gw = att.query_shape
+        q = self.queries
+        if self.query_space == "feature":
+            cells = q.round().long()
+            bad = (cells[:, 0] < 0) | (cells[:, 0] >= gh) | (cells[:, 1] < 0) | (cells[:, 1] >= gw)
+            if bad.any():
+                y, x = q[bad.nonzero()[0, 0]].tolist()
+                raise ValueError(f"query (row={y:g}, col={x:g}) is outside the {gh}x{gw} query grid of block {name}")
+            image_yx = None
+            if self._input_size is not None:
+                sy, sx = self._input_size[0] / gh, self._input_size[1] / gw
+                image_yx = (cells.double() + 0.5) * torch.tensor([sy, sx], dtype=torch.float64)
+        else:
+            if self._input_size is None:
+                raise ValueError(
+                    "query points are in image pixels but the model input size is unknown: "
+                    "call Capture.set_input_size((H, W)) or use query_space='feature'"
+                )
+            h, w = self._input_size
+            bad = (q[:, 0] < 0) | (q[:, 0] >= h) | (q[:, 1] < 0) | (q[:, 1] >= w)
+            if bad.any():
+                y, x = q[bad.nonzero()[0, 0]].tolist()
+                raise ValueError(f"query (y={y:g}, x={x:g}) is outside the {h}x{w} input image")
+            cells = torch.stack(
+                [(q[:, 0] * gh / h).floor().long().clamp(max=gh - 1), (q[:, 1] * gw / w).floor().long().clamp(max=gw - 1)], 1
+            )
+            image_yx = q.clone()
+        index = (cells[:, 0] * gw + cells[:, 1]).to(att.device)
+        maps = att.take(index).detach().float().cpu()
+        maps = maps.reshape(maps.shape[0], maps.shape[1], *att.key_shape)
+        return QueryMaps(cells, image_yx, maps)
+
+
+def capture(model: nn.Module, blocks: str | Iterable[str] | None = None, **kwargs: Any) -> Capture:
+    """Shorthand for :class:`Capture` (``with nlanalysis.capture(model) as cap: ...``)."""
+    return Capture(model, blocks, **kwargs)
+
+

@@ -1,0 +1,228 @@
+"""The GCNet statistics of one block on a batch of images, streamed over query chunks.
+
+Cao et al., "GCNet", arXiv 1904.11492, Sec. 3 (Table 1): for a trained NL block, the average
+distance over all ordered pairs of positions (i = j included) of
+
+* ``input``  -- the block's input feature vectors ``x_i``,
+* ``output`` -- the context term the block adds, ``z_i - x_i`` (= ``W_z y_i``),
+* ``att``    -- the attention map of query ``i`` (a vector over the keys),
+
+with cosine distance ``1 - cos`` by default. Beside them, diagnostics of what kind of attention
+was learned: the mean pairwise Jensen-Shannon divergence between query maps (sampled pairs,
+with its standard error), the normalised entropy of the maps, their mean maximum weight and the
+fraction of all-zero query rows.
+
+Memory: the attention maps are never held whole; rows are computed ``chunk_size`` queries at a
+time, so peak extra memory is ``O(B * chunk_size * N_key)``.
+
+Rules, stated once:
+
+* ``valid`` marks the positions that are image (not padding); invalid positions are dropped as
+  queries and as keys (their weights are zeroed, so distances and entropies see valid keys only).
+* Zero vectors (e.g. all-zero rows of a concatenation block after its ReLU) follow the metric's
+  ``zero`` rule (default: excluded); their count is reported (``*_zero`` fields) with the number.
+* Entropy, max weight and JSD are computed on row-normalised maps, over non-zero rows; for signed
+  maps (dot-product blocks) they are undefined and reported as NaN.
+* For blocks whose one map serves every query (GC, SNL) ``att`` and ``att_jsd`` are 0 by
+  construction and reported as exactly 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .blocks.attention import LazyAttention
+from .metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
+
+__all__ = ["BlockStats", "key_mask", "measure_block"]
+
+
+@dataclass
+class BlockStats:
+    """Per-image statistics of one block; every tensor field has shape ``[B]``.
+
+    Attributes:
+        input, output, att: mean pairwise cosine distances (see module docstring).
+        att_jsd, att_jsd_stderr: mean pairwise Jensen-Shannon divergence of query maps (bits) and
+            the standard error of its pair-sampled estimate (0 when exact).
+        att_entropy: mean normalised entropy of the query maps (1 = uniform, 0 = one-hot).
+        att_max: mean of each map's largest weight.
+        att_zero_rows: fraction of query rows that are all zero.
+        input_zero, output_zero: number of all-zero feature vectors.
+        n_query, n_key: valid query and key positions.
+        query_independent: the block shares one map among all queries by construction.
+        convention, zero_rule: the cosine-distance convention and zero-vector rule used.
+    """
+
+    input: Tensor
+    output: Tensor
+    att: Tensor
+    att_jsd: Tensor
+    att_jsd_stderr: Tensor
+    att_entropy: Tensor
+    att_max: Tensor
+    att_zero_rows: Tensor
+    input_zero: Tensor
+    output_zero: Tensor
+    n_query: Tensor
+    n_key: Tensor
+    query_independent: bool
+    convention: str
+    zero_rule: str
+
+    def per_image(self) -> list[dict[str, float | int | bool | str]]:
+        """One plain ``dict`` per image, ready for a table row."""
+        out = []
+        for b in range(self.input.shape[0]):
+            row: dict[str, float | int | bool | str] = {}
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if isinstance(value, Tensor):
+                    value = value[b].item()
+                row[f.name] = value
+            out.append(row)
+        return out
+
+
+def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
+    """Map a ``[B, H, W]`` bool mask of valid query positions onto the key grid.
+
+    Keys on the query grid share the mask; keys sub-sampled by a 2x2 max-pool are valid only
+    when all four positions they pool are valid (a pooled key that saw padding is dropped).
+    """
+    b, h, w = valid.shape
+    hk, wk = key_shape
+    if (hk, wk) == (h, w):
+        return valid
+    if (hk, wk) == (h // 2, w // 2):
+        v = valid[:, : 2 * hk, : 2 * wk].float()[:, None]
+        return (-F.max_pool2d(-v, 2))[:, 0] > 0.5
+    raise ValueError(f"cannot map a valid-position mask of shape {(h, w)} onto a key grid of shape {key_shape}")
+
+
+def measure_block(
+    att: LazyAttention,
+    x: Tensor,
+    context: Tensor,
+    *,
+    valid: Tensor | None = None,
+    chunk_size: int = 256,
+    jsd_pairs: int = 512,
+    generator: torch.Generator | None = None,
+    convention: str = "1-cos",
+    zero: str = "exclude",
+) -> BlockStats:
+    """Compute :class:`BlockStats` for one block on a batch.
+
+    Args:
+        att: the block's lazy attention for input ``x``.
+        x: block input ``[B, C, H, W]``.
+        context: what the block adds before fusion, ``z - x``, ``[B, C, H, W]``.
+        valid: optional bool ``[B, H, W]``, True on image positions (False on padding).
+        chunk_size: queries per chunk of attention rows.
+        jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
+        generator: RNG for the JSD pair sampling (reproducible runs pass a seeded one).
+        convention: ``"1-cos"`` (default, as scipy) or ``"(1-cos)/2"``.
+        zero: zero-vector rule of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
+    """
+    b, _, h, w = x.shape
+    if (h, w) != att.query_shape or context.shape != x.shape:
+        raise ValueError(
+            f"shapes disagree: x {tuple(x.shape)}, context {tuple(context.shape)}, attention query grid {att.query_shape}"
+        )
+    qmask = kmask = None
+    if valid is not None:
+        if valid.shape != (b, h, w):
+            raise ValueError(f"valid mask must be [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)}")
+        valid = valid.to(device=x.device, dtype=torch.bool)
+        qmask = valid.flatten(1)
+        kmask = key_mask(valid, att.key_shape).flatten(1)
+    cos = dict(convention=convention, zero=zero)
+
+    def vectors(t: Tensor) -> Tensor:
+        return t.detach().flatten(2).transpose(1, 2)
+
+    inp = mean_pairwise_cosine_distance(vectors(x), mask=qmask, **cos)
+    out = mean_pairwise_cosine_distance(vectors(context), mask=qmask, **cos)
+    input_zero = _zero_vectors(vectors(x), qmask)
+    output_zero = _zero_vectors(vectors(context), qmask)
+    n_query = qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)
+    n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)
+
+    if att.query_independent:
+        shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
+        if kmask is not None:
+            shared = shared * kmask[:, None, :]
+        entropy, maxw = _row_diagnostics(shared, n_key)
+        zeros = torch.zeros(b, dtype=torch.float64)
+        return BlockStats(
+            inp, out, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
+            zero_rows(shared)[:, 0].double(), input_zero, output_zero, n_query, n_key, True, convention, zero,
+        )  # fmt: skip
+
+    acc = CosineAccumulator(att.n_key, (b,), device=x.device)
+    ent_sum = torch.zeros(b, dtype=torch.float64)
+    max_sum = torch.zeros(b, dtype=torch.float64)
+    nonzero_rows = torch.zeros(b, dtype=torch.float64)
+    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool)  # valid and not all-zero
+    for start, rows in att.chunks(chunk_size):
+        rows = rows.detach()
+        stop = start + rows.shape[1]
+        if kmask is not None:
+            rows = rows * kmask[:, None, :]
+        m = qmask[:, start:stop] if qmask is not None else None
+        acc.update(rows, m)
+        ok = ~zero_rows(rows)
+        if m is not None:
+            ok &= m
+        ok = ok.cpu()
+        row_ok[:, start:stop] = ok
+        if att.nonnegative:
+            entropy, maxw = _row_diagnostics(rows, n_key)
+            ent_sum += torch.where(ok, entropy, 0.0).sum(1).cpu()
+            max_sum += torch.where(ok, maxw, 0.0).sum(1).cpu()
+        nonzero_rows += ok.sum(1).cpu()
+    att_dist = acc.result(**cos)
+    nan = torch.full((b,), math.nan, dtype=torch.float64)
+    if att.nonnegative:
+        att_entropy, att_max = ent_sum / nonzero_rows, max_sum / nonzero_rows
+    else:
+        att_entropy, att_max = nan.clone(), nan.clone()
+    zero_frac = 1.0 - nonzero_rows / n_query.double().cpu()
+
+    jsd, jsd_err = nan.clone(), nan.clone()
+    if att.nonnegative and jsd_pairs > 0:
+        for i in range(b):
+            index = row_ok[i].nonzero()[:, 0].to(x.device)
+            one = att.image(i)
+            mask_i = kmask[i] if kmask is not None else None
+
+            def rows_of(idx: Tensor, one: LazyAttention = one, index: Tensor = index, mask_i: Tensor | None = mask_i) -> Tensor:
+                r = one.take(index[idx.to(index.device)])[0].detach()
+                return r * mask_i if mask_i is not None else r
+
+            est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
+            jsd[i], jsd_err[i] = est.mean, est.stderr
+    return BlockStats(
+        inp, out, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
+        input_zero, output_zero, n_query.cpu(), n_key.cpu(), False, convention, zero,
+    )  # fmt: skip
+
+
+def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
+    is_zero = (v == 0).all(dim=-1)
+    if mask is not None:
+        is_zero &= mask
+    return is_zero.sum(dim=-1).cpu()
+
+
+def _row_diagnostics(rows: Tensor, n_key: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalised entropy (by log of the valid key count) and max weight per row; NaN on zero rows."""
+    entropy = row_entropy(rows.double(), normalized=False)
+    log_k = torch.log(n_key.double().clamp(min=2)).to(entropy.device)[:, None]
+    maxw = rows.double().amax(-1) / rows.double().sum(-1)
+    return (entropy / log_k).cpu(), maxw.cpu()

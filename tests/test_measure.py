@@ -1,0 +1,112 @@
+"""Block statistics against naive computations on full maps (scipy pdist, entropy, JSD loops)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
+
+from helpers import randomize_
+from naive import mean_cos_dist_all_pairs
+from nlanalysis.blocks import PAIRWISE_MODES, ContextBlock, NonLocal2d
+from nlanalysis.measure import key_mask, measure_block
+
+
+def _stats(block, x, **kw):
+    with torch.no_grad():
+        z = block(x)
+        return measure_block(block.attention(x), x, z - x, **kw), block.attention_maps(x), z - x
+
+
+def _vectors(t, b):
+    return t[b].flatten(1).T.double().numpy()
+
+
+@pytest.mark.parametrize("mode", PAIRWISE_MODES)
+def test_three_statistics_equal_pdist_on_full_maps(mode):
+    block = randomize_(NonLocal2d(8, mode=mode, sub_sample=mode == "concatenation"), std=0.4).eval()
+    x = torch.randn(2, 8, 6, 7)
+    stats, maps, context = _stats(block, x, chunk_size=5, jsd_pairs=0)
+    for b in range(2):
+        assert stats.input[b].item() == pytest.approx(mean_cos_dist_all_pairs(_vectors(x, b)), abs=1e-9)
+        assert stats.output[b].item() == pytest.approx(mean_cos_dist_all_pairs(_vectors(context, b)), abs=1e-9)
+        rows = maps[b].double().numpy()
+        nonzero = np.abs(rows).sum(1) > 0
+        assert stats.att[b].item() == pytest.approx(mean_cos_dist_all_pairs(rows[nonzero]), abs=1e-7)
+        assert stats.att_zero_rows[b].item() == pytest.approx(1 - nonzero.mean())
+        if mode == "dot_product":
+            assert math.isnan(stats.att_entropy[b]) and math.isnan(stats.att_max[b])
+        else:
+            p = rows[nonzero] / rows[nonzero].sum(1, keepdims=True)
+            ent = np.mean([entropy(r) for r in p]) / math.log(rows.shape[1])
+            assert stats.att_entropy[b].item() == pytest.approx(ent, rel=1e-6)
+            assert stats.att_max[b].item() == pytest.approx(p.max(1).mean(), rel=1e-6)
+
+
+def test_jsd_exact_when_pairs_cover_all():
+    block = randomize_(NonLocal2d(6, mode="embedded_gaussian")).eval()
+    x = torch.randn(1, 6, 3, 4)
+    stats, maps, _ = _stats(block, x, jsd_pairs=10_000)
+    rows = maps[0].double().numpy()
+    naive = np.mean([[jensenshannon(p, q, base=2) ** 2 for q in rows] for p in rows])
+    assert stats.att_jsd[0].item() == pytest.approx(naive, abs=1e-9)
+    assert stats.att_jsd_stderr[0].item() == 0.0
+
+
+def test_sampled_jsd_is_within_its_stated_error():
+    block = randomize_(NonLocal2d(6, mode="embedded_gaussian"), std=0.6).eval()
+    x = torch.randn(1, 6, 8, 8)
+    stats, maps, _ = _stats(block, x, jsd_pairs=800, generator=torch.Generator().manual_seed(3))
+    rows = maps[0].double().numpy()
+    exact = np.mean([[jensenshannon(p, q, base=2) ** 2 for q in rows] for p in rows])
+    err = stats.att_jsd_stderr[0].item()
+    assert 0 < err < 0.05 * exact + 1e-3
+    assert abs(stats.att_jsd[0].item() - exact) < 4 * err
+
+
+def test_valid_mask_equals_cropping_the_features():
+    """Padding positions out of every statistic == computing on the valid sub-map."""
+    block = randomize_(NonLocal2d(8, mode="embedded_gaussian"), std=0.4).eval()
+    x = torch.randn(1, 8, 6, 8)
+    valid = torch.zeros(1, 6, 8, dtype=torch.bool)
+    valid[:, :4, :5] = True
+    with torch.no_grad():
+        z = block(x)
+        stats = measure_block(block.attention(x), x, z - x, valid=valid, jsd_pairs=0)
+        maps = block.attention_maps(x)[0]
+    idx = valid[0].flatten().nonzero()[:, 0]
+    sub = maps[idx][:, idx].double().numpy()
+    assert stats.att[0].item() == pytest.approx(mean_cos_dist_all_pairs(sub), abs=1e-9)
+    xv = x[0].flatten(1).T[idx].double().numpy()
+    assert stats.input[0].item() == pytest.approx(mean_cos_dist_all_pairs(xv), abs=1e-9)
+    assert stats.n_query[0].item() == 20 and stats.n_key[0].item() == 20
+    p = sub / sub.sum(1, keepdims=True)
+    ent = np.mean([entropy(r) for r in p]) / math.log(20)
+    assert stats.att_entropy[0].item() == pytest.approx(ent, rel=1e-6)
+
+
+def test_key_mask_for_subsampled_keys():
+    valid = torch.zeros(1, 5, 7, dtype=torch.bool)
+    valid[:, :3, :5] = True
+    km = key_mask(valid, (2, 3))
+    expected = torch.tensor([[[True, True, False], [False, False, False]]])
+    assert torch.equal(km, expected)
+    with pytest.raises(ValueError, match="cannot map"):
+        key_mask(valid, (4, 4))
+
+
+def test_query_independent_blocks_report_zero_att():
+    block = randomize_(ContextBlock(8, 0.5)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    stats, maps, _ = _stats(block, x)
+    assert stats.query_independent
+    assert torch.equal(stats.att, torch.zeros(2, dtype=torch.float64))
+    p = maps[0, 0].double().numpy()
+    assert stats.att_entropy[0].item() == pytest.approx(entropy(p) / math.log(25), rel=1e-6)
+
+
+def test_zero_context_is_reported_not_hidden():
+    block = NonLocal2d(8)  # zeros_init: conv_out is zero, so z - x == 0 everywhere
+    stats, _, _ = _stats(block, torch.randn(1, 8, 4, 4))
+    assert math.isnan(stats.output[0]) and stats.output_zero[0].item() == 16
