@@ -1,0 +1,13 @@
+"""The one error type of checkpoint loading: a one-line message that names the file."""
+from __future__ import annotations
+
+__all__ = ["CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that can't be read, recognised or rebuilt; ``str()`` names the file."""
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path = str(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}")

@@ -1,0 +1,338 @@
+"""``load_checkpoint``: any supported checkpoint -> a truncated model whose NL/GC blocks are named
+as in the checkpoint; ``save_checkpoint``: this project's own format.
+
+Formats recognised (by the file's top-level structure, then its keys):
+
+* this project's format: ``{'format': 'nlanalysis-checkpoint', 'format_version', 'arch',
+  'state_dict', 'preprocess', 'meta'}``, plain data and tensors only;
+* mmdetection 3.x (mmengine ``Runner.save_checkpoint``): ``meta`` (``cfg`` text,
+  ``mmengine_version``, ``dataset_meta``), ``state_dict``, ``message_hub``, ``optimizer``,
+  ``param_schedulers``; mmdetection 2.x (mmcv ``save_checkpoint``): ``meta`` (``config`` text,
+  ``mmdet_version`` 2.x, ``CLASSES``), ``state_dict``, ``optimizer``; the GCNet repository and
+  mmdetection 0.x/1.x (``mmdet_version`` < 2);
+* ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers (timm's training checkpoints), plain state
+  dicts, ``module.``-prefixed (DDP) state dicts.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models import ResNetArch, ResNetBackbone, build_model
+from .config import parse_config_file, parse_config_text
+from .errors import CheckpointError
+from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
+from .layouts import LAYOUTS, FoundBlock, find_blocks
+from .preprocess import Preprocess, preprocess_from_config
+from .reading import read_checkpoint_file
+
+__all__ = ["FORMAT_NAME", "KNOWN_FORMATS", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
+
+FORMAT_NAME = "nlanalysis-checkpoint"
+FORMAT_VERSION = 1
+KNOWN_FORMATS = (
+    "nlanalysis native ({'format': 'nlanalysis-checkpoint', 'arch', 'state_dict', 'preprocess'})",
+    "mmdetection 3.x / mmengine ({'meta': {'cfg', 'mmengine_version'}, 'state_dict', 'message_hub', ...})",
+    "mmdetection 2.x / mmcv ({'meta': {'config', 'mmdet_version'}, 'state_dict', 'optimizer'})",
+    "GCNet repository / mmdetection 0.x-1.x ({'meta': {'mmdet_version': '0.x'/'1.x'}, 'state_dict'})",
+    "{'state_dict': ...} or {'model': ...} wrapper (timm training checkpoints)",
+    "plain or DDP ('module.'-prefixed) state dict of a torchvision/timm/mmdet ResNet",
+)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint rebuilt as a model that runs up to its last NL/GC block.
+
+    Attributes:
+        path: the file.
+        format: the detected format (one of :data:`KNOWN_FORMATS`, short form).
+        model: ``nn.Module`` in eval mode; ``model(images [B, 3, H, W])`` runs the backbone up to the
+            residual block holding (or the entry that is) the last NL/GC block.
+        arch: the architecture (round-trips into the native format).
+        preprocess: the input preprocessing the model expects.
+        blocks: dotted names of the NL/GC modules in ``model``, as named in the checkpoint.
+        block_layouts: ``{block name: source key layout}`` (``mmcv-nonlocal``, ``alexhex7``, ...).
+        unused_keys: checkpoint keys not needed (beyond the last block, neck, heads, classifier).
+        missing_keys: harmless keys the model has and the file lacks (``num_batches_tracked``).
+        notes: what was assumed, and where settings came from.
+        placeholders: ``module.Name`` of objects in the file that were not loaded (safe mode).
+        meta: the file's ``meta`` (with placeholders), if any.
+    """
+
+    path: str
+    format: str
+    model: nn.Module
+    arch: ResNetArch
+    preprocess: Preprocess
+    blocks: list[str]
+    block_layouts: dict[str, str] = field(default_factory=dict)
+    unused_keys: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def block_modules(self) -> dict[str, nn.Module]:
+        """``{name: module}`` of the NL/GC blocks."""
+        modules = dict(self.model.named_modules())
+        return {name: modules[name] for name in self.blocks}
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _detect(path: Path, obj: Any) -> tuple[str, dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """``(format, state_dict, meta, whole object)`` of a loaded file."""
+    if isinstance(obj, nn.Module):  # a pickled model (only loadable with --trust-checkpoint)
+        return "pickled nn.Module", obj.state_dict(), {}, {}
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            path, f"not a checkpoint: the file holds a {type(obj).__name__}, not a dict of weights. Known formats: "
+            + "; ".join(KNOWN_FORMATS)
+        )
+    if obj.get("format") == FORMAT_NAME:
+        return "nlanalysis native", obj.get("state_dict", {}), obj.get("meta") or {}, obj
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if _is_state_dict(obj.get(key)):
+            sd = obj[key]
+            if key != "state_dict":
+                fmt = f"{{'{key}': state_dict}} wrapper"
+            elif "mmengine_version" in meta or "cfg" in meta or "message_hub" in obj:
+                fmt = "mmdetection 3.x (mmengine)"
+            elif str(meta.get("mmdet_version", "")).startswith(("0.", "1.")):
+                fmt = "GCNet repository / mmdetection 0.x-1.x"
+            elif "mmdet_version" in meta or "config" in meta or "mmcv_version" in meta:
+                fmt = "mmdetection 2.x (mmcv)"
+            elif "arch" in obj or "args" in obj:
+                fmt = "timm training checkpoint"
+            else:
+                fmt = "{'state_dict': state_dict} wrapper"
+            return fmt, sd, meta, obj
+    if _is_state_dict(obj):
+        return "plain state dict", obj, {}, obj
+    tensors = sum(isinstance(v, Tensor) for v in obj.values())
+    raise CheckpointError(
+        path,
+        f"unknown layout: top-level keys {sorted(map(str, obj))[:8]} ({tensors} tensors) match no known format. "
+        "Known formats: " + "; ".join(KNOWN_FORMATS),
+    )
+
+
+def _closest_match(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> str:
+    if blocks:
+        return f"NL/GC blocks at {', '.join(b.prefix for b in blocks[:3])} but no ResNet stages (layerS.I.conv1.weight) around them"
+    heads = sorted({k.split(".")[0] for k in state_dict})[:6]
+    if any(k.startswith("backbone.") for k in state_dict):
+        return f"an mmdetection-style model (top-level modules {heads}) whose backbone is not a ResNet"
+    return f"none (top-level modules {heads})"
+
+
+def _config_from_meta(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    for key in ("cfg", "config"):
+        text = meta.get(key)
+        if isinstance(text, str) and text.strip():
+            try:
+                return parse_config_text(text, f"meta['{key}']"), f"the checkpoint's meta['{key}']"
+            except CheckpointError:
+                return None, ""
+    return None, ""
+
+
+def _convert(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Rename keys of non-mmcv block layouts to this project's names; ``{new key: original key}``."""
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state_dict.items():
+        new = key
+        for b in blocks:
+            if key.startswith(b.prefix + "."):
+                new = f"{b.prefix}.{b.layout.rename(key[len(b.prefix) + 1 :])}"
+                break
+        out[new] = value
+        origin[new] = key
+    return out, origin
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    config: str | os.PathLike[str] | None = None,
+    trust: bool = False,
+    overrides: dict[str, Any] | None = None,
+    truncate: bool = True,
+) -> LoadedCheckpoint:
+    """Load a checkpoint of a ResNet with NL/GC blocks and rebuild it up to its last block.
+
+    Args:
+        path: the checkpoint file.
+        config: an mmdetection config file; it overrides the config stored in the checkpoint.
+        trust: allow unrestricted unpickling if the safe loader refuses the file (runs its code).
+        overrides: explicit settings that win over config and keys: ``style`` (``pytorch``/
+            ``caffe``), ``nl_mode``, ``use_scale`` (bool), ``position`` (plugin position).
+        truncate: build only up to the last NL/GC block (``False``: all four stages).
+
+    Raises:
+        CheckpointError: one line naming the file: not a checkpoint, truncated/corrupt, unknown
+            layout (with the known ones and the closest match), no NL/GC block, shape mismatch
+            (key, expected vs found), NL/GC weights the model would not use.
+    """
+    path = Path(path)
+    obj, placeholders = read_checkpoint_file(path, trust=trust)
+    fmt, state_dict, meta, whole = _detect(path, obj)
+    notes: list[str] = []
+    try:
+        blocks = find_blocks(state_dict)
+        if fmt == "nlanalysis native":
+            arch = ResNetArch.from_dict({k: v for k, v in whole["arch"].items() if k != "type"})
+            preprocess = Preprocess.from_dict(whole.get("preprocess") or {})
+            cfg = None
+        else:
+            prefix = find_backbone_prefix(state_dict)
+            if prefix is None:
+                raise CheckpointError(
+                    path,
+                    "unknown layout: no ResNet backbone found (no '<prefix>layerS.I.conv1.weight' keys). "
+                    f"Known formats: {'; '.join(KNOWN_FORMATS)}. Closest match: {_closest_match(state_dict, blocks)}",
+                )
+            if not blocks:
+                raise CheckpointError(
+                    path,
+                    f"no NL/GC block in it ({fmt}, ResNet under {prefix!r}); looked for: "
+                    + "; ".join(layout.description for layout in LAYOUTS),
+                )
+            arch, notes = infer_arch(state_dict, prefix, blocks)
+            cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(meta)
+            if cfg is not None:
+                notes += apply_config(arch, cfg, cfg_source)
+            if cfg is None or "style" not in str(cfg.get("model", {}).get("backbone", {}).keys()):
+                notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
+            if fmt.startswith("GCNet"):
+                for b in arch.blocks:
+                    if b.type == "NonLocal2d" and b.options.get("mode") == "embedded_gaussian" and b.options.get("use_scale", True):
+                        inter = max(b.in_channels // b.options.get("reduction", 2), 1)
+                        b.options["logit_scale"] = float(inter) ** 0.5
+                        notes.append(f"{b.name}: logits multiplied by sqrt(C') as the GCNet repository's NonLocal2D does")
+            preprocess = (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
+        notes += apply_overrides(arch, overrides or {})
+        model = build_model(arch, truncate=truncate)
+    except ValueError as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(path, str(err)) from err
+    if not arch.blocks:
+        raise CheckpointError(path, "no NL/GC block in it")
+
+    converted, origin = _convert(state_dict, blocks)
+    expected = model.state_dict()
+    block_names = [arch.prefix + b.name for b in arch.blocks]
+    for key, tensor in expected.items():
+        found = converted.get(key)
+        if found is not None and tuple(found.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                path,
+                f"shape mismatch at {origin.get(key, key)}: the rebuilt model expects {tuple(tensor.shape)}, "
+                f"the checkpoint has {tuple(found.shape)} (check --config / flags)",
+            )
+    missing = [k for k in expected if k not in converted]
+    serious = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if serious:
+        raise CheckpointError(
+            path, f"{len(serious)} weight(s) the model needs are missing, first {serious[:3]} (check --config / flags)"
+        )
+    unused = [k for k in converted if k not in expected]
+    dropped = [origin[k] for k in unused if any(k.startswith(n + ".") for n in block_names) or any(
+        k.startswith(b.prefix + ".") for b in blocks)]
+    if dropped:
+        raise CheckpointError(
+            path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
+        )
+    model.load_state_dict({k: v for k, v in converted.items() if k in expected}, strict=False)
+    model.eval()
+    return LoadedCheckpoint(
+        path=str(path),
+        format=fmt + (" (DDP 'module.' prefix)" if arch.prefix.startswith("module.") else ""),
+        model=model,
+        arch=arch,
+        preprocess=preprocess,
+        blocks=block_names,
+        block_layouts={b.prefix: b.layout.name for b in blocks},
+        unused_keys=[origin[k] for k in unused],
+        missing_keys=missing,
+        notes=notes,
+        placeholders=placeholders,
+        meta=meta if isinstance(meta, dict) else {},
+    )
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise ValueError(f"{where}: key {k!r} is not a str/int")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, float, bool, Tensor))):
+        raise ValueError(f"{where}: {type(value).__name__} is not plain data (str/int/float/bool/list/dict/Tensor)")
+
+
+def _find_arch(model: nn.Module) -> ResNetArch:
+    for module in model.modules():
+        if isinstance(module, ResNetBackbone):
+            return module.arch
+    raise ValueError("save_checkpoint: the model holds no ResNetBackbone; pass arch= explicitly")
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    preprocess: Preprocess | None = None,
+    meta: dict[str, Any] | None = None,
+    arch: ResNetArch | None = None,
+) -> Path:
+    """Write this project's checkpoint format: architecture + weights + preprocessing, one file.
+
+    The file holds only plain data and tensors, so :func:`load_checkpoint` reads it with
+    ``torch.load(weights_only=True)``. It is written to a temporary file and renamed (atomic).
+
+    Args:
+        path: destination.
+        model: a model from :func:`nlanalysis.models.build_model` (or any module whose
+            ``state_dict`` matches ``arch`` with its prefix).
+        preprocess: the input preprocessing (default: mmdetection's).
+        meta: plain data (str/int/float/bool/list/dict) to keep with it, e.g. training settings.
+        arch: the architecture, when ``model`` is not built by :func:`build_model`.
+    """
+    arch = arch or _find_arch(model)
+    meta = dict(meta or {})
+    _check_plain(meta, "meta")
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "arch": {"type": "ResNet", **arch.to_dict()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "preprocess": (preprocess or Preprocess()).to_dict(),
+        "meta": meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
