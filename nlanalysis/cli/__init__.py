@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
 
-SUBCOMMANDS = ("analyze",)
+SUBCOMMANDS = ("analyze", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,102 @@
+"""``nlanalysis inspect --ckpt FILE``: what a checkpoint holds and how it will be rebuilt.
+
+Prints the detected format, the architecture, every NL/GC block with its mode and shapes, the
+preprocessing, which keys are unused or missing, and what was assumed. Errors are one line naming
+the file (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from typing import Any
+
+from ..checkpoints import LoadedCheckpoint, load_checkpoint
+from ..models import POSITIONS
+
+__all__ = ["add_checkpoint_arguments", "checkpoint_overrides", "register"]
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--ckpt`` options shared by commands that load checkpoints (``inspect``, ``extract``)."""
+    parser.add_argument("--ckpt", required=True, metavar="FILE", help="checkpoint file (.pth)")
+    parser.add_argument("--config", metavar="FILE", help="mmdetection config file (parsed, never executed)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unrestricted unpickling if the safe loader refuses the file (runs code from it)",
+    )
+    parser.add_argument("--style", choices=("pytorch", "caffe"), help="ResNet stride style (keys can't tell)")
+    parser.add_argument(
+        "--nl-mode",
+        choices=("gaussian", "embedded_gaussian", "dot_product", "concatenation"),
+        help="NL pairwise function (keys can't tell embedded_gaussian from dot_product)",
+    )
+    parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
+    parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
+
+
+def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``overrides`` for :func:`nlanalysis.checkpoints.load_checkpoint` from parsed arguments."""
+    return {"style": args.style, "nl_mode": args.nl_mode, "use_scale": args.use_scale, "position": args.position}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("inspect", help="show what a checkpoint holds and how it is rebuilt")
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--all-keys", action="store_true", help="list every unused key, not a summary")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=run)
+
+
+def _key_summary(keys: list[str], show_all: bool) -> list[str]:
+    if show_all:
+        return [f"    {k}" for k in keys]
+    groups = Counter(".".join(k.split(".")[:2]) for k in keys)
+    return [f"    {group}.*  ({n} keys)" for group, n in sorted(groups.items())]
+
+
+def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
+    """The ``inspect`` report as text."""
+    arch = ckpt.arch
+    depth = f"ResNet-{arch.depth}" if arch.depth else "ResNet"
+    if arch.groups > 1:
+        depth = depth.replace("ResNet", "ResNeXt") + f" {arch.groups}x{arch.width_per_group}d"
+    modules = ckpt.block_modules()
+    lines = [
+        f"file: {ckpt.path}",
+        f"format: {ckpt.format}",
+        f"architecture: {depth}, stage blocks {list(arch.stage_blocks)}, style {arch.style}, "
+        f"prefix {arch.prefix!r}; rebuilt up to {ckpt.blocks[-1] if ckpt.blocks else '-'}",
+        f"NL/GC blocks ({len(arch.blocks)}):",
+    ]
+    for spec in arch.blocks:
+        name = arch.prefix + spec.name
+        module = modules[name]
+        opts = dict(spec.options)
+        mode = opts.pop("mode", None) or {"ContextBlock": "gc", "SimplifiedNonLocal2d": "snl"}.get(spec.type, "?")
+        inner = getattr(module, "inter_channels", getattr(module, "planes", None))
+        shape = f"C={spec.in_channels}" + (f", inner={inner}" if inner is not None else "")
+        rest = ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))
+        layout = ckpt.block_layouts.get(name, "?")
+        lines.append(f"  {name}: {spec.type} mode={mode} {shape} position={spec.position} keys={layout}" + (f" [{rest}]" if rest else ""))
+    p = ckpt.preprocess
+    lines += [
+        f"preprocessing ({p.source}): mean {list(p.mean)}, std {list(p.std)}, "
+        f"{'RGB' if p.to_rgb else 'BGR'}, resize {'keeping ratio to fit' if p.keep_ratio else 'to'} {tuple(p.scale)}, "
+        f"pad to multiple of {p.pad_divisor}",
+        f"unused keys: {len(ckpt.unused_keys)}" + (" (beyond the last analysed block, neck, heads)" if ckpt.unused_keys else ""),
+        *_key_summary(ckpt.unused_keys, show_all),
+        f"missing keys: {len(ckpt.missing_keys)}" + (" (num_batches_tracked only: harmless)" if ckpt.missing_keys else ""),
+    ]
+    if ckpt.placeholders:
+        lines.append(f"not loaded (inert placeholders): {', '.join(ckpt.placeholders)}")
+    if ckpt.notes:
+        lines.append("notes:")
+        lines += [f"  - {n}" for n in ckpt.notes]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args))
+    print(format_report(ckpt, args.all_keys))
+    return 0
