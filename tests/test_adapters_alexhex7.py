@@ -295,6 +295,14 @@ def test_contradictions_and_bad_modes_raise():
     with pytest.raises(UnsupportedBlockError, match="structure says 'gaussian'.*'dot_product' variant"):
         attention_maps(no_theta, x)
 
+    # a subclass whose own file names another variant than its base's file
+    base = upstream_classes("embedded_gaussian")["NONLocalBlock2D"]
+    mixed = randomise(type("Mixed", (base,), {"__module__": "myproject.non_local_dot_product"})(8))
+    with pytest.raises(UnsupportedBlockError, match="name several variants"):
+        attention_maps(mixed, x)
+    mixed.mode = "embedded_gaussian"
+    assert infer_mode(mixed) == ("embedded_gaussian", "mode attribute")
+
     # the pre-split file's gaussian mode with sub_sample pools a C' projection: upstream bug
     broken = make_block("combined", mode="gaussian", sub_sample=True)
     with pytest.raises(UnsupportedBlockError, match="phi must only pool"):

@@ -68,9 +68,9 @@ def _block_classes(module: nn.Module) -> list[type]:
     return [cls for cls in type(module).__mro__ if cls not in (nn.Module, object)]
 
 
-def _mode_from_file(module: nn.Module) -> tuple[set[str], list[str]]:
-    """Modes named by the files that define the block's classes, and those module paths."""
-    modes: set[str] = set()
+def _mode_from_file(module: nn.Module) -> tuple[dict[str, str], list[str]]:
+    """``{mode: module path}`` named by the files defining the block's classes, and all paths."""
+    modes: dict[str, str] = {}
     paths: list[str] = []
     for cls in _block_classes(module):
         path = cls.__module__
@@ -78,7 +78,7 @@ def _mode_from_file(module: nn.Module) -> tuple[set[str], list[str]]:
         stem = path.rsplit(".", 1)[-1]
         for token, mode in _FILE_TOKENS:
             if token in stem:
-                modes.add(mode)
+                modes.setdefault(mode, path)
                 break
     return modes, paths
 
@@ -101,11 +101,7 @@ def infer_mode(module: nn.Module) -> tuple[str, str]:
     has_theta = isinstance(getattr(module, "theta", None), nn.Module)
     has_concat = isinstance(getattr(module, "concat_project", None), nn.Module)
     from_file, paths = _mode_from_file(module)
-    if len(from_file) > 1:
-        raise UnsupportedBlockError(
-            f"AlexHex7 block {_where(module)}: its defining files {paths} name several variants "
-            f"({sorted(from_file)}). {_HINT}"
-        )
+    file_mode, file_path = next(iter(from_file.items())) if len(from_file) == 1 else (None, None)
 
     if declared is not None:
         if declared not in PAIRWISE_MODES:
@@ -113,18 +109,22 @@ def infer_mode(module: nn.Module) -> tuple[str, str]:
                 f"AlexHex7 block {_where(module)} has mode={declared!r}; expected one of {PAIRWISE_MODES}"
             )
         mode, source = declared, "mode attribute"
+    elif len(from_file) > 1:
+        raise UnsupportedBlockError(
+            f"AlexHex7 block {_where(module)}: its defining modules name several variants {from_file}. {_HINT}"
+        )
     elif not has_theta:
         mode, source = "gaussian", "structure"
     elif has_concat:
         mode, source = "concatenation", "structure"
-    elif from_file <= {"embedded_gaussian", "dot_product"} and from_file:
-        mode, source = next(iter(from_file)), "file name"
-    elif from_file:
+    elif file_mode in ("embedded_gaussian", "dot_product"):
+        mode, source = file_mode, "file name"
+    elif file_mode is not None:
         raise UnsupportedBlockError(
-            f"AlexHex7 block {_where(module)}: its defining file {paths[0]!r} is the "
-            f"{next(iter(from_file))!r} variant, but the block has theta/phi and no concat_project, "
-            "which that file's block doesn't; the block was modified, so its forward can't be assumed. "
-            "Check the block's forward and declare its variant with `block.mode = ...`."
+            f"AlexHex7 block {_where(module)}: its defining file {file_path!r} is the {file_mode!r} "
+            "variant, but the block has theta/phi and no concat_project, which that file's block "
+            "doesn't; the block was modified, so its forward can't be assumed. Check the block's "
+            "forward and declare its variant with `block.mode = ...`."
         )
     else:
         raise UnsupportedBlockError(
@@ -133,12 +133,11 @@ def infer_mode(module: nn.Module) -> tuple[str, str]:
             f"says which. {_HINT}"
         )
 
-    if source == "structure" and from_file and mode not in from_file:
+    if source == "structure" and file_mode is not None and mode != file_mode:
         raise UnsupportedBlockError(
             f"AlexHex7 block {_where(module)}: its structure says {mode!r} but its defining file "
-            f"{paths[0]!r} is the {next(iter(from_file))!r} variant; the block was modified, so its "
-            "forward can't be assumed. Check the block's forward and declare its variant with "
-            "`block.mode = ...`."
+            f"{file_path!r} is the {file_mode!r} variant; the block was modified, so its forward "
+            "can't be assumed. Check the block's forward and declare its variant with `block.mode = ...`."
         )
     if mode != "gaussian" and not has_theta:
         raise UnsupportedBlockError(f"AlexHex7 block {_where(module)}: mode {mode!r} needs theta/phi, the block has none")
