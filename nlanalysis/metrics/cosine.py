@@ -27,17 +27,20 @@ Rules (all computation in float64):
   ordered pairs, i = j included, as the paper's formula; ``False`` averages
   over the N (N - 1) ordered pairs with i != j (equal to the mean of
   ``scipy.spatial.distance.pdist(v, "cosine")``).
-* **Normalisation**: each vector is first divided by its largest absolute
-  component and only then by its Euclidean norm, in float64, so magnitudes
-  such as 1e-30 or 1e30 in float32 (or 1e-200 / 1e200 in float64) neither
-  underflow nor overflow.
+* **Normalisation** (float64): a vector whose float64 norm is finite and at
+  least 2**-450 is divided by its norm directly (this covers every non-zero
+  float32/float16/bfloat16 vector, e.g. magnitudes 1e-30 or 1e30 in float32);
+  any other vector (possible only for float64 input, e.g. 1e200 or 1e-200)
+  is first divided by its largest absolute component and only then by its
+  norm, so nothing overflows or underflows.
 * **Zero vectors**: a vector is "zero" iff all its components are exactly 0.
   Its cosine with anything is undefined, so ``zero`` picks a rule:
 
   - ``"exclude"`` (default): zero vectors are dropped; the mean runs over
     pairs of non-zero vectors and N is the number of non-zero vectors.
   - ``"orthogonal"``: a zero vector has cosine 0 (distance 1) with every
-    vector, itself included; it adds nothing to ``s`` but counts in N.
+    vector, itself included; it adds nothing to ``s`` but counts in N (so
+    without self pairs the mean cosine is ``(||s||^2 - N_nonzero) / (N (N - 1))``).
   - ``"raise"``: ``ValueError`` naming how many zero vectors were seen.
 
 * **Too few vectors**: if fewer than 1 (``include_self=True``) or 2
@@ -70,7 +73,10 @@ _ZERO_RULES: tuple[str, ...] = ("exclude", "orthogonal", "raise")
 _CONVENTIONS: tuple[str, ...] = ("1-cos", "(1-cos)/2")
 
 # Temporary float64 working set per chunk when ``chunk_size`` is None.
-_AUTO_CHUNK_ELEMENTS = 1 << 22  # 4 Mi float64 values = 32 MiB
+_AUTO_CHUNK_ELEMENTS = 1 << 18  # 256 Ki float64 values = 2 MiB
+# Rows with a float64 norm in [2**-450, inf) are normalised directly: their squared
+# components cannot overflow, and any that underflow are negligible against the norm.
+_MIN_FAST_NORM = 2.0**-450
 
 
 def _unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,24 +159,42 @@ class CosineAccumulator:
             raise ValueError(f"expected features of shape {expected}, got {tuple(v.shape)}")
         if v.is_complex():
             raise TypeError("complex features are not supported; pass real tensors")
-        v = v.detach().to(torch.float64)
+        x = v.detach().to(torch.float64)
+        n = x.shape[-2]
+        b = math.prod(self.batch_shape)
         if mask is not None:
-            if tuple(mask.shape) != tuple(v.shape[:-1]):
-                raise ValueError(f"mask must have shape {tuple(v.shape[:-1])} (features without D), got {tuple(mask.shape)}")
-            mask = mask.to(device=v.device, dtype=torch.bool)
-            v = torch.where(mask.unsqueeze(-1), v, torch.zeros((), dtype=v.dtype, device=v.device))
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
-        u, is_zero = _unit_rows(v)
+            if tuple(mask.shape) != tuple(x.shape[:-1]):
+                raise ValueError(f"mask must have shape {tuple(x.shape[:-1])} (features without D), got {tuple(mask.shape)}")
+            mask = mask.to(device=x.device, dtype=torch.bool)
+            x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            used = mask.reshape(b, n)
+        flat = x.reshape(b, n, self.dim)
+        # Fast path: rows whose float64 norm neither overflowed nor came near underflow are
+        # normalised by a weight 1/||v_i|| folded into one matrix-vector product. Every
+        # non-zero float32/16 row qualifies (float64 squares of float32 values cannot
+        # over- or underflow).
+        norms = torch.linalg.vector_norm(flat, dim=-1)  # [b, n]
+        fast = (norms >= _MIN_FAST_NORM) & (norms < math.inf)
+        weights = torch.where(fast, norms.reciprocal(), torch.zeros((), dtype=norms.dtype, device=norms.device))
+        part = torch.bmm(weights.unsqueeze(1), flat).squeeze(1)  # [b, D] = sum_i v_i / ||v_i||
+        n_zero = torch.zeros(b, dtype=torch.int64, device=x.device)
+        slow = ~fast if mask is None else ~fast & used
+        if bool(slow.any()):
+            # Zero, NaN/inf, huge or tiny rows: check, then scale by max |component| first.
+            bi, ri = slow.nonzero(as_tuple=True)
+            rows = flat[bi, ri]  # [k, D]
+            if not bool(torch.isfinite(rows).all()):
+                raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
+            u, is_zero = _unit_rows(rows)
+            part.index_add_(0, bi, u)
+            n_zero.index_add_(0, bi, is_zero.to(torch.int64))
         if mask is None:
-            n_used = torch.full(self.batch_shape, v.shape[-2], dtype=torch.int64, device=v.device)
-            n_zero = is_zero.sum(dim=-1)
+            n_used = torch.full((b,), n, dtype=torch.int64, device=x.device)
         else:
-            n_used = mask.sum(dim=-1)
-            n_zero = (is_zero & mask).sum(dim=-1)
-        self.s += u.sum(dim=-2).to(self.s.device)
-        self.n_total += n_used.to(self.n_total.device)
-        self.n_zero += n_zero.to(self.n_zero.device)
+            n_used = used.sum(dim=-1)
+        self.s += part.reshape(self.s.shape).to(self.s.device)
+        self.n_total += n_used.reshape(self.batch_shape).to(self.n_total.device)
+        self.n_zero += n_zero.reshape(self.batch_shape).to(self.n_zero.device)
 
     def merge(self, other: CosineAccumulator) -> CosineAccumulator:
         """Add another accumulator's state to this one (e.g. from another shard).
@@ -260,7 +284,7 @@ def mean_pairwise_cosine_distance(
         zero: Zero-vector rule: ``"exclude"``, ``"orthogonal"`` or ``"raise"``.
         mask: Optional bool ``[*batch, N]``; ``True`` marks rows to use.
         chunk_size: Rows per chunk along N. ``None`` picks a size that keeps
-            the float64 working copy near 32 MiB.
+            the float64 working copy near 2 MiB.
 
     Returns:
         float64 tensor of shape ``[*batch]`` (0-d for ``[N, D]`` input).
