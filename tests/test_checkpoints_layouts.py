@@ -1,0 +1,302 @@
+"""Checkpoints in each real layout, built here, loaded through ``load_checkpoint``.
+
+Every test builds a reference network -- torchvision's ResNet-50 with NL/GC blocks of the source
+codebase (mmcv's own ``NonLocal2d``/``ContextBlock``, AlexHex7 stand-ins, timm's
+``NonLocalAttn``) placed as that codebase places them -- saves it as that codebase saves
+checkpoints, loads the file, and checks the rebuilt model's blocks see the same inputs, give the
+same outputs and the same attention maps.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from nlanalysis.adapters import attention_maps
+from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
+
+mmcv_cnn = pytest.importorskip("mmcv.cnn", reason="mmcv (mmcv-lite) not installed: reference blocks unavailable")
+
+IMAGES = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+
+
+class RefBottleneck(Bottleneck):
+    """mmdetection's Bottleneck forward (``mmdet/models/backbones/resnet.py``) with plugins.
+
+    ``after_conv3`` plugins run after ``bn3`` before the residual add; the GCNet repository's
+    ``after_add`` after the add, before the last ReLU.
+    """
+
+    plugins: tuple[tuple[str, str], ...] = ()
+
+    def _run(self, out: torch.Tensor, position: str) -> torch.Tensor:
+        for name, pos in self.plugins:
+            if pos == position:
+                out = getattr(self, name)(out)
+        return out
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self._run(self.bn3(self.conv3(out)), "after_conv3")
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self._run(out + identity, "after_add"))
+
+
+def randomise(module: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
+    """Non-zero normal weights (small, so six chained blocks stay finite) and BN statistics."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module
+
+
+@pytest.fixture(scope="module")
+def resnet50_state():
+    """A ResNet-50 whose BN statistics are those of random images, so activations stay O(1)."""
+    torch.manual_seed(1)
+    net = torchvision.models.resnet50()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    with torch.no_grad():
+        net.train()(torch.randn(4, 3, 64, 96))
+    return net.eval().state_dict()
+
+
+def reference(state, plugins, stages, position="after_conv3", seed=0):
+    """ResNet-50 with ``plugins`` (``{attr: factory(channels)}``) in every block of ``stages``."""
+    net = torchvision.models.resnet50()
+    net.load_state_dict(state)
+    for s in stages:
+        for i, block in enumerate(getattr(net, f"layer{s}")):
+            block.__class__ = RefBottleneck
+            block.plugins = ()
+            for attr, factory in plugins.items():
+                block.add_module(attr, randomise(factory(block.conv3.out_channels), seed=100 * s + i))
+                block.plugins += ((attr, position),)
+    return net.eval()
+
+
+def trunk(net):
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+
+
+def run_with_hooks(model, names, images=IMAGES):
+    modules = dict(model.named_modules())
+    seen = {}
+    hooks = [
+        modules[n].register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, (m, a[0].detach(), out.detach())))
+        for n in names
+    ]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def assert_same_blocks(ref_net, ref_names, loaded, prefix):
+    assert loaded.blocks == [prefix + n for n in ref_names]
+    ref = run_with_hooks(trunk(ref_net), [_seq_name(n) for n in ref_names])
+    got = run_with_hooks(loaded.model, loaded.blocks)
+    for n, name in zip(ref_names, loaded.blocks):
+        rm, rx, rz = ref[_seq_name(n)]
+        gm, gx, gz = got[name]
+        scale = float(rz.abs().max())  # float error grows with the values through chained blocks
+        torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5 * scale)
+        torch.testing.assert_close(gz, rz, rtol=1e-4, atol=1e-5 * scale)
+        assert rz.isfinite().all() and not torch.allclose(rz, rx)  # the block does something
+        with torch.no_grad():
+            torch.testing.assert_close(attention_maps(gm, rx), attention_maps(rm, rx), rtol=1e-4, atol=1e-6)
+
+
+def _seq_name(name: str) -> str:
+    """``layer3.5.x`` -> the trunk Sequential's name ``6.5.x``."""
+    stage, rest = name.split(".", 1)
+    return f"{int(stage[5:]) + 3}.{rest}"
+
+
+def mmengine_message_hub():
+    mmengine_logging = pytest.importorskip("mmengine.logging")
+    hub = mmengine_logging.MessageHub.get_instance("nlanalysis-test")
+    hub.update_scalar("train/loss", 1.25)
+    hub.update_scalar("train/lr", 0.02)
+    hub.update_info("iter", 1000)
+    return hub.state_dict()
+
+
+def detector_keys(state):
+    """Neck and head keys a Mask R-CNN checkpoint carries besides the backbone."""
+    out = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    out["neck.lateral_convs.0.conv.weight"] = torch.randn(256, 256, 1, 1)
+    out["rpn_head.rpn_conv.weight"] = torch.randn(256, 256, 3, 3)
+    out["roi_head.bbox_head.fc_cls.weight"] = torch.randn(81, 1024)
+    return out
+
+
+MMDET3_CFG = """
+model = dict(
+    type='MaskRCNN',
+    data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32),
+    backbone=dict(type='ResNet', depth=50, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
+        norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True, style='pytorch',
+        init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50'),
+        plugins=[dict(cfg=dict(type='NonLocal2d', reduction=4, mode='dot_product', sub_sample=True,
+            norm_cfg=dict(type='SyncBN', requires_grad=True)), stages=(False, False, True, False),
+            position='after_conv3')]))
+test_pipeline = [dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='Resize', scale=(1000, 600), keep_ratio=True), dict(type='PackDetInputs')]
+"""
+
+
+def test_mmdet3_nonlocal_plugins(tmp_path, resnet50_state):
+    def nl(c):
+        return mmcv_cnn.NonLocal2d(c, reduction=4, mode="dot_product", sub_sample=True, norm_cfg=dict(type="BN"))
+
+    net = reference(resnet50_state, {"nonlocal_block": nl}, stages=(3,))
+    optimizer = torch.optim.SGD(list(net.layer3[0].nonlocal_block.parameters()), lr=0.0, momentum=0.9)
+    net.layer3[0].nonlocal_block(torch.randn(1, 1024, 4, 4)).sum().backward()
+    optimizer.step()  # real optimizer state (momentum buffers), weights unchanged (lr 0)
+    net.zero_grad()
+    ckpt = {
+        "meta": {
+            "cfg": MMDET3_CFG,
+            "mmengine_version": "0.10.7",
+            "time": "20240101_000000",
+            "epoch": 12,
+            "iter": 87960,
+            "seed": np.int64(42),
+            "dataset_meta": {"classes": ("person", "bicycle"), "palette": [(220, 20, 60), (119, 11, 32)]},
+            "dtype": np.dtype("float32"),
+        },
+        "state_dict": detector_keys(net.state_dict()),
+        "message_hub": mmengine_message_hub(),
+        "optimizer": optimizer.state_dict(),
+        "param_schedulers": [{"base_lrs": [0.02], "last_step": 11}],
+    }
+    path = tmp_path / "mask_rcnn_r50_fpn_nl.pth"
+    torch.save(ckpt, path)
+    loaded = load_checkpoint(path)
+    assert loaded.format == "mmdetection 3.x (mmengine)"
+    assert "mmengine.logging.history_buffer.HistoryBuffer" in loaded.placeholders
+    assert [b.options["mode"] for b in loaded.arch.blocks] == ["dot_product"] * 6
+    assert loaded.preprocess.scale == (1000, 600) and loaded.preprocess.to_rgb
+    assert any(k.startswith("backbone.layer4.") for k in loaded.unused_keys)
+    assert "roi_head.bbox_head.fc_cls.weight" in loaded.unused_keys
+    assert_same_blocks(net, [f"layer3.{i}.nonlocal_block" for i in range(6)], loaded, "backbone.")
+
+
+MMDET2_CFG = """
+img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+model = dict(type='MaskRCNN', backbone=dict(type='ResNet', depth=50, style='pytorch',
+    norm_cfg=dict(type='SyncBN', requires_grad=True),
+    plugins=[dict(cfg=dict(type='ContextBlock', ratio=1. / 16), stages=(False, True, True, True),
+                  position='after_conv3')]))
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='MultiScaleFlipAug', img_scale=(1333, 800), flip=False,
+    transforms=[dict(type='Resize', keep_ratio=True), dict(type='Normalize', **img_norm_cfg),
+                dict(type='Pad', size_divisor=32)])]
+data = dict(test=dict(pipeline=test_pipeline))
+"""
+
+
+def test_mmdet2_context_plugins(tmp_path, resnet50_state):
+    net = reference(resnet50_state, {"context_block": lambda c: mmcv_cnn.ContextBlock(c, 1.0 / 16)}, stages=(2, 3, 4))
+    ckpt = {
+        "meta": {"mmdet_version": "2.28.2", "mmcv_version": "1.7.1", "config": MMDET2_CFG, "CLASSES": ("person",),
+                 "epoch": 12, "iter": 87960},
+        "state_dict": detector_keys(net.state_dict()),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.02, "params": [0]}]},
+    }
+    path = tmp_path / "mask_rcnn_r50_fpn_syncbn-backbone_r16_gcb_c3-c5.pth"
+    torch.save(ckpt, path)
+    loaded = load_checkpoint(path)
+    assert loaded.format == "mmdetection 2.x (mmcv)"
+    assert len(loaded.blocks) == 4 + 6 + 3 and loaded.preprocess.source == "the checkpoint's meta['config']"
+    names = [f"layer{s}.{i}.context_block" for s, n in ((2, 4), (3, 6), (4, 3)) for i in range(n)]
+    assert_same_blocks(net, names, loaded, "backbone.")
+
+
+def test_gcnet_repository_after_add(tmp_path, resnet50_state):
+    cfg = ("model = dict(type='MaskRCNN', backbone=dict(type='ResNet', depth=50, style='pytorch', "
+           "ct=dict(insert_pos='after_add', ratio=1./4, pool='att', fusions=['channel_mul']), "
+           "stage_with_ct=(False, False, False, True)))")
+    net = reference(
+        resnet50_state,
+        {"context_block": lambda c: mmcv_cnn.ContextBlock(c, 0.25, fusion_types=("channel_mul",))},
+        stages=(4,),
+        position="after_add",
+    )
+    path = tmp_path / "gcnet.pth"
+    torch.save({"meta": {"mmdet_version": "0.6.0+abc", "config": cfg}, "state_dict": detector_keys(net.state_dict())}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.format.startswith("GCNet repository")
+    assert {b.position for b in loaded.arch.blocks} == {"after_add"}
+    assert_same_blocks(net, [f"layer4.{i}.context_block" for i in range(3)], loaded, "backbone.")
+
+
+def test_ddp_plain_state_dict_concatenation_inferred(tmp_path, resnet50_state):
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, mode="concatenation")}, stages=(2,))
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "ddp.pth")
+    loaded = load_checkpoint(tmp_path / "ddp.pth")
+    assert "DDP" in loaded.format and loaded.arch.prefix == "module."
+    assert all(b.options["mode"] == "concatenation" for b in loaded.arch.blocks)
+    assert "module.fc.weight" in loaded.unused_keys and loaded.preprocess.source == "mmdetection defaults"
+    assert_same_blocks(net, [f"layer2.{i}.nonlocal_block" for i in range(4)], loaded, "module.")
+
+
+def test_alexhex7_standalone_before_last_res4_block(tmp_path, resnet50_state):
+    from test_adapters_alexhex7 import upstream_classes
+
+    net = torchvision.models.resnet50()
+    net.load_state_dict(resnet50_state)
+    block = randomise(upstream_classes("embedded_gaussian")["NONLocalBlock2D"](1024), seed=7)
+    net.layer3 = nn.Sequential(*net.layer3[:5], block, net.layer3[5])
+    net.eval()
+    torch.save(net.state_dict(), tmp_path / "nl_paper.pth")
+    loaded = load_checkpoint(tmp_path / "nl_paper.pth", overrides={"nl_mode": "embedded_gaussian"})
+    assert loaded.block_layouts == {"layer3.5": "alexhex7"}
+    assert loaded.arch.stage_blocks == (3, 4, 6, 3) and loaded.arch.blocks[0].position == "standalone"
+    assert_same_blocks(net, ["layer3.5"], loaded, "")
+
+
+def test_timm_nonlocal_attn_training_checkpoint(tmp_path, resnet50_state):
+    timm_layers = pytest.importorskip("timm.layers", reason="timm not installed")
+    net = reference(resnet50_state, {"se": lambda c: timm_layers.NonLocalAttn(c)}, stages=(3,))
+    ckpt = {"epoch": 99, "arch": "resnet50", "state_dict": net.state_dict(), "version": 2,
+            "args": argparse.Namespace(model="resnet50", lr=0.1)}
+    torch.save(ckpt, tmp_path / "timm.pth.tar")
+    loaded = load_checkpoint(tmp_path / "timm.pth.tar")
+    assert loaded.format == "timm training checkpoint" and "argparse.Namespace" in loaded.placeholders
+    assert set(loaded.block_layouts.values()) == {"timm"}
+    assert_same_blocks(net, [f"layer3.{i}.se" for i in range(6)], loaded, "")
+
+
+def test_native_round_trip(tmp_path, resnet50_state):
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, mode="dot_product")}, stages=(3,))
+    path = tmp_path / "plain.pth"
+    torch.save({"state_dict": detector_keys(net.state_dict())}, path)
+    first = load_checkpoint(path, overrides={"nl_mode": "dot_product"})
+    native = save_checkpoint(tmp_path / "native.pth", first.model, first.preprocess, meta={"trained": "test", "epochs": 2})
+    payload = torch.load(native, weights_only=True)  # plain data only
+    assert payload["format"] == "nlanalysis-checkpoint" and payload["meta"]["epochs"] == 2
+    again = load_checkpoint(native)
+    assert again.format == "nlanalysis native" and again.arch == first.arch and not again.notes
+    assert again.unused_keys == [] and again.preprocess == first.preprocess
+    assert_same_blocks(net, [f"layer3.{i}.nonlocal_block" for i in range(6)], again, "backbone.")
+    with pytest.raises(ValueError, match="not plain data"):
+        save_checkpoint(tmp_path / "bad.pth", first.model, meta={"x": object()})
+    assert copy.deepcopy(first.arch).to_dict() == first.arch.to_dict()
