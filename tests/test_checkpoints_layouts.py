@@ -23,7 +23,7 @@ from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
 
 mmcv_cnn = pytest.importorskip("mmcv.cnn", reason="mmcv (mmcv-lite) not installed: reference blocks unavailable")
 
-IMAGES = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+IMAGES = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
 
 
 class RefBottleneck(Bottleneck):
@@ -72,7 +72,7 @@ def resnet50_state():
             m.reset_running_stats()
             m.momentum = None  # cumulative average
     with torch.no_grad():
-        net.train()(torch.randn(4, 3, 64, 96))
+        net.train()(torch.randn(2, 3, 64, 96))
     return net.eval().state_dict()
 
 
@@ -90,8 +90,10 @@ def reference(state, plugins, stages, position="after_conv3", seed=0):
     return net.eval()
 
 
-def trunk(net):
-    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+def trunk(net, stages):
+    """Stem and ``layer1..layer<stages>`` of a torchvision ResNet as one Sequential."""
+    layers = [getattr(net, f"layer{s}") for s in range(1, stages + 1)]
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers)
 
 
 def run_with_hooks(model, names, images=IMAGES):
@@ -110,7 +112,8 @@ def run_with_hooks(model, names, images=IMAGES):
 
 def assert_same_blocks(ref_net, ref_names, loaded, prefix):
     assert loaded.blocks == [prefix + n for n in ref_names]
-    ref = run_with_hooks(trunk(ref_net), [_seq_name(n) for n in ref_names])
+    last_stage = max(int(n.split(".")[0][5:]) for n in ref_names)
+    ref = run_with_hooks(trunk(ref_net, last_stage), [_seq_name(n) for n in ref_names])
     got = run_with_hooks(loaded.model, loaded.blocks)
     for n, name in zip(ref_names, loaded.blocks):
         rm, rx, rz = ref[_seq_name(n)]
