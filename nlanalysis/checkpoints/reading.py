@@ -120,5 +120,6 @@ def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> t
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    telling = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return ((telling or lines or [type(err).__name__])[0])[:200]
