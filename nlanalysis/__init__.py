@@ -1,0 +1,35 @@
+"""nlanalysis: do the attention maps of non-local blocks depend on the query?
+
+The GCNet analysis (Cao et al., arXiv 1904.11492, Sec. 3) for any PyTorch model with non-local,
+global-context or simplified-NL blocks:
+
+>>> import nlanalysis
+>>> maps = nlanalysis.attention_maps(block, x)           # [B, N_query, N_key]
+>>> with nlanalysis.capture(model) as cap:              # hooks on every NL/GC block
+...     model(images)
+>>> cap.records[0].stats.att                            # mean pairwise cosine distance per image
+>>> table = nlanalysis.analyze(model, images)           # one row per (image, block)
+"""
+from .adapters import BlockAdapter, attention, attention_maps, list_adapters, list_blocks, register_adapter
+from .analyze import analyze
+from .capture import BlockRecord, Capture, capture
+from .measure import BlockStats, measure_block
+from .metrics import mean_pairwise_cosine_distance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockAdapter",
+    "BlockRecord",
+    "BlockStats",
+    "Capture",
+    "analyze",
+    "attention",
+    "attention_maps",
+    "capture",
+    "list_adapters",
+    "list_blocks",
+    "mean_pairwise_cosine_distance",
+    "measure_block",
+    "register_adapter",
+]

@@ -242,7 +242,8 @@ class Capture:
         if self.queries is not None:
             record.queries = self._query_maps(block.name, att)
         if self.keep_tensors:
-            record.x, record.z, record.context = x.cpu(), z.cpu(), context.cpu()
+            # copies: a model may modify the block output in place after the hook (timm's BasicBlock)
+            record.x, record.z, record.context = (t.to("cpu", copy=True) for t in (x, z, context))
         return record
 
     def _query_maps(self, name: str, att: Any) -> QueryMaps:

@@ -165,31 +165,29 @@ def measure_block(
         )  # fmt: skip
 
     acc = CosineAccumulator(att.n_key, (b,), device=x.device)
-    ent_sum = torch.zeros(b, dtype=torch.float64)
-    max_sum = torch.zeros(b, dtype=torch.float64)
-    nonzero_rows = torch.zeros(b, dtype=torch.float64)
-    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool)  # valid and not all-zero
+    sums = torch.zeros(3, b, dtype=torch.float64, device=x.device)  # entropy, max weight, non-zero rows
+    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool, device=x.device)  # valid and not all-zero
+    log_k = torch.log(n_key.double().clamp(min=2)).to(x.device)
     for start, rows in att.chunks(chunk_size):
-        rows = rows.detach()
         stop = start + rows.shape[1]
         if kmask is not None:
             rows = rows * kmask[:, None, :]
         m = qmask[:, start:stop] if qmask is not None else None
-        acc.update(rows, m)
-        ok = ~zero_rows(rows)
-        if m is not None:
-            ok &= m
-        ok = ok.cpu()
+        ok = _reduce_rows(acc, rows, m)
         row_ok[:, start:stop] = ok
+        sums[2] += ok.sum(1)
         if att.nonnegative:
-            entropy, maxw = _row_diagnostics(rows, n_key)
-            ent_sum += torch.where(ok, entropy, 0.0).sum(1).cpu()
-            max_sum += torch.where(ok, maxw, 0.0).sum(1).cpu()
-        nonzero_rows += ok.sum(1).cpu()
+            total = torch.where(ok, rows.sum(-1), 1.0)
+            # H(p) of p = r / t: log t - sum(r log r) / t, one pass over the rows
+            entropy = torch.log(total) - torch.xlogy(rows, rows).sum(-1) / total
+            sums[0] += torch.where(ok, entropy, 0.0).sum(1, dtype=torch.float64) / log_k
+            sums[1] += torch.where(ok, rows.amax(-1) / total, 0.0).sum(1, dtype=torch.float64)
     att_dist = acc.result(**cos)
+    sums, row_ok = sums.cpu(), row_ok.cpu()
+    nonzero_rows = sums[2]
     nan = torch.full((b,), math.nan, dtype=torch.float64)
     if att.nonnegative:
-        att_entropy, att_max = ent_sum / nonzero_rows, max_sum / nonzero_rows
+        att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
     else:
         att_entropy, att_max = nan.clone(), nan.clone()
     zero_frac = 1.0 - nonzero_rows / n_query.double().cpu()
@@ -213,6 +211,14 @@ def measure_block(
     )  # fmt: skip
 
 
+def _reduce_rows(acc: CosineAccumulator, rows: Tensor, mask: Tensor | None) -> Tensor:
+    """Add a chunk of attention rows ``[B, c, N_k]`` to ``acc``; return which rows count
+    (valid and not all-zero)."""
+    acc.update(rows, mask)
+    ok = rows.abs().amax(-1) > 0
+    return ok & mask if mask is not None else ok
+
+
 def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
     is_zero = (v == 0).all(dim=-1)
     if mask is not None:
@@ -221,6 +227,7 @@ def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _row_diagnostics(rows: Tensor, n_key: Tensor) -> tuple[Tensor, Tensor]:
+    # used for the one shared map of query-independent blocks
     """Normalised entropy (by log of the valid key count) and max weight per row; NaN on zero rows."""
     entropy = row_entropy(rows.double(), normalized=False)
     log_k = torch.log(n_key.double().clamp(min=2)).to(entropy.device)[:, None]
