@@ -19,7 +19,7 @@ __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 #: statistic columns of every result table, in order.
 STAT_COLUMNS = [
     "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
-    "input_zero", "output_zero",
+    "input_zero", "output_zero", "att_own_object", "own_object_share",
 ]  # fmt: skip
 
 
@@ -51,6 +51,7 @@ def analyze(
     images: Tensor,
     *,
     valid: Tensor | None = None,
+    objects: Tensor | None = None,
     blocks: str | Iterable[str] | None = None,
     image_ids: Sequence[Any] | None = None,
     **capture_kwargs: Any,
@@ -61,6 +62,7 @@ def analyze(
         model: a model containing supported blocks; it is run once on ``images``.
         images: ``[B, 3, H, W]`` model input.
         valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
+        objects: optional ``[B, H, W]`` int instance labels of the pixels (0 = no object).
         blocks: glob(s) selecting blocks by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
         capture_kwargs: passed to :class:`~nlanalysis.capture.Capture`.
@@ -70,5 +72,6 @@ def analyze(
     """
     with torch.no_grad(), Capture(model, blocks, **capture_kwargs) as cap:
         cap.set_valid(valid)
+        cap.set_objects(objects)
         model(images)
     return records_to_frame(cap.records, image_ids)

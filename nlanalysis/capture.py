@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .adapters import BlockInfo, check_features, list_blocks
 from .measure import BlockStats, measure_block
 
-__all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "valid_cells"]
+__all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "cell_centres", "valid_cells"]
 
 
 @dataclass
@@ -75,19 +75,24 @@ class BlockRecord:
     context: Tensor | None = None
 
 
+def cell_centres(pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Sample a ``[B, H, W]`` per-pixel map at the centres of a ``grid`` of cells -> ``[B, *grid]``."""
+    if pixels.dim() != 3:
+        raise ValueError(f"per-pixel mask/labels must be [B, H, W], got shape {tuple(pixels.shape)}")
+    _, h, w = pixels.shape
+    gh, gw = grid
+    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * h / gh).long().clamp(max=h - 1)
+    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * w / gw).long().clamp(max=w - 1)
+    return pixels[:, rows.to(pixels.device)][:, :, cols.to(pixels.device)]
+
+
 def valid_cells(valid: Tensor, grid: tuple[int, int]) -> Tensor:
     """Downsample a ``[B, H, W]`` bool mask of valid input pixels to a ``grid`` of cells.
 
     A cell is valid when the pixel at its centre is valid (padding sits at the bottom/right,
     so this keeps every cell whose centre lies on the image).
     """
-    if valid.dim() != 3:
-        raise ValueError(f"valid mask must be [B, H, W], got shape {tuple(valid.shape)}")
-    _, h, w = valid.shape
-    gh, gw = grid
-    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * h / gh).long().clamp(max=h - 1)
-    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * w / gw).long().clamp(max=w - 1)
-    return valid[:, rows.to(valid.device)][:, :, cols.to(valid.device)].bool()
+    return cell_centres(valid, grid).bool()
 
 
 class Capture:
@@ -157,6 +162,7 @@ class Capture:
         self._calls = 0
         self._input_size: tuple[int, int] | None = None
         self._valid: Tensor | None = None
+        self._objects: Tensor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Capture:
@@ -189,6 +195,13 @@ class Capture:
     def set_valid(self, valid: Tensor | None) -> None:
         """Mark the valid (non-padding) pixels ``[B, H, W]`` of the next forward's input."""
         self._valid = None if valid is None else valid.bool()
+
+    def set_objects(self, labels: Tensor | None) -> None:
+        """Instance labels ``[B, H, W]`` (int, 0 = no object) of the next forward's input pixels.
+
+        Enables ``att_own_object`` / ``own_object_share``; each cell takes the label at its centre.
+        """
+        self._objects = None if labels is None else labels.long()
 
     def set_input_size(self, size: tuple[int, int]) -> None:
         """Tell the capture the input image size when the model input is not a 4-D tensor."""
@@ -233,12 +246,17 @@ class Capture:
             key_shape=att.key_shape,
         )
         if self.stats:
-            valid = None
+            valid = objects = None
+            for given in (self._valid, self._objects):
+                if given is not None and given.shape[0] != x.shape[0]:
+                    raise ValueError(f"a per-pixel mask has batch {given.shape[0]}, the block input {x.shape[0]}")
             if self._valid is not None:
-                if self._valid.shape[0] != x.shape[0]:
-                    raise ValueError(f"valid mask has batch {self._valid.shape[0]}, the block input {x.shape[0]}")
                 valid = valid_cells(self._valid, att.query_shape)
-            record.stats = measure_block(att, x, context, valid=valid, generator=self.generator, **self.measure_kwargs)
+            if self._objects is not None:
+                objects = cell_centres(self._objects, att.query_shape)
+            record.stats = measure_block(
+                att, x, context, valid=valid, objects=objects, generator=self.generator, **self.measure_kwargs
+            )
         if self.queries is not None:
             record.queries = self._query_maps(block.name, att)
         if self.keep_tensors:

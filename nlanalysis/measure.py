@@ -25,6 +25,11 @@ Rules, stated once:
   maps (dot-product blocks) they are undefined and reported as NaN.
 * For blocks whose one map serves every query (GC, SNL) ``att`` and ``att_jsd`` are 0 by
   construction and reported as exactly 0.
+* Object-aware locality (needs ``objects``, an instance label per position): ``att_own_object``
+  is the mean share of its (non-negative) attention that a query on an object puts on keys of
+  that same object; ``own_object_share`` is the mean share of valid keys that object covers,
+  which is what uniform attention would give. Queries on background are not counted. A key
+  sub-sampled from positions of different labels belongs to no object.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from torch import Tensor
 from .blocks.attention import LazyAttention
 from .metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
 
-__all__ = ["BlockStats", "key_mask", "measure_block"]
+__all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 
 
 @dataclass
@@ -53,6 +58,8 @@ class BlockStats:
         att_max: mean of each map's largest weight.
         att_zero_rows: fraction of query rows that are all zero.
         input_zero, output_zero: number of all-zero feature vectors.
+        att_own_object: mean attention mass a query on an object puts on that object.
+        own_object_share: mean share of valid keys covered by the query's object (uniform baseline).
         n_query, n_key: valid query and key positions.
         query_independent: the block shares one map among all queries by construction.
         convention, zero_rule: the cosine-distance convention and zero-vector rule used.
@@ -68,6 +75,8 @@ class BlockStats:
     att_zero_rows: Tensor
     input_zero: Tensor
     output_zero: Tensor
+    att_own_object: Tensor
+    own_object_share: Tensor
     n_query: Tensor
     n_key: Tensor
     query_independent: bool
@@ -104,12 +113,27 @@ def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
     raise ValueError(f"cannot map a valid-position mask of shape {(h, w)} onto a key grid of shape {key_shape}")
 
 
+def key_labels(labels: Tensor, key_shape: tuple[int, int]) -> Tensor:
+    """Map ``[B, H, W]`` integer labels onto the key grid (-1 where a pooled key mixes labels)."""
+    b, h, w = labels.shape
+    hk, wk = key_shape
+    if (hk, wk) == (h, w):
+        return labels
+    if (hk, wk) == (h // 2, w // 2):
+        blocks = labels[:, : 2 * hk, : 2 * wk].reshape(b, hk, 2, wk, 2)
+        first = blocks[:, :, 0, :, 0]
+        same = (blocks == first[:, :, None, :, None]).all(dim=4).all(dim=2)
+        return torch.where(same, first, torch.full_like(first, -1))
+    raise ValueError(f"cannot map labels of shape {(h, w)} onto a key grid of shape {key_shape}")
+
+
 def measure_block(
     att: LazyAttention,
     x: Tensor,
     context: Tensor,
     *,
     valid: Tensor | None = None,
+    objects: Tensor | None = None,
     chunk_size: int = 256,
     jsd_pairs: int = 512,
     generator: torch.Generator | None = None,
@@ -123,6 +147,7 @@ def measure_block(
         x: block input ``[B, C, H, W]``.
         context: what the block adds before fusion, ``z - x``, ``[B, C, H, W]``.
         valid: optional bool ``[B, H, W]``, True on image positions (False on padding).
+        objects: optional int ``[B, H, W]`` instance labels on the query grid (0 = no object).
         chunk_size: queries per chunk of attention rows.
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the JSD pair sampling (reproducible runs pass a seeded one).
@@ -142,6 +167,7 @@ def measure_block(
         qmask = valid.flatten(1)
         kmask = key_mask(valid, att.key_shape).flatten(1)
     cos = dict(convention=convention, zero=zero)
+    own = _OwnObject(objects, qmask, kmask, att.key_shape, x.device) if objects is not None else None
 
     def vectors(t: Tensor) -> Tensor:
         return t.detach().flatten(2).transpose(1, 2)
@@ -159,9 +185,15 @@ def measure_block(
             shared = shared * kmask[:, None, :]
         entropy, maxw = _row_diagnostics(shared, n_key)
         zeros = torch.zeros(b, dtype=torch.float64)
+        own_mass, own_share = _nan(b), _nan(b)
+        if own is not None and att.nonnegative:
+            for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
+                own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
+            own_mass, own_share = own.result()
         return BlockStats(
             inp, out, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
-            zero_rows(shared)[:, 0].double(), input_zero, output_zero, n_query, n_key, True, convention, zero,
+            zero_rows(shared)[:, 0].double(), input_zero, output_zero, own_mass, own_share,
+            n_query, n_key, True, convention, zero,
         )  # fmt: skip
 
     acc = CosineAccumulator(att.n_key, (b,), device=x.device)
@@ -182,7 +214,10 @@ def measure_block(
             entropy = torch.log(total) - torch.xlogy(rows, rows).sum(-1) / total
             sums[0] += torch.where(ok, entropy, 0.0).sum(1, dtype=torch.float64) / log_k
             sums[1] += torch.where(ok, rows.amax(-1) / total, 0.0).sum(1, dtype=torch.float64)
+            if own is not None:
+                own.update(start, rows, ok)
     att_dist = acc.result(**cos)
+    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
     sums, row_ok = sums.cpu(), row_ok.cpu()
     nonzero_rows = sums[2]
     nan = torch.full((b,), math.nan, dtype=torch.float64)
@@ -207,8 +242,49 @@ def measure_block(
             jsd[i], jsd_err[i] = est.mean, est.stderr
     return BlockStats(
         inp, out, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
-        input_zero, output_zero, n_query.cpu(), n_key.cpu(), False, convention, zero,
+        input_zero, output_zero, own_mass, own_share, n_query.cpu(), n_key.cpu(), False, convention, zero,
     )  # fmt: skip
+
+
+def _nan(b: int) -> Tensor:
+    return torch.full((b,), math.nan, dtype=torch.float64)
+
+
+class _OwnObject:
+    """Streams the attention mass each object query puts on its own object."""
+
+    def __init__(self, objects: Tensor, qmask: Tensor | None, kmask: Tensor | None, key_shape: tuple[int, int], device: torch.device) -> None:
+        objects = objects.to(device=device, dtype=torch.int64)
+        ids = torch.unique(objects[objects > 0])  # compact labels 1..L-1, 0 = no object
+        compact = torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, 0)
+        self.q = compact.flatten(1)  # [B, N]
+        if qmask is not None:
+            self.q = torch.where(qmask, self.q, 0)
+        k = key_labels(compact, key_shape).flatten(1)  # [B, N_k], -1 for mixed pooled keys
+        if kmask is not None:
+            k = torch.where(kmask, k, -1)
+        self.n_labels = int(compact.max()) + 1
+        self.onehot = torch.nn.functional.one_hot(k.clamp(min=0), self.n_labels).float() * (k >= 0)[..., None].float()
+        n_valid_keys = (kmask.sum(1) if kmask is not None else torch.full((k.shape[0],), k.shape[1], device=device)).double()
+        self.share = self.onehot.sum(1).double() / n_valid_keys[:, None]  # [B, L]: each label's share of keys
+        self.mass = torch.zeros(k.shape[0], dtype=torch.float64, device=device)
+        self.base = torch.zeros_like(self.mass)
+        self.count = torch.zeros_like(self.mass)
+
+    def update(self, start: int, rows: Tensor, ok: Tensor | None) -> None:
+        lab = self.q[:, start : start + rows.shape[1]]  # [B, c]
+        use = lab > 0
+        if ok is not None:
+            use &= ok
+        per_label = torch.bmm(rows.float(), self.onehot)  # [B, c, L]: mass on each label's keys
+        total = rows.sum(-1).clamp(min=torch.finfo(rows.dtype).tiny)
+        own = per_label.gather(2, lab[..., None])[..., 0] / total
+        self.mass += torch.where(use, own, 0.0).sum(1, dtype=torch.float64)
+        self.base += torch.where(use, self.share.gather(1, lab), 0.0).sum(1)
+        self.count += use.sum(1)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        return (self.mass / self.count).cpu(), (self.base / self.count).cpu()
 
 
 def _reduce_rows(acc: CosineAccumulator, rows: Tensor, mask: Tensor | None) -> Tensor:

@@ -110,3 +110,47 @@ def test_zero_context_is_reported_not_hidden():
     block = NonLocal2d(8)  # zeros_init: conv_out is zero, so z - x == 0 everywhere
     stats, _, _ = _stats(block, torch.randn(1, 8, 4, 4))
     assert math.isnan(stats.output[0]) and stats.output_zero[0].item() == 16
+
+
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_own_object_mass_against_loops(sub_sample):
+    block = randomize_(NonLocal2d(6, mode="embedded_gaussian", sub_sample=sub_sample), std=0.5).eval()
+    x = torch.randn(1, 6, 6, 8)
+    objects = torch.zeros(1, 6, 8, dtype=torch.long)
+    objects[0, 0:4, 0:4] = 7  # arbitrary instance ids
+    objects[0, 2:6, 5:8] = 3
+    with torch.no_grad():
+        z = block(x)
+        stats = measure_block(block.attention(x), x, z - x, objects=objects, jsd_pairs=0)
+        maps = block.attention_maps(x)[0].double().numpy()
+    lab_q = objects[0].flatten().numpy()
+    if sub_sample:  # a pooled key belongs to an object only if its 4 cells do
+        blocks = objects[0, :6, :8].reshape(3, 2, 4, 2).permute(0, 2, 1, 3).reshape(3, 4, 4)
+        lab_k = np.where((blocks == blocks[..., :1]).all(-1), blocks[..., 0], -1).flatten()
+    else:
+        lab_k = lab_q
+    mass, share = [], []
+    for i, lab in enumerate(lab_q):
+        if lab == 0:
+            continue
+        mass.append(maps[i, lab_k == lab].sum() / maps[i].sum())
+        share.append((lab_k == lab).mean())
+    assert stats.att_own_object[0].item() == pytest.approx(np.mean(mass), rel=1e-5)
+    assert stats.own_object_share[0].item() == pytest.approx(np.mean(share), rel=1e-9)
+    no_objects = measure_block(block.attention(x), x, z - x, jsd_pairs=0)
+    assert math.isnan(no_objects.att_own_object[0])
+
+
+def test_own_object_mass_for_a_shared_map():
+    block = randomize_(ContextBlock(6, 0.5)).eval()
+    x = torch.randn(1, 6, 4, 5)
+    objects = torch.zeros(1, 4, 5, dtype=torch.long)
+    objects[0, :2, :2] = 1
+    objects[0, 3, :] = 2
+    with torch.no_grad():
+        stats = measure_block(block.attention(x), x, block(x) - x, objects=objects)
+        p = block.attention_maps(x)[0, 0].double().numpy()
+    lab = objects[0].flatten().numpy()
+    expected = (4 * p[lab == 1].sum() + 5 * p[lab == 2].sum()) / 9
+    assert stats.att_own_object[0].item() == pytest.approx(expected, rel=1e-5)
+    assert stats.own_object_share[0].item() == pytest.approx((4 * 4 / 20 + 5 * 5 / 20) / 9)
