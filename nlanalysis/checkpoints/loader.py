@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models import ResNetArch, ResNetBackbone, build_model
+from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_from_dict, arch_type, build_arch
 from .config import parse_config_file, parse_config_text
 from .errors import CheckpointError
 from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
@@ -192,7 +192,7 @@ def load_checkpoint(
     try:
         blocks = find_blocks(state_dict)
         if fmt == "nlanalysis native":
-            arch = ResNetArch.from_dict({k: v for k, v in whole["arch"].items() if k != "type"})
+            arch = arch_from_dict(whole["arch"])
             preprocess = Preprocess.from_dict(whole.get("preprocess") or {})
             cfg = None
         else:
@@ -223,7 +223,7 @@ def load_checkpoint(
                         notes.append(f"{b.name}: logits multiplied by sqrt(C') as the GCNet repository's NonLocal2D does")
             preprocess = (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
         notes += apply_overrides(arch, overrides or {})
-        model = build_model(arch, truncate=truncate)
+        model = build_arch(arch, truncate=truncate)
     except ValueError as err:
         if isinstance(err, CheckpointError):
             raise
@@ -286,11 +286,11 @@ def _check_plain(value: Any, where: str) -> None:
         raise ValueError(f"{where}: {type(value).__name__} is not plain data (str/int/float/bool/list/dict/Tensor)")
 
 
-def _find_arch(model: nn.Module) -> ResNetArch:
+def _find_arch(model: nn.Module) -> ResNetArch | SceneNetArch:
     for module in model.modules():
-        if isinstance(module, ResNetBackbone):
+        if isinstance(module, (ResNetBackbone, SceneNet)):
             return module.arch
-    raise ValueError("save_checkpoint: the model holds no ResNetBackbone; pass arch= explicitly")
+    raise ValueError("save_checkpoint: the model holds no ResNetBackbone or SceneNet; pass arch= explicitly")
 
 
 def save_checkpoint(
@@ -298,7 +298,7 @@ def save_checkpoint(
     model: nn.Module,
     preprocess: Preprocess | None = None,
     meta: dict[str, Any] | None = None,
-    arch: ResNetArch | None = None,
+    arch: ResNetArch | SceneNetArch | None = None,
 ) -> Path:
     """Write this project's checkpoint format: architecture + weights + preprocessing, one file.
 
@@ -319,7 +319,7 @@ def save_checkpoint(
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "arch": {"type": "ResNet", **arch.to_dict()},
+        "arch": {"type": arch_type(arch), **arch.to_dict()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "preprocess": (preprocess or Preprocess()).to_dict(),
         "meta": meta,

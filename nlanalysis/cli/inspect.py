@@ -58,15 +58,11 @@ def _key_summary(keys: list[str], show_all: bool) -> list[str]:
 def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
     """The ``inspect`` report as text."""
     arch = ckpt.arch
-    depth = f"ResNet-{arch.depth}" if arch.depth else "ResNet"
-    if arch.groups > 1:
-        depth = depth.replace("ResNet", "ResNeXt") + f" {arch.groups}x{arch.width_per_group}d"
     modules = ckpt.block_modules()
     lines = [
         f"file: {ckpt.path}",
         f"format: {ckpt.format}",
-        f"architecture: {depth}, stage blocks {list(arch.stage_blocks)}, style {arch.style}, "
-        f"prefix {arch.prefix!r}; rebuilt up to {ckpt.blocks[-1] if ckpt.blocks else '-'}",
+        f"architecture: {arch.describe()}; rebuilt up to {ckpt.blocks[-1] if ckpt.blocks else '-'}",
         f"NL/GC blocks ({len(arch.blocks)}):",
     ]
     for spec in arch.blocks:

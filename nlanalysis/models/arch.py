@@ -109,6 +109,13 @@ class ResNetArch:
         """50/101/152 when the stage depths are standard, else ``None``."""
         return next((d for d, s in DEPTHS.items() if s == self.stage_blocks), None)
 
+    def describe(self) -> str:
+        """One line for ``inspect``: depth/width, stage blocks, style and key prefix."""
+        name = f"ResNet-{self.depth}" if self.depth else "ResNet"
+        if self.groups > 1:
+            name = name.replace("ResNet", "ResNeXt") + f" {self.groups}x{self.width_per_group}d"
+        return f"{name}, stage blocks {list(self.stage_blocks)}, style {self.style}, prefix {self.prefix!r}"
+
     def entries(self, stage: int) -> int:
         """Length of stage ``stage``'s ``Sequential``: residual blocks plus standalone blocks."""
         extra = sum(1 for b in self.blocks if b.position == "standalone" and b.stage == stage)

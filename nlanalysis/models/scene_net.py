@@ -1,0 +1,114 @@
+"""SceneNet: the small ResNet-style segmentation network this project trains on demo scenes.
+
+Built from torchvision's ``BasicBlock`` (He et al., arXiv 1512.03385). On a 112 x 112 scene:
+a stride-4 stem (two 3x3 convs), ``layer1`` to stride 8 (14 x 14 positions, where the NL block
+sits, as in the NL paper right before the stage's last residual block: ``layer1.1``), ``layer2``
+to stride 16 (7 x 7, the optional second block at ``layer2.1``), and a light FPN-style head that
+merges both stages at stride 8 and upsamples per-pixel class logits to the input size.
+
+Like :class:`~nlanalysis.models.ResNetArch`, the architecture is plain data (round-trips through
+``to_dict``/``from_dict``), so trained models are stored in this project's checkpoint format.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock
+
+from .arch import BlockSpec
+from .resnet import build_block
+
+__all__ = ["SceneNet", "SceneNetArch"]
+
+
+@dataclass
+class SceneNetArch:
+    """Architecture of :class:`SceneNet`.
+
+    Attributes:
+        widths: channels of the stem, ``layer1`` (stride 8) and ``layer2`` (stride 16).
+        num_classes: output classes per pixel (background included).
+        blocks: NL/GC blocks, standalone entries ``layer1.1`` and/or ``layer2.1``.
+        prefix: key prefix (always ``''``; kept for the loader's interface).
+    """
+
+    widths: tuple[int, int, int] = (64, 128, 192)
+    num_classes: int = 11
+    blocks: list[BlockSpec] = field(default_factory=list)
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.blocks = [b if isinstance(b, BlockSpec) else BlockSpec(**b) for b in self.blocks]
+        for b in self.blocks:
+            if b.name not in ("layer1.1", "layer2.1") or b.position != "standalone":
+                raise ValueError(f"SceneNet block {b.name!r} ({b.position}): only standalone layer1.1 / layer2.1 exist")
+            expected = self.widths[b.stage]
+            if b.in_channels != expected:
+                raise ValueError(f"SceneNet block {b.name!r}: in_channels {b.in_channels}, the stage has {expected}")
+
+    def describe(self) -> str:
+        """One line for ``inspect``."""
+        return f"SceneNet, widths {list(self.widths)}, {self.num_classes} classes"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SceneNetArch:
+        data = {k: v for k, v in data.items() if k != "type"}
+        data["blocks"] = [BlockSpec(**b) for b in data.get("blocks", [])]
+        return cls(**data)
+
+
+def _stage(cin: int, cout: int, block: BlockSpec | None) -> nn.Sequential:
+    down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+    entries: list[nn.Module] = [BasicBlock(cin, cout, stride=2, downsample=down)]
+    if block is not None:
+        entries.append(build_block(block))
+    entries.append(BasicBlock(cout, cout))
+    return nn.Sequential(*entries)
+
+
+class SceneNet(nn.Module):
+    """Per-pixel classifier ``[B, 3, H, W] -> [B, num_classes, H, W]`` (``H, W`` multiples of 16).
+
+    With ``truncate=True`` only the modules up to the last NL/GC block are built and ``forward``
+    returns that stage's features (what the analysis needs); otherwise the full network.
+    """
+
+    def __init__(self, arch: SceneNetArch, truncate: bool = False) -> None:
+        super().__init__()
+        self.arch = arch
+        w0, w1, w2 = arch.widths
+        by_name = {b.name: b for b in arch.blocks}
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, w0 // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w0 // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(w0 // 2, w0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.layer1 = _stage(w0, w1, by_name.get("layer1.1"))
+        self.full = not truncate or "layer2.1" in by_name or not arch.blocks
+        if self.full:
+            self.layer2 = _stage(w1, w2, by_name.get("layer2.1"))
+        if not truncate:
+            self.lateral1 = nn.Conv2d(w1, 128, 1)
+            self.lateral2 = nn.Conv2d(w2, 128, 1)
+            self.head = nn.Sequential(
+                nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+                nn.Conv2d(128, arch.num_classes, 1),
+            )  # fmt: skip
+        self.truncate = truncate
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        c1 = self.layer1(self.stem(x))
+        if self.truncate:
+            return self.layer2(c1) if self.full else c1
+        c2 = self.layer2(c1)
+        merged = self.lateral1(c1) + F.interpolate(self.lateral2(c2), size=c1.shape[-2:], mode="nearest")
+        return F.interpolate(self.head(merged), size=size, mode="bilinear", align_corners=False)
