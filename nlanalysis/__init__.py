@@ -13,6 +13,7 @@ global-context or simplified-NL blocks:
 from .adapters import BlockAdapter, attention, attention_maps, list_adapters, list_blocks, register_adapter
 from .analyze import analyze
 from .capture import BlockRecord, Capture, capture
+from .extract import load_run
 from .measure import BlockStats, measure_block
 from .metrics import mean_pairwise_cosine_distance
 
@@ -29,6 +30,7 @@ __all__ = [
     "capture",
     "list_adapters",
     "list_blocks",
+    "load_run",
     "mean_pairwise_cosine_distance",
     "measure_block",
     "register_adapter",

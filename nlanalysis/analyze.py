@@ -20,6 +20,7 @@ __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 STAT_COLUMNS = [
     "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
     "input_zero", "output_zero", "att_own_object", "own_object_share",
+    "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature",
 ]  # fmt: skip
 
 

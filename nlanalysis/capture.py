@@ -116,7 +116,7 @@ class Capture:
         keep_records: append records to :attr:`records`; switch off and use ``on_record`` to
             stream them (memory then stays flat however many forwards run).
         on_record: callback receiving each record as it is made.
-        chunk_size, jsd_pairs, convention, zero: passed to :func:`measure_block`.
+        chunk_size, jsd_pairs, convention, zero, controls: passed to :func:`measure_block`.
         seed: seeds the JSD pair sampling (one generator for the capture's lifetime).
     """
 
@@ -136,6 +136,7 @@ class Capture:
         jsd_pairs: int = 512,
         convention: str = "1-cos",
         zero: str = "exclude",
+        controls: bool = False,
         seed: int = 0,
     ) -> None:
         if query_space not in ("image", "feature"):
@@ -155,7 +156,9 @@ class Capture:
         self.keep_tensors = keep_tensors
         self.keep_records = keep_records
         self.on_record = on_record
-        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero)
+        self.measure_kwargs = dict(
+            chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.records: list[BlockRecord] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

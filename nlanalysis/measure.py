@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks.attention import LazyAttention
+from .blocks.attention import LazyAttention, PairwiseAttention
 from .metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
@@ -58,6 +58,10 @@ class BlockStats:
         att_max: mean of each map's largest weight.
         att_zero_rows: fraction of query rows that are all zero.
         input_zero, output_zero: number of all-zero feature vectors.
+        ctrl_att, ctrl_att_jsd, ctrl_att_own_object: the same statistics for random query/key
+            projections of the block's input at matched sharpness (see :mod:`nlanalysis.controls`);
+            NaN unless requested (and for signed or query-independent maps).
+        ctrl_temperature: the logit scale that matched the trained maps' mean entropy.
         att_own_object: mean attention mass a query on an object puts on that object.
         own_object_share: mean share of valid keys covered by the query's object (uniform baseline).
         n_query, n_key: valid query and key positions.
@@ -77,6 +81,10 @@ class BlockStats:
     output_zero: Tensor
     att_own_object: Tensor
     own_object_share: Tensor
+    ctrl_att: Tensor
+    ctrl_att_jsd: Tensor
+    ctrl_att_own_object: Tensor
+    ctrl_temperature: Tensor
     n_query: Tensor
     n_key: Tensor
     query_independent: bool
@@ -139,6 +147,7 @@ def measure_block(
     generator: torch.Generator | None = None,
     convention: str = "1-cos",
     zero: str = "exclude",
+    controls: bool = False,
 ) -> BlockStats:
     """Compute :class:`BlockStats` for one block on a batch.
 
@@ -153,6 +162,7 @@ def measure_block(
         generator: RNG for the JSD pair sampling (reproducible runs pass a seeded one).
         convention: ``"1-cos"`` (default, as scipy) or ``"(1-cos)/2"``.
         zero: zero-vector rule of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
+        controls: also compute the random-projection control at matched sharpness (``ctrl_*``).
     """
     b, _, h, w = x.shape
     if (h, w) != att.query_shape or context.shape != x.shape:
@@ -193,7 +203,7 @@ def measure_block(
         return BlockStats(
             inp, out, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
             zero_rows(shared)[:, 0].double(), input_zero, output_zero, own_mass, own_share,
-            n_query, n_key, True, convention, zero,
+            *(_nan(b) for _ in range(4)), n_query, n_key, True, convention, zero,
         )  # fmt: skip
 
     acc = CosineAccumulator(att.n_key, (b,), device=x.device)
@@ -240,10 +250,39 @@ def measure_block(
 
             est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
             jsd[i], jsd_err[i] = est.mean, est.stderr
+    ctrl = [_nan(b) for _ in range(4)]
+    if controls and att.nonnegative:
+        ctrl = _random_control(att, x, context, valid, objects, att_entropy, row_ok, jsd_pairs, generator, cos)
     return BlockStats(
         inp, out, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
-        input_zero, output_zero, own_mass, own_share, n_query.cpu(), n_key.cpu(), False, convention, zero,
+        input_zero, output_zero, own_mass, own_share, *ctrl, n_query.cpu(), n_key.cpu(), False, convention, zero,
     )  # fmt: skip
+
+
+def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos) -> list[Tensor]:
+    """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image."""
+    from .controls import match_temperature, random_projection_attention
+
+    b = x.shape[0]
+    out = [_nan(b) for _ in range(4)]
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) and att.mode != "concatenation" else max(x.shape[1] // 2, 1)
+    control = random_projection_attention(x.detach(), att.key_shape, channels, gen)
+    kmask = key_mask(valid, att.key_shape).flatten(1) if valid is not None else None
+    for i in range(b):
+        rows = row_ok[i].nonzero()[:, 0]
+        if rows.numel() == 0 or math.isnan(target[i]):
+            continue
+        sample = rows[torch.randperm(rows.numel(), generator=gen)[:256]].to(x.device)
+        one = match_temperature(control.image(i), target[i : i + 1], sample, kmask[i : i + 1] if kmask is not None else None)[0]
+        sl = slice(i, i + 1)
+        stats = measure_block(
+            one, x[sl], context[sl], valid=valid[sl] if valid is not None else None,
+            objects=objects[sl] if objects is not None else None, jsd_pairs=jsd_pairs, generator=gen, **cos,
+        )  # fmt: skip
+        out[0][i], out[1][i], out[2][i] = stats.att[0], stats.att_jsd[0], stats.att_own_object[0]
+        out[3][i] = one.scale
+    return out
 
 
 def _nan(b: int) -> Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
 
-SUBCOMMANDS = ("analyze", "inspect")
+SUBCOMMANDS = ("analyze", "inspect", "extract", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

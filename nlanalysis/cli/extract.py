@@ -1,0 +1,143 @@
+"""``nlanalysis extract``: the analysis over COCO or an image folder, streamed into RUN_DIR.
+
+A thin front over :func:`nlanalysis.extract.run_extract`. Exit codes: 0 every image done,
+1 some images failed (listed in ``RUN_DIR/failures.csv``), 2 bad arguments or input (one line).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pandas as pd
+
+from ..extract import run_extract
+from ..extract.runner import SUMMARY_COLUMNS
+from .inspect import add_checkpoint_arguments, checkpoint_overrides
+
+EPILOG = """\
+Padding: images are resized keeping their ratio and padded (bottom/right) to the checkpoint's
+divisor; positions that are only padding are excluded from every statistic, as queries and as keys.
+Query points (--queries) only choose which maps --save-maps keeps; every statistic uses all positions.
+Resume: rerun the same command; finished images are skipped. Shards: --shard I/N (I 0-based), or
+run under torchrun (RANK/WORLD_SIZE) with the same --out; `nlanalysis merge` combines shard folders.
+Exit code 1 when some images failed (see RUN_DIR/failures.csv).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="run the analysis over COCO or image folders into a resumable result set",
+        description="Runs a checkpoint over COCO (pycocotools) or image files and writes, per image and NL/GC "
+        "block, the GCNet statistics (metrics.csv), optional query maps, run.json and failures.csv into RUN_DIR.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_checkpoint_arguments(p)
+    src = p.add_argument_group("images (COCO or files)")
+    src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
+    src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
+    src.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    src.add_argument("--image-ids", nargs="+", metavar="ID", help="only these images (COCO ids, or file ids: relative paths)")
+    src.add_argument("--cat-ids", nargs="+", type=int, metavar="ID", help="only images with an object of these COCO categories")
+    src.add_argument("--limit", type=int, metavar="N", help="a seeded random sample of N images (kept in id order)")
+    src.add_argument("--seed", type=int, default=0, help="seeds the sample, random queries and JSD pairs (default 0)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="result set folder (created, or resumed)")
+    p.add_argument("--blocks", nargs="+", metavar="GLOB", help="analyse only blocks whose dotted name matches")
+    p.add_argument(
+        "--queries",
+        metavar="KIND:K",
+        help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background); "
+        "default objects:2 for COCO, random:3 for files",
+    )
+    p.add_argument("--save-maps", action="store_true", help="save the query maps per image (RUN_DIR/maps/*.npz)")
+    run = p.add_argument_group("running")
+    run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu; under torchrun cuda = cuda:LOCAL_RANK)")
+    run.add_argument("--batch-size", type=int, default=1, help="images per forward; only equal input shapes are batched")
+    run.add_argument("--workers", type=int, default=0, help="DataLoader processes for reading/preprocessing (default 0)")
+    run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
+    run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=main)
+
+
+def _ids(values: list[str] | None, coco: bool) -> list[int | str] | None:
+    if values is None or not coco:
+        return values
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValueError(f"--image-ids: COCO image ids are integers, got {' '.join(values)}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    coco = args.coco_ann is not None or args.coco_images is not None
+    quiet = args.quiet or _rank() > 0
+    report = run_extract(
+        args.ckpt,
+        args.out,
+        coco_ann=args.coco_ann,
+        coco_images_dir=args.coco_images,
+        images=args.images,
+        blocks=args.blocks,
+        queries=args.queries,
+        limit=args.limit,
+        image_ids=_ids(args.image_ids, coco),
+        cat_ids=args.cat_ids,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard=args.shard,
+        save_maps=args.save_maps,
+        jsd_pairs=args.jsd_pairs,
+        checkpoint_options={"config": args.config, "trust": args.trust_checkpoint, "overrides": checkpoint_overrides(args)},
+        progress=not quiet,
+        command=command_line(args),
+    )
+    if not quiet:
+        print(format_summary(report))
+    return 1 if report.failed or report.info["counts"]["failed"] else 0
+
+
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The command as given, rebuilt from the parsed arguments (``sys.argv`` may be a test runner's)."""
+    cmd = ["nlanalysis", "extract"]
+    skip = {"func", "command", "debug"}
+    for name, value in vars(args).items():
+        if name == "use_scale" and value is False:
+            cmd.append("--no-use-scale")
+        if name in skip or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            cmd.append(flag)
+        elif isinstance(value, list):
+            cmd += [flag, *map(str, value)]
+        else:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def format_summary(report) -> str:
+    counts = report.info["counts"]
+    shard = f" (shard {report.shard[0]}/{report.shard[1]})" if report.shard[1] > 1 else ""
+    lines = [
+        f"{report.path}: this call{shard}: {report.done} done, {report.failed} failed, {report.skipped} skipped "
+        f"(done before), {report.seconds:.1f} s",
+        f"run: {counts['done']} of {counts['total']} images done, {counts['failed']} failed, {counts['pending']} pending"
+        + ("" if report.complete else " (not complete: rerun the same command, or run the other shards)"),
+    ]
+    if counts["failed"]:
+        lines.append(f"failed images and reasons: {report.path / 'failures.csv'}")
+    if len(report.summary):
+        cols = [c for c in SUMMARY_COLUMNS if c in report.summary]
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+            lines.append("mean per block (distances: 1 - cos over all ordered pairs, i = j included; JSD in bits):")
+            lines.append(report.summary[cols].to_string())
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""Saved query maps (``--save-maps``): one ``maps/KEY.npz`` per image, and lazy reading.
+
+Format (``numpy.load`` reads it; format name ``nlanalysis-maps-1``), ``K`` queries, block ``i``:
+
+==========================  ===============  ====================================================
+array                       dtype, shape     meaning
+==========================  ===============  ====================================================
+``format``                  str              ``nlanalysis-maps-1``
+``image_id``                str              the image's id (as text)
+``blocks``                  str ``[n]``      block names; block ``i`` is ``blocks[i]``
+``query_yx``                float32 ``[K,2]`` query points ``(y, x)`` in model-input pixels
+``query_yx_original``       float32 ``[K,2]`` the same in original-image pixels (``query_yx / scale``)
+``query_label``             int64 ``[K]``     COCO annotation id the point lies on, 0 background,
+                                             -1 grid/random point
+``scale``                   float64 ``[2]``   ``(sy, sx)``: resized size / original size
+``size``                    int64 ``[2]``     ``(h, w)`` of the resized image inside the input
+``original_size``           int64 ``[2]``     ``(h, w)`` of the image file
+``input_size``              int64 ``[2]``     ``(H, W)`` of the padded model input (padding is at
+                                             the bottom and right)
+``maps_i``                  float16 ``[K,Hk,Wk]`` attention of each query over block ``i``'s keys
+``cells_i``                 int64 ``[K,2]``   each query's cell on block ``i``'s query grid
+``query_shape_i``           int64 ``[2]``     block ``i``'s query grid
+``key_shape_i``             int64 ``[2]``     block ``i``'s key grid
+==========================  ===============  ====================================================
+
+The maps are the block's weights as the model computed them, so they include the weight put on
+padded keys (the model does attend there); the statistics exclude padding, and
+:meth:`ImageMaps.overlay` crops it. Key cell ``(r, c)`` covers input pixels
+``[r * H / Hk, (r + 1) * H / Hk) x [c * W / Wk, (c + 1) * W / Wk)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "save_image_maps"]
+
+MAPS_FORMAT = "nlanalysis-maps-1"
+
+
+def save_image_maps(
+    file: BinaryIO,
+    *,
+    image_id: Any,
+    blocks: list[str],
+    maps: list[np.ndarray],
+    cells: list[np.ndarray],
+    query_shapes: list[tuple[int, int]],
+    key_shapes: list[tuple[int, int]],
+    query_yx: np.ndarray,
+    query_label: np.ndarray,
+    scale: tuple[float, float],
+    size: tuple[int, int],
+    original_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> None:
+    """Write one image's maps in the format above (compressed npz) into ``file``."""
+    arrays: dict[str, np.ndarray] = dict(
+        format=np.array(MAPS_FORMAT),
+        image_id=np.array(str(image_id)),
+        blocks=np.array(blocks, dtype=str),
+        query_yx=np.asarray(query_yx, dtype=np.float32).reshape(-1, 2),
+        query_yx_original=(np.asarray(query_yx, dtype=np.float64).reshape(-1, 2) / np.array(scale)).astype(np.float32),
+        query_label=np.asarray(query_label, dtype=np.int64),
+        scale=np.array(scale, dtype=np.float64),
+        size=np.array(size, dtype=np.int64),
+        original_size=np.array(original_size, dtype=np.int64),
+        input_size=np.array(input_size, dtype=np.int64),
+    )
+    for i in range(len(blocks)):
+        arrays[f"maps_{i}"] = np.asarray(maps[i], dtype=np.float16)
+        arrays[f"cells_{i}"] = np.asarray(cells[i], dtype=np.int64)
+        arrays[f"query_shape_{i}"] = np.array(query_shapes[i], dtype=np.int64)
+        arrays[f"key_shape_{i}"] = np.array(key_shapes[i], dtype=np.int64)
+    np.savez_compressed(file, **arrays)
+
+
+class ImageMaps:
+    """The saved maps of one image, read from its npz when first touched."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._data: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._data is None:
+            with np.load(self.path) as z:
+                self._data = {k: z[k] for k in z.files}
+            if str(self._data.get("format")) != MAPS_FORMAT:
+                raise ValueError(f"{self.path}: not an nlanalysis maps file (format {self._data.get('format')!r})")
+        return self._data
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._load()[name]
+
+    def keys(self) -> list[str]:
+        return list(self._load())
+
+    @property
+    def blocks(self) -> list[str]:
+        return [str(b) for b in self["blocks"]]
+
+    @property
+    def query_yx(self) -> np.ndarray:
+        """``[K, 2]`` query points in model-input pixels."""
+        return self["query_yx"]
+
+    @property
+    def query_yx_original(self) -> np.ndarray:
+        """``[K, 2]`` query points in original-image pixels."""
+        return self["query_yx_original"]
+
+    @property
+    def query_label(self) -> np.ndarray:
+        return self["query_label"]
+
+    def _index(self, block: str | int) -> int:
+        if isinstance(block, int):
+            return block
+        names = self.blocks
+        if block not in names:
+            raise KeyError(f"{self.path}: no maps of block {block!r}; blocks: {names}")
+        return names.index(block)
+
+    def maps(self, block: str | int) -> np.ndarray:
+        """``float32 [K, Hk, Wk]``: every query's map over the key grid of ``block``."""
+        return self[f"maps_{self._index(block)}"].astype(np.float32)
+
+    def overlay(self, block: str | int, query: int) -> np.ndarray:
+        """``float32 [h, w]``: query ``query``'s map of ``block`` on the original image.
+
+        The key grid is stretched over the padded input (bilinear), the padding is cropped and
+        the rest is resized to the original image size, so it can be drawn over the image file.
+        """
+        m = torch.from_numpy(self.maps(block)[query])[None, None]
+        h, w = (int(v) for v in self["size"])
+        m = F.interpolate(m, size=tuple(int(v) for v in self["input_size"]), mode="bilinear", align_corners=False)
+        m = F.interpolate(m[..., :h, :w], size=tuple(int(v) for v in self["original_size"]), mode="bilinear", align_corners=False)
+        return m[0, 0].numpy()
+
+
+class MapsIndex(Mapping):
+    """``{image_id: ImageMaps}`` over a run's ``maps/`` folder; files are opened on access."""
+
+    def __init__(self, folder: Path, keys: dict[Any, str]) -> None:
+        self.folder = folder
+        self._keys = {k: v for k, v in keys.items() if (folder / f"{v}.npz").is_file()}
+        self._text = {str(k): v for k, v in self._keys.items()}
+
+    def __getitem__(self, image_id: Any) -> ImageMaps:
+        key = self._keys.get(image_id) or self._text.get(str(image_id))
+        if key is None:
+            raise KeyError(f"no saved maps for image {image_id!r} in {self.folder} (was the run made with --save-maps?)")
+        return ImageMaps(self.folder / f"{key}.npz")
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

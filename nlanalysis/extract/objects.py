@@ -1,0 +1,115 @@
+"""Annotated objects as a label map in model-input pixels.
+
+Each non-crowd COCO annotation becomes one object ``k = 1, 2, ...`` (in annotation order), drawn
+from its mask (polygons or RLE, decoded with ``pycocotools.mask``) or, without a mask, its box.
+Where objects overlap the smaller one is drawn on top, so a small object inside a large one stays
+visible. Crowd regions (``iscrowd = 1``) are not objects and are left out (label 0).
+
+The map is made at the original image size, then resampled with nearest neighbour to the
+resized size exactly as pixels are sampled by the resize (input pixel ``r`` takes original pixel
+``floor((r + 0.5) * h / h_resized)``), then zero-padded like the image.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ObjectMap", "object_map"]
+
+
+@dataclass
+class ObjectMap:
+    """Objects of one image.
+
+    Attributes:
+        labels: ``int64 [H_pad, W_pad]``, 0 = no object, ``k`` = object ``k``.
+        ann_ids: ``ann_ids[k - 1]`` is the COCO annotation id of object ``k``.
+        category_ids: likewise, the category.
+        has_mask: likewise, whether the object came from a mask (``False``: from its box).
+        boxes: ``float64 [n, 4]`` boxes ``(x, y, w, h)`` in original-image pixels.
+    """
+
+    labels: np.ndarray
+    ann_ids: list[int]
+    category_ids: list[int]
+    has_mask: list[bool]
+    boxes: np.ndarray
+
+
+def _mask(ann: dict[str, Any], h: int, w: int) -> np.ndarray | None:
+    from pycocotools import mask as mask_utils
+
+    seg = ann.get("segmentation")
+    if not seg:
+        return None
+    if isinstance(seg, list):  # polygons
+        polys = [p for p in seg if len(p) >= 6]
+        if not polys:
+            return None
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+    elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        rle = dict(seg)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode()
+    with warnings.catch_warnings():  # pycocotools' decoder warns under numpy 2 (its __array__ lacks copy=)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+def _box(ann: dict[str, Any], h: int, w: int) -> np.ndarray:
+    x, y, bw, bh = (float(v) for v in ann["bbox"])
+    m = np.zeros((h, w), dtype=bool)
+    # pixels whose centre lies in the box
+    r0, r1 = int(np.ceil(y - 0.5)), int(np.ceil(y + bh - 0.5))
+    c0, c1 = int(np.ceil(x - 0.5)), int(np.ceil(x + bw - 0.5))
+    m[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)] = True
+    return m
+
+
+def object_map(
+    annotations: list[dict[str, Any]],
+    original_size: tuple[int, int],
+    size: tuple[int, int],
+    padded_size: tuple[int, int],
+) -> ObjectMap:
+    """Draw ``annotations`` into a label map of the model input.
+
+    Args:
+        annotations: COCO annotations of the image.
+        original_size: ``(h, w)`` of the image file.
+        size: ``(h, w)`` after the resize (before padding).
+        padded_size: ``(H, W)`` of the model input.
+    """
+    h, w = original_size
+    objects = [a for a in annotations if not a.get("iscrowd") and ("bbox" in a or a.get("segmentation"))]
+    drawn = []
+    for a in objects:
+        m = _mask(a, h, w)
+        has_mask = m is not None
+        if m is None:
+            m = _box(a, h, w) if "bbox" in a else np.zeros((h, w), dtype=bool)
+        if m.shape != (h, w):
+            raise ValueError(f"annotation {a.get('id')}: mask of shape {m.shape} on an image of shape {(h, w)}")
+        drawn.append((m, has_mask))
+    full = np.zeros((h, w), dtype=np.int64)
+    order = sorted(range(len(drawn)), key=lambda i: -int(drawn[i][0].sum()))  # large first, small on top
+    for i in order:
+        full[drawn[i][0]] = i + 1
+    nh, nw = size
+    rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
+    labels = np.zeros(padded_size, dtype=np.int64)
+    labels[:nh, :nw] = full[rows][:, cols]
+    boxes = np.array([a.get("bbox", [np.nan] * 4) for a in objects], dtype=np.float64).reshape(-1, 4)
+    return ObjectMap(
+        labels,
+        [int(a.get("id", -1)) for a in objects],
+        [int(a.get("category_id", -1)) for a in objects],
+        [hm for _, hm in drawn],
+        boxes,
+    )

@@ -1,0 +1,69 @@
+"""Reading a result set back: ``nlanalysis.load_run(RUN_DIR)``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .maps import MapsIndex
+from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
+
+__all__ = ["ResultSet", "load_run"]
+
+
+@dataclass
+class ResultSet:
+    """A run of ``nlanalysis extract``.
+
+    Attributes:
+        path: the run directory.
+        metrics: one row per (image, block) (``metrics.csv``; see ``nlanalysis.extract``).
+        failures: images that could not be analysed, with the reason.
+        images: the whole selection in run order (``key``, ``image_id``, ``file_name``).
+        info: ``run.json`` (settings, checkpoint, preprocessing, versions, times, counts).
+        maps: ``{image_id: ImageMaps}``, lazy: a file is read when its image is first touched.
+        complete: every selected image is done or failed.
+    """
+
+    path: Path
+    metrics: pd.DataFrame
+    failures: pd.DataFrame
+    images: pd.DataFrame
+    info: dict[str, Any]
+    maps: MapsIndex
+    complete: bool
+
+    def summary(self) -> pd.DataFrame:
+        """Mean of each statistic per block (over images)."""
+        from .runner import SUMMARY_COLUMNS
+
+        cols = [c for c in SUMMARY_COLUMNS if c in self.metrics]
+        return self.metrics.groupby("block", sort=False)[cols].mean()
+
+
+def load_run(path: str | os.PathLike[str]) -> ResultSet:
+    """Open a result set written by ``nlanalysis extract`` (or ``merge``).
+
+    A run still in progress, or killed, is read from its per-image parts, so what is done so far
+    is always visible; ``complete`` says whether anything is pending.
+    """
+    store = RunStore(path)
+    info = store.info()
+    images = store.images()
+    id_type = info["settings"]["selection"]["id_type"]
+    keys = images["key"].tolist()
+    metrics_csv = store.root / "metrics.csv"
+    if metrics_csv.is_file() and info.get("assembled_parts") == len(store.done_keys() & set(keys)):
+        metrics = frame_from_csv(metrics_csv.read_text(), id_type)
+    else:  # not assembled yet (running or killed): read the parts
+        metrics = frame_from_csv(store.read_metrics_text(keys), id_type)
+    failed = store.failed_keys() - store.done_keys()
+    failures = pd.DataFrame(
+        [pd.read_json(store.failure_path(k), typ="series").to_dict() for k in keys if k in failed], columns=FAILURE_COLUMNS
+    )
+    counts = store.counts(keys)
+    maps = MapsIndex(store.maps, dict(zip(images["image_id"], images["key"])))
+    return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0)

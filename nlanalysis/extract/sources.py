@@ -1,0 +1,222 @@
+"""Which images a run covers: a COCO instances file or image files, folders and globs.
+
+Selection is reproducible: the candidate images are ordered (COCO: by image id; files: by path),
+filtered by ``image_ids`` and ``cat_ids``, and, with ``limit``, a uniform sample of ``limit`` of them
+is drawn with ``numpy.random.default_rng(seed)`` and put back in order. The same arguments
+always select the same images in the same order; that order is the order of ``metrics.csv``.
+
+COCO annotations (masks or boxes) travel with each image: they are used for the ``objects:K``
+query points and for the own-object statistics.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "coco_images", "file_images", "select", "shard_of"]
+
+#: file name endings that ``--images FOLDER`` picks up (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass
+class ImageItem:
+    """One image of a run.
+
+    Attributes:
+        image_id: COCO image id (``int``), or the file's path relative to the common folder of
+            the selected files (``str``).
+        file_name: as in the COCO file, or the same relative path.
+        path: where the file is read from.
+        key: a file-name-safe unique name, used for the per-image files of a run.
+        height, width: the image size when known without decoding it (COCO), else ``None``.
+        annotations: COCO annotations of the image (``segmentation``, ``bbox``, ``iscrowd``,
+            ``category_id``, ``id``, ``area``); ``None`` for plain files (no annotations at all).
+    """
+
+    image_id: int | str
+    file_name: str
+    path: str
+    key: str
+    height: int | None = None
+    width: int | None = None
+    annotations: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+
+def select(
+    items: list[ImageItem], *, limit: int | None = None, seed: int = 0, what: str = "images"
+) -> list[ImageItem]:
+    """Draw ``limit`` of ``items`` uniformly with ``seed`` (kept in their order); all without a limit."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit} selects no images: give a positive number, or leave --limit out for all {what}")
+    if not items:
+        raise ValueError(f"the selection is empty: no {what} to analyse")
+    if limit is None or limit >= len(items):
+        return list(items)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+    return [items[i] for i in chosen]
+
+
+def shard_of(items: list[ImageItem], index: int, count: int) -> list[ImageItem]:
+    """Shard ``index`` (0-based) of ``count``: every ``count``-th image from position ``index``."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= I < N (I is 0-based, as torchrun's RANK)")
+    return items[index::count]
+
+
+def _coco_key(image_id: int | str) -> str:
+    if isinstance(image_id, int) and image_id >= 0:
+        return f"{image_id:012d}"
+    return _safe_key(str(image_id))
+
+
+def _safe_key(name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "image"
+    return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def load_coco(ann_file: str | os.PathLike[str]) -> Any:
+    """``pycocotools.coco.COCO`` for an instances file, with errors that say what is wrong."""
+    from pycocotools.coco import COCO
+
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--coco-ann {path}: no such annotation file")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--coco-ann {path}: not a JSON file ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"--coco-ann {path}: not a COCO instances file (no 'images' list)")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"--coco-ann {path}: malformed COCO file (missing field {err})") from err
+    return coco
+
+
+def coco_images(
+    ann_file: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str],
+    *,
+    image_ids: Sequence[int] | None = None,
+    cat_ids: Sequence[int] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[ImageItem]:
+    """The selected images of a COCO instances file (read with pycocotools).
+
+    Args:
+        ann_file: ``instances_*.json``.
+        images_dir: the folder the ``file_name`` s are relative to.
+        image_ids: keep these images only (each must be in the file).
+        cat_ids: keep images with at least one annotation of any of these categories.
+        limit, seed: see the module docstring.
+    """
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"--coco-images {images_dir}: no such folder")
+    coco = load_coco(ann_file)
+    ids = sorted(coco.imgs)
+    if image_ids is not None:
+        unknown = sorted(set(image_ids) - set(coco.imgs))
+        if unknown:
+            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})" if ids
+                             else f"--image-ids: {_few(unknown)} not in {ann_file}, which lists no images")  # fmt: skip
+        ids = sorted(set(image_ids))
+    if cat_ids is not None:
+        unknown = sorted(set(cat_ids) - set(coco.cats))
+        if unknown:
+            raise ValueError(f"--cat-ids: {_few(unknown)} not in {ann_file} (categories: {_few(sorted(coco.cats))})")
+        with_cat = set().union(*(coco.catToImgs.get(c, []) for c in cat_ids))
+        ids = [i for i in ids if i in with_cat]
+    what = f"images in {ann_file}" + (" with the given ids/categories" if image_ids or cat_ids else "")
+    items = []
+    for i in ids:
+        info = coco.imgs[i]
+        anns = [_plain_annotation(a) for a in coco.imgToAnns.get(i, [])]
+        items.append(
+            ImageItem(
+                image_id=i,
+                file_name=info["file_name"],
+                path=str(images_dir / info["file_name"]),
+                key=_coco_key(i),
+                height=info.get("height"),
+                width=info.get("width"),
+                annotations=anns,
+            )
+        )
+    return select(items, limit=limit, seed=seed, what=what)
+
+
+def _plain_annotation(ann: dict[str, Any]) -> dict[str, Any]:
+    keep = ("id", "category_id", "bbox", "segmentation", "iscrowd", "area")
+    return {k: ann[k] for k in keep if k in ann}
+
+
+def _few(values: Sequence[Any], n: int = 5) -> str:
+    shown = ", ".join(map(str, values[:n]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+def _expand(arg: str) -> list[Path]:
+    if glob.has_magic(arg):
+        found = [Path(p) for p in glob.glob(arg, recursive=True)]
+        files = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise FileNotFoundError(f"--images {arg}: the pattern matches no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    path = Path(arg)
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise FileNotFoundError(f"--images {arg}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"--images {arg}: no such file or folder")
+
+
+def file_images(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    image_ids: Sequence[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[ImageItem]:
+    """The selected images among files, folders (searched recursively) and globs.
+
+    Each image's id is its path relative to the common folder of all selected files, so ids
+    stay the same when the same arguments are given again (which resuming relies on).
+    """
+    if not paths:
+        raise ValueError("--images: give at least one file, folder or glob")
+    files = sorted({p.resolve() for arg in paths for p in _expand(os.fspath(arg))})
+    root = Path(os.path.commonpath([p.parent for p in files]))
+    items = [
+        ImageItem(image_id=rel, file_name=rel, path=str(p), key=_safe_key(rel))
+        for p in files
+        for rel in [p.relative_to(root).as_posix()]
+    ]
+    if image_ids is not None:
+        wanted = {str(i) for i in image_ids}
+        unknown = sorted(wanted - {it.image_id for it in items})
+        if unknown:
+            raise ValueError(f"--image-ids: {_few(unknown)} not among the {len(items)} files (ids are paths relative to {root})")
+        items = [it for it in items if it.image_id in wanted]
+    return select(items, limit=limit, seed=seed, what=f"image files under {root}")

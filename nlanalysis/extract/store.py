@@ -1,0 +1,286 @@
+"""A run's result set on disk: atomic per-image parts, resumable, shardable, mergeable.
+
+Layout of ``RUN_DIR``::
+
+    run.json          settings, checkpoint (path, sha256, format, architecture, blocks),
+                      preprocessing, package versions, start/end times, counts, sessions
+    images.csv        the whole selection (all shards) in run order: key, image_id, file_name
+    metrics.csv       one row per (image, block), assembled from parts/ in run order
+    failures.csv      images that could not be analysed: image_id, file_name, path, reason
+    parts/KEY.csv     the rows of one image (its existence means: this image is done)
+    failed/KEY.json   why one image failed (removed if a later session analyses it)
+    maps/KEY.npz      the image's query maps (``--save-maps``; see ``nlanalysis.extract.maps``)
+    shards/I-of-N.json  the sessions of one shard (start, end, device, command, counts)
+
+Every file is written to a temporary name in its folder and renamed (``os.replace``), so a
+process killed at any point leaves each file either complete or absent; ``maps/KEY.npz`` is
+written before ``parts/KEY.csv``. An image counts as done iff its part exists, so a rerun skips it,
+and ``metrics.csv`` (re-)assembled from the parts holds exactly the rows of an uninterrupted run.
+Leftover temporary files (``.NAME.PID.tmp``) are ignored.
+
+Several processes (shards, torchrun ranks) may share one ``RUN_DIR``: they write disjoint parts,
+and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .sources import ImageItem
+
+__all__ = ["FORMAT", "RunStore", "atomic_write", "merge_runs", "now"]
+
+FORMAT = "nlanalysis-run"
+FORMAT_VERSION = 1
+FAILURE_COLUMNS = ["image_id", "file_name", "path", "reason"]
+
+
+def now() -> str:
+    """The current time, ISO 8601 with time zone."""
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` when the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+class RunStore:
+    """Reads and writes the files of one ``RUN_DIR`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.parts = self.root / "parts"
+        self.failed = self.root / "failed"
+        self.maps = self.root / "maps"
+        self.shards = self.root / "shards"
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    def part_path(self, key: str) -> Path:
+        return self.parts / f"{key}.csv"
+
+    def maps_path(self, key: str) -> Path:
+        return self.maps / f"{key}.npz"
+
+    def failure_path(self, key: str) -> Path:
+        return self.failed / f"{key}.json"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock on the run directory (between processes)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- opening ---------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.run_json.is_file()
+
+    def info(self) -> dict[str, Any]:
+        if not self.exists():
+            raise FileNotFoundError(f"{self.root}: not a result set of `nlanalysis extract` (no run.json)")
+        return _read_json(self.run_json)
+
+    def images(self) -> pd.DataFrame:
+        id_type = self.info()["settings"]["selection"]["id_type"]
+        return pd.read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
+
+    def open(self, info: dict[str, Any], items: Sequence[ImageItem]) -> None:
+        """Create the run directory for ``info`` (a new ``run.json``), or check that the existing
+        one holds a run with the same settings (then it is resumed)."""
+        with self.lock():
+            for d in (self.parts, self.failed, self.maps, self.shards):
+                d.mkdir(parents=True, exist_ok=True)
+            if self.exists():
+                check_same_settings(self.info()["settings"], info["settings"], self.root)
+                return
+            if any(self.parts.iterdir()):
+                raise ValueError(f"--out {self.root}: holds parts/ but no run.json; use a new folder")
+            table = pd.DataFrame(
+                {"key": [it.key for it in items], "image_id": [it.image_id for it in items], "file_name": [it.file_name for it in items]}
+            )
+            with atomic_write(self.root / "images.csv") as f:
+                table.to_csv(f, index=False)
+            _write_json(self.run_json, info)
+
+    # -- per image -------------------------------------------------------------------------------
+    def done_keys(self) -> set[str]:
+        return {p.name[:-4] for p in self.parts.glob("*.csv") if not p.name.startswith(".")}
+
+    def failed_keys(self) -> set[str]:
+        return {p.name[:-5] for p in self.failed.glob("*.json") if not p.name.startswith(".")}
+
+    def clean_temporary(self, keys: set[str]) -> None:
+        """Remove temporary files a killed process left for ``keys`` (only this shard's keys)."""
+        for folder in (self.parts, self.maps, self.failed):
+            for p in folder.glob(".*.tmp"):
+                if p.name[1:].rsplit(".", 3)[0] in keys:
+                    p.unlink(missing_ok=True)
+
+    def write_part(self, key: str, rows: pd.DataFrame) -> None:
+        with atomic_write(self.part_path(key)) as f:
+            rows.to_csv(f, index=False)
+        self.failure_path(key).unlink(missing_ok=True)
+
+    def write_maps(self, key: str, save: Callable[[Any], None]) -> None:
+        """``save(file)`` writes the npz into an open binary file."""
+        with atomic_write(self.maps_path(key), "wb") as f:
+            save(f)
+
+    def write_failure(self, item: ImageItem, reason: str) -> None:
+        row = {"image_id": item.image_id, "file_name": item.file_name, "path": item.path, "reason": reason}
+        _write_json(self.failure_path(item.key), row)
+
+    def write_session(self, shard: str, session: dict[str, Any]) -> None:
+        """Append (or update, by ``session['id']``) one session of ``shard``."""
+        path = self.shards / f"{shard}.json"
+        with self.lock():
+            sessions = _read_json(path)["sessions"] if path.is_file() else []
+            sessions = [s for s in sessions if s.get("id") != session["id"]] + [session]
+            _write_json(path, {"shard": shard, "sessions": sessions})
+
+    # -- assembly ----------------------------------------------------------------------------
+    def read_metrics_text(self, keys: Sequence[str]) -> str:
+        """The CSV text of all parts of ``keys`` (in that order), one header."""
+        header, body = None, []
+        for key in keys:
+            path = self.part_path(key)
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                continue
+            first, _, rest = text.partition("\n")
+            if header is None:
+                header = first
+            elif first != header:
+                raise ValueError(f"{path}: columns differ from the other parts of {self.root}")
+            body.append(rest)
+        return "" if header is None else header + "\n" + "".join(body)
+
+    def counts(self, keys: Sequence[str]) -> dict[str, int]:
+        done, failed = self.done_keys(), self.failed_keys() - self.done_keys()
+        n_done = sum(k in done for k in keys)
+        n_failed = sum(k in failed for k in keys)
+        return {"total": len(keys), "done": n_done, "failed": n_failed, "pending": len(keys) - n_done - n_failed}
+
+    def assemble(self) -> dict[str, Any]:
+        """Write ``metrics.csv``, ``failures.csv`` and ``run.json`` from what is on disk; return run.json."""
+        with self.lock():
+            info = self.info()
+            keys = self.images()["key"].tolist()
+            with atomic_write(self.root / "metrics.csv") as f:
+                f.write(self.read_metrics_text(keys))
+            failed = self.failed_keys() - self.done_keys()
+            rows = [_read_json(self.failure_path(k)) for k in keys if k in failed]
+            with atomic_write(self.root / "failures.csv") as f:
+                pd.DataFrame(rows, columns=FAILURE_COLUMNS).to_csv(f, index=False)
+            counts = self.counts(keys)
+            shards = {p.stem: _read_json(p)["sessions"] for p in sorted(self.shards.glob("*.json")) if not p.name.startswith(".")}
+            sessions = [s for ss in shards.values() for s in ss]
+            info.update(
+                counts=counts,
+                complete=counts["pending"] == 0,
+                started=min((s["started"] for s in sessions), default=info.get("started")),
+                finished=max((s.get("finished") or "" for s in sessions), default=None) if counts["pending"] == 0 else None,
+                shards=shards,
+                assembled_parts=counts["done"],
+            )
+            _write_json(self.run_json, info)
+            return info
+
+
+#: settings that may differ between sessions and shards of one run (they do not change results
+#: beyond float rounding; see ``run_extract``).
+def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str) -> None:
+    """Raise if two runs' settings differ, naming the first settings that do."""
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:120]} vs {json.dumps(new.get(k), default=str)[:120]}" for k in diff[:3])
+        raise ValueError(f"{where} holds a run with other settings ({shown}); use another --out, or the same arguments to resume")
+
+
+def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Combine the result sets of shards of one run into ``out``.
+
+    Refuses runs with different settings (checkpoint, selection, preprocessing, queries, seed,
+    ...) and runs that both hold (done or failed) the same image. Files are copied; ``out`` must
+    not exist yet or be empty. Returns the merged ``run.json``.
+    """
+    stores = [RunStore(p) for p in inputs]
+    if len(stores) < 1:
+        raise ValueError("merge: give at least one RUN_DIR")
+    infos = [s.info() for s in stores]
+    for s, info in zip(stores[1:], infos[1:]):
+        check_same_settings(infos[0]["settings"], info["settings"], f"merge: {s.root} (against {stores[0].root})")
+    owner: dict[str, Path] = {}
+    for s in stores:
+        for key in sorted(s.done_keys() | s.failed_keys()):
+            if key in owner:
+                raise ValueError(f"merge: {s.root} and {owner[key]} overlap (both hold image {key}); merge disjoint shards only")
+            owner[key] = s.root
+    target = RunStore(out)
+    if target.root.exists() and any(target.root.iterdir()):
+        raise ValueError(f"merge: --out {target.root} is not empty; give a new folder")
+    for d in (target.parts, target.failed, target.maps, target.shards):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(stores[0].root / "images.csv", target.root / "images.csv")
+    for s in stores:
+        for src_dir, dst_dir in ((s.parts, target.parts), (s.failed, target.failed), (s.maps, target.maps)):
+            for p in src_dir.iterdir():
+                if not p.name.startswith("."):
+                    shutil.copy2(p, dst_dir / p.name)
+        for p in s.shards.glob("*.json"):
+            dst = target.shards / p.name
+            n = 1
+            while dst.exists():  # the same shard name from two folders (e.g. two 0-of-1 runs of subsets)
+                dst, n = target.shards / f"{p.stem}.{n}.json", n + 1
+            shutil.copy2(p, dst)
+    merged = dict(infos[0])
+    merged["merged_from"] = [str(s.root) for s in stores]
+    _write_json(target.run_json, merged)
+    return target.assemble()
+
+
+def frame_from_csv(text: str, id_type: str) -> pd.DataFrame:
+    """A metrics table from CSV text (empty table for empty text)."""
+    if not text.strip():
+        return pd.DataFrame()
+    return pd.read_csv(io.StringIO(text), dtype={"image_id": id_type, "file_name": str})
