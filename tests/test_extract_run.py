@@ -17,6 +17,15 @@ from nlanalysis.extract.fixtures import tiny_checkpoint, write_coco, write_photo
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convs on a shared 2-core machine: OpenMP threads that spin-wait cost 100x; use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 NL = "backbone.layer2.0.nonlocal_block"
 GC = "backbone.layer1.0.context_block"
 NUMERIC = ["n_query", "n_key", "input", "output", "att", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share"]

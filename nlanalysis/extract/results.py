@@ -1,6 +1,7 @@
 """Reading a result set back: ``nlanalysis.load_run(RUN_DIR)``."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,7 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     else:  # not assembled yet (running or killed): read the parts
         metrics = frame_from_csv(store.read_metrics_text(keys), id_type)
     failed = store.failed_keys() - store.done_keys()
-    failures = pd.DataFrame(
-        [pd.read_json(store.failure_path(k), typ="series").to_dict() for k in keys if k in failed], columns=FAILURE_COLUMNS
-    )
+    failures = pd.DataFrame([json.loads(store.failure_path(k).read_text()) for k in keys if k in failed], columns=FAILURE_COLUMNS)
     counts = store.counts(keys)
     maps = MapsIndex(store.maps, dict(zip(images["image_id"], images["key"])))
     return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0)

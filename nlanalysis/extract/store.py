@@ -227,8 +227,6 @@ class RunStore:
             return info
 
 
-#: settings that may differ between sessions and shards of one run (they do not change results
-#: beyond float rounding; see ``run_extract``).
 def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str) -> None:
     """Raise if two runs' settings differ, naming the first settings that do."""
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
