@@ -7,22 +7,18 @@ import sys
 import time
 
 import pytest
-import torch
 
 from nlanalysis.cli import main
 from nlanalysis.extract import merge_runs, run_extract
-from nlanalysis.extract.fixtures import tiny_checkpoint, write_coco, write_photos
+from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs on a shared 2-core machine: OpenMP threads that spin-wait cost 100x; use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread():
+    with one_thread():
+        yield
 
 N = 40  # enough that a run killed after a few images is surely still running
 

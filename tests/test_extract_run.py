@@ -13,18 +13,15 @@ from naive import mean_cos_dist_all_pairs
 from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
-from nlanalysis.extract.fixtures import tiny_checkpoint, write_coco, write_photos
+from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convs on a shared 2-core machine: OpenMP threads that spin-wait cost 100x; use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread():
+    with one_thread():
+        yield
 
 NL = "backbone.layer2.0.nonlocal_block"
 GC = "backbone.layer1.0.context_block"

@@ -8,8 +8,10 @@ calibrated on the photos).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from torch import nn
 from ..checkpoints import Preprocess, save_checkpoint
 from ..models import BlockSpec, ResNetArch, build_model
 
-__all__ = ["TINY_ARCH", "tiny_checkpoint", "write_coco", "write_photos"]
+__all__ = ["TINY_ARCH", "one_thread", "tiny_checkpoint", "write_coco", "write_photos"]
 
 #: two stages of a ResNet, a GC block in res2 and an embedded-Gaussian NL block in res3.
 TINY_ARCH = ResNetArch(
@@ -150,3 +152,18 @@ def write_coco(path: str | os.PathLike[str], images: list[Path], first_id: int =
             add(2, [0, h // 2, w, h - h // 2], rle, iscrowd=1)
     Path(path).write_text(json.dumps(coco))
     return coco
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block.
+
+    Tiny convolutions on a busy machine: OpenMP threads that spin-wait for each other can make
+    a forward 100x slower than on one thread.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
