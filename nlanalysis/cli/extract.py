@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import pandas as pd
 
 from ..extract import run_extract
-from ..extract.runner import SUMMARY_COLUMNS
+from ..extract.results import SUMMARY_COLUMNS
 from .inspect import add_checkpoint_arguments, checkpoint_overrides
 
 EPILOG = """\
@@ -74,7 +75,19 @@ def _ids(values: list[str] | None, coco: bool) -> list[int | str] | None:
 def main(args: argparse.Namespace) -> int:
     coco = args.coco_ann is not None or args.coco_images is not None
     quiet = args.quiet or _rank() > 0
-    report = run_extract(
+    try:
+        report = _run(args, coco, quiet)
+    except KeyboardInterrupt:
+        print(f"nlanalysis extract: interrupted; what is done is kept in {args.out}: rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    if not quiet:
+        print(format_summary(report))
+    return 1 if report.failed or report.info["counts"]["failed"] else 0
+
+
+def _run(args: argparse.Namespace, coco: bool, quiet: bool):
+    return run_extract(
         args.ckpt,
         args.out,
         coco_ann=args.coco_ann,
@@ -96,9 +109,6 @@ def main(args: argparse.Namespace) -> int:
         progress=not quiet,
         command=command_line(args),
     )
-    if not quiet:
-        print(format_summary(report))
-    return 1 if report.failed or report.info["counts"]["failed"] else 0
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

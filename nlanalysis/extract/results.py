@@ -12,7 +12,7 @@ import pandas as pd
 from .maps import MapsIndex
 from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
 
-__all__ = ["ResultSet", "load_run"]
+__all__ = ["SUMMARY_COLUMNS", "ResultSet", "load_run", "summarize"]
 
 
 @dataclass
@@ -39,10 +39,18 @@ class ResultSet:
 
     def summary(self) -> pd.DataFrame:
         """Mean of each statistic per block (over images)."""
-        from .runner import SUMMARY_COLUMNS
+        return summarize(self.metrics)
 
-        cols = [c for c in SUMMARY_COLUMNS if c in self.metrics]
-        return self.metrics.groupby("block", sort=False)[cols].mean()
+
+#: statistics averaged per block in summaries.
+SUMMARY_COLUMNS = ["input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share"]
+
+
+def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped)."""
+    if metrics.empty:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    return metrics.groupby("block", sort=False)[[c for c in SUMMARY_COLUMNS if c in metrics]].mean()
 
 
 def load_run(path: str | os.PathLike[str]) -> ResultSet:

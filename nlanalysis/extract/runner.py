@@ -22,6 +22,7 @@ Determinism (what makes a resumed run equal an uninterrupted one row for row):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import platform
@@ -49,9 +50,10 @@ from .maps import save_image_maps
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec, parse_queries, select_queries
 from .sources import ImageItem, coco_images, file_images, shard_of
+from .results import summarize
 from .store import RunStore, frame_from_csv, now
 
-__all__ = ["COLUMNS", "OBJECT_COLUMNS", "SUMMARY_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
+__all__ = ["COLUMNS", "OBJECT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
 
 #: own-object columns (NaN without annotated objects in the image).
 OBJECT_COLUMNS = ["att_own_object", "own_object_share"]
@@ -64,8 +66,6 @@ COLUMNS = [
     "query_independent", "convention", "image_height", "image_width",
 ]  # fmt: skip
 
-#: statistics averaged per block in the end-of-run summary.
-SUMMARY_COLUMNS = ["input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", *OBJECT_COLUMNS]
 
 
 @dataclass
@@ -184,7 +184,7 @@ class _ImageDataset(torch.utils.data.Dataset):
             prep = prepare_image(load_image(item.path), self.pre)
         except (ImageReadError, ValueError) as err:
             return _Loaded(item, error=str(err))
-        out = _Loaded(item, None, prep.tensor, prep.valid, None, None, None, prep.scale, prep.size, prep.original_size)
+        out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size, original_size=prep.original_size)
         try:
             objects: ObjectMap | None = None
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
@@ -302,33 +302,98 @@ def run_extract(
     dev = resolve_device(device)
     if batch_size < 1 or workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    coco = coco_ann is not None
     if (coco_ann is None) != (coco_images_dir is None):
         raise ValueError("--coco-ann and --coco-images go together")
-    if (coco_ann is None) == (images is None):
+    if coco == (images is not None):
         raise ValueError("give either --coco-ann ANN --coco-images DIR, or --images PATH...")
-    if coco_ann is None and cat_ids:
+    if not coco and cat_ids:
         raise ValueError("--cat-ids needs COCO annotations (--coco-ann/--coco-images)")
-
-    if coco_ann is not None:
+    if coco:
         items = coco_images(coco_ann, coco_images_dir, image_ids=image_ids, cat_ids=cat_ids, limit=limit, seed=seed)
     else:
         items = file_images(images, image_ids=image_ids, limit=limit, seed=seed)
-    spec = parse_queries(queries or ("objects:2" if coco_ann is not None else "random:3"))
-    if spec.kind == "objects" and coco_ann is None:
+    spec = parse_queries(queries or ("objects:2" if coco else "random:3"))
+    if spec.kind == "objects" and not coco:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
 
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
     model = loaded.model.eval().to(dev)
-    found = list_blocks(model, include=blocks)
-    if not found:
-        raise ValueError(
-            f"--blocks {blocks if isinstance(blocks, str) else ' '.join(blocks)} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}"
-        )
-    block_names = [b.name for b in found]
-    use_objects = coco_ann is not None
+    block_names = [b.name for b in list_blocks(model, include=blocks)]
+    if not block_names:
+        shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
+        raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
 
-    id_type = "int" if coco_ann is not None else "str"
-    keys = [it.key for it in items]
+    info = _describe_run(loaded, items, block_names, spec, save_maps=save_maps, seed=seed, jsd_pairs=jsd_pairs, coco_ann=coco_ann)
+    info.update(
+        command=list(command if command is not None else sys.argv),
+        selection_args={"coco_ann": coco_ann, "coco_images": coco_images_dir, "images": images, "image_ids": image_ids,
+                        "cat_ids": cat_ids, "limit": limit, "seed": seed},  # fmt: skip
+        started=started,
+    )
+    store = RunStore(out)
+    store.open(json.loads(json.dumps(info, default=str)), items)
+
+    mine = shard_of(items, shard_index, shard_count)
+    store.clean_temporary({it.key for it in mine})
+    done_before = store.done_keys()
+    todo = [b for b in plan_batches(mine, loaded.preprocess, batch_size) if any(mine[i].key not in done_before for i in b)]
+    n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
+    shard_name = f"{shard_index}-of-{shard_count}"
+    session = {
+        "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
+        "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
+        "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
+    }  # fmt: skip
+    store.write_session(shard_name, session)
+
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(mine, loaded.preprocess, spec if save_maps else None, coco, seed),
+        batch_sampler=todo,
+        num_workers=workers,
+        collate_fn=_as_list,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+    work = partial(_analyse, model=model, device=dev, blocks=block_names, store=store, done_before=done_before,
+                   save_maps=save_maps, seed=seed, use_objects=coco,
+                   capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size))  # fmt: skip
+    from tqdm import tqdm
+
+    desc = f"extract {shard_name}" if shard_count > 1 else "extract"
+    bar = tqdm(total=n_todo, unit="img", disable=not progress, desc=desc, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                done, failed = work(batch)
+                session["done"] += done
+                session["failed"] += failed
+                bar.update(done + failed)
+                if session["failed"]:
+                    bar.set_postfix(failed=session["failed"])
+    finally:
+        bar.close()
+        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
+        session["seconds"] = round(time.perf_counter() - t0, 3)
+        store.write_session(shard_name, session)
+        run_info = store.assemble()
+    metrics = frame_from_csv((store.root / "metrics.csv").read_text(), run_info["settings"]["selection"]["id_type"])
+    return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],
+                         time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
+
+
+def _describe_run(
+    loaded: LoadedCheckpoint,
+    items: list[ImageItem],
+    block_names: list[str],
+    spec: QuerySpec,
+    *,
+    save_maps: bool,
+    seed: int,
+    jsd_pairs: int,
+    coco_ann: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts."""
     settings = {
         "checkpoint_sha256": _sha256_file(loaded.path),
         "arch": loaded.arch.to_dict(),  # with the hash: the model, whatever options rebuilt it
@@ -338,19 +403,18 @@ def run_extract(
             "source": "coco" if coco_ann is not None else "files",
             "annotations_sha256": _sha256_file(coco_ann) if coco_ann is not None else None,
             "images": len(items),
-            "keys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
-            "id_type": id_type,
+            "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
+            "id_type": "int" if coco_ann is not None else "str",
         },
         "queries": str(spec) if save_maps else None,
         "save_maps": save_maps,
         "seed": seed,
-        "measure": {"jsd_pairs": jsd_pairs, "convention": "1-cos", "zero": "exclude", "own_object": use_objects},
+        "measure": {"jsd_pairs": jsd_pairs, "convention": "1-cos", "zero": "exclude", "own_object": coco_ann is not None},
     }
-    info = {
+    return {
         "format": "nlanalysis-run",
         "format_version": 1,
         "settings": settings,
-        "command": list(command if command is not None else sys.argv),
         "checkpoint": {
             "path": str(Path(loaded.path).resolve()),
             "sha256": settings["checkpoint_sha256"],
@@ -360,90 +424,10 @@ def run_extract(
             "notes": loaded.notes,
         },
         "preprocess": loaded.preprocess.to_dict(),
-        "selection_args": {
-            "coco_ann": str(coco_ann) if coco_ann is not None else None,
-            "coco_images": str(coco_images_dir) if coco_images_dir is not None else None,
-            "images": [str(p) for p in images] if images is not None else None,
-            "image_ids": list(image_ids) if image_ids is not None else None,
-            "cat_ids": list(cat_ids) if cat_ids is not None else None,
-            "limit": limit,
-            "seed": seed,
-        },
         "padding": "positions that are only padding are excluded from every statistic, as queries and as keys",
         "versions": _versions(),
-        "started": started,
         "finished": None,
     }
-    store = RunStore(out)
-    store.open(info, items)
-
-    mine = shard_of(items, shard_index, shard_count)
-    store.clean_temporary({it.key for it in mine})
-    done_before = store.done_keys()
-    plan = plan_batches(mine, loaded.preprocess, batch_size)
-    todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
-    n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
-    shard_name = f"{shard_index}-of-{shard_count}"
-    session = {
-        "id": uuid.uuid4().hex,
-        "started": started,
-        "finished": None,
-        "command": info["command"],
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "device": str(dev),
-        "batch_size": batch_size,
-        "workers": workers,
-        "images": len(mine),
-        "skipped": len(mine) - n_todo,
-        "done": 0,
-        "failed": 0,
-    }
-    store.write_session(shard_name, session)
-
-    dataset = _ImageDataset(mine, loaded.preprocess, spec if save_maps else None, use_objects, seed)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=todo,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    work = partial(
-        _analyse,
-        model=model,
-        device=dev,
-        blocks=block_names,
-        store=store,
-        done_before=done_before,
-        save_maps=save_maps,
-        seed=seed,
-        use_objects=use_objects,
-        capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size),
-    )
-    from tqdm import tqdm
-
-    bar = tqdm(total=n_todo, unit="img", disable=not progress, desc=f"extract {shard_name}" if shard_count > 1 else "extract", dynamic_ncols=True)
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                d, f = work(batch)
-                session["done"] += d
-                session["failed"] += f
-                bar.update(d + f)
-                if session["failed"]:
-                    bar.set_postfix(failed=session["failed"])
-    finally:
-        bar.close()
-        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
-        session["seconds"] = round(time.perf_counter() - t0, 3)
-        store.write_session(shard_name, session)
-        run_info = store.assemble()
-    metrics = frame_from_csv((store.root / "metrics.csv").read_text(), id_type)
-    summary = metrics.groupby("block", sort=False)[[c for c in SUMMARY_COLUMNS if c in metrics]].mean() if len(metrics) else pd.DataFrame()
-    return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],
-                         time.perf_counter() - t0, run_info, summary)  # fmt: skip
 
 
 def _analyse(batch: list[_Loaded], *, store: RunStore, done_before: set[str], **kw: Any) -> tuple[int, int]:
