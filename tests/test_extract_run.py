@@ -194,9 +194,11 @@ def test_resume_refuses_other_settings(run, data, capsys):
 def test_file_images_without_annotations(data, tmp_path):
     root, ckpt = data
     report = nlanalysis.extract.run_extract(ckpt, tmp_path / "f", images=[str(root / "images" / "*.jpg")], limit=2,
-                                            queries="grid:2", save_maps=True, jsd_pairs=0, progress=False)  # fmt: skip
+                                            queries="grid:2", save_maps=True, jsd_pairs=0, controls=True, progress=False)  # fmt: skip
     res = nlanalysis.load_run(tmp_path / "f")
     assert report.done == 2 and res.metrics[["att_own_object", "own_object_share"]].isna().all().all()
     first = res.metrics["image_id"].iloc[0]
     assert isinstance(first, str) and first.startswith("photo_") and res.maps[first].query_yx.shape == (4, 2)
     assert math.isnan(res.metrics["att_jsd"].iloc[1])  # --jsd-pairs 0: off
+    nl = res.metrics[res.metrics.block == NL]
+    assert nl["ctrl_att"].notna().all() and nl["ctrl_temperature"].gt(0).all()  # the random-projection control

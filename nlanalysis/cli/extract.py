@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, default=0, help="DataLoader processes for reading/preprocessing (default 0)")
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
+    run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=main)
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         shard=args.shard,
         save_maps=args.save_maps,
         jsd_pairs=args.jsd_pairs,
+        controls=args.controls,
         checkpoint_options={"config": args.config, "trust": args.trust_checkpoint, "overrides": checkpoint_overrides(args)},
         progress=not quiet,
         command=command_line(args),

@@ -1,15 +1,44 @@
 """``nlanalysis extract``: the GCNet analysis over a data set, streamed into a result set.
 
-One call (:func:`run_extract`, or the ``nlanalysis extract`` command) runs a checkpoint over COCO
-or image files and writes ``RUN_DIR`` (layout in :mod:`nlanalysis.extract.store`): one row per
-(image, block) in ``metrics.csv`` with the paper's statistics, optional query maps per image,
-``run.json`` and ``failures.csv``. Writes are atomic, so a killed run resumes to exactly the rows
-of an uninterrupted one; shards (``--shard I/N`` or torchrun ranks) split the images and
-:func:`merge_runs` combines shards written to different folders. :func:`load_run` reads it back.
+One call (:func:`run_extract`, or ``nlanalysis extract``) runs a checkpoint over COCO (read with
+pycocotools) or image files and writes ``RUN_DIR``; :func:`load_run` reads it back::
+
+    nlanalysis extract --ckpt model.pth --coco-ann instances_val2017.json --coco-images val2017 \
+        --out runs/val --save-maps [--device cuda --batch-size 4 --workers 4]
+
+    run = nlanalysis.load_run("runs/val")
+    run.metrics                      # pandas: one row per (image, block)
+    run.maps[139].overlay("backbone.layer3.5.nonlocal_block", 0)   # query 0's map on image 139
+
+Preprocessing is the checkpoint's (default mmdetection's: resize keeping the ratio to fit
+1333 x 800, normalise, pad bottom/right to a multiple of 32). **Padding is excluded from every
+statistic**: a feature cell whose centre lies on padding is neither a query nor a key (a key
+sub-sampled from a 2 x 2 window is kept only if all four cells are image).
+
+``metrics.csv`` (:data:`COLUMNS`): ``image_id`` (COCO id, or the file's path relative to the common
+folder), ``file_name``, ``block`` (dotted module name as in the checkpoint), ``family``, ``mode``,
+``height``/``width`` (the block's query grid), ``n_query``/``n_key`` (valid positions), the
+statistics of :mod:`nlanalysis.measure` (``input``, ``output``, ``att``: mean pairwise ``1 - cos``
+over all ordered pairs, i = j included; ``att_jsd`` (bits) with ``att_jsd_stderr``,
+``att_entropy``, ``att_max``, ``att_zero_rows``, ``input_zero``, ``output_zero``,
+``att_own_object`` and ``own_object_share`` from the COCO masks, or boxes without masks, NaN
+without annotated objects), ``query_independent`` (GC/SNL: ``att`` = 0 by construction),
+``convention``, ``image_height``/``image_width``. Values are written with full precision.
+
+Query points (``--queries grid:K | random:K | objects:K``, see :mod:`.queries`) only choose the
+maps that ``--save-maps`` keeps (format in :mod:`.maps`); every statistic uses all positions.
+
+Files, atomic writes, resume, shards: :mod:`.store`. Determinism and batching: :mod:`.runner`.
+In short: rerunning the same command skips finished images and a run killed at any point ends
+with exactly the rows of an uninterrupted one; ``--shard I/N`` (or torchrun's ``RANK``/
+``WORLD_SIZE``) takes every N-th image, shards may share one ``RUN_DIR`` (the last to finish
+assembles ``metrics.csv``) or use their own and be combined by :func:`merge_runs`
+(``nlanalysis merge``), which refuses overlapping or inconsistent runs. Images that cannot be
+read go to ``failures.csv`` with the reason, and the command exits with 1.
 
 Modules: ``sources`` (which images), ``objects`` (annotations as a label map), ``queries``
 (query points), ``runner`` (the loop), ``store`` (files on disk), ``maps`` (saved maps),
-``results`` (``load_run``).
+``results`` (``load_run``), ``fixtures`` (small real inputs for tests and benchmarks).
 """
 from .maps import ImageMaps
 from .queries import QuerySpec, parse_queries, select_queries

@@ -270,6 +270,7 @@ def run_extract(
     save_maps: bool = False,
     jsd_pairs: int = 512,
     chunk_size: int = 256,
+    controls: bool = False,
     checkpoint_options: dict[str, Any] | None = None,
     progress: bool = True,
     command: Sequence[str] | None = None,
@@ -292,7 +293,8 @@ def run_extract(
         workers: DataLoader worker processes for reading and preprocessing (0: in this process).
         shard: ``"I/N"`` or ``(I, N)``; default from torchrun's ``RANK``/``WORLD_SIZE``.
         save_maps: write the query maps of every image (``maps/KEY.npz``).
-        jsd_pairs, chunk_size: passed to :class:`~nlanalysis.capture.Capture`.
+        jsd_pairs, chunk_size, controls: passed to :class:`~nlanalysis.capture.Capture`
+            (``controls``: the random-projection control, ``ctrl_*`` columns; see :mod:`nlanalysis.controls`).
         checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``).
         progress: show a tqdm progress bar.
         command: the command line to record (default ``sys.argv``).
@@ -324,7 +326,8 @@ def run_extract(
         shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
         raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
 
-    info = _describe_run(loaded, items, block_names, spec, save_maps=save_maps, seed=seed, jsd_pairs=jsd_pairs, coco_ann=coco_ann)
+    info = _describe_run(loaded, items, block_names, spec, save_maps=save_maps, seed=seed, coco_ann=coco_ann,
+                         measure={"jsd_pairs": jsd_pairs, "controls": controls})  # fmt: skip
     info.update(
         command=list(command if command is not None else sys.argv),
         selection_args={"coco_ann": coco_ann, "coco_images": coco_images_dir, "images": images, "image_ids": image_ids,
@@ -357,7 +360,7 @@ def run_extract(
     )
     work = partial(_analyse, model=model, device=dev, blocks=block_names, store=store, done_before=done_before,
                    save_maps=save_maps, seed=seed, use_objects=coco,
-                   capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size))  # fmt: skip
+                   capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls))  # fmt: skip
     from tqdm import tqdm
 
     desc = f"extract {shard_name}" if shard_count > 1 else "extract"
@@ -390,8 +393,8 @@ def _describe_run(
     *,
     save_maps: bool,
     seed: int,
-    jsd_pairs: int,
     coco_ann: str | os.PathLike[str] | None,
+    measure: dict[str, Any],
 ) -> dict[str, Any]:
     """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts."""
     settings = {
@@ -409,7 +412,7 @@ def _describe_run(
         "queries": str(spec) if save_maps else None,
         "save_maps": save_maps,
         "seed": seed,
-        "measure": {"jsd_pairs": jsd_pairs, "convention": "1-cos", "zero": "exclude", "own_object": coco_ann is not None},
+        "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": coco_ann is not None},
     }
     return {
         "format": "nlanalysis-run",
