@@ -122,6 +122,12 @@ def test_padding_is_excluded(run, data):
     assert row["att"] == pytest.approx(mean_cos_dist_all_pairs(att), abs=1e-6)
     assert row["input"] != pytest.approx(mean_cos_dist_all_pairs(x), abs=1e-4)  # padding would have changed it
 
+    saved = nlanalysis.load_run(run).maps[1]  # the saved maps are the rows of the queries' cells
+    cells = saved["cells_1"]
+    np.testing.assert_array_equal(cells, np.floor(saved.query_yx / stride).astype(int))
+    expected = maps.numpy()[cells[:, 0] * gw + cells[:, 1]].reshape(-1, gh, gw)
+    np.testing.assert_allclose(saved.maps(NL), expected, atol=1e-3)  # float16
+
 
 def test_batch_of_two_equals_batch_of_one(run, data, tmp_path):
     """Only equal input shapes share a batch, so batching leaves every input as it is."""
