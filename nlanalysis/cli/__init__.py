@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
 
-SUBCOMMANDS = ("analyze", "inspect", "extract", "merge")
+SUBCOMMANDS = ("analyze", "inspect", "extract", "merge", "demo_data")
 
 
 def build_parser() -> argparse.ArgumentParser:
