@@ -1,19 +1,26 @@
 """``nlanalysis`` console entry point: a thin argparse front over the Python API.
 
 Each subcommand is one module in this package exposing ``register(subparsers)``, which adds
-its parser and sets ``func`` (``args -> exit code``). Add a module and list it in
-:data:`SUBCOMMANDS` to add a command.
+its parser and sets ``func`` (``args -> exit code``). Adding a module adds a command: they are
+discovered, so no central list needs editing.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
 
-SUBCOMMANDS = ("analyze", "inspect", "extract", "merge", "demo_data")
+
+def _subcommand_modules() -> list[str]:
+    """Every module of this package that defines ``register`` is a subcommand (sorted)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+SUBCOMMANDS = tuple(_subcommand_modules())
 
 
 def build_parser() -> argparse.ArgumentParser:
