@@ -56,3 +56,19 @@ def test_quick_job_learns_and_writes_its_tables(tmp_path, monkeypatch, scenes):
     full = load_checkpoint(final.path, truncate=False).model
     miou, _ = evaluate(full, load_scene_set(*demo_scenes_path(), limit=32))
     assert miou == pytest.approx(final.meta["miou"], abs=1e-9)
+
+
+def test_shipping_halves_storage_and_loads(scenes, tmp_path):
+    from nlanalysis.train.run import ship_checkpoints, shipped_checkpoints
+
+    train, val = scenes
+    result = train_variant("gc", train.subset(slice(0, 16)), val.subset(slice(0, 8)),
+                           TrainConfig(epochs=1, batch_size=16, snapshots=(1.0,)), tmp_path / "ck", progress=False)
+    (shipped,) = ship_checkpoints(tmp_path / "ck", tmp_path / "ship")
+    assert shipped_checkpoints(tmp_path / "ship") == {"gc": shipped}
+    assert shipped.stat().st_size < 0.6 * result.checkpoints[-1].stat().st_size
+    full = load_checkpoint(result.checkpoints[-1]).model
+    half = load_checkpoint(shipped).model
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(half(x), full(x), rtol=2e-2, atol=2e-2)

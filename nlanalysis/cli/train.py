@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..train import VARIANTS, TrainConfig
-from ..train.run import TrainJob, run_training
+from ..train.run import TrainJob, run_training, ship_checkpoints
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--design", choices=["shared", "independent"], default="shared")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
+    p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
+                   help="afterwards copy seed 0's final checkpoint of every variant to DIR as float16 "
+                   "(default DIR: nlanalysis/weights, the checkpoints that ship with the package)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 variants, 1 seed, 128 scenes, 1 epoch (< 2 min)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -50,4 +53,8 @@ def run(args: argparse.Namespace) -> int:
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 160):
         print(summary.to_string(index=False))
     print(f"checkpoints in {args.out / 'checkpoints'}; history {args.out / 'training.csv'}")
+    if args.ship:
+        seed = (job.seeds or (0,))[0]
+        for path in ship_checkpoints(args.out / "checkpoints", args.ship, seed=seed):
+            print(f"shipped {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0

@@ -29,13 +29,14 @@ class SceneNetArch:
     """Architecture of :class:`SceneNet`.
 
     Attributes:
-        widths: channels of the stem, ``layer1`` (stride 8) and ``layer2`` (stride 16).
+        widths: channels of the stem, ``layer1`` (stride 8) and ``layer2`` (stride 16); the head
+            uses ``widths[1]`` channels.
         num_classes: output classes per pixel (background included).
         blocks: NL/GC blocks, standalone entries ``layer1.1`` and/or ``layer2.1``.
         prefix: key prefix (always ``''``; kept for the loader's interface).
     """
 
-    widths: tuple[int, int, int] = (64, 128, 192)
+    widths: tuple[int, int, int] = (32, 64, 96)
     num_classes: int = 11
     blocks: list[BlockSpec] = field(default_factory=list)
     prefix: str = ""
@@ -96,11 +97,11 @@ class SceneNet(nn.Module):
         if self.full:
             self.layer2 = _stage(w1, w2, by_name.get("layer2.1"))
         if not truncate:
-            self.lateral1 = nn.Conv2d(w1, 128, 1)
-            self.lateral2 = nn.Conv2d(w2, 128, 1)
+            self.lateral1 = nn.Conv2d(w1, w1, 1)
+            self.lateral2 = nn.Conv2d(w2, w1, 1)
             self.head = nn.Sequential(
-                nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
-                nn.Conv2d(128, arch.num_classes, 1),
+                nn.Conv2d(w1, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
+                nn.Conv2d(w1, arch.num_classes, 1),
             )  # fmt: skip
         self.truncate = truncate
 

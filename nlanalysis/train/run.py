@@ -14,7 +14,10 @@ from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
 from .variants import VARIANTS
 
-__all__ = ["TrainJob", "run_training", "summarize"]
+__all__ = ["SHIPPED_DIR", "TrainJob", "run_training", "ship_checkpoints", "shipped_checkpoints", "summarize"]
+
+#: where the trained checkpoints that ship with the package live (one seed per variant, float16)
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 @dataclass
@@ -92,3 +95,36 @@ def summarize(results: Sequence[TrainResult]) -> pd.DataFrame:
         table["margin"] = margins.mean()
         table["margin_sd"] = margins.std()
     return table.reset_index()
+
+
+def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR, seed: int = 0) -> list[Path]:
+    """Copy the final checkpoint of ``seed`` for every variant to ``dest/{variant}.pth``, with
+    floating-point tensors stored as float16 (they load into float32 models unchanged in layout;
+    the rounding is ~1e-3 relative). Returns the written files."""
+    import os
+    import tempfile
+
+    import torch
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for variant in VARIANTS:
+        src = Path(checkpoint_dir) / f"{variant}_s{seed}.pth"
+        if not src.is_file():
+            continue
+        payload = torch.load(src, map_location="cpu", weights_only=True)
+        payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        payload["meta"] = {**payload.get("meta", {}), "storage": "float16", "shipped_from": src.name}
+        fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
+        os.close(fd)
+        torch.save(payload, tmp)
+        os.replace(tmp, dest / f"{variant}.pth")
+        written.append(dest / f"{variant}.pth")
+    return written
+
+
+def shipped_checkpoints(dest: str | Path = SHIPPED_DIR) -> dict[str, Path]:
+    """``{variant: path}`` of the trained checkpoints shipped with the package (in variant order)."""
+    dest = Path(dest)
+    return {v: dest / f"{v}.pth" for v in VARIANTS if (dest / f"{v}.pth").is_file()}

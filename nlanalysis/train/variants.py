@@ -12,7 +12,7 @@ from ..models import BlockSpec, SceneNetArch
 
 __all__ = ["VARIANTS", "variant_arch"]
 
-WIDTHS = (64, 128, 192)
+WIDTHS = (32, 64, 96)
 
 
 def _nl(name: str, channels: int, mode: str) -> BlockSpec:
