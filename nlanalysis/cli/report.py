@@ -1,0 +1,52 @@
+"""``nlanalysis report RUN_DIR... --out DIR``: the figures, tables and text of result sets."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..report import write_report
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--label {text!r}: expected NAME=RUN_DIR")
+    return name, path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="figures, tables (CSV/Markdown/LaTeX) and a short text from result sets",
+        description="Writes OUT/index.md and OUT/index.html with GCNet's Table 1 form (task metric, input, output, att "
+        "with 95%% CIs, JSD, controls and diagnostics), a text of the numbers, and figures: each query's attention map "
+        "over the image (GCNet Figure 2 form), distributions across images, statistics over training, and "
+        "query-distance heat maps. Runs are labelled from their checkpoint's meta (variant, seed, step, task metric) "
+        "or --label; runs of one variant with several seeds are pooled (CI over seeds).",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="result sets of `nlanalysis extract` (use --save-maps for map figures)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/NAME")
+    p.add_argument("--label", action="append", type=_label, default=[], metavar="NAME=RUN_DIR",
+                   help="name a run (repeatable); a run named here need not be listed again")  # fmt: skip
+    p.add_argument("--blocks", nargs="+", metavar="GLOB", help="report only blocks whose dotted name matches")
+    p.add_argument("--images", type=int, default=6, metavar="N", help="images per attention-map figure (default 6)")
+    p.add_argument("--image-ids", nargs="+", metavar="ID", help="draw these images in the attention-map figures")
+    p.add_argument("--image-root", type=Path, metavar="DIR", help="folder of the image files, if they moved since extract")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf"], help="figure formats (png needed)")
+    p.add_argument("--title", help="the report's heading")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.images < 1:
+        raise ValueError(f"--images {args.images}: need at least 1")
+    kwargs = {"title": args.title} if args.title else {}
+    report = write_report(args.runs, args.out, labels=dict(args.label), blocks=args.blocks, images=args.images,
+                          image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, **kwargs)  # fmt: skip
+    print(f"{report.index_md} (and index.html): {len(report.tables['table1'])} table row(s), {len(report.figures)} figure(s)")
+    for line in report.text:
+        print(f"- {line}")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,335 @@
+"""GCNet's Table 1 from result sets: one row per run/variant and block, means with 95% CIs.
+
+Cao et al., "GCNet", arXiv 1904.11492, Table 1 lists, per NL variant, the task metric and the
+mean distance between the block's ``input`` features, its ``output`` (context term) and its
+``att`` maps over all pairs of positions. Here each number is the mean over images of that
+image's distance, with a confidence interval; beside it the diagnostics and controls of the
+result set where it has them (JSD, random-projection control, entropy, max weight, zero rows,
+own-object mass vs share).
+
+Input: a *labelled metrics frame*, the ``metrics`` of one or more result sets with run columns
+added (:func:`nlanalysis.report.load_runs` builds it):
+
+=================  ========================================================================
+``label``          the run (unique per result set)
+``variant``        what the run is an instance of (rows of the table)
+``seed``           training seed (NaN if unknown); runs of one variant with different seeds
+                   are pooled hierarchically (:func:`~nlanalysis.metrics.hierarchical_mean_ci`)
+``step``           training step of the checkpoint (NaN if unknown)
+``metric_name``,   the checkpoint's task metric (e.g. ``miou``) and its value (NaN if unknown)
+``metric``
+=================  ========================================================================
+
+Intervals: over images with :func:`~nlanalysis.metrics.mean_ci` (Student-t) when a row comes
+from one run (or several runs of one seed); over seeds with
+:func:`~nlanalysis.metrics.hierarchical_mean_ci` (images nested in seeds; the estimate is then
+the mean of the seed means) when it pools runs of several seeds.
+
+Writers: CSV (numbers: ``STAT``, ``STAT_low``, ``STAT_high``), Markdown and LaTeX (formatted,
+with the caption that names the distance convention).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics.intervals import hierarchical_mean_ci, mean_ci
+
+__all__ = [
+    "RUN_COLUMNS",
+    "TABLE_STATS",
+    "caption",
+    "final_steps",
+    "format_ci",
+    "format_table",
+    "short_block_names",
+    "summarise",
+    "to_latex",
+    "to_markdown",
+    "word_columns",
+    "write_table",
+]
+
+#: run columns of a labelled metrics frame (see the module docstring).
+RUN_COLUMNS = ["label", "variant", "seed", "step", "metric_name", "metric"]
+
+#: statistics summarised, in table order; columns that are all NaN are left out.
+TABLE_STATS = [
+    "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
+    "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
+]  # fmt: skip
+
+#: column headers of the formatted table.
+HEADERS = {
+    "variant": "variant", "step": "step", "block": "block", "mode": "mode", "images": "images", "seeds": "seeds",
+    "input": "input", "output": "output", "att": "att", "att_jsd": "att JSD (bits)",
+    "ctrl_att": "att, random proj.", "ctrl_att_jsd": "JSD, random proj.", "att_entropy": "entropy",
+    "att_max": "max weight", "att_zero_rows": "zero rows", "att_own_object": "own-object mass",
+    "own_object_share": "own-object share", "ctrl_att_own_object": "own-object mass, random proj.",
+}  # fmt: skip
+
+#: how known task metrics are written in headers.
+METRIC_NAMES = {"miou": "mIoU", "pixel_accuracy": "pixel acc.", "bbox_mAP": "box AP", "segm_mAP": "mask AP", "accuracy": "accuracy"}
+
+CONVENTION_TEXT = {
+    "1-cos": "1 − cos(v_i, v_j) (as scipy; 0 = same direction, 1 = orthogonal, 2 = opposite)",
+    "(1-cos)/2": "(1 − cos(v_i, v_j)) / 2 (0 = same direction, 0.5 = orthogonal, 1 = opposite)",
+}
+
+
+def _group_keys(frame: pd.DataFrame, by: Sequence[str]) -> list[str]:
+    """``by`` without the columns that are missing or carry no information (all NaN)."""
+    return [c for c in by if c in frame and frame[c].notna().any()]
+
+
+def _units(frame: pd.DataFrame) -> pd.Series:
+    """What a hierarchical interval treats as independent: the seed where known, else the run."""
+    label = frame["label"].astype(str) if "label" in frame else pd.Series("run", index=frame.index)
+    if "seed" not in frame:
+        return label
+    seed = frame["seed"]
+    return ("seed " + seed.astype("Int64").astype(str)).where(seed.notna(), "run " + label)
+
+
+#: the largest value of statistics bounded above (distances: by the convention, see ``_upper``).
+UPPER = {"att_jsd": 1.0, "ctrl_att_jsd": 1.0, "att_entropy": 1.0, "att_max": 1.0, "att_zero_rows": 1.0,
+         "att_own_object": 1.0, "own_object_share": 1.0, "ctrl_att_own_object": 1.0}  # fmt: skip
+
+
+def _upper(stat: str, frame: pd.DataFrame) -> float:
+    if stat in UPPER:
+        return UPPER[stat]
+    half = "convention" in frame and (frame["convention"] == "(1-cos)/2").all()
+    return 1.0 if half else 2.0
+
+
+def _interval(values: pd.Series, units: pd.Series, level: float, upper: float) -> tuple[float, float, float]:
+    """Mean and CI, the interval cut to the statistic's range ``[0, upper]`` (a t interval over
+    few images can reach beyond it; cutting keeps its coverage)."""
+    if units.nunique() > 1:
+        ci = hierarchical_mean_ci(values.to_numpy(float), units.to_numpy(), level=level)
+    else:
+        ci = mean_ci(values.to_numpy(float), level=level)
+    return ci.mean, float(np.clip(ci.low, 0.0, upper)), float(np.clip(ci.high, 0.0, upper))
+
+
+def summarise(
+    frame: pd.DataFrame,
+    *,
+    by: Sequence[str] = ("variant", "step"),
+    stats: Sequence[str] = TABLE_STATS,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """One row per group of ``by`` and block: each statistic's mean and CI, and the task metric.
+
+    Args:
+        frame: a labelled metrics frame (module docstring); ``label``, ``seed``, ``metric``
+            may be missing (one run without checkpoint facts).
+        by: group columns; those missing or all NaN are dropped (e.g. ``step`` of runs whose
+            checkpoints do not record it).
+        stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped).
+        level: confidence level.
+
+    Returns:
+        Columns: the group keys, ``block``, ``mode``, ``query_independent``, ``images``
+        (distinct images), ``rows`` (image results: images x runs), ``runs``, ``seeds``,
+        ``ci`` (how the intervals were formed), ``metric_name``,
+        ``metric`` / ``metric_low`` / ``metric_high`` (over seeds), and ``STAT`` /
+        ``STAT_low`` / ``STAT_high`` for each statistic. Groups keep the order they first appear
+        in, with steps in increasing order.
+    """
+    if frame.empty:
+        raise ValueError("no metrics rows to summarise (did the runs analyse any image?)")
+    keys = _group_keys(frame, by) + ["block"]
+    present = [s for s in stats if s in frame and frame[s].notna().any()]
+    frame = frame.assign(_unit=_units(frame))
+    rows = []
+    for key, part in frame.groupby(keys, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, object] = dict(zip(keys, key))
+        row["mode"] = part["mode"].iloc[0] if "mode" in part else ""
+        row["query_independent"] = bool(part["query_independent"].iloc[0]) if "query_independent" in part else False
+        row["images"] = part["image_id"].nunique() if "image_id" in part else len(part)
+        row["rows"] = len(part)
+        row["runs"] = part["label"].nunique() if "label" in part else 1
+        n_units = part["_unit"].nunique()
+        row["seeds"] = int(part["seed"].nunique()) if "seed" in part and part["seed"].notna().any() else math.nan
+        row["ci"] = (f"{level:.0%} t over {n_units} seed means (images within seeds)" if n_units > 1
+                     else f"{level:.0%} t over images")  # fmt: skip
+        if "metric" in part and part["metric"].notna().any():
+            per_unit = part.groupby("_unit", sort=False)["metric"].first()
+            ci = mean_ci(per_unit.to_numpy(float), level=level)
+            low = max(ci.low, 0.0) if (per_unit >= 0).all() and math.isfinite(ci.low) else ci.low  # mIoU, AP, accuracy >= 0
+            row.update(metric_name=part["metric_name"].dropna().iloc[0], metric=ci.mean, metric_low=low, metric_high=ci.high)
+        for s in present:
+            mean, low, high = _interval(part[s], part["_unit"], level, _upper(s, frame))
+            row.update({s: mean, f"{s}_low": low, f"{s}_high": high})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "step" in keys:  # steps in increasing order within each variant; variants in first-seen order
+        rank = out["variant"].map({v: i for i, v in enumerate(dict.fromkeys(out["variant"]))}) if "variant" in keys else 0
+        out = out.assign(_rank=rank).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
+    return out
+
+
+def final_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each variant's last training step (all rows where steps are unknown)."""
+    if "step" not in frame or frame["step"].isna().all():
+        return frame
+    last = frame.groupby("variant", sort=False)["step"].transform("max")
+    return frame[(frame["step"] == last) | last.isna()]
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def short_block_names(names: Sequence[str]) -> dict[str, str]:
+    """``{name: short name}``: the dotted names without the leading parts they all share.
+
+    ``backbone.layer1.0.context_block`` and ``backbone.layer2.0.nonlocal_block`` become
+    ``layer1.0.context_block`` and ``layer2.0.nonlocal_block``; a single name stays whole.
+    """
+    unique = list(dict.fromkeys(names))
+    if len(unique) < 2:
+        return {n: n for n in unique}
+    parts = [n.split(".") for n in unique]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return {n: ".".join(p[common:]) for n, p in zip(unique, parts)}
+
+
+def _num(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    v = float(v)
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) < 1e-4:
+        return f"{v:.1e}"
+    return np.format_float_positional(v, precision=3, unique=False, fractional=False, trim="k").rstrip(".")
+
+
+def format_ci(mean: float, low: float, high: float) -> str:
+    """``mean [low, high]`` with three significant digits (``mean`` alone without an interval)."""
+    if isinstance(low, float) and math.isnan(low):
+        return _num(mean)
+    return f"{_num(mean)} [{_num(low)}, {_num(high)}]"
+
+
+def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.DataFrame:
+    """The summary as text cells: ``mean [low, high]`` per statistic, readable headers.
+
+    Blocks that share one map among all queries by construction (GC, simplified NL) are marked
+    with a dagger (``†``).
+    """
+    out = pd.DataFrame(index=summary.index)
+    for c in ("variant", "step"):
+        if c in summary:
+            out[HEADERS[c]] = summary[c].map(lambda v: "–" if pd.isna(v) else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+    names = short_block_names(summary["block"].tolist()) if short_blocks else {b: b for b in summary["block"]}
+    dagger = summary.get("query_independent", pd.Series(False, index=summary.index)).astype(bool)
+    out[HEADERS["block"]] = [names[b] + (" †" if d else "") for b, d in zip(summary["block"], dagger)]
+    if "mode" in summary:
+        out[HEADERS["mode"]] = summary["mode"].fillna("")
+    out[HEADERS["images"]] = summary["images"].astype(int).astype(str)
+    if "seeds" in summary and summary["seeds"].notna().any():
+        out[HEADERS["seeds"]] = summary["seeds"].map(lambda v: "–" if pd.isna(v) else str(int(v)))
+    if "metric" in summary and summary["metric"].notna().any():
+        name = summary["metric_name"].dropna().iloc[0]
+        out[METRIC_NAMES.get(name, name)] = [format_ci(*r) for r in summary[["metric", "metric_low", "metric_high"]].itertuples(index=False)]
+    for s in TABLE_STATS:
+        if s in summary:
+            out[HEADERS[s]] = [format_ci(*r) for r in summary[[s, f"{s}_low", f"{s}_high"]].itertuples(index=False)]
+    return out
+
+
+def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.95) -> str:
+    """The table's caption: what each number is, the distance convention, the intervals."""
+    pooled = "ci" in summary and summary["ci"].str.contains("seed").any()
+    parts = [
+        "Each distance is an image's average over all ordered pairs of positions (i = j included; padding excluded), "
+        f"then averaged over images; cosine distance {CONVENTION_TEXT.get(convention, convention)}.",
+        "input: the block's input features x_i; output: the context it adds, z_i − x_i; att: the attention map of query i over the keys.",
+        f"Brackets: {level:.0%} confidence interval (cut to the statistic's range), Student-t over images"
+        + (", or over seed means where a variant pools several training seeds (its estimate is then the mean of the seed means)." if pooled else "."),
+    ]
+    cols = set(summary.columns)
+    if "att_jsd" in cols:
+        parts.append("att JSD: mean Jensen–Shannon divergence between the maps of two queries (bits; sampled pairs).")
+    if cols & {"att_entropy", "att_max", "att_zero_rows"}:
+        parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
+    if "att_own_object" in cols:
+        parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
+    if cols & {"ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object"}:
+        parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
+    parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
+    if summary.get("query_independent", pd.Series(dtype=bool)).astype(bool).any():
+        parts.append("†: one map is shared by all queries (GC / simplified NL), so att = 0 and output = 0 (up to float rounding) by construction.")
+    return " ".join(parts)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+_NUMERIC_TEXT = re.compile(r"^[-–0-9.e+\[\], ]*$")
+
+
+def word_columns(table: pd.DataFrame) -> set[str]:
+    """Columns of words (left-aligned); columns of numbers are right-aligned."""
+    return {c for c in table.columns if not all(_NUMERIC_TEXT.match(str(v)) for v in table[c])}
+
+
+def to_markdown(table: pd.DataFrame, caption_text: str | None = None) -> str:
+    """A pipe table of text cells (words left-aligned, numbers right-aligned), caption below."""
+    cols = list(table.columns)
+    left = word_columns(table)
+    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |",
+             "|" + "|".join(":---" if c in left else "---:" for c in cols) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    text = "\n".join(lines) + "\n"
+    return text + (f"\n{caption_text}\n" if caption_text else "")
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "†": r"$^\dagger$", "·": r"$\cdot$"}  # fmt: skip
+
+
+def _tex(text: object) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: pd.DataFrame, caption_text: str | None = None, label: str = "tab:nl-query-independence") -> str:
+    """A ``booktabs`` table (needs ``\\usepackage{booktabs}``) with the caption."""
+    cols = list(table.columns)
+    left = word_columns(table)
+    spec = "".join("l" if c in left else "r" for c in cols)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption_text:
+        lines.append(rf"\caption{{{_tex(caption_text)}}}")
+    lines += [rf"\label{{{label}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(summary: pd.DataFrame, stem: str | os.PathLike[str], caption_text: str | None = None) -> list[Path]:
+    """Write ``stem.csv`` (the numbers), ``stem.md`` and ``stem.tex`` (formatted, with caption)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, md, tex = (stem.with_name(f"{stem.name}.{ext}") for ext in ("csv", "md", "tex"))
+    summary.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
+    formatted = format_table(summary)
+    md.write_text(to_markdown(formatted, caption_text))
+    tex.write_text(to_latex(formatted, caption_text, label=f"tab:{stem.name}"))
+    return [csv, md, tex]

@@ -1,0 +1,56 @@
+"""Heat map of the pairwise cosine distances between the query maps of one image."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nlanalysis.plots import plot_query_distances, query_distance_matrix, save_figure
+from nlanalysis.plots.fixtures import hot_key_maps
+from nlanalysis.plots.query_distances import valid_keys
+from nlanalysis.plots.style import DPI
+
+
+def _cos_dist(a, b):
+    return 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def test_matrix_is_the_cosine_distance_over_image_keys(tmp_path):
+    # 60 x 100 image in a 64 x 128 input: key row 7 and columns 12-15 have their centres on padding
+    maps = hot_key_maps(tmp_path / "m.npz", hot=[(1, 2), (1, 2), (3, 5), (7, 0)])
+    valid = valid_keys(maps, "block")
+    assert valid.shape == (8, 16) and valid[:7, :12].all() and not valid[7].any() and not valid[:, 12:].any()
+    d = query_distance_matrix(maps, "block")
+    rows = maps.maps("block").reshape(4, -1)[:, valid.ravel()].astype(np.float64)
+    assert d[0, 1] == pytest.approx(0) and d[0, 2] == pytest.approx(_cos_dist(rows[0], rows[2])) == pytest.approx(1)
+    assert np.isnan(d[3]).all() and np.isnan(d[:, 3]).all()  # all its weight on padding: no direction
+    assert np.allclose(np.diag(d)[:3], 0) and np.allclose(d[:3, :3], d[:3, :3].T)
+    half = query_distance_matrix(maps, "block", [0, 2], convention="(1-cos)/2")
+    assert half[0, 1] == pytest.approx(d[0, 2] / 2)
+    with pytest.raises(ValueError, match="convention"):
+        query_distance_matrix(maps, "block", convention="cos")
+
+
+def test_sub_sampled_keys_drop_pooled_padding(tmp_path):
+    maps = hot_key_maps(tmp_path / "m.npz", original_size=(50, 90), sub_sample=True, hot=[(0, 0), (1, 1)])
+    # 64 x 96 input, query grid 8 x 12 with image cells rows 0-5, cols 0-10; a 2 x 2-pooled key
+    # counts only when all four of its cells are image
+    valid = valid_keys(maps, "block")
+    assert valid.shape == (4, 6) and valid[:3, :5].all() and not valid[3].any() and not valid[:, 5].any()
+    assert query_distance_matrix(maps, "block")[0, 1] == pytest.approx(1)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_heat_map_file(tmp_path, k):
+    maps = hot_key_maps(tmp_path / "m.npz", hot=[(1, 2), (1, 3), (2, 2)][:k], query_label=[3, 4, 0][:k])
+    fig = plot_query_distances(maps, title="run")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (k, k) and (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 1)
+    assert len(ax.texts) == k * k and "mean over all ordered pairs" in ax.get_title()
+    (png, _pdf) = save_figure(fig, tmp_path / "d")
+    with Image.open(png) as img:
+        assert img.size == tuple(round(v) for v in fig.get_size_inches() * DPI)
+    with pytest.raises(ValueError, match="no query points"):
+        plot_query_distances(maps, queries=[])

@@ -1,0 +1,171 @@
+"""``nlanalysis report``: real result sets in, tables, figures and an honest text out."""
+import json
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import nlanalysis
+from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
+from nlanalysis.cli import main
+from nlanalysis.extract.fixtures import tiny_checkpoint, write_coco, write_photos
+from nlanalysis.report import describe_run, find_image, load_runs, summary_text, write_report
+from nlanalysis.tables import summarise
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+NL = "backbone.layer2.0.nonlocal_block"
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _as_snapshot(run, ckpt, out, meta):
+    """A copy of ``run`` whose checkpoint is ``ckpt`` re-saved with ``meta`` (as training writes it)."""
+    loaded = load_checkpoint(ckpt)
+    path = save_checkpoint(out.with_suffix(".pth"), loaded.model, loaded.preprocess, meta)
+    shutil.copytree(run, out)
+    info = json.loads((out / "run.json").read_text())
+    info["checkpoint"].update(path=str(path.resolve()), sha256=_sha256(path))
+    (out / "run.json").write_text(json.dumps(info))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    photos = write_photos(root / "images", n=2, max_side=120)
+    write_coco(root / "ann.json", photos)
+    ckpt = tiny_checkpoint(root / "tiny.pth")
+    base = root / "tiny_run"
+    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(root / "images"),
+            "--out", str(base), "--save-maps", "--jsd-pairs", "32", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    snaps = []
+    for seed in (0, 1):
+        for step in (0, 10):
+            meta = {"variant": "nl", "train_config": {"seed": seed}, "step": step, "total_steps": 10, "miou": 0.1 * step + seed / 100}
+            snaps.append(_as_snapshot(base, ckpt, root / f"nl_s{seed}_step{step}", meta))
+    return root, base, snaps
+
+
+def test_labels_come_from_the_checkpoint_meta(runs):
+    root, base, snaps = runs
+    meta = describe_run(nlanalysis.load_run(snaps[3]))
+    assert (meta.label, meta.variant, meta.seed, meta.step, meta.metric_name, meta.metric) == ("nl_s1_step10", "nl", 1, 10, "miou", 1.01)
+    assert meta.source == "checkpoint meta"
+    bare = describe_run(nlanalysis.load_run(base))  # an untrained checkpoint without meta
+    assert (bare.label, bare.variant, bare.seed, bare.step, bare.metric) == ("tiny", "tiny", None, None, None)
+    gone = root / "gone_run"
+    shutil.copytree(base, gone)
+    info = json.loads((gone / "run.json").read_text())
+    info["checkpoint"]["path"] = str(root / "deleted.pth")
+    (gone / "run.json").write_text(json.dumps(info))
+    lost = describe_run(nlanalysis.load_run(gone), "mine")
+    assert lost.variant == "mine" and lost.source.startswith("none") and "deleted.pth" in lost.source
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    _, _, snaps = runs
+    return write_report(snaps, tmp_path_factory.mktemp("rep") / "a", images=2)
+
+
+def test_report_of_snapshots_over_seeds(runs, report):
+    root, base, snaps = runs
+    out = report.out
+    t1 = report.tables["table1"]
+    assert list(t1["step"]) == [10, 10] and list(t1["seeds"]) == [2, 2] and list(t1["block"])[1] == NL
+    # the table's numbers are the metrics they summarise (two identical seeds: the image mean)
+    metrics = nlanalysis.load_run(base).metrics
+    nl = metrics[metrics.block == NL]
+    assert t1.loc[1, "att"] == pytest.approx(nl["att"].mean()) and t1.loc[1, "input"] == pytest.approx(nl["input"].mean())
+    assert t1.loc[1, "metric"] == pytest.approx(1.005)
+    assert list(report.tables["over_training"]["step"]) == [0, 0, 10, 10]
+    runs_csv = pd.read_csv(out / "tables/runs.csv")
+    assert list(runs_csv["label"]) == ["nl_s0_step0", "nl_s0_step10", "nl_s1_step0", "nl_s1_step10"]
+    names = sorted(p.name for p in report.figures)
+    assert names == ["distributions.png", "over_training.png", "query_distances_nl_s0_step10.png",
+                     "query_maps_nl_s0_step10_backbone.layer1.0.context_block.png", f"query_maps_nl_s0_step10_{NL}.png"]  # fmt: skip
+    for png in report.figures:
+        assert png.with_suffix(".pdf").stat().st_size > 1000
+        with Image.open(png) as img:
+            assert min(img.size) > 200 and np.asarray(img.convert("L")).std() > 5
+    md = report.index_md.read_text()
+    for link in ["tables/table1.csv", "tables/table1.tex", "figures/over_training.png", "figures/distributions.pdf"]:
+        assert f"({link})" in md and (out / link).is_file()
+    assert "1 − cos" in md and "i = j included" in md and "| nl | 10 |" in md
+    html = report.index_html.read_text()
+    assert html.count("<img ") == 5 and "<table>" in html and 'href="figures/distributions.pdf"' in html
+
+
+def test_the_same_runs_give_the_same_files(runs, report, tmp_path):
+    _, _, snaps = runs
+    again = write_report(snaps, tmp_path / "b", images=2, formats=("png",))
+    assert again.text == report.text
+    for path in sorted(tmp_path.joinpath("b").rglob("*.*")):
+        if path.name.startswith("index"):
+            continue  # they differ in the PDF links only
+        assert path.read_bytes() == (report.out / path.relative_to(tmp_path / "b")).read_bytes(), path
+    assert "pdf" not in again.index_md.read_text().lower().replace("tables/", "")
+
+
+def test_cli_labels_blocks_and_moved_images(runs, tmp_path, capsys):
+    root, base, _ = runs
+    moved = tmp_path / "moved_run"
+    shutil.copytree(base, moved)
+    info = json.loads((moved / "run.json").read_text())
+    info["selection_args"]["coco_images"] = str(tmp_path / "not_here")
+    (moved / "run.json").write_text(json.dumps(info))
+    out = tmp_path / "r"
+    assert main(["report", "--label", f"mine={moved}", "--blocks", "*nonlocal*", "--out", str(out), "--formats", "png", "--images", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "image file(s) of 1 not found" in printed and "--image-root" in printed
+    t1 = pd.read_csv(out / "tables/table1.csv")
+    assert list(t1["variant"]) == ["mine"] and list(t1["block"]) == [NL] and "step" not in t1
+    assert not list(out.glob("figures/*.pdf")) and len(list(out.glob("figures/*.png"))) == 3
+    res = nlanalysis.load_run(moved)
+    assert find_image(res, 1) is None and find_image(res, 1, root / "images") == root / "images/photo_000.jpg"
+    assert find_image(nlanalysis.load_run(base), 2) == root / "images/photo_001.jpg"
+    assert main(["report", "--out", str(out)]) == 2
+    assert "at least one RUN_DIR" in capsys.readouterr().err
+    assert main(["report", str(base), "--out", str(out), "--blocks", "nothing*"]) == 2
+
+
+def test_text_states_the_numbers_and_says_when_att_is_not_far_below_input():
+    frame = pd.DataFrame(
+        [{"label": v, "variant": v, "block": "b", "mode": m, "image_id": i, "input": 0.4, "output": o, "att": a,
+          "att_jsd": 0.01, "att_entropy": 0.9, "query_independent": m == "gc", "convention": "1-cos"}
+         for v, m, a, o in [("close", "embedded_gaussian", 0.1, 0.08), ("far", "dot_product", 0.008, 0.004), ("gc", "gc", 0.0, 0.0)]
+         for i in range(3)]  # fmt: skip
+    ).assign(ctrl_att=lambda f: np.where(f["variant"] == "close", 0.4, np.nan))
+    lines = summary_text(summarise(frame, by=("variant",)))
+    assert lines[0].startswith("Of 2 block(s) whose maps can depend on the query, 1 has `att` at least ten times below `input`")
+    assert "1 − cos" in lines[0] and "i = j included" in lines[0]
+    close, far, gc = lines[1:]
+    assert "`att` 0.100" in close and "only 4.0× below `input`: **not** the one to two orders of magnitude" in close
+    assert "Random query/key projections" in close and "differ between queries 0.25× as much as those" in close
+    assert "`att` is 50× below `input`: one to two orders of magnitude, as GCNet found" in far and "Random" not in far
+    assert "by construction" in gc and "`att` 0" in gc
+
+
+def test_load_runs_rejects_duplicate_labels_and_unknown_blocks(runs):
+    root, base, snaps = runs
+    loaded = load_runs([base, snaps[0]], blocks="*context*")
+    assert set(loaded.frame["block"]) == {"backbone.layer1.0.context_block"}
+    assert list(loaded.table()["variant"]) == ["tiny", "nl"]
+    with pytest.raises(ValueError, match="no metrics rows with blocks"):
+        load_runs([base], blocks="nothing")
+    assert len(load_runs([base, base]).results) == 1  # the same folder twice is one run
+    clash = load_runs([snaps[0], base], labels={"tiny": snaps[1]})  # a given label wins over a default one
+    assert [m.label for m in clash.meta] == ["nl_s0_step0", "tiny (tiny_run)", "tiny"]
+    assert [m.label for m in load_runs([base, root / "nl_s0_step0"], labels={"a": base}).meta] == ["a", "nl_s0_step0"]
