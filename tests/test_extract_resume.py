@@ -83,7 +83,9 @@ def test_killed_twice_then_resumed_equals_uninterrupted(data, reference, tmp_pat
     info = json.loads((out / "run.json").read_text())
     assert info["complete"] and info["counts"]["done"] == N
     sessions = info["shards"]["0-of-1"]
-    assert len(sessions) == 3 and sessions[-1]["skipped"] == killed_at and sessions[0]["finished"] is None
+    # the first kill may come before its session is recorded
+    assert len(sessions) in (2, 3) and sessions[-1]["skipped"] == killed_at
+    assert all(s["finished"] is None for s in sessions[:-1]) and sessions[-1]["finished"]
 
 
 def test_shards_merge_to_one_run(data, reference, tmp_path, capsys):
