@@ -101,6 +101,10 @@ def test_shards_merge_to_one_run(data, reference, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="overlap"):
         merge_runs([shards[0], reference], tmp_path / "m2")
+    capsys.readouterr()
+    assert main(["merge", str(shards[0]), str(reference), "--out", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nlanalysis merge: error: ") and "overlap" in err
     other = tmp_path / "other-seed"
     assert main(_args(data, other, "--shard", "1/3", "--seed", "1")) == 0
     with pytest.raises(ValueError, match="other settings.*seed"):

@@ -51,7 +51,7 @@ from .objects import ObjectMap, object_map
 from .queries import QuerySpec, parse_queries, select_queries
 from .sources import ImageItem, coco_images, file_images, shard_of
 from .results import summarize
-from .store import RunStore, frame_from_csv, now
+from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now
 
 __all__ = ["COLUMNS", "OBJECT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
 
@@ -415,8 +415,8 @@ def _describe_run(
         "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": coco_ann is not None},
     }
     return {
-        "format": "nlanalysis-run",
-        "format_version": 1,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "settings": settings,
         "checkpoint": {
             "path": str(Path(loaded.path).resolve()),

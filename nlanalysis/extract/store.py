@@ -244,19 +244,19 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     """
     stores = [RunStore(p) for p in inputs]
     if len(stores) < 1:
-        raise ValueError("merge: give at least one RUN_DIR")
+        raise ValueError("give at least one RUN_DIR to merge")
     infos = [s.info() for s in stores]
     for s, info in zip(stores[1:], infos[1:]):
-        check_same_settings(infos[0]["settings"], info["settings"], f"merge: {s.root} (against {stores[0].root})")
+        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})")
     owner: dict[str, Path] = {}
     for s in stores:
         for key in sorted(s.done_keys() | s.failed_keys()):
             if key in owner:
-                raise ValueError(f"merge: {s.root} and {owner[key]} overlap (both hold image {key}); merge disjoint shards only")
+                raise ValueError(f"{s.root} and {owner[key]} overlap (both hold image {key}); merge disjoint shards only")
             owner[key] = s.root
     target = RunStore(out)
     if target.root.exists() and any(target.root.iterdir()):
-        raise ValueError(f"merge: --out {target.root} is not empty; give a new folder")
+        raise ValueError(f"--out {target.root} is not empty; give a new folder for the merged run")
     for d in (target.parts, target.failed, target.maps, target.shards):
         d.mkdir(parents=True, exist_ok=True)
     shutil.copy2(stores[0].root / "images.csv", target.root / "images.csv")
