@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..checkpoints.preprocess import Preprocess
 
-__all__ = ["Prepared", "collate", "prepare_image"]
+__all__ = ["Prepared", "collate", "prepare_image", "resized_size"]
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Prepared:
     original_size: tuple[int, int]
 
 
-def _resized_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+def resized_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+    """``(H, W)`` an ``h x w`` image is resized to before padding, as :func:`prepare_image` does."""
     if not pre.keep_ratio:
         long_side, short_side = pre.scale
         return (short_side, long_side) if h <= w else (long_side, short_side)
@@ -53,7 +54,7 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> Prepared:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     h, w = image.shape[:2]
-    nh, nw = _resized_size(h, w, pre)
+    nh, nw = resized_size(h, w, pre)
     x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # cv2 INTER_LINEAR, no antialias (mmcv.imrescale)

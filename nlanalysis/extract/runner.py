@@ -45,7 +45,7 @@ from ..analyze import STAT_COLUMNS, records_to_frame
 from ..capture import BlockRecord, Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import ImageReadError, load_image, prepare_image
-from ..data.transforms import _resized_size
+from ..data.transforms import resized_size
 from .maps import save_image_maps
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec, parse_queries, select_queries
@@ -219,7 +219,7 @@ def _padded_shape(item: ImageItem, pre: Preprocess) -> tuple[int, int] | None:
                 w, h = img.size
         except Exception:  # unreadable: it fails (alone) when loaded
             return None
-    nh, nw = _resized_size(int(h), int(w), pre)
+    nh, nw = resized_size(int(h), int(w), pre)
     d = pre.pad_divisor
     return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
 
