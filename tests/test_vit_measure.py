@@ -142,3 +142,33 @@ def test_bad_inputs_are_errors():
     assert math.isnan(measure_heads(att, x, branch).output[0, 0])  # per-head output needs proj_in and gram
     with pytest.raises(ValueError, match="chunk_size"):
         measure_heads(att, x, branch, chunk_size=0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_formulation_equals_the_eager_one(masked):
+    """fused=True only reformulates three reductions for torch.compile; run eagerly here (cheap)."""
+    from nlanalysis.vit.measure import _chunk_stats
+
+    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
+    km = m = None
+    if masked:
+        km = torch.ones(B, 1, 1, 16)
+        km[0, ..., :4] = 0
+        m = km[:, 0] > 0
+    sel_b, sel_c = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 15])
+    args = (q[:, :, 3:], k, 0.4, None, km, m, sel_b, sel_c, 3, 3)
+    for eager, fused in zip(_chunk_stats(*args, False), _chunk_stats(*args, True)):
+        assert torch.allclose(eager, fused, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.skipif(
+    not __import__("os").environ.get("NLANALYSIS_TEST_COMPILE"),
+    reason="compiles with torch.compile (~20 s cold): set NLANALYSIS_TEST_COMPILE=1 to run",
+)
+def test_compiled_kernels_match_eager():
+    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
+    fused = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
+    for name in FIELDS:
+        assert torch.allclose(getattr(eager, name).double(), getattr(fused, name).double(), atol=1e-5), name

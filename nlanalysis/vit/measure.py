@@ -120,41 +120,42 @@ def _cosine_result(s_norm: Tensor, n_total: Tensor, n_zero: Tensor, cos: dict) -
     return acc.result(**cos)
 
 
-def _unit_sum(v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(||sum_i v_i / ||v_i|| ||, zero count)`` over the rows of ``v`` ``[..., n, D]`` (mask ``[..., n]``).
-
-    float32 norms and sums (relative error ~1e-7 per row), accumulated in float64.
-    """
-    norm = torch.linalg.vector_norm(v, dim=-1)
-    is_zero = norm == 0
-    w = torch.where(is_zero, 0.0, 1.0 / norm.clamp(min=1e-38))
-    if mask is not None:
-        w = w * mask
-        is_zero = is_zero & mask
-    s = (w.unsqueeze(-2) @ v).squeeze(-2)
-    return torch.linalg.vector_norm(s.double(), dim=-1), is_zero.sum(-1)
-
-
-def _head_output_distance(
-    proj_in: Tensor, gram: Tensor, qmask: Tensor | None, n_query: Tensor, cos: dict
+def _token_stats(
+    xp: Tensor, bp: Tensor, op: Tensor | None, gram: Tensor | None, qm: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Mean pairwise cosine distance of ``gamma W_h o_h,i`` per head, from Gram matrices.
+    """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts, ``[B, 2 + H]``: input, branch, then per head.
 
-    ``sum_i u_i / ||u_i||`` with ``u_i = gamma W_h o_i`` is ``gamma W_h t`` for
-    ``t = sum_i o_i / ||u_i||``, and its squared norm is ``t^T G_h t``.
+    Args:
+        xp, bp: ``[B, n, C]`` patch tokens of the input and of the attention branch.
+        op: ``[B, n, H*d]`` what the output projection sees (per-head outputs), or None.
+        gram: ``[H, d, d]`` float32 Gram matrices ``G_h`` (``||gamma W_h o||^2 = o^T G_h o``).
+        qm: ``[B, n]`` float, 1 on valid queries (None: all).
+
+    Per head, ``sum_i u_i / ||u_i||`` with ``u_i = gamma W_h o_i`` is ``gamma W_h t`` for
+    ``t = sum_i o_i / ||u_i||``, whose squared norm is ``t^T G_h t``: no ``[n, C]`` per-head output
+    is ever formed. float32 throughout (relative error ~1e-7).
     """
-    b, n, hd = proj_in.shape
-    heads = gram.shape[0]
-    o = proj_in.detach().float().reshape(b, n, heads, hd // heads).transpose(1, 2)  # [B, H, N, d]
-    n2 = torch.linalg.vecdot(torch.matmul(o, gram.float()), o)  # ||gamma W_h o||^2, [B, H, N]
-    is_zero = n2 <= 0
-    w = torch.where(is_zero, 0.0, n2.clamp(min=1e-38).rsqrt())
-    if qmask is not None:
-        w = w * qmask[:, None, :]
-        is_zero = is_zero & qmask[:, None, :]
-    t = (w[..., None, :] @ o).squeeze(-2).double()  # [B, H, d]
-    s2 = torch.einsum("bhd,hde,bhe->bh", t, gram.double(), t).clamp(min=0)
-    return _cosine_result(s2.sqrt(), n_query[:, None], is_zero.sum(-1), cos), is_zero.sum(-1).cpu()
+
+    def unit_sum(v: Tensor, n2: Tensor) -> tuple[Tensor, Tensor]:  # v [..., n, D], n2 = ||v||^2 [..., n]
+        is_zero = n2 <= 0
+        w = torch.where(is_zero, 0.0, n2.clamp(min=1e-38).rsqrt())
+        if qm is not None:
+            mask = qm if v.dim() == 3 else qm[:, None]
+            w, is_zero = w * mask, is_zero & (mask > 0)
+        return (w.unsqueeze(-2) @ v).squeeze(-2), is_zero.sum(-1)
+
+    s2, zeros = [], []
+    for v in (xp, bp):
+        sv, zv = unit_sum(v, (v * v).sum(-1))
+        s2.append((sv * sv).sum(-1, keepdim=True))
+        zeros.append(zv[:, None])
+    if op is not None and gram is not None:
+        b, n, hd = op.shape
+        o = op.reshape(b, n, gram.shape[0], -1).transpose(1, 2)  # [B, H, n, d]
+        t, zh = unit_sum(o, ((o @ gram) * o).sum(-1))  # t [B, H, d]
+        s2.append(((t.unsqueeze(-2) @ gram).squeeze(-2) * t).sum(-1))
+        zeros.append(zh)
+    return torch.cat(s2, 1), torch.cat(zeros, 1)
 
 
 def measure_heads(
@@ -208,26 +209,27 @@ def measure_heads(
     n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key, device=dev)
 
     # input and output distances (token vectors)
-    s_in, input_zero = _unit_sum(layout.patch_tokens(x.detach()).float(), qmask)
-    inp = _cosine_result(s_in, n_query, input_zero, cos)
+    qm = qmask.to(x.dtype) if qmask is not None else None
+    heads_out = proj_in is not None and gram is not None
+    token_kernel = _compiled("token_stats", _token_stats) if fused else _token_stats
+    s2, zeros = token_kernel(
+        layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
+        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
+    )  # fmt: skip
+    s2, zeros = s2.double().clamp(min=0).sqrt().cpu(), zeros.cpu()
+    inp, input_zero = _cosine_result(s2[:, 0], n_query, zeros[:, 0], cos), zeros[:, 0]
     out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
     out_zero = torch.zeros(b, heads + 1, dtype=torch.int64)
-    s_out, zero_out = _unit_sum(layout.patch_tokens(branch.detach()).float(), qmask)
-    out[:, heads], out_zero[:, heads] = _cosine_result(s_out, n_query, zero_out, cos), zero_out.cpu()
-    if proj_in is not None and gram is not None:
-        out[:, :heads], out_zero[:, :heads] = _head_output_distance(
-            layout.patch_tokens(proj_in), gram.to(dev), qmask, n_query, cos
-        )
+    out[:, heads], out_zero[:, heads] = _cosine_result(s2[:, 1], n_query, zeros[:, 1], cos), zeros[:, 1]
+    if heads_out:
+        out[:, :heads] = _cosine_result(s2[:, 2:], n_query[:, None], zeros[:, 2:], cos)
+        out_zero[:, :heads] = zeros[:, 2:]
 
     # JSD pairs: per image, ordered pairs of valid queries (all of them when that is few enough)
     plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
     first = prefix if att.keys == "patch" else 0
     dtype = att.query.dtype if att.probs is None else att.probs.dtype
-    n_rows = plan.image.numel() if plan is not None else 0
-    # normalised rows and their entropies; a size fixed by (B, N, jsd_pairs) so compiled kernels see one shape
-    size = max(n_rows, b * min(nq, 2 * max(jsd_pairs, 2)) if jsd_pairs > 0 else 1)
-    table = torch.zeros(size, heads + 1, att.n_key, device=dev, dtype=dtype)
-    table_ent = torch.full((size, heads + 1), math.nan, device=dev, dtype=dtype)
+    table = table_ent = None
 
     s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
     sums = torch.zeros(5, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix
@@ -236,28 +238,25 @@ def measure_heads(
     for start in range(0, nq, chunk_size):
         stop = min(start + chunk_size, nq)
         m = qmask[:, None, start:stop] if qmask is not None else None
-        if att.probs is None:
-            x_in, is_logits = att.logits(slice(start, stop)), True  # [B, H, c, N] over every token
+        if att.probs is None:  # q of these patch queries, and every key
+            q, probs = att.query[:, :, prefix + start : prefix + stop], None
         else:
-            x_in, is_logits = att.probs_rows(slice(start, stop)), False  # the model's own softmax
-        p, pmean, ok, tt, ent, peak, s_chunk, pre = kernel(x_in, km, m, first, prefix, is_logits, fused)
+            q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
+        sel_b = sel_c = None
+        if plan is not None:  # rows the JSD pairs need (padded to a fixed count: compiled kernels see one shape)
+            inside = (plan.query >= start) & (plan.query < stop)
+            sel_b, sel_c = plan.image, (plan.query - start).clamp(0, stop - start - 1)
+        s_chunk, chunk_sums, rows, rows_ent = kernel(
+            q, att.key, att.scale, probs, km, m, sel_b, sel_c, first, prefix, fused
+        )  # fmt: skip
         s_att += s_chunk.double()
-        sums[0] += torch.where(ok, ent, 0.0).sum(-1, dtype=torch.float64)
-        sums[1] += torch.where(ok, peak / tt, 0.0).sum(-1, dtype=torch.float64)
-        sums[2] += ok.sum(-1)
-        sums[3] += (~ok if m is None else ~ok & m).sum(-1)
-        if prefix:
-            sums[4] += (pre if m is None else torch.where(m, pre, 0.0)).sum(-1, dtype=torch.float64)
-        if n_rows:  # keep the rows the JSD pairs need, normalised
-            sel = ((plan.query >= start) & (plan.query < stop)).nonzero()[:, 0]
-            if sel.numel():
-                bi, ci = plan.image[sel], plan.query[sel] - start
-                inv = (1.0 / tt.transpose(1, 2)[bi, ci])[..., None]  # [n, H+1, 1]
-                rows = torch.cat([p.transpose(1, 2)[bi, ci], pmean[bi, :, ci]], 1)[..., first:]  # [n, H+1, K]
-                if km is not None:
-                    rows = rows * km[bi, 0]
-                table[sel] = rows * inv
-                table_ent[sel] = torch.where(ok.transpose(1, 2)[bi, ci], ent.transpose(1, 2)[bi, ci], math.nan)
+        sums += chunk_sums.double()
+        if plan is not None:
+            if table is None:
+                table, table_ent = rows, torch.where(inside[:, None], rows_ent, math.nan)
+            else:
+                table = torch.where(inside[:, None, None], rows, table)
+                table_ent = torch.where(inside[:, None], rows_ent, table_ent)
 
     sums = sums.cpu()
     s_norm = torch.linalg.vector_norm(s_att, dim=-1)
@@ -277,34 +276,47 @@ def measure_heads(
 
 
 def _chunk_stats(
-    x: Tensor, km: Tensor | None, m: Tensor | None, first: int, prefix: int, is_logits: bool, fused: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-row statistics of a chunk of patch queries, every head and the head mean at once.
+    q: Tensor | None,
+    k: Tensor,
+    scale: float,
+    probs: Tensor | None,
+    km: Tensor | None,
+    m: Tensor | None,
+    sel_b: Tensor | None,
+    sel_c: Tensor | None,
+    first: int,
+    prefix: int,
+    fused: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The statistics of a chunk of patch queries, every head and the head mean at once.
 
     Args:
-        x: ``[B, H, c, N]`` scaled logits (``is_logits``) or softmax rows, over every token.
+        q: ``[B, H, c, d]`` queries of the chunk (None when ``probs`` is given); k: ``[B, H, N, d]``.
+        probs: ``[B, H, c, N]`` softmax rows given by the caller instead of q (read only).
         km: ``[B, 1, 1, K]`` key weights (1 valid, 0 padding) or None; m: ``[B, 1, c]`` valid queries.
+        sel_b, sel_c: image and chunk-row of the rows to return normalised (for the JSD), or None.
         first: first key column used (``n_prefix`` for patch keys, 0 for all); prefix: ``n_prefix``.
         fused: formulate reductions for a fused (compiled) kernel rather than for eager BLAS calls.
 
     Returns:
-        ``p`` (softmax ``[B, H, c, N]``), ``pmean`` (``[B, 1, c, N]``), and over ``[B, H+1, c]``:
-        ``ok`` (valid, non-zero row), ``tt`` (row mass on the used keys, 1 where not ok),
-        ``ent`` (entropy of the renormalised row, nats), ``peak`` (largest weight), then ``s``
-        (``[B, H+1, K]``: sum of the ok rows as unit vectors) and ``pre`` (mass on the prefix).
+        ``s`` (``[B, H+1, K]``: sum of the valid non-zero rows as unit vectors), ``sums``
+        (``[5, B, H+1]``: entropy of the renormalised rows in nats, largest weight, non-zero rows,
+        zero rows, mass on class/register tokens, summed over valid queries), and the selected rows
+        renormalised ``[S, H+1, K]`` with their entropies ``[S, H+1]`` (NaN for zero rows).
     """
-    b, heads, c, _ = x.shape
-    if is_logits:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
+    if probs is None:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
+        x = torch.matmul(q * scale, k.transpose(-2, -1))
         d = x - x.amax(-1, keepdim=True)
         e = d.exp()
         z = e.sum(-1, keepdim=True)
         p = e / z
     else:
-        p, d, z = x, None, None
+        p, d, z = probs, None, None
+    b, heads, c, _ = p.shape
     if fused:
         pmean = p.mean(1, keepdim=True)
     else:  # a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
-        pmean = (x.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, c, -1)
+        pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, c, -1)
     r, rm = p[..., first:], pmean[..., first:]
     if km is not None:
         r, rm = r * km, rm * km  # padded keys weigh nothing
@@ -330,12 +342,26 @@ def _chunk_stats(
         s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
     else:
         s = torch.cat([(w_h.unsqueeze(-2) @ r).squeeze(-2), (w_m.unsqueeze(-2) @ rm).squeeze(-2)], 1)
+    valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
     if prefix:
         pre = p[..., :prefix].sum(-1)
         pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
     else:
         pre = torch.zeros_like(tt)
-    return p, pmean, ok, tt, ent, peak, s, pre
+    sums = torch.stack(
+        [
+            torch.where(ok, ent, 0.0).sum(-1),
+            torch.where(ok, peak / tt, 0.0).sum(-1),
+            ok.sum(-1).to(tt.dtype),
+            (valid & ~ok).sum(-1).to(tt.dtype),
+            torch.where(valid, pre, 0.0).sum(-1),
+        ]
+    )
+    rows = rows_ent = None
+    if sel_b is not None:
+        rows = torch.cat([r[sel_b, :, sel_c], rm[sel_b, :, sel_c]], 1) / tt[sel_b, :, sel_c][..., None]
+        rows_ent = torch.where(ok[sel_b, :, sel_c], ent[sel_b, :, sel_c], math.nan)
+    return s, sums, rows, rows_ent
 
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
@@ -364,8 +390,8 @@ def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass
 class _Plan:
-    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row), and
-    the pairs as positions in that list (``a``, ``b``) with their image (``pair_image``)."""
+    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row; padded
+    with ``query == -1``), and the pairs as positions in that list (``a``, ``b``) with their image."""
 
     image: Tensor
     query: Tensor
@@ -405,6 +431,11 @@ def _jsd_plan(
         offset += uniq.numel()
     if not images:
         return None
+    # padded to a count fixed by (B, N, jsd_pairs) with dummy rows (image 0, query -1) no pair uses,
+    # so compiled kernels see one shape whatever the sampled pairs
+    size = max(offset, b * min(nq, 2 * num))
+    images.append(torch.zeros(size - offset, dtype=torch.long))
+    queries.append(torch.full((size - offset,), -1, dtype=torch.long))
     cat = lambda ts: torch.cat(ts).to(dev)  # noqa: E731
     return _Plan(cat(images), cat(queries), cat(pa), cat(pb), cat(pimg), exact)
 
@@ -417,7 +448,7 @@ def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
 
 
 def _jsd(
-    plan: _Plan | None, table: Tensor, table_ent: Tensor, b: int, heads: int, fused: bool = False
+    plan: _Plan | None, table: Tensor | None, table_ent: Tensor | None, b: int, heads: int, fused: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Mean JSD (bits) over each image's pairs, ``H(m) - (H(p) + H(q)) / 2``, and its standard error."""
     jsd = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
