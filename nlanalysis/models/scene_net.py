@@ -1,13 +1,19 @@
-"""SceneNet: the small ResNet-style segmentation network this project trains on demo scenes.
+"""SceneNet: the small segmentation network this project trains on demo scenes.
 
-Built from torchvision's ``BasicBlock`` (He et al., arXiv 1512.03385). On a 112 x 112 scene:
-a stride-4 stem (two 3x3 convs), ``layer1`` to stride 8 (14 x 14 positions, where the NL block
-sits, as in the NL paper right before the stage's last residual block: ``layer1.1``), ``layer2``
-to stride 16 (7 x 7, the optional second block at ``layer2.1``), and a light FPN-style head that
-merges both stages at stride 8 and upsamples per-pixel class logits to the input size.
+Designed so that **global context can only come through the analysed block**: the NL block is
+only worth analysing where it is useful (a pilot found NL blocks learn nothing query-specific when
+the rest of the network already sees the whole image). On a 112 x 112 scene:
 
-Like :class:`~nlanalysis.models.ResNetArch`, the architecture is plain data (round-trips through
-``to_dict``/``from_dict``), so trained models are stored in this project's checkpoint format.
+* a stride-4 stem (two 3x3 convs) and ``layer1`` (torchvision ``BasicBlock`` s, He et al.,
+  arXiv 1512.03385) to stride 8: 14 x 14 positions; the block sits at ``layer1.1``, right
+  before the stage's last residual block (the NL paper's placement);
+* ``layer2``, a coarse stage at stride 16 (7 x 7) made of 1x1 convolutions only, so it adds no
+  spatial context of its own; the optional second block sits at ``layer2.1``;
+* a head that adds both stages at stride 8 (one 3x3 conv) and upsamples per-pixel class logits.
+
+Without a block the receptive field is ~80 pixels, less than the scene; with one, every position
+can see every other. Like :class:`~nlanalysis.models.ResNetArch`, the architecture is plain data
+(round-trips through ``to_dict``/``from_dict``), stored in this project's checkpoint format.
 """
 from __future__ import annotations
 
@@ -76,6 +82,19 @@ def _stage(cin: int, cout: int, block: BlockSpec | None) -> nn.Sequential:
     return nn.Sequential(*entries)
 
 
+def _pointwise(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _coarse_stage(cin: int, cout: int, block: BlockSpec | None) -> nn.Sequential:
+    """Stride-2 stage of 1x1 convs: no spatial mixing except through ``block``."""
+    entries: list[nn.Module] = [_pointwise(cin, cout, 2)]
+    if block is not None:
+        entries.append(build_block(block))
+    entries.append(_pointwise(cout, cout, 1))
+    return nn.Sequential(*entries)
+
+
 class SceneNet(nn.Module):
     """Per-pixel classifier ``[B, 3, H, W] -> [B, num_classes, H, W]`` (``H, W`` multiples of 16).
 
@@ -95,7 +114,7 @@ class SceneNet(nn.Module):
         self.layer1 = _stage(w0, w1, by_name.get("layer1.1"))
         self.full = not truncate or "layer2.1" in by_name or not arch.blocks
         if self.full:
-            self.layer2 = _stage(w1, w2, by_name.get("layer2.1"))
+            self.layer2 = _coarse_stage(w1, w2, by_name.get("layer2.1"))
         if not truncate:
             self.lateral1 = nn.Conv2d(w1, w1, 1)
             self.lateral2 = nn.Conv2d(w2, w1, 1)
