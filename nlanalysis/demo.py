@@ -1,0 +1,48 @@
+"""The main job: analyse the shipped trained models on the shipped demo scenes, write the report.
+
+``nlanalysis demo`` = ``nlanalysis extract`` (every trained checkpoint in ``nlanalysis/weights``,
+the validation scenes in ``nlanalysis/data/demo/scenes_val``, query points on objects, saved maps,
+random-projection controls) followed by ``nlanalysis report`` over all of them. Nothing is
+downloaded or trained: both the scenes and the checkpoints ship with the package.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .data.scenes import demo_scenes_path
+from .extract import run_extract
+from .report import Report, write_report
+from .train.run import SHIPPED_DIR, shipped_checkpoints
+
+__all__ = ["run_demo"]
+
+
+def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 120, progress: bool = True) -> Report:
+    """Extract every shipped checkpoint on ``scenes`` demo scenes into ``out/runs/VARIANT`` and
+    write the report to ``out/report``. Reruns resume (finished images are skipped)."""
+    checkpoints = shipped_checkpoints()
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"{SHIPPED_DIR}: no trained checkpoints ship with this installation; "
+            "train them with `nlanalysis train --out runs/train --ship` (see README, Training)"
+        )
+    ann, images = demo_scenes_path()
+    out = Path(out)
+    runs = []
+    start = time.perf_counter()
+    for variant, ckpt in checkpoints.items():
+        if progress:
+            print(f"[{variant}] extract on {scenes} scenes", flush=True)
+        run_dir = out / "runs" / variant
+        run_extract(
+            ckpt, run_dir, coco_ann=ann, coco_images_dir=images, limit=scenes, queries="objects:3",
+            save_maps=True, controls=True, jsd_pairs=256, progress=progress,
+            command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)],
+        )  # fmt: skip
+        runs.append(run_dir)
+    report = write_report(runs, out / "report", labels={v: out / "runs" / v for v in checkpoints})
+    if progress:
+        print(f"demo done in {time.perf_counter() - start:.0f} s")
+    return report
