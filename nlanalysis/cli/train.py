@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="default: all")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
-    p.add_argument("--train-scenes", type=int, help="training scenes to generate (default 2500)")
+    p.add_argument("--train-scenes", type=int, help="training scenes to generate (default 2000)")
     p.add_argument("--val-scenes", type=int, help="shipped validation scenes to use (default: all)")
     p.add_argument("--epochs", type=int, help="default 4")
     p.add_argument("--batch-size", type=int)

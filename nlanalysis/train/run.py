@@ -27,7 +27,7 @@ class TrainJob:
     out: Path
     variants: Sequence[str] = tuple(VARIANTS)
     seeds: Sequence[int] = (0, 1, 2)
-    train_scenes: int = 2500
+    train_scenes: int = 2000
     val_scenes: int | None = None  # None: all shipped validation scenes
     design: str = "shared"
     data_seed: int = 0
@@ -65,8 +65,8 @@ def run_training(job: TrainJob) -> pd.DataFrame:
     val = load_scene_set(ann, images, limit=job.val_scenes)
     start = time.perf_counter()
     results: list[TrainResult] = []
-    for variant in job.variants:
-        for seed in job.seeds:
+    for seed in job.seeds:  # seed-major: a complete set of variants exists as early as possible
+        for variant in job.variants:
             cfg = TrainConfig(**{**vars(config), "seed": seed})
             result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
             results.append(result)
