@@ -14,8 +14,9 @@ same machine load:
                    every head of every layer (and the head mean): input / output / att distances,
                    entropy, max weight, prefix mass, and JSD on ``--jsd-pairs`` sampled pairs;
 * ``no JSD``    -- the analysis with ``jsd_pairs=0``;
-* ``fused``     -- the analysis with ``fused=True``: the per-row statistics as one
-                   ``torch.compile`` d kernel (first call compiles, ~30 s, not timed).
+* ``fused``     -- the analysis with ``fused=True``: the statistics as ``torch.compile`` d
+                   kernels (the first call compiles, ~10-30 s, or reads torch's disk cache; not
+                   timed); ``fused, no JSD`` the same with ``jsd_pairs=0``.
 
 Prints the minimum and median time of each and the ratios to ``bare``. Target: analysis <= 1.25x.
 The machine this runs on may be shared: the minimum is the least disturbed repeat.
@@ -70,6 +71,7 @@ def main() -> None:
     configs = {"bare": bare, "analysis": lambda: analysis(args.jsd_pairs, False), "no JSD": lambda: analysis(0, False)}
     if not args.eager_only:
         configs["fused"] = lambda: analysis(args.jsd_pairs, True)
+        configs["fused, no JSD"] = lambda: analysis(0, True)
         t0 = time.perf_counter()
         configs["fused"]()
         compile_s = time.perf_counter() - t0
