@@ -120,6 +120,10 @@ class Capture:
         seed: seeds the JSD pair sampling (one generator for the capture's lifetime).
     """
 
+    #: token-sequence blocks (ViT self-attention, adapters with ``token_input``) are measured by
+    #: :class:`nlanalysis.vit.ViTCapture`, which sets this; a plain Capture skips them.
+    token_blocks = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -142,7 +146,10 @@ class Capture:
         if query_space not in ("image", "feature"):
             raise ValueError(f"query_space must be 'image' or 'feature', got {query_space!r}")
         self.model = model
-        self.blocks: list[BlockInfo] = list_blocks(model, include=blocks, exclude=exclude)
+        self.blocks: list[BlockInfo] = [
+            b for b in list_blocks(model, include=blocks, exclude=exclude)
+            if getattr(b.adapter, "token_input", False) == self.token_blocks
+        ]  # fmt: skip
         if not self.blocks:
             which = f" matching {blocks!r}" if blocks else ""
             raise ValueError(

