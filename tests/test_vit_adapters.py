@@ -136,6 +136,8 @@ def test_sequence_first_mha_and_unsupported_calls():
         adapter.check_call(mha, (tokens, tokens + 1, tokens), {})
     with pytest.raises(UnsupportedBlockError, match="attn_mask"):
         adapter.check_call(mha, (tokens, tokens, tokens), {"attn_mask": torch.zeros(10, 10)})
+    with pytest.raises(UnsupportedBlockError, match="is_causal"):
+        adapter.check_call(mha, (tokens, tokens, tokens), {"is_causal": True})
     with pytest.raises(ValueError, match="tokens"):
         adapter.head_attention(mha, torch.randn(3, 10, 8))
 

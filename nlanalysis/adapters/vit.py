@@ -127,6 +127,8 @@ class ViTAttentionAdapter(BlockAdapter):
                 raise UnsupportedBlockError(
                     f"{_where(module)} was called with {name}: masked attention is not analysed (ViT encoders use none)"
                 )
+        if kwargs.get("is_causal"):
+            raise UnsupportedBlockError(f"{_where(module)} was called with is_causal=True: causal attention is not analysed")
         if isinstance(module, nn.MultiheadAttention):
             query = self.block_input(args, kwargs)
             key = args[1] if len(args) > 1 else kwargs.get("key")
