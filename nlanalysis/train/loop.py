@@ -31,7 +31,7 @@ __all__ = ["TrainConfig", "TrainResult", "evaluate", "train_variant"]
 class TrainConfig:
     """Hyper-parameters of one training run (stored in every checkpoint's meta)."""
 
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4

@@ -27,7 +27,7 @@ class TrainJob:
     out: Path
     variants: Sequence[str] = tuple(VARIANTS)
     seeds: Sequence[int] = (0, 1, 2)
-    train_scenes: int = 2000
+    train_scenes: int = 3000
     val_scenes: int | None = None  # None: all shipped validation scenes
     design: str = "shared"
     data_seed: int = 0
