@@ -12,8 +12,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..blocks.attention import LazyAttention, SharedAttention
-from ..blocks.non_local import _check_input, mmcv_style_attention
+from ..blocks.attention import LazyAttention
+from ..blocks.context_block import context_attention
+from ..blocks.non_local import mmcv_style_attention
 from .base import BlockAdapter, UnsupportedBlockError
 from .registry import register_adapter
 
@@ -43,7 +44,7 @@ class MMCVAdapter(BlockAdapter):
         if name in ("NonLocal1d", "NonLocal3d"):
             raise UnsupportedBlockError(f"mmcv {name} is not supported: only 2-D blocks (NonLocal2d) are analysed")
         if name == "ContextBlock":
-            return _context_block_attention(module, x)
+            return context_attention(module, x)
         return mmcv_style_attention(module, x)
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
@@ -59,14 +60,3 @@ class MMCVAdapter(BlockAdapter):
                 sub_sample=module.sub_sample,
             )
         return info
-
-
-def _context_block_attention(module: nn.Module, x: Tensor) -> SharedAttention:
-    channels = getattr(module, "in_channels", getattr(module, "inplanes", x.shape[1]))
-    _check_input(x, channels)
-    b, _, h, w = x.shape
-    if module.pooling_type == "att":
-        weights = module.conv_mask(x).flatten(1).softmax(dim=-1)
-    else:
-        weights = x.new_full((b, h * w), 1.0 / (h * w))
-    return SharedAttention(weights, (h, w))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .attention import SharedAttention
 from .non_local import _check_input
 
-__all__ = ["ContextBlock"]
+__all__ = ["ContextBlock", "context_attention"]
 
 FUSION_TYPES = ("channel_add", "channel_mul")
 
@@ -83,13 +83,7 @@ class ContextBlock(nn.Module):
 
     def attention(self, x: Tensor) -> SharedAttention:
         """The one map ``[B, H*W]`` every query shares, as lazy per-query rows."""
-        _check_input(x, self.in_channels)
-        b, _, h, w = x.shape
-        if self.pooling_type == "att":
-            weights = self.conv_mask(x).flatten(1).softmax(dim=-1)
-        else:
-            weights = x.new_full((b, h * w), 1.0 / (h * w))
-        return SharedAttention(weights, (h, w))
+        return context_attention(self, x)
 
     def attention_maps(self, x: Tensor) -> Tensor:
         """``[B, H*W, H*W]``: the shared map repeated for every query."""
@@ -104,3 +98,18 @@ class ContextBlock(nn.Module):
         if self.channel_add_conv is not None:
             out = out + self.channel_add_conv(context)
         return out
+
+
+def context_attention(block: nn.Module, x: Tensor) -> SharedAttention:
+    """The shared map of any block laid out like mmcv's ``ContextBlock``.
+
+    Reads only ``pooling_type``, ``conv_mask`` and the channel count (``in_channels``, or
+    ``inplanes`` in the GCNet repository), so it serves this project's block and mmcv's alike.
+    """
+    _check_input(x, getattr(block, "in_channels", getattr(block, "inplanes", x.shape[1])))
+    b, _, h, w = x.shape
+    if block.pooling_type == "att":
+        weights = block.conv_mask(x).flatten(1).softmax(dim=-1)
+    else:
+        weights = x.new_full((b, h * w), 1.0 / (h * w))
+    return SharedAttention(weights, (h, w))
