@@ -33,6 +33,8 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
     runs = []
     start = time.perf_counter()
     for variant, ckpt in checkpoints.items():
+        if variant == "baseline":  # no block to analyse: it is the task-metric reference
+            continue
         if progress:
             print(f"[{variant}] extract on {scenes} scenes", flush=True)
         run_dir = out / "runs" / variant
@@ -42,7 +44,7 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
             command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)],
         )  # fmt: skip
         runs.append(run_dir)
-    report = write_report(runs, out / "report", labels={v: out / "runs" / v for v in checkpoints})
+    report = write_report(runs, out / "report", labels={v: out / "runs" / v for v in checkpoints if v != "baseline"})
     if progress:
         print(f"demo done in {time.perf_counter() - start:.0f} s")
     return report
