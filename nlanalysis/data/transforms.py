@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..checkpoints.preprocess import Preprocess
 
-__all__ = ["Prepared", "collate", "prepare_image", "resized_size"]
+__all__ = ["Prepared", "collate", "image_region", "prepare_image", "resized_size"]
 
 
 @dataclass
@@ -30,6 +30,10 @@ class Prepared:
         scale: ``(sy, sx)`` resized / original size.
         size: ``(H, W)`` of the resized image before padding.
         original_size: ``(H, W)`` of the input image.
+        offset: ``(top, left)``: the model-input pixel where the resized image's corner lies, so
+            input pixel ``(y, x)`` shows resized pixel ``(y - top, x - left)``. ``(0, 0)`` here
+            (padding at the bottom/right); a centred pad has it positive, a centre crop negative
+            (:func:`nlanalysis.vit.preprocess.prepare_vit_image`).
     """
 
     tensor: Tensor
@@ -37,6 +41,27 @@ class Prepared:
     scale: tuple[float, float]
     size: tuple[int, int]
     original_size: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+
+    @property
+    def region(self) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)``: the model-input pixels that show the image (:func:`image_region`)."""
+        return image_region(self.size, self.offset, tuple(self.tensor.shape[-2:]))
+
+
+def image_region(
+    size: tuple[int, int], offset: tuple[int, int] = (0, 0), input_size: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the model-input pixels ``[y0, y1) x [x0, x1)`` that show the image.
+
+    Args:
+        size: ``(h, w)`` of the resized image.
+        offset: ``(top, left)`` of its corner in the input (negative where it was cropped).
+        input_size: ``(H, W)`` of the input, to clip to (``None``: the image lies inside it).
+    """
+    (h, w), (top, left) = size, offset
+    big_h, big_w = input_size if input_size is not None else (top + h, left + w)
+    return max(top, 0), min(top + h, big_h), max(left, 0), min(left + w, big_w)
 
 
 def resized_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:

@@ -9,15 +9,22 @@ array                       dtype, shape     meaning
 ``image_id``                str              the image's id (as text)
 ``blocks``                  str ``[n]``      block names; block ``i`` is ``blocks[i]``
 ``query_yx``                float32 ``[K,2]`` query points ``(y, x)`` in model-input pixels
-``query_yx_original``       float32 ``[K,2]`` the same in original-image pixels (``query_yx / scale``)
+``query_yx_original``       float32 ``[K,2]`` the same in original-image pixels
+                                             (``(query_yx - offset) / scale``)
 ``query_label``             int64 ``[K]``     COCO annotation id the point lies on, 0 background,
                                              -1 grid/random point
 ``scale``                   float64 ``[2]``   ``(sy, sx)``: resized size / original size
 ``size``                    int64 ``[2]``     ``(h, w)`` of the resized image inside the input
 ``original_size``           int64 ``[2]``     ``(h, w)`` of the image file
-``input_size``              int64 ``[2]``     ``(H, W)`` of the padded model input (padding is at
-                                             the bottom and right)
-``maps_i``                  float16 ``[K,Hk,Wk]`` attention of each query over block ``i``'s keys
+``input_size``              int64 ``[2]``     ``(H, W)`` of the padded model input
+``offset``                  int64 ``[2]``     ``(top, left)``: input pixel of the resized image's
+                                             corner (``(0, 0)``: padding at the bottom and right,
+                                             the NL preprocessing; positive: the ViT's centred pad;
+                                             negative: a centre crop). Files written before it
+                                             existed lack it and read as ``(0, 0)``.
+``maps_i``                  float16 ``[K,Hk,Wk]`` attention of each query over block ``i``'s keys;
+                            ``[K,h+1,Hk,Wk]`` for a ViT layer of ``h`` heads: every head, then
+                                             the head mean
 ``cells_i``                 int64 ``[K,2]``   each query's cell on block ``i``'s query grid
 ``query_shape_i``           int64 ``[2]``     block ``i``'s query grid
 ``key_shape_i``             int64 ``[2]``     block ``i``'s key grid
@@ -26,7 +33,8 @@ array                       dtype, shape     meaning
 The maps are the block's weights as the model computed them, so they include the weight put on
 padded keys (the model does attend there); the statistics exclude padding, and
 :meth:`ImageMaps.overlay` crops it. Key cell ``(r, c)`` covers input pixels
-``[r * H / Hk, (r + 1) * H / Hk) x [c * W / Wk, (c + 1) * W / Wk)``.
+``[r * H / Hk, (r + 1) * H / Hk) x [c * W / Wk, (c + 1) * W / Wk)``; input pixel ``(y, x)`` shows
+original pixel ``((y - top) / sy, (x - left) / sx)``.
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..data.transforms import image_region
 
 __all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "save_image_maps"]
 
@@ -58,6 +68,7 @@ def save_image_maps(
     size: tuple[int, int],
     original_size: tuple[int, int],
     input_size: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
 ) -> None:
     """Write one image's maps in the format above (compressed npz) into ``file``."""
     arrays: dict[str, np.ndarray] = dict(
@@ -65,12 +76,13 @@ def save_image_maps(
         image_id=np.array(str(image_id)),
         blocks=np.array(blocks, dtype=str),
         query_yx=np.asarray(query_yx, dtype=np.float32).reshape(-1, 2),
-        query_yx_original=(np.asarray(query_yx, dtype=np.float64).reshape(-1, 2) / np.array(scale)).astype(np.float32),
+        query_yx_original=((np.asarray(query_yx, dtype=np.float64).reshape(-1, 2) - np.array(offset)) / np.array(scale)).astype(np.float32),
         query_label=np.asarray(query_label, dtype=np.int64),
         scale=np.array(scale, dtype=np.float64),
         size=np.array(size, dtype=np.int64),
         original_size=np.array(original_size, dtype=np.int64),
         input_size=np.array(input_size, dtype=np.int64),
+        offset=np.array(offset, dtype=np.int64),
     )
     for i in range(len(blocks)):
         arrays[f"maps_{i}"] = np.asarray(maps[i], dtype=np.float16)
@@ -127,21 +139,60 @@ class ImageMaps:
             raise KeyError(f"{self.path}: no maps of block {block!r}; blocks: {names}")
         return names.index(block)
 
-    def maps(self, block: str | int) -> np.ndarray:
-        """``float32 [K, Hk, Wk]``: every query's map over the key grid of ``block``."""
-        return self[f"maps_{self._index(block)}"].astype(np.float32)
+    @property
+    def offset(self) -> tuple[int, int]:
+        """``(top, left)`` of the resized image in the input; ``(0, 0)`` in files without it."""
+        data = self._load()
+        return tuple(int(v) for v in data["offset"]) if "offset" in data else (0, 0)  # type: ignore[return-value]
 
-    def overlay(self, block: str | int, query: int) -> np.ndarray:
+    @property
+    def region(self) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)``: the input pixels that show the image (not padding, not cut off)."""
+        size, input_size = (tuple(int(v) for v in self[k]) for k in ("size", "input_size"))
+        return image_region(size, self.offset, input_size)  # type: ignore[arg-type]
+
+    def num_heads(self, block: str | int) -> int:
+        """The heads of a ViT layer's maps (0: an NL/GC block, one map per query)."""
+        arr = self[f"maps_{self._index(block)}"]
+        return arr.shape[1] - 1 if arr.ndim == 4 else 0
+
+    def maps(self, block: str | int, head: int | None = None) -> np.ndarray:
+        """``float32 [K, Hk, Wk]``: every query's map over the key grid of ``block``.
+
+        ``head`` picks one head of a ViT layer (default: the head mean); NL/GC blocks have none.
+        """
+        arr = self[f"maps_{self._index(block)}"]
+        if arr.ndim == 4:
+            heads = arr.shape[1] - 1
+            if head is not None and not -1 <= head < heads:
+                raise IndexError(f"{self.path}: block {block!r} has heads 0..{heads - 1} (-1 or None: the head mean)")
+            arr = arr[:, -1 if head is None else head]
+        elif head is not None:
+            raise ValueError(f"{self.path}: block {block!r} is not a multi-head layer; omit head=")
+        return arr.astype(np.float32)
+
+    def overlay(self, block: str | int, query: int, head: int | None = None) -> np.ndarray:
         """``float32 [h, w]``: query ``query``'s map of ``block`` on the original image.
 
-        The key grid is stretched over the padded input (bilinear), the padding is cropped and
-        the rest is resized to the original image size, so it can be drawn over the image file.
+        The key grid is stretched over the input (bilinear), the part that shows the image is cut
+        out (padding dropped) and resized to the original image size, so it can be drawn over the
+        image file. Where the preprocessing cut the image (a centre crop), the pixels the model
+        never saw are NaN. ``head``: as in :meth:`maps`.
         """
-        m = torch.from_numpy(self.maps(block)[query])[None, None]
-        h, w = (int(v) for v in self["size"])
+        m = torch.from_numpy(self.maps(block, head)[query])[None, None]
+        (h, w), (oh, ow) = (tuple(int(v) for v in self[k]) for k in ("size", "original_size"))
         m = F.interpolate(m, size=tuple(int(v) for v in self["input_size"]), mode="bilinear", align_corners=False)
-        m = F.interpolate(m[..., :h, :w], size=tuple(int(v) for v in self["original_size"]), mode="bilinear", align_corners=False)
-        return m[0, 0].numpy()
+        (top, left), (y0, y1, x0, x1) = self.offset, self.region
+        seen = m[..., y0:y1, x0:x1]
+        if (y0, y1, x0, x1) == (top, top + h, left, left + w):  # the whole image is in the input
+            return F.interpolate(seen, size=(oh, ow), mode="bilinear", align_corners=False)[0, 0].numpy()
+        sy, sx = (float(v) for v in self["scale"])
+        r0, r1 = round((y0 - top) / sy), max(round((y1 - top) / sy), round((y0 - top) / sy) + 1)
+        c0, c1 = round((x0 - left) / sx), max(round((x1 - left) / sx), round((x0 - left) / sx) + 1)
+        r1, c1 = min(r1, oh), min(c1, ow)
+        out = np.full((oh, ow), np.nan, dtype=np.float32)
+        out[r0:r1, c0:c1] = F.interpolate(seen, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return out
 
 
 class MapsIndex(Mapping):

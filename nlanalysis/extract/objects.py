@@ -6,8 +6,10 @@ Where objects overlap the smaller one is drawn on top, so a small object inside 
 visible. Crowd regions (``iscrowd = 1``) are not objects and are left out (label 0).
 
 The map is made at the original image size, then resampled with nearest neighbour to the
-resized size exactly as pixels are sampled by the resize (input pixel ``r`` takes original pixel
-``floor((r + 0.5) * h / h_resized)``), then zero-padded like the image.
+resized size exactly as pixels are sampled by the resize (resized pixel ``r`` takes original pixel
+``floor((r + 0.5) * h / h_resized)``), then placed where the image lies in the input (its
+``offset``: at the top left for mmdetection-style padding, centred for the ViT pad-to-square, cut
+for a centre crop) and zero-padded like the image.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..data.transforms import image_region
 
 __all__ = ["ObjectMap", "object_map"]
 
@@ -76,6 +80,7 @@ def object_map(
     original_size: tuple[int, int],
     size: tuple[int, int],
     padded_size: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
 ) -> ObjectMap:
     """Draw ``annotations`` into a label map of the model input.
 
@@ -84,6 +89,7 @@ def object_map(
         original_size: ``(h, w)`` of the image file.
         size: ``(h, w)`` after the resize (before padding).
         padded_size: ``(H, W)`` of the model input.
+        offset: ``(top, left)`` input pixel of the resized image's corner (negative: cropped).
     """
     h, w = original_size
     objects = [a for a in annotations if not a.get("iscrowd") and ("bbox" in a or a.get("segmentation"))]
@@ -104,7 +110,9 @@ def object_map(
     rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
     labels = np.zeros(padded_size, dtype=np.int64)
-    labels[:nh, :nw] = full[rows][:, cols]
+    top, left = offset
+    y0, y1, x0, x1 = image_region(size, offset, padded_size)
+    labels[y0:y1, x0:x1] = full[rows[y0 - top : y1 - top]][:, cols[x0 - left : x1 - left]]
     boxes = np.array([a.get("bbox", [np.nan] * 4) for a in objects], dtype=np.float64).reshape(-1, 4)
     return ObjectMap(
         labels,

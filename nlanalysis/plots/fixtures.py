@@ -75,8 +75,10 @@ def key_region(maps: ImageMaps, block: str | int, key: tuple[int, int]) -> tuple
     big_h, big_w = (int(v) for v in maps["input_size"])
     kh, kw = (int(v) for v in maps[f"key_shape_{i}"])
     sy, sx = (float(v) for v in maps["scale"])
-    r, c = key
-    return r * big_h / kh / sy, (r + 1) * big_h / kh / sy, c * big_w / kw / sx, (c + 1) * big_w / kw / sx
+    (top, left), (r, c) = maps.offset, key
+    y0, y1 = (r * big_h / kh - top) / sy, ((r + 1) * big_h / kh - top) / sy
+    x0, x1 = (c * big_w / kw - left) / sx, ((c + 1) * big_w / kw - left) / sx
+    return y0, y1, x0, x1
 
 
 def labelled_frame(

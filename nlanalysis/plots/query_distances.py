@@ -33,9 +33,10 @@ def valid_keys(maps: ImageMaps, block: str | int) -> np.ndarray:
     i = maps.blocks.index(block) if isinstance(block, str) else block
     if isinstance(block, str) and block not in maps.blocks:
         raise KeyError(f"{maps.path}: no maps of block {block!r}; blocks: {maps.blocks}")
-    (h, w), (big_h, big_w) = (tuple(int(v) for v in maps[k]) for k in ("size", "input_size"))
+    big_h, big_w = (int(v) for v in maps["input_size"])
+    y0, y1, x0, x1 = maps.region
     pixels = torch.zeros(1, big_h, big_w, dtype=torch.bool)
-    pixels[:, :h, :w] = True
+    pixels[:, y0:y1, x0:x1] = True
     query_grid = tuple(int(v) for v in maps[f"query_shape_{i}"])
     key_grid = tuple(int(v) for v in maps[f"key_shape_{i}"])
     return key_mask(valid_cells(pixels, query_grid), key_grid)[0].numpy()

@@ -8,7 +8,9 @@ Drawing rules (so that a reader compares like with like):
 
 * one row per image, one column per query (plus the image itself in the first column);
 * each map is upsampled to the image file's size with the padding removed
-  (:meth:`nlanalysis.extract.ImageMaps.overlay`), so it lies exactly over the image;
+  (:meth:`nlanalysis.extract.ImageMaps.overlay`, which knows where the preprocessing put the
+  image: at the top left, centred, or centre-cropped), so it lies exactly over the image; parts of
+  the image a centre crop cut off are left uncoloured;
 * **one colour scale per image** (per row): identical maps are drawn identically, and a row's
   colour bar gives the attention weight per key (maps sum to 1 over the keys, so the weights of
   a block with ``N_k`` keys are around ``1 / N_k``);
@@ -79,8 +81,8 @@ def _show_image(ax, image: np.ndarray | None, hw: tuple[int, int], gray: bool) -
 
 
 def _norm(overlays: list[np.ndarray]) -> tuple[Normalize, str]:
-    lo = min((float(o.min()) for o in overlays), default=0.0)
-    hi = max((float(o.max()) for o in overlays), default=0.0)
+    lo = min((float(np.nanmin(o)) for o in overlays), default=0.0)
+    hi = max((float(np.nanmax(o)) for o in overlays), default=0.0)
     if lo < 0:  # signed maps: diverging, centred on 0
         m = max(-lo, hi) or 1e-12
         return Normalize(-m, m), "RdBu_r"
@@ -97,6 +99,7 @@ def plot_query_maps(
     queries: Sequence[int] | None = None,
     title: str | None = None,
     alpha: float = 0.7,
+    head: int | None = None,
 ) -> Figure:
     """GCNet's Figure 2 for ``block``: one row per image, one column per query.
 
@@ -109,6 +112,7 @@ def plot_query_maps(
         queries: which queries to draw (indices; default all).
         title: first line of the figure title (e.g. the checkpoint); the block is named below it.
         alpha: opacity of the maps over the (grey-scale) image.
+        head: for a ViT layer, the head to draw (default: the head mean); NL/GC blocks have none.
 
     Returns:
         The figure; its size grows with the number of queries and the images' aspect ratios.
@@ -130,7 +134,7 @@ def plot_query_maps(
     # the last, narrow column holds each row's colour bar (outside the panels: equal gaps)
     grid = fig.add_gridspec(len(maps), cols + 1, height_ratios=heights, width_ratios=[1.0] * cols + [0.06])
     for row, (m, qs, image, hw) in enumerate(zip(maps, chosen, images, sizes)):
-        overlays = [m.overlay(block, q) for q in qs]
+        overlays = [m.overlay(block, q, head) for q in qs]
         norm, cmap = _norm(overlays)
         ax0 = fig.add_subplot(grid[row, 0])
         _show_image(ax0, image, hw, gray=False)
@@ -152,6 +156,7 @@ def plot_query_maps(
             bar = fig.colorbar(shown, cax=fig.add_subplot(grid[row, cols]))
             bar.ax.tick_params(labelsize=7)
             bar.set_label("attention weight", fontsize=7)
-    head = f"{title}\n" if title else ""
-    fig.suptitle(f"{head}block {block}: attention map of each query (one colour scale per image)")
+    first = f"{title}\n" if title else ""
+    which = "" if not maps[0].num_heads(block) else " (head mean)" if head in (None, -1) else f" head {head}"
+    fig.suptitle(f"{first}block {block}{which}: attention map of each query (one colour scale per image)")
     return fig

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESSING", "preprocess_batch", "preprocess_image"]
+from ..data.transforms import Prepared
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESSING", "placement", "prepare_vit_image", "preprocess_batch", "preprocess_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +65,25 @@ def _as_rgb(image: object) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def placement(h: int, w: int, size: int = 224, mode: str = "pad") -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where an ``h x w`` photo lands in the ``size x size`` input: ``((nh, nw), (top, left))``.
+
+    ``(nh, nw)`` is the resized photo and ``(top, left)`` the input pixel its corner is placed
+    at: ``"pad"`` centres it (offset >= 0, padding around it), ``"crop"`` cuts the centre out of
+    it (offset <= 0, the parts outside the input are not seen). Input pixel ``(y, x)`` shows
+    resized pixel ``(y - top, x - left)``.
+    """
+    if mode not in PREPROCESSING:
+        raise ValueError(f"mode must be one of {PREPROCESSING}, got {mode!r}")
+    if mode == "pad":
+        scale = size / max(h, w)
+        nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
+        return (nh, nw), (int((size - nh) / 2.0), int((size - nw) / 2.0))
+    scale = round(size / 0.875) / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    return (nh, nw), (-((nh - size) // 2), -((nw - size) // 2))
+
+
 def preprocess_image(
     image: object,
     size: int = 224,
@@ -71,16 +92,11 @@ def preprocess_image(
     std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[Tensor, Tensor]:
     """One photo (uint8 RGB ``[H, W, 3]``, or PIL) -> ``(x [3, S, S] float32, valid [S, S] bool)``."""
-    if mode not in PREPROCESSING:
-        raise ValueError(f"mode must be one of {PREPROCESSING}, got {mode!r}")
     img = _as_rgb(image)
-    h, w = img.shape[:2]
+    (nh, nw), (top, left) = placement(*img.shape[:2], size, mode)
     valid = np.ones((size, size), dtype=bool)
     if mode == "pad":
-        scale = size / max(h, w)
-        nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
         small = _resize_area(img, (nh, nw))
-        top, left = int((size - nh) / 2.0), int((size - nw) / 2.0)
         canvas = np.zeros((size, size, 3), dtype=np.uint8)
         canvas[top : top + nh, left : left + nw] = small
         valid[:] = False
@@ -89,15 +105,22 @@ def preprocess_image(
     else:
         from PIL import Image
 
-        short = round(size / 0.875)
-        scale = short / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
         img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
-        top, left = (nh - size) // 2, (nw - size) // 2
-        img = img[top : top + size, left : left + size]
+        img = img[-top : -top + size, -left : -left + size]
     x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     return x.contiguous(), torch.from_numpy(valid)
+
+
+def prepare_vit_image(image: object, size: int = 224, mode: str = "pad") -> Prepared:
+    """:func:`preprocess_image` with the geometry ``nlanalysis extract`` needs (a
+    :class:`~nlanalysis.data.transforms.Prepared`: scale, resized size and the offset of the photo in
+    the input, so that object masks and query points land where the photo's pixels do)."""
+    img = _as_rgb(image)
+    h, w = img.shape[:2]
+    x, valid = preprocess_image(img, size, mode)
+    (nh, nw), offset = placement(h, w, size, mode)
+    return Prepared(x, valid, (nh / h, nw / w), (nh, nw), (h, w), offset)
 
 
 def preprocess_batch(
