@@ -1,0 +1,229 @@
+"""Query maps of chosen heads on whole photos, and how local every head's maps are.
+
+Two things the ViT report draws and states beyond the per-head statistics of
+:func:`nlanalysis.vit.analyze_vit`:
+
+* :func:`photo_maps` -- GCNet Figure 2 material (Cao et al., arXiv 1904.11492, Figure 2): for each
+  photo, a few query points (fixed fractions of the photo, moved to the centre of the patch they
+  fall in) and every chosen ``(layer, head)``'s map of each query over the patch grid, from
+  :class:`~nlanalysis.vit.capture.ViTCapture`. :meth:`PhotoMaps.overlay` puts a map onto the
+  original photo with the padding removed.
+* :func:`locality` -- per image, layer and head, the share of a query's attention that lies on
+  the ``(2r + 1)^2`` patches around it (``r = 1``: the query's patch and its 8 neighbours), beside
+  what a uniform map would put there, and the commonest offset from a query to its map's peak,
+  over image patches (padding dropped as queries and keys, rows renormalised over image patch
+  keys, as the statistics do). A high ``att`` says a head's maps differ between queries; a high
+  local mass says *how*: each query looks at its own neighbourhood (the peak offset: which side).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..capture import valid_cells
+from .analyze import HEAD_MEAN
+from .capture import ViTCapture
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
+
+__all__ = ["DEFAULT_QUERIES", "PhotoMaps", "locality", "patch_overlay", "photo_box", "photo_maps"]
+
+#: query points as ``(y, x)`` fractions of the photo (not of the padded input).
+DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
+
+
+def photo_box(valid: Tensor | np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the photo inside a model input, from its ``[H, W]`` valid mask."""
+    mask = np.asarray(valid, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        raise ValueError("the valid-pixel mask is empty: no photo in the input")
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def patch_overlay(
+    grid_map: np.ndarray | Tensor,
+    input_size: tuple[int, int],
+    box: tuple[int, int, int, int],
+    out_size: tuple[int, int],
+) -> np.ndarray:
+    """A map over the patch grid as ``float32 [h, w]`` over the original photo.
+
+    The grid is stretched over the whole model input (bilinear, ``align_corners=False``), the
+    photo's box (``(top, left, height, width)``, :func:`photo_box`) is cut out -- the padding goes --
+    and resized to ``out_size`` (the original photo's ``(h, w)``).
+    """
+    m = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=tuple(int(v) for v in input_size), mode="bilinear", align_corners=False)
+    top, left, h, w = box
+    m = F.interpolate(m[..., top : top + h, left : left + w], size=tuple(int(v) for v in out_size), mode="bilinear", align_corners=False)
+    return m[0, 0].numpy()
+
+
+@dataclass
+class PhotoMaps:
+    """One photo's query points and the maps of chosen heads.
+
+    Attributes:
+        name: the photo's name.
+        image: the original photo, ``uint8 [h, w, 3]`` (with ``"crop"`` preprocessing: the crop the model saw).
+        input_size: ``(H, W)`` of the model input.
+        box: ``(top, left, height, width)`` of the photo in the model input.
+        grid: ``(H_g, W_g)`` patch grid.
+        cells: ``[K, 2]`` patch ``(row, col)`` of each query.
+        points: ``[K, 2]`` ``(y, x)`` of each query in model-input pixels (its patch's centre).
+        maps: ``{(layer, head): [K, H_g, W_g]}`` each query's weights on the patch keys as the
+            model computed them (mass on the class/register tokens left out, not renormalised;
+            ``head == HEAD_MEAN``: the mean over heads).
+    """
+
+    name: str
+    image: np.ndarray
+    input_size: tuple[int, int]
+    box: tuple[int, int, int, int]
+    grid: tuple[int, int]
+    cells: np.ndarray
+    points: np.ndarray
+    maps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(h, w)`` of the original photo."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def overlay(self, layer: int, head: int, query: int) -> np.ndarray:
+        """``float32 [h, w]``: the query's map of ``(layer, head)`` on the original photo (:func:`patch_overlay`)."""
+        if (layer, head) not in self.maps:
+            raise KeyError(f"{self.name}: no maps of layer {layer} head {head} (have {sorted(self.maps)})")
+        return patch_overlay(self.maps[layer, head][query], self.input_size, self.box, self.size)
+
+    def points_on_image(self) -> np.ndarray:
+        """``[K, 2]`` query points in the original photo's pixels."""
+        top, left, h, w = self.box
+        ph, pw = self.size
+        return (self.points - np.array([top, left], dtype=np.float64)) * np.array([ph / h, pw / w])
+
+
+def photo_maps(
+    model: nn.Module,
+    photos: Mapping[str, np.ndarray],
+    heads: Sequence[tuple[int, int]],
+    *,
+    queries: Sequence[tuple[float, float]] = DEFAULT_QUERIES,
+    size: int = 224,
+    preprocessing: str = "pad",
+) -> list[PhotoMaps]:
+    """The maps of ``heads`` (``(layer, head)``, 0-based; ``head == HEAD_MEAN`` for the head mean) at
+    ``queries`` (``(y, x)`` fractions of each photo), one forward per photo.
+
+    Returns:
+        One :class:`PhotoMaps` per photo, in order.
+
+    Raises:
+        ValueError: a layer or head the model does not have, or a query on a padded patch.
+    """
+    out = []
+    for name, image in photos.items():
+        x, valid = preprocess_image(image, size, preprocessing)
+        box = photo_box(valid)
+        if preprocessing != "pad":  # the photo seen is the crop: draw the maps on it
+            image = _input_pixels(x)
+        top, left, h, w = box
+        points = [(top + fy * h, left + fx * w) for fy, fx in queries]
+        with torch.no_grad(), ViTCapture(model, queries=points, query_space="image", stats=False) as cap:
+            model(x[None])
+        records = {rec.layer: rec for rec in cap.records}
+        pm = None
+        for layer, head in heads:
+            rec = records.get(layer)
+            if rec is None:
+                raise ValueError(f"layer {layer}: the model has attention layers {sorted(records)} (0-based)")
+            n_heads = rec.queries.maps.shape[2] - 1
+            if not (head == HEAD_MEAN or 0 <= head < n_heads):
+                raise ValueError(f"layer {layer} has heads 0..{n_heads - 1} (and {HEAD_MEAN} for the mean), not {head}")
+            if pm is None:
+                grid = tuple(int(v) for v in rec.layout.grid)
+                cells = rec.queries.feature_yx.numpy()
+                step = np.array([size / grid[0], size / grid[1]])
+                centres = (cells + 0.5) * step
+                inside = valid_cells(valid[None], grid)[0].numpy()[cells[:, 0], cells[:, 1]]
+                if not inside.all():
+                    raise ValueError(f"{name}: query {int(np.flatnonzero(~inside)[0])} falls on a padded patch; move it into the photo")
+                pm = PhotoMaps(name, np.asarray(image), (size, size), box, grid, cells, centres)
+            pm.maps[layer, head] = rec.queries.maps[0, :, head].numpy()
+        out.append(pm)
+    return out
+
+
+def _input_pixels(x: Tensor) -> np.ndarray:
+    """A normalised ``[3, H, W]`` model input back to ``uint8 [H, W, 3]``."""
+    rgb = x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    return (rgb.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def locality(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    valid: Tensor | None = None,
+    image_ids: Sequence[Any] | None = None,
+    radius: int = 1,
+) -> pd.DataFrame:
+    """How local each head's maps are: the weight near the query, and where the peak sits.
+
+    Args:
+        model: a ViT.
+        images: ``[B, 3, H, W]`` model input.
+        valid: ``[B, H, W]`` True on photo pixels; padded patches are dropped as queries and keys
+            and each row is renormalised over the photo's patch keys (as :func:`analyze_vit` does).
+        image_ids: labels of the ``image`` column.
+        radius: neighbourhood half-width in patches (1: a 3 x 3 neighbourhood; Chebyshev distance).
+
+    Returns:
+        One row per image x layer x head (``head == HEAD_MEAN``: the head-averaged map) with
+        ``att_local`` (mean over the photo's patch queries of the weight on the neighbourhood),
+        ``att_local_uniform`` (the same for a uniform map over the photo's patches), and
+        ``peak_dy`` / ``peak_dx`` / ``peak_share``: the commonest offset, in patches, from a query
+        to its map's largest weight, and the share of queries whose peak lies there.
+    """
+    n = images.shape[0]
+    ids = list(image_ids) if image_ids is not None else list(range(n))
+    with torch.no_grad(), ViTCapture(model, stats=False, keep_attention=True) as cap:
+        model(images)
+    rows = []
+    for rec in cap.records:
+        att = rec.attention
+        gh, gw = att.layout.grid
+        vc = valid_cells(valid, (gh, gw)).flatten(1).float() if valid is not None else torch.ones(n, gh * gw)
+        yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        yy, xx = yy.flatten(), xx.flatten()
+        near = (((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)).float()
+        n_valid = vc.sum(1)
+        uniform = ((near @ vc.T).T * vc).sum(1) / n_valid / n_valid  # [B]
+        for b in range(n):
+            keep = vc[b].bool()
+            maps = att.image(b).full()[0]  # [heads, N, N]
+            maps = torch.cat([maps, maps.mean(0, keepdim=True)])[:, keep][:, :, keep]
+            maps = maps / maps.sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+            local = (maps * near[keep][:, keep]).sum(-1).mean(-1)  # [heads + 1]
+            peak = maps.argmax(-1)  # [heads + 1, n_valid] -> offsets in patches
+            dy = yy[keep][peak] - yy[keep][None]
+            dx = xx[keep][peak] - xx[keep][None]
+            codes = (dy + gh) * (2 * gw + 1) + (dx + gw)
+            heads = local.shape[0] - 1
+            for h in range(heads + 1):
+                counts = torch.bincount(codes[h], minlength=(2 * gh + 1) * (2 * gw + 1))
+                top = int(counts.argmax())
+                rows.append({
+                    "image": ids[b], "layer": rec.layer, "head": HEAD_MEAN if h == heads else h,
+                    "att_local": float(local[h]), "att_local_uniform": float(uniform[b]),
+                    "peak_dy": top // (2 * gw + 1) - gh, "peak_dx": top % (2 * gw + 1) - gw,
+                    "peak_share": float(counts[top]) / int(keep.sum()),
+                })  # fmt: skip
+    return pd.DataFrame(rows)
