@@ -56,7 +56,7 @@ from .tables import (
     write_table,
 )
 
-__all__ = ["Report", "RunMeta", "Runs", "describe_run", "find_image", "find_images", "load_runs", "summary_text", "write_report"]
+__all__ = ["Report", "RunMeta", "Runs", "describe_run", "find_image", "find_images", "load_runs", "summary_text", "write_pages", "write_report"]
 
 #: task metrics looked up in a checkpoint's meta, in order of preference.
 METRIC_KEYS = ("miou", "mIoU", "bbox_mAP", "segm_mAP", "accuracy", "top1", "pixel_accuracy")
@@ -572,9 +572,7 @@ def write_report(
     report.figures = [p for _, p, _ in figures]
 
     sections = _sections(title, loaded, runs_table, table1, cap, report, figures, out)
-    pdf = "pdf" in formats
-    report.index_md.write_text(_render_md(sections, pdf))
-    report.index_html.write_text(_render_html(sections, title, pdf))
+    write_pages(sections, out, title, pdf="pdf" in formats)
     return report
 
 
@@ -617,6 +615,21 @@ def _sections(title, runs, runs_table, table1, cap, report, figures, out) -> lis
                     "Run folders and checkpoint paths: `tables/runs.csv`.")  # fmt: skip
     s.append(("table", (_runs_display(runs_table), runs_caption, ["tables/runs.csv"])))
     return s
+
+
+def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str], title: str, pdf: bool = True) -> tuple[Path, Path]:
+    """Write ``out/index.md`` and ``out/index.html`` from ``sections``; return their paths.
+
+    Each section is ``(kind, body)``: ``("h1" | "h2" | "p", text)``, ``("list", [text, ...])``,
+    ``("table", (text frame, caption, [file links]))`` or ``("figure", (PNG path relative to out,
+    caption))`` (with ``pdf``, a link to the PDF beside the PNG). Text may use ``**bold**`` and
+    ```code```.
+    """
+    out = Path(out)
+    md, page = out / "index.md", out / "index.html"
+    md.write_text(_render_md(list(sections), pdf))
+    page.write_text(_render_html(list(sections), title, pdf))
+    return md, page
 
 
 def _inline_html(text: str) -> str:

@@ -151,7 +151,7 @@ def plot_head_maps(
 
     Returns:
         The figure. Each map is the query's weights on the photo's patches, stretched over the
-        model input and cut to the photo (padding removed), drawn at the original photo's size.
+        model input and cut to the photo (padding removed), over the photo as the model saw it.
     """
     if not photos or not heads:
         raise ValueError("plot_head_maps: give at least one photo and one head")

@@ -7,7 +7,7 @@ Two things the ViT report draws and states beyond the per-head statistics of
   photo, a few query points (fixed fractions of the photo, moved to the centre of the patch they
   fall in) and every chosen ``(layer, head)``'s map of each query over the patch grid, from
   :class:`~nlanalysis.vit.capture.ViTCapture`. :meth:`PhotoMaps.overlay` puts a map onto the
-  original photo with the padding removed.
+  photo as the model saw it (resized, its padding removed).
 * :func:`locality` -- per image, layer and head, the share of a query's attention that lies on
   the ``(2r + 1)^2`` patches around it (``r = 1``: the query's patch and its 8 neighbours), beside
   what a uniform map would put there, and the commonest offset from a query to its map's peak,
@@ -53,11 +53,11 @@ def patch_overlay(
     box: tuple[int, int, int, int],
     out_size: tuple[int, int],
 ) -> np.ndarray:
-    """A map over the patch grid as ``float32 [h, w]`` over the original photo.
+    """A map over the patch grid as ``float32 [h, w]`` over the photo.
 
     The grid is stretched over the whole model input (bilinear, ``align_corners=False``), the
     photo's box (``(top, left, height, width)``, :func:`photo_box`) is cut out -- the padding goes --
-    and resized to ``out_size`` (the original photo's ``(h, w)``).
+    and resized to ``out_size`` (the box's own size, or the original photo's ``(h, w)``).
     """
     m = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
     m = F.interpolate(m, size=tuple(int(v) for v in input_size), mode="bilinear", align_corners=False)
@@ -72,7 +72,8 @@ class PhotoMaps:
 
     Attributes:
         name: the photo's name.
-        image: the original photo, ``uint8 [h, w, 3]`` (with ``"crop"`` preprocessing: the crop the model saw).
+        image: the photo as the model saw it, ``uint8 [h, w, 3]``: the model input without its
+            padding (the resized photo; with ``"crop"`` preprocessing, the crop).
         input_size: ``(H, W)`` of the model input.
         box: ``(top, left, height, width)`` of the photo in the model input.
         grid: ``(H_g, W_g)`` patch grid.
@@ -94,17 +95,17 @@ class PhotoMaps:
 
     @property
     def size(self) -> tuple[int, int]:
-        """``(h, w)`` of the original photo."""
+        """``(h, w)`` of :attr:`image`."""
         return int(self.image.shape[0]), int(self.image.shape[1])
 
     def overlay(self, layer: int, head: int, query: int) -> np.ndarray:
-        """``float32 [h, w]``: the query's map of ``(layer, head)`` on the original photo (:func:`patch_overlay`)."""
+        """``float32 [h, w]``: the query's map of ``(layer, head)`` over :attr:`image` (:func:`patch_overlay`)."""
         if (layer, head) not in self.maps:
             raise KeyError(f"{self.name}: no maps of layer {layer} head {head} (have {sorted(self.maps)})")
         return patch_overlay(self.maps[layer, head][query], self.input_size, self.box, self.size)
 
     def points_on_image(self) -> np.ndarray:
-        """``[K, 2]`` query points in the original photo's pixels."""
+        """``[K, 2]`` query points in the pixels of :attr:`image`."""
         top, left, h, w = self.box
         ph, pw = self.size
         return (self.points - np.array([top, left], dtype=np.float64)) * np.array([ph / h, pw / w])
@@ -132,8 +133,6 @@ def photo_maps(
     for name, image in photos.items():
         x, valid = preprocess_image(image, size, preprocessing)
         box = photo_box(valid)
-        if preprocessing != "pad":  # the photo seen is the crop: draw the maps on it
-            image = _input_pixels(x)
         top, left, h, w = box
         points = [(top + fy * h, left + fx * w) for fy, fx in queries]
         with torch.no_grad(), ViTCapture(model, queries=points, query_space="image", stats=False) as cap:
@@ -155,7 +154,8 @@ def photo_maps(
                 inside = valid_cells(valid[None], grid)[0].numpy()[cells[:, 0], cells[:, 1]]
                 if not inside.all():
                     raise ValueError(f"{name}: query {int(np.flatnonzero(~inside)[0])} falls on a padded patch; move it into the photo")
-                pm = PhotoMaps(name, np.asarray(image), (size, size), box, grid, cells, centres)
+                seen = _input_pixels(x)[top : top + h, left : left + w]
+                pm = PhotoMaps(name, seen, (size, size), box, grid, cells, centres)
             pm.maps[layer, head] = rec.queries.maps[0, :, head].numpy()
         out.append(pm)
     return out

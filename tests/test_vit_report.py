@@ -1,0 +1,225 @@
+"""ViT figures and report: heat-map cells, the head chooser, locality, the Figure 2 grids, the report's files.
+
+Heat map and chooser run on synthetic frames (no ViT needed). Everything else uses a small
+random-weight timm ViT and synthetic photos, so it is fast; it is skipped with the reason when
+timm (the ``vit`` extra) is missing.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import randomize_
+from nlanalysis.plots.vit_heads import head_matrix, plot_head_maps, plot_layer_heads
+from nlanalysis.tables import format_ci
+from nlanalysis.vit.analyze import HEAD_MEAN
+from nlanalysis.vit.maps import PhotoMaps, patch_overlay, photo_box
+from nlanalysis.vit.report import choose_heads, read_nl_table
+
+
+def _frame(seed=0, layers=3, heads=4, images=5):
+    rng = np.random.default_rng(seed)
+    rows = [{"image": f"img{i}", "layer": l, "head": h, "att": rng.random(), "att_entropy": rng.random()}
+            for i in range(images) for l in range(layers) for h in [*range(heads), HEAD_MEAN]]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _timm_vit(size=28):
+    timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="timm (the ViT extra) is not installed: pip install 'nlanalysis[vit]'")
+    model = timm_vit.VisionTransformer(img_size=size, patch_size=7, embed_dim=32, depth=3, num_heads=4, num_classes=0,
+                                       qkv_bias=True, init_values=0.5)  # fmt: skip
+    return randomize_(model, std=0.2).eval()
+
+
+def _photos():
+    rng = np.random.default_rng(1)
+    return {"wide": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "tall": rng.integers(0, 256, (33, 24, 3), dtype=np.uint8)}
+
+
+# -- heat map and chooser -----------------------------------------------------------------------
+
+
+def test_heat_map_cells_are_the_mean_over_images_of_each_layer_and_head():
+    frame = _frame()
+    frame.loc[(frame["layer"] == 1) & (frame["head"] == 2), "att"] = np.nan  # a missing cell stays missing
+    fig = plot_layer_heads(frame, "att", highlight={(0, 1): "x"})
+    drawn = np.ma.filled(fig.axes[0].images[0].get_array().astype(float), np.nan)
+    sums, counts = {}, {}
+    for r in frame.itertuples():  # by hand, not by groupby
+        if not math.isnan(r.att):
+            sums[r.layer, r.head] = sums.get((r.layer, r.head), 0.0) + r.att
+            counts[r.layer, r.head] = counts.get((r.layer, r.head), 0) + 1
+    want = np.full((3, 5), np.nan)
+    for (layer, head), total in sums.items():
+        want[layer, head if head != HEAD_MEAN else 4] = total / counts[layer, head]
+    np.testing.assert_allclose(drawn, want, rtol=1e-12)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["0", "1", "2", "3", "mean"]
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert f"{want[2, 3]:.2f}" in texts and "–" in texts
+    np.testing.assert_allclose(head_matrix(frame, "att_entropy").to_numpy(), frame.groupby(["layer", "head"])["att_entropy"].mean().unstack()[[0, 1, 2, 3, -1]].to_numpy())
+
+
+def test_head_chooser_picks_the_lowest_and_highest_single_head():
+    frame = _frame(seed=3)
+    frame.loc[frame["head"] == HEAD_MEAN, "att"] = [-1.0, 5.0] * (len(frame[frame["head"] == HEAD_MEAN]) // 2) + [0.0] * (len(frame[frame["head"] == HEAD_MEAN]) % 2)
+    per = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])["att"].mean()
+    lo, hi = choose_heads(frame)
+    assert lo == per.idxmin() and hi == per.idxmax()
+    assert choose_heads(frame, "att_entropy") == tuple(frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])["att_entropy"].mean().agg(["idxmin", "idxmax"]))
+    with pytest.raises(ValueError, match="no per-head values"):
+        choose_heads(frame[frame["head"] == HEAD_MEAN])
+
+
+def test_nl_table_keeps_each_variants_last_step(tmp_path):
+    path = tmp_path / "table1.csv"
+    pd.DataFrame({"variant": ["a", "a", "b"], "step": [0, 10, 5], "block": ["x"] * 3, "input": [0.5] * 3, "att": [0.4, 0.1, 0.2]}).to_csv(path, index=False)
+    assert read_nl_table(path)[["variant", "step"]].values.tolist() == [["a", 10], ["b", 5]]
+    pd.DataFrame({"variant": ["a"], "att": [0.1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="not a Table 1"):
+        read_nl_table(path)
+
+
+# -- maps on photos -----------------------------------------------------------------------------
+
+
+def test_overlay_removes_the_padding_and_marks_the_query_patch():
+    # a 16 x 16 grid over a 224 input; the photo fills rows 37..186 (centred padding of a 3:2 photo)
+    valid = np.zeros((224, 224), bool)
+    valid[37:187] = True
+    box = photo_box(valid)
+    assert box == (37, 0, 150, 224)
+    pad_only = np.zeros((16, 16), np.float32)
+    pad_only[:2] = 1.0  # all weight on patches whose centres (7, 21 px) lie in the top padding
+    pad_only[14:] = 1.0  # and in the bottom padding (203, 217 px)
+    assert np.abs(patch_overlay(pad_only, (224, 224), box, (150, 224))).max() == 0.0
+    one = np.zeros((16, 16), np.float32)
+    one[5, 9] = 1.0  # patch centre (77, 133) in the input -> (40, 133) in the photo
+    over = patch_overlay(one, (224, 224), box, (150, 224))
+    y, x = np.unravel_index(over.argmax(), over.shape)
+    assert abs(y - 40) <= 1 and abs(x - 133) <= 1
+    pm = PhotoMaps("p", np.zeros((150, 224, 3), np.uint8), (224, 224), box, (16, 16), np.array([[5, 9]]),
+                   np.array([[77.0, 133.0]]), {(0, 0): pad_only[None], (0, 1): one[None]})  # fmt: skip
+    np.testing.assert_allclose(pm.points_on_image(), [[40.0, 133.0]])
+    fig = plot_head_maps([pm], [(0, 0), (0, 1)])
+    drawn = [im.get_array() for ax in fig.axes for im in ax.images if im.get_array().ndim == 2 and im.cmap.name == "inferno"]
+    assert len(drawn) == 2 and np.abs(drawn[0]).max() == 0.0  # the padding's weight does not reach the photo
+    np.testing.assert_array_equal(drawn[1], over)
+    markers = [ln.get_xydata()[0] for ax in fig.axes for ln in ax.lines]
+    assert all(np.allclose(m, [133.0, 40.0]) for m in markers) and len(markers) == 4  # (x, y): photo panel + map panel, per head
+
+
+def test_head_map_grid_draws_the_maps_vitcapture_returns():
+    from nlanalysis.vit import ViTCapture, preprocess_image
+    from nlanalysis.vit.maps import photo_maps
+
+    model = _timm_vit()
+    photos = _photos()
+    heads = [(1, 2), (2, HEAD_MEAN)]
+    maps = photo_maps(model, photos, heads, queries=((0.3, 0.3), (0.7, 0.6)), size=28)
+    fig = plot_head_maps(maps, heads)
+    drawn = [im.get_array() for ax in fig.axes for im in ax.images if im.cmap.name == "inferno"]
+    expected = []
+    for (layer, head) in heads:  # figure order: head by head, photo by photo, query by query
+        for pm, (name, image) in zip(maps, photos.items()):
+            x, valid = preprocess_image(image, 28, "pad")
+            with torch.no_grad(), ViTCapture(model, queries=pm.points.tolist(), stats=False) as cap:
+                model(x[None])
+            rec = cap.records[layer]
+            assert (rec.queries.feature_yx.numpy() == pm.cells).all()
+            for q in range(len(pm.points)):
+                grid_map = rec.queries.maps[0, q, head].numpy()
+                expected.append(patch_overlay(grid_map, (28, 28), photo_box(valid), pm.size))
+    assert len(drawn) == len(expected) == 8
+    for d, e in zip(drawn, expected):
+        np.testing.assert_allclose(d, e, atol=1e-7)
+    top, left, h, w = maps[0].box
+    assert (top, left, h, w) == (5, 0, 18, 28) and maps[0].image.shape == (18, 28, 3)
+    assert ((maps[0].points - 0.5 * 7) % 7 == 0).all()  # query points sit on patch centres
+
+
+def test_locality_matches_a_loop_over_the_model_own_attention():
+    from nlanalysis.vit import preprocess_batch
+    from nlanalysis.vit.maps import locality
+
+    model = _timm_vit()
+    x, valid, ids = preprocess_batch(_photos(), 28, "pad")
+    frame = locality(model, x, valid=valid, image_ids=ids)
+    assert len(frame) == 2 * 3 * 5
+    blk = model.blocks[1]
+    seen = []
+    hook = blk.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(x)
+        hook.remove()
+        qkv = blk.attn.qkv(blk.norm1(seen[0])).reshape(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        probs = ((qkv[0] @ qkv[1].transpose(-1, -2)) * 8**-0.5).softmax(-1)[:, :, 1:, 1:]  # patch queries, patch keys
+    for b, name in enumerate(ids):
+        ok = [(i // 4, i % 4) for i in range(16) if valid[b, (i // 4) * 7 + 3, (i % 4) * 7 + 3]]
+        for head in (0, 3):
+            masses = []
+            for qy, qx in ok:
+                row = {(ky, kx): float(probs[b, head, qy * 4 + qx, ky * 4 + kx]) for ky, kx in ok}
+                total = sum(row.values())
+                masses.append(sum(v for (ky, kx), v in row.items() if abs(ky - qy) <= 1 and abs(kx - qx) <= 1) / total)
+            got = frame[(frame["image"] == name) & (frame["layer"] == 1) & (frame["head"] == head)]["att_local"].item()
+            assert got == pytest.approx(np.mean(masses), abs=1e-6)
+
+
+def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
+    from nlanalysis.vit.report import write_vit_report
+
+    nl = tmp_path / "table1.csv"
+    pd.DataFrame({
+        "variant": ["gaussian", "concatenation", "concatenation", "gc"], "step": [10, 0, 10, 10], "block": ["layer1.1"] * 4,
+        "mode": ["gaussian", "concatenation", "concatenation", "gc"], "query_independent": [False, False, False, True],
+        "images": [120] * 4, "seeds": [3] * 4, "input": [0.6, 0.6, 0.6, 0.6], "input_low": [0.5] * 4, "input_high": [0.7] * 4,
+        "att": [0.78, 0.3, 0.01, 0.0], "att_low": [0.7, 0.2, 0.0, 0.0], "att_high": [0.8, 0.4, 0.02, 0.0],
+        "att_entropy": [0.2, 0.7, 0.7, 0.8],
+    }).to_csv(nl, index=False)  # fmt: skip
+    model = _timm_vit()
+    out = tmp_path / "vit"
+    report = write_vit_report(out, model, _photos(), nl, size=28, queries=((0.3, 0.3), (0.7, 0.6)))
+    for rel in ("index.md", "index.html", "tables/layers.csv", "tables/layers.md", "tables/layers.tex", "tables/heads.csv",
+                "tables/per_image.csv", "tables/compare.csv", "tables/compare.md", *(f"figures/{f}.{e}" for f in
+                ("heads_att", "heads_att_entropy", "heads_att_local", "head_maps") for e in ("png", "pdf"))):  # fmt: skip
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
+    layers = pd.read_csv(out / "tables/layers.csv")
+    assert layers["layer"].tolist() == [0, 1, 2] and (layers["n_images"] == 2).all()
+    assert ((layers["att_low"] <= layers["att"] + 1e-12) & (layers["att"] <= layers["att_high"] + 1e-12)).all()
+    heads = pd.read_csv(out / "tables/heads.csv")
+    assert len(heads) == 3 * 5 and {"att_local", "peak_dy", "peak_dx", "peak_share"} <= set(heads.columns)
+    lo, hi = choose_heads(report.tables["per_image"])
+    text = (out / "index.md").read_text()
+    for layer, head in (lo, hi):
+        row = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
+        assert f"**L{layer}·h{head}, " in text and f"att {format_ci(row['att'], row['att_low'], row['att_high'])}" in text
+    assert "2 photos given by the caller" in text and "figures/head_maps.png" in text
+    compare = pd.read_csv(out / "tables/compare.csv")
+    nl_rows = compare[compare["model"].str.startswith("NL net")]
+    assert sorted(nl_rows["att"]) == [0.0, 0.01, 0.78]  # the concatenation row of step 0 is dropped
+    assert "concatenation layer1.1 60.0x" in text and "gc layer1.1: one map shared by all queries by construction" in text
+    again = write_vit_report(tmp_path / "again", model, _photos(), nl, size=28, queries=((0.3, 0.3), (0.7, 0.6)))
+    for rel in ("index.md", "index.html", "tables/heads.csv", "figures/head_maps.png", "figures/heads_att.pdf"):
+        assert (again.out / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def test_report_without_nl_table_says_so_and_refuses_no_png(tmp_path):
+    from nlanalysis.vit.report import write_vit_report
+
+    model = _timm_vit()
+    write_vit_report(tmp_path / "r", model, _photos(), None, size=28, queries=((0.4, 0.4),), formats=("png",))
+    text = (tmp_path / "r" / "index.md").read_text()
+    assert "No NL Table 1 was given" in text and "PDF" not in text
+    assert not (tmp_path / "r" / "tables" / "compare.csv").exists()
+    with pytest.raises(ValueError, match="must include png"):
+        write_vit_report(tmp_path / "s", model, _photos(), formats=("pdf",))
+
+
+def test_cli_registers_vit_report_and_checks_the_nl_table(tmp_path, capsys):
+    from nlanalysis.cli import main
+
+    assert main(["vit-report", "--out", str(tmp_path / "r"), "--nl-table", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv: no such file" in capsys.readouterr().err
