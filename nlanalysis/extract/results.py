@@ -21,7 +21,8 @@ class ResultSet:
 
     Attributes:
         path: the run directory.
-        metrics: one row per (image, block) (``metrics.csv``; see ``nlanalysis.extract``).
+        metrics: one row per (image, block) (``metrics.csv``; see ``nlanalysis.extract``); for a
+            ViT run, per (image, layer, head) with ``head == -1`` the head mean.
         failures: images that could not be analysed, with the reason.
         images: the whole selection in run order (``key``, ``image_id``, ``file_name``).
         info: ``run.json`` (settings, checkpoint, preprocessing, versions, times, counts).
@@ -37,19 +38,32 @@ class ResultSet:
     maps: MapsIndex
     complete: bool
 
+    @property
+    def analysis(self) -> str:
+        """``nl-blocks`` (NL/GC blocks of a checkpoint) or ``vit-heads`` (a ViT's attention heads)."""
+        return str(self.info.get("analysis", "nl-blocks"))  # runs made before ViTs were supported
+
     def summary(self) -> pd.DataFrame:
-        """Mean of each statistic per block (over images)."""
+        """Mean of each statistic per block (over images; ViT: per layer, of the head-mean rows)."""
         return summarize(self.metrics)
 
 
 #: statistics averaged per block in summaries.
-SUMMARY_COLUMNS = ["input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share"]
+SUMMARY_COLUMNS = [
+    "input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share",
+    "att_prefix_mass",
+]  # fmt: skip
 
 
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped)."""
+    """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped).
+
+    ViT runs (a ``head`` column) are summarised by their head-mean rows (``head == -1``).
+    """
     if metrics.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    if "head" in metrics:
+        metrics = metrics[metrics["head"] == -1]
     return metrics.groupby("block", sort=False)[[c for c in SUMMARY_COLUMNS if c in metrics]].mean()
 
 

