@@ -10,12 +10,15 @@ patches:
 >>> frame = vit.analyze_vit(model, x, valid=valid)     # image x layer x head (+ head mean)
 >>> print(vit.format_layer_table(vit.layer_table(frame)))
 
-``python -m nlanalysis.vit`` prints that table over the real photos shipped in pip wheels.
+``python -m nlanalysis.vit`` prints that table over the real photos shipped in pip wheels;
+``nlanalysis vit-report --out DIR`` (:func:`write_vit_report`) writes the whole report (figures,
+tables, the comparison with NL variants).
+
 Modules: :mod:`.tokens` (layouts), :mod:`.attention` (per-head lazy maps), :mod:`.measure`
-(per-head statistics), :mod:`.capture` (hooks), :mod:`.analyze` (tables), :mod:`.convert` /
-:mod:`.models` (checkpoints: ONNX, Hugging Face, timm), :mod:`.preprocess`. Adapters live in
-:mod:`nlanalysis.adapters.vit`. Attributes are imported lazily, so importing this package needs
-neither timm nor onnx.
+(per-head statistics), :mod:`.capture` (hooks), :mod:`.analyze` (tables), :mod:`.maps` (query
+maps on photos, locality), :mod:`.report`, :mod:`.convert` / :mod:`.models` (checkpoints: ONNX,
+Hugging Face, timm), :mod:`.preprocess`. Adapters live in :mod:`nlanalysis.adapters.vit`.
+Attributes are imported lazily, so importing this package needs neither timm nor onnx.
 """
 from __future__ import annotations
 
@@ -50,9 +53,14 @@ _EXPORTS = {
     "preprocess_image": "preprocess",
     "preprocess_batch": "preprocess",
     "MissingExtraError": "_deps",
+    "PhotoMaps": "maps",
+    "photo_maps": "maps",
+    "locality": "maps",
+    "choose_heads": "report",
+    "write_vit_report": "report",
 }
 
-_SUBMODULES = ("tokens", "attention", "measure", "capture", "analyze", "models", "convert", "preprocess")
+_SUBMODULES = ("tokens", "attention", "measure", "capture", "analyze", "models", "convert", "preprocess", "maps", "report")
 
 __all__ = sorted(_EXPORTS)
 
