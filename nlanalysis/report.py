@@ -225,6 +225,8 @@ def load_runs(
     frames = []
     for res, m in zip(results, metas):
         f = res.metrics.copy()
+        if "head" in f:  # a ViT run (extract --model/--ckpt ViT): one row per layer, the head mean
+            f = f[f["head"] == -1]
         if patterns and len(f):
             f = f[f["block"].map(lambda b: any(fnmatch.fnmatchcase(b, p) for p in patterns))]
         f.insert(0, "label", m.label)

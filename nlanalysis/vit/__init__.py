@@ -52,6 +52,8 @@ _EXPORTS = {
     "to_timm": "convert",
     "preprocess_image": "preprocess",
     "preprocess_batch": "preprocess",
+    "prepare_vit_image": "preprocess",
+    "vit_checkpoint_layout": "models",
     "MissingExtraError": "_deps",
     "PhotoMaps": "maps",
     "photo_maps": "maps",

@@ -43,7 +43,7 @@ def _resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = image.shape[:2]
     nh, nw = size
     if nh > h or nw > w:  # enlarging: cv2 INTER_AREA is close to bilinear there
-        t = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
         out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
         return out[0].permute(1, 2, 0).round().clamp(0, 255).numpy().astype(np.uint8)
     f = np.einsum("oh,hwc->owc", _area_weights(h, nh), image.astype(np.float64))

