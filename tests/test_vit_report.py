@@ -59,23 +59,33 @@ def test_heat_map_cells_are_the_mean_over_images_of_each_layer_and_head():
     assert labels == ["0", "1", "2", "3", "mean"]
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert f"{want[2, 3]:.2f}" in texts and "–" in texts
-    np.testing.assert_allclose(head_matrix(frame, "att_entropy").to_numpy(), frame.groupby(["layer", "head"])["att_entropy"].mean().unstack()[[0, 1, 2, 3, -1]].to_numpy())
+    entropy = head_matrix(frame, "att_entropy")
+    assert list(entropy.columns) == [0, 1, 2, 3, HEAD_MEAN]
+    assert entropy.loc[1, HEAD_MEAN] == pytest.approx(frame[(frame["layer"] == 1) & (frame["head"] == HEAD_MEAN)]["att_entropy"].mean())
 
 
 def test_head_chooser_picks_the_lowest_and_highest_single_head():
-    frame = _frame(seed=3)
-    frame.loc[frame["head"] == HEAD_MEAN, "att"] = [-1.0, 5.0] * (len(frame[frame["head"] == HEAD_MEAN]) // 2) + [0.0] * (len(frame[frame["head"] == HEAD_MEAN]) % 2)
-    per = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])["att"].mean()
-    lo, hi = choose_heads(frame)
-    assert lo == per.idxmin() and hi == per.idxmax()
-    assert choose_heads(frame, "att_entropy") == tuple(frame[frame["head"] != HEAD_MEAN].groupby(["layer", "head"])["att_entropy"].mean().agg(["idxmin", "idxmax"]))
+    frame = _frame(seed=3)  # values in [0, 1)
+
+    def cell(layer, head):
+        return (frame["layer"] == layer) & (frame["head"] == head)
+
+    frame.loc[cell(2, 1), "att"] = [-0.5, 0.2, 0.2, 0.2, 0.2]  # lowest mean (-0.06), though not the lowest single value
+    frame.loc[cell(0, 3), "att"] = 1.5  # highest
+    frame.loc[cell(1, 0), "att"] = [-0.9, 2.0, 0.5, 0.5, 0.5]  # extremes that average out (0.52)
+    frame.loc[frame["head"] == HEAD_MEAN, "att"] = np.tile([-5.0, 9.0], len(frame) // 10 + 1)[: (frame["head"] == HEAD_MEAN).sum()]
+    assert choose_heads(frame) == ((2, 1), (0, 3))  # head-mean rows do not compete
+    frame.loc[cell(1, 3), "att_entropy"] = -1.0
+    frame.loc[cell(2, 2), "att_entropy"] = 7.0
+    assert choose_heads(frame, "att_entropy") == ((1, 3), (2, 2))
     with pytest.raises(ValueError, match="no per-head values"):
         choose_heads(frame[frame["head"] == HEAD_MEAN])
 
 
 def test_nl_table_keeps_each_variants_last_step(tmp_path):
     path = tmp_path / "table1.csv"
-    pd.DataFrame({"variant": ["a", "a", "b"], "step": [0, 10, 5], "block": ["x"] * 3, "input": [0.5] * 3, "att": [0.4, 0.1, 0.2]}).to_csv(path, index=False)
+    table = {"variant": ["a", "a", "b"], "step": [0, 10, 5], "block": ["x"] * 3, "input": [0.5] * 3, "att": [0.4, 0.1, 0.2]}
+    pd.DataFrame(table).to_csv(path, index=False)
     assert read_nl_table(path)[["variant", "step"]].values.tolist() == [["a", 10], ["b", 5]]
     pd.DataFrame({"variant": ["a"], "att": [0.1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="not a Table 1"):

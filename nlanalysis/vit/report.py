@@ -303,7 +303,8 @@ def write_vit_report(
     lo, hi = chosen_heads
     if heads is None:
         flat = layer_input[lo[0]] >= 10 * row_of[lo]["att"]  # GCNet's "an order of magnitude below the input"
-        labels = {lo: f"lowest att: {'nearly query-independent' if flat else 'least query-dependent'}", hi: f"highest att: {_kind(row_of[hi])}"}
+        labels = {lo: f"lowest att: {'nearly query-independent' if flat else 'least query-dependent'}",
+                  hi: f"highest att: {_kind(row_of[hi])}"}  # fmt: skip
     else:
         labels = {lo: "chosen", hi: "chosen"}
 
