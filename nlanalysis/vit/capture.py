@@ -163,7 +163,7 @@ class ViTCapture(Capture):
         keep_attention: bool = False,
         keep_records: bool = True,
         on_record: Callable[[LayerRecord], None] | None = None,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
         jsd_pairs: int = 64,
         convention: str = "1-cos",
         zero: str = "exclude",

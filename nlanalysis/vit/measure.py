@@ -166,7 +166,7 @@ def measure_heads(
     proj_in: Tensor | None = None,
     gram: Tensor | None = None,
     valid: Tensor | None = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     jsd_pairs: int = 64,
     generator: torch.Generator | None = None,
     convention: str = "1-cos",
@@ -183,7 +183,9 @@ def measure_heads(
             per-head ``output`` (NaN without).
         gram: :func:`gram_matrices` of the output projection (LayerScale folded in).
         valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
-        chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats).
+        chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats);
+            default: the most whose ``[B, heads, chunk, N]`` maps hold at most 2**20 floats (4 MiB,
+            a core's cache: smaller chunks run measurably faster on CPU than one big one).
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the pair sampling.
         convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
@@ -196,6 +198,8 @@ def measure_heads(
     dev = att.device
     for name, t in (("x", x), ("branch", branch)):
         layout.check(t.shape[1], name)
+    if chunk_size is None:
+        chunk_size = max(8, 2 ** int(math.log2(max(1, (1 << 20) // (b * heads * layout.n_tokens)))))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cos = dict(convention=convention, zero=zero)
@@ -242,10 +246,14 @@ def measure_heads(
             q, probs = att.query[:, :, prefix + start : prefix + stop], None
         else:
             q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
-        sel_b = sel_c = None
-        if plan is not None:  # rows the JSD pairs need (padded to a fixed count: compiled kernels see one shape)
+        sel_b = sel_c = inside = None
+        if plan is not None:  # the rows the JSD pairs need
             inside = (plan.query >= start) & (plan.query < stop)
-            sel_b, sel_c = plan.image, (plan.query - start).clamp(0, stop - start - 1)
+            if fused:  # every planned row, clamped into the chunk: compiled kernels see one shape
+                sel_b, sel_c = plan.image, (plan.query - start).clamp(0, stop - start - 1)
+            else:  # only the rows of this chunk
+                inside = inside.nonzero()[:, 0]
+                sel_b, sel_c = plan.image[inside], plan.query[inside] - start
         s_chunk, chunk_sums, rows, rows_ent = kernel(
             q, att.key, att.scale, probs, km, m, sel_b, sel_c, first, prefix, fused
         )  # fmt: skip
@@ -253,10 +261,13 @@ def measure_heads(
         sums += chunk_sums.double()
         if plan is not None:
             if table is None:
-                table, table_ent = rows, torch.where(inside[:, None], rows_ent, math.nan)
-            else:
+                table = rows.new_zeros(plan.query.numel(), *rows.shape[1:])
+                table_ent = rows_ent.new_full((plan.query.numel(), rows_ent.shape[1]), math.nan)
+            if fused:
                 table = torch.where(inside[:, None, None], rows, table)
                 table_ent = torch.where(inside[:, None], rows_ent, table_ent)
+            else:
+                table[inside], table_ent[inside] = rows, rows_ent
 
     sums = sums.cpu()
     s_norm = torch.linalg.vector_norm(s_att, dim=-1)
@@ -304,22 +315,35 @@ def _chunk_stats(
         zero rows, mass on class/register tokens, summed over valid queries), and the selected rows
         renormalised ``[S, H+1, K]`` with their entropies ``[S, H+1]`` (NaN for zero rows).
     """
-    if probs is None:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
-        x = torch.matmul(q * scale, k.transpose(-2, -1))
-        d = x - x.amax(-1, keepdim=True)
-        e = d.exp()
-        z = e.sum(-1, keepdim=True)
-        p = e / z
-    else:
-        p, d, z = probs, None, None
-    b, heads, c, _ = p.shape
-    if fused:
+    b, heads = k.shape[0], k.shape[1]
+    if fused:  # one compiled loop: plain elementwise formulations fuse best
+        if probs is None:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
+            x = torch.matmul(q * scale, k.transpose(-2, -1))
+            d = x - x.amax(-1, keepdim=True)
+            e = d.exp()
+            z = e.sum(-1, keepdim=True)
+            p, logz = e / z, z.log().squeeze(-1)
+        else:
+            p, d, logz = probs, None, None
         pmean = p.mean(1, keepdim=True)
-    else:  # a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
-        pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, c, -1)
-    r, rm = p[..., first:], pmean[..., first:]
-    if km is not None:
-        r, rm = r * km, rm * km  # padded keys weigh nothing
+        r, rm = p[..., first:], pmean[..., first:]
+        if km is not None:
+            r, rm = r * km, rm * km  # padded keys weigh nothing
+    else:  # eager: as few passes over [B, H, c, N] as possible, each one a vectorised ATen kernel
+        if probs is None:
+            d = torch.matmul(q * scale, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
+            top, where = d.max(-1, keepdim=True)
+            p = torch.softmax(d, -1)
+            logz = (top - p.gather(-1, where).log()).squeeze(-1)  # log-sum-exp: p at the argmax is exp(max - lse)
+            if km is not None:
+                p[..., first:] *= km  # padded keys weigh nothing (p is ours)
+        else:
+            p, d, logz = probs, None, None
+            if km is not None:
+                p = torch.cat([p[..., :first], p[..., first:] * km], -1)  # the model's own softmax stays as it is
+        # the head mean as a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
+        pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, p.shape[2], -1)
+        r, rm = p[..., first:], pmean[..., first:]
     t_h = r.sum(-1)
     total = torch.cat([t_h, t_h.mean(1, keepdim=True)], 1)  # the mean row's mass is the mean of the heads'
     ok = total > 0 if m is None else (total > 0) & m
@@ -327,7 +351,7 @@ def _chunk_stats(
     if d is not None:
         dr = d[..., first:]
         rl = (r * dr).sum(-1) if fused else torch.linalg.vecdot(r, dr)
-        rlogr_h = rl - t_h * z.log().squeeze(-1)  # sum r log p
+        rlogr_h = rl - t_h * logz  # sum r log p
     else:
         rlogr_h = (r * torch.log(r + 1e-30)).sum(-1)
     rlogr_m = (rm * torch.log(rm + 1e-30)).sum(-1)
@@ -338,10 +362,8 @@ def _chunk_stats(
     w_h, w_m = w[:, :heads], w[:, heads:]
     if fused:
         s = torch.cat([(w_h[..., None] * r).sum(-2), (w_m[..., None] * rm).sum(-2)], 1)
-    elif km is None:  # contiguous full rows: GEMV without copying, drop the prefix columns after
+    else:  # contiguous full rows: GEMV without copying, drop the prefix columns after
         s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
-    else:
-        s = torch.cat([(w_h.unsqueeze(-2) @ r).squeeze(-2), (w_m.unsqueeze(-2) @ rm).squeeze(-2)], 1)
     valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
     if prefix:
         pre = p[..., :prefix].sum(-1)
