@@ -24,16 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from ..extract.maps import ImageMaps
+from .map_grid import QUERY_COLORS, MapRow, draw_map_rows, map_grid_heights
 from .style import new_figure, styled
 
 __all__ = ["QUERY_COLORS", "plot_query_maps", "query_title"]
-
-#: marker colours of queries 1, 2, ... (cycled); chosen to stand out on photos and heat maps.
-QUERY_COLORS = ("#00e5ff", "#ff3df5", "#7cff3d", "#ffffff", "#ffb000", "#3d8bff")
 
 _PANEL = 1.9  # inches per panel side
 
@@ -43,50 +40,6 @@ def query_title(maps: ImageMaps, q: int) -> str:
     label = int(maps.query_label[q]) if q < len(maps.query_label) else -1
     what = f" · object {label}" if label > 0 else " · background" if label == 0 else ""
     return f"q{q + 1}{what}"
-
-
-def _marker(ax, yx: np.ndarray, q: int, size: float = 7.0, number: bool = False) -> None:
-    y, x = float(yx[0]), float(yx[1])
-    color = QUERY_COLORS[q % len(QUERY_COLORS)]
-    ax.plot([x], [y], marker="o", ms=size, mfc=color, mec="black", mew=1.0, ls="none", zorder=5)
-    if number:
-        ax.annotate(str(q + 1), (x, y), xytext=(5, 4), textcoords="offset points", color=color, fontsize=8,
-                    fontweight="bold", zorder=6, path_effects=_outline())  # fmt: skip
-
-
-def _outline() -> list:
-    from matplotlib import patheffects
-
-    return [patheffects.withStroke(linewidth=2, foreground="black")]
-
-
-def _show_image(ax, image: np.ndarray | None, hw: tuple[int, int], gray: bool) -> None:
-    h, w = hw
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if image is None:
-        ax.set_facecolor("0.85")
-        return
-    if image.shape[:2] != (h, w):
-        raise ValueError(f"image of shape {image.shape[:2]} does not match the maps' original size {(h, w)}")
-    pixels = np.asarray(image, dtype=np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)  # -> [0, 1]
-    if pixels.ndim == 3 and (gray or pixels.shape[-1] == 1):
-        pixels = pixels[..., :3].mean(-1)
-    if pixels.ndim == 2:
-        ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, extent=(0, w, h, 0))
-    else:
-        ax.imshow(np.clip(pixels, 0.0, 1.0), extent=(0, w, h, 0))
-
-
-def _norm(overlays: list[np.ndarray]) -> tuple[Normalize, str]:
-    lo = min((float(np.nanmin(o)) for o in overlays), default=0.0)
-    hi = max((float(np.nanmax(o)) for o in overlays), default=0.0)
-    if lo < 0:  # signed maps: diverging, centred on 0
-        m = max(-lo, hi) or 1e-12
-        return Normalize(-m, m), "RdBu_r"
-    return Normalize(0.0, hi if hi > 0 else 1e-12), "inferno"
 
 
 @styled
@@ -127,35 +80,17 @@ def plot_query_maps(
         bad = [q for q in qs if not 0 <= q < len(m.query_yx)]
         if bad:
             raise ValueError(f"{m.path}: no queries {bad} (it has {len(m.query_yx)})")
+    rows = []
+    for i, (m, qs, image) in enumerate(zip(maps, chosen, images)):
+        rows.append(MapRow(
+            image=image, size=tuple(int(v) for v in m["original_size"]), points=m.query_yx_original[qs],
+            overlays=[m.overlay(block, q, head) for q in qs], titles=[query_title(m, q) for q in qs],
+            label=names[i] if names is not None else f"image {m['image_id']}", markers=qs,
+            image_note="image file not found" if image is None else None, image_title=None if qs else "no query points saved",
+        ))  # fmt: skip
     cols = 1 + max(1, max(len(qs) for qs in chosen))
-    sizes = [tuple(int(v) for v in m["original_size"]) for m in maps]
-    heights = [max(0.35, min(2.5, h / w)) for h, w in sizes]
-    fig = new_figure(_PANEL * cols + 0.9, _PANEL * sum(heights) + 0.75)
-    # the last, narrow column holds each row's colour bar (outside the panels: equal gaps)
-    grid = fig.add_gridspec(len(maps), cols + 1, height_ratios=heights, width_ratios=[1.0] * cols + [0.06])
-    for row, (m, qs, image, hw) in enumerate(zip(maps, chosen, images, sizes)):
-        overlays = [m.overlay(block, q, head) for q in qs]
-        norm, cmap = _norm(overlays)
-        ax0 = fig.add_subplot(grid[row, 0])
-        _show_image(ax0, image, hw, gray=False)
-        for q in qs:
-            _marker(ax0, m.query_yx_original[q], q, number=True)
-        ax0.set_ylabel(names[row] if names is not None else f"image {m['image_id']}", fontsize=8)
-        if image is None:
-            ax0.text(0.5, 0.04, "image file not found", transform=ax0.transAxes, ha="center", va="bottom", color="0.3", fontsize=7)
-        if not qs:
-            ax0.set_title("no query points saved", fontsize=8)
-        shown = None
-        for col, (q, overlay) in enumerate(zip(qs, overlays), start=1):
-            ax = fig.add_subplot(grid[row, col])
-            _show_image(ax, image, hw, gray=True)
-            shown = ax.imshow(overlay, cmap=cmap, norm=norm, alpha=alpha if image is not None else 1.0, extent=(0, hw[1], hw[0], 0))
-            _marker(ax, m.query_yx_original[q], q, size=6)
-            ax.set_title(query_title(m, q), fontsize=8)
-        if shown is not None:
-            bar = fig.colorbar(shown, cax=fig.add_subplot(grid[row, cols]))
-            bar.ax.tick_params(labelsize=7)
-            bar.set_label("attention weight", fontsize=7)
+    fig = new_figure(_PANEL * cols + 0.9, _PANEL * sum(map_grid_heights(rows)) + 0.75)
+    draw_map_rows(fig, rows, alpha=alpha)
     first = f"{title}\n" if title else ""
     which = "" if not maps[0].num_heads(block) else " (head mean)" if head in (None, -1) else f" head {head}"
     fig.suptitle(f"{first}block {block}{which}: attention map of each query (one colour scale per image)")
