@@ -27,7 +27,6 @@ Python: ``write_report(["runs/a", "runs/b"], "reports/NAME")`` (what ``nlanalysi
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import html
 import math
 import os
@@ -41,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from .extract.maps import ImageMaps
-from .extract.results import ResultSet, load_run
+from .extract.results import ResultSet, head_mean_rows, load_run
+from .extract.store import sha256_file
 from .tables import (
     CONVENTION_TEXT,
     METRIC_NAMES,
@@ -88,14 +88,6 @@ class RunMeta:
     source: str = "none"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _checkpoint_meta(run: ResultSet) -> tuple[dict[str, Any], str]:
     """The checkpoint meta of ``run`` and where it came from."""
     ckpt = run.info.get("checkpoint", {})
@@ -104,7 +96,7 @@ def _checkpoint_meta(run: ResultSet) -> tuple[dict[str, Any], str]:
     path = Path(ckpt.get("path", ""))
     if not ckpt.get("path") or not path.is_file():
         return {}, f"none (run.json records no checkpoint meta and {path} is gone)"
-    if ckpt.get("sha256") and _sha256(path) != ckpt["sha256"]:
+    if ckpt.get("sha256") and sha256_file(path) != ckpt["sha256"]:
         return {}, f"none ({path} changed since the run was made)"
     from .checkpoints import load_checkpoint
 
@@ -224,9 +216,7 @@ def load_runs(
     patterns = [blocks] if isinstance(blocks, str) else list(blocks or [])
     frames = []
     for res, m in zip(results, metas):
-        f = res.metrics.copy()
-        if "head" in f:  # a ViT run (extract --model/--ckpt ViT): one row per layer, the head mean
-            f = f[f["head"] == -1]
+        f = head_mean_rows(res.metrics).copy()  # a ViT run: one row per layer, the head mean
         if patterns and len(f):
             f = f[f["block"].map(lambda b: any(fnmatch.fnmatchcase(b, p) for p in patterns))]
         f.insert(0, "label", m.label)

@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import nlanalysis
@@ -169,3 +170,34 @@ def test_load_runs_rejects_duplicate_labels_and_unknown_blocks(runs):
     clash = load_runs([snaps[0], base], labels={"tiny": snaps[1]})  # a given label wins over a default one
     assert [m.label for m in clash.meta] == ["nl_s0_step0", "tiny (tiny_run)", "tiny"]
     assert [m.label for m in load_runs([base, root / "nl_s0_step0"], labels={"a": base}).meta] == ["a", "nl_s0_step0"]
+
+
+def test_report_of_a_vit_run(tmp_path):
+    """A ViT run (a small random-weight timm ViT, 56 x 56) reports one row per layer: the head mean."""
+    from helpers import randomize_
+    from nlanalysis.vit import HEAD_MEAN
+
+    timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="a ViT run needs timm: pip install 'nlanalysis[vit]'")
+    photos = write_photos(tmp_path / "images", n=2, max_side=120)
+    write_coco(tmp_path / "ann.json", photos)
+    model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=128, depth=2, num_heads=2, num_classes=0,
+                                                  init_values=0.5), std=0.3).eval()  # fmt: skip
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    args = ["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
+            "--coco-images", str(tmp_path / "images"), "--out", str(tmp_path / "vit_run"), "--save-maps", "--jsd-pairs", "16",
+            "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    metrics = nlanalysis.load_run(tmp_path / "vit_run").metrics
+    assert set(metrics["head"]) == {HEAD_MEAN, 0, 1}
+    runs = load_runs([tmp_path / "vit_run"])
+    assert len(runs.frame) == 2 * 2 and (runs.frame["head"] == HEAD_MEAN).all()  # images x layers, head-mean rows only
+    report = write_report([tmp_path / "vit_run"], tmp_path / "rep", images=2, formats=("png",))
+    t1 = report.tables["table1"]
+    assert list(t1["block"]) == ["blocks.0.attn", "blocks.1.attn"] and list(t1["variant"]) == ["vit", "vit"]
+    means = metrics[metrics["head"] == HEAD_MEAN].groupby("block")["att"].mean()
+    per_head = metrics[metrics["head"] != HEAD_MEAN].groupby("block")["att"].mean()
+    assert np.allclose(t1["att"], means[t1["block"]]) and not np.allclose(t1["att"], per_head[t1["block"]])
+    names = sorted(p.name for p in report.figures)
+    assert names == ["distributions.png", "query_distances_vit.png", "query_maps_vit_blocks.0.attn.png",
+                     "query_maps_vit_blocks.1.attn.png"]  # fmt: skip
+    assert "`vit`, block `1.attn`" in report.index_md.read_text()

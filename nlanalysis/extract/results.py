@@ -9,10 +9,11 @@ from typing import Any
 
 import pandas as pd
 
+from ..vit.analyze import HEAD_MEAN
 from .maps import MapsIndex
 from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
 
-__all__ = ["SUMMARY_COLUMNS", "ResultSet", "load_run", "summarize"]
+__all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
 
 @dataclass
@@ -55,15 +56,20 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+def head_mean_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per image and block: a ViT run's (a ``head`` column) head-mean rows
+    (``head == HEAD_MEAN``), an NL/GC run's rows as they are."""
+    return metrics[metrics["head"] == HEAD_MEAN] if "head" in metrics else metrics
+
+
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
     """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped).
 
-    ViT runs (a ``head`` column) are summarised by their head-mean rows (``head == -1``).
+    ViT runs (a ``head`` column) are summarised by their head-mean rows (:func:`head_mean_rows`).
     """
     if metrics.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    if "head" in metrics:
-        metrics = metrics[metrics["head"] == -1]
+    metrics = head_mean_rows(metrics)
     return metrics.groupby("block", sort=False)[[c for c in SUMMARY_COLUMNS if c in metrics]].mean()
 
 
