@@ -13,3 +13,21 @@ def randomize_(module: torch.nn.Module, std: float = 0.3, seed: int = 1234) -> t
             elif name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
     return module
+
+
+def excluded_queries(maps) -> int:
+    """How many (query, block) pairs of one saved maps file (``ImageMaps``) fall in a query-grid
+    cell the statistics exclude: a cell whose centre pixel is not image (``valid_cells``)."""
+    import numpy as np
+
+    from nlanalysis.capture import valid_cells
+
+    y0, y1, x0, x1 = maps.region
+    valid = torch.zeros(1, *(int(v) for v in maps["input_size"]), dtype=torch.bool)
+    valid[0, y0:y1, x0:x1] = True
+    bad = 0
+    for i in range(len(maps.blocks)):
+        keep = valid_cells(valid, tuple(int(v) for v in maps[f"query_shape_{i}"]))[0].numpy()
+        cells = np.asarray(maps[f"cells_{i}"])
+        bad += int((~keep[cells[:, 0], cells[:, 1]]).sum())
+    return bad

@@ -5,10 +5,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 
+from nlanalysis.capture import valid_cells
 from nlanalysis.data import sample_photos
 from nlanalysis.data.transforms import image_region
-from nlanalysis.extract import ImageMaps, parse_queries, select_queries
+from nlanalysis.extract import ImageMaps, parse_queries, query_region, select_queries
 from nlanalysis.extract.maps import save_image_maps
 from nlanalysis.extract.objects import object_map
 from nlanalysis.vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image, preprocess_image
@@ -61,11 +63,60 @@ def test_object_map_and_points_follow_the_photo(name, mode):
 def test_grid_and_random_points_lie_on_the_seen_image(mode, kind):
     prep = prepare_vit_image(_photo("coffee"), 224, mode)
     pts = select_queries(parse_queries(kind), prep.size, np.random.default_rng(3), None, prep.scale, prep.offset, (224, 224))
+    assert ((pts.yx >= 0) & (pts.yx < 224)).all()  # numpy would wrap a negative index onto the image
     cells = pts.yx.astype(int)
     assert prep.valid[cells[:, 0], cells[:, 1]].all()
-    if mode == "pad":  # spread over the photo, not over the padding
-        y0, y1, _, _ = prep.region
-        assert pts.yx[:, 0].min() < y0 + 0.4 * (y1 - y0) and pts.yx[:, 0].max() > y1 - 0.4 * (y1 - y0)
+    y0, y1, x0, x1 = prep.region  # pad: the photo; crop: the whole input
+    for (lo, hi), axis in (((y0, y1), 0), ((x0, x1), 1)):  # spread over the seen photo, not bunched
+        assert pts.yx[:, axis].min() < lo + 0.4 * (hi - lo) and pts.yx[:, axis].max() > hi - 0.4 * (hi - lo)
+
+
+def _excluded(yx, valid, grid):
+    """How many points fall in a cell of ``grid`` that the statistics exclude (``valid_cells``)."""
+    keep = valid_cells(torch.as_tensor(np.asarray(valid))[None], grid)[0].numpy()
+    h, w = np.asarray(valid).shape
+    rows = np.minimum(np.floor(yx[:, 0] * grid[0] / h), grid[0] - 1).astype(int)
+    cols = np.minimum(np.floor(yx[:, 1] * grid[1] / w), grid[1] - 1).astype(int)
+    return int((~keep[rows, cols]).sum())
+
+
+@pytest.mark.parametrize("kind", ["grid:20", "random:200", "objects:3"])
+def test_points_avoid_patches_excluded_as_padding(kind):
+    """The coffee photo padded to 224 lies at rows [37, 186): patches 2 and 13 hold photo rows but
+    their centres (rows 35, 189) are padding, so the statistics drop them; no saved point may be there."""
+    prep = prepare_vit_image(_photo("coffee"), 224, "pad")
+    grid = (16, 16)
+    objects = None
+    if kind.startswith("objects"):  # an object and the background reaching into the edge patches
+        h, w = prep.original_size
+        anns = [_ellipse_annotation(h, w, 0.95 * h, 0.5 * w, 0.2 * h, 0.45 * w), _ellipse_annotation(h, w, 0.1 * h, 0.5 * w, 0.12 * h, 0.2 * w, 8)]
+        objects = object_map(anns, prep.original_size, prep.size, (224, 224), prep.offset)
+    args = (parse_queries(kind), prep.size, np.random.default_rng(0), objects, prep.scale, prep.offset, (224, 224))
+    if kind.startswith("random"):  # what the reviewer saw: points on the photo, in patches dropped as padding
+        assert _excluded(select_queries(*args).yx, prep.valid, grid) > 0
+    pts = select_queries(*args, grids=[grid])
+    assert _excluded(pts.yx, prep.valid, grid) == 0 and prep.valid[tuple(pts.yx.astype(int).T)].all()
+    y0, y1, x0, x1 = query_region(prep.size, prep.offset, (224, 224), [grid])
+    assert (y0, y1, x0, x1) == (42, 182, 0, 224)  # patches 3..12: rows [42, 182)
+    if kind.startswith("random"):
+        assert pts.yx[:, 0].min() < 50 and pts.yx[:, 0].max() > 174  # still spread up to the kept edge
+    if kind.startswith("objects"):
+        assert pts.label.tolist() == [7, 8, 0]
+
+
+@pytest.mark.parametrize("kind", ["grid:9", "random:300"])
+def test_nl_points_avoid_cells_excluded_at_the_bottom_right_pad(kind):
+    """An NL input pads at the bottom/right: a 50 x 70 image in a 64 x 96 input has stride-16 cells
+    rows 0..3, cols 0..5; row 3 (centre 56) and col 4 (centre 72) hold image pixels but are dropped."""
+    valid = np.zeros((64, 96), dtype=bool)
+    valid[:50, :70] = True
+    grids = [(8, 12), (4, 6)]  # two blocks, strides 8 and 16: the region keeps to cells both keep
+    args = (parse_queries(kind), (50, 70), np.random.default_rng(0), None, (1.0, 1.0), (0, 0), (64, 96))
+    if kind.startswith("random"):
+        assert _excluded(select_queries(*args).yx, valid, grids[1]) > 0
+    pts = select_queries(*args, grids=grids)
+    assert all(_excluded(pts.yx, valid, g) == 0 for g in grids)
+    assert query_region((50, 70), (0, 0), (64, 96), grids) == (0, 48, 0, 64)
 
 
 def test_box_only_objects_are_placed_with_the_offset():

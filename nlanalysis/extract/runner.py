@@ -3,7 +3,7 @@
 For each image: read it (in DataLoader workers with ``workers > 0``), preprocess it as the model
 expects (an NL/GC checkpoint: resize keeping the ratio, normalise, pad to the divisor; a ViT:
 224 x 224 pad-to-square or centre crop), draw its objects into a label map (COCO), choose its
-query points (``--save-maps``), run the model under the analysis' capture with the valid-pixel
+query points (``--save-maps``; in the main process, in cells the analysed blocks keep), run the model under the analysis' capture with the valid-pixel
 mask (padding is excluded from every statistic, as queries and as keys), and write its rows (and
 maps) atomically. What depends on the kind of model comes from an
 :class:`~nlanalysis.extract.analyses.Analysis` (NL/GC blocks or ViT heads); the loop is one.
@@ -143,7 +143,7 @@ class _Loaded:
     error: str | None = None
     tensor: torch.Tensor | None = None
     valid: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
+    objects: ObjectMap | None = None
     queries: np.ndarray | None = None
     query_label: np.ndarray | None = None
     scale: tuple[float, float] = (1.0, 1.0)
@@ -153,10 +153,8 @@ class _Loaded:
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    def __init__(
-        self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool, seed: int
-    ) -> None:
-        self.items, self.prepare, self.queries, self.objects, self.seed = items, prepare, queries, objects, seed
+    def __init__(self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool) -> None:
+        self.items, self.prepare, self.queries, self.objects = items, prepare, queries, objects
 
     def __len__(self) -> int:
         return len(self.items)
@@ -169,20 +167,23 @@ class _ImageDataset(torch.utils.data.Dataset):
             return _Loaded(item, error=str(err))
         out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size,
                       original_size=prep.original_size, offset=prep.offset)  # fmt: skip
-        input_size = tuple(prep.tensor.shape[1:])
         try:
-            objects: ObjectMap | None = None
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
-                objects = object_map(item.annotations, prep.original_size, prep.size, input_size, prep.offset)
-                if self.objects:
-                    out.labels = torch.from_numpy(objects.labels)
-            if self.queries is not None:
-                rng = np.random.default_rng(_seed_of(self.seed, item.key, "queries"))
-                points = select_queries(self.queries, prep.size, rng, objects, prep.scale, prep.offset, input_size)
-                out.queries, out.query_label = points.yx, points.label
+                out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
         except ValueError as err:
             return _Loaded(item, error=f"{item.path}: annotations: {err}")
         return out
+
+
+def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int) -> None:
+    """Set ``one``'s query points: on the seen image, in cells every analysed block keeps.
+
+    Runs in the main process: the blocks' query grids (:meth:`Analysis.query_grids`) come from the model.
+    """
+    input_size = tuple(one.tensor.shape[1:])
+    rng = np.random.default_rng(_seed_of(seed, one.item.key, "queries"))
+    points = select_queries(spec, one.size, rng, one.objects, one.scale, one.offset, input_size, analysis.query_grids(input_size))
+    one.queries, one.query_label = points.yx, points.label
 
 
 def _as_list(batch: list[_Loaded]) -> list[_Loaded]:
@@ -193,9 +194,16 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _input_shape(item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]]) -> tuple[int, int] | None:
-    """The model-input shape of ``item`` without decoding it (``None`` when unknown)."""
+def _input_shape(
+    item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]], from_image: bool = True
+) -> tuple[int, int] | None:
+    """The model-input shape of ``item`` without decoding it (``None`` when unknown).
+
+    ``from_image=False``: the shape does not depend on the image's size; its file is not opened.
+    """
     h, w = item.height, item.width
+    if not from_image:
+        return shape_of(int(h or 0), int(w or 0))
     if not (h and w):
         try:
             from PIL import Image
@@ -207,10 +215,14 @@ def _input_shape(item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]
     return shape_of(int(h), int(w))
 
 
-def plan_batches(items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int) -> list[list[int]]:
+def plan_batches(
+    items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int, from_image: bool = True
+) -> list[list[int]]:
     """Group image positions into batches of equal padded shape, greedily in order.
 
-    ``shape_of(h, w)`` is the model-input shape of an ``h x w`` image (:meth:`Analysis.input_shape`).
+    ``shape_of(h, w)`` is the model-input shape of an ``h x w`` image (:meth:`Analysis.input_shape`);
+    ``from_image=False`` (:attr:`Analysis.shape_from_image`): it is the same for every image, and no
+    image file is opened for its size.
     A batch is emitted when its shape has ``batch_size`` images; at most ``4 * batch_size``
     images wait, beyond which the fullest group is emitted early. Depends only on the list.
     """
@@ -219,7 +231,7 @@ def plan_batches(items: list[ImageItem], shape_of: Callable[[int, int], tuple[in
     waiting: dict[Any, list[int]] = {}
     batches: list[list[int]] = []
     for i, item in enumerate(items):
-        shape = _input_shape(item, shape_of) or ("unknown", i)
+        shape = _input_shape(item, shape_of, from_image) or ("unknown", i)
         group = waiting.setdefault(shape, [])
         group.append(i)
         if len(group) == batch_size:
@@ -256,7 +268,7 @@ def run_extract(
     shard: str | tuple[int, int] | None = None,
     save_maps: bool = False,
     jsd_pairs: int = 512,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     controls: bool = False,
     checkpoint_options: dict[str, Any] | None = None,
     progress: bool = True,
@@ -288,8 +300,11 @@ def run_extract(
         workers: DataLoader worker processes for reading and preprocessing (0: in this process).
         shard: ``"I/N"`` or ``(I, N)``; default from torchrun's ``RANK``/``WORLD_SIZE``.
         save_maps: write the query maps of every image (``maps/KEY.npz``).
-        jsd_pairs, chunk_size, controls: passed to :class:`~nlanalysis.capture.Capture`
-            (``controls``: the random-projection control, ``ctrl_*`` columns; see :mod:`nlanalysis.controls`).
+        jsd_pairs, chunk_size, controls: passed to the analysis' capture (:class:`~nlanalysis.capture.Capture`
+            or :class:`~nlanalysis.vit.ViTCapture`); ``chunk_size=None``: the analysis' default
+            (:attr:`Analysis.chunk_size <nlanalysis.extract.analyses.Analysis.chunk_size>`: 256 query rows
+            for NL/GC blocks; for ViT heads sized to 4 MiB of maps by the capture). ``controls``: the
+            random-projection control, ``ctrl_*`` columns (see :mod:`nlanalysis.controls`).
         checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``;
             NL/GC checkpoints only).
         progress: show a tqdm progress bar.
@@ -336,7 +351,8 @@ def run_extract(
     mine = shard_of(items, shard_index, shard_count)
     store.clean_temporary({it.key for it in mine})
     done_before = store.done_keys()
-    todo = [b for b in plan_batches(mine, analysis.input_shape, batch_size) if any(mine[i].key not in done_before for i in b)]
+    plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
+    todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
     n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
     shard_name = f"{shard_index}-of-{shard_count}"
     session = {
@@ -347,7 +363,7 @@ def run_extract(
     store.write_session(shard_name, session)
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(mine, analysis.prepare, spec if save_maps else None, use_objects, seed),
+        _ImageDataset(mine, analysis.prepare, spec if save_maps else None, use_objects),
         batch_sampler=todo,
         num_workers=workers,
         collate_fn=_as_list,
@@ -355,7 +371,7 @@ def run_extract(
         prefetch_factor=2 if workers else None,
     )
     work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
-                   save_maps=save_maps, seed=seed, use_objects=use_objects,
+                   queries=spec if save_maps else None, save_maps=save_maps, seed=seed, use_objects=use_objects,
                    capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls))  # fmt: skip
     from tqdm import tqdm
 
@@ -418,12 +434,20 @@ def _describe_run(
     }
 
 
-def _analyse(batch: list[_Loaded], *, store: RunStore, done_before: set[str], **kw: Any) -> tuple[int, int]:
+def _analyse(
+    batch: list[_Loaded], *, store: RunStore, done_before: set[str], queries: QuerySpec | None, **kw: Any
+) -> tuple[int, int]:
     """Analyse one planned batch; write its images not done before. Returns ``(done, failed)``."""
     failures = [(one, one.error) for one in batch if one.error is not None]
     results: list[tuple[_Loaded, pd.DataFrame, Any]] = []
     groups: dict[tuple[int, ...], list[_Loaded]] = {}
     for one in batch:
+        if one.error is None and queries is not None:
+            try:
+                _choose_queries(one, queries, kw["analysis"], kw["seed"])
+            except ValueError as err:
+                failures.append((one, f"{one.item.path}: queries: {err}"))
+                continue
         if one.error is None:
             groups.setdefault(tuple(one.tensor.shape), []).append(one)
     for group in groups.values():
@@ -470,8 +494,8 @@ def _forward(
     jsd_seed = _seed_of(seed, tuple(g.item.key for g in group), "jsd")
     with analysis.capture(queries=points, seed=jsd_seed, **capture_kwargs) as cap:
         cap.set_valid(valid)
-        if use_objects and all(g.labels is not None for g in group):
-            cap.set_objects(torch.stack([g.labels for g in group]).to(device))
+        if use_objects and all(g.objects is not None for g in group):
+            cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(device))
         analysis.model(images)
     records = cap.records
     frame = analysis.frame(records, len(group))
