@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import image_region
 
-__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "save_image_maps"]
+__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "grid_overlay", "save_image_maps"]
 
 MAPS_FORMAT = "nlanalysis-maps-1"
 
@@ -90,6 +90,41 @@ def save_image_maps(
         arrays[f"query_shape_{i}"] = np.array(query_shapes[i], dtype=np.int64)
         arrays[f"key_shape_{i}"] = np.array(key_shapes[i], dtype=np.int64)
     np.savez_compressed(file, **arrays)
+
+
+def grid_overlay(
+    grid_map: np.ndarray | torch.Tensor,
+    input_size: tuple[int, int],
+    size: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    out_size: tuple[int, int] | None = None,
+    scale: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """``float32 [oh, ow]``: a map over a key grid, laid over the image the model was given.
+
+    The grid is stretched over the whole ``input_size`` model input (bilinear,
+    ``align_corners=False``), the input pixels that show the image are cut out
+    (:func:`~nlanalysis.data.transforms.image_region` of the resized image's ``size`` at
+    ``offset``: padding dropped) and resized to ``out_size`` (default: ``size``, the image as
+    resized; the original image's size to draw over the file). Where the preprocessing cut the
+    image (a centre crop: negative offset), the pixels the model never saw are NaN; ``scale``
+    (``(sy, sx)``: resized / ``out_size``; default their ratio) places the seen part.
+    """
+    (h, w), (top, left) = (int(v) for v in size), (int(v) for v in offset)
+    oh, ow = (int(v) for v in out_size) if out_size is not None else (h, w)
+    m = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=tuple(int(v) for v in input_size), mode="bilinear", align_corners=False)
+    y0, y1, x0, x1 = image_region((h, w), (top, left), tuple(int(v) for v in input_size))  # type: ignore[arg-type]
+    seen = m[..., y0:y1, x0:x1]
+    if (y0, y1, x0, x1) == (top, top + h, left, left + w):  # the whole image is in the input
+        return F.interpolate(seen, size=(oh, ow), mode="bilinear", align_corners=False)[0, 0].numpy()
+    sy, sx = (float(v) for v in scale) if scale is not None else (h / oh, w / ow)
+    r0, r1 = round((y0 - top) / sy), max(round((y1 - top) / sy), round((y0 - top) / sy) + 1)
+    c0, c1 = round((x0 - left) / sx), max(round((x1 - left) / sx), round((x0 - left) / sx) + 1)
+    r1, c1 = min(r1, oh), min(c1, ow)
+    out = np.full((oh, ow), np.nan, dtype=np.float32)
+    out[r0:r1, c0:c1] = F.interpolate(seen, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return out
 
 
 class ImageMaps:
@@ -179,20 +214,10 @@ class ImageMaps:
         image file. Where the preprocessing cut the image (a centre crop), the pixels the model
         never saw are NaN. ``head``: as in :meth:`maps`.
         """
-        m = torch.from_numpy(self.maps(block, head)[query])[None, None]
-        (h, w), (oh, ow) = (tuple(int(v) for v in self[k]) for k in ("size", "original_size"))
-        m = F.interpolate(m, size=tuple(int(v) for v in self["input_size"]), mode="bilinear", align_corners=False)
-        (top, left), (y0, y1, x0, x1) = self.offset, self.region
-        seen = m[..., y0:y1, x0:x1]
-        if (y0, y1, x0, x1) == (top, top + h, left, left + w):  # the whole image is in the input
-            return F.interpolate(seen, size=(oh, ow), mode="bilinear", align_corners=False)[0, 0].numpy()
-        sy, sx = (float(v) for v in self["scale"])
-        r0, r1 = round((y0 - top) / sy), max(round((y1 - top) / sy), round((y0 - top) / sy) + 1)
-        c0, c1 = round((x0 - left) / sx), max(round((x1 - left) / sx), round((x0 - left) / sx) + 1)
-        r1, c1 = min(r1, oh), min(c1, ow)
-        out = np.full((oh, ow), np.nan, dtype=np.float32)
-        out[r0:r1, c0:c1] = F.interpolate(seen, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
-        return out
+        return grid_overlay(
+            self.maps(block, head)[query], tuple(int(v) for v in self["input_size"]), tuple(int(v) for v in self["size"]),
+            self.offset, tuple(int(v) for v in self["original_size"]), tuple(float(v) for v in self["scale"]),
+        )  # fmt: skip
 
 
 class MapsIndex(Mapping):

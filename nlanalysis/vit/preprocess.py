@@ -84,15 +84,10 @@ def placement(h: int, w: int, size: int = 224, mode: str = "pad") -> tuple[tuple
     return (nh, nw), (-((nh - size) // 2), -((nw - size) // 2))
 
 
-def preprocess_image(
-    image: object,
-    size: int = 224,
-    mode: str = "pad",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tuple[Tensor, Tensor]:
-    """One photo (uint8 RGB ``[H, W, 3]``, or PIL) -> ``(x [3, S, S] float32, valid [S, S] bool)``."""
-    img = _as_rgb(image)
+def _prepare(
+    img: np.ndarray, size: int, mode: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Tensor, Tensor, tuple[int, int], tuple[int, int]]:
+    """An RGB ``uint8`` photo (:func:`_as_rgb`) -> ``(x, valid, (nh, nw), (top, left))`` (:func:`placement`)."""
     (nh, nw), (top, left) = placement(*img.shape[:2], size, mode)
     valid = np.ones((size, size), dtype=bool)
     if mode == "pad":
@@ -109,7 +104,19 @@ def preprocess_image(
         img = img[-top : -top + size, -left : -left + size]
     x = torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return x.contiguous(), torch.from_numpy(valid)
+    return x.contiguous(), torch.from_numpy(valid), (nh, nw), (top, left)
+
+
+def preprocess_image(
+    image: object,
+    size: int = 224,
+    mode: str = "pad",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[Tensor, Tensor]:
+    """One photo (uint8 RGB ``[H, W, 3]``, or PIL) -> ``(x [3, S, S] float32, valid [S, S] bool)``."""
+    x, valid, _, _ = _prepare(_as_rgb(image), size, mode, mean, std)
+    return x, valid
 
 
 def prepare_vit_image(image: object, size: int = 224, mode: str = "pad") -> Prepared:
@@ -118,8 +125,7 @@ def prepare_vit_image(image: object, size: int = 224, mode: str = "pad") -> Prep
     the input, so that object masks and query points land where the photo's pixels do)."""
     img = _as_rgb(image)
     h, w = img.shape[:2]
-    x, valid = preprocess_image(img, size, mode)
-    (nh, nw), offset = placement(h, w, size, mode)
+    x, valid, (nh, nw), offset = _prepare(img, size, mode, IMAGENET_MEAN, IMAGENET_STD)
     return Prepared(x, valid, (nh / h, nw / w), (nh, nw), (h, w), offset)
 
 
