@@ -243,7 +243,9 @@ def measure_heads(
         stop = min(start + chunk_size, nq)
         m = qmask[:, None, start:stop] if qmask is not None else None
         if att.probs is None:  # q of these patch queries, and every key
-            q, probs = att.query[:, :, prefix + start : prefix + stop], None
+            # scale * q, and the keys, as contiguous copies made once per layer (a strided view of the
+            # model's qkv output would be copied again by every chunk's matmul)
+            q, probs = att.scaled_query(slice(start, stop)), None
         else:
             q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
         sel_b = sel_c = inside = None
@@ -255,7 +257,7 @@ def measure_heads(
                 inside = inside.nonzero()[:, 0]
                 sel_b, sel_c = plan.image[inside], plan.query[inside] - start
         s_chunk, chunk_sums, rows, rows_ent = kernel(
-            q, att.key, att.scale, probs, km, m, sel_b, sel_c, first, prefix, fused
+            q, att.key, 1.0, probs, km, m, sel_b, sel_c, first, prefix, fused
         )  # fmt: skip
         s_att += s_chunk.double()
         sums += chunk_sums.double()
@@ -318,7 +320,7 @@ def _chunk_stats(
     b, heads = k.shape[0], k.shape[1]
     if fused:  # one compiled loop: plain elementwise formulations fuse best
         if probs is None:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
-            x = torch.matmul(q * scale, k.transpose(-2, -1))
+            x = torch.matmul(q if scale == 1.0 else q * scale, k.transpose(-2, -1))
             d = x - x.amax(-1, keepdim=True)
             e = d.exp()
             z = e.sum(-1, keepdim=True)
@@ -331,7 +333,7 @@ def _chunk_stats(
             r, rm = r * km, rm * km  # padded keys weigh nothing
     else:  # eager: as few passes over [B, H, c, N] as possible, each one a vectorised ATen kernel
         if probs is None:
-            d = torch.matmul(q * scale, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
+            d = torch.matmul(q if scale == 1.0 else q * scale, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
             top, where = d.max(-1, keepdim=True)
             p = torch.softmax(d, -1)
             logz = (top - p.gather(-1, where).log()).squeeze(-1)  # log-sum-exp: p at the argmax is exp(max - lse)
