@@ -151,12 +151,7 @@ class Capture:
             if getattr(b.adapter, "token_input", False) == self.token_blocks
         ]  # fmt: skip
         if not self.blocks:
-            which = f" matching {blocks!r}" if blocks else ""
-            raise ValueError(
-                f"no supported NL/GC block{which} found in {type(model).__name__}. "
-                "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; "
-                "nlanalysis.adapters.list_adapters() lists supported families."
-            )
+            raise self._nothing_found(model, blocks)
         self.queries = None if queries is None else torch.as_tensor(queries, dtype=torch.float64).reshape(-1, 2)
         self.query_space = query_space
         self.stats = stats
@@ -191,6 +186,15 @@ class Capture:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def _nothing_found(self, model: nn.Module, blocks: str | Iterable[str] | None) -> Exception:
+        """The error when no block of this capture's kind matches ``blocks``."""
+        which = f" matching {blocks!r}" if blocks else ""
+        return ValueError(
+            f"no supported NL/GC block{which} found in {type(model).__name__}. "
+            "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; "
+            "nlanalysis.adapters.list_adapters() lists supported families."
+        )
 
     def remove(self) -> None:
         """Remove every hook (idempotent)."""

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..adapters import list_blocks
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, valid_cells
 from .attention import HeadAttention
@@ -173,14 +172,6 @@ class ViTCapture(Capture):
     ) -> None:
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
-        found = [b for b in list_blocks(model, include=blocks, exclude=exclude) if isinstance(b.adapter, ViTAttentionAdapter)]
-        if not found:
-            which = f" matching {blocks!r}" if blocks else ""
-            raise ValueError(
-                f"no supported ViT self-attention module{which} found in {type(model).__name__}. "
-                "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; supported: timm Attention, "
-                "torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
-            )
         super().__init__(
             model, blocks, exclude=exclude, queries=queries, query_space=query_space, stats=stats,
             keep_records=keep_records, on_record=on_record, seed=seed,
@@ -193,6 +184,14 @@ class ViTCapture(Capture):
         self.recompute = recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
+
+    def _nothing_found(self, model: nn.Module, blocks: str | Iterable[str] | None) -> Exception:
+        which = f" matching {blocks!r}" if blocks else ""
+        return ValueError(
+            f"no supported ViT self-attention module{which} found in {type(model).__name__}. "
+            "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; supported: timm Attention, "
+            "torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
+        )
 
     def remove(self) -> None:
         """Remove every hook (idempotent) and drop tensors held between hooks."""
