@@ -6,7 +6,7 @@
 * :mod:`.intervals`: t / bootstrap confidence intervals over images and seeds.
 """
 
-from .cosine import Convention, CosineAccumulator, ZeroRule, mean_pairwise_cosine_distance
+from .cosine import Convention, CosineAccumulator, ZeroRule, distance_from_sum, mean_pairwise_cosine_distance
 from .divergence import (
     SampledMean,
     is_distribution_like,

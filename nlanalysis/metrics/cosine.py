@@ -63,6 +63,7 @@ __all__ = [
     "Convention",
     "CosineAccumulator",
     "ZeroRule",
+    "distance_from_sum",
     "mean_pairwise_cosine_distance",
 ]
 
@@ -237,33 +238,52 @@ class CosineAccumulator:
         Raises:
             ValueError: On an unknown rule, or ``zero="raise"`` with zero vectors.
         """
-        if convention not in _CONVENTIONS:
-            raise ValueError(f"unknown convention {convention!r}; use one of {_CONVENTIONS}")
-        if zero not in _ZERO_RULES:
-            raise ValueError(f"unknown zero rule {zero!r}; use one of {_ZERO_RULES}")
-        n_nonzero = self.n_total - self.n_zero
-        if zero == "raise":
-            n_bad = int(self.n_zero.sum())
-            if n_bad:
-                raise ValueError(
-                    f"{n_bad} all-zero vector(s) among {int(self.n_total.sum())}; their cosine is undefined. "
-                    "Pass zero='exclude' to drop them or zero='orthogonal' to count them as distance 1."
-                )
-        # n: vectors that count; n_unit: vectors whose self-cosine is 1.
-        n = n_nonzero if zero == "exclude" else self.n_total
-        n = n.to(torch.float64)
-        n_unit = n_nonzero.to(torch.float64)
-        s2 = (self.s * self.s).sum(dim=-1)
-        if include_self:
-            mean_cos = s2 / (n * n)
-            valid = n >= 1
-        else:
-            mean_cos = (s2 - n_unit) / (n * (n - 1))
-            valid = n >= 2
-        dist = (1.0 - mean_cos).clamp(0.0, 2.0)
-        if convention == "(1-cos)/2":
-            dist = dist / 2
-        return torch.where(valid, dist, torch.full_like(dist, math.nan))
+        return distance_from_sum((self.s * self.s).sum(dim=-1), self.n_total, self.n_zero,
+                                 include_self=include_self, convention=convention, zero=zero)  # fmt: skip
+
+
+def distance_from_sum(
+    s2: Tensor,
+    n_total: Tensor,
+    n_zero: Tensor,
+    *,
+    include_self: bool = True,
+    convention: Convention = "1-cos",
+    zero: ZeroRule = "exclude",
+) -> Tensor:
+    """The mean pairwise cosine distance from ``||sum_i v_i / ||v_i|| ||^2`` and the counts.
+
+    What :meth:`CosineAccumulator.result` returns, for callers that form the sum of unit vectors
+    themselves (e.g. per head with Gram matrices): ``s2`` ``[*batch]`` squared norm of the sum of
+    the non-zero vectors as unit vectors, ``n_total`` vectors counted (zero ones included),
+    ``n_zero`` all-zero vectors among them. Same rules and arguments as ``result``.
+    """
+    if convention not in _CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; use one of {_CONVENTIONS}")
+    if zero not in _ZERO_RULES:
+        raise ValueError(f"unknown zero rule {zero!r}; use one of {_ZERO_RULES}")
+    n_nonzero = n_total - n_zero
+    if zero == "raise":
+        n_bad = int(n_zero.sum())
+        if n_bad:
+            raise ValueError(
+                f"{n_bad} all-zero vector(s) among {int(n_total.sum())}; their cosine is undefined. "
+                "Pass zero='exclude' to drop them or zero='orthogonal' to count them as distance 1."
+            )
+    # n: vectors that count; n_unit: vectors whose self-cosine is 1.
+    n = (n_nonzero if zero == "exclude" else n_total).to(torch.float64)
+    n_unit = n_nonzero.to(torch.float64)
+    s2 = s2.to(torch.float64)
+    if include_self:
+        mean_cos = s2 / (n * n)
+        valid = n >= 1
+    else:
+        mean_cos = (s2 - n_unit) / (n * (n - 1))
+        valid = n >= 2
+    dist = (1.0 - mean_cos).clamp(0.0, 2.0)
+    if convention == "(1-cos)/2":
+        dist = dist / 2
+    return torch.where(valid, dist, torch.full_like(dist, math.nan))
 
 
 def mean_pairwise_cosine_distance(

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..metrics import CosineAccumulator
+from ..metrics import distance_from_sum
 from .attention import HeadAttention
 
 __all__ = ["HeadStats", "gram_matrices", "measure_heads"]
@@ -110,14 +110,11 @@ def gram_matrices(weight: Tensor, num_heads: int, gamma: Tensor | None = None) -
     return wh.transpose(1, 2) @ wh
 
 
-def _cosine_result(s_norm: Tensor, n_total: Tensor, n_zero: Tensor, cos: dict) -> Tensor:
-    """The mean pairwise cosine distance from ``||sum of unit vectors||`` and counts, with the rules
+def _cosine_result(s2: Tensor, n_total: Tensor, n_zero: Tensor, cos: dict) -> Tensor:
+    """The mean pairwise cosine distance from ``||sum of unit vectors||^2`` and counts, with the rules
     (conventions, zero vectors, too few vectors) of :class:`nlanalysis.metrics.CosineAccumulator`."""
-    acc = CosineAccumulator(1, tuple(s_norm.shape))
-    acc.s = s_norm.detach().double().cpu()[..., None]
-    acc.n_total = n_total.cpu().long().expand(s_norm.shape).clone()
-    acc.n_zero = n_zero.cpu().long()
-    return acc.result(**cos)
+    s2 = s2.detach().double().cpu()
+    return distance_from_sum(s2, n_total.cpu().long().expand(s2.shape), n_zero.cpu().long(), **cos)
 
 
 def _token_stats(
@@ -220,14 +217,6 @@ def measure_heads(
         layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
         layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
     )  # fmt: skip
-    s2, zeros = s2.double().clamp(min=0).sqrt().cpu(), zeros.cpu()
-    inp, input_zero = _cosine_result(s2[:, 0], n_query, zeros[:, 0], cos), zeros[:, 0]
-    out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
-    out_zero = torch.zeros(b, heads + 1, dtype=torch.int64)
-    out[:, heads], out_zero[:, heads] = _cosine_result(s2[:, 1], n_query, zeros[:, 1], cos), zeros[:, 1]
-    if heads_out:
-        out[:, :heads] = _cosine_result(s2[:, 2:], n_query[:, None], zeros[:, 2:], cos)
-        out_zero[:, :heads] = zeros[:, 2:]
 
     # JSD pairs: per image, ordered pairs of valid queries (all of them when that is few enough)
     plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
@@ -272,8 +261,18 @@ def measure_heads(
                 table[inside], table_ent[inside] = rows, rows_ent
 
     sums = sums.cpu()
-    s_norm = torch.linalg.vector_norm(s_att, dim=-1)
-    att_dist = _cosine_result(s_norm, n_query[:, None], sums[3], cos)
+    # every cosine distance of the layer in one call: input, branch, per-head outputs, then att per head and mean
+    s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
+    dist = _cosine_result(
+        torch.cat([s2, (s_att * s_att).sum(-1).cpu()], 1), n_query[:, None], torch.cat([zeros, sums[3].long()], 1), cos
+    )  # fmt: skip
+    inp, input_zero = dist[:, 0], zeros[:, 0]
+    out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
+    out_zero = torch.zeros(b, heads + 1, dtype=torch.int64)
+    out[:, heads], out_zero[:, heads] = dist[:, 1], zeros[:, 1]
+    if heads_out:
+        out[:, :heads], out_zero[:, :heads] = dist[:, 2 : 2 + heads], zeros[:, 2:]
+    att_dist = dist[:, -(heads + 1) :]
     nz = sums[2]
     log_k = torch.log(n_key.double().clamp(min=2)).cpu()[:, None]
     att_entropy = sums[0] / log_k / nz
