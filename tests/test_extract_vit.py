@@ -274,6 +274,18 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     assert len(run.metrics) == 2 * 5 and (run.metrics["num_heads"] == 4).all()
 
 
+def test_vit_fused_reaches_the_capture(tmp_path):
+    """--vit-fused is plumbed to ViTCapture(fused=True) (the compiled kernels themselves are compared with
+    eager ones in tests/test_vit_measure.py, opt-in: a cold compile takes ~20 s)."""
+    model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    for fused in (False, True):
+        analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_fused=fused)
+        with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
+            assert cap.measure_kwargs["fused"] is fused
+        assert analysis.describe()["statistics"] == ("torch.compile kernels (fused)" if fused else "eager")
+
+
 def test_clear_errors(tmp_path, capsys, photos):
     root, _, _ = photos
     images = ["--images", str(root / "images"), "--out", str(tmp_path / "r"), "--quiet"]
@@ -284,7 +296,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size/--vit-keys are for ViTs" in capsys.readouterr().err
+    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-fused are for ViTs" in capsys.readouterr().err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--controls", *images]) == 2

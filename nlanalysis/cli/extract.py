@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
     vit.add_argument("--vit-keys", choices=("patch", "all"),
                      help="keys of each query's map: patch tokens only (default) or all tokens, class/register included")  # fmt: skip
+    vit.add_argument("--vit-fused", action="store_true",
+                     help="compile the statistics with torch.compile (needs a C++ compiler; 10-30 s once, then 5-15%% less time per image on 2 CPU cores)")  # fmt: skip
     src = p.add_argument_group("images (COCO or files)")
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
@@ -116,6 +118,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         vit_preprocess=args.vit_preprocess,
         vit_size=args.vit_size,
         vit_keys=args.vit_keys,
+        vit_fused=args.vit_fused,
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,
