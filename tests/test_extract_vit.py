@@ -286,6 +286,17 @@ def test_vit_fused_reaches_the_capture(tmp_path):
         assert analysis.describe()["statistics"] == ("torch.compile kernels (fused)" if fused else "eager")
 
 
+def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):
+    model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=128, depth=3, num_heads=2, num_classes=0, reg_tokens=2)
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "ViT checkpoint, timm layout" in out and "3 layers x 2 heads (heads: assumed head_dim 64), width 128" in out
+    assert "2 register tokens" in out and "attention layers (3): blocks.0.attn, blocks.1.attn, blocks.2.attn" in out
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth"), "--nl-mode", "dot_product"]) == 2
+    assert "options of NL/GC checkpoints; this is a ViT checkpoint" in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, capsys, photos):
     root, _, _ = photos
     images = ["--images", str(root / "images"), "--out", str(tmp_path / "r"), "--quiet"]

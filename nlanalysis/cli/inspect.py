@@ -1,7 +1,8 @@
 """``nlanalysis inspect --ckpt FILE``: what a checkpoint holds and how it will be rebuilt.
 
 Prints the detected format, the architecture, every NL/GC block with its mode and shapes, the
-preprocessing, which keys are unused or missing, and what was assumed. Errors are one line naming
+preprocessing, which keys are unused or missing, and what was assumed; for a ViT checkpoint (Hugging
+Face, timm or ONNX layout) its layers, heads, tokens and attention modules. Errors are one line naming
 the file (exit code 2).
 """
 from __future__ import annotations
@@ -92,7 +93,38 @@ def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_vit_report(path: str, layout: str, model: Any) -> str:
+    """The ``inspect`` report of a ViT checkpoint (Hugging Face, timm or ONNX layout)."""
+    from ..adapters import list_blocks
+    from ..adapters.vit import ViTAttentionAdapter
+
+    spec = getattr(model, "vit_spec", None)
+    attention = [b for b in list_blocks(model) if isinstance(b.adapter, ViTAttentionAdapter)]
+    lines = [f"file: {path}", f"format: ViT checkpoint, {layout} layout"]
+    if spec is not None:
+        lines.append(
+            f"architecture: {spec.depth} layers x {spec.num_heads} heads (heads: {spec.heads_from}), width {spec.embed_dim}, "
+            f"patch {spec.patch_size}, MLP {spec.mlp_hidden}, class token {'yes' if spec.class_token else 'no'}, "
+            f"{spec.n_reg} register tokens, LayerScale {'yes' if spec.layer_scale else 'no'}, position table {spec.pos_grid[0]}x{spec.pos_grid[1]} patches"
+        )  # fmt: skip
+    lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
+    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys), nlanalysis.vit.analyze_vit")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..vit.models import vit_checkpoint_layout
+
+    layout = vit_checkpoint_layout(args.ckpt)
+    if layout is not None:
+        given = [flag for flag, value in (("--config", args.config), ("--trust-checkpoint", args.trust_checkpoint)) if value]
+        given += [f"--{k.replace('_', '-')}" for k, v in checkpoint_overrides(args).items() if v is not None]
+        if given:
+            raise ValueError(f"{args.ckpt}: {', '.join(given)}: options of NL/GC checkpoints; this is a ViT checkpoint ({layout} layout)")
+        from ..vit.models import load_vit
+
+        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt)))
+        return 0
     ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args))
     print(format_report(ckpt, args.all_keys))
     return 0
