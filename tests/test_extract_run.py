@@ -146,6 +146,54 @@ def test_saved_queries_avoid_cells_excluded_as_padding(data, tmp_path, monkeypat
     assert excluded_queries(old.maps[1]) > 0
 
 
+def test_query_grid_probe_runs_on_the_meta_device(data):
+    """The tiny checkpoint has a GC block before its NL block: the probe still needs no real forward."""
+    from nlanalysis.extract.analyses import _probe_grids
+
+    _, ckpt = data
+    analysis = load_analysis(ckpt)
+    devices = []
+    stem = next(m for m in analysis.model.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = stem.register_forward_pre_hook(lambda m, args: devices.append(args[0].device.type))
+    try:
+        grids = _probe_grids(analysis.model, analysis.blocks, (96, 64))
+    finally:
+        handle.remove()
+    assert devices == ["meta"] and grids == [(24, 16), (12, 8)]
+
+
+def test_a_failing_query_grid_probe_fails_only_its_images(data, tmp_path, monkeypatch):
+    import nlanalysis.extract.analyses as analyses
+
+    root, ckpt = data
+    probes = []
+
+    def broken(model, blocks, shape):
+        probes.append(shape)
+        raise TypeError("no grid here")
+
+    monkeypatch.setattr(analyses, "_probe_grids", broken)
+    report = run_extract(ckpt, tmp_path / "run", coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1, 3],
+                         save_maps=True, jsd_pairs=0, progress=False)  # fmt: skip
+    assert report.failed == 2 and len(probes) == len(set(probes))  # each shape probed once, then remembered
+    reasons = load_run(report.path).failures["reason"].tolist()
+    assert all("query grids" in r and "TypeError: no grid here" in r for r in reasons)
+
+
+def test_runs_with_the_old_query_placement_do_not_resume(data, tmp_path):
+    """Result sets written before saved queries kept to the statistics' cells have no query_placement: resuming
+    one with --save-maps would mix placements, so it is refused with a message naming the setting."""
+    root, ckpt = data
+    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1], save_maps=True, jsd_pairs=0, progress=False)
+    out = run_extract(ckpt, tmp_path / "run", **kw).path
+    info = json.loads((out / "run.json").read_text())
+    assert info["settings"]["query_placement"] == "kept-cells"
+    del info["settings"]["query_placement"]
+    (out / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="query_placement"):
+        run_extract(ckpt, out, **kw)
+
+
 def test_batch_of_two_equals_batch_of_one(run, data, tmp_path):
     """Only equal input shapes share a batch, so batching leaves every input as it is."""
     root, ckpt = data

@@ -185,8 +185,11 @@ class SharedAttention(LazyAttention):
         self.query_shape = tuple(query_shape)
         self.key_shape = key_shape
         self.query_independent = True
-        self.nonnegative = bool((weights >= 0).all())
-        self.distribution = self.nonnegative and bool(torch.allclose(weights.sum(-1), weights.new_ones(())))
+        if weights.is_meta:  # shapes only (extract's query-grid probe): no values to look at
+            self.nonnegative = self.distribution = True
+        else:
+            self.nonnegative = bool((weights >= 0).all())
+            self.distribution = self.nonnegative and bool(torch.allclose(weights.sum(-1), weights.new_ones(())))
 
     def _batch_size(self) -> int:
         return self.weights.shape[0]

@@ -201,7 +201,7 @@ class BlockAnalysis(Analysis):
             raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
         self.prepare = partial(prepare_image, pre=loaded.preprocess)
         self._sha256 = sha256_file(loaded.path)
-        self._grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._grids: dict[tuple[int, int], list[tuple[int, int]] | str] = {}  # str: why the probe failed
 
     @property
     def preprocess(self) -> Preprocess:
@@ -215,8 +215,14 @@ class BlockAnalysis(Analysis):
     def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
         shape = (int(input_shape[0]), int(input_shape[1]))
         if shape not in self._grids:
-            self._grids[shape] = _probe_grids(self.model, self.blocks, shape)
-        return self._grids[shape]
+            try:
+                self._grids[shape] = _probe_grids(self.model, self.blocks, shape)
+            except Exception as err:  # remembered: every image of this shape fails alone, without probing again
+                self._grids[shape] = f"finding the blocks' query grids on a {shape[0]}x{shape[1]} input: {type(err).__name__}: {err}"
+        grids = self._grids[shape]
+        if isinstance(grids, str):
+            raise ValueError(grids)
+        return grids
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
         return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
