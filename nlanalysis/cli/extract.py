@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "crop: shorter side to S/0.875, centre S x S crop")  # fmt: skip
     vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
     vit.add_argument("--vit-keys", choices=("patch", "all"),
-                     help="keys of each query's map: patch tokens only (default) or all tokens, class/register included")  # fmt: skip
+                     help="keys of each query's map in the statistics: patch tokens only (default) or all tokens, class/register "
+                     "included (--save-maps keeps the patch part of each map either way)")  # fmt: skip
     vit.add_argument("--vit-fused", action="store_true",
                      help="compile the statistics with torch.compile (needs a C++ compiler; 10-30 s once, then 5-15%% less time per image on 2 CPU cores)")  # fmt: skip
     src = p.add_argument_group("images (COCO or files)")

@@ -426,6 +426,9 @@ def _describe_run(
             "id_type": "int" if coco_ann is not None else "str",
         },
         "queries": str(spec) if save_maps else None,
+        # saved query points keep to cells every block's statistics keep; runs written before this rule placed
+        # them anywhere on the image and lack this setting, so they refuse to resume or merge with new ones
+        "query_placement": "kept-cells" if save_maps else None,
         "save_maps": save_maps,
         "seed": seed,
         "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": own_object, **analysis.measure_settings()},
