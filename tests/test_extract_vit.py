@@ -284,6 +284,8 @@ def test_vit_fused_reaches_the_capture(tmp_path):
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["fused"] is fused
         assert analysis.describe()["statistics"] == ("torch.compile kernels (fused)" if fused else "eager")
+    with pytest.raises(ValueError, match="vit_keys, vit_fused: set these on the ViTAnalysis itself"):
+        load_analysis(analysis, vit_keys="all", vit_fused=True)  # a ready analysis is not silently run otherwise
 
 
 def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):

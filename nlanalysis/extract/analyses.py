@@ -507,6 +507,10 @@ def load_analysis(
     if (ckpt is None) == (model is None):
         raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")
     if isinstance(ckpt, Analysis):
+        given = [flag for flag, value in (("blocks", blocks), ("checkpoint_options", checkpoint_options), ("vit_preprocess", vit_preprocess),
+                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_fused", vit_fused)) if value]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)}: set these on the {type(ckpt).__name__} itself (a ready analysis is used as it is)")
         return ckpt
     named = list_vit_models()
     if model is not None and model not in named:
