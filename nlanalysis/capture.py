@@ -123,6 +123,9 @@ class Capture:
     #: token-sequence blocks (ViT self-attention, adapters with ``token_input``) are measured by
     #: :class:`nlanalysis.vit.ViTCapture`, which sets this; a plain Capture skips them.
     token_blocks = False
+    #: how the no-blocks error names this capture's blocks, and what it says is supported
+    block_kind = "NL/GC block"
+    supported = "nlanalysis.adapters.list_adapters() lists supported families."
 
     def __init__(
         self,
@@ -191,9 +194,8 @@ class Capture:
         """The error when no block of this capture's kind matches ``blocks``."""
         which = f" matching {blocks!r}" if blocks else ""
         return ValueError(
-            f"no supported NL/GC block{which} found in {type(model).__name__}. "
-            "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; "
-            "nlanalysis.adapters.list_adapters() lists supported families."
+            f"no supported {self.block_kind}{which} found in {type(model).__name__}. "
+            f"Hint: nlanalysis.adapters.list_blocks(model) lists what is found; {self.supported}"
         )
 
     def remove(self) -> None:

@@ -147,6 +147,8 @@ class ViTCapture(Capture):
     """
 
     token_blocks = True
+    block_kind = "ViT self-attention module"
+    supported = "supported: timm Attention, torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
 
     def __init__(
         self,
@@ -184,14 +186,6 @@ class ViTCapture(Capture):
         self.recompute = recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
-
-    def _nothing_found(self, model: nn.Module, blocks: str | Iterable[str] | None) -> Exception:
-        which = f" matching {blocks!r}" if blocks else ""
-        return ValueError(
-            f"no supported ViT self-attention module{which} found in {type(model).__name__}. "
-            "Hint: nlanalysis.adapters.list_blocks(model) lists what is found; supported: timm Attention, "
-            "torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
-        )
 
     def remove(self) -> None:
         """Remove every hook (idempotent) and drop tensors held between hooks."""
