@@ -274,16 +274,21 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     assert len(run.metrics) == 2 * 5 and (run.metrics["num_heads"] == 4).all()
 
 
-def test_vit_fused_reaches_the_capture(tmp_path):
-    """--vit-fused is plumbed to ViTCapture(fused=True) (the compiled kernels themselves are compared with
-    eager ones in tests/test_vit_measure.py, opt-in: a cold compile takes ~20 s)."""
+def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypatch):
+    """--vit-kernels auto/native/eager is plumbed to ViTCapture(fused=None/True/False) and run.json says which
+    implementation ran (the kernels themselves are compared with eager ones in tests/test_vit_measure.py)."""
+    from nlanalysis.vit import kernels
+
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    for fused in (False, True):
+    built = "native kernels" if kernels.available() else "eager"
+    for fused, ran in ((None, built), (True, built), (False, "eager")):
         analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_fused=fused)
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["fused"] is fused
-        assert analysis.describe()["statistics"] == ("torch.compile kernels (fused)" if fused else "eager")
+        assert analysis.describe()["statistics"] == ran
+    monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
+    assert load_analysis(tmp_path / "vit.pth", vit_size=28).describe()["statistics"] == "eager"
     with pytest.raises(ValueError, match="vit_keys, vit_fused: set these on the ViTAnalysis itself"):
         load_analysis(analysis, vit_keys="all", vit_fused=True)  # a ready analysis is not silently run otherwise
 
@@ -309,7 +314,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-fused are for ViTs" in capsys.readouterr().err
+    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-kernels are for ViTs" in capsys.readouterr().err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--controls", *images]) == 2

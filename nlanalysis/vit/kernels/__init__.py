@@ -1,0 +1,241 @@
+"""Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
+
+:func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.vit.measure._chunk_stats` (the
+eager reference; tests check that they agree). Its source, ``row_stats.c``, is compiled once per
+machine into ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``) with ``$CC`` (default
+``cc``), ``-O3 -march=native -ffast-math -fopenmp`` (vectorised ``expf``/``logf`` from glibc's
+libmvec; linked without ``-ffast-math``, so loading it never changes the process's floating-point
+mode: the kernels flush denormals only while they run), in about a second, written to a temporary file and renamed, so concurrent processes never
+load a half-written library. It runs on torch's own OpenMP threads (the library links the
+``libgomp.so.1`` that torch has already loaded).
+
+:func:`available` says whether the library could be built; without a compiler the caller keeps to
+eager PyTorch (same numbers, slower).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "token_stats", "why_unavailable"]
+
+_SOURCE = Path(__file__).with_name("row_stats.c")
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
+# linked without -ffast-math: GCC < 13 would link crtfastmath.o into the library, whose constructor
+# turns on flush-to-zero for the whole process when it is loaded (the kernels set it per call instead)
+_LINK = ["-shared", "-fopenmp"]
+_LOCK = threading.Lock()
+_LIB: list[ctypes.CDLL] = []
+_ERROR: list[str] = []
+
+
+class KernelUnavailable(RuntimeError):
+    """The native kernel could not be built or loaded (message says why)."""
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NLANALYSIS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "nlanalysis")
+    return Path(root) / "kernels"
+
+
+def _cpu_tag() -> str:
+    """What ``-march=native`` depends on: the CPU's model and flags (Linux), else the platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise KernelUnavailable(f"no C compiler ({cc!r} not found on PATH; set $CC)")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([cc, *_FLAGS, *_LINK]).encode() + _cpu_tag().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"row_stats-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        obj = tmp[:-3] + ".o"
+        try:
+            for cmd in ([cc, *_FLAGS, "-c", str(_SOURCE), "-o", obj], [cc, *_LINK, obj, "-o", tmp, "-lm"]):
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise KernelUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, target)
+        finally:
+            for leftover in (tmp, obj):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+    lib = ctypes.CDLL(str(target))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    signatures = {
+        "nl_row_stats": [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
+        "nl_token_stats": [p, i64, p, i64, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
+        "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
+    }
+    for name, argtypes in signatures.items():
+        f = getattr(lib, name)
+        f.argtypes, f.restype = argtypes, ctypes.c_int
+    return lib
+
+
+def _lib() -> ctypes.CDLL:
+    if _LIB:
+        return _LIB[0]
+    if _ERROR:
+        raise KernelUnavailable(_ERROR[0])
+    with _LOCK:
+        if not _LIB and not _ERROR:
+            try:
+                _LIB.append(_build())
+            except (KernelUnavailable, OSError) as err:
+                _ERROR.append(str(err))
+                raise KernelUnavailable(str(err)) from err
+    return _lib()
+
+
+def available() -> bool:
+    """Whether the native kernel is built (building it now if needed)."""
+    try:
+        _lib()
+    except KernelUnavailable:
+        return False
+    return True
+
+
+def why_unavailable() -> str | None:
+    """Why the native kernel could not be built (None if it was, or was not tried yet)."""
+    return _ERROR[0] if _ERROR else None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _check_cpu(name: str, t: Tensor) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        raise ValueError(f"{name} must be float32 on the CPU, got {t.dtype} on {t.device}")
+
+
+def row_stats(
+    logits: Tensor,
+    km: Tensor | None,
+    qm: Tensor | None,
+    first: int,
+    prefix: int,
+    rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Statistics of the attention rows of one layer in one pass (see ``row_stats.c``).
+
+    Args:
+        logits: ``[B, H, nq, N]`` float32 scaled logits of the patch queries over every token.
+        km: ``[B, K]`` key weights (``K = N - first``) or None; qm: ``[B, nq]`` valid queries or None.
+        first: first key token; prefix: class/register tokens.
+        rows: rows to hand out renormalised (the JSD's), as ``(sel, table, entropy, ok)``: ``sel``
+            ``[B, nq]`` int64 row of the table for each query (``-1``: none); the table ``[S, H+1, K]``,
+            entropies ``[S, H+1]`` (float32) and non-zero flags ``[S, H+1]`` (uint8) are filled at
+            those rows, in place.
+
+    Returns:
+        ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
+        ``[5, B, H+1]`` float64, as :func:`nlanalysis.vit.measure._chunk_stats`.
+
+    Raises:
+        KernelUnavailable: the library could not be built.
+    """
+    lib = _lib()
+    _check_cpu("logits", logits)
+    b, h, nq, n = logits.shape
+    k = n - first
+    logits = logits.contiguous()
+    km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
+    qm = None if qm is None else qm.reshape(b, nq).to(torch.uint8).contiguous()
+    s = torch.empty(b, h + 1, k)
+    sums = torch.empty(5, b, h + 1, dtype=torch.float64)
+    sel = table = ent = ok = None
+    if rows is not None:
+        sel, table, ent, ok = rows
+        sel = sel.reshape(b, nq).to(torch.int64).contiguous()
+        size = table.shape[0]
+        for name, t, shape, dtype in (("table", table, (size, h + 1, k), torch.float32),
+                                      ("entropy", ent, (size, h + 1), torch.float32),
+                                      ("ok", ok, (size, h + 1), torch.uint8)):  # fmt: skip
+            if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous():
+                raise ValueError(f"row_stats: {name} must be a contiguous {dtype} CPU tensor {shape}, got {t.dtype} {tuple(t.shape)}")
+        if sel.numel() and int(sel.max()) >= size:
+            raise ValueError(f"row_stats: sel points past the table's {size} rows")
+    rc = lib.nl_row_stats(
+        _ptr(logits), _ptr(km), _ptr(qm), _ptr(sel), b, h, nq, n, first, prefix,
+        _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("row_stats: could not allocate its per-thread buffers")
+    return s, sums
+
+
+def token_stats(
+    x: Tensor, branch: Tensor, heads_in: Tensor | None, gram: Tensor | None, qm: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts ``[B, 2 + H]`` (input, branch, per head),
+    as :func:`nlanalysis.vit.measure._token_stats`.
+
+    Args:
+        x, branch: ``[B, n, C]`` float32 (rows contiguous: views like ``x[:, 1:]`` are fine).
+        heads_in: ``[B, n, H*d]`` what the output projection sees, or None; gram: ``[H, d, d]`` or None.
+        qm: ``[B, n]`` query weights (1 valid, 0 not) or None.
+    """
+    lib = _lib()
+    b, n, c = x.shape
+
+    def rows(name: str, t: Tensor) -> Tensor:
+        _check_cpu(name, t)
+        return t if t.stride(2) == 1 and t.stride(1) == t.shape[2] else t.contiguous()
+
+    x, branch = rows("x", x), rows("branch", branch)
+    heads = gram.shape[0] if gram is not None and heads_in is not None else 0
+    d = gram.shape[-1] if heads else 0
+    o = rows("heads_in", heads_in) if heads else None
+    g = gram.to(torch.float32).contiguous() if heads else None
+    go = None
+    if heads:  # G_h o_i for every head and token: one batched BLAS call
+        go = torch.matmul(o.reshape(b, n, heads, d).transpose(1, 2), g).contiguous()  # [B, H, n, d]
+    qm = None if qm is None else qm.reshape(b, n).to(torch.float32).contiguous()
+    s2 = torch.empty(b, 2 + heads, dtype=torch.float64)
+    zeros = torch.empty(b, 2 + heads, dtype=torch.int64)
+    rc = lib.nl_token_stats(
+        _ptr(x), x.stride(0), _ptr(branch), branch.stride(0), _ptr(o), o.stride(0) if o is not None else 0,
+        _ptr(go), _ptr(g), _ptr(qm), b, n, c, heads, d, _ptr(s2), _ptr(zeros),
+    )  # fmt: skip
+    if rc != 0:
+        raise MemoryError("token_stats: could not allocate its buffers")
+    return s2, zeros
+
+
+def pair_jsd(table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """JSD (bits) of row pairs ``(a, b)`` of renormalised rows ``table`` ``[S, H+1, K]`` -> ``[P, H+1]``
+    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.vit.measure._pair_jsd`."""
+    lib = _lib()
+    _check_cpu("table", table)
+    s, h1, k = table.shape
+    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
+    out = torch.empty(a.numel(), h1)
+    out_ok = torch.empty(a.numel(), h1, dtype=torch.uint8)
+    lib.nl_pair_jsd(
+        _ptr(table.contiguous()), _ptr(ent.contiguous()), _ptr(ok.to(torch.uint8).contiguous()), _ptr(a), _ptr(b),
+        a.numel(), h1, k, _ptr(out), _ptr(out_ok),
+    )  # fmt: skip
+    return out.masked_fill_(out_ok == 0, float("nan"))

@@ -1,0 +1,295 @@
+/* One pass over the attention rows of a ViT layer: every statistic of nlanalysis.vit.measure that
+ * reads the maps, for every head and the head mean, while each query's rows sit in L1.
+ *
+ * The reference is nlanalysis.vit.measure._chunk_stats (eager PyTorch); tests check the two agree.
+ * Built at run time by nlanalysis/vit/kernels/__init__.py (cc -O3 -ffast-math -fopenmp) and called
+ * through ctypes on contiguous float32 CPU tensors. OpenMP is the process's own: torch has already
+ * loaded its libgomp.so.1, so this library shares torch's thread pool instead of starting another.
+ *
+ * Layout (C order, all contiguous):
+ *   logits  [B, H, nq, N]  scaled logits q_i . k_j of the patch queries over every token
+ *   km      [B, K]         key weights (1 image patch, 0 padding) or NULL; K = N - first
+ *   qm      [B, nq]        1 for valid queries or NULL
+ *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
+ *   s       [B, H+1, K]    out: sum over valid non-zero rows of the row as a unit vector
+ *   sums    [5, B, H+1]    out: entropy (nats, of the row renormalised over the keys), largest weight
+ *                          of the renormalised row, non-zero rows, zero rows, mass on the first
+ *                          `prefix` tokens -- summed over valid queries (entropy/largest: non-zero rows)
+ *   table   [S, H+1, K]    out: selected rows renormalised; table_ent [S, H+1] their entropies, table_ok
+ *                          [S, H+1] 1 where the row is not all zero (entropy defined)
+ *
+ * Compiled with -ffast-math (for glibc's vectorised expf/logf), so no NaN is ever produced or tested
+ * here: undefined values are flagged in *_ok arrays and turned into NaN by the Python caller.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+/* Weights far below the row's peak (exp(-100) and less: common in trained ViTs) are denormal floats,
+ * 10-100x slower to compute with on x86: flush them to zero (FTZ and DAZ) in this thread while a
+ * kernel runs. A weight below 1.2e-38 then counts as 0 (eager PyTorch keeps it). */
+#define FAST_DENORMALS unsigned int saved_csr = _mm_getcsr(); _mm_setcsr(saved_csr | 0x8040);
+#define RESTORE_DENORMALS _mm_setcsr(saved_csr);
+#else
+#define FAST_DENORMALS
+#define RESTORE_DENORMALS
+#endif
+
+int nl_row_stats_version(void) { return 1; }
+
+/* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
+ * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). */
+static inline void add_row(double *ts, int64_t stride, float *acc, const float *r, int64_t K, int valid, int ok,
+                           double ent, float pk, float t, float n2, double pre) {
+    if (valid) ts[4 * stride] += pre;
+    if (ok) {
+        ts[0] += ent;
+        ts[stride] += pk / t;
+        ts[2 * stride] += 1.0;
+        const float u = 1.f / sqrtf(n2);
+        for (int64_t j = 0; j < K; ++j) acc[j] += u * r[j];
+    } else if (valid) {
+        ts[3 * stride] += 1.0;
+    }
+}
+
+int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const int64_t *sel, int64_t B, int64_t H,
+                 int64_t nq, int64_t N, int64_t first, int64_t prefix, float *s, double *sums, float *table,
+                 float *table_ent, uint8_t *table_ok) {
+    const int64_t K = N - first, H1 = H + 1;
+    int failed = 0;
+    memset(s, 0, sizeof(float) * B * H1 * K);
+    memset(sums, 0, sizeof(double) * 5 * B * H1);
+#pragma omp parallel
+    {
+        FAST_DENORMALS
+        float *acc = calloc((size_t)(B * H1 * K), sizeof(float)); /* this thread's share of s */
+        double *tsum = calloc((size_t)(5 * B * H1), sizeof(double));
+        float *buf = malloc(sizeof(float) * (size_t)(H1 * N)); /* one query: every head's row, then the mean */
+        float *ones = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1)); /* key weights when km is NULL */
+        if (ones)
+            for (int64_t j = 0; j < K; ++j) ones[j] = 1.f;
+        if (!acc || !tsum || !buf || !ones) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * nq; ++task) {
+            if (failed) continue;
+            const int64_t b = task / nq, i = task % nq;
+            const int valid = qm ? qm[task] != 0 : 1;
+            const float *w = km ? km + b * K : ones;
+            float *mean = buf + H * N + first; /* K entries */
+            double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
+            for (int64_t j = 0; j < K; ++j) mean[j] = 0.f;
+            double pre_mean = 0.0;
+            for (int64_t h = 0; h < H; ++h) {
+                const float *l = logits + ((b * H + h) * nq + i) * N;
+                float *p = buf + h * N;
+                float mx = l[0];
+                for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
+                float z = 0.f;
+                for (int64_t j = 0; j < N; ++j) {
+                    p[j] = expf(l[j] - mx);
+                    z += p[j];
+                }
+                const float iz = 1.f / z, logz = logf(z);
+                float pr = 0.f;
+                for (int64_t j = 0; j < prefix; ++j) pr += p[j];
+                float t = 0.f, rd = 0.f, n2 = 0.f, pk = 0.f;
+                float *r = p + first;
+                const float *d = l + first;
+                for (int64_t j = 0; j < K; ++j) {
+                    const float v = r[j] * iz * w[j];
+                    r[j] = v;
+                    t += v;
+                    rd += v * (d[j] - mx);
+                    n2 += v * v;
+                    pk = v > pk ? v : pk;
+                    mean[j] += v;
+                }
+                pre[h] = pr * iz;
+                pre_mean += pre[h];
+                tot[h] = t;
+                const int ok = valid && t > 0.f;
+                /* entropy of r / t: log t - sum r log p / t, with log p = (l - max) - log Z */
+                ent[h] = ok ? log((double)t) - ((double)rd - (double)t * logz) / t : 0.0;
+                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, n2, pre[h]);
+            }
+            /* the head mean: mean_h of the masked rows */
+            {
+                const float ih = 1.f / (float)H;
+                float t = 0.f, rl = 0.f, n2 = 0.f, pk = 0.f;
+                for (int64_t j = 0; j < K; ++j) {
+                    const float v = mean[j] * ih;
+                    mean[j] = v;
+                    t += v;
+                    rl += v * logf(v + 1e-30f);
+                    n2 += v * v;
+                    pk = v > pk ? v : pk;
+                }
+                tot[H] = t;
+                const int ok = valid && t > 0.f;
+                ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
+                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, n2, pre_mean / H);
+            }
+            const int64_t row = sel ? sel[task] : -1;
+            if (row >= 0) {
+                for (int64_t h = 0; h < H1; ++h) {
+                    const int ok = valid && tot[h] > 0.0;
+                    const float it = ok ? (float)(1.0 / tot[h]) : 1.f;
+                    const float *r = buf + h * N + first;
+                    float *o = table + (row * H1 + h) * K;
+                    for (int64_t j = 0; j < K; ++j) o[j] = r[j] * it;
+                    table_ent[row * H1 + h] = (float)ent[h];
+                    table_ok[row * H1 + h] = (uint8_t)ok;
+                }
+            }
+        }
+#pragma omp critical
+        {
+            if (acc && tsum) {
+                for (int64_t j = 0; j < B * H1 * K; ++j) s[j] += acc[j];
+                for (int64_t j = 0; j < 5 * B * H1; ++j) sums[j] += tsum[j];
+            }
+        }
+        free(acc);
+        free(tsum);
+        free(buf);
+        free(ones);
+        RESTORE_DENORMALS
+    }
+    return failed ? -1 : 0;
+}
+
+/* Sums of unit vectors of the token statistics (reference: nlanalysis.vit.measure._token_stats).
+ *   x, br   [B, n, C] rows of C floats, image b at x + b * x_bs (input tokens, attention branch)
+ *   o       [B, n, H*d] what the output projection sees (image stride o_bs), or NULL
+ *   go      [B, H, n, d] G_h o_i per head and token (a batched matmul by the caller), or NULL
+ *   gram    [H, d, d] G_h = W_h^T diag(gamma)^2 W_h (||gamma W_h o||^2 = o^T G_h o), or NULL
+ *   qm      [B, n] query weights (1 valid, 0 not) or NULL
+ *   s2      [B, 2+H] out: ||sum_i v_i / ||v_i|| ||^2 over valid non-zero v (input, branch, heads)
+ *   zeros   [B, 2+H] out: valid all-zero vectors
+ * Per head, sum_i u_i / ||u_i|| with u_i = gamma W_h o_i is gamma W_h t for t = sum_i o_i / ||u_i||,
+ * so ||.||^2 = t^T G_h t: no per-head [n, C] output is formed. */
+int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs, const float *o, int64_t o_bs,
+                   const float *go, const float *gram, const float *qm, int64_t B, int64_t n, int64_t C, int64_t H, int64_t d,
+                   double *s2, int64_t *zeros) {
+    const int64_t nh = (o && go && gram) ? H : 0, ncol = 2 + H, width = 2 * C + nh * d;
+    double *acc = calloc((size_t)(B * width), sizeof(double));
+    int64_t *zc = calloc((size_t)(B * ncol), sizeof(int64_t));
+    if (!acc || !zc) {
+        free(acc);
+        free(zc);
+        return -1;
+    }
+#pragma omp parallel
+    {
+        FAST_DENORMALS
+        double *ta = calloc((size_t)(B * width), sizeof(double));
+        int64_t *tz = calloc((size_t)(B * ncol), sizeof(int64_t));
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * n; ++task) {
+            if (!ta || !tz) continue;
+            const int64_t b = task / n, i = task % n;
+            const float m = qm ? qm[task] : 1.f;
+            if (m == 0.f) continue;
+            double *a = ta + b * width;
+            for (int v = 0; v < 2; ++v) {
+                const float *row = (v == 0 ? x + b * x_bs : br + b * br_bs) + i * C;
+                float n2 = 0.f;
+                for (int64_t c = 0; c < C; ++c) n2 += row[c] * row[c];
+                if (n2 <= 0.f) {
+                    tz[b * ncol + v] += 1;
+                    continue;
+                }
+                const double u = m / sqrt((double)n2);
+                double *av = a + v * C;
+                for (int64_t c = 0; c < C; ++c) av[c] += u * row[c];
+            }
+            for (int64_t h = 0; h < nh; ++h) {
+                const float *oh = o + b * o_bs + i * H * d + h * d, *gh = go + ((b * H + h) * n + i) * d;
+                float q = 0.f;
+                for (int64_t c = 0; c < d; ++c) q += gh[c] * oh[c];
+                if (q <= 0.f) {
+                    tz[b * ncol + 2 + h] += 1;
+                    continue;
+                }
+                const double u = m / sqrt((double)q);
+                double *ah = a + 2 * C + h * d;
+                for (int64_t c = 0; c < d; ++c) ah[c] += u * oh[c];
+            }
+        }
+#pragma omp critical
+        {
+            if (ta && tz) {
+                for (int64_t j = 0; j < B * width; ++j) acc[j] += ta[j];
+                for (int64_t j = 0; j < B * ncol; ++j) zc[j] += tz[j];
+            }
+        }
+        free(ta);
+        free(tz);
+        RESTORE_DENORMALS
+    }
+    for (int64_t b = 0; b < B; ++b) {
+        const double *a = acc + b * width;
+        for (int v = 0; v < 2; ++v) {
+            double t = 0.0;
+            for (int64_t c = 0; c < C; ++c) t += a[v * C + c] * a[v * C + c];
+            s2[b * ncol + v] = t;
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            double t = 0.0;
+            if (h < nh) {
+                const double *th = a + 2 * C + h * d;
+                const float *g = gram + h * d * d;
+                for (int64_t r = 0; r < d; ++r) {
+                    double gr = 0.0;
+                    for (int64_t c = 0; c < d; ++c) gr += g[r * d + c] * th[c];
+                    t += gr * th[r];
+                }
+            }
+            s2[b * ncol + 2 + h] = t;
+        }
+        for (int64_t v = 0; v < ncol; ++v) zeros[b * ncol + v] = zc[b * ncol + v];
+    }
+    free(acc);
+    free(zc);
+    return 0;
+}
+
+/* Jensen-Shannon divergence (bits) of row pairs of a table of renormalised rows (reference:
+ * nlanalysis.vit.measure._pair_jsd): H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2, clamped to [0, 1].
+ *   table [S, H1, K], ent [S, H1] (nats), ok [S, H1]; a, b [P] rows of each pair
+ *   out [P, H1], out_ok [P, H1] (0 where either row is all zero) */
+int nl_pair_jsd(const float *table, const float *ent, const uint8_t *ok, const int64_t *a, const int64_t *b, int64_t P,
+                int64_t H1, int64_t K, float *out, uint8_t *out_ok) {
+    const double ln2 = 0.69314718055994530942;
+#pragma omp parallel
+    {
+    FAST_DENORMALS
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < P * H1; ++task) {
+        const int64_t p = task / H1, h = task % H1;
+        const int64_t ra = a[p] * H1 + h, rb = b[p] * H1 + h;
+        if (!ok[ra] || !ok[rb]) {
+            out[task] = 0.f;
+            out_ok[task] = 0;
+            continue;
+        }
+        const float *u = table + ra * K, *v = table + rb * K;
+        float hm = 0.f;
+        for (int64_t j = 0; j < K; ++j) {
+            const float m = 0.5f * (u[j] + v[j]);
+            hm -= m * logf(m + 1e-30f);
+        }
+        double js = ((double)hm - 0.5 * ((double)ent[ra] + (double)ent[rb])) / ln2;
+        out[task] = (float)(js < 0.0 ? 0.0 : (js > 1.0 ? 1.0 : js));
+        out_ok[task] = 1;
+    }
+    RESTORE_DENORMALS
+    }
+    return 0;
+}
