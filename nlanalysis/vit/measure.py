@@ -367,13 +367,20 @@ def _native_rows(
     plan, rows = batch.plan, None
     if plan is not None and batch.sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
         size = plan.query.numel()
-        rows = (batch.sel, torch.empty(size, heads + 1, att.n_key), torch.empty(size, heads + 1),
+        rows = (batch.sel, kernels.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
                 torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
     step = _native_chunk(att, chunk_size)
+    # scale * q of the patch queries and the keys, contiguous, in reused buffers (fresh multi-MiB tensors
+    # cost their page faults on every layer)
+    query = kernels.workspace("query", (b, heads, nq, att.query.shape[-1]))
+    torch.mul(att.query[:, :, prefix:], att.scale, out=query)
+    key = kernels.workspace("key", tuple(att.key.shape))
+    key.copy_(att.key)
     s_att, sums = None, None
     for start in range(0, nq, step):
         stop = min(start + step, nq)
-        logits = torch.matmul(att.scaled_query(slice(start, stop)), att.key.transpose(-2, -1))
+        logits = kernels.workspace("logits", (b, heads, stop - start, key.shape[2]))
+        torch.matmul(query[:, :, start:stop], key.transpose(-2, -1), out=logits)
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         m = qmask[:, start:stop] if qmask is not None else None
         s_c, sums_c = kernels.row_stats(logits, kw, m, first, prefix, part)

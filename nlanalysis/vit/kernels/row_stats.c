@@ -167,7 +167,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
 /* Sums of unit vectors of the token statistics (reference: nlanalysis.vit.measure._token_stats).
  *   x, br   [B, n, C] rows of C floats, image b at x + b * x_bs (input tokens, attention branch)
  *   o       [B, n, H*d] what the output projection sees (image stride o_bs), or NULL
- *   go      [B, H, n, d] G_h o_i per head and token (a batched matmul by the caller), or NULL
+ *   go      [B, H, n, d] G_h o_i per head and token (batched matmuls by the caller), or NULL
  *   gram    [H, d, d] G_h = W_h^T diag(gamma)^2 W_h (||gamma W_h o||^2 = o^T G_h o), or NULL
  *   qm      [B, n] query weights (1 valid, 0 not) or NULL
  *   s2      [B, 2+H] out: ||sum_i v_i / ||v_i|| ||^2 over valid non-zero v (input, branch, heads)
