@@ -207,3 +207,16 @@ def test_native_kernels_leave_the_floating_point_mode_alone():
     measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), fused=True)
     tiny = torch.tensor([1e-310], dtype=torch.float64) * 1.0
     assert tiny.item() > 0 and float("1e-310") > 0 and (torch.tensor([1e-40]) * 1.0).item() > 0
+
+
+def test_native_kernels_work_in_and_out_of_inference_mode():
+    """Their scratch buffers outlive the call: one made under inference_mode must serve a later plain call."""
+    from nlanalysis.vit import kernels
+
+    kernels.clear_workspace()
+    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
+    with torch.inference_mode():
+        first = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
+    second = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
+    assert torch.equal(first.att, second.att) and torch.equal(first.att_jsd, second.att_jsd)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
@@ -136,8 +136,14 @@ def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.floa
         size *= dim
     buf = store.get((name, dtype))
     if buf is None or buf.numel() < size:
-        buf = store[(name, dtype)] = torch.empty(size, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+            buf = store[(name, dtype)] = torch.empty(size, dtype=dtype)
     return buf[:size].view(shape)
+
+
+def clear_workspace() -> None:
+    """Free this thread's scratch buffers (:func:`workspace`)."""
+    _WORK.buffers = {}
 
 
 def why_unavailable() -> str | None:
