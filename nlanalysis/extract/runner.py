@@ -265,7 +265,7 @@ def run_extract(
     cat_ids: Sequence[int] | None = None,
     seed: int = 0,
     device: str | torch.device | None = "cpu",
-    batch_size: int = 1,
+    batch_size: int | None = None,
     workers: int = 0,
     shard: str | tuple[int, int] | None = None,
     save_maps: bool = False,
@@ -303,7 +303,8 @@ def run_extract(
         limit, image_ids, cat_ids, seed: the selection (see :mod:`nlanalysis.extract.sources`);
             ``seed`` also seeds query points and JSD pair sampling.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        batch_size: images per forward (only images of equal padded shape are batched).
+        batch_size: images per forward (only images of equal padded shape are batched); default:
+            the analysis's own (1 for NL/GC blocks, 8 for ViTs: every ViT input is ``S x S``).
         workers: DataLoader worker processes for reading and preprocessing (0: in this process).
         shard: ``"I/N"`` or ``(I, N)``; default from torchrun's ``RANK``/``WORLD_SIZE``.
         save_maps: write the query maps of every image (``maps/KEY.npz``).
@@ -320,7 +321,7 @@ def run_extract(
     started, t0 = now(), time.perf_counter()
     shard_index, shard_count = resolve_shard(shard)
     dev = resolve_device(device)
-    if batch_size < 1 or workers < 0:
+    if (batch_size is not None and batch_size < 1) or workers < 0:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     coco = coco_ann is not None
     if (coco_ann is None) != (coco_images_dir is None):
@@ -340,6 +341,8 @@ def run_extract(
     analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
                              vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys,
                              vit_fused=vit_fused)  # fmt: skip
+    if batch_size is None:
+        batch_size = analysis.batch_size
     if controls and not analysis.controls:
         raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}")
     analysis.model.to(dev)

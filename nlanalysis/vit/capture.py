@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, valid_cells
 from .attention import HeadAttention
+from .kernels import workspace
 from .measure import HeadsBatch, HeadStats, gram_matrices, heads_batch, measure_heads
 from .tokens import KEY_SETS, TokenLayout, layout_of
 
@@ -276,7 +277,10 @@ class ViTCapture(Capture):
         residual = seen.get("residual")
         use_block = known and isinstance(residual, Tensor) and residual.shape == tokens.shape
         out = adapter.output(module, output).detach()
-        branch = out * gamma if use_block and gamma is not None else out
+        if use_block and gamma is not None:  # LayerScale: into a reused buffer on the CPU (a fresh one costs page faults)
+            branch = torch.mul(out, gamma, out=workspace("branch", tuple(out.shape), out.dtype)) if out.device.type == "cpu" else out * gamma
+        else:
+            branch = out
         x = residual.detach() if use_block else tokens
         record = LayerRecord(
             name=name, layer=index, family=adapter.family, info=info, call=self._calls, input_size=self._input_size,

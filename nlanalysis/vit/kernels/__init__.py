@@ -30,7 +30,7 @@ from torch import Tensor
 __all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 # linked without -ffast-math: GCC < 13 would link crtfastmath.o into the library, whose constructor
 # turns on flush-to-zero for the whole process when it is loaded (the kernels set it per call instead)
 _LINK = ["-shared", "-fopenmp"]
