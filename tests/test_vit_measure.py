@@ -220,3 +220,57 @@ def test_native_kernels_work_in_and_out_of_inference_mode():
         first = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
     second = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
     assert torch.equal(first.att, second.att) and torch.equal(first.att_jsd, second.att_jsd)
+
+
+def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypatch):
+    """No C compiler: fused=None quietly runs eager, fused=True warns once (saying why), numbers unchanged."""
+    import warnings
+
+    from nlanalysis.vit import kernels
+    from nlanalysis.vit import measure as measure_module
+
+    monkeypatch.setattr(kernels, "_LIB", [])
+    monkeypatch.setattr(kernels, "_ERROR", [])
+    monkeypatch.setattr(measure_module, "_WARNED", [])
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setenv("NLANALYSIS_CACHE", str(tmp_path))
+    assert not kernels.available() and "no-such-compiler-here" in kernels.why_unavailable()
+    layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)  # fused=None: no warning
+    with pytest.warns(UserWarning, match="native ViT statistics kernels unavailable.*no-such-compiler-here"):
+        loud = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
+    for name in FIELDS:
+        assert torch.equal(getattr(eager, name), getattr(quiet, name)) and torch.equal(getattr(eager, name), getattr(loud, name))
+    with pytest.raises(kernels.KernelUnavailable, match="no-such-compiler-here"):
+        kernels.row_stats(torch.zeros(1, 1, 2, 3), None, None, 1, 1)
+
+
+def test_a_compiler_refusing_flags_gets_the_next_flag_set(tmp_path, monkeypatch):
+    """A compiler without -mprefer-vector-width/-fopenmp (clang on macOS, GCC on ARM): a serial build, same numbers."""
+    import shutil
+
+    from nlanalysis.vit import kernels
+
+    real = shutil.which("cc") or shutil.which("gcc")
+    if real is None:
+        pytest.skip("no C compiler here")
+    fake = tmp_path / "picky-cc"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in -mprefer-vector-width=*|-fopenmp) echo "unknown flag $a" >&2; exit 1;; esac; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(kernels, "_LIB", [])
+    monkeypatch.setattr(kernels, "_ERROR", [])
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("NLANALYSIS_CACHE", str(tmp_path / "cache"))
+    assert kernels.available(), kernels.why_unavailable()
+    built = sorted(p.suffix for p in (tmp_path / "cache" / "kernels").iterdir())
+    assert built == [".refused", ".refused", ".refused", ".so"]  # three flag sets refused, the serial one built
+    layout, q, k, x, o, w, gamma, branch = _zero_row_case()
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=False, **kw)
+    serial = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
+    for name in FIELDS:
+        assert torch.allclose(getattr(eager, name).double(), getattr(serial, name).double(), atol=1e-5, equal_nan=True), name

@@ -9,6 +9,9 @@ mode: the kernels flush denormals only while they run), in about a second, writt
 load a half-written library. It runs on torch's own OpenMP threads (the library links the
 ``libgomp.so.1`` that torch has already loaded).
 
+Where the compiler refuses a flag (``-mprefer-vector-width`` is x86-only; Apple's clang has no
+``-fopenmp``) the next, plainer flag set is tried, down to a single-threaded build; refusals are
+remembered next to the library (``*.refused``; delete the folder to retry after changing compilers).
 :func:`available` says whether the library could be built; without a compiler the caller keeps to
 eager PyTorch (same numbers, slower).
 """
@@ -30,10 +33,17 @@ from torch import Tensor
 __all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
+# compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
+# Apple's clang has no -fopenmp, ...) the next is tried; without -fopenmp the kernels run on one thread
+_FLAG_SETS = [
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"],
+    ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"],
+    ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"],
+    ["-O3", "-ffast-math", "-fPIC", "-std=c99"],
+]
 # linked without -ffast-math: GCC < 13 would link crtfastmath.o into the library, whose constructor
 # turns on flush-to-zero for the whole process when it is loaded (the kernels set it per call instead)
-_LINK = ["-shared", "-fopenmp"]
+_LINK = ["-shared"]
 _LOCK = threading.Lock()
 _LIB: list[ctypes.CDLL] = []
 _ERROR: list[str] = []
@@ -58,28 +68,48 @@ def _cpu_tag() -> str:
         return platform.processor() + platform.machine()
 
 
+def _compile(cc: str, flags: list[str], target: Path) -> None:
+    """Compile and link ``row_stats.c`` with ``flags`` into ``target`` (temporary file, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    obj = tmp[:-3] + ".o"
+    link = [*_LINK, *(["-fopenmp"] if "-fopenmp" in flags else [])]
+    try:
+        for cmd in ([cc, *flags, "-c", str(_SOURCE), "-o", obj], [cc, *link, obj, "-o", tmp, "-lm"]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise KernelUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}")
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, obj):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise KernelUnavailable(f"no C compiler ({cc!r} not found on PATH; set $CC)")
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *_FLAGS, *_LINK]).encode() + _cpu_tag().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"row_stats-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        obj = tmp[:-3] + ".o"
-        try:
-            for cmd in ([cc, *_FLAGS, "-c", str(_SOURCE), "-o", obj], [cc, *_LINK, obj, "-o", tmp, "-lm"]):
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise KernelUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, target)
-        finally:
-            for leftover in (tmp, obj):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(source + " ".join([cc, *flags, *_LINK]).encode() + _cpu_tag().encode()).hexdigest()[:16]
+        target = _cache_dir() / f"row_stats-{key}.so"
+        refused = target.with_suffix(".refused")  # this compiler refused these flags before: skip them
+        if refused.exists():
+            errors.append(refused.read_text())
+            continue
+        if not target.exists():
+            try:
+                _compile(cc, flags, target)
+            except KernelUnavailable as err:
+                errors.append(str(err))
+                refused.write_text(str(err))
+                continue
+        break
+    else:
+        raise KernelUnavailable("; ".join(errors[-2:]))
     lib = ctypes.CDLL(str(target))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
