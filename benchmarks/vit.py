@@ -16,7 +16,7 @@ same machine load:
                    with the native kernels of :mod:`nlanalysis.vit.kernels` (the default where
                    they build; built before timing);
 * ``no JSD``    -- the analysis with ``jsd_pairs=0``;
-* ``eager``     -- the analysis in eager PyTorch (``fused=False``: what runs without a C
+* ``eager``     -- the analysis in eager PyTorch (``kernels="eager"``: what runs without a C
                    compiler); ``eager, no JSD`` the same with ``jsd_pairs=0``.
 
 Prints the minimum and median time of each and the ratios to ``bare``. Target: analysis <= 1.25x.
@@ -65,8 +65,8 @@ def main() -> None:
     def bare() -> None:
         model(x)
 
-    def analysis(pairs: int, fused: bool | None) -> None:
-        with ViTCapture(model, jsd_pairs=pairs, fused=fused, keep_records=False, on_record=lambda r: None) as cap:
+    def analysis(pairs: int, kernels: str) -> None:
+        with ViTCapture(model, jsd_pairs=pairs, kernels=kernels, keep_records=False, on_record=lambda r: None) as cap:
             cap.set_valid(valid)
             model(x)
 
@@ -75,11 +75,11 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     configs = {"bare": bare}
     if native:
-        configs["analysis"] = lambda: analysis(args.jsd_pairs, None)
-        configs["no JSD"] = lambda: analysis(0, None)
+        configs["analysis"] = lambda: analysis(args.jsd_pairs, "native")
+        configs["no JSD"] = lambda: analysis(0, "native")
     if not args.native_only or not native:
-        configs["eager"] = lambda: analysis(args.jsd_pairs, False)
-        configs["eager, no JSD"] = lambda: analysis(0, False)
+        configs["eager"] = lambda: analysis(args.jsd_pairs, "eager")
+        configs["eager, no JSD"] = lambda: analysis(0, "eager")
     for f in configs.values():  # warm-up: allocator, kernels, Gram matrices
         f()
     times: dict[str, list[float]] = {name: [] for name in configs}

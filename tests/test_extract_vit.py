@@ -278,22 +278,22 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
 
 
 def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypatch):
-    """--vit-kernels auto/native/eager is plumbed to ViTCapture(fused=None/True/False) and run.json says which
+    """--vit-kernels auto/native/eager is plumbed to ViTCapture(kernels=...) and run.json says which
     implementation ran (the kernels themselves are compared with eager ones in tests/test_vit_measure.py)."""
     from nlanalysis.vit import kernels
 
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     built = "native kernels" if kernels.available() else "eager"
-    for fused, ran in ((None, built), (True, built), (False, "eager")):
-        analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_fused=fused)
+    for choice, ran in (("auto", built), ("native", built), ("eager", "eager")):
+        analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_kernels=choice)
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
-            assert cap.measure_kwargs["fused"] is fused
+            assert cap.measure_kwargs["kernels"] == choice
         assert analysis.describe()["statistics"] == ran
     monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
     assert load_analysis(tmp_path / "vit.pth", vit_size=28).describe()["statistics"] == "eager"
-    with pytest.raises(ValueError, match="vit_keys, vit_fused: set these on the ViTAnalysis itself"):
-        load_analysis(analysis, vit_keys="all", vit_fused=True)  # a ready analysis is not silently run otherwise
+    with pytest.raises(ValueError, match="vit_keys, vit_kernels: set these on the ViTAnalysis itself"):
+        load_analysis(analysis, vit_keys="all", vit_kernels="eager")  # a ready analysis is not silently run otherwise
 
 
 def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):

@@ -43,13 +43,13 @@ def _reference(layout, att, x, o, w, gamma, branch, valid, h):
     return measure_block(lazy, _grid(x, layout), _grid(context, layout), valid=valid, chunk_size=5, jsd_pairs=10_000)
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("kernels", ["eager", "native"])
 @pytest.mark.parametrize("keys", ["patch", "all"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_every_head_and_the_mean_match_measure_block(keys, masked, fused):
+def test_every_head_and_the_mean_match_measure_block(keys, masked, kernels):
     """Both implementations (eager, and the native kernels where they build) against measure_block."""
     if keys == "all" and masked:
-        return _check_all_keys_masked(fused)
+        return _check_all_keys_masked(kernels)
     layout, q, k, x, o, w, gamma, branch = _case()
     att = HeadAttention(q, k, 0.4, layout, keys)
     valid = None
@@ -59,7 +59,7 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked, fused):
         valid[1, :, -2:] = False
     stats = measure_heads(
         att, x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, chunk_size=5, jsd_pairs=10_000,
-        fused=fused,
+        kernels=kernels,
     )
     for h in range(H + 1):
         ref = _reference(layout, att, x, o, w, gamma, branch, valid, h)
@@ -70,13 +70,13 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked, fused):
         assert stats.att_jsd_stderr[:, h].eq(0).all()  # every pair used: exact
 
 
-def _check_all_keys_masked(fused):
+def _check_all_keys_masked(kernels):
     """measure_block cannot put a patch mask on a (1, N) key list: check against the unmasked rows
     with masked columns removed by hand (keys = prefix + valid patches)."""
     layout, q, k, x, o, w, gamma, branch = _case()
     valid = torch.ones(B, *layout.grid, dtype=torch.bool)
     valid[:, 0, :2] = False
-    stats = measure_heads(HeadAttention(q, k, 0.4, layout, "all"), x, branch, valid=valid, jsd_pairs=10_000, fused=fused)
+    stats = measure_heads(HeadAttention(q, k, 0.4, layout, "all"), x, branch, valid=valid, jsd_pairs=10_000, kernels=kernels)
     probs = (q * 0.4 @ k.transpose(-2, -1)).softmax(-1)[:, :, layout.n_prefix :]  # patch queries, all keys
     keep = torch.cat([torch.ones(layout.n_prefix, dtype=torch.bool), valid[0].flatten()])
     rows = probs[:, :, valid[0].flatten()][..., keep].double()  # valid queries, valid keys
@@ -160,7 +160,7 @@ def _zero_row_case():
 @pytest.mark.parametrize("keys", ["patch", "all"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_native_kernels_equal_eager(keys, masked):
-    """fused=True (the native kernels of nlanalysis.vit.kernels) against the eager path, zero rows included."""
+    """kernels="native" (the native kernels of nlanalysis.vit.kernels) against the eager path, zero rows included."""
     from nlanalysis.vit import kernels
 
     if not kernels.available():
@@ -171,8 +171,8 @@ def test_native_kernels_equal_eager(keys, masked):
         valid = torch.ones(B, *layout.grid, dtype=torch.bool)
         valid[0, 0, 3] = valid[1, 2:, :] = False
     kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, jsd_pairs=10_000)
-    eager = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, fused=False, **kw)
-    native = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, fused=True, chunk_size=5, **kw)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, kernels="eager", **kw)
+    native = measure_heads(HeadAttention(q, k, 0.4, layout, keys), x, branch, kernels="native", chunk_size=5, **kw)
     if keys == "patch":
         assert eager.att_zero_rows[0, :2].gt(0).all()  # the case has zero rows
     for name in (*FIELDS, "att_prefix_mass", "att_jsd_stderr"):
@@ -204,7 +204,7 @@ def test_native_kernels_leave_the_floating_point_mode_alone():
     if not kernels.available():
         pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")
     layout, q, k, x, o, w, gamma, branch = _zero_row_case()
-    measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), fused=True)
+    measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), kernels="native")
     tiny = torch.tensor([1e-310], dtype=torch.float64) * 1.0
     assert tiny.item() > 0 and float("1e-310") > 0 and (torch.tensor([1e-40]) * 1.0).item() > 0
 
@@ -223,7 +223,7 @@ def test_native_kernels_work_in_and_out_of_inference_mode():
 
 
 def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypatch):
-    """No C compiler: fused=None quietly runs eager, fused=True warns once (saying why), numbers unchanged."""
+    """No C compiler: kernels="auto" quietly runs eager, "native" warns once (saying why), numbers unchanged."""
     import warnings
 
     from nlanalysis.vit import kernels
@@ -237,12 +237,12 @@ def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypa
     assert not kernels.available() and "no-such-compiler-here" in kernels.why_unavailable()
     layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
     kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
-    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=False, **kw)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="eager", **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quiet = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)  # fused=None: no warning
+        quiet = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)  # auto: no warning
     with pytest.warns(UserWarning, match="native ViT statistics kernels unavailable.*no-such-compiler-here"):
-        loud = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
+        loud = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="native", **kw)
     for name in FIELDS:
         assert torch.equal(getattr(eager, name), getattr(quiet, name)) and torch.equal(getattr(eager, name), getattr(loud, name))
     with pytest.raises(kernels.KernelUnavailable, match="no-such-compiler-here"):
@@ -270,7 +270,7 @@ def test_a_compiler_refusing_flags_gets_the_next_flag_set(tmp_path, monkeypatch)
     assert built == [".refused", ".refused", ".refused", ".so"]  # three flag sets refused, the serial one built
     layout, q, k, x, o, w, gamma, branch = _zero_row_case()
     kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=10_000)
-    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=False, **kw)
-    serial = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, fused=True, **kw)
+    eager = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="eager", **kw)
+    serial = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="native", **kw)
     for name in FIELDS:
         assert torch.allclose(getattr(eager, name).double(), getattr(serial, name).double(), atol=1e-5, equal_nan=True), name

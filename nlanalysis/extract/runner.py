@@ -254,7 +254,7 @@ def run_extract(
     vit_preprocess: str | None = None,
     vit_size: int | None = None,
     vit_keys: str | None = None,
-    vit_fused: bool | None = None,
+    vit_kernels: str | None = None,
     coco_ann: str | os.PathLike[str] | None = None,
     coco_images_dir: str | os.PathLike[str] | None = None,
     images: Sequence[str | os.PathLike[str]] | None = None,
@@ -292,9 +292,9 @@ def run_extract(
         vit_size: ViTs only: the input side ``S`` (default 224, a multiple of the patch size).
         vit_keys: ViTs only: ``"patch"`` (default: each query's map over the patch keys, renormalised)
             or ``"all"`` (class and register keys included); recorded in run.json.
-        vit_fused: ViTs only: the statistics' implementation: ``None`` (default) the native one-pass
-            kernels where they build (:mod:`nlanalysis.vit.kernels`), ``True`` the same with a warning
-            where they cannot, ``False`` eager PyTorch; which one ran is in run.json ("statistics").
+        vit_kernels: ViTs only: the statistics' implementation: ``"auto"`` (default) the native one-pass
+            kernels where they build (:mod:`nlanalysis.vit.kernels`), ``"native"`` the same with a
+            warning where they cannot, ``"eager"`` PyTorch ops; which one ran is in run.json ("statistics").
         coco_ann, coco_images_dir: a COCO instances file and its image folder, or
         images: image files, folders (recursive) and globs.
         blocks: glob(s) on block names (default: every NL/GC block, or every ViT attention layer).
@@ -340,7 +340,7 @@ def run_extract(
 
     analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
                              vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys,
-                             vit_fused=vit_fused)  # fmt: skip
+                             vit_kernels=vit_kernels)  # fmt: skip
     if batch_size is None:
         batch_size = analysis.batch_size
     if controls and not analysis.controls:

@@ -142,10 +142,11 @@ class ViTCapture(Capture):
         seed: seeds the JSD pair sampling.
         recompute: recompute q/k from the module input even where hooks could read them
             (for checking the hooks; slower).
-        fused: the statistics' implementation (:func:`~nlanalysis.vit.measure.measure_heads`):
-            ``None`` (default) the native one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` where
-            they build (system C compiler, ~1 s once per machine), ``True`` the same with a warning
-            where they cannot, ``False`` eager PyTorch (any device; same numbers to float32 rounding).
+        kernels: the statistics' implementation (:func:`~nlanalysis.vit.measure.measure_heads`):
+            ``"auto"`` (default) the native one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` where
+            they build (system C compiler, ~0.3 s once per machine), ``"native"`` the same with a
+            warning where they cannot, ``"eager"`` PyTorch ops (any device; same numbers to float32
+            rounding).
     """
 
     token_blocks = True
@@ -172,7 +173,7 @@ class ViTCapture(Capture):
         zero: str = "exclude",
         seed: int = 0,
         recompute: bool = False,
-        fused: bool | None = None,
+        kernels: str = "auto",
     ) -> None:
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -184,7 +185,7 @@ class ViTCapture(Capture):
         self.keys = keys
         self.layout = layout
         self.keep_attention = keep_attention
-        self.measure_kwargs = dict(chunk_size=chunk_size, convention=convention, zero=zero, fused=fused)
+        self.measure_kwargs = dict(chunk_size=chunk_size, convention=convention, zero=zero, kernels=kernels)
         self.jsd_pairs = jsd_pairs
         self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self.recompute = recompute

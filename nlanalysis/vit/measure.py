@@ -42,11 +42,11 @@ import torch
 from torch import Tensor
 
 from ..metrics import distance_from_sum
-from . import kernels
+from . import kernels as _native
 from .attention import HeadAttention
 from .tokens import KEY_SETS, TokenLayout
 
-__all__ = ["HeadStats", "HeadsBatch", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
+__all__ = ["KERNELS", "HeadStats", "HeadsBatch", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
 _LN2 = math.log(2.0)
 
@@ -240,7 +240,7 @@ def measure_heads(
     generator: torch.Generator | None = None,
     convention: str = "1-cos",
     zero: str = "exclude",
-    fused: bool | None = None,
+    kernels: str = "auto",
     batch: HeadsBatch | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
@@ -260,11 +260,11 @@ def measure_heads(
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the pair sampling.
         convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
-        fused: compute the statistics with the native one-pass CPU kernels of
-            :mod:`nlanalysis.vit.kernels` (built on first use with the system C compiler, ~1 s,
-            cached on disk): ``None`` (default) where they can be built and the maps are on the CPU,
-            ``True`` the same but warns when they cannot, ``False`` never (eager PyTorch). Same
-            numbers to float32 rounding (tests compare them); see :func:`uses_native`.
+        kernels: ``"native"``: the one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` (built on
+            first use with the system C compiler, ~0.3 s, cached on disk; a warning and eager
+            PyTorch where they cannot be built or the maps are not on the CPU); ``"eager"``: PyTorch
+            ops (any device); ``"auto"`` (default): native where it can be, quietly. Same numbers to
+            float32 rounding (tests compare them); see :func:`uses_native`.
         batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs),
             built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then ``valid``,
             ``jsd_pairs`` and ``generator`` come from it (and the layers use the same JSD pairs).
@@ -287,7 +287,7 @@ def measure_heads(
             f"these maps are {b} images, keys {att.keys!r}, {layout}"
         )
     qmask, plan = batch.qmask, batch.plan
-    native = att.probs is None and uses_native(fused, dev)
+    native = att.probs is None and uses_native(kernels, dev)
 
     # input and output distances (token vectors)
     qm = batch.qm
@@ -296,7 +296,7 @@ def measure_heads(
         layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
         layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
     )  # fmt: skip
-    s2, zeros = kernels.token_stats(*tokens) if native else _token_stats(*tokens)
+    s2, zeros = _native.token_stats(*tokens) if native else _token_stats(*tokens)
 
     km = batch.km
     if km is not None and att.probs is not None:
@@ -332,16 +332,22 @@ def measure_heads(
     )  # fmt: skip
 
 
-def uses_native(fused: bool | None, device: torch.device | str = "cpu") -> bool:
-    """Whether :func:`measure_heads` with this ``fused`` runs the native kernels for maps on ``device``
-    (building them now if needed; ``fused=True`` warns once when they cannot be built)."""
-    if fused is False or torch.device(device).type != "cpu":
+KERNELS = ("auto", "native", "eager")
+
+
+def uses_native(choice: str, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`measure_heads` with ``kernels=choice`` runs the native kernels for maps on
+    ``device`` (building them now if needed; ``"native"`` warns once when it cannot)."""
+    if choice not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
+    if choice == "eager":
         return False
-    if kernels.available():
+    if torch.device(device).type == "cpu" and _native.available():
         return True
-    if fused and not _WARNED:
+    if choice == "native" and not _WARNED:
         _WARNED.append(True)
-        warnings.warn(f"native ViT statistics kernels unavailable ({kernels.why_unavailable()}); using eager PyTorch", stacklevel=3)
+        why = _native.why_unavailable() or f"maps on {torch.device(device)}, the kernels are for the CPU"
+        warnings.warn(f"native ViT statistics kernels unavailable ({why}); using eager PyTorch", stacklevel=3)
     return False
 
 
@@ -358,36 +364,36 @@ def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
 def _native_rows(
     att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
+    """Every map statistic of the layer with :func:`nlanalysis.vit._native.row_stats`, chunk by chunk
     of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD values
-    of the plan's pairs ``[P, heads+1]`` with :func:`~nlanalysis.vit.kernels.pair_jsd`."""
+    of the plan's pairs ``[P, heads+1]`` with :func:`~nlanalysis.vit._native.pair_jsd`."""
     b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
     first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
     kw = km.reshape(b, -1) if km is not None else None
     plan, rows = batch.plan, None
     if plan is not None and batch.sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
         size = plan.query.numel()
-        rows = (batch.sel, kernels.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
+        rows = (batch.sel, _native.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
                 torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
     step = _native_chunk(att, chunk_size)
     # scale * q of the patch queries and the keys, contiguous, in reused buffers (fresh multi-MiB tensors
     # cost their page faults on every layer)
-    query = kernels.workspace("query", (b, heads, nq, att.query.shape[-1]))
+    query = _native.workspace("query", (b, heads, nq, att.query.shape[-1]))
     torch.mul(att.query[:, :, prefix:], att.scale, out=query)
-    key = kernels.workspace("key", tuple(att.key.shape))
+    key = _native.workspace("key", tuple(att.key.shape))
     key.copy_(att.key)
     s_att, sums = None, None
     for start in range(0, nq, step):
         stop = min(start + step, nq)
-        logits = kernels.workspace("logits", (b, heads, stop - start, key.shape[2]))
+        logits = _native.workspace("logits", (b, heads, stop - start, key.shape[2]))
         torch.matmul(query[:, :, start:stop], key.transpose(-2, -1), out=logits)
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         m = qmask[:, start:stop] if qmask is not None else None
-        s_c, sums_c = kernels.row_stats(logits, kw, m, first, prefix, part)
+        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part)
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
     values = None
     if plan is not None and rows is not None:
-        values = kernels.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b)
+        values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b)
     return s_att, sums, values
 
 
