@@ -80,6 +80,14 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
             if (failed) continue;
             const int64_t b = task / nq, i = task % nq;
             const int valid = qm ? qm[task] != 0 : 1;
+            if (!valid) { /* a padding query adds nothing: skip its rows (a table row for it says "no row") */
+                const int64_t row = sel ? sel[task] : -1;
+                for (int64_t h = 0; row >= 0 && h < H1; ++h) {
+                    table_ent[row * H1 + h] = 0.f;
+                    table_ok[row * H1 + h] = 0;
+                }
+                continue;
+            }
             const float *w = km ? km + b * K : ones;
             float *mean = buf + H * N + first; /* K entries */
             double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
