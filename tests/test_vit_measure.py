@@ -274,3 +274,22 @@ def test_a_compiler_refusing_flags_gets_the_next_flag_set(tmp_path, monkeypatch)
     serial = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="native", **kw)
     for name in FIELDS:
         assert torch.allclose(getattr(eager, name).double(), getattr(serial, name).double(), atol=1e-5, equal_nan=True), name
+
+
+def test_native_softmax_is_float32_accurate_over_the_whole_range():
+    """The kernels' own exp (Cody-Waite reduction, degree-6 polynomial) against a float64 softmax, for weights
+    from 1 down to 1e-37: relative error within a few float32 ulps (torch's float32 softmax: ~2.4e-7)."""
+    from nlanalysis.vit import kernels
+
+    if not kernels.available():
+        pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.rand(1, 1, 16, 2049, generator=g) * -100  # e^0 .. e^-100 (below ~e^-87: flushed to 0)
+    logits[..., 0] = 0.0
+    rows = (torch.arange(16)[None], torch.empty(16, 2, 2049), torch.empty(16, 2), torch.zeros(16, 2, dtype=torch.uint8))
+    kernels.row_stats(logits, None, None, 0, 0, rows)
+    want = torch.softmax(logits.double(), -1)[0, 0]
+    got = rows[1][:, 0].double()  # head 0's rows, renormalised over every key (= the softmax)
+    normal = want > 1e-37
+    assert ((got - want).abs() / want)[normal].max() < 1e-6
+    assert got[want < 1e-39].eq(0).all()  # below float32's normal range: flushed, never denormal

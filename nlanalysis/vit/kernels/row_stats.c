@@ -39,6 +39,31 @@
 
 int nl_row_stats_version(void) { return 1; }
 
+/* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
+ * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
+ * 9 bits, so n C1 is exact), |r| <= 0.347, e^r by its Taylor polynomial to degree 6 (truncation
+ * < 1.3e-7 relative). Below e^-87.3 (2^-126) it returns 0: such weights are flushed anyway. */
+static inline float exp_nonpositive(float x) {
+    const int small = x < -87.33654f;
+    x = small ? 0.f : x;
+    const float n = rintf(x * 1.44269504088896341f);
+    /* fmaf: -ffast-math may not reassociate it (x - n (C1 + C2) would lose the split's precision) */
+    const float r = fmaf(-n, -2.12194440e-4f, fmaf(-n, 0.693359375f, x));
+    float p = 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    union {
+        int32_t i;
+        float f;
+    } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return small ? 0.f : p * scale.f;
+}
+
 /* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
  * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). */
 static inline void add_row(double *ts, int64_t stride, float *acc, const float *r, int64_t K, int valid, int ok,
@@ -100,7 +125,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
                 float z = 0.f;
                 for (int64_t j = 0; j < N; ++j) {
-                    p[j] = expf(l[j] - mx);
+                    p[j] = exp_nonpositive(l[j] - mx);
                     z += p[j];
                 }
                 const float iz = 1.f / z, logz = logf(z);
