@@ -194,6 +194,11 @@ def test_native_kernels_refuse_bad_buffers():
         kernels.row_stats(logits, None, None, 1, 1, rows)
     with pytest.raises(ValueError, match="table must be"):
         kernels.row_stats(logits, None, None, 1, 1, (sel.clamp(max=1), torch.empty(2, 3, 5), *rows[2:]))
+    table, ent, ok = torch.zeros(2, 3, 4), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="row indices"):  # would read past the table
+        kernels.pair_jsd(table, ent, ok, torch.tensor([0, 2]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="image must be"):
+        kernels.pair_jsd(table, ent, ok, torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 3]), 2)
 
 
 def test_native_kernels_leave_the_floating_point_mode_alone():

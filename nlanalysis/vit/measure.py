@@ -363,10 +363,10 @@ def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
 
 def _native_rows(
     att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Every map statistic of the layer with :func:`nlanalysis.vit._native.row_stats`, chunk by chunk
-    of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD values
-    of the plan's pairs ``[P, heads+1]`` with :func:`~nlanalysis.vit._native.pair_jsd`."""
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
+    of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
+    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.vit.kernels.pair_jsd`."""
     b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
     first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
     kw = km.reshape(b, -1) if km is not None else None
@@ -393,7 +393,7 @@ def _native_rows(
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
     values = None
     if plan is not None and rows is not None:
-        values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b)
+        values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b, plan.pair_image, b)  # per image
     return s_att, sums, values
 
 
@@ -569,21 +569,27 @@ def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
     return ((h_m - 0.5 * (table_ent[a] + table_ent[c])) / _LN2).clamp(0.0, 1.0)
 
 
-def _jsd(plan: _Plan | None, values: Tensor | None, b: int, heads: int) -> tuple[Tensor, Tensor]:
-    """Mean JSD (bits) over each image's pairs (``values`` ``[P, heads+1]``, NaN for pairs with an
-    all-zero row), and its standard error (0 where every pair was used)."""
+def _jsd(plan: _Plan | None, values: Tensor | tuple[Tensor, Tensor, Tensor] | None, b: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Mean JSD (bits) over each image's pairs, and its standard error (0 where every pair was used).
+
+    ``values``: the pairs' values ``[P, heads+1]`` (NaN for pairs with an all-zero row), or already
+    per image ``(count, mean, variance)`` ``[B, heads+1]`` each (the native kernel's).
+    """
     jsd = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
     err = jsd.clone()
     if plan is None or values is None:
         return jsd, err
-    v = values.double().cpu()
-    img = plan.pair_image.cpu()
-    ok = v == v
-    v0 = torch.where(ok, v, 0.0)
-    count = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, ok.double())
-    mean = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, v0) / count
-    sq = torch.where(ok, (v - mean[img]) ** 2, 0.0)
-    var = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, sq) / (count - 1).clamp(min=1)
+    if isinstance(values, tuple):
+        count, mean, var = values
+    else:
+        v = values.double().cpu()
+        img = plan.pair_image.cpu()
+        ok = v == v
+        v0 = torch.where(ok, v, 0.0)
+        count = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, ok.double())
+        mean = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, v0) / count
+        sq = torch.where(ok, (v - mean[img]) ** 2, 0.0)
+        var = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, sq) / (count - 1).clamp(min=1)
     jsd = torch.where(count > 0, mean, math.nan)
     err = torch.where(plan.exact[:, None], torch.where(count > 0, 0.0, math.nan), var.sqrt() / count.sqrt())
     return jsd, err

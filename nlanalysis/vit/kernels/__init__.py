@@ -116,6 +116,7 @@ def _build() -> ctypes.CDLL:
         "nl_row_stats": [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
+        "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -286,17 +287,37 @@ def token_stats(
     return s2, zeros
 
 
-def pair_jsd(table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def pair_jsd(
+    table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """JSD (bits) of row pairs ``(a, b)`` of renormalised rows ``table`` ``[S, H+1, K]`` -> ``[P, H+1]``
-    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.vit.measure._pair_jsd`."""
+    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.vit.measure._pair_jsd`.
+
+    With ``image`` (``[P]``, the image of each pair, ``< batch``): per image and head instead, the
+    number of defined values, their mean and sample variance, each ``[batch, H+1]`` float64 (mean
+    and variance 0 where no value is defined, variance 0 for one value).
+    """
     lib = _lib()
     _check_cpu("table", table)
     s, h1, k = table.shape
     a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"pair_jsd: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < s):
+        raise ValueError(f"pair_jsd: row indices must lie in [0, {s})")
+    if tuple(ent.shape) != (s, h1) or tuple(ok.shape) != (s, h1):
+        raise ValueError(f"pair_jsd: entropies and flags must be [{s}, {h1}], got {tuple(ent.shape)} and {tuple(ok.shape)}")
     out = torch.empty(a.numel(), h1)
     out_ok = torch.empty(a.numel(), h1, dtype=torch.uint8)
     lib.nl_pair_jsd(
-        _ptr(table.contiguous()), _ptr(ent.contiguous()), _ptr(ok.to(torch.uint8).contiguous()), _ptr(a), _ptr(b),
-        a.numel(), h1, k, _ptr(out), _ptr(out_ok),
+        _ptr(table.contiguous()), _ptr(ent.to(torch.float32).contiguous()), _ptr(ok.to(torch.uint8).contiguous()),
+        _ptr(a), _ptr(b), a.numel(), h1, k, _ptr(out), _ptr(out_ok),
     )  # fmt: skip
-    return out.masked_fill_(out_ok == 0, float("nan"))
+    if image is None:
+        return out.masked_fill_(out_ok == 0, float("nan"))
+    image = image.to(torch.int64).contiguous()
+    if image.shape != a.shape or (image.numel() and not (0 <= int(image.min()) and int(image.max()) < batch)):
+        raise ValueError(f"pair_jsd: image must be [P] with values in [0, {batch})")
+    count, mean, var = (torch.empty(batch, h1, dtype=torch.float64) for _ in range(3))
+    lib.nl_jsd_by_image(_ptr(out), _ptr(out_ok), _ptr(image), a.numel(), h1, batch, _ptr(count), _ptr(mean), _ptr(var))
+    return count, mean, var

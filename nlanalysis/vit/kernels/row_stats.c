@@ -326,3 +326,29 @@ int nl_pair_jsd(const float *table, const float *ent, const uint8_t *ok, const i
     }
     return 0;
 }
+
+/* Per image and head: how many pair values are defined (ok), their mean and sample variance
+ * (reference: nlanalysis.vit.measure._jsd). vals, ok [P, H1]; img [P] image of each pair, < B;
+ * count, mean, var [B, H1] out (mean and var 0 where count is 0; var 0 where count is 1). */
+int nl_jsd_by_image(const float *vals, const uint8_t *ok, const int64_t *img, int64_t P, int64_t H1, int64_t B,
+                    double *count, double *mean, double *var) {
+    memset(count, 0, sizeof(double) * B * H1);
+    memset(mean, 0, sizeof(double) * B * H1);
+    memset(var, 0, sizeof(double) * B * H1);
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t h = 0; h < H1; ++h)
+            if (ok[p * H1 + h]) {
+                count[img[p] * H1 + h] += 1.0;
+                mean[img[p] * H1 + h] += vals[p * H1 + h];
+            }
+    for (int64_t j = 0; j < B * H1; ++j)
+        if (count[j] > 0.0) mean[j] /= count[j];
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t h = 0; h < H1; ++h)
+            if (ok[p * H1 + h]) {
+                const double d = vals[p * H1 + h] - mean[img[p] * H1 + h];
+                var[img[p] * H1 + h] += d * d;
+            }
+    for (int64_t j = 0; j < B * H1; ++j) var[j] = count[j] > 1.0 ? var[j] / (count[j] - 1.0) : 0.0;
+    return 0;
+}
