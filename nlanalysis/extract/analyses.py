@@ -485,7 +485,8 @@ class ViTAnalysis(Analysis):
         """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``kernels``)."""
         from ..vit.measure import uses_native
 
-        return "native kernels" if uses_native(self.kernels) else "eager"
+        device = next(self.model.parameters(), torch.empty(0)).device
+        return "native kernels" if uses_native(self.kernels, device) else "eager"
 
     def measure_settings(self) -> dict[str, Any]:
         return {"keys": self.keys, "object_statistics": "not implemented for ViT heads (NaN)"}

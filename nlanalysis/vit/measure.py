@@ -167,6 +167,7 @@ class HeadsBatch:
         log_k: ``[B, 1]`` float64 ``log max(n_key, 2)`` (entropy normaliser).
         plan: the JSD pairs, or None (``jsd_pairs=0``); sel: ``[B, n_patch]`` row of each planned
             query in the plan's table (``-1``: none), for the native kernels.
+        device: where the masks and pairs live (the maps' device).
     """
 
     layout: TokenLayout
@@ -181,6 +182,7 @@ class HeadsBatch:
     log_k: Tensor
     plan: _Plan | None
     sel: Tensor | None
+    device: torch.device
 
 
 def heads_batch(
@@ -223,10 +225,11 @@ def heads_batch(
         sel[plan.image, plan.query] = torch.arange(plan.query.numel())
     return HeadsBatch(
         layout, keys, b, qmask, qm, km, n_query, n_key, n_query.double()[:, None],
-        torch.log(n_key.double().clamp(min=2))[:, None], plan, sel,
+        torch.log(n_key.double().clamp(min=2))[:, None], plan, sel, dev,
     )  # fmt: skip
 
 
+@torch.no_grad()
 def measure_heads(
     att: HeadAttention,
     x: Tensor,
@@ -281,13 +284,14 @@ def measure_heads(
         batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev)
     elif valid is not None:
         raise ValueError("give the valid mask to heads_batch, not with batch=")
-    elif (batch.layout, batch.keys, batch.size) != (layout, att.keys, b):
+    elif (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
         raise ValueError(
-            f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; "
-            f"these maps are {b} images, keys {att.keys!r}, {layout}"
+            f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
+            f"these maps are {b} images, keys {att.keys!r}, {layout} on {dev}"
         )
     qmask, plan = batch.qmask, batch.plan
-    native = att.probs is None and uses_native(kernels, dev)
+    # the kernels take float32 logits; other dtypes (and maps given as probabilities) run eager
+    native = uses_native(kernels, dev) and att.probs is None and att.query.dtype == torch.float32
 
     # input and output distances (token vectors)
     qm = batch.qm
@@ -296,7 +300,10 @@ def measure_heads(
         layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
         layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
     )  # fmt: skip
-    s2, zeros = _native.token_stats(*tokens) if native else _token_stats(*tokens)
+    if native:
+        s2, zeros = _native.token_stats(*(t.float() if t is not None else None for t in tokens))
+    else:
+        s2, zeros = _token_stats(*tokens)
 
     km = batch.km
     if km is not None and att.probs is not None:
@@ -328,7 +335,7 @@ def measure_heads(
     return HeadStats(
         inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
         input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass,
-        batch.n_query, batch.n_key, att.keys, convention, zero,
+        batch.n_query.clone(), batch.n_key.clone(), att.keys, convention, zero,  # each layer's own tensors
     )  # fmt: skip
 
 
@@ -479,17 +486,20 @@ def _chunk_stats(
     r, rm = p[..., first:], pmean[..., first:]
     t_h = r.sum(-1)
     total = torch.cat([t_h, t_h.mean(1, keepdim=True)], 1)  # the mean row's mass is the mean of the heads'
-    ok = total > 0 if m is None else (total > 0) & m
+    peak = torch.cat([r.amax(-1), rm.amax(-1)], 1)
+    # a row is all zero unless some weight is a normal float (as in the native kernels, which flush denormals)
+    ok = peak >= torch.finfo(peak.dtype).tiny
+    ok = ok if m is None else ok & m
     tt = torch.where(ok, total, 1.0)
     if d is not None:
         rlogr_h = torch.linalg.vecdot(r, d[..., first:]) - t_h * logz  # sum r log p
     else:
-        rlogr_h = (r * torch.log(r + 1e-30)).sum(-1)
-    rlogr_m = (rm * torch.log(rm + 1e-30)).sum(-1)
+        rlogr_h = torch.special.xlogy(r, r).sum(-1)
+    rlogr_m = torch.special.xlogy(rm, rm).sum(-1)
     ent = torch.log(tt) - torch.cat([rlogr_h, rlogr_m], 1) / tt
-    norm = torch.cat([torch.linalg.vector_norm(r, dim=-1), torch.linalg.vector_norm(rm, dim=-1)], 1)
-    peak = torch.cat([r.amax(-1), rm.amax(-1)], 1)
-    w = torch.where(ok, 1.0 / norm.clamp(min=1e-30), 0.0)  # unit rows; zero rows add nothing
+    # norms accumulated in float64: squares of weights below ~1e-19 underflow in float32
+    norm = torch.cat([torch.linalg.vector_norm(r, dim=-1, dtype=torch.float64), torch.linalg.vector_norm(rm, dim=-1, dtype=torch.float64)], 1)
+    w = torch.where(ok, 1.0 / norm.clamp(min=1e-300), 0.0).to(p.dtype)  # unit rows (norm >= peak: finite); zero rows add nothing
     w_h, w_m = w[:, :heads], w[:, heads:]
     # contiguous full rows: GEMV without copying, drop the prefix columns after
     s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
@@ -565,7 +575,7 @@ def _jsd_plan(
 def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
     """JSD (bits) of row pairs ``(a, c)`` of normalised rows ``table`` ``[U, H+1, K]`` -> ``[P, H+1]``."""
     m = (table[a] + table[c]) * 0.5  # [P, H+1, K]
-    h_m = -(m * torch.log(m + 1e-30)).sum(-1)
+    h_m = -torch.special.xlogy(m, m).sum(-1)
     return ((h_m - 0.5 * (table_ent[a] + table_ent[c])) / _LN2).clamp(0.0, 1.0)
 
 

@@ -1,17 +1,18 @@
 """Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
 
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.vit.measure._chunk_stats` (the
-eager reference; tests check that they agree). Its source, ``row_stats.c``, is compiled once per
-machine into ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``) with ``$CC`` (default
-``cc``), ``-O3 -march=native -ffast-math -fopenmp`` (vectorised ``expf``/``logf`` from glibc's
-libmvec; linked without ``-ffast-math``, so loading it never changes the process's floating-point
-mode: the kernels flush denormals only while they run), in about a second, written to a temporary file and renamed, so concurrent processes never
-load a half-written library. It runs on torch's own OpenMP threads (the library links the
-``libgomp.so.1`` that torch has already loaded).
+eager reference; tests check that they agree), :func:`token_stats` of ``_token_stats`` and
+:func:`pair_jsd` of ``_pair_jsd``. Their source, ``row_stats.c``, is compiled once per machine into
+``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``; a temporary folder when that cannot be
+written) with ``$CC`` (default ``cc``) and ``-O3 -march=native -ffast-math -fopenmp``, in well under
+a second, written to a temporary file and renamed, so concurrent processes never load a
+half-written library. It is linked without ``-ffast-math``, so loading it never changes the
+process's floating-point mode: the kernels flush denormals only while they run. With GCC the
+library's OpenMP is the ``libgomp.so.1`` torch has already loaded, so the kernels run on torch's
+threads; a compiler with another OpenMP runtime (clang's libomp) brings a second thread pool.
 
 Where the compiler refuses a flag (``-mprefer-vector-width`` is x86-only; Apple's clang has no
-``-fopenmp``) the next, plainer flag set is tried, down to a single-threaded build; refusals are
-remembered next to the library (``*.refused``; delete the folder to retry after changing compilers).
+``-fopenmp``) the next, plainer flag set is tried, down to a single-threaded build.
 :func:`available` says whether the library could be built; without a compiler the caller keeps to
 eager PyTorch (same numbers, slower).
 """
@@ -21,6 +22,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -58,28 +60,36 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+_CPU_KEYS = ("vendor_id", "cpu family", "model", "model name", "flags", "CPU implementer", "CPU architecture",
+             "CPU variant", "CPU part", "Features", "isa")  # fmt: skip
+
+
 def _cpu_tag() -> str:
-    """What ``-march=native`` depends on: the CPU's model and flags (Linux), else the platform."""
+    """What ``-march=native`` depends on: the first CPU's model and features (Linux x86 and ARM), else the platform."""
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
-        return "".join(lines)
+            block = f.read().split("\n\n", 1)[0]
     except OSError:
-        return platform.processor() + platform.machine()
+        block = ""
+    lines = [ln for ln in block.splitlines() if ln.split(":", 1)[0].strip() in _CPU_KEYS]
+    return "\n".join(lines) + platform.machine() + platform.processor()
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> None:
+def _compile(cc: list[str], flags: list[str], target: Path) -> None:
     """Compile and link ``row_stats.c`` with ``flags`` into ``target`` (temporary file, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     obj = tmp[:-3] + ".o"
     link = [*_LINK, *(["-fopenmp"] if "-fopenmp" in flags else [])]
     try:
-        for cmd in ([cc, *flags, "-c", str(_SOURCE), "-o", obj], [cc, *link, obj, "-o", tmp, "-lm"]):
-            done = subprocess.run(cmd, capture_output=True, text=True)
+        for cmd in ([*cc, *flags, "-c", str(_SOURCE), "-o", obj], [*cc, *link, obj, "-o", tmp, "-lm"]):
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except subprocess.TimeoutExpired as err:
+                raise KernelUnavailable(f"{' '.join(cmd)} took over {err.timeout:.0f} s") from err
             if done.returncode != 0:
                 raise KernelUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}")
+        os.chmod(tmp, 0o755)  # mkstemp makes it 0600: others sharing the cache must be able to load it
         os.replace(tmp, target)
     finally:
         for leftover in (tmp, obj):
@@ -87,30 +97,41 @@ def _compile(cc: str, flags: list[str], target: Path) -> None:
                 os.unlink(leftover)
 
 
+def _writable_cache() -> Path:
+    """The cache folder, or a fresh temporary one when it cannot be created or written."""
+    folder = _cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return folder
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="nlanalysis-kernels-"))
+
+
 def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise KernelUnavailable(f"no C compiler ({cc!r} not found on PATH; set $CC)")
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    if not cc or shutil.which(cc[0]) is None:
+        raise KernelUnavailable(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH; set $CC)")
     source = _SOURCE.read_bytes()
     errors = []
+    folder = None
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(source + " ".join([cc, *flags, *_LINK]).encode() + _cpu_tag().encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join([*cc, *flags, *_LINK]).encode() + _cpu_tag().encode()).hexdigest()[:16]
         target = _cache_dir() / f"row_stats-{key}.so"
-        refused = target.with_suffix(".refused")  # this compiler refused these flags before: skip them
-        if refused.exists():
-            errors.append(refused.read_text())
+        try:
+            if not target.exists():
+                folder = folder or _writable_cache()
+                target = folder / target.name
+                if not target.exists():
+                    _compile(cc, flags, target)
+            lib = ctypes.CDLL(str(target))
+        except (KernelUnavailable, OSError) as err:  # this flag set is refused, or its library will not load
+            errors.append(str(err))
             continue
-        if not target.exists():
-            try:
-                _compile(cc, flags, target)
-            except KernelUnavailable as err:
-                errors.append(str(err))
-                refused.write_text(str(err))
-                continue
         break
     else:
         raise KernelUnavailable("; ".join(errors[-2:]))
-    lib = ctypes.CDLL(str(target))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
         "nl_row_stats": [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
@@ -186,11 +207,18 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _on_cpu(name: str, t: Tensor | None) -> None:
+    """Any dtype, but in host memory: a CUDA or meta tensor's pointer must never reach C."""
+    if t is not None and t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got {t.device}")
+
+
 def _check_cpu(name: str, t: Tensor) -> None:
     if t.dtype != torch.float32 or t.device.type != "cpu":
         raise ValueError(f"{name} must be float32 on the CPU, got {t.dtype} on {t.device}")
 
 
+@torch.no_grad()
 def row_stats(
     logits: Tensor,
     km: Tensor | None,
@@ -220,6 +248,10 @@ def row_stats(
     lib = _lib()
     _check_cpu("logits", logits)
     b, h, nq, n = logits.shape
+    if not 0 <= prefix <= n or first not in (0, prefix):
+        raise ValueError(f"row_stats: prefix must be in [0, {n}] and first 0 or prefix, got prefix {prefix}, first {first}")
+    for name, t in (("km", km), ("qm", qm), *((("sel", rows[0]),) if rows is not None else ())):
+        _on_cpu(name, t)
     k = n - first
     logits = logits.contiguous()
     km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
@@ -236,7 +268,7 @@ def row_stats(
                                       ("ok", ok, (size, h + 1), torch.uint8)):  # fmt: skip
             if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous():
                 raise ValueError(f"row_stats: {name} must be a contiguous {dtype} CPU tensor {shape}, got {t.dtype} {tuple(t.shape)}")
-        if sel.numel() and int(sel.max()) >= size:
+        if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
             raise ValueError(f"row_stats: sel points past the table's {size} rows")
     rc = lib.nl_row_stats(
         _ptr(logits), _ptr(km), _ptr(qm), _ptr(sel), b, h, nq, n, first, prefix,
@@ -247,6 +279,7 @@ def row_stats(
     return s, sums
 
 
+@torch.no_grad()
 def token_stats(
     x: Tensor, branch: Tensor, heads_in: Tensor | None, gram: Tensor | None, qm: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -260,6 +293,8 @@ def token_stats(
     """
     lib = _lib()
     b, n, c = x.shape
+    if branch.shape != x.shape:
+        raise ValueError(f"token_stats: branch must have x's shape {tuple(x.shape)}, got {tuple(branch.shape)}")
 
     def rows(name: str, t: Tensor) -> Tensor:
         _check_cpu(name, t)
@@ -268,14 +303,20 @@ def token_stats(
     x, branch = rows("x", x), rows("branch", branch)
     heads = gram.shape[0] if gram is not None and heads_in is not None else 0
     d = gram.shape[-1] if heads else 0
+    if heads and (gram.dim() != 3 or gram.shape[1] != d or tuple(heads_in.shape) != (b, n, heads * d)):
+        raise ValueError(f"token_stats: heads_in must be [{b}, {n}, H*d] for gram [H, d, d], got {tuple(heads_in.shape)} and {tuple(gram.shape)}")
     o = rows("heads_in", heads_in) if heads else None
+    _on_cpu("gram", gram)
+    _on_cpu("qm", qm)
     g = gram.to(torch.float32).contiguous() if heads else None
+    if qm is not None and qm.numel() != b * n:
+        raise ValueError(f"token_stats: qm must have {b} x {n} entries, got {tuple(qm.shape)}")
+    qm = None if qm is None else qm.reshape(b, n).to(torch.float32).contiguous()
     go = None
     if heads:  # G_h o_i for every head and token: one batched BLAS call
         go = workspace("token_go", (b, heads, n, d))
         for i in range(b):  # per image: o[i] is a view (no copy of a strided [B, n, H*d] batch)
             torch.bmm(o[i].view(n, heads, d).transpose(0, 1), g, out=go[i])
-    qm = None if qm is None else qm.reshape(b, n).to(torch.float32).contiguous()
     s2 = torch.empty(b, 2 + heads, dtype=torch.float64)
     zeros = torch.empty(b, 2 + heads, dtype=torch.int64)
     rc = lib.nl_token_stats(
@@ -287,6 +328,7 @@ def token_stats(
     return s2, zeros
 
 
+@torch.no_grad()
 def pair_jsd(
     table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:

@@ -65,15 +65,22 @@ static inline float exp_nonpositive(float x) {
 }
 
 /* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
- * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). */
+ * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). The norm is taken of r / pk
+ * (entries <= 1, the largest exactly 1): squares of weights below ~1e-19 would underflow otherwise. */
 static inline void add_row(double *ts, int64_t stride, float *acc, const float *r, int64_t K, int valid, int ok,
-                           double ent, float pk, float t, float n2, double pre) {
+                           double ent, float pk, float t, double pre) {
     if (valid) ts[4 * stride] += pre;
     if (ok) {
         ts[0] += ent;
         ts[stride] += pk / t;
         ts[2 * stride] += 1.0;
-        const float u = 1.f / sqrtf(n2);
+        const float ip = 1.f / pk;
+        float n2 = 0.f;
+        for (int64_t j = 0; j < K; ++j) {
+            const float v = r[j] * ip;
+            n2 += v * v;
+        }
+        const float u = ip / sqrtf(n2);
         for (int64_t j = 0; j < K; ++j) acc[j] += u * r[j];
     } else if (valid) {
         ts[3 * stride] += 1.0;
@@ -102,7 +109,10 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
         }
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * nq; ++task) {
-            if (failed) continue;
+            int stop;
+#pragma omp atomic read
+            stop = failed;
+            if (stop) continue;
             const int64_t b = task / nq, i = task % nq;
             const int valid = qm ? qm[task] != 0 : 1;
             if (!valid) { /* a padding query adds nothing: skip its rows (a table row for it says "no row") */
@@ -131,7 +141,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
                 const float iz = 1.f / z, logz = logf(z);
                 float pr = 0.f;
                 for (int64_t j = 0; j < prefix; ++j) pr += p[j];
-                float t = 0.f, rd = 0.f, n2 = 0.f, pk = 0.f;
+                float t = 0.f, rd = 0.f, pk = 0.f;
                 float *r = p + first;
                 const float *d = l + first;
                 for (int64_t j = 0; j < K; ++j) {
@@ -139,34 +149,32 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
                     r[j] = v;
                     t += v;
                     rd += v * (d[j] - mx);
-                    n2 += v * v;
                     pk = v > pk ? v : pk;
                     mean[j] += v;
                 }
                 pre[h] = pr * iz;
                 pre_mean += pre[h];
                 tot[h] = t;
-                const int ok = valid && t > 0.f;
+                const int ok = valid && pk > 0.f;
                 /* entropy of r / t: log t - sum r log p / t, with log p = (l - max) - log Z */
                 ent[h] = ok ? log((double)t) - ((double)rd - (double)t * logz) / t : 0.0;
-                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, n2, pre[h]);
+                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h]);
             }
             /* the head mean: mean_h of the masked rows */
             {
                 const float ih = 1.f / (float)H;
-                float t = 0.f, rl = 0.f, n2 = 0.f, pk = 0.f;
+                float t = 0.f, rl = 0.f, pk = 0.f;
                 for (int64_t j = 0; j < K; ++j) {
                     const float v = mean[j] * ih;
                     mean[j] = v;
                     t += v;
-                    rl += v * logf(v + 1e-30f);
-                    n2 += v * v;
+                    rl += v > 0.f ? v * logf(v) : 0.f; /* v is 0 or a normal float (denormals are flushed) */
                     pk = v > pk ? v : pk;
                 }
                 tot[H] = t;
-                const int ok = valid && t > 0.f;
+                const int ok = valid && pk > 0.f;
                 ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
-                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, n2, pre_mean / H);
+                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H);
             }
             const int64_t row = sel ? sel[task] : -1;
             if (row >= 0) {
@@ -218,11 +226,16 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
         free(zc);
         return -1;
     }
+    int failed = 0;
 #pragma omp parallel
     {
         FAST_DENORMALS
         double *ta = calloc((size_t)(B * width), sizeof(double));
         int64_t *tz = calloc((size_t)(B * ncol), sizeof(int64_t));
+        if (!ta || !tz) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * n; ++task) {
             if (!ta || !tz) continue;
@@ -265,6 +278,11 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
         free(ta);
         free(tz);
         RESTORE_DENORMALS
+    }
+    if (failed) {
+        free(acc);
+        free(zc);
+        return -1;
     }
     for (int64_t b = 0; b < B; ++b) {
         const double *a = acc + b * width;
@@ -316,7 +334,7 @@ int nl_pair_jsd(const float *table, const float *ent, const uint8_t *ok, const i
         float hm = 0.f;
         for (int64_t j = 0; j < K; ++j) {
             const float m = 0.5f * (u[j] + v[j]);
-            hm -= m * logf(m + 1e-30f);
+            hm -= m > 0.f ? m * logf(m) : 0.f;
         }
         double js = ((double)hm - 0.5 * ((double)ent[ra] + (double)ent[rb])) / ln2;
         out[task] = (float)(js < 0.0 ? 0.0 : (js > 1.0 ? 1.0 : js));
