@@ -307,6 +307,26 @@ def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):
     assert "options of NL/GC checkpoints; this is a ViT checkpoint" in capsys.readouterr().err
 
 
+def test_vit_heads_tells_a_timm_state_dict_its_head_count(tmp_path, capsys, photos):
+    """A timm state dict does not say how many heads it has: 64-wide heads are assumed unless --vit-heads says."""
+    root, _, _ = photos
+    model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_classes=0)
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth")]) == 0
+    assert "2 layers x 1 heads (heads: assumed head_dim 64)" in capsys.readouterr().out
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "4"]) == 0
+    assert "2 layers x 4 heads" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "4", "--vit-size", "28", "--images", str(root / "images"),
+                 "--limit", "1", "--jsd-pairs", "0", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    run = load_run(out)
+    assert (run.metrics["num_heads"] == 4).all() and sorted(set(run.metrics["head"])) == [-1, 0, 1, 2, 3]
+    assert run.info["checkpoint"]["spec"]["num_heads"] == 4
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "3", "--vit-size", "28", "--images", str(root / "images"),
+                 "--out", str(tmp_path / "bad"), "--quiet"]) == 2  # fmt: skip
+    assert "not divisible by 3 heads" in capsys.readouterr().err
+
+
 def test_clear_errors(tmp_path, capsys, photos):
     root, _, _ = photos
     images = ["--images", str(root / "images"), "--out", str(tmp_path / "r"), "--quiet"]
@@ -317,7 +337,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-kernels are for ViTs" in capsys.readouterr().err
+    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-kernels/--vit-heads are for ViTs" in capsys.readouterr().err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--controls", *images]) == 2

@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace, coco: bool, quiet: bool):
         vit_size=args.vit_size,
         vit_keys=args.vit_keys,
         vit_kernels=args.vit_kernels,
+        vit_heads=args.vit_heads,
         coco_ann=args.coco_ann,
         coco_images_dir=args.coco_images,
         images=args.images,

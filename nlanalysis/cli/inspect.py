@@ -34,6 +34,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
     )
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
+    parser.add_argument("--vit-heads", type=int, metavar="H",
+                        help="ViT: attention heads per layer, where the checkpoint does not say (timm state dicts; default: 64-wide heads)")  # fmt: skip
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def format_vit_report(path: str, layout: str, model: Any) -> str:
             f"{spec.n_reg} register tokens, LayerScale {'yes' if spec.layer_scale else 'no'}, position table {spec.pos_grid[0]}x{spec.pos_grid[1]} patches"
         )  # fmt: skip
     lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
-    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys), nlanalysis.vit.analyze_vit")
+    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.vit.analyze_vit")
     return "\n".join(lines)
 
 
@@ -123,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.ckpt}: {', '.join(given)}: options of NL/GC checkpoints; this is a ViT checkpoint ({layout} layout)")
         from ..vit.models import load_vit
 
-        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt)))
+        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt, num_heads=args.vit_heads)))
         return 0
+    if args.vit_heads is not None:
+        raise ValueError(f"{args.ckpt}: --vit-heads is for ViT checkpoints; this is an NL/GC checkpoint")
     ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args))
     print(format_report(ckpt, args.all_keys))
     return 0

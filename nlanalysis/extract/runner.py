@@ -255,6 +255,7 @@ def run_extract(
     vit_size: int | None = None,
     vit_keys: str | None = None,
     vit_kernels: str | None = None,
+    vit_heads: int | None = None,
     coco_ann: str | os.PathLike[str] | None = None,
     coco_images_dir: str | os.PathLike[str] | None = None,
     images: Sequence[str | os.PathLike[str]] | None = None,
@@ -295,6 +296,8 @@ def run_extract(
         vit_kernels: ViTs only: the statistics' implementation: ``"auto"`` (default) the native one-pass
             kernels where they build (:mod:`nlanalysis.vit.kernels`), ``"native"`` the same with a
             warning where they cannot, ``"eager"`` PyTorch ops; which one ran is in run.json ("statistics").
+        vit_heads: ViTs only: heads per layer where the checkpoint does not say (timm state dicts;
+            default there: 64-wide heads); run.json's ``checkpoint.spec`` records what was used.
         coco_ann, coco_images_dir: a COCO instances file and its image folder, or
         images: image files, folders (recursive) and globs.
         blocks: glob(s) on block names (default: every NL/GC block, or every ViT attention layer).
@@ -340,7 +343,7 @@ def run_extract(
 
     analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
                              vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys,
-                             vit_kernels=vit_kernels)  # fmt: skip
+                             vit_kernels=vit_kernels, vit_heads=vit_heads)  # fmt: skip
     if batch_size is None:
         batch_size = analysis.batch_size
     if controls and not analysis.controls:
