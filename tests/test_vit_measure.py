@@ -376,3 +376,19 @@ def test_kernel_wrappers_refuse_inconsistent_inputs():
     layout, q, k, x, o, w, gamma, branch = _case(grid=(4, 4))
     with pytest.raises(ValueError, match="on meta"):  # masks and pairs made for another device
         measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, batch=heads_batch(layout, "patch", B, device="meta"))
+
+
+@pytest.mark.parametrize("kernels", ["eager", "native"])
+def test_branch_scale_is_the_layer_scale_applied_to_the_branch(kernels):
+    from nlanalysis.vit import kernels as native
+
+    if kernels == "native" and not native.available():
+        pytest.skip(f"no native kernels here: {native.why_unavailable()}")
+    layout, q, k, x, o, w, gamma, branch = _case()
+    raw = branch / gamma  # the attention module's own output, before LayerScale
+    kw = dict(proj_in=o, gram=gram_matrices(w, H, gamma), jsd_pairs=0, kernels=kernels)
+    scaled = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)
+    given = measure_heads(HeadAttention(q, k, 0.4, layout), x, raw, branch_scale=gamma, **kw)
+    unscaled = measure_heads(HeadAttention(q, k, 0.4, layout), x, raw, **kw)
+    assert torch.allclose(given.output, scaled.output, atol=1e-6)
+    assert not torch.allclose(unscaled.output[:, H], scaled.output[:, H], atol=1e-4)  # the scale matters here

@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, valid_cells
 from .attention import HeadAttention
-from .kernels import workspace
 from .measure import HeadsBatch, HeadStats, gram_matrices, heads_batch, measure_heads
 from .tokens import KEY_SETS, TokenLayout, layout_of
 
@@ -278,10 +277,7 @@ class ViTCapture(Capture):
         residual = seen.get("residual")
         use_block = known and isinstance(residual, Tensor) and residual.shape == tokens.shape
         out = adapter.output(module, output).detach()
-        if use_block and gamma is not None:  # LayerScale: into a reused buffer on the CPU (a fresh one costs page faults)
-            branch = torch.mul(out, gamma, out=workspace("branch", tuple(out.shape), out.dtype)) if out.device.type == "cpu" else out * gamma
-        else:
-            branch = out
+        scale = gamma.detach() if use_block and gamma is not None else None  # LayerScale: applied by measure_heads
         x = residual.detach() if use_block else tokens
         record = LayerRecord(
             name=name, layer=index, family=adapter.family, info=info, call=self._calls, input_size=self._input_size,
@@ -293,7 +289,7 @@ class ViTCapture(Capture):
                 proj_in = adapter.head_values(module, tokens)
             gram = _gram(module, adapter, gamma if use_block else None, q.device)
             record.stats = measure_heads(
-                att, x.float(), branch.float(), proj_in=proj_in.detach().float(), gram=gram,
+                att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
                 batch=self._heads_batch(index, layout, b, q.device), **self.measure_kwargs,
             )  # fmt: skip
         if self.queries is not None:

@@ -245,6 +245,7 @@ def measure_heads(
     zero: str = "exclude",
     kernels: str = "auto",
     batch: HeadsBatch | None = None,
+    branch_scale: Tensor | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -268,6 +269,8 @@ def measure_heads(
             PyTorch where they cannot be built or the maps are not on the CPU); ``"eager"``: PyTorch
             ops (any device); ``"auto"`` (default): native where it can be, quietly. Same numbers to
             float32 rounding (tests compare them); see :func:`uses_native`.
+        branch_scale: ``[C]`` LayerScale still to apply to ``branch`` (its contribution is
+            ``branch * branch_scale``): the native kernels then make no scaled copy of it.
         batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs),
             built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then ``valid``,
             ``jsd_pairs`` and ``generator`` come from it (and the layers use the same JSD pairs).
@@ -301,8 +304,11 @@ def measure_heads(
         layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
     )  # fmt: skip
     if native:
-        s2, zeros = _native.token_stats(*(t.float() if t is not None else None for t in tokens))
+        scale = branch_scale.detach() if branch_scale is not None else None
+        s2, zeros = _native.token_stats(*(t.float() if t is not None else None for t in tokens), branch_scale=scale)
     else:
+        if branch_scale is not None:
+            tokens = (tokens[0], tokens[1] * branch_scale.detach().to(tokens[1]), *tokens[2:])
         s2, zeros = _token_stats(*tokens)
 
     km = batch.km
@@ -383,20 +389,17 @@ def _native_rows(
         rows = (batch.sel, _native.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
                 torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
     step = _native_chunk(att, chunk_size)
-    # scale * q of the patch queries and the keys, contiguous, in reused buffers (fresh multi-MiB tensors
-    # cost their page faults on every layer)
-    query = _native.workspace("query", (b, heads, nq, att.query.shape[-1]))
-    torch.mul(att.query[:, :, prefix:], att.scale, out=query)
-    key = _native.workspace("key", tuple(att.key.shape))
-    key.copy_(att.key)
     s_att, sums = None, None
     for start in range(0, nq, step):
         stop = min(start + step, nq)
-        logits = _native.workspace("logits", (b, heads, stop - start, key.shape[2]))
-        torch.matmul(query[:, :, start:stop], key.transpose(-2, -1), out=logits)
+        # q . k straight from the model's own (strided) q and k, image by image, into a reused buffer (a
+        # fresh multi-MiB tensor costs its page faults every layer); the kernel applies the scale
+        logits = _native.workspace("logits", (b, heads, stop - start, att.key.shape[2]))
+        for i in range(b):
+            torch.matmul(att.query[i, :, prefix + start : prefix + stop], att.key[i].transpose(-2, -1), out=logits[i])
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         m = qmask[:, start:stop] if qmask is not None else None
-        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part)
+        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale)
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
     values = None
     if plan is not None and rows is not None:

@@ -134,8 +134,8 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable("; ".join(errors[-2:]))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "nl_row_stats": [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
-        "nl_token_stats": [p, i64, p, i64, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
+        "nl_row_stats": [p, ctypes.c_float, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
+        "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
     }
@@ -226,11 +226,13 @@ def row_stats(
     first: int,
     prefix: int,
     rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Statistics of the attention rows of one layer in one pass (see ``row_stats.c``).
 
     Args:
-        logits: ``[B, H, nq, N]`` float32 scaled logits of the patch queries over every token.
+        logits: ``[B, H, nq, N]`` float32 logits ``q_i . k_j`` of the patch queries over every token;
+            the softmax runs over ``scale * logits`` (``scale > 0``).
         km: ``[B, K]`` key weights (``K = N - first``) or None; qm: ``[B, nq]`` valid queries or None.
         first: first key token; prefix: class/register tokens.
         rows: rows to hand out renormalised (the JSD's), as ``(sel, table, entropy, ok)``: ``sel``
@@ -248,6 +250,8 @@ def row_stats(
     lib = _lib()
     _check_cpu("logits", logits)
     b, h, nq, n = logits.shape
+    if not scale > 0:
+        raise ValueError(f"row_stats: scale must be > 0, got {scale}")
     if not 0 <= prefix <= n or first not in (0, prefix):
         raise ValueError(f"row_stats: prefix must be in [0, {n}] and first 0 or prefix, got prefix {prefix}, first {first}")
     for name, t in (("km", km), ("qm", qm), *((("sel", rows[0]),) if rows is not None else ())):
@@ -271,7 +275,7 @@ def row_stats(
         if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
             raise ValueError(f"row_stats: sel points past the table's {size} rows")
     rc = lib.nl_row_stats(
-        _ptr(logits), _ptr(km), _ptr(qm), _ptr(sel), b, h, nq, n, first, prefix,
+        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), b, h, nq, n, first, prefix,
         _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok),
     )  # fmt: skip
     if rc != 0:
@@ -281,7 +285,12 @@ def row_stats(
 
 @torch.no_grad()
 def token_stats(
-    x: Tensor, branch: Tensor, heads_in: Tensor | None, gram: Tensor | None, qm: Tensor | None
+    x: Tensor,
+    branch: Tensor,
+    heads_in: Tensor | None,
+    gram: Tensor | None,
+    qm: Tensor | None,
+    branch_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts ``[B, 2 + H]`` (input, branch, per head),
     as :func:`nlanalysis.vit.measure._token_stats`.
@@ -290,6 +299,8 @@ def token_stats(
         x, branch: ``[B, n, C]`` float32 (rows contiguous: views like ``x[:, 1:]`` are fine).
         heads_in: ``[B, n, H*d]`` what the output projection sees, or None; gram: ``[H, d, d]`` or None.
         qm: ``[B, n]`` query weights (1 valid, 0 not) or None.
+        branch_scale: ``[C]`` LayerScale: the branch vectors are ``branch * branch_scale`` (no
+            scaled copy of the branch is made), or None.
     """
     lib = _lib()
     b, n, c = x.shape
@@ -308,6 +319,10 @@ def token_stats(
     o = rows("heads_in", heads_in) if heads else None
     _on_cpu("gram", gram)
     _on_cpu("qm", qm)
+    _on_cpu("branch_scale", branch_scale)
+    if branch_scale is not None and branch_scale.numel() != c:
+        raise ValueError(f"token_stats: branch_scale must have {c} entries, got {tuple(branch_scale.shape)}")
+    bscale = None if branch_scale is None else branch_scale.reshape(c).to(torch.float32).contiguous()
     g = gram.to(torch.float32).contiguous() if heads else None
     if qm is not None and qm.numel() != b * n:
         raise ValueError(f"token_stats: qm must have {b} x {n} entries, got {tuple(qm.shape)}")
@@ -320,7 +335,7 @@ def token_stats(
     s2 = torch.empty(b, 2 + heads, dtype=torch.float64)
     zeros = torch.empty(b, 2 + heads, dtype=torch.int64)
     rc = lib.nl_token_stats(
-        _ptr(x), x.stride(0), _ptr(branch), branch.stride(0), _ptr(o), o.stride(0) if o is not None else 0,
+        _ptr(x), x.stride(0), _ptr(branch), branch.stride(0), _ptr(bscale), _ptr(o), o.stride(0) if o is not None else 0,
         _ptr(go), _ptr(g), _ptr(qm), b, n, c, heads, d, _ptr(s2), _ptr(zeros),
     )  # fmt: skip
     if rc != 0:

@@ -7,7 +7,7 @@
  * loaded its libgomp.so.1, so this library shares torch's thread pool instead of starting another.
  *
  * Layout (C order, all contiguous):
- *   logits  [B, H, nq, N]  scaled logits q_i . k_j of the patch queries over every token
+ *   logits  [B, H, nq, N]  logits q_i . k_j of the patch queries over every token, times `scale` (> 0)
  *   km      [B, K]         key weights (1 image patch, 0 padding) or NULL; K = N - first
  *   qm      [B, nq]        1 for valid queries or NULL
  *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
@@ -87,8 +87,8 @@ static inline void add_row(double *ts, int64_t stride, float *acc, const float *
     }
 }
 
-int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const int64_t *sel, int64_t B, int64_t H,
-                 int64_t nq, int64_t N, int64_t first, int64_t prefix, float *s, double *sums, float *table,
+int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel, int64_t B,
+                 int64_t H, int64_t nq, int64_t N, int64_t first, int64_t prefix, float *s, double *sums, float *table,
                  float *table_ent, uint8_t *table_ok) {
     const int64_t K = N - first, H1 = H + 1;
     int failed = 0;
@@ -135,7 +135,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
                 float z = 0.f;
                 for (int64_t j = 0; j < N; ++j) {
-                    p[j] = exp_nonpositive(l[j] - mx);
+                    p[j] = exp_nonpositive((l[j] - mx) * scale);
                     z += p[j];
                 }
                 const float iz = 1.f / z, logz = logf(z);
@@ -148,7 +148,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
                     const float v = r[j] * iz * w[j];
                     r[j] = v;
                     t += v;
-                    rd += v * (d[j] - mx);
+                    rd += v * ((d[j] - mx) * scale);
                     pk = v > pk ? v : pk;
                     mean[j] += v;
                 }
@@ -207,6 +207,7 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
 
 /* Sums of unit vectors of the token statistics (reference: nlanalysis.vit.measure._token_stats).
  *   x, br   [B, n, C] rows of C floats, image b at x + b * x_bs (input tokens, attention branch)
+ *   bscale  [C] LayerScale applied to br (its vectors are br * bscale), or NULL
  *   o       [B, n, H*d] what the output projection sees (image stride o_bs), or NULL
  *   go      [B, H, n, d] G_h o_i per head and token (batched matmuls by the caller), or NULL
  *   gram    [H, d, d] G_h = W_h^T diag(gamma)^2 W_h (||gamma W_h o||^2 = o^T G_h o), or NULL
@@ -215,17 +216,20 @@ int nl_row_stats(const float *logits, const float *km, const uint8_t *qm, const 
  *   zeros   [B, 2+H] out: valid all-zero vectors
  * Per head, sum_i u_i / ||u_i|| with u_i = gamma W_h o_i is gamma W_h t for t = sum_i o_i / ||u_i||,
  * so ||.||^2 = t^T G_h t: no per-head [n, C] output is formed. */
-int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs, const float *o, int64_t o_bs,
-                   const float *go, const float *gram, const float *qm, int64_t B, int64_t n, int64_t C, int64_t H, int64_t d,
-                   double *s2, int64_t *zeros) {
+int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs, const float *bscale, const float *o,
+                   int64_t o_bs, const float *go, const float *gram, const float *qm, int64_t B, int64_t n, int64_t C,
+                   int64_t H, int64_t d, double *s2, int64_t *zeros) {
     const int64_t nh = (o && go && gram) ? H : 0, ncol = 2 + H, width = 2 * C + nh * d;
     double *acc = calloc((size_t)(B * width), sizeof(double));
     int64_t *zc = calloc((size_t)(B * ncol), sizeof(int64_t));
-    if (!acc || !zc) {
+    float *ones = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+    if (!acc || !zc || !ones) {
         free(acc);
         free(zc);
+        free(ones);
         return -1;
     }
+    for (int64_t c = 0; c < C; ++c) ones[c] = 1.f;
     int failed = 0;
 #pragma omp parallel
     {
@@ -245,15 +249,16 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
             double *a = ta + b * width;
             for (int v = 0; v < 2; ++v) {
                 const float *row = (v == 0 ? x + b * x_bs : br + b * br_bs) + i * C;
+                const float *g = (v == 1 && bscale) ? bscale : ones; /* the branch's LayerScale, if given */
                 float n2 = 0.f;
-                for (int64_t c = 0; c < C; ++c) n2 += row[c] * row[c];
+                for (int64_t c = 0; c < C; ++c) n2 += (row[c] * g[c]) * (row[c] * g[c]);
                 if (n2 <= 0.f) {
                     tz[b * ncol + v] += 1;
                     continue;
                 }
                 const double u = m / sqrt((double)n2);
                 double *av = a + v * C;
-                for (int64_t c = 0; c < C; ++c) av[c] += u * row[c];
+                for (int64_t c = 0; c < C; ++c) av[c] += u * (row[c] * g[c]);
             }
             for (int64_t h = 0; h < nh; ++h) {
                 const float *oh = o + b * o_bs + i * H * d + h * d, *gh = go + ((b * H + h) * n + i) * d;
@@ -279,6 +284,7 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
         free(tz);
         RESTORE_DENORMALS
     }
+    free(ones);
     if (failed) {
         free(acc);
         free(zc);
