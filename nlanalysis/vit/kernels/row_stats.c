@@ -12,9 +12,14 @@
  *   qm      [B, nq]        1 for valid queries or NULL
  *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
  *   s       [B, H+1, K]    out: sum over valid non-zero rows of the row as a unit vector
- *   sums    [5, B, H+1]    out: entropy (nats, of the row renormalised over the keys), largest weight
+ *   qlab    [B, nq] int32  the query's object (> 0; 0: none), klab [B, K] int32 each key's object
+ *                          (<= 0: none), qshare [B, nq] float the share of valid keys on the query's
+ *                          object; all three NULL without objects
+ *   sums    [8, B, H+1]    out: entropy (nats, of the row renormalised over the keys), largest weight
  *                          of the renormalised row, non-zero rows, zero rows, mass on the first
- *                          `prefix` tokens -- summed over valid queries (entropy/largest: non-zero rows)
+ *                          `prefix` tokens -- summed over valid queries (entropy/largest: non-zero rows);
+ *                          then, over non-zero rows of queries on an object: the share of the row's
+ *                          mass on keys of that object, the object's share of keys, and their number
  *   table   [S, H+1, K]    out: selected rows renormalised; table_ent [S, H+1] their entropies, table_ok
  *                          [S, H+1] 1 where the row is not all zero (entropy defined)
  *
@@ -68,12 +73,19 @@ static inline float exp_nonpositive(float x) {
  * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). The norm is taken of r / pk
  * (entries <= 1, the largest exactly 1): squares of weights below ~1e-19 would underflow otherwise. */
 static inline void add_row(double *ts, int64_t stride, float *acc, const float *r, int64_t K, int valid, int ok,
-                           double ent, float pk, float t, double pre) {
+                           double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs) {
     if (valid) ts[4 * stride] += pre;
     if (ok) {
         ts[0] += ent;
         ts[stride] += pk / t;
         ts[2 * stride] += 1.0;
+        if (kl && li > 0) { /* the query is on an object: its row's mass on that object's keys */
+            float own = 0.f;
+            for (int64_t j = 0; j < K; ++j) own += kl[j] == li ? r[j] : 0.f;
+            ts[5 * stride] += own / t;
+            ts[6 * stride] += qs;
+            ts[7 * stride] += 1.0;
+        }
         const float ip = 1.f / pk;
         float n2 = 0.f;
         for (int64_t j = 0; j < K; ++j) {
@@ -87,18 +99,19 @@ static inline void add_row(double *ts, int64_t stride, float *acc, const float *
     }
 }
 
-int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel, int64_t B,
-                 int64_t H, int64_t nq, int64_t N, int64_t first, int64_t prefix, float *s, double *sums, float *table,
-                 float *table_ent, uint8_t *table_ok) {
+int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel,
+                 const int32_t *qlab, const int32_t *klab, const float *qshare, int64_t B, int64_t H, int64_t nq, int64_t N,
+                 int64_t first, int64_t prefix, float *s, double *sums, float *table, float *table_ent,
+                 uint8_t *table_ok) {
     const int64_t K = N - first, H1 = H + 1;
     int failed = 0;
     memset(s, 0, sizeof(float) * B * H1 * K);
-    memset(sums, 0, sizeof(double) * 5 * B * H1);
+    memset(sums, 0, sizeof(double) * 8 * B * H1);
 #pragma omp parallel
     {
         FAST_DENORMALS
         float *acc = calloc((size_t)(B * H1 * K), sizeof(float)); /* this thread's share of s */
-        double *tsum = calloc((size_t)(5 * B * H1), sizeof(double));
+        double *tsum = calloc((size_t)(8 * B * H1), sizeof(double));
         float *buf = malloc(sizeof(float) * (size_t)(H1 * N)); /* one query: every head's row, then the mean */
         float *ones = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1)); /* key weights when km is NULL */
         if (ones)
@@ -124,6 +137,9 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 continue;
             }
             const float *w = km ? km + b * K : ones;
+            const int32_t *kl = (qlab && klab) ? klab + b * K : NULL;
+            const int32_t li = kl ? qlab[task] : 0;
+            const float qs = kl ? qshare[task] : 0.f;
             float *mean = buf + H * N + first; /* K entries */
             double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
             for (int64_t j = 0; j < K; ++j) mean[j] = 0.f;
@@ -158,7 +174,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 const int ok = valid && pk > 0.f;
                 /* entropy of r / t: log t - sum r log p / t, with log p = (l - max) - log Z */
                 ent[h] = ok ? log((double)t) - ((double)rd - (double)t * logz) / t : 0.0;
-                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h]);
+                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h], kl, li, qs);
             }
             /* the head mean: mean_h of the masked rows */
             {
@@ -174,7 +190,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 tot[H] = t;
                 const int ok = valid && pk > 0.f;
                 ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
-                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H);
+                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H, kl, li, qs);
             }
             const int64_t row = sel ? sel[task] : -1;
             if (row >= 0) {
@@ -193,7 +209,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
         {
             if (acc && tsum) {
                 for (int64_t j = 0; j < B * H1 * K; ++j) s[j] += acc[j];
-                for (int64_t j = 0; j < 5 * B * H1; ++j) sums[j] += tsum[j];
+                for (int64_t j = 0; j < 8 * B * H1; ++j) sums[j] += tsum[j];
             }
         }
         free(acc);
