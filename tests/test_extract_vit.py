@@ -306,6 +306,7 @@ def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypat
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["kernels"] == choice
         assert analysis.describe()["statistics"] == ran
+        assert analysis.describe()["model_attention"].startswith("shared softmax" if ran == "native kernels" else "torch")
     monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
     assert load_analysis(tmp_path / "vit.pth", vit_size=28).describe()["statistics"] == "eager"
     with pytest.raises(ValueError, match="vit_keys, vit_kernels: set these on the ViTAnalysis itself"):

@@ -480,6 +480,11 @@ class ViTAnalysis(Analysis):
             "preprocess": self.preprocess_dict(),
             "padding": VIT_PADDING[self.preprocessing],
             "statistics": self.statistics_implementation(),
+            "model_attention": (
+                "shared softmax: each layer's fused attention call is answered from the measured maps "
+                "(nlanalysis.vit.shared_softmax; equal to torch's kernel to float32 rounding)"
+                if self.statistics_implementation() == "native kernels" else "torch"
+            ),
         }
 
     def statistics_implementation(self) -> str:

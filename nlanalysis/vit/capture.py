@@ -9,6 +9,9 @@ that owns its hooks and always removes them). For each attention module a regist
   the projection is applied functionally (``nn.MultiheadAttention``) they are recomputed from the
   module input. The softmax is recomputed in float32 (fused kernels never expose it).
 * the per-head outputs are what the output projection receives (a pre-hook), or recomputed;
+* with the native kernels, the module's ``F.scaled_dot_product_attention`` call is answered from
+  the same softmax the statistics read (:mod:`nlanalysis.vit.shared_softmax`), so each layer's
+  softmax is computed once, not twice (``share_softmax``);
 * the residual stream ``x`` entering the transformer block, and the block's LayerScale, are read
   from the enclosing block when it is a known pre-norm block (timm ``Block``, torchvision
   ``EncoderBlock``, Hugging Face ``Dinov2Layer``/``ViTLayer``/...); otherwise ``input`` is the
@@ -29,7 +32,8 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, cell_centres, valid_cells
 from .attention import HeadAttention
-from .measure import HeadsBatch, HeadStats, gram_matrices, heads_batch, measure_heads
+from .measure import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
+from .shared_softmax import SharedSoftmax
 from .tokens import KEY_SETS, TokenLayout, layout_of
 
 __all__ = ["LayerRecord", "ViTCapture"]
@@ -146,6 +150,12 @@ class ViTCapture(Capture):
             they build (system C compiler, ~0.3 s once per machine), ``"native"`` the same with a
             warning where they cannot, ``"eager"`` PyTorch ops (any device; same numbers to float32
             rounding).
+        share_softmax: with the native kernels and ``stats``, answer each captured module's
+            ``F.scaled_dot_product_attention`` call (float32 CPU, no mask, dropout or causal
+            attention) with :func:`~nlanalysis.vit.measure.attend`: the model's attention output then
+            comes from the very softmax that is measured, computed once instead of twice. The
+            model's outputs equal its fused kernel's to float32 rounding (about 1e-6 relative);
+            ``False`` leaves every op of the model to torch.
     """
 
     token_blocks = True
@@ -173,6 +183,7 @@ class ViTCapture(Capture):
         seed: int = 0,
         recompute: bool = False,
         kernels: str = "auto",
+        share_softmax: bool = True,
     ) -> None:
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -188,6 +199,8 @@ class ViTCapture(Capture):
         self.jsd_pairs = jsd_pairs
         self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self.recompute = recompute
+        self.kernels = kernels
+        self.share_softmax = share_softmax and stats and not recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
 
@@ -229,6 +242,8 @@ class ViTCapture(Capture):
         proj = adapter.out_proj(module)
         if proj is not None and self.stats:
             self._handles.append(proj.register_forward_pre_hook(keep_proj_input))
+        if self.share_softmax:
+            self._share_softmax(index, module, adapter, seen)
 
         def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             try:
@@ -242,6 +257,51 @@ class ViTCapture(Capture):
                 self.on_record(record)
 
         return hook
+
+    def _share_softmax(self, index: int, module: nn.Module, adapter: ViTAttentionAdapter, seen: dict[str, Any]) -> None:
+        """Hooks that keep a :class:`SharedSoftmax` active while ``module`` runs, answering its
+        attention call with :func:`~nlanalysis.vit.measure.attend` (the maps and statistics go to
+        ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
+        heads = adapter.num_heads(module)
+
+        def handler(call: dict[str, Any]) -> Tensor | None:
+            q, k, v = call["query"], call["key"], call["value"]
+            if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"] or "maps" in seen:
+                return None
+            if not all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
+                return None
+            if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+                return None
+            b, h, n, d = q.shape
+            if k.shape != q.shape or v.shape[:3] != q.shape[:3] or h != heads or not uses_native(self.kernels, q.device):
+                return None
+            try:
+                layout = self.layout or layout_of(self.model, self._input_size, n_tokens=n)
+                layout.check(n)
+            except ValueError:  # the record's hook reports it
+                return None
+            with torch.no_grad():
+                att = HeadAttention(q, k, call["scale"] if call["scale"] is not None else d**-0.5, layout, self.keys)
+                out, maps = attend(att, v, self._heads_batch(index, layout, b, q.device), self.measure_kwargs["chunk_size"])
+                if not bool(torch.isfinite(out.sum())):  # a NaN/inf in q, k or v: torch's kernel, the plain path
+                    return None
+            seen["maps"] = (maps, att)
+            return out
+
+        mode = SharedSoftmax(handler)
+        active: list[SharedSoftmax] = []
+
+        def enter(mod: nn.Module, args: tuple) -> None:
+            if not active:
+                mode.__enter__()
+                active.append(mode)
+
+        def leave(mod: nn.Module, args: tuple, output: Any) -> None:
+            if active:
+                active.pop().__exit__(None, None, None)
+
+        self._handles.append(module.register_forward_pre_hook(enter))
+        self._handles.append(module.register_forward_hook(leave, always_call=True))
 
     def _layer_record(
         self,
@@ -264,11 +324,17 @@ class ViTCapture(Capture):
         b, n, _ = tokens.shape
         layout = self.layout or layout_of(self.model, self._input_size, n_tokens=n)
         layout.check(n, where)
-        if "qkv" in seen or "q" in seen:
-            q, k = adapter.qk_from_taps(module, seen)
+        shared: tuple[MapStats, HeadAttention] | None = seen.get("maps")  # type: ignore[assignment]
+        maps = None
+        if shared is not None:  # measured while the model attended (share_softmax)
+            maps, att = shared
+            q = att.query
         else:
-            q, k = adapter.query_key(module, tokens)
-        att = HeadAttention(q.detach().float(), k.detach().float(), adapter.scale(module), layout, self.keys)
+            if "qkv" in seen or "q" in seen:
+                q, k = adapter.qk_from_taps(module, seen)
+            else:
+                q, k = adapter.query_key(module, tokens)
+            att = HeadAttention(q.detach().float(), k.detach().float(), adapter.scale(module), layout, self.keys)
         residual = seen.get("residual")
         use_block = known and isinstance(residual, Tensor) and residual.shape == tokens.shape
         out = adapter.output(module, output).detach()
@@ -283,9 +349,10 @@ class ViTCapture(Capture):
             if proj_in is None:
                 proj_in = adapter.head_values(module, tokens)
             gram = _gram(module, adapter, gamma if use_block else None, q.device)
+            batch = maps.batch if maps is not None else self._heads_batch(index, layout, b, q.device)
             record.stats = measure_heads(
                 att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
-                batch=self._heads_batch(index, layout, b, q.device), **self.measure_kwargs,
+                batch=batch, maps=maps, **self.measure_kwargs,
             )  # fmt: skip
         if self.queries is not None:
             record.queries = self._head_query_maps(att, name)

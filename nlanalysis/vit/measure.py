@@ -46,7 +46,7 @@ from . import kernels as _native
 from .attention import HeadAttention
 from .tokens import KEY_SETS, TokenLayout
 
-__all__ = ["KERNELS", "HeadStats", "HeadsBatch", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
+__all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
 _LN2 = math.log(2.0)
 
@@ -273,6 +273,7 @@ def measure_heads(
     batch: HeadsBatch | None = None,
     branch_scale: Tensor | None = None,
     objects: Tensor | None = None,
+    maps: MapStats | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -304,6 +305,8 @@ def measure_heads(
             the same JSD pairs).
         objects: optional int ``[B, H_g, W_g]`` object labels of the patches (0: no object):
             ``att_own_object`` and ``own_object_share`` (NaN without).
+        maps: the map statistics :func:`attend` already computed for ``att`` (then ``batch`` is
+            theirs); only the token statistics are computed here.
     """
     layout = att.layout
     b, heads = att.batch_size, att.num_heads
@@ -313,6 +316,10 @@ def measure_heads(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cos = dict(convention=convention, zero=zero)
+    if maps is not None:
+        if batch is not None and batch is not maps.batch:
+            raise ValueError("maps= were measured with another batch= than the one given")
+        batch = maps.batch
     if batch is None:
         batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
     elif valid is not None or objects is not None:
@@ -344,7 +351,9 @@ def measure_heads(
     km = batch.km
     if km is not None and att.probs is not None:
         km = km.to(att.probs.dtype)
-    if native:
+    if maps is not None:
+        s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
+    elif native:
         s_att, sums, jsd_values = _native_rows(att, km, qmask, batch, chunk_size)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, qmask, plan, chunk_size, batch.objects)
@@ -378,6 +387,54 @@ def measure_heads(
     )  # fmt: skip
 
 
+@dataclass
+class MapStats:
+    """The map statistics of one layer that :func:`attend` computed during the forward, for
+    :func:`measure_heads` (``maps=``): sums of unit rows, row sums, JSD values, and the
+    :class:`HeadsBatch` they were computed with."""
+
+    s_att: Tensor
+    sums: Tensor
+    jsd: tuple[Tensor, Tensor, Tensor] | None
+    batch: HeadsBatch
+
+
+@torch.no_grad()
+def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int | None = None) -> tuple[Tensor, MapStats]:
+    """The layer's attention output and its map statistics from one softmax (native kernels).
+
+    ``softmax(scale * q k^T) @ value`` over every token, as ``F.scaled_dot_product_attention``
+    computes it (no mask, no dropout), while the kernel of :func:`measure_heads` measures the patch
+    queries' rows: a captured forward then computes each layer's softmax once instead of twice.
+    Equal to the fused kernel's output to float32 rounding (tests compare them).
+
+    Args:
+        att: the layer's maps (``keys`` and layout as for :func:`measure_heads`), float32 on the CPU.
+        value: ``[B, heads, N, d_v]`` values.
+        batch: :func:`heads_batch` for these maps.
+        chunk_size: as :func:`measure_heads`.
+
+    Returns:
+        ``(output, maps)``: ``output`` ``[B, heads, N, d_v]`` (a view of a ``[B, N, heads, d_v]``
+        tensor, the layout torch's fused CPU attention returns), and :class:`MapStats` for
+        :func:`measure_heads` ``maps=``.
+
+    Raises:
+        RuntimeError: the native kernels are unavailable (:func:`uses_native`).
+    """
+    layout = att.layout
+    b, heads, n = att.batch_size, att.num_heads, layout.n_tokens
+    if value.dim() != 4 or tuple(value.shape[:3]) != (b, heads, n):
+        raise ValueError(f"value must be [B, heads, N, d_v] with (B, heads, N) = {(b, heads, n)}, got {tuple(value.shape)}")
+    if not (uses_native("auto", att.device) and att.query.dtype == torch.float32 and value.dtype == torch.float32):
+        raise RuntimeError("attend needs the native kernels and float32 CPU tensors (see uses_native)")
+    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(att.device)):
+        raise ValueError(f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; these maps differ")
+    out = torch.empty(b, n, heads, value.shape[3])
+    s_att, sums, jsd = _native_rows(att, batch.km, batch.qmask, batch, chunk_size, value=value, out=out)
+    return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)
+
+
 KERNELS = ("auto", "native", "eager")
 
 
@@ -408,11 +465,19 @@ def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
 
 
 def _native_rows(
-    att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None
+    att: HeadAttention,
+    km: Tensor | None,
+    qmask: Tensor | None,
+    batch: HeadsBatch,
+    chunk_size: int | None,
+    value: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
     of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
-    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.vit.kernels.pair_jsd`."""
+    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.vit.kernels.pair_jsd`.
+    With ``value`` ``[B, heads, N, d_v]``, the kernel also leaves each chunk's softmax in place and
+    the patch queries' attention output ``softmax @ value`` goes to ``out`` ``[B, N, heads, d_v]``."""
     b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
     first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
     kw = km.reshape(b, -1) if km is not None else None
@@ -423,21 +488,28 @@ def _native_rows(
                 torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
     step = _native_chunk(att, chunk_size)
     s_att, sums = None, None
+    attending = value is not None and out is not None
     for start in range(0, nq, step):
         stop = min(start + step, nq)
         # q . k straight from the model's own (strided) q and k, image by image, into a reused buffer (a
-        # fresh multi-MiB tensor costs its page faults every layer); the kernel applies the scale
-        logits = _native.workspace("logits", (b, heads, stop - start, att.key.shape[2]))
+        # fresh multi-MiB tensor costs its page faults every layer); the kernel applies the scale.
+        # Attending, the first chunk also holds the class/register queries' rows (token rows lo:hi).
+        lo, hi = (0 if attending and start == 0 else prefix + start), prefix + stop
+        logits = _native.workspace("logits", (b, heads, hi - lo, att.key.shape[2]))
         for i in range(b):
-            torch.matmul(att.query[i, :, prefix + start : prefix + stop], att.key[i].transpose(-2, -1), out=logits[i])
+            torch.matmul(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=logits[i])
+        pre = prefix + start - lo  # class/register rows in this chunk: only softmaxed, for the model
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         m = qmask[:, start:stop] if qmask is not None else None
         obj = None
         if batch.objects is not None:
             ql, kl, share = batch.objects
             obj = (ql[:, start:stop], kl, share[:, start:stop])
-        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale, objects=obj)
+        probs = logits if attending else None  # the kernel leaves the softmax in place
+        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale, objects=obj, probs=probs, pre=pre)
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
+        if attending:
+            out[:, lo:hi].copy_(torch.matmul(logits, value).transpose(1, 2))
     values = None
     if plan is not None and rows is not None:
         values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b, plan.pair_image, b)  # per image

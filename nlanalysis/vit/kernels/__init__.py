@@ -134,7 +134,7 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable("; ".join(errors[-2:]))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p, p, p, p],
+        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
@@ -228,12 +228,16 @@ def row_stats(
     rows: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     scale: float = 1.0,
     objects: tuple[Tensor, Tensor, Tensor] | None = None,
+    probs: Tensor | None = None,
+    pre: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Statistics of the attention rows of one layer in one pass (see ``row_stats.c``).
 
     Args:
-        logits: ``[B, H, nq, N]`` float32 logits ``q_i . k_j`` of the patch queries over every token;
-            the softmax runs over ``scale * logits`` (``scale > 0``).
+        logits: ``[B, H, pre + nq, N]`` float32 logits ``q_i . k_j`` over every token (``pre`` class/register
+            queries, then the ``nq`` patch queries); the softmax runs over ``scale * logits`` (``scale > 0``).
+            Read in place when contiguous or a slice of rows of a contiguous ``[B, H, rows, N]`` tensor
+            (copied otherwise).
         km: ``[B, K]`` key weights (``K = N - first``) or None; qm: ``[B, nq]`` valid queries or None.
         first: first key token; prefix: class/register tokens.
         rows: rows to hand out renormalised (the JSD's), as ``(sel, table, entropy, ok)``: ``sel``
@@ -243,6 +247,10 @@ def row_stats(
         objects: ``(query_labels [B, nq], key_labels [B, K], query_share [B, nq])``: each query's
             object (``> 0``; 0: none), each key's (``<= 0``: none), and the share of valid keys on the
             query's object; then ``sums`` rows 5-7 hold the own-object statistics.
+        probs: ``[B, H, nq, N]`` float32 strided as ``logits`` (then read in place), filled with each
+            row's softmax over every token (padding queries included: what the model attends with);
+            may be ``logits`` itself.
+        pre: leading rows of ``logits`` only softmaxed into ``probs`` (no statistics; needs ``probs``).
 
     Returns:
         ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
@@ -253,7 +261,10 @@ def row_stats(
     """
     lib = _lib()
     _check_cpu("logits", logits)
-    b, h, nq, n = logits.shape
+    b, h, n_rows, n = logits.shape
+    nq = n_rows - pre
+    if not 0 <= pre <= n_rows or (pre and probs is None):
+        raise ValueError(f"row_stats: pre must be in [0, {n_rows}] and needs probs, got {pre}")
     if not scale > 0:
         raise ValueError(f"row_stats: scale must be > 0, got {scale}")
     if not 0 <= prefix <= n or first not in (0, prefix):
@@ -261,7 +272,9 @@ def row_stats(
     for name, t in (("km", km), ("qm", qm), *((("sel", rows[0]),) if rows is not None else ())):
         _on_cpu(name, t)
     k = n - first
-    logits = logits.contiguous()
+    lbh = logits.stride(1) if h > 1 else n_rows * n
+    if logits.stride()[2:] != (n, 1) or lbh < n_rows * n or (b > 1 and logits.stride(0) != h * lbh):
+        logits, lbh = logits.contiguous(), n_rows * n  # rows of a contiguous [B, H, rows, N] are read in place
     km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
     qm = None if qm is None else qm.reshape(b, nq).to(torch.uint8).contiguous()
     s = torch.empty(b, h + 1, k)
@@ -285,9 +298,17 @@ def row_stats(
                 raise ValueError(f"row_stats: {name} must be a contiguous {dtype} CPU tensor {shape}, got {t.dtype} {tuple(t.shape)}")
         if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
             raise ValueError(f"row_stats: sel points past the table's {size} rows")
+    if probs is not None and (
+        probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape != logits.shape
+        or (probs.data_ptr() != logits.data_ptr() and probs.stride() != logits.stride())
+    ):  # fmt: skip
+        raise ValueError(
+            f"row_stats: probs must be a float32 CPU tensor {tuple(logits.shape)} strided as the logits, "
+            f"got {probs.dtype} {tuple(probs.shape)} strides {probs.stride()}"
+        )
     rc = lib.nl_row_stats(
-        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, first, prefix,
-        _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok),
+        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, lbh, pre, first, prefix,
+        _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("row_stats: could not allocate its per-thread buffers")

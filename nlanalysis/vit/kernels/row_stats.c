@@ -7,7 +7,10 @@
  * loaded its libgomp.so.1, so this library shares torch's thread pool instead of starting another.
  *
  * Layout (C order, all contiguous):
- *   logits  [B, H, nq, N]  logits q_i . k_j of the patch queries over every token, times `scale` (> 0)
+ *   logits  [B, H, pre + nq, N]  logits q_i . k_j over every token, times `scale` (> 0): `pre` rows only
+ *                          softmaxed into `probs` (class/register queries; 0 without probs), then the
+ *                          nq patch queries; rows contiguous, `lbh` floats from one (image, head) block
+ *                          to the next ((pre + nq) N when contiguous; more when it is a slice of rows)
  *   km      [B, K]         key weights (1 image patch, 0 padding) or NULL; K = N - first
  *   qm      [B, nq]        1 for valid queries or NULL
  *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
@@ -22,6 +25,9 @@
  *                          mass on keys of that object, the object's share of keys, and their number
  *   table   [S, H+1, K]    out: selected rows renormalised; table_ent [S, H+1] their entropies, table_ok
  *                          [S, H+1] 1 where the row is not all zero (entropy defined)
+ *   probs   [B, H, pre+nq, N] out (strides as logits), or NULL: the softmax of every row over every token (padding queries
+ *                          included), for the model's own attention output; may be `logits` itself
+ *                          (each element is written after its logit's last read)
  *
  * Compiled with -ffast-math (for glibc's vectorised expf/logf), so no NaN is ever produced or tested
  * here: undefined values are flagged in *_ok arrays and turned into NaN by the Python caller.
@@ -42,7 +48,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 1; }
+int nl_row_stats_version(void) { return 2; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -99,11 +105,24 @@ static inline void add_row(double *ts, int64_t stride, float *acc, const float *
     }
 }
 
+/* out = softmax(scale l) over N entries (tmp: N floats of scratch; out may be l) */
+static inline void softmax_row(const float *l, float *out, int64_t N, float scale, float *tmp) {
+    float mx = l[0];
+    for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
+    float z = 0.f;
+    for (int64_t j = 0; j < N; ++j) {
+        tmp[j] = exp_nonpositive((l[j] - mx) * scale);
+        z += tmp[j];
+    }
+    const float iz = 1.f / z;
+    for (int64_t j = 0; j < N; ++j) out[j] = tmp[j] * iz;
+}
+
 int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel,
                  const int32_t *qlab, const int32_t *klab, const float *qshare, int64_t B, int64_t H, int64_t nq, int64_t N,
-                 int64_t first, int64_t prefix, float *s, double *sums, float *table, float *table_ent,
-                 uint8_t *table_ok) {
-    const int64_t K = N - first, H1 = H + 1;
+                 int64_t lbh, int64_t pre, int64_t first, int64_t prefix, float *s, double *sums, float *table,
+                 float *table_ent, uint8_t *table_ok, float *probs) {
+    const int64_t K = N - first, H1 = H + 1, R = pre + nq;
     int failed = 0;
     memset(s, 0, sizeof(float) * B * H1 * K);
     memset(sums, 0, sizeof(double) * 8 * B * H1);
@@ -121,50 +140,72 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t task = 0; task < B * nq; ++task) {
+        for (int64_t task = 0; task < B * R; ++task) {
             int stop;
 #pragma omp atomic read
             stop = failed;
             if (stop) continue;
-            const int64_t b = task / nq, i = task % nq;
-            const int valid = qm ? qm[task] != 0 : 1;
+            const int64_t b = task / R, row_i = task % R;
+            if (row_i < pre) { /* a class/register query: its softmax for the model, no statistics */
+                for (int64_t h = 0; h < H; ++h) {
+                    const int64_t at = (b * H + h) * lbh + row_i * N;
+                    softmax_row(logits + at, probs + at, N, scale, buf);
+                }
+                continue;
+            }
+            const int64_t i = row_i - pre, qi = b * nq + i; /* patch query i of image b */
+            const int valid = qm ? qm[qi] != 0 : 1;
             if (!valid) { /* a padding query adds nothing: skip its rows (a table row for it says "no row") */
-                const int64_t row = sel ? sel[task] : -1;
+                const int64_t row = sel ? sel[qi] : -1;
                 for (int64_t h = 0; row >= 0 && h < H1; ++h) {
                     table_ent[row * H1 + h] = 0.f;
                     table_ok[row * H1 + h] = 0;
+                }
+                for (int64_t h = 0; probs && h < H; ++h) { /* the model still attends from it */
+                    const int64_t at = (b * H + h) * lbh + row_i * N;
+                    softmax_row(logits + at, probs + at, N, scale, buf);
                 }
                 continue;
             }
             const float *w = km ? km + b * K : ones;
             const int32_t *kl = (qlab && klab) ? klab + b * K : NULL;
-            const int32_t li = kl ? qlab[task] : 0;
-            const float qs = kl ? qshare[task] : 0.f;
+            const int32_t li = kl ? qlab[qi] : 0;
+            const float qs = kl ? qshare[qi] : 0.f;
             float *mean = buf + H * N + first; /* K entries */
             double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
             for (int64_t j = 0; j < K; ++j) mean[j] = 0.f;
             double pre_mean = 0.0;
             for (int64_t h = 0; h < H; ++h) {
-                const float *l = logits + ((b * H + h) * nq + i) * N;
+                const float *l = logits + (b * H + h) * lbh + row_i * N;
                 float *p = buf + h * N;
                 float mx = l[0];
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
-                float z = 0.f;
-                for (int64_t j = 0; j < N; ++j) {
+                /* e_j = exp(x_j), x_j = (l_j - max) scale; rdw = sum_j e_j w_j x_j over the keys (for the entropy) */
+                float z = 0.f, rdw = 0.f;
+                for (int64_t j = 0; j < first; ++j) {
                     p[j] = exp_nonpositive((l[j] - mx) * scale);
                     z += p[j];
                 }
-                const float iz = 1.f / z, logz = logf(z);
-                float pr = 0.f;
-                for (int64_t j = 0; j < prefix; ++j) pr += p[j];
-                float t = 0.f, rd = 0.f, pk = 0.f;
                 float *r = p + first;
                 const float *d = l + first;
+                for (int64_t j = 0; j < K; ++j) {
+                    const float x = (d[j] - mx) * scale, e = exp_nonpositive(x);
+                    r[j] = e;
+                    z += e;
+                    rdw += e * w[j] * x;
+                }
+                const float iz = 1.f / z, logz = logf(z), rd = rdw * iz;
+                float pr = 0.f;
+                for (int64_t j = 0; j < prefix; ++j) pr += p[j];
+                if (probs) { /* the plain softmax, for the model: l is not read again, so probs may be logits */
+                    float *out = probs + (b * H + h) * lbh + row_i * N;
+                    for (int64_t j = 0; j < N; ++j) out[j] = p[j] * iz;
+                }
+                float t = 0.f, pk = 0.f;
                 for (int64_t j = 0; j < K; ++j) {
                     const float v = r[j] * iz * w[j];
                     r[j] = v;
                     t += v;
-                    rd += v * ((d[j] - mx) * scale);
                     pk = v > pk ? v : pk;
                     mean[j] += v;
                 }
@@ -192,7 +233,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
                 add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H, kl, li, qs);
             }
-            const int64_t row = sel ? sel[task] : -1;
+            const int64_t row = sel ? sel[qi] : -1;
             if (row >= 0) {
                 for (int64_t h = 0; h < H1; ++h) {
                     const int ok = valid && tot[h] > 0.0;

@@ -1,0 +1,141 @@
+"""One softmax per layer: the model's attention output from the measured maps equals torch's fused
+kernel, the statistics equal those of the separate pass, and every call it cannot answer exactly is
+left to torch."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import randomize_
+from nlanalysis.vit import ViTCapture, kernels
+from nlanalysis.vit.attention import HeadAttention
+from nlanalysis.vit.measure import attend, heads_batch, measure_heads
+from nlanalysis.vit.shared_softmax import SharedSoftmax, sdpa_arguments
+from nlanalysis.vit.tokens import TokenLayout
+
+timm_vit = pytest.importorskip("timm.models.vision_transformer")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"no native kernels here: {kernels.why_unavailable()}")
+FIELDS = ("input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
+          "att_prefix_mass", "att_own_object", "own_object_share")  # fmt: skip
+
+
+def _qkv(b=3, heads=4, layout=TokenLayout((5, 6), 1, 2), d=16, seed=0, sharp=2.0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(b, layout.n_tokens, 3, heads, d, generator=g).permute(2, 0, 3, 1, 4)  # strided, as timm's
+    return qkv[0] * sharp, qkv[1] * sharp, qkv[2]
+
+
+def test_row_kernel_leaves_the_softmax_of_every_row_in_place():
+    """probs= (here the logits themselves, a slice of rows of a bigger buffer) holds softmax(scale * logits)
+    after the call, padding queries included, while the statistics are those of the plain call."""
+    g = torch.Generator().manual_seed(1)
+    buf = torch.randn(2, 3, 9, 11, generator=g) * 4
+    rows = buf[:, :, 2:]  # 7 patch queries after 2 prefix rows: read in place through the row stride
+    want = torch.softmax(rows.double() * 0.7, -1).float()
+    qm = torch.ones(2, 7, dtype=torch.bool)
+    qm[1, 3:] = False
+    s0, sums0 = kernels.row_stats(rows.clone(), None, qm, 2, 2, scale=0.7)
+    before, whole = buf[:, :, :2].clone(), buf.clone()
+    s1, sums1 = kernels.row_stats(rows, None, qm, 2, 2, scale=0.7, probs=rows)
+    assert torch.allclose(rows, want, rtol=2e-6, atol=1e-9)
+    assert torch.equal(buf[:, :, :2], before)  # the rows outside the view are untouched
+    assert torch.allclose(s0, s1, atol=1e-6) and torch.allclose(sums0, sums1, rtol=1e-6)
+    # pre=2: the two class/register rows ahead of the patch queries are softmaxed too, and only that
+    s2, sums2 = kernels.row_stats(whole, None, qm, 2, 2, scale=0.7, probs=whole, pre=2)
+    assert torch.allclose(whole, torch.cat([torch.softmax(before.double() * 0.7, -1).float(), want], 2), rtol=2e-6, atol=1e-9)
+    assert torch.allclose(s0, s2, atol=1e-6) and torch.allclose(sums0, sums2, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs probs"):
+        kernels.row_stats(whole, None, qm, 2, 2, pre=2)
+    with pytest.raises(ValueError, match="strided as the logits"):
+        kernels.row_stats(torch.randn(2, 3, 7, 11), None, None, 2, 2, probs=torch.empty(2, 3, 11, 7).transpose(2, 3))
+
+
+@pytest.mark.parametrize("keys", ["patch", "all"])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_attend_equals_fused_attention_and_the_separate_statistics(keys, chunk_size):
+    layout = TokenLayout((5, 6), 1, 2)
+    q, k, v = _qkv(layout=layout)
+    valid = torch.ones(3, 5, 6, dtype=torch.bool)
+    valid[0, :, 4:] = valid[2, 3:] = False
+    objects = torch.randint(0, 3, (3, 5, 6), generator=torch.Generator().manual_seed(2))
+    x, branch = torch.randn(3, layout.n_tokens, 20), torch.randn(3, layout.n_tokens, 20)
+    att = HeadAttention(q, k, 0.25, layout, keys)
+    batch = heads_batch(layout, keys, 3, valid, jsd_pairs=16, generator=torch.Generator().manual_seed(3), objects=objects)
+    out, maps = attend(att, v, batch, chunk_size)
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.25).float()
+    assert out.shape == want.shape and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert out.transpose(1, 2).is_contiguous()  # the layout torch's fused CPU kernel returns
+    shared = measure_heads(att, x, branch, maps=maps)
+    separate = measure_heads(att, x, branch, batch=batch, kernels="eager")
+    for name in FIELDS:
+        a, b = getattr(shared, name).double(), getattr(separate, name).double()
+        assert torch.allclose(a, b, atol=2e-6, equal_nan=True), (name, a, b)
+    with pytest.raises(ValueError, match="another batch"):
+        measure_heads(att, x, branch, maps=maps, batch=heads_batch(layout, keys, 3))
+    with pytest.raises(ValueError, match="value must be"):
+        attend(att, v[:, :, 1:], batch)
+
+
+def _timm(**kw):
+    args = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=0, qkv_bias=True, init_values=0.5)
+    return randomize_(timm_vit.VisionTransformer(**{**args, **kw}), std=0.2).eval()
+
+
+def test_capture_answers_the_models_attention_from_the_measured_maps():
+    model = _timm(reg_tokens=2)
+    x = torch.randn(3, 3, 28, 28)
+    calls = []
+    real = F.scaled_dot_product_attention
+    with torch.no_grad():
+        bare = model(x)
+        runs = {}
+        for share in (True, False):
+            with ViTCapture(model, jsd_pairs=10_000, share_softmax=share) as cap, SharedSoftmax(lambda c: calls.append(1)):
+                runs[share] = (model(x), cap.records)
+    assert len(calls) == 2  # a mode outside sees the two calls of the run that left them to torch, not the answered ones
+    assert torch.equal(runs[False][0], bare)  # share_softmax=False: torch computes every op
+    assert torch.allclose(runs[True][0], bare, rtol=1e-4, atol=1e-5) and not torch.equal(runs[True][0], bare)
+    for a, b in zip(runs[True][1], runs[False][1]):
+        for name in FIELDS:
+            assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
+    assert F.scaled_dot_product_attention is real and torch._C._len_torch_function_stack() == 0
+
+
+def test_calls_it_cannot_answer_exactly_go_to_torch():
+    """Eager kernels, gradients, masks: torch's own attention runs (outputs bit-identical to a bare forward)."""
+    model = _timm()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        bare = model(x)
+    with torch.no_grad(), ViTCapture(model, kernels="eager") as cap:
+        assert torch.equal(model(x), bare) and len(cap.records) == 2
+    with ViTCapture(model) as cap:  # gradients on: the attention call must stay differentiable
+        y = model(x.requires_grad_())
+        assert torch.equal(y.detach(), bare)
+        y.sum().backward()
+    assert x.grad is not None and len(cap.records) == 2
+    q, k, v = _qkv(b=1, layout=TokenLayout((2, 2), 1, 0))
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+    named = sdpa_arguments((q, k, v), {"attn_mask": mask})
+    assert named["attn_mask"] is mask and named["dropout_p"] == 0.0 and sdpa_arguments((q,), {"bogus": 1}) is None
+
+
+def test_non_finite_queries_get_torchs_attention():
+    """A NaN the kernels could hide (they assume finite logits) reaches the model's output as in a bare forward."""
+    model = _timm()
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight[3, 0] = float("nan")  # one query coordinate of head 0 in layer 1
+        x = torch.randn(2, 3, 28, 28)
+        bare = model(x)
+        with ViTCapture(model) as cap:
+            y = model(x)
+    assert torch.isnan(bare).any() and torch.equal(torch.isnan(y), torch.isnan(bare))
+    assert torch.allclose(y.nan_to_num(), bare.nan_to_num(), rtol=1e-4, atol=1e-5) and len(cap.records) == 2
+
+
+def test_the_mode_is_left_even_when_the_forward_fails():
+    model = _timm()
+    with ViTCapture(model) as cap:
+        cap.set_valid(torch.ones(5, 28, 28, dtype=torch.bool))  # batch 5 for a batch of 2: the first layer refuses
+        with pytest.raises(ValueError, match="valid-pixel mask"):
+            model(torch.randn(2, 3, 28, 28))
+        assert torch._C._len_torch_function_stack() == 0
