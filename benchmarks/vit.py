@@ -14,8 +14,11 @@ same machine load:
                    every head of every layer (and the head mean): input / output / att distances,
                    entropy, max weight, prefix mass, and JSD on ``--jsd-pairs`` sampled pairs;
                    with the native kernels of :mod:`nlanalysis.vit.kernels` (the default where
-                   they build; built before timing);
+                   they build; built before timing), each layer's attention output computed from
+                   the measured softmax (``share_softmax``, the default);
 * ``no JSD``    -- the analysis with ``jsd_pairs=0``;
+* ``two softmaxes`` -- the analysis with ``share_softmax=False``: torch's fused attention runs as in
+                   the bare forward and the kernels recompute the softmax;
 * ``eager``     -- the analysis in eager PyTorch (``kernels="eager"``: what runs without a C
                    compiler); ``eager, no JSD`` the same with ``jsd_pairs=0``.
 
@@ -65,8 +68,9 @@ def main() -> None:
     def bare() -> None:
         model(x)
 
-    def analysis(pairs: int, kernels: str) -> None:
-        with ViTCapture(model, jsd_pairs=pairs, kernels=kernels, keep_records=False, on_record=lambda r: None) as cap:
+    def analysis(pairs: int, kernels: str, share: bool = True) -> None:
+        with ViTCapture(model, jsd_pairs=pairs, kernels=kernels, keep_records=False, on_record=lambda r: None,
+                        share_softmax=share) as cap:  # fmt: skip
             cap.set_valid(valid)
             model(x)
 
@@ -77,6 +81,7 @@ def main() -> None:
     if native:
         configs["analysis"] = lambda: analysis(args.jsd_pairs, "native")
         configs["no JSD"] = lambda: analysis(0, "native")
+        configs["two softmaxes"] = lambda: analysis(args.jsd_pairs, "native", share=False)
     if not args.native_only or not native:
         configs["eager"] = lambda: analysis(args.jsd_pairs, "eager")
         configs["eager, no JSD"] = lambda: analysis(0, "eager")

@@ -139,3 +139,22 @@ def test_the_mode_is_left_even_when_the_forward_fails():
         with pytest.raises(ValueError, match="valid-pixel mask"):
             model(torch.randn(2, 3, 28, 28))
         assert torch._C._len_torch_function_stack() == 0
+
+
+def test_hugging_face_sdpa_attention_is_answered_too():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                    patch_size=4, image_size=16, attn_implementation="sdpa")  # fmt: skip
+    model = randomize_(transformers.Dinov2Model(cfg), std=0.2).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        bare = model(x).last_hidden_state
+        runs = {}
+        for share in (True, False):
+            with ViTCapture(model, jsd_pairs=10_000, share_softmax=share) as cap:
+                runs[share] = (model(x).last_hidden_state, cap.records)
+    assert torch.equal(runs[False][0], bare)
+    assert torch.allclose(runs[True][0], bare, rtol=1e-4, atol=1e-5) and not torch.equal(runs[True][0], bare)
+    for a, b in zip(runs[True][1], runs[False][1]):
+        for name in FIELDS:
+            assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
