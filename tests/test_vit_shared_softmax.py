@@ -158,3 +158,107 @@ def test_hugging_face_sdpa_attention_is_answered_too():
     for a, b in zip(runs[True][1], runs[False][1]):
         for name in FIELDS:
             assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
+
+
+def _stats(records):
+    return [{name: getattr(r.stats, name).clone() for name in FIELDS} for r in records]
+
+
+def _same(a, b, atol=2e-6):
+    for ra, rb in zip(a, b, strict=True):
+        for name in FIELDS:
+            assert torch.allclose(ra[name], rb[name], atol=atol, equal_nan=True), name
+
+
+def test_a_forward_that_fails_after_attending_leaves_nothing_for_the_next():
+    """Review finding: maps measured before a failure must not be reused by the next forward."""
+    model = _timm(depth=1)
+    x1, x2 = torch.randn(2, 3, 28, 28), torch.randn(2, 3, 28, 28)
+    fail = model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with torch.no_grad(), ViTCapture(model, jsd_pairs=10_000) as cap:  # every pair: no sampling to line up
+        with pytest.raises(RuntimeError, match="boom"):
+            model(x1)
+        fail.remove()
+        model(x2)
+        assert cap.shared_calls == 2
+    with torch.no_grad(), ViTCapture(model, jsd_pairs=10_000, share_softmax=False) as plain:
+        model(x2)
+    _same(_stats(cap.records), _stats(plain.records))
+
+
+def test_an_interrupted_forward_leaves_no_mode_behind():
+    model = _timm(depth=1)
+    stop = model.blocks[0].attn.proj.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with torch.no_grad(), ViTCapture(model) as cap:
+        with pytest.raises(KeyboardInterrupt):  # forward hooks with always_call do not run for a BaseException
+            model(torch.randn(1, 3, 28, 28))
+    stop.remove()
+    assert torch._C._len_torch_function_stack() == 0 and cap.shared_calls == 1
+    q, k, v = _qkv(b=1, layout=TokenLayout((2, 2), 1, 0))
+    assert torch.equal(F.scaled_dot_product_attention(q, k, v), F.scaled_dot_product_attention(q.clone(), k.clone(), v.clone()))
+    assert cap.shared_calls == 1  # a call outside the capture is torch's
+
+
+def test_a_declined_call_keeps_the_forwards_jsd_pairs():
+    """Layers of one forward share their sampled JSD pairs even where a call went to torch."""
+    model = _timm(depth=2)
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight[3, 0] = float("nan")  # layer 1, head 0: its output is not finite, declined
+        x = torch.randn(2, 3, 28, 28)
+        runs = []
+        for share in (True, False):
+            with ViTCapture(model, jsd_pairs=8, share_softmax=share) as cap:
+                model(x)
+            runs.append((_stats(cap.records), cap.shared_calls))
+    assert runs[0][1] == 1 and runs[1][1] == 0  # layer 0 answered, layer 1 declined
+    assert runs[0][0][1]["att_jsd"][:, 1:4].isfinite().all()  # heads 1-3 of layer 1 are measured: same pairs
+    _same(runs[0][0], runs[1][0])
+
+
+def test_calls_with_a_scale_torch_accepts_but_the_kernels_do_not_go_to_torch(monkeypatch):
+    import timm.layers.attention as timm_attention
+
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(timm_attention, "F", type("F", (), {"scaled_dot_product_attention": staticmethod(
+        lambda q, k, v, **kw: real(q, k, v, scale=-0.1, **kw))}))  # fmt: skip
+    model = _timm(depth=1)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        bare = model(x)
+        with ViTCapture(model) as cap:
+            assert torch.equal(model(x), bare)
+    assert cap.shared_calls == 0 and len(cap.records) == 1
+
+
+def test_families_that_do_not_call_sdpa_run_untouched():
+    """torchvision's MultiheadAttention (its fast path needs no active torch function mode) and timm's
+    unfused path: bit-identical to a bare forward, nothing answered, and run.json says torch."""
+    tv = pytest.importorskip("torchvision.models.vision_transformer")
+    torchvision_vit = randomize_(tv.VisionTransformer(image_size=28, patch_size=7, num_layers=2, num_heads=4,
+                                                      hidden_dim=32, mlp_dim=64), std=0.2).eval()  # fmt: skip
+    unfused = _timm()
+    for blk in unfused.blocks:
+        blk.attn.fused_attn = False
+    x = torch.randn(2, 3, 28, 28)
+    for model in (torchvision_vit, unfused):
+        with torch.no_grad():
+            bare = model(x)
+            with ViTCapture(model) as cap:
+                assert torch.equal(model(x), bare)
+        assert cap.shared_calls == 0 and len(cap.records) == 2
+    from nlanalysis.extract.analyses import ViTAnalysis
+
+    assert ViTAnalysis(unfused, size=28).describe()["model_attention"] == "torch"
+    assert ViTAnalysis(_timm(), size=28).describe()["model_attention"].startswith("shared softmax in 2 of 2 layers")
+
+
+def test_row_kernel_probs_layouts():
+    """One head, several images: a slice of rows is read and written in place; probs strided otherwise is refused."""
+    buf = torch.randn(3, 1, 6, 5)
+    rows = buf[:, :, 1:]
+    want = torch.softmax(rows.double() * 0.5, -1).float()
+    kernels.row_stats(rows, None, None, 1, 1, scale=0.5, probs=rows)
+    assert torch.allclose(rows, want, rtol=2e-6, atol=1e-9)
+    logits = torch.randn(2, 3, 5, 5)
+    with pytest.raises(ValueError, match="strided as the logits"):
+        kernels.row_stats(logits, None, None, 1, 1, probs=logits.transpose(2, 3))

@@ -101,6 +101,13 @@ class ViTAttentionAdapter(BlockAdapter):
     def qk_from_taps(self, module: nn.Module, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def calls_sdpa(self, module: nn.Module) -> bool:
+        """Whether the module's forward computes attention with one ``F.scaled_dot_product_attention``
+        call on ``[B, heads, N, d]`` q/k/v (then :class:`nlanalysis.vit.ViTCapture` may answer it from
+        the measured maps, :mod:`nlanalysis.vit.shared_softmax`). Families that do not say so keep
+        every op of their forward to torch."""
+        return False
+
     def out_proj(self, module: nn.Module) -> nn.Module | None:
         """The output projection (a Linear over concatenated heads), if the forward calls it as a module
         (so a pre-hook sees the per-head outputs); ``None`` if it is applied functionally."""
@@ -231,6 +238,9 @@ class TimmViTAdapter(ViTAttentionAdapter):
 
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
         return {"qkv": module.qkv}
+
+    def calls_sdpa(self, module: nn.Module) -> bool:
+        return bool(getattr(module, "fused_attn", False))
 
     def qk_from_taps(self, module: nn.Module, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         q, k, _ = self._split(module, outputs["qkv"])
@@ -375,6 +385,10 @@ class HFViTAdapter(ViTAttentionAdapter):
     def taps(self, module: nn.Module) -> dict[str, nn.Module]:
         q, k, _, _ = self._linears(module)
         return {"q": q, "k": k}
+
+    def calls_sdpa(self, module: nn.Module) -> bool:
+        config = getattr(self._inner(module), "config", None)  # transformers picks the kernel per call from it
+        return getattr(config, "_attn_implementation", None) == "sdpa"
 
     def qk_from_taps(self, module: nn.Module, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         h = self.num_heads(module)

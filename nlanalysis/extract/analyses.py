@@ -480,12 +480,24 @@ class ViTAnalysis(Analysis):
             "preprocess": self.preprocess_dict(),
             "padding": VIT_PADDING[self.preprocessing],
             "statistics": self.statistics_implementation(),
-            "model_attention": (
-                "shared softmax: each layer's fused attention call is answered from the measured maps "
-                "(nlanalysis.vit.shared_softmax; equal to torch's kernel to float32 rounding)"
-                if self.statistics_implementation() == "native kernels" else "torch"
-            ),
+            "model_attention": self.model_attention(),
         }
+
+    def model_attention(self) -> str:
+        """Who computes the model's attention output while it is measured: ``"torch"``, or the shared
+        softmax (:mod:`nlanalysis.vit.shared_softmax`) in the layers whose module calls
+        ``scaled_dot_product_attention`` (with the native kernels)."""
+        if self.statistics_implementation() != "native kernels":
+            return "torch"
+        modules = dict(self.model.named_modules())
+        layers = [(modules[b.name], b.adapter) for b in list_blocks(self.model) if b.name in self.blocks]
+        shared = sum(adapter.calls_sdpa(module) for module, adapter in layers)
+        if not shared:
+            return "torch"
+        return (
+            f"shared softmax in {shared} of {len(layers)} layers: their scaled_dot_product_attention call is answered "
+            "from the measured maps (nlanalysis.vit.shared_softmax; equal to torch's kernel to float32 rounding)"
+        )
 
     def statistics_implementation(self) -> str:
         """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``kernels``)."""

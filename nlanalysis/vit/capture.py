@@ -33,7 +33,7 @@ from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, cell_centres, valid_cells
 from .attention import HeadAttention
 from .measure import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
-from .shared_softmax import SharedSoftmax
+from .shared_softmax import SharedSoftmax, innermost
 from .tokens import KEY_SETS, TokenLayout, layout_of
 
 __all__ = ["LayerRecord", "ViTCapture"]
@@ -203,10 +203,18 @@ class ViTCapture(Capture):
         self.share_softmax = share_softmax and stats and not recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
+        self._modes: list[tuple[SharedSoftmax, list[SharedSoftmax], list[bool]]] = []
+        #: attention calls answered from the measured maps (``share_softmax``), over all forwards
+        self.shared_calls = 0
 
     def remove(self) -> None:
         """Remove every hook (idempotent) and drop tensors held between hooks."""
         super().remove()
+        for mode, active, alive in self._modes:  # a forward interrupted by a BaseException skips ``leave``
+            alive[0] = False  # a mode that cannot be popped (not innermost) declines every call from now on
+            if active and innermost(mode):
+                active.pop().__exit__(None, None, None)
+        self._modes.clear()
         self._seen.clear()
         self._batch = None
 
@@ -263,10 +271,15 @@ class ViTCapture(Capture):
         attention call with :func:`~nlanalysis.vit.measure.attend` (the maps and statistics go to
         ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
         heads = adapter.num_heads(module)
+        alive = [True]
 
         def handler(call: dict[str, Any]) -> Tensor | None:
-            q, k, v = call["query"], call["key"], call["value"]
-            if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"] or "maps" in seen:
+            q, k, v, scale = call["query"], call["key"], call["value"], call["scale"]
+            if not alive[0] or "maps" in seen or "batch" in seen:  # removed, or a second call in this forward
+                return None
+            if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"]:
+                return None
+            if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
                 return None
             if not all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
                 return None
@@ -281,23 +294,28 @@ class ViTCapture(Capture):
             except ValueError:  # the record's hook reports it
                 return None
             with torch.no_grad():
-                att = HeadAttention(q, k, call["scale"] if call["scale"] is not None else d**-0.5, layout, self.keys)
-                out, maps = attend(att, v, self._heads_batch(index, layout, b, q.device), self.measure_kwargs["chunk_size"])
+                att = HeadAttention(q, k, scale if scale is not None else d**-0.5, layout, self.keys)
+                batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
+                out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"])
                 if not bool(torch.isfinite(out.sum())):  # a NaN/inf in q, k or v: torch's kernel, the plain path
                     return None
             seen["maps"] = (maps, att)
+            self.shared_calls += 1
             return out
 
         mode = SharedSoftmax(handler)
         active: list[SharedSoftmax] = []
+        self._modes.append((mode, active, alive))
 
         def enter(mod: nn.Module, args: tuple) -> None:
-            if not active:
+            seen.pop("maps", None)  # left by a forward that failed after its attention call
+            seen.pop("batch", None)
+            if not active and adapter.calls_sdpa(mod):
                 mode.__enter__()
                 active.append(mode)
 
         def leave(mod: nn.Module, args: tuple, output: Any) -> None:
-            if active:
+            if active and innermost(mode):  # never pop a mode pushed inside the forward and left there
                 active.pop().__exit__(None, None, None)
 
         self._handles.append(module.register_forward_pre_hook(enter))
@@ -349,7 +367,7 @@ class ViTCapture(Capture):
             if proj_in is None:
                 proj_in = adapter.head_values(module, tokens)
             gram = _gram(module, adapter, gamma if use_block else None, q.device)
-            batch = maps.batch if maps is not None else self._heads_batch(index, layout, b, q.device)
+            batch = seen.get("batch") or self._heads_batch(index, layout, b, q.device)  # type: ignore[assignment]
             record.stats = measure_heads(
                 att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
                 batch=batch, maps=maps, **self.measure_kwargs,

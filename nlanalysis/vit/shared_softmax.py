@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SharedSoftmax", "sdpa_arguments"]
+__all__ = ["SharedSoftmax", "innermost", "sdpa_arguments"]
 
 _SDPA = F.scaled_dot_product_attention
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -30,6 +31,12 @@ def sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None
         return None
     named = dict(_DEFAULTS, **dict(zip(_NAMES, args)), **kwargs)
     return named if all(name in named for name in _NAMES[:3]) else None
+
+
+def innermost(mode: TorchFunctionMode) -> bool:
+    """Whether ``mode`` is the innermost active torch function mode (so leaving it pops it, not another)."""
+    n = torch._C._len_torch_function_stack()
+    return n > 0 and torch._C._get_function_stack_at(n - 1) is mode
 
 
 class SharedSoftmax(TorchFunctionMode):

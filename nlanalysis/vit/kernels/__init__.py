@@ -272,7 +272,7 @@ def row_stats(
     for name, t in (("km", km), ("qm", qm), *((("sel", rows[0]),) if rows is not None else ())):
         _on_cpu(name, t)
     k = n - first
-    lbh = logits.stride(1) if h > 1 else n_rows * n
+    lbh = logits.stride(1) if h > 1 else (logits.stride(0) if b > 1 else n_rows * n)  # one (image, head) to the next
     if logits.stride()[2:] != (n, 1) or lbh < n_rows * n or (b > 1 and logits.stride(0) != h * lbh):
         logits, lbh = logits.contiguous(), n_rows * n  # rows of a contiguous [B, H, rows, N] are read in place
     km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
@@ -300,7 +300,7 @@ def row_stats(
             raise ValueError(f"row_stats: sel points past the table's {size} rows")
     if probs is not None and (
         probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape != logits.shape
-        or (probs.data_ptr() != logits.data_ptr() and probs.stride() != logits.stride())
+        or probs.stride() != logits.stride()  # written with the logits' strides (after any copy of them)
     ):  # fmt: skip
         raise ValueError(
             f"row_stats: probs must be a float32 CPU tensor {tuple(logits.shape)} strided as the logits, "

@@ -7,10 +7,10 @@
  * loaded its libgomp.so.1, so this library shares torch's thread pool instead of starting another.
  *
  * Layout (C order, all contiguous):
- *   logits  [B, H, pre + nq, N]  logits q_i . k_j over every token, times `scale` (> 0): `pre` rows only
+ *   logits  [B, H, n_pre + nq, N]  logits q_i . k_j over every token, times `scale` (> 0): `n_pre` rows only
  *                          softmaxed into `probs` (class/register queries; 0 without probs), then the
  *                          nq patch queries; rows contiguous, `lbh` floats from one (image, head) block
- *                          to the next ((pre + nq) N when contiguous; more when it is a slice of rows)
+ *                          to the next ((n_pre + nq) N when contiguous; more when it is a slice of rows)
  *   km      [B, K]         key weights (1 image patch, 0 padding) or NULL; K = N - first
  *   qm      [B, nq]        1 for valid queries or NULL
  *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
@@ -25,7 +25,7 @@
  *                          mass on keys of that object, the object's share of keys, and their number
  *   table   [S, H+1, K]    out: selected rows renormalised; table_ent [S, H+1] their entropies, table_ok
  *                          [S, H+1] 1 where the row is not all zero (entropy defined)
- *   probs   [B, H, pre+nq, N] out (strides as logits), or NULL: the softmax of every row over every token (padding queries
+ *   probs   [B, H, n_pre+nq, N] out (strides as logits), or NULL: the softmax of every row over every token (padding queries
  *                          included), for the model's own attention output; may be `logits` itself
  *                          (each element is written after its logit's last read)
  *
@@ -125,9 +125,9 @@ static inline void softmax_row(const float *l, float *out, int64_t N, float scal
 
 int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel,
                  const int32_t *qlab, const int32_t *klab, const float *qshare, int64_t B, int64_t H, int64_t nq, int64_t N,
-                 int64_t lbh, int64_t pre, int64_t first, int64_t prefix, float *s, double *sums, float *table,
+                 int64_t lbh, int64_t n_pre, int64_t first, int64_t prefix, float *s, double *sums, float *table,
                  float *table_ent, uint8_t *table_ok, float *probs) {
-    const int64_t K = N - first, H1 = H + 1, R = pre + nq;
+    const int64_t K = N - first, H1 = H + 1, R = n_pre + nq;
     int failed = 0;
     memset(s, 0, sizeof(float) * B * H1 * K);
     memset(sums, 0, sizeof(double) * 8 * B * H1);
@@ -151,14 +151,14 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             stop = failed;
             if (stop) continue;
             const int64_t b = task / R, row_i = task % R;
-            if (row_i < pre) { /* a class/register query: its softmax for the model, no statistics */
+            if (row_i < n_pre) { /* a class/register query: its softmax for the model, no statistics */
                 for (int64_t h = 0; h < H; ++h) {
                     const int64_t at = (b * H + h) * lbh + row_i * N;
                     softmax_row(logits + at, probs + at, N, scale, buf);
                 }
                 continue;
             }
-            const int64_t i = row_i - pre, qi = b * nq + i; /* patch query i of image b */
+            const int64_t i = row_i - n_pre, qi = b * nq + i; /* patch query i of image b */
             const int valid = qm ? qm[qi] != 0 : 1;
             if (!valid) { /* a padding query adds nothing: skip its rows (a table row for it says "no row") */
                 const int64_t row = sel ? sel[qi] : -1;
