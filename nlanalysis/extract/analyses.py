@@ -15,8 +15,8 @@ and what ``run.json`` records about the model. A new kind of model is one subcla
   centred pad-to-square (``pad``, the default: padded patches are excluded from every statistic) or
   resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see :mod:`nlanalysis.vit.preprocess`.
   With COCO annotations, ``att_own_object`` / ``own_object_share`` per head as for NL blocks (each
-  patch takes the object label at its centre, after the pad or crop); the random-projection
-  control (``ctrl_*``) is for NL/GC blocks only.
+  patch takes the object label at its centre, after the pad or crop). ``--controls`` adds the
+  random-projection control per head (:mod:`nlanalysis.vit.controls`; patch keys only).
 
 :func:`load_analysis` picks the kind: ``--model NAME`` is a named ViT; ``--ckpt PATH`` is a ViT when
 its keys say so (:func:`nlanalysis.vit.models.vit_checkpoint_layout`), else an NL/GC checkpoint.
@@ -319,7 +319,9 @@ VIT_PADDING = {
 VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mode in VIT_PLACEMENT}
 
 _VIT_NOTES = [
-    "ctrl_* (random-projection control) are for NL/GC blocks: NaN",
+    "ctrl_* (random-projection control, --controls): per head, random query/key projections of the layer's "
+    "input tokens at the head's width, temperature matched to the head's entropy; head mean: the mean of "
+    "the heads' controls (nlanalysis.vit.controls); NaN without --controls",
 ]
 
 
@@ -352,7 +354,7 @@ class ViTAnalysis(Analysis):
 
     kind = "vit-heads"
     columns = VIT_COLUMNS
-    controls = False
+    controls = True  # per head, over patch keys: refused with keys="all" (see __init__)
     shape_from_image = False  # S x S whatever the photo
     object_statistics = True  # att_own_object / own_object_share per head (patch labels at patch centres)
     # every photo is S x S, so batches always fill; 8 per forward costs ~0.8x the time per photo of 1 on
@@ -383,6 +385,7 @@ class ViTAnalysis(Analysis):
             every = [b.name for b in list_blocks(self.model) if isinstance(b.adapter, ViTAttentionAdapter)]
             raise ValueError(f"--blocks {shown} matches none of the attention layers of {name or path}: {', '.join(every) or 'none'}")
         self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
+        self.controls = keys == "patch"  # the control's maps are over patch keys
         self.name, self.path = name, path
         self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
         self._sha256 = _state_sha256(self.model)
@@ -421,12 +424,12 @@ class ViTAnalysis(Analysis):
             return []
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
-        """``controls`` is refused before (:attr:`controls` is False); ``chunk_size`` ``None``: sized
-        to the maps (:func:`~nlanalysis.vit.measure.measure_heads`)."""
+        """``chunk_size`` ``None``: sized to the maps (:func:`~nlanalysis.vit.measure.measure_heads`);
+        ``controls``: the random-projection control per head (:mod:`nlanalysis.vit.controls`)."""
         from ..vit.capture import ViTCapture
 
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
-                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels)  # fmt: skip
+                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
         from ..vit.analyze import records_to_frame as vit_records_to_frame

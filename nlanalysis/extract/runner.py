@@ -347,7 +347,8 @@ def run_extract(
     if batch_size is None:
         batch_size = analysis.batch_size
     if controls and not analysis.controls:
-        raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}")
+        why = " with --vit-keys all (the control's maps are over patch keys)" if analysis.kind == "vit-heads" else ""
+        raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}{why}")
     analysis.model.to(dev)
     use_objects = coco and analysis.object_statistics
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..metrics import mean_ci
 from .capture import LayerRecord, ViTCapture
+from .controls import CONTROL_COLUMNS
 
 __all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "layer_table", "photo_table", "records_to_frame"]
 
@@ -59,6 +60,7 @@ def records_to_frame(records: Iterable[LayerRecord], image_ids: Sequence[Any] | 
                     "input_space": rec.input_space,
                 }
                 row.update({k: stats[k] for k in STAT_COLUMNS})
+                row.update({k: stats[k] for k in CONTROL_COLUMNS if k in stats})  # with controls=True
                 row["convention"] = stats["convention"]
                 rows.append(row)
     return pd.DataFrame(rows)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, cell_centres, valid_cells
 from .attention import HeadAttention
+from .controls import head_controls
 from .measure import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
 from .shared_softmax import SharedSoftmax, innermost
 from .tokens import KEY_SETS, TokenLayout, layout_of
@@ -150,6 +151,9 @@ class ViTCapture(Capture):
             they build (system C compiler, ~0.3 s once per machine), ``"native"`` the same with a
             warning where they cannot, ``"eager"`` PyTorch ops (any device; same numbers to float32
             rounding).
+        controls: also compute the random-projection control at matched sharpness per head
+            (:func:`nlanalysis.vit.controls.head_controls`; ``keys="patch"`` only; slow: for runs
+            that want it), in ``stats.controls``.
         share_softmax: with the native kernels and ``stats``, answer each captured module's
             ``F.scaled_dot_product_attention`` call (float32 CPU, no mask, dropout or causal
             attention) with :func:`~nlanalysis.vit.measure.attend`: the model's attention output then
@@ -184,6 +188,7 @@ class ViTCapture(Capture):
         recompute: bool = False,
         kernels: str = "auto",
         share_softmax: bool = True,
+        controls: bool = False,
     ) -> None:
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -200,6 +205,7 @@ class ViTCapture(Capture):
         self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self.recompute = recompute
         self.kernels = kernels
+        self.controls = controls and stats
         self.share_softmax = share_softmax and stats and not recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
@@ -372,11 +378,23 @@ class ViTCapture(Capture):
                 att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
                 batch=batch, maps=maps, **self.measure_kwargs,
             )  # fmt: skip
+        if self.controls and record.stats is not None and self.keys == "patch":
+            record.stats.controls = self._controls(tokens, layout, record.stats, q.shape[-1], b)
         if self.queries is not None:
             record.queries = self._head_query_maps(att, name)
         if self.keep_attention:
             record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
         return record
+
+    def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, head_dim: int, b: int) -> dict[str, Tensor]:
+        """The random-projection control of every head (:func:`~nlanalysis.vit.controls.head_controls`)."""
+        valid = valid_cells(self._valid, layout.grid) if self._valid is not None else None
+        objects = cell_centres(self._objects, layout.grid) if self._objects is not None else None
+        return head_controls(
+            tokens.cpu(), layout, stats.att_entropy, head_dim, valid=valid.cpu() if valid is not None else None,
+            objects=objects.cpu() if objects is not None else None, jsd_pairs=self.jsd_pairs, generator=self.generator,
+            convention=self.measure_kwargs["convention"], zero=self.measure_kwargs["zero"],
+        )  # fmt: skip
 
     def _heads_batch(self, index: int, layout: TokenLayout, b: int, device: torch.device) -> HeadsBatch:
         """Masks and JSD pairs of this forward, built by its first measured layer and shared by the rest

