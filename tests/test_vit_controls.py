@@ -1,5 +1,6 @@
-"""The per-head random-projection control: its maps have the head's entropy, its statistics are those
-of the matched maps (checked by hand with scipy), and it reaches the frame and extract's metrics."""
+"""The per-head random-projection control: its maps have the head's (and the head mean's) entropy, its
+statistics are those of the matched maps (checked by hand with scipy), the capture hands it the right
+tokens, masks and labels, and it reaches the frame and extract's metrics."""
 import math
 
 import numpy as np
@@ -9,12 +10,19 @@ from scipy.spatial.distance import pdist
 
 from helpers import randomize_
 from nlanalysis.vit import analyze_vit
-from nlanalysis.vit.controls import CONTROL_COLUMNS, MeanAttention, head_controls, matched_controls
+from nlanalysis.capture import cell_centres, valid_cells
+from nlanalysis.vit import ViTCapture
+from nlanalysis.vit.controls import CONTROL_COLUMNS, control_generator, head_controls, matched_controls
 from nlanalysis.vit.tokens import TokenLayout
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 LAYOUT = TokenLayout((4, 5), 1, 1)
 HEADS, D = 3, 6
+
+
+def _timm(**kw):
+    args = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=0, qkv_bias=True, init_values=0.5)
+    return randomize_(timm_vit.VisionTransformer(**{**args, **kw}), std=0.2).eval()
 
 
 def _case(seed=0):
@@ -26,10 +34,10 @@ def _case(seed=0):
     return tokens, entropy, valid
 
 
-def _rows(att, valid_i):
-    """Full maps of one image restricted to valid queries and keys (keys renormalised), float64."""
+def _rows(control, h, valid_i):
+    """Map ``h`` of one image's controls, full, restricted to valid queries and keys (keys renormalised), float64."""
     v = valid_i.flatten()
-    rows = att.full()[0].double()[v][:, v]
+    rows = control.maps.full()[h].double()[v][:, v]
     return rows / rows.sum(-1, keepdim=True)
 
 
@@ -43,14 +51,32 @@ def _cosine_distance(rows):
     return float(pdist(rows.numpy(), "cosine").sum() * 2 / (n * n))
 
 
-def test_each_control_has_its_heads_entropy():
+def _own_object(rows, labels):
+    """Mean over rows of queries on an object of the row's mass on that object's keys (rows renormalised)."""
+    on = labels > 0
+    if not on.any():
+        return math.nan
+    same = (labels[:, None] == labels[None, :]).double()
+    return float((rows * same).sum(-1)[on].mean())
+
+
+def test_each_control_has_its_maps_entropy():
     tokens, entropy, valid = _case()
     controls = matched_controls(tokens, LAYOUT, entropy, D, valid=valid, generator=torch.Generator().manual_seed(1))
-    assert controls[1][1] is None  # a head without an entropy gets no control
+    assert [c.maps.batch_size for c in controls] == [HEADS + 1] * 2  # every head, then the head mean
+    assert controls[1].ok.tolist() == [True, False, True, True]  # a head without an entropy gets no control
     for i in range(2):
-        for h in range(HEADS):
-            if controls[i][h] is not None:
-                assert _entropy(_rows(controls[i][h], valid[i])) == pytest.approx(float(entropy[i, h]), abs=1e-5)
+        for h in range(HEADS + 1):
+            if controls[i].ok[h]:
+                assert _entropy(_rows(controls[i], h, valid[i])) == pytest.approx(float(entropy[i, h]), abs=1e-5)
+
+
+def test_an_entropy_the_bisection_cannot_reach_gets_no_control():
+    tokens, entropy, valid = _case()
+    entropy[0, 0] = 1.5  # above 1: no temperature gives it
+    controls = matched_controls(tokens, LAYOUT, entropy, D, valid=valid)
+    assert not controls[0].ok[0] and controls[0].ok[1] and math.isnan(controls[0].temperature[0])
+    assert math.isnan(head_controls(tokens, LAYOUT, entropy, D, valid=valid, jsd_pairs=0)["ctrl_att"][0, 0])
 
 
 def test_control_statistics_are_those_of_the_matched_maps():
@@ -59,18 +85,46 @@ def test_control_statistics_are_those_of_the_matched_maps():
     got = head_controls(tokens, LAYOUT, entropy, D, valid=valid, generator=torch.Generator().manual_seed(1), jsd_pairs=0)
     assert set(got) == set(CONTROL_COLUMNS) and all(t.shape == (2, HEADS + 1) for t in got.values())
     for i in range(2):
-        for h in range(HEADS):
-            one = controls[i][h]
-            if one is None:
+        for h in range(HEADS + 1):
+            if not controls[i].ok[h]:
                 assert math.isnan(got["ctrl_att"][i, h]) and math.isnan(got["ctrl_temperature"][i, h])
                 continue
-            assert float(got["ctrl_att"][i, h]) == pytest.approx(_cosine_distance(_rows(one, valid[i])), abs=1e-6)
-            assert float(got["ctrl_temperature"][i, h]) == pytest.approx(one.scale)
-    mean = _rows(MeanAttention(controls[0]), valid[0])  # the head mean's control: the mean of the heads' maps
-    by_hand = torch.stack([controls[0][h].full()[0].double() for h in range(HEADS)]).mean(0)
-    assert torch.allclose(mean, by_hand / by_hand.sum(-1, keepdim=True))
-    assert float(got["ctrl_att"][0, HEADS]) == pytest.approx(_cosine_distance(mean), abs=1e-6)
-    assert math.isnan(got["ctrl_att"][1, HEADS]) and math.isnan(got["ctrl_temperature"][0, HEADS])
+            assert float(got["ctrl_att"][i, h]) == pytest.approx(_cosine_distance(_rows(controls[i], h, valid[i])), abs=1e-6)
+            assert float(got["ctrl_temperature"][i, h]) == pytest.approx(float(controls[i].temperature[h]))
+
+
+def test_the_capture_hands_the_control_its_tokens_masks_and_labels():
+    """Rebuilt from the attention modules' own inputs, the patch masks and labels, and the control's generator:
+    entropies, ctrl_att and ctrl_att_own_object agree with what the capture reports (register tokens, padding)."""
+    model = _timm(reg_tokens=2, embed_dim=48)
+    x = torch.randn(3, 3, 28, 28)
+    valid = torch.ones(3, 28, 28, dtype=torch.bool)
+    valid[1, :, 19:] = False
+    objects = torch.zeros(3, 28, 28, dtype=torch.long)
+    objects[:, 2:15, 3:16], objects[:, 15:27, 14:27] = 1, 2
+    inputs = []
+    hooks = [blk.attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for blk in model.blocks]
+    with torch.no_grad(), ViTCapture(model, controls=True, seed=5, jsd_pairs=16) as cap:
+        cap.set_valid(valid)
+        cap.set_objects(objects)
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    for rec, tokens in zip(cap.records, inputs, strict=True):
+        grid = rec.layout.grid
+        cells, labels = valid_cells(valid, grid), cell_centres(objects, grid)
+        entropy = rec.stats.att_entropy
+        controls = matched_controls(tokens, rec.layout, entropy, 12, valid=cells,
+                                    generator=control_generator(5, rec.call, rec.layer))  # fmt: skip
+        got = rec.stats.controls
+        for i in range(3):
+            v = cells[i].flatten()
+            for h in range(5):
+                rows = _rows(controls[i], h, cells[i])
+                assert _entropy(rows) == pytest.approx(float(entropy[i, h]), abs=1e-5)
+                assert float(got["ctrl_att"][i, h]) == pytest.approx(_cosine_distance(rows), abs=1e-6)
+                assert float(got["ctrl_att_own_object"][i, h]) == pytest.approx(_own_object(rows, labels[i].flatten()[v]), abs=1e-6)
+        assert got["ctrl_att_jsd"].isfinite().all()
 
 
 def test_sharper_heads_get_controls_that_vary_more_with_the_query():
@@ -81,14 +135,21 @@ def test_sharper_heads_get_controls_that_vary_more_with_the_query():
     assert (att[:, 0] > att[:, 1]).all() and (att[:, 1] > att[:, 2]).all()
 
 
+def test_controls_leave_every_other_statistic_and_draw_alone():
+    """The controls have their own random stream: the sampled JSD pairs of later forwards stay as without them."""
+    model, x = _timm(), torch.randn(3, 3, 28, 28)
+    with_controls = analyze_vit(model, x, controls=True, batch_size=1, jsd_pairs=8)
+    plain = analyze_vit(model, x, batch_size=1, jsd_pairs=8)
+    for col in ("att", "att_jsd", "att_entropy", "input", "output"):
+        assert np.allclose(with_controls[col], plain[col], equal_nan=True), col
+
+
 def test_controls_reach_the_frame_and_extract(tmp_path):
-    model = randomize_(timm_vit.VisionTransformer(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4,
-                                                  num_classes=0), std=0.2).eval()  # fmt: skip
+    model = _timm()
     x = torch.randn(2, 3, 28, 28)
     frame = analyze_vit(model, x, controls=True)
     assert frame[["ctrl_att", "ctrl_att_jsd"]].notna().all().all() and frame["ctrl_att_own_object"].isna().all()  # no labels
-    heads = frame[frame["head"] >= 0]
-    assert heads["ctrl_temperature"].notna().all() and frame[frame["head"] < 0]["ctrl_temperature"].isna().all()
+    assert frame["ctrl_temperature"].notna().all()  # the head mean has its own matched control
     assert "ctrl_att" not in analyze_vit(model, x).columns and "ctrl_att" not in analyze_vit(model, x, controls=True, keys="all")
     plain = analyze_vit(model, x)
     assert np.allclose(plain["att"], frame["att"]) and np.allclose(plain["att_entropy"], frame["att_entropy"])

@@ -320,8 +320,8 @@ VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mod
 
 _VIT_NOTES = [
     "ctrl_* (random-projection control, --controls): per head, random query/key projections of the layer's "
-    "input tokens at the head's width, temperature matched to the head's entropy; head mean: the mean of "
-    "the heads' controls (nlanalysis.vit.controls); NaN without --controls",
+    "input tokens at the head's width, temperature matched to the head's entropy (the head mean: to the "
+    "head-averaged map's), one draw per image and head (nlanalysis.vit.controls); NaN without --controls",
 ]
 
 

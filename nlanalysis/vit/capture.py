@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..capture import Capture, QueryMaps, cell_centres, valid_cells
 from .attention import HeadAttention
-from .controls import head_controls
+from .controls import control_generator, head_controls
 from .measure import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
 from .shared_softmax import SharedSoftmax, innermost
 from .tokens import KEY_SETS, TokenLayout, layout_of
@@ -143,7 +143,7 @@ class ViTCapture(Capture):
         keep_attention: keep each layer's :class:`HeadAttention` (on the CPU) in its record.
         keep_records, on_record: as in :class:`nlanalysis.capture.Capture`.
         chunk_size, jsd_pairs, convention, zero: passed to :func:`~nlanalysis.vit.measure.measure_heads`.
-        seed: seeds the JSD pair sampling.
+        seed: seeds the JSD pair sampling, and the controls (their own stream per forward and layer).
         recompute: recompute q/k from the module input even where hooks could read them
             (for checking the hooks; slower).
         kernels: the statistics' implementation (:func:`~nlanalysis.vit.measure.measure_heads`):
@@ -206,6 +206,7 @@ class ViTCapture(Capture):
         self.recompute = recompute
         self.kernels = kernels
         self.controls = controls and stats
+        self.seed = seed
         self.share_softmax = share_softmax and stats and not recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
@@ -379,20 +380,22 @@ class ViTCapture(Capture):
                 batch=batch, maps=maps, **self.measure_kwargs,
             )  # fmt: skip
         if self.controls and record.stats is not None and self.keys == "patch":
-            record.stats.controls = self._controls(tokens, layout, record.stats, q.shape[-1], b)
+            record.stats.controls = self._controls(tokens, layout, record.stats, q.shape[-1], index)
         if self.queries is not None:
             record.queries = self._head_query_maps(att, name)
         if self.keep_attention:
             record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
         return record
 
-    def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, head_dim: int, b: int) -> dict[str, Tensor]:
-        """The random-projection control of every head (:func:`~nlanalysis.vit.controls.head_controls`)."""
+    def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, head_dim: int, index: int) -> dict[str, Tensor]:
+        """The random-projection control of every head (:func:`~nlanalysis.vit.controls.head_controls`), drawn
+        from its own generator (:func:`~nlanalysis.vit.controls.control_generator`: the JSD pairs stay as without)."""
         valid = valid_cells(self._valid, layout.grid) if self._valid is not None else None
         objects = cell_centres(self._objects, layout.grid) if self._objects is not None else None
         return head_controls(
             tokens.cpu(), layout, stats.att_entropy, head_dim, valid=valid.cpu() if valid is not None else None,
-            objects=objects.cpu() if objects is not None else None, jsd_pairs=self.jsd_pairs, generator=self.generator,
+            objects=objects.cpu() if objects is not None else None, jsd_pairs=self.jsd_pairs,
+            generator=control_generator(self.seed, self._calls, index),
             convention=self.measure_kwargs["convention"], zero=self.measure_kwargs["zero"],
         )  # fmt: skip
 

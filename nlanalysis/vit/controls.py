@@ -1,32 +1,36 @@
 """The random-projection control of :mod:`nlanalysis.controls`, for every head of a ViT layer.
 
 For head ``h``: the layer's own input tokens (what its q/k projections see, after the block's
-norm) through random query/key projections of the head's width (Gaussian, seeded, a fresh pair per
-head), ``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set by bisection so that the
-maps' mean normalised entropy equals head ``h``'s (``att_entropy``). Its ``att`` is the distance
-maps of the same sharpness would have if training had learned nothing about *which* keys matter.
-For the head mean: the mean of the heads' matched controls (what averaging the heads' maps gives
-when each is a matched random control). ``ctrl_temperature`` is each head's ``tau`` (NaN for the
-head mean).
+norm) through random query/key projections of the head's width (Gaussian, a fresh pair per head),
+``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set by bisection so that the maps'
+mean normalised entropy equals head ``h``'s (``att_entropy``). Its ``att`` is the distance maps of
+the same sharpness would have if training had learned nothing about *which* keys matter. The
+head-averaged map gets its own control, matched to *its* entropy (as an NL block's one map does):
+a mean of the heads' controls would be broader than the head mean and not at matched sharpness.
+``ctrl_temperature`` is ``tau``; where the matching cannot reach the target entropy (within 1e-3)
+the control is NaN.
 
-Keys are the patches (``keys="patch"``, as the head statistics by default); for ``keys="all"``
-the control is not computed (NaN). Costs about 40 entropy evaluations of 256 rows per head and
-image, plus one pass over every row: meant for ``controls=True`` runs, not every analysis.
+Each control is one random draw per head and image: it varies from draw to draw (a few hundredths
+of ``att`` on small models), so read it averaged over images. Keys are the patches (``keys="patch"``,
+as the head statistics by default); for ``keys="all"`` it is not computed. Costs a few Newton steps
+on 256 rows of every map of a layer at once, plus one pass over every row: ~0.5 s per photo for 12
+layers x 6 heads at 224 on 2 CPU cores, meant for ``controls=True`` runs, not every analysis. Many
+small ops: under CPU contention (another process using the cores) two torch threads can make it
+~10x slower, one thread ~2x.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..controls import match_temperature, random_projection_attention
+from ..blocks.attention import PairwiseAttention
 from ..measure import measure_block
 from .tokens import TokenLayout
 
-__all__ = ["CONTROL_COLUMNS", "MeanAttention", "head_controls", "matched_controls"]
+__all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "matched_controls"]
 
 #: the control's columns (per head and head mean), as the NL blocks' ``ctrl_*``.
 CONTROL_COLUMNS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature")
@@ -34,34 +38,26 @@ CONTROL_COLUMNS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temp
 _ROWS = 256  # query rows the temperature is matched on, as nlanalysis.measure does for NL blocks
 
 
-class MeanAttention(LazyAttention):
-    """The row-wise mean of several maps of the same shapes (e.g. a layer's heads)."""
+def control_generator(seed: int, call: int, layer: int) -> torch.Generator:
+    """The generator of the controls of one layer in one forward of a capture seeded with ``seed``:
+    its own stream, so turning controls on changes no other random draw (JSD pairs)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(call) * 10_007 + int(layer)) % (2**63))
 
-    def __init__(self, maps: Sequence[LazyAttention]) -> None:
-        if not maps:
-            raise ValueError("MeanAttention needs at least one map")
-        first = maps[0]
-        for m in maps[1:]:
-            if (m.query_shape, m.key_shape, m.batch_size) != (first.query_shape, first.key_shape, first.batch_size):
-                raise ValueError("MeanAttention: the maps differ in shape")
-        self.maps = list(maps)
-        self.query_shape, self.key_shape = first.query_shape, first.key_shape
-        self.query_independent = all(m.query_independent for m in maps)
-        self.distribution = all(m.distribution for m in maps)
-        self.nonnegative = all(m.nonnegative for m in maps)
 
-    def _batch_size(self) -> int:
-        return self.maps[0].batch_size
+@dataclass
+class Controls:
+    """The matched controls of one image: the heads' and then the head mean's (``heads + 1``).
 
-    @property
-    def device(self) -> torch.device:
-        return self.maps[0].device
+    Attributes:
+        maps: ``PairwiseAttention`` with one batch item per head (the last: the head mean), the
+            temperature folded into its queries (``scale`` 1).
+        temperature: ``[heads + 1]`` float64 ``tau`` (NaN where not matched).
+        ok: ``[heads + 1]`` bool: matched (the target entropy was defined and reached within 1e-3).
+    """
 
-    def image(self, b: int) -> MeanAttention:
-        return MeanAttention([m.image(b) for m in self.maps])
-
-    def take(self, index: Tensor) -> Tensor:
-        return torch.stack([m.take(index) for m in self.maps]).mean(0)
+    maps: PairwiseAttention
+    temperature: Tensor
+    ok: Tensor
 
 
 @torch.no_grad()
@@ -73,29 +69,70 @@ def matched_controls(
     *,
     valid: Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> list[list[PairwiseAttention | None]]:
-    """Per image and head, the random-projection maps with their temperature matched to the head's
-    mean normalised entropy (over up to 256 of the image's valid patch queries; ``None`` where the
-    head's entropy is NaN or the image has no valid patch). Arguments as :func:`head_controls`."""
-    b, heads = entropy.shape[0], entropy.shape[1] - 1
+    iterations: int = 30,
+) -> list[Controls | None]:
+    """Per image, the random-projection maps of every head and of the head mean, each with its
+    temperature matched to that map's mean normalised entropy over up to 256 of the image's valid
+    patch queries (:func:`_match`, all maps of the image at once); ``None`` for an image without a
+    valid patch. Arguments as :func:`head_controls`."""
+    b, maps = entropy.shape[0], entropy.shape[1]
     if tokens.dim() != 3 or tokens.shape[0] != b:
         raise ValueError(f"tokens must be [B, N, C] with B = {b}, got {tuple(tokens.shape)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    x = _patch_grid(tokens, layout)
-    out: list[list[PairwiseAttention | None]] = []
+    x = layout.patch_tokens(tokens.detach().float())  # [B, n, C]
+    c = x.shape[-1]
+    out: list[Controls | None] = []
     for i in range(b):
-        vi = valid[i : i + 1].bool() if valid is not None else None
-        rows = vi.flatten(1)[0].nonzero()[:, 0] if vi is not None else torch.arange(layout.n_patch)
-        kmask = vi.flatten(1).float() if vi is not None else None
+        vi = valid[i].flatten().bool() if valid is not None else torch.ones(layout.n_patch, dtype=torch.bool)
+        rows = vi.nonzero()[:, 0]
+        if rows.numel() == 0:
+            out.append(None)
+            continue
         sample = rows[torch.randperm(rows.numel(), generator=gen)[:_ROWS]]
-        per_head: list[PairwiseAttention | None] = []
-        for h in range(heads):
-            control = random_projection_attention(x[i : i + 1], layout.grid, head_dim, gen)  # fresh projections per head
-            target = float(entropy[i, h])
-            ok = rows.numel() > 0 and not math.isnan(target)
-            per_head.append(match_temperature(control, torch.tensor([target]), sample, kmask)[0] if ok else None)
-        out.append(per_head)
+        w = torch.randn(maps, 2, head_dim, c, generator=gen) / math.sqrt(c)  # per map: W_q, W_k ~ N(0, 1/C)
+        query = torch.einsum("hdc,nc->hnd", w[:, 0], x[i])  # [maps, n, d]
+        key = torch.einsum("hdc,nc->hdn", w[:, 1], x[i])  # [maps, d, n]
+        logits = torch.matmul(query[:, sample], key)  # [maps, S, n]
+        log_tau, ok = _match(logits, ~vi, entropy[i].double(), math.log(max(int(vi.sum()), 2)), iterations)
+        tau = torch.where(ok, log_tau.exp(), math.nan)
+        scaled = query * torch.where(ok, tau, 0.0).float()[:, None, None]
+        attention = PairwiseAttention("embedded_gaussian", scaled, key, layout.grid, layout.grid, scale=1.0)
+        out.append(Controls(attention, tau, ok))
     return out
+
+
+def _match(logits: Tensor, masked: Tensor, target: Tensor, log_n: float, iterations: int) -> tuple[Tensor, Tensor]:
+    """``log tau`` per map such that the mean normalised entropy of ``softmax(tau * logits)`` over the
+    unmasked keys equals ``target`` ``[maps]``: Newton steps on ``log tau`` (the entropy's derivative
+    is ``-tau^2 Var_p[logit]``), safeguarded by a bisection bracket ``[-12, 12]``. Returns
+    ``(log_tau, ok)``; ``ok``: reached within 1e-3 (False for NaN and unreachable targets)."""
+    values = logits.masked_fill(masked, 0.0)
+
+    def entropy(log_tau: Tensor) -> tuple[Tensor, Tensor]:
+        tau = log_tau.exp().float()[:, None, None]
+        logp = torch.log_softmax((logits * tau).masked_fill(masked, -math.inf), -1)
+        p = logp.exp()
+        h = -(p * logp.masked_fill(masked, 0.0)).sum(-1)  # [maps, S]
+        mean = (p * values).sum(-1)
+        var = ((p * values * values).sum(-1) - mean * mean).clamp(min=0)
+        return h.double().mean(-1) / log_n, -(log_tau.exp() ** 2) * var.double().mean(-1) / log_n
+
+    maps = logits.shape[0]
+    lo, hi = torch.full((maps,), -12.0, dtype=torch.float64), torch.full((maps,), 12.0, dtype=torch.float64)
+    x = torch.zeros(maps, dtype=torch.float64)
+    undefined = target.isnan()
+    for _ in range(iterations):
+        h, slope = entropy(x)
+        gap = h - target
+        done = undefined | (gap.abs() <= 1e-7)
+        if bool(done.all()):
+            break
+        lo, hi = torch.where(gap > 0, x, lo), torch.where(gap > 0, hi, x)  # entropy falls as tau grows
+        step = x - gap / slope
+        bisect = ~step.isfinite() | (step <= lo) | (step >= hi)
+        x = torch.where(done, x, torch.where(bisect, (lo + hi) / 2, step))
+    ok = (entropy(x)[0] - target).abs() <= 1e-3
+    return x, ok
 
 
 @torch.no_grad()
@@ -112,7 +149,7 @@ def head_controls(
     convention: str = "1-cos",
     zero: str = "exclude",
 ) -> dict[str, Tensor]:
-    """The random-projection control at matched sharpness for every head and the head mean.
+    """The random-projection control at matched sharpness for every head and the head-averaged map.
 
     Args:
         tokens: ``[B, N, C]`` the attention module's input (all tokens; the patches are used).
@@ -125,32 +162,25 @@ def head_controls(
             (``generator`` also draws the projections and the rows the temperature is matched on).
 
     Returns:
-        ``{column: [B, heads + 1] float64}`` for :data:`CONTROL_COLUMNS` (NaN where a head's
-        entropy is NaN, i.e. it has no non-zero row).
+        ``{column: [B, heads + 1] float64}`` for :data:`CONTROL_COLUMNS` (NaN where there is no
+        control: see :func:`matched_controls`).
     """
-    b, heads = entropy.shape[0], entropy.shape[1] - 1
+    b, maps = entropy.shape
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     controls = matched_controls(tokens, layout, entropy, head_dim, valid=valid, generator=gen)
-    out = {name: torch.full((b, heads + 1), math.nan, dtype=torch.float64) for name in CONTROL_COLUMNS}
-    x = _patch_grid(tokens, layout)
-    cos = dict(jsd_pairs=jsd_pairs, generator=gen, convention=convention, zero=zero)
-    for i, per_head in enumerate(controls):
-        xi = x[i : i + 1]
-        vi = valid[i : i + 1].bool() if valid is not None else None
-        oi = objects[i : i + 1] if objects is not None else None
-        for h, one in enumerate(per_head):
-            if one is None:
-                continue
-            stats = measure_block(one, xi, xi, valid=vi, objects=oi, **cos)
-            out["ctrl_att"][i, h], out["ctrl_att_jsd"][i, h] = stats.att[0], stats.att_jsd[0]
-            out["ctrl_att_own_object"][i, h], out["ctrl_temperature"][i, h] = stats.att_own_object[0], one.scale
-        if heads and all(one is not None for one in per_head):
-            stats = measure_block(MeanAttention(per_head), xi, xi, valid=vi, objects=oi, **cos)  # type: ignore[arg-type]
-            out["ctrl_att"][i, heads], out["ctrl_att_jsd"][i, heads] = stats.att[0], stats.att_jsd[0]
-            out["ctrl_att_own_object"][i, heads] = stats.att_own_object[0]
+    out = {name: torch.full((b, maps), math.nan, dtype=torch.float64) for name in CONTROL_COLUMNS}
+    x = layout.patch_tokens(tokens.detach().float()).transpose(1, 2).reshape(b, -1, *layout.grid)  # [B, C, H_g, W_g]
+    for i, control in enumerate(controls):
+        if control is None or not control.ok.any():
+            continue
+        rep = (maps, -1, -1, -1)
+        stats = measure_block(  # every map of the image as one batch (one item per head, then the head mean)
+            control.maps, x[i : i + 1].expand(rep), x[i : i + 1].expand(rep),
+            valid=valid[i : i + 1].bool().expand(maps, -1, -1) if valid is not None else None,
+            objects=objects[i : i + 1].expand(maps, -1, -1).contiguous() if objects is not None else None,
+            jsd_pairs=jsd_pairs, generator=gen, convention=convention, zero=zero,
+        )  # fmt: skip
+        for name, value in (("ctrl_att", stats.att), ("ctrl_att_jsd", stats.att_jsd), ("ctrl_att_own_object", stats.att_own_object)):
+            out[name][i] = torch.where(control.ok, value.double(), math.nan)
+        out["ctrl_temperature"][i] = control.temperature
     return out
-
-
-def _patch_grid(tokens: Tensor, layout: TokenLayout) -> Tensor:
-    """``[B, N, C]`` tokens -> ``[B, C, H_g, W_g]`` patch features (float32)."""
-    return layout.patch_tokens(tokens.detach().float()).transpose(1, 2).reshape(tokens.shape[0], -1, *layout.grid)

@@ -144,7 +144,8 @@ def _layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
         "attention branch adds (LayerScale applied); att (head-mean map): the distance between query maps of the "
         "head-averaged attention; att, random control: the same for maps of the same sharpness that ignore what training "
         "learned (per head, random query/key projections of the layer's input tokens at the head's width, temperature "
-        "matched to the head's entropy; here the mean of the heads' controls, nlanalysis.vit.controls); "
+        "matched to the head's entropy; here one control matched to the head-averaged map's entropy, "
+        "nlanalysis.vit.controls; one random draw per photo); "
         f"att (mean of heads): the average of the {n_heads} heads' own att; lowest/highest-att head: "
         "the layer's heads with the smallest and largest att (mean over photos). "
         f"Maps are over {keys} keys, each row renormalised over the photo's patches. att JSD: mean Jensen–Shannon divergence "
@@ -567,8 +568,8 @@ def _comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables
            f"read ({source}: each variant's last training step, intervals over seeds where it pools seeds); "
            "ViT rows over the photos. input / att: how far below the input distance the maps' distance lies (GCNet: one to two "
            "orders of magnitude). att, random control: the att of random query/key projections of the same features at "
-           "matched entropy (NL: the block's input; ViT: each head's, then the mean of the heads' controls; empty where "
-           "not measured). entropy: normalised, of a query's map.")  # fmt: skip
+           "matched entropy (NL: of the block's input; ViT: of the layer's input tokens, matched to the row's own map; "
+           "empty where not measured). entropy: normalised, of a query's map.")  # fmt: skip
     text = _compare_text(table)
     (tables_dir / "compare.md").write_text(to_markdown(text, cap))
     nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
