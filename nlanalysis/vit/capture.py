@@ -204,24 +204,21 @@ class ViTCapture(Capture):
         self.jsd_pairs = jsd_pairs
         self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self.recompute = recompute
-        self.kernels = kernels
         self.controls = controls and stats
         self.seed = seed
         self.share_softmax = share_softmax and stats and not recompute
         self.records: list[LayerRecord] = []  # type: ignore[assignment]
         self._seen: dict[str, dict[str, Tensor]] = {}
-        self._modes: list[tuple[SharedSoftmax, list[SharedSoftmax], list[bool]]] = []
+        self._sharing: list[_Sharing] = []
         #: attention calls answered from the measured maps (``share_softmax``), over all forwards
         self.shared_calls = 0
 
     def remove(self) -> None:
         """Remove every hook (idempotent) and drop tensors held between hooks."""
         super().remove()
-        for mode, active, alive in self._modes:  # a forward interrupted by a BaseException skips ``leave``
-            alive[0] = False  # a mode that cannot be popped (not innermost) declines every call from now on
-            if active and innermost(mode):
-                active.pop().__exit__(None, None, None)
-        self._modes.clear()
+        for sharing in self._sharing:
+            sharing.close()
+        self._sharing.clear()
         self._seen.clear()
         self._batch = None
 
@@ -278,11 +275,10 @@ class ViTCapture(Capture):
         attention call with :func:`~nlanalysis.vit.measure.attend` (the maps and statistics go to
         ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
         heads = adapter.num_heads(module)
-        alive = [True]
 
         def handler(call: dict[str, Any]) -> Tensor | None:
             q, k, v, scale = call["query"], call["key"], call["value"], call["scale"]
-            if not alive[0] or "maps" in seen or "batch" in seen:  # removed, or a second call in this forward
+            if "maps" in seen or "batch" in seen:  # a second call in this forward
                 return None
             if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"]:
                 return None
@@ -293,7 +289,7 @@ class ViTCapture(Capture):
             if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
                 return None
             b, h, n, d = q.shape
-            if k.shape != q.shape or v.shape[:3] != q.shape[:3] or h != heads or not uses_native(self.kernels, q.device):
+            if k.shape != q.shape or v.shape[:3] != q.shape[:3] or h != heads or not uses_native(self.measure_kwargs["kernels"], q.device):
                 return None
             try:
                 layout = self.layout or layout_of(self.model, self._input_size, n_tokens=n)
@@ -310,23 +306,17 @@ class ViTCapture(Capture):
             self.shared_calls += 1
             return out
 
-        mode = SharedSoftmax(handler)
-        active: list[SharedSoftmax] = []
-        self._modes.append((mode, active, alive))
+        sharing = _Sharing(handler)
+        self._sharing.append(sharing)
 
         def enter(mod: nn.Module, args: tuple) -> None:
             seen.pop("maps", None)  # left by a forward that failed after its attention call
             seen.pop("batch", None)
-            if not active and adapter.calls_sdpa(mod):
-                mode.__enter__()
-                active.append(mode)
-
-        def leave(mod: nn.Module, args: tuple, output: Any) -> None:
-            if active and innermost(mode):  # never pop a mode pushed inside the forward and left there
-                active.pop().__exit__(None, None, None)
+            if adapter.calls_sdpa(mod):
+                sharing.enter()
 
         self._handles.append(module.register_forward_pre_hook(enter))
-        self._handles.append(module.register_forward_hook(leave, always_call=True))
+        self._handles.append(module.register_forward_hook(lambda mod, args, output: sharing.leave(), always_call=True))
 
     def _layer_record(
         self,
@@ -422,6 +412,31 @@ class ViTCapture(Capture):
     def _head_query_maps(self, att: HeadAttention, name: str) -> QueryMaps:
         """The core capture's query handling (coordinates, checks), on maps of every head and the mean."""
         return self._query_maps(name, _HeadsAsKeys(att))
+
+
+class _Sharing:
+    """One module's :class:`SharedSoftmax`: pushed while the module runs, popped after it, and
+    closed with the capture (a forward interrupted by a ``BaseException`` skips the hooks that pop)."""
+
+    def __init__(self, handler: Callable[[dict[str, Any]], Tensor | None]) -> None:
+        self.alive = True
+        self.pushed = False
+        self.mode = SharedSoftmax(lambda call: handler(call) if self.alive else None)
+
+    def enter(self) -> None:
+        if not self.pushed:
+            self.mode.__enter__()
+            self.pushed = True
+
+    def leave(self) -> None:
+        if self.pushed and innermost(self.mode):  # never pop a mode pushed inside the forward and left there
+            self.mode.__exit__(None, None, None)
+            self.pushed = False
+
+    def close(self) -> None:
+        """Pop the mode if it is still active; one that cannot be popped declines every call from now on."""
+        self.alive = False
+        self.leave()
 
 
 class _HeadsAsKeys:
