@@ -2,8 +2,8 @@
 
 For head ``h``: the layer's own input tokens (what its q/k projections see, after the block's
 norm) through random query/key projections of the head's width (Gaussian, a fresh pair per head),
-``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set by bisection so that the maps'
-mean normalised entropy equals head ``h``'s (``att_entropy``). Its ``att`` is the distance maps of
+``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set (Newton steps inside a bisection
+bracket) so that the maps' mean normalised entropy equals head ``h``'s (``att_entropy``). Its ``att`` is the distance maps of
 the same sharpness would have if training had learned nothing about *which* keys matter. The
 head-averaged map gets its own control, matched to *its* entropy (as an NL block's one map does):
 a mean of the heads' controls would be broader than the head mean and not at matched sharpness.

@@ -437,7 +437,7 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
     if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(att.device)):
         raise ValueError(f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; these maps differ")
     out = torch.empty(b, n, heads, value.shape[3])
-    s_att, sums, jsd = _native_rows(att, batch.km, batch.qmask, batch, chunk_size, value=value, out=out)
+    s_att, sums, jsd = _native_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out))
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)
 
 
@@ -476,14 +476,13 @@ def _native_rows(
     qmask: Tensor | None,
     batch: HeadsBatch,
     chunk_size: int | None,
-    value: Tensor | None = None,
-    out: Tensor | None = None,
+    attend_to: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
     of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
     plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.vit.kernels.pair_jsd`.
-    With ``value`` ``[B, heads, N, d_v]``, the kernel also leaves each chunk's softmax in place and
-    the patch queries' attention output ``softmax @ value`` goes to ``out`` ``[B, N, heads, d_v]``."""
+    With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
+    each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``."""
     b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
     first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
     kw = km.reshape(b, -1) if km is not None else None
@@ -494,7 +493,8 @@ def _native_rows(
                 torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
     step = _native_chunk(att, chunk_size)
     s_att, sums = None, None
-    attending = value is not None and out is not None
+    attending = attend_to is not None
+    value, out = attend_to if attend_to is not None else (None, None)
     for start in range(0, nq, step):
         stop = min(start + step, nq)
         # q . k straight from the model's own (strided) q and k, image by image, into a reused buffer (a
