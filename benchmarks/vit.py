@@ -13,7 +13,7 @@ same machine load:
 * ``analysis``  -- the same forward under :class:`nlanalysis.vit.ViTCapture`: every patch query of
                    every head of every layer (and the head mean): input / output / att distances,
                    entropy, max weight, prefix mass, and JSD on ``--jsd-pairs`` sampled pairs;
-                   with the native kernels of :mod:`nlanalysis.vit.kernels` (the default where
+                   with the native kernels of :mod:`nlanalysis.kernels` (the default where
                    they build; built before timing), each layer's attention output computed from
                    the measured softmax (``share_softmax``, the default);
 * ``no JSD``    -- the analysis with ``jsd_pairs=0``;

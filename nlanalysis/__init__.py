@@ -12,9 +12,9 @@ global-context or simplified-NL blocks:
 """
 from .adapters import BlockAdapter, attention, attention_maps, list_adapters, list_blocks, register_adapter
 from .analyze import analyze
-from .capture import BlockRecord, Capture, capture
+from .capture.blocks import BlockRecord, Capture, capture
 from .extract import load_run
-from .measure import BlockStats, measure_block
+from .measure.blocks import BlockStats, measure_block
 from .metrics import mean_pairwise_cosine_distance
 
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .capture import BlockRecord, Capture
+from .capture.blocks import BlockRecord, Capture
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 

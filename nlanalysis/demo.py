@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .data.scenes import demo_scenes_path
 from .extract import run_extract
-from .report import Report, write_report
+from .report.runs import Report, write_report
 from .train.run import SHIPPED_DIR, shipped_checkpoints
 
 __all__ = ["run_demo"]

@@ -13,7 +13,7 @@ from nlanalysis.data.transforms import image_region
 from nlanalysis.extract import ImageMaps, parse_queries, query_region, select_queries
 from nlanalysis.extract.maps import save_image_maps
 from nlanalysis.extract.objects import object_map
-from nlanalysis.vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image, preprocess_image
+from nlanalysis.data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image, preprocess_image
 
 
 def _photo(name):

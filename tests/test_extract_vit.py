@@ -21,7 +21,7 @@ from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_analysis, load_run
 from nlanalysis.extract.fixtures import one_thread, write_coco, write_photos
 from nlanalysis.extract.runner import _seed_of
 from nlanalysis.plots.query_maps import plot_query_maps
-from nlanalysis.vit.preprocess import preprocess_image
+from nlanalysis.data.vit_preprocess import preprocess_image
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT extra is not installed (timm missing): pip install 'nlanalysis[vit]'")
 

@@ -171,7 +171,7 @@ def test_random_control_is_reproducible_and_only_when_asked():
 
 
 def test_temperature_matching_hits_the_target_entropy():
-    from nlanalysis.controls import match_temperature, mean_entropy, random_projection_attention
+    from nlanalysis.measure.controls import match_temperature, mean_entropy, random_projection_attention
 
     x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
     control = random_projection_attention(x, (6, 6), 8, torch.Generator().manual_seed(0))

@@ -9,8 +9,8 @@ from helpers import randomize_
 from nlanalysis.adapters.vit import TimmViTAdapter
 from nlanalysis.metrics import mean_ci
 from nlanalysis.vit import HEAD_MEAN, TokenLayout, ViTCapture, analyze_vit, format_layer_table, layer_table
-from nlanalysis.vit.attention import HeadAttention
-from nlanalysis.vit.measure import gram_matrices, measure_heads
+from nlanalysis.blocks.heads import HeadAttention
+from nlanalysis.measure.heads import gram_matrices, measure_heads
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 FIELDS = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass")

@@ -12,8 +12,8 @@ from helpers import randomize_
 from nlanalysis.vit import analyze_vit
 from nlanalysis.capture import cell_centres, valid_cells
 from nlanalysis.vit import ViTCapture
-from nlanalysis.vit.controls import CONTROL_COLUMNS, control_generator, head_controls, matched_controls
-from nlanalysis.vit.tokens import TokenLayout
+from nlanalysis.measure.head_controls import CONTROL_COLUMNS, control_generator, head_controls, matched_controls
+from nlanalysis.blocks.tokens import TokenLayout
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 LAYOUT = TokenLayout((4, 5), 1, 1)

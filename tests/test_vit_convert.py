@@ -7,8 +7,8 @@ import torch
 
 from helpers import randomize_
 from nlanalysis.vit import CheckpointError, MissingExtraError, load_vit, preprocess_batch, preprocess_image, to_timm
-from nlanalysis.vit._deps import require
-from nlanalysis.vit.convert import detect_layout, resize_pos_embed
+from nlanalysis.checkpoints.vit._deps import require
+from nlanalysis.checkpoints.vit.convert import detect_layout, resize_pos_embed
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from nlanalysis.measure import measure_block
-from nlanalysis.vit.attention import HeadAttention
-from nlanalysis.vit.measure import gram_matrices, measure_heads
-from nlanalysis.vit.tokens import TokenLayout
+from nlanalysis.blocks.heads import HeadAttention
+from nlanalysis.measure.heads import gram_matrices, measure_heads
+from nlanalysis.blocks.tokens import TokenLayout
 
 B, H, D, C = 2, 3, 8, 12
 FIELDS = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", "input_zero", "output_zero")
@@ -163,7 +163,7 @@ def _zero_row_case():
 @pytest.mark.parametrize("keys", ["patch", "all"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_native_kernels_equal_eager(keys, masked):
-    """kernels="native" (the native kernels of nlanalysis.vit.kernels) against the eager path, zero rows included."""
+    """kernels="native" (the native kernels of nlanalysis.kernels) against the eager path, zero rows included."""
     from nlanalysis.vit import kernels
 
     if not kernels.available():
@@ -363,7 +363,7 @@ def test_inputs_that_require_grad_or_are_float64_are_measured_like_eager():
 
 def test_kernel_wrappers_refuse_inconsistent_inputs():
     from nlanalysis.vit import kernels
-    from nlanalysis.vit.measure import heads_batch
+    from nlanalysis.measure.heads import heads_batch
 
     if not kernels.available():
         pytest.skip(f"no native kernels here: {kernels.why_unavailable()}")

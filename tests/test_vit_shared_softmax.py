@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 from helpers import randomize_
 from nlanalysis.vit import ViTCapture, kernels
-from nlanalysis.vit.attention import HeadAttention
-from nlanalysis.vit.measure import attend, heads_batch, measure_heads
-from nlanalysis.vit.shared_softmax import SharedSoftmax, sdpa_arguments
-from nlanalysis.vit.tokens import TokenLayout
+from nlanalysis.blocks.heads import HeadAttention
+from nlanalysis.measure.heads import attend, heads_batch, measure_heads
+from nlanalysis.capture.shared_softmax import SharedSoftmax, sdpa_arguments
+from nlanalysis.blocks.tokens import TokenLayout
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"no native kernels here: {kernels.why_unavailable()}")

@@ -25,7 +25,7 @@ family            modules (matched by class name + attributes) q / k / scale rec
 ================= ============================================ ========================================
 
 Unlike the NL adapters, the block input here is a token sequence ``[B, N, C]`` (class and
-register tokens first, then patches; see :mod:`nlanalysis.vit.tokens`), and the context term is
+register tokens first, then patches; see :mod:`nlanalysis.blocks.tokens`), and the context term is
 the module's output itself (the attention branch before LayerScale and the residual add).
 :meth:`ViTAttentionAdapter.head_attention` gives per-head maps ``[B, heads, N_query, N_key]``;
 :meth:`ViTAttentionAdapter.attention` the head mean as a ``LazyAttention``. Per-layer statistics
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..vit.attention import HeadAttention, TokenAttention
-from ..vit.tokens import TokenLayout, layout_of
+from ..blocks.heads import HeadAttention, TokenAttention
+from ..blocks.tokens import TokenLayout, layout_of
 from .base import BlockAdapter, UnsupportedBlockError
 from .registry import register_adapter
 
@@ -104,7 +104,7 @@ class ViTAttentionAdapter(BlockAdapter):
     def calls_sdpa(self, module: nn.Module) -> bool:
         """Whether the module's forward computes attention with one ``F.scaled_dot_product_attention``
         call on ``[B, heads, N, d]`` q/k/v (then :class:`nlanalysis.vit.ViTCapture` may answer it from
-        the measured maps, :mod:`nlanalysis.vit.shared_softmax`). Families that do not say so keep
+        the measured maps, :mod:`nlanalysis.capture.shared_softmax`). Families that do not say so keep
         every op of their forward to torch."""
         return False
 
@@ -161,7 +161,7 @@ class ViTAttentionAdapter(BlockAdapter):
         Args:
             layout: where class/register/patch tokens sit; inferred from ``N`` (square grid,
                 smallest prefix) when omitted.
-            keys: ``"patch"`` or ``"all"`` (see :class:`~nlanalysis.vit.attention.HeadAttention`).
+            keys: ``"patch"`` or ``"all"`` (see :class:`~nlanalysis.blocks.heads.HeadAttention`).
         """
         check_tokens(tokens, self.embed_dim(module), _where(module))
         layout = layout or layout_of(module, n_tokens=tokens.shape[1])

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ..adapters import UnsupportedBlockError
-from ..vit._deps import MissingExtraError
+from ..checkpoints.vit._deps import MissingExtraError
 
 
 def _subcommand_modules() -> list[str]:

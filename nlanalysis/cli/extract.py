@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _vit_models() -> list[str]:
-    from ..vit.models import list_vit_models
+    from ..checkpoints.vit.models import list_vit_models
 
     return list(list_vit_models())
 

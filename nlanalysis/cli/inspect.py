@@ -110,12 +110,12 @@ def format_vit_report(path: str, layout: str, model: Any) -> str:
             f"{spec.n_reg} register tokens, LayerScale {'yes' if spec.layer_scale else 'no'}, position table {spec.pos_grid[0]}x{spec.pos_grid[1]} patches"
         )  # fmt: skip
     lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
-    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.vit.analyze_vit")
+    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.analyze_vit_vit")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..vit.models import vit_checkpoint_layout
+    from ..checkpoints.vit.models import vit_checkpoint_layout
 
     layout = vit_checkpoint_layout(args.ckpt)
     if layout is not None:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         given += [f"--{k.replace('_', '-')}" for k, v in checkpoint_overrides(args).items() if v is not None]
         if given:
             raise ValueError(f"{args.ckpt}: {', '.join(given)}: options of NL/GC checkpoints; this is a ViT checkpoint ({layout} layout)")
-        from ..vit.models import load_vit
+        from ..checkpoints.vit.models import load_vit
 
         print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt, num_heads=args.vit_heads)))
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report import write_report
+from ..report.runs import write_report
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..vit import MissingExtraError
-    from ..vit.report import write_vit_report
+    from ..report.vit import write_vit_report
 
     if args.nl_table is not None and not args.nl_table.is_file():
         raise FileNotFoundError(f"--nl-table {args.nl_table}: no such file (write it with `nlanalysis report ... --out DIR`)")

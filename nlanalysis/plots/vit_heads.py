@@ -1,7 +1,7 @@
 """Figures of a ViT's heads: a layers x heads map of a statistic, and Figure 2 grids of chosen heads.
 
 * :func:`plot_layer_heads` -- one cell per layer and head (plus the head-averaged map in a last
-  column) holding the mean over images of a statistic of :func:`nlanalysis.vit.analyze_vit`
+  column) holding the mean over images of a statistic of :func:`nlanalysis.analyze_vit_vit`
   (``att``, ``att_entropy``, ...), the value written in the cell. :func:`head_matrix` is the
   table drawn.
 * :func:`plot_head_maps` -- GCNet's Figure 2 (Cao et al., arXiv 1904.11492) for several
@@ -19,12 +19,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..vit.analyze import HEAD_MEAN
+from ..schema import HEAD_MEAN
 from .map_grid import MapRow, draw_map_rows
 from .style import new_figure, styled
 
 if TYPE_CHECKING:
-    from ..vit.maps import PhotoMaps
+    from ..extract.photo_maps import PhotoMaps
 
 __all__ = ["STAT_LABELS", "head_matrix", "head_name", "plot_head_maps", "plot_layer_heads"]
 
@@ -74,7 +74,7 @@ def plot_layer_heads(
     """Heat map of ``stat`` per layer (rows) and head (columns), the head mean last.
 
     Args:
-        frame: from :func:`nlanalysis.vit.analyze_vit` (any frame with ``layer``, ``head``, ``image``
+        frame: from :func:`nlanalysis.analyze_vit_vit` (any frame with ``layer``, ``head``, ``image``
             and ``stat`` columns).
         stat: the column to draw; bounded statistics use a fixed 0..1 colour scale.
         title: first line of the title (e.g. the model).
@@ -142,7 +142,7 @@ def plot_head_maps(
     """Figure 2 grids of ``heads`` side by side (one sub-figure per head).
 
     Args:
-        photos: from :func:`nlanalysis.vit.maps.photo_maps` (each holding the maps of ``heads``).
+        photos: from :func:`nlanalysis.extract.photo_maps.photo_maps` (each holding the maps of ``heads``).
         heads: ``(layer, head)`` s to draw, left to right.
         head_titles: a title per head (default ``layer L · head H``).
         title: the figure's title.

@@ -14,16 +14,36 @@ patches:
 ``nlanalysis vit-report --out DIR`` (:func:`write_vit_report`) writes the whole report (figures,
 tables, the comparison with NL variants).
 
-Modules: :mod:`.tokens` (layouts), :mod:`.attention` (per-head lazy maps), :mod:`.measure`
-(per-head statistics), :mod:`.capture` (hooks), :mod:`.analyze` (tables), :mod:`.maps` (query
-maps on photos, locality), :mod:`.report`, :mod:`.convert` / :mod:`.models` (checkpoints: ONNX,
-Hugging Face, timm), :mod:`.preprocess`. Adapters live in :mod:`nlanalysis.adapters.vit`.
+A thin alias over the one pipeline: the ViT parts live in their layers -- token layouts and
+per-head lazy maps in :mod:`nlanalysis.blocks` (``tokens``, ``heads``), statistics in
+:mod:`nlanalysis.measure.heads` (native kernels: :mod:`nlanalysis.kernels`), hooks in
+:mod:`nlanalysis.capture.heads`, tables in :mod:`nlanalysis.analyze_vit`, query maps on photos in
+:mod:`nlanalysis.extract.photo_maps`, the report in :mod:`nlanalysis.report.vit`, checkpoints in
+:mod:`nlanalysis.checkpoints.vit`, preprocessing in :mod:`nlanalysis.data.vit_preprocess`; adapters
+in :mod:`nlanalysis.adapters.vit`. ``nlanalysis.vit.<old submodule>`` still names the module.
 Attributes are imported lazily, so importing this package needs neither timm nor onnx.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+_HOMES = {
+    'tokens': 'nlanalysis.blocks.tokens',
+    'attention': 'nlanalysis.blocks.heads',
+    'measure': 'nlanalysis.measure.heads',
+    'capture': 'nlanalysis.capture.heads',
+    'analyze': 'nlanalysis.analyze_vit',
+    'models': 'nlanalysis.checkpoints.vit.models',
+    'convert': 'nlanalysis.checkpoints.vit.convert',
+    'preprocess': 'nlanalysis.data.vit_preprocess',
+    'maps': 'nlanalysis.extract.photo_maps',
+    'report': 'nlanalysis.report.vit',
+    '_deps': 'nlanalysis.checkpoints.vit._deps',
+    'controls': 'nlanalysis.measure.head_controls',
+    'kernels': 'nlanalysis.kernels',
+    'shared_softmax': 'nlanalysis.capture.shared_softmax',
+}
 
 _EXPORTS = {
     "TokenLayout": "tokens",
@@ -35,7 +55,7 @@ _EXPORTS = {
     "gram_matrices": "measure",
     "ViTCapture": "capture",
     "LayerRecord": "capture",
-    "HEAD_MEAN": "analyze",
+    "HEAD_MEAN": "schema",
     "analyze_vit": "analyze",
     "records_to_frame": "analyze",
     "layer_table": "analyze",
@@ -62,18 +82,17 @@ _EXPORTS = {
     "write_vit_report": "report",
 }
 
-_SUBMODULES = ("tokens", "attention", "measure", "capture", "analyze", "models", "convert", "preprocess", "maps", "report")
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+    if name in _HOMES:
+        return importlib.import_module(_HOMES[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'nlanalysis.vit' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    return getattr(importlib.import_module(_HOMES.get(module, f"nlanalysis.{module}")), name)
 
 
 def __dir__() -> list[str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .analyze import HEAD_MEAN, photo_table
+from ..analyze_vit import photo_table
+from ..schema import HEAD_MEAN
 
 
 def main(argv: list[str] | None = None) -> None:

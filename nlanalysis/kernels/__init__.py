@@ -1,6 +1,6 @@
 """Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
 
-:func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.vit.measure._chunk_stats` (the
+:func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.heads._chunk_stats` (the
 eager reference; tests check that they agree), :func:`token_stats` of ``_token_stats`` and
 :func:`pair_jsd` of ``_pair_jsd``. Their source, ``row_stats.c``, is compiled once per machine into
 ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``; a temporary folder when that cannot be
@@ -254,7 +254,7 @@ def row_stats(
 
     Returns:
         ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
-        ``[8, B, H+1]`` float64, as :func:`nlanalysis.vit.measure._chunk_stats`.
+        ``[8, B, H+1]`` float64, as :func:`nlanalysis.measure.heads._chunk_stats`.
 
     Raises:
         KernelUnavailable: the library could not be built.
@@ -325,7 +325,7 @@ def token_stats(
     branch_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts ``[B, 2 + H]`` (input, branch, per head),
-    as :func:`nlanalysis.vit.measure._token_stats`.
+    as :func:`nlanalysis.measure.heads._token_stats`.
 
     Args:
         x, branch: ``[B, n, C]`` float32 (rows contiguous: views like ``x[:, 1:]`` are fine).
@@ -380,7 +380,7 @@ def pair_jsd(
     table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """JSD (bits) of row pairs ``(a, b)`` of renormalised rows ``table`` ``[S, H+1, K]`` -> ``[P, H+1]``
-    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.vit.measure._pair_jsd`.
+    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.measure.heads._pair_jsd`.
 
     With ``image`` (``[P]``, the image of each pair, ``< batch``): per image and head instead, the
     number of defined values, their mean and sample variance, each ``[batch, H+1]`` float64 (mean

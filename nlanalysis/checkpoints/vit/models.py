@@ -9,7 +9,7 @@ no licence text and does not say where the backbone weights come from.
 
 ``load_vit(path)`` does the same for a user's checkpoint: an ``.onnx`` export, or a state dict
 (``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face model folder with ``config.json``)
-in Hugging Face or timm layout (:mod:`nlanalysis.vit.convert`).
+in Hugging Face or timm layout (:mod:`nlanalysis.checkpoints.vit.convert`).
 
 The position table is resized once, to the input grid the model is built for
 (``img_size // patch``), bicubic with ``align_corners=False`` and -- unless the source antialiases --

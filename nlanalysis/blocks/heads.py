@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..blocks.attention import LazyAttention
+from .attention import LazyAttention
 from .tokens import KEY_SETS, TokenLayout
 
 __all__ = ["HeadAttention", "TokenAttention"]

@@ -4,7 +4,7 @@ A fused ``F.scaled_dot_product_attention`` never hands out its softmax, so measu
 computing ``softmax(scale * q k^T)`` a second time. While a captured attention module runs,
 :class:`SharedSoftmax` (a ``TorchFunctionMode``, active only inside that module's forward) offers
 each ``scaled_dot_product_attention`` call to a handler, which may answer it itself: with
-:func:`nlanalysis.vit.measure.attend`, which measures the rows and returns ``softmax @ value`` from
+:func:`nlanalysis.measure.heads.attend`, which measures the rows and returns ``softmax @ value`` from
 the same pass. The model's modules and weights are untouched; a call the handler declines (masks,
 dropout, causal or grouped attention, gradients, other dtypes or devices) runs torch's own kernel.
 """

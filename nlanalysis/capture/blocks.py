@@ -23,8 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .adapters import BlockInfo, check_features, list_blocks
-from .measure import BlockStats, measure_block
+from ..adapters import BlockInfo, check_features, list_blocks
+from ..measure.blocks import BlockStats, measure_block
 
 __all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "cell_centres", "valid_cells"]
 

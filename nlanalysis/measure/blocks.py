@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks.attention import LazyAttention, PairwiseAttention
-from .metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
+from ..blocks.attention import LazyAttention, PairwiseAttention
+from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 
@@ -59,7 +59,7 @@ class BlockStats:
         att_zero_rows: fraction of query rows that are all zero.
         input_zero, output_zero: number of all-zero feature vectors.
         ctrl_att, ctrl_att_jsd, ctrl_att_own_object: the same statistics for random query/key
-            projections of the block's input at matched sharpness (see :mod:`nlanalysis.controls`);
+            projections of the block's input at matched sharpness (see :mod:`nlanalysis.measure.controls`);
             NaN unless requested (and for signed or query-independent maps).
         ctrl_temperature: the logit scale that matched the trained maps' mean entropy.
         att_own_object: mean attention mass a query on an object puts on that object.

@@ -42,9 +42,9 @@ import torch
 from torch import Tensor
 
 from ..metrics import distance_from_sum
-from . import kernels as _native
-from .attention import HeadAttention
-from .tokens import KEY_SETS, TokenLayout
+from .. import kernels as _native
+from ..blocks.heads import HeadAttention
+from ..blocks.tokens import KEY_SETS, TokenLayout
 
 __all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
@@ -65,7 +65,7 @@ class HeadStats:
         n_query, n_key: ``[B]`` valid patch queries and keys.
         keys: ``"patch"`` or ``"all"``; convention, zero_rule: of the cosine distance.
         controls: the random-projection control at matched sharpness per head
-            (:func:`nlanalysis.vit.controls.head_controls`: ``ctrl_att``, ...), or ``None``.
+            (:func:`nlanalysis.measure.head_controls.head_controls`: ``ctrl_att``, ...), or ``None``.
     """
 
     input: Tensor
@@ -298,7 +298,7 @@ def measure_heads(
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the pair sampling.
         convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
-        kernels: ``"native"``: the one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` (built on
+        kernels: ``"native"``: the one-pass CPU kernels of :mod:`nlanalysis.kernels` (built on
             first use with the system C compiler, ~0.3 s, cached on disk; a warning and eager
             PyTorch where they cannot be built or the maps are not on the CPU); ``"eager"``: PyTorch
             ops (any device); ``"auto"`` (default): native where it can be, quietly. Same numbers to
@@ -478,9 +478,9 @@ def _native_rows(
     chunk_size: int | None,
     attend_to: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """Every map statistic of the layer with :func:`nlanalysis.vit.kernels.row_stats`, chunk by chunk
+    """Every map statistic of the layer with :func:`nlanalysis.kernels.row_stats`, chunk by chunk
     of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
-    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.vit.kernels.pair_jsd`.
+    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.kernels.pair_jsd`.
     With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
     each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``."""
     b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch

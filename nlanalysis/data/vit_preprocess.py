@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.transforms import Prepared
+from .transforms import Prepared
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESSING", "placement", "prepare_vit_image", "preprocess_batch", "preprocess_image"]
 

@@ -10,7 +10,7 @@ that owns its hooks and always removes them). For each attention module a regist
   module input. The softmax is recomputed in float32 (fused kernels never expose it).
 * the per-head outputs are what the output projection receives (a pre-hook), or recomputed;
 * with the native kernels, the module's ``F.scaled_dot_product_attention`` call is answered from
-  the same softmax the statistics read (:mod:`nlanalysis.vit.shared_softmax`), so each layer's
+  the same softmax the statistics read (:mod:`nlanalysis.capture.shared_softmax`), so each layer's
   softmax is computed once, not twice (``share_softmax``);
 * the residual stream ``x`` entering the transformer block, and the block's LayerScale, are read
   from the enclosing block when it is a known pre-norm block (timm ``Block``, torchvision
@@ -30,12 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
-from ..capture import Capture, QueryMaps, cell_centres, valid_cells
-from .attention import HeadAttention
-from .controls import control_generator, head_controls
-from .measure import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
+from .blocks import Capture, QueryMaps, cell_centres, valid_cells
+from ..blocks.heads import HeadAttention
+from ..measure.head_controls import control_generator, head_controls
+from ..measure.heads import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
 from .shared_softmax import SharedSoftmax, innermost
-from .tokens import KEY_SETS, TokenLayout, layout_of
+from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
 
 __all__ = ["LayerRecord", "ViTCapture"]
 
@@ -54,10 +54,10 @@ class LayerRecord:
         layout: the token layout (class / register / patch tokens).
         input_space: ``"block"`` (residual stream into the transformer block, LayerScale applied
             to the output) or ``"attention"`` (the attention module's own input and output).
-        stats: :class:`~nlanalysis.vit.measure.HeadStats` (``None`` with ``stats=False``).
+        stats: :class:`~nlanalysis.measure.heads.HeadStats` (``None`` with ``stats=False``).
         queries: :class:`~nlanalysis.capture.QueryMaps` of the chosen query points; its ``maps`` are
             ``[B, K, heads + 1, H_g, W_g]`` (every head, then the head mean) over the patch keys.
-        attention: the :class:`~nlanalysis.vit.attention.HeadAttention` (CPU), only with
+        attention: the :class:`~nlanalysis.blocks.heads.HeadAttention` (CPU), only with
             ``keep_attention=True``.
     """
 
@@ -139,24 +139,24 @@ class ViTCapture(Capture):
         layout: the token layout; read from the model (and its input size) when omitted.
         queries: ``(y, x)`` points whose per-head maps are kept, in ``query_space`` coordinates.
         query_space: ``"image"`` (model-input pixels) or ``"feature"`` (patch cells).
-        stats: compute :class:`~nlanalysis.vit.measure.HeadStats`.
+        stats: compute :class:`~nlanalysis.measure.heads.HeadStats`.
         keep_attention: keep each layer's :class:`HeadAttention` (on the CPU) in its record.
         keep_records, on_record: as in :class:`nlanalysis.capture.Capture`.
-        chunk_size, jsd_pairs, convention, zero: passed to :func:`~nlanalysis.vit.measure.measure_heads`.
+        chunk_size, jsd_pairs, convention, zero: passed to :func:`~nlanalysis.measure.heads.measure_heads`.
         seed: seeds the JSD pair sampling, and the controls (their own stream per forward and layer).
         recompute: recompute q/k from the module input even where hooks could read them
             (for checking the hooks; slower).
-        kernels: the statistics' implementation (:func:`~nlanalysis.vit.measure.measure_heads`):
-            ``"auto"`` (default) the native one-pass CPU kernels of :mod:`nlanalysis.vit.kernels` where
+        kernels: the statistics' implementation (:func:`~nlanalysis.measure.heads.measure_heads`):
+            ``"auto"`` (default) the native one-pass CPU kernels of :mod:`nlanalysis.kernels` where
             they build (system C compiler, ~0.3 s once per machine), ``"native"`` the same with a
             warning where they cannot, ``"eager"`` PyTorch ops (any device; same numbers to float32
             rounding).
         controls: also compute the random-projection control at matched sharpness per head
-            (:func:`nlanalysis.vit.controls.head_controls`; ``keys="patch"`` only; slow: for runs
+            (:func:`nlanalysis.measure.head_controls.head_controls`; ``keys="patch"`` only; slow: for runs
             that want it), in ``stats.controls``.
         share_softmax: with the native kernels and ``stats``, answer each captured module's
             ``F.scaled_dot_product_attention`` call (float32 CPU, no mask, dropout or causal
-            attention) with :func:`~nlanalysis.vit.measure.attend`: the model's attention output then
+            attention) with :func:`~nlanalysis.measure.heads.attend`: the model's attention output then
             comes from the very softmax that is measured, computed once instead of twice. The
             model's outputs equal its fused kernel's to float32 rounding (about 1e-6 relative);
             ``False`` leaves every op of the model to torch.
@@ -272,7 +272,7 @@ class ViTCapture(Capture):
 
     def _share_softmax(self, index: int, module: nn.Module, adapter: ViTAttentionAdapter, seen: dict[str, Any]) -> None:
         """Hooks that keep a :class:`SharedSoftmax` active while ``module`` runs, answering its
-        attention call with :func:`~nlanalysis.vit.measure.attend` (the maps and statistics go to
+        attention call with :func:`~nlanalysis.measure.heads.attend` (the maps and statistics go to
         ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
         heads = adapter.num_heads(module)
 
@@ -378,8 +378,8 @@ class ViTCapture(Capture):
         return record
 
     def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, head_dim: int, index: int) -> dict[str, Tensor]:
-        """The random-projection control of every head (:func:`~nlanalysis.vit.controls.head_controls`), drawn
-        from its own generator (:func:`~nlanalysis.vit.controls.control_generator`: the JSD pairs stay as without)."""
+        """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn
+        from its own generator (:func:`~nlanalysis.measure.head_controls.control_generator`: the JSD pairs stay as without)."""
         valid = valid_cells(self._valid, layout.grid) if self._valid is not None else None
         objects = cell_centres(self._objects, layout.grid) if self._objects is not None else None
         return head_controls(

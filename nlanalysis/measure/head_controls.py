@@ -1,4 +1,4 @@
-"""The random-projection control of :mod:`nlanalysis.controls`, for every head of a ViT layer.
+"""The random-projection control of :mod:`nlanalysis.measure.controls`, for every head of a ViT layer.
 
 For head ``h``: the layer's own input tokens (what its q/k projections see, after the block's
 norm) through random query/key projections of the head's width (Gaussian, a fresh pair per head),
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ..blocks.attention import PairwiseAttention
-from ..measure import measure_block
-from .tokens import TokenLayout
+from .blocks import measure_block
+from ..blocks.tokens import TokenLayout
 
 __all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "matched_controls"]
 

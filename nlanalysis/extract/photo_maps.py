@@ -1,12 +1,12 @@
 """Query maps of chosen heads on whole photos, and how local every head's maps are.
 
 Two things the ViT report draws and states beyond the per-head statistics of
-:func:`nlanalysis.vit.analyze_vit`:
+:func:`nlanalysis.analyze_vit_vit`:
 
 * :func:`photo_maps` -- GCNet Figure 2 material (Cao et al., arXiv 1904.11492, Figure 2): for each
   photo, a few query points (fixed fractions of the photo, moved to the centre of the patch they
   fall in) and every chosen ``(layer, head)``'s map of each query over the patch grid, from
-  :class:`~nlanalysis.vit.capture.ViTCapture`. :meth:`PhotoMaps.overlay` puts a map onto the
+  :class:`~nlanalysis.capture.heads.ViTCapture`. :meth:`PhotoMaps.overlay` puts a map onto the
   photo as the model saw it (resized, its padding removed).
 * :func:`locality` -- per image, layer and head, the share of a query's attention that lies on
   the ``(2r + 1)^2`` patches around it (``r = 1``: the query's patch and its 8 neighbours), beside
@@ -15,7 +15,7 @@ Two things the ViT report draws and states beyond the per-head statistics of
   keys, as the statistics do). A high ``att`` says a head's maps differ between queries; a high
   local mass says *how*: each query looks at its own neighbourhood (the peak offset: which side).
   :func:`record_locality` computes the same from one captured layer (so it can share a forward
-  pass with :func:`nlanalysis.vit.analyze_vit`), plus every image's count of queries per peak
+  pass with :func:`nlanalysis.analyze_vit_vit`), plus every image's count of queries per peak
   offset, from which the report pools the share at one offset over photos.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..capture import valid_cells
-from ..extract.maps import grid_overlay
-from .analyze import HEAD_MEAN
-from .capture import LayerRecord, ViTCapture
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image
+from ..capture.blocks import valid_cells
+from .maps import grid_overlay
+from ..schema import HEAD_MEAN
+from ..capture.heads import LayerRecord, ViTCapture
+from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image
 
 __all__ = ["DEFAULT_QUERIES", "PhotoMaps", "locality", "photo_maps", "record_locality"]
 
@@ -182,7 +182,7 @@ def record_locality(
     rec: LayerRecord, valid: Tensor | None, image_ids: Sequence[Any], radius: int = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`locality` of one layer, from a record of a :class:`ViTCapture` with ``keep_attention=True``
-    (so it can share the forward pass of :func:`nlanalysis.vit.analyze_vit`, via ``on_record``).
+    (so it can share the forward pass of :func:`nlanalysis.analyze_vit_vit`, via ``on_record``).
 
     Args:
         rec: the layer's record (its ``attention`` kept).

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blocks.attention import LazyAttention, PairwiseAttention
+from ..blocks.attention import LazyAttention, PairwiseAttention
 
 __all__ = ["match_temperature", "mean_entropy", "random_projection_attention"]
 

@@ -1,6 +1,6 @@
 """From images to tables: per-image, per-layer, per-head statistics of a ViT, and their intervals.
 
-* :func:`analyze_vit` -- run a ViT under :class:`~nlanalysis.vit.capture.ViTCapture`; one row per
+* :func:`analyze_vit` -- run a ViT under :class:`~nlanalysis.capture.heads.ViTCapture`; one row per
   image x layer x head, plus a head-mean row per image x layer (``head == HEAD_MEAN``: the
   statistics of the head-averaged map and of the whole attention branch). Patch queries over
   patch keys by default; ``keys="all"`` includes the class/register keys (column ``keys``).
@@ -19,14 +19,13 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..metrics import mean_ci
-from .capture import LayerRecord, ViTCapture
-from .controls import CONTROL_COLUMNS
+from .metrics import mean_ci
+from .capture.heads import LayerRecord, ViTCapture
+from .measure.head_controls import CONTROL_COLUMNS
+from .schema import HEAD_MEAN
 
 __all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "layer_table", "photo_table", "records_to_frame"]
 
-#: ``head`` value of the head-mean rows.
-HEAD_MEAN = -1
 
 #: statistic columns, in order.
 STAT_COLUMNS = [
@@ -82,7 +81,7 @@ def analyze_vit(
 
     Args:
         model: a timm / torchvision / Hugging Face ViT (e.g. :func:`nlanalysis.vit.load_vit`).
-        images: ``[B, 3, H, W]`` model input (:func:`nlanalysis.vit.preprocess_batch`).
+        images: ``[B, 3, H, W]`` model input (:func:`nlanalysis.data.vit_preprocess_batch`).
         valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
         objects: optional ``[B, H, W]`` int object labels of the input pixels (0: no object):
             ``att_own_object`` / ``own_object_share`` (each patch takes the label at its centre).
@@ -90,7 +89,7 @@ def analyze_vit(
         blocks: glob(s) selecting attention modules by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
         batch_size: run the model on this many images at a time (default: all at once).
-        capture_kwargs: passed to :class:`~nlanalysis.vit.capture.ViTCapture`.
+        capture_kwargs: passed to :class:`~nlanalysis.capture.heads.ViTCapture`.
 
     Returns:
         A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
@@ -176,9 +175,9 @@ def photo_table(
     Returns:
         ``(per-image frame, per-layer table)``; prints the table (and what it is) unless told not to.
     """
-    from ..data.images import sample_photos
-    from .models import load_vit
-    from .preprocess import preprocess_batch
+    from .data.images import sample_photos
+    from .checkpoints.vit.models import load_vit
+    from .data.vit_preprocess import preprocess_batch
 
     if not isinstance(model, nn.Module):
         model = load_vit(model, img_size=size)
