@@ -1,8 +1,8 @@
 """Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
 
-:func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.heads._chunk_stats` (the
-eager reference; tests check that they agree), :func:`token_stats` of ``_token_stats`` and
-:func:`pair_jsd` of ``_pair_jsd``. Their source, ``row_stats.c``, is compiled once per machine into
+:func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
+eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and
+:func:`pair_jsd` of ``nlanalysis.measure.jsd_pairs._pair_jsd``. Their source, ``row_stats.c``, is compiled once per machine into
 ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``; a temporary folder when that cannot be
 written) with ``$CC`` (default ``cc``) and ``-O3 -march=native -ffast-math -fopenmp``, in well under
 a second, written to a temporary file and renamed, so concurrent processes never load a
@@ -254,7 +254,7 @@ def row_stats(
 
     Returns:
         ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
-        ``[8, B, H+1]`` float64, as :func:`nlanalysis.measure.heads._chunk_stats`.
+        ``[8, B, H+1]`` float64, as :func:`nlanalysis.measure.head_rows._chunk_stats`.
 
     Raises:
         KernelUnavailable: the library could not be built.
@@ -380,7 +380,7 @@ def pair_jsd(
     table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """JSD (bits) of row pairs ``(a, b)`` of renormalised rows ``table`` ``[S, H+1, K]`` -> ``[P, H+1]``
-    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.measure.heads._pair_jsd`.
+    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.measure.jsd_pairs._pair_jsd`.
 
     With ``image`` (``[P]``, the image of each pair, ``< batch``): per image and head instead, the
     number of defined values, their mean and sample variance, each ``[batch, H+1]`` float64 (mean

@@ -1,0 +1,224 @@
+"""The map statistics of a ViT layer's heads, chunk by chunk of patch queries: the native one-pass
+kernels (:mod:`nlanalysis.kernels`) and their eager PyTorch reference (any device).
+
+Both return the same sums (``[B, heads+1, N_key]`` unit-row sums for the cosine, ``[8, B, heads+1]``
+entropy, max, non-zero, zero, prefix mass and own-object sums) and the JSD pair values of the
+batch's plan (:mod:`.jsd_pairs`); :func:`nlanalysis.measure.heads.measure_heads` turns them into
+statistics.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .. import kernels as _native
+from ..blocks.heads import HeadAttention
+from .jsd_pairs import _Plan, _pair_jsd
+
+if TYPE_CHECKING:
+    from .heads import HeadsBatch
+
+__all__: list[str] = []
+
+
+def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
+    nq = att.layout.n_patch
+    if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
+        chunk_size = max(8, (1 << 22) // (att.batch_size * att.num_heads * att.layout.n_tokens))
+    return min(chunk_size, nq)
+
+
+def _native_rows(
+    att: HeadAttention,
+    km: Tensor | None,
+    qmask: Tensor | None,
+    batch: HeadsBatch,
+    chunk_size: int | None,
+    attend_to: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """Every map statistic of the layer with :func:`nlanalysis.kernels.row_stats`, chunk by chunk
+    of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
+    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.kernels.pair_jsd`.
+    With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
+    each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``."""
+    b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
+    first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
+    kw = km.reshape(b, -1) if km is not None else None
+    plan, rows = batch.plan, None
+    if plan is not None and batch.sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
+        size = plan.query.numel()
+        rows = (batch.sel, _native.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
+                torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
+    step = _native_chunk(att, chunk_size)
+    s_att, sums = None, None
+    attending = attend_to is not None
+    value, out = attend_to if attend_to is not None else (None, None)
+    for start in range(0, nq, step):
+        stop = min(start + step, nq)
+        # q . k straight from the model's own (strided) q and k, image by image, into a reused buffer (a
+        # fresh multi-MiB tensor costs its page faults every layer); the kernel applies the scale.
+        # Attending, the first chunk also holds the class/register queries' rows (token rows lo:hi).
+        lo, hi = (0 if attending and start == 0 else prefix + start), prefix + stop
+        logits = _native.workspace("logits", (b, heads, hi - lo, att.key.shape[2]))
+        for i in range(b):
+            torch.matmul(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=logits[i])
+        pre = prefix + start - lo  # class/register rows in this chunk: only softmaxed, for the model
+        part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
+        m = qmask[:, start:stop] if qmask is not None else None
+        obj = None
+        if batch.objects is not None:
+            ql, kl, share = batch.objects
+            obj = (ql[:, start:stop], kl, share[:, start:stop])
+        probs = logits if attending else None  # the kernel leaves the softmax in place
+        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale, objects=obj, probs=probs, pre=pre)
+        s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
+        if attending:
+            out[:, lo:hi].copy_(torch.matmul(logits, value).transpose(1, 2))
+    values = None
+    if plan is not None and rows is not None:
+        values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b, plan.pair_image, b)  # per image
+    return s_att, sums, values
+
+
+def _eager_rows(
+    att: HeadAttention,
+    km: Tensor | None,
+    qmask: Tensor | None,
+    plan: _Plan | None,
+    chunk_size: int | None,
+    objects: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """As :func:`_native_rows`, in eager PyTorch (any device): :func:`_chunk_stats` chunk by chunk."""
+    b, heads, nq, prefix = att.batch_size, att.num_heads, att.layout.n_patch, att.layout.n_prefix
+    dev = att.device
+    if chunk_size is None:
+        chunk_size = max(8, 2 ** int(math.log2(max(1, (1 << 20) // (b * heads * att.layout.n_tokens)))))
+    first = prefix if att.keys == "patch" else 0
+    s_att = torch.zeros(b, heads + 1, att.n_key, dtype=torch.float64, device=dev)  # sum of unit rows
+    sums = torch.zeros(8, b, heads + 1, dtype=torch.float64, device=dev)  # entropy, max, non-zero, zero, prefix, own object x3
+    table = table_ent = None
+    for start in range(0, nq, chunk_size):
+        stop = min(start + chunk_size, nq)
+        m = qmask[:, None, start:stop] if qmask is not None else None
+        if att.probs is None:  # scale * q of these patch queries, and every key (contiguous copies made once per layer)
+            q, probs = att.scaled_query(slice(start, stop)), None
+        else:
+            q, probs = None, att.probs_rows(slice(start, stop))  # the model's own softmax
+        sel_b = sel_c = inside = None
+        if plan is not None:  # the rows of this chunk the JSD pairs need
+            inside = ((plan.query >= start) & (plan.query < stop)).nonzero()[:, 0]
+            sel_b, sel_c = plan.image[inside], plan.query[inside] - start
+        obj = None if objects is None else (objects[0][:, start:stop], objects[1], objects[2][:, start:stop])
+        s_chunk, chunk_sums, rows, rows_ent = _chunk_stats(q, att.key, probs, km, m, sel_b, sel_c, first, prefix, obj)
+        s_att += s_chunk.double()
+        sums += chunk_sums.double()
+        if plan is not None:
+            if table is None:
+                table = rows.new_zeros(plan.query.numel(), *rows.shape[1:])
+                table_ent = rows_ent.new_full((plan.query.numel(), rows_ent.shape[1]), math.nan)
+            table[inside], table_ent[inside] = rows, rows_ent
+    values = None
+    if plan is not None and table is not None:
+        values = torch.cat([_pair_jsd(table, table_ent, plan.a[i : i + 8192], plan.b[i : i + 8192])
+                            for i in range(0, plan.a.numel(), 8192)])  # fmt: skip
+    return s_att, sums, values
+
+
+def _chunk_stats(
+    q: Tensor | None,
+    k: Tensor,
+    probs: Tensor | None,
+    km: Tensor | None,
+    m: Tensor | None,
+    sel_b: Tensor | None,
+    sel_c: Tensor | None,
+    first: int,
+    prefix: int,
+    objects: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The statistics of a chunk of patch queries, every head and the head mean at once (eager).
+
+    Args:
+        q: ``[B, H, c, d]`` scaled queries of the chunk (None when ``probs`` is given); k: ``[B, H, N, d]``.
+        probs: ``[B, H, c, N]`` softmax rows given by the caller instead of q (read only).
+        km: ``[B, 1, 1, K]`` key weights (1 valid, 0 padding) or None; m: ``[B, 1, c]`` valid queries.
+        sel_b, sel_c: image and chunk-row of the rows to return normalised (for the JSD), or None.
+        first: first key column used (``n_prefix`` for patch keys, 0 for all); prefix: ``n_prefix``.
+        objects: the chunk's query labels ``[B, c]``, key labels ``[B, K]`` and query shares ``[B, c]``
+            (:class:`HeadsBatch` ``objects``), or None.
+
+    Returns:
+        ``s`` (``[B, H+1, K]``: sum of the valid non-zero rows as unit vectors), ``sums``
+        (``[8, B, H+1]``: entropy of the renormalised rows in nats, largest weight, non-zero rows,
+        zero rows, mass on class/register tokens, summed over valid queries; then, over non-zero
+        rows of queries on an object, the share of mass on that object, the object's share of keys,
+        and their count), and the selected rows
+        renormalised ``[S, H+1, K]`` with their entropies ``[S, H+1]`` (NaN for zero rows).
+    """
+    b, heads = k.shape[0], k.shape[1]
+    # as few passes over [B, H, c, N] as possible, each one a vectorised ATen kernel
+    if probs is None:
+        d = torch.matmul(q, k.transpose(-2, -1))  # raw logits: sum r log p = sum r l - t (max l + log Z)
+        top, where = d.max(-1, keepdim=True)
+        p = torch.softmax(d, -1)
+        logz = (top - p.gather(-1, where).log()).squeeze(-1)  # log-sum-exp: p at the argmax is exp(max - lse)
+        if km is not None:
+            p[..., first:] *= km  # padded keys weigh nothing (p is ours)
+    else:
+        p, d, logz = probs, None, None
+        if km is not None:
+            p = torch.cat([p[..., :first], p[..., first:] * km], -1)  # the model's own softmax stays as it is
+    # the head mean as a GEMV over heads: a strided mean over dim 1 is several times slower in eager mode
+    pmean = (p.new_full((1, heads), 1.0 / heads) @ p.reshape(b, heads, -1)).reshape(b, 1, p.shape[2], -1)
+    r, rm = p[..., first:], pmean[..., first:]
+    t_h = r.sum(-1)
+    total = torch.cat([t_h, t_h.mean(1, keepdim=True)], 1)  # the mean row's mass is the mean of the heads'
+    peak = torch.cat([r.amax(-1), rm.amax(-1)], 1)
+    # a row is all zero unless some weight is a normal float (as in the native kernels, which flush denormals)
+    ok = peak >= torch.finfo(peak.dtype).tiny
+    ok = ok if m is None else ok & m
+    tt = torch.where(ok, total, 1.0)
+    if d is not None:
+        rlogr_h = torch.linalg.vecdot(r, d[..., first:]) - t_h * logz  # sum r log p
+    else:
+        rlogr_h = torch.special.xlogy(r, r).sum(-1)
+    rlogr_m = torch.special.xlogy(rm, rm).sum(-1)
+    ent = torch.log(tt) - torch.cat([rlogr_h, rlogr_m], 1) / tt
+    # norms accumulated in float64: squares of weights below ~1e-19 underflow in float32
+    norm = torch.cat([torch.linalg.vector_norm(r, dim=-1, dtype=torch.float64), torch.linalg.vector_norm(rm, dim=-1, dtype=torch.float64)], 1)
+    w = torch.where(ok, 1.0 / norm.clamp(min=1e-300), 0.0).to(p.dtype)  # unit rows (norm >= peak: finite); zero rows add nothing
+    w_h, w_m = w[:, :heads], w[:, heads:]
+    # contiguous full rows: GEMV without copying, drop the prefix columns after
+    s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
+    valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
+    if prefix:
+        pre = p[..., :prefix].sum(-1)
+        pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
+    else:
+        pre = torch.zeros_like(tt)
+    own_sums = [torch.zeros_like(tt[..., 0])] * 3
+    if objects is not None:
+        ql, kl, share = objects
+        same = ((kl[:, None, :] == ql[:, :, None]) & (ql[:, :, None] > 0))[:, None].to(r.dtype)  # [B, 1, c, K]
+        own = torch.cat([(r * same).sum(-1), (rm * same).sum(-1)], 1) / tt
+        on = ok & (ql[:, None, :] > 0)
+        own_sums = [torch.where(on, own, 0.0).sum(-1), torch.where(on, share[:, None, :].to(tt.dtype), 0.0).sum(-1),
+                    on.sum(-1).to(tt.dtype)]  # fmt: skip
+    sums = torch.stack(
+        [
+            torch.where(ok, ent, 0.0).sum(-1),
+            torch.where(ok, peak / tt, 0.0).sum(-1),
+            ok.sum(-1).to(tt.dtype),
+            (valid & ~ok).sum(-1).to(tt.dtype),
+            torch.where(valid, pre, 0.0).sum(-1),
+            *own_sums,
+        ]
+    )
+    rows = rows_ent = None
+    if sel_b is not None:
+        rows = torch.cat([r[sel_b, :, sel_c], rm[sel_b, :, sel_c]], 1) / tt[sel_b, :, sel_c][..., None]
+        rows_ent = torch.where(ok[sel_b, :, sel_c], ent[sel_b, :, sel_c], math.nan)
+    return s, sums, rows, rows_ent

@@ -1,0 +1,97 @@
+"""The Jensen-Shannon divergence of sampled query pairs, per head: which rows a batch's pairs need
+(:class:`_Plan`), the JSD of a pair of normalised rows, and each image's mean and standard error.
+
+As :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`: ordered pairs with i = j allowed, all
+``n^2`` of them when ``jsd_pairs >= n^2``, else ``jsd_pairs`` uniform draws per image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__: list[str] = []
+
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class _Plan:
+    """JSD pairs of a batch: the query rows to keep (``image``, ``query``: one entry per row), and the
+    pairs as positions in that list (``a``, ``b``) with their image."""
+
+    image: Tensor
+    query: Tensor
+    a: Tensor
+    b: Tensor
+    pair_image: Tensor
+    exact: Tensor  # [B] bool: all pairs of that image were used
+
+
+def _jsd_plan(
+    qmask: Tensor | None, nq: int, b: int, jsd_pairs: int, generator: torch.Generator | None, dev: torch.device
+) -> _Plan | None:
+    """As :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`: ordered pairs with i = j allowed,
+    all ``n^2`` of them when ``jsd_pairs >= n^2``, else ``jsd_pairs`` uniform draws, per image."""
+    if jsd_pairs <= 0:
+        return None
+    num = max(jsd_pairs, 2)
+    images, queries, pa, pb, pimg, exact = [], [], [], [], [], torch.zeros(b, dtype=torch.bool)
+    offset = 0
+    for i in range(b):
+        index = qmask[i].nonzero()[:, 0].cpu() if qmask is not None else torch.arange(nq)
+        n = index.numel()
+        if n == 0:
+            continue
+        if num >= n * n:
+            qi, qj = (g.reshape(-1) for g in torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"))
+            exact[i] = True
+        else:
+            qi = torch.randint(n, (num,), generator=generator)
+            qj = torch.randint(n, (num,), generator=generator)
+        uniq, inverse = torch.unique(torch.cat([qi, qj]), return_inverse=True)
+        images.append(torch.full((uniq.numel(),), i))
+        queries.append(index[uniq])
+        pa.append(inverse[: qi.numel()] + offset)
+        pb.append(inverse[qi.numel() :] + offset)
+        pimg.append(torch.full((qi.numel(),), i))
+        offset += uniq.numel()
+    if not images:
+        return None
+    cat = lambda ts: torch.cat(ts).to(dev)  # noqa: E731
+    return _Plan(cat(images), cat(queries), cat(pa), cat(pb), cat(pimg), exact)
+
+
+def _pair_jsd(table: Tensor, table_ent: Tensor, a: Tensor, c: Tensor) -> Tensor:
+    """JSD (bits) of row pairs ``(a, c)`` of normalised rows ``table`` ``[U, H+1, K]`` -> ``[P, H+1]``."""
+    m = (table[a] + table[c]) * 0.5  # [P, H+1, K]
+    h_m = -torch.special.xlogy(m, m).sum(-1)
+    return ((h_m - 0.5 * (table_ent[a] + table_ent[c])) / _LN2).clamp(0.0, 1.0)
+
+
+def _jsd(plan: _Plan | None, values: Tensor | tuple[Tensor, Tensor, Tensor] | None, b: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Mean JSD (bits) over each image's pairs, and its standard error (0 where every pair was used).
+
+    ``values``: the pairs' values ``[P, heads+1]`` (NaN for pairs with an all-zero row), or already
+    per image ``(count, mean, variance)`` ``[B, heads+1]`` each (the native kernel's).
+    """
+    jsd = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
+    err = jsd.clone()
+    if plan is None or values is None:
+        return jsd, err
+    if isinstance(values, tuple):
+        count, mean, var = values
+    else:
+        v = values.double().cpu()
+        img = plan.pair_image.cpu()
+        ok = v == v
+        v0 = torch.where(ok, v, 0.0)
+        count = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, ok.double())
+        mean = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, v0) / count
+        sq = torch.where(ok, (v - mean[img]) ** 2, 0.0)
+        var = torch.zeros(b, heads + 1, dtype=torch.float64).index_add_(0, img, sq) / (count - 1).clamp(min=1)
+    jsd = torch.where(count > 0, mean, math.nan)
+    err = torch.where(plan.exact[:, None], torch.where(count > 0, 0.0, math.nan), var.sqrt() / count.sqrt())
+    return jsd, err
