@@ -34,6 +34,31 @@ def _timm_vit(size=28):
     return randomize_(model, std=0.2).eval()
 
 
+def _local_vit(size=56):
+    """:func:`_timm_vit` whose head 0 of layer 0 is local by construction: patch ``(r, c)``'s position embedding
+    carries ``M * (cos ar, sin ar, cos ac, sin ac)`` and its negative in channels 0-7 (zero mean, the same norm
+    for every patch, much larger than the rest of the token, so LayerNorm keeps it), and the head's query and
+    key read those channels, so its logits are ``s (cos a(r_i - r_j) + cos a(c_i - c_j))``: largest at the
+    query's own patch and falling with distance (``a = pi / grid``)."""
+    model = _timm_vit(size)
+    grid = size // 7
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    a = math.pi / grid
+    code = torch.stack([(a * rows).cos(), (a * rows).sin(), (a * cols).cos(), (a * cols).sin()], -1).flatten(0, 1)
+    blk = model.blocks[0]
+    with torch.no_grad():
+        model.pos_embed[0, 1:, :8] = 100 * torch.cat([code, -code], -1)
+        model.patch_embed.proj.weight[:8] = 0
+        model.patch_embed.proj.bias[:8] = 0
+        blk.norm1.weight[:8], blk.norm1.bias[:8] = 1.0, 0.0
+        weight, bias = blk.attn.qkv.weight, blk.attn.qkv.bias
+        for start in (0, 32):  # head 0's query rows, then its key rows (qkv: q, k, v of 4 heads x 8)
+            weight[start : start + 8], bias[start : start + 8] = 0.0, 0.0
+            for j in range(4):  # channel j minus channel j + 4: the code, whatever LayerNorm's mean
+                weight[start + j, j], weight[start + j, j + 4] = 1.0, -1.0
+    return model
+
+
 def _bilinear(grid, out_h, out_w):
     """Upsample ``grid [h, w]`` to ``[out_h, out_w]`` by hand (numpy): bilinear, half-pixel centres, edges clamped."""
 
@@ -50,7 +75,7 @@ def _bilinear(grid, out_h, out_w):
 
 
 def _patch_probs(model, x):
-    """``{layer: [B, heads, 16, 16]}``: each block's softmax over patch queries x patch keys, by hand from its qkv."""
+    """``{layer: [B, heads, n, n]}``: each block's softmax over the ``n`` patch queries x patch keys, by hand from its qkv."""
     seen = {}
     hooks = [blk.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0])) for i, blk in enumerate(model.blocks)]
     with torch.no_grad():
@@ -60,7 +85,7 @@ def _patch_probs(model, x):
         out = {}
         for i, blk in enumerate(model.blocks):
             b = x.shape[0]
-            qkv = blk.attn.qkv(blk.norm1(seen[i])).reshape(b, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
+            qkv = blk.attn.qkv(blk.norm1(seen[i])).reshape(b, seen[i].shape[1], 3, 4, 8).permute(2, 0, 3, 1, 4)
             out[i] = ((qkv[0] @ qkv[1].transpose(-1, -2)) * 8**-0.5).softmax(-1)[:, :, 1:, 1:]
     return out
 
@@ -259,9 +284,9 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
         "att": [0.78, 0.3, 0.01, 0.0], "att_low": [0.7, 0.2, 0.0, 0.0], "att_high": [0.8, 0.4, 0.02, 0.0],
         "att_entropy": [0.2, 0.7, 0.7, 0.8],
     }).to_csv(nl, index=False)  # fmt: skip
-    model = _timm_vit()
+    model = _local_vit(56)  # an 8 x 8 grid: a 4 x 4 one has no local head (a uniform map puts 0.39 on 3 x 3)
     out = tmp_path / "vit"
-    report = write_vit_report(out, model, _photos(), nl, size=28, queries=((0.3, 0.3), (0.7, 0.6)))
+    report = write_vit_report(out, model, _photos(), nl, size=56, queries=((0.3, 0.3), (0.7, 0.6)))
     for rel in ("index.md", "index.html", "tables/layers.csv", "tables/layers.md", "tables/layers.tex", "tables/heads.csv",
                 "tables/per_image.csv", "tables/compare.csv", "tables/compare.md", *(f"figures/{f}.{e}" for f in
                 ("heads_att", "heads_att_entropy", "heads_att_local", "head_maps") for e in ("png", "pdf"))):  # fmt: skip
@@ -284,17 +309,19 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
     # independently of record_locality / heads_table: each head's peak offsets from the model's own attention, by hand
     from nlanalysis.vit import preprocess_batch
 
-    x, valid, ids = preprocess_batch(_photos(), 28, "pad")
+    x, valid, ids = preprocess_batch(_photos(), 56, "pad")
     probs = _patch_probs(model, x)
     local_list = text.split("Local (a third or more")[1].split("\n")[0]  # the Summary's list of local heads
+    assert "L0·h0 (" in local_list, local_list  # the head built local is reported local: the checks below run
+    checked = 0
     for layer, p in probs.items():
         for head in range(4):
             shares = {}
             for b in range(len(ids)):
-                ok = [i for i in range(16) if valid[b, (i // 4) * 7 + 3, (i % 4) * 7 + 3]]
+                ok = [i for i in range(64) if valid[b, (i // 8) * 7 + 3, (i % 8) * 7 + 3]]
                 for i in ok:
                     j = max(ok, key=lambda k: float(p[b, head, i, k]))  # renormalising over ok keys keeps the argmax
-                    off = (j // 4 - i // 4, j % 4 - i % 4)
+                    off = (j // 8 - i // 8, j % 8 - i % 8)
                     shares[off] = shares.get(off, 0.0) + 1 / len(ok) / len(ids)
             best = max(sorted(shares), key=lambda o: shares[o] - 1e-12 * sorted(shares).index(o))
             row = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
@@ -303,7 +330,9 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
             if name in local_list:  # a local head: the words say "most" only when most queries share the offset
                 said = local_list.split(name)[1].split(")")[0]
                 assert said.startswith("peak offset varies") == (shares[best] <= 0.5), said
-    again = write_vit_report(tmp_path / "again", model, _photos(), nl, size=28, queries=((0.3, 0.3), (0.7, 0.6)))
+                checked += 1
+    assert checked >= 1
+    again = write_vit_report(tmp_path / "again", model, _photos(), nl, size=56, queries=((0.3, 0.3), (0.7, 0.6)))
     for rel in ("index.md", "index.html", "tables/heads.csv", "figures/head_maps.png", "figures/heads_att.pdf"):
         assert (again.out / rel).read_bytes() == (out / rel).read_bytes(), rel
 
