@@ -252,7 +252,7 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
         parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
-    if cols & {"ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object"}:
+    if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
     if summary.get("query_independent", pd.Series(dtype=bool)).astype(bool).any():
