@@ -13,15 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from .capture.blocks import BlockRecord, Capture
+from .schema import NL, statistic_columns
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 
-#: statistic columns of every result table, in order.
-STAT_COLUMNS = [
-    "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
-    "input_zero", "output_zero", "att_own_object", "own_object_share",
-    "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature",
-]  # fmt: skip
+#: statistic columns of an NL/GC block's rows, in order (:func:`nlanalysis.schema.statistic_columns`).
+STAT_COLUMNS = statistic_columns(NL)
 
 
 def records_to_frame(records: Iterable[BlockRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:

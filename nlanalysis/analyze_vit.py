@@ -5,7 +5,7 @@
   statistics of the head-averaged map and of the whole attention branch). Patch queries over
   patch keys by default; ``keys="all"`` includes the class/register keys (column ``keys``).
 * :func:`layer_table` -- per layer, the mean over images and its 95% interval
-  (:func:`nlanalysis.metrics.mean_ci`, Student t over images).
+  (:func:`nlanalysis.metrics.grouped.grouped_intervals`: Student t over images).
 * :func:`photo_table` -- the whole thing on the real photos that ship in pip wheels
   (:func:`nlanalysis.data.images.sample_photos`) with the offline pretrained ViT; ``python -m
   nlanalysis.vit`` prints it.
@@ -19,19 +19,18 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .metrics import mean_ci
 from .capture.heads import LayerRecord, ViTCapture
-from .measure.head_controls import CONTROL_COLUMNS
-from .schema import HEAD_MEAN
+from .metrics.grouped import grouped_intervals
+from .metrics.intervals import Method
+from .schema import HEAD_MEAN, VIT, names, statistic_columns
 
-__all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "layer_table", "photo_table", "records_to_frame"]
+__all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "image_intervals", "layer_table", "photo_table", "records_to_frame"]
 
 
-#: statistic columns, in order.
-STAT_COLUMNS = [
-    "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
-    "input_zero", "output_zero", "att_prefix_mass", "att_own_object", "own_object_share",
-]  # fmt: skip
+#: statistic columns of a ViT head's rows, in ``metrics.csv`` order (:func:`nlanalysis.schema.statistic_columns`);
+#: the control's (:data:`CONTROLS`) only with ``controls=True``.
+STAT_COLUMNS = statistic_columns(VIT)
+CONTROLS = frozenset(names(VIT, ("control",)))
 
 
 def records_to_frame(records: Iterable[LayerRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -58,8 +57,7 @@ def records_to_frame(records: Iterable[LayerRecord], image_ids: Sequence[Any] | 
                     "keys": stats["keys"],
                     "input_space": rec.input_space,
                 }
-                row.update({k: stats[k] for k in STAT_COLUMNS})
-                row.update({k: stats[k] for k in CONTROL_COLUMNS if k in stats})  # with controls=True
+                row.update({k: stats[k] for k in STAT_COLUMNS if k in stats or k not in CONTROLS})
                 row["convention"] = stats["convention"]
                 rows.append(row)
     return pd.DataFrame(rows)
@@ -113,7 +111,7 @@ def layer_table(
     columns: Sequence[str] = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass"),
     head: int | str = HEAD_MEAN,
     level: float = 0.95,
-    method: str = "t",
+    method: Method = "t",
 ) -> pd.DataFrame:
     """Per layer: mean over images of each statistic, with its confidence interval.
 
@@ -130,14 +128,16 @@ def layer_table(
         sel = frame[frame["head"] != HEAD_MEAN].groupby(["layer", "image"], as_index=False)[list(columns)].mean()
     else:
         sel = frame[frame["head"] == head]
-    out = []
-    for layer, group in sel.groupby("layer"):
-        row: dict[str, Any] = {"layer": layer, "n_images": group["image"].nunique()}
-        for col in columns:
-            ci = mean_ci(group[col].to_numpy(), level=level, method=method)
-            row[col], row[f"{col}_low"], row[f"{col}_high"] = ci.mean, ci.low, ci.high
-        out.append(row)
-    return pd.DataFrame(out)
+    return image_intervals(sel, ["layer"], columns, level=level, method=method)
+
+
+def image_intervals(
+    frame: pd.DataFrame, keys: Sequence[str], columns: Sequence[str], level: float = 0.95, method: Method = "t"
+) -> pd.DataFrame:
+    """Per group of ``keys`` (in key order): ``n_images``, then each column's mean over the group's
+    rows (one per image) and its interval (:func:`~nlanalysis.metrics.grouped.grouped_intervals`)."""
+    return grouped_intervals(frame, keys, columns, level=level, method=method, sort=True,
+                             facts=lambda part: {"n_images": part["image"].nunique()})  # fmt: skip
 
 
 def format_layer_table(table: pd.DataFrame, columns: Sequence[str] | None = None, digits: int = 3) -> str:

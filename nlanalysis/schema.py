@@ -1,7 +1,241 @@
-"""Facts about result tables that every layer reads (bottom floor: imports nothing of the package)."""
+"""Every result-table column, defined once (bottom floor: imports nothing of the package).
+
+A :class:`Column` says what one column of ``metrics.csv`` (and of the in-memory frames of
+``analyze`` / ``analyze_vit``) is: its meaning, dtype, valid range, which sites have it and its
+Table 1 header. :data:`REGISTRY` lists them in ``metrics.csv`` order; the column lists of a run
+(:func:`metrics_columns`), the statistics (:func:`statistic_columns`), the tables' headers
+(:func:`headers`), the range check (:func:`check_ranges`) and the README's column table
+(:func:`readme_table`) are read from it.
+
+Sites: :data:`NL` (an NL/GC block, one map) and :data:`VIT` (a ViT layer's heads and head mean),
+named as ``run.json``'s ``analysis``.
+"""
 from __future__ import annotations
 
-__all__ = ["HEAD_MEAN"]
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
+    "metrics_columns", "names", "pick", "readme_table", "statistic_columns", "value_range",
+]  # fmt: skip
 
 #: ``head`` value of the rows of a site's head-averaged map (and of an NL block's only map).
 HEAD_MEAN = -1
+
+#: sites: an NL/GC block, a ViT layer's heads (the ``analysis`` of ``run.json``).
+NL, VIT = "nl-blocks", "vit-heads"
+BOTH = frozenset({NL, VIT})
+
+#: what a column is for: ``image`` (filled from the image file), ``site`` (which block / layer /
+#: head and its shape), ``stat`` (a statistic of the trained maps), ``check`` (how far to trust
+#: one: sampling error, excluded vectors), ``control`` (the random-projection control), ``fact``
+#: (how the numbers were made).
+ROLES = ("image", "site", "stat", "check", "control", "fact")
+
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class Column:
+    """One result column.
+
+    Attributes:
+        name: the column's name.
+        meaning: one line, as the README says it.
+        dtype: ``str``, ``int``, ``float`` or ``bool``.
+        role: one of :data:`ROLES`.
+        range: ``(low, high)`` of valid values (NaN is always allowed), or ``None``.
+        sites: the sites that have it (:data:`NL`, :data:`VIT`).
+        header: its Table 1 header, or ``None`` (not in Table 1).
+        unit: ``1-cos`` for cosine distances (whose upper bound halves under ``(1-cos)/2``), ``bits``, ...
+        stored: written to ``metrics.csv`` (``False``: computed by a report from the same maps).
+    """
+
+    name: str
+    meaning: str
+    dtype: str
+    role: str
+    range: tuple[float, float] | None = None
+    sites: frozenset[str] = BOTH
+    header: str | None = None
+    unit: str = ""
+    stored: bool = True
+
+
+def _c(name: str, meaning: str, dtype: str, role: str, range: tuple[float, float] | None = None, **kw: Any) -> Column:
+    return Column(name, meaning, dtype, role, range, **kw)
+
+
+_NL, _VIT = frozenset({NL}), frozenset({VIT})
+_UNIT, _COUNT, _DIST = (0.0, 1.0), (0.0, _INF), (0.0, 2.0)
+
+#: every column, in ``metrics.csv`` order (a run's columns are those its site has).
+REGISTRY: tuple[Column, ...] = (
+    _c("image_id", "the image: its COCO id, or its file's path relative to the common folder", "str", "image"),
+    _c("file_name", "the image's file name", "str", "image"),
+    _c("block", "dotted name of the block (ViT: of the layer's attention module)", "str", "site"),
+    _c("layer", "transformer layer, counted from 0", "int", "site", _COUNT, sites=_VIT),
+    _c("head", "head, counted from 0; -1: the head-averaged map and the whole attention branch", "int", "site", (-1.0, _INF), sites=_VIT),
+    _c("family", "the block family (the adapter that found the block)", "str", "site"),
+    _c("mode", "the pairwise function (gaussian, embedded_gaussian, dot_product, concatenation, ...)", "str", "site"),
+    _c("num_heads", "heads in the layer", "int", "site", (1.0, _INF), sites=_VIT),
+    _c("n_prefix", "class and register tokens before the patches", "int", "site", _COUNT, sites=_VIT),
+    _c("keys", "`patch`: maps over patch keys only; `all`: class/register keys included", "str", "site", sites=_VIT),
+    _c("height", "rows of the query grid (NL: the block's feature map; ViT: the patch grid)", "int", "site", _COUNT),
+    _c("width", "columns of the query grid", "int", "site", _COUNT),
+    _c("n_query", "valid query positions (padding excluded)", "int", "site", _COUNT),
+    _c("n_key", "valid key positions (padding excluded)", "int", "site", _COUNT),
+    _c("input", "mean pairwise cosine distance of the input features `x_i` (ViT: the residual stream)", "float", "stat", _DIST,
+       header="input", unit="1-cos"),
+    _c("output", "mean pairwise cosine distance of what the block adds before fusion, `z_i - x_i` (= `W_z y_i`; a ViT head: its share of the branch)",
+       "float", "stat", _DIST, header="output", unit="1-cos"),
+    _c("att", "mean pairwise cosine distance of the query maps: query `i`'s map over all keys is a row of the `N x N_k` map", "float", "stat", _DIST,
+       header="att", unit="1-cos"),
+    _c("att_jsd", "mean pairwise Jensen-Shannon divergence of query maps, from sampled pairs", "float", "stat", _UNIT,
+       header="att JSD (bits)", unit="bits"),
+    _c("att_jsd_stderr", "standard error of `att_jsd`'s pair-sampled estimate (0 when exact)", "float", "check", _COUNT, unit="bits"),
+    _c("att_entropy", "mean normalised entropy of the query maps (1 = uniform, 0 = one-hot)", "float", "stat", _UNIT, header="entropy"),
+    _c("att_max", "mean largest weight of a query map", "float", "stat", _UNIT, header="max weight"),
+    _c("att_zero_rows", "fraction of all-zero query rows (common in concatenation blocks)", "float", "stat", _UNIT,
+       header="zero rows"),
+    _c("input_zero", "all-zero input vectors (no direction: excluded from `input`)", "int", "check", _COUNT),
+    _c("output_zero", "all-zero context vectors (excluded from `output`)", "int", "check", _COUNT),
+    _c("att_own_object", "attention mass a query on an object puts on that object's keys (NaN without objects)", "float", "stat",
+       _UNIT, header="own-object mass"),
+    _c("own_object_share", "share of the valid keys that the query's object covers (what uniform attention gives)", "float",
+       "stat", _UNIT, header="own-object share"),
+    _c("ctrl_att", "`att` of random query/key projections of the same input at the trained maps' entropy (`--controls`)", "float", "control",
+       _DIST, header="att, random proj.", unit="1-cos"),
+    _c("ctrl_att_jsd", "`att_jsd` of the random-projection control", "float", "control", _UNIT, header="JSD, random proj.",
+       unit="bits"),
+    _c("ctrl_att_own_object", "`att_own_object` of the random-projection control", "float", "control", _UNIT,
+       header="own-object mass, random proj."),
+    _c("ctrl_temperature", "the logit scale that matched the control's entropy to the trained maps'", "float", "control", _COUNT),
+    _c("att_prefix_mass", "weight patch queries put on class/register tokens", "float", "stat", _UNIT, sites=_VIT),
+    _c("query_independent", "one map serves every query by construction (GC, simplified NL): `att` = 0", "bool", "fact"),
+    _c("convention", "the cosine distance: `1-cos` (default, as scipy) or `(1-cos)/2`", "str", "fact"),
+    _c("input_space", "`block`: input/output are the residual stream; `attention`: the attention module's own", "str", "fact",
+       sites=_VIT),
+    _c("image_height", "height of the image file, pixels", "int", "image", _COUNT),
+    _c("image_width", "width of the image file, pixels", "int", "image", _COUNT),
+    _c("att_local", "weight a query puts on its own and the 8 neighbouring patches", "float", "stat", _UNIT, sites=_VIT,
+       stored=False),
+    _c("att_local_uniform", "what a uniform map puts on those 3x3 patches", "float", "stat", _UNIT, sites=_VIT, stored=False),
+)  # fmt: skip
+
+_BY_NAME = {c.name: c for c in REGISTRY}
+
+#: Table 1's statistic columns, in table order (those with a ``header``).
+TABLE1 = (
+    "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
+    "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
+)  # fmt: skip
+
+
+def column(name: str) -> Column:
+    """The column called ``name`` (ValueError naming the known ones if there is none)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown result column {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def pick(*wanted: str) -> tuple[str, ...]:
+    """``wanted`` as a tuple, each checked to be a known column (for a table's own column order)."""
+    return tuple(column(n).name for n in wanted)
+
+
+def names(site: str | None = None, roles: Iterable[str] | None = None, *, stored: bool | None = True) -> list[str]:
+    """Names of the columns of ``site`` (any if ``None``) with one of ``roles``, in registry order.
+
+    ``stored``: ``True`` only ``metrics.csv`` columns, ``False`` only report-side ones, ``None`` both.
+    """
+    if site is not None and site not in BOTH:
+        raise ValueError(f"unknown site {site!r}; expected {NL!r} or {VIT!r}")
+    roles = set(ROLES if roles is None else roles)
+    if roles - set(ROLES):
+        raise ValueError(f"unknown role(s) {sorted(roles - set(ROLES))}; expected some of {ROLES}")
+    return [c.name for c in REGISTRY
+            if (site is None or site in c.sites) and c.role in roles and (stored is None or c.stored == stored)]  # fmt: skip
+
+
+def metrics_columns(site: str) -> list[str]:
+    """The columns of a ``site`` run's ``metrics.csv``, in order."""
+    return names(site)
+
+
+def statistic_columns(site: str) -> list[str]:
+    """The measured columns of a ``site`` (statistics, their checks and controls), in order."""
+    return names(site, ("stat", "check", "control"))
+
+
+def headers() -> dict[str, str]:
+    """``{column: Table 1 header}`` of the columns that have one."""
+    return {c.name: c.header for c in REGISTRY if c.header is not None}
+
+
+def value_range(name: str, convention: str = "1-cos") -> tuple[float, float] | None:
+    """The valid ``(low, high)`` of column ``name``; cosine distances end at 1 under ``(1-cos)/2``."""
+    col = column(name)
+    if col.range is None:
+        return None
+    low, high = col.range
+    return (low, high / 2) if col.unit == "1-cos" and convention == "(1-cos)/2" else (low, high)
+
+
+def check_ranges(frame: Any, source: str, *, tol: float = 1e-6) -> None:
+    """Raise ValueError at the first value of ``frame`` outside its column's range.
+
+    Args:
+        frame: a pandas DataFrame of result rows (columns not in the registry are not checked).
+        source: where the rows came from (a file name), named in the error.
+        tol: float rounding allowed beyond each end (e.g. a distance of ``-1e-9``).
+
+    NaN is allowed everywhere; a value that is not a number in a column with a range is an error.
+    Rows are counted from 0 in the frame's order (CSV line = row + 2).
+    """
+    import pandas as pd  # bottom floor: pandas only when a frame is checked
+
+    checked = [n for n in frame.columns if n in _BY_NAME and _BY_NAME[n].range is not None]
+    bad = pd.DataFrame(False, index=range(len(frame)), columns=checked)
+    for n in checked:
+        raw = frame[n].reset_index(drop=True)
+        values = pd.to_numeric(raw, errors="coerce")
+        low, high = _BY_NAME[n].range
+        bad[n] = (values < low - tol) | (values > high + tol) | (values.isna() & raw.notna())
+    rows = bad.any(axis=1)
+    if not rows.any():
+        return
+    row = int(rows.to_numpy().argmax())
+    name = next(n for n in checked if bad.at[row, n])
+    col = _BY_NAME[name]
+    value = frame[name].iloc[row]
+    value = value.item() if hasattr(value, "item") else value  # numpy scalars print as plain numbers
+    raise ValueError(
+        f"{source}: row {row} (CSV line {row + 2}), column {name!r} = {value!r} lies outside "
+        f"[{col.range[0]}, {col.range[1]}] ({col.meaning})"
+    )
+
+
+def _range_text(col: Column) -> str:
+    if col.range is None:
+        return ""
+    low, high = col.range
+    if col.unit == "1-cos":
+        return "[0, 2] (`(1-cos)/2`: [0, 1])"
+    return f"[{low:g}, {high:g}]" if high != _INF else f">= {low:g}"
+
+
+_SITE_TEXT = {BOTH: "both", _NL: "NL blocks", _VIT: "ViT heads"}
+
+
+def readme_table(roles: Sequence[str] = ("stat", "check", "control")) -> str:
+    """The README's Markdown table of the ``metrics.csv`` columns with ``roles`` (default: the measured ones)."""
+    lines = ["| column | meaning | unit | range | sites |", "|---|---|---|---|---|"]
+    for c in REGISTRY:
+        if c.role in roles and c.stored:
+            lines.append(f"| `{c.name}` | {c.meaning} | {c.unit} | {_range_text(c)} | {_SITE_TEXT[c.sites]} |")
+    return "\n".join(lines) + "\n"

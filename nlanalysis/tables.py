@@ -20,10 +20,12 @@ added (:func:`nlanalysis.report.load_runs` builds it):
 ``metric``
 =================  ========================================================================
 
-Intervals: over images with :func:`~nlanalysis.metrics.mean_ci` (Student-t) when a row comes
-from one run (or several runs of one seed); over seeds with
+Intervals come from the one table engine, :func:`nlanalysis.metrics.grouped.grouped_intervals`
+(also behind the ViT tables): over images with :func:`~nlanalysis.metrics.mean_ci` (Student-t)
+when a row comes from one run (or several runs of one seed); over seeds with
 :func:`~nlanalysis.metrics.hierarchical_mean_ci` (images nested in seeds; the estimate is then
-the mean of the seed means) when it pools runs of several seeds.
+the mean of the seed means) when it pools runs of several seeds; cut to each statistic's range
+(:mod:`nlanalysis.schema`).
 
 Writers: CSV (numbers: ``STAT``, ``STAT_low``, ``STAT_high``), Markdown and LaTeX (formatted,
 with the caption that names the distance convention).
@@ -39,7 +41,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics.intervals import hierarchical_mean_ci, mean_ci
+from . import schema
+from .metrics.grouped import grouped_intervals
+from .metrics.intervals import mean_ci
 
 __all__ = [
     "RUN_COLUMNS",
@@ -59,19 +63,14 @@ __all__ = [
 #: run columns of a labelled metrics frame (see the module docstring).
 RUN_COLUMNS = ["label", "variant", "seed", "step", "metric_name", "metric"]
 
-#: statistics summarised, in table order; columns that are all NaN are left out.
-TABLE_STATS = [
-    "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
-    "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
-]  # fmt: skip
+#: statistics summarised, in table order (:data:`nlanalysis.schema.TABLE1`); columns that are all NaN are left out.
+TABLE_STATS = list(schema.TABLE1)
 
-#: column headers of the formatted table.
+#: column headers of the formatted table: the run and group columns', then each statistic's
+#: (:func:`nlanalysis.schema.headers`).
 HEADERS = {
     "variant": "variant", "step": "step", "block": "block", "mode": "mode", "images": "images", "seeds": "seeds",
-    "input": "input", "output": "output", "att": "att", "att_jsd": "att JSD (bits)",
-    "ctrl_att": "att, random proj.", "ctrl_att_jsd": "JSD, random proj.", "att_entropy": "entropy",
-    "att_max": "max weight", "att_zero_rows": "zero rows", "att_own_object": "own-object mass",
-    "own_object_share": "own-object share", "ctrl_att_own_object": "own-object mass, random proj.",
+    **schema.headers(),
 }  # fmt: skip
 
 #: how known task metrics are written in headers.
@@ -97,26 +96,32 @@ def _units(frame: pd.DataFrame) -> pd.Series:
     return ("seed " + seed.astype("Int64").astype(str)).where(seed.notna(), "run " + label)
 
 
-#: the largest value of statistics bounded above (distances: by the convention, see ``_upper``).
-UPPER = {"att_jsd": 1.0, "ctrl_att_jsd": 1.0, "att_entropy": 1.0, "att_max": 1.0, "att_zero_rows": 1.0,
-         "att_own_object": 1.0, "own_object_share": 1.0, "ctrl_att_own_object": 1.0}  # fmt: skip
-
-
-def _upper(stat: str, frame: pd.DataFrame) -> float:
-    if stat in UPPER:
-        return UPPER[stat]
+def _bounds(stats: Sequence[str], frame: pd.DataFrame) -> dict[str, tuple[float, float] | None]:
+    """Each statistic's valid range (:func:`nlanalysis.schema.value_range`; distances end at 1
+    when every row is ``(1-cos)/2``); ``None`` for columns the schema does not know."""
     half = "convention" in frame and (frame["convention"] == "(1-cos)/2").all()
-    return 1.0 if half else 2.0
+    known = set(schema.names(stored=None))
+    return {s: schema.value_range(s, "(1-cos)/2" if half else "1-cos") if s in known else None for s in stats}
 
 
-def _interval(values: pd.Series, units: pd.Series, level: float, upper: float) -> tuple[float, float, float]:
-    """Mean and CI, the interval cut to the statistic's range ``[0, upper]`` (a t interval over
-    few images can reach beyond it; cutting keeps its coverage)."""
-    if units.nunique() > 1:
-        ci = hierarchical_mean_ci(values.to_numpy(float), units.to_numpy(), level=level)
-    else:
-        ci = mean_ci(values.to_numpy(float), level=level)
-    return ci.mean, float(np.clip(ci.low, 0.0, upper)), float(np.clip(ci.high, 0.0, upper))
+def _facts(part: pd.DataFrame, level: float) -> dict[str, object]:
+    """The non-statistic columns of one Table 1 row (see :func:`summarise`)."""
+    row: dict[str, object] = {}
+    row["mode"] = part["mode"].iloc[0] if "mode" in part else ""
+    row["query_independent"] = bool(part["query_independent"].iloc[0]) if "query_independent" in part else False
+    row["images"] = part["image_id"].nunique() if "image_id" in part else len(part)
+    row["rows"] = len(part)
+    row["runs"] = part["label"].nunique() if "label" in part else 1
+    n_units = part["_unit"].nunique()
+    row["seeds"] = int(part["seed"].nunique()) if "seed" in part and part["seed"].notna().any() else math.nan
+    row["ci"] = (f"{level:.0%} t over {n_units} seed means (images within seeds)" if n_units > 1
+                 else f"{level:.0%} t over images")  # fmt: skip
+    if "metric" in part and part["metric"].notna().any():
+        per_unit = part.groupby("_unit", sort=False)["metric"].first()
+        ci = mean_ci(per_unit.to_numpy(float), level=level)
+        low = max(ci.low, 0.0) if (per_unit >= 0).all() and math.isfinite(ci.low) else ci.low  # mIoU, AP, accuracy >= 0
+        row.update(metric_name=part["metric_name"].dropna().iloc[0], metric=ci.mean, metric_low=low, metric_high=ci.high)
+    return row
 
 
 def summarise(
@@ -141,37 +146,15 @@ def summarise(
         (distinct images), ``rows`` (image results: images x runs), ``runs``, ``seeds``,
         ``ci`` (how the intervals were formed), ``metric_name``,
         ``metric`` / ``metric_low`` / ``metric_high`` (over seeds), and ``STAT`` /
-        ``STAT_low`` / ``STAT_high`` for each statistic. Groups keep the order they first appear
-        in, with steps in increasing order.
+        ``STAT_low`` / ``STAT_high`` for each statistic, its interval cut to the statistic's
+        range. Groups keep the order they first appear in, with steps in increasing order.
     """
     if frame.empty:
         raise ValueError("no metrics rows to summarise (did the runs analyse any image?)")
     keys = _group_keys(frame, by) + ["block"]
     present = [s for s in stats if s in frame and frame[s].notna().any()]
-    frame = frame.assign(_unit=_units(frame))
-    rows = []
-    for key, part in frame.groupby(keys, sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        row: dict[str, object] = dict(zip(keys, key))
-        row["mode"] = part["mode"].iloc[0] if "mode" in part else ""
-        row["query_independent"] = bool(part["query_independent"].iloc[0]) if "query_independent" in part else False
-        row["images"] = part["image_id"].nunique() if "image_id" in part else len(part)
-        row["rows"] = len(part)
-        row["runs"] = part["label"].nunique() if "label" in part else 1
-        n_units = part["_unit"].nunique()
-        row["seeds"] = int(part["seed"].nunique()) if "seed" in part and part["seed"].notna().any() else math.nan
-        row["ci"] = (f"{level:.0%} t over {n_units} seed means (images within seeds)" if n_units > 1
-                     else f"{level:.0%} t over images")  # fmt: skip
-        if "metric" in part and part["metric"].notna().any():
-            per_unit = part.groupby("_unit", sort=False)["metric"].first()
-            ci = mean_ci(per_unit.to_numpy(float), level=level)
-            low = max(ci.low, 0.0) if (per_unit >= 0).all() and math.isfinite(ci.low) else ci.low  # mIoU, AP, accuracy >= 0
-            row.update(metric_name=part["metric_name"].dropna().iloc[0], metric=ci.mean, metric_low=low, metric_high=ci.high)
-        for s in present:
-            mean, low, high = _interval(part[s], part["_unit"], level, _upper(s, frame))
-            row.update({s: mean, f"{s}_low": low, f"{s}_high": high})
-        rows.append(row)
-    out = pd.DataFrame(rows)
+    out = grouped_intervals(frame.assign(_unit=_units(frame)), keys, present, unit="_unit", level=level,
+                            bounds=_bounds(present, frame), facts=lambda part: _facts(part, level))  # fmt: skip
     if "step" in keys:  # steps in increasing order within each variant; variants in first-seen order
         rank = out["variant"].map({v: i for i, v in enumerate(dict.fromkeys(out["variant"]))}) if "variant" in keys else 0
         out = out.assign(_rank=rank).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
@@ -269,7 +252,7 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
         parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
-    if cols & {"ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object"}:
+    if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
     if summary.get("query_independent", pd.Series(dtype=bool)).astype(bool).any():

@@ -3,8 +3,8 @@ import gc
 
 import numpy as np
 import pytest
-import scipy.stats
 import torch
+from scipy import stats as scipy_stats
 
 from helpers import randomize_
 from nlanalysis.adapters.vit import TimmViTAdapter
@@ -86,10 +86,11 @@ def test_layer_table_has_t_intervals_over_images():
     assert list(table["layer"]) == [0, 1] and (table["n_images"] == 4).all()
     for layer in (0, 1):
         values = frame[(frame["layer"] == layer) & (frame["head"] == HEAD_MEAN)]["att"].to_numpy()
-        low, high = scipy.stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=scipy.stats.sem(values))
+        mean, sem = values.mean(), scipy_stats.sem(values, ddof=1)  # independent of nlanalysis.metrics
+        low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
         row = table[table["layer"] == layer].iloc[0]
-        assert row["att"] == pytest.approx(values.mean()) and row["att_low"] == pytest.approx(low)
-        assert row["att_high"] == pytest.approx(high) and row["att_low"] < row["att"] < row["att_high"]
+        assert row["att"] == pytest.approx(mean, rel=1e-12) and row["att_low"] == pytest.approx(low, rel=1e-9)
+        assert row["att_high"] == pytest.approx(high, rel=1e-9) and row["att_low"] < row["att"] < row["att_high"]
     averaged = layer_table(frame, head="avg")
     per_head = frame[frame["head"] != HEAD_MEAN].groupby("layer")["att"].mean()
     assert np.allclose(averaged["att"], per_head)

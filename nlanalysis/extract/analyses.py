@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from ..adapters import list_blocks
-from ..analyze import STAT_COLUMNS, records_to_frame
+from .. import schema
+from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
@@ -50,28 +51,19 @@ __all__ = [
     "COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "Analysis", "BlockAnalysis", "LayerMaps", "ViTAnalysis", "load_analysis",
 ]  # fmt: skip
 
-#: own-object columns (NaN without annotated objects in the image, and for ViT heads).
-OBJECT_COLUMNS = ["att_own_object", "own_object_share"]
+#: own-object columns (NaN without annotated objects in the image).
+OBJECT_COLUMNS = list(schema.pick("att_own_object", "own_object_share"))
 
-#: the columns of an NL/GC run's ``metrics.csv``, in order (``height``, ``width``: the block's
-#: query grid; ``image_height``, ``image_width``: the image file).
-COLUMNS = [
-    "image_id", "file_name", "block", "family", "mode", "height", "width", "n_query", "n_key",
-    *STAT_COLUMNS, *(c for c in OBJECT_COLUMNS if c not in STAT_COLUMNS),
-    "query_independent", "convention", "image_height", "image_width",
-]  # fmt: skip
+#: the columns of an NL/GC run's ``metrics.csv``, in order (:func:`nlanalysis.schema.metrics_columns`;
+#: ``height``, ``width``: the block's query grid; ``image_height``, ``image_width``: the image file).
+COLUMNS = schema.metrics_columns(schema.NL)
 
 #: the columns of a ViT run's ``metrics.csv``: those of :data:`COLUMNS` (``height``/``width``: the
-#: patch grid; object and ``ctrl_*`` columns NaN) plus ``layer``, ``head`` (-1: the head mean),
-#: ``num_heads``, ``n_prefix`` (class + register tokens), ``keys`` (``patch``: patch keys only),
-#: ``att_prefix_mass`` (attention on class/register keys) and ``input_space`` (``block``: the
-#: residual stream; ``attention``: the attention module's own input/output).
-VIT_COLUMNS = [
-    "image_id", "file_name", "block", "layer", "head", "family", "mode", "num_heads", "n_prefix", "keys",
-    "height", "width", "n_query", "n_key",
-    *STAT_COLUMNS, *(c for c in OBJECT_COLUMNS if c not in STAT_COLUMNS), "att_prefix_mass",
-    "query_independent", "convention", "input_space", "image_height", "image_width",
-]  # fmt: skip
+#: patch grid; object and ``ctrl_*`` columns NaN without objects / controls) plus ``layer``, ``head``
+#: (-1: the head mean), ``num_heads``, ``n_prefix`` (class + register tokens), ``keys`` (``patch``:
+#: patch keys only), ``att_prefix_mass`` (attention on class/register keys) and ``input_space``
+#: (``block``: the residual stream; ``attention``: the attention module's own input/output).
+VIT_COLUMNS = schema.metrics_columns(schema.VIT)
 
 
 @dataclass
@@ -93,7 +85,7 @@ class LayerMaps:
 
 
 #: the columns ``run_extract`` fills from the image itself, not from the capture's records.
-IMAGE_COLUMNS = ("image_id", "file_name", "image_height", "image_width")
+IMAGE_COLUMNS = tuple(schema.names(roles=("image",)))
 
 
 def _with_nan_columns(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..schema import HEAD_MEAN
+from ..metrics.grouped import grouped_intervals
+from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
 from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
 
@@ -49,11 +50,8 @@ class ResultSet:
         return summarize(self.metrics)
 
 
-#: statistics averaged per block in summaries.
-SUMMARY_COLUMNS = [
-    "input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share",
-    "att_prefix_mass",
-]  # fmt: skip
+#: statistics averaged per block in summaries: the ``stat`` columns of :mod:`nlanalysis.schema`.
+SUMMARY_COLUMNS = names(roles=("stat",))
 
 
 def head_mean_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -63,14 +61,16 @@ def head_mean_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped).
+    """Mean of each of :data:`SUMMARY_COLUMNS` per block, blocks in run order (NaN skipped; the
+    table engine :func:`~nlanalysis.metrics.grouped.grouped_intervals`, intervals left out).
 
     ViT runs (a ``head`` column) are summarised by their head-mean rows (:func:`head_mean_rows`).
     """
+    metrics = head_mean_rows(metrics)
     if metrics.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    metrics = head_mean_rows(metrics)
-    return metrics.groupby("block", sort=False)[[c for c in SUMMARY_COLUMNS if c in metrics]].mean()
+    cols = [c for c in SUMMARY_COLUMNS if c in metrics]
+    return grouped_intervals(metrics, ["block"], cols).set_index("block")[cols]
 
 
 def load_run(path: str | os.PathLike[str]) -> ResultSet:

@@ -29,11 +29,12 @@ from torch import Tensor
 from ..blocks.attention import PairwiseAttention
 from .blocks import measure_block
 from ..blocks.tokens import TokenLayout
+from ..schema import names
 
 __all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "matched_controls"]
 
 #: the control's columns (per head and head mean), as the NL blocks' ``ctrl_*``.
-CONTROL_COLUMNS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature")
+CONTROL_COLUMNS = tuple(names(roles=("control",)))
 
 _ROWS = 256  # query rows the temperature is matched on, as nlanalysis.measure does for NL blocks
 

@@ -4,6 +4,8 @@
 * :mod:`.divergence`: Jensen-Shannon divergence (Lin 1991), entropy and peak
   weight of attention rows seen as distributions over keys.
 * :mod:`.intervals`: t / bootstrap confidence intervals over images and seeds.
+* :mod:`.grouped`: the table engine, those intervals per group of rows (imports pandas; not
+  loaded by this package: ``from nlanalysis.metrics.grouped import grouped_intervals``).
 """
 
 from .cosine import Convention, CosineAccumulator, ZeroRule, distance_from_sum, mean_pairwise_cosine_distance

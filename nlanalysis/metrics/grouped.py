@@ -1,0 +1,80 @@
+"""The table engine: per group of rows, each statistic's mean and confidence interval.
+
+Every result table is built here: GCNet's Table 1 groups an NL run's rows by ``(variant, block)``
+(:func:`nlanalysis.tables.summarise`), the ViT tables by ``(layer, head)``
+(:func:`nlanalysis.analyze_vit.layer_table`, :mod:`nlanalysis.report.vit`), a result set's summary
+by ``block`` (:func:`nlanalysis.extract.results.summarize`).
+
+Intervals (:mod:`.intervals`): over the rows of a group (one per image) with :func:`mean_ci`; where
+a ``unit`` column says the rows come from several independent units (training seeds), over the
+unit means with :func:`hierarchical_mean_ci` (images nested in seeds). With one unit per row
+(images only) the two agree: the hierarchical interval over single-image groups is the
+t-interval over images (tested), so a group with one unit keeps :func:`mean_ci`.
+
+It lives in the bottom floor (pandas is imported only here, not by ``nlanalysis.metrics``) so
+that every layer that builds a table can use it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .intervals import Interval, Method, hierarchical_mean_ci, mean_ci
+
+__all__ = ["group_interval", "grouped_intervals"]
+
+
+def group_interval(values: pd.Series, units: pd.Series | None = None, *, level: float = 0.95, method: Method = "t") -> Interval:
+    """Mean and CI of one group's ``values``: hierarchical over ``units`` where there are several."""
+    if units is not None and units.nunique() > 1:
+        return hierarchical_mean_ci(values.to_numpy(float), units.to_numpy(), level=level, method=method)
+    return mean_ci(values.to_numpy(float), level=level, method=method)
+
+
+def grouped_intervals(
+    frame: pd.DataFrame,
+    keys: Sequence[str],
+    stats: Sequence[str],
+    *,
+    unit: str | None = None,
+    level: float = 0.95,
+    method: Method = "t",
+    bounds: Mapping[str, tuple[float, float] | None] | None = None,
+    sort: bool = False,
+    facts: Callable[[pd.DataFrame], dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per group of ``keys``: ``facts(group)``, then ``STAT``, ``STAT_low``, ``STAT_high``.
+
+    Args:
+        frame: one row per image (and site, run, ...).
+        keys: group columns (NaN keys form their own group).
+        stats: statistic columns (NaN values are dropped; an all-NaN group gives NaN).
+        unit: column of independent units (seeds): groups with several are hierarchical.
+        level, method: of :func:`mean_ci` / :func:`hierarchical_mean_ci`.
+        bounds: ``{stat: (low, high)}``: each interval is cut to its statistic's range (a
+            t-interval over few images can reach beyond it; cutting keeps its coverage).
+        sort: groups in key order (default: in the order they first appear).
+        facts: more columns per group, placed after the keys (e.g. the number of images).
+
+    Returns:
+        A DataFrame, one row per group.
+    """
+    keys = list(keys)
+    rows = []
+    for key, part in frame.groupby(keys, sort=sort, dropna=False):
+        row: dict[str, Any] = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        if facts is not None:
+            row.update(facts(part))
+        units = part[unit] if unit is not None else None
+        for s in stats:
+            ci = group_interval(part[s], units, level=level, method=method)
+            low, high = ci.low, ci.high
+            if bounds is not None and bounds.get(s) is not None:
+                lo, hi = bounds[s]
+                low, high = float(np.clip(low, lo, hi)), float(np.clip(high, lo, hi))
+            row.update({s: ci.mean, f"{s}_low": low, f"{s}_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows)
