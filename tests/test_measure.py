@@ -154,31 +154,3 @@ def test_own_object_mass_for_a_shared_map():
     expected = (4 * p[lab == 1].sum() + 5 * p[lab == 2].sum()) / 9
     assert stats.att_own_object[0].item() == pytest.approx(expected, rel=1e-5)
     assert stats.own_object_share[0].item() == pytest.approx((4 * 4 / 20 + 5 * 5 / 20) / 9)
-
-
-def test_random_control_is_reproducible_and_only_when_asked():
-    block = randomize_(NonLocal2d(8, mode="embedded_gaussian", sub_sample=True), std=0.5).eval()
-    x = torch.randn(2, 8, 8, 10)
-    with torch.no_grad():
-        z = block(x)
-        kw = dict(controls=True, jsd_pairs=64)
-        a = measure_block(block.attention(x), x, z - x, generator=torch.Generator().manual_seed(5), **kw)
-        b = measure_block(block.attention(x), x, z - x, generator=torch.Generator().manual_seed(5), **kw)
-        plain = measure_block(block.attention(x), x, z - x, jsd_pairs=0)
-    assert torch.equal(a.ctrl_att, b.ctrl_att) and torch.isfinite(a.ctrl_att).all()
-    assert torch.isfinite(a.ctrl_temperature).all()
-    assert math.isnan(plain.ctrl_att[0])
-
-
-def test_temperature_matching_hits_the_target_entropy():
-    from nlanalysis.measure.controls import match_temperature, mean_entropy, random_projection_attention
-
-    x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
-    control = random_projection_attention(x, (6, 6), 8, torch.Generator().manual_seed(0))
-    index = torch.arange(36)
-    for target in (0.3, 0.8, 0.97):
-        (matched,) = match_temperature(control, torch.tensor([target]), index)
-        rows = matched.full()[0].numpy()
-        naive = np.mean([entropy(r) for r in rows]) / math.log(36)
-        assert naive == pytest.approx(target, abs=1e-6)
-        assert mean_entropy(matched, index)[0].item() == pytest.approx(naive, abs=1e-9)

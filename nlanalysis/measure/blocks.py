@@ -260,8 +260,9 @@ def measure_block(
 
 
 def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos) -> list[Tensor]:
-    """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image."""
-    from .controls import match_temperature, random_projection_attention
+    """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
+    temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
+    from .controls import MATCH_ROWS, match_temperature, random_projection_attention
 
     b = x.shape[0]
     out = [_nan(b) for _ in range(4)]
@@ -273,8 +274,13 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
         rows = row_ok[i].nonzero()[:, 0]
         if rows.numel() == 0 or math.isnan(target[i]):
             continue
-        sample = rows[torch.randperm(rows.numel(), generator=gen)[:256]].to(x.device)
-        one = match_temperature(control.image(i), target[i : i + 1], sample, kmask[i : i + 1] if kmask is not None else None)[0]
+        sample = rows[torch.randperm(rows.numel(), generator=gen)[:MATCH_ROWS]].to(x.device)
+        one = control.image(i)
+        logits = torch.matmul(one.query[:, sample], one.key)  # [1, S, N_k]
+        tau, ok = match_temperature(logits, target[i : i + 1], kmask[i] if kmask is not None else None)
+        if not bool(ok[0]):
+            continue
+        one.scale = float(tau[0])
         sl = slice(i, i + 1)
         stats = measure_block(
             one, x[sl], context[sl], valid=valid[sl] if valid is not None else None,

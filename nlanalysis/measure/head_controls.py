@@ -2,13 +2,14 @@
 
 For head ``h``: the layer's own input tokens (what its q/k projections see, after the block's
 norm) through random query/key projections of the head's width (Gaussian, a fresh pair per head),
-``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set (Newton steps inside a bisection
-bracket) so that the maps' mean normalised entropy equals head ``h``'s (``att_entropy``). Its ``att`` is the distance maps of
-the same sharpness would have if training had learned nothing about *which* keys matter. The
-head-averaged map gets its own control, matched to *its* entropy (as an NL block's one map does):
-a mean of the heads' controls would be broader than the head mean and not at matched sharpness.
-``ctrl_temperature`` is ``tau``; where the matching cannot reach the target entropy (within 1e-3)
-the control is NaN.
+``softmax(tau * q_i . k_j)`` over the patch keys, with ``tau`` set by the NL blocks' matcher
+(:func:`~nlanalysis.measure.controls.match_temperature`: Newton steps inside a bisection bracket, all
+maps of a layer at once) so that the maps' mean normalised entropy equals head ``h``'s (``att_entropy``).
+Its ``att`` is the distance maps of the same sharpness would have if training had learned nothing
+about *which* keys matter. The head-averaged map gets its own control, matched to *its* entropy (as
+an NL block's one map does): a mean of the heads' controls would be broader than the head mean and
+not at matched sharpness. ``ctrl_temperature`` is ``tau``; where the matching cannot reach the target
+entropy (within :data:`~nlanalysis.measure.controls.MATCH_TOLERANCE`, 1e-3) the control is NaN.
 
 Each control is one random draw per head and image: it varies from draw to draw (a few hundredths
 of ``att`` on small models), so read it averaged over images. Keys are the patches (``keys="patch"``,
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from ..blocks.attention import PairwiseAttention
 from .blocks import measure_block
+from .controls import MATCH_ROWS, draw_projections, match_temperature
 from ..blocks.tokens import TokenLayout
 from ..schema import names
 
@@ -35,8 +37,6 @@ __all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", 
 
 #: the control's columns (per head and head mean), as the NL blocks' ``ctrl_*``.
 CONTROL_COLUMNS = tuple(names(roles=("control",)))
-
-_ROWS = 256  # query rows the temperature is matched on, as nlanalysis.measure does for NL blocks
 
 
 def control_generator(seed: int, call: int, layer: int) -> torch.Generator:
@@ -53,7 +53,8 @@ class Controls:
         maps: ``PairwiseAttention`` with one batch item per head (the last: the head mean), the
             temperature folded into its queries (``scale`` 1).
         temperature: ``[heads + 1]`` float64 ``tau`` (NaN where not matched).
-        ok: ``[heads + 1]`` bool: matched (the target entropy was defined and reached within 1e-3).
+        ok: ``[heads + 1]`` bool: matched (the target entropy was defined and reached within
+            :data:`~nlanalysis.measure.controls.MATCH_TOLERANCE`).
     """
 
     maps: PairwiseAttention
@@ -74,8 +75,8 @@ def matched_controls(
 ) -> list[Controls | None]:
     """Per image, the random-projection maps of every head and of the head mean, each with its
     temperature matched to that map's mean normalised entropy over up to 256 of the image's valid
-    patch queries (:func:`_match`, all maps of the image at once); ``None`` for an image without a
-    valid patch. Arguments as :func:`head_controls`."""
+    patch queries (:func:`nlanalysis.measure.controls.match_temperature`, all maps of the image at
+    once); ``None`` for an image without a valid patch. Arguments as :func:`head_controls`."""
     b, maps = entropy.shape[0], entropy.shape[1]
     if tokens.dim() != 3 or tokens.shape[0] != b:
         raise ValueError(f"tokens must be [B, N, C] with B = {b}, got {tuple(tokens.shape)}")
@@ -89,51 +90,16 @@ def matched_controls(
         if rows.numel() == 0:
             out.append(None)
             continue
-        sample = rows[torch.randperm(rows.numel(), generator=gen)[:_ROWS]]
-        w = torch.randn(maps, 2, head_dim, c, generator=gen) / math.sqrt(c)  # per map: W_q, W_k ~ N(0, 1/C)
+        sample = rows[torch.randperm(rows.numel(), generator=gen)[:MATCH_ROWS]]
+        w = draw_projections(maps, head_dim, c, gen)  # a fresh W_q, W_k per map
         query = torch.einsum("hdc,nc->hnd", w[:, 0], x[i])  # [maps, n, d]
         key = torch.einsum("hdc,nc->hdn", w[:, 1], x[i])  # [maps, d, n]
         logits = torch.matmul(query[:, sample], key)  # [maps, S, n]
-        log_tau, ok = _match(logits, ~vi, entropy[i].double(), math.log(max(int(vi.sum()), 2)), iterations)
-        tau = torch.where(ok, log_tau.exp(), math.nan)
+        tau, ok = match_temperature(logits, entropy[i].double(), vi, iterations=iterations)
         scaled = query * torch.where(ok, tau, 0.0).float()[:, None, None]
         attention = PairwiseAttention("embedded_gaussian", scaled, key, layout.grid, layout.grid, scale=1.0)
         out.append(Controls(attention, tau, ok))
     return out
-
-
-def _match(logits: Tensor, masked: Tensor, target: Tensor, log_n: float, iterations: int) -> tuple[Tensor, Tensor]:
-    """``log tau`` per map such that the mean normalised entropy of ``softmax(tau * logits)`` over the
-    unmasked keys equals ``target`` ``[maps]``: Newton steps on ``log tau`` (the entropy's derivative
-    is ``-tau^2 Var_p[logit]``), safeguarded by a bisection bracket ``[-12, 12]``. Returns
-    ``(log_tau, ok)``; ``ok``: reached within 1e-3 (False for NaN and unreachable targets)."""
-    values = logits.masked_fill(masked, 0.0)
-
-    def entropy(log_tau: Tensor) -> tuple[Tensor, Tensor]:
-        tau = log_tau.exp().float()[:, None, None]
-        logp = torch.log_softmax((logits * tau).masked_fill(masked, -math.inf), -1)
-        p = logp.exp()
-        h = -(p * logp.masked_fill(masked, 0.0)).sum(-1)  # [maps, S]
-        mean = (p * values).sum(-1)
-        var = ((p * values * values).sum(-1) - mean * mean).clamp(min=0)
-        return h.double().mean(-1) / log_n, -(log_tau.exp() ** 2) * var.double().mean(-1) / log_n
-
-    maps = logits.shape[0]
-    lo, hi = torch.full((maps,), -12.0, dtype=torch.float64), torch.full((maps,), 12.0, dtype=torch.float64)
-    x = torch.zeros(maps, dtype=torch.float64)
-    undefined = target.isnan()
-    for _ in range(iterations):
-        h, slope = entropy(x)
-        gap = h - target
-        done = undefined | (gap.abs() <= 1e-7)
-        if bool(done.all()):
-            break
-        lo, hi = torch.where(gap > 0, x, lo), torch.where(gap > 0, hi, x)  # entropy falls as tau grows
-        step = x - gap / slope
-        bisect = ~step.isfinite() | (step <= lo) | (step >= hi)
-        x = torch.where(done, x, torch.where(bisect, (lo + hi) / 2, step))
-    ok = (entropy(x)[0] - target).abs() <= 1e-3
-    return x, ok
 
 
 @torch.no_grad()
