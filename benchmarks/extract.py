@@ -41,7 +41,9 @@ from pathlib import Path
 def prepare(root: Path, count: int) -> tuple[Path, Path]:
     from nlanalysis.checkpoints import Preprocess, save_checkpoint
     from nlanalysis.examples import example_arch, example_model
-    from nlanalysis.extract.fixtures import write_photos
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test inputs live with the tests
+    from extract_inputs import write_photos
 
     ckpt = save_checkpoint(root / "r50_nl.pth", example_model("embedded_gaussian"), Preprocess(), arch=example_arch("embedded_gaussian"))
     write_photos(root / "images", n=count)

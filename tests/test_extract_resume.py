@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 from nlanalysis.extract import merge_runs, run_extract
-from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import nlanalysis
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
 from helpers import excluded_queries
 from naive import mean_cos_dist_all_pairs
 from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
 from nlanalysis.extract import load_analysis, load_run, run_extract
-from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

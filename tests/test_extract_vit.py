@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
+from extract_inputs import one_thread, write_coco, write_photos
 from helpers import excluded_queries, randomize_
 from nlanalysis.cli import main
 from nlanalysis.data import load_image
 from nlanalysis.data.scenes import demo_scenes_path
+from nlanalysis.data.vit_preprocess import preprocess_image
 from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_analysis, load_run, run_extract
-from nlanalysis.extract.fixtures import one_thread, write_coco, write_photos
 from nlanalysis.extract.runner import _seed_of
 from nlanalysis.plots.query_maps import plot_query_maps
-from nlanalysis.data.vit_preprocess import preprocess_image
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT extra is not installed (timm missing): pip install 'nlanalysis[vit]'")
 
@@ -246,7 +246,7 @@ def test_planning_reads_no_image_and_chunks_are_the_captures(tiny_vit, photos, t
     """A ViT's input is S x S whatever the photo: batches are planned without opening a file; its
     capture sizes its own chunks unless told (NL/GC captures keep 256 query rows)."""
     from nlanalysis.extract import runner
-    from nlanalysis.extract.fixtures import tiny_checkpoint
+    from extract_inputs import tiny_checkpoint
 
     root, paths, _ = photos
     analysis = ViTAnalysis(tiny_vit, size=56)

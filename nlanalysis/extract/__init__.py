@@ -47,7 +47,7 @@ read go to ``failures.csv`` with the reason, and the command exits with 1.
 Modules: ``sources`` (which images), ``objects`` (annotations as a label map), ``queries``
 (query points), ``analyses`` (what differs between NL/GC blocks and ViT heads), ``runner`` (the
 loop), ``store`` (files on disk), ``maps`` (saved maps),
-``results`` (``load_run``), ``fixtures`` (small real inputs for tests and benchmarks).
+``results`` (``load_run``).
 """
 from .analyses import VIT_COLUMNS, Analysis, BlockAnalysis, ViTAnalysis, load_analysis
 from .maps import ImageMaps
