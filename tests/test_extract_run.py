@@ -148,7 +148,7 @@ def test_saved_queries_avoid_cells_excluded_as_padding(data, tmp_path, monkeypat
 
 def test_query_grid_probe_runs_on_the_meta_device(data):
     """The tiny checkpoint has a GC block before its NL block: the probe still needs no real forward."""
-    from nlanalysis.extract.analyses import _probe_grids
+    from nlanalysis.extract.analysis_nl import _probe_grids
 
     _, ckpt = data
     analysis = load_analysis(ckpt)
@@ -163,7 +163,7 @@ def test_query_grid_probe_runs_on_the_meta_device(data):
 
 
 def test_a_failing_query_grid_probe_fails_only_its_images(data, tmp_path, monkeypatch):
-    import nlanalysis.extract.analyses as analyses
+    import nlanalysis.extract.analysis_nl as analysis_nl
 
     root, ckpt = data
     probes = []
@@ -172,7 +172,7 @@ def test_a_failing_query_grid_probe_fails_only_its_images(data, tmp_path, monkey
         probes.append(shape)
         raise TypeError("no grid here")
 
-    monkeypatch.setattr(analyses, "_probe_grids", broken)
+    monkeypatch.setattr(analysis_nl, "_probe_grids", broken)
     report = run_extract(ckpt, tmp_path / "run", coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1, 3],
                          save_maps=True, jsd_pairs=0, progress=False)  # fmt: skip
     assert report.failed == 2 and len(probes) == len(set(probes))  # each shape probed once, then remembered

@@ -302,15 +302,15 @@ def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypat
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     built = "native kernels" if kernels.available() else "eager"
     for choice, ran in (("auto", built), ("native", built), ("eager", "eager")):
-        analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_kernels=choice)
+        analysis = load_analysis(tmp_path / "vit.pth", options={"vit_size": 28, "vit_kernels": choice})
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["kernels"] == choice
         assert analysis.describe()["statistics"] == ran
         assert analysis.describe()["model_attention"].startswith("shared softmax" if ran == "native kernels" else "torch")
     monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
-    assert load_analysis(tmp_path / "vit.pth", vit_size=28).describe()["statistics"] == "eager"
+    assert load_analysis(tmp_path / "vit.pth", options={"vit_size": 28}).describe()["statistics"] == "eager"
     with pytest.raises(ValueError, match="vit_keys, vit_kernels: set these on the ViTAnalysis itself"):
-        load_analysis(analysis, vit_keys="all", vit_kernels="eager")  # a ready analysis is not silently run otherwise
+        load_analysis(analysis, options={"vit_keys": "all", "vit_kernels": "eager"})  # a ready analysis is not silently run otherwise
 
 
 def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):
@@ -354,7 +354,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-kernels/--vit-heads are for ViTs" in capsys.readouterr().err
+    assert "vit_preprocess: options of ViTs; " in (err := capsys.readouterr().err) and "is of the kind nl-blocks" in err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-keys", "all", "--controls", *images]) == 2

@@ -341,9 +341,11 @@ def run_extract(
     if spec.kind == "objects" and not coco:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
 
-    analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
-                             vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys,
-                             vit_kernels=vit_kernels, vit_heads=vit_heads)  # fmt: skip
+    opts = checkpoint_options or {}
+    options = {"config": opts.get("config"), "trust_checkpoint": opts.get("trust") or None, **(opts.get("overrides") or {}),
+               "vit_preprocess": vit_preprocess, "vit_size": vit_size, "vit_keys": vit_keys, "vit_kernels": vit_kernels,
+               "vit_heads": vit_heads}  # fmt: skip
+    analysis = load_analysis(ckpt, model=model, blocks=blocks, options=options)
     if batch_size is None:
         batch_size = analysis.batch_size
     if controls and not analysis.controls:
