@@ -9,7 +9,10 @@ import torch
 import nlanalysis.checkpoints.vit.models as vit_models
 import nlanalysis.extract.analyses as analyses
 from extract_inputs import one_thread, tiny_checkpoint, write_photos
-from nlanalysis.extract import BlockAnalysis, ViTAnalysis, list_analyses, load_analysis, load_run, register_analysis, run_extract
+from nlanalysis.extract import (
+    BlockAnalysis, DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, ViTAnalysis, list_analyses, load_analysis, load_run,
+    register_analysis, run_extract,
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -70,7 +73,8 @@ def test_a_new_kind_is_one_class_and_one_decorator(registry, tmp_path):
         load_analysis(tmp_path / "other.pth", options={"toy_blocks": "*"})  # refused before the (missing) file is read
     paths = write_photos(tmp_path / "images", n=1, max_side=96)
     with one_thread():
-        report = run_extract(ckpt, tmp_path / "run", images=[str(p) for p in paths], jsd_pairs=0, progress=False)
+        spec = RunSpec(ModelSpec(ckpt), DataSpec(images=paths), OutputSpec(tmp_path / "run"), MeasureSpec(jsd_pairs=0))
+        report = run_extract(spec, progress=False)
     run = load_run(report.path)
     assert run.analysis == "toy-blocks" and set(run.metrics["block"]) == {"backbone.layer2.0.nonlocal_block", "backbone.layer1.0.context_block"}
 

@@ -1,7 +1,7 @@
 """``nlanalysis extract``: the GCNet analysis over a data set, streamed into a result set.
 
-One call (:func:`run_extract`, or ``nlanalysis extract``) runs a checkpoint over COCO (read with
-pycocotools) or image files and writes ``RUN_DIR``; :func:`load_run` reads it back::
+One call (:func:`run_extract` with a :class:`RunSpec`, or ``nlanalysis extract``) runs a checkpoint
+over COCO (read with pycocotools) or image files and writes ``RUN_DIR``; :func:`load_run` reads it back::
 
     nlanalysis extract --ckpt model.pth --coco-ann instances_val2017.json --coco-images val2017 \
         --out runs/val --save-maps [--device cuda --batch-size 4 --workers 4]
@@ -49,7 +49,7 @@ Modules: ``sources`` (which images), ``objects`` (annotations as a label map), `
 its registry, :func:`register_analysis`), ``analysis_nl`` and ``analysis_vit`` (the NL/GC-block
 and ViT-head kinds), ``runner`` (the
 loop), ``store`` (files on disk), ``maps`` (saved maps),
-``results`` (``load_run``).
+``results`` (``load_run``), ``spec`` (:class:`RunSpec`, what one run is).
 """
 from .analyses import VIT_COLUMNS, Analysis, list_analyses, load_analysis, register_analysis
 from .analysis_nl import BlockAnalysis  # the built-in kinds register themselves on import
@@ -59,6 +59,7 @@ from .queries import QuerySpec, parse_queries, query_region, select_queries
 from .results import ResultSet, load_run
 from .runner import COLUMNS, ExtractReport, run_extract
 from .sources import ImageItem, coco_images, file_images
+from .spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
 from .store import merge_runs
 
 __all__ = [
@@ -66,11 +67,17 @@ __all__ = [
     "VIT_COLUMNS",
     "Analysis",
     "BlockAnalysis",
+    "DataSpec",
     "ExtractReport",
     "ImageItem",
     "ImageMaps",
+    "MeasureSpec",
+    "ModelSpec",
+    "OutputSpec",
     "QuerySpec",
     "ResultSet",
+    "RunSpec",
+    "RunningSpec",
     "ViTAnalysis",
     "coco_images",
     "file_images",
