@@ -9,8 +9,9 @@ resized to 800 x 800 ... 800 x 1216 inputs (NL block over ~2,500-3,800 positions
 Measured in the same run, each configuration in its own subprocess (peak RSS is per process):
 
 * ``bare``    -- read, preprocess (``load_image`` + ``prepare_image``) and ``model(x)``, nothing else;
-* ``extract`` -- :func:`nlanalysis.extract.run_extract` on the same files (all statistics, JSD with
-  512 pairs, parts written atomically, ``metrics.csv`` assembled; ``--save-maps`` adds maps).
+* ``extract`` -- :func:`nlanalysis.extract.run_extract` of a :class:`~nlanalysis.extract.RunSpec` on the same
+  files (all statistics, JSD with 512 pairs, parts written atomically, ``metrics.csv`` assembled;
+  ``--save-maps`` adds maps).
 
 Both from before the checkpoint is loaded to the end, in wall time and in CPU time (the latter is
 steadier on a shared machine). Reported per image count (default 10 and
@@ -41,7 +42,9 @@ from pathlib import Path
 def prepare(root: Path, count: int) -> tuple[Path, Path]:
     from nlanalysis.checkpoints import Preprocess, save_checkpoint
     from nlanalysis.examples import example_arch, example_model
-    from nlanalysis.extract.fixtures import write_photos
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test inputs live with the tests
+    from extract_inputs import write_photos
 
     ckpt = save_checkpoint(root / "r50_nl.pth", example_model("embedded_gaussian"), Preprocess(), arch=example_arch("embedded_gaussian"))
     write_photos(root / "images", n=count)
@@ -68,12 +71,14 @@ def child(config: str, root: Path, count: int, threads: int, device: str, batch_
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     else:
-        from nlanalysis.extract import run_extract
+        from nlanalysis.extract import DataSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, run_extract
 
         sampler = _RssSampler()
         with sampler, tempfile.TemporaryDirectory() as out:
-            report = run_extract(root / "r50_nl.pth", Path(out) / "run", images=[str(f) for f in files], device=device,
-                                 batch_size=batch_size, workers=workers, save_maps=save_maps, progress=False)  # fmt: skip
+            spec = RunSpec(model=ModelSpec(root / "r50_nl.pth"), data=DataSpec(images=[str(f) for f in files]),
+                           output=OutputSpec(Path(out) / "run", save_maps=save_maps),
+                           running=RunningSpec(device=device, batch_size=batch_size, workers=workers))  # fmt: skip
+            report = run_extract(spec, progress=False)
             assert report.done == count, report
     seconds = time.perf_counter() - t0
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .data.scenes import demo_scenes_path
-from .extract import run_extract
+from .extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, run_extract
 from .report.runs import Report, write_report
 from .train.run import SHIPPED_DIR, shipped_checkpoints
 
@@ -38,11 +38,13 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
         if progress:
             print(f"[{variant}] extract on {scenes} scenes", flush=True)
         run_dir = out / "runs" / variant
-        run_extract(
-            ckpt, run_dir, coco_ann=ann, coco_images_dir=images, limit=scenes, queries="objects:3",
-            save_maps=True, controls=True, jsd_pairs=256, progress=progress,
-            command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)],
-        )  # fmt: skip
+        spec = RunSpec(
+            model=ModelSpec(ckpt),
+            data=DataSpec(coco_ann=ann, coco_images=images, limit=scenes),
+            output=OutputSpec(run_dir, save_maps=True, queries="objects:3"),
+            measure=MeasureSpec(jsd_pairs=256, controls=True),
+        )
+        run_extract(spec, progress=progress, command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)])
         runs.append(run_dir)
     report = write_report(runs, out / "report", labels={v: out / "runs" / v for v in checkpoints if v != "baseline"})
     if progress:

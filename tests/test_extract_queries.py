@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from extract_inputs import write_coco, write_photos
 from nlanalysis.checkpoints import Preprocess
 from nlanalysis.data import load_image, prepare_image
 from nlanalysis.extract import coco_images, parse_queries, select_queries
-from nlanalysis.extract.fixtures import write_coco, write_photos
 from nlanalysis.extract.objects import object_map
 
 # pycocotools' decoder warns under numpy 2 (its __array__ lacks copy=); not ours to fix

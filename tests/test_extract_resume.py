@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
-from nlanalysis.extract import merge_runs, run_extract
-from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
+from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, merge_runs, run_extract
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -117,12 +117,13 @@ def test_torchrun_ranks_share_one_folder(data, reference, tmp_path, monkeypatch)
     """Under torchrun each rank takes its shard from RANK/WORLD_SIZE and writes into the same --out."""
     root, ckpt = data
     out = tmp_path / "ddp"
-    common = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", save_maps=True, jsd_pairs=64, progress=False)
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images"),
+                   OutputSpec(out, save_maps=True), MeasureSpec(jsd_pairs=64))  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")
     reports = []
     for rank in (1, 0):
         monkeypatch.setenv("RANK", str(rank))
-        reports.append(run_extract(ckpt, out, **common))
+        reports.append(run_extract(spec, progress=False))
     assert [r.shard for r in reports] == [(1, 2), (0, 2)] and [r.done for r in reports] == [N // 2, N // 2]
     assert not reports[0].complete and reports[1].complete
     assert (out / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()

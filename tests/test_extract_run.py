@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import nlanalysis
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
 from helpers import excluded_queries
 from naive import mean_cos_dist_all_pairs
 from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
-from nlanalysis.extract import load_analysis, load_run, run_extract
-from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_coco, write_photos
+from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_analysis, load_run, run_extract
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -135,20 +135,20 @@ def test_saved_queries_avoid_cells_excluded_as_padding(data, tmp_path, monkeypat
     """The portrait photo (75 x 64 in a 96 x 64 input) has image rows in the bottom cells of each
     block whose centre is padding; saved queries keep to cells both blocks' statistics keep."""
     root, ckpt = data
-    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1, 2, 3], save_maps=True,
-              queries="random:60", jsd_pairs=0, progress=False)  # fmt: skip
-    run = load_run(run_extract(ckpt, tmp_path / "run", **kw).path)
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images", image_ids=[1, 2, 3]),
+                   OutputSpec(tmp_path / "run", save_maps=True, queries="random:60"), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    run = load_run(run_extract(spec, progress=False).path)
     assert run.complete and all(excluded_queries(run.maps[i]) == 0 for i in (1, 2, 3))
     assert run.maps[1]["input_size"].tolist() == [96, 64] and run.maps[1]["size"].tolist() == [75, 64]
     analysis = load_analysis(ckpt)
     monkeypatch.setattr(type(analysis), "query_grids", lambda self, shape: [])  # points anywhere on the image
-    old = load_run(run_extract(analysis, tmp_path / "image-only", **kw).path)
+    old = load_run(run_extract(spec.evolve(model=ModelSpec(analysis), output={"out": tmp_path / "image-only"}), progress=False).path)
     assert excluded_queries(old.maps[1]) > 0
 
 
 def test_query_grid_probe_runs_on_the_meta_device(data):
     """The tiny checkpoint has a GC block before its NL block: the probe still needs no real forward."""
-    from nlanalysis.extract.analyses import _probe_grids
+    from nlanalysis.extract.analysis_nl import _probe_grids
 
     _, ckpt = data
     analysis = load_analysis(ckpt)
@@ -163,7 +163,7 @@ def test_query_grid_probe_runs_on_the_meta_device(data):
 
 
 def test_a_failing_query_grid_probe_fails_only_its_images(data, tmp_path, monkeypatch):
-    import nlanalysis.extract.analyses as analyses
+    import nlanalysis.extract.analysis_nl as analysis_nl
 
     root, ckpt = data
     probes = []
@@ -172,9 +172,10 @@ def test_a_failing_query_grid_probe_fails_only_its_images(data, tmp_path, monkey
         probes.append(shape)
         raise TypeError("no grid here")
 
-    monkeypatch.setattr(analyses, "_probe_grids", broken)
-    report = run_extract(ckpt, tmp_path / "run", coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1, 3],
-                         save_maps=True, jsd_pairs=0, progress=False)  # fmt: skip
+    monkeypatch.setattr(analysis_nl, "_probe_grids", broken)
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images", image_ids=[1, 3]),
+                   OutputSpec(tmp_path / "run", save_maps=True), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    report = run_extract(spec, progress=False)
     assert report.failed == 2 and len(probes) == len(set(probes))  # each shape probed once, then remembered
     reasons = load_run(report.path).failures["reason"].tolist()
     assert all("query grids" in r and "TypeError: no grid here" in r for r in reasons)
@@ -184,14 +185,15 @@ def test_runs_with_the_old_query_placement_do_not_resume(data, tmp_path):
     """Result sets written before saved queries kept to the statistics' cells have no query_placement: resuming
     one with --save-maps would mix placements, so it is refused with a message naming the setting."""
     root, ckpt = data
-    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", image_ids=[1], save_maps=True, jsd_pairs=0, progress=False)
-    out = run_extract(ckpt, tmp_path / "run", **kw).path
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images", image_ids=[1]),
+                   OutputSpec(tmp_path / "run", save_maps=True), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    out = run_extract(spec, progress=False).path
     info = json.loads((out / "run.json").read_text())
     assert info["settings"]["query_placement"] == "kept-cells"
     del info["settings"]["query_placement"]
     (out / "run.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="query_placement"):
-        run_extract(ckpt, out, **kw)
+        run_extract(spec, progress=False)
 
 
 def test_batch_of_two_equals_batch_of_one(run, data, tmp_path):
@@ -264,8 +266,9 @@ def test_resume_refuses_other_settings(run, data, capsys):
 
 def test_file_images_without_annotations(data, tmp_path):
     root, ckpt = data
-    report = nlanalysis.extract.run_extract(ckpt, tmp_path / "f", images=[str(root / "images" / "*.jpg")], limit=2,
-                                            queries="grid:2", save_maps=True, jsd_pairs=0, controls=True, progress=False)  # fmt: skip
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(images=[str(root / "images" / "*.jpg")], limit=2),
+                   OutputSpec(tmp_path / "f", save_maps=True, queries="grid:2"), MeasureSpec(jsd_pairs=0, controls=True))  # fmt: skip
+    report = nlanalysis.extract.run_extract(spec, progress=False)
     res = nlanalysis.load_run(tmp_path / "f")
     assert report.done == 2 and res.metrics[["att_own_object", "own_object_share"]].isna().all().all()
     first = res.metrics["image_id"].iloc[0]

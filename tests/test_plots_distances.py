@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from nlanalysis.plots import plot_query_distances, query_distance_matrix, save_figure
-from nlanalysis.plots.fixtures import hot_key_maps
 from nlanalysis.plots.query_distances import valid_keys
 from nlanalysis.plots.style import DPI
+from plot_inputs import hot_key_maps
 
 
 def _cos_dist(a, b):

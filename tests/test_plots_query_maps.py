@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from nlanalysis.plots import plot_query_maps, save_figure
-from nlanalysis.plots.fixtures import hot_key_maps, key_region
 from nlanalysis.plots.style import DPI
+from plot_inputs import hot_key_maps, key_region
 
 # (original size, scale, sub-sampled keys, hot key): non-square, padded, resized, half-resolution keys
 GEOMETRIES = [

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from nlanalysis.plots import plot_distributions, plot_over_training, save_figure
-from nlanalysis.plots.fixtures import labelled_frame
 from nlanalysis.plots.style import DPI
+from plot_inputs import labelled_frame
 
 
 def _png_size(fig, tmp_path, name):

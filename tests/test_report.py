@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from extract_inputs import tiny_checkpoint, write_coco, write_photos
 import nlanalysis
 from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
 from nlanalysis.cli import main
-from nlanalysis.extract.fixtures import tiny_checkpoint, write_coco, write_photos
 from nlanalysis.report import describe_run, find_image, load_runs, summary_text, write_report
 from nlanalysis.tables import summarise
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from nlanalysis.metrics import hierarchical_mean_ci, mean_ci
-from nlanalysis.plots.fixtures import labelled_frame
 from nlanalysis.tables import caption, final_steps, format_table, short_block_names, summarise, to_latex, to_markdown, write_table
+from plot_inputs import labelled_frame
 
 
 def test_one_run_values_are_the_image_means_with_t_intervals():

@@ -156,13 +156,15 @@ def test_controls_reach_the_frame_and_extract(tmp_path):
 
     from PIL import Image
 
-    from nlanalysis.extract import load_run, run_extract
+    from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_run, run_extract
 
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     paths = []
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    run_extract(tmp_path / "vit.pth", images=paths, out=tmp_path / "run", controls=True, vit_size=28, jsd_pairs=16, progress=False)
+    spec = RunSpec(ModelSpec(tmp_path / "vit.pth", options={"vit_size": 28}), DataSpec(images=paths), OutputSpec(tmp_path / "run"),
+                   MeasureSpec(jsd_pairs=16, controls=True))  # fmt: skip
+    run_extract(spec, progress=False)
     run = load_run(tmp_path / "run")
     assert run.metrics["ctrl_att"].notna().all() and run.info["settings"]["measure"]["controls"] is True

@@ -246,7 +246,7 @@ def test_families_that_do_not_call_sdpa_run_untouched():
             with ViTCapture(model) as cap:
                 assert torch.equal(model(x), bare)
         assert cap.shared_calls == 0 and len(cap.records) == 2
-    from nlanalysis.extract.analyses import ViTAnalysis
+    from nlanalysis.extract import ViTAnalysis
 
     assert ViTAnalysis(unfused, size=28).describe()["model_attention"] == "torch"
     assert ViTAnalysis(_timm(), size=28).describe()["model_attention"].startswith("shared softmax in 2 of 2 layers")

@@ -1,6 +1,7 @@
 """``nlanalysis extract``: the analysis over COCO or an image folder, streamed into RUN_DIR.
 
-A thin front over :func:`nlanalysis.extract.run_extract`. Exit codes: 0 every image done,
+A thin front over :func:`nlanalysis.extract.run_extract`: the flags become a
+:class:`~nlanalysis.extract.spec.RunSpec` (:func:`run_spec`). Exit codes: 0 every image done,
 1 some images failed (listed in ``RUN_DIR/failures.csv``), 2 bad arguments or input (one line).
 """
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import pandas as pd
 
-from ..extract import run_extract
+from ..extract import list_analyses, run_extract
 from ..extract.results import SUMMARY_COLUMNS
-from .inspect import add_checkpoint_arguments, checkpoint_overrides
+from ..extract.spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
+from .inspect import add_checkpoint_arguments
 
 EPILOG = """\
 Padding: images are resized keeping their ratio and padded (bottom/right) to the checkpoint's
@@ -115,35 +118,28 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, coco: bool, quiet: bool):
-    return run_extract(
-        args.ckpt,
-        args.out,
-        model=args.model,
-        vit_preprocess=args.vit_preprocess,
-        vit_size=args.vit_size,
-        vit_keys=args.vit_keys,
-        vit_kernels=args.vit_kernels,
-        vit_heads=args.vit_heads,
-        coco_ann=args.coco_ann,
-        coco_images_dir=args.coco_images,
-        images=args.images,
-        blocks=args.blocks,
-        queries=args.queries,
-        limit=args.limit,
-        image_ids=_ids(args.image_ids, coco),
-        cat_ids=args.cat_ids,
+    return run_extract(run_spec(args, coco), progress=not quiet, command=command_line(args))
+
+
+def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
+    """The :class:`~nlanalysis.extract.spec.RunSpec` of the parsed arguments."""
+    return RunSpec(
+        model=ModelSpec(args.ckpt, name=args.model, blocks=args.blocks, options=_model_options(args)),
+        data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, image_ids=_ids(args.image_ids, coco),
+                      cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
+        output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
+        measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls),
+        running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
         seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        shard=args.shard,
-        save_maps=args.save_maps,
-        jsd_pairs=args.jsd_pairs,
-        controls=args.controls,
-        checkpoint_options={"config": args.config, "trust": args.trust_checkpoint, "overrides": checkpoint_overrides(args)},
-        progress=not quiet,
-        command=command_line(args),
     )
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every analysis kind's options (:attr:`Analysis.options <nlanalysis.extract.analyses.Analysis.options>`)
+    from the flags of the same names; ``None``: not given (the kind picked refuses another's)."""
+    options = {name: getattr(args, name, None) for kind in list_analyses().values() for name in kind.options}
+    options["trust_checkpoint"] = args.trust_checkpoint or None  # store_true: False means not given
+    return options
 
 
 def command_line(args: argparse.Namespace) -> list[str]:

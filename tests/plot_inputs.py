@@ -1,6 +1,6 @@
 """Small made-up inputs for the figures and tables, with answers known by construction.
 
-Used by the tests (and handy to try a figure without running a model):
+Used by the figure and table tests:
 
 * :func:`hot_key_maps` writes a maps file (the format of ``extract --save-maps``) whose every
   query puts all its weight on one chosen key, so where that key lands on the image is known;
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..extract.maps import ImageMaps, save_image_maps
+from nlanalysis.extract.maps import ImageMaps, save_image_maps
 
 __all__ = ["hot_key_maps", "key_region", "labelled_frame"]
 

@@ -1,6 +1,6 @@
-"""Small real inputs for trying ``extract`` quickly: a tiny checkpoint, photos, a COCO file.
+"""Small real inputs for the ``extract`` tests: a tiny checkpoint, photos, a COCO file.
 
-Used by the tests and the benchmark. The photos are the real ones that ship in wheels
+Used by the tests and by ``benchmarks/extract.py`` (which puts ``tests/`` on its path). The photos are the real ones that ship in wheels
 (:func:`nlanalysis.data.sample_photos`); the COCO file annotates them with made-up objects of
 every kind COCO has (polygon masks, compressed and uncompressed RLE, box only, crowd), valid for
 pycocotools. The checkpoint is this project's native format, untrained (seeded, BatchNorm
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import Preprocess, save_checkpoint
-from ..models import BlockSpec, ResNetArch, build_model
+from nlanalysis.checkpoints import Preprocess, save_checkpoint
+from nlanalysis.models import BlockSpec, ResNetArch, build_model
 
 __all__ = ["TINY_ARCH", "one_thread", "tiny_checkpoint", "write_coco", "write_photos"]
 
@@ -42,7 +42,7 @@ def tiny_checkpoint(path: str | os.PathLike[str], scale: tuple[int, int] = (96, 
     statistics are set on the sample photos, so features are normalised and the NL block's
     attention is far from uniform (an untouched net gives near-uniform maps).
     """
-    from ..data import collate, prepare_image, sample_photos
+    from nlanalysis.data import collate, prepare_image, sample_photos
 
     torch.manual_seed(seed)
     model = build_model(arch)
@@ -52,7 +52,7 @@ def tiny_checkpoint(path: str | os.PathLike[str], scale: tuple[int, int] = (96, 
         elif isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
             module.momentum = None  # cumulative average over the calibration batch
-    pre = Preprocess(scale=scale, source="nlanalysis.extract.fixtures")
+    pre = Preprocess(scale=scale, source="tests/extract_inputs.py")
     images, _ = collate([prepare_image(img, Preprocess(scale=(96, 64))) for img in sample_photos().values()])
     model.train()
     with torch.no_grad():
@@ -70,7 +70,7 @@ def write_photos(folder: str | os.PathLike[str], n: int | None = None, ext: str 
     """
     from PIL import Image
 
-    from ..data import sample_photos
+    from nlanalysis.data import sample_photos
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

