@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,16 +16,28 @@ __all__ = ["ImageReadError", "load_image", "sample_photos"]
 
 
 class ImageReadError(OSError):
-    """An image file that is missing or cannot be decoded."""
+    """An image file that is missing, cannot be decoded, or is refused (its message names the file)."""
+
+
+#: PIL modes of 8 bits per channel: ``convert("RGB")`` keeps their range
+_EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``uint8`` RGB ``[H, W, 3]``.
+    """Read an image file as ``uint8`` RGB ``[H, W, 3]`` (the first frame of an animation).
+
+    8-bit images are converted by PIL. High-bit-depth and float images are scaled to the 8-bit
+    range the preprocessing expects: 16-bit gray ``v`` becomes ``round(v / 257)`` (65535 is white;
+    PIL itself reads 16-bit RGB as the high byte of each channel), 32-bit float gray must lie in
+    ``[0, 1]`` (1 is white) and becomes ``round(255 v)``. Other pixel types are refused.
 
     Raises:
-        ImageReadError: the file is missing, empty or not a decodable image (message names it).
+        ImageReadError: the file is missing, empty, not a decodable image, has pixels of no known
+            range (32-bit integers, floats outside ``[0, 1]`` or not finite), or has more pixels
+            than PIL decodes safely (twice ``PIL.Image.MAX_IMAGE_PIXELS``: a decompression bomb).
+            The message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -32,9 +45,41 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode image ({err})") from err
+            return _to_rgb8(img, path)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"{path}: refused, too many pixels to decode safely ({err}). "
+            "If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from err
+    except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
+        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _to_rgb8(img: Any, path: Path) -> np.ndarray:
+    """A loaded PIL image as ``uint8 [H, W, 3]``, high-bit-depth and float pixels scaled (see :func:`load_image`)."""
+    mode = img.mode
+    if mode in _EIGHT_BIT_MODES:
+        return np.asarray(img.convert("RGB"))
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):  # PNG has no 32-bit pixels
+        gray = np.asarray(img).astype(np.float64) / 257.0
+    elif mode == "F":
+        gray = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(gray).all():
+            raise ImageReadError(f"{path}: float pixels that are NaN or infinite")
+        if gray.size and (gray.min() < 0 or gray.max() > 1):
+            raise ImageReadError(
+                f"{path}: float pixels in [{gray.min():g}, {gray.max():g}]; float images are read as "
+                "0 = black, 1 = white: rescale it to [0, 1] or save it with 8 or 16 bits"
+            )
+        gray = gray * 255.0
+    else:
+        raise ImageReadError(
+            f"{path}: PIL mode {mode!r} ({'32-bit integer pixels of no known range' if mode == 'I' else 'unsupported pixels'}): "
+            "save it with 8 or 16 bits per channel, or as float in [0, 1]"
+        )
+    return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def _matplotlib_grace_hopper() -> np.ndarray:

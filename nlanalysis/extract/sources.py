@@ -26,8 +26,8 @@ import numpy as np
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageItem", "coco_images", "file_images", "select", "shard_of"]
 
-#: file name endings that ``--images FOLDER`` picks up (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: file name endings that ``--images FOLDER`` picks up (case-insensitive); of a GIF, the first frame is read.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass

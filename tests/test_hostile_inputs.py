@@ -1,0 +1,144 @@
+"""Hostile and careless input (issue 14): images, COCO files, query points and masks.
+
+Each case asserts the exact outcome: the correct pixels/number, or a refusal whose message
+names the file (or the argument) that was wrong.
+"""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import randomize_
+from nlanalysis import analyze
+from nlanalysis.blocks import NonLocal2d
+from nlanalysis.data import ImageReadError, load_image, sample_photos
+from nlanalysis.extract import file_images
+
+
+# -- images ------------------------------------------------------------------------------------
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path, pixels: np.ndarray | None = None, size: tuple[int, int] | None = None) -> None:
+    """A PNG written by hand (PIL writes no 16-bit RGB): ``pixels`` uint8/uint16 ``[H, W]`` or
+    ``[H, W, 3]``; or only a header declaring ``size = (h, w)`` (8-bit RGB, no pixel data)."""
+    if pixels is None:
+        (h, w), depth, colour, data = size, 8, 2, None
+    else:
+        h, w = pixels.shape[:2]
+        depth, colour = pixels.dtype.itemsize * 8, 2 if pixels.ndim == 3 else 0
+        rows = pixels.astype(f">u{pixels.dtype.itemsize}").reshape(h, -1).view(np.uint8)
+        data = zlib.compress(np.concatenate([np.zeros((h, 1), np.uint8), rows], 1).tobytes())
+    parts = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0))]
+    parts += [_chunk(b"IDAT", data)] if data is not None else []
+    path.write_bytes(b"".join(parts + [_chunk(b"IEND", b"")]))
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A real photo, 8-bit RGB, small: Grace Hopper (matplotlib), every 8th pixel."""
+    return np.ascontiguousarray(sample_photos(["grace_hopper"])["grace_hopper"][::8, ::8])
+
+
+def _att(pixels: np.ndarray) -> float:
+    """The ``att`` statistic of one randomised NL block on an image (a stand-in for any analysis)."""
+    torch.manual_seed(0)
+    model = randomize_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), NonLocal2d(8)), std=0.5)
+    x = torch.tensor(pixels).permute(2, 0, 1)[None].float() / 255 - 0.5
+    return float(analyze(model, x)["att"].iloc[0])
+
+
+def test_png_writer_is_read_back_by_pil(tmp_path, photo):
+    write_png(tmp_path / "p.png", photo)
+    assert np.array_equal(load_image(tmp_path / "p.png"), photo)
+
+
+def test_high_bit_depth_and_float_images_equal_their_8bit_twins(tmp_path, photo):
+    from PIL import Image
+
+    gray = np.asarray(Image.fromarray(photo).convert("L"))
+    gray3 = np.repeat(gray[..., None], 3, -1)
+    write_png(tmp_path / "gray16.png", gray.astype(np.uint16) * 257)  # 255 -> 65535
+    write_png(tmp_path / "rgb16.png", photo.astype(np.uint16) * 257)
+    Image.fromarray(gray.astype(np.float32) / 255).save(tmp_path / "gray32f.tif")  # PIL mode F, 1.0 white
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "gray16.tif")
+    Image.fromarray(gray).save(tmp_path / "gray8.png")
+
+    assert np.array_equal(load_image(tmp_path / "gray8.png"), gray3)
+    for name in ("gray16.png", "gray32f.tif", "gray16.tif"):
+        assert np.array_equal(load_image(tmp_path / name), gray3), name
+    assert np.array_equal(load_image(tmp_path / "rgb16.png"), photo)
+    # and so the analysis of the twins agrees; the 16-bit one used to be clipped to white
+    att8 = _att(gray3)
+    assert _att(load_image(tmp_path / "gray16.png")) == att8
+    assert _att(load_image(tmp_path / "gray32f.tif")) == att8
+    assert _att(load_image(tmp_path / "rgb16.png")) == _att(photo)
+    clipped = np.asarray(Image.open(tmp_path / "gray16.png").convert("RGB"))
+    assert (clipped == 255).mean() > 0.9 and abs(_att(clipped) - att8) > 1e-3  # what the old reading measured
+
+
+def test_high_bit_depth_scaling_is_exact_at_the_ends(tmp_path):
+    write_png(tmp_path / "ramp.png", np.array([[0, 128, 32767, 65535]], dtype=np.uint16))
+    assert load_image(tmp_path / "ramp.png")[0, :, 0].tolist() == [0, 0, 127, 255]  # round(v / 257)
+
+
+def test_images_of_no_known_range_are_refused_by_name(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.array([[0.0, 2.5]], dtype=np.float32)).save(tmp_path / "hdr.tif")
+    Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "int32.tif")
+    with pytest.raises(ImageReadError, match=r"hdr\.tif: float pixels in \[0, 2\.5\]"):
+        load_image(tmp_path / "hdr.tif")
+    with pytest.raises(ImageReadError, match=r"nan\.tif: float pixels that are NaN"):
+        load_image(tmp_path / "nan.tif")
+    with pytest.raises(ImageReadError, match=r"int32\.tif: PIL mode 'I' \(32-bit integer pixels of no known range\)"):
+        load_image(tmp_path / "int32.tif")
+
+
+def test_decompression_bomb_is_an_image_error_naming_the_file(tmp_path):
+    from PIL import Image
+
+    write_png(tmp_path / "bomb.png", size=(30000, 30000))  # a 100-byte header declaring 900 Mpixels
+    with pytest.raises(ImageReadError, match=r"bomb\.png: refused, too many pixels .*900000000 pixels.*MAX_IMAGE_PIXELS") as err:
+        load_image(tmp_path / "bomb.png")
+    assert isinstance(err.value.__cause__, Image.DecompressionBombError)
+
+
+def test_undecodable_bytes_name_the_file(tmp_path):
+    write_png(tmp_path / "header_only.png", size=(20, 30))  # no pixel data
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name in ("header_only.png", "text.jpg"):
+        with pytest.raises(ImageReadError, match=rf"{name}: cannot decode image"):
+            load_image(tmp_path / name)
+
+
+def test_gif_files_are_read_first_frame(tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (6, 4), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.new("RGB", (6, 4)).save(tmp_path / "still.png")
+    items = file_images([tmp_path])
+    assert [it.image_id for it in items] == ["anim.gif", "still.png"]
+    first = load_image(items[0].path)
+    assert first.shape == (4, 6, 3) and (first == [255, 0, 0]).all()
+
+
+def test_a_decompression_bomb_is_one_failure_row_not_an_aborted_run(tmp_path):
+    from nlanalysis.extract import load_run, run_extract
+    from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_photos
+
+    write_photos(tmp_path / "images", n=1, max_side=96)
+    write_png(tmp_path / "images" / "bomb.png", size=(30000, 30000))
+    with one_thread():
+        report = run_extract(tiny_checkpoint(tmp_path / "tiny.pth"), tmp_path / "out", images=[tmp_path / "images"],
+                             jsd_pairs=0, progress=False)  # fmt: skip
+    failures = load_run(report.path).failures
+    assert failures["image_id"].tolist() == ["bomb.png"]
+    assert "bomb.png: refused, too many pixels" in failures["reason"][0]
+    assert load_run(report.path).metrics["image_id"].unique().tolist() == ["photo_000.jpg"]
