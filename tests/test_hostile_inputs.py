@@ -142,3 +142,116 @@ def test_a_decompression_bomb_is_one_failure_row_not_an_aborted_run(tmp_path):
     assert failures["image_id"].tolist() == ["bomb.png"]
     assert "bomb.png: refused, too many pixels" in failures["reason"][0]
     assert load_run(report.path).metrics["image_id"].unique().tolist() == ["photo_000.jpg"]
+
+
+# -- COCO files --------------------------------------------------------------------------------
+@pytest.fixture
+def coco(tmp_path):
+    """A small instances file over two real photos: ``(path, images folder, its JSON data)``."""
+    import json
+
+    from nlanalysis.extract.fixtures import write_coco, write_photos
+
+    photos = write_photos(tmp_path / "images", n=2, max_side=64)
+    data = write_coco(tmp_path / "ann.json", photos)
+    return tmp_path / "ann.json", tmp_path / "images", json.loads((tmp_path / "ann.json").read_text())
+
+
+def _refused(coco, message: str) -> None:
+    """Write the edited data back and assert reading it is refused with ``message`` after the file's name."""
+    import json
+
+    from nlanalysis.extract import coco_images
+    from nlanalysis.extract.coco import CocoFileError
+
+    ann, images, data = coco
+    ann.write_text(json.dumps(data))
+    with pytest.raises(CocoFileError, match=r"--coco-ann .*ann\.json: " + message):
+        coco_images(ann, images)
+
+
+def test_duplicate_image_ids_are_refused_naming_both_files(coco):
+    images = coco[2]["images"]
+    images[1]["id"] = images[0]["id"]
+    _refused(coco, rf"image id 1 is listed twice, for '{images[0]['file_name']}' and '{images[1]['file_name']}'")
+
+
+@pytest.mark.parametrize("bad_id", ["000001", 1.0, True, None])
+def test_non_integer_image_ids_are_refused_up_front(coco, bad_id):
+    coco[2]["images"][1]["id"] = bad_id
+    _refused(coco, rf"images\[1\]: id {bad_id!r} is not an integer")
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "sub/../../outside.jpg", ".", ""])
+def test_file_names_that_leave_the_image_folder_are_refused(coco, name):
+    coco[2]["images"][0]["file_name"] = name
+    _refused(coco, r"images\[0\] \(id 1\): file_name .* (leaves the image folder|is not a file name)")
+
+
+def test_symbolic_links_inside_the_image_folder_are_followed(coco, tmp_path):
+    import json
+
+    from nlanalysis.extract import coco_images
+
+    ann, images, data = coco
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (images / data["images"][0]["file_name"]).rename(elsewhere / "moved.jpg")
+    (images / "link.jpg").symlink_to(elsewhere / "moved.jpg")  # a file link
+    (images / "dir").symlink_to(elsewhere)  # a folder link
+    data["images"][0]["file_name"], data["images"][1]["file_name"] = "link.jpg", "dir/moved.jpg"
+    ann.write_text(json.dumps(data))
+    items = coco_images(ann, images)
+    assert [it.path for it in items] == [str(images / "link.jpg"), str(images / "dir" / "moved.jpg")]
+    assert np.array_equal(load_image(items[0].path), load_image(items[1].path))
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("height", 0, r"images\[0\] \('photo_000.jpg'\): height 0 is not a positive integer"),
+        ("bbox", [1, 2, float("nan"), 4], r"annotations\[0\] \(id 101\): bbox .* is not \[x, y, w, h\]"),
+        ("bbox", [1, 2, -3, 4], r"annotations\[0\] \(id 101\): bbox .* w, h >= 0"),
+        ("iscrowd", 2, r"annotations\[0\] \(id 101\): iscrowd 2 is not 0 or 1"),
+        ("segmentation", {"counts": "zzzz", "size": [10, 10]}, r"annotations\[0\] \(id 101\): segmentation is neither"),
+        ("segmentation", {"counts": [0, 5], "size": [10, 10]}, r"annotations\[0\] \(id 101\): segmentation is neither"),
+        ("segmentation", [[0, 0, "a", 1, 2, 2]], r"annotations\[0\] \(id 101\): segmentation is neither"),
+        ("image_id", "1", r"annotations\[0\]: image_id '1' is not an integer"),
+    ],
+)
+def test_malformed_entries_are_refused_naming_the_file_and_entry(coco, where, value, message):
+    data = coco[2]
+    (data["images"][0] if where in ("height", "width") else data["annotations"][0])[where] = value
+    _refused(coco, message)
+
+
+def test_compressed_rle_runs_match_an_independent_run_length_count():
+    from pycocotools import mask as mask_utils
+
+    from nlanalysis.extract.objects import rle_counts
+
+    from itertools import groupby
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = rng.integers(1, 40, 2)
+        mask = rng.random((h, w)) < rng.random()
+        flat = mask.T.ravel().tolist()  # COCO runs go down the columns and start with a run of zeros
+        runs = ([0] if flat[0] else []) + [len(list(g)) for _, g in groupby(flat)]
+        assert rle_counts(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()) == runs
+
+
+@pytest.mark.parametrize(
+    ("seg", "message"),
+    [
+        ({"counts": "", "size": [4, 6]}, r"annotation 7: RLE runs cover 0 pixels of a 4 x 6 mask \(24\)"),  # pycocotools: garbage
+        ({"counts": "zzzz", "size": [4, 6]}, r"annotation 7: compressed RLE counts hold characters outside"),  # likewise
+        ({"counts": [0, 24], "size": [400, 600]}, r"annotation 7: RLE size \[400, 600\] on an image of size \[4, 6\]"),
+        ([[0, 0, 1e9, 0, 1e9, 1e9]], r"annotation 7: polygon vertices lie far outside the 4 x 6 image"),  # pycocotools: SIGSEGV
+    ],
+)
+def test_object_map_refuses_masks_pycocotools_would_misread(seg, message):
+    from nlanalysis.extract.objects import object_map
+
+    with pytest.raises(ValueError, match=message):
+        object_map([{"id": 7, "segmentation": seg}], (4, 6), (4, 6), (4, 6))
