@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .metrics import mean_ci
+from .capture.blocks import check_batch_args
 from .capture.heads import LayerRecord, ViTCapture
 from .measure.head_controls import CONTROL_COLUMNS
 from .schema import HEAD_MEAN
@@ -94,6 +95,7 @@ def analyze_vit(
     Returns:
         A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
     """
+    check_batch_args(images, valid, image_ids, "analyze_vit")
     n = images.shape[0]
     ids = list(image_ids) if image_ids is not None else list(range(n))
     step = batch_size or n

@@ -255,3 +255,92 @@ def test_object_map_refuses_masks_pycocotools_would_misread(seg, message):
 
     with pytest.raises(ValueError, match=message):
         object_map([{"id": 7, "segmentation": seg}], (4, 6), (4, 6), (4, 6))
+
+
+# -- query points and masks --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nl_model():
+    torch.manual_seed(0)
+    return randomize_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), NonLocal2d(8)), std=0.5).eval()
+
+
+@pytest.mark.parametrize(
+    ("queries", "message"),
+    [
+        ([(float("nan"), 10.0)], r"query 0 \(nan, 10\) is not finite \(1 such of 1\)"),
+        ([(3.0, 4.0), (float("nan"), float("nan"))], r"query 1 \(nan, nan\) is not finite"),
+        ([(3.0, float("inf"))], r"query 0 \(3, inf\) is not finite"),
+        ([(1.0, 2.0, 3.0)], r"queries must be \(y, x\) pairs, \[K, 2\]; got shape \[1, 3\]"),
+        ([(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)], r"got shape \[2, 3\]"),  # 6 numbers: once read as 3 pairs
+        ([1.0, 2.0, 3.0, 4.0], r"got shape \[4\]"),
+        ([(1.0, 2.0), (3.0,)], r"queries must be \(y, x\) pairs of numbers"),
+        ([("a", "b")], r"queries must be \(y, x\) pairs of numbers"),
+    ],
+)
+@pytest.mark.parametrize("space", ["image", "feature"])
+def test_malformed_queries_are_a_value_error_saying_which(nl_model, queries, message, space):
+    from nlanalysis.capture import Capture
+
+    with pytest.raises(ValueError, match=message):
+        Capture(nl_model, queries=queries, query_space=space)
+
+
+def test_well_formed_queries_still_give_their_cells(nl_model):
+    from nlanalysis.capture import Capture
+
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), Capture(nl_model, queries=(9.5, 30.0)) as cap:  # one pair
+        nl_model(x)
+    assert cap.records[0].queries.feature_yx.tolist() == [[2, 7]]  # 32 px over 8 cells: 4 px each
+    with torch.no_grad(), Capture(nl_model, queries=[]) as cap:  # none
+        nl_model(x)
+    assert cap.records[0].queries.maps.shape == (1, 0, 8, 8)
+
+
+def _entry(name: str):
+    """``analyze`` or ``analyze_vit`` (their checks run before any model is looked at)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"nlanalysis.{name}"), name)
+
+
+@pytest.mark.parametrize("entry", ["analyze", "analyze_vit"])
+def test_short_or_long_image_ids_are_a_value_error(nl_model, entry):
+    with pytest.raises(ValueError, match=rf"{entry}\(image_ids=...\): 1 ids for 2 images"):
+        _entry(entry)(nl_model, torch.randn(2, 3, 32, 32), image_ids=["only one"])
+
+
+@pytest.mark.parametrize("mask", [torch.full((1, 32, 32), 0.3), torch.ones(1, 32, 32, dtype=torch.uint8), np.ones((1, 32, 32), bool)])
+@pytest.mark.parametrize("entry", ["analyze", "analyze_vit"])
+def test_masks_must_be_bool(nl_model, mask, entry):
+    with pytest.raises(TypeError, match=rf"{entry}\(valid=...\): the valid-pixel mask must be a bool tensor .* got a"):
+        _entry(entry)(nl_model, torch.randn(1, 3, 32, 32), valid=mask)
+
+
+def test_capture_set_valid_refuses_a_float_mask_and_keeps_a_bool_one(nl_model):
+    from nlanalysis.capture import Capture
+
+    cap = Capture(nl_model)
+    with pytest.raises(TypeError, match=r"Capture\.set_valid\(valid\): .* got a torch\.float32 tensor; e\.g\. pass mask > 0\.5"):
+        cap.set_valid(torch.full((1, 32, 32), 0.3))
+    with pytest.raises(ValueError, match=r"must be \[B, H, W\], got shape \[32, 32\]"):
+        cap.set_valid(torch.ones(32, 32, dtype=torch.bool))
+    valid = torch.zeros(1, 32, 32, dtype=torch.bool)
+    valid[:, :16] = True
+    frame = analyze(nl_model, torch.randn(1, 3, 32, 32), valid=valid)
+    assert frame["n_query"].tolist() == [4 * 8]  # the top half of the 8 x 8 cells
+
+
+def test_query_counts_are_capped_at_the_grid(recwarn):
+    from nlanalysis.extract.queries import parse_queries, select_queries
+
+    rng = np.random.default_rng(0)
+    grid = select_queries(parse_queries("grid:1000"), (224, 224), rng, input_size=(224, 224), grids=[(14, 14), (7, 7)])
+    assert len(grid.yx) == 14 * 14
+    cells = np.floor(grid.yx / 16).astype(int)  # 16 px per cell of the 14 x 14 grid
+    assert len({tuple(c) for c in cells}) == 14 * 14  # one point in every cell
+    many = select_queries(parse_queries("random:1000"), (224, 224), rng, input_size=(224, 224), grids=[(14, 14)])
+    assert len(many.yx) == 196
+    assert len(recwarn) == 2 and all("--queries" in str(w.message) and "at most one point per cell" in str(w.message) for w in recwarn)
+    few = select_queries(parse_queries("grid:3"), (224, 224), rng, input_size=(224, 224), grids=[(14, 14)])
+    assert len(few.yx) == 9 and len(recwarn) == 2  # no cap, no warning
