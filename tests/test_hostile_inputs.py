@@ -209,7 +209,7 @@ def test_symbolic_links_inside_the_image_folder_are_followed(coco, tmp_path):
 @pytest.mark.parametrize(
     ("where", "value", "message"),
     [
-        ("height", 0, r"images\[0\] \('photo_000.jpg'\): height 0 is not a positive integer"),
+        ("height", 0, r"images\[0\] \('photo_000.jpg'\): height 0 is not a positive 32-bit integer"),
         ("bbox", [1, 2, float("nan"), 4], r"annotations\[0\] \(id 101\): bbox .* is not \[x, y, w, h\]"),
         ("bbox", [1, 2, -3, 4], r"annotations\[0\] \(id 101\): bbox .* w, h >= 0"),
         ("iscrowd", 2, r"annotations\[0\] \(id 101\): iscrowd 2 is not 0 or 1"),

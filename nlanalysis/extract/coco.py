@@ -10,7 +10,7 @@ What is required (the COCO format, https://cocodataset.org/#format-data):
 * ``images``: a list of objects with a unique integer ``id`` and a ``file_name`` relative to the
   image folder that stays inside it (no absolute path, no ``..`` leading out; symbolic links
   inside the folder are followed as the user made them); ``height``/``width``, when given,
-  positive integers.
+  positive 32-bit integers. Ids of every kind fit in 64 bits.
 * ``annotations`` (optional): objects with an integer ``id`` and ``image_id``, an integer
   ``category_id`` when the file has ``categories``, and, when present, a ``bbox`` of four finite
   numbers ``[x, y, w, h]`` with ``w, h >= 0``, a ``segmentation`` (polygons: lists of numbers;
@@ -103,6 +103,8 @@ def _int_field(entry: Any, key: str, where: str) -> int:
     value = entry[key]
     if not _is_int(value):
         raise CocoFileError(f"{where}: {key} {value!r} is not an integer (COCO ids are integers)")
+    if not -(2**63) <= value < 2**63:
+        raise CocoFileError(f"{where}: {key} {value} does not fit in 64 bits")
     return value
 
 
@@ -120,8 +122,8 @@ def _check_image(image: Any, where: str) -> tuple[int, str]:
         )
     for key in ("height", "width"):
         value = image.get(key)
-        if value is not None and not (_is_int(value) and value > 0):
-            raise CocoFileError(f"{where} ({name!r}): {key} {value!r} is not a positive integer")
+        if value is not None and not (_is_int(value) and 0 < value < 2**31):
+            raise CocoFileError(f"{where} ({name!r}): {key} {value!r} is not a positive 32-bit integer")
     return image_id, name
 
 

@@ -113,12 +113,13 @@ def coco_images(
     if not images_dir.is_dir():
         raise FileNotFoundError(f"--coco-images {images_dir}: no such folder")
     coco = load_coco(ann_file)
+    if not coco.imgs:
+        raise CocoFileError(f"--coco-ann {ann_file}: lists no images")
     ids = sorted(coco.imgs)
     if image_ids is not None:
         unknown = sorted(set(image_ids) - set(coco.imgs))
         if unknown:
-            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})" if ids
-                             else f"--image-ids: {_few(unknown)} not in {ann_file}, which lists no images")  # fmt: skip
+            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})")
         ids = sorted(set(image_ids))
     if cat_ids is not None:
         unknown = sorted(set(cat_ids) - set(coco.cats))
