@@ -109,6 +109,23 @@ def test_decompression_bomb_is_an_image_error_naming_the_file(tmp_path):
     assert isinstance(err.value.__cause__, Image.DecompressionBombError)
 
 
+def test_a_png_whose_pixel_data_fails_its_crc_is_refused(tmp_path, photo):
+    from PIL import Image
+
+    pixels = photo[:4, :4]
+    rows = np.concatenate([np.zeros((4, 1), np.uint8), pixels.reshape(4, -1)], 1).tobytes()  # filter byte 0 per row
+    changed = bytearray(rows)
+    changed[5] ^= 0xFF  # one byte of pixel (0, 1) changed after the CRC was made
+    stream, was = zlib.compress(bytes(changed)), zlib.compress(rows)
+    idat = struct.pack(">I", len(stream)) + b"IDAT" + stream + struct.pack(">I", zlib.crc32(b"IDAT" + was))
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0))
+    (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + idat + _chunk(b"IEND", b""))
+    read_by_pil = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert (read_by_pil != pixels).sum() == 1  # PIL alone reads the other pixel without a word
+    with pytest.raises(ImageReadError, match=r"p\.png: PNG chunk 'IDAT' at byte 33 fails its CRC check"):
+        load_image(tmp_path / "p.png")
+
+
 def test_undecodable_bytes_name_the_file(tmp_path):
     write_png(tmp_path / "header_only.png", size=(20, 30))  # no pixel data
     (tmp_path / "text.jpg").write_text("not an image")

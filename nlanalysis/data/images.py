@@ -6,6 +6,7 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing, empty, not a decodable image, has pixels of no known
             range (32-bit integers, floats outside ``[0, 1]`` or not finite), or has more pixels
-            than PIL decodes safely (twice ``PIL.Image.MAX_IMAGE_PIXELS``: a decompression bomb).
-            The message names the file.
+            than PIL decodes safely (twice ``PIL.Image.MAX_IMAGE_PIXELS``: a decompression bomb),
+            or is a PNG whose chunks fail their CRC. The message names the file.
     """
     from PIL import Image
 
@@ -44,6 +45,8 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
+            if img.format == "PNG":
+                _check_png_crcs(path)
             img.load()
             return _to_rgb8(img, path)
     except ImageReadError:
@@ -55,6 +58,27 @@ def load_image(path: str | Path) -> np.ndarray:
         ) from err
     except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
         raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _check_png_crcs(path: Path) -> None:
+    """Raise ImageReadError when a chunk of a PNG file fails its CRC. PIL skips the CRCs of the
+    pixel data (IDAT): a changed byte there that still inflates would read as other pixels.
+    The file is streamed; a file cut short is left to PIL, which says so when it decodes."""
+    with path.open("rb") as f:
+        pos = f.seek(8)  # after the signature; chunks: length (4), type (4), data, CRC of type + data (4)
+        while len(head := f.read(8)) == 8:
+            crc, left = zlib.crc32(head[4:]), int.from_bytes(head[:4], "big")
+            while left and (block := f.read(min(left, 1 << 20))):
+                crc, left = zlib.crc32(block, crc), left - len(block)
+            stored = f.read(4)
+            if left or len(stored) < 4:
+                return
+            if crc != int.from_bytes(stored, "big"):
+                kind = head[4:].decode("latin-1")
+                raise ImageReadError(f"{path}: PNG chunk {kind!r} at byte {pos} fails its CRC check: the file is corrupt")
+            if head[4:] == b"IEND":
+                return
+            pos = f.tell()
 
 
 def _to_rgb8(img: Any, path: Path) -> np.ndarray:
