@@ -7,7 +7,8 @@ written in each format PIL writes), and random, truncated and structurally mutat
 * the project's own error for the concern (:class:`ImageReadError`, :class:`CocoFileError`) with
   a message naming the file -- never another exception type (the test lets those through);
 * a success whose data is right: an image of uint8 ``[H, W, 3]`` pixels (equal to the whole
-  file's where only a truncation was made); COCO items that match an independent reading of
+  file's where only a truncation was made, and for a PNG, whose chunks carry CRCs, whatever
+  bytes were changed); COCO items that match an independent reading of
   the JSON (every image once, its own annotations, paths inside the folder), whose objects are
   then drawn or refused per image (``ValueError``, as ``extract`` records a failure).
 

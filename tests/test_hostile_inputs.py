@@ -309,6 +309,10 @@ def test_well_formed_queries_still_give_their_cells(nl_model):
     with torch.no_grad(), Capture(nl_model, queries=(9.5, 30.0)) as cap:  # one pair
         nl_model(x)
     assert cap.records[0].queries.feature_yx.tolist() == [[2, 7]]  # 32 px over 8 cells: 4 px each
+    for far in (1e300, -1e300, 2.0**63):  # finite, but no cell: refused before becoming integers
+        with torch.no_grad(), Capture(nl_model, queries=[(1.0, far)], query_space="feature") as cap:
+            with pytest.raises(ValueError, match=r"query \(row=1, col=.*\) is outside the 8x8 query grid"):
+                nl_model(x)
     with torch.no_grad(), Capture(nl_model, queries=[]) as cap:  # none
         nl_model(x)
     assert cap.records[0].queries.maps.shape == (1, 0, 8, 8)

@@ -334,11 +334,12 @@ class Capture:
         gh, gw = att.query_shape
         q = self.queries
         if self.query_space == "feature":
-            cells = q.round().long()
+            cells = q.round()  # checked as floats: a huge one would wrap when made an integer
             bad = (cells[:, 0] < 0) | (cells[:, 0] >= gh) | (cells[:, 1] < 0) | (cells[:, 1] >= gw)
             if bad.any():
                 y, x = q[bad.nonzero()[0, 0]].tolist()
                 raise ValueError(f"query (row={y:g}, col={x:g}) is outside the {gh}x{gw} query grid of block {name}")
+            cells = cells.long()
             image_yx = None
             if self._input_size is not None:
                 sy, sx = self._input_size[0] / gh, self._input_size[1] / gw
