@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .capture.blocks import BlockRecord, Capture
+from .capture.blocks import BlockRecord, Capture, check_batch_args
 from .schema import NL, statistic_columns
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
@@ -68,6 +68,7 @@ def analyze(
     Returns:
         A DataFrame, one row per (image, block).
     """
+    check_batch_args(images, valid, image_ids, "analyze")
     with torch.no_grad(), Capture(model, blocks, **capture_kwargs) as cap:
         cap.set_valid(valid)
         cap.set_objects(objects)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from .capture.blocks import check_batch_args
 from .capture.heads import LayerRecord, ViTCapture
 from .metrics.grouped import grouped_intervals
 from .metrics.intervals import Method
@@ -92,6 +93,7 @@ def analyze_vit(
     Returns:
         A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
     """
+    check_batch_args(images, valid, image_ids, "analyze_vit")
     n = images.shape[0]
     ids = list(image_ids) if image_ids is not None else list(range(n))
     step = batch_size or n

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..adapters import BlockInfo, check_features, list_blocks
 from ..measure.blocks import BlockStats, measure_block
 
-__all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "cell_centres", "valid_cells"]
+__all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "cell_centres", "check_batch_args", "check_mask", "query_points", "valid_cells"]
 
 
 @dataclass
@@ -95,6 +95,55 @@ def valid_cells(valid: Tensor, grid: tuple[int, int]) -> Tensor:
     return cell_centres(valid, grid).bool()
 
 
+def query_points(queries: Sequence[Sequence[float]] | Tensor) -> Tensor:
+    """Query points as ``float64 [K, 2]``: ``K`` pairs ``(y, x)``, or one pair ``(y, x)``.
+
+    Raises:
+        ValueError: not numbers, not pairs (e.g. three coordinates), or not finite; says which.
+    """
+    try:
+        q = torch.as_tensor(queries, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"queries must be (y, x) pairs of numbers, [K, 2]: {err}") from err
+    if q.numel() == 0:
+        return q.reshape(0, 2)
+    if q.dim() == 1 and q.shape[0] == 2:
+        q = q[None]
+    if q.dim() != 2 or q.shape[1] != 2:
+        raise ValueError(f"queries must be (y, x) pairs, [K, 2]; got shape {list(q.shape)}")
+    bad = ~torch.isfinite(q).all(1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"query {i} ({', '.join(f'{v:g}' for v in q[i].tolist())}) is not finite ({int(bad.sum())} such of {len(q)})")
+    return q
+
+
+def check_mask(valid: Any, what: str) -> None:
+    """Raise unless ``valid`` is ``None`` or a bool tensor ``[B, H, W]``; ``what`` names the argument.
+
+    A float mask is refused rather than cast: ``0.3`` would silently count as valid.
+    """
+    if valid is None:
+        return
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+        kind = f"a {valid.dtype} tensor" if isinstance(valid, Tensor) else f"a {type(valid).__name__}"
+        raise TypeError(f"{what}: the valid-pixel mask must be a bool tensor [B, H, W] (True on image pixels), "
+                        f"got {kind}; e.g. pass mask > 0.5")  # fmt: skip
+    if valid.dim() != 3:
+        raise ValueError(f"{what}: the valid-pixel mask must be [B, H, W], got shape {list(valid.shape)}")
+
+
+def check_batch_args(images: Tensor, valid: Any, image_ids: Sequence[Any] | None, what: str) -> None:
+    """The checks at the entry of ``analyze``/``analyze_vit`` (``what``): a bool ``valid`` mask of the
+    batch's size, and one image id per image."""
+    n = images.shape[0]
+    check_mask(valid, f"{what}(valid=...)")
+    if valid is not None and valid.shape[0] != n:
+        raise ValueError(f"{what}(valid=...): the mask has batch {valid.shape[0]}, the images {n}")
+    if image_ids is not None and len(image_ids) != n:
+        raise ValueError(f"{what}(image_ids=...): {len(image_ids)} ids for {n} images")
+
+
 class Capture:
     """Context manager recording :class:`BlockRecord` s for the NL/GC blocks of a model.
 
@@ -155,7 +204,7 @@ class Capture:
         ]  # fmt: skip
         if not self.blocks:
             raise self._nothing_found(model, blocks)
-        self.queries = None if queries is None else torch.as_tensor(queries, dtype=torch.float64).reshape(-1, 2)
+        self.queries = None if queries is None else query_points(queries)
         self.query_space = query_space
         self.stats = stats
         self.keep_tensors = keep_tensors
@@ -209,8 +258,9 @@ class Capture:
         self.records.clear()
 
     def set_valid(self, valid: Tensor | None) -> None:
-        """Mark the valid (non-padding) pixels ``[B, H, W]`` of the next forward's input."""
-        self._valid = None if valid is None else valid.bool()
+        """Mark the valid (non-padding) pixels ``[B, H, W]`` (bool) of the next forward's input."""
+        check_mask(valid, "Capture.set_valid(valid)")
+        self._valid = valid
 
     def set_objects(self, labels: Tensor | None) -> None:
         """Instance labels ``[B, H, W]`` (int, 0 = no object) of the next forward's input pixels.
@@ -284,11 +334,12 @@ class Capture:
         gh, gw = att.query_shape
         q = self.queries
         if self.query_space == "feature":
-            cells = q.round().long()
+            cells = q.round()  # checked as floats: a huge one would wrap when made an integer
             bad = (cells[:, 0] < 0) | (cells[:, 0] >= gh) | (cells[:, 1] < 0) | (cells[:, 1] >= gw)
             if bad.any():
                 y, x = q[bad.nonzero()[0, 0]].tolist()
                 raise ValueError(f"query (row={y:g}, col={x:g}) is outside the {gh}x{gw} query grid of block {name}")
+            cells = cells.long()
             image_yx = None
             if self._input_size is not None:
                 sy, sx = self._input_size[0] / gh, self._input_size[1] / gw

@@ -6,8 +6,10 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,26 +17,93 @@ __all__ = ["ImageReadError", "load_image", "sample_photos"]
 
 
 class ImageReadError(OSError):
-    """An image file that is missing or cannot be decoded."""
+    """An image file that is missing, cannot be decoded, or is refused (its message names the file)."""
+
+
+#: PIL modes of 8 bits per channel: ``convert("RGB")`` keeps their range
+_EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``uint8`` RGB ``[H, W, 3]``.
+    """Read an image file as ``uint8`` RGB ``[H, W, 3]`` (the first frame of an animation).
+
+    8-bit images are converted by PIL. High-bit-depth and float images are scaled to the 8-bit
+    range the preprocessing expects: 16-bit gray ``v`` becomes ``round(v / 257)`` (65535 is white;
+    PIL itself reads 16-bit RGB as the high byte of each channel), 32-bit float gray must lie in
+    ``[0, 1]`` (1 is white) and becomes ``round(255 v)``. Other pixel types are refused.
 
     Raises:
-        ImageReadError: the file is missing, empty or not a decodable image (message names it).
+        ImageReadError: the file is missing, empty, not a decodable image, has pixels of no known
+            range (32-bit integers, floats outside ``[0, 1]`` or not finite), or has more pixels
+            than PIL decodes safely (twice ``PIL.Image.MAX_IMAGE_PIXELS``: a decompression bomb),
+            or is a PNG whose chunks fail their CRC. The message names the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
+            if img.format == "PNG":
+                _check_png_crcs(path)
             img.load()
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: cannot decode image ({err})") from err
+            return _to_rgb8(img, path)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"{path}: refused, too many pixels to decode safely ({err}). "
+            "If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from err
+    except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
+        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _check_png_crcs(path: Path) -> None:
+    """Raise ImageReadError when a chunk of a PNG file fails its CRC. PIL skips the CRCs of the
+    pixel data (IDAT): a changed byte there that still inflates would read as other pixels.
+    The file is streamed; a file cut short is left to PIL, which says so when it decodes."""
+    with path.open("rb") as f:
+        pos = f.seek(8)  # after the signature; chunks: length (4), type (4), data, CRC of type + data (4)
+        while len(head := f.read(8)) == 8:
+            crc, left = zlib.crc32(head[4:]), int.from_bytes(head[:4], "big")
+            while left and (block := f.read(min(left, 1 << 20))):
+                crc, left = zlib.crc32(block, crc), left - len(block)
+            stored = f.read(4)
+            if left or len(stored) < 4:
+                return
+            if crc != int.from_bytes(stored, "big"):
+                kind = head[4:].decode("latin-1")
+                raise ImageReadError(f"{path}: PNG chunk {kind!r} at byte {pos} fails its CRC check: the file is corrupt")
+            if head[4:] == b"IEND":
+                return
+            pos = f.tell()
+
+
+def _to_rgb8(img: Any, path: Path) -> np.ndarray:
+    """A loaded PIL image as ``uint8 [H, W, 3]``, high-bit-depth and float pixels scaled (see :func:`load_image`)."""
+    mode = img.mode
+    if mode in _EIGHT_BIT_MODES:
+        return np.asarray(img.convert("RGB"))
+    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):  # PNG has no 32-bit pixels
+        gray = np.asarray(img).astype(np.float64) / 257.0
+    elif mode == "F":
+        gray = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(gray).all():
+            raise ImageReadError(f"{path}: float pixels that are NaN or infinite")
+        if gray.size and (gray.min() < 0 or gray.max() > 1):
+            raise ImageReadError(
+                f"{path}: float pixels in [{gray.min():g}, {gray.max():g}]; float images are read as "
+                "0 = black, 1 = white: rescale it to [0, 1] or save it with 8 or 16 bits"
+            )
+        gray = gray * 255.0
+    else:
+        raise ImageReadError(
+            f"{path}: PIL mode {mode!r} ({'32-bit integer pixels of no known range' if mode == 'I' else 'unsupported pixels'}): "
+            "save it with 8 or 16 bits per channel, or as float in [0, 1]"
+        )
+    return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=-1)
 
 
 def _matplotlib_grace_hopper() -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.transforms import image_region
 
-__all__ = ["ObjectMap", "object_map"]
+__all__ = ["ObjectMap", "check_rle", "object_map", "rle_counts"]
 
 
 @dataclass
@@ -43,6 +43,57 @@ class ObjectMap:
     boxes: np.ndarray
 
 
+def rle_counts(counts: Any) -> list[int]:
+    """The run lengths of a COCO RLE ``counts``: a list of ints, or the compressed string of
+    pycocotools (``rleFrString``: 6-bit groups from ``'0'``, runs after the second stored as
+    differences). Raises ``ValueError`` on anything else, or on a negative run."""
+    if isinstance(counts, list):
+        runs = counts
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in runs):
+            raise ValueError("RLE counts are not all integers")
+    elif isinstance(counts, (str, bytes)):
+        text = counts.decode("latin-1") if isinstance(counts, bytes) else counts
+        codes = [ord(ch) - 48 for ch in text]
+        if any(not 0 <= c < 64 for c in codes):
+            raise ValueError("compressed RLE counts hold characters outside '0'..'o'")
+        runs, x, k = [], 0, 0
+        for c in codes:
+            x |= (c & 0x1F) << (5 * k)
+            k += 1
+            if c & 0x20:  # more groups follow
+                continue
+            if c & 0x10:  # sign bit of the last group
+                x |= -1 << (5 * k)
+            runs.append(x + (runs[-2] if len(runs) > 2 else 0))
+            x, k = 0, 0
+        if k:
+            raise ValueError("compressed RLE counts end inside a number")
+    else:
+        raise ValueError(f"RLE counts are a {type(counts).__name__}, not a list or a string")
+    if any(v < 0 for v in runs):
+        raise ValueError("RLE counts hold a negative run")
+    return runs
+
+
+def check_rle(seg: dict[str, Any], h: int, w: int) -> None:
+    """Raise ``ValueError`` unless ``seg`` is an RLE of an ``h x w`` mask whose runs cover it exactly
+    (pycocotools decodes others into uninitialised or overrun memory)."""
+    if list(seg.get("size", ())) != [h, w]:
+        raise ValueError(f"RLE size {seg.get('size')!r} on an image of size {[h, w]}")
+    total = sum(rle_counts(seg.get("counts")))
+    if total != h * w:
+        raise ValueError(f"RLE runs cover {total} pixels of a {h} x {w} mask ({h * w})")
+
+
+def _check_polygons(polys: list[list[float]], h: int, w: int) -> None:
+    """Vertices farther than the image's size from it are refused: pycocotools rasterises a polygon at 5x
+    its extent in C and crashes on huge coordinates."""
+    for p in polys:
+        xs, ys = np.asarray(p[0::2], dtype=np.float64), np.asarray(p[1::2], dtype=np.float64)
+        if not (np.isfinite(p).all() and (np.abs(xs - w / 2) <= 1.5 * w).all() and (np.abs(ys - h / 2) <= 1.5 * h).all()):
+            raise ValueError(f"polygon vertices lie far outside the {h} x {w} image (or are not finite)")
+
+
 def _mask(ann: dict[str, Any], h: int, w: int) -> np.ndarray | None:
     from pycocotools import mask as mask_utils
 
@@ -53,10 +104,13 @@ def _mask(ann: dict[str, Any], h: int, w: int) -> np.ndarray | None:
         polys = [p for p in seg if len(p) >= 6]
         if not polys:
             return None
+        _check_polygons(polys, h, w)
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
     elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+        check_rle(seg, h, w)
         rle = mask_utils.frPyObjects(seg, h, w)
     else:
+        check_rle(seg, h, w)
         rle = dict(seg)
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode()
@@ -95,7 +149,10 @@ def object_map(
     objects = [a for a in annotations if not a.get("iscrowd") and ("bbox" in a or a.get("segmentation"))]
     drawn = []
     for a in objects:
-        m = _mask(a, h, w)
+        try:
+            m = _mask(a, h, w)
+        except ValueError as err:
+            raise ValueError(f"annotation {a.get('id')}: {err}") from err
         has_mask = m is not None
         if m is None:
             m = _box(a, h, w) if "bbox" in a else np.zeros((h, w), dtype=bool)

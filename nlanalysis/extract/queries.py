@@ -10,6 +10,9 @@ edge of the image next to the padding) are left out too (:func:`query_region`).
 
 * ``grid:K``    -- a ``K x K`` grid: the centres of ``K x K`` equal tiles of the (seen) image.
 * ``random:K``  -- ``K`` pixel centres drawn uniformly (seeded per image).
+
+Given ``grids``, ``K`` is capped at the finest grid (rows and columns for ``grid:K``, cells for
+``random:K``), with a warning: more points would only repeat the maps of cells.
 * ``objects:K`` -- one point on each of ``K`` different annotated objects (the ``K`` largest
   visible ones), plus one on the background, as in GCNet's Figure 2. The point on a mask is the
   object pixel farthest from the object's border (so it is well inside it); for an object with
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,17 +148,37 @@ def select_queries(
     region = query_region(size, offset, input_size, grids)
     y0, y1, x0, x1 = region
     if spec.kind == "grid":
-        ys = y0 + (np.arange(spec.k) + 0.5) * (y1 - y0) / spec.k
-        xs = x0 + (np.arange(spec.k) + 0.5) * (x1 - x0) / spec.k
+        ky, kx = _capped(spec, grids)
+        ys = y0 + (np.arange(ky) + 0.5) * (y1 - y0) / ky
+        xs = x0 + (np.arange(kx) + 0.5) * (x1 - x0) / kx
         yx = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
         return QueryPoints(yx, np.full(len(yx), -1, dtype=np.int64))
     r0, r1, c0, c1 = pixels = _pixel_region(region)
     if spec.kind == "random":
-        yx = np.stack([rng.integers(0, r1 - r0, spec.k) + r0, rng.integers(0, c1 - c0, spec.k) + c0], 1) + 0.5
-        return QueryPoints(yx.astype(np.float64), np.full(spec.k, -1, dtype=np.int64))
+        k = _capped(spec, grids)[0]
+        yx = np.stack([rng.integers(0, r1 - r0, k) + r0, rng.integers(0, c1 - c0, k) + c0], 1) + 0.5
+        return QueryPoints(yx.astype(np.float64), np.full(k, -1, dtype=np.int64))
     if objects is None:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
     return _object_points(spec.k, objects, pixels, scale, offset)
+
+
+def _capped(spec: QuerySpec, grids: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """``grid:K``: ``(rows, cols)`` of points; ``random:K``: ``(points, 0)``. At most one point per cell
+    of the finest of ``grids``: more would only repeat maps (``grid:1000`` on a 14 x 14 grid made
+    a million points); a warning says so (its text is the same for every image: shown once)."""
+    wanted = (spec.k, spec.k) if spec.kind == "grid" else (spec.k, 0)
+    if not grids:
+        return wanted
+    rows, cols = max(g[0] for g in grids), max(g[1] for g in grids)
+    capped = (min(spec.k, rows), min(spec.k, cols)) if spec.kind == "grid" else (min(spec.k, rows * cols), 0)
+    if capped != wanted:
+        warnings.warn(
+            f"--queries {spec} asks for more points than the query grids of the analysed blocks have cells: "
+            "each image gets at most one point per cell of its finest grid (more would repeat maps)",
+            stacklevel=3,
+        )
+    return capped
 
 
 def _object_points(

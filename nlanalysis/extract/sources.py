@@ -10,11 +10,8 @@ query points and for the own-object statistics.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
-import io
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -24,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "coco_images", "file_images", "select", "shard_of"]
+from .coco import CocoFileError, load_coco
 
-#: file name endings that ``--images FOLDER`` picks up (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+__all__ = ["IMAGE_EXTENSIONS", "CocoFileError", "ImageItem", "coco_images", "file_images", "load_coco", "select", "shard_of"]
+
+#: file name endings that ``--images FOLDER`` picks up (case-insensitive); of a GIF, the first frame is read.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass
@@ -86,30 +85,6 @@ def _safe_key(name: str) -> str:
     return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def load_coco(ann_file: str | os.PathLike[str]) -> Any:
-    """``pycocotools.coco.COCO`` for an instances file, with errors that say what is wrong."""
-    from pycocotools.coco import COCO
-
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"--coco-ann {path}: no such annotation file")
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"--coco-ann {path}: not a JSON file ({err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"--coco-ann {path}: not a COCO instances file (no 'images' list)")
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        try:
-            coco.createIndex()
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"--coco-ann {path}: malformed COCO file (missing field {err})") from err
-    return coco
-
-
 def coco_images(
     ann_file: str | os.PathLike[str],
     images_dir: str | os.PathLike[str],
@@ -127,17 +102,24 @@ def coco_images(
         image_ids: keep these images only (each must be in the file).
         cat_ids: keep images with at least one annotation of any of these categories.
         limit, seed: see the module docstring.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        CocoFileError: the file is not a well-formed instances file (:mod:`nlanalysis.extract.coco`:
+            e.g. a duplicate or non-integer image id, a ``file_name`` leaving ``images_dir``).
+        ValueError: ``image_ids``/``cat_ids``/``limit`` select nothing the file has.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"--coco-images {images_dir}: no such folder")
     coco = load_coco(ann_file)
+    if not coco.imgs:
+        raise CocoFileError(f"--coco-ann {ann_file}: lists no images")
     ids = sorted(coco.imgs)
     if image_ids is not None:
         unknown = sorted(set(image_ids) - set(coco.imgs))
         if unknown:
-            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})" if ids
-                             else f"--image-ids: {_few(unknown)} not in {ann_file}, which lists no images")  # fmt: skip
+            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})")
         ids = sorted(set(image_ids))
     if cat_ids is not None:
         unknown = sorted(set(cat_ids) - set(coco.cats))
