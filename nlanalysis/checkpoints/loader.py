@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_from_dict, arch_type, build_arch
 from .config import parse_config_file, parse_config_text
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigLimitError
 from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
 from .layouts import LAYOUTS, FoundBlock, find_blocks
 from .preprocess import Preprocess, preprocess_from_config
@@ -136,15 +136,26 @@ def _closest_match(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> s
     return f"none (top-level modules {heads})"
 
 
-def _config_from_meta(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def _config_from_meta(path: Path, meta: dict[str, Any], notes: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """The config text stored in ``meta`` (mmdetection), parsed; one that is not valid Python is
+    ignored with a note, one past a limit refuses the checkpoint (a hostile file must not hang us)."""
     for key in ("cfg", "config"):
         text = meta.get(key)
         if isinstance(text, str) and text.strip():
             try:
                 return parse_config_text(text, f"meta['{key}']"), f"the checkpoint's meta['{key}']"
-            except CheckpointError:
+            except ConfigLimitError as err:
+                raise CheckpointError(path, f"{err.path}: {err.reason}") from None
+            except CheckpointError as err:
+                notes.append(f"the checkpoint's {err.path} was ignored: {err.reason}")
                 return None, ""
     return None, ""
+
+
+def _config_sets_style(cfg: dict[str, Any] | None) -> bool:
+    """Whether a config states ``model.backbone.style``."""
+    model = (cfg or {}).get("model")
+    return isinstance(model, dict) and isinstance(model.get("backbone"), dict) and "style" in model["backbone"]
 
 
 def _convert(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -189,6 +200,7 @@ def load_checkpoint(
     obj, placeholders = read_checkpoint_file(path, trust=trust)
     fmt, state_dict, meta, whole = _detect(path, obj)
     notes: list[str] = []
+    cfg = None
     try:
         blocks = find_blocks(state_dict)
         if fmt == "nlanalysis native":
@@ -210,10 +222,10 @@ def load_checkpoint(
                     + "; ".join(layout.description for layout in LAYOUTS),
                 )
             arch, notes = infer_arch(state_dict, prefix, blocks)
-            cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(meta)
+            cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
             if cfg is not None:
                 notes += apply_config(arch, cfg, cfg_source)
-            if cfg is None or "style" not in str(cfg.get("model", {}).get("backbone", {}).keys()):
+            if not _config_sets_style(cfg):
                 notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
             if fmt.startswith("GCNet"):
                 for b in arch.blocks:
@@ -224,10 +236,13 @@ def load_checkpoint(
             preprocess = (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
         notes += apply_overrides(arch, overrides or {})
         model = build_arch(arch, truncate=truncate)
-    except ValueError as err:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
         if isinstance(err, CheckpointError):
             raise
-        raise CheckpointError(path, str(err)) from err
+        if isinstance(err, ValueError):
+            raise CheckpointError(path, str(err)) from err
+        what = "checkpoint or config" if cfg is not None else "checkpoint"
+        raise CheckpointError(path, f"malformed {fmt} {what} ({type(err).__name__}: {str(err)[:200]})") from err
     if not arch.blocks:
         raise CheckpointError(path, "no NL/GC block in it")
 
