@@ -5,13 +5,20 @@ Config limits are reached by counting (sizes, bits, work units), so these tests 
 from __future__ import annotations
 
 import os
+import shutil
+import struct
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+import nlanalysis
 from nlanalysis.checkpoints import CheckpointError, load_checkpoint, parse_config_file, parse_config_text
 from nlanalysis.checkpoints.config import DEFAULT_LIMITS, ConfigLimits
 from nlanalysis.checkpoints.errors import ConfigLimitError
+from nlanalysis.checkpoints.vit.models import load_vit, vit_checkpoint_layout
 from nlanalysis.cli import main
 from nlanalysis.models import BlockSpec, ResNetArch, build_model
 
@@ -157,3 +164,116 @@ def test_malformed_config_structure_is_a_checkpoint_error(tmp_path, resnet_state
     torch.save({"meta": {"mmdet_version": "2.28.2", "config": "model = dict(backbone=dict(plugins=[5]))\n"}, "state_dict": resnet_state}, ckpt)
     with pytest.raises(CheckpointError, match=r"malformed mmdetection 2\.x \(mmcv\) checkpoint or config \(AttributeError: "):
         load_checkpoint(ckpt)
+
+
+WEIGHTS = Path(nlanalysis.__file__).parent / "weights"
+
+
+def test_nonfinite_weights_blame_the_checkpoint_once(tmp_path, capsys):
+    """NaN/inf weights refuse the checkpoint at load, naming the first bad tensor (counted here by
+    hand); ``inspect`` still shows it, with a warning; ``extract`` stops before any image."""
+    obj = torch.load(WEIGHTS / "gc.pth", weights_only=True)
+    keys = [k for k, v in obj["state_dict"].items() if v.is_floating_point()]
+    first, second = keys[3], keys[10]
+    obj["state_dict"][first].view(-1)[[0, 2]] = float("nan")
+    obj["state_dict"][second].view(-1)[1] = float("-inf")
+    ckpt = tmp_path / "nan.pth"
+    torch.save(obj, ckpt)
+    n = obj["state_dict"][first].numel()
+    expected = (f"{ckpt}: weights contain NaN or inf: 2 of the {n:,} values of {first} and 1 more tensor(s); "
+                "the checkpoint is broken (diverged training or a damaged file) and every analysis of it would fail")  # fmt: skip
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ckpt)
+    assert str(info.value) == expected
+    assert load_checkpoint(ckpt, allow_nonfinite=True).nonfinite == [first, second]
+    assert load_checkpoint(WEIGHTS / "gc.pth").nonfinite == []
+    assert main(["inspect", "--ckpt", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING: NaN or inf in 2 weight tensor(s), first {first}: the checkpoint is broken and extract refuses it" in out
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(images / "a.png")
+    assert main(["extract", "--ckpt", str(ckpt), "--images", str(images), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis extract: error: {expected}"]
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A tiny Hugging Face Dinov2 folder (``config.json`` + ``model.safetensors``)."""
+    transformers = pytest.importorskip("transformers", reason="Hugging Face folders: transformers is not installed")
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                       patch_size=14, image_size=28)  # fmt: skip
+    folder = tmp_path_factory.mktemp("hf") / "dinov2"
+    transformers.Dinov2Model(config).eval().save_pretrained(folder)
+    return folder
+
+
+def inspect_error(capsys, path: Path) -> str:
+    assert main(["inspect", "--ckpt", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nlanalysis inspect: error: ")
+    return err[0].removeprefix("nlanalysis inspect: error: ")
+
+
+def copy_folder(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_safetensors_and_config_json_name_the_file(tmp_path, hf_folder, capsys):
+    assert vit_checkpoint_layout(hf_folder) == "hf"
+    data = (hf_folder / "model.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    incomplete = "truncated or corrupt safetensors file (Error while deserializing header: incomplete metadata, file not fully covered)"
+    assert inspect_error(capsys, cut) == f"{cut}: {incomplete}"
+    folder = copy_folder(hf_folder, tmp_path / "cut")
+    (folder / "model.safetensors").write_bytes(data[:20])
+    expected = f"{folder / 'model.safetensors'}: truncated or corrupt safetensors file (Error while deserializing header: invalid header length)"
+    assert inspect_error(capsys, folder) == expected
+    with pytest.raises(CheckpointError, match="invalid header length"):
+        vit_checkpoint_layout(folder)
+    folder = copy_folder(hf_folder, tmp_path / "json")
+    (folder / "config.json").write_text('{"hidden_size": 32,')
+    expected = f"{folder / 'config.json'}: not valid JSON text (Expecting property name enclosed in double quotes: line 1 column 20 (char 19))"
+    assert inspect_error(capsys, folder) == expected
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        load_vit(folder, img_size=28)
+
+
+def test_folder_with_a_malicious_pickle_says_what_and_why(tmp_path, hf_folder, capsys):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copy(hf_folder / "config.json", folder)
+    torch.save({"embeddings.patch_embeddings.projection.weight": Exploit()}, folder / "pytorch_model.bin")
+    expected = (f"{folder}: a Hugging Face model folder whose pytorch_model.bin is refused in safe mode: unpickling it would run code "
+                "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked.). Model folders are only read safely "
+                "(--trust-checkpoint is for single checkpoint files); if you trust its origin, save its state dict as model.safetensors")  # fmt: skip
+    assert inspect_error(capsys, folder) == expected
+    assert main(["inspect", "--ckpt", str(folder), "--trust-checkpoint"]) == 2
+    assert capsys.readouterr().err.strip() == f"nlanalysis inspect: error: {expected}"
+    assert not marker.exists()
+    (folder / "pytorch_model.bin").unlink()
+    assert inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder, not a checkpoint file (no model.safetensors / pytorch_model.bin / model.pth in it)"
+    torch.save({"conv.weight": torch.zeros(1)}, folder / "model.pth")
+    assert inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder whose model.pth holds no ViT in a known layout (Hugging Face Dinov2/ViT or timm)"
+
+
+def test_flipped_tensor_byte_fails_the_crc(tmp_path):
+    """torch.load checks no CRC: a flipped byte inside a tensor record would load as a wrong weight."""
+    data = bytearray((WEIGHTS / "gc.pth").read_bytes())
+    with zipfile.ZipFile(WEIGHTS / "gc.pth") as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename)
+    name_len, extra_len = struct.unpack("<HH", data[record.header_offset + 26 : record.header_offset + 30])
+    data[record.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF  # a byte of the record's data
+    (tmp_path / "flip.pth").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "flip.pth")
+    assert str(info.value) == (f"{tmp_path / 'flip.pth'}: truncated or corrupt checkpoint (record {record.filename!r} fails its "
+                               "CRC-32 check: the file changed after it was written)")  # fmt: skip

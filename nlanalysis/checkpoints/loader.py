@@ -64,6 +64,8 @@ class LoadedCheckpoint:
         notes: what was assumed, and where settings came from.
         placeholders: ``module.Name`` of objects in the file that were not loaded (safe mode).
         meta: the file's ``meta`` (with placeholders), if any.
+        nonfinite: checkpoint keys of the weights the model uses that hold NaN or inf (only
+            non-empty when loaded with ``allow_nonfinite=True``).
     """
 
     path: str
@@ -78,6 +80,7 @@ class LoadedCheckpoint:
     notes: list[str] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)
 
     def block_modules(self) -> dict[str, nn.Module]:
         """``{name: module}`` of the NL/GC blocks."""
@@ -152,6 +155,22 @@ def _config_from_meta(path: Path, meta: dict[str, Any], notes: list[str]) -> tup
     return None, ""
 
 
+def _nonfinite_weights(path: Path, used: dict[str, Tensor], origin: dict[str, str], allow: bool) -> list[str]:
+    """Checkpoint keys of the used floating-point weights holding NaN or inf; refused unless ``allow``
+    (such weights make every image fail, so the checkpoint is blamed once, here)."""
+    bad = [key for key, t in used.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad and not allow:
+        first = used[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            path,
+            f"weights contain NaN or inf: {count:,} of the {first.numel():,} values of {origin.get(bad[0], bad[0])}{more}; "
+            "the checkpoint is broken (diverged training or a damaged file) and every analysis of it would fail",
+        )
+    return [origin.get(key, key) for key in bad]
+
+
 def _config_sets_style(cfg: dict[str, Any] | None) -> bool:
     """Whether a config states ``model.backbone.style``."""
     model = (cfg or {}).get("model")
@@ -180,6 +199,7 @@ def load_checkpoint(
     trust: bool = False,
     overrides: dict[str, Any] | None = None,
     truncate: bool = True,
+    allow_nonfinite: bool = False,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of a ResNet with NL/GC blocks and rebuild it up to its last block.
 
@@ -190,11 +210,14 @@ def load_checkpoint(
         overrides: explicit settings that win over config and keys: ``style`` (``pytorch``/
             ``caffe``), ``nl_mode``, ``use_scale`` (bool), ``position`` (plugin position).
         truncate: build only up to the last NL/GC block (``False``: all four stages).
+        allow_nonfinite: load weights holding NaN or inf (listed in ``nonfinite``; ``inspect``
+            shows them) instead of refusing the checkpoint.
 
     Raises:
         CheckpointError: one line naming the file: not a checkpoint, truncated/corrupt, unknown
             layout (with the known ones and the closest match), no NL/GC block, shape mismatch
-            (key, expected vs found), NL/GC weights the model would not use.
+            (key, expected vs found), NL/GC weights the model would not use, weights holding NaN
+            or inf (the first such key), a config refused by its limits.
     """
     path = Path(path)
     obj, placeholders = read_checkpoint_file(path, trust=trust)
@@ -270,7 +293,9 @@ def load_checkpoint(
         raise CheckpointError(
             path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
         )
-    model.load_state_dict({k: v for k, v in converted.items() if k in expected}, strict=False)
+    used = {k: v for k, v in converted.items() if k in expected}
+    nonfinite = _nonfinite_weights(path, used, origin, allow_nonfinite)
+    model.load_state_dict(used, strict=False)
     model.eval()
     return LoadedCheckpoint(
         path=str(path),
@@ -285,6 +310,7 @@ def load_checkpoint(
         notes=notes,
         placeholders=placeholders,
         meta=meta if isinstance(meta, dict) else {},
+        nonfinite=nonfinite,
     )
 
 
