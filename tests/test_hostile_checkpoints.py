@@ -89,13 +89,13 @@ def test_deep_expressions_are_refused():
 
 
 def test_total_work_is_bounded():
-    """A 999,000-character string costs 999,002 units (its node and its size); each ``x = [s]``
-    1 + 1 (List and Name nodes) + 1 (one item) + 999,002 (its size) = 999,005. Five of those with
-    the string pass 5,000,000 at line 6."""
-    text = f"s = '{'x' * 999_000}'\n" + "x = [s]\n" * 10
-    assert 999_002 + 4 * 999_005 <= DEFAULT_LIMITS.max_work < 999_002 + 5 * 999_005
+    """A 200,000-character string costs 200,002 units (its node, 1 + its length); each
+    ``x = [s, s, s, s]`` 1 (List) + 4 (Names) + 4 (its items) + 1 + 4 * 200,001 (its size) = 800,014.
+    Six of those with the string pass 5,000,000 at line 7."""
+    text = f"s = '{'x' * 200_000}'\n" + "x = [s, s, s, s]\n" * 10
+    assert 200_002 + 5 * 800_014 <= DEFAULT_LIMITS.max_work < 200_002 + 6 * 800_014
     message = refusal(parse_config_text, text, "t")
-    assert message == f"t: line 6: more than 5,000,000 units of work (syntax nodes plus sizes of the values built); {REFUSED}"
+    assert message == f"t: line 7: more than 5,000,000 units of work (syntax nodes plus sizes of the values built); {REFUSED}"
     # dict(b=1, c=[2, 3]): the call 1; b=1: node 1 + size 1; the list: node 1, items 2 * (1 + 1), its
     # 2 items sized 2, its size 3; the dict: its 4 keys and values sized 4, its size 1 + 2 + 1 + 2 + 3
     cost = 1 + 2 + (1 + 4 + 2 + 3) + (4 + 9)
@@ -119,9 +119,9 @@ def test_special_and_large_files_are_refused(tmp_path):
     assert refusal(parse_config_file, tmp_path) == f"{tmp_path}: config is a folder, not a regular file; refused"
     big = tmp_path / "big.py"
     big.write_text("# " + "x" * DEFAULT_LIMITS.max_bytes + "\n")
-    assert refusal(parse_config_file, big) == f"{big}: config file larger than 2,097,152 bytes; refused"
+    assert refusal(parse_config_file, big) == f"{big}: config file larger than 262,144 bytes; refused"
     text = "#" * (DEFAULT_LIMITS.max_bytes + 1)
-    assert refusal(parse_config_text, text, "t") == "t: config text of 2,097,153 characters (limit 2,097,152); refused"
+    assert refusal(parse_config_text, text, "t") == "t: config text of 262,145 characters (limit 262,144); refused"
 
 
 def test_base_chains_are_bounded(tmp_path):
@@ -277,3 +277,20 @@ def test_flipped_tensor_byte_fails_the_crc(tmp_path):
         load_checkpoint(tmp_path / "flip.pth")
     assert str(info.value) == (f"{tmp_path / 'flip.pth'}: truncated or corrupt checkpoint (record {record.filename!r} fails its "
                                "CRC-32 check: the file changed after it was written)")  # fmt: skip
+
+
+def test_what_the_fuzzing_found(tmp_path, hf_folder):
+    """Cases tests/test_fuzz_checkpoints.py found, kept as plain regression tests."""
+    (tmp_path / "stack.pth").write_bytes(b"\x80\x02\x87")  # TUPLE3 on an empty stack: IndexError in torch
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "stack.pth")
+    assert str(info.value) == f"{tmp_path / 'stack.pth'}: truncated or corrupt checkpoint (IndexError: list index out of range)"
+    (tmp_path / "long.py").write_text(f"_base_ = '{'a' * 300}'\n")
+    with pytest.raises(CheckpointError) as info:
+        parse_config_file(tmp_path / "long.py")
+    assert str(info.value) == f"{tmp_path / 'long.py'}: line 1: config _base_ file '{'a' * 76}... cannot be read (File name too long)"
+    data = (hf_folder / "model.safetensors").read_bytes()
+    renamed = tmp_path / "renamed.safetensors"
+    renamed.write_bytes(data.replace(b'"embeddings.patch_embeddings.projection.weight"', b'"dmbeddings.patch_embeddings.projection.weight"'))
+    with pytest.raises(CheckpointError, match=r"^\S+renamed\.safetensors: not a ViT checkpoint in a known layout"):
+        load_vit(renamed, img_size=28)

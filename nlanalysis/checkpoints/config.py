@@ -56,7 +56,7 @@ class ConfigLimits:
         max_base_depth: length of a ``_base_`` chain.
     """
 
-    max_bytes: int = 2 * 2**20
+    max_bytes: int = 256 * 2**10
     max_int_bits: int = 1024
     max_value_size: int = 1_000_000
     max_nesting: int = 100
@@ -313,10 +313,16 @@ def _read_config(path: Path, limits: ConfigLimits) -> str:
         raise CheckpointError(path, f"cannot read config (not UTF-8 text: {err.reason} at byte {err.start})") from err
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value, cut to ``limit`` characters with an ellipsis."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _base_list(path: Path, bases: Any) -> list[str]:
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, (list, tuple)) or not all(isinstance(b, str) for b in bases):
-        raise CheckpointError(path, f"config _base_ must be a file name or a list of them, not {bases!r:.80}")
+        raise CheckpointError(path, f"config _base_ must be a file name or a list of them, not {_short(bases)}")
     return list(bases)
 
 
@@ -339,14 +345,18 @@ def _parse_file(path: Path, budget: _Budget, chain: tuple[Path, ...]) -> dict[st
         try:
             base_path = (path.parent / base).resolve()
         except (OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(path, f"{where} {base!r:.200} is not a usable path ({err})") from err
+            raise CheckpointError(path, f"{where} {_short(base)} is not a usable path ({err})") from err
         if base_path in (*chain, here):
             cycle = " -> ".join(p.name for p in (*chain, here, base_path))
             raise CheckpointError(path, f"config _base_ files form a cycle: {cycle}")
-        if not base_path.exists():
-            raise CheckpointError(path, f"config _base_ file {base!r} not found (looked at {base_path})")
-        if not base_path.is_file():
-            raise ConfigLimitError(path, f"{where} {base!r:.200} is {_kind(base_path.stat().st_mode)}, not a regular file; refused")
+        try:
+            mode = base_path.stat().st_mode
+        except FileNotFoundError:
+            raise CheckpointError(path, f"config _base_ file {base!r} not found (looked at {base_path})") from None
+        except OSError as err:
+            raise CheckpointError(path, f"{where} {_short(base)} cannot be read ({err.strerror})") from err
+        if not stat.S_ISREG(mode):
+            raise ConfigLimitError(path, f"{where} {_short(base)} is {_kind(mode)}, not a regular file; refused")
         merged = merge_config(merged, _parse_file(base_path, budget, (*chain, here)))
     return merge_config(merged, cfg)
 

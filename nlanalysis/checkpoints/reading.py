@@ -158,12 +158,18 @@ def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> t
                 f"the safe loader refused it ({_first_line(err)}); if you trust this file's origin, "
                 "pass --trust-checkpoint (unpickling can run code)",
             ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as err:
-        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_first_line(err)})") from err
+    except Exception as err:  # noqa: BLE001  (the safe unpickler runs nothing of the file's: a failure is damage)
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False), []
     except Exception as err:  # noqa: BLE001  (trusted load: any failure is "corrupt")
-        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
+
+
+def _describe(err: BaseException) -> str:
+    """The first line of an error, with its type when the message alone says little."""
+    line = _first_line(err)
+    return line if isinstance(err, (RuntimeError, EOFError, zipfile.BadZipFile, OSError)) else f"{type(err).__name__}: {line}"
 
 
 def _first_line(err: BaseException) -> str:
@@ -175,7 +181,7 @@ def _first_line(err: BaseException) -> str:
 def names_damaged_file(func: _F) -> _F:
     """Decorate a reader whose first argument is a checkpoint path (a file or a Hugging Face folder):
     errors of a damaged file (a safetensors header, ``config.json``) become a :class:`CheckpointError`
-    naming that file instead of a traceback."""
+    naming that file instead of a traceback, and so do ``ValueError`` messages that do not name it."""
 
     @functools.wraps(func)
     def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
@@ -184,6 +190,10 @@ def names_damaged_file(func: _F) -> _F:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             where = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
             raise CheckpointError(where, f"not valid JSON text ({err})") from err
+        except ValueError as err:  # the ViT converter's errors do not always name the file
+            if isinstance(err, CheckpointError) or str(err).startswith(str(path)):
+                raise
+            raise CheckpointError(path, _first_line(err)) from err
         except Exception as err:
             if type(err).__module__.split(".")[0] != "safetensors" and type(err).__name__ != "SafetensorError":
                 raise
