@@ -127,14 +127,18 @@ class _Evaluator:
             s, n = self.measure(item)
             size, nesting = size + s, max(nesting, n)
         nesting += 1
-        if size > self.limits.max_value_size:
-            kind = type(value).__name__
-            raise _Refused(f"a {kind} of {size:,} elements and characters (limit {self.limits.max_value_size:,})")
+        self._check_size(value, size)
         if nesting > self.limits.max_nesting:
             raise _Refused(f"containers nested {nesting} deep (limit {self.limits.max_nesting})")
         self._sized[id(value)] = (value, size, nesting)
         self.budget.charge(size)
         return size, nesting
+
+    def _check_size(self, like: Any, size: int) -> None:
+        """Refuse a container of ``like``'s type and ``size`` over ``max_value_size``."""
+        if size > self.limits.max_value_size:
+            kind = type(like).__name__
+            raise _Refused(f"a {kind} of {size:,} elements and characters (limit {self.limits.max_value_size:,})")
 
     def made(self, value: Any) -> Any:
         """Check a value just built (size, bits) and charge it; returns it."""
@@ -192,10 +196,7 @@ class _Evaluator:
                     raise _Refused(f"a number of about {bits:,} bits (limit {self.limits.max_int_bits:,})")
             return _BINOPS[type(op)](left, right)
         if isinstance(op, ast.Add) and type(left) is type(right) and isinstance(left, (list, tuple)):
-            size = self.measure(left)[0] + self.measure(right)[0] - 1
-            if size > self.limits.max_value_size:
-                kind = type(left).__name__
-                raise _Refused(f"a {kind} of {size:,} elements and characters (limit {self.limits.max_value_size:,})")
+            self._check_size(left, self.measure(left)[0] + self.measure(right)[0] - 1)  # before building it
             return left + right
         raise _Unsupported("binary op")
 
