@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_from_dict, arch_type, build_arch
 from .config import parse_config_file, parse_config_text
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigLimitError
 from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
 from .layouts import LAYOUTS, FoundBlock, find_blocks
 from .preprocess import Preprocess, preprocess_from_config
@@ -64,6 +64,8 @@ class LoadedCheckpoint:
         notes: what was assumed, and where settings came from.
         placeholders: ``module.Name`` of objects in the file that were not loaded (safe mode).
         meta: the file's ``meta`` (with placeholders), if any.
+        nonfinite: checkpoint keys of the weights the model uses that hold NaN or inf (only
+            non-empty when loaded with ``allow_nonfinite=True``).
     """
 
     path: str
@@ -78,6 +80,7 @@ class LoadedCheckpoint:
     notes: list[str] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)
 
     def block_modules(self) -> dict[str, nn.Module]:
         """``{name: module}`` of the NL/GC blocks."""
@@ -136,15 +139,42 @@ def _closest_match(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> s
     return f"none (top-level modules {heads})"
 
 
-def _config_from_meta(meta: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def _config_from_meta(path: Path, meta: dict[str, Any], notes: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """The config text stored in ``meta`` (mmdetection), parsed; one that is not valid Python is
+    ignored with a note, one past a limit refuses the checkpoint (a hostile file must not hang us)."""
     for key in ("cfg", "config"):
         text = meta.get(key)
         if isinstance(text, str) and text.strip():
             try:
                 return parse_config_text(text, f"meta['{key}']"), f"the checkpoint's meta['{key}']"
-            except CheckpointError:
+            except ConfigLimitError as err:
+                raise CheckpointError(path, f"{err.path}: {err.reason}") from None
+            except CheckpointError as err:
+                notes.append(f"the checkpoint's {err.path} was ignored: {err.reason}")
                 return None, ""
     return None, ""
+
+
+def _nonfinite_weights(path: Path, used: dict[str, Tensor], origin: dict[str, str], allow: bool) -> list[str]:
+    """Checkpoint keys of the used floating-point weights holding NaN or inf; refused unless ``allow``
+    (such weights make every image fail, so the checkpoint is blamed once, here)."""
+    bad = [key for key, t in used.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad and not allow:
+        first = used[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            path,
+            f"weights contain NaN or inf: {count:,} of the {first.numel():,} values of {origin.get(bad[0], bad[0])}{more}; "
+            "the checkpoint is broken (diverged training or a damaged file) and every analysis of it would fail",
+        )
+    return [origin.get(key, key) for key in bad]
+
+
+def _config_sets_style(cfg: dict[str, Any] | None) -> bool:
+    """Whether a config states ``model.backbone.style``."""
+    model = (cfg or {}).get("model")
+    return isinstance(model, dict) and isinstance(model.get("backbone"), dict) and "style" in model["backbone"]
 
 
 def _convert(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -169,6 +199,7 @@ def load_checkpoint(
     trust: bool = False,
     overrides: dict[str, Any] | None = None,
     truncate: bool = True,
+    allow_nonfinite: bool = False,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of a ResNet with NL/GC blocks and rebuild it up to its last block.
 
@@ -179,16 +210,20 @@ def load_checkpoint(
         overrides: explicit settings that win over config and keys: ``style`` (``pytorch``/
             ``caffe``), ``nl_mode``, ``use_scale`` (bool), ``position`` (plugin position).
         truncate: build only up to the last NL/GC block (``False``: all four stages).
+        allow_nonfinite: load weights holding NaN or inf (listed in ``nonfinite``; ``inspect``
+            shows them) instead of refusing the checkpoint.
 
     Raises:
         CheckpointError: one line naming the file: not a checkpoint, truncated/corrupt, unknown
             layout (with the known ones and the closest match), no NL/GC block, shape mismatch
-            (key, expected vs found), NL/GC weights the model would not use.
+            (key, expected vs found), NL/GC weights the model would not use, weights holding NaN
+            or inf (the first such key), a config refused by its limits.
     """
     path = Path(path)
     obj, placeholders = read_checkpoint_file(path, trust=trust)
     fmt, state_dict, meta, whole = _detect(path, obj)
     notes: list[str] = []
+    cfg = None
     try:
         blocks = find_blocks(state_dict)
         if fmt == "nlanalysis native":
@@ -210,10 +245,10 @@ def load_checkpoint(
                     + "; ".join(layout.description for layout in LAYOUTS),
                 )
             arch, notes = infer_arch(state_dict, prefix, blocks)
-            cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(meta)
+            cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
             if cfg is not None:
                 notes += apply_config(arch, cfg, cfg_source)
-            if cfg is None or "style" not in str(cfg.get("model", {}).get("backbone", {}).keys()):
+            if not _config_sets_style(cfg):
                 notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
             if fmt.startswith("GCNet"):
                 for b in arch.blocks:
@@ -224,10 +259,13 @@ def load_checkpoint(
             preprocess = (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
         notes += apply_overrides(arch, overrides or {})
         model = build_arch(arch, truncate=truncate)
-    except ValueError as err:
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
         if isinstance(err, CheckpointError):
             raise
-        raise CheckpointError(path, str(err)) from err
+        if isinstance(err, ValueError):
+            raise CheckpointError(path, str(err)) from err
+        what = "checkpoint or config" if cfg is not None else "checkpoint"
+        raise CheckpointError(path, f"malformed {fmt} {what} ({type(err).__name__}: {str(err)[:200]})") from err
     if not arch.blocks:
         raise CheckpointError(path, "no NL/GC block in it")
 
@@ -255,7 +293,9 @@ def load_checkpoint(
         raise CheckpointError(
             path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
         )
-    model.load_state_dict({k: v for k, v in converted.items() if k in expected}, strict=False)
+    used = {k: v for k, v in converted.items() if k in expected}
+    nonfinite = _nonfinite_weights(path, used, origin, allow_nonfinite)
+    model.load_state_dict(used, strict=False)
     model.eval()
     return LoadedCheckpoint(
         path=str(path),
@@ -270,6 +310,7 @@ def load_checkpoint(
         notes=notes,
         placeholders=placeholders,
         meta=meta if isinstance(meta, dict) else {},
+        nonfinite=nonfinite,
     )
 
 

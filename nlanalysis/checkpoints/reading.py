@@ -13,19 +13,25 @@ with ``trust=True`` (the CLI's ``--trust-checkpoint``).
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import CheckpointError
 
-__all__ = ["Placeholder", "read_checkpoint_file"]
+__all__ = ["Placeholder", "names_damaged_file", "read_checkpoint_file"]
 
 _PICKLE_PROTOCOL_BYTE = 0x80
+#: the weights files of a Hugging Face-style model folder, in the order they are looked for.
+FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pth")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Placeholder:
@@ -64,20 +70,66 @@ def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(path, "no such file")
     if path.is_dir():
-        raise CheckpointError(path, "is a directory, not a checkpoint file")
+        raise _folder_error(path)
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(path, "empty file, not a checkpoint")
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:2] == b"PK":
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(path, f"truncated or corrupt checkpoint (broken zip archive, {size} bytes)")
+        _check_zip(path, size)
         return
     if head[0] != _PICKLE_PROTOCOL_BYTE:
         raise CheckpointError(
             path, "not a PyTorch checkpoint (neither torch.save's zip format nor a legacy pickle)"
         )
+
+
+def _check_zip(path: Path, size: int) -> None:
+    """A zip checkpoint whose every record matches the CRC-32 ``torch.save`` wrote (torch.load
+    checks none: a flipped byte in a tensor would load as a wrong weight)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+        raise CheckpointError(path, f"truncated or corrupt checkpoint (broken zip archive, {size} bytes: {err})") from err
+    except Exception as err:  # noqa: BLE001  (zipfile raises odd types on damaged headers, e.g. zlib.error)
+        raise CheckpointError(path, f"truncated or corrupt checkpoint (broken zip archive: {type(err).__name__}: {err})") from err
+    if bad is not None:
+        raise CheckpointError(path, f"truncated or corrupt checkpoint (record {bad!r} fails its CRC-32 check: the file changed after it was written)")
+
+
+def _folder_error(path: Path) -> CheckpointError:
+    """Why a folder given as a checkpoint is refused: say what the folder is and what is wrong with it
+    (the ViT reader took it for no ViT, or it would have been read as one)."""
+    kind = "a Hugging Face model folder" if (path / "config.json").is_file() else "a folder"
+    weights = next((path / name for name in FOLDER_WEIGHTS if (path / name).is_file()), None)
+    if weights is None:
+        return CheckpointError(path, f"{kind}, not a checkpoint file (no {' / '.join(FOLDER_WEIGHTS)} in it)")
+    if weights.suffix == ".safetensors":
+        return CheckpointError(path, f"{kind} whose {weights.name} holds no ViT in a known layout (Hugging Face Dinov2/ViT or timm)")
+    try:
+        _load_safely(weights)
+    except pickle.UnpicklingError as err:
+        return CheckpointError(
+            path,
+            f"{kind} whose {weights.name} is refused in safe mode: unpickling it would run code ({_first_line(err)}). "
+            "Model folders are only read safely (--trust-checkpoint is for single checkpoint files); "
+            f"if you trust its origin, save its state dict as {FOLDER_WEIGHTS[0]}",
+        )
+    except Exception as err:  # noqa: BLE001  (any failure of the safe load: the file is damaged)
+        return CheckpointError(path, f"{kind} whose {weights.name} is truncated or corrupt ({_first_line(err)})")
+    return CheckpointError(path, f"{kind} whose {weights.name} holds no ViT in a known layout (Hugging Face Dinov2/ViT or timm)")
+
+
+def _load_safely(path: Path) -> tuple[Any, list[str]]:
+    """``torch.load(weights_only=True)`` with the file's unknown globals mapped to placeholders."""
+    placeholders: list[str] = []
+    if zipfile.is_zipfile(path):
+        placeholders = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))))
+    mapped = [(_placeholder(name), name) for name in placeholders]
+    with torch.serialization.safe_globals(mapped):
+        return torch.load(path, map_location="cpu", weights_only=True), placeholders
 
 
 def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> tuple[Any, list[str]]:
@@ -97,13 +149,8 @@ def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> t
     """
     path = Path(path)
     _check_file(path)
-    placeholders: list[str] = []
     try:
-        if zipfile.is_zipfile(path):
-            placeholders = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))))
-        mapped = [(_placeholder(name), name) for name in placeholders]
-        with torch.serialization.safe_globals(mapped):
-            return torch.load(path, map_location="cpu", weights_only=True), placeholders
+        return _load_safely(path)
     except pickle.UnpicklingError as err:
         if not trust:
             raise CheckpointError(
@@ -111,15 +158,46 @@ def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> t
                 f"the safe loader refused it ({_first_line(err)}); if you trust this file's origin, "
                 "pass --trust-checkpoint (unpickling can run code)",
             ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as err:
-        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_first_line(err)})") from err
+    except Exception as err:  # noqa: BLE001  (the safe unpickler runs nothing of the file's: a failure is damage)
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False), []
     except Exception as err:  # noqa: BLE001  (trusted load: any failure is "corrupt")
-        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
+
+
+def _describe(err: BaseException) -> str:
+    """The first line of an error, with its type when the message alone says little."""
+    line = _first_line(err)
+    return line if isinstance(err, (RuntimeError, EOFError, zipfile.BadZipFile, OSError)) else f"{type(err).__name__}: {line}"
 
 
 def _first_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     telling = [line for line in lines if "GLOBAL" in line or "global" in line]
     return ((telling or lines or [type(err).__name__])[0])[:200]
+
+
+def names_damaged_file(func: _F) -> _F:
+    """Decorate a reader whose first argument is a checkpoint path (a file or a Hugging Face folder):
+    errors of a damaged file (a safetensors header, ``config.json``) become a :class:`CheckpointError`
+    naming that file instead of a traceback, and so do ``ValueError`` messages that do not name it."""
+
+    @functools.wraps(func)
+    def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(path, *args, **kwargs)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            where = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+            raise CheckpointError(where, f"not valid JSON text ({err})") from err
+        except ValueError as err:  # the ViT converter's errors do not always name the file
+            if isinstance(err, CheckpointError) or str(err).startswith(str(path)):
+                raise
+            raise CheckpointError(path, _first_line(err)) from err
+        except Exception as err:
+            if type(err).__module__.split(".")[0] != "safetensors" and type(err).__name__ != "SafetensorError":
+                raise
+            where = Path(path) / FOLDER_WEIGHTS[0] if Path(path).is_dir() else Path(path)
+            raise CheckpointError(where, f"truncated or corrupt safetensors file ({_first_line(err)})") from err
+
+    return wrapper  # type: ignore[return-value]

@@ -87,6 +87,11 @@ def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
         *_key_summary(ckpt.unused_keys, show_all),
         f"missing keys: {len(ckpt.missing_keys)}" + (" (num_batches_tracked only: harmless)" if ckpt.missing_keys else ""),
     ]
+    if ckpt.nonfinite:
+        lines.append(
+            f"WARNING: NaN or inf in {len(ckpt.nonfinite)} weight tensor(s), first {ckpt.nonfinite[0]}: "
+            "the checkpoint is broken and extract refuses it"
+        )
     if ckpt.placeholders:
         lines.append(f"not loaded (inert placeholders): {', '.join(ckpt.placeholders)}")
     if ckpt.notes:
@@ -129,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.vit_heads is not None:
         raise ValueError(f"{args.ckpt}: --vit-heads is for ViT checkpoints; this is an NL/GC checkpoint")
-    ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args))
+    ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args),
+                           allow_nonfinite=True)  # fmt: skip
     print(format_report(ckpt, args.all_keys))
     return 0

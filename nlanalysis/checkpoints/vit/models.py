@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..reading import names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
@@ -229,6 +230,7 @@ def _weights_file(path: Path) -> Path:
     raise CheckpointError(f"{path}: a folder without model.safetensors / pytorch_model.bin / model.pth")
 
 
+@names_damaged_file
 def vit_checkpoint_layout(path: str | Path) -> str | None:
     """``"onnx"``, ``"hf"`` or ``"timm"`` when :func:`load_vit` reads ``path`` as a ViT, else ``None``.
 
@@ -253,6 +255,7 @@ def vit_checkpoint_layout(path: str | Path) -> str | None:
         return None
 
 
+@names_damaged_file
 def _convert_path(path: Path) -> ConvertedViT:
     config: dict = {}
     if path.is_dir():
