@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import CheckpointError as _CheckpointError
 from ._deps import require
 
 __all__ = [
@@ -53,8 +54,13 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
-    """A ViT checkpoint that cannot be converted (names the file/key and what to do)."""
+class CheckpointError(_CheckpointError):
+    """A ViT checkpoint that cannot be converted (names the file/key and what to do); the project's
+    :class:`nlanalysis.checkpoints.errors.CheckpointError`, with the message already naming the file."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.path, self.reason = "", message
 
 
 @dataclass
