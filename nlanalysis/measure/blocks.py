@@ -182,34 +182,64 @@ def measure_block(
     def vectors(t: Tensor) -> Tensor:
         return t.detach().flatten(2).transpose(1, 2)
 
-    inp = mean_pairwise_cosine_distance(vectors(x), mask=qmask, **cos)
-    out = mean_pairwise_cosine_distance(vectors(context), mask=qmask, **cos)
-    input_zero = _zero_vectors(vectors(x), qmask)
-    output_zero = _zero_vectors(vectors(context), qmask)
+    features = (
+        mean_pairwise_cosine_distance(vectors(x), mask=qmask, **cos),
+        mean_pairwise_cosine_distance(vectors(context), mask=qmask, **cos),
+    )
+    zero_vectors = (_zero_vectors(vectors(x), qmask), _zero_vectors(vectors(context), qmask))
     n_query = qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)
     n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)
 
     if att.query_independent:
-        shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
-        if kmask is not None:
-            shared = shared * kmask[:, None, :]
-        entropy, maxw = _row_diagnostics(shared, n_key)
-        zeros = torch.zeros(b, dtype=torch.float64)
-        own_mass, own_share = _nan(b), _nan(b)
-        if own is not None and att.nonnegative:
-            for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
-                own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
-            own_mass, own_share = own.result()
-        return BlockStats(
-            inp, out, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
-            zero_rows(shared)[:, 0].double(), input_zero, output_zero, own_mass, own_share,
-            *(_nan(b) for _ in range(4)), n_query, n_key, True, convention, zero,
-        )  # fmt: skip
+        return _shared_map_stats(att, kmask, n_key, own, chunk_size, features, zero_vectors, n_query, convention, zero)
 
-    acc = CosineAccumulator(att.n_key, (b,), device=x.device)
-    sums = torch.zeros(3, b, dtype=torch.float64, device=x.device)  # entropy, max weight, non-zero rows
-    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool, device=x.device)  # valid and not all-zero
-    log_k = torch.log(n_key.double().clamp(min=2)).to(x.device)
+    att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, x.device)
+    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
+    nonzero_rows = sums[2]
+    if att.nonnegative:
+        att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
+    else:
+        att_entropy, att_max = _nan(b), _nan(b)
+    zero_frac = 1.0 - nonzero_rows / n_query.double().cpu()
+    jsd, jsd_err = _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, x.device)
+    ctrl = [_nan(b) for _ in range(4)]
+    if controls and att.nonnegative:
+        ctrl = _random_control(att, x, context, valid, objects, att_entropy, row_ok, jsd_pairs, generator, cos)
+    return BlockStats(
+        *features, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
+        *zero_vectors, own_mass, own_share, *ctrl, n_query.cpu(), n_key.cpu(), False, convention, zero,
+    )  # fmt: skip
+
+
+def _shared_map_stats(att, kmask, n_key, own, chunk_size, features, zero_vectors, n_query, convention, zero) -> BlockStats:
+    """The statistics of a block whose one map serves every query (GC, SNL): ``att`` and JSD are 0."""
+    b = n_key.shape[0]
+    shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
+    if kmask is not None:
+        shared = shared * kmask[:, None, :]
+    entropy, maxw = _row_diagnostics(shared, n_key)
+    zeros = torch.zeros(b, dtype=torch.float64)
+    own_mass, own_share = _nan(b), _nan(b)
+    if own is not None and att.nonnegative:
+        for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
+            own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
+        own_mass, own_share = own.result()
+    return BlockStats(
+        *features, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
+        zero_rows(shared)[:, 0].double(), *zero_vectors, own_mass, own_share,
+        *(_nan(b) for _ in range(4)), n_query, n_key, True, convention, zero,
+    )  # fmt: skip
+
+
+def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass over every query row, a chunk at a time: the mean pairwise cosine distance of the
+    rows, the sums ``[3, B]`` (normalised entropy, max weight, non-zero rows) and which rows count
+    ``[B, N_q]`` (valid and not all zero); own-object mass goes to ``own``."""
+    b = n_key.shape[0]
+    acc = CosineAccumulator(att.n_key, (b,), device=device)
+    sums = torch.zeros(3, b, dtype=torch.float64, device=device)
+    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool, device=device)
+    log_k = torch.log(n_key.double().clamp(min=2)).to(device)
     for start, rows in att.chunks(chunk_size):
         stop = start + rows.shape[1]
         if kmask is not None:
@@ -226,37 +256,28 @@ def measure_block(
             sums[1] += torch.where(ok, rows.amax(-1) / total, 0.0).sum(1, dtype=torch.float64)
             if own is not None:
                 own.update(start, rows, ok)
-    att_dist = acc.result(**cos)
-    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
-    sums, row_ok = sums.cpu(), row_ok.cpu()
-    nonzero_rows = sums[2]
-    nan = torch.full((b,), math.nan, dtype=torch.float64)
-    if att.nonnegative:
-        att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
-    else:
-        att_entropy, att_max = nan.clone(), nan.clone()
-    zero_frac = 1.0 - nonzero_rows / n_query.double().cpu()
+    return acc.result(**cos), sums.cpu(), row_ok.cpu()
 
-    jsd, jsd_err = nan.clone(), nan.clone()
-    if att.nonnegative and jsd_pairs > 0:
-        for i in range(b):
-            index = row_ok[i].nonzero()[:, 0].to(x.device)
-            one = att.image(i)
-            mask_i = kmask[i] if kmask is not None else None
 
-            def rows_of(idx: Tensor, one: LazyAttention = one, index: Tensor = index, mask_i: Tensor | None = mask_i) -> Tensor:
-                r = one.take(index[idx.to(index.device)])[0].detach()
-                return r * mask_i if mask_i is not None else r
+def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tensor, Tensor]:
+    """Per image, the mean JSD (bits) of ``jsd_pairs`` sampled pairs of counted rows and its standard
+    error (:func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`); NaN for signed maps or 0 pairs."""
+    b = row_ok.shape[0]
+    jsd, jsd_err = _nan(b), _nan(b)
+    if not att.nonnegative or jsd_pairs <= 0:
+        return jsd, jsd_err
+    for i in range(b):
+        index = row_ok[i].nonzero()[:, 0].to(device)
+        one = att.image(i)
+        mask_i = kmask[i] if kmask is not None else None
 
-            est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
-            jsd[i], jsd_err[i] = est.mean, est.stderr
-    ctrl = [_nan(b) for _ in range(4)]
-    if controls and att.nonnegative:
-        ctrl = _random_control(att, x, context, valid, objects, att_entropy, row_ok, jsd_pairs, generator, cos)
-    return BlockStats(
-        inp, out, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
-        input_zero, output_zero, own_mass, own_share, *ctrl, n_query.cpu(), n_key.cpu(), False, convention, zero,
-    )  # fmt: skip
+        def rows_of(idx: Tensor, one: LazyAttention = one, index: Tensor = index, mask_i: Tensor | None = mask_i) -> Tensor:
+            r = one.take(index[idx.to(index.device)])[0].detach()
+            return r * mask_i if mask_i is not None else r
+
+        est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
+        jsd[i], jsd_err[i] = est.mean, est.stderr
+    return jsd, jsd_err
 
 
 def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos) -> list[Tensor]:
