@@ -147,14 +147,15 @@ def test_gif_files_are_read_first_frame(tmp_path):
 
 
 def test_a_decompression_bomb_is_one_failure_row_not_an_aborted_run(tmp_path):
-    from nlanalysis.extract import load_run, run_extract
-    from nlanalysis.extract.fixtures import one_thread, tiny_checkpoint, write_photos
+    from extract_inputs import one_thread, tiny_checkpoint, write_photos
+    from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_run, run_extract
 
     write_photos(tmp_path / "images", n=1, max_side=96)
     write_png(tmp_path / "images" / "bomb.png", size=(30000, 30000))
     with one_thread():
-        report = run_extract(tiny_checkpoint(tmp_path / "tiny.pth"), tmp_path / "out", images=[tmp_path / "images"],
-                             jsd_pairs=0, progress=False)  # fmt: skip
+        spec = RunSpec(model=ModelSpec(tiny_checkpoint(tmp_path / "tiny.pth")), data=DataSpec(images=[tmp_path / "images"]),
+                       output=OutputSpec(tmp_path / "out"), measure=MeasureSpec(jsd_pairs=0))  # fmt: skip
+        report = run_extract(spec, progress=False)
     failures = load_run(report.path).failures
     assert failures["image_id"].tolist() == ["bomb.png"]
     assert "bomb.png: refused, too many pixels" in failures["reason"][0]
@@ -167,7 +168,7 @@ def coco(tmp_path):
     """A small instances file over two real photos: ``(path, images folder, its JSON data)``."""
     import json
 
-    from nlanalysis.extract.fixtures import write_coco, write_photos
+    from extract_inputs import write_coco, write_photos
 
     photos = write_photos(tmp_path / "images", n=2, max_side=64)
     data = write_coco(tmp_path / "ann.json", photos)

@@ -191,7 +191,7 @@ def names_damaged_file(func: _F) -> _F:
             where = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
             raise CheckpointError(where, f"not valid JSON text ({err})") from err
         except ValueError as err:  # the ViT converter's errors do not always name the file
-            if isinstance(err, CheckpointError) or str(err).startswith(str(path)):
+            if (isinstance(err, CheckpointError) and err.path) or str(err).startswith(str(path)):
                 raise
             raise CheckpointError(path, _first_line(err)) from err
         except Exception as err:
