@@ -314,57 +314,72 @@ def measure_heads(
             theirs); only the token statistics are computed here.
     """
     layout = att.layout
-    b, heads = att.batch_size, att.num_heads
-    dev = att.device
     for name, t in (("x", x), ("branch", branch)):
         layout.check(t.shape[1], name)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    cos = dict(convention=convention, zero=zero)
-    if maps is not None:
-        if batch is not None and batch is not maps.batch:
-            raise ValueError("maps= were measured with another batch= than the one given")
-        batch = maps.batch
-    if batch is None:
-        batch = heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
-    elif valid is not None or objects is not None:
-        raise ValueError("give the valid mask and object labels to heads_batch, not with batch=")
-    elif (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
-        raise ValueError(
-            f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
-            f"these maps are {b} images, keys {att.keys!r}, {layout} on {dev}"
-        )
-    qmask, plan = batch.qmask, batch.plan
+    batch = _layer_batch(att, batch, maps, valid, objects, jsd_pairs, generator)
     # the kernels take float32 logits; other dtypes (and maps given as probabilities) run eager
-    native = uses_native(kernels, dev) and att.probs is None and att.query.dtype == torch.float32
-
-    # input and output distances (token vectors)
-    qm = batch.qm
-    heads_out = proj_in is not None and gram is not None
-    tokens = (
-        layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
-        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(dev).float() if heads_out else None, qm,
-    )  # fmt: skip
-    if native:
-        scale = branch_scale.detach() if branch_scale is not None else None
-        s2, zeros = _native.token_stats(*(t.float() if t is not None else None for t in tokens), branch_scale=scale)
-    else:
-        if branch_scale is not None:
-            tokens = (tokens[0], tokens[1] * branch_scale.detach().to(tokens[1]), *tokens[2:])
-        s2, zeros = _token_stats(*tokens)
-
+    native = uses_native(kernels, att.device) and att.probs is None and att.query.dtype == torch.float32
+    s2, zeros = _token_sums(att, batch, x, branch, proj_in, gram, branch_scale, native)
     km = batch.km
     if km is not None and att.probs is not None:
         km = km.to(att.probs.dtype)
     if maps is not None:
         s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
     elif native:
-        s_att, sums, jsd_values = _native_rows(att, km, qmask, batch, chunk_size)
+        s_att, sums, jsd_values = _native_rows(att, km, batch.qmask, batch, chunk_size)
     else:
-        s_att, sums, jsd_values = _eager_rows(att, km, qmask, plan, chunk_size, batch.objects)
+        s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
+    return _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
+                       dict(convention=convention, zero=zero))  # fmt: skip
 
-    sums = sums.cpu()
-    # every cosine distance of the layer in one call: input, branch, per-head outputs, then att per head and mean
+
+def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | None, valid: Tensor | None,
+                 objects: Tensor | None, jsd_pairs: int, generator: torch.Generator | None) -> HeadsBatch:  # fmt: skip
+    """The :class:`HeadsBatch` ``att`` is measured with: ``maps``'s, the one given (checked against
+    ``att``), or a new one from ``valid``, ``objects`` and the JSD pair settings."""
+    layout, b, dev = att.layout, att.batch_size, att.device
+    if maps is not None:
+        if batch is not None and batch is not maps.batch:
+            raise ValueError("maps= were measured with another batch= than the one given")
+        batch = maps.batch
+    if batch is None:
+        return heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
+    if valid is not None or objects is not None:
+        raise ValueError("give the valid mask and object labels to heads_batch, not with batch=")
+    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
+        raise ValueError(
+            f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
+            f"these maps are {b} images, keys {att.keys!r}, {layout} on {dev}"
+        )
+    return batch
+
+
+def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor, proj_in: Tensor | None,
+                gram: Tensor | None, branch_scale: Tensor | None, native: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Squared norms of the summed unit vectors and zero counts ``[B, 2 (+ heads)]`` of the patch
+    tokens: input, branch, and (with ``proj_in`` and ``gram``) each head's output share."""
+    layout = att.layout
+    heads_out = proj_in is not None and gram is not None
+    tokens = (
+        layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
+        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(att.device).float() if heads_out else None, batch.qm,
+    )  # fmt: skip
+    if native:
+        scale = branch_scale.detach() if branch_scale is not None else None
+        return _native.token_stats(*(t.float() if t is not None else None for t in tokens), branch_scale=scale)
+    if branch_scale is not None:
+        tokens = (tokens[0], tokens[1] * branch_scale.detach().to(tokens[1]), *tokens[2:])
+    return _token_stats(*tokens)
+
+
+def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor, s_att: Tensor, sums: Tensor,
+                jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict) -> HeadStats:  # fmt: skip
+    """:class:`HeadStats` from the token sums, the row sums ``sums`` ``[8, B, heads+1]`` (CPU) and the
+    JSD pair values; every cosine distance of the layer in one call."""
+    b, heads = att.batch_size, att.num_heads
+    # input, branch, per-head outputs, then att per head and mean
     s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
     dist = _cosine_result(
         torch.cat([s2, s_att.double().square().sum(-1).cpu()], 1), batch.n_query[:, None], torch.cat([zeros, sums[3].long()], 1), cos
@@ -384,11 +399,11 @@ def measure_heads(
     nan = torch.full_like(sums[5], math.nan)
     own = torch.where(sums[7] > 0, sums[5] / sums[7], nan) if batch.objects is not None else nan
     own_share = torch.where(sums[7] > 0, sums[6] / sums[7], nan) if batch.objects is not None else nan
-    jsd, jsd_err = _jsd(plan, jsd_values, b, heads)
+    jsd, jsd_err = _jsd(batch.plan, jsd_values, b, heads)
     return HeadStats(
         inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
         input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass, own, own_share,
-        batch.n_query.clone(), batch.n_key.clone(), att.keys, convention, zero,  # each layer's own tensors
+        batch.n_query.clone(), batch.n_key.clone(), att.keys, cos["convention"], cos["zero"],  # each layer's own tensors
     )  # fmt: skip
 
 
