@@ -82,7 +82,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     with open(path) as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object; the file is damaged")
+    return data
 
 
 class RunStore:
@@ -135,21 +141,36 @@ class RunStore:
 
     def open(self, info: dict[str, Any], items: Sequence[ImageItem]) -> None:
         """Create the run directory for ``info`` (a new ``run.json``), or check that the existing
-        one holds a run with the same settings (then it is resumed)."""
+        one holds a run with the same settings (then it is resumed). Refuses a folder that holds
+        other files (nothing is created in it)."""
+        if self.root.is_dir() and not self.exists():
+            self._refuse_foreign()
         with self.lock():
             for d in (self.parts, self.failed, self.maps, self.shards):
                 d.mkdir(parents=True, exist_ok=True)
             if self.exists():
-                check_same_settings(self.info()["settings"], info["settings"], self.root)
+                old = self.info()
+                if old.get("format") != FORMAT:
+                    raise ValueError(f"--out {self.root}: its run.json is not one `nlanalysis extract` wrote; give a new or empty folder")
+                check_same_settings(old["settings"], info["settings"], self.root)
                 return
-            if any(self.parts.iterdir()):
-                raise ValueError(f"--out {self.root}: holds parts/ but no run.json; use a new folder")
+            self._refuse_foreign()
             table = pd.DataFrame(
                 {"key": [it.key for it in items], "image_id": [it.image_id for it in items], "file_name": [it.file_name for it in items]}
             )
             with atomic_write(self.root / "images.csv") as f:
                 table.to_csv(f, index=False)
             _write_json(self.run_json, info)
+
+    def _refuse_foreign(self) -> None:
+        """Raise unless the folder (without ``run.json``) is empty but for what :meth:`open` made:
+        extract writes only into a new or empty folder or its own result set, never over other files."""
+        own = {".lock", *(d.name for d in (self.parts, self.failed, self.maps, self.shards))}
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in own or (p.is_dir() and any(p.iterdir())))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ValueError(f"--out {self.root} is not empty and not a result set of `nlanalysis extract` (it holds {shown}, "
+                             "but no run.json); give a new or empty folder")  # fmt: skip
 
     # -- per image -------------------------------------------------------------------------------
     def done_keys(self) -> set[str]:
