@@ -136,8 +136,13 @@ class RunStore:
         return _read_json(self.run_json)
 
     def images(self) -> pd.DataFrame:
+        """``images.csv``: ``key``, ``image_id`` (typed as ``run.json`` says), ``file_name``."""
         id_type = self.info()["settings"]["selection"]["id_type"]
-        return pd.read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
+        return read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
+
+    def keys(self) -> list[str]:
+        """The selection's image keys in run order (from ``images.csv``, every column read as text)."""
+        return read_csv(self.root / "images.csv", dtype=str, keep_default_na=False)["key"].tolist()
 
     def open(self, info: dict[str, Any], items: Sequence[ImageItem]) -> None:
         """Create the run directory for ``info`` (a new ``run.json``), or check that the existing
@@ -236,7 +241,7 @@ class RunStore:
         """Write ``metrics.csv``, ``failures.csv`` and ``run.json`` from what is on disk; return run.json."""
         with self.lock():
             info = self.info()
-            keys = self.images()["key"].tolist()
+            keys = self.keys()  # not typed ids: assembly must not fail on an id, whatever the selection held
             with atomic_write(self.root / "metrics.csv") as f:
                 f.write(self.read_metrics_text(keys))
             failed = self.failed_keys() - self.done_keys()
@@ -308,8 +313,16 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     return target.assemble()
 
 
-def frame_from_csv(text: str, id_type: str) -> pd.DataFrame:
-    """A metrics table from CSV text (empty table for empty text)."""
+def read_csv(source: str | os.PathLike[str] | io.StringIO, *, where: Any = None, **kwargs: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` whose errors (tokenizer, dtype) name the file (``where``, default ``source``)."""
+    try:
+        return pd.read_csv(source, **kwargs)
+    except (ValueError, pd.errors.ParserError) as err:  # ParserError is a ValueError; named for the reader
+        raise ValueError(f"{where if where is not None else source}: cannot be read as CSV ({err})") from None
+
+
+def frame_from_csv(text: str, id_type: str, where: Any = "metrics") -> pd.DataFrame:
+    """A metrics table from CSV text (empty table for empty text); errors name ``where``."""
     if not text.strip():
         return pd.DataFrame()
-    return pd.read_csv(io.StringIO(text), dtype={"image_id": id_type, "file_name": str})
+    return read_csv(io.StringIO(text), where=where, dtype={"image_id": id_type, "file_name": str})
