@@ -139,3 +139,96 @@ def test_coco_string_image_ids_make_a_whole_run(data, tmp_path):
     run = load_run(out)
     assert run.complete and run.info["settings"]["selection"]["id_type"] == "str"
     assert run.metrics["image_id"].unique().tolist() == ["img-1", "img-2", "img-3"]
+
+
+# -- 3. resume verifies what it keeps -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_maps(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps") / "run"
+    assert main(_args(data, out, "--save-maps")) == 0
+    return out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _sessions(out):
+    return [s for ss in json.loads((out / "run.json").read_text())["shards"].values() for s in ss]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["checked", "written-before-checks"])
+def test_resume_redoes_a_truncated_maps_file(data, with_maps, tmp_path, capsys, legacy):
+    import numpy as np
+
+    from nlanalysis.extract import load_run
+
+    out = _copy(with_maps, tmp_path)
+    npz = sorted((out / "maps").glob("*.npz"))[1]
+    key = npz.stem
+    npz.write_bytes(npz.read_bytes()[:200])
+    if legacy:
+        import shutil
+
+        shutil.rmtree(out / "checks")
+    with pytest.raises(ValueError, match=f"{npz}: a damaged maps file .*rerun extract with the same arguments"):
+        load_run(out).maps[load_run(out).images.set_index("key").loc[key, "image_id"]].blocks
+    capsys.readouterr()
+    assert main(_args(data, out, "--save-maps")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: redoing a damaged image: {npz}" in err
+    assert [r["key"] for r in _sessions(out)[-1]["redone_damaged"]] == [key]
+    assert _sessions(out)[-1]["done"] == 1 and _sessions(out)[-1]["skipped"] == 2
+    assert (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
+    with np.load(npz) as z, np.load(with_maps / "maps" / npz.name) as ref:
+        assert z.files == ref.files and all(np.array_equal(z[k], ref[k]) for k in z.files)
+
+
+def test_resume_redoes_a_changed_part(data, with_maps, tmp_path, capsys):
+    out = _copy(with_maps, tmp_path)
+    part = sorted((out / "parts").glob("*.csv"))[0]
+    text = part.read_text()
+    part.write_text(text.replace("nonlocal_block", "nonlocal_blocc", 1))  # same size, other bytes
+    assert main(_args(data, out, "--save-maps")) == 0
+    assert f"{part}: its sha256 differs from the one recorded" in capsys.readouterr().err
+    assert part.read_text() == text and (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
+
+
+def test_a_damaged_part_is_named_not_its_neighbour(with_maps, tmp_path):
+    from nlanalysis.extract.store import RunStore
+
+    out = _copy(with_maps, tmp_path)
+    store = RunStore(out)
+    keys = store.keys()
+    first, second = store.part_path(keys[0]), store.part_path(keys[1])
+    good = first.read_text()
+    first.write_text("garbage" + good[7:])  # its header
+    with pytest.raises(ValueError, match=f"^{first}: not a part like the others"):
+        store.read_metrics_text(keys)
+    first.write_text(good)
+    second.write_text(second.read_text() + '1,2,"three\n')  # a torn line: the tokenizer would blame no file
+    with pytest.raises(ValueError, match=f"^{second}: not a part like the others"):
+        store.read_metrics_text(keys)
+
+
+def test_write_errors_name_the_file(tmp_path):
+    import errno
+
+    from nlanalysis.extract.store import atomic_write
+
+    with pytest.raises(OSError, match=f"No space left on device \\(writing {tmp_path / 'metrics.csv'}\\)"):
+        with atomic_write(tmp_path / "metrics.csv") as f:
+            f.write("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+def test_csv_read_errors_name_the_file(tmp_path):
+    from nlanalysis.extract.store import frame_from_csv
+
+    with pytest.raises(ValueError, match="^runs/x/metrics.csv: cannot be read as CSV"):
+        frame_from_csv('a,b\n1,2\n3,"4\n5,6,7,8\n', "int", "runs/x/metrics.csv")

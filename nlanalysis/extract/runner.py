@@ -296,6 +296,9 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
 
     mine = shard_of(items, shard_index, shard_count)
     store.clean_temporary({it.key for it in mine})
+    redone = store.verify({it.key for it in mine})
+    for why in redone.values():
+        print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
     done_before = store.done_keys()
     plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
     todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
@@ -306,6 +309,7 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
         "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
         "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
         "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
+        "redone_damaged": [{"key": k, "why": why} for k, why in redone.items()],
     }  # fmt: skip
     store.write_session(shard_name, session)
 
@@ -439,9 +443,7 @@ def _analyse(
             failed += 1
     for one, rows, save in results:
         if one.item.key not in done_before:
-            if save is not None:
-                store.write_maps(one.item.key, save)
-            store.write_part(one.item.key, rows)
+            store.write_done(one.item.key, rows, save)
             done += 1
     return done, failed
 
