@@ -232,3 +232,60 @@ def test_csv_read_errors_name_the_file(tmp_path):
 
     with pytest.raises(ValueError, match="^runs/x/metrics.csv: cannot be read as CSV"):
         frame_from_csv('a,b\n1,2\n3,"4\n5,6,7,8\n', "int", "runs/x/metrics.csv")
+
+
+# -- 4. report: never half-written, never an impossible number --------------------------------------
+
+DEMO_RUN = "reports/demo/runs/gc"  # a committed result set: metrics.csv, run.json, images.csv, no parts/
+
+
+def _demo_copy(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    return shutil.copytree(Path(__file__).parents[1] / DEMO_RUN, tmp_path / "gc")
+
+
+def test_report_reads_a_result_set_copied_without_its_parts(tmp_path, capsys):
+    import pandas as pd
+
+    from nlanalysis.extract import load_run
+
+    run = _demo_copy(tmp_path)
+    res = load_run(run)
+    assert res.complete and len(res.metrics) == 120 and res.metrics_source == str(run / "metrics.csv")
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--formats", "png"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "tables" / "table1.csv")
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert table["images"].tolist() == [120] and table["input"][0] == pytest.approx(metrics["input"].mean(), rel=1e-5)
+
+
+def test_report_refuses_an_impossible_value(tmp_path, capsys):
+    import pandas as pd
+
+    run = _demo_copy(tmp_path)
+    metrics = pd.read_csv(run / "metrics.csv")
+    metrics.loc[5, "att"] = 99.0
+    metrics.to_csv(run / "metrics.csv", index=False)
+    line = _error(capsys, ["report", str(run), "--out", str(tmp_path / "report")], "report")
+    assert f"{run / 'metrics.csv'}: row 5 (CSV line 7), column 'att' = 99.0 lies outside [0.0, 2.0]" in line
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_failed_report_leaves_the_earlier_one_whole(with_maps, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["report", str(with_maps), "--out", str(out), "--formats", "png"]
+    assert main(args) == 0
+    (out / "make.sh").write_text("nlanalysis report ...\n")  # a user's file in the report folder
+    (out / "figures" / "stale.png").write_bytes(b"from an older report")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run = _copy(with_maps, tmp_path)
+    npz = sorted((run / "maps").glob("*.npz"))[0]
+    npz.write_bytes(npz.read_bytes()[:300])
+    line = _error(capsys, ["report", str(run), "--out", str(out), "--formats", "png"], "report")
+    assert f"{npz}: a damaged maps file" in line
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]  # no temporary folder left
+    assert main(args) == 0  # a complete new report replaces the old one; the user's file stays
+    assert (out / "make.sh").read_text() == "nlanalysis report ...\n" and not (out / "figures" / "stale.png").exists()
+    assert (out / "index.md").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]

@@ -45,7 +45,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "merge_runs", "now", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "merge_runs", "now", "read_csv", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
