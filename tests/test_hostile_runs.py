@@ -289,3 +289,39 @@ def test_a_failed_report_leaves_the_earlier_one_whole(with_maps, tmp_path, capsy
     assert main(args) == 0  # a complete new report replaces the old one; the user's file stays
     assert (out / "make.sh").read_text() == "nlanalysis report ...\n" and not (out / "figures" / "stale.png").exists()
     assert (out / "index.md").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]
+
+
+# -- 5. small ones ---------------------------------------------------------------------------------
+
+
+def test_bad_numbers_and_devices_are_one_line(data, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _error(capsys, _args(data, out, "--jsd-pairs", "-5")).endswith(
+        "--jsd-pairs -5: give 0 (att_jsd off) or a positive number of query pairs")
+    assert _error(capsys, _args(data, out, "--device", "tpu")).endswith(
+        "--device tpu: not a device torch knows; valid devices: cpu, cuda, cuda:N")
+    assert _error(capsys, _args(data, out, "--device", "meta")).endswith("--device meta: not supported; valid devices: cpu, cuda, cuda:N")
+    assert not out.exists()
+
+
+def test_merge_refusal_says_what_to_do_for_a_merge(data, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_args(data, a, "--shard", "0/2")) == 0
+    assert main(_args(data, b, "--shard", "1/2", "--seed", "1")) == 0
+    line = _error(capsys, ["merge", str(a), str(b), "--out", str(tmp_path / "m")], "merge")
+    assert "holds a run with other settings (seed: 0 vs 1" in line
+    assert line.endswith("merge only shards of one run (the same extract arguments but --shard); merge the others separately")
+    assert "to resume" not in line
+
+
+def test_a_second_identical_extract_is_refused_while_the_first_runs(data, tmp_path, capsys):
+    from nlanalysis.extract.store import RunStore
+
+    out = tmp_path / "r"
+    assert main(_args(data, out, "--shard", "0/2")) == 0
+    with RunStore(out).claim("1-of-2"):  # the first command, still running shard 1/2
+        line = _error(capsys, _args(data, out, "--shard", "1/2"))
+        assert f"--out {out}: shard 1-of-2 of this run is being analysed by pid " in line and "wait for it to finish" in line
+        assert main(_args(data, out, "--shard", "0/2")) == 0  # another shard may share the folder
+    assert main(_args(data, out, "--shard", "1/2")) == 0  # released: it runs
+    assert json.loads((out / "run.json").read_text())["counts"] == {"total": 3, "done": 3, "failed": 0, "pending": 0}

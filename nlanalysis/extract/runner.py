@@ -85,7 +85,11 @@ class ExtractReport:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``cpu``/``cuda``/``cuda:N``; under torchrun ``cuda`` means ``cuda:LOCAL_RANK``."""
-    dev = torch.device(device or "cpu")
+    valid = "valid devices: cpu, cuda, cuda:N"
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device}: not a device torch knows; {valid}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -97,7 +101,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         elif dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: expected cpu or cuda")
+        raise ValueError(f"--device {device}: not supported; {valid}")
     return dev
 
 
@@ -294,45 +298,46 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     store = RunStore(spec.output.out)
     store.open(json.loads(json.dumps(info, default=str)), items)
 
-    mine = shard_of(items, shard_index, shard_count)
-    store.clean_temporary({it.key for it in mine})
-    redone = store.verify({it.key for it in mine})
-    for why in redone.values():
-        print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
-    done_before = store.done_keys()
-    plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
-    todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
-    n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
     shard_name = f"{shard_index}-of-{shard_count}"
-    workers = spec.running.workers
-    session = {
-        "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
-        "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
-        "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
-        "redone_damaged": [{"key": k, "why": why} for k, why in redone.items()],
-    }  # fmt: skip
-    store.write_session(shard_name, session)
-
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
-        batch_sampler=todo,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    measure = spec.measure
-    work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
-                   queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
-                   capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
-    desc = f"extract {shard_name}" if shard_count > 1 else "extract"
-    try:
-        _loop(loader, work, session, n_todo, progress, desc)
-    finally:
-        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
-        session["seconds"] = round(time.perf_counter() - t0, 3)
+    with store.claim(shard_name):  # one process per shard: a second identical command is refused
+        mine = shard_of(items, shard_index, shard_count)
+        store.clean_temporary({it.key for it in mine})
+        redone = store.verify({it.key for it in mine})
+        for why in redone.values():
+            print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
+        done_before = store.done_keys()
+        plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
+        todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
+        n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
+        workers = spec.running.workers
+        session = {
+            "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
+            "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
+            "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
+            "redone_damaged": [{"key": k, "why": why} for k, why in redone.items()],
+        }  # fmt: skip
         store.write_session(shard_name, session)
-        run_info = store.assemble()
+
+        loader = torch.utils.data.DataLoader(
+            _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
+            batch_sampler=todo,
+            num_workers=workers,
+            collate_fn=_as_list,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=2 if workers else None,
+        )
+        measure = spec.measure
+        work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
+                       queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
+                       capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
+        desc = f"extract {shard_name}" if shard_count > 1 else "extract"
+        try:
+            _loop(loader, work, session, n_todo, progress, desc)
+        finally:
+            session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
+            session["seconds"] = round(time.perf_counter() - t0, 3)
+            store.write_session(shard_name, session)
+            run_info = store.assemble()
     metrics_csv = store.root / "metrics.csv"
     metrics = frame_from_csv(metrics_csv.read_text(), run_info["settings"]["selection"]["id_type"], metrics_csv)
     return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],

@@ -22,7 +22,9 @@ the parts holds exactly the rows of an uninterrupted run. Leftover temporary fil
 (``.NAME.PID.tmp``) are ignored.
 
 Several processes (shards, torchrun ranks) may share one ``RUN_DIR``: they write disjoint parts,
-and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``.
+and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``. One process at a time holds a
+shard (``flock`` on ``shards/I-of-N.lock``, :meth:`RunStore.claim`): a second identical command is
+refused, naming the first's pid and host.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -136,6 +139,31 @@ class RunStore:
         with open(self.root / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def claim(self, shard: str) -> Iterator[None]:
+        """Hold shard ``shard`` (``I-of-N``) of this run for one process; refuse if another holds it.
+
+        Two identical commands into one folder would each analyse every image; the second is
+        refused at once (waiting would only end in skipping what the first did). Other shards may
+        share the folder. The lock (``flock`` on ``shards/I-of-N.lock``) dies with its process."""
+        path = self.shards / f"{shard}.lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise ValueError(f"--out {self.root}: shard {shard} of this run is being analysed by {holder}; wait for it to "
+                                 "finish (rerunning then resumes what is left), or give another --out") from None  # fmt: skip
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {now()})")
+                f.flush()
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
@@ -344,12 +372,15 @@ def _unchecked_damage(part: Path, maps: Path) -> str | None:
     return None
 
 
-def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str) -> None:
-    """Raise if two runs' settings differ, naming the first settings that do."""
+RESUME_HINT = "use another --out, or the same arguments to resume"
+
+
+def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str, hint: str = RESUME_HINT) -> None:
+    """Raise if two runs' settings differ, naming the first settings that do; ``hint``: what to do."""
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:120]} vs {json.dumps(new.get(k), default=str)[:120]}" for k in diff[:3])
-        raise ValueError(f"{where} holds a run with other settings ({shown}); use another --out, or the same arguments to resume")
+        raise ValueError(f"{where} holds a run with other settings ({shown}); {hint}")
 
 
 def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -364,7 +395,8 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
         raise ValueError("give at least one RUN_DIR to merge")
     infos = [s.info() for s in stores]
     for s, info in zip(stores[1:], infos[1:]):
-        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})")
+        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})",
+                            "merge only shards of one run (the same extract arguments but --shard); merge the others separately")
     owner: dict[str, Path] = {}
     for s in stores:
         for key in sorted(s.done_keys() | s.failed_keys()):
