@@ -38,6 +38,7 @@ original pixel ``((y - top) / sy, (x - left) / sx)``.
 """
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -136,8 +137,12 @@ class ImageMaps:
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._data is None:
-            with np.load(self.path) as z:
-                self._data = {k: z[k] for k in z.files}
+            try:
+                with np.load(self.path) as z:
+                    self._data = {k: z[k] for k in z.files}
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+                raise ValueError(f"{self.path}: a damaged maps file ({type(err).__name__}: {err}); rerun extract with the same "
+                                 "arguments to redo its image") from None  # fmt: skip
             if str(self._data.get("format")) != MAPS_FORMAT:
                 raise ValueError(f"{self.path}: not an nlanalysis maps file (format {self._data.get('format')!r})")
         return self._data

@@ -12,7 +12,7 @@ import pandas as pd
 from ..metrics.grouped import grouped_intervals
 from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
-from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
+from .store import FAILURE_COLUMNS, RunStore, frame_from_csv, read_csv
 
 __all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
@@ -30,6 +30,7 @@ class ResultSet:
         info: ``run.json`` (settings, checkpoint, preprocessing, versions, times, counts).
         maps: ``{image_id: ImageMaps}``, lazy: a file is read when its image is first touched.
         complete: every selected image is done or failed.
+        metrics_source: where ``metrics`` was read (``RUN_DIR/metrics.csv``, or its parts), named in errors.
     """
 
     path: Path
@@ -39,6 +40,7 @@ class ResultSet:
     info: dict[str, Any]
     maps: MapsIndex
     complete: bool
+    metrics_source: str = ""
 
     @property
     def analysis(self) -> str:
@@ -77,7 +79,9 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     """Open a result set written by ``nlanalysis extract`` (or ``merge``).
 
     A run still in progress, or killed, is read from its per-image parts, so what is done so far
-    is always visible; ``complete`` says whether anything is pending.
+    is always visible; ``complete`` says whether anything is pending. A result set copied without
+    its ``parts/`` (``metrics.csv``, ``failures.csv``, ``run.json``, ``images.csv``) is read from
+    those files, with the counts ``run.json`` recorded.
     """
     store = RunStore(path)
     info = store.info()
@@ -85,12 +89,26 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     id_type = info["settings"]["selection"]["id_type"]
     keys = images["key"].tolist()
     metrics_csv = store.root / "metrics.csv"
+    maps = MapsIndex(store.maps, dict(zip(images["image_id"], images["key"])))
+    if not store.parts.is_dir() and metrics_csv.is_file():
+        return _load_assembled(store, info, images, maps)
     if metrics_csv.is_file() and info.get("assembled_parts") == len(store.done_keys() & set(keys)):
-        metrics = frame_from_csv(metrics_csv.read_text(), id_type)
+        metrics, source = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv), str(metrics_csv)
     else:  # not assembled yet (running or killed): read the parts
-        metrics = frame_from_csv(store.read_metrics_text(keys), id_type)
+        metrics, source = frame_from_csv(store.read_metrics_text(keys), id_type, store.parts), f"{store.parts} (its parts in run order)"
     failed = store.failed_keys() - store.done_keys()
     failures = pd.DataFrame([json.loads(store.failure_path(k).read_text()) for k in keys if k in failed], columns=FAILURE_COLUMNS)
     counts = store.counts(keys)
-    maps = MapsIndex(store.maps, dict(zip(images["image_id"], images["key"])))
-    return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0)
+    return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0, source)
+
+
+def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame, maps: MapsIndex) -> ResultSet:
+    """A result set without ``parts/``: its assembled ``metrics.csv`` and ``failures.csv``, ``run.json``'s counts."""
+    id_type = info["settings"]["selection"]["id_type"]
+    metrics_csv, failures_csv = store.root / "metrics.csv", store.root / "failures.csv"
+    metrics = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv)
+    failures = (read_csv(failures_csv, dtype={"image_id": id_type, "file_name": str}) if failures_csv.is_file()
+                else pd.DataFrame(columns=FAILURE_COLUMNS))  # fmt: skip
+    counts = info.get("counts") or {}
+    complete = bool(info.get("complete")) and counts.get("done") == (metrics["image_id"].nunique() if len(metrics) else 0)
+    return ResultSet(store.root, metrics, failures, images, info, maps, complete, str(metrics_csv))

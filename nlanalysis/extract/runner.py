@@ -85,7 +85,11 @@ class ExtractReport:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``cpu``/``cuda``/``cuda:N``; under torchrun ``cuda`` means ``cuda:LOCAL_RANK``."""
-    dev = torch.device(device or "cpu")
+    valid = "valid devices: cpu, cuda, cuda:N"
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device}: not a device torch knows; {valid}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -97,7 +101,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         elif dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif dev.type != "cpu":
-        raise ValueError(f"--device {device}: expected cpu or cuda")
+        raise ValueError(f"--device {device}: not supported; {valid}")
     return dev
 
 
@@ -163,16 +167,25 @@ class _ImageDataset(torch.utils.data.Dataset):
         item = self.items[i]
         try:
             prep = self.prepare(load_image(item.path))
-        except (ImageReadError, ValueError) as err:
-            return _Loaded(item, error=str(err))
+        except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
+            return _Loaded(item, error=_reason(item, err))
         out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size,
                       original_size=prep.original_size, offset=prep.offset)  # fmt: skip
         try:
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
                 out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
-        except ValueError as err:
-            return _Loaded(item, error=f"{item.path}: annotations: {err}")
+        except Exception as err:
+            return _Loaded(item, error=_reason(item, err, "annotations"))
         return out
+
+
+def _reason(item: ImageItem, err: BaseException, stage: str = "") -> str:
+    """The failures.csv reason of ``err`` for ``item``: its path, the stage, the error (its type when
+    not a plain ValueError / ImageReadError, whose messages are written for users)."""
+    text = str(err) if isinstance(err, (ValueError, ImageReadError)) else f"{type(err).__name__}: {err}"
+    if str(item.path) not in text:
+        text = f"{item.path}: {stage + ': ' if stage else ''}{text}"
+    return text
 
 
 def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int) -> None:
@@ -285,42 +298,48 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     store = RunStore(spec.output.out)
     store.open(json.loads(json.dumps(info, default=str)), items)
 
-    mine = shard_of(items, shard_index, shard_count)
-    store.clean_temporary({it.key for it in mine})
-    done_before = store.done_keys()
-    plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
-    todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
-    n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
     shard_name = f"{shard_index}-of-{shard_count}"
-    workers = spec.running.workers
-    session = {
-        "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
-        "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
-        "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
-    }  # fmt: skip
-    store.write_session(shard_name, session)
-
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
-        batch_sampler=todo,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None,
-    )
-    measure = spec.measure
-    work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
-                   queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
-                   capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
-    desc = f"extract {shard_name}" if shard_count > 1 else "extract"
-    try:
-        _loop(loader, work, session, n_todo, progress, desc)
-    finally:
-        session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
-        session["seconds"] = round(time.perf_counter() - t0, 3)
+    with store.claim(shard_name):  # one process per shard: a second identical command is refused
+        mine = shard_of(items, shard_index, shard_count)
+        store.clean_temporary({it.key for it in mine})
+        redone = store.verify({it.key for it in mine})
+        for why in redone.values():
+            print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
+        done_before = store.done_keys()
+        plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
+        todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
+        n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
+        workers = spec.running.workers
+        session = {
+            "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
+            "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
+            "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
+            "redone_damaged": [{"key": k, "why": why} for k, why in redone.items()],
+        }  # fmt: skip
         store.write_session(shard_name, session)
-        run_info = store.assemble()
-    metrics = frame_from_csv((store.root / "metrics.csv").read_text(), run_info["settings"]["selection"]["id_type"])
+
+        loader = torch.utils.data.DataLoader(
+            _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
+            batch_sampler=todo,
+            num_workers=workers,
+            collate_fn=_as_list,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=2 if workers else None,
+        )
+        measure = spec.measure
+        work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
+                       queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
+                       capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
+        desc = f"extract {shard_name}" if shard_count > 1 else "extract"
+        try:
+            _loop(loader, work, session, n_todo, progress, desc)
+        finally:
+            session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
+            session["seconds"] = round(time.perf_counter() - t0, 3)
+            store.write_session(shard_name, session)
+            run_info = store.assemble()
+    metrics_csv = store.root / "metrics.csv"
+    metrics = frame_from_csv(metrics_csv.read_text(), run_info["settings"]["selection"]["id_type"], metrics_csv)
     return ExtractReport(store.root, (shard_index, shard_count), session["done"], session["failed"], session["skipped"],
                          time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
 
@@ -367,7 +386,8 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
             "annotations_sha256": sha256_file(coco_ann) if coco_ann is not None else None,
             "images": len(items),
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
-            "id_type": "int" if coco_ann is not None else "str",
+            # COCO ids are ints, but a file may use strings: then they are read back as text
+            "id_type": "int" if coco_ann is not None and all(_is_int(it.image_id) for it in items) else "str",
         },
         "queries": str(spec.query_spec()) if save_maps else None,
         # saved query points keep to cells every block's statistics keep; runs written before this rule placed
@@ -389,6 +409,10 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
     }
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _analyse(
     batch: list[_Loaded], *, store: RunStore, done_before: set[str], queries: QuerySpec | None, **kw: Any
 ) -> tuple[int, int]:
@@ -400,23 +424,23 @@ def _analyse(
         if one.error is None and queries is not None:
             try:
                 _choose_queries(one, queries, kw["analysis"], kw["seed"])
-            except ValueError as err:
-                failures.append((one, f"{one.item.path}: queries: {err}"))
+            except Exception as err:
+                failures.append((one, _reason(one.item, err, "queries")))
                 continue
         if one.error is None:
             groups.setdefault(tuple(one.tensor.shape), []).append(one)
     for group in groups.values():
         try:
             results += _forward(group, **kw)
-        except ValueError as err:  # e.g. NaN features
+        except Exception as err:  # e.g. NaN features, out of memory on one large image
             if len(group) == 1:
-                failures.append((group[0], f"{group[0].item.path}: {err}"))
+                failures.append((group[0], _reason(group[0].item, err)))
                 continue
             for one in group:  # one bad image must not fail its batch mates
                 try:
                     results += _forward([one], **kw)
-                except ValueError as err1:
-                    failures.append((one, f"{one.item.path}: {err1}"))
+                except Exception as err1:
+                    failures.append((one, _reason(one.item, err1)))
     done = failed = 0
     for one, reason in failures:
         if one.item.key not in done_before:
@@ -424,9 +448,7 @@ def _analyse(
             failed += 1
     for one, rows, save in results:
         if one.item.key not in done_before:
-            if save is not None:
-                store.write_maps(one.item.key, save)
-            store.write_part(one.item.key, rows)
+            store.write_done(one.item.key, rows, save)
             done += 1
     return done, failed
 

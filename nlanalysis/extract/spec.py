@@ -139,6 +139,12 @@ class MeasureSpec:
     chunk_size: int | None = None
     controls: bool = False
 
+    def __post_init__(self) -> None:
+        if self.jsd_pairs < 0:
+            raise ValueError(f"--jsd-pairs {self.jsd_pairs}: give 0 (att_jsd off) or a positive number of query pairs")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size {self.chunk_size}: need at least 1 query row per chunk")
+
 
 @dataclass(frozen=True)
 class OutputSpec:

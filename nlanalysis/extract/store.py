@@ -8,22 +8,28 @@ Layout of ``RUN_DIR``::
     metrics.csv       one row per (image, block), assembled from parts/ in run order
     failures.csv      images that could not be analysed: image_id, file_name, path, reason
     parts/KEY.csv     the rows of one image (its existence means: this image is done)
+    checks/KEY.json   size and sha256 of the image's part and maps, written just before its part
     failed/KEY.json   why one image failed (removed if a later session analyses it)
     maps/KEY.npz      the image's query maps (``--save-maps``; see ``nlanalysis.extract.maps``)
     shards/I-of-N.json  the sessions of one shard (start, end, device, command, counts)
 
 Every file is written to a temporary name in its folder and renamed (``os.replace``), so a
 process killed at any point leaves each file either complete or absent; ``maps/KEY.npz`` is
-written before ``parts/KEY.csv``. An image counts as done iff its part exists, so a rerun skips it,
-and ``metrics.csv`` (re-)assembled from the parts holds exactly the rows of an uninterrupted run.
-Leftover temporary files (``.NAME.PID.tmp``) are ignored.
+written before ``checks/KEY.json``, and that before ``parts/KEY.csv``. An image counts as done iff
+its part exists and its files match their checks (:meth:`RunStore.verify`, on resume: a damaged one
+is redone and named in the session), so a rerun skips it, and ``metrics.csv`` (re-)assembled from
+the parts holds exactly the rows of an uninterrupted run. Leftover temporary files
+(``.NAME.PID.tmp``) are ignored.
 
 Several processes (shards, torchrun ranks) may share one ``RUN_DIR``: they write disjoint parts,
-and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``.
+and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``. One process at a time holds a
+shard (``flock`` on ``shards/I-of-N.lock``, :meth:`RunStore.claim`): a second identical command is
+refused, naming the first's pid and host.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as _dt
 import fcntl
 import hashlib
@@ -31,6 +37,9 @@ import io
 import json
 import os
 import shutil
+import socket
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +48,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "merge_runs", "now", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "merge_runs", "now", "read_csv", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -69,6 +78,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
         with open(tmp, mode) as f:
             yield f
         os.replace(tmp, path)
+    except OSError as err:  # e.g. "No space left on device" from a write, which names no file
+        if err.filename is not None or isinstance(err, FileNotFoundError):
+            raise
+        raise type(err)(err.errno, f"{err.strerror or err} (writing {path})") from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -82,7 +95,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     with open(path) as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object; the file is damaged")
+    return data
 
 
 class RunStore:
@@ -94,6 +113,7 @@ class RunStore:
         self.failed = self.root / "failed"
         self.maps = self.root / "maps"
         self.shards = self.root / "shards"
+        self.checks = self.root / "checks"
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -105,6 +125,9 @@ class RunStore:
 
     def maps_path(self, key: str) -> Path:
         return self.maps / f"{key}.npz"
+
+    def check_path(self, key: str) -> Path:
+        return self.checks / f"{key}.json"
 
     def failure_path(self, key: str) -> Path:
         return self.failed / f"{key}.json"
@@ -120,6 +143,31 @@ class RunStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def claim(self, shard: str) -> Iterator[None]:
+        """Hold shard ``shard`` (``I-of-N``) of this run for one process; refuse if another holds it.
+
+        Two identical commands into one folder would each analyse every image; the second is
+        refused at once (waiting would only end in skipping what the first did). Other shards may
+        share the folder. The lock (``flock`` on ``shards/I-of-N.lock``) dies with its process."""
+        path = self.shards / f"{shard}.lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise ValueError(f"--out {self.root}: shard {shard} of this run is being analysed by {holder}; wait for it to "
+                                 "finish (rerunning then resumes what is left), or give another --out") from None  # fmt: skip
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {now()})")
+                f.flush()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     # -- opening ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.run_json.is_file()
@@ -130,26 +178,46 @@ class RunStore:
         return _read_json(self.run_json)
 
     def images(self) -> pd.DataFrame:
+        """``images.csv``: ``key``, ``image_id`` (typed as ``run.json`` says), ``file_name``."""
         id_type = self.info()["settings"]["selection"]["id_type"]
-        return pd.read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
+        return read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
+
+    def keys(self) -> list[str]:
+        """The selection's image keys in run order (from ``images.csv``, every column read as text)."""
+        return read_csv(self.root / "images.csv", dtype=str, keep_default_na=False)["key"].tolist()
 
     def open(self, info: dict[str, Any], items: Sequence[ImageItem]) -> None:
         """Create the run directory for ``info`` (a new ``run.json``), or check that the existing
-        one holds a run with the same settings (then it is resumed)."""
+        one holds a run with the same settings (then it is resumed). Refuses a folder that holds
+        other files (nothing is created in it)."""
+        if self.root.is_dir() and not self.exists():
+            self._refuse_foreign()
         with self.lock():
-            for d in (self.parts, self.failed, self.maps, self.shards):
+            for d in (self.parts, self.failed, self.maps, self.shards, self.checks):
                 d.mkdir(parents=True, exist_ok=True)
             if self.exists():
-                check_same_settings(self.info()["settings"], info["settings"], self.root)
+                old = self.info()
+                if old.get("format") != FORMAT:
+                    raise ValueError(f"--out {self.root}: its run.json is not one `nlanalysis extract` wrote; give a new or empty folder")
+                check_same_settings(old["settings"], info["settings"], self.root)
                 return
-            if any(self.parts.iterdir()):
-                raise ValueError(f"--out {self.root}: holds parts/ but no run.json; use a new folder")
+            self._refuse_foreign()
             table = pd.DataFrame(
                 {"key": [it.key for it in items], "image_id": [it.image_id for it in items], "file_name": [it.file_name for it in items]}
             )
             with atomic_write(self.root / "images.csv") as f:
                 table.to_csv(f, index=False)
             _write_json(self.run_json, info)
+
+    def _refuse_foreign(self) -> None:
+        """Raise unless the folder (without ``run.json``) is empty but for what :meth:`open` made:
+        extract writes only into a new or empty folder or its own result set, never over other files."""
+        own = {".lock", *(d.name for d in (self.parts, self.failed, self.maps, self.shards, self.checks))}
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in own or (p.is_dir() and any(p.iterdir())))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ValueError(f"--out {self.root} is not empty and not a result set of `nlanalysis extract` (it holds {shown}, "
+                             "but no run.json); give a new or empty folder")  # fmt: skip
 
     # -- per image -------------------------------------------------------------------------------
     def done_keys(self) -> set[str]:
@@ -160,20 +228,58 @@ class RunStore:
 
     def clean_temporary(self, keys: set[str]) -> None:
         """Remove temporary files a killed process left for ``keys`` (only this shard's keys)."""
-        for folder in (self.parts, self.maps, self.failed):
+        for folder in (self.parts, self.maps, self.failed, self.checks):
             for p in folder.glob(".*.tmp"):
                 if p.name[1:].rsplit(".", 3)[0] in keys:
                     p.unlink(missing_ok=True)
 
-    def write_part(self, key: str, rows: pd.DataFrame) -> None:
-        with atomic_write(self.part_path(key)) as f:
-            rows.to_csv(f, index=False)
+    def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any], None] | None = None) -> None:
+        """Write one done image: its maps (``save(file)`` writes the npz into an open binary file),
+        the checks of its files, then its part (which marks it done)."""
+        checks = {}
+        if save is not None:
+            with atomic_write(self.maps_path(key), "wb") as f:
+                save(f)
+            checks[f"maps/{key}.npz"] = _file_check(self.maps_path(key).read_bytes())
+        data = rows.to_csv(index=False).encode()
+        checks[f"parts/{key}.csv"] = _file_check(data)
+        _write_json(self.check_path(key), checks)
+        with atomic_write(self.part_path(key), "wb") as f:
+            f.write(data)
         self.failure_path(key).unlink(missing_ok=True)
 
-    def write_maps(self, key: str, save: Callable[[Any], None]) -> None:
-        """``save(file)`` writes the npz into an open binary file."""
-        with atomic_write(self.maps_path(key), "wb") as f:
-            save(f)
+    def verify(self, keys: set[str]) -> dict[str, str]:
+        """Check the done images of ``keys`` against their recorded sizes and sha256s; remove the
+        part (and checks) of each damaged one so it is redone. Returns ``{key: what was wrong}``.
+
+        Parts written before checks were recorded are checked by reading them (the part as CSV
+        with the columns of the others, the maps as a zip)."""
+        broken = {}
+        for key in sorted(self.done_keys() & keys):
+            why = self._damage(key)
+            if why:
+                broken[key] = why
+                for p in (self.part_path(key), self.check_path(key), self.maps_path(key)):
+                    p.unlink(missing_ok=True)
+        return broken
+
+    def _damage(self, key: str) -> str | None:
+        """What is wrong with the files of done image ``key`` (``None``: nothing)."""
+        if not self.check_path(key).is_file():
+            return _unchecked_damage(self.part_path(key), self.maps_path(key))
+        try:
+            checks = _read_json(self.check_path(key))
+        except ValueError as err:
+            return str(err)
+        for rel, want in checks.items():
+            path = self.root / rel
+            if not path.is_file():
+                return f"{path}: missing"
+            if path.stat().st_size != want.get("size"):
+                return f"{path}: {path.stat().st_size} bytes, {want.get('size')} were written (truncated or changed)"
+            if sha256_file(path) != want.get("sha256"):
+                return f"{path}: its sha256 differs from the one recorded when it was written (changed or damaged)"
+        return None
 
     def write_failure(self, item: ImageItem, reason: str) -> None:
         row = {"image_id": item.image_id, "file_name": item.file_name, "path": item.path, "reason": reason}
@@ -189,21 +295,29 @@ class RunStore:
 
     # -- assembly ----------------------------------------------------------------------------
     def read_metrics_text(self, keys: Sequence[str]) -> str:
-        """The CSV text of all parts of ``keys`` (in that order), one header."""
-        header, body = None, []
+        """The CSV text of all parts of ``keys`` (in that order), one header.
+
+        Each part must have the header most parts have and that many fields on every line; a
+        part that does not is named (not the next good one)."""
+        texts = {}
         for key in keys:
-            path = self.part_path(key)
             try:
-                text = path.read_text()
+                texts[key] = self.part_path(key).read_bytes().decode()
             except FileNotFoundError:
                 continue
+            except UnicodeDecodeError:
+                raise ValueError(f"{self.part_path(key)}: not text (a damaged part); rerun extract with the same arguments to redo it") from None
+        if not texts:
+            return ""
+        header = Counter(t.partition("\n")[0] for t in texts.values()).most_common(1)[0][0]
+        width = len(next(csv.reader([header])))
+        for key, text in texts.items():
             first, _, rest = text.partition("\n")
-            if header is None:
-                header = first
-            elif first != header:
-                raise ValueError(f"{path}: columns differ from the other parts of {self.root}")
-            body.append(rest)
-        return "" if header is None else header + "\n" + "".join(body)
+            bad = first != header or any(len(row) != width for row in csv.reader(io.StringIO(rest)) if row)
+            if bad:
+                raise ValueError(f"{self.part_path(key)}: not a part like the others of {self.root} (other columns or a damaged "
+                                 "line); rerun extract with the same arguments to redo it")  # fmt: skip
+        return header + "\n" + "".join(t.partition("\n")[2] for t in texts.values())
 
     def counts(self, keys: Sequence[str]) -> dict[str, int]:
         done, failed = self.done_keys(), self.failed_keys() - self.done_keys()
@@ -215,7 +329,7 @@ class RunStore:
         """Write ``metrics.csv``, ``failures.csv`` and ``run.json`` from what is on disk; return run.json."""
         with self.lock():
             info = self.info()
-            keys = self.images()["key"].tolist()
+            keys = self.keys()  # not typed ids: assembly must not fail on an id, whatever the selection held
             with atomic_write(self.root / "metrics.csv") as f:
                 f.write(self.read_metrics_text(keys))
             failed = self.failed_keys() - self.done_keys()
@@ -237,12 +351,36 @@ class RunStore:
             return info
 
 
-def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str) -> None:
-    """Raise if two runs' settings differ, naming the first settings that do."""
+def _file_check(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _unchecked_damage(part: Path, maps: Path) -> str | None:
+    """What is wrong with a part written before checks were recorded, and its maps (``None``: nothing found)."""
+    try:
+        pd.read_csv(part)
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"{part}: cannot be read as CSV ({err})"
+    if maps.is_file():
+        try:
+            with zipfile.ZipFile(maps) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            return f"{maps}: not a readable npz ({err})"
+        if bad is not None:
+            return f"{maps}: member {bad} is damaged"
+    return None
+
+
+RESUME_HINT = "use another --out, or the same arguments to resume"
+
+
+def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str, hint: str = RESUME_HINT) -> None:
+    """Raise if two runs' settings differ, naming the first settings that do; ``hint``: what to do."""
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:120]} vs {json.dumps(new.get(k), default=str)[:120]}" for k in diff[:3])
-        raise ValueError(f"{where} holds a run with other settings ({shown}); use another --out, or the same arguments to resume")
+        raise ValueError(f"{where} holds a run with other settings ({shown}); {hint}")
 
 
 def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -257,7 +395,8 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
         raise ValueError("give at least one RUN_DIR to merge")
     infos = [s.info() for s in stores]
     for s, info in zip(stores[1:], infos[1:]):
-        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})")
+        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})",
+                            "merge only shards of one run (the same extract arguments but --shard); merge the others separately")
     owner: dict[str, Path] = {}
     for s in stores:
         for key in sorted(s.done_keys() | s.failed_keys()):
@@ -267,11 +406,13 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     target = RunStore(out)
     if target.root.exists() and any(target.root.iterdir()):
         raise ValueError(f"--out {target.root} is not empty; give a new folder for the merged run")
-    for d in (target.parts, target.failed, target.maps, target.shards):
+    for d in (target.parts, target.failed, target.maps, target.shards, target.checks):
         d.mkdir(parents=True, exist_ok=True)
     shutil.copy2(stores[0].root / "images.csv", target.root / "images.csv")
     for s in stores:
-        for src_dir, dst_dir in ((s.parts, target.parts), (s.failed, target.failed), (s.maps, target.maps)):
+        for src_dir, dst_dir in ((s.parts, target.parts), (s.failed, target.failed), (s.maps, target.maps), (s.checks, target.checks)):
+            if not src_dir.is_dir():  # runs written before checks were recorded
+                continue
             for p in src_dir.iterdir():
                 if not p.name.startswith("."):
                     shutil.copy2(p, dst_dir / p.name)
@@ -287,8 +428,16 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     return target.assemble()
 
 
-def frame_from_csv(text: str, id_type: str) -> pd.DataFrame:
-    """A metrics table from CSV text (empty table for empty text)."""
+def read_csv(source: str | os.PathLike[str] | io.StringIO, *, where: Any = None, **kwargs: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` whose errors (tokenizer, dtype) name the file (``where``, default ``source``)."""
+    try:
+        return pd.read_csv(source, **kwargs)
+    except (ValueError, pd.errors.ParserError) as err:  # ParserError is a ValueError; named for the reader
+        raise ValueError(f"{where if where is not None else source}: cannot be read as CSV ({err})") from None
+
+
+def frame_from_csv(text: str, id_type: str, where: Any = "metrics") -> pd.DataFrame:
+    """A metrics table from CSV text (empty table for empty text); errors name ``where``."""
     if not text.strip():
         return pd.DataFrame()
-    return pd.read_csv(io.StringIO(text), dtype={"image_id": id_type, "file_name": str})
+    return read_csv(io.StringIO(text), where=where, dtype={"image_id": id_type, "file_name": str})

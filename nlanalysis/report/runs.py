@@ -42,6 +42,7 @@ import pandas as pd
 from ..extract.maps import ImageMaps
 from ..extract.results import ResultSet, head_mean_rows, load_run
 from ..extract.store import sha256_file
+from ..schema import check_ranges
 from ..tables import (
     CONVENTION_TEXT,
     METRIC_NAMES,
@@ -55,6 +56,7 @@ from ..tables import (
     word_columns,
     write_table,
 )
+from .staging import staged_folder
 
 __all__ = ["Report", "RunMeta", "Runs", "describe_run", "find_image", "find_images", "load_runs", "summary_text", "write_pages", "write_report"]
 
@@ -210,6 +212,8 @@ def load_runs(
     if not items:
         raise ValueError("report: give at least one RUN_DIR (a result set of `nlanalysis extract`)")
     results = [r if isinstance(r, ResultSet) else load_run(r) for r in items.values()]
+    for r in results:  # an impossible value (att = 99) is refused before anything is computed from it
+        check_ranges(r.metrics, r.metrics_source or str(r.path))
     names = [given.get(str(Path(r.path).resolve())) for r in results]
     metas = [describe_run(r, name) for r, name in zip(results, names)]
     _unique_labels(metas, [name is not None for name in names])
@@ -496,7 +500,7 @@ def write_report(
 
     Args:
         runs: run directories, loaded result sets, or :class:`Runs` from :func:`load_runs`.
-        out: the report folder (created; files of an earlier report there are replaced).
+        out: the report folder (created; an earlier report there is replaced, other files in it are kept).
         labels: ``{label: RUN_DIR}``; other runs are named after their checkpoint.
         blocks: glob(s): report only these blocks.
         images: images per Figure 2 (the first ones of each run with saved maps).
@@ -504,9 +508,11 @@ def write_report(
         image_root: folder holding the images (by ``file_name``), when they moved since extract.
         formats: figure formats.
         title: the report's heading.
-    """
-    from ..plots import plot_distributions, plot_over_training, save_figure
 
+    The report is written into a temporary folder beside ``out`` and renamed into place when
+    complete (:func:`~nlanalysis.report.staging.staged_folder`): a failed report leaves ``out``
+    as it was. Every run's metrics are checked against the columns' ranges first.
+    """
     if "png" not in formats:
         raise ValueError(f"report: formats {list(formats)} must include png (the report pages show the PNGs)")
     loaded = runs if isinstance(runs, Runs) else load_runs(runs, labels, blocks)
@@ -514,8 +520,34 @@ def write_report(
     conventions = sorted(set(frame["convention"].dropna())) if "convention" in frame else ["1-cos"]
     if len(conventions) > 1:
         raise ValueError(f"report: the runs use different distance conventions {conventions}; report them separately")
-    convention = conventions[0] if conventions else "1-cos"
     out = Path(out)
+    with staged_folder(out, REPORT_ENTRIES) as work:
+        report = _write_report_files(loaded, work, conventions[0] if conventions else "1-cos", images=images, image_ids=image_ids,
+                                     image_root=image_root, formats=formats, title=title)  # fmt: skip
+    report.out, report.index_md, report.index_html = out, out / "index.md", out / "index.html"
+    report.figures = [out / p.relative_to(work) for p in report.figures]
+    return report
+
+
+#: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).
+REPORT_ENTRIES = frozenset({"index.md", "index.html", "tables", "figures"})
+
+
+def _write_report_files(
+    loaded: Runs,
+    out: Path,
+    convention: str,
+    *,
+    images: int,
+    image_ids: Sequence[Any] | None,
+    image_root: str | os.PathLike[str] | None,
+    formats: Sequence[str],
+    title: str,
+) -> Report:
+    """Write the report's files into the (empty) folder ``out``; see :func:`write_report`."""
+    from ..plots import plot_distributions, plot_over_training, save_figure
+
+    frame = loaded.frame
     tables_dir, figures_dir = out / "tables", out / "figures"
     for d in (tables_dir, figures_dir):
         d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,327 @@
+"""Careless and hostile input to result sets (issue 14): no lost file, no aborted run, no silent wrong number."""
+import json
+
+import pytest
+
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from nlanalysis.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    photos = write_photos(root / "images", n=3, max_side=96)
+    write_coco(root / "ann.json", photos)
+    return root, tiny_checkpoint(root / "tiny.pth")
+
+
+def _args(data, out, *extra):
+    root, ckpt = data
+    return ["extract", "--ckpt", str(ckpt), "--images", str(root / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", *extra]
+
+
+def _error(capsys, args, command="extract"):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nlanalysis {command}: error: "), err
+    return err[0]
+
+
+# -- 1. no lost data -----------------------------------------------------------------------------
+
+
+def test_extract_refuses_a_folder_with_files_it_did_not_write(data, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.csv").write_text("my,own\n1,2\n")
+    line = _error(capsys, _args(data, out))
+    assert f"--out {out} is not empty and not a result set of `nlanalysis extract` (it holds metrics.csv, but no run.json)" in line
+    assert (out / "metrics.csv").read_text() == "my,own\n1,2\n"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]  # nothing created beside it
+
+
+def test_extract_refuses_a_foreign_run_json(data, tmp_path, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format": "someone-else", "settings": {}}))
+    assert "its run.json is not one `nlanalysis extract` wrote" in _error(capsys, _args(data, out))
+    (out / "run.json").write_text("{not json")
+    assert f"{out / 'run.json'}: not valid JSON" in _error(capsys, _args(data, out))
+
+
+def test_extract_writes_into_an_empty_folder_and_resumes_its_own(data, tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main(_args(data, out)) == 0
+    first = (out / "metrics.csv").read_text()
+    assert main(_args(data, out)) == 0  # its own result set: resumed, nothing redone
+    assert (out / "metrics.csv").read_text() == first and len(first.splitlines()) == 1 + 3 * 2
+
+
+# -- 2. every per-image failure is a failures.csv row ---------------------------------------------
+
+
+def test_any_error_of_one_image_is_its_failure_row(data, tmp_path, monkeypatch, capsys):
+    import nlanalysis.extract.runner as runner
+
+    real_load, real_queries = runner.load_image, runner.select_queries
+
+    def load(path):
+        if str(path).endswith("photo_001.jpg"):
+            raise KeyError("a reader bug")
+        return real_load(path)
+
+    calls = []
+
+    def queries(*args):
+        calls.append(1)
+        if len(calls) == 1:  # the first image (photo_000) only
+            raise IndexError("query bug")
+        return real_queries(*args)
+
+    monkeypatch.setattr(runner, "load_image", load)
+    monkeypatch.setattr(runner, "select_queries", queries)
+    out = tmp_path / "r"
+    assert main(_args(data, out, "--save-maps", "--queries", "grid:2")) == 1
+    import pandas as pd
+
+    failures = pd.read_csv(out / "failures.csv").set_index("image_id")["reason"]
+    root = data[0] / "images"
+    assert failures.to_dict() == {
+        "photo_000.jpg": f"{root / 'photo_000.jpg'}: queries: IndexError: query bug",
+        "photo_001.jpg": f"{root / 'photo_001.jpg'}: KeyError: 'a reader bug'",
+    }
+    assert pd.read_csv(out / "metrics.csv")["image_id"].unique().tolist() == ["photo_002.jpg"]
+
+
+def test_a_decompression_bomb_fails_alone(data, tmp_path, monkeypatch):
+    import pandas as pd
+    from PIL import Image
+
+    images = tmp_path / "images"
+    write_photos(images, n=2, max_side=96)
+    Image.new("RGB", (400, 400), (90, 120, 30)).save(images / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 400 x 400 is over twice this: PIL refuses it as a bomb
+    out = tmp_path / "r"
+    args = ["extract", "--ckpt", str(data[1]), "--images", str(images), "--out", str(out), "--jsd-pairs", "0", "--quiet"]
+    assert main(args) == 1
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["image_id"].tolist() == ["bomb.png"] and str(images / "bomb.png") in failures["reason"][0]
+    assert pd.read_csv(out / "metrics.csv")["image_id"].unique().tolist() == ["photo_000.jpg", "photo_001.jpg"]
+    assert main(args) == 1  # a rerun retries it, and fails it again, without aborting
+
+
+def test_coco_string_image_ids_make_a_whole_run(data, tmp_path):
+    import pandas as pd
+
+    from nlanalysis.extract import load_run
+
+    root, ckpt = data
+    coco = json.loads((root / "ann.json").read_text())
+    names = {im["id"]: f"img-{im['id']}" for im in coco["images"]}
+    for im in coco["images"]:
+        im["id"] = names[im["id"]]
+    for ann in coco["annotations"]:
+        ann["image_id"] = names[ann["image_id"]]
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    out = tmp_path / "r"
+    assert main(["extract", "--ckpt", str(ckpt), "--coco-ann", str(tmp_path / "ann.json"), "--coco-images", str(root / "images"),
+                 "--out", str(out), "--jsd-pairs", "0", "--quiet"]) == 0  # fmt: skip
+    assert pd.read_csv(out / "metrics.csv")["image_id"].unique().tolist() == ["img-1", "img-2", "img-3"]
+    run = load_run(out)
+    assert run.complete and run.info["settings"]["selection"]["id_type"] == "str"
+    assert run.metrics["image_id"].unique().tolist() == ["img-1", "img-2", "img-3"]
+
+
+# -- 3. resume verifies what it keeps -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_maps(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps") / "run"
+    assert main(_args(data, out, "--save-maps")) == 0
+    return out
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _sessions(out):
+    return [s for ss in json.loads((out / "run.json").read_text())["shards"].values() for s in ss]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["checked", "written-before-checks"])
+def test_resume_redoes_a_truncated_maps_file(data, with_maps, tmp_path, capsys, legacy):
+    import numpy as np
+
+    from nlanalysis.extract import load_run
+
+    out = _copy(with_maps, tmp_path)
+    npz = sorted((out / "maps").glob("*.npz"))[1]
+    key = npz.stem
+    npz.write_bytes(npz.read_bytes()[:200])
+    if legacy:
+        import shutil
+
+        shutil.rmtree(out / "checks")
+    with pytest.raises(ValueError, match=f"{npz}: a damaged maps file .*rerun extract with the same arguments"):
+        load_run(out).maps[load_run(out).images.set_index("key").loc[key, "image_id"]].blocks
+    capsys.readouterr()
+    assert main(_args(data, out, "--save-maps")) == 0
+    err = capsys.readouterr().err
+    assert f"warning: redoing a damaged image: {npz}" in err
+    assert [r["key"] for r in _sessions(out)[-1]["redone_damaged"]] == [key]
+    assert _sessions(out)[-1]["done"] == 1 and _sessions(out)[-1]["skipped"] == 2
+    assert (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
+    with np.load(npz) as z, np.load(with_maps / "maps" / npz.name) as ref:
+        assert z.files == ref.files and all(np.array_equal(z[k], ref[k]) for k in z.files)
+
+
+def test_resume_redoes_a_changed_part(data, with_maps, tmp_path, capsys):
+    out = _copy(with_maps, tmp_path)
+    part = sorted((out / "parts").glob("*.csv"))[0]
+    text = part.read_text()
+    part.write_text(text.replace("nonlocal_block", "nonlocal_blocc", 1))  # same size, other bytes
+    assert main(_args(data, out, "--save-maps")) == 0
+    assert f"{part}: its sha256 differs from the one recorded" in capsys.readouterr().err
+    assert part.read_text() == text and (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
+
+
+def test_a_damaged_part_is_named_not_its_neighbour(with_maps, tmp_path):
+    from nlanalysis.extract.store import RunStore
+
+    out = _copy(with_maps, tmp_path)
+    store = RunStore(out)
+    keys = store.keys()
+    first, second = store.part_path(keys[0]), store.part_path(keys[1])
+    good = first.read_text()
+    first.write_text("garbage" + good[7:])  # its header
+    with pytest.raises(ValueError, match=f"^{first}: not a part like the others"):
+        store.read_metrics_text(keys)
+    first.write_text(good)
+    second.write_text(second.read_text() + '1,2,"three\n')  # a torn line: the tokenizer would blame no file
+    with pytest.raises(ValueError, match=f"^{second}: not a part like the others"):
+        store.read_metrics_text(keys)
+
+
+def test_write_errors_name_the_file(tmp_path):
+    import errno
+
+    from nlanalysis.extract.store import atomic_write
+
+    with pytest.raises(OSError, match=f"No space left on device \\(writing {tmp_path / 'metrics.csv'}\\)"):
+        with atomic_write(tmp_path / "metrics.csv") as f:
+            f.write("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+def test_csv_read_errors_name_the_file(tmp_path):
+    from nlanalysis.extract.store import frame_from_csv
+
+    with pytest.raises(ValueError, match="^runs/x/metrics.csv: cannot be read as CSV"):
+        frame_from_csv('a,b\n1,2\n3,"4\n5,6,7,8\n', "int", "runs/x/metrics.csv")
+
+
+# -- 4. report: never half-written, never an impossible number --------------------------------------
+
+DEMO_RUN = "reports/demo/runs/gc"  # a committed result set: metrics.csv, run.json, images.csv, no parts/
+
+
+def _demo_copy(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    return shutil.copytree(Path(__file__).parents[1] / DEMO_RUN, tmp_path / "gc")
+
+
+def test_report_reads_a_result_set_copied_without_its_parts(tmp_path, capsys):
+    import pandas as pd
+
+    from nlanalysis.extract import load_run
+
+    run = _demo_copy(tmp_path)
+    res = load_run(run)
+    assert res.complete and len(res.metrics) == 120 and res.metrics_source == str(run / "metrics.csv")
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--formats", "png"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "tables" / "table1.csv")
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert table["images"].tolist() == [120] and table["input"][0] == pytest.approx(metrics["input"].mean(), rel=1e-5)
+
+
+def test_report_refuses_an_impossible_value(tmp_path, capsys):
+    import pandas as pd
+
+    run = _demo_copy(tmp_path)
+    metrics = pd.read_csv(run / "metrics.csv")
+    metrics.loc[5, "att"] = 99.0
+    metrics.to_csv(run / "metrics.csv", index=False)
+    line = _error(capsys, ["report", str(run), "--out", str(tmp_path / "report")], "report")
+    assert f"{run / 'metrics.csv'}: row 5 (CSV line 7), column 'att' = 99.0 lies outside [0.0, 2.0]" in line
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_failed_report_leaves_the_earlier_one_whole(with_maps, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["report", str(with_maps), "--out", str(out), "--formats", "png"]
+    assert main(args) == 0
+    (out / "make.sh").write_text("nlanalysis report ...\n")  # a user's file in the report folder
+    (out / "figures" / "stale.png").write_bytes(b"from an older report")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run = _copy(with_maps, tmp_path)
+    npz = sorted((run / "maps").glob("*.npz"))[0]
+    npz.write_bytes(npz.read_bytes()[:300])
+    line = _error(capsys, ["report", str(run), "--out", str(out), "--formats", "png"], "report")
+    assert f"{npz}: a damaged maps file" in line
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]  # no temporary folder left
+    assert main(args) == 0  # a complete new report replaces the old one; the user's file stays
+    assert (out / "make.sh").read_text() == "nlanalysis report ...\n" and not (out / "figures" / "stale.png").exists()
+    assert (out / "index.md").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]
+
+
+# -- 5. small ones ---------------------------------------------------------------------------------
+
+
+def test_bad_numbers_and_devices_are_one_line(data, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert _error(capsys, _args(data, out, "--jsd-pairs", "-5")).endswith(
+        "--jsd-pairs -5: give 0 (att_jsd off) or a positive number of query pairs")
+    assert _error(capsys, _args(data, out, "--device", "tpu")).endswith(
+        "--device tpu: not a device torch knows; valid devices: cpu, cuda, cuda:N")
+    assert _error(capsys, _args(data, out, "--device", "meta")).endswith("--device meta: not supported; valid devices: cpu, cuda, cuda:N")
+    assert not out.exists()
+
+
+def test_merge_refusal_says_what_to_do_for_a_merge(data, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_args(data, a, "--shard", "0/2")) == 0
+    assert main(_args(data, b, "--shard", "1/2", "--seed", "1")) == 0
+    line = _error(capsys, ["merge", str(a), str(b), "--out", str(tmp_path / "m")], "merge")
+    assert "holds a run with other settings (seed: 0 vs 1" in line
+    assert line.endswith("merge only shards of one run (the same extract arguments but --shard); merge the others separately")
+    assert "to resume" not in line
+
+
+def test_a_second_identical_extract_is_refused_while_the_first_runs(data, tmp_path, capsys):
+    from nlanalysis.extract.store import RunStore
+
+    out = tmp_path / "r"
+    assert main(_args(data, out, "--shard", "0/2")) == 0
+    with RunStore(out).claim("1-of-2"):  # the first command, still running shard 1/2
+        line = _error(capsys, _args(data, out, "--shard", "1/2"))
+        assert f"--out {out}: shard 1-of-2 of this run is being analysed by pid " in line and "wait for it to finish" in line
+        assert main(_args(data, out, "--shard", "0/2")) == 0  # another shard may share the folder
+    assert main(_args(data, out, "--shard", "1/2")) == 0  # released: it runs
+    assert json.loads((out / "run.json").read_text())["counts"] == {"total": 3, "done": 3, "failed": 0, "pending": 0}
