@@ -325,3 +325,35 @@ def test_a_second_identical_extract_is_refused_while_the_first_runs(data, tmp_pa
         assert main(_args(data, out, "--shard", "0/2")) == 0  # another shard may share the folder
     assert main(_args(data, out, "--shard", "1/2")) == 0  # released: it runs
     assert json.loads((out / "run.json").read_text())["counts"] == {"total": 3, "done": 3, "failed": 0, "pending": 0}
+
+
+# -- an image too small for the model's grid -------------------------------------------------------
+
+
+def test_an_image_too_small_for_the_grid_is_a_failure_row_not_nan_rows(data, tmp_path):
+    """A 3 x 200 photo resizes to one row, and no query cell of the block's grid lies on it: its
+    statistics would all be NaN. It is a failure with the reason, and the report counts only real
+    images; a 1 x 200 photo, which resizes to no row at all, is refused by the preprocessing."""
+    import numpy as np
+    from PIL import Image
+
+    from nlanalysis.extract import load_run
+
+    root, ckpt = data
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((root / "images").iterdir())[:1]:
+        (images / p.name).write_bytes(p.read_bytes())
+    Image.fromarray(np.full((3, 200, 3), 128, np.uint8)).save(images / "thin.png")
+    Image.fromarray(np.full((1, 200, 3), 128, np.uint8)).save(images / "thinner.png")
+    out = tmp_path / "run"
+    assert main(["extract", "--ckpt", str(ckpt), "--images", str(images), "--out", str(out), "--jsd-pairs", "16", "--quiet"]) == 1  # some failed
+    run = load_run(out)
+    reasons = dict(zip(run.failures["image_id"], run.failures["reason"]))
+    assert sorted(reasons) == ["thin.png", "thinner.png"]
+    assert str(images / "thin.png") in reasons["thin.png"] and "(3x200 pixels" in reasons["thin.png"]
+    assert "is too small for" in reasons["thin.png"] and "query grid lies on the image" in reasons["thin.png"]
+    assert "(1x200 pixels) is too small or too thin for the preprocessing: it resizes to 0x" in reasons["thinner.png"]
+    assert run.metrics["image_id"].unique().tolist() == [p.name for p in sorted((root / "images").iterdir())[:1]]
+    assert run.metrics["n_query"].gt(0).all()
+    assert not run.metrics[["input", "att"]].isna().any().any()

@@ -80,6 +80,8 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> Prepared:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     h, w = image.shape[:2]
     nh, nw = resized_size(h, w, pre)
+    if nh < 1 or nw < 1:
+        raise ValueError(f"the image ({h}x{w} pixels) is too small or too thin for the preprocessing: it resizes to {nh}x{nw}")
     x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # cv2 INTER_LINEAR, no antialias (mmcv.imrescale)

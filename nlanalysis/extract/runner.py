@@ -441,16 +441,37 @@ def _analyse(
                     results += _forward([one], **kw)
                 except Exception as err1:
                     failures.append((one, _reason(one.item, err1)))
+    kept = []
+    for one, rows, save in results:
+        too_small = _too_small(one, rows)
+        if too_small:
+            failures.append((one, too_small))
+        else:
+            kept.append((one, rows, save))
     done = failed = 0
     for one, reason in failures:
         if one.item.key not in done_before:
             store.write_failure(one.item, reason)
             failed += 1
-    for one, rows, save in results:
+    for one, rows, save in kept:
         if one.item.key not in done_before:
             store.write_done(one.item.key, rows, save)
             done += 1
     return done, failed
+
+
+def _too_small(one: _Loaded, rows: pd.DataFrame) -> str | None:
+    """The failure reason of an image too small for some block's grid: no query cell of that block
+    lies on the image (every statistic would be NaN), or ``None``."""
+    empty = rows.loc[rows["n_query"] == 0, "block"].unique().tolist()
+    if not empty:
+        return None
+    h, w = one.original_size
+    grids = rows.loc[rows["block"].isin(empty), ["height", "width"]].drop_duplicates().astype(int).values.tolist()
+    return (
+        f"{one.item.path}: the image ({h}x{w} pixels, {one.size[0]}x{one.size[1]} after preprocessing) is too small for "
+        f"{', '.join(map(str, empty))}: no cell of its {' / '.join(f'{a}x{b}' for a, b in grids)} query grid lies on the image"
+    )
 
 
 def _forward(
