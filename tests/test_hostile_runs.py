@@ -119,11 +119,9 @@ def test_a_decompression_bomb_fails_alone(data, tmp_path, monkeypatch):
     assert main(args) == 1  # a rerun retries it, and fails it again, without aborting
 
 
-def test_coco_string_image_ids_make_a_whole_run(data, tmp_path):
-    import pandas as pd
-
-    from nlanalysis.extract import load_run
-
+def test_coco_string_image_ids_are_refused_before_any_image(data, tmp_path, capsys):
+    """They used to fail only after every image was analysed, leaving parts but no metrics.csv: the
+    COCO reader (nlanalysis.extract.coco) now refuses them up front, in one line naming the file."""
     root, ckpt = data
     coco = json.loads((root / "ann.json").read_text())
     names = {im["id"]: f"img-{im['id']}" for im in coco["images"]}
@@ -133,12 +131,10 @@ def test_coco_string_image_ids_make_a_whole_run(data, tmp_path):
         ann["image_id"] = names[ann["image_id"]]
     (tmp_path / "ann.json").write_text(json.dumps(coco))
     out = tmp_path / "r"
-    assert main(["extract", "--ckpt", str(ckpt), "--coco-ann", str(tmp_path / "ann.json"), "--coco-images", str(root / "images"),
-                 "--out", str(out), "--jsd-pairs", "0", "--quiet"]) == 0  # fmt: skip
-    assert pd.read_csv(out / "metrics.csv")["image_id"].unique().tolist() == ["img-1", "img-2", "img-3"]
-    run = load_run(out)
-    assert run.complete and run.info["settings"]["selection"]["id_type"] == "str"
-    assert run.metrics["image_id"].unique().tolist() == ["img-1", "img-2", "img-3"]
+    line = _error(capsys, ["extract", "--ckpt", str(ckpt), "--coco-ann", str(tmp_path / "ann.json"), "--coco-images",
+                           str(root / "images"), "--out", str(out), "--jsd-pairs", "0", "--quiet"])  # fmt: skip
+    assert str(tmp_path / "ann.json") in line and "img-1" in line
+    assert not out.exists()
 
 
 # -- 3. resume verifies what it keeps -----------------------------------------------------------
