@@ -1,6 +1,7 @@
 """Hostile and careless ViT checkpoints (issue 14): a safetensors header that relabels float bytes as
 integers, weights of the wrong shape and NaN/inf weights are refused at load, in one line naming
-the file and the tensor; a clean file loads exactly; ``inspect`` warns about NaN/inf instead."""
+the file and the tensor; a clean file loads exactly; ``inspect`` warns about NaN/inf instead and
+``extract`` stops before any image."""
 from __future__ import annotations
 
 import struct
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from nlanalysis.checkpoints import CheckpointError
 from nlanalysis.checkpoints.vit.models import load_vit
@@ -125,3 +127,10 @@ def test_nonfinite_weights_are_refused_at_load_and_inspect_warns(tmp_path, capsy
     assert main(["inspect", "--ckpt", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"WARNING: NaN or inf in 2 weight tensor(s), first {k}: the checkpoint is broken and extract refuses it" in out
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (56, 56), (120, 30, 200)).save(images / "a.png")
+    run = ["extract", "--ckpt", str(path), "--vit-size", "28", "--images", str(images), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(run) == 2
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis extract: error: {refusal(path, img_size=28)}"]
