@@ -158,8 +158,8 @@ def test_truncated_safetensors_is_refused(workdir, vit_file, cut):
 @given(edits=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=3))
 def test_mutated_safetensors_header_is_refused_or_identical(workdir, vit_file, edits):
     """Only the header: safetensors carries no checksum, so a changed tensor byte is undetectable
-    by any reader. Known gap, rarely drawn: a same-size dtype swap in the header ("F32" -> "I32")
-    loads reinterpreted bits (the ViT reader does not yet refuse integer weights)."""
+    by any reader. A same-size dtype swap in the header ("F32" -> "I32") is refused: ViT weights
+    must be floating point (tests/test_hostile_vit_checkpoints.py builds that case on purpose)."""
     data, header, reference = vit_file
     check_vit(workdir / "mutated.safetensors", mutate(data, [(pos % header, flip) for pos, flip in edits]), reference)
 

@@ -32,7 +32,7 @@ from .layouts import LAYOUTS, FoundBlock, find_blocks
 from .preprocess import Preprocess, preprocess_from_config
 from .reading import read_checkpoint_file
 
-__all__ = ["FORMAT_NAME", "KNOWN_FORMATS", "LoadedCheckpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT_NAME", "KNOWN_FORMATS", "LoadedCheckpoint", "load_checkpoint", "nonfinite_weights", "save_checkpoint"]
 
 FORMAT_NAME = "nlanalysis-checkpoint"
 FORMAT_VERSION = 1
@@ -155,9 +155,13 @@ def _config_from_meta(path: Path, meta: dict[str, Any], notes: list[str]) -> tup
     return None, ""
 
 
-def _nonfinite_weights(path: Path, used: dict[str, Tensor], origin: dict[str, str], allow: bool) -> list[str]:
-    """Checkpoint keys of the used floating-point weights holding NaN or inf; refused unless ``allow``
-    (such weights make every image fail, so the checkpoint is blamed once, here)."""
+def nonfinite_weights(
+    path: str | os.PathLike[str], used: dict[str, Tensor], allow: bool, origin: dict[str, str] | None = None
+) -> list[str]:
+    """Names of the used floating-point weights holding NaN or inf (``origin`` maps a key to the
+    checkpoint's name for it); refused unless ``allow``: such weights make every image fail, so the
+    checkpoint is blamed once, at load (NL/GC and ViT checkpoints alike)."""
+    origin = origin or {}
     bad = [key for key, t in used.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad and not allow:
         first = used[bad[0]]
@@ -294,7 +298,7 @@ def load_checkpoint(
             path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
         )
     used = {k: v for k, v in converted.items() if k in expected}
-    nonfinite = _nonfinite_weights(path, used, origin, allow_nonfinite)
+    nonfinite = nonfinite_weights(path, used, allow_nonfinite, origin)
     model.load_state_dict(used, strict=False)
     model.eval()
     return LoadedCheckpoint(

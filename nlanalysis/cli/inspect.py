@@ -58,6 +58,13 @@ def _key_summary(keys: list[str], show_all: bool) -> list[str]:
     return [f"    {group}.*  ({n} keys)" for group, n in sorted(groups.items())]
 
 
+def _nonfinite_warning(nonfinite: list[str]) -> list[str]:
+    """The warning line for weights holding NaN or inf (checkpoint names), or none."""
+    if not nonfinite:
+        return []
+    return [f"WARNING: NaN or inf in {len(nonfinite)} weight tensor(s), first {nonfinite[0]}: the checkpoint is broken and extract refuses it"]
+
+
 def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
     """The ``inspect`` report as text."""
     arch = ckpt.arch
@@ -87,11 +94,7 @@ def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
         *_key_summary(ckpt.unused_keys, show_all),
         f"missing keys: {len(ckpt.missing_keys)}" + (" (num_batches_tracked only: harmless)" if ckpt.missing_keys else ""),
     ]
-    if ckpt.nonfinite:
-        lines.append(
-            f"WARNING: NaN or inf in {len(ckpt.nonfinite)} weight tensor(s), first {ckpt.nonfinite[0]}: "
-            "the checkpoint is broken and extract refuses it"
-        )
+    lines += _nonfinite_warning(ckpt.nonfinite)
     if ckpt.placeholders:
         lines.append(f"not loaded (inert placeholders): {', '.join(ckpt.placeholders)}")
     if ckpt.notes:
@@ -115,6 +118,7 @@ def format_vit_report(path: str, layout: str, model: Any) -> str:
             f"{spec.n_reg} register tokens, LayerScale {'yes' if spec.layer_scale else 'no'}, position table {spec.pos_grid[0]}x{spec.pos_grid[1]} patches"
         )  # fmt: skip
     lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
+    lines += _nonfinite_warning(getattr(model, "vit_nonfinite", []))
     lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.analyze_vit_vit")
     return "\n".join(lines)
 
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.ckpt}: {', '.join(given)}: options of NL/GC checkpoints; this is a ViT checkpoint ({layout} layout)")
         from ..checkpoints.vit.models import load_vit
 
-        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt, num_heads=args.vit_heads)))
+        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt, num_heads=args.vit_heads, allow_nonfinite=True)))
         return 0
     if args.vit_heads is not None:
         raise ValueError(f"{args.ckpt}: --vit-heads is for ViT checkpoints; this is an NL/GC checkpoint")

