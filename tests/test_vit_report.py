@@ -163,7 +163,7 @@ def test_heads_table_states_the_share_at_the_pooled_offset_not_each_photos_own()
 
 
 def test_peak_wording_follows_the_share():
-    from nlanalysis.report.vit import _head_sentence, _peak_words
+    from nlanalysis.report.vit_text import _head_sentence, _peak_words
 
     row = pd.Series({"att": 0.9, "att_low": 0.8, "att_high": 1.0, "att_entropy": 0.2, "att_local": 0.6,
                      "att_local_uniform": 0.05, "peak_dy": -1, "peak_dx": 0, "peak_share": 0.8})  # fmt: skip

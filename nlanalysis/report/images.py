@@ -1,0 +1,73 @@
+"""The image files behind a result set's saved maps, for the Figure 2 drawings."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..extract.maps import ImageMaps
+from ..extract.results import ResultSet
+
+__all__ = ["find_image", "find_images", "load_pixels"]
+
+
+def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.PathLike[str] | None = None) -> list[Path | None]:
+    """The file of each of ``image_ids`` in ``run`` (``None`` where it cannot be found).
+
+    Looks in, in order: ``image_root / file_name``; the ``path`` column of ``images.csv``
+    (where the run records it); the COCO image folder the run was given; the image files and
+    folders it was given (relative paths are taken from the current directory).
+    """
+    table = run.images.assign(_id=run.images["image_id"].astype(str)).drop_duplicates("_id").set_index("_id")
+    args = run.info.get("selection_args", {})
+    listed: dict[str, Path] | None = None
+    found: list[Path | None] = []
+    for image_id in image_ids:
+        key = str(image_id)
+        if key not in table.index:
+            found.append(None)
+            continue
+        file_name = str(table.loc[key, "file_name"])
+        candidates = [Path(image_root) / file_name] if image_root is not None else []
+        if "path" in table:
+            candidates.append(Path(str(table.loc[key, "path"])))
+        if args.get("coco_images"):
+            candidates.append(Path(args["coco_images"]) / file_name)
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None and args.get("images"):
+            if listed is None:  # the files the run was given, listed once
+                listed = _listed_files(args["images"])
+            hit = listed.get(key)
+        found.append(hit if hit is not None and hit.is_file() else None)
+    return found
+
+
+def find_image(run: ResultSet, image_id: Any, image_root: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file of one image of ``run`` (see :func:`find_images`), or ``None``."""
+    return find_images(run, [image_id], image_root)[0]
+
+
+def _listed_files(paths: Sequence[str]) -> dict[str, Path]:
+    from ..extract.sources import file_images
+
+    try:
+        return {str(it.image_id): Path(it.path) for it in file_images(paths)}
+    except (ValueError, OSError):
+        return {}
+
+
+def load_pixels(path: Path | None, maps: ImageMaps) -> np.ndarray | None:
+    """The uint8 RGB pixels ``[H, W, 3]`` of ``path``, or ``None`` when it is missing, unreadable
+    or not of the size the maps were made at."""
+    if path is None:
+        return None
+    from ..data import ImageReadError, load_image
+
+    try:
+        pixels = load_image(path)
+    except ImageReadError:
+        return None
+    return pixels if pixels.shape[:2] == tuple(int(v) for v in maps["original_size"]) else None

@@ -1,0 +1,195 @@
+"""Result sets with their labels: what each run's checkpoint records (:func:`describe_run`) and
+every run's metrics in one labelled frame (:func:`load_runs`)."""
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..extract.results import ResultSet, head_mean_rows, load_run
+from ..extract.store import sha256_file
+from ..schema import check_ranges
+
+__all__ = ["METRIC_KEYS", "RunMeta", "Runs", "describe_run", "load_runs"]
+
+#: task metrics looked up in a checkpoint's meta, in order of preference.
+METRIC_KEYS = ("miou", "mIoU", "bbox_mAP", "segm_mAP", "accuracy", "top1", "pixel_accuracy")
+
+
+@dataclass
+class RunMeta:
+    """What a result set is: its label and the facts of its checkpoint.
+
+    Attributes:
+        label: unique name of the run in a report.
+        path: the run directory.
+        variant: what the run is an instance of (the checkpoint meta's ``variant``, else the label).
+        seed, step, total_steps: training seed and step of the checkpoint (``None`` if unknown).
+        metric_name, metric: the task metric recorded with the checkpoint (``None`` if unknown).
+        checkpoint: the checkpoint file the run analysed.
+        source: where the facts came from (``run.json``, ``checkpoint meta`` or ``none``), with why.
+    """
+
+    label: str
+    path: Path
+    variant: str
+    seed: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    metric_name: str | None = None
+    metric: float | None = None
+    checkpoint: str | None = None
+    source: str = "none"
+
+
+def _checkpoint_meta(run: ResultSet) -> tuple[dict[str, Any], str]:
+    """The checkpoint meta of ``run`` and where it came from."""
+    ckpt = run.info.get("checkpoint", {})
+    if isinstance(ckpt.get("meta"), dict):
+        return ckpt["meta"], "run.json"
+    path = Path(ckpt.get("path", ""))
+    if not ckpt.get("path") or not path.is_file():
+        return {}, f"none (run.json records no checkpoint meta and {path} is gone)"
+    if ckpt.get("sha256") and sha256_file(path) != ckpt["sha256"]:
+        return {}, f"none ({path} changed since the run was made)"
+    from ..checkpoints import load_checkpoint
+
+    try:
+        return load_checkpoint(path).meta or {}, "checkpoint meta"
+    except (ValueError, OSError) as err:
+        return {}, f"none (cannot read {path}: {err})"
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def describe_run(run: ResultSet, label: str | None = None) -> RunMeta:
+    """The facts of ``run``'s checkpoint: variant, seed, training step, task metric.
+
+    They are read from ``run.json`` where it records the checkpoint's meta, else from the
+    checkpoint file itself (when it still exists and its sha256 matches the run's). ``label``
+    defaults to the checkpoint's file name without extension.
+    """
+    meta, source = _checkpoint_meta(run)
+    ckpt = run.info.get("checkpoint", {}).get("path")
+    label = label or (Path(ckpt).stem if ckpt else run.path.name)
+    seed = meta.get("seed", (meta.get("train_config") or {}).get("seed") if isinstance(meta.get("train_config"), dict) else None)
+    metric_name = next((k for k in METRIC_KEYS if isinstance(meta.get(k), (int, float))), None)
+    return RunMeta(
+        label=label,
+        path=run.path,
+        variant=str(meta.get("variant") or label),
+        seed=_int_or_none(seed),
+        step=_int_or_none(meta.get("step", meta.get("iter"))),
+        total_steps=_int_or_none(meta.get("total_steps")),
+        metric_name=metric_name,
+        metric=float(meta[metric_name]) if metric_name else None,
+        checkpoint=ckpt,
+        source=source,
+    )
+
+
+@dataclass
+class Runs:
+    """Several result sets with their labels, and their metrics in one labelled frame.
+
+    Attributes:
+        results: the result sets, in the order given.
+        meta: one :class:`RunMeta` per result set.
+        frame: every run's ``metrics`` with the run columns of :mod:`nlanalysis.tables`.
+    """
+
+    results: list[ResultSet]
+    meta: list[RunMeta]
+    frame: pd.DataFrame
+
+    def table(self) -> pd.DataFrame:
+        """One row per run: label, variant, seed, step, task metric, images, checkpoint, folder."""
+        rows = []
+        for res, m in zip(self.results, self.meta):
+            counts = res.info.get("counts", {})
+            done = res.metrics["image_id"].nunique() if len(res.metrics) else 0
+            rows.append({"label": m.label, "variant": m.variant, "seed": m.seed, "step": m.step,
+                         "metric_name": m.metric_name, "metric": m.metric, "images": counts.get("done", done),
+                         "failed": counts.get("failed", len(res.failures)), "complete": res.complete,
+                         "checkpoint": Path(m.checkpoint).name if m.checkpoint else None, "facts_from": m.source,
+                         "run_dir": str(res.path)})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def by_label(self, label: str) -> tuple[ResultSet, RunMeta]:
+        for res, m in zip(self.results, self.meta):
+            if m.label == label:
+                return res, m
+        raise KeyError(f"no run labelled {label!r}; labels: {[m.label for m in self.meta]}")
+
+
+def _unique_labels(metas: list[RunMeta], explicit: list[bool]) -> None:
+    """Keep given labels; make default ones unique (the run folder's name, then a number)."""
+    given = {m.label for m, e in zip(metas, explicit) if e}
+    defaults = [m.label for m, e in zip(metas, explicit) if not e]
+    used = set(given)
+    for m, e in zip(metas, explicit):
+        if e:
+            continue
+        label = f"{m.label} ({m.path.name})" if defaults.count(m.label) > 1 or m.label in given else m.label
+        base, n = label, 2
+        while label in used:
+            label, n = f"{base} #{n}", n + 1
+        m.label = label
+        used.add(label)
+
+
+def load_runs(
+    runs: Sequence[str | os.PathLike[str] | ResultSet],
+    labels: Mapping[str, str | os.PathLike[str]] | None = None,
+    blocks: str | Sequence[str] | None = None,
+) -> Runs:
+    """Open result sets and label them.
+
+    Args:
+        runs: run directories (or loaded result sets).
+        labels: ``{label: RUN_DIR}`` (``--label NAME=RUN_DIR``); a run named here but not in
+            ``runs`` is added. Unlabelled runs are named after their checkpoint file.
+        blocks: glob(s) on block names; only matching blocks are kept.
+    """
+    labels = dict(labels or {})
+    given = {str(Path(p).resolve()): name for name, p in labels.items()}
+    items: dict[str, str | os.PathLike[str] | ResultSet] = {}  # one entry per run folder, in order
+    for r in [*runs, *labels.values()]:
+        items.setdefault(str(Path(r.path if isinstance(r, ResultSet) else r).resolve()), r)
+    if not items:
+        raise ValueError("report: give at least one RUN_DIR (a result set of `nlanalysis extract`)")
+    results = [r if isinstance(r, ResultSet) else load_run(r) for r in items.values()]
+    for r in results:  # an impossible value (att = 99) is refused before anything is computed from it
+        check_ranges(r.metrics, r.metrics_source or str(r.path))
+    names = [given.get(str(Path(r.path).resolve())) for r in results]
+    metas = [describe_run(r, name) for r, name in zip(results, names)]
+    _unique_labels(metas, [name is not None for name in names])
+    patterns = [blocks] if isinstance(blocks, str) else list(blocks or [])
+    frames = []
+    for res, m in zip(results, metas):
+        f = head_mean_rows(res.metrics).copy()  # a ViT run: one row per layer, the head mean
+        if patterns and len(f):
+            f = f[f["block"].map(lambda b: any(fnmatch.fnmatchcase(b, p) for p in patterns))]
+        f.insert(0, "label", m.label)
+        f.insert(1, "variant", m.variant)
+        f.insert(2, "seed", np.nan if m.seed is None else float(m.seed))
+        f.insert(3, "step", np.nan if m.step is None else float(m.step))
+        f.insert(4, "metric_name", m.metric_name)
+        f.insert(5, "metric", np.nan if m.metric is None else m.metric)
+        frames.append(f)
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else pd.DataFrame()
+    if frame.empty:
+        which = f" with blocks matching {patterns}" if patterns else ""
+        raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
+    return Runs(results, metas, frame)

