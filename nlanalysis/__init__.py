@@ -8,11 +8,12 @@ global-context or simplified-NL blocks:
 >>> with nlanalysis.capture(model) as cap:              # hooks on every NL/GC block
 ...     model(images)
 >>> cap.records[0].stats.att                            # mean pairwise cosine distance per image
->>> table = nlanalysis.analyze(model, images)           # one row per (image, block)
+>>> table = nlanalysis.analyze(model, images)           # one row per (image, block); a ViT: (image, layer, head)
 """
 from .adapters import BlockAdapter, attention, attention_maps, list_adapters, list_blocks, register_adapter
 from .analyze import analyze
 from .capture.blocks import BlockRecord, Capture, capture
+from .capture.records import SiteRecord
 from .extract import load_run
 from .measure.blocks import BlockStats, measure_block
 from .metrics import mean_pairwise_cosine_distance
@@ -24,6 +25,7 @@ __all__ = [
     "BlockRecord",
     "BlockStats",
     "Capture",
+    "SiteRecord",
     "analyze",
     "attention",
     "attention_maps",

@@ -1,6 +1,9 @@
-"""One call from images to a table: run a model under :class:`~nlanalysis.capture.Capture`.
+"""One call from images to a table: run a model under the capture of its attention sites.
 
-This is the Python API the CLI's ``analyze`` command and the notebooks use for in-memory
+:func:`analyze` measures the NL/GC blocks of a CNN (:class:`~nlanalysis.capture.Capture`) and the
+self-attention layers of a ViT (:class:`~nlanalysis.capture.heads.ViTCapture`) alike, and
+:func:`records_to_frame` turns either kind of :class:`~nlanalysis.capture.records.SiteRecord` into
+rows. This is the Python API the CLI's ``analyze`` command and the notebooks use for in-memory
 batches. For data sets use ``nlanalysis extract``, which streams results to disk.
 """
 from __future__ import annotations
@@ -12,36 +15,66 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .capture.blocks import BlockRecord, Capture, check_batch_args
-from .schema import NL, statistic_columns
+from .adapters import list_blocks
+from .capture.blocks import Capture, check_batch_args
+from .capture.records import SiteRecord
+from .schema import NL, VIT, names, statistic_columns
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 
 #: statistic columns of an NL/GC block's rows, in order (:func:`nlanalysis.schema.statistic_columns`).
 STAT_COLUMNS = statistic_columns(NL)
 
+#: a site's row columns, in order: the image, the site's facts, its statistics, how they were made
+FRAME_COLUMNS = {
+    NL: ("image", "block", "family", "mode", "height", "width", "n_query", "n_key", *statistic_columns(NL),
+         "query_independent", "convention"),
+    VIT: ("image", "layer", "block", "family", "head", "num_heads", "grid_h", "grid_w", "n_prefix", "n_query", "n_key",
+          "keys", "input_space", *statistic_columns(VIT), "convention"),
+}  # fmt: skip
+#: control columns: in a row only when the control was measured (a ViT's ``controls=True``)
+_CONTROLS = frozenset(names(None, ("control",)))
 
-def records_to_frame(records: Iterable[BlockRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
-    """One row per (image, block) with the block's facts and :data:`STAT_COLUMNS`."""
+
+def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
+    """One row per (image, site, map) with the columns of :data:`FRAME_COLUMNS` of the record's site:
+    an NL block's one map, or a ViT layer's heads then its head mean (``head == HEAD_MEAN``)."""
     rows = []
     for rec in records:
         if rec.stats is None:
             continue
-        for b, stats in enumerate(rec.stats.per_image()):
-            row = {
-                "image": image_ids[b] if image_ids is not None else b,
-                "block": rec.name,
-                "family": rec.family,
-                "mode": rec.info.get("mode", ""),
-                "height": rec.query_shape[0],
-                "width": rec.query_shape[1],
-                "n_query": stats["n_query"],
-                "n_key": stats["n_key"],
-            }
-            row.update({k: stats[k] for k in STAT_COLUMNS})
-            row.update(query_independent=stats["query_independent"], convention=stats["convention"])
-            rows.append(row)
+        facts, columns = rec.facts(), FRAME_COLUMNS[rec.site]
+        for b, maps in enumerate(rec.stats.per_image_map()):
+            for values in maps:
+                values = {"image": image_ids[b] if image_ids is not None else b, **facts, **values}
+                rows.append({c: values[c] for c in columns if c in values or c not in _CONTROLS})
     return pd.DataFrame(rows)
+
+
+def capture_type(model: nn.Module, blocks: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
+                 site: str | None = None) -> type[Capture]:  # fmt: skip
+    """The capture for ``model``'s selected sites: ``ViTCapture`` for ViT attention layers,
+    ``Capture`` for NL/GC blocks; ``site`` (:data:`~nlanalysis.schema.NL` / :data:`~nlanalysis.schema.VIT`)
+    chooses instead of looking. ValueError when the selection holds both kinds."""
+    if site is None:
+        found = list_blocks(model, include=blocks, exclude=exclude)
+        vit = [b.name for b in found if getattr(b.adapter, "token_input", False)]
+        nl = [b.name for b in found if not getattr(b.adapter, "token_input", False)]
+        if vit and nl:
+            raise ValueError(
+                f"analyze: {type(model).__name__} has NL/GC blocks ({', '.join(nl[:3])}{', ...' if len(nl) > 3 else ''}) "
+                f"and ViT attention modules ({', '.join(vit[:3])}{', ...' if len(vit) > 3 else ''}); their rows have "
+                f"different columns (NL: mode, height, width; ViT: layer, head, grid_h, grid_w, ...), so one call "
+                f"measures one kind: select it with blocks=... or site={NL!r} / site={VIT!r}"
+            )
+        site = VIT if vit else NL
+    if site == VIT:
+        from .capture.heads import ViTCapture  # ViT-only: not loaded by a plain ``import nlanalysis``
+
+        return ViTCapture
+    if site != NL:
+        raise ValueError(f"analyze(site=...) must be {NL!r}, {VIT!r} or None, got {site!r}")
+    return Capture
 
 
 def analyze(
@@ -52,25 +85,40 @@ def analyze(
     objects: Tensor | None = None,
     blocks: str | Iterable[str] | None = None,
     image_ids: Sequence[Any] | None = None,
+    batch_size: int | None = None,
+    site: str | None = None,
     **capture_kwargs: Any,
 ) -> pd.DataFrame:
-    """Statistics of every selected NL/GC block of ``model`` on a batch.
+    """Statistics of every selected attention site of ``model`` (NL/GC blocks or ViT layers) on a batch.
 
     Args:
-        model: a model containing supported blocks; it is run once on ``images``.
+        model: a model containing supported NL/GC blocks, or a timm / torchvision / Hugging Face ViT.
         images: ``[B, 3, H, W]`` model input.
         valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
         objects: optional ``[B, H, W]`` int instance labels of the pixels (0 = no object).
-        blocks: glob(s) selecting blocks by dotted name.
+        blocks: glob(s) selecting blocks / attention modules by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
-        capture_kwargs: passed to :class:`~nlanalysis.capture.Capture`.
+        batch_size: run the model on this many images at a time (default: all at once).
+        site: ``"nl-blocks"`` or ``"vit-heads"``; default: what the selected modules are
+            (ValueError if both kinds are selected: their rows have different columns).
+        capture_kwargs: passed to the capture (:class:`~nlanalysis.capture.Capture`, or
+            :class:`~nlanalysis.capture.heads.ViTCapture`: e.g. ``keys="all"``).
 
     Returns:
-        A DataFrame, one row per (image, block).
+        A DataFrame, one row per (image, block), or per (image, layer, head) plus ``head == HEAD_MEAN`` rows.
     """
     check_batch_args(images, valid, image_ids, "analyze")
-    with torch.no_grad(), Capture(model, blocks, **capture_kwargs) as cap:
-        cap.set_valid(valid)
-        cap.set_objects(objects)
-        model(images)
-    return records_to_frame(cap.records, image_ids)
+    kind = capture_type(model, blocks, capture_kwargs.get("exclude"), site)
+    n = images.shape[0]
+    ids = list(image_ids) if image_ids is not None else list(range(n))
+    step = batch_size or max(n, 1)
+    frames = []
+    with torch.no_grad(), kind(model, blocks, **capture_kwargs) as cap:
+        for start in range(0, max(n, 1), step):
+            part = slice(start, start + step)
+            cap.clear()
+            cap.set_valid(valid[part] if valid is not None else None)
+            cap.set_objects(objects[part] if objects is not None else None)
+            model(images[part])
+            frames.append(records_to_frame(cap.records, ids[part]))
+    return pd.concat(frames, ignore_index=True)

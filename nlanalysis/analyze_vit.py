@@ -1,9 +1,9 @@
 """From images to tables: per-image, per-layer, per-head statistics of a ViT, and their intervals.
 
-* :func:`analyze_vit` -- run a ViT under :class:`~nlanalysis.capture.heads.ViTCapture`; one row per
-  image x layer x head, plus a head-mean row per image x layer (``head == HEAD_MEAN``: the
-  statistics of the head-averaged map and of the whole attention branch). Patch queries over
-  patch keys by default; ``keys="all"`` includes the class/register keys (column ``keys``).
+* :func:`analyze_vit` -- :func:`nlanalysis.analyze` of a ViT's attention layers
+  (:class:`~nlanalysis.capture.heads.ViTCapture`); one row per image x layer x head, plus a
+  head-mean row per image x layer (``head == HEAD_MEAN``: the statistics of the head-averaged map
+  and of the whole attention branch). Patch queries over patch keys by default; ``keys="all"`` includes the class/register keys (column ``keys``).
 * :func:`layer_table` -- per layer, the mean over images and its 95% interval
   (:func:`nlanalysis.metrics.grouped.grouped_intervals`: Student t over images).
 * :func:`photo_table` -- the whole thing on the real photos that ship in pip wheels
@@ -16,11 +16,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import Tensor, nn
 
+from .analyze import analyze, records_to_frame  # records_to_frame: one builder for every site
 from .capture.blocks import check_batch_args
-from .capture.heads import LayerRecord, ViTCapture
 from .metrics.grouped import grouped_intervals
 from .metrics.intervals import Method
 from .schema import HEAD_MEAN, VIT, names, statistic_columns
@@ -32,36 +31,6 @@ __all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "im
 #: the control's (:data:`CONTROLS`) only with ``controls=True``.
 STAT_COLUMNS = statistic_columns(VIT)
 CONTROLS = frozenset(names(VIT, ("control",)))
-
-
-def records_to_frame(records: Iterable[LayerRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
-    """One row per (image, layer, head) -- ``head == HEAD_MEAN`` for the head mean."""
-    rows = []
-    for rec in records:
-        if rec.stats is None:
-            continue
-        heads = rec.stats.num_heads
-        for b, per_head in enumerate(rec.stats.per_image_head()):
-            for h, stats in enumerate(per_head):
-                row = {
-                    "image": image_ids[b] if image_ids is not None else b,
-                    "layer": rec.layer,
-                    "block": rec.name,
-                    "family": rec.family,
-                    "head": HEAD_MEAN if h == heads else h,
-                    "num_heads": heads,
-                    "grid_h": rec.layout.grid[0],
-                    "grid_w": rec.layout.grid[1],
-                    "n_prefix": rec.layout.n_prefix,
-                    "n_query": stats["n_query"],
-                    "n_key": stats["n_key"],
-                    "keys": stats["keys"],
-                    "input_space": rec.input_space,
-                }
-                row.update({k: stats[k] for k in STAT_COLUMNS if k in stats or k not in CONTROLS})
-                row["convention"] = stats["convention"]
-                rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def analyze_vit(
@@ -76,36 +45,23 @@ def analyze_vit(
     batch_size: int | None = None,
     **capture_kwargs: Any,
 ) -> pd.DataFrame:
-    """Per-layer, per-head statistics of a ViT on a batch of preprocessed images.
+    """:func:`nlanalysis.analyze` of a ViT's self-attention layers (never its NL/GC blocks).
 
     Args:
         model: a timm / torchvision / Hugging Face ViT (e.g. :func:`nlanalysis.vit.load_vit`).
         images: ``[B, 3, H, W]`` model input (:func:`nlanalysis.data.vit_preprocess_batch`).
-        valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
         objects: optional ``[B, H, W]`` int object labels of the input pixels (0: no object):
             ``att_own_object`` / ``own_object_share`` (each patch takes the label at its centre).
         keys: ``"patch"`` (default) or ``"all"`` (class/register keys included).
-        blocks: glob(s) selecting attention modules by dotted name.
-        image_ids: labels for the ``image`` column (default ``0..B-1``).
-        batch_size: run the model on this many images at a time (default: all at once).
+        valid, blocks, image_ids, batch_size: as in :func:`nlanalysis.analyze`.
         capture_kwargs: passed to :class:`~nlanalysis.capture.heads.ViTCapture`.
 
     Returns:
         A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
     """
     check_batch_args(images, valid, image_ids, "analyze_vit")
-    n = images.shape[0]
-    ids = list(image_ids) if image_ids is not None else list(range(n))
-    step = batch_size or n
-    frames = []
-    with torch.no_grad(), ViTCapture(model, blocks, keys=keys, **capture_kwargs) as cap:
-        for start in range(0, n, step):
-            cap.clear()
-            cap.set_valid(valid[start : start + step] if valid is not None else None)
-            cap.set_objects(objects[start : start + step] if objects is not None else None)
-            model(images[start : start + step])
-            frames.append(records_to_frame(cap.records, ids[start : start + step]))
-    return pd.concat(frames, ignore_index=True)
+    return analyze(model, images, valid=valid, objects=objects, blocks=blocks, image_ids=image_ids,
+                   batch_size=batch_size, site=VIT, keys=keys, **capture_kwargs)  # fmt: skip
 
 
 def layer_table(

@@ -1,5 +1,7 @@
 import torch
 
+from nlanalysis.blocks import ContextBlock, NonLocal2d
+
 
 def randomize_(module: torch.nn.Module, std: float = 0.3, seed: int = 1234) -> torch.nn.Module:
     """Give every parameter and BN statistic non-trivial values so equality tests can fail."""
@@ -31,3 +33,16 @@ def excluded_queries(maps) -> int:
         cells = np.asarray(maps[f"cells_{i}"])
         bad += int((~keep[cells[:, 0], cells[:, 1]]).sum())
     return bad
+
+
+class NLGCNet(torch.nn.Module):
+    """Stride-4 stem, an NL block, a GC block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.nl = NonLocal2d(8, mode="embedded_gaussian", sub_sample=True)
+        self.gc = ContextBlock(8, 0.5)
+
+    def forward(self, x):
+        return self.gc(self.nl(self.stem(x)))

@@ -4,24 +4,9 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
-from helpers import randomize_
-from nlanalysis.blocks import ContextBlock, NonLocal2d
+from helpers import NLGCNet as _Net, randomize_
 from nlanalysis.capture import Capture, capture, valid_cells
-
-
-class _Net(nn.Module):
-    """Stride-4 stem, an NL block, a GC block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-        self.nl = NonLocal2d(8, mode="embedded_gaussian", sub_sample=True)
-        self.gc = ContextBlock(8, 0.5)
-
-    def forward(self, x):
-        return self.gc(self.nl(self.stem(x)))
 
 
 @pytest.fixture

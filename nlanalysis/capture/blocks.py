@@ -17,62 +17,20 @@ falls in cell ``(floor(y / s_y), floor(x / s_x))``, and a cell's image coordinat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters import BlockInfo, check_features, list_blocks
-from ..measure.blocks import BlockStats, measure_block
+from ..measure.blocks import measure_block
+from .records import QueryMaps, SiteRecord
 
 __all__ = ["BlockRecord", "Capture", "QueryMaps", "capture", "cell_centres", "check_batch_args", "check_mask", "query_points", "valid_cells"]
 
 
-@dataclass
-class QueryMaps:
-    """Attention maps of chosen query points.
-
-    Attributes:
-        feature_yx: ``[K, 2]`` long, (row, col) of each query on the block's query grid.
-        image_yx: ``[K, 2]`` float, the query's position in model-input pixels (``None`` when the
-            input size is unknown).
-        maps: ``[B, K, H_k, W_k]`` float32, each query's map over the key grid.
-    """
-
-    feature_yx: Tensor
-    image_yx: Tensor | None
-    maps: Tensor
-
-
-@dataclass
-class BlockRecord:
-    """What one block did in one forward.
-
-    Attributes:
-        name: dotted module name in the model.
-        family: adapter family (``nlanalysis``, ``mmcv``, ...).
-        info: static facts from the adapter (mode, channels, ...).
-        call: index of the model forward this record belongs to (0-based).
-        input_size: ``(H, W)`` of the model input, if it was a 4-D tensor.
-        query_shape, key_shape: ``(H, W)`` grids of queries and keys.
-        stats: :class:`BlockStats` (``None`` when statistics were switched off).
-        queries: :class:`QueryMaps` of the chosen query points (``None`` without queries).
-        x, z, context: block input, output and ``z - x`` (only with ``keep_tensors=True``).
-    """
-
-    name: str
-    family: str
-    info: dict[str, Any]
-    call: int
-    input_size: tuple[int, int] | None
-    query_shape: tuple[int, int]
-    key_shape: tuple[int, int]
-    stats: BlockStats | None = None
-    queries: QueryMaps | None = None
-    x: Tensor | None = None
-    z: Tensor | None = None
-    context: Tensor | None = None
+#: an NL/GC block's record: a :class:`~nlanalysis.capture.records.SiteRecord` (the ViT-only fields ``None``)
+BlockRecord = SiteRecord
 
 
 def cell_centres(pixels: Tensor, grid: tuple[int, int]) -> Tensor:

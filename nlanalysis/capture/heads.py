@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
-from .blocks import Capture, QueryMaps, cell_centres, valid_cells
+from .blocks import Capture, cell_centres, valid_cells
+from .records import QueryMaps, SiteRecord
 from ..blocks.heads import HeadAttention
 from ..measure.head_controls import control_generator, head_controls
 from ..measure.heads import HeadsBatch, HeadStats, MapStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
@@ -40,38 +40,9 @@ from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
 __all__ = ["LayerRecord", "ViTCapture"]
 
 
-@dataclass
-class LayerRecord:
-    """What one attention layer did in one forward.
-
-    Attributes:
-        name: dotted name of the attention module.
-        layer: index among the captured attention modules (model order).
-        family: adapter family (``timm-vit``, ``torch-mha``, ``hf-vit``).
-        info: static facts (heads, embed dim, scale, ...).
-        call: index of the model forward.
-        input_size: ``(H, W)`` of the model input, if known.
-        layout: the token layout (class / register / patch tokens).
-        input_space: ``"block"`` (residual stream into the transformer block, LayerScale applied
-            to the output) or ``"attention"`` (the attention module's own input and output).
-        stats: :class:`~nlanalysis.measure.heads.HeadStats` (``None`` with ``stats=False``).
-        queries: :class:`~nlanalysis.capture.QueryMaps` of the chosen query points; its ``maps`` are
-            ``[B, K, heads + 1, H_g, W_g]`` (every head, then the head mean) over the patch keys.
-        attention: the :class:`~nlanalysis.blocks.heads.HeadAttention` (CPU), only with
-            ``keep_attention=True``.
-    """
-
-    name: str
-    layer: int
-    family: str
-    info: dict[str, Any]
-    call: int
-    input_size: tuple[int, int] | None
-    layout: TokenLayout
-    input_space: str
-    stats: HeadStats | None = None
-    queries: QueryMaps | None = None
-    attention: HeadAttention | None = None
+#: a ViT layer's record: a :class:`~nlanalysis.capture.records.SiteRecord` with ``layer``, ``layout`` and
+#: ``input_space`` (``query_shape`` = ``key_shape`` = the patch grid), ``stats`` a ``HeadStats``
+LayerRecord = SiteRecord
 
 
 # enclosing blocks whose attention branch is ``layer_scale(attn(norm(x)))`` added to ``x``
@@ -355,9 +326,10 @@ class ViTCapture(Capture):
         out = adapter.output(module, output).detach()
         scale = gamma.detach() if use_block and gamma is not None else None  # LayerScale: applied by measure_heads
         x = residual.detach() if use_block else tokens
-        record = LayerRecord(
-            name=name, layer=index, family=adapter.family, info=info, call=self._calls, input_size=self._input_size,
-            layout=layout, input_space="block" if use_block else "attention",
+        record = SiteRecord(
+            name=name, family=adapter.family, info=info, call=self._calls, input_size=self._input_size,
+            query_shape=layout.grid, key_shape=layout.grid, layer=index, layout=layout,
+            input_space="block" if use_block else "attention",
         )  # fmt: skip
         if self.stats:
             proj_in = seen.get("proj_in")

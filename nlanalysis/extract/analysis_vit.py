@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..adapters import list_blocks
+from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, records_layer_maps, register_analysis, with_nan_columns
 
@@ -188,9 +189,7 @@ class ViTAnalysis(Analysis):
                           jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
-        from ..analyze_vit import records_to_frame as vit_records_to_frame
-
-        frame = vit_records_to_frame(records, image_ids=list(range(n_images)))
+        frame = records_to_frame(records, image_ids=list(range(n_images)))
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)

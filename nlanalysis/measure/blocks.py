@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
+from ..schema import HEAD_MEAN
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 
@@ -103,6 +104,11 @@ class BlockStats:
                 row[f.name] = value
             out.append(row)
         return out
+
+    def per_image_map(self) -> list[list[dict[str, float | int | bool | str]]]:
+        """``rows[b]``: the block's one map of image ``b`` as :meth:`per_image`'s dict, with ``head``
+        :data:`~nlanalysis.schema.HEAD_MEAN` (as :meth:`HeadStats.per_image_map <nlanalysis.measure.heads.HeadStats.per_image_map>`)."""
+        return [[{"head": HEAD_MEAN, **row}] for row in self.per_image()]
 
 
 def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:

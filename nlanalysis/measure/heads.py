@@ -47,6 +47,7 @@ from .head_rows import _eager_rows, _native_rows
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout
+from ..schema import HEAD_MEAN
 
 __all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
@@ -91,13 +92,15 @@ class HeadStats:
     def num_heads(self) -> int:
         return self.att.shape[1] - 1
 
-    def per_image_head(self) -> list[list[dict[str, float | int | str]]]:
-        """``rows[b][h]``: plain dicts, ``h = heads`` being the head mean."""
+    def per_image_map(self) -> list[list[dict[str, float | int | str]]]:
+        """``rows[b]``: one plain dict per map of image ``b``, every head then the head mean; its
+        ``head`` is the head index, :data:`~nlanalysis.schema.HEAD_MEAN` for the head mean."""
+        heads = self.num_heads
         out = []
         for b in range(self.att.shape[0]):
-            per_head = []
-            for h in range(self.att.shape[1]):
-                row: dict[str, float | int | str] = {}
+            per_map = []
+            for h in range(heads + 1):
+                row: dict[str, float | int | str] = {"head": HEAD_MEAN if h == heads else h}
                 for f in fields(self):
                     value = getattr(self, f.name)
                     if f.name == "controls":
@@ -106,8 +109,8 @@ class HeadStats:
                     if isinstance(value, Tensor):
                         value = (value[b, h] if value.dim() == 2 else value[b]).item()
                     row[f.name] = value
-                per_head.append(row)
-            out.append(per_head)
+                per_map.append(row)
+            out.append(per_map)
         return out
 
 
