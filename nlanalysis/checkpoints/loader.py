@@ -196,6 +196,69 @@ def _convert(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[d
     return out, origin
 
 
+def _arch_from_keys(path: Path, fmt: str, state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[ResNetArch, list[str]]:
+    """The architecture a foreign checkpoint's keys describe, and the notes on what was assumed."""
+    prefix = find_backbone_prefix(state_dict)
+    if prefix is None:
+        raise CheckpointError(
+            path,
+            "unknown layout: no ResNet backbone found (no '<prefix>layerS.I.conv1.weight' keys). "
+            f"Known formats: {'; '.join(KNOWN_FORMATS)}. Closest match: {_closest_match(state_dict, blocks)}",
+        )
+    if not blocks:
+        raise CheckpointError(
+            path,
+            f"no NL/GC block in it ({fmt}, ResNet under {prefix!r}); looked for: "
+            + "; ".join(layout.description for layout in LAYOUTS),
+        )
+    return infer_arch(state_dict, prefix, blocks)
+
+
+def _apply_settings(arch: ResNetArch, fmt: str, cfg: dict[str, Any] | None, cfg_source: str, notes: list[str]) -> Preprocess:
+    """Settle what the keys cannot say (config settings, style, the GCNet repository's logit scale)
+    in ``arch``, noting each assumption; the preprocessing the config states (default: mmdetection's)."""
+    if cfg is not None:
+        notes += apply_config(arch, cfg, cfg_source)
+    if not _config_sets_style(cfg):
+        notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
+    if fmt.startswith("GCNet"):
+        for b in arch.blocks:
+            if b.type == "NonLocal2d" and b.options.get("mode") == "embedded_gaussian" and b.options.get("use_scale", True):
+                inter = max(b.in_channels // b.options.get("reduction", 2), 1)
+                b.options["logit_scale"] = float(inter) ** 0.5
+                notes.append(f"{b.name}: logits multiplied by sqrt(C') as the GCNet repository's NonLocal2D does")
+    return (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
+
+
+def _match_weights(
+    path: Path, expected: dict[str, Tensor], converted: dict[str, Tensor], origin: dict[str, str], block_prefixes: list[str]
+) -> tuple[list[str], list[str]]:
+    """``(missing, unused)`` keys of the converted checkpoint against the model's ``expected`` ones;
+    refuses a shape mismatch, a needed weight that is missing, and an NL/GC weight left unused
+    (``block_prefixes``: the blocks' names in the model and in the file)."""
+    for key, tensor in expected.items():
+        found = converted.get(key)
+        if found is not None and tuple(found.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                path,
+                f"shape mismatch at {origin.get(key, key)}: the rebuilt model expects {tuple(tensor.shape)}, "
+                f"the checkpoint has {tuple(found.shape)} (check --config / flags)",
+            )
+    missing = [k for k in expected if k not in converted]
+    serious = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if serious:
+        raise CheckpointError(
+            path, f"{len(serious)} weight(s) the model needs are missing, first {serious[:3]} (check --config / flags)"
+        )
+    unused = [k for k in converted if k not in expected]
+    dropped = [origin[k] for k in unused if any(k.startswith(p + ".") for p in block_prefixes)]
+    if dropped:
+        raise CheckpointError(
+            path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
+        )
+    return missing, unused
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -206,6 +269,10 @@ def load_checkpoint(
     allow_nonfinite: bool = False,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of a ResNet with NL/GC blocks and rebuild it up to its last block.
+
+    Read the file (safely), detect its format, infer the architecture (keys, then config, then
+    ``overrides``), build the model, rename the blocks' keys to this project's, check them against
+    the model, load.
 
     Args:
         path: the checkpoint file.
@@ -233,41 +300,17 @@ def load_checkpoint(
         if fmt == "nlanalysis native":
             arch = arch_from_dict(whole["arch"])
             preprocess = Preprocess.from_dict(whole.get("preprocess") or {})
-            cfg = None
         else:
-            prefix = find_backbone_prefix(state_dict)
-            if prefix is None:
-                raise CheckpointError(
-                    path,
-                    "unknown layout: no ResNet backbone found (no '<prefix>layerS.I.conv1.weight' keys). "
-                    f"Known formats: {'; '.join(KNOWN_FORMATS)}. Closest match: {_closest_match(state_dict, blocks)}",
-                )
-            if not blocks:
-                raise CheckpointError(
-                    path,
-                    f"no NL/GC block in it ({fmt}, ResNet under {prefix!r}); looked for: "
-                    + "; ".join(layout.description for layout in LAYOUTS),
-                )
-            arch, notes = infer_arch(state_dict, prefix, blocks)
+            arch, notes = _arch_from_keys(path, fmt, state_dict, blocks)
             cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
-            if cfg is not None:
-                notes += apply_config(arch, cfg, cfg_source)
-            if not _config_sets_style(cfg):
-                notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
-            if fmt.startswith("GCNet"):
-                for b in arch.blocks:
-                    if b.type == "NonLocal2d" and b.options.get("mode") == "embedded_gaussian" and b.options.get("use_scale", True):
-                        inter = max(b.in_channels // b.options.get("reduction", 2), 1)
-                        b.options["logit_scale"] = float(inter) ** 0.5
-                        notes.append(f"{b.name}: logits multiplied by sqrt(C') as the GCNet repository's NonLocal2D does")
-            preprocess = (cfg is not None and preprocess_from_config(cfg, cfg_source)) or Preprocess()
+            preprocess = _apply_settings(arch, fmt, cfg, cfg_source, notes)
         notes += apply_overrides(arch, overrides or {})
         model = build_arch(arch, truncate=truncate)
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as err:
-        if isinstance(err, CheckpointError):
-            raise
-        if isinstance(err, ValueError):
-            raise CheckpointError(path, str(err)) from err
+    except CheckpointError:
+        raise
+    except ValueError as err:
+        raise CheckpointError(path, str(err)) from err
+    except (TypeError, AttributeError, KeyError, IndexError) as err:
         what = "checkpoint or config" if cfg is not None else "checkpoint"
         raise CheckpointError(path, f"malformed {fmt} {what} ({type(err).__name__}: {str(err)[:200]})") from err
     if not arch.blocks:
@@ -276,27 +319,7 @@ def load_checkpoint(
     converted, origin = _convert(state_dict, blocks)
     expected = model.state_dict()
     block_names = [arch.prefix + b.name for b in arch.blocks]
-    for key, tensor in expected.items():
-        found = converted.get(key)
-        if found is not None and tuple(found.shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                path,
-                f"shape mismatch at {origin.get(key, key)}: the rebuilt model expects {tuple(tensor.shape)}, "
-                f"the checkpoint has {tuple(found.shape)} (check --config / flags)",
-            )
-    missing = [k for k in expected if k not in converted]
-    serious = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if serious:
-        raise CheckpointError(
-            path, f"{len(serious)} weight(s) the model needs are missing, first {serious[:3]} (check --config / flags)"
-        )
-    unused = [k for k in converted if k not in expected]
-    dropped = [origin[k] for k in unused if any(k.startswith(n + ".") for n in block_names) or any(
-        k.startswith(b.prefix + ".") for b in blocks)]
-    if dropped:
-        raise CheckpointError(
-            path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
-        )
+    missing, unused = _match_weights(path, expected, converted, origin, block_names + [b.prefix for b in blocks])
     used = {k: v for k, v in converted.items() if k in expected}
     nonfinite = nonfinite_weights(path, used, allow_nonfinite, origin)
     model.load_state_dict(used, strict=False)
