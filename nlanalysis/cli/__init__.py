@@ -1,8 +1,8 @@
 """``nlanalysis`` console entry point: a thin argparse front over the Python API.
 
 Each subcommand is one module in this package exposing ``register(subparsers)``, which adds
-its parser and sets ``func`` (``args -> exit code``). Adding a module adds a command: they are
-discovered, so no central list needs editing.
+its parser with :func:`add_command` (``--debug`` and ``func``: ``args -> exit code``). Adding a
+module adds a command: they are discovered, so no central list needs editing.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..adapters import UnsupportedBlockError
 from ..checkpoints.vit._deps import MissingExtraError
@@ -22,6 +22,16 @@ def _subcommand_modules() -> list[str]:
 
 
 SUBCOMMANDS = tuple(_subcommand_modules())
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which ``run`` serves; with ``--debug`` (tracebacks)."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,12 +10,12 @@ from ..analyze import analyze
 from ..checkpoints.preprocess import Preprocess
 from ..data import collate, load_image, prepare_image, sample_photos
 from ..examples import EXAMPLE_VARIANTS, example_model
+from . import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "analyze",
-        help="print the GCNet statistics of every NL/GC block for a few images",
+    p = add_command(
+        sub, "analyze", run, help="print the GCNet statistics of every NL/GC block for a few images",
         description="Runs the built-in example models (untrained ResNet-50 with an NL block before the "
         "last block of res4, one per pairwise function, and a GC model) on images and prints, per block, "
         "the mean pairwise cosine distances of inputs, outputs (z - x) and attention maps.",
@@ -24,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", nargs="+", default=list(EXAMPLE_VARIANTS), choices=EXAMPLE_VARIANTS)
     p.add_argument("--scale", nargs=2, type=int, default=(1333, 800), metavar=("LONG", "SHORT"), help="resize bound")
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

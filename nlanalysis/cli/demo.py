@@ -3,20 +3,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from . import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="analyse the shipped trained NL/GC models on the shipped demo scenes and write the report",
+    p = add_command(
+        sub, "demo", run, help="analyse the shipped trained NL/GC models on the shipped demo scenes and write the report",
         description="Runs `extract` for every trained checkpoint shipped with the package on the shipped "
         "Fashion-MNIST validation scenes, then `report` over all of them, and prints where the report is.",
     )
     p.add_argument("--out", type=Path, default=Path("nlanalysis-demo"), help="output folder (default ./nlanalysis-demo)")
     p.add_argument("--scenes", type=int, default=120, help="demo scenes to analyse (default 120, at most 300)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

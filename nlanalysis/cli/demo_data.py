@@ -6,12 +6,12 @@ import time
 
 from ..data.fashion_mnist import DEFAULT_SOURCE, INSTALL_HINT
 from ..data.scenes import DESIGNS, SPLITS, write_scenes
+from . import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo-data",
-        help="write a small COCO data set of multi-object Fashion-MNIST scenes",
+    p = add_command(
+        sub, "demo-data", run, help="write a small COCO data set of multi-object Fashion-MNIST scenes",
         description="Composes scenes of 3-6 Fashion-MNIST items (COCO instances JSON with boxes, RLE masks and "
         "10 categories, plus RGB PNGs). Design 'shared' puts one class per scene, so other items disambiguate a "
         "corrupted one (a dense task where global context helps); 'independent' draws classes at random (the "
@@ -26,8 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=112, help="canvas side in pixels (default: 112)")
     p.add_argument("--source", metavar="DIR", help="folder with the Fashion-MNIST IDX files (.gz or not)")
     p.add_argument("--overwrite", action="store_true", help="replace a scene set already in --out")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

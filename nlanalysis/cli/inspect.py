@@ -13,6 +13,7 @@ from typing import Any
 
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..models import POSITIONS
+from . import add_command
 
 __all__ = ["add_checkpoint_arguments", "checkpoint_overrides", "register"]
 
@@ -44,11 +45,9 @@ def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("inspect", help="show what a checkpoint holds and how it is rebuilt")
+    parser = add_command(subparsers, "inspect", run, help="show what a checkpoint holds and how it is rebuilt")
     add_checkpoint_arguments(parser)
     parser.add_argument("--all-keys", action="store_true", help="list every unused key, not a summary")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.set_defaults(func=run)
 
 
 def _key_summary(keys: list[str], show_all: bool) -> list[str]:
@@ -119,7 +118,7 @@ def format_vit_report(path: str, layout: str, model: Any) -> str:
         )  # fmt: skip
     lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
     lines += _nonfinite_warning(getattr(model, "vit_nonfinite", []))
-    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.analyze_vit_vit")
+    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.analyze")
     return "\n".join(lines)
 
 

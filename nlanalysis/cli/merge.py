@@ -4,20 +4,18 @@ from __future__ import annotations
 import argparse
 
 from ..extract import merge_runs
+from . import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "merge",
-        help="combine result sets of shards (extract --shard I/N) into one",
+    p = add_command(
+        sub, "merge", main, help="combine result sets of shards (extract --shard I/N) into one",
         description="Copies the per-image results of each RUN_DIR into --out and assembles metrics.csv, "
         "failures.csv and run.json. Refuses runs with different settings (checkpoint, selection, preprocessing, "
         "queries, seed) and runs that overlap (hold the same image).",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result sets of shards of one run")
     p.add_argument("--out", required=True, metavar="DIR", help="the merged result set (a new or empty folder)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:

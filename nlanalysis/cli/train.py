@@ -8,12 +8,12 @@ import pandas as pd
 
 from ..train import VARIANTS, TrainConfig
 from ..train.run import TrainJob, run_training, ship_checkpoints
+from . import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train the reference NL/GC variants on Fashion-MNIST scenes",
+    p = add_command(
+        sub, "train", run, help="train the reference NL/GC variants on Fashion-MNIST scenes",
         description="Trains SceneNet variants (no block, the four NL pairwise functions, SNL, GC, and a two-NL "
         "variant) for per-pixel classification of Fashion-MNIST scenes whose items share one class, so global "
         "context helps. Training scenes come from the Debian package dataset-fashion-mnist (or --source); "
@@ -35,8 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default DIR: nlanalysis/weights, the checkpoints that ship with the package)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 variants, 1 seed, 128 scenes, 1 epoch (< 2 min)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
