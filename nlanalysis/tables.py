@@ -46,7 +46,6 @@ from .metrics.grouped import grouped_intervals
 from .metrics.intervals import mean_ci
 
 __all__ = [
-    "RUN_COLUMNS",
     "TABLE_STATS",
     "caption",
     "final_steps",
@@ -59,9 +58,6 @@ __all__ = [
     "word_columns",
     "write_table",
 ]
-
-#: run columns of a labelled metrics frame (see the module docstring).
-RUN_COLUMNS = ["label", "variant", "seed", "step", "metric_name", "metric"]
 
 #: statistics summarised, in table order (:data:`nlanalysis.schema.TABLE1`); columns that are all NaN are left out.
 TABLE_STATS = list(schema.TABLE1)

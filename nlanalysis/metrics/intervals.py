@@ -60,11 +60,6 @@ class Interval:
     level: float
     method: str
 
-    @property
-    def half_width(self) -> float:
-        """Half the interval's width, ``(high - low) / 2``."""
-        return (self.high - self.low) / 2
-
 
 def _as_1d(values: Any, what: str = "values") -> np.ndarray:
     """Flatten array-likes (lists, numpy, torch tensors) to float64."""

@@ -79,18 +79,7 @@ def plot_over_training(
         ax.grid(lw=0.4, color="0.88")
     axes[0].set_ylabel(f"mean pairwise cosine distance ({convention.replace('1-cos', '1 − cos')})")
     if show_metric:
-        ax = axes[-1]
-        per_step = summary.drop_duplicates(["variant", "step"])
-        for v in variants:
-            part = per_step[per_step["variant"] == v]
-            x = part["step"].to_numpy(float)
-            ax.plot(x, part["metric"], "-", marker="o", ms=3.5, color=colors[v])
-            if np.isfinite(part["metric_low"].to_numpy(float)).any():
-                ax.fill_between(x, part["metric_low"], part["metric_high"], color=colors[v], alpha=0.15, lw=0)
-        name = per_step["metric_name"].dropna().iloc[0]
-        ax.set_title(f"task metric ({METRIC_NAMES.get(name, name)})")
-        ax.set_xlabel("training step")
-        ax.grid(lw=0.4, color="0.88")
+        _metric_panel(axes[-1], summary, colors)
     handles, labels = axes[0].get_legend_handles_labels()
     if undefined:
         handles.append(Line2D([], [], ls="none", marker="x", color="0.3"))
@@ -98,3 +87,18 @@ def plot_over_training(
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), frameon=False)
     fig.suptitle(title or "statistics over training (mean over images; band: 95% CI)")
     return fig
+
+
+def _metric_panel(ax, summary: pd.DataFrame, colors: dict) -> None:
+    """The task metric against step, one line (and CI band) per variant."""
+    per_step = summary.drop_duplicates(["variant", "step"])
+    for v, color in colors.items():
+        part = per_step[per_step["variant"] == v]
+        x = part["step"].to_numpy(float)
+        ax.plot(x, part["metric"], "-", marker="o", ms=3.5, color=color)
+        if np.isfinite(part["metric_low"].to_numpy(float)).any():
+            ax.fill_between(x, part["metric_low"], part["metric_high"], color=color, alpha=0.15, lw=0)
+    name = per_step["metric_name"].dropna().iloc[0]
+    ax.set_title(f"task metric ({METRIC_NAMES.get(name, name)})")
+    ax.set_xlabel("training step")
+    ax.grid(lw=0.4, color="0.88")
