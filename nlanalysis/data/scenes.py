@@ -279,6 +279,19 @@ def _command(split: str, num: int, seed: int, design: str, size: int) -> str:
                        "--seed", str(seed), "--design", design, "--size", str(size)])
 
 
+def _empty_folder(out: Path, overwrite: bool) -> tuple[Path, Path]:
+    """``(out/images, out/instances.json)``, with no scene set left in them (only if ``overwrite``)."""
+    image_dir, json_path = out / "images", out / "instances.json"
+    if json_path.exists() or (image_dir.is_dir() and any(image_dir.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{out}: already holds a scene set; pass --overwrite (overwrite=True) or another folder")
+        json_path.unlink(missing_ok=True)
+        for old in image_dir.glob("*.png"):
+            old.unlink()
+    image_dir.mkdir(parents=True, exist_ok=True)
+    return image_dir, json_path
+
+
 def write_scenes(
     out_dir: str | Path,
     split: str,
@@ -317,16 +330,7 @@ def write_scenes(
     items, labels = load_fashion_mnist(SPLITS[split], source)
     from PIL import Image
 
-    out = Path(out_dir)
-    image_dir, json_path = out / "images", out / "instances.json"
-    if json_path.exists() or (image_dir.is_dir() and any(image_dir.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{out}: already holds a scene set; pass --overwrite (overwrite=True) or another folder")
-        json_path.unlink(missing_ok=True)
-        for old in image_dir.glob("*.png"):
-            old.unlink()
-    image_dir.mkdir(parents=True, exist_ok=True)
-
+    image_dir, json_path = _empty_folder(Path(out_dir), overwrite)
     images, annotations = [], []
     for i in range(num):
         scene = make_scene(np.random.default_rng([seed, i]), items, labels, design, params)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checkpoints import save_checkpoint
+from ..checkpoints import Preprocess, save_checkpoint
 from ..models import SceneNet
 from .data import SceneSet, normalize, scene_preprocess
 from .variants import variant_arch
@@ -75,6 +75,17 @@ def evaluate(model: nn.Module, data: SceneSet) -> tuple[float, float]:
     return miou, (tp.sum() / conf.sum()).item()
 
 
+def _batch_loss(model: nn.Module, train: SceneSet, idx: Tensor, pre: Preprocess, stride: int, class_weight: Tensor) -> Tensor:
+    """Weighted cross-entropy of the scenes ``idx``, the logits compared with every ``stride``-th label."""
+    labels = train.masks[idx]
+    if stride > 1:
+        labels = labels[:, stride // 2 :: stride, stride // 2 :: stride]
+    logits = model(normalize(train.images[idx], pre))
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, labels, weight=class_weight)
+
+
 def train_variant(
     variant: str,
     train: SceneSet,
@@ -128,14 +139,7 @@ def train_variant(
         order = torch.randperm(len(train), generator=generator)
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            images = normalize(train.images[idx], pre)
-            labels = train.masks[idx]
-            if config.loss_stride > 1:
-                labels = labels[:, config.loss_stride // 2 :: config.loss_stride, config.loss_stride // 2 :: config.loss_stride]
-            logits = model(images)
-            if logits.shape[-2:] != labels.shape[-2:]:
-                logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, labels, weight=class_weight)
+            loss = _batch_loss(model, train, idx, pre, config.loss_stride, class_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
