@@ -1,17 +1,7 @@
 """``load_checkpoint``: any supported checkpoint -> a truncated model whose NL/GC blocks are named
 as in the checkpoint; ``save_checkpoint``: this project's own format.
 
-Formats recognised (by the file's top-level structure, then its keys):
-
-* this project's format: ``{'format': 'nlanalysis-checkpoint', 'format_version', 'arch',
-  'state_dict', 'preprocess', 'meta'}``, plain data and tensors only;
-* mmdetection 3.x (mmengine ``Runner.save_checkpoint``): ``meta`` (``cfg`` text,
-  ``mmengine_version``, ``dataset_meta``), ``state_dict``, ``message_hub``, ``optimizer``,
-  ``param_schedulers``; mmdetection 2.x (mmcv ``save_checkpoint``): ``meta`` (``config`` text,
-  ``mmdet_version`` 2.x, ``CLASSES``), ``state_dict``, ``optimizer``; the GCNet repository and
-  mmdetection 0.x/1.x (``mmdet_version`` < 2);
-* ``{'state_dict': ...}`` / ``{'model': ...}`` wrappers (timm's training checkpoints), plain state
-  dicts, ``module.``-prefixed (DDP) state dicts.
+Formats recognised (by the file's top-level structure, then its keys): :data:`KNOWN_FORMATS`.
 """
 from __future__ import annotations
 
@@ -32,7 +22,7 @@ from .layouts import LAYOUTS, FoundBlock, find_blocks
 from .preprocess import Preprocess, preprocess_from_config
 from .reading import read_checkpoint_file
 
-__all__ = ["FORMAT_NAME", "KNOWN_FORMATS", "LoadedCheckpoint", "load_checkpoint", "nonfinite_weights", "save_checkpoint"]
+__all__ = ["FORMAT_NAME", "KNOWN_FORMATS", "LoadedCheckpoint", "load_checkpoint", "nonfinite_weights", "save_atomic", "save_checkpoint"]
 
 FORMAT_NAME = "nlanalysis-checkpoint"
 FORMAT_VERSION = 1
@@ -392,7 +382,12 @@ def save_checkpoint(
         "preprocess": (preprocess or Preprocess()).to_dict(),
         "meta": meta,
     }
-    path = Path(path)
+    return save_atomic(payload, Path(path))
+
+
+def save_atomic(payload: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it: readers see the old file
+    or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..checkpoints.loader import save_atomic
 from ..data.scenes import demo_scenes_path, write_scenes
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
@@ -101,13 +102,9 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
     """Copy the final checkpoint of ``seed`` for every variant to ``dest/{variant}.pth``, with
     floating-point tensors stored as float16 (they load into float32 models unchanged in layout;
     the rounding is ~1e-3 relative). Returns the written files."""
-    import os
-    import tempfile
-
     import torch
 
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     written = []
     for variant in VARIANTS:
         src = Path(checkpoint_dir) / f"{variant}_s{seed}.pth"
@@ -116,11 +113,7 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
         payload = torch.load(src, map_location="cpu", weights_only=True)
         payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
         payload["meta"] = {**payload.get("meta", {}), "storage": "float16", "shipped_from": src.name}
-        fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
-        os.close(fd)
-        torch.save(payload, tmp)
-        os.replace(tmp, dest / f"{variant}.pth")
-        written.append(dest / f"{variant}.pth")
+        written.append(save_atomic(payload, dest / f"{variant}.pth"))
     return written
 
 
