@@ -68,9 +68,7 @@ class SceneNetArch:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SceneNetArch:
-        data = {k: v for k, v in data.items() if k != "type"}
-        data["blocks"] = [BlockSpec(**b) for b in data.get("blocks", [])]
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k != "type"})  # __post_init__ makes the blocks BlockSpecs
 
 
 def _stage(cin: int, cout: int, block: BlockSpec | None) -> nn.Sequential:
