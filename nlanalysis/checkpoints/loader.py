@@ -260,10 +260,6 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Load a checkpoint of a ResNet with NL/GC blocks and rebuild it up to its last block.
 
-    Read the file (safely), detect its format, infer the architecture (keys, then config, then
-    ``overrides``), build the model, rename the blocks' keys to this project's, check them against
-    the model, load.
-
     Args:
         path: the checkpoint file.
         config: an mmdetection config file; it overrides the config stored in the checkpoint.

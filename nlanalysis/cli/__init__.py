@@ -16,12 +16,8 @@ from ..adapters import UnsupportedBlockError
 from ..checkpoints.vit._deps import MissingExtraError
 
 
-def _subcommand_modules() -> list[str]:
-    """Every module of this package that defines ``register`` is a subcommand (sorted)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-
-
-SUBCOMMANDS = tuple(_subcommand_modules())
+#: every public module of this package is a subcommand (sorted)
+SUBCOMMANDS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def add_command(

@@ -157,11 +157,6 @@ def _resize(item: np.ndarray, side: int) -> np.ndarray:
     return _resize_matrix(item.shape[0], side) @ item @ _resize_matrix(item.shape[1], side).T
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    grid = rng.random((cells, cells))
-    return _resize(grid, size)
-
-
 def _draw_items(rng: np.random.Generator, labels: np.ndarray, design: str, n: int) -> np.ndarray:
     if design == "shared":
         pool = np.flatnonzero(labels == labels[rng.integers(len(labels))])
@@ -225,7 +220,7 @@ def make_scene(
         areas = np.append(areas, sil.sum())
         boxes.append((y, x, side))
 
-    image = rng.uniform(*p.background) + p.clutter * _smooth_noise(rng, p.size, p.clutter_cells)
+    image = rng.uniform(*p.background) + p.clutter * _resize(rng.random((p.clutter_cells,) * 2), p.size)  # smooth clutter
     image[owner >= 0] = fg[owner >= 0]
     for y, x, side in boxes:  # per-item corruption: an occluding patch, strong noise in the box
         if rng.random() < p.occlude_prob:
