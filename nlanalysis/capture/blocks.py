@@ -1,0 +1,73 @@
+"""The NL/GC block site of :class:`~nlanalysis.capture.core.Capture`: what its hooks record and measure.
+
+For each forward and each selected block: the block's statistics
+(:func:`nlanalysis.measure.measure_block`, all queries streamed through the metrics in chunks,
+never all kept), the attention maps of chosen query points, and optionally the tensors ``x``,
+``z`` and ``z - x``. The maps are recomputed from the block's input and weights by its adapter
+(:meth:`nlanalysis.adapters.BlockAdapter.attention`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..adapters import BlockInfo, check_features
+from ..measure.blocks import measure_block
+from ..schema import NL
+from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, query_points, valid_cells
+from .records import QueryMaps, SiteRecord
+
+__all__ = ["BlockCapture", "BlockRecord", "BlockSite", "Capture", "QueryMaps", "capture", "cell_centres", "check_batch_args",
+           "check_mask", "query_points", "valid_cells"]  # fmt: skip
+
+#: an NL/GC block's record: a :class:`~nlanalysis.capture.records.SiteRecord` (the ViT-only fields ``None``)
+BlockRecord = SiteRecord
+
+
+class BlockSite(Site):
+    """NL/GC blocks: maps from the block's adapter, statistics from :func:`~nlanalysis.measure.blocks.measure_block`.
+
+    Args:
+        keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
+        chunk_size, jsd_pairs, convention, zero, controls: passed to :func:`measure_block`.
+    """
+
+    noun = "NL/GC block"
+
+    def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
+                 convention: str = "1-cos", zero: str = "exclude", controls: bool = False) -> None:  # fmt: skip
+        super().__init__(cap)
+        self.keep_tensors = keep_tensors
+        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls)
+
+    def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
+        info = block.adapter.describe(block.module)
+        return lambda module, args, kwargs, output: self.record(block, info, args, kwargs, output)
+
+    def record(self, block: BlockInfo, info: dict[str, Any], args: tuple, kwargs: dict, output: Any) -> SiteRecord:
+        cap, adapter = self.cap, block.adapter
+        x = adapter.block_input(args, kwargs).detach()
+        check_features(x)
+        z = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+        context = adapter.context_term(block.module, x, z)
+        att = adapter.attention(block.module, x)
+        record = cap.site_record(block, info, (att.query_shape, att.key_shape))
+        if cap.stats:
+            valid, objects = cap.cell_masks(att.query_shape, x.shape[0], "block input")
+            record.stats = measure_block(
+                att, x, context, valid=valid, objects=objects, generator=cap.generator, **self.measure_kwargs
+            )
+        if cap.queries is not None:
+            record.queries = cap.query_maps(block.name, att)
+        if self.keep_tensors:
+            # copies: a model may modify the block output in place after the hook (timm's BasicBlock)
+            record.x, record.z, record.context = (t.to("cpu", copy=True) for t in (x, z, context))
+        return record
+
+
+class BlockCapture(Capture):
+    """:class:`Capture` of NL/GC blocks only (``site="nl-blocks"``): a hybrid model's ViT attention is skipped."""
+
+    default_site = NL
