@@ -114,3 +114,24 @@ def test_site_options_read_as_the_captures():
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         vit.nothing
     assert len(list_blocks(net)) == len(cap.blocks)
+
+
+def test_capturing_nl_blocks_loads_no_vit_only_module():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import json, sys, torch, nlanalysis\n"
+        "from nlanalysis.blocks import NonLocal2d\n"
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), NonLocal2d(8)).eval()\n"
+        "with torch.no_grad(), nlanalysis.capture(net) as cap:\n"
+        "    net(torch.randn(1, 3, 6, 6))\n"
+        "assert len(cap.records) == 1\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root).stdout)
+    assert "nlanalysis.capture.blocks" in loaded
+    assert not {"nlanalysis.capture.heads", "nlanalysis.measure.heads", "nlanalysis.capture.shared_softmax"} & set(loaded)

@@ -176,6 +176,8 @@ class Capture:
             (``keep_tensors``, ``chunk_size``, ``jsd_pairs``, ``controls``, ...) and
             :class:`~nlanalysis.capture.heads.HeadSite` (``keys``, ``kernels``, ``share_softmax``, ...).
             The site's attributes (``measure_kwargs``, a ViT's ``shared_calls``, ...) read as the capture's.
+
+    Attributes: ``kind`` (the site kind), ``site`` (its :class:`Site`), ``blocks`` (the sites found), ``records``.
     """
 
     #: the site kind when ``site=None`` (``None``: the selected modules' kind)
