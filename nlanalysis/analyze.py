@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .adapters import list_blocks
-from .capture.blocks import Capture, check_batch_args
+from .capture.blocks import BlockCapture, Capture, check_batch_args
+from .capture.core import select_sites
 from .capture.records import SiteRecord
 from .schema import NL, VIT, names, statistic_columns
 
@@ -56,25 +56,12 @@ def capture_type(model: nn.Module, blocks: str | Iterable[str] | None = None, ex
     """The capture for ``model``'s selected sites: ``ViTCapture`` for ViT attention layers,
     ``Capture`` for NL/GC blocks; ``site`` (:data:`~nlanalysis.schema.NL` / :data:`~nlanalysis.schema.VIT`)
     chooses instead of looking. ValueError when the selection holds both kinds."""
-    if site is None:
-        found = list_blocks(model, include=blocks, exclude=exclude)
-        vit = [b.name for b in found if getattr(b.adapter, "token_input", False)]
-        nl = [b.name for b in found if not getattr(b.adapter, "token_input", False)]
-        if vit and nl:
-            raise ValueError(
-                f"analyze: {type(model).__name__} has NL/GC blocks ({', '.join(nl[:3])}{', ...' if len(nl) > 3 else ''}) "
-                f"and ViT attention modules ({', '.join(vit[:3])}{', ...' if len(vit) > 3 else ''}); their rows have "
-                f"different columns (NL: mode, height, width; ViT: layer, head, grid_h, grid_w, ...), so one call "
-                f"measures one kind: select it with blocks=... or site={NL!r} / site={VIT!r}"
-            )
-        site = VIT if vit else NL
+    site = select_sites(model, blocks, exclude, site, "analyze")[0]
     if site == VIT:
         from .capture.heads import ViTCapture  # ViT-only: not loaded by a plain ``import nlanalysis``
 
         return ViTCapture
-    if site != NL:
-        raise ValueError(f"analyze(site=...) must be {NL!r}, {VIT!r} or None, got {site!r}")
-    return Capture
+    return BlockCapture
 
 
 def analyze(

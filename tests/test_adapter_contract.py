@@ -28,7 +28,7 @@ from naive import mean_cos_dist_all_pairs
 from nlanalysis.adapters import get_adapter, list_adapters
 from nlanalysis.blocks import ContextBlock, NonLocal2d
 from nlanalysis.capture import Capture
-from nlanalysis.capture.heads import ViTCapture
+from nlanalysis.schema import VIT
 
 B = 2
 
@@ -219,7 +219,7 @@ class _Site(nn.Module):
 def _maps(example: Example) -> Tensor:
     """The adapter's maps ``[B, M, N_query, N_key]``: one map per NL/GC block; per head over all tokens for ViTs."""
     adapter = get_adapter(example.module)
-    if getattr(adapter, "token_input", False):
+    if adapter.site == VIT:
         n = example.x.shape[1]
         return adapter.head_attention(example.module, example.x, keys="all").token_rows(range(n))
     return adapter.attention(example.module, example.x).full()[:, None]
@@ -252,8 +252,8 @@ def test_maps_rebuild_the_output(family, name):
 def test_captured_att_is_the_mean_pairwise_cosine_distance(family, name):
     example = _example(family, name)
     site = _Site(example)
-    token = getattr(get_adapter(example.module), "token_input", False)
-    with torch.no_grad(), (ViTCapture(site, jsd_pairs=0) if token else Capture(site, jsd_pairs=0)) as cap:
+    token = get_adapter(example.module).site == VIT
+    with torch.no_grad(), Capture(site, jsd_pairs=0) as cap:  # one capture: the kind comes from the adapter
         site(example.x)
         maps = _maps(example).double()
     (record,) = cap.records

@@ -146,30 +146,3 @@ def test_no_vit_attention_is_a_clear_error():
         ViTCapture(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
     with pytest.raises(ValueError, match="keys"):
         ViTCapture(_timm(), keys="cls")
-
-
-def test_nl_capture_skips_vit_attention_and_vit_capture_skips_nl_blocks():
-    from nlanalysis.blocks import NonLocal2d
-    from nlanalysis.capture import Capture
-
-    class Hybrid(torch.nn.Module):  # a CNN stage with an NL block, then a transformer over its cells
-        def __init__(self):
-            super().__init__()
-            self.nl = NonLocal2d(8)
-            self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
-
-        def forward(self, x):
-            t = self.nl(x).flatten(2).transpose(1, 2)
-            t = torch.cat([t.mean(1, keepdim=True), t], 1)  # a class token + 3x3 cells
-            return self.mha(t, t, t, need_weights=False)[0]
-
-    model = Hybrid().eval()
-    x = torch.randn(2, 8, 3, 3)
-    with torch.no_grad(), Capture(model) as nl:
-        model(x)
-    assert [r.name for r in nl.records] == ["nl"]
-    with torch.no_grad(), ViTCapture(model, layout=TokenLayout((3, 3))) as vit_cap:
-        model(x)
-    assert [r.name for r in vit_cap.records] == ["mha"] and vit_cap.records[0].input_space == "attention"
-    with pytest.raises(ValueError, match="no supported NL/GC block"):
-        Capture(_timm())

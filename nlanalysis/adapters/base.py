@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ..blocks.attention import LazyAttention
+from ..schema import NL
 
 __all__ = ["BlockAdapter", "UnsupportedBlockError"]
 
@@ -30,10 +31,14 @@ class BlockAdapter(ABC):
     Attributes:
         family: short unique name used by the registry and in result sets.
         description: one line naming the classes/codebases covered.
+        site: the kind of attention site its blocks are (:data:`~nlanalysis.schema.NL`: one map per
+            block, over a ``[B, C, H, W]`` input; :data:`~nlanalysis.schema.VIT`: a ViT layer's heads);
+            it picks how :class:`nlanalysis.capture.Capture` hooks, records and measures them.
     """
 
     family: ClassVar[str]
     description: ClassVar[str]
+    site: ClassVar[str] = NL
 
     @abstractmethod
     def matches(self, module: nn.Module) -> bool:

@@ -30,7 +30,7 @@ the module's output itself (the attention branch before LayerScale and the resid
 :meth:`ViTAttentionAdapter.head_attention` gives per-head maps ``[B, heads, N_query, N_key]``;
 :meth:`ViTAttentionAdapter.attention` the head mean as a ``LazyAttention``. Per-layer statistics
 over a whole model (with LayerScale and the residual stream of the enclosing block) come from
-:class:`nlanalysis.vit.ViTCapture`. No library is imported here.
+:class:`nlanalysis.capture.Capture` (:mod:`nlanalysis.capture.heads`). No library is imported here.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ..blocks.heads import HeadAttention, TokenAttention
 from ..blocks.tokens import TokenLayout, layout_of
+from ..schema import VIT
 from .base import BlockAdapter, UnsupportedBlockError
 from .registry import register_adapter
 
@@ -62,6 +63,17 @@ def _where(module: nn.Module) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
+# enclosing blocks ``(norm, layer scale)``: their attention branch is ``layer_scale(attn(norm(x)))`` added to ``x``
+_KNOWN_BLOCKS = {
+    "Block": ("norm1", "ls1"),  # timm vision_transformer.Block
+    "EncoderBlock": ("ln_1", None),  # torchvision vision_transformer.EncoderBlock
+    "Dinov2Layer": ("norm1", "layer_scale1"),
+    "Dinov2WithRegistersLayer": ("norm1", "layer_scale1"),
+    "ViTLayer": ("layernorm_before", None),
+    "DeiTLayer": ("layernorm_before", None),
+}
+
+
 def _split_heads(t: Tensor, heads: int) -> Tensor:
     """``[B, N, heads * d]`` -> ``[B, heads, N, d]``."""
     b, n, _ = t.shape
@@ -76,8 +88,8 @@ class ViTAttentionAdapter(BlockAdapter):
     projection, and the module's output.
     """
 
-    #: blocks take token sequences ``[B, N, C]``: measured by :class:`nlanalysis.vit.ViTCapture`,
-    #: skipped by the NL/GC :class:`nlanalysis.capture.Capture`.
+    #: a ViT layer's heads, over token sequences ``[B, N, C]`` (:class:`nlanalysis.capture.heads.HeadSite`)
+    site = VIT
     token_input = True
 
     # -- what each family defines ----------------------------------------------------------------
@@ -103,7 +115,7 @@ class ViTAttentionAdapter(BlockAdapter):
 
     def calls_sdpa(self, module: nn.Module) -> bool:
         """Whether the module's forward computes attention with one ``F.scaled_dot_product_attention``
-        call on ``[B, heads, N, d]`` q/k/v (then :class:`nlanalysis.vit.ViTCapture` may answer it from
+        call on ``[B, heads, N, d]`` q/k/v (then the capture may answer it from
         the measured maps, :mod:`nlanalysis.capture.shared_softmax`). Families that do not say so keep
         every op of their forward to torch."""
         return False
@@ -118,6 +130,20 @@ class ViTAttentionAdapter(BlockAdapter):
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------------
+    def enclosing_block(self, parent: nn.Module | None) -> tuple[bool, Tensor | None]:
+        """``(known, gamma)``: whether ``parent`` (holding the attention module) is a known pre-norm block
+        (:data:`_KNOWN_BLOCKS`), and its LayerScale vector (``None``: none)."""
+        spec = _KNOWN_BLOCKS.get(type(parent).__name__) if parent is not None else None
+        if spec is None or not hasattr(parent, spec[0]):
+            return False, None
+        ls = getattr(parent, spec[1], None) if spec[1] is not None else None
+        if ls is None or isinstance(ls, nn.Identity):
+            return True, None
+        gamma = getattr(ls, "gamma", getattr(ls, "lambda1", None))
+        if not isinstance(gamma, Tensor):
+            return False, None  # an unknown LayerScale: fall back to the attention module's own output
+        return True, gamma
+
     def block_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         """The input tokens from a forward hook's arguments (positional, or ``hidden_states``/``x``/``query``)."""
         if args:
@@ -156,13 +182,15 @@ class ViTAttentionAdapter(BlockAdapter):
     def head_attention(
         self, module: nn.Module, tokens: Tensor, layout: TokenLayout | None = None, keys: str = "patch"
     ) -> HeadAttention:
-        """Per-head maps ``[B, heads, N_query, N_key]`` of ``module`` for its input ``tokens`` ``[B, N, C]``.
+        """Per-head maps ``[B, heads, N_query, N_key]`` of ``module`` for its input ``tokens`` ``[B, N, C]``
+        (sequence-first ``[N, B, C]`` for such an ``nn.MultiheadAttention``).
 
         Args:
             layout: where class/register/patch tokens sit; inferred from ``N`` (square grid,
                 smallest prefix) when omitted.
             keys: ``"patch"`` or ``"all"`` (see :class:`~nlanalysis.blocks.heads.HeadAttention`).
         """
+        tokens = self.tokens(module, tokens)
         check_tokens(tokens, self.embed_dim(module), _where(module))
         layout = layout or layout_of(module, n_tokens=tokens.shape[1])
         with torch.no_grad():
@@ -291,9 +319,6 @@ class MHAAdapter(ViTAttentionAdapter):
     def scale(self, module: nn.Module) -> float:
         return float(module.head_dim) ** -0.5
 
-    def block_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        return args[0] if args else kwargs["query"]
-
     def tokens(self, module: nn.Module, x: Tensor) -> Tensor:
         """``[B, N, C]`` tokens from the module's ``query`` argument (``[N, B, C]`` unless batch_first)."""
         return x if module.batch_first else x.transpose(0, 1)
@@ -310,9 +335,6 @@ class MHAAdapter(ViTAttentionAdapter):
         bias = module.in_proj_bias[: 2 * e] if module.in_proj_bias is not None else None
         q, k = F.linear(tokens, module.in_proj_weight[: 2 * e], bias).chunk(2, dim=-1)
         return _split_heads(q, module.num_heads), _split_heads(k, module.num_heads)
-
-    def head_attention(self, module: nn.Module, tokens: Tensor, layout: TokenLayout | None = None, keys: str = "patch") -> HeadAttention:
-        return super().head_attention(module, self.tokens(module, tokens), layout, keys)
 
     def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
         return module.out_proj.weight, module.out_proj.bias

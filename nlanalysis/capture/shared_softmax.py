@@ -3,10 +3,11 @@
 A fused ``F.scaled_dot_product_attention`` never hands out its softmax, so measuring the maps means
 computing ``softmax(scale * q k^T)`` a second time. While a captured attention module runs,
 :class:`SharedSoftmax` (a ``TorchFunctionMode``, active only inside that module's forward) offers
-each ``scaled_dot_product_attention`` call to a handler, which may answer it itself: with
+each plain ``scaled_dot_product_attention`` call to a handler, which may answer it itself: with
 :func:`nlanalysis.measure.heads.attend`, which measures the rows and returns ``softmax @ value`` from
-the same pass. The model's modules and weights are untouched; a call the handler declines (masks,
-dropout, causal or grouped attention, gradients, other dtypes or devices) runs torch's own kernel.
+the same pass. The model's modules and weights are untouched; a call that is not plain (masks,
+dropout, causal or grouped attention, gradients, other dtypes or devices) or that the handler
+declines runs torch's own kernel.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SharedSoftmax", "innermost", "sdpa_arguments"]
+__all__ = ["SharedSoftmax", "sdpa_arguments"]
 
 _SDPA = F.scaled_dot_product_attention
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -33,30 +34,61 @@ def sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None
     return named if all(name in named for name in _NAMES[:3]) else None
 
 
-def innermost(mode: TorchFunctionMode) -> bool:
-    """Whether ``mode`` is the innermost active torch function mode (so leaving it pops it, not another)."""
-    n = torch._C._len_torch_function_stack()
-    return n > 0 and torch._C._get_function_stack_at(n - 1) is mode
+def _plain(call: dict[str, Any]) -> bool:
+    """Whether a call is ``softmax(scale q k^T) v`` on float32 CPU ``[B, heads, N, d]`` tensors with no mask,
+    dropout, causal or grouped attention, a positive scale and no gradient to keep."""
+    q, k, v, scale = call["query"], call["key"], call["value"], call["scale"]
+    if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"]:
+        return False
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        return False
+    if not all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
 class SharedSoftmax(TorchFunctionMode):
-    """Offers every ``F.scaled_dot_product_attention`` call made while active to ``handler``.
+    """Offers every plain ``F.scaled_dot_product_attention`` call made while active to ``handler``.
+
+    Used as a context manager, or pushed while one module runs and popped after it (:meth:`push`,
+    :meth:`pop`; :meth:`close` when the capture ends: a forward interrupted by a ``BaseException``
+    skips the hooks that pop).
 
     Args:
-        handler: called with the call's arguments by name (:func:`sdpa_arguments`); returns the
+        handler: called with the call's arguments by name (:func:`sdpa_arguments`) when the call is plain
+            (float32 CPU, no mask, dropout, causal or grouped attention, no gradient); returns the
             attention output ``[B, heads, N, d_v]``, or ``None`` to let torch compute it.
     """
 
     def __init__(self, handler: Callable[[dict[str, Any]], Tensor | None]) -> None:
         super().__init__()
         self.handler = handler
+        self.alive = True
+        self.pushed = False
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is _SDPA:
+        if func is _SDPA and self.alive:
             named = sdpa_arguments(args, kwargs)
-            if named is not None:
+            if named is not None and _plain(named):
                 out = self.handler(named)
                 if out is not None:
                     return out
         return func(*args, **kwargs)
+
+    def push(self) -> None:
+        """Make the mode active (once; :meth:`pop` leaves it)."""
+        if not self.pushed:
+            self.__enter__()
+            self.pushed = True
+
+    def pop(self) -> None:
+        n = torch._C._len_torch_function_stack()  # pop only when innermost: never a mode pushed inside the forward
+        if self.pushed and n > 0 and torch._C._get_function_stack_at(n - 1) is self:
+            self.__exit__(None, None, None)
+            self.pushed = False
+
+    def close(self) -> None:
+        """Pop the mode if it is still active; one that cannot be popped declines every call from now on."""
+        self.alive = False
+        self.pop()

@@ -1,0 +1,354 @@
+"""The capture: forward hooks that record what every attention site of a model does, without editing it.
+
+In the style of pytorch-grad-cam's ``ActivationsAndGradients``: a context manager owns its hook
+handles and always removes them, so hooks never outlive a ``with`` block. :class:`Capture` finds
+the sites through the adapter registry; how a site is hooked, recorded and measured comes from the
+kind its adapter names (``BlockAdapter.site``): :class:`~nlanalysis.capture.blocks.BlockSite` (NL/GC
+blocks) or :class:`~nlanalysis.capture.heads.HeadSite` (ViT layers, imported only when used). Each
+forward and selected site gives a :class:`~nlanalysis.capture.records.SiteRecord`: statistics, the
+maps of chosen query points and what the kind keeps besides, detached, on the CPU.
+
+Coordinates: a query grid of ``H_f x W_f`` cells over a model input of ``H x W`` pixels has
+stride ``s = (H / H_f, W / W_f)``; pixel ``(y, x)`` (continuous, pixel ``i`` spans ``[i, i+1)``)
+falls in cell ``(floor(y / s_y), floor(x / s_x))``, and a cell's image coordinate is its centre
+``((r + 0.5) s_y, (c + 0.5) s_x)``.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..adapters import BlockInfo, list_blocks
+from ..schema import NL, VIT
+from .records import QueryMaps, SiteRecord
+
+__all__ = ["Capture", "Site", "capture", "cell_centres", "check_batch_args", "check_mask", "query_points", "select_sites",
+           "valid_cells"]  # fmt: skip
+
+#: site kind -> the module and class of its :class:`Site`
+_KINDS = {
+    NL: ("nlanalysis.capture.blocks", "BlockSite"),
+    VIT: ("nlanalysis.capture.heads", "HeadSite"),  # ViT-only: imported when a model has such sites
+}
+
+
+def cell_centres(pixels: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Sample a ``[B, H, W]`` per-pixel map at the centres of a ``grid`` of cells -> ``[B, *grid]``."""
+    if pixels.dim() != 3:
+        raise ValueError(f"per-pixel mask/labels must be [B, H, W], got shape {tuple(pixels.shape)}")
+    _, h, w = pixels.shape
+    gh, gw = grid
+    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * h / gh).long().clamp(max=h - 1)
+    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * w / gw).long().clamp(max=w - 1)
+    return pixels[:, rows.to(pixels.device)][:, :, cols.to(pixels.device)]
+
+
+def valid_cells(valid: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Downsample a ``[B, H, W]`` bool mask of valid input pixels to a ``grid`` of cells.
+
+    A cell is valid when the pixel at its centre is valid (padding sits at the bottom/right,
+    so this keeps every cell whose centre lies on the image).
+    """
+    return cell_centres(valid, grid).bool()
+
+
+def query_points(queries: Sequence[Sequence[float]] | Tensor) -> Tensor:
+    """Query points as ``float64 [K, 2]``: ``K`` pairs ``(y, x)``, or one pair ``(y, x)``.
+
+    Raises:
+        ValueError: not numbers, not pairs (e.g. three coordinates), or not finite; says which.
+    """
+    try:
+        q = torch.as_tensor(queries, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"queries must be (y, x) pairs of numbers, [K, 2]: {err}") from err
+    if q.numel() == 0:
+        return q.reshape(0, 2)
+    if q.dim() == 1 and q.shape[0] == 2:
+        q = q[None]
+    if q.dim() != 2 or q.shape[1] != 2:
+        raise ValueError(f"queries must be (y, x) pairs, [K, 2]; got shape {list(q.shape)}")
+    bad = ~torch.isfinite(q).all(1)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"query {i} ({', '.join(f'{v:g}' for v in q[i].tolist())}) is not finite ({int(bad.sum())} such of {len(q)})")
+    return q
+
+
+def check_mask(valid: Any, what: str) -> None:
+    """Raise unless ``valid`` is ``None`` or a bool tensor ``[B, H, W]``; ``what`` names the argument.
+
+    A float mask is refused rather than cast: ``0.3`` would silently count as valid.
+    """
+    if valid is None:
+        return
+    if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+        kind = f"a {valid.dtype} tensor" if isinstance(valid, Tensor) else f"a {type(valid).__name__}"
+        raise TypeError(f"{what}: the valid-pixel mask must be a bool tensor [B, H, W] (True on image pixels), "
+                        f"got {kind}; e.g. pass mask > 0.5")  # fmt: skip
+    if valid.dim() != 3:
+        raise ValueError(f"{what}: the valid-pixel mask must be [B, H, W], got shape {list(valid.shape)}")
+
+
+def check_batch_args(images: Tensor, valid: Any, image_ids: Sequence[Any] | None, what: str) -> None:
+    """The checks at the entry of ``analyze``/``analyze_vit`` (``what``): a bool ``valid`` mask of the
+    batch's size, and one image id per image."""
+    n = images.shape[0]
+    check_mask(valid, f"{what}(valid=...)")
+    if valid is not None and valid.shape[0] != n:
+        raise ValueError(f"{what}(valid=...): the mask has batch {valid.shape[0]}, the images {n}")
+    if image_ids is not None and len(image_ids) != n:
+        raise ValueError(f"{what}(image_ids=...): {len(image_ids)} ids for {n} images")
+
+
+def select_sites(model: nn.Module, blocks: str | Iterable[str] | None, exclude: str | Iterable[str] | None,
+                 site: str | None, what: str) -> tuple[str, list[BlockInfo]]:  # fmt: skip
+    """The site kind and the sites of ``model`` selected by globs (:func:`~nlanalysis.adapters.list_blocks`).
+
+    ``site`` ``None`` is the selected modules' kind (NL when none is found); a ValueError, which says how
+    to choose, when they are of both kinds or ``site`` is unknown. ``what`` names the caller in errors."""
+    found = list_blocks(model, include=blocks, exclude=exclude)
+    if site is None:
+        nl, vit = ([b.name for b in found if b.adapter.site == kind] for kind in (NL, VIT))
+        if nl and vit:
+            names = [", ".join(n[:3]) + (", ..." if len(n) > 3 else "") for n in (nl, vit)]
+            raise ValueError(
+                f"{what}: {type(model).__name__} has NL/GC blocks ({names[0]}) and ViT attention modules "
+                f"({names[1]}); their rows have different columns (NL: mode, height, width; ViT: layer, "
+                f"head, grid_h, grid_w, ...), so one call measures one kind: select it with blocks=... or "
+                f"site={NL!r} / site={VIT!r}"
+            )
+        site = VIT if vit else NL
+    if site not in _KINDS:
+        raise ValueError(f"{what}(site=...) must be {NL!r}, {VIT!r} or None, got {site!r}")
+    return site, [b for b in found if b.adapter.site == site]
+
+
+class Site:
+    """How one kind of attention site is hooked, recorded and measured; made by :class:`Capture` with
+    the kind's options (the subclass's ``__init__`` keywords), it holds what the kind's hooks share.
+    ``noun`` and ``supported`` name the kind in the no-site error; ``measure_kwargs`` go to its measure."""
+
+    noun: ClassVar[str]
+    supported: ClassVar[str] = "nlanalysis.adapters.list_adapters() lists supported families."
+
+    def __init__(self, cap: Capture) -> None:
+        self.cap, self.measure_kwargs = cap, {}
+
+    def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
+        """Register the site's own hooks (on ``cap._handles``); return what turns its forward into a record."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop what the hooks hold between calls (the capture's hooks are gone)."""
+
+
+class Capture:
+    """Context manager recording a :class:`~nlanalysis.capture.records.SiteRecord` per attention site and forward.
+
+    Example::
+
+        with Capture(model, blocks="backbone.layer3.*", queries=[(120, 200)]) as cap:
+            model(images)
+        for rec in cap.records:
+            print(rec.name, rec.stats.att)
+
+    Args:
+        model: any ``nn.Module`` containing supported blocks: NL/GC blocks, or ViT self-attention.
+        blocks: glob(s) on dotted module names selecting sites (default: all found).
+        site: :data:`~nlanalysis.schema.NL` (``"nl-blocks"``) or :data:`~nlanalysis.schema.VIT`
+            (``"vit-heads"``); default: the kind of the selected modules. A model with both kinds
+            (a hybrid) needs ``site=`` or ``blocks=``: one capture measures one kind.
+        exclude: glob(s) of sites to skip.
+        queries: ``(y, x)`` query points whose maps are kept, in ``query_space`` coordinates.
+        query_space: ``"image"`` (model-input pixels) or ``"feature"`` (cells of each site's query grid).
+        stats: compute the statistics (all queries, streamed in chunks).
+        keep_records: append records to :attr:`records`; switch off and use ``on_record`` to
+            stream them (memory then stays flat however many forwards run).
+        on_record: callback receiving each record as it is made.
+        seed: seeds the JSD pair sampling (one generator for the capture's lifetime), and a ViT's controls.
+        options: the site kind's own, documented with it: :class:`~nlanalysis.capture.blocks.BlockSite`
+            (``keep_tensors``, ``chunk_size``, ``jsd_pairs``, ``controls``, ...) and
+            :class:`~nlanalysis.capture.heads.HeadSite` (``keys``, ``kernels``, ``share_softmax``, ...).
+            The site's attributes (``measure_kwargs``, a ViT's ``shared_calls``, ...) read as the capture's.
+
+    Attributes: ``kind`` (the site kind), ``site`` (its :class:`Site`), ``blocks`` (the sites found), ``records``.
+    """
+
+    #: the site kind when ``site=None`` (``None``: the selected modules' kind)
+    default_site: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: str | Iterable[str] | None = None,
+        *,
+        site: str | None = None,
+        exclude: str | Iterable[str] | None = None,
+        queries: Sequence[Sequence[float]] | Tensor | None = None,
+        query_space: Literal["image", "feature"] = "image",
+        stats: bool = True,
+        keep_records: bool = True,
+        on_record: Callable[[SiteRecord], None] | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> None:
+        if query_space not in ("image", "feature"):
+            raise ValueError(f"query_space must be 'image' or 'feature', got {query_space!r}")
+        kind, self.blocks = select_sites(model, blocks, exclude, site or self.default_site, "capture")
+        module, name = _KINDS[kind]
+        site_class = getattr(importlib.import_module(module), name)
+        if not self.blocks:
+            which = f" matching {blocks!r}" if blocks else ""
+            raise ValueError(
+                f"no supported {site_class.noun}{which} found in {type(model).__name__}. "
+                f"Hint: nlanalysis.adapters.list_blocks(model) lists what is found; {site_class.supported}"
+            )
+        accepted = list(inspect.signature(site_class).parameters)[1:]
+        if set(options) - set(accepted):
+            unknown = ", ".join(sorted(set(options) - set(accepted)))
+            raise TypeError(f"Capture: {unknown} is no option of {site_class.noun}s; they take {', '.join(accepted)}")
+        self.model = model
+        self.kind = kind
+        self.queries = None if queries is None else query_points(queries)
+        self.query_space = query_space
+        self.stats = stats
+        self.keep_records = keep_records
+        self.on_record = on_record
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.records: list[SiteRecord] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._calls = 0
+        self._input_size: tuple[int, int] | None = None
+        self._valid: Tensor | None = None
+        self._objects: Tensor | None = None
+        self.site: Site = site_class(self, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        """The site's attributes (``measure_kwargs``, ``shared_calls``, ``keys``, ...) read as the capture's."""
+        site = self.__dict__.get("site")
+        if site is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(site, name)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> Capture:
+        if self._handles:
+            raise RuntimeError("this Capture is already active")
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._on_model_output))
+            for index, block in enumerate(self.blocks):
+                hook = self._hook(self.site.attach(index, block))
+                self._handles.append(block.module.register_forward_hook(hook, with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent) and drop tensors held between hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.site.close()
+
+    def clear(self) -> None:
+        """Forget the records kept so far."""
+        self.records.clear()
+
+    def set_valid(self, valid: Tensor | None) -> None:
+        """Mark the valid (non-padding) pixels ``[B, H, W]`` (bool) of the next forward's input."""
+        check_mask(valid, "Capture.set_valid(valid)")
+        self._valid = valid
+
+    def set_objects(self, labels: Tensor | None) -> None:
+        """Instance labels ``[B, H, W]`` (int, 0 = no object) of the next forward's input pixels.
+
+        Enables ``att_own_object`` / ``own_object_share``; each cell takes the label at its centre.
+        """
+        self._objects = None if labels is None else labels.long()
+
+    def set_input_size(self, size: tuple[int, int]) -> None:
+        """Tell the capture the input image size when the model input is not a 4-D tensor."""
+        self._input_size = (int(size[0]), int(size[1]))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(first, Tensor) and first.dim() == 4:
+            self._input_size = (first.shape[-2], first.shape[-1])
+
+    def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._calls += 1
+
+    def _hook(self, record: Callable[[nn.Module, tuple, dict, Any], SiteRecord]) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            with torch.no_grad():
+                rec = record(module, args, kwargs, output)
+            if self.keep_records:
+                self.records.append(rec)
+            if self.on_record is not None:
+                self.on_record(rec)
+
+        return hook
+
+    # -- what every site uses ----------------------------------------------------------------
+    def cell_masks(self, grid: tuple[int, int], batch: int, given_to: str) -> tuple[Tensor | None, Tensor | None]:
+        """The valid-pixel mask and object labels of this forward on a site's query ``grid`` (``None``
+        where not set), checked against the batch of the site's input (``given_to`` names it)."""
+        for what, given in (("valid-pixel mask", self._valid), ("object label map", self._objects)):
+            if given is not None and given.shape[0] != batch:
+                raise ValueError(f"the {what} has batch {given.shape[0]}, the {given_to} {batch}")
+        valid = valid_cells(self._valid, grid) if self._valid is not None else None
+        objects = cell_centres(self._objects, grid) if self._objects is not None else None
+        return valid, objects
+
+    def site_record(self, block: BlockInfo, info: dict[str, Any], grids: tuple[tuple[int, int], tuple[int, int]],
+                    **fields: Any) -> SiteRecord:  # fmt: skip
+        """A record of ``block`` in this forward, ``grids`` its query and key shapes."""
+        return SiteRecord(name=block.name, family=block.adapter.family, info=info, call=self._calls,
+                          input_size=self._input_size, query_shape=grids[0], key_shape=grids[1], **fields)  # fmt: skip
+
+    def query_maps(self, name: str, att: Any) -> QueryMaps:
+        """The maps of the capture's query points: ``att`` has ``query_shape``, ``key_shape``, ``device``
+        and ``take(index [K])`` -> rows ``[B, K, N_key]`` (:class:`~nlanalysis.blocks.attention.LazyAttention`)."""
+        (gh, gw), q, size = att.query_shape, self.queries, self._input_size
+        if self.query_space == "feature":
+            cells = q.round()  # checked as floats: a huge one would wrap when made an integer
+            bad = (cells[:, 0] < 0) | (cells[:, 0] >= gh) | (cells[:, 1] < 0) | (cells[:, 1] >= gw)
+            if bad.any():
+                y, x = q[bad.nonzero()[0, 0]].tolist()
+                raise ValueError(f"query (row={y:g}, col={x:g}) is outside the {gh}x{gw} query grid of block {name}")
+            cells = cells.long()
+            stride = None if size is None else torch.tensor([size[0] / gh, size[1] / gw], dtype=torch.float64)
+            image_yx = None if stride is None else (cells.double() + 0.5) * stride
+        else:
+            if size is None:
+                raise ValueError("query points are in image pixels but the model input size is unknown: "
+                                 "call Capture.set_input_size((H, W)) or use query_space='feature'")  # fmt: skip
+            h, w = size
+            bad = (q[:, 0] < 0) | (q[:, 0] >= h) | (q[:, 1] < 0) | (q[:, 1] >= w)
+            if bad.any():
+                y, x = q[bad.nonzero()[0, 0]].tolist()
+                raise ValueError(f"query (y={y:g}, x={x:g}) is outside the {h}x{w} input image")
+            rows, cols = (q[:, 0] * gh / h).floor().long().clamp(max=gh - 1), (q[:, 1] * gw / w).floor().long().clamp(max=gw - 1)
+            cells, image_yx = torch.stack([rows, cols], 1), q.clone()
+        index = (cells[:, 0] * gw + cells[:, 1]).to(att.device)
+        maps = att.take(index).detach().float().cpu()
+        maps = maps.reshape(maps.shape[0], maps.shape[1], *att.key_shape)
+        return QueryMaps(cells, image_yx, maps)
+
+
+def capture(model: nn.Module, blocks: str | Iterable[str] | None = None, **kwargs: Any) -> Capture:
+    """Shorthand for :class:`Capture` (``with nlanalysis.capture(model) as cap: ...``)."""
+    return Capture(model, blocks, **kwargs)
