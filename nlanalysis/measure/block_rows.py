@@ -50,10 +50,7 @@ def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     state = generator.get_state() if generator is not None else torch.get_rng_state()
     counted = qmask.cpu() if qmask is not None else torch.ones(b, nq, dtype=torch.bool)
     plan = _jsd_plan(counted if qmask is not None else None, nq, b, jsd_pairs, generator, torch.device("cpu"))
-    sel = None
-    if plan is not None:
-        sel = torch.full((b, nq), -1, dtype=torch.long)
-        sel[plan.image, plan.query] = torch.arange(plan.query.numel())
+    sel = plan.table_rows(b, nq) if plan is not None else None
     km = kmask.float() if kmask is not None else None
     labels = own.labels() if own is not None else None
     s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None)

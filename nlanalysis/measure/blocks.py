@@ -1,21 +1,10 @@
-"""The GCNet statistics of one block on a batch of images, streamed over query chunks.
+"""The statistics (:class:`~nlanalysis.measure.stats.SiteStats`) of one NL/GC block on a batch.
 
-Cao et al., "GCNet", arXiv 1904.11492, Sec. 3 (Table 1): for a trained NL block, the average
-distance over all ordered pairs of positions (i = j included) of
+Memory: the attention maps are never held whole; rows are computed a chunk of queries at a time
+(eager: ``chunk_size``; softmax maps through the native kernel: :mod:`.block_rows`), so peak extra
+memory is ``O(B * chunk * N_key)``.
 
-* ``input``  -- the block's input feature vectors ``x_i``,
-* ``output`` -- the context term the block adds, ``z_i - x_i`` (= ``W_z y_i``),
-* ``att``    -- the attention map of query ``i`` (a vector over the keys),
-
-with cosine distance ``1 - cos`` by default. Beside them, diagnostics of what kind of attention
-was learned: the mean pairwise Jensen-Shannon divergence between query maps (sampled pairs,
-with its standard error), the normalised entropy of the maps, their mean maximum weight and the
-fraction of all-zero query rows.
-
-Memory: the attention maps are never held whole; rows are computed ``chunk_size`` queries at a
-time, so peak extra memory is ``O(B * chunk_size * N_key)``.
-
-Rules, stated once:
+Rules, stated once (the ViT heads follow them too):
 
 * ``valid`` marks the positions that are image (not padding); invalid positions are dropped as
   queries and as keys (their weights are zeroed, so distances and entropies see valid keys only).

@@ -1,36 +1,21 @@
-"""The GCNet statistics of one ViT layer, per head and for the head mean, in one pass.
+"""The statistics (:class:`~nlanalysis.measure.stats.SiteStats`) of one ViT layer, every head and the
+head mean, in one pass, with the rules of :mod:`.blocks` (tests check the two agree head by head).
 
-The statistics are those of :mod:`nlanalysis.measure` (Cao et al., "GCNet", arXiv 1904.11492,
-Sec. 3, Table 1: mean pairwise cosine distance over all ordered pairs of positions, i = j
-included), computed for every head of a layer at once instead of one head at a time:
+* ``input``  -- the layer's input tokens (the residual stream entering the transformer block; the
+  attention module's own input when the block is not known), patch tokens only; the same per head.
+* ``output`` -- per head, head ``h``'s share ``gamma * W_h o_h,i`` of the output projection
+  (``W_h``: its columns of head ``h``; ``gamma``: LayerScale, if any; the bias belongs to no head);
+  for the head mean, the whole branch ``gamma * (W o_i + b)`` (= ``z_i - x_i``).
+* ``att``    -- query ``i``'s map over the keys (patch keys, or every token with ``keys="all"``): head
+  ``h``'s, or the head-averaged map ``mean_h A_h``. ``att_prefix_mass`` is the weight a patch query
+  puts on class/register tokens; with ``keys="patch"`` rows are renormalised over patch keys before
+  entropy, max weight and JSD, as :func:`nlanalysis.measure.measure_block` does with masked keys.
 
-* ``input``  -- the layer's input tokens ``x_i`` (the residual stream entering the transformer
-  block; the attention module's own input when the block is not known), patch tokens only. The
-  same for every head.
-* ``output`` -- what the attention branch adds before the residual add. Per head: head ``h``'s
-  share ``gamma * W_h o_h,i`` of the output projection (``W_h``: the projection's columns of head
-  ``h``; ``o_h,i``: what the projection sees from head ``h``; ``gamma``: LayerScale, if any; the
-  projection bias belongs to no head and is left out). For the head mean: the whole branch
-  ``gamma * (W o_i + b)`` (= ``z_i - x_i``).
-* ``att``    -- query ``i``'s map over the keys (patch keys, or every token with ``keys="all"``).
-  Per head: head ``h``'s map. For the head mean: ``mean_h A_h``, the head-averaged map.
-
-and the diagnostics: ``att_jsd`` (mean pairwise Jensen-Shannon divergence of query maps, bits,
-from ``jsd_pairs`` sampled ordered pairs -- exact when there are no more pairs than that -- with
-its standard error), ``att_entropy`` (normalised by ``log N_key``), ``att_max``, ``att_zero_rows``,
-``input_zero`` / ``output_zero`` (all-zero vectors, excluded by the default zero rule), and
-``att_prefix_mass`` (mean weight a patch query puts on class/register tokens; the softmax runs over
-every token, so with ``keys="patch"`` rows are renormalised over patch keys before entropy, max
-weight and JSD, exactly as :func:`nlanalysis.measure.measure_block` does with masked keys).
-
-Rules shared with :func:`~nlanalysis.measure.measure_block` (tests check the two agree head by
-head): ``valid`` marks image (non-padding) patches, dropped as queries and keys; zero vectors
-follow the metric's ``zero`` rule; entropy/max/JSD run over non-zero rows. Costs: per-head output
-distances use the Gram matrices ``G_h = W_h^T diag(gamma)^2 W_h`` (``||gamma W_h o||^2 = o^T G_h o``),
-so no per-head ``[N, C]`` output is ever formed; JSD uses ``H(m) - (H(p) + H(q)) / 2`` with the
-rows' entropies from the main pass, in float32 (absolute error about 1e-6 bits); for JSD pairs
-involving an all-zero row of some head (possible only when all of a query's weight underflows
-onto class/register keys) that head averages the remaining pairs.
+Costs: per-head output distances use the Gram matrices ``G_h = W_h^T diag(gamma)^2 W_h``
+(``||gamma W_h o||^2 = o^T G_h o``), so no per-head ``[N, C]`` output is ever formed; JSD uses
+``H(m) - (H(p) + H(q)) / 2`` with the rows' entropies from the main pass, in float32 (absolute error
+about 1e-6 bits); for JSD pairs involving an all-zero row of some head (possible only when all of a
+query's weight underflows onto class/register keys) that head averages the remaining pairs.
 """
 from __future__ import annotations
 
@@ -183,10 +168,7 @@ def heads_batch(
     n_query = qmask.sum(1).cpu() if qmask is not None else torch.full((b,), nq)
     n_key = kmask.sum(1).cpu() if kmask is not None else torch.full((b,), n_key_all)
     plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
-    sel = None
-    if plan is not None and dev.type == "cpu":
-        sel = torch.full((b, nq), -1, dtype=torch.long)
-        sel[plan.image, plan.query] = torch.arange(plan.query.numel())
+    sel = plan.table_rows(b, nq) if plan is not None and dev.type == "cpu" else None
     labels = None
     if objects is not None:
         if tuple(objects.shape) != (b, *layout.grid):
@@ -294,10 +276,16 @@ def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | 
         return heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
     if valid is not None or objects is not None:
         raise ValueError("give the valid mask and object labels to heads_batch, not with batch=")
-    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
+    return _check_batch(batch, att)
+
+
+def _check_batch(batch: HeadsBatch, att: HeadAttention) -> HeadsBatch:
+    """``batch``, if it was built for ``att``'s maps (ValueError otherwise)."""
+    b, dev = att.batch_size, torch.device(att.device)
+    if (batch.layout, batch.keys, batch.size, batch.device) != (att.layout, att.keys, b, dev):
         raise ValueError(
             f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
-            f"these maps are {b} images, keys {att.keys!r}, {layout} on {dev}"
+            f"these maps are {b} images, keys {att.keys!r}, {att.layout} on {dev}"
         )
     return batch
 
@@ -394,8 +382,7 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
         raise ValueError(f"value must be [B, heads, N, d_v] with (B, heads, N) = {(b, heads, n)}, got {tuple(value.shape)}")
     if not (uses_native("auto", att.device) and att.query.dtype == torch.float32 and value.dtype == torch.float32):
         raise RuntimeError("attend needs the native kernels and float32 CPU tensors (see uses_native)")
-    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(att.device)):
-        raise ValueError(f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; these maps differ")
+    _check_batch(batch, att)
     out = torch.empty(b, n, heads, value.shape[3])
     s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out))
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)

@@ -1,6 +1,14 @@
 """The statistics of one attention site on a batch, whatever the site: an NL/GC block (one map) or a
 ViT layer (every head, then the head mean).
 
+Cao et al., "GCNet", arXiv 1904.11492, Sec. 3 (Table 1): the average distance over all ordered
+pairs of positions (i = j included) of ``input`` (the site's input features ``x_i``), ``output``
+(what the site adds before fusion, ``z_i - x_i``) and ``att`` (query ``i``'s map over the keys), with
+cosine distance ``1 - cos`` by default; beside them, what kind of attention was learned: the mean
+pairwise Jensen-Shannon divergence of query maps (sampled pairs, with its standard error), their
+normalised entropy, mean largest weight, the fraction of all-zero rows, and the attention mass a
+query on an object puts on that object (:mod:`.blocks` states the rules, :mod:`.heads` the ViT parts).
+
 Every per-map field is ``[B, M]``: ``M = 1`` for an NL/GC block, ``heads + 1`` for a ViT layer
 (the last map is the head mean, ``head ==`` :data:`~nlanalysis.schema.HEAD_MEAN`). A field a site
 does not have is ``None`` and gives no column (``att_prefix_mass``, ``keys`` for NL blocks;
