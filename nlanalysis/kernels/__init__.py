@@ -1,4 +1,5 @@
-"""Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
+"""Native CPU kernels for the statistics of softmax maps (ViT heads, gaussian / embedded-Gaussian NL
+blocks), built on first use with the system C compiler; :func:`uses_native` says where they run.
 
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
 eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and

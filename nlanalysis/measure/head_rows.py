@@ -1,5 +1,6 @@
 """The map statistics of a ViT layer's heads, chunk by chunk of patch queries: the native one-pass
-kernels (:mod:`nlanalysis.kernels`) and their eager PyTorch reference (any device).
+kernels (:mod:`nlanalysis.kernels`; :func:`_native_rows` reads any :class:`LogitSource`, an NL
+block's too: :mod:`.block_rows`) and their eager PyTorch reference (any device).
 
 Both return the same sums (``[B, heads+1, N_key]`` unit-row sums for the cosine, ``[8, B, heads+1]``
 entropy, max, non-zero, zero, prefix mass and own-object sums) and the JSD pair values of the
