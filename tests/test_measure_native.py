@@ -100,3 +100,14 @@ def test_unknown_kernels_choice_is_refused():
     with pytest.raises(ValueError, match="kernels must be one of"):
         measure_block(block.attention(x), x, x, kernels="fast")
     assert math.isnan(measure_block(block.attention(x), x, x, kernels="eager").ctrl_att[0, 0])
+
+
+def test_per_image_is_the_last_maps_row():
+    """per_image(): one row per image, the values of the block's one map, no head column."""
+    block = randomize_(NonLocal2d(6), std=0.4).eval()
+    x = torch.randn(2, 6, 4, 4)
+    with torch.no_grad():
+        stats = measure_block(block.attention(x), x, block(x) - x, jsd_pairs=0)
+    rows = stats.per_image()
+    assert len(rows) == 2 and "head" not in rows[0] and rows[0]["query_independent"] is False
+    assert rows[1]["att"] == stats.att[1, 0].item() and rows[1]["input_zero"] == stats.input_zero[1, 0].item()

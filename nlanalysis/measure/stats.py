@@ -119,3 +119,8 @@ class SiteStats:
                 per_map.append(row)
             out.append(per_map)
         return out
+
+    def per_image(self) -> list[dict[str, float | int | bool | str]]:
+        """One plain dict per image, ready for a table row: the last map's (an NL/GC block's only map,
+        a ViT layer's head mean), as :meth:`per_image_map` gives it, without ``head``."""
+        return [{k: v for k, v in maps[-1].items() if k != "head"} for maps in self.per_image_map()]
