@@ -22,15 +22,14 @@ from .analyze import analyze, records_to_frame  # records_to_frame: one builder 
 from .capture.blocks import check_batch_args
 from .metrics.grouped import grouped_intervals
 from .metrics.intervals import Method
-from .schema import HEAD_MEAN, VIT, names, statistic_columns
+from .schema import HEAD_MEAN, VIT, statistic_columns
 
 __all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "image_intervals", "layer_table", "photo_table", "records_to_frame"]
 
 
 #: statistic columns of a ViT head's rows, in ``metrics.csv`` order (:func:`nlanalysis.schema.statistic_columns`);
-#: the control's (:data:`CONTROLS`) only with ``controls=True``.
+#: the control's only with ``controls=True``.
 STAT_COLUMNS = statistic_columns(VIT)
-CONTROLS = frozenset(names(VIT, ("control",)))
 
 
 def analyze_vit(

@@ -260,9 +260,7 @@ def test_captured_att_is_the_mean_pairwise_cosine_distance(family, name):
     if token:  # patch queries over patch keys (the default keys="patch"), every head then the head mean
         patch = maps[:, :, 1:, 1:]
         maps = torch.cat([patch, patch.mean(1, keepdim=True)], 1)
-        got = record.stats.att.double()
-    else:
-        got = record.stats.att.double()[:, None]
+    got = record.stats.att.double()  # [B, maps]: an NL block's one map, or every head then the head mean
     want = torch.tensor([[_naive_att(m) for m in per_image] for per_image in maps], dtype=torch.float64)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -29,7 +29,7 @@ def test_records_and_hooks_are_removed(net):
     rec = cap.records[0]
     assert rec.family == "nlanalysis" and rec.info["mode"] == "embedded_gaussian"
     assert rec.query_shape == (8, 10) and rec.key_shape == (4, 5) and rec.input_size == (32, 40)
-    assert rec.stats.input.shape == (2,) and rec.x is None
+    assert rec.stats.input.shape == (2, 1) and rec.x is None  # [B, maps]: one map
 
 
 def test_hooks_removed_when_forward_raises(net):

@@ -1,4 +1,5 @@
-"""Block statistics against naive computations on full maps (scipy pdist, entropy, JSD loops)."""
+"""Block statistics against naive computations on full maps (scipy pdist, entropy, JSD loops), eager path
+(the native kernel's rows are checked against it in test_measure_native.py)."""
 import math
 
 import numpy as np
@@ -16,7 +17,7 @@ from nlanalysis.measure import key_mask, measure_block
 def _stats(block, x, **kw):
     with torch.no_grad():
         z = block(x)
-        return measure_block(block.attention(x), x, z - x, **kw), block.attention_maps(x), z - x
+        return measure_block(block.attention(x), x, z - x, kernels="eager", **kw), block.attention_maps(x), z - x
 
 
 def _vectors(t, b):
@@ -73,7 +74,7 @@ def test_valid_mask_equals_cropping_the_features():
     valid[:, :4, :5] = True
     with torch.no_grad():
         z = block(x)
-        stats = measure_block(block.attention(x), x, z - x, valid=valid, jsd_pairs=0)
+        stats = measure_block(block.attention(x), x, z - x, valid=valid, jsd_pairs=0, kernels="eager")
         maps = block.attention_maps(x)[0]
     idx = valid[0].flatten().nonzero()[:, 0]
     sub = maps[idx][:, idx].double().numpy()
@@ -101,7 +102,7 @@ def test_query_independent_blocks_report_zero_att():
     x = torch.randn(2, 8, 5, 5)
     stats, maps, _ = _stats(block, x)
     assert stats.query_independent
-    assert torch.equal(stats.att, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(stats.att, torch.zeros(2, 1, dtype=torch.float64))  # [B, maps]: the one map
     p = maps[0, 0].double().numpy()
     assert stats.att_entropy[0].item() == pytest.approx(entropy(p) / math.log(25), rel=1e-6)
 
@@ -121,7 +122,7 @@ def test_own_object_mass_against_loops(sub_sample):
     objects[0, 2:6, 5:8] = 3
     with torch.no_grad():
         z = block(x)
-        stats = measure_block(block.attention(x), x, z - x, objects=objects, jsd_pairs=0)
+        stats = measure_block(block.attention(x), x, z - x, objects=objects, jsd_pairs=0, kernels="eager")
         maps = block.attention_maps(x)[0].double().numpy()
     lab_q = objects[0].flatten().numpy()
     if sub_sample:  # a pooled key belongs to an object only if its 4 cells do
@@ -137,7 +138,7 @@ def test_own_object_mass_against_loops(sub_sample):
         share.append((lab_k == lab).mean())
     assert stats.att_own_object[0].item() == pytest.approx(np.mean(mass), rel=1e-5)
     assert stats.own_object_share[0].item() == pytest.approx(np.mean(share), rel=1e-9)
-    no_objects = measure_block(block.attention(x), x, z - x, jsd_pairs=0)
+    no_objects = measure_block(block.attention(x), x, z - x, jsd_pairs=0, kernels="eager")
     assert math.isnan(no_objects.att_own_object[0])
 
 

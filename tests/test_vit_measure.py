@@ -68,7 +68,7 @@ def test_every_head_and_the_mean_match_measure_block(keys, masked, kernels):
     for h in range(H + 1):
         ref = _reference(layout, att, x, o, w, gamma, branch, valid, h, objects if keys == "patch" else None)
         for name in (*FIELDS, "att_own_object", "own_object_share") if keys == "patch" else FIELDS:
-            got, want = getattr(stats, name)[:, h].double(), getattr(ref, name).double()
+            got, want = getattr(stats, name)[:, h].double(), getattr(ref, name)[:, 0].double()
             assert torch.allclose(got, want, atol=2e-6, rtol=1e-5), (name, h, got, want)
         assert torch.equal(stats.n_query, ref.n_query) and torch.equal(stats.n_key, ref.n_key)
         assert stats.att_jsd_stderr[:, h].eq(0).all()  # every pair used: exact
@@ -247,7 +247,6 @@ def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypa
     import warnings
 
     from nlanalysis import kernels
-    from nlanalysis.measure import heads as measure_module
 
     if not kernels.available():  # the reference below is the native kernels' result: they must build here
         pytest.skip(f"no native kernels here to compare the fallback with: {kernels.why_unavailable()}")
@@ -256,7 +255,7 @@ def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypa
     native = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="native", **kw)
     monkeypatch.setattr(kernels, "_LIB", [])
     monkeypatch.setattr(kernels, "_ERROR", [])
-    monkeypatch.setattr(measure_module, "_WARNED", [])
+    monkeypatch.setattr(kernels, "_WARNED", [])
     monkeypatch.setenv("CC", "no-such-compiler-here")
     monkeypatch.setenv("NLANALYSIS_CACHE", str(tmp_path))
     assert not kernels.available() and "no-such-compiler-here" in kernels.why_unavailable()
@@ -264,7 +263,7 @@ def test_without_a_compiler_the_statistics_fall_back_to_eager(tmp_path, monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quiet = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, **kw)  # auto: no warning
-    with pytest.warns(UserWarning, match="native ViT statistics kernels unavailable.*no-such-compiler-here"):
+    with pytest.warns(UserWarning, match="native statistics kernels unavailable.*no-such-compiler-here"):
         loud = measure_heads(HeadAttention(q, k, 0.4, layout), x, branch, kernels="native", **kw)
     for name in FIELDS:
         want = getattr(native, name).double()

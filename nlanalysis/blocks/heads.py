@@ -120,10 +120,6 @@ class HeadAttention:
         q = self.scaled_query(index)
         return torch.matmul(q, self.key.transpose(-2, -1))
 
-    def log_probs(self, index: Tensor | slice) -> Tensor:
-        """``log softmax`` over **all** tokens for patch queries ``index`` -> ``[B, heads, k, N]``."""
-        return self.logits(index).log_softmax(dim=-1)
-
     def token_rows(self, tokens: Tensor | Sequence[int]) -> Tensor:
         """Rows of any tokens (e.g. the class token, ``0``) over **all** tokens -> ``[B, heads, k, N]``."""
         index = torch.as_tensor(tokens, dtype=torch.long, device=self.device).reshape(-1)

@@ -44,8 +44,8 @@ class SiteRecord:
         call: index of the model forward this record belongs to (0-based).
         input_size: ``(H, W)`` of the model input, if known.
         query_shape, key_shape: ``(H, W)`` grids of queries and keys (ViT: the patch grid, both).
-        stats: :class:`~nlanalysis.measure.blocks.BlockStats` (``[B]`` fields) or
-            :class:`~nlanalysis.measure.heads.HeadStats` (``[B, heads + 1]``); ``None`` when
+        stats: :class:`~nlanalysis.measure.stats.SiteStats` (per-map fields ``[B, 1]`` for a block,
+            ``[B, heads + 1]`` for a ViT layer); ``None`` when
             statistics were switched off.
         queries: :class:`QueryMaps` of the chosen query points (``None`` without queries).
         x, z, context: block input, output and ``z - x`` (NL, only with ``keep_tensors=True``).

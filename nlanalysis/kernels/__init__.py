@@ -1,4 +1,5 @@
-"""Native CPU kernels for the ViT statistics, built on first use with the system C compiler.
+"""Native CPU kernels for the statistics of softmax maps (ViT heads, gaussian / embedded-Gaussian NL
+blocks), built on first use with the system C compiler; :func:`uses_native` says where they run.
 
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
 eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and
@@ -27,12 +28,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["KernelUnavailable", "available", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
@@ -134,7 +136,7 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable("; ".join(errors[-2:]))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p],
+        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
@@ -198,6 +200,27 @@ def clear_workspace() -> None:
     _WORK.buffers = {}
 
 
+KERNELS = ("auto", "native", "eager")
+_WARNED: list[bool] = []
+
+
+def uses_native(choice: str, device: torch.device | str = "cpu") -> bool:
+    """Whether a measure (:func:`~nlanalysis.measure.heads.measure_heads`, :func:`~nlanalysis.measure.measure_block`)
+    with ``kernels=choice`` runs the native kernels for maps on ``device`` (building them now if needed;
+    ``"native"`` warns once when it cannot)."""
+    if choice not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
+    if choice == "eager":
+        return False
+    if torch.device(device).type == "cpu" and available():
+        return True
+    if choice == "native" and not _WARNED:
+        _WARNED.append(True)
+        why = why_unavailable() or f"maps on {torch.device(device)}, the kernels are for the CPU"
+        warnings.warn(f"native statistics kernels unavailable ({why}); using eager PyTorch", stacklevel=3)
+    return False
+
+
 def why_unavailable() -> str | None:
     """Why the native kernel could not be built (None if it was, or was not tried yet)."""
     return _ERROR[0] if _ERROR else None
@@ -218,6 +241,33 @@ def _check_cpu(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be float32 on the CPU, got {t.dtype} on {t.device}")
 
 
+def _labels(objects: tuple[Tensor, Tensor, Tensor] | None, b: int, nq: int, k: int) -> tuple[Tensor | None, ...]:
+    """Query labels ``[B, nq]`` int32, key labels ``[B, K]`` int32, query shares ``[B, nq]`` float32, or Nones."""
+    if objects is None:
+        return None, None, None
+    for name, t in zip(("query_labels", "key_labels", "query_share"), objects):
+        _on_cpu(name, t)
+    return (objects[0].reshape(b, nq).to(torch.int32).contiguous(), objects[1].reshape(b, k).to(torch.int32).contiguous(),
+            objects[2].reshape(b, nq).to(torch.float32).contiguous())  # fmt: skip
+
+
+def _table(rows: tuple[Tensor, Tensor, Tensor, Tensor] | None, b: int, nq: int, maps: int, k: int) -> tuple[Tensor | None, ...]:
+    """``(sel, table, entropy, ok)`` checked against the kernel's layout (``maps`` rows per query), or Nones."""
+    if rows is None:
+        return None, None, None, None
+    sel, table, ent, ok = rows
+    _on_cpu("sel", sel)
+    sel = sel.reshape(b, nq).to(torch.int64).contiguous()
+    size = table.shape[0]
+    for name, t, shape, dtype in (("table", table, (size, maps, k), torch.float32), ("entropy", ent, (size, maps), torch.float32),
+                                  ("ok", ok, (size, maps), torch.uint8)):  # fmt: skip
+        if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"row_stats: {name} must be a contiguous {dtype} CPU tensor {shape}, got {t.dtype} {tuple(t.shape)}")
+    if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
+        raise ValueError(f"row_stats: sel points past the table's {size} rows")
+    return sel, table, ent, ok
+
+
 @torch.no_grad()
 def row_stats(
     logits: Tensor,
@@ -230,19 +280,20 @@ def row_stats(
     objects: tuple[Tensor, Tensor, Tensor] | None = None,
     probs: Tensor | None = None,
     pre: int = 0,
+    mean: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Statistics of the attention rows of one layer in one pass (see ``row_stats.c``).
+    """Statistics of the attention rows of one site in one pass (see ``row_stats.c``).
 
     Args:
-        logits: ``[B, H, pre + nq, N]`` float32 logits ``q_i . k_j`` over every token (``pre`` class/register
-            queries, then the ``nq`` patch queries); the softmax runs over ``scale * logits`` (``scale > 0``).
+        logits: ``[B, H, pre + nq, N]`` float32 logits ``q_i . k_j`` over every key token (``pre`` class/register
+            queries, then the ``nq`` queries measured); the softmax runs over ``scale * logits`` (``scale > 0``).
             Read in place when contiguous or a slice of rows of a contiguous ``[B, H, rows, N]`` tensor
-            (copied otherwise).
+            (copied otherwise). ``N`` need not be ``nq`` (keys sub-sampled, class/register keys).
         km: ``[B, K]`` key weights (``K = N - first``) or None; qm: ``[B, nq]`` valid queries or None.
         first: first key token; prefix: class/register tokens.
         rows: rows to hand out renormalised (the JSD's), as ``(sel, table, entropy, ok)``: ``sel``
-            ``[B, nq]`` int64 row of the table for each query (``-1``: none); the table ``[S, H+1, K]``,
-            entropies ``[S, H+1]`` (float32) and non-zero flags ``[S, H+1]`` (uint8) are filled at
+            ``[B, nq]`` int64 row of the table for each query (``-1``: none); the table ``[S, M, K]``,
+            entropies ``[S, M]`` (float32) and non-zero flags ``[S, M]`` (uint8) are filled at
             those rows, in place.
         objects: ``(query_labels [B, nq], key_labels [B, K], query_share [B, nq])``: each query's
             object (``> 0``; 0: none), each key's (``<= 0``: none), and the share of valid keys on the
@@ -251,10 +302,11 @@ def row_stats(
             row's softmax over every token (padding queries included: what the model attends with);
             may be ``logits`` itself.
         pre: leading rows of ``logits`` only softmaxed into ``probs`` (no statistics; needs ``probs``).
+        mean: a last map, the mean of the ``H`` maps (``M = H + 1``); ``False``: the ``H`` maps only (``M = H``).
 
     Returns:
-        ``s`` ``[B, H+1, K]`` (sum of valid non-zero rows as unit vectors) and ``sums``
-        ``[8, B, H+1]`` float64, as :func:`nlanalysis.measure.head_rows._chunk_stats`.
+        ``s`` ``[B, M, K]`` float64 (sum of valid non-zero rows as unit vectors) and ``sums``
+        ``[8, B, M]`` float64, as :func:`nlanalysis.measure.head_rows._chunk_stats`.
 
     Raises:
         KernelUnavailable: the library could not be built.
@@ -262,53 +314,30 @@ def row_stats(
     lib = _lib()
     _check_cpu("logits", logits)
     b, h, n_rows, n = logits.shape
-    nq = n_rows - pre
-    if not 0 <= pre <= n_rows or (pre and probs is None):
-        raise ValueError(f"row_stats: pre must be in [0, {n_rows}] and needs probs, got {pre}")
-    if not scale > 0:
-        raise ValueError(f"row_stats: scale must be > 0, got {scale}")
+    nq, maps = n_rows - pre, h + int(mean)
+    if not 0 <= pre <= n_rows or (pre and probs is None) or not scale > 0:
+        raise ValueError(f"row_stats: pre must be in [0, {n_rows}] and needs probs, scale > 0; got pre {pre}, scale {scale}")
     if not 0 <= prefix <= n or first not in (0, prefix):
         raise ValueError(f"row_stats: prefix must be in [0, {n}] and first 0 or prefix, got prefix {prefix}, first {first}")
-    for name, t in (("km", km), ("qm", qm), *((("sel", rows[0]),) if rows is not None else ())):
-        _on_cpu(name, t)
+    _on_cpu("km", km)
+    _on_cpu("qm", qm)
     k = n - first
     lbh = logits.stride(1) if h > 1 else (logits.stride(0) if b > 1 else n_rows * n)  # one (image, head) to the next
     if logits.stride()[2:] != (n, 1) or lbh < n_rows * n or (b > 1 and logits.stride(0) != h * lbh):
         logits, lbh = logits.contiguous(), n_rows * n  # rows of a contiguous [B, H, rows, N] are read in place
     km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
     qm = None if qm is None else qm.reshape(b, nq).to(torch.uint8).contiguous()
-    s = torch.empty(b, h + 1, k)
-    sums = torch.empty(8, b, h + 1, dtype=torch.float64)
-    qlab = klab = qshare = None
-    if objects is not None:
-        for name, t in zip(("query_labels", "key_labels", "query_share"), objects):
-            _on_cpu(name, t)
-        qlab = objects[0].reshape(b, nq).to(torch.int32).contiguous()
-        klab = objects[1].reshape(b, k).to(torch.int32).contiguous()
-        qshare = objects[2].reshape(b, nq).to(torch.float32).contiguous()
-    sel = table = ent = ok = None
-    if rows is not None:
-        sel, table, ent, ok = rows
-        sel = sel.reshape(b, nq).to(torch.int64).contiguous()
-        size = table.shape[0]
-        for name, t, shape, dtype in (("table", table, (size, h + 1, k), torch.float32),
-                                      ("entropy", ent, (size, h + 1), torch.float32),
-                                      ("ok", ok, (size, h + 1), torch.uint8)):  # fmt: skip
-            if t.dtype != dtype or t.device.type != "cpu" or tuple(t.shape) != shape or not t.is_contiguous():
-                raise ValueError(f"row_stats: {name} must be a contiguous {dtype} CPU tensor {shape}, got {t.dtype} {tuple(t.shape)}")
-        if sel.numel() and not -1 <= int(sel.min()) <= int(sel.max()) < size:
-            raise ValueError(f"row_stats: sel points past the table's {size} rows")
-    if probs is not None and (
-        probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape != logits.shape
-        or probs.stride() != logits.stride()  # written with the logits' strides (after any copy of them)
-    ):  # fmt: skip
-        raise ValueError(
-            f"row_stats: probs must be a float32 CPU tensor {tuple(logits.shape)} strided as the logits, "
-            f"got {probs.dtype} {tuple(probs.shape)} strides {probs.stride()}"
-        )
+    s = torch.empty(b, maps, k, dtype=torch.float64)
+    sums = torch.empty(8, b, maps, dtype=torch.float64)
+    qlab, klab, qshare = _labels(objects, b, nq, k)
+    sel, table, ent, ok = _table(rows, b, nq, maps, k)
+    if probs is not None and (probs.dtype != torch.float32 or probs.device.type != "cpu" or probs.shape != logits.shape
+                              or probs.stride() != logits.stride()):  # written with the logits' strides (after any copy)  # fmt: skip
+        raise ValueError(f"row_stats: probs must be a float32 CPU tensor {tuple(logits.shape)} strided as the logits, "
+                         f"got {probs.dtype} {tuple(probs.shape)} strides {probs.stride()}")  # fmt: skip
     rc = lib.nl_row_stats(
         _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, lbh, pre, first, prefix,
-        _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs),
+        int(mean), _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("row_stats: could not allocate its per-thread buffers")

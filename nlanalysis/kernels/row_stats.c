@@ -14,17 +14,18 @@
  *   km      [B, K]         key weights (1 image patch, 0 padding) or NULL; K = N - first
  *   qm      [B, nq]        1 for valid queries or NULL
  *   sel     [B, nq]        row of the JSD table for this query, or -1; NULL: none
- *   s       [B, H+1, K]    out: sum over valid non-zero rows of the row as a unit vector
+ *   s       [B, H1, K]     out (double): sum over valid non-zero rows of the row as a unit vector
  *   qlab    [B, nq] int32  the query's object (> 0; 0: none), klab [B, K] int32 each key's object
  *                          (<= 0: none), qshare [B, nq] float the share of valid keys on the query's
  *                          object; all three NULL without objects
- *   sums    [8, B, H+1]    out: entropy (nats, of the row renormalised over the keys), largest weight
+ *   with_mean              1: a last map, the head mean (H1 = H + 1 maps); 0: the H maps only (H1 = H)
+ *   sums    [8, B, H1]     out: entropy (nats, of the row renormalised over the keys), largest weight
  *                          of the renormalised row, non-zero rows, zero rows, mass on the first
  *                          `prefix` tokens -- summed over valid queries (entropy/largest: non-zero rows);
  *                          then, over non-zero rows of queries on an object: the share of the row's
  *                          mass on keys of that object, the object's share of keys, and their number
- *   table   [S, H+1, K]    out: selected rows renormalised; table_ent [S, H+1] their entropies, table_ok
- *                          [S, H+1] 1 where the row is not all zero (entropy defined)
+ *   table   [S, H1, K]     out: selected rows renormalised; table_ent [S, H1] their entropies, table_ok
+ *                          [S, H1] 1 where the row is not all zero (entropy defined)
  *   probs   [B, H, n_pre+nq, N] out (strides as logits), or NULL: the softmax of every row over every token (padding queries
  *                          included), for the model's own attention output; may be `logits` itself
  *                          (each element is written after its logit's last read)
@@ -48,7 +49,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 2; }
+int nl_row_stats_version(void) { return 3; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -83,7 +84,7 @@ static inline float exp_nonpositive(float x) {
 /* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
  * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). The norm is taken of r / pk
  * (entries <= 1, the largest exactly 1): squares of weights below ~1e-19 would underflow otherwise. */
-static inline void add_row(double *ts, int64_t stride, float *acc, const float *r, int64_t K, int valid, int ok,
+static inline void add_row(double *ts, int64_t stride, double *acc, const float *r, int64_t K, int valid, int ok,
                            double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs) {
     if (valid) ts[4 * stride] += pre;
     if (ok) {
@@ -104,7 +105,7 @@ static inline void add_row(double *ts, int64_t stride, float *acc, const float *
             n2 += v * v;
         }
         const float u = ip / sqrtf(n2);
-        for (int64_t j = 0; j < K; ++j) acc[j] += u * r[j];
+        for (int64_t j = 0; j < K; ++j) acc[j] += (double)(u * r[j]); /* summed in double: many rows */
     } else if (valid) {
         ts[3 * stride] += 1.0;
     }
@@ -125,18 +126,18 @@ static inline void softmax_row(const float *l, float *out, int64_t N, float scal
 
 int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel,
                  const int32_t *qlab, const int32_t *klab, const float *qshare, int64_t B, int64_t H, int64_t nq, int64_t N,
-                 int64_t lbh, int64_t n_pre, int64_t first, int64_t prefix, float *s, double *sums, float *table,
-                 float *table_ent, uint8_t *table_ok, float *probs) {
-    const int64_t K = N - first, H1 = H + 1, R = n_pre + nq;
+                 int64_t lbh, int64_t n_pre, int64_t first, int64_t prefix, int64_t with_mean, double *s, double *sums,
+                 float *table, float *table_ent, uint8_t *table_ok, float *probs) {
+    const int64_t K = N - first, H1 = H + (with_mean ? 1 : 0), R = n_pre + nq;
     int failed = 0;
-    memset(s, 0, sizeof(float) * B * H1 * K);
+    memset(s, 0, sizeof(double) * B * H1 * K);
     memset(sums, 0, sizeof(double) * 8 * B * H1);
 #pragma omp parallel
     {
         FAST_DENORMALS
-        float *acc = calloc((size_t)(B * H1 * K), sizeof(float)); /* this thread's share of s */
+        double *acc = calloc((size_t)(B * H1 * K), sizeof(double)); /* this thread's share of s */
         double *tsum = calloc((size_t)(8 * B * H1), sizeof(double));
-        float *buf = malloc(sizeof(float) * (size_t)(H1 * N)); /* one query: every head's row, then the mean */
+        float *buf = malloc(sizeof(float) * (size_t)((H + 1) * N)); /* one query: every head's row, then the mean */
         float *ones = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1)); /* key weights when km is NULL */
         if (ones)
             for (int64_t j = 0; j < K; ++j) ones[j] = 1.f;
@@ -222,8 +223,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 ent[h] = ok ? log((double)t) - ((double)rd - (double)t * logz) / t : 0.0;
                 add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h], kl, li, qs);
             }
-            /* the head mean: mean_h of the masked rows */
-            {
+            if (with_mean) { /* the head mean: mean_h of the masked rows */
                 const float ih = 1.f / (float)H;
                 float t = 0.f, rl = 0.f, pk = 0.f;
                 for (int64_t j = 0; j < K; ++j) {

@@ -1,21 +1,10 @@
-"""The GCNet statistics of one block on a batch of images, streamed over query chunks.
+"""The statistics (:class:`~nlanalysis.measure.stats.SiteStats`) of one NL/GC block on a batch.
 
-Cao et al., "GCNet", arXiv 1904.11492, Sec. 3 (Table 1): for a trained NL block, the average
-distance over all ordered pairs of positions (i = j included) of
+Memory: the attention maps are never held whole; rows are computed a chunk of queries at a time
+(eager: ``chunk_size``; softmax maps through the native kernel: :mod:`.block_rows`), so peak extra
+memory is ``O(B * chunk * N_key)``.
 
-* ``input``  -- the block's input feature vectors ``x_i``,
-* ``output`` -- the context term the block adds, ``z_i - x_i`` (= ``W_z y_i``),
-* ``att``    -- the attention map of query ``i`` (a vector over the keys),
-
-with cosine distance ``1 - cos`` by default. Beside them, diagnostics of what kind of attention
-was learned: the mean pairwise Jensen-Shannon divergence between query maps (sampled pairs,
-with its standard error), the normalised entropy of the maps, their mean maximum weight and the
-fraction of all-zero query rows.
-
-Memory: the attention maps are never held whole; rows are computed ``chunk_size`` queries at a
-time, so peak extra memory is ``O(B * chunk_size * N_key)``.
-
-Rules, stated once:
+Rules, stated once (the ViT heads follow them too):
 
 * ``valid`` marks the positions that are image (not padding); invalid positions are dropped as
   queries and as keys (their weights are zeroed, so distances and entropies see valid keys only).
@@ -34,7 +23,6 @@ Rules, stated once:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -42,73 +30,14 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
-from ..schema import HEAD_MEAN
+from .stats import CONTROLS, SiteStats
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 
 
-@dataclass
-class BlockStats:
-    """Per-image statistics of one block; every tensor field has shape ``[B]``.
-
-    Attributes:
-        input, output, att: mean pairwise cosine distances (see module docstring).
-        att_jsd, att_jsd_stderr: mean pairwise Jensen-Shannon divergence of query maps (bits) and
-            the standard error of its pair-sampled estimate (0 when exact).
-        att_entropy: mean normalised entropy of the query maps (1 = uniform, 0 = one-hot).
-        att_max: mean of each map's largest weight.
-        att_zero_rows: fraction of query rows that are all zero.
-        input_zero, output_zero: number of all-zero feature vectors.
-        ctrl_att, ctrl_att_jsd, ctrl_att_own_object: the same statistics for random query/key
-            projections of the block's input at matched sharpness (see :mod:`nlanalysis.measure.controls`);
-            NaN unless requested (and for signed or query-independent maps).
-        ctrl_temperature: the logit scale that matched the trained maps' mean entropy.
-        att_own_object: mean attention mass a query on an object puts on that object.
-        own_object_share: mean share of valid keys covered by the query's object (uniform baseline).
-        n_query, n_key: valid query and key positions.
-        query_independent: the block shares one map among all queries by construction.
-        convention, zero_rule: the cosine-distance convention and zero-vector rule used.
-    """
-
-    input: Tensor
-    output: Tensor
-    att: Tensor
-    att_jsd: Tensor
-    att_jsd_stderr: Tensor
-    att_entropy: Tensor
-    att_max: Tensor
-    att_zero_rows: Tensor
-    input_zero: Tensor
-    output_zero: Tensor
-    att_own_object: Tensor
-    own_object_share: Tensor
-    ctrl_att: Tensor
-    ctrl_att_jsd: Tensor
-    ctrl_att_own_object: Tensor
-    ctrl_temperature: Tensor
-    n_query: Tensor
-    n_key: Tensor
-    query_independent: bool
-    convention: str
-    zero_rule: str
-
-    def per_image(self) -> list[dict[str, float | int | bool | str]]:
-        """One plain ``dict`` per image, ready for a table row."""
-        out = []
-        for b in range(self.input.shape[0]):
-            row: dict[str, float | int | bool | str] = {}
-            for f in fields(self):
-                value = getattr(self, f.name)
-                if isinstance(value, Tensor):
-                    value = value[b].item()
-                row[f.name] = value
-            out.append(row)
-        return out
-
-    def per_image_map(self) -> list[list[dict[str, float | int | bool | str]]]:
-        """``rows[b]``: the block's one map of image ``b`` as :meth:`per_image`'s dict, with ``head``
-        :data:`~nlanalysis.schema.HEAD_MEAN` (as :meth:`HeadStats.per_image_map <nlanalysis.measure.heads.HeadStats.per_image_map>`)."""
-        return [[{"head": HEAD_MEAN, **row}] for row in self.per_image()]
+#: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
+#: per-map fields (one map), ``query_independent`` and the ``ctrl_*`` fields (NaN unless measured).
+BlockStats = SiteStats
 
 
 def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
@@ -154,8 +83,9 @@ def measure_block(
     convention: str = "1-cos",
     zero: str = "exclude",
     controls: bool = False,
-) -> BlockStats:
-    """Compute :class:`BlockStats` for one block on a batch.
+    kernels: str = "auto",
+) -> SiteStats:
+    """Compute the :class:`~nlanalysis.measure.stats.SiteStats` (``[B, 1]`` fields) of one block on a batch.
 
     Args:
         att: the block's lazy attention for input ``x``.
@@ -163,12 +93,16 @@ def measure_block(
         context: what the block adds before fusion, ``z - x``, ``[B, C, H, W]``.
         valid: optional bool ``[B, H, W]``, True on image positions (False on padding).
         objects: optional int ``[B, H, W]`` instance labels on the query grid (0 = no object).
-        chunk_size: queries per chunk of attention rows.
+        chunk_size: queries per chunk of attention rows (eager).
         jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
         generator: RNG for the JSD pair sampling (reproducible runs pass a seeded one).
         convention: ``"1-cos"`` (default, as scipy) or ``"(1-cos)/2"``.
         zero: zero-vector rule of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
         controls: also compute the random-projection control at matched sharpness (``ctrl_*``).
+        kernels: ``"auto"`` (default), ``"native"`` or ``"eager"``, as
+            :func:`~nlanalysis.measure.heads.measure_heads`: softmax maps over float32 logits on the CPU
+            (``gaussian``, ``embedded_gaussian``) go through the one-pass native kernel of
+            :mod:`nlanalysis.kernels` (the same numbers to float32 rounding); other maps run eager.
     """
     b, _, h, w = x.shape
     if (h, w) != att.query_shape or context.shape != x.shape:
@@ -180,45 +114,42 @@ def measure_block(
         if valid.shape != (b, h, w):
             raise ValueError(f"valid mask must be [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)}")
         valid = valid.to(device=x.device, dtype=torch.bool)
-        qmask = valid.flatten(1)
-        kmask = key_mask(valid, att.key_shape).flatten(1)
+        qmask, kmask = valid.flatten(1), key_mask(valid, att.key_shape).flatten(1)
     cos = dict(convention=convention, zero=zero)
     own = _OwnObject(objects, qmask, kmask, att.key_shape, x.device) if objects is not None else None
-
-    def vectors(t: Tensor) -> Tensor:
-        return t.detach().flatten(2).transpose(1, 2)
-
-    features = (
-        mean_pairwise_cosine_distance(vectors(x), mask=qmask, **cos),
-        mean_pairwise_cosine_distance(vectors(context), mask=qmask, **cos),
-    )
-    zero_vectors = (_zero_vectors(vectors(x), qmask), _zero_vectors(vectors(context), qmask))
-    n_query = qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)
-    n_key = kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)
-
+    n_query = (qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)).cpu()
+    n_key = (kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)).cpu()
     if att.query_independent:
-        return _shared_map_stats(att, kmask, n_key, own, chunk_size, features, zero_vectors, n_query, convention, zero)
-
-    att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, x.device)
-    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
-    nonzero_rows = sums[2]
-    if att.nonnegative:
-        att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
+        maps, row_ok = _shared_map_stats(att, kmask, n_key, own, chunk_size), None
     else:
-        att_entropy, att_max = _nan(b), _nan(b)
-    zero_frac = 1.0 - nonzero_rows / n_query.double().cpu()
-    jsd, jsd_err = _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, x.device)
-    ctrl = [_nan(b) for _ in range(4)]
-    if controls and att.nonnegative:
-        ctrl = _random_control(att, x, context, valid, objects, att_entropy, row_ok, jsd_pairs, generator, cos)
-    return BlockStats(
-        *features, att_dist.cpu(), jsd, jsd_err, att_entropy, att_max, zero_frac,
-        *zero_vectors, own_mass, own_share, *ctrl, n_query.cpu(), n_key.cpu(), False, convention, zero,
+        rows = _eager_map_stats
+        if kernels != "eager":  # the kernels load only when asked for
+            from .block_rows import native_map_stats, native_softmax
+
+            rows = native_map_stats if native_softmax(att, kernels) else rows
+        maps, row_ok = rows(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos)
+    ctrl = [_nan(b) for _ in CONTROLS]
+    if controls and att.nonnegative and not att.query_independent:
+        ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
+    return SiteStats(
+        **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
+        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in zip(CONTROLS, ctrl)},
+        query_independent=att.query_independent,
     )  # fmt: skip
 
 
-def _shared_map_stats(att, kmask, n_key, own, chunk_size, features, zero_vectors, n_query, convention, zero) -> BlockStats:
-    """The statistics of a block whose one map serves every query (GC, SNL): ``att`` and JSD are 0."""
+def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict) -> dict[str, Tensor]:
+    """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each."""
+    vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
+    return dict(
+        input=mean_pairwise_cosine_distance(vx, mask=qmask, **cos)[:, None].cpu(),
+        output=mean_pairwise_cosine_distance(vc, mask=qmask, **cos)[:, None].cpu(),
+        input_zero=_zero_vectors(vx, qmask)[:, None], output_zero=_zero_vectors(vc, qmask)[:, None],
+    )  # fmt: skip
+
+
+def _shared_map_stats(att, kmask, n_key, own, chunk_size) -> dict[str, Tensor]:
+    """The map statistics of a block whose one map serves every query (GC, SNL): ``att`` and JSD are 0."""
     b = n_key.shape[0]
     shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
     if kmask is not None:
@@ -230,11 +161,24 @@ def _shared_map_stats(att, kmask, n_key, own, chunk_size, features, zero_vectors
         for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
             own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
         own_mass, own_share = own.result()
-    return BlockStats(
-        *features, zeros, zeros.clone(), zeros.clone(), entropy[:, 0], maxw[:, 0],
-        zero_rows(shared)[:, 0].double(), *zero_vectors, own_mass, own_share,
-        *(_nan(b) for _ in range(4)), n_query, n_key, True, convention, zero,
-    )  # fmt: skip
+    return dict(att=zeros, att_jsd=zeros.clone(), att_jsd_stderr=zeros.clone(), att_entropy=entropy[:, 0], att_max=maxw[:, 0],
+                att_zero_rows=zero_rows(shared)[:, 0].double().cpu(), att_own_object=own_mass, own_object_share=own_share)  # fmt: skip
+
+
+def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos) -> tuple[dict[str, Tensor], Tensor]:
+    """The map statistics of a block's per-query maps in eager PyTorch (any map, any device), and which
+    rows count ``[B, N_q]`` (valid and not all zero)."""
+    b = n_key.shape[0]
+    att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, att.device)
+    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
+    nonzero_rows = sums[2]
+    if att.nonnegative:
+        att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
+    else:
+        att_entropy, att_max = _nan(b), _nan(b)
+    jsd, jsd_err = _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, att.device)
+    return dict(att=att_dist.cpu(), att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=att_entropy, att_max=att_max,
+                att_zero_rows=1.0 - nonzero_rows / n_query.double(), att_own_object=own_mass, own_object_share=own_share), row_ok  # fmt: skip
 
 
 def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[Tensor, Tensor, Tensor]:
@@ -286,7 +230,7 @@ def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tens
     return jsd, jsd_err
 
 
-def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos) -> list[Tensor]:
+def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> list[Tensor]:
     """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
     temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
     from .controls import MATCH_ROWS, match_temperature, random_projection_attention
@@ -311,9 +255,9 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
         sl = slice(i, i + 1)
         stats = measure_block(
             one, x[sl], context[sl], valid=valid[sl] if valid is not None else None,
-            objects=objects[sl] if objects is not None else None, jsd_pairs=jsd_pairs, generator=gen, **cos,
+            objects=objects[sl] if objects is not None else None, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos,
         )  # fmt: skip
-        out[0][i], out[1][i], out[2][i] = stats.att[0], stats.att_jsd[0], stats.att_own_object[0]
+        out[0][i], out[1][i], out[2][i] = stats.att[0, 0], stats.att_jsd[0, 0], stats.att_own_object[0, 0]
         out[3][i] = one.scale
     return out
 
@@ -335,6 +279,7 @@ class _OwnObject:
         k = key_labels(compact, key_shape).flatten(1)  # [B, N_k], -1 for mixed pooled keys
         if kmask is not None:
             k = torch.where(kmask, k, -1)
+        self.k = k
         self.n_labels = int(compact.max()) + 1
         self.onehot = torch.nn.functional.one_hot(k.clamp(min=0), self.n_labels).float() * (k >= 0)[..., None].float()
         n_valid_keys = (kmask.sum(1) if kmask is not None else torch.full((k.shape[0],), k.shape[1], device=device)).double()
@@ -354,6 +299,12 @@ class _OwnObject:
         self.mass += torch.where(use, own, 0.0).sum(1, dtype=torch.float64)
         self.base += torch.where(use, self.share.gather(1, lab), 0.0).sum(1)
         self.count += use.sum(1)
+
+    def labels(self) -> tuple[Tensor, Tensor, Tensor]:
+        """For the native kernel (CPU): query labels ``[B, N_q]`` (0: none or invalid), key labels
+        ``[B, N_k]`` (``<= 0``: none) and the share of valid keys on each query's object ``[B, N_q]``."""
+        share = torch.where(self.q > 0, self.share.gather(1, self.q), 0.0)
+        return self.q.cpu(), self.k.cpu(), share.cpu()
 
     def result(self) -> tuple[Tensor, Tensor]:
         return (self.mass / self.count).cpu(), (self.base / self.count).cpu()

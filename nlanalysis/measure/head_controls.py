@@ -148,6 +148,6 @@ def head_controls(
             jsd_pairs=jsd_pairs, generator=gen, convention=convention, zero=zero,
         )  # fmt: skip
         for name, value in (("ctrl_att", stats.att), ("ctrl_att_jsd", stats.att_jsd), ("ctrl_att_own_object", stats.att_own_object)):
-            out[name][i] = torch.where(control.ok, value.double(), math.nan)
+            out[name][i] = torch.where(control.ok, value[:, 0].double(), math.nan)
         out["ctrl_temperature"][i] = control.temperature
     return out

@@ -1,5 +1,6 @@
 """The map statistics of a ViT layer's heads, chunk by chunk of patch queries: the native one-pass
-kernels (:mod:`nlanalysis.kernels`) and their eager PyTorch reference (any device).
+kernels (:mod:`nlanalysis.kernels`; :func:`_native_rows` reads any :class:`LogitSource`, an NL
+block's too: :mod:`.block_rows`) and their eager PyTorch reference (any device).
 
 Both return the same sums (``[B, heads+1, N_key]`` unit-row sums for the cosine, ``[8, B, heads+1]``
 entropy, max, non-zero, zero, prefix mass and own-object sums) and the JSD pair values of the
@@ -9,6 +10,8 @@ statistics.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,65 +24,107 @@ from .jsd_pairs import _Plan, _pair_jsd
 if TYPE_CHECKING:
     from .heads import HeadsBatch
 
-__all__: list[str] = []
+__all__ = ["LogitSource", "head_source"]
 
 
-def _native_chunk(att: HeadAttention, chunk_size: int | None) -> int:
-    nq = att.layout.n_patch
+@dataclass
+class LogitSource:
+    """What the native pass reads of a site's maps (:func:`_native_rows`).
+
+    Attributes:
+        batch, maps: images and maps (heads) per image.
+        n_query: the queries measured (token rows ``prefix ..``); n_keys: key tokens ``N`` of a logits row.
+        prefix: class/register tokens ahead of them (rows and key columns); first: first key column measured.
+        scale: the softmax runs over ``scale * logits``.
+        fill: ``fill(i, lo, hi, out)`` writes the logits of image ``i``'s token rows ``lo:hi`` into ``out`` ``[maps, hi - lo, N]``.
+        mean: the statistics have a last map, the mean of the maps (a ViT layer's head mean).
+    """
+
+    batch: int
+    maps: int
+    n_query: int
+    n_keys: int
+    prefix: int
+    first: int
+    scale: float
+    fill: Callable[[int, int, int, Tensor], None]
+    mean: bool = True
+
+
+def head_source(att: HeadAttention) -> LogitSource:
+    """A ViT layer's logits ``q . k`` straight from the model's own (strided) q and k, image by image."""
+
+    def fill(i: int, lo: int, hi: int, out: Tensor) -> None:
+        torch.matmul(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=out)
+
+    prefix = att.layout.n_prefix
+    return LogitSource(att.batch_size, att.num_heads, att.layout.n_patch, att.key.shape[2], prefix,
+                       prefix if att.keys == "patch" else 0, att.scale, fill)  # fmt: skip
+
+
+def _native_chunk(src: LogitSource, chunk_size: int | None) -> int:
     if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
-        chunk_size = max(8, (1 << 22) // (att.batch_size * att.num_heads * att.layout.n_tokens))
-    return min(chunk_size, nq)
+        chunk_size = max(8, (1 << 22) // (src.batch * src.maps * (src.prefix + src.n_query)))
+    return min(chunk_size, src.n_query)
 
 
 def _native_rows(
-    att: HeadAttention,
+    src: LogitSource,
     km: Tensor | None,
     qmask: Tensor | None,
-    batch: HeadsBatch,
+    plan: _Plan | None,
+    sel: Tensor | None,
+    objects: tuple[Tensor, Tensor, Tensor] | None,
     chunk_size: int | None,
     attend_to: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """Every map statistic of the layer with :func:`nlanalysis.kernels.row_stats`, chunk by chunk
-    of patch queries (one BLAS matmul for the logits, one kernel pass over them), and the JSD of the
-    plan's pairs per image (count, mean, variance) with :func:`~nlanalysis.kernels.pair_jsd`.
+    """Every map statistic of a site with :func:`nlanalysis.kernels.row_stats`, chunk by chunk of
+    queries (one BLAS matmul per image for the logits, one kernel pass over them): the sum of unit
+    rows ``[B, M, K]``, the sums ``[8, B, M]`` and, with a plan and ``sel`` (:class:`~.heads.HeadsBatch`),
+    the plan's rows renormalised ``(table [S, M, K], entropy [S, M], ok [S, M])`` (a reused buffer).
     With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
     each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``."""
-    b, heads, nq = att.batch_size, att.num_heads, att.layout.n_patch
-    first, prefix = (att.layout.n_prefix if att.keys == "patch" else 0), att.layout.n_prefix
+    b, nq, prefix = src.batch, src.n_query, src.prefix
     kw = km.reshape(b, -1) if km is not None else None
-    plan, rows = batch.plan, None
-    if plan is not None and batch.sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
+    rows, m_out = None, src.maps + int(src.mean)
+    if plan is not None and sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
         size = plan.query.numel()
-        rows = (batch.sel, _native.workspace("jsd_rows", (size, heads + 1, att.n_key)), torch.empty(size, heads + 1),
-                torch.zeros(size, heads + 1, dtype=torch.uint8))  # fmt: skip
-    step = _native_chunk(att, chunk_size)
+        rows = (sel, _native.workspace("jsd_rows", (size, m_out, src.n_keys - src.first)), torch.empty(size, m_out),
+                torch.zeros(size, m_out, dtype=torch.uint8))  # fmt: skip
+    step = _native_chunk(src, chunk_size)
     s_att, sums = None, None
-    attending = attend_to is not None
     value, out = attend_to if attend_to is not None else (None, None)
     for start in range(0, nq, step):
         stop = min(start + step, nq)
-        # q . k straight from the model's own (strided) q and k, image by image, into a reused buffer (a
-        # fresh multi-MiB tensor costs its page faults every layer); the kernel applies the scale.
-        # Attending, the first chunk also holds the class/register queries' rows (token rows lo:hi).
-        lo, hi = (0 if attending and start == 0 else prefix + start), prefix + stop
-        logits = _native.workspace("logits", (b, heads, hi - lo, att.key.shape[2]))
+        # into a reused buffer (a fresh multi-MiB tensor costs its page faults every layer); the kernel applies
+        # the scale. Attending, the first chunk also holds the class/register queries' rows (token rows lo:hi).
+        lo, hi = (0 if attend_to is not None and start == 0 else prefix + start), prefix + stop
+        logits = _native.workspace("logits", (b, src.maps, hi - lo, src.n_keys))
         for i in range(b):
-            torch.matmul(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=logits[i])
-        pre = prefix + start - lo  # class/register rows in this chunk: only softmaxed, for the model
+            src.fill(i, lo, hi, logits[i])
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
-        m = qmask[:, start:stop] if qmask is not None else None
-        obj = None
-        if batch.objects is not None:
-            ql, kl, share = batch.objects
-            obj = (ql[:, start:stop], kl, share[:, start:stop])
-        probs = logits if attending else None  # the kernel leaves the softmax in place
-        s_c, sums_c = _native.row_stats(logits, kw, m, first, prefix, part, scale=att.scale, objects=obj, probs=probs, pre=pre)
+        obj = None if objects is None else (objects[0][:, start:stop], objects[1], objects[2][:, start:stop])
+        s_c, sums_c = _native.row_stats(
+            logits, kw, qmask[:, start:stop] if qmask is not None else None, src.first, prefix, part, scale=src.scale,
+            objects=obj, probs=logits if attend_to is not None else None, pre=prefix + start - lo, mean=src.mean,
+        )  # fmt: skip
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
-        if attending:
+        if attend_to is not None:  # the kernel left the softmax in place
             out[:, lo:hi].copy_(torch.matmul(logits, value).transpose(1, 2))
+    return s_att, sums, None if rows is None else rows[1:]
+
+
+def _native_head_rows(
+    att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None,
+    attend_to: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """:func:`_native_rows` of a ViT layer, and the JSD of the plan's pairs per image (count, mean,
+    variance) with :func:`~nlanalysis.kernels.pair_jsd`."""
+    plan = batch.plan
+    s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to)
     values = None
     if plan is not None and rows is not None:
-        values = _native.pair_jsd(rows[1], rows[2], rows[3], plan.a, plan.b, plan.pair_image, b)  # per image
+        values = _native.pair_jsd(*rows, plan.a, plan.b, plan.pair_image, att.batch_size)  # per image
     return s_att, sums, values
 
 
@@ -194,31 +239,26 @@ def _chunk_stats(
     # contiguous full rows: GEMV without copying, drop the prefix columns after
     s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
     valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
-    if prefix:
-        pre = p[..., :prefix].sum(-1)
-        pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
-    else:
-        pre = torch.zeros_like(tt)
-    own_sums = [torch.zeros_like(tt[..., 0])] * 3
-    if objects is not None:
-        ql, kl, share = objects
-        same = ((kl[:, None, :] == ql[:, :, None]) & (ql[:, :, None] > 0))[:, None].to(r.dtype)  # [B, 1, c, K]
-        own = torch.cat([(r * same).sum(-1), (rm * same).sum(-1)], 1) / tt
-        on = ok & (ql[:, None, :] > 0)
-        own_sums = [torch.where(on, own, 0.0).sum(-1), torch.where(on, share[:, None, :].to(tt.dtype), 0.0).sum(-1),
-                    on.sum(-1).to(tt.dtype)]  # fmt: skip
-    sums = torch.stack(
-        [
-            torch.where(ok, ent, 0.0).sum(-1),
-            torch.where(ok, peak / tt, 0.0).sum(-1),
-            ok.sum(-1).to(tt.dtype),
-            (valid & ~ok).sum(-1).to(tt.dtype),
-            torch.where(valid, pre, 0.0).sum(-1),
-            *own_sums,
-        ]
-    )
+    pre = p[..., :prefix].sum(-1)  # mass on class/register tokens (0 without them)
+    pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
+    sums = torch.stack([
+        torch.where(ok, ent, 0.0).sum(-1), torch.where(ok, peak / tt, 0.0).sum(-1), ok.sum(-1).to(tt.dtype),
+        (valid & ~ok).sum(-1).to(tt.dtype), torch.where(valid, pre, 0.0).sum(-1), *_own_sums(r, rm, tt, ok, objects),
+    ])  # fmt: skip
     rows = rows_ent = None
     if sel_b is not None:
         rows = torch.cat([r[sel_b, :, sel_c], rm[sel_b, :, sel_c]], 1) / tt[sel_b, :, sel_c][..., None]
         rows_ent = torch.where(ok[sel_b, :, sel_c], ent[sel_b, :, sel_c], math.nan)
     return s, sums, rows, rows_ent
+
+
+def _own_sums(r: Tensor, rm: Tensor, tt: Tensor, ok: Tensor, objects: tuple[Tensor, Tensor, Tensor] | None) -> list[Tensor]:
+    """Over non-zero rows of queries on an object: the share of mass on that object, the object's
+    share of keys, and their count, ``[B, H+1]`` each (zeros without ``objects``)."""
+    if objects is None:
+        return [torch.zeros_like(tt[..., 0])] * 3
+    ql, kl, share = objects
+    same = ((kl[:, None, :] == ql[:, :, None]) & (ql[:, :, None] > 0))[:, None].to(r.dtype)  # [B, 1, c, K]
+    own = torch.cat([(r * same).sum(-1), (rm * same).sum(-1)], 1) / tt
+    on = ok & (ql[:, None, :] > 0)
+    return [torch.where(on, own, 0.0).sum(-1), torch.where(on, share[:, None, :].to(tt.dtype), 0.0).sum(-1), on.sum(-1).to(tt.dtype)]

@@ -1,117 +1,45 @@
-"""The GCNet statistics of one ViT layer, per head and for the head mean, in one pass.
+"""The statistics (:class:`~nlanalysis.measure.stats.SiteStats`) of one ViT layer, every head and the
+head mean, in one pass, with the rules of :mod:`.blocks` (tests check the two agree head by head).
 
-The statistics are those of :mod:`nlanalysis.measure` (Cao et al., "GCNet", arXiv 1904.11492,
-Sec. 3, Table 1: mean pairwise cosine distance over all ordered pairs of positions, i = j
-included), computed for every head of a layer at once instead of one head at a time:
+* ``input``  -- the layer's input tokens (the residual stream entering the transformer block; the
+  attention module's own input when the block is not known), patch tokens only; the same per head.
+* ``output`` -- per head, head ``h``'s share ``gamma * W_h o_h,i`` of the output projection
+  (``W_h``: its columns of head ``h``; ``gamma``: LayerScale, if any; the bias belongs to no head);
+  for the head mean, the whole branch ``gamma * (W o_i + b)`` (= ``z_i - x_i``).
+* ``att``    -- query ``i``'s map over the keys (patch keys, or every token with ``keys="all"``): head
+  ``h``'s, or the head-averaged map ``mean_h A_h``. ``att_prefix_mass`` is the weight a patch query
+  puts on class/register tokens; with ``keys="patch"`` rows are renormalised over patch keys before
+  entropy, max weight and JSD, as :func:`nlanalysis.measure.measure_block` does with masked keys.
 
-* ``input``  -- the layer's input tokens ``x_i`` (the residual stream entering the transformer
-  block; the attention module's own input when the block is not known), patch tokens only. The
-  same for every head.
-* ``output`` -- what the attention branch adds before the residual add. Per head: head ``h``'s
-  share ``gamma * W_h o_h,i`` of the output projection (``W_h``: the projection's columns of head
-  ``h``; ``o_h,i``: what the projection sees from head ``h``; ``gamma``: LayerScale, if any; the
-  projection bias belongs to no head and is left out). For the head mean: the whole branch
-  ``gamma * (W o_i + b)`` (= ``z_i - x_i``).
-* ``att``    -- query ``i``'s map over the keys (patch keys, or every token with ``keys="all"``).
-  Per head: head ``h``'s map. For the head mean: ``mean_h A_h``, the head-averaged map.
-
-and the diagnostics: ``att_jsd`` (mean pairwise Jensen-Shannon divergence of query maps, bits,
-from ``jsd_pairs`` sampled ordered pairs -- exact when there are no more pairs than that -- with
-its standard error), ``att_entropy`` (normalised by ``log N_key``), ``att_max``, ``att_zero_rows``,
-``input_zero`` / ``output_zero`` (all-zero vectors, excluded by the default zero rule), and
-``att_prefix_mass`` (mean weight a patch query puts on class/register tokens; the softmax runs over
-every token, so with ``keys="patch"`` rows are renormalised over patch keys before entropy, max
-weight and JSD, exactly as :func:`nlanalysis.measure.measure_block` does with masked keys).
-
-Rules shared with :func:`~nlanalysis.measure.measure_block` (tests check the two agree head by
-head): ``valid`` marks image (non-padding) patches, dropped as queries and keys; zero vectors
-follow the metric's ``zero`` rule; entropy/max/JSD run over non-zero rows. Costs: per-head output
-distances use the Gram matrices ``G_h = W_h^T diag(gamma)^2 W_h`` (``||gamma W_h o||^2 = o^T G_h o``),
-so no per-head ``[N, C]`` output is ever formed; JSD uses ``H(m) - (H(p) + H(q)) / 2`` with the
-rows' entropies from the main pass, in float32 (absolute error about 1e-6 bits); for JSD pairs
-involving an all-zero row of some head (possible only when all of a query's weight underflows
-onto class/register keys) that head averages the remaining pairs.
+Costs: per-head output distances use the Gram matrices ``G_h = W_h^T diag(gamma)^2 W_h``
+(``||gamma W_h o||^2 = o^T G_h o``), so no per-head ``[N, C]`` output is ever formed; JSD uses
+``H(m) - (H(p) + H(q)) / 2`` with the rows' entropies from the main pass, in float32 (absolute error
+about 1e-6 bits); for JSD pairs involving an all-zero row of some head (possible only when all of a
+query's weight underflows onto class/register keys) that head averages the remaining pairs.
 """
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..metrics import distance_from_sum
 from .. import kernels as _native
-from .head_rows import _eager_rows, _native_rows
+from ..kernels import KERNELS, uses_native
+from .head_rows import _eager_rows, _native_head_rows
+from .stats import SiteStats
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout
-from ..schema import HEAD_MEAN
 
 __all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
 
-@dataclass
-class HeadStats:
-    """Statistics of one layer on a batch; tensor fields are ``[B, heads + 1]`` (last: head mean).
-
-    Attributes:
-        input, output, att, att_jsd, att_jsd_stderr, att_entropy, att_max, att_zero_rows,
-        input_zero, output_zero, att_prefix_mass: see the module docstring.
-        att_own_object, own_object_share: with object labels (:func:`heads_batch` ``objects``): the
-            mean share of a row's mass on keys of the query's own object, over non-zero rows of
-            queries on an object, and that object's share of the valid keys (what uniform attention
-            gives), as :func:`nlanalysis.measure.measure_block`; NaN without labels.
-        n_query, n_key: ``[B]`` valid patch queries and keys.
-        keys: ``"patch"`` or ``"all"``; convention, zero_rule: of the cosine distance.
-        controls: the random-projection control at matched sharpness per head
-            (:func:`nlanalysis.measure.head_controls.head_controls`: ``ctrl_att``, ...), or ``None``.
-    """
-
-    input: Tensor
-    output: Tensor
-    att: Tensor
-    att_jsd: Tensor
-    att_jsd_stderr: Tensor
-    att_entropy: Tensor
-    att_max: Tensor
-    att_zero_rows: Tensor
-    input_zero: Tensor
-    output_zero: Tensor
-    att_prefix_mass: Tensor
-    att_own_object: Tensor
-    own_object_share: Tensor
-    n_query: Tensor
-    n_key: Tensor
-    keys: str
-    convention: str
-    zero_rule: str
-    controls: dict[str, Tensor] | None = None
-
-    @property
-    def num_heads(self) -> int:
-        return self.att.shape[1] - 1
-
-    def per_image_map(self) -> list[list[dict[str, float | int | str]]]:
-        """``rows[b]``: one plain dict per map of image ``b``, every head then the head mean; its
-        ``head`` is the head index, :data:`~nlanalysis.schema.HEAD_MEAN` for the head mean."""
-        heads = self.num_heads
-        out = []
-        for b in range(self.att.shape[0]):
-            per_map = []
-            for h in range(heads + 1):
-                row: dict[str, float | int | str] = {"head": HEAD_MEAN if h == heads else h}
-                for f in fields(self):
-                    value = getattr(self, f.name)
-                    if f.name == "controls":
-                        row.update({k: v[b, h].item() for k, v in (value or {}).items()})
-                        continue
-                    if isinstance(value, Tensor):
-                        value = (value[b, h] if value.dim() == 2 else value[b]).item()
-                    row[f.name] = value
-                per_map.append(row)
-            out.append(per_map)
-        return out
+#: the statistics of a ViT layer: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, heads + 1]``
+#: per-map fields (last: the head mean), ``att_prefix_mass`` and ``keys``; the controls
+#: (:func:`nlanalysis.measure.head_controls.head_controls`) go to its ``controls``.
+HeadStats = SiteStats
 
 
 def gram_matrices(weight: Tensor, num_heads: int, gamma: Tensor | None = None) -> Tensor:
@@ -240,10 +168,7 @@ def heads_batch(
     n_query = qmask.sum(1).cpu() if qmask is not None else torch.full((b,), nq)
     n_key = kmask.sum(1).cpu() if kmask is not None else torch.full((b,), n_key_all)
     plan = _jsd_plan(qmask, nq, b, jsd_pairs, generator, dev)
-    sel = None
-    if plan is not None and dev.type == "cpu":
-        sel = torch.full((b, nq), -1, dtype=torch.long)
-        sel[plan.image, plan.query] = torch.arange(plan.query.numel())
+    sel = plan.table_rows(b, nq) if plan is not None and dev.type == "cpu" else None
     labels = None
     if objects is not None:
         if tuple(objects.shape) != (b, *layout.grid):
@@ -331,7 +256,7 @@ def measure_heads(
     if maps is not None:
         s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
     elif native:
-        s_att, sums, jsd_values = _native_rows(att, km, batch.qmask, batch, chunk_size)
+        s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     return _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
@@ -351,10 +276,16 @@ def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | 
         return heads_batch(layout, att.keys, b, valid, jsd_pairs=jsd_pairs, generator=generator, device=dev, objects=objects)
     if valid is not None or objects is not None:
         raise ValueError("give the valid mask and object labels to heads_batch, not with batch=")
-    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(dev)):
+    return _check_batch(batch, att)
+
+
+def _check_batch(batch: HeadsBatch, att: HeadAttention) -> HeadsBatch:
+    """``batch``, if it was built for ``att``'s maps (ValueError otherwise)."""
+    b, dev = att.batch_size, torch.device(att.device)
+    if (batch.layout, batch.keys, batch.size, batch.device) != (att.layout, att.keys, b, dev):
         raise ValueError(
             f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout} on {batch.device}; "
-            f"these maps are {b} images, keys {att.keys!r}, {layout} on {dev}"
+            f"these maps are {b} images, keys {att.keys!r}, {att.layout} on {dev}"
         )
     return batch
 
@@ -403,10 +334,10 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
     own = torch.where(sums[7] > 0, sums[5] / sums[7], nan) if batch.objects is not None else nan
     own_share = torch.where(sums[7] > 0, sums[6] / sums[7], nan) if batch.objects is not None else nan
     jsd, jsd_err = _jsd(batch.plan, jsd_values, b, heads)
-    return HeadStats(
+    return SiteStats(
         inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
-        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, prefix_mass, own, own_share,
-        batch.n_query.clone(), batch.n_key.clone(), att.keys, cos["convention"], cos["zero"],  # each layer's own tensors
+        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, own, own_share, batch.n_query.clone(),
+        batch.n_key.clone(), cos["convention"], cos["zero"], att_prefix_mass=prefix_mass, keys=att.keys,  # each layer's own tensors
     )  # fmt: skip
 
 
@@ -451,30 +382,7 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
         raise ValueError(f"value must be [B, heads, N, d_v] with (B, heads, N) = {(b, heads, n)}, got {tuple(value.shape)}")
     if not (uses_native("auto", att.device) and att.query.dtype == torch.float32 and value.dtype == torch.float32):
         raise RuntimeError("attend needs the native kernels and float32 CPU tensors (see uses_native)")
-    if (batch.layout, batch.keys, batch.size, batch.device) != (layout, att.keys, b, torch.device(att.device)):
-        raise ValueError(f"batch= was built for {batch.size} images, keys {batch.keys!r}, {batch.layout}; these maps differ")
+    _check_batch(batch, att)
     out = torch.empty(b, n, heads, value.shape[3])
-    s_att, sums, jsd = _native_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out))
+    s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out))
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)
-
-
-KERNELS = ("auto", "native", "eager")
-
-
-def uses_native(choice: str, device: torch.device | str = "cpu") -> bool:
-    """Whether :func:`measure_heads` with ``kernels=choice`` runs the native kernels for maps on
-    ``device`` (building them now if needed; ``"native"`` warns once when it cannot)."""
-    if choice not in KERNELS:
-        raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
-    if choice == "eager":
-        return False
-    if torch.device(device).type == "cpu" and _native.available():
-        return True
-    if choice == "native" and not _WARNED:
-        _WARNED.append(True)
-        why = _native.why_unavailable() or f"maps on {torch.device(device)}, the kernels are for the CPU"
-        warnings.warn(f"native ViT statistics kernels unavailable ({why}); using eager PyTorch", stacklevel=3)
-    return False
-
-
-_WARNED: list[bool] = []

@@ -29,6 +29,12 @@ class _Plan:
     pair_image: Tensor
     exact: Tensor  # [B] bool: all pairs of that image were used
 
+    def table_rows(self, b: int, nq: int) -> Tensor:
+        """``[b, nq]`` (CPU): each planned query's row in the table of kept rows, ``-1`` for the others."""
+        sel = torch.full((b, nq), -1, dtype=torch.long)
+        sel[self.image.cpu(), self.query.cpu()] = torch.arange(self.query.numel())
+        return sel
+
 
 def _jsd_plan(
     qmask: Tensor | None, nq: int, b: int, jsd_pairs: int, generator: torch.Generator | None, dev: torch.device

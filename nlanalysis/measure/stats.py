@@ -1,0 +1,126 @@
+"""The statistics of one attention site on a batch, whatever the site: an NL/GC block (one map) or a
+ViT layer (every head, then the head mean).
+
+Cao et al., "GCNet", arXiv 1904.11492, Sec. 3 (Table 1): the average distance over all ordered
+pairs of positions (i = j included) of ``input`` (the site's input features ``x_i``), ``output``
+(what the site adds before fusion, ``z_i - x_i``) and ``att`` (query ``i``'s map over the keys), with
+cosine distance ``1 - cos`` by default; beside them, what kind of attention was learned: the mean
+pairwise Jensen-Shannon divergence of query maps (sampled pairs, with its standard error), their
+normalised entropy, mean largest weight, the fraction of all-zero rows, and the attention mass a
+query on an object puts on that object (:mod:`.blocks` states the rules, :mod:`.heads` the ViT parts).
+
+Every per-map field is ``[B, M]``: ``M = 1`` for an NL/GC block, ``heads + 1`` for a ViT layer
+(the last map is the head mean, ``head ==`` :data:`~nlanalysis.schema.HEAD_MEAN`). A field a site
+does not have is ``None`` and gives no column (``att_prefix_mass``, ``keys`` for NL blocks;
+``query_independent`` for ViT layers; the ``ctrl_*`` fields where no control was asked for).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from ..schema import HEAD_MEAN
+
+__all__ = ["CONTROLS", "SiteStats", "nan_maps"]
+
+#: the control fields, as the columns of :mod:`nlanalysis.schema` (role ``control``) name them.
+CONTROLS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature")
+
+
+def nan_maps(b: int, m: int = 1) -> Tensor:
+    """``[b, m]`` float64 NaN: a statistic not defined for a site's maps."""
+    return torch.full((b, m), math.nan, dtype=torch.float64)
+
+
+@dataclass
+class SiteStats:
+    """Per-image statistics of one attention site; per-map tensor fields are ``[B, M]``.
+
+    Attributes:
+        input, output, att: mean pairwise cosine distances of the input features, of what the
+            site adds before fusion (a ViT head: its share of the branch) and of the query maps.
+        att_jsd, att_jsd_stderr: mean pairwise Jensen-Shannon divergence of query maps (bits) and
+            the standard error of its pair-sampled estimate (0 when exact).
+        att_entropy: mean normalised entropy of the query maps (1 = uniform, 0 = one-hot).
+        att_max: mean of each map's largest weight; att_zero_rows: fraction of all-zero rows.
+        input_zero, output_zero: number of all-zero feature vectors (int64).
+        att_own_object, own_object_share: mean attention mass a query on an object puts on that
+            object, and the share of valid keys the object covers (uniform baseline); NaN without labels.
+        n_query, n_key: ``[B]`` valid query and key positions.
+        convention, zero_rule: the cosine-distance convention and zero-vector rule used.
+        att_prefix_mass: mean weight patch queries put on class/register tokens (ViT only).
+        ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature: the random-projection
+            control at matched sharpness (:mod:`nlanalysis.measure.controls`), or ``None``.
+        query_independent: one map serves every query by construction (NL/GC only).
+        keys: ``"patch"`` or ``"all"`` (ViT only).
+    """
+
+    input: Tensor
+    output: Tensor
+    att: Tensor
+    att_jsd: Tensor
+    att_jsd_stderr: Tensor
+    att_entropy: Tensor
+    att_max: Tensor
+    att_zero_rows: Tensor
+    input_zero: Tensor
+    output_zero: Tensor
+    att_own_object: Tensor
+    own_object_share: Tensor
+    n_query: Tensor
+    n_key: Tensor
+    convention: str
+    zero_rule: str
+    att_prefix_mass: Tensor | None = None
+    ctrl_att: Tensor | None = None
+    ctrl_att_jsd: Tensor | None = None
+    ctrl_att_own_object: Tensor | None = None
+    ctrl_temperature: Tensor | None = None
+    query_independent: bool | None = None
+    keys: str | None = None
+
+    @property
+    def num_maps(self) -> int:
+        return self.att.shape[1]
+
+    @property
+    def num_heads(self) -> int:
+        """Heads of a ViT layer (its maps less the head mean); 0 for an NL/GC block."""
+        return self.num_maps - 1
+
+    @property
+    def controls(self) -> dict[str, Tensor] | None:
+        """The ``ctrl_*`` fields as ``{column: [B, M]}``, or ``None`` when none was measured."""
+        found = {name: getattr(self, name) for name in CONTROLS if getattr(self, name) is not None}
+        return found or None
+
+    @controls.setter
+    def controls(self, value: dict[str, Tensor] | None) -> None:
+        for name in CONTROLS:
+            setattr(self, name, None if value is None else value.get(name))
+
+    def per_image_map(self) -> list[list[dict[str, float | int | bool | str]]]:
+        """``rows[b]``: one plain dict per map of image ``b`` (ViT: every head, then the head mean);
+        its ``head`` is the map's index, :data:`~nlanalysis.schema.HEAD_MEAN` for the last (or only) map."""
+        m = self.num_maps
+        present = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+        out = []
+        for b in range(self.att.shape[0]):
+            per_map = []
+            for h in range(m):
+                row: dict[str, float | int | bool | str] = {"head": HEAD_MEAN if h == m - 1 else h}
+                for name, value in present:
+                    if isinstance(value, Tensor):
+                        value = (value[b, h] if value.dim() == 2 else value[b]).item()
+                    row[name] = value
+                per_map.append(row)
+            out.append(per_map)
+        return out
+
+    def per_image(self) -> list[dict[str, float | int | bool | str]]:
+        """One plain dict per image, ready for a table row: the last map's (an NL/GC block's only map,
+        a ViT layer's head mean), as :meth:`per_image_map` gives it, without ``head``."""
+        return [{k: v for k, v in maps[-1].items() if k != "head"} for maps in self.per_image_map()]
