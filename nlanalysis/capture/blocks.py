@@ -31,16 +31,19 @@ class BlockSite(Site):
 
     Args:
         keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
-        chunk_size, jsd_pairs, convention, zero, controls: passed to :func:`measure_block`.
+        chunk_size, jsd_pairs, convention, zero, controls, kernels: passed to :func:`measure_block`
+            (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads).
     """
 
     noun = "NL/GC block"
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
-                 convention: str = "1-cos", zero: str = "exclude", controls: bool = False) -> None:  # fmt: skip
+                 convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
+                 kernels: str = "auto") -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
-        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls)
+        self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
+                                   kernels=kernels)
 
     def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
         info = block.adapter.describe(block.module)
