@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
     src.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    src.add_argument("--photos", nargs="*", metavar="NAME", help="the real photos shipped in pip wheels (matplotlib, scikit-image, "
+                     "scikit-learn), by name (none named: every one installed), or NAME=PATH")  # fmt: skip
     src.add_argument("--image-ids", nargs="+", metavar="ID", help="only these images (COCO ids, or file ids: relative paths)")
     src.add_argument("--cat-ids", nargs="+", type=int, metavar="ID", help="only images with an object of these COCO categories")
     src.add_argument("--limit", type=int, metavar="N", help="a seeded random sample of N images (kept in id order)")
@@ -71,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--queries",
         metavar="KIND:K",
-        help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background); "
-        "default objects:2 for COCO, random:3 for files",
+        help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background), "
+        "points:Y,X;Y,X;... (fractions of the image, moved to their patch's centre); default objects:2 for COCO, random:3 otherwise",
     )
     p.add_argument("--save-maps", action="store_true", help="save the query maps per image (RUN_DIR/maps/*.npz)")
     run = p.add_argument_group("running")
@@ -125,8 +127,8 @@ def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
     """The :class:`~nlanalysis.extract.spec.RunSpec` of the parsed arguments."""
     return RunSpec(
         model=ModelSpec(args.ckpt, name=args.model, blocks=args.blocks, options=_model_options(args)),
-        data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, image_ids=_ids(args.image_ids, coco),
-                      cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
+        data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, photos=args.photos,
+                      image_ids=_ids(args.image_ids, coco), cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
         output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
         measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls),
         running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
