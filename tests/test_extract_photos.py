@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from helpers import randomize_
 from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, load_run, run_extract
