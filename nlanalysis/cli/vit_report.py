@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -39,18 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..vit import MissingExtraError
     from ..report.vit import write_vit_report
 
     if args.nl_table is not None and not args.nl_table.is_file():
         raise FileNotFoundError(f"--nl-table {args.nl_table}: no such file (write it with `nlanalysis report ... --out DIR`)")
-    try:
-        report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size,
-                                  preprocessing=args.preprocessing, heads=args.heads, formats=args.formats)  # fmt: skip
-    except MissingExtraError as err:
-        if args.debug:
-            raise
-        print(f"nlanalysis vit-report: error: {err}", file=sys.stderr)
-        return 2
+    report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size,
+                              preprocessing=args.preprocessing, heads=args.heads, formats=args.formats)  # fmt: skip
     print(f"report: {report.index_md} (and {report.index_html.name})")
     return 0
