@@ -32,8 +32,9 @@ BOTH = frozenset({NL, VIT})
 #: what a column is for: ``image`` (filled from the image file), ``site`` (which block / layer /
 #: head and its shape), ``stat`` (a statistic of the trained maps), ``check`` (how far to trust
 #: one: sampling error, excluded vectors), ``control`` (the random-projection control), ``fact``
-#: (how the numbers were made).
-ROLES = ("image", "site", "stat", "check", "control", "fact")
+#: (how the numbers were made), ``locality`` (ViT: where a head's weight lies around its query,
+#: recorded by ``extract`` beside the statistics, :mod:`nlanalysis.extract.locality`).
+ROLES = ("image", "site", "stat", "check", "control", "fact", "locality")
 
 _INF = math.inf
 
@@ -121,9 +122,10 @@ REGISTRY: tuple[Column, ...] = (
        sites=_VIT),
     _c("image_height", "height of the image file, pixels", "int", "image", _COUNT),
     _c("image_width", "width of the image file, pixels", "int", "image", _COUNT),
-    _c("att_local", "weight a query puts on its own and the 8 neighbouring patches", "float", "stat", _UNIT, sites=_VIT,
-       stored=False),
-    _c("att_local_uniform", "what a uniform map puts on those 3x3 patches", "float", "stat", _UNIT, sites=_VIT, stored=False),
+    _c("att_local", "weight a query puts on its own and the 8 neighbouring patches", "float", "locality", _UNIT, sites=_VIT),
+    _c("att_local_uniform", "what a uniform map puts on those 3x3 patches", "float", "locality", _UNIT, sites=_VIT),
+    _c("peak_offsets", "how many queries have their map's largest weight at each offset from the query: `dy,dx:count` "
+       "(patches), space-separated, offsets in `(dy, dx)` order", "str", "locality", sites=_VIT),
 )  # fmt: skip
 
 _BY_NAME = {c.name: c for c in REGISTRY}

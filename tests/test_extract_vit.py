@@ -249,15 +249,15 @@ def test_saved_queries_avoid_patches_excluded_as_padding(tiny_vit, photos, tmp_p
 def test_planning_reads_no_image_and_chunks_are_the_captures(tiny_vit, photos, tmp_path):
     """A ViT's input is S x S whatever the photo: batches are planned without opening a file; its
     capture sizes its own chunks unless told (NL/GC captures keep 256 query rows)."""
-    from nlanalysis.extract import runner
+    from nlanalysis.extract import resume, runner
     from extract_inputs import tiny_checkpoint
 
     root, paths, _ = photos
     analysis = ViTAnalysis(tiny_vit, size=56)
     assert analysis.shape_from_image is False
     items = [runner.ImageItem(i, p.name, str(tmp_path / "gone" / p.name), p.stem) for i, p in enumerate(paths)]
-    assert runner.plan_batches(items, analysis.input_shape, 2, analysis.shape_from_image) == [[0, 1], [2, 3]]
-    assert runner.plan_batches(items, analysis.input_shape, 2) == [[0], [1], [2], [3]]  # sizes unknown: one by one
+    assert resume.plan_batches(items, analysis.input_shape, 2, analysis.shape_from_image) == [[0, 1], [2, 3]]
+    assert resume.plan_batches(items, analysis.input_shape, 2) == [[0], [1], [2], [3]]  # sizes unknown: one by one
     assert analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False).measure_kwargs["chunk_size"] is None
     assert analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=8, controls=False).measure_kwargs["chunk_size"] == 8
     nl = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))

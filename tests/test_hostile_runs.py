@@ -311,11 +311,12 @@ def test_merge_refusal_says_what_to_do_for_a_merge(data, tmp_path, capsys):
 
 
 def test_a_second_identical_extract_is_refused_while_the_first_runs(data, tmp_path, capsys):
+    from nlanalysis.extract.resume import claim_shard
     from nlanalysis.extract.store import RunStore
 
     out = tmp_path / "r"
     assert main(_args(data, out, "--shard", "0/2")) == 0
-    with RunStore(out).claim("1-of-2"):  # the first command, still running shard 1/2
+    with claim_shard(RunStore(out), "1-of-2"):  # the first command, still running shard 1/2
         line = _error(capsys, _args(data, out, "--shard", "1/2"))
         assert f"--out {out}: shard 1-of-2 of this run is being analysed by pid " in line and "wait for it to finish" in line
         assert main(_args(data, out, "--shard", "0/2")) == 0  # another shard may share the folder

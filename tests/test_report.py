@@ -173,7 +173,8 @@ def test_load_runs_rejects_duplicate_labels_and_unknown_blocks(runs):
 
 
 def test_report_of_a_vit_run(tmp_path):
-    """A ViT run (a small random-weight timm ViT, 56 x 56) reports one row per layer: the head mean."""
+    """A ViT run (a small random-weight timm ViT, 56 x 56) reports one row per layer (the head mean) and the
+    layers x heads figures, as ``vit-report`` does."""
     from helpers import randomize_
     from nlanalysis.vit import HEAD_MEAN
 
@@ -191,13 +192,14 @@ def test_report_of_a_vit_run(tmp_path):
     assert set(metrics["head"]) == {HEAD_MEAN, 0, 1}
     runs = load_runs([tmp_path / "vit_run"])
     assert len(runs.frame) == 2 * 2 and (runs.frame["head"] == HEAD_MEAN).all()  # images x layers, head-mean rows only
-    report = write_report([tmp_path / "vit_run"], tmp_path / "rep", images=2, formats=("png",))
-    t1 = report.tables["table1"]
-    assert list(t1["block"]) == ["blocks.0.attn", "blocks.1.attn"] and list(t1["variant"]) == ["vit", "vit"]
-    means = metrics[metrics["head"] == HEAD_MEAN].groupby("block")["att"].mean()
-    per_head = metrics[metrics["head"] != HEAD_MEAN].groupby("block")["att"].mean()
-    assert np.allclose(t1["att"], means[t1["block"]]) and not np.allclose(t1["att"], per_head[t1["block"]])
+    report = write_report([tmp_path / "vit_run"], tmp_path / "rep", formats=("png",))  # the ViT report, per layer and head
+    layers = report.tables["layers"]
+    assert list(layers["layer"]) == [0, 1] and (layers["n_images"] == 2).all()
+    means = metrics[metrics["head"] == HEAD_MEAN].groupby("layer")["att"].mean()
+    per_head = metrics[metrics["head"] != HEAD_MEAN].groupby("layer")["att"].mean()
+    assert np.allclose(layers["att"], means[layers["layer"]]) and not np.allclose(layers["att"], per_head[layers["layer"]])
     names = sorted(p.name for p in report.figures)
-    assert names == ["distributions.png", "query_distances_vit.png", "query_maps_vit_blocks.0.attn.png",
-                     "query_maps_vit_blocks.1.attn.png"]  # fmt: skip
-    assert "`vit`, block `1.attn`" in report.index_md.read_text()
+    assert names == ["head_maps.png", "heads_att.png", "heads_att_entropy.png", "heads_att_local.png"]  # Figure 2 from saved maps
+    assert "2 photos given by the caller" in report.index_md.read_text()
+    with pytest.raises(ValueError, match="a ViT run is reported alone"):
+        write_report([tmp_path / "vit_run", tmp_path / "vit_run"], tmp_path / "rep2", formats=("png",))

@@ -16,7 +16,7 @@ from nlanalysis.plots.vit_heads import head_matrix, plot_head_maps, plot_layer_h
 from nlanalysis.tables import format_ci
 from nlanalysis.analyze_vit import HEAD_MEAN
 from nlanalysis.extract.maps import grid_overlay
-from nlanalysis.extract.photo_maps import PhotoMaps
+from nlanalysis.extract.maps import PhotoMaps
 from nlanalysis.report.vit import choose_heads, compare_table, heads_table, read_nl_table
 
 
@@ -215,14 +215,29 @@ def test_overlay_removes_the_padding_and_marks_the_query_patch():
     assert all(np.allclose(m, [133.0, 40.0]) for m in markers) and len(markers) == 4  # (x, y): photo panel + map panel, per head
 
 
-def test_head_map_grid_draws_the_maps_vitcapture_returns():
+def _extract_photos(tmp_path, model, size, queries):
+    """``extract`` of :func:`_photos` with ``model`` (maps saved at ``queries``, fractions of each photo): the loaded run."""
+    from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, ViTAnalysis, load_run, run_extract
+    from nlanalysis.report.vit import _photo_files
+
+    names = _photo_files(tmp_path / "photos", _photos())
+    points = "points:" + ";".join(f"{y},{x}" for y, x in queries)
+    spec = RunSpec(model=ModelSpec(ViTAnalysis(model, size=size)), data=DataSpec(photos=names),
+                   output=OutputSpec(tmp_path / "run", save_maps=True, queries=points), measure=MeasureSpec(jsd_pairs=16))  # fmt: skip
+    run_extract(spec, progress=False, command=["test"])
+    return load_run(tmp_path / "run")
+
+
+def test_head_map_grid_draws_the_maps_vitcapture_returns(tmp_path):
     from nlanalysis.vit import ViTCapture, preprocess_image
-    from nlanalysis.extract.photo_maps import photo_maps
+    from nlanalysis.extract.maps import photo_maps
 
     model = _timm_vit()
     photos = _photos()
     heads = [(1, 2), (2, HEAD_MEAN)]
-    maps = photo_maps(model, photos, heads, queries=((0.3, 0.3), (0.7, 0.6)), size=28)
+    run = _extract_photos(tmp_path, model, 28, ((0.3, 0.3), (0.7, 0.6)))
+    blocks = dict(zip(run.metrics["layer"], run.metrics["block"]))
+    maps = [photo_maps(run.maps[name], name, image, {h: blocks[h[0]] for h in heads}, 28, "pad") for name, image in photos.items()]
     fig = plot_head_maps(maps, heads)
     drawn = [im.get_array() for ax in fig.axes for im in ax.images if im.cmap.name == "inferno"]
     expected = []
@@ -239,38 +254,40 @@ def test_head_map_grid_draws_the_maps_vitcapture_returns():
                 expected.append(_bilinear(grid_map, 28, 28)[top : top + h, left : left + w])
     assert len(drawn) == len(expected) == 8
     for d, e in zip(drawn, expected):
-        np.testing.assert_allclose(d, e, atol=1e-6)
+        np.testing.assert_allclose(d, e, atol=1e-3)  # the run saves maps as float16
     top, left, h, w = maps[0].box
     assert (top, left, h, w) == (5, 0, 18, 28) and maps[0].image.shape == (18, 28, 3)
     assert ((maps[0].points - 0.5 * 7) % 7 == 0).all()  # query points sit on patch centres
+    x, _ = preprocess_image(photos["wide"], 28, "pad")  # the photo as the model saw it, from its normalised input
+    seen = (x * torch.tensor([0.229, 0.224, 0.225])[:, None, None] + torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+    np.testing.assert_array_equal(maps[0].image, (seen.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()[5:23])
 
 
-def test_locality_matches_a_loop_over_the_model_own_attention():
+def test_locality_matches_a_loop_over_the_model_own_attention(tmp_path):
     from nlanalysis.vit import preprocess_batch
-    from nlanalysis.extract.photo_maps import locality
+    from nlanalysis.extract.locality import parse_peak_offsets
 
     model = _timm_vit()
     x, valid, ids = preprocess_batch(_photos(), 28, "pad")
-    frame = locality(model, x, valid=valid, image_ids=ids)
-    assert len(frame) == 2 * 3 * 5
-    blk = model.blocks[1]
-    seen = []
-    hook = blk.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    with torch.no_grad():
-        model(x)
-        hook.remove()
-        qkv = blk.attn.qkv(blk.norm1(seen[0])).reshape(2, 17, 3, 4, 8).permute(2, 0, 3, 1, 4)
-        probs = ((qkv[0] @ qkv[1].transpose(-1, -2)) * 8**-0.5).softmax(-1)[:, :, 1:, 1:]  # patch queries, patch keys
+    frame = _extract_photos(tmp_path, model, 28, ((0.4, 0.4),)).metrics  # locality recorded by extract
+    assert len(frame) == 2 * 3 * 5 and frame["att_local"].notna().all()
+    probs = _patch_probs(model, x)
+    offsets = parse_peak_offsets(frame, ("image_id", "layer", "head"))
     for b, name in enumerate(ids):
         ok = [(i // 4, i % 4) for i in range(16) if valid[b, (i // 4) * 7 + 3, (i % 4) * 7 + 3]]
-        for head in (0, 3):
-            masses = []
+        for layer, head in ((1, 0), (1, 3), (2, 1)):
+            masses, peaks = [], {}
             for qy, qx in ok:
-                row = {(ky, kx): float(probs[b, head, qy * 4 + qx, ky * 4 + kx]) for ky, kx in ok}
+                row = {(ky, kx): float(probs[layer][b, head, qy * 4 + qx, ky * 4 + kx]) for ky, kx in ok}
                 total = sum(row.values())
                 masses.append(sum(v for (ky, kx), v in row.items() if abs(ky - qy) <= 1 and abs(kx - qx) <= 1) / total)
-            got = frame[(frame["image"] == name) & (frame["layer"] == 1) & (frame["head"] == head)]["att_local"].item()
-            assert got == pytest.approx(np.mean(masses), abs=1e-6)
+                ky, kx = max(row, key=row.get)
+                peaks[ky - qy, kx - qx] = peaks.get((ky - qy, kx - qx), 0) + 1
+            sel = (frame["image_id"] == name) & (frame["layer"] == layer) & (frame["head"] == head)
+            assert frame[sel]["att_local"].item() == pytest.approx(np.mean(masses), abs=1e-6)
+            mine = offsets[(offsets["image_id"] == name) & (offsets["layer"] == layer) & (offsets["head"] == head)]
+            assert {(r.peak_dy, r.peak_dx): r.queries for r in mine.itertuples()} == peaks
+            assert (mine["n_query"] == len(ok)).all()
 
 
 def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
@@ -306,7 +323,7 @@ def test_report_writes_its_files_and_states_the_chosen_heads(tmp_path):
     nl_rows = compare[compare["model"].str.startswith("NL net")]
     assert sorted(nl_rows["att"]) == [0.0, 0.01, 0.78]  # the concatenation row of step 0 is dropped
     assert "concatenation layer1.1 60.0x" in text and "gc layer1.1: one map shared by all queries by construction" in text
-    # independently of record_locality / heads_table: each head's peak offsets from the model's own attention, by hand
+    # independently of extract's locality / heads_table: each head's peak offsets from the model's own attention, by hand
     from nlanalysis.vit import preprocess_batch
 
     x, valid, ids = preprocess_batch(_photos(), 56, "pad")

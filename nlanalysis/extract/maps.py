@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import image_region
 
-__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "grid_overlay", "save_image_maps"]
+__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps", "save_image_maps"]
 
 MAPS_FORMAT = "nlanalysis-maps-1"
 
@@ -126,6 +127,81 @@ def grid_overlay(
     out = np.full((oh, ow), np.nan, dtype=np.float32)
     out[r0:r1, c0:c1] = F.interpolate(seen, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
     return out
+
+
+@dataclass
+class PhotoMaps:
+    """One photo's query points and the saved maps of chosen ViT heads, over the photo as the model saw it
+    (:func:`photo_maps`; what :func:`nlanalysis.plots.vit_heads.plot_head_maps` draws).
+
+    Attributes:
+        name: the photo's name.
+        image: the photo as the model saw it, ``uint8 [h, w, 3]``: the model input without its
+            padding (the resized photo; with ``"crop"`` preprocessing, the crop).
+        input_size: ``(H, W)`` of the model input.
+        box: ``(top, left, height, width)`` of the model-input pixels that show the photo
+            (:attr:`nlanalysis.data.transforms.Prepared.region`).
+        grid: ``(H_g, W_g)`` patch grid.
+        cells: ``[K, 2]`` patch ``(row, col)`` of each query.
+        points: ``[K, 2]`` ``(y, x)`` of each query in model-input pixels (its patch's centre).
+        maps: ``{(layer, head): [K, H_g, W_g]}`` each query's weights on the patch keys as the
+            model computed them (mass on the class/register tokens left out, not renormalised;
+            ``head == HEAD_MEAN``: the mean over heads), as saved (float16).
+    """
+
+    name: str
+    image: np.ndarray
+    input_size: tuple[int, int]
+    box: tuple[int, int, int, int]
+    grid: tuple[int, int]
+    cells: np.ndarray
+    points: np.ndarray
+    maps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(h, w)`` of :attr:`image`."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def overlay(self, layer: int, head: int, query: int) -> np.ndarray:
+        """``float32 [h, w]``: the query's map of ``(layer, head)`` over :attr:`image`
+        (:func:`grid_overlay`: stretched over the input, cut to :attr:`box`)."""
+        if (layer, head) not in self.maps:
+            raise KeyError(f"{self.name}: no maps of layer {layer} head {head} (have {sorted(self.maps)})")
+        top, left, h, w = self.box
+        return grid_overlay(self.maps[layer, head][query], self.input_size, (h, w), (top, left), self.size)
+
+    def points_on_image(self) -> np.ndarray:
+        """``[K, 2]`` query points in the pixels of :attr:`image`."""
+        top, left, h, w = self.box
+        ph, pw = self.size
+        return (self.points - np.array([top, left], dtype=np.float64)) * np.array([ph / h, pw / w])
+
+
+def photo_maps(
+    saved: ImageMaps, name: str, photo: np.ndarray, heads: Mapping[tuple[int, int], str], size: int, mode: str
+) -> PhotoMaps:
+    """The :class:`PhotoMaps` of one photo of a ViT run saved with ``--save-maps``.
+
+    Args:
+        saved: the photo's saved maps.
+        name: its name.
+        photo: the photo file's pixels, ``uint8 [H, W, 3]`` (prepared again as the run did, to show it as the model saw it).
+        heads: ``{(layer, head): block}`` the heads to take (``head == -1``: the head mean) and their layer's block.
+        size, mode: the run's ViT preprocessing (``run.json``'s ``preprocess``).
+    """
+    from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare_vit_image
+
+    prepared = prepare_vit_image(photo, size, mode)
+    y0, y1, x0, x1 = prepared.region
+    rgb = prepared.tensor * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    seen = (rgb.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()[y0:y1, x0:x1]
+    first = saved._index(next(iter(heads.values())))
+    pm = PhotoMaps(name, seen, (size, size), (y0, x0, y1 - y0, x1 - x0), tuple(int(v) for v in saved[f"query_shape_{first}"]),
+                   saved[f"cells_{first}"], saved.query_yx.astype(np.float64))  # fmt: skip
+    for (layer, head), block in heads.items():
+        pm.maps[layer, head] = saved.maps(block, head)
+    return pm
 
 
 class ImageMaps:

@@ -10,6 +10,9 @@ edge of the image next to the padding) are left out too (:func:`query_region`).
 
 * ``grid:K``    -- a ``K x K`` grid: the centres of ``K x K`` equal tiles of the (seen) image.
 * ``random:K``  -- ``K`` pixel centres drawn uniformly (seeded per image).
+* ``points:Y,X;Y,X;...`` -- fixed fractions of the seen image (``0.5,0.5``: its centre), each
+  moved to the centre of its cell on the finest query grid (the points the ViT report draws);
+  a point in a cell the statistics drop is an error that says so.
 
 Given ``grids``, ``K`` is capped at the finest grid (rows and columns for ``grid:K``, cells for
 ``random:K``), with a warning: more points would only repeat the maps of cells.
@@ -34,17 +37,20 @@ from .objects import ObjectMap
 
 __all__ = ["QUERY_KINDS", "QueryPoints", "QuerySpec", "parse_queries", "query_region", "select_queries"]
 
-QUERY_KINDS = ("grid", "random", "objects")
+QUERY_KINDS = ("grid", "random", "objects", "points")
 
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """A parsed ``--queries`` value (``kind:K``)."""
+    """A parsed ``--queries`` value (``kind:K``, or ``points:`` with its ``(y, x)`` fractions)."""
 
     kind: str
     k: int
+    points: tuple[tuple[float, float], ...] = ()
 
     def __str__(self) -> str:
+        if self.kind == "points":
+            return "points:" + ";".join(f"{y:g},{x:g}" for y, x in self.points)
         return f"{self.kind}:{self.k}"
 
 
@@ -63,10 +69,19 @@ class QueryPoints:
 
 
 def parse_queries(text: str) -> QuerySpec:
-    """Parse ``grid:K``, ``random:K`` or ``objects:K`` (K >= 1)."""
+    """Parse ``grid:K``, ``random:K`` or ``objects:K`` (K >= 1), or ``points:Y,X;Y,X;...`` (fractions in [0, 1))."""
+    head, _, rest = (text or "").partition(":")
+    if head.strip() == "points":
+        try:
+            points = tuple((float(y), float(x)) for y, x in (p.split(",") for p in rest.split(";")))
+        except ValueError:
+            points = ()
+        if not points or not all(0 <= v < 1 for p in points for v in p):
+            raise ValueError(f"--queries {text!r}: expected points:Y,X;Y,X;... with fractions of the image in [0, 1)")
+        return QuerySpec("points", len(points), points)
     m = re.fullmatch(r"\s*(\w+)\s*:\s*(\d+)\s*", text or "")
     if not m or m.group(1) not in QUERY_KINDS or int(m.group(2)) < 1:
-        raise ValueError(f"--queries {text!r}: expected grid:K, random:K or objects:K with K >= 1")
+        raise ValueError(f"--queries {text!r}: expected grid:K, random:K or objects:K with K >= 1, or points:Y,X;...")
     return QuerySpec(m.group(1), int(m.group(2)))
 
 
@@ -147,6 +162,8 @@ def select_queries(
     """
     region = query_region(size, offset, input_size, grids)
     y0, y1, x0, x1 = region
+    if spec.kind == "points":
+        return _fixed_points(spec, image_region(size, offset, input_size), region, input_size, grids)
     if spec.kind == "grid":
         ky, kx = _capped(spec, grids)
         ys = y0 + (np.arange(ky) + 0.5) * (y1 - y0) / ky
@@ -161,6 +178,27 @@ def select_queries(
     if objects is None:
         raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
     return _object_points(spec.k, objects, pixels, scale, offset)
+
+
+def _fixed_points(
+    spec: QuerySpec,
+    seen: tuple[int, int, int, int],
+    region: tuple[float, float, float, float],
+    input_size: tuple[int, int] | None,
+    grids: Sequence[tuple[int, int]],
+) -> QueryPoints:
+    """``points:``: fractions of the seen image, each moved to the centre of its cell on the finest grid."""
+    y0, y1, x0, x1 = seen
+    yx = np.array([(y0 + fy * (y1 - y0), x0 + fx * (x1 - x0)) for fy, fx in spec.points], dtype=np.float64)
+    if grids and input_size is not None:
+        step = np.array(input_size, dtype=np.float64) / np.array(max(grids, key=lambda g: g[0] * g[1]), dtype=np.float64)
+        yx = (np.floor(yx / step) + 0.5) * step
+    r0, r1, c0, c1 = region
+    outside = ~((yx[:, 0] >= r0) & (yx[:, 0] < r1) & (yx[:, 1] >= c0) & (yx[:, 1] < c1))
+    if outside.any():
+        raise ValueError(f"--queries {spec}: point {int(np.flatnonzero(outside)[0])} falls on a patch the statistics drop "
+                         "(padding, or cut off); move it into the image")  # fmt: skip
+    return QueryPoints(yx, np.full(len(yx), -1, dtype=np.int64))
 
 
 def _capped(spec: QuerySpec, grids: Sequence[tuple[int, int]]) -> tuple[int, int]:

@@ -3,23 +3,22 @@
 For each image: read it (in DataLoader workers with ``workers > 0``), preprocess it as the model
 expects (an NL/GC checkpoint: resize keeping the ratio, normalise, pad to the divisor; a ViT:
 224 x 224 pad-to-square or centre crop), draw its objects into a label map (COCO), choose its
-query points (``--save-maps``; in the main process, in cells the analysed blocks keep), run the model under the analysis' capture with the valid-pixel
-mask (padding is excluded from every statistic, as queries and as keys), and write its rows (and
-maps) atomically. What depends on the kind of model comes from an
+query points (``--save-maps``; in the main process, in cells the analysed blocks keep), run the
+model under the analysis' capture with the valid-pixel mask (padding is excluded from every
+statistic, as queries and as keys), and write its rows (and maps) atomically. What depends on the kind of model comes from an
 :class:`~nlanalysis.extract.analyses.Analysis` (NL/GC blocks or ViT heads); the loop is one.
 
 Determinism (what makes a resumed run equal an uninterrupted one row for row):
 
-* The batches are planned from the whole shard before anything is skipped, so an image is
-  always computed with the same batch mates; a batch with some images done is recomputed whole
-  and only its missing images are written.
+* The batches are planned from the whole shard before anything is skipped (:mod:`.resume`); a
+  batch with some images done is recomputed whole and only its missing images are written.
 * Only images with the same padded input shape share a batch (each image is padded to its own
   divisor, as at batch size 1), so batching never changes an image's input. Results then equal
   a batch-size-1 run up to float rounding of batched kernels, except ``att_jsd``, whose query pairs
   are drawn by one generator per forward: it differs within its standard error
   (``att_jsd_stderr``) unless the batch size is 1.
 * Random choices are seeded from ``(seed, image key)`` (queries) or ``(seed, keys of the batch)``
-  (JSD pairs), never from the order images are processed in.
+  (JSD pairs and controls; or ``MeasureSpec.batch_seed``), never from the order images are processed in.
 """
 from __future__ import annotations
 
@@ -48,7 +47,8 @@ from .maps import save_image_maps
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec, select_queries
 from .results import summarize
-from .sources import ImageItem, coco_images, file_images, shard_of
+from .resume import ShardPlan, claim_shard, plan_shard
+from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
 
@@ -207,55 +207,6 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _input_shape(
-    item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]], from_image: bool = True
-) -> tuple[int, int] | None:
-    """The model-input shape of ``item`` without decoding it (``None`` when unknown).
-
-    ``from_image=False``: the shape does not depend on the image's size; its file is not opened.
-    """
-    h, w = item.height, item.width
-    if not from_image:
-        return shape_of(int(h or 0), int(w or 0))
-    if not (h and w):
-        try:
-            from PIL import Image
-
-            with Image.open(item.path) as img:
-                w, h = img.size
-        except Exception:  # unreadable: it fails (alone) when loaded
-            return None
-    return shape_of(int(h), int(w))
-
-
-def plan_batches(
-    items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int, from_image: bool = True
-) -> list[list[int]]:
-    """Group image positions into batches of equal padded shape, greedily in order.
-
-    ``shape_of(h, w)`` is the model-input shape of an ``h x w`` image (:meth:`Analysis.input_shape`);
-    ``from_image=False`` (:attr:`Analysis.shape_from_image`): it is the same for every image, and no
-    image file is opened for its size.
-    A batch is emitted when its shape has ``batch_size`` images; at most ``4 * batch_size``
-    images wait, beyond which the fullest group is emitted early. Depends only on the list.
-    """
-    if batch_size <= 1:
-        return [[i] for i in range(len(items))]
-    waiting: dict[Any, list[int]] = {}
-    batches: list[list[int]] = []
-    for i, item in enumerate(items):
-        shape = _input_shape(item, shape_of, from_image) or ("unknown", i)
-        group = waiting.setdefault(shape, [])
-        group.append(i)
-        if len(group) == batch_size:
-            batches.append(waiting.pop(shape))
-        elif sum(map(len, waiting.values())) > 4 * batch_size:
-            fullest = max(waiting, key=lambda s: len(waiting[s]))
-            batches.append(waiting.pop(fullest))
-    batches.extend(waiting.values())
-    return batches
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -265,9 +216,9 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     Args:
         spec: the run (:class:`~nlanalysis.extract.spec.RunSpec`): the model (a checkpoint, NL/GC or
             ViT, told apart by its keys; a named model; a loaded checkpoint or a ready
-            :class:`~nlanalysis.extract.analyses.Analysis`), the images (COCO or files), the
-            measurement (JSD pairs, chunks, controls), the output (folder, saved maps and their
-            query points) and how this process runs (device, batch size, workers, shard).
+            :class:`~nlanalysis.extract.analyses.Analysis`), the images (COCO, files or the shipped
+            photos), the measurement (JSD pairs, chunks, controls), the output (folder, saved maps
+            and their query points) and how this process runs (device, batch size, workers, shard).
             Recorded whole in ``run.json`` (``spec``).
         progress: show a tqdm progress bar.
         command: the command line to record (default ``sys.argv``).
@@ -276,65 +227,36 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     shard_index, shard_count = resolve_shard(spec.running.shard)
     dev = resolve_device(spec.running.device)
     items = _select(spec)
-    queries = spec.query_spec()
     analysis = load_analysis(spec.model.ckpt, model=spec.model.name, blocks=spec.model.blocks, options=spec.model.options)
-    batch_size = spec.running.batch_size or analysis.batch_size
     if spec.measure.controls and not analysis.controls:
         why = " with --vit-keys all (the control's maps are over patch keys)" if analysis.kind == "vit-heads" else ""
         raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}{why}")
     analysis.model.to(dev)
     use_objects = spec.data.coco and analysis.object_statistics
-    save_maps = spec.output.save_maps
-
     info = _describe_run(analysis, items, spec, own_object=use_objects)
-    data = spec.data
-    info.update(
-        command=list(command if command is not None else sys.argv),
-        selection_args={"coco_ann": data.coco_ann, "coco_images": data.coco_images, "images": data.images, "image_ids": data.image_ids,
-                        "cat_ids": data.cat_ids, "limit": data.limit, "seed": spec.seed},  # fmt: skip
-        spec=spec.to_dict(),
-        started=started,
-    )
+    info.update(command=list(command if command is not None else sys.argv), selection_args=_selection_args(spec),
+                spec=spec.to_dict(), started=started)  # fmt: skip
     store = RunStore(spec.output.out)
     store.open(json.loads(json.dumps(info, default=str)), items)
 
     shard_name = f"{shard_index}-of-{shard_count}"
-    with store.claim(shard_name):  # one process per shard: a second identical command is refused
-        mine = shard_of(items, shard_index, shard_count)
-        store.clean_temporary({it.key for it in mine})
-        redone = store.verify({it.key for it in mine})
-        for why in redone.values():
+    with claim_shard(store, shard_name):  # one process per shard: a second identical command is refused
+        batch_size = spec.running.batch_size or analysis.batch_size
+        plan = plan_shard(store, shard_of(items, shard_index, shard_count), analysis.input_shape, batch_size, analysis.shape_from_image)
+        for why in plan.redone.values():
             print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
-        done_before = store.done_keys()
-        plan = plan_batches(mine, analysis.input_shape, batch_size, analysis.shape_from_image)
-        todo = [b for b in plan if any(mine[i].key not in done_before for i in b)]
-        n_todo = sum(mine[i].key not in done_before for b in todo for i in b)
-        workers = spec.running.workers
         session = {
             "id": uuid.uuid4().hex, "started": started, "finished": None, "command": info["command"],
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
-            "workers": workers, "images": len(mine), "skipped": len(mine) - n_todo, "done": 0, "failed": 0,
-            "redone_damaged": [{"key": k, "why": why} for k, why in redone.items()],
+            "workers": spec.running.workers, "images": len(plan.items), "skipped": len(plan.items) - plan.n_todo, "done": 0,
+            "failed": 0, "redone_damaged": [{"key": k, "why": why} for k, why in plan.redone.items()],
         }  # fmt: skip
         store.write_session(shard_name, session)
-
-        loader = torch.utils.data.DataLoader(
-            _ImageDataset(mine, analysis.prepare, queries if save_maps else None, use_objects),
-            batch_sampler=todo,
-            num_workers=workers,
-            collate_fn=_as_list,
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=2 if workers else None,
-        )
-        measure = spec.measure
-        work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=done_before,
-                       queries=queries if save_maps else None, save_maps=save_maps, seed=spec.seed, use_objects=use_objects,
-                       capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
-        desc = f"extract {shard_name}" if shard_count > 1 else "extract"
+        loader, work = _work(spec, analysis, plan, store, dev, use_objects)
         try:
-            _loop(loader, work, session, n_todo, progress, desc)
+            _loop(loader, work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
         finally:
-            session["finished"] = now() if session["done"] + session["failed"] == n_todo else None
+            session["finished"] = now() if session["done"] + session["failed"] == plan.n_todo else None
             session["seconds"] = round(time.perf_counter() - t0, 3)
             store.write_session(shard_name, session)
             run_info = store.assemble()
@@ -344,12 +266,40 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
                          time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
 
 
+def _work(
+    spec: RunSpec, analysis: Analysis, plan: ShardPlan, store: RunStore, dev: torch.device, use_objects: bool
+) -> tuple[Any, Callable[[list[_Loaded]], tuple[int, int]]]:
+    """The loader of the shard's batches left (images read in DataLoader workers) and the work on one batch."""
+    workers, measure, save_maps = spec.running.workers, spec.measure, spec.output.save_maps
+    queries = spec.query_spec() if save_maps else None
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(plan.items, analysis.prepare, queries, use_objects),
+        batch_sampler=plan.todo,
+        num_workers=workers,
+        collate_fn=_as_list,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+    work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=plan.done_before, queries=queries,
+                   save_maps=save_maps, seed=spec.seed, batch_seed=measure.batch_seed, use_objects=use_objects,
+                   capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
+    return loader, work
+
+
+def _selection_args(spec: RunSpec) -> dict[str, Any]:
+    data = spec.data
+    return {"coco_ann": data.coco_ann, "coco_images": data.coco_images, "images": data.images, "photos": data.photos,
+            "image_ids": data.image_ids, "cat_ids": data.cat_ids, "limit": data.limit, "seed": spec.seed}  # fmt: skip
+
+
 def _select(spec: RunSpec) -> list[ImageItem]:
-    """The selected images of ``spec.data`` (COCO or files), in run order."""
+    """The selected images of ``spec.data`` (COCO, files or the shipped photos), in run order."""
     data = spec.data
     if data.coco:
         return coco_images(data.coco_ann, data.coco_images, image_ids=data.image_ids, cat_ids=data.cat_ids, limit=data.limit,
                            seed=spec.seed)  # fmt: skip
+    if data.photos is not None:
+        return photo_images(data.photos, image_ids=data.image_ids, limit=data.limit, seed=spec.seed)
     return file_images(data.images, image_ids=data.image_ids, limit=data.limit, seed=spec.seed)
 
 
@@ -382,7 +332,7 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
     settings = {
         **analysis.settings(),
         "selection": {
-            "source": "coco" if coco_ann is not None else "files",
+            "source": "coco" if coco_ann is not None else "photos" if spec.data.photos is not None else "files",
             "annotations_sha256": sha256_file(coco_ann) if coco_ann is not None else None,
             "images": len(items),
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
@@ -396,7 +346,9 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
         "save_maps": save_maps,
         "seed": spec.seed,
         "measure": {"jsd_pairs": spec.measure.jsd_pairs, "controls": spec.measure.controls, "convention": "1-cos", "zero": "exclude",
-                    "own_object": own_object, **analysis.measure_settings()},  # fmt: skip
+                    "own_object": own_object, **analysis.measure_settings(),
+                    # only when given: runs made before it resume and merge as before
+                    **({"batch_seed": spec.measure.batch_seed} if spec.measure.batch_seed is not None else {})},  # fmt: skip
     }
     return {
         "format": FORMAT,
@@ -481,6 +433,7 @@ def _forward(
     device: torch.device,
     save_maps: bool,
     seed: int,
+    batch_seed: int | None,
     use_objects: bool,
     capture_kwargs: dict[str, Any],
 ) -> list[tuple[_Loaded, pd.DataFrame, Any]]:
@@ -489,14 +442,14 @@ def _forward(
     valid = torch.stack([g.valid for g in group]).to(device)
     offsets = np.cumsum([0] + [len(g.queries) if g.queries is not None else 0 for g in group])
     points = np.concatenate([g.queries for g in group]) if save_maps and offsets[-1] else None
-    jsd_seed = _seed_of(seed, tuple(g.item.key for g in group), "jsd")
+    jsd_seed = batch_seed if batch_seed is not None else _seed_of(seed, tuple(g.item.key for g in group), "jsd")
     with analysis.capture(queries=points, seed=jsd_seed, **capture_kwargs) as cap:
         cap.set_valid(valid)
         if use_objects and all(g.objects is not None for g in group):
             cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(device))
         analysis.model(images)
     records = cap.records
-    frame = analysis.frame(records, len(group))
+    frame = analysis.frame(records, len(group), valid)
     out = []
     for b, g in enumerate(group):
         rows = frame[frame["image"] == b].copy()

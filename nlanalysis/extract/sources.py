@@ -23,7 +23,9 @@ import numpy as np
 
 from .coco import CocoFileError, load_coco
 
-__all__ = ["IMAGE_EXTENSIONS", "CocoFileError", "ImageItem", "coco_images", "file_images", "load_coco", "select", "shard_of"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "CocoFileError", "ImageItem", "coco_images", "file_images", "load_coco", "photo_images", "select", "shard_of",
+]  # fmt: skip
 
 #: file name endings that ``--images FOLDER`` picks up (case-insensitive); of a GIF, the first frame is read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -202,3 +204,56 @@ def file_images(
             raise ValueError(f"--image-ids: {_few(unknown)} not among the {len(items)} files (ids are paths relative to {root})")
         items = [it for it in items if it.image_id in wanted]
     return select(items, limit=limit, seed=seed, what=f"image files under {root}")
+
+
+#: the files of the photos :func:`nlanalysis.data.images.sample_photos` reads: ``{name: (package, file)}``
+#: (``load_image`` of the file gives the same pixels).
+_PHOTO_FILES = {
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"), "astronaut": ("skimage", "astronaut.png"),
+    "coffee": ("skimage", "coffee.png"), "chelsea": ("skimage", "chelsea.png"), "rocket": ("skimage", "rocket.jpg"),
+    "motorcycle": ("skimage", "motorcycle_left.png"), "china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
+}  # fmt: skip
+
+
+def _photo_file(name: str) -> Path:
+    """The file of a shipped photo (ImportError when its package is not installed)."""
+    package, file = _PHOTO_FILES[name]
+    if package == "matplotlib":
+        from matplotlib import cbook
+
+        return Path(cbook.get_sample_data(file, asfileobj=False))
+    if package == "skimage":
+        import skimage
+
+        return Path(skimage.data_dir) / file
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "images" / file
+
+
+def photo_images(
+    photos: Sequence[str] = (), *, image_ids: Sequence[str] | None = None, limit: int | None = None, seed: int = 0
+) -> list[ImageItem]:
+    """The real photos shipped in pip wheels (matplotlib, scikit-image, scikit-learn), in the order
+    of :func:`nlanalysis.data.images.sample_photos`; each one's id is its name.
+
+    Args:
+        photos: names (``()``: every photo whose package is installed), or ``NAME=PATH``: the file
+            ``PATH`` under the id ``NAME``.
+        image_ids, limit, seed: as :func:`file_images`.
+    """
+    items = []
+    for text in photos or _PHOTO_FILES:
+        name, given, path = text.partition("=")
+        if not given and name not in _PHOTO_FILES:
+            raise ValueError(f"--photos {name}: unknown photo; the shipped photos are {', '.join(_PHOTO_FILES)} (or NAME=PATH)")
+        try:
+            file = Path(path) if given else _photo_file(name)
+        except ImportError:
+            if photos:
+                raise
+            continue
+        items.append(ImageItem(image_id=name, file_name=file.name, path=str(file), key=_safe_key(name)))
+    if image_ids is not None:
+        items = [it for it in items if it.image_id in {str(i) for i in image_ids}]
+    return select(items, limit=limit, seed=seed, what="photos")

@@ -91,11 +91,14 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which images (:mod:`nlanalysis.extract.sources`): a COCO instances file and its folder, or files.
+    """Which images (:mod:`nlanalysis.extract.sources`): a COCO instances file and its folder, files,
+    or the photos shipped in pip wheels.
 
     Attributes:
         coco_ann, coco_images: a COCO instances file and its image folder (both or neither), or
-        images: image files, folders (recursive) and globs.
+        images: image files, folders (recursive) and globs, or
+        photos: the real photos shipped in pip wheels (:func:`~nlanalysis.extract.sources.photo_images`),
+            by name (``()``: every one installed), or ``NAME=PATH`` for a file read under that name.
         image_ids: only these images (COCO ids, or file ids: paths relative to the common folder).
         cat_ids: only images with an object of these COCO categories.
         limit: a seeded random sample of this many images (seed: :attr:`RunSpec.seed`).
@@ -104,6 +107,7 @@ class DataSpec:
     coco_ann: PathLike | None = None
     coco_images: PathLike | None = None
     images: tuple[PathLike, ...] | None = None
+    photos: tuple[str, ...] | None = None
     image_ids: tuple[int | str, ...] | None = None
     cat_ids: tuple[int, ...] | None = None
     limit: int | None = None
@@ -111,11 +115,11 @@ class DataSpec:
     def __post_init__(self) -> None:
         if (self.coco_ann is None) != (self.coco_images is None):
             raise ValueError("--coco-ann and --coco-images go together")
-        if self.coco == (self.images is not None):
-            raise ValueError("give either --coco-ann ANN --coco-images DIR, or --images PATH...")
+        if self.coco + (self.images is not None) + (self.photos is not None) != 1:
+            raise ValueError("give either --coco-ann ANN --coco-images DIR, --images PATH... or --photos [NAME...]")
         if not self.coco and self.cat_ids:
             raise ValueError("--cat-ids needs COCO annotations (--coco-ann/--coco-images)")
-        for name in ("images", "image_ids", "cat_ids"):
+        for name in ("images", "photos", "image_ids", "cat_ids"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
 
     @property
@@ -133,11 +137,16 @@ class MeasureSpec:
         chunk_size: query rows per chunk (``None``: the analysis' default, :attr:`Analysis.chunk_size
             <nlanalysis.extract.analyses.Analysis.chunk_size>`).
         controls: the random-projection control at matched sharpness (``ctrl_*`` columns).
+        batch_seed: seed every batch's JSD pairs and controls with this number (``None``, the
+            default: a seed drawn from :attr:`RunSpec.seed` and the batch's image keys). A run of
+            one batch then has the numbers of an in-memory ``analyze`` of the same batch with
+            ``seed=batch_seed`` (``nlanalysis vit-report``, which reproduces its earlier reports).
     """
 
     jsd_pairs: int = 512
     chunk_size: int | None = None
     controls: bool = False
+    batch_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.jsd_pairs < 0:
@@ -153,7 +162,8 @@ class OutputSpec:
     Attributes:
         out: the run directory (created; resumed when it holds the same run).
         save_maps: write the query maps of every image (``maps/KEY.npz``).
-        queries: the saved maps' query points, ``grid:K``, ``random:K`` or ``objects:K``
+        queries: the saved maps' query points, ``grid:K``, ``random:K``, ``objects:K`` or
+            ``points:Y,X;...``
             (:mod:`nlanalysis.extract.queries`; default ``objects:2`` with COCO, else ``random:3``).
     """
 

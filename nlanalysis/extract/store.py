@@ -16,14 +16,14 @@ Layout of ``RUN_DIR``::
 Every file is written to a temporary name in its folder and renamed (``os.replace``), so a
 process killed at any point leaves each file either complete or absent; ``maps/KEY.npz`` is
 written before ``checks/KEY.json``, and that before ``parts/KEY.csv``. An image counts as done iff
-its part exists and its files match their checks (:meth:`RunStore.verify`, on resume: a damaged one
+its part exists and its files match their checks (:func:`~nlanalysis.extract.resume.verify_done`, on resume: a damaged one
 is redone and named in the session), so a rerun skips it, and ``metrics.csv`` (re-)assembled from
 the parts holds exactly the rows of an uninterrupted run. Leftover temporary files
 (``.NAME.PID.tmp``) are ignored.
 
 Several processes (shards, torchrun ranks) may share one ``RUN_DIR``: they write disjoint parts,
 and assembly runs under an exclusive ``flock`` on ``RUN_DIR/.lock``. One process at a time holds a
-shard (``flock`` on ``shards/I-of-N.lock``, :meth:`RunStore.claim`): a second identical command is
+shard (``flock`` on ``shards/I-of-N.lock``, :func:`~nlanalysis.extract.resume.claim_shard`): a second identical command is
 refused, naming the first's pid and host.
 """
 from __future__ import annotations
@@ -37,8 +37,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -143,31 +141,6 @@ class RunStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    @contextlib.contextmanager
-    def claim(self, shard: str) -> Iterator[None]:
-        """Hold shard ``shard`` (``I-of-N``) of this run for one process; refuse if another holds it.
-
-        Two identical commands into one folder would each analyse every image; the second is
-        refused at once (waiting would only end in skipping what the first did). Other shards may
-        share the folder. The lock (``flock`` on ``shards/I-of-N.lock``) dies with its process."""
-        path = self.shards / f"{shard}.lock"
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise ValueError(f"--out {self.root}: shard {shard} of this run is being analysed by {holder}; wait for it to "
-                                 "finish (rerunning then resumes what is left), or give another --out") from None  # fmt: skip
-            try:
-                f.seek(0)
-                f.truncate()
-                f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {now()})")
-                f.flush()
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     # -- opening ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.run_json.is_file()
@@ -248,39 +221,6 @@ class RunStore:
             f.write(data)
         self.failure_path(key).unlink(missing_ok=True)
 
-    def verify(self, keys: set[str]) -> dict[str, str]:
-        """Check the done images of ``keys`` against their recorded sizes and sha256s; remove the
-        part (and checks) of each damaged one so it is redone. Returns ``{key: what was wrong}``.
-
-        Parts written before checks were recorded are checked by reading them (the part as CSV
-        with the columns of the others, the maps as a zip)."""
-        broken = {}
-        for key in sorted(self.done_keys() & keys):
-            why = self._damage(key)
-            if why:
-                broken[key] = why
-                for p in (self.part_path(key), self.check_path(key), self.maps_path(key)):
-                    p.unlink(missing_ok=True)
-        return broken
-
-    def _damage(self, key: str) -> str | None:
-        """What is wrong with the files of done image ``key`` (``None``: nothing)."""
-        if not self.check_path(key).is_file():
-            return _unchecked_damage(self.part_path(key), self.maps_path(key))
-        try:
-            checks = _read_json(self.check_path(key))
-        except ValueError as err:
-            return str(err)
-        for rel, want in checks.items():
-            path = self.root / rel
-            if not path.is_file():
-                return f"{path}: missing"
-            if path.stat().st_size != want.get("size"):
-                return f"{path}: {path.stat().st_size} bytes, {want.get('size')} were written (truncated or changed)"
-            if sha256_file(path) != want.get("sha256"):
-                return f"{path}: its sha256 differs from the one recorded when it was written (changed or damaged)"
-        return None
-
     def write_failure(self, item: ImageItem, reason: str) -> None:
         row = {"image_id": item.image_id, "file_name": item.file_name, "path": item.path, "reason": reason}
         _write_json(self.failure_path(item.key), row)
@@ -353,23 +293,6 @@ class RunStore:
 
 def _file_check(data: bytes) -> dict[str, Any]:
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def _unchecked_damage(part: Path, maps: Path) -> str | None:
-    """What is wrong with a part written before checks were recorded, and its maps (``None``: nothing found)."""
-    try:
-        pd.read_csv(part)
-    except (ValueError, UnicodeDecodeError) as err:
-        return f"{part}: cannot be read as CSV ({err})"
-    if maps.is_file():
-        try:
-            with zipfile.ZipFile(maps) as z:
-                bad = z.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
-            return f"{maps}: not a readable npz ({err})"
-        if bad is not None:
-            return f"{maps}: member {bad} is damaged"
-    return None
 
 
 RESUME_HINT = "use another --out, or the same arguments to resume"

@@ -24,7 +24,7 @@ from .map_grid import MapRow, draw_map_rows
 from .style import new_figure, styled
 
 if TYPE_CHECKING:
-    from ..extract.photo_maps import PhotoMaps
+    from ..extract.maps import PhotoMaps
 
 __all__ = ["STAT_LABELS", "head_matrix", "head_name", "plot_head_maps", "plot_layer_heads"]
 
@@ -142,7 +142,7 @@ def plot_head_maps(
     """Figure 2 grids of ``heads`` side by side (one sub-figure per head).
 
     Args:
-        photos: from :func:`nlanalysis.extract.photo_maps.photo_maps` (each holding the maps of ``heads``).
+        photos: from :func:`nlanalysis.extract.maps.photo_maps` (each holding the maps of ``heads``).
         heads: ``(layer, head)`` s to draw, left to right.
         head_titles: a title per head (default ``layer L · head H``).
         title: the figure's title.

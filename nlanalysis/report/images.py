@@ -19,7 +19,7 @@ def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.P
 
     Looks in, in order: ``image_root / file_name``; the ``path`` column of ``images.csv``
     (where the run records it); the COCO image folder the run was given; the image files and
-    folders it was given (relative paths are taken from the current directory).
+    folders, or the shipped photos, it was given (relative paths are taken from the current directory).
     """
     table = run.images.assign(_id=run.images["image_id"].astype(str)).drop_duplicates("_id").set_index("_id")
     args = run.info.get("selection_args", {})
@@ -37,9 +37,9 @@ def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.P
         if args.get("coco_images"):
             candidates.append(Path(args["coco_images"]) / file_name)
         hit = next((c for c in candidates if c.is_file()), None)
-        if hit is None and args.get("images"):
+        if hit is None and (args.get("images") or args.get("photos") is not None):
             if listed is None:  # the files the run was given, listed once
-                listed = _listed_files(args["images"])
+                listed = _listed_files(args.get("images"), args.get("photos"))
             hit = listed.get(key)
         found.append(hit if hit is not None and hit.is_file() else None)
     return found
@@ -50,11 +50,12 @@ def find_image(run: ResultSet, image_id: Any, image_root: str | os.PathLike[str]
     return find_images(run, [image_id], image_root)[0]
 
 
-def _listed_files(paths: Sequence[str]) -> dict[str, Path]:
-    from ..extract.sources import file_images
+def _listed_files(paths: Sequence[str] | None, photos: Sequence[str] | None) -> dict[str, Path]:
+    from ..extract.sources import file_images, photo_images
 
     try:
-        return {str(it.image_id): Path(it.path) for it in file_images(paths)}
+        items = file_images(paths) if paths else photo_images(photos)
+        return {str(it.image_id): Path(it.path) for it in items}
     except (ValueError, OSError):
         return {}
 

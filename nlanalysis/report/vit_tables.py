@@ -18,8 +18,6 @@ __all__ = ["HEAD_COLUMNS", "choose_heads", "heads_table", "layers_caption", "lay
 HEAD_COLUMNS = pick("input", "output", "att", "ctrl_att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local",
                     "att_local_uniform")
 
-_TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
-
 
 def choose_heads(frame: pd.DataFrame, stat: str = "att") -> tuple[tuple[int, int], tuple[int, int]]:
     """``((layer, head) with the lowest, (layer, head) with the highest)`` mean over images of ``stat``.
@@ -43,7 +41,7 @@ def heads_table(
 ) -> pd.DataFrame:
     """Per layer and head (``HEAD_MEAN`` last in each layer): mean and CI over images of ``columns``.
 
-    With ``offsets`` (the peak-offset counts of :func:`~nlanalysis.extract.photo_maps.record_locality`), also
+    With ``offsets`` (the peak-offset counts, :func:`~nlanalysis.extract.locality.parse_peak_offsets`), also
     where the maps peak, pooled over images: ``peak_dy``/``peak_dx``, the offset from the query
     with the largest share of queries averaged over images (each image's share: its patch queries
     whose map peaks there; ties go to the first in ``(dy, dx)`` order), ``peak_share``, that

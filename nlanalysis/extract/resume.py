@@ -1,0 +1,182 @@
+"""Resuming one shard of a run: who holds it, which of its images are done, which batches are left.
+
+* :func:`claim_shard` -- one process per shard (``flock`` on ``shards/I-of-N.lock``): a second
+  identical command is refused at once, naming the first's pid and host.
+* :func:`verify_done` -- an image counts as done iff its part exists and its files match the
+  sizes and sha256s recorded when they were written (``checks/KEY.json``); a damaged one is
+  removed, so it is redone, and named in the session.
+* :func:`plan_shard` -- both, then the batches of the shard that still hold an image to do.
+  Batches are planned from the whole shard before anything is skipped (:func:`plan_batches`), so an
+  image is always computed with the same batch mates: a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .sources import ImageItem
+from .store import RunStore, _read_json, now, sha256_file
+
+__all__ = ["ShardPlan", "claim_shard", "plan_batches", "plan_shard", "verify_done"]
+
+
+@contextlib.contextmanager
+def claim_shard(store: RunStore, shard: str) -> Iterator[None]:
+    """Hold shard ``shard`` (``I-of-N``) of ``store``'s run for this process; refuse if another holds it.
+
+    Two identical commands into one folder would each analyse every image; the second is refused
+    at once (waiting would only end in skipping what the first did). Other shards may share the
+    folder. The lock (``flock`` on ``shards/I-of-N.lock``) dies with its process."""
+    path = store.shards / f"{shard}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ValueError(f"--out {store.root}: shard {shard} of this run is being analysed by {holder}; wait for it to "
+                             "finish (rerunning then resumes what is left), or give another --out") from None  # fmt: skip
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} (since {now()})")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def verify_done(store: RunStore, keys: set[str]) -> dict[str, str]:
+    """Check the done images of ``keys`` against their recorded sizes and sha256s; remove the part
+    (and checks) of each damaged one so it is redone. Returns ``{key: what was wrong}``.
+
+    Parts written before checks were recorded are checked by reading them (the part as CSV, the
+    maps as a zip)."""
+    broken = {}
+    for key in sorted(store.done_keys() & keys):
+        why = _damage(store, key)
+        if why:
+            broken[key] = why
+            for p in (store.part_path(key), store.check_path(key), store.maps_path(key)):
+                p.unlink(missing_ok=True)
+    return broken
+
+
+def _damage(store: RunStore, key: str) -> str | None:
+    """What is wrong with the files of done image ``key`` (``None``: nothing)."""
+    if not store.check_path(key).is_file():
+        return _unchecked_damage(store.part_path(key), store.maps_path(key))
+    try:
+        checks = _read_json(store.check_path(key))
+    except ValueError as err:
+        return str(err)
+    for rel, want in checks.items():
+        path = store.root / rel
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != want.get("size"):
+            return f"{path}: {path.stat().st_size} bytes, {want.get('size')} were written (truncated or changed)"
+        if sha256_file(path) != want.get("sha256"):
+            return f"{path}: its sha256 differs from the one recorded when it was written (changed or damaged)"
+    return None
+
+
+def _unchecked_damage(part: Path, maps: Path) -> str | None:
+    """What is wrong with a part written before checks were recorded, and its maps (``None``: nothing found)."""
+    try:
+        pd.read_csv(part)
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"{part}: cannot be read as CSV ({err})"
+    if maps.is_file():
+        try:
+            with zipfile.ZipFile(maps) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            return f"{maps}: not a readable npz ({err})"
+        if bad is not None:
+            return f"{maps}: member {bad} is damaged"
+    return None
+
+
+def _input_shape(
+    item: ImageItem, shape_of: Callable[[int, int], tuple[int, int]], from_image: bool = True
+) -> tuple[int, int] | None:
+    """The model-input shape of ``item`` without decoding it (``None`` when unknown).
+
+    ``from_image=False``: the shape does not depend on the image's size; its file is not opened.
+    """
+    h, w = item.height, item.width
+    if not from_image:
+        return shape_of(int(h or 0), int(w or 0))
+    if not (h and w):
+        try:
+            from PIL import Image
+
+            with Image.open(item.path) as img:
+                w, h = img.size
+        except Exception:  # unreadable: it fails (alone) when loaded
+            return None
+    return shape_of(int(h), int(w))
+
+
+def plan_batches(
+    items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int, from_image: bool = True
+) -> list[list[int]]:
+    """Group image positions into batches of equal padded shape, greedily in order.
+
+    ``shape_of(h, w)`` is the model-input shape of an ``h x w`` image (:meth:`Analysis.input_shape`);
+    ``from_image=False`` (:attr:`Analysis.shape_from_image`): it is the same for every image, and no
+    image file is opened for its size.
+    A batch is emitted when its shape has ``batch_size`` images; at most ``4 * batch_size``
+    images wait, beyond which the fullest group is emitted early. Depends only on the list.
+    """
+    if batch_size <= 1:
+        return [[i] for i in range(len(items))]
+    waiting: dict[Any, list[int]] = {}
+    batches: list[list[int]] = []
+    for i, item in enumerate(items):
+        shape = _input_shape(item, shape_of, from_image) or ("unknown", i)
+        group = waiting.setdefault(shape, [])
+        group.append(i)
+        if len(group) == batch_size:
+            batches.append(waiting.pop(shape))
+        elif sum(map(len, waiting.values())) > 4 * batch_size:
+            fullest = max(waiting, key=lambda s: len(waiting[s]))
+            batches.append(waiting.pop(fullest))
+    batches.extend(waiting.values())
+    return batches
+
+
+@dataclass
+class ShardPlan:
+    """What is left of a shard: ``todo`` (batches of positions in ``items``), ``n_todo`` images in
+    them not done, ``done_before`` (keys), ``redone`` (``{key: why}`` of damaged images redone)."""
+
+    items: list[ImageItem]
+    todo: list[list[int]]
+    n_todo: int
+    done_before: set[str]
+    redone: dict[str, str]
+
+
+def plan_shard(store: RunStore, items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int,
+               from_image: bool = True) -> ShardPlan:  # fmt: skip
+    """The work left in the shard ``items`` (held with :func:`claim_shard`): temporary files of a
+    killed process removed, damaged images redone (:func:`verify_done`), batches planned from the
+    whole shard (:func:`plan_batches`) and those holding an image not done kept."""
+    keys = {it.key for it in items}
+    store.clean_temporary(keys)
+    redone = verify_done(store, keys)
+    done_before = store.done_keys()
+    todo = [b for b in plan_batches(items, shape_of, batch_size, from_image) if any(items[i].key not in done_before for i in b)]
+    n_todo = sum(items[i].key not in done_before for b in todo for i in b)
+    return ShardPlan(items, todo, n_todo, done_before, redone)

@@ -1,0 +1,87 @@
+"""The ViT report's figures, from a result set: layers x heads maps of att, entropy and local mass,
+and GCNet's Figure 2 of two heads from the maps ``extract --save-maps`` kept."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.images import load_image
+from ..extract.maps import photo_maps
+from ..extract.results import ResultSet
+from ..plots.vit_heads import head_name
+from .images import find_images
+from .vit_tables import rows_by_head
+
+__all__ = ["vit_figures"]
+
+
+def vit_figures(
+    run: ResultSet,
+    frame: pd.DataFrame,
+    per_head: pd.DataFrame,
+    chosen_heads: list[tuple[int, int]],
+    labels: dict[tuple[int, int], str],
+    figures_dir: Path,
+    model_name: str,
+    *,
+    image_root: str | os.PathLike[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[tuple[Path, str]]:
+    """The layers x heads maps of att, entropy and local mass, and the Figure 2 grids of the two heads:
+    ``[(PNG path, caption)]``."""
+    from ..plots import save_figure
+    from ..plots.vit_heads import plot_head_maps, plot_layer_heads
+
+    figures: list[tuple[Path, str]] = []
+    highlight = {h: labels[h] for h in chosen_heads}
+    for stat, text in _heads_stats(frame):
+        fig = plot_layer_heads(frame, stat, title=model_name, highlight=highlight)
+        save_figure(fig, figures_dir / f"heads_{stat}", formats)
+        figures.append((figures_dir / f"heads_{stat}.png", text))
+    maps = _saved_maps(run, frame, chosen_heads, image_root)
+    if not maps:
+        return figures
+    row_of = rows_by_head(per_head)
+    head_titles = [f"{head_name(*h)} ({labels[h]}): att {row_of[h]['att']:.3f}" for h in chosen_heads]
+    fig = plot_head_maps(maps, chosen_heads, head_titles=head_titles,
+                         title=f"{model_name}: attention map of each query (one colour scale per photo and head)")  # fmt: skip
+    save_figure(fig, figures_dir / "head_maps", formats)
+    queries = str(run.info["settings"].get("queries"))
+    where = f"`--queries {queries}`"
+    if queries.startswith("points:"):
+        where = "fixed fractions of the photo, moved to the centre of their patch"
+    figures.append((figures_dir / "head_maps.png",
+                    f"GCNet Figure 2 form for the two heads: each photo with {len(maps[0].points)} query points ({where}), "
+                    "then each query's map (weights on the photo's patches as the "
+                    "model computed them, mass on the class token and on padded patches not shown), stretched bilinearly over "
+                    "the input and cut to the photo. One colour scale per photo and head."))  # fmt: skip
+    return figures
+
+
+def _saved_maps(run: ResultSet, frame: pd.DataFrame, heads: list[tuple[int, int]], image_root: str | os.PathLike[str] | None) -> list:
+    """The :class:`~nlanalysis.extract.maps.PhotoMaps` of every photo of ``run`` with saved maps and a file found."""
+    prep = run.info["preprocess"]
+    block_of = dict(zip(frame["layer"].astype(int), frame["block"]))
+    ids = [i for i in dict.fromkeys(frame["image"]) if i in run.maps]
+    out = []
+    for image_id, path in zip(ids, find_images(run, ids, image_root)):
+        if path is not None:
+            out.append(photo_maps(run.maps[image_id], str(image_id), load_image(path), {h: block_of[h[0]] for h in heads},
+                                  int(prep["size"]), prep["mode"]))  # fmt: skip
+    return out
+
+
+def _heads_stats(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The statistics drawn as layers x heads maps, each with its caption."""
+    return [("att", "att: 1 − cos between the attention maps of two queries, averaged over all pairs of the photo's patch "
+                    "queries, then over photos; per head, and (last column) for the head-averaged map. 0: every query "
+                    "has the same map."),
+            ("att_entropy", "Normalised entropy of a query's map (1: uniform over the photo's patches), mean over queries "
+                            "and photos. A low att with a high entropy is one broad map shared by all queries; with a low "
+                            "entropy, a few patches that every query looks at."),
+            ("att_local", "Weight a query puts on its own and the 8 neighbouring patches, mean over queries and photos "
+                          "(a uniform map puts about "
+                          f"{frame['att_local_uniform'].mean():.3f} there). High: a local head.")]  # fmt: skip
