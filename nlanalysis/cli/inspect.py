@@ -13,6 +13,7 @@ from typing import Any
 
 from ..blocks import PAIRWISE_MODES
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
+from ..extract.analysis_nl import CHECKPOINT_OVERRIDES
 from ..models import POSITIONS
 from . import add_command
 
@@ -35,7 +36,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``overrides`` for :func:`nlanalysis.checkpoints.load_checkpoint` from parsed arguments."""
-    return {"style": args.style, "nl_mode": args.nl_mode, "use_scale": args.use_scale, "position": args.position}
+    return {k: getattr(args, k) for k in CHECKPOINT_OVERRIDES}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
-from ..data.transforms import resized_size
+from ..data.transforms import padded_size
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .store import sha256_file
 
@@ -79,9 +79,7 @@ class BlockAnalysis(Analysis):
         return self.loaded.preprocess
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
-        nh, nw = resized_size(height, width, self.preprocess)
-        d = self.preprocess.pad_divisor
-        return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
+        return padded_size(height, width, self.preprocess)
 
     def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
         shape = (int(input_shape[0]), int(input_shape[1]))
