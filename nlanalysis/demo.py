@@ -30,23 +30,22 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
         )
     ann, images = demo_scenes_path()
     out = Path(out)
-    runs = []
+    runs = {}
     start = time.perf_counter()
     for variant, ckpt in checkpoints.items():
         if variant == "baseline":  # no block to analyse: it is the task-metric reference
             continue
         if progress:
             print(f"[{variant}] extract on {scenes} scenes", flush=True)
-        run_dir = out / "runs" / variant
+        runs[variant] = out / "runs" / variant
         spec = RunSpec(
             model=ModelSpec(ckpt),
             data=DataSpec(coco_ann=ann, coco_images=images, limit=scenes),
-            output=OutputSpec(run_dir, save_maps=True, queries="objects:3"),
+            output=OutputSpec(runs[variant], save_maps=True, queries="objects:3"),
             measure=MeasureSpec(jsd_pairs=256, controls=True),
         )
         run_extract(spec, progress=progress, command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)])
-        runs.append(run_dir)
-    report = write_report(runs, out / "report", labels={v: out / "runs" / v for v in checkpoints if v != "baseline"})
+    report = write_report(list(runs.values()), out / "report", labels=runs)
     if progress:
         print(f"demo done in {time.perf_counter() - start:.0f} s")
     return report

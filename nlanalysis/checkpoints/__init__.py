@@ -7,16 +7,6 @@ from .preprocess import Preprocess
 from .reading import Placeholder, read_checkpoint_file
 
 __all__ = [
-    "KNOWN_FORMATS",
-    "LAYOUTS",
-    "CheckpointError",
-    "LoadedCheckpoint",
-    "Placeholder",
-    "Preprocess",
-    "find_blocks",
-    "load_checkpoint",
-    "parse_config_file",
-    "parse_config_text",
-    "read_checkpoint_file",
-    "save_checkpoint",
-]
+    "KNOWN_FORMATS", "LAYOUTS", "CheckpointError", "LoadedCheckpoint", "Placeholder", "Preprocess", "find_blocks", "load_checkpoint",
+    "parse_config_file", "parse_config_text", "read_checkpoint_file", "save_checkpoint",
+]  # fmt: skip

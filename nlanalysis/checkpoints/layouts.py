@@ -178,42 +178,16 @@ def _same(key: str) -> str:
 
 
 LAYOUTS: tuple[BlockLayout, ...] = (
-    BlockLayout(
-        "mmcv-nonlocal",
-        re.compile(r"^(.+?)\.g(?:\.0)?\.conv\.weight$"),
-        _infer_mmcv_nl,
-        _same,
-        "mmcv/mmdetection/this project's NonLocal2d (g/theta/phi/conv_out as ConvModule)",
-    ),
-    BlockLayout(
-        "mmcv-context",
-        re.compile(r"^(.+?)\.channel_(?:add|mul)_conv\.0\.weight$"),
-        _infer_context,
-        _same,
-        "mmcv/GCNet-repository ContextBlock (conv_mask, channel_add_conv.{0,1,3})",
-    ),
-    BlockLayout(
-        "nlanalysis-snl",
-        re.compile(r"^(.+?)\.conv_value\.weight$"),
-        _infer_snl,
-        _same,
-        "this project's SimplifiedNonLocal2d (conv_mask, conv_value)",
-    ),
-    BlockLayout(
-        "alexhex7",
-        re.compile(r"^(.+?)\.W(?:\.0)?\.weight$"),
-        _infer_alexhex7,
-        _rename_alexhex7,
-        "AlexHex7/Non-local_pytorch NONLocalBlock2D (g, theta, phi, W)",
-    ),
-    BlockLayout(
-        "timm",
-        re.compile(r"^(.+?)\.z\.weight$"),
-        _infer_timm,
-        _rename_timm,
-        "timm NonLocalAttn (t, p, g, z, norm)",
-    ),
-)
+    BlockLayout("mmcv-nonlocal", re.compile(r"^(.+?)\.g(?:\.0)?\.conv\.weight$"), _infer_mmcv_nl, _same,
+                "mmcv/mmdetection/this project's NonLocal2d (g/theta/phi/conv_out as ConvModule)"),
+    BlockLayout("mmcv-context", re.compile(r"^(.+?)\.channel_(?:add|mul)_conv\.0\.weight$"), _infer_context, _same,
+                "mmcv/GCNet-repository ContextBlock (conv_mask, channel_add_conv.{0,1,3})"),
+    BlockLayout("nlanalysis-snl", re.compile(r"^(.+?)\.conv_value\.weight$"), _infer_snl, _same,
+                "this project's SimplifiedNonLocal2d (conv_mask, conv_value)"),
+    BlockLayout("alexhex7", re.compile(r"^(.+?)\.W(?:\.0)?\.weight$"), _infer_alexhex7, _rename_alexhex7,
+                "AlexHex7/Non-local_pytorch NONLocalBlock2D (g, theta, phi, W)"),
+    BlockLayout("timm", re.compile(r"^(.+?)\.z\.weight$"), _infer_timm, _rename_timm, "timm NonLocalAttn (t, p, g, z, norm)"),
+)  # fmt: skip
 
 
 def find_blocks(state_dict: dict[str, Tensor]) -> list[FoundBlock]:

@@ -11,7 +11,9 @@ import argparse
 from collections import Counter
 from typing import Any
 
+from ..blocks import PAIRWISE_MODES
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
+from ..extract.analysis_nl import CHECKPOINT_OVERRIDES
 from ..models import POSITIONS
 from . import add_command
 
@@ -22,17 +24,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
     """The ``--ckpt`` options shared by commands that load checkpoints (``inspect``, ``extract``)."""
     parser.add_argument("--ckpt", required=required, metavar="FILE", help=ckpt_help)
     parser.add_argument("--config", metavar="FILE", help="mmdetection config file (parsed, never executed)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="allow unrestricted unpickling if the safe loader refuses the file (runs code from it)",
-    )
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unrestricted unpickling if the safe loader refuses the file (runs code from it)")  # fmt: skip
     parser.add_argument("--style", choices=("pytorch", "caffe"), help="ResNet stride style (keys can't tell)")
-    parser.add_argument(
-        "--nl-mode",
-        choices=("gaussian", "embedded_gaussian", "dot_product", "concatenation"),
-        help="NL pairwise function (keys can't tell embedded_gaussian from dot_product)",
-    )
+    parser.add_argument("--nl-mode", choices=PAIRWISE_MODES, help="NL pairwise function (keys can't tell embedded_gaussian from dot_product)")
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
     parser.add_argument("--vit-heads", type=int, metavar="H",
@@ -41,7 +36,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``overrides`` for :func:`nlanalysis.checkpoints.load_checkpoint` from parsed arguments."""
-    return {"style": args.style, "nl_mode": args.nl_mode, "use_scale": args.use_scale, "position": args.position}
+    return {k: getattr(args, k) for k in CHECKPOINT_OVERRIDES}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

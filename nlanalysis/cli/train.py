@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.scenes import DESIGNS
 from ..train import VARIANTS, TrainConfig
 from ..train.run import TrainJob, run_training, ship_checkpoints
 from . import add_command
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="default 6")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--design", choices=["shared", "independent"], default="shared")
+    p.add_argument("--design", choices=DESIGNS, default="shared")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
     p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
                    help="afterwards copy seed 0's final checkpoint of every variant to DIR as float16 "

@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "CLASS_NAMES",
-    "DEFAULT_SOURCE",
-    "FashionMNISTNotFound",
-    "IdxFormatError",
-    "load_fashion_mnist",
-    "read_idx",
-]
+__all__ = ["CLASS_NAMES", "DEFAULT_SOURCE", "FashionMNISTNotFound", "IdxFormatError", "load_fashion_mnist", "read_idx"]
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",

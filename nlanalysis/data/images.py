@@ -7,13 +7,12 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageReadError", "load_image", "sample_photos"]
+__all__ = ["PHOTO_FILES", "ImageReadError", "load_image", "photo_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
@@ -106,42 +105,28 @@ def _to_rgb8(img: Any, path: Path) -> np.ndarray:
     return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def _matplotlib_grace_hopper() -> np.ndarray:
-    from matplotlib import cbook
-
-    return load_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-
-
-def _skimage(name: str) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        from skimage import data
-
-        image = getattr(data, name)()
-        image = image[0] if name == "stereo_motorcycle" else image
-        return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
-
-    return read
+#: the real photos that ship in wheels: ``{name: (package, file)}`` (:func:`photo_file`).
+PHOTO_FILES = {
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"), "astronaut": ("skimage", "astronaut.png"),
+    "coffee": ("skimage", "coffee.png"), "chelsea": ("skimage", "chelsea.png"), "rocket": ("skimage", "rocket.jpg"),
+    "motorcycle": ("skimage", "motorcycle_left.png"), "china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
+}  # fmt: skip
 
 
-def _sklearn(name: str) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        from sklearn.datasets import load_sample_image
+def photo_file(name: str) -> Path:
+    """The file of the shipped photo ``name`` (ImportError when its package is not installed)."""
+    package, file = PHOTO_FILES[name]
+    if package == "matplotlib":
+        from matplotlib import cbook
 
-        return np.asarray(load_sample_image(name))
+        return Path(cbook.get_sample_data(file, asfileobj=False))
+    if package == "skimage":
+        import skimage
 
-    return read
+        return Path(skimage.data_dir) / file
+    import sklearn.datasets
 
-
-_PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    "grace_hopper": _matplotlib_grace_hopper,
-    "astronaut": _skimage("astronaut"),
-    "coffee": _skimage("coffee"),
-    "chelsea": _skimage("chelsea"),
-    "rocket": _skimage("rocket"),
-    "motorcycle": _skimage("stereo_motorcycle"),
-    "china": _sklearn("china.jpg"),
-    "flower": _sklearn("flower.jpg"),
-}
+    return Path(sklearn.datasets.__file__).parent / "images" / file
 
 
 def sample_photos(names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -150,13 +135,13 @@ def sample_photos(names: list[str] | None = None) -> dict[str, np.ndarray]:
     ``grace_hopper`` ships with matplotlib and is always there; the others need scikit-image
     or scikit-learn and are skipped when those are missing (unless named explicitly).
     """
-    wanted = names or list(_PHOTOS)
+    wanted = names or list(PHOTO_FILES)
     photos: dict[str, np.ndarray] = {}
     for name in wanted:
-        if name not in _PHOTOS:
-            raise ValueError(f"unknown sample photo {name!r}; available: {sorted(_PHOTOS)}")
+        if name not in PHOTO_FILES:
+            raise ValueError(f"unknown sample photo {name!r}; available: {sorted(PHOTO_FILES)}")
         try:
-            photos[name] = _PHOTOS[name]()
+            photos[name] = load_image(photo_file(name))
         except ImportError:
             if names is not None:
                 raise

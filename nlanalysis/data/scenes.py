@@ -43,18 +43,9 @@ import numpy as np
 from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 __all__ = [
-    "DEMO_COMMAND",
-    "DESIGNS",
-    "SPLITS",
-    "Scene",
-    "SceneParams",
-    "coco_categories",
-    "demo_scenes_path",
-    "make_scene",
-    "scene_annotations",
-    "semantic_mask",
-    "write_scenes",
-]
+    "DEMO_COMMAND", "DESIGNS", "SPLITS", "Scene", "SceneParams", "coco_categories", "demo_scenes_path", "make_scene",
+    "scene_annotations", "semantic_mask", "write_scenes",
+]  # fmt: skip
 
 DESIGNS = ("shared", "independent")
 SPLITS = {"train": "train", "val": "test"}

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..checkpoints.preprocess import Preprocess
 
-__all__ = ["Prepared", "collate", "image_region", "prepare_image", "resized_size"]
+__all__ = ["Prepared", "collate", "image_region", "padded_size", "prepare_image", "resized_size"]
 
 
 @dataclass
@@ -74,6 +74,13 @@ def resized_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
     return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
+def padded_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
+    """``(H, W)`` of the model input of an ``h x w`` image: its :func:`resized_size` padded to ``pre.pad_divisor``."""
+    nh, nw = resized_size(h, w, pre)
+    d = pre.pad_divisor
+    return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
+
+
 def prepare_image(image: np.ndarray, pre: Preprocess) -> Prepared:
     """Resize, normalise and pad one ``uint8`` RGB ``[H, W, 3]`` image as ``pre`` says."""
     if image.ndim != 3 or image.shape[2] != 3:
@@ -91,9 +98,7 @@ def prepare_image(image: np.ndarray, pre: Preprocess) -> Prepared:
     mean = torch.tensor(pre.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(pre.std, dtype=torch.float32)[:, None, None]
     x = (x - mean) / std
-    d = pre.pad_divisor
-    ph = -(-nh // d) * d if d else nh
-    pw = -(-nw // d) * d if d else nw
+    ph, pw = padded_size(h, w, pre)
     x = F.pad(x, (0, pw - nw, 0, ph - nh))
     valid = torch.zeros(ph, pw, dtype=torch.bool)
     valid[:nh, :nw] = True

@@ -32,6 +32,7 @@ import pandas as pd
 from torch import nn
 
 from .. import schema
+from ..adapters import list_blocks
 from ..capture.blocks import Capture
 from ..data.transforms import Prepared
 
@@ -82,6 +83,17 @@ def with_nan_columns(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         if name not in frame:
             frame[name] = math.nan
     return frame
+
+
+def pick_blocks(model: nn.Module, blocks: str | Sequence[str] | None, family: Callable[[Any], bool], what: str, source: Any) -> list[str]:
+    """Names of ``model``'s blocks matching ``blocks`` whose adapter ``family`` takes; refuses none,
+    listing the ``what`` (``"NL/GC blocks"``) of ``source``."""
+    found = [b.name for b in list_blocks(model, include=blocks) if family(b.adapter)]
+    if not found:
+        shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
+        every = ", ".join(b.name for b in list_blocks(model) if family(b.adapter))
+        raise ValueError(f"--blocks {shown} matches none of the {what} of {source}: {every or 'none'}")
+    return found
 
 
 def records_layer_maps(records: Sequence[Any], image: int, queries: slice, shapes: Callable[[Any], tuple[Any, Any]]) -> list[LayerMaps]:

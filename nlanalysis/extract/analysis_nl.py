@@ -22,8 +22,8 @@ from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
-from ..data.transforms import resized_size
-from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, records_layer_maps, register_analysis, with_nan_columns
+from ..data.transforms import padded_size
+from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .store import sha256_file
 
 __all__ = ["CHECKPOINT_OVERRIDES", "BlockAnalysis"]
@@ -53,11 +53,7 @@ class BlockAnalysis(Analysis):
     def __init__(self, loaded: LoadedCheckpoint, blocks: str | Sequence[str] | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model.eval()
-        found = list_blocks(self.model, include=blocks)
-        self.blocks = [b.name for b in found if not getattr(b.adapter, "token_input", False)]
-        if not self.blocks:
-            shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
-            raise ValueError(f"--blocks {shown} matches none of the NL/GC blocks of {loaded.path}: {', '.join(loaded.blocks) or 'none'}")
+        self.blocks = pick_blocks(self.model, blocks, lambda a: not getattr(a, "token_input", False), "NL/GC blocks", loaded.path)
         self.prepare = partial(prepare_image, pre=loaded.preprocess)
         self._sha256 = sha256_file(loaded.path)
         self._grids: dict[tuple[int, int], list[tuple[int, int]] | str] = {}  # str: why the probe failed
@@ -83,9 +79,7 @@ class BlockAnalysis(Analysis):
         return self.loaded.preprocess
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
-        nh, nw = resized_size(height, width, self.preprocess)
-        d = self.preprocess.pad_divisor
-        return (-(-nh // d) * d, -(-nw // d) * d) if d else (nh, nw)
+        return padded_size(height, width, self.preprocess)
 
     def query_grids(self, input_shape: tuple[int, int]) -> list[tuple[int, int]]:
         shape = (int(input_shape[0]), int(input_shape[1]))

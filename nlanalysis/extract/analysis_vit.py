@@ -33,7 +33,7 @@ from torch import nn
 from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
-from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, records_layer_maps, register_analysis, with_nan_columns
+from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .locality import record_locality
 
 __all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
@@ -115,11 +115,7 @@ class ViTAnalysis(Analysis):
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"--vit-preprocess {preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
         self.model = model.eval()
-        self.blocks = [b.name for b in list_blocks(self.model, include=blocks) if isinstance(b.adapter, ViTAttentionAdapter)]
-        if not self.blocks:
-            shown = blocks if isinstance(blocks, str) else " ".join(blocks or [])
-            every = [b.name for b in list_blocks(self.model) if isinstance(b.adapter, ViTAttentionAdapter)]
-            raise ValueError(f"--blocks {shown} matches none of the attention layers of {name or path}: {', '.join(every) or 'none'}")
+        self.blocks = pick_blocks(self.model, blocks, lambda a: isinstance(a, ViTAttentionAdapter), "attention layers", name or path)
         self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
         self.controls = keys == "patch"  # the control's maps are over patch keys
         self.name, self.path = name, path
@@ -143,33 +139,18 @@ class ViTAnalysis(Analysis):
 
     @classmethod
     def from_source(cls, source: Any, *, blocks: str | Sequence[str] | None, options: Mapping[str, Any]) -> ViTAnalysis:
-        """``options``: ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_heads``
-        (:meth:`load`'s ``preprocessing``, ``size``, ``keys``, ``kernels``, ``num_heads``)."""
-        return cls.load(source, size=options.get("vit_size", 224), preprocessing=options.get("vit_preprocess", "pad"), blocks=blocks,
-                        keys=options.get("vit_keys", "patch"), kernels=options.get("vit_kernels", "auto"),
-                        num_heads=options.get("vit_heads"))  # fmt: skip
-
-    @classmethod
-    def load(
-        cls,
-        source: str | os.PathLike[str],
-        *,
-        size: int = 224,
-        preprocessing: str = "pad",
-        blocks: str | Sequence[str] | None = None,
-        keys: str = "patch",
-        kernels: str = "auto",
-        num_heads: int | None = None,
-    ) -> ViTAnalysis:
-        """Load a named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path
-        (``num_heads``: where the checkpoint does not state it, see :func:`nlanalysis.vit.load_vit`)."""
+        """A named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path. ``options``:
+        ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels`` (``preprocessing``, ``size``,
+        ``keys``, ``kernels``) and ``vit_heads`` (where the checkpoint does not state it, see
+        :func:`nlanalysis.vit.load_vit`)."""
         from ..checkpoints.vit.models import list_vit_models, load_vit, vit_model_path
 
         named = str(source) in list_vit_models()
-        model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=num_heads)
-        path = vit_model_path(str(source)) if named else Path(source).resolve()
-        return cls(model, size=size, preprocessing=preprocessing, blocks=blocks, name=str(source) if named else None, path=path,
-                   keys=keys, kernels=kernels)  # fmt: skip
+        size = options.get("vit_size", 224)
+        model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=options.get("vit_heads"))
+        return cls(model, size=size, preprocessing=options.get("vit_preprocess", "pad"), blocks=blocks, name=str(source) if named else None,
+                   path=vit_model_path(str(source)) if named else Path(source).resolve(), keys=options.get("vit_keys", "patch"),
+                   kernels=options.get("vit_kernels", "auto"))  # fmt: skip
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         return (self.size, self.size)

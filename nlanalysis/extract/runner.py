@@ -143,17 +143,14 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class _Loaded:
+    """One image read: its preprocessing (``prep``) or why it failed (``error``), its objects and query points."""
+
     item: ImageItem
     error: str | None = None
-    tensor: torch.Tensor | None = None
-    valid: torch.Tensor | None = None
+    prep: Prepared | None = None
     objects: ObjectMap | None = None
     queries: np.ndarray | None = None
     query_label: np.ndarray | None = None
-    scale: tuple[float, float] = (1.0, 1.0)
-    size: tuple[int, int] = (0, 0)
-    original_size: tuple[int, int] = (0, 0)
-    offset: tuple[int, int] = (0, 0)
 
 
 class _ImageDataset(torch.utils.data.Dataset):
@@ -169,8 +166,7 @@ class _ImageDataset(torch.utils.data.Dataset):
             prep = self.prepare(load_image(item.path))
         except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
             return _Loaded(item, error=_reason(item, err))
-        out = _Loaded(item, tensor=prep.tensor, valid=prep.valid, scale=prep.scale, size=prep.size,
-                      original_size=prep.original_size, offset=prep.offset)  # fmt: skip
+        out = _Loaded(item, prep=prep)
         try:
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
                 out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
@@ -193,14 +189,10 @@ def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int
 
     Runs in the main process: the blocks' query grids (:meth:`Analysis.query_grids`) come from the model.
     """
-    input_size = tuple(one.tensor.shape[1:])
+    p, input_size = one.prep, tuple(one.prep.tensor.shape[1:])
     rng = np.random.default_rng(_seed_of(seed, one.item.key, "queries"))
-    points = select_queries(spec, one.size, rng, one.objects, one.scale, one.offset, input_size, analysis.query_grids(input_size))
+    points = select_queries(spec, p.size, rng, one.objects, p.scale, p.offset, input_size, analysis.query_grids(input_size))
     one.queries, one.query_label = points.yx, points.label
-
-
-def _as_list(batch: list[_Loaded]) -> list[_Loaded]:
-    return batch
 
 
 def _worker_init(_: int) -> None:
@@ -252,9 +244,9 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
             "failed": 0, "redone_damaged": [{"key": k, "why": why} for k, why in plan.redone.items()],
         }  # fmt: skip
         store.write_session(shard_name, session)
-        loader, work = _work(spec, analysis, plan, store, dev, use_objects)
+        work = _BatchWork(spec, analysis, store, dev, plan.done_before, use_objects)
         try:
-            _loop(loader, work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
+            _loop(_loader(spec, analysis, plan, use_objects), work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
         finally:
             session["finished"] = now() if session["done"] + session["failed"] == plan.n_todo else None
             session["seconds"] = round(time.perf_counter() - t0, 3)
@@ -266,24 +258,14 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
                          time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
 
 
-def _work(
-    spec: RunSpec, analysis: Analysis, plan: ShardPlan, store: RunStore, dev: torch.device, use_objects: bool
-) -> tuple[Any, Callable[[list[_Loaded]], tuple[int, int]]]:
-    """The loader of the shard's batches left (images read in DataLoader workers) and the work on one batch."""
-    workers, measure, save_maps = spec.running.workers, spec.measure, spec.output.save_maps
-    queries = spec.query_spec() if save_maps else None
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(plan.items, analysis.prepare, queries, use_objects),
-        batch_sampler=plan.todo,
-        num_workers=workers,
-        collate_fn=_as_list,
-        worker_init_fn=_worker_init if workers else None,
+def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: bool) -> torch.utils.data.DataLoader:
+    """The loader of the shard's batches left (images read in DataLoader workers with ``workers > 0``)."""
+    workers = spec.running.workers
+    return torch.utils.data.DataLoader(
+        _ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
+        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=2 if workers else None,
-    )
-    work = partial(_analyse, analysis=analysis, device=dev, store=store, done_before=plan.done_before, queries=queries,
-                   save_maps=save_maps, seed=spec.seed, batch_seed=measure.batch_seed, use_objects=use_objects,
-                   capture_kwargs=dict(jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size, controls=measure.controls))  # fmt: skip
-    return loader, work
+    )  # fmt: skip
 
 
 def _selection_args(spec: RunSpec) -> dict[str, Any]:
@@ -365,51 +347,89 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _analyse(
-    batch: list[_Loaded], *, store: RunStore, done_before: set[str], queries: QuerySpec | None, **kw: Any
-) -> tuple[int, int]:
-    """Analyse one planned batch; write its images not done before. Returns ``(done, failed)``."""
-    failures = [(one, one.error) for one in batch if one.error is not None]
-    results: list[tuple[_Loaded, pd.DataFrame, Any]] = []
-    groups: dict[tuple[int, ...], list[_Loaded]] = {}
-    for one in batch:
-        if one.error is None and queries is not None:
-            try:
-                _choose_queries(one, queries, kw["analysis"], kw["seed"])
-            except Exception as err:
-                failures.append((one, _reason(one.item, err, "queries")))
-                continue
-        if one.error is None:
-            groups.setdefault(tuple(one.tensor.shape), []).append(one)
-    for group in groups.values():
-        try:
-            results += _forward(group, **kw)
-        except Exception as err:  # e.g. NaN features, out of memory on one large image
-            if len(group) == 1:
-                failures.append((group[0], _reason(group[0].item, err)))
-                continue
-            for one in group:  # one bad image must not fail its batch mates
+@dataclass
+class _BatchWork:
+    """The work on one planned batch (called with it): analyse it, write its images not done before."""
+
+    spec: RunSpec
+    analysis: Analysis
+    store: RunStore
+    device: torch.device
+    done_before: set[str]
+    use_objects: bool
+
+    def __post_init__(self) -> None:
+        self.queries = self.spec.query_spec() if self.spec.output.save_maps else None
+
+    def __call__(self, batch: list[_Loaded]) -> tuple[int, int]:
+        """Returns ``(done, failed)``."""
+        failures = [(one, one.error) for one in batch if one.error is not None]
+        results: list[tuple[_Loaded, pd.DataFrame, Any]] = []
+        groups: dict[tuple[int, ...], list[_Loaded]] = {}
+        for one in batch:
+            if one.error is None and self.queries is not None:
                 try:
-                    results += _forward([one], **kw)
-                except Exception as err1:
-                    failures.append((one, _reason(one.item, err1)))
-    kept = []
-    for one, rows, save in results:
-        too_small = _too_small(one, rows)
-        if too_small:
-            failures.append((one, too_small))
-        else:
-            kept.append((one, rows, save))
-    done = failed = 0
-    for one, reason in failures:
-        if one.item.key not in done_before:
-            store.write_failure(one.item, reason)
-            failed += 1
-    for one, rows, save in kept:
-        if one.item.key not in done_before:
-            store.write_done(one.item.key, rows, save)
-            done += 1
-    return done, failed
+                    _choose_queries(one, self.queries, self.analysis, self.spec.seed)
+                except Exception as err:
+                    failures.append((one, _reason(one.item, err, "queries")))
+                    continue
+            if one.error is None:
+                groups.setdefault(tuple(one.prep.tensor.shape), []).append(one)
+        for group in groups.values():
+            try:
+                results += self.forward(group)
+            except Exception as err:  # e.g. NaN features, out of memory on one large image
+                if len(group) == 1:
+                    failures.append((group[0], _reason(group[0].item, err)))
+                    continue
+                for one in group:  # one bad image must not fail its batch mates
+                    try:
+                        results += self.forward([one])
+                    except Exception as err1:
+                        failures.append((one, _reason(one.item, err1)))
+        kept = []
+        for one, rows, save in results:
+            too_small = _too_small(one, rows)
+            if too_small:
+                failures.append((one, too_small))
+            else:
+                kept.append((one, rows, save))
+        failures = [(one, why) for one, why in failures if one.item.key not in self.done_before]
+        kept = [(one, rows, save) for one, rows, save in kept if one.item.key not in self.done_before]
+        for one, why in failures:
+            self.store.write_failure(one.item, why)
+        for one, rows, save in kept:
+            self.store.write_done(one.item.key, rows, save)
+        return len(kept), len(failures)
+
+    def forward(self, group: list[_Loaded]) -> list[tuple[_Loaded, pd.DataFrame, Any]]:
+        """One forward over images of equal shape: per image, its rows and its maps writer (or None)."""
+        analysis, measure, save_maps = self.analysis, self.spec.measure, self.spec.output.save_maps
+        images = torch.stack([g.prep.tensor for g in group]).to(self.device)
+        valid = torch.stack([g.prep.valid for g in group]).to(self.device)
+        offsets = np.cumsum([0] + [len(g.queries) if g.queries is not None else 0 for g in group])
+        points = np.concatenate([g.queries for g in group]) if save_maps and offsets[-1] else None
+        seed = measure.batch_seed if measure.batch_seed is not None else _seed_of(self.spec.seed, tuple(g.item.key for g in group), "jsd")
+        with analysis.capture(queries=points, seed=seed, jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size,
+                              controls=measure.controls) as cap:  # fmt: skip
+            cap.set_valid(valid)
+            if self.use_objects and all(g.objects is not None for g in group):
+                cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(self.device))
+            analysis.model(images)
+        records = cap.records
+        frame = analysis.frame(records, len(group), valid)
+        out = []
+        for b, g in enumerate(group):
+            rows = frame[frame["image"] == b].copy()
+            rows["image_id"] = g.item.image_id
+            rows["file_name"] = g.item.file_name
+            rows["image_height"], rows["image_width"] = g.prep.original_size
+            save = None
+            if save_maps:
+                layers = analysis.layer_maps(records, b, slice(int(offsets[b]), int(offsets[b + 1])))
+                save = partial(_save_maps, layers=layers, one=g, input_size=tuple(images.shape[-2:]))
+            out.append((g, rows[analysis.columns].reset_index(drop=True), save))
+        return out
 
 
 def _too_small(one: _Loaded, rows: pd.DataFrame) -> str | None:
@@ -418,66 +438,20 @@ def _too_small(one: _Loaded, rows: pd.DataFrame) -> str | None:
     empty = rows.loc[rows["n_query"] == 0, "block"].unique().tolist()
     if not empty:
         return None
-    h, w = one.original_size
+    (h, w), size = one.prep.original_size, one.prep.size
     grids = rows.loc[rows["block"].isin(empty), ["height", "width"]].drop_duplicates().astype(int).values.tolist()
     return (
-        f"{one.item.path}: the image ({h}x{w} pixels, {one.size[0]}x{one.size[1]} after preprocessing) is too small for "
+        f"{one.item.path}: the image ({h}x{w} pixels, {size[0]}x{size[1]} after preprocessing) is too small for "
         f"{', '.join(map(str, empty))}: no cell of its {' / '.join(f'{a}x{b}' for a, b in grids)} query grid lies on the image"
     )
 
 
-def _forward(
-    group: list[_Loaded],
-    *,
-    analysis: Analysis,
-    device: torch.device,
-    save_maps: bool,
-    seed: int,
-    batch_seed: int | None,
-    use_objects: bool,
-    capture_kwargs: dict[str, Any],
-) -> list[tuple[_Loaded, pd.DataFrame, Any]]:
-    """One forward over images of equal shape: per image, its rows and its maps writer (or None)."""
-    images = torch.stack([g.tensor for g in group]).to(device)
-    valid = torch.stack([g.valid for g in group]).to(device)
-    offsets = np.cumsum([0] + [len(g.queries) if g.queries is not None else 0 for g in group])
-    points = np.concatenate([g.queries for g in group]) if save_maps and offsets[-1] else None
-    jsd_seed = batch_seed if batch_seed is not None else _seed_of(seed, tuple(g.item.key for g in group), "jsd")
-    with analysis.capture(queries=points, seed=jsd_seed, **capture_kwargs) as cap:
-        cap.set_valid(valid)
-        if use_objects and all(g.objects is not None for g in group):
-            cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(device))
-        analysis.model(images)
-    records = cap.records
-    frame = analysis.frame(records, len(group), valid)
-    out = []
-    for b, g in enumerate(group):
-        rows = frame[frame["image"] == b].copy()
-        rows["image_id"] = g.item.image_id
-        rows["file_name"] = g.item.file_name
-        rows["image_height"], rows["image_width"] = g.original_size
-        save = None
-        if save_maps:
-            layers = analysis.layer_maps(records, b, slice(int(offsets[b]), int(offsets[b + 1])))
-            save = partial(_save_maps, layers=layers, one=g, input_size=tuple(images.shape[-2:]))
-        out.append((g, rows[analysis.columns].reset_index(drop=True), save))
-    return out
-
-
 def _save_maps(file: Any, *, layers: list[LayerMaps], one: _Loaded, input_size: tuple[int, int]) -> None:
+    p = one.prep
     save_image_maps(
-        file,
-        image_id=one.item.image_id,
-        blocks=[m.name for m in layers],
-        maps=[m.maps for m in layers],
-        cells=[m.cells for m in layers],
-        query_shapes=[m.query_shape for m in layers],
-        key_shapes=[m.key_shape for m in layers],
+        file, image_id=one.item.image_id, blocks=[m.name for m in layers], maps=[m.maps for m in layers], cells=[m.cells for m in layers],
+        query_shapes=[m.query_shape for m in layers], key_shapes=[m.key_shape for m in layers],
         query_yx=one.queries if one.queries is not None else np.zeros((0, 2)),
         query_label=one.query_label if one.query_label is not None else np.zeros(0, dtype=np.int64),
-        scale=one.scale,
-        size=one.size,
-        original_size=one.original_size,
-        input_size=input_size,
-        offset=one.offset,
-    )
+        scale=p.scale, size=p.size, original_size=p.original_size, input_size=input_size, offset=p.offset,
+    )  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import PHOTO_FILES, photo_file
 from .coco import CocoFileError, load_coco
 
 __all__ = [
@@ -206,31 +207,6 @@ def file_images(
     return select(items, limit=limit, seed=seed, what=f"image files under {root}")
 
 
-#: the files of the photos :func:`nlanalysis.data.images.sample_photos` reads: ``{name: (package, file)}``
-#: (``load_image`` of the file gives the same pixels).
-_PHOTO_FILES = {
-    "grace_hopper": ("matplotlib", "grace_hopper.jpg"), "astronaut": ("skimage", "astronaut.png"),
-    "coffee": ("skimage", "coffee.png"), "chelsea": ("skimage", "chelsea.png"), "rocket": ("skimage", "rocket.jpg"),
-    "motorcycle": ("skimage", "motorcycle_left.png"), "china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
-}  # fmt: skip
-
-
-def _photo_file(name: str) -> Path:
-    """The file of a shipped photo (ImportError when its package is not installed)."""
-    package, file = _PHOTO_FILES[name]
-    if package == "matplotlib":
-        from matplotlib import cbook
-
-        return Path(cbook.get_sample_data(file, asfileobj=False))
-    if package == "skimage":
-        import skimage
-
-        return Path(skimage.data_dir) / file
-    import sklearn.datasets
-
-    return Path(sklearn.datasets.__file__).parent / "images" / file
-
-
 def photo_images(
     photos: Sequence[str] = (), *, image_ids: Sequence[str] | None = None, limit: int | None = None, seed: int = 0
 ) -> list[ImageItem]:
@@ -243,12 +219,12 @@ def photo_images(
         image_ids, limit, seed: as :func:`file_images`.
     """
     items = []
-    for text in photos or _PHOTO_FILES:
+    for text in photos or PHOTO_FILES:
         name, given, path = text.partition("=")
-        if not given and name not in _PHOTO_FILES:
-            raise ValueError(f"--photos {name}: unknown photo; the shipped photos are {', '.join(_PHOTO_FILES)} (or NAME=PATH)")
+        if not given and name not in PHOTO_FILES:
+            raise ValueError(f"--photos {name}: unknown photo; the shipped photos are {', '.join(PHOTO_FILES)} (or NAME=PATH)")
         try:
-            file = Path(path) if given else _photo_file(name)
+            file = Path(path) if given else photo_file(name)
         except ImportError:
             if photos:
                 raise

@@ -4,14 +4,6 @@ from .loop import TrainConfig, TrainResult, evaluate, train_variant
 from .variants import VARIANTS, variant_arch
 
 __all__ = [
-    "VARIANTS",
-    "SceneSet",
-    "TrainConfig",
-    "TrainResult",
-    "evaluate",
-    "load_scene_set",
-    "normalize",
-    "scene_preprocess",
-    "train_variant",
+    "VARIANTS", "SceneSet", "TrainConfig", "TrainResult", "evaluate", "load_scene_set", "normalize", "scene_preprocess", "train_variant",
     "variant_arch",
-]
+]  # fmt: skip

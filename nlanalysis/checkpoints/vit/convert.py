@@ -42,16 +42,9 @@ from ..errors import CheckpointError as _CheckpointError
 from ._deps import require
 
 __all__ = [
-    "CheckpointError",
-    "ConvertedViT",
-    "detect_layout",
-    "hf_to_timm",
-    "onnx_reference_outputs",
-    "onnx_state_dict",
-    "resize_pos_embed",
-    "timm_to_timm",
-    "to_timm",
-]
+    "CheckpointError", "ConvertedViT", "detect_layout", "hf_to_timm", "onnx_reference_outputs", "onnx_state_dict", "resize_pos_embed",
+    "timm_to_timm", "to_timm",
+]  # fmt: skip
 
 
 class CheckpointError(_CheckpointError):

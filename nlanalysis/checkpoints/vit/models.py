@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..loader import nonfinite_weights
-from ..reading import names_damaged_file
+from ..reading import FOLDER_WEIGHTS, names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
@@ -249,10 +249,10 @@ def _weights_file(path: Path) -> Path:
     """The weights file of a Hugging Face-style folder (a file is its own)."""
     if not path.is_dir():
         return path
-    for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
+    for name in FOLDER_WEIGHTS:
         if (path / name).is_file():
             return path / name
-    raise CheckpointError(f"{path}: a folder without model.safetensors / pytorch_model.bin / model.pth")
+    raise CheckpointError(f"{path}: a folder without {' / '.join(FOLDER_WEIGHTS)}")
 
 
 @names_damaged_file
