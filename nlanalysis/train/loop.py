@@ -2,7 +2,8 @@
 
 Seeded and reproducible on the CPU: the seed fixes the initialisation (``torch.manual_seed``)
 and the batch order (its own ``torch.Generator``), and deterministic algorithms are on, so the
-same seed gives the same weights. Snapshots are written in this project's checkpoint format at
+same seed gives the same weights on one machine and torch build (another CPU sums floats in
+another order, and the weights drift apart: see the README's Training section). Snapshots are written in this project's checkpoint format at
 fractions of training (0 = initialisation), each with the held-out mIoU in its meta, so the
 analysis can follow query-independence through training.
 """
