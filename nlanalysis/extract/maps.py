@@ -74,14 +74,16 @@ QUANTISE_ABOVE = 64
 MAX_MAP_BYTES = 2 << 20
 
 
-def quantise_maps(maps: np.ndarray, cells: np.ndarray, max_bytes: int = MAX_MAP_BYTES) -> dict[str, np.ndarray]:
+def quantise_maps(maps: np.ndarray, cells: np.ndarray, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """The ``qmaps``/``qlow``/``qscale``/``qrows``/``qstride`` arrays (format above) of one block's maps.
 
     Args:
         maps: ``[K, Hk, Wk]`` or ``[K, M, Hk, Wk]`` the maps of ``K`` queries (``M`` maps per query).
         cells: ``[K, 2]`` each query's cell; one row is kept per distinct cell.
-        max_bytes: the most bytes of rows kept; above it every ``s``-th row and column of cells.
+        max_bytes: the most bytes of rows kept (default :data:`MAX_MAP_BYTES`); above it every
+            ``s``-th row and column of cells.
     """
+    max_bytes = MAX_MAP_BYTES if max_bytes is None else max_bytes
     maps, cells = np.asarray(maps, dtype=np.float32), np.asarray(cells, dtype=np.int64).reshape(-1, 2)
     order = np.lexsort((cells[:, 1], cells[:, 0]))
     rows = order[np.r_[True, np.any(np.diff(cells[order], axis=0) != 0, axis=1)]] if len(order) else order
