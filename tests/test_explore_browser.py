@@ -143,3 +143,49 @@ def test_hover_draws_the_saved_map(page, browser, tmp_path):
     box = canvas.rect
     drawn = pixels[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
     assert drawn.std() > 20 and len(np.unique(drawn.reshape(-1, 3), axis=0)) > 500  # a map over an image, not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def photos_page(tmp_path_factory):
+    """A page of real photos that do not fill the model input (the landscape one is padded at the bottom)."""
+    from extract_inputs import write_photos
+
+    root = tmp_path_factory.mktemp("explore_photos")
+    photos = write_photos(root / "images", n=3, max_side=200)
+    args = ["extract", "--ckpt", str(shipped_checkpoints()["embedded_gaussian_x2"]), "--images", str(photos[0]), str(photos[2]),
+            "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
+    with one_thread():
+        assert main(args) == 0
+        assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
+    return root / "run", root / "page.html"
+
+
+def test_overlay_is_placed_as_the_figures_place_it(photos_page, browser):
+    """The overlay drawn (before colouring) equals ``grid_overlay`` of the saved map at the canvas size:
+    the key grid stretched over the padded input, the image's part cut out (padding never drawn)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from nlanalysis.extract.maps import grid_overlay
+
+    run_dir, path = photos_page
+    run = nlanalysis.load_run(run_dir)
+    browser.get(path.as_uri())
+    app = WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "nla-app") if d.find_element("id", "nla-app").get_attribute("data-ready") else None)
+    padded = 0
+    for i, thumb in enumerate(browser.find_elements("css selector", ".nla-thumb")):
+        thumb.click()
+        WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "nla-app").get_attribute("data-image") == str(list(run.maps)[i]))
+        maps = run.maps[app.get_attribute("data-image")]
+        padded += tuple(maps["size"]) != tuple(maps["input_size"])
+        block, cell = app.get_attribute("data-site").split("|")[0], tuple(map(int, app.get_attribute("data-query").split(",")))
+        got = browser.execute_script("return window.nlaExplore.overlay()")
+        values = np.array(got["values"], dtype=np.float64).reshape(got["height"], got["width"])
+        grid = np.array(json.loads(app.get_attribute("data-map"))).reshape(maps[f"key_shape_{maps.blocks.index(block)}"])
+        assert np.allclose(grid.ravel(), _expected(maps, block, cell), atol=1e-6)
+        expected = grid_overlay(grid, tuple(maps["input_size"]), tuple(maps["size"]), maps.offset, values.shape)
+        top = np.abs(expected).max()
+        assert np.abs(values - expected).max() < 1e-4 * top
+        wrong = grid_overlay(grid, tuple(maps["size"]), tuple(maps["size"]), (0, 0), values.shape)  # stretched over the image alone
+        if tuple(maps["size"]) != tuple(maps["input_size"]):
+            assert np.abs(wrong - expected).max() > 0.1 * top  # the check above tells the placements apart
+    assert padded >= 1

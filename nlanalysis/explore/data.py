@@ -3,7 +3,8 @@
 Per image: its pixels (JPEG, base64), its size and placement in the model input (``scale``,
 ``offset``, ``input_size``: the crop/pad of the preprocessing) and, per site (an NL block, or a
 ViT layer's head or head mean), the saved maps of its kept queries, 8-bit with a per-row low and
-range (:func:`nlanalysis.extract.maps.quantise_maps`, base64) and the statistics of its
+range (:func:`nlanalysis.extract.maps.quantise_maps`; zlib, base64: the page inflates them with
+the browser's ``DecompressionStream``) and the statistics of its
 ``metrics.csv`` row. The page draws a map exactly as :meth:`ImageMaps.overlay
 <nlanalysis.extract.maps.ImageMaps.overlay>` places it, with the colour maps of Figure 2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import zlib
 from typing import Any
 
 import numpy as np
@@ -116,12 +118,18 @@ def _site(maps: ImageMaps, i: int, block: str, head: int | None, rows: pd.DataFr
         "head": head,
         "query_shape": [int(v) for v in maps[f"query_shape_{i}"]],
         "key_shape": [int(v) for v in maps[f"key_shape_{i}"]],
-        "cells": cells[kept].astype(int).tolist(),
-        "q": base64.b64encode(q["qmaps"].tobytes()).decode("ascii"),
-        "low": [float(v) for v in q["qlow"]],
-        "range": [float(v) for v in q["qscale"]],
+        "cells": _b64(cells[kept].astype("<i4")),
+        "q": _b64(q["qmaps"], compress=True),
+        "low": _b64(q["qlow"].astype("<f4")),
+        "range": _b64(q["qscale"].astype("<f4")),
         "stats": {c: _number(values[c]) if values is not None and c in values else None for c in stats},
     }
+
+
+def _b64(array: np.ndarray, compress: bool = False) -> str:
+    """An array's bytes in base64 (little-endian; ``compress``: zlib first)."""
+    raw = np.ascontiguousarray(array).tobytes()
+    return base64.b64encode(zlib.compress(raw, 6) if compress else raw).decode("ascii")
 
 
 def _number(value: Any) -> float | None:

@@ -1,9 +1,9 @@
 // nlanalysis explore: the attention map of the query under the mouse, over the image (no network).
-// The data (nlanalysis/explore/data.py) is the JSON in #nla-data. A map is drawn as
-// ImageMaps.overlay places it: the key grid stretched over the model input (bilinear,
-// align_corners=False), the image's part of the input shown (padding never drawn; after a centre
-// crop the unseen border stays grey), over the grey image at opacity 0.7, with Figure 2's colour
-// scales (inferno 0..max; RdBu_r -m..m for signed maps).
+// The data (nlanalysis/explore/data.py) is the JSON in #nla-data. A map is drawn as the figures
+// draw it (grid_overlay in nlanalysis/extract/maps.py): the key grid stretched over the model input
+// (bilinear, align_corners=False), the image's part of the input cut out and resized to the canvas
+// (padding never drawn; after a centre crop the unseen border stays grey), over the grey image at
+// opacity 0.7, with Figure 2's colour scales (inferno 0..max; RdBu_r -m..m for signed maps).
 "use strict";
 (function () {
   const D = JSON.parse(document.getElementById("nla-data").textContent);
@@ -13,7 +13,8 @@
   const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
   const LUT = {};
   for (const k in D.colormaps) LUT[k] = bytes(D.colormaps[k]);
-  const decoded = new Map(), greys = new Map();
+  const greys = new Map();
+  let drawn = null; // the main view's last overlay, before colouring (window.nlaExplore.overlay())
   const $ = (id) => document.getElementById(id);
   const img = () => D.images[state.image];
   const site = () => img().sites[state.site];
@@ -29,10 +30,20 @@
     for (const rc of s.cells) { const d = (rc[0] - r) ** 2 + (rc[1] - c) ** 2; if (d < bd) { bd = d; best = rc; } }
     return best;
   }
+  async function inflate(s) { // the zlib-compressed 8-bit rows of a site
+    const stream = new Blob([bytes(s)]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  }
+  function ensure(i) { // decode every site of image i, once (the promise is kept on the site)
+    return Promise.all(D.images[i].sites.map((s) => s._ready || (s._ready = (async () => {
+      const rc = new Int32Array(bytes(s.cells).buffer);
+      s.cells = Array.from({ length: rc.length / 2 }, (_, k) => [rc[2 * k], rc[2 * k + 1]]);
+      s.low = new Float32Array(bytes(s.low).buffer); s.range = new Float32Array(bytes(s.range).buffer);
+      s._q = await inflate(s.q);
+    })())));
+  }
   function mapOf(s, cell) { // Float32Array [Hk * Wk]: the dequantised map of a kept cell
-    const key = state.image + "|" + s.key;
-    if (!decoded.has(key)) decoded.set(key, bytes(s.q));
-    const q = decoded.get(key), n = s.key_shape[0] * s.key_shape[1], row = rows(s).get(cell[0] + "," + cell[1]);
+    const q = s._q, n = s.key_shape[0] * s.key_shape[1], row = rows(s).get(cell[0] + "," + cell[1]);
     const lo = s.low[row], step = s.range[row] / 255, out = new Float32Array(n);
     for (let i = 0; i < n; i++) out[i] = lo + q[row * n + i] * step;
     return out;
@@ -61,20 +72,36 @@
     greys.set(key, out);
     return out;
   }
+  function resize(src, sh, sw, y0, x0, ch, cw, dh, dw) { // bilinear, align_corners=False (torch's F.interpolate)
+    const out = new Float32Array(dh * dw), ry = ch / dh, rx = cw / dw;
+    for (let py = 0; py < dh; py++) {
+      const gy = Math.max(0, (py + 0.5) * ry - 0.5), a = Math.min(Math.floor(gy), ch - 1), b = Math.min(a + 1, ch - 1), fy = gy - a;
+      for (let px = 0; px < dw; px++) {
+        const gx = Math.max(0, (px + 0.5) * rx - 0.5), c = Math.min(Math.floor(gx), cw - 1), d = Math.min(c + 1, cw - 1), fx = gx - c;
+        const at = (r, q) => src[(y0 + r) * sw + x0 + q];
+        out[py * dw + px] = (1 - fy) * ((1 - fx) * at(a, c) + fx * at(a, d)) + fy * ((1 - fx) * at(b, c) + fx * at(b, d));
+      }
+    }
+    return out;
+  }
+  function overlay(im, s, values, g) { // grid_overlay (nlanalysis.extract.maps): grid -> input -> the image's part -> display
+    const [H, W] = im.input_size, [hk, wk] = s.key_shape, [h, w] = im.size, [top, left] = im.offset;
+    const input = resize(values, hk, wk, 0, 0, hk, wk, H, W);
+    const y0 = Math.max(top, 0), y1 = Math.min(top + h, H), x0 = Math.max(left, 0), x1 = Math.min(left + w, W);
+    if (y0 === top && y1 === top + h && x0 === left && x1 === left + w) return resize(input, H, W, y0, x0, y1 - y0, x1 - x0, g.h, g.w);
+    const sy = h / g.h, sx = w / g.w, field = new Float32Array(g.w * g.h).fill(NaN); // a centre crop: the unseen border stays NaN
+    const r0 = Math.round((y0 - top) / sy), c0 = Math.round((x0 - left) / sx);
+    const r1 = Math.min(Math.max(Math.round((y1 - top) / sy), r0 + 1), g.h), c1 = Math.min(Math.max(Math.round((x1 - left) / sx), c0 + 1), g.w);
+    const part = resize(input, H, W, y0, x0, y1 - y0, x1 - x0, r1 - r0, c1 - c0);
+    for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) field[r * g.w + c] = part[(r - r0) * (c1 - c0) + c - c0];
+    return field;
+  }
   function draw(canvas, s, cell, side) { // the overlay of `cell`'s map; returns the map drawn
     const im = img(), g = geometry(im, side), values = mapOf(s, cell);
     canvas.width = g.w; canvas.height = g.h;
-    const [H, W] = im.input_size, [hk, wk] = s.key_shape, field = new Float32Array(g.w * g.h).fill(NaN);
+    const [H, W] = im.input_size, field = overlay(im, s, values, g);
     let lo = Infinity, hi = -Infinity;
-    for (let py = 0; py < g.h; py++) for (let px = 0; px < g.w; px++) {
-      const [y, x] = g.toInput(px, py);
-      if (y < 0 || y >= H || x < 0 || x >= W) continue; // cut off by a centre crop: never seen
-      const gy = Math.min(hk - 1, Math.max(0, y * hk / H - 0.5)), gx = Math.min(wk - 1, Math.max(0, x * wk / W - 0.5));
-      const y0 = Math.floor(gy), x0 = Math.floor(gx), y1 = Math.min(y0 + 1, hk - 1), x1 = Math.min(x0 + 1, wk - 1);
-      const fy = gy - y0, fx = gx - x0;
-      const v = (1 - fy) * ((1 - fx) * values[y0 * wk + x0] + fx * values[y0 * wk + x1]) + fy * ((1 - fx) * values[y1 * wk + x0] + fx * values[y1 * wk + x1]);
-      field[py * g.w + px] = v; lo = Math.min(lo, v); hi = Math.max(hi, v);
-    }
+    for (const v of field) if (!Number.isNaN(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     const signed = lo < 0, m = signed ? Math.max(-lo, hi) || 1e-12 : hi > 0 ? hi : 1e-12;
     const lut = LUT[signed ? "RdBu_r" : "inferno"], base = grey(im, g);
     const out = canvas.getContext("2d").createImageData(g.w, g.h);
@@ -85,6 +112,7 @@
     }
     const cx = canvas.getContext("2d");
     cx.putImageData(out, 0, 0);
+    if (canvas.id === "nla-view") drawn = { width: g.w, height: g.h, field };
     const [qh, qw] = s.query_shape, [my, mx] = g.toDisplay((cell[0] + 0.5) * H / qh, (cell[1] + 0.5) * W / qw);
     cx.strokeStyle = "#fff"; cx.lineWidth = 2; cx.beginPath(); cx.arc(mx, my, 5, 0, 2 * Math.PI); cx.stroke();
     return values;
@@ -160,7 +188,7 @@
     }
     $("nla-grid").innerHTML = html;
   }
-  function openImage(i) { state.image = i; state.pins = []; state.cell = null; render(); }
+  async function openImage(i) { await ensure(i); state.image = i; state.pins = []; state.cell = null; render(); }
 
   function setup() {
     $("nla-notes").textContent = D.notes.join("; ");
@@ -189,7 +217,7 @@
       }
     });
     let waiting = D.images.filter((im) => im.picture).length;
-    const go = () => render();
+    const go = () => openImage(0);
     if (!waiting) go();
     D.images.forEach((im) => {
       if (!im.picture) return;
@@ -198,5 +226,6 @@
       im._picture.src = im.picture;
     });
   }
+  window.nlaExplore = { overlay: () => drawn && { width: drawn.width, height: drawn.height, values: Array.from(drawn.field, (v) => (Number.isNaN(v) ? null : v)) } };
   setup();
 })();
