@@ -150,6 +150,7 @@
       t.classList.toggle("on", i === state.image);
       t.querySelector("span").textContent = "att " + fmt(D.images[i].sites[state.site]?.stats.att);
     });
+    if (!app.dataset.ready) app.dataset.firstMapMs = performance.now().toFixed(1); // from navigation start
     app.dataset.ready = "1";
   }
   function renderPins(s) {
