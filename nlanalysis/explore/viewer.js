@@ -187,7 +187,8 @@
       });
       html += "</tr>";
     }
-    $("nla-grid").innerHTML = html;
+    const heads = sites.some((s) => s.head !== null);
+    $("nla-grid").innerHTML = `<caption>att of this image per ${heads ? "layer and head; mean: the att of the head-averaged map (not the mean of the cells)" : "block"}; click to show</caption>` + html;
   }
   async function openImage(i) { await ensure(i); state.image = i; state.pins = []; state.cell = null; render(); }
 

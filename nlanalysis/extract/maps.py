@@ -65,7 +65,10 @@ import torch.nn.functional as F
 
 from ..data.transforms import image_region
 
-__all__ = ["MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps", "save_image_maps"]
+__all__ = [
+    "MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps",
+    "quantise_maps", "save_image_maps",
+]
 
 MAPS_FORMAT = "nlanalysis-maps-1"
 #: with more queries than this, maps are stored 8-bit (``qmaps_i``), one row per distinct cell
