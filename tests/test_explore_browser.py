@@ -3,6 +3,7 @@ headless Chromium (Debian's ``chromium`` + ``chromium-driver`` through Selenium;
 
 The map the page draws for the query under the mouse is read back from the data attributes it sets
 and compared with the saved maps read by Python (``ImageMaps.kept_maps``)."""
+import base64
 import json
 import re
 import shutil
@@ -41,6 +42,21 @@ def test_page_is_self_contained(page):
     assert "<iframe srcdoc=" in viewer._repr_html_()
     assert [s["label"] for s in viewer.data["sites"]] == ["layer1.1", "layer2.1"]
     assert len(viewer.data["images"]) == 3 and any("8-bit" in n for n in viewer.data["notes"])
+
+
+def test_page_of_chosen_queries_says_so(tmp_path):
+    """A run saved with chosen queries (objects:2 + background) shows those, and says how to get every query."""
+    ann, images = demo_scenes_path()
+    args = ["extract", "--ckpt", str(shipped_checkpoints()["gc"]), "--coco-ann", str(ann), "--coco-images", str(images),
+            "--limit", "1", "--out", str(tmp_path / "run"), "--save-maps", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
+    with one_thread():
+        assert main(args) == 0
+    viewer = nlanalysis.explore(tmp_path / "run")
+    maps = next(iter(nlanalysis.load_run(tmp_path / "run").maps.values()))
+    (site,) = viewer.data["images"][0]["sites"]
+    cells = np.frombuffer(base64.b64decode(site["cells"]), dtype="<i4").reshape(-1, 2)
+    np.testing.assert_array_equal(cells, np.unique(maps["cells_0"], axis=0))  # each saved query's cell, once
+    assert any("--save-maps all" in note for note in viewer.data["notes"])
 
 
 def _driver():

@@ -57,6 +57,8 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
         maps = run.maps[image_id]
         rows = metrics[metrics["_id"] == str(image_id)]
         images.append(_image(maps, image_id, path, rows, stats, notes))
+    if run.info.get("settings", {}).get("save_maps") != "all":
+        notes.add("only the run's chosen queries have maps (the nearest is shown): extract with --save-maps all to hover every query")
     first = images[0]["sites"]
     return {
         "run": str(run.path),
