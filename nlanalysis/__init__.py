@@ -15,6 +15,7 @@ from .analyze import analyze
 from .capture.blocks import BlockRecord, Capture, capture
 from .capture.records import SiteRecord
 from .extract import load_run
+from . import explore  # nlanalysis.explore(run): the page viewer of a result set (a callable module)
 from .measure.blocks import BlockStats, measure_block
 from .metrics import mean_pairwise_cosine_distance
 

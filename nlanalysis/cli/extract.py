@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -76,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="query points of the saved maps: grid:K (K x K), random:K, objects:K (K objects + background), "
         "points:Y,X;Y,X;... (fractions of the image, moved to their patch's centre); default objects:2 for COCO, random:3 otherwise",
     )
-    p.add_argument("--save-maps", action="store_true", help="save the query maps per image (RUN_DIR/maps/*.npz)")
+    p.add_argument("--save-maps", nargs="?", const=True, default=False, choices=["all"],
+                   help="save the query maps per image (RUN_DIR/maps/*.npz); --save-maps all: the map of every query on "
+                   "the grid, 8-bit, subsampled above 2 MiB per image and block (what `nlanalysis explore` shows)")  # fmt: skip
     run = p.add_argument_group("running")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu; under torchrun cuda = cuda:LOCAL_RANK)")
     run.add_argument("--batch-size", type=int,
@@ -122,7 +125,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, coco: bool, quiet: bool):
-    return run_extract(run_spec(args, coco), progress=not quiet, command=command_line(args))
+    with warnings.catch_warnings():
+        if args.save_maps == "all":  # every query: the cap at one point per cell is what was asked for
+            warnings.filterwarnings("ignore", message="--queries grid:", category=UserWarning)
+        return run_extract(run_spec(args, coco), progress=not quiet, command=command_line(args))
 
 
 def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:

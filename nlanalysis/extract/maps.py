@@ -26,6 +26,21 @@ array                       dtype, shape     meaning
                             ``[K,h+1,Hk,Wk]`` for a ViT layer of ``h`` heads: every head, then
                                              the head mean
 ``cells_i``                 int64 ``[K,2]``   each query's cell on block ``i``'s query grid
+``qmaps_i``                 uint8            instead of ``maps_i`` where there are more than
+                            ``[R,Hk,Wk]`` or  ``QUANTISE_ABOVE`` (64) queries (``--save-maps all``:
+                            ``[R,h+1,Hk,Wk]`` every cell of the finest grid): one row per kept cell, 8 bits
+                                             per weight, ``weight = qlow + q / 255 * qscale``
+``qlow_i``, ``qscale_i``    float32 ``[R]``   each row's smallest weight and range (largest -
+                            or ``[R,h+1]``    smallest; per head); the error is at most
+                                             ``qscale / 510``
+``qrows_i``                 int64 ``[R]``     the query (index into ``query_yx``) of each row:
+                                             one per distinct cell, in row-major cell order
+``qstride_i``               int64            query subsampling step: ``1`` keeps every cell; ``s``
+                                             keeps the cells whose row and column (counted from
+                                             the first kept cell) are multiples of ``s``, the
+                                             smallest ``s`` that keeps the 8-bit rows of the block
+                                             under ``MAX_MAP_BYTES`` (2 MiB): COCO res4, N ~ 4,200,
+                                             gets ``s = 3`` (~470 queries, ~2 MB)
 ``query_shape_i``           int64 ``[2]``     block ``i``'s query grid
 ``key_shape_i``             int64 ``[2]``     block ``i``'s key grid
 ==========================  ===============  ====================================================
@@ -50,9 +65,43 @@ import torch.nn.functional as F
 
 from ..data.transforms import image_region
 
-__all__ = ["MAPS_FORMAT", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps", "save_image_maps"]
+__all__ = [
+    "MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps",
+    "quantise_maps", "save_image_maps",
+]
 
 MAPS_FORMAT = "nlanalysis-maps-1"
+#: with more queries than this, maps are stored 8-bit (``qmaps_i``), one row per distinct cell
+QUANTISE_ABOVE = 64
+#: the most bytes of 8-bit map rows kept per image and block: above it the query grid is subsampled
+MAX_MAP_BYTES = 2 << 20
+
+
+def quantise_maps(maps: np.ndarray, cells: np.ndarray, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The ``qmaps``/``qlow``/``qscale``/``qrows``/``qstride`` arrays (format above) of one block's maps.
+
+    Args:
+        maps: ``[K, Hk, Wk]`` or ``[K, M, Hk, Wk]`` the maps of ``K`` queries (``M`` maps per query).
+        cells: ``[K, 2]`` each query's cell; one row is kept per distinct cell.
+        max_bytes: the most bytes of rows kept (default :data:`MAX_MAP_BYTES`); above it every
+            ``s``-th row and column of cells.
+    """
+    max_bytes = MAX_MAP_BYTES if max_bytes is None else max_bytes
+    maps, cells = np.asarray(maps, dtype=np.float32), np.asarray(cells, dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    rows = order[np.r_[True, np.any(np.diff(cells[order], axis=0) != 0, axis=1)]] if len(order) else order
+    per_row = int(np.prod(maps.shape[1:]))
+    stride, kept = 1, rows
+    while len(kept) * per_row > max_bytes and stride < 1 << 12:
+        stride += 1
+        rel = cells[rows] - cells[rows].min(axis=0)
+        kept = rows[np.all(rel % stride == 0, axis=1)]
+    picked = maps[kept]
+    low = picked.min(axis=(-2, -1)).astype(np.float32)
+    scale = (picked.max(axis=(-2, -1)) - low).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)[..., None, None]
+    q = np.clip(np.rint((picked - low[..., None, None]) / safe * 255), 0, 255).astype(np.uint8)
+    return {"qmaps": q, "qlow": low, "qscale": scale, "qrows": kept.astype(np.int64), "qstride": np.array(stride, dtype=np.int64)}
 
 
 def save_image_maps(
@@ -87,7 +136,10 @@ def save_image_maps(
         offset=np.array(offset, dtype=np.int64),
     )
     for i in range(len(blocks)):
-        arrays[f"maps_{i}"] = np.asarray(maps[i], dtype=np.float16)
+        if len(np.asarray(cells[i]).reshape(-1, 2)) > QUANTISE_ABOVE:
+            arrays.update({f"{k}_{i}": v for k, v in quantise_maps(maps[i], cells[i]).items()})
+        else:
+            arrays[f"maps_{i}"] = np.asarray(maps[i], dtype=np.float16)
         arrays[f"cells_{i}"] = np.asarray(cells[i], dtype=np.int64)
         arrays[f"query_shape_{i}"] = np.array(query_shapes[i], dtype=np.int64)
         arrays[f"key_shape_{i}"] = np.array(key_shapes[i], dtype=np.int64)
@@ -267,22 +319,65 @@ class ImageMaps:
         size, input_size = (tuple(int(v) for v in self[k]) for k in ("size", "input_size"))
         return image_region(size, self.offset, input_size)  # type: ignore[arg-type]
 
+    def quantised(self, block: str | int) -> bool:
+        """Whether ``block``'s maps are stored 8-bit (``qmaps_i``: more than ``QUANTISE_ABOVE`` queries)."""
+        return f"qmaps_{self._index(block)}" in self._load()
+
+    def kept_queries(self, block: str | int) -> np.ndarray:
+        """``int64 [R]``: one query per distinct cell of ``block`` (row-major cell order), the rows
+        :meth:`kept_maps` has; stored 8-bit, the cells the subsampling kept (``qstride_i``)."""
+        i = self._index(block)
+        if self.quantised(i):
+            return self[f"qrows_{i}"]
+        cells = self[f"cells_{i}"]
+        _, first = np.unique(cells[:, 0] * (int(cells[:, 1].max(initial=0)) + 1) + cells[:, 1], return_index=True)
+        return first.astype(np.int64)
+
+    def _stored(self, block: str | int) -> np.ndarray:
+        i = self._index(block)
+        return self[f"qmaps_{i}"] if self.quantised(i) else self[f"maps_{i}"]
+
     def num_heads(self, block: str | int) -> int:
         """The heads of a ViT layer's maps (0: an NL/GC block, one map per query)."""
-        arr = self[f"maps_{self._index(block)}"]
+        arr = self._stored(block)
         return arr.shape[1] - 1 if arr.ndim == 4 else 0
+
+    def kept_maps(self, block: str | int, head: int | None = None) -> np.ndarray:
+        """``float32 [R, Hk, Wk]``: the maps of :meth:`kept_queries` (dequantised where stored 8-bit)."""
+        i = self._index(block)
+        if not self.quantised(i):
+            return self.maps(i, head)[self.kept_queries(i)]
+        q, low, scale = self[f"qmaps_{i}"], self[f"qlow_{i}"], self[f"qscale_{i}"]
+        if q.ndim == 4:
+            h = self._head(block, q.shape[1] - 1, head)
+            q, low, scale = q[:, h], low[:, h], scale[:, h]
+        elif head is not None:
+            raise ValueError(f"{self.path}: block {block!r} is not a multi-head layer; omit head=")
+        return low[:, None, None] + q.astype(np.float32) * (scale / 255).astype(np.float32)[:, None, None]
+
+    def _head(self, block: str | int, heads: int, head: int | None) -> int:
+        if head is not None and not -1 <= head < heads:
+            raise IndexError(f"{self.path}: block {block!r} has heads 0..{heads - 1} (-1 or None: the head mean)")
+        return -1 if head is None else head
 
     def maps(self, block: str | int, head: int | None = None) -> np.ndarray:
         """``float32 [K, Hk, Wk]``: every query's map over the key grid of ``block``.
 
         ``head`` picks one head of a ViT layer (default: the head mean); NL/GC blocks have none.
+        Stored 8-bit: a query shares the row of its cell; queries of cells the subsampling dropped are NaN.
         """
-        arr = self[f"maps_{self._index(block)}"]
+        i = self._index(block)
+        if self.quantised(i):
+            kept, cells = self.kept_maps(i, head), self[f"cells_{i}"]
+            rows = self.kept_queries(i)
+            width = int(cells[:, 1].max()) + 1 if len(cells) else 1
+            where = dict(zip((cells[rows, 0] * width + cells[rows, 1]).tolist(), range(len(rows))))
+            at = np.array([where.get(k, -1) for k in (cells[:, 0] * width + cells[:, 1]).tolist()], dtype=np.int64)
+            out = np.concatenate([kept, np.full((1, *kept.shape[1:]), np.nan, dtype=np.float32)])
+            return out[at]
+        arr = self[f"maps_{i}"]
         if arr.ndim == 4:
-            heads = arr.shape[1] - 1
-            if head is not None and not -1 <= head < heads:
-                raise IndexError(f"{self.path}: block {block!r} has heads 0..{heads - 1} (-1 or None: the head mean)")
-            arr = arr[:, -1 if head is None else head]
+            arr = arr[:, self._head(block, arr.shape[1] - 1, head)]
         elif head is not None:
             raise ValueError(f"{self.path}: block {block!r} is not a multi-head layer; omit head=")
         return arr.astype(np.float32)

@@ -31,6 +31,9 @@ __all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "Run
 
 PathLike = str | os.PathLike[str]
 
+#: ``--save-maps all`` asks for a ``grid:EVERY_QUERY``, which the query grids cap at one point per cell
+EVERY_QUERY = 1 << 16
+
 
 def _tuple(value: Any) -> tuple | None:
     """A sequence argument as a tuple (a single string stays one item); ``None`` stays ``None``."""
@@ -161,17 +164,24 @@ class OutputSpec:
 
     Attributes:
         out: the run directory (created; resumed when it holds the same run).
-        save_maps: write the query maps of every image (``maps/KEY.npz``).
+        save_maps: write the query maps of every image (``maps/KEY.npz``); ``"all"``: the maps of
+            every query on the finest query grid (``--save-maps all``, what ``nlanalysis explore``
+            shows), stored 8-bit and, on large grids, subsampled (:mod:`nlanalysis.extract.maps`).
         queries: the saved maps' query points, ``grid:K``, ``random:K``, ``objects:K`` or
             ``points:Y,X;...``
-            (:mod:`nlanalysis.extract.queries`; default ``objects:2`` with COCO, else ``random:3``).
+            (:mod:`nlanalysis.extract.queries`; default ``objects:2`` with COCO, else ``random:3``;
+            none with ``save_maps="all"``).
     """
 
     out: PathLike
-    save_maps: bool = False
+    save_maps: bool | str = False
     queries: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.save_maps, str) and self.save_maps != "all":
+            raise ValueError(f"--save-maps {self.save_maps!r}: give no value (the chosen queries) or 'all' (every query)")
+        if self.save_maps == "all" and self.queries is not None:
+            raise ValueError("--save-maps all keeps the map of every query on the grid: drop --queries")
         if self.queries is not None:
             parse_queries(self.queries)  # a bad value fails here, not after the model is loaded
 
@@ -217,7 +227,10 @@ class RunSpec:
             raise ValueError("--queries objects:K needs annotated images: use --coco-ann/--coco-images, or grid:K / random:K")
 
     def query_spec(self) -> QuerySpec:
-        """The saved maps' query points (the default depends on the data: objects with COCO)."""
+        """The saved maps' query points (the default depends on the data: objects with COCO; every
+        cell of the finest query grid with ``save_maps="all"``: a grid capped at that grid)."""
+        if self.output.save_maps == "all":
+            return QuerySpec("grid", EVERY_QUERY)
         return parse_queries(self.output.queries or ("objects:2" if self.data.coco else "random:3"))
 
     def evolve(self, **groups: Any) -> RunSpec:

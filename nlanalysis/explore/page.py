@@ -1,0 +1,70 @@
+"""The explore page: one self-contained HTML file (its script, pictures and maps inline; no network)."""
+from __future__ import annotations
+
+import html
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..extract.results import ResultSet, load_run
+from .data import page_data
+
+__all__ = ["Explorer", "explore", "render_page"]
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The HTML of the page showing ``data`` (:func:`~nlanalysis.explore.data.page_data`)."""
+    folder = resources.files(__package__)
+    text = (folder / "page.html").read_text(encoding="utf-8")
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no "</script>" inside the JSON
+    title = html.escape(f"{Path(data['run']).name}: {len(data['images'])} images, {len(data['sites'])} sites")
+    script = (folder / "viewer.js").read_text(encoding="utf-8")
+    return text.replace("{{TITLE}}", title).replace("{{SCRIPT}}", script).replace("{{DATA}}", payload)
+
+
+class Explorer:
+    """The page of one result set: :attr:`html`, :meth:`save`, and shown inline in Jupyter (``_repr_html_``).
+
+    Attributes:
+        run: the result set.
+        data: what the page shows (:func:`~nlanalysis.explore.data.page_data`).
+    """
+
+    def __init__(self, run: ResultSet, data: dict[str, Any]) -> None:
+        self.run, self.data = run, data
+        self._html: str | None = None
+
+    @property
+    def html(self) -> str:
+        if self._html is None:
+            self._html = render_page(self.data)
+        return self._html
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the page to ``path`` (atomically: a temporary file, then renamed) and return it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.html, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def _repr_html_(self) -> str:
+        """The page in an ``<iframe>`` (its own document: its script and styles stay in it)."""
+        return f'<iframe srcdoc="{html.escape(self.html, quote=True)}" style="width:100%;height:720px;border:0"></iframe>'
+
+
+def explore(run: ResultSet | str | os.PathLike[str], image_ids: list[Any] | None = None,
+            image_root: str | os.PathLike[str] | None = None) -> Explorer:  # fmt: skip
+    """The explore page of a result set (a folder or a loaded :class:`~nlanalysis.extract.results.ResultSet`).
+
+    Args:
+        run: the run (made with ``--save-maps all`` to hover every query; with chosen queries, those).
+        image_ids: only these images (default: every image with saved maps).
+        image_root: where the image files are, when not where the run found them.
+    """
+    if not isinstance(run, ResultSet):
+        run = load_run(run)
+    return Explorer(run, page_data(run, image_ids, None if image_root is None else os.fspath(image_root)))
