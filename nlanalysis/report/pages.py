@@ -8,11 +8,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..tables import to_markdown, word_columns
+from ..tables import to_markdown, word_columns, write_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Report", "require_png", "start_report", "write_pages"]
 
@@ -20,15 +23,18 @@ __all__ = ["Report", "require_png", "start_report", "write_pages"]
 @dataclass
 class Report:
     """What :func:`~nlanalysis.report.runs.write_report` (or
-    :func:`~nlanalysis.report.vit.write_vit_report`) wrote.
+    :func:`~nlanalysis.report.vit.write_vit_report`) wrote, and the writer of its files: tables
+    (:meth:`table`), figures (:meth:`figure`) and pages (:meth:`write_pages`) of an NL or a ViT report alike.
 
     Attributes:
         out: the report folder.
         index_md, index_html: the report pages.
-        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``).
-        figures: the PNG of every figure (a PDF lies beside each).
+        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``; a ViT run's
+            ``layers``, ``heads``, ``per_image``, ``compare``).
+        figures: the PNG of every figure (a PDF lies beside each), with ``captions``.
         text: the sentences of the summary.
         notes: what could not be drawn, and why.
+        formats: the figure formats written (``png`` needed).
     """
 
     out: Path
@@ -38,6 +44,31 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    formats: Sequence[str] = ("png", "pdf")
+    captions: list[str] = field(default_factory=list)
+
+    def table(self, name: str, frame: pd.DataFrame, caption: str | None = None, **kwargs: Any) -> list[str]:
+        """Write ``tables/NAME.*`` (:func:`~nlanalysis.tables.write_table` with ``kwargs``), keep
+        ``frame`` as ``tables[name]``; return the files' links (relative to ``out``)."""
+        paths = write_table(frame, self.out / "tables" / name, caption, **kwargs)
+        self.tables[name] = frame
+        return [p.relative_to(self.out).as_posix() for p in paths]
+
+    def figure(self, fig: Figure, name: str, caption: str) -> None:
+        """Save ``fig`` as ``figures/NAME.*`` (:func:`~nlanalysis.plots.save_figure`) with its caption."""
+        from ..plots import save_figure
+
+        save_figure(fig, self.out / "figures" / name, self.formats)
+        self.figures.append(self.out / "figures" / f"{name}.png")
+        self.captions.append(caption)
+
+    def figure_sections(self) -> list[tuple[str, Any]]:
+        """A ``("figure", ...)`` section (:func:`write_pages`) of each figure, in the order drawn."""
+        return [("figure", (p.relative_to(self.out).as_posix(), c)) for p, c in zip(self.figures, self.captions)]
+
+    def write_pages(self, sections: Sequence[tuple[str, Any]], title: str) -> None:
+        """Write ``index.md`` and ``index.html`` from ``sections`` (:func:`write_pages`)."""
+        write_pages(sections, self.out, title, pdf="pdf" in self.formats)
 
 
 def require_png(formats: Sequence[str], who: str) -> None:
@@ -46,12 +77,11 @@ def require_png(formats: Sequence[str], who: str) -> None:
         raise ValueError(f"{who}: formats {list(formats)} must include png (the report pages show the PNGs)")
 
 
-def start_report(out: Path) -> tuple[Report, Path, Path]:
-    """Make ``out/tables`` and ``out/figures``; return an empty :class:`Report` of ``out`` and the two folders."""
-    tables_dir, figures_dir = out / "tables", out / "figures"
-    for d in (tables_dir, figures_dir):
+def start_report(out: Path, formats: Sequence[str]) -> Report:
+    """Make ``out/tables`` and ``out/figures``; return an empty :class:`Report` of ``out``."""
+    for d in (out / "tables", out / "figures"):
         d.mkdir(parents=True, exist_ok=True)
-    return Report(out, out / "index.md", out / "index.html"), tables_dir, figures_dir
+    return Report(out, out / "index.md", out / "index.html", formats=tuple(formats))
 
 
 def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str], title: str, pdf: bool = True) -> tuple[Path, Path]:
