@@ -1,5 +1,5 @@
-"""The report pages shared by the NL and the ViT report: what a report wrote (:class:`Report`) and
-``index.md``/``index.html`` from one list of sections (:func:`write_pages`)."""
+"""What the NL and the ViT report share: :class:`Report`, which writes a report's tables, figures and
+pages and records them, and ``index.md``/``index.html`` from one list of sections (:func:`write_pages`)."""
 from __future__ import annotations
 
 import html
