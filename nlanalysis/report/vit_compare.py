@@ -143,26 +143,26 @@ def _comparison_intro(nl: pd.DataFrame, source: str, n_photos: int, facts: dict[
 
 def _comparison_lines(table: pd.DataFrame, layers: pd.DataFrame, per_head: pd.DataFrame) -> list[str]:
     """The comparison in words: the ratios, the peaked NL maps beside the local heads, the random control."""
-    nl_rows = table[table["model"].str.startswith("NL net")]
+    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
     learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
     name = {i: f"{m.removeprefix('NL net, ')} {w}" for i, m, w in zip(table.index, table["model"], table["where"])}
-    lines = _ratio_lines(table, layers, per_head, name)
+    lines = _ratio_lines(nl_rows, learned, vit_layers, layers, per_head, name)
     peaked = learned[(learned["att"] >= 0.9 * learned["input"]) & (learned["att_entropy"] < 0.5)]
     if len(peaked):
         lines.append(_peaked_line(peaked, per_head, name))
     controlled = table[table["ctrl_att"].notna() & table["att"].notna()]
     if len(controlled):
-        lines.append(_control_line(table, controlled, name))
+        lines.append(_control_line(nl_rows, vit_layers, controlled, name))
     lines.append("In the ViT, averaging a layer's heads mixes the kinds of map, so the head mean is query-dependent even in "
                  "layers where one head is nearly query-independent.")  # fmt: skip
     return lines
 
 
-def _ratio_lines(table: pd.DataFrame, layers: pd.DataFrame, per_head: pd.DataFrame, name: dict[Any, str]) -> list[str]:
-    """input / att of each learned NL map, and how many lie an order of magnitude below, beside the ViT's."""
-    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
+def _ratio_lines(nl_rows: pd.DataFrame, learned: pd.DataFrame, vit_layers: pd.DataFrame, layers: pd.DataFrame,
+                 per_head: pd.DataFrame, name: dict[Any, str]) -> list[str]:  # fmt: skip
+    """input / att of each learned NL map (``learned``: most query-independent first), and how many lie an
+    order of magnitude below, beside the ViT's head-mean layers and its most query-independent head."""
     built = nl_rows[nl_rows["by_construction"]]
-    learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
     measured = learned[learned["input_over_att"].notna()]  # att > 0 and finite (compare_table)
     flat = measured[measured["input_over_att"] >= 10]
     per = per_head[per_head["head"] != HEAD_MEAN]
@@ -200,9 +200,8 @@ def _peaked_line(peaked: pd.DataFrame, per_head: pd.DataFrame, name: dict[Any, s
     )  # fmt: skip
 
 
-def _control_line(table: pd.DataFrame, controlled: pd.DataFrame, name: dict[Any, str]) -> str:
+def _control_line(nl_rows: pd.DataFrame, vit_layers: pd.DataFrame, controlled: pd.DataFrame, name: dict[Any, str]) -> str:
     """How many rows (NL, ViT layers, ViT heads drawn) have att below their random control."""
-    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
     below = controlled[controlled["att"] < controlled["ctrl_att"]]
     vit_ctrl = vit_layers[vit_layers["ctrl_att"].notna()]
     heads_ctrl = controlled[~controlled.index.isin(nl_rows.index) & ~controlled.index.isin(vit_layers.index)]
