@@ -48,6 +48,8 @@ from .metrics.intervals import mean_ci
 __all__ = [
     "TABLE_STATS",
     "caption",
+    "ci_column",
+    "ci_text",
     "final_steps",
     "format_ci",
     "format_table",
@@ -197,11 +199,23 @@ def _num(v: float) -> str:
     return np.format_float_positional(v, precision=3, unique=False, fractional=False, trim="k").rstrip(".")
 
 
-def format_ci(mean: float, low: float, high: float) -> str:
+def ci_text(row: pd.Series, stat: str) -> str:
+    """``row[stat]`` with its interval ``row[stat_low], row[stat_high]`` (where the row has them) as text."""
+    return format_ci(row[stat], row.get(f"{stat}_low", math.nan), row.get(f"{stat}_high", math.nan))
+
+
+def format_ci(mean: float, low: float = math.nan, high: float = math.nan) -> str:
     """``mean [low, high]`` with three significant digits (``mean`` alone without an interval)."""
     if isinstance(low, float) and math.isnan(low):
         return _num(mean)
     return f"{_num(mean)} [{_num(low)}, {_num(high)}]"
+
+
+def ci_column(table: pd.DataFrame, stat: str) -> list[str]:
+    """Each row's ``stat`` with its interval ``stat_low, stat_high`` (where the table has them) as text."""
+    if f"{stat}_low" not in table:
+        return [format_ci(v) for v in table[stat]]
+    return [format_ci(*r) for r in table[[stat, f"{stat}_low", f"{stat}_high"]].itertuples(index=False)]
 
 
 def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.DataFrame:
@@ -224,10 +238,10 @@ def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.Data
         out[HEADERS["seeds"]] = summary["seeds"].map(lambda v: "–" if pd.isna(v) else str(int(v)))
     if "metric" in summary and summary["metric"].notna().any():
         name = summary["metric_name"].dropna().iloc[0]
-        out[METRIC_NAMES.get(name, name)] = [format_ci(*r) for r in summary[["metric", "metric_low", "metric_high"]].itertuples(index=False)]
+        out[METRIC_NAMES.get(name, name)] = ci_column(summary, "metric")
     for s in TABLE_STATS:
         if s in summary:
-            out[HEADERS[s]] = [format_ci(*r) for r in summary[[s, f"{s}_low", f"{s}_high"]].itertuples(index=False)]
+            out[HEADERS[s]] = ci_column(summary, s)
     return out
 
 
@@ -302,13 +316,30 @@ def to_latex(table: pd.DataFrame, caption_text: str | None = None, label: str = 
     return "\n".join(lines) + "\n"
 
 
-def write_table(summary: pd.DataFrame, stem: str | os.PathLike[str], caption_text: str | None = None) -> list[Path]:
-    """Write ``stem.csv`` (the numbers), ``stem.md`` and ``stem.tex`` (formatted, with caption)."""
+def write_table(
+    summary: pd.DataFrame,
+    stem: str | os.PathLike[str],
+    caption_text: str | None = None,
+    *,
+    text: pd.DataFrame | None = None,
+    formats: Sequence[str] = ("csv", "md", "tex"),
+    label: str | None = None,
+) -> list[Path]:
+    """Write ``stem.csv`` (the numbers), ``stem.md`` and ``stem.tex`` (``text``, by default
+    :func:`format_table` of ``summary``, with the caption; LaTeX ``label`` default ``tab:STEM``),
+    those of ``formats``; return their paths."""
+    if set(formats) - {"csv", "md", "tex"}:
+        raise ValueError(f"table formats {list(formats)}: use csv, md and tex")
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    csv, md, tex = (stem.with_name(f"{stem.name}.{ext}") for ext in ("csv", "md", "tex"))
-    summary.to_csv(csv, index=False, float_format="%.6g", lineterminator="\n")
-    formatted = format_table(summary)
-    md.write_text(to_markdown(formatted, caption_text))
-    tex.write_text(to_latex(formatted, caption_text, label=f"tab:{stem.name}"))
-    return [csv, md, tex]
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in formats]
+    if text is None and set(formats) - {"csv"}:
+        text = format_table(summary)
+    for ext, path in zip(formats, paths):
+        if ext == "csv":
+            summary.to_csv(path, index=False, float_format="%.6g", lineterminator="\n")
+        elif ext == "md":
+            path.write_text(to_markdown(text, caption_text))
+        elif ext == "tex":
+            path.write_text(to_latex(text, caption_text, label=label or f"tab:{stem.name}"))
+    return paths

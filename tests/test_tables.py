@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from nlanalysis.metrics import hierarchical_mean_ci, mean_ci
-from nlanalysis.tables import caption, final_steps, format_table, short_block_names, summarise, to_latex, to_markdown, write_table
+from nlanalysis.tables import (caption, ci_column, ci_text, final_steps, format_ci, format_table, short_block_names, summarise,
+                               to_latex, to_markdown, write_table)
 from plot_inputs import labelled_frame
 
 
@@ -76,6 +77,23 @@ def test_formatted_table_markdown_latex_and_csv(tmp_path):
     back = pd.read_csv(paths[0])
     np.testing.assert_allclose(back["att"], t["att"], rtol=1e-5)
     assert math.isclose(back.loc[0, "input_low"], t.loc[0, "input_low"], rel_tol=1e-5)
+
+
+def test_write_table_given_text_formats_and_label(tmp_path):
+    t = pd.DataFrame({"layer": [0, 1], "att": [0.1234567, 0.5], "att_low": [0.1, math.nan], "att_high": [0.15, math.nan]})
+    # ci_column: the interval where a row has one, the bare number where not (as format_ci / ci_text per row)
+    cells = [format_ci(0.1234567, 0.1, 0.15), format_ci(0.5)]
+    assert cells[0].startswith("0.123 [0.1") and cells[1].startswith("0.5") and "[" not in cells[1]
+    assert ci_column(t, "att") == cells == [ci_text(r, "att") for _, r in t.iterrows()]
+    assert ci_column(t.drop(columns=["att_low", "att_high"]), "att") == [format_ci(0.1234567), format_ci(0.5)]
+    text = pd.DataFrame({"layer": ["0", "1"], "att": cells})
+    paths = write_table(t, tmp_path / "layers", "A caption.", text=text, formats=("csv", "tex"), label="tab:x")
+    assert [p.name for p in paths] == ["layers.csv", "layers.tex"] and not (tmp_path / "layers.md").exists()
+    assert (tmp_path / "layers.csv").read_text().splitlines()[1] == "0,0.123457,0.1,0.15"
+    tex = (tmp_path / "layers.tex").read_text()
+    assert r"\label{tab:x}" in tex and f"0 & {cells[0]} \\\\" in tex and r"\caption{A caption.}" in tex
+    with pytest.raises(ValueError, match="table formats"):
+        write_table(t, tmp_path / "x", formats=("html",))
 
 
 def test_short_block_names():

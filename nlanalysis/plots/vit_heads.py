@@ -1,7 +1,7 @@
 """Figures of a ViT's heads: a layers x heads map of a statistic, and Figure 2 grids of chosen heads.
 
 * :func:`plot_layer_heads` -- one cell per layer and head (plus the head-averaged map in a last
-  column) holding the mean over images of a statistic of :func:`nlanalysis.analyze_vit_vit`
+  column) holding the mean over images of a statistic of :func:`nlanalysis.analyze_vit`
   (``att``, ``att_entropy``, ...), the value written in the cell. :func:`head_matrix` is the
   table drawn.
 * :func:`plot_head_maps` -- GCNet's Figure 2 (Cao et al., arXiv 1904.11492) for several
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..schema import HEAD_MEAN
-from .map_grid import MapRow, draw_map_rows
+from .map_grid import MapRow, draw_map_rows, map_grid_heights
 from .style import new_figure, styled
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def plot_layer_heads(
     """Heat map of ``stat`` per layer (rows) and head (columns), the head mean last.
 
     Args:
-        frame: from :func:`nlanalysis.analyze_vit_vit` (any frame with ``layer``, ``head``, ``image``
+        frame: from :func:`nlanalysis.analyze_vit` (any frame with ``layer``, ``head``, ``image``
             and ``stat`` columns).
         stat: the column to draw; bounded statistics use a fixed 0..1 colour scale.
         title: first line of the title (e.g. the model).
@@ -156,19 +156,15 @@ def plot_head_maps(
     if not photos or not heads:
         raise ValueError("plot_head_maps: give at least one photo and one head")
     k = max(len(p.points) for p in photos)
-    heights = [max(0.35, min(2.5, p.size[0] / p.size[1])) for p in photos]
-    width = (panel * (1 + k) + 0.7) * len(heads)
-    fig = new_figure(width, panel * sum(heights) + 0.95)
-    subs = np.atleast_1d(fig.subfigures(1, len(heads), wspace=0.02))
     names = list(head_titles) if head_titles is not None else [
         f"layer {layer} · {'head mean' if head == HEAD_MEAN else f'head {head}'}" for layer, head in heads]  # fmt: skip
-    for sub, (layer, head), name in zip(subs, heads, names):
-        rows = []
-        for p in photos:
-            qs = range(len(p.points))
-            rows.append(MapRow(image=p.image, size=p.size, points=p.points_on_image(),
-                               overlays=[p.overlay(layer, head, q) for q in qs], titles=[f"q{q + 1}" for q in qs],
-                               label=p.name))  # fmt: skip
+    grids = [[MapRow(image=p.image, size=p.size, points=p.points_on_image(), label=p.name,
+                     overlays=[p.overlay(layer, head, q) for q in range(len(p.points))],
+                     titles=[f"q{q + 1}" for q in range(len(p.points))]) for p in photos]
+             for layer, head in heads]  # fmt: skip
+    fig = new_figure((panel * (1 + k) + 0.7) * len(heads), panel * sum(map_grid_heights(grids[0])) + 0.95)
+    subs = np.atleast_1d(fig.subfigures(1, len(heads), wspace=0.02))
+    for sub, rows, name in zip(subs, grids, names):
         draw_map_rows(sub, rows, alpha=alpha)
         sub.suptitle(name, fontsize=9)
     fig.suptitle(title or "Attention map of each query (one colour scale per photo and head)")

@@ -30,7 +30,7 @@ class RunMeta:
         label: unique name of the run in a report.
         path: the run directory.
         variant: what the run is an instance of (the checkpoint meta's ``variant``, else the label).
-        seed, step, total_steps: training seed and step of the checkpoint (``None`` if unknown).
+        seed, step: training seed and step of the checkpoint (``None`` if unknown).
         metric_name, metric: the task metric recorded with the checkpoint (``None`` if unknown).
         checkpoint: the checkpoint file the run analysed.
         source: where the facts came from (``run.json``, ``checkpoint meta`` or ``none``), with why.
@@ -41,7 +41,6 @@ class RunMeta:
     variant: str
     seed: int | None = None
     step: int | None = None
-    total_steps: int | None = None
     metric_name: str | None = None
     metric: float | None = None
     checkpoint: str | None = None
@@ -91,7 +90,6 @@ def describe_run(run: ResultSet, label: str | None = None) -> RunMeta:
         variant=str(meta.get("variant") or label),
         seed=_int_or_none(seed),
         step=_int_or_none(meta.get("step", meta.get("iter"))),
-        total_steps=_int_or_none(meta.get("total_steps")),
         metric_name=metric_name,
         metric=float(meta[metric_name]) if metric_name else None,
         checkpoint=ckpt,

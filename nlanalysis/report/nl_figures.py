@@ -1,5 +1,5 @@
 """The NL report's per-image figures: GCNet's Figure 2 form per run and block, and the
-query-distance heat map per run (:func:`maps_figures`)."""
+query-distance heat map per run (:func:`maps_figures`), added to a :class:`~.pages.Report`."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ import pandas as pd
 from ..extract.results import ResultSet
 from .images import find_images, load_pixels
 from .meta import Runs
+from .pages import Report
 
 __all__ = ["maps_figures", "representatives"]
 
@@ -46,43 +47,34 @@ def maps_figures(
     runs: Runs,
     labels: list[str],
     blocks: list[str],
-    figures: Path,
+    report: Report,
     *,
     n_images: int,
     image_ids: Sequence[Any] | None,
     image_root: Any,
-    formats: Sequence[str],
-    notes: list[str],
-) -> list[tuple[str, Path, str]]:
-    """Figure 2 form per (run, block) and the query-distance heat map per run, for ``labels``."""
-    from ..plots import plot_query_distances, plot_query_maps, save_figure
+) -> None:
+    """Add to ``report`` the Figure 2 form per (run, block) and the query-distance heat map per run, for ``labels``."""
+    from ..plots import plot_query_distances, plot_query_maps
 
-    out = []
     for label in labels:
         res, meta = runs.by_label(label)
         ids = _choose_images(res, n_images, image_ids)
         if not ids:
-            notes.append(f"`{label}`: no saved query maps" + (" for the requested images" if image_ids else " (run extract with --save-maps)"))
+            report.notes.append(f"`{label}`: no saved query maps" + (" for the requested images" if image_ids else " (run extract with --save-maps)"))
             continue
         maps = [res.maps[i] for i in ids]
         files = find_images(res, ids, image_root)
         pixels = [load_pixels(p, m) for p, m in zip(files, maps)]
         missing = [str(i) for i, p in zip(ids, pixels) if p is None]
         if missing:
-            notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")
+            report.notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")
         ckpt = Path(meta.checkpoint).name if meta.checkpoint else meta.label
-        for block in [b for b in maps[0].blocks if b in blocks]:
-            fig = plot_query_maps(maps, block, images=pixels, title=f"{label} (checkpoint {ckpt})")
-            stem = figures / f"query_maps_{_slug(label)}_{_slug(block)}"
-            save_figure(fig, stem, formats)
-            out.append(("query_maps", Path(f"{stem}.png"),
-                        f"`{label}`, block `{block}`: each query's attention map over the image (GCNet Figure 2 form). "
-                        "Numbered dots are the query points; one colour scale per image."))  # fmt: skip
         drawn = [b for b in maps[0].blocks if b in blocks]
+        for block in drawn:
+            report.figure(plot_query_maps(maps, block, images=pixels, title=f"{label} (checkpoint {ckpt})"),
+                          f"query_maps_{_slug(label)}_{_slug(block)}",
+                          f"`{label}`, block `{block}`: each query's attention map over the image (GCNet Figure 2 form). "
+                          "Numbered dots are the query points; one colour scale per image.")  # fmt: skip
         if drawn and len(maps[0].query_yx):
-            fig = plot_query_distances(maps[0], drawn, title=f"{label} (checkpoint {ckpt})")
-            stem = figures / f"query_distances_{_slug(label)}"
-            save_figure(fig, stem, formats)
-            out.append(("query_distances", Path(f"{stem}.png"),
-                        f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block."))  # fmt: skip
-    return out
+            report.figure(plot_query_distances(maps[0], drawn, title=f"{label} (checkpoint {ckpt})"), f"query_distances_{_slug(label)}",
+                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block.")  # fmt: skip

@@ -1,5 +1,5 @@
-"""The report pages shared by the NL and the ViT report: what a report wrote (:class:`Report`) and
-``index.md``/``index.html`` from one list of sections (:func:`write_pages`)."""
+"""What the NL and the ViT report share: :class:`Report`, which writes a report's tables, figures and
+pages and records them, and ``index.md``/``index.html`` from one list of sections (:func:`write_pages`)."""
 from __future__ import annotations
 
 import html
@@ -8,11 +8,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..tables import to_markdown, word_columns
+from ..tables import to_markdown, word_columns, write_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Report", "require_png", "start_report", "write_pages"]
 
@@ -20,15 +23,18 @@ __all__ = ["Report", "require_png", "start_report", "write_pages"]
 @dataclass
 class Report:
     """What :func:`~nlanalysis.report.runs.write_report` (or
-    :func:`~nlanalysis.report.vit.write_vit_report`) wrote.
+    :func:`~nlanalysis.report.vit.write_vit_report`) wrote, and the writer of its files: tables
+    (:meth:`table`), figures (:meth:`figure`) and pages (:meth:`write_pages`) of an NL or a ViT report alike.
 
     Attributes:
         out: the report folder.
         index_md, index_html: the report pages.
-        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``).
-        figures: the PNG of every figure (a PDF lies beside each).
+        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``; a ViT run's
+            ``layers``, ``heads``, ``per_image``, ``compare``).
+        figures: the PNG of every figure (a PDF lies beside each), with ``captions``.
         text: the sentences of the summary.
         notes: what could not be drawn, and why.
+        formats: the figure formats written (``png`` needed).
     """
 
     out: Path
@@ -38,6 +44,31 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    formats: Sequence[str] = ("png", "pdf")
+    captions: list[str] = field(default_factory=list)
+
+    def table(self, name: str, frame: pd.DataFrame, caption: str | None = None, **kwargs: Any) -> list[str]:
+        """Write ``tables/NAME.*`` (:func:`~nlanalysis.tables.write_table` with ``kwargs``), keep
+        ``frame`` as ``tables[name]``; return the files' links (relative to ``out``)."""
+        paths = write_table(frame, self.out / "tables" / name, caption, **kwargs)
+        self.tables[name] = frame
+        return [p.relative_to(self.out).as_posix() for p in paths]
+
+    def figure(self, fig: Figure, name: str, caption: str) -> None:
+        """Save ``fig`` as ``figures/NAME.*`` (:func:`~nlanalysis.plots.save_figure`) with its caption."""
+        from ..plots import save_figure
+
+        save_figure(fig, self.out / "figures" / name, self.formats)
+        self.figures.append(self.out / "figures" / f"{name}.png")
+        self.captions.append(caption)
+
+    def figure_sections(self) -> list[tuple[str, Any]]:
+        """A ``("figure", ...)`` section (:func:`write_pages`) of each figure, in the order drawn."""
+        return [("figure", (p.relative_to(self.out).as_posix(), c)) for p, c in zip(self.figures, self.captions)]
+
+    def write_pages(self, sections: Sequence[tuple[str, Any]], title: str) -> None:
+        """Write ``index.md`` and ``index.html`` from ``sections`` (:func:`write_pages`)."""
+        write_pages(sections, self.out, title, pdf="pdf" in self.formats)
 
 
 def require_png(formats: Sequence[str], who: str) -> None:
@@ -46,12 +77,11 @@ def require_png(formats: Sequence[str], who: str) -> None:
         raise ValueError(f"{who}: formats {list(formats)} must include png (the report pages show the PNGs)")
 
 
-def start_report(out: Path) -> tuple[Report, Path, Path]:
-    """Make ``out/tables`` and ``out/figures``; return an empty :class:`Report` of ``out`` and the two folders."""
-    tables_dir, figures_dir = out / "tables", out / "figures"
-    for d in (tables_dir, figures_dir):
+def start_report(out: Path, formats: Sequence[str]) -> Report:
+    """Make ``out/tables`` and ``out/figures``; return an empty :class:`Report` of ``out``."""
+    for d in (out / "tables", out / "figures"):
         d.mkdir(parents=True, exist_ok=True)
-    return Report(out, out / "index.md", out / "index.html"), tables_dir, figures_dir
+    return Report(out, out / "index.md", out / "index.html", formats=tuple(formats))
 
 
 def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str], title: str, pdf: bool = True) -> tuple[Path, Path]:
@@ -64,8 +94,11 @@ def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str]
     """
     out = Path(out)
     md, page = out / "index.md", out / "index.html"
-    md.write_text(_render_md(list(sections), pdf))
-    page.write_text(_render_html(list(sections), title, pdf))
+    rendered = [_render(kind, body, pdf) for kind, body in sections]
+    md.write_text("\n".join(m for m, _ in rendered))
+    head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+            f"<style>{_CSS}</style></head><body>"]  # fmt: skip
+    page.write_text("\n".join([*head, *(h for _, h in rendered), "</body></html>"]) + "\n")
     return md, page
 
 
@@ -75,58 +108,34 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def _render_md(sections: list[tuple[str, Any]], pdf: bool = True) -> str:
-    parts = []
-    for kind, body in sections:
-        if kind == "h1":
-            parts.append(f"# {body}\n")
-        elif kind == "h2":
-            parts.append(f"## {body}\n")
-        elif kind == "p":
-            parts.append(f"{body}\n")
-        elif kind == "list":
-            parts.append("".join(f"- {item}\n" for item in body))
-        elif kind == "table":
-            table, cap, links = body
-            parts.append(to_markdown(table, cap) + "\nFiles: " + ", ".join(f"[{Path(l).name}]({l})" for l in links) + "\n")
-        elif kind == "figure":
-            rel, text = body
-            link = f" ([PDF]({rel[:-4]}.pdf))" if pdf else ""
-            parts.append(f"![{Path(rel).stem}]({rel})\n\n{text}{link}\n")
-    return "\n".join(parts)
-
-
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:3px 7px;text-align:right}
 th:first-child,td:first-child{text-align:left}caption{caption-side:bottom;text-align:left;font-size:12px;color:#444;padding-top:.4em}
 img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}figcaption{font-size:13px;color:#333}code{font-size:92%}"""
 
 
-def _render_html(sections: list[tuple[str, Any]], title: str, pdf: bool = True) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>"]  # fmt: skip
-    for kind, body in sections:
-        if kind in ("h1", "h2"):
-            parts.append(f"<{kind}>{_inline_html(body)}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{_inline_html(body)}</p>")
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in body) + "</ul>")
-        elif kind == "table":
-            table, cap, links = body
-            left = word_columns(table)
-            align = ["" if c not in left else ' style="text-align:left"' for c in table.columns]
-            head = "".join(f"<th{a}>{html.escape(str(c))}</th>" for a, c in zip(align, table.columns))
-            rows = "".join("<tr>" + "".join(f"<td{a}>{html.escape(str(v))}</td>" for a, v in zip(align, row)) + "</tr>"
-                           for row in table.itertuples(index=False))  # fmt: skip
-            files = " ".join(f'<a href="{html.escape(l)}">{html.escape(Path(l).name)}</a>' for l in links)
-            parts.append(f"<table><caption>{_inline_html(cap)} Files: {files}</caption>"
-                         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
-        elif kind == "figure":
-            rel, text = body
-            img = f'<img src="{html.escape(rel)}" alt="{html.escape(Path(rel).stem)}">'
-            if pdf:
-                img = f'<a href="{html.escape(rel[:-4])}.pdf">{img}</a>'
-            parts.append(f"<figure>{img}<figcaption>{_inline_html(text)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def _render(kind: str, body: Any, pdf: bool) -> tuple[str, str]:
+    """One section (see :func:`write_pages`) as ``(Markdown, HTML)``."""
+    if kind in ("h1", "h2"):
+        return f"{'#' * int(kind[1])} {body}\n", f"<{kind}>{_inline_html(body)}</{kind}>"
+    if kind == "p":
+        return f"{body}\n", f"<p>{_inline_html(body)}</p>"
+    if kind == "list":
+        return "".join(f"- {item}\n" for item in body), "<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in body) + "</ul>"
+    if kind == "table":
+        table, cap, links = body
+        md = to_markdown(table, cap) + "\nFiles: " + ", ".join(f"[{Path(l).name}]({l})" for l in links) + "\n"
+        left = word_columns(table)
+        align = ["" if c not in left else ' style="text-align:left"' for c in table.columns]
+        head = "".join(f"<th{a}>{html.escape(str(c))}</th>" for a, c in zip(align, table.columns))
+        rows = "".join("<tr>" + "".join(f"<td{a}>{html.escape(str(v))}</td>" for a, v in zip(align, row)) + "</tr>"
+                       for row in table.itertuples(index=False))  # fmt: skip
+        files = " ".join(f'<a href="{html.escape(l)}">{html.escape(Path(l).name)}</a>' for l in links)
+        return md, (f"<table><caption>{_inline_html(cap)} Files: {files}</caption>"
+                    f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")  # fmt: skip
+    if kind == "figure":
+        rel, text = body
+        img = f'<img src="{html.escape(rel)}" alt="{html.escape(Path(rel).stem)}">'
+        pdf_md, img = (f" ([PDF]({rel[:-4]}.pdf))", f'<a href="{html.escape(rel[:-4])}.pdf">{img}</a>') if pdf else ("", img)
+        return f"![{Path(rel).stem}]({rel})\n\n{text}{pdf_md}\n", f"<figure>{img}<figcaption>{_inline_html(text)}</figcaption></figure>"
+    raise ValueError(f"write_pages: unknown section kind {kind!r}")

@@ -39,7 +39,7 @@ import pandas as pd
 from ..extract.results import ResultSet, load_run
 from ..extract.store import RunStore
 from ..schema import NL, VIT
-from ..tables import METRIC_NAMES, caption, final_steps, format_table, summarise, write_table
+from ..tables import METRIC_NAMES, caption, final_steps, format_table, summarise
 from .images import find_image, find_images
 from .meta import RunMeta, Runs, describe_run, load_runs
 from .nl_figures import maps_figures, representatives
@@ -49,10 +49,6 @@ from .summary import summary_text
 from .vit import write_vit_files
 
 __all__ = ["Report", "RunMeta", "Runs", "describe_run", "find_image", "find_images", "load_runs", "summary_text", "write_pages", "write_report"]
-
-#: a figure of the report: ``(kind, PNG path, caption)``.
-Figure = tuple[str, Path, str]
-
 
 def write_report(
     runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs,
@@ -141,17 +137,20 @@ def _write_report_files(
     title: str,
 ) -> Report:
     """Write the report's files into the (empty) folder ``out``; see :func:`write_report`."""
-    report, tables_dir, figures_dir = start_report(out)
+    report = start_report(out, formats)
     report.notes += _run_notes(loaded)
-    runs_table, table1, cap, final = _write_tables(loaded, tables_dir, convention, report)
+    report.tables["runs"] = loaded.table()
+    report.tables["runs"].to_csv(out / "tables" / "runs.csv", index=False, lineterminator="\n")
+    final = final_steps(loaded.frame)
+    table1 = summarise(final, by=("variant", "step"))
+    cap = caption(table1, convention)
+    links = report.table("table1", table1, cap)
     report.text = summary_text(table1, convention)
-    figures = _summary_figures(loaded.frame, final, (tables_dir, figures_dir), convention, formats, report)
+    _summary_figures(loaded.frame, final, convention, report)
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
-    figures += maps_figures(loaded, representatives(loaded, final), blocks_kept, figures_dir, n_images=images,
-                            image_ids=image_ids, image_root=image_root, formats=formats, notes=report.notes)  # fmt: skip
-    report.figures = [p for _, p, _ in figures]
-    sections = _sections(title, loaded, runs_table, table1, cap, report, figures, out)
-    write_pages(sections, out, title, pdf="pdf" in formats)
+    maps_figures(loaded, representatives(loaded, final), blocks_kept, report, n_images=images, image_ids=image_ids,
+                 image_root=image_root)  # fmt: skip
+    report.write_pages(_sections(title, loaded, table1, (cap, links), report), title)
     return report
 
 
@@ -168,48 +167,20 @@ def _run_notes(loaded: Runs) -> list[str]:
     return notes
 
 
-def _write_tables(
-    loaded: Runs, tables_dir: Path, convention: str, report: Report
-) -> tuple[pd.DataFrame, pd.DataFrame, str, pd.DataFrame]:
-    """Write ``runs.csv`` and Table 1; return the runs table, Table 1, its caption and the last-step rows."""
-    runs_table = loaded.table()
-    runs_table.to_csv(tables_dir / "runs.csv", index=False, lineterminator="\n")
-    report.tables["runs"] = runs_table
-    final = final_steps(loaded.frame)
-    table1 = summarise(final, by=("variant", "step"))
-    cap = caption(table1, convention)
-    write_table(table1, tables_dir / "table1", cap)
-    report.tables["table1"] = table1
-    return runs_table, table1, cap, final
+def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, report: Report) -> None:
+    """The distributions figure and, where a variant has several steps, the over-training table and figure."""
+    from ..plots import plot_distributions, plot_over_training
 
-
-def _summary_figures(
-    frame: pd.DataFrame, final: pd.DataFrame, dirs: tuple[Path, Path], convention: str, formats: Sequence[str], report: Report
-) -> list[Figure]:
-    """The distributions figure and, where a variant has several steps, the over-training table and figure.
-
-    ``dirs``: the report's ``(tables, figures)`` folders."""
-    from ..plots import plot_distributions, plot_over_training, save_figure
-
-    tables_dir, figures_dir = dirs
-    figures: list[Figure] = []
-    fig = plot_distributions(final, by="label", convention=convention)
-    save_figure(fig, figures_dir / "distributions", formats)
-    figures.append(("distributions", figures_dir / "distributions.png",
-                    "Distance between positions per image (dots), per block, for each run's last training step. "
-                    "input: block input features; output: the context term it adds; att: the attention maps of the queries."))  # fmt: skip
-
+    report.figure(plot_distributions(final, by="label", convention=convention), "distributions",
+                  "Distance between positions per image (dots), per block, for each run's last training step. "
+                  "input: block input features; output: the context term it adds; att: the attention maps of the queries.")  # fmt: skip
     steps = frame.dropna(subset=["step"]).groupby("variant")["step"].nunique() if frame["step"].notna().any() else pd.Series(dtype=int)
     if (steps > 1).any():
         training = frame[frame["variant"].isin(steps[steps > 1].index)]
         over = summarise(training, by=("variant", "step"))
-        write_table(over, tables_dir / "over_training", caption(over, convention))
-        report.tables["over_training"] = over
-        fig = plot_over_training(training, convention=convention)
-        save_figure(fig, figures_dir / "over_training", formats)
-        figures.append(("over_training", figures_dir / "over_training.png",
-                        "Each statistic against the training step (snapshot checkpoints), per variant; band: 95% CI."))  # fmt: skip
-    return figures
+        report.table("over_training", over, caption(over, convention))
+        report.figure(plot_over_training(training, convention=convention), "over_training",
+                      "Each statistic against the training step (snapshot checkpoints), per variant; band: 95% CI.")  # fmt: skip
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -227,7 +198,7 @@ def _runs_display(runs_table: pd.DataFrame) -> pd.DataFrame:
     return t[list(dict.fromkeys(keep))].astype(str)
 
 
-def _sections(title, runs, runs_table, table1, cap, report, figures, out) -> list[tuple[str, Any]]:
+def _sections(title: str, runs: Runs, table1: pd.DataFrame, table1_files: tuple[str, list[str]], report: Report) -> list[tuple[str, Any]]:
     s: list[tuple[str, Any]] = [("h1", title)]
     s.append(("p", f"{len(runs.results)} result set(s) of `nlanalysis extract`; Table 1 and the distributions use each "
                    "variant's last training step. GCNet (arXiv 1904.11492, Sec. 3) found that in trained NL blocks the "
@@ -239,15 +210,13 @@ def _sections(title, runs, runs_table, table1, cap, report, figures, out) -> lis
         s.append(("h2", "Notes"))
         s.append(("list", report.notes))
     s.append(("h2", "Table 1"))
-    s.append(("table", (format_table(table1), cap, ["tables/table1.csv", "tables/table1.md", "tables/table1.tex"])))
+    s.append(("table", (format_table(table1), *table1_files)))
     if "over_training" in report.tables:
         s.append(("p", "The same for every training step: `tables/over_training.csv` (`.md`, `.tex`)."))
     s.append(("h2", "Figures"))
-    for _kind, path, text in figures:
-        rel = path.relative_to(out).as_posix()
-        s.append(("figure", (rel, text)))
+    s += report.figure_sections()
     s.append(("h2", "Runs"))
     runs_caption = ("Variant, seed, step and task metric as each checkpoint records them (facts_from: where they were read). "
                     "Run folders and checkpoint paths: `tables/runs.csv`.")  # fmt: skip
-    s.append(("table", (_runs_display(runs_table), runs_caption, ["tables/runs.csv"])))
+    s.append(("table", (_runs_display(report.tables["runs"]), runs_caption, ["tables/runs.csv"])))
     return s

@@ -5,13 +5,9 @@ import math
 
 import pandas as pd
 
-from ..tables import CONVENTION_TEXT, METRIC_NAMES, format_ci, short_block_names
+from ..tables import CONVENTION_TEXT, METRIC_NAMES, ci_text, format_ci, short_block_names
 
-__all__ = ["ci_text", "summary_text"]
-
-
-def _fmt(v: float, low: float = math.nan, high: float = math.nan) -> str:
-    return format_ci(v, low, high)
+__all__ = ["summary_text"]
 
 
 _NOT_GCNET = "**not** the one to two orders of magnitude below it that GCNet reports"
@@ -37,11 +33,6 @@ def _verdict(input_: float, value: float, what: str) -> tuple[bool, str]:
     return False, f"`{what}` is {1 / ratio:.1f}× **larger** than `input`: {_NOT_GCNET}"
 
 
-def ci_text(r: pd.Series, stat: str) -> str:
-    """``r[stat]`` with its interval ``r[stat_low], r[stat_high]`` (where the row has them) as text."""
-    return _fmt(r[stat], r.get(f"{stat}_low", math.nan), r.get(f"{stat}_high", math.nan))
-
-
 def _row_text(r: pd.Series, block: str) -> tuple[bool | None, str]:
     """One Table 1 row in words, and whether its ``att`` is 10x below ``input`` (None: by construction)."""
     step = f" (step {int(r['step'])})" if pd.notna(r.get("step", math.nan)) else ""
@@ -59,7 +50,7 @@ def _row_text(r: pd.Series, block: str) -> tuple[bool | None, str]:
     text = f"{head}: {nums}. Here {on_att}; {on_output}."
     uniform = below and r.get("att_entropy", 0) >= 0.99
     if uniform:
-        text += (f" But the maps are nearly uniform (normalised entropy {_fmt(r['att_entropy'])}; uniform attention gives "
+        text += (f" But the maps are nearly uniform (normalised entropy {format_ci(r['att_entropy'])}; uniform attention gives "
                  "`att` = 0 with nothing learned), so a small `att` here says little about learned query-independence.")  # fmt: skip
     if pd.notna(r.get("ctrl_att", math.nan)) and r["ctrl_att"] > 0:
         ratio = r["att"] / r["ctrl_att"]
@@ -69,7 +60,7 @@ def _row_text(r: pd.Series, block: str) -> tuple[bool | None, str]:
     if pd.notna(r.get("att_jsd", math.nan)):
         entropy = r.get("att_entropy", math.nan)
         text += f" Jensen–Shannon divergence between query maps {ci_text(r, 'att_jsd')} bits"
-        text += f", normalised entropy {_fmt(entropy)}." if pd.notna(entropy) and not uniform else "."
+        text += f", normalised entropy {format_ci(entropy)}." if pd.notna(entropy) and not uniform else "."
     elif pd.isna(r.get("att_entropy", math.nan)):
         text += " The maps are signed (not distributions), so JSD and entropy are undefined."
     return below, text

@@ -36,8 +36,7 @@ from ..extract.locality import parse_peak_offsets
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
 from ..schema import VIT
-from ..tables import to_latex, to_markdown
-from .pages import Report, require_png, start_report, write_pages
+from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
 from .vit_figures import vit_figures
 from .vit_tables import HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, rows_by_head
@@ -168,13 +167,16 @@ def write_vit_files(
     title = title or _TITLE
     frame, offsets = vit_frames(run)
     facts = run_facts(run.info)
-    report, tables_dir, figures_dir = start_report(out)
+    report = start_report(out, formats)
     n_photos, n_layers, n_heads = frame["image"].nunique(), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
     model_name = f"{facts['label']} (ViT, {n_layers} layers x {n_heads} heads)"
-    layers, per_head, layers_fmt, cap = _write_tables(frame, offsets, n_photos, tables_dir, report)
+    layers, per_head = layers_table(frame), heads_table(frame, offsets=offsets)
+    layers_fmt, cap = layers_text(layers), layers_caption(n_photos, str(frame["keys"].iloc[0]), n_heads)
+    links = report.table("layers", layers, cap, text=layers_fmt, label="tab:vit-layers")
+    report.table("heads", per_head, formats=("csv",))
+    report.table("per_image", frame, formats=("csv",))
     chosen_heads, labels = _heads_to_draw(layers, per_head, frame, heads)
-    figures = vit_figures(run, frame, per_head, chosen_heads, labels, figures_dir, model_name, image_root=image_root, formats=formats)
-    report.figures = [p for p, _ in figures]
+    vit_figures(run, frame, per_head, chosen_heads, labels, report, model_name, image_root=image_root)
     report.text = summary_lines(layers, per_head, chosen_heads, labels)
     sections: list[tuple[str, Any]] = [("h1", title)]
     sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
@@ -182,37 +184,16 @@ def write_vit_files(
                           "with several heads per layer; this report asks the same question of every head of a pretrained ViT "
                           "on real photos."))  # fmt: skip
     sections += [("h2", "What was measured"), ("list", measured_lines(facts, frame, chosen_heads, labels, given=heads is not None))]
-    sections += [("h2", "Summary"), ("list", report.text), ("h2", "Per-layer table")]
-    sections.append(("table", (layers_fmt, cap, ["tables/layers.csv", "tables/layers.md", "tables/layers.tex"])))
+    sections += [("h2", "Summary"), ("list", report.text), ("h2", "Per-layer table"), ("table", (layers_fmt, cap, links))]
     sections.append(("p", "Every layer x head (and head mean) with its interval and locality: `tables/heads.csv`; every photo: "
                           "`tables/per_image.csv`."))  # fmt: skip
-    sections.append(("h2", "Figures"))
-    sections += [("figure", (path.relative_to(out).as_posix(), text)) for path, text in figures]
-    sections += comparison(nl_table, layers, per_head, labels, n_photos, model_name, tables_dir, report,
+    sections += [("h2", "Figures"), *report.figure_sections()]
+    sections += comparison(nl_table, layers, per_head, labels, n_photos, model_name, report,
                            facts=dict(n_layers=n_layers, n_heads=n_heads, size=facts["size"], provenance=provenance(facts)))  # fmt: skip
     report.notes = _notes(n_photos)
     sections += [("h2", "Notes"), ("list", report.notes)]
-    write_pages(sections, out, title, pdf="pdf" in formats)
+    report.write_pages(sections, title)
     return report
-
-
-def _write_tables(
-    frame: pd.DataFrame, peak_offsets: pd.DataFrame, n_photos: int, tables_dir: Path, report: Report
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
-    """Write ``layers.{csv,md,tex}``, ``heads.csv`` and ``per_image.csv``; return the layers table, the
-    heads table, the layers table as text and its caption."""
-    n_heads, keys = int(frame["num_heads"].iloc[0]), str(frame["keys"].iloc[0])
-    layers = layers_table(frame)
-    cap = layers_caption(n_photos, keys, n_heads)
-    layers.to_csv(tables_dir / "layers.csv", index=False, float_format="%.6g", lineterminator="\n")
-    layers_fmt = layers_text(layers)
-    (tables_dir / "layers.md").write_text(to_markdown(layers_fmt, cap))
-    (tables_dir / "layers.tex").write_text(to_latex(layers_fmt, cap, label="tab:vit-layers"))
-    per_head = heads_table(frame, offsets=peak_offsets)
-    per_head.to_csv(tables_dir / "heads.csv", index=False, float_format="%.6g", lineterminator="\n")
-    frame.to_csv(tables_dir / "per_image.csv", index=False, float_format="%.6g", lineterminator="\n")
-    report.tables.update(layers=layers, heads=per_head, per_image=frame)
-    return layers, per_head, layers_fmt, cap
 
 
 def _heads_to_draw(

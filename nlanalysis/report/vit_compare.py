@@ -12,9 +12,8 @@ import pandas as pd
 
 from ..analyze_vit import HEAD_MEAN
 from ..plots.vit_heads import head_name
-from ..tables import format_ci, to_markdown
+from ..tables import ci_column
 from .pages import Report
-from .summary import ci_text
 from .vit_text import fixed_peak, is_local
 
 __all__ = ["comparison", "compare_table", "read_nl_table"]
@@ -48,47 +47,36 @@ def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, c
 
     ``input_over_att`` is ``inf`` for maps query-independent by construction and NaN where ``att`` is
     not a positive, finite number (no ratio to state)."""
+    def row(model: str, where: str, data: str, r: Any, by_construction: bool = False) -> dict[str, Any]:
+        return {"model": model, "where": where, "data": data, **{k: r.get(k, math.nan) for k in _NUMBERS[:7]},
+                "by_construction": by_construction, **{k: r.get(k, math.nan) for k in _NUMBERS[7:]}}  # fmt: skip
+
     rows = []
-    for r in nl.itertuples(index=False):
-        d = r._asdict()
+    for d in nl.to_dict("records"):
         seeds = d.get("seeds")
-        rows.append({
-            "model": f"NL net, {d['variant']}", "where": str(d["block"]),
-            "data": f"NL Table 1: {int(d['images'])} images" + (f" x {int(seeds)} seeds" if pd.notna(seeds) else ""),
-            "att": d["att"], "att_low": d.get("att_low", math.nan), "att_high": d.get("att_high", math.nan),
-            "input": d["input"], "input_low": d.get("input_low", math.nan), "input_high": d.get("input_high", math.nan),
-            "att_entropy": d.get("att_entropy", math.nan), "by_construction": bool(d.get("query_independent", False)),
-            **{k: d.get(k, math.nan) for k in _CTRL},
-        })  # fmt: skip
+        data = f"NL Table 1: {int(d['images'])} images" + (f" x {int(seeds)} seeds" if pd.notna(seeds) else "")
+        rows.append(row(f"NL net, {d['variant']}", str(d["block"]), data, d, bool(d.get("query_independent", False))))
     data = f"real photos: {n_photos}"
-    for r in layers.itertuples(index=False):
-        rows.append({"model": model_name, "where": f"layer {int(r.layer)}, head mean", "data": data,
-                     "att": r.att, "att_low": r.att_low, "att_high": r.att_high, "input": r.input,
-                     "input_low": r.input_low, "input_high": r.input_high, "att_entropy": r.att_entropy,
-                     "by_construction": False, **{k: getattr(r, k, math.nan) for k in _CTRL}})  # fmt: skip
+    rows += [row(model_name, f"layer {int(r['layer'])}, head mean", data, r) for r in layers.to_dict("records")]
     for (layer, head), label in chosen.items():
         r = heads[(heads["layer"] == layer) & (heads["head"] == head)].iloc[0]
-        rows.append({"model": model_name, "where": f"layer {layer}, head {head} ({label})", "data": data,
-                     "att": r["att"], "att_low": r["att_low"], "att_high": r["att_high"], "input": r["input"],
-                     "input_low": r["input_low"], "input_high": r["input_high"], "att_entropy": r["att_entropy"],
-                     "by_construction": False, **{k: r.get(k, math.nan) for k in _CTRL}})  # fmt: skip
+        rows.append(row(model_name, f"layer {layer}, head {head} ({label})", data, r))
     table = pd.DataFrame(rows)
     measured = (table["att"] > 0) & np.isfinite(table["att"])  # a ratio only where att is a positive number
     table["input_over_att"] = (table["input"] / table["att"].where(measured)).where(~table["by_construction"], np.inf)
     return table
 
 
-_CTRL = ("ctrl_att", "ctrl_att_low", "ctrl_att_high")
+#: the numbers of a :func:`compare_table` row, in column order (``by_construction`` between the two parts).
+_NUMBERS = ("att", "att_low", "att_high", "input", "input_low", "input_high", "att_entropy", "ctrl_att", "ctrl_att_low", "ctrl_att_high")
 
 
 def _compare_text(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "model": table["model"], "where": table["where"], "data": table["data"],
-        "att": [ci_text(r, "att") for _, r in table.iterrows()],
-        "att, random control": [ci_text(r, "ctrl_att") for _, r in table.iterrows()],
-        "input": [ci_text(r, "input") for _, r in table.iterrows()],
+        "model": table["model"], "where": table["where"], "data": table["data"], "att": ci_column(table, "att"),
+        "att, random control": ci_column(table, "ctrl_att"), "input": ci_column(table, "input"),
         "input / att": [_ratio(r["input"], r["att"], r["by_construction"]) for _, r in table.iterrows()],
-        "entropy": [format_ci(v, math.nan, math.nan) for v in table["att_entropy"]],
+        "entropy": ci_column(table, "att_entropy"),
     })  # fmt: skip
 
 
@@ -107,7 +95,6 @@ def comparison(
     labels: dict[tuple[int, int], str],
     n_photos: int,
     model_name: str,
-    tables_dir: Path,
     report: Report,
     facts: dict[str, Any],
 ) -> list[tuple[str, Any]]:
@@ -120,15 +107,12 @@ def comparison(
         return s
     nl = read_nl_table(nl_table)
     table = compare_table(nl, layers, per_head, labels, n_photos, model_name)
-    table.to_csv(tables_dir / "compare.csv", index=False, float_format="%.6g", lineterminator="\n")
-    report.tables["compare"] = table
     source = Path(nl_table).as_posix()
-    cap = _compare_caption(source)
-    text = _compare_text(table)
-    (tables_dir / "compare.md").write_text(to_markdown(text, cap))
+    cap, text = _compare_caption(source), _compare_text(table)
+    links = report.table("compare", table, cap, text=text, formats=("csv", "md"))
     s.append(("p", _comparison_intro(nl, source, n_photos, facts)))
     s.append(("list", _comparison_lines(table, layers, per_head)))
-    s.append(("table", (text, cap, ["tables/compare.csv", "tables/compare.md"])))
+    s.append(("table", (text, cap, links)))
     return s
 
 
@@ -159,26 +143,26 @@ def _comparison_intro(nl: pd.DataFrame, source: str, n_photos: int, facts: dict[
 
 def _comparison_lines(table: pd.DataFrame, layers: pd.DataFrame, per_head: pd.DataFrame) -> list[str]:
     """The comparison in words: the ratios, the peaked NL maps beside the local heads, the random control."""
-    nl_rows = table[table["model"].str.startswith("NL net")]
+    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
     learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
     name = {i: f"{m.removeprefix('NL net, ')} {w}" for i, m, w in zip(table.index, table["model"], table["where"])}
-    lines = _ratio_lines(table, layers, per_head, name)
+    lines = _ratio_lines(nl_rows, learned, vit_layers, layers, per_head, name)
     peaked = learned[(learned["att"] >= 0.9 * learned["input"]) & (learned["att_entropy"] < 0.5)]
     if len(peaked):
         lines.append(_peaked_line(peaked, per_head, name))
     controlled = table[table["ctrl_att"].notna() & table["att"].notna()]
     if len(controlled):
-        lines.append(_control_line(table, controlled, name))
+        lines.append(_control_line(nl_rows, vit_layers, controlled, name))
     lines.append("In the ViT, averaging a layer's heads mixes the kinds of map, so the head mean is query-dependent even in "
                  "layers where one head is nearly query-independent.")  # fmt: skip
     return lines
 
 
-def _ratio_lines(table: pd.DataFrame, layers: pd.DataFrame, per_head: pd.DataFrame, name: dict[Any, str]) -> list[str]:
-    """input / att of each learned NL map, and how many lie an order of magnitude below, beside the ViT's."""
-    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
+def _ratio_lines(nl_rows: pd.DataFrame, learned: pd.DataFrame, vit_layers: pd.DataFrame, layers: pd.DataFrame,
+                 per_head: pd.DataFrame, name: dict[Any, str]) -> list[str]:  # fmt: skip
+    """input / att of each learned NL map (``learned``: most query-independent first), and how many lie an
+    order of magnitude below, beside the ViT's head-mean layers and its most query-independent head."""
     built = nl_rows[nl_rows["by_construction"]]
-    learned = nl_rows[~nl_rows["by_construction"]].sort_values("input_over_att", ascending=False)
     measured = learned[learned["input_over_att"].notna()]  # att > 0 and finite (compare_table)
     flat = measured[measured["input_over_att"] >= 10]
     per = per_head[per_head["head"] != HEAD_MEAN]
@@ -216,9 +200,8 @@ def _peaked_line(peaked: pd.DataFrame, per_head: pd.DataFrame, name: dict[Any, s
     )  # fmt: skip
 
 
-def _control_line(table: pd.DataFrame, controlled: pd.DataFrame, name: dict[Any, str]) -> str:
+def _control_line(nl_rows: pd.DataFrame, vit_layers: pd.DataFrame, controlled: pd.DataFrame, name: dict[Any, str]) -> str:
     """How many rows (NL, ViT layers, ViT heads drawn) have att below their random control."""
-    nl_rows, vit_layers = table[table["model"].str.startswith("NL net")], table[table["where"].str.endswith("head mean")]
     below = controlled[controlled["att"] < controlled["ctrl_att"]]
     vit_ctrl = vit_layers[vit_layers["ctrl_att"].notna()]
     heads_ctrl = controlled[~controlled.index.isin(nl_rows.index) & ~controlled.index.isin(vit_layers.index)]

