@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
-from .stats import CONTROLS, SiteStats
+from .stats import CONTROLS, SiteStats, nans
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 
@@ -128,7 +128,7 @@ def measure_block(
 
             rows = native_map_stats if native_softmax(att, kernels) else rows
         maps, row_ok = rows(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos)
-    ctrl = [_nan(b) for _ in CONTROLS]
+    ctrl = [nans(b) for _ in CONTROLS]
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     return SiteStats(
@@ -156,7 +156,7 @@ def _shared_map_stats(att, kmask, n_key, own, chunk_size) -> dict[str, Tensor]:
         shared = shared * kmask[:, None, :]
     entropy, maxw = _row_diagnostics(shared, n_key)
     zeros = torch.zeros(b, dtype=torch.float64)
-    own_mass, own_share = _nan(b), _nan(b)
+    own_mass, own_share = nans(b), nans(b)
     if own is not None and att.nonnegative:
         for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
             own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
@@ -170,12 +170,12 @@ def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     rows count ``[B, N_q]`` (valid and not all zero)."""
     b = n_key.shape[0]
     att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, att.device)
-    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
+    own_mass, own_share = own.result() if own is not None and att.nonnegative else (nans(b), nans(b))
     nonzero_rows = sums[2]
     if att.nonnegative:
         att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
     else:
-        att_entropy, att_max = _nan(b), _nan(b)
+        att_entropy, att_max = nans(b), nans(b)
     jsd, jsd_err = _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, att.device)
     return dict(att=att_dist.cpu(), att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=att_entropy, att_max=att_max,
                 att_zero_rows=1.0 - nonzero_rows / n_query.double(), att_own_object=own_mass, own_object_share=own_share), row_ok  # fmt: skip
@@ -195,7 +195,8 @@ def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[T
         if kmask is not None:
             rows = rows * kmask[:, None, :]
         m = qmask[:, start:stop] if qmask is not None else None
-        ok = _reduce_rows(acc, rows, m)
+        acc.update(rows, m)
+        ok = _counted(rows, m)
         row_ok[:, start:stop] = ok
         sums[2] += ok.sum(1)
         if att.nonnegative:
@@ -213,7 +214,7 @@ def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tens
     """Per image, the mean JSD (bits) of ``jsd_pairs`` sampled pairs of counted rows and its standard
     error (:func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`); NaN for signed maps or 0 pairs."""
     b = row_ok.shape[0]
-    jsd, jsd_err = _nan(b), _nan(b)
+    jsd, jsd_err = nans(b), nans(b)
     if not att.nonnegative or jsd_pairs <= 0:
         return jsd, jsd_err
     for i in range(b):
@@ -236,7 +237,7 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
     from .controls import MATCH_ROWS, match_temperature, random_projection_attention
 
     b = x.shape[0]
-    out = [_nan(b) for _ in range(4)]
+    out = [nans(b) for _ in range(4)]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) and att.mode != "concatenation" else max(x.shape[1] // 2, 1)
     control = random_projection_attention(x.detach(), att.key_shape, channels, gen)
@@ -260,10 +261,6 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
         out[0][i], out[1][i], out[2][i] = stats.att[0, 0], stats.att_jsd[0, 0], stats.att_own_object[0, 0]
         out[3][i] = one.scale
     return out
-
-
-def _nan(b: int) -> Tensor:
-    return torch.full((b,), math.nan, dtype=torch.float64)
 
 
 class _OwnObject:
@@ -310,10 +307,8 @@ class _OwnObject:
         return (self.mass / self.count).cpu(), (self.base / self.count).cpu()
 
 
-def _reduce_rows(acc: CosineAccumulator, rows: Tensor, mask: Tensor | None) -> Tensor:
-    """Add a chunk of attention rows ``[B, c, N_k]`` to ``acc``; return which rows count
-    (valid and not all-zero)."""
-    acc.update(rows, mask)
+def _counted(rows: Tensor, mask: Tensor | None) -> Tensor:
+    """Which rows of a chunk ``[B, c, N_k]`` count ``[B, c]``: valid (``mask``) and not all zero."""
     ok = rows.abs().amax(-1) > 0
     return ok & mask if mask is not None else ok
 
