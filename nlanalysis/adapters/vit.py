@@ -94,7 +94,8 @@ class ViTAttentionAdapter(BlockAdapter):
 
     # -- what each family defines ----------------------------------------------------------------
     def num_heads(self, module: nn.Module) -> int:
-        raise NotImplementedError
+        """Heads (default: the module's ``num_heads``)."""
+        return int(module.num_heads)
 
     def embed_dim(self, module: nn.Module) -> int:
         raise NotImplementedError
@@ -126,8 +127,9 @@ class ViTAttentionAdapter(BlockAdapter):
         return None
 
     def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        """``(W [C, heads * d], b [C] or None)`` of the output projection."""
-        raise NotImplementedError
+        """``(W [C, heads * d], b [C] or None)`` of the output projection (default: :meth:`out_proj`'s)."""
+        proj = self.out_proj(module)
+        return proj.weight, proj.bias
 
     # -- shared ------------------------------------------------------------------------------------
     def enclosing_block(self, parent: nn.Module | None) -> tuple[bool, Tensor | None]:
@@ -241,9 +243,6 @@ class TimmViTAdapter(ViTAttentionAdapter):
             and isinstance(module.qkv, nn.Linear)
         )
 
-    def num_heads(self, module: nn.Module) -> int:
-        return int(module.num_heads)
-
     def embed_dim(self, module: nn.Module) -> int:
         return module.qkv.in_features
 
@@ -277,9 +276,6 @@ class TimmViTAdapter(ViTAttentionAdapter):
     def out_proj(self, module: nn.Module) -> nn.Module:
         return module.proj
 
-    def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        return module.proj.weight, module.proj.bias
-
     def head_values(self, module: nn.Module, tokens: Tensor) -> Tensor:
         o = super().head_values(module, tokens)
         o = module.norm(o) if hasattr(module, "norm") else o
@@ -309,9 +305,6 @@ class MHAAdapter(ViTAttentionAdapter):
                 f"{_where(module)}: only self-attention with one in_proj_weight, no bias_k/bias_v and no "
                 "add_zero_attn is analysed (what torchvision's VisionTransformer builds)"
             )
-
-    def num_heads(self, module: nn.Module) -> int:
-        return int(module.num_heads)
 
     def embed_dim(self, module: nn.Module) -> int:
         return int(module.embed_dim)
@@ -418,10 +411,6 @@ class HFViTAdapter(ViTAttentionAdapter):
 
     def out_proj(self, module: nn.Module) -> nn.Module:
         return self._linears(module)[3]
-
-    def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        o = self._linears(module)[3]
-        return o.weight, o.bias
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

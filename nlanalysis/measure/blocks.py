@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
@@ -40,34 +39,36 @@ __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
 BlockStats = SiteStats
 
 
+def _pooled(t: Tensor, key_shape: tuple[int, int], what: str) -> Tensor | None:
+    """``t`` ``[B, H, W]`` as ``[B, H_k, 2, W_k, 2]`` 2x2 blocks when the keys are a 2x2 max-pool of the
+    query grid, ``None`` when they are the query grid itself (ValueError otherwise; ``what`` names ``t``)."""
+    b, h, w = t.shape
+    hk, wk = key_shape
+    if (hk, wk) == (h, w):
+        return None
+    if (hk, wk) == (h // 2, w // 2):
+        return t[:, : 2 * hk, : 2 * wk].reshape(b, hk, 2, wk, 2)
+    raise ValueError(f"cannot map {what} of shape {(h, w)} onto a key grid of shape {key_shape}")
+
+
 def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
     """Map a ``[B, H, W]`` bool mask of valid query positions onto the key grid.
 
     Keys on the query grid share the mask; keys sub-sampled by a 2x2 max-pool are valid only
     when all four positions they pool are valid (a pooled key that saw padding is dropped).
     """
-    b, h, w = valid.shape
-    hk, wk = key_shape
-    if (hk, wk) == (h, w):
-        return valid
-    if (hk, wk) == (h // 2, w // 2):
-        v = valid[:, : 2 * hk, : 2 * wk].float()[:, None]
-        return (-F.max_pool2d(-v, 2))[:, 0] > 0.5
-    raise ValueError(f"cannot map a valid-position mask of shape {(h, w)} onto a key grid of shape {key_shape}")
+    blocks = _pooled(valid, key_shape, "a valid-position mask")
+    return valid if blocks is None else blocks.all(dim=4).all(dim=2)
 
 
 def key_labels(labels: Tensor, key_shape: tuple[int, int]) -> Tensor:
     """Map ``[B, H, W]`` integer labels onto the key grid (-1 where a pooled key mixes labels)."""
-    b, h, w = labels.shape
-    hk, wk = key_shape
-    if (hk, wk) == (h, w):
+    blocks = _pooled(labels, key_shape, "labels")
+    if blocks is None:
         return labels
-    if (hk, wk) == (h // 2, w // 2):
-        blocks = labels[:, : 2 * hk, : 2 * wk].reshape(b, hk, 2, wk, 2)
-        first = blocks[:, :, 0, :, 0]
-        same = (blocks == first[:, :, None, :, None]).all(dim=4).all(dim=2)
-        return torch.where(same, first, torch.full_like(first, -1))
-    raise ValueError(f"cannot map labels of shape {(h, w)} onto a key grid of shape {key_shape}")
+    first = blocks[:, :, 0, :, 0]
+    same = (blocks == first[:, :, None, :, None]).all(dim=4).all(dim=2)
+    return torch.where(same, first, torch.full_like(first, -1))
 
 
 def measure_block(
@@ -154,14 +155,16 @@ def _shared_map_stats(att, kmask, n_key, own, chunk_size) -> dict[str, Tensor]:
     shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
     if kmask is not None:
         shared = shared * kmask[:, None, :]
-    entropy, maxw = _row_diagnostics(shared, n_key)
+    one = shared[:, 0].double()  # normalised entropy (by log of the valid key count), max weight: NaN on zero maps
+    entropy = (row_entropy(one, normalized=False) / torch.log(n_key.double().clamp(min=2)).to(one.device)).cpu()
+    maxw = (one.amax(-1) / one.sum(-1)).cpu()
     zeros = torch.zeros(b, dtype=torch.float64)
     own_mass, own_share = nans(b), nans(b)
     if own is not None and att.nonnegative:
         for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
             own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
         own_mass, own_share = own.result()
-    return dict(att=zeros, att_jsd=zeros.clone(), att_jsd_stderr=zeros.clone(), att_entropy=entropy[:, 0], att_max=maxw[:, 0],
+    return dict(att=zeros, att_jsd=zeros.clone(), att_jsd_stderr=zeros.clone(), att_entropy=entropy, att_max=maxw,
                 att_zero_rows=zero_rows(shared)[:, 0].double().cpu(), att_own_object=own_mass, own_object_share=own_share)  # fmt: skip
 
 
@@ -318,12 +321,3 @@ def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
     if mask is not None:
         is_zero &= mask
     return is_zero.sum(dim=-1).cpu()
-
-
-def _row_diagnostics(rows: Tensor, n_key: Tensor) -> tuple[Tensor, Tensor]:
-    # used for the one shared map of query-independent blocks
-    """Normalised entropy (by log of the valid key count) and max weight per row; NaN on zero rows."""
-    entropy = row_entropy(rows.double(), normalized=False)
-    log_k = torch.log(n_key.double().clamp(min=2)).to(entropy.device)[:, None]
-    maxw = rows.double().amax(-1) / rows.double().sum(-1)
-    return (entropy / log_k).cpu(), maxw.cpu()
