@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
+from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from .jsd_pairs import _jsd_plan, _table_jsd
 from .stats import CONTROLS, SiteStats, nans
 
 __all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
@@ -215,22 +216,15 @@ def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[T
 
 def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tensor, Tensor]:
     """Per image, the mean JSD (bits) of ``jsd_pairs`` sampled pairs of counted rows and its standard
-    error (:func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`); NaN for signed maps or 0 pairs."""
+    error (:func:`~.jsd_pairs._jsd_plan`, drawn image by image as the native path draws them); NaN for
+    signed maps or 0 pairs."""
     b = row_ok.shape[0]
     jsd, jsd_err = nans(b), nans(b)
-    if not att.nonnegative or jsd_pairs <= 0:
-        return jsd, jsd_err
-    for i in range(b):
-        index = row_ok[i].nonzero()[:, 0].to(device)
-        one = att.image(i)
-        mask_i = kmask[i] if kmask is not None else None
-
-        def rows_of(idx: Tensor, one: LazyAttention = one, index: Tensor = index, mask_i: Tensor | None = mask_i) -> Tensor:
-            r = one.take(index[idx.to(index.device)])[0].detach()
-            return r * mask_i if mask_i is not None else r
-
-        est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
-        jsd[i], jsd_err[i] = est.mean, est.stderr
+    for i in range(b if att.nonnegative else 0):  # one image's rows at a time: peak memory O(pairs * N_k)
+        plan = _jsd_plan(row_ok[i : i + 1], att.n_query, 1, jsd_pairs, generator, torch.device(device))
+        if plan is not None:
+            rows = att.image(i).take(plan.query)[0].detach()
+            jsd[i : i + 1], jsd_err[i : i + 1] = _table_jsd(plan, rows * kmask[i] if kmask is not None else rows, 1)
     return jsd, jsd_err
 
 
