@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..blocks.heads import HeadAttention, TokenAttention
 from ..blocks.tokens import TokenLayout, layout_of
 from ..schema import VIT
-from .base import BlockAdapter, UnsupportedBlockError
+from .base import BlockAdapter, UnsupportedBlockError, class_path as _where
 from .registry import register_adapter
 
 __all__ = ["HFViTAdapter", "MHAAdapter", "TimmViTAdapter", "ViTAttentionAdapter", "check_tokens"]
@@ -57,10 +57,6 @@ def check_tokens(x: Tensor, dim: int, where: str) -> None:
         raise ValueError(f"{where}: expected tokens [B, N, {dim}], got shape {tuple(x.shape)}")
     if not torch.isfinite(x.detach().sum()) and not x.isfinite().all():  # one cheap reduction first
         raise ValueError(f"{where}: tokens contain NaN or inf values")
-
-
-def _where(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 # enclosing blocks ``(norm, layer scale)``: their attention branch is ``layer_scale(attn(norm(x)))`` added to ``x``
