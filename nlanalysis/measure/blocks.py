@@ -23,6 +23,7 @@ Rules, stated once (the ViT heads follow them too):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entr
 from .jsd_pairs import _jsd_plan, _table_jsd
 from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
+__all__ = ["BlockStats", "control_columns", "key_labels", "key_mask", "measure_block"]
 
 
 #: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
@@ -130,12 +131,12 @@ def measure_block(
 
             rows = native_map_stats if native_softmax(att, kernels) else rows
         maps, row_ok = rows(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos)
-    ctrl = [nans(b) for _ in CONTROLS]
+    ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     return SiteStats(
         **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
-        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in zip(CONTROLS, ctrl)},
+        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in ctrl.items()},
         query_independent=att.query_independent,
     )  # fmt: skip
 
@@ -228,13 +229,13 @@ def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tens
     return jsd, jsd_err
 
 
-def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> list[Tensor]:
+def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> dict[str, Tensor]:
     """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
     temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
     from .controls import MATCH_ROWS, match_temperature, random_projection_attention
 
     b = x.shape[0]
-    out = [nans(b) for _ in range(4)]
+    out = {name: nans(b) for name in CONTROLS}
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) and att.mode != "concatenation" else max(x.shape[1] // 2, 1)
     control = random_projection_attention(x.detach(), att.key_shape, channels, gen)
@@ -251,13 +252,22 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
             continue
         one.scale = float(tau[0])
         sl = slice(i, i + 1)
-        stats = measure_block(
-            one, x[sl], context[sl], valid=valid[sl] if valid is not None else None,
-            objects=objects[sl] if objects is not None else None, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos,
-        )  # fmt: skip
-        out[0][i], out[1][i], out[2][i] = stats.att[0, 0], stats.att_jsd[0, 0], stats.att_own_object[0, 0]
-        out[3][i] = one.scale
+        found = control_columns(one, x[sl], valid[sl] if valid is not None else None, objects[sl] if objects is not None else None,
+                                tau, ok, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos)  # fmt: skip
+        for name in CONTROLS:
+            out[name][i] = found[name][0]
     return out
+
+
+def control_columns(maps: LazyAttention, x: Tensor, valid: Tensor | None, objects: Tensor | None, temperature: Tensor,
+                    ok: Tensor, **measure: Any) -> dict[str, Tensor]:  # fmt: skip
+    """The ``ctrl_*`` values ``[M]`` of random-projection maps matched at ``temperature`` ``[M]`` (:mod:`.controls`;
+    ``M`` batch items, their input ``x`` ``[M, C, H, W]``, ``valid`` and ``objects``): :func:`measure_block`'s
+    ``att``, ``att_jsd`` and ``att_own_object`` of each, and the temperature; NaN where not ``ok``. NL blocks
+    and ViT heads (:func:`~nlanalysis.measure.head_controls.head_controls`) alike."""
+    stats = measure_block(maps, x, x, valid=valid, objects=objects, **measure)
+    found = (stats.att[:, 0], stats.att_jsd[:, 0], stats.att_own_object[:, 0], temperature)
+    return {name: torch.where(ok.cpu(), value.double().cpu(), math.nan) for name, value in zip(CONTROLS, found)}
 
 
 class _OwnObject:

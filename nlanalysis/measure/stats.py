@@ -22,12 +22,12 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..schema import HEAD_MEAN
+from ..schema import HEAD_MEAN, names
 
 __all__ = ["CONTROLS", "SiteStats", "nans", "row_results"]
 
 #: the control fields, as the columns of :mod:`nlanalysis.schema` (role ``control``) name them.
-CONTROLS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature")
+CONTROLS = tuple(names(roles=("control",)))  # ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature
 
 
 def nans(*shape: int) -> Tensor:
