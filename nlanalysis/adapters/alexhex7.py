@@ -39,9 +39,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..blocks.attention import PAIRWISE_MODES, LazyAttention, PairwiseAttention
-from ..blocks.non_local import _check_input
-from .base import BlockAdapter, UnsupportedBlockError
+from ..blocks.attention import PAIRWISE_MODES, LazyAttention
+from ..blocks.non_local import _check_input, pairwise_attention
+from .base import BlockAdapter, UnsupportedBlockError, class_path as _where
 from .registry import register_adapter
 
 __all__ = ["AlexHex7Adapter", "infer_mode"]
@@ -81,10 +81,6 @@ def _mode_from_file(module: nn.Module) -> tuple[dict[str, str], list[str]]:
                 modes.setdefault(mode, path)
                 break
     return modes, paths
-
-
-def _where(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def infer_mode(module: nn.Module) -> tuple[str, str]:
@@ -185,29 +181,16 @@ class AlexHex7Adapter(BlockAdapter):
             )
         mode, _ = infer_mode(module)
         _check_input(x, module.in_channels)
-        _, _, h, w = x.shape
-        if mode == "gaussian":
-            query = x.flatten(2).transpose(1, 2)
-            key = module.phi(x) if module.sub_sample else x
-            if key.shape[1] != module.in_channels:
-                raise UnsupportedBlockError(
-                    f"AlexHex7 block {_where(module)}: in gaussian mode with sub_sample, phi must only "
-                    f"pool x (as in lib/non_local_gaussian.py), but it gives {key.shape[1]} channels; the "
-                    "pre-split lib/non_local.py has this bug (its forward fails for mode='gaussian')"
-                )
-        else:
-            query = module.theta(x).flatten(2).transpose(1, 2)
-            key = module.phi(x)
-        key_shape = (key.shape[-2], key.shape[-1])
-        key = key.flatten(2)
-        if mode == "concatenation":
-            # the bias-free 1x1 conv on [theta_i; phi_j] splits into a query and a key term
-            weight = _concat_weight(module)
-            ci = module.inter_channels
-            query = query @ weight[:ci, None]  # [B, N, 1]
-            key = (weight[ci:, None] * key).sum(dim=1, keepdim=True)  # [B, 1, N_k]
+        key = module.phi(x) if mode != "gaussian" or module.sub_sample else x
+        if mode == "gaussian" and key.shape[1] != module.in_channels:
+            raise UnsupportedBlockError(
+                f"AlexHex7 block {_where(module)}: in gaussian mode with sub_sample, phi must only "
+                f"pool x (as in lib/non_local_gaussian.py), but it gives {key.shape[1]} channels; the "
+                "pre-split lib/non_local.py has this bug (its forward fails for mode='gaussian')"
+            )
+        concat = _concat_weight(module) if mode == "concatenation" else None
         # no 1/sqrt(C') in any AlexHex7 variant: softmax(theta^T phi) unscaled
-        return PairwiseAttention(mode, query, key, (h, w), key_shape, scale=1.0)
+        return pairwise_attention(mode, x if mode == "gaussian" else module.theta(x), key, 1.0, concat)
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from ..blocks.attention import LazyAttention
 from ..schema import NL
 
-__all__ = ["BlockAdapter", "UnsupportedBlockError"]
+__all__ = ["BlockAdapter", "UnsupportedBlockError", "class_path"]
+
+
+def class_path(module: nn.Module) -> str:
+    """``package.module.Class`` of a block, for error messages."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 class UnsupportedBlockError(TypeError):

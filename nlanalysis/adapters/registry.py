@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..blocks.attention import LazyAttention
-from .base import BlockAdapter, UnsupportedBlockError
+from .base import BlockAdapter, UnsupportedBlockError, class_path
 
 __all__ = [
     "BlockInfo",
@@ -59,7 +59,7 @@ def get_adapter(module: nn.Module) -> BlockAdapter:
     if adapter is None:
         known = "\n".join(f"  - {name}: {desc}" for name, desc in list_adapters().items())
         raise UnsupportedBlockError(
-            f"no adapter for module of type {type(module).__module__}.{type(module).__qualname__}. "
+            f"no adapter for module of type {class_path(module)}. "
             f"Supported block families:\n{known}\n"
             "Hint: write a BlockAdapter subclass and decorate it with nlanalysis.adapters.register_adapter."
         )

@@ -25,9 +25,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..blocks.non_local import _check_input
-from .base import BlockAdapter, UnsupportedBlockError
+from ..blocks.attention import LazyAttention
+from ..blocks.non_local import _check_input, pairwise_attention
+from .base import BlockAdapter, UnsupportedBlockError, class_path
 from .registry import register_adapter
 
 __all__ = ["TimmAdapter"]
@@ -47,14 +47,11 @@ class TimmAdapter(BlockAdapter):
         scale = module.scale
         if not isinstance(scale, Real):
             raise UnsupportedBlockError(
-                f"timm NonLocalAttn {type(module).__module__}.{type(module).__qualname__}: expected a float "
+                f"timm NonLocalAttn {class_path(module)}: expected a float "
                 f"'scale' attribute (in_channels ** -0.5 or 1.0), got {type(scale).__name__}"
             )
         _check_input(x, module.t.in_channels)
-        _, _, h, w = x.shape
-        query = module.t(x).flatten(2).transpose(1, 2)  # [B, N, C']
-        key = module.p(x).flatten(2)  # [B, C', N]
-        return PairwiseAttention("embedded_gaussian", query, key, (h, w), (h, w), scale=float(scale))
+        return pairwise_attention("embedded_gaussian", module.t(x), module.p(x), float(scale))
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

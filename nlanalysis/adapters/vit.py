@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..blocks.heads import HeadAttention, TokenAttention
 from ..blocks.tokens import TokenLayout, layout_of
 from ..schema import VIT
-from .base import BlockAdapter, UnsupportedBlockError
+from .base import BlockAdapter, UnsupportedBlockError, class_path as _where
 from .registry import register_adapter
 
 __all__ = ["HFViTAdapter", "MHAAdapter", "TimmViTAdapter", "ViTAttentionAdapter", "check_tokens"]
@@ -57,10 +57,6 @@ def check_tokens(x: Tensor, dim: int, where: str) -> None:
         raise ValueError(f"{where}: expected tokens [B, N, {dim}], got shape {tuple(x.shape)}")
     if not torch.isfinite(x.detach().sum()) and not x.isfinite().all():  # one cheap reduction first
         raise ValueError(f"{where}: tokens contain NaN or inf values")
-
-
-def _where(module: nn.Module) -> str:
-    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 # enclosing blocks ``(norm, layer scale)``: their attention branch is ``layer_scale(attn(norm(x)))`` added to ``x``
@@ -94,7 +90,8 @@ class ViTAttentionAdapter(BlockAdapter):
 
     # -- what each family defines ----------------------------------------------------------------
     def num_heads(self, module: nn.Module) -> int:
-        raise NotImplementedError
+        """Heads (default: the module's ``num_heads``)."""
+        return int(module.num_heads)
 
     def embed_dim(self, module: nn.Module) -> int:
         raise NotImplementedError
@@ -126,8 +123,9 @@ class ViTAttentionAdapter(BlockAdapter):
         return None
 
     def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        """``(W [C, heads * d], b [C] or None)`` of the output projection."""
-        raise NotImplementedError
+        """``(W [C, heads * d], b [C] or None)`` of the output projection (default: :meth:`out_proj`'s)."""
+        proj = self.out_proj(module)
+        return proj.weight, proj.bias
 
     # -- shared ------------------------------------------------------------------------------------
     def enclosing_block(self, parent: nn.Module | None) -> tuple[bool, Tensor | None]:
@@ -241,9 +239,6 @@ class TimmViTAdapter(ViTAttentionAdapter):
             and isinstance(module.qkv, nn.Linear)
         )
 
-    def num_heads(self, module: nn.Module) -> int:
-        return int(module.num_heads)
-
     def embed_dim(self, module: nn.Module) -> int:
         return module.qkv.in_features
 
@@ -277,9 +272,6 @@ class TimmViTAdapter(ViTAttentionAdapter):
     def out_proj(self, module: nn.Module) -> nn.Module:
         return module.proj
 
-    def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        return module.proj.weight, module.proj.bias
-
     def head_values(self, module: nn.Module, tokens: Tensor) -> Tensor:
         o = super().head_values(module, tokens)
         o = module.norm(o) if hasattr(module, "norm") else o
@@ -309,9 +301,6 @@ class MHAAdapter(ViTAttentionAdapter):
                 f"{_where(module)}: only self-attention with one in_proj_weight, no bias_k/bias_v and no "
                 "add_zero_attn is analysed (what torchvision's VisionTransformer builds)"
             )
-
-    def num_heads(self, module: nn.Module) -> int:
-        return int(module.num_heads)
 
     def embed_dim(self, module: nn.Module) -> int:
         return int(module.embed_dim)
@@ -418,10 +407,6 @@ class HFViTAdapter(ViTAttentionAdapter):
 
     def out_proj(self, module: nn.Module) -> nn.Module:
         return self._linears(module)[3]
-
-    def out_weight(self, module: nn.Module) -> tuple[Tensor, Tensor | None]:
-        o = self._linears(module)[3]
-        return o.weight, o.bias
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .attention import PAIRWISE_MODES, PairwiseAttention
 from .conv import ConvNorm
 
-__all__ = ["NonLocal2d", "mmcv_style_attention"]
+__all__ = ["NonLocal2d", "mmcv_style_attention", "pairwise_attention"]
 
 
 class NonLocal2d(nn.Module):
@@ -137,6 +137,26 @@ def _check_input(x: Tensor, channels: int) -> None:
         raise ValueError(f"expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
 
 
+def pairwise_attention(mode: str, query: Tensor, key: Tensor, scale: float = 1.0, concat: Tensor | None = None) -> PairwiseAttention:
+    """The maps of an NL block from its query and key embeddings, whatever its codebase (mmcv, AlexHex7, timm, ours).
+
+    Args:
+        mode: one of :data:`~nlanalysis.blocks.attention.PAIRWISE_MODES`.
+        query: ``[B, C', H, W]`` (``theta(x)``; ``x`` for ``gaussian``).
+        key: ``[B, C', H_k, W_k]`` (``phi(x)``, perhaps sub-sampled; ``x`` or its pooling for ``gaussian``).
+        scale: the factor on the (embedded) Gaussian logits.
+        concat: ``concatenation``: the ``[2C']`` weight of the bias-free 1x1 conv on ``[theta_i; phi_j]``
+            before the ReLU, which splits into a query term and a key term ``ReLU(w_q . theta_i + w_k . phi_j)``.
+    """
+    grid, key_shape = (query.shape[-2], query.shape[-1]), (key.shape[-2], key.shape[-1])
+    query, key = query.flatten(2).transpose(1, 2), key.flatten(2)  # [B, N, C'], [B, C', N_k]
+    if mode == "concatenation":
+        ci = concat.numel() // 2
+        query = query @ concat[:ci, None]  # [B, N, 1]
+        key = (concat[ci:, None] * key).sum(dim=1, keepdim=True)  # [B, 1, N_k]
+    return PairwiseAttention(mode, query, key, grid, key_shape, scale=scale)
+
+
 def mmcv_style_attention(block: nn.Module, x: Tensor) -> PairwiseAttention:
     """Per-query attention of any block laid out like mmcv's ``NonLocal2d``.
 
@@ -149,26 +169,12 @@ def mmcv_style_attention(block: nn.Module, x: Tensor) -> PairwiseAttention:
         x: its input ``[B, C, H, W]``.
     """
     _check_input(x, block.in_channels)
-    _, _, h, w = x.shape
     mode = block.mode
-    if mode == "gaussian":
-        query = x.flatten(2).transpose(1, 2)
-        key = block.phi(x) if block.sub_sample else x
-    else:
-        query = block.theta(x).flatten(2).transpose(1, 2)
-        key = block.phi(x)
-    key_shape = (key.shape[-2], key.shape[-1])
-    key = key.flatten(2)
     scale = 1.0
     if getattr(block, "logit_scale", None) is not None:
         scale = block.logit_scale
     elif mode == "embedded_gaussian" and block.use_scale:
         scale = block.inter_channels**-0.5
-    if mode == "concatenation":
-        # concat_project is a bias-free 1x1 conv on [theta_i; phi_j] then ReLU, so it splits
-        # into a query term and a key term: ReLU(w_q . theta_i + w_k . phi_j).
-        weight = block.concat_project.conv.weight.flatten()
-        ci = block.inter_channels
-        query = query @ weight[:ci, None]  # [B, N, 1]
-        key = (weight[ci:, None] * key).sum(dim=1, keepdim=True)  # [B, 1, N_k]
-    return PairwiseAttention(mode, query, key, (h, w), key_shape, scale=scale)
+    concat = block.concat_project.conv.weight.flatten() if mode == "concatenation" else None
+    key = block.phi(x) if mode != "gaussian" or block.sub_sample else x
+    return pairwise_attention(mode, x if mode == "gaussian" else block.theta(x), key, scale, concat)

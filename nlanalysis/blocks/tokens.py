@@ -62,10 +62,6 @@ class TokenLayout:
     def n_tokens(self) -> int:
         return self.n_prefix + self.n_patch
 
-    def token_kinds(self) -> list[str]:
-        """``"cls"``, ``"reg"`` or ``"patch"`` for every token, in sequence order."""
-        return ["cls"] * self.n_cls + ["reg"] * self.n_reg + ["patch"] * self.n_patch
-
     def check(self, n_tokens: int, where: str = "") -> None:
         """Raise a clear error unless a sequence of ``n_tokens`` fits this layout."""
         if n_tokens != self.n_tokens:

@@ -4,9 +4,9 @@ ViT layer's heads go (:mod:`.head_rows`).
 For ``gaussian`` / ``embedded_gaussian`` blocks the maps are ``softmax(scale * q_i . k_j)`` over
 float32 logits: the kernel reads each chunk of logits (one BLAS matmul per image; the keys may be a
 sub-sampled grid, ``N_key != N_query``) once, and gives every statistic that reads the rows, with
-the rows the JSD pairs need. The pairs are those :func:`nlanalysis.measure.measure_block`'s eager
-path draws (per image, from the same generator, over the counted rows), and their JSD is computed in
-float64 as :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled` does, so ``att_jsd`` does not move.
+the rows the JSD pairs need. The pairs and their JSD are those of :func:`nlanalysis.measure.measure_block`'s
+eager path (:func:`~.jsd_pairs._jsd_plan` per image, from the same generator, over the counted rows;
+:func:`~.jsd_pairs._table_jsd` in float64), so ``att_jsd`` does not move.
 Loaded only when a block is measured with the kernels.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from torch import Tensor
 from .. import kernels as _native
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import distance_from_sum
-from ..metrics.divergence import _jsd_normalized
-from .blocks import _nan, _sampled_jsd
+from .blocks import _counted, _sampled_jsd
 from .head_rows import LogitSource, _native_rows
-from .jsd_pairs import _jsd, _jsd_plan, _Plan
+from .jsd_pairs import _jsd_plan, _table_jsd
+from .stats import nans, row_results
 
 __all__ = ["native_map_stats", "native_softmax"]
 
@@ -54,44 +54,14 @@ def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     km = kmask.float() if kmask is not None else None
     labels = own.labels() if own is not None else None
     s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None)
-    sums = sums[..., 0]  # [8, B]: the one map
-    att_dist = distance_from_sum(s[:, 0].double().square().sum(-1), n_query.long(), sums[3].long(), **cos)
+    att_dist = distance_from_sum(s[:, 0].double().square().sum(-1), n_query.long(), sums[3, :, 0].long(), **cos)
     if bool(sums[3].any()):  # valid all-zero rows: the eager path draws its pairs over the other rows
         generator.set_state(state) if generator is not None else torch.set_rng_state(state)
-        counted = _row_ok(att, qmask, kmask, chunk_size)
+        counted = torch.cat([_counted(r * kmask[:, None, :] if kmask is not None else r,  # as the eager row pass finds them
+                                      qmask[:, i : i + r.shape[1]] if qmask is not None else None)
+                             for i, r in att.chunks(chunk_size)], 1).cpu()  # fmt: skip
         jsd, jsd_err = _sampled_jsd(att, counted, kmask, jsd_pairs, generator, att.device)
     else:
-        jsd, jsd_err = _table_jsd(plan, rows, b)
-    nz = sums[2]
-    own_mass, own_share = (sums[5] / sums[7], sums[6] / sums[7]) if own is not None else (_nan(b), _nan(b))  # 0/0: NaN
-    return dict(att=att_dist, att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=sums[0] / torch.log(n_key.double().clamp(min=2)) / nz,
-                att_max=sums[1] / nz, att_zero_rows=1.0 - nz / n_query.double(), att_own_object=own_mass,
-                own_object_share=own_share), counted  # fmt: skip
-
-
-def _row_ok(att: LazyAttention, qmask: Tensor | None, kmask: Tensor | None, chunk_size: int) -> Tensor:
-    """``[B, N_q]`` (CPU): which rows count (valid and not all zero), as the eager row pass finds them."""
-    found = []
-    for start, rows in att.chunks(chunk_size):
-        if kmask is not None:
-            rows = rows * kmask[:, None, :]
-        ok = rows.abs().amax(-1) > 0
-        found.append(ok & qmask[:, start : start + rows.shape[1]] if qmask is not None else ok)
-    return torch.cat(found, 1).cpu()
-
-
-def _table_jsd(plan: _Plan | None, rows: tuple[Tensor, Tensor, Tensor] | None, b: int, step: int = 1024) -> tuple[Tensor, Tensor]:
-    """Per image, the mean JSD (bits) of the plan's pairs and its standard error, from the kernel's
-    rows renormalised in float64 (as :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`)."""
-    if plan is None or rows is None:
-        return _nan(b), _nan(b)
-    table = rows[0][:, 0]  # [S, N_k] float32, the one map's rows
-
-    def unit(index: Tensor) -> Tensor:
-        r = table[index].double()
-        return r / r.sum(-1, keepdim=True)
-
-    values = torch.cat([_jsd_normalized(unit(plan.a[i : i + step]), unit(plan.b[i : i + step]), 2.0)
-                        for i in range(0, plan.a.numel(), step)])  # fmt: skip
-    jsd, err = _jsd(plan, values[:, None], b, 0)
-    return jsd[:, 0], err[:, 0]
+        jsd, jsd_err = _table_jsd(plan, rows[0][:, 0] if rows is not None else None, b)  # the one map's rows
+    found = row_results(sums, n_query.double()[:, None], torch.log(n_key.double().clamp(min=2))[:, None], own is not None)
+    return dict(att=att_dist, att_jsd=jsd, att_jsd_stderr=jsd_err, **{k: v[:, 0] for k, v in found.items()}), counted

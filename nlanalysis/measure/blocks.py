@@ -23,21 +23,34 @@ Rules, stated once (the ViT heads follow them too):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, mean_pairwise_jsd_sampled, row_entropy, zero_rows
-from .stats import CONTROLS, SiteStats
+from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from .jsd_pairs import _jsd_plan, _table_jsd
+from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockStats", "key_labels", "key_mask", "measure_block"]
+__all__ = ["BlockStats", "control_columns", "key_labels", "key_mask", "measure_block"]
 
 
 #: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
 #: per-map fields (one map), ``query_independent`` and the ``ctrl_*`` fields (NaN unless measured).
 BlockStats = SiteStats
+
+
+def _pooled(t: Tensor, key_shape: tuple[int, int], what: str) -> Tensor | None:
+    """``t`` ``[B, H, W]`` as ``[B, H_k, 2, W_k, 2]`` 2x2 blocks when the keys are a 2x2 max-pool of the
+    query grid, ``None`` when they are the query grid itself (ValueError otherwise; ``what`` names ``t``)."""
+    b, h, w = t.shape
+    hk, wk = key_shape
+    if (hk, wk) == (h, w):
+        return None
+    if (hk, wk) == (h // 2, w // 2):
+        return t[:, : 2 * hk, : 2 * wk].reshape(b, hk, 2, wk, 2)
+    raise ValueError(f"cannot map {what} of shape {(h, w)} onto a key grid of shape {key_shape}")
 
 
 def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
@@ -46,28 +59,18 @@ def key_mask(valid: Tensor, key_shape: tuple[int, int]) -> Tensor:
     Keys on the query grid share the mask; keys sub-sampled by a 2x2 max-pool are valid only
     when all four positions they pool are valid (a pooled key that saw padding is dropped).
     """
-    b, h, w = valid.shape
-    hk, wk = key_shape
-    if (hk, wk) == (h, w):
-        return valid
-    if (hk, wk) == (h // 2, w // 2):
-        v = valid[:, : 2 * hk, : 2 * wk].float()[:, None]
-        return (-F.max_pool2d(-v, 2))[:, 0] > 0.5
-    raise ValueError(f"cannot map a valid-position mask of shape {(h, w)} onto a key grid of shape {key_shape}")
+    blocks = _pooled(valid, key_shape, "a valid-position mask")
+    return valid if blocks is None else blocks.all(dim=4).all(dim=2)
 
 
 def key_labels(labels: Tensor, key_shape: tuple[int, int]) -> Tensor:
     """Map ``[B, H, W]`` integer labels onto the key grid (-1 where a pooled key mixes labels)."""
-    b, h, w = labels.shape
-    hk, wk = key_shape
-    if (hk, wk) == (h, w):
+    blocks = _pooled(labels, key_shape, "labels")
+    if blocks is None:
         return labels
-    if (hk, wk) == (h // 2, w // 2):
-        blocks = labels[:, : 2 * hk, : 2 * wk].reshape(b, hk, 2, wk, 2)
-        first = blocks[:, :, 0, :, 0]
-        same = (blocks == first[:, :, None, :, None]).all(dim=4).all(dim=2)
-        return torch.where(same, first, torch.full_like(first, -1))
-    raise ValueError(f"cannot map labels of shape {(h, w)} onto a key grid of shape {key_shape}")
+    first = blocks[:, :, 0, :, 0]
+    same = (blocks == first[:, :, None, :, None]).all(dim=4).all(dim=2)
+    return torch.where(same, first, torch.full_like(first, -1))
 
 
 def measure_block(
@@ -128,12 +131,12 @@ def measure_block(
 
             rows = native_map_stats if native_softmax(att, kernels) else rows
         maps, row_ok = rows(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos)
-    ctrl = [_nan(b) for _ in CONTROLS]
+    ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     return SiteStats(
         **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
-        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in zip(CONTROLS, ctrl)},
+        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in ctrl.items()},
         query_independent=att.query_independent,
     )  # fmt: skip
 
@@ -154,14 +157,16 @@ def _shared_map_stats(att, kmask, n_key, own, chunk_size) -> dict[str, Tensor]:
     shared = att.rows(0, 1)  # [B, 1, N_k]: the one map
     if kmask is not None:
         shared = shared * kmask[:, None, :]
-    entropy, maxw = _row_diagnostics(shared, n_key)
+    one = shared[:, 0].double()  # normalised entropy (by log of the valid key count), max weight: NaN on zero maps
+    entropy = (row_entropy(one, normalized=False) / torch.log(n_key.double().clamp(min=2)).to(one.device)).cpu()
+    maxw = (one.amax(-1) / one.sum(-1)).cpu()
     zeros = torch.zeros(b, dtype=torch.float64)
-    own_mass, own_share = _nan(b), _nan(b)
+    own_mass, own_share = nans(b), nans(b)
     if own is not None and att.nonnegative:
         for start, rows in att.chunks(chunk_size):  # the same map for every query: cheap rows
             own.update(start, rows * kmask[:, None, :] if kmask is not None else rows, None)
         own_mass, own_share = own.result()
-    return dict(att=zeros, att_jsd=zeros.clone(), att_jsd_stderr=zeros.clone(), att_entropy=entropy[:, 0], att_max=maxw[:, 0],
+    return dict(att=zeros, att_jsd=zeros.clone(), att_jsd_stderr=zeros.clone(), att_entropy=entropy, att_max=maxw,
                 att_zero_rows=zero_rows(shared)[:, 0].double().cpu(), att_own_object=own_mass, own_object_share=own_share)  # fmt: skip
 
 
@@ -170,12 +175,12 @@ def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     rows count ``[B, N_q]`` (valid and not all zero)."""
     b = n_key.shape[0]
     att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, att.device)
-    own_mass, own_share = own.result() if own is not None and att.nonnegative else (_nan(b), _nan(b))
+    own_mass, own_share = own.result() if own is not None and att.nonnegative else (nans(b), nans(b))
     nonzero_rows = sums[2]
     if att.nonnegative:
         att_entropy, att_max = sums[0] / nonzero_rows, sums[1] / nonzero_rows
     else:
-        att_entropy, att_max = _nan(b), _nan(b)
+        att_entropy, att_max = nans(b), nans(b)
     jsd, jsd_err = _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, att.device)
     return dict(att=att_dist.cpu(), att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=att_entropy, att_max=att_max,
                 att_zero_rows=1.0 - nonzero_rows / n_query.double(), att_own_object=own_mass, own_object_share=own_share), row_ok  # fmt: skip
@@ -195,7 +200,8 @@ def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[T
         if kmask is not None:
             rows = rows * kmask[:, None, :]
         m = qmask[:, start:stop] if qmask is not None else None
-        ok = _reduce_rows(acc, rows, m)
+        acc.update(rows, m)
+        ok = _counted(rows, m)
         row_ok[:, start:stop] = ok
         sums[2] += ok.sum(1)
         if att.nonnegative:
@@ -211,32 +217,25 @@ def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[T
 
 def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tensor, Tensor]:
     """Per image, the mean JSD (bits) of ``jsd_pairs`` sampled pairs of counted rows and its standard
-    error (:func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`); NaN for signed maps or 0 pairs."""
+    error (:func:`~.jsd_pairs._jsd_plan`, drawn image by image as the native path draws them); NaN for
+    signed maps or 0 pairs."""
     b = row_ok.shape[0]
-    jsd, jsd_err = _nan(b), _nan(b)
-    if not att.nonnegative or jsd_pairs <= 0:
-        return jsd, jsd_err
-    for i in range(b):
-        index = row_ok[i].nonzero()[:, 0].to(device)
-        one = att.image(i)
-        mask_i = kmask[i] if kmask is not None else None
-
-        def rows_of(idx: Tensor, one: LazyAttention = one, index: Tensor = index, mask_i: Tensor | None = mask_i) -> Tensor:
-            r = one.take(index[idx.to(index.device)])[0].detach()
-            return r * mask_i if mask_i is not None else r
-
-        est = mean_pairwise_jsd_sampled(rows_of, index.numel(), num_pairs=max(jsd_pairs, 2), generator=generator)
-        jsd[i], jsd_err[i] = est.mean, est.stderr
+    jsd, jsd_err = nans(b), nans(b)
+    for i in range(b if att.nonnegative else 0):  # one image's rows at a time: peak memory O(pairs * N_k)
+        plan = _jsd_plan(row_ok[i : i + 1], att.n_query, 1, jsd_pairs, generator, torch.device(device))
+        if plan is not None:
+            rows = att.image(i).take(plan.query)[0].detach()
+            jsd[i : i + 1], jsd_err[i : i + 1] = _table_jsd(plan, rows * kmask[i] if kmask is not None else rows, 1)
     return jsd, jsd_err
 
 
-def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> list[Tensor]:
+def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> dict[str, Tensor]:
     """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
     temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
     from .controls import MATCH_ROWS, match_temperature, random_projection_attention
 
     b = x.shape[0]
-    out = [_nan(b) for _ in range(4)]
+    out = {name: nans(b) for name in CONTROLS}
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) and att.mode != "concatenation" else max(x.shape[1] // 2, 1)
     control = random_projection_attention(x.detach(), att.key_shape, channels, gen)
@@ -253,17 +252,22 @@ def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, 
             continue
         one.scale = float(tau[0])
         sl = slice(i, i + 1)
-        stats = measure_block(
-            one, x[sl], context[sl], valid=valid[sl] if valid is not None else None,
-            objects=objects[sl] if objects is not None else None, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos,
-        )  # fmt: skip
-        out[0][i], out[1][i], out[2][i] = stats.att[0, 0], stats.att_jsd[0, 0], stats.att_own_object[0, 0]
-        out[3][i] = one.scale
+        found = control_columns(one, x[sl], valid[sl] if valid is not None else None, objects[sl] if objects is not None else None,
+                                tau, ok, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos)  # fmt: skip
+        for name in CONTROLS:
+            out[name][i] = found[name][0]
     return out
 
 
-def _nan(b: int) -> Tensor:
-    return torch.full((b,), math.nan, dtype=torch.float64)
+def control_columns(maps: LazyAttention, x: Tensor, valid: Tensor | None, objects: Tensor | None, temperature: Tensor,
+                    ok: Tensor, **measure: Any) -> dict[str, Tensor]:  # fmt: skip
+    """The ``ctrl_*`` values ``[M]`` of random-projection maps matched at ``temperature`` ``[M]`` (:mod:`.controls`;
+    ``M`` batch items, their input ``x`` ``[M, C, H, W]``, ``valid`` and ``objects``): :func:`measure_block`'s
+    ``att``, ``att_jsd`` and ``att_own_object`` of each, and the temperature; NaN where not ``ok``. NL blocks
+    and ViT heads (:func:`~nlanalysis.measure.head_controls.head_controls`) alike."""
+    stats = measure_block(maps, x, x, valid=valid, objects=objects, **measure)
+    found = (stats.att[:, 0], stats.att_jsd[:, 0], stats.att_own_object[:, 0], temperature)
+    return {name: torch.where(ok.cpu(), value.double().cpu(), math.nan) for name, value in zip(CONTROLS, found)}
 
 
 class _OwnObject:
@@ -310,10 +314,8 @@ class _OwnObject:
         return (self.mass / self.count).cpu(), (self.base / self.count).cpu()
 
 
-def _reduce_rows(acc: CosineAccumulator, rows: Tensor, mask: Tensor | None) -> Tensor:
-    """Add a chunk of attention rows ``[B, c, N_k]`` to ``acc``; return which rows count
-    (valid and not all-zero)."""
-    acc.update(rows, mask)
+def _counted(rows: Tensor, mask: Tensor | None) -> Tensor:
+    """Which rows of a chunk ``[B, c, N_k]`` count ``[B, c]``: valid (``mask``) and not all zero."""
     ok = rows.abs().amax(-1) > 0
     return ok & mask if mask is not None else ok
 
@@ -323,12 +325,3 @@ def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
     if mask is not None:
         is_zero &= mask
     return is_zero.sum(dim=-1).cpu()
-
-
-def _row_diagnostics(rows: Tensor, n_key: Tensor) -> tuple[Tensor, Tensor]:
-    # used for the one shared map of query-independent blocks
-    """Normalised entropy (by log of the valid key count) and max weight per row; NaN on zero rows."""
-    entropy = row_entropy(rows.double(), normalized=False)
-    log_k = torch.log(n_key.double().clamp(min=2)).to(entropy.device)[:, None]
-    maxw = rows.double().amax(-1) / rows.double().sum(-1)
-    return (entropy / log_k).cpu(), maxw.cpu()

@@ -21,22 +21,21 @@ small ops: under CPU contention (another process using the cores) two torch thre
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..blocks.attention import PairwiseAttention
-from .blocks import measure_block
+from .blocks import control_columns
+from .stats import CONTROLS, nans
 from .controls import MATCH_ROWS, draw_projections, match_temperature
 from ..blocks.tokens import TokenLayout
-from ..schema import names
 
 __all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "matched_controls"]
 
 #: the control's columns (per head and head mean), as the NL blocks' ``ctrl_*``.
-CONTROL_COLUMNS = tuple(names(roles=("control",)))
+CONTROL_COLUMNS = CONTROLS
 
 
 def control_generator(seed: int, call: int, layer: int) -> torch.Generator:
@@ -135,19 +134,16 @@ def head_controls(
     b, maps = entropy.shape
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     controls = matched_controls(tokens, layout, entropy, head_dim, valid=valid, generator=gen)
-    out = {name: torch.full((b, maps), math.nan, dtype=torch.float64) for name in CONTROL_COLUMNS}
+    out = {name: nans(b, maps) for name in CONTROL_COLUMNS}
     x = layout.patch_tokens(tokens.detach().float()).transpose(1, 2).reshape(b, -1, *layout.grid)  # [B, C, H_g, W_g]
     for i, control in enumerate(controls):
         if control is None or not control.ok.any():
             continue
-        rep = (maps, -1, -1, -1)
-        stats = measure_block(  # every map of the image as one batch (one item per head, then the head mean)
-            control.maps, x[i : i + 1].expand(rep), x[i : i + 1].expand(rep),
-            valid=valid[i : i + 1].bool().expand(maps, -1, -1) if valid is not None else None,
-            objects=objects[i : i + 1].expand(maps, -1, -1).contiguous() if objects is not None else None,
+        found = control_columns(  # every map of the image as one batch (one item per head, then the head mean)
+            control.maps, x[i : i + 1].expand(maps, -1, -1, -1), valid[i : i + 1].bool().expand(maps, -1, -1) if valid is not None else None,
+            objects[i : i + 1].expand(maps, -1, -1).contiguous() if objects is not None else None, control.temperature, control.ok,
             jsd_pairs=jsd_pairs, generator=gen, convention=convention, zero=zero,
         )  # fmt: skip
-        for name, value in (("ctrl_att", stats.att), ("ctrl_att_jsd", stats.att_jsd), ("ctrl_att_own_object", stats.att_own_object)):
-            out[name][i] = torch.where(control.ok, value[:, 0].double(), math.nan)
-        out["ctrl_temperature"][i] = control.temperature
+        for name in CONTROL_COLUMNS:
+            out[name][i] = found[name]
     return out

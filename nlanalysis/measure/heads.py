@@ -19,7 +19,6 @@ query's weight underflows onto class/register keys) that head averages the remai
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,7 @@ from ..metrics import distance_from_sum
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
-from .stats import SiteStats
+from .stats import SiteStats, nans, row_results
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout
@@ -50,13 +49,6 @@ def gram_matrices(weight: Tensor, num_heads: int, gamma: Tensor | None = None) -
     c, hd = w.shape
     wh = w.reshape(c, num_heads, hd // num_heads).permute(1, 0, 2)  # [H, C, d]
     return wh.transpose(1, 2) @ wh
-
-
-def _cosine_result(s2: Tensor, n_total: Tensor, n_zero: Tensor, cos: dict) -> Tensor:
-    """The mean pairwise cosine distance from ``||sum of unit vectors||^2`` and counts, with the rules
-    (conventions, zero vectors, too few vectors) of :class:`nlanalysis.metrics.CosineAccumulator`."""
-    s2 = s2.detach().double().cpu()
-    return distance_from_sum(s2, n_total.cpu().long().expand(s2.shape), n_zero.cpu().long(), **cos)
 
 
 def _token_stats(
@@ -315,29 +307,21 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
     b, heads = att.batch_size, att.num_heads
     # input, branch, per-head outputs, then att per head and mean
     s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
-    dist = _cosine_result(
-        torch.cat([s2, s_att.double().square().sum(-1).cpu()], 1), batch.n_query[:, None], torch.cat([zeros, sums[3].long()], 1), cos
-    )  # fmt: skip
+    s2 = torch.cat([s2, s_att.double().square().sum(-1).cpu()], 1)  # rules of nlanalysis.metrics.CosineAccumulator
+    dist = distance_from_sum(s2, batch.n_query[:, None].long().expand(s2.shape), torch.cat([zeros, sums[3].long()], 1).long(), **cos)
     inp, input_zero = dist[:, 0], zeros[:, 0]
-    out = torch.full((b, heads + 1), math.nan, dtype=torch.float64)
+    out = nans(b, heads + 1)
     out_zero = torch.zeros(b, heads + 1, dtype=torch.int64)
     out[:, heads], out_zero[:, heads] = dist[:, 1], zeros[:, 1]
     if heads_out:
         out[:, :heads], out_zero[:, :heads] = dist[:, 2 : 2 + heads], zeros[:, 2:]
-    att_dist = dist[:, -(heads + 1) :]
-    nz = sums[2]
-    att_entropy = sums[0] / batch.log_k / nz
-    att_max = sums[1] / nz
-    att_zero = 1.0 - nz / batch.n_query_f
-    prefix_mass = sums[4] / batch.n_query_f
-    nan = torch.full_like(sums[5], math.nan)
-    own = torch.where(sums[7] > 0, sums[5] / sums[7], nan) if batch.objects is not None else nan
-    own_share = torch.where(sums[7] > 0, sums[6] / sums[7], nan) if batch.objects is not None else nan
     jsd, jsd_err = _jsd(batch.plan, jsd_values, b, heads)
     return SiteStats(
-        inp[:, None].expand(b, heads + 1).clone(), out, att_dist, jsd, jsd_err, att_entropy, att_max, att_zero,
-        input_zero[:, None].expand(b, heads + 1).clone(), out_zero, own, own_share, batch.n_query.clone(),
-        batch.n_key.clone(), cos["convention"], cos["zero"], att_prefix_mass=prefix_mass, keys=att.keys,  # each layer's own tensors
+        input=inp[:, None].expand(b, heads + 1).clone(), output=out, att=dist[:, -(heads + 1) :], att_jsd=jsd,
+        att_jsd_stderr=jsd_err, input_zero=input_zero[:, None].expand(b, heads + 1).clone(), output_zero=out_zero,
+        **row_results(sums, batch.n_query_f, batch.log_k, batch.objects is not None), n_query=batch.n_query.clone(),
+        n_key=batch.n_key.clone(), convention=cos["convention"], zero_rule=cos["zero"], att_prefix_mass=sums[4] / batch.n_query_f,
+        keys=att.keys,  # each layer's own tensors
     )  # fmt: skip
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..metrics.divergence import _jsd_normalized
+from .stats import nans
+
 __all__: list[str] = []
 
 _LN2 = math.log(2.0)
@@ -101,3 +104,20 @@ def _jsd(plan: _Plan | None, values: Tensor | tuple[Tensor, Tensor, Tensor] | No
     jsd = torch.where(count > 0, mean, math.nan)
     err = torch.where(plan.exact[:, None], torch.where(count > 0, 0.0, math.nan), var.sqrt() / count.sqrt())
     return jsd, err
+
+
+def _table_jsd(plan: _Plan | None, table: Tensor | None, b: int, step: int = 1024) -> tuple[Tensor, Tensor]:
+    """Per image, the mean JSD (bits) of the plan's pairs of one map's rows ``table`` ``[S, N_k]`` (a row
+    per planned query) and its standard error ``[B]``; rows renormalised in float64 (as
+    :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`). An NL block's JSD, eager or native."""
+    if plan is None or table is None:
+        return nans(b), nans(b)
+
+    def unit(index: Tensor) -> Tensor:
+        r = table[index].double()
+        return r / r.sum(-1, keepdim=True)
+
+    values = torch.cat([_jsd_normalized(unit(plan.a[i : i + step]), unit(plan.b[i : i + step]), 2.0)
+                        for i in range(0, plan.a.numel(), step)])  # fmt: skip
+    jsd, err = _jsd(plan, values[:, None], b, 0)
+    return jsd[:, 0], err[:, 0]

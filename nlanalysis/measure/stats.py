@@ -22,17 +22,28 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..schema import HEAD_MEAN
+from ..schema import HEAD_MEAN, names
 
-__all__ = ["CONTROLS", "SiteStats", "nan_maps"]
+__all__ = ["CONTROLS", "SiteStats", "nans", "row_results"]
 
 #: the control fields, as the columns of :mod:`nlanalysis.schema` (role ``control``) name them.
-CONTROLS = ("ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature")
+CONTROLS = tuple(names(roles=("control",)))  # ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature
 
 
-def nan_maps(b: int, m: int = 1) -> Tensor:
-    """``[b, m]`` float64 NaN: a statistic not defined for a site's maps."""
-    return torch.full((b, m), math.nan, dtype=torch.float64)
+def nans(*shape: int) -> Tensor:
+    """float64 NaN of ``shape`` (``[B]`` or ``[B, M]``): a statistic not defined for a site's maps."""
+    return torch.full(shape, math.nan, dtype=torch.float64)
+
+
+def row_results(sums: Tensor, n_query: Tensor, log_k: Tensor, objects: bool) -> dict[str, Tensor]:
+    """``att_entropy``, ``att_max``, ``att_zero_rows``, ``att_own_object`` and ``own_object_share``
+    ``[B, M]`` from the sums ``[8, B, M]`` of a pass over every row (:mod:`.head_rows`: entropy, max
+    weight, non-zero rows, zero rows, prefix mass, own-object mass, share and count), the valid queries
+    ``n_query`` and ``log_k = log max(n_key, 2)`` (``[B, 1]`` float64); own-object NaN without ``objects``."""
+    nz, nan = sums[2], torch.full_like(sums[5], math.nan)
+    own = [torch.where(sums[7] > 0, sums[i] / sums[7], nan) if objects else nan for i in (5, 6)]
+    return dict(att_entropy=sums[0] / log_k / nz, att_max=sums[1] / nz, att_zero_rows=1.0 - nz / n_query,
+                att_own_object=own[0], own_object_share=own[1])  # fmt: skip
 
 
 @dataclass
