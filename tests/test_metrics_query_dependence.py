@@ -72,6 +72,9 @@ def test_logit_rank1_honours_masks_and_needs_a_reusable_source():
         ref = logit_rank1(torch.tensor(sub), *sub.shape, tol=1e-13)
         assert float(fit.share[b]) == pytest.approx(float(ref.share), abs=1e-10)
         assert torch.all(fit.profile[b][~key_mask[b]] == 0) and torch.all(fit.gains[b][~query_mask[b]] == 0)
+    logits_masked[0, 0, 0] = math.nan  # but not valid ones
+    with pytest.raises(ValueError, match="NaN/inf"):
+        logit_rank1(logits_masked, 6, 8, key_mask=key_mask, query_mask=query_mask)
     with pytest.raises(TypeError, match="several times"):
         logit_rank1(iter(row_chunks(logits)()), 6, 8)
 

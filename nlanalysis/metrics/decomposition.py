@@ -62,14 +62,14 @@ def _centred(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
     """Row-centred logits ``[B, n, K]`` over valid keys, 0 on masked entries; raises on NaN/inf."""
     x = valid(x, qm, km)
     mean = x.sum(dim=-1, keepdim=True) / km.sum(dim=-1).clamp_min(1)[:, None, None]
-    x = valid(x - mean, qm, km)
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(mean).all()):  # a NaN/inf logit makes its row's sum NaN/inf
         raise ValueError("logits hold NaN/inf on valid entries (log of a zero probability? use log_rows)")
-    return x
+    return valid(x - mean, qm, km)
 
 
 def _softmax(x: Tensor, km: Tensor) -> Tensor:
-    return torch.softmax(x.masked_fill(~km[:, None, :], -math.inf), dim=-1)
+    """Softmax over valid keys of ``x`` ``[B, n, K]`` (0 on masked keys)."""
+    return torch.softmax(x if bool(km.all()) else x.masked_fill(~km[:, None, :], -math.inf), dim=-1)
 
 
 def logit_rank1(logits: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
@@ -125,7 +125,7 @@ def _power_step(st: Stream, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         u = torch.einsum("bnk,bk->bn", lc, v)
         gains[:, start : start + u.shape[1]] = u
         w += torch.einsum("bnk,bn->bk", lc, u)
-        frob += (lc * lc).sum(dim=(1, 2))
+        frob += torch.einsum("bnk,bnk->b", lc, lc)
     return w, (gains * gains).sum(dim=-1), frob, gains
 
 

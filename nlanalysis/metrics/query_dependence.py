@@ -119,7 +119,9 @@ def as_mask(mask: Tensor | None, shape: tuple[int, ...], name: str, device: torc
 
 
 def valid(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
-    """``x`` ``[B, n, K]`` with masked queries and keys set to 0."""
+    """``x`` ``[B, n, K]`` with masked queries and keys set to 0 (``x`` itself when nothing is masked)."""
+    if bool(qm.all()) and bool(km.all()):
+        return x
     return torch.where(qm[:, :, None] & km[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
@@ -209,14 +211,16 @@ def attention_distance(rows: RowSource, query_pos: Tensor, key_pos: Tensor, key_
     st = Stream(rows, query_pos.shape[0], key_pos.shape[0], key_mask, query_mask)
     km, device = st.key_mask, st.key_mask.device
     qp, kp = query_pos.to(device, torch.float64), key_pos.to(device, torch.float64)
-    reach = 1.5 * torch.as_tensor(key_cell, dtype=torch.float64, device=device).expand(2)
+    reach_y, reach_x = (1.5 * torch.as_tensor(key_cell, dtype=torch.float64).expand(2)).tolist()
     dist = torch.zeros(km.shape[0], dtype=torch.float64, device=device)
     local = torch.zeros_like(dist)
     for start, x, qm in st:
-        diff = qp[start : start + x.shape[1], None, :] - kp[None, :, :]  # [n, K, 2]
+        chunk = qp[start : start + x.shape[1]]
+        dy, dx = chunk[:, None, 0] - kp[None, :, 0], chunk[:, None, 1] - kp[None, :, 1]  # [n, K]
+        near = ((dy.abs() <= reach_y) & (dx.abs() <= reach_x)).to(torch.float64)
         x = valid(x, qm, km)
-        dist += (x * torch.linalg.vector_norm(diff, dim=-1)).sum(dim=(1, 2))
-        local += (x * (diff.abs() <= reach).all(dim=-1)).sum(dim=(1, 2))
+        dist += torch.einsum("bnk,nk->b", x, torch.hypot(dy, dx))
+        local += torch.einsum("bnk,nk->b", x, near)
     n_q = st.query_mask.sum(dim=-1).to(torch.float64)
     return st.out(dist / n_q), st.out(local / n_q)
 
