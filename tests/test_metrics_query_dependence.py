@@ -259,3 +259,18 @@ def test_a_source_that_misses_queries_is_refused():
     maps = torch.rand(5, 4)
     with pytest.raises(ValueError, match="held 3 queries"):
         query_key_nmi(lambda: iter([(0, maps[:3])]), 5, 4)
+
+
+def test_two_batch_dims_give_the_per_map_values():
+    rng = np.random.default_rng(11)
+    logits = torch.tensor(rng.normal(size=(2, 3, 6, 7)) * 2)  # [images, heads, N_query, N_key]
+    maps = torch.softmax(logits, dim=-1)
+    nmi = query_key_nmi(row_chunks(maps, 4), 6, 7)
+    fit = logit_rank1(row_chunks(logits, 4), 6, 7, tol=1e-12)
+    assert nmi.shape == fit.share.shape == (2, 3) and fit.gains.shape == (2, 3, 6)
+    for i in range(2):
+        for h in range(3):
+            assert float(nmi[i, h]) == pytest.approx(naive_nmi(maps[i, h].numpy(), 1e-8), abs=1e-12)
+            centred = logits[i, h].numpy() - logits[i, h].numpy().mean(axis=1, keepdims=True)
+            s = np.linalg.svd(centred, compute_uv=False)
+            assert float(fit.share[i, h]) == pytest.approx(s[0] ** 2 / (s**2).sum(), abs=1e-9)
