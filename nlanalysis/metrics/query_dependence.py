@@ -1,0 +1,253 @@
+"""What kind of query dependence: statistics of attention maps streamed over chunks of queries.
+
+The cosine distance (:mod:`.cosine`) says how much the maps of different queries differ; the
+statistics here say how. All take a *row source*: the maps ``[*batch, N_query, N_key]`` of one
+site, given as chunks of queries ``(start, rows)`` with ``rows`` ``[*batch, n, N_key]`` (a callable
+returning a fresh iterable of chunks, a one-shot iterable, or a full tensor, cut by
+:func:`row_chunks`), so no ``N x N`` map is ever formed. Masks: ``key_mask`` ``[*batch, N_key]``
+and ``query_mask`` ``[*batch, N_query]``, bool, ``True`` = use; masked entries may hold anything.
+Results are float64 ``[*batch]``, one value per image (and map). All sums are in float64.
+
+* :func:`signed_map_stats`: ``att_abs`` and ``att_norm_weighted`` for signed (dot-product) maps.
+* :func:`query_key_nmi`: normalised query-key mutual information (Park et al., ICLR 2023).
+* :func:`attention_distance`: mean attention distance in pixels and the 3x3 local mass.
+* :func:`cross_site_similarity`: mean cosine of a query's maps at two sites (DeepViT).
+
+The shared-map decomposition and the DNL split are in :mod:`.decomposition`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from .cosine import CosineAccumulator
+
+__all__ = [
+    "RowSource",
+    "attention_distance",
+    "cross_site_similarity",
+    "query_key_nmi",
+    "row_chunks",
+    "signed_map_stats",
+]
+
+Chunks = Iterable[tuple[int, Tensor]]
+RowSource = Tensor | Callable[[], Chunks] | Chunks
+DEFAULT_CHUNK = 256  # queries per chunk when a full tensor is given
+
+
+def row_chunks(maps: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Callable[[], Iterator[tuple[int, Tensor]]]:
+    """A re-readable row source over a full ``[*batch, N_query, N_key]`` tensor, ``chunk_size`` queries a chunk."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def chunks() -> Iterator[tuple[int, Tensor]]:
+        for start in range(0, maps.shape[-2], chunk_size):
+            yield start, maps[..., start : start + chunk_size, :]
+
+    return chunks
+
+
+def reopen(source: RowSource) -> Callable[[], Chunks]:
+    """``source`` as a callable giving a fresh pass; raises for a one-shot iterator (several passes needed)."""
+    if isinstance(source, Tensor):
+        return row_chunks(source)
+    if callable(source):
+        return source
+    if iter(source) is source:
+        raise TypeError("this statistic reads the maps several times: pass a tensor or a callable returning chunks")
+    return lambda: source
+
+
+class Stream:
+    """One pass over a row source: float64 chunks ``[B, n, N_key]`` (batch flattened) and their query mask.
+
+    ``batch`` (the batch shape) is read from the first chunk on construction; ``key_mask`` is bool
+    ``[B, N_key]``. Iterating yields ``(start, x, qm)``; at the end the chunks must have covered
+    exactly ``n_query`` queries.
+    """
+
+    def __init__(self, source: RowSource, n_query: int, n_key: int, key_mask: Tensor | None = None,
+                 query_mask: Tensor | None = None) -> None:  # fmt: skip
+        it = iter(reopen(source)() if isinstance(source, Tensor) or callable(source) else source)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("the row source yielded no chunk") from None
+        self._chunks = itertools.chain([first], it)
+        rows = first[1]
+        self.batch = tuple(rows.shape[:-2])
+        self.n_query, self.n_key = int(n_query), int(n_key)
+        b, device = math.prod(self.batch), rows.device
+        self.key_mask = as_mask(key_mask, (*self.batch, self.n_key), "key_mask", device)
+        self.query_mask = as_mask(query_mask, (*self.batch, self.n_query), "query_mask", device)
+        self.key_mask, self.query_mask = self.key_mask.reshape(b, -1), self.query_mask.reshape(b, -1)
+
+    def __iter__(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        seen = 0
+        for start, rows in self._chunks:
+            n = rows.shape[-2]
+            if tuple(rows.shape) != (*self.batch, n, self.n_key) or start < 0 or start + n > self.n_query:
+                raise ValueError(f"chunk at {start} of shape {tuple(rows.shape)} does not fit maps "
+                                 f"{(*self.batch, self.n_query, self.n_key)}")  # fmt: skip
+            seen += n
+            yield start, rows.detach().to(torch.float64).reshape(-1, n, self.n_key), self.query_mask[:, start : start + n]
+        if seen != self.n_query:
+            raise ValueError(f"the chunks held {seen} queries, expected {self.n_query}")
+
+    def out(self, t: Tensor) -> Tensor:
+        """``[B, ...]`` -> ``[*batch, ...]``."""
+        return t.reshape((*self.batch, *t.shape[1:]))
+
+    def cosine(self) -> CosineAccumulator:
+        """A cosine-distance accumulator over rows of this stream's keys, one statistic per batch element."""
+        return CosineAccumulator(self.n_key, (self.key_mask.shape[0],), device=self.key_mask.device)
+
+
+def as_mask(mask: Tensor | None, shape: tuple[int, ...], name: str, device: torch.device) -> Tensor:
+    """``mask`` as bool on ``device`` (all True if None), checked to have ``shape``."""
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(mask.shape)}")
+    return mask.to(device=device, dtype=torch.bool)
+
+
+def valid(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
+    """``x`` ``[B, n, K]`` with masked queries and keys set to 0 (``x`` itself when nothing is masked)."""
+    if bool(qm.all()) and bool(km.all()):
+        return x
+    return torch.where(qm[:, :, None] & km[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def signed_map_stats(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
+                     query_mask: Tensor | None = None, include_self: bool = True) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``att_abs`` and ``att_norm_weighted`` of signed maps (dot-product NL rows can be negative).
+
+    ``att_abs`` is the mean pairwise cosine distance (``"1-cos"``, zero rows excluded) of the rows'
+    absolute values. ``att_norm_weighted`` is ``1 - `` the mean cosine similarity over ordered pairs
+    ``i != j`` weighted by ``||r_i|| ||r_j||``, exact in linear time:
+    ``sum_{i!=j} r_i.r_j / sum_{i!=j} ||r_i|| ||r_j|| = (||sum r||^2 - sum ||r||^2) / ((sum ||r||)^2 - sum ||r||^2)``.
+    A map and its sign flip give 2 in both the plain and the weighted form; a map and a multiple
+    of itself give 0 in both; ``att_abs`` reads both as 0. NaN with fewer than two non-zero rows.
+
+    Returns:
+        ``(att_abs, att_norm_weighted)``, each float64 ``[*batch]``.
+    """
+    st = Stream(rows, n_query, n_key, key_mask, query_mask)
+    acc = st.cosine()
+    b = st.key_mask.shape[0]
+    s = torch.zeros(b, n_key, dtype=torch.float64, device=st.key_mask.device)
+    sum_sq, sum_norm = torch.zeros(b, dtype=torch.float64, device=s.device), torch.zeros(b, dtype=torch.float64, device=s.device)
+    for _, x, qm in st:
+        x = valid(x, qm, st.key_mask)
+        acc.update(x.abs(), qm)
+        norms = torch.linalg.vector_norm(x, dim=-1)  # [B, n]; 0 for masked queries
+        s += x.sum(dim=1)
+        sum_sq += (norms * norms).sum(dim=1)
+        sum_norm += norms.sum(dim=1)
+    denom = sum_norm * sum_norm - sum_sq
+    mean_cos = ((s * s).sum(dim=-1) - sum_sq) / denom
+    weighted = torch.where(denom > 0, (1.0 - mean_cos).clamp(0.0, 2.0), torch.full_like(denom, math.nan))
+    return st.out(acc.result(include_self=include_self)), st.out(weighted)
+
+
+def query_key_nmi(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
+                  query_mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:  # fmt: skip
+    """Normalised mutual information between query and key of attention maps (Park et al., ICLR 2023).
+
+    As ``calculate_nmi`` in their notebook (naver-ai/cl-vs-mim, ``self_attention_analysis.ipynb``):
+    each row gets ``eps`` added to every (valid) key and is renormalised to sum 1 (they use 1e-8,
+    after dropping the class token, which is the caller's job here); the prior over queries is
+    uniform, ``p(q) = 1/Q``; ``p(k) = mean_q A[q, k]``;
+    ``I = sum_{q,k} p(q) A[q,k] log(A[q,k] / p(k)) = H(p(k)) - mean_q H(A_q)``;
+    ``NMI = I / sqrt(H(q) H(k))`` with ``H(q) = log Q``. Natural logs; Q and the keys are the
+    valid ones. 0 when every query has the same map; 1 for a permutation matrix (``eps = 0``).
+
+    Returns:
+        float64 ``[*batch]``; NaN with fewer than two queries or if ``H(k) = 0``.
+    """
+    st = Stream(rows, n_query, n_key, key_mask, query_mask)
+    km = st.key_mask
+    b = km.shape[0]
+    p_k = torch.zeros(b, n_key, dtype=torch.float64, device=km.device)
+    row_entropy = torch.zeros(b, dtype=torch.float64, device=km.device)
+    for _, x, qm in st:
+        x = valid(x + eps, qm, km)
+        total = x.sum(dim=-1, keepdim=True)
+        a = x / torch.where(total == 0, torch.ones_like(total), total)
+        p_k += a.sum(dim=1)
+        row_entropy -= torch.special.xlogy(a, a).sum(dim=(1, 2))
+    n_q = st.query_mask.sum(dim=-1).to(torch.float64)
+    p_k = p_k / n_q[:, None]
+    h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
+    mutual = (h_k - row_entropy / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
+    return st.out(mutual / torch.sqrt(torch.log(n_q) * h_k))
+
+
+def attention_distance(rows: RowSource, query_pos: Tensor, key_pos: Tensor, key_cell: float | tuple[float, float], *,
+                       key_mask: Tensor | None = None, query_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Mean attention distance in input pixels and the local mass on the 3x3 key cells around each query.
+
+    Distance (Dosovitskiy et al. 2020, Fig. 7; Raghu et al. 2021): ``sum_k A[q,k] ||pos_q - pos_k||``
+    with the weights as given (rows of a softmax sum to 1), averaged over valid queries. Local
+    mass: ``sum_k A[q,k]`` over keys whose centre lies within 1.5 key cells of the query's centre
+    along both axes (the 3x3 neighbourhood on the key grid, clipped at the border), averaged
+    likewise. Any grid shape; query and key grids may differ.
+
+    Args:
+        query_pos: ``[N_query, 2]`` query cell centres in input pixels (cell centre x stride), (y, x).
+        key_pos: ``[N_key, 2]`` key cell centres likewise.
+        key_cell: The key grid's cell size in pixels, one number or (height, width).
+
+    Returns:
+        ``(mean_distance_px, local_mass)``, each float64 ``[*batch]``.
+    """
+    st = Stream(rows, query_pos.shape[0], key_pos.shape[0], key_mask, query_mask)
+    km, device = st.key_mask, st.key_mask.device
+    qp, kp = query_pos.to(device, torch.float64), key_pos.to(device, torch.float64)
+    reach_y, reach_x = (1.5 * torch.as_tensor(key_cell, dtype=torch.float64).expand(2)).tolist()
+    dist = torch.zeros(km.shape[0], dtype=torch.float64, device=device)
+    local = torch.zeros_like(dist)
+    for start, x, qm in st:
+        chunk = qp[start : start + x.shape[1]]
+        dy, dx = chunk[:, None, 0] - kp[None, :, 0], chunk[:, None, 1] - kp[None, :, 1]  # [n, K]
+        near = ((dy.abs() <= reach_y) & (dx.abs() <= reach_x)).to(torch.float64)
+        x = valid(x, qm, km)
+        dist += torch.einsum("bnk,nk->b", x, torch.hypot(dy, dx))
+        local += torch.einsum("bnk,nk->b", x, near)
+    n_q = st.query_mask.sum(dim=-1).to(torch.float64)
+    return st.out(dist / n_q), st.out(local / n_q)
+
+
+def cross_site_similarity(rows_a: RowSource, rows_b: RowSource, n_query: int, n_key: int, *,
+                          key_mask: Tensor | None = None, query_mask: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Mean over queries of the cosine similarity of a query's maps at two sites (DeepViT, arXiv 2103.11886).
+
+    Both sources must have the same query/key grids and be chunked alike (same starts). Queries
+    whose row is all zero at either site (on valid keys) are left out of the mean.
+
+    Returns:
+        float64 ``[*batch]``; NaN where no query counts.
+    """
+    sa = Stream(rows_a, n_query, n_key, key_mask, query_mask)
+    sb = Stream(rows_b, n_query, n_key, key_mask, query_mask)
+    if sa.batch != sb.batch:
+        raise ValueError(f"the two sites have batch shapes {sa.batch} and {sb.batch}")
+    km = sa.key_mask
+    total = torch.zeros(km.shape[0], dtype=torch.float64, device=km.device)
+    count = torch.zeros_like(total)
+    for (start_a, x, qm), (start_b, y, _) in zip(sa, sb, strict=True):
+        if start_a != start_b or x.shape != y.shape:
+            raise ValueError(f"chunks differ between sites: start {start_a} {tuple(x.shape)} vs {start_b} {tuple(y.shape)}")
+        x, y = valid(x, qm, km), valid(y, qm, km)
+        norms = torch.linalg.vector_norm(x, dim=-1) * torch.linalg.vector_norm(y, dim=-1)
+        ok = norms > 0
+        total += torch.where(ok, (x * y).sum(dim=-1) / torch.where(ok, norms, 1.0), 0.0).sum(dim=1)
+        count += ok.sum(dim=1)
+    return sa.out(total / count)
