@@ -180,7 +180,8 @@ def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, 
         over = summarise(training, by=("variant", "step"))
         report.table("over_training", over, caption(over, convention))
         report.figure(plot_over_training(training, convention=convention), "over_training",
-                      "Each statistic against the training step (snapshot checkpoints), per variant; band: 95% CI.")  # fmt: skip
+                      "Each statistic against the training step (snapshot checkpoints), per variant and block; band: 95% CI; "
+                      "thin lines: one seed each; att on a symmetric-log axis (linear below 1e-3, so 0 stays on it).")  # fmt: skip
 
 
 # -- rendering -------------------------------------------------------------------------------------
