@@ -145,6 +145,9 @@ def _write_report_files(
     table1 = summarise(final, by=("variant", "step"))
     cap = caption(table1, convention)
     links = report.table("table1", table1, cap)
+    from ..plots.table import plot_table
+
+    report.figure(plot_table(format_table(table1), "Table 1", cap), "table1", "Table 1 as a figure: the numbers of `tables/table1.csv`.")
     report.text = summary_text(table1, convention)
     _summary_figures(loaded.frame, final, convention, report)
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
