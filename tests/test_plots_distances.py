@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from nlanalysis.plots import plot_query_distances, query_distance_matrix, save_figure
-from nlanalysis.plots.query_distances import valid_keys
+from nlanalysis.plots.query_distances import all_pair_distances, valid_keys
 from nlanalysis.plots.style import DPI
 from plot_inputs import hot_key_maps
 
@@ -65,3 +65,15 @@ def test_heat_map_file(tmp_path, k):
         assert img.size == tuple(round(v) for v in fig.get_size_inches() * DPI)
     with pytest.raises(ValueError, match="no query points"):
         plot_query_distances(maps, queries=[])
+
+
+def test_histogram_counts_every_pair_of_a_whole_grid_of_8_bit_maps(tmp_path):
+    # 84 queries, one per cell (stored 8-bit above 64): each pair is at 0 (same hot key) or 1
+    rng = np.random.default_rng(0)
+    cells = [(r, c) for r in range(7) for c in range(12)]
+    hot = [(int(rng.integers(0, 2)), int(rng.integers(0, 3))) for _ in cells]
+    maps = hot_key_maps(tmp_path / "m.npz", hot=hot, query_yx=[(r * 8 + 4, c * 8 + 4) for r, c in cells])
+    assert maps.quantised("block")
+    vals, n = all_pair_distances(maps, "block")
+    want = [float(hot[i] != hot[j]) for i in range(84) for j in range(i + 1, 84)]
+    assert n == 84 and len(vals) == 84 * 83 // 2 and np.allclose(np.sort(vals), np.sort(want), atol=1e-6)
