@@ -213,9 +213,7 @@ def format_ci(mean: float, low: float = math.nan, high: float = math.nan) -> str
 
 def ci_column(table: pd.DataFrame, stat: str) -> list[str]:
     """Each row's ``stat`` with its interval ``stat_low, stat_high`` (where the table has them) as text."""
-    if f"{stat}_low" not in table:
-        return [format_ci(v) for v in table[stat]]
-    return [format_ci(*r) for r in table[[stat, f"{stat}_low", f"{stat}_high"]].itertuples(index=False)]
+    return [ci_text(row, stat) for _, row in table.iterrows()]
 
 
 def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from nlanalysis.plots import plot_query_distances, query_distance_matrix, save_figure
-from nlanalysis.plots.query_distances import valid_keys
+from nlanalysis.plots.query_distances import all_pair_distances, valid_keys
 from nlanalysis.plots.style import DPI
 from plot_inputs import hot_key_maps
 
@@ -44,13 +44,36 @@ def test_sub_sampled_keys_drop_pooled_padding(tmp_path):
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_heat_map_file(tmp_path, k):
-    maps = hot_key_maps(tmp_path / "m.npz", hot=[(1, 2), (1, 3), (2, 2)][:k], query_label=[3, 4, 0][:k])
-    fig = plot_query_distances(maps, title="run")
-    ax = fig.axes[0]
+    maps = hot_key_maps(tmp_path / "m.npz", hot=[(1, 2), (1, 2), (2, 2)][:k], query_label=[3, 4, 0][:k])
+    fig = plot_query_distances(maps, title="a run label long enough to need wrapping " * 3)
+    ax, hist = fig.axes[0], fig.axes[1]
     assert ax.images[0].get_array().shape == (k, k) and (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0, 1)
-    assert len(ax.texts) == k * k and "mean over all ordered pairs" in ax.get_title()
+    assert len(ax.texts) == k * k and "mean over query pairs i ≠ j" in ax.get_title()
+    # independent: the off-diagonal mean of 1 - cos over the image keys (0, 1, 1 for k = 3: 2/3, not
+    # the 4/9 of all ordered pairs with the zero diagonal)
+    rows = maps.maps("block").reshape(k, -1)[:, valid_keys(maps, "block").ravel()].astype(np.float64)
+    pairs = [_cos_dist(rows[i], rows[j]) for i in range(k) for j in range(k) if i != j]
+    want = f"{np.mean(pairs):.3f}" if pairs else "nan"
+    assert ax.get_title().endswith(f": {want}") and hist.get_title().endswith(f": {want}")
+    assert sum(p.get_height() for p in hist.patches) == len(pairs) // 2  # the histogram counts every pair i < j
+    if k == 3:
+        assert want == "0.667"
+    fig.canvas.draw()  # the title, wrapped, lies inside the figure
+    assert all(fig.bbox.contains(*corner) for corner in fig._suptitle.get_window_extent().corners())
     (png, _pdf) = save_figure(fig, tmp_path / "d")
     with Image.open(png) as img:
         assert img.size == tuple(round(v) for v in fig.get_size_inches() * DPI)
     with pytest.raises(ValueError, match="no query points"):
         plot_query_distances(maps, queries=[])
+
+
+def test_histogram_counts_every_pair_of_a_whole_grid_of_8_bit_maps(tmp_path):
+    # 84 queries, one per cell (stored 8-bit above 64): each pair is at 0 (same hot key) or 1
+    rng = np.random.default_rng(0)
+    cells = [(r, c) for r in range(7) for c in range(12)]
+    hot = [(int(rng.integers(0, 2)), int(rng.integers(0, 3))) for _ in cells]
+    maps = hot_key_maps(tmp_path / "m.npz", hot=hot, query_yx=[(r * 8 + 4, c * 8 + 4) for r, c in cells])
+    assert maps.quantised("block")
+    vals, n = all_pair_distances(maps, "block")
+    want = [float(hot[i] != hot[j]) for i in range(84) for j in range(i + 1, 84)]
+    assert n == 84 and len(vals) == 84 * 83 // 2 and np.allclose(np.sort(vals), np.sort(want), atol=1e-6)

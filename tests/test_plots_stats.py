@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -51,9 +52,15 @@ def test_over_training_lines_follow_the_steps(tmp_path):
     frame = labelled_frame(variants=("embedded_gaussian", "gc", "dot_product"), steps=(100, 0, 50))
     fig = plot_over_training(frame)
     axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["input", "output", "att", "task metric (mIoU)"]
-    att = {line.get_label(): line for line in axes[2].lines}
+    assert [ax.get_title() for ax in axes] == ["input", "output", "att (symlog)", "task metric (mIoU)"]
+    assert axes[2].get_yscale() == "symlog" and axes[0].get_yscale() == "linear"
+    assert list(axes[0].get_xticks()) == [0, 50, 100]  # ticks at the snapshot steps
+    att = {line.get_label(): line for line in axes[2].lines if not line.get_label().startswith("_")}
     assert set(att) == {"embedded_gaussian", "gc", "dot_product"}
+    seeds = [line for line in axes[2].lines if line.get_gid() == "seed"]
+    assert len(seeds) == 3 * 2  # a thin line per variant and seed
+    s1 = frame[(frame.variant == "gc") & (frame.seed == 1)].groupby("step")["att"].mean()
+    assert any(list(line.get_ydata()) == pytest.approx(list(s1)) for line in seeds)
     x, y = att["embedded_gaussian"].get_data()
     assert list(x) == [0, 50, 100]  # ordered by step whatever order the runs came in
     eg = frame[frame.variant == "embedded_gaussian"]
@@ -61,7 +68,19 @@ def test_over_training_lines_follow_the_steps(tmp_path):
     assert list(y) == pytest.approx(expected)  # mean of the seed means
     assert list(att["gc"].get_ydata()) == [0, 0, 0]
     assert len(axes[2].collections) == 3  # a CI band per line (two seeds)
+    assert not [line for line in axes[3].lines if line.get_gid() == "baseline"]
     _png_size(fig, tmp_path, "train")
+
+
+def test_over_training_baseline_and_block_colours():
+    frame = labelled_frame(variants=("embedded_gaussian_x2",), seeds=(0,), blocks=("layer1.1", "layer2.1"))
+    base = labelled_frame(variants=("baseline",), seeds=(0, 1), steps=(100,)).assign(metric=[0.5, 0.6] * 5)
+    axes = plot_over_training(pd.concat([frame, base])).axes
+    mean_lines = [line for line in axes[2].lines if not line.get_label().startswith("_")]
+    assert len(mean_lines) == 2 and mean_lines[0].get_color() != mean_lines[1].get_color()
+    assert not [line for line in axes[2].lines if line.get_gid() == "seed"]  # one seed: no seed lines
+    (baseline,) = [line for line in axes[3].lines if line.get_gid() == "baseline"]
+    assert list(baseline.get_ydata()) == [pytest.approx(0.55)] * 2  # baseline rows: a line, not a variant
 
 
 def test_over_training_needs_steps():

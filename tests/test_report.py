@@ -17,7 +17,8 @@ import nlanalysis
 from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.report import describe_run, find_image, load_runs, summary_text, write_report
-from nlanalysis.tables import summarise
+from nlanalysis.plots.table import plot_table
+from nlanalysis.tables import format_table, summarise
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -96,7 +97,14 @@ def test_report_of_snapshots_over_seeds(runs, report):
     assert list(runs_csv["label"]) == ["nl_s0_step0", "nl_s0_step10", "nl_s1_step0", "nl_s1_step10"]
     names = sorted(p.name for p in report.figures)
     assert names == ["distributions.png", "over_training.png", "query_distances_nl_s0_step10.png",
-                     "query_maps_nl_s0_step10_backbone.layer1.0.context_block.png", f"query_maps_nl_s0_step10_{NL}.png"]  # fmt: skip
+                     "query_maps_nl_s0_step10_backbone.layer1.0.context_block.png", f"query_maps_nl_s0_step10_{NL}.png",
+                     "table1.png"]  # fmt: skip
+    # Table 1 as a figure: its cells are the rows of tables/table1.md (the same table, drawn)
+    md_rows = [[c.strip() for c in line.strip("|").split("|")] for line in (out / "tables/table1.md").read_text().splitlines()
+               if line.startswith("| ") and "---" not in line]  # fmt: skip
+    cells = plot_table(format_table(t1)).axes[0].tables[0].get_celld()
+    drawn = [[cells[r, c].get_text().get_text().replace("\n", " ") for c in range(len(md_rows[0]))] for r in range(1, len(md_rows))]
+    assert drawn == md_rows[1:] and len(drawn) == 2 and (out / "figures/table1.pdf").is_file()
     for png in report.figures:
         assert png.with_suffix(".pdf").stat().st_size > 1000
         with Image.open(png) as img:
@@ -106,7 +114,7 @@ def test_report_of_snapshots_over_seeds(runs, report):
         assert f"({link})" in md and (out / link).is_file()
     assert "1 − cos" in md and "i = j included" in md and "| nl | 10 |" in md
     html = report.index_html.read_text()
-    assert html.count("<img ") == 5 and "<table>" in html and 'href="figures/distributions.pdf"' in html
+    assert html.count("<img ") == 6 and "<table>" in html and 'href="figures/distributions.pdf"' in html
 
 
 def test_the_same_runs_give_the_same_files(runs, report, tmp_path):
@@ -133,7 +141,7 @@ def test_cli_labels_blocks_and_moved_images(runs, tmp_path, capsys):
     assert "image file(s) of 1 not found" in printed and "--image-root" in printed
     t1 = pd.read_csv(out / "tables/table1.csv")
     assert list(t1["variant"]) == ["mine"] and list(t1["block"]) == [NL] and "step" not in t1
-    assert not list(out.glob("figures/*.pdf")) and len(list(out.glob("figures/*.png"))) == 3
+    assert not list(out.glob("figures/*.pdf")) and len(list(out.glob("figures/*.png"))) == 4  # with table1.png
     res = nlanalysis.load_run(moved)
     assert find_image(res, 1) is None and find_image(res, 1, root / "images") == root / "images/photo_000.jpg"
     assert find_image(nlanalysis.load_run(base), 2) == root / "images/photo_001.jpg"

@@ -121,6 +121,23 @@ def test_heat_map_cells_are_the_mean_over_images_of_each_layer_and_head():
     assert entropy.loc[1, HEAD_MEAN] == pytest.approx(frame[(frame["layer"] == 1) & (frame["head"] == HEAD_MEAN)]["att_entropy"].mean())
 
 
+def test_heads_below_their_control_are_marked():
+    frame = _frame(seed=1)
+    frame["ctrl_att"] = np.random.default_rng(2).random(len(frame))
+    fig = plot_layer_heads(frame, "att")
+    ax = fig.axes[0]
+    (dots,) = [c for c in ax.collections if c.get_gid() == "below_control"]
+    marked = {(round(y + 0.27), round(x - 0.32)) for x, y in dots.get_offsets()}
+    cols = [0, 1, 2, 3, HEAD_MEAN]
+    want = set()
+    for (layer, head), part in frame.groupby(["layer", "head"]):  # the means over images, compared cell by cell
+        if part["att"].sum() / len(part) < part["ctrl_att"].sum() / len(part):
+            want.add((layer, cols.index(head)))
+    assert marked == want and 0 < len(want) < 15
+    assert "not the mean of the cells" in ax.get_xlabel()
+    assert not [c for c in plot_layer_heads(_frame(seed=1), "att").axes[0].collections if c.get_gid() == "below_control"]
+
+
 def test_head_chooser_picks_the_lowest_and_highest_single_head():
     frame = _frame(seed=3)  # values in [0, 1)
 

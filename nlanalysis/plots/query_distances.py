@@ -4,15 +4,19 @@ The distance is GCNet's (arXiv 1904.11492, Sec. 3): the cosine distance between 
 attention maps, each a vector over the block's keys. Keys that are only padding are left out,
 as in every statistic of the result set (a query-grid cell counts as image when its centre
 pixel is on the image; a key pooled from 2 x 2 cells when all four are), so for the chosen
-queries the mean of this matrix is the ``att`` statistic restricted to them.
+queries the mean of this matrix (all ordered pairs, the zero diagonal included, as GCNet's formula)
+is the ``att`` statistic restricted to them. The figures print the mean over pairs ``i != j``
+instead: ``N / (N - 1)`` times that.
 """
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..capture.blocks import valid_cells
 from ..extract.maps import ImageMaps
@@ -21,7 +25,7 @@ from .query_maps import query_title
 from ..tables import short_block_names
 from .style import new_figure, styled
 
-__all__ = ["CONVENTIONS", "plot_query_distances", "query_distance_matrix", "valid_keys"]
+__all__ = ["CONVENTIONS", "all_pair_distances", "off_diagonal", "plot_query_distances", "query_distance_matrix", "valid_keys"]
 
 #: cosine-distance conventions (as ``nlanalysis.metrics``), and their largest value for
 #: non-negative vectors.
@@ -62,6 +66,44 @@ def query_distance_matrix(
     return dist / 2 if convention == "(1-cos)/2" else dist
 
 
+def off_diagonal(mat: np.ndarray) -> np.ndarray:
+    """The entries ``i != j`` of a square matrix, NaNs (queries with no direction) dropped."""
+    vals = mat[~np.eye(len(mat), dtype=bool)]
+    return vals[~np.isnan(vals)]
+
+
+def _mean(vals: np.ndarray) -> float:
+    return float(vals.mean()) if vals.size else float("nan")
+
+
+#: at most this many queries enter the all-pairs histogram (evenly strided above it).
+MAX_PAIR_QUERIES = 1500
+
+
+def all_pair_distances(maps: ImageMaps, block: str, *, convention: str = "1-cos") -> tuple[np.ndarray, int]:
+    """The distances of every pair ``i < j`` of the saved queries of ``block`` (stored 8-bit: the
+    kept rows; at most :data:`MAX_PAIR_QUERIES`, evenly strided), and how many queries that is."""
+    kept = maps.kept_queries(block) if maps.quantised(block) else np.arange(len(maps.query_yx))
+    kept = kept[:: -(-len(kept) // MAX_PAIR_QUERIES)] if len(kept) > MAX_PAIR_QUERIES else kept
+    mat = query_distance_matrix(maps, block, kept.tolist(), convention=convention)
+    vals = mat[np.triu_indices(len(kept), k=1)]
+    return vals[~np.isnan(vals)], len(kept)
+
+
+def _heat_map(ax, mat: np.ndarray, labels: list[str], vmax: float):
+    k = len(mat)
+    image = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
+    for i in range(k):
+        for j in range(k):
+            v = mat[i, j]
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7 if k <= 6 else 5,
+                    color="black" if (not np.isnan(v) and v > 0.6 * vmax) else "white")  # fmt: skip
+    ax.set_xticks(range(k), labels, rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center")
+    ax.set_yticks(range(k), labels)
+    ax.spines[:].set_visible(False)
+    return image
+
+
 @styled
 def plot_query_distances(
     maps: ImageMaps,
@@ -71,43 +113,39 @@ def plot_query_distances(
     convention: str = "1-cos",
     title: str | None = None,
 ) -> Figure:
-    """Heat maps of :func:`query_distance_matrix`, one panel per block, values written in.
+    """Per block (one row each): the heat map of :func:`query_distance_matrix` for ``queries``
+    (default: the saved query points, at most 8) with values written in, and beside it the
+    histogram of the distance over all pairs of saved queries (:func:`all_pair_distances`).
 
-    The colour scale is the full range of the distance for non-negative maps (0 to 1 for
-    ``1 - cos``; 0 to 2 for signed maps), the same in every panel, so small distances look
-    small rather than being stretched to fill the scale.
+    Both titles print the mean over pairs ``i != j`` (the zero diagonal left out). The colour
+    scale and the histogram range are the full range of the distance for non-negative maps (0 to
+    1 for ``1 - cos``; 0 to 2 for signed maps), the same in every panel.
     """
     blocks = list(blocks) if blocks is not None else maps.blocks
     if not blocks:
         raise ValueError(f"{maps.path}: no blocks to draw")
-    qs = list(range(len(maps.query_yx))) if queries is None else list(queries)
+    qs = list(range(min(8, len(maps.query_yx)))) if queries is None else list(queries)
     if not qs:
         raise ValueError(f"{maps.path}: no query points saved (extract --save-maps --queries ...)")
-    mats = [query_distance_matrix(maps, b, qs, convention=convention) for b in blocks]
-    signed = any(float(maps.maps(b).min()) < 0 for b in blocks)
+    signed = any(float(np.nanmin(maps.maps(b))) < 0 for b in blocks)
     vmax = CONVENTIONS[convention] * (2.0 if signed else 1.0)
     short = short_block_names(blocks)
-    k = len(qs)
-    side = max(1.9, 0.45 * k + 1.0)
-    fig = new_figure(max(4.2, side * len(blocks) + 1.0), side + 1.1)
-    axes = fig.subplots(1, len(blocks), squeeze=False)[0]
+    side = max(2.2, 0.45 * len(qs) + 1.2)
+    fig = new_figure(2 * side + 1.6, (side + 0.5) * len(blocks) + 0.8)
     labels = [query_title(maps, q).replace(" · object ", " obj ").replace(" · background", " bg") for q in qs]
-    image = None
-    for ax, b, mat in zip(axes, blocks, mats):
-        image = ax.imshow(mat, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
-        for i in range(k):
-            for j in range(k):
-                v = mat[i, j]
-                text = "n/a" if np.isnan(v) else f"{v:.3f}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7 if k <= 6 else 5,
-                        color="black" if (not np.isnan(v) and v > 0.6 * vmax) else "white")  # fmt: skip
-        ax.set_xticks(range(k), labels, rotation=45 if k > 2 else 0, ha="right" if k > 2 else "center")
-        ax.set_yticks(range(k), labels)
-        ax.spines[:].set_visible(False)
-        mean = np.nanmean(mat) if not np.isnan(mat).all() else float("nan")
-        ax.set_title(f"{short[b]}\nmean over all ordered pairs: {mean:.3f}", fontsize=8)
-    bar = fig.colorbar(image, ax=list(axes), fraction=0.05, pad=0.03)
-    bar.set_label(f"cosine distance ({convention.replace('1-cos', '1 − cos')})")
+    for (ax, hist), b in zip(fig.subplots(len(blocks), 2, squeeze=False), blocks):
+        mat = query_distance_matrix(maps, b, qs, convention=convention)
+        image = _heat_map(ax, mat, labels, vmax)
+        ax.set_title(f"{short[b]}: {len(qs)} queries\nmean over query pairs i ≠ j: {_mean(off_diagonal(mat)):.3f}", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+        vals, n = all_pair_distances(maps, b, convention=convention)
+        hist.hist(vals, bins=20, range=(0.0, vmax), color="tab:blue")
+        hist.set_xlim(0.0, vmax)
+        hist.set_xlabel(f"cosine distance ({convention.replace('1-cos', '1 − cos')})")
+        hist.set_ylabel("query pairs")
+        hist.yaxis.set_major_locator(MaxNLocator(integer=True))
+        hist.set_title(f"all {len(vals)} pairs of {n} saved queries\nmean over i ≠ j: {_mean(vals):.3f}", fontsize=8)
     head = f"{title}\n" if title else ""
-    fig.suptitle(f"{head}image {maps['image_id']}: distance between query maps\n(i = j included; padding keys excluded)")
+    lines = f"{head}image {maps['image_id']}: distance between query maps (padding keys excluded)".split("\n")
+    fig.suptitle("\n".join(textwrap.fill(line, width=int(fig.get_figwidth() * 11)) for line in lines))
     return fig

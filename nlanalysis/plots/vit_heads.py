@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from ..schema import HEAD_MEAN
@@ -26,7 +27,7 @@ from .style import new_figure, styled
 if TYPE_CHECKING:
     from ..extract.maps import PhotoMaps
 
-__all__ = ["STAT_LABELS", "head_matrix", "head_name", "plot_head_maps", "plot_layer_heads"]
+__all__ = ["STAT_LABELS", "below_control", "head_matrix", "head_name", "plot_head_maps", "plot_layer_heads"]
 
 #: what each statistic is, for titles and colour bars.
 STAT_LABELS = {
@@ -79,6 +80,8 @@ def plot_layer_heads(
         stat: the column to draw; bounded statistics use a fixed 0..1 colour scale.
         title: first line of the title (e.g. the model).
         highlight: ``{(layer, head): label}`` cells to outline and name.
+            Cells whose ``stat`` is below its control (``ctrl_{stat}``, where the frame has it)
+            get a dot (:func:`below_control`).
         cmap: colour map.
         digits: decimals written in each cell.
 
@@ -89,7 +92,7 @@ def plot_layer_heads(
     values = table.to_numpy(dtype=np.float64)
     n_layers, n_cols = values.shape
     heads = list(table.columns)
-    fig = new_figure(0.55 * n_cols + 2.1, 0.3 * n_layers + 1.3 + (0.3 if highlight else 0.0))
+    fig = new_figure(max(5.2, 0.55 * n_cols + 2.1), 0.3 * n_layers + 1.6 + 0.2 * len(highlight or {}))
     ax = fig.add_subplot()
     lo, hi = (0.0, 1.0) if stat in _UNIT else (float(np.nanmin(values)), float(np.nanmax(values)))
     shown = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
@@ -103,7 +106,7 @@ def plot_layer_heads(
         ax.text(c, r, f"{v:.{digits}f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     if HEAD_MEAN in heads:
         ax.axvline(n_cols - 1.5, color="white", lw=3)
-    handles = []
+    handles = _mark_below_control(ax, frame, stat, table)
     for i, ((layer, head), label) in enumerate((highlight or {}).items()):
         if layer not in table.index or head not in heads:
             raise ValueError(f"highlight: no cell for layer {layer} head {head}")
@@ -113,7 +116,7 @@ def plot_layer_heads(
         handles.append(Rectangle((0, 0), 1, 1, fill=False, ec=color, lw=2.0, label=f"{head_name(layer, head)}: {label}"))
     ax.set_xticks(range(n_cols), ["mean" if h == HEAD_MEAN else str(h) for h in heads])
     ax.set_yticks(range(n_layers), [str(v) for v in table.index])
-    ax.set_xlabel("head (mean: the head-averaged map)")
+    ax.set_xlabel(f"head (mean: the {stat} of the head-averaged map, not the mean of the cells)")
     ax.set_ylabel("layer")
     ax.tick_params(length=0)
     for side in ("left", "bottom"):
@@ -121,12 +124,31 @@ def plot_layer_heads(
     bar = fig.colorbar(shown, ax=ax, fraction=0.05, pad=0.03)
     bar.ax.tick_params(labelsize=7)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(2, len(handles)), frameon=False, fontsize=7)
     n_images = frame["image"].nunique() if "image" in frame else None
     over = f", mean over {n_images} images" if n_images else ""
     head = f"{title}\n" if title else ""
     fig.suptitle(f"{head}{STAT_LABELS.get(stat, stat)}{over}")
     return fig
+
+
+def below_control(frame: pd.DataFrame, stat: str, table: pd.DataFrame) -> pd.DataFrame | None:
+    """``bool`` layers x heads like ``table``: the cells whose mean ``stat`` is below the mean of
+    its control ``ctrl_{stat}`` (the run's shuffled-key control); ``None`` without controls."""
+    ctrl = f"ctrl_{stat}"
+    if ctrl not in frame or frame[ctrl].isna().all():
+        return None
+    return table < head_matrix(frame, ctrl).reindex(index=table.index, columns=table.columns)
+
+
+def _mark_below_control(ax, frame: pd.DataFrame, stat: str, table: pd.DataFrame) -> list:
+    """A dot in the top-right corner of each cell :func:`below_control`; its legend handle."""
+    below = below_control(frame, stat, table)
+    if below is None or not below.to_numpy().any():
+        return []
+    rows, cols = np.nonzero(below.to_numpy())
+    ax.scatter(cols + 0.32, rows - 0.27, s=16, c="white", edgecolors="black", linewidths=0.8, zorder=5, gid="below_control")
+    return [Line2D([], [], ls="none", marker="o", ms=4, color="white", mec="black", label=f"{stat} below its control (ctrl_{stat})")]
 
 
 @styled

@@ -77,4 +77,5 @@ def maps_figures(
                           "Numbered dots are the query points; one colour scale per image.")  # fmt: skip
         if drawn and len(maps[0].query_yx):
             report.figure(plot_query_distances(maps[0], drawn, title=f"{label} (checkpoint {ckpt})"), f"query_distances_{_slug(label)}",
-                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block.")  # fmt: skip
+                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block, and "
+                          "its histogram over all pairs of saved queries; the means printed are over query pairs i ≠ j.")  # fmt: skip

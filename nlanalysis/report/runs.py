@@ -145,6 +145,9 @@ def _write_report_files(
     table1 = summarise(final, by=("variant", "step"))
     cap = caption(table1, convention)
     links = report.table("table1", table1, cap)
+    from ..plots.table import plot_table
+
+    report.figure(plot_table(format_table(table1), "Table 1", cap), "table1", "Table 1 as a figure: the numbers of `tables/table1.csv`.")
     report.text = summary_text(table1, convention)
     _summary_figures(loaded.frame, final, convention, report)
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
@@ -180,7 +183,8 @@ def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, 
         over = summarise(training, by=("variant", "step"))
         report.table("over_training", over, caption(over, convention))
         report.figure(plot_over_training(training, convention=convention), "over_training",
-                      "Each statistic against the training step (snapshot checkpoints), per variant; band: 95% CI.")  # fmt: skip
+                      "Each statistic against the training step (snapshot checkpoints), per variant and block; band: 95% CI; "
+                      "thin lines: one seed each; att on a symmetric-log axis (linear below 1e-3, so 0 stays on it).")  # fmt: skip
 
 
 # -- rendering -------------------------------------------------------------------------------------

@@ -68,8 +68,9 @@ def _saved_maps(run: ResultSet, frame: pd.DataFrame, heads: list[tuple[int, int]
 def _heads_stats(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """The statistics drawn as layers x heads maps, each with its caption."""
     return [("att", "att: 1 − cos between the attention maps of two queries, averaged over all pairs of the photo's patch "
-                    "queries, then over photos; per head, and (last column) for the head-averaged map. 0: every query "
-                    "has the same map."),
+                    "queries, then over photos; per head, and (last column, “mean”) the att of the head-averaged map, "
+                    "not the mean of the cells. 0: every query has the same map. A dot: the head's att is below its "
+                    "control (ctrl_att), where the run has controls."),
             ("att_entropy", "Normalised entropy of a query's map (1: uniform over the photo's patches), mean over queries "
                             "and photos. A low att with a high entropy is one broad map shared by all queries; with a low "
                             "entropy, a few patches that every query looks at."),
