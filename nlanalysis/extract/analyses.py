@@ -122,6 +122,7 @@ class Analysis(ABC):
         chunk_size: the capture's default chunk of query rows (``run_extract(chunk_size=None)``;
             ``None``: the capture sizes its chunks itself).
         batch_size: images per forward when ``run_extract(batch_size=None)``.
+        query_dependence: the query-dependence suite the capture measures (:meth:`set_query_dependence`).
         model: the network, in eval mode.
         blocks: dotted names of the analysed modules.
         prepare: image (uint8 RGB ``[H, W, 3]``) -> :class:`~nlanalysis.data.transforms.Prepared`;
@@ -138,6 +139,7 @@ class Analysis(ABC):
     shape_from_image: ClassVar[bool] = True
     chunk_size: ClassVar[int | None] = None
     batch_size: ClassVar[int] = 1
+    query_dependence: str = "off"
     model: nn.Module
     blocks: list[str]
     prepare: Callable[[np.ndarray], Prepared]
@@ -190,6 +192,14 @@ class Analysis(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Facts for ``run.json``: ``checkpoint``, ``preprocess``, ``padding``."""
+
+    def set_query_dependence(self, level: str) -> None:
+        """Measure the query-dependence suite at ``level`` (``"off"``, ``"cheap"``, ``"all"``): its
+        columns join :attr:`columns` (:func:`nlanalysis.schema.metrics_columns`) unless ``"off"``."""
+        if level not in ("off", "cheap", "all"):
+            raise ValueError(f"query_dependence must be off, cheap or all, got {level!r}")
+        self.query_dependence = level
+        self.columns = schema.metrics_columns(self.kind, query=level != "off")
 
     def measure_settings(self) -> dict[str, Any]:
         """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""

@@ -1,0 +1,226 @@
+"""The query-dependence suite as columns of the one pipeline: ``analyze(query_dependence=...)`` on shipped NL/GC
+checkpoints and a random-init timm ViT, checked against numpy float64 on the full maps from the adapters (SVD for
+the rank-1 share, direct formulas for the rest); ``"off"`` leaves every column as it was; ``extract`` writes and
+resumes the columns."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from naive import mean_cos_dist_all_pairs
+from nlanalysis import analyze, schema
+from nlanalysis.adapters import list_blocks
+from nlanalysis.capture import Capture
+from nlanalysis.checkpoints import load_checkpoint
+from nlanalysis.cli import main
+from nlanalysis.data.scenes import demo_scenes_path
+from nlanalysis.extract import load_run
+from nlanalysis.measure.query_dep import COLUMNS, EXPENSIVE
+from nlanalysis.train.data import load_scene_set, normalize
+from nlanalysis.train.run import shipped_checkpoints
+
+SCENES = 3
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    ann, images = demo_scenes_path()
+    return load_scene_set(ann, images, limit=SCENES).images
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _centred(logits):
+    return logits - logits.mean(axis=1, keepdims=True)
+
+
+def _rank1(logits):
+    """``logit_rank1``, ``att_gain_only``, ``gain_only_tv`` by SVD (the last two: softmax maps only)."""
+    u, s, vt = np.linalg.svd(_centred(logits), full_matrices=False)
+    rebuilt = _softmax(np.outer(u[:, 0] * s[0], vt[0]))
+    real = _softmax(logits)
+    return s[0] ** 2 / (s**2).sum(), mean_cos_dist_all_pairs(rebuilt), 0.5 * np.abs(real - rebuilt).sum(axis=1).mean()
+
+
+def _dnl(q, k, scale, softmax):
+    """``unary_var_share`` and ``att_pairwise_only``: the terms built as N x K matrices."""
+    qc, kc = q - q.mean(0), k - k.mean(0)
+    pair = scale * qc @ kc.T
+    unary = scale * k @ q.mean(0)
+    share = unary.var() / (unary.var() + pair.var(axis=1).mean())
+    return share, mean_cos_dist_all_pairs(_softmax(pair) if softmax else pair)
+
+
+def _nmi(a, eps=1e-8):
+    a = a / a.sum(axis=1, keepdims=True) + eps
+    a = a / a.sum(axis=1, keepdims=True)
+    p_k = a.mean(0)
+    mutual = np.mean(np.sum(a * np.log(a / p_k), axis=1))
+    return mutual / np.sqrt(np.log(len(a)) * -np.sum(p_k * np.log(p_k)))
+
+
+def _signed(a):
+    """``att_abs`` and ``att_norm_weighted``: every ordered pair i != j."""
+    gram, norms = a @ a.T, np.linalg.norm(a, axis=1)
+    off = ~np.eye(len(a), dtype=bool)
+    return mean_cos_dist_all_pairs(np.abs(a)), 1 - gram[off].sum() / np.outer(norms, norms)[off].sum()
+
+
+def _where(grid, cell):
+    yy, xx = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
+    return np.stack([(yy.ravel() + 0.5) * cell[0], (xx.ravel() + 0.5) * cell[1]], 1)
+
+
+def _spatial(a, query_grid, key_grid, stride):
+    """``att_distance_px``, ``att_local``, ``att_local_uniform`` of rows ``a`` (renormalised here)."""
+    a = a / a.sum(axis=1, keepdims=True)
+    f = query_grid[0] // key_grid[0]
+    qp, kp = _where(query_grid, stride), _where(key_grid, (stride[0] * f, stride[1] * f))
+    dy, dx = qp[:, None, 0] - kp[None, :, 0], qp[:, None, 1] - kp[None, :, 1]
+    near = (np.abs(dy) <= 1.5 * f * stride[0]) & (np.abs(dx) <= 1.5 * f * stride[1])
+    return (a * np.hypot(dy, dx)).sum(1).mean(), (a * near).sum(1).mean(), near.mean()
+
+
+def _check(row, expected, rtol=1e-5, atol=1e-6):
+    for name, value in expected.items():
+        assert row[name] == pytest.approx(value, rel=rtol, abs=atol), name
+
+
+def _nl_expected(att, b, stride):
+    """The columns of image ``b``'s map of an NL/GC block (``att`` from its adapter), in float64."""
+    a = att.full()[b].double().numpy()
+    a = a[np.abs(a).max(axis=1) > 0]  # all-zero rows (concatenation) do not count
+    out = {name: np.nan for name in COLUMNS}
+    mode = getattr(att, "mode", "shared")
+    if mode in ("embedded_gaussian", "gaussian"):
+        q, k = att.query[b].double().numpy(), att.key[b].double().numpy().T
+        out["logit_rank1"], out["att_gain_only"], out["gain_only_tv"] = _rank1(att.scale * q @ k.T)
+        out["unary_var_share"], out["att_pairwise_only"] = _dnl(q, k, att.scale, True)
+    elif mode == "dot_product":
+        q, k = att.query[b].double().numpy(), att.key[b].double().numpy().T
+        out["logit_rank1"] = _rank1(a)[0]
+        out["unary_var_share"], out["att_pairwise_only"] = _dnl(q, k, 1.0, False)
+        out["att_abs"], out["att_norm_weighted"] = _signed(a)
+    elif mode == "concatenation":
+        out["logit_rank1"] = _rank1(a)[0]
+    else:  # one shared softmax map: rank 1 trivially, the gain-only maps are the map itself
+        out["logit_rank1"], out["att_gain_only"], out["gain_only_tv"] = 1.0, 0.0, 0.0
+    if mode != "dot_product":
+        out["qk_nmi"] = _nmi(a)
+        out["att_distance_px"], out["att_local"], out["att_local_uniform"] = _spatial(a, att.query_shape, att.key_shape, stride)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["embedded_gaussian", "dot_product", "concatenation", "gc"])
+def test_nl_blocks_against_the_full_maps(variant, scenes):
+    ckpt = load_checkpoint(shipped_checkpoints()[variant])
+    model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
+    frame = analyze(model, x, query_dependence="all")
+    with torch.no_grad(), Capture(model, keep_tensors=True, stats=False) as cap:
+        model(x)
+    blocks = {info.name: info for info in list_blocks(model)}
+    assert len(cap.records) >= 1
+    for rec in cap.records:
+        info = blocks[rec.name]
+        with torch.no_grad():
+            att = info.adapter.attention(info.module, rec.x)
+        stride = (x.shape[2] / att.query_shape[0], x.shape[3] / att.query_shape[1])
+        for b in range(x.shape[0]):
+            (row,) = frame[(frame.block == rec.name) & (frame.image == b)].to_dict("records")
+            expected = _nl_expected(att, b, stride)
+            assert np.isnan([row[n] for n, v in expected.items() if np.isnan(v)]).all()
+            _check(row, {n: v for n, v in expected.items() if not np.isnan(v)})
+
+
+def test_off_changes_no_column_and_the_kernels_agree(scenes):
+    ckpt = load_checkpoint(shipped_checkpoints()["embedded_gaussian"])
+    model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
+    off = analyze(model, x, kernels="eager")
+    assert not set(COLUMNS) & set(off.columns)
+    every = analyze(model, x, kernels="eager", query_dependence="all")
+    pd.testing.assert_frame_equal(every[off.columns], off, check_exact=True)  # measuring the suite moves nothing else
+    native = analyze(model, x, kernels="auto", query_dependence="all")
+    pd.testing.assert_frame_equal(native[list(COLUMNS)], every[list(COLUMNS)], check_exact=True)  # eager in both
+    cheap = analyze(model, x, kernels="eager", query_dependence="cheap")
+    assert cheap[list(EXPENSIVE)].isna().all().all()
+    pd.testing.assert_frame_equal(cheap.drop(columns=list(EXPENSIVE)), every.drop(columns=list(EXPENSIVE)), check_exact=True)
+    with pytest.raises(ValueError, match="query_dependence"):
+        analyze(model, x, query_dependence="some")
+
+
+def _vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2).eval()
+    gen = torch.Generator().manual_seed(2)
+    for p in model.parameters():  # sharper maps than timm's init gives
+        p.data.mul_(3.0)
+    for block in model.blocks:  # a shared query direction (as trained maps have): the rank-1 fit converges
+        dim = block.attn.qkv.in_features
+        block.attn.qkv.bias.data[:dim] += 2.0 * torch.randn(dim, generator=gen)
+    return model
+
+
+@pytest.mark.parametrize("keys", ["patch", "all"])
+def test_vit_heads_against_the_full_maps(keys):
+    model = _vit()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    frame = analyze(model, x, keys=keys, query_dependence="all")
+    from nlanalysis.capture.heads import ViTCapture
+
+    with torch.no_grad(), ViTCapture(model, keys=keys, keep_attention=True, stats=False) as cap:
+        model(x)
+    for rec in cap.records:
+        att = rec.attention
+        p = att.layout.n_prefix
+        q = (att.query * att.scale)[:, :, p:].double().numpy()  # patch queries
+        k = att.key.double().numpy()
+        logits_all = q @ k.transpose(0, 1, 3, 2)  # [B, H, n, N]
+        first = p if keys == "patch" else 0
+        for b in range(x.shape[0]):
+            rows = []
+            for h in range(att.num_heads):
+                logits = logits_all[b, h][:, first:]
+                a = _softmax(logits_all[b, h])[:, first:]
+                e = dict(zip(("logit_rank1", "att_gain_only", "gain_only_tv"), _rank1(logits)))
+                e["unary_var_share"], e["att_pairwise_only"] = _dnl(q[b, h], k[b, h, first:], 1.0, True)
+                e["qk_nmi"] = _nmi(a[:, -att.layout.n_patch:])
+                e["att_distance_px"], e["att_local"], e["att_local_uniform"] = _spatial(a[:, -att.layout.n_patch:], att.layout.grid,
+                                                                                      att.layout.grid, (16, 16))  # fmt: skip
+                rows.append((h, e, a))
+            mean = np.mean([a for _, _, a in rows], axis=0)
+            e = dict(zip(("logit_rank1", "att_gain_only", "gain_only_tv"), _rank1(np.log(mean))))
+            e["qk_nmi"] = _nmi(mean[:, -att.layout.n_patch:])
+            e["att_distance_px"], e["att_local"], e["att_local_uniform"] = _spatial(mean[:, -att.layout.n_patch:], att.layout.grid,
+                                                                                  att.layout.grid, (16, 16))  # fmt: skip
+            rows.append((schema.HEAD_MEAN, e, mean))
+            for h, e, _ in rows:
+                (row,) = frame[(frame.layer == rec.layer) & (frame["head"] == h) & (frame.image == b)].to_dict("records")
+                _check(row, e, rtol=1e-4, atol=1e-5)
+                assert np.isnan(row["att_abs"]) and np.isnan(row["att_norm_weighted"])
+                assert np.isnan(row["unary_var_share"]) == (h == schema.HEAD_MEAN)
+
+
+def test_extract_writes_the_columns_and_resumes(tmp_path, capsys):
+    from extract_inputs import tiny_checkpoint, write_coco, write_photos
+
+    photos = write_photos(tmp_path / "images", n=2, max_side=120)
+    write_coco(tmp_path / "ann.json", photos)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "run"
+    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(tmp_path / "ann.json"), "--coco-images", str(tmp_path / "images"),
+            "--out", str(out), "--quiet", "--jsd-pairs", "16"]  # fmt: skip
+    assert main([*args, "--query-dependence", "cheap"]) == 0
+    metrics = load_run(out).metrics
+    assert list(metrics.columns) == schema.metrics_columns(schema.NL, query=True)
+    assert metrics[list(EXPENSIVE)].isna().all().all()
+    assert metrics[["qk_nmi", "att_distance_px", "att_local", "att_local_uniform"]].notna().all().all()
+    schema.check_ranges(metrics, "metrics.csv")
+    written = (out / "metrics.csv").read_text()
+    assert main([*args, "--query-dependence", "cheap"]) == 0  # resumes: nothing to redo
+    assert (out / "metrics.csv").read_text() == written
+    assert main([*args, "--query-dependence", "all"]) == 2  # another measurement: refused
+    assert "other settings" in capsys.readouterr().err
