@@ -224,3 +224,31 @@ def test_extract_writes_the_columns_and_resumes(tmp_path, capsys):
     assert (out / "metrics.csv").read_text() == written
     assert main([*args, "--query-dependence", "all"]) == 2  # another measurement: refused
     assert "other settings" in capsys.readouterr().err
+
+
+def test_vit_extract_has_the_columns_and_one_local_mass(tmp_path):
+    """A padded ViT run: the suite's columns in metrics.csv equal ``analyze`` on the same input, and the
+    locality's ``att_local`` (what ViT runs record) equals the suite's (one definition)."""
+    timm_vit = pytest.importorskip("timm.models.vision_transformer")
+    from extract_inputs import write_photos
+    from helpers import randomize_
+    from nlanalysis.data import load_image
+    from nlanalysis.data.vit_preprocess import preprocess_image
+    from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, run_extract
+    from nlanalysis.extract.analysis_vit import ViTAnalysis
+
+    root = tmp_path / "images"
+    write_photos(root, n=1, max_side=120)
+    model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=64, depth=1, num_heads=2,
+                                                  num_classes=0, init_values=0.5), std=0.05).eval()  # fmt: skip
+    spec = RunSpec(ModelSpec(ViTAnalysis(model, size=56)), DataSpec(images=[str(root)]), OutputSpec(tmp_path / "run"),
+                   MeasureSpec(jsd_pairs=0, query_dependence="cheap"))  # fmt: skip
+    run = load_run(run_extract(spec, progress=False).path)
+    assert list(run.metrics.columns) == schema.metrics_columns(schema.VIT, query=True)
+    assert run.info["settings"]["measure"]["query_dependence"] == "cheap"
+    x, valid = preprocess_image(load_image(next(root.iterdir())), 56, "pad")
+    assert not valid.all()  # padding: masked queries and keys
+    want = analyze(model, x[None], valid=valid[None], jsd_pairs=0, query_dependence="cheap")
+    got = run.metrics.sort_values("head", key=lambda h: h.where(h >= 0, 99)).reset_index(drop=True)
+    for name in COLUMNS:
+        np.testing.assert_allclose(got[name].to_numpy(float), want[name].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=name)
