@@ -32,11 +32,10 @@ FRAME_COLUMNS = {
     VIT: ("image", "layer", "block", "family", "head", "num_heads", "grid_h", "grid_w", "n_prefix", "n_query", "n_key",
           "keys", "input_space", *statistic_columns(VIT), "convention"),
 }  # fmt: skip
-#: the query-dependence suite (``query_dependence="cheap"`` / ``"all"``), after a site's statistics
-_QUERY = tuple(query_columns(NL))
-FRAME_COLUMNS = {site: (*columns, *_QUERY) for site, columns in FRAME_COLUMNS.items()}
+#: the query-dependence suite (``query_dependence="cheap"`` / ``"all"``), in a row after the site's columns
+QUERY_COLUMNS = tuple(query_columns(NL))
 #: columns in a row only when measured: the control (``controls=True``) and the query-dependence suite
-_OPTIONAL = frozenset((*names(None, ("control",)), *_QUERY))
+_OPTIONAL = frozenset((*names(None, ("control",)), *QUERY_COLUMNS))
 
 
 def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -46,7 +45,7 @@ def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | N
     for rec in records:
         if rec.stats is None:
             continue
-        facts, columns = rec.facts(), FRAME_COLUMNS[rec.site]
+        facts, columns = rec.facts(), (*FRAME_COLUMNS[rec.site], *QUERY_COLUMNS)
         for b, maps in enumerate(rec.stats.per_image_map()):
             for values in maps:
                 values = {"image": image_ids[b] if image_ids is not None else b, **facts, **values}

@@ -35,6 +35,7 @@ from .. import schema
 from ..adapters import list_blocks
 from ..capture.blocks import Capture
 from ..data.transforms import Prepared
+from ..measure.query_dep import check_level
 
 __all__ = [
     "COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "Analysis", "LayerMaps", "list_analyses", "load_analysis", "register_analysis",
@@ -196,9 +197,7 @@ class Analysis(ABC):
     def set_query_dependence(self, level: str) -> None:
         """Measure the query-dependence suite at ``level`` (``"off"``, ``"cheap"``, ``"all"``): its
         columns join :attr:`columns` (:func:`nlanalysis.schema.metrics_columns`) unless ``"off"``."""
-        if level not in ("off", "cheap", "all"):
-            raise ValueError(f"query_dependence must be off, cheap or all, got {level!r}")
-        self.query_dependence = level
+        self.query_dependence = check_level(level)
         self.columns = schema.metrics_columns(self.kind, query=level != "off")
 
     def measure_settings(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..measure.query_dep import LEVELS
 from .queries import QuerySpec, parse_queries
 
 __all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "RunningSpec"]
@@ -158,7 +159,7 @@ class MeasureSpec:
     def __post_init__(self) -> None:
         if self.jsd_pairs < 0:
             raise ValueError(f"--jsd-pairs {self.jsd_pairs}: give 0 (att_jsd off) or a positive number of query pairs")
-        if self.query_dependence not in ("off", "cheap", "all"):
+        if self.query_dependence not in LEVELS:
             raise ValueError(f"--query-dependence {self.query_dependence!r}: choose off, cheap or all")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size}: need at least 1 query row per chunk")

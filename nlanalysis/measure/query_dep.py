@@ -37,7 +37,7 @@ from ..schema import NL, query_columns
 from .stats import nans
 
 __all__ = ["CHEAP", "COLUMNS", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
-           "head_maps", "query_dependence"]  # fmt: skip
+           "head_maps", "local_mass", "query_dependence"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
 #: the query-dependence columns (:mod:`nlanalysis.schema`: role ``query``, and the 3x3 local mass)
@@ -49,6 +49,7 @@ Chunks = Callable[[], Iterator[tuple[int, Tensor]]]
 
 
 def check_level(level: str) -> str:
+    """``level`` if it is one of :data:`LEVELS` (ValueError otherwise)."""
     if level not in LEVELS:
         raise ValueError(f"query_dependence must be one of {LEVELS}, got {level!r}")
     return level
@@ -64,6 +65,7 @@ class MapGroup:
         signed: the maps can be negative (dot product).
         qk: ``(q [*batch, N_query, d], k [*batch, N_key, d], scale, softmax)`` of explicit ``q.k``
             logits, or ``None``; ``softmax``: the site's map is a softmax of them.
+        n_query: queries of the maps.
         query_mask: ``[*batch, N_query]`` bool queries that count (valid, row not all zero), or ``None``.
     """
 
@@ -71,6 +73,7 @@ class MapGroup:
     logits: Chunks | None
     signed: bool
     qk: tuple[Tensor, Tensor, float, bool] | None
+    n_query: int
     query_mask: Tensor | None = None
 
 
@@ -129,7 +132,7 @@ def block_maps(att: LazyAttention, query_mask: Tensor | None, key_mask: Tensor |
             qk = (att.query, att.key.transpose(1, 2), scale, att.distribution)
     elif att.distribution:  # a shared softmax map: its logits are log p up to a constant
         logits = log_rows(rows)
-    group = MapGroup(rows, logits, not att.nonnegative, qk, query_mask)
+    group = MapGroup(rows, logits, not att.nonnegative, qk, att.n_query, query_mask)
     return SiteMaps([group], key_mask, *_geometry(att.query_shape, att.key_shape, stride))
 
 
@@ -146,9 +149,17 @@ def head_maps(att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | 
     mean = lambda: ((s, r.mean(dim=1)) for s, r in rows())  # noqa: E731
     qm = _expand(query_mask, (b, heads)) if query_mask is not None else None
     qk = (att.scaled_query(slice(None)), att.key[:, :, first:], 1.0, True)
-    groups = [MapGroup(rows, logits, False, qk, qm), MapGroup(mean, log_rows(mean), False, None, query_mask)]
+    groups = [MapGroup(rows, logits, False, qk, att.n_query, qm), MapGroup(mean, log_rows(mean), False, None, att.n_query, query_mask)]
     spatial = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)
     return SiteMaps(groups, key_mask, *_geometry(att.query_shape, att.query_shape, stride), spatial_keys=spatial)
+
+
+def local_mass(maps: Tensor, cells: Tensor, radius: int = 1) -> Tensor:
+    """``att_local``: the mean weight rows of ``maps`` ``[*batch, N, N]`` put on the keys within ``radius``
+    cells of their query along both axes (the ``(2 radius + 1)^2`` neighbourhood), queries and keys at
+    integer ``cells`` ``[N, 2]``; float64 ``[*batch]``. The suite's 3x3 local mass, one definition
+    (:func:`~nlanalysis.metrics.query_dependence.attention_distance`: reach 1.5 key cells)."""
+    return attention_distance(maps, cells, cells, (2 * radius + 1) / 3)[1]
 
 
 def query_dependence(site: SiteMaps, level: str) -> dict[str, Tensor]:
@@ -170,7 +181,7 @@ def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
     """The columns of one map group, each ``[B, m]``."""
     first = next(iter(g.rows()))[1]
     batch, n_key = tuple(first.shape[:-2]), first.shape[-1]
-    n_query = g.query_mask.shape[-1] if g.query_mask is not None else _count(g.rows)
+    n_query = g.n_query
     km, qm = _expand(site.key_mask, batch), g.query_mask
     out = {name: nans(*batch) for name in COLUMNS}
     masks = dict(key_mask=km, query_mask=qm)
@@ -187,21 +198,16 @@ def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
     if g.signed:
         out["att_abs"], out["att_norm_weighted"] = signed_map_stats(g.rows, n_query, n_key, **masks)
     else:
-        out.update(_spatial(g, site, batch, n_query, qm))
+        out.update(_spatial(g, site, batch, n_query, len(range(n_key)[site.spatial_keys]), qm))
     return {name: v.reshape(batch[0], -1).cpu() for name, v in out.items()}
 
 
-def _count(rows: Chunks) -> int:
-    return sum(r.shape[-2] for _, r in rows())
-
-
-def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, qm: Tensor | None) -> dict[str, Tensor]:
+def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, n_key: int, qm: Tensor | None) -> dict[str, Tensor]:
     """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps."""
     keys = site.spatial_keys
     rows = _normalised(g.rows, keys)
     km = site.key_mask[:, keys] if site.key_mask is not None else None
     kmb = _expand(km, batch)
-    n_key = next(iter(rows()))[1].shape[-1]
     out = {"qk_nmi": query_key_nmi(rows, n_query, n_key, key_mask=kmb, query_mask=qm)}
     if site.query_pos is None:
         return out
