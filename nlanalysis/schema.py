@@ -124,7 +124,8 @@ REGISTRY: tuple[Column, ...] = (
        sites=_VIT),
     _c("image_height", "height of the image file, pixels", "int", "image", _COUNT),
     _c("image_width", "width of the image file, pixels", "int", "image", _COUNT),
-    _c("att_local", "weight a query puts on its own and the 8 neighbouring cells (NL: key cells; rows renormalised over valid keys)",
+    _c("att_local", "weight a query puts on its own and the 8 neighbouring cells, rows renormalised over valid keys (NL blocks: key "
+       "cells, with `--query-dependence`; ViT: always recorded by extract)",
        "float", "locality", _UNIT),
     _c("att_local_uniform", "what a uniform map puts on those 3x3 cells", "float", "locality", _UNIT),
     _c("peak_offsets", "how many queries have their map's largest weight at each offset from the query: `dy,dx:count` "

@@ -169,6 +169,9 @@ def test_vit_heads_against_the_full_maps(keys):
     model = _vit()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     frame = analyze(model, x, keys=keys, query_dependence="all")
+    eager = analyze(model, x, keys=keys, query_dependence="all", kernels="eager")
+    # eager in both; the native path reads q/k from the attention call, the eager one from the qkv hook
+    pd.testing.assert_frame_equal(eager[list(COLUMNS)], frame[list(COLUMNS)], rtol=1e-5, atol=1e-6)
     from nlanalysis.capture.heads import ViTCapture
 
     with torch.no_grad(), ViTCapture(model, keys=keys, keep_attention=True, stats=False) as cap:

@@ -196,9 +196,10 @@ class Analysis(ABC):
 
     def set_query_dependence(self, level: str) -> None:
         """Measure the query-dependence suite at ``level`` (``"off"``, ``"cheap"``, ``"all"``): its
-        columns join :attr:`columns` (:func:`nlanalysis.schema.metrics_columns`) unless ``"off"``."""
+        columns follow the kind's :attr:`columns` unless ``"off"`` (:func:`nlanalysis.schema.metrics_columns`)."""
         self.query_dependence = check_level(level)
-        self.columns = schema.metrics_columns(self.kind, query=level != "off")
+        base = type(self).columns
+        self.columns = base if level == "off" else [*base, *(c for c in schema.query_columns(schema.NL) if c not in base)]
 
     def measure_settings(self) -> dict[str, Any]:
         """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""
