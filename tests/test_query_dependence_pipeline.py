@@ -164,12 +164,30 @@ def _vit():
     return model
 
 
+def _vit_expected(logits, a, q, k, cells, grid):
+    """The columns of one head (``logits``, ``q``, ``k`` given) or of the head mean (``None``) from its rows ``a``
+    over the valid keys (the patch keys last, ``cells`` of them)."""
+    e = dict(zip(("logit_rank1", "att_gain_only", "gain_only_tv"), _rank1(np.log(a) if logits is None else logits)))
+    if q is not None:
+        e["unary_var_share"], e["att_pairwise_only"] = _dnl(q, k, 1.0, True)
+    patch = a[:, a.shape[1] - len(cells) :]
+    e["qk_nmi"] = _nmi(patch)
+    patch = patch / patch.sum(1, keepdims=True)
+    where = _where(grid, (16, 16))[cells]
+    dy, dx = where[:, None, 0] - where[None, :, 0], where[:, None, 1] - where[None, :, 1]
+    near = (np.abs(dy) <= 24) & (np.abs(dx) <= 24)
+    e["att_distance_px"], e["att_local"], e["att_local_uniform"] = (patch * np.hypot(dy, dx)).sum(1).mean(), (patch * near).sum(1).mean(), near.mean()
+    return e
+
+
 @pytest.mark.parametrize("keys", ["patch", "all"])
 def test_vit_heads_against_the_full_maps(keys):
     model = _vit()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    frame = analyze(model, x, keys=keys, query_dependence="all")
-    eager = analyze(model, x, keys=keys, query_dependence="all", kernels="eager")
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[0, :, 40:], valid[1, 40:] = False, False  # padding: the last two patch columns / rows
+    frame = analyze(model, x, valid=valid, keys=keys, query_dependence="all")
+    eager = analyze(model, x, valid=valid, keys=keys, query_dependence="all", kernels="eager")
     # eager in both; the native path reads q/k from the attention call, the eager one from the qkv hook
     pd.testing.assert_frame_equal(eager[list(COLUMNS)], frame[list(COLUMNS)], rtol=1e-5, atol=1e-6)
     from nlanalysis.capture.heads import ViTCapture
@@ -178,29 +196,21 @@ def test_vit_heads_against_the_full_maps(keys):
         model(x)
     for rec in cap.records:
         att = rec.attention
-        p = att.layout.n_prefix
+        p, grid = att.layout.n_prefix, att.layout.grid
         q = (att.query * att.scale)[:, :, p:].double().numpy()  # patch queries
         k = att.key.double().numpy()
         logits_all = q @ k.transpose(0, 1, 3, 2)  # [B, H, n, N]
-        first = p if keys == "patch" else 0
         for b in range(x.shape[0]):
-            rows = []
+            cells = valid[b, 8::16, 8::16].flatten().numpy()  # a patch counts where its centre is image
+            keys_kept = np.concatenate([np.full(p, keys == "all"), cells])  # the keys: patch, or every token
+            rows, maps = [], []
             for h in range(att.num_heads):
-                logits = logits_all[b, h][:, first:]
-                a = _softmax(logits_all[b, h])[:, first:]
-                e = dict(zip(("logit_rank1", "att_gain_only", "gain_only_tv"), _rank1(logits)))
-                e["unary_var_share"], e["att_pairwise_only"] = _dnl(q[b, h], k[b, h, first:], 1.0, True)
-                e["qk_nmi"] = _nmi(a[:, -att.layout.n_patch:])
-                e["att_distance_px"], e["att_local"], e["att_local_uniform"] = _spatial(a[:, -att.layout.n_patch:], att.layout.grid,
-                                                                                      att.layout.grid, (16, 16))  # fmt: skip
-                rows.append((h, e, a))
-            mean = np.mean([a for _, _, a in rows], axis=0)
-            e = dict(zip(("logit_rank1", "att_gain_only", "gain_only_tv"), _rank1(np.log(mean))))
-            e["qk_nmi"] = _nmi(mean[:, -att.layout.n_patch:])
-            e["att_distance_px"], e["att_local"], e["att_local_uniform"] = _spatial(mean[:, -att.layout.n_patch:], att.layout.grid,
-                                                                                  att.layout.grid, (16, 16))  # fmt: skip
-            rows.append((schema.HEAD_MEAN, e, mean))
-            for h, e, _ in rows:
+                logits = logits_all[b, h][cells]
+                maps.append(_softmax(logits)[:, keys_kept])  # the model's softmax over every token
+                e = _vit_expected(logits[:, keys_kept], maps[-1], q[b, h][cells], k[b, h][keys_kept], np.flatnonzero(cells), grid)
+                rows.append((h, e))
+            rows.append((schema.HEAD_MEAN, _vit_expected(None, np.mean(maps, axis=0), None, None, np.flatnonzero(cells), grid)))
+            for h, e in rows:
                 (row,) = frame[(frame.layer == rec.layer) & (frame["head"] == h) & (frame.image == b)].to_dict("records")
                 _check(row, e, rtol=1e-4, atol=1e-5)
                 assert np.isnan(row["att_abs"]) and np.isnan(row["att_norm_weighted"])

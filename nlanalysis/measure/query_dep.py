@@ -205,9 +205,9 @@ def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
 def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, n_key: int, qm: Tensor | None) -> dict[str, Tensor]:
     """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps."""
     keys = site.spatial_keys
-    rows = _normalised(g.rows, keys)
     km = site.key_mask[:, keys] if site.key_mask is not None else None
     kmb = _expand(km, batch)
+    rows = _normalised(g.rows, keys, kmb)
     out = {"qk_nmi": query_key_nmi(rows, n_query, n_key, key_mask=kmb, query_mask=qm)}
     if site.query_pos is None:
         return out
@@ -218,12 +218,15 @@ def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, 
     return {**out, "att_distance_px": dist, "att_local": local, "att_local_uniform": local_uniform}
 
 
-def _normalised(rows: Chunks, keys: slice) -> Chunks:
-    """Rows over the spatial keys, renormalised to sum 1 (all-zero rows stay 0)."""
+def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:
+    """Rows over the spatial keys, 0 on masked keys (``key_mask`` ``[*batch, K]``), renormalised to sum 1
+    (all-zero rows stay 0)."""
 
     def chunks() -> Iterator[tuple[int, Tensor]]:
         for start, r in rows():
             r = r[..., keys].to(torch.float64)
+            if key_mask is not None:
+                r = r * key_mask[..., None, :]
             total = r.sum(dim=-1, keepdim=True)
             yield start, r / torch.where(total > 0, total, 1.0)
 
