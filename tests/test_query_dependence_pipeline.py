@@ -74,13 +74,13 @@ def _where(grid, cell):
     return np.stack([(yy.ravel() + 0.5) * cell[0], (xx.ravel() + 0.5) * cell[1]], 1)
 
 
-def _spatial(a, query_grid, key_grid, stride):
-    """``att_distance_px``, ``att_local``, ``att_local_uniform`` of rows ``a`` (renormalised here)."""
+def _spatial(a, grid, stride, query_cells, key_cells):
+    """``att_distance_px``, ``att_local``, ``att_local_uniform`` of rows ``a`` (renormalised here) of queries
+    at ``query_cells`` over keys at ``key_cells`` (flat indices) of one grid."""
     a = a / a.sum(axis=1, keepdims=True)
-    f = query_grid[0] // key_grid[0]
-    qp, kp = _where(query_grid, stride), _where(key_grid, (stride[0] * f, stride[1] * f))
+    qp, kp = _where(grid, stride)[query_cells], _where(grid, stride)[key_cells]
     dy, dx = qp[:, None, 0] - kp[None, :, 0], qp[:, None, 1] - kp[None, :, 1]
-    near = (np.abs(dy) <= 1.5 * f * stride[0]) & (np.abs(dx) <= 1.5 * f * stride[1])
+    near = (np.abs(dy) <= 1.5 * stride[0]) & (np.abs(dx) <= 1.5 * stride[1])
     return (a * np.hypot(dy, dx)).sum(1).mean(), (a * near).sum(1).mean(), near.mean()
 
 
@@ -89,18 +89,21 @@ def _check(row, expected, rtol=1e-5, atol=1e-6):
         assert row[name] == pytest.approx(value, rel=rtol, abs=atol), name
 
 
-def _nl_expected(att, b, stride):
-    """The columns of image ``b``'s map of an NL/GC block (``att`` from its adapter), in float64."""
-    a = att.full()[b].double().numpy()
-    a = a[np.abs(a).max(axis=1) > 0]  # all-zero rows (concatenation) do not count
+def _nl_expected(att, b, stride, cells):
+    """The columns of image ``b``'s map of an NL/GC block (``att`` from its adapter; keys on the query grid),
+    in float64, over its valid ``cells`` (queries and keys)."""
+    assert att.key_shape == att.query_shape
+    a = att.full()[b].double().numpy()[np.ix_(cells, cells)]
+    nonzero = np.abs(a).max(axis=1) > 0
+    a = a[nonzero]  # all-zero rows (concatenation) do not count
     out = {name: np.nan for name in COLUMNS}
     mode = getattr(att, "mode", "shared")
     if mode in ("embedded_gaussian", "gaussian"):
-        q, k = att.query[b].double().numpy(), att.key[b].double().numpy().T
+        q, k = att.query[b].double().numpy()[cells], att.key[b].double().numpy().T[cells]
         out["logit_rank1"], out["att_gain_only"], out["gain_only_tv"] = _rank1(att.scale * q @ k.T)
         out["unary_var_share"], out["att_pairwise_only"] = _dnl(q, k, att.scale, True)
     elif mode == "dot_product":
-        q, k = att.query[b].double().numpy(), att.key[b].double().numpy().T
+        q, k = att.query[b].double().numpy()[cells], att.key[b].double().numpy().T[cells]
         out["logit_rank1"] = _rank1(a)[0]
         out["unary_var_share"], out["att_pairwise_only"] = _dnl(q, k, 1.0, False)
         out["att_abs"], out["att_norm_weighted"] = _signed(a)
@@ -110,15 +113,20 @@ def _nl_expected(att, b, stride):
         out["logit_rank1"], out["att_gain_only"], out["gain_only_tv"] = 1.0, 0.0, 0.0
     if mode != "dot_product":
         out["qk_nmi"] = _nmi(a)
-        out["att_distance_px"], out["att_local"], out["att_local_uniform"] = _spatial(a, att.query_shape, att.key_shape, stride)
+        kept = np.flatnonzero(cells)
+        out["att_distance_px"], out["att_local"], out["att_local_uniform"] = _spatial(a, att.query_shape, stride, kept[nonzero], kept)
     return out
 
 
-@pytest.mark.parametrize("variant", ["embedded_gaussian", "dot_product", "concatenation", "gc"])
-def test_nl_blocks_against_the_full_maps(variant, scenes):
+@pytest.mark.parametrize("variant, padded", [("embedded_gaussian", False), ("embedded_gaussian", True), ("dot_product", False),
+                                             ("concatenation", True), ("gc", True)])  # fmt: skip
+def test_nl_blocks_against_the_full_maps(variant, padded, scenes):
     ckpt = load_checkpoint(shipped_checkpoints()[variant])
     model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
-    frame = analyze(model, x, query_dependence="all")
+    valid = torch.ones(x.shape[0], *x.shape[2:], dtype=torch.bool)
+    if padded:  # padding at the right (image 0) and the bottom (the others): masked queries and keys
+        valid[0, :, 80:], valid[1:, 90:] = False, False
+    frame = analyze(model, x, valid=valid if padded else None, query_dependence="all")
     with torch.no_grad(), Capture(model, keep_tensors=True, stats=False) as cap:
         model(x)
     blocks = {info.name: info for info in list_blocks(model)}
@@ -128,9 +136,12 @@ def test_nl_blocks_against_the_full_maps(variant, scenes):
         with torch.no_grad():
             att = info.adapter.attention(info.module, rec.x)
         stride = (x.shape[2] / att.query_shape[0], x.shape[3] / att.query_shape[1])
+        centres = [(np.arange(n) * s + s / 2).astype(int) for n, s in zip(att.query_shape, stride)]
         for b in range(x.shape[0]):
             (row,) = frame[(frame.block == rec.name) & (frame.image == b)].to_dict("records")
-            expected = _nl_expected(att, b, stride)
+            cells = valid[b][np.ix_(*centres)].flatten().numpy()  # a cell counts where its centre is image
+            assert cells.all() != padded
+            expected = _nl_expected(att, b, stride, cells)
             assert np.isnan([row[n] for n, v in expected.items() if np.isnan(v)]).all()
             _check(row, {n: v for n, v in expected.items() if not np.isnan(v)})
 
@@ -172,11 +183,7 @@ def _vit_expected(logits, a, q, k, cells, grid):
         e["unary_var_share"], e["att_pairwise_only"] = _dnl(q, k, 1.0, True)
     patch = a[:, a.shape[1] - len(cells) :]
     e["qk_nmi"] = _nmi(patch)
-    patch = patch / patch.sum(1, keepdims=True)
-    where = _where(grid, (16, 16))[cells]
-    dy, dx = where[:, None, 0] - where[None, :, 0], where[:, None, 1] - where[None, :, 1]
-    near = (np.abs(dy) <= 24) & (np.abs(dx) <= 24)
-    e["att_distance_px"], e["att_local"], e["att_local_uniform"] = (patch * np.hypot(dy, dx)).sum(1).mean(), (patch * near).sum(1).mean(), near.mean()
+    e["att_distance_px"], e["att_local"], e["att_local_uniform"] = _spatial(patch, grid, (16, 16), cells, cells)
     return e
 
 
