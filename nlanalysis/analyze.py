@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .capture.blocks import BlockCapture, Capture, check_batch_args
 from .capture.core import select_sites
 from .capture.records import SiteRecord
-from .schema import NL, VIT, names, statistic_columns
+from .schema import NL, VIT, names, query_columns, statistic_columns
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
 
@@ -32,8 +32,10 @@ FRAME_COLUMNS = {
     VIT: ("image", "layer", "block", "family", "head", "num_heads", "grid_h", "grid_w", "n_prefix", "n_query", "n_key",
           "keys", "input_space", *statistic_columns(VIT), "convention"),
 }  # fmt: skip
-#: control columns: in a row only when the control was measured (a ViT's ``controls=True``)
-_CONTROLS = frozenset(names(None, ("control",)))
+#: the query-dependence suite (``query_dependence="cheap"`` / ``"all"``), in a row after the site's columns
+QUERY_COLUMNS = tuple(query_columns(NL))
+#: columns in a row only when measured: the control (``controls=True``) and the query-dependence suite
+_OPTIONAL = frozenset((*names(None, ("control",)), *QUERY_COLUMNS))
 
 
 def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
@@ -43,11 +45,11 @@ def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | N
     for rec in records:
         if rec.stats is None:
             continue
-        facts, columns = rec.facts(), FRAME_COLUMNS[rec.site]
+        facts, columns = rec.facts(), (*FRAME_COLUMNS[rec.site], *QUERY_COLUMNS)
         for b, maps in enumerate(rec.stats.per_image_map()):
             for values in maps:
                 values = {"image": image_ids[b] if image_ids is not None else b, **facts, **values}
-                rows.append({c: values[c] for c in columns if c in values or c not in _CONTROLS})
+                rows.append({c: values[c] for c in columns if c in values or c not in _OPTIONAL})
     return pd.DataFrame(rows)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
-    "metrics_columns", "names", "pick", "readme_table", "statistic_columns", "value_range",
+    "metrics_columns", "names", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
 #: ``head`` value of the rows of a site's head-averaged map (and of an NL block's only map).
@@ -33,8 +33,10 @@ BOTH = frozenset({NL, VIT})
 #: head and its shape), ``stat`` (a statistic of the trained maps), ``check`` (how far to trust
 #: one: sampling error, excluded vectors), ``control`` (the random-projection control), ``fact``
 #: (how the numbers were made), ``locality`` (ViT: where a head's weight lies around its query,
-#: recorded by ``extract`` beside the statistics, :mod:`nlanalysis.extract.locality`).
-ROLES = ("image", "site", "stat", "check", "control", "fact", "locality")
+#: recorded by ``extract`` beside the statistics, :mod:`nlanalysis.extract.locality`; NL blocks: with
+#: the query-dependence suite), ``query`` (what kind of query dependence: the suite of
+#: :mod:`nlanalysis.measure.query_dep`, measured with ``query_dependence="cheap"`` or ``"all"``).
+ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query")
 
 _INF = math.inf
 
@@ -122,10 +124,32 @@ REGISTRY: tuple[Column, ...] = (
        sites=_VIT),
     _c("image_height", "height of the image file, pixels", "int", "image", _COUNT),
     _c("image_width", "width of the image file, pixels", "int", "image", _COUNT),
-    _c("att_local", "weight a query puts on its own and the 8 neighbouring patches", "float", "locality", _UNIT, sites=_VIT),
-    _c("att_local_uniform", "what a uniform map puts on those 3x3 patches", "float", "locality", _UNIT, sites=_VIT),
+    _c("att_local", "weight a query puts on its own and the 8 neighbouring cells, rows renormalised over valid keys (NL blocks: key "
+       "cells, with `--query-dependence`; ViT: always recorded by extract)",
+       "float", "locality", _UNIT),
+    _c("att_local_uniform", "what a uniform map puts on those 3x3 cells", "float", "locality", _UNIT),
     _c("peak_offsets", "how many queries have their map's largest weight at each offset from the query: `dy,dx:count` "
        "(patches), space-separated, offsets in `(dy, dx)` order", "str", "locality", sites=_VIT),
+    _c("logit_rank1", "share of the row-centred logits' energy in their best rank-1 fit (one key profile x a gain per query; "
+       "maps that are not a softmax: of the map itself; head mean: log of the mean map) (`--query-dependence all`)", "float", "query",
+       _UNIT),
+    _c("att_gain_only", "`att` of the maps rebuilt as softmax(gain_i x the shared key profile): one map, a temperature per query "
+       "(softmax maps; `all`)", "float", "query", _DIST, unit="1-cos"),
+    _c("gain_only_tv", "mean total-variation distance of those rebuilt maps to the real ones (softmax maps; `all`)", "float",
+       "query", _UNIT),
+    _c("unary_var_share", "DNL split of `q_i.k_j` (Yin et al. 2020): share of the logits' variance across keys in the unary "
+       "term `mu_q.k_j` (explicit q/k: Gaussian, embedded Gaussian, dot product, ViT heads)", "float", "query", _UNIT,
+       ),
+    _c("att_pairwise_only", "`att` of the maps from the whitened pairwise term `(q_i-mu_q).(k_j-mu_k)` alone (softmax of it; dot "
+       "product: the term itself)", "float", "query", _DIST, unit="1-cos"),
+    _c("att_abs", "`att` of the rows' absolute values (signed maps: dot product; NaN for non-negative maps, where it is `att`)",
+       "float", "query", _DIST, unit="1-cos"),
+    _c("att_norm_weighted", "1 - mean cosine of query-map pairs weighted by their row norms (signed maps only)", "float", "query",
+       _DIST, unit="1-cos"),
+    _c("qk_nmi", "normalised query-key mutual information I(q;k)/sqrt(H(q)H(k)), uniform prior over queries (Park et al. "
+       "2023; non-negative maps)", "float", "query", _UNIT),
+    _c("att_distance_px", "mean attention distance in input pixels (cell centres x the site's stride; non-negative maps)",
+       "float", "query", _COUNT, unit="px"),
 )  # fmt: skip
 
 _BY_NAME = {c.name: c for c in REGISTRY}
@@ -164,9 +188,17 @@ def names(site: str | None = None, roles: Iterable[str] | None = None, *, stored
             if (site is None or site in c.sites) and c.role in roles and (stored is None or c.stored == stored)]  # fmt: skip
 
 
-def metrics_columns(site: str) -> list[str]:
-    """The columns of a ``site`` run's ``metrics.csv``, in order."""
-    return names(site)
+def query_columns(site: str) -> list[str]:
+    """The query-dependence suite's columns of ``site`` (role ``query``; NL blocks: with their 3x3 local
+    mass, which ViT runs record anyway), in order: in a run only when it measured the suite."""
+    return names(site, ("query",)) + (["att_local", "att_local_uniform"] if site == NL else [])
+
+
+def metrics_columns(site: str, query: bool = False) -> list[str]:
+    """The columns of a ``site`` run's ``metrics.csv``, in order; ``query``: the run measured the
+    query-dependence suite (its columns last, :func:`query_columns`)."""
+    extra = query_columns(site)
+    return [n for n in names(site) if n not in extra] + (extra if query else [])
 
 
 def statistic_columns(site: str) -> list[str]:

@@ -156,16 +156,23 @@ class PairwiseAttention(LazyAttention):
     def rows(self, start: int, stop: int) -> Tensor:
         return self._rows(slice(start, stop))  # basic slicing: no gather copy
 
+    def logits(self, start: int, stop: int) -> Tensor:
+        """Logits ``scale * q_i . k_j`` of queries ``start:stop`` -> ``[B, stop - start, N_key]`` (the
+        rows are their softmax; ``gaussian`` and ``embedded_gaussian`` only)."""
+        if not self.distribution:
+            raise ValueError(f"{self.mode} maps are not a softmax of logits")
+        return self._logits(slice(start, stop))
+
+    def _logits(self, index: Tensor | slice) -> Tensor:
+        logits = torch.matmul(self.query[:, index], self.key)
+        return logits * self.scale if self.scale != 1.0 else logits
+
     def _rows(self, index: Tensor | slice) -> Tensor:
-        q = self.query[:, index]
         if self.mode == "concatenation":
-            return torch.relu(q + self.key) / self.n_key
-        logits = torch.matmul(q, self.key)
+            return torch.relu(self.query[:, index] + self.key) / self.n_key
         if self.mode == "dot_product":
-            return logits / self.n_key
-        if self.scale != 1.0:
-            logits = logits * self.scale
-        return logits.softmax(dim=-1)
+            return torch.matmul(self.query[:, index], self.key) / self.n_key
+        return self._logits(index).softmax(dim=-1)
 
 
 class SharedAttention(LazyAttention):

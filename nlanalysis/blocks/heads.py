@@ -88,6 +88,11 @@ class HeadAttention:
     def device(self) -> torch.device:
         return self.query.device
 
+    @property
+    def first_key(self) -> int:
+        """The token of the first key column (``n_prefix`` with ``keys="patch"``, 0 with ``"all"``)."""
+        return self._first_key
+
     def image(self, b: int) -> HeadAttention:
         """The maps of batch item ``b`` alone (no copy)."""
         probs = self.probs[b : b + 1] if self.probs is not None else None

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..adapters import BlockInfo, check_features
 from ..measure.blocks import measure_block
+from ..measure.query_dep import check_level
 from ..schema import NL
 from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, query_points, valid_cells
 from .records import QueryMaps, SiteRecord
@@ -31,19 +32,20 @@ class BlockSite(Site):
 
     Args:
         keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
-        chunk_size, jsd_pairs, convention, zero, controls, kernels: passed to :func:`measure_block`
-            (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads).
+        chunk_size, jsd_pairs, convention, zero, controls, kernels, query_dependence: passed to :func:`measure_block`
+            (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads; ``query_dependence``: ``"off"``,
+            ``"cheap"`` or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
     """
 
     noun = "NL/GC block"
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto") -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = "off") -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
-                                   kernels=kernels)
+                                   kernels=kernels, query_dependence=check_level(query_dependence))
 
     def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
         info = block.adapter.describe(block.module)
@@ -59,9 +61,8 @@ class BlockSite(Site):
         record = cap.site_record(block, info, (att.query_shape, att.key_shape))
         if cap.stats:
             valid, objects = cap.cell_masks(att.query_shape, x.shape[0], "block input")
-            record.stats = measure_block(
-                att, x, context, valid=valid, objects=objects, generator=cap.generator, **self.measure_kwargs
-            )
+            record.stats = measure_block(att, x, context, valid=valid, objects=objects, generator=cap.generator,
+                                         stride=cap.stride(att.query_shape), **self.measure_kwargs)  # fmt: skip
         if cap.queries is not None:
             record.queries = cap.query_maps(block.name, att)
         if self.keep_tensors:

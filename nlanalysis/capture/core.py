@@ -303,6 +303,12 @@ class Capture:
         return hook
 
     # -- what every site uses ----------------------------------------------------------------
+    def stride(self, grid: tuple[int, int]) -> tuple[float, float] | None:
+        """Input pixels per cell ``(y, x)`` of a site's query ``grid`` (``None`` while the input size is unknown)."""
+        if self._input_size is None:
+            return None
+        return self._input_size[0] / grid[0], self._input_size[1] / grid[1]
+
     def cell_masks(self, grid: tuple[int, int], batch: int, given_to: str) -> tuple[Tensor | None, Tensor | None]:
         """The valid-pixel mask and object labels of this forward on a site's query ``grid`` (``None``
         where not set), checked against the batch of the site's input (``given_to`` names it)."""

@@ -24,6 +24,7 @@ from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
 from ..measure.head_controls import control_generator, head_controls
+from ..measure.query_dep import check_level
 from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
 from ..schema import VIT
 from .core import Capture, Site
@@ -72,6 +73,8 @@ class HeadSite(Site):
             ``F.scaled_dot_product_attention`` call from the softmax being measured, computed once instead
             of twice (:mod:`nlanalysis.capture.shared_softmax`; the model's outputs equal its fused
             kernel's to float32 rounding, about 1e-6 relative); ``False`` leaves every op to torch.
+        query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite per head
+            (:mod:`nlanalysis.measure.query_dep`; distances from the layout's patch size).
 
     Attributes:
         shared_calls: attention calls answered from the measured maps (``share_softmax``), over all forwards.
@@ -82,7 +85,8 @@ class HeadSite(Site):
 
     def __init__(self, cap: Capture, keys: str = "patch", layout: TokenLayout | None = None, keep_attention: bool = False,
                  chunk_size: int | None = None, jsd_pairs: int = 64, convention: str = "1-cos", zero: str = "exclude",
-                 recompute: bool = False, kernels: str = "auto", share_softmax: bool = True, controls: bool = False) -> None:  # fmt: skip
+                 recompute: bool = False, kernels: str = "auto", share_softmax: bool = True, controls: bool = False,
+                 query_dependence: str = "off") -> None:  # fmt: skip
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
         super().__init__(cap)
@@ -90,6 +94,7 @@ class HeadSite(Site):
         self.layout = layout
         self.keep_attention = keep_attention
         self.measure_kwargs = dict(chunk_size=chunk_size, convention=convention, zero=zero, kernels=kernels)
+        self.query_dependence = check_level(query_dependence)
         self.jsd_pairs = jsd_pairs
         self.recompute = recompute
         self.controls = controls and cap.stats
@@ -209,7 +214,8 @@ class HeadSite(Site):
             batch = seen.get("batch") or self._heads_batch(index, layout, b, att.query.device)  # type: ignore[assignment]
             record.stats = measure_heads(
                 att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
-                batch=batch, maps=maps, **self.measure_kwargs,
+                batch=batch, maps=maps, query_dependence=self.query_dependence,
+                stride=layout.patch_size or cap.stride(layout.grid), **self.measure_kwargs,
             )  # fmt: skip
         if self.controls and record.stats is not None and self.keys == "patch":
             record.stats.controls = self._controls(tokens, layout, record.stats, att.query.shape[-1], index)

@@ -88,6 +88,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
     run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")
+    run.add_argument("--query-dependence", choices=("off", "cheap", "all"), default="off",
+                     help="what kind of query dependence (metrics.csv columns logit_rank1 ... att_distance_px): cheap: the "
+                          "DNL split, signed-map, NMI, distance and 3x3 local-mass columns; all: also the rank-1 logit "
+                          "decomposition (several passes over the maps: slower). Default off")
     run.add_argument("--batch-seed", type=int, metavar="N", help="seed every batch's JSD pairs and controls with N (default: from "
                      "--seed and the batch's images); one batch then has the numbers of analyze_vit(..., seed=N)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -138,7 +142,8 @@ def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
         data=DataSpec(coco_ann=args.coco_ann, coco_images=args.coco_images, images=args.images, photos=args.photos,
                       image_ids=_ids(args.image_ids, coco), cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
         output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
-        measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls, batch_seed=args.batch_seed),
+        measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls, batch_seed=args.batch_seed,
+                            query_dependence=args.query_dependence),
         running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
         seed=args.seed,
     )

@@ -35,6 +35,7 @@ from .. import schema
 from ..adapters import list_blocks
 from ..capture.blocks import Capture
 from ..data.transforms import Prepared
+from ..measure.query_dep import check_level
 
 __all__ = [
     "COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "Analysis", "LayerMaps", "list_analyses", "load_analysis", "register_analysis",
@@ -122,6 +123,7 @@ class Analysis(ABC):
         chunk_size: the capture's default chunk of query rows (``run_extract(chunk_size=None)``;
             ``None``: the capture sizes its chunks itself).
         batch_size: images per forward when ``run_extract(batch_size=None)``.
+        query_dependence: the query-dependence suite the capture measures (:meth:`set_query_dependence`).
         model: the network, in eval mode.
         blocks: dotted names of the analysed modules.
         prepare: image (uint8 RGB ``[H, W, 3]``) -> :class:`~nlanalysis.data.transforms.Prepared`;
@@ -138,6 +140,7 @@ class Analysis(ABC):
     shape_from_image: ClassVar[bool] = True
     chunk_size: ClassVar[int | None] = None
     batch_size: ClassVar[int] = 1
+    query_dependence: str = "off"
     model: nn.Module
     blocks: list[str]
     prepare: Callable[[np.ndarray], Prepared]
@@ -190,6 +193,13 @@ class Analysis(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Facts for ``run.json``: ``checkpoint``, ``preprocess``, ``padding``."""
+
+    def set_query_dependence(self, level: str) -> None:
+        """Measure the query-dependence suite at ``level`` (``"off"``, ``"cheap"``, ``"all"``): its
+        columns follow the kind's :attr:`columns` unless ``"off"`` (:func:`nlanalysis.schema.metrics_columns`)."""
+        self.query_dependence = check_level(level)
+        base = type(self).columns
+        self.columns = base if level == "off" else [*base, *(c for c in schema.query_columns(schema.NL) if c not in base)]
 
     def measure_settings(self) -> dict[str, Any]:
         """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""

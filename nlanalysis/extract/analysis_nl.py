@@ -95,7 +95,8 @@ class BlockAnalysis(Analysis):
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
         return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
-                       chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls)  # fmt: skip
+                       chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls,
+                       query_dependence=self.query_dependence)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
         return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)

@@ -170,13 +170,14 @@ class ViTAnalysis(Analysis):
 
         return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                           jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
-                          keep_attention=True)  # fmt: skip
+                          keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
         """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
         attention (let go of here)."""
         images = list(range(n_images))
-        frame = records_to_frame(records, image_ids=images)
+        # the 3x3 local mass is the locality's (the suite's is the same definition: tests compare them)
+        frame = records_to_frame(records, image_ids=images).drop(columns=["att_local", "att_local_uniform"], errors="ignore")
         local = []
         for rec in records:
             local.append(record_locality(rec, valid, images))

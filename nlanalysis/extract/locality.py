@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..blocks.heads import HeadAttention
 from ..capture.blocks import valid_cells
+from ..measure.query_dep import local_mass
 from ..schema import HEAD_MEAN
 
 __all__ = ["parse_peak_offsets", "record_locality"]
@@ -54,9 +55,7 @@ def record_locality(rec: Any, valid: Tensor | None, images: Sequence[Any], radiu
     gh, gw = att.layout.grid
     vc = valid_cells(valid.cpu(), (gh, gw)).flatten(1).float() if valid is not None else torch.ones(n, gh * gw)
     yy, xx = (v.flatten() for v in torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"))
-    near = (((yy[:, None] - yy[None]).abs() <= radius) & ((xx[:, None] - xx[None]).abs() <= radius)).float()
-    n_valid = vc.sum(1)
-    uniform = ((near @ vc.T).T * vc).sum(1) / n_valid / n_valid  # [B]
+    cells = torch.stack([yy, xx], 1).double()
     span = 2 * gw + 1
     rows = []
     for b in range(n):
@@ -64,7 +63,8 @@ def record_locality(rec: Any, valid: Tensor | None, images: Sequence[Any], radiu
         maps = att.image(b).full()[0]  # [heads, N, N]
         maps = torch.cat([maps, maps.mean(0, keepdim=True)])[:, keep][:, :, keep]
         maps = maps / maps.sum(-1, keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
-        local = (maps * near[keep][:, keep]).sum(-1).mean(-1)  # [heads + 1]
+        local = local_mass(maps, cells[keep], radius)  # [heads + 1]
+        uniform = local_mass(torch.full_like(maps[:1], 1.0 / int(keep.sum())), cells[keep], radius)[0]
         peak = maps.argmax(-1)  # [heads + 1, n_valid]
         codes = (yy[keep][peak] - yy[keep][None] + gh) * span + (xx[keep][peak] - xx[keep][None] + gw)
         heads = local.shape[0] - 1
@@ -72,7 +72,7 @@ def record_locality(rec: Any, valid: Tensor | None, images: Sequence[Any], radiu
             counts = torch.bincount(codes[h], minlength=(2 * gh + 1) * span)
             hist = " ".join(f"{c // span - gh},{c % span - gw}:{int(counts[c])}" for c in torch.nonzero(counts).flatten().tolist())
             rows.append({"image": images[b], "layer": rec.layer, "head": HEAD_MEAN if h == heads else h,
-                         "att_local": float(local[h]), "att_local_uniform": float(uniform[b]), "peak_offsets": hist})  # fmt: skip
+                         "att_local": float(local[h]), "att_local_uniform": float(uniform), "peak_offsets": hist})  # fmt: skip
     return pd.DataFrame(rows)
 
 

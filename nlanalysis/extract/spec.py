@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..measure.query_dep import LEVELS
 from .queries import QuerySpec, parse_queries
 
 __all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "RunningSpec"]
@@ -140,6 +141,9 @@ class MeasureSpec:
         chunk_size: query rows per chunk (``None``: the analysis' default, :attr:`Analysis.chunk_size
             <nlanalysis.extract.analyses.Analysis.chunk_size>`).
         controls: the random-projection control at matched sharpness (``ctrl_*`` columns).
+        query_dependence: the query-dependence suite (:mod:`nlanalysis.measure.query_dep`): ``"off"``
+            (default), ``"cheap"`` or ``"all"`` (also the rank-1 decomposition: slower); its columns
+            are in ``metrics.csv`` only when it is on.
         batch_seed: seed every batch's JSD pairs and controls with this number (``None``, the
             default: a seed drawn from :attr:`RunSpec.seed` and the batch's image keys). A run of
             one batch then has the numbers of an in-memory ``analyze`` of the same batch with
@@ -150,10 +154,13 @@ class MeasureSpec:
     chunk_size: int | None = None
     controls: bool = False
     batch_seed: int | None = None
+    query_dependence: str = "off"
 
     def __post_init__(self) -> None:
         if self.jsd_pairs < 0:
             raise ValueError(f"--jsd-pairs {self.jsd_pairs}: give 0 (att_jsd off) or a positive number of query pairs")
+        if self.query_dependence not in LEVELS:
+            raise ValueError(f"--query-dependence {self.query_dependence!r}: choose off, cheap or all")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size}: need at least 1 query row per chunk")
 

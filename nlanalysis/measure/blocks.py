@@ -31,6 +31,8 @@ from torch import Tensor
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entropy, zero_rows
 from .jsd_pairs import _jsd_plan, _table_jsd
+from .query_dep import block_maps, check_level
+from .query_dep import query_dependence as query_dep
 from .stats import CONTROLS, SiteStats, nans
 
 __all__ = ["BlockStats", "control_columns", "key_labels", "key_mask", "measure_block"]
@@ -87,6 +89,8 @@ def measure_block(
     zero: str = "exclude",
     controls: bool = False,
     kernels: str = "auto",
+    query_dependence: str = "off",
+    stride: tuple[float, float] | None = None,
 ) -> SiteStats:
     """Compute the :class:`~nlanalysis.measure.stats.SiteStats` (``[B, 1]`` fields) of one block on a batch.
 
@@ -106,6 +110,9 @@ def measure_block(
             :func:`~nlanalysis.measure.heads.measure_heads`: softmax maps over float32 logits on the CPU
             (``gaussian``, ``embedded_gaussian``) go through the one-pass native kernel of
             :mod:`nlanalysis.kernels` (the same numbers to float32 rounding); other maps run eager.
+        query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite
+            (:mod:`.query_dep`, eager whatever ``kernels`` says) in the fields of those names.
+        stride: input pixels per query cell ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
     """
     b, _, h, w = x.shape
     if (h, w) != att.query_shape or context.shape != x.shape:
@@ -122,6 +129,7 @@ def measure_block(
     own = _OwnObject(objects, qmask, kmask, att.key_shape, x.device) if objects is not None else None
     n_query = (qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)).cpu()
     n_key = (kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)).cpu()
+    check_level(query_dependence)
     if att.query_independent:
         maps, row_ok = _shared_map_stats(att, kmask, n_key, own, chunk_size), None
     else:
@@ -134,10 +142,12 @@ def measure_block(
     ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
+    counted = row_ok.to(x.device) if row_ok is not None else qmask
+    suite = query_dep(block_maps(att, counted, kmask, stride, chunk_size), query_dependence)
     return SiteStats(
         **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
         convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in ctrl.items()},
-        query_independent=att.query_independent,
+        query_independent=att.query_independent, **suite,
     )  # fmt: skip
 
 

@@ -28,6 +28,8 @@ from ..metrics import distance_from_sum
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
+from .query_dep import check_level, head_maps
+from .query_dep import query_dependence as query_dep
 from .stats import SiteStats, nans, row_results
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
 from ..blocks.heads import HeadAttention
@@ -199,6 +201,8 @@ def measure_heads(
     branch_scale: Tensor | None = None,
     objects: Tensor | None = None,
     maps: MapStats | None = None,
+    query_dependence: str = "off",
+    stride: tuple[float, float] | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -232,6 +236,9 @@ def measure_heads(
             ``att_own_object`` and ``own_object_share`` (NaN without).
         maps: the map statistics :func:`attend` already computed for ``att`` (then ``batch`` is
             theirs); only the token statistics are computed here.
+        query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite of
+            every head and the head mean (:mod:`.query_dep`; eager with any ``kernels``).
+        stride: input pixels per patch ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
     """
     layout = att.layout
     for name, t in (("x", x), ("branch", branch)):
@@ -251,8 +258,12 @@ def measure_heads(
         s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
-    return _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
-                       dict(convention=convention, zero=zero))  # fmt: skip
+    stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
+                        dict(convention=convention, zero=zero))  # fmt: skip
+    kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
+    for name, value in query_dep(head_maps(att, batch.qmask, kmask, stride), check_level(query_dependence)).items():
+        setattr(stats, name, value)
+    return stats
 
 
 def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | None, valid: Tensor | None,

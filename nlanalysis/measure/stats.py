@@ -67,6 +67,8 @@ class SiteStats:
             control at matched sharpness (:mod:`nlanalysis.measure.controls`), or ``None``.
         query_independent: one map serves every query by construction (NL/GC only).
         keys: ``"patch"`` or ``"all"`` (ViT only).
+        logit_rank1 ... att_local_uniform: the query-dependence suite (:mod:`.query_dep`, ``[B, M]``
+            float64), ``None`` unless asked for (``query_dependence="cheap"`` / ``"all"``).
     """
 
     input: Tensor
@@ -92,6 +94,17 @@ class SiteStats:
     ctrl_temperature: Tensor | None = None
     query_independent: bool | None = None
     keys: str | None = None
+    logit_rank1: Tensor | None = None
+    att_gain_only: Tensor | None = None
+    gain_only_tv: Tensor | None = None
+    unary_var_share: Tensor | None = None
+    att_pairwise_only: Tensor | None = None
+    att_abs: Tensor | None = None
+    att_norm_weighted: Tensor | None = None
+    qk_nmi: Tensor | None = None
+    att_distance_px: Tensor | None = None
+    att_local: Tensor | None = None
+    att_local_uniform: Tensor | None = None
 
     @property
     def num_maps(self) -> int:

@@ -180,7 +180,8 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def dnl_split(q: Tensor, k: Tensor, scale: float = 1.0, *, key_mask: Tensor | None = None,
-              query_mask: Tensor | None = None, include_self: bool = True, chunk_size: int = 256) -> DNLSplit:  # fmt: skip
+              query_mask: Tensor | None = None, include_self: bool = True, chunk_size: int = 256,
+              softmax: bool = True) -> DNLSplit:  # fmt: skip
     """Split the logits ``scale * q_i . k_j`` into the DNL whitened pairwise and unary terms.
 
     With ``mu_q``, ``mu_k`` the means over valid positions (as ``dnl_head.py``, which subtracts
@@ -193,6 +194,9 @@ def dnl_split(q: Tensor, k: Tensor, scale: float = 1.0, *, key_mask: Tensor | No
     Args:
         q: ``[*batch, N_query, d]`` queries (theta); k: ``[*batch, N_key, d]`` keys (phi).
         scale: The logit scale (``1/sqrt(d)`` for scaled dot product, 1 for plain).
+        softmax: the maps are ``softmax_k`` of the logits (``att_pairwise_only`` of ``softmax_k`` of the
+            pairwise term); ``False``: the maps are the logits themselves (dot-product NL blocks), and
+            so is the pairwise-only map.
 
     Returns:
         :class:`DNLSplit`.
@@ -213,6 +217,7 @@ def dnl_split(q: Tensor, k: Tensor, scale: float = 1.0, *, key_mask: Tensor | No
     acc = CosineAccumulator(n_key, (km.shape[0],), device=q.device)
     for start in range(0, n_query, chunk_size):
         pair = torch.einsum("bnd,bkd->bnk", qc[:, start : start + chunk_size], kc) * scale
-        acc.update(_softmax(pair, km), qm[:, start : start + chunk_size])
+        acc.update(_softmax(pair, km) if softmax else valid(pair, qm[:, start : start + chunk_size], km),
+                   qm[:, start : start + chunk_size])
     share = unary_var / (unary_var + pairwise_var)
     return DNLSplit(*(t.reshape(batch) for t in (unary_var, pairwise_var, share, acc.result(include_self=include_self))))

@@ -1,0 +1,241 @@
+"""What kind of query dependence a site's maps have: the issue-15 columns of NL blocks and ViT heads alike.
+
+:func:`query_dependence` runs the streamed statistics of :mod:`nlanalysis.metrics.query_dependence`
+and :mod:`nlanalysis.metrics.decomposition` on the maps of one site (:class:`SiteMaps`: groups of
+maps, e.g. a ViT layer's heads ``[B, heads]`` and its head mean ``[B]``), in eager PyTorch from the
+site's lazy rows, whatever kernel measured the other columns (so eager and native runs give the same
+values). ``level`` (:data:`LEVELS`): ``"off"`` (nothing), ``"cheap"`` (:data:`CHEAP`) or ``"all"``
+(also :data:`EXPENSIVE`: the power iteration of ``logit_rank1`` runs ~10-30 passes over the maps).
+
+What each map gives (NaN where a statistic is not defined for it):
+
+* ``logit_rank1``: of the logits of softmax maps (the head mean: ``log`` of the mean map); of the
+  maps themselves where they are linear in a score (dot product, concatenation). A shared map
+  (GC, SNL) is rank 1 trivially: every row is the same, the share is 1 up to rounding.
+* ``att_gain_only``, ``gain_only_tv``: softmax maps only.
+* ``unary_var_share``, ``att_pairwise_only``: maps with explicit ``q.k`` logits (Gaussian,
+  embedded Gaussian, dot product, ViT heads); for dot product the pairwise-only map is the
+  pairwise term itself (no softmax).
+* ``att_abs``, ``att_norm_weighted``: signed maps (dot product) only; NaN for non-negative maps
+  (where ``att_abs`` would equal ``att``).
+* ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform``: non-negative maps, rows
+  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..blocks.attention import LazyAttention, PairwiseAttention
+from ..blocks.heads import HeadAttention
+from ..metrics.decomposition import dnl_split, gain_only, log_rows, logit_rank1
+from ..metrics.query_dependence import attention_distance, query_key_nmi, signed_map_stats
+from ..schema import NL, query_columns
+from .stats import nans
+
+__all__ = ["CHEAP", "COLUMNS", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
+           "head_maps", "local_mass", "query_dependence"]  # fmt: skip
+
+LEVELS = ("off", "cheap", "all")
+#: the query-dependence columns (:mod:`nlanalysis.schema`: role ``query``, and the 3x3 local mass)
+COLUMNS = tuple(query_columns(NL))
+EXPENSIVE = ("logit_rank1", "att_gain_only", "gain_only_tv")
+CHEAP = tuple(c for c in COLUMNS if c not in EXPENSIVE)
+
+Chunks = Callable[[], Iterator[tuple[int, Tensor]]]
+
+
+def check_level(level: str) -> str:
+    """``level`` if it is one of :data:`LEVELS` (ValueError otherwise)."""
+    if level not in LEVELS:
+        raise ValueError(f"query_dependence must be one of {LEVELS}, got {level!r}")
+    return level
+
+
+@dataclass
+class MapGroup:
+    """Maps ``[*batch, N_query, N_key]`` of one site measured together (``batch`` = ``(B,)`` or ``(B, heads)``).
+
+    Attributes:
+        rows: the maps as the site gives them (chunks of queries).
+        logits: chunks of softmax logits (``None``: not a softmax map; :attr:`rows` are the score).
+        signed: the maps can be negative (dot product).
+        qk: ``(q [*batch, N_query, d], k [*batch, N_key, d], scale, softmax)`` of explicit ``q.k``
+            logits, or ``None``; ``softmax``: the site's map is a softmax of them.
+        n_query: queries of the maps.
+        query_mask: ``[*batch, N_query]`` bool queries that count (valid, row not all zero), or ``None``.
+    """
+
+    rows: Chunks
+    logits: Chunks | None
+    signed: bool
+    qk: tuple[Tensor, Tensor, float, bool] | None
+    n_query: int
+    query_mask: Tensor | None = None
+
+
+@dataclass
+class SiteMaps:
+    """A site's map groups (their values are concatenated along the map axis ``M``) and its geometry.
+
+    Attributes:
+        groups: the map groups, in map order (ViT: the heads ``[B, heads]``, then the head mean ``[B]``).
+        key_mask: ``[B, N_key]`` bool valid keys, or ``None``.
+        query_pos, key_pos: ``[N_query, 2]`` / ``[N_key, 2]`` cell centres in input pixels ``(y, x)``,
+            or ``None`` (input size unknown: ``att_distance_px`` NaN).
+        key_cell: the key grid's cell size in pixels ``(h, w)``.
+        spatial_keys: key columns that lie on the grid (ViT ``keys="all"``: the patch keys after the prefix).
+    """
+
+    groups: list[MapGroup]
+    key_mask: Tensor | None
+    query_pos: Tensor | None
+    key_pos: Tensor | None
+    key_cell: tuple[float, float]
+    spatial_keys: slice = field(default_factory=lambda: slice(None))
+
+
+def grid_centres(grid: tuple[int, int], cell: tuple[float, float]) -> Tensor:
+    """``[H * W, 2]`` centres ``(y, x)`` in pixels of a row-major grid of cells of size ``cell``."""
+    yy, xx = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+    return torch.stack([(yy.flatten() + 0.5) * cell[0], (xx.flatten() + 0.5) * cell[1]], dim=1)
+
+
+def _geometry(query_shape: tuple[int, int], key_shape: tuple[int, int],
+              stride: tuple[float, float] | None) -> tuple[Tensor | None, Tensor | None, tuple[float, float]]:
+    """Cell centres of the query and key grids in input pixels, and the key cell; keys on the query
+    grid or a 2x2 max-pool of it (the key grid's cell then spans two query cells)."""
+    if stride is None:
+        return None, None, (1.0, 1.0)
+    factor = 1.0 if tuple(key_shape) == tuple(query_shape) else 2.0
+    key_cell = (stride[0] * factor, stride[1] * factor)
+    return grid_centres(query_shape, stride), grid_centres(key_shape, key_cell), key_cell
+
+
+def block_maps(att: LazyAttention, query_mask: Tensor | None, key_mask: Tensor | None, stride: tuple[float, float] | None,
+               chunk_size: int = 256) -> SiteMaps:  # fmt: skip
+    """The one map of an NL/GC block as :class:`SiteMaps`; ``query_mask`` ``[B, N_q]``: the queries that
+    count (valid and not all zero), ``stride``: input pixels per query cell ``(y, x)`` (``None``: unknown)."""
+
+    def rows() -> Iterator[tuple[int, Tensor]]:
+        return att.chunks(chunk_size)
+
+    logits, qk = None, None
+    if isinstance(att, PairwiseAttention):
+        if att.distribution:
+            logits = lambda: ((s, att.logits(s, s + chunk_size)) for s in range(0, att.n_query, chunk_size))  # noqa: E731
+        if att.mode != "concatenation":  # q.k logits (dot product: the map is q.k / N_k, no softmax)
+            scale = att.scale if att.distribution else 1.0 / att.n_key
+            qk = (att.query, att.key.transpose(1, 2), scale, att.distribution)
+    elif att.distribution:  # a shared softmax map: its logits are log p up to a constant
+        logits = log_rows(rows)
+    group = MapGroup(rows, logits, not att.nonnegative, qk, att.n_query, query_mask)
+    return SiteMaps([group], key_mask, *_geometry(att.query_shape, att.key_shape, stride))
+
+
+def head_maps(att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None, stride: tuple[float, float] | None,
+              chunk_size: int | None = None) -> SiteMaps:  # fmt: skip
+    """A ViT layer's maps as :class:`SiteMaps`: its heads ``[B, heads]`` (softmax of ``scale q.k`` over the
+    keys: with ``keys="patch"`` the rows renormalised over patch keys), then the head mean (logits: ``log``
+    of the mean map)."""
+    b, heads, first = att.batch_size, att.num_heads, att.first_key
+    step = chunk_size or max(1, 2**21 // max(1, b * heads * att.n_key))
+    spans = [(s, min(s + step, att.n_query)) for s in range(0, att.n_query, step)]
+    rows = lambda: ((s, att.rows(s, e)) for s, e in spans)  # noqa: E731
+    logits = lambda: ((s, att.logits(slice(s, e))[..., first:]) for s, e in spans)  # noqa: E731
+    mean = lambda: ((s, r.mean(dim=1)) for s, r in rows())  # noqa: E731
+    qm = _expand(query_mask, (b, heads)) if query_mask is not None else None
+    qk = (att.scaled_query(slice(None)), att.key[:, :, first:], 1.0, True)
+    groups = [MapGroup(rows, logits, False, qk, att.n_query, qm), MapGroup(mean, log_rows(mean), False, None, att.n_query, query_mask)]
+    spatial = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)
+    return SiteMaps(groups, key_mask, *_geometry(att.query_shape, att.query_shape, stride), spatial_keys=spatial)
+
+
+def local_mass(maps: Tensor, cells: Tensor, radius: int = 1) -> Tensor:
+    """``att_local``: the mean weight rows of ``maps`` ``[*batch, N, N]`` put on the keys within ``radius``
+    cells of their query along both axes (the ``(2 radius + 1)^2`` neighbourhood), queries and keys at
+    integer ``cells`` ``[N, 2]``; float64 ``[*batch]``. The suite's 3x3 local mass, one definition
+    (:func:`~nlanalysis.metrics.query_dependence.attention_distance`: reach 1.5 key cells)."""
+    return attention_distance(maps, cells, cells, (2 * radius + 1) / 3)[1]
+
+
+def query_dependence(site: SiteMaps, level: str) -> dict[str, Tensor]:
+    """The query-dependence columns ``{name: [B, M]}`` float64 (CPU) of a site's maps; ``{}`` when ``level == "off"``."""
+    if check_level(level) == "off":
+        return {}
+    parts = [_group(g, site, level) for g in site.groups]
+    return {name: torch.cat([p[name] for p in parts], dim=1) for name in COLUMNS}
+
+
+def _expand(mask: Tensor | None, batch: tuple[int, ...]) -> Tensor | None:
+    """A ``[B, K]`` mask as ``[*batch, K]``."""
+    if mask is None:
+        return None
+    return mask.reshape(mask.shape[0], *([1] * (len(batch) - 1)), mask.shape[-1]).expand(*batch, mask.shape[-1])
+
+
+def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
+    """The columns of one map group, each ``[B, m]``."""
+    first = next(iter(g.rows()))[1]
+    batch, n_key = tuple(first.shape[:-2]), first.shape[-1]
+    n_query = g.n_query
+    km, qm = _expand(site.key_mask, batch), g.query_mask
+    out = {name: nans(*batch) for name in COLUMNS}
+    masks = dict(key_mask=km, query_mask=qm)
+    if level == "all":
+        score = g.logits if g.logits is not None else g.rows
+        fit = logit_rank1(score, n_query, n_key, **masks)
+        out["logit_rank1"] = fit.share
+        if g.logits is not None:
+            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, **masks)
+    if g.qk is not None:
+        q, k, scale, softmax = g.qk
+        split = dnl_split(q, k, scale, softmax=softmax, **masks)
+        out["unary_var_share"], out["att_pairwise_only"] = split.unary_var_share, split.att_pairwise_only
+    if g.signed:
+        out["att_abs"], out["att_norm_weighted"] = signed_map_stats(g.rows, n_query, n_key, **masks)
+    else:
+        out.update(_spatial(g, site, batch, n_query, len(range(n_key)[site.spatial_keys]), qm))
+    return {name: v.reshape(batch[0], -1).cpu() for name, v in out.items()}
+
+
+def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, n_key: int, qm: Tensor | None) -> dict[str, Tensor]:
+    """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps."""
+    keys = site.spatial_keys
+    km = site.key_mask[:, keys] if site.key_mask is not None else None
+    kmb = _expand(km, batch)
+    rows = _normalised(g.rows, keys, kmb)
+    out = {"qk_nmi": query_key_nmi(rows, n_query, n_key, key_mask=kmb, query_mask=qm)}
+    if site.query_pos is None:
+        return out
+    where = (site.query_pos, site.key_pos, site.key_cell)
+    dist, local = attention_distance(rows, *where, key_mask=kmb, query_mask=qm)
+    uniform = _uniform(km, batch, n_query, n_key)
+    _, local_uniform = attention_distance(uniform, *where, key_mask=kmb, query_mask=qm)
+    return {**out, "att_distance_px": dist, "att_local": local, "att_local_uniform": local_uniform}
+
+
+def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:
+    """Rows over the spatial keys, 0 on masked keys (``key_mask`` ``[*batch, K]``), renormalised to sum 1
+    (all-zero rows stay 0)."""
+
+    def chunks() -> Iterator[tuple[int, Tensor]]:
+        for start, r in rows():
+            r = r[..., keys].to(torch.float64)
+            if key_mask is not None:
+                r = r * key_mask[..., None, :]
+            total = r.sum(dim=-1, keepdim=True)
+            yield start, r / torch.where(total > 0, total, 1.0)
+
+    return chunks
+
+
+def _uniform(km: Tensor | None, batch: tuple[int, ...], n_query: int, n_key: int, chunk: int = 256) -> Chunks:
+    """Uniform maps over the valid keys, ``[*batch, n, N_key]`` chunks."""
+    w = torch.ones(batch[0], n_key, dtype=torch.float64) if km is None else km.to(torch.float64)
+    w = _expand(w / w.sum(dim=-1, keepdim=True), batch)
+    return lambda: ((s, w[..., None, :].expand(*batch, min(chunk, n_query - s), n_key)) for s in range(0, n_query, chunk))
+
