@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.scenes import DESIGNS
-from ..train import VARIANTS, TrainConfig
+from ..train import ALL_VARIANTS, TrainConfig
 from ..train.run import TrainJob, run_training, ship_checkpoints
 from . import add_command
 
@@ -16,13 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "train", run, help="train the reference NL/GC variants on Fashion-MNIST scenes",
         description="Trains SceneNet variants (no block, the four NL pairwise functions, SNL, GC, and a two-NL "
-        "variant) for per-pixel classification of Fashion-MNIST scenes whose items share one class, so global "
-        "context helps. Training scenes come from the Debian package dataset-fashion-mnist (or --source); "
-        "validation uses the scenes shipped with the package. Checkpoints (native format, mIoU in the meta) go "
+        "variant; the controls se, pooled_fc and danet_pam on request) for per-pixel classification of "
+        "Fashion-MNIST scenes (--design). Training scenes come from the Debian package dataset-fashion-mnist (or "
+        "--source); validation uses the scenes shipped with the package for 'shared', and 300 scenes of the "
+        "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the meta) go "
         "to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="default: all")
+    p.add_argument("--variants", nargs="+", choices=sorted(ALL_VARIANTS),
+                   help="default: the reference variants (all but the controls se, pooled_fc, danet_pam)")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--train-scenes", type=int, help="training scenes to generate (default 3000)")
     p.add_argument("--val-scenes", type=int, help="shipped validation scenes to use (default: all)")

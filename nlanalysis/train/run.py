@@ -13,7 +13,7 @@ from ..checkpoints.loader import save_atomic
 from ..data.scenes import demo_scenes_path, write_scenes
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
-from .variants import VARIANTS
+from .variants import ALL_VARIANTS, VARIANTS
 
 __all__ = ["SHIPPED_DIR", "TrainJob", "run_training", "ship_checkpoints", "shipped_checkpoints", "summarize"]
 
@@ -53,17 +53,26 @@ def _train_set(job: TrainJob) -> SceneSet:
     return load_scene_set(ann, folder / "images")
 
 
+def _val_set(job: TrainJob) -> SceneSet:
+    """The shipped validation scenes for ``shared``; for another design 300 scenes of it (val split, seed 0, as the
+    shipped command), written once to ``out/data``."""
+    if job.design == "shared":
+        return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
+    folder = job.out / "data" / f"val_{job.design}_300_seed0"
+    if not (folder / "instances.json").is_file():
+        write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)
+    return load_scene_set(folder / "instances.json", folder / "images", limit=job.val_scenes)
+
+
 def run_training(job: TrainJob) -> pd.DataFrame:
     """Train every (variant, seed); returns the history (one row per snapshot), also written to
     ``out/training.csv``, with ``out/summary.csv`` and ``out/summary.json`` beside it."""
-    unknown = [v for v in job.variants if v not in VARIANTS]
+    unknown = [v for v in job.variants if v not in ALL_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(ALL_VARIANTS)}")
     job.out.mkdir(parents=True, exist_ok=True)
     config = job.config or TrainConfig()
-    train = _train_set(job)
-    ann, images = demo_scenes_path()
-    val = load_scene_set(ann, images, limit=job.val_scenes)
+    train, val = _train_set(job), _val_set(job)
     start = time.perf_counter()
     results: list[TrainResult] = []
     for seed in job.seeds:  # seed-major: a complete set of variants exists as early as possible
@@ -106,7 +115,7 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
 
     dest = Path(dest)
     written = []
-    for variant in VARIANTS:
+    for variant in ALL_VARIANTS:
         src = Path(checkpoint_dir) / f"{variant}_s{seed}.pth"
         if not src.is_file():
             continue
@@ -120,4 +129,4 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
 def shipped_checkpoints(dest: str | Path = SHIPPED_DIR) -> dict[str, Path]:
     """``{variant: path}`` of the trained checkpoints shipped with the package (in variant order)."""
     dest = Path(dest)
-    return {v: dest / f"{v}.pth" for v in VARIANTS if (dest / f"{v}.pth").is_file()}
+    return {v: dest / f"{v}.pth" for v in ALL_VARIANTS if (dest / f"{v}.pth").is_file()}
