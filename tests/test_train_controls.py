@@ -1,4 +1,5 @@
-"""Issue 16's control variants (SE, pooled FC residual, DANet PAM) and designs: they train, load and are found (or not) by capture."""
+"""Issue 16's control variants (SE, pooled FC residual, DANet PAM) and designs: they train, load, and capture
+finds the ones with maps."""
 from __future__ import annotations
 
 import pytest

@@ -39,12 +39,6 @@ class DANetAdapter(BlockAdapter):
         return position_attention(module, x)
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
-        info = super().describe(module)
-        info.update(
-            mode="position_attention",
-            in_channels=module.query_conv.in_channels,
-            inter_channels=module.query_conv.out_channels,
-            sub_sample=False,
-            gamma=float(module.gamma.detach().reshape(-1)[0]),
-        )
-        return info
+        conv, gamma = module.query_conv, module.gamma.detach().reshape(-1)[0].item()
+        return {**super().describe(module), "mode": "position_attention", "in_channels": conv.in_channels,
+                "inter_channels": conv.out_channels, "sub_sample": False, "gamma": gamma}  # fmt: skip

@@ -10,13 +10,13 @@ scene shares one class (other items disambiguate a corrupted one) it added 11 mI
 - ``query-specific``: two groups of 2-3 items (the positive control, below).
 
 All designs draw everything else from the same distributions (sizes, placement, clutter,
-corruption); only the class sampling differs (and the tint of ``query-specific``). Each item is scaled to a random side and placed
-on a dark canvas with mild smooth clutter, with limited overlap: later items occlude earlier
-ones, and every earlier item keeps most of its silhouette. Then each item is corrupted so that
-one item alone is ambiguous: a flat gray patch (an occluder, labelled background) over part of
-its box, and/or strong pixel noise in its box (sensor noise, labels unchanged). Masks are the
-visible silhouettes: pixels of the scaled clean item above ``mask_threshold``, minus what later
-items and patches cover; so masks never overlap.
+corruption); only the class sampling differs (and the tint of ``query-specific``). Each item is
+scaled to a random side and placed on a dark canvas with mild smooth clutter, with limited
+overlap: later items occlude earlier ones, and every earlier item keeps most of its silhouette.
+Then each item is corrupted so that one item alone is ambiguous: a flat gray patch (an
+occluder, labelled background) over part of its box, and/or strong pixel noise in its box
+(sensor noise, labels unchanged). Masks are the visible silhouettes: pixels of the scaled clean
+item above ``mask_threshold``, minus what later items and patches cover; so masks never overlap.
 
 ``query-specific`` (issue 16's positive control): context helps only when a query attends to
 *particular* other items. The two groups get two look-alike classes (both from
@@ -48,11 +48,15 @@ written by, from the repository root::
 
     nlanalysis demo-data --out nlanalysis/data/demo/scenes_val --split val --num 300 --seed 0 --design shared --size 112
 
+Validation sets of the other designs are not shipped: ``nlanalysis train --design D`` writes 300
+scenes of design D with the same command (``--split val --num 300 --seed 0``) to its ``OUT/data``.
+
 Scene ``i`` (0-based) depends only on ``(seed, i)``, the design, the parameters and the source
 split, so a smaller ``--num`` gives a prefix of a larger one, and runs are byte-identical.
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import shlex
@@ -204,8 +208,6 @@ def _draw_groups(rng: np.random.Generator, labels: np.ndarray, p: SceneParams) -
 def _tint(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, tuple]:
     """RGB image: the visible pixels of group ``g``'s items scaled by the RGB of hue ``hues[g]``
     (saturation 0.7, value 1); hues at least a third of the circle apart."""
-    import colorsys
-
     first = float(rng.random())
     hues = (first, (first + float(rng.uniform(1 / 3, 2 / 3))) % 1.0)
     rgb = np.repeat(image[:, :, None], 3, axis=2)
