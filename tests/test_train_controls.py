@@ -13,6 +13,7 @@ from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data.scenes import demo_scenes_path
 from nlanalysis.train import CONTROL_VARIANTS, VARIANTS, TrainConfig, load_scene_set, train_variant
+from nlanalysis.train import run as run_module
 from nlanalysis.train.run import TrainJob, run_training
 from test_data_scenes import source  # noqa: F401  (a fixture: tiny Fashion-MNIST IDX files)
 
@@ -69,3 +70,31 @@ def test_training_another_design_validates_on_that_design(tmp_path, source):  # 
     run_training(job)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "pooled_fc_s0.pth")
     assert "val_query-specific_300_seed0" in ckpt.meta["val_data"] and "train_query-specific_8" in ckpt.meta["train_data"]
+
+
+def test_a_rerun_skips_finished_runs_and_refuses_other_settings(tmp_path, scenes, monkeypatch):
+    train, _ = scenes
+    monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
+    calls = []
+    real = run_module.train_variant
+    monkeypatch.setattr("nlanalysis.train.run.train_variant", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    config = TrainConfig(epochs=1, batch_size=8, snapshots=(0.0, 1.0))
+    job = TrainJob.quick(tmp_path, variants=("baseline", "se"), val_scenes=8, progress=False, config=config)
+    first = run_training(job)
+    assert calls == ["baseline", "se"]
+    (tmp_path / "runs" / "se_s0.json").unlink()  # as if the job had stopped during se
+    again = run_training(job)
+    assert calls == ["baseline", "se", "se"]
+    assert again[again.variant == "baseline"].equals(first[first.variant == "baseline"])
+    job.config = TrainConfig(**{**vars(config), "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings; use another --out"):
+        run_training(job)
+
+
+def test_cli_snapshots_reach_the_config(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--out", str(tmp_path), "--variants", "danet_pam", "--snapshots", "0", "0.5", "1", "--epochs", "2"])
+    assert seen["job"].config.snapshots == [0.0, 0.5, 1.0] and seen["job"].config.epochs == 2
+    assert seen["job"].variants == ["danet_pam"]

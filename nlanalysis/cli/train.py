@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Fashion-MNIST scenes (--design). Training scenes come from the Debian package dataset-fashion-mnist (or "
         "--source); validation uses the scenes shipped with the package for 'shared', and 300 scenes of the "
         "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the meta) go "
-        "to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv.",
+        "to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv. Rerunning "
+        "the same command skips the runs already finished in OUT (OUT/runs), so a long job can go in batches.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--variants", nargs="+", choices=sorted(ALL_VARIANTS),
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="default 6")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--snapshots", nargs="+", type=float, metavar="F",
+                   help="fractions of training with a checkpoint and held-out mIoU (default 0 0.25 0.5 1)")
     p.add_argument("--design", choices=DESIGNS, default="shared")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
     p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
@@ -41,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                   "snapshots": args.snapshots}.items() if v is not None}  # fmt: skip
     job_kw = {k: v for k, v in {
         "variants": args.variants, "seeds": args.seeds, "train_scenes": args.train_scenes,
         "val_scenes": args.val_scenes}.items() if v is not None}  # fmt: skip
