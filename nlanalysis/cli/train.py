@@ -19,16 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "variant; the controls se, pooled_fc and danet_pam on request) for per-pixel classification of "
         "Fashion-MNIST scenes (--design). Training scenes come from the Debian package dataset-fashion-mnist (or "
         "--source); validation uses the scenes shipped with the package for 'shared', and 300 scenes of the "
-        "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the meta) go "
-        "to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv. Rerunning "
-        "the same command skips the runs already finished in OUT (OUT/runs), so a long job can go in batches.",
+        "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the "
+        "meta) go to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv. "
+        "Rerunning the same command skips the runs already finished in OUT (OUT/runs), so a long job can go in "
+        "batches.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--variants", nargs="+", choices=sorted(ALL_VARIANTS),
                    help="default: the reference variants (all but the controls se, pooled_fc, danet_pam)")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--train-scenes", type=int, help="training scenes to generate (default 3000)")
-    p.add_argument("--val-scenes", type=int, help="shipped validation scenes to use (default: all)")
+    p.add_argument("--val-scenes", type=int, help="validation scenes to use (default: all 300)")
     p.add_argument("--epochs", type=int, help="default 6")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
