@@ -27,6 +27,7 @@ from helpers import randomize_
 from naive import mean_cos_dist_all_pairs
 from nlanalysis.adapters import get_adapter, list_adapters
 from nlanalysis.blocks import ContextBlock, NonLocal2d
+from nlanalysis.blocks.position_attention import PositionAttention2d
 from nlanalysis.capture import Capture
 from nlanalysis.schema import VIT
 
@@ -82,6 +83,12 @@ def _gc(block: nn.Module, x: Tensor, maps: Tensor) -> Tensor:
     return x * torch.sigmoid(block.channel_mul_conv(context)) + block.channel_add_conv(context)
 
 
+def _pam(block: nn.Module, x: Tensor, maps: Tensor) -> Tensor:
+    """DANet PAM: ``x + gamma * (A v)`` with ``v = value_conv(x)``."""
+    v = block.value_conv(x).flatten(2)  # [B, C, N_key]
+    return x + block.gamma * (v @ maps[:, 0].transpose(1, 2)).reshape(x.shape)
+
+
 def _heads(values: Callable[[nn.Module, Tensor], Tensor], out: Callable[[nn.Module], nn.Linear]):
     """ViT attention: ``out(concat_h A_h v_h)`` with ``v`` ``[B, heads, N, d]`` from the module's own weights."""
 
@@ -130,6 +137,12 @@ def _alexhex7(variant: str) -> nn.Module:
     return upstream_classes(variant)["NONLocalBlock2D"](8, sub_sample=True, bn_layer=True)
 
 
+def _danet_pam(channels: int) -> nn.Module:
+    from test_adapters_danet import PAM_Module
+
+    return PAM_Module(channels)
+
+
 def _timm_layers():
     return pytest.importorskip("timm.layers", reason="timm (dev extra) is not installed")
 
@@ -162,6 +175,10 @@ EXAMPLES: dict[str, dict[str, Callable[[], Example]]] = {
     "alexhex7": {
         "embedded-gaussian": lambda: Example(_eval(_alexhex7("embedded_gaussian")), _input(), _nl("W"), True),
         "dot-product": lambda: Example(_eval(_alexhex7("dot_product")), _input(), _nl("W"), False),
+    },
+    "danet": {
+        "ours": lambda: Example(_eval(PositionAttention2d(16)), _input(16), _pam, True),
+        "pam-module": lambda: Example(_eval(_danet_pam(16)), _input(16), _pam, True),
     },
     "timm": {
         "nonlocalattn": lambda: Example(

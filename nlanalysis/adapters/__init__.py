@@ -4,6 +4,7 @@ Importing this package registers the built-in adapters (one module per family).
 """
 from . import mmcv, nlanalysis_blocks  # noqa: F401  (registration side effects)
 from . import alexhex7  # noqa: F401
+from . import danet  # noqa: F401  (DANet position attention)
 from . import timm  # noqa: F401
 from . import vit  # noqa: F401  (ViT self-attention: timm, torch MHA, Hugging Face)
 from .base import BlockAdapter, UnsupportedBlockError

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Composes scenes of 3-6 Fashion-MNIST items (COCO instances JSON with boxes, RLE masks and "
         "10 categories, plus RGB PNGs). Design 'shared' puts one class per scene, so other items disambiguate a "
         "corrupted one (a dense task where global context helps); 'independent' draws classes at random (the "
-        f"control). Fashion-MNIST is read from {DEFAULT_SOURCE} (`{INSTALL_HINT}`) or --source.",
+        "negative control); 'query-specific' holds two tinted groups of two look-alike classes, so a corrupted item "
+        f"is resolved only by its own group (the positive control). Fashion-MNIST is read from {DEFAULT_SOURCE} (`{INSTALL_HINT}`) or --source.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (instances.json + images/)")
     p.add_argument("--split", choices=sorted(SPLITS), default="train",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.scenes import DESIGNS
-from ..train import VARIANTS, TrainConfig
+from ..train import ALL_VARIANTS, TrainConfig
 from ..train.run import TrainJob, run_training, ship_checkpoints
 from . import add_command
 
@@ -16,19 +16,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "train", run, help="train the reference NL/GC variants on Fashion-MNIST scenes",
         description="Trains SceneNet variants (no block, the four NL pairwise functions, SNL, GC, and a two-NL "
-        "variant) for per-pixel classification of Fashion-MNIST scenes whose items share one class, so global "
-        "context helps. Training scenes come from the Debian package dataset-fashion-mnist (or --source); "
-        "validation uses the scenes shipped with the package. Checkpoints (native format, mIoU in the meta) go "
-        "to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv.",
+        "variant; the controls se, pooled_fc and danet_pam on request) for per-pixel classification of "
+        "Fashion-MNIST scenes (--design). Training scenes come from the Debian package dataset-fashion-mnist (or "
+        "--source); validation uses the scenes shipped with the package for 'shared', and 300 scenes of the "
+        "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the "
+        "meta) go to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv. "
+        "Rerunning the same command skips the runs already finished in OUT (OUT/runs), so a long job can go in "
+        "batches.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="default: all")
+    p.add_argument("--variants", nargs="+", choices=sorted(ALL_VARIANTS),
+                   help="default: the reference variants (all but the controls se, pooled_fc, danet_pam)")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2")
     p.add_argument("--train-scenes", type=int, help="training scenes to generate (default 3000)")
-    p.add_argument("--val-scenes", type=int, help="shipped validation scenes to use (default: all)")
+    p.add_argument("--val-scenes", type=int, help="validation scenes to use (default: all 300)")
     p.add_argument("--epochs", type=int, help="default 6")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--snapshots", nargs="+", type=float, metavar="F",
+                   help="fractions of training with a checkpoint and held-out mIoU (default 0 0.25 0.5 1)")
     p.add_argument("--design", choices=DESIGNS, default="shared")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
     p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
@@ -39,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                   "snapshots": args.snapshots}.items() if v is not None}  # fmt: skip
     job_kw = {k: v for k, v in {
         "variants": args.variants, "seeds": args.seeds, "train_scenes": args.train_scenes,
         "val_scenes": args.val_scenes}.items() if v is not None}  # fmt: skip

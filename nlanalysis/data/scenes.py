@@ -6,16 +6,37 @@ when each item is classified on its own an NL block adds nothing, while when eve
 scene shares one class (other items disambiguate a corrupted one) it added 11 mIoU points. So:
 
 - ``shared`` (default): 3-6 items of ONE class per scene;
-- ``independent``: items of random classes, the control where context is useless.
+- ``independent``: items of random classes, the control where context is useless;
+- ``query-specific``: two groups of 2-3 items (the positive control, below).
 
-Both designs draw everything else from the same distributions (sizes, placement, clutter,
-corruption); only the class sampling differs. Each item is scaled to a random side and placed
-on a dark canvas with mild smooth clutter, with limited overlap: later items occlude earlier
-ones, and every earlier item keeps most of its silhouette. Then each item is corrupted so that
-one item alone is ambiguous: a flat gray patch (an occluder, labelled background) over part of
-its box, and/or strong pixel noise in its box (sensor noise, labels unchanged). Masks are the
-visible silhouettes: pixels of the scaled clean item above ``mask_threshold``, minus what later
-items and patches cover; so masks never overlap.
+All designs draw everything else from the same distributions (sizes, placement, clutter,
+corruption); only the class sampling differs (and the tint of ``query-specific``). Each item is
+scaled to a random side and placed on a dark canvas with mild smooth clutter, with limited
+overlap: later items occlude earlier ones, and every earlier item keeps most of its silhouette.
+Then each item is corrupted so that one item alone is ambiguous: a flat gray patch (an
+occluder, labelled background) over part of its box, and/or strong pixel noise in its box
+(sensor noise, labels unchanged). Masks are the visible silhouettes: pixels of the scaled clean
+item above ``mask_threshold``, minus what later items and patches cover; so masks never overlap.
+
+``query-specific`` (issue 16's positive control): context helps only when a query attends to
+*particular* other items. The two groups get two look-alike classes (both from
+:data:`LOOKALIKES`: tops, dresses and coats, or footwear; Trouser and Bag, recognisable alone,
+are left out) and two tints, hues drawn per scene at least a third of the hue circle apart, on
+the item's pixels: a group marker visible locally, that says nothing about the class (hues are
+random, independent of classes). Items of both groups are placed at random, interleaved, so a
+local window sees a mix of both groups. A corrupted item is recognisable only from the other
+items of its own group: the items of the other group show the other look-alike class.
+
+Why a query-independent block (GC, SNL, SE, the pooled-FC residual) cannot carry what is needed
+while an NL or PAM block can: a query-independent block gives every position the same vector
+``c = sum_j a_j f(x_j)``. Pooling class features mixes both groups: ``c`` tells which two
+classes the scene holds -- two look-alikes, so it helps little -- but not which belongs to which
+tint. ``c`` carries that binding only if ``f`` encodes class and hue jointly (a class x hue table,
+8 classes x hue bins, hues random per scene) and the block's bottleneck keeps it (16 channels for
+GC and SE here). An NL/PAM block needs no such table: with queries and keys that encode the tint,
+``softmax_j(q_i . k_j)`` puts query i's weight on the items of its own group, and the values
+``g(x_j)`` bring their class to i directly. The design makes the binding necessary; it does not
+make a global code impossible, so the trained margins, not this argument, are the evidence.
 
 A check of how much context helps (a small 3-conv CNN trained for 3 epochs on single-item crops
 of 4,000 train scenes, tested on 1,000 val scenes): with the default corruption it labels 52% of
@@ -27,11 +48,15 @@ written by, from the repository root::
 
     nlanalysis demo-data --out nlanalysis/data/demo/scenes_val --split val --num 300 --seed 0 --design shared --size 112
 
+Validation sets of the other designs are not shipped: ``nlanalysis train --design D`` writes 300
+scenes of design D with the same command (``--split val --num 300 --seed 0``) to its ``OUT/data``.
+
 Scene ``i`` (0-based) depends only on ``(seed, i)``, the design, the parameters and the source
 split, so a smaller ``--num`` gives a prefix of a larger one, and runs are byte-identical.
 """
 from __future__ import annotations
 
+import colorsys
 import json
 import os
 import shlex
@@ -47,7 +72,9 @@ __all__ = [
     "scene_annotations", "semantic_mask", "write_scenes",
 ]  # fmt: skip
 
-DESIGNS = ("shared", "independent")
+DESIGNS = ("shared", "independent", "query-specific")
+LOOKALIKES = ((0, 2, 3, 4, 6), (5, 7, 9))
+"""``query-specific``: the two classes of a scene come from one of these sets (tops/dresses/coats, footwear)."""
 SPLITS = {"train": "train", "val": "test"}
 """Scene split -> the Fashion-MNIST split its items come from."""
 
@@ -127,12 +154,16 @@ class Scene:
         masks: ``bool [K, H, W]`` visible silhouettes, pairwise disjoint, in drawing order.
         labels: ``int64 [K]`` Fashion-MNIST classes ``0..9`` (COCO category id = label + 1).
         item_ids: ``int64 [K]`` indices of the items in the source arrays.
+        groups: ``int64 [K]`` group (0 or 1) of each item (``query-specific`` only, else ``None``).
+        hues: the two groups' tint hues in ``[0, 1)`` (``query-specific`` only).
     """
 
     image: np.ndarray
     masks: np.ndarray
     labels: np.ndarray
     item_ids: np.ndarray
+    groups: np.ndarray | None = None
+    hues: tuple[float, float] | None = None
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -148,11 +179,42 @@ def _resize(item: np.ndarray, side: int) -> np.ndarray:
     return _resize_matrix(item.shape[0], side) @ item @ _resize_matrix(item.shape[1], side).T
 
 
-def _draw_items(rng: np.random.Generator, labels: np.ndarray, design: str, n: int) -> np.ndarray:
+def _draw_items(rng: np.random.Generator, labels: np.ndarray, design: str, p: SceneParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(item indices, group of each)`` in drawing order; one group except for ``query-specific``."""
+    if design == "query-specific":
+        return _draw_groups(rng, labels, p)
+    n = int(rng.integers(p.num_items[0], p.num_items[1] + 1))
     if design == "shared":
         pool = np.flatnonzero(labels == labels[rng.integers(len(labels))])
-        return pool[rng.integers(len(pool), size=n)]
-    return rng.integers(len(labels), size=n)
+        return pool[rng.integers(len(pool), size=n)], np.zeros(n, np.int64)
+    return rng.integers(len(labels), size=n), np.zeros(n, np.int64)
+
+
+def _draw_groups(rng: np.random.Generator, labels: np.ndarray, p: SceneParams) -> tuple[np.ndarray, np.ndarray]:
+    """Two groups of ``2..max(2, num_items[1] // 2)`` items, two look-alike classes, interleaved at random."""
+    every = [c for family in LOOKALIKES for c in family]
+    if not np.isin(every, labels).all():
+        raise ValueError(f"query-specific scenes need items of classes {sorted(every)}")
+    first = int(rng.choice(every))  # every look-alike class equally often
+    classes = (first, int(rng.choice([c for c in next(f for f in LOOKALIKES if first in f) if c != first])))
+    sizes = rng.integers(2, max(2, p.num_items[1] // 2) + 1, size=2)
+    pools = [np.flatnonzero(labels == c) for c in classes]
+    index = np.concatenate([pool[rng.integers(len(pool), size=k)] for pool, k in zip(pools, sizes)])
+    groups = np.repeat(np.arange(2), sizes)
+    order = rng.permutation(len(index))
+    return index[order], groups[order]
+
+
+def _tint(rng: np.random.Generator, image: np.ndarray, owner: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """RGB image: the visible pixels of group ``g``'s items scaled by the RGB of hue ``hues[g]``
+    (saturation 0.7, value 1); hues at least a third of the circle apart."""
+    first = float(rng.random())
+    hues = (first, (first + float(rng.uniform(1 / 3, 2 / 3))) % 1.0)
+    rgb = np.repeat(image[:, :, None], 3, axis=2)
+    tints = np.array([colorsys.hsv_to_rgb(h, 0.7, 1.0) for h in hues])
+    visible = owner >= 0
+    rgb[visible] *= tints[groups[owner[visible]]]
+    return rgb, hues
 
 
 def _place(rng, owner, sil, areas, p: SceneParams) -> tuple[int, int] | None:
@@ -184,8 +246,9 @@ def make_scene(
         rng: the only source of randomness (same state -> same scene).
         items: ``uint8 [N, h, w]`` Fashion-MNIST images.
         labels: ``int [N]`` their classes.
-        design: ``"shared"`` (one class per scene, drawn from that class's items) or
-            ``"independent"`` (each item uniformly from all items).
+        design: ``"shared"`` (one class per scene, drawn from that class's items),
+            ``"independent"`` (each item uniformly from all items) or ``"query-specific"``
+            (two tinted groups of two look-alike classes).
         params: drawing parameters (default :class:`SceneParams`).
     """
     if design not in DESIGNS:
@@ -193,11 +256,10 @@ def make_scene(
     if len(items) == 0 or len(items) != len(labels):
         raise ValueError(f"need as many labels as items (> 0), got {len(items)} items and {len(labels)} labels")
     p = params or SceneParams()
-    n = int(rng.integers(p.num_items[0], p.num_items[1] + 1))
     owner = np.full((p.size, p.size), -1, dtype=np.int64)  # index of the visible item, -1 on background
     fg = np.zeros((p.size, p.size))
-    placed, areas, boxes = [], np.zeros(0), []
-    for index in _draw_items(rng, labels, design, n):
+    placed, areas, boxes, groups = [], np.zeros(0), [], []
+    for index, group in zip(*_draw_items(rng, labels, design, p)):
         side = int(rng.integers(p.item_side[0], p.item_side[1] + 1))
         clean = _resize(items[index] / 255.0, side)
         sil = clean > p.mask_threshold
@@ -208,6 +270,7 @@ def make_scene(
         owner[y : y + side, x : x + side][sil] = len(placed)
         fg[y : y + side, x : x + side][sil] = rng.uniform(*p.contrast) * (p.item_floor + (1 - p.item_floor) * clean[sil])
         placed.append(int(index))
+        groups.append(int(group))
         areas = np.append(areas, sil.sum())
         boxes.append((y, x, side))
 
@@ -223,16 +286,17 @@ def make_scene(
             image[y : y + side, x : x + side] += rng.normal(0, rng.uniform(*p.item_noise), size=(side, side))
     if p.pixel_noise > 0:
         image += rng.normal(0, p.pixel_noise, size=image.shape)
-    gray = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     masks = owner[None] == np.arange(len(placed))[:, None, None]
     keep = masks.sum((1, 2)) >= p.min_pixels
     ids = np.asarray(placed, dtype=np.int64)[keep]
-    return Scene(
-        image=np.repeat(gray[:, :, None], 3, axis=2),
-        masks=masks[keep],
-        labels=labels[ids].astype(np.int64),
-        item_ids=ids,
-    )
+    scene = Scene(image=image, masks=masks[keep], labels=labels[ids].astype(np.int64), item_ids=ids)
+    if design == "query-specific":
+        scene.image, scene.hues = _tint(rng, image, owner, np.asarray(groups, np.int64))
+        scene.groups = np.asarray(groups, np.int64)[keep]
+    else:
+        scene.image = np.repeat(scene.image[:, :, None], 3, axis=2)
+    scene.image = np.clip(np.rint(scene.image * 255), 0, 255).astype(np.uint8)
+    return scene
 
 
 def coco_categories() -> list[dict]:
@@ -241,7 +305,8 @@ def coco_categories() -> list[dict]:
 
 
 def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
-    """COCO annotations of a scene's items: RLE of the visible mask, its bbox ``[x, y, w, h]`` and area."""
+    """COCO annotations of a scene's items: RLE of the visible mask, its bbox ``[x, y, w, h]`` and area
+    (and ``group``, 0 or 1, for ``query-specific`` scenes)."""
     from pycocotools import mask as mask_util
 
     anns = []
@@ -256,6 +321,7 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
             "area": int(mask.sum()),
             "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
             "iscrowd": 0,
+            **({} if scene.groups is None else {"group": int(scene.groups[k])}),
         })
     return anns
 
@@ -323,7 +389,8 @@ def write_scenes(
         image_id = i + 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(scene.image).save(image_dir / file_name)
-        images.append({"id": image_id, "file_name": file_name, "height": params.size, "width": params.size})
+        images.append({"id": image_id, "file_name": file_name, "height": params.size, "width": params.size,
+                       **({} if scene.hues is None else {"group_hues": [round(h, 6) for h in scene.hues]})})
         annotations += scene_annotations(scene, image_id, len(annotations) + 1)
 
     coco = {

@@ -25,6 +25,9 @@ BLOCK_TYPES = {
     "NonLocal2d": ("reduction", "use_scale", "mode", "sub_sample", "norm_cfg", "logit_scale", "out_bias"),
     "ContextBlock": ("ratio", "pooling_type", "fusion_types"),
     "SimplifiedNonLocal2d": (),
+    "PositionAttention2d": (),  # DANet's PAM (Fu et al. 2019)
+    "SqueezeExcitation2d": ("ratio",),  # Hu et al. 2018: no map over positions
+    "PooledResidual2d": (),  # global average pool -> FC -> add: no map over positions
 }
 
 
@@ -35,7 +38,7 @@ class BlockSpec:
     Attributes:
         name: dotted module name inside the backbone, as in the checkpoint
             (``layer3.5.nonlocal_block``, ``layer4.0.context_block``, ``layer3.5`` when standalone).
-        type: ``NonLocal2d``, ``ContextBlock`` or ``SimplifiedNonLocal2d``.
+        type: one of :data:`BLOCK_TYPES` (``NonLocal2d``, ``ContextBlock``, ``SimplifiedNonLocal2d``, ...).
         in_channels: channels of the block input.
         position: one of :data:`POSITIONS`.
         options: constructor options (see :data:`BLOCK_TYPES`).

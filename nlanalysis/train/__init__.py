@@ -1,9 +1,9 @@
 """Training the reference NL/GC scene-segmentation models (``nlanalysis train``)."""
 from .data import SceneSet, load_scene_set, normalize, scene_preprocess
 from .loop import TrainConfig, TrainResult, evaluate, train_variant
-from .variants import VARIANTS, variant_arch
+from .variants import ALL_VARIANTS, CONTROL_VARIANTS, VARIANTS, variant_arch
 
 __all__ = [
-    "VARIANTS", "SceneSet", "TrainConfig", "TrainResult", "evaluate", "load_scene_set", "normalize", "scene_preprocess", "train_variant",
-    "variant_arch",
+    "ALL_VARIANTS", "CONTROL_VARIANTS", "VARIANTS", "SceneSet", "TrainConfig", "TrainResult", "evaluate", "load_scene_set",
+    "normalize", "scene_preprocess", "train_variant", "variant_arch",
 ]  # fmt: skip

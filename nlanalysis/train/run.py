@@ -13,7 +13,7 @@ from ..checkpoints.loader import save_atomic
 from ..data.scenes import demo_scenes_path, write_scenes
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
-from .variants import VARIANTS
+from .variants import ALL_VARIANTS, VARIANTS
 
 __all__ = ["SHIPPED_DIR", "TrainJob", "run_training", "ship_checkpoints", "shipped_checkpoints", "summarize"]
 
@@ -53,23 +53,39 @@ def _train_set(job: TrainJob) -> SceneSet:
     return load_scene_set(ann, folder / "images")
 
 
+def _val_set(job: TrainJob) -> SceneSet:
+    """The shipped validation scenes for ``shared``; for another design 300 scenes of it (val split, seed 0, as the
+    shipped command), written once to ``out/data``."""
+    if job.design == "shared":
+        return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
+    folder = job.out / "data" / f"val_{job.design}_300_seed0"
+    if not (folder / "instances.json").is_file():
+        write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)
+    return load_scene_set(folder / "instances.json", folder / "images", limit=job.val_scenes)
+
+
 def run_training(job: TrainJob) -> pd.DataFrame:
     """Train every (variant, seed); returns the history (one row per snapshot), also written to
-    ``out/training.csv``, with ``out/summary.csv`` and ``out/summary.json`` beside it."""
-    unknown = [v for v in job.variants if v not in VARIANTS]
+    ``out/training.csv``, with ``out/summary.csv`` and ``out/summary.json`` beside it.
+
+    Resumable: each finished run is recorded in ``out/runs/{variant}_s{seed}.json``, and running the
+    same job again skips the recorded runs (an interrupted run starts over)."""
+    unknown = [v for v in job.variants if v not in ALL_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {sorted(ALL_VARIANTS)}")
     job.out.mkdir(parents=True, exist_ok=True)
     config = job.config or TrainConfig()
-    train = _train_set(job)
-    ann, images = demo_scenes_path()
-    val = load_scene_set(ann, images, limit=job.val_scenes)
+    train, val = _train_set(job), _val_set(job)
+    data = f"train {train.source} ({len(train)} scenes), val {val.source} ({len(val)} scenes)"
     start = time.perf_counter()
     results: list[TrainResult] = []
     for seed in job.seeds:  # seed-major: a complete set of variants exists as early as possible
         for variant in job.variants:
             cfg = TrainConfig(**{**vars(config), "seed": seed})
-            result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
+            result = _done_run(job.out, variant, cfg, data)
+            if result is None:
+                result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
+                _record_run(job.out, result, cfg, data)
             results.append(result)
             if job.progress:
                 print(f"{variant:>22} seed {seed}: mIoU {result.miou:.4f}  ({result.seconds:.0f} s)", flush=True)
@@ -82,6 +98,34 @@ def run_training(job: TrainJob) -> pd.DataFrame:
             "runs": [{"variant": r.variant, "seed": r.seed, "miou": r.miou, "seconds": r.seconds} for r in results]}  # fmt: skip
     (job.out / "summary.json").write_text(json.dumps(info, indent=2, default=list))
     return history
+
+
+def _run_file(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{variant}_s{seed}.json"
+
+
+def _record_run(out: Path, result: TrainResult, config: TrainConfig, data: str) -> None:
+    """Mark a finished run (after its final checkpoint), so a rerun of the job skips it."""
+    path = _run_file(out, result.variant, result.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data,
+              "result": {k: v for k, v in vars(result).items() if k != "checkpoints"}}  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def _done_run(out: Path, variant: str, config: TrainConfig, data: str) -> TrainResult | None:
+    """The result of a run this job already finished in ``out`` (``None``: train it); refuses a run
+    recorded there with other settings."""
+    path = _run_file(out, variant, config.seed)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    wanted = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data}
+    if {k: record.get(k) for k in wanted} != wanted:
+        raise ValueError(f"{path}: this run was trained with other settings; use another --out for a new configuration")
+    return TrainResult(**record["result"])
 
 
 def summarize(results: Sequence[TrainResult]) -> pd.DataFrame:
@@ -106,7 +150,7 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
 
     dest = Path(dest)
     written = []
-    for variant in VARIANTS:
+    for variant in ALL_VARIANTS:
         src = Path(checkpoint_dir) / f"{variant}_s{seed}.pth"
         if not src.is_file():
             continue
@@ -120,4 +164,4 @@ def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR,
 def shipped_checkpoints(dest: str | Path = SHIPPED_DIR) -> dict[str, Path]:
     """``{variant: path}`` of the trained checkpoints shipped with the package (in variant order)."""
     dest = Path(dest)
-    return {v: dest / f"{v}.pth" for v in VARIANTS if (dest / f"{v}.pth").is_file()}
+    return {v: dest / f"{v}.pth" for v in ALL_VARIANTS if (dest / f"{v}.pth").is_file()}

@@ -4,13 +4,19 @@ One block at ``layer1.1`` (14 x 14 positions on a 112 x 112 scene, right before 
 residual block, the NL paper's placement) for each of the four pairwise functions of the NL paper,
 the simplified NL block and the GC block of the GCNet paper; a baseline without a block; and
 an embedded-Gaussian variant with a second NL block at the coarser ``layer2.1`` (7 x 7).
+
+:data:`CONTROL_VARIANTS` (issue 16's controls, not in the default job nor shipped) put at the same
+place the blocks that answer "does a GC block do more than a pooled FC with a residual?" -- an SE
+block and a global-average-pool -> FC -> add residual block, both with one context vector for
+every position and no map -- and DANet's position attention module (query-dependent maps, the
+published counter-evidence). Their hidden widths match GC's (``C / 4`` = 16).
 """
 from __future__ import annotations
 
 from ..blocks import PAIRWISE_MODES
 from ..models import BlockSpec, SceneNetArch
 
-__all__ = ["VARIANTS", "variant_arch"]
+__all__ = ["ALL_VARIANTS", "CONTROL_VARIANTS", "VARIANTS", "variant_arch"]
 
 WIDTHS = (32, 64, 96)
 
@@ -28,8 +34,22 @@ VARIANTS: dict[str, list[BlockSpec]] = {
 }
 
 
+def _at_layer1(block_type: str, **options) -> list[BlockSpec]:
+    return [BlockSpec("layer1.1", block_type, WIDTHS[1], "standalone", options)]
+
+
+CONTROL_VARIANTS: dict[str, list[BlockSpec]] = {
+    "se": _at_layer1("SqueezeExcitation2d", ratio=1 / 4),
+    "pooled_fc": _at_layer1("PooledResidual2d"),
+    "danet_pam": _at_layer1("PositionAttention2d"),
+}
+
+#: every variant ``nlanalysis train --variants`` knows
+ALL_VARIANTS: dict[str, list[BlockSpec]] = {**VARIANTS, **CONTROL_VARIANTS}
+
+
 def variant_arch(variant: str, num_classes: int = 11) -> SceneNetArch:
     """The :class:`SceneNetArch` of a named variant."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-    return SceneNetArch(widths=WIDTHS, num_classes=num_classes, blocks=[BlockSpec(**vars(b)) for b in VARIANTS[variant]])
+    if variant not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(ALL_VARIANTS)}")
+    return SceneNetArch(widths=WIDTHS, num_classes=num_classes, blocks=[BlockSpec(**vars(b)) for b in ALL_VARIANTS[variant]])

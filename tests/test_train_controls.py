@@ -1,0 +1,100 @@
+"""Issue 16's control variants (SE, pooled FC residual, DANet PAM) and designs: they train, load, and capture
+finds the ones with maps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import randomize_
+from nlanalysis.adapters import list_blocks
+from nlanalysis.blocks.pooled_context import PooledResidual2d, SqueezeExcitation2d
+from nlanalysis.capture import Capture
+from nlanalysis.checkpoints import load_checkpoint
+from nlanalysis.cli import main
+from nlanalysis.data.scenes import demo_scenes_path
+from nlanalysis.train import CONTROL_VARIANTS, VARIANTS, TrainConfig, load_scene_set, train_variant
+from nlanalysis.train import run as run_module
+from nlanalysis.train.run import TrainJob, run_training
+from test_data_scenes import source  # noqa: F401  (a fixture: tiny Fashion-MNIST IDX files)
+
+
+def test_se_and_pooled_residual_follow_their_formulas():
+    x = torch.randn(2, 16, 5, 4, generator=torch.Generator().manual_seed(0))
+    se = randomize_(SqueezeExcitation2d(16, ratio=1 / 4))
+    assert se.fc1.out_channels == 4
+    pooled = x.mean((2, 3))  # [B, C]
+    hidden = torch.relu(pooled @ se.fc1.weight[:, :, 0, 0].T + se.fc1.bias)
+    scale = torch.sigmoid(hidden @ se.fc2.weight[:, :, 0, 0].T + se.fc2.bias)
+    torch.testing.assert_close(se(x), x * scale[:, :, None, None])
+
+    block = PooledResidual2d(16)
+    assert torch.equal(block(x), x)  # zero init: identity
+    randomize_(block)
+    added = pooled @ block.fc.weight[:, :, 0, 0].T + block.fc.bias
+    torch.testing.assert_close(block(x), x + added[:, :, None, None])
+    assert not (block(x) - x).diff(dim=-1).abs().max() > 1e-6  # the same vector at every position
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    data = load_scene_set(*demo_scenes_path(), limit=24)
+    return data.subset(slice(0, 16)), data.subset(slice(16, 24))
+
+
+@pytest.mark.parametrize("variant", sorted(CONTROL_VARIANTS))
+def test_control_variant_trains_loads_and_capture_sees_maps_only_where_there_are(variant, scenes, tmp_path, capsys):
+    assert variant not in VARIANTS  # not in the default job, not shipped
+    train, val = scenes
+    result = train_variant(variant, train, val, TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)), tmp_path, progress=False)
+    ckpt = load_checkpoint(result.checkpoints[-1])
+    assert ckpt.blocks == ["layer1.1"] and ckpt.meta["variant"] == variant
+    found = list_blocks(ckpt.model)
+    x = torch.randn(1, 3, 112, 112)
+    if variant == "danet_pam":
+        assert [(b.name, b.family) for b in found] == [("layer1.1", "danet")]
+        assert ckpt.model.layer1[1].gamma.item() != 0.0  # it trained
+        with torch.no_grad(), Capture(ckpt.model, jsd_pairs=0) as cap:
+            ckpt.model(x)
+        assert cap.records[0].name == "layer1.1" and cap.records[0].query_shape == (14, 14)
+    else:  # one pooled vector for every position: no map, no site
+        assert found == []
+        with pytest.raises(ValueError, match="no supported NL/GC block"):
+            Capture(ckpt.model)
+    assert main(["inspect", "--ckpt", str(result.checkpoints[-1])]) == 0
+    assert "layer1.1" in capsys.readouterr().out
+
+
+def test_training_another_design_validates_on_that_design(tmp_path, source):  # noqa: F811
+    job = TrainJob.quick(tmp_path, variants=("pooled_fc",), design="query-specific", source=str(source), train_scenes=8,
+                         val_scenes=4, progress=False, config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
+    run_training(job)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "pooled_fc_s0.pth")
+    assert "val_query-specific_300_seed0" in ckpt.meta["val_data"] and "train_query-specific_8" in ckpt.meta["train_data"]
+
+
+def test_a_rerun_skips_finished_runs_and_refuses_other_settings(tmp_path, scenes, monkeypatch):
+    train, _ = scenes
+    monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
+    calls = []
+    real = run_module.train_variant
+    monkeypatch.setattr("nlanalysis.train.run.train_variant", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    config = TrainConfig(epochs=1, batch_size=8, snapshots=(0.0, 1.0))
+    job = TrainJob.quick(tmp_path, variants=("baseline", "se"), val_scenes=8, progress=False, config=config)
+    first = run_training(job)
+    assert calls == ["baseline", "se"]
+    (tmp_path / "runs" / "se_s0.json").unlink()  # as if the job had stopped during se
+    again = run_training(job)
+    assert calls == ["baseline", "se", "se"]
+    assert again[again.variant == "baseline"].equals(first[first.variant == "baseline"])
+    job.config = TrainConfig(**{**vars(config), "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings; use another --out"):
+        run_training(job)
+
+
+def test_cli_snapshots_reach_the_config(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--out", str(tmp_path), "--variants", "danet_pam", "--snapshots", "0", "0.5", "1", "--epochs", "2"])
+    assert seen["job"].config.snapshots == [0.0, 0.5, 1.0] and seen["job"].config.epochs == 2
+    assert seen["job"].variants == ["danet_pam"]
