@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...]
+# Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
+# (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_fc danet_pam"
+train() {  # design epochs
+    nlanalysis train --design "$1" --epochs "$2" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
+        --variants $VARIANTS --out "runs/controls/$1_e$2" --quiet
+}
+for batch in "${@:-1 2 3 4 5}"; do
+    case "$batch" in
+        1) train query-specific 12 ;;
+        2) train query-specific 24 ;;
+        3) train independent 12 ;;
+        4) train shared 12 ;;
+        5) train independent 24; train shared 24 ;;
+        *) echo "unknown batch $batch (1-5)" >&2; exit 2 ;;
+    esac
+done
