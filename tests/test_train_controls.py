@@ -61,7 +61,8 @@ def test_control_variant_trains_loads_and_capture_sees_maps_only_where_there_are
         with pytest.raises(ValueError, match="no supported NL/GC block"):
             Capture(ckpt.model)
     assert main(["inspect", "--ckpt", str(result.checkpoints[-1])]) == 0
-    assert "layer1.1" in capsys.readouterr().out
+    mode = {"danet_pam": "position_attention", "se": "se", "pooled_fc": "pooled_fc"}[variant]
+    assert f"layer1.1: {type(ckpt.model.layer1[1]).__name__} mode={mode} " in capsys.readouterr().out
 
 
 def test_training_another_design_validates_on_that_design(tmp_path, source):  # noqa: F811

@@ -59,6 +59,11 @@ def _nonfinite_warning(nonfinite: list[str]) -> list[str]:
     return [f"WARNING: NaN or inf in {len(nonfinite)} weight tensor(s), first {nonfinite[0]}: the checkpoint is broken and extract refuses it"]
 
 
+#: the mode shown for block types that have one fixed form (no ``mode`` option)
+_FIXED_MODES = {"ContextBlock": "gc", "SimplifiedNonLocal2d": "snl", "PositionAttention2d": "position_attention",
+                "SqueezeExcitation2d": "se", "PooledResidual2d": "pooled_fc"}
+
+
 def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
     """The ``inspect`` report as text."""
     arch = ckpt.arch
@@ -73,7 +78,7 @@ def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:
         name = arch.prefix + spec.name
         module = modules[name]
         opts = dict(spec.options)
-        mode = opts.pop("mode", None) or {"ContextBlock": "gc", "SimplifiedNonLocal2d": "snl"}.get(spec.type, "?")
+        mode = opts.pop("mode", None) or _FIXED_MODES.get(spec.type, "?")
         inner = getattr(module, "inter_channels", getattr(module, "planes", None))
         shape = f"C={spec.in_channels}" + (f", inner={inner}" if inner is not None else "")
         rest = ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...]
+# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables]
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
 set -euo pipefail
@@ -16,6 +16,17 @@ for batch in "${@:-1 2 3 4 5}"; do
         3) train independent 12 ;;
         4) train shared 12 ;;
         5) train independent 24; train shared 24 ;;
-        *) echo "unknown batch $batch (1-5)" >&2; exit 2 ;;
+        tables)  # seed-paired margins and the plateau rule of every design trained so far; the per-run records
+            for d in query-specific independent shared; do
+                [ -d "runs/controls/${d}_e12/runs" ] || continue
+                long=(); [ -d "runs/controls/${d}_e24/runs" ] && long=(--long "runs/controls/${d}_e24")
+                nlanalysis compare-runs "runs/controls/${d}_e12" "${long[@]}" --csv "reports/controls/$d"
+                for e in 12 24; do
+                    [ -d "runs/controls/${d}_e$e/runs" ] || continue
+                    mkdir -p "reports/controls/runs/${d}_e$e"
+                    cp "runs/controls/${d}_e$e"/runs/*.json "runs/controls/${d}_e$e/training.csv" "reports/controls/runs/${d}_e$e/" 2>/dev/null || true
+                done
+            done ;;
+        *) echo "unknown batch $batch (1-5, tables)" >&2; exit 2 ;;
     esac
 done

@@ -1,0 +1,104 @@
+"""Seed-paired comparisons of trained variants: margins over the baseline and the plateau rule.
+
+A training folder (``nlanalysis train --out OUT``) records each finished run in ``OUT/runs/*.json``;
+:func:`load_results` reads them back. :func:`paired_margins` compares every variant with the
+baseline seed by seed (the same seed gives both the same data order and initial trunk), with a
+Student-t interval and a paired t-test over seeds; :func:`plateau` applies the plateau rule of
+``reports/controls/PLAN.md`` to a short and a long schedule of the same grid.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metrics.intervals import mean_ci
+from .loop import TrainResult
+
+__all__ = ["load_results", "paired_margins", "plateau", "results_frame"]
+
+
+def load_results(out: str | Path) -> list[TrainResult]:
+    """The finished runs of a training folder (``out/runs/{variant}_s{seed}.json``), sorted by file name."""
+    folder = Path(out) / "runs"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no finished runs (is {out} a `nlanalysis train --out` folder?)")
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())["result"]
+            results.append(TrainResult(**{k: v for k, v in record.items() if k != "checkpoints"}))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a finished-run record ({err})") from err
+    return results
+
+
+def results_frame(results: Sequence[TrainResult]) -> pd.DataFrame:
+    """One row per run: variant, seed, miou, pixel_accuracy, seconds."""
+    rows = [{"variant": r.variant, "seed": r.seed, "miou": r.miou, "pixel_accuracy": r.pixel_accuracy,
+             "seconds": r.seconds} for r in results]  # fmt: skip
+    return pd.DataFrame(rows, columns=["variant", "seed", "miou", "pixel_accuracy", "seconds"])
+
+
+def _paired_p(diffs: np.ndarray) -> float:
+    """Two-sided p-value of the paired t-test (mean of the differences = 0); NaN below 2 pairs."""
+    from scipy import stats
+
+    if diffs.size < 2:
+        return math.nan
+    sd = float(diffs.std(ddof=1))
+    if sd == 0.0:
+        return 0.0 if diffs.mean() != 0 else 1.0
+    t = float(diffs.mean()) / (sd / math.sqrt(diffs.size))
+    return float(2.0 * stats.t.sf(abs(t), diffs.size - 1))
+
+
+def paired_margins(results: Sequence[TrainResult], baseline: str = "baseline", level: float = 0.95) -> pd.DataFrame:
+    """Per variant: final mIoU (mean, sd over seeds) and its seed-paired margin over ``baseline``.
+
+    Columns: ``variant, seeds, miou, miou_sd, margin, margin_low, margin_high, margin_p, verdict,
+    seconds_per_run``. Only seeds that both the variant and the baseline have are paired. ``verdict``
+    is ``better``/``worse`` only when the interval excludes 0, else ``no difference shown``.
+    """
+    frame = results_frame(results)
+    if baseline not in set(frame.variant):
+        raise ValueError(f"no {baseline!r} runs to pair with (variants: {sorted(set(frame.variant))})")
+    base = frame[frame.variant == baseline].set_index("seed").miou
+    rows = []
+    for variant, runs in frame.groupby("variant", sort=False):
+        paired = runs[runs.seed.isin(base.index)]
+        diffs = (paired.set_index("seed").miou - base).dropna().to_numpy()
+        ci = mean_ci(diffs, level=level)
+        low, high = ci.low, ci.high
+        verdict = "better" if low > 0 else "worse" if high < 0 else "no difference shown"
+        if variant == baseline:
+            verdict = "baseline"
+        rows.append({"variant": variant, "seeds": len(runs), "miou": runs.miou.mean(), "miou_sd": runs.miou.std(),
+                     "margin": ci.mean, "margin_low": low, "margin_high": high, "margin_p": _paired_p(diffs),
+                     "verdict": verdict, "seconds_per_run": runs.seconds.mean()})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def plateau(short: Sequence[TrainResult], long: Sequence[TrainResult], min_gain: float = 0.01) -> pd.DataFrame:
+    """The plateau rule: a variant's short schedule has plateaued when the seed-paired mean of
+    mIoU(long) - mIoU(short) is at most ``max(min_gain, sd over seeds of the short mIoU)``.
+
+    Columns: ``variant, pairs, miou_short, miou_long, gain, threshold, plateau`` (``plateau`` is
+    ``None`` for a variant without paired runs yet)."""
+    a, b = results_frame(short), results_frame(long)
+    rows = []
+    for variant, runs in a.groupby("variant", sort=False):
+        s = runs.set_index("seed").miou
+        l_ = b[b.variant == variant].set_index("seed").miou
+        seeds = s.index.intersection(l_.index)
+        gain = float((l_[seeds] - s[seeds]).mean()) if len(seeds) else math.nan
+        sd = float(s.std()) if len(s) > 1 else 0.0
+        threshold = max(min_gain, sd)
+        rows.append({"variant": variant, "pairs": len(seeds), "miou_short": s.mean(),
+                     "miou_long": float(l_[seeds].mean()) if len(seeds) else math.nan, "gain": gain,
+                     "threshold": threshold, "plateau": bool(gain <= threshold) if len(seeds) else None})  # fmt: skip
+    return pd.DataFrame(rows)
