@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables]
+# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract]
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_fc danet_pam"
+MAPPED="embedded_gaussian dot_product concatenation gc snl danet_pam"  # the variants with a map over positions
 train() {  # design epochs
     nlanalysis train --design "$1" --epochs "$2" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
         --variants $VARIANTS --out "runs/controls/$1_e$2" --quiet
@@ -27,6 +28,20 @@ for batch in "${@:-1 2 3 4 5}"; do
                     cp "runs/controls/${d}_e$e"/runs/*.json "runs/controls/${d}_e$e/training.csv" "reports/controls/runs/${d}_e$e/" 2>/dev/null || true
                 done
             done ;;
-        *) echo "unknown batch $batch (1-5, tables)" >&2; exit 2 ;;
+        extract)  # attention statistics of every seed's 12-epoch final with a map, then one report per design
+            for d in query-specific independent shared; do
+                [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
+                if [ "$d" = shared ]; then ann=nlanalysis/data/demo/scenes_val/instances.json; img=nlanalysis/data/demo/scenes_val/images
+                else ann=runs/controls/${d}_e12/data/val_${d}_300_seed0/instances.json; img=${ann%/instances.json}/images; fi
+                for s in 0 1 2; do for v in $MAPPED; do
+                    ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
+                    [ -f "$ckpt" ] || continue
+                    maps=(); [ "$s" = 0 ] && maps=(--save-maps)
+                    nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
+                        --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
+                done; done
+                nlanalysis report runs/controls/extract/$d/* --out "reports/controls/$d"
+            done ;;
+        *) echo "unknown batch $batch (1-5, tables, extract)" >&2; exit 2 ;;
     esac
 done
