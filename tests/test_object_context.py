@@ -1,0 +1,146 @@
+"""Object-specific context (nlanalysis.metrics.object_context, extract.object_sites) against naive float64 loops."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nlanalysis.metrics.object_context import OBJECT_CONTEXT, object_context
+from nlanalysis.metrics.query_dependence import row_chunks
+from nlanalysis.tables import summarise
+
+
+def naive_context(maps: np.ndarray, ql: np.ndarray, kl: np.ndarray, cats: np.ndarray | None) -> dict[str, float]:
+    """One map ``[N, K]``, query labels ``[N]`` (-1: not counted), key labels ``[K]`` (-1: left out), label categories."""
+    clean = np.flatnonzero(kl >= 0)
+    rows, labels = [], []
+    for i in range(len(ql)):
+        if ql[i] < 0:
+            continue
+        p = maps[i, clean].astype(np.float64)
+        if p.sum() <= 0:
+            continue
+        rows.append(p / p.sum())
+        labels.append(ql[i])
+    mean_map = np.mean(rows, axis=0)
+    k = len(clean)
+    klab = kl[clean]
+
+    def sets(a: int) -> dict[str, np.ndarray]:
+        on = [j for j in range(k) if klab[j] > 0 and klab[j] != a]
+        out = {"own_object": [j for j in range(k) if klab[j] == a], "other_object": on,
+               "background": [j for j in range(k) if klab[j] == 0]}  # fmt: skip
+        if cats is not None:
+            out["same_category"] = [j for j in on if cats[klab[j]] == cats[a] and cats[a] >= 0]
+            out["other_category"] = [j for j in on if cats[klab[j]] != cats[a] and cats[klab[j]] >= 0 and cats[a] >= 0]
+        return out
+
+    real: dict[str, list[float]] = {}
+    null: dict[str, list[float]] = {}
+    for p, a in zip(rows, labels):
+        if a == 0:
+            continue
+        for name, s in sets(a).items():
+            if s:
+                area = len(s) / k
+                real.setdefault(name, []).append(sum(p[j] for j in s) / area)
+                null.setdefault(name, []).append(sum(mean_map[j] for j in s) / area)
+    out = {n: math.nan for n in OBJECT_CONTEXT}
+    for name in real:
+        out[f"{name}_density"] = float(np.mean(real[name]))
+        if f"{name}_null" in out:
+            out[f"{name}_null"] = float(np.mean(null[name]))
+    out["own_object_lift"] = out["own_object_density"] / out["own_object_null"]
+    return out
+
+
+def _random_case(seed: int, b: int = 2, heads: int = 3, n: int = 20, k: int = 16, n_labels: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.rand(b, heads, n, k, generator=g, dtype=torch.float64) ** 4
+    maps[:, :, 3] = 0.0  # an all-zero row: not counted
+    ql = torch.randint(0, n_labels, (b, n), generator=g)
+    ql[:, :2] = -1  # padding queries
+    kl = torch.randint(0, n_labels, (b, k), generator=g)
+    kl[:, -2:] = -1  # padding / mixed keys
+    cats = torch.tensor([[-1, 7, 7, 3, 9], [-1, 3, 3, 3, 8]])[:b]
+    return maps, ql, kl, cats
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_statistics_match_naive_float64_loops(chunk):
+    maps, ql, kl, cats = _random_case(0)
+    got = object_context(row_chunks(maps, chunk), ql, kl, cats, n_labels=5)
+    for b in range(maps.shape[0]):
+        for h in range(maps.shape[1]):
+            want = naive_context(maps[b, h].numpy(), ql[b].numpy(), kl[b].numpy(), cats[b].numpy())
+            for name in OBJECT_CONTEXT:
+                assert got[name].shape == maps.shape[:2]
+                np.testing.assert_allclose(got[name][b, h].item(), want[name], rtol=1e-10, err_msg=name, equal_nan=True)
+
+
+def test_without_categories_the_category_columns_are_nan_and_float32_rows_agree():
+    maps, ql, kl, _ = _random_case(1, b=1, heads=1)
+    got = object_context(row_chunks(maps[:, 0].float(), 5), ql, kl)
+    want = naive_context(maps[0, 0].numpy(), ql[0].numpy(), kl[0].numpy(), None)
+    assert math.isnan(got["same_category_density"].item()) and math.isnan(got["other_category_density"].item())
+    for name in ("own_object_density", "own_object_null", "own_object_lift", "background_density", "other_object_null"):
+        np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-5, err_msg=name)
+
+
+def _objects_image(side: int = 8):
+    """An ``side x side`` grid: background 0, object 1 on the top-left block, 2 on the bottom right, 3 a small one."""
+    lab = np.zeros((side, side), dtype=np.int64)
+    lab[:3, :3] = 1
+    lab[4:, 4:] = 2
+    lab[0, 6] = 3
+    return torch.from_numpy(lab.ravel())
+
+
+def test_a_map_attending_its_own_object_has_a_large_lift():
+    lab = _objects_image()
+    n = len(lab)
+    same = (lab[:, None] == lab[None, :]) & (lab[:, None] > 0)
+    maps = torch.where(same, 1.0, 0.01).double()  # each object query: its own object; background: all alike
+    maps /= maps.sum(-1, keepdim=True)
+    got = object_context(row_chunks(maps[None], 10), lab[None], lab[None], torch.tensor([[-1, 5, 5, 6]]))
+    want = naive_context(maps.numpy(), lab.numpy(), lab.numpy(), np.array([-1, 5, 5, 6]))
+    assert got["own_object_lift"].item() > 3.0 and got["own_object_density"].item() > 5.0
+    assert got["other_object_density"].item() < 0.2 and got["other_object_null"].item() > 0.5
+    for name in OBJECT_CONTEXT:
+        np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-10, err_msg=name)
+    assert n == 64
+
+
+def test_a_query_independent_map_has_lift_exactly_one():
+    lab = _objects_image()
+    g = torch.Generator().manual_seed(3)
+    one = torch.rand(len(lab), generator=g, dtype=torch.float64) ** 3  # a salience map, the same for every query
+    maps = one.expand(len(lab), -1)[None]
+    got = object_context(row_chunks(maps, 9), lab[None], lab[None])
+    assert got["own_object_lift"].item() == pytest.approx(1.0, abs=1e-12)
+    for name in ("own_object", "other_object", "background"):
+        assert got[f"{name}_density"].item() == pytest.approx(got[f"{name}_null"].item(), rel=1e-12)
+
+
+def test_bad_labels_are_refused_with_their_shapes():
+    maps, ql, kl, cats = _random_case(2)
+    with pytest.raises(ValueError, match=r"key_labels must be \[B, N_key\]"):
+        object_context(row_chunks(maps), ql, kl[:, :5])
+    with pytest.raises(ValueError, match=r"query_labels must be \[B, N_query\]"):
+        object_context(row_chunks(maps), ql[:1], kl)
+    with pytest.raises(ValueError, match=r"categories must be \[B, L\]"):
+        object_context(row_chunks(maps), ql, kl, cats[:, :3], n_labels=5)
+
+
+def test_the_lift_interval_is_the_geometric_mean_with_a_log_interval():
+    lift = np.array([0.8, 1.25, 2.0, 1.6, 1.1])
+    frame = pd.DataFrame({"block": "b", "variant": "v", "image_id": range(5), "own_object_lift": lift, "att": 0.1})
+    row = summarise(frame, stats=["att", "own_object_lift"]).iloc[0]
+    logs = np.log(lift)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(lift) - 1) * logs.std(ddof=1) / math.sqrt(len(lift))
+    assert row["own_object_lift"] == pytest.approx(math.exp(logs.mean()))
+    assert row["own_object_lift_low"] == pytest.approx(math.exp(logs.mean() - half))
+    assert row["own_object_lift_high"] == pytest.approx(math.exp(logs.mean() + half))
