@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
-    "metrics_columns", "names", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
+    "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
 #: ``head`` value of the rows of a site's head-averaged map (and of an NL block's only map).
@@ -36,8 +36,8 @@ BOTH = frozenset({NL, VIT})
 #: recorded by ``extract`` beside the statistics, :mod:`nlanalysis.extract.locality`; NL blocks: with
 #: the query-dependence suite), ``query`` (what kind of query dependence: the suite of
 #: :mod:`nlanalysis.measure.query_dep`, measured with ``query_dependence="cheap"`` or ``"all"``),
-#: ``object`` (object-specific context from annotation masks, :mod:`nlanalysis.metrics.object_context`,
-#: recorded by ``extract`` beside the statistics; NaN without objects).
+#: ``object`` (object-specific context from annotation masks, :mod:`nlanalysis.metrics.object_context`:
+#: recorded by ``extract`` with the query-dependence suite, NaN without objects).
 ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query", "object")
 
 _INF = math.inf
@@ -215,10 +215,16 @@ def query_columns(site: str) -> list[str]:
     return names(site, ("query",)) + (["att_local", "att_local_uniform"] if site == NL else [])
 
 
+def object_columns(site: str) -> list[str]:
+    """The object-context columns of ``site`` (role ``object``), in order: in a run only when it measured
+    the query-dependence suite (after :func:`query_columns`; NaN without annotated objects)."""
+    return names(site, ("object",))
+
+
 def metrics_columns(site: str, query: bool = False) -> list[str]:
     """The columns of a ``site`` run's ``metrics.csv``, in order; ``query``: the run measured the
-    query-dependence suite (its columns last, :func:`query_columns`)."""
-    extra = query_columns(site)
+    query-dependence suite (its columns last: :func:`query_columns`, then :func:`object_columns`)."""
+    extra = query_columns(site) + object_columns(site)
     return [n for n in names(site) if n not in extra] + (extra if query else [])
 
 

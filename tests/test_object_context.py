@@ -144,3 +144,123 @@ def test_the_lift_interval_is_the_geometric_mean_with_a_log_interval():
     assert row["own_object_lift"] == pytest.approx(math.exp(logs.mean()))
     assert row["own_object_lift_low"] == pytest.approx(math.exp(logs.mean() - half))
     assert row["own_object_lift_high"] == pytest.approx(math.exp(logs.mean() + half))
+
+
+# -- the sites of a capture: NL blocks and ViT heads, as extract measures them ----------------------
+
+
+def _labels_and_valid(b: int, h: int, w: int):
+    """Hand-made object labels ``[B, H, W]`` (objects 1..3, two of one category) and a valid mask (image 1 padded)."""
+    lab = torch.zeros(b, h, w, dtype=torch.int64)
+    lab[:, : h // 2, : w // 3] = 1
+    lab[:, h // 2 :, w // 3 : 2 * w // 3] = 2
+    lab[:, : h // 4, 2 * w // 3 :] = 3
+    valid = torch.ones(b, h, w, dtype=torch.bool)
+    valid[1, :, 3 * w // 4 :] = False
+    return lab, valid
+
+
+def _cell_labels(pixels: torch.Tensor, grid) -> np.ndarray:
+    """The value at each cell's centre pixel, by loops: ``[B, gh * gw]``."""
+    b, h, w = pixels.shape
+    out = np.zeros((b, grid[0] * grid[1]), dtype=np.int64)
+    for i in range(b):
+        for r in range(grid[0]):
+            for c in range(grid[1]):
+                out[i, r * grid[1] + c] = int(pixels[i, min(int((r + 0.5) * h / grid[0]), h - 1), min(int((c + 0.5) * w / grid[1]), w - 1)])
+    return out
+
+
+def _run_site(analysis, images, valid, labels, categories):
+    analysis.set_query_dependence("cheap")  # the object context comes with the query-dependence suite
+    with analysis.capture(queries=None, seed=0, jsd_pairs=16, chunk_size=None, controls=False) as cap:
+        cap.set_valid(valid)
+        cap.set_objects(labels)
+        cap.object_categories = categories
+        analysis.model(images)
+    return analysis.frame(cap.records, images.shape[0], valid)
+
+
+def _naive_site(maps: np.ndarray, labels, valid, grid, categories, b: int) -> dict[str, float]:
+    cells, ok = _cell_labels(labels, grid)[b], _cell_labels(valid.long(), grid)[b] > 0
+    lab = np.where(ok, cells, -1)
+    cats = np.array([-1, *categories[b]])
+    return naive_context(maps, lab, lab, cats)
+
+
+def test_nl_block_columns_match_naive_maps(tmp_path):
+    from extract_inputs import tiny_checkpoint
+
+    from nlanalysis.extract import load_analysis
+
+    analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    labels, valid = _labels_and_valid(2, 64, 96)
+    categories = [[5, 5, 7], [2, 3, 3]]
+    frame = _run_site(analysis, images, valid, labels, categories)
+    block = dict(analysis.model.named_modules())["backbone.layer2.0.nonlocal_block"]
+    seen = {}
+    handle = block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
+    with torch.no_grad():
+        analysis.model(images)
+    handle.remove()
+    from nlanalysis.adapters import list_blocks
+
+    adapter = next(b.adapter for b in list_blocks(analysis.model) if b.name == "backbone.layer2.0.nonlocal_block")
+    att = adapter.attention(block, seen["x"])
+    assert tuple(att.key_shape) == tuple(att.query_shape)  # keys on the query grid: no pooled keys here
+    full = att.rows(0, att.n_query).detach().double().numpy()
+    for b in range(2):
+        row = frame[(frame["image"] == b) & (frame["block"] == "backbone.layer2.0.nonlocal_block")].iloc[0]
+        want = _naive_site(full[b], labels, valid, att.query_shape, categories, b)
+        for name in OBJECT_CONTEXT:
+            np.testing.assert_allclose(row[name], want[name], rtol=2e-5, err_msg=name, equal_nan=True)
+    gc = frame[frame["block"] == "backbone.layer1.0.context_block"]  # one map for every query: lift 1
+    np.testing.assert_allclose(gc["own_object_lift"], 1.0, atol=1e-6)
+
+
+def test_vit_head_columns_match_naive_maps():
+    timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="timm (the ViT extra) is not installed")
+    from helpers import randomize_
+
+    from nlanalysis.capture.heads import ViTCapture
+    from nlanalysis.extract import ViTAnalysis
+
+    model = randomize_(timm_vit.VisionTransformer(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=0,
+                                                  qkv_bias=True, init_values=0.5), std=0.2).eval()  # fmt: skip
+    analysis = ViTAnalysis(model, size=28, kernels="eager")
+    images = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels, valid = _labels_and_valid(2, 28, 28)
+    categories = [[1, 1, 4], [2, 3, 3]]
+    frame = _run_site(analysis, images, valid, labels, categories)
+    with ViTCapture(model, keep_attention=True, stats=False) as cap:
+        model(images)
+    for rec in cap.records:
+        rows = rec.attention.rows(0, rec.attention.n_query).double()  # [B, heads, N, N]
+        maps = torch.cat([rows, rows.mean(1, keepdim=True)], 1).numpy()
+        for b in range(2):
+            for m in range(maps.shape[1]):
+                head = -1 if m == maps.shape[1] - 1 else m
+                row = frame[(frame["image"] == b) & (frame["layer"] == rec.layer) & (frame["head"] == head)].iloc[0]
+                want = _naive_site(maps[b, m], labels, valid, rec.layout.grid, categories, b)
+                for name in OBJECT_CONTEXT:
+                    np.testing.assert_allclose(row[name], want[name], rtol=2e-5, err_msg=f"{name} layer {rec.layer} head {head}",
+                                               equal_nan=True)  # fmt: skip
+
+
+def test_without_objects_the_columns_are_nan(tmp_path):
+    from extract_inputs import tiny_checkpoint
+
+    from nlanalysis.extract import load_analysis
+
+    analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
+    images = torch.randn(1, 3, 64, 64)
+    with analysis.capture(queries=None, seed=0, jsd_pairs=16, chunk_size=None, controls=False) as cap:
+        analysis.model(images)
+    assert not set(OBJECT_CONTEXT) & set(analysis.frame(cap.records, 1)) and cap.records[0].x is None  # suite off: not measured
+    analysis.set_query_dependence("cheap")
+    assert analysis.columns[-len(OBJECT_CONTEXT) :] == list(OBJECT_CONTEXT)
+    with analysis.capture(queries=None, seed=0, jsd_pairs=16, chunk_size=None, controls=False) as cap:
+        analysis.model(images)
+    frame = analysis.frame(cap.records, 1)
+    assert frame[list(OBJECT_CONTEXT)].isna().all().all() and len(frame) == 2 and cap.records[0].x is None

@@ -172,8 +172,8 @@ class ViTAnalysis(Analysis):
         cap = ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
                          keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
-        self._context = ObjectContext(self.model)
-        return self._context.attach(cap)
+        self._context = ObjectContext(self.model) if self.query_dependence != "off" else None  # with the suite
+        return self._context.attach(cap) if self._context else cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
         """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
@@ -186,7 +186,8 @@ class ViTAnalysis(Analysis):
             local.append(record_locality(rec, valid, images))
             rec.attention = None
         frame = frame.merge(pd.concat(local, ignore_index=True), on=["image", "layer", "head"], how="left")
-        frame = with_object_context(frame, getattr(self, "_context", None))
+        if getattr(self, "_context", None):
+            frame = with_object_context(frame, self._context)
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)
