@@ -152,9 +152,9 @@ def test_the_lift_interval_is_the_geometric_mean_with_a_log_interval():
 def _labels_and_valid(b: int, h: int, w: int):
     """Hand-made object labels ``[B, H, W]`` (objects 1..3, two of one category) and a valid mask (image 1 padded)."""
     lab = torch.zeros(b, h, w, dtype=torch.int64)
-    lab[:, : h // 2, : w // 3] = 1
+    lab[:, : 3 * h // 8, : w // 3] = 1  # edges off the 2x2 pooling: pooled keys that mix labels
     lab[:, h // 2 :, w // 3 : 2 * w // 3] = 2
-    lab[:, : h // 4, 2 * w // 3 :] = 3
+    lab[:, : h // 4, 5 * w // 8 :] = 3
     valid = torch.ones(b, h, w, dtype=torch.bool)
     valid[1, :, 3 * w // 4 :] = False
     return lab, valid
@@ -188,35 +188,66 @@ def _naive_site(maps: np.ndarray, labels, valid, grid, categories, b: int) -> di
     return naive_context(maps, lab, lab, cats)
 
 
-def test_nl_block_columns_match_naive_maps(tmp_path):
-    from extract_inputs import tiny_checkpoint
+def _pooled_labels(cells: np.ndarray, grid) -> np.ndarray:
+    """Labels ``[gh * gw]`` of the keys of a 2x2 max-pool (floor): a key's four cells' label where they agree, else -1."""
+    gh, gw = grid
+    cell = cells.reshape(gh, gw)
+    out = np.full((gh // 2, gw // 2), -1, dtype=np.int64)
+    for r in range(gh // 2):
+        for c in range(gw // 2):
+            four = cell[2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
+            out[r, c] = four[0, 0] if (four == four[0, 0]).all() else -1
+    return out.ravel()
 
+
+POOLED_ARCH = dict(
+    blocks=[("layer1.0.nonlocal_block", 256, {"mode": "dot_product"}),
+            ("layer2.0.nonlocal_block", 512, {"mode": "gaussian", "sub_sample": True})],
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["tiny", "pooled"])
+def test_nl_block_columns_match_naive_maps(tmp_path, arch):
+    """Embedded Gaussian on the query grid (and a GC block: lift 1); Gaussian with 2x2-pooled keys (mixed keys left
+    out) and a signed dot-product block (NaN)."""
+    from extract_inputs import TINY_ARCH, tiny_checkpoint
+
+    from nlanalysis.adapters import list_blocks
     from nlanalysis.extract import load_analysis
+    from nlanalysis.models import BlockSpec, ResNetArch
 
-    analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
+    specs = [BlockSpec(f"{n}", "NonLocal2d", c, "after_conv3", kw) for n, c, kw in POOLED_ARCH["blocks"]]
+    model_arch = TINY_ARCH if arch == "tiny" else ResNetArch((1, 1), specs, prefix="backbone.")
+    analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth", arch=model_arch))
     images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     labels, valid = _labels_and_valid(2, 64, 96)
     categories = [[5, 5, 7], [2, 3, 3]]
     frame = _run_site(analysis, images, valid, labels, categories)
-    block = dict(analysis.model.named_modules())["backbone.layer2.0.nonlocal_block"]
+    name = "backbone.layer2.0.nonlocal_block"
+    block = dict(analysis.model.named_modules())[name]
     seen = {}
     handle = block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     with torch.no_grad():
         analysis.model(images)
     handle.remove()
-    from nlanalysis.adapters import list_blocks
-
-    adapter = next(b.adapter for b in list_blocks(analysis.model) if b.name == "backbone.layer2.0.nonlocal_block")
+    adapter = next(b.adapter for b in list_blocks(analysis.model) if b.name == name)
     att = adapter.attention(block, seen["x"])
-    assert tuple(att.key_shape) == tuple(att.query_shape)  # keys on the query grid: no pooled keys here
+    assert (tuple(att.key_shape) == tuple(att.query_shape)) == (arch == "tiny")
     full = att.rows(0, att.n_query).detach().double().numpy()
+    grid = att.query_shape
     for b in range(2):
-        row = frame[(frame["image"] == b) & (frame["block"] == "backbone.layer2.0.nonlocal_block")].iloc[0]
-        want = _naive_site(full[b], labels, valid, att.query_shape, categories, b)
-        for name in OBJECT_CONTEXT:
-            np.testing.assert_allclose(row[name], want[name], rtol=2e-5, err_msg=name, equal_nan=True)
-    gc = frame[frame["block"] == "backbone.layer1.0.context_block"]  # one map for every query: lift 1
-    np.testing.assert_allclose(gc["own_object_lift"], 1.0, atol=1e-6)
+        row = frame[(frame["image"] == b) & (frame["block"] == name)].iloc[0]
+        ok = _cell_labels(valid.long(), grid)[b] > 0
+        ql = np.where(ok, _cell_labels(labels, grid)[b], -1)
+        kl = ql if arch == "tiny" else np.where(_pooled_labels(np.where(ok, 0, -1), grid) == 0, _pooled_labels(ql, grid), -1)
+        want = naive_context(full[b], ql, kl, np.array([-1, *categories[b]]))
+        for stat in OBJECT_CONTEXT:
+            np.testing.assert_allclose(row[stat], want[stat], rtol=2e-5, err_msg=stat, equal_nan=True)
+    other = frame[frame["block"] != name]
+    if arch == "tiny":  # a GC block: one map for every query, lift 1
+        np.testing.assert_allclose(other["own_object_lift"], 1.0, atol=1e-6)
+    else:  # dot product: signed maps
+        assert other[list(OBJECT_CONTEXT)].isna().all().all()
 
 
 def test_vit_head_columns_match_naive_maps():

@@ -108,8 +108,6 @@ class ObjectContext:
             x = rec.x.to(next(block.module.parameters(), torch.empty(0, device=objects.device)).device)
             with torch.no_grad():
                 att = block.adapter.attention(block.module, x)
-            if not att.nonnegative:
-                return SiteMaps([], None, None, None, (1.0, 1.0)), compact, compact, cats, n_labels
             kmask = key_mask(valid, att.key_shape).flatten(1) if valid is not None else None
             keys = key_labels(compact, att.key_shape).flatten(1)
             site = block_maps(att, None, None, None, self.chunk_size)
@@ -122,12 +120,12 @@ class ObjectContext:
         return site, queries, keys, cats, n_labels
 
     def _measure(self, site: SiteMaps, queries: Tensor, keys: Tensor, cats: Tensor | None, n_labels: int) -> dict[str, Tensor]:
-        """``{statistic: [B, M]}`` float64 over the site's map groups (NaN for a site without non-negative maps)."""
-        if not site.groups:
-            nan = torch.full((queries.shape[0], 1), torch.nan, dtype=torch.float64)
-            return {n: nan.clone() for n in OBJECT_CONTEXT}
+        """``{statistic: [B, M]}`` float64 over the site's map groups (NaN for signed maps: an NL block's one map)."""
         parts = []
         for g in site.groups:
+            if g.signed:  # mass and density need non-negative weights
+                parts.append({n: torch.full((queries.shape[0], 1), torch.nan, dtype=torch.float64) for n in OBJECT_CONTEXT})
+                continue
             rows = lambda g=g: ((s, r[..., site.spatial_keys]) for s, r in g.rows())  # noqa: E731
             found = object_context(rows, queries, keys, cats, n_labels)
             parts.append({n: v.reshape(queries.shape[0], -1).cpu() for n, v in found.items()})
