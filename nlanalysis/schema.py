@@ -120,6 +120,9 @@ REGISTRY: tuple[Column, ...] = (
     _c("own_object_lift", "`own_object_density / own_object_null`: 1 = no object-specific context (a query-independent map "
        "gives exactly 1); tables: geometric mean over images, CI of the mean log-lift", "float", "object", (0.0, _INF),
        header="own-object lift", unit="ratio"),
+    _c("own_object_lift_objects", "`own_object_lift` against the mean map of the object queries only: removes a sharper "
+       "attention of object than of background queries to one shared map (a temperature, not object-specific context)", "float",
+       "object", (0.0, _INF), header="own-object lift, object-query null", unit="ratio"),
     _c("other_object_density", "mass per unit area object queries put on the image's other objects (all together)", "float",
        "object", _COUNT),
     _c("other_object_null", "`other_object_density` of the image's mean map", "float", "object", _COUNT),
@@ -178,7 +181,7 @@ _BY_NAME = {c.name: c for c in REGISTRY}
 TABLE1 = (
     "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
     "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
-    "own_object_density", "own_object_lift",
+    "own_object_density", "own_object_lift", "own_object_lift_objects",
 )  # fmt: skip
 
 

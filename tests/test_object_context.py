@@ -36,6 +36,7 @@ def naive_context(maps: np.ndarray, ql: np.ndarray, kl: np.ndarray, cats: np.nda
             out["other_category"] = [j for j in on if cats[klab[j]] != cats[a] and cats[klab[j]] >= 0 and cats[a] >= 0]
         return out
 
+    object_map = np.mean([p for p, a in zip(rows, labels) if a > 0], axis=0)  # the mean map of object queries only
     real: dict[str, list[float]] = {}
     null: dict[str, list[float]] = {}
     for p, a in zip(rows, labels):
@@ -46,12 +47,15 @@ def naive_context(maps: np.ndarray, ql: np.ndarray, kl: np.ndarray, cats: np.nda
                 area = len(s) / k
                 real.setdefault(name, []).append(sum(p[j] for j in s) / area)
                 null.setdefault(name, []).append(sum(mean_map[j] for j in s) / area)
+                if name == "own_object":
+                    null.setdefault("objects", []).append(sum(object_map[j] for j in s) / area)
     out = {n: math.nan for n in OBJECT_CONTEXT}
     for name in real:
         out[f"{name}_density"] = float(np.mean(real[name]))
         if f"{name}_null" in out:
             out[f"{name}_null"] = float(np.mean(null[name]))
     out["own_object_lift"] = out["own_object_density"] / out["own_object_null"]
+    out["own_object_lift_objects"] = out["own_object_density"] / float(np.mean(null["objects"]))
     return out
 
 
@@ -119,8 +123,22 @@ def test_a_query_independent_map_has_lift_exactly_one():
     maps = one.expand(len(lab), -1)[None]
     got = object_context(row_chunks(maps, 9), lab[None], lab[None])
     assert got["own_object_lift"].item() == pytest.approx(1.0, abs=1e-12)
+    assert got["own_object_lift_objects"].item() == pytest.approx(1.0, abs=1e-12)
     for name in ("own_object", "other_object", "background"):
         assert got[f"{name}_density"].item() == pytest.approx(got[f"{name}_null"].item(), rel=1e-12)
+
+
+def test_sharper_object_queries_on_one_salience_map_lift_only_against_the_all_query_null():
+    """One shared map, object queries at a higher temperature than background ones: a gain, not object context."""
+    lab = _objects_image()
+    salience = torch.where(lab > 0, 3.0, 1.0).double() + torch.linspace(0, 1, len(lab), dtype=torch.float64)
+    gain = torch.where(lab > 0, 3.0, 0.5).double()  # per-query sharpness
+    maps = torch.softmax(gain[:, None] * salience.log()[None, :], dim=-1)[None]
+    got = object_context(row_chunks(maps, 16), lab[None], lab[None])
+    assert got["own_object_lift"].item() > 1.2
+    assert got["own_object_lift_objects"].item() == pytest.approx(1.0, abs=1e-12)
+    want = naive_context(maps[0].numpy(), lab.numpy(), lab.numpy(), None)
+    np.testing.assert_allclose(got["own_object_lift"].item(), want["own_object_lift"], rtol=1e-10)
 
 
 def test_bad_labels_are_refused_with_their_shapes():

@@ -16,6 +16,10 @@ them, and over counted object queries ``i`` (valid, on an object, a row with mas
   ``own_object_null``: the same with every row replaced by ``mbar``;
   ``own_object_lift = own_object_density / own_object_null`` (1 = no object-specific context; a
   query-independent map gives exactly 1);
+* ``own_object_lift_objects``: the same against the mean map of the *object* queries only. Where
+  object queries attend one salience map more sharply than background queries (a per-query
+  temperature, not object-specific context), ``own_object_lift`` exceeds 1 and this one does not:
+  the demo's embedded Gaussian gives 1.43 and 1.01;
 * ``other_object_density`` / ``other_object_null``: on the image's other objects (all of them
   together), over queries of images with another object;
 * ``background_density`` / ``background_null``: on the background (label 0);
@@ -38,7 +42,7 @@ __all__ = ["OBJECT_CONTEXT", "context_from_mass", "label_mass", "object_context"
 
 #: the statistics, as the ``metrics.csv`` columns name them (:mod:`nlanalysis.schema`).
 OBJECT_CONTEXT = (
-    "own_object_density", "own_object_null", "own_object_lift", "other_object_density", "other_object_null",
+    "own_object_density", "own_object_null", "own_object_lift", "own_object_lift_objects", "other_object_density", "other_object_null",
     "background_density", "background_null", "same_category_density", "other_category_density",
 )  # fmt: skip
 
@@ -96,14 +100,15 @@ def _mean(num: Tensor, weight: Tensor, ok: Tensor) -> Tensor:
     return torch.where(den > 0, torch.where(ok, num, 0.0).sum(-1) / torch.where(den > 0, den, 1.0), torch.nan)
 
 
-def _density(mass: Tensor, count: Tensor, share: Tensor, sets: Tensor) -> tuple[Tensor, Tensor]:
+def _density(mass: Tensor, count: Tensor, share: Tensor, sets: Tensor, first: int = 0) -> tuple[Tensor, Tensor]:
     """Mean density over object queries on key sets ``sets`` ``[B, L, L]`` (row ``a``: the keys of a
-    query on ``a``), of the real rows (``mass``) and of the mean map; ``share`` ``[*batch, L]``."""
+    query on ``a``), of the real rows (``mass``) and of the mean map of the queries on labels ``first..``
+    (0: every query; 1: object queries only); ``share`` ``[*batch, L]``."""
     extra = (1,) * (mass.dim() - 3)
     sets = sets.reshape(sets.shape[0], *extra, *sets.shape[1:]).to(torch.float64)
     area = (sets * share[..., None, :]).sum(-1)  # [*batch, L]: each label's set, as a share of clean keys
     real = (mass * sets).sum(-1)  # summed over the label's queries
-    mean_map = mass.sum(-2) / count.sum(-1, keepdim=True).clamp(min=1)  # [*batch, L]: mbar's mass per label
+    mean_map = mass[..., first:, :].sum(-2) / count[..., first:].sum(-1, keepdim=True).clamp(min=1)  # [*batch, L]
     null = count * (sets * mean_map[..., None, :]).sum(-1)
     ok = (area > 0) & (count > 0)
     ok[..., 0] = False  # background queries are not object queries
@@ -124,6 +129,7 @@ def context_from_mass(mass: Tensor, count: Tensor, area: Tensor, categories: Ten
     out: dict[str, Tensor] = {}
     out["own_object_density"], out["own_object_null"] = _density(mass, count, share, eye)
     out["own_object_lift"] = out["own_object_density"] / out["own_object_null"]
+    out["own_object_lift_objects"] = out["own_object_density"] / _density(mass, count, share, eye, first=1)[1]
     out["other_object_density"], out["other_object_null"] = _density(mass, count, share, other)
     out["background_density"], out["background_null"] = _density(mass, count, share, background)
     nan = torch.full_like(out["own_object_density"], torch.nan)
