@@ -293,6 +293,10 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
         parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
+    if "own_object_lift" in cols:
+        parts.append("own-object density: mass per unit area a query on an object puts on it (1 = uniform); own-object lift: that density "
+                     "over the density the image's mean map puts there (object-query null: the mean map of object queries only), "
+                     "1 = no object-specific context; lifts are geometric means over images, interval of the mean log-lift.")
     if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
