@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
-    "metrics_columns", "names", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
+    "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
 #: ``head`` value of the rows of a site's head-averaged map (and of an NL block's only map).
@@ -35,8 +35,10 @@ BOTH = frozenset({NL, VIT})
 #: (how the numbers were made), ``locality`` (ViT: where a head's weight lies around its query,
 #: recorded by ``extract`` beside the statistics, :mod:`nlanalysis.extract.locality`; NL blocks: with
 #: the query-dependence suite), ``query`` (what kind of query dependence: the suite of
-#: :mod:`nlanalysis.measure.query_dep`, measured with ``query_dependence="cheap"`` or ``"all"``).
-ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query")
+#: :mod:`nlanalysis.measure.query_dep`, measured with ``query_dependence="cheap"`` or ``"all"``),
+#: ``object`` (object-specific context from annotation masks, :mod:`nlanalysis.metrics.object_context`:
+#: recorded by ``extract`` with the query-dependence suite, NaN without objects).
+ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query", "object")
 
 _INF = math.inf
 
@@ -110,6 +112,27 @@ REGISTRY: tuple[Column, ...] = (
        _UNIT, header="own-object mass"),
     _c("own_object_share", "share of the valid keys that the query's object covers (what uniform attention gives)", "float",
        "stat", _UNIT, header="own-object share"),
+    _c("own_object_density", "mean over object queries of the mass per unit area on the query's own object (mass / the object's "
+       "share of the valid keys; 1 = uniform), rows over valid keys outside mixed pooled keys (NaN without objects; signed maps NaN)",
+       "float", "object", _COUNT, header="own-object density"),
+    _c("own_object_null", "`own_object_density` when every query gets the image's mean map (its rows averaged over queries)",
+       "float", "object", _COUNT),
+    _c("own_object_lift", "`own_object_density / own_object_null`: 1 = no object-specific context (a query-independent map "
+       "gives exactly 1); tables: geometric mean over images, CI of the mean log-lift", "float", "object", (0.0, _INF),
+       header="own-object lift", unit="ratio"),
+    _c("own_object_lift_objects", "`own_object_lift` against the mean map of the object queries only: removes a sharper "
+       "attention of object than of background queries to one shared map (a temperature, not object-specific context)", "float",
+       "object", (0.0, _INF), header="own-object lift, object-query null", unit="ratio"),
+    _c("other_object_density", "mass per unit area object queries put on the image's other objects (all together)", "float",
+       "object", _COUNT),
+    _c("other_object_null", "`other_object_density` of the image's mean map", "float", "object", _COUNT),
+    _c("background_density", "mass per unit area object queries put on the background (keys on no object)", "float", "object",
+       _COUNT),
+    _c("background_null", "`background_density` of the image's mean map", "float", "object", _COUNT),
+    _c("same_category_density", "mass per unit area object queries put on other objects of their category (COCO categories; "
+       "NaN without such objects)", "float", "object", _COUNT),
+    _c("other_category_density", "mass per unit area object queries put on objects of other categories", "float", "object",
+       _COUNT),
     _c("ctrl_att", "`att` of random query/key projections of the same input at the trained maps' entropy (`--controls`)", "float", "control",
        _DIST, header="att, random proj.", unit="1-cos"),
     _c("ctrl_att_jsd", "`att_jsd` of the random-projection control", "float", "control", _UNIT, header="JSD, random proj.",
@@ -158,6 +181,7 @@ _BY_NAME = {c.name: c for c in REGISTRY}
 TABLE1 = (
     "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
     "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
+    "own_object_density", "own_object_lift", "own_object_lift_objects",
 )  # fmt: skip
 
 
@@ -194,10 +218,16 @@ def query_columns(site: str) -> list[str]:
     return names(site, ("query",)) + (["att_local", "att_local_uniform"] if site == NL else [])
 
 
+def object_columns(site: str) -> list[str]:
+    """The object-context columns of ``site`` (role ``object``), in order: in a run only when it measured
+    the query-dependence suite (after :func:`query_columns`; NaN without annotated objects)."""
+    return names(site, ("object",))
+
+
 def metrics_columns(site: str, query: bool = False) -> list[str]:
     """The columns of a ``site`` run's ``metrics.csv``, in order; ``query``: the run measured the
-    query-dependence suite (its columns last, :func:`query_columns`)."""
-    extra = query_columns(site)
+    query-dependence suite (its columns last: :func:`query_columns`, then :func:`object_columns`)."""
+    extra = query_columns(site) + object_columns(site)
     return [n for n in names(site) if n not in extra] + (extra if query else [])
 
 

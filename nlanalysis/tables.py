@@ -102,6 +102,35 @@ def _bounds(stats: Sequence[str], frame: pd.DataFrame) -> dict[str, tuple[float,
     return {s: schema.value_range(s, "(1-cos)/2" if half else "1-cos") if s in known else None for s in stats}
 
 
+#: ratio statistics (unit ``ratio``, e.g. ``own_object_lift``): summarised on the log scale.
+RATIO_STATS = frozenset(c.name for c in schema.REGISTRY if c.unit == "ratio")
+
+
+def _logs(frame: pd.DataFrame, ratios: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each of ``ratios`` replaced by its log (non-positive ratios: NaN, left out).
+
+    A ratio such as ``own_object_lift`` (own-object density of the real maps / of the mean-map null)
+    is summarised as the geometric mean over images with the Student-t interval of the mean
+    log-ratio, exponentiated: a ratio's spread is multiplicative (2x and 0.5x are equally far from
+    1), its per-image values are skewed to the right, and the log makes them additive and nearer to
+    normal, so the t interval holds its level better than on the raw ratios or than a ratio of means;
+    the interval is asymmetric, stays positive, and contains 1 exactly when the mean log-ratio's
+    contains 0 (no effect)."""
+    if not ratios:
+        return frame
+    logs = {r: np.log(frame[r].where(frame[r] > 0)) for r in ratios}
+    return frame.assign(**logs)
+
+
+def _exps(out: pd.DataFrame, ratios: Sequence[str]) -> pd.DataFrame:
+    """Undo :func:`_logs` on a summary: the mean log and its interval back to ratios."""
+    for r in ratios:
+        for c in (r, f"{r}_low", f"{r}_high"):
+            if c in out:
+                out[c] = np.exp(out[c].astype(float))
+    return out
+
+
 def _facts(part: pd.DataFrame, level: float) -> dict[str, object]:
     """The non-statistic columns of one Table 1 row (see :func:`summarise`)."""
     row: dict[str, object] = {}
@@ -136,7 +165,8 @@ def summarise(
             may be missing (one run without checkpoint facts).
         by: group columns; those missing or all NaN are dropped (e.g. ``step`` of runs whose
             checkpoints do not record it).
-        stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped).
+        stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped);
+            ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`).
         level: confidence level.
 
     Returns:
@@ -151,8 +181,11 @@ def summarise(
         raise ValueError("no metrics rows to summarise (did the runs analyse any image?)")
     keys = _group_keys(frame, by) + ["block"]
     present = [s for s in stats if s in frame and frame[s].notna().any()]
-    out = grouped_intervals(frame.assign(_unit=_units(frame)), keys, present, unit="_unit", level=level,
-                            bounds=_bounds(present, frame), facts=lambda part: _facts(part, level))  # fmt: skip
+    ratios = [s for s in present if s in RATIO_STATS]
+    bounds = {**_bounds(present, frame), **{r: None for r in ratios}}  # logs: any real number
+    out = grouped_intervals(_logs(frame, ratios).assign(_unit=_units(frame)), keys, present, unit="_unit", level=level,
+                            bounds=bounds, facts=lambda part: _facts(part, level))  # fmt: skip
+    out = _exps(out, ratios)
     if "step" in keys:  # steps in increasing order within each variant; variants in first-seen order
         rank = out["variant"].map({v: i for i, v in enumerate(dict.fromkeys(out["variant"]))}) if "variant" in keys else 0
         out = out.assign(_rank=rank).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
@@ -260,6 +293,10 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
         parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
+    if "own_object_lift" in cols:
+        parts.append("own-object density: mass per unit area a query on an object puts on it (1 = uniform); own-object lift: that density "
+                     "over the density the image's mean map puts there (object-query null: the mean map of object queries only), "
+                     "1 = no object-specific context; lifts are geometric means over images, interval of the mean log-lift.")
     if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")

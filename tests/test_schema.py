@@ -60,7 +60,8 @@ def test_derived_lists_keep_their_members_and_order():
     assert SUMMARY_COLUMNS == ["input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows",
                                "att_own_object", "own_object_share", "att_prefix_mass"]  # fmt: skip
     assert TABLE_STATS == ["input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd", "att_entropy", "att_max",
-                           "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object"]  # fmt: skip
+                           "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object", "own_object_density",
+                           "own_object_lift", "own_object_lift_objects"]  # fmt: skip
     assert HEADERS["att_jsd"] == "att JSD (bits)" and HEADERS["ctrl_att"] == "att, random proj." and HEADERS["block"] == "block"
 
 

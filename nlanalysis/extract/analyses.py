@@ -199,7 +199,8 @@ class Analysis(ABC):
         columns follow the kind's :attr:`columns` unless ``"off"`` (:func:`nlanalysis.schema.metrics_columns`)."""
         self.query_dependence = check_level(level)
         base = type(self).columns
-        self.columns = base if level == "off" else [*base, *(c for c in schema.query_columns(schema.NL) if c not in base)]
+        suite = schema.query_columns(schema.NL) + schema.object_columns(schema.NL)
+        self.columns = base if level == "off" else [*base, *(c for c in suite if c not in base)]
 
     def measure_settings(self) -> dict[str, Any]:
         """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""

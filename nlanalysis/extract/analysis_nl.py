@@ -24,6 +24,7 @@ from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import padded_size
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
+from .object_sites import ObjectContext, with_object_context
 from .store import sha256_file
 
 __all__ = ["CHECKPOINT_OVERRIDES", "BlockAnalysis"]
@@ -94,12 +95,16 @@ class BlockAnalysis(Analysis):
         return grids
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
-        return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
-                       chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls,
-                       query_dependence=self.query_dependence)  # fmt: skip
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
+        suite = self.query_dependence != "off"  # with it the object context, whose maps are rebuilt from x
+        cap = Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
+                      chunk_size=chunk_size, controls=controls, query_dependence=self.query_dependence, keep_tensors=suite)
+        self._context = ObjectContext(self.model, chunk_size) if suite else None
+        return self._context.attach(cap) if suite else cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
-        return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
+        frame = with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
+        return with_object_context(frame, self._context) if getattr(self, "_context", None) else frame
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
         return records_layer_maps(records, image, queries, lambda r: (r.query_shape, r.key_shape))

@@ -35,6 +35,7 @@ from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .locality import record_locality
+from .object_sites import ObjectContext, with_object_context
 
 __all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
 
@@ -168,9 +169,11 @@ class ViTAnalysis(Analysis):
         ``controls``: the random-projection control per head (:mod:`nlanalysis.measure.head_controls`)."""
         from ..capture.heads import ViTCapture
 
-        return ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
-                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
-                          keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
+        cap = ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
+                         jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
+                         keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
+        self._context = ObjectContext(self.model) if self.query_dependence != "off" else None  # with the suite
+        return self._context.attach(cap) if self._context else cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
         """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
@@ -183,6 +186,8 @@ class ViTAnalysis(Analysis):
             local.append(record_locality(rec, valid, images))
             rec.attention = None
         frame = frame.merge(pd.concat(local, ignore_index=True), on=["image", "layer", "head"], how="left")
+        if getattr(self, "_context", None):
+            frame = with_object_context(frame, self._context)
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
         modes = {r.name: r.info.get("mode", "self_attention") for r in records}
         frame["mode"] = frame["block"].map(modes)

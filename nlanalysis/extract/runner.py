@@ -417,6 +417,7 @@ class _BatchWork:
             cap.set_valid(valid)
             if self.use_objects and all(g.objects is not None for g in group):
                 cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(self.device))
+                cap.object_categories = [g.objects.category_ids for g in group]  # same/other-category context (.object_sites)
             analysis.model(images)
         records = cap.records
         frame = analysis.frame(records, len(group), valid)
