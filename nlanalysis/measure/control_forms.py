@@ -46,6 +46,7 @@ __all__ = [
     "concat_terms",
     "control_form",
     "entropy_of_rows",
+    "form_control_maps",
     "per_query_temperature",
     "positive_share",
     "row_entropies",
@@ -82,6 +83,7 @@ def child_generator(parent: torch.Generator | None, salt: int = 0) -> torch.Gene
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") % (2**63))
 
 
+@torch.no_grad()
 def row_entropies(att: LazyAttention, kmask: Tensor | None = None, chunk_size: int = 256) -> Tensor:
     """Normalised entropy of every query row of non-negative maps ``att`` over the valid keys.
 
@@ -156,31 +158,49 @@ def positive_share(a: Tensor, b: Tensor) -> float:
     return float(above.sum()) / (a.numel() * b.numel())
 
 
-def concat_terms(a_rand: Tensor, b_rand: Tensor, a_trained: Tensor, b_trained: Tensor, iterations: int = 100) -> tuple[Tensor, Tensor]:
+def concat_terms(a_rand: Tensor, b_rand: Tensor, a_trained: Tensor, b_trained: Tensor) -> tuple[Tensor, Tensor]:
     """The query and key terms of the ``relu-concat`` control from random projections, at the trained form's sharpness.
 
     Args:
         a_rand, b_rand: ``[N]``, ``[N_k]`` random query / key terms (``u . x_i``, ``v . x_j``) of the valid positions.
         a_trained, b_trained: the trained block's terms ``w_q . theta_i``, ``w_k . phi_j`` of the same positions.
-        iterations: bisection steps on the shift.
 
     Returns:
         ``(a, b)`` float64: each random term set to the trained term's mean and standard deviation,
-        ``b`` then shifted so that the share of positive ``a_i + b_j`` is the trained one (to the
-        nearest pair: the share is a step function of the shift).
+        ``b`` then shifted so that the share of positive ``a_i + b_j`` is the trained one (the shift
+        halfway between the two pair sums where the share steps to it).
     """
     a, b = _moments_like(a_rand, a_trained), _moments_like(b_rand, b_trained)
     target = positive_share(a_trained, b_trained)
     if math.isnan(target):
         return a, b
-    span = float(a.abs().max() + b.abs().max()) + 1.0
-    lo, hi = -2 * span, 2 * span  # share 0 at lo, 1 at hi
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if positive_share(a, b + mid) < target else (lo, mid)
+    return a, b + _shift(a, b, round(target * a.numel() * b.numel()))
+
+
+def _shift(a: Tensor, b: Tensor, count: int) -> float:
+    """The shift ``c`` with exactly ``count`` pairs ``a_i + b_j + c > 0`` (up to ties): minus the midpoint between
+    the ``count``-th and the next largest pair sum, found without forming the ``N x N_k`` sums (sorted ``b``,
+    a bisection on the threshold, then the two sums next to it)."""
+    b_sorted = torch.sort(b).values
     pairs = a.numel() * b.numel()
-    best = min((lo, hi), key=lambda c: abs(positive_share(a, b + c) - target) * pairs)
-    return a, b + best
+
+    def above(t: float) -> int:  # pairs with a_i + b_j > t
+        return int((b.numel() - torch.searchsorted(b_sorted, t - a, right=True)).sum())
+
+    lo, hi = float(a.min() + b.min()) - 1.0, float(a.max() + b.max())  # above(lo) = pairs, above(hi) = 0
+    if count <= 0:
+        return -hi
+    for _ in range(200):  # above(lo) >= count > above(hi)
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if above(mid) >= count else (lo, mid)
+    j = torch.searchsorted(b_sorted, lo - a, right=True)  # per query: first key with a_i + b_j > lo
+    upper = torch.where(j < b.numel(), a + b_sorted[j.clamp(max=b.numel() - 1)], math.inf).min()  # the count-th sum
+    if count >= pairs:
+        return -float(upper) + 0.5
+    lower = torch.where(j > 0, a + b_sorted[(j - 1).clamp(min=0)], -math.inf).max()  # the next one below
+    return -float(upper + lower) / 2
 
 
 def _moments_like(x: Tensor, like: Tensor) -> Tensor:
@@ -222,7 +242,7 @@ def block_form_controls(att: LazyAttention, x: Tensor, valid: Tensor | None, obj
         if not bool(counted[i].any()):
             continue
         ki = kmask[i] if kmask is not None else None
-        maps, gap = _image_control(form, att.image(i), x[i : i + 1], qmask[i], ki, counted[i], gen)
+        maps, gap = form_control_maps(form, att.image(i), x[i : i + 1], qmask[i], ki, counted[i], gen)
         sl = slice(i, i + 1)
         stats = measure_block(maps, x[sl], x[sl], valid=valid[sl] if valid is not None else None,
                               objects=objects[sl] if objects is not None else None, generator=gen, **measure)  # fmt: skip
@@ -232,9 +252,20 @@ def block_form_controls(att: LazyAttention, x: Tensor, valid: Tensor | None, obj
     return out
 
 
-def _image_control(form: str, att: LazyAttention, x: Tensor, qmask: Tensor, kmask: Tensor | None, counted: Tensor,
+@torch.no_grad()
+def form_control_maps(form: str, att: LazyAttention, x: Tensor, qmask: Tensor, kmask: Tensor | None, counted: Tensor,
                    gen: torch.Generator) -> tuple[PairwiseAttention, float]:  # fmt: skip
-    """One image's control maps in ``form`` and its sharpness gap (see the module docstring)."""
+    """One image's control maps in ``form`` and the gap of its matched sharpness (see the module docstring).
+
+    Args:
+        form: one of ``softmax-per-query``, ``relu-concat``, ``signed-dot``.
+        att: the trained maps of the image (a batch of one; for ``relu-concat`` a concatenation
+            :class:`PairwiseAttention`, whose query/key terms are read).
+        x: its input ``[1, C, H, W]``.
+        qmask, kmask: bool ``[N_q]`` valid queries, ``[N_k]`` valid keys (or ``None``: all).
+        counted: bool ``[N_q]`` the trained rows whose sharpness is matched (valid, not all zero).
+        gen: draws the random projections.
+    """
     if form == RELU_CONCAT:
         rand = random_projection_attention(x, att.key_shape, 1, gen)  # query [1, N, 1] = u . x_i, key [1, 1, N_k] = v . x_j
         kv = kmask if kmask is not None else torch.ones(att.n_key, dtype=torch.bool, device=x.device)
