@@ -103,18 +103,23 @@ def test_every_control_row_has_its_trained_rows_entropy(mode, sub_sample):
         assert h_trained.std() > 0.01  # the targets differ from row to row
 
 
+def _one_image_control(mode, seed, jsd_pairs=0):
+    """An NL block's form control on one (padded) image, and the control's random queries ``[N, d]`` and keys
+    ``[d, N]`` rebuilt in float64 from the same draw (the child of the seeded generator)."""
+    x, valid = _input(b=1)
+    att = _block(mode).attention(x)
+    parent = torch.Generator().manual_seed(seed)
+    found = block_form_controls(att, x, valid, None, None, jsd_pairs=jsd_pairs, generator=parent)
+    w = draw_projections(1, att.query.shape[-1], x.shape[1], child_generator(parent))[0].double()
+    feats = x[0].double().flatten(1)  # [C, N]
+    return att, valid, found, (w[0] @ feats).T.numpy(), (w[1] @ feats).numpy()
+
+
 def test_per_query_control_statistics_equal_the_naive_maps():
     """ctrl_form_att of the block's per-query control against maps rebuilt in float64: the same draw
     (child generator -> W_q, W_k), tau per row by bisection, rows by scipy's softmax, att by pdist."""
-    block = _block("embedded_gaussian")
-    x, valid = _input(b=1)
-    att = block.attention(x)
-    parent = torch.Generator().manual_seed(11)
-    found = block_form_controls(att, x, valid, None, None, jsd_pairs=0, generator=parent)
+    att, valid, found, q, k = _one_image_control("embedded_gaussian", seed=11)
     assert found["ctrl_form"] == SOFTMAX_PER_QUERY
-    w = draw_projections(1, att.query.shape[-1], x.shape[1], child_generator(parent))[0].double()
-    feats = x[0].double().flatten(1)  # [C, N]
-    q, k = (w[0] @ feats).T.numpy(), (w[1] @ feats).numpy()
     v = valid[0].flatten().numpy()
     trained = att.full()[0].detach().double().numpy()[v][:, v]
     rows = []
@@ -129,18 +134,13 @@ def test_per_query_control_statistics_equal_the_naive_maps():
 # -- concatenation: ReLU(a_i + b_j) / N_k -------------------------------------------------------------
 
 
-def _naive_concat(a_rand, b_rand, a_t, b_t):
-    """The relu-concat terms in numpy: each random term at the trained one's mean/sd, then the shift that makes
-    the share of positive a_i + b_j the trained one, found among all N x N_k pair sums (sorted)."""
-    def like(x, ref):
-        return ref.mean() + ref.std() * (x - x.mean()) / x.std()
-
-    a, b = like(a_rand, a_t), like(b_rand, b_t)
+def _naive_concat(a, b, a_t, b_t):
+    """The relu-concat shift in numpy: the share of positive a_i + b_j + c equal to the trained one, c halfway
+    between the two sums where the share steps, found among all N x N_k pair sums (sorted)."""
     positive = int(((a_t[:, None] + b_t[None, :]) > 0).sum())
     sums = np.sort((a[:, None] + b[None, :]).ravel())[::-1]  # descending
     if positive == 0:
         return a, b, -sums[0]
-    # shift c with exactly `positive` sums above -c: between the positive-th and the next largest sum
     below = sums[positive] if positive < sums.size else sums[-1] - 1.0
     return a, b, -(sums[positive - 1] + below) / 2
 
@@ -188,8 +188,9 @@ def test_positive_share_and_its_shift_against_brute_force():
     g = torch.Generator().manual_seed(9)
     a, b = torch.randn(40, generator=g, dtype=torch.float64), torch.randn(25, generator=g, dtype=torch.float64) - 0.5
     assert positive_share(a, b) == pytest.approx(float(((a[:, None] + b[None, :]) > 0).double().mean()), abs=0)
-    a2, b2 = concat_terms(torch.randn(40, generator=g), torch.randn(25, generator=g), a, b)
-    assert float(a2.mean()) == pytest.approx(float(a.mean())) and float(a2.std(unbiased=False)) == pytest.approx(float(a.std(unbiased=False)))
+    a_rand, b_rand = torch.randn(40, generator=g) * 3, torch.randn(25, generator=g)
+    a2, b2 = concat_terms(a_rand, b_rand, a, b)
+    assert torch.equal(a2, a_rand.double()) and float((b2 - b_rand.double()).std()) < 1e-6  # one shift, nothing else
     assert positive_share(a2, b2) == pytest.approx(positive_share(a, b), abs=1.0 / 1000)
 
 
@@ -197,15 +198,9 @@ def test_positive_share_and_its_shift_against_brute_force():
 
 
 def test_signed_control_is_signed_and_equals_q_dot_k_over_n():
-    block = _block("dot_product")
-    x, valid = _input(b=1)
-    att = block.attention(x)
-    parent = torch.Generator().manual_seed(2)
-    found = block_form_controls(att, x, valid, None, None, jsd_pairs=16, generator=parent)
+    att, valid, found, q, k = _one_image_control("dot_product", seed=2, jsd_pairs=16)
     assert found["ctrl_form"] == SIGNED_DOT
-    w = draw_projections(1, att.query.shape[-1], x.shape[1], child_generator(parent))[0].double()
-    feats = x[0].double().flatten(1)
-    naive = ((w[0] @ feats).T @ (w[1] @ feats)).numpy() / att.n_key
+    naive = q @ k / att.n_key
     v = valid[0].flatten().numpy()
     maps = naive[v][:, v]
     assert maps.min() < 0 < maps.max(), "a signed map"

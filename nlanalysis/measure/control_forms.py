@@ -8,12 +8,14 @@ trained maps'. Beside it, each site gets a control in its own form (columns ``ct
   query/key projections of the site's input, ``softmax(tau_i * q_i . k_j)`` with one temperature
   per query, ``tau_i`` chosen so that row ``i``'s normalised entropy equals the trained row ``i``'s
   (:func:`per_query_temperature`): sharpness matched query by query, not on average.
-* ``relu-concat`` (concatenation): ``ReLU(a_i + b_j) / N_k`` with ``a_i = u . x_i`` (query side) and
-  ``b_j = v . x_j`` (key side, 2x2 max-pooled when the block sub-samples), ``u, v`` random. The
-  form's sharpness is its share of zero weights and the balance of its query and key terms:
-  ``a`` and ``b`` are set to the trained terms' mean and standard deviation over the valid
-  positions, then shifted together so the share of positive ``a_i + b_j`` over valid pairs equals
-  the trained map's (:func:`concat_terms`). A row is all zero when ``a_i + max_j b_j <= 0``.
+* ``relu-concat`` (concatenation): ``ReLU(a_i + b_j + c) / N_k`` with ``a_i = u . x_i`` (query side)
+  and ``b_j = v . x_j`` (key side, 2x2 max-pooled when the block sub-samples), ``u, v`` random
+  (``N(0, 1/C)``). The form's sharpness is its share of zero weights: the one number ``c`` is set so
+  that the share of positive ``a_i + b_j + c`` over the valid pairs equals the trained map's
+  (:func:`concat_terms`), as the ``ctrl_*`` control sets one temperature. The spread of the query
+  term against the key term stays the random projections': in a trained block it is learned (on
+  the shipped model the key term's spread is ~4x the query term's), and it is what makes rows
+  alike. A row is all zero when ``a_i + c + max_j b_j <= 0``.
 * ``signed-dot`` (dot product): ``q_i . k_j / N_k`` of random projections, no softmax, signed as
   the block's. Its statistics (cosine distance) do not depend on a scale: nothing is matched.
 
@@ -159,18 +161,19 @@ def positive_share(a: Tensor, b: Tensor) -> float:
 
 
 def concat_terms(a_rand: Tensor, b_rand: Tensor, a_trained: Tensor, b_trained: Tensor) -> tuple[Tensor, Tensor]:
-    """The query and key terms of the ``relu-concat`` control from random projections, at the trained form's sharpness.
+    """The query and key terms of the ``relu-concat`` control from random projections, at the trained form's sparsity.
 
     Args:
         a_rand, b_rand: ``[N]``, ``[N_k]`` random query / key terms (``u . x_i``, ``v . x_j``) of the valid positions.
         a_trained, b_trained: the trained block's terms ``w_q . theta_i``, ``w_k . phi_j`` of the same positions.
 
     Returns:
-        ``(a, b)`` float64: each random term set to the trained term's mean and standard deviation,
-        ``b`` then shifted so that the share of positive ``a_i + b_j`` is the trained one (the shift
-        halfway between the two pair sums where the share steps to it).
+        ``(a, b)`` float64: ``a_rand`` and ``b_rand`` shifted so that the share of positive ``a_i + b_j`` is the
+        trained one (the shift halfway between the two pair sums where the share steps to it). Only this one
+        number is matched: the spread of the query term against the key term stays the random projections'
+        (the trained block's balance is learned, and it is what makes its rows alike).
     """
-    a, b = _moments_like(a_rand, a_trained), _moments_like(b_rand, b_trained)
+    a, b = a_rand.double(), b_rand.double()
     target = positive_share(a_trained, b_trained)
     if math.isnan(target):
         return a, b
@@ -201,14 +204,6 @@ def _shift(a: Tensor, b: Tensor, count: int) -> float:
         return -float(upper) + 0.5
     lower = torch.where(j > 0, a + b_sorted[(j - 1).clamp(min=0)], -math.inf).max()  # the next one below
     return -float(upper + lower) / 2
-
-
-def _moments_like(x: Tensor, like: Tensor) -> Tensor:
-    """``x`` (float64) standardised and set to ``like``'s mean and standard deviation (population)."""
-    x, like = x.double(), like.double()
-    sd = x.std(unbiased=False)
-    z = (x - x.mean()) / sd if sd > 0 else torch.zeros_like(x)
-    return like.mean() + like.std(unbiased=False) * z
 
 
 @torch.no_grad()

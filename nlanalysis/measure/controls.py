@@ -16,7 +16,9 @@ the analysis therefore reports the same statistics for
   entropy 1, and ``att_own_object = own_object_share``.
 
 The random control needs a defined entropy, i.e. non-negative maps; for signed (dot-product) maps
-it is not computed.
+it is not computed. Its form is always ``softmax-mean-entropy``; the control in the form of each
+block (per-query softmax, ReLU concatenation, signed dot product: the ``ctrl_form*`` columns) is
+:mod:`nlanalysis.measure.control_forms`, built on :func:`solve_log_temperature` below.
 """
 from __future__ import annotations
 

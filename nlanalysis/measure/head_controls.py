@@ -18,6 +18,10 @@ on 256 rows of every map of a layer at once, plus one pass over every row: ~0.5 
 layers x 6 heads at 224 on 2 CPU cores, meant for ``controls=True`` runs, not every analysis. Many
 small ops: under CPU contention (another process using the cores) two torch threads can make it
 ~10x slower, one thread ~2x.
+
+Given the layer's maps (``trained``), each head and the head mean also get the control in their own
+form (:func:`head_form_controls`, columns ``ctrl_form*``): ``softmax-per-query``, every query row's
+temperature matched to that row's entropy in the trained map (:mod:`nlanalysis.measure.control_forms`).
 """
 from __future__ import annotations
 
