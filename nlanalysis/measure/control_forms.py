@@ -270,7 +270,8 @@ def form_control_maps(form: str, att: LazyAttention, x: Tensor, qmask: Tensor, k
         query[0, qv, 0], key[0, 0, kv] = a.to(query), b.to(key)
         gap = abs(positive_share(a, b) - positive_share(att.query[0, qv, 0], att.key[0, 0, kv]))
         return PairwiseAttention("concatenation", query, key, att.query_shape, att.key_shape), gap
-    channels = att.query.shape[-1]  # as the ctrl_* control: C' (embedded Gaussian, dot product), C (gaussian)
+    # as the ctrl_* control: C' (embedded Gaussian, dot product), C (gaussian), C // 2 for other maps
+    channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) else max(x.shape[1] // 2, 1)
     rand = random_projection_attention(x, att.key_shape, channels, gen)
     if form == SIGNED_DOT:
         return PairwiseAttention("dot_product", rand.query, rand.key, att.query_shape, att.key_shape), math.nan
