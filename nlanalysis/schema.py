@@ -140,6 +140,16 @@ REGISTRY: tuple[Column, ...] = (
     _c("ctrl_att_own_object", "`att_own_object` of the random-projection control", "float", "control", _UNIT,
        header="own-object mass, random proj."),
     _c("ctrl_temperature", "the logit scale that matched the control's entropy to the trained maps'", "float", "control", _COUNT),
+    _c("ctrl_form", "which control the `ctrl_form_*` columns hold, in the form of the maps: `softmax-per-query` (each control "
+       "row's entropy matched to its trained row's), `relu-concat` (ReLU(a_i + b_j)/N_k at the trained share of zero weights), "
+       "`signed-dot` (q.k/N_k, signed); the `ctrl_*` columns are always `softmax-mean-entropy`", "str", "control"),
+    _c("ctrl_form_att", "`att` of the random-projection control in the maps' own form (`ctrl_form`)", "float", "control", _DIST,
+       header="att, form control", unit="1-cos"),
+    _c("ctrl_form_att_jsd", "`att_jsd` of the form control (NaN for `signed-dot`)", "float", "control", _UNIT, unit="bits"),
+    _c("ctrl_form_att_own_object", "`att_own_object` of the form control (NaN for `signed-dot`)", "float", "control", _UNIT),
+    _c("ctrl_form_gap", "how far the form control's sharpness is from the trained maps': mean absolute per-row entropy gap "
+       "(`softmax-per-query`), gap in the share of zero weights (`relu-concat`), NaN (`signed-dot`: nothing to match)", "float",
+       "control", _UNIT),
     _c("att_prefix_mass", "weight patch queries put on class/register tokens", "float", "stat", _UNIT, sites=_VIT),
     _c("query_independent", "one map serves every query by construction (GC, simplified NL): `att` = 0", "bool", "fact"),
     _c("convention", "the cosine distance: `1-cos` (default, as scipy) or `(1-cos)/2`", "str", "fact"),
@@ -179,7 +189,7 @@ _BY_NAME = {c.name: c for c in REGISTRY}
 
 #: Table 1's statistic columns, in table order (those with a ``header``).
 TABLE1 = (
-    "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd",
+    "input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd", "ctrl_form_att",
     "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object",
     "own_object_density", "own_object_lift", "own_object_lift_objects",
 )  # fmt: skip

@@ -22,7 +22,8 @@ from nlanalysis.capture.heads import LayerRecord, ViTCapture
 from nlanalysis.schema import HEAD_MEAN, NL, VIT
 
 NL_STATS = ["input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows", "input_zero",
-            "output_zero", "att_own_object", "own_object_share", "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature"]  # fmt: skip
+            "output_zero", "att_own_object", "own_object_share", "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature",
+            "ctrl_form", "ctrl_form_att", "ctrl_form_att_jsd", "ctrl_form_att_own_object", "ctrl_form_gap"]  # fmt: skip
 VIT_STATS = [c for c in NL_STATS if not c.startswith("ctrl_")] + ["att_prefix_mass"]
 
 
@@ -46,7 +47,8 @@ def _vit():
 
 
 def _value(t, *index):
-    return t[index].item()
+    """A statistic's value for one row: a tensor's element, a string as it is (``ctrl_form``), NaN where absent."""
+    return math.nan if t is None else t if isinstance(t, str) else t[index].item()
 
 
 def _same(got, want):
@@ -91,7 +93,7 @@ def test_vit_frame_rows_are_the_stats_tensors(controls):
     with torch.no_grad(), ViTCapture(model, controls=controls, jsd_pairs=8) as cap:
         model(x)
     frame = vit_records_to_frame(cap.records)
-    stats = VIT_STATS[:12] + (["ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature"] if controls else []) + VIT_STATS[12:]
+    stats = VIT_STATS[:12] + ([c for c in NL_STATS if c.startswith("ctrl_")] if controls else []) + VIT_STATS[12:]
     rows = frame.to_dict("records")
     i = 0
     for rec in cap.records:

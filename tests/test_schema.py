@@ -24,6 +24,7 @@ NL_METRICS = [
     "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
     "input_zero", "output_zero", "att_own_object", "own_object_share",
     "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature",
+    "ctrl_form", "ctrl_form_att", "ctrl_form_att_jsd", "ctrl_form_att_own_object", "ctrl_form_gap",
     "query_independent", "convention", "image_height", "image_width",
 ]  # fmt: skip
 VIT_METRICS = [
@@ -31,7 +32,8 @@ VIT_METRICS = [
     "height", "width", "n_query", "n_key",
     "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
     "input_zero", "output_zero", "att_own_object", "own_object_share",
-    "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature", "att_prefix_mass",
+    "ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object", "ctrl_temperature",
+    "ctrl_form", "ctrl_form_att", "ctrl_form_att_jsd", "ctrl_form_att_own_object", "ctrl_form_gap", "att_prefix_mass",
     "query_independent", "convention", "input_space", "image_height", "image_width",
     # recorded by extract since the ViT report renders runs; older ViT runs refuse to resume into them
     # (run.json's settings: measure.locality)
@@ -59,7 +61,7 @@ def test_derived_lists_keep_their_members_and_order():
     assert list(OBJECT_COLUMNS) == ["att_own_object", "own_object_share"]
     assert SUMMARY_COLUMNS == ["input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_zero_rows",
                                "att_own_object", "own_object_share", "att_prefix_mass"]  # fmt: skip
-    assert TABLE_STATS == ["input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd", "att_entropy", "att_max",
+    assert TABLE_STATS == ["input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd", "ctrl_form_att", "att_entropy", "att_max",
                            "att_zero_rows", "att_own_object", "own_object_share", "ctrl_att_own_object", "own_object_density",
                            "own_object_lift", "own_object_lift_objects"]  # fmt: skip
     assert HEADERS["att_jsd"] == "att JSD (bits)" and HEADERS["ctrl_att"] == "att, random proj." and HEADERS["block"] == "block"

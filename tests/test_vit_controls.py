@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import pdist
+from scipy.special import softmax
+from scipy.stats import entropy
 
 from helpers import randomize_
 from nlanalysis.vit import analyze_vit
 from nlanalysis.capture import cell_centres, valid_cells
 from nlanalysis.vit import ViTCapture
-from nlanalysis.measure.head_controls import CONTROL_COLUMNS, control_generator, head_controls, matched_controls
+from nlanalysis.measure.head_controls import CONTROL_COLUMNS, control_generator, head_controls, head_form_controls, matched_controls
+from nlanalysis.measure.controls import draw_projections
+from nlanalysis.blocks.heads import HeadAttention
 from nlanalysis.blocks.tokens import TokenLayout
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -127,6 +131,48 @@ def test_the_capture_hands_the_control_its_tokens_masks_and_labels():
         assert got["ctrl_att_jsd"].isfinite().all()
 
 
+def _naive_tau(logits, target):
+    """Temperature bringing softmax(tau * logits) (float64, scipy) to normalised entropy ``target``: bisection in log tau."""
+    lo, hi = -12.0, 12.0
+    while hi - lo > 1e-11:
+        mid = (lo + hi) / 2
+        p = softmax(math.exp(mid) * logits)
+        lo, hi = (mid, hi) if entropy(p) / math.log(len(p)) > target else (lo, mid)
+    return math.exp((lo + hi) / 2)
+
+
+def test_per_query_control_matches_every_rows_entropy_per_head_and_head_mean():
+    """head_form_controls against a float64 rebuild: the same draw of W_q, W_k per map, each row's tau by a naive
+    bisection to the trained row's entropy (scipy, keys renormalised over valid patches), att by pdist."""
+    tokens, _, valid = _case()
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, HEADS, LAYOUT.n_tokens, D, generator=g) * 1.5 for _ in range(2))
+    trained = HeadAttention(q, k, D**-0.5, LAYOUT, "patch")
+    got = head_form_controls(tokens, LAYOUT, trained, D, valid=valid, generator=torch.Generator().manual_seed(8), jsd_pairs=0)
+    assert got["ctrl_form"] == "softmax-per-query" and got["ctrl_form_att"].shape == (2, HEADS + 1)
+    gen = torch.Generator().manual_seed(8)
+    for i in range(2):
+        v = valid[i].flatten().numpy()
+        w = draw_projections(HEADS + 1, D, tokens.shape[-1], gen).double()
+        x = tokens[i, LAYOUT.n_prefix :].double().numpy()
+        maps = trained.full()[i].double().numpy()[:, v][:, :, v]  # [heads, n, n] valid patches
+        maps = np.concatenate([maps, maps.mean(0, keepdims=True)])  # the head mean
+        for h in range(HEADS + 1):
+            query, key = x @ w[h, 0].numpy().T, x @ w[h, 1].numpy().T
+            rows, gaps = [], []
+            for r, i_q in enumerate(np.flatnonzero(v)):
+                target = entropy(maps[h, r] / maps[h, r].sum()) / math.log(v.sum())
+                logits = (query[i_q] @ key.T)[v]
+                rows.append(softmax(_naive_tau(logits, target) * logits))
+                gaps.append(abs(entropy(rows[-1]) / math.log(v.sum()) - target))
+            assert max(gaps) < 1e-7, "every row at its own entropy"
+            assert float(got["ctrl_form_att"][i, h]) == pytest.approx(_cosine_distance(torch.tensor(np.array(rows))), abs=2e-5)
+            assert float(got["ctrl_form_gap"][i, h]) < 1e-5
+        assert got["ctrl_form_att_own_object"][i].isnan().all()  # no labels
+    with pytest.raises(ValueError, match="patch keys"):
+        head_form_controls(tokens, LAYOUT, HeadAttention(q, k, D**-0.5, LAYOUT, "all"), D, generator=gen)
+
+
 def test_sharper_heads_get_controls_that_vary_more_with_the_query():
     tokens, _, _ = _case()
     entropy = torch.tensor([[0.2, 0.5, 0.8, 0.5]] * 2, dtype=torch.float64)
@@ -150,6 +196,7 @@ def test_controls_reach_the_frame_and_extract(tmp_path):
     frame = analyze_vit(model, x, controls=True)
     assert frame[["ctrl_att", "ctrl_att_jsd"]].notna().all().all() and frame["ctrl_att_own_object"].isna().all()  # no labels
     assert frame["ctrl_temperature"].notna().all()  # the head mean has its own matched control
+    assert (frame["ctrl_form"] == "softmax-per-query").all() and frame[["ctrl_form_att", "ctrl_form_gap"]].notna().all().all()
     assert "ctrl_att" not in analyze_vit(model, x).columns and "ctrl_att" not in analyze_vit(model, x, controls=True, keys="all")
     plain = analyze_vit(model, x)
     assert np.allclose(plain["att"], frame["att"]) and np.allclose(plain["att_entropy"], frame["att_entropy"])

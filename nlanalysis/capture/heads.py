@@ -218,22 +218,22 @@ class HeadSite(Site):
                 stride=layout.patch_size or cap.stride(layout.grid), **self.measure_kwargs,
             )  # fmt: skip
         if self.controls and record.stats is not None and self.keys == "patch":
-            record.stats.controls = self._controls(tokens, layout, record.stats, att.query.shape[-1], index)
+            record.stats.controls = self._controls(tokens, layout, record.stats, att, index)
         if cap.queries is not None:
             record.queries = cap.query_maps(block.name, _HeadsAsKeys(att))
         if self.keep_attention:
             record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
         return record
 
-    def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, head_dim: int, index: int) -> dict[str, Tensor]:
+    def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, att: HeadAttention, index: int) -> dict[str, Tensor]:
         """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn
         from its own generator (:func:`~nlanalysis.measure.head_controls.control_generator`: the JSD pairs stay as without)."""
         valid, objects = self.cap.cell_masks(layout.grid, tokens.shape[0], "tokens")
         return head_controls(
-            tokens.cpu(), layout, stats.att_entropy, head_dim, valid=valid.cpu() if valid is not None else None,
+            tokens.cpu(), layout, stats.att_entropy, att.query.shape[-1], valid=valid.cpu() if valid is not None else None,
             objects=objects.cpu() if objects is not None else None, jsd_pairs=self.jsd_pairs,
             generator=control_generator(self.cap.seed, self.cap._calls, index),
-            convention=self.measure_kwargs["convention"], zero=self.measure_kwargs["zero"],
+            convention=self.measure_kwargs["convention"], zero=self.measure_kwargs["zero"], trained=att,
         )  # fmt: skip
 
     def _heads_batch(self, index: int, layout: TokenLayout, b: int, device: torch.device) -> HeadsBatch:

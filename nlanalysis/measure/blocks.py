@@ -142,11 +142,15 @@ def measure_block(
     ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
+    if controls and not att.query_independent:  # and the control in the maps' own form (issue 15)
+        from .control_forms import block_form_controls
+
+        ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
     counted = row_ok.to(x.device) if row_ok is not None else qmask
     suite = query_dep(block_maps(att, counted, kmask, stride, chunk_size), query_dependence)
     return SiteStats(
         **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
-        convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in ctrl.items()},
+        convention=convention, zero_rule=zero, **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
         query_independent=att.query_independent, **suite,
     )  # fmt: skip
 

@@ -16,7 +16,9 @@ the analysis therefore reports the same statistics for
   entropy 1, and ``att_own_object = own_object_share``.
 
 The random control needs a defined entropy, i.e. non-negative maps; for signed (dot-product) maps
-it is not computed.
+it is not computed. Its form is always ``softmax-mean-entropy``; the control in the form of each
+block (per-query softmax, ReLU concatenation, signed dot product: the ``ctrl_form*`` columns) is
+:mod:`nlanalysis.measure.control_forms`, built on :func:`solve_log_temperature` below.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ __all__ = [
     "logit_entropy",
     "match_temperature",
     "random_projection_attention",
+    "solve_log_temperature",
 ]
 
 #: query rows (a random sample of the valid ones) the temperature is matched on, per image.
@@ -114,10 +117,9 @@ def match_temperature(
     logits: Tensor, target: Tensor, key_mask: Tensor | None = None, *, iterations: int = 30
 ) -> Match:
     """The temperature ``tau`` per map such that the mean normalised entropy of ``softmax(tau * logits)``
-    over the valid keys equals ``target``: all maps at once, Newton steps on ``log tau`` safeguarded by a
-    bisection bracket ``log tau in [-12, 12]`` (the entropy falls as ``tau`` grows), until within
-    :data:`CONVERGED`; accepted when within :data:`MATCH_TOLERANCE` (NaN otherwise: a NaN target, or
-    one no ``tau`` reaches: above 1, or below what the sharpest maps give when rows have ties).
+    over the valid keys equals ``target`` (:func:`solve_log_temperature`); accepted when within
+    :data:`MATCH_TOLERANCE` (NaN otherwise: a NaN target, or one no ``tau`` reaches: above 1, or below
+    what the sharpest maps give when rows have ties).
 
     Args:
         logits: ``[M, S, N_k]`` raw logits of ``S`` rows of each of ``M`` maps.
@@ -127,6 +129,25 @@ def match_temperature(
 
     Returns:
         :class:`Match` (on ``logits``' device).
+    """
+    log_tau, h = solve_log_temperature(logits, target, key_mask, iterations=iterations)
+    ok = (h - target.to(h)).abs() <= MATCH_TOLERANCE
+    return Match(torch.where(ok, log_tau.exp(), math.nan), ok)
+
+
+def solve_log_temperature(
+    logits: Tensor, target: Tensor, key_mask: Tensor | None = None, *, iterations: int = 30
+) -> tuple[Tensor, Tensor]:
+    """``log tau`` per map bringing the mean normalised entropy of ``softmax(tau * logits)`` over the
+    valid keys to ``target``: all maps at once, Newton steps on ``log tau`` safeguarded by a bisection
+    bracket ``log tau in [-12, 12]`` (the entropy falls as ``tau`` grows), until within :data:`CONVERGED`.
+
+    Args: as :func:`match_temperature`.
+
+    Returns:
+        ``(log_tau, entropy)``, ``[M]`` float64 each: where the target is reached, its ``log tau``; where
+        none reaches it, the nearest end of the bracket; 0 for a NaN target. ``entropy``: the mean
+        normalised entropy at ``log_tau``.
     """
     m, _, n = logits.shape
     dev = logits.device
@@ -155,5 +176,4 @@ def match_temperature(
         step = x - gap / slope
         bisect = ~step.isfinite() | (step <= lo) | (step >= hi)
         x = torch.where(done, x, torch.where(bisect, (lo + hi) / 2, step))
-    ok = (logit_entropy(logits, masked, x, log_n)[0] - target).abs() <= MATCH_TOLERANCE
-    return Match(torch.where(ok, x.exp(), math.nan), ok)
+    return x, logit_entropy(logits, masked, x, log_n)[0]

@@ -18,21 +18,29 @@ on 256 rows of every map of a layer at once, plus one pass over every row: ~0.5 
 layers x 6 heads at 224 on 2 CPU cores, meant for ``controls=True`` runs, not every analysis. Many
 small ops: under CPU contention (another process using the cores) two torch threads can make it
 ~10x slower, one thread ~2x.
+
+Given the layer's maps (``trained``), each head and the head mean also get the control in their own
+form (:func:`head_form_controls`, columns ``ctrl_form*``): ``softmax-per-query``, every query row's
+temperature matched to that row's entropy in the trained map (:mod:`nlanalysis.measure.control_forms`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..blocks.attention import PairwiseAttention
-from .blocks import control_columns
+from ..blocks.heads import HeadAttention
+from .blocks import control_columns, measure_block
+from .control_forms import FORM_COLUMNS, SOFTMAX_PER_QUERY, entropy_of_rows, per_query_temperature
 from .stats import CONTROLS, nans
 from .controls import MATCH_ROWS, draw_projections, match_temperature
 from ..blocks.tokens import TokenLayout
 
-__all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "matched_controls"]
+__all__ = ["CONTROL_COLUMNS", "Controls", "control_generator", "head_controls", "head_form_controls", "matched_controls"]
 
 #: the control's columns (per head and head mean), as the NL blocks' ``ctrl_*``.
 CONTROL_COLUMNS = CONTROLS
@@ -114,7 +122,8 @@ def head_controls(
     generator: torch.Generator | None = None,
     convention: str = "1-cos",
     zero: str = "exclude",
-) -> dict[str, Tensor]:
+    trained: HeadAttention | None = None,
+) -> dict[str, Tensor | str]:
     """The random-projection control at matched sharpness for every head and the head-averaged map.
 
     Args:
@@ -126,10 +135,12 @@ def head_controls(
         objects: optional int ``[B, H_g, W_g]`` object labels of the patches (``ctrl_att_own_object``).
         jsd_pairs, generator, convention, zero: as :func:`nlanalysis.measure.measure_block`
             (``generator`` also draws the projections and the rows the temperature is matched on).
+        trained: the layer's maps (``keys="patch"``): with them, also the control matched per query
+            (:func:`head_form_controls`), drawn from ``generator`` after the mean-entropy one.
 
     Returns:
         ``{column: [B, heads + 1] float64}`` for :data:`CONTROL_COLUMNS` (NaN where there is no
-        control: see :func:`matched_controls`).
+        control: see :func:`matched_controls`); with ``trained``, also ``ctrl_form`` and its columns.
     """
     b, maps = entropy.shape
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -146,4 +157,58 @@ def head_controls(
         )  # fmt: skip
         for name in CONTROL_COLUMNS:
             out[name][i] = found[name]
+    if trained is not None:
+        measure = dict(jsd_pairs=jsd_pairs, generator=gen, convention=convention, zero=zero)
+        return {**out, **head_form_controls(tokens, layout, trained, head_dim, valid=valid, objects=objects, **measure)}
     return out
+
+
+@torch.no_grad()
+def head_form_controls(tokens: Tensor, layout: TokenLayout, trained: HeadAttention, head_dim: int, *, valid: Tensor | None = None,
+                       objects: Tensor | None = None, generator: torch.Generator, **measure: Any) -> dict[str, Tensor | str]:  # fmt: skip
+    """The ``softmax-per-query`` control (:mod:`~nlanalysis.measure.control_forms`) of every head and the head mean:
+    a fresh pair of random projections per map, each query row's temperature matched to that row's entropy
+    in the trained map (over the valid patch keys).
+
+    Args:
+        tokens, layout, head_dim, valid, objects: as :func:`head_controls`.
+        trained: the layer's maps over patch keys (``keys="patch"``), ``B`` images.
+        generator: draws the projections and the control's JSD pairs.
+        measure: ``jsd_pairs``, ``convention``, ``zero`` as :func:`nlanalysis.measure.measure_block`.
+
+    Returns:
+        ``{"ctrl_form": "softmax-per-query", column: [B, heads + 1] float64}`` for
+        :data:`~nlanalysis.measure.control_forms.FORM_COLUMNS` (NaN for an image without a valid patch).
+    """
+    if trained.keys != "patch":
+        raise ValueError(f"the per-query control needs maps over patch keys (keys='patch'), got keys={trained.keys!r}")
+    b, maps = trained.batch_size, trained.num_heads + 1
+    out: dict[str, Tensor | str] = {"ctrl_form": SOFTMAX_PER_QUERY, **{name: nans(b, maps) for name in FORM_COLUMNS}}
+    x = layout.patch_tokens(tokens.detach().float())  # [B, n, C]
+    grid = x.transpose(1, 2).reshape(b, -1, *layout.grid)  # [B, C, H_g, W_g]
+    for i in range(b):
+        vi = valid[i].flatten().bool() if valid is not None else torch.ones(layout.n_patch, dtype=torch.bool)
+        if not bool(vi.any()):
+            continue
+        target = torch.where(vi, _map_row_entropies(trained.image(i), vi), math.nan)  # [maps, n]
+        w = draw_projections(maps, head_dim, x.shape[-1], generator)
+        query = torch.einsum("hdc,nc->hnd", w[:, 0], x[i])
+        key = torch.einsum("hdc,nc->hdn", w[:, 1], x[i])
+        tau, gap = per_query_temperature(query, key, target, vi)
+        control = PairwiseAttention("embedded_gaussian", query * tau.float()[..., None], key, layout.grid, layout.grid)
+        stats = measure_block(control, grid[i : i + 1].expand(maps, -1, -1, -1), grid[i : i + 1].expand(maps, -1, -1, -1),
+                              valid=valid[i : i + 1].bool().expand(maps, -1, -1) if valid is not None else None,
+                              objects=objects[i : i + 1].expand(maps, -1, -1).contiguous() if objects is not None else None,
+                              generator=generator, **measure)  # fmt: skip
+        for name, value in zip(FORM_COLUMNS, (stats.att, stats.att_jsd, stats.att_own_object, gap.nanmean(1)[:, None])):
+            out[name][i] = value[:, 0].double()  # type: ignore[index]
+    return out
+
+
+def _map_row_entropies(trained: HeadAttention, kmask: Tensor, chunk_size: int = 256) -> Tensor:
+    """``[heads + 1, N_q]`` normalised row entropies of one image's heads and head mean over the keys ``kmask`` ``[N_k]``."""
+    out = []
+    for start in range(0, trained.n_query, chunk_size):
+        rows = trained.rows(start, min(start + chunk_size, trained.n_query))[0]  # [heads, c, N_k]
+        out.append(entropy_of_rows(torch.cat([rows, rows.mean(0, keepdim=True)]), kmask.to(rows.device)))
+    return torch.cat(out, 1)

@@ -24,10 +24,13 @@ from torch import Tensor
 
 from ..schema import HEAD_MEAN, names
 
-__all__ = ["CONTROLS", "SiteStats", "nans", "row_results"]
+__all__ = ["CONTROLS", "CONTROL_FIELDS", "SiteStats", "nans", "row_results"]
 
 #: the control fields, as the columns of :mod:`nlanalysis.schema` (role ``control``) name them.
-CONTROLS = tuple(names(roles=("control",)))  # ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature
+CONTROL_FIELDS = tuple(names(roles=("control",)))
+#: those of the softmax control at the trained maps' mean entropy (:mod:`.controls`): ctrl_att, ctrl_att_jsd,
+#: ctrl_att_own_object, ctrl_temperature; the rest (``ctrl_form*``) are the control in the maps' own form.
+CONTROLS = tuple(name for name in CONTROL_FIELDS if not name.startswith("ctrl_form"))
 
 
 def nans(*shape: int) -> Tensor:
@@ -65,6 +68,8 @@ class SiteStats:
         att_prefix_mass: mean weight patch queries put on class/register tokens (ViT only).
         ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature: the random-projection
             control at matched sharpness (:mod:`nlanalysis.measure.controls`), or ``None``.
+        ctrl_form, ctrl_form_att, ...: the control in the maps' own form (:mod:`nlanalysis.measure.control_forms`;
+            ``ctrl_form`` a string per site), or ``None``.
         query_independent: one map serves every query by construction (NL/GC only).
         keys: ``"patch"`` or ``"all"`` (ViT only).
         logit_rank1 ... att_local_uniform: the query-dependence suite (:mod:`.query_dep`, ``[B, M]``
@@ -92,6 +97,11 @@ class SiteStats:
     ctrl_att_jsd: Tensor | None = None
     ctrl_att_own_object: Tensor | None = None
     ctrl_temperature: Tensor | None = None
+    ctrl_form: str | None = None
+    ctrl_form_att: Tensor | None = None
+    ctrl_form_att_jsd: Tensor | None = None
+    ctrl_form_att_own_object: Tensor | None = None
+    ctrl_form_gap: Tensor | None = None
     query_independent: bool | None = None
     keys: str | None = None
     logit_rank1: Tensor | None = None
@@ -118,12 +128,12 @@ class SiteStats:
     @property
     def controls(self) -> dict[str, Tensor] | None:
         """The ``ctrl_*`` fields as ``{column: [B, M]}``, or ``None`` when none was measured."""
-        found = {name: getattr(self, name) for name in CONTROLS if getattr(self, name) is not None}
+        found = {name: getattr(self, name) for name in CONTROL_FIELDS if getattr(self, name) is not None}
         return found or None
 
     @controls.setter
     def controls(self, value: dict[str, Tensor] | None) -> None:
-        for name in CONTROLS:
+        for name in CONTROL_FIELDS:
             setattr(self, name, None if value is None else value.get(name))
 
     def per_image_map(self) -> list[list[dict[str, float | int | bool | str]]]:
