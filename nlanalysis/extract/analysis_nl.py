@@ -23,6 +23,8 @@ from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import padded_size
+from ..measure.cross_site import CrossSite, keep_options
+from ..schema import NL
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .store import sha256_file
 
@@ -57,6 +59,7 @@ class BlockAnalysis(Analysis):
         self.prepare = partial(prepare_image, pre=loaded.preprocess)
         self._sha256 = sha256_file(loaded.path)
         self._grids: dict[tuple[int, int], list[tuple[int, int]] | str] = {}  # str: why the probe failed
+        self._cross: CrossSite | None = None
 
     @classmethod
     def claims(cls, source: Any) -> bool:
@@ -94,12 +97,15 @@ class BlockAnalysis(Analysis):
         return grids
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
-        return Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
-                       chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls,
-                       query_dependence=self.query_dependence)  # fmt: skip
+        options = dict(query_dependence=self.query_dependence)
+        cap = Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
+                      chunk_size=self.chunk_size if chunk_size is None else chunk_size, controls=controls,
+                      **options, **keep_options(NL, options))  # fmt: skip
+        self._cross = CrossSite(cap, drop=True) if self.query_dependence != "off" else None  # each block against the previous
+        return cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
-        return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
+        return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images)), cross=self._cross), OBJECT_COLUMNS)
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
         return records_layer_maps(records, image, queries, lambda r: (r.query_shape, r.key_shape))
