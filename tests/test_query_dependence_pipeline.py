@@ -272,3 +272,25 @@ def test_vit_extract_has_the_columns_and_one_local_mass(tmp_path):
     got = run.metrics.sort_values("head", key=lambda h: h.where(h >= 0, 99)).reset_index(drop=True)
     for name in COLUMNS:
         np.testing.assert_allclose(got[name].to_numpy(float), want[name].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_table1_has_the_measured_query_columns_only(scenes):
+    """Table 1 (nlanalysis/tables.py) shows a query column's header where the run measured it (not all NaN): the
+    cheap suite's for embedded Gaussian, none of the expensive ones; none at all for a run without the suite."""
+    from nlanalysis.tables import QUERY_STATS, caption, format_table, summarise
+
+    ckpt = load_checkpoint(shipped_checkpoints()["embedded_gaussian"])
+    model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
+    cheap = analyze(model, x, jsd_pairs=0, query_dependence="cheap")
+    off = analyze(model, x, jsd_pairs=0)
+    assert QUERY_STATS == ["logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "qk_nmi",
+                           "att_distance_px"]  # fmt: skip
+    headers = schema.headers()
+    shown = format_table(summarise(cheap, by=())).columns
+    measured = ["unary_var_share", "att_pairwise_only", "qk_nmi", "att_distance_px"]
+    assert [h for h in shown if h in {headers[c] for c in QUERY_STATS}] == [headers[c] for c in measured]
+    assert list(shown).index(headers["att"]) < list(shown).index(headers["unary_var_share"])  # after the paper's columns
+    assert "q-k NMI" in caption(summarise(cheap, by=()))
+    summary_off = summarise(off, by=())
+    assert not {headers[c] for c in QUERY_STATS} & set(format_table(summary_off).columns)
+    assert "q-k NMI" not in caption(summary_off)
