@@ -14,6 +14,7 @@ from nlanalysis.adapters import list_blocks
 from nlanalysis.blocks.non_local import NonLocal2d
 from nlanalysis.capture import Capture
 from nlanalysis.measure.cross_site import CrossSite, SiteRows, keep_options, site_similarity
+from test_query_dependence_pipeline import _vit, _vit_input
 
 
 def _naive(a, b, queries, keys):
@@ -64,23 +65,12 @@ def test_nl_blocks_against_the_full_maps():
         assert -1.0 <= got["nl2"] <= 1.0
 
 
-def _vit():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=3).eval()
-    for p in model.parameters():  # sharper maps than timm's init gives
-        p.data.mul_(3.0)
-    return model
-
-
 @pytest.mark.parametrize("keys", ["patch", "all"])
 def test_vit_heads_against_the_full_maps(keys):
     from nlanalysis.capture.heads import ViTCapture
 
-    model = _vit()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    valid = torch.ones(2, 64, 64, dtype=torch.bool)
-    valid[0, :, 40:], valid[1, 40:] = False, False  # padding: the last two patch columns / rows
+    model = _vit(depth=3)  # the pipeline tests' random-init ViT, one layer more
+    x, valid = _vit_input()  # padding: the last two patch columns / rows
     frame = analyze(model, x, valid=valid, keys=keys, query_dependence="cheap", jsd_pairs=0)
     with torch.no_grad(), ViTCapture(model, keys=keys, keep_attention=True, stats=False) as cap:
         model(x)

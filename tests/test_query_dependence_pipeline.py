@@ -162,10 +162,10 @@ def test_off_changes_no_column_and_the_kernels_agree(scenes):
         analyze(model, x, query_dependence="some")
 
 
-def _vit():
+def _vit(depth=2):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=depth).eval()
     gen = torch.Generator().manual_seed(2)
     for p in model.parameters():  # sharper maps than timm's init gives
         p.data.mul_(3.0)
@@ -173,6 +173,14 @@ def _vit():
         dim = block.attn.qkv.in_features
         block.attn.qkv.bias.data[:dim] += 2.0 * torch.randn(dim, generator=gen)
     return model
+
+
+def _vit_input():
+    """Two 64 x 64 images with padding: the last two patch columns of the first, the last two patch rows of the second."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[0, :, 40:], valid[1, 40:] = False, False
+    return x, valid
 
 
 def _vit_expected(logits, a, q, k, cells, grid):
@@ -190,9 +198,7 @@ def _vit_expected(logits, a, q, k, cells, grid):
 @pytest.mark.parametrize("keys", ["patch", "all"])
 def test_vit_heads_against_the_full_maps(keys):
     model = _vit()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    valid = torch.ones(2, 64, 64, dtype=torch.bool)
-    valid[0, :, 40:], valid[1, 40:] = False, False  # padding: the last two patch columns / rows
+    x, valid = _vit_input()
     frame = analyze(model, x, valid=valid, keys=keys, query_dependence="all")
     eager = analyze(model, x, valid=valid, keys=keys, query_dependence="all", kernels="eager")
     # eager in both; the native path reads q/k from the attention call, the eager one from the qkv hook

@@ -19,7 +19,11 @@ What each map gives (NaN where a statistic is not defined for it):
 * ``att_abs``, ``att_norm_weighted``: signed maps (dot product) only; NaN for non-negative maps
   (where ``att_abs`` would equal ``att``).
 * ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform``: non-negative maps, rows
-  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out.
+  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out. One pass over
+  the rows gives all four (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`).
+
+``cross_site_cos`` (:data:`CROSS_SITE`) compares a site with the previous one of the forward: it is
+measured beside the capture (:mod:`.cross_site`), not here.
 """
 from __future__ import annotations
 
