@@ -33,8 +33,8 @@ from torch import nn
 from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
-from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from ..measure.cross_site import CrossSite
+from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .locality import record_locality
 
 __all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
