@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .capture.blocks import BlockCapture, Capture, check_batch_args
 from .capture.core import select_sites
 from .capture.records import SiteRecord
+from .measure.cross_site import CROSS_SITE, CrossSite, keep_options
 from .schema import NL, VIT, names, query_columns, statistic_columns
 
 __all__ = ["STAT_COLUMNS", "analyze", "records_to_frame"]
@@ -38,17 +39,22 @@ QUERY_COLUMNS = tuple(query_columns(NL))
 _OPTIONAL = frozenset((*names(None, ("control",)), *QUERY_COLUMNS))
 
 
-def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None) -> pd.DataFrame:
+def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None,
+                     cross: CrossSite | None = None) -> pd.DataFrame:  # fmt: skip
     """One row per (image, site, map) with the columns of :data:`FRAME_COLUMNS` of the record's site:
-    an NL block's one map, or a ViT layer's heads then its head mean (``head == HEAD_MEAN``)."""
+    an NL block's one map, or a ViT layer's heads then its head mean (``head == HEAD_MEAN``);
+    ``cross``: the capture's cross-site similarity (``cross_site_cos``), where measured."""
     rows = []
     for rec in records:
         if rec.stats is None:
             continue
         facts, columns = rec.facts(), (*FRAME_COLUMNS[rec.site], *QUERY_COLUMNS)
+        between = cross.column(rec) if cross is not None else None
         for b, maps in enumerate(rec.stats.per_image_map()):
-            for values in maps:
+            for m, values in enumerate(maps):
                 values = {"image": image_ids[b] if image_ids is not None else b, **facts, **values}
+                if between is not None:
+                    values[CROSS_SITE] = between[b, m].item()
                 rows.append({c: values[c] for c in columns if c in values or c not in _OPTIONAL})
     return pd.DataFrame(rows)
 
@@ -102,12 +108,14 @@ def analyze(
     ids = list(image_ids) if image_ids is not None else list(range(n))
     step = batch_size or max(n, 1)
     frames = []
-    with torch.no_grad(), kind(model, blocks, **capture_kwargs) as cap:
+    keep = keep_options(kind.default_site, capture_kwargs)
+    with torch.no_grad(), kind(model, blocks, **capture_kwargs, **keep) as cap:
+        cross = CrossSite(cap, drop=bool(keep)) if capture_kwargs.get("query_dependence", "off") != "off" else None
         for start in range(0, max(n, 1), step):
             part = slice(start, start + step)
             cap.clear()
             cap.set_valid(valid[part] if valid is not None else None)
             cap.set_objects(objects[part] if objects is not None else None)
             model(images[part])
-            frames.append(records_to_frame(cap.records, ids[part]))
+            frames.append(records_to_frame(cap.records, ids[part], cross))
     return pd.concat(frames, ignore_index=True)

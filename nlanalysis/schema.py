@@ -165,24 +165,27 @@ REGISTRY: tuple[Column, ...] = (
        "(patches), space-separated, offsets in `(dy, dx)` order", "str", "locality", sites=_VIT),
     _c("logit_rank1", "share of the row-centred logits' energy in their best rank-1 fit (one key profile x a gain per query; "
        "maps that are not a softmax: of the map itself; head mean: log of the mean map) (`--query-dependence all`)", "float", "query",
-       _UNIT),
+       _UNIT, header="logit rank-1 share"),
     _c("att_gain_only", "`att` of the maps rebuilt as softmax(gain_i x the shared key profile): one map, a temperature per query "
-       "(softmax maps; `all`)", "float", "query", _DIST, unit="1-cos"),
+       "(softmax maps; `all`)", "float", "query", _DIST, header="att, gain only", unit="1-cos"),
     _c("gain_only_tv", "mean total-variation distance of those rebuilt maps to the real ones (softmax maps; `all`)", "float",
-       "query", _UNIT),
+       "query", _UNIT, header="TV, gain only"),
     _c("unary_var_share", "DNL split of `q_i.k_j` (Yin et al. 2020): share of the logits' variance across keys in the unary "
        "term `mu_q.k_j` (explicit q/k: Gaussian, embedded Gaussian, dot product, ViT heads)", "float", "query", _UNIT,
-       ),
+       header="unary var. share"),
     _c("att_pairwise_only", "`att` of the maps from the whitened pairwise term `(q_i-mu_q).(k_j-mu_k)` alone (softmax of it; dot "
-       "product: the term itself)", "float", "query", _DIST, unit="1-cos"),
+       "product: the term itself)", "float", "query", _DIST, header="att, pairwise only", unit="1-cos"),
     _c("att_abs", "`att` of the rows' absolute values (signed maps: dot product; NaN for non-negative maps, where it is `att`)",
        "float", "query", _DIST, unit="1-cos"),
     _c("att_norm_weighted", "1 - mean cosine of query-map pairs weighted by their row norms (signed maps only)", "float", "query",
        _DIST, unit="1-cos"),
     _c("qk_nmi", "normalised query-key mutual information I(q;k)/sqrt(H(q)H(k)), uniform prior over queries (Park et al. "
-       "2023; non-negative maps)", "float", "query", _UNIT),
+       "2023; non-negative maps)", "float", "query", _UNIT, header="q-k NMI"),
     _c("att_distance_px", "mean attention distance in input pixels (cell centres x the site's stride; non-negative maps)",
-       "float", "query", _COUNT, unit="px"),
+       "float", "query", _COUNT, header="att. distance (px)", unit="px"),
+    _c("cross_site_cos", "mean cosine similarity of a query's map here and at the previous site of the forward (DeepViT, Zhou et al. "
+       "2021; ViT: head h vs head h of the previous layer, head mean vs head mean); NaN at the first site and where the grids differ",
+       "float", "query", (-1.0, 1.0)),
 )  # fmt: skip
 
 _BY_NAME = {c.name: c for c in REGISTRY}

@@ -46,6 +46,7 @@ from .metrics.grouped import grouped_intervals
 from .metrics.intervals import mean_ci
 
 __all__ = [
+    "QUERY_STATS",
     "TABLE_STATS",
     "caption",
     "ci_column",
@@ -64,6 +65,10 @@ __all__ = [
 #: statistics summarised, in table order (:data:`nlanalysis.schema.TABLE1`); columns that are all NaN are left out.
 TABLE_STATS = list(schema.TABLE1)
 
+#: the query-dependence suite's headline columns (role ``query`` with a ``header``), after :data:`TABLE_STATS`:
+#: in Table 1 only for runs that measured them (``--query-dependence``; otherwise absent or all NaN).
+QUERY_STATS = [c for c in schema.names(roles=("query",), stored=None) if c in schema.headers()]
+
 #: column headers of the formatted table: the run and group columns', then each statistic's
 #: (:func:`nlanalysis.schema.headers`).
 HEADERS = {
@@ -73,6 +78,16 @@ HEADERS = {
 
 #: how known task metrics are written in headers.
 METRIC_NAMES = {"miou": "mIoU", "pixel_accuracy": "pixel acc.", "bbox_mAP": "box AP", "segm_mAP": "mask AP", "accuracy": "accuracy"}
+
+#: what the query-dependence columns of Table 1 are (:mod:`nlanalysis.measure.query_dep`), when it has them.
+QUERY_CAPTION = (
+    "What kind of query dependence: logit rank-1 share: share of the row-centred logits' energy in one key profile x a "
+    "gain per query; att / TV, gain only: att of the maps rebuilt from that profile with a temperature per query, and "
+    "their total-variation distance to the real maps (big att with a small TV: one map at different sharpness); unary "
+    "var. share: the DNL split's share of the logits' variance across keys in the key-only term; att, pairwise only: att "
+    "of the maps of the whitened pairwise term alone; q-k NMI: normalised query-key mutual information (Park et al. 2023); "
+    "att. distance: mean distance from query to attended key in input pixels. Missing: not defined for the block's maps."
+)
 
 CONVENTION_TEXT = {
     "1-cos": "1 − cos(v_i, v_j) (as scipy; 0 = same direction, 1 = orthogonal, 2 = opposite)",
@@ -155,7 +170,7 @@ def summarise(
     frame: pd.DataFrame,
     *,
     by: Sequence[str] = ("variant", "step"),
-    stats: Sequence[str] = TABLE_STATS,
+    stats: Sequence[str] = (*TABLE_STATS, *QUERY_STATS),
     level: float = 0.95,
 ) -> pd.DataFrame:
     """One row per group of ``by`` and block: each statistic's mean and CI, and the task metric.
@@ -270,7 +285,7 @@ def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.Data
     if "metric" in summary and summary["metric"].notna().any():
         name = summary["metric_name"].dropna().iloc[0]
         out[METRIC_NAMES.get(name, name)] = ci_column(summary, "metric")
-    for s in TABLE_STATS:
+    for s in (*TABLE_STATS, *QUERY_STATS):
         if s in summary:
             out[HEADERS[s]] = ci_column(summary, s)
     return out
@@ -299,6 +314,8 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
                      "1 = no object-specific context; lifts are geometric means over images, interval of the mean log-lift.")
     if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
+    if cols & set(QUERY_STATS):
+        parts.append(QUERY_CAPTION)
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
     if summary.get("query_independent", pd.Series(dtype=bool)).astype(bool).any():
         parts.append("†: one map is shared by all queries (GC / simplified NL), so att = 0 and output = 0 (up to float rounding) by construction.")

@@ -14,6 +14,7 @@ from nlanalysis.metrics.query_dependence import (
     query_key_nmi,
     row_chunks,
     signed_map_stats,
+    spatial_stats,
 )
 
 CHUNKS = [1, 3, 1000]
@@ -235,6 +236,30 @@ def test_attention_distance_and_local_mass_against_loops(chunk):
                     l_sum += maps[b, i, j] * (abs(ri - rj) <= 1 and abs(ci - cj) <= 1)
         assert float(dist[b]) == pytest.approx(d_sum / len(queries), abs=1e-10)
         assert float(local[b]) == pytest.approx(l_sum / len(queries), abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_one_pass_gives_the_separate_statistics(chunk):
+    """``spatial_stats`` (the suite's one pass) against the separate calls it replaces: NMI, distance and local
+    mass of the maps, and the local mass of the uniform map over the valid keys, walked as maps."""
+    rng = np.random.default_rng(10)
+    h, w, stride = 4, 3, (16.0, 8.0)
+    n_key = 2 * h * w  # a key grid other than the query grid: the cells twice, the second set shifted
+    qpos = torch.tensor([((r + 0.5) * stride[0], (c + 0.5) * stride[1]) for r in range(h) for c in range(w)])
+    kpos = torch.cat([qpos, qpos + 3.0])
+    maps = torch.tensor(softmax_np(rng.normal(size=(2, 2, h * w, n_key)) * 3))
+    key_mask = torch.tensor(rng.random((2, 2, n_key)) > 0.2)
+    query_mask = torch.tensor(rng.random((2, 2, h * w)) > 0.2)
+    masks = dict(key_mask=key_mask, query_mask=query_mask)
+    got = spatial_stats(row_chunks(maps, chunk), h * w, n_key, (qpos, kpos, stride), **masks)
+    uniform = (key_mask.double() / key_mask.sum(-1, keepdim=True))[..., None, :].expand(2, 2, h * w, n_key)
+    want = {"qk_nmi": query_key_nmi(maps, h * w, n_key, **masks)}
+    want["att_distance_px"], want["att_local"] = attention_distance(maps, qpos, kpos, stride, **masks)
+    want["att_local_uniform"] = attention_distance(uniform, qpos, kpos, stride, **masks)[1]
+    assert set(got) == set(want)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-12, msg=name)
+    assert set(spatial_stats(maps, h * w, n_key, None, **masks)) == {"qk_nmi"}  # positions unknown: NMI only
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)

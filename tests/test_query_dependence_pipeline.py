@@ -162,10 +162,10 @@ def test_off_changes_no_column_and_the_kernels_agree(scenes):
         analyze(model, x, query_dependence="some")
 
 
-def _vit():
+def _vit(depth=2):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=2).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=depth).eval()
     gen = torch.Generator().manual_seed(2)
     for p in model.parameters():  # sharper maps than timm's init gives
         p.data.mul_(3.0)
@@ -173,6 +173,14 @@ def _vit():
         dim = block.attn.qkv.in_features
         block.attn.qkv.bias.data[:dim] += 2.0 * torch.randn(dim, generator=gen)
     return model
+
+
+def _vit_input():
+    """Two 64 x 64 images with padding: the last two patch columns of the first, the last two patch rows of the second."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[0, :, 40:], valid[1, 40:] = False, False
+    return x, valid
 
 
 def _vit_expected(logits, a, q, k, cells, grid):
@@ -190,9 +198,7 @@ def _vit_expected(logits, a, q, k, cells, grid):
 @pytest.mark.parametrize("keys", ["patch", "all"])
 def test_vit_heads_against_the_full_maps(keys):
     model = _vit()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    valid = torch.ones(2, 64, 64, dtype=torch.bool)
-    valid[0, :, 40:], valid[1, 40:] = False, False  # padding: the last two patch columns / rows
+    x, valid = _vit_input()
     frame = analyze(model, x, valid=valid, keys=keys, query_dependence="all")
     eager = analyze(model, x, valid=valid, keys=keys, query_dependence="all", kernels="eager")
     # eager in both; the native path reads q/k from the attention call, the eager one from the qkv hook
@@ -272,3 +278,25 @@ def test_vit_extract_has_the_columns_and_one_local_mass(tmp_path):
     got = run.metrics.sort_values("head", key=lambda h: h.where(h >= 0, 99)).reset_index(drop=True)
     for name in COLUMNS:
         np.testing.assert_allclose(got[name].to_numpy(float), want[name].to_numpy(float), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_table1_has_the_measured_query_columns_only(scenes):
+    """Table 1 (nlanalysis/tables.py) shows a query column's header where the run measured it (not all NaN): the
+    cheap suite's for embedded Gaussian, none of the expensive ones; none at all for a run without the suite."""
+    from nlanalysis.tables import QUERY_STATS, caption, format_table, summarise
+
+    ckpt = load_checkpoint(shipped_checkpoints()["embedded_gaussian"])
+    model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
+    cheap = analyze(model, x, jsd_pairs=0, query_dependence="cheap")
+    off = analyze(model, x, jsd_pairs=0)
+    assert QUERY_STATS == ["logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "qk_nmi",
+                           "att_distance_px"]  # fmt: skip
+    headers = schema.headers()
+    shown = format_table(summarise(cheap, by=())).columns
+    measured = ["unary_var_share", "att_pairwise_only", "qk_nmi", "att_distance_px"]
+    assert [h for h in shown if h in {headers[c] for c in QUERY_STATS}] == [headers[c] for c in measured]
+    assert list(shown).index(headers["att"]) < list(shown).index(headers["unary_var_share"])  # after the paper's columns
+    assert "q-k NMI" in caption(summarise(cheap, by=()))
+    summary_off = summarise(off, by=())
+    assert not {headers[c] for c in QUERY_STATS} & set(format_table(summary_off).columns)
+    assert "q-k NMI" not in caption(summary_off)

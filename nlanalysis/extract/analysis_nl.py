@@ -23,6 +23,8 @@ from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import padded_size
+from ..measure.cross_site import CrossSite, keep_options
+from ..schema import NL
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .object_sites import ObjectContext, with_object_context
 from .store import sha256_file
@@ -58,6 +60,7 @@ class BlockAnalysis(Analysis):
         self.prepare = partial(prepare_image, pre=loaded.preprocess)
         self._sha256 = sha256_file(loaded.path)
         self._grids: dict[tuple[int, int], list[tuple[int, int]] | str] = {}  # str: why the probe failed
+        self._cross: CrossSite | None = None
 
     @classmethod
     def claims(cls, source: Any) -> bool:
@@ -95,15 +98,19 @@ class BlockAnalysis(Analysis):
         return grids
 
     def capture(self, *, queries: np.ndarray | None, seed: int, jsd_pairs: int, chunk_size: int | None, controls: bool) -> Capture:
+        options = dict(query_dependence=self.query_dependence)
         chunk_size = self.chunk_size if chunk_size is None else chunk_size
-        suite = self.query_dependence != "off"  # with it the object context, whose maps are rebuilt from x
         cap = Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
-                      chunk_size=chunk_size, controls=controls, query_dependence=self.query_dependence, keep_tensors=suite)
-        self._context = ObjectContext(self.model, chunk_size) if suite else None
-        return self._context.attach(cap) if suite else cap
+                      chunk_size=chunk_size, controls=controls,
+                      **options, **keep_options(NL, options))  # fmt: skip
+        suite = self.query_dependence != "off"  # with it the object context, whose maps are rebuilt from x
+        self._context = ObjectContext(self.model, chunk_size, drop=False).attach(cap) if suite else None
+        # each block against the previous; called after the object context, it lets go of the kept input
+        self._cross = CrossSite(cap, drop=True) if suite else None
+        return cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
-        frame = with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
+        frame = with_nan_columns(records_to_frame(records, image_ids=list(range(n_images)), cross=self._cross), OBJECT_COLUMNS)
         return with_object_context(frame, self._context) if getattr(self, "_context", None) else frame
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:

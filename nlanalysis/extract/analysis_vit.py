@@ -33,6 +33,7 @@ from torch import nn
 from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
+from ..measure.cross_site import CrossSite
 from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .locality import record_locality
 from .object_sites import ObjectContext, with_object_context
@@ -122,6 +123,7 @@ class ViTAnalysis(Analysis):
         self.name, self.path = name, path
         self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
         self._sha256 = _state_sha256(self.model)
+        self._cross: CrossSite | None = None
 
     @classmethod
     def claims(cls, source: Any) -> bool:
@@ -172,15 +174,17 @@ class ViTAnalysis(Analysis):
         cap = ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
                          keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
-        self._context = ObjectContext(self.model) if self.query_dependence != "off" else None  # with the suite
-        return self._context.attach(cap) if self._context else cap
+        suite = self.query_dependence != "off"
+        self._context = ObjectContext(self.model).attach(cap) if suite else None  # with the suite
+        self._cross = CrossSite(cap) if suite else None  # each layer against the previous (after the object context)
+        return cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
         """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
         attention (let go of here)."""
         images = list(range(n_images))
         # the 3x3 local mass is the locality's (the suite's is the same definition: tests compare them)
-        frame = records_to_frame(records, image_ids=images).drop(columns=["att_local", "att_local_uniform"], errors="ignore")
+        frame = records_to_frame(records, image_ids=images, cross=self._cross).drop(columns=["att_local", "att_local_uniform"], errors="ignore")
         local = []
         for rec in records:
             local.append(record_locality(rec, valid, images))

@@ -58,11 +58,14 @@ class ObjectContext:
     Args:
         model: the analysed model (NL blocks: their maps are rebuilt by their adapters).
         chunk_size: queries per chunk of the NL maps (``None``: 256).
+        drop: let go of an NL record's kept input once measured (``False`` where a later callback,
+            e.g. :class:`~nlanalysis.measure.cross_site.CrossSite`, still reads it and lets go of it).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int | None = None) -> None:
+    def __init__(self, model: nn.Module, chunk_size: int | None = None, *, drop: bool = True) -> None:
         self.blocks = {b.name: b for b in list_blocks(model)}
         self.chunk_size = chunk_size or 256
+        self.drop = drop
         self.cap: Capture | None = None
         self.rows: list[dict[str, Any]] = []
 
@@ -76,7 +79,8 @@ class ObjectContext:
         try:
             site = self._site(rec)
         finally:
-            rec.x = rec.z = rec.context = None  # kept only to rebuild the maps here
+            if self.drop:
+                rec.x = rec.z = rec.context = None  # kept only to rebuild the maps here
         if site is None:
             return
         found = self._measure(*site)

@@ -19,7 +19,11 @@ What each map gives (NaN where a statistic is not defined for it):
 * ``att_abs``, ``att_norm_weighted``: signed maps (dot product) only; NaN for non-negative maps
   (where ``att_abs`` would equal ``att``).
 * ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform``: non-negative maps, rows
-  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out.
+  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out. One pass over
+  the rows gives all four (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`).
+
+``cross_site_cos`` (:data:`CROSS_SITE`) compares a site with the previous one of the forward: it is
+measured beside the capture (:mod:`.cross_site`), not here.
 """
 from __future__ import annotations
 
@@ -32,16 +36,18 @@ from torch import Tensor
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..blocks.heads import HeadAttention
 from ..metrics.decomposition import dnl_split, gain_only, log_rows, logit_rank1
-from ..metrics.query_dependence import attention_distance, query_key_nmi, signed_map_stats
+from ..metrics.query_dependence import attention_distance, signed_map_stats, spatial_stats
 from ..schema import NL, query_columns
 from .stats import nans
 
-__all__ = ["CHEAP", "COLUMNS", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
+__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
            "head_maps", "local_mass", "query_dependence"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
-#: the query-dependence columns (:mod:`nlanalysis.schema`: role ``query``, and the 3x3 local mass)
-COLUMNS = tuple(query_columns(NL))
+#: the suite's column that compares a site with the previous one (:mod:`.cross_site`), not measured per site here
+CROSS_SITE = "cross_site_cos"
+#: the query-dependence columns of one site's maps (:mod:`nlanalysis.schema`: role ``query``, and the 3x3 local mass)
+COLUMNS = tuple(c for c in query_columns(NL) if c != CROSS_SITE)
 EXPENSIVE = ("logit_rank1", "att_gain_only", "gain_only_tv")
 CHEAP = tuple(c for c in COLUMNS if c not in EXPENSIVE)
 
@@ -203,19 +209,13 @@ def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
 
 
 def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, n_key: int, qm: Tensor | None) -> dict[str, Tensor]:
-    """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps."""
+    """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps, in
+    one pass over the rows (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`)."""
     keys = site.spatial_keys
     km = site.key_mask[:, keys] if site.key_mask is not None else None
     kmb = _expand(km, batch)
-    rows = _normalised(g.rows, keys, kmb)
-    out = {"qk_nmi": query_key_nmi(rows, n_query, n_key, key_mask=kmb, query_mask=qm)}
-    if site.query_pos is None:
-        return out
-    where = (site.query_pos, site.key_pos, site.key_cell)
-    dist, local = attention_distance(rows, *where, key_mask=kmb, query_mask=qm)
-    uniform = _uniform(km, batch, n_query, n_key)
-    _, local_uniform = attention_distance(uniform, *where, key_mask=kmb, query_mask=qm)
-    return {**out, "att_distance_px": dist, "att_local": local, "att_local_uniform": local_uniform}
+    where = (site.query_pos, site.key_pos, site.key_cell) if site.query_pos is not None else None
+    return spatial_stats(_normalised(g.rows, keys, kmb), n_query, n_key, where, key_mask=kmb, query_mask=qm)
 
 
 def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:
@@ -231,11 +231,3 @@ def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:
             yield start, r / torch.where(total > 0, total, 1.0)
 
     return chunks
-
-
-def _uniform(km: Tensor | None, batch: tuple[int, ...], n_query: int, n_key: int, chunk: int = 256) -> Chunks:
-    """Uniform maps over the valid keys, ``[*batch, n, N_key]`` chunks."""
-    w = torch.ones(batch[0], n_key, dtype=torch.float64) if km is None else km.to(torch.float64)
-    w = _expand(w / w.sum(dim=-1, keepdim=True), batch)
-    return lambda: ((s, w[..., None, :].expand(*batch, min(chunk, n_query - s), n_key)) for s in range(0, n_query, chunk))
-

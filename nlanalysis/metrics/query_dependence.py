@@ -11,6 +11,7 @@ Results are float64 ``[*batch]``, one value per image (and map). All sums are in
 * :func:`signed_map_stats`: ``att_abs`` and ``att_norm_weighted`` for signed (dot-product) maps.
 * :func:`query_key_nmi`: normalised query-key mutual information (Park et al., ICLR 2023).
 * :func:`attention_distance`: mean attention distance in pixels and the 3x3 local mass.
+* :func:`spatial_stats`: the NMI, the distance and the local masses in one pass (the suite's cheap pass).
 * :func:`cross_site_similarity`: mean cosine of a query's maps at two sites (DeepViT).
 
 The shared-map decomposition and the DNL split are in :mod:`.decomposition`.
@@ -34,6 +35,7 @@ __all__ = [
     "query_key_nmi",
     "row_chunks",
     "signed_map_stats",
+    "spatial_stats",
 ]
 
 Chunks = Iterable[tuple[int, Tensor]]
@@ -173,21 +175,10 @@ def query_key_nmi(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor
         float64 ``[*batch]``; NaN with fewer than two queries or if ``H(k) = 0``.
     """
     st = Stream(rows, n_query, n_key, key_mask, query_mask)
-    km = st.key_mask
-    b = km.shape[0]
-    p_k = torch.zeros(b, n_key, dtype=torch.float64, device=km.device)
-    row_entropy = torch.zeros(b, dtype=torch.float64, device=km.device)
+    acc = _NMI(st, eps)
     for _, x, qm in st:
-        x = valid(x + eps, qm, km)
-        total = x.sum(dim=-1, keepdim=True)
-        a = x / torch.where(total == 0, torch.ones_like(total), total)
-        p_k += a.sum(dim=1)
-        row_entropy -= torch.special.xlogy(a, a).sum(dim=(1, 2))
-    n_q = st.query_mask.sum(dim=-1).to(torch.float64)
-    p_k = p_k / n_q[:, None]
-    h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
-    mutual = (h_k - row_entropy / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
-    return st.out(mutual / torch.sqrt(torch.log(n_q) * h_k))
+        acc.update(x, qm)
+    return st.out(acc.result())
 
 
 def attention_distance(rows: RowSource, query_pos: Tensor, key_pos: Tensor, key_cell: float | tuple[float, float], *,
@@ -209,20 +200,91 @@ def attention_distance(rows: RowSource, query_pos: Tensor, key_pos: Tensor, key_
         ``(mean_distance_px, local_mass)``, each float64 ``[*batch]``.
     """
     st = Stream(rows, query_pos.shape[0], key_pos.shape[0], key_mask, query_mask)
-    km, device = st.key_mask, st.key_mask.device
-    qp, kp = query_pos.to(device, torch.float64), key_pos.to(device, torch.float64)
-    reach_y, reach_x = (1.5 * torch.as_tensor(key_cell, dtype=torch.float64).expand(2)).tolist()
-    dist = torch.zeros(km.shape[0], dtype=torch.float64, device=device)
-    local = torch.zeros_like(dist)
+    acc = _Distance(st, query_pos, key_pos, key_cell)
     for start, x, qm in st:
-        chunk = qp[start : start + x.shape[1]]
-        dy, dx = chunk[:, None, 0] - kp[None, :, 0], chunk[:, None, 1] - kp[None, :, 1]  # [n, K]
-        near = ((dy.abs() <= reach_y) & (dx.abs() <= reach_x)).to(torch.float64)
-        x = valid(x, qm, km)
-        dist += torch.einsum("bnk,nk->b", x, torch.hypot(dy, dx))
-        local += torch.einsum("bnk,nk->b", x, near)
-    n_q = st.query_mask.sum(dim=-1).to(torch.float64)
-    return st.out(dist / n_q), st.out(local / n_q)
+        acc.update(start, x, qm)
+    dist, local, _ = acc.result()
+    return dist, local
+
+
+def spatial_stats(rows: RowSource, n_query: int, n_key: int, where: tuple[Tensor, Tensor, float | tuple[float, float]] | None,
+                  *, key_mask: Tensor | None = None, query_mask: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+    """:func:`query_key_nmi` and :func:`attention_distance` (with the local mass of a uniform map) in
+    one pass over the maps: the same values as the separate calls.
+
+    Args:
+        where: ``(query_pos, key_pos, key_cell)`` of :func:`attention_distance`, or ``None`` (positions
+            unknown: NMI only).
+
+    Returns:
+        ``{"qk_nmi": ...}`` and, with ``where``, ``att_distance_px``, ``att_local`` and ``att_local_uniform``
+        (the local mass of the uniform map over the valid keys), each float64 ``[*batch]``.
+    """
+    st = Stream(rows, n_query, n_key, key_mask, query_mask)
+    nmi = _NMI(st)
+    dist = _Distance(st, *where) if where is not None else None
+    for start, x, qm in st:
+        nmi.update(x, qm)
+        if dist is not None:
+            dist.update(start, x, qm)
+    out = {"qk_nmi": st.out(nmi.result())}
+    if dist is not None:
+        out["att_distance_px"], out["att_local"], out["att_local_uniform"] = dist.result()
+    return out
+
+
+class _NMI:
+    """The sums of :func:`query_key_nmi` over the chunks of a :class:`Stream`."""
+
+    def __init__(self, st: Stream, eps: float = 1e-8) -> None:
+        self.st, self.eps = st, eps
+        b, device = st.key_mask.shape[0], st.key_mask.device
+        self.p_k = torch.zeros(b, st.n_key, dtype=torch.float64, device=device)
+        self.row_entropy = torch.zeros(b, dtype=torch.float64, device=device)
+
+    def update(self, x: Tensor, qm: Tensor) -> None:
+        x = valid(x + self.eps, qm, self.st.key_mask)
+        total = x.sum(dim=-1, keepdim=True)
+        a = x / torch.where(total == 0, torch.ones_like(total), total)
+        self.p_k += a.sum(dim=1)
+        self.row_entropy -= torch.special.xlogy(a, a).sum(dim=(1, 2))
+
+    def result(self) -> Tensor:
+        """NMI ``[B]`` (batch flattened)."""
+        n_q = self.st.query_mask.sum(dim=-1).to(torch.float64)
+        p_k = self.p_k / n_q[:, None]
+        h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
+        mutual = (h_k - self.row_entropy / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
+        return mutual / torch.sqrt(torch.log(n_q) * h_k)
+
+
+class _Distance:
+    """The sums of :func:`attention_distance` over the chunks of a :class:`Stream`, and the local mass
+    of the uniform map over the valid keys (no maps needed: ``near @ key_mask / n_key`` per query)."""
+
+    def __init__(self, st: Stream, query_pos: Tensor, key_pos: Tensor, key_cell: float | tuple[float, float]) -> None:
+        self.st = st
+        device = st.key_mask.device
+        self.qp, self.kp = query_pos.to(device, torch.float64), key_pos.to(device, torch.float64)
+        self.reach = (1.5 * torch.as_tensor(key_cell, dtype=torch.float64).expand(2)).tolist()
+        self.dist = torch.zeros(st.key_mask.shape[0], dtype=torch.float64, device=device)
+        self.local, self.uniform = torch.zeros_like(self.dist), torch.zeros_like(self.dist)
+        self.km = st.key_mask.to(torch.float64)
+
+    def update(self, start: int, x: Tensor, qm: Tensor) -> None:
+        chunk = self.qp[start : start + x.shape[1]]
+        dy, dx = chunk[:, None, 0] - self.kp[None, :, 0], chunk[:, None, 1] - self.kp[None, :, 1]  # [n, K]
+        near = ((dy.abs() <= self.reach[0]) & (dx.abs() <= self.reach[1])).to(torch.float64)
+        x = valid(x, qm, self.st.key_mask)
+        self.dist += torch.einsum("bnk,nk->b", x, torch.hypot(dy, dx))
+        self.local += torch.einsum("bnk,nk->b", x, near)
+        self.uniform += torch.einsum("bn,nk,bk->b", qm.to(torch.float64), near, self.km)
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(distance, local mass, uniform local mass)``, each ``[*batch]``."""
+        n_q = self.st.query_mask.sum(dim=-1).to(torch.float64)
+        n_k = self.km.sum(dim=-1)
+        return self.st.out(self.dist / n_q), self.st.out(self.local / n_q), self.st.out(self.uniform / n_k / n_q)
 
 
 def cross_site_similarity(rows_a: RowSource, rows_b: RowSource, n_query: int, n_key: int, *,
