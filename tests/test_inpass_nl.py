@@ -208,3 +208,29 @@ def test_cuda_mmcv_in_pass(mode: str) -> None:
         bare = block(x)
     assert cap.served == 1 and torch.allclose(out, bare, atol=1e-6)
     _stats_equal(cap.records[0].stats, ref.records[0].stats)
+
+
+@needs_kernels
+def test_feature_distances_native_match_naive_float64() -> None:
+    """``input`` / ``output`` through the native token pass: mean 1 - cos over ordered pairs of valid non-zero
+    vectors (i = j included), counted by float64 loops; all-zero vectors excluded and counted."""
+    from nlanalysis.blocks.attention import PairwiseAttention
+    from nlanalysis.measure.blocks import measure_block
+
+    torch.manual_seed(3)
+    x, ctx = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6)
+    x[0, :, 1, 1] = 0
+    ctx[1, :, 2, 2] = 0
+    valid = torch.rand(2, 5, 6) > 0.3
+    att = PairwiseAttention("dot_product", torch.randn(2, 30, 4), torch.randn(2, 4, 30), (5, 6), (5, 6))
+    stats = measure_block(att, x, ctx, valid=valid, jsd_pairs=0, kernels="native")
+    for name, t in (("input", x), ("output", ctx)):
+        for i in range(2):
+            v = t[i].flatten(1).T.double().numpy()[valid[i].flatten().numpy()]
+            nz = [r / np.linalg.norm(r) for r in v if np.abs(r).max() > 0]
+            mean_cos = sum(float(a @ b) for a in nz for b in nz) / len(nz) ** 2
+            assert getattr(stats, name)[i, 0] == pytest.approx(1 - mean_cos, abs=1e-6)
+            assert int(getattr(stats, f"{name}_zero")[i, 0]) == len(v) - len(nz)
+    ctx[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError):  # refused as before (the eager metric says why)
+        measure_block(att, x, ctx, jsd_pairs=0, kernels="native")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from ..metrics import CosineAccumulator, distance_from_sum, mean_pairwise_cosine_distance, row_entropy, zero_rows
 from .jsd_pairs import _jsd_plan, _table_jsd
 from .query_dep import block_maps, check_level
 from .query_dep import query_dependence as query_dep
@@ -210,15 +210,24 @@ def measure_block(
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
         suite = query_dep(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence)
     return SiteStats(
-        **_feature_stats(x, context, masks.qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=masks.n_query,
+        **_feature_stats(x, context, masks.qmask, cos, kernels), **{k: v[:, None] for k, v in maps.items()}, n_query=masks.n_query,
         n_key=masks.n_key, convention=convention, zero_rule=zero, **{k: v[:, None] for k, v in ctrl.items()},
         query_independent=given.query_independent, **suite,
     )  # fmt: skip
 
 
-def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict) -> dict[str, Tensor]:
-    """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each."""
+def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:
+    """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each:
+    one native pass over both (:func:`nlanalysis.kernels.token_stats`, float32 CPU, finite), else eager."""
     vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
+    if kernels != "eager" and x.dtype == context.dtype == torch.float32:
+        from .. import kernels as _native  # loads only when asked for
+
+        if _native.uses_native(kernels, x.device) and math.isfinite(float(context.sum())):  # else eager: it refuses NaN
+            s2, zeros = _native.token_stats(vx, vc, None, None, qmask)
+            n = (qmask.sum(1) if qmask is not None else torch.full((x.shape[0],), vx.shape[1])).cpu()
+            dist = distance_from_sum(s2.clamp(min=0), n[:, None].expand(-1, 2).long(), zeros, **cos)
+            return dict(input=dist[:, :1], output=dist[:, 1:], input_zero=zeros[:, :1], output_zero=zeros[:, 1:])
     return dict(
         input=mean_pairwise_cosine_distance(vx, mask=qmask, **cos)[:, None].cpu(),
         output=mean_pairwise_cosine_distance(vc, mask=qmask, **cos)[:, None].cpu(),
