@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from ..adapters import BlockInfo
 from ..adapters.base import MapCall
@@ -43,6 +42,7 @@ from ..blocks.attention import DenseAttention, PairwiseAttention
 from ..kernels import uses_native
 from ..measure.blocks import BlockMaps, block_masks
 from ..measure.inpass_blocks import attend_block, formed_block, softmax_block
+from .inpass_mode import ModuleMode
 from .records import QueryMaps
 
 __all__ = ["BlockCalls", "InPassBlock"]
@@ -51,14 +51,9 @@ _SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
 _MATMUL = (torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm)
 
 
-class BlockCalls(TorchFunctionMode):
+class BlockCalls(ModuleMode):
     """Offers every torch call made while active to ``handler(func, args, kwargs)``, which returns the
-    call's result, or ``None`` to let torch run it. Pushed while one block runs and popped after it
-    (:meth:`push`, :meth:`pop`; :meth:`close` when the capture ends), as the ViT heads' shared softmax."""
-
-    def __init__(self, handler: Callable[[Callable, tuple, dict], Any]) -> None:
-        super().__init__()
-        self.handler, self.alive, self.pushed = handler, True, False
+    call's result, or ``None`` to let torch run it; pushed while one block runs (:class:`~.inpass_mode.ModuleMode`)."""
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -67,23 +62,6 @@ class BlockCalls(TorchFunctionMode):
             if out is not None:
                 return out
         return func(*args, **kwargs)
-
-    def push(self) -> None:
-        if not self.pushed:
-            self.__enter__()
-            self.pushed = True
-
-    def pop(self) -> None:
-        """Leave the mode, only when it is the innermost (never a mode pushed inside the block's forward)."""
-        n = torch._C._len_torch_function_stack()
-        if self.pushed and n > 0 and torch._C._get_function_stack_at(n - 1) is self:
-            self.__exit__(None, None, None)
-            self.pushed = False
-
-    def close(self) -> None:
-        """Pop the mode if still active; one that cannot be popped declines every call from now on."""
-        self.alive = False
-        self.pop()
 
 
 def _sdpa_plain(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor, Any] | None:
