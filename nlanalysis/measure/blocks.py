@@ -2,7 +2,8 @@
 
 Memory: the attention maps are never held whole; rows are computed a chunk of queries at a time
 (eager: ``chunk_size``; softmax maps through the native kernel: :mod:`.block_rows`), so peak extra
-memory is ``O(B * chunk * N_key)``.
+memory is ``O(B * chunk * N_key)``. A block measured in its own attention pass
+(:mod:`.inpass_blocks`) gives its map statistics as :class:`BlockMaps`; :func:`measure_block` adds the rest.
 
 Rules, stated once (the ViT heads follow them too):
 
