@@ -11,14 +11,14 @@ A new block family is one small module: subclass :class:`BlockAdapter`, decorate
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor, nn
 
 from ..blocks.attention import LazyAttention
 from ..schema import NL
 
-__all__ = ["BlockAdapter", "UnsupportedBlockError", "class_path"]
+__all__ = ["BlockAdapter", "MapCall", "UnsupportedBlockError", "class_path"]
 
 
 def class_path(module: nn.Module) -> str:
@@ -28,6 +28,23 @@ def class_path(module: nn.Module) -> str:
 
 class UnsupportedBlockError(TypeError):
     """A module that no registered adapter knows, or a known block in a form it can't analyse."""
+
+
+class MapCall(NamedTuple):
+    """The call of a block's own forward that receives its query maps (:meth:`BlockAdapter.map_call`), where a
+    capture measures them in the block's pass (:mod:`nlanalysis.capture.inpass_blocks`).
+
+    Attributes:
+        kind: ``"sdpa"`` (``F.scaled_dot_product_attention`` of ``[B, 1, N, C']`` queries and ``[B, 1, N_k, C']``
+            keys), ``"softmax"`` (a softmax over the last dim of the ``[B, N, N_k]`` logits) or ``"matmul"``
+            (the ``[B, N, N_k]`` maps times the ``value`` branch's output as ``[B, N_k, C']``).
+        mode: the pairwise function (:data:`~nlanalysis.blocks.attention.PAIRWISE_MODES`).
+        value: the submodule whose output (viewed as ``[B, N_k, C']``) the maps multiply (``g``).
+    """
+
+    kind: str
+    mode: str
+    value: nn.Module
 
 
 class BlockAdapter(ABC):
@@ -52,6 +69,11 @@ class BlockAdapter(ABC):
     @abstractmethod
     def attention(self, module: nn.Module, x: Tensor) -> LazyAttention:
         """Lazy maps ``[B, N_query, N_key]`` for the block input ``x`` ``[B, C, H, W]``."""
+
+    def map_call(self, module: nn.Module) -> MapCall | None:
+        """Where ``module``'s own forward receives its maps, when the adapter knows that forward's code
+        (``None``: unknown, the maps are recomputed from the input by :meth:`attention`)."""
+        return None
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         """Static facts about the block (mode, channels, ...), for result sets and ``inspect``."""

@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from ..blocks.attention import LazyAttention
 from ..blocks.context_block import context_attention
 from ..blocks.non_local import mmcv_style_attention
-from .base import BlockAdapter, UnsupportedBlockError
+from .base import BlockAdapter, MapCall, UnsupportedBlockError
 from .registry import register_adapter
 
 _NL_ATTRS = ("mode", "g", "conv_out", "in_channels", "inter_channels", "sub_sample", "use_scale")
 _GC_ATTRS = ("pooling_type", "channel_add_conv", "channel_mul_conv")
+_MMCV_NL = "mmcv.cnn.bricks.non_local"  # where the forward and pairwise functions map_call knows are defined
 
 
 def _is_ours(module: nn.Module) -> bool:
@@ -46,6 +47,16 @@ class MMCVAdapter(BlockAdapter):
         if name == "ContextBlock":
             return context_attention(module, x)
         return mmcv_style_attention(module, x)
+
+    def map_call(self, module: nn.Module) -> MapCall | None:
+        """mmcv's own ``NonLocal2d`` forward (``mmcv/cnn/bricks/non_local.py``, not a subclass that overrides
+        it): ``pairwise_weight.softmax(dim=-1)`` (softmax modes), then ``torch.matmul(pairwise_weight, g_x)``."""
+        if type(module).__name__ != "NonLocal2d" or not hasattr(module, "mode"):
+            return None
+        ours = (getattr(type(module), name, None) for name in ("forward", module.mode))
+        if any(getattr(f, "__module__", None) != _MMCV_NL for f in ours):
+            return None
+        return MapCall("softmax" if module.mode in ("gaussian", "embedded_gaussian") else "matmul", module.mode, module.g)
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

@@ -6,7 +6,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..blocks import ContextBlock, LazyAttention, NonLocal2d, SimplifiedNonLocal2d
-from .base import BlockAdapter
+from .base import BlockAdapter, MapCall
 from .registry import register_adapter
 
 _BLOCKS = (NonLocal2d, ContextBlock, SimplifiedNonLocal2d)
@@ -22,6 +22,12 @@ class NLAnalysisAdapter(BlockAdapter):
 
     def attention(self, module: nn.Module, x: Tensor) -> LazyAttention:
         return module.attention(x)
+
+    def map_call(self, module: nn.Module) -> MapCall | None:
+        """:class:`NonLocal2d`'s own forward: the fused attention call (softmax modes) or ``maps @ g(x)``."""
+        if not isinstance(module, NonLocal2d) or type(module).forward is not NonLocal2d.forward:
+            return None
+        return MapCall("sdpa" if module.mode in ("gaussian", "embedded_gaussian") else "matmul", module.mode, module.g)
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

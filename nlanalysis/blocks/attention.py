@@ -20,6 +20,8 @@ chunks, from the block's own query/key projections:
 
 * :class:`SharedAttention` -- one map shared by every query (GC block, simplified NL block),
   query-independent by construction.
+* :class:`DenseAttention` -- maps a block has already formed whole (its own ``[B, N, N_k]`` tensor),
+  read in place: what a capture measures while the block attends (:mod:`nlanalysis.capture.inpass_blocks`).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["PAIRWISE_MODES", "LazyAttention", "PairwiseAttention", "SharedAttention"]
+__all__ = ["PAIRWISE_MODES", "DenseAttention", "LazyAttention", "PairwiseAttention", "SharedAttention"]
 
 PAIRWISE_MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 
@@ -213,3 +215,44 @@ class SharedAttention(LazyAttention):
 
     def rows(self, start: int, stop: int) -> Tensor:
         return self.weights[:, None, :].expand(-1, stop - start, -1)
+
+
+class DenseAttention(LazyAttention):
+    """Maps already formed whole by a block: rows are views of its ``[B, N, N_k]`` tensor (no copy, no recompute).
+
+    Args:
+        maps: ``[B, N, N_k]`` the block's own attention maps.
+        query_shape: ``(H, W)`` with ``H * W == N``; key_shape: ``(H_k, W_k)`` with ``H_k * W_k == N_k``.
+        mode: the block's pairwise function (:data:`PAIRWISE_MODES`): says whether rows are
+            distributions (softmax) and non-negative.
+    """
+
+    def __init__(self, maps: Tensor, query_shape: tuple[int, int], key_shape: tuple[int, int], mode: str) -> None:
+        if mode not in PAIRWISE_MODES:
+            raise ValueError(f"unknown pairwise mode {mode!r}; expected one of {PAIRWISE_MODES}")
+        n, n_k = query_shape[0] * query_shape[1], key_shape[0] * key_shape[1]
+        if maps.dim() != 3 or tuple(maps.shape[1:]) != (n, n_k):
+            raise ValueError(f"maps must be [B, {n}, {n_k}] for grids {query_shape} / {key_shape}, got {tuple(maps.shape)}")
+        self.maps = maps
+        self.mode = mode
+        self.query_shape = tuple(query_shape)
+        self.key_shape = tuple(key_shape)
+        self.query_independent = False
+        self.distribution = mode in ("gaussian", "embedded_gaussian")
+        self.nonnegative = mode != "dot_product"
+
+    def _batch_size(self) -> int:
+        return self.maps.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps.device
+
+    def image(self, b: int) -> DenseAttention:
+        return DenseAttention(self.maps[b : b + 1], self.query_shape, self.key_shape, self.mode)
+
+    def take(self, index: Tensor) -> Tensor:
+        return self.maps[:, index]
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        return self.maps[:, start:stop]

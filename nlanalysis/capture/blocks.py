@@ -3,7 +3,9 @@
 For each forward and each selected block: the block's statistics
 (:func:`nlanalysis.measure.measure_block`, all queries streamed through the metrics in chunks,
 never all kept), the attention maps of chosen query points, and optionally the tensors ``x``,
-``z`` and ``z - x``. The maps are recomputed from the block's input and weights by its adapter
+``z`` and ``z - x``. The maps are measured in the block's own attention pass where its adapter knows
+the block's forward (:mod:`.inpass_blocks`: this project's and mmcv's ``NonLocal2d``, every mode);
+otherwise they are recomputed from the block's input and weights by its adapter
 (:meth:`nlanalysis.adapters.BlockAdapter.attention`).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..measure.blocks import measure_block
 from ..measure.query_dep import check_level
 from ..schema import NL
 from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, query_points, valid_cells
+from .inpass_blocks import InPassBlock
 from .records import QueryMaps, SiteRecord
 
 __all__ = ["BlockCapture", "BlockRecord", "BlockSite", "Capture", "QueryMaps", "capture", "cell_centres", "check_batch_args",
@@ -35,36 +38,61 @@ class BlockSite(Site):
         chunk_size, jsd_pairs, convention, zero, controls, kernels, query_dependence: passed to :func:`measure_block`
             (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads; ``query_dependence``: ``"off"``,
             ``"cheap"`` or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
+        share_softmax: with ``stats``, measure the maps a block forms in its own forward, as it forms them
+            (:mod:`nlanalysis.capture.inpass_blocks`: one attention pass, not two; the same name and default
+            as the ViT heads' switch, though it covers every NL mode, softmax or not); the block's
+            output equals an uncaptured forward's to float32 rounding. ``False``: every op is torch's and
+            the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence``.
+
+    Attributes:
+        served: forwards whose block maps were measured in the block's own pass (``share_softmax``).
     """
 
     noun = "NL/GC block"
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto", query_dependence: str = "off") -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = "off", share_softmax: bool = True) -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
                                    kernels=kernels, query_dependence=check_level(query_dependence))
+        self.share_softmax = share_softmax and cap.stats and not controls and query_dependence == "off"
+        self.served = 0
+        self._in_pass: list[InPassBlock] = []
+
+    def close(self) -> None:
+        for in_pass in self._in_pass:
+            in_pass.close()
+        self._in_pass.clear()
 
     def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
         info = block.adapter.describe(block.module)
-        return lambda module, args, kwargs, output: self.record(block, info, args, kwargs, output)
+        call = block.adapter.map_call(block.module) if self.share_softmax else None
+        in_pass = None
+        if call is not None:
+            in_pass = InPassBlock(self, block, call)
+            in_pass.attach(self.cap._handles)
+            self._in_pass.append(in_pass)
+        return lambda module, args, kwargs, output: self.record(block, info, args, kwargs, output, in_pass)
 
-    def record(self, block: BlockInfo, info: dict[str, Any], args: tuple, kwargs: dict, output: Any) -> SiteRecord:
+    def record(self, block: BlockInfo, info: dict[str, Any], args: tuple, kwargs: dict, output: Any,
+               in_pass: InPassBlock | None = None) -> SiteRecord:  # fmt: skip
+        """The record of ``block`` in this forward: its maps as measured in its pass (``in_pass``), or recomputed."""
         cap, adapter = self.cap, block.adapter
         x = adapter.block_input(args, kwargs).detach()
         check_features(x)
         z = (output[0] if isinstance(output, (tuple, list)) else output).detach()
         context = adapter.context_term(block.module, x, z)
-        att = adapter.attention(block.module, x)
+        found = in_pass.take() if in_pass is not None else None
+        att = found[0] if found is not None else adapter.attention(block.module, x)
         record = cap.site_record(block, info, (att.query_shape, att.key_shape))
         if cap.stats:
             valid, objects = cap.cell_masks(att.query_shape, x.shape[0], "block input")
             record.stats = measure_block(att, x, context, valid=valid, objects=objects, generator=cap.generator,
                                          stride=cap.stride(att.query_shape), **self.measure_kwargs)  # fmt: skip
         if cap.queries is not None:
-            record.queries = cap.query_maps(block.name, att)
+            record.queries = found[1] if found is not None else cap.query_maps(block.name, att)
         if self.keep_tensors:
             # copies: a model may modify the block output in place after the hook (timm's BasicBlock)
             record.x, record.z, record.context = (t.to("cpu", copy=True) for t in (x, z, context))

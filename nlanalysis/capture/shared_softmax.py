@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
+
+from .inpass_mode import ModuleMode
 
 __all__ = ["SharedSoftmax", "sdpa_arguments"]
 
@@ -47,7 +48,7 @@ def _plain(call: dict[str, Any]) -> bool:
     return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
-class SharedSoftmax(TorchFunctionMode):
+class SharedSoftmax(ModuleMode):
     """Offers every plain ``F.scaled_dot_product_attention`` call made while active to ``handler``.
 
     Used as a context manager, or pushed while one module runs and popped after it (:meth:`push`,
@@ -60,12 +61,6 @@ class SharedSoftmax(TorchFunctionMode):
             attention output ``[B, heads, N, d_v]``, or ``None`` to let torch compute it.
     """
 
-    def __init__(self, handler: Callable[[dict[str, Any]], Tensor | None]) -> None:
-        super().__init__()
-        self.handler = handler
-        self.alive = True
-        self.pushed = False
-
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is _SDPA and self.alive:
@@ -75,20 +70,3 @@ class SharedSoftmax(TorchFunctionMode):
                 if out is not None:
                     return out
         return func(*args, **kwargs)
-
-    def push(self) -> None:
-        """Make the mode active (once; :meth:`pop` leaves it)."""
-        if not self.pushed:
-            self.__enter__()
-            self.pushed = True
-
-    def pop(self) -> None:
-        n = torch._C._len_torch_function_stack()  # pop only when innermost: never a mode pushed inside the forward
-        if self.pushed and n > 0 and torch._C._get_function_stack_at(n - 1) is self:
-            self.__exit__(None, None, None)
-            self.pushed = False
-
-    def close(self) -> None:
-        """Pop the mode if it is still active; one that cannot be popped declines every call from now on."""
-        self.alive = False
-        self.pop()

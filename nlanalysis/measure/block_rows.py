@@ -11,6 +11,8 @@ Loaded only when a block is measured with the kernels.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,10 +21,10 @@ from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import distance_from_sum
 from .blocks import _counted, _sampled_jsd
 from .head_rows import LogitSource, _native_rows
-from .jsd_pairs import _jsd_plan, _table_jsd
+from .jsd_pairs import _jsd_plan, _Plan, _table_jsd
 from .stats import nans, row_results
 
-__all__ = ["native_map_stats", "native_softmax"]
+__all__ = ["RowPass", "native_map_stats", "native_softmax", "pairwise_source"]
 
 
 def native_softmax(att: LazyAttention, kernels: str) -> bool:
@@ -43,9 +45,19 @@ def pairwise_source(att: PairwiseAttention) -> LogitSource:
     return LogitSource(att.batch_size, 1, att.n_query, att.n_key, 0, 0, float(att.scale), fill, mean=False)
 
 
+#: ``rows_of(km, plan, sel, labels) -> (s, sums, rows)``: one native pass over every row of a block's maps
+#: (as :func:`~.head_rows._native_rows`), given the key weights, the JSD plan and its table rows, and the object labels
+RowPass = Callable[[Tensor | None, _Plan | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None],
+                   tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]]  # fmt: skip
+
+
 @torch.no_grad()
-def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos) -> tuple[dict[str, Tensor], Tensor]:
-    """As :func:`nlanalysis.measure.blocks._eager_map_stats` (same arguments and results), with the kernel."""
+def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos,
+                     rows_of: RowPass | None = None) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+    """As :func:`nlanalysis.measure.blocks._eager_map_stats` (same arguments and results), with the kernel.
+
+    ``rows_of`` runs the pass (default: the logits of ``att``, :func:`pairwise_source`); a block measured in
+    its own pass gives its own (:mod:`.inpass_blocks`), and ``att`` then serves only the rare JSD fallback."""
     b, nq = att.batch_size, att.n_query
     state = generator.get_state() if generator is not None else torch.get_rng_state()
     counted = qmask.cpu() if qmask is not None else torch.ones(b, nq, dtype=torch.bool)
@@ -53,7 +65,10 @@ def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     sel = plan.table_rows(b, nq) if plan is not None else None
     km = kmask.float() if kmask is not None else None
     labels = own.labels() if own is not None else None
-    s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None)
+    if rows_of is None:
+        s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None)
+    else:
+        s, sums, rows = rows_of(km, plan, sel, labels)
     att_dist = distance_from_sum(s[:, 0].double().square().sum(-1), n_query.long(), sums[3, :, 0].long(), **cos)
     if bool(sums[3].any()):  # valid all-zero rows: the eager path draws its pairs over the other rows
         generator.set_state(state) if generator is not None else torch.set_rng_state(state)

@@ -2,7 +2,8 @@
 
 Memory: the attention maps are never held whole; rows are computed a chunk of queries at a time
 (eager: ``chunk_size``; softmax maps through the native kernel: :mod:`.block_rows`), so peak extra
-memory is ``O(B * chunk * N_key)``.
+memory is ``O(B * chunk * N_key)``. A block measured in its own attention pass
+(:mod:`.inpass_blocks`) gives its map statistics as :class:`BlockMaps`; :func:`measure_block` adds the rest.
 
 Rules, stated once (the ViT heads follow them too):
 
@@ -23,19 +24,20 @@ Rules, stated once (the ViT heads follow them too):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
-from ..metrics import CosineAccumulator, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from ..metrics import CosineAccumulator, distance_from_sum, mean_pairwise_cosine_distance, row_entropy, zero_rows
 from .jsd_pairs import _jsd_plan, _table_jsd
 from .query_dep import block_maps, check_level
 from .query_dep import query_dependence as query_dep
 from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockStats", "control_columns", "key_labels", "key_mask", "measure_block"]
+__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block"]
 
 
 #: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
@@ -75,8 +77,79 @@ def key_labels(labels: Tensor, key_shape: tuple[int, int]) -> Tensor:
     return torch.where(same, first, torch.full_like(first, -1))
 
 
+@dataclass
+class BlockMasks:
+    """Which queries and keys of a block count on a batch (:func:`block_masks`).
+
+    Attributes:
+        qmask, kmask: ``[B, N_q]`` / ``[B, N_k]`` bool, valid queries / keys (``None``: all).
+        own: the own-object accumulator (``None`` without object labels).
+        n_query, n_key: ``[B]`` valid query and key positions (CPU).
+    """
+
+    qmask: Tensor | None
+    kmask: Tensor | None
+    own: _OwnObject | None
+    n_query: Tensor
+    n_key: Tensor
+
+
+def block_masks(valid: Tensor | None, objects: Tensor | None, batch: int, query_shape: tuple[int, int],
+                key_shape: tuple[int, int], device: torch.device) -> BlockMasks:  # fmt: skip
+    """The masks of a block's ``[B, H, W]`` query grid and its key grid from ``valid`` (bool, True on
+    image positions) and ``objects`` (instance labels), either ``None``; ValueError on a wrong shape."""
+    b, (h, w) = batch, query_shape
+    qmask = kmask = None
+    if valid is not None:
+        if valid.shape != (b, h, w):
+            raise ValueError(f"valid mask must be [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)}")
+        valid = valid.to(device=device, dtype=torch.bool)
+        qmask, kmask = valid.flatten(1), key_mask(valid, key_shape).flatten(1)
+    own = _OwnObject(objects, qmask, kmask, key_shape, device) if objects is not None else None
+    n_query = (qmask.sum(1) if qmask is not None else torch.full((b,), h * w)).cpu()
+    n_key = (kmask.sum(1) if kmask is not None else torch.full((b,), key_shape[0] * key_shape[1])).cpu()
+    return BlockMasks(qmask, kmask, own, n_query, n_key)
+
+
+@dataclass
+class BlockMaps:
+    """The map statistics of a block on a batch (:func:`map_stats`), measured before (or while) the
+    block's output exists: :func:`measure_block` adds the feature statistics.
+
+    Attributes:
+        query_shape, key_shape: the grids of the maps measured.
+        stats: ``att``, ``att_jsd``, ``att_jsd_stderr``, ``att_entropy``, ``att_max``, ``att_zero_rows``,
+            ``att_own_object``, ``own_object_share``, ``[B]`` float64 each.
+        row_ok: ``[B, N_q]`` the rows that count (valid, not all zero); ``None`` for a shared map.
+        query_independent: one map serves every query.
+    """
+
+    query_shape: tuple[int, int]
+    key_shape: tuple[int, int]
+    stats: dict[str, Tensor]
+    row_ok: Tensor | None
+    query_independent: bool = False
+
+
+def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, jsd_pairs: int = 512,
+              generator: torch.Generator | None = None, convention: str = "1-cos", zero: str = "exclude",
+              kernels: str = "auto") -> BlockMaps:  # fmt: skip
+    """The map statistics of ``att`` (arguments as :func:`measure_block`): shared, native or eager rows."""
+    m, cos = masks, dict(convention=convention, zero=zero)
+    if att.query_independent:
+        stats, row_ok = _shared_map_stats(att, m.kmask, m.n_key, m.own, chunk_size), None
+    else:
+        rows = _eager_map_stats
+        if kernels != "eager":  # the kernels load only when asked for
+            from .block_rows import native_map_stats, native_softmax
+
+            rows = native_map_stats if native_softmax(att, kernels) else rows
+        stats, row_ok = rows(att, m.qmask, m.kmask, m.n_query, m.n_key, m.own, chunk_size, jsd_pairs, generator, cos)
+    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent)
+
+
 def measure_block(
-    att: LazyAttention,
+    att: LazyAttention | BlockMaps,
     x: Tensor,
     context: Tensor,
     *,
@@ -95,7 +168,9 @@ def measure_block(
     """Compute the :class:`~nlanalysis.measure.stats.SiteStats` (``[B, 1]`` fields) of one block on a batch.
 
     Args:
-        att: the block's lazy attention for input ``x``.
+        att: the block's lazy attention for input ``x``, or its maps already measured (:class:`BlockMaps`,
+            e.g. in the block's own pass: :mod:`nlanalysis.capture.inpass_blocks`; then without
+            ``controls`` and ``query_dependence``, which read the maps again).
         x: block input ``[B, C, H, W]``.
         context: what the block adds before fusion, ``z - x``, ``[B, C, H, W]``.
         valid: optional bool ``[B, H, W]``, True on image positions (False on padding).
@@ -119,26 +194,15 @@ def measure_block(
         raise ValueError(
             f"shapes disagree: x {tuple(x.shape)}, context {tuple(context.shape)}, attention query grid {att.query_shape}"
         )
-    qmask = kmask = None
-    if valid is not None:
-        if valid.shape != (b, h, w):
-            raise ValueError(f"valid mask must be [B, H, W] = {(b, h, w)}, got {tuple(valid.shape)}")
-        valid = valid.to(device=x.device, dtype=torch.bool)
-        qmask, kmask = valid.flatten(1), key_mask(valid, att.key_shape).flatten(1)
-    cos = dict(convention=convention, zero=zero)
-    own = _OwnObject(objects, qmask, kmask, att.key_shape, x.device) if objects is not None else None
-    n_query = (qmask.sum(1) if qmask is not None else torch.full((b,), att.n_query)).cpu()
-    n_key = (kmask.sum(1) if kmask is not None else torch.full((b,), att.n_key)).cpu()
     check_level(query_dependence)
-    if att.query_independent:
-        maps, row_ok = _shared_map_stats(att, kmask, n_key, own, chunk_size), None
-    else:
-        rows = _eager_map_stats
-        if kernels != "eager":  # the kernels load only when asked for
-            from .block_rows import native_map_stats, native_softmax
-
-            rows = native_map_stats if native_softmax(att, kernels) else rows
-        maps, row_ok = rows(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos)
+    given = att if isinstance(att, BlockMaps) else None
+    if given is not None and (controls or query_dependence != "off"):
+        raise ValueError("controls and the query-dependence suite read the maps again: pass the LazyAttention, not BlockMaps")
+    masks = block_masks(valid, objects, b, att.query_shape, att.key_shape, x.device)
+    cos = dict(convention=convention, zero=zero)
+    if given is None:
+        given = map_stats(att, masks, chunk_size=chunk_size, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos)
+    maps, row_ok = given.stats, given.row_ok
     ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
         ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
@@ -146,18 +210,29 @@ def measure_block(
         from .control_forms import block_form_controls
 
         ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
-    counted = row_ok.to(x.device) if row_ok is not None else qmask
-    suite = query_dep(block_maps(att, counted, kmask, stride, chunk_size), query_dependence)
+    suite = {}
+    if query_dependence != "off":
+        counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
+        suite = query_dep(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence)
     return SiteStats(
-        **_feature_stats(x, context, qmask, cos), **{k: v[:, None] for k, v in maps.items()}, n_query=n_query, n_key=n_key,
-        convention=convention, zero_rule=zero, **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
-        query_independent=att.query_independent, **suite,
+        **_feature_stats(x, context, masks.qmask, cos, kernels), **{k: v[:, None] for k, v in maps.items()}, n_query=masks.n_query,
+        n_key=masks.n_key, convention=convention, zero_rule=zero, **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
+        query_independent=given.query_independent, **suite,
     )  # fmt: skip
 
 
-def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict) -> dict[str, Tensor]:
-    """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each."""
+def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:
+    """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each:
+    one native pass over both (:func:`nlanalysis.kernels.token_stats`, float32 CPU, finite), else eager."""
     vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
+    if kernels != "eager" and x.dtype == context.dtype == torch.float32:
+        from .. import kernels as _native  # loads only when asked for
+
+        if _native.uses_native(kernels, x.device) and math.isfinite(float(context.sum())):  # else eager: it refuses NaN
+            s2, zeros = _native.token_stats(vx, vc, None, None, qmask)
+            n = (qmask.sum(1) if qmask is not None else torch.full((x.shape[0],), vx.shape[1])).cpu()
+            dist = distance_from_sum(s2.clamp(min=0), n[:, None].expand(-1, 2).long(), zeros, **cos)
+            return dict(input=dist[:, :1], output=dist[:, 1:], input_zero=zeros[:, :1], output_zero=zeros[:, 1:])
     return dict(
         input=mean_pairwise_cosine_distance(vx, mask=qmask, **cos)[:, None].cpu(),
         output=mean_pairwise_cosine_distance(vc, mask=qmask, **cos)[:, None].cpu(),
