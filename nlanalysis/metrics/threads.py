@@ -13,6 +13,13 @@ one pass per map row block and balance their rows over torch's threads) keeps to
 
 ``NLANALYSIS_STAT_THREADS`` overrides the count (``0``: leave torch's setting alone). Nested and
 concurrent uses share one lock: the first entry sets the count, the last exit restores it.
+
+Multi-threaded work that does gain from threads (a model's forward, the native kernels) is better
+run on the cores that are free: :func:`free_cores` counts them (Linux: the usable CPUs less the tasks
+of other processes runnable right now, ``/proc/loadavg``), and :func:`free_core_threads` caps torch's
+threads at that number while it is open (a caller's choice: nothing in the statistics uses it). On a
+quiet machine it changes nothing; beside a busy neighbour it gives up the core the neighbour holds
+instead of waiting for it at every barrier.
 """
 from __future__ import annotations
 
@@ -23,8 +30,9 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["statistics_thread_count", "statistics_threads"]
+__all__ = ["free_core_threads", "free_cores", "statistics_thread_count", "statistics_threads"]
 
+_LOADAVG = "/proc/loadavg"  # "1.00 0.80 0.50 RUNNABLE/TASKS LASTPID" on Linux
 _LOCK = threading.Lock()
 _STATE = {"depth": 0, "saved": 0}
 
@@ -39,6 +47,46 @@ def statistics_thread_count() -> int:
     if count < 0:
         raise ValueError(f"NLANALYSIS_STAT_THREADS must be an integer >= 0, got {raw!r}")
     return count or torch.get_num_threads()
+
+
+def _runnable_here() -> int:
+    """Threads of this process that are runnable now (state ``R`` in ``/proc/self/task/*/stat``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                count += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except (OSError, IndexError):
+            continue
+    return count
+
+
+def free_cores() -> int | None:
+    """Usable CPUs less the runnable tasks of other processes right now (at least 1); None where the
+    kernel does not say (not Linux)."""
+    try:
+        with open(_LOADAVG) as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+        others = max(0, runnable - max(1, _runnable_here()))
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus - others)
+
+
+@contextmanager
+def free_core_threads() -> Iterator[int]:
+    """Run the enclosed block on ``min(torch's threads, free_cores())`` threads (yielded); restored on exit."""
+    found = torch.get_num_threads()
+    free = free_cores()
+    count = found if free is None else min(found, free)
+    if count != found:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != found:
+            torch.set_num_threads(found)
 
 
 @contextmanager
