@@ -4,7 +4,8 @@ blocks), built on first use with the system C compiler; :func:`uses_native` says
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
 eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and
 :func:`pair_jsd` of ``nlanalysis.measure.jsd_pairs._pair_jsd``, :func:`table_jsd` of
-``nlanalysis.metrics.divergence._jsd_normalized`` (float64, for an NL block's sampled pairs). Their source, ``row_stats.c``, is compiled once per machine into
+``nlanalysis.metrics.divergence._jsd_normalized`` (float64, for an NL block's sampled pairs) and
+:func:`unit_sum` of ``nlanalysis.metrics.CosineAccumulator`` (both in :mod:`.sums`). Their source, ``row_stats.c``, is compiled once per machine into
 ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``; a temporary folder when that cannot be
 written) with ``$CC`` (default ``cc``) and ``-O3 -march=native -ffast-math -fopenmp``, in well under
 a second, written to a temporary file and renamed, so concurrent processes never load a
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
@@ -142,6 +143,7 @@ def _build() -> ctypes.CDLL:
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
+        "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -443,26 +445,5 @@ def pair_jsd(
     return count, mean, var
 
 
-@torch.no_grad()
-def table_jsd(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """JSD (bits) ``[P]`` float64 of the row pairs ``(a[p], b[p])`` of ``rows`` ``[S, K]`` (float32 on the CPU,
-    rows contiguous; each renormalised in float64), NaN where either row sums to 0: what
-    ``_jsd_normalized(r_a / r_a.sum(), r_b / r_b.sum(), 2)`` gives, in one pass per pair without temporaries."""
-    lib = _lib()
-    _check_cpu("rows", rows)
-    if rows.dim() != 2:
-        raise ValueError(f"table_jsd: rows must be [S, K], got {tuple(rows.shape)}")
-    if rows.stride(1) != 1 or rows.stride(0) < rows.shape[1]:
-        rows = rows.contiguous()
-    s, k = rows.shape
-    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
-    if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"table_jsd: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
-    _on_cpu("a", a)
-    _on_cpu("b", b)
-    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < s):
-        raise ValueError(f"table_jsd: row indices must lie in [0, {s})")
-    out = torch.empty(a.numel(), dtype=torch.float64)
-    ok = torch.empty(a.numel(), dtype=torch.uint8)
-    lib.nl_table_jsd64(_ptr(rows), rows.stride(0), _ptr(a), _ptr(b), a.numel(), k, _ptr(out), _ptr(ok))
-    return out.masked_fill_(ok == 0, float("nan"))
+
+from .sums import table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
