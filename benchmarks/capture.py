@@ -210,7 +210,8 @@ def vit_table(repeats: int, device: str) -> dict:
         model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224).eval()
         source = f"vit_small_patch14_dinov2, random weights ({err.__class__.__name__})"
     model = model.to(device)
-    x, valid, _ = preprocess_batch(sample_photos()[:1], 224, "pad")
+    photos = sample_photos()  # {id: photo}: the first one
+    x, valid, _ = preprocess_batch(dict(list(photos.items())[:1]), 224, "pad")
     x, valid = x.to(device), valid.to(device)
 
     def analysis(**kw: int) -> Callable[[], object]:
@@ -267,6 +268,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT table")
+    parser.add_argument("--no-nl", action="store_true", help="skip the NL tables")
     parser.add_argument("--child-memory", nargs=3, metavar=("METHOD", "H", "W"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -288,7 +290,7 @@ def main() -> None:
     print(f"machine: {machine(args.device)}; {repeats} repetitions, interleaved")
     print("TorchLens: " + (f"{tl.__version__}" if tl else "not installed (pip install torchlens): its rows are skipped"))
     print(f"NL block: {nl_block_class()[1]}, embedded_gaussian, after ResNet-50 layer3")
-    for size in SIZES[1:] if args.quick else SIZES:
+    for size in () if args.no_nl else SIZES[1:] if args.quick else SIZES:
         print_nl(nl_table(size, repeats, args.device))
     if not args.no_vit:
         print_vit(vit_table(repeats, args.device))

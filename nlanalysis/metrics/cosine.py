@@ -49,6 +49,10 @@ Rules (all computation in float64):
   always lies in that range, so the clamp only removes float round-off
   (of order 1e-15).
 * **Invalid input**: NaN or inf in a used vector raises ``ValueError``.
+* **Threads**: each chunk is a handful of large float64 ops, run on one intra-op thread
+  (:mod:`nlanalysis.metrics.threads`: memory-bound passes, as fast on one thread, and no barrier
+  waits beside a busy neighbour). ``nlanalysis.kernels.unit_sum`` is the one-pass native equivalent
+  for float32 CPU features (``nlanalysis.measure.stats.cosine_distance`` picks it).
 """
 
 from __future__ import annotations
