@@ -189,10 +189,12 @@ def nl_table(size: tuple[int, int], repeats: int, device: str) -> dict:
     x = torch.randn(1, 3, *size, device=device)
     methods = nl_methods(model, x, NL_METHODS)
     times = interleaved(methods, repeats, device)
-    memory = {name: peak_memory(name, size, device, methods) for name in methods}
     n = (size[0] // 16) * (size[1] // 16)
     chunk_mib = 256 * n * 4 / 2**20  # one chunk of 256 float32 query rows over N keys
-    return {"size": size, "n": n, "times": times, "ratios": ratios(times), "memory": memory, "chunk_mib": chunk_mib}
+    table = {"size": size, "n": n, "times": times, "ratios": ratios(times), "memory": {}, "chunk_mib": chunk_mib}
+    print_nl(table)  # the times first: the memory runs take a while on the CPU
+    table["memory"] = {name: peak_memory(name, size, device, methods) for name in methods}
+    return table
 
 
 def vit_table(repeats: int, device: str) -> dict:
@@ -243,6 +245,13 @@ def print_nl(table: dict) -> None:
         print(f"nl, no JSD vs tl.record (softmax only): {ours:.2f}x vs {theirs:.2f}x bare ({'below' if ours < theirs else 'NOT below'})")
 
 
+def print_memory(table: dict) -> None:
+    bare = table["memory"].get("bare") or 0.0
+    extra = ", ".join(f"{name} {mem - bare:+.0f}" for name, mem in table["memory"].items() if mem is not None and name != "bare")
+    print(f"extra peak memory over the bare forward (MiB; bare itself {bare:.0f}): {extra}")
+    print(f"  target for the nl rows: <= 2 chunks of maps = {2 * table['chunk_mib']:.1f} MiB")
+
+
 def print_vit(table: dict) -> None:
     print(f"\nViT analysis, batch 1, 224 x 224 ({table['model']})")
     for name, ts in table["times"].items():
@@ -291,7 +300,7 @@ def main() -> None:
     print("TorchLens: " + (f"{tl.__version__}" if tl else "not installed (pip install torchlens): its rows are skipped"))
     print(f"NL block: {nl_block_class()[1]}, embedded_gaussian, after ResNet-50 layer3")
     for size in () if args.no_nl else SIZES[1:] if args.quick else SIZES:
-        print_nl(nl_table(size, repeats, args.device))
+        print_memory(nl_table(size, repeats, args.device))
     if not args.no_vit:
         print_vit(vit_table(repeats, args.device))
 
