@@ -38,7 +38,7 @@ from torch import Tensor
 
 __all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
-_SOURCE = Path(__file__).with_name("row_stats.c")
+_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
 # Apple's clang has no -fopenmp, ...) the next is tried; without -fopenmp the kernels run on one thread
 _FLAG_SETS = [
@@ -117,7 +117,7 @@ def _build() -> ctypes.CDLL:
     cc = shlex.split(os.environ.get("CC", "cc"))
     if not cc or shutil.which(cc[0]) is None:
         raise KernelUnavailable(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH; set $CC)")
-    source = _SOURCE.read_bytes()
+    source = _SOURCE.read_bytes() + _SOURCE.with_name("sums.c").read_bytes()  # row_stats.c includes sums.c
     errors = []
     folder = None
     for flags in _FLAG_SETS:
