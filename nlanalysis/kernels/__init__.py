@@ -3,7 +3,9 @@ blocks), built on first use with the system C compiler; :func:`uses_native` says
 
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
 eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and
-:func:`pair_jsd` of ``nlanalysis.measure.jsd_pairs._pair_jsd``. Their source, ``row_stats.c``, is compiled once per machine into
+:func:`pair_jsd` of ``nlanalysis.measure.jsd_pairs._pair_jsd``, :func:`table_jsd` of
+``nlanalysis.metrics.divergence._jsd_normalized`` (float64, for an NL block's sampled pairs) and
+:func:`unit_sum` of ``nlanalysis.metrics.CosineAccumulator`` (both in :mod:`.sums`). Their source, ``row_stats.c``, is compiled once per machine into
 ``~/.cache/nlanalysis/kernels`` (or ``$NLANALYSIS_CACHE``; a temporary folder when that cannot be
 written) with ``$CC`` (default ``cc``) and ``-O3 -march=native -ffast-math -fopenmp``, in well under
 a second, written to a temporary file and renamed, so concurrent processes never load a
@@ -34,9 +36,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
-_SOURCE = Path(__file__).with_name("row_stats.c")
+_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
 # Apple's clang has no -fopenmp, ...) the next is tried; without -fopenmp the kernels run on one thread
 _FLAG_SETS = [
@@ -115,7 +117,7 @@ def _build() -> ctypes.CDLL:
     cc = shlex.split(os.environ.get("CC", "cc"))
     if not cc or shutil.which(cc[0]) is None:
         raise KernelUnavailable(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH; set $CC)")
-    source = _SOURCE.read_bytes()
+    source = _SOURCE.read_bytes() + _SOURCE.with_name("sums.c").read_bytes()  # row_stats.c includes sums.c
     errors = []
     folder = None
     for flags in _FLAG_SETS:
@@ -140,6 +142,8 @@ def _build() -> ctypes.CDLL:
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
+        "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
+        "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -439,3 +443,7 @@ def pair_jsd(
     count, mean, var = (torch.empty(batch, h1, dtype=torch.float64) for _ in range(3))
     lib.nl_jsd_by_image(_ptr(out), _ptr(out_ok), _ptr(image), a.numel(), h1, batch, _ptr(count), _ptr(mean), _ptr(var))
     return count, mean, var
+
+
+
+from .sums import table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)

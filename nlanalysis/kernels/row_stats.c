@@ -438,3 +438,5 @@ int nl_jsd_by_image(const float *vals, const uint8_t *ok, const int64_t *img, in
     for (int64_t j = 0; j < B * H1; ++j) var[j] = count[j] > 1.0 ? var[j] / (count[j] - 1.0) : 0.0;
     return 0;
 }
+
+#include "sums.c" /* table_jsd, unit_sum */

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import kernels as _native
 from ..metrics.divergence import _jsd_normalized
+from ..metrics.threads import statistics_threads
 from .stats import nans
 
 __all__: list[str] = []
@@ -109,15 +111,23 @@ def _jsd(plan: _Plan | None, values: Tensor | tuple[Tensor, Tensor, Tensor] | No
 def _table_jsd(plan: _Plan | None, table: Tensor | None, b: int, step: int = 1024) -> tuple[Tensor, Tensor]:
     """Per image, the mean JSD (bits) of the plan's pairs of one map's rows ``table`` ``[S, N_k]`` (a row
     per planned query) and its standard error ``[B]``; rows renormalised in float64 (as
-    :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`). An NL block's JSD, eager or native."""
+    :func:`nlanalysis.metrics.mean_pairwise_jsd_sampled`). An NL block's JSD, eager or native.
+
+    A float32 CPU table goes through :func:`nlanalysis.kernels.table_jsd` where the kernels build (one
+    pass per pair, no ``[pairs, N_k]`` float64 temporaries); otherwise eager PyTorch, ``step`` pairs at a
+    time, on the table's device (a GPU's), on :func:`~nlanalysis.metrics.threads.statistics_threads`."""
     if plan is None or table is None:
         return nans(b), nans(b)
+    if table.dtype == torch.float32 and table.device.type == "cpu" and table.dim() == 2 and _native.available():
+        values = _native.table_jsd(table, plan.a.cpu(), plan.b.cpu())
+    else:
 
-    def unit(index: Tensor) -> Tensor:
-        r = table[index].double()
-        return r / r.sum(-1, keepdim=True)
+        def unit(index: Tensor) -> Tensor:
+            r = table[index].double()
+            return r / r.sum(-1, keepdim=True)
 
-    values = torch.cat([_jsd_normalized(unit(plan.a[i : i + step]), unit(plan.b[i : i + step]), 2.0)
-                        for i in range(0, plan.a.numel(), step)])  # fmt: skip
+        with statistics_threads():
+            values = torch.cat([_jsd_normalized(unit(plan.a[i : i + step]), unit(plan.b[i : i + step]), 2.0)
+                                for i in range(0, plan.a.numel(), step)])  # fmt: skip
     jsd, err = _jsd(plan, values[:, None], b, 0)
     return jsd[:, 0], err[:, 0]

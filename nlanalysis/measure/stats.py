@@ -22,9 +22,11 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .. import kernels as _native
+from ..metrics import distance_from_sum, mean_pairwise_cosine_distance
 from ..schema import HEAD_MEAN, names
 
-__all__ = ["CONTROLS", "CONTROL_FIELDS", "SiteStats", "nans", "row_results"]
+__all__ = ["CONTROLS", "CONTROL_FIELDS", "SiteStats", "cosine_distance", "nans", "row_results"]
 
 #: the control fields, as the columns of :mod:`nlanalysis.schema` (role ``control``) name them.
 CONTROL_FIELDS = tuple(names(roles=("control",)))
@@ -36,6 +38,22 @@ CONTROLS = tuple(name for name in CONTROL_FIELDS if not name.startswith("ctrl_fo
 def nans(*shape: int) -> Tensor:
     """float64 NaN of ``shape`` (``[B]`` or ``[B, M]``): a statistic not defined for a site's maps."""
     return torch.full(shape, math.nan, dtype=torch.float64)
+
+
+def cosine_distance(v: Tensor, mask: Tensor | None = None, *, convention: str = "1-cos", zero: str = "exclude",
+                    kernels: str = "auto") -> Tensor:  # fmt: skip
+    """:func:`nlanalysis.metrics.mean_pairwise_cosine_distance` of ``v`` ``[B, n, D]`` (rows ``mask`` ``[B, n]``)
+    -> ``[B]`` float64, in one native pass over float32 CPU features (:func:`nlanalysis.kernels.unit_sum`:
+    rows or columns read in place, so ``x.flatten(2).transpose(1, 2)`` of a feature map costs no copy)
+    where the kernels build and ``kernels`` allows; eager PyTorch otherwise (a GPU's features stay there).
+    The same numbers to float64 rounding, the same errors (NaN/inf in a used vector)."""
+    if v.dim() != 3 or v.dtype != torch.float32 or v.device.type != "cpu" or not _native.uses_native(kernels, v.device):
+        return mean_pairwise_cosine_distance(v, mask=mask, convention=convention, zero=zero)
+    s, n_zero, bad = _native.unit_sum(v, mask.to(torch.bool) if mask is not None else None)
+    if bool(bad.any()):
+        raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
+    n_total = mask.sum(-1).long() if mask is not None else torch.full((v.shape[0],), v.shape[1], dtype=torch.int64)
+    return distance_from_sum(s.square().sum(-1), n_total, n_zero, convention=convention, zero=zero)
 
 
 def row_results(sums: Tensor, n_query: Tensor, log_k: Tensor, objects: bool) -> dict[str, Tensor]:

@@ -49,6 +49,10 @@ Rules (all computation in float64):
   always lies in that range, so the clamp only removes float round-off
   (of order 1e-15).
 * **Invalid input**: NaN or inf in a used vector raises ``ValueError``.
+* **Threads**: each chunk is a handful of large float64 ops, run on one intra-op thread
+  (:mod:`nlanalysis.metrics.threads`: memory-bound passes, as fast on one thread, and no barrier
+  waits beside a busy neighbour). ``nlanalysis.kernels.unit_sum`` is the one-pass native equivalent
+  for float32 CPU features (``nlanalysis.measure.stats.cosine_distance`` picks it).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from .threads import statistics_threads
 
 __all__ = [
     "Convention",
@@ -73,8 +79,11 @@ Convention = Literal["1-cos", "(1-cos)/2"]
 _ZERO_RULES: tuple[str, ...] = ("exclude", "orthogonal", "raise")
 _CONVENTIONS: tuple[str, ...] = ("1-cos", "(1-cos)/2")
 
-# Temporary float64 working set per chunk when ``chunk_size`` is None.
-_AUTO_CHUNK_ELEMENTS = 1 << 18  # 256 Ki float64 values = 2 MiB
+# Temporary float64 working set per chunk when ``chunk_size`` is None: few, large ops (a chunk of a
+# 4,200 x 4,200 map is ~125 rows on the CPU), a few MiB of memory; on a GPU the whole [N, D] at once
+# up to 64 MiB (each chunk costs one host sync).
+_AUTO_CHUNK_ELEMENTS = 1 << 19  # 512 Ki float64 values = 4 MiB
+_AUTO_CHUNK_ELEMENTS_GPU = 1 << 23  # 64 MiB
 # Rows with a float64 norm in [2**-450, inf) are normalised directly: their squared
 # components cannot overflow, and any that underflow are negligible against the norm.
 _MIN_FAST_NORM = 2.0**-450
@@ -96,6 +105,35 @@ def _unit_rows(v: Tensor) -> tuple[Tensor, Tensor]:
     norm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)  # in [1, sqrt(D)]
     u = u / torch.where(is_zero, torch.ones_like(norm), norm)
     return u, is_zero.squeeze(-1)
+
+
+def _unit_sum(v: Tensor, used: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``sum_i v_i / ||v_i||`` ``[b, D]`` float64 over the used non-zero rows of ``v`` ``[b, n, D]``, and the
+    all-zero used rows per item ``[b]`` int64 (None when there are none: nothing to add).
+
+    A handful of large ops per call. Fast path: rows whose float64 norm neither overflowed nor came
+    near underflow are normalised by a weight ``1/||v_i||`` folded into one matrix-vector product
+    (every non-zero finite float32/16 row qualifies); the rest (zero, NaN/inf, huge or tiny rows)
+    are checked and scaled by their largest component first (:func:`_unit_rows`).
+    """
+    x = v.to(torch.float64)
+    if used is not None:  # masked-out rows may hold anything, even NaN: they become zero rows, not counted
+        x = torch.where(used.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    norms = torch.linalg.vector_norm(x, dim=-1)  # [b, n]
+    slow = (norms < _MIN_FAST_NORM) | ~(norms < math.inf)  # NaN compares False: slow too
+    weights = torch.where(slow, torch.zeros((), dtype=norms.dtype, device=norms.device), norms.reciprocal())
+    part = torch.bmm(weights.unsqueeze(1), x).squeeze(1)  # [b, D]
+    if used is not None:
+        slow &= used
+    if not bool(slow.any()):  # one host sync per call (the common case ends here)
+        return part, None
+    bi, ri = slow.nonzero(as_tuple=True)
+    rows = x[bi, ri]  # [k, D]
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
+    u, is_zero = _unit_rows(rows)
+    part.index_add_(0, bi, u)
+    return part, torch.zeros(v.shape[0], dtype=torch.int64, device=v.device).index_add_(0, bi, is_zero.to(torch.int64))
 
 
 class CosineAccumulator:
@@ -160,42 +198,19 @@ class CosineAccumulator:
             raise ValueError(f"expected features of shape {expected}, got {tuple(v.shape)}")
         if v.is_complex():
             raise TypeError("complex features are not supported; pass real tensors")
-        x = v.detach().to(torch.float64)
-        n = x.shape[-2]
+        n = v.shape[-2]
         b = math.prod(self.batch_shape)
+        used = None
         if mask is not None:
-            if tuple(mask.shape) != tuple(x.shape[:-1]):
-                raise ValueError(f"mask must have shape {tuple(x.shape[:-1])} (features without D), got {tuple(mask.shape)}")
-            mask = mask.to(device=x.device, dtype=torch.bool)
-            x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-            used = mask.reshape(b, n)
-        flat = x.reshape(b, n, self.dim)
-        # Fast path: rows whose float64 norm neither overflowed nor came near underflow are
-        # normalised by a weight 1/||v_i|| folded into one matrix-vector product. Every
-        # non-zero float32/16 row qualifies (float64 squares of float32 values cannot
-        # over- or underflow).
-        norms = torch.linalg.vector_norm(flat, dim=-1)  # [b, n]
-        fast = (norms >= _MIN_FAST_NORM) & (norms < math.inf)
-        weights = torch.where(fast, norms.reciprocal(), torch.zeros((), dtype=norms.dtype, device=norms.device))
-        part = torch.bmm(weights.unsqueeze(1), flat).squeeze(1)  # [b, D] = sum_i v_i / ||v_i||
-        n_zero = torch.zeros(b, dtype=torch.int64, device=x.device)
-        slow = ~fast if mask is None else ~fast & used
-        if bool(slow.any()):
-            # Zero, NaN/inf, huge or tiny rows: check, then scale by max |component| first.
-            bi, ri = slow.nonzero(as_tuple=True)
-            rows = flat[bi, ri]  # [k, D]
-            if not bool(torch.isfinite(rows).all()):
-                raise ValueError("features contain NaN/inf; check the model's inputs and dtype (fp16 overflow?)")
-            u, is_zero = _unit_rows(rows)
-            part.index_add_(0, bi, u)
-            n_zero.index_add_(0, bi, is_zero.to(torch.int64))
-        if mask is None:
-            n_used = torch.full((b,), n, dtype=torch.int64, device=x.device)
-        else:
-            n_used = used.sum(dim=-1)
-        self.s += part.reshape(self.s.shape).to(self.s.device)
-        self.n_total += n_used.reshape(self.batch_shape).to(self.n_total.device)
-        self.n_zero += n_zero.reshape(self.batch_shape).to(self.n_zero.device)
+            if tuple(mask.shape) != tuple(v.shape[:-1]):
+                raise ValueError(f"mask must have shape {tuple(v.shape[:-1])} (features without D), got {tuple(mask.shape)}")
+            used = mask.to(device=v.device, dtype=torch.bool).reshape(b, n)
+        with statistics_threads():
+            part, n_zero = _unit_sum(v.detach().reshape(b, n, self.dim), used)
+            self.s += part.reshape(self.s.shape).to(self.s.device)
+            self.n_total += n if used is None else used.sum(-1).reshape(self.batch_shape).to(self.n_total.device)
+            if n_zero is not None:
+                self.n_zero += n_zero.reshape(self.batch_shape).to(self.n_zero.device)
 
     def merge(self, other: CosineAccumulator) -> CosineAccumulator:
         """Add another accumulator's state to this one (e.g. from another shard).
@@ -304,7 +319,7 @@ def mean_pairwise_cosine_distance(
         zero: Zero-vector rule: ``"exclude"``, ``"orthogonal"`` or ``"raise"``.
         mask: Optional bool ``[*batch, N]``; ``True`` marks rows to use.
         chunk_size: Rows per chunk along N. ``None`` picks a size that keeps
-            the float64 working copy near 2 MiB.
+            the float64 working copy near 4 MiB (on a GPU: 64 MiB).
 
     Returns:
         float64 tensor of shape ``[*batch]`` (0-d for ``[N, D]`` input).
@@ -319,12 +334,14 @@ def mean_pairwise_cosine_distance(
     acc = CosineAccumulator(dim, tuple(batch), device=v.device)
     if chunk_size is None:
         per_row = max(1, dim * math.prod(batch))
-        chunk_size = max(1, _AUTO_CHUNK_ELEMENTS // per_row)
+        budget = _AUTO_CHUNK_ELEMENTS if v.device.type == "cpu" else _AUTO_CHUNK_ELEMENTS_GPU
+        chunk_size = max(1, budget // per_row)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if mask is not None and tuple(mask.shape) != tuple(v.shape[:-1]):
         raise ValueError(f"mask must have shape {tuple(v.shape[:-1])}, got {tuple(mask.shape)}")
-    for start in range(0, n, chunk_size):
-        stop = min(n, start + chunk_size)
-        acc.update(v[..., start:stop, :], None if mask is None else mask[..., start:stop])
+    with statistics_threads():
+        for start in range(0, n, chunk_size):
+            stop = min(n, start + chunk_size)
+            acc.update(v[..., start:stop, :], None if mask is None else mask[..., start:stop])
     return acc.result(include_self=include_self, convention=convention, zero=zero)

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .threads import statistics_threads
+
 __all__ = [
     "SampledMean",
     "is_distribution_like",
@@ -154,7 +156,16 @@ def mean_pairwise_jsd_exact(
         raise ValueError(f"expected rows of shape [*batch, N, K], got {tuple(p.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    pn = _normalized_rows(p)
+    with statistics_threads():  # many block ops: one thread (nlanalysis.metrics.threads)
+        total, n = _exact_total(_normalized_rows(p), chunk_size, base)
+    pairs = n * n if include_self else n * (n - 1)
+    if pairs == 0:
+        return torch.full_like(total, math.nan)
+    return total / pairs
+
+
+def _exact_total(pn: Tensor, chunk_size: int, base: float) -> tuple[Tensor, int]:
+    """Sum of the JSD over all ordered pairs of the normalised rows ``pn`` ``[*batch, N, K]``, and ``N``."""
     *batch, n, k = pn.shape
     total = torch.zeros(batch, dtype=torch.float64, device=pn.device)
     for i0 in range(0, n, chunk_size):
@@ -168,10 +179,7 @@ def mean_pairwise_jsd_exact(
             for j0 in range(lo, hi, step):
                 b = pn[..., j0 : min(hi, j0 + step), :].unsqueeze(-3)  # [*b, 1, bj, K]
                 total += factor * _jsd_normalized(a, b, base).sum(dim=(-2, -1))
-    pairs = n * n if include_self else n * (n - 1)
-    if pairs == 0:
-        return torch.full_like(total, math.nan)
-    return total / pairs
+    return total, n
 
 
 @dataclass(frozen=True)
@@ -260,7 +268,8 @@ def mean_pairwise_jsd_sampled(
     i, j = _sample_pairs(n, num_pairs, include_self, generator)
     uniq, inverse = torch.unique(torch.cat([i, j]), return_inverse=True)
     table = _normalized_rows(_fetch_rows(rows, uniq, 1024), "rows(idx)")
-    vals = _jsd_normalized(table[inverse[:num_pairs]], table[inverse[num_pairs:]], base)
+    with statistics_threads():
+        vals = _jsd_normalized(table[inverse[:num_pairs]], table[inverse[num_pairs:]], base)
     mean = float(vals.mean())
     stderr = float(vals.std(correction=1)) / math.sqrt(num_pairs)
     return SampledMean(mean, stderr, num_pairs, (mean - _Z95 * stderr, mean + _Z95 * stderr))

@@ -1,0 +1,78 @@
+"""Float64 sums over float32 rows for an NL block's statistics, one native pass each: the sum of unit
+vectors behind the mean pairwise cosine distance (:func:`unit_sum`) and the JSD of sampled row pairs
+(:func:`table_jsd`). No float64 copy of the rows is made; the rows are read in place.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from . import _check_cpu, _lib, _on_cpu, _ptr, workspace
+
+__all__ = ["table_jsd", "unit_sum"]
+
+
+def _indices(name: str, a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """``a``, ``b`` as contiguous int64 CPU ``[P]`` row indices below ``size`` (ValueError naming ``name`` otherwise)."""
+    _on_cpu("a", a)
+    _on_cpu("b", b)
+    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"{name}: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < size):
+        raise ValueError(f"{name}: row indices must lie in [0, {size})")
+    return a, b
+
+
+@torch.no_grad()
+def table_jsd(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """JSD (bits) ``[P]`` float64 of the row pairs ``(a[p], b[p])`` of ``rows`` ``[S, K]`` (float32 on the CPU,
+    rows contiguous; each renormalised in float64), NaN where either row sums to 0: what
+    ``_jsd_normalized(r_a / r_a.sum(), r_b / r_b.sum(), 2)`` gives, in one pass per pair without temporaries."""
+    lib = _lib()
+    _check_cpu("rows", rows)
+    if rows.dim() != 2:
+        raise ValueError(f"table_jsd: rows must be [S, K], got {tuple(rows.shape)}")
+    if rows.stride(1) != 1 or rows.stride(0) < rows.shape[1]:
+        rows = rows.contiguous()
+    a, b = _indices("table_jsd", a, b, rows.shape[0])
+    out = torch.empty(a.numel(), dtype=torch.float64)
+    ok = torch.empty(a.numel(), dtype=torch.uint8)
+    lib.nl_table_jsd64(_ptr(rows), rows.stride(0), _ptr(a), _ptr(b), a.numel(), rows.shape[1], _ptr(out), _ptr(ok))
+    return out.masked_fill_(ok == 0, float("nan"))
+
+
+@torch.no_grad()
+def unit_sum(v: Tensor, used: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``sum_i v_i / ||v_i||`` over the used non-zero rows of ``v`` ``[B, n, D]`` (float32 on the CPU), as
+    :class:`nlanalysis.metrics.CosineAccumulator` sums them (float64 norms and sums).
+
+    ``v`` is read in place when its rows or its columns are contiguous (a feature map ``x.flatten(2)``
+    seen as ``.transpose(1, 2)`` is), copied otherwise; ``used`` ``[B, n]`` (bool) marks the rows to
+    use (unused rows may hold anything). Returns ``s`` ``[B, D]`` float64 and, per item ``[B]`` int64,
+    the used all-zero rows and the used rows holding NaN or inf (left out of ``s``).
+    """
+    lib = _lib()
+    _check_cpu("v", v)
+    if v.dim() != 3:
+        raise ValueError(f"unit_sum: v must be [B, n, D], got {tuple(v.shape)}")
+    bsz, n, d = v.shape
+    if not (v.stride(2) == 1 or v.stride(1) == 1) or v.stride(0) < n * d:
+        v = v.contiguous()
+    if used is not None:
+        _on_cpu("used", used)
+        if tuple(used.shape) != (bsz, n):
+            raise ValueError(f"unit_sum: used must be [{bsz}, {n}], got {tuple(used.shape)}")
+        used = used.to(torch.uint8).contiguous()
+    threads = max(torch.get_num_threads(), os.cpu_count() or 1)
+    s = torch.empty(bsz, d, dtype=torch.float64)
+    zero, bad = torch.empty(bsz, dtype=torch.int64), torch.empty(bsz, dtype=torch.int64)
+    w = workspace("unit_sum_w", (bsz, n), torch.float64)
+    part = workspace("unit_sum_part", (threads, bsz, d) if v.stride(2) == 1 else (1,), torch.float64)
+    rc = lib.nl_unit_sum(_ptr(v), bsz, n, d, v.stride(0), v.stride(1), v.stride(2), _ptr(used), _ptr(s), _ptr(zero), _ptr(bad),
+                         _ptr(w), _ptr(part), threads if v.stride(2) == 1 else 0)  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"unit_sum: OpenMP ran more threads than the {threads} it was given")
+    return s, zero, bad
