@@ -6,7 +6,7 @@
     DIR/tables/runs.csv            one row per result set: label, variant, seed, step, task metric
     DIR/tables/table1.{csv,md,tex} GCNet's Table 1 form (each variant's last training step)
     DIR/tables/over_training.*     every step, where a variant has several
-    DIR/figures/*.{png,pdf}        Figure 2 form per variant and block, distributions,
+    DIR/figures/*.{png,pdf}        Figure 2 form per variant and block, distributions (one per statistic),
                                    statistics over training, query-distance heat maps
     DIR/explore/LABEL.html         with ``explore`` (``nlanalysis report`` passes it): the explore
                                    page of each run saved with ``--save-maps all``, linked from the index
@@ -183,12 +183,17 @@ def _run_notes(loaded: Runs) -> list[str]:
 
 
 def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, report: Report) -> None:
-    """The distributions figure and, where a variant has several steps, the over-training table and figure."""
+    """The distribution figures (one per statistic) and, where a variant has several steps, the over-training table and figure."""
     from ..plots import plot_distributions, plot_over_training
 
-    report.figure(plot_distributions(final, by="label", convention=convention), "distributions",
-                  "Distance between positions per image (dots), per block, for each run's last training step. "
-                  "input: block input features; output: the context term it adds; att: the attention maps of the queries.")  # fmt: skip
+    what = {"input": "the block's input features", "output": "the context term the block adds before fusion",
+            "att": "the attention maps of the queries"}  # fmt: skip
+    for stat in [s for s in what if s in final and final[s].notna().any()]:
+        extra = (" Grey, hatched: the random-projection control (`ctrl_att`) of the same images where the runs have it. "
+                 "Dot-product blocks' maps are signed (not distributions): drawn apart, on their own scale.") if stat == "att" else ""  # fmt: skip
+        report.figure(plot_distributions(final, stat, by="variant", convention=convention), f"distributions_{stat}",
+                      f"`{stat}`, distance between positions of {what[stat]}: one dot per image, a box per variant and block "
+                      f"(the runs of a variant, e.g. its seeds, pooled; each run's last training step).{extra}")  # fmt: skip
     steps = frame.dropna(subset=["step"]).groupby("variant")["step"].nunique() if frame["step"].notna().any() else pd.Series(dtype=int)
     if (steps > 1).any():
         training = frame[frame["variant"].isin(steps[steps > 1].index)]
