@@ -85,6 +85,9 @@ def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str
             ctrl = rows[control].dropna().to_numpy(float) if control else np.zeros(0)
             if len(ctrl):
                 _box(ax, ctrl, x + width, width, CONTROL_COLOR, rng, hatch="////")
+            elif control and len(values):
+                ax.annotate("no\ncontrol", (x + width, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=7, color="0.45")  # fmt: skip
     rotate = len(groups) > 3 or max(len(str(g)) for g in groups) > 12
     ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if rotate else 0, ha="right" if rotate else "center")
     ax.set_xlim(-0.6, len(groups) - 0.4)

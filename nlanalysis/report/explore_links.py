@@ -60,7 +60,7 @@ def explore_lines(
         lines.append(f"[{label}: hover every query's attention map]({rel}): {len(run.maps)} images, "
                      f"{page.stat().st_size / 1e6:.1f} MB, one self-contained HTML file (opens from disk, no network)")  # fmt: skip
     if chosen:
-        lines.append(f"{_names(chosen)} saved the maps of their chosen queries only (`extract --save-maps`): "
+        lines.append(f"{_names(chosen)} saved the maps of {'its' if len(chosen) == 1 else 'their'} chosen queries only (`extract --save-maps`): "
                      "`nlanalysis explore RUN_DIR` shows those; to hover every query, extract with `--save-maps all` and report again")  # fmt: skip
     if missing:
         lines.append(f"{_names(missing)} saved no maps: extract with `--save-maps all`, then `nlanalysis explore RUN_DIR` "
@@ -69,5 +69,5 @@ def explore_lines(
 
 
 def _names(labels: Sequence[str]) -> str:
-    shown = ", ".join(f"`{label}`" for label in labels[:6])
-    return shown + (f" and {len(labels) - 6} more" if len(labels) > 6 else "")
+    shown = ", ".join(f"`{label}`" for label in labels[:8])
+    return shown + (f" and {len(labels) - 8} more" if len(labels) > 8 else "")
