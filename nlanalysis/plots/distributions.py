@@ -85,7 +85,7 @@ def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str
             ctrl = rows[control].dropna().to_numpy(float) if control else np.zeros(0)
             if len(ctrl):
                 _box(ax, ctrl, x + width, width, CONTROL_COLOR, rng, hatch="////")
-            elif control and len(values):
+            elif control and len(values) and (g, b) not in shared:  # one shared map: nothing to control
                 ax.annotate("no\ncontrol", (x + width, 0), xytext=(0, 3), textcoords="offset points", ha="center",
                             va="bottom", fontsize=7, color="0.45")  # fmt: skip
     rotate = len(groups) > 3 or max(len(str(g)) for g in groups) > 12
