@@ -21,31 +21,59 @@ def _png_size(fig, tmp_path, name):
         return img.size
 
 
-def test_distributions_one_box_per_run_and_block(tmp_path):
+def _dots(ax):
+    return np.concatenate([line.get_ydata() for line in ax.lines if line.get_marker() == "o"] or [np.zeros(0)])
+
+
+def test_distributions_one_box_per_variant_and_block_seeds_pooled(tmp_path):
     frame = labelled_frame(steps=(100,), blocks=("backbone.layer1.1.nl", "backbone.layer2.1.nl"))
-    fig = plot_distributions(frame)
-    axes = fig.axes
-    assert [ax.get_title() for ax in axes] == ["input", "output", "att"]
-    runs = list(dict.fromkeys(frame["label"]))
-    assert [t.get_text() for t in axes[0].get_xticklabels()] == runs
-    assert len(axes[0].patches) == len(runs) * 2  # a box per (run, block)
-    points = np.concatenate([line.get_ydata() for line in axes[0].lines if line.get_marker() == "o"])
-    assert sorted(points) == pytest.approx(sorted(frame["input"]))  # one dot per image row, nothing lost
+    fig = plot_distributions(frame, "input")
+    (ax,) = fig.axes
+    variants = list(dict.fromkeys(frame["variant"]))
+    assert [t.get_text() for t in ax.get_xticklabels()] == variants
+    assert len(ax.patches) == len(variants) * 2  # a box per (variant, block): the seeds are pooled
+    assert sorted(_dots(ax)) == pytest.approx(sorted(frame["input"]))  # one dot per image row, nothing lost
+    assert "4 runs pooled by variant" in fig.get_suptitle()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[:2] == ["layer1.1.nl", "layer2.1.nl"] and "one map for all queries" in legend[2]
-    marks = [(t.get_text(), t.xy[0]) for t in axes[2].texts]  # "0 †" on the GC runs' boxes only
-    gc_runs = [i for i, r in enumerate(runs) if r.startswith("gc")]
-    assert len(marks) == 2 * len(gc_runs) and all(t == "0 †" and round(x) in gc_runs for t, x in marks)
+    assert legend == ["layer1.1.nl", "layer2.1.nl"]  # no "0 †" note: input is never 0 by construction
+    att = plot_distributions(frame, "att")
+    marks = [(t.get_text(), t.xy[0]) for t in att.axes[0].texts]  # "0 †" on the GC boxes only
+    gc = variants.index("gc")
+    assert len(marks) == 2 and all(t == "0 †" and round(x) == gc for t, x in marks)
+    assert "one map for all queries" in [t.get_text() for t in att.legends[0].get_texts()][-1]
     assert _png_size(fig, tmp_path, "dist") == tuple(round(v) for v in fig.get_size_inches() * DPI)
+
+
+def test_distributions_draw_the_control_beside_each_box_and_signed_maps_apart(tmp_path):
+    frame = labelled_frame(variants=("embedded_gaussian", "gc", "dot_product"), seeds=(0, 1, 2), steps=(1,), images=4)
+    rng = np.random.default_rng(1)
+    frame["ctrl_att"] = np.where(frame["variant"] == "embedded_gaussian", 0.5 + rng.normal(0, 0.02, len(frame)), np.nan)
+    frame.loc[frame["variant"] == "dot_product", ["att_entropy", "att_jsd"]] = np.nan
+    fig = plot_distributions(frame, "att")
+    main, signed = fig.axes
+    assert [t.get_text() for t in main.get_xticklabels()] == ["embedded_gaussian", "gc"]
+    assert [t.get_text() for t in signed.get_xticklabels()] == ["dot_product"] and "signed" in signed.get_title()
+    eg = frame[frame["variant"] == "embedded_gaussian"]
+    dots = sorted(_dots(main))  # att of both variants and the control of embedded_gaussian
+    assert dots == pytest.approx(sorted([*eg["att"], *frame.loc[frame.variant == "gc", "att"], *eg["ctrl_att"]]))
+    assert sorted(_dots(signed)) == pytest.approx(sorted(frame.loc[frame.variant == "dot_product", "att"]))
+    hatched = [p for p in main.patches if p.get_hatch()]
+    assert len(hatched) == 1  # one control box, right of its variant's att box
+    att_box = next(p for p in main.patches if not p.get_hatch() and p.get_path().vertices[:, 0].max() < 0.5)
+    assert hatched[0].get_path().vertices[:, 0].min() > att_box.get_path().vertices[:, 0].max()
+    assert any("control (ctrl_att)" in t.get_text() for t in fig.legends[0].get_texts())
+    # output is not a map: no control column, no signed panel
+    assert len(plot_distributions(frame, "output").axes) == 1
+    _png_size(fig, tmp_path, "ctrl")
 
 
 def test_distributions_single_run_single_block(tmp_path):
     frame = labelled_frame(variants=("embedded_gaussian",), seeds=(0,), steps=(1,), images=1)
-    fig = plot_distributions(frame, stats=("att",), by="variant")
+    fig = plot_distributions(frame, "att", by="variant")
     assert len(fig.axes) == 1 and not fig.legends
     _png_size(fig, tmp_path, "one")
-    with pytest.raises(ValueError, match="none of the statistics"):
-        plot_distributions(frame, stats=("nope",))
+    with pytest.raises(ValueError, match="no values of 'nope'"):
+        plot_distributions(frame, "nope")
 
 
 def test_over_training_lines_follow_the_steps(tmp_path):

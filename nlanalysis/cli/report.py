@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
+from ..extract.results import ResultSet
 from ..report.runs import write_report
 from .vit_report import head_arg
 
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "over the image (GCNet Figure 2 form), distributions across images, statistics over training, and "
         "query-distance heat maps. Runs are labelled from their checkpoint's meta (variant, seed, step, task metric) "
         "or --label; runs of one variant with several seeds are pooled (CI over seeds). A ViT run (extract --model ... "
-        "--save-maps) is reported alone, per layer and head, as `nlanalysis vit-report` does.",
+        "--save-maps) is reported alone, per layer and head, as `nlanalysis vit-report` does. Each run extracted with "
+        "--save-maps all also gets its `nlanalysis explore` page, OUT/explore/LABEL.html, linked from the index.",
     )
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="result sets of `nlanalysis extract` (use --save-maps for map figures)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/NAME")
@@ -44,14 +47,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def explore_page_writer(image_root: Path | None) -> Callable[[ResultSet, Path], Path]:
+    """What the report calls to write a run's explore page (the report cannot import the explore package:
+    it sits above it; :mod:`nlanalysis.report.explore_links`)."""
+
+    def write(run: ResultSet, path: Path) -> Path:
+        from ..explore import explore
+
+        return explore(run, image_root=image_root).save(path)
+
+    return write
+
+
 def main(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: need at least 1")
     report = write_report(args.runs, args.out, labels=dict(args.label), blocks=args.blocks, images=args.images,
                           image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, title=args.title,
-                          nl_table=args.nl_table, heads=args.heads)  # fmt: skip
+                          nl_table=args.nl_table, heads=args.heads, explore=explore_page_writer(args.image_root))  # fmt: skip
     table = report.tables.get("table1", report.tables.get("layers"))
     print(f"{report.index_md} (and index.html): {len(table)} table row(s), {len(report.figures)} figure(s)")
+    for page in report.pages:
+        print(f"explore page: {page}")
     for line in report.text:
         print(f"- {line}")
     for note in report.notes:

@@ -1,13 +1,17 @@
-"""Distributions of ``input``, ``output`` and ``att`` across images, per block, runs side by side.
+"""Distribution of one statistic (``input``, ``output`` or ``att``) across images, per variant and block.
 
 GCNet (arXiv 1904.11492, Table 1) reports one mean per statistic; this figure shows what the
-mean summarises: one point per image (a box over them), for every block of every run, so a
-reader sees the spread and whether ``att`` is far below ``input`` in every image or only on
-average.
+mean summarises: one dot per image (a box over them) for every block of every variant (the runs
+of a variant, e.g. its seeds, pooled), so a reader sees the spread and whether ``att`` is far
+below ``input`` in every image or only on average. One figure per statistic, so that many
+variants stay readable at page width. Beside each box, in grey, the random-projection control
+of the same statistic (``ctrl_att``: random query/key projections at the trained maps' entropy)
+where the runs have it. Signed maps (dot-product blocks: not distributions, their ``att`` reaches
+2) are drawn in a panel of their own.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -18,82 +22,139 @@ from matplotlib.patches import Patch
 from ..tables import HEADERS, short_block_names
 from .style import new_figure, styled
 
-__all__ = ["plot_distributions"]
+__all__ = ["control_column", "plot_distributions", "signed_groups"]
+
+#: the colour of the control boxes
+CONTROL_COLOR = (0.55, 0.55, 0.55)
+
+
+def control_column(frame: pd.DataFrame, stat: str) -> str | None:
+    """``ctrl_<stat>`` where the frame has values of it (``att``: ``ctrl_att``), else ``None``."""
+    name = f"ctrl_{stat}"
+    return name if name in frame and frame[name].notna().any() else None
+
+
+def signed_groups(frame: pd.DataFrame, key: pd.Series) -> set[object]:
+    """The groups (values of ``key``) whose maps are signed: dot-product blocks (``mode``), or,
+    without a ``mode`` column, rows with ``att`` but no entropy (undefined for signed maps)."""
+    if "mode" in frame:
+        rows = frame["mode"].astype(str).eq("dot_product")
+    elif "att_entropy" in frame and "att" in frame and frame["att_entropy"].notna().any():
+        rows = frame["att_entropy"].isna() & frame["att"].notna()
+    else:
+        return set()
+    return set(key[rows])
 
 
 def _shared(frame: pd.DataFrame, key: pd.Series) -> set[tuple[object, str]]:
-    """``(group, block)`` pairs whose one map serves every query by construction (GC, simplified
-    NL). Per group: a block name (e.g. ``layer1.1``) can be a GC block in one variant and an NL
-    block in another."""
+    """``(group, block)`` pairs whose one map serves every query by construction (GC, simplified NL)."""
     if "query_independent" not in frame:
         return set()
     rows = frame["query_independent"].astype(bool)
     return set(zip(key[rows], frame.loc[rows, "block"]))
 
 
+def _box(ax, values: np.ndarray, x: float, width: float, color, rng: np.random.Generator, hatch: str | None = None) -> None:
+    """A box over ``values`` at ``x`` with its dots (fixed jitter)."""
+    box = ax.boxplot([values], positions=[x], widths=width * 0.8, patch_artist=True, showfliers=False,
+                     medianprops={"color": "black", "lw": 1.2}, whiskerprops={"lw": 0.8}, capprops={"lw": 0.8})  # fmt: skip
+    box["boxes"][0].set(facecolor=(*color[:3], 0.3), edgecolor=color, lw=0.9, hatch=hatch)
+    jitter = (rng.random(len(values)) - 0.5) * width * 0.5
+    ax.plot(x + jitter, values, "o", ms=2.0, color=color, alpha=0.6, mec="none")
+
+
+def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str, colors: dict, control: str | None,
+                shared: set) -> None:  # fmt: skip
+    """``groups`` along x; per group a box per block, and its control box beside it."""
+    rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
+    blocks = list(colors)
+    per_group = {g: [b for b in blocks if ((key == g) & (frame["block"] == b)).any()] for g in groups}
+    per_block = 2 if control else 1
+    slots = max(len(v) for v in per_group.values()) * per_block
+    width = 0.8 / slots
+    for gi, g in enumerate(groups):
+        for bi, b in enumerate(per_group[g]):
+            rows = frame[(key == g) & (frame["block"] == b)]
+            x = gi + (bi * per_block - (len(per_group[g]) * per_block - 1) / 2) * width
+            values = rows[stat].dropna().to_numpy(float)
+            if len(values):
+                _box(ax, values, x, width, colors[b], rng)
+            if stat in ("output", "att") and (g, b) in shared:
+                ax.annotate("0 †", (x, 0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                            color=colors[b])  # fmt: skip
+            ctrl = rows[control].dropna().to_numpy(float) if control else np.zeros(0)
+            if len(ctrl):
+                _box(ax, ctrl, x + width, width, CONTROL_COLOR, rng, hatch="////")
+            elif control and len(values) and (g, b) not in shared:  # one shared map: nothing to control
+                ax.annotate("no\ncontrol", (x + width, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=7, color="0.45")  # fmt: skip
+    rotate = len(groups) > 3 or max(len(str(g)) for g in groups) > 12
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", lw=0.4, color="0.85")
+    ax.set_axisbelow(True)
+
+
 @styled
 def plot_distributions(
     frame: pd.DataFrame,
-    stats: Sequence[str] = ("input", "output", "att"),
+    stat: str = "att",
     *,
-    by: str = "label",
+    by: str = "variant",
     title: str | None = None,
     convention: str = "1-cos",
 ) -> Figure:
-    """One panel per statistic; along x the runs (``by``), within each run a box per block.
+    """The distribution of ``stat`` across images: along x the groups (``by``), a box per block.
 
     Args:
-        frame: a labelled metrics frame (:mod:`nlanalysis.tables`) or one run's ``metrics``
-            (then ``by`` may be any column, e.g. ``"block"``, or absent: one group).
-        stats: statistic columns, one panel each.
-        by: the column whose values are placed side by side (runs or variants).
-        title: figure title (default names the distance).
+        frame: a labelled metrics frame (:mod:`nlanalysis.tables`; runs of one ``by`` value are
+            pooled) or one run's ``metrics`` (then ``by`` may be any column, or absent: one group).
+        stat: the statistic column (``input``, ``output``, ``att``, ...).
+        by: the column whose values are placed side by side (default variants; ``label``: each run).
+        title: figure title (default names the statistic and the distance).
         convention: the distance convention, for the axis label.
+
+    The control ``ctrl_<stat>`` (:func:`control_column`) is drawn beside each box where the
+    frame has it; for map statistics (``att...``), groups with signed maps (:func:`signed_groups`)
+    get a panel of their own, on its own scale.
     """
-    stats = [s for s in stats if s in frame]
-    if not stats or frame.empty:
-        raise ValueError(f"plot_distributions: none of the statistics {list(stats)} in the frame, or no rows")
-    groups = list(dict.fromkeys(frame[by])) if by in frame else ["all"]
+    if stat not in frame or frame.empty or frame[stat].isna().all():
+        raise ValueError(f"plot_distributions: no values of {stat!r} in the frame")
     key = frame[by] if by in frame else pd.Series("all", index=frame.index)
+    groups = [g for g in dict.fromkeys(key) if frame.loc[key == g, stat].notna().any()]
     blocks = list(dict.fromkeys(frame["block"]))
-    names = short_block_names(blocks)
-    shared = _shared(frame, key)
     colors = {b: matplotlib.colormaps["tab10"](i % 10) for i, b in enumerate(blocks)}
-    per_group = {g: [b for b in blocks if ((key == g) & (frame["block"] == b)).any()] for g in groups}
-    slots = max(len(v) for v in per_group.values())
-    width = 0.8 / slots
-    panel_w = 1.2 + len(groups) * max(0.55, 0.32 * slots)
-    fig = new_figure(min(24.0, max(6.5, panel_w * len(stats))), 3.5 + (0.25 * ((len(blocks) + 2) // 3) if len(blocks) > 1 else 0))
-    axes = fig.subplots(1, len(stats), squeeze=False)[0]
-    rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
-    for ax, stat in zip(axes, stats):
-        for gi, g in enumerate(groups):
-            here = per_group[g]
-            for bi, b in enumerate(here):
-                values = frame.loc[(key == g) & (frame["block"] == b), stat].dropna().to_numpy(float)
-                if not len(values):
-                    continue
-                x = gi + (bi - (len(here) - 1) / 2) * width
-                box = ax.boxplot([values], positions=[x], widths=width * 0.8, patch_artist=True, showfliers=False,
-                                 medianprops={"color": "black", "lw": 1.2}, whiskerprops={"lw": 0.8}, capprops={"lw": 0.8})  # fmt: skip
-                box["boxes"][0].set(facecolor=(*colors[b][:3], 0.35), edgecolor=colors[b], lw=0.9)
-                jitter = (rng.random(len(values)) - 0.5) * width * 0.5
-                ax.plot(x + jitter, values, "o", ms=2.5, color=colors[b], alpha=0.8, mec="none")
-                if stat in ("output", "att") and (g, b) in shared:
-                    ax.annotate("0 †", (x, 0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
-                                fontsize=7, color=colors[b])  # fmt: skip
-        ax.set_xticks(range(len(groups)), [str(g) for g in groups], rotation=30 if len(groups) > 2 else 0,
-                      ha="right" if len(groups) > 2 else "center")  # fmt: skip
-        ax.set_xlim(-0.6, len(groups) - 0.4)
-        ax.set_ylim(bottom=0)
-        ax.set_title(HEADERS.get(stat, stat))
-        ax.grid(axis="y", lw=0.4, color="0.85")
-        ax.set_axisbelow(True)
-    axes[0].set_ylabel(f"mean pairwise cosine distance ({convention.replace('1-cos', '1 − cos')})")
-    handles = [Patch(facecolor=(*colors[b][:3], 0.35), edgecolor=colors[b], label=names[b]) for b in blocks] if len(blocks) > 1 else []
+    signed = signed_groups(frame, key) if stat.startswith("att") else set()
+    panels = [p for p in ([g for g in groups if g not in signed], [g for g in groups if g in signed]) if p]
+    control, shared = control_column(frame, stat), _shared(frame, key)
+    boxes = max(frame.loc[key == g, "block"].nunique() for g in groups)
+    per_group = max(0.6, 0.3 * boxes * (2 if control else 1))
+    width = min(11.0, max(6.0, 1.2 + per_group * len(groups) + 0.8 * (len(panels) - 1)))
+    fig = new_figure(width, 3.6 + (0.25 * ((len(blocks) + 2) // 3) if len(blocks) > 1 else 0))
+    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[len(p) + 0.6 for p in panels])[0]
+    unit = f"mean pairwise cosine distance ({convention.replace('1-cos', '1 − cos')})"
+    for ax, part in zip(axes, panels):
+        _draw_panel(ax, frame, key, part, stat, colors, control, shared)
+        ax.set_title("signed maps\n(dot product)" if part[0] in signed else "maps ≥ 0\n(distributions over keys)"
+                     if len(panels) > 1 else "", fontsize=9)  # fmt: skip
+    axes[0].set_ylabel(unit)
+    _legend(fig, colors, control, bool(shared) and stat in ("output", "att"))
+    runs = f" ({frame['label'].nunique()} runs pooled by {by})" if "label" in frame and frame["label"].nunique() > len(groups) else ""
+    text = title or (f"{HEADERS.get(stat, stat)}: one dot per image{runs}\n"
+                     "mean over all ordered pairs of positions, i = j included")  # fmt: skip
+    fig.suptitle("\n".join(textwrap.fill(line, width=int(width * 11)) for line in text.split("\n")))
+    return fig
+
+
+def _legend(fig: Figure, colors: dict[str, tuple], control: str | None, shared: bool) -> None:
+    blocks = list(colors)
+    names = short_block_names(blocks)
+    handles = [Patch(facecolor=(*colors[b][:3], 0.3), edgecolor=colors[b], label=names[b]) for b in blocks] if len(blocks) > 1 else []
+    if control:
+        handles.append(Patch(facecolor=(*CONTROL_COLOR, 0.3), edgecolor=CONTROL_COLOR, hatch="////",
+                             label=f"control ({control}): random query/key projections at the trained maps' entropy"))  # fmt: skip
     if shared:
         handles.append(Patch(color="none", label="0 †: one map for all queries (GC / simplified NL): 0 by construction"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), frameon=False)
-    fig.suptitle(title or "distance between positions, one dot per image\n(mean over all ordered pairs of positions, i = j included)")
-    return fig

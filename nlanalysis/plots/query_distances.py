@@ -112,6 +112,7 @@ def plot_query_distances(
     queries: Sequence[int] | None = None,
     convention: str = "1-cos",
     title: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> Figure:
     """Per block (one row each): the heat map of :func:`query_distance_matrix` for ``queries``
     (default: the saved query points, at most 8) with values written in, and beside it the
@@ -119,7 +120,8 @@ def plot_query_distances(
 
     Both titles print the mean over pairs ``i != j`` (the zero diagonal left out). The colour
     scale and the histogram range are the full range of the distance for non-negative maps (0 to
-    1 for ``1 - cos``; 0 to 2 for signed maps), the same in every panel.
+    1 for ``1 - cos``; 0 to 2 for signed maps), the same in every panel. ``names``: the queries'
+    labels (default :func:`~nlanalysis.plots.query_maps.query_title`).
     """
     blocks = list(blocks) if blocks is not None else maps.blocks
     if not blocks:
@@ -132,7 +134,8 @@ def plot_query_distances(
     short = short_block_names(blocks)
     side = max(2.2, 0.45 * len(qs) + 1.2)
     fig = new_figure(2 * side + 1.6, (side + 0.5) * len(blocks) + 0.8)
-    labels = [query_title(maps, q).replace(" · object ", " obj ").replace(" · background", " bg") for q in qs]
+    titles = [query_title(maps, q) for q in qs] if names is None else list(names)
+    labels = [t.replace(" · object ", " obj ").replace(" · background", " bg") for t in titles]
     for (ax, hist), b in zip(fig.subplots(len(blocks), 2, squeeze=False), blocks):
         mat = query_distance_matrix(maps, b, qs, convention=convention)
         image = _heat_map(ax, mat, labels, vmax)

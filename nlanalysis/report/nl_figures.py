@@ -11,14 +11,17 @@ from typing import Any
 import pandas as pd
 
 from ..extract.results import ResultSet
+from ..plots.query_maps import QueryChoice
+from .drawn_queries import QueryPicker, every_query
 from .images import find_images, load_pixels
 from .meta import Runs
 from .pages import Report
 
-__all__ = ["maps_figures", "representatives"]
+__all__ = ["maps_figures", "representatives", "slug"]
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than ``A-Za-z0-9_.-`` become ``_``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
 
 
@@ -70,12 +73,25 @@ def maps_figures(
             report.notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")
         ckpt = Path(meta.checkpoint).name if meta.checkpoint else meta.label
         drawn = [b for b in maps[0].blocks if b in blocks]
+        chosen, rule = _drawn_queries(res, maps)
         for block in drawn:
-            report.figure(plot_query_maps(maps, block, images=pixels, title=f"{label} (checkpoint {ckpt})"),
-                          f"query_maps_{_slug(label)}_{_slug(block)}",
+            report.figure(plot_query_maps(maps, block, images=pixels, title=f"{label} (checkpoint {ckpt})", chosen=chosen),
+                          f"query_maps_{slug(label)}_{slug(block)}",
                           f"`{label}`, block `{block}`: each query's attention map over the image (GCNet Figure 2 form). "
-                          "Numbered dots are the query points; one colour scale per image.")  # fmt: skip
-        if drawn and len(maps[0].query_yx):
-            report.figure(plot_query_distances(maps[0], drawn, title=f"{label} (checkpoint {ckpt})"), f"query_distances_{_slug(label)}",
-                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points, per block, and "
-                          "its histogram over all pairs of saved queries; the means printed are over query pairs i ≠ j.")  # fmt: skip
+                          f"Numbered dots are the query points{rule}; one colour scale per image.")  # fmt: skip
+        first = list(chosen[0].indices) if chosen is not None else None
+        if drawn and len(maps[0].query_yx) and first != []:
+            names = chosen[0].titles() if chosen is not None else None
+            report.figure(plot_query_distances(maps[0], drawn, queries=first, names=names, title=f"{label} (checkpoint {ckpt})"),
+                          f"query_distances_{slug(label)}",
+                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points{rule}, per block, "
+                          "and its histogram over all pairs of saved queries; the means printed are over query pairs i ≠ j.")  # fmt: skip
+
+
+def _drawn_queries(res: ResultSet, maps: list[Any]) -> tuple[list[QueryChoice] | None, str]:
+    """Figure 2's queries of each image, and how they were chosen (for the captions): ``(None, "")``,
+    every saved query, for a run with chosen queries; a few of them for a ``--save-maps all`` run."""
+    if not any(every_query(res, m) for m in maps):
+        return None, ""
+    picker = QueryPicker(res)
+    return [picker(m) for m in maps], f" (the run saved every query; drawn: {picker.rule})"

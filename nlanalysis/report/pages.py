@@ -35,6 +35,7 @@ class Report:
         text: the sentences of the summary.
         notes: what could not be drawn, and why.
         formats: the figure formats written (``png`` needed).
+        pages: the explore pages written beside the report (``explore/LABEL.html``).
     """
 
     out: Path
@@ -46,6 +47,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     formats: Sequence[str] = ("png", "pdf")
     captions: list[str] = field(default_factory=list)
+    pages: list[Path] = field(default_factory=list)
 
     def table(self, name: str, frame: pd.DataFrame, caption: str | None = None, **kwargs: Any) -> list[str]:
         """Write ``tables/NAME.*`` (:func:`~nlanalysis.tables.write_table` with ``kwargs``), keep
@@ -89,8 +91,8 @@ def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str]
 
     Each section is ``(kind, body)``: ``("h1" | "h2" | "p", text)``, ``("list", [text, ...])``,
     ``("table", (text frame, caption, [file links]))`` or ``("figure", (PNG path relative to out,
-    caption))`` (with ``pdf``, a link to the PDF beside the PNG). Text may use ``**bold**`` and
-    ```code```.
+    caption))`` (with ``pdf``, a link to the PDF beside the PNG). Text may use ``**bold**``,
+    ```code``` and ``[links](relative/path)``.
     """
     out = Path(out)
     md, page = out / "index.md", out / "index.html"
@@ -105,6 +107,7 @@ def write_pages(sections: Sequence[tuple[str, Any]], out: str | os.PathLike[str]
 def _inline_html(text: str) -> str:
     text = html.escape(text, quote=False)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 

@@ -6,8 +6,10 @@
     DIR/tables/runs.csv            one row per result set: label, variant, seed, step, task metric
     DIR/tables/table1.{csv,md,tex} GCNet's Table 1 form (each variant's last training step)
     DIR/tables/over_training.*     every step, where a variant has several
-    DIR/figures/*.{png,pdf}        Figure 2 form per variant and block, distributions,
+    DIR/figures/*.{png,pdf}        Figure 2 form per variant and block, distributions (one per statistic),
                                    statistics over training, query-distance heat maps
+    DIR/explore/LABEL.html         with ``explore`` (``nlanalysis report`` passes it): the explore
+                                   page of each run saved with ``--save-maps all``, linked from the index
 
 Each result set is labelled from what its checkpoint records (``variant``, ``seed``, ``step``
 and the task metric of the trained-models checkpoints, :func:`describe_run`) or from
@@ -40,6 +42,7 @@ from ..extract.results import ResultSet, load_run
 from ..extract.store import RunStore
 from ..schema import NL, VIT
 from ..tables import METRIC_NAMES, caption, final_steps, format_table, summarise
+from .explore_links import PageWriter, explore_lines
 from .images import find_image, find_images
 from .meta import RunMeta, Runs, describe_run, load_runs
 from .nl_figures import maps_figures, representatives
@@ -63,6 +66,7 @@ def write_report(
     title: str | None = None,
     nl_table: str | os.PathLike[str] | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
+    explore: PageWriter | None = None,
 ) -> Report:
     """Write the report of ``runs`` into ``out`` (see the module docstring); of one ViT run, the ViT
     report (:func:`~nlanalysis.report.vit.write_vit_files`).
@@ -79,6 +83,10 @@ def write_report(
         title: the report's heading.
         nl_table, heads: of a ViT run's report: the Table 1 CSV to compare with, the two
             ``(layer, head)`` s to draw (:func:`~nlanalysis.report.vit.write_vit_files`).
+        explore: writes a run's explore page (``nlanalysis report`` passes
+            ``nlanalysis.explore``'s; :mod:`~nlanalysis.report.explore_links`): each run saved with
+            ``--save-maps all`` gets ``out/explore/LABEL.html``, linked from the index. ``None``:
+            the index gives the command that writes it.
 
     The report is written into a temporary folder beside ``out`` and renamed into place when
     complete (:func:`~nlanalysis.report.staging.staged_folder`): a failed report leaves ``out``
@@ -88,7 +96,7 @@ def write_report(
     vit = _vit_run(runs)
     if vit is not None:
         return _staged(out, lambda work: write_vit_files(vit, work, nl_table=nl_table, heads=heads, image_root=image_root,
-                                                         formats=formats, title=title))  # fmt: skip
+                                                         formats=formats, title=title, explore=(explore, Path(out))))  # fmt: skip
     loaded = runs if isinstance(runs, Runs) else load_runs(runs, labels, blocks)
     frame = loaded.frame
     conventions = sorted(set(frame["convention"].dropna())) if "convention" in frame else ["1-cos"]
@@ -96,7 +104,7 @@ def write_report(
         raise ValueError(f"report: the runs use different distance conventions {conventions}; report them separately")
     return _staged(out, lambda work: _write_report_files(
         loaded, work, conventions[0] if conventions else "1-cos", images=images, image_ids=image_ids, image_root=image_root,
-        formats=formats, title=title or "Do the non-local blocks' attention maps depend on the query?"))  # fmt: skip
+        formats=formats, title=title or "Do the non-local blocks' attention maps depend on the query?", explore=(explore, Path(out))))  # fmt: skip
 
 
 def _staged(out: str | os.PathLike[str], write: Callable[[Path], Report]) -> Report:
@@ -106,6 +114,7 @@ def _staged(out: str | os.PathLike[str], write: Callable[[Path], Report]) -> Rep
         report = write(work)
     report.out, report.index_md, report.index_html = out, out / "index.md", out / "index.html"
     report.figures = [out / p.relative_to(work) for p in report.figures]
+    report.pages = [out / p.relative_to(work) for p in report.pages]
     return report
 
 
@@ -122,7 +131,7 @@ def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> Resul
 
 
 #: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).
-REPORT_ENTRIES = frozenset({"index.md", "index.html", "tables", "figures"})
+REPORT_ENTRIES = frozenset({"index.md", "index.html", "tables", "figures", "explore"})
 
 
 def _write_report_files(
@@ -135,8 +144,10 @@ def _write_report_files(
     image_root: str | os.PathLike[str] | None,
     formats: Sequence[str],
     title: str,
+    explore: tuple[PageWriter | None, Path],
 ) -> Report:
-    """Write the report's files into the (empty) folder ``out``; see :func:`write_report`."""
+    """Write the report's files into the (empty) folder ``out``; see :func:`write_report`
+    (``explore``: the page writer and the report's final folder)."""
     report = start_report(out, formats)
     report.notes += _run_notes(loaded)
     report.tables["runs"] = loaded.table()
@@ -153,7 +164,8 @@ def _write_report_files(
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
     maps_figures(loaded, representatives(loaded, final), blocks_kept, report, n_images=images, image_ids=image_ids,
                  image_root=image_root)  # fmt: skip
-    report.write_pages(_sections(title, loaded, table1, (cap, links), report), title)
+    explore_text, report.pages = explore_lines([(m.label, r) for m, r in zip(loaded.meta, loaded.results)], out, explore[1], explore[0])
+    report.write_pages(_sections(title, loaded, table1, (cap, links), report, explore_text), title)
     return report
 
 
@@ -171,12 +183,17 @@ def _run_notes(loaded: Runs) -> list[str]:
 
 
 def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, report: Report) -> None:
-    """The distributions figure and, where a variant has several steps, the over-training table and figure."""
+    """The distribution figures (one per statistic) and, where a variant has several steps, the over-training table and figure."""
     from ..plots import plot_distributions, plot_over_training
 
-    report.figure(plot_distributions(final, by="label", convention=convention), "distributions",
-                  "Distance between positions per image (dots), per block, for each run's last training step. "
-                  "input: block input features; output: the context term it adds; att: the attention maps of the queries.")  # fmt: skip
+    what = {"input": "the block's input features", "output": "the context term the block adds before fusion",
+            "att": "the attention maps of the queries"}  # fmt: skip
+    for stat in [s for s in what if s in final and final[s].notna().any()]:
+        extra = (" Grey, hatched: the random-projection control (`ctrl_att`) of the same images where the runs have it. "
+                 "Dot-product blocks' maps are signed (not distributions): drawn apart, on their own scale.") if stat == "att" else ""  # fmt: skip
+        report.figure(plot_distributions(final, stat, by="variant", convention=convention), f"distributions_{stat}",
+                      f"`{stat}`, distance between positions of {what[stat]}: one dot per image, a box per variant and block "
+                      f"(the runs of a variant, e.g. its seeds, pooled; each run's last training step).{extra}")  # fmt: skip
     steps = frame.dropna(subset=["step"]).groupby("variant")["step"].nunique() if frame["step"].notna().any() else pd.Series(dtype=int)
     if (steps > 1).any():
         training = frame[frame["variant"].isin(steps[steps > 1].index)]
@@ -202,7 +219,9 @@ def _runs_display(runs_table: pd.DataFrame) -> pd.DataFrame:
     return t[list(dict.fromkeys(keep))].astype(str)
 
 
-def _sections(title: str, runs: Runs, table1: pd.DataFrame, table1_files: tuple[str, list[str]], report: Report) -> list[tuple[str, Any]]:
+def _sections(
+    title: str, runs: Runs, table1: pd.DataFrame, table1_files: tuple[str, list[str]], report: Report, explore: list[str]
+) -> list[tuple[str, Any]]:
     s: list[tuple[str, Any]] = [("h1", title)]
     s.append(("p", f"{len(runs.results)} result set(s) of `nlanalysis extract`; Table 1 and the distributions use each "
                    "variant's last training step. GCNet (arXiv 1904.11492, Sec. 3) found that in trained NL blocks the "
@@ -219,6 +238,7 @@ def _sections(title: str, runs: Runs, table1: pd.DataFrame, table1_files: tuple[
         s.append(("p", "The same for every training step: `tables/over_training.csv` (`.md`, `.tex`)."))
     s.append(("h2", "Figures"))
     s += report.figure_sections()
+    s += [("h2", "Explore every query"), ("list", explore)]
     s.append(("h2", "Runs"))
     runs_caption = ("Variant, seed, step and task metric as each checkpoint records them (facts_from: where they were read). "
                     "Run folders and checkpoint paths: `tables/runs.csv`.")  # fmt: skip

@@ -36,6 +36,7 @@ from ..extract.locality import parse_peak_offsets
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
 from ..schema import VIT
+from .explore_links import PageWriter, explore_lines
 from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
 from .vit_figures import vit_figures
@@ -162,8 +163,11 @@ def write_vit_files(
     image_root: str | os.PathLike[str] | None = None,
     formats: Sequence[str] = ("png", "pdf"),
     title: str | None = None,
+    explore: tuple[PageWriter | None, Path] = (None, Path("REPORT_DIR")),
 ) -> Report:
-    """Write the report of the ViT run ``run`` into the (empty) folder ``out`` (see the module docstring)."""
+    """Write the report of the ViT run ``run`` into the (empty) folder ``out`` (see the module docstring);
+    ``explore``: the explore page writer and the report's final folder
+    (:func:`~nlanalysis.report.explore_links.explore_lines`)."""
     title = title or _TITLE
     frame, offsets = vit_frames(run)
     facts = run_facts(run.info)
@@ -188,6 +192,8 @@ def write_vit_files(
     sections.append(("p", "Every layer x head (and head mean) with its interval and locality: `tables/heads.csv`; every photo: "
                           "`tables/per_image.csv`."))  # fmt: skip
     sections += [("h2", "Figures"), *report.figure_sections()]
+    explore_text, report.pages = explore_lines([(str(facts["label"]), run)], out, explore[1], explore[0])
+    sections += [("h2", "Explore every query"), ("list", explore_text)]
     sections += comparison(nl_table, layers, per_head, labels, n_photos, model_name, report,
                            facts=dict(n_layers=n_layers, n_heads=n_heads, size=facts["size"], provenance=provenance(facts)))  # fmt: skip
     report.notes = _notes(n_photos)
