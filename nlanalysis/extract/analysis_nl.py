@@ -24,12 +24,14 @@ from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import padded_size
 from ..measure.cross_site import CrossSite, keep_options
-from ..schema import NL
+from ..schema import NL, names
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .object_sites import ObjectContext, with_object_context
 from .store import sha256_file
 
 __all__ = ["CHECKPOINT_OVERRIDES", "BlockAnalysis"]
+
+CONTROL_COLUMNS = tuple(names(NL, ("control",)))
 
 #: the architecture overrides of :func:`~nlanalysis.checkpoints.load_checkpoint` (flags ``--style``, ...).
 CHECKPOINT_OVERRIDES = ("style", "nl_mode", "use_scale", "position")
@@ -110,7 +112,9 @@ class BlockAnalysis(Analysis):
         return cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
-        frame = with_nan_columns(records_to_frame(records, image_ids=list(range(n_images)), cross=self._cross), OBJECT_COLUMNS)
+        # the control in the maps' own form (ctrl_form*) is measured only with --controls, for per-query maps
+        frame = records_to_frame(records, image_ids=list(range(n_images)), cross=self._cross)
+        frame = with_nan_columns(frame, (*OBJECT_COLUMNS, *CONTROL_COLUMNS))
         return with_object_context(frame, self._context) if getattr(self, "_context", None) else frame
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
