@@ -222,7 +222,7 @@ def test_feature_distances_native_match_naive_float64() -> None:
     x[0, :, 1, 1] = 0
     ctx[1, :, 2, 2] = 0
     valid = torch.rand(2, 5, 6) > 0.3
-    att = PairwiseAttention("dot_product", torch.randn(2, 30, 4), torch.randn(2, 4, 30), (5, 6), (5, 6))
+    att = PairwiseAttention("embedded_gaussian", torch.randn(2, 30, 4), torch.randn(2, 4, 30), (5, 6), (5, 6))
     stats = measure_block(att, x, ctx, valid=valid, jsd_pairs=0, kernels="native")
     for name, t in (("input", x), ("output", ctx)):
         for i in range(2):

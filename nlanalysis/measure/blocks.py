@@ -122,6 +122,7 @@ class BlockMaps:
             ``att_own_object``, ``own_object_share``, ``[B]`` float64 each.
         row_ok: ``[B, N_q]`` the rows that count (valid, not all zero); ``None`` for a shared map.
         query_independent: one map serves every query.
+        softmax: per-query softmax maps (the native kernels measured them; the features follow).
     """
 
     query_shape: tuple[int, int]
@@ -129,6 +130,7 @@ class BlockMaps:
     stats: dict[str, Tensor]
     row_ok: Tensor | None
     query_independent: bool = False
+    softmax: bool = False
 
 
 def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, jsd_pairs: int = 512,
@@ -145,7 +147,8 @@ def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, j
 
             rows = native_map_stats if native_softmax(att, kernels) else rows
         stats, row_ok = rows(att, m.qmask, m.kmask, m.n_query, m.n_key, m.own, chunk_size, jsd_pairs, generator, cos)
-    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent)
+    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent,
+                     att.distribution and not att.query_independent)  # fmt: skip
 
 
 def measure_block(
@@ -215,15 +218,17 @@ def measure_block(
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
         suite = query_dep(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence)
     return SiteStats(
-        **_feature_stats(x, context, masks.qmask, cos, kernels), **{k: v[:, None] for k, v in maps.items()}, n_query=masks.n_query,
-        n_key=masks.n_key, convention=convention, zero_rule=zero, **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
+        **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager"), **{k: v[:, None] for k, v in maps.items()},
+        n_query=masks.n_query, n_key=masks.n_key, convention=convention, zero_rule=zero,
+        **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
         query_independent=given.query_independent, **suite,
     )  # fmt: skip
 
 
 def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:
     """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each:
-    one native pass over both (:func:`nlanalysis.kernels.token_stats`, float32 CPU, finite), else eager."""
+    one native pass over both (:func:`nlanalysis.kernels.token_stats`, float32 CPU, finite), else eager
+    (``measure_block`` asks for the native pass with softmax maps; other maps keep the eager numbers exactly)."""
     vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
     if kernels != "eager" and x.dtype == context.dtype == torch.float32:
         from .. import kernels as _native  # loads only when asked for

@@ -27,7 +27,7 @@ __all__ = ["attend_block", "formed_block", "softmax_block"]
 
 
 def _measured(att: PairwiseAttention | DenseAttention, stats: dict[str, Tensor], row_ok: Tensor) -> BlockMaps:
-    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok)
+    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, softmax=True)
 
 
 @torch.no_grad()
