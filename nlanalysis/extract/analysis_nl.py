@@ -23,10 +23,13 @@ from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
 from ..data import prepare_image
 from ..data.transforms import padded_size
+from ..schema import NL, names
 from .analyses import COLUMNS, OBJECT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
 from .store import sha256_file
 
 __all__ = ["CHECKPOINT_OVERRIDES", "BlockAnalysis"]
+
+CONTROL_COLUMNS = tuple(names(NL, ("control",)))
 
 #: the architecture overrides of :func:`~nlanalysis.checkpoints.load_checkpoint` (flags ``--style``, ...).
 CHECKPOINT_OVERRIDES = ("style", "nl_mode", "use_scale", "position")
@@ -99,7 +102,8 @@ class BlockAnalysis(Analysis):
                        query_dependence=self.query_dependence)  # fmt: skip
 
     def frame(self, records: Sequence[Any], n_images: int, valid: Any = None) -> pd.DataFrame:
-        return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), OBJECT_COLUMNS)
+        # the control in the maps' own form (ctrl_form*) is measured only with --controls, for per-query maps
+        return with_nan_columns(records_to_frame(records, image_ids=list(range(n_images))), (*OBJECT_COLUMNS, *CONTROL_COLUMNS))
 
     def layer_maps(self, records: Sequence[Any], image: int, queries: slice) -> list[LayerMaps]:
         return records_layer_maps(records, image, queries, lambda r: (r.query_shape, r.key_shape))
