@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import kernels as _native
 from ..metrics.divergence import _jsd_normalized
 from ..metrics.threads import statistics_threads
 from .stats import nans
@@ -118,7 +117,12 @@ def _table_jsd(plan: _Plan | None, table: Tensor | None, b: int, step: int = 102
     time, on the table's device (a GPU's), on :func:`~nlanalysis.metrics.threads.statistics_threads`."""
     if plan is None or table is None:
         return nans(b), nans(b)
-    if table.dtype == torch.float32 and table.device.type == "cpu" and table.dim() == 2 and _native.available():
+    native = table.dtype == torch.float32 and table.device.type == "cpu" and table.dim() == 2
+    if native:
+        from .. import kernels as _native  # loaded on first use: a plain `import nlanalysis` stays light
+
+        native = _native.available()
+    if native:
         values = _native.table_jsd(table, plan.a.cpu(), plan.b.cpu())
     else:
 

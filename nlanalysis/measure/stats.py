@@ -22,7 +22,6 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .. import kernels as _native
 from ..metrics import distance_from_sum, mean_pairwise_cosine_distance
 from ..schema import HEAD_MEAN, names
 
@@ -47,7 +46,11 @@ def cosine_distance(v: Tensor, mask: Tensor | None = None, *, convention: str = 
     rows or columns read in place, so ``x.flatten(2).transpose(1, 2)`` of a feature map costs no copy)
     where the kernels build and ``kernels`` allows; eager PyTorch otherwise (a GPU's features stay there).
     The same numbers to float64 rounding, the same errors (NaN/inf in a used vector)."""
-    if v.dim() != 3 or v.dtype != torch.float32 or v.device.type != "cpu" or not _native.uses_native(kernels, v.device):
+    if v.dim() != 3 or v.dtype != torch.float32 or v.device.type != "cpu" or kernels == "eager":
+        return mean_pairwise_cosine_distance(v, mask=mask, convention=convention, zero=zero)
+    from .. import kernels as _native  # loaded on first use: a plain `import nlanalysis` stays light
+
+    if not _native.uses_native(kernels, v.device):
         return mean_pairwise_cosine_distance(v, mask=mask, convention=convention, zero=zero)
     s, n_zero, bad = _native.unit_sum(v, mask.to(torch.bool) if mask is not None else None)
     if bool(bad.any()):
