@@ -44,7 +44,8 @@ def test_plain_import_loads_no_optional_or_vit_only_module():
     heavy = [m for m in loaded if m.split(".")[0] in ("timm", "onnx", "onnxruntime", "transformers")]
     vit_only = [
         m for m in loaded
-        if m.startswith(("nlanalysis.checkpoints.vit", "nlanalysis.kernels", "nlanalysis.vit", "nlanalysis.report"))
+        # (nlanalysis.kernels serves NL blocks too since their in-pass measure: its C code is built on first use, not on import)
+        if m.startswith(("nlanalysis.checkpoints.vit", "nlanalysis.vit", "nlanalysis.report"))
         or m in ("nlanalysis.capture.heads", "nlanalysis.measure.heads", "nlanalysis.measure.head_controls", "nlanalysis.analyze_vit")
     ]  # fmt: skip
     assert heavy == [] and vit_only == []
