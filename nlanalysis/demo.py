@@ -42,7 +42,7 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
             model=ModelSpec(ckpt),
             data=DataSpec(coco_ann=ann, coco_images=images, limit=scenes),
             output=OutputSpec(runs[variant], save_maps=True, queries="objects:3"),
-            measure=MeasureSpec(jsd_pairs=256, controls=True),
+            measure=MeasureSpec(jsd_pairs=256, controls=True, query_dependence="all"),
         )
         run_extract(spec, progress=progress, command=["nlanalysis", "demo", "--out", str(out), "--scenes", str(scenes)])
     report = write_report(list(runs.values()), out / "report", labels=runs)

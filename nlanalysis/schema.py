@@ -309,7 +309,7 @@ def _range_text(col: Column) -> str:
 _SITE_TEXT = {BOTH: "both", _NL: "NL blocks", _VIT: "ViT heads"}
 
 
-def readme_table(roles: Sequence[str] = ("stat", "check", "control")) -> str:
+def readme_table(roles: Sequence[str] = ("stat", "check", "control", "object", "query")) -> str:
     """The README's Markdown table of the ``metrics.csv`` columns with ``roles`` (default: the measured ones)."""
     lines = ["| column | meaning | unit | range | sites |", "|---|---|---|---|---|"]
     for c in REGISTRY:

@@ -314,6 +314,9 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
                      "1 = no object-specific context; lifts are geometric means over images, interval of the mean log-lift.")
     if cols & set(schema.names(roles=("control",))):
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
+    if "ctrl_form_att" in cols:
+        parts.append("form control: random projections in the block's own form (per-query entropy-matched softmax; "
+                     "ReLU(a_i + b_j) at the trained share of zero weights for concatenation; signed q.k for dot product).")
     if cols & set(QUERY_STATS):
         parts.append(QUERY_CAPTION)
     parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
