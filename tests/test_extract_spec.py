@@ -96,18 +96,17 @@ def test_the_command_line_makes_the_same_spec(files, tmp_path):
 
 @pytest.mark.parametrize("variant", ["embedded_gaussian", "gc"])
 def test_a_committed_result_set_resumes_with_equal_rows(variant, tmp_path):
-    """A run written before RunSpec (reports/demo, made by ``nlanalysis demo``) resumes: its settings
-    equal those the spec gives, and the images a new session computes equal the committed rows."""
+    """A committed run (reports/demo, made by ``nlanalysis demo``) resumes: its settings equal those the
+    spec gives, and the images a new session computes equal the committed rows."""
     committed = ROOT / "reports" / "demo" / "runs" / variant
     out = tmp_path / variant
     # only what git holds (reports/demo/.gitignore): a local regeneration's parts/, maps/, checks/ stay behind,
     # so this test sees what a clean checkout sees
     shutil.copytree(committed, out, ignore=shutil.ignore_patterns("parts", "shards", "maps", "failed", "checks", ".lock"))
     info = json.loads((out / "run.json").read_text())
-    assert "spec" not in info  # written before the spec existed
     ann, images = demo_scenes_path()
     spec = RunSpec(ModelSpec(shipped_checkpoints()[variant]), DataSpec(coco_ann=ann, coco_images=images, limit=120),
-                   OutputSpec(out, save_maps=True, queries="objects:3"), MeasureSpec(jsd_pairs=256, controls=True),
+                   OutputSpec(out, save_maps=True, queries="objects:3"), MeasureSpec(jsd_pairs=256, controls=True, query_dependence="all"),
                    RunningSpec(shard=(0, 60)))  # fmt: skip  (as nlanalysis/demo.py runs it; a 60th of its images)
     report = run_extract(spec, progress=False)  # settings differing would raise "holds a run with other settings"
     assert (report.done, report.failed) == (2, 0)
