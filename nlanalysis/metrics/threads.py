@@ -5,8 +5,9 @@ sums over rows: memory-bound passes of a few milliseconds each. At torch's defau
 per core every such op ends on an OpenMP barrier, and when another process holds one of the cores
 each barrier waits a scheduler time slice for the descheduled thread: issue 18 measured
 :func:`~nlanalysis.metrics.mean_pairwise_cosine_distance` on a 4,200 x 4,200 map at 27.7 ms quiet
-and 1,070 ms beside busy neighbours with 2 threads, 25 ms with 1. One thread is as fast on a quiet
-machine (the passes are bound by memory, not arithmetic) and keeps its speed on a busy one, so
+and 1,070 ms beside busy neighbours with 2 threads, 25 ms with 1. One thread is somewhat slower on a
+quiet machine (benchmarks/contention.py on 2 cores: 36 vs 26 ms; the passes are mostly bound by memory)
+and keeps its speed on a busy one (44 ms beside a busy-loop neighbour, against 155 ms at 2 threads), so
 :func:`statistics_threads` runs them on one thread; torch's setting is restored on exit, and
 everything else (the model's forward, the native kernels of :mod:`nlanalysis.kernels`, which do
 one pass per map row block and balance their rows over torch's threads) keeps torch's threads.
