@@ -123,3 +123,25 @@ def test_figures_are_byte_identical_when_redrawn(tmp_path):
     b = save_figure(plot_over_training(frame), tmp_path / "b")
     for pa, pb in zip(a, b):
         assert pa.read_bytes() == pb.read_bytes()
+
+
+def test_distributions_draw_the_form_control_as_a_second_box_and_for_signed_maps(tmp_path):
+    frame = labelled_frame(variants=("embedded_gaussian", "dot_product"), seeds=(0,), steps=(1,), images=5)
+    rng = np.random.default_rng(2)
+    eg = frame["variant"] == "embedded_gaussian"
+    frame["ctrl_att"] = np.where(eg, 0.5 + rng.normal(0, 0.02, len(frame)), np.nan)  # softmax control: NL softmax maps only
+    frame["ctrl_form_att"] = 0.7 + rng.normal(0, 0.02, len(frame))  # the form control: every map (signed too)
+    frame.loc[~eg, ["att_entropy", "att_jsd"]] = np.nan
+    fig = plot_distributions(frame, "att")
+    main, signed = fig.axes
+    assert sorted(_dots(main)) == pytest.approx(sorted([*frame.loc[eg, "att"], *frame.loc[eg, "ctrl_att"], *frame.loc[eg, "ctrl_form_att"]]))
+    assert sorted(_dots(signed)) == pytest.approx(sorted([*frame.loc[~eg, "att"], *frame.loc[~eg, "ctrl_form_att"]]))
+    hatches = [p.get_hatch() for p in main.patches if p.get_hatch()]
+    assert hatches == ["////", "...."]  # softmax control, then the form control, right of the att box
+    xs = [p.get_path().vertices[:, 0].mean() for p in main.patches]
+    assert xs == sorted(xs)
+    assert [p.get_hatch() for p in signed.patches if p.get_hatch()] == ["...."]  # no "no control" where the form one exists
+    assert not [t for t in signed.texts if "no" in t.get_text()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("control (ctrl_form_att)" in t for t in labels) and any("control (ctrl_att)" in t for t in labels)
+    _png_size(fig, tmp_path, "form")

@@ -22,16 +22,27 @@ from matplotlib.patches import Patch
 from ..tables import HEADERS, short_block_names
 from .style import new_figure, styled
 
-__all__ = ["control_column", "plot_distributions", "signed_groups"]
+__all__ = ["control_column", "control_columns", "plot_distributions", "signed_groups"]
 
 #: the colour of the control boxes
 CONTROL_COLOR = (0.55, 0.55, 0.55)
+
+
+#: the controls of a statistic, as drawn: the softmax control at the mean entropy, then the control in the
+#: maps' own form (``ctrl_form``: per-query softmax, ReLU for concatenation, signed for dot product)
+CONTROL_HATCHES = {"ctrl_": "////", "ctrl_form_": "...."}
 
 
 def control_column(frame: pd.DataFrame, stat: str) -> str | None:
     """``ctrl_<stat>`` where the frame has values of it (``att``: ``ctrl_att``), else ``None``."""
     name = f"ctrl_{stat}"
     return name if name in frame and frame[name].notna().any() else None
+
+
+def control_columns(frame: pd.DataFrame, stat: str) -> list[str]:
+    """The control columns of ``stat`` with values in ``frame``, in :data:`CONTROL_HATCHES` order
+    (``att``: ``ctrl_att``, ``ctrl_form_att``)."""
+    return [f"{p}{stat}" for p in CONTROL_HATCHES if f"{p}{stat}" in frame and frame[f"{p}{stat}"].notna().any()]
 
 
 def signed_groups(frame: pd.DataFrame, key: pd.Series) -> set[object]:
@@ -63,13 +74,13 @@ def _box(ax, values: np.ndarray, x: float, width: float, color, rng: np.random.G
     ax.plot(x + jitter, values, "o", ms=2.0, color=color, alpha=0.6, mec="none")
 
 
-def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str, colors: dict, control: str | None,
+def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str, colors: dict, controls: list[str],
                 shared: set) -> None:  # fmt: skip
-    """``groups`` along x; per group a box per block, and its control box beside it."""
+    """``groups`` along x; per group a box per block, and its control boxes beside it."""
     rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
     blocks = list(colors)
     per_group = {g: [b for b in blocks if ((key == g) & (frame["block"] == b)).any()] for g in groups}
-    per_block = 2 if control else 1
+    per_block = 1 + len(controls)
     slots = max(len(v) for v in per_group.values()) * per_block
     width = 0.8 / slots
     for gi, g in enumerate(groups):
@@ -82,10 +93,13 @@ def _draw_panel(ax, frame: pd.DataFrame, key: pd.Series, groups: list, stat: str
             if stat in ("output", "att") and (g, b) in shared:
                 ax.annotate("0 †", (x, 0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7,
                             color=colors[b])  # fmt: skip
-            ctrl = rows[control].dropna().to_numpy(float) if control else np.zeros(0)
-            if len(ctrl):
-                _box(ax, ctrl, x + width, width, CONTROL_COLOR, rng, hatch="////")
-            elif control and len(values) and (g, b) not in shared:  # one shared map: nothing to control
+            drawn = 0
+            for k, name in enumerate(controls, start=1):
+                ctrl = rows[name].dropna().to_numpy(float)
+                if len(ctrl):
+                    _box(ax, ctrl, x + k * width, width, CONTROL_COLOR, rng, hatch=_hatch(name))
+                    drawn += 1
+            if controls and not drawn and len(values) and (g, b) not in shared:  # one shared map: nothing to control
                 ax.annotate("no\ncontrol", (x + width, 0), xytext=(0, 3), textcoords="offset points", ha="center",
                             va="bottom", fontsize=7, color="0.45")  # fmt: skip
     rotate = len(groups) > 3 or max(len(str(g)) for g in groups) > 12
@@ -115,8 +129,8 @@ def plot_distributions(
         title: figure title (default names the statistic and the distance).
         convention: the distance convention, for the axis label.
 
-    The control ``ctrl_<stat>`` (:func:`control_column`) is drawn beside each box where the
-    frame has it; for map statistics (``att...``), groups with signed maps (:func:`signed_groups`)
+    The controls ``ctrl_<stat>`` and ``ctrl_form_<stat>`` (:func:`control_columns`) are drawn
+    beside each box where the frame has them (hatched ``////`` and ``....``); for map statistics (``att...``), groups with signed maps (:func:`signed_groups`)
     get a panel of their own, on its own scale.
     """
     if stat not in frame or frame.empty or frame[stat].isna().all():
@@ -127,19 +141,19 @@ def plot_distributions(
     colors = {b: matplotlib.colormaps["tab10"](i % 10) for i, b in enumerate(blocks)}
     signed = signed_groups(frame, key) if stat.startswith("att") else set()
     panels = [p for p in ([g for g in groups if g not in signed], [g for g in groups if g in signed]) if p]
-    control, shared = control_column(frame, stat), _shared(frame, key)
+    controls, shared = control_columns(frame, stat), _shared(frame, key)
     boxes = max(frame.loc[key == g, "block"].nunique() for g in groups)
-    per_group = max(0.6, 0.3 * boxes * (2 if control else 1))
+    per_group = max(0.6, 0.3 * boxes * (1 + len(controls)))
     width = min(11.0, max(6.0, 1.2 + per_group * len(groups) + 0.8 * (len(panels) - 1)))
     fig = new_figure(width, 3.6 + (0.25 * ((len(blocks) + 2) // 3) if len(blocks) > 1 else 0))
     axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=[len(p) + 0.6 for p in panels])[0]
     unit = f"mean pairwise cosine distance ({convention.replace('1-cos', '1 − cos')})"
     for ax, part in zip(axes, panels):
-        _draw_panel(ax, frame, key, part, stat, colors, control, shared)
+        _draw_panel(ax, frame, key, part, stat, colors, controls, shared)
         ax.set_title("signed maps\n(dot product)" if part[0] in signed else "maps ≥ 0\n(distributions over keys)"
                      if len(panels) > 1 else "", fontsize=9)  # fmt: skip
     axes[0].set_ylabel(unit)
-    _legend(fig, colors, control, bool(shared) and stat in ("output", "att"))
+    _legend(fig, colors, controls, bool(shared) and stat in ("output", "att"))
     runs = f" ({frame['label'].nunique()} runs pooled by {by})" if "label" in frame and frame["label"].nunique() > len(groups) else ""
     text = title or (f"{HEADERS.get(stat, stat)}: one dot per image{runs}\n"
                      "mean over all ordered pairs of positions, i = j included")  # fmt: skip
@@ -147,13 +161,22 @@ def plot_distributions(
     return fig
 
 
-def _legend(fig: Figure, colors: dict[str, tuple], control: str | None, shared: bool) -> None:
+def _hatch(control: str) -> str:
+    return CONTROL_HATCHES["ctrl_form_" if control.startswith("ctrl_form_") else "ctrl_"]
+
+
+_CONTROL_LABELS = {"ctrl_": "random query/key projections at the trained maps' entropy",
+                   "ctrl_form_": "random projections in the block's own form (per-query entropy / ReLU / signed)"}
+
+
+def _legend(fig: Figure, colors: dict[str, tuple], controls: list[str], shared: bool) -> None:
     blocks = list(colors)
     names = short_block_names(blocks)
     handles = [Patch(facecolor=(*colors[b][:3], 0.3), edgecolor=colors[b], label=names[b]) for b in blocks] if len(blocks) > 1 else []
-    if control:
-        handles.append(Patch(facecolor=(*CONTROL_COLOR, 0.3), edgecolor=CONTROL_COLOR, hatch="////",
-                             label=f"control ({control}): random query/key projections at the trained maps' entropy"))  # fmt: skip
+    for control in controls:
+        kind = "ctrl_form_" if control.startswith("ctrl_form_") else "ctrl_"
+        handles.append(Patch(facecolor=(*CONTROL_COLOR, 0.3), edgecolor=CONTROL_COLOR, hatch=_hatch(control),
+                             label=f"control ({control}): {_CONTROL_LABELS[kind]}"))  # fmt: skip
     if shared:
         handles.append(Patch(color="none", label="0 †: one map for all queries (GC / simplified NL): 0 by construction"))
     if handles:
