@@ -27,7 +27,7 @@ from ..adapters import list_blocks
 from ..capture.core import Capture
 from ..capture.records import SiteRecord
 from ..measure.blocks import key_labels, key_mask
-from ..measure.query_dep import SiteMaps, block_maps, head_maps
+from ..measure.query_dep import SiteMaps, block_maps, head_maps, rebuild_block_attention
 from ..metrics.object_context import OBJECT_CONTEXT, object_context
 from ..schema import HEAD_MEAN, NL
 
@@ -108,10 +108,7 @@ class ObjectContext:
             return None
         compact, cats, n_labels = compact_labels(objects, getattr(cap, "object_categories", None))
         if rec.site == NL:
-            block = self.blocks[rec.name]
-            x = rec.x.to(next(block.module.parameters(), torch.empty(0, device=objects.device)).device)
-            with torch.no_grad():
-                att = block.adapter.attention(block.module, x)
+            att = rebuild_block_attention(self.blocks[rec.name], rec.x)
             kmask = key_mask(valid, att.key_shape).flatten(1) if valid is not None else None
             keys = key_labels(compact, att.key_shape).flatten(1)
             site = block_maps(att, None, None, None, self.chunk_size)

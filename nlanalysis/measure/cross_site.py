@@ -34,7 +34,7 @@ from torch import Tensor
 from ..metrics.query_dependence import cross_site_similarity
 from ..schema import VIT
 from .blocks import key_mask
-from .query_dep import CROSS_SITE
+from .query_dep import CROSS_SITE, rebuild_block_attention
 from .stats import nans
 
 __all__ = ["CROSS_SITE", "CrossSite", "keep_options", "site_similarity"]
@@ -160,9 +160,7 @@ class CrossSite:
     def _block_rows(self, rec: Any) -> SiteRows:
         if rec.x is None:
             raise ValueError(f"block {rec.name}: cross_site_cos needs the record's input (capture with keep_tensors=True)")
-        info = self._blocks[rec.name]
-        param = next(info.module.parameters(), None)
-        att = info.adapter.attention(info.module, rec.x.to(param.device if param is not None else rec.x.device))
+        att = rebuild_block_attention(self._blocks[rec.name], rec.x)
         if self.drop:
             rec.x = rec.z = rec.context = None
         valid = self._masks(att.query_shape, att.batch_size, att.device)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ from ..schema import NL, query_columns
 from .stats import nans
 
 __all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
-           "head_maps", "local_mass", "query_dependence"]  # fmt: skip
+           "head_maps", "local_mass", "query_dependence", "rebuild_block_attention"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
 #: the suite's column that compares a site with the previous one (:mod:`.cross_site`), not measured per site here
@@ -52,6 +53,14 @@ EXPENSIVE = ("logit_rank1", "att_gain_only", "gain_only_tv")
 CHEAP = tuple(c for c in COLUMNS if c not in EXPENSIVE)
 
 Chunks = Callable[[], Iterator[tuple[int, Tensor]]]
+
+
+def rebuild_block_attention(block: Any, x: Tensor) -> LazyAttention:
+    """The lazy attention of an NL block for its kept input ``x`` ``[B, C, H, W]``, rebuilt by its adapter
+    on the block's device without gradients (``block``: an :class:`~nlanalysis.adapters.BlockInfo`)."""
+    param = next(block.module.parameters(), None)
+    with torch.no_grad():
+        return block.adapter.attention(block.module, x.to(param.device if param is not None else x.device))
 
 
 def check_level(level: str) -> str:
