@@ -98,6 +98,12 @@ class LazyAttention(ABC):
     def device(self) -> torch.device: ...
 
 
+def pairwise_row_kind(mode: str) -> tuple[bool, bool]:
+    """``(distribution, nonnegative)`` of the rows of a pairwise ``mode``'s maps: softmax rows are
+    distributions; dot-product rows are signed."""
+    return mode in ("gaussian", "embedded_gaussian"), mode != "dot_product"
+
+
 class PairwiseAttention(LazyAttention):
     """Rows of a pairwise NL map from query/key projections.
 
@@ -137,8 +143,7 @@ class PairwiseAttention(LazyAttention):
         self.key_shape = tuple(key_shape)
         self.scale = scale
         self.query_independent = False
-        self.distribution = mode in ("gaussian", "embedded_gaussian")
-        self.nonnegative = mode != "dot_product"
+        self.distribution, self.nonnegative = pairwise_row_kind(mode)
 
     def _batch_size(self) -> int:
         return self.query.shape[0]
@@ -238,8 +243,7 @@ class DenseAttention(LazyAttention):
         self.query_shape = tuple(query_shape)
         self.key_shape = tuple(key_shape)
         self.query_independent = False
-        self.distribution = mode in ("gaussian", "embedded_gaussian")
-        self.nonnegative = mode != "dot_product"
+        self.distribution, self.nonnegative = pairwise_row_kind(mode)
 
     def _batch_size(self) -> int:
         return self.maps.shape[0]
