@@ -78,3 +78,20 @@ def test_compare_runs_command_prints_and_writes_both_tables(tmp_path, capsys):
     assert set(pd.read_csv(tmp_path / "t_margins.csv").variant) == {"baseline", "gc"}
     assert pd.read_csv(tmp_path / "t_plateau.csv").plateau.all()
     assert main(["compare-runs", str(tmp_path / "missing")]) == 2
+
+
+def test_compare_runs_against_another_variant_pairs_with_it(tmp_path):
+    """--against gc: the margins of every variant over gc, paired by seed (hand-computed differences)."""
+    from nlanalysis.cli import main
+    import pandas as pd
+
+    for r in (_runs("baseline", [0.30, 0.40, 0.50]) + _runs("gc", [0.35, 0.45, 0.55])
+              + _runs("embedded_gaussian", [0.40, 0.52, 0.60])):  # fmt: skip
+        _record_run(tmp_path / "grid", r, TrainConfig(seed=r.seed), "data")
+    assert main(["compare-runs", str(tmp_path / "grid"), "--against", "baseline", "gc", "--csv", str(tmp_path / "t")]) == 0
+    table = pd.read_csv(tmp_path / "t_margins.csv").set_index(["against", "variant"])
+    diffs = [0.05, 0.07, 0.05]  # embedded_gaussian - gc per seed
+    assert table.loc[("gc", "embedded_gaussian"), "margin"] == pytest.approx(sum(diffs) / 3)
+    assert table.loc[("gc", "embedded_gaussian"), "verdict"] == "better"
+    assert table.loc[("baseline", "gc"), "margin"] == pytest.approx(0.05)
+    assert table.loc[("gc", "baseline"), "verdict"] == "worse"

@@ -21,7 +21,7 @@ for batch in "${@:-1 2 3 4 5}"; do
             for d in query-specific independent shared; do
                 [ -d "runs/controls/${d}_e12/runs" ] || continue
                 long=(); [ -d "runs/controls/${d}_e24/runs" ] && long=(--long "runs/controls/${d}_e24")
-                nlanalysis compare-runs "runs/controls/${d}_e12" "${long[@]}" --csv "reports/controls/$d"
+                nlanalysis compare-runs "runs/controls/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
                 for e in 12 24; do
                     [ -d "runs/controls/${d}_e$e/runs" ] || continue
                     mkdir -p "reports/controls/runs/${d}_e$e"
