@@ -24,7 +24,9 @@ from nlanalysis.data.fashion_mnist import (
 )
 from nlanalysis.data.scenes import (
     DEMO_COMMAND,
+    DESIGNS,
     SceneParams,
+    demo_command,
     demo_scenes_path,
     make_scene,
     semantic_mask,
@@ -81,26 +83,31 @@ def check_coco_set(json_path, image_dir, design: str) -> COCO:
             ys, xs = np.nonzero(mask)
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
             assert ann["area"] == mask.sum() and ann["iscrowd"] == 0 and 1 <= ann["category_id"] <= 10
-        gray = image[..., 0].astype(float)
+        gray = image.max(-1).astype(float)  # HSV value: the tinted items of query-specific keep their brightness
         fg, bg = gray[masks.any(0)], gray[~masks.any(0)]
         assert np.median(fg) > np.percentile(bg, 75), f"image {image_id}: masks do not sit on the bright items"
         assert fg.mean() > bg.mean() + 40, f"image {image_id}: items not brighter than the background"
         assert np.median(bg) < 80, f"image {image_id}: background not dark"
         n_classes.append(len({a["category_id"] for a in anns}))
+        if design == "query-specific":  # two groups, one class each, different classes: a group is a category
+            classes = {g: {a["category_id"] for a in anns if a["group"] == g} for g in (0, 1)}
+            assert all(len(c) == 1 for c in classes.values()) and classes[0] != classes[1], f"image {image_id}: {classes}"
     if design == "shared":
         assert set(n_classes) == {1}
     return coco
 
 
-def test_shipped_scenes_are_a_valid_coco_set():
-    ann, images = demo_scenes_path()
-    coco = check_coco_set(ann, images, "shared")
+@pytest.mark.parametrize("design", DESIGNS)
+def test_shipped_scenes_are_a_valid_coco_set(design):
+    ann, images = demo_scenes_path(design)
+    coco = check_coco_set(ann, images, design)
     assert len(coco.imgs) == 300 and len(list(images.glob("*.png"))) == 300
     per_image = [len(coco.getAnnIds(imgIds=[i])) for i in coco.imgs]
     assert min(per_image) >= 2 and np.mean(per_image) > 3.5
-    assert len({coco.loadAnns(coco.getAnnIds(imgIds=[i]))[0]["category_id"] for i in coco.imgs}) == 10
+    if design != "query-specific":  # that design draws from the look-alike classes only
+        assert len({coco.loadAnns(coco.getAnnIds(imgIds=[i]))[0]["category_id"] for i in coco.imgs}) == 10
     info = coco.dataset["info"]
-    assert (info["split"], info["seed"], info["num_scenes"]) == ("val", 0, 300)
+    assert (info["split"], info["seed"], info["num_scenes"], info["design"]) == ("val", 0, 300, design)
     assert info["params"]["size"] == 112
 
 
@@ -115,10 +122,12 @@ def test_semantic_mask_composes_the_instance_masks():
 
 
 @pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="dataset-fashion-mnist (Debian) not installed")
-def test_shipped_scenes_regenerate_from_the_debian_package(tmp_path):
-    assert "--num 300 --seed 0 --design shared --size 112" in DEMO_COMMAND
-    json_path = write_scenes(tmp_path, "val", 4, 0, "shared", 112)  # a prefix of the shipped 300
-    shipped_json, shipped_images = demo_scenes_path()
+@pytest.mark.parametrize("design", DESIGNS)
+def test_shipped_scenes_regenerate_from_the_debian_package(tmp_path, design):
+    assert f"--num 300 --seed 0 --design {design} --size 112" in demo_command(design)
+    assert demo_command("shared") == DEMO_COMMAND
+    json_path = write_scenes(tmp_path, "val", 4, 0, design, 112)  # a prefix of the shipped 300
+    shipped_json, shipped_images = demo_scenes_path(design)
     for name in ("000001.png", "000004.png"):
         assert (tmp_path / "images" / name).read_bytes() == (shipped_images / name).read_bytes()
     ours, shipped = json.loads(json_path.read_text()), json.loads(shipped_json.read_text())

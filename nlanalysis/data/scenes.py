@@ -68,7 +68,7 @@ import numpy as np
 from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 __all__ = [
-    "DEMO_COMMAND", "DESIGNS", "SPLITS", "Scene", "SceneParams", "coco_categories", "demo_scenes_path", "make_scene",
+    "DEMO_COMMAND", "DESIGNS", "SPLITS", "Scene", "SceneParams", "coco_categories", "demo_command", "demo_scenes_path", "make_scene",
     "scene_annotations", "semantic_mask", "write_scenes",
 ]  # fmt: skip
 
@@ -82,6 +82,17 @@ DEMO_DIR = Path(__file__).with_name("demo") / "scenes_val"
 DEMO_COMMAND = (
     "nlanalysis demo-data --out nlanalysis/data/demo/scenes_val --split val --num 300 --seed 0 --design shared --size 112"
 )
+
+
+def _demo_dir(design: str) -> Path:
+    """The shipped validation folder of ``design``: ``scenes_val`` (shared), ``scenes_val_independent``, ..."""
+    return DEMO_DIR if design == "shared" else DEMO_DIR.with_name(f"scenes_val_{design.replace('-', '_')}")
+
+
+def demo_command(design: str = "shared") -> str:
+    """The command that wrote the shipped validation scenes of ``design`` (run from the repository root)."""
+    return _command("val", 300, 0, design, 112).replace("DIR", f"nlanalysis/data/demo/{_demo_dir(design).name}")
+
 FORMAT_VERSION = 1
 
 _SUPERCATEGORY = {
@@ -435,9 +446,13 @@ def semantic_mask(coco, image_id: int, shape: tuple[int, int] | None = None) -> 
     return out
 
 
-def demo_scenes_path() -> tuple[Path, Path]:
-    """``(instances.json, image folder)`` of the 300 validation scenes shipped with the package."""
-    ann, images = DEMO_DIR / "instances.json", DEMO_DIR / "images"
+def demo_scenes_path(design: str = "shared") -> tuple[Path, Path]:
+    """``(instances.json, image folder)`` of the 300 validation scenes of ``design`` shipped with the
+    package (val split, seed 0, 112 x 112: :func:`demo_command`)."""
+    if design not in DESIGNS:
+        raise ValueError(f"unknown scene design {design!r}; expected one of {DESIGNS}")
+    folder = _demo_dir(design)
+    ann, images = folder / "instances.json", folder / "images"
     if not ann.is_file() or not images.is_dir():
-        raise FileNotFoundError(f"{DEMO_DIR}: the shipped demo scenes are missing; regenerate them with `{DEMO_COMMAND}`")
+        raise FileNotFoundError(f"{folder}: the shipped demo scenes are missing; regenerate them with `{demo_command(design)}`")
     return ann, images

@@ -54,10 +54,13 @@ def _train_set(job: TrainJob) -> SceneSet:
 
 
 def _val_set(job: TrainJob) -> SceneSet:
-    """The shipped validation scenes for ``shared``; for another design 300 scenes of it (val split, seed 0, as the
-    shipped command), written once to ``out/data``."""
-    if job.design == "shared":
-        return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
+    """The shipped validation scenes of the design (300, val split, seed 0); only where they are missing
+    (an old install) the same 300 scenes written once to ``out/data``."""
+    try:
+        return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
+    except FileNotFoundError:
+        if job.design == "shared":
+            raise
     folder = job.out / "data" / f"val_{job.design}_300_seed0"
     if not (folder / "instances.json").is_file():
         write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)

@@ -31,8 +31,8 @@ for batch in "${@:-1 2 3 4 5}"; do
         extract)  # attention statistics of every seed's 12-epoch final with a map, then one report per design
             for d in query-specific independent shared; do
                 [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
-                if [ "$d" = shared ]; then ann=nlanalysis/data/demo/scenes_val/instances.json; img=nlanalysis/data/demo/scenes_val/images
-                else ann=runs/controls/${d}_e12/data/val_${d}_300_seed0/instances.json; img=${ann%/instances.json}/images; fi
+                folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
+                ann=$folder/instances.json; img=$folder/images
                 for s in 0 1 2; do for v in $MAPPED; do
                     ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
                     [ -f "$ckpt" ] || continue
