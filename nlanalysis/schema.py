@@ -133,6 +133,10 @@ REGISTRY: tuple[Column, ...] = (
        "NaN without such objects)", "float", "object", _COUNT),
     _c("other_category_density", "mass per unit area object queries put on objects of other categories", "float", "object",
        _COUNT),
+    _c("same_category_null", "`same_category_density` of the image's mean map", "float", "object", _COUNT),
+    _c("same_category_lift", "`same_category_density / same_category_null`: 1 = no preference for the query's own category "
+       "(on the query-specific scenes: its own group); tables: geometric mean, CI of the mean log-lift", "float", "object",
+       (0.0, _INF), header="same-category lift", unit="ratio"),
     _c("ctrl_att", "`att` of random query/key projections of the same input at the trained maps' entropy (`--controls`)", "float", "control",
        _DIST, header="att, random proj.", unit="1-cos"),
     _c("ctrl_att_jsd", "`att_jsd` of the random-projection control", "float", "control", _UNIT, header="JSD, random proj.",

@@ -56,6 +56,9 @@ def naive_context(maps: np.ndarray, ql: np.ndarray, kl: np.ndarray, cats: np.nda
             out[f"{name}_null"] = float(np.mean(null[name]))
     out["own_object_lift"] = out["own_object_density"] / out["own_object_null"]
     out["own_object_lift_objects"] = out["own_object_density"] / float(np.mean(null["objects"]))
+    if "same_category" in null:
+        out["same_category_null"] = float(np.mean(null["same_category"]))
+        out["same_category_lift"] = out["same_category_density"] / out["same_category_null"]
     return out
 
 
@@ -87,7 +90,8 @@ def test_without_categories_the_category_columns_are_nan_and_float32_rows_agree(
     maps, ql, kl, _ = _random_case(1, b=1, heads=1)
     got = object_context(row_chunks(maps[:, 0].float(), 5), ql, kl)
     want = naive_context(maps[0, 0].numpy(), ql[0].numpy(), kl[0].numpy(), None)
-    assert math.isnan(got["same_category_density"].item()) and math.isnan(got["other_category_density"].item())
+    for name in ("same_category_density", "other_category_density", "same_category_null", "same_category_lift"):
+        assert math.isnan(got[name].item())
     for name in ("own_object_density", "own_object_null", "own_object_lift", "background_density", "other_object_null"):
         np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-5, err_msg=name)
 
@@ -114,6 +118,23 @@ def test_a_map_attending_its_own_object_has_a_large_lift():
     for name in OBJECT_CONTEXT:
         np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-10, err_msg=name)
     assert n == 64
+
+
+def test_a_map_attending_its_own_group_has_a_same_category_lift_and_a_shared_map_has_one():
+    """Objects 1 and 2 share category 5 (a group of the query-specific design), object 3 is category 6."""
+    lab, cats = _objects_image(), torch.tensor([[-1, 5, 5, 6]])
+    cat_of = cats[0][lab]  # each position's category (-1 on background)
+    group = (cat_of[:, None] == cat_of[None, :]) & (lab[:, None] > 0)
+    maps = torch.where(group, 1.0, 0.02).double()
+    maps /= maps.sum(-1, keepdim=True)
+    got = object_context(row_chunks(maps[None], 10), lab[None], lab[None], cats)
+    want = naive_context(maps.numpy(), lab.numpy(), lab.numpy(), cats[0].numpy())
+    assert got["same_category_lift"].item() > 2.0
+    for name in ("same_category_density", "same_category_null", "same_category_lift"):
+        np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-10, err_msg=name)
+    shared = maps.mean(0, keepdim=True).expand_as(maps)  # every query gets one map: no preference
+    flat = object_context(row_chunks(shared[None], 10), lab[None], lab[None], cats)
+    assert flat["same_category_lift"].item() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_a_query_independent_map_has_lift_exactly_one():

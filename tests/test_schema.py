@@ -72,7 +72,8 @@ def test_derived_lists_keep_their_members_and_order():
 def test_registry_is_consistent():
     names = [c.name for c in schema.REGISTRY]
     assert len(names) == len(set(names))
-    query_headline = {"logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "qk_nmi", "att_distance_px"}
+    query_headline = {"logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "qk_nmi", "att_distance_px",
+                      "same_category_lift"}
     assert {c.name for c in schema.REGISTRY if c.header} == set(schema.TABLE1) | query_headline  # the suite's: after Table 1's
     for c in schema.REGISTRY:
         assert c.role in schema.ROLES and c.dtype in ("str", "int", "float", "bool") and c.sites <= schema.BOTH

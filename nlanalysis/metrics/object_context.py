@@ -24,7 +24,9 @@ them, and over counted object queries ``i`` (valid, on an object, a row with mas
   together), over queries of images with another object;
 * ``background_density`` / ``background_null``: on the background (label 0);
 * ``same_category_density`` / ``other_category_density``: on other objects of the query's category
-  / of other categories (COCO; NaN without categories or without such objects).
+  / of other categories (COCO; NaN without categories or without such objects);
+  ``same_category_null`` the former with the mean map, ``same_category_lift`` their ratio (on the
+  ``query-specific`` scenes a group is one category: the own-group lift of ``reports/controls``).
 
 Each mean is over the queries for which its key set is not empty (NaN if there are none). All of it
 follows from one pass: the label-to-label mass ``R[a, b] = sum_{i on a} p_i(keys on b)`` and the
@@ -43,7 +45,8 @@ __all__ = ["OBJECT_CONTEXT", "context_from_mass", "label_mass", "object_context"
 #: the statistics, as the ``metrics.csv`` columns name them (:mod:`nlanalysis.schema`).
 OBJECT_CONTEXT = (
     "own_object_density", "own_object_null", "own_object_lift", "own_object_lift_objects", "other_object_density", "other_object_null",
-    "background_density", "background_null", "same_category_density", "other_category_density",
+    "background_density", "background_null", "same_category_density", "other_category_density", "same_category_null",
+    "same_category_lift",
 )  # fmt: skip
 
 Chunks = Callable[[], Iterable[tuple[int, Tensor]]]
@@ -134,13 +137,15 @@ def context_from_mass(mass: Tensor, count: Tensor, area: Tensor, categories: Ten
     out["background_density"], out["background_null"] = _density(mass, count, share, background)
     nan = torch.full_like(out["own_object_density"], torch.nan)
     out["same_category_density"], out["other_category_density"] = nan, nan.clone()
+    out["same_category_null"], out["same_category_lift"] = nan.clone(), nan.clone()
     if categories is not None:
         if tuple(categories.shape) != (b, n_labels):
             raise ValueError(f"categories must be [B, L] = {(b, n_labels)}, got {tuple(categories.shape)}")
         categories = categories.to(area.device)
         same = categories[:, :, None] == categories[:, None, :]
         known = (categories >= 0)[:, :, None] & (categories >= 0)[:, None, :]
-        out["same_category_density"] = _density(mass, count, share, other & same & known)[0]
+        out["same_category_density"], out["same_category_null"] = _density(mass, count, share, other & same & known)
+        out["same_category_lift"] = out["same_category_density"] / out["same_category_null"]
         out["other_category_density"] = _density(mass, count, share, other & ~same & known)[0]
     return out
 
