@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract]
+# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
 set -euo pipefail
@@ -28,7 +28,7 @@ for batch in "${@:-1 2 3 4 5}"; do
                     cp "runs/controls/${d}_e$e"/runs/*.json "runs/controls/${d}_e$e/training.csv" "reports/controls/runs/${d}_e$e/" 2>/dev/null || true
                 done
             done ;;
-        extract)  # attention statistics of every seed's 12-epoch final with a map, then one report per design
+        extract)  # attention statistics of every seed's 12-epoch final with a map (and att of its snapshots), one report per design
             for d in query-specific independent shared; do
                 [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
                 folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
@@ -39,9 +39,19 @@ for batch in "${@:-1 2 3 4 5}"; do
                     maps=(); [ "$s" = 0 ] && maps=(--save-maps)
                     nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
                         --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
+                    for step in 282 564 846; do  # over training: the headline statistics only
+                        nlanalysis extract --ckpt "runs/controls/${d}_e12/checkpoints/${v}_s${s}_step$step.pth" --coco-ann "$ann" \
+                            --coco-images "$img" --quiet --out "runs/controls/snapshots/$d/${v}_s${s}_step$step"
+                    done
                 done; done
-                nlanalysis report runs/controls/extract/$d/* --out "reports/controls/$d"
+                nlanalysis report runs/controls/extract/$d/* runs/controls/snapshots/$d/* --out "reports/controls/$d"
+                for run in runs/controls/extract/$d/* runs/controls/snapshots/$d/*; do  # the per-run numbers, not the maps
+                    mkdir -p "reports/controls/runs/$d/$(basename "$run")"
+                    cp "$run/metrics.csv" "$run/run.json" "reports/controls/runs/$d/$(basename "$run")/"
+                done
             done ;;
-        *) echo "unknown batch $batch (1-5, tables, extract)" >&2; exit 2 ;;
+        report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
+            nlanalysis controls-report runs/controls --out reports/controls ;;
+        *) echo "unknown batch $batch (1-5, tables, extract, report)" >&2; exit 2 ;;
     esac
 done

@@ -1,0 +1,189 @@
+"""The controls report of issue 16 (``reports/controls``): training margins, attention readings, the answer.
+
+Reads a controls folder as ``reports/controls/make.sh`` fills it (``runs/controls``): per design ``D``
+the training grid ``D_e12`` (``nlanalysis train --out``), the same grid trained longer ``D_e24`` (the
+plateau rule) and ``extract/D/*``, result sets of the grid's finals. Writes ``OUT/README.md`` and, per
+design, ``OUT/D_training.csv`` and ``OUT/D_attention.csv``.
+
+The words follow the reading rules of ``reports/controls/PLAN.md``, fixed before any result existed:
+
+1. ``same_category_lift`` (on ``query-specific`` scenes: the own-group lift) whose interval lies above
+   1: "attends its own group"; below 1: "avoids its own group"; else "no own-group preference shown";
+2. ``att`` whose interval lies above / below that of ``ctrl_form_att``: "att above / below its
+   form-matched control", else "not distinguishable from its control";
+3. maps with explicit query/key projections: ``unary_var_share`` whose interval lies below / above 0.5:
+   "pairwise term dominates" / "unary term dominates";
+4. the gate: ``embedded_gaussian`` better than both ``gc`` and ``snl`` on ``query-specific`` (seed-paired
+   mIoU margins whose 95% intervals lie above 0); the answer: yes when the gate holds and
+   ``embedded_gaussian`` attends its own group there.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..tables import format_ci, summarise
+from ..train.compare import load_results, paired_margins, plateau
+from .meta import load_runs
+
+__all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", "read_attention", "training_table",
+           "write_controls_report"]  # fmt: skip
+
+DESIGNS = ("query-specific", "independent", "shared")
+REFERENCES = ("baseline", "gc", "snl")
+GATE_VARIANT = "embedded_gaussian"
+#: the attention statistics the report tables, as the issue lists them
+ATTENTION_STATS = (
+    "input", "output", "att", "ctrl_form_att", "logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share",
+    "own_object_lift_objects", "same_category_lift",
+)  # fmt: skip
+QK_VARIANTS = frozenset({"embedded_gaussian", "dot_product", "danet_pam"})  # explicit query/key projections
+
+
+def _interval(row: pd.Series, stat: str) -> tuple[float, float]:
+    return float(row.get(f"{stat}_low", math.nan)), float(row.get(f"{stat}_high", math.nan))
+
+
+def read_attention(row: pd.Series) -> list[str]:
+    """Rules 1-3 (module docstring) for one row of :func:`attention_summary`; a rule whose statistic the
+    row lacks is left out."""
+    words = []
+    low, high = _interval(row, "same_category_lift")
+    if not math.isnan(low):
+        reading = "attends its own group" if low > 1 else "avoids its own group" if high < 1 else "no own-group preference shown"
+        words.append(f"{reading} (same-category lift {format_ci(row['same_category_lift'], low, high)})")
+    (a_low, a_high), (c_low, c_high) = _interval(row, "att"), _interval(row, "ctrl_form_att")
+    if not (math.isnan(a_low) or math.isnan(c_low)):
+        where = ("above its form-matched control" if a_low > c_high else "below its form-matched control" if a_high < c_low
+                 else "not distinguishable from its form-matched control")  # fmt: skip
+        words.append(f"att {format_ci(row['att'], a_low, a_high)} {where} ({format_ci(row['ctrl_form_att'], c_low, c_high)})")
+    u_low, u_high = _interval(row, "unary_var_share")
+    if row.get("variant") in QK_VARIANTS and not math.isnan(u_low):
+        term = "pairwise term dominates" if u_high < 0.5 else "unary term dominates" if u_low > 0.5 else "neither term dominates"
+        words.append(f"{term} (unary share {format_ci(row['unary_var_share'], u_low, u_high)})")
+    return words
+
+
+def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Per variant: seeds, mIoU, the seed-paired margins over each of :data:`REFERENCES` present (mean,
+    interval, p, verdict) and, with ``long``, the plateau rule; numbers, one row per variant."""
+    results = load_results(short)
+    present = {r.variant for r in results}
+    table = None
+    for ref in (r for r in REFERENCES if r in present):
+        m = paired_margins(results, baseline=ref)
+        cols = {c: f"{c}_vs_{ref}" for c in ("margin", "margin_low", "margin_high", "margin_p", "verdict")}
+        part = m.rename(columns=cols)[["variant", *cols.values()]]
+        table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
+    if table is None:
+        raise ValueError(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
+    if long is not None and (Path(long) / "runs").is_dir():
+        table = table.merge(plateau(results, load_results(long))[["variant", "pairs", "gain", "threshold", "plateau"]],
+                            how="left")  # fmt: skip
+    return table
+
+
+def gate(training: pd.DataFrame) -> tuple[bool | None, str]:
+    """The PLAN's gate on a ``query-specific`` :func:`training_table`: ``(holds, sentence)``; ``None`` while
+    it cannot be decided (a reference or the gate variant missing, or fewer than 2 paired seeds)."""
+    row = training[training.variant == GATE_VARIANT]
+    parts, verdicts = [], []
+    for ref in ("gc", "snl"):
+        col = f"margin_vs_{ref}"
+        if row.empty or col not in training or math.isnan(float(row[f"margin_low_vs_{ref}"].iloc[0])):
+            return None, f"gate not decided yet: {GATE_VARIANT} vs {ref} needs 2 or more paired seeds"
+        r = row.iloc[0]
+        parts.append(f"{GATE_VARIANT} - {ref} {format_ci(r[col], r[f'margin_low_vs_{ref}'], r[f'margin_high_vs_{ref}'])}"
+                     f" mIoU (p = {r[f'margin_p_vs_{ref}']:.3g})")  # fmt: skip
+        verdicts.append(r[f"margin_low_vs_{ref}"] > 0)
+    holds = all(verdicts)
+    return holds, ("the gate holds: " if holds else "the gate fails: ") + "; ".join(parts)
+
+
+def answer(gate_holds: bool | None, gate_row: pd.Series | None) -> str:
+    """The PLAN's answer from the gate and ``embedded_gaussian``'s attention row on ``query-specific``."""
+    if gate_holds is None:
+        return "Not answered yet: the gate is not decided."
+    if not gate_holds:
+        return ("No valid positive control: the NL block does not beat both GC and SNL on the query-specific "
+                "scenes, so they do not show that query-specific context is needed (a revised design needs its own PLAN entry).")  # fmt: skip
+    low = math.nan if gate_row is None else _interval(gate_row, "same_category_lift")[0]
+    if math.isnan(low):
+        return "The gate holds; the attention statistics of the query-specific finals are not extracted yet."
+    if low > 1:
+        return ("Yes: where query-specific context is needed (the gate holds), the embedded-Gaussian block's maps "
+                "attend the query's own group, and the analysis shows it.")  # fmt: skip
+    return "The block helps (the gate holds) but its maps do not show an own-group preference."
+
+
+def attention_summary(extracts: list[Path]) -> pd.DataFrame:
+    """:func:`~nlanalysis.tables.summarise` of the result sets, one row per variant and block, pooled over
+    seeds (images nested in seeds)."""
+    return summarise(load_runs(extracts).frame, by=("variant",), stats=ATTENTION_STATS)
+
+
+def _training_markdown(t: pd.DataFrame) -> str:
+    refs = [r for r in REFERENCES if f"margin_vs_{r}" in t]
+    head = ["variant", "seeds", "mIoU (sd)", *(f"vs {r}" for r in refs), "min / run"] + (["plateau"] if "plateau" in t else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in t.iterrows():
+        cells = [r.variant, str(int(r.seeds)), f"{r.miou:.3f} ({r.miou_sd:.3f})" if not math.isnan(r.miou_sd) else f"{r.miou:.3f}"]
+        for ref in refs:
+            if r.variant == ref:
+                cells.append("–")
+                continue
+            ci = format_ci(r[f"margin_vs_{ref}"], r[f"margin_low_vs_{ref}"], r[f"margin_high_vs_{ref}"])
+            cells.append(f"{ci} {r[f'verdict_vs_{ref}']}" if r[f"verdict_vs_{ref}"] != "no difference shown" else ci)
+        cells.append(f"{r.seconds_per_run / 60:.1f}")
+        if "plateau" in t:
+            cells.append("–" if pd.isna(r.plateau) else ("yes" if r.plateau else f"NO (+{r.gain:.3f})"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write ``out/README.md`` (and the per-design CSVs) from the controls folder ``root``; returns its path."""
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    head = ["# Controls: can the analysis see query dependence when it is there? (issue 16)", "",
+             f"Generated by `reports/controls/make.sh report` from `{root}`; the grid, the gate and the reading rules are "
+             "in [PLAN.md](PLAN.md), fixed before the results. Margins: seed-paired mIoU differences, mean [95% t-interval] "
+             "over seeds, called better/worse only when the interval excludes 0. Attention: means [95% CI] over images "
+             "nested in seeds, 300 validation scenes of the design.", ""]  # fmt: skip
+    lines: list[str] = []
+    verdict = "Not answered yet: no query-specific grid."
+    for design in DESIGNS:
+        short, long = root / f"{design}_e12", root / f"{design}_e24"
+        if not (short / "runs").is_dir():
+            lines += [f"## {design}", "", "Not trained yet.", ""]
+            continue
+        training = training_table(short, long)
+        _write_csv(training, out / f"{design}_training.csv")
+        lines += [f"## {design}", "", f"12-epoch finals ({len(load_results(short))} runs):", "", _training_markdown(training), ""]
+        extracts = sorted(p for p in (root / "extract" / design).glob("*") if (p / "metrics.csv").is_file())
+        attention = attention_summary(extracts) if extracts else None
+        if attention is not None:
+            _write_csv(attention, out / f"{design}_attention.csv")
+            lines += [f"Attention of the finals ({len(extracts)} result sets):", ""]
+            lines += [f"- **{r.variant}** ({r.block}): " + "; ".join(read_attention(r) or ["no statistic to read"])
+                      for _, r in attention.iterrows()]  # fmt: skip
+            lines.append("")
+        if design == "query-specific":
+            holds, sentence = gate(training)
+            row = None if attention is None else next((r for _, r in attention.iterrows() if r.variant == GATE_VARIANT), None)
+            verdict = answer(holds, row)
+            lines += [f"Gate: {sentence}.", ""]
+    path = out / "README.md"
+    tmp = path.with_name("README.md.tmp")
+    tmp.write_text("\n".join([*head, "## The answer", "", verdict, "", *lines]) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,70 @@
+"""The controls report's words (reports/controls/PLAN.md's reading rules) on hand-built rows and runs."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from nlanalysis.report.controls import answer, gate, read_attention, training_table, write_controls_report
+from nlanalysis.train.loop import TrainConfig, TrainResult
+from nlanalysis.train.run import _record_run
+
+
+def _row(**stats) -> pd.Series:
+    """A summary row: each statistic given as (mean, low, high)."""
+    data = {"variant": stats.pop("variant", "embedded_gaussian"), "block": "layer1.1"}
+    for name, (mean, low, high) in stats.items():
+        data.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    return pd.Series(data)
+
+
+def test_each_rule_says_only_what_its_interval_allows():
+    words = read_attention(_row(same_category_lift=(1.3, 1.1, 1.5), att=(0.4, 0.35, 0.45), ctrl_form_att=(0.2, 0.18, 0.22),
+                                unary_var_share=(0.3, 0.25, 0.35)))  # fmt: skip
+    assert words[0].startswith("attends its own group") and "above its form-matched control" in words[1]
+    assert words[2].startswith("pairwise term dominates")
+    words = read_attention(_row(same_category_lift=(1.02, 0.99, 1.05), att=(0.1, 0.05, 0.2), ctrl_form_att=(0.15, 0.1, 0.2),
+                                unary_var_share=(0.5, 0.4, 0.6)))  # fmt: skip
+    assert words[0].startswith("no own-group preference shown") and "not distinguishable" in words[1]
+    assert words[2].startswith("neither term dominates")
+    words = read_attention(_row(variant="concatenation", same_category_lift=(0.8, 0.7, 0.9), att=(0.01, 0.0, 0.02),
+                                ctrl_form_att=(0.16, 0.15, 0.17), unary_var_share=(0.9, 0.8, 1.0)))  # fmt: skip
+    assert words[0].startswith("avoids its own group") and "below its form-matched control" in words[1]
+    assert len(words) == 2  # concatenation has no explicit query/key: no unary/pairwise reading
+    assert read_attention(_row(att=(0.1, 0.05, 0.2))) == []  # nothing to compare with: nothing said
+
+
+def _grid(folder, mious: dict[str, list[float]]):
+    for variant, values in mious.items():
+        for seed, m in enumerate(values):
+            _record_run(folder, TrainResult(variant, seed, m, 0.9, 60.0), TrainConfig(seed=seed), "data")
+
+
+def test_gate_and_answer_follow_the_plan(tmp_path):
+    _grid(tmp_path / "a", {"baseline": [0.30, 0.40, 0.50], "gc": [0.31, 0.41, 0.51], "snl": [0.30, 0.41, 0.50],
+                           "embedded_gaussian": [0.40, 0.52, 0.60]})  # fmt: skip
+    holds, sentence = gate(training_table(tmp_path / "a"))
+    assert holds and sentence.startswith("the gate holds") and "embedded_gaussian - snl" in sentence
+    assert answer(holds, _row(same_category_lift=(1.3, 1.1, 1.5))).startswith("Yes")
+    assert answer(holds, _row(same_category_lift=(1.0, 0.9, 1.1))).startswith("The block helps")
+    assert "not extracted yet" in answer(holds, None)
+    _grid(tmp_path / "b", {"baseline": [0.30, 0.40, 0.50], "gc": [0.35, 0.45, 0.55], "snl": [0.30, 0.41, 0.50],
+                           "embedded_gaussian": [0.36, 0.44, 0.56]})  # fmt: skip
+    holds, sentence = gate(training_table(tmp_path / "b"))
+    assert holds is False and answer(holds, None).startswith("No valid positive control")
+    _grid(tmp_path / "c", {"baseline": [0.3], "gc": [0.3], "snl": [0.3], "embedded_gaussian": [0.4]})
+    assert gate(training_table(tmp_path / "c"))[0] is None
+
+
+def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(tmp_path):
+    _grid(tmp_path / "g" / "query-specific_e12", {"baseline": [0.30, 0.40, 0.50], "gc": [0.32, 0.33, 0.34]})
+    _grid(tmp_path / "g" / "query-specific_e24", {"baseline": [0.30, 0.40, 0.50], "gc": [0.40, 0.41, 0.42]})
+    table = training_table(tmp_path / "g" / "query-specific_e12", tmp_path / "g" / "query-specific_e24").set_index("variant")
+    assert math.isclose(table.loc["gc", "margin_vs_baseline"], (0.02 - 0.07 - 0.16) / 3, abs_tol=1e-12)
+    assert math.isclose(table.loc["baseline", "margin_vs_gc"], (0.16 + 0.07 - 0.02) / 3, abs_tol=1e-12)
+    # gc gains 0.08 > max(0.01, its sd 0.01): not at its plateau; baseline gains 0
+    assert table.loc["baseline", "plateau"] and not table.loc["gc", "plateau"]
+    text = write_controls_report(tmp_path / "g", tmp_path / "out").read_text()
+    assert "## The answer" in text and "NO (+0.080)" in text and "## independent\n\nNot trained yet." in text
+    assert "| gc | 3 | 0.330 (0.010) | -0.07 [" in text
+    assert (tmp_path / "out" / "query-specific_training.csv").is_file()
