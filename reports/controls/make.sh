@@ -36,7 +36,7 @@ for batch in "${@:-1 2 3 4 5}"; do
                 for s in 0 1 2; do for v in $MAPPED; do
                     ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
                     [ -f "$ckpt" ] || continue
-                    maps=(); [ "$s" = 0 ] && maps=(--save-maps)
+                    maps=(); [ "$s" = 0 ] && maps=(--save-maps --queries objects:4)  # 4 of <= 6 items, groups of 2-3: both groups
                     nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
                         --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
                     for step in 282 564 846; do  # over training: the headline statistics only
