@@ -29,7 +29,7 @@ TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); withou
 skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
 sizes, ``nl, JSD`` <= 1.10x, extra peak memory <= 2 chunks of maps; ViT analysis <= 1.25x.
 
-Run: ``python benchmarks/capture.py [--quick] [--repeats 7] [--device cuda] [--threads N]``
+Run: ``python benchmarks/capture.py [--quick] [--repeats 7] [--device cuda] [--threads N] [--methods ...]``
 (``--quick``: 3 repetitions, 512 x 704 only; ``--device cuda``: everything on the GPU, the statistics
 reduced there, only per-image numbers copied back).
 """
@@ -204,13 +204,13 @@ def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[s
     return found["peak_mib"], found["block_peak_mib"]
 
 
-def nl_table(size: tuple[int, int], repeats: int, device: str) -> dict:
-    """Times, ratios and extra peak memory of every NL method at ``size``."""
+def nl_table(size: tuple[int, int], repeats: int, device: str, names: tuple[str, ...] = NL_METHODS) -> dict:
+    """Times, ratios and extra peak memory of the NL methods ``names`` (``bare`` always) at ``size``."""
     import torch
 
     model = nl_model(device)
     x = torch.randn(1, 3, *size, device=device)
-    methods = nl_methods(model, x, NL_METHODS)
+    methods = nl_methods(model, x, tuple(dict.fromkeys(("bare", *names))))
     times = interleaved(methods, repeats, device)
     n = (size[0] // 16) * (size[1] // 16)
     chunk_mib = 256 * n * 4 / 2**20  # one chunk of 256 float32 query rows over N keys
@@ -305,6 +305,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT table")
     parser.add_argument("--no-nl", action="store_true", help="skip the NL tables")
+    parser.add_argument("--methods", nargs="+", choices=NL_METHODS, default=NL_METHODS,
+                        help="NL methods to run (bare always runs; e.g. leave out the slow TorchLens traces on a busy machine)")
     parser.add_argument("--child-memory", nargs=3, metavar=("METHOD", "H", "W"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -327,7 +329,7 @@ def main() -> None:
     print("TorchLens: " + (f"{tl.__version__}" if tl else "not installed (pip install torchlens): its rows are skipped"))
     print(f"NL block: {nl_block_class()[1]}, embedded_gaussian, after ResNet-50 layer3")
     for size in () if args.no_nl else SIZES[1:] if args.quick else SIZES:
-        print_memory(nl_table(size, repeats, args.device))
+        print_memory(nl_table(size, repeats, args.device, tuple(args.methods)))
     if not args.no_vit:
         print_vit(vit_table(repeats, args.device))
 

@@ -243,3 +243,25 @@ def test_feature_distances_native_match_naive_float64() -> None:
     ctx[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError):  # refused as before (the eager metric says why)
         measure_block(att, x, ctx, jsd_pairs=0, kernels="native")
+
+
+@needs_kernels
+@needs_mmcv
+@pytest.mark.parametrize("mode", ["gaussian", "embedded_gaussian"])
+@pytest.mark.parametrize("grid, pairs", [((9, 11), 100), ((4, 5), 512)])  # sampled pairs; every pair (400 <= 512)
+def test_mmcv_softmax_without_padding_reads_jsd_rows_in_its_maps(mode: str, grid: tuple[int, int], pairs: int) -> None:
+    """No key weights: the JSD pairs read their rows in the block's own softmax (no table); the statistics
+    equal the eager recompute path's (its own draws from the same seed)."""
+    block = _block("mmcv", mode, sub_sample=False)
+    x = torch.randn(2, 16, *grid)
+    found = {}
+    for share, kernels in ((True, "auto"), (False, "eager")):
+        with torch.no_grad(), Capture(block, share_softmax=share, seed=3, jsd_pairs=pairs, kernels=kernels) as cap:
+            out = block(x)
+            block(x * 0.5)
+        found[share] = (out, cap)
+    assert found[True][1].served == 2
+    assert torch.allclose(found[True][0], found[False][0], rtol=0, atol=1e-6)
+    for a, b in zip(found[True][1].records, found[False][1].records):
+        assert torch.isfinite(a.stats.att_jsd).all()
+        _stats_equal(a.stats, b.stats)
