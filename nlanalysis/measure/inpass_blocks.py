@@ -86,7 +86,7 @@ def softmax_block(logits: Tensor, query_shape: tuple[int, int], key_shape: tuple
         if km is None:  # no key weights: the JSD pairs read their rows in probs, after the pass (no table)
             s, sums = _native.row_stats(logits[:, None], None, masks.qmask, 0, 0, None, scale=1.0, objects=labels,
                                         probs=probs[:, None], mean=False)  # fmt: skip
-            return s, sums, probs.view(-1, att.n_key)
+            return s, sums, probs.view(-1, att.n_key) if plan is not None else None
         if plan is not None and sel is not None:  # the rows the JSD pairs need, weighted and renormalised by the kernel
             size = plan.query.numel()
             table = (sel, _native.workspace("jsd_rows", (size, 1, att.n_key)), torch.empty(size, 1),
