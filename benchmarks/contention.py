@@ -14,9 +14,10 @@ Conditions, interleaved per repetition: ``quiet`` and ``busy`` (``--neighbours``
 ``while True: pass``, started by this script, each pinned to one core, counting down from the last,
 and killed at the end), each with torch at 1 thread, at all threads (``os.cpu_count()``), and with
 torch's threads left as found and the library's own policy deciding (``policy``: the eager statistics on
-one thread, :mod:`nlanalysis.metrics.threads`); ``no policy`` sets ``NLANALYSIS_STAT_THREADS=0`` so the
-statistics run on torch's threads, as before issue 18; ``policy + free cores`` runs the whole workload
-(the model's forward too) under :func:`nlanalysis.metrics.threads.free_core_threads`. Prints medians and
+one thread, and :func:`nlanalysis.analyze` capping torch's threads at the free cores,
+:mod:`nlanalysis.metrics.threads`); ``no free`` sets ``NLANALYSIS_FREE_CORES=0`` (analyze keeps torch's
+threads, as before it used the free cores); ``no policy`` sets ``NLANALYSIS_STAT_THREADS=0`` too so the
+statistics run on torch's threads, as before issue 18. Prints medians and
 the busy / quiet ratio per workload and thread setting, with ``uptime`` before and after (a machine
 others use: say what else ran). Target: busy within 1.5x of quiet.
 
@@ -95,32 +96,30 @@ def analyze_workload(scenes: int = 8) -> Callable[[], object]:
     return lambda: nlanalysis.analyze(ckpt.model, x)
 
 
-def timed(f: Callable[[], object], setting: tuple[int | None, str | None]) -> float:
-    """Seconds of one ``f()`` with torch at ``threads`` (None: as found) and ``$NLANALYSIS_STAT_THREADS``
-    at ``env`` (None: unset, the library's policy; ``"0"``: the statistics keep torch's threads)."""
+def timed(f: Callable[[], object], setting: tuple[int | None, str | None, str | None]) -> float:
+    """Seconds of one ``f()`` with torch at ``threads`` (None: as found), ``$NLANALYSIS_STAT_THREADS`` at ``stat``
+    (None: unset, the library's policy; ``"0"``: the statistics keep torch's threads) and
+    ``$NLANALYSIS_FREE_CORES`` at ``free`` (None: unset, analyze caps its threads at the free cores; ``"0"``: not)."""
     import torch
 
-    from nlanalysis.metrics.threads import free_core_threads
-
-    threads, env = setting
-    found, found_env = torch.get_num_threads(), os.environ.pop("NLANALYSIS_STAT_THREADS", None)
-    if env is not None:
-        os.environ["NLANALYSIS_STAT_THREADS"] = env
+    threads, stat, free = setting
+    found = torch.get_num_threads()
+    saved = {k: os.environ.pop(k, None) for k in ("NLANALYSIS_STAT_THREADS", "NLANALYSIS_FREE_CORES")}
+    for key, value in (("NLANALYSIS_STAT_THREADS", stat), ("NLANALYSIS_FREE_CORES", free)):
+        if value is not None:
+            os.environ[key] = value
     if threads and threads > 0:
         torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        if threads == -1:  # the whole workload on the free cores
-            with free_core_threads():
-                f()
-        else:
-            f()
+        f()
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(found)
-        os.environ.pop("NLANALYSIS_STAT_THREADS", None)
-        if found_env is not None:
-            os.environ["NLANALYSIS_STAT_THREADS"] = found_env
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 def uptime() -> str:
@@ -130,7 +129,7 @@ def uptime() -> str:
         return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def measure(workloads: dict[str, Callable[[], object]], settings: dict[str, tuple[int | None, str | None]], repeats: int,
+def measure(workloads: dict[str, Callable[[], object]], settings: dict[str, tuple[int | None, str | None, str | None]], repeats: int,
             neighbours: int) -> dict[tuple[str, str, str], list[float]]:  # fmt: skip
     """Seconds per (workload, thread setting, condition), conditions interleaved per repetition."""
     times: dict[tuple[str, str, str], list[float]] = {}
@@ -147,12 +146,12 @@ def measure(workloads: dict[str, Callable[[], object]], settings: dict[str, tupl
 
 def report(times: dict[tuple[str, str, str], list[float]], settings: dict) -> None:
     workloads = sorted({w for w, _, _ in times}, key=list(dict.fromkeys(w for w, _, _ in times)).index)
-    print(f"{'workload':<9} {'threads':<18} {'quiet ms':>9} {'busy ms':>9} {'busy/quiet':>11}   (median; range of busy)")
+    print(f"{'workload':<9} {'threads':<22} {'quiet ms':>9} {'busy ms':>9} {'busy/quiet':>11}   (median; range of busy)")
     for w in workloads:
         for s in settings:
             quiet, busy = (times[(w, s, c)] for c in ("quiet", "busy"))
             q, b = statistics.median(quiet), statistics.median(busy)
-            print(f"{w:<9} {s:<18} {1e3 * q:9.1f} {1e3 * b:9.1f} {b / q:10.2f}x   ({1e3 * min(busy):.1f}-{1e3 * max(busy):.1f})")
+            print(f"{w:<9} {s:<22} {1e3 * q:9.1f} {1e3 * b:9.1f} {b / q:10.2f}x   ({1e3 * min(busy):.1f}-{1e3 * max(busy):.1f})")
 
 
 def main() -> None:
@@ -166,8 +165,8 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     cores = os.cpu_count() or 1
-    settings = {"1, no policy": (1, "0"), f"all ({cores}), no policy": (cores, "0"), f"policy ({torch.get_num_threads()})": (None, None),
-                "policy + free cores": (-1, None)}  # fmt: skip
+    settings = {"1, no policy": (1, "0", "0"), f"all ({cores}), no policy": (cores, "0", "0"),
+                f"policy ({torch.get_num_threads()}), no free": (None, None, "0"), "policy": (None, None, None)}  # fmt: skip
     chosen = ("metric",) if args.quick else args.workloads
     workloads = {"metric": metric_workload, "analyze": analyze_workload}
     repeats = 3 if args.quick else args.repeats

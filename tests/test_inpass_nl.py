@@ -13,12 +13,17 @@ from nlanalysis.blocks.non_local import NonLocal2d
 from nlanalysis.capture import Capture
 from nlanalysis.kernels import available
 
-mmcv_nl = pytest.importorskip("mmcv.cnn.bricks.non_local", reason="mmcv is optional")
+try:
+    import mmcv.cnn.bricks.non_local as mmcv_nl
+except ImportError:  # mmcv is optional: its tests skip, this project's blocks are still tested
+    mmcv_nl = None
 
 MODES = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 COLUMNS = ("input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows",
            "att_own_object", "own_object_share", "n_query", "n_key")  # fmt: skip
 needs_kernels = pytest.mark.skipif(not available(), reason="native kernels need a C compiler")
+needs_mmcv = pytest.mark.skipif(mmcv_nl is None, reason="mmcv is not installed (optional: pip install -e '.[bench]')")
+FAMILIES = ["ours", pytest.param("mmcv", marks=needs_mmcv)]
 
 
 def _block(family: str, mode: str, sub_sample: bool, channels: int = 16) -> nn.Module:
@@ -57,7 +62,7 @@ def _stats_equal(a, b) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("family", ["ours", "mmcv"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("sub_sample", [False, True])
 @pytest.mark.parametrize("mode", MODES)
 def test_in_pass_equals_uncaptured_output_and_recompute_stats(family: str, mode: str, sub_sample: bool) -> None:
@@ -96,7 +101,8 @@ def _naive(maps: np.ndarray, qmask: np.ndarray, kmask: np.ndarray) -> tuple[floa
 
 
 @needs_kernels
-@pytest.mark.parametrize("family, mode", [("mmcv", "embedded_gaussian"), ("ours", "gaussian"), ("ours", "concatenation")])
+@pytest.mark.parametrize("family, mode", [pytest.param("mmcv", "embedded_gaussian", marks=needs_mmcv), ("ours", "gaussian"),
+                                          ("ours", "concatenation")])  # fmt: skip
 def test_in_pass_matches_naive_float64(family: str, mode: str) -> None:
     block = _block(family, mode, sub_sample=False).double()
     x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
@@ -121,6 +127,7 @@ def test_in_pass_matches_naive_float64(family: str, mode: str) -> None:
         assert stats.att_max[i, 0] == pytest.approx(peak, abs=2e-6)
 
 
+@needs_mmcv
 def test_values_told_from_theta_phi_when_channels_equal_keys() -> None:
     """A dot-product block whose C' equals N_k: ``theta @ phi`` has the maps' shape, but only ``maps @ g`` is measured."""
     block = _block("mmcv", "dot_product", sub_sample=False, channels=40)  # C' = 20 = 4 x 5 keys
@@ -138,7 +145,7 @@ def test_values_told_from_theta_phi_when_channels_equal_keys() -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("family", ["ours", "mmcv"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_gradients_kept_take_the_recompute_path(family: str) -> None:
     block = _block(family, "embedded_gaussian", sub_sample=False)
     x = torch.randn(1, 16, 6, 7, requires_grad=True)
@@ -165,6 +172,7 @@ def test_options_that_read_the_maps_again_recompute(options: dict) -> None:
     assert cap.records[0].stats is not None
 
 
+@needs_mmcv
 def test_mmcv_eager_softmax_is_measured_in_pass() -> None:
     block = _block("mmcv", "gaussian", sub_sample=True)
     x = torch.randn(2, 16, 9, 11)
@@ -198,6 +206,7 @@ def test_non_finite_input_and_overridden_forward_fall_back() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_mmcv
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_mmcv_in_pass(mode: str) -> None:
     block = _block("mmcv", mode, sub_sample=True).cuda()
@@ -234,3 +243,25 @@ def test_feature_distances_native_match_naive_float64() -> None:
     ctx[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError):  # refused as before (the eager metric says why)
         measure_block(att, x, ctx, jsd_pairs=0, kernels="native")
+
+
+@needs_kernels
+@needs_mmcv
+@pytest.mark.parametrize("mode", ["gaussian", "embedded_gaussian"])
+@pytest.mark.parametrize("grid, pairs", [((9, 11), 100), ((4, 5), 512), ((6, 7), 0)])  # sampled; every pair (400 <= 512); none
+def test_mmcv_softmax_without_padding_reads_jsd_rows_in_its_maps(mode: str, grid: tuple[int, int], pairs: int) -> None:
+    """No key weights: the JSD pairs read their rows in the block's own softmax (no table); the statistics
+    equal the eager recompute path's (its own draws from the same seed)."""
+    block = _block("mmcv", mode, sub_sample=False)
+    x = torch.randn(2, 16, *grid)
+    found = {}
+    for share, kernels in ((True, "auto"), (False, "eager")):
+        with torch.no_grad(), Capture(block, share_softmax=share, seed=3, jsd_pairs=pairs, kernels=kernels) as cap:
+            out = block(x)
+            block(x * 0.5)
+        found[share] = (out, cap)
+    assert found[True][1].served == 2
+    assert torch.allclose(found[True][0], found[False][0], rtol=0, atol=1e-6)
+    for a, b in zip(found[True][1].records, found[False][1].records):
+        assert torch.isfinite(a.stats.att_jsd).all() == (pairs > 0)
+        _stats_equal(a.stats, b.stats)

@@ -110,3 +110,48 @@ def test_free_core_threads_caps_and_restores(tmp_path, monkeypatch, two_threads)
     assert threads.free_cores() is None
     with threads.free_core_threads() as inside:
         assert inside == 2
+
+
+def test_free_cores_off_by_environment(tmp_path, monkeypatch, two_threads):
+    _loadavg(tmp_path, monkeypatch, 4, 1)  # one free core, but the user pinned the count
+    monkeypatch.setenv("NLANALYSIS_FREE_CORES", "0")
+    with threads.free_core_threads() as inside:
+        assert inside == torch.get_num_threads() == 2
+
+
+def test_analyze_runs_on_the_free_cores(tmp_path, monkeypatch, two_threads):
+    """analyze caps torch's threads at the free cores while it runs (the model sees 1 of 2 here)."""
+    from nlanalysis import analyze
+    from nlanalysis.blocks import NonLocal2d
+
+    _loadavg(tmp_path, monkeypatch, 4, 1)
+    monkeypatch.delenv("NLANALYSIS_FREE_CORES", raising=False)
+    seen = []
+    block = NonLocal2d(8, mode="embedded_gaussian").eval()
+    block.register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+    analyze(torch.nn.Sequential(block), torch.randn(1, 8, 5, 6), jsd_pairs=0)
+    assert seen == [1] and torch.get_num_threads() == 2
+
+
+@pytest.mark.skipif(not __import__("nlanalysis.kernels", fromlist=["available"]).available(), reason="needs a C compiler")
+def test_native_kernels_do_not_depend_on_the_thread_count(two_threads):
+    """The kernels' statistics at 1, 2 and 3 threads agree to float64 rounding (one image, so its rows are
+    split between threads and their partial sums added in another order)."""
+    from nlanalysis import kernels
+
+    torch.manual_seed(0)
+    logits, qm = torch.randn(1, 1, 500, 420) * 3, torch.rand(1, 500) > 0.2
+    x, z = torch.randn(1, 500, 48), torch.randn(1, 500, 48)
+    pairs = torch.randint(0, 500, (2, 64))
+    found = []
+    for count in (1, 2, 3):
+        torch.set_num_threads(count)
+        s, sums = kernels.row_stats(logits, None, qm, 0, 0, mean=False)
+        s2, zeros = kernels.token_stats(x, z, None, None, qm)
+        us, _, _ = kernels.unit_sum(x.transpose(1, 2).contiguous().transpose(1, 2))  # columns contiguous
+        ur, _, _ = kernels.unit_sum(x)  # rows contiguous
+        jsd = kernels.table_jsd(logits[0, 0].softmax(-1), pairs[0], pairs[1])
+        found.append((s, sums, s2, zeros.double(), us, ur, jsd))
+    for other in found[1:]:
+        for a, b in zip(found[0], other):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(a.abs().max()))

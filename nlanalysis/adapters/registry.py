@@ -6,6 +6,7 @@ refuses duplicates; :func:`list_blocks` finds analysable blocks in a model with 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -128,5 +129,7 @@ def check_features(x: Tensor) -> None:
         raise TypeError(f"expected the block input as a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D block input [B, C, H, W], got shape {tuple(x.shape)}")
-    if not x.isfinite().all():
+    # a finite sum proves every value finite (NaN or inf would carry into it) in one read of x; only an
+    # overflowing sum needs the exact check, whose temporaries cost ~7x as much (88 vs 13 ms, [1, 1024, 50, 68])
+    if not math.isfinite(float(x.sum())) and not x.isfinite().all():
         raise ValueError("block input contains NaN or inf values")

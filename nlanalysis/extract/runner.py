@@ -42,6 +42,7 @@ import torch
 
 from ..data import ImageReadError, load_image
 from ..data.transforms import Prepared
+from ..metrics.threads import free_core_threads
 from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
 from .maps import save_image_maps
 from .objects import ObjectMap, object_map
@@ -412,8 +413,8 @@ class _BatchWork:
         offsets = np.cumsum([0] + [len(g.queries) if g.queries is not None else 0 for g in group])
         points = np.concatenate([g.queries for g in group]) if save_maps and offsets[-1] else None
         seed = measure.batch_seed if measure.batch_seed is not None else _seed_of(self.spec.seed, tuple(g.item.key for g in group), "jsd")
-        with analysis.capture(queries=points, seed=seed, jsd_pairs=measure.jsd_pairs, chunk_size=measure.chunk_size,
-                              controls=measure.controls) as cap:  # fmt: skip
+        with free_core_threads(), analysis.capture(queries=points, seed=seed, jsd_pairs=measure.jsd_pairs,
+                                                   chunk_size=measure.chunk_size, controls=measure.controls) as cap:  # fmt: skip
             cap.set_valid(valid)
             if self.use_objects and all(g.objects is not None for g in group):
                 cap.set_objects(torch.stack([torch.from_numpy(g.objects.labels) for g in group]).to(self.device))

@@ -12,6 +12,7 @@ Loaded only when a block is measured with the kernels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -46,9 +47,10 @@ def pairwise_source(att: PairwiseAttention) -> LogitSource:
 
 
 #: ``rows_of(km, plan, sel, labels) -> (s, sums, rows)``: one native pass over every row of a block's maps
-#: (as :func:`~.head_rows._native_rows`), given the key weights, the JSD plan and its table rows, and the object labels
+#: (as :func:`~.head_rows._native_rows`), given the key weights, the JSD plan and its table rows, and the object labels;
+#: ``rows`` may instead be the whole maps ``[B * N_q, N_k]`` (key weights all 1), whose planned rows the JSD reads
 RowPass = Callable[[Tensor | None, _Plan | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None],
-                   tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]]  # fmt: skip
+                   tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | Tensor | None]]  # fmt: skip
 
 
 @torch.no_grad()
@@ -76,6 +78,9 @@ def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
                                       qmask[:, i : i + r.shape[1]] if qmask is not None else None)
                              for i, r in att.chunks(chunk_size)], 1).cpu()  # fmt: skip
         jsd, jsd_err = _sampled_jsd(att, counted, kmask, jsd_pairs, generator, att.device)
+    elif isinstance(rows, Tensor) and plan is not None:  # the whole maps [B * N_q, N_k] (a block's own softmax): no table
+        at = plan.image.cpu() * nq + plan.query.cpu()  # each planned row's place in them
+        jsd, jsd_err = _table_jsd(replace(plan, a=at[plan.a.cpu()], b=at[plan.b.cpu()]), rows, b)
     else:
         jsd, jsd_err = _table_jsd(plan, rows[0][:, 0] if rows is not None else None, b)  # the one map's rows
     found = row_results(sums, n_query.double()[:, None], torch.log(n_key.double().clamp(min=2))[:, None], own is not None)

@@ -7,7 +7,9 @@ generator draws and rules), without forming the maps a second time.
   logits goes through the native kernel (:func:`~.head_rows._native_rows`), which leaves its softmax in
   place for the chunk's output; the maps are never whole (one chunk of logits at a time).
 * :func:`softmax_block` -- a softmax of the ``[B, N, N_k]`` logits the block formed: the kernel reads
-  them once and writes the softmax the block receives (where torch's softmax would allocate its own).
+  them once and writes the softmax the block receives (where torch's softmax would allocate its own);
+  without key weights (no padding) the JSD pairs then read their rows there, so no table of rows is
+  kept (13 MiB for the default 512 pairs at N = 3,400).
 * :func:`formed_block` -- maps the block formed whole (any mode, any device): measured eagerly in
   row chunks of views of the block's tensor.
 """
@@ -81,7 +83,11 @@ def softmax_block(logits: Tensor, query_shape: tuple[int, int], key_shape: tuple
 
     def rows_of(km: Tensor | None, plan: _Plan | None, sel: Tensor | None, labels: tuple | None) -> tuple:
         table = None
-        if plan is not None and sel is not None:  # the rows the JSD pairs need, renormalised by the kernel
+        if km is None:  # no key weights: the JSD pairs read their rows in probs, after the pass (no table)
+            s, sums = _native.row_stats(logits[:, None], None, masks.qmask, 0, 0, None, scale=1.0, objects=labels,
+                                        probs=probs[:, None], mean=False)  # fmt: skip
+            return s, sums, probs.view(-1, att.n_key) if plan is not None else None
+        if plan is not None and sel is not None:  # the rows the JSD pairs need, weighted and renormalised by the kernel
             size = plan.query.numel()
             table = (sel, _native.workspace("jsd_rows", (size, 1, att.n_key)), torch.empty(size, 1),
                      torch.zeros(size, 1, dtype=torch.uint8))  # fmt: skip

@@ -18,9 +18,15 @@ concurrent uses share one lock: the first entry sets the count, the last exit re
 Multi-threaded work that does gain from threads (a model's forward, the native kernels) is better
 run on the cores that are free: :func:`free_cores` counts them (Linux: the usable CPUs less the tasks
 of other processes runnable right now, ``/proc/loadavg``), and :func:`free_core_threads` caps torch's
-threads at that number while it is open (a caller's choice: nothing in the statistics uses it). On a
+threads at that number while it is open: :func:`nlanalysis.analyze` runs under it, and
+``nlanalysis extract`` runs each forward under it (the count is read again per forward). On a
 quiet machine it changes nothing; beside a busy neighbour it gives up the core the neighbour holds
-instead of waiting for it at every barrier.
+instead of waiting for it at every barrier (benchmarks/contention.py). ``NLANALYSIS_FREE_CORES=0``
+turns it off (torch's count is used as set).
+
+The numbers do not depend on the thread count beyond float64 rounding: the native kernels compute
+each row on one thread and add the threads' partial sums of a map (relative differences of ~1e-15
+between 1, 2 and 3 threads, tests/test_threads.py); torch's own ops in the forward are as torch makes them.
 """
 from __future__ import annotations
 
@@ -77,9 +83,11 @@ def free_cores() -> int | None:
 
 @contextmanager
 def free_core_threads() -> Iterator[int]:
-    """Run the enclosed block on ``min(torch's threads, free_cores())`` threads (yielded); restored on exit."""
+    """Run the enclosed block on ``min(torch's threads, free_cores())`` threads (yielded); restored on exit.
+    ``$NLANALYSIS_FREE_CORES`` ``0`` (or ``off``): torch's threads as found."""
     found = torch.get_num_threads()
-    free = free_cores()
+    off = os.environ.get("NLANALYSIS_FREE_CORES", "1").strip().lower() in ("0", "off", "false", "no")
+    free = None if off else free_cores()
     count = found if free is None else min(found, free)
     if count != found:
         torch.set_num_threads(count)
