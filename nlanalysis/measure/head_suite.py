@@ -1,0 +1,292 @@
+"""The cheap query-dependence suite of a ViT layer from one pass over its rows: heads, head mean and cross-site.
+
+:func:`nlanalysis.measure.query_dep.query_dependence` reads a layer's maps group by group, each group
+forming its rows again (the heads', then the head mean's from the heads' once more), the DNL split
+forms the pairwise maps with a matmul and softmax of its own, and the cross-site comparison
+(:mod:`.cross_site`) forms this layer's rows and the previous layer's a third and fourth time.
+:class:`HeadSuite` takes each chunk of the layer's softmax once (:meth:`HeadSuite.update`: from the
+pass that answers the model's attention call, :func:`nlanalysis.measure.heads.attend`, or from the
+lazy maps, :meth:`HeadSuite.run`) and gives the same columns, with the same definitions:
+
+* ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform`` of every head and the head
+  mean (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`: rows over the valid spatial keys
+  renormalised; the NMI adds ``1e-8`` to every valid key first), in float64 from the float32 rows;
+* ``unary_var_share`` and ``att_pairwise_only`` of every head (:func:`~nlanalysis.metrics.decomposition.dnl_split`):
+  the variances from the covariances of q and k (``O(N d^2)``); the pairwise-only map
+  ``softmax_k((q_i - mu_q).(k_k - mu_k))`` as ``softmax_k((q_i - mu_q) . k_k)`` (the query's own term
+  cancels in a softmax over keys), one float32 matmul and softmax per chunk. (It equals the row the
+  layer formed times ``exp(-mu_q . k_k)``, renormalised, but that product loses the keys where the
+  layer's float32 softmax underflowed, which the pairwise map can weigh: 0.1 off on a trained ViT-S/14.)
+* ``cross_site_cos`` (:mod:`.cross_site`: query ``i``'s map here against the previous layer's, per head
+  and for the head mean) from the unit rows the previous layer left (:class:`SuiteRows`), which
+  this layer's pass replaces with its own.
+
+The rows of the pass are the ones the statistics of :mod:`.heads` read (the native kernel's softmax,
+or ``softmax(scale q.k)`` in float32): equal to what the general suite reads to float32 rounding,
+so the columns agree with it to ~1e-7 (tests compare them). Sums run in float64, as there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..blocks.heads import HeadAttention
+from ..kernels import workspace
+from ..metrics.cosine import CosineAccumulator
+from ..metrics.threads import statistics_threads
+from .query_dep import COLUMNS, grid_centres
+from .stats import nans
+
+__all__ = ["NMI_EPS", "ROWS_BYTES", "HeadSuite", "SuiteRows"]
+
+#: what the NMI adds to every valid key before renormalising (:func:`~nlanalysis.metrics.query_dependence.query_key_nmi`'s default)
+NMI_EPS = 1e-8
+#: the most bytes of unit rows a layer keeps for the next one's ``cross_site_cos`` (above: the next layer recomputes them)
+ROWS_BYTES = 1 << 26
+#: floats of one chunk of a layer's rows ``[B, heads, n, N]`` in :meth:`HeadSuite.run`
+CHUNK_FLOATS = 1 << 22
+
+_SPATIAL = ("qk_nmi", "att_distance_px", "att_local", "att_local_uniform")
+
+
+@dataclass
+class SuiteRows:
+    """What a layer leaves the next one for ``cross_site_cos``.
+
+    Attributes:
+        grids: ``(query_shape, key_shape, n_prefix, batch)``: two layers are compared only when these agree.
+        name: the reused buffer that holds ``unit`` (valid until the layer after next overwrites it).
+        maps: ``M`` = heads + 1 (the last: the head mean).
+        unit: ``[B, M, n_query, N_key]`` float64 unit rows (0 on masked keys, masked queries and zero
+            rows), or ``None`` (over :data:`ROWS_BYTES`): then recomputed from ``att`` chunk by chunk.
+        att: the layer's lazy maps (for the recomputation); key_mask: ``[B, 1, 1, N_key]`` float64 (or None: all).
+        query_mask: ``[B, 1, n_query]`` float64 (or None: all).
+    """
+
+    grids: tuple
+    name: str
+    maps: int
+    unit: Tensor | None
+    ok: Tensor
+    att: HeadAttention
+    key_mask: Tensor | None
+    query_mask: Tensor | None
+
+
+class HeadSuite:
+    """The cheap suite of one ViT layer (every head, then the head mean), fed the layer's softmax chunk by chunk.
+
+    Args:
+        att: the layer's maps (queries, keys, layout, key set).
+        query_mask: ``[B, n_patch]`` bool valid patch queries, or None (all).
+        key_mask: ``[B, N_key]`` bool valid keys of the key set, or None (all).
+        stride: input pixels per patch ``(y, x)`` (``None``: the distances and local masses are NaN).
+        previous: the previous layer's :class:`SuiteRows` in this forward (``None``: ``cross_site_cos`` NaN).
+        spatial: compute the per-layer columns (``False``: only ``cross_site_cos`` and the rows for the next layer).
+
+    Attributes:
+        rows: this layer's :class:`SuiteRows`, and values: the columns, after :meth:`result`.
+    """
+
+    def __init__(self, att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None,
+                 stride: tuple[float, float] | None, previous: SuiteRows | None = None, *, spatial: bool = True) -> None:  # fmt: skip
+        self.att, self.spatial, self.fed = att, spatial, 0
+        b, heads, n, k = att.batch_size, att.num_heads, att.n_query, att.n_key
+        self.maps, dev, f64 = heads + 1, att.device, torch.float64
+        self.qm = None if query_mask is None or bool(query_mask.all()) else query_mask.to(dev, f64)[:, None, :]  # [B, 1, n]
+        self.km = None if key_mask is None or bool(key_mask.all()) else key_mask.to(dev, f64)[:, None, None, :]  # [B, 1, 1, K]
+        self.n_q = query_mask.sum(-1).to(dev, f64) if query_mask is not None else torch.full((b,), float(n), dtype=f64, device=dev)
+        self.sp = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)  # the keys on the grid
+        self.km_sp = None if self.km is None else self.km[..., self.sp]
+        self.n_sp = len(range(k)[self.sp])
+        self.n_k_sp = self.km_sp.sum((1, 2, 3)) if self.km_sp is not None else torch.full((b,), float(self.n_sp), dtype=f64, device=dev)
+        self.grids = (att.query_shape, att.key_shape, att.layout.n_prefix, b)
+        self.previous = previous if previous is not None and previous.grids == self.grids else None
+        keep = b * self.maps * n * k * 8 <= ROWS_BYTES
+        # two reused buffers, taken in turn: this layer's rows and the previous layer's
+        self.name = "suite_unit_b" if previous is not None and previous.name == "suite_unit_a" else "suite_unit_a"
+        self.unit = _scratch(self.name, (b, self.maps, n, k), dev) if keep else None
+        self.ok = torch.zeros(b, self.maps, n, dtype=torch.bool, device=dev)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=f64, device=dev)  # noqa: E731
+        self.cross, self.cross_n = zeros(b, self.maps), zeros(b, self.maps)
+        if spatial:
+            self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
+            self.where = _geometry(att.layout.grid, stride, self.km_sp, dev) if stride is not None else None
+            # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
+            self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
+                NMI_EPS * self.km_sp + (1.0 - self.km_sp)
+            self._dnl_setup(att)
+
+    def _dnl_setup(self, att: HeadAttention) -> None:
+        """The DNL variances of every head (float64, from q and k) and the operands of the pairwise-only logits."""
+        first, dev = att.first_key, att.device
+        q = att.scaled_query(slice(None)).to(torch.float64)  # [B, H, n, d], the scale folded in
+        k = att.key[:, :, first:].to(torch.float64)  # [B, H, K, d]
+        qm = self.qm[..., None] if self.qm is not None else None  # [B, 1, n, 1]
+        km = self.km[..., 0, :, None] if self.km is not None else None  # [B, 1, K, 1]
+        mu_q = (q * qm).sum(2) / qm.sum(2) if qm is not None else q.mean(2)  # [B, H, d]
+        mu_k = (k * km).sum(2) / km.sum(2) if km is not None else k.mean(2)
+        qc, kc = q - mu_q[:, :, None], k - mu_k[:, :, None]
+        qc, kc = (qc * qm if qm is not None else qc), (kc * km if km is not None else kc)
+        n_q, n_k = self.n_q[:, None, None, None], (km.sum(2)[..., None] if km is not None else k.shape[2])
+        cov_q, cov_k = qc.transpose(-1, -2) @ qc / n_q, kc.transpose(-1, -2) @ kc / n_k  # [B, H, d, d]
+        unary = (kc @ mu_q[..., None])[..., 0]  # [B, H, K]: the unary term less its mean over valid keys
+        unary_var = unary.square().sum(-1) / (n_k[..., 0, 0] if km is not None else n_k)
+        self.unary_share = unary_var / (unary_var + (cov_q * cov_k).sum((-1, -2)))
+        # the pairwise-only logits (q_i - mu_q) . k_k (the query's own term cancels in the softmax), in float32 as the maps
+        self.pair_q = (q - mu_q[:, :, None]).to(att.query.dtype)
+        self.pair_k = att.key[:, :, first:].transpose(-1, -2).contiguous()  # [B, H, d, K]
+        self.pair_mask = None if km is None else torch.where(km[..., 0] > 0, 0.0, -math.inf).to(att.query.dtype)[:, :, None, :]
+        self.pairwise = CosineAccumulator(att.n_key, (att.batch_size * att.num_heads,), device=dev)
+        self._qm_heads = None
+        if self.qm is not None:
+            self._qm_heads = self.qm.bool().expand(-1, att.num_heads, -1)
+
+    def run(self) -> HeadSuite:
+        """Feed the layer's rows from its lazy maps (``softmax(scale q.k)``), chunk by chunk."""
+        att = self.att
+        step = max(1, CHUNK_FLOATS // max(1, att.batch_size * att.num_heads * att.layout.n_tokens))
+        for start in range(0, att.n_query, step):
+            self.update(start, att.probs_rows(slice(start, min(start + step, att.n_query))))
+        return self
+
+    @torch.no_grad()
+    def update(self, start: int, probs: Tensor) -> None:
+        """Add patch queries ``start:start + c``: ``probs`` ``[B, heads, c, N]`` their softmax over every token (read only)."""
+        with statistics_threads():
+            self._update(start, probs)
+
+    def _update(self, start: int, probs: Tensor) -> None:
+        att, b, heads, m = self.att, self.att.batch_size, self.att.num_heads, self.maps
+        c, k = probs.shape[2], self.att.n_key
+        stop = start + c
+        rows = probs[..., att.first_key :]  # [B, H, c, K] float32: the maps as the statistics read them
+        r = _scratch("suite_rows", (b, m, c, k), rows.device)  # float64, 0 on masked keys; the last map: the head mean
+        torch.mul(rows, self.km, out=r[:, :heads]) if self.km is not None else r[:, :heads].copy_(rows)
+        r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
+        qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
+        if self.spatial:
+            self._spatial(start, stop, r[..., self.sp], qm)
+            self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
+        kept = self.unit[:, :, start:stop] if self.unit is not None else _scratch("suite_unit", (b, m, c, k), r.device)
+        unit, ok = _unit(r, qm, out=kept)
+        self._compare(start, stop, unit, ok)
+        self.ok[:, :, start:stop] = ok
+        self.fed += c
+
+    def _spatial(self, start: int, stop: int, r: Tensor, qm: Tensor | None) -> None:
+        """NMI sums, distance and local mass of rows ``r`` ``[B, M, c, K_sp]`` (float64, masked keys 0).
+
+        With ``a`` the rows renormalised (0 on masked queries) and ``y = a + eps`` on the valid keys (1 on
+        masked ones: ``y log y = 0`` there), the NMI's row entropy is ``log t - (y . log y) / t``
+        (``t = sum y`` over valid keys); ``p_k`` and the distance sums read ``y`` and take out what the
+        fill added."""
+        b, m, c, k = r.shape
+        total = r.sum(-1)
+        live = total > 0
+        w = torch.where(live, total, 1.0).reciprocal()
+        if qm is not None:
+            w = w * qm
+        y = _scratch("suite_y", (b, m, c, k), r.device)
+        torch.addcmul(self.fill, r, w[..., None], out=y) if r.is_contiguous() else y.copy_(torch.addcmul(self.fill, r, w[..., None]))
+        t = live.to(r.dtype) + NMI_EPS * self.n_k_sp[:, None, None]  # [B, M, c]: sum of y over the valid keys
+        h = t.log() - torch.linalg.vecdot(y, y.log()) / t  # entropy of y / t
+        wq = t.reciprocal() if qm is None else qm / t
+        self.entropy += (h if qm is None else h * qm).sum(-1)
+        self.p_k += wq[:, :, None, :] @ y  # masked keys: zeroed in result()
+        if self.where is not None:
+            pairs = self.where[0][start:stop]  # [c, K, 2]
+            fill = self.fill.reshape(-1, k) @ pairs.sum(0)  # [B or 1, 2]: what the fill adds per query row
+            self.dist += (y.reshape(b * m, c * k) @ pairs.reshape(c * k, 2)).reshape(b, m, 2) - fill[:, None, :]
+
+    def _pairwise(self, start: int, stop: int, qm: Tensor | None) -> None:
+        """The pairwise-only maps of the heads' queries ``start:stop``: ``softmax_k((q_i - mu_q) . k_k)`` (their cosine distance)."""
+        logits = torch.matmul(self.pair_q[:, :, start:stop], self.pair_k)  # [B, H, c, K]
+        if self.pair_mask is not None:
+            logits += self.pair_mask
+        pair = torch.softmax(logits, -1)
+        b, heads, c, k = pair.shape
+        self.pairwise.update(pair.reshape(b * heads, c, k), qm.reshape(b * heads, c) if qm is not None else None)
+
+    def _compare(self, start: int, stop: int, unit: Tensor, ok: Tensor) -> None:
+        """Add this chunk's cosines against the previous layer's unit rows of the same queries (the two
+        layers of one forward share their masks)."""
+        prev = self.previous
+        if prev is None:
+            return
+        if prev.unit is not None:
+            before = prev.unit[:, :, start:stop]
+        else:  # recomputed from the previous layer's lazy maps
+            r = prev.att.probs_rows(slice(start, stop))[..., prev.att.first_key :]
+            r = torch.cat([r, r.mean(1, keepdim=True)], 1).to(torch.float64)
+            qm = prev.query_mask[..., start:stop] if prev.query_mask is not None else None
+            before = _unit(r * prev.key_mask if prev.key_mask is not None else r, qm)[0]
+        pick = slice(None) if prev.maps == self.maps else slice(-1, None)
+        self.cross[:, pick] += torch.linalg.vecdot(unit[:, pick], before[:, pick]).sum(-1)
+        self.cross_n[:, pick] += (ok[:, pick] & prev.ok[:, pick, start:stop]).sum(-1)
+
+    def result(self) -> dict[str, Tensor]:
+        """``{column: [B, heads + 1]}`` float64 (CPU): :data:`~nlanalysis.measure.query_dep.COLUMNS` (those
+        the cheap suite leaves out NaN; all NaN without ``spatial``) and ``cross_site_cos``; sets :attr:`rows`."""
+        att = self.att
+        if self.fed != att.n_query:
+            raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
+        b, m = att.batch_size, self.maps
+        out = {name: nans(b, m) for name in COLUMNS}
+        if self.spatial:
+            n_q = self.n_q[:, None]
+            p_k = self.p_k[:, :, 0] / n_q[..., None]
+            if self.km_sp is not None:
+                p_k = p_k * self.km_sp[:, 0]
+            h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
+            mutual = (h_k - self.entropy / n_q).clamp_min(0.0)
+            out["qk_nmi"] = (mutual / torch.sqrt(torch.log(n_q) * h_k)).cpu()
+            if self.where is not None:
+                out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
+                uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)
+                out["att_local_uniform"] = (uniform / self.n_k_sp / self.n_q)[:, None].expand(b, m).cpu()
+            heads = att.num_heads
+            out["unary_var_share"][:, :heads] = self.unary_share.cpu()
+            out["att_pairwise_only"][:, :heads] = self.pairwise.result().reshape(b, heads).cpu()
+        cross = nans(b, m)
+        if self.previous is not None:
+            pick = slice(None) if self.previous.maps == m else slice(-1, None)
+            cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
+        out["cross_site_cos"] = cross
+        self.values = out
+        self.rows = SuiteRows(self.grids, self.name, m, self.unit, self.ok, att, self.km, self.qm)
+        return out
+
+
+def _scratch(name: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """A reused float64 buffer on the CPU (:func:`nlanalysis.kernels.workspace`: no page faults per layer), a new one elsewhere."""
+    if device.type == "cpu":
+        return workspace(name, shape, torch.float64)
+    return torch.empty(shape, dtype=torch.float64, device=device)
+
+
+def _unit(r: Tensor, qm: Tensor | None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Unit rows of ``r`` ``[B, M, c, K]`` (float64, masked keys 0), 0 for zero rows and masked queries
+    (``qm`` ``[B, 1, c]``), into ``out`` if given, and which rows count ``[B, M, c]`` bool."""
+    norm = torch.linalg.vector_norm(r, dim=-1)
+    ok = norm > 0
+    w = torch.where(ok, norm, 1.0).reciprocal()
+    if qm is not None:
+        w, ok = w * qm, ok & (qm > 0)
+    return torch.mul(r, w[..., None], out=out) if out is not None else r * w[..., None], ok
+
+
+def _geometry(grid: tuple[int, int], stride: tuple[float, float], km: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The distance in pixels and the 3x3-neighbourhood flag of each query-key pair ``[n, K, 2]`` (float64), and
+    the valid keys near each query ``[B, n]`` (``[1, n]`` without ``km``), as
+    :func:`~nlanalysis.metrics.query_dependence.attention_distance` defines them."""
+    pos = grid_centres(grid, stride).to(device)
+    d = pos[:, None, :] - pos[None, :, :]  # [n, K, 2]
+    reach = (1.5 * stride[0], 1.5 * stride[1])
+    near = ((d[..., 0].abs() <= reach[0]) & (d[..., 1].abs() <= reach[1])).to(torch.float64)
+    pairs = torch.stack([torch.hypot(d[..., 0], d[..., 1]), near], -1).contiguous()
+    per_query = near @ km[:, 0, 0].transpose(0, 1) if km is not None else near.sum(-1, keepdim=True)  # [n, B or 1]
+    return pairs, per_query.transpose(0, 1)
