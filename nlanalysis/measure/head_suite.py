@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..blocks.heads import HeadAttention
 from ..kernels import workspace
-from ..metrics.cosine import CosineAccumulator
+from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
 from .query_dep import COLUMNS, grid_centres
 from .stats import nans
@@ -121,26 +121,31 @@ class HeadSuite:
             self._dnl_setup(att)
 
     def _dnl_setup(self, att: HeadAttention) -> None:
-        """The DNL variances of every head (float64, from q and k) and the operands of the pairwise-only logits."""
+        """The unary variance of every head (float64 sums) and the operands of the pairwise-only logits."""
         first, dev = att.first_key, att.device
-        q = att.scaled_query(slice(None)).to(torch.float64)  # [B, H, n, d], the scale folded in
-        k = att.key[:, :, first:].to(torch.float64)  # [B, H, K, d]
-        qm = self.qm[..., None] if self.qm is not None else None  # [B, 1, n, 1]
-        km = self.km[..., 0, :, None] if self.km is not None else None  # [B, 1, K, 1]
-        mu_q = (q * qm).sum(2) / qm.sum(2) if qm is not None else q.mean(2)  # [B, H, d]
-        mu_k = (k * km).sum(2) / km.sum(2) if km is not None else k.mean(2)
-        qc, kc = q - mu_q[:, :, None], k - mu_k[:, :, None]
-        qc, kc = (qc * qm if qm is not None else qc), (kc * km if km is not None else kc)
-        n_q, n_k = self.n_q[:, None, None, None], (km.sum(2)[..., None] if km is not None else k.shape[2])
-        cov_q, cov_k = qc.transpose(-1, -2) @ qc / n_q, kc.transpose(-1, -2) @ kc / n_k  # [B, H, d, d]
-        unary = (kc @ mu_q[..., None])[..., 0]  # [B, H, K]: the unary term less its mean over valid keys
-        unary_var = unary.square().sum(-1) / (n_k[..., 0, 0] if km is not None else n_k)
-        self.unary_share = unary_var / (unary_var + (cov_q * cov_k).sum((-1, -2)))
-        # the pairwise-only logits (q_i - mu_q) . k_k (the query's own term cancels in the softmax), in float32 as the maps
-        self.pair_q = (q - mu_q[:, :, None]).to(att.query.dtype)
-        self.pair_k = att.key[:, :, first:].transpose(-1, -2).contiguous()  # [B, H, d, K]
+        q, k = att.scaled_query(slice(None)), att.key[:, :, first:]  # [B, H, n, d] (the scale folded in), [B, H, K, d]
+        qm = self.qm[..., None].to(q.dtype) if self.qm is not None else None  # [B, 1, n, 1]
+        km = self.km[..., 0, :, None].to(q.dtype) if self.km is not None else None  # [B, 1, K, 1]
+        n_k = km.sum(2, dtype=torch.float64) if km is not None else k.shape[2]  # [B, 1, 1] or int
+        mu_q = (q * qm if qm is not None else q).sum(2, dtype=torch.float64) / self.n_q[:, None, None]  # [B, H, d]
+        mu_k = (k * km if km is not None else k).sum(2, dtype=torch.float64) / n_k
+        unary = (k.to(torch.float64) @ mu_q[..., None])[..., 0] - (mu_k * mu_q).sum(-1, keepdim=True)  # [B, H, K]
+        if km is not None:  # the unary term less its mean over valid keys, 0 on masked keys
+            unary = unary * km[..., 0]
+        n_k = n_k[..., 0] if km is not None else n_k
+        self.unary_var = unary.square().sum(-1) / n_k
+        # the pairwise logits (q_i - mu_q) . (k_k - mu_k), 0 on masked queries and keys: float32 as the maps. Their
+        # squares sum to n_q n_k tr(C_q C_k), the pairwise variance (accumulated chunk by chunk); in a softmax
+        # over keys they equal (q_i - mu_q) . k_k (the query's own term cancels)
+        qc, kc = q - mu_q[:, :, None].to(q.dtype), k - mu_k[:, :, None].to(q.dtype)
+        self.pair_q = qc * qm if qm is not None else qc
+        self.pair_k = (kc * km if km is not None else kc).transpose(-1, -2).contiguous()
+        self.pair_norm = (self.n_q[:, None] * n_k).to(torch.float64)  # [B, 1] or [B]
         self.pair_mask = None if km is None else torch.where(km[..., 0] > 0, 0.0, -math.inf).to(att.query.dtype)[:, :, None, :]
-        self.pairwise = CosineAccumulator(att.n_key, (att.batch_size * att.num_heads,), device=dev)
+        bh = (att.batch_size, att.num_heads)
+        self.pair_var = torch.zeros(bh, dtype=torch.float64, device=dev)
+        self.pair_sum = torch.zeros(*bh, att.n_key, dtype=torch.float64, device=dev)  # sum of unit pairwise rows
+        self.pair_n = torch.zeros(bh, dtype=torch.int64, device=dev)
         self._qm_heads = None
         if self.qm is not None:
             self._qm_heads = self.qm.bool().expand(-1, att.num_heads, -1)
@@ -193,7 +198,7 @@ class HeadSuite:
         y = _scratch("suite_y", (b, m, c, k), r.device)
         torch.addcmul(self.fill, r, w[..., None], out=y) if r.is_contiguous() else y.copy_(torch.addcmul(self.fill, r, w[..., None]))
         t = live.to(r.dtype) + NMI_EPS * self.n_k_sp[:, None, None]  # [B, M, c]: sum of y over the valid keys
-        h = t.log() - torch.linalg.vecdot(y, y.log()) / t  # entropy of y / t
+        h = t.log() - _dot(y, torch.log(y, out=_scratch("suite_log", y.shape, y.device))) / t  # entropy of y / t
         wq = t.reciprocal() if qm is None else qm / t
         self.entropy += (h if qm is None else h * qm).sum(-1)
         self.p_k += wq[:, :, None, :] @ y  # masked keys: zeroed in result()
@@ -203,13 +208,18 @@ class HeadSuite:
             self.dist += (y.reshape(b * m, c * k) @ pairs.reshape(c * k, 2)).reshape(b, m, 2) - fill[:, None, :]
 
     def _pairwise(self, start: int, stop: int, qm: Tensor | None) -> None:
-        """The pairwise-only maps of the heads' queries ``start:stop``: ``softmax_k((q_i - mu_q) . k_k)`` (their cosine distance)."""
+        """The pairwise-only maps ``softmax_k((q_i - mu_q) . (k_k - mu_k))`` of the heads' queries ``start:stop``:
+        their squared logits (the pairwise variance) and the sum of their unit rows (their cosine distance)."""
         logits = torch.matmul(self.pair_q[:, :, start:stop], self.pair_k)  # [B, H, c, K]
+        self.pair_var += torch.linalg.vector_norm(logits, dim=(-2, -1), dtype=torch.float64).square()
         if self.pair_mask is not None:
             logits += self.pair_mask
-        pair = torch.softmax(logits, -1)
-        b, heads, c, k = pair.shape
-        self.pairwise.update(pair.reshape(b * heads, c, k), qm.reshape(b * heads, c) if qm is not None else None)
+        pair = torch.softmax(logits, -1)  # rows of a softmax: norms in [1 / sqrt(K), 1]
+        w = torch.linalg.vector_norm(pair, dim=-1).reciprocal()
+        if qm is not None:
+            w = w * qm
+        self.pair_sum += (w[..., None, :] @ pair)[..., 0, :]
+        self.pair_n += pair.shape[2] if qm is None else qm.sum(-1)
 
     def _compare(self, start: int, stop: int, unit: Tensor, ok: Tensor) -> None:
         """Add this chunk's cosines against the previous layer's unit rows of the same queries (the two
@@ -225,7 +235,7 @@ class HeadSuite:
             qm = prev.query_mask[..., start:stop] if prev.query_mask is not None else None
             before = _unit(r * prev.key_mask if prev.key_mask is not None else r, qm)[0]
         pick = slice(None) if prev.maps == self.maps else slice(-1, None)
-        self.cross[:, pick] += torch.linalg.vecdot(unit[:, pick], before[:, pick]).sum(-1)
+        self.cross[:, pick] += _dot(unit[:, pick], before[:, pick]).sum(-1)
         self.cross_n[:, pick] += (ok[:, pick] & prev.ok[:, pick, start:stop]).sum(-1)
 
     def result(self) -> dict[str, Tensor]:
@@ -249,8 +259,9 @@ class HeadSuite:
                 uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)
                 out["att_local_uniform"] = (uniform / self.n_k_sp / self.n_q)[:, None].expand(b, m).cpu()
             heads = att.num_heads
-            out["unary_var_share"][:, :heads] = self.unary_share.cpu()
-            out["att_pairwise_only"][:, :heads] = self.pairwise.result().reshape(b, heads).cpu()
+            out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
+            sq = self.pair_sum.square().sum(-1)
+            out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
         cross = nans(b, m)
         if self.previous is not None:
             pick = slice(None) if self.previous.maps == m else slice(-1, None)
@@ -259,6 +270,11 @@ class HeadSuite:
         self.values = out
         self.rows = SuiteRows(self.grids, self.name, m, self.unit, self.ok, att, self.km, self.qm)
         return out
+
+
+def _dot(x: Tensor, y: Tensor) -> Tensor:
+    """Row dot products ``[..., c]`` of ``x`` and ``y`` ``[..., c, K]`` (float64), through a reused buffer."""
+    return torch.mul(x, y, out=_scratch("suite_dot", x.shape, x.device)).sum(-1)
 
 
 def _scratch(name: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
