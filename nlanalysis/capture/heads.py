@@ -172,7 +172,7 @@ class HeadSite(Site):
             except ValueError:  # the record's hook reports it
                 return None
             with torch.no_grad():
-                att = HeadAttention(q, k, scale if scale is not None else d**-0.5, layout, self.keys)
+                att = HeadAttention(q.detach(), k.detach(), scale if scale is not None else d**-0.5, layout, self.keys)
                 batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
                 suite = seen["suite"] = self._suite(att, batch)
                 out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"], suite=suite)
