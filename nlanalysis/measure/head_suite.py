@@ -85,15 +85,14 @@ class HeadSuite:
         key_mask: ``[B, N_key]`` bool valid keys of the key set, or None (all).
         stride: input pixels per patch ``(y, x)`` (``None``: the distances and local masses are NaN).
         previous: the previous layer's :class:`SuiteRows` in this forward (``None``: ``cross_site_cos`` NaN).
-        spatial: compute the per-layer columns (``False``: only ``cross_site_cos`` and the rows for the next layer).
 
     Attributes:
         rows: this layer's :class:`SuiteRows`, and values: the columns, after :meth:`result`.
     """
 
     def __init__(self, att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None,
-                 stride: tuple[float, float] | None, previous: SuiteRows | None = None, *, spatial: bool = True) -> None:  # fmt: skip
-        self.att, self.spatial, self.fed = att, spatial, 0
+                 stride: tuple[float, float] | None, previous: SuiteRows | None = None) -> None:  # fmt: skip
+        self.att, self.fed = att, 0
         b, heads, n, k = att.batch_size, att.num_heads, att.n_query, att.n_key
         self.maps, dev, f64 = heads + 1, att.device, torch.float64
         self.qm = None if query_mask is None or bool(query_mask.all()) else query_mask.to(dev, f64)[:, None, :]  # [B, 1, n]
@@ -112,13 +111,12 @@ class HeadSuite:
         self.ok = torch.zeros(b, self.maps, n, dtype=torch.bool, device=dev)
         zeros = lambda *shape: torch.zeros(*shape, dtype=f64, device=dev)  # noqa: E731
         self.cross, self.cross_n = zeros(b, self.maps), zeros(b, self.maps)
-        if spatial:
-            self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
-            self.where = _geometry(att.layout.grid, stride, self.km_sp, dev) if stride is not None else None
-            # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
-            self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
-                NMI_EPS * self.km_sp + (1.0 - self.km_sp)
-            self._dnl_setup(att)
+        self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
+        self.where = _geometry(att.layout.grid, stride, self.km_sp, dev) if stride is not None else None
+        # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
+        self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
+            NMI_EPS * self.km_sp + (1.0 - self.km_sp)
+        self._dnl_setup(att)
 
     def _dnl_setup(self, att: HeadAttention) -> None:
         """The unary variance of every head (float64 sums) and the operands of the pairwise-only logits."""
@@ -173,9 +171,8 @@ class HeadSuite:
         torch.mul(rows, self.km, out=r[:, :heads]) if self.km is not None else r[:, :heads].copy_(rows)
         r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
         qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
-        if self.spatial:
-            self._spatial(start, stop, r[..., self.sp], qm)
-            self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
+        self._spatial(start, stop, r[..., self.sp], qm)
+        self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
         kept = self.unit[:, :, start:stop] if self.unit is not None else _scratch("suite_unit", (b, m, c, k), r.device)
         unit, ok = _unit(r, qm, out=kept)
         self._compare(start, stop, unit, ok)
@@ -240,28 +237,27 @@ class HeadSuite:
 
     def result(self) -> dict[str, Tensor]:
         """``{column: [B, heads + 1]}`` float64 (CPU): :data:`~nlanalysis.measure.query_dep.COLUMNS` (those
-        the cheap suite leaves out NaN; all NaN without ``spatial``) and ``cross_site_cos``; sets :attr:`rows`."""
+        the cheap suite leaves out NaN) and ``cross_site_cos``; sets :attr:`rows`."""
         att = self.att
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
         b, m = att.batch_size, self.maps
         out = {name: nans(b, m) for name in COLUMNS}
-        if self.spatial:
-            n_q = self.n_q[:, None]
-            p_k = self.p_k[:, :, 0] / n_q[..., None]
-            if self.km_sp is not None:
-                p_k = p_k * self.km_sp[:, 0]
-            h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
-            mutual = (h_k - self.entropy / n_q).clamp_min(0.0)
-            out["qk_nmi"] = (mutual / torch.sqrt(torch.log(n_q) * h_k)).cpu()
-            if self.where is not None:
-                out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
-                uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)
-                out["att_local_uniform"] = (uniform / self.n_k_sp / self.n_q)[:, None].expand(b, m).cpu()
-            heads = att.num_heads
-            out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
-            sq = self.pair_sum.square().sum(-1)
-            out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
+        n_q = self.n_q[:, None]
+        p_k = self.p_k[:, :, 0] / n_q[..., None]
+        if self.km_sp is not None:
+            p_k = p_k * self.km_sp[:, 0]
+        h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
+        mutual = (h_k - self.entropy / n_q).clamp_min(0.0)
+        out["qk_nmi"] = (mutual / torch.sqrt(torch.log(n_q) * h_k)).cpu()
+        if self.where is not None:
+            out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
+            uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)
+            out["att_local_uniform"] = (uniform / self.n_k_sp / self.n_q)[:, None].expand(b, m).cpu()
+        heads = att.num_heads
+        out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
+        sq = self.pair_sum.square().sum(-1)
+        out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
         cross = nans(b, m)
         if self.previous is not None:
             pick = slice(None) if self.previous.maps == m else slice(-1, None)

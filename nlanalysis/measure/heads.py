@@ -29,7 +29,7 @@ from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
 from .head_suite import HeadSuite
-from .query_dep import CROSS_SITE, check_level, head_maps
+from .query_dep import CROSS_SITE, EXPENSIVE, check_level, head_maps
 from .query_dep import query_dependence as query_dep
 from .stats import SiteStats, nans, row_results
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
@@ -240,7 +240,8 @@ def measure_heads(
             theirs); only the token statistics are computed here.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite of
             every head and the head mean (eager with any ``kernels``): the cheap columns from one pass over
-            the layer's rows (:class:`~.head_suite.HeadSuite`), the expensive ones (``"all"``) from :mod:`.query_dep`.
+            the layer's rows (:class:`~.head_suite.HeadSuite`), the expensive ones (``"all"``) from
+            :mod:`.query_dep` (the same cheap columns at both levels).
         stride: input pixels per patch ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
         suite: the layer's :class:`~.head_suite.HeadSuite` (made for ``att`` with the batch's masks and
             ``stride``; fed by :func:`attend`, or fed here), e.g. with the previous layer's rows for
@@ -270,12 +271,13 @@ def measure_heads(
     if level == "off":
         return stats
     kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
-    suite = suite or HeadSuite(att, batch.qmask, kmask, stride, spatial=level == "cheap")
+    suite = suite or HeadSuite(att, batch.qmask, kmask, stride)
     if not suite.fed:
         suite.run()
     columns = suite.result()
-    if level == "all":  # the rank-1 fit and the gain-only maps need the general suite's passes
-        columns.update(query_dep(head_maps(att, batch.qmask, kmask, stride), level))
+    if level == "all":  # the rank-1 fit and the gain-only maps: the general suite's passes
+        expensive = query_dep(head_maps(att, batch.qmask, kmask, stride), level)
+        columns.update({name: expensive[name] for name in EXPENSIVE})
     for name, value in columns.items():
         if name != CROSS_SITE:
             setattr(stats, name, value)
