@@ -18,7 +18,7 @@ lazy maps, :meth:`HeadSuite.run`) and gives the same columns, with the same defi
   layer formed times ``exp(-mu_q . k_k)``, renormalised, but that product loses the keys where the
   layer's float32 softmax underflowed, which the pairwise map can weigh: 0.1 off on a trained ViT-S/14.)
 * ``cross_site_cos`` (:mod:`.cross_site`: query ``i``'s map here against the previous layer's, per head
-  and for the head mean) from the unit rows the previous layer left (:class:`SuiteRows`), which
+  and for the head mean) from the rows and row norms the previous layer left (:class:`SuiteRows`), which
   this layer's pass replaces with its own.
 
 The rows of the pass are the ones the statistics of :mod:`.heads` read (the native kernel's softmax,
@@ -44,7 +44,7 @@ __all__ = ["NMI_EPS", "ROWS_BYTES", "HeadSuite", "SuiteRows"]
 
 #: what the NMI adds to every valid key before renormalising (:func:`~nlanalysis.metrics.query_dependence.query_key_nmi`'s default)
 NMI_EPS = 1e-8
-#: the most bytes of unit rows a layer keeps for the next one's ``cross_site_cos`` (above: the next layer recomputes them)
+#: the most bytes of rows a layer keeps for the next one's ``cross_site_cos`` (above: the next layer recomputes them)
 ROWS_BYTES = 1 << 26
 #: floats of one chunk of a layer's rows ``[B, heads, n, N]`` in :meth:`HeadSuite.run`
 CHUNK_FLOATS = 1 << 22
@@ -58,10 +58,11 @@ class SuiteRows:
 
     Attributes:
         grids: ``(query_shape, key_shape, n_prefix, batch)``: two layers are compared only when these agree.
-        name: the reused buffer that holds ``unit`` (valid until the layer after next overwrites it).
+        name: the reused buffer that holds ``rows`` (valid until the layer after next overwrites it).
         maps: ``M`` = heads + 1 (the last: the head mean).
-        unit: ``[B, M, n_query, N_key]`` float64 unit rows (0 on masked keys, masked queries and zero
-            rows), or ``None`` (over :data:`ROWS_BYTES`): then recomputed from ``att`` chunk by chunk.
+        rows: ``[B, M, n_query, N_key]`` float64 rows (0 on masked keys), or ``None`` (over
+            :data:`ROWS_BYTES`): then recomputed from ``att`` chunk by chunk.
+        inv: ``[B, M, n_query]`` float64 their inverse norms (0 on masked queries and zero rows).
         att: the layer's lazy maps (for the recomputation); key_mask: ``[B, 1, 1, N_key]`` float64 (or None: all).
         query_mask: ``[B, 1, n_query]`` float64 (or None: all).
     """
@@ -69,7 +70,8 @@ class SuiteRows:
     grids: tuple
     name: str
     maps: int
-    unit: Tensor | None
+    rows: Tensor | None
+    inv: Tensor
     ok: Tensor
     att: HeadAttention
     key_mask: Tensor | None
@@ -97,6 +99,7 @@ class HeadSuite:
         self.maps, dev, f64 = heads + 1, att.device, torch.float64
         self.qm = None if query_mask is None or bool(query_mask.all()) else query_mask.to(dev, f64)[:, None, :]  # [B, 1, n]
         self.km = None if key_mask is None or bool(key_mask.all()) else key_mask.to(dev, f64)[:, None, None, :]  # [B, 1, 1, K]
+        self.km32 = None if self.km is None else self.km.to(att.query.dtype)
         self.n_q = query_mask.sum(-1).to(dev, f64) if query_mask is not None else torch.full((b,), float(n), dtype=f64, device=dev)
         self.sp = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)  # the keys on the grid
         self.km_sp = None if self.km is None else self.km[..., self.sp]
@@ -106,9 +109,10 @@ class HeadSuite:
         self.previous = previous if previous is not None and previous.grids == self.grids else None
         keep = b * self.maps * n * k * 8 <= ROWS_BYTES
         # two reused buffers, taken in turn: this layer's rows and the previous layer's
-        self.name = "suite_unit_b" if previous is not None and previous.name == "suite_unit_a" else "suite_unit_a"
-        self.unit = _scratch(self.name, (b, self.maps, n, k), dev) if keep else None
+        self.name = "suite_rows_b" if previous is not None and previous.name == "suite_rows_a" else "suite_rows_a"
+        self.kept = _scratch(self.name, (b, self.maps, n, k), dev) if keep else None
         self.ok = torch.zeros(b, self.maps, n, dtype=torch.bool, device=dev)
+        self.inv = torch.zeros(b, self.maps, n, dtype=f64, device=dev)
         zeros = lambda *shape: torch.zeros(*shape, dtype=f64, device=dev)  # noqa: E731
         self.cross, self.cross_n = zeros(b, self.maps), zeros(b, self.maps)
         self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
@@ -167,16 +171,18 @@ class HeadSuite:
         c, k = probs.shape[2], self.att.n_key
         stop = start + c
         rows = probs[..., att.first_key :]  # [B, H, c, K] float32: the maps as the statistics read them
-        r = _scratch("suite_rows", (b, m, c, k), rows.device)  # float64, 0 on masked keys; the last map: the head mean
-        torch.mul(rows, self.km, out=r[:, :heads]) if self.km is not None else r[:, :heads].copy_(rows)
+        # float64, 0 on masked keys; the last map: the head mean (kept for the next layer where they fit)
+        r = self.kept[:, :, start:stop] if self.kept is not None else _scratch("suite_rows", (b, m, c, k), rows.device)
+        if self.km is not None:  # masked in float32 first: a cast of strided rows is several times slower than a copy
+            rows = torch.mul(rows, self.km32, out=_scratch("suite_rows32", (b, heads, c, k), rows.device, rows.dtype))
+        r[:, :heads].copy_(rows)
         r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
         qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
         self._spatial(start, stop, r[..., self.sp], qm)
         self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
-        kept = self.unit[:, :, start:stop] if self.unit is not None else _scratch("suite_unit", (b, m, c, k), r.device)
-        unit, ok = _unit(r, qm, out=kept)
-        self._compare(start, stop, unit, ok)
-        self.ok[:, :, start:stop] = ok
+        inv, ok = _inverse_norms(r, qm)
+        self._compare(start, stop, r, inv, ok)
+        self.inv[:, :, start:stop], self.ok[:, :, start:stop] = inv, ok
         self.fed += c
 
     def _spatial(self, start: int, stop: int, r: Tensor, qm: Tensor | None) -> None:
@@ -218,21 +224,21 @@ class HeadSuite:
         self.pair_sum += (w[..., None, :] @ pair)[..., 0, :]
         self.pair_n += pair.shape[2] if qm is None else qm.sum(-1)
 
-    def _compare(self, start: int, stop: int, unit: Tensor, ok: Tensor) -> None:
-        """Add this chunk's cosines against the previous layer's unit rows of the same queries (the two
-        layers of one forward share their masks)."""
+    def _compare(self, start: int, stop: int, r: Tensor, inv: Tensor, ok: Tensor) -> None:
+        """Add this chunk's cosines (rows ``r``, inverse norms ``inv``) against the previous layer's rows of the
+        same queries (the two layers of one forward share their masks)."""
         prev = self.previous
         if prev is None:
             return
-        if prev.unit is not None:
-            before = prev.unit[:, :, start:stop]
+        if prev.rows is not None:
+            before = prev.rows[:, :, start:stop]
         else:  # recomputed from the previous layer's lazy maps
-            r = prev.att.probs_rows(slice(start, stop))[..., prev.att.first_key :]
-            r = torch.cat([r, r.mean(1, keepdim=True)], 1).to(torch.float64)
-            qm = prev.query_mask[..., start:stop] if prev.query_mask is not None else None
-            before = _unit(r * prev.key_mask if prev.key_mask is not None else r, qm)[0]
+            before = prev.att.probs_rows(slice(start, stop))[..., prev.att.first_key :]
+            before = torch.cat([before, before.mean(1, keepdim=True)], 1).to(torch.float64)
+            before = before * prev.key_mask if prev.key_mask is not None else before
         pick = slice(None) if prev.maps == self.maps else slice(-1, None)
-        self.cross[:, pick] += _dot(unit[:, pick], before[:, pick]).sum(-1)
+        dots = _dot(r[:, pick], before[:, pick]) * inv[:, pick] * prev.inv[:, pick, start:stop]
+        self.cross[:, pick] += dots.sum(-1)
         self.cross_n[:, pick] += (ok[:, pick] & prev.ok[:, pick, start:stop]).sum(-1)
 
     def result(self) -> dict[str, Tensor]:
@@ -264,7 +270,7 @@ class HeadSuite:
             cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
         out["cross_site_cos"] = cross
         self.values = out
-        self.rows = SuiteRows(self.grids, self.name, m, self.unit, self.ok, att, self.km, self.qm)
+        self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
         return out
 
 
@@ -273,22 +279,22 @@ def _dot(x: Tensor, y: Tensor) -> Tensor:
     return torch.mul(x, y, out=_scratch("suite_dot", x.shape, x.device)).sum(-1)
 
 
-def _scratch(name: str, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """A reused float64 buffer on the CPU (:func:`nlanalysis.kernels.workspace`: no page faults per layer), a new one elsewhere."""
+def _scratch(name: str, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A reused buffer on the CPU (:func:`nlanalysis.kernels.workspace`: no page faults per layer), a new one elsewhere."""
     if device.type == "cpu":
-        return workspace(name, shape, torch.float64)
-    return torch.empty(shape, dtype=torch.float64, device=device)
+        return workspace(name, shape, dtype)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _unit(r: Tensor, qm: Tensor | None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Unit rows of ``r`` ``[B, M, c, K]`` (float64, masked keys 0), 0 for zero rows and masked queries
-    (``qm`` ``[B, 1, c]``), into ``out`` if given, and which rows count ``[B, M, c]`` bool."""
+def _inverse_norms(r: Tensor, qm: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Inverse norms ``[B, M, c]`` of the rows of ``r`` ``[B, M, c, K]`` (float64, masked keys 0), 0 for zero rows
+    and masked queries (``qm`` ``[B, 1, c]``), and which rows count (bool)."""
     norm = torch.linalg.vector_norm(r, dim=-1)
     ok = norm > 0
     w = torch.where(ok, norm, 1.0).reciprocal()
     if qm is not None:
         w, ok = w * qm, ok & (qm > 0)
-    return torch.mul(r, w[..., None], out=out) if out is not None else r * w[..., None], ok
+    return torch.where(ok, w, 0.0), ok
 
 
 def _geometry(grid: tuple[int, int], stride: tuple[float, float], km: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
