@@ -214,7 +214,7 @@ class HeadSuite:
         """The pairwise-only maps ``softmax_k((q_i - mu_q) . (k_k - mu_k))`` of the heads' queries ``start:stop``:
         their squared logits (the pairwise variance) and the sum of their unit rows (their cosine distance)."""
         logits = torch.matmul(self.pair_q[:, :, start:stop], self.pair_k)  # [B, H, c, K]
-        self.pair_var += torch.linalg.vector_norm(logits, dim=(-2, -1), dtype=torch.float64).square()
+        self.pair_var += torch.linalg.vector_norm(logits, dim=-1).square().sum(-1, dtype=torch.float64)  # no float64 copy
         if self.pair_mask is not None:
             logits += self.pair_mask
         pair = torch.softmax(logits, -1)  # rows of a softmax: norms in [1 / sqrt(K), 1]
