@@ -25,7 +25,9 @@ from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
 from ..measure.head_controls import control_generator, head_controls
 from ..measure.query_dep import check_level
+from ..measure.head_suite import HeadSuite, SuiteRows
 from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
+from ..measure.query_dep import CROSS_SITE
 from ..schema import VIT
 from .core import Capture, Site
 from .records import SiteRecord
@@ -78,6 +80,10 @@ class HeadSite(Site):
 
     Attributes:
         shared_calls: attention calls answered from the measured maps (``share_softmax``), over all forwards.
+        cross_site: ``{(call, layer name): [B, heads + 1]}`` each layer's ``cross_site_cos`` against the layer
+            before it in the forward, measured with the suite (:class:`~nlanalysis.measure.head_suite.HeadSuite`)
+            from the rows both layers formed anyway; :class:`~nlanalysis.measure.cross_site.CrossSite` takes them
+            from here (and lets go of them).
     """
 
     noun = "ViT self-attention module"
@@ -103,6 +109,8 @@ class HeadSite(Site):
         self._batch: tuple[tuple, int, HeadsBatch] | None = None
         self._seen: dict[str, dict[str, Tensor]] = {}
         self._sharing: list[SharedSoftmax] = []
+        self._rows: tuple[int, SuiteRows] | None = None  # (forward, the last layer's rows for cross_site_cos)
+        self.cross_site: dict[tuple[int, str], Tensor] = {}
 
     def close(self) -> None:
         for sharing in self._sharing:
@@ -110,6 +118,7 @@ class HeadSite(Site):
         self._sharing.clear()
         self._seen.clear()
         self._batch = None
+        self._rows = None
 
     def attach(self, index: int, block: BlockInfo) -> Callable[[nn.Module, tuple, dict, Any], SiteRecord]:
         """Hooks on the module's projections and enclosing block; returns what makes the module's record."""
@@ -163,9 +172,10 @@ class HeadSite(Site):
             except ValueError:  # the record's hook reports it
                 return None
             with torch.no_grad():
-                att = HeadAttention(q, k, scale if scale is not None else d**-0.5, layout, self.keys)
+                att = HeadAttention(q.detach(), k.detach(), scale if scale is not None else d**-0.5, layout, self.keys)
                 batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
-                out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"])
+                suite = seen["suite"] = self._suite(att, batch)
+                out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"], suite=suite)
                 if not bool(torch.isfinite(out.sum())):  # a NaN/inf in q, k or v: torch's kernel, the plain path
                     return None
             seen["maps"] = (maps, att)
@@ -176,8 +186,8 @@ class HeadSite(Site):
         self._sharing.append(sharing)
 
         def enter(mod: nn.Module, args: tuple) -> None:
-            seen.pop("maps", None)  # left by a forward that failed after its attention call
-            seen.pop("batch", None)
+            for left in ("maps", "batch", "suite"):  # left by a forward that failed after its attention call
+                seen.pop(left, None)
             if adapter.calls_sdpa(mod):
                 sharing.push()
 
@@ -212,11 +222,15 @@ class HeadSite(Site):
             out = adapter.output(module, output).detach()
             gram = _gram(module, adapter, gamma if use_block else None, att.query.device)
             batch = seen.get("batch") or self._heads_batch(index, layout, b, att.query.device)  # type: ignore[assignment]
+            suite = seen.get("suite") if maps is not None else self._suite(att, batch)
             record.stats = measure_heads(
                 att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
                 batch=batch, maps=maps, query_dependence=self.query_dependence,
-                stride=layout.patch_size or cap.stride(layout.grid), **self.measure_kwargs,
+                stride=layout.patch_size or cap.stride(layout.grid), suite=suite, **self.measure_kwargs,
             )  # fmt: skip
+            if suite is not None:  # this layer's rows: the next layer's cross-site comparison
+                self._rows = (cap._calls, suite.rows)
+                self.cross_site[(record.call, record.name)] = suite.values[CROSS_SITE]
         if self.controls and record.stats is not None and self.keys == "patch":
             record.stats.controls = self._controls(tokens, layout, record.stats, att, index)
         if cap.queries is not None:
@@ -224,6 +238,15 @@ class HeadSite(Site):
         if self.keep_attention:
             record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
         return record
+
+    def _suite(self, att: HeadAttention, batch: HeadsBatch) -> HeadSuite | None:
+        """The layer's query-dependence suite (``None`` when off), with the previous layer's rows of this forward."""
+        if self.query_dependence == "off":
+            return None
+        layout = att.layout
+        previous = self._rows[1] if self._rows is not None and self._rows[0] == self.cap._calls else None
+        kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
+        return HeadSuite(att, batch.qmask, kmask, layout.patch_size or self.cap.stride(layout.grid), previous)
 
     def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, att: HeadAttention, index: int) -> dict[str, Tensor]:
         """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn

@@ -6,8 +6,10 @@ computing ``softmax(scale * q k^T)`` a second time. While a captured attention m
 each plain ``scaled_dot_product_attention`` call to a handler, which may answer it itself: with
 :func:`nlanalysis.measure.heads.attend`, which measures the rows and returns ``softmax @ value`` from
 the same pass. The model's modules and weights are untouched; a call that is not plain (masks,
-dropout, causal or grouped attention, gradients, other dtypes or devices) or that the handler
-declines runs torch's own kernel.
+dropout, causal or grouped attention, other dtypes or devices) or that the handler declines runs
+torch's own kernel. With gradients on (a notebook's plain ``model(x)``), an answered call stays
+differentiable: its backward recomputes torch's own attention from the saved q, k and v and
+differentiates that (:class:`_Answered`), so the gradients are torch's.
 """
 from __future__ import annotations
 
@@ -37,15 +39,34 @@ def sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None
 
 def _plain(call: dict[str, Any]) -> bool:
     """Whether a call is ``softmax(scale q k^T) v`` on float32 CPU ``[B, heads, N, d]`` tensors with no mask,
-    dropout, causal or grouped attention, a positive scale and no gradient to keep."""
+    dropout, causal or grouped attention and a positive scale."""
     q, k, v, scale = call["query"], call["key"], call["value"], call["scale"]
     if call["attn_mask"] is not None or call["dropout_p"] or call["is_causal"] or call["enable_gqa"]:
         return False
     if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
         return False
-    if not all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v)):
-        return False
-    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    return all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v))
+
+
+class _Answered(torch.autograd.Function):
+    """An answered attention call as an autograd node: forward hands back the handler's output; backward
+    recomputes ``F.scaled_dot_product_attention`` of the saved inputs and returns its gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float | None, answer: list[Tensor]) -> Tensor:
+        ctx.save_for_backward(q, k, v)
+        ctx.scale = scale
+        return answer.pop()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+            out = _SDPA(*inputs, scale=ctx.scale)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad))
+        return (*(next(grads) if t.requires_grad else None for t in inputs), None, None)
 
 
 class SharedSoftmax(ModuleMode):
@@ -56,8 +77,8 @@ class SharedSoftmax(ModuleMode):
     skips the hooks that pop).
 
     Args:
-        handler: called with the call's arguments by name (:func:`sdpa_arguments`) when the call is plain
-            (float32 CPU, no mask, dropout, causal or grouped attention, no gradient); returns the
+        handler: called (without gradients) with the call's arguments by name (:func:`sdpa_arguments`) when
+            the call is plain (float32 CPU, no mask, dropout, causal or grouped attention); returns the
             attention output ``[B, heads, N, d_v]``, or ``None`` to let torch compute it.
     """
 
@@ -66,7 +87,11 @@ class SharedSoftmax(ModuleMode):
         if func is _SDPA and self.alive:
             named = sdpa_arguments(args, kwargs)
             if named is not None and _plain(named):
-                out = self.handler(named)
+                with torch.no_grad():
+                    out = self.handler(named)
                 if out is not None:
+                    q, k, v = named["query"], named["key"], named["value"]
+                    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+                        return _Answered.apply(q, k, v, named["scale"], [out])
                     return out
         return func(*args, **kwargs)

@@ -21,6 +21,9 @@ the previous site of the same forward (:func:`~nlanalysis.metrics.query_dependen
 Streaming: :class:`CrossSite` is fed each record as the capture makes it (``Capture.on_record``,
 during the forward). It keeps the previous site's *lazy* attention of the current batch (its
 queries and keys: ``O(N d)``, never a map) and computes both sites' rows a chunk of queries at a time.
+A ViT capture that measures the suite (:class:`~nlanalysis.capture.heads.HeadSite`) has already compared
+each layer with the one before, from the rows both formed anyway
+(:class:`~nlanalysis.measure.head_suite.HeadSuite`): :class:`CrossSite` takes those values.
 """
 from __future__ import annotations
 
@@ -125,12 +128,13 @@ class CrossSite:
     def __call__(self, rec: Any) -> None:
         if self._chained is not None:
             self._chained(rec)
+        measured = getattr(getattr(self.cap, "site", None), "cross_site", {}).pop((rec.call, rec.name), None)
         with torch.no_grad():
             cur = self._vit_rows(rec) if rec.site == VIT else self._block_rows(rec)
             if self._prev is not None and self._prev.call != cur.call:  # a new forward: its first site
                 self._prev = None
                 self.values.clear()
-            self.values[(rec.call, rec.name)] = site_similarity(self._prev, cur)
+            self.values[(rec.call, rec.name)] = measured if measured is not None else site_similarity(self._prev, cur)
         self._prev = cur
 
     def column(self, rec: Any) -> Tensor | None:

@@ -77,13 +77,16 @@ def _native_rows(
     objects: tuple[Tensor, Tensor, Tensor] | None,
     chunk_size: int | None,
     attend_to: tuple[Tensor, Tensor] | None = None,
+    on_rows: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Every map statistic of a site with :func:`nlanalysis.kernels.row_stats`, chunk by chunk of
     queries (one BLAS matmul per image for the logits, one kernel pass over them): the sum of unit
     rows ``[B, M, K]``, the sums ``[8, B, M]`` and, with a plan and ``sel`` (:class:`~.heads.HeadsBatch`),
     the plan's rows renormalised ``(table [S, M, K], entropy [S, M], ok [S, M])`` (a reused buffer).
     With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
-    each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``."""
+    each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``;
+    ``on_rows(start, probs)`` (with ``attend_to`` only) then reads each chunk's softmax of patch queries
+    ``start:start + c`` over every token, ``[B, maps, c, N]`` (a reused buffer: read it before returning)."""
     b, nq, prefix = src.batch, src.n_query, src.prefix
     kw = km.reshape(b, -1) if km is not None else None
     rows, m_out = None, src.maps + int(src.mean)
@@ -111,17 +114,19 @@ def _native_rows(
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
         if attend_to is not None:  # the kernel left the softmax in place
             out[:, lo:hi].copy_(torch.matmul(logits, value).transpose(1, 2))
+            if on_rows is not None:
+                on_rows(start, logits[:, :, prefix + start - lo :])
     return s_att, sums, None if rows is None else rows[1:]
 
 
 def _native_head_rows(
     att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None,
-    attend_to: tuple[Tensor, Tensor] | None = None,
+    attend_to: tuple[Tensor, Tensor] | None = None, on_rows: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """:func:`_native_rows` of a ViT layer, and the JSD of the plan's pairs per image (count, mean,
+    """:func:`_native_rows` of a ViT layer (``attend_to``, ``on_rows``: as there), and the JSD of the plan's pairs per image (count, mean,
     variance) with :func:`~nlanalysis.kernels.pair_jsd`."""
     plan = batch.plan
-    s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to)
+    s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to, on_rows)
     values = None
     if plan is not None and rows is not None:
         values = _native.pair_jsd(*rows, plan.a, plan.b, plan.pair_image, att.batch_size)  # per image

@@ -28,7 +28,8 @@ from ..metrics import distance_from_sum
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
-from .query_dep import check_level, head_maps
+from .head_suite import HeadSuite
+from .query_dep import CROSS_SITE, EXPENSIVE, check_level, head_maps
 from .query_dep import query_dependence as query_dep
 from .stats import SiteStats, nans, row_results
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
@@ -203,6 +204,7 @@ def measure_heads(
     maps: MapStats | None = None,
     query_dependence: str = "off",
     stride: tuple[float, float] | None = None,
+    suite: HeadSuite | None = None,
 ) -> HeadStats:
     """Compute :class:`HeadStats` for one layer on a batch.
 
@@ -237,8 +239,13 @@ def measure_heads(
         maps: the map statistics :func:`attend` already computed for ``att`` (then ``batch`` is
             theirs); only the token statistics are computed here.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite of
-            every head and the head mean (:mod:`.query_dep`; eager with any ``kernels``).
+            every head and the head mean (eager with any ``kernels``): the cheap columns from one pass over
+            the layer's rows (:class:`~.head_suite.HeadSuite`), the expensive ones (``"all"``) from
+            :mod:`.query_dep` (the same cheap columns at both levels).
         stride: input pixels per patch ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
+        suite: the layer's :class:`~.head_suite.HeadSuite` (made for ``att`` with the batch's masks and
+            ``stride``; fed by :func:`attend`, or fed here), e.g. with the previous layer's rows for
+            ``cross_site_cos`` (in ``suite.values``); made here when the suite is on and none is given.
     """
     layout = att.layout
     for name, t in (("x", x), ("branch", branch)):
@@ -260,9 +267,20 @@ def measure_heads(
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
                         dict(convention=convention, zero=zero))  # fmt: skip
+    level = check_level(query_dependence)
+    if level == "off":
+        return stats
     kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
-    for name, value in query_dep(head_maps(att, batch.qmask, kmask, stride), check_level(query_dependence)).items():
-        setattr(stats, name, value)
+    suite = suite or HeadSuite(att, batch.qmask, kmask, stride)
+    if not suite.fed:
+        suite.run()
+    columns = suite.result()
+    if level == "all":  # the rank-1 fit and the gain-only maps: the general suite's passes
+        expensive = query_dep(head_maps(att, batch.qmask, kmask, stride), level)
+        columns.update({name: expensive[name] for name in EXPENSIVE})
+    for name, value in columns.items():
+        if name != CROSS_SITE:
+            setattr(stats, name, value)
     return stats
 
 
@@ -349,7 +367,8 @@ class MapStats:
 
 
 @torch.no_grad()
-def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int | None = None) -> tuple[Tensor, MapStats]:
+def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int | None = None,
+           suite: HeadSuite | None = None) -> tuple[Tensor, MapStats]:  # fmt: skip
     """The layer's attention output and its map statistics from one softmax (native kernels).
 
     ``softmax(scale * q k^T) @ value`` over every token, as ``F.scaled_dot_product_attention``
@@ -362,6 +381,7 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
         value: ``[B, heads, N, d_v]`` values.
         batch: :func:`heads_batch` for these maps.
         chunk_size: as :func:`measure_heads`.
+        suite: a :class:`~.head_suite.HeadSuite` for ``att``, fed the softmax of this pass (then ``measure_heads(suite=)``).
 
     Returns:
         ``(output, maps)``: ``output`` ``[B, heads, N, d_v]`` (a view of a ``[B, N, heads, d_v]``
@@ -379,5 +399,6 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
         raise RuntimeError("attend needs the native kernels and float32 CPU tensors (see uses_native)")
     _check_batch(batch, att)
     out = torch.empty(b, n, heads, value.shape[3])
-    s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out))
+    s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out),
+                                         on_rows=suite.update if suite is not None else None)  # fmt: skip
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)
