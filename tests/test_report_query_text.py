@@ -131,3 +131,22 @@ def test_demo_report_splits_the_tables_and_reads_the_suite(tmp_path):
         assert f"(figures/{name}.png)" in md and (out / f"figures/{name}.png").is_file()
     widest = max(len(line.split("|")) for line in (out / "tables/table1.md").read_text().splitlines())
     assert widest <= 17  # Table 1 alone: 15 columns, not the ~30 of headline + suite
+
+
+def test_vit_layers_group_their_heads_by_reading():
+    """Per layer: the head-mean map's reading, then the single heads grouped by theirs (hand-built heads table)."""
+    from nlanalysis.report.query_text import layer_lines
+
+    def head(layer, h, att, gain, tv):
+        return {"layer": layer, "head": h, "att": att, "att_low": att * 0.98, "att_high": att * 1.02, "att_gain_only": gain,
+                "att_gain_only_low": gain * 0.98, "att_gain_only_high": gain * 1.02, "gain_only_tv": tv, "gain_only_tv_low": tv * 0.9,
+                "gain_only_tv_high": tv * 1.1}  # fmt: skip
+
+    table = pd.DataFrame([head(0, 0, 0.2, 0.19, 0.01), head(0, 1, 0.5, 0.1, 0.4), head(0, 2, 0.2, 0.19, 0.02),
+                          head(0, -1, 0.1, 0.095, 0.01), head(1, 0, 0.3, 0.2, 0.08), head(1, -1, 0.3, 0.1, 0.3)])  # fmt: skip
+    lines = layer_lines(table)
+    assert lines[0] == THRESHOLDS and len(lines) == 3
+    assert lines[1].startswith("layer 0, head-mean map: **one shared map at different sharpness**")
+    assert "Its 3 heads: one shared map at different sharpness: h0, h2; not one map at different sharpness: query-specific maps: h1." in lines[1]
+    assert lines[2].startswith("layer 1, head-mean map: **not one map") and "partly one shared map" in lines[2] and ": h0." in lines[2]
+    assert layer_lines(table[["layer", "head", "att", "att_low", "att_high"]]) == []
