@@ -190,7 +190,7 @@ def _objects(r: pd.Series) -> list[str]:
     elif high < 1:
         word = "no object-specific context (the own object gets less than the null gives it)"
     elif high <= LIFT:
-        word = f"no object-specific context (at most {high - 1:.0%} above the null)"
+        word = f"no object-specific context (at most {high - 1:.{0 if high - 1 >= 0.01 else 1}%} above the null)"
     elif low > 1:
         word = f"a small lift above 1 whose interval reaches below {LIFT}: the intervals cannot tell whether it is object-specific context"
     else:
