@@ -25,6 +25,8 @@ for s in 0 1 2; do for v in $VARIANTS; do for step in 0 141 282; do
   python -m nlanalysis extract --ckpt $CKPTS/${v}_s${s}_step${step}.pth $COMMON --out $RUNS/snapshots/${v}_s${s}_step${step}
 done; done; done
 python reports/trained/copy_runs.py $RUNS/seeds/* $RUNS/snapshots/*  # metrics + run.json (with checkpoint meta) into the repo
-# the baseline line over training: the mean final mIoU of the model without a block (reports/training/summary.csv)
-BASE=$(python -c "import pandas as p; t=p.read_csv('reports/training/summary.csv'); print(t.loc[t.variant=='baseline','miou'].iloc[0])")
+# the training's own summary (held-out mIoU per variant, the baseline without a block) beside the runs; the baseline's
+# mean final mIoU is the dashed line over training
+mkdir -p reports/trained/training && cp $CKPTS/../summary.csv $CKPTS/../summary.json $CKPTS/../training.csv reports/trained/training/
+BASE=$(python -c "import pandas as p; t=p.read_csv('reports/trained/training/summary.csv'); print(t.loc[t.variant=='baseline','miou'].iloc[0])")
 python -m nlanalysis report $RUNS/seeds/* $RUNS/snapshots/* --baseline-metric $BASE --no-explore --out reports/trained
