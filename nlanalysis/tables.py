@@ -46,7 +46,10 @@ from .metrics.grouped import grouped_intervals
 from .metrics.intervals import mean_ci
 
 __all__ = [
+    "DIAGNOSTIC_STATS",
+    "HEADLINE_STATS",
     "QUERY_STATS",
+    "QUERY_TABLE_STATS",
     "TABLE_STATS",
     "caption",
     "ci_column",
@@ -69,25 +72,44 @@ TABLE_STATS = list(schema.TABLE1)
 #: in Table 1 only for runs that measured them (``--query-dependence``; otherwise absent or all NaN).
 QUERY_STATS = [c for c in schema.names(roles=("query",), stored=None) if c in schema.headers()]
 
+#: Table 1 proper (``tables/table1.*``): the paper's distances and the controls beside ``att``.
+HEADLINE_STATS = list(schema.pick("input", "output", "att", "att_jsd", "ctrl_att", "ctrl_att_jsd", "ctrl_form_att", "att_entropy"))
+
+#: the query-dependence table (``tables/query_dependence.*``): ``att`` and its form control, then what
+#: kind of query dependence there is (:mod:`nlanalysis.measure.query_dep`, the object context).
+QUERY_TABLE_STATS = list(schema.pick(
+    "att", "ctrl_form_att", "logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "att_abs",
+    "att_norm_weighted", "own_object_lift", "own_object_lift_objects", "qk_nmi", "att_distance_px",
+))  # fmt: skip
+
+#: the diagnostics table (``tables/diagnostics.*``): the rest of :data:`TABLE_STATS` (sharpness, zero
+#: rows, own-object mass against the share) and the 3x3 local mass.
+DIAGNOSTIC_STATS = [s for s in TABLE_STATS if s not in HEADLINE_STATS + QUERY_TABLE_STATS] + list(
+    schema.pick("att_local", "att_local_uniform"))
+
 #: column headers of the formatted table: the run and group columns', then each statistic's
-#: (:func:`nlanalysis.schema.headers`).
+#: (:func:`nlanalysis.schema.headers`, and those of the columns the schema gives no Table 1 header).
 HEADERS = {
     "variant": "variant", "step": "step", "block": "block", "mode": "mode", "images": "images", "seeds": "seeds",
-    **schema.headers(),
+    "att_abs": "att of |map|", "att_norm_weighted": "att, norm-weighted", "att_local": "3x3 mass",
+    "att_local_uniform": "3x3 mass, uniform", **schema.headers(),
 }  # fmt: skip
 
 #: how known task metrics are written in headers.
 METRIC_NAMES = {"miou": "mIoU", "pixel_accuracy": "pixel acc.", "bbox_mAP": "box AP", "segm_mAP": "mask AP", "accuracy": "accuracy"}
 
-#: what the query-dependence columns of Table 1 are (:mod:`nlanalysis.measure.query_dep`), when it has them.
-QUERY_CAPTION = (
-    "What kind of query dependence: logit rank-1 share: share of the row-centred logits' energy in one key profile x a "
-    "gain per query; att / TV, gain only: att of the maps rebuilt from that profile with a temperature per query, and "
-    "their total-variation distance to the real maps (big att with a small TV: one map at different sharpness); unary "
-    "var. share: the DNL split's share of the logits' variance across keys in the key-only term; att, pairwise only: att "
-    "of the maps of the whitened pairwise term alone; q-k NMI: normalised query-key mutual information (Park et al. 2023); "
-    "att. distance: mean distance from query to attended key in input pixels. Missing: not defined for the block's maps."
-)
+#: what each query-dependence column is (:mod:`nlanalysis.measure.query_dep`), for the captions of the tables that have it.
+QUERY_CAPTIONS = {
+    "logit_rank1": "logit rank-1 share: share of the row-centred logits' energy in one key profile x a gain per query",
+    "att_gain_only": "att / TV, gain only: att of the maps rebuilt from that profile with a temperature per query, and their "
+                     "total-variation distance to the real maps (big att with a small TV: one map at different sharpness)",
+    "unary_var_share": "unary var. share: the DNL split's share of the logits' variance across keys in the key-only term",
+    "att_pairwise_only": "att, pairwise only: att of the maps of the whitened pairwise term alone",
+    "att_abs": "att of |map|: att of the rows' absolute values, and att, norm-weighted: 1 − the mean cosine of query pairs "
+               "weighted by their row norms (signed maps only: a sign flip of one map is not query dependence)",
+    "qk_nmi": "q-k NMI: normalised query-key mutual information (Park et al. 2023; 0: where the weight goes does not depend on the query)",
+    "att_distance_px": "att. distance: mean distance from query to attended key in input pixels",
+}  # fmt: skip
 
 CONVENTION_TEXT = {
     "1-cos": "1 − cos(v_i, v_j) (as scipy; 0 = same direction, 1 = orthogonal, 2 = opposite)",
@@ -170,7 +192,7 @@ def summarise(
     frame: pd.DataFrame,
     *,
     by: Sequence[str] = ("variant", "step"),
-    stats: Sequence[str] = (*TABLE_STATS, *QUERY_STATS),
+    stats: Sequence[str] | None = None,
     level: float = 0.95,
 ) -> pd.DataFrame:
     """One row per group of ``by`` and block: each statistic's mean and CI, and the task metric.
@@ -180,8 +202,8 @@ def summarise(
             may be missing (one run without checkpoint facts).
         by: group columns; those missing or all NaN are dropped (e.g. ``step`` of runs whose
             checkpoints do not record it).
-        stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped);
-            ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`).
+        stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped; default
+            :data:`TABLE_STATS`, :data:`QUERY_STATS` and the rest of the three tables' columns); ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`).
         level: confidence level.
 
     Returns:
@@ -194,6 +216,7 @@ def summarise(
     """
     if frame.empty:
         raise ValueError("no metrics rows to summarise (did the runs analyse any image?)")
+    stats = ALL_STATS if stats is None else stats
     keys = _group_keys(frame, by) + ["block"]
     present = [s for s in stats if s in frame and frame[s].notna().any()]
     ratios = [s for s in present if s in RATIO_STATS]
@@ -205,6 +228,22 @@ def summarise(
         rank = out["variant"].map({v: i for i, v in enumerate(dict.fromkeys(out["variant"]))}) if "variant" in keys else 0
         out = out.assign(_rank=rank).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)
     return out
+
+
+#: every statistic the report's tables show: Table 1's, the query suite's, the diagnostics' (table order).
+ALL_STATS = list(dict.fromkeys([*TABLE_STATS, *QUERY_STATS, *QUERY_TABLE_STATS, *DIAGNOSTIC_STATS]))
+
+#: a summary's columns that are not statistics (kept in every table's CSV), in order.
+FACT_COLUMNS = ("variant", "step", "block", "mode", "query_independent", "images", "rows", "runs", "seeds", "ci", "metric_name",
+                "metric", "metric_low", "metric_high")  # fmt: skip
+
+
+def select_stats(summary: pd.DataFrame, stats: Sequence[str], *, metric: bool = True) -> pd.DataFrame:
+    """The columns of ``summary`` (:func:`summarise`) that one table shows: the facts (without the task
+    metric unless ``metric``) and ``STAT``, ``STAT_low``, ``STAT_high`` of each of ``stats`` it has."""
+    facts = [c for c in FACT_COLUMNS if c in summary and (metric or not c.startswith("metric"))]
+    numbers = [c for s in stats if s in summary for c in (s, f"{s}_low", f"{s}_high") if c in summary]
+    return summary[facts + numbers]
 
 
 def final_steps(frame: pd.DataFrame) -> pd.DataFrame:
@@ -264,11 +303,12 @@ def ci_column(table: pd.DataFrame, stat: str) -> list[str]:
     return [ci_text(row, stat) for _, row in table.iterrows()]
 
 
-def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.DataFrame:
+def format_table(summary: pd.DataFrame, *, short_blocks: bool = True, stats: Sequence[str] | None = None) -> pd.DataFrame:
     """The summary as text cells: ``mean [low, high]`` per statistic, readable headers.
 
-    Blocks that share one map among all queries by construction (GC, simplified NL) are marked
-    with a dagger (``†``).
+    ``stats``: the statistics shown, in order (default :data:`TABLE_STATS` then :data:`QUERY_STATS`;
+    those the summary lacks are skipped). Blocks that share one map among all queries by
+    construction (GC, simplified NL) are marked with a dagger (``†``).
     """
     out = pd.DataFrame(index=summary.index)
     for c in ("variant", "step"):
@@ -285,43 +325,55 @@ def format_table(summary: pd.DataFrame, *, short_blocks: bool = True) -> pd.Data
     if "metric" in summary and summary["metric"].notna().any():
         name = summary["metric_name"].dropna().iloc[0]
         out[METRIC_NAMES.get(name, name)] = ci_column(summary, "metric")
-    for s in (*TABLE_STATS, *QUERY_STATS):
+    for s in (*TABLE_STATS, *QUERY_STATS) if stats is None else stats:
         if s in summary:
             out[HEADERS[s]] = ci_column(summary, s)
     return out
 
 
 def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.95) -> str:
-    """The table's caption: what each number is, the distance convention, the intervals."""
+    """The table's caption: what each of its numbers is (only those it has), the distance convention, the intervals."""
     pooled = "ci" in summary and summary["ci"].str.contains("seed").any()
-    parts = [
-        "Each distance is an image's average over all ordered pairs of positions (i = j included; padding excluded), "
-        f"then averaged over images; cosine distance {CONVENTION_TEXT.get(convention, convention)}.",
-        "input: the block's input features x_i; output: the context it adds, z_i − x_i; att: the attention map of query i over the keys.",
-        f"Brackets: {level:.0%} confidence interval (cut to the statistic's range), Student-t over images"
-        + (", or over seed means where a variant pools several training seeds (its estimate is then the mean of the seed means)." if pooled else "."),
-    ]
     cols = set(summary.columns)
+    distances = {c.name for c in schema.REGISTRY if c.unit == "1-cos"} & cols
+    parts = []
+    if distances:
+        parts.append("Each distance is an image's average over all ordered pairs of positions (i = j included; padding excluded), "
+                     f"then averaged over images; cosine distance {CONVENTION_TEXT.get(convention, convention)}.")
+        parts.append(("input: the block's input features x_i; output: the context it adds, z_i − x_i; " if "input" in cols else "")
+                     + "att: the attention map of query i over the keys.")
+    parts.append(f"Brackets: {level:.0%} confidence interval (cut to the statistic's range), Student-t over images"
+                 + (", or over seed means where a variant pools several training seeds (its estimate is then the mean of the seed "
+                    "means)." if pooled else "."))  # fmt: skip
     if "att_jsd" in cols:
         parts.append("att JSD: mean Jensen–Shannon divergence between the maps of two queries (bits; sampled pairs).")
     if cols & {"att_entropy", "att_max", "att_zero_rows"}:
         parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
-    if "own_object_lift" in cols:
-        parts.append("own-object density: mass per unit area a query on an object puts on it (1 = uniform); own-object lift: that density "
-                     "over the density the image's mean map puts there (object-query null: the mean map of object queries only), "
-                     "1 = no object-specific context; lifts are geometric means over images, interval of the mean log-lift.")
-    if cols & set(schema.names(roles=("control",))):
+    if "own_object_density" in cols:
+        parts.append("own-object density: mass per unit area a query on an object puts on it (1 = uniform).")
+    if cols & {"own_object_lift", "own_object_lift_objects"}:
+        parts.append("own-object lift: the mass per unit area a query on an object puts on it over what the image's mean map puts "
+                     "there (object-query null: the mean map of object queries only), 1 = no object-specific context; lifts are "
+                     "geometric means over images, interval of the mean log-lift.")
+    if cols & {"ctrl_att", "ctrl_att_jsd", "ctrl_att_own_object"}:
         parts.append("random proj.: the same input features with random query/key projections at the trained maps' entropy.")
     if "ctrl_form_att" in cols:
         parts.append("form control: random projections in the block's own form (per-query entropy-matched softmax; "
                      "ReLU(a_i + b_j) at the trained share of zero weights for concatenation; signed q.k for dot product).")
-    if cols & set(QUERY_STATS):
-        parts.append(QUERY_CAPTION)
-    parts.append("Uniform attention would give att = 0, JSD = 0, entropy 1 and own-object mass = own-object share.")
+    query = [text for stat, text in QUERY_CAPTIONS.items() if stat in cols]
+    if query:
+        parts.append("What kind of query dependence: " + "; ".join(query) + ". Missing (–): not defined for the block's maps.")
+    if "att_local" in cols:
+        parts.append("3x3 mass: weight a query puts on its own and the 8 neighbouring key cells; 3x3 mass, uniform: what a uniform map puts there.")
+    uniform = [text for stat, text in (("att", "att = 0"), ("att_jsd", "JSD = 0"), ("att_entropy", "entropy 1"),
+                                       ("att_own_object", "own-object mass = own-object share")) if stat in cols]  # fmt: skip
+    if uniform:
+        parts.append("Uniform attention would give " + ", ".join(uniform[:-1]) + (" and " if len(uniform) > 1 else "") + uniform[-1] + ".")
     if summary.get("query_independent", pd.Series(dtype=bool)).astype(bool).any():
-        parts.append("†: one map is shared by all queries (GC / simplified NL), so att = 0 and output = 0 (up to float rounding) by construction.")
+        parts.append("†: one map is shared by all queries (GC / simplified NL), so att = 0 and output = 0 (up to float rounding) "
+                     "by construction.")
     return " ".join(parts)
 
 

@@ -96,7 +96,7 @@ def test_report_of_snapshots_over_seeds(runs, report):
     runs_csv = pd.read_csv(out / "tables/runs.csv")
     assert list(runs_csv["label"]) == ["nl_s0_step0", "nl_s0_step10", "nl_s1_step0", "nl_s1_step10"]
     names = sorted(p.name for p in report.figures)
-    assert names == ["distributions_att.png", "distributions_input.png", "distributions_output.png", "over_training.png", "query_distances_nl_s0_step10.png",
+    assert names == ["diagnostics.png", "distributions_att.png", "distributions_input.png", "distributions_output.png", "over_training.png", "query_distances_nl_s0_step10.png",
                      "query_maps_nl_s0_step10_backbone.layer1.0.context_block.png", f"query_maps_nl_s0_step10_{NL}.png",
                      "table1.png"]  # fmt: skip
     # Table 1 as a figure: its cells are the rows of tables/table1.md (the same table, drawn)
@@ -114,7 +114,7 @@ def test_report_of_snapshots_over_seeds(runs, report):
         assert f"({link})" in md and (out / link).is_file()
     assert "1 − cos" in md and "i = j included" in md and "| nl | 10 |" in md
     html = report.index_html.read_text()
-    assert html.count("<img ") == 8 and "<table>" in html and 'href="figures/distributions_att.pdf"' in html
+    assert html.count("<img ") == 9 and "<table>" in html and 'href="figures/distributions_att.pdf"' in html
 
 
 def test_the_same_runs_give_the_same_files(runs, report, tmp_path):
@@ -141,7 +141,7 @@ def test_cli_labels_blocks_and_moved_images(runs, tmp_path, capsys):
     assert "image file(s) of 1 not found" in printed and "--image-root" in printed
     t1 = pd.read_csv(out / "tables/table1.csv")
     assert list(t1["variant"]) == ["mine"] and list(t1["block"]) == [NL] and "step" not in t1
-    assert not list(out.glob("figures/*.pdf")) and len(list(out.glob("figures/*.png"))) == 6  # with table1.png, 3 distributions
+    assert not list(out.glob("figures/*.pdf")) and len(list(out.glob("figures/*.png"))) == 7  # with table1.png, diagnostics.png, 3 distributions
     res = nlanalysis.load_run(moved)
     assert find_image(res, 1) is None and find_image(res, 1, root / "images") == root / "images/photo_000.jpg"
     assert find_image(nlanalysis.load_run(base), 2) == root / "images/photo_001.jpg"

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", type=Path, metavar="DIR", help="folder of the image files, if they moved since extract")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf"], help="figure formats (png needed)")
     p.add_argument("--title", help="the report's heading")
+    p.add_argument("--baseline-metric", type=float, metavar="X",
+                   help="task metric of the model without a block, drawn as a line over training (e.g. the baseline's "
+                        "mean mIoU in reports/training/summary.csv)")  # fmt: skip
+    p.add_argument("--no-explore", action="store_true",
+                   help="write no explore pages (the index gives the command that writes each): for reports kept in a "
+                        "repository, where a page of every query of many images is too large")  # fmt: skip
     vit = p.add_argument_group("a ViT run")
     vit.add_argument("--nl-table", type=Path, metavar="CSV", help="Table 1 of an NL report to compare with")
     vit.add_argument("--heads", nargs=2, type=head_arg, metavar="LAYER:HEAD",
@@ -64,7 +70,9 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"--images {args.images}: need at least 1")
     report = write_report(args.runs, args.out, labels=dict(args.label), blocks=args.blocks, images=args.images,
                           image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, title=args.title,
-                          nl_table=args.nl_table, heads=args.heads, explore=explore_page_writer(args.image_root))  # fmt: skip
+                          nl_table=args.nl_table, heads=args.heads,
+                          explore=None if args.no_explore else explore_page_writer(args.image_root),
+                          baseline_metric=args.baseline_metric)  # fmt: skip
     table = report.tables.get("table1", report.tables.get("layers"))
     print(f"{report.index_md} (and index.html): {len(table)} table row(s), {len(report.figures)} figure(s)")
     for page in report.pages:

@@ -29,10 +29,13 @@ class Report:
     Attributes:
         out: the report folder.
         index_md, index_html: the report pages.
-        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``over_training``; a ViT run's
+        tables: ``{name: summary frame}`` (``runs``, ``table1``, ``query_dependence``, ``diagnostics``,
+            ``over_training``; a ViT run's
             ``layers``, ``heads``, ``per_image``, ``compare``).
         figures: the PNG of every figure (a PDF lies beside each), with ``captions``.
         text: the sentences of the summary.
+        query_text: the reading of the query-dependence suite (:mod:`~nlanalysis.report.query_text`):
+            the thresholds, then one line per block or layer; empty without the suite.
         notes: what could not be drawn, and why.
         formats: the figure formats written (``png`` needed).
         pages: the explore pages written beside the report (``explore/LABEL.html``).
@@ -44,6 +47,7 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
+    query_text: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     formats: Sequence[str] = ("png", "pdf")
     captions: list[str] = field(default_factory=list)

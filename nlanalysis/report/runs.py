@@ -2,12 +2,16 @@
 
 :func:`write_report` (``nlanalysis report RUN_DIR... --out DIR``) writes::
 
-    DIR/index.md, DIR/index.html   the report: runs, a short text of the numbers, Table 1, figures
+    DIR/index.md, DIR/index.html   the report: runs, a short text of the numbers, what kind of query
+                                   dependence (with the query-dependence suite), the tables, figures
     DIR/tables/runs.csv            one row per result set: label, variant, seed, step, task metric
-    DIR/tables/table1.{csv,md,tex} GCNet's Table 1 form (each variant's last training step)
-    DIR/tables/over_training.*     every step, where a variant has several
+    DIR/tables/table1.{csv,md,tex} GCNet's Table 1 form: input/output/att and the controls (each
+                                   variant's last training step; :mod:`.nl_tables`)
+    DIR/tables/query_dependence.*  Table 2: the query-dependence suite (runs that measured it)
+    DIR/tables/diagnostics.*       Table 3: sharpness, zero rows, own-object mass, 3x3 mass
+    DIR/tables/over_training.*     Table 1 for every step, where a variant has several (CSV: with Table 3's columns)
     DIR/figures/*.{png,pdf}        Figure 2 form per variant and block, distributions (one per statistic),
-                                   statistics over training, query-distance heat maps
+                                   statistics over training, query-distance heat maps, the tables
     DIR/explore/LABEL.html         with ``explore`` (``nlanalysis report`` passes it): the explore
                                    page of each run saved with ``--save-maps all``, linked from the index
 
@@ -41,13 +45,16 @@ import pandas as pd
 from ..extract.results import ResultSet, load_run
 from ..extract.store import RunStore
 from ..schema import NL, VIT
-from ..tables import METRIC_NAMES, caption, final_steps, format_table, summarise
+from ..tables import (HEADLINE_STATS, METRIC_NAMES, TABLE_STATS, caption, final_steps, format_table, select_stats, short_block_names,
+                      summarise)
 from .explore_links import PageWriter, explore_lines
 from .images import find_image, find_images
 from .meta import RunMeta, Runs, describe_run, load_runs
 from .nl_figures import maps_figures, representatives
+from .nl_tables import write_nl_tables
 from .pages import Report, require_png, start_report, write_pages
 from .staging import staged_folder
+from .query_text import query_lines
 from .summary import summary_text
 from .vit import write_vit_files
 
@@ -67,6 +74,7 @@ def write_report(
     nl_table: str | os.PathLike[str] | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
     explore: PageWriter | None = None,
+    baseline_metric: float | None = None,
 ) -> Report:
     """Write the report of ``runs`` into ``out`` (see the module docstring); of one ViT run, the ViT
     report (:func:`~nlanalysis.report.vit.write_vit_files`).
@@ -87,6 +95,9 @@ def write_report(
             ``nlanalysis.explore``'s; :mod:`~nlanalysis.report.explore_links`): each run saved with
             ``--save-maps all`` gets ``out/explore/LABEL.html``, linked from the index. ``None``:
             the index gives the command that writes it.
+        baseline_metric: the task metric of the model without a block (e.g. the mean over seeds of
+            ``reports/training/summary.csv``'s baseline), drawn as a line over training; default: the
+            runs of variant ``baseline``, if any.
 
     The report is written into a temporary folder beside ``out`` and renamed into place when
     complete (:func:`~nlanalysis.report.staging.staged_folder`): a failed report leaves ``out``
@@ -104,7 +115,8 @@ def write_report(
         raise ValueError(f"report: the runs use different distance conventions {conventions}; report them separately")
     return _staged(out, lambda work: _write_report_files(
         loaded, work, conventions[0] if conventions else "1-cos", images=images, image_ids=image_ids, image_root=image_root,
-        formats=formats, title=title or "Do the non-local blocks' attention maps depend on the query?", explore=(explore, Path(out))))  # fmt: skip
+        formats=formats, title=title or "Do the non-local blocks' attention maps depend on the query?", explore=(explore, Path(out)),
+        baseline_metric=baseline_metric))  # fmt: skip
 
 
 def _staged(out: str | os.PathLike[str], write: Callable[[Path], Report]) -> Report:
@@ -145,6 +157,7 @@ def _write_report_files(
     formats: Sequence[str],
     title: str,
     explore: tuple[PageWriter | None, Path],
+    baseline_metric: float | None = None,
 ) -> Report:
     """Write the report's files into the (empty) folder ``out``; see :func:`write_report`
     (``explore``: the page writer and the report's final folder)."""
@@ -153,19 +166,18 @@ def _write_report_files(
     report.tables["runs"] = loaded.table()
     report.tables["runs"].to_csv(out / "tables" / "runs.csv", index=False, lineterminator="\n")
     final = final_steps(loaded.frame)
-    table1 = summarise(final, by=("variant", "step"))
-    cap = caption(table1, convention)
-    links = report.table("table1", table1, cap)
-    from ..plots.table import plot_table
-
-    report.figure(plot_table(format_table(table1), "Table 1", cap), "table1", "Table 1 as a figure: the numbers of `tables/table1.csv`.")
+    summary = summarise(final, by=("variant", "step"))
+    table_sections = write_nl_tables(summary, convention, report)
+    table1 = report.tables["table1"]
     report.text = summary_text(table1, convention)
-    _summary_figures(loaded.frame, final, convention, report)
+    short = short_block_names(summary["block"].tolist())
+    report.query_text = query_lines(summary, [f"`{v}` · {short[b]}" for v, b in zip(summary["variant"], summary["block"])])
+    _summary_figures(loaded.frame, final, convention, report, baseline_metric)
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
     maps_figures(loaded, representatives(loaded, final), blocks_kept, report, n_images=images, image_ids=image_ids,
                  image_root=image_root)  # fmt: skip
     explore_text, report.pages = explore_lines([(m.label, r) for m, r in zip(loaded.meta, loaded.results)], out, explore[1], explore[0])
-    report.write_pages(_sections(title, loaded, table1, (cap, links), report, explore_text), title)
+    report.write_pages(_sections(title, loaded, table_sections, report, explore_text), title)
     return report
 
 
@@ -182,8 +194,11 @@ def _run_notes(loaded: Runs) -> list[str]:
     return notes
 
 
-def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, report: Report) -> None:
-    """The distribution figures (one per statistic) and, where a variant has several steps, the over-training table and figure."""
+def _summary_figures(
+    frame: pd.DataFrame, final: pd.DataFrame, convention: str, report: Report, baseline: float | None = None
+) -> None:
+    """The distribution figures (one per statistic) and, where a variant has several steps, the over-training table and
+    figure (``baseline``: the task metric without a block, a dashed line)."""
     from ..plots import plot_distributions, plot_over_training
 
     what = {"input": "the block's input features", "output": "the context term the block adds before fusion",
@@ -197,11 +212,14 @@ def _summary_figures(frame: pd.DataFrame, final: pd.DataFrame, convention: str, 
     steps = frame.dropna(subset=["step"]).groupby("variant")["step"].nunique() if frame["step"].notna().any() else pd.Series(dtype=int)
     if (steps > 1).any():
         training = frame[frame["variant"].isin(steps[steps > 1].index)]
-        over = summarise(training, by=("variant", "step"))
-        report.table("over_training", over, caption(over, convention))
-        report.figure(plot_over_training(training, convention=convention), "over_training",
+        over = summarise(training, by=("variant", "step"), stats=TABLE_STATS)
+        shown = select_stats(over, HEADLINE_STATS)
+        report.table("over_training", over, caption(shown, convention) + " The CSV also holds the diagnostics' columns (Table 3).",
+                     text=format_table(shown, stats=HEADLINE_STATS))  # fmt: skip
+        report.figure(plot_over_training(training, convention=convention, baseline=baseline), "over_training",
                       "Each statistic against the training step (snapshot checkpoints), per variant and block; band: 95% CI; "
-                      "thin lines: one seed each; att on a symmetric-log axis (linear below 1e-3, so 0 stays on it).")  # fmt: skip
+                      "thin lines: one seed each; att on a symmetric-log axis (linear below 1e-3, so 0 stays on it)"
+                      + ("; dashed: the task metric of the model without a block." if baseline is not None else "."))  # fmt: skip
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -220,22 +238,26 @@ def _runs_display(runs_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sections(
-    title: str, runs: Runs, table1: pd.DataFrame, table1_files: tuple[str, list[str]], report: Report, explore: list[str]
+    title: str, runs: Runs, tables: list[tuple[str, Any]], report: Report, explore: list[str]
 ) -> list[tuple[str, Any]]:
     s: list[tuple[str, Any]] = [("h1", title)]
-    s.append(("p", f"{len(runs.results)} result set(s) of `nlanalysis extract`; Table 1 and the distributions use each "
+    s.append(("p", f"{len(runs.results)} result set(s) of `nlanalysis extract`; the tables and the distributions use each "
                    "variant's last training step. GCNet (arXiv 1904.11492, Sec. 3) found that in trained NL blocks the "
                    "attention maps of different queries are nearly the same: att and output distances one to two orders "
                    "of magnitude below the input distance."))  # fmt: skip
     s.append(("h2", "Summary"))
     s.append(("list", report.text or ["No block with query-dependent maps among the runs."]))
+    if report.query_text:
+        s.append(("h2", "What kind of query dependence"))
+        s.append(("p", "The cosine distance `att` says how much the maps of different queries differ, not how. The "
+                       "query-dependence suite (Table 2) decomposes it. " + report.query_text[0]))  # fmt: skip
+        s.append(("list", report.query_text[1:]))
     if report.notes:
         s.append(("h2", "Notes"))
         s.append(("list", report.notes))
-    s.append(("h2", "Table 1"))
-    s.append(("table", (format_table(table1), *table1_files)))
+    s += tables
     if "over_training" in report.tables:
-        s.append(("p", "The same for every training step: `tables/over_training.csv` (`.md`, `.tex`)."))
+        s.append(("p", "Table 1 for every training step: `tables/over_training.csv` (`.md`, `.tex`)."))
     s.append(("h2", "Figures"))
     s += report.figure_sections()
     s += [("h2", "Explore every query"), ("list", explore)]

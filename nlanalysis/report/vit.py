@@ -35,12 +35,15 @@ from ..analyze import FRAME_COLUMNS
 from ..extract.locality import parse_peak_offsets
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
-from ..schema import VIT
+from ..schema import VIT, query_columns
+from ..tables import caption
 from .explore_links import PageWriter, explore_lines
 from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
 from .vit_figures import vit_figures
-from .vit_tables import HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, rows_by_head
+from .query_text import layer_lines
+from .vit_tables import (HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, measured_query_columns,
+                         query_layers_table, query_layers_text, rows_by_head)
 from .vit_text import head_kind, measured_lines, provenance, run_facts, summary_lines
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "layers_table", "read_nl_table", "write_vit_files",
@@ -151,6 +154,7 @@ def vit_frames(run: ResultSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     order = {image: i for i, image in enumerate(dict.fromkeys(frame["image"]))}  # layer by layer, the photos in run order
     frame = frame.iloc[np.lexsort((frame["image"].map(order), frame["layer"]))].reset_index(drop=True)
     columns = [c for c in FRAME_COLUMNS[VIT] if c in frame] + ["att_local", "att_local_uniform", "peak_dy", "peak_dx", "peak_share"]
+    columns += [c for c in query_columns(VIT) if c in frame and c not in columns]  # the query-dependence suite, where measured
     return frame[columns], offsets
 
 
@@ -174,7 +178,8 @@ def write_vit_files(
     report = start_report(out, formats)
     n_photos, n_layers, n_heads = frame["image"].nunique(), int(frame["layer"].nunique()), int(frame["num_heads"].iloc[0])
     model_name = f"{facts['label']} (ViT, {n_layers} layers x {n_heads} heads)"
-    layers, per_head = layers_table(frame), heads_table(frame, offsets=offsets)
+    layers = layers_table(frame)
+    per_head = heads_table(frame, columns=(*HEAD_COLUMNS, *measured_query_columns(frame)), offsets=offsets)
     layers_fmt, cap = layers_text(layers), layers_caption(n_photos, str(frame["keys"].iloc[0]), n_heads)
     links = report.table("layers", layers, cap, text=layers_fmt, label="tab:vit-layers")
     report.table("heads", per_head, formats=("csv",))
@@ -182,6 +187,7 @@ def write_vit_files(
     chosen_heads, labels = _heads_to_draw(layers, per_head, frame, heads)
     vit_figures(run, frame, per_head, chosen_heads, labels, report, model_name, image_root=image_root)
     report.text = summary_lines(layers, per_head, chosen_heads, labels)
+    query_sections = _query_sections(frame, per_head, report)
     sections: list[tuple[str, Any]] = [("h1", title)]
     sections.append(("p", "GCNet (Cao et al., arXiv 1904.11492, Sec. 3) found that in trained non-local blocks the attention maps "
                           "of different query positions are nearly the same. Self-attention in a ViT is the NL block's successor, "
@@ -191,6 +197,7 @@ def write_vit_files(
     sections += [("h2", "Summary"), ("list", report.text), ("h2", "Per-layer table"), ("table", (layers_fmt, cap, links))]
     sections.append(("p", "Every layer x head (and head mean) with its interval and locality: `tables/heads.csv`; every photo: "
                           "`tables/per_image.csv`."))  # fmt: skip
+    sections += query_sections
     sections += [("h2", "Figures"), *report.figure_sections()]
     explore_text, report.pages = explore_lines([(str(facts["label"]), run)], out, explore[1], explore[0])
     sections += [("h2", "Explore every query"), ("list", explore_text)]
@@ -200,6 +207,28 @@ def write_vit_files(
     sections += [("h2", "Notes"), ("list", report.notes)]
     report.write_pages(sections, title)
     return report
+
+
+def _query_sections(frame: pd.DataFrame, per_head: pd.DataFrame, report: Report) -> list[tuple[str, Any]]:
+    """The query-dependence suite's table per layer (``tables/query_layers.*``, with its figure) and its
+    reading per layer and group of heads (:func:`~nlanalysis.report.query_text.layer_lines`); none without the suite."""
+    table = query_layers_table(frame)
+    if table is None:
+        return []
+    from ..plots.table import plot_table
+
+    text, cap = query_layers_text(table), caption(table)
+    cap = "Per layer, the head-mean maps: mean over photos [95% Student-t interval over photos]. " + cap
+    links = report.table("query_layers", table, cap, text=text, label="tab:vit-query-layers")
+    title = "What kind of query dependence, per layer (head-mean maps)"
+    report.figure(plot_table(text, title, cap), "query_layers", f"{title} as a figure: the numbers of `tables/query_layers.csv`.")
+    report.query_text = layer_lines(per_head)
+    sections: list[tuple[str, Any]] = [("h2", "What kind of query dependence")]
+    if report.query_text:
+        sections += [("p", "The cosine distance `att` says how much the maps of different queries differ, not how; the "
+                           "query-dependence suite decomposes it, per layer (head-mean map) and head. " + report.query_text[0]),
+                     ("list", report.query_text[1:])]  # fmt: skip
+    return [*sections, ("table", (text, cap, links))]
 
 
 def _heads_to_draw(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..analyze_vit import HEAD_MEAN, image_intervals, layer_table
-from ..schema import pick
-from ..tables import ci_column
+from ..schema import VIT, pick, query_columns, value_range
+from ..tables import HEADERS, QUERY_TABLE_STATS, RATIO_STATS, ci_column
 
-__all__ = ["HEAD_COLUMNS", "choose_heads", "heads_table", "layers_caption", "layers_table", "layers_text", "rows_by_head"]
+__all__ = ["HEAD_COLUMNS", "choose_heads", "heads_table", "layers_caption", "layers_table", "layers_text", "measured_query_columns",
+           "query_layers_table", "query_layers_text", "rows_by_head"]  # fmt: skip
 
 #: statistics summarised per layer and head (means with 95% CIs over photos), in table order.
 HEAD_COLUMNS = pick("input", "output", "att", "ctrl_att", "att_jsd", "att_entropy", "att_max", "att_prefix_mass", "att_local",
@@ -121,3 +123,31 @@ def layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
         "its own and the 8 neighbouring patches; class-token mass: weight on the class token before renormalising. "
         "Uniform attention would give att = 0, JSD = 0, entropy 1. Layers and heads count from 0."
     )
+
+
+def measured_query_columns(frame: pd.DataFrame) -> list[str]:
+    """The query-dependence suite's columns a ViT run measured (not all NaN), and its form control."""
+    return [c for c in ("ctrl_form_att", *query_columns(VIT)) if c in frame and frame[c].notna().any()]
+
+
+def query_layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame | None:
+    """Per layer, the head-mean maps' query-dependence columns (:data:`~nlanalysis.tables.QUERY_TABLE_STATS`
+    the run measured; mean and CI over photos), or None without the suite."""
+    means = frame[frame["head"] == HEAD_MEAN]
+    cols = [c for c in QUERY_TABLE_STATS if c in measured_query_columns(means) + ["att"] and c not in RATIO_STATS]
+    if not set(cols) - {"att", "ctrl_form_att"}:
+        return None
+    table = layer_table(frame, columns=cols, head=HEAD_MEAN, level=level)
+    for c in cols:  # intervals cut to the statistic's range, as the NL tables'
+        low, high = value_range(c, str(frame["convention"].iloc[0]) if "convention" in frame else "1-cos") or (-np.inf, np.inf)
+        table[[f"{c}_low", f"{c}_high"]] = table[[f"{c}_low", f"{c}_high"]].clip(low, high)
+    return table
+
+
+def query_layers_text(table: pd.DataFrame) -> pd.DataFrame:
+    """A :func:`query_layers_table` as text cells under the tables' headers."""
+    out = pd.DataFrame({"layer": table["layer"].astype(int).astype(str), "photos": table["n_images"].astype(int).astype(str)})
+    for c in QUERY_TABLE_STATS:
+        if c in table:
+            out[HEADERS[c]] = ci_column(table, c)
+    return out
