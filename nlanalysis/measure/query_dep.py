@@ -5,7 +5,9 @@ and :mod:`nlanalysis.metrics.decomposition` on the maps of one site (:class:`Sit
 maps, e.g. a ViT layer's heads ``[B, heads]`` and its head mean ``[B]``), in eager PyTorch from the
 site's lazy rows, whatever kernel measured the other columns (so eager and native runs give the same
 values). ``level`` (:data:`LEVELS`): ``"off"`` (nothing), ``"cheap"`` (:data:`CHEAP`) or ``"all"``
-(also :data:`EXPENSIVE`: the power iteration of ``logit_rank1`` runs ~10-30 passes over the maps).
+(also :data:`EXPENSIVE`: the rank-1 fit of ``logit_rank1`` reads the maps twice for softmax maps, the
+Gram matrix then the gain-only maps; with more than :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys,
+a few passes of subspace iteration instead of the Gram matrix).
 
 What each map gives (NaN where a statistic is not defined for it):
 
@@ -202,10 +204,10 @@ def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
     masks = dict(key_mask=km, query_mask=qm)
     if level == "all":
         score = g.logits if g.logits is not None else g.rows
-        fit = logit_rank1(score, n_query, n_key, **masks)
+        fit = logit_rank1(score, n_query, n_key, gains=False, **masks)  # gain_only forms the gains in its pass
         out["logit_rank1"] = fit.share
         if g.logits is not None:
-            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, **masks)
+            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, n_query=n_query, **masks)
     if g.qk is not None:
         q, k, scale, softmax = g.qk
         split = dnl_split(q, k, scale, softmax=softmax, **masks)
