@@ -32,12 +32,13 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, distance_from_sum, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from ..metrics.object_context import compact_object_labels
 from .jsd_pairs import _jsd_plan, _table_jsd
-from .query_dep import block_maps, check_level
-from .query_dep import query_dependence as query_dep
+from .query_dep import OBJECT_MASS, ObjectLabels, block_maps, check_level, suite_pass
 from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block"]
+__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block",
+           "object_labels"]  # fmt: skip
 
 
 #: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
@@ -213,16 +214,33 @@ def measure_block(
         from .control_forms import block_form_controls
 
         ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
-    suite = {}
+    suite, labels, mass = {}, None, []
     if query_dependence != "off":
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
-        suite = query_dep(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence)
-    return SiteStats(
+        labels = object_labels(objects, masks, att.key_shape) if objects is not None else None
+        suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels)
+    stats = SiteStats(
         **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager"), **{k: v[:, None] for k, v in maps.items()},
         n_query=masks.n_query, n_key=masks.n_key, convention=convention, zero_rule=zero,
         **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
         query_independent=given.query_independent, **suite,
     )  # fmt: skip
+    if labels is not None:  # the object context's label mass, from the suite's pass (read by extract.object_sites)
+        setattr(stats, OBJECT_MASS, mass[0])
+    return stats
+
+
+def object_labels(objects: Tensor, masks: BlockMasks, key_shape: tuple[int, int]) -> ObjectLabels:
+    """The object context's labels of a block's queries and keys (:class:`~.query_dep.ObjectLabels`) from
+    instance labels ``[B, H, W]``: compact labels shared by the batch, -1 on padding and on pooled keys
+    that mix labels."""
+    compact, n_labels = compact_object_labels(objects.to(torch.int64))
+    queries, keys = compact.flatten(1), key_labels(compact, key_shape).flatten(1)
+    if masks.qmask is not None:
+        queries = torch.where(masks.qmask.to(queries.device), queries, -1)
+    if masks.kmask is not None:
+        keys = torch.where(masks.kmask.to(keys.device), keys, -1)
+    return ObjectLabels(queries, keys, n_labels)
 
 
 def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .query_dependence import Stream, valid
 
-__all__ = ["GRAM_MAX_KEYS", "METHODS", "Profile", "centred", "top_profile"]
+__all__ = ["GRAM_MAX_KEYS", "METHODS", "GramStep", "Profile", "SubspaceStep", "centred", "complete", "profile_step", "top_profile"]
 
 #: the most keys for which :func:`top_profile` forms the Gram matrix (``method="auto"``)
 GRAM_MAX_KEYS = 1024
@@ -85,12 +85,31 @@ def top_profile(stream: Callable[[], Stream], *, method: str = "auto", tol: floa
         max_passes: ``"subspace"``: the most passes.
         seed: ``"subspace"``: the random start block.
     """
+    st = stream()
+    step = profile_step(st, method=method, tol=tol, max_passes=max_passes, seed=seed)
+    for _, x, qm in st:
+        step.update(x, qm)
+    return complete(step, stream)
+
+
+def profile_step(st: Stream, *, method: str = "auto", tol: float = 1e-10, max_passes: int = 100, seed: int = 0) -> GramStep | SubspaceStep:
+    """The accumulator of one pass of :func:`top_profile` over ``st``'s maps (arguments as there): feed it the
+    chunks (``update(x, qm)`` with :meth:`~.query_dependence.Stream.view`'s), then :func:`complete` it."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    st = stream()
     if method == "gram" or (method == "auto" and st.n_key <= GRAM_MAX_KEYS):
-        return _gram(st)
-    return _subspace(stream, st, tol, max_passes, seed)
+        return GramStep(st)
+    return SubspaceStep(st, tol, max_passes, seed)
+
+
+def complete(step: GramStep | SubspaceStep, stream: Callable[[], Stream]) -> Profile:
+    """The :class:`Profile` of a step fed one pass, running more passes of ``stream`` while it asks for them."""
+    found = step.finish()
+    while found is None:
+        for _, x, qm in stream():
+            step.update(x, qm)
+        found = step.finish()
+    return found
 
 
 def _unit(v: Tensor, km: Tensor) -> Tensor:
@@ -100,45 +119,64 @@ def _unit(v: Tensor, km: Tensor) -> Tensor:
     return v / torch.where(norm > 0, norm, 1.0)
 
 
-def _gram(st: Stream) -> Profile:
-    """One pass: ``G = L^T L`` ``[B, K, K]`` and ``||L||_F^2``; then ``eigh``."""
-    b, device = st.key_mask.shape[0], st.key_mask.device
-    gram = torch.zeros(b, st.n_key, st.n_key, dtype=torch.float64, device=device)
-    for _, x, qm in st:
-        lc = centred(x, qm, st.key_mask)
-        gram.baddbmm_(lc.transpose(1, 2), lc)
-    frob = torch.diagonal(gram, dim1=1, dim2=2).sum(-1)
-    values, vectors = torch.linalg.eigh(gram)
-    share = torch.where(frob > 0, values[:, -1].clamp_min(0) / torch.where(frob > 0, frob, 1.0), math.nan)
-    ok = torch.ones(b, dtype=torch.bool, device=device)
-    return Profile(share, _unit(vectors[..., -1], st.key_mask.to(torch.float64)), 1, ok, "gram")
+def _share(top: Tensor, frob: Tensor) -> Tensor:
+    return torch.where(frob > 0, top.clamp_min(0) / torch.where(frob > 0, frob, 1.0), math.nan)
 
 
-def _subspace(stream: Callable[[], Stream], st: Stream, tol: float, max_passes: int, seed: int) -> Profile:
-    """Block subspace iteration with Rayleigh-Ritz, one pass over the maps per step (module docstring)."""
-    b, k, device = st.key_mask.shape[0], st.n_key, st.key_mask.device
-    km = st.key_mask.to(torch.float64)
-    p = max(1, min(BLOCK, k))
-    start = torch.randn(b, k, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
-    basis = torch.linalg.qr(start * km[..., None]).Q
-    for passes in range(1, max_passes + 1):
-        w = torch.zeros_like(basis)
-        h = torch.zeros(b, p, p, dtype=torch.float64, device=device)
-        frob = torch.zeros(b, dtype=torch.float64, device=device)
-        for _, x, qm in st:
-            lc = centred(x, qm, st.key_mask)
-            u = lc @ basis  # [B, n, p]
-            w.baddbmm_(lc.transpose(1, 2), u)
-            h.baddbmm_(u.transpose(1, 2), u)
-            frob += lc.square().sum(dim=(1, 2))
-        theta, y = torch.linalg.eigh(h)
+class GramStep:
+    """One pass: ``G = L^T L`` ``[B, K, K]`` (and ``||L||_F^2``, its trace); then ``eigh``."""
+
+    def __init__(self, st: Stream) -> None:
+        self.km = st.key_mask
+        self.gram = torch.zeros(self.km.shape[0], st.n_key, st.n_key, dtype=torch.float64, device=self.km.device)
+
+    def update(self, x: Tensor, qm: Tensor) -> None:
+        lc = centred(x, qm, self.km)
+        self.gram.baddbmm_(lc.transpose(1, 2), lc)
+
+    def finish(self) -> Profile:
+        frob = torch.diagonal(self.gram, dim1=1, dim2=2).sum(-1)
+        values, vectors = torch.linalg.eigh(self.gram)
+        ok = torch.ones(frob.shape[0], dtype=torch.bool, device=frob.device)
+        return Profile(_share(values[:, -1], frob), _unit(vectors[..., -1], self.km.to(torch.float64)), 1, ok, "gram")
+
+
+class SubspaceStep:
+    """Block subspace iteration with Rayleigh-Ritz, one pass over the maps per step (module docstring):
+    :meth:`finish` gives the :class:`Profile` once converged (or after ``max_passes``), else ``None``
+    and the next block, for another pass."""
+
+    def __init__(self, st: Stream, tol: float, max_passes: int, seed: int) -> None:
+        b, k, device = st.key_mask.shape[0], st.n_key, st.key_mask.device
+        self.km, self.kmf, self.tol, self.max_passes, self.passes = st.key_mask, st.key_mask.to(torch.float64), tol, max_passes, 0
+        p = max(1, min(BLOCK, k))
+        start = torch.randn(b, k, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+        self.basis = torch.linalg.qr(start * self.kmf[..., None]).Q
+        self._reset()
+
+    def _reset(self) -> None:
+        b, p = self.basis.shape[0], self.basis.shape[2]
+        self.w = torch.zeros_like(self.basis)
+        self.h = torch.zeros(b, p, p, dtype=torch.float64, device=self.basis.device)
+        self.frob = torch.zeros(b, dtype=torch.float64, device=self.basis.device)
+
+    def update(self, x: Tensor, qm: Tensor) -> None:
+        lc = centred(x, qm, self.km)
+        u = lc @ self.basis  # [B, n, p]
+        self.w.baddbmm_(lc.transpose(1, 2), u)
+        self.h.baddbmm_(u.transpose(1, 2), u)
+        self.frob += lc.square().sum(dim=(1, 2))
+
+    def finish(self) -> Profile | None:
+        self.passes += 1
+        theta, y = torch.linalg.eigh(self.h)
         top, y1 = theta[:, -1].clamp_min(0), y[..., -1:]
-        ritz = (basis @ y1)[..., 0]
-        residual = torch.linalg.vector_norm((w @ y1)[..., 0] - top[:, None] * ritz, dim=-1)
-        converged = (residual <= tol * top) | (frob == 0)
-        if bool(converged.all()) or passes == max_passes:
-            break
-        basis = torch.linalg.qr(w + (w.abs().amax(dim=(1, 2), keepdim=True) == 0) * basis).Q  # a zero map keeps its basis
-        st = stream()
-    share = torch.where(frob > 0, top / torch.where(frob > 0, frob, 1.0), math.nan)
-    return Profile(share, _unit(ritz, km), passes, converged, "subspace")
+        ritz = (self.basis @ y1)[..., 0]
+        residual = torch.linalg.vector_norm((self.w @ y1)[..., 0] - top[:, None] * ritz, dim=-1)
+        converged = (residual <= self.tol * top) | (self.frob == 0)
+        if bool(converged.all()) or self.passes >= self.max_passes:
+            return Profile(_share(top, self.frob), _unit(ritz, self.kmf), self.passes, converged, "subspace")
+        zero = self.w.abs().amax(dim=(1, 2), keepdim=True) == 0  # a zero map keeps its basis
+        self.basis = torch.linalg.qr(self.w + zero * self.basis).Q
+        self._reset()
+        return None
