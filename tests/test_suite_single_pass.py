@@ -128,3 +128,33 @@ def test_object_context_of_an_nl_capture_rebuilds_no_maps(tmp_path, monkeypatch)
     assert calls
     cols = [c for c in folded if c.startswith(("own_object", "other_", "background_"))]
     np.testing.assert_allclose(folded[cols].to_numpy(float), rebuilt[cols].to_numpy(float), rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode", ["embedded_gaussian", "dot_product", "concatenation"])
+def test_the_eager_map_statistics_share_the_suite_pass(mode):
+    """measure_block with the suite on (eager rows): one pass for the map statistics and the suite, the same
+    map statistics as with the suite off, and the suite's columns as measured beside a separate pass."""
+    from nlanalysis.measure import measure_block
+
+    att = _att(mode)
+    x = torch.randn(2, 3, *att.query_shape, generator=torch.Generator().manual_seed(5))
+    valid = torch.ones(2, *att.query_shape, dtype=torch.bool)
+    valid[1, :, -2:] = False
+    objects = torch.zeros(2, *att.query_shape, dtype=torch.int64)
+    objects[:, 1:4, 1:3] = 7
+    common = dict(valid=valid, objects=objects, jsd_pairs=0, kernels="eager", chunk_size=7)
+    off = measure_block(att, x, x, **common)
+    Counting.formed = 0
+    on = measure_block(att, x, x, query_dependence="cheap", **common)
+    assert Counting.formed == att.n_query  # one pass (the DNL split works on q and k)
+    for name in ("att", "att_entropy", "att_max", "att_zero_rows", "att_own_object", "own_object_share", "input", "output"):
+        np.testing.assert_array_equal(getattr(on, name), getattr(off, name), err_msg=name)
+    # the suite's columns against the suite run on its own (rows counted by the map statistics' pass)
+    from nlanalysis.measure.blocks import block_masks
+
+    masks = block_masks(valid, objects, 2, att.query_shape, att.key_shape, x.device)
+    counted = (att.full().abs().amax(-1) > 0) & masks.qmask
+    alone, _ = suite_pass(block_maps(att, counted, masks.kmask, None, 7), "cheap")
+    for name, value in alone.items():
+        np.testing.assert_allclose(getattr(on, name), value, rtol=1e-12, equal_nan=True, err_msg=name)
+    assert (getattr(on, "object_mass") is None) == (mode == "dot_product")

@@ -217,16 +217,20 @@ class ObjectLabels:
     n_labels: int
 
 
-def suite_pass(site: SiteMaps, level: str, labels: ObjectLabels | None = None) -> tuple[dict[str, Tensor], list[Any]]:
+def suite_pass(site: SiteMaps, level: str, labels: ObjectLabels | None = None,
+               headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], list[Any]]:  # fmt: skip
     """:func:`query_dependence`'s columns and, with ``labels``, each map group's label mass (``(R, n, area)``
     of :func:`~nlanalysis.metrics.object_context.label_mass`; ``None`` for signed maps) from the same pass
     over the rows: one pass over each group's maps feeds the per-row statistics, the object context and the
     first pass of the rank-1 fit (softmax maps: logits and rows formed once, ``rows = softmax(logits)``).
     The rank-1 fit then reads the maps again only for the gain-only maps (and subspace steps: more than
-    :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys). ``([], [])``-like empty results when ``level == "off"``."""
+    :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys). ``headline(start, rows)``, if given, is fed each
+    chunk of the first group's rows first (an NL block's map statistics, :func:`~.blocks.measure_block`): it
+    may fill that group's ``query_mask`` for the chunk's queries, which the suite then reads. ``({}, [])``
+    when ``level == "off"``."""
     if check_level(level) == "off":
         return {}, []
-    parts = [_group(g, site, level, labels) for g in site.groups]
+    parts = [_group(g, site, level, labels, headline if i == 0 else None) for i, g in enumerate(site.groups)]
     return {name: torch.cat([p[0][name] for p in parts], dim=1) for name in COLUMNS}, [p[1] for p in parts]
 
 
@@ -283,10 +287,13 @@ class _GroupPass:
             self.step.update(*self.st.view(start, logits if self.g.logits is not None else rows))
 
 
-def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None) -> tuple[dict[str, Tensor], Any]:
+def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
+           headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], Any]:  # fmt: skip
     """The columns of one map group, each ``[B, m]``, and its label mass (``None`` without labels or for signed maps)."""
     acc = None
     for start, rows, logits in _joint(g)():
+        if headline is not None:
+            headline(start, rows)
         acc = acc or _GroupPass(g, site, level, labels, rows)
         acc.update(start, rows, logits)
     if acc is None:
