@@ -26,6 +26,14 @@ What each map gives (NaN where a statistic is not defined for it):
 
 ``cross_site_cos`` (:data:`CROSS_SITE`) compares a site with the previous one of the forward: it is
 measured beside the capture (:mod:`.cross_site`), not here.
+
+Passes over the maps (:func:`suite_pass`): one per map group feeds every per-row statistic above, the
+object context's label mass (:mod:`nlanalysis.metrics.object_context`, NL blocks) and the rank-1 fit's
+Gram matrix; softmax maps form their logits once for it (``rows = softmax(logits)``). ``"all"`` adds one
+pass for the gain-only maps (and, beyond :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys, the
+subspace steps after the first). :func:`~.blocks.measure_block` feeds the same pass to an NL block's map
+statistics where they are eager (not the native softmax kernel), so its rows are formed once in all; the
+DNL split forms its pairwise-only maps from ``q`` and ``k``.
 """
 from __future__ import annotations
 
