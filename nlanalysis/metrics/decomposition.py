@@ -66,7 +66,7 @@ def _softmax(x: Tensor, km: Tensor) -> Tensor:
 
 
 def logit_rank1(logits: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
-                query_mask: Tensor | None = None, tol: float = 1e-10, max_iter: int = 100, seed: int = 0,
+                query_mask: Tensor | None = None, tol: float = 1e-8, max_iter: int = 100, seed: int = 0,
                 method: str = "auto", gains: bool = True) -> Rank1:  # fmt: skip
     """The share of the row-centred logits' energy in their best rank-1 approximation (``logit_rank1``).
 

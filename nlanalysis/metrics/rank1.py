@@ -24,8 +24,9 @@ by one of two methods, chosen by the number of keys ``K`` (``method="auto"``):
 Accuracy (tested against ``numpy.linalg.svd``): ``"gram"`` to rounding (~1e-12 in the share and
 the profile). ``"subspace"``: at the stop, the profile's angle to the true one is at most
 ``tol * sigma_1^2 / (sigma_1^2 - sigma_2^2)`` and the share (a Rayleigh quotient, never above the
-truth) is low by at most about the square of the residual: ``tol = 1e-10`` gives ~1e-20 in the share
-and ~1e-10 in the profile unless ``sigma_2`` is within 1% of ``sigma_1``.
+truth) is low by about ``tol^2 sigma_1^2 / (sigma_1^2 - sigma_2^2)`` (relative): the default ``tol = 1e-8``
+gives ~1e-16 in the share and ~1e-8 in the profile (so in ``att_gain_only``, ``gain_only_tv``) unless
+``sigma_2`` is within a few % of ``sigma_1``.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def centred(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
     return valid(x - mean, qm, km)
 
 
-def top_profile(stream: Callable[[], Stream], *, method: str = "auto", tol: float = 1e-10, max_passes: int = 100,
+def top_profile(stream: Callable[[], Stream], *, method: str = "auto", tol: float = 1e-8, max_passes: int = 100,
                 seed: int = 0) -> Profile:  # fmt: skip
     """The share and the key profile of the best rank-1 fit of the row-centred logits (module docstring).
 
@@ -92,7 +93,7 @@ def top_profile(stream: Callable[[], Stream], *, method: str = "auto", tol: floa
     return complete(step, stream)
 
 
-def profile_step(st: Stream, *, method: str = "auto", tol: float = 1e-10, max_passes: int = 100, seed: int = 0) -> GramStep | SubspaceStep:
+def profile_step(st: Stream, *, method: str = "auto", tol: float = 1e-8, max_passes: int = 100, seed: int = 0) -> GramStep | SubspaceStep:
     """The accumulator of one pass of :func:`top_profile` over ``st``'s maps (arguments as there): feed it the
     chunks (``update(x, qm)`` with :meth:`~.query_dependence.Stream.view`'s), then :func:`complete` it."""
     if method not in METHODS:
