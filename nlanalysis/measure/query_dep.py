@@ -249,8 +249,11 @@ def _expand(mask: Tensor | None, batch: tuple[int, ...]) -> Tensor | None:
     return mask.reshape(mask.shape[0], *([1] * (len(batch) - 1)), mask.shape[-1]).expand(*batch, mask.shape[-1])
 
 
-def _joint(g: MapGroup) -> Callable[[], Iterator[tuple[int, Tensor, Tensor | None]]]:
-    """One pass giving ``(start, rows, logits)`` (logits ``None`` where the group has none)."""
+def _joint(g: MapGroup, logits: bool) -> Callable[[], Iterator[tuple[int, Tensor, Tensor | None]]]:
+    """One pass giving ``(start, rows, logits)`` (logits ``None`` where the group has none or they are not
+    needed: ``logits`` False)."""
+    if not logits:
+        return lambda: ((s, r, None) for s, r in g.rows())
     if g.joint is not None:
         return g.joint
     if g.logits is None:
@@ -299,7 +302,7 @@ def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
            headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], Any]:  # fmt: skip
     """The columns of one map group, each ``[B, m]``, and its label mass (``None`` without labels or for signed maps)."""
     acc = None
-    for start, rows, logits in _joint(g)():
+    for start, rows, logits in _joint(g, level == "all")():
         if headline is not None:
             headline(start, rows)
         acc = acc or _GroupPass(g, site, level, labels, rows)

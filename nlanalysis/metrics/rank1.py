@@ -7,7 +7,9 @@ by one of two methods, chosen by the number of keys ``K`` (``method="auto"``):
 
 * ``"gram"`` (``K <=`` :data:`GRAM_MAX_KEYS`): one pass accumulates ``G = sum_chunks L_c^T L_c``
   (``[K, K]`` float64 per map, chunk by chunk: never the ``N x K`` logits at once) and ``||L||_F^2``;
-  then ``torch.linalg.eigh(G)``. Exact to float64 rounding, one pass over the maps. Cost: the pass
+  then ``torch.linalg.eigh(G)`` (on one thread, :func:`~.threads.statistics_threads`: its many small
+  parallel steps each wait at a barrier, which on a busy machine took 10 s for six ``257^2`` matrices
+  at two threads). Exact to float64 rounding, one pass over the maps. Cost: the pass
   forms every row once (``N K d`` for ``q.k`` logits, the heads' softmax for a head mean) and adds
   ``N K^2`` for the Gram; ``eigh`` is ``O(K^3)`` per map. Up to ``K ~ 1,000`` the Gram costs about
   what forming the rows costs (``d`` is 64-512), and ``eigh`` of a ``1,024^2`` matrix ~0.1-0.3 s;
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor
 
 from .query_dependence import Stream, valid
+from .threads import statistics_threads
 
 __all__ = ["GRAM_MAX_KEYS", "METHODS", "GramStep", "Profile", "SubspaceStep", "centred", "complete", "profile_step", "top_profile"]
 
@@ -137,7 +140,8 @@ class GramStep:
 
     def finish(self) -> Profile:
         frob = torch.diagonal(self.gram, dim1=1, dim2=2).sum(-1)
-        values, vectors = torch.linalg.eigh(self.gram)
+        with statistics_threads():  # LAPACK's many small parallel steps: a busy machine stalls them at every barrier
+            values, vectors = torch.linalg.eigh(self.gram)
         ok = torch.ones(frob.shape[0], dtype=torch.bool, device=frob.device)
         return Profile(_share(values[:, -1], frob), _unit(vectors[..., -1], self.km.to(torch.float64)), 1, ok, "gram")
 
@@ -170,7 +174,8 @@ class SubspaceStep:
 
     def finish(self) -> Profile | None:
         self.passes += 1
-        theta, y = torch.linalg.eigh(self.h)
+        with statistics_threads():
+            theta, y = torch.linalg.eigh(self.h)
         top, y1 = theta[:, -1].clamp_min(0), y[..., -1:]
         ritz = (self.basis @ y1)[..., 0]
         residual = torch.linalg.vector_norm((self.w @ y1)[..., 0] - top[:, None] * ritz, dim=-1)
