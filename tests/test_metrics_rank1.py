@@ -32,8 +32,8 @@ def _svd(logits):
 def test_both_methods_match_the_svd(method, chunk):
     rng = np.random.default_rng(7)
     spectra = [[9.0, 1.0, 0.5, 0.2], [3.0, 2.7, 2.0, 1.0, 0.5, 0.3], [5.0, 4.9, 4.0, 0.1]]  # dominant, close, very close
-    logits = np.stack([_logits(rng, 23, 17, s) + 0.05 * rng.normal(size=(23, 17)) for s in spectra])
-    fit = logit_rank1(row_chunks(torch.tensor(logits), chunk), 23, 17, method=method, max_iter=500)
+    logits = np.stack([_logits(rng, 23, 37, s) + 0.05 * rng.normal(size=(23, 37)) for s in spectra])
+    fit = logit_rank1(row_chunks(torch.tensor(logits), chunk), 23, 37, method=method, max_iter=500)
     assert bool(fit.converged.all())
     for b in range(3):
         share, v, c = _svd(logits[b])
@@ -46,7 +46,7 @@ def test_both_methods_match_the_svd(method, chunk):
 
 def test_subspace_needs_few_passes_on_a_dominant_map():
     rng = np.random.default_rng(8)
-    logits = torch.tensor(_logits(rng, 40, 30, [10.0, 0.5, 0.3, 0.2, 0.1, 0.05]))
+    logits = torch.tensor(_logits(rng, 40, 30, [10.0, 0.5, 0.3, 0.2, 0.1, 0.05]) + 0.01 * rng.normal(size=(40, 30)))
     fit = logit_rank1(logits, 40, 30, method="subspace", gains=False)
     assert fit.gains is None and fit.iterations <= 6
     assert float(fit.share) == pytest.approx(_svd(logits.numpy())[0], abs=1e-12)

@@ -16,7 +16,7 @@ by one of two methods, chosen by the number of keys ``K`` (``method="auto"``):
   above, ``N K^2`` and ``K^3`` outgrow re-forming the rows a few times, and ``G`` (8 ``K^2`` bytes a
   map, 141 MB at COCO's ``K = 4,200``) is no longer small.
 * ``"subspace"`` (more keys): block subspace iteration on ``G`` through the chunks with a small
-  block (``p = 4`` vectors, random start, ``seed``) and Rayleigh-Ritz each pass: ``U = L V``,
+  block (``p = 16`` vectors, random start, ``seed``) and Rayleigh-Ritz each pass: ``U = L V``,
   ``W = L^T U = G V`` and the projected ``H = U^T U = V^T G V`` come out of one pass; the top Ritz pair
   ``(theta, x = V y)`` of ``H`` has residual ``r = W y - theta x``, known without another pass. Stop
   when ``||r|| <= tol * theta`` in every map, or after ``max_passes``; else ``V = qr(W)``. The error
@@ -47,7 +47,7 @@ __all__ = ["GRAM_MAX_KEYS", "METHODS", "GramStep", "Profile", "SubspaceStep", "c
 #: the most keys for which :func:`top_profile` forms the Gram matrix (``method="auto"``)
 GRAM_MAX_KEYS = 1024
 METHODS = ("auto", "gram", "subspace")
-BLOCK = 4  # vectors of the subspace iteration
+BLOCK = 16  # vectors of the subspace iteration (16 vs 4: 4 passes instead of 5 on the R50-res4 NL map, share 0.95)
 
 
 @dataclass(frozen=True)
