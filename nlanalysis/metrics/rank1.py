@@ -21,7 +21,7 @@ by one of two methods, chosen by the number of keys ``K`` (``method="auto"``):
   ``(theta, x = V y)`` of ``H`` has residual ``r = W y - theta x``, known without another pass. Stop
   when ``||r|| <= tol * theta`` in every map, or after ``max_passes``; else ``V = qr(W)``. The error
   shrinks by ``sigma_{p+1}^2 / sigma_1^2`` per pass (not ``sigma_2^2 / sigma_1^2`` as one power
-  vector's), so a near-rank-1 map (the NL blocks: shares ~0.99) stops after 2-4 passes.
+  vector's): 4 passes on the R50-res4 example NL map (share 0.95, N = K = 4,200), 5 at p = 4.
 
 Accuracy (tested against ``numpy.linalg.svd``): ``"gram"`` to rounding (~1e-12 in the share and
 the profile). ``"subspace"``: at the stop, the profile's angle to the true one is at most
