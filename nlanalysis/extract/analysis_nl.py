@@ -105,7 +105,7 @@ class BlockAnalysis(Analysis):
         cap = Capture(self.model, self.blocks, queries=queries, keep_records=True, seed=seed, jsd_pairs=jsd_pairs,
                       chunk_size=chunk_size, controls=controls,
                       **options, **keep_options(NL, options))  # fmt: skip
-        suite = self.query_dependence != "off"  # with it the object context, whose maps are rebuilt from x
+        suite = self.query_dependence != "off"  # with it the object context (its label mass from the suite's row pass)
         self._context = ObjectContext(self.model, chunk_size, drop=False) if suite else None
         if self._context is not None:
             self._context.attach(cap)

@@ -11,8 +11,11 @@ cell takes the label at its centre, as for ``att_own_object``) and, where set, t
 object (``capture.object_categories``: per image, ``category_ids[k - 1]`` of object ``k``).
 
 Queries and keys on padding are left out; NL keys pooled over several labels belong to no key set;
-signed maps (dot product) get NaN. An NL block's maps are rebuilt from its input (the record's
-``x``, kept for this and then let go of); a ViT layer's from the record's kept attention.
+signed maps (dot product) get NaN. An NL block measured with the query-dependence suite needs no maps:
+the suite's one row pass left the label mass on its stats (:data:`~nlanalysis.measure.query_dep.OBJECT_MASS`),
+and only the object categories are applied here. Otherwise (a capture without statistics) an NL block's
+maps are rebuilt from its input (the record's ``x``, kept for this and then let go of); a ViT layer's
+come from the record's kept attention.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ from ..adapters import list_blocks
 from ..capture.core import Capture
 from ..capture.records import SiteRecord
 from ..measure.blocks import key_labels, key_mask
-from ..measure.query_dep import SiteMaps, block_maps, head_maps, rebuild_block_attention
-from ..metrics.object_context import OBJECT_CONTEXT, object_context
+from ..measure.query_dep import OBJECT_MASS, SiteMaps, block_maps, head_maps, rebuild_block_attention
+from ..metrics.object_context import OBJECT_CONTEXT, compact_object_labels, context_from_mass, object_context
 from ..schema import HEAD_MEAN, NL
 
 __all__ = ["OBJECT_CONTEXT", "ObjectContext", "compact_labels", "with_object_context"]
@@ -37,9 +40,8 @@ __all__ = ["OBJECT_CONTEXT", "ObjectContext", "compact_labels", "with_object_con
 def compact_labels(objects: Tensor, categories: Sequence[Sequence[int]] | None) -> tuple[Tensor, Tensor | None, int]:
     """Object labels ``[B, H, W]`` (``k`` = object ``k``, 0 none) as labels ``0..L-1`` shared by the batch,
     each label's category ``[B, L]`` (-1: label 0, or an object without one) or ``None``, and ``L``."""
+    compact, n_labels = compact_object_labels(objects)
     ids = torch.unique(objects[objects > 0])
-    compact = torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, 0)
-    n_labels = len(ids) + 1
     if categories is None:
         return compact, None, n_labels
     if len(categories) != objects.shape[0]:
@@ -77,13 +79,14 @@ class ObjectContext:
 
     def on_record(self, rec: SiteRecord) -> None:
         try:
-            site = self._site(rec)
+            found = self._from_stats(rec)  # an NL block measured with the suite: its pass gave the label mass
+            site = self._site(rec) if found is None else None
         finally:
             if self.drop:
                 rec.x = rec.z = rec.context = None  # kept only to rebuild the maps here
-        if site is None:
+        if found is None and site is None:
             return
-        found = self._measure(*site)
+        found = found if found is not None else self._measure(*site)
         for b in range(found[OBJECT_CONTEXT[0]].shape[0]):
             for m in range(found[OBJECT_CONTEXT[0]].shape[1]):
                 key = {"image": b, "block": rec.name}
@@ -94,6 +97,22 @@ class ObjectContext:
     def frame(self) -> pd.DataFrame:
         """One row per (image, block[, head]) measured: ``image``, ``block`` (ViT: ``head``) and the statistics."""
         return pd.DataFrame(self.rows)
+
+    def _from_stats(self, rec: SiteRecord) -> dict[str, Tensor] | None:
+        """``{statistic: [B, 1]}`` from the label mass :func:`~nlanalysis.measure.blocks.measure_block` left on an
+        NL record's stats (the suite's row pass: no maps rebuilt); ``None`` where it left none."""
+        mass = getattr(rec.stats, OBJECT_MASS, False) if rec.site == NL and self.cap is not None else False
+        if mass is False:
+            return None
+        b = rec.stats.att.shape[0]
+        if mass is None:  # signed maps: mass and density need non-negative weights
+            return {n: torch.full((b, 1), torch.nan, dtype=torch.float64) for n in OBJECT_CONTEXT}
+        _, objects = self.cap.cell_masks(rec.query_shape, b, "site input")
+        _, cats, n_labels = compact_labels(objects, getattr(self.cap, "object_categories", None))
+        if mass[0].shape[-1] != n_labels:
+            raise ValueError(f"block {rec.name}: the suite's label mass has {mass[0].shape[-1]} labels, the objects {n_labels}")
+        found = context_from_mass(*mass, cats)
+        return {n: v.reshape(b, -1).cpu() for n, v in found.items()}
 
     def _site(self, rec: SiteRecord) -> tuple[SiteMaps, Tensor, Tensor, Tensor | None, int] | None:
         """The record's maps, query and key labels ``[B, N]`` (-1: left out), categories and ``L``; ``None``

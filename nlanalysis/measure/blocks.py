@@ -32,12 +32,13 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..metrics import CosineAccumulator, distance_from_sum, mean_pairwise_cosine_distance, row_entropy, zero_rows
+from ..metrics.object_context import compact_object_labels
 from .jsd_pairs import _jsd_plan, _table_jsd
-from .query_dep import block_maps, check_level
-from .query_dep import query_dependence as query_dep
+from .query_dep import OBJECT_MASS, ObjectLabels, block_maps, check_level, suite_pass
 from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block"]
+__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block",
+           "object_labels"]  # fmt: skip
 
 
 #: the statistics of an NL/GC block: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, 1]``
@@ -203,7 +204,18 @@ def measure_block(
         raise ValueError("controls and the query-dependence suite read the maps again: pass the LazyAttention, not BlockMaps")
     masks = block_masks(valid, objects, b, att.query_shape, att.key_shape, x.device)
     cos = dict(convention=convention, zero=zero)
-    if given is None:
+    suite, labels, mass = {}, None, [None]
+    if query_dependence != "off":
+        labels = object_labels(objects, masks, att.key_shape) if objects is not None else None
+    if given is None and query_dependence != "off" and _eager_rows(att, kernels):
+        # one pass over the rows feeds the map statistics, the suite and the object context
+        passed = _RowSums(att, masks.qmask, masks.kmask, masks.n_key, masks.own, att.device)
+        site = block_maps(att, passed.row_ok, masks.kmask, stride, chunk_size)  # row_ok: filled chunk by chunk in the pass
+        suite, mass = suite_pass(site, query_dependence, labels, headline=passed.update)
+        stats, row_ok = _eager_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
+                                         generator, cos, passed)  # fmt: skip
+        given = BlockMaps(att.query_shape, att.key_shape, stats, row_ok)
+    elif given is None:
         given = map_stats(att, masks, chunk_size=chunk_size, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos)
     maps, row_ok = given.stats, given.row_ok
     ctrl = {name: nans(b) for name in CONTROLS}
@@ -213,16 +225,42 @@ def measure_block(
         from .control_forms import block_form_controls
 
         ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
-    suite = {}
-    if query_dependence != "off":
+    if query_dependence != "off" and not suite:  # the maps' statistics came from their own pass (native, shared map)
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
-        suite = query_dep(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence)
-    return SiteStats(
+        suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels)
+    stats = SiteStats(
         **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager"), **{k: v[:, None] for k, v in maps.items()},
         n_query=masks.n_query, n_key=masks.n_key, convention=convention, zero_rule=zero,
         **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
         query_independent=given.query_independent, **suite,
     )  # fmt: skip
+    if labels is not None:  # the object context's label mass, from the suite's pass (read by extract.object_sites)
+        setattr(stats, OBJECT_MASS, mass[0])
+    return stats
+
+
+def object_labels(objects: Tensor, masks: BlockMasks, key_shape: tuple[int, int]) -> ObjectLabels:
+    """The object context's labels of a block's queries and keys (:class:`~.query_dep.ObjectLabels`) from
+    instance labels ``[B, H, W]``: compact labels shared by the batch, -1 on padding and on pooled keys
+    that mix labels."""
+    compact, n_labels = compact_object_labels(objects.to(torch.int64))
+    queries, keys = compact.flatten(1), key_labels(compact, key_shape).flatten(1)
+    if masks.qmask is not None:
+        queries = torch.where(masks.qmask.to(queries.device), queries, -1)
+    if masks.kmask is not None:
+        keys = torch.where(masks.kmask.to(keys.device), keys, -1)
+    return ObjectLabels(queries, keys, n_labels)
+
+
+def _eager_rows(att: LazyAttention, kernels: str) -> bool:
+    """Whether :func:`map_stats` measures ``att``'s maps by the eager row pass (per-query maps, not native)."""
+    if att.query_independent:
+        return False
+    if kernels == "eager":
+        return True
+    from .block_rows import native_softmax
+
+    return not native_softmax(att, kernels)
 
 
 def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:
@@ -264,11 +302,16 @@ def _shared_map_stats(att, kmask, n_key, own, chunk_size) -> dict[str, Tensor]:
                 att_zero_rows=zero_rows(shared)[:, 0].double().cpu(), att_own_object=own_mass, own_object_share=own_share)  # fmt: skip
 
 
-def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos) -> tuple[dict[str, Tensor], Tensor]:
+def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos,
+                     passed: _RowSums | None = None) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
     """The map statistics of a block's per-query maps in eager PyTorch (any map, any device), and which
-    rows count ``[B, N_q]`` (valid and not all zero)."""
+    rows count ``[B, N_q]`` (valid and not all zero); ``passed``: the row pass already fed (by the suite's pass)."""
     b = n_key.shape[0]
-    att_dist, sums, row_ok = _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, att.device)
+    if passed is None:
+        passed = _RowSums(att, qmask, kmask, n_key, own, att.device)
+        for start, rows in att.chunks(chunk_size):
+            passed.update(start, rows)
+    att_dist, sums, row_ok = passed.result(cos)
     own_mass, own_share = own.result() if own is not None and att.nonnegative else (nans(b), nans(b))
     nonzero_rows = sums[2]
     if att.nonnegative:
@@ -280,33 +323,42 @@ def _eager_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
                 att_zero_rows=1.0 - nonzero_rows / n_query.double(), att_own_object=own_mass, own_object_share=own_share), row_ok  # fmt: skip
 
 
-def _row_pass(att, qmask, kmask, n_key, own, chunk_size, cos, device) -> tuple[Tensor, Tensor, Tensor]:
-    """One pass over every query row, a chunk at a time: the mean pairwise cosine distance of the
-    rows, the sums ``[3, B]`` (normalised entropy, max weight, non-zero rows) and which rows count
-    ``[B, N_q]`` (valid and not all zero); own-object mass goes to ``own``."""
-    b = n_key.shape[0]
-    acc = CosineAccumulator(att.n_key, (b,), device=device)
-    sums = torch.zeros(3, b, dtype=torch.float64, device=device)
-    row_ok = torch.zeros(b, att.n_query, dtype=torch.bool, device=device)
-    log_k = torch.log(n_key.double().clamp(min=2)).to(device)
-    for start, rows in att.chunks(chunk_size):
+class _RowSums:
+    """The eager pass over every query row, fed a chunk at a time (``update(start, rows)``): the mean
+    pairwise cosine distance of the rows, the sums ``[3, B]`` (normalised entropy, max weight, non-zero
+    rows) and which rows count (:attr:`row_ok` ``[B, N_q]``: valid and not all zero, filled as the chunks
+    come); own-object mass goes to ``own``."""
+
+    def __init__(self, att: LazyAttention, qmask: Tensor | None, kmask: Tensor | None, n_key: Tensor, own: _OwnObject | None,
+                 device: torch.device) -> None:  # fmt: skip
+        b = n_key.shape[0]
+        self.nonnegative, self.qmask, self.kmask, self.own = att.nonnegative, qmask, kmask, own
+        self.acc = CosineAccumulator(att.n_key, (b,), device=device)
+        self.sums = torch.zeros(3, b, dtype=torch.float64, device=device)
+        self.row_ok = torch.zeros(b, att.n_query, dtype=torch.bool, device=device)
+        self.log_k = torch.log(n_key.double().clamp(min=2)).to(device)
+
+    def update(self, start: int, rows: Tensor) -> None:
         stop = start + rows.shape[1]
-        if kmask is not None:
-            rows = rows * kmask[:, None, :]
-        m = qmask[:, start:stop] if qmask is not None else None
-        acc.update(rows, m)
+        if self.kmask is not None:
+            rows = rows * self.kmask[:, None, :]
+        m = self.qmask[:, start:stop] if self.qmask is not None else None
+        self.acc.update(rows, m)
         ok = _counted(rows, m)
-        row_ok[:, start:stop] = ok
-        sums[2] += ok.sum(1)
-        if att.nonnegative:
+        self.row_ok[:, start:stop] = ok
+        self.sums[2] += ok.sum(1)
+        if self.nonnegative:
             total = torch.where(ok, rows.sum(-1), 1.0)
             # H(p) of p = r / t: log t - sum(r log r) / t, one pass over the rows
             entropy = torch.log(total) - torch.xlogy(rows, rows).sum(-1) / total
-            sums[0] += torch.where(ok, entropy, 0.0).sum(1, dtype=torch.float64) / log_k
-            sums[1] += torch.where(ok, rows.amax(-1) / total, 0.0).sum(1, dtype=torch.float64)
-            if own is not None:
-                own.update(start, rows, ok)
-    return acc.result(**cos), sums.cpu(), row_ok.cpu()
+            self.sums[0] += torch.where(ok, entropy, 0.0).sum(1, dtype=torch.float64) / self.log_k
+            self.sums[1] += torch.where(ok, rows.amax(-1) / total, 0.0).sum(1, dtype=torch.float64)
+            if self.own is not None:
+                self.own.update(start, rows, ok)
+
+    def result(self, cos: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """``(att, sums [3, B], row_ok [B, N_q])``, the last two on the CPU."""
+        return self.acc.result(**cos), self.sums.cpu(), self.row_ok.cpu()
 
 
 def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from .blocks import key_mask, measure_block
-from .controls import random_projection_attention, solve_log_temperature
+from .controls import CONVERGED, logit_entropy, random_projection_attention
+from .controls import _LOG_TAU_BRACKET as LOG_TAU_BRACKET
 from .stats import nans
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "per_query_temperature",
     "positive_share",
     "row_entropies",
+    "solve_row_temperatures",
 ]
 
 #: the form of the ``ctrl_*`` columns' control (softmax at the trained maps' mean entropy).
@@ -144,10 +146,55 @@ def per_query_temperature(query: Tensor, key: Tensor, target: Tensor, key_mask: 
         stop = min(start + chunk, n)
         logits = torch.matmul(query[:, start:stop], key)  # [M, c, N_k]
         flat = target[:, start:stop].reshape(-1)
-        log_tau, h = solve_log_temperature(logits.reshape(-1, 1, logits.shape[-1]), flat, key_mask)
+        log_tau, h = solve_row_temperatures(logits.reshape(-1, logits.shape[-1]), flat, key_mask)
         tau[:, start:stop] = log_tau.exp().view(m, -1).cpu()
         gap[:, start:stop] = (h - flat.to(h)).abs().view(m, -1).cpu()
     return tau, gap
+
+
+def solve_row_temperatures(logits: Tensor, target: Tensor, key_mask: Tensor | None = None, *,
+                           iterations: int = 30) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``log tau`` per row bringing the normalised entropy of ``softmax(tau * logits_r)`` to ``target_r``.
+
+    The steps of :func:`~.controls.solve_log_temperature` with every row its own map (Newton on ``log tau``
+    in a bisection bracket ``[-12, 12]``, the same tolerance :data:`~.controls.CONVERGED` and at most
+    ``iterations`` steps), but each row stops once it has converged: later steps run on the rows still
+    open only. A converged row's ``log tau`` is frozen there in both, so the results are the same.
+
+    Args:
+        logits: ``[R, N_k]`` rows.
+        target: ``[R]`` normalised entropies (NaN: not matched, ``log tau = 0``).
+        key_mask: optional bool ``[N_k]``: True on valid keys (shared by the rows).
+
+    Returns:
+        ``(log_tau, entropy)``, ``[R]`` float64 each, as :func:`~.controls.solve_log_temperature`'s.
+    """
+    r, n = logits.shape
+    dev = logits.device
+    if target.shape != (r,):
+        raise ValueError(f"target must be [R] = [{r}] (one entropy per row), got {tuple(target.shape)}")
+    if key_mask is None:
+        key_mask = torch.ones(n, dtype=torch.bool, device=dev)
+    if key_mask.shape != (n,):
+        raise ValueError(f"key_mask must be [N_k] = [{n}], got {tuple(key_mask.shape)}")
+    masked = ~key_mask.to(dev)
+    log_n = math.log(float(key_mask.sum().clamp(min=2).double()))
+    target = target.to(device=dev, dtype=torch.float64)
+    x = torch.zeros(r, dtype=torch.float64, device=dev)
+    lo, hi = torch.full_like(x, -LOG_TAU_BRACKET), torch.full_like(x, LOG_TAU_BRACKET)
+    rows = (~target.isnan()).nonzero()[:, 0]  # the rows still open
+    for _ in range(iterations):
+        if rows.numel() == 0:
+            break
+        h, slope = logit_entropy(logits[rows, None], masked, x[rows], log_n)
+        gap = h - target[rows]
+        left = gap.abs() > CONVERGED
+        rows, gap, slope, xr = rows[left], gap[left], slope[left], x[rows][left]
+        lo[rows], hi[rows] = torch.where(gap > 0, xr, lo[rows]), torch.where(gap > 0, hi[rows], xr)
+        step = xr - gap / slope
+        bisect = ~step.isfinite() | (step <= lo[rows]) | (step >= hi[rows])
+        x[rows] = torch.where(bisect, (lo[rows] + hi[rows]) / 2, step)
+    return x, logit_entropy(logits[:, None], masked, x, log_n)[0]
 
 
 def positive_share(a: Tensor, b: Tensor) -> float:

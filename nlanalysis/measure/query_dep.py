@@ -5,7 +5,9 @@ and :mod:`nlanalysis.metrics.decomposition` on the maps of one site (:class:`Sit
 maps, e.g. a ViT layer's heads ``[B, heads]`` and its head mean ``[B]``), in eager PyTorch from the
 site's lazy rows, whatever kernel measured the other columns (so eager and native runs give the same
 values). ``level`` (:data:`LEVELS`): ``"off"`` (nothing), ``"cheap"`` (:data:`CHEAP`) or ``"all"``
-(also :data:`EXPENSIVE`: the power iteration of ``logit_rank1`` runs ~10-30 passes over the maps).
+(also :data:`EXPENSIVE`: the rank-1 fit of ``logit_rank1`` reads the maps twice for softmax maps, the
+Gram matrix then the gain-only maps; with more than :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys,
+a few passes of subspace iteration instead of the Gram matrix).
 
 What each map gives (NaN where a statistic is not defined for it):
 
@@ -24,6 +26,14 @@ What each map gives (NaN where a statistic is not defined for it):
 
 ``cross_site_cos`` (:data:`CROSS_SITE`) compares a site with the previous one of the forward: it is
 measured beside the capture (:mod:`.cross_site`), not here.
+
+Passes over the maps (:func:`suite_pass`): one per map group feeds every per-row statistic above, the
+object context's label mass (:mod:`nlanalysis.metrics.object_context`, NL blocks) and the rank-1 fit's
+Gram matrix; softmax maps form their logits once for it (``rows = softmax(logits)``). ``"all"`` adds one
+pass for the gain-only maps (and, beyond :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys, the
+subspace steps after the first). :func:`~.blocks.measure_block` feeds the same pass to an NL block's map
+statistics where they are eager (not the native softmax kernel), so its rows are formed once in all; the
+DNL split forms its pairwise-only maps from ``q`` and ``k``.
 """
 from __future__ import annotations
 
@@ -36,13 +46,15 @@ from torch import Tensor
 
 from ..blocks.attention import LazyAttention, PairwiseAttention
 from ..blocks.heads import HeadAttention
-from ..metrics.decomposition import dnl_split, gain_only, log_rows, logit_rank1
-from ..metrics.query_dependence import attention_distance, signed_map_stats, spatial_stats
+from ..metrics.decomposition import Rank1, dnl_split, gain_only, log_rows
+from ..metrics.object_context import LabelMass
+from ..metrics.query_dependence import DistanceSums, NMISums, SignedSums, Stream, attention_distance
+from ..metrics.rank1 import complete, profile_step
 from ..schema import NL, query_columns
 from .stats import nans
 
-__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "EXPENSIVE", "LEVELS", "MapGroup", "SiteMaps", "block_maps", "check_level", "grid_centres",
-           "head_maps", "local_mass", "query_dependence", "rebuild_block_attention"]  # fmt: skip
+__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "EXPENSIVE", "LEVELS", "OBJECT_MASS", "MapGroup", "ObjectLabels", "SiteMaps", "block_maps",
+           "check_level", "grid_centres", "head_maps", "local_mass", "query_dependence", "rebuild_block_attention", "suite_pass"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
 #: the suite's column that compares a site with the previous one (:mod:`.cross_site`), not measured per site here
@@ -82,6 +94,8 @@ class MapGroup:
             logits, or ``None``; ``softmax``: the site's map is a softmax of them.
         n_query: queries of the maps.
         query_mask: ``[*batch, N_query]`` bool queries that count (valid, row not all zero), or ``None``.
+        joint: one pass giving ``(start, rows, logits)`` with each chunk formed once (``None``: :attr:`rows`
+            and :attr:`logits` read side by side).
     """
 
     rows: Chunks
@@ -90,6 +104,7 @@ class MapGroup:
     qk: tuple[Tensor, Tensor, float, bool] | None
     n_query: int
     query_mask: Tensor | None = None
+    joint: Callable[[], Iterator[tuple[int, Tensor, Tensor | None]]] | None = None
 
 
 @dataclass
@@ -138,17 +153,25 @@ def block_maps(att: LazyAttention, query_mask: Tensor | None, key_mask: Tensor |
     def rows() -> Iterator[tuple[int, Tensor]]:
         return att.chunks(chunk_size)
 
-    logits, qk = None, None
+    logits, qk, joint = None, None, None
     if isinstance(att, PairwiseAttention):
         if att.distribution:
             logits = lambda: ((s, att.logits(s, s + chunk_size)) for s in range(0, att.n_query, chunk_size))  # noqa: E731
+            joint = lambda: ((s, lg.softmax(dim=-1), lg) for s, lg in logits())  # noqa: E731  (the rows att.chunks gives)
         if att.mode != "concatenation":  # q.k logits (dot product: the map is q.k / N_k, no softmax)
             scale = att.scale if att.distribution else 1.0 / att.n_key
             qk = (att.query, att.key.transpose(1, 2), scale, att.distribution)
     elif att.distribution:  # a shared softmax map: its logits are log p up to a constant
         logits = log_rows(rows)
-    group = MapGroup(rows, logits, not att.nonnegative, qk, att.n_query, query_mask)
+        joint = _with_log(rows)
+    group = MapGroup(rows, logits, not att.nonnegative, qk, att.n_query, query_mask, joint)
     return SiteMaps([group], key_mask, *_geometry(att.query_shape, att.key_shape, stride))
+
+
+def _with_log(rows: Chunks, floor: float = 1e-30) -> Callable[[], Iterator[tuple[int, Tensor, Tensor]]]:
+    """``(start, p, log p)`` of a source of probabilities, each chunk formed once (the logits of
+    :func:`~nlanalysis.metrics.decomposition.log_rows`)."""
+    return lambda: ((s, r, torch.log(r.to(torch.float64).clamp_min(floor))) for s, r in rows())
 
 
 def head_maps(att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None, stride: tuple[float, float] | None,
@@ -164,7 +187,8 @@ def head_maps(att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | 
     mean = lambda: ((s, r.mean(dim=1)) for s, r in rows())  # noqa: E731
     qm = _expand(query_mask, (b, heads)) if query_mask is not None else None
     qk = (att.scaled_query(slice(None)), att.key[:, :, first:], 1.0, True)
-    groups = [MapGroup(rows, logits, False, qk, att.n_query, qm), MapGroup(mean, log_rows(mean), False, None, att.n_query, query_mask)]
+    groups = [MapGroup(rows, logits, False, qk, att.n_query, qm),
+              MapGroup(mean, log_rows(mean), False, None, att.n_query, query_mask, _with_log(mean))]  # fmt: skip
     spatial = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)
     return SiteMaps(groups, key_mask, *_geometry(att.query_shape, att.query_shape, stride), spatial_keys=spatial)
 
@@ -179,10 +203,43 @@ def local_mass(maps: Tensor, cells: Tensor, radius: int = 1) -> Tensor:
 
 def query_dependence(site: SiteMaps, level: str) -> dict[str, Tensor]:
     """The query-dependence columns ``{name: [B, M]}`` float64 (CPU) of a site's maps; ``{}`` when ``level == "off"``."""
+    return suite_pass(site, level)[0]
+
+
+#: the attribute of an NL block's :class:`~.stats.SiteStats` holding the object context's label mass from the
+#: suite's pass (``(R, n, area)``, ``None`` for signed maps; absent: not measured), for :mod:`nlanalysis.extract.object_sites`
+OBJECT_MASS = "object_mass"
+
+
+@dataclass
+class ObjectLabels:
+    """An NL site's cell labels for the object context (:class:`~nlanalysis.metrics.object_context.LabelMass`).
+
+    Attributes:
+        queries: ``[B, N_query]`` long labels ``0..L-1`` (-1: not counted); keys: ``[B, N_key]`` (-1: left out).
+        n_labels: ``L``.
+    """
+
+    queries: Tensor
+    keys: Tensor
+    n_labels: int
+
+
+def suite_pass(site: SiteMaps, level: str, labels: ObjectLabels | None = None,
+               headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], list[Any]]:  # fmt: skip
+    """:func:`query_dependence`'s columns and, with ``labels``, each map group's label mass (``(R, n, area)``
+    of :func:`~nlanalysis.metrics.object_context.label_mass`; ``None`` for signed maps) from the same pass
+    over the rows: one pass over each group's maps feeds the per-row statistics, the object context and the
+    first pass of the rank-1 fit (softmax maps: logits and rows formed once, ``rows = softmax(logits)``).
+    The rank-1 fit then reads the maps again only for the gain-only maps (and subspace steps: more than
+    :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys). ``headline(start, rows)``, if given, is fed each
+    chunk of the first group's rows first (an NL block's map statistics, :func:`~.blocks.measure_block`): it
+    may fill that group's ``query_mask`` for the chunk's queries, which the suite then reads. ``({}, [])``
+    when ``level == "off"``."""
     if check_level(level) == "off":
-        return {}
-    parts = [_group(g, site, level) for g in site.groups]
-    return {name: torch.cat([p[name] for p in parts], dim=1) for name in COLUMNS}
+        return {}, []
+    parts = [_group(g, site, level, labels, headline if i == 0 else None) for i, g in enumerate(site.groups)]
+    return {name: torch.cat([p[0][name] for p in parts], dim=1) for name in COLUMNS}, [p[1] for p in parts]
 
 
 def _expand(mask: Tensor | None, batch: tuple[int, ...]) -> Tensor | None:
@@ -192,51 +249,101 @@ def _expand(mask: Tensor | None, batch: tuple[int, ...]) -> Tensor | None:
     return mask.reshape(mask.shape[0], *([1] * (len(batch) - 1)), mask.shape[-1]).expand(*batch, mask.shape[-1])
 
 
-def _group(g: MapGroup, site: SiteMaps, level: str) -> dict[str, Tensor]:
-    """The columns of one map group, each ``[B, m]``."""
-    first = next(iter(g.rows()))[1]
-    batch, n_key = tuple(first.shape[:-2]), first.shape[-1]
-    n_query = g.n_query
-    km, qm = _expand(site.key_mask, batch), g.query_mask
+def _joint(g: MapGroup, logits: bool) -> Callable[[], Iterator[tuple[int, Tensor, Tensor | None]]]:
+    """One pass giving ``(start, rows, logits)`` (logits ``None`` where the group has none or they are not
+    needed: ``logits`` False)."""
+    if not logits:
+        return lambda: ((s, r, None) for s, r in g.rows())
+    if g.joint is not None:
+        return g.joint
+    if g.logits is None:
+        return lambda: ((s, r, None) for s, r in g.rows())
+    return lambda: ((s, r, lg) for (s, r), (_, lg) in zip(g.rows(), g.logits(), strict=True))
+
+
+class _GroupPass:
+    """The accumulators of one map group's pass, made from its first chunk (device, batch shape, keys)."""
+
+    def __init__(self, g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None, rows: Tensor) -> None:
+        self.g, self.keys = g, site.spatial_keys
+        self.batch, self.n_key = tuple(rows.shape[:-2]), rows.shape[-1]
+        device, n_query = rows.device, g.n_query
+        self.km, qm = _expand(site.key_mask, self.batch), g.query_mask
+        self.st = Stream.shaped(self.batch, n_query, self.n_key, device, self.km, qm)
+        self.signed = SignedSums(self.st) if g.signed else None
+        self.nmi = self.dist = self.kmb = self.mass = self.step = None
+        if not g.signed:
+            km = site.key_mask[:, self.keys] if site.key_mask is not None else None
+            self.kmb = _expand(km, self.batch)
+            self.sst = Stream.shaped(self.batch, n_query, len(range(self.n_key)[self.keys]), device, self.kmb, qm)
+            self.nmi = NMISums(self.sst)
+            if site.query_pos is not None:
+                self.dist = DistanceSums(self.sst, site.query_pos, site.key_pos, site.key_cell)
+            if labels is not None:
+                self.mass = LabelMass(labels.queries, labels.keys, labels.n_labels)
+        if level == "all":
+            self.step = profile_step(self.st)
+
+    def update(self, start: int, rows: Tensor, logits: Tensor | None) -> None:
+        if self.signed is not None:
+            self.signed.update(*self.st.view(start, rows))
+        else:
+            x, qm = self.sst.view(start, _normalise(rows, self.keys, self.kmb))
+            self.nmi.update(x, qm)
+            if self.dist is not None:
+                self.dist.update(start, x, qm)
+            if self.mass is not None:
+                self.mass.update(start, rows[..., self.keys])
+        if self.step is not None:
+            self.step.update(*self.st.view(start, logits if self.g.logits is not None else rows))
+
+
+def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
+           headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], Any]:  # fmt: skip
+    """The columns of one map group, each ``[B, m]``, and its label mass (``None`` without labels or for signed maps)."""
+    acc = None
+    for start, rows, logits in _joint(g, level == "all")():
+        if headline is not None:
+            headline(start, rows)
+        acc = acc or _GroupPass(g, site, level, labels, rows)
+        acc.update(start, rows, logits)
+    if acc is None:
+        raise ValueError("the row source yielded no chunk")
+    batch, n_key, n_query, st = acc.batch, acc.n_key, g.n_query, acc.st
+    masks = dict(key_mask=acc.km, query_mask=g.query_mask)
     out = {name: nans(*batch) for name in COLUMNS}
-    masks = dict(key_mask=km, query_mask=qm)
-    if level == "all":
+    if acc.step is not None:
         score = g.logits if g.logits is not None else g.rows
-        fit = logit_rank1(score, n_query, n_key, **masks)
-        out["logit_rank1"] = fit.share
-        if g.logits is not None:
-            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, **masks)
+        found = complete(acc.step, lambda: Stream(score, n_query, n_key, **masks))
+        out["logit_rank1"] = st.out(found.share)
+        if g.logits is not None:  # gain_only forms the gains g_i = L_i . v in its pass
+            fit = Rank1(st.out(found.share), st.out(found.profile), None, found.passes, st.out(found.converged))
+            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, n_query=n_query, **masks)
     if g.qk is not None:
         q, k, scale, softmax = g.qk
         split = dnl_split(q, k, scale, softmax=softmax, **masks)
         out["unary_var_share"], out["att_pairwise_only"] = split.unary_var_share, split.att_pairwise_only
-    if g.signed:
-        out["att_abs"], out["att_norm_weighted"] = signed_map_stats(g.rows, n_query, n_key, **masks)
+    if acc.signed is not None:
+        out["att_abs"], out["att_norm_weighted"] = acc.signed.result()
     else:
-        out.update(_spatial(g, site, batch, n_query, len(range(n_key)[site.spatial_keys]), qm))
-    return {name: v.reshape(batch[0], -1).cpu() for name, v in out.items()}
+        out["qk_nmi"] = acc.sst.out(acc.nmi.result())
+        if acc.dist is not None:
+            out["att_distance_px"], out["att_local"], out["att_local_uniform"] = acc.dist.result()
+    mass = acc.mass.result() if acc.mass is not None else None
+    return {name: v.reshape(batch[0], -1).cpu() for name, v in out.items()}, mass
 
 
-def _spatial(g: MapGroup, site: SiteMaps, batch: tuple[int, ...], n_query: int, n_key: int, qm: Tensor | None) -> dict[str, Tensor]:
-    """``qk_nmi``, ``att_distance_px``, ``att_local`` and ``att_local_uniform`` of non-negative maps, in
-    one pass over the rows (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`)."""
-    keys = site.spatial_keys
-    km = site.key_mask[:, keys] if site.key_mask is not None else None
-    kmb = _expand(km, batch)
-    where = (site.query_pos, site.key_pos, site.key_cell) if site.query_pos is not None else None
-    return spatial_stats(_normalised(g.rows, keys, kmb), n_query, n_key, where, key_mask=kmb, query_mask=qm)
+def _normalise(r: Tensor, keys: slice, key_mask: Tensor | None) -> Tensor:
+    """A chunk's rows over the spatial keys, 0 on masked keys (``key_mask`` ``[*batch, K]``), renormalised to
+    sum 1 (all-zero rows stay 0), float64."""
+    r = r[..., keys].to(torch.float64)
+    if key_mask is not None:
+        r = r * key_mask[..., None, :]
+    total = r.sum(dim=-1, keepdim=True)
+    return r / torch.where(total > 0, total, 1.0)
 
 
 def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:
     """Rows over the spatial keys, 0 on masked keys (``key_mask`` ``[*batch, K]``), renormalised to sum 1
-    (all-zero rows stay 0)."""
-
-    def chunks() -> Iterator[tuple[int, Tensor]]:
-        for start, r in rows():
-            r = r[..., keys].to(torch.float64)
-            if key_mask is not None:
-                r = r * key_mask[..., None, :]
-            total = r.sum(dim=-1, keepdim=True)
-            yield start, r / torch.where(total > 0, total, 1.0)
-
-    return chunks
+    (all-zero rows stay 0): :func:`_normalise` of each chunk."""
+    return lambda: ((start, _normalise(r, keys, key_mask)) for start, r in rows())

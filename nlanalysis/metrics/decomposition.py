@@ -2,7 +2,8 @@
 
 * :func:`logit_rank1`: how much of the row-centred logits ``L`` (each query's logits minus their
   mean over valid keys) one shared key profile ``v`` with a per-query gain ``g_i`` explains,
-  ``sigma_1^2 / ||L||_F^2``, by power iteration on ``L^T L`` through chunked products.
+  ``sigma_1^2 / ||L||_F^2``, from the top eigenvector of ``L^T L`` (:mod:`.rank1`: the Gram matrix in
+  one pass, or block subspace iteration through chunked products where there are many keys).
 * :func:`gain_only`: the att of the maps rebuilt as ``softmax_k(g_i v_k)`` ("one map, a
   temperature per query") and their mean total-variation distance to the real maps.
 * :func:`dnl_split`: the split of ``q_i.k_j`` of Yin et al. 2020 (Disentangled Non-Local Neural
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from .cosine import CosineAccumulator
 from .query_dependence import RowSource, Stream, as_mask, reopen, valid
+from .rank1 import centred, top_profile
 
 __all__ = ["DNLSplit", "Rank1", "dnl_split", "gain_only", "log_rows", "logit_rank1"]
 
@@ -37,14 +39,14 @@ class Rank1:
         share: ``[*batch]`` ``sigma_1^2 / ||L||_F^2`` (``logit_rank1``); NaN if ``L = 0``.
         profile: ``[*batch, N_key]`` the shared key profile ``v`` (unit norm, 0 on masked keys),
             signed so that the gains sum to >= 0.
-        gains: ``[*batch, N_query]`` ``g_i = L_i . v`` (0 on masked queries).
-        iterations: power iterations run (passes over the maps).
+        gains: ``[*batch, N_query]`` ``g_i = L_i . v`` (0 on masked queries), or ``None`` (not formed).
+        iterations: passes over the maps run.
         converged: ``[*batch]`` bool, whether the stopping rule was met before ``max_iter``.
     """
 
     share: Tensor
     profile: Tensor
-    gains: Tensor
+    gains: Tensor | None
     iterations: int
     converged: Tensor
 
@@ -58,35 +60,25 @@ def log_rows(source: RowSource, floor: float = 1e-30) -> Callable[[], Iterator[t
     return lambda: ((start, torch.log(rows.to(torch.float64).clamp_min(floor))) for start, rows in again())
 
 
-def _centred(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
-    """Row-centred logits ``[B, n, K]`` over valid keys, 0 on masked entries; raises on NaN/inf."""
-    x = valid(x, qm, km)
-    mean = x.sum(dim=-1, keepdim=True) / km.sum(dim=-1).clamp_min(1)[:, None, None]
-    if not bool(torch.isfinite(mean).all()):  # a NaN/inf logit makes its row's sum NaN/inf
-        raise ValueError("logits hold NaN/inf on valid entries (log of a zero probability? use log_rows)")
-    return valid(x - mean, qm, km)
-
-
 def _softmax(x: Tensor, km: Tensor) -> Tensor:
     """Softmax over valid keys of ``x`` ``[B, n, K]`` (0 on masked keys)."""
     return torch.softmax(x if bool(km.all()) else x.masked_fill(~km[:, None, :], -math.inf), dim=-1)
 
 
 def logit_rank1(logits: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
-                query_mask: Tensor | None = None, tol: float = 1e-8, max_iter: int = 100, seed: int = 0) -> Rank1:  # fmt: skip
+                query_mask: Tensor | None = None, tol: float = 1e-8, max_iter: int = 100, seed: int = 0,
+                method: str = "auto", gains: bool = True) -> Rank1:  # fmt: skip
     """The share of the row-centred logits' energy in their best rank-1 approximation (``logit_rank1``).
 
-    Power iteration on ``L^T L``, one pass over the maps per iteration (``w = sum_chunks L_c^T (L_c v)``),
-    from a fixed start vector (normal, ``seed``). The rule, fixed up front: stop when the unit
-    profile moves by ``||v_{t+1} - v_t|| <= tol`` in every batch element, or after ``max_iter``
-    passes. ``v``, the gains and the share are those of ``v_t`` (one consistent pass).
-
-    Accuracy: the error of ``v_t`` shrinks by ``r = (sigma_2 / sigma_1)^2`` per pass, so at the stop
-    it is about ``tol * r / (1 - r)``: below ``tol`` when ``sigma_2 < 0.7 sigma_1``. The share is a
-    Rayleigh quotient, never above the truth and low by about the square of that (relative), so
-    ~1e-16 at the default tol; the gains and the rebuilt maps of :func:`gain_only` move by about
-    ``tol`` (relative). Without a dominant map (``sigma_2 ~ sigma_1``) convergence is slow, ``converged``
-    may be False and the share is then a lower bound. Tested against ``numpy.linalg.svd``.
+    The key profile is the top eigenvector of ``L^T L`` (:func:`~.rank1.top_profile`): from the Gram
+    matrix formed in one pass over the maps when there are at most :data:`~.rank1.GRAM_MAX_KEYS` keys
+    (exact to rounding), else by block subspace iteration with Rayleigh-Ritz, one pass per step, until
+    the relative residual is ``<= tol`` (at most ``max_iter`` passes, start block from ``seed``). Its
+    accuracy: the profile's angle to the truth ``<= tol sigma_1^2 / (sigma_1^2 - sigma_2^2)``, the share
+    (a Rayleigh quotient, never above the truth) low by about the square of that. ``method``:
+    ``"auto"``, ``"gram"`` or ``"subspace"``. With ``gains`` one more pass gives ``g_i = L_i . v``
+    (``gains=False``: ``Rank1.gains`` is ``None``; :func:`gain_only` then forms them in its own pass).
+    Tested against ``numpy.linalg.svd``.
 
     Args:
         logits: Row source of logits ``[*batch, n, N_key]`` (any per-row constant is removed).
@@ -95,46 +87,27 @@ def logit_rank1(logits: RowSource, n_query: int, n_key: int, *, key_mask: Tensor
         :class:`Rank1`.
     """
     passes = reopen(logits)
+    found = top_profile(lambda: Stream(passes, n_query, n_key, key_mask, query_mask), method=method, tol=tol,
+                        max_passes=max_iter, seed=seed)  # fmt: skip
     st = Stream(passes, n_query, n_key, key_mask, query_mask)
-    b, device = st.key_mask.shape[0], st.key_mask.device
-    v = torch.randn(b, n_key, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
-    v = v * st.key_mask
-    v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-    converged = torch.zeros(b, dtype=torch.bool, device=device)
-    for iterations in range(1, max_iter + 1):
-        w, lam, frob, gains = _power_step(st, v)
-        norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
-        v_next = torch.where(norm > 0, w / torch.where(norm > 0, norm, 1.0), v)
-        converged = torch.linalg.vector_norm(v_next - v, dim=-1) <= tol
-        if bool(converged.all()) or iterations == max_iter:
-            break
-        v = v_next
-        st = Stream(passes, n_query, n_key, key_mask, query_mask)
-    sign = torch.where(gains.sum(dim=-1, keepdim=True) < 0, -1.0, 1.0)
-    share = torch.where(frob > 0, lam / frob, math.nan)
-    return Rank1(st.out(share), st.out(v * sign), st.out(gains * sign), iterations, st.out(converged))
-
-
-def _power_step(st: Stream, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One pass: ``L^T L v`` ``[B, K]``, ``||L v||^2`` and ``||L||_F^2`` ``[B]``, and ``L v`` ``[B, N_query]``."""
-    w = torch.zeros_like(v)
-    frob = torch.zeros(v.shape[0], dtype=torch.float64, device=v.device)
-    gains = torch.zeros(v.shape[0], st.n_query, dtype=torch.float64, device=v.device)
-    for start, x, qm in st:
-        lc = _centred(x, qm, st.key_mask)
-        u = torch.einsum("bnk,bk->bn", lc, v)
-        gains[:, start : start + u.shape[1]] = u
-        w += torch.einsum("bnk,bn->bk", lc, u)
-        frob += torch.einsum("bnk,bnk->b", lc, lc)
-    return w, (gains * gains).sum(dim=-1), frob, gains
+    v, g = found.profile, None
+    if gains:
+        g = torch.zeros(v.shape[0], n_query, dtype=torch.float64, device=v.device)
+        for start, x, qm in st:
+            g[:, start : start + x.shape[1]] = torch.einsum("bnk,bk->bn", centred(x, qm, st.key_mask), v)
+        sign = torch.where(g.sum(dim=-1, keepdim=True) < 0, -1.0, 1.0)
+        v, g = v * sign, st.out(g * sign)
+    passes_run = found.passes + int(gains)
+    return Rank1(st.out(found.share), st.out(v), g, passes_run, st.out(found.converged))
 
 
 def gain_only(logits: RowSource, fit: Rank1, *, key_mask: Tensor | None = None, query_mask: Tensor | None = None,
-              include_self: bool = True) -> tuple[Tensor, Tensor]:  # fmt: skip
+              include_self: bool = True, n_query: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``att_gain_only`` and ``gain_only_tv``: the maps "one shared key profile, a gain per query".
 
     The rebuilt map of query ``i`` is ``p_hat_i = softmax_k(g_i v_k)`` over valid keys, with ``v`` and
-    ``g`` of ``fit`` (:func:`logit_rank1` of the same logits); the real map is ``p_i = softmax_k(logits_i)``.
+    ``g`` of ``fit`` (:func:`logit_rank1` of the same logits; a fit without gains gets them in this pass,
+    ``g_i = L_i . v``, and needs ``n_query``); the real map is ``p_i = softmax_k(logits_i)``.
     ``att_gain_only`` is the mean pairwise cosine distance (``"1-cos"``) of the ``p_hat_i``;
     ``gain_only_tv`` the mean over valid queries of ``0.5 * sum_k |p_ik - p_hat_ik|`` (in [0, 1]).
     Big att with small ``gain_only_tv``: one map at different sharpness, not query-specific context.
@@ -142,16 +115,19 @@ def gain_only(logits: RowSource, fit: Rank1, *, key_mask: Tensor | None = None, 
     Returns:
         ``(att_gain_only, gain_only_tv)``, each float64 ``[*batch]``. One pass over the maps.
     """
-    n_query, n_key = fit.gains.shape[-1], fit.profile.shape[-1]
+    if fit.gains is None and n_query is None:
+        raise ValueError("a rank-1 fit without gains needs n_query")
+    n_query, n_key = fit.gains.shape[-1] if fit.gains is not None else n_query, fit.profile.shape[-1]
     st = Stream(logits, n_query, n_key, key_mask, query_mask)
     km = st.key_mask
     v = fit.profile.reshape(-1, n_key).to(km.device)
-    gains = fit.gains.reshape(-1, n_query).to(km.device)
+    gains = fit.gains.reshape(-1, n_query).to(km.device) if fit.gains is not None else None
     acc = st.cosine()
     tv = torch.zeros(km.shape[0], dtype=torch.float64, device=km.device)
     for start, x, qm in st:
         p = _softmax(x, km)
-        p_hat = _softmax(gains[:, start : start + x.shape[1], None] * v[:, None, :], km)
+        g = gains[:, start : start + x.shape[1]] if gains is not None else torch.einsum("bnk,bk->bn", centred(x, qm, km), v)
+        p_hat = _softmax(g[..., None] * v[:, None, :], km)
         acc.update(p_hat, qm)
         tv += torch.where(qm, 0.5 * (p - p_hat).abs().sum(dim=-1), 0.0).sum(dim=1)
     return st.out(acc.result(include_self=include_self)), st.out(tv / st.query_mask.sum(dim=-1))

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["OBJECT_CONTEXT", "context_from_mass", "label_mass", "object_context"]
+__all__ = ["OBJECT_CONTEXT", "LabelMass", "compact_object_labels", "context_from_mass", "label_mass", "object_context"]
 
 #: the statistics, as the ``metrics.csv`` columns name them (:mod:`nlanalysis.schema`).
 OBJECT_CONTEXT = (
@@ -60,6 +60,49 @@ def _check_labels(query_labels: Tensor, key_labels: Tensor, batch: tuple[int, ..
         raise ValueError(f"key_labels must be [B, N_key] = {(b, n_key)}, got {tuple(key_labels.shape)}")
 
 
+def compact_object_labels(objects: Tensor) -> tuple[Tensor, int]:
+    """Object labels ``[B, H, W]`` (``k`` = object ``k``, 0 none) as labels ``0..L-1`` shared by the batch
+    (object ids in increasing order) and ``L``."""
+    ids = torch.unique(objects[objects > 0])
+    return torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, 0), len(ids) + 1
+
+
+class LabelMass:
+    """The sums of :func:`label_mass`, fed one chunk of rows at a time (``update(start, r)``).
+
+    Args: as :func:`label_mass`'s, without the rows.
+    """
+
+    def __init__(self, query_labels: Tensor, key_labels: Tensor, n_labels: int) -> None:
+        self.query_labels, self.key_labels, self.n_labels = query_labels, key_labels, n_labels
+        self.mass = self.count = self.onehot_k = None
+
+    def update(self, start: int, r: Tensor) -> None:
+        """Add the rows ``r`` ``[*batch, c, N_key]`` (non-negative) of queries ``start:start + c``."""
+        batch, c, n_labels = tuple(r.shape[:-2]), r.shape[-2], self.n_labels
+        if self.mass is None:  # on the maps' device
+            _check_labels(self.query_labels, self.key_labels, batch, r.shape[-1])
+            self.query_labels, self.key_labels = self.query_labels.to(r.device), self.key_labels.to(r.device)
+            kl = self.key_labels
+            self.onehot_k = torch.nn.functional.one_hot(kl.clamp(min=0), n_labels).double() * (kl >= 0)[..., None]
+            self.mass = torch.zeros(*batch, n_labels, n_labels, dtype=torch.float64, device=r.device)
+            self.count = torch.zeros(*batch, n_labels, dtype=torch.float64, device=r.device)
+        extra = (1,) * (len(batch) - 1)
+        per_label = r.to(torch.float64) @ self.onehot_k.reshape(batch[0], *extra, *self.onehot_k.shape[1:])
+        total = per_label.sum(-1, keepdim=True)  # [*batch, c, 1]: mass on clean keys
+        ql = self.query_labels[:, start : start + c].reshape(batch[0], *extra, c)
+        use = (ql >= 0) & (total[..., 0] > 0)
+        onehot_q = torch.nn.functional.one_hot(ql.clamp(min=0), n_labels).double() * use[..., None]
+        self.mass += onehot_q.transpose(-1, -2) @ (per_label / torch.where(total > 0, total, 1.0))
+        self.count += onehot_q.sum(-2)
+
+    def result(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(R, n, area)`` as :func:`label_mass` returns them."""
+        if self.mass is None:
+            raise ValueError("the maps have no query rows")
+        return self.mass, self.count, self.onehot_k.sum(1)
+
+
 def label_mass(rows: Chunks, query_labels: Tensor, key_labels: Tensor, n_labels: int) -> tuple[Tensor, Tensor, Tensor]:
     """One pass over the rows: the mass between labels, the counted queries and the clean keys per label.
 
@@ -75,26 +118,10 @@ def label_mass(rows: Chunks, query_labels: Tensor, key_labels: Tensor, n_labels:
         ``a``, column ``b``: their mass on the keys of ``b``), ``n`` ``[*batch, L]`` counted queries
         per label and ``area`` ``[B, L]`` clean keys per label.
     """
-    mass = count = onehot_k = None
+    acc = LabelMass(query_labels, key_labels, n_labels)
     for start, r in rows():
-        batch, c = tuple(r.shape[:-2]), r.shape[-2]
-        if mass is None:  # on the maps' device
-            _check_labels(query_labels, key_labels, batch, r.shape[-1])
-            query_labels, key_labels = query_labels.to(r.device), key_labels.to(r.device)
-            onehot_k = torch.nn.functional.one_hot(key_labels.clamp(min=0), n_labels).double() * (key_labels >= 0)[..., None]
-            mass = torch.zeros(*batch, n_labels, n_labels, dtype=torch.float64, device=r.device)
-            count = torch.zeros(*batch, n_labels, dtype=torch.float64, device=r.device)
-        extra = (1,) * (len(batch) - 1)
-        per_label = r.to(torch.float64) @ onehot_k.reshape(batch[0], *extra, *onehot_k.shape[1:])
-        total = per_label.sum(-1, keepdim=True)  # [*batch, c, 1]: mass on clean keys
-        ql = query_labels[:, start : start + c].reshape(batch[0], *extra, c)
-        use = (ql >= 0) & (total[..., 0] > 0)
-        onehot_q = torch.nn.functional.one_hot(ql.clamp(min=0), n_labels).double() * use[..., None]
-        mass += onehot_q.transpose(-1, -2) @ (per_label / torch.where(total > 0, total, 1.0))
-        count += onehot_q.sum(-2)
-    if mass is None:
-        raise ValueError("the maps have no query rows")
-    return mass, count, onehot_k.sum(1)
+        acc.update(start, r)
+    return acc.result()
 
 
 def _mean(num: Tensor, weight: Tensor, ok: Tensor) -> Tensor:

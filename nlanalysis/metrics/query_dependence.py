@@ -29,7 +29,10 @@ from torch import Tensor
 from .cosine import CosineAccumulator
 
 __all__ = [
+    "NMISums",
+    "DistanceSums",
     "RowSource",
+    "SignedSums",
     "attention_distance",
     "cross_site_similarity",
     "query_key_nmi",
@@ -90,15 +93,34 @@ class Stream:
         self.query_mask = as_mask(query_mask, (*self.batch, self.n_query), "query_mask", device)
         self.key_mask, self.query_mask = self.key_mask.reshape(b, -1), self.query_mask.reshape(b, -1)
 
+    @classmethod
+    def shaped(cls, batch: tuple[int, ...], n_query: int, n_key: int, device: torch.device, key_mask: Tensor | None = None,
+               query_mask: Tensor | None = None) -> Stream:  # fmt: skip
+        """A stream of known shape without a source: its masks and :meth:`view` for a pass driven elsewhere
+        (chunks pushed to several accumulators at once). Iterating it raises."""
+        st = cls.__new__(cls)
+        st._chunks = iter(())
+        st.batch, st.n_query, st.n_key = tuple(batch), int(n_query), int(n_key)
+        b = math.prod(st.batch)
+        st.key_mask = as_mask(key_mask, (*st.batch, st.n_key), "key_mask", device).reshape(b, -1)
+        st.query_mask = as_mask(query_mask, (*st.batch, st.n_query), "query_mask", device).reshape(b, -1)
+        return st
+
+    def view(self, start: int, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """A chunk ``[*batch, n, N_key]`` at ``start`` as float64 ``[B, n, N_key]`` and its query mask ``[B, n]``
+        (ValueError if it does not fit the maps)."""
+        n = rows.shape[-2]
+        if tuple(rows.shape) != (*self.batch, n, self.n_key) or start < 0 or start + n > self.n_query:
+            raise ValueError(f"chunk at {start} of shape {tuple(rows.shape)} does not fit maps "
+                             f"{(*self.batch, self.n_query, self.n_key)}")  # fmt: skip
+        return rows.detach().to(torch.float64).reshape(-1, n, self.n_key), self.query_mask[:, start : start + n]
+
     def __iter__(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         seen = 0
         for start, rows in self._chunks:
-            n = rows.shape[-2]
-            if tuple(rows.shape) != (*self.batch, n, self.n_key) or start < 0 or start + n > self.n_query:
-                raise ValueError(f"chunk at {start} of shape {tuple(rows.shape)} does not fit maps "
-                                 f"{(*self.batch, self.n_query, self.n_key)}")  # fmt: skip
-            seen += n
-            yield start, rows.detach().to(torch.float64).reshape(-1, n, self.n_key), self.query_mask[:, start : start + n]
+            x, qm = self.view(start, rows)
+            seen += x.shape[1]
+            yield start, x, qm
         if seen != self.n_query:
             raise ValueError(f"the chunks held {seen} queries, expected {self.n_query}")
 
@@ -142,21 +164,35 @@ def signed_map_stats(rows: RowSource, n_query: int, n_key: int, *, key_mask: Ten
         ``(att_abs, att_norm_weighted)``, each float64 ``[*batch]``.
     """
     st = Stream(rows, n_query, n_key, key_mask, query_mask)
-    acc = st.cosine()
-    b = st.key_mask.shape[0]
-    s = torch.zeros(b, n_key, dtype=torch.float64, device=st.key_mask.device)
-    sum_sq, sum_norm = torch.zeros(b, dtype=torch.float64, device=s.device), torch.zeros(b, dtype=torch.float64, device=s.device)
+    acc = SignedSums(st)
     for _, x, qm in st:
-        x = valid(x, qm, st.key_mask)
-        acc.update(x.abs(), qm)
+        acc.update(x, qm)
+    return acc.result(include_self)
+
+
+class SignedSums:
+    """The sums of :func:`signed_map_stats` over the chunks of a :class:`Stream` (``update`` with its views)."""
+
+    def __init__(self, st: Stream) -> None:
+        self.st, self.acc = st, st.cosine()
+        b, device = st.key_mask.shape[0], st.key_mask.device
+        self.s = torch.zeros(b, st.n_key, dtype=torch.float64, device=device)
+        self.sum_sq, self.sum_norm = torch.zeros(b, dtype=torch.float64, device=device), torch.zeros(b, dtype=torch.float64, device=device)
+
+    def update(self, x: Tensor, qm: Tensor) -> None:
+        x = valid(x, qm, self.st.key_mask)
+        self.acc.update(x.abs(), qm)
         norms = torch.linalg.vector_norm(x, dim=-1)  # [B, n]; 0 for masked queries
-        s += x.sum(dim=1)
-        sum_sq += (norms * norms).sum(dim=1)
-        sum_norm += norms.sum(dim=1)
-    denom = sum_norm * sum_norm - sum_sq
-    mean_cos = ((s * s).sum(dim=-1) - sum_sq) / denom
-    weighted = torch.where(denom > 0, (1.0 - mean_cos).clamp(0.0, 2.0), torch.full_like(denom, math.nan))
-    return st.out(acc.result(include_self=include_self)), st.out(weighted)
+        self.s += x.sum(dim=1)
+        self.sum_sq += (norms * norms).sum(dim=1)
+        self.sum_norm += norms.sum(dim=1)
+
+    def result(self, include_self: bool = True) -> tuple[Tensor, Tensor]:
+        """``(att_abs, att_norm_weighted)``, each ``[*batch]``."""
+        denom = self.sum_norm * self.sum_norm - self.sum_sq
+        mean_cos = ((self.s * self.s).sum(dim=-1) - self.sum_sq) / denom
+        weighted = torch.where(denom > 0, (1.0 - mean_cos).clamp(0.0, 2.0), torch.full_like(denom, math.nan))
+        return self.st.out(self.acc.result(include_self=include_self)), self.st.out(weighted)
 
 
 def query_key_nmi(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
@@ -175,7 +211,7 @@ def query_key_nmi(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor
         float64 ``[*batch]``; NaN with fewer than two queries or if ``H(k) = 0``.
     """
     st = Stream(rows, n_query, n_key, key_mask, query_mask)
-    acc = _NMI(st, eps)
+    acc = NMISums(st, eps)
     for _, x, qm in st:
         acc.update(x, qm)
     return st.out(acc.result())
@@ -200,7 +236,7 @@ def attention_distance(rows: RowSource, query_pos: Tensor, key_pos: Tensor, key_
         ``(mean_distance_px, local_mass)``, each float64 ``[*batch]``.
     """
     st = Stream(rows, query_pos.shape[0], key_pos.shape[0], key_mask, query_mask)
-    acc = _Distance(st, query_pos, key_pos, key_cell)
+    acc = DistanceSums(st, query_pos, key_pos, key_cell)
     for start, x, qm in st:
         acc.update(start, x, qm)
     dist, local, _ = acc.result()
@@ -221,8 +257,8 @@ def spatial_stats(rows: RowSource, n_query: int, n_key: int, where: tuple[Tensor
         (the local mass of the uniform map over the valid keys), each float64 ``[*batch]``.
     """
     st = Stream(rows, n_query, n_key, key_mask, query_mask)
-    nmi = _NMI(st)
-    dist = _Distance(st, *where) if where is not None else None
+    nmi = NMISums(st)
+    dist = DistanceSums(st, *where) if where is not None else None
     for start, x, qm in st:
         nmi.update(x, qm)
         if dist is not None:
@@ -233,7 +269,7 @@ def spatial_stats(rows: RowSource, n_query: int, n_key: int, where: tuple[Tensor
     return out
 
 
-class _NMI:
+class NMISums:
     """The sums of :func:`query_key_nmi` over the chunks of a :class:`Stream`."""
 
     def __init__(self, st: Stream, eps: float = 1e-8) -> None:
@@ -258,7 +294,7 @@ class _NMI:
         return mutual / torch.sqrt(torch.log(n_q) * h_k)
 
 
-class _Distance:
+class DistanceSums:
     """The sums of :func:`attention_distance` over the chunks of a :class:`Stream`, and the local mass
     of the uniform map over the valid keys (no maps needed: ``near @ key_mask / n_key`` per query)."""
 
