@@ -129,7 +129,7 @@ def test_a_map_attending_its_own_group_has_a_same_category_lift_and_a_shared_map
     maps /= maps.sum(-1, keepdim=True)
     got = object_context(row_chunks(maps[None], 10), lab[None], lab[None], cats)
     want = naive_context(maps.numpy(), lab.numpy(), lab.numpy(), cats[0].numpy())
-    assert got["same_category_lift"].item() > 2.0
+    assert got["same_category_lift"].item() > 1.5  # the mean-map null keeps most group mass: 25 of 26 object cells share it
     for name in ("same_category_density", "same_category_null", "same_category_lift"):
         np.testing.assert_allclose(got[name].item(), want[name], rtol=1e-10, err_msg=name)
     shared = maps.mean(0, keepdim=True).expand_as(maps)  # every query gets one map: no preference
