@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--query-dependence", choices=("off", "cheap", "all"), default="off",
                      help="what kind of query dependence (metrics.csv columns logit_rank1 ... att_distance_px): cheap: the "
                           "DNL split, signed-map, NMI, distance and 3x3 local-mass columns; all: also the rank-1 logit "
-                          "decomposition (several passes over the maps: slower). Default off")
+                          "decomposition (one to a few more passes over the maps). Default off")
     run.add_argument("--batch-seed", type=int, metavar="N", help="seed every batch's JSD pairs and controls with N (default: from "
                      "--seed and the batch's images); one batch then has the numbers of analyze_vit(..., seed=N)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
