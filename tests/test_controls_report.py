@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from nlanalysis.report.controls import answer, gate, read_attention, training_table, write_controls_report
+from nlanalysis.controls import answer, gate, read_attention, training_table, write_controls_report
 from nlanalysis.train.loop import TrainConfig, TrainResult
 from nlanalysis.train.run import _record_run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report.controls import write_controls_report
+from ..controls import write_controls_report
 from . import add_command
 
 

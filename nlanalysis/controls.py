@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tables import format_ci, summarise
-from ..train.compare import load_results, paired_margins, plateau
-from .meta import load_runs
+from .tables import format_ci, summarise
+from .train.compare import load_results, paired_margins, plateau
+from .report.meta import load_runs
 
 __all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", "read_attention", "training_table",
            "write_controls_report"]  # fmt: skip
