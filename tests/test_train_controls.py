@@ -99,3 +99,12 @@ def test_cli_snapshots_reach_the_config(tmp_path, monkeypatch):
         main(["train", "--out", str(tmp_path), "--variants", "danet_pam", "--snapshots", "0", "0.5", "1", "--epochs", "2"])
     assert seen["job"].config.snapshots == [0.0, 0.5, 1.0] and seen["job"].config.epochs == 2
     assert seen["job"].variants == ["danet_pam"]
+
+
+def test_the_default_source_validates_on_the_shipped_scenes_of_the_design(tmp_path):
+    from nlanalysis.train.run import _val_set
+
+    job = TrainJob.quick(tmp_path, design="query-specific", val_scenes=4, progress=False)
+    assert job.source is None
+    val = _val_set(job)
+    assert "scenes_val_query_specific" in val.source and not (tmp_path / "data").exists()

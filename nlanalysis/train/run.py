@@ -54,13 +54,15 @@ def _train_set(job: TrainJob) -> SceneSet:
 
 
 def _val_set(job: TrainJob) -> SceneSet:
-    """The shipped validation scenes of the design (300, val split, seed 0); only where they are missing
-    (an old install) the same 300 scenes written once to ``out/data``."""
-    try:
-        return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
-    except FileNotFoundError:
-        if job.design == "shared":
-            raise
+    """The shipped validation scenes of the design (300, val split, seed 0, from the Debian package's
+    Fashion-MNIST); with another ``source``, or where they are missing (an old install), the same 300
+    scenes written once from that source to ``out/data``."""
+    if job.source is None or job.design == "shared":
+        try:
+            return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
+        except FileNotFoundError:
+            if job.design == "shared":
+                raise
     folder = job.out / "data" / f"val_{job.design}_300_seed0"
     if not (folder / "instances.json").is_file():
         write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)
