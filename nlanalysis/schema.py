@@ -267,6 +267,13 @@ def value_range(name: str, convention: str = "1-cos") -> tuple[float, float] | N
     return (low, high / 2) if col.unit == "1-cos" and convention == "(1-cos)/2" else (low, high)
 
 
+def frame_ranges(stats: Iterable[str], frame: Any) -> dict[str, tuple[float, float] | None]:
+    """Each statistic's valid range in ``frame`` (:func:`value_range`; distances end at 1 when every row
+    of ``frame`` is ``(1-cos)/2``); ``None`` for columns the registry does not know (intervals: no cut)."""
+    half = "convention" in frame and (frame["convention"] == "(1-cos)/2").all()
+    return {s: value_range(s, "(1-cos)/2" if half else "1-cos") if s in _BY_NAME else None for s in stats}
+
+
 def check_ranges(frame: Any, source: str, *, tol: float = 1e-6) -> None:
     """Raise ValueError at the first value of ``frame`` outside its column's range.
 

@@ -131,14 +131,6 @@ def _units(frame: pd.DataFrame) -> pd.Series:
     return ("seed " + seed.astype("Int64").astype(str)).where(seed.notna(), "run " + label)
 
 
-def _bounds(stats: Sequence[str], frame: pd.DataFrame) -> dict[str, tuple[float, float] | None]:
-    """Each statistic's valid range (:func:`nlanalysis.schema.value_range`; distances end at 1
-    when every row is ``(1-cos)/2``); ``None`` for columns the schema does not know."""
-    half = "convention" in frame and (frame["convention"] == "(1-cos)/2").all()
-    known = set(schema.names(stored=None))
-    return {s: schema.value_range(s, "(1-cos)/2" if half else "1-cos") if s in known else None for s in stats}
-
-
 #: ratio statistics (unit ``ratio``, e.g. ``own_object_lift``): summarised on the log scale.
 RATIO_STATS = frozenset(c.name for c in schema.REGISTRY if c.unit == "ratio")
 
@@ -220,7 +212,7 @@ def summarise(
     keys = _group_keys(frame, by) + ["block"]
     present = [s for s in stats if s in frame and frame[s].notna().any()]
     ratios = [s for s in present if s in RATIO_STATS]
-    bounds = {**_bounds(present, frame), **{r: None for r in ratios}}  # logs: any real number
+    bounds = {**schema.frame_ranges(present, frame), **{r: None for r in ratios}}  # logs: any real number
     out = grouped_intervals(_logs(frame, ratios).assign(_unit=_units(frame)), keys, present, unit="_unit", level=level,
                             bounds=bounds, facts=lambda part: _facts(part, level))  # fmt: skip
     out = _exps(out, ratios)

@@ -146,3 +146,20 @@ def test_no_vit_attention_is_a_clear_error():
         ViTCapture(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
     with pytest.raises(ValueError, match="keys"):
         ViTCapture(_timm(), keys="cls")
+
+
+def test_head_intervals_are_cut_to_each_statistics_range():
+    """att values near 0: the t-interval's low end (negative, checked with scipy) is cut at 0, the range of a
+    cosine distance; the high end and the mean are scipy's."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from nlanalysis.analyze_vit import image_intervals
+
+    values = np.array([0.0, 0.0, 0.3])
+    frame = pd.DataFrame({"layer": 0, "head": 1, "image": range(3), "att": values})
+    row = image_intervals(frame, ["layer", "head"], ["att"]).iloc[0]
+    low, high = stats.t.interval(0.95, 2, loc=values.mean(), scale=stats.sem(values))
+    assert low < 0 and row["att_low"] == 0.0
+    assert row["att_high"] == pytest.approx(high) and row["att"] == pytest.approx(0.1)
