@@ -339,8 +339,11 @@ def caption(summary: pd.DataFrame, convention: str = "1-cos", level: float = 0.9
                     "means)." if pooled else "."))  # fmt: skip
     if "att_jsd" in cols:
         parts.append("att JSD: mean Jensen–Shannon divergence between the maps of two queries (bits; sampled pairs).")
-    if cols & {"att_entropy", "att_max", "att_zero_rows"}:
-        parts.append("entropy: of each query's map, normalised (1 = uniform); max weight: its largest weight; zero rows: share of all-zero maps.")
+    described = [text for stat, text in (("att_entropy", "entropy: of each query's map, normalised (1 = uniform)"),
+                                         ("att_max", "max weight: the largest weight of a query's map"),
+                                         ("att_zero_rows", "zero rows: share of all-zero maps")) if stat in cols]  # fmt: skip
+    if described:
+        parts.append("; ".join(described) + ".")
     if "att_own_object" in cols:
         parts.append("own-object mass: attention a query on an object puts on that object; own-object share: the share of keys the object covers.")
     if "own_object_density" in cols:
