@@ -101,3 +101,15 @@ def test_short_block_names():
         "backbone.layer1.0.context_block": "layer1.0.context_block", "backbone.layer2.0.nonlocal_block": "layer2.0.nonlocal_block"}  # fmt: skip
     assert short_block_names(["a.b", "a.b"]) == {"a.b": "a.b"}
     assert short_block_names(["x.nl", "x.y.nl"]) == {"x.nl": "nl", "x.y.nl": "y.nl"}
+
+
+def test_the_caption_describes_only_the_columns_the_table_has():
+    import pandas as pd
+
+    from nlanalysis.tables import caption
+
+    only_max = pd.DataFrame({"variant": ["v"], "att_max": [0.1], "att_max_low": [0.05], "att_max_high": [0.15]})
+    text = caption(only_max)
+    assert "max weight: the largest weight" in text and "entropy" not in text and "zero rows" not in text
+    only_entropy = only_max.rename(columns=lambda c: c.replace("att_max", "att_entropy"))
+    assert "entropy: of each query's map" in caption(only_entropy) and "max weight" not in caption(only_entropy)
