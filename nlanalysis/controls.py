@@ -168,7 +168,7 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             continue
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
-        lines += [f"## {design}", "", f"12-epoch finals ({len(load_results(short))} runs):", "", _training_markdown(training), ""]
+        lines += [f"## {design}", "", f"12-epoch finals ({int(training.seeds.sum())} runs):", "", _training_markdown(training), ""]
         extracts = sorted(p for p in (root / "extract" / design).glob("*") if (p / "metrics.csv").is_file())
         attention = attention_summary(extracts) if extracts else None
         if attention is not None:

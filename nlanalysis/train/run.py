@@ -57,12 +57,13 @@ def _val_set(job: TrainJob) -> SceneSet:
     """The shipped validation scenes of the design (300, val split, seed 0, from the Debian package's
     Fashion-MNIST); with another ``source``, or where they are missing (an old install), the same 300
     scenes written once from that source to ``out/data``."""
-    if job.source is None or job.design == "shared":
+    if job.design == "shared":
+        return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
+    if job.source is None:
         try:
             return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
-        except FileNotFoundError:
-            if job.design == "shared":
-                raise
+        except FileNotFoundError:  # an install without them: write the same scenes below
+            pass
     folder = job.out / "data" / f"val_{job.design}_300_seed0"
     if not (folder / "instances.json").is_file():
         write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)
