@@ -54,7 +54,7 @@ def test_plateau_rule_uses_the_larger_of_the_floor_and_the_seed_sd():
 
 def test_load_results_reads_what_training_records_and_names_a_bad_file(tmp_path):
     result = TrainResult("gc", 1, 0.4, 0.9, 12.5, history=[{"variant": "gc", "seed": 1, "step": 0, "miou": 0.1}])
-    _record_run(tmp_path, result, TrainConfig(seed=1), "data")
+    _record_run(tmp_path, result, TrainConfig(seed=1), {"train": "t", "val": "v"})
     (loaded,) = load_results(tmp_path)
     assert (loaded.variant, loaded.seed, loaded.miou, loaded.seconds) == ("gc", 1, 0.4, 12.5)
     (tmp_path / "runs" / "x_s0.json").write_text("{not json")
@@ -69,7 +69,7 @@ def test_compare_runs_command_prints_and_writes_both_tables(tmp_path, capsys):
 
     for folder, gain in (("short", 0.0), ("long", 0.005)):
         for r in _runs("baseline", [0.30 + gain, 0.40, 0.50]) + _runs("gc", [0.35, 0.451 + gain, 0.549]):
-            _record_run(tmp_path / folder, r, TrainConfig(seed=r.seed), "data")
+            _record_run(tmp_path / folder, r, TrainConfig(seed=r.seed), {"train": "t", "val": "v"})
     assert main(["compare-runs", str(tmp_path / "short"), "--long", str(tmp_path / "long"), "--csv", str(tmp_path / "t")]) == 0
     text = capsys.readouterr().out
     assert "better" in text and "plateau" in text
@@ -87,7 +87,7 @@ def test_compare_runs_against_another_variant_pairs_with_it(tmp_path):
 
     for r in (_runs("baseline", [0.30, 0.40, 0.50]) + _runs("gc", [0.35, 0.45, 0.55])
               + _runs("embedded_gaussian", [0.40, 0.52, 0.60])):  # fmt: skip
-        _record_run(tmp_path / "grid", r, TrainConfig(seed=r.seed), "data")
+        _record_run(tmp_path / "grid", r, TrainConfig(seed=r.seed), {"train": "t", "val": "v"})
     assert main(["compare-runs", str(tmp_path / "grid"), "--against", "baseline", "gc", "--csv", str(tmp_path / "t")]) == 0
     table = pd.read_csv(tmp_path / "t_margins.csv").set_index(["against", "variant"])
     diffs = [0.05, 0.07, 0.05]  # embedded_gaussian - gc per seed

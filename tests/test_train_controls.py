@@ -108,3 +108,27 @@ def test_the_default_source_validates_on_the_shipped_scenes_of_the_design(tmp_pa
     assert job.source is None
     val = _val_set(job)
     assert "scenes_val_query_specific" in val.source and not (tmp_path / "data").exists()
+
+
+def test_a_rerun_matches_scenes_by_content_not_by_path(tmp_path, scenes, monkeypatch):
+    """Moving the scene files (another checkout, the shipped copy of a written set) keeps the finished
+    runs; other scenes at the same path are refused."""
+    train, val = scenes
+    monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
+    monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: val)
+    job = TrainJob.quick(tmp_path, variants=("baseline",), progress=False,
+                         config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
+    run_training(job)
+    calls = []
+    monkeypatch.setattr("nlanalysis.train.run.train_variant", lambda *a, **k: calls.append(a[0]) / 0)
+    moved = val.subset(slice(None))
+    moved.source = "/elsewhere/instances.json"
+    monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: moved)
+    run_training(job)
+    assert calls == []
+    changed = val.subset(slice(None))
+    changed.images = changed.images.clone()
+    changed.images[0, 0, 0, 0] ^= 1
+    monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: changed)
+    with pytest.raises(ValueError, match="other settings"):
+        run_training(job)

@@ -1,6 +1,7 @@
 """Scene sets in memory for training: images and per-pixel class maps from COCO files."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,14 @@ class SceneSet:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def digest(self) -> str:
+        """SHA-256 (first 16 hex digits) of the ids, pixels and class maps: the same scenes give the same
+        digest wherever their files lie (a run record keeps it, so moving the files does not void a resume)."""
+        h = hashlib.sha256(repr((self.image_ids, self.num_classes, tuple(self.images.shape))).encode())
+        for t in (self.images, self.masks):
+            h.update(memoryview(t.contiguous().numpy()).cast("B"))
+        return h.hexdigest()[:16]
 
     def subset(self, index: slice | list[int]) -> SceneSet:
         idx = list(range(len(self)))[index] if isinstance(index, slice) else list(index)

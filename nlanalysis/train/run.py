@@ -82,7 +82,8 @@ def run_training(job: TrainJob) -> pd.DataFrame:
     job.out.mkdir(parents=True, exist_ok=True)
     config = job.config or TrainConfig()
     train, val = _train_set(job), _val_set(job)
-    data = f"train {train.source} ({len(train)} scenes), val {val.source} ({len(val)} scenes)"
+    data = {"train": train.digest(), "val": val.digest()}  # what a finished run's record must match to be reused
+    about = f"train {train.source} ({len(train)} scenes), val {val.source} ({len(val)} scenes)"
     start = time.perf_counter()
     results: list[TrainResult] = []
     for seed in job.seeds:  # seed-major: a complete set of variants exists as early as possible
@@ -91,7 +92,7 @@ def run_training(job: TrainJob) -> pd.DataFrame:
             result = _done_run(job.out, variant, cfg, data)
             if result is None:
                 result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
-                _record_run(job.out, result, cfg, data)
+                _record_run(job.out, result, cfg, data, about)
             results.append(result)
             if job.progress:
                 print(f"{variant:>22} seed {seed}: mIoU {result.miou:.4f}  ({result.seconds:.0f} s)", flush=True)
@@ -110,27 +111,28 @@ def _run_file(out: Path, variant: str, seed: int) -> Path:
     return out / "runs" / f"{variant}_s{seed}.json"
 
 
-def _record_run(out: Path, result: TrainResult, config: TrainConfig, data: str) -> None:
-    """Mark a finished run (after its final checkpoint), so a rerun of the job skips it."""
+def _record_run(out: Path, result: TrainResult, config: TrainConfig, data: dict[str, str], about: str = "") -> None:
+    """Mark a finished run (after its final checkpoint), so a rerun of the job skips it. ``data``: the
+    digests of the train and val scenes (:meth:`SceneSet.digest`); ``about``: where they were read from."""
     path = _run_file(out, result.variant, result.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data,
+    record = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data, "data_files": about,
               "result": {k: v for k, v in vars(result).items() if k != "checkpoints"}}  # fmt: skip
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
 
 
-def _done_run(out: Path, variant: str, config: TrainConfig, data: str) -> TrainResult | None:
+def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]) -> TrainResult | None:
     """The result of a run this job already finished in ``out`` (``None``: train it); refuses a run
-    recorded there with other settings."""
+    recorded there with other settings or other scenes (compared by content, not by path)."""
     path = _run_file(out, variant, config.seed)
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
     wanted = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data}
     if {k: record.get(k) for k in wanted} != wanted:
-        raise ValueError(f"{path}: this run was trained with other settings; use another --out for a new configuration")
+        raise ValueError(f"{path}: this run was trained with other settings or other scenes; use another --out for a new configuration")
     return TrainResult(**record["result"])
 
 
