@@ -1,0 +1,150 @@
+"""Where the analysis's time goes beyond the bare forward: cProfile and torch.profiler of captured vs bare forwards.
+
+Deterministic tools rather than wall ratios (issue 18): the thread count is fixed, and the tables report
+per-forward milliseconds of
+
+* torch ops (``torch.profiler``, self CPU time per op name, captured minus bare: what the analysis adds
+  in torch and in the native kernels, which run inside ``nlanalysis`` frames and show as Python there);
+* Python functions of ``nlanalysis`` (``cProfile``, total time inside each, per forward), the per-layer glue.
+
+Targets: ``nl`` -- ResNet-50 to layer3 + mmcv ``NonLocal2d(1024, embedded_gaussian)`` (``benchmarks/capture.py``'s
+model), or ``block`` -- that NL block alone on the layer3 features (its overhead without the 2 s of ResNet
+around it), at ``--size H W``; ``vit`` -- the ViT-S/14 at 224, batch 1 (``benchmarks/capture.py``'s ViT row).
+
+Run: ``python benchmarks/profile_capture.py --target nl --size 512 704 --threads 1 [--jsd 512] [--forwards 3]``
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def _nl(size: tuple[int, int], jsd: int, block_only: bool) -> tuple[Callable[[], object], Callable[[], object]]:
+    import torch
+
+    from capture import nl_model
+    from nlanalysis.capture import Capture
+
+    model = nl_model("cpu")
+    x = torch.randn(1, 3, *size)
+    if block_only:
+        x = model[:-1](x)
+        model = torch.nn.Sequential(model[-1])
+
+    def captured() -> object:
+        with Capture(model, jsd_pairs=jsd, keep_records=False, on_record=lambda r: None):
+            return model(x)
+
+    return (lambda: model(x)), captured
+
+
+def _vit(jsd: int) -> tuple[Callable[[], object], Callable[[], object]]:
+    import timm
+
+    from nlanalysis.data.images import sample_photos
+    from nlanalysis.vit import ViTCapture, preprocess_batch
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224).eval()
+    x, valid, _ = preprocess_batch(dict(list(sample_photos().items())[:1]), 224, "pad")
+
+    def captured() -> object:
+        with ViTCapture(model, jsd_pairs=jsd, keep_records=False, on_record=lambda r: None) as cap:
+            cap.set_valid(valid)
+            return model(x)
+
+    return (lambda: model(x)), captured
+
+
+def op_table(f: Callable[[], object], forwards: int) -> dict[str, float]:
+    """Self CPU milliseconds per forward of each torch op name over ``forwards`` calls of ``f``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(forwards):
+            f()
+    out: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        out[event.key] += event.self_cpu_time_total / 1000 / forwards
+    return out
+
+
+def python_table(f: Callable[[], object], forwards: int) -> list[tuple[str, int, float, float]]:
+    """``(function, calls per forward, own ms, cumulative ms per forward)`` of the ``nlanalysis`` functions."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(forwards):
+        f()
+    prof.disable()
+    rows = []
+    for (path, line, name), (cc, nc, tt, ct, _) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        if "nlanalysis" in path or path.startswith("<") or "torch/overrides" in path or "torch/nn/modules/module" in path:
+            where = path.split("nlanalysis/")[-1] if "nlanalysis/" in path else os.path.basename(path)
+            rows.append((f"{where}:{line}({name})", nc // forwards, tt * 1000 / forwards, ct * 1000 / forwards))
+    return sorted(rows, key=lambda r: -r[3])
+
+
+def paired_times(bare: Callable[[], object], captured: Callable[[], object], repeats: int) -> str:
+    """Min and median of each one's wall and process-CPU seconds over ``repeats`` interleaved pairs, and the
+    captured one's extra milliseconds (min to min: the least disturbed run of each)."""
+    import statistics
+    import time
+
+    got: dict[str, list[tuple[float, float]]] = {"bare": [], "captured": []}
+    for rep in range(repeats):
+        for name in ("bare", "captured") if rep % 2 == 0 else ("captured", "bare"):
+            w, c = time.perf_counter(), time.process_time()
+            (bare if name == "bare" else captured)()
+            got[name].append((time.perf_counter() - w, time.process_time() - c))
+    lines = []
+    for i, what in enumerate(("wall", "cpu")):
+        b, c = ([t[i] for t in got[k]] for k in ("bare", "captured"))
+        lines.append(f"{what}: bare min {min(b) * 1e3:.1f} ms (median {statistics.median(b) * 1e3:.1f}), captured min "
+                     f"{min(c) * 1e3:.1f} ms (median {statistics.median(c) * 1e3:.1f}); extra {(min(c) - min(b)) * 1e3:+.1f} ms "
+                     f"= {min(c) / min(b):.3f}x (min/min), medians {statistics.median(c) / statistics.median(b):.3f}x")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", choices=("nl", "block", "vit"), default="nl")
+    parser.add_argument("--size", nargs=2, type=int, default=(512, 704))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jsd", type=int, default=0, help="JSD pairs (0: none)")
+    parser.add_argument("--forwards", type=int, default=3)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--times", type=int, default=0, help="only time N interleaved pairs (no profilers)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    bare, captured = _vit(args.jsd) if args.target == "vit" else _nl(tuple(args.size), args.jsd, args.target == "block")
+    for f in (bare, captured, bare, captured):  # warm-up: kernels built, allocator, caches
+        f()
+    print(f"target {args.target} {'' if args.target == 'vit' else args.size}, {torch.get_num_threads()} threads, "
+          f"jsd {args.jsd}, {args.forwards} forwards, load average {os.getloadavg()}")  # fmt: skip
+    if args.times:
+        print(paired_times(bare, captured, args.times))
+        return
+    ops_bare, ops_cap = op_table(bare, args.forwards), op_table(captured, args.forwards)
+    total_bare, total_cap = sum(ops_bare.values()), sum(ops_cap.values())
+    print(f"\ntorch ops, self CPU ms per forward: bare {total_bare:.1f}, captured {total_cap:.1f} (+{total_cap - total_bare:.1f})")
+    diff = sorted(((ops_cap.get(k, 0) - ops_bare.get(k, 0), k) for k in set(ops_bare) | set(ops_cap)), reverse=True)
+    for d, k in diff[: args.top] + diff[-5:]:
+        if abs(d) >= 0.05:
+            print(f"  {d:+9.2f}  {k}  (bare {ops_bare.get(k, 0):.2f}, captured {ops_cap.get(k, 0):.2f})")
+    print("\nPython (cProfile), per captured forward: calls, own ms, cumulative ms")
+    for name, calls, own, cum in python_table(captured, args.forwards)[: args.top]:
+        print(f"  {calls:6d} {own:9.2f} {cum:9.2f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
