@@ -11,7 +11,9 @@ Targets: ``nl`` -- ResNet-50 to layer3 + mmcv ``NonLocal2d(1024, embedded_gaussi
 model), or ``block`` -- that NL block alone on the layer3 features (its overhead without the 2 s of ResNet
 around it), at ``--size H W``; ``vit`` -- the ViT-S/14 at 224, batch 1 (``benchmarks/capture.py``'s ViT row).
 
-Run: ``python benchmarks/profile_capture.py --target nl --size 512 704 --threads 1 [--jsd 512] [--forwards 3]``
+Run: ``python benchmarks/profile_capture.py --target nl --size 512 704 --threads 1 [--jsd 512] [--forwards 3]``;
+``--times 30`` only times 30 interleaved (bare, captured) pairs (min and median, wall and CPU);
+``--analysis-threads 1`` runs the statistics in the hooks on one thread while the model keeps ``--threads``.
 """
 from __future__ import annotations
 
@@ -90,6 +92,34 @@ def python_table(f: Callable[[], object], forwards: int) -> list[tuple[str, int,
     return sorted(rows, key=lambda r: -r[3])
 
 
+def analysis_on_threads(count: int) -> None:
+    """Run the ViT layers' statistics (``attend`` in the shared softmax, ``measure_heads`` in the record) and the NL
+    blocks' (``measure_block``, the in-pass kernels) on ``count`` torch threads while the model keeps its own: an
+    experiment for a quiet machine (does the analysis at batch 1 gain from the second thread, or only wait at barriers?)."""
+    import functools
+
+    import torch
+
+    from nlanalysis.capture import blocks, heads, inpass_blocks
+
+    def on(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def run(*a: object, **k: object) -> object:
+            found = torch.get_num_threads()
+            torch.set_num_threads(count)
+            try:
+                return f(*a, **k)
+            finally:
+                torch.set_num_threads(found)
+
+        return run
+
+    for module, names in ((heads, ("attend", "measure_heads")), (blocks, ("measure_block",)),
+                          (inpass_blocks, ("softmax_block", "attend_block", "formed_block"))):  # fmt: skip
+        for name in names:
+            setattr(module, name, on(getattr(module, name)))
+
+
 def paired_times(bare: Callable[[], object], captured: Callable[[], object], repeats: int) -> str:
     """Min and median of each one's wall and process-CPU seconds over ``repeats`` interleaved pairs, and the
     captured one's extra milliseconds (min to min: the least disturbed run of each)."""
@@ -120,12 +150,16 @@ def main() -> None:
     parser.add_argument("--forwards", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--times", type=int, default=0, help="only time N interleaved pairs (no profilers)")
+    parser.add_argument("--analysis-threads", type=int, default=0,
+                        help="run the statistics in the hooks on this many threads (0: torch's, as the package does)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    if args.analysis_threads:
+        analysis_on_threads(args.analysis_threads)
     bare, captured = _vit(args.jsd) if args.target == "vit" else _nl(tuple(args.size), args.jsd, args.target == "block")
     for f in (bare, captured, bare, captured):  # warm-up: kernels built, allocator, caches
         f()
