@@ -17,7 +17,9 @@ runs every method once, in a rotating order, so all see the same machine load):
 * ``tl.trace full``  -- ``tl.trace(model, x)``: every layer's output.
 
 Each ratio is the median over repetitions of (method time / bare time of the same repetition), with
-the range of those per-repetition ratios. Extra peak memory is over the bare forward's: on the CPU each
+the range of those per-repetition ratios, in wall-clock and in process CPU time (on a shared machine the
+steadier of the two, with ``--threads 1``: another process's load stretches the wall clock, not the CPU
+seconds this one spends). Extra peak memory is over the bare forward's: on the CPU each
 (method, size) runs once in its own subprocess (peak RSS is per process; glibc's mmap threshold fixed at
 1 MiB there, so the peak follows the tensors alive), for the whole forward and for the NL block alone on
 the features it receives (where the block's maps are the peak), on CUDA
@@ -104,28 +106,35 @@ def nl_methods(model, x, names: tuple[str, ...]) -> dict[str, Callable[[], objec
     return {name: table[name] for name in names if name in table}
 
 
-def timed(f: Callable[[], object], device: str) -> float:
+def timed(f: Callable[[], object], device: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call of ``f`` (on CUDA, synchronised before and after)."""
     import torch
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     f()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def interleaved(methods: dict[str, Callable[[], object]], repeats: int, device: str) -> dict[str, list[float]]:
-    """Seconds per repetition of each method, the methods' order rotated every repetition."""
+def interleaved(methods: dict[str, Callable[[], object]], repeats: int, device: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per repetition of each method, the methods' order rotated every repetition.
+
+    CPU seconds: on a shared machine another process's load stretches the wall clock of a run, not the CPU
+    time it spends (steadiest with ``--threads 1``; with more threads, waits at barriers count as spin time)."""
     names = list(methods)
     for f in methods.values():  # warm-up: allocator, kernels, TorchLens's wrapping of torch
         f()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(repeats):
         for name in names[rep % len(names):] + names[: rep % len(names)]:
-            times[name].append(timed(methods[name], device))
-    return times
+            w, c = timed(methods[name], device)
+            wall[name].append(w)
+            cpu[name].append(c)
+    return wall, cpu
 
 
 def ratios(times: dict[str, list[float]]) -> dict[str, tuple[float, float, float]]:
@@ -211,10 +220,11 @@ def nl_table(size: tuple[int, int], repeats: int, device: str, names: tuple[str,
     model = nl_model(device)
     x = torch.randn(1, 3, *size, device=device)
     methods = nl_methods(model, x, tuple(dict.fromkeys(("bare", *names))))
-    times = interleaved(methods, repeats, device)
+    times, cpu = interleaved(methods, repeats, device)
     n = (size[0] // 16) * (size[1] // 16)
     chunk_mib = 256 * n * 4 / 2**20  # one chunk of 256 float32 query rows over N keys
-    table = {"size": size, "n": n, "times": times, "ratios": ratios(times), "memory": {}, "chunk_mib": chunk_mib}
+    table = {"size": size, "n": n, "times": times, "ratios": ratios(times), "cpu_ratios": ratios(cpu), "memory": {},
+             "chunk_mib": chunk_mib}  # fmt: skip
     print_nl(table)  # the times first: the memory runs take a while on the CPU
     table["memory"] = {name: peak_memory(name, size, device, methods) for name in methods}
     return table
@@ -248,21 +258,23 @@ def vit_table(repeats: int, device: str) -> dict:
         return run
 
     methods = {"bare": lambda: model(x), "vit, no JSD": analysis(jsd_pairs=0), "vit, JSD": analysis()}
-    times = interleaved(methods, repeats, device)
-    return {"model": source, "times": times, "ratios": ratios(times)}
+    times, cpu = interleaved(methods, repeats, device)
+    return {"model": source, "times": times, "ratios": ratios(times), "cpu_ratios": ratios(cpu)}
 
 
 def print_nl(table: dict) -> None:
     h, w = table["size"]
     print(f"\n{h}x{w}, batch 1, NL block N = N_key = {table['n']} (one 256-query chunk of maps: {table['chunk_mib']:.1f} MiB)")
-    print(f"{'method':<18} {'median s':>9} {'ratio (range)':>22} {'extra peak MiB':>15}  target")
+    print(f"{'method':<18} {'median s':>9} {'ratio (range)':>22} {'CPU-time ratio':>22} {'extra peak MiB':>15}  target")
     bare_mem = (table["memory"].get("bare") or (0.0,))[0] or 0.0
     for name, ts in table["times"].items():
         med, lo, hi = table["ratios"][name]
+        cmed, clo, chi = table["cpu_ratios"][name]
         mem = (table["memory"].get(name) or (None,))[0]
         extra = "" if mem is None or name == "bare" else f"{mem - bare_mem:+.0f}"
         target = f"<= {TARGETS[name]:.2f}x" if name in TARGETS else ""
-        print(f"{name:<18} {statistics.median(ts):9.3f} {f'{med:.2f}x ({lo:.2f}-{hi:.2f})':>22} {extra:>15}  {target}")
+        print(f"{name:<18} {statistics.median(ts):9.3f} {f'{med:.2f}x ({lo:.2f}-{hi:.2f})':>22} "
+              f"{f'{cmed:.2f}x ({clo:.2f}-{chi:.2f})':>22} {extra:>15}  {target}")  # fmt: skip
     if "tl.record" in table["ratios"]:
         ours, theirs = table["ratios"]["nl, no JSD"][0], table["ratios"]["tl.record"][0]
         print(f"nl, no JSD vs tl.record (softmax only): {ours:.2f}x vs {theirs:.2f}x bare ({'below' if ours < theirs else 'NOT below'})")
@@ -283,8 +295,9 @@ def print_vit(table: dict) -> None:
     print(f"\nViT analysis, batch 1, 224 x 224 ({table['model']})")
     for name, ts in table["times"].items():
         med, lo, hi = table["ratios"][name]
+        cmed, clo, chi = table["cpu_ratios"][name]
         target = f"target <= {TARGETS[name]:.2f}x" if name in TARGETS else ""
-        print(f"{name:<18} {statistics.median(ts):9.3f} s {med:6.2f}x ({lo:.2f}-{hi:.2f})  {target}")
+        print(f"{name:<18} {statistics.median(ts):9.3f} s {med:6.2f}x ({lo:.2f}-{hi:.2f}), CPU time {cmed:.2f}x ({clo:.2f}-{chi:.2f})  {target}")
 
 
 def machine(device: str) -> str:
