@@ -1,6 +1,7 @@
 """list_blocks keeps a model's blocks between calls: every change of the module tree is seen, nothing is kept alive."""
 import gc
 import weakref
+from collections import OrderedDict
 
 from torch import nn
 
@@ -8,12 +9,11 @@ from nlanalysis.adapters import list_blocks, registry
 from nlanalysis.blocks import ContextBlock, NonLocal2d
 
 
-class _Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.layer3 = nn.Sequential(nn.Identity(), NonLocal2d(8))
-        self.layer4 = nn.Sequential(ContextBlock(8, 0.5), NonLocal2d(8, mode="gaussian"))
+def _net() -> nn.Sequential:
+    """Three blocks in two stages, one a GC block, behind a stem."""
+    stages = OrderedDict(stem=nn.Conv2d(3, 8, 3, padding=1), layer3=nn.Sequential(nn.Identity(), NonLocal2d(8)),
+                         layer4=nn.Sequential(ContextBlock(8, 0.5), NonLocal2d(8, mode="gaussian")))  # fmt: skip
+    return nn.Sequential(stages)
 
 
 def _uncached(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
@@ -27,7 +27,7 @@ def _listed(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 
 
 def test_second_call_is_served_from_the_cache(monkeypatch):
-    net = _Net()
+    net = _net()
     first = _listed(net)
     asked = []
     monkeypatch.setattr(registry, "find_adapter", lambda m: asked.append(m))  # a search would call it
@@ -38,7 +38,7 @@ def test_second_call_is_served_from_the_cache(monkeypatch):
 
 
 def test_every_change_of_the_tree_is_seen():
-    net = _Net()
+    net = _net()
     _listed(net)
     net.layer3[0] = NonLocal2d(8, mode="dot_product")  # replaced: a block where there was none
     assert _listed(net) == _uncached(net)
