@@ -161,7 +161,7 @@ def test_gradients_kept_take_the_recompute_path(family: str) -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("options", [dict(controls=True), dict(query_dependence="cheap"), dict(kernels="eager")])
+@pytest.mark.parametrize("options", [dict(controls=True), dict(query_dependence="all"), dict(kernels="eager")])
 def test_options_that_read_the_maps_again_recompute(options: dict) -> None:
     block = _block("ours", "embedded_gaussian", sub_sample=True)
     x = torch.randn(1, 16, 6, 8)

@@ -42,7 +42,9 @@ class BlockSite(Site):
             (:mod:`nlanalysis.capture.inpass_blocks`: one attention pass, not two; the same name and default
             as the ViT heads' switch, though it covers every NL mode, softmax or not); the block's
             output equals an uncaptured forward's to float32 rounding. ``False``: every op is torch's and
-            the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence``.
+            the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence="all"``; with
+            ``"cheap"`` only softmax maps measured by the native kernel without object labels (the suite from the
+            same pass), other forwards recompute.
 
     Attributes:
         served: forwards whose block maps were measured in the block's own pass (``share_softmax``).
@@ -57,7 +59,7 @@ class BlockSite(Site):
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
                                    kernels=kernels, query_dependence=check_level(query_dependence))
-        self.share_softmax = share_softmax and cap.stats and not controls and query_dependence == "off"
+        self.share_softmax = share_softmax and cap.stats and not controls and query_dependence in ("off", "cheap")
         self.served = 0
         self._in_pass: list[InPassBlock] = []
 

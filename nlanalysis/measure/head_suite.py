@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 
 from ..blocks.heads import HeadAttention
-from ..kernels import workspace
+from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
+from .native_suite import head_suite_sums, suite_columns
 from .query_dep import COLUMNS, grid_centres
 from .stats import nans
 
@@ -120,7 +121,18 @@ class HeadSuite:
         # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
         self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
             NMI_EPS * self.km_sp + (1.0 - self.km_sp)
+        self.query_mask, self.stride = query_mask, stride
+        self.native: SuiteSums | None = None  # the kernel's sums (:meth:`native_sums`), which then give all but cross_site_cos
         self._dnl_setup(att)
+
+    def native_sums(self) -> SuiteSums:
+        """The :class:`~nlanalysis.kernels.SuiteSums` the native row pass of this layer adds to (made on the first
+        call, before any rows are fed): then :meth:`update` keeps only the rows for ``cross_site_cos``."""
+        if self.native is None:
+            if self.fed:
+                raise RuntimeError("the suite was fed rows before the native pass was asked for")
+            self.native = head_suite_sums(self.att, self.query_mask, self.stride)
+        return self.native
 
     def _dnl_setup(self, att: HeadAttention) -> None:
         """The unary variance of every head (float64 sums) and the operands of the pairwise-only logits."""
@@ -178,8 +190,9 @@ class HeadSuite:
         r[:, :heads].copy_(rows)
         r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
         qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
-        self._spatial(start, stop, r[..., self.sp], qm)
-        self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
+        if self.native is None:  # else the kernel's pass added these rows' sums
+            self._spatial(start, stop, r[..., self.sp], qm)
+            self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
         inv, ok = _inverse_norms(r, qm)
         self._compare(start, stop, r, inv, ok)
         self.inv[:, :, start:stop], self.ok[:, :, start:stop] = inv, ok
@@ -248,6 +261,23 @@ class HeadSuite:
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
         b, m = att.batch_size, self.maps
+        if self.native is not None:
+            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale)
+        else:
+            out = self._columns()
+        cross = nans(b, m)
+        if self.previous is not None:
+            pick = slice(None) if self.previous.maps == m else slice(-1, None)
+            cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
+        out["cross_site_cos"] = cross
+        self.values = out
+        self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
+        return out
+
+    def _columns(self) -> dict[str, Tensor]:
+        """:data:`~nlanalysis.measure.query_dep.COLUMNS` from the eager sums (:meth:`_spatial`, :meth:`_pairwise`)."""
+        att = self.att
+        b, m = att.batch_size, self.maps
         out = {name: nans(b, m) for name in COLUMNS}
         n_q = self.n_q[:, None]
         p_k = self.p_k[:, :, 0] / n_q[..., None]
@@ -264,13 +294,6 @@ class HeadSuite:
         out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
         sq = self.pair_sum.square().sum(-1)
         out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
-        cross = nans(b, m)
-        if self.previous is not None:
-            pick = slice(None) if self.previous.maps == m else slice(-1, None)
-            cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
-        out["cross_site_cos"] = cross
-        self.values = out
-        self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
         return out
 
 
