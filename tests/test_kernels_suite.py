@@ -105,3 +105,26 @@ def test_suite_sums_refuse_a_mismatch():
     with pytest.raises(ValueError, match="outside"):
         kernels.SuiteSums(1, 2, 3, 5, query_pos=torch.zeros(4, 2), key_pos=torch.zeros(5, 2)).call_args(2, 6)
     assert math.isfinite(float(sums.sums.sum()))
+
+
+def test_unary_term_from_the_logits_of_one_call():
+    """``unary="logits"``: the kernel forms ``u_j`` as the mean over valid queries of their logits rows (class rows before
+    them excluded), then the same sums as with ``u`` given."""
+    g = torch.Generator().manual_seed(4)
+    b, h, pre, nq, n = 2, 3, 1, 16, 17
+    logits = torch.randn(b, h, pre + nq, n, generator=g) * 2
+    qm = torch.ones(b, nq, dtype=torch.bool)
+    qm[0, :5] = False
+    km = torch.ones(b, n - 1)
+    km[0, -4:] = 0
+    want = (logits[:, :, pre:, 1:].double() * qm[:, None, :, None]).sum(2) / qm.sum(1)[:, None, None]
+    found = {}
+    for unary in ("logits", want):
+        sums = kernels.SuiteSums(b, h, h + 1, n - 1, unary=unary)
+        kernels.row_stats(logits.clone(), km, qm, 1, 1, scale=0.6, probs=torch.empty_like(logits), pre=pre, suite=sums)
+        found[isinstance(unary, str)] = sums
+    np.testing.assert_allclose(found[True].unary.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+    for name in ("p_k", "sums", "pair_s", "pair_sums"):
+        np.testing.assert_allclose(getattr(found[True], name).numpy(), getattr(found[False], name).numpy(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="every query in one call"):
+        found[True].call_args(0, nq)

@@ -49,7 +49,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 4; }
+int nl_row_stats_version(void) { return 5; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -149,6 +149,8 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
 #pragma omp atomic write
             failed = 1;
         }
+        if (su && su->unary && su->unary_from_logits) /* the DNL unary term, before any probs overwrite the logits */
+            suite_unary(su, logits, qm, B, H, nq, N, lbh, n_pre, first); /* ends with a barrier */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * R; ++task) {
             int stop;

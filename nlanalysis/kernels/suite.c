@@ -17,7 +17,9 @@
  * the rest of the pass), every sum in double. All outputs are added to (zero them before the first call).
  */
 typedef struct {
-    const double *unary;     /* [B, H, K] or NULL: no DNL split */
+    double *unary;           /* [B, H, K] or NULL: no DNL split; read, or written first with unary_from_logits */
+    int64_t unary_from_logits; /* 1: u_j = the mean over this call's valid queries of their logits l_ij (this call holds
+                                  every query of the site): mu_q . k_j, as l_ij = q_i . k_j is linear in q_i */
     const double *qpos;      /* [nq, 2] centres (y, x) in pixels of this call's queries, or NULL: no distances */
     const double *kpos;      /* [Ks, 2] centres of the spatial keys */
     double reach_y, reach_x; /* the 3x3 neighbourhood: 1.5 key cells */
@@ -70,6 +72,27 @@ static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, in
     if (su->unary) {
         for (int64_t j = 0; j < B * H * K; ++j) su->pair_s[j] += t->pair_s[j];
         for (int64_t j = 0; j < 2 * B * H; ++j) su->pair_sums[j] += t->pair_sums[j];
+    }
+}
+
+/* u = the mean of the valid queries' logits rows, per (image, head): with unary_from_logits, before the pass */
+static void suite_unary(const nl_suite *su, const float *logits, const uint8_t *qm, int64_t B, int64_t H, int64_t nq, int64_t N,
+                        int64_t lbh, int64_t n_pre, int64_t first) {
+    const int64_t K = N - first;
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+        const int64_t b = bh / H;
+        double *u = su->unary + bh * K;
+        double n = 0.0;
+        for (int64_t j = 0; j < K; ++j) u[j] = 0.0;
+        for (int64_t i = 0; i < nq; ++i) {
+            if (qm && !qm[b * nq + i]) continue;
+            const float *l = logits + bh * lbh + (n_pre + i) * N + first;
+            for (int64_t j = 0; j < K; ++j) u[j] += (double)l[j];
+            n += 1.0;
+        }
+        const double in = n > 0.0 ? 1.0 / n : 0.0;
+        for (int64_t j = 0; j < K; ++j) u[j] *= in;
     }
 }
 

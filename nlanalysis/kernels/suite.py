@@ -17,7 +17,7 @@ __all__ = ["SuiteSums"]
 class _Args(ctypes.Structure):
     """``nl_suite`` of ``suite.c``."""
 
-    _fields_ = [("unary", ctypes.c_void_p), ("qpos", ctypes.c_void_p), ("kpos", ctypes.c_void_p), ("reach_y", ctypes.c_double),
+    _fields_ = [("unary", ctypes.c_void_p), ("unary_from_logits", ctypes.c_int64), ("qpos", ctypes.c_void_p), ("kpos", ctypes.c_void_p), ("reach_y", ctypes.c_double),
                 ("reach_x", ctypes.c_double), ("sp0", ctypes.c_int64), ("eps", ctypes.c_double), ("p_k", ctypes.c_void_p),
                 ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p)]  # fmt: skip
 
@@ -38,7 +38,8 @@ class SuiteSums:
         batch, heads, maps, n_key: ``B``, ``H``, ``M`` (``H`` or ``H + 1`` with a head mean), ``K``.
         spatial_from: the first spatial key among the ``K`` (``Ks = K - spatial_from`` keys on the grid).
         unary: ``[B, H, K]`` the DNL unary term ``mu_q . k_j`` in the units of the logits (the kernel applies the
-            scale), or ``None``: no DNL split.
+            scale), ``"logits"``: the kernel's first call computes it as the mean of the valid queries' logits rows
+            (that call must hold every query of the site: :meth:`call_args` checks), or ``None``: no DNL split.
         query_pos, key_pos: ``[N_query, 2]`` / ``[Ks, 2]`` cell centres in pixels, or ``None``: no distances.
         reach: ``(y, x)`` the 3x3 neighbourhood's half-size in pixels (1.5 key cells).
         spatial: the NMI, distances and local masses (``False``: the DNL split only).
@@ -52,7 +53,7 @@ class SuiteSums:
             ``scale^2 sum_k (x_k - mean x)^2`` over valid keys (``x``: the pairwise logits), and the rows.
     """
 
-    def __init__(self, batch: int, heads: int, maps: int, n_key: int, *, spatial_from: int = 0, unary: Tensor | None = None,
+    def __init__(self, batch: int, heads: int, maps: int, n_key: int, *, spatial_from: int = 0, unary: Tensor | str | None = None,
                  query_pos: Tensor | None = None, key_pos: Tensor | None = None, reach: tuple[float, float] = (0.0, 0.0),
                  spatial: bool = True, eps: float = 1e-8) -> None:  # fmt: skip
         if maps not in (heads, heads + 1) or not 0 <= spatial_from <= n_key:
@@ -61,23 +62,28 @@ class SuiteSums:
             raise ValueError("suite: give both query and key positions, or neither")
         n_sp = n_key - spatial_from
         self.batch, self.heads, self.maps, self.n_key, self.spatial_from = batch, heads, maps, n_key, spatial_from
-        self.unary = _f64("unary", unary, (batch, heads, n_key))
+        self.from_logits = isinstance(unary, str)
+        if self.from_logits and unary != "logits":
+            raise ValueError(f"suite: unary must be a tensor, 'logits' or None, got {unary!r}")
+        self.unary = torch.zeros(batch, heads, n_key, dtype=torch.float64) if self.from_logits else _f64("unary", unary, (batch, heads, n_key))
         self.query_pos = _f64("query_pos", query_pos, (query_pos.shape[0], 2)) if query_pos is not None else None
         self.key_pos = _f64("key_pos", key_pos, (n_sp, 2))
         self.reach, self.eps, self.spatial = (float(reach[0]), float(reach[1])), float(eps), spatial
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
         self.p_k, self.sums = (zeros(batch, maps, n_sp), zeros(5, batch, maps)) if spatial else (None, None)
-        self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if unary is not None else (None, None)
+        self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if self.unary is not None else (None, None)
         self._args: _Args | None = None
 
     def call_args(self, start: int, stop: int) -> int:
         """The address of the kernel's ``nl_suite`` for queries ``start:stop`` of the site (valid until the next call)."""
+        if self.from_logits and (start != 0 or self._args is not None):
+            raise ValueError(f"suite: the unary term from the logits needs every query in one call, got a call for {start}:{stop}")
         qpos = None
         if self.query_pos is not None:
             if not 0 <= start <= stop <= self.query_pos.shape[0]:
                 raise ValueError(f"suite: queries {start}:{stop} outside the {self.query_pos.shape[0]} positions")
             qpos = self.query_pos.data_ptr() + start * 2 * 8
         ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
-        self._args = _Args(ptr(self.unary), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from, self.eps,
+        self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from, self.eps,
                            ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums))  # fmt: skip
         return ctypes.addressof(self._args)

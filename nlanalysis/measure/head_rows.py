@@ -24,7 +24,7 @@ from .jsd_pairs import _Plan, _pair_jsd
 if TYPE_CHECKING:
     from .heads import HeadsBatch
 
-__all__ = ["LogitSource", "head_source"]
+__all__ = ["LogitSource", "head_source", "native_chunk"]
 
 
 @dataclass
@@ -62,7 +62,8 @@ def head_source(att: HeadAttention) -> LogitSource:
                        prefix if att.keys == "patch" else 0, att.scale, fill)  # fmt: skip
 
 
-def _native_chunk(src: LogitSource, chunk_size: int | None) -> int:
+def native_chunk(src: LogitSource, chunk_size: int | None) -> int:
+    """The queries per kernel call of :func:`_native_rows` (``chunk_size``: the caller's, ``None``: a ~16 MiB buffer of logits)."""
     if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
         chunk_size = max(8, (1 << 22) // (src.batch * src.maps * (src.prefix + src.n_query)))
     return min(chunk_size, src.n_query)
@@ -96,7 +97,7 @@ def _native_rows(
         size = plan.query.numel()
         rows = (sel, _native.workspace("jsd_rows", (size, m_out, src.n_keys - src.first)), torch.empty(size, m_out),
                 torch.zeros(size, m_out, dtype=torch.uint8))  # fmt: skip
-    step = _native_chunk(src, chunk_size)
+    step = native_chunk(src, chunk_size)
     s_att, sums = None, None
     value, out = attend_to if attend_to is not None else (None, None)
     for start in range(0, nq, step):

@@ -37,6 +37,7 @@ from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
+from .head_rows import head_source, native_chunk
 from .native_suite import head_suite_sums, suite_columns
 from .query_dep import COLUMNS, grid_centres
 from .stats import nans
@@ -117,21 +118,28 @@ class HeadSuite:
         zeros = lambda *shape: torch.zeros(*shape, dtype=f64, device=dev)  # noqa: E731
         self.cross, self.cross_n = zeros(b, self.maps), zeros(b, self.maps)
         self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
-        self.where = _geometry(att.layout.grid, stride, self.km_sp, dev) if stride is not None else None
+        self.query_mask, self.stride = query_mask, stride
+        self.native: SuiteSums | None = None  # the kernel's sums (:meth:`native_sums`), which then give all but cross_site_cos
+        self.where = self.fill = None  # the eager sums' operands (:meth:`_eager_setup`, on the first eager update)
+
+    def _eager_setup(self) -> None:
+        """The eager sums' operands: geometry, the NMI's fill, the DNL split's terms (not needed with :attr:`native`)."""
+        att, dev, f64 = self.att, self.att.device, torch.float64
+        self.where = _geometry(att.layout.grid, self.stride, self.km_sp, dev) if self.stride is not None else None
         # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
         self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
             NMI_EPS * self.km_sp + (1.0 - self.km_sp)
-        self.query_mask, self.stride = query_mask, stride
-        self.native: SuiteSums | None = None  # the kernel's sums (:meth:`native_sums`), which then give all but cross_site_cos
         self._dnl_setup(att)
 
-    def native_sums(self) -> SuiteSums:
+    def native_sums(self, chunk_size: int | None = None) -> SuiteSums:
         """The :class:`~nlanalysis.kernels.SuiteSums` the native row pass of this layer adds to (made on the first
-        call, before any rows are fed): then :meth:`update` keeps only the rows for ``cross_site_cos``."""
+        call, before any rows are fed; ``chunk_size``: the pass's): then :meth:`update` keeps only the rows for
+        ``cross_site_cos``."""
         if self.native is None:
             if self.fed:
                 raise RuntimeError("the suite was fed rows before the native pass was asked for")
-            self.native = head_suite_sums(self.att, self.query_mask, self.stride)
+            one_call = native_chunk(head_source(self.att), chunk_size) >= self.att.n_query
+            self.native = head_suite_sums(self.att, self.query_mask, self.stride, one_call)
         return self.native
 
     def _dnl_setup(self, att: HeadAttention) -> None:
@@ -191,6 +199,8 @@ class HeadSuite:
         r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
         qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
         if self.native is None:  # else the kernel's pass added these rows' sums
+            if self.fill is None:
+                self._eager_setup()
             self._spatial(start, stop, r[..., self.sp], qm)
             self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
         inv, ok = _inverse_norms(r, qm)

@@ -267,7 +267,7 @@ def measure_heads(
     if maps is not None:
         s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
     elif native:  # with the suite's sums from the same pass (its rows are fed after, for cross_site_cos)
-        sums_of = suite.native_sums() if suite is not None and not suite.fed and suite.native is None else None
+        sums_of = suite.native_sums(chunk_size) if suite is not None and not suite.fed and suite.native is None else None
         s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size, suite=sums_of)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
@@ -406,5 +406,5 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
     out = torch.empty(b, n, heads, value.shape[3])
     s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out),
                                          on_rows=suite.update if suite is not None else None,
-                                         suite=suite.native_sums() if suite is not None else None)  # fmt: skip
+                                         suite=suite.native_sums(chunk_size) if suite is not None else None)  # fmt: skip
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)

@@ -37,11 +37,11 @@ NATIVE = ("qk_nmi", "att_distance_px", "att_local", "att_local_uniform", "unary_
 
 def _mean_query(q: Tensor, qmask: Tensor | None) -> Tensor:
     """``[B, ..., d]`` float64 mean of ``q`` ``[B, ..., n, d]`` over the valid queries (``qmask`` ``[B, n]``)."""
-    q = q.detach().to(torch.float64)
+    q = q.detach()
     if qmask is None:
-        return q.mean(-2)
-    m = qmask.to(q.device, torch.float64).reshape(qmask.shape[0], *([1] * (q.dim() - 3)), -1, 1)
-    return (q * m).sum(-2) / m.sum(-2)
+        return q.sum(-2, dtype=torch.float64) / q.shape[-2]
+    m = qmask.to(q.device, q.dtype).reshape(qmask.shape[0], *([1] * (q.dim() - 3)), -1, 1)
+    return (q * m).sum(-2, dtype=torch.float64) / m.sum(-2, dtype=torch.float64)  # float64 sums of exact float32 products
 
 
 def block_suite(att: PairwiseAttention | None, qmask: Tensor | None, query_shape: tuple[int, int], key_shape: tuple[int, int],
@@ -76,20 +76,25 @@ def _block_geometry(query_shape: tuple[int, int], key_shape: tuple[int, int], st
     return dict(query_pos=grid_centres(query_shape, stride), key_pos=grid_centres(key_shape, cell), reach=(1.5 * cell[0], 1.5 * cell[1]))
 
 
-def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[float, float] | None) -> SuiteSums:
+def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[float, float] | None, one_call: bool = False) -> SuiteSums:
     """The :class:`~nlanalysis.kernels.SuiteSums` of a ViT layer (every head, then the head mean) for the
     kernel's pass over its logits ``q . k`` (:func:`~.head_rows.head_source`): spatial keys after the prefix
-    with ``keys="all"``."""
+    with ``keys="all"``. ``one_call``: the pass reads every query in one kernel call, which then forms the
+    unary term from the logits (no torch op here: on a busy machine each costs its threads' barrier)."""
     first, prefix = att.first_key, att.layout.n_prefix
-    q = att.query[:, :, prefix:]  # [B, H, n_patch, d]: the patch queries
-    mu = _mean_query(q, qmask)  # [B, H, d]
-    unary = torch.einsum("bhd,bhkd->bhk", mu, att.key[:, :, first:].detach().to(torch.float64))
-    b, heads, n_key = unary.shape
+    if one_call:
+        unary = "logits"
+    else:
+        mu = _mean_query(att.query[:, :, prefix:], qmask)  # [B, H, d]: the patch queries' mean
+        # float32 products over d (as the eager suite's pairwise logits): a float64 copy of every key costs more than the pass
+        unary = torch.matmul(att.key[:, :, first:].detach(), mu.to(att.key.dtype)[..., None])[..., 0].double()
+    b, heads, n_key = att.batch_size, att.num_heads, att.key.shape[2] - first
     where = {}
     if stride is not None:
         pos = grid_centres(att.layout.grid, stride)
         where = dict(query_pos=pos, key_pos=pos, reach=(1.5 * stride[0], 1.5 * stride[1]))
-    return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary.cpu(), **where)
+    unary = unary.cpu() if isinstance(unary, Tensor) else unary
+    return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where)
 
 
 def zero_rows_found(sums: Tensor) -> bool:
