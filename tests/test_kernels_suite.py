@@ -128,3 +128,39 @@ def test_unary_term_from_the_logits_of_one_call():
         np.testing.assert_allclose(getattr(found[True], name).numpy(), getattr(found[False], name).numpy(), rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="every query in one call"):
         found[True].call_args(0, nq)
+
+
+@pytest.mark.parametrize("prev_maps", [4, 3])  # the same heads; another head count (then the head means only)
+def test_rows_kept_and_compared_with_the_previous_site(prev_maps):
+    g = torch.Generator().manual_seed(5)
+    b, h, nq, n = 2, 3, 12, 12
+    qm = torch.ones(b, nq, dtype=torch.bool)
+    qm[1, :3] = False
+    km = torch.ones(b, n)
+    km[1, -2:] = 0
+    previous = torch.rand(b, prev_maps, nq, n, generator=g)
+    previous[0, -1, 4] = 0  # a zero row there: left out
+    keep = torch.full((b, h + 1, nq, n), -1.0)
+    sums = kernels.SuiteSums(b, h, h + 1, n, spatial=False, keep=keep, previous=previous)
+    logits = torch.randn(b, h, nq, n, generator=g)
+    probs = torch.empty_like(logits)
+    for lo, hi in ((0, 5), (5, nq)):
+        part = torch.empty(b, h, hi - lo, n)
+        kernels.row_stats(logits[:, :, lo:hi].contiguous(), km, qm[:, lo:hi], 0, 0, probs=part, suite=sums, suite_start=lo)
+        probs[:, :, lo:hi] = part
+    rows = probs.double() * km[:, None, None, :]
+    rows = torch.cat([rows, rows.mean(1, keepdim=True)], 1)
+    valid = qm[:, None, :, None].expand_as(keep)
+    np.testing.assert_allclose(keep[valid].numpy(), rows[valid].numpy(), rtol=1e-6)  # float32 mean of float32 rows
+    assert (keep[~valid] == -1).all()  # rows of padded queries are left as they were
+    first = 0 if prev_maps == h + 1 else h
+    for i in range(b):
+        for m in range(h + 1):
+            total, count = 0.0, 0
+            for q in range(nq):
+                a, p = rows[i, m, q].numpy(), previous[i, m - (h + 1) + prev_maps, q].double().numpy()
+                if m >= first and qm[i, q] and np.linalg.norm(p) > 0:
+                    total += a @ p / np.linalg.norm(a) / np.linalg.norm(p)
+                    count += 1
+            assert sums.cross[0, i, m].item() == pytest.approx(total, rel=1e-6, abs=1e-9)
+            assert sums.cross[1, i, m].item() == count

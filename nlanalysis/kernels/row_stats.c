@@ -49,7 +49,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 5; }
+int nl_row_stats_version(void) { return 6; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -258,6 +258,8 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                     suite_spatial(su, &tl, h < H ? buf + h * N + first : mean, ws, Ks, n_valid, tl.p_k + (b * H1 + h) * Ks,
                                   tl.sums + b * H1 + h, B * H1, geo, near);
             }
+            if (su && su->keep) /* the rows for the next site's cross_site_cos, and this site's against the previous */
+                for (int64_t h = 0; h < H1; ++h) suite_cross(su, &tl, h < H ? buf + h * N + first : mean, K, b, h, H1, B, i);
             const int64_t row = sel ? sel[qi] : -1;
             if (row >= 0) {
                 for (int64_t h = 0; h < H1; ++h) {

@@ -29,10 +29,15 @@ typedef struct {
     double *sums;            /* out [5, B, M] */
     double *pair_s;          /* out [B, H, K] (with unary) */
     double *pair_sums;       /* out [2, B, H] */
+    float *keep;             /* out [B, M, keep_n, K] every valid query's rows (masked keys 0), at this call's first
+                                query; or NULL: cross_site_cos needs the rows of the next site */
+    const float *prev;       /* [B, prev_maps, keep_n, K] the previous site's kept rows (same queries), or NULL */
+    int64_t keep_n, prev_maps, cross_from; /* maps cross_from..M-1 are compared with the previous site's map h - M + prev_maps */
+    double *cross;           /* out [2, B, M]: sum over valid queries of cos(row, previous row) where both are non-zero, and their count */
 } nl_suite;
 
 typedef struct { /* one thread's share of the outputs and its scratch */
-    double *p_k, *sums, *pair_s, *pair_sums, *dist;
+    double *p_k, *sums, *pair_s, *pair_sums, *dist, *cross;
     float *near, *y, *e;
 } suite_local;
 
@@ -41,6 +46,7 @@ static void suite_free(suite_local *t) {
     free(t->sums);
     free(t->pair_s);
     free(t->pair_sums);
+    free(t->cross);
     free(t->dist);
     free(t->near);
     free(t->y);
@@ -56,11 +62,12 @@ static int suite_alloc(const nl_suite *su, suite_local *t, int64_t B, int64_t H,
     t->sums = calloc((size_t)(5 * B * M), sizeof(double));
     t->pair_s = calloc((size_t)(B * H * k1), sizeof(double));
     t->pair_sums = calloc((size_t)(2 * B * H), sizeof(double));
+    t->cross = calloc((size_t)(2 * B * M), sizeof(double));
     t->dist = malloc(sizeof(double) * (size_t)k1);
     t->near = malloc(sizeof(float) * (size_t)k1);
     t->y = malloc(sizeof(float) * (size_t)k1);
     t->e = malloc(sizeof(float) * (size_t)k1);
-    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->dist && t->near && t->y && t->e) ? 0 : -1;
+    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->cross && t->dist && t->near && t->y && t->e) ? 0 : -1;
 }
 
 static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, int64_t H, int64_t M, int64_t K) {
@@ -72,6 +79,29 @@ static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, in
     if (su->unary) {
         for (int64_t j = 0; j < B * H * K; ++j) su->pair_s[j] += t->pair_s[j];
         for (int64_t j = 0; j < 2 * B * H; ++j) su->pair_sums[j] += t->pair_sums[j];
+    }
+    if (su->prev)
+        for (int64_t j = 0; j < 2 * B * M; ++j) su->cross[j] += t->cross[j];
+}
+
+/* keep query i's row r of map h (image b) for the next site, and its cosine with the previous site's */
+static void suite_cross(const nl_suite *su, suite_local *t, const float *r, int64_t K, int64_t b, int64_t h, int64_t M, int64_t B, int64_t i) {
+    float *kept = su->keep + ((b * M + h) * su->keep_n + i) * K;
+    double n2 = 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+        kept[j] = r[j];
+        n2 += (double)r[j] * (double)r[j];
+    }
+    if (!su->prev || h < su->cross_from) return;
+    const float *p = su->prev + ((b * su->prev_maps + h - M + su->prev_maps) * su->keep_n + i) * K;
+    double dot = 0.0, m2 = 0.0;
+    for (int64_t j = 0; j < K; ++j) {
+        dot += (double)r[j] * (double)p[j];
+        m2 += (double)p[j] * (double)p[j];
+    }
+    if (n2 > 0.0 && m2 > 0.0) {
+        t->cross[b * M + h] += dot / sqrt(n2 * m2);
+        t->cross[(B + b) * M + h] += 1.0;
     }
 }
 

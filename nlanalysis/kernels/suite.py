@@ -19,7 +19,9 @@ class _Args(ctypes.Structure):
 
     _fields_ = [("unary", ctypes.c_void_p), ("unary_from_logits", ctypes.c_int64), ("qpos", ctypes.c_void_p), ("kpos", ctypes.c_void_p), ("reach_y", ctypes.c_double),
                 ("reach_x", ctypes.c_double), ("sp0", ctypes.c_int64), ("eps", ctypes.c_double), ("p_k", ctypes.c_void_p),
-                ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p)]  # fmt: skip
+                ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p), ("keep", ctypes.c_void_p),
+                ("prev", ctypes.c_void_p), ("keep_n", ctypes.c_int64), ("prev_maps", ctypes.c_int64), ("cross_from", ctypes.c_int64),
+                ("cross", ctypes.c_void_p)]  # fmt: skip
 
 
 def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
@@ -44,6 +46,10 @@ class SuiteSums:
         reach: ``(y, x)`` the 3x3 neighbourhood's half-size in pixels (1.5 key cells).
         spatial: the NMI, distances and local masses (``False``: the DNL split only).
         eps: the NMI's eps.
+        keep: ``[B, M, N_query, K]`` float32, filled with every valid query's rows (masked keys 0) for the next
+            site's ``cross_site_cos`` (other rows are left as they were), or ``None``.
+        previous: ``[B, M', N_query, K]`` float32 the previous site's ``keep`` (needs ``keep``): every map compared
+            with the same map there when ``M' == M``, else the last (the head mean) with the last; or ``None``.
 
     Attributes (float64, zero until the passes add to them):
         p_k: ``[B, M, Ks]`` sum over counted queries of the NMI's renormalised rows ``(a + eps) / T``.
@@ -51,11 +57,13 @@ class SuiteSums:
             the valid keys near the query, and the queries counted.
         pair_s: ``[B, H, K]`` sum of the pairwise-only rows as unit vectors; pair_sums: ``[2, B, H]`` the sum of
             ``scale^2 sum_k (x_k - mean x)^2`` over valid keys (``x``: the pairwise logits), and the rows.
+        cross: ``[2, B, M]`` with ``previous``: the sum of the cosines of a valid query's rows here and there
+            (both non-zero), and their number.
     """
 
     def __init__(self, batch: int, heads: int, maps: int, n_key: int, *, spatial_from: int = 0, unary: Tensor | str | None = None,
                  query_pos: Tensor | None = None, key_pos: Tensor | None = None, reach: tuple[float, float] = (0.0, 0.0),
-                 spatial: bool = True, eps: float = 1e-8) -> None:  # fmt: skip
+                 spatial: bool = True, eps: float = 1e-8, keep: Tensor | None = None, previous: Tensor | None = None) -> None:  # fmt: skip
         if maps not in (heads, heads + 1) or not 0 <= spatial_from <= n_key:
             raise ValueError(f"suite: maps must be heads or heads + 1 and 0 <= spatial_from <= n_key, got {maps}, {heads}, {spatial_from}")
         if (query_pos is None) != (key_pos is None):
@@ -72,7 +80,22 @@ class SuiteSums:
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
         self.p_k, self.sums = (zeros(batch, maps, n_sp), zeros(5, batch, maps)) if spatial else (None, None)
         self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if self.unary is not None else (None, None)
+        self.keep, self.previous, self.cross = self._rows(keep, previous)
         self._args: _Args | None = None
+
+    def _rows(self, keep: Tensor | None, previous: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``keep`` and ``previous`` checked (float32 CPU, contiguous, the same queries and keys), and the cross sums."""
+        if keep is None and previous is None:
+            return None, None, None
+        shape = (self.batch, self.maps, keep.shape[2] if keep is not None else -1, self.n_key)
+        for name, t, maps in (("keep", keep, self.maps), ("previous", previous, None)):
+            if t is None and name == "previous":
+                continue
+            ok = t is not None and t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() and t.dim() == 4
+            if not ok or (t.shape[0], t.shape[2], t.shape[3]) != (shape[0], shape[2], shape[3]) or t.shape[1] not in (maps or t.shape[1], self.maps):
+                raise ValueError(f"suite: {name} must be a contiguous float32 CPU tensor {shape}, got "
+                                 f"{None if t is None else (t.dtype, tuple(t.shape))}")  # fmt: skip
+        return keep, previous, torch.zeros(2, self.batch, self.maps, dtype=torch.float64)
 
     def call_args(self, start: int, stop: int) -> int:
         """The address of the kernel's ``nl_suite`` for queries ``start:stop`` of the site (valid until the next call)."""
@@ -84,6 +107,16 @@ class SuiteSums:
                 raise ValueError(f"suite: queries {start}:{stop} outside the {self.query_pos.shape[0]} positions")
             qpos = self.query_pos.data_ptr() + start * 2 * 8
         ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
-        self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from, self.eps,
-                           ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums))  # fmt: skip
+        keep, n = None, 0
+        if self.keep is not None:
+            n = self.keep.shape[2]
+            if not 0 <= start <= stop <= n:
+                raise ValueError(f"suite: queries {start}:{stop} outside the {n} kept rows")
+            keep = self.keep.data_ptr() + start * self.n_key * 4
+        prev, prev_maps = None, 0
+        if self.previous is not None:
+            prev, prev_maps = self.previous.data_ptr() + start * self.n_key * 4, self.previous.shape[1]
+        self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from,
+                           self.eps, ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums), keep, prev, n, prev_maps,
+                           0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross))  # fmt: skip
         return ctypes.addressof(self._args)

@@ -76,7 +76,8 @@ def _block_geometry(query_shape: tuple[int, int], key_shape: tuple[int, int], st
     return dict(query_pos=grid_centres(query_shape, stride), key_pos=grid_centres(key_shape, cell), reach=(1.5 * cell[0], 1.5 * cell[1]))
 
 
-def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[float, float] | None, one_call: bool = False) -> SuiteSums:
+def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[float, float] | None, one_call: bool = False,
+                    **rows: Tensor | None) -> SuiteSums:  # fmt: skip
     """The :class:`~nlanalysis.kernels.SuiteSums` of a ViT layer (every head, then the head mean) for the
     kernel's pass over its logits ``q . k`` (:func:`~.head_rows.head_source`): spatial keys after the prefix
     with ``keys="all"``. ``one_call``: the pass reads every query in one kernel call, which then forms the
@@ -94,7 +95,7 @@ def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[floa
         pos = grid_centres(att.layout.grid, stride)
         where = dict(query_pos=pos, key_pos=pos, reach=(1.5 * stride[0], 1.5 * stride[1]))
     unary = unary.cpu() if isinstance(unary, Tensor) else unary
-    return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where)
+    return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where, **rows)
 
 
 def zero_rows_found(sums: Tensor) -> bool:
