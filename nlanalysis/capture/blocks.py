@@ -37,7 +37,7 @@ class BlockSite(Site):
         keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
         chunk_size, jsd_pairs, convention, zero, controls, kernels, query_dependence: passed to :func:`measure_block`
             (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads; ``query_dependence``: ``"off"``,
-            ``"cheap"`` or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
+            ``"cheap"`` (default) or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
         share_softmax: with ``stats``, measure the maps a block forms in its own forward, as it forms them
             (:mod:`nlanalysis.capture.inpass_blocks`: one attention pass, not two; the same name and default
             as the ViT heads' switch, though it covers every NL mode, softmax or not); the block's
@@ -54,7 +54,7 @@ class BlockSite(Site):
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto", query_dependence: str = "off", share_softmax: bool = True) -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = "cheap", share_softmax: bool = True) -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
