@@ -159,19 +159,13 @@ def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, j
                     sums = block_suite(att, m.qmask, att.query_shape, att.key_shape, stride)
         extra = {} if sums is None else {"suite": sums}
         stats, row_ok = rows(att, m.qmask, m.kmask, m.n_query, m.n_key, m.own, chunk_size, jsd_pairs, generator, cos, **extra)
-        columns = native_columns(sums, stats, m.kmask, att.scale) if sums is not None else None
+        if sums is not None:
+            from .native_suite import native_columns
+
+            columns = native_columns(sums, stats, m.kmask, att.scale)
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent,
                      att.distribution and not att.query_independent, columns)  # fmt: skip
 
-
-def native_columns(sums: Any, stats: dict[str, Tensor], kmask: Tensor | None, scale: float) -> dict[str, Tensor] | None:
-    """The cheap suite's columns ``{name: [B, 1]}`` from a native pass's :class:`~nlanalysis.kernels.SuiteSums`,
-    or ``None`` where the pass found a valid all-zero row (the eager suite leaves it out; the kernel cannot)."""
-    if bool((stats["att_zero_rows"] > 0).any()):
-        return None
-    from .native_suite import suite_columns
-
-    return suite_columns(sums, kmask, scale)
 
 
 def measure_block(

@@ -21,9 +21,10 @@ from torch import Tensor
 from .. import kernels as _native
 from ..blocks.attention import DenseAttention, PairwiseAttention
 from .block_rows import native_map_stats, pairwise_source
-from .blocks import BlockMaps, BlockMasks, map_stats, native_columns
+from .blocks import BlockMaps, BlockMasks, map_stats
 from .head_rows import _native_rows
 from .jsd_pairs import _Plan
+from .native_suite import native_columns
 
 __all__ = ["attend_block", "formed_block", "softmax_block"]
 

@@ -15,7 +15,7 @@ unary term, the cell centres) and the columns they give, with the definitions of
 
 The queries counted are the valid ones. A valid query whose row is all zero counts as a uniform row in the
 NMI and as 0 in the distances (ViT heads, as :class:`~.head_suite.HeadSuite`); an NL block whose pass finds
-such a row leaves the suite to the eager pass, which leaves the row out (:func:`zero_rows_found`).
+such a row leaves the suite to the eager pass, which leaves the row out (:func:`native_columns`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ..metrics.cosine import distance_from_sum
 from .query_dep import COLUMNS, grid_centres
 from .stats import nans
 
-__all__ = ["block_suite", "head_suite_sums", "suite_columns", "zero_rows_found"]
+__all__ = ["block_suite", "head_suite_sums", "native_columns", "suite_columns"]
 
 #: the columns the native pass gives (the rest of :data:`~.query_dep.CHEAP` is NaN for softmax maps)
 NATIVE = ("qk_nmi", "att_distance_px", "att_local", "att_local_uniform", "unary_var_share", "att_pairwise_only")
@@ -98,9 +98,12 @@ def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[floa
     return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where, **rows)
 
 
-def zero_rows_found(sums: Tensor) -> bool:
-    """Whether the map statistics' sums ``[8, B, M]`` count a valid all-zero row (then an NL block's suite is eager)."""
-    return bool(sums[3].any())
+def native_columns(sums: SuiteSums, stats: dict[str, Tensor], kmask: Tensor | None, scale: float) -> dict[str, Tensor] | None:
+    """An NL block's cheap-suite columns ``{name: [B, 1]}`` from its native pass's sums, or ``None`` where the map
+    statistics ``stats`` count a valid all-zero row (the eager suite leaves it out of every mean; the kernel cannot)."""
+    if bool((stats["att_zero_rows"] > 0).any()):
+        return None
+    return suite_columns(sums, kmask, scale)
 
 
 def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[str, Tensor]:
