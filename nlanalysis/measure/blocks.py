@@ -167,7 +167,6 @@ def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, j
                      att.distribution and not att.query_independent, columns)  # fmt: skip
 
 
-
 def measure_block(
     att: LazyAttention | BlockMaps,
     x: Tensor,
