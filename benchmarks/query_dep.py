@@ -17,13 +17,17 @@ sees the same machine load; each round's time is divided by the same round's bar
   local masses, signed-map statistics, ``cross_site_cos``);
 * ``all``   -- plus the rank-1 fit and the gain-only maps (``logit_rank1``, ``att_gain_only``, ``gain_only_tv``).
 
-With the suite on, an NL block's rows are formed once for the map statistics (eager rows; native
-softmax maps keep their own kernel pass), the suite's per-row statistics, the object context and the
-rank-1 fit's first pass (:func:`nlanalysis.measure.query_dep.suite_pass`); the gain-only maps read them
+With ``cheap``, softmax maps measured by the native kernel (embedded-Gaussian / Gaussian NL blocks in their own
+attention pass, ViT heads in the pass that answers the attention call) get every cheap column from that same
+pass (:mod:`nlanalysis.measure.native_suite`: the kernel adds each row's share of the NMI, distance, local-mass,
+DNL and ViT cross-site sums while the row is in cache), so no row is formed again. Elsewhere (and with ``all``)
+an NL block's rows are formed once for the map statistics, the suite's per-row statistics, the object context
+and the rank-1 fit's first pass (:func:`nlanalysis.measure.query_dep.suite_pass`); the gain-only maps read them
 once more.
 
-Then the pieces, each timed alone on the maps of one forward and summed over the sites (ratio to the
-median bare forward): the DNL split, the one pass of NMI / distance / local masses, the cross-site
+Then the pieces of that eager suite, each timed alone on the maps of one forward and summed over the sites
+(ratio to the median bare forward; what ``cheap`` cost before the native pass, and still costs for maps the
+kernel does not measure): the DNL split, the one pass of NMI / distance / local masses, the cross-site
 comparison, and the rank-1 fit with the gain-only maps (with the passes over the maps it ran: the Gram
 matrix's one up to :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys, subspace steps above, then the
 gain-only maps'; each timed alone, so the suite's shared pass is not credited here).

@@ -19,6 +19,7 @@ from .capture.blocks import BlockCapture, Capture, check_batch_args
 from .capture.core import select_sites
 from .capture.records import SiteRecord
 from .measure.cross_site import CROSS_SITE, CrossSite, keep_options
+from .measure.query_dep import DEFAULT_LEVEL
 from .metrics.threads import free_core_threads
 from .schema import NL, VIT, names, query_columns, statistic_columns
 
@@ -112,7 +113,7 @@ def analyze(
     keep = keep_options(kind.default_site, capture_kwargs)
     # torch's threads capped at the free cores: beside a busy neighbour no barrier waits for its core
     with torch.no_grad(), free_core_threads(), kind(model, blocks, **capture_kwargs, **keep) as cap:
-        cross = CrossSite(cap, drop=bool(keep)) if capture_kwargs.get("query_dependence", "off") != "off" else None
+        cross = CrossSite(cap, drop=bool(keep)) if capture_kwargs.get("query_dependence", DEFAULT_LEVEL) != "off" else None
         for start in range(0, max(n, 1), step):
             part = slice(start, start + step)
             cap.clear()

@@ -67,7 +67,7 @@ def test_one_record_type_behind_both_names():
 def test_nl_frame_rows_are_the_stats_tensors():
     net = randomize_(_Net()).eval()
     x = torch.randn(2, 3, 32, 40)
-    with torch.no_grad(), Capture(net, controls=True) as cap:
+    with torch.no_grad(), Capture(net, controls=True, query_dependence="off") as cap:  # the headline columns
         net(x)
     frame = records_to_frame(cap.records, ["a", "b"])
     assert len(frame) == 2 * len(cap.records) and "head" not in frame
@@ -90,7 +90,7 @@ def test_nl_frame_rows_are_the_stats_tensors():
 def test_vit_frame_rows_are_the_stats_tensors(controls):
     model = _vit()
     x = torch.randn(2, 3, 28, 28)
-    with torch.no_grad(), ViTCapture(model, controls=controls, jsd_pairs=8) as cap:
+    with torch.no_grad(), ViTCapture(model, controls=controls, jsd_pairs=8, query_dependence="off") as cap:  # the headline columns
         model(x)
     frame = vit_records_to_frame(cap.records)
     stats = VIT_STATS[:12] + ([c for c in NL_STATS if c.startswith("ctrl_")] if controls else []) + VIT_STATS[12:]

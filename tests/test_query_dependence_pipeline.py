@@ -149,13 +149,14 @@ def test_nl_blocks_against_the_full_maps(variant, padded, scenes):
 def test_off_changes_no_column_and_the_kernels_agree(scenes):
     ckpt = load_checkpoint(shipped_checkpoints()["embedded_gaussian"])
     model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
-    off = analyze(model, x, kernels="eager")
+    off = analyze(model, x, kernels="eager", query_dependence="off")
     assert not set(COLUMNS) & set(off.columns)
     every = analyze(model, x, kernels="eager", query_dependence="all")
     pd.testing.assert_frame_equal(every[off.columns], off, check_exact=True)  # measuring the suite moves nothing else
     native = analyze(model, x, kernels="auto", query_dependence="all")
     pd.testing.assert_frame_equal(native[list(COLUMNS)], every[list(COLUMNS)], check_exact=True)  # eager in both
     cheap = analyze(model, x, kernels="eager", query_dependence="cheap")
+    pd.testing.assert_frame_equal(analyze(model, x, kernels="eager"), cheap, check_exact=True)  # cheap unless turned off
     assert cheap[list(EXPENSIVE)].isna().all().all()
     pd.testing.assert_frame_equal(cheap.drop(columns=list(EXPENSIVE)), every.drop(columns=list(EXPENSIVE)), check_exact=True)
     with pytest.raises(ValueError, match="query_dependence"):
@@ -288,7 +289,7 @@ def test_table1_has_the_measured_query_columns_only(scenes):
     ckpt = load_checkpoint(shipped_checkpoints()["embedded_gaussian"])
     model, x = ckpt.model.eval(), normalize(scenes, ckpt.preprocess)
     cheap = analyze(model, x, jsd_pairs=0, query_dependence="cheap")
-    off = analyze(model, x, jsd_pairs=0)
+    off = analyze(model, x, jsd_pairs=0, query_dependence="off")
     assert QUERY_STATS == ["logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "qk_nmi",
                            "att_distance_px"]  # fmt: skip
     headers = schema.headers()

@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
     ckpt = tiny_checkpoint(root / "tiny.pth")
     base = root / "tiny_run"
     args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(root / "images"),
-            "--out", str(base), "--save-maps", "--jsd-pairs", "32", "--quiet"]  # fmt: skip
+            "--out", str(base), "--save-maps", "--jsd-pairs", "32", "--quiet", "--query-dependence", "off"]  # fmt: skip  (the headline report)
     assert main(args) == 0
     snaps = []
     for seed in (0, 1):
@@ -194,7 +194,7 @@ def test_report_of_a_vit_run(tmp_path):
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     args = ["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
             "--coco-images", str(tmp_path / "images"), "--out", str(tmp_path / "vit_run"), "--save-maps", "--jsd-pairs", "16",
-            "--quiet"]  # fmt: skip
+            "--quiet", "--query-dependence", "off"]  # fmt: skip  (the headline report)
     assert main(args) == 0
     metrics = nlanalysis.load_run(tmp_path / "vit_run").metrics
     assert set(metrics["head"]) == {HEAD_MEAN, 0, 1}

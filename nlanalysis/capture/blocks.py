@@ -37,12 +37,14 @@ class BlockSite(Site):
         keep_tensors: keep ``x``, ``z`` and ``z - x`` on the CPU in every record.
         chunk_size, jsd_pairs, convention, zero, controls, kernels, query_dependence: passed to :func:`measure_block`
             (``kernels``: ``"auto"``, ``"native"`` or ``"eager"``, as for ViT heads; ``query_dependence``: ``"off"``,
-            ``"cheap"`` or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
+            ``"cheap"`` (default) or ``"all"``, :mod:`nlanalysis.measure.query_dep`, the stride read from the input size).
         share_softmax: with ``stats``, measure the maps a block forms in its own forward, as it forms them
             (:mod:`nlanalysis.capture.inpass_blocks`: one attention pass, not two; the same name and default
             as the ViT heads' switch, though it covers every NL mode, softmax or not); the block's
             output equals an uncaptured forward's to float32 rounding. ``False``: every op is torch's and
-            the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence``.
+            the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence="all"``; with
+            ``"cheap"`` only softmax maps measured by the native kernel without object labels (the suite from the
+            same pass), other forwards recompute.
 
     Attributes:
         served: forwards whose block maps were measured in the block's own pass (``share_softmax``).
@@ -52,12 +54,12 @@ class BlockSite(Site):
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto", query_dependence: str = "off", share_softmax: bool = True) -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = "cheap", share_softmax: bool = True) -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
                                    kernels=kernels, query_dependence=check_level(query_dependence))
-        self.share_softmax = share_softmax and cap.stats and not controls and query_dependence == "off"
+        self.share_softmax = share_softmax and cap.stats and not controls and query_dependence in ("off", "cheap")
         self.served = 0
         self._in_pass: list[InPassBlock] = []
 

@@ -75,7 +75,7 @@ class HeadSite(Site):
             ``F.scaled_dot_product_attention`` call from the softmax being measured, computed once instead
             of twice (:mod:`nlanalysis.capture.shared_softmax`; the model's outputs equal its fused
             kernel's to float32 rounding, about 1e-6 relative); ``False`` leaves every op to torch.
-        query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite per head
+        query_dependence: ``"off"``, ``"cheap"`` (default) or ``"all"``: the query-dependence suite per head
             (:mod:`nlanalysis.measure.query_dep`; distances from the layout's patch size).
 
     Attributes:
@@ -92,7 +92,7 @@ class HeadSite(Site):
     def __init__(self, cap: Capture, keys: str = "patch", layout: TokenLayout | None = None, keep_attention: bool = False,
                  chunk_size: int | None = None, jsd_pairs: int = 64, convention: str = "1-cos", zero: str = "exclude",
                  recompute: bool = False, kernels: str = "auto", share_softmax: bool = True, controls: bool = False,
-                 query_dependence: str = "off") -> None:  # fmt: skip
+                 query_dependence: str = "cheap") -> None:  # fmt: skip
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
         super().__init__(cap)

@@ -24,7 +24,8 @@ project's ``ContextBlock`` / ``SimplifiedNonLocal2d``, mmcv's and the GCNet repo
 ``ContextBlock``: one shared map per image, cheap), AlexHex7's ``NONLocalBlock2D``, timm's
 ``NonLocalAttn``, DANet's PAM, subclasses that override the forward; this project's softmax modes
 with ``kernels="eager"`` or off the CPU; captures with ``controls`` or ``query_dependence`` (they
-read the maps again); ``share_softmax=False``; and any forward whose call does not come as expected
+read the maps again; ``"cheap"`` is served where the native kernel measures softmax maps without object labels,
+its suite from the same pass); ``share_softmax=False``; and any forward whose call does not come as expected
 (gradients kept, other dtypes or shapes, non-finite values): the record then takes the recompute path.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ..blocks.attention import DenseAttention, PairwiseAttention
 from ..kernels import uses_native
 from ..measure.blocks import BlockMaps, block_masks
 from ..measure.inpass_blocks import attend_block, formed_block, softmax_block
+from ..measure.native_suite import block_suite
 from .inpass_mode import ModuleMode
 from .records import QueryMaps
 
@@ -171,11 +173,14 @@ class InPassBlock:
         if where is None:
             return None
         grid, keys, masks = where
+        if self._level() != "off" and not self._suite(masks):
+            return None
         scale = scale if scale is not None else q.shape[3] ** -0.5
         att = PairwiseAttention(self.call.mode, q[:, 0], k[:, 0].transpose(1, 2), grid, keys, scale=float(scale))
-        out, maps = attend_block(att, v, masks, **self._options())
-        if not bool(torch.isfinite(out.sum())):  # a NaN/inf in q, k or v: torch's kernel, the recompute path
-            return None
+        suite = block_suite(att, masks.qmask, grid, keys, self.site.cap.stride(grid)) if self._suite(masks) else None
+        out, maps = attend_block(att, v, masks, suite=suite, **self._options())
+        if not bool(torch.isfinite(out.sum())) or (suite is not None and maps.suite is None):  # a NaN/inf in q, k or v:
+            return None  # torch's kernel, the recompute path (also where the suite must be eager: a valid all-zero row)
         return out, att, maps
 
     def _maps_tensor(self, t: Any) -> bool:
@@ -193,18 +198,31 @@ class InPassBlock:
         grid, keys, masks = self._masks_for(logits.shape[2], logits.device)
         grads = torch.is_grad_enabled() and logits.requires_grad
         native = logits.dtype == torch.float32 and logits.is_contiguous() and uses_native(self.site.measure_kwargs["kernels"], logits.device)
+        if self._level() != "off" and not (native and not grads and self._suite(masks)):
+            return None  # the suite reads the maps again: the recompute path
         if native and not grads:
-            probs, maps = softmax_block(logits, grid, keys, self.call.mode, masks, **self._options())
-            if not bool(torch.isfinite(probs.sum())):  # a NaN/inf in the logits: torch's softmax, the recompute path
-                return None
+            suite = block_suite(None, masks.qmask, grid, keys, self.site.cap.stride(grid), logits=logits) if self._suite(masks) else None
+            probs, maps = softmax_block(logits, grid, keys, self.call.mode, masks, suite=suite, **self._options())
+            if not bool(torch.isfinite(probs.sum())) or (suite is not None and maps.suite is None):  # a NaN/inf in the logits:
+                return None  # torch's softmax, the recompute path (also where the suite must be eager)
         else:
             with torch.set_grad_enabled(grads):
                 probs = func(*args, **kwargs)
             maps = self._formed(probs, grid, keys, masks)
         return probs, DenseAttention(probs.detach(), grid, keys, self.call.mode), maps
 
+    def _level(self) -> str:
+        return self.site.measure_kwargs["query_dependence"]
+
+    def _suite(self, masks: Any) -> bool:
+        """Whether the cheap suite comes from this pass (``"cheap"``: only without object labels, whose object
+        context the eager suite measures; :meth:`_attend` and :meth:`_softmax` decline those)."""
+        return self._level() == "cheap" and masks.own is None
+
     def _matmul(self, args: tuple) -> tuple[None, DenseAttention, BlockMaps] | None:
         """``maps @ g(x)``: the maps ``[B, N, N_k]`` measured before torch multiplies them (it returns ``None``)."""
+        if self._level() != "off":  # the suite reads the maps again (signed / concatenation maps: eager)
+            return None
         value = self.seen.get("value")
         if len(args) != 2 or not self._maps_tensor(args[0]) or not isinstance(args[1], Tensor) or not isinstance(value, Tensor):
             return None

@@ -17,6 +17,7 @@ import pandas as pd
 from ..extract import list_analyses, run_extract
 from ..extract.results import SUMMARY_COLUMNS
 from ..extract.spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
+from ..measure.query_dep import DEFAULT_LEVEL
 from .inspect import add_checkpoint_arguments
 
 EPILOG = """\
@@ -88,10 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
     run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")
-    run.add_argument("--query-dependence", choices=("off", "cheap", "all"), default="off",
+    run.add_argument("--query-dependence", choices=("off", "cheap", "all"), default=DEFAULT_LEVEL,
                      help="what kind of query dependence (metrics.csv columns logit_rank1 ... att_distance_px): cheap: the "
                           "DNL split, signed-map, NMI, distance and 3x3 local-mass columns; all: also the rank-1 logit "
-                          "decomposition (one to a few more passes over the maps). Default off")
+                          "decomposition (one to a few more passes over the maps); off: none (runs made before cheap became the "
+                          "default resume with off). Default cheap")
     run.add_argument("--batch-seed", type=int, metavar="N", help="seed every batch's JSD pairs and controls with N (default: from "
                      "--seed and the batch's images); one batch then has the numbers of analyze_vit(..., seed=N)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")

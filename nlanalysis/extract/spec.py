@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ..measure.query_dep import LEVELS
+from ..measure.query_dep import DEFAULT_LEVEL, LEVELS
 from .queries import QuerySpec, parse_queries
 
 __all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "RunningSpec"]
@@ -141,8 +141,8 @@ class MeasureSpec:
         chunk_size: query rows per chunk (``None``: the analysis' default, :attr:`Analysis.chunk_size
             <nlanalysis.extract.analyses.Analysis.chunk_size>`).
         controls: the random-projection control at matched sharpness (``ctrl_*`` columns).
-        query_dependence: the query-dependence suite (:mod:`nlanalysis.measure.query_dep`): ``"off"``
-            (default), ``"cheap"`` or ``"all"`` (also the rank-1 decomposition: slower); its columns
+        query_dependence: the query-dependence suite (:mod:`nlanalysis.measure.query_dep`): ``"off"``,
+            ``"cheap"`` (default) or ``"all"`` (also the rank-1 decomposition: slower); its columns
             are in ``metrics.csv`` only when it is on.
         batch_seed: seed every batch's JSD pairs and controls with this number (``None``, the
             default: a seed drawn from :attr:`RunSpec.seed` and the batch's image keys). A run of
@@ -154,7 +154,7 @@ class MeasureSpec:
     chunk_size: int | None = None
     controls: bool = False
     batch_seed: int | None = None
-    query_dependence: str = "off"
+    query_dependence: str = DEFAULT_LEVEL
 
     def __post_init__(self) -> None:
         if self.jsd_pairs < 0:

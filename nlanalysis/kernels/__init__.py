@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
 
-_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c
+_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c and suite.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
 # Apple's clang has no -fopenmp, ...) the next is tried; without -fopenmp the kernels run on one thread
 _FLAG_SETS = [
@@ -117,7 +117,7 @@ def _build() -> ctypes.CDLL:
     cc = shlex.split(os.environ.get("CC", "cc"))
     if not cc or shutil.which(cc[0]) is None:
         raise KernelUnavailable(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH; set $CC)")
-    source = _SOURCE.read_bytes() + _SOURCE.with_name("sums.c").read_bytes()  # row_stats.c includes sums.c
+    source = b"".join(_SOURCE.with_name(name).read_bytes() for name in ("row_stats.c", "sums.c", "suite.c"))  # the includes
     errors = []
     folder = None
     for flags in _FLAG_SETS:
@@ -138,7 +138,7 @@ def _build() -> ctypes.CDLL:
         raise KernelUnavailable("; ".join(errors[-2:]))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p],
+        "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
@@ -272,6 +272,16 @@ def _table(rows: tuple[Tensor, Tensor, Tensor, Tensor] | None, b: int, nq: int, 
     return sel, table, ent, ok
 
 
+def _suite_args(suite: SuiteSums | None, start: int, b: int, h: int, maps: int, k: int, nq: int) -> int | None:
+    """The address of ``suite``'s kernel arguments for queries ``start:start + nq``, checked against the pass."""
+    if suite is None:
+        return None
+    if (suite.batch, suite.heads, suite.maps, suite.n_key) != (b, h, maps, k):
+        raise ValueError(f"row_stats: the suite's sums are for (B, H, M, K) = {(suite.batch, suite.heads, suite.maps, suite.n_key)}, "
+                         f"the pass has {(b, h, maps, k)}")  # fmt: skip
+    return suite.call_args(start, start + nq)
+
+
 @torch.no_grad()
 def row_stats(
     logits: Tensor,
@@ -285,6 +295,8 @@ def row_stats(
     probs: Tensor | None = None,
     pre: int = 0,
     mean: bool = True,
+    suite: SuiteSums | None = None,
+    suite_start: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Statistics of the attention rows of one site in one pass (see ``row_stats.c``).
 
@@ -307,6 +319,8 @@ def row_stats(
             may be ``logits`` itself.
         pre: leading rows of ``logits`` only softmaxed into ``probs`` (no statistics; needs ``probs``).
         mean: a last map, the mean of the ``H`` maps (``M = H + 1``); ``False``: the ``H`` maps only (``M = H``).
+        suite: the cheap query-dependence suite's sums (:class:`.suite.SuiteSums` of the site), to which
+            these rows' are added; ``suite_start``: the site's query at this call's first query row.
 
     Returns:
         ``s`` ``[B, M, K]`` float64 (sum of valid non-zero rows as unit vectors) and ``sums``
@@ -341,7 +355,7 @@ def row_stats(
                          f"got {probs.dtype} {tuple(probs.shape)} strides {probs.stride()}")  # fmt: skip
     rc = lib.nl_row_stats(
         _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, lbh, pre, first, prefix,
-        int(mean), _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs),
+        int(mean), _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs), _suite_args(suite, suite_start, b, h, maps, k, nq),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("row_stats: could not allocate its per-thread buffers")
@@ -447,3 +461,4 @@ def pair_jsd(
 
 
 from .sums import table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
+from .suite import SuiteSums  # noqa: E402

@@ -49,7 +49,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 3; }
+int nl_row_stats_version(void) { return 6; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -75,6 +75,8 @@ static inline float exp_nonpositive(float x) {
     scale.i = ((int32_t)n + 127) << 23;
     return small ? 0.f : p * scale.f;
 }
+
+#include "suite.c" /* the cheap query-dependence suite's per-row sums (nl_suite) */
 
 /* Zeros never reach logf: glibc's vector logf hands lanes holding 0 (or other special values) to
  * its scalar fallback, which made the JSD 5x slower on real maps (masked keys, flushed weights are
@@ -127,7 +129,7 @@ static inline void softmax_row(const float *l, float *out, int64_t N, float scal
 int nl_row_stats(const float *logits, float scale, const float *km, const uint8_t *qm, const int64_t *sel,
                  const int32_t *qlab, const int32_t *klab, const float *qshare, int64_t B, int64_t H, int64_t nq, int64_t N,
                  int64_t lbh, int64_t n_pre, int64_t first, int64_t prefix, int64_t with_mean, double *s, double *sums,
-                 float *table, float *table_ent, uint8_t *table_ok, float *probs) {
+                 float *table, float *table_ent, uint8_t *table_ok, float *probs, const nl_suite *su) {
     const int64_t K = N - first, H1 = H + (with_mean ? 1 : 0), R = n_pre + nq;
     int failed = 0;
     memset(s, 0, sizeof(double) * B * H1 * K);
@@ -141,10 +143,14 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
         float *ones = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1)); /* key weights when km is NULL */
         if (ones)
             for (int64_t j = 0; j < K; ++j) ones[j] = 1.f;
-        if (!acc || !tsum || !buf || !ones) {
+        suite_local tl; /* this thread's share of the suite's sums (su: NULL, none) */
+        const int tl_failed = suite_alloc(su, &tl, B, H, H1, K);
+        if (!acc || !tsum || !buf || !ones || tl_failed) {
 #pragma omp atomic write
             failed = 1;
         }
+        if (su && su->unary && su->unary_from_logits) /* the DNL unary term, before any probs overwrite the logits */
+            suite_unary(su, logits, qm, B, H, nq, N, lbh, n_pre, first); /* ends with a barrier */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * R; ++task) {
             int stop;
@@ -184,6 +190,9 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             for (int64_t h = 0; h < H; ++h) {
                 const float *l = logits + (b * H + h) * lbh + row_i * N;
                 float *p = buf + h * N;
+                if (su && su->unary) /* the DNL pairwise-only row, from the logits before probs may overwrite them */
+                    suite_pair(&tl, l + first, su->unary + (b * H + h) * K, w, K, scale, tl.pair_s + (b * H + h) * K,
+                               tl.pair_sums + b * H + h, B * H);
                 float mx = l[0];
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
                 /* e_j = exp(x_j), x_j = (l_j - max) scale; rdw = sum_j e_j w_j x_j over the keys (for the entropy) */
@@ -238,6 +247,19 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
                 add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H, kl, li, qs);
             }
+            if (su && su->p_k) { /* the suite's spatial sums of every map's row */
+                const int64_t Ks = K - su->sp0;
+                const float *ws = w + su->sp0;
+                double n_valid = 0.0;
+                for (int64_t j = 0; j < Ks; ++j) n_valid += (double)ws[j];
+                const int geo = su->qpos != NULL;
+                const double near = geo ? suite_geometry(su, &tl, i, ws, Ks) : 0.0;
+                for (int64_t h = 0; h < H1; ++h)
+                    suite_spatial(su, &tl, h < H ? buf + h * N + first : mean, ws, Ks, n_valid, tl.p_k + (b * H1 + h) * Ks,
+                                  tl.sums + b * H1 + h, B * H1, geo, near);
+            }
+            if (su && su->keep) /* the rows for the next site's cross_site_cos, and this site's against the previous */
+                for (int64_t h = 0; h < H1; ++h) suite_cross(su, &tl, h < H ? buf + h * N + first : mean, K, b, h, H1, B, i);
             const int64_t row = sel ? sel[qi] : -1;
             if (row >= 0) {
                 for (int64_t h = 0; h < H1; ++h) {
@@ -256,8 +278,10 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             if (acc && tsum) {
                 for (int64_t j = 0; j < B * H1 * K; ++j) s[j] += acc[j];
                 for (int64_t j = 0; j < 8 * B * H1; ++j) sums[j] += tsum[j];
+                if (su && !tl_failed) suite_reduce(su, &tl, B, H, H1, K);
             }
         }
+        suite_free(&tl);
         free(acc);
         free(tsum);
         free(buf);

@@ -55,11 +55,12 @@ RowPass = Callable[[Tensor | None, _Plan | None, Tensor | None, tuple[Tensor, Te
 
 @torch.no_grad()
 def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pairs, generator, cos,
-                     rows_of: RowPass | None = None) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+                     rows_of: RowPass | None = None, suite: _native.SuiteSums | None = None) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
     """As :func:`nlanalysis.measure.blocks._eager_map_stats` (same arguments and results), with the kernel.
 
     ``rows_of`` runs the pass (default: the logits of ``att``, :func:`pairwise_source`); a block measured in
-    its own pass gives its own (:mod:`.inpass_blocks`), and ``att`` then serves only the rare JSD fallback."""
+    its own pass gives its own (:mod:`.inpass_blocks`), and ``att`` then serves only the rare JSD fallback.
+    ``suite``: the cheap suite's sums, added to by the default pass (:mod:`.native_suite`; ``rows_of`` adds its own)."""
     b, nq = att.batch_size, att.n_query
     state = generator.get_state() if generator is not None else torch.get_rng_state()
     counted = qmask.cpu() if qmask is not None else torch.ones(b, nq, dtype=torch.bool)
@@ -68,7 +69,7 @@ def native_map_stats(att, qmask, kmask, n_query, n_key, own, chunk_size, jsd_pai
     km = kmask.float() if kmask is not None else None
     labels = own.labels() if own is not None else None
     if rows_of is None:
-        s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None)
+        s, sums, rows = _native_rows(pairwise_source(att), km, qmask, plan, sel, labels, None, suite=suite)
     else:
         s, sums, rows = rows_of(km, plan, sel, labels)
     att_dist = distance_from_sum(s[:, 0].double().square().sum(-1), n_query.long(), sums[3, :, 0].long(), **cos)

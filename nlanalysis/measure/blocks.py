@@ -124,6 +124,8 @@ class BlockMaps:
         row_ok: ``[B, N_q]`` the rows that count (valid, not all zero); ``None`` for a shared map.
         query_independent: one map serves every query.
         softmax: per-query softmax maps (the native kernels measured them; the features follow).
+        suite: the cheap query-dependence columns ``{name: [B, 1]}`` from the same native pass
+            (:mod:`.native_suite`), or ``None`` (not asked for, or a valid row was all zero: the eager suite).
     """
 
     query_shape: tuple[int, int]
@@ -132,24 +134,37 @@ class BlockMaps:
     row_ok: Tensor | None
     query_independent: bool = False
     softmax: bool = False
+    suite: dict[str, Tensor] | None = None
 
 
 def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, jsd_pairs: int = 512,
               generator: torch.Generator | None = None, convention: str = "1-cos", zero: str = "exclude",
-              kernels: str = "auto") -> BlockMaps:  # fmt: skip
-    """The map statistics of ``att`` (arguments as :func:`measure_block`): shared, native or eager rows."""
+              kernels: str = "auto", suite: bool = False, stride: tuple[float, float] | None = None) -> BlockMaps:  # fmt: skip
+    """The map statistics of ``att`` (arguments as :func:`measure_block`): shared, native or eager rows; with
+    ``suite``, native rows also give the cheap query-dependence columns (``BlockMaps.suite``, ``stride`` as there)."""
     m, cos = masks, dict(convention=convention, zero=zero)
+    columns = None
     if att.query_independent:
         stats, row_ok = _shared_map_stats(att, m.kmask, m.n_key, m.own, chunk_size), None
     else:
-        rows = _eager_map_stats
+        rows, sums = _eager_map_stats, None
         if kernels != "eager":  # the kernels load only when asked for
             from .block_rows import native_map_stats, native_softmax
 
-            rows = native_map_stats if native_softmax(att, kernels) else rows
-        stats, row_ok = rows(att, m.qmask, m.kmask, m.n_query, m.n_key, m.own, chunk_size, jsd_pairs, generator, cos)
+            if native_softmax(att, kernels):
+                rows = native_map_stats
+                if suite:
+                    from .native_suite import block_suite
+
+                    sums = block_suite(att, m.qmask, att.query_shape, att.key_shape, stride)
+        extra = {} if sums is None else {"suite": sums}
+        stats, row_ok = rows(att, m.qmask, m.kmask, m.n_query, m.n_key, m.own, chunk_size, jsd_pairs, generator, cos, **extra)
+        if sums is not None:
+            from .native_suite import native_columns
+
+            columns = native_columns(sums, stats, m.kmask, att.scale)
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent,
-                     att.distribution and not att.query_independent)  # fmt: skip
+                     att.distribution and not att.query_independent, columns)  # fmt: skip
 
 
 def measure_block(
@@ -190,7 +205,9 @@ def measure_block(
             (``gaussian``, ``embedded_gaussian``) go through the one-pass native kernel of
             :mod:`nlanalysis.kernels` (the same numbers to float32 rounding); other maps run eager.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite
-            (:mod:`.query_dep`, eager whatever ``kernels`` says) in the fields of those names.
+            (:mod:`.query_dep`) in the fields of those names. ``"cheap"`` on maps the native kernel measures
+            (softmax maps, no ``objects``) comes from the kernel's own pass (:mod:`.native_suite`; the same
+            values to float32 rounding); otherwise eager.
         stride: input pixels per query cell ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
     """
     b, _, h, w = x.shape
@@ -200,8 +217,11 @@ def measure_block(
         )
     check_level(query_dependence)
     given = att if isinstance(att, BlockMaps) else None
-    if given is not None and (controls or query_dependence != "off"):
-        raise ValueError("controls and the query-dependence suite read the maps again: pass the LazyAttention, not BlockMaps")
+    # the cheap suite from the native pass (no object context: its label mass is the eager pass's)
+    native_suite = query_dependence == "cheap" and objects is None
+    if given is not None and (controls or (query_dependence != "off" and not (native_suite and given.suite is not None))):
+        raise ValueError("controls and the query-dependence suite read the maps again: pass the LazyAttention, not BlockMaps "
+                         "(maps measured with their cheap suite serve query_dependence='cheap' without object labels)")  # fmt: skip
     masks = block_masks(valid, objects, b, att.query_shape, att.key_shape, x.device)
     cos = dict(convention=convention, zero=zero)
     suite, labels, mass = {}, None, [None]
@@ -216,7 +236,8 @@ def measure_block(
                                          generator, cos, passed)  # fmt: skip
         given = BlockMaps(att.query_shape, att.key_shape, stats, row_ok)
     elif given is None:
-        given = map_stats(att, masks, chunk_size=chunk_size, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos)
+        given = map_stats(att, masks, chunk_size=chunk_size, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels,
+                          suite=native_suite, stride=stride, **cos)  # fmt: skip
     maps, row_ok = given.stats, given.row_ok
     ctrl = {name: nans(b) for name in CONTROLS}
     if controls and att.nonnegative and not att.query_independent:
@@ -225,6 +246,8 @@ def measure_block(
         from .control_forms import block_form_controls
 
         ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
+    if native_suite and not suite and given.suite is not None:  # from the native pass that measured the maps
+        suite = given.suite
     if query_dependence != "off" and not suite:  # the maps' statistics came from their own pass (native, shared map)
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
         suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels)

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..metrics.query_dependence import cross_site_similarity
 from ..schema import VIT
 from .blocks import key_mask
-from .query_dep import CROSS_SITE, rebuild_block_attention
+from .query_dep import CROSS_SITE, DEFAULT_LEVEL, rebuild_block_attention
 from .stats import nans
 
 __all__ = ["CROSS_SITE", "CrossSite", "keep_options", "site_similarity"]
@@ -95,7 +95,7 @@ def keep_options(site: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The capture options :class:`CrossSite` needs and ``options`` (a capture's keyword arguments) lack:
     each record's lazy attention (ViT: ``keep_attention``) or block input (NL: ``keep_tensors``);
     ``{}`` when the query-dependence suite is off."""
-    if options.get("query_dependence", "off") == "off":
+    if options.get("query_dependence", DEFAULT_LEVEL) == "off":
         return {}
     name = "keep_attention" if site == VIT else "keep_tensors"
     return {} if options.get(name) else {name: True}

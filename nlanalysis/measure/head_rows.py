@@ -24,7 +24,7 @@ from .jsd_pairs import _Plan, _pair_jsd
 if TYPE_CHECKING:
     from .heads import HeadsBatch
 
-__all__ = ["LogitSource", "head_source"]
+__all__ = ["LogitSource", "head_source", "native_chunk"]
 
 
 @dataclass
@@ -62,7 +62,8 @@ def head_source(att: HeadAttention) -> LogitSource:
                        prefix if att.keys == "patch" else 0, att.scale, fill)  # fmt: skip
 
 
-def _native_chunk(src: LogitSource, chunk_size: int | None) -> int:
+def native_chunk(src: LogitSource, chunk_size: int | None) -> int:
+    """The queries per kernel call of :func:`_native_rows` (``chunk_size``: the caller's, ``None``: a ~16 MiB buffer of logits)."""
     if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
         chunk_size = max(8, (1 << 22) // (src.batch * src.maps * (src.prefix + src.n_query)))
     return min(chunk_size, src.n_query)
@@ -78,6 +79,7 @@ def _native_rows(
     chunk_size: int | None,
     attend_to: tuple[Tensor, Tensor] | None = None,
     on_rows: Callable[[int, Tensor], None] | None = None,
+    suite: _native.SuiteSums | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Every map statistic of a site with :func:`nlanalysis.kernels.row_stats`, chunk by chunk of
     queries (one BLAS matmul per image for the logits, one kernel pass over them): the sum of unit
@@ -86,7 +88,8 @@ def _native_rows(
     With ``attend_to = (value [B, heads, N, d_v], out [B, N, heads, d_v])``, the kernel also leaves
     each chunk's softmax in place and every token's attention output ``softmax @ value`` goes to ``out``;
     ``on_rows(start, probs)`` (with ``attend_to`` only) then reads each chunk's softmax of patch queries
-    ``start:start + c`` over every token, ``[B, maps, c, N]`` (a reused buffer: read it before returning)."""
+    ``start:start + c`` over every token, ``[B, maps, c, N]`` (a reused buffer: read it before returning).
+    ``suite``: the cheap query-dependence suite's sums, added to by the same pass (:mod:`.native_suite`)."""
     b, nq, prefix = src.batch, src.n_query, src.prefix
     kw = km.reshape(b, -1) if km is not None else None
     rows, m_out = None, src.maps + int(src.mean)
@@ -94,7 +97,7 @@ def _native_rows(
         size = plan.query.numel()
         rows = (sel, _native.workspace("jsd_rows", (size, m_out, src.n_keys - src.first)), torch.empty(size, m_out),
                 torch.zeros(size, m_out, dtype=torch.uint8))  # fmt: skip
-    step = _native_chunk(src, chunk_size)
+    step = native_chunk(src, chunk_size)
     s_att, sums = None, None
     value, out = attend_to if attend_to is not None else (None, None)
     for start in range(0, nq, step):
@@ -110,6 +113,7 @@ def _native_rows(
         s_c, sums_c = _native.row_stats(
             logits, kw, qmask[:, start:stop] if qmask is not None else None, src.first, prefix, part, scale=src.scale,
             objects=obj, probs=logits if attend_to is not None else None, pre=prefix + start - lo, mean=src.mean,
+            suite=suite, suite_start=start,
         )  # fmt: skip
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
         if attend_to is not None:  # the kernel left the softmax in place
@@ -122,11 +126,12 @@ def _native_rows(
 def _native_head_rows(
     att: HeadAttention, km: Tensor | None, qmask: Tensor | None, batch: HeadsBatch, chunk_size: int | None,
     attend_to: tuple[Tensor, Tensor] | None = None, on_rows: Callable[[int, Tensor], None] | None = None,
+    suite: _native.SuiteSums | None = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """:func:`_native_rows` of a ViT layer (``attend_to``, ``on_rows``: as there), and the JSD of the plan's pairs per image (count, mean,
+    """:func:`_native_rows` of a ViT layer (``attend_to``, ``on_rows``, ``suite``: as there), and the JSD of the plan's pairs per image (count, mean,
     variance) with :func:`~nlanalysis.kernels.pair_jsd`."""
     plan = batch.plan
-    s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to, on_rows)
+    s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to, on_rows, suite)
     values = None
     if plan is not None and rows is not None:
         values = _native.pair_jsd(*rows, plan.a, plan.b, plan.pair_image, att.batch_size)  # per image

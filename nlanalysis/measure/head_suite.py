@@ -34,9 +34,11 @@ import torch
 from torch import Tensor
 
 from ..blocks.heads import HeadAttention
-from ..kernels import workspace
+from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
+from .head_rows import head_source, native_chunk
+from .native_suite import head_suite_sums, suite_columns
 from .query_dep import COLUMNS, grid_centres
 from .stats import nans
 
@@ -65,17 +67,20 @@ class SuiteRows:
         inv: ``[B, M, n_query]`` float64 their inverse norms (0 on masked queries and zero rows).
         att: the layer's lazy maps (for the recomputation); key_mask: ``[B, 1, 1, N_key]`` float64 (or None: all).
         query_mask: ``[B, 1, n_query]`` float64 (or None: all).
+        rows32: ``[B, M, n_query, N_key]`` float32 the rows the native pass kept (valid queries; masked keys 0),
+            or ``None``; with them ``rows``, ``inv`` and ``ok`` are not formed (``inv``/``ok`` then ``None``).
     """
 
     grids: tuple
     name: str
     maps: int
     rows: Tensor | None
-    inv: Tensor
-    ok: Tensor
+    inv: Tensor | None
+    ok: Tensor | None
     att: HeadAttention
     key_mask: Tensor | None
     query_mask: Tensor | None
+    rows32: Tensor | None = None
 
 
 class HeadSuite:
@@ -107,20 +112,51 @@ class HeadSuite:
         self.n_k_sp = self.km_sp.sum((1, 2, 3)) if self.km_sp is not None else torch.full((b,), float(self.n_sp), dtype=f64, device=dev)
         self.grids = (att.query_shape, att.key_shape, att.layout.n_prefix, b)
         self.previous = previous if previous is not None and previous.grids == self.grids else None
-        keep = b * self.maps * n * k * 8 <= ROWS_BYTES
+        self.keep = b * self.maps * n * k * 8 <= ROWS_BYTES
         # two reused buffers, taken in turn: this layer's rows and the previous layer's
         self.name = "suite_rows_b" if previous is not None and previous.name == "suite_rows_a" else "suite_rows_a"
-        self.kept = _scratch(self.name, (b, self.maps, n, k), dev) if keep else None
+        self.query_mask, self.stride = query_mask, stride
+        self.native: SuiteSums | None = None  # the kernel's sums (:meth:`native_sums`), which then give all but cross_site_cos
+        self.kernel_rows = False  # the kernel keeps the rows and compares them with the previous layer's too
+        self.where = self.fill = self.kept = None  # the eager sums' operands (:meth:`_eager_setup`, on the first eager update)
+        self._ready = False
+
+    def _eager_setup(self) -> None:
+        """The eager sums' operands: geometry, the NMI's fill, the DNL split's terms (not needed with :attr:`native`)."""
+        att, dev, f64 = self.att, self.att.device, torch.float64
+        b, n, k = att.batch_size, att.n_query, att.n_key
+        self._ready = True
+        self.kept = _scratch(self.name, (b, self.maps, n, k), dev) if self.keep else None
         self.ok = torch.zeros(b, self.maps, n, dtype=torch.bool, device=dev)
         self.inv = torch.zeros(b, self.maps, n, dtype=f64, device=dev)
         zeros = lambda *shape: torch.zeros(*shape, dtype=f64, device=dev)  # noqa: E731
         self.cross, self.cross_n = zeros(b, self.maps), zeros(b, self.maps)
+        if self.native is not None:
+            return
         self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
-        self.where = _geometry(att.layout.grid, stride, self.km_sp, dev) if stride is not None else None
+        self.where = _geometry(att.layout.grid, self.stride, self.km_sp, dev) if self.stride is not None else None
         # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
         self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
             NMI_EPS * self.km_sp + (1.0 - self.km_sp)
         self._dnl_setup(att)
+
+    def native_sums(self, chunk_size: int | None = None) -> SuiteSums:
+        """The :class:`~nlanalysis.kernels.SuiteSums` the native row pass of this layer adds to (made on the first
+        call, before any rows are fed; ``chunk_size``: the pass's): then :meth:`update` keeps only the rows for
+        ``cross_site_cos``."""
+        if self.native is None:
+            if self.fed:
+                raise RuntimeError("the suite was fed rows before the native pass was asked for")
+            att, prev = self.att, self.previous
+            one_call = native_chunk(head_source(att), chunk_size) >= att.n_query
+            # the kernel keeps this layer's rows and compares them where the previous layer's were kept by it too
+            self.kernel_rows = att.device.type == "cpu" and self.keep and (prev is None or prev.rows32 is not None)
+            rows = {}
+            if self.kernel_rows:
+                keep = _scratch(self.name + "32", (att.batch_size, self.maps, att.n_query, att.n_key), att.device, torch.float32)
+                rows = dict(keep=keep, previous=prev.rows32 if prev is not None else None)
+            self.native = head_suite_sums(att, self.query_mask, self.stride, one_call, **rows)
+        return self.native
 
     def _dnl_setup(self, att: HeadAttention) -> None:
         """The unary variance of every head (float64 sums) and the operands of the pairwise-only logits."""
@@ -155,6 +191,9 @@ class HeadSuite:
     def run(self) -> HeadSuite:
         """Feed the layer's rows from its lazy maps (``softmax(scale q.k)``), chunk by chunk."""
         att = self.att
+        if self.kernel_rows:  # the native pass measured and kept every row
+            self.fed = att.n_query
+            return self
         step = max(1, CHUNK_FLOATS // max(1, att.batch_size * att.num_heads * att.layout.n_tokens))
         for start in range(0, att.n_query, step):
             self.update(start, att.probs_rows(slice(start, min(start + step, att.n_query))))
@@ -167,6 +206,11 @@ class HeadSuite:
             self._update(start, probs)
 
     def _update(self, start: int, probs: Tensor) -> None:
+        if self.kernel_rows:  # the kernel's pass over these rows gave every column
+            self.fed += probs.shape[2]
+            return
+        if not self._ready:
+            self._eager_setup()
         att, b, heads, m = self.att, self.att.batch_size, self.att.num_heads, self.maps
         c, k = probs.shape[2], self.att.n_key
         stop = start + c
@@ -178,8 +222,9 @@ class HeadSuite:
         r[:, :heads].copy_(rows)
         r[:, heads] = (r.new_full((1, heads), 1.0 / heads) @ r[:, :heads].reshape(b, heads, -1)).reshape(b, c, k)
         qm = self.qm[..., start:stop] if self.qm is not None else None  # [B, 1, c]
-        self._spatial(start, stop, r[..., self.sp], qm)
-        self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
+        if self.native is None:  # else the kernel's pass added these rows' sums
+            self._spatial(start, stop, r[..., self.sp], qm)
+            self._pairwise(start, stop, self._qm_heads[..., start:stop] if self._qm_heads is not None else None)
         inv, ok = _inverse_norms(r, qm)
         self._compare(start, stop, r, inv, ok)
         self.inv[:, :, start:stop], self.ok[:, :, start:stop] = inv, ok
@@ -230,16 +275,21 @@ class HeadSuite:
         prev = self.previous
         if prev is None:
             return
-        if prev.rows is not None:
-            before = prev.rows[:, :, start:stop]
-        else:  # recomputed from the previous layer's lazy maps
-            before = prev.att.probs_rows(slice(start, stop))[..., prev.att.first_key :]
-            before = torch.cat([before, before.mean(1, keepdim=True)], 1).to(torch.float64)
-            before = before * prev.key_mask if prev.key_mask is not None else before
+        if prev.rows32 is not None:  # kept by the native pass: their norms formed here
+            before = prev.rows32[:, :, start:stop].to(torch.float64)
+            prev_inv, prev_ok = _inverse_norms(before, self.qm[..., start:stop] if self.qm is not None else None)
+        else:
+            prev_inv, prev_ok = prev.inv[:, :, start:stop], prev.ok[:, :, start:stop]
+            if prev.rows is not None:
+                before = prev.rows[:, :, start:stop]
+            else:  # recomputed from the previous layer's lazy maps
+                before = prev.att.probs_rows(slice(start, stop))[..., prev.att.first_key :]
+                before = torch.cat([before, before.mean(1, keepdim=True)], 1).to(torch.float64)
+                before = before * prev.key_mask if prev.key_mask is not None else before
         pick = slice(None) if prev.maps == self.maps else slice(-1, None)
-        dots = _dot(r[:, pick], before[:, pick]) * inv[:, pick] * prev.inv[:, pick, start:stop]
+        dots = _dot(r[:, pick], before[:, pick]) * inv[:, pick] * prev_inv[:, pick]
         self.cross[:, pick] += dots.sum(-1)
-        self.cross_n[:, pick] += (ok[:, pick] & prev.ok[:, pick, start:stop]).sum(-1)
+        self.cross_n[:, pick] += (ok[:, pick] & prev_ok[:, pick]).sum(-1)
 
     def result(self) -> dict[str, Tensor]:
         """``{column: [B, heads + 1]}`` float64 (CPU): :data:`~nlanalysis.measure.query_dep.COLUMNS` (those
@@ -247,6 +297,27 @@ class HeadSuite:
         att = self.att
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
+        b, m = att.batch_size, self.maps
+        if self.native is not None:
+            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale)
+        else:
+            out = self._columns()
+        cross = nans(b, m)
+        if self.previous is not None:
+            pick = slice(None) if self.previous.maps == m else slice(-1, None)
+            total, count = (self.native.cross[0], self.native.cross[1]) if self.kernel_rows else (self.cross, self.cross_n)
+            cross[:, pick] = (total[:, pick] / count[:, pick]).cpu()
+        out["cross_site_cos"] = cross
+        self.values = out
+        if self.kernel_rows:
+            self.rows = SuiteRows(self.grids, self.name, m, None, None, None, att, self.km, self.qm, self.native.keep)
+        else:
+            self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
+        return out
+
+    def _columns(self) -> dict[str, Tensor]:
+        """:data:`~nlanalysis.measure.query_dep.COLUMNS` from the eager sums (:meth:`_spatial`, :meth:`_pairwise`)."""
+        att = self.att
         b, m = att.batch_size, self.maps
         out = {name: nans(b, m) for name in COLUMNS}
         n_q = self.n_q[:, None]
@@ -264,13 +335,6 @@ class HeadSuite:
         out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
         sq = self.pair_sum.square().sum(-1)
         out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
-        cross = nans(b, m)
-        if self.previous is not None:
-            pick = slice(None) if self.previous.maps == m else slice(-1, None)
-            cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
-        out["cross_site_cos"] = cross
-        self.values = out
-        self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
         return out
 
 

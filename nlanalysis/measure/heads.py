@@ -239,9 +239,10 @@ def measure_heads(
         maps: the map statistics :func:`attend` already computed for ``att`` (then ``batch`` is
             theirs); only the token statistics are computed here.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite of
-            every head and the head mean (eager with any ``kernels``): the cheap columns from one pass over
-            the layer's rows (:class:`~.head_suite.HeadSuite`), the expensive ones (``"all"``) from
-            :mod:`.query_dep` (the same cheap columns at both levels).
+            every head and the head mean: the cheap columns from one pass over the layer's rows
+            (:class:`~.head_suite.HeadSuite`; with the native kernels, all but ``cross_site_cos`` from the
+            kernel's own pass, :mod:`.native_suite`), the expensive ones (``"all"``) from :mod:`.query_dep`
+            (the same cheap columns at both levels).
         stride: input pixels per patch ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
         suite: the layer's :class:`~.head_suite.HeadSuite` (made for ``att`` with the batch's masks and
             ``stride``; fed by :func:`attend`, or fed here), e.g. with the previous layer's rows for
@@ -259,19 +260,21 @@ def measure_heads(
     km = batch.km
     if km is not None and att.probs is not None:
         km = km.to(att.probs.dtype)
+    level = check_level(query_dependence)
+    kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
+    if level != "off":
+        suite = suite or HeadSuite(att, batch.qmask, kmask, stride)
     if maps is not None:
         s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
-    elif native:
-        s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size)
+    elif native:  # with the suite's sums from the same pass (its rows are fed after, for cross_site_cos)
+        sums_of = suite.native_sums(chunk_size) if suite is not None and not suite.fed and suite.native is None else None
+        s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size, suite=sums_of)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
                         dict(convention=convention, zero=zero))  # fmt: skip
-    level = check_level(query_dependence)
     if level == "off":
         return stats
-    kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
-    suite = suite or HeadSuite(att, batch.qmask, kmask, stride)
     if not suite.fed:
         suite.run()
     columns = suite.result()
@@ -381,7 +384,9 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
         value: ``[B, heads, N, d_v]`` values.
         batch: :func:`heads_batch` for these maps.
         chunk_size: as :func:`measure_heads`.
-        suite: a :class:`~.head_suite.HeadSuite` for ``att``, fed the softmax of this pass (then ``measure_heads(suite=)``).
+        suite: a :class:`~.head_suite.HeadSuite` for ``att``, fed the softmax of this pass (its rows for
+            ``cross_site_cos``; the other columns from the kernel's own sums, :meth:`~.head_suite.HeadSuite.native_sums`),
+            then ``measure_heads(suite=)``.
 
     Returns:
         ``(output, maps)``: ``output`` ``[B, heads, N, d_v]`` (a view of a ``[B, N, heads, d_v]``
@@ -400,5 +405,6 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
     _check_batch(batch, att)
     out = torch.empty(b, n, heads, value.shape[3])
     s_att, sums, jsd = _native_head_rows(att, batch.km, batch.qmask, batch, chunk_size, attend_to=(value, out),
-                                         on_rows=suite.update if suite is not None else None)  # fmt: skip
+                                         on_rows=suite.update if suite is not None else None,
+                                         suite=suite.native_sums(chunk_size) if suite is not None else None)  # fmt: skip
     return out.transpose(1, 2), MapStats(s_att, sums, jsd, batch)

@@ -24,18 +24,21 @@ from .block_rows import native_map_stats, pairwise_source
 from .blocks import BlockMaps, BlockMasks, map_stats
 from .head_rows import _native_rows
 from .jsd_pairs import _Plan
+from .native_suite import native_columns
 
 __all__ = ["attend_block", "formed_block", "softmax_block"]
 
 
-def _measured(att: PairwiseAttention | DenseAttention, stats: dict[str, Tensor], row_ok: Tensor) -> BlockMaps:
-    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, softmax=True)
+def _measured(att: PairwiseAttention | DenseAttention, stats: dict[str, Tensor], row_ok: Tensor, kmask: Tensor | None,
+              suite: _native.SuiteSums | None, scale: float) -> BlockMaps:  # fmt: skip
+    columns = native_columns(suite, stats, kmask, scale) if suite is not None else None
+    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, softmax=True, suite=columns)
 
 
 @torch.no_grad()
 def attend_block(att: PairwiseAttention, value: Tensor, masks: BlockMasks, *, jsd_pairs: int = 512,
                  generator: torch.Generator | None = None, cos: dict | None = None,
-                 chunk_size: int = 256) -> tuple[Tensor, BlockMaps]:  # fmt: skip
+                 chunk_size: int = 256, suite: _native.SuiteSums | None = None) -> tuple[Tensor, BlockMaps]:  # fmt: skip
     """The block's attention output and its map statistics from one softmax (native kernels, float32 CPU).
 
     Args:
@@ -44,6 +47,8 @@ def attend_block(att: PairwiseAttention, value: Tensor, masks: BlockMasks, *, js
         masks: :func:`~.blocks.block_masks` of the maps; jsd_pairs, generator, cos: as :func:`~.blocks.map_stats`.
         chunk_size: as :func:`~.blocks.map_stats` (the rare JSD fallback's rows); the pass itself reads a
             ~16 MiB buffer of logits at a time, as the native path of :func:`~.blocks.map_stats` does.
+        suite: the cheap query-dependence suite's sums (:func:`~.native_suite.block_suite`), from the same pass:
+            then ``BlockMaps.suite`` holds its columns (``None`` where a valid row was all zero).
 
     Returns:
         ``output`` ``[B, 1, N, d]`` (``softmax @ value``; a view of a ``[B, N, 1, d]`` tensor) and the
@@ -55,23 +60,24 @@ def attend_block(att: PairwiseAttention, value: Tensor, masks: BlockMasks, *, js
     out = torch.empty(b, n, 1, value.shape[3])
 
     def rows_of(km: Tensor | None, plan: _Plan | None, sel: Tensor | None, labels: tuple | None) -> tuple:
-        return _native_rows(pairwise_source(att), km, masks.qmask, plan, sel, labels, None, attend_to=(value, out))
+        return _native_rows(pairwise_source(att), km, masks.qmask, plan, sel, labels, None, attend_to=(value, out), suite=suite)
 
     stats, row_ok = native_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos or {}, rows_of)  # fmt: skip
-    return out.transpose(1, 2), _measured(att, stats, row_ok)
+    return out.transpose(1, 2), _measured(att, stats, row_ok, masks.kmask, suite, att.scale)
 
 
 @torch.no_grad()
 def softmax_block(logits: Tensor, query_shape: tuple[int, int], key_shape: tuple[int, int], mode: str, masks: BlockMasks,
                   *, jsd_pairs: int = 512, generator: torch.Generator | None = None, cos: dict | None = None,
-                  chunk_size: int = 256) -> tuple[Tensor, BlockMaps]:  # fmt: skip
+                  chunk_size: int = 256, suite: _native.SuiteSums | None = None) -> tuple[Tensor, BlockMaps]:  # fmt: skip
     """``softmax(logits, -1)`` and its map statistics from one kernel pass over the block's logits.
 
     Args:
         logits: ``[B, N, N_k]`` contiguous float32 CPU, the block's (already scaled) logits; read, not written.
         query_shape, key_shape, mode: the grids and pairwise function of the maps.
-        masks, jsd_pairs, generator, cos, chunk_size: as :func:`attend_block`.
+        masks, jsd_pairs, generator, cos, chunk_size, suite: as :func:`attend_block` (the suite's unary term
+            from these logits: :func:`~.native_suite.block_suite` ``logits=``).
 
     Returns:
         ``probs`` ``[B, N, N_k]`` (a new tensor, as torch's softmax) and the :class:`~.blocks.BlockMaps`.
@@ -85,19 +91,19 @@ def softmax_block(logits: Tensor, query_shape: tuple[int, int], key_shape: tuple
         table = None
         if km is None:  # no key weights: the JSD pairs read their rows in probs, after the pass (no table)
             s, sums = _native.row_stats(logits[:, None], None, masks.qmask, 0, 0, None, scale=1.0, objects=labels,
-                                        probs=probs[:, None], mean=False)  # fmt: skip
+                                        probs=probs[:, None], mean=False, suite=suite)  # fmt: skip
             return s, sums, probs.view(-1, att.n_key) if plan is not None else None
         if plan is not None and sel is not None:  # the rows the JSD pairs need, weighted and renormalised by the kernel
             size = plan.query.numel()
             table = (sel, _native.workspace("jsd_rows", (size, 1, att.n_key)), torch.empty(size, 1),
                      torch.zeros(size, 1, dtype=torch.uint8))  # fmt: skip
         s, sums = _native.row_stats(logits[:, None], km, masks.qmask, 0, 0, table, scale=1.0, objects=labels,
-                                    probs=probs[:, None], mean=False)  # fmt: skip
+                                    probs=probs[:, None], mean=False, suite=suite)  # fmt: skip
         return s, sums, None if table is None else table[1:]
 
     stats, row_ok = native_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos or {}, rows_of)  # fmt: skip
-    return probs, _measured(att, stats, row_ok)
+    return probs, _measured(att, stats, row_ok, masks.kmask, suite, 1.0)
 
 
 def formed_block(maps: Tensor, query_shape: tuple[int, int], key_shape: tuple[int, int], mode: str, masks: BlockMasks,

@@ -53,10 +53,13 @@ from ..metrics.rank1 import complete, profile_step
 from ..schema import NL, query_columns
 from .stats import nans
 
-__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "EXPENSIVE", "LEVELS", "OBJECT_MASS", "MapGroup", "ObjectLabels", "SiteMaps", "block_maps",
+__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "DEFAULT_LEVEL", "EXPENSIVE", "LEVELS", "OBJECT_MASS", "MapGroup", "ObjectLabels", "SiteMaps", "block_maps",
            "check_level", "grid_centres", "head_maps", "local_mass", "query_dependence", "rebuild_block_attention", "suite_pass"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
+#: the level of the captures, ``analyze`` and ``extract`` when none is given: the cheap suite costs little beside
+#: the map statistics (its per-row sums come from the native row pass, :mod:`.native_suite`)
+DEFAULT_LEVEL = "cheap"
 #: the suite's column that compares a site with the previous one (:mod:`.cross_site`), not measured per site here
 CROSS_SITE = "cross_site_cos"
 #: the query-dependence columns of one site's maps (:mod:`nlanalysis.schema`: role ``query``, and the 3x3 local mass)

@@ -1,0 +1,122 @@
+"""The buffers of the cheap query-dependence suite's sums in the native row pass (``suite.c``).
+
+A :class:`SuiteSums` holds the float64 sums that :func:`nlanalysis.kernels.row_stats` adds to when it is
+given ``suite=sums.call_args(start)``, chunk after chunk of one site's queries (``start``: the chunk's
+first query, for the query positions). :mod:`nlanalysis.measure.native_suite` turns them into columns.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+__all__ = ["SuiteSums"]
+
+
+class _Args(ctypes.Structure):
+    """``nl_suite`` of ``suite.c``."""
+
+    _fields_ = [("unary", ctypes.c_void_p), ("unary_from_logits", ctypes.c_int64), ("qpos", ctypes.c_void_p), ("kpos", ctypes.c_void_p), ("reach_y", ctypes.c_double),
+                ("reach_x", ctypes.c_double), ("sp0", ctypes.c_int64), ("eps", ctypes.c_double), ("p_k", ctypes.c_void_p),
+                ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p), ("keep", ctypes.c_void_p),
+                ("prev", ctypes.c_void_p), ("keep_n", ctypes.c_int64), ("prev_maps", ctypes.c_int64), ("cross_from", ctypes.c_int64),
+                ("cross", ctypes.c_void_p)]  # fmt: skip
+
+
+def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+    """``t`` as a contiguous float64 CPU tensor of ``shape`` (ValueError otherwise)."""
+    if t is None:
+        return None
+    if t.device.type != "cpu" or tuple(t.shape) != shape:
+        raise ValueError(f"suite: {name} must be a CPU tensor {shape}, got {tuple(t.shape)} on {t.device}")
+    return t.detach().to(torch.float64).contiguous()
+
+
+class SuiteSums:
+    """The suite's sums of one site (``M`` maps of ``K`` keys per image, the first ``H`` of them with logits).
+
+    Args:
+        batch, heads, maps, n_key: ``B``, ``H``, ``M`` (``H`` or ``H + 1`` with a head mean), ``K``.
+        spatial_from: the first spatial key among the ``K`` (``Ks = K - spatial_from`` keys on the grid).
+        unary: ``[B, H, K]`` the DNL unary term ``mu_q . k_j`` in the units of the logits (the kernel applies the
+            scale), ``"logits"``: the kernel's first call computes it as the mean of the valid queries' logits rows
+            (that call must hold every query of the site: :meth:`call_args` checks), or ``None``: no DNL split.
+        query_pos, key_pos: ``[N_query, 2]`` / ``[Ks, 2]`` cell centres in pixels, or ``None``: no distances.
+        reach: ``(y, x)`` the 3x3 neighbourhood's half-size in pixels (1.5 key cells).
+        spatial: the NMI, distances and local masses (``False``: the DNL split only).
+        eps: the NMI's eps.
+        keep: ``[B, M, N_query, K]`` float32, filled with every valid query's rows (masked keys 0) for the next
+            site's ``cross_site_cos`` (other rows are left as they were), or ``None``.
+        previous: ``[B, M', N_query, K]`` float32 the previous site's ``keep`` (needs ``keep``): every map compared
+            with the same map there when ``M' == M``, else the last (the head mean) with the last; or ``None``.
+
+    Attributes (float64, zero until the passes add to them):
+        p_k: ``[B, M, Ks]`` sum over counted queries of the NMI's renormalised rows ``(a + eps) / T``.
+        sums: ``[5, B, M]`` sums of the row entropies of those (nats), ``sum_k a_k dist``, ``sum_k a_k near``,
+            the valid keys near the query, and the queries counted.
+        pair_s: ``[B, H, K]`` sum of the pairwise-only rows as unit vectors; pair_sums: ``[2, B, H]`` the sum of
+            ``scale^2 sum_k (x_k - mean x)^2`` over valid keys (``x``: the pairwise logits), and the rows.
+        cross: ``[2, B, M]`` with ``previous``: the sum of the cosines of a valid query's rows here and there
+            (both non-zero), and their number.
+    """
+
+    def __init__(self, batch: int, heads: int, maps: int, n_key: int, *, spatial_from: int = 0, unary: Tensor | str | None = None,
+                 query_pos: Tensor | None = None, key_pos: Tensor | None = None, reach: tuple[float, float] = (0.0, 0.0),
+                 spatial: bool = True, eps: float = 1e-8, keep: Tensor | None = None, previous: Tensor | None = None) -> None:  # fmt: skip
+        if maps not in (heads, heads + 1) or not 0 <= spatial_from <= n_key:
+            raise ValueError(f"suite: maps must be heads or heads + 1 and 0 <= spatial_from <= n_key, got {maps}, {heads}, {spatial_from}")
+        if (query_pos is None) != (key_pos is None):
+            raise ValueError("suite: give both query and key positions, or neither")
+        n_sp = n_key - spatial_from
+        self.batch, self.heads, self.maps, self.n_key, self.spatial_from = batch, heads, maps, n_key, spatial_from
+        self.from_logits = isinstance(unary, str)
+        if self.from_logits and unary != "logits":
+            raise ValueError(f"suite: unary must be a tensor, 'logits' or None, got {unary!r}")
+        self.unary = torch.zeros(batch, heads, n_key, dtype=torch.float64) if self.from_logits else _f64("unary", unary, (batch, heads, n_key))
+        self.query_pos = _f64("query_pos", query_pos, (query_pos.shape[0], 2)) if query_pos is not None else None
+        self.key_pos = _f64("key_pos", key_pos, (n_sp, 2))
+        self.reach, self.eps, self.spatial = (float(reach[0]), float(reach[1])), float(eps), spatial
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        self.p_k, self.sums = (zeros(batch, maps, n_sp), zeros(5, batch, maps)) if spatial else (None, None)
+        self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if self.unary is not None else (None, None)
+        self.keep, self.previous, self.cross = self._rows(keep, previous)
+        self._args: _Args | None = None
+
+    def _rows(self, keep: Tensor | None, previous: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``keep`` and ``previous`` checked (float32 CPU, contiguous, the same queries and keys), and the cross sums."""
+        if keep is None and previous is None:
+            return None, None, None
+        shape = (self.batch, self.maps, keep.shape[2] if keep is not None else -1, self.n_key)
+        for name, t, maps in (("keep", keep, self.maps), ("previous", previous, None)):
+            if t is None and name == "previous":
+                continue
+            ok = t is not None and t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() and t.dim() == 4
+            if not ok or (t.shape[0], t.shape[2], t.shape[3]) != (shape[0], shape[2], shape[3]) or t.shape[1] not in (maps or t.shape[1], self.maps):
+                raise ValueError(f"suite: {name} must be a contiguous float32 CPU tensor {shape}, got "
+                                 f"{None if t is None else (t.dtype, tuple(t.shape))}")  # fmt: skip
+        return keep, previous, torch.zeros(2, self.batch, self.maps, dtype=torch.float64)
+
+    def call_args(self, start: int, stop: int) -> int:
+        """The address of the kernel's ``nl_suite`` for queries ``start:stop`` of the site (valid until the next call)."""
+        if self.from_logits and (start != 0 or self._args is not None):
+            raise ValueError(f"suite: the unary term from the logits needs every query in one call, got a call for {start}:{stop}")
+        qpos = None
+        if self.query_pos is not None:
+            if not 0 <= start <= stop <= self.query_pos.shape[0]:
+                raise ValueError(f"suite: queries {start}:{stop} outside the {self.query_pos.shape[0]} positions")
+            qpos = self.query_pos.data_ptr() + start * 2 * 8
+        ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+        keep, n = None, 0
+        if self.keep is not None:
+            n = self.keep.shape[2]
+            if not 0 <= start <= stop <= n:
+                raise ValueError(f"suite: queries {start}:{stop} outside the {n} kept rows")
+            keep = self.keep.data_ptr() + start * self.n_key * 4
+        prev, prev_maps = None, 0
+        if self.previous is not None:
+            prev, prev_maps = self.previous.data_ptr() + start * self.n_key * 4, self.previous.shape[1]
+        self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from,
+                           self.eps, ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums), keep, prev, n, prev_maps,
+                           0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross))  # fmt: skip
+        return ctypes.addressof(self._args)

@@ -1,0 +1,136 @@
+"""The cheap query-dependence suite from the native row pass: NL blocks' softmax maps and ViT heads.
+
+The kernel (:mod:`nlanalysis.kernels`, ``suite.c``) adds each row's share of the suite's sums while it forms
+the row for the map statistics (:class:`~nlanalysis.kernels.SuiteSums`); here are the sums' inputs (the DNL
+unary term, the cell centres) and the columns they give, with the definitions of the eager reference
+(:func:`~nlanalysis.measure.query_dep.suite_pass` for NL blocks, :class:`~.head_suite.HeadSuite` for ViT heads):
+
+* ``qk_nmi``: ``I / sqrt(log(n_q) H(k))``, rows renormalised over the valid spatial keys, ``1e-8`` added to
+  every valid key, ``p(k)`` their mean over the queries counted;
+* ``att_distance_px``, ``att_local``, ``att_local_uniform``: mean over the queries counted of
+  ``sum_k a_k dist``, ``sum_k a_k near`` and the valid keys near the query over all valid keys;
+* ``unary_var_share``, ``att_pairwise_only`` (heads only; the head mean NaN): the unary term
+  ``u_j = mu_q . k_j`` (``mu_q``: the mean query over the queries counted) and, from each logits row, the
+  pairwise-only row ``softmax_j(scale (l_j - u_j))`` and its variance across keys.
+
+The queries counted are the valid ones. A valid query whose row is all zero counts as a uniform row in the
+NMI and as 0 in the distances (ViT heads, as :class:`~.head_suite.HeadSuite`); an NL block whose pass finds
+such a row leaves the suite to the eager pass, which leaves the row out (:func:`native_columns`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..blocks.attention import PairwiseAttention
+from ..blocks.heads import HeadAttention
+from ..kernels import SuiteSums
+from ..metrics.cosine import distance_from_sum
+from .query_dep import COLUMNS, grid_centres
+from .stats import nans
+
+__all__ = ["block_suite", "head_suite_sums", "native_columns", "suite_columns"]
+
+#: the columns the native pass gives (the rest of :data:`~.query_dep.CHEAP` is NaN for softmax maps)
+NATIVE = ("qk_nmi", "att_distance_px", "att_local", "att_local_uniform", "unary_var_share", "att_pairwise_only")
+
+
+def _mean_query(q: Tensor, qmask: Tensor | None) -> Tensor:
+    """``[B, ..., d]`` float64 mean of ``q`` ``[B, ..., n, d]`` over the valid queries (``qmask`` ``[B, n]``)."""
+    q = q.detach()
+    if qmask is None:
+        return q.sum(-2, dtype=torch.float64) / q.shape[-2]
+    m = qmask.to(q.device, q.dtype).reshape(qmask.shape[0], *([1] * (q.dim() - 3)), -1, 1)
+    return (q * m).sum(-2, dtype=torch.float64) / m.sum(-2, dtype=torch.float64)  # float64 sums of exact float32 products
+
+
+def block_suite(att: PairwiseAttention | None, qmask: Tensor | None, query_shape: tuple[int, int], key_shape: tuple[int, int],
+                stride: tuple[float, float] | None, logits: Tensor | None = None) -> SuiteSums:  # fmt: skip
+    """The :class:`~nlanalysis.kernels.SuiteSums` of an NL block's softmax maps (one map per image).
+
+    Args:
+        att: the maps' ``q`` and ``k`` (the unary term ``mu_q . k_j``), or ``None`` with ``logits``.
+        qmask: ``[B, N]`` the valid queries, or ``None``.
+        stride: input pixels per query cell ``(y, x)``, or ``None`` (no distances).
+        logits: ``[B, N, N_k]`` the block's logits as the kernel reads them (``att`` ``None``): the unary term
+            is their mean over the valid queries (``mu_q . k_j``, as ``q_i . k_j`` is linear in ``q_i``).
+    """
+    if att is not None:
+        mu = _mean_query(att.query, qmask)  # [B, d]
+        unary = torch.einsum("bd,bdk->bk", mu, att.key.detach().to(torch.float64))[:, None]
+    elif logits is not None:
+        unary = _mean_query(logits, qmask)[:, None]  # [B, 1, N_k]
+    else:
+        raise ValueError("block_suite needs the attention's q and k or the logits")
+    b, n_key = unary.shape[0], unary.shape[-1]
+    where = _block_geometry(query_shape, key_shape, stride)
+    return SuiteSums(b, 1, 1, n_key, unary=unary.cpu(), **where)
+
+
+def _block_geometry(query_shape: tuple[int, int], key_shape: tuple[int, int], stride: tuple[float, float] | None) -> dict:
+    """Cell centres and reach of an NL block's grids (keys on the query grid or its 2x2 max-pool)."""
+    if stride is None:
+        return {}
+    factor = 1.0 if tuple(key_shape) == tuple(query_shape) else 2.0
+    cell = (stride[0] * factor, stride[1] * factor)
+    return dict(query_pos=grid_centres(query_shape, stride), key_pos=grid_centres(key_shape, cell), reach=(1.5 * cell[0], 1.5 * cell[1]))
+
+
+def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[float, float] | None, one_call: bool = False,
+                    **rows: Tensor | None) -> SuiteSums:  # fmt: skip
+    """The :class:`~nlanalysis.kernels.SuiteSums` of a ViT layer (every head, then the head mean) for the
+    kernel's pass over its logits ``q . k`` (:func:`~.head_rows.head_source`): spatial keys after the prefix
+    with ``keys="all"``. ``one_call``: the pass reads every query in one kernel call, which then forms the
+    unary term from the logits (no torch op here: on a busy machine each costs its threads' barrier)."""
+    first, prefix = att.first_key, att.layout.n_prefix
+    if one_call:
+        unary = "logits"
+    else:
+        mu = _mean_query(att.query[:, :, prefix:], qmask)  # [B, H, d]: the patch queries' mean
+        # float32 products over d (as the eager suite's pairwise logits): a float64 copy of every key costs more than the pass
+        unary = torch.matmul(att.key[:, :, first:].detach(), mu.to(att.key.dtype)[..., None])[..., 0].double()
+    b, heads, n_key = att.batch_size, att.num_heads, att.key.shape[2] - first
+    where = {}
+    if stride is not None:
+        pos = grid_centres(att.layout.grid, stride)
+        where = dict(query_pos=pos, key_pos=pos, reach=(1.5 * stride[0], 1.5 * stride[1]))
+    unary = unary.cpu() if isinstance(unary, Tensor) else unary
+    return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where, **rows)
+
+
+def native_columns(sums: SuiteSums, stats: dict[str, Tensor], kmask: Tensor | None, scale: float) -> dict[str, Tensor] | None:
+    """An NL block's cheap-suite columns ``{name: [B, 1]}`` from its native pass's sums, or ``None`` where the map
+    statistics ``stats`` count a valid all-zero row (the eager suite leaves it out of every mean; the kernel cannot)."""
+    if bool((stats["att_zero_rows"] > 0).any()):
+        return None
+    return suite_columns(sums, kmask, scale)
+
+
+def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[str, Tensor]:
+    """``{column: [B, M]}`` float64 (CPU) of :data:`~.query_dep.COLUMNS` from the sums of every query's rows
+    (``key_mask`` ``[B, K]`` the valid keys, or ``None``; ``scale``: the logits' softmax scale); the columns the
+    native pass does not give are NaN."""
+    b, m, heads = s.batch, s.maps, s.heads
+    out = {name: nans(b, m) for name in COLUMNS}
+    km = key_mask.to("cpu", torch.float64).reshape(b, s.n_key) if key_mask is not None else torch.ones(b, s.n_key, dtype=torch.float64)
+    if s.sums is not None:
+        n_q = s.sums[4]
+        p_k = s.p_k / n_q[..., None]
+        h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
+        mutual = (h_k - s.sums[0] / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
+        out["qk_nmi"] = mutual / torch.sqrt(torch.log(n_q) * h_k)
+        if s.query_pos is not None:
+            n_k = km[:, s.spatial_from :].sum(-1, keepdim=True)
+            out["att_distance_px"], out["att_local"] = s.sums[1] / n_q, s.sums[2] / n_q
+            out["att_local_uniform"] = s.sums[3] / n_k / n_q
+    if s.unary is not None:
+        n_k = km.sum(-1, keepdim=True)  # [B, 1]
+        u = s.unary * km[:, None]
+        u_mean = u.sum(-1, keepdim=True) / n_k[..., None]
+        unary_var = scale * scale * (((s.unary - u_mean) * km[:, None]) ** 2).sum(-1) / n_k  # [B, H]
+        n_rows = s.pair_sums[1]
+        pairwise_var = s.pair_sums[0] / (n_rows * n_k)
+        out["unary_var_share"][:, :heads] = unary_var / (unary_var + pairwise_var)
+        n_long = n_rows.round().long()
+        out["att_pairwise_only"][:, :heads] = distance_from_sum(s.pair_s.square().sum(-1), n_long, torch.zeros_like(n_long))
+    return out
