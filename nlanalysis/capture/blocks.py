@@ -17,7 +17,7 @@ from torch import nn
 
 from ..adapters import BlockInfo, check_features
 from ..measure.blocks import measure_block
-from ..measure.query_dep import check_level
+from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..schema import NL
 from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, query_points, valid_cells
 from .inpass_blocks import InPassBlock
@@ -54,7 +54,7 @@ class BlockSite(Site):
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto", query_dependence: str = "cheap", share_softmax: bool = True) -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = DEFAULT_LEVEL, share_softmax: bool = True) -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,

@@ -24,7 +24,7 @@ from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
 from ..measure.head_controls import control_generator, head_controls
-from ..measure.query_dep import check_level
+from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..measure.head_suite import HeadSuite, SuiteRows
 from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
 from ..measure.query_dep import CROSS_SITE
@@ -92,7 +92,7 @@ class HeadSite(Site):
     def __init__(self, cap: Capture, keys: str = "patch", layout: TokenLayout | None = None, keep_attention: bool = False,
                  chunk_size: int | None = None, jsd_pairs: int = 64, convention: str = "1-cos", zero: str = "exclude",
                  recompute: bool = False, kernels: str = "auto", share_softmax: bool = True, controls: bool = False,
-                 query_dependence: str = "cheap") -> None:  # fmt: skip
+                 query_dependence: str = DEFAULT_LEVEL) -> None:  # fmt: skip
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
         super().__init__(cap)
