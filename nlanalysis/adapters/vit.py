@@ -49,13 +49,14 @@ from .registry import register_adapter
 __all__ = ["HFViTAdapter", "MHAAdapter", "TimmViTAdapter", "ViTAttentionAdapter", "check_tokens"]
 
 
-def check_tokens(x: Tensor, dim: int, where: str) -> None:
-    """Raise a clear error unless ``x`` is a finite token tensor ``[B, N, dim]``."""
+def check_tokens(x: Tensor, dim: int, where: str, known_finite: bool = False) -> None:
+    """Raise a clear error unless ``x`` is a finite token tensor ``[B, N, dim]`` (``known_finite``: the values
+    were already shown finite, only the type and shape are checked)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: expected the tokens as a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != dim:
         raise ValueError(f"{where}: expected tokens [B, N, {dim}], got shape {tuple(x.shape)}")
-    if not torch.isfinite(x.detach().sum()) and not x.isfinite().all():  # one cheap reduction first
+    if not known_finite and not torch.isfinite(x.detach().sum()) and not x.isfinite().all():  # one cheap reduction first
         raise ValueError(f"{where}: tokens contain NaN or inf values")
 
 

@@ -203,11 +203,13 @@ class HeadSite(Site):
         where = f"attention module {block.name!r}"
         adapter.check_call(module, args, kwargs)
         tokens = adapter.tokens(module, adapter.block_input(args, kwargs)).detach()
-        check_tokens(tokens, adapter.embed_dim(module), where)
+        maps, att = seen.get("maps", (None, None))  # measured while the model attended (share_softmax)
+        # an answered attention call had a finite output, so finite q, k and v for every token: projections of
+        # these tokens (a NaN or inf in a token makes every entry of its q, k, v projections non-finite)
+        check_tokens(tokens, adapter.embed_dim(module), where, known_finite=maps is not None)
         b, n, _ = tokens.shape
         layout = self._layout(n)
         layout.check(n, where)
-        maps, att = seen.get("maps", (None, None))  # measured while the model attended (share_softmax)
         if att is None:
             q, k = adapter.qk_from_taps(module, seen) if "qkv" in seen or "q" in seen else adapter.query_key(module, tokens)
             att = HeadAttention(q.detach().float(), k.detach().float(), adapter.scale(module), layout, self.keys)
