@@ -152,3 +152,36 @@ def test_cosine_distance_matches_pdist(choice, layout):
     v[2, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/inf"):
         cosine_distance(v, None, kernels=choice)
+
+
+@native
+@pytest.mark.parametrize("size", [(1, 257, 6, 64), (2, 1100, 1000)])  # one thread; > 1 M floats: the threaded pass
+def test_all_finite_matches_numpy_in_every_layout(size):
+    """``all_finite`` against numpy's isfinite on the same values: NaN, +inf, -inf at the first, last and a middle
+    element, in contiguous and permuted (transposed, read in place) layouts; finite values whose sum
+    overflows float32 (a sum-based test says "not finite") and denormals count as finite."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(*size, generator=g)
+    assert kernels.all_finite(base) and kernels.all_finite(base.transpose(1, 2))
+    big = torch.full(size, 3e38)
+    assert not math.isfinite(float(big.sum())) and kernels.all_finite(big)
+    tiny = torch.full(size, 1e-40)  # denormal
+    assert kernels.all_finite(tiny)
+    flat = base.numel()
+    for value in (math.nan, math.inf, -math.inf):
+        for where in (0, flat // 2 + 7, flat - 1):
+            t = base.clone()
+            t.view(-1)[where] = value
+            for view in (t, t.transpose(1, 2), t.transpose(0, 1)):
+                assert kernels.all_finite(view) == bool(np.isfinite(view.numpy()).all()) == False  # noqa: E712
+
+
+@native
+def test_all_finite_falls_back_on_strided_and_other_dtypes():
+    """Not dense float32 on the CPU (a slice with gaps, float64, int): torch's isfinite, the same answer;
+    a NaN in the gap of a slice is not seen (it is not an element of the view)."""
+    t = torch.randn(10, 20)
+    t[:, 1::2] = math.nan
+    assert kernels.all_finite(t[:, ::2]) and not kernels.all_finite(t[:, 1::2])
+    assert not kernels.all_finite(t.double()) and kernels.all_finite(t[:, ::2].double())
+    assert kernels.all_finite(torch.arange(5)) and kernels.all_finite(torch.empty(0, 3))

@@ -276,3 +276,27 @@ def test_row_kernel_probs_layouts():
     logits = torch.randn(2, 3, 5, 5)
     with pytest.raises(ValueError, match="strided as the logits"):
         kernels.row_stats(logits, None, None, 1, 1, probs=logits.transpose(2, 3))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_token_is_still_refused_with_the_shared_softmax(value):
+    """The record skips its own finiteness pass over the tokens only after an answered call (a finite output
+    shows every token's q, k and v finite): one non-finite entry in one token of layer 1's input makes that
+    call decline, and the record names the layer and the problem, as without sharing."""
+    model = _timm(depth=2)
+    x = torch.randn(1, 3, 28, 28)
+
+    def spoil(mod, args):  # layer 1's input: one entry of one token
+        t = args[0].clone()
+        t[0, 3, 5] = value
+        return (t,)
+
+    for share in (True, False):
+        handle = model.blocks[1].attn.register_forward_pre_hook(spoil)
+        try:
+            with torch.no_grad(), ViTCapture(model, jsd_pairs=0, share_softmax=share) as cap:
+                with pytest.raises(ValueError, match=r"blocks\.1\.attn.*tokens contain NaN or inf"):
+                    model(x)
+            assert cap.shared_calls == (1 if share else 0)  # layer 0 answered, layer 1 declined
+        finally:
+            handle.remove()

@@ -23,6 +23,7 @@ from ..adapters import BlockInfo
 from ..adapters.vit import ViTAttentionAdapter, check_tokens
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout, layout_of
+from ..kernels import all_finite
 from ..measure.head_controls import control_generator, head_controls
 from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..measure.head_suite import HeadSuite, SuiteRows
@@ -178,7 +179,7 @@ class HeadSite(Site):
                 batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
                 suite = seen["suite"] = self._suite(att, batch)
                 out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"], suite=suite)
-                if not bool(torch.isfinite(out.sum())):  # a NaN/inf in q, k or v: torch's kernel, the plain path
+                if not all_finite(out):  # a NaN/inf in q, k or v: torch's kernel, the plain path
                     return None
             seen["maps"] = (maps, att)
             self.shared_calls += 1

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..adapters import BlockInfo
 from ..adapters.base import MapCall
 from ..blocks.attention import DenseAttention, PairwiseAttention
-from ..kernels import uses_native
+from ..kernels import all_finite, uses_native
 from ..measure.blocks import BlockMaps, block_masks
 from ..measure.inpass_blocks import attend_block, formed_block, softmax_block
 from ..measure.native_suite import block_suite
@@ -179,7 +179,7 @@ class InPassBlock:
         att = PairwiseAttention(self.call.mode, q[:, 0], k[:, 0].transpose(1, 2), grid, keys, scale=float(scale))
         suite = block_suite(att, masks.qmask, grid, keys, self.site.cap.stride(grid)) if self._suite(masks) else None
         out, maps = attend_block(att, v, masks, suite=suite, **self._options())
-        if not bool(torch.isfinite(out.sum())) or (suite is not None and maps.suite is None):  # a NaN/inf in q, k or v:
+        if not all_finite(out) or (suite is not None and maps.suite is None):  # a NaN/inf in q, k or v:
             return None  # torch's kernel, the recompute path (also where the suite must be eager: a valid all-zero row)
         return out, att, maps
 

@@ -144,6 +144,7 @@ def _build() -> ctypes.CDLL:
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
+        "nl_all_finite": [p, i64],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -238,6 +239,13 @@ def _on_cpu(name: str, t: Tensor | None) -> None:
     """Any dtype, but in host memory: a CUDA or meta tensor's pointer must never reach C."""
     if t is not None and t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got {t.device}")
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    """``t`` as a contiguous float32 tensor (itself when it already is), its elements in C order."""
+    if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
+        return t
+    return t.to(torch.float32).contiguous()
 
 
 def _check_cpu(name: str, t: Tensor) -> None:
@@ -401,11 +409,10 @@ def token_stats(
     _on_cpu("branch_scale", branch_scale)
     if branch_scale is not None and branch_scale.numel() != c:
         raise ValueError(f"token_stats: branch_scale must have {c} entries, got {tuple(branch_scale.shape)}")
-    bscale = None if branch_scale is None else branch_scale.reshape(c).to(torch.float32).contiguous()
-    g = gram.to(torch.float32).contiguous() if heads else None
     if qm is not None and qm.numel() != b * n:
         raise ValueError(f"token_stats: qm must have {b} x {n} entries, got {tuple(qm.shape)}")
-    qm = None if qm is None else qm.reshape(b, n).to(torch.float32).contiguous()
+    # as float32 and contiguous (each conversion only where needed: a ViT layer at batch 1 pays every dispatched op)
+    bscale, g, qm = (_f32(t) for t in (branch_scale, gram if heads else None, qm))
     go = None
     if heads:  # G_h o_i for every head and token: one batched BLAS call
         go = workspace("token_go", (b, heads, n, d))
@@ -460,5 +467,5 @@ def pair_jsd(
 
 
 
-from .sums import table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
+from .sums import all_finite, table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
 from .suite import SuiteSums  # noqa: E402

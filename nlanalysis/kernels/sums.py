@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import _check_cpu, _lib, _on_cpu, _ptr, workspace
 
-__all__ = ["table_jsd", "unit_sum"]
+__all__ = ["all_finite", "table_jsd", "unit_sum"]
 
 
 def _indices(name: str, a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -76,3 +76,23 @@ def unit_sum(v: Tensor, used: Tensor | None = None) -> tuple[Tensor, Tensor, Ten
     if rc != 0:
         raise RuntimeError(f"unit_sum: OpenMP ran more threads than the {threads} it was given")
     return s, zero, bad
+
+
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill ``numel`` consecutive floats in some order (contiguous up to a permutation of dims)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+@torch.no_grad()
+def all_finite(t: Tensor) -> bool:
+    """Whether ``t`` holds no NaN or inf: one native pass over a dense float32 CPU tensor (in place, any dim
+    order, e.g. an attention output seen through ``.transpose(1, 2)``), ``torch.isfinite(t).all()`` otherwise.
+    Exact, unlike a finite-sum test (a sum of large finite values can overflow)."""
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not _dense(t):
+        return bool(torch.isfinite(t).all())
+    return bool(_lib().nl_all_finite(_ptr(t), t.numel()))
