@@ -260,8 +260,9 @@ class HeadSite(Site):
             return None
         layout = att.layout
         previous = self._rows[1] if self._rows is not None and self._rows[0] == self.cap._calls else None
-        kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
-        return HeadSuite(att, batch.qmask, kmask, layout.patch_size or self.cap.stride(layout.grid), previous)
+        if "key mask" not in batch.memo:  # once per forward: every layer's suite shares the batch's masks
+            batch.memo["key mask"] = batch.km[:, 0, 0].bool() if batch.km is not None else None
+        return HeadSuite(att, batch.qmask, batch.memo["key mask"], layout.patch_size or self.cap.stride(layout.grid), previous, batch.memo)
 
     def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, att: HeadAttention, index: int) -> dict[str, Tensor]:
         """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn

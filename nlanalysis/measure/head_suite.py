@@ -98,18 +98,19 @@ class HeadSuite:
     """
 
     def __init__(self, att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None,
-                 stride: tuple[float, float] | None, previous: SuiteRows | None = None) -> None:  # fmt: skip
+                 stride: tuple[float, float] | None, previous: SuiteRows | None = None, memo: dict | None = None) -> None:  # fmt: skip
         self.att, self.fed = att, 0
         b, heads, n, k = att.batch_size, att.num_heads, att.n_query, att.n_key
-        self.maps, dev, f64 = heads + 1, att.device, torch.float64
-        self.qm = None if query_mask is None or bool(query_mask.all()) else query_mask.to(dev, f64)[:, None, :]  # [B, 1, n]
-        self.km = None if key_mask is None or bool(key_mask.all()) else key_mask.to(dev, f64)[:, None, None, :]  # [B, 1, 1, K]
-        self.km32 = None if self.km is None else self.km.to(att.query.dtype)
-        self.n_q = query_mask.sum(-1).to(dev, f64) if query_mask is not None else torch.full((b,), float(n), dtype=f64, device=dev)
+        self.maps = heads + 1
         self.sp = slice(att.layout.n_prefix, None) if att.keys == "all" else slice(None)  # the keys on the grid
-        self.km_sp = None if self.km is None else self.km[..., self.sp]
         self.n_sp = len(range(k)[self.sp])
-        self.n_k_sp = self.km_sp.sum((1, 2, 3)) if self.km_sp is not None else torch.full((b,), float(self.n_sp), dtype=f64, device=dev)
+        key = ("suite masks", att.keys, att.n_query, att.n_key, str(att.device), att.query.dtype)
+        masks = memo.get(key) if memo is not None else None
+        if masks is None:  # memo: the same masks for every layer of a forward (:attr:`~.heads.HeadsBatch.memo`)
+            masks = _masks(att, query_mask, key_mask, self.sp, self.n_sp)
+            if memo is not None:
+                memo[key] = masks
+        self.qm, self.km, self.km32, self.n_q, self.km_sp, self.n_k_sp = masks
         self.grids = (att.query_shape, att.key_shape, att.layout.n_prefix, b)
         self.previous = previous if previous is not None and previous.grids == self.grids else None
         self.keep = b * self.maps * n * k * 8 <= ROWS_BYTES
@@ -336,6 +337,19 @@ class HeadSuite:
         sq = self.pair_sum.square().sum(-1)
         out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
         return out
+
+
+def _masks(att: HeadAttention, query_mask: Tensor | None, key_mask: Tensor | None, sp: slice, n_sp: int) -> tuple:
+    """``(qm [B, 1, n], km [B, 1, 1, K] float64, km32 (the maps' dtype), n_q [B], km_sp, n_k_sp [B])`` of a layer's
+    masks (``None`` for a mask that is all valid; ``sp`` the keys on the grid, ``n_sp`` of them)."""
+    b, n, dev, f64 = att.batch_size, att.n_query, att.device, torch.float64
+    qm = None if query_mask is None or bool(query_mask.all()) else query_mask.to(dev, f64)[:, None, :]
+    km = None if key_mask is None or bool(key_mask.all()) else key_mask.to(dev, f64)[:, None, None, :]
+    km32 = None if km is None else km.to(att.query.dtype)
+    n_q = query_mask.sum(-1).to(dev, f64) if query_mask is not None else torch.full((b,), float(n), dtype=f64, device=dev)
+    km_sp = None if km is None else km[..., sp]
+    n_k_sp = km_sp.sum((1, 2, 3)) if km_sp is not None else torch.full((b,), float(n_sp), dtype=f64, device=dev)
+    return qm, km, km32, n_q, km_sp, n_k_sp
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ query's weight underflows onto class/register keys) that head averages the remai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -108,6 +108,8 @@ class HeadsBatch:
         objects: ``(query_labels [B, n_patch], key_labels [B, K], query_share [B, n_patch])`` from
             object labels: each valid query's object (0: none), each valid key's (-1: none; class
             and register keys belong to none), the share of valid keys on the query's object.
+        memo: tensors derived from these masks once per batch by the layers that share it (e.g. the suite's
+            float64 masks and counts, :class:`~.head_suite.HeadSuite`); read, never written into.
     """
 
     layout: TokenLayout
@@ -124,6 +126,7 @@ class HeadsBatch:
     sel: Tensor | None
     device: torch.device
     objects: tuple[Tensor, Tensor, Tensor] | None = None
+    memo: dict = field(default_factory=dict, repr=False)
 
 
 def heads_batch(

@@ -37,6 +37,7 @@ DNL split forms its pairwise-only maps from ``q`` and ``k``.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,9 +133,18 @@ class SiteMaps:
 
 
 def grid_centres(grid: tuple[int, int], cell: tuple[float, float]) -> Tensor:
-    """``[H * W, 2]`` centres ``(y, x)`` in pixels of a row-major grid of cells of size ``cell``."""
-    yy, xx = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij")
-    return torch.stack([(yy.flatten() + 0.5) * cell[0], (xx.flatten() + 0.5) * cell[1]], dim=1)
+    """``[H * W, 2]`` centres ``(y, x)`` in pixels of a row-major grid of cells of size ``cell`` (float64, CPU).
+
+    One tensor per grid and cell, shared by every caller (every layer of every forward asks): read it, never
+    write into it."""
+    return _grid_centres((int(grid[0]), int(grid[1])), (float(cell[0]), float(cell[1])))
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_centres(grid: tuple[int, int], cell: tuple[float, float]) -> Tensor:
+    with torch.inference_mode(False):  # a plain tensor even when first asked inside inference mode
+        yy, xx = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64), torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+        return torch.stack([(yy.flatten() + 0.5) * cell[0], (xx.flatten() + 0.5) * cell[1]], dim=1)
 
 
 def _geometry(query_shape: tuple[int, int], key_shape: tuple[int, int],
