@@ -27,6 +27,7 @@ from torch import Tensor
 from ..metrics import distance_from_sum
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
+from ..kernels.finalise import FINAL_FIELDS
 from .head_rows import _eager_rows, _native_head_rows
 from .head_suite import HeadSuite
 from .query_dep import CROSS_SITE, EXPENSIVE, check_level, head_maps
@@ -272,7 +273,7 @@ def measure_heads(
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
-                        dict(convention=convention, zero=zero))  # fmt: skip
+                        dict(convention=convention, zero=zero), uses_native(kernels, att.device))  # fmt: skip
     if level == "off":
         return stats
     if not suite.fed:
@@ -333,9 +334,14 @@ def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor
 
 
 def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor, s_att: Tensor, sums: Tensor,
-                jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict) -> HeadStats:  # fmt: skip
+                jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict,
+                native: bool = False) -> HeadStats:  # fmt: skip
     """:class:`HeadStats` from the token sums, the row sums ``sums`` ``[8, B, heads+1]`` (CPU) and the
-    JSD pair values; every cosine distance of the layer in one call."""
+    JSD pair values; every cosine distance of the layer in one call: with ``native`` (the kernels
+    built, CPU inputs, JSD as per-image moments or none) one native call
+    (:func:`nlanalysis.kernels.head_finalise`), else PyTorch (the reference)."""
+    if native and _finalise_natively(s_att, jsd_values, cos):
+        return _native_head_stats(att, batch, s2, zeros, s_att, sums, jsd_values, heads_out, cos)
     b, heads = att.batch_size, att.num_heads
     # input, branch, per-head outputs, then att per head and mean
     s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
@@ -354,6 +360,40 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
         **row_results(sums, batch.n_query_f, batch.log_k, batch.objects is not None), n_query=batch.n_query.clone(),
         n_key=batch.n_key.clone(), convention=cos["convention"], zero_rule=cos["zero"], att_prefix_mass=sums[4] / batch.n_query_f,
         keys=att.keys,  # each layer's own tensors
+    )  # fmt: skip
+
+
+def _finalise_natively(s_att: Tensor, jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, cos: dict) -> bool:
+    """Whether :func:`_native_head_stats` takes these inputs: rows summed on the CPU, the JSD as per-image
+    moments (or none), known convention and zero rule (the reference path raises for others)."""
+    return (s_att.device.type == "cpu" and not isinstance(jsd_values, Tensor)
+            and cos["convention"] in _FINAL_CONVENTIONS and cos["zero"] in _FINAL_ZERO_RULES)  # fmt: skip
+
+
+_FINAL_CONVENTIONS = ("1-cos", "(1-cos)/2")
+_FINAL_ZERO_RULES = ("exclude", "orthogonal", "raise")
+
+
+def _native_head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor, s_att: Tensor, sums: Tensor,
+                       jsd_values: tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict) -> HeadStats:  # fmt: skip
+    """:func:`_head_stats` in one native call; the fields are views of its ``[11, B, heads+1]`` output."""
+    zero = cos["zero"]
+    if zero == "raise":  # distance_from_sum's own check (and message) on the totals: no zero vector, then as "exclude"
+        zero_rows = sums[3].long()
+        total = batch.n_query.long().sum() * (s2.shape[1] + zero_rows.shape[1])
+        distance_from_sum(torch.zeros(()), total, zeros.sum() + zero_rows.sum(), **cos)
+        zero = "exclude"
+    plan = batch.plan
+    moments = jsd_values if plan is not None else None
+    out, out_zero = _native.head_finalise(
+        s2, zeros, s_att, sums, batch.n_query_f, batch.log_k, moments, plan.exact if moments is not None else None,
+        heads_out=heads_out, objects=batch.objects is not None, convention=cos["convention"], zero=zero,
+    )  # fmt: skip
+    f = dict(zip(FINAL_FIELDS, out.unbind(0)))
+    input_zero, output_zero = out_zero.unbind(0)
+    return SiteStats(
+        **f, input_zero=input_zero, output_zero=output_zero, n_query=batch.n_query.clone(), n_key=batch.n_key.clone(),
+        convention=cos["convention"], zero_rule=cos["zero"], keys=att.keys,
     )  # fmt: skip
 
 
