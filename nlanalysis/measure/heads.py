@@ -256,7 +256,8 @@ def measure_heads(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     batch = _layer_batch(att, batch, maps, valid, objects, jsd_pairs, generator)
     # the kernels take float32 logits; other dtypes (and maps given as probabilities) run eager
-    native = uses_native(kernels, att.device) and att.probs is None and att.query.dtype == torch.float32
+    built = uses_native(kernels, att.device)  # then the statistics' last step is native too (_head_stats)
+    native = built and att.probs is None and att.query.dtype == torch.float32
     s2, zeros = _token_sums(att, batch, x, branch, proj_in, gram, branch_scale, native)
     km = batch.km
     if km is not None and att.probs is not None:
@@ -273,7 +274,7 @@ def measure_heads(
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
-                        dict(convention=convention, zero=zero), uses_native(kernels, att.device))  # fmt: skip
+                        dict(convention=convention, zero=zero), built)  # fmt: skip
     if level == "off":
         return stats
     if not suite.fed:
