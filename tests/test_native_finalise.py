@@ -121,9 +121,9 @@ def test_native_finalisation_equals_the_torch_path(n_query, heads, exact, jsd, o
         assert native.att_own_object.isnan().all()
 
 
-def test_float32_token_sums_and_a_pair_values_jsd_are_taken_as_the_torch_path_takes_them():
+def test_float32_token_sums_and_a_pair_values_jsd_are_taken_as_the_torch_path_takes_them(monkeypatch):
     """Eager token sums arrive in float32 (converted, as the reference converts them); JSD pair values
-    (not per-image moments) and GPU rows go to the reference path."""
+    (not per-image moments) go to the reference path."""
     g = torch.Generator().manual_seed(3)
     batch = _batch([7, 4], 3, [False, True], True, True, 3)
     att = SimpleNamespace(batch_size=2, num_heads=3, keys="all")
@@ -131,9 +131,13 @@ def test_float32_token_sums_and_a_pair_values_jsd_are_taken_as_the_torch_path_ta
     cos = dict(convention="1-cos", zero="exclude")
     args = (att, batch, s2.float(), zeros, s_att, sums, moments, True, cos)
     _assert_same(_head_stats(*args, native=True), _head_stats(*args, native=False))
-    assert not heads_module._finalise_natively(s_att, torch.zeros(5, 4), cos)
-    assert not heads_module._finalise_natively(s_att.to("meta"), None, cos)
-    assert not heads_module._finalise_natively(s_att, None, dict(convention="cos", zero="exclude"))
+    calls = []
+    monkeypatch.setattr(heads_module, "_native_head_stats", lambda *a: calls.append(1))
+    pairs = torch.rand(batch.plan.pair_image.numel(), 4, dtype=torch.float64)  # one value per pair, as eager rows give them
+    _assert_same(_head_stats(*args[:6], pairs, *args[7:], native=True), _head_stats(*args[:6], pairs, *args[7:], native=False))
+    assert not calls
+    _head_stats(*args, native=True)
+    assert calls
 
 
 def test_zero_rule_raise_raises_as_the_torch_path_and_otherwise_equals_exclude():

@@ -27,7 +27,6 @@ from torch import Tensor
 from ..metrics import distance_from_sum
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
-from ..kernels.finalise import FINAL_FIELDS
 from .head_rows import _eager_rows, _native_head_rows
 from .head_suite import HeadSuite
 from .query_dep import CROSS_SITE, EXPENSIVE, check_level, head_maps
@@ -341,7 +340,9 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
     JSD pair values; every cosine distance of the layer in one call: with ``native`` (the kernels
     built, CPU inputs, JSD as per-image moments or none) one native call
     (:func:`nlanalysis.kernels.head_finalise`), else PyTorch (the reference)."""
-    if native and _finalise_natively(s_att, jsd_values, cos):
+    # the native step takes rows summed on the CPU, the JSD as per-image moments or none, and known rules
+    if native and s_att.is_cpu and not isinstance(jsd_values, Tensor) and cos["convention"] in _FINAL_CONVENTIONS \
+            and cos["zero"] in _FINAL_ZERO_RULES:  # fmt: skip
         return _native_head_stats(att, batch, s2, zeros, s_att, sums, jsd_values, heads_out, cos)
     b, heads = att.batch_size, att.num_heads
     # input, branch, per-head outputs, then att per head and mean
@@ -364,13 +365,7 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
     )  # fmt: skip
 
 
-def _finalise_natively(s_att: Tensor, jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, cos: dict) -> bool:
-    """Whether :func:`_native_head_stats` takes these inputs: rows summed on the CPU, the JSD as per-image
-    moments (or none), known convention and zero rule (the reference path raises for others)."""
-    return (s_att.device.type == "cpu" and not isinstance(jsd_values, Tensor)
-            and cos["convention"] in _FINAL_CONVENTIONS and cos["zero"] in _FINAL_ZERO_RULES)  # fmt: skip
-
-
+# what _native_head_stats takes (the torch path raises for other names)
 _FINAL_CONVENTIONS = ("1-cos", "(1-cos)/2")
 _FINAL_ZERO_RULES = ("exclude", "orthogonal", "raise")
 
@@ -390,11 +385,13 @@ def _native_head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros:
         s2, zeros, s_att, sums, batch.n_query_f, batch.log_k, moments, plan.exact if moments is not None else None,
         heads_out=heads_out, objects=batch.objects is not None, convention=cos["convention"], zero=zero,
     )  # fmt: skip
-    f = dict(zip(FINAL_FIELDS, out.unbind(0)))
+    inp, output, dist, jsd, jsd_err, entropy, peak, zero_rows, own, share, prefix = out.unbind(0)  # FINAL_FIELDS
     input_zero, output_zero = out_zero.unbind(0)
     return SiteStats(
-        **f, input_zero=input_zero, output_zero=output_zero, n_query=batch.n_query.clone(), n_key=batch.n_key.clone(),
-        convention=cos["convention"], zero_rule=cos["zero"], keys=att.keys,
+        input=inp, output=output, att=dist, att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=entropy, att_max=peak,
+        att_zero_rows=zero_rows, input_zero=input_zero, output_zero=output_zero, att_own_object=own, own_object_share=share,
+        n_query=batch.n_query.clone(), n_key=batch.n_key.clone(), convention=cos["convention"], zero_rule=cos["zero"],
+        att_prefix_mass=prefix, keys=att.keys,
     )  # fmt: skip
 
 
