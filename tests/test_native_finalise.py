@@ -140,6 +140,26 @@ def test_float32_token_sums_and_a_pair_values_jsd_are_taken_as_the_torch_path_ta
     assert calls
 
 
+def test_non_finite_sums_give_what_the_torch_path_gives():
+    """NaN, +inf and -inf token sums and a NaN row sum (never from finite tokens and maps): NaN stays NaN
+    through the clamps (-ffast-math may not keep it in a compare-and-select), +inf clamps to distance 0."""
+    g = torch.Generator().manual_seed(8)
+    batch = _batch([6, 9, 4], 2, [False, True, False], False, True, 8)
+    att = SimpleNamespace(batch_size=3, num_heads=2, keys="patch")
+    s2, zeros, s_att, sums, moments = _inputs(batch, 2, True, "exclude", 12, g)
+    zeros.zero_()
+    sums[2] += sums[3]  # no zero row either: every distance is defined but for the non-finite sums
+    sums[3] = 0.0
+    s2[:, 1:] = torch.tensor([[math.nan, math.inf, -math.inf], [-math.inf, math.nan, 5.0], [math.inf, 2.0, math.nan]])
+    s_att[1, 0, 3] = math.nan
+    s_att[2, 2, 0] = math.inf
+    for zero in ("exclude", "orthogonal"):
+        args = (att, batch, s2, zeros, s_att, sums, moments, True, dict(convention="(1-cos)/2", zero=zero))
+        native = _head_stats(*args, native=True)
+        _assert_same(native, _head_stats(*args, native=False))
+        assert native.output.isnan().sum() == 3 and native.att.isnan().sum() == 1
+
+
 def test_zero_rule_raise_raises_as_the_torch_path_and_otherwise_equals_exclude():
     g = torch.Generator().manual_seed(4)
     batch = _batch([6, 5], 2, [False, False], False, True, 4)

@@ -22,12 +22,27 @@ static inline void fin_nan(double *dst) {
     memcpy(dst, &bits, sizeof bits);
 }
 
+/* What a double is, from its bits (-ffast-math may fold isnan/isinf away): 0 finite, 1 NaN, 2 +inf, 3 -inf. */
+static inline int fin_kind(double x) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7ff0000000000000ULL) != 0x7ff0000000000000ULL) return 0;
+    return (bits & 0x000fffffffffffffULL) ? 1 : (bits >> 63 ? 3 : 2);
+}
+
 /* distance_from_sum with include_self: 1 - s2 / n^2 clamped to [0, 2] (halved for "(1-cos)/2"), NaN when
- * fewer than one vector counts (n: the non-zero vectors, or all of them with the "orthogonal" rule). */
+ * fewer than one vector counts (n: the non-zero vectors, or all of them with the "orthogonal" rule).
+ * A non-finite s2 (never from finite tokens) gives what the reference gives: NaN for NaN, 0 for +inf;
+ * -inf only reaches here clamped to 0 (the token sums' clamp, below). */
 static inline void fin_distance(double s2, double n_total, double n_zero, int64_t orthogonal, int64_t half, double *dst) {
     const double n = orthogonal ? n_total : n_total - n_zero;
-    if (!(n >= 1.0)) {
+    const int kind = fin_kind(s2);
+    if (!(n >= 1.0) || kind == 1) {
         fin_nan(dst);
+        return;
+    }
+    if (kind != 0) {
+        *dst = 0.0;
         return;
     }
     double d = 1.0 - s2 / (n * n);
@@ -73,6 +88,12 @@ static inline void fin_rows(const double *sums, int64_t BM, int64_t j, double nq
     }
 }
 
+/* The token sums' clamp at 0 (round-off), NaN kept as NaN (a compare-and-select may not keep it under -ffast-math). */
+static inline double fin_clamp0(double x) {
+    const int kind = fin_kind(x);
+    return kind == 1 || kind == 2 ? x : (kind == 3 || x < 0.0 ? 0.0 : x);
+}
+
 int nl_head_finalise(const double *s2, const int64_t *zeros, int64_t T, const double *s_att, int64_t K, const double *sums,
                      const double *n_query, const double *log_k, const double *j_count, const double *j_mean,
                      const double *j_var, const uint8_t *exact, int64_t B, int64_t H, int64_t heads_out, int64_t objects,
@@ -84,13 +105,13 @@ int nl_head_finalise(const double *s2, const int64_t *zeros, int64_t T, const do
         const double *s2b = s2 + b * T;
         const int64_t *zb = zeros + b * T;
         double input;
-        fin_distance(s2b[0] < 0.0 ? 0.0 : s2b[0], nq, (double)zb[0], orthogonal, half, &input);
+        fin_distance(fin_clamp0(s2b[0]), nq, (double)zb[0], orthogonal, half, &input);
         for (int64_t m = 0; m < M; ++m) {
             const int64_t j = b * M + m, col = m == H ? 1 : 2 + m; /* the head mean's output is the branch */
             out[j] = input;
             out_zero[j] = zb[0];
             if (m == H || heads_out) {
-                fin_distance(s2b[col] < 0.0 ? 0.0 : s2b[col], nq, (double)zb[col], orthogonal, half, out + BM + j);
+                fin_distance(fin_clamp0(s2b[col]), nq, (double)zb[col], orthogonal, half, out + BM + j);
                 out_zero[BM + j] = zb[col];
             } else {
                 fin_nan(out + BM + j);
