@@ -145,6 +145,7 @@ def _build() -> ctypes.CDLL:
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_head_finalise": [p, p, i64, p, i64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p],
+        "nl_head_finalise_packed": [p],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)

@@ -5,10 +5,12 @@ batch 1 that path is ~60 tiny ops per layer, whose dispatch costs more than the 
 """
 from __future__ import annotations
 
+from array import array
+
 import torch
 from torch import Tensor
 
-from . import _lib, _ptr
+from . import _lib
 
 __all__ = ["FINAL_FIELDS", "head_finalise"]
 
@@ -87,11 +89,12 @@ def head_finalise(
         exact = _cpu("exact", exact, torch.uint8, (b,))
     out = torch.empty(len(FINAL_FIELDS), b, maps, dtype=torch.float64)
     out_zero = torch.empty(2, b, maps, dtype=torch.int64)
-    rc = lib.nl_head_finalise(
-        _ptr(s2), _ptr(zeros), cols, _ptr(s_att), k, _ptr(sums), _ptr(n_query), _ptr(log_k), *map(_ptr, moments),
-        _ptr(exact if jsd is not None else None), b, heads, int(heads_out), int(objects), _CONVENTIONS[convention],
-        _ZERO_RULES[zero], _ptr(out), _ptr(out_zero),
-    )  # fmt: skip
+    args = array("q", (  # nl_head_finalise's arguments in one array (NULL: 0): one ctypes conversion, not 20
+        s2.data_ptr(), zeros.data_ptr(), cols, s_att.data_ptr(), k, sums.data_ptr(), n_query.data_ptr(), log_k.data_ptr(),
+        *(0 if t is None else t.data_ptr() for t in moments), exact.data_ptr() if jsd is not None else 0, b, heads,
+        int(heads_out), int(objects), _CONVENTIONS[convention], _ZERO_RULES[zero], out.data_ptr(), out_zero.data_ptr(),
+    ))  # fmt: skip
+    rc = lib.nl_head_finalise_packed(args.buffer_info()[0])
     if rc != 0:
         raise ValueError(f"head_finalise: s2 has {cols} columns, the heads' outputs need {2 + heads}")
     return out, out_zero
