@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "head_finalise", "token_stats", "why_unavailable", "workspace"]
 
-_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c and suite.c
+_SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c, suite.c and finalise.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
 # Apple's clang has no -fopenmp, ...) the next is tried; without -fopenmp the kernels run on one thread
 _FLAG_SETS = [
@@ -117,7 +117,7 @@ def _build() -> ctypes.CDLL:
     cc = shlex.split(os.environ.get("CC", "cc"))
     if not cc or shutil.which(cc[0]) is None:
         raise KernelUnavailable(f"no C compiler ({os.environ.get('CC', 'cc')!r} not found on PATH; set $CC)")
-    source = b"".join(_SOURCE.with_name(name).read_bytes() for name in ("row_stats.c", "sums.c", "suite.c"))  # the includes
+    source = b"".join(_SOURCE.with_name(name).read_bytes() for name in ("row_stats.c", "sums.c", "suite.c", "finalise.c"))  # the includes
     errors = []
     folder = None
     for flags in _FLAG_SETS:
@@ -145,6 +145,8 @@ def _build() -> ctypes.CDLL:
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_all_finite": [p, i64],
+        "nl_head_finalise": [p, p, i64, p, i64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p],
+        "nl_head_finalise_packed": [p],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -468,4 +470,5 @@ def pair_jsd(
 
 
 from .sums import all_finite, table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
+from .finalise import head_finalise  # noqa: E402
 from .suite import SuiteSums  # noqa: E402

@@ -464,3 +464,4 @@ int nl_jsd_by_image(const float *vals, const uint8_t *ok, const int64_t *img, in
 }
 
 #include "sums.c" /* table_jsd, unit_sum */
+#include "finalise.c" /* a ViT layer's per-map fields in one call (nl_head_finalise) */

@@ -258,7 +258,8 @@ def measure_heads(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     batch = _layer_batch(att, batch, maps, valid, objects, jsd_pairs, generator)
     # the kernels take float32 logits; other dtypes (and maps given as probabilities) run eager
-    native = uses_native(kernels, att.device) and att.probs is None and att.query.dtype == torch.float32
+    built = uses_native(kernels, att.device)  # then the statistics' last step is native too (_head_stats)
+    native = built and att.probs is None and att.query.dtype == torch.float32
     s2, zeros = _token_sums(att, batch, x, branch, proj_in, gram, branch_scale, native)
     km = batch.km
     if km is not None and att.probs is not None:
@@ -275,7 +276,7 @@ def measure_heads(
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
-                        dict(convention=convention, zero=zero))  # fmt: skip
+                        dict(convention=convention, zero=zero), built)  # fmt: skip
     if level == "off":
         return stats
     if not suite.fed:
@@ -336,9 +337,16 @@ def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor
 
 
 def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor, s_att: Tensor, sums: Tensor,
-                jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict) -> HeadStats:  # fmt: skip
+                jsd_values: Tensor | tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict,
+                native: bool = False) -> HeadStats:  # fmt: skip
     """:class:`HeadStats` from the token sums, the row sums ``sums`` ``[8, B, heads+1]`` (CPU) and the
-    JSD pair values; every cosine distance of the layer in one call."""
+    JSD pair values; every cosine distance of the layer in one call: with ``native`` (the kernels
+    built, CPU inputs, JSD as per-image moments or none) one native call
+    (:func:`nlanalysis.kernels.head_finalise`), else PyTorch (the reference)."""
+    # the native step takes rows summed on the CPU, the JSD as per-image moments or none, and known rules
+    if native and s_att.is_cpu and not isinstance(jsd_values, Tensor) and cos["convention"] in _FINAL_CONVENTIONS \
+            and cos["zero"] in _FINAL_ZERO_RULES:  # fmt: skip
+        return _native_head_stats(att, batch, s2, zeros, s_att, sums, jsd_values, heads_out, cos)
     b, heads = att.batch_size, att.num_heads
     # input, branch, per-head outputs, then att per head and mean
     s2, zeros = s2.double().clamp(min=0).cpu(), zeros.cpu()
@@ -357,6 +365,36 @@ def _head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor
         **row_results(sums, batch.n_query_f, batch.log_k, batch.objects is not None), n_query=batch.n_query.clone(),
         n_key=batch.n_key.clone(), convention=cos["convention"], zero_rule=cos["zero"], att_prefix_mass=sums[4] / batch.n_query_f,
         keys=att.keys,  # each layer's own tensors
+    )  # fmt: skip
+
+
+# what _native_head_stats takes (the torch path raises for other names)
+_FINAL_CONVENTIONS = ("1-cos", "(1-cos)/2")
+_FINAL_ZERO_RULES = ("exclude", "orthogonal", "raise")
+
+
+def _native_head_stats(att: HeadAttention, batch: HeadsBatch, s2: Tensor, zeros: Tensor, s_att: Tensor, sums: Tensor,
+                       jsd_values: tuple[Tensor, Tensor, Tensor] | None, heads_out: bool, cos: dict) -> HeadStats:  # fmt: skip
+    """:func:`_head_stats` in one native call; the fields are views of its ``[11, B, heads+1]`` output."""
+    zero = cos["zero"]
+    if zero == "raise":  # distance_from_sum's own check (and message) on the totals: no zero vector, then as "exclude"
+        zero_rows = sums[3].long()
+        total = batch.n_query.long().sum() * (s2.shape[1] + zero_rows.shape[1])
+        distance_from_sum(torch.zeros(()), total, zeros.sum() + zero_rows.sum(), **cos)
+        zero = "exclude"
+    plan = batch.plan
+    moments = jsd_values if plan is not None else None
+    out, out_zero = _native.head_finalise(
+        s2, zeros, s_att, sums, batch.n_query_f, batch.log_k, moments, plan.exact if moments is not None else None,
+        heads_out=heads_out, objects=batch.objects is not None, convention=cos["convention"], zero=zero,
+    )  # fmt: skip
+    inp, output, dist, jsd, jsd_err, entropy, peak, zero_rows, own, share, prefix = out.unbind(0)  # FINAL_FIELDS
+    input_zero, output_zero = out_zero.unbind(0)
+    return SiteStats(
+        input=inp, output=output, att=dist, att_jsd=jsd, att_jsd_stderr=jsd_err, att_entropy=entropy, att_max=peak,
+        att_zero_rows=zero_rows, input_zero=input_zero, output_zero=output_zero, att_own_object=own, own_object_share=share,
+        n_query=batch.n_query.clone(), n_key=batch.n_key.clone(), convention=cos["convention"], zero_rule=cos["zero"],
+        att_prefix_mass=prefix, keys=att.keys,
     )  # fmt: skip
 
 

@@ -1,0 +1,143 @@
+/* The last step of a ViT layer's statistics (nlanalysis/kernels/finalise.py): every [B, M] field of its
+ * SiteStats from the token sums, the row sums and the JSD moments, in one call. The reference is
+ * nlanalysis.measure.heads._head_stats's PyTorch path (distance_from_sum, row_results, _jsd); tests check
+ * the two agree. Included at the end of row_stats.c (one library; it supplies the headers).
+ *
+ * Layout (C order, contiguous; M = H + 1 maps, the last the head mean):
+ *   s2      [B, T] double   ||sum of unit vectors||^2 of input, branch and (T = 2 + H) each head's output
+ *   zeros   [B, T] int64    their all-zero vectors
+ *   s_att   [B, M, K]       sum of the valid non-zero rows as unit vectors (its squared norm is taken here)
+ *   sums    [8, B, M]       entropy, max, non-zero rows, zero rows, prefix mass, own-object mass, share, count
+ *   n_query, log_k [B]      valid queries (as double) and log max(n_key, 2)
+ *   j_count, j_mean, j_var [B, M] the JSD's per-image moments, or all NULL (no JSD); exact [B] (with them)
+ *   out     [11, B, M]      input, output, att, att_jsd, att_jsd_stderr, att_entropy, att_max,
+ *                           att_zero_rows, att_own_object, own_object_share, att_prefix_mass
+ *   out_zero [2, B, M]      input_zero, output_zero
+ *
+ * Compiled with -ffast-math: an undefined value is written as NaN's bit pattern (fin_nan), decided by
+ * tests on the inputs only (counts), never by testing a computed value for NaN.
+ */
+static inline void fin_nan(double *dst) {
+    const uint64_t bits = 0x7ff8000000000000ULL;
+    memcpy(dst, &bits, sizeof bits);
+}
+
+/* What a double is, from its bits (-ffast-math may fold isnan/isinf away): 0 finite, 1 NaN, 2 +inf, 3 -inf. */
+static inline int fin_kind(double x) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7ff0000000000000ULL) != 0x7ff0000000000000ULL) return 0;
+    return (bits & 0x000fffffffffffffULL) ? 1 : (bits >> 63 ? 3 : 2);
+}
+
+/* distance_from_sum with include_self: 1 - s2 / n^2 clamped to [0, 2] (halved for "(1-cos)/2"), NaN when
+ * fewer than one vector counts (n: the non-zero vectors, or all of them with the "orthogonal" rule).
+ * A non-finite s2 (never from finite tokens) gives what the reference gives: NaN for NaN, 0 for +inf;
+ * -inf only reaches here clamped to 0 (the token sums' clamp, below). */
+static inline void fin_distance(double s2, double n_total, double n_zero, int64_t orthogonal, int64_t half, double *dst) {
+    const double n = orthogonal ? n_total : n_total - n_zero;
+    const int kind = fin_kind(s2);
+    if (!(n >= 1.0) || kind == 1) {
+        fin_nan(dst);
+        return;
+    }
+    if (kind != 0) {
+        *dst = 0.0;
+        return;
+    }
+    double d = 1.0 - s2 / (n * n);
+    d = d < 0.0 ? 0.0 : (d > 2.0 ? 2.0 : d);
+    *dst = half ? d / 2.0 : d;
+}
+
+/* The JSD's mean and standard error of one map (jsd_pairs._jsd): NaN without pairs, error 0 when exact. */
+static inline void fin_jsd(double count, double mean, double var, int exact, double *jsd, double *err) {
+    if (!(count > 0.0)) {
+        fin_nan(jsd);
+        fin_nan(err);
+        return;
+    }
+    *jsd = mean;
+    *err = exact ? 0.0 : sqrt(var) / sqrt(count);
+}
+
+/* row_results: the per-row means of one map (NaN where no row, or no row on an object, counts). */
+static inline void fin_rows(const double *sums, int64_t BM, int64_t j, double nq, double log_k, int64_t objects,
+                            double *out) {
+    const double nz = sums[2 * BM + j], own_count = sums[7 * BM + j];
+    if (nz != 0.0) {
+        out[5 * BM + j] = sums[j] / log_k / nz;
+        out[6 * BM + j] = sums[BM + j] / nz;
+    } else {
+        fin_nan(out + 5 * BM + j);
+        fin_nan(out + 6 * BM + j);
+    }
+    if (nq != 0.0) {
+        out[7 * BM + j] = 1.0 - nz / nq;
+        out[10 * BM + j] = sums[4 * BM + j] / nq;
+    } else {
+        fin_nan(out + 7 * BM + j);
+        fin_nan(out + 10 * BM + j);
+    }
+    if (objects && own_count > 0.0) {
+        out[8 * BM + j] = sums[5 * BM + j] / own_count;
+        out[9 * BM + j] = sums[6 * BM + j] / own_count;
+    } else {
+        fin_nan(out + 8 * BM + j);
+        fin_nan(out + 9 * BM + j);
+    }
+}
+
+/* The token sums' clamp at 0 (round-off), NaN kept as NaN (a compare-and-select may not keep it under -ffast-math). */
+static inline double fin_clamp0(double x) {
+    const int kind = fin_kind(x);
+    return kind == 1 || kind == 2 ? x : (kind == 3 || x < 0.0 ? 0.0 : x);
+}
+
+int nl_head_finalise(const double *s2, const int64_t *zeros, int64_t T, const double *s_att, int64_t K, const double *sums,
+                     const double *n_query, const double *log_k, const double *j_count, const double *j_mean,
+                     const double *j_var, const uint8_t *exact, int64_t B, int64_t H, int64_t heads_out, int64_t objects,
+                     int64_t half, int64_t orthogonal, double *out, int64_t *out_zero) {
+    const int64_t M = H + 1, BM = B * M;
+    if (heads_out && T < 2 + H) return 1;
+    for (int64_t b = 0; b < B; ++b) {
+        const double nq = n_query[b];
+        const double *s2b = s2 + b * T;
+        const int64_t *zb = zeros + b * T;
+        double input;
+        fin_distance(fin_clamp0(s2b[0]), nq, (double)zb[0], orthogonal, half, &input);
+        for (int64_t m = 0; m < M; ++m) {
+            const int64_t j = b * M + m, col = m == H ? 1 : 2 + m; /* the head mean's output is the branch */
+            out[j] = input;
+            out_zero[j] = zb[0];
+            if (m == H || heads_out) {
+                fin_distance(fin_clamp0(s2b[col]), nq, (double)zb[col], orthogonal, half, out + BM + j);
+                out_zero[BM + j] = zb[col];
+            } else {
+                fin_nan(out + BM + j);
+                out_zero[BM + j] = 0;
+            }
+            const double *row = s_att + j * K;
+            double norm2 = 0.0;
+            for (int64_t k = 0; k < K; ++k) norm2 += row[k] * row[k];
+            fin_distance(norm2, nq, (double)(int64_t)sums[3 * BM + j], orthogonal, half, out + 2 * BM + j);
+            if (j_count) {
+                fin_jsd(j_count[j], j_mean[j], j_var[j], exact[b] != 0, out + 3 * BM + j, out + 4 * BM + j);
+            } else {
+                fin_nan(out + 3 * BM + j);
+                fin_nan(out + 4 * BM + j);
+            }
+            fin_rows(sums, BM, j, nq, log_k[b], objects, out);
+        }
+    }
+    return 0;
+}
+
+/* nl_head_finalise with its 20 arguments packed in one int64 array (pointers as addresses, in the order
+ * of its parameters): one ctypes argument to convert instead of 20, the most of a call's cost at batch 1. */
+int nl_head_finalise_packed(const int64_t *a) {
+    return nl_head_finalise((const double *)a[0], (const int64_t *)a[1], a[2], (const double *)a[3], a[4],
+                            (const double *)a[5], (const double *)a[6], (const double *)a[7], (const double *)a[8],
+                            (const double *)a[9], (const double *)a[10], (const uint8_t *)a[11], a[12], a[13], a[14],
+                            a[15], a[16], a[17], (double *)a[18], (int64_t *)a[19]);
+}
