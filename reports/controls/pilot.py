@@ -1,0 +1,105 @@
+"""Does a scene design make the own group's context useful? The pilot check of reports/controls/PLAN.md.
+
+A small CNN (3 conv layers) is trained for 3 epochs on single-item crops (the item's box, gray, 28 x 28)
+of 4,000 train scenes, then scores each item of 1,000 val scenes (seed 0 for everything) three ways:
+(a) alone, (b) with its log-probabilities summed over every item of its scene, (c) summed over the items
+of its own group (the whole scene where a design has one group). The PLAN's rule for ``query-specific``:
+keep the design when (c) - (a) >= 10 points and (c) - (b) >= 5 points. ``shared`` runs beside it as the
+check of the pilot itself (nlanalysis/data/scenes.py reports 52% alone and 74% summed over the scene).
+
+Run from the repository root: ``python reports/controls/pilot.py [--designs query-specific shared]
+[--num-items LO HI] [--out CSV]``; writes ``reports/controls/pilot.csv`` (the shipped scenes).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlanalysis.data.fashion_mnist import load_fashion_mnist
+from nlanalysis.data.scenes import SPLITS, SceneParams, make_scene
+
+
+def crops(design: str, split: str, num: int, seed: int = 0, params: SceneParams | None = None,
+          ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Every item's gray box crop ``[n, 1, 28, 28]``, its class, its scene and its group (0 with one group)."""
+    items, labels = load_fashion_mnist(SPLITS[split])
+    out, cls, scene_of, group = [], [], [], []
+    for i in range(num):
+        scene = make_scene(np.random.default_rng([seed, i]), items, labels, design, params)  # as write_scenes draws scene i
+        gray = torch.from_numpy(scene.image).float().mean(-1) / 255.0
+        for k, mask in enumerate(scene.masks):
+            ys, xs = np.nonzero(mask)
+            box = gray[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            out.append(F.interpolate(box[None, None], size=(28, 28), mode="bilinear", antialias=True, align_corners=False)[0])
+            cls.append(int(scene.labels[k]))
+            scene_of.append(i)
+            group.append(int(scene.groups[k]) if scene.groups is not None else 0)
+    return torch.stack(out), np.asarray(cls), np.asarray(scene_of), np.asarray(group)
+
+
+def classifier() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def train(x: torch.Tensor, y: np.ndarray, epochs: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model, target = classifier(), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=order).split(128):
+            opt.zero_grad()
+            F.cross_entropy(model(x[batch]), target[batch]).backward()
+            opt.step()
+    return model.eval()
+
+
+def scores(model: nn.Module, x: torch.Tensor, y: np.ndarray, scene: np.ndarray, group: np.ndarray) -> dict[str, float]:
+    """Item accuracy alone, summed over the scene, summed over the own group (percent)."""
+    with torch.no_grad():
+        logp = F.log_softmax(model(x), -1).numpy()
+    alone = logp.argmax(1)
+    frame = pd.DataFrame(logp).assign(scene=scene, group=group)
+    by_scene = frame.groupby("scene").transform("sum").drop(columns="group").to_numpy()
+    by_group = frame.groupby(["scene", "group"]).transform("sum").to_numpy()
+    return {"items": len(y), "alone": 100 * (alone == y).mean(), "scene_sum": 100 * (by_scene.argmax(1) == y).mean(),
+            "group_sum": 100 * (by_group.argmax(1) == y).mean()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--designs", nargs="+", default=["query-specific", "shared"])
+    parser.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"), help="SceneParams.num_items (default: the shipped (3, 6))")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("pilot.csv")))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    params = SceneParams(num_items=tuple(args.num_items)) if args.num_items else None
+    rows = []
+    for design in args.designs:
+        model = train(*crops(design, "train", 4000, params=params)[:2])
+        rows.append({"design": design, "num_items": "-".join(map(str, (params or SceneParams()).num_items)),
+                     **scores(model, *crops(design, "val", 1000, params=params))})  # fmt: skip
+        print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    table["group_minus_alone"], table["group_minus_scene"] = table.group_sum - table.alone, table.group_sum - table.scene_sum
+    tmp = args.out + ".tmp"
+    table.round(2).to_csv(tmp, index=False)
+    os.replace(tmp, args.out)
+    print(table.round(2).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
