@@ -132,3 +132,29 @@ def test_a_rerun_matches_scenes_by_content_not_by_path(tmp_path, scenes, monkeyp
     monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: changed)
     with pytest.raises(ValueError, match="other settings"):
         run_training(job)
+
+
+def test_num_items_reaches_the_scenes_and_the_validation_set_is_written(tmp_path, source, monkeypatch):  # noqa: F811
+    """``--num-items 4 10`` (issue 16's revised design): the job's train and val scenes are drawn with it (groups of
+    up to 5 items, which the shipped (3, 6) cannot give: 2..3), in folders named by it, never the shipped val."""
+    import json
+    from collections import Counter
+
+    from nlanalysis.train.run import _train_set, _val_set
+
+    seen = {}
+    monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--out", str(tmp_path), "--design", "query-specific", "--num-items", "4", "10"])
+    assert seen["job"].num_items == (4, 10)
+
+    job = TrainJob.quick(tmp_path, design="query-specific", source=str(source), train_scenes=20, val_scenes=4, num_items=(4, 10),
+                         progress=False)  # fmt: skip
+    train, val = _train_set(job), _val_set(job)
+    assert "train_query-specific_items4-10_20_seed0" in train.source and "val_query-specific_items4-10_300_seed0" in val.source
+    coco = json.loads(open(train.source).read())
+    assert coco["info"]["params"]["num_items"] == [4, 10]
+    sizes = Counter((a["image_id"], a["group"]) for a in coco["annotations"])
+    assert max(sizes.values()) > 3
+    shipped = TrainJob.quick(tmp_path / "default", design="query-specific", val_scenes=4, num_items=(4, 10), progress=False)
+    assert "scenes_val_query_specific" not in _val_set(shipped).source  # other parameters: its own 300 scenes, not the shipped

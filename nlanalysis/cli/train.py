@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshots", nargs="+", type=float, metavar="F",
                    help="fractions of training with a checkpoint and held-out mIoU (default 0 0.25 0.5 1)")
     p.add_argument("--design", choices=DESIGNS, default="shared")
+    p.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"),
+                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2); "
+                   "then the validation scenes are written too, not the shipped ones")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
     p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
                    help="afterwards copy seed 0's final checkpoint of every variant to DIR as float16 "
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     job_kw = {k: v for k, v in {
         "variants": args.variants, "seeds": args.seeds, "train_scenes": args.train_scenes,
         "val_scenes": args.val_scenes}.items() if v is not None}  # fmt: skip
-    job_kw.update(design=args.design, source=args.source, progress=not args.quiet)
+    job_kw.update(design=args.design, source=args.source, progress=not args.quiet,
+                  num_items=tuple(args.num_items) if args.num_items else None)
     job = TrainJob.quick(args.out, **job_kw) if args.quick else TrainJob(out=args.out, **job_kw)
     if overrides:
         job.config = TrainConfig(**{**vars(job.config or TrainConfig()), **overrides})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoints.loader import save_atomic
-from ..data.scenes import demo_scenes_path, write_scenes
+from ..data.scenes import SceneParams, demo_scenes_path, write_scenes
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
 from .variants import ALL_VARIANTS, VARIANTS
@@ -35,6 +35,7 @@ class TrainJob:
     source: str | None = None
     config: TrainConfig | None = None
     progress: bool = True
+    num_items: tuple[int, int] | None = None  # SceneParams.num_items of the job's scenes (None: the shipped (3, 6))
 
     @classmethod
     def quick(cls, out: Path, **kw) -> TrainJob:
@@ -45,28 +46,38 @@ class TrainJob:
         return cls(out=out, **base)
 
 
+def _drawn(job: TrainJob) -> tuple[str, SceneParams | None]:
+    """The data folders' name part for the job's drawing parameters, and the parameters (None: the shipped ones)."""
+    if job.num_items is None:
+        return job.design, None
+    lo, hi = job.num_items
+    return f"{job.design}_items{lo}-{hi}", SceneParams(num_items=(lo, hi))
+
+
 def _train_set(job: TrainJob) -> SceneSet:
-    folder = job.out / "data" / f"train_{job.design}_{job.train_scenes}_seed{job.data_seed}"
+    name, params = _drawn(job)
+    folder = job.out / "data" / f"train_{name}_{job.train_scenes}_seed{job.data_seed}"
     ann = folder / "instances.json"
     if not ann.is_file():  # written last by write_scenes: its presence marks a complete set
-        write_scenes(folder, "train", job.train_scenes, job.data_seed, job.design, source=job.source, overwrite=True)
+        write_scenes(folder, "train", job.train_scenes, job.data_seed, job.design, source=job.source, params=params, overwrite=True)
     return load_scene_set(ann, folder / "images")
 
 
 def _val_set(job: TrainJob) -> SceneSet:
     """The shipped validation scenes of the design (300, val split, seed 0, from the Debian package's
-    Fashion-MNIST); with another ``source``, or where they are missing (an old install), the same 300
-    scenes written once from that source to ``out/data``."""
-    if job.design == "shared":
+    Fashion-MNIST); with another ``source``, other drawing parameters (``num_items``), or where they are
+    missing (an old install), the same 300 scenes written once to ``out/data``."""
+    name, params = _drawn(job)
+    if job.design == "shared" and params is None:
         return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
-    if job.source is None:
+    if job.source is None and params is None:
         try:
             return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
         except FileNotFoundError:  # an install without them: write the same scenes below
             pass
-    folder = job.out / "data" / f"val_{job.design}_300_seed0"
+    folder = job.out / "data" / f"val_{name}_300_seed0"
     if not (folder / "instances.json").is_file():
-        write_scenes(folder, "val", 300, 0, job.design, source=job.source, overwrite=True)
+        write_scenes(folder, "val", 300, 0, job.design, source=job.source, params=params, overwrite=True)
     return load_scene_set(folder / "instances.json", folder / "images", limit=job.val_scenes)
 
 
@@ -101,7 +112,7 @@ def run_training(job: TrainJob) -> pd.DataFrame:
     summary = summarize(results)
     summary.to_csv(job.out / "summary.csv", index=False)
     info = {"seconds_total": time.perf_counter() - start, "train_scenes": len(train), "val_scenes": len(val),
-            "design": job.design, "train_data": train.source, "val_data": val.source, "config": vars(config),
+            "design": job.design, "num_items": job.num_items or SceneParams().num_items, "train_data": train.source, "val_data": val.source, "config": vars(config),
             "runs": [{"variant": r.variant, "seed": r.seed, "miou": r.miou, "seconds": r.seconds} for r in results]}  # fmt: skip
     (job.out / "summary.json").write_text(json.dumps(info, indent=2, default=list))
     return history

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
+# (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_fc danet_pam"
 MAPPED="embedded_gaussian dot_product concatenation gc snl danet_pam"  # the variants with a map over positions
-train() {  # design epochs
-    nlanalysis train --design "$1" --epochs "$2" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
-        --variants $VARIANTS --out "runs/controls/$1_e$2" --quiet
+train() {  # design epochs [name extra-args...]: OUT is runs/controls/NAME_eEPOCHS (NAME: the design)
+    local design=$1 epochs=$2 name=${3:-$1}
+    nlanalysis train --design "$design" --epochs "$epochs" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
+        --variants $VARIANTS --out "runs/controls/${name}_e$epochs" --quiet "${@:4}"
 }
 for batch in "${@:-1 2 3 4 5}"; do
     case "$batch" in
@@ -17,8 +19,9 @@ for batch in "${@:-1 2 3 4 5}"; do
         3) train independent 12 ;;
         4) train shared 12 ;;
         5) train independent 24; train shared 24 ;;
+        v2) train query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         tables)  # seed-paired margins and the plateau rule of every design trained so far; the per-run records
-            for d in query-specific independent shared; do
+            for d in query-specific query-specific-v2 independent shared; do
                 [ -d "runs/controls/${d}_e12/runs" ] || continue
                 long=(); [ -d "runs/controls/${d}_e24/runs" ] && long=(--long "runs/controls/${d}_e24")
                 nlanalysis compare-runs "runs/controls/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
@@ -52,6 +55,6 @@ for batch in "${@:-1 2 3 4 5}"; do
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report runs/controls --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, tables, extract, report)" >&2; exit 2 ;;
     esac
 done
