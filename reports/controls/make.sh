@@ -32,9 +32,10 @@ for batch in "${@:-1 2 3 4 5}"; do
                 done
             done ;;
         extract)  # attention statistics of every seed's 12-epoch final with a map (and att of its snapshots), one report per design
-            for d in query-specific independent shared; do
+            for d in query-specific query-specific-v2 independent shared; do
                 [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
                 folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
+                [ "$d" = query-specific-v2 ] && folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0  # v2's own 300
                 ann=$folder/instances.json; img=$folder/images
                 for s in 0 1 2; do for v in $MAPPED; do
                     ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
