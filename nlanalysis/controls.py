@@ -32,7 +32,7 @@ from .report.meta import load_runs
 __all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", "read_attention", "training_table",
            "write_controls_report"]  # fmt: skip
 
-DESIGNS = ("query-specific", "independent", "shared")
+DESIGNS = ("query-specific", "query-specific-v2", "independent", "shared")  # v2: PLAN.md's revised positive control
 REFERENCES = ("baseline", "gc", "snl")
 GATE_VARIANT = "embedded_gaussian"
 #: the attention statistics the report tables, as the issue lists them
@@ -177,10 +177,10 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             lines += [f"- **{r.variant}** ({r.block}): " + "; ".join(read_attention(r) or ["no statistic to read"])
                       for _, r in attention.iterrows()]  # fmt: skip
             lines.append("")
-        if design == "query-specific":
+        if design.startswith("query-specific"):  # the positive controls: the latest one trained gives the answer
             holds, sentence = gate(training)
             row = None if attention is None else next((r for _, r in attention.iterrows() if r.variant == GATE_VARIANT), None)
-            verdict = answer(holds, row)
+            verdict = f"On `{design}`: {answer(holds, row)}"
             lines += [f"Gate: {sentence}.", ""]
     path = out / "README.md"
     tmp = path.with_name("README.md.tmp")

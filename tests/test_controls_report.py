@@ -68,3 +68,17 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     assert "## The answer" in text and "NO (+0.080)" in text and "## independent\n\nNot trained yet." in text
     assert "| gc | 3 | 0.330 (0.010) | -0.07 [" in text
     assert (tmp_path / "out" / "query-specific_training.csv").is_file()
+
+
+def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
+    """PLAN.md's v2: with both query-specific grids trained, the answer is v2's gate (and says which design),
+    while v1's failed gate stays in its own section."""
+    refs = {"baseline": [0.30, 0.40, 0.50], "snl": [0.30, 0.41, 0.50]}
+    _grid(tmp_path / "query-specific_e12", {**refs, "gc": [0.35, 0.45, 0.55], "embedded_gaussian": [0.36, 0.44, 0.56]})
+    text = write_controls_report(tmp_path, tmp_path / "out").read_text()
+    assert "On `query-specific`: No valid positive control" in text and "## query-specific-v2\n\nNot trained yet." in text
+    _grid(tmp_path / "query-specific-v2_e12", {**refs, "gc": [0.31, 0.41, 0.51], "embedded_gaussian": [0.40, 0.52, 0.60]})
+    text = write_controls_report(tmp_path, tmp_path / "out").read_text()
+    answer_part = text.split("## The answer")[1].split("##")[0]
+    assert "On `query-specific-v2`: The gate holds" in answer_part and "No valid positive control" not in answer_part
+    assert text.count("Gate: ") == 2 and (tmp_path / "out" / "query-specific-v2_training.csv").is_file()
