@@ -145,7 +145,6 @@ def _build() -> ctypes.CDLL:
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_all_finite": [p, i64],
-        "nl_head_finalise": [p, p, i64, p, i64, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, p, p],
         "nl_head_finalise_packed": [p],
     }
     for name, argtypes in signatures.items():
