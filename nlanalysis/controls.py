@@ -1,9 +1,10 @@
 """The controls report of issue 16 (``reports/controls``): training margins, attention readings, the answer.
 
-Reads a controls folder as ``reports/controls/make.sh`` fills it (``runs/controls``): per design ``D``
-the training grid ``D_e12`` (``nlanalysis train --out``), the same grid trained longer ``D_e24`` (the
-plateau rule) and ``extract/D/*``, result sets of the grid's finals. Writes ``OUT/README.md`` and, per
-design, ``OUT/D_training.csv`` and ``OUT/D_attention.csv``.
+Reads the numbers ``reports/controls/make.sh`` keeps in the repository (``reports/controls/runs``): per
+design ``D`` the training grid's run records ``D_e12`` (``nlanalysis train``'s ``runs/*.json``), the same
+grid trained longer ``D_e24`` (the plateau rule) and ``D/{variant}_s{seed}``, the result sets (``metrics.csv``,
+``run.json``) of the grid's finals (``D/*_step*``: its snapshots, not read here). Writes ``OUT/README.md`` and,
+per design, ``OUT/D_training.csv`` and ``OUT/D_attention.csv``.
 
 The words follow the reading rules of ``reports/controls/PLAN.md``, fixed before any result existed:
 
@@ -151,7 +152,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write ``out/README.md`` (and the per-design CSVs) from the controls folder ``root``; returns its path."""
+    """Write ``out/README.md`` (and the per-design CSVs) from the kept numbers in ``root``
+    (``reports/controls/runs``); returns its path."""
     root, out = Path(root), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head = ["# Controls: can the analysis see query dependence when it is there? (issue 16)", "",
@@ -163,13 +165,13 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
     verdict = "Not answered yet: no query-specific grid."
     for design in DESIGNS:
         short, long = root / f"{design}_e12", root / f"{design}_e24"
-        if not (short / "runs").is_dir():
+        if not (short.is_dir() and ((short / "runs").is_dir() or any(short.glob("*_s*.json")))):
             lines += [f"## {design}", "", "Not trained yet.", ""]
             continue
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
         lines += [f"## {design}", "", f"12-epoch finals ({int(training.seeds.sum())} runs):", "", _training_markdown(training), ""]
-        extracts = sorted(p for p in (root / "extract" / design).glob("*") if (p / "metrics.csv").is_file())
+        extracts = sorted(p for p in (root / design).glob("*_s*") if "_step" not in p.name and (p / "metrics.csv").is_file())
         attention = attention_summary(extracts) if extracts else None
         if attention is not None:
             _write_csv(attention, out / f"{design}_attention.csv")

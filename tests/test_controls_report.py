@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import pandas as pd
 
 from nlanalysis.controls import answer, gate, read_attention, training_table, write_controls_report
@@ -82,3 +84,30 @@ def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
     answer_part = text.split("## The answer")[1].split("##")[0]
     assert "On `query-specific-v2`: The gate holds" in answer_part and "No valid positive control" not in answer_part
     assert text.count("Gate: ") == 2 and (tmp_path / "out" / "query-specific-v2_training.csv").is_file()
+
+
+def test_the_report_reads_the_numbers_kept_in_the_repository(tmp_path, monkeypatch):
+    """make.sh keeps each run's record flat (reports/controls/runs/D_e12/*.json, no runs/ folder) and the result
+    sets of the finals beside their snapshots (D/VARIANT_sSEED, D/VARIANT_sSEED_stepN): the report reads the
+    records as a training folder's and only the finals as attention."""
+    import shutil
+
+    import nlanalysis.controls as controls
+    from nlanalysis.train.compare import load_results
+
+    grid = {"baseline": [0.30, 0.40, 0.50], "gc": [0.31, 0.41, 0.51], "snl": [0.30, 0.41, 0.50],
+            "embedded_gaussian": [0.40, 0.52, 0.60]}  # fmt: skip
+    _grid(tmp_path / "train", grid)
+    kept = tmp_path / "kept" / "query-specific-v2_e12"
+    shutil.copytree(tmp_path / "train" / "runs", kept)
+    assert load_results(kept) == load_results(tmp_path / "train")
+    for run in ("embedded_gaussian_s0", "embedded_gaussian_s0_step282", "gc_s1"):
+        (tmp_path / "kept" / "query-specific-v2" / run).mkdir(parents=True)
+        (tmp_path / "kept" / "query-specific-v2" / run / "metrics.csv").write_text("x\n")
+    seen = []
+    monkeypatch.setattr(controls, "attention_summary", lambda paths: seen.extend(p.name for p in paths))
+    text = write_controls_report(tmp_path / "kept", tmp_path / "out").read_text()
+    assert sorted(seen) == ["embedded_gaussian_s0", "gc_s1"]
+    assert "On `query-specific-v2`: The gate holds" in text and "| gc | 3 | 0.410 (0.100) |" in text
+    with pytest.raises(FileNotFoundError, match="no finished runs"):
+        load_results(tmp_path / "out")

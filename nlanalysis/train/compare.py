@@ -23,10 +23,13 @@ __all__ = ["load_results", "paired_margins", "plateau", "results_frame"]
 
 
 def load_results(out: str | Path) -> list[TrainResult]:
-    """The finished runs of a training folder (``out/runs/{variant}_s{seed}.json``), sorted by file name."""
+    """The finished runs of a training folder (``out/runs/{variant}_s{seed}.json``), or of a folder holding
+    those records themselves (a copy kept in a repository, as ``reports/controls/runs/D_e12``), sorted by file name."""
     folder = Path(out) / "runs"
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no finished runs (is {out} a `nlanalysis train --out` folder?)")
+        folder = Path(out)
+        if not any(folder.glob("*_s*.json")):
+            raise FileNotFoundError(f"{out}: no finished runs (neither a `nlanalysis train --out` folder nor its run records)")
     results = []
     for path in sorted(folder.glob("*.json")):
         try:

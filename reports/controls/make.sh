@@ -2,7 +2,8 @@
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
 # (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
-# (gitignored); the per-run metrics and summaries that the report needs are copied here afterwards.
+# (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
+# and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_fc danet_pam"
@@ -12,6 +13,34 @@ train() {  # design epochs [name extra-args...]: OUT is runs/controls/NAME_eEPOC
     nlanalysis train --design "$design" --epochs "$epochs" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
         --variants $VARIANTS --out "runs/controls/${name}_e$epochs" --quiet "${@:4}"
 }
+mapped() { case " $MAPPED " in *" $1 "*) return 0 ;; esac; return 1; }
+extract_run() {  # design variant seed: the attention statistics of one run's 12-epoch final (and att of its snapshots)
+    local d=$1 v=$2 s=$3 folder ann img ckpt maps run
+    folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
+    [ "$d" = query-specific-v2 ] && folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0  # v2's own 300
+    ann=$folder/instances.json; img=$folder/images
+    ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
+    [ -f "$ckpt" ] || return 0
+    maps=(); [ "$s" = 0 ] && maps=(--save-maps --queries objects:4)  # 4 of the scene's items: both groups
+    nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
+        --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
+    for step in 282 564 846; do  # over training: the headline statistics only
+        nlanalysis extract --ckpt "runs/controls/${d}_e12/checkpoints/${v}_s${s}_step$step.pth" --coco-ann "$ann" \
+            --coco-images "$img" --quiet --out "runs/controls/snapshots/$d/${v}_s${s}_step$step"
+    done
+    for run in "runs/controls/extract/$d/${v}_s$s" runs/controls/snapshots/$d/${v}_s${s}_step*; do  # the numbers, not the maps
+        mkdir -p "reports/controls/runs/$d/$(basename "$run")"
+        cp "$run/metrics.csv" "$run/run.json" "reports/controls/runs/$d/$(basename "$run")/"
+    done
+}
+kept() {  # design variant seed: the run's record, and for a mapped variant its extracted numbers, are committed
+    local d=$1 v=$2 s=$3 step
+    [ -f "reports/controls/runs/${d}_e12/${v}_s$s.json" ] || return 1
+    mapped "$v" || return 0
+    for step in "" _step282 _step564 _step846; do
+        [ -f "reports/controls/runs/$d/${v}_s$s$step/metrics.csv" ] || return 1
+    done
+}
 for batch in "${@:-1 2 3 4 5}"; do
     case "$batch" in
         1) train query-specific 12 ;;
@@ -19,43 +48,43 @@ for batch in "${@:-1 2 3 4 5}"; do
         3) train independent 12 ;;
         4) train shared 12 ;;
         5) train independent 24; train shared 24 ;;
-        v2) train query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
-        tables)  # seed-paired margins and the plateau rule of every design trained so far; the per-run records
+        v2)  # PLAN.md, session 11: the revised design's gate. One run at a time, each extracted and its numbers kept
+             # under reports/controls/runs as soon as it finishes (runs/ does not outlive a checkout; the repository does)
+            d=query-specific-v2; out=runs/controls/${d}_e12; keep=reports/controls/runs/${d}_e12
+            for s in 0 1 2; do for v in $VARIANTS; do
+                if kept "$d" "$v" "$s"; then mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"; continue; fi
+                train query-specific 12 "$d" --num-items 4 10 --variants "$v" --seeds "$s"
+                mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
+                mapped "$v" && extract_run "$d" "$v" "$s"
+            done; done
+            train query-specific 12 "$d" --num-items 4 10 ;;  # every run recorded: writes training.csv over all of them
+        tables)  # keep every grid's run records (and history) in the repository, then the seed-paired margins and the
+                 # plateau rule of every design trained so far, from the kept records
             for d in query-specific query-specific-v2 independent shared; do
-                [ -d "runs/controls/${d}_e12/runs" ] || continue
-                long=(); [ -d "runs/controls/${d}_e24/runs" ] && long=(--long "runs/controls/${d}_e24")
-                nlanalysis compare-runs "runs/controls/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
                 for e in 12 24; do
                     [ -d "runs/controls/${d}_e$e/runs" ] || continue
                     mkdir -p "reports/controls/runs/${d}_e$e"
                     cp "runs/controls/${d}_e$e"/runs/*.json "runs/controls/${d}_e$e/training.csv" "reports/controls/runs/${d}_e$e/" 2>/dev/null || true
                 done
+                [ -d "reports/controls/runs/${d}_e12" ] || continue
+                long=(); [ -d "reports/controls/runs/${d}_e24" ] && long=(--long "reports/controls/runs/${d}_e24")
+                nlanalysis compare-runs "reports/controls/runs/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
             done ;;
-        extract)  # attention statistics of every seed's 12-epoch final with a map (and att of its snapshots), one report per design
+        extract)  # every design's runs not extracted yet (v2 extracts each run as it finishes), one report per design
             for d in query-specific query-specific-v2 independent shared; do
                 [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
-                folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
-                [ "$d" = query-specific-v2 ] && folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0  # v2's own 300
-                ann=$folder/instances.json; img=$folder/images
                 for s in 0 1 2; do for v in $MAPPED; do
-                    ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
-                    [ -f "$ckpt" ] || continue
-                    maps=(); [ "$s" = 0 ] && maps=(--save-maps --queries objects:4)  # 4 of <= 6 items, groups of 2-3: both groups
-                    nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
-                        --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
-                    for step in 282 564 846; do  # over training: the headline statistics only
-                        nlanalysis extract --ckpt "runs/controls/${d}_e12/checkpoints/${v}_s${s}_step$step.pth" --coco-ann "$ann" \
-                            --coco-images "$img" --quiet --out "runs/controls/snapshots/$d/${v}_s${s}_step$step"
-                    done
+                    [ -f "reports/controls/runs/$d/${v}_s$s/metrics.csv" ] || extract_run "$d" "$v" "$s"
                 done; done
-                nlanalysis report runs/controls/extract/$d/* runs/controls/snapshots/$d/* --out "reports/controls/$d"
-                for run in runs/controls/extract/$d/* runs/controls/snapshots/$d/*; do  # the per-run numbers, not the maps
-                    mkdir -p "reports/controls/runs/$d/$(basename "$run")"
-                    cp "$run/metrics.csv" "$run/run.json" "reports/controls/runs/$d/$(basename "$run")/"
+                sets=()  # each run's own folder (seed 0 has its maps for Figure 2), else its committed numbers
+                for run in reports/controls/runs/$d/*; do
+                    b=$(basename "$run"); full=runs/controls/extract/$d/$b; [ -d "$full" ] || full=runs/controls/snapshots/$d/$b
+                    if [ -f "$full/metrics.csv" ]; then sets+=("$full"); else sets+=("$run"); fi
                 done
+                nlanalysis report "${sets[@]}" --out "reports/controls/$d"
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
-            nlanalysis controls-report runs/controls --out reports/controls ;;
+            nlanalysis controls-report reports/controls/runs --out reports/controls ;;
         *) echo "unknown batch $batch (1-5, v2, tables, extract, report)" >&2; exit 2 ;;
     esac
 done
