@@ -33,31 +33,35 @@ extract_run() {  # design variant seed: the attention statistics of one run's 12
         cp "$run/metrics.csv" "$run/run.json" "reports/controls/runs/$d/$(basename "$run")/"
     done
 }
-kept() {  # design variant seed: the run's record, and for a mapped variant its extracted numbers, are committed
-    local d=$1 v=$2 s=$3 step
-    [ -f "reports/controls/runs/${d}_e12/${v}_s$s.json" ] || return 1
-    mapped "$v" || return 0
+kept() {  # name epochs variant seed: the run's record, and for a mapped 12-epoch final its result sets, are kept
+    local d=$1 e=$2 v=$3 s=$4 step
+    [ -f "reports/controls/runs/${d}_e$e/${v}_s$s.json" ] || return 1
+    if [ "$e" != 12 ] || ! mapped "$v"; then return 0; fi
     for step in "" _step282 _step564 _step846; do
         [ -f "reports/controls/runs/$d/${v}_s$s$step/metrics.csv" ] || return 1
     done
 }
+grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, seed-major, each kept under
+          # reports/controls/runs as soon as it finishes (runs/ does not outlive a checkout; the repository does)
+    local design=$1 epochs=$2 name=$3 out keep s v
+    out=runs/controls/${name}_e$epochs; keep=reports/controls/runs/${name}_e$epochs
+    for s in 0 1 2; do for v in $VARIANTS; do
+        if kept "$name" "$epochs" "$v" "$s"; then mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"; continue; fi
+        train "$design" "$epochs" "$name" "${@:4}" --variants "$v" --seeds "$s"
+        mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
+        if [ "$epochs" = 12 ] && mapped "$v"; then extract_run "$name" "$v" "$s"; fi
+    done; done
+    train "$design" "$epochs" "$name" "${@:4}"  # every run recorded: training.csv and summary over all of them
+    cp "$out/training.csv" "$keep/"
+}
 for batch in "${@:-1 2 3 4 5}"; do
     case "$batch" in
-        1) train query-specific 12 ;;
-        2) train query-specific 24 ;;
-        3) train independent 12 ;;
-        4) train shared 12 ;;
-        5) train independent 24; train shared 24 ;;
-        v2)  # PLAN.md, session 11: the revised design's gate. One run at a time, each extracted and its numbers kept
-             # under reports/controls/runs as soon as it finishes (runs/ does not outlive a checkout; the repository does)
-            d=query-specific-v2; out=runs/controls/${d}_e12; keep=reports/controls/runs/${d}_e12
-            for s in 0 1 2; do for v in $VARIANTS; do
-                if kept "$d" "$v" "$s"; then mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"; continue; fi
-                train query-specific 12 "$d" --num-items 4 10 --variants "$v" --seeds "$s"
-                mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
-                mapped "$v" && extract_run "$d" "$v" "$s"
-            done; done
-            train query-specific 12 "$d" --num-items 4 10 ;;  # every run recorded: writes training.csv over all of them
+        1) grid query-specific 12 query-specific ;;
+        2) grid query-specific 24 query-specific ;;
+        3) grid independent 12 independent ;;
+        4) grid shared 12 shared ;;
+        5) grid independent 24 independent; grid shared 24 shared ;;
+        v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         tables)  # keep every grid's run records (and history) in the repository, then the seed-paired margins and the
                  # plateau rule of every design trained so far, from the kept records
             for d in query-specific query-specific-v2 independent shared; do
