@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_fc danet_pam"
 MAPPED="embedded_gaussian dot_product concatenation gc snl danet_pam"  # the variants with a map over positions
+# the order runs are trained in (each run is independent of the others): the gate's four variants, every seed, first
+ORDER="baseline embedded_gaussian gc snl dot_product concatenation se pooled_fc danet_pam"
 train() {  # design epochs [name extra-args...]: OUT is runs/controls/NAME_eEPOCHS (NAME: the design)
     local design=$1 epochs=$2 name=${3:-$1}
     nlanalysis train --design "$design" --epochs "$epochs" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
@@ -41,11 +43,11 @@ kept() {  # name epochs variant seed: the run's record, and for a mapped 12-epoc
         [ -f "reports/controls/runs/$d/${v}_s$s$step/metrics.csv" ] || return 1
     done
 }
-grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, seed-major, each kept under
+grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, the gate's variants first, each kept under
           # reports/controls/runs as soon as it finishes (runs/ does not outlive a checkout; the repository does)
     local design=$1 epochs=$2 name=$3 out keep s v
     out=runs/controls/${name}_e$epochs; keep=reports/controls/runs/${name}_e$epochs
-    for s in 0 1 2; do for v in $VARIANTS; do
+    for v in $ORDER; do for s in 0 1 2; do
         if kept "$name" "$epochs" "$v" "$s"; then mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"; continue; fi
         train "$design" "$epochs" "$name" "${@:4}" --variants "$v" --seeds "$s"
         mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
