@@ -190,20 +190,15 @@ def measure_block(
         att: the block's lazy attention for input ``x``, or its maps already measured (:class:`BlockMaps`,
             e.g. in the block's own pass: :mod:`nlanalysis.capture.inpass_blocks`; then without
             ``controls`` and ``query_dependence``, which read the maps again).
-        x: block input ``[B, C, H, W]``.
-        context: what the block adds before fusion, ``z - x``, ``[B, C, H, W]``.
-        valid: optional bool ``[B, H, W]``, True on image positions (False on padding).
-        objects: optional int ``[B, H, W]`` instance labels on the query grid (0 = no object).
+        x, context: block input and what the block adds before fusion (``z - x``), ``[B, C, H, W]`` each.
+        valid, objects: optional ``[B, H, W]``: bool, True on image positions (False on padding); int
+            instance labels on the query grid (0 = no object).
         chunk_size: queries per chunk of attention rows (eager).
-        jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
-        generator: RNG for the JSD pair sampling (reproducible runs pass a seeded one).
-        convention: ``"1-cos"`` (default, as scipy) or ``"(1-cos)/2"``.
-        zero: zero-vector rule of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
+        jsd_pairs, generator: query pairs sampled per image for the JSD (0 disables it: NaN), and their RNG.
+        convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance` (``"1-cos"``: as scipy).
         controls: also compute the random-projection control at matched sharpness (``ctrl_*``).
-        kernels: ``"auto"`` (default), ``"native"`` or ``"eager"``, as
-            :func:`~nlanalysis.measure.heads.measure_heads`: softmax maps over float32 logits on the CPU
-            (``gaussian``, ``embedded_gaussian``) go through the one-pass native kernel of
-            :mod:`nlanalysis.kernels` (the same numbers to float32 rounding); other maps run eager.
+        kernels: as :func:`~nlanalysis.measure.heads.measure_heads`'s: softmax maps over float32 CPU logits
+            (``gaussian``, ``embedded_gaussian``) through the one-pass native kernel, other maps eager.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite
             (:mod:`.query_dep`) in the fields of those names. ``"cheap"`` on maps the native kernel measures
             (softmax maps, no ``objects``) comes from the kernel's own pass (:mod:`.native_suite`; the same
@@ -228,24 +223,14 @@ def measure_block(
     if query_dependence != "off":
         labels = object_labels(objects, masks, att.key_shape) if objects is not None else None
     if given is None and query_dependence != "off" and _eager_rows(att, kernels):
-        # one pass over the rows feeds the map statistics, the suite and the object context
-        passed = _RowSums(att, masks.qmask, masks.kmask, masks.n_key, masks.own, att.device)
-        site = block_maps(att, passed.row_ok, masks.kmask, stride, chunk_size)  # row_ok: filled chunk by chunk in the pass
-        suite, mass = suite_pass(site, query_dependence, labels, headline=passed.update)
-        stats, row_ok = _eager_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
-                                         generator, cos, passed)  # fmt: skip
-        given = BlockMaps(att.query_shape, att.key_shape, stats, row_ok)
+        given, suite, mass = _suite_and_maps(att, masks, labels, query_dependence, chunk_size, jsd_pairs, generator, cos, stride)
     elif given is None:
         given = map_stats(att, masks, chunk_size=chunk_size, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels,
                           suite=native_suite, stride=stride, **cos)  # fmt: skip
     maps, row_ok = given.stats, given.row_ok
     ctrl = {name: nans(b) for name in CONTROLS}
-    if controls and att.nonnegative and not att.query_independent:
-        ctrl = _random_control(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
-    if controls and not att.query_independent:  # and the control in the maps' own form (issue 15)
-        from .control_forms import block_form_controls
-
-        ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
+    if controls and not att.query_independent:
+        ctrl = _block_controls(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     if native_suite and not suite and given.suite is not None:  # from the native pass that measured the maps
         suite = given.suite
     if query_dependence != "off" and not suite:  # the maps' statistics came from their own pass (native, shared map)
@@ -260,6 +245,33 @@ def measure_block(
     if labels is not None:  # the object context's label mass, from the suite's pass (read by extract.object_sites)
         setattr(stats, OBJECT_MASS, mass[0])
     return stats
+
+
+def _suite_and_maps(att: LazyAttention, masks: BlockMasks, labels: ObjectLabels | None, level: str, chunk_size: int,
+                    jsd_pairs: int, generator: torch.Generator | None, cos: dict,
+                    stride: tuple[float, float] | None) -> tuple[BlockMaps, dict, list]:  # fmt: skip
+    """Eager per-query maps: one pass over the rows feeds the map statistics, the suite (at ``level``) and the
+    object context; the maps' :class:`BlockMaps`, the suite's columns and the label mass."""
+    passed = _RowSums(att, masks.qmask, masks.kmask, masks.n_key, masks.own, att.device)
+    site = block_maps(att, passed.row_ok, masks.kmask, stride, chunk_size)  # row_ok: filled chunk by chunk in the pass
+    suite, mass = suite_pass(site, level, labels, headline=passed.update)
+    stats, row_ok = _eager_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
+                                     generator, cos, passed)  # fmt: skip
+    return BlockMaps(att.query_shape, att.key_shape, stats, row_ok), suite, mass
+
+
+def _block_controls(att: LazyAttention, x: Tensor, context: Tensor, valid: Tensor | None, objects: Tensor | None,
+                    entropy: Tensor, row_ok: Tensor | None, jsd_pairs: int, generator: torch.Generator | None, cos: dict,
+                    kernels: str) -> dict[str, Any]:  # fmt: skip
+    """The ``ctrl_*`` columns of per-query maps: the random control at matched sharpness (non-negative maps),
+    then the control in the maps' own form (issue 15)."""
+    from .control_forms import block_form_controls
+
+    ctrl: dict[str, Any] = {name: nans(x.shape[0]) for name in CONTROLS}
+    if att.nonnegative:
+        ctrl = _random_control(att, x, context, valid, objects, entropy, row_ok, jsd_pairs, generator, cos, kernels)
+    ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
+    return ctrl
 
 
 def object_labels(objects: Tensor, masks: BlockMasks, key_shape: tuple[int, int]) -> ObjectLabels:

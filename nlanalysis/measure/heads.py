@@ -29,7 +29,7 @@ from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
 from .head_suite import HeadSuite
-from .query_dep import CROSS_SITE, EXPENSIVE, check_level, head_maps
+from .query_dep import CROSS_SITE, EXPENSIVE, SiteMaps, check_level, head_maps
 from .query_dep import query_dependence as query_dep
 from .stats import SiteStats, nans, row_results
 from .jsd_pairs import _jsd, _jsd_plan, _Plan
@@ -59,13 +59,9 @@ def _token_stats(
 ) -> tuple[Tensor, Tensor]:
     """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts, ``[B, 2 + H]``: input, branch, then per head.
 
-    Args:
-        xp, bp: ``[B, n, C]`` patch tokens of the input and of the attention branch.
-        op: ``[B, n, H*d]`` what the output projection sees (per-head outputs), or None.
-        gram: ``[H, d, d]`` float32 Gram matrices ``G_h`` (``||gamma W_h o||^2 = o^T G_h o``).
-        qm: ``[B, n]`` float, 1 on valid queries (None: all).
-
-    Per head, ``sum_i u_i / ||u_i||`` with ``u_i = gamma W_h o_i`` is ``gamma W_h t`` for
+    ``xp``, ``bp``: ``[B, n, C]`` patch tokens of the input and of the attention branch; ``op``: ``[B, n, H*d]``
+    what the output projection sees, or None; ``gram``: ``[H, d, d]`` float32 ``G_h``; ``qm``: ``[B, n]`` float,
+    1 on valid queries (None: all). Per head, ``sum_i u_i / ||u_i||`` with ``u_i = gamma W_h o_i`` is ``gamma W_h t`` for
     ``t = sum_i o_i / ||u_i||``, whose squared norm is ``t^T G_h t``: no ``[n, C]`` per-head output
     is ever formed. float32 throughout (relative error ~1e-7).
     """
@@ -142,14 +138,8 @@ def heads_batch(
 ) -> HeadsBatch:
     """Masks, counts and JSD pairs (per image, ordered pairs of valid queries: all of them when
     ``jsd_pairs`` is at least their number, else ``jsd_pairs`` uniform draws) for a batch of
-    ``size`` images, shared by every layer of one forward (:func:`measure_heads` ``batch=``).
-
-    Args:
-        layout: the token layout; keys: ``"patch"`` or ``"all"``.
-        valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
-        jsd_pairs, generator: as :func:`measure_heads`.
-        objects: optional int ``[B, H_g, W_g]`` object labels of the patches (0: no object), for
-            ``att_own_object`` / ``own_object_share``.
+    ``size`` images, shared by every layer of one forward (:func:`measure_heads` ``batch=``). ``keys``:
+    ``"patch"`` or ``"all"``; the other arguments as :func:`measure_heads`'s.
     """
     if keys not in KEY_SETS:
         raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
@@ -212,33 +202,27 @@ def measure_heads(
     """Compute :class:`HeadStats` for one layer on a batch.
 
     Args:
-        att: the layer's per-head maps.
-        x: ``[B, N, C]`` input tokens (residual stream), all ``N`` tokens.
-        branch: ``[B, N, C]`` the attention branch's contribution (LayerScale included).
-        proj_in: ``[B, N, heads * d]`` what the output projection sees; with ``gram``, gives the
-            per-head ``output`` (NaN without).
-        gram: :func:`gram_matrices` of the output projection (LayerScale folded in).
-        valid: optional bool ``[B, H_g, W_g]``: True on image patches (False on padding).
+        x, branch: ``[B, N, C]`` input tokens (residual stream) and the attention branch's contribution
+            (LayerScale included), all ``N`` tokens.
+        proj_in, gram: ``[B, N, heads * d]`` what the output projection sees and :func:`gram_matrices` of
+            it (LayerScale folded in): the per-head ``output`` (NaN without).
+        valid, objects: optional ``[B, H_g, W_g]``: bool, True on image patches (False on padding); int
+            object labels of the patches (0: no object), for ``att_own_object`` and ``own_object_share``.
         chunk_size: patch queries per chunk of rows (peak extra memory ``~ 3 B heads chunk N`` floats
             eager, ``B heads chunk N`` native); default: the most whose ``[B, heads, chunk, N]`` maps
             hold at most 2**20 floats (4 MiB, a core's cache: smaller chunks run measurably faster on
             CPU than one big one) eager, 2**22 native (its kernel works row by row in L1).
-        jsd_pairs: query pairs sampled per image for the JSD (0 disables it: NaN).
-        generator: RNG for the pair sampling.
+        jsd_pairs, generator: query pairs sampled per image for the JSD (0 disables it: NaN), and their RNG.
         convention, zero: of :func:`nlanalysis.metrics.mean_pairwise_cosine_distance`.
-        kernels: ``"native"``: the one-pass CPU kernels of :mod:`nlanalysis.kernels` (built on
-            first use with the system C compiler, ~0.3 s, cached on disk; a warning and eager
-            PyTorch where they cannot be built or the maps are not on the CPU); ``"eager"``: PyTorch
-            ops (any device); ``"auto"`` (default): native where it can be, quietly. Same numbers to
-            float32 rounding (tests compare them); see :func:`uses_native`.
-        branch_scale: ``[C]`` LayerScale still to apply to ``branch`` (its contribution is
-            ``branch * branch_scale``): the native kernels then make no scaled copy of it.
-        batch: what the layers of one forward share (:func:`heads_batch`: masks, counts, JSD pairs,
-            object labels), built once per forward by :class:`~nlanalysis.vit.ViTCapture`; then
-            ``valid``, ``objects``, ``jsd_pairs`` and ``generator`` come from it (and the layers use
-            the same JSD pairs).
-        objects: optional int ``[B, H_g, W_g]`` object labels of the patches (0: no object):
-            ``att_own_object`` and ``own_object_share`` (NaN without).
+        kernels: ``"native"``: the one-pass CPU kernels of :mod:`nlanalysis.kernels` (a warning and eager
+            PyTorch where they cannot be built or the maps are not on the CPU); ``"eager"``: PyTorch ops (any
+            device); ``"auto"`` (default): native where it can be, quietly. Same numbers to float32 rounding
+            (tests compare them); see :func:`uses_native`.
+        branch_scale: ``[C]`` LayerScale still to apply to ``branch`` (the native kernels then make no
+            scaled copy of it).
+        batch: what the layers of one forward share (:func:`heads_batch`), built once per forward by
+            :class:`~nlanalysis.vit.ViTCapture`; then ``valid``, ``objects``, ``jsd_pairs`` and ``generator``
+            come from it (and the layers use the same JSD pairs).
         maps: the map statistics :func:`attend` already computed for ``att`` (then ``batch`` is
             theirs); only the token statistics are computed here.
         query_dependence: ``"off"`` (default), ``"cheap"`` or ``"all"``: the query-dependence suite of
@@ -277,18 +261,24 @@ def measure_heads(
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
     stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
                         dict(convention=convention, zero=zero), built)  # fmt: skip
-    if level == "off":
-        return stats
+    if level != "off":
+        _add_suite(stats, suite, level, head_maps(att, batch.qmask, kmask, stride) if level == "all" else None)
+    return stats
+
+
+def _add_suite(stats: HeadStats, suite: HeadSuite, level: str, maps: SiteMaps | None) -> None:
+    """Set the suite's columns (but ``cross_site_cos``) on ``stats``: the cheap ones from ``suite`` (run here
+    unless fed), the expensive ones (``level="all"``: the rank-1 fit and the gain-only maps) from the
+    general suite's passes over ``maps``."""
     if not suite.fed:
         suite.run()
     columns = suite.result()
-    if level == "all":  # the rank-1 fit and the gain-only maps: the general suite's passes
-        expensive = query_dep(head_maps(att, batch.qmask, kmask, stride), level)
+    if level == "all":
+        expensive = query_dep(maps, level)
         columns.update({name: expensive[name] for name in EXPENSIVE})
     for name, value in columns.items():
         if name != CROSS_SITE:
             setattr(stats, name, value)
-    return stats
 
 
 def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | None, valid: Tensor | None,
@@ -420,22 +410,12 @@ def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int
     queries' rows: a captured forward then computes each layer's softmax once instead of twice.
     Equal to the fused kernel's output to float32 rounding (tests compare them).
 
-    Args:
-        att: the layer's maps (``keys`` and layout as for :func:`measure_heads`), float32 on the CPU.
-        value: ``[B, heads, N, d_v]`` values.
-        batch: :func:`heads_batch` for these maps.
-        chunk_size: as :func:`measure_heads`.
-        suite: a :class:`~.head_suite.HeadSuite` for ``att``, fed the softmax of this pass (its rows for
-            ``cross_site_cos``; the other columns from the kernel's own sums, :meth:`~.head_suite.HeadSuite.native_sums`),
-            then ``measure_heads(suite=)``.
-
-    Returns:
-        ``(output, maps)``: ``output`` ``[B, heads, N, d_v]`` (a view of a ``[B, N, heads, d_v]``
-        tensor, the layout torch's fused CPU attention returns), and :class:`MapStats` for
-        :func:`measure_heads` ``maps=``.
-
-    Raises:
-        RuntimeError: the native kernels are unavailable (:func:`uses_native`).
+    ``att``: float32 CPU maps (RuntimeError without the native kernels); ``value``: ``[B, heads, N, d_v]``;
+    ``batch``: :func:`heads_batch` for these maps; ``suite``: a :class:`~.head_suite.HeadSuite` for ``att``, fed
+    this pass's softmax (its rows for ``cross_site_cos``; the other columns from the kernel's own sums,
+    :meth:`~.head_suite.HeadSuite.native_sums`), then ``measure_heads(suite=)``. Returns ``output``
+    ``[B, heads, N, d_v]`` (a view of a ``[B, N, heads, d_v]`` tensor, as torch's fused CPU attention
+    returns) and the :class:`MapStats` for ``measure_heads(maps=)``.
     """
     layout = att.layout
     b, heads, n = att.batch_size, att.num_heads, layout.n_tokens
