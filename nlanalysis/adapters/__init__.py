@@ -8,6 +8,7 @@ from . import danet  # noqa: F401  (DANet position attention)
 from . import timm  # noqa: F401
 from . import vit  # noqa: F401  (ViT self-attention: timm, torch MHA, Hugging Face)
 from .base import BlockAdapter, UnsupportedBlockError
+from . import registry
 from .registry import (
     BlockInfo,
     attention,
@@ -20,16 +21,4 @@ from .registry import (
     register_adapter,
 )
 
-__all__ = [
-    "BlockAdapter",
-    "BlockInfo",
-    "UnsupportedBlockError",
-    "attention",
-    "attention_maps",
-    "check_features",
-    "find_adapter",
-    "get_adapter",
-    "list_adapters",
-    "list_blocks",
-    "register_adapter",
-]
+__all__ = ["BlockAdapter", "UnsupportedBlockError", *registry.__all__]  # the registry's names, re-exported
