@@ -295,7 +295,7 @@ def ci_column(table: pd.DataFrame, stat: str) -> list[str]:
     return [ci_text(row, stat) for _, row in table.iterrows()]
 
 
-def format_table(summary: pd.DataFrame, *, short_blocks: bool = True, stats: Sequence[str] | None = None) -> pd.DataFrame:
+def format_table(summary: pd.DataFrame, *, stats: Sequence[str] | None = None) -> pd.DataFrame:
     """The summary as text cells: ``mean [low, high]`` per statistic, readable headers.
 
     ``stats``: the statistics shown, in order (default :data:`TABLE_STATS` then :data:`QUERY_STATS`;
@@ -306,7 +306,7 @@ def format_table(summary: pd.DataFrame, *, short_blocks: bool = True, stats: Seq
     for c in ("variant", "step"):
         if c in summary:
             out[HEADERS[c]] = summary[c].map(lambda v: "–" if pd.isna(v) else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-    names = short_block_names(summary["block"].tolist()) if short_blocks else {b: b for b in summary["block"]}
+    names = short_block_names(summary["block"].tolist())
     dagger = summary.get("query_independent", pd.Series(False, index=summary.index)).astype(bool)
     out[HEADERS["block"]] = [names[b] + (" †" if d else "") for b, d in zip(summary["block"], dagger)]
     if "mode" in summary:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ..schema import HEAD_MEAN
 from ..tables import ci_text, format_ci
 
 __all__ = ["THRESHOLDS", "kind", "layer_lines", "query_lines", "query_reading"]
@@ -240,17 +241,17 @@ def query_lines(summary: pd.DataFrame, names: Sequence[str]) -> list[str]:
     return [THRESHOLDS, *lines] if lines else []
 
 
-def layer_lines(per_head: pd.DataFrame, head_mean: int = -1) -> list[str]:
+def layer_lines(per_head: pd.DataFrame) -> list[str]:
     """A ViT's reading per layer: its head-mean map's (:func:`query_reading`) and how its single heads
     group by reading (:func:`kind`), with the thresholds first; empty when the rows have no suite.
 
     ``per_head``: a heads table (:func:`~nlanalysis.report.vit_tables.heads_table`: ``layer``, ``head``,
-    ``STAT``/``STAT_low``/``STAT_high``), ``head == head_mean`` the head-mean rows."""
+    ``STAT``/``STAT_low``/``STAT_high``), ``head == HEAD_MEAN`` the head-mean rows."""
     lines = []
     for layer, rows in per_head.groupby("layer", sort=True):
-        mean_rows = rows[rows["head"] == head_mean]
+        mean_rows = rows[rows["head"] == HEAD_MEAN]
         reading = query_reading(mean_rows.iloc[0], f"layer {int(layer)}, head-mean map") if len(mean_rows) else None
-        heads = rows[rows["head"] != head_mean]
+        heads = rows[rows["head"] != HEAD_MEAN]
         groups: dict[str, list[str]] = {}
         for _, r in heads.iterrows():
             what = kind(r)
