@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "head_finalise", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "head_finalise", "log_positive", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c, suite.c and finalise.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
@@ -146,6 +146,7 @@ def _build() -> ctypes.CDLL:
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_all_finite": [p, i64],
         "nl_head_finalise_packed": [p],
+        "nl_log_positive": [p, i64, p],
     }
     for name, argtypes in signatures.items():
         f = getattr(lib, name)
@@ -470,4 +471,4 @@ def pair_jsd(
 
 from .sums import all_finite, table_jsd, unit_sum  # noqa: E402  (they call _lib and the checks above)
 from .finalise import head_finalise  # noqa: E402
-from .suite import SuiteSums  # noqa: E402
+from .suite import SuiteSums, log_positive  # noqa: E402

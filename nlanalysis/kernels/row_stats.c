@@ -49,7 +49,7 @@
 #define RESTORE_DENORMALS
 #endif
 
-int nl_row_stats_version(void) { return 6; }
+int nl_row_stats_version(void) { return 7; }
 
 /* e^x for x <= 0 (a logit minus its row's maximum), vectorisable: e^x = 2^n e^r with
  * n = round(x log2 e) and r = x - n ln 2 in two steps (Cody-Waite: ln 2 = C1 + C2, C1 exact in
@@ -74,6 +74,43 @@ static inline float exp_nonpositive(float x) {
     } scale;
     scale.i = ((int32_t)n + 127) << 23;
     return small ? 0.f : p * scale.f;
+}
+
+/* log(max(x, 1e-37)) for x finite (0, negatives and floats below 1e-37 give log 1e-37 = -85.2; NaN: unspecified,
+ * none reaches it), vectorisable (no libm call, no branch): x = m 2^k with m in [sqrt(1/2), sqrt(2)) read off the
+ * bits, log m = log(1 + f) = f - f^2/2 + f^3 P(f) with Cephes' logf polynomial (P of degree 8, |f| <= 0.415),
+ * k ln 2 in two parts (Cody-Waite: C1 exact in 9 bits). Within 0.89 float ulps of float64 log for every float from
+ * 1e-37 to FLT_MAX (checked once exhaustively; tests/test_kernels_suite.py samples them): as close as libm's logf,
+ * which -ffast-math would call per vector of 8 (glibc's libmvec), its zeros handed to a scalar fallback. */
+static inline float log_positive(float x) {
+    union {
+        float f;
+        int32_t i;
+    } u;
+    u.f = fmaxf(x, 1e-37f);
+    const int32_t k = (u.i - 0x3f3504f3) >> 23; /* floor(log2(x / sqrt(1/2))): 0x3f3504f3 = sqrt(1/2)'s bits */
+    u.i -= k * (1 << 23);                       /* m = x 2^-k in [sqrt(1/2), sqrt(2)) */
+    const float f = u.f - 1.f, z = f * f, e = (float)k;
+    float p = 7.0376836292e-2f;
+    p = fmaf(p, f, -1.1514610310e-1f);
+    p = fmaf(p, f, 1.1676998740e-1f);
+    p = fmaf(p, f, -1.2420140846e-1f);
+    p = fmaf(p, f, 1.4249322787e-1f);
+    p = fmaf(p, f, -1.6668057665e-1f);
+    p = fmaf(p, f, 2.0000714765e-1f);
+    p = fmaf(p, f, -2.4999993993e-1f);
+    p = fmaf(p, f, 3.3333331174e-1f);
+    /* fmaf: -ffast-math may not reassociate it (the two parts of k ln 2 must stay apart) */
+    const float y = fmaf(e, -2.12194440e-4f, fmaf(-0.5f, z, p * f * z));
+    return fmaf(e, 0.693359375f, f + y);
+}
+
+/* out[j] = log_positive(x[j]) (the tests' handle on it), under the kernels' floating-point mode */
+int nl_log_positive(const float *x, int64_t n, float *out) {
+    FAST_DENORMALS
+    for (int64_t j = 0; j < n; ++j) out[j] = log_positive(x[j]);
+    RESTORE_DENORMALS
+    return 0;
 }
 
 #include "suite.c" /* the cheap query-dependence suite's per-row sums (nl_suite) */
@@ -183,6 +220,9 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             const int32_t *kl = (qlab && klab) ? klab + b * K : NULL;
             const int32_t li = kl ? qlab[qi] : 0;
             const float qs = kl ? qshare[qi] : 0.f;
+            double n_w = 0.0; /* the valid keys (the DNL split's) */
+            if (su && su->unary)
+                for (int64_t j = 0; j < K; ++j) n_w += (double)w[j];
             float *mean = buf + H * N + first; /* K entries */
             double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
             for (int64_t j = 0; j < K; ++j) mean[j] = 0.f;
@@ -191,7 +231,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 const float *l = logits + (b * H + h) * lbh + row_i * N;
                 float *p = buf + h * N;
                 if (su && su->unary) /* the DNL pairwise-only row, from the logits before probs may overwrite them */
-                    suite_pair(&tl, l + first, su->unary + (b * H + h) * K, w, K, scale, tl.pair_s + (b * H + h) * K,
+                    suite_pair(&tl, l + first, su->unary + (b * H + h) * K, w, K, scale, n_w, tl.pair_s + (b * H + h) * K,
                                tl.pair_sums + b * H + h, B * H);
                 float mx = l[0];
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;

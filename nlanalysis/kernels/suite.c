@@ -34,11 +34,13 @@ typedef struct {
     const float *prev;       /* [B, prev_maps, keep_n, K] the previous site's kept rows (same queries), or NULL */
     int64_t keep_n, prev_maps, cross_from; /* maps cross_from..M-1 are compared with the previous site's map h - M + prev_maps */
     double *cross;           /* out [2, B, M]: sum over valid queries of cos(row, previous row) where both are non-zero, and their count */
+    double *keep_n2;         /* out [B, M, keep_n] the kept rows' squared norms (same queries as keep), or NULL */
+    const double *prev_n2;   /* [B, prev_maps, keep_n] the previous site's keep_n2, or NULL: formed again from prev */
 } nl_suite;
 
 typedef struct { /* one thread's share of the outputs and its scratch */
     double *p_k, *sums, *pair_s, *pair_sums, *dist, *cross;
-    float *near, *y, *e;
+    float *near, *e;
 } suite_local;
 
 static void suite_free(suite_local *t) {
@@ -49,7 +51,6 @@ static void suite_free(suite_local *t) {
     free(t->cross);
     free(t->dist);
     free(t->near);
-    free(t->y);
     free(t->e);
 }
 
@@ -65,9 +66,8 @@ static int suite_alloc(const nl_suite *su, suite_local *t, int64_t B, int64_t H,
     t->cross = calloc((size_t)(2 * B * M), sizeof(double));
     t->dist = malloc(sizeof(double) * (size_t)k1);
     t->near = malloc(sizeof(float) * (size_t)k1);
-    t->y = malloc(sizeof(float) * (size_t)k1);
     t->e = malloc(sizeof(float) * (size_t)k1);
-    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->cross && t->dist && t->near && t->y && t->e) ? 0 : -1;
+    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->cross && t->dist && t->near && t->e) ? 0 : -1;
 }
 
 static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, int64_t H, int64_t M, int64_t K) {
@@ -84,22 +84,33 @@ static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, in
         for (int64_t j = 0; j < 2 * B * M; ++j) su->cross[j] += t->cross[j];
 }
 
-/* keep query i's row r of map h (image b) for the next site, and its cosine with the previous site's */
+/* keep query i's row r of map h (image b) and its squared norm for the next site, and its cosine with the previous
+ * site's (that row's squared norm kept with it: prev_n2; without, formed again) */
 static void suite_cross(const nl_suite *su, suite_local *t, const float *r, int64_t K, int64_t b, int64_t h, int64_t M, int64_t B, int64_t i) {
-    float *kept = su->keep + ((b * M + h) * su->keep_n + i) * K;
-    double n2 = 0.0;
-    for (int64_t j = 0; j < K; ++j) {
-        kept[j] = r[j];
-        n2 += (double)r[j] * (double)r[j];
+    const int64_t at = (b * M + h) * su->keep_n + i, from = (b * su->prev_maps + h - M + su->prev_maps) * su->keep_n + i;
+    float *restrict kept = su->keep + at * K;
+    const int compare = su->prev && h >= su->cross_from;
+    double n2 = 0.0, dot = 0.0, m2 = 0.0;
+    if (compare) {
+        const float *restrict p = su->prev + from * K;
+        for (int64_t j = 0; j < K; ++j) {
+            const double v = (double)r[j];
+            kept[j] = r[j];
+            n2 += v * v;
+            dot += v * (double)p[j];
+        }
+        if (su->prev_n2)
+            m2 = su->prev_n2[from];
+        else
+            for (int64_t j = 0; j < K; ++j) m2 += (double)p[j] * (double)p[j];
+    } else {
+        for (int64_t j = 0; j < K; ++j) {
+            kept[j] = r[j];
+            n2 += (double)r[j] * (double)r[j];
+        }
     }
-    if (!su->prev || h < su->cross_from) return;
-    const float *p = su->prev + ((b * su->prev_maps + h - M + su->prev_maps) * su->keep_n + i) * K;
-    double dot = 0.0, m2 = 0.0;
-    for (int64_t j = 0; j < K; ++j) {
-        dot += (double)r[j] * (double)p[j];
-        m2 += (double)p[j] * (double)p[j];
-    }
-    if (n2 > 0.0 && m2 > 0.0) {
+    if (su->keep_n2) su->keep_n2[at] = n2;
+    if (compare && n2 > 0.0 && m2 > 0.0) {
         t->cross[b * M + h] += dot / sqrt(n2 * m2);
         t->cross[(B + b) * M + h] += 1.0;
     }
@@ -115,12 +126,20 @@ static void suite_unary(const nl_suite *su, const float *logits, const uint8_t *
         double *u = su->unary + bh * K;
         double n = 0.0;
         for (int64_t j = 0; j < K; ++j) u[j] = 0.0;
+        const float *l[4]; /* rows added four at a time: u is read and written once per four */
+        int c = 0;
         for (int64_t i = 0; i < nq; ++i) {
             if (qm && !qm[b * nq + i]) continue;
-            const float *l = logits + bh * lbh + (n_pre + i) * N + first;
-            for (int64_t j = 0; j < K; ++j) u[j] += (double)l[j];
+            l[c++] = logits + bh * lbh + (n_pre + i) * N + first;
             n += 1.0;
+            if (c == 4) {
+                const float *l0 = l[0], *l1 = l[1], *l2 = l[2], *l3 = l[3];
+                for (int64_t j = 0; j < K; ++j) u[j] += ((double)l0[j] + (double)l1[j]) + ((double)l2[j] + (double)l3[j]);
+                c = 0;
+            }
         }
+        for (int k = 0; k < c; ++k)
+            for (int64_t j = 0; j < K; ++j) u[j] += (double)l[k][j];
         const double in = n > 0.0 ? 1.0 / n : 0.0;
         for (int64_t j = 0; j < K; ++j) u[j] *= in;
     }
@@ -128,42 +147,50 @@ static void suite_unary(const nl_suite *su, const float *logits, const uint8_t *
 
 /* query i's distance to each spatial key and its 3x3 flags (in t); returns the valid keys near it */
 static double suite_geometry(const nl_suite *su, suite_local *t, int64_t i, const float *ws, int64_t Ks) {
-    const double qy = su->qpos[2 * i], qx = su->qpos[2 * i + 1];
+    const double qy = su->qpos[2 * i], qx = su->qpos[2 * i + 1], ry = su->reach_y, rx = su->reach_x;
+    const double *restrict kp = su->kpos;
+    double *restrict dist = t->dist;
+    float *restrict near = t->near;
     double count = 0.0;
-    for (int64_t j = 0; j < Ks; ++j) {
-        const double dy = qy - su->kpos[2 * j], dx = qx - su->kpos[2 * j + 1];
-        const float nr = (fabs(dy) <= su->reach_y && fabs(dx) <= su->reach_x) ? 1.f : 0.f;
-        t->dist[j] = sqrt(dy * dy + dx * dx);
-        t->near[j] = nr;
+    for (int64_t j = 0; j < Ks; ++j) { /* branch-free, so that it vectorises */
+        const double dy = qy - kp[2 * j], dx = qx - kp[2 * j + 1];
+        const float nr = ((fabs(dy) <= ry) & (fabs(dx) <= rx)) ? 1.f : 0.f;
+        dist[j] = sqrt(dy * dy + dx * dx);
+        near[j] = nr;
         count += (double)(nr * ws[j]);
     }
     return count;
 }
 
 /* one map's row r (K keys, masked keys 0) of a valid query: the NMI's marginal and entropy, distance, local
- * mass; ss: this map's first sum (stride between sums), near_count: suite_geometry's (0 without positions) */
-static void suite_spatial(const nl_suite *su, suite_local *t, const float *r, const float *ws, int64_t Ks, double n_valid,
-                          double *pk, double *ss, int64_t stride, int geo, double near_count) {
-    const float *rs = r + su->sp0;
-    double total = 0.0;
-    for (int64_t j = 0; j < Ks; ++j) total += (double)rs[j];
+ * mass; ss: this map's first sum (stride between sums), near_count: suite_geometry's (0 without positions).
+ * Two passes over the row: the sums that do not need its total, then those that do. */
+static void suite_spatial(const nl_suite *su, const suite_local *t, const float *r, const float *ws, int64_t Ks, double n_valid,
+                          double *restrict pk, double *ss, int64_t stride, int geo, double near_count) {
+    const float *restrict rs = r + su->sp0;
+    double total = 0.0, dist = 0.0, local = 0.0;
+    if (geo) {
+        const double *restrict dd = t->dist;
+        const float *restrict nr = t->near;
+        for (int64_t j = 0; j < Ks; ++j) {
+            total += (double)rs[j];
+            dist += (double)rs[j] * dd[j];
+            local += (double)(rs[j] * nr[j]);
+        }
+    } else {
+        for (int64_t j = 0; j < Ks; ++j) total += (double)rs[j];
+    }
     const double iw = total > 0.0 ? 1.0 / total : 0.0;
     const float fi = (float)iw, fe = (float)su->eps;
+    const double T = (total > 0.0 ? 1.0 : 0.0) + su->eps * n_valid, iT = 1.0 / T;
     double ylogy = 0.0;
     for (int64_t j = 0; j < Ks; ++j) {
         const float v = rs[j] * fi + fe * ws[j];
-        t->y[j] = v;
-        ylogy += (double)(v * logf(fmaxf(v, 1e-37f))); /* 0 on masked keys (v = 0) */
+        ylogy += (double)(v * log_positive(v)); /* 0 on masked keys (v = 0) */
+        pk[j] += (double)v * iT;
     }
-    const double T = (total > 0.0 ? 1.0 : 0.0) + su->eps * n_valid, iT = 1.0 / T;
-    for (int64_t j = 0; j < Ks; ++j) pk[j] += (double)t->y[j] * iT;
     ss[0] += log(T) - ylogy * iT;
     if (geo) {
-        double dist = 0.0, local = 0.0;
-        for (int64_t j = 0; j < Ks; ++j) {
-            dist += (double)rs[j] * t->dist[j];
-            local += (double)(rs[j] * t->near[j]);
-        }
         ss[stride] += dist * iw;
         ss[2 * stride] += local * iw;
         ss[3 * stride] += near_count;
@@ -171,30 +198,31 @@ static void suite_spatial(const nl_suite *su, suite_local *t, const float *r, co
     ss[4 * stride] += 1.0;
 }
 
-/* the DNL pairwise-only row of one head from its logits row l (K keys, before the softmax is written over it) */
-static void suite_pair(suite_local *t, const float *l, const double *u, const float *w, int64_t K, float scale, double *acc,
-                       double *ps, int64_t stride) {
-    float *e = t->e;
+/* the DNL pairwise-only row of one head from its logits row l (K keys, before the softmax is written over it);
+ * n_w: the sum of the key weights w */
+static void suite_pair(suite_local *t, const float *l, const double *u, const float *w, int64_t K, float scale, double n_w,
+                       double *restrict acc, double *ps, int64_t stride) {
+    float *restrict e = t->e;
     float mx = -3.4e38f;
-    for (int64_t j = 0; j < K; ++j) {
+    for (int64_t j = 0; j < K; ++j) { /* the largest over valid keys, without a branch (so that it vectorises) */
         const float x = (float)((double)l[j] - u[j]);
         e[j] = x;
-        mx = (w[j] > 0.f && x > mx) ? x : mx;
+        mx = fmaxf(mx, w[j] > 0.f ? x : -3.4e38f);
     }
-    double sx = 0.0, sxx = 0.0, n = 0.0;
+    double sx = 0.0, sxx = 0.0;
     float z2 = 0.f;
     for (int64_t j = 0; j < K; ++j) {
-        const double d = (double)(e[j] - mx) * (double)w[j];
+        const float dx = e[j] - mx;
+        const double d = (double)dx * (double)w[j];
         sx += d;
         sxx += d * d;
-        n += (double)w[j];
-        const float p = w[j] > 0.f ? exp_nonpositive(fminf(e[j] - mx, 0.f) * scale) : 0.f; /* the largest is 1 */
+        const float p = w[j] > 0.f ? exp_nonpositive(fminf(dx, 0.f) * scale) : 0.f; /* the largest is 1 */
         e[j] = p;
         z2 += p * p;
     }
     if (!(z2 > 0.f)) return; /* no valid key */
     const float inv = 1.f / sqrtf(z2);
     for (int64_t j = 0; j < K; ++j) acc[j] += (double)(e[j] * inv);
-    ps[0] += (double)scale * (double)scale * (sxx - (n > 0.0 ? sx * sx / n : 0.0));
+    ps[0] += (double)scale * (double)scale * (sxx - (n_w > 0.0 ? sx * sx / n_w : 0.0));
     ps[stride] += 1.0;
 }

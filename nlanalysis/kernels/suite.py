@@ -11,7 +11,9 @@ import ctypes
 import torch
 from torch import Tensor
 
-__all__ = ["SuiteSums"]
+from . import _check_cpu, _lib, _ptr
+
+__all__ = ["SuiteSums", "log_positive"]
 
 
 class _Args(ctypes.Structure):
@@ -21,7 +23,7 @@ class _Args(ctypes.Structure):
                 ("reach_x", ctypes.c_double), ("sp0", ctypes.c_int64), ("eps", ctypes.c_double), ("p_k", ctypes.c_void_p),
                 ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p), ("keep", ctypes.c_void_p),
                 ("prev", ctypes.c_void_p), ("keep_n", ctypes.c_int64), ("prev_maps", ctypes.c_int64), ("cross_from", ctypes.c_int64),
-                ("cross", ctypes.c_void_p)]  # fmt: skip
+                ("cross", ctypes.c_void_p), ("keep_n2", ctypes.c_void_p), ("prev_n2", ctypes.c_void_p)]  # fmt: skip
 
 
 def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
@@ -48,8 +50,12 @@ class SuiteSums:
         eps: the NMI's eps.
         keep: ``[B, M, N_query, K]`` float32, filled with every valid query's rows (masked keys 0) for the next
             site's ``cross_site_cos`` (other rows are left as they were), or ``None``.
+        keep_norms: ``[B, M, N_query]`` float64 (with ``keep``), filled with those rows' squared norms (float64 sums of
+            the float32 squares; other entries left as they were), or ``None``: a zeroed tensor is made.
         previous: ``[B, M', N_query, K]`` float32 the previous site's ``keep`` (needs ``keep``): every map compared
             with the same map there when ``M' == M``, else the last (the head mean) with the last; or ``None``.
+        previous_norms: ``[B, M', N_query]`` float64 the previous site's ``keep_norms`` (then its rows' norms are read,
+            not formed again), or ``None``.
 
     Attributes (float64, zero until the passes add to them):
         p_k: ``[B, M, Ks]`` sum over counted queries of the NMI's renormalised rows ``(a + eps) / T``.
@@ -63,7 +69,8 @@ class SuiteSums:
 
     def __init__(self, batch: int, heads: int, maps: int, n_key: int, *, spatial_from: int = 0, unary: Tensor | str | None = None,
                  query_pos: Tensor | None = None, key_pos: Tensor | None = None, reach: tuple[float, float] = (0.0, 0.0),
-                 spatial: bool = True, eps: float = 1e-8, keep: Tensor | None = None, previous: Tensor | None = None) -> None:  # fmt: skip
+                 spatial: bool = True, eps: float = 1e-8, keep: Tensor | None = None, previous: Tensor | None = None,
+                 keep_norms: Tensor | None = None, previous_norms: Tensor | None = None) -> None:  # fmt: skip
         if maps not in (heads, heads + 1) or not 0 <= spatial_from <= n_key:
             raise ValueError(f"suite: maps must be heads or heads + 1 and 0 <= spatial_from <= n_key, got {maps}, {heads}, {spatial_from}")
         if (query_pos is None) != (key_pos is None):
@@ -81,7 +88,24 @@ class SuiteSums:
         self.p_k, self.sums = (zeros(batch, maps, n_sp), zeros(5, batch, maps)) if spatial else (None, None)
         self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if self.unary is not None else (None, None)
         self.keep, self.previous, self.cross = self._rows(keep, previous)
+        self.keep_norms, self.previous_norms = self._norms(keep_norms, previous_norms)
         self._args: _Args | None = None
+
+    def _norms(self, keep_norms: Tensor | None, previous_norms: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """The kept rows' squared norms (``keep_norms``, or a new zeroed tensor) and the previous site's, checked."""
+        if self.keep is None:
+            if keep_norms is not None or previous_norms is not None:
+                raise ValueError("suite: keep_norms and previous_norms need keep")
+            return None, None
+        if keep_norms is None:
+            keep_norms = torch.zeros(self.keep.shape[:3], dtype=torch.float64)
+        if previous_norms is not None and self.previous is None:
+            raise ValueError("suite: previous_norms needs previous")
+        for name, t, rows in (("keep_norms", keep_norms, self.keep), ("previous_norms", previous_norms, self.previous)):
+            ok = t is None or (t.dtype == torch.float64 and t.device.type == "cpu" and t.is_contiguous() and t.shape == rows.shape[:3])
+            if not ok:
+                raise ValueError(f"suite: {name} must be a contiguous float64 CPU tensor {tuple(rows.shape[:3])}, got {t.dtype} {tuple(t.shape)}")
+        return keep_norms, previous_norms
 
     def _rows(self, keep: Tensor | None, previous: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """``keep`` and ``previous`` checked (float32 CPU, contiguous, the same queries and keys), and the cross sums."""
@@ -116,7 +140,20 @@ class SuiteSums:
         prev, prev_maps = None, 0
         if self.previous is not None:
             prev, prev_maps = self.previous.data_ptr() + start * self.n_key * 4, self.previous.shape[1]
+        at = lambda t: t.data_ptr() + start * 8 if t is not None else None  # noqa: E731  (query start of [B, M, N_query] float64)
         self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from,
                            self.eps, ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums), keep, prev, n, prev_maps,
-                           0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross))  # fmt: skip
+                           0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross), at(self.keep_norms),
+                           at(self.previous_norms))  # fmt: skip
         return ctypes.addressof(self._args)
+
+
+@torch.no_grad()
+def log_positive(x: Tensor) -> Tensor:
+    """The suite's float32 ``log(max(x, 1e-37))`` (``log_positive`` of ``row_stats.c``, a polynomial, no libm call) of
+    every element of ``x`` (float32 CPU), run under the kernels' floating-point mode: for tests."""
+    _check_cpu("x", x)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _lib().nl_log_positive(_ptr(x), x.numel(), _ptr(out))
+    return out

@@ -69,6 +69,8 @@ class SuiteRows:
         query_mask: ``[B, 1, n_query]`` float64 (or None: all).
         rows32: ``[B, M, n_query, N_key]`` float32 the rows the native pass kept (valid queries; masked keys 0),
             or ``None``; with them ``rows``, ``inv`` and ``ok`` are not formed (``inv``/``ok`` then ``None``).
+        rows32_norms: ``[B, M, n_query]`` float64 with ``rows32``: their squared norms (the next layer's pass reads
+            them instead of forming them again), or ``None``.
     """
 
     grids: tuple
@@ -81,6 +83,7 @@ class SuiteRows:
     key_mask: Tensor | None
     query_mask: Tensor | None
     rows32: Tensor | None = None
+    rows32_norms: Tensor | None = None
 
 
 class HeadSuite:
@@ -154,8 +157,11 @@ class HeadSuite:
             self.kernel_rows = att.device.type == "cpu" and self.keep and (prev is None or prev.rows32 is not None)
             rows = {}
             if self.kernel_rows:
-                keep = _scratch(self.name + "32", (att.batch_size, self.maps, att.n_query, att.n_key), att.device, torch.float32)
-                rows = dict(keep=keep, previous=prev.rows32 if prev is not None else None)
+                shape = (att.batch_size, self.maps, att.n_query)
+                keep = _scratch(self.name + "32", (*shape, att.n_key), att.device, torch.float32)
+                rows = dict(keep=keep, keep_norms=_scratch(self.name + "32_norms", shape, att.device),
+                            previous=prev.rows32 if prev is not None else None,
+                            previous_norms=prev.rows32_norms if prev is not None else None)  # fmt: skip
             self.native = head_suite_sums(att, self.query_mask, self.stride, one_call, **rows)
         return self.native
 
@@ -311,7 +317,7 @@ class HeadSuite:
         out["cross_site_cos"] = cross
         self.values = out
         if self.kernel_rows:
-            self.rows = SuiteRows(self.grids, self.name, m, None, None, None, att, self.km, self.qm, self.native.keep)
+            self.rows = SuiteRows(self.grids, self.name, m, None, None, None, att, self.km, self.qm, self.native.keep, self.native.keep_norms)
         else:
             self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
         return out
