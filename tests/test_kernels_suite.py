@@ -1,8 +1,8 @@
 """The suite's sums of the native row pass (``suite.c``) against a naive float64 loop over the same rows.
 
 The reference reads the softmax the kernel wrote (``probs``) and the logits it read, so both sides see the
-same float32 rows: what is left is the kernel's float32 transcendentals (``logf`` of the NMI's rows, the
-pairwise softmax's ``exp``, ~1e-7 relative) under float64 sums, hence ``rtol=2e-6``.
+same float32 rows: what is left is the kernel's float32 transcendentals (its polynomial log of the NMI's rows,
+checked against float64 log here, the pairwise softmax's ``exp``, ~1e-7 relative) under float64 sums, hence ``rtol=2e-6``.
 """
 import math
 
@@ -102,6 +102,10 @@ def test_suite_sums_refuse_a_mismatch():
         kernels.row_stats(torch.randn(1, 2, 4, 5), None, None, 0, 0, mean=False, suite=sums)
     with pytest.raises(ValueError, match="both query and key"):
         kernels.SuiteSums(1, 2, 3, 5, query_pos=torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="keep_norms must be"):
+        kernels.SuiteSums(1, 2, 3, 5, keep=torch.zeros(1, 3, 4, 5), keep_norms=torch.zeros(1, 3, 4))  # float32
+    with pytest.raises(ValueError, match="previous_norms needs previous"):
+        kernels.SuiteSums(1, 2, 3, 5, keep=torch.zeros(1, 3, 4, 5), previous_norms=torch.zeros(1, 3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="outside"):
         kernels.SuiteSums(1, 2, 3, 5, query_pos=torch.zeros(4, 2), key_pos=torch.zeros(5, 2)).call_args(2, 6)
     assert math.isfinite(float(sums.sums.sum()))
@@ -130,8 +134,37 @@ def test_unary_term_from_the_logits_of_one_call():
         found[True].call_args(0, nq)
 
 
+def _ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """``|got - want|`` in units of the float32 spacing at ``want`` (float64)."""
+    return np.abs(got.astype(np.float64) - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+
+
+def test_log_polynomial_against_float64_log():
+    """The suite's float log (a polynomial, ``log_positive``) is within 1 float32 ulp of float64 ``log`` (0.89 at worst
+    over every float from 1e-37 to FLT_MAX, swept once outside the tests): here every float in [0.7, 1.42] (around the
+    polynomial's seam at sqrt(2) and where log is near 0), a log-uniform sample of the whole range and the powers of
+    2 and their neighbours; 0, negatives and floats below 1e-37 give log(1e-37)."""
+    lo, hi = np.array([0.7, 1.42], dtype=np.float32).view(np.int32)
+    near_one = np.arange(lo, hi + 1, dtype=np.int32).view(np.float32)
+    g = np.random.default_rng(0)
+    sample = np.exp(g.uniform(np.log(1e-37), np.log(3.4e38), 1 << 21)).astype(np.float32)
+    powers = np.ldexp(np.float32(1.0), np.arange(-122, 128)).astype(np.float32)
+    edges = np.concatenate([powers, np.nextafter(powers, np.float32(0)), np.nextafter(powers, np.float32(np.inf)),
+                            np.array([1e-37, np.finfo(np.float32).max], dtype=np.float32)])  # fmt: skip
+    x = np.concatenate([near_one, sample, edges[edges >= np.float32(1e-37)]])
+    got = kernels.log_positive(torch.from_numpy(x)).numpy()
+    err = _ulps(got, np.log(x.astype(np.float64)))
+    assert err.max() <= 1.0, (x[err.argmax()], got[err.argmax()], err.max())
+    assert np.abs(got - np.log(x.astype(np.float64))).max() <= 4e-6  # absolute: half an ulp of log(3e38) = 88.7 is 3.8e-6
+    below = np.array([0.0, -0.0, -1.0, -3e38, 1e-38, 1e-40, 1e-45, np.nextafter(np.float32(1e-37), np.float32(0))], dtype=np.float32)
+    floor = kernels.log_positive(torch.tensor([1e-37])).item()
+    assert floor == pytest.approx(math.log(1e-37), rel=1e-7)
+    assert (kernels.log_positive(torch.from_numpy(below)) == floor).all()
+
+
+@pytest.mark.parametrize("norms", [False, True])  # the previous rows' squared norms formed again, or read (previous_norms)
 @pytest.mark.parametrize("prev_maps", [4, 3])  # the same heads; another head count (then the head means only)
-def test_rows_kept_and_compared_with_the_previous_site(prev_maps):
+def test_rows_kept_and_compared_with_the_previous_site(prev_maps, norms):
     g = torch.Generator().manual_seed(5)
     b, h, nq, n = 2, 3, 12, 12
     qm = torch.ones(b, nq, dtype=torch.bool)
@@ -141,7 +174,9 @@ def test_rows_kept_and_compared_with_the_previous_site(prev_maps):
     previous = torch.rand(b, prev_maps, nq, n, generator=g)
     previous[0, -1, 4] = 0  # a zero row there: left out
     keep = torch.full((b, h + 1, nq, n), -1.0)
-    sums = kernels.SuiteSums(b, h, h + 1, n, spatial=False, keep=keep, previous=previous)
+    keep_norms = torch.full((b, h + 1, nq), -1.0, dtype=torch.float64)
+    prev_norms = previous.double().square().sum(-1) if norms else None
+    sums = kernels.SuiteSums(b, h, h + 1, n, spatial=False, keep=keep, previous=previous, keep_norms=keep_norms, previous_norms=prev_norms)
     logits = torch.randn(b, h, nq, n, generator=g)
     probs = torch.empty_like(logits)
     for lo, hi in ((0, 5), (5, nq)):
@@ -153,6 +188,8 @@ def test_rows_kept_and_compared_with_the_previous_site(prev_maps):
     valid = qm[:, None, :, None].expand_as(keep)
     np.testing.assert_allclose(keep[valid].numpy(), rows[valid].numpy(), rtol=1e-6)  # float32 mean of float32 rows
     assert (keep[~valid] == -1).all()  # rows of padded queries are left as they were
+    np.testing.assert_allclose(keep_norms[valid[..., 0]].numpy(), keep.double().square().sum(-1)[valid[..., 0]].numpy(), rtol=1e-13)
+    assert (keep_norms[~valid[..., 0]] == -1).all()
     first = 0 if prev_maps == h + 1 else h
     for i in range(b):
         for m in range(h + 1):
@@ -164,3 +201,27 @@ def test_rows_kept_and_compared_with_the_previous_site(prev_maps):
                     count += 1
             assert sums.cross[0, i, m].item() == pytest.approx(total, rel=1e-6, abs=1e-9)
             assert sums.cross[1, i, m].item() == count
+    if norms:  # the norms given are the ones read: four times them halves every cosine
+        again = kernels.SuiteSums(b, h, h + 1, n, spatial=False, keep=keep.clone(), previous=previous, previous_norms=prev_norms * 4)
+        kernels.row_stats(logits, km, qm, 0, 0, probs=torch.empty_like(logits), suite=again)
+        np.testing.assert_allclose(again.cross[0].numpy(), sums.cross[0].numpy() / 2, rtol=1e-12)
+
+
+def test_kept_norms_chain_from_one_site_to_the_next():
+    """A site's ``keep_norms`` read by the next as ``previous_norms`` give the cosines of its rows formed again."""
+    g = torch.Generator().manual_seed(6)
+    b, h, nq, n = 1, 2, 10, 11
+    qm = torch.ones(b, nq, dtype=torch.bool)
+    qm[0, 7:] = False
+    kept, found = [], {}
+    for site in range(2):
+        logits = torch.randn(b, h, nq, n, generator=g) * 2
+        for with_norms in (False, True):
+            prev = kept[0] if site else None
+            sums = kernels.SuiteSums(b, h, h + 1, n, spatial=False, keep=torch.zeros(b, h + 1, nq, n), previous=prev and prev[0],
+                                     previous_norms=prev[1] if prev and with_norms else None)  # fmt: skip
+            kernels.row_stats(logits, None, qm, 0, 0, probs=torch.empty_like(logits), suite=sums)
+            found[with_norms] = sums
+        kept.append((found[True].keep, found[True].keep_norms))
+    np.testing.assert_allclose(found[True].cross.numpy(), found[False].cross.numpy(), rtol=1e-12)
+    assert found[True].cross[1].tolist() == [[7.0, 7.0, 7.0]]
