@@ -14,6 +14,11 @@ around it), at ``--size H W``; ``vit`` -- the ViT-S/14 at 224, batch 1 (``benchm
 Run: ``python benchmarks/profile_capture.py --target nl --size 512 704 --threads 1 [--jsd 512] [--forwards 3]``;
 ``--times 30`` only times 30 interleaved (bare, captured) pairs (min and median, wall and CPU);
 ``--analysis-threads 1`` runs the statistics in the hooks on one thread while the model keeps ``--threads``.
+
+``--target suite --times 200``: the native row pass alone (``nlanalysis.kernels.row_stats``) on one ViT-S/14 layer
+(batch 1, 6 heads, a class token and 16 x 16 patches, random logits), without the cheap suite and with each of its
+parts (``dnl``: the DNL split, ``spatial``: NMI, distances and local masses, ``cross``: rows kept and compared with
+the previous layer's) and all of them, interleaved call by call: min and median ms per call.
 """
 from __future__ import annotations
 
@@ -62,6 +67,45 @@ def _vit(jsd: int) -> tuple[Callable[[], object], Callable[[], object]]:
             return model(x)
 
     return (lambda: model(x)), captured
+
+
+def suite_times(repeats: int) -> str:
+    """Min and median ms per :func:`~nlanalysis.kernels.row_stats` call on one ViT-S/14 layer, without the cheap suite and
+    with each part of it (interleaved: each round calls every variant once)."""
+    import statistics
+    import time
+
+    import torch
+
+    from nlanalysis import kernels
+    from nlanalysis.measure.query_dep import grid_centres
+
+    b, h, n = 1, 6, 257  # 1 class token + 16 x 16 patches; the layer's model call: every row softmaxed in place
+    logits = torch.randn(b, h, n, n, generator=torch.Generator().manual_seed(0)) * 10
+    buf, pos = torch.empty_like(logits), grid_centres((16, 16), (14.0, 14.0))
+    rows = [torch.zeros(b, h + 1, n - 1, n) for _ in range(2)]
+    norms = [torch.zeros(b, h + 1, n - 1, dtype=torch.float64) for _ in range(2)]
+    parts = {"none": (), "dnl": ("dnl",), "spatial": ("spatial",), "cross": ("cross",), "all": ("dnl", "spatial", "cross")}
+
+    def call(on: tuple[str, ...], k: int) -> float:
+        kw: dict = dict(unary="logits" if "dnl" in on else None, spatial="spatial" in on)
+        if "spatial" in on:
+            kw.update(query_pos=pos, key_pos=pos, reach=(21.0, 21.0))
+        if "cross" in on:  # this layer's rows kept, the previous call's compared
+            kw.update(keep=rows[k % 2], keep_norms=norms[k % 2], previous=rows[1 - k % 2], previous_norms=norms[1 - k % 2])
+        suite = kernels.SuiteSums(b, h, h + 1, n, spatial_from=1, **kw) if on else None
+        buf.copy_(logits)
+        start = time.perf_counter()
+        kernels.row_stats(buf, None, None, 0, 1, scale=0.125, probs=buf, pre=1, suite=suite)
+        return time.perf_counter() - start
+
+    got: dict[str, list[float]] = {name: [] for name in parts}
+    for k in range(repeats + 2):
+        for name, on in parts.items():
+            t = call(on, k)
+            if k >= 2:  # two rounds of warm-up (the kept rows of the first call compare with zeros)
+                got[name].append(t * 1e3)
+    return "\n".join(f"{name:8s} min {min(t):6.3f} ms, median {statistics.median(t):6.3f} ms" for name, t in got.items())
 
 
 def op_table(f: Callable[[], object], forwards: int) -> dict[str, float]:
@@ -143,7 +187,7 @@ def paired_times(bare: Callable[[], object], captured: Callable[[], object], rep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", choices=("nl", "block", "vit"), default="nl")
+    parser.add_argument("--target", choices=("nl", "block", "vit", "suite"), default="nl")
     parser.add_argument("--size", nargs=2, type=int, default=(512, 704))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jsd", type=int, default=0, help="JSD pairs (0: none)")
@@ -160,6 +204,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     if args.analysis_threads:
         analysis_on_threads(args.analysis_threads)
+    if args.target == "suite":
+        print(f"the native row pass on one ViT-S/14 layer, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
+        print(suite_times(args.times or 100))
+        return
     bare, captured = _vit(args.jsd) if args.target == "vit" else _nl(tuple(args.size), args.jsd, args.target == "block")
     for f in (bare, captured, bare, captured):  # warm-up: kernels built, allocator, caches
         f()
