@@ -13,8 +13,12 @@
  *   pair_s    [B, H, K] += p / ||p||
  *   pair_sums [2, B, H] += scale^2 sum_j w_j (x_j - mean_w x)^2 with x = l - u (n_k times the pairwise
  *                          term's variance across keys: the query's own term is a constant of the row), 1
+ * and, with keep, every valid query's rows and their squared norms for the next site, and the cosines with the
+ * previous site's rows (cross).
  * near(q, k): |dy| <= reach_y and |dx| <= reach_x between the cell centres. Transcendentals in float (as
- * the rest of the pass), every sum in double. All outputs are added to (zero them before the first call).
+ * the rest of the pass: exp_nonpositive, log_positive, polynomials that vectorise), every sum in double. All
+ * outputs are added to (zero them before the first call). Every loop over keys is branch-free, so that GCC
+ * vectorises it (check: -fopt-info-vec-missed).
  */
 typedef struct {
     double *unary;           /* [B, H, K] or NULL: no DNL split; read, or written first with unary_from_logits */
