@@ -72,6 +72,7 @@ def _vit(jsd: int) -> tuple[Callable[[], object], Callable[[], object]]:
 def suite_times(repeats: int) -> str:
     """Min and median ms per :func:`~nlanalysis.kernels.row_stats` call on one ViT-S/14 layer, without the cheap suite and
     with each part of it (interleaved: each round calls every variant once)."""
+    import inspect
     import statistics
     import time
 
@@ -86,13 +87,17 @@ def suite_times(repeats: int) -> str:
     rows = [torch.zeros(b, h + 1, n - 1, n) for _ in range(2)]
     norms = [torch.zeros(b, h + 1, n - 1, dtype=torch.float64) for _ in range(2)]
     parts = {"none": (), "dnl": ("dnl",), "spatial": ("spatial",), "cross": ("cross",), "all": ("dnl", "spatial", "cross")}
+    # the kept rows' norms passed on where SuiteSums takes them (so that PYTHONPATH may point at an older checkout: A/B)
+    with_norms = "keep_norms" in inspect.signature(kernels.SuiteSums).parameters
 
     def call(on: tuple[str, ...], k: int) -> float:
         kw: dict = dict(unary="logits" if "dnl" in on else None, spatial="spatial" in on)
         if "spatial" in on:
             kw.update(query_pos=pos, key_pos=pos, reach=(21.0, 21.0))
         if "cross" in on:  # this layer's rows kept, the previous call's compared
-            kw.update(keep=rows[k % 2], keep_norms=norms[k % 2], previous=rows[1 - k % 2], previous_norms=norms[1 - k % 2])
+            kw.update(keep=rows[k % 2], previous=rows[1 - k % 2])
+            if with_norms:
+                kw.update(keep_norms=norms[k % 2], previous_norms=norms[1 - k % 2])
         suite = kernels.SuiteSums(b, h, h + 1, n, spatial_from=1, **kw) if on else None
         buf.copy_(logits)
         start = time.perf_counter()
