@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
-# (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch)
+# (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
 # and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
@@ -64,6 +64,7 @@ for batch in "${@:-1 2 3 4 5}"; do
         4) grid shared 12 shared ;;
         5) grid independent 24 independent; grid shared 24 shared ;;
         v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
+        v2-24) grid query-specific 24 query-specific-v2 --num-items 4 10 ;;  # v2's plateau rule (as batch 2 is v1's)
         tables)  # keep every grid's run records (and history) in the repository, then the seed-paired margins and the
                  # plateau rule of every design trained so far, from the kept records
             for d in query-specific query-specific-v2 independent shared; do
@@ -91,6 +92,6 @@ for batch in "${@:-1 2 3 4 5}"; do
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, tables, extract, report)" >&2; exit 2 ;;
     esac
 done
