@@ -30,10 +30,11 @@ extract_run() {  # design variant seed: the attention statistics of one run's 12
         nlanalysis extract --ckpt "runs/controls/${d}_e12/checkpoints/${v}_s${s}_step$step.pth" --coco-ann "$ann" \
             --coco-images "$img" --quiet --out "runs/controls/snapshots/$d/${v}_s${s}_step$step"
     done
-    for run in "runs/controls/extract/$d/${v}_s$s" runs/controls/snapshots/$d/${v}_s${s}_step*; do  # the numbers, not the maps
-        mkdir -p "reports/controls/runs/$d/$(basename "$run")"
-        cp "$run/metrics.csv" "$run/run.json" "reports/controls/runs/$d/$(basename "$run")/"
-    done
+    for run in "runs/controls/extract/$d/${v}_s$s" runs/controls/snapshots/$d/${v}_s${s}_step*; do keep_set "$d" "$run"; done
+}
+keep_set() {  # design result-set: keep its numbers (metrics.csv, run.json, images.csv), not its maps, in the repository
+    mkdir -p "reports/controls/runs/$1/$(basename "$2")"
+    cp "$2/metrics.csv" "$2/run.json" "$2/images.csv" "reports/controls/runs/$1/$(basename "$2")/"
 }
 kept() {  # name epochs variant seed: the run's record, and for a mapped 12-epoch final its result sets, are kept
     local d=$1 e=$2 v=$3 s=$4 step
@@ -72,6 +73,9 @@ for batch in "${@:-1 2 3 4 5}"; do
                     [ -d "runs/controls/${d}_e$e/runs" ] || continue
                     mkdir -p "reports/controls/runs/${d}_e$e"
                     cp "runs/controls/${d}_e$e"/runs/*.json "runs/controls/${d}_e$e/training.csv" "reports/controls/runs/${d}_e$e/" 2>/dev/null || true
+                done
+                for run in runs/controls/extract/$d/* runs/controls/snapshots/$d/*; do  # result sets not kept in full yet
+                    [ -f "$run/metrics.csv" ] && keep_set "$d" "$run"
                 done
                 [ -d "reports/controls/runs/${d}_e12" ] || continue
                 long=(); [ -d "reports/controls/runs/${d}_e24" ] && long=(--long "reports/controls/runs/${d}_e24")
