@@ -2,7 +2,7 @@
 
 Reads the numbers ``reports/controls/make.sh`` keeps in the repository (``reports/controls/runs``): per
 design ``D`` the training grid's run records ``D_e12`` (``nlanalysis train``'s ``runs/*.json``), the same
-grid trained longer ``D_e24`` (the plateau rule) and ``D/{variant}_s{seed}``, the result sets (``metrics.csv``,
+grid trained longer ``D_e24`` (the plateau rule) and ``D/{variant}_s{seed}``, the result sets (``metrics.csv``, ``images.csv``,
 ``run.json``) of the grid's finals (``D/*_step*``: its snapshots, not read here). Writes ``OUT/README.md`` and,
 per design, ``OUT/D_training.csv`` and ``OUT/D_attention.csv``.
 
