@@ -108,6 +108,12 @@ def test_suite_sums_refuse_a_mismatch():
         kernels.SuiteSums(1, 2, 3, 5, keep=torch.zeros(1, 3, 4, 5), previous_norms=torch.zeros(1, 3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="outside"):
         kernels.SuiteSums(1, 2, 3, 5, query_pos=torch.zeros(4, 2), key_pos=torch.zeros(5, 2)).call_args(2, 6)
+    rows, norms = torch.zeros(2, 1, 3, 4, 5), torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="keep and previous share memory"):  # the kernel's restrict pointers: no aliasing
+        kernels.SuiteSums(1, 2, 3, 5, keep=rows[0], previous=rows[0])
+    with pytest.raises(ValueError, match="keep_norms and previous_norms share memory"):
+        kernels.SuiteSums(1, 2, 3, 5, keep=rows[0], previous=rows[1], keep_norms=norms[0], previous_norms=norms[0])
+    kernels.SuiteSums(1, 2, 3, 5, keep=rows[0], previous=rows[1], keep_norms=norms[0], previous_norms=norms[1])  # apart: taken
     assert math.isfinite(float(sums.sums.sum()))
 
 

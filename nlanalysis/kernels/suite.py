@@ -101,6 +101,8 @@ class SuiteSums:
             keep_norms = torch.zeros(self.keep.shape[:3], dtype=torch.float64)
         if previous_norms is not None and self.previous is None:
             raise ValueError("suite: previous_norms needs previous")
+        if previous_norms is not None and _overlap(keep_norms, previous_norms):
+            raise ValueError("suite: keep_norms and previous_norms share memory (the kernel writes one while it reads the other)")
         for name, t, rows in (("keep_norms", keep_norms, self.keep), ("previous_norms", previous_norms, self.previous)):
             ok = t is None or (t.dtype == torch.float64 and t.device.type == "cpu" and t.is_contiguous() and t.shape == rows.shape[:3])
             if not ok:
@@ -119,6 +121,8 @@ class SuiteSums:
             if not ok or (t.shape[0], t.shape[2], t.shape[3]) != (shape[0], shape[2], shape[3]) or t.shape[1] not in (maps or t.shape[1], self.maps):
                 raise ValueError(f"suite: {name} must be a contiguous float32 CPU tensor {shape}, got "
                                  f"{None if t is None else (t.dtype, tuple(t.shape))}")  # fmt: skip
+        if keep is not None and previous is not None and _overlap(keep, previous):
+            raise ValueError("suite: keep and previous share memory (the kernel writes one while it reads the other)")
         return keep, previous, torch.zeros(2, self.batch, self.maps, dtype=torch.float64)
 
     def call_args(self, start: int, stop: int) -> int:
@@ -157,3 +161,9 @@ def log_positive(x: Tensor) -> Tensor:
     out = torch.empty_like(x)
     _lib().nl_log_positive(_ptr(x), x.numel(), _ptr(out))
     return out
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether two contiguous CPU tensors' bytes overlap."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
