@@ -1,0 +1,201 @@
+"""The planted own-group block of reports/controls/PLAN.md (session 12, end): can the analysis see it?
+
+Per seed of v2's 12-epoch embedded-Gaussian finals, as the PLAN fixes it:
+
+* the probe: ridge regression (no intercept, lambda = 1e-3 x trace(X^T X) / C) from the NL block's input
+  features at each position (C channels) to the position's group hue as a unit vector (cos 2 pi h,
+  sin 2 pi h) (hues are stored as fractions of the circle in ``[0, 1)``), fitted on the item positions of
+  the first 300 *train* scenes; its R^2 is reported on the val scenes (never fitted there). A position is
+  labelled by the pixel at its cell's centre, as the analysis labels its queries (``cell_centres``);
+* the planted block: theta = phi = the probe's 2 x C map scaled (the other rows and the biases 0), so the
+  logit of query i at key j is ``s * (h_i . h_j)``; g and W_z stay the trained ones. ``s`` is set by
+  bisection so that the planted maps' mean row entropy on the first 30 train scenes equals the trained
+  block's;
+* its twin: the same with the probe's rows replaced by a random 2 x C matrix (seed 0) of the same
+  Frobenius norm, ``s`` matched the same way.
+
+Both are saved in this project's checkpoint format; the extraction on the val scenes is not run here:
+the script prints its ``nlanalysis extract`` commands. Run from the repository root:
+``python reports/controls/planted.py --ckpt-dir DIR --train-scenes DIR [--val-scenes DIR] --out DIR``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nlanalysis.capture import cell_centres
+from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
+from nlanalysis.extract.coco import load_coco
+from nlanalysis.train.data import load_scene_set, normalize
+
+PROBE_SCENES, ENTROPY_SCENES = 300, 30
+
+
+def group_hues(ann_file: str | Path, image_ids: list[int], shape: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """``float [B, gh, gw, 2]``: each grid cell's group hue as ``(cos 2 pi h, sin 2 pi h)``, NaN off the items
+    (the cell is labelled by the pixel at its centre)."""
+    coco = load_coco(ann_file)
+    out = []
+    for image_id in image_ids:
+        hues = coco.imgs[image_id].get("group_hues")
+        if hues is None:
+            raise ValueError(f"{ann_file}: image {image_id} has no group_hues (not a query-specific scene set)")
+        pixel = np.full((*shape, 2), np.nan)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None)):
+            angle = 2 * math.pi * hues[ann["group"]]
+            pixel[coco.annToMask(ann).astype(bool)] = (math.cos(angle), math.sin(angle))
+        out.append(torch.from_numpy(pixel))
+    pixels = torch.stack(out)  # [B, H, W, 2]
+    return torch.stack([cell_centres(pixels[..., k], grid) for k in range(2)], -1)
+
+
+def block_inputs(model: nn.Module, block: nn.Module, images: Tensor, pre, batch: int = 50) -> Tensor:
+    """The block's input features ``[B, C, gh, gw]`` on ``uint8`` images (a forward pre-hook)."""
+    seen: list[Tensor] = []
+    handle = block.register_forward_pre_hook(lambda _mod, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                model(normalize(images[i : i + batch], pre))
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def positions(features: Tensor, hues: Tensor) -> tuple[Tensor, Tensor]:
+    """The item positions' features ``[n, C]`` and hue vectors ``[n, 2]`` (float64)."""
+    x = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).double()
+    y = hues.reshape(-1, 2).double()
+    item = ~torch.isnan(y[:, 0])
+    return x[item], y[item]
+
+
+def ridge_probe(x: Tensor, y: Tensor) -> Tensor:
+    """``[2, C]``: ridge regression without intercept, lambda = 1e-3 x trace(X^T X) / C (the PLAN's rule)."""
+    gram = x.T @ x
+    lam = 1e-3 * torch.trace(gram) / x.shape[1]
+    return torch.linalg.solve(gram + lam * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y).T
+
+
+def r_squared(probe: Tensor, x: Tensor, y: Tensor) -> float:
+    """``1 - SS_res / SS_tot`` over both outputs (SS_tot around the outputs' means)."""
+    res = ((y - x @ probe.T) ** 2).sum()
+    tot = ((y - y.mean(0)) ** 2).sum()
+    return float(1 - res / tot)
+
+
+def mean_row_entropy(block: nn.Module, features: Tensor) -> float:
+    """Mean entropy (nats) of the block's attention rows on ``features``."""
+    with torch.no_grad():
+        p = block.attention_maps(features).double()
+    return float(-(p * torch.log(p.clamp_min(1e-300))).sum(-1).mean())
+
+
+def plant(block: nn.Module, rows: Tensor, s: float, features: Tensor) -> None:
+    """Set theta = phi = ``sqrt(s / scale) * rows`` (other rows, biases 0): logits ``s * (h_i . h_j)``, ``h = rows x``."""
+    scale = block.attention(features[:1]).scale
+    weight = torch.zeros_like(block.theta.conv.weight)
+    weight[: rows.shape[0], :, 0, 0] = math.sqrt(s / scale) * rows.to(weight.dtype)
+    with torch.no_grad():
+        for conv in (block.theta.conv, block.phi.conv):
+            conv.weight.copy_(weight)
+            if conv.bias is not None:
+                conv.bias.zero_()
+
+
+def match_entropy(block: nn.Module, rows: Tensor, features: Tensor, target: float, steps: int = 60) -> tuple[float, float]:
+    """Bisection on ``log s`` (row entropy falls as ``s`` grows): the ``s`` whose planted maps' mean row entropy
+    is ``target``, and the entropy reached. The block is left planted with that ``s``."""
+
+    def entropy(log_s: float) -> float:
+        plant(block, rows, math.exp(log_s), features)
+        return mean_row_entropy(block, features)
+
+    lo, hi = -20.0, 20.0
+    if not entropy(hi) < target < entropy(lo):
+        raise ValueError(f"target entropy {target:.4f} is outside what s in [e^-20, e^20] reaches")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if entropy(mid) > target else (lo, mid)
+    s = math.exp((lo + hi) / 2)
+    return s, entropy((lo + hi) / 2)
+
+
+def twin_rows(probe: Tensor, seed: int = 0) -> Tensor:
+    """A random ``2 x C`` matrix (normal, ``seed``) with the probe's Frobenius norm."""
+    rows = torch.randn(probe.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return rows * (probe.double().norm() / rows.norm())
+
+
+def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path) -> dict:
+    """Build and save one seed's planted block and twin; their numbers."""
+    loaded = load_checkpoint(ckpt, truncate=False)
+    model, (name, block) = loaded.model, next(iter(loaded.block_modules().items()))
+    if getattr(block, "mode", None) != "embedded_gaussian":
+        raise ValueError(f"{ckpt}: block {name} is not an embedded-Gaussian NL block")
+    fits = {}
+    for split, folder, limit in (("train", train_dir, PROBE_SCENES), ("val", val_dir, None)):
+        scenes = load_scene_set(folder / "instances.json", folder / "images", limit=limit)
+        feats = block_inputs(model, block, scenes.images, loaded.preprocess)
+        hues = group_hues(folder / "instances.json", scenes.image_ids, tuple(scenes.images.shape[-2:]), tuple(feats.shape[-2:]))
+        fits[split] = (feats, positions(feats, hues))
+    probe = ridge_probe(*fits["train"][1])
+    r2_train, r2_val = r_squared(probe, *fits["train"][1]), r_squared(probe, *fits["val"][1])
+    features = fits["train"][0][:ENTROPY_SCENES]
+    target = mean_row_entropy(block, features)
+    trained = {k: v.clone() for k, v in block.state_dict().items()}
+    result = {"ckpt": str(ckpt), "block": name, "r2_val": r2_val, "r2_train": r2_train, "entropy_trained": target,
+              "probe_norm": float(probe.norm()), "entropy_uniform": math.log(features.shape[-2] * features.shape[-1])}
+    for kind, rows in (("planted", probe), ("twin", twin_rows(probe))):
+        block.load_state_dict(trained)
+        s, reached = match_entropy(block, rows, features, target)
+        kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}  # the trained model's
+        meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
+                "source_miou": loaded.meta.get("miou"),
+                "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"}}
+        path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
+        result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
+    block.load_state_dict(trained)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt-dir", type=Path, required=True, help="v2's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth)")
+    p.add_argument("--train-scenes", type=Path, required=True, help="the train scene folder (instances.json, images/)")
+    p.add_argument("--val-scenes", type=Path, default=None,
+                   help="the val scene folder (default: the one val_* folder beside --train-scenes)")  # fmt: skip
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
+    args = p.parse_args(argv)
+    val = args.val_scenes
+    if val is None:
+        found = sorted(args.train_scenes.parent.glob("val_*"))
+        if len(found) != 1:
+            p.error(f"give --val-scenes: {len(found)} val_* folders beside {args.train_scenes}")
+        val = found[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        r = plant_seed(args.ckpt_dir / f"embedded_gaussian_s{seed}.pth", args.train_scenes, val, args.out)
+        results.append({"seed": seed, **r})
+        print(f"seed {seed}: probe R^2 val {r['r2_val']:.3f} (train {r['r2_train']:.3f}); entropy trained {r['entropy_trained']:.4f}, "
+              f"planted {r['entropy_planted']:.4f} (s {r['s_planted']:.4g}), twin {r['entropy_twin']:.4f} (s {r['s_twin']:.4g})")  # fmt: skip
+        (args.out / "planted.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out / 'planted.json'}; the PLAN runs the check only where the probe's val R^2 >= 0.5. Extraction:")
+    for r in results:
+        for kind in ("planted", "twin"):
+            print(f"nlanalysis extract --ckpt {r[f'ckpt_{kind}']} --coco-ann {val / 'instances.json'} --coco-images {val / 'images'}"
+                  f" --controls --jsd-pairs 256 --query-dependence all --quiet --out {args.out / 'extract' / (kind + '_s' + str(r['seed']))}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""reports/controls/planted.py: the planted own-group block of PLAN.md, checked against hand computations
+on a small untrained SceneNet (no trained weights)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nlanalysis.models import SceneNet
+from nlanalysis.train.data import normalize, scene_preprocess
+from nlanalysis.train.variants import variant_arch
+
+_spec = importlib.util.spec_from_file_location("planted", Path(__file__).parents[1] / "reports/controls/planted.py")
+planted = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(planted)
+
+
+@pytest.fixture()
+def net_block_features():
+    torch.manual_seed(0)
+    model = SceneNet(variant_arch("embedded_gaussian")).eval()
+    block = model.layer1[1]
+    images = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8)
+    return model, block, planted.block_inputs(model, block, images, scene_preprocess(112))
+
+
+def _by_hand(rows: torch.Tensor, x: torch.Tensor, s: float) -> torch.Tensor:
+    h = torch.einsum("kc,bcn->bnk", rows.double(), x.flatten(2).double())  # the probe on each position
+    return s * h @ h.transpose(1, 2)  # [B, N, N] logits s * (h_i . h_j)
+
+
+def test_block_inputs_are_what_the_block_sees(net_block_features):
+    model, block, x = net_block_features
+    assert x.shape == (3, block.in_channels, 14, 14)
+    torch.manual_seed(1)
+    with torch.no_grad():  # the stem and layer1's first residual block, run by hand on the same images
+        images = torch.randint(0, 256, (1, 3, 112, 112), dtype=torch.uint8)
+        inp = normalize(images, scene_preprocess(112))
+        expected = model.layer1[0](model.stem(inp))
+    got = planted.block_inputs(model, block, images, scene_preprocess(112))
+    torch.testing.assert_close(got, expected)
+
+
+def test_planted_logits_are_s_times_probe_products(net_block_features):
+    _, block, x = net_block_features
+    rows = torch.randn(2, block.in_channels, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = 2.7
+    planted.plant(block, rows, s, x)
+    with torch.no_grad():
+        maps = block.attention_maps(x).double()
+    torch.testing.assert_close(maps, torch.softmax(_by_hand(rows, x, s), -1), atol=1e-5, rtol=1e-4)
+    for conv in (block.theta.conv, block.phi.conv):
+        assert conv.weight[2:].abs().max() == 0 and conv.bias.abs().max() == 0
+    torch.testing.assert_close(block.theta.conv.weight, block.phi.conv.weight, rtol=0, atol=0)
+
+
+def test_ridge_probe_matches_the_augmented_least_squares():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 8)) + 0.5, rng.normal(size=(200, 2))
+    lam = 1e-3 * np.trace(x.T @ x) / 8
+    aug_x, aug_y = np.vstack([x, math.sqrt(lam) * np.eye(8)]), np.vstack([y, np.zeros((8, 2))])
+    expected = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0].T
+    got = planted.ridge_probe(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+    r2 = planted.r_squared(torch.from_numpy(expected), torch.from_numpy(x), torch.from_numpy(y))
+    pred = x @ expected.T
+    assert r2 == pytest.approx(1 - ((y - pred) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+
+
+def test_twin_has_the_probes_norm_and_another_direction():
+    probe = torch.randn(2, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
+    twin = planted.twin_rows(probe)
+    assert torch.linalg.matrix_norm(twin).item() == pytest.approx(torch.linalg.matrix_norm(probe).item(), rel=1e-12)
+    assert torch.equal(twin, planted.twin_rows(probe))  # seed 0: the same twin every time
+    cos = (twin * probe).sum() / (twin.norm() * probe.norm())
+    assert abs(cos.item()) < 0.5
+
+
+def test_entropy_matching_hits_the_target(net_block_features):
+    _, block, x = net_block_features
+    rows = torch.randn(2, block.in_channels, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    target = math.log(14 * 14) - 0.8
+    s, reached = planted.match_entropy(block, rows, x, target)
+    p = torch.softmax(_by_hand(rows, x, s), -1)  # the entropy of the hand-computed maps at the chosen s
+    by_hand = float(-(p * torch.log(p.clamp_min(1e-300))).sum(-1).mean())
+    assert by_hand == pytest.approx(target, abs=1e-4)
+    assert reached == pytest.approx(target, abs=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        planted.match_entropy(block, rows, x, math.log(14 * 14) + 0.1)  # above the uniform map's: unreachable
