@@ -33,7 +33,7 @@ from .report.meta import load_runs
 __all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", "read_attention", "training_table",
            "write_controls_report"]  # fmt: skip
 
-DESIGNS = ("query-specific", "query-specific-v2", "independent", "shared")  # v2: PLAN.md's revised positive control
+DESIGNS = ("query-specific", "query-specific-v2", "query-specific-v3", "independent", "shared")  # v2, v3: PLAN.md revisions
 REFERENCES = ("baseline", "gc", "snl")
 GATE_VARIANT = "embedded_gaussian"
 #: the attention statistics the report tables, as the issue lists them

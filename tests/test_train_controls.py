@@ -158,3 +158,71 @@ def test_num_items_reaches_the_scenes_and_the_validation_set_is_written(tmp_path
     assert max(sizes.values()) > 3
     shipped = TrainJob.quick(tmp_path / "default", design="query-specific", val_scenes=4, num_items=(4, 10), progress=False)
     assert "scenes_val_query_specific" not in _val_set(shipped).source  # other parameters: its own 300 scenes, not the shipped
+
+
+def test_image_shortcut_adds_a_1x1_conv_of_the_cell_means_at_the_block_input(tmp_path, scenes, capsys):
+    """v3's shortcut: the block's input is layer1.0's output plus ``W m + b``, ``m`` each 8 x 8 cell's mean
+    (computed here by a loop over cells); the checkpoint keeps it through the analysis loader."""
+    import numpy as np
+
+    from nlanalysis.models import SceneNet
+    from nlanalysis.train import variant_arch
+
+    model = SceneNet(variant_arch("embedded_gaussian", 11, image_shortcut=True)).eval()
+    randomize_(model)
+    x = torch.randn(2, 3, 112, 112)
+    seen = {}
+    model.layer1[1].register_forward_pre_hook(lambda _m, args: seen.setdefault("block_in", args[0]))
+    with torch.no_grad():
+        model(x)
+        before = model.layer1[0](model.stem(x))
+    pixels = x.double().numpy()
+    cells = np.zeros((2, 3, 14, 14))
+    for i in range(14):
+        for j in range(14):
+            cells[:, :, i, j] = pixels[:, :, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8].mean(axis=(2, 3))
+    w = model.shortcut.weight.detach().double().numpy()[:, :, 0, 0]
+    expected = np.einsum("oc,bcij->boij", w, cells) + model.shortcut.bias.detach().double().numpy()[None, :, None, None]
+    np.testing.assert_allclose((seen["block_in"] - before).double().numpy(), expected, atol=1e-5)
+
+    train, val = scenes
+    config = TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,), image_shortcut=True)
+    result = train_variant("embedded_gaussian", train, val, config, tmp_path, progress=False)
+    ckpt = load_checkpoint(result.checkpoints[-1])
+    assert ckpt.arch.image_shortcut and ckpt.meta["train_config"]["image_shortcut"] is True
+    trained = SceneNet(variant_arch("embedded_gaussian", train.num_classes, image_shortcut=True)).eval()
+    trained.load_state_dict(torch.load(result.checkpoints[-1], weights_only=True)["state_dict"])
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x[:1]), trained._layer1(x[:1]))
+    assert main(["inspect", "--ckpt", str(result.checkpoints[-1])]) == 0
+    assert "image shortcut at layer1.1" in capsys.readouterr().out
+
+
+def test_a_record_written_before_a_config_field_existed_is_reused_and_other_values_refused(tmp_path, scenes, monkeypatch):
+    """Run records kept from before ``image_shortcut`` existed match a job with its default; a job with the
+    shortcut on is refused the same folder."""
+    import json
+
+    train, val = scenes
+    monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
+    monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: val)
+    job = TrainJob.quick(tmp_path, variants=("baseline",), progress=False,
+                         config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
+    run_training(job)
+    record = tmp_path / "runs" / "baseline_s0.json"
+    old = json.loads(record.read_text())
+    del old["config"]["image_shortcut"]
+    record.write_text(json.dumps(old))
+    monkeypatch.setattr("nlanalysis.train.run.train_variant", lambda *a, **k: 1 / 0)
+    run_training(job)  # reused, not retrained
+    job.config = TrainConfig(**{**vars(job.config), "image_shortcut": True})
+    with pytest.raises(ValueError, match="other settings"):
+        run_training(job)
+
+
+def test_cli_image_shortcut_reaches_the_config(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["train", "--out", str(tmp_path), "--variants", "gc", "--image-shortcut"])
+    assert seen["job"].config.image_shortcut is True

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"),
                    help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2); "
                    "then the validation scenes are written too, not the shipped ones")
+    p.add_argument("--image-shortcut", action="store_true",
+                   help="add a 1x1 conv of the image's 8 x 8 cell means to the block's input position, in every "
+                   "variant (SceneNetArch.image_shortcut; issue 16's v3 control design)")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
     p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
                    help="afterwards copy seed 0's final checkpoint of every variant to DIR as float16 "
@@ -50,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                    "snapshots": args.snapshots}.items() if v is not None}  # fmt: skip
+    if args.image_shortcut:
+        overrides["image_shortcut"] = True
     job_kw = {k: v for k, v in {
         "variants": args.variants, "seeds": args.seeds, "train_scenes": args.train_scenes,
         "val_scenes": args.val_scenes}.items() if v is not None}  # fmt: skip

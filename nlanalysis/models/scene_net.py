@@ -9,7 +9,10 @@ the rest of the network already sees the whole image). On a 112 x 112 scene:
   before the stage's last residual block (the NL paper's placement);
 * ``layer2``, a coarse stage at stride 16 (7 x 7) made of 1x1 convolutions only, so it adds no
   spatial context of its own; the optional second block sits at ``layer2.1``;
-* a head that adds both stages at stride 8 (one 3x3 conv) and upsamples per-pixel class logits.
+* a head that adds both stages at stride 8 (one 3x3 conv) and upsamples per-pixel class logits;
+* optionally (``image_shortcut``) a 1x1 conv of the image's 8 x 8 cell means added to ``layer1.0``'s
+  output, so each cell's colour reaches the block's input linearly (issue 16's v3 control design:
+  trained networks drop a colour marker before the block otherwise, reports/controls/PLAN.md).
 
 Without a block the receptive field is ~80 pixels, less than the scene; with one, every position
 can see every other. Like :class:`~nlanalysis.models.ResNetArch`, the architecture is plain data
@@ -40,12 +43,15 @@ class SceneNetArch:
         num_classes: output classes per pixel (background included).
         blocks: NL/GC blocks, standalone entries ``layer1.1`` and/or ``layer2.1``.
         prefix: key prefix (always ``''``; kept for the loader's interface).
+        image_shortcut: add ``Conv1x1(3 -> widths[1])(AvgPool8(image))`` to ``layer1.0``'s output
+            (the block's input position).
     """
 
     widths: tuple[int, int, int] = (32, 64, 96)
     num_classes: int = 11
     blocks: list[BlockSpec] = field(default_factory=list)
     prefix: str = ""
+    image_shortcut: bool = False
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -59,7 +65,8 @@ class SceneNetArch:
 
     def describe(self) -> str:
         """One line for ``inspect``."""
-        return f"SceneNet, widths {list(self.widths)}, {self.num_classes} classes"
+        shortcut = ", image shortcut at layer1.1" if self.image_shortcut else ""
+        return f"SceneNet, widths {list(self.widths)}, {self.num_classes} classes{shortcut}"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -110,6 +117,7 @@ class SceneNet(nn.Module):
             nn.Conv2d(w0 // 2, w0, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.layer1 = _stage(w0, w1, by_name.get("layer1.1"))
+        self.shortcut = nn.Conv2d(3, w1, 1) if arch.image_shortcut else None
         self.full = not truncate or "layer2.1" in by_name or not arch.blocks
         if self.full:
             self.layer2 = _coarse_stage(w1, w2, by_name.get("layer2.1"))
@@ -124,9 +132,16 @@ class SceneNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        c1 = self.layer1(self.stem(x))
+        c1 = self._layer1(x)
         if self.truncate:
             return self.layer2(c1) if self.full else c1
         c2 = self.layer2(c1)
         merged = self.lateral1(c1) + F.interpolate(self.lateral2(c2), size=c1.shape[-2:], mode="nearest")
         return F.interpolate(self.head(merged), size=size, mode="bilinear", align_corners=False)
+
+    def _layer1(self, x: Tensor) -> Tensor:
+        """``[B, 3, H, W] -> [B, widths[1], H/8, W/8]``: stem and ``layer1`` (with the image shortcut, if any)."""
+        if self.shortcut is None:
+            return self.layer1(self.stem(x))
+        h = self.layer1[0](self.stem(x)) + self.shortcut(F.avg_pool2d(x, 8))
+        return self.layer1[1:](h)

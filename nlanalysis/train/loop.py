@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     snapshots: Sequence[float] = (0.0, 0.25, 0.5, 1.0)
     loss_stride: int = 2  # the loss compares logits and labels at 1/loss_stride of the input size
+    image_shortcut: bool = False  # SceneNetArch.image_shortcut (issue 16's v3 control design)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def train_variant(
     generator = torch.Generator().manual_seed(config.seed)
     size = train.images.shape[-1]
     pre = scene_preprocess(size)
-    model = SceneNet(variant_arch(variant, train.num_classes))
+    model = SceneNet(variant_arch(variant, train.num_classes, image_shortcut=config.image_shortcut))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     class_weight = torch.ones(train.num_classes)
     class_weight[0] = config.background_weight

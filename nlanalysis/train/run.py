@@ -142,7 +142,9 @@ def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]
         return None
     record = json.loads(path.read_text())
     wanted = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data}
-    if {k: record.get(k) for k in wanted} != wanted:
+    defaults = json.loads(json.dumps(vars(TrainConfig()), default=list))  # a field added later: its default
+    found = {"config": {**defaults, **(record.get("config") or {})}, "data": record.get("data")}
+    if found != wanted:
         raise ValueError(f"{path}: this run was trained with other settings or other scenes; use another --out for a new configuration")
     return TrainResult(**record["result"])
 

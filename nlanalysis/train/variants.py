@@ -48,8 +48,9 @@ CONTROL_VARIANTS: dict[str, list[BlockSpec]] = {
 ALL_VARIANTS: dict[str, list[BlockSpec]] = {**VARIANTS, **CONTROL_VARIANTS}
 
 
-def variant_arch(variant: str, num_classes: int = 11) -> SceneNetArch:
-    """The :class:`SceneNetArch` of a named variant."""
+def variant_arch(variant: str, num_classes: int = 11, *, image_shortcut: bool = False) -> SceneNetArch:
+    """The :class:`SceneNetArch` of a named variant (``image_shortcut``: see :class:`SceneNetArch`)."""
     if variant not in ALL_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(ALL_VARIANTS)}")
-    return SceneNetArch(widths=WIDTHS, num_classes=num_classes, blocks=[BlockSpec(**vars(b)) for b in ALL_VARIANTS[variant]])
+    blocks = [BlockSpec(**vars(b)) for b in ALL_VARIANTS[variant]]
+    return SceneNetArch(widths=WIDTHS, num_classes=num_classes, blocks=blocks, image_shortcut=image_shortcut)

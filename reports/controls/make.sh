@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
-# (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid)
+# (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid,
+# v3: v2's scenes with an image shortcut to the block's input, after its marker check)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
 # and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
@@ -19,7 +20,7 @@ mapped() { case " $MAPPED " in *" $1 "*) return 0 ;; esac; return 1; }
 extract_run() {  # design variant seed: the attention statistics of one run's 12-epoch final (and att of its snapshots)
     local d=$1 v=$2 s=$3 folder ann img ckpt maps run
     folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
-    [ "$d" = query-specific-v2 ] && folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0  # v2's own 300
+    case "$d" in query-specific-v*) folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0 ;; esac  # v2's 300
     ann=$folder/instances.json; img=$folder/images
     ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
     [ -f "$ckpt" ] || return 0
@@ -66,9 +67,17 @@ for batch in "${@:-1 2 3 4 5}"; do
         5) grid independent 24 independent; grid shared 24 shared ;;
         v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         v2-24) grid query-specific 24 query-specific-v2 --num-items 4 10 ;;  # v2's plateau rule (as batch 2 is v1's)
+        v3)  # PLAN.md, session 13: the marker check on v3's baseline seed 0 (val R^2 >= 0.5), then the batch
+            out=runs/controls/query-specific-v3_e12; data=$out/data
+            [ -f "$out/checkpoints/baseline_s0.pth" ] ||
+                train query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut --variants baseline --seeds 0
+            python reports/controls/marker_probe.py "$out/checkpoints/baseline_s0.pth" --require 0.5 \
+                --train-scenes "$data/train_query-specific_items4-10_3000_seed0" \
+                --val-scenes "$data/val_query-specific_items4-10_300_seed0" --out reports/controls/marker_probe_v3.json
+            grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
         tables)  # keep every grid's run records (and history) in the repository, then the seed-paired margins and the
                  # plateau rule of every design trained so far, from the kept records
-            for d in query-specific query-specific-v2 independent shared; do
+            for d in query-specific query-specific-v2 query-specific-v3 independent shared; do
                 for e in 12 24; do
                     [ -d "runs/controls/${d}_e$e/runs" ] || continue
                     mkdir -p "reports/controls/runs/${d}_e$e"
@@ -82,7 +91,7 @@ for batch in "${@:-1 2 3 4 5}"; do
                 nlanalysis compare-runs "reports/controls/runs/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
             done ;;
         extract)  # every design's runs not extracted yet (v2 extracts each run as it finishes), one report per design
-            for d in query-specific query-specific-v2 independent shared; do
+            for d in query-specific query-specific-v2 query-specific-v3 independent shared; do
                 [ -d "runs/controls/${d}_e12/checkpoints" ] || continue
                 for s in 0 1 2; do for v in $MAPPED; do
                     [ -f "reports/controls/runs/$d/${v}_s$s/metrics.csv" ] || extract_run "$d" "$v" "$s"
@@ -96,6 +105,6 @@ for batch in "${@:-1 2 3 4 5}"; do
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, tables, extract, report)" >&2; exit 2 ;;
     esac
 done

@@ -1,13 +1,13 @@
 """Does the NL block's input carry the group marker? The marker check of reports/controls/PLAN.md.
 
 For each checkpoint, the ridge probe of ``planted.py`` (the PLAN's fixed lambda, no tuning) from the
-features at the NL block's input position -- the output of ``layer1.0``, which every SceneNet variant has,
-with or without a block -- to each item cell's group hue as ``(cos 2 pi h, sin 2 pi h)``, fitted on the
+features at the NL block's input position -- the input of ``layer1[1]`` (the block, or in the baseline the
+stage's last residual block): layer1.0's output, plus the image shortcut where a network has one -- to each item cell's group hue as ``(cos 2 pi h, sin 2 pi h)``, fitted on the
 item cells of the first 300 *train* scenes, R^2 reported on the val scenes. Beside it, the same probe
 from the image itself (each cell's mean RGB): how linearly the marker is written into the input.
 
-Run from the repository root: ``python reports/controls/marker_probe.py --train-scenes DIR [--val-scenes DIR]
-CKPT... [--out JSON]``.
+Run from the repository root: ``python reports/controls/marker_probe.py --train-scenes DIR --val-scenes DIR
+CKPT... [--out JSON] [--require R2]`` (``--require``: exit 1 when a checkpoint's val R^2 is below it).
 """
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ from nlanalysis.train.data import load_scene_set, normalize
 
 from planted import PROBE_SCENES, group_hues, positions, r_squared, ridge_probe
 
-SITE = "layer1.0"
+SITE = "input of layer1.1"
 
 
 def site_features(model: nn.Module, images: Tensor, pre, batch: int = 50) -> Tensor:
-    """``[B, C, gh, gw]``: the output of ``model.layer1[0]`` (the NL block's input position) on ``uint8`` images."""
+    """``[B, C, gh, gw]``: the input of ``model.layer1[1]`` (the NL block's input position) on ``uint8`` images."""
     seen: list[Tensor] = []
-    handle = model.layer1[0].register_forward_hook(lambda _mod, _args, out: seen.append(out.detach().clone()))
+    handle = model.layer1[1].register_forward_pre_hook(lambda _mod, args: seen.append(args[0].detach().clone()))
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch):
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-scenes", type=Path, required=True, help="the train scene folder (instances.json, images/)")
     p.add_argument("--val-scenes", type=Path, required=True, help="the val scene folder")
     p.add_argument("--out", type=Path, default=None, help="JSON of the results (default: print only)")
+    p.add_argument("--require", type=float, default=None, help="exit 1 when a checkpoint's val R^2 is below this")
     args = p.parse_args(argv)
     scenes = {"train": load_scene_set(args.train_scenes / "instances.json", args.train_scenes / "images", limit=PROBE_SCENES),
               "val": load_scene_set(args.val_scenes / "instances.json", args.val_scenes / "images")}  # fmt: skip
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1))
         print(f"wrote {args.out}")
+    below = [r["source"] for r in results if "site" in r and r["r2_val"] < (args.require if args.require is not None else -1)]
+    if below:
+        print(f"marker check fails (val R^2 below {args.require}): {', '.join(below)}", file=sys.stderr)
+        return 1
     return 0
 
 
