@@ -33,7 +33,7 @@ def block_controls(att: LazyAttention, x: Tensor, context: Tensor, valid: Tensor
 def random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> dict[str, Tensor]:
     """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
     temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
-    from .controls import MATCH_ROWS, match_temperature, random_projection_attention  # noqa: PLC0415
+    from .controls import MATCH_ROWS, match_temperature, random_projection_attention
 
     b = x.shape[0]
     out = {name: nans(b) for name in CONTROLS}
