@@ -15,7 +15,7 @@ from nlanalysis import schema
 from nlanalysis.blocks import ContextBlock, NonLocal2d
 from nlanalysis.blocks.attention import PairwiseAttention
 from nlanalysis.measure import key_mask, measure_block
-from nlanalysis.measure.blocks import _random_control
+from nlanalysis.measure.block_controls import random_control
 from nlanalysis.measure.control_forms import (
     FORM_COLUMNS, FORMS, RELU_CONCAT, SIGNED_DOT, SOFTMAX_PER_QUERY, block_form_controls, child_generator, concat_terms,
     form_control_maps, per_query_temperature, positive_share, row_entropies,
@@ -222,7 +222,7 @@ def test_the_mean_entropy_control_does_not_move_and_the_shared_generator_is_not_
     stats = measure_block(att, x, x, valid=valid, controls=True, jsd_pairs=32, generator=with_forms, kernels="eager")
     base = measure_block(att, x, x, valid=valid, jsd_pairs=32, generator=alone, kernels="eager")
     row_ok = torch.ones(2, att.n_query, dtype=torch.bool) & valid.flatten(1)
-    ctrl = _random_control(att, x, x, valid, None, base.att_entropy[:, 0], row_ok, 32, alone,
+    ctrl = random_control(att, x, x, valid, None, base.att_entropy[:, 0], row_ok, 32, alone,
                            dict(convention="1-cos", zero="exclude"), "eager")  # fmt: skip
     for name in CONTROLS:
         torch.testing.assert_close(getattr(stats, name)[:, 0], ctrl[name], equal_nan=True, rtol=0, atol=0)

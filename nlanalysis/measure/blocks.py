@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..blocks.attention import LazyAttention, PairwiseAttention
+from ..blocks.attention import LazyAttention
 from ..metrics import CosineAccumulator, distance_from_sum, mean_pairwise_cosine_distance, row_entropy, zero_rows
 from ..metrics.object_context import compact_object_labels
 from .jsd_pairs import _jsd_plan, _table_jsd
 from .query_dep import OBJECT_MASS, ObjectLabels, block_maps, check_level, suite_pass
 from .stats import CONTROLS, SiteStats, nans
 
-__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "control_columns", "key_labels", "key_mask", "map_stats", "measure_block",
+__all__ = ["BlockMaps", "BlockMasks", "BlockStats", "block_masks", "key_labels", "key_mask", "map_stats", "measure_block",
            "object_labels"]  # fmt: skip
 
 
@@ -230,7 +229,9 @@ def measure_block(
     maps, row_ok = given.stats, given.row_ok
     ctrl = {name: nans(b) for name in CONTROLS}
     if controls and not att.query_independent:
-        ctrl = _block_controls(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
+        from .block_controls import block_controls
+
+        ctrl = block_controls(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     if native_suite and not suite and given.suite is not None:  # from the native pass that measured the maps
         suite = given.suite
     if query_dependence != "off" and not suite:  # the maps' statistics came from their own pass (native, shared map)
@@ -258,20 +259,6 @@ def _suite_and_maps(att: LazyAttention, masks: BlockMasks, labels: ObjectLabels 
     stats, row_ok = _eager_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos, passed)  # fmt: skip
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok), suite, mass
-
-
-def _block_controls(att: LazyAttention, x: Tensor, context: Tensor, valid: Tensor | None, objects: Tensor | None,
-                    entropy: Tensor, row_ok: Tensor | None, jsd_pairs: int, generator: torch.Generator | None, cos: dict,
-                    kernels: str) -> dict[str, Any]:  # fmt: skip
-    """The ``ctrl_*`` columns of per-query maps: the random control at matched sharpness (non-negative maps),
-    then the control in the maps' own form (issue 15)."""
-    from .control_forms import block_form_controls
-
-    ctrl: dict[str, Any] = {name: nans(x.shape[0]) for name in CONTROLS}
-    if att.nonnegative:
-        ctrl = _random_control(att, x, context, valid, objects, entropy, row_ok, jsd_pairs, generator, cos, kernels)
-    ctrl.update(block_form_controls(att, x, valid, objects, row_ok, jsd_pairs=jsd_pairs, generator=generator, kernels=kernels, **cos))
-    return ctrl
 
 
 def object_labels(objects: Tensor, masks: BlockMasks, key_shape: tuple[int, int]) -> ObjectLabels:
@@ -408,47 +395,6 @@ def _sampled_jsd(att, row_ok, kmask, jsd_pairs, generator, device) -> tuple[Tens
             rows = att.image(i).take(plan.query)[0].detach()
             jsd[i : i + 1], jsd_err[i : i + 1] = _table_jsd(plan, rows * kmask[i] if kmask is not None else rows, 1)
     return jsd, jsd_err
-
-
-def _random_control(att, x, context, valid, objects, target, row_ok, jsd_pairs, generator, cos, kernels) -> dict[str, Tensor]:
-    """``ctrl_att, ctrl_att_jsd, ctrl_att_own_object, ctrl_temperature`` per image (NaN where the
-    temperature is not matched: :func:`nlanalysis.measure.controls.match_temperature`)."""
-    from .controls import MATCH_ROWS, match_temperature, random_projection_attention
-
-    b = x.shape[0]
-    out = {name: nans(b) for name in CONTROLS}
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    channels = att.query.shape[-1] if isinstance(att, PairwiseAttention) and att.mode != "concatenation" else max(x.shape[1] // 2, 1)
-    control = random_projection_attention(x.detach(), att.key_shape, channels, gen)
-    kmask = key_mask(valid, att.key_shape).flatten(1) if valid is not None else None
-    for i in range(b):
-        rows = row_ok[i].nonzero()[:, 0]
-        if rows.numel() == 0 or math.isnan(target[i]):
-            continue
-        sample = rows[torch.randperm(rows.numel(), generator=gen)[:MATCH_ROWS]].to(x.device)
-        one = control.image(i)
-        logits = torch.matmul(one.query[:, sample], one.key)  # [1, S, N_k]
-        tau, ok = match_temperature(logits, target[i : i + 1], kmask[i] if kmask is not None else None)
-        if not bool(ok[0]):
-            continue
-        one.scale = float(tau[0])
-        sl = slice(i, i + 1)
-        found = control_columns(one, x[sl], valid[sl] if valid is not None else None, objects[sl] if objects is not None else None,
-                                tau, ok, jsd_pairs=jsd_pairs, generator=gen, kernels=kernels, **cos)  # fmt: skip
-        for name in CONTROLS:
-            out[name][i] = found[name][0]
-    return out
-
-
-def control_columns(maps: LazyAttention, x: Tensor, valid: Tensor | None, objects: Tensor | None, temperature: Tensor,
-                    ok: Tensor, **measure: Any) -> dict[str, Tensor]:  # fmt: skip
-    """The ``ctrl_*`` values ``[M]`` of random-projection maps matched at ``temperature`` ``[M]`` (:mod:`.controls`;
-    ``M`` batch items, their input ``x`` ``[M, C, H, W]``, ``valid`` and ``objects``): :func:`measure_block`'s
-    ``att``, ``att_jsd`` and ``att_own_object`` of each, and the temperature; NaN where not ``ok``. NL blocks
-    and ViT heads (:func:`~nlanalysis.measure.head_controls.head_controls`) alike."""
-    stats = measure_block(maps, x, x, valid=valid, objects=objects, **measure)
-    found = (stats.att[:, 0], stats.att_jsd[:, 0], stats.att_own_object[:, 0], temperature)
-    return {name: torch.where(ok.cpu(), value.double().cpu(), math.nan) for name, value in zip(CONTROLS, found)}
 
 
 class _OwnObject:

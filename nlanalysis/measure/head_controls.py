@@ -34,7 +34,8 @@ from torch import Tensor
 
 from ..blocks.attention import PairwiseAttention
 from ..blocks.heads import HeadAttention
-from .blocks import control_columns, measure_block
+from .block_controls import control_columns
+from .blocks import measure_block
 from .control_forms import FORM_COLUMNS, SOFTMAX_PER_QUERY, entropy_of_rows, per_query_temperature
 from .stats import CONTROLS, nans
 from .controls import MATCH_ROWS, draw_projections, match_temperature
