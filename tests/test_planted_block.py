@@ -91,3 +91,45 @@ def test_entropy_matching_hits_the_target(net_block_features):
     assert reached == pytest.approx(target, abs=1e-6)
     with pytest.raises(ValueError, match="outside"):
         planted.match_entropy(block, rows, x, math.log(14 * 14) + 0.1)  # above the uniform map's: unreachable
+
+
+def _copy_sets(src_names, kind, root, edit=None):
+    import shutil
+
+    import pandas as pd
+
+    kept = Path(__file__).parents[1] / "reports/controls/runs/query-specific-v2"
+    for seed, name in enumerate(src_names):
+        out = root / f"{kind}_s{seed}"
+        shutil.copytree(kept / name, out)
+        if edit is not None:
+            frame = pd.read_csv(out / "metrics.csv")
+            edit(frame)
+            frame.to_csv(out / "metrics.csv", index=False)
+
+
+def test_read_check_reads_the_kept_v2_sets_as_the_controls_report_does(tmp_path, capsys):
+    """v2's trained embedded-Gaussian finals as the 'planted' sets (no own-group preference shown, att below
+    its control: the controls report's reading) fail the check; the same sets with the lift doubled and att
+    raised above the control pass it, unless the twins read own-group attention too."""
+    eg = [f"embedded_gaussian_s{s}" for s in range(3)]
+    _copy_sets(eg, "planted", tmp_path / "a")
+    _copy_sets([f"gc_s{s}" for s in range(3)], "twin", tmp_path / "a")
+    passes, lines = planted.read_check(tmp_path / "a")
+    assert not passes
+    assert "no own-group preference shown (same-category lift 1.25 [0.957, 1.63])" in lines[0]
+    assert "below its form-matched control" in lines[0] and lines[-1].startswith("The check fails")
+
+    def planted_like(frame):
+        frame["same_category_lift"] *= 2.0
+        frame["att"] = frame["ctrl_form_att"] + 0.5
+
+    _copy_sets(eg, "planted", tmp_path / "b", planted_like)
+    _copy_sets(eg, "twin", tmp_path / "b")
+    passes, lines = planted.read_check(tmp_path / "b")
+    assert passes and "attends its own group" in lines[0] and "above its form-matched control" in lines[0]
+    _copy_sets(eg, "planted", tmp_path / "c", planted_like)
+    _copy_sets(eg, "twin", tmp_path / "c", planted_like)
+    assert not planted.read_check(tmp_path / "c")[0]
+    assert planted.main(["--read", str(tmp_path / "b")]) == 0
+    assert "The check passes" in capsys.readouterr().out

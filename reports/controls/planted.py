@@ -17,6 +17,9 @@ Per seed of v2's 12-epoch embedded-Gaussian finals, as the PLAN fixes it:
 Both are saved in this project's checkpoint format; the extraction on the val scenes is not run here:
 the script prints its ``nlanalysis extract`` commands. Run from the repository root:
 ``python reports/controls/planted.py --ckpt-dir DIR --train-scenes DIR [--val-scenes DIR] --out DIR``.
+``--read DIR`` reads the extracted result sets (``DIR/planted_s*``, ``DIR/twin_s*``) by the PLAN's rules
+(session 13): the check passes when the planted blocks read "attends its own group" with "att above its
+form-matched control" and the twins do not read "attends its own group".
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from nlanalysis.capture import cell_centres
+from nlanalysis.controls import attention_summary, read_attention
 from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
 from nlanalysis.extract.coco import load_coco
 from nlanalysis.train.data import load_scene_set, normalize
@@ -166,15 +170,41 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path) -> dict:
     return result
 
 
+def read_check(root: Path) -> tuple[bool, list[str]]:
+    """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict)."""
+    readings, lines = {}, []
+    for kind in ("planted", "twin"):
+        sets = sorted(p for p in root.glob(f"{kind}_s*") if (p / "metrics.csv").is_file())
+        if not sets:
+            raise FileNotFoundError(f"{root}: no {kind}_s*/metrics.csv result sets")
+        row = attention_summary(sets).iloc[0]
+        readings[kind] = read_attention(row)
+        lines.append(f"- {kind} ({len(sets)} result sets, {', '.join(p.name for p in sets)}): " + "; ".join(readings[kind]))
+    own = [any(w.startswith("attends its own group") for w in readings[k]) for k in ("planted", "twin")]
+    above = any(w.startswith("att ") and "above its form-matched control" in w for w in readings["planted"])
+    passes = own[0] and above and not own[1]
+    lines.append(f"The check {'passes' if passes else 'fails'}: the planted blocks "
+                 f"{'read' if own[0] else 'do not read'} \"attends its own group\" "
+                 f"{'with' if above else 'without'} att above their form-matched control; the twins "
+                 f"{'read' if own[1] else 'do not read'} \"attends its own group\".")  # fmt: skip
+    return passes, lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt-dir", type=Path, required=True, help="v2's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth)")
-    p.add_argument("--train-scenes", type=Path, required=True, help="the train scene folder (instances.json, images/)")
+    p.add_argument("--ckpt-dir", type=Path, help="v2's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth)")
+    p.add_argument("--train-scenes", type=Path, help="the train scene folder (instances.json, images/)")
     p.add_argument("--val-scenes", type=Path, default=None,
                    help="the val scene folder (default: the one val_* folder beside --train-scenes)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
+    p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
     args = p.parse_args(argv)
+    if args.read is not None:
+        print("\n".join(read_check(args.read)[1]))
+        return 0
+    if args.ckpt_dir is None or args.train_scenes is None:
+        p.error("--ckpt-dir and --train-scenes are required (unless --read)")
     val = args.val_scenes
     if val is None:
         found = sorted(args.train_scenes.parent.glob("val_*"))
