@@ -96,8 +96,10 @@ def test_cli_snapshots_reach_the_config(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        main(["train", "--out", str(tmp_path), "--variants", "danet_pam", "--snapshots", "0", "0.5", "1", "--epochs", "2"])
+        main(["train", "--out", str(tmp_path), "--variants", "danet_pam", "--snapshots", "0", "0.5", "1", "--epochs", "2",
+              "--image-shortcut"])  # fmt: skip
     assert seen["job"].config.snapshots == [0.0, 0.5, 1.0] and seen["job"].config.epochs == 2
+    assert seen["job"].config.image_shortcut is True
     assert seen["job"].variants == ["danet_pam"]
 
 
@@ -110,15 +112,22 @@ def test_the_default_source_validates_on_the_shipped_scenes_of_the_design(tmp_pa
     assert "scenes_val_query_specific" in val.source and not (tmp_path / "data").exists()
 
 
-def test_a_rerun_matches_scenes_by_content_not_by_path(tmp_path, scenes, monkeypatch):
-    """Moving the scene files (another checkout, the shipped copy of a written set) keeps the finished
-    runs; other scenes at the same path are refused."""
+def _one_finished_baseline(tmp_path, scenes, monkeypatch) -> TrainJob:
+    """A job of one 1-epoch baseline run on ``scenes``, run once."""
     train, val = scenes
     monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
     monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: val)
     job = TrainJob.quick(tmp_path, variants=("baseline",), progress=False,
                          config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
     run_training(job)
+    return job
+
+
+def test_a_rerun_matches_scenes_by_content_not_by_path(tmp_path, scenes, monkeypatch):
+    """Moving the scene files (another checkout, the shipped copy of a written set) keeps the finished
+    runs; other scenes at the same path are refused."""
+    _, val = scenes
+    job = _one_finished_baseline(tmp_path, scenes, monkeypatch)
     calls = []
     monkeypatch.setattr("nlanalysis.train.run.train_variant", lambda *a, **k: calls.append(a[0]) / 0)
     moved = val.subset(slice(None))
@@ -203,12 +212,7 @@ def test_a_record_written_before_a_config_field_existed_is_reused_and_other_valu
     shortcut on is refused the same folder."""
     import json
 
-    train, val = scenes
-    monkeypatch.setattr("nlanalysis.train.run._train_set", lambda job: train)
-    monkeypatch.setattr("nlanalysis.train.run._val_set", lambda job: val)
-    job = TrainJob.quick(tmp_path, variants=("baseline",), progress=False,
-                         config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
-    run_training(job)
+    job = _one_finished_baseline(tmp_path, scenes, monkeypatch)
     record = tmp_path / "runs" / "baseline_s0.json"
     old = json.loads(record.read_text())
     del old["config"]["image_shortcut"]
@@ -218,11 +222,3 @@ def test_a_record_written_before_a_config_field_existed_is_reused_and_other_valu
     job.config = TrainConfig(**{**vars(job.config), "image_shortcut": True})
     with pytest.raises(ValueError, match="other settings"):
         run_training(job)
-
-
-def test_cli_image_shortcut_reaches_the_config(tmp_path, monkeypatch):
-    seen = {}
-    monkeypatch.setattr("nlanalysis.cli.train.run_training", lambda job: seen.setdefault("job", job) and 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        main(["train", "--out", str(tmp_path), "--variants", "gc", "--image-shortcut"])
-    assert seen["job"].config.image_shortcut is True

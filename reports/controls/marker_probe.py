@@ -22,24 +22,16 @@ from torch import Tensor, nn
 
 from nlanalysis.checkpoints.preprocess import Preprocess
 from nlanalysis.models import arch_from_dict, build_arch
-from nlanalysis.train.data import load_scene_set, normalize
+from nlanalysis.train.data import load_scene_set
 
-from planted import PROBE_SCENES, group_hues, positions, r_squared, ridge_probe
+from planted import PROBE_SCENES, block_inputs, group_hues, positions, r_squared, ridge_probe
 
 SITE = "input of layer1.1"
 
 
 def site_features(model: nn.Module, images: Tensor, pre, batch: int = 50) -> Tensor:
     """``[B, C, gh, gw]``: the input of ``model.layer1[1]`` (the NL block's input position) on ``uint8`` images."""
-    seen: list[Tensor] = []
-    handle = model.layer1[1].register_forward_pre_hook(lambda _mod, args: seen.append(args[0].detach().clone()))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch):
-                model(normalize(images[i : i + batch], pre))
-    finally:
-        handle.remove()
-    return torch.cat(seen)
+    return block_inputs(model, model.layer1[1], images, pre, batch)
 
 
 def load_native(path: Path) -> tuple[nn.Module, Preprocess]:
