@@ -199,6 +199,8 @@ def test_image_shortcut_adds_a_1x1_conv_of_the_cell_means_at_the_block_input(tmp
     result = train_variant("embedded_gaussian", train, val, config, tmp_path, progress=False)
     ckpt = load_checkpoint(result.checkpoints[-1])
     assert ckpt.arch.image_shortcut and ckpt.meta["train_config"]["image_shortcut"] is True
+    assert "image_shortcut" not in variant_arch("gc").to_dict()  # written as before the field: old result sets resume
+    assert type(ckpt.arch).from_dict(ckpt.arch.to_dict()).image_shortcut
     trained = SceneNet(variant_arch("embedded_gaussian", train.num_classes, image_shortcut=True)).eval()
     trained.load_state_dict(torch.load(result.checkpoints[-1], weights_only=True)["state_dict"])
     with torch.no_grad():

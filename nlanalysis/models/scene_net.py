@@ -71,6 +71,8 @@ class SceneNetArch:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["widths"] = list(self.widths)
+        if not self.image_shortcut:  # as written before the field existed: result sets recorded then still resume
+            del data["image_shortcut"]
         return data
 
     @classmethod
