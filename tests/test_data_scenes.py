@@ -97,9 +97,13 @@ def check_coco_set(json_path, image_dir, design: str) -> COCO:
     return coco
 
 
-@pytest.mark.parametrize("design", DESIGNS)
-def test_shipped_scenes_are_a_valid_coco_set(design):
-    ann, images = demo_scenes_path(design)
+#: every shipped validation set: each design with the default drawing, and issue 16's v2 (groups of 2-5 items)
+SHIPPED = [(d, None) for d in DESIGNS] + [("query-specific", (4, 10))]
+
+
+@pytest.mark.parametrize(("design", "num_items"), SHIPPED)
+def test_shipped_scenes_are_a_valid_coco_set(design, num_items):
+    ann, images = demo_scenes_path(design, num_items)
     coco = check_coco_set(ann, images, design)
     assert len(coco.imgs) == 300 and len(list(images.glob("*.png"))) == 300
     per_image = [len(coco.getAnnIds(imgIds=[i])) for i in coco.imgs]
@@ -109,6 +113,7 @@ def test_shipped_scenes_are_a_valid_coco_set(design):
     info = coco.dataset["info"]
     assert (info["split"], info["seed"], info["num_scenes"], info["design"]) == ("val", 0, 300, design)
     assert info["params"]["size"] == 112
+    assert tuple(info["params"]["num_items"]) == (num_items or (3, 6))
 
 
 def test_semantic_mask_composes_the_instance_masks():
@@ -122,12 +127,15 @@ def test_semantic_mask_composes_the_instance_masks():
 
 
 @pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="dataset-fashion-mnist (Debian) not installed")
-@pytest.mark.parametrize("design", DESIGNS)
-def test_shipped_scenes_regenerate_from_the_debian_package(tmp_path, design):
-    assert f"--num 300 --seed 0 --design {design} --size 112" in demo_command(design)
+@pytest.mark.parametrize(("design", "num_items"), SHIPPED)
+def test_shipped_scenes_regenerate_from_the_debian_package(tmp_path, design, num_items):
+    assert f"--num 300 --seed 0 --design {design} --size 112" in demo_command(design, num_items)
     assert demo_command("shared") == DEMO_COMMAND
-    json_path = write_scenes(tmp_path, "val", 4, 0, design, 112)  # a prefix of the shipped 300
-    shipped_json, shipped_images = demo_scenes_path(design)
+    args = demo_command(design, num_items).split()[1:]  # the documented command, into a temporary folder
+    args[args.index("--out") + 1], args[args.index("--num") + 1] = str(tmp_path), "4"  # a prefix of the shipped 300
+    assert main(args) == 0
+    json_path = tmp_path / "instances.json"
+    shipped_json, shipped_images = demo_scenes_path(design, num_items)
     for name in ("000001.png", "000004.png"):
         assert (tmp_path / "images" / name).read_bytes() == (shipped_images / name).read_bytes()
     ours, shipped = json.loads(json_path.read_text()), json.loads(shipped_json.read_text())

@@ -5,7 +5,7 @@ import argparse
 import time
 
 from ..data.fashion_mnist import DEFAULT_SOURCE, INSTALL_HINT
-from ..data.scenes import DESIGNS, SPLITS, write_scenes
+from ..data.scenes import DESIGNS, SPLITS, SceneParams, write_scenes
 from . import add_command
 
 
@@ -25,14 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="scene i uses numpy default_rng([seed, i]) (default: 0)")
     p.add_argument("--design", choices=DESIGNS, default="shared", help="class sampling (default: shared)")
     p.add_argument("--size", type=int, default=112, help="canvas side in pixels (default: 112)")
+    p.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"),
+                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2)")
     p.add_argument("--source", metavar="DIR", help="folder with the Fashion-MNIST IDX files (.gz or not)")
     p.add_argument("--overwrite", action="store_true", help="replace a scene set already in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    params = SceneParams(num_items=tuple(args.num_items)) if args.num_items else None
     path = write_scenes(args.out, args.split, args.num, args.seed, args.design, args.size, args.source,
-                        overwrite=args.overwrite)
+                        params=params, overwrite=args.overwrite)
     print(f"wrote {args.num} {args.design} scenes ({args.split}, seed {args.seed}, {args.size}x{args.size}) "
           f"to {path} and {path.parent / 'images'} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -48,8 +48,10 @@ written by, from the repository root::
 
     nlanalysis demo-data --out nlanalysis/data/demo/scenes_val --split val --num 300 --seed 0 --design shared --size 112
 
-Validation sets of the other designs are not shipped: ``nlanalysis train --design D`` writes 300
-scenes of design D with the same command (``--split val --num 300 --seed 0``) to its ``OUT/data``.
+The other designs' 300 validation scenes ship beside it (:func:`demo_scenes_path`), and those of
+``query-specific`` drawn with ``num_items=(4, 10)`` (issue 16's v2); for other drawing parameters
+``nlanalysis train`` writes its 300 scenes with the same command (``--split val --num 300 --seed 0``)
+to its ``OUT/data``.
 
 Scene ``i`` (0-based) depends only on ``(seed, i)``, the design, the parameters and the source
 split, so a smaller ``--num`` gives a prefix of a larger one, and runs are byte-identical.
@@ -84,14 +86,21 @@ DEMO_COMMAND = (
 )
 
 
-def _demo_dir(design: str) -> Path:
-    """The shipped validation folder of ``design``: ``scenes_val`` (shared), ``scenes_val_independent``, ..."""
-    return DEMO_DIR if design == "shared" else DEMO_DIR.with_name(f"scenes_val_{design.replace('-', '_')}")
+def _demo_dir(design: str, num_items: tuple[int, int] | None = None) -> Path:
+    """The shipped validation folder of ``design``: ``scenes_val`` (shared), ``scenes_val_independent``, ...;
+    with other ``num_items`` than the default, ``scenes_val_query_specific_items4_10`` etc."""
+    name = DEMO_DIR.name if design == "shared" else f"scenes_val_{design.replace('-', '_')}"
+    if num_items is not None and tuple(num_items) != SceneParams().num_items:
+        name += f"_items{num_items[0]}_{num_items[1]}"
+    return DEMO_DIR.with_name(name)
 
 
-def demo_command(design: str = "shared") -> str:
+def demo_command(design: str = "shared", num_items: tuple[int, int] | None = None) -> str:
     """The command that wrote the shipped validation scenes of ``design`` (run from the repository root)."""
-    return _command("val", 300, 0, design, 112).replace("DIR", f"nlanalysis/data/demo/{_demo_dir(design).name}")
+    cmd = _command("val", 300, 0, design, 112).replace("DIR", f"nlanalysis/data/demo/{_demo_dir(design, num_items).name}")
+    if num_items is not None and tuple(num_items) != SceneParams().num_items:
+        cmd += f" --num-items {num_items[0]} {num_items[1]}"
+    return cmd
 
 FORMAT_VERSION = 1
 
@@ -446,13 +455,14 @@ def semantic_mask(coco, image_id: int, shape: tuple[int, int] | None = None) -> 
     return out
 
 
-def demo_scenes_path(design: str = "shared") -> tuple[Path, Path]:
+def demo_scenes_path(design: str = "shared", num_items: tuple[int, int] | None = None) -> tuple[Path, Path]:
     """``(instances.json, image folder)`` of the 300 validation scenes of ``design`` shipped with the
-    package (val split, seed 0, 112 x 112: :func:`demo_command`)."""
+    package (val split, seed 0, 112 x 112: :func:`demo_command`); ``num_items``: of the scenes drawn with
+    that :attr:`SceneParams.num_items` (shipped: ``query-specific`` with ``(4, 10)``, issue 16's v2)."""
     if design not in DESIGNS:
         raise ValueError(f"unknown scene design {design!r}; expected one of {DESIGNS}")
-    folder = _demo_dir(design)
+    folder = _demo_dir(design, num_items)
     ann, images = folder / "instances.json", folder / "images"
     if not ann.is_file() or not images.is_dir():
-        raise FileNotFoundError(f"{folder}: the shipped demo scenes are missing; regenerate them with `{demo_command(design)}`")
+        raise FileNotFoundError(f"{folder}: the shipped demo scenes are missing; regenerate them with `{demo_command(design, num_items)}`")
     return ann, images

@@ -64,16 +64,16 @@ def _train_set(job: TrainJob) -> SceneSet:
 
 
 def _val_set(job: TrainJob) -> SceneSet:
-    """The shipped validation scenes of the design (300, val split, seed 0, from the Debian package's
-    Fashion-MNIST); with another ``source``, other drawing parameters (``num_items``), or where they are
+    """The shipped validation scenes of the design and ``num_items`` (300, val split, seed 0, from the Debian
+    package's Fashion-MNIST); with another ``source``, drawing parameters not shipped, or where they are
     missing (an old install), the same 300 scenes written once to ``out/data``."""
     name, params = _drawn(job)
     if job.design == "shared" and params is None:
         return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
-    if job.source is None and params is None:
+    if job.source is None:
         try:
-            return load_scene_set(*demo_scenes_path(job.design), limit=job.val_scenes)
-        except FileNotFoundError:  # an install without them: write the same scenes below
+            return load_scene_set(*demo_scenes_path(job.design, job.num_items), limit=job.val_scenes)
+        except FileNotFoundError:  # not shipped (other parameters, an old install): write the same scenes below
             pass
     folder = job.out / "data" / f"val_{name}_300_seed0"
     if not (folder / "instances.json").is_file():

@@ -21,7 +21,7 @@ mapped() { case " $MAPPED " in *" $1 "*) return 0 ;; esac; return 1; }
 extract_run() {  # design variant seed: the attention statistics of one run's 12-epoch final (and att of its snapshots)
     local d=$1 v=$2 s=$3 folder ann img ckpt maps run
     folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
-    case "$d" in query-specific-v*) folder=runs/controls/${d}_e12/data/val_query-specific_items4-10_300_seed0 ;; esac  # v2's 300
+    case "$d" in query-specific-v*) folder=nlanalysis/data/demo/scenes_val_query_specific_items4_10 ;; esac  # v2 and v3: v2's 300
     ann=$folder/instances.json; img=$folder/images
     ckpt=runs/controls/${d}_e12/checkpoints/${v}_s${s}.pth
     [ -f "$ckpt" ] || return 0
@@ -69,15 +69,15 @@ for batch in "${@:-1 2 3 4 5}"; do
         v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         v2-24) grid query-specific 24 query-specific-v2 --num-items 4 10 ;;  # v2's plateau rule (as batch 2 is v1's)
         v3)  # PLAN.md, session 13: the marker check on v3's baseline seed 0 (val R^2 >= 0.5), then the batch
-            out=runs/controls/query-specific-v3_e12; data=$out/data
+            out=runs/controls/query-specific-v3_e12
             [ -f "$out/checkpoints/baseline_s0.pth" ] ||
                 train query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut --variants baseline --seeds 0
             python reports/controls/marker_probe.py "$out/checkpoints/baseline_s0.pth" --require 0.5 \
-                --train-scenes "$data/train_query-specific_items4-10_3000_seed0" \
-                --val-scenes "$data/val_query-specific_items4-10_300_seed0" --out reports/controls/marker_probe_v3.json
+                --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
+                --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
             grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
         v3-planted)  # PLAN.md, session 13: the planted own-group block on v3's embedded-Gaussian finals (seeds 0-2)
-            out=runs/controls/query-specific-v3_e12; val=$out/data/val_query-specific_items4-10_300_seed0
+            out=runs/controls/query-specific-v3_e12; val=nlanalysis/data/demo/scenes_val_query_specific_items4_10
             pl=runs/controls/planted-v3
             python reports/controls/planted.py --ckpt-dir "$out/checkpoints" --val-scenes "$val" --out "$pl" \
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0"
