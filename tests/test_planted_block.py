@@ -133,3 +133,29 @@ def test_read_check_reads_the_kept_v2_sets_as_the_controls_report_does(tmp_path,
     assert not planted.read_check(tmp_path / "c")[0]
     assert planted.main(["--read", str(tmp_path / "b")]) == 0
     assert "The check passes" in capsys.readouterr().out
+
+
+def test_item_brightness_is_each_items_mean_gray_and_its_angle_spans_half_the_circle():
+    """The brightness twin's label (PLAN session 13): per item the mean RGB gray on its mask, by a direct loop
+    over the shipped v2 scenes' annotations; every labelled cell carries one of its image's item levels."""
+    from pycocotools.coco import COCO
+
+    from nlanalysis.data.scenes import demo_scenes_path
+    from nlanalysis.train.data import load_scene_set
+
+    ann, images = demo_scenes_path("query-specific", (4, 10))
+    scenes = load_scene_set(ann, images, limit=3)
+    cells, every = planted.item_brightness(ann, scenes.image_ids, scenes.images, (14, 14))
+    coco = COCO(str(ann))
+    expected = []
+    for b, image_id in enumerate(scenes.image_ids):
+        gray = scenes.images[b].numpy().astype(np.float64).mean(0) / 255.0
+        levels = [gray[coco.annToMask(a).astype(bool)].mean() for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))]
+        expected += levels
+        seen = cells[b][~torch.isnan(cells[b])].numpy()
+        assert seen.size > 0 and np.all(np.min(np.abs(seen[:, None] - np.array(levels)[None]), axis=1) < 1e-12)
+    np.testing.assert_allclose(every.numpy(), expected, rtol=1e-12)
+    lo, hi = float(every.min()), float(every.max())
+    ends = planted.brightness_angles(torch.tensor([lo, hi, math.nan], dtype=torch.float64), lo, hi)
+    np.testing.assert_allclose(ends[:2].numpy(), [[1.0, 0.0], [-1.0, 0.0]], atol=1e-12)
+    assert torch.isnan(ends[2]).all()

@@ -2,7 +2,7 @@
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
 # (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid,
 # v3: v2's scenes with an image shortcut to the block's input, after its marker check; v3-planted: the planted block on
-# v3's embedded-Gaussian finals)
+# v3's embedded-Gaussian finals with a random twin, v3-planted-b: with a brightness twin)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
 # and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
@@ -76,23 +76,26 @@ for batch in "${@:-1 2 3 4 5}"; do
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
                 --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
             grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
-        v3-planted)  # PLAN.md, session 13: the planted own-group block on v3's embedded-Gaussian finals (seeds 0-2)
+        v3-planted|v3-planted-b)  # PLAN.md, session 13: the planted own-group block on v3's embedded-Gaussian finals
+            # (seeds 0-2) with its negative: the random twin (v3-planted) or the brightness twin (v3-planted-b)
             out=runs/controls/query-specific-v3_e12; val=nlanalysis/data/demo/scenes_val_query_specific_items4_10
-            pl=runs/controls/planted-v3
-            python reports/controls/planted.py --ckpt-dir "$out/checkpoints" --val-scenes "$val" --out "$pl" \
+            if [ "$batch" = v3-planted ]; then neg=random twin=twin name=planted-v3; else neg=brightness twin=brightness name=planted-v3b; fi
+            pl=runs/controls/$name
+            python reports/controls/planted.py --ckpt-dir "$out/checkpoints" --val-scenes "$val" --out "$pl" --negative $neg \
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0"
-            cp "$pl/planted.json" reports/controls/planted_v3.json
-            if python -c "import json, sys; sys.exit(any(r['r2_val'] < 0.5 for r in json.load(open('$pl/planted.json'))))"; then
-                for s in 0 1 2; do for kind in planted twin; do
-                    [ -f "reports/controls/runs/planted-v3/${kind}_s$s/metrics.csv" ] && continue
+            cp "$pl/planted.json" "reports/controls/${name/-/_}.json"
+            if python -c "import json, sys; sys.exit(any(min(r['r2_val'], r.get('brightness_r2_val', 1)) < 0.5
+                          for r in json.load(open('$pl/planted.json'))))"; then
+                for s in 0 1 2; do for kind in planted $twin; do
+                    [ -f "reports/controls/runs/$name/${kind}_s$s/metrics.csv" ] && continue
                     nlanalysis extract --ckpt "$pl/${kind}_embedded_gaussian_s$s.pth" --coco-ann "$val/instances.json" \
                         --coco-images "$val/images" --controls --jsd-pairs 256 --query-dependence all --quiet \
                         --out "$pl/extract/${kind}_s$s"
-                    keep_set planted-v3 "$pl/extract/${kind}_s$s"
+                    keep_set "$name" "$pl/extract/${kind}_s$s"
                 done; done
-                python reports/controls/planted.py --read reports/controls/runs/planted-v3 | tee reports/controls/planted_v3.md
+                python reports/controls/planted.py --read "reports/controls/runs/$name" --negative $neg | tee "reports/controls/${name/-/_}.md"
             else
-                echo "planted check not run: a seed's probe val R^2 is below 0.5 (reports/controls/planted_v3.json)"
+                echo "planted check not run: a seed's probe val R^2 is below 0.5 (reports/controls/${name/-/_}.json)"
             fi ;;
         tables)  # keep every grid's run records (and history) in the repository, then the seed-paired margins and the
                  # plateau rule of every design trained so far, from the kept records
@@ -124,6 +127,6 @@ for batch in "${@:-1 2 3 4 5}"; do
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted, v3-planted-b, tables, extract, report)" >&2; exit 2 ;;
     esac
 done

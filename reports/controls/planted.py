@@ -60,6 +60,29 @@ def group_hues(ann_file: str | Path, image_ids: list[int], shape: tuple[int, int
     return torch.stack([cell_centres(pixels[..., k], grid) for k in range(2)], -1)
 
 
+def item_brightness(ann_file: str | Path, image_ids: list[int], images: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Each item's mean gray level (``[0, 1]``, RGB mean) over its visible pixels: per grid cell ``float [B, gh, gw]``
+    (NaN off the items; the cell is labelled by the pixel at its centre), and every item's ``[n_items]``."""
+    coco = load_coco(ann_file)
+    gray = images.double().mean(1) / 255.0  # [B, H, W]
+    cells, every = [], []
+    for b, image_id in enumerate(image_ids):
+        pixel = torch.full(gray.shape[1:], math.nan, dtype=torch.float64)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None)):
+            mask = torch.from_numpy(coco.annToMask(ann).astype(bool))
+            level = gray[b][mask].mean()
+            pixel[mask] = level
+            every.append(float(level))
+        cells.append(pixel)
+    return cell_centres(torch.stack(cells), grid), torch.tensor(every, dtype=torch.float64)
+
+
+def brightness_angles(levels: Tensor, lo: float, hi: float) -> Tensor:
+    """``[..., 2]``: ``(cos a, sin a)`` with ``a = pi (m - lo) / (hi - lo)`` (the PLAN's session-13 label; NaN stays NaN)."""
+    angle = math.pi * (levels - lo) / (hi - lo)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+
+
 def block_inputs(model: nn.Module, block: nn.Module, images: Tensor, pre, batch: int = 50) -> Tensor:
     """The block's input features ``[B, C, gh, gw]`` on ``uint8`` images (a forward pre-hook)."""
     seen: list[Tensor] = []
@@ -138,18 +161,21 @@ def twin_rows(probe: Tensor, seed: int = 0) -> Tensor:
     return rows * (probe.double().norm() / rows.norm())
 
 
-def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path) -> dict:
-    """Build and save one seed's planted block and twin; their numbers."""
+def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: str = "random") -> dict:
+    """Build and save one seed's planted block and its negative (``"random"``: the random twin of the
+    session-12 entry; ``"brightness"``: the brightness twin of the session-13 entry); their numbers."""
     loaded = load_checkpoint(ckpt, truncate=False)
     model, (name, block) = loaded.model, next(iter(loaded.block_modules().items()))
     if getattr(block, "mode", None) != "embedded_gaussian":
         raise ValueError(f"{ckpt}: block {name} is not an embedded-Gaussian NL block")
-    fits = {}
+    fits, levels = {}, {}
     for split, folder, limit in (("train", train_dir, PROBE_SCENES), ("val", val_dir, None)):
         scenes = load_scene_set(folder / "instances.json", folder / "images", limit=limit)
         feats = block_inputs(model, block, scenes.images, loaded.preprocess)
         hues = group_hues(folder / "instances.json", scenes.image_ids, tuple(scenes.images.shape[-2:]), tuple(feats.shape[-2:]))
         fits[split] = (feats, positions(feats, hues))
+        if negative == "brightness":
+            levels[split] = item_brightness(folder / "instances.json", scenes.image_ids, scenes.images, tuple(feats.shape[-2:]))
     probe = ridge_probe(*fits["train"][1])
     r2_train, r2_val = r_squared(probe, *fits["train"][1]), r_squared(probe, *fits["val"][1])
     features = fits["train"][0][:ENTROPY_SCENES]
@@ -157,35 +183,48 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path) -> dict:
     trained = {k: v.clone() for k, v in block.state_dict().items()}
     result = {"ckpt": str(ckpt), "block": name, "r2_val": r2_val, "r2_train": r2_train, "entropy_trained": target,
               "probe_norm": float(probe.norm()), "entropy_uniform": math.log(features.shape[-2] * features.shape[-1])}
-    for kind, rows in (("planted", probe), ("twin", twin_rows(probe))):
+    if negative == "brightness":  # m_min, m_max over the train items
+        lo, hi = float(levels["train"][1].min()), float(levels["train"][1].max())
+        labelled = {k: positions(fits[k][0], brightness_angles(levels[k][0], lo, hi)) for k in ("train", "val")}
+        other = ridge_probe(*labelled["train"])
+        result |= {"brightness_r2_train": r_squared(other, *labelled["train"]), "brightness_r2_val": r_squared(other, *labelled["val"]),
+                   "brightness_range": [lo, hi]}  # fmt: skip
+        kinds = (("planted", probe), ("brightness", other))
+    else:
+        kinds = (("planted", probe), ("twin", twin_rows(probe)))
+    for kind, rows in kinds:
         block.load_state_dict(trained)
         s, reached = match_entropy(block, rows, features, target)
         kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}  # the trained model's
         meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
                 "source_miou": loaded.meta.get("miou"),
-                "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"}}
+                "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"
+                + ("; the brightness twin: (session 13, 21:40)" if negative == "brightness" else "")}}
         path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
     return result
 
 
-def read_check(root: Path) -> tuple[bool, list[str]]:
-    """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict)."""
+def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
+    """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict).
+    ``"random"``: the session-12 rule (planted own-group with att above its control, twin not own-group);
+    ``"brightness"``: the session-13 rule (planted own-group, brightness twin not; rule 2 reported only)."""
+    twin = "twin" if negative == "random" else "brightness"
     readings, lines = {}, []
-    for kind in ("planted", "twin"):
+    for kind in ("planted", twin):
         sets = sorted(p for p in root.glob(f"{kind}_s*") if (p / "metrics.csv").is_file())
         if not sets:
             raise FileNotFoundError(f"{root}: no {kind}_s*/metrics.csv result sets")
         row = attention_summary(sets).iloc[0]
         readings[kind] = read_attention(row)
         lines.append(f"- {kind} ({len(sets)} result sets, {', '.join(p.name for p in sets)}): " + "; ".join(readings[kind]))
-    own = [any(w.startswith("attends its own group") for w in readings[k]) for k in ("planted", "twin")]
+    own = [any(w.startswith("attends its own group") for w in readings[k]) for k in ("planted", twin)]
     above = any(w.startswith("att ") and "above its form-matched control" in w for w in readings["planted"])
-    passes = own[0] and above and not own[1]
+    passes = own[0] and (above or negative != "random") and not own[1]
+    rule2 = f" {'with' if above else 'without'} att above their form-matched control" if negative == "random" else ""
     lines.append(f"The check {'passes' if passes else 'fails'}: the planted blocks "
-                 f"{'read' if own[0] else 'do not read'} \"attends its own group\" "
-                 f"{'with' if above else 'without'} att above their form-matched control; the twins "
+                 f"{'read' if own[0] else 'do not read'} \"attends its own group\"{rule2}; the {twin} twins "
                  f"{'read' if own[1] else 'do not read'} \"attends its own group\".")  # fmt: skip
     return passes, lines
 
@@ -199,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
     p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
+    p.add_argument("--negative", choices=("random", "brightness"), default="random",
+                   help="the negative: the random twin (session 12) or the brightness twin (session 13)")
     args = p.parse_args(argv)
     if args.read is not None:
-        print("\n".join(read_check(args.read)[1]))
+        print("\n".join(read_check(args.read, args.negative)[1]))
         return 0
     if args.ckpt_dir is None or args.train_scenes is None:
         p.error("--ckpt-dir and --train-scenes are required (unless --read)")
@@ -212,16 +253,17 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"give --val-scenes: {len(found)} val_* folders beside {args.train_scenes}")
         val = found[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, twin = [], "twin" if args.negative == "random" else "brightness"
     for seed in args.seeds:
-        r = plant_seed(args.ckpt_dir / f"embedded_gaussian_s{seed}.pth", args.train_scenes, val, args.out)
+        r = plant_seed(args.ckpt_dir / f"embedded_gaussian_s{seed}.pth", args.train_scenes, val, args.out, args.negative)
         results.append({"seed": seed, **r})
         print(f"seed {seed}: probe R^2 val {r['r2_val']:.3f} (train {r['r2_train']:.3f}); entropy trained {r['entropy_trained']:.4f}, "
-              f"planted {r['entropy_planted']:.4f} (s {r['s_planted']:.4g}), twin {r['entropy_twin']:.4f} (s {r['s_twin']:.4g})")  # fmt: skip
+              f"planted {r['entropy_planted']:.4f} (s {r['s_planted']:.4g}), {twin} {r[f'entropy_{twin}']:.4f} (s {r[f's_{twin}']:.4g})"
+              + (f"; brightness probe R^2 val {r['brightness_r2_val']:.3f}" if twin == "brightness" else ""))  # fmt: skip
         (args.out / "planted.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out / 'planted.json'}; the PLAN runs the check only where the probe's val R^2 >= 0.5. Extraction:")
     for r in results:
-        for kind in ("planted", "twin"):
+        for kind in ("planted", twin):
             print(f"nlanalysis extract --ckpt {r[f'ckpt_{kind}']} --coco-ann {val / 'instances.json'} --coco-images {val / 'images'}"
                   f" --controls --jsd-pairs 256 --query-dependence all --quiet --out {args.out / 'extract' / (kind + '_s' + str(r['seed']))}")  # fmt: skip
     return 0
