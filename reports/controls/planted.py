@@ -199,7 +199,7 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
                 "source_miou": loaded.meta.get("miou"),
                 "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"
-                + ("; the brightness twin: (session 13, 21:40)" if negative == "brightness" else "")}}
+                + ("; the brightness twin: (session 13, 21:35)" if negative == "brightness" else "")}}
         path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
