@@ -155,6 +155,11 @@ def test_item_brightness_is_each_items_mean_gray_and_its_angle_spans_half_the_ci
         seen = cells[b][~torch.isnan(cells[b])].numpy()
         assert seen.size > 0 and np.all(np.min(np.abs(seen[:, None] - np.array(levels)[None]), axis=1) < 1e-12)
     np.testing.assert_allclose(every.numpy(), expected, rtol=1e-12)
+    _, value = planted.item_brightness(ann, scenes.image_ids, scenes.images, (14, 14), "max")  # the HSV value: the largest channel
+    largest = [(scenes.images[b].numpy().astype(np.float64).max(0) / 255.0)[coco.annToMask(a).astype(bool)].mean()
+               for b, i in enumerate(scenes.image_ids) for a in coco.loadAnns(coco.getAnnIds(imgIds=[i]))]  # fmt: skip
+    np.testing.assert_allclose(value.numpy(), largest, rtol=1e-12)
+    assert np.all(value.numpy() >= every.numpy())
     lo, hi = float(every.min()), float(every.max())
     ends = planted.brightness_angles(torch.tensor([lo, hi, math.nan], dtype=torch.float64), lo, hi)
     np.testing.assert_allclose(ends[:2].numpy(), [[1.0, 0.0], [-1.0, 0.0]], atol=1e-12)

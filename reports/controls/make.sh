@@ -2,7 +2,7 @@
 # Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
 # (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid,
 # v3: v2's scenes with an image shortcut to the block's input, after its marker check; v3-planted: the planted block on
-# v3's embedded-Gaussian finals with a random twin, v3-planted-b: with a brightness twin)
+# v3's embedded-Gaussian finals with a random twin, v3-planted-b / -v: with a brightness twin, RGB mean / HSV value)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
 # and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
@@ -76,10 +76,14 @@ for batch in "${@:-1 2 3 4 5}"; do
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
                 --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
             grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
-        v3-planted|v3-planted-b)  # PLAN.md, session 13: the planted own-group block on v3's embedded-Gaussian finals
+        v3-planted|v3-planted-b|v3-planted-v)  # PLAN.md, session 13: the planted own-group block on v3's embedded-Gaussian finals
             # (seeds 0-2) with its negative: the random twin (v3-planted) or the brightness twin (v3-planted-b)
             out=runs/controls/query-specific-v3_e12; val=nlanalysis/data/demo/scenes_val_query_specific_items4_10
-            if [ "$batch" = v3-planted ]; then neg=random twin=twin name=planted-v3; else neg=brightness twin=brightness name=planted-v3b; fi
+            case "$batch" in
+                v3-planted) neg=random twin=twin name=planted-v3 ;;
+                v3-planted-b) neg=brightness twin=brightness name=planted-v3b ;;
+                *) neg=value twin=value name=planted-v3v ;;
+            esac
             pl=runs/controls/$name
             python reports/controls/planted.py --ckpt-dir "$out/checkpoints" --val-scenes "$val" --out "$pl" --negative $neg \
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0"
@@ -127,6 +131,6 @@ for batch in "${@:-1 2 3 4 5}"; do
             done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted, v3-planted-b, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted, v3-planted-b, v3-planted-v, tables, extract, report)" >&2; exit 2 ;;
     esac
 done

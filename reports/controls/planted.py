@@ -60,11 +60,13 @@ def group_hues(ann_file: str | Path, image_ids: list[int], shape: tuple[int, int
     return torch.stack([cell_centres(pixels[..., k], grid) for k in range(2)], -1)
 
 
-def item_brightness(ann_file: str | Path, image_ids: list[int], images: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Each item's mean gray level (``[0, 1]``, RGB mean) over its visible pixels: per grid cell ``float [B, gh, gw]``
-    (NaN off the items; the cell is labelled by the pixel at its centre), and every item's ``[n_items]``."""
+def item_brightness(ann_file: str | Path, image_ids: list[int], images: Tensor, grid: tuple[int, int],
+                    channels: str = "mean") -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Each item's mean gray level (``[0, 1]``; per pixel the RGB ``"mean"``, or the HSV value ``"max"``, which a
+    tint leaves at the item's own intensity) over its visible pixels: per grid cell ``float [B, gh, gw]`` (NaN
+    off the items; the cell is labelled by the pixel at its centre), and every item's ``[n_items]``."""
     coco = load_coco(ann_file)
-    gray = images.double().mean(1) / 255.0  # [B, H, W]
+    gray = (images.double().mean(1) if channels == "mean" else images.double().amax(1)) / 255.0  # [B, H, W]
     cells, every = [], []
     for b, image_id in enumerate(image_ids):
         pixel = torch.full(gray.shape[1:], math.nan, dtype=torch.float64)
@@ -163,7 +165,8 @@ def twin_rows(probe: Tensor, seed: int = 0) -> Tensor:
 
 def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: str = "random") -> dict:
     """Build and save one seed's planted block and its negative (``"random"``: the random twin of the
-    session-12 entry; ``"brightness"``: the brightness twin of the session-13 entry); their numbers."""
+    session-12 entry; ``"brightness"`` / ``"value"``: the brightness twins of the session-13 entries, labelled by
+    the RGB mean / the HSV value); their numbers."""
     loaded = load_checkpoint(ckpt, truncate=False)
     model, (name, block) = loaded.model, next(iter(loaded.block_modules().items()))
     if getattr(block, "mode", None) != "embedded_gaussian":
@@ -174,8 +177,9 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         feats = block_inputs(model, block, scenes.images, loaded.preprocess)
         hues = group_hues(folder / "instances.json", scenes.image_ids, tuple(scenes.images.shape[-2:]), tuple(feats.shape[-2:]))
         fits[split] = (feats, positions(feats, hues))
-        if negative == "brightness":
-            levels[split] = item_brightness(folder / "instances.json", scenes.image_ids, scenes.images, tuple(feats.shape[-2:]))
+        if negative in ("brightness", "value"):
+            levels[split] = item_brightness(folder / "instances.json", scenes.image_ids, scenes.images, tuple(feats.shape[-2:]),
+                                            "mean" if negative == "brightness" else "max")  # fmt: skip
     probe = ridge_probe(*fits["train"][1])
     r2_train, r2_val = r_squared(probe, *fits["train"][1]), r_squared(probe, *fits["val"][1])
     features = fits["train"][0][:ENTROPY_SCENES]
@@ -183,13 +187,13 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
     trained = {k: v.clone() for k, v in block.state_dict().items()}
     result = {"ckpt": str(ckpt), "block": name, "r2_val": r2_val, "r2_train": r2_train, "entropy_trained": target,
               "probe_norm": float(probe.norm()), "entropy_uniform": math.log(features.shape[-2] * features.shape[-1])}
-    if negative == "brightness":  # m_min, m_max over the train items
+    if negative in ("brightness", "value"):  # m_min, m_max over the train items
         lo, hi = float(levels["train"][1].min()), float(levels["train"][1].max())
         labelled = {k: positions(fits[k][0], brightness_angles(levels[k][0], lo, hi)) for k in ("train", "val")}
         other = ridge_probe(*labelled["train"])
         result |= {"brightness_r2_train": r_squared(other, *labelled["train"]), "brightness_r2_val": r_squared(other, *labelled["val"]),
                    "brightness_range": [lo, hi]}  # fmt: skip
-        kinds = (("planted", probe), ("brightness", other))
+        kinds = (("planted", probe), (negative, other))
     else:
         kinds = (("planted", probe), ("twin", twin_rows(probe)))
     for kind, rows in kinds:
@@ -199,7 +203,7 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
                 "source_miou": loaded.meta.get("miou"),
                 "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"
-                + ("; the brightness twin: (session 13, 21:35)" if negative == "brightness" else "")}}
+                + {"brightness": "; the brightness twin: (session 13, 21:35)", "value": "; the value twin: (session 13, 21:45)"}.get(negative, "")}}
         path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
@@ -209,8 +213,8 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
 def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
     """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict).
     ``"random"``: the session-12 rule (planted own-group with att above its control, twin not own-group);
-    ``"brightness"``: the session-13 rule (planted own-group, brightness twin not; rule 2 reported only)."""
-    twin = "twin" if negative == "random" else "brightness"
+    ``"brightness"``, ``"value"``: the session-13 rule (planted own-group, the twin not; rule 2 reported only)."""
+    twin = "twin" if negative == "random" else negative
     readings, lines = {}, []
     for kind in ("planted", twin):
         sets = sorted(p for p in root.glob(f"{kind}_s*") if (p / "metrics.csv").is_file())
@@ -238,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
     p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
-    p.add_argument("--negative", choices=("random", "brightness"), default="random",
-                   help="the negative: the random twin (session 12) or the brightness twin (session 13)")
+    p.add_argument("--negative", choices=("random", "brightness", "value"), default="random",
+                   help="the negative: the random twin (session 12) or a brightness twin (session 13: RGB mean or HSV value)")
     args = p.parse_args(argv)
     if args.read is not None:
         print("\n".join(read_check(args.read, args.negative)[1]))
@@ -253,13 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"give --val-scenes: {len(found)} val_* folders beside {args.train_scenes}")
         val = found[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    results, twin = [], "twin" if args.negative == "random" else "brightness"
+    results, twin = [], "twin" if args.negative == "random" else args.negative
     for seed in args.seeds:
         r = plant_seed(args.ckpt_dir / f"embedded_gaussian_s{seed}.pth", args.train_scenes, val, args.out, args.negative)
         results.append({"seed": seed, **r})
         print(f"seed {seed}: probe R^2 val {r['r2_val']:.3f} (train {r['r2_train']:.3f}); entropy trained {r['entropy_trained']:.4f}, "
               f"planted {r['entropy_planted']:.4f} (s {r['s_planted']:.4g}), {twin} {r[f'entropy_{twin}']:.4f} (s {r[f's_{twin}']:.4g})"
-              + (f"; brightness probe R^2 val {r['brightness_r2_val']:.3f}" if twin == "brightness" else ""))  # fmt: skip
+              + (f"; brightness probe R^2 val {r['brightness_r2_val']:.3f}" if "brightness_r2_val" in r else ""))  # fmt: skip
         (args.out / "planted.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out / 'planted.json'}; the PLAN runs the check only where the probe's val R^2 >= 0.5. Extraction:")
     for r in results:
