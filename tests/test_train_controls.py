@@ -167,7 +167,8 @@ def test_num_items_reaches_the_scenes_and_the_validation_set_is_written(tmp_path
     assert max(sizes.values()) > 3
     shipped = TrainJob.quick(tmp_path / "default", design="query-specific", val_scenes=4, num_items=(4, 10), progress=False)
     assert _val_set(shipped).source.endswith("scenes_val_query_specific_items4_10/instances.json")  # shipped (v2's)
-    other = TrainJob.quick(tmp_path / "other", design="query-specific", val_scenes=4, num_items=(4, 8), progress=False)
+    other = TrainJob.quick(tmp_path / "other", design="query-specific", source=str(source), val_scenes=4, num_items=(4, 8),
+                          progress=False)  # fmt: skip
     assert "val_query-specific_items4-8_300_seed0" in _val_set(other).source  # not shipped: its own 300 scenes
 
 
