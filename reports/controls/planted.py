@@ -235,7 +235,7 @@ def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt-dir", type=Path, help="v2's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth)")
+    p.add_argument("--ckpt-dir", type=Path, help="a grid's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth: v2's or v3's)")
     p.add_argument("--train-scenes", type=Path, help="the train scene folder (instances.json, images/)")
     p.add_argument("--val-scenes", type=Path, default=None,
                    help="the val scene folder (default: the one val_* folder beside --train-scenes)")  # fmt: skip
