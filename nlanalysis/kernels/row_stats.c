@@ -446,17 +446,24 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
 /* The token statistics of an NL block (reference: nlanalysis.measure.blocks._feature_stats' eager path) read in
  * the block's own channels-first layout: no [B, N, C] copy of its input and output is made, and z - x is not formed.
  *   x, y    [B, C, n] floats, tokens contiguous: image b at x + b * x_bs, channel c at + c * x_cs (y: y_bs, y_cs)
- *   sub     1: the second vectors are y - x (y the block's output z, the difference in float32 as torch forms
+ *   sub     1: the second vectors are y - x (y the block's output z; the difference in float32, as torch forms
  *           it), 0: y itself (the context z - x)
  *   qm      [B, n] query weights (1 valid, 0 not) or NULL
  *   s2      [B, 2] out: ||sum_i v_i / ||v_i|| ||^2 over valid non-zero v (input, output); float64 norms
  *   zeros   [B, 2] out: valid all-zero vectors
  *   bad     [B, 2] out: tokens, valid or not, holding NaN or inf (or whose difference overflows): the sums are
- *           then undefined, and the caller takes its eager path (as it did on a non-finite sum)
- * Tokens go in blocks of FEATURE_BLOCK: one pass over a block's channels gives its squared norms, a second (from
- * cache) its unit vectors' sums, so x and y are read from memory once. Each block's sums are kept apart and added
- * in block order, so the result does not depend on the thread count. */
-#define FEATURE_BLOCK 64
+ *           then undefined, and the caller takes its eager path
+ * Two passes, each along the contiguous axis: the squared norms (each thread its share of every channel's
+ * tokens), then each channel's weighted sum (channels shared out). Every sum runs in an order fixed by the code,
+ * not by the thread count. */
+#if defined(_OPENMP)
+#include <omp.h>
+static int feature_thread(void) { return omp_get_thread_num(); }
+static int feature_threads(void) { return omp_get_num_threads(); }
+#else
+static int feature_thread(void) { return 0; }
+static int feature_threads(void) { return 1; }
+#endif
 
 static inline int not_finite64(double v) { /* by the bits: -ffast-math may fold isfinite() to 1 */
     uint64_t bits;
@@ -464,7 +471,7 @@ static inline int not_finite64(double v) { /* by the bits: -ffast-math may fold 
     return (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
 }
 
-/* 1 / ||v|| for a valid non-zero finite token, else 0, counting the zero and the non-finite ones */
+/* 1 / ||v|| of a valid non-zero finite token from its squared norm, else 0; counts the zero and non-finite ones */
 static inline double feature_weight(double n2, float m, int64_t *zero, int64_t *bad) {
     if (not_finite64(n2)) {
         *bad += 1;
@@ -478,80 +485,70 @@ static inline double feature_weight(double n2, float m, int64_t *zero, int64_t *
     return m / sqrt(n2);
 }
 
-static void feature_block(const float *xb, int64_t x_cs, const float *yb, int64_t y_cs, float keep, const float *qm,
-                          int64_t m, int64_t C, double *px, double *py, int64_t *cnt) {
-    double wx[FEATURE_BLOCK] = {0.0}, wy[FEATURE_BLOCK] = {0.0};
-    for (int64_t c = 0; c < C; ++c) {
-        const float *xr = xb + c * x_cs, *yr = yb + c * y_cs;
-        for (int64_t t = 0; t < m; ++t) {
-            const float d = yr[t] - keep * xr[t]; /* keep 1: y - x; keep 0: y (0 * inf: a NaN counted bad on x) */
-            wx[t] += (double)xr[t] * (double)xr[t];
-            wy[t] += (double)d * (double)d;
-        }
-    }
-    for (int64_t t = 0; t < m; ++t) {
-        const float w = qm ? qm[t] : 1.f;
-        wx[t] = feature_weight(wx[t], w, cnt, cnt + 2);
-        wy[t] = feature_weight(wy[t], w, cnt + 1, cnt + 3);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-        const float *xr = xb + c * x_cs, *yr = yb + c * y_cs;
-        double sx = 0.0, sy = 0.0;
-        for (int64_t t = 0; t < m; ++t) {
-            const float d = yr[t] - keep * xr[t];
-            sx += wx[t] * (double)xr[t];
-            sy += wy[t] * (double)d;
-        }
-        px[c] = sx;
-        py[c] = sy;
-    }
-}
-
 int nl_feature_stats(const float *x, int64_t x_bs, int64_t x_cs, const float *y, int64_t y_bs, int64_t y_cs, int sub,
                      const float *qm, int64_t B, int64_t C, int64_t n, double *s2, int64_t *zeros, int64_t *bad) {
-    const int64_t blocks = (n + FEATURE_BLOCK - 1) / FEATURE_BLOCK, tasks = B * blocks;
-    double *part = malloc(sizeof(double) * (size_t)(tasks * 2 * (C > 0 ? C : 1)));
-    int64_t *cnt = calloc((size_t)(tasks * 4), sizeof(int64_t)); /* per block: zero x, zero y, bad x, bad y */
-    if (!part || !cnt) {
-        free(part);
-        free(cnt);
+    double *w = malloc(sizeof(double) * (size_t)(B * 2 * n + 1));       /* [B, 2, n] squared norms, then weights */
+    double *sums = malloc(sizeof(double) * (size_t)(B * 2 * C + 1));    /* [B, 2, C] sums of unit vectors */
+    if (!w || !sums) {
+        free(w);
+        free(sums);
         return -1;
     }
-    const float keep = sub ? 1.f : 0.f;
+    const float keep = sub ? 1.f : 0.f; /* y - keep * x: y - x exactly, or y (0 * inf: a NaN, x's token is bad anyway) */
+    for (int64_t j = 0; j < B * 2; ++j) zeros[j] = bad[j] = 0;
 #pragma omp parallel
     {
         FAST_DENORMALS
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < tasks; ++task) {
-            const int64_t b = task / blocks, i0 = (task % blocks) * FEATURE_BLOCK;
-            const int64_t m = n - i0 < FEATURE_BLOCK ? n - i0 : FEATURE_BLOCK;
-            double *px = part + task * 2 * C;
-            feature_block(x + b * x_bs + i0, x_cs, y + b * y_bs + i0, y_cs, keep, qm ? qm + b * n + i0 : NULL, m, C, px, px + C,
-                          cnt + task * 4);
+        const int64_t me = feature_thread(), nt = feature_threads(), lo = n * me / nt, hi = n * (me + 1) / nt;
+        int64_t count[4] = {0, 0, 0, 0}; /* this thread's zero x, zero y, bad x, bad y */
+        for (int64_t b = 0; b < B; ++b) {
+            double *wx = w + b * 2 * n, *wy = wx + n;
+            for (int64_t t = lo; t < hi; ++t) wx[t] = wy[t] = 0.0;
+            for (int64_t c = 0; c < C; ++c) {
+                const float *xr = x + b * x_bs + c * x_cs, *yr = y + b * y_bs + c * y_cs;
+                for (int64_t t = lo; t < hi; ++t) {
+                    const float d = yr[t] - keep * xr[t];
+                    wx[t] += (double)xr[t] * (double)xr[t];
+                    wy[t] += (double)d * (double)d;
+                }
+            }
+            for (int64_t t = lo; t < hi; ++t) {
+                const float m = qm ? qm[b * n + t] : 1.f;
+                wx[t] = feature_weight(wx[t], m, count, count + 2);
+                wy[t] = feature_weight(wy[t], m, count + 1, count + 3);
+            }
+            for (int v = 0; v < 2; ++v) {
+#pragma omp atomic
+                zeros[b * 2 + v] += count[v];
+#pragma omp atomic
+                bad[b * 2 + v] += count[2 + v];
+                count[v] = count[2 + v] = 0;
+            }
         }
+#pragma omp barrier
 #pragma omp for schedule(static)
-        for (int64_t bv = 0; bv < B * 2; ++bv) { /* each image's and vector's sums, blocks in order */
-            const int64_t b = bv / 2, v = bv % 2;
-            double *a = part + (b * blocks * 2 + v) * C; /* the image's first block gathers the others */
-            for (int64_t k = 1; k < blocks; ++k) {
-                const double *pk = a + k * 2 * C;
-                for (int64_t c = 0; c < C; ++c) a[c] += pk[c];
+        for (int64_t task = 0; task < B * C; ++task) {
+            const int64_t b = task / C, c = task % C;
+            const float *xr = x + b * x_bs + c * x_cs, *yr = y + b * y_bs + c * y_cs;
+            const double *wx = w + b * 2 * n, *wy = wx + n;
+            double sx = 0.0, sy = 0.0;
+            for (int64_t t = 0; t < n; ++t) {
+                const float d = yr[t] - keep * xr[t];
+                sx += wx[t] * (double)xr[t];
+                sy += wy[t] * (double)d;
             }
-            double t = 0.0;
-            for (int64_t c = 0; c < C; ++c) t += a[c] * a[c];
-            s2[bv] = t;
-            int64_t z = 0, nb = 0;
-            for (int64_t k = 0; k < blocks; ++k) {
-                z += cnt[(b * blocks + k) * 4 + v];
-                nb += cnt[(b * blocks + k) * 4 + 2 + v];
-            }
-            zeros[bv] = z;
-            bad[bv] = nb;
+            sums[b * 2 * C + c] = sx;
+            sums[(b * 2 + 1) * C + c] = sy;
         }
         RESTORE_DENORMALS
     }
-    free(part);
-    free(cnt);
+    for (int64_t bv = 0; bv < B * 2; ++bv) {
+        double t = 0.0;
+        for (int64_t c = 0; c < C; ++c) t += sums[bv * C + c] * sums[bv * C + c];
+        s2[bv] = t;
+    }
+    free(w);
+    free(sums);
     return 0;
 }
 
