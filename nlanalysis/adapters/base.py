@@ -90,3 +90,8 @@ class BlockAdapter(ABC):
     def context_term(self, module: nn.Module, x: Tensor, z: Tensor) -> Tensor:
         """What the block adds to its input before fusion (the paper's ``output``): ``z - x``."""
         return z - x
+
+    def residual(self) -> bool:
+        """Whether :meth:`context_term` is this default ``z - x`` of the block's output tensor, so that a capture
+        may read the context from ``x`` and ``z`` without forming it (an override of :meth:`context_term` says no)."""
+        return type(self).context_term is BlockAdapter.context_term

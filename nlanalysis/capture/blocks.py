@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..adapters import BlockInfo, check_features
 from ..measure.blocks import measure_block
@@ -85,14 +85,16 @@ class BlockSite(Site):
         x = adapter.block_input(args, kwargs).detach()
         check_features(x)
         z = (output[0] if isinstance(output, (tuple, list)) else output).detach()
-        context = adapter.context_term(block.module, x, z)
+        # z - x is formed only where it is kept or the adapter defines it otherwise: the statistics read x and z
+        residual = not self.keep_tensors and adapter.residual() and isinstance(z, Tensor)
+        context = None if residual else adapter.context_term(block.module, x, z)
         found = in_pass.take() if in_pass is not None else None
         att = found[0] if found is not None else adapter.attention(block.module, x)
         record = cap.site_record(block, info, (att.query_shape, att.key_shape))
         if cap.stats:
             valid, objects = cap.cell_masks(att.query_shape, x.shape[0], "block input")
-            record.stats = measure_block(att, x, context, valid=valid, objects=objects, generator=cap.generator,
-                                         stride=cap.stride(att.query_shape), **self.measure_kwargs)  # fmt: skip
+            record.stats = measure_block(att, x, context, output=z if residual else None, valid=valid, objects=objects,
+                                         generator=cap.generator, stride=cap.stride(att.query_shape), **self.measure_kwargs)  # fmt: skip
         if cap.queries is not None:
             record.queries = found[1] if found is not None else cap.query_maps(block.name, att)
         if self.keep_tensors:

@@ -2,7 +2,8 @@
 blocks), built on first use with the system C compiler; :func:`uses_native` says where they run.
 
 :func:`row_stats` is the one-pass equivalent of :func:`nlanalysis.measure.head_rows._chunk_stats` (the
-eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats`` and
+eager reference; tests check that they agree), :func:`token_stats` of ``nlanalysis.measure.heads._token_stats``,
+:func:`feature_stats` of ``nlanalysis.measure.blocks._feature_stats``' eager path, and
 :func:`pair_jsd` of ``nlanalysis.measure.jsd_pairs._pair_jsd``, :func:`table_jsd` of
 ``nlanalysis.metrics.divergence._jsd_normalized`` (float64, for an NL block's sampled pairs) and
 :func:`unit_sum` of ``nlanalysis.metrics.CosineAccumulator`` (both in :mod:`.sums`). Their source, ``row_stats.c``, is compiled once per machine into
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "head_finalise", "log_positive", "token_stats", "why_unavailable", "workspace"]
+__all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "feature_stats", "head_finalise", "log_positive", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c, suite.c and finalise.c
 # compile flags to try, best first: where the compiler refuses one (-mprefer-vector-width is x86 only,
@@ -140,6 +141,7 @@ def _build() -> ctypes.CDLL:
     signatures = {
         "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
+        "nl_feature_stats": [p, i64, i64, p, i64, i64, ctypes.c_int, p, i64, i64, i64, p, p, p],
         "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
@@ -429,6 +431,48 @@ def token_stats(
     if rc != 0:
         raise MemoryError("token_stats: could not allocate its buffers")
     return s2, zeros
+
+
+@torch.no_grad()
+def feature_stats(x: Tensor, y: Tensor, qm: Tensor | None, residual: bool = False) -> tuple[Tensor, Tensor] | None:
+    """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts ``[B, 2]`` of an NL block's input tokens and output
+    tokens, read in the block's ``[B, C, H, W]`` layout: as :func:`token_stats` of their ``[B, N, C]`` rows
+    (float64 norms), without copying them into rows.
+
+    Args:
+        x: ``[B, C, H, W]`` float32, the block's input (the first vectors).
+        y: ``[B, C, H, W]`` float32: the output vectors themselves, or (``residual``) the block's output ``z``,
+            whose vectors ``z - x`` are read without forming that tensor.
+        qm: ``[B, H*W]`` query weights (1 valid, 0 not) or None.
+
+    Returns:
+        ``(s2, zeros)`` (float64, int64), or ``None`` where a token of either, valid or not, holds NaN or inf (or
+        its ``z - x`` overflows): the sums are not defined there, the caller's eager path decides.
+    """
+    lib = _lib()
+    if x.dim() != 4 or y.shape != x.shape:
+        raise ValueError(f"feature_stats: x and y must be [B, C, H, W] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    b, c, h, w = x.shape
+    n = h * w
+
+    def channels(name: str, t: Tensor) -> Tensor:  # each channel's tokens contiguous: the [B, C, H, W] tensor itself
+        _check_cpu(name, t)
+        dense = (w == 1 or t.stride(3) == 1) and (h == 1 or t.stride(2) == (w if w > 1 else 1))
+        return t if dense else t.contiguous()
+
+    x, y = channels("x", x), channels("y", y)
+    _on_cpu("qm", qm)
+    if qm is not None and qm.numel() != b * n:
+        raise ValueError(f"feature_stats: qm must have {b} x {n} entries, got {tuple(qm.shape)}")
+    qm = _f32(qm)
+    s2 = torch.empty(b, 2, dtype=torch.float64)
+    zeros = torch.empty(b, 2, dtype=torch.int64)
+    bad = torch.empty(b, 2, dtype=torch.int64)
+    rc = lib.nl_feature_stats(_ptr(x), x.stride(0), x.stride(1), _ptr(y), y.stride(0), y.stride(1), int(residual), _ptr(qm), b, c, n,
+                              _ptr(s2), _ptr(zeros), _ptr(bad))  # fmt: skip
+    if rc != 0:
+        raise MemoryError("feature_stats: could not allocate its buffers")
+    return None if bool(bad.any()) else (s2, zeros)
 
 
 @torch.no_grad()

@@ -443,6 +443,115 @@ int nl_token_stats(const float *x, int64_t x_bs, const float *br, int64_t br_bs,
     return 0;
 }
 
+/* The token statistics of an NL block (reference: nlanalysis.measure.blocks._feature_stats' eager path) read in
+ * the block's own channels-first layout: no [B, N, C] copy of its input and output is made, and z - x is not formed.
+ *   x, y    [B, C, n] floats, tokens contiguous: image b at x + b * x_bs, channel c at + c * x_cs (y: y_bs, y_cs)
+ *   sub     1: the second vectors are y - x (y the block's output z; the difference in float32, as torch forms
+ *           it), 0: y itself (the context z - x)
+ *   qm      [B, n] query weights (1 valid, 0 not) or NULL
+ *   s2      [B, 2] out: ||sum_i v_i / ||v_i|| ||^2 over valid non-zero v (input, output); float64 norms
+ *   zeros   [B, 2] out: valid all-zero vectors
+ *   bad     [B, 2] out: tokens, valid or not, holding NaN or inf (or whose difference overflows): the sums are
+ *           then undefined, and the caller takes its eager path
+ * Two passes, each along the contiguous axis: the squared norms (each thread its share of every channel's
+ * tokens), then each channel's weighted sum (channels shared out). Every sum runs in an order fixed by the code,
+ * not by the thread count. */
+#if defined(_OPENMP)
+#include <omp.h>
+static int feature_thread(void) { return omp_get_thread_num(); }
+static int feature_threads(void) { return omp_get_num_threads(); }
+#else
+static int feature_thread(void) { return 0; }
+static int feature_threads(void) { return 1; }
+#endif
+
+static inline int not_finite64(double v) { /* by the bits: -ffast-math may fold isfinite() to 1 */
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    return (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+}
+
+/* 1 / ||v|| of a valid non-zero finite token from its squared norm, else 0; counts the zero and non-finite ones */
+static inline double feature_weight(double n2, float m, int64_t *zero, int64_t *bad) {
+    if (not_finite64(n2)) {
+        *bad += 1;
+        return 0.0;
+    }
+    if (m == 0.f) return 0.0;
+    if (n2 <= 0.0) {
+        *zero += 1;
+        return 0.0;
+    }
+    return m / sqrt(n2);
+}
+
+int nl_feature_stats(const float *x, int64_t x_bs, int64_t x_cs, const float *y, int64_t y_bs, int64_t y_cs, int sub,
+                     const float *qm, int64_t B, int64_t C, int64_t n, double *s2, int64_t *zeros, int64_t *bad) {
+    double *w = malloc(sizeof(double) * (size_t)(B * 2 * n + 1));       /* [B, 2, n] squared norms, then weights */
+    double *sums = malloc(sizeof(double) * (size_t)(B * 2 * C + 1));    /* [B, 2, C] sums of unit vectors */
+    if (!w || !sums) {
+        free(w);
+        free(sums);
+        return -1;
+    }
+    const float keep = sub ? 1.f : 0.f; /* y - keep * x: y - x exactly, or y (0 * inf: a NaN, x's token is bad anyway) */
+    for (int64_t j = 0; j < B * 2; ++j) zeros[j] = bad[j] = 0;
+#pragma omp parallel
+    {
+        FAST_DENORMALS
+        const int64_t me = feature_thread(), nt = feature_threads(), lo = n * me / nt, hi = n * (me + 1) / nt;
+        int64_t count[4] = {0, 0, 0, 0}; /* this thread's zero x, zero y, bad x, bad y */
+        for (int64_t b = 0; b < B; ++b) {
+            double *wx = w + b * 2 * n, *wy = wx + n;
+            for (int64_t t = lo; t < hi; ++t) wx[t] = wy[t] = 0.0;
+            for (int64_t c = 0; c < C; ++c) {
+                const float *xr = x + b * x_bs + c * x_cs, *yr = y + b * y_bs + c * y_cs;
+                for (int64_t t = lo; t < hi; ++t) {
+                    const float d = yr[t] - keep * xr[t];
+                    wx[t] += (double)xr[t] * (double)xr[t];
+                    wy[t] += (double)d * (double)d;
+                }
+            }
+            for (int64_t t = lo; t < hi; ++t) {
+                const float m = qm ? qm[b * n + t] : 1.f;
+                wx[t] = feature_weight(wx[t], m, count, count + 2);
+                wy[t] = feature_weight(wy[t], m, count + 1, count + 3);
+            }
+            for (int v = 0; v < 2; ++v) {
+#pragma omp atomic
+                zeros[b * 2 + v] += count[v];
+#pragma omp atomic
+                bad[b * 2 + v] += count[2 + v];
+                count[v] = count[2 + v] = 0;
+            }
+        }
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * C; ++task) {
+            const int64_t b = task / C, c = task % C;
+            const float *xr = x + b * x_bs + c * x_cs, *yr = y + b * y_bs + c * y_cs;
+            const double *wx = w + b * 2 * n, *wy = wx + n;
+            double sx = 0.0, sy = 0.0;
+            for (int64_t t = 0; t < n; ++t) {
+                const float d = yr[t] - keep * xr[t];
+                sx += wx[t] * (double)xr[t];
+                sy += wy[t] * (double)d;
+            }
+            sums[b * 2 * C + c] = sx;
+            sums[(b * 2 + 1) * C + c] = sy;
+        }
+        RESTORE_DENORMALS
+    }
+    for (int64_t bv = 0; bv < B * 2; ++bv) {
+        double t = 0.0;
+        for (int64_t c = 0; c < C; ++c) t += sums[bv * C + c] * sums[bv * C + c];
+        s2[bv] = t;
+    }
+    free(w);
+    free(sums);
+    return 0;
+}
+
 /* Jensen-Shannon divergence (bits) of row pairs of a table of renormalised rows (reference:
  * nlanalysis.vit.measure._pair_jsd): H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2, clamped to [0, 1].
  *   table [S, H1, K], ent [S, H1] (nats), ok [S, H1]; a, b [P] rows of each pair

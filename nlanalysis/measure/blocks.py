@@ -23,7 +23,6 @@ Rules, stated once (the ViT heads follow them too):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -169,8 +168,9 @@ def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, j
 def measure_block(
     att: LazyAttention | BlockMaps,
     x: Tensor,
-    context: Tensor,
+    context: Tensor | None,
     *,
+    output: Tensor | None = None,
     valid: Tensor | None = None,
     objects: Tensor | None = None,
     chunk_size: int = 256,
@@ -190,6 +190,8 @@ def measure_block(
             e.g. in the block's own pass: :mod:`nlanalysis.capture.inpass_blocks`; then without
             ``controls`` and ``query_dependence``, which read the maps again).
         x, context: block input and what the block adds before fusion (``z - x``), ``[B, C, H, W]`` each.
+        output: the block's output ``z`` ``[B, C, H, W]`` when ``context`` is ``None`` (a residual block: the
+            context is ``output - x``, which the native feature pass reads without forming it).
         valid, objects: optional ``[B, H, W]``: bool, True on image positions (False on padding); int
             instance labels on the query grid (0 = no object).
         chunk_size: queries per chunk of attention rows (eager).
@@ -205,10 +207,12 @@ def measure_block(
         stride: input pixels per query cell ``(y, x)``, for ``att_distance_px`` (``None``: NaN).
     """
     b, _, h, w = x.shape
-    if (h, w) != att.query_shape or context.shape != x.shape:
-        raise ValueError(
-            f"shapes disagree: x {tuple(x.shape)}, context {tuple(context.shape)}, attention query grid {att.query_shape}"
-        )
+    if (context is None) == (output is None):
+        raise ValueError("pass the block's context, or its output z (context z - x) with context=None, not both or neither")
+    second = context if context is not None else output
+    if (h, w) != att.query_shape or second.shape != x.shape:
+        what = "context" if context is not None else "output"
+        raise ValueError(f"shapes disagree: x {tuple(x.shape)}, {what} {tuple(second.shape)}, attention query grid {att.query_shape}")
     check_level(query_dependence)
     given = att if isinstance(att, BlockMaps) else None
     # the cheap suite from the native pass (no object context: its label mass is the eager pass's)
@@ -231,6 +235,7 @@ def measure_block(
     if controls and not att.query_independent:
         from .block_controls import block_controls
 
+        context = context if context is not None else output - x
         ctrl = block_controls(att, x, context, valid, objects, maps["att_entropy"], row_ok, jsd_pairs, generator, cos, kernels)
     if native_suite and not suite and given.suite is not None:  # from the native pass that measured the maps
         suite = given.suite
@@ -238,7 +243,8 @@ def measure_block(
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
         suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels)
     stats = SiteStats(
-        **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager"), **{k: v[:, None] for k, v in maps.items()},
+        **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager", output),
+        **{k: v[:, None] for k, v in maps.items()},
         n_query=masks.n_query, n_key=masks.n_key, convention=convention, zero_rule=zero,
         **{k: v[:, None] if isinstance(v, Tensor) else v for k, v in ctrl.items()},
         query_independent=given.query_independent, **suite,
@@ -285,19 +291,28 @@ def _eager_rows(att: LazyAttention, kernels: str) -> bool:
     return not native_softmax(att, kernels)
 
 
-def _feature_stats(x: Tensor, context: Tensor, qmask: Tensor | None, cos: dict, kernels: str = "auto") -> dict[str, Tensor]:
+def _feature_stats(x: Tensor, context: Tensor | None, qmask: Tensor | None, cos: dict, kernels: str = "auto",
+                   output: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
     """``input``, ``output`` (mean pairwise cosine distances) and their zero-vector counts, ``[B, 1]`` each:
-    one native pass over both (:func:`nlanalysis.kernels.token_stats`, float32 CPU, finite), else eager
-    (``measure_block`` asks for the native pass with softmax maps; other maps keep the eager numbers exactly)."""
-    vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
-    if kernels != "eager" and x.dtype == context.dtype == torch.float32:
+    one native pass over both in their ``[B, C, H, W]`` layout (:func:`nlanalysis.kernels.feature_stats`, float32
+    CPU, finite), else eager (``measure_block`` asks for the native pass with softmax maps; other maps keep the
+    eager numbers exactly). ``context`` ``None``: the block's ``output - x``, which the native pass reads without
+    forming it."""
+    second = context if context is not None else output
+    if kernels != "eager" and x.dtype == second.dtype == torch.float32:
         from .. import kernels as _native  # loads only when asked for
 
-        if _native.uses_native(kernels, x.device) and math.isfinite(float(context.sum())):  # else eager: it refuses NaN
-            s2, zeros = _native.token_stats(vx, vc, None, None, qmask)
-            n = (qmask.sum(1) if qmask is not None else torch.full((x.shape[0],), vx.shape[1])).cpu()
+        # None where a value is NaN or inf: then eager, which refuses NaN (padding aside)
+        found = _native.feature_stats(x.detach(), second.detach(), qmask, residual=context is None) \
+            if _native.uses_native(kernels, x.device) else None  # fmt: skip
+        if found is not None:
+            s2, zeros = found
+            n = (qmask.sum(1) if qmask is not None else torch.full((x.shape[0],), x.shape[2] * x.shape[3])).cpu()
             dist = distance_from_sum(s2.clamp(min=0), n[:, None].expand(-1, 2).long(), zeros, **cos)
             return dict(input=dist[:, :1], output=dist[:, 1:], input_zero=zeros[:, :1], output_zero=zeros[:, 1:])
+    if context is None:
+        context = output - x
+    vx, vc = (t.detach().flatten(2).transpose(1, 2) for t in (x, context))
     return dict(
         input=mean_pairwise_cosine_distance(vx, mask=qmask, **cos)[:, None].cpu(),
         output=mean_pairwise_cosine_distance(vc, mask=qmask, **cos)[:, None].cpu(),
