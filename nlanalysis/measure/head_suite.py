@@ -39,7 +39,7 @@ from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
 from .head_rows import head_source, native_chunk
 from .native_suite import head_suite_sums, suite_columns
-from .query_dep import COLUMNS, grid_centres
+from .query_dep import COLUMNS, CROSS_SITE, grid_centres
 from .stats import nans
 
 __all__ = ["NMI_EPS", "ROWS_BYTES", "HeadSuite", "SuiteRows"]
@@ -305,16 +305,16 @@ class HeadSuite:
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
         b, m = att.batch_size, self.maps
-        if self.native is not None:
-            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale)
+        if self.native is not None:  # cross_site_cos too where the kernel compared the rows
+            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale, cross=self.kernel_rows)
         else:
             out = self._columns()
-        cross = nans(b, m)
-        if self.previous is not None:
-            pick = slice(None) if self.previous.maps == m else slice(-1, None)
-            total, count = (self.native.cross[0], self.native.cross[1]) if self.kernel_rows else (self.cross, self.cross_n)
-            cross[:, pick] = (total[:, pick] / count[:, pick]).cpu()
-        out["cross_site_cos"] = cross
+        if CROSS_SITE not in out:
+            cross = nans(b, m)
+            if self.previous is not None:
+                pick = slice(None) if self.previous.maps == m else slice(-1, None)
+                cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
+            out[CROSS_SITE] = cross
         self.values = out
         if self.kernel_rows:
             self.rows = SuiteRows(self.grids, self.name, m, None, None, None, att, self.km, self.qm, self.native.keep, self.native.keep_norms)
