@@ -32,6 +32,8 @@ def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
     """``t`` as a contiguous float64 CPU tensor of ``shape`` (ValueError otherwise)."""
     if t is None:
         return None
+    if t.dtype == torch.float64 and t.is_contiguous() and not t.requires_grad and t.is_cpu and t.shape == shape:
+        return t  # e.g. the cached cell centres, every layer: no detach, to and contiguous to dispatch
     if t.device.type != "cpu" or tuple(t.shape) != shape:
         raise ValueError(f"suite: {name} must be a CPU tensor {shape}, got {tuple(t.shape)} on {t.device}")
     return t.detach().to(torch.float64).contiguous()
