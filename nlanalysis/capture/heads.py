@@ -27,7 +27,7 @@ from ..kernels import all_finite
 from ..measure.head_controls import control_generator, head_controls
 from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..measure.head_suite import HeadSuite, SuiteRows
-from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, measure_heads, uses_native
+from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, key_mask, measure_heads, uses_native
 from ..measure.query_dep import CROSS_SITE
 from ..schema import VIT
 from .core import Capture, Site
@@ -45,12 +45,13 @@ _GRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None, device: torch.device) -> Tensor:
-    """Gram matrices of the output projection (LayerScale folded in), cached while the weights are unchanged."""
+    """Gram matrices of the output projection (LayerScale folded in), cached while the weights are unchanged, in float32
+    (what :func:`~nlanalysis.measure.heads.measure_heads` reads: one conversion per module, not per forward)."""
     weight, _ = adapter.out_weight(module)
     key = (weight._version, weight.data_ptr(), None if gamma is None else (gamma._version, gamma.data_ptr()), str(device))
     cached = _GRAMS.get(module)
     if cached is None or cached[0] != key:
-        cached = (key, gram_matrices(weight, adapter.num_heads(module), gamma).to(device))
+        cached = (key, gram_matrices(weight, adapter.num_heads(module), gamma).to(device, torch.float32))
         _GRAMS[module] = cached
     return cached[1]
 
@@ -260,9 +261,7 @@ class HeadSite(Site):
             return None
         layout = att.layout
         previous = self._rows[1] if self._rows is not None and self._rows[0] == self.cap._calls else None
-        if "key mask" not in batch.memo:  # once per forward: every layer's suite shares the batch's masks
-            batch.memo["key mask"] = batch.km[:, 0, 0].bool() if batch.km is not None else None
-        return HeadSuite(att, batch.qmask, batch.memo["key mask"], layout.patch_size or self.cap.stride(layout.grid), previous, batch.memo)
+        return HeadSuite(att, batch.qmask, key_mask(batch), layout.patch_size or self.cap.stride(layout.grid), previous, batch.memo)
 
     def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, att: HeadAttention, index: int) -> dict[str, Tensor]:
         """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn

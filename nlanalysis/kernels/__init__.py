@@ -148,6 +148,7 @@ def _build() -> ctypes.CDLL:
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_all_finite": [p, i64],
         "nl_head_finalise_packed": [p],
+        "nl_suite_columns": [p, ctypes.c_double],
         "nl_log_positive": [p, i64, p],
     }
     for name, argtypes in signatures.items():

@@ -141,3 +141,102 @@ int nl_head_finalise_packed(const int64_t *a) {
                             (const double *)a[9], (const double *)a[10], (const uint8_t *)a[11], a[12], a[13], a[14],
                             a[15], a[16], a[17], (double *)a[18], (int64_t *)a[19]);
 }
+
+/* The cheap query-dependence suite's columns of one site from the sums of its native pass (suite.c, SuiteSums),
+ * as nlanalysis.measure.native_suite._numpy_columns computes them (the reference; tests compare the two): at
+ * batch 1 that is ~40 NumPy and torch calls per layer. Layout (C order, contiguous, double; M maps, the first H
+ * with logits; K keys, the spatial ones from `sp0`, Ks = K - sp0):
+ *   sums [5, B, M], p_k [B, M, Ks]  the NMI's, distances' and local masses' sums, or NULL (no spatial sums)
+ *   has_pos                         the distances and local masses were summed (cell centres given)
+ *   km [B, K]                       valid keys (1/0), or NULL (all)
+ *   unary [B, H, K], pair_sums [2, B, H], pair_s [B, H, K]  the DNL split's, or unary NULL (none)
+ *   cross [2, B, M]                 cosine sums with the previous site from map `cross_from` on, or NULL
+ *   out [R, B, M]                   every entry NaN, then the columns at rows at[0..6] (qk_nmi, att_distance_px,
+ *                                   att_local, att_local_uniform, unary_var_share, att_pairwise_only, cross_site_cos)
+ * NaN is written where the reference divides by a zero count (fin_nan, decided on the counts). */
+static inline void fin_inf(double *dst) {
+    const uint64_t bits = 0x7ff0000000000000ULL;
+    memcpy(dst, &bits, sizeof bits);
+}
+
+static void columns_spatial(const double *sums, const double *p_k, int64_t has_pos, const double *km, int64_t B, int64_t M,
+                          int64_t K, int64_t sp0, const int64_t *at, double *out) {
+    const int64_t BM = B * M, Ks = K - sp0;
+    for (int64_t b = 0; b < B; ++b) {
+        double n_k = (double)Ks; /* valid spatial keys */
+        if (km) {
+            n_k = 0.0;
+            for (int64_t k = sp0; k < K; ++k) n_k += km[b * K + k];
+        }
+        for (int64_t m = 0; m < M; ++m) {
+            const int64_t j = b * M + m;
+            const double n_q = sums[4 * BM + j];
+            if (!(n_q > 0.0)) continue; /* no query counted: NaN, as 0 / 0 in the reference */
+            const double *p = p_k + j * Ks;
+            double h_k = 0.0;
+            for (int64_t k = 0; k < Ks; ++k) {
+                const double q = p[k] / n_q;
+                h_k -= q * log(q > 0.0 ? q : 1.0); /* xlogy(q, q): 0 at 0 (no log(0) for -ffast-math to fold) */
+            }
+            double mutual = h_k - sums[j] / n_q;
+            mutual = mutual > 0.0 ? mutual : 0.0; /* I >= 0 exactly: the clamp removes round-off */
+            const double den = log(n_q) * h_k;
+            double *nmi = out + at[0] * BM + j;
+            if (den > 0.0) *nmi = mutual / sqrt(den);
+            else if (den == 0.0 && mutual > 0.0) fin_inf(nmi); /* x / 0 (n_q = 1 or one key); 0 / 0 stays NaN */
+            if (has_pos) {
+                out[at[1] * BM + j] = sums[BM + j] / n_q;
+                out[at[2] * BM + j] = sums[2 * BM + j] / n_q;
+                if (n_k > 0.0) out[at[3] * BM + j] = sums[3 * BM + j] / n_k / n_q;
+                else if (sums[3 * BM + j] > 0.0) fin_inf(out + at[3] * BM + j); /* x / 0; 0 / 0 stays NaN */
+            }
+        }
+    }
+}
+
+static void columns_dnl(const double *unary, const double *pair_sums, const double *pair_s, const double *km, double scale,
+                      int64_t B, int64_t H, int64_t M, int64_t K, const int64_t *at, double *out) {
+    const int64_t BM = B * M, BH = B * H;
+    for (int64_t b = 0; b < B; ++b) {
+        const double *w = km ? km + b * K : NULL;
+        double n_k = (double)K;
+        if (w) {
+            n_k = 0.0;
+            for (int64_t k = 0; k < K; ++k) n_k += w[k];
+        }
+        for (int64_t h = 0; h < H; ++h) {
+            const int64_t j = b * M + h, i = b * H + h;
+            const double *u = unary + i * K, *s = pair_s + i * K;
+            const double n_rows = pair_sums[BH + i];
+            double s2 = 0.0;
+            for (int64_t k = 0; k < K; ++k) s2 += s[k] * s[k];
+            fin_distance(s2, (double)(int64_t)nearbyint(n_rows), 0.0, 0, 0, out + at[5] * BM + j);
+            if (!(n_k > 0.0) || !(n_rows > 0.0)) continue; /* 0 / 0 in the reference */
+            double mean = 0.0, var = 0.0;
+            for (int64_t k = 0; k < K; ++k) mean += w ? u[k] * w[k] : u[k];
+            mean /= n_k;
+            for (int64_t k = 0; k < K; ++k) {
+                const double d = w ? (u[k] - mean) * w[k] : u[k] - mean;
+                var += d * d;
+            }
+            const double unary_var = scale * scale * var / n_k, total = unary_var + pair_sums[i] / (n_rows * n_k);
+            if (total > 0.0) out[at[4] * BM + j] = unary_var / total;
+        }
+    }
+}
+
+int nl_suite_columns(const int64_t *a, double scale) {
+    const double *sums = (const double *)a[0], *p_k = (const double *)a[1], *km = (const double *)a[3];
+    const double *unary = (const double *)a[4], *pair_sums = (const double *)a[5], *pair_s = (const double *)a[6];
+    const double *cross = (const double *)a[7];
+    const int64_t has_pos = a[2], cross_from = a[8], B = a[9], H = a[10], M = a[11], K = a[12], sp0 = a[13], R = a[15];
+    double *out = (double *)a[14];
+    const int64_t *at = a + 16, BM = B * M;
+    for (int64_t i = 0; i < R * BM; ++i) fin_nan(out + i);
+    if (sums && p_k) columns_spatial(sums, p_k, has_pos, km, B, M, K, sp0, at, out);
+    if (unary && pair_sums && pair_s) columns_dnl(unary, pair_sums, pair_s, km, scale, B, H, M, K, at, out);
+    if (cross)
+        for (int64_t j = 0; j < BM; ++j)
+            if (j % M >= cross_from && cross[BM + j] > 0.0) out[at[6] * BM + j] = cross[j] / cross[BM + j];
+    return 0;
+}

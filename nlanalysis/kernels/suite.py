@@ -7,6 +7,8 @@ first query, for the query positions). :mod:`nlanalysis.measure.native_suite` tu
 from __future__ import annotations
 
 import ctypes
+from array import array
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +32,8 @@ def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
     """``t`` as a contiguous float64 CPU tensor of ``shape`` (ValueError otherwise)."""
     if t is None:
         return None
+    if t.dtype == torch.float64 and t.is_contiguous() and not t.requires_grad and t.is_cpu and t.shape == shape:
+        return t  # e.g. the cached cell centres, every layer: no detach, to and contiguous to dispatch
     if t.device.type != "cpu" or tuple(t.shape) != shape:
         raise ValueError(f"suite: {name} must be a CPU tensor {shape}, got {tuple(t.shape)} on {t.device}")
     return t.detach().to(torch.float64).contiguous()
@@ -150,6 +154,40 @@ class SuiteSums:
                            0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross), at(self.keep_norms),
                            at(self.previous_norms))  # fmt: skip
         return ctypes.addressof(self._args)
+
+    def columns(self, key_mask: Tensor | None, scale: float, rows: int, at: Sequence[int]) -> Tensor:
+        """The suite's columns from these sums in one native call (``nl_suite_columns`` of ``finalise.c``), as
+        :func:`nlanalysis.measure.native_suite.suite_columns` defines them.
+
+        Args:
+            key_mask: ``[B, K]`` the valid keys (any dtype, 1/0), or ``None`` (all).
+            scale: the logits' softmax scale.
+            rows, at: the output's rows, and the row of each of ``qk_nmi``, ``att_distance_px``, ``att_local``,
+                ``att_local_uniform``, ``unary_var_share``, ``att_pairwise_only`` and ``cross_site_cos`` (written
+                where the sums compared with a previous site; ``-1``: not wanted).
+
+        Returns:
+            ``[rows, B, M]`` float64: NaN but at those rows (and NaN there where a count is zero).
+        """
+        b, m = self.batch, self.maps
+        if len(at) != 7 or not all(-1 <= i < rows for i in at) or min(at[:6]) < 0:
+            raise ValueError(f"suite: at must give 7 rows in [0, {rows}) (the last may be -1), got {tuple(at)}")
+        km = None
+        if key_mask is not None:
+            if key_mask.device.type != "cpu" or key_mask.numel() != b * self.n_key:
+                raise ValueError(f"suite: key_mask must be a CPU tensor of [{b}, {self.n_key}], got {tuple(key_mask.shape)}")
+            km = key_mask.reshape(b, self.n_key)
+            km = km if km.dtype == torch.float64 and km.is_contiguous() else km.to(torch.float64).contiguous()
+        out = torch.empty(rows, b, m, dtype=torch.float64)
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        cross = self.cross if self.previous is not None and at[6] >= 0 else None
+        cross_from = 0 if self.previous is None or self.previous.shape[1] == m else m - 1
+        args = array("q", (  # one ctypes argument, not 24
+            ptr(self.sums), ptr(self.p_k), int(self.query_pos is not None), ptr(km), ptr(self.unary), ptr(self.pair_sums),
+            ptr(self.pair_s), ptr(cross), cross_from, b, self.heads, m, self.n_key, self.spatial_from, out.data_ptr(), rows, *at,
+        ))  # fmt: skip
+        _lib().nl_suite_columns(args.buffer_info()[0], float(scale))
+        return out
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from .jsd_pairs import _Plan, _pair_jsd
 if TYPE_CHECKING:
     from .heads import HeadsBatch
 
-__all__ = ["LogitSource", "head_source", "native_chunk"]
+__all__ = ["LogitSource", "head_chunk", "head_source", "native_chunk"]
 
 
 @dataclass
@@ -54,8 +54,8 @@ class LogitSource:
 def head_source(att: HeadAttention) -> LogitSource:
     """A ViT layer's logits ``q . k`` straight from the model's own (strided) q and k, image by image."""
 
-    def fill(i: int, lo: int, hi: int, out: Tensor) -> None:
-        torch.matmul(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=out)
+    def fill(i: int, lo: int, hi: int, out: Tensor) -> None:  # bmm: matmul's out= path costs ~0.2 ms more per layer
+        torch.bmm(att.query[i, :, lo:hi], att.key[i].transpose(-2, -1), out=out)
 
     prefix = att.layout.n_prefix
     return LogitSource(att.batch_size, att.num_heads, att.layout.n_patch, att.key.shape[2], prefix,
@@ -64,9 +64,19 @@ def head_source(att: HeadAttention) -> LogitSource:
 
 def native_chunk(src: LogitSource, chunk_size: int | None) -> int:
     """The queries per kernel call of :func:`_native_rows` (``chunk_size``: the caller's, ``None``: a ~16 MiB buffer of logits)."""
+    return _chunk(src.batch * src.maps * (src.prefix + src.n_query), src.n_query, chunk_size)
+
+
+def head_chunk(att: HeadAttention, chunk_size: int | None) -> int:
+    """:func:`native_chunk` of ``head_source(att)``, without making the source."""
+    n_query = att.layout.n_patch
+    return _chunk(att.batch_size * att.num_heads * (att.layout.n_prefix + n_query), n_query, chunk_size)
+
+
+def _chunk(floats_per_query: int, n_query: int, chunk_size: int | None) -> int:
     if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
-        chunk_size = max(8, (1 << 22) // (src.batch * src.maps * (src.prefix + src.n_query)))
-    return min(chunk_size, src.n_query)
+        chunk_size = max(8, (1 << 22) // floats_per_query)
+    return min(chunk_size, n_query)
 
 
 def _native_rows(
@@ -116,8 +126,9 @@ def _native_rows(
             suite=suite, suite_start=start,
         )  # fmt: skip
         s_att, sums = (s_c, sums_c) if s_att is None else (s_att + s_c, sums + sums_c)
-        if attend_to is not None:  # the kernel left the softmax in place
-            out[:, lo:hi].copy_(torch.matmul(logits, value).transpose(1, 2))
+        if attend_to is not None:  # the kernel left the softmax in place; softmax @ value straight into out
+            for i in range(b):
+                torch.bmm(logits[i], value[i], out=out[i, lo:hi].transpose(0, 1))
             if on_rows is not None:
                 on_rows(start, logits[:, :, prefix + start - lo :])
     return s_att, sums, None if rows is None else rows[1:]
@@ -131,11 +142,23 @@ def _native_head_rows(
     """:func:`_native_rows` of a ViT layer (``attend_to``, ``on_rows``, ``suite``: as there), and the JSD of the plan's pairs per image (count, mean,
     variance) with :func:`~nlanalysis.kernels.pair_jsd`."""
     plan = batch.plan
+    if km is batch.km and qmask is batch.qmask:  # the batch's masks as the kernel takes them, converted once per forward
+        km, qmask = _kernel_masks(batch)
     s_att, sums, rows = _native_rows(head_source(att), km, qmask, plan, batch.sel, batch.objects, chunk_size, attend_to, on_rows, suite)
     values = None
     if plan is not None and rows is not None:
         values = _native.pair_jsd(*rows, plan.a, plan.b, plan.pair_image, att.batch_size)  # per image
     return s_att, sums, values
+
+
+def _kernel_masks(batch: HeadsBatch) -> tuple[Tensor | None, Tensor | None]:
+    """The batch's key weights ``[B, K]`` float32 and valid queries ``[B, n_patch]`` uint8, as
+    :func:`~nlanalysis.kernels.row_stats` takes them (no conversion per layer), from its memo."""
+    got = batch.memo.get("kernel masks")
+    if got is None:
+        km = None if batch.km is None else batch.km.reshape(batch.size, -1).contiguous()
+        got = batch.memo["kernel masks"] = (km, None if batch.qmask is None else batch.qmask.to(torch.uint8))
+    return got
 
 
 def _eager_rows(

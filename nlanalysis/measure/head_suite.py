@@ -37,9 +37,9 @@ from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
-from .head_rows import head_source, native_chunk
+from .head_rows import head_chunk
 from .native_suite import head_suite_sums, suite_columns
-from .query_dep import COLUMNS, grid_centres
+from .query_dep import COLUMNS, CROSS_SITE, grid_centres
 from .stats import nans
 
 __all__ = ["NMI_EPS", "ROWS_BYTES", "HeadSuite", "SuiteRows"]
@@ -152,7 +152,7 @@ class HeadSuite:
             if self.fed:
                 raise RuntimeError("the suite was fed rows before the native pass was asked for")
             att, prev = self.att, self.previous
-            one_call = native_chunk(head_source(att), chunk_size) >= att.n_query
+            one_call = head_chunk(att, chunk_size) >= att.n_query
             # the kernel keeps this layer's rows and compares them where the previous layer's were kept by it too
             self.kernel_rows = att.device.type == "cpu" and self.keep and (prev is None or prev.rows32 is not None)
             rows = {}
@@ -206,16 +206,15 @@ class HeadSuite:
             self.update(start, att.probs_rows(slice(start, min(start + step, att.n_query))))
         return self
 
-    @torch.no_grad()
     def update(self, start: int, probs: Tensor) -> None:
         """Add patch queries ``start:start + c``: ``probs`` ``[B, heads, c, N]`` their softmax over every token (read only)."""
-        with statistics_threads():
+        if self.kernel_rows:  # the kernel's pass over these rows gave every column: nothing to set up per call
+            self.fed += probs.shape[2]
+            return
+        with torch.no_grad(), statistics_threads():
             self._update(start, probs)
 
     def _update(self, start: int, probs: Tensor) -> None:
-        if self.kernel_rows:  # the kernel's pass over these rows gave every column
-            self.fed += probs.shape[2]
-            return
         if not self._ready:
             self._eager_setup()
         att, b, heads, m = self.att, self.att.batch_size, self.att.num_heads, self.maps
@@ -305,16 +304,16 @@ class HeadSuite:
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
         b, m = att.batch_size, self.maps
-        if self.native is not None:
-            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale)
+        if self.native is not None:  # cross_site_cos too where the kernel compared the rows
+            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale, cross=self.kernel_rows)
         else:
             out = self._columns()
-        cross = nans(b, m)
-        if self.previous is not None:
-            pick = slice(None) if self.previous.maps == m else slice(-1, None)
-            total, count = (self.native.cross[0], self.native.cross[1]) if self.kernel_rows else (self.cross, self.cross_n)
-            cross[:, pick] = (total[:, pick] / count[:, pick]).cpu()
-        out["cross_site_cos"] = cross
+        if CROSS_SITE not in out:
+            cross = nans(b, m)
+            if self.previous is not None:
+                pick = slice(None) if self.previous.maps == m else slice(-1, None)
+                cross[:, pick] = (self.cross[:, pick] / self.cross_n[:, pick]).cpu()
+            out[CROSS_SITE] = cross
         self.values = out
         if self.kernel_rows:
             self.rows = SuiteRows(self.grids, self.name, m, None, None, None, att, self.km, self.qm, self.native.keep, self.native.keep_norms)

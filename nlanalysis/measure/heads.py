@@ -36,7 +36,7 @@ from .jsd_pairs import _jsd, _jsd_plan, _Plan
 from ..blocks.heads import HeadAttention
 from ..blocks.tokens import KEY_SETS, TokenLayout
 
-__all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "measure_heads", "uses_native"]
+__all__ = ["KERNELS", "HeadStats", "HeadsBatch", "MapStats", "attend", "gram_matrices", "heads_batch", "key_mask", "measure_heads", "uses_native"]
 
 #: the statistics of a ViT layer: :class:`~nlanalysis.measure.stats.SiteStats` with ``[B, heads + 1]``
 #: per-map fields (last: the head mean), ``att_prefix_mass`` and ``keys``; the controls
@@ -123,6 +123,13 @@ class HeadsBatch:
     device: torch.device
     objects: tuple[Tensor, Tensor, Tensor] | None = None
     memo: dict = field(default_factory=dict, repr=False)
+
+
+def key_mask(batch: HeadsBatch) -> Tensor | None:
+    """``[B, K]`` bool the batch's valid keys (``None``: all), made once per batch (in its memo)."""
+    if "key mask" not in batch.memo:
+        batch.memo["key mask"] = batch.km[:, 0, 0].bool() if batch.km is not None else None
+    return batch.memo["key mask"]
 
 
 def heads_batch(
@@ -249,9 +256,9 @@ def measure_heads(
     if km is not None and att.probs is not None:
         km = km.to(att.probs.dtype)
     level = check_level(query_dependence)
-    kmask = batch.km[:, 0, 0].bool() if batch.km is not None else None
+    kmask = key_mask(batch) if level != "off" else None
     if level != "off":
-        suite = suite or HeadSuite(att, batch.qmask, kmask, stride)
+        suite = suite or HeadSuite(att, batch.qmask, kmask, stride, memo=batch.memo)
     if maps is not None:
         s_att, sums, jsd_values = maps.s_att, maps.sums, maps.jsd
     elif native:  # with the suite's sums from the same pass (its rows are fed after, for cross_site_cos)
@@ -316,7 +323,7 @@ def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor
     heads_out = proj_in is not None and gram is not None
     tokens = (
         layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
-        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(att.device).float() if heads_out else None, batch.qm,
+        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(att.device, torch.float32) if heads_out else None, batch.qm,
     )  # fmt: skip
     if native:  # float32 already on the usual path: a .float() per tensor would be a dispatched no-op each
         scale = branch_scale.detach() if branch_scale is not None else None

@@ -27,7 +27,7 @@ from ..blocks.attention import PairwiseAttention
 from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums
 from ..metrics.cosine import distance_from_sum
-from .query_dep import COLUMNS, grid_centres
+from .query_dep import COLUMNS, CROSS_SITE, grid_centres
 
 __all__ = ["block_suite", "head_suite_sums", "native_columns", "suite_columns"]
 
@@ -106,13 +106,26 @@ def native_columns(sums: SuiteSums, stats: dict[str, Tensor], kmask: Tensor | No
     return suite_columns(sums, kmask, scale)
 
 
-def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[str, Tensor]:
+def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float, cross: bool = False) -> dict[str, Tensor]:
     """``{column: [B, M]}`` float64 (CPU) of :data:`~.query_dep.COLUMNS` from the sums of every query's rows
     (``key_mask`` ``[B, K]`` the valid keys, or ``None``; ``scale``: the logits' softmax scale); the columns the
-    native pass does not give are NaN.
+    native pass does not give are NaN. ``cross``: ``cross_site_cos`` too, from the cosines the pass summed against
+    the previous site's kept rows (NaN without them).
 
-    In NumPy on the sums' float64 arrays (views, no copy): the same float64 operations as torch's, each ~1 us where
-    a torch op costs 3-10 us, and a ViT layer asks ~60 of them (0.3-0.45 ms per layer in torch, 1 thread)."""
+    One native call (:meth:`~nlanalysis.kernels.SuiteSums.columns`): in NumPy (:func:`_numpy_columns`, the reference)
+    a ViT layer asks ~40 calls, 0.2-0.45 ms per layer on 1 thread."""
+    names, at = _ROWS[cross]
+    return dict(zip(names, s.columns(key_mask, scale, len(names), at).unbind(0)))
+
+
+# the output's rows, and the rows of the native columns (then of cross_site_cos, -1: none), without and with it
+_ROWS = {cross: (names, [names.index(name) for name in NATIVE] + [names.index(CROSS_SITE) if cross else -1])
+         for cross, names in ((False, COLUMNS), (True, (*COLUMNS, CROSS_SITE)))}  # fmt: skip
+
+
+def _numpy_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[str, Tensor]:
+    """:func:`suite_columns` in NumPy on the sums' float64 arrays (views, no copy), without ``cross_site_cos``: the
+    reference of its native call (tests compare the two)."""
     b, m, heads = s.batch, s.maps, s.heads
     block = np.full((len(COLUMNS), b, m), np.nan)  # every column, written in place
     out = dict(zip(COLUMNS, block))
