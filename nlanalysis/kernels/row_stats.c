@@ -171,6 +171,8 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
     int failed = 0;
     memset(s, 0, sizeof(double) * B * H1 * K);
     memset(sums, 0, sizeof(double) * 8 * B * H1);
+    float *gain = NULL; /* the DNL split's vectors per image and head (suite_gain) */
+    if (su && su->unary && !(gain = malloc(sizeof(float) * (size_t)(2 * B * H * (K > 0 ? K : 1))))) return -1;
 #pragma omp parallel
     {
         FAST_DENORMALS
@@ -188,6 +190,9 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
         }
         if (su && su->unary && su->unary_from_logits) /* the DNL unary term, before any probs overwrite the logits */
             suite_unary(su, logits, qm, B, H, nq, N, lbh, n_pre, first); /* ends with a barrier */
+        if (gain) suite_gain(su, km, gain, B, H, K, scale); /* ends with a barrier */
+        int64_t w_of = -1; /* the image whose key weights' sums these are */
+        double n_w = 0.0, n_valid = 0.0; /* the valid keys (the DNL split's), the valid spatial keys */
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * R; ++task) {
             int stop;
@@ -220,9 +225,12 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             const int32_t *kl = (qlab && klab) ? klab + b * K : NULL;
             const int32_t li = kl ? qlab[qi] : 0;
             const float qs = kl ? qshare[qi] : 0.f;
-            double n_w = 0.0; /* the valid keys (the DNL split's) */
-            if (su && su->unary)
-                for (int64_t j = 0; j < K; ++j) n_w += (double)w[j];
+            if (su && b != w_of) { /* once per image (a thread's queries are consecutive) */
+                w_of = b;
+                n_w = n_valid = 0.0;
+                for (int64_t j = 0; su->unary && j < K; ++j) n_w += (double)w[j];
+                for (int64_t j = su->sp0; su->p_k && j < K; ++j) n_valid += (double)w[j];
+            }
             float *mean = buf + H * N + first; /* K entries */
             double tot[H1 > 0 ? H1 : 1], ent[H1 > 0 ? H1 : 1], pre[H1 > 0 ? H1 : 1];
             for (int64_t j = 0; j < K; ++j) mean[j] = 0.f;
@@ -230,9 +238,6 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             for (int64_t h = 0; h < H; ++h) {
                 const float *l = logits + (b * H + h) * lbh + row_i * N;
                 float *p = buf + h * N;
-                if (su && su->unary) /* the DNL pairwise-only row, from the logits before probs may overwrite them */
-                    suite_pair(&tl, l + first, su->unary + (b * H + h) * K, w, K, scale, n_w, tl.pair_s + (b * H + h) * K,
-                               tl.pair_sums + b * H + h, B * H);
                 float mx = l[0];
                 for (int64_t j = 1; j < N; ++j) mx = l[j] > mx ? l[j] : mx;
                 /* e_j = exp(x_j), x_j = (l_j - max) scale; rdw = sum_j e_j w_j x_j over the keys (for the entropy) */
@@ -249,6 +254,9 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                     z += e;
                     rdw += e * w[j] * x;
                 }
+                if (gain) /* the DNL pairwise-only row, from these numerators and the logits before probs may overwrite them */
+                    suite_pair(&tl, d, mx, r, gain + (b * H + h) * K, gain + (B * H + b * H + h) * K, w, K, scale, n_w,
+                               tl.pair_s + (b * H + h) * K, tl.pair_sums + b * H + h, B * H, tl.pair_exp + b * H + h);
                 const float iz = 1.f / z, logz = logf(z), rd = rdw * iz;
                 float pr = 0.f;
                 for (int64_t j = 0; j < prefix; ++j) pr += p[j];
@@ -290,8 +298,6 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             if (su && su->p_k) { /* the suite's spatial sums of every map's row */
                 const int64_t Ks = K - su->sp0;
                 const float *ws = w + su->sp0;
-                double n_valid = 0.0;
-                for (int64_t j = 0; j < Ks; ++j) n_valid += (double)ws[j];
                 const int geo = su->qpos != NULL;
                 const double near = geo ? suite_geometry(su, &tl, i, ws, Ks) : 0.0;
                 for (int64_t h = 0; h < H1; ++h)
@@ -328,6 +334,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
         free(ones);
         RESTORE_DENORMALS
     }
+    free(gain);
     return failed ? -1 : 0;
 }
 

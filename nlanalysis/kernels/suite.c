@@ -13,6 +13,7 @@
  *   pair_s    [B, H, K] += p / ||p||
  *   pair_sums [2, B, H] += scale^2 sum_j w_j (x_j - mean_w x)^2 with x = l - u (n_k times the pairwise
  *                          term's variance across keys: the query's own term is a constant of the row), 1
+ *   pair_exp  [B, H]    += 1 for a row formed with an exp per key (see suite_pair; NULL: not counted)
  * and, with keep, every valid query's rows and their squared norms for the next site, and the cosines with the
  * previous site's rows (cross).
  * near(q, k): |dy| <= reach_y and |dx| <= reach_x between the cell centres. Transcendentals in float (as
@@ -40,10 +41,11 @@ typedef struct {
     double *cross;           /* out [2, B, M]: sum over valid queries of cos(row, previous row) where both are non-zero, and their count */
     double *keep_n2;         /* out [B, M, keep_n] the kept rows' squared norms (same queries as keep), or NULL */
     const double *prev_n2;   /* [B, prev_maps, keep_n] the previous site's keep_n2, or NULL: formed again from prev */
+    double *pair_exp;        /* out [B, H] (with unary) the rows whose pairwise-only row took an exp per key, or NULL */
 } nl_suite;
 
 typedef struct { /* one thread's share of the outputs and its scratch */
-    double *p_k, *sums, *pair_s, *pair_sums, *dist, *cross;
+    double *p_k, *sums, *pair_s, *pair_sums, *pair_exp, *dist, *cross;
     float *near, *e;
 } suite_local;
 
@@ -52,6 +54,7 @@ static void suite_free(suite_local *t) {
     free(t->sums);
     free(t->pair_s);
     free(t->pair_sums);
+    free(t->pair_exp);
     free(t->cross);
     free(t->dist);
     free(t->near);
@@ -67,11 +70,12 @@ static int suite_alloc(const nl_suite *su, suite_local *t, int64_t B, int64_t H,
     t->sums = calloc((size_t)(5 * B * M), sizeof(double));
     t->pair_s = calloc((size_t)(B * H * k1), sizeof(double));
     t->pair_sums = calloc((size_t)(2 * B * H), sizeof(double));
+    t->pair_exp = calloc((size_t)(B * H > 0 ? B * H : 1), sizeof(double));
     t->cross = calloc((size_t)(2 * B * M), sizeof(double));
     t->dist = malloc(sizeof(double) * (size_t)k1);
     t->near = malloc(sizeof(float) * (size_t)k1);
     t->e = malloc(sizeof(float) * (size_t)k1);
-    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->cross && t->dist && t->near && t->e) ? 0 : -1;
+    return (t->p_k && t->sums && t->pair_s && t->pair_sums && t->pair_exp && t->cross && t->dist && t->near && t->e) ? 0 : -1;
 }
 
 static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, int64_t H, int64_t M, int64_t K) {
@@ -83,6 +87,8 @@ static void suite_reduce(const nl_suite *su, const suite_local *t, int64_t B, in
     if (su->unary) {
         for (int64_t j = 0; j < B * H * K; ++j) su->pair_s[j] += t->pair_s[j];
         for (int64_t j = 0; j < 2 * B * H; ++j) su->pair_sums[j] += t->pair_sums[j];
+        if (su->pair_exp)
+            for (int64_t j = 0; j < B * H; ++j) su->pair_exp[j] += t->pair_exp[j];
     }
     if (su->prev)
         for (int64_t j = 0; j < 2 * B * M; ++j) su->cross[j] += t->cross[j];
@@ -202,29 +208,82 @@ static void suite_spatial(const nl_suite *su, const suite_local *t, const float 
     ss[4 * stride] += 1.0;
 }
 
-/* the DNL pairwise-only row of one head from its logits row l (K keys, before the softmax is written over it);
- * n_w: the sum of the key weights w */
-static void suite_pair(suite_local *t, const float *l, const double *u, const float *w, int64_t K, float scale, double n_w,
-                       double *restrict acc, double *ps, int64_t stride) {
+/* The DNL split's two vectors per image and head, once per call (the unary term known): gain [2, B, H, K] float,
+ *   uc_j = u_j - u_min (u_min: the least over valid keys; 0 on masked keys)
+ *   g_j  = exp(-scale uc_j) on valid keys (0 below 2^-126, as the flushed floats of the pass), 0 on masked keys
+ * for suite_pair. An `omp for`: every thread of the pass calls it; it ends with a barrier. */
+static void suite_gain(const nl_suite *su, const float *km, float *gain, int64_t B, int64_t H, int64_t K, float scale) {
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+        const double *u = su->unary + bh * K;
+        const float *w = km ? km + (bh / H) * K : NULL;
+        float *uc = gain + bh * K, *g = gain + (B * H + bh) * K;
+        double lo = 0.0;
+        int any = 0;
+        for (int64_t j = 0; j < K; ++j)
+            if (!w || w[j] > 0.f) {
+                lo = any ? fmin(lo, u[j]) : u[j];
+                any = 1;
+            }
+        for (int64_t j = 0; j < K; ++j) {
+            const int valid = !w || w[j] > 0.f;
+            const double c = u[j] - lo, e = exp(-(double)scale * c);
+            uc[j] = valid ? (float)c : 0.f;
+            g[j] = valid && e >= 1.1754944e-38 ? (float)e : 0.f;
+        }
+    }
+}
+
+/* The log of a row's largest product e1_j g_j below which suite_pair forms the row with an exp per key. */
+#define PAIR_LOG_FLOOR -58.f
+
+/* The DNL pairwise-only row of one head (K keys of a valid query) and its variance sums, without a second exp per
+ * key where that is exact to float rounding. With mx the logits row's maximum (over every token, as the pass's)
+ * and e1_j = exp(scale (l_j - mx)) the pass's softmax numerators of the row (before it normalises them),
+ *   d_j = (l_j - mx) - uc_j = x_j - (mx - u_min),  x_j = l_j - u_j,
+ * so e1_j g_j = exp(scale d_j) = exp(L) q_j, with D = max over valid keys of d_j, L = scale D <= 0 (l_j <= mx,
+ * uc_j >= 0) and q_j = exp(scale (x_j - max_valid x)) the exact row up to its norm (largest 1). The row is then
+ * p_j = (e1_j c) g_j, c = exp(-L): a multiply per key, where an exp per key costs ~15 operations.
+ * Bound: with L >= PAIR_LOG_FLOOR = -58, c <= e^58 and e1_j c <= e^58 (no overflow). An entry q_j > 0 is lost only
+ * where a factor or the product falls below the least normal float 2^-126 (exp_nonpositive gives 0 below
+ * e^-87.34; the rest is flushed): e1_j < e^-87.3 or g_j < e^-87.3 give q_j = e1_j g_j e^-L < e^(-87.3 + 58)
+ * < 1.9e-13 (both factors <= 1), and a product below 2^-126 is dropped by an exp per key as well. So no dropped entry
+ * reaches 1.9e-13 of the row's largest; rows with L < -58 take the exp per key (counted in pair_exp). A common
+ * factor's rounding (c, L) cancels in p / ||p||; per entry the error is that of e1_j (its argument's rounding,
+ * ~|scale (l_j - mx)| 6e-8, and the polynomial's 1.3e-7), of g_j and of two products, as an exp of x_j - max x
+ * rounded in float. The variance sums take d_j: a constant shift of x. n_w: the sum of the key weights w. */
+static void suite_pair(suite_local *t, const float *l, float mx, const float *e1, const float *uc, const float *g, const float *w,
+                       int64_t K, float scale, double n_w, double *restrict acc, double *ps, int64_t stride, double *exp_rows) {
     float *restrict e = t->e;
-    float mx = -3.4e38f;
-    for (int64_t j = 0; j < K; ++j) { /* the largest over valid keys, without a branch (so that it vectorises) */
-        const float x = (float)((double)l[j] - u[j]);
-        e[j] = x;
-        mx = fmaxf(mx, w[j] > 0.f ? x : -3.4e38f);
-    }
+    float dm = -3.4e38f;
     double sx = 0.0, sxx = 0.0;
-    float z2 = 0.f;
-    for (int64_t j = 0; j < K; ++j) {
-        const float dx = e[j] - mx;
-        const double d = (double)dx * (double)w[j];
-        sx += d;
-        sxx += d * d;
-        const float p = w[j] > 0.f ? exp_nonpositive(fminf(dx, 0.f) * scale) : 0.f; /* the largest is 1 */
-        e[j] = p;
-        z2 += p * p;
+    for (int64_t j = 0; j < K; ++j) { /* no transcendental; the largest over valid keys without a branch (vectorises) */
+        const float d = (l[j] - mx) - uc[j];
+        const double dw = (double)d * (double)w[j];
+        e[j] = d;
+        dm = fmaxf(dm, w[j] > 0.f ? d : -3.4e38f);
+        sx += dw;
+        sxx += dw * dw;
     }
-    if (!(z2 > 0.f)) return; /* no valid key */
+    if (!(dm > -3e38f)) return; /* no valid key */
+    const float lmax = dm * scale;
+    float z2 = 0.f;
+    if (lmax >= PAIR_LOG_FLOOR) {
+        const float c = expf(-lmax);
+        for (int64_t j = 0; j < K; ++j) {
+            const float p = (e1[j] * c) * g[j]; /* 0 on masked keys (g_j = 0) */
+            e[j] = p;
+            z2 += p * p;
+        }
+    } else {
+        for (int64_t j = 0; j < K; ++j) {
+            const float p = w[j] > 0.f ? exp_nonpositive(fminf(e[j] - dm, 0.f) * scale) : 0.f; /* the largest is 1 */
+            e[j] = p;
+            z2 += p * p;
+        }
+        *exp_rows += 1.0;
+    }
+    if (!(z2 > 0.f)) return;
     const float inv = 1.f / sqrtf(z2);
     for (int64_t j = 0; j < K; ++j) acc[j] += (double)(e[j] * inv);
     ps[0] += (double)scale * (double)scale * (sxx - (n_w > 0.0 ? sx * sx / n_w : 0.0));

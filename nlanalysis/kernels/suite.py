@@ -25,7 +25,7 @@ class _Args(ctypes.Structure):
                 ("reach_x", ctypes.c_double), ("sp0", ctypes.c_int64), ("eps", ctypes.c_double), ("p_k", ctypes.c_void_p),
                 ("sums", ctypes.c_void_p), ("pair_s", ctypes.c_void_p), ("pair_sums", ctypes.c_void_p), ("keep", ctypes.c_void_p),
                 ("prev", ctypes.c_void_p), ("keep_n", ctypes.c_int64), ("prev_maps", ctypes.c_int64), ("cross_from", ctypes.c_int64),
-                ("cross", ctypes.c_void_p), ("keep_n2", ctypes.c_void_p), ("prev_n2", ctypes.c_void_p)]  # fmt: skip
+                ("cross", ctypes.c_void_p), ("keep_n2", ctypes.c_void_p), ("prev_n2", ctypes.c_void_p), ("pair_exp", ctypes.c_void_p)]  # fmt: skip
 
 
 def _f64(name: str, t: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
@@ -66,7 +66,10 @@ class SuiteSums:
         sums: ``[5, B, M]`` sums of the row entropies of those (nats), ``sum_k a_k dist``, ``sum_k a_k near``,
             the valid keys near the query, and the queries counted.
         pair_s: ``[B, H, K]`` sum of the pairwise-only rows as unit vectors; pair_sums: ``[2, B, H]`` the sum of
-            ``scale^2 sum_k (x_k - mean x)^2`` over valid keys (``x``: the pairwise logits), and the rows.
+            ``scale^2 sum_k (x_k - mean x)^2`` over valid keys (``x``: the pairwise logits), and the rows;
+            pair_exp: ``[B, H]`` how many of those rows the kernel formed with an exp per key (the rest as a product of
+            the row's softmax numerators and one vector per image and head, where that drops nothing above 1.9e-13 of
+            the row's largest entry; ``suite_pair`` of ``suite.c``).
         cross: ``[2, B, M]`` with ``previous``: the sum of the cosines of a valid query's rows here and there
             (both non-zero), and their number.
     """
@@ -91,6 +94,7 @@ class SuiteSums:
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
         self.p_k, self.sums = (zeros(batch, maps, n_sp), zeros(5, batch, maps)) if spatial else (None, None)
         self.pair_s, self.pair_sums = (zeros(batch, heads, n_key), zeros(2, batch, heads)) if self.unary is not None else (None, None)
+        self.pair_exp = zeros(batch, heads) if self.unary is not None else None
         self.keep, self.previous, self.cross = self._rows(keep, previous)
         self.keep_norms, self.previous_norms = self._norms(keep_norms, previous_norms)
         self._args: _Args | None = None
@@ -152,7 +156,7 @@ class SuiteSums:
         self._args = _Args(ptr(self.unary), int(self.from_logits), qpos, ptr(self.key_pos), self.reach[0], self.reach[1], self.spatial_from,
                            self.eps, ptr(self.p_k), ptr(self.sums), ptr(self.pair_s), ptr(self.pair_sums), keep, prev, n, prev_maps,
                            0 if prev_maps == self.maps else self.maps - 1, ptr(self.cross), at(self.keep_norms),
-                           at(self.previous_norms))  # fmt: skip
+                           at(self.previous_norms), ptr(self.pair_exp))  # fmt: skip
         return ctypes.addressof(self._args)
 
     def columns(self, key_mask: Tensor | None, scale: float, rows: int, at: Sequence[int]) -> Tensor:
