@@ -53,18 +53,19 @@ def block_suite(att: PairwiseAttention | None, qmask: Tensor | None, query_shape
         qmask: ``[B, N]`` the valid queries, or ``None``.
         stride: input pixels per query cell ``(y, x)``, or ``None`` (no distances).
         logits: ``[B, N, N_k]`` the block's logits as the kernel reads them (``att`` ``None``): the unary term
-            is their mean over the valid queries (``mu_q . k_j``, as ``q_i . k_j`` is linear in ``q_i``).
+            is their mean over the valid queries (``mu_q . k_j``, as ``q_i . k_j`` is linear in ``q_i``), formed by
+            the kernel in its one call over every query (``SuiteSums(unary="logits")``).
     """
     if att is not None:
         mu = _mean_query(att.query, qmask)  # [B, d]
         unary = torch.einsum("bd,bdk->bk", mu, att.key.detach().to(torch.float64))[:, None]
-    elif logits is not None:
-        unary = _mean_query(logits, qmask)[:, None]  # [B, 1, N_k]
+    elif logits is not None:  # the kernel's one call over every query forms it (no float64 copy of the logits here)
+        unary = "logits"
     else:
         raise ValueError("block_suite needs the attention's q and k or the logits")
-    b, n_key = unary.shape[0], unary.shape[-1]
+    b, n_key = (logits.shape[0], logits.shape[-1]) if isinstance(unary, str) else (unary.shape[0], unary.shape[-1])
     where = _block_geometry(query_shape, key_shape, stride)
-    return SuiteSums(b, 1, 1, n_key, unary=unary.cpu(), **where)
+    return SuiteSums(b, 1, 1, n_key, unary=unary if isinstance(unary, str) else unary.cpu(), **where)
 
 
 def _block_geometry(query_shape: tuple[int, int], key_shape: tuple[int, int], stride: tuple[float, float] | None) -> dict:
