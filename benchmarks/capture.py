@@ -36,6 +36,13 @@ probabilities, and the next matmul of the bare forward runs ~5x slower on them (
 thread: 1.5 s instead of 0.31 s), while the native kernels flush them. Before 2026-12-04 the bare forward carried
 that penalty and the NL ratios were flattered.
 
+TorchLens replaces torch's functions with wrappers of its own, process-wide, at its first trace, and leaves them
+there. Each method is therefore timed with torch as its user has it: the TorchLens rows with the wrappers
+installed, every other row with torch's own functions (``unwrap_torch`` / ``wrap_torch`` before each timed call,
+untimed). Before 2026-12-05 the rows after the first TorchLens trace ran under its wrappers; the NL block's
+own calls then came to the capture as TorchLens's functions, not torch's, so it was not served in its own pass
+but recomputed (fixed since: told by name), and ``nl, no JSD`` read 1.07x where it costs 1.01-1.03x.
+
 TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); without it its rows are
 skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
 sizes, ``nl, JSD`` <= 1.10x, extra peak memory <= 2 chunks of maps; ViT analysis <= 1.25x.
@@ -130,18 +137,33 @@ def timed(f: Callable[[], object], device: str) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def torch_as_used_by(method: str) -> None:
+    """Put torch as ``method``'s user has it (untimed): TorchLens replaces torch's functions with its wrappers,
+    process-wide, from its first trace on, and leaves them there; every other method runs on torch's own
+    functions, as in a process without TorchLens (the wrappers' per-call cost, and the function modes that
+    receive wrappers instead of torch's functions, are not theirs to pay)."""
+    if "torchlens" not in sys.modules:
+        return
+    from torchlens.backends.torch.wrappers import unwrap_torch, wrap_torch
+
+    (wrap_torch if method.startswith("tl.") else unwrap_torch)()
+
+
 def interleaved(methods: dict[str, Callable[[], object]], repeats: int, device: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per repetition of each method, the methods' order rotated every repetition.
+    """Wall-clock and process CPU seconds per repetition of each method, the methods' order rotated every repetition
+    (each timed call after :func:`torch_as_used_by`).
 
     CPU seconds: on a shared machine another process's load stretches the wall clock of a run, not the CPU
     time it spends (steadiest with ``--threads 1``; with more threads, waits at barriers count as spin time)."""
     names = list(methods)
-    for f in methods.values():  # warm-up: allocator, kernels, TorchLens's wrapping of torch
+    for name, f in methods.items():  # warm-up: allocator, kernels, TorchLens's wrapping of torch
+        torch_as_used_by(name)
         f()
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(repeats):
         for name in names[rep % len(names):] + names[: rep % len(names)]:
+            torch_as_used_by(name)
             w, c = timed(methods[name], device)
             wall[name].append(w)
             cpu[name].append(c)

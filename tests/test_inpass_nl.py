@@ -2,11 +2,13 @@
 the maps measured; outputs equal an uncaptured forward, statistics the recompute path's and a naive float64 count."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlanalysis.blocks.non_local import NonLocal2d
@@ -204,6 +206,43 @@ def test_non_finite_input_and_overridden_forward_fall_back() -> None:
     with torch.no_grad(), Capture(own, jsd_pairs=0, query_dependence="off") as cap:
         own(torch.randn(1, 16, 5, 6))
     assert cap.served == 0 and len(cap.records) == 1
+
+
+def _wrap_torch_like_torchlens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace torch's attention functions with Python wrappers that call them, process-wide, as TorchLens does
+    from its first trace on (a mode then receives the wrappers); returns the names of the calls that went through."""
+    through: list[str] = []
+
+    def wrapper(original):
+        @functools.wraps(original)
+        def wrapped(*args, **kwargs):
+            through.append(original.__name__)
+            return original(*args, **kwargs)
+
+        return wrapped
+
+    for owner, name in ((torch.Tensor, "softmax"), (torch.Tensor, "matmul"), (torch, "softmax"),
+                        (torch, "matmul"), (torch, "bmm"), (F, "softmax"), (F, "scaled_dot_product_attention")):  # fmt: skip
+        monkeypatch.setattr(owner, name, wrapper(getattr(owner, name)))
+    return through
+
+
+@needs_kernels
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_functions_wrapped_by_another_tool_are_still_served(family: str, mode: str, monkeypatch) -> None:
+    block = _block(family, mode, sub_sample=True)
+    x = torch.randn(2, 16, 9, 11)
+    with torch.no_grad():
+        bare = torch.cat([block(x), block(x * 0.5)])
+    _, ref = _run(block, x, share=True, jsd_pairs=100)
+    through = _wrap_torch_like_torchlens(monkeypatch)
+    out, cap = _run(block, x, share=True, jsd_pairs=100)
+    assert through  # the block's calls went through the wrappers
+    assert cap.served == 2  # by name: the wrappers are not torch's functions
+    assert torch.allclose(out, bare, rtol=1e-5, atol=1e-6)
+    for a, b in zip(cap.records, ref.records):
+        _stats_equal(a.stats, b.stats)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -9,6 +9,7 @@ from helpers import randomize_
 from nlanalysis.vit import ViTCapture, kernels
 from nlanalysis.blocks.heads import HeadAttention
 from nlanalysis.measure.heads import attend, heads_batch, measure_heads
+from nlanalysis.capture import shared_softmax
 from nlanalysis.capture.shared_softmax import SharedSoftmax, sdpa_arguments
 from nlanalysis.blocks.tokens import TokenLayout
 
@@ -98,6 +99,33 @@ def test_capture_answers_the_models_attention_from_the_measured_maps():
         for name in FIELDS:
             assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
     assert F.scaled_dot_product_attention is real and torch._C._len_torch_function_stack() == 0
+
+
+def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeypatch):
+    """TorchLens replaces torch's functions with Python wrappers process-wide; where nlanalysis is imported after
+    that, the function it knows is the wrapper while the mode receives torch's: told apart by name."""
+    model = _timm()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        bare = model(x)
+        with ViTCapture(model, jsd_pairs=50, share_softmax=False) as ref:
+            model(x)
+    real, through = F.scaled_dot_product_attention, []
+
+    def wrapped(*args, **kwargs):
+        through.append(1)
+        return real(*args, **kwargs)
+
+    wrapped.__name__ = real.__name__
+    monkeypatch.setattr(F, "scaled_dot_product_attention", wrapped)
+    monkeypatch.setattr(shared_softmax, "_SDPA", wrapped)  # as if imported after the wrapping
+    with torch.no_grad(), ViTCapture(model, jsd_pairs=50) as cap:
+        out = model(x)
+    assert through and not torch.equal(out, bare)  # answered from the measured maps, not torch's fused kernel
+    assert torch.allclose(out, bare, rtol=1e-4, atol=1e-5)
+    for a, b in zip(cap.records, ref.records):
+        for name in FIELDS:
+            assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
 
 
 def test_calls_it_cannot_answer_exactly_go_to_torch():

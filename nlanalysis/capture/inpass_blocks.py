@@ -44,7 +44,7 @@ from ..kernels import all_finite, uses_native
 from ..measure.blocks import BlockMaps, block_masks
 from ..measure.inpass_blocks import attend_block, formed_block, softmax_block
 from ..measure.native_suite import block_suite
-from .inpass_mode import ModuleMode
+from .inpass_mode import ModuleMode, is_op
 from .records import QueryMaps
 
 __all__ = ["BlockCalls", "InPassBlock"]
@@ -130,7 +130,7 @@ class InPassBlock:
 
     def handle(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """The result of a call of the block's forward, where it is the call that receives the maps; else ``None``."""
-        if func not in self._funcs or "maps" in self.seen or "grid" not in self.seen:
+        if not is_op(func, self._funcs) or "maps" in self.seen or "grid" not in self.seen:
             return None
         cap, kind = self.site.cap, self.call.kind
         state = cap.generator.get_state()  # restored where the pass is declined after drawing its pairs

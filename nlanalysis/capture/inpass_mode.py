@@ -9,7 +9,17 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ModuleMode"]
+__all__ = ["ModuleMode", "is_op"]
+
+
+def is_op(func: Callable, ops: tuple[Callable, ...]) -> bool:
+    """Whether ``func``, as a ``TorchFunctionMode`` receives it, is one of the torch functions ``ops``: by
+    identity, or by name where another tool has replaced torch's functions with wrappers of its own (TorchLens
+    does, process-wide, from its first trace on): then the mode receives the wrapper, not ``ops``' originals."""
+    if func in ops:
+        return True
+    name = getattr(func, "__name__", None)
+    return name is not None and any(name == op.__name__ for op in ops)
 
 
 class ModuleMode(TorchFunctionMode):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .inpass_mode import ModuleMode
+from .inpass_mode import ModuleMode, is_op
 
 __all__ = ["SharedSoftmax", "sdpa_arguments"]
 
@@ -84,7 +84,7 @@ class SharedSoftmax(ModuleMode):
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is _SDPA and self.alive:
+        if self.alive and is_op(func, (_SDPA,)):
             named = sdpa_arguments(args, kwargs)
             if named is not None and _plain(named):
                 with torch.no_grad():
