@@ -118,7 +118,7 @@ def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeyp
 
     wrapped.__name__ = real.__name__
     monkeypatch.setattr(F, "scaled_dot_product_attention", wrapped)
-    monkeypatch.setattr(shared_softmax, "_SDPA", wrapped)  # as if imported after the wrapping
+    monkeypatch.setattr(shared_softmax, "_SDPA_OPS", shared_softmax.Ops(wrapped))  # as if imported after the wrapping
     with torch.no_grad(), ViTCapture(model, jsd_pairs=50) as cap:
         out = model(x)
     assert through and not torch.equal(out, bare)  # answered from the measured maps, not torch's fused kernel

@@ -44,13 +44,13 @@ from ..kernels import all_finite, uses_native
 from ..measure.blocks import BlockMaps, block_masks
 from ..measure.inpass_blocks import attend_block, formed_block, softmax_block
 from ..measure.native_suite import block_suite
-from .inpass_mode import ModuleMode, is_op
+from .inpass_mode import ModuleMode, Ops
 from .records import QueryMaps
 
 __all__ = ["BlockCalls", "InPassBlock"]
 
-_SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
-_MATMUL = (torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm)
+_OPS = {"sdpa": Ops(F.scaled_dot_product_attention), "softmax": Ops(torch.Tensor.softmax, torch.softmax, F.softmax),
+        "matmul": Ops(torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm)}
 
 
 class BlockCalls(ModuleMode):
@@ -101,7 +101,7 @@ class InPassBlock:
         self.site, self.block, self.call = site, block, call
         self.seen: dict[str, Any] = {}
         self.calls = BlockCalls(self.handle)
-        self._funcs = {"sdpa": (F.scaled_dot_product_attention,), "softmax": _SOFTMAX, "matmul": _MATMUL}[call.kind]
+        self._funcs = _OPS[call.kind]
 
     def attach(self, handles: list) -> None:
         """Register the hooks (on ``handles``): the mode is active while the block runs."""
@@ -130,7 +130,7 @@ class InPassBlock:
 
     def handle(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """The result of a call of the block's forward, where it is the call that receives the maps; else ``None``."""
-        if not is_op(func, self._funcs) or "maps" in self.seen or "grid" not in self.seen:
+        if func not in self._funcs or "maps" in self.seen or "grid" not in self.seen:
             return None
         cap, kind = self.site.cap, self.call.kind
         state = cap.generator.get_state()  # restored where the pass is declined after drawing its pairs

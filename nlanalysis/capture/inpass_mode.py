@@ -9,17 +9,28 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ModuleMode", "is_op"]
+__all__ = ["ModuleMode", "Ops"]
 
 
-def is_op(func: Callable, ops: tuple[Callable, ...]) -> bool:
-    """Whether ``func``, as a ``TorchFunctionMode`` receives it, is one of the torch functions ``ops``: by
-    identity, or by name where another tool has replaced torch's functions with wrappers of its own (TorchLens
-    does, process-wide, from its first trace on): then the mode receives the wrapper, not ``ops``' originals."""
-    if func in ops:
-        return True
-    name = getattr(func, "__name__", None)
-    return name is not None and any(name == op.__name__ for op in ops)
+class Ops:
+    """A set of torch functions as a ``TorchFunctionMode`` receives them: ``func in ops`` by identity, or by name
+    where another tool has replaced torch's functions with wrappers of its own (TorchLens does, process-wide,
+    from its first trace on): the mode then receives the wrapper, not the originals (or, where this module was
+    imported after the wrapping, the originals and not the wrappers). Answers are remembered per function:
+    a mode sees every call of its module's forward."""
+
+    def __init__(self, *ops: Callable) -> None:
+        self.ops, self.names = ops, frozenset(op.__name__ for op in ops)
+        self._known: dict[Any, bool] = {}
+
+    def __contains__(self, func: Callable) -> bool:
+        try:
+            return self._known[func]
+        except KeyError:
+            found = self._known[func] = func in self.ops or getattr(func, "__name__", None) in self.names
+            return found
+        except TypeError:  # an unhashable callable
+            return func in self.ops or getattr(func, "__name__", None) in self.names
 
 
 class ModuleMode(TorchFunctionMode):

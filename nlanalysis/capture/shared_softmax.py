@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .inpass_mode import ModuleMode, is_op
+from .inpass_mode import ModuleMode, Ops
 
 __all__ = ["SharedSoftmax", "sdpa_arguments"]
 
 _SDPA = F.scaled_dot_product_attention
+_SDPA_OPS = Ops(_SDPA)
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 
@@ -84,7 +85,7 @@ class SharedSoftmax(ModuleMode):
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if self.alive and is_op(func, (_SDPA,)):
+        if self.alive and func in _SDPA_OPS:
             named = sdpa_arguments(args, kwargs)
             if named is not None and _plain(named):
                 with torch.no_grad():
