@@ -168,6 +168,26 @@ def test_make_scene_invariants():
         SceneParams(size=32, item_side=(20, 40))
 
 
+def test_scene_noise_is_the_std_of_what_was_added():
+    """Scene.noise against the noise in the image itself: the same draws without the noise (noise_prob 0: with one
+    item and no occluders no later draw depends on it) leave the image minus the noise."""
+    items, labels = tiny_items()
+    base = dict(size=96, num_items=(1, 1), item_side=(60, 60), background=(0.5, 0.5), clutter=0.0, contrast=(0.5, 0.5),
+                item_floor=1.0, occlude_prob=0.0, item_noise=(0.04, 0.04))  # fmt: skip
+    for seed in range(3):
+        noisy = make_scene(np.random.default_rng(seed), items, labels.astype(np.int64), "shared", SceneParams(**base, noise_prob=1.0))
+        clean = make_scene(np.random.default_rng(seed), items, labels.astype(np.int64), "shared", SceneParams(**base, noise_prob=0.0))
+        residual = (noisy.image[..., 0].astype(float) - clean.image[..., 0]) / 255
+        box = noisy.noise > 0
+        assert np.allclose(noisy.noise[box], 0.04) and box.sum() == 60 * 60 and not clean.noise.any()
+        assert np.all(residual[~box] == 0)
+        assert abs(residual[box].std() - 0.04) < 0.003  # 3,600 draws of N(0, 0.04), rounded to 1/255
+    # two noisy boxes: the variances add where they overlap
+    two = dict(base, num_items=(2, 2), item_side=(70, 70), max_overlap=1.0, min_visible=0.0)
+    scene = make_scene(np.random.default_rng(0), items, labels.astype(np.int64), "independent", SceneParams(**two, noise_prob=1.0))
+    assert np.isclose(scene.noise.max(), 0.04 * np.sqrt(2)) and np.isclose(np.median(scene.noise[scene.noise > 0]), 0.04 * np.sqrt(2))
+
+
 def test_generation_is_byte_identical_for_a_seed(tmp_path, source):
     def files(folder):
         return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

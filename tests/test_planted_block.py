@@ -164,3 +164,41 @@ def test_item_brightness_is_each_items_mean_gray_and_its_angle_spans_half_the_ci
     ends = planted.brightness_angles(torch.tensor([lo, hi, math.nan], dtype=torch.float64), lo, hi)
     np.testing.assert_allclose(ends[:2].numpy(), [[1.0, 0.0], [-1.0, 0.0]], atol=1e-12)
     assert torch.isnan(ends[2]).all()
+
+
+def test_scene_noise_labels_the_item_cells_from_the_regenerated_draws(tmp_path):
+    """The noise twin's label (PLAN session 15): item cells only (as the annotation masks say, independently), values
+    0 or within what the generator draws (one box: 0.15-0.35, overlapping boxes: up to 0.35 sqrt 2); a set whose
+    recorded seed does not regenerate its masks is refused."""
+    import gzip
+    import json
+
+    from pycocotools.coco import COCO
+    from test_data_scenes import idx_bytes, tiny_items
+
+    from nlanalysis.capture import cell_centres
+    from nlanalysis.data.scenes import SceneParams, write_scenes
+
+    source = tmp_path / "fmnist"
+    source.mkdir()
+    images, labels = tiny_items(n_per_class=6, seed=1)
+    (source / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    ann = write_scenes(tmp_path / "val", "val", 6, 0, "query-specific", source=source, params=SceneParams(num_items=(4, 10)))
+    ids = list(range(1, 7))
+    cells = planted.scene_noise(ann, ids, (14, 14), source=source)
+    coco = COCO(str(ann))
+    on_item = torch.stack([torch.from_numpy(np.stack([coco.annToMask(a) for a in coco.loadAnns(coco.getAnnIds(imgIds=[i]))]).any(0).astype(float))
+                           for i in ids])  # fmt: skip
+    assert torch.equal(~torch.isnan(cells), cell_centres(on_item, (14, 14)) > 0.5)
+    values = cells[~torch.isnan(cells)]
+    noisy = values[values > 0]
+    assert noisy.numel() > 0 and (values == 0).any()
+    assert float(noisy.min()) >= 0.15 - 1e-12 and float(noisy.max()) <= 0.35 * math.sqrt(2) + 1e-12
+    angles = planted.noise_angles(torch.tensor([0.0, planted.NOISE_CAP, 2.0, math.nan], dtype=torch.float64))
+    np.testing.assert_allclose(angles[:3].numpy(), [[1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0]], atol=1e-12)
+    data = json.loads(ann.read_text())
+    data["info"]["seed"] = 5
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not regenerate"):
+        planted.scene_noise(ann, ids, (14, 14), source=source)

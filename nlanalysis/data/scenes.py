@@ -176,6 +176,9 @@ class Scene:
         item_ids: ``int64 [K]`` indices of the items in the source arrays.
         groups: ``int64 [K]`` group (0 or 1) of each item (``query-specific`` only, else ``None``).
         hues: the two groups' tint hues in ``[0, 1)`` (``query-specific`` only).
+        noise: ``float [H, W]`` the standard deviation of the strong item-box noise added at each pixel,
+            ``sqrt(sum sigma_k^2)`` over the noisy boxes covering it (0 where none; before the image is
+            rounded to ``uint8`` and clipped). Recorded from the draws, not written to the COCO files.
     """
 
     image: np.ndarray
@@ -184,6 +187,7 @@ class Scene:
     item_ids: np.ndarray
     groups: np.ndarray | None = None
     hues: tuple[float, float] | None = None
+    noise: np.ndarray | None = None
 
 
 def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -296,6 +300,7 @@ def make_scene(
 
     image = rng.uniform(*p.background) + p.clutter * _resize(rng.random((p.clutter_cells,) * 2), p.size)  # smooth clutter
     image[owner >= 0] = fg[owner >= 0]
+    variance = np.zeros((p.size, p.size))  # of the strong noise at each pixel (Scene.noise)
     for y, x, side in boxes:  # per-item corruption: an occluding patch, strong noise in the box
         if rng.random() < p.occlude_prob:
             ph, pw = (max(1, round(side * f)) for f in rng.uniform(*p.occlude_side, size=2))
@@ -303,13 +308,15 @@ def make_scene(
             image[py : py + ph, px : px + pw] = rng.uniform(*p.occlude_level)
             owner[py : py + ph, px : px + pw] = -1  # the patch hides what is under it
         if rng.random() < p.noise_prob:
-            image[y : y + side, x : x + side] += rng.normal(0, rng.uniform(*p.item_noise), size=(side, side))
+            sigma = rng.uniform(*p.item_noise)  # drawn before the noise itself, as always
+            image[y : y + side, x : x + side] += rng.normal(0, sigma, size=(side, side))
+            variance[y : y + side, x : x + side] += sigma**2
     if p.pixel_noise > 0:
         image += rng.normal(0, p.pixel_noise, size=image.shape)
     masks = owner[None] == np.arange(len(placed))[:, None, None]
     keep = masks.sum((1, 2)) >= p.min_pixels
     ids = np.asarray(placed, dtype=np.int64)[keep]
-    scene = Scene(image=image, masks=masks[keep], labels=labels[ids].astype(np.int64), item_ids=ids)
+    scene = Scene(image=image, masks=masks[keep], labels=labels[ids].astype(np.int64), item_ids=ids, noise=np.sqrt(variance))
     if design == "query-specific":
         scene.image, scene.hues = _tint(rng, image, owner, np.asarray(groups, np.int64))
         scene.groups = np.asarray(groups, np.int64)[keep]

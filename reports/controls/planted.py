@@ -12,7 +12,8 @@ Per seed of v2's 12-epoch embedded-Gaussian finals, as the PLAN fixes it:
   bisection so that the planted maps' mean row entropy on the first 30 train scenes equals the trained
   block's;
 * its twin: the same with the probe's rows replaced by a random 2 x C matrix (seed 0) of the same
-  Frobenius norm, ``s`` matched the same way.
+  Frobenius norm, ``s`` matched the same way; or (``--negative``) a probe of another label: an item's
+  brightness (session 13) or the generator's noise level at each position (session 15).
 
 Both are saved in this project's checkpoint format; the extraction on the val scenes is not run here:
 the script prints its ``nlanalysis extract`` commands. Run from the repository root:
@@ -82,6 +83,45 @@ def item_brightness(ann_file: str | Path, image_ids: list[int], images: Tensor, 
 def brightness_angles(levels: Tensor, lo: float, hi: float) -> Tensor:
     """``[..., 2]``: ``(cos a, sin a)`` with ``a = pi (m - lo) / (hi - lo)`` (the PLAN's session-13 label; NaN stays NaN)."""
     angle = math.pi * (levels - lo) / (hi - lo)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+
+
+NOISE_CAP = 0.35 * math.sqrt(2)  # the noise twin's sigma_cap (PLAN, session 15): two overlapping boxes at the largest draw
+
+
+def scene_noise(ann_file: str | Path, image_ids: list[int], grid: tuple[int, int], source: str | Path | None = None) -> Tensor:
+    """The noise twin's label (PLAN, session 15): per grid cell ``float [B, gh, gw]`` the standard deviation of the
+    strong noise the generator added at the cell's centre pixel (:attr:`~nlanalysis.data.scenes.Scene.noise`), NaN
+    off the items. Each scene is regenerated from the seed and parameters its ``instances.json`` records (the
+    Fashion-MNIST split from ``source``, default the Debian package's); one whose masks differ from the
+    annotation's is an error (``ValueError``)."""
+    from dataclasses import fields
+
+    from nlanalysis.data.fashion_mnist import load_fashion_mnist
+    from nlanalysis.data.scenes import SPLITS, SceneParams, make_scene
+
+    coco = load_coco(ann_file)
+    info = coco.dataset.get("info", {})
+    if not {"split", "seed", "design", "params"} <= set(info):
+        raise ValueError(f"{ann_file}: info records no split/seed/design/params: not a scene set this generator wrote")
+    names = {f.name for f in fields(SceneParams)}
+    params = SceneParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["params"].items() if k in names})
+    items, labels = load_fashion_mnist(SPLITS[info["split"]], source)
+    cells = []
+    for image_id in image_ids:
+        scene = make_scene(np.random.default_rng([info["seed"], image_id - 1]), items, labels, info["design"], params)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None))
+        masks = np.stack([coco.annToMask(a).astype(bool) for a in anns]) if anns else np.zeros((0, *scene.masks.shape[1:]), bool)
+        if masks.shape != scene.masks.shape or not np.array_equal(masks, scene.masks):
+            raise ValueError(f"{ann_file}: image {image_id} does not regenerate from its recorded seed and parameters")
+        pixel = np.where(masks.any(0), scene.noise, np.nan)
+        cells.append(torch.from_numpy(pixel))
+    return cell_centres(torch.stack(cells), grid)
+
+
+def noise_angles(sigma: Tensor) -> Tensor:
+    """``[..., 2]``: ``(cos a, sin a)`` with ``a = pi min(sigma / NOISE_CAP, 1)`` (NaN stays NaN)."""
+    angle = math.pi * (sigma / NOISE_CAP).clamp(max=1.0)
     return torch.stack([torch.cos(angle), torch.sin(angle)], -1)
 
 
@@ -180,6 +220,8 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         if negative in ("brightness", "value"):
             levels[split] = item_brightness(folder / "instances.json", scenes.image_ids, scenes.images, tuple(feats.shape[-2:]),
                                             "mean" if negative == "brightness" else "max")  # fmt: skip
+        elif negative == "noise":
+            levels[split] = scene_noise(folder / "instances.json", scenes.image_ids, tuple(feats.shape[-2:]))
     probe = ridge_probe(*fits["train"][1])
     r2_train, r2_val = r_squared(probe, *fits["train"][1]), r_squared(probe, *fits["val"][1])
     features = fits["train"][0][:ENTROPY_SCENES]
@@ -187,12 +229,17 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
     trained = {k: v.clone() for k, v in block.state_dict().items()}
     result = {"ckpt": str(ckpt), "block": name, "r2_val": r2_val, "r2_train": r2_train, "entropy_trained": target,
               "probe_norm": float(probe.norm()), "entropy_uniform": math.log(features.shape[-2] * features.shape[-1])}
-    if negative in ("brightness", "value"):  # m_min, m_max over the train items
-        lo, hi = float(levels["train"][1].min()), float(levels["train"][1].max())
-        labelled = {k: positions(fits[k][0], brightness_angles(levels[k][0], lo, hi)) for k in ("train", "val")}
+    if negative in ("brightness", "value", "noise"):
+        if negative == "noise":
+            labelled = {k: positions(fits[k][0], noise_angles(levels[k])) for k in ("train", "val")}
+            label = {"noise_cap": NOISE_CAP}
+        else:  # m_min, m_max over the train items
+            lo, hi = float(levels["train"][1].min()), float(levels["train"][1].max())
+            labelled = {k: positions(fits[k][0], brightness_angles(levels[k][0], lo, hi)) for k in ("train", "val")}
+            label = {"brightness_range": [lo, hi]}
         other = ridge_probe(*labelled["train"])
-        result |= {"brightness_r2_train": r_squared(other, *labelled["train"]), "brightness_r2_val": r_squared(other, *labelled["val"]),
-                   "brightness_range": [lo, hi]}  # fmt: skip
+        key = "noise" if negative == "noise" else "brightness"
+        result |= {f"{key}_r2_train": r_squared(other, *labelled["train"]), f"{key}_r2_val": r_squared(other, *labelled["val"]), **label}
         kinds = (("planted", probe), (negative, other))
     else:
         kinds = (("planted", probe), ("twin", twin_rows(probe)))
@@ -203,7 +250,8 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
                 "source_miou": loaded.meta.get("miou"),
                 "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"
-                + {"brightness": "; the brightness twin: (session 13, 21:35)", "value": "; the value twin: (session 13, 21:45)"}.get(negative, "")}}
+                + {"brightness": "; the brightness twin: (session 13, 21:35)", "value": "; the value twin: (session 13, 21:45)",
+                   "noise": "; the noise twin: (session 15, 01:40)"}.get(negative, "")}}
         path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
@@ -213,7 +261,7 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
 def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
     """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict).
     ``"random"``: the session-12 rule (planted own-group with att above its control, twin not own-group);
-    ``"brightness"``, ``"value"``: the session-13 rule (planted own-group, the twin not; rule 2 reported only)."""
+    ``"brightness"``, ``"value"``, ``"noise"``: the session-13 rule (planted own-group, the twin not; rule 2 reported only)."""
     twin = "twin" if negative == "random" else negative
     readings, lines = {}, []
     for kind in ("planted", twin):
@@ -242,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
     p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
-    p.add_argument("--negative", choices=("random", "brightness", "value"), default="random",
-                   help="the negative: the random twin (session 12) or a brightness twin (session 13: RGB mean or HSV value)")
+    p.add_argument("--negative", choices=("random", "brightness", "value", "noise"), default="random",
+                   help="the negative: the random twin (session 12), a brightness twin (session 13: RGB mean or HSV value) "
+                        "or the noise twin (session 15: the generator's noise level)")  # fmt: skip
     args = p.parse_args(argv)
     if args.read is not None:
         print("\n".join(read_check(args.read, args.negative)[1]))
@@ -263,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"seed": seed, **r})
         print(f"seed {seed}: probe R^2 val {r['r2_val']:.3f} (train {r['r2_train']:.3f}); entropy trained {r['entropy_trained']:.4f}, "
               f"planted {r['entropy_planted']:.4f} (s {r['s_planted']:.4g}), {twin} {r[f'entropy_{twin}']:.4f} (s {r[f's_{twin}']:.4g})"
-              + (f"; brightness probe R^2 val {r['brightness_r2_val']:.3f}" if "brightness_r2_val" in r else ""))  # fmt: skip
+              + (f"; brightness probe R^2 val {r['brightness_r2_val']:.3f}" if "brightness_r2_val" in r else "")
+              + (f"; noise probe R^2 val {r['noise_r2_val']:.3f}" if "noise_r2_val" in r else ""))  # fmt: skip
         (args.out / "planted.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out / 'planted.json'}; the PLAN runs the check only where the probe's val R^2 >= 0.5. Extraction:")
     for r in results:
