@@ -202,3 +202,29 @@ def test_scene_noise_labels_the_item_cells_from_the_regenerated_draws(tmp_path):
     ann.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="does not regenerate"):
         planted.scene_noise(ann, ids, (14, 14), source=source)
+
+
+def test_locality_twin_matches_the_entropy_and_saves_a_loadable_swap(net_block_features, tmp_path):
+    """The locality twin (PLAN session 15, 02:00): its maps' entropy by hand (softmax of -d^2 / 2 sigma^2 at the chosen
+    sigma) is the target; the checkpoint loads as a SpatialGaussian2d with the trained g and conv_out; the model
+    the twin was built from keeps its NL block."""
+    from types import SimpleNamespace
+
+    from nlanalysis.blocks import SpatialGaussian2d
+    from nlanalysis.checkpoints import load_checkpoint
+
+    model, block, x = net_block_features
+    target = math.log(14 * 14) - 1.5
+    loaded = SimpleNamespace(model=model, arch=model.arch, preprocess=scene_preprocess(112))
+    found = planted.locality_twin(loaded, "layer1.1", block, x, target, tmp_path, tmp_path / "embedded_gaussian_s0.pth", {"x": 1})
+    ys, xs = torch.meshgrid(torch.arange(14.0), torch.arange(14.0), indexing="ij")
+    c = torch.stack([ys.flatten(), xs.flatten()], -1).double()
+    p = torch.softmax(-torch.cdist(c, c) ** 2 / (2 * found["s_locality"] ** 2), -1)
+    assert float(-(p * p.log()).sum(-1).mean()) == pytest.approx(target, abs=1e-4)
+    assert model.layer1[1] is block
+    twin = load_checkpoint(found["ckpt_locality"], truncate=False)
+    swapped = twin.block_modules()["layer1.1"]
+    assert isinstance(swapped, SpatialGaussian2d) and swapped.sigma == pytest.approx(found["s_locality"])
+    assert torch.equal(swapped.g.conv.weight, block.g.conv.weight) and torch.equal(swapped.conv_out.conv.weight, block.conv_out.conv.weight)
+    with pytest.raises(ValueError, match="outside"):
+        planted.match_sigma(SpatialGaussian2d(block.in_channels), x, math.log(14 * 14) + 0.1)

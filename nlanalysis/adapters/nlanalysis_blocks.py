@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..blocks import ContextBlock, LazyAttention, NonLocal2d, SimplifiedNonLocal2d
+from ..blocks import ContextBlock, LazyAttention, NonLocal2d, SimplifiedNonLocal2d, SpatialGaussian2d
 from .base import BlockAdapter, MapCall
 from .registry import register_adapter
 
@@ -15,7 +15,7 @@ _BLOCKS = (NonLocal2d, ContextBlock, SimplifiedNonLocal2d)
 @register_adapter
 class NLAnalysisAdapter(BlockAdapter):
     family = "nlanalysis"
-    description = "nlanalysis.blocks NonLocal2d (4 modes), ContextBlock, SimplifiedNonLocal2d"
+    description = "nlanalysis.blocks NonLocal2d (4 modes), ContextBlock, SimplifiedNonLocal2d, SpatialGaussian2d"
 
     def matches(self, module: nn.Module) -> bool:
         return isinstance(module, _BLOCKS)
@@ -32,7 +32,9 @@ class NLAnalysisAdapter(BlockAdapter):
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)
         info["in_channels"] = module.in_channels
-        if isinstance(module, NonLocal2d):
+        if isinstance(module, SpatialGaussian2d):  # an NL block's layout, maps by spatial distance
+            info.update(mode="spatial_gaussian", inter_channels=module.inter_channels, sigma=module.sigma)
+        elif isinstance(module, NonLocal2d):
             info.update(mode=module.mode, inter_channels=module.inter_channels, sub_sample=module.sub_sample)
         elif isinstance(module, ContextBlock):
             info.update(mode="gc", pooling_type=module.pooling_type, fusion_types=list(module.fusion_types))

@@ -61,7 +61,7 @@ def _nonfinite_warning(nonfinite: list[str]) -> list[str]:
 
 #: the mode shown for block types that have one fixed form (no ``mode`` option)
 _FIXED_MODES = {"ContextBlock": "gc", "SimplifiedNonLocal2d": "snl", "PositionAttention2d": "position_attention",
-                "SqueezeExcitation2d": "se", "PooledResidual2d": "pooled_fc"}
+                "SqueezeExcitation2d": "se", "PooledResidual2d": "pooled_fc", "SpatialGaussian2d": "spatial_gaussian"}
 
 
 def format_report(ckpt: LoadedCheckpoint, show_all: bool = False) -> str:

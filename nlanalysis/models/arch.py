@@ -28,6 +28,7 @@ BLOCK_TYPES = {
     "PositionAttention2d": (),  # DANet's PAM (Fu et al. 2019)
     "SqueezeExcitation2d": ("ratio",),  # Hu et al. 2018: no map over positions
     "PooledResidual2d": (),  # global average pool -> FC -> add: no map over positions
+    "SpatialGaussian2d": ("sigma", "reduction"),  # maps by spatial distance only: the locality control
 }
 
 

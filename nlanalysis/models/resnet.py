@@ -20,7 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
-from ..blocks import ContextBlock, NonLocal2d, SimplifiedNonLocal2d
+from ..blocks import ContextBlock, NonLocal2d, SimplifiedNonLocal2d, SpatialGaussian2d
 from ..blocks.pooled_context import PooledResidual2d, SqueezeExcitation2d
 from ..blocks.position_attention import PositionAttention2d
 from .arch import BlockSpec, ResNetArch
@@ -29,7 +29,7 @@ __all__ = ["PluginBottleneck", "ResNetBackbone", "build_block", "build_model"]
 
 _BLOCK_CLASSES = {"NonLocal2d": NonLocal2d, "ContextBlock": ContextBlock, "SimplifiedNonLocal2d": SimplifiedNonLocal2d,
                   "PositionAttention2d": PositionAttention2d, "SqueezeExcitation2d": SqueezeExcitation2d,
-                  "PooledResidual2d": PooledResidual2d}  # fmt: skip
+                  "PooledResidual2d": PooledResidual2d, "SpatialGaussian2d": SpatialGaussian2d}  # fmt: skip
 _INNER_POSITIONS = ("after_conv1", "after_conv2", "after_conv3", "after_add")
 
 

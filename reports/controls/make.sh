@@ -3,7 +3,7 @@
 # (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid,
 # v3: v2's scenes with an image shortcut to the block's input, after its marker check; v3-planted: the planted block on
 # v3's embedded-Gaussian finals with a random twin, v3-planted-b / -v: with a brightness twin, RGB mean / HSV value,
-# v3-planted-n: with the noise twin)
+# v3-planted-n / -l: with the noise twin / the locality twin)
 # Each batch is resumable: rerunning skips finished runs (OUT/runs/*.json). Runs live under runs/controls/
 # (gitignored, and lost with the checkout); the numbers the report needs (run records, each result set's metrics.csv
 # and run.json) are kept under reports/controls/runs, from which `tables` and `report` read.
@@ -77,14 +77,15 @@ for batch in "${@:-1 2 3 4 5}"; do
                 --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
                 --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
             grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
-        v3-planted|v3-planted-b|v3-planted-v|v3-planted-n)  # PLAN.md, session 13: the planted own-group block on v3's
+        v3-planted|v3-planted-b|v3-planted-v|v3-planted-n|v3-planted-l)  # PLAN.md, session 13: the planted own-group block on v3's
             # embedded-Gaussian finals (seeds 0-2) with its negative: the random twin (v3-planted), the brightness twin
-            # (v3-planted-b: RGB mean, -v: HSV value) or the noise twin (v3-planted-n, PLAN.md session 15)
+            # (v3-planted-b: RGB mean, -v: HSV value), the noise twin (v3-planted-n) or the locality twin (-l; PLAN.md session 15)
             out=runs/controls/query-specific-v3_e12; val=nlanalysis/data/demo/scenes_val_query_specific_items4_10
             case "$batch" in
                 v3-planted) neg=random twin=twin name=planted-v3 ;;
                 v3-planted-b) neg=brightness twin=brightness name=planted-v3b ;;
                 v3-planted-n) neg=noise twin=noise name=planted-v3n ;;
+                v3-planted-l) neg=locality twin=locality name=planted-v3l ;;
                 *) neg=value twin=value name=planted-v3v ;;
             esac
             pl=runs/controls/$name

@@ -13,7 +13,9 @@ Per seed of v2's 12-epoch embedded-Gaussian finals, as the PLAN fixes it:
   block's;
 * its twin: the same with the probe's rows replaced by a random 2 x C matrix (seed 0) of the same
   Frobenius norm, ``s`` matched the same way; or (``--negative``) a probe of another label: an item's
-  brightness (session 13) or the generator's noise level at each position (session 15).
+  brightness (session 13) or the generator's noise level at each position (session 15); or the locality
+  twin (session 15): the block swapped for maps by spatial distance only (``SpatialGaussian2d``, the
+  trained ``g`` and ``conv_out``), its width matched to the trained block's entropy.
 
 Both are saved in this project's checkpoint format; the extraction on the val scenes is not run here:
 the script prints its ``nlanalysis extract`` commands. Run from the repository root:
@@ -25,9 +27,11 @@ form-matched control" and the twins do not read "attends its own group".
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +183,20 @@ def plant(block: nn.Module, rows: Tensor, s: float, features: Tensor) -> None:
                 conv.bias.zero_()
 
 
+def _solve_log(entropy: Callable[[float], float], target: float, bounds: tuple[float, float], rising: bool, what: str,
+               steps: int = 60) -> float:  # fmt: skip
+    """Bisection on a log-parameter ``t`` in ``bounds`` for ``entropy(t) == target`` (``entropy`` rising or falling
+    in ``t``); ValueError where the target lies outside what the bounds reach."""
+    lo, hi = bounds
+    ends = entropy(lo), entropy(hi)
+    if not min(ends) < target < max(ends):
+        raise ValueError(f"target entropy {target:.4f} is outside what {what} in [e^{lo:g}, e^{hi:g}] reaches")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (entropy(mid) < target) == rising else (lo, mid)
+    return (lo + hi) / 2
+
+
 def match_entropy(block: nn.Module, rows: Tensor, features: Tensor, target: float, steps: int = 60) -> tuple[float, float]:
     """Bisection on ``log s`` (row entropy falls as ``s`` grows): the ``s`` whose planted maps' mean row entropy
     is ``target``, and the entropy reached. The block is left planted with that ``s``."""
@@ -187,14 +205,41 @@ def match_entropy(block: nn.Module, rows: Tensor, features: Tensor, target: floa
         plant(block, rows, math.exp(log_s), features)
         return mean_row_entropy(block, features)
 
-    lo, hi = -20.0, 20.0
-    if not entropy(hi) < target < entropy(lo):
-        raise ValueError(f"target entropy {target:.4f} is outside what s in [e^-20, e^20] reaches")
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if entropy(mid) > target else (lo, mid)
-    s = math.exp((lo + hi) / 2)
-    return s, entropy((lo + hi) / 2)
+    log_s = _solve_log(entropy, target, (-20.0, 20.0), rising=False, what="s", steps=steps)
+    return math.exp(log_s), entropy(log_s)
+
+
+def match_sigma(block: nn.Module, features: Tensor, target: float, steps: int = 60) -> tuple[float, float]:
+    """Bisection on ``log sigma`` (row entropy grows with ``sigma``): the width whose locality maps' mean row entropy
+    is ``target`` on ``features``' grid, and the entropy reached. The block is left at that ``sigma``."""
+
+    def entropy(log_sigma: float) -> float:
+        block.sigma = math.exp(log_sigma)
+        return mean_row_entropy(block, features)
+
+    log_sigma = _solve_log(entropy, target, (-5.0, 5.0), rising=True, what="sigma", steps=steps)
+    return math.exp(log_sigma), entropy(log_sigma)
+
+
+def locality_twin(loaded, name: str, block: nn.Module, features: Tensor, target: float, out: Path, ckpt: Path, meta: dict) -> dict:
+    """The locality twin (PLAN, session 15, 02:00): the block swapped for a :class:`SpatialGaussian2d` with its trained
+    weights (``g``, ``conv_out``) and the ``sigma`` whose maps' mean row entropy is ``target``; saved, the model restored."""
+    from nlanalysis.blocks import SpatialGaussian2d
+    from nlanalysis.models import BlockSpec
+
+    local = SpatialGaussian2d(block.in_channels, reduction=block.reduction)
+    local.load_state_dict(block.state_dict())
+    sigma, reached = match_sigma(local, features, target)
+    parent, child = loaded.model.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+    arch = copy.deepcopy(loaded.arch)
+    arch.blocks = [BlockSpec(b.name, "SpatialGaussian2d", b.in_channels, b.position, {"sigma": sigma, "reduction": block.reduction})
+                   if b.name == name else b for b in arch.blocks]  # fmt: skip
+    setattr(parent, child, local)
+    try:
+        path = save_checkpoint(out / f"locality_{ckpt.name}", loaded.model, loaded.preprocess, meta, arch=arch)
+    finally:
+        setattr(parent, child, block)
+    return {"s_locality": sigma, "entropy_locality": reached, "ckpt_locality": str(path)}
 
 
 def twin_rows(probe: Tensor, seed: int = 0) -> Tensor:
@@ -241,6 +286,8 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         key = "noise" if negative == "noise" else "brightness"
         result |= {f"{key}_r2_train": r_squared(other, *labelled["train"]), f"{key}_r2_val": r_squared(other, *labelled["val"]), **label}
         kinds = (("planted", probe), (negative, other))
+    elif negative == "locality":  # no probe: built after the planted block, below
+        kinds = (("planted", probe),)
     else:
         kinds = (("planted", probe), ("twin", twin_rows(probe)))
     for kind, rows in kinds:
@@ -255,13 +302,19 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         path = save_checkpoint(out / f"{kind}_{ckpt.name}", model, loaded.preprocess, meta)
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
+    if negative == "locality":
+        kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}
+        meta = {**kept, "planted": {"kind": "locality", "source": str(ckpt), "source_miou": loaded.meta.get("miou"),
+                                    "construction": "reports/controls/PLAN.md 2026-12-05 (session 15, 02:00)"}}  # fmt: skip
+        result |= locality_twin(loaded, name, block, features, target, out, ckpt, meta)
     return result
 
 
 def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
     """The check's verdict from the result sets under ``root``, and its lines (one per kind, then the verdict).
     ``"random"``: the session-12 rule (planted own-group with att above its control, twin not own-group);
-    ``"brightness"``, ``"value"``, ``"noise"``: the session-13 rule (planted own-group, the twin not; rule 2 reported only)."""
+    ``"brightness"``, ``"value"``, ``"noise"``, ``"locality"``: the session-13 rule (planted own-group, the twin not; rule 2
+    reported only)."""
     twin = "twin" if negative == "random" else negative
     readings, lines = {}, []
     for kind in ("planted", twin):
@@ -290,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
     p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
-    p.add_argument("--negative", choices=("random", "brightness", "value", "noise"), default="random",
+    p.add_argument("--negative", choices=("random", "brightness", "value", "noise", "locality"), default="random",
                    help="the negative: the random twin (session 12), a brightness twin (session 13: RGB mean or HSV value) "
-                        "or the noise twin (session 15: the generator's noise level)")  # fmt: skip
+                        "the noise twin (session 15: the generator's noise level) or the locality twin (session 15: maps "
+                        "by spatial distance only)")  # fmt: skip
     args = p.parse_args(argv)
     if args.read is not None:
         print("\n".join(read_check(args.read, args.negative)[1]))
