@@ -228,3 +228,32 @@ def test_locality_twin_matches_the_entropy_and_saves_a_loadable_swap(net_block_f
     assert torch.equal(swapped.g.conv.weight, block.g.conv.weight) and torch.equal(swapped.conv_out.conv.weight, block.conv_out.conv.weight)
     with pytest.raises(ValueError, match="outside"):
         planted.match_sigma(SpatialGaussian2d(block.in_channels), x, math.log(14 * 14) + 0.1)
+
+
+def test_models_miou_evaluates_every_model_a_build_wrote(net_block_features, tmp_path):
+    """``--miou``: one line per seed, the trained final's mIoU then each built model's, as ``evaluate`` gives them."""
+    import gzip
+    import json
+
+    from test_data_scenes import idx_bytes, tiny_items
+
+    from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
+    from nlanalysis.data.scenes import write_scenes
+    from nlanalysis.train.data import load_scene_set
+    from nlanalysis.train.loop import evaluate
+
+    model, _, _ = net_block_features
+    source = tmp_path / "fmnist"
+    source.mkdir()
+    images, labels = tiny_items(seed=1)
+    (source / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+    (source / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    val = write_scenes(tmp_path / "val", "val", 4, 0, source=source).parent
+    trained = save_checkpoint(tmp_path / "trained.pth", model, scene_preprocess(112))
+    torch.nn.init.normal_(model.layer1[1].conv_out.conv.weight, std=1.0)  # another model
+    other = save_checkpoint(tmp_path / "other.pth", model, scene_preprocess(112))
+    built = tmp_path / "planted.json"
+    built.write_text(json.dumps([{"seed": 0, "ckpt": str(trained), "ckpt_planted": str(other)}]))
+    scenes = load_scene_set(val / "instances.json", val / "images")
+    expected = [evaluate(load_checkpoint(p, truncate=False).model, scenes)[0] for p in (trained, other)]
+    assert planted.models_miou(built, val) == [f"- seed 0: mIoU trained {expected[0]:.4f}, planted {expected[1]:.4f}"]

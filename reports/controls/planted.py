@@ -334,6 +334,21 @@ def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
     return passes, lines
 
 
+def models_miou(built: Path, val_dir: Path) -> list[str]:
+    """mIoU on the val scenes of every checkpoint a build wrote (``built``: its ``planted.json``) and of the trained
+    final each was built from: reported beside the check, not part of it (the PLAN's entries)."""
+    from nlanalysis.train.loop import evaluate
+
+    scenes = load_scene_set(val_dir / "instances.json", val_dir / "images")
+    lines = []
+    for r in json.loads(built.read_text()):
+        parts = [f"trained {evaluate(load_checkpoint(r['ckpt'], truncate=False).model, scenes)[0]:.4f}"]
+        for key in sorted(k for k in r if k.startswith("ckpt_")):
+            parts.append(f"{key[5:]} {evaluate(load_checkpoint(r[key], truncate=False).model, scenes)[0]:.4f}")
+        lines.append(f"- seed {r['seed']}: mIoU " + ", ".join(parts))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt-dir", type=Path, help="a grid's 12-epoch checkpoints (embedded_gaussian_s{seed}.pth: v2's or v3's)")
@@ -343,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/controls/planted"))
     p.add_argument("--read", type=Path, metavar="DIR", help="read the extracted planted_s*/twin_s* result sets in DIR instead")
+    p.add_argument("--miou", type=Path, metavar="PLANTED_JSON", help="instead: the mIoU on --val-scenes of the models a build wrote")
     p.add_argument("--negative", choices=("random", "brightness", "value", "noise", "locality"), default="random",
                    help="the negative: the random twin (session 12), a brightness twin (session 13: RGB mean or HSV value) "
                         "the noise twin (session 15: the generator's noise level) or the locality twin (session 15: maps "
@@ -350,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.read is not None:
         print("\n".join(read_check(args.read, args.negative)[1]))
+        return 0
+    if args.miou is not None:
+        if args.val_scenes is None:
+            p.error("--miou needs --val-scenes")
+        print("\n".join(models_miou(args.miou, args.val_scenes)))
         return 0
     if args.ckpt_dir is None or args.train_scenes is None:
         p.error("--ckpt-dir and --train-scenes are required (unless --read)")
