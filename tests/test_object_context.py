@@ -137,6 +137,40 @@ def test_a_map_attending_its_own_group_has_a_same_category_lift_and_a_shared_map
     assert flat["same_category_lift"].item() == pytest.approx(1.0, abs=1e-12)
 
 
+def test_a_local_map_reads_a_lift_below_one_and_a_same_over_other_density_near_one():
+    """Maps by spatial distance alone over 2 x 2 objects in 9 slots of a 12 x 12 grid, each object's category drawn
+    at random (no category prefers any place): the lift's mean-map null holds the target objects' own local rows,
+    so the lift reads below 1 over the images (the bias the module docstring states); same/other-category density
+    compares each row with itself and reads ~1."""
+    side, g = 12, torch.Generator().manual_seed(3)
+    ys, xs = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
+    c = torch.stack([ys.flatten(), xs.flatten()], -1).double()
+    maps = torch.softmax(-torch.cdist(c, c) ** 2 / (2 * 2.0**2), -1)
+    labs, cats = [], []
+    for _ in range(400):
+        lab = torch.zeros(side, side, dtype=torch.long)
+        for k, slot in enumerate(torch.randperm(9, generator=g)[:6].tolist()):
+            by, bx = 4 * (slot // 3) + 1, 4 * (slot % 3) + 1
+            lab[by : by + 2, bx : bx + 2] = k + 1
+        labs.append(lab.flatten())
+        cats.append(torch.cat([torch.tensor([-1]), 5 + torch.randint(0, 2, (6,), generator=g)]))
+    labs, cats = torch.stack(labs), torch.stack(cats)
+    got = object_context(row_chunks(maps[None].expand(len(labs), -1, -1), 16), labs, labs, cats)
+    for b in (0, 1):
+        want = naive_context(maps.numpy(), labs[b].numpy(), labs[b].numpy(), cats[b].numpy())
+        for name in ("same_category_lift", "same_category_density", "other_category_density"):
+            np.testing.assert_allclose(got[name][b].item(), want[name], rtol=1e-10, err_msg=name, equal_nan=True)
+    lift, ratio = got["same_category_lift"], got["same_category_density"] / got["other_category_density"]
+    ok = lift.isfinite() & ratio.isfinite()
+    assert ok.sum() > 300
+    assert lift[ok].log().mean().exp() < 0.95  # geometric means over the images
+    assert abs(ratio[ok].log().mean().exp() - 1) < 0.1  # log-ratio sd ~0.8 over images: se ~0.04
+    cat_of = cats[0][labs[0]]  # and a map attending its own category: a large ratio
+    own = torch.where((cat_of[:, None] == cat_of[None, :]) & (labs[0][:, None] > 0), 1.0, 0.02).double()
+    found = object_context(row_chunks((own / own.sum(-1, keepdim=True))[None], 16), labs[:1], labs[:1], cats[:1])
+    assert (found["same_category_density"] / found["other_category_density"]).item() > 5
+
+
 def test_a_query_independent_map_has_lift_exactly_one():
     lab = _objects_image()
     g = torch.Generator().manual_seed(3)
