@@ -118,7 +118,7 @@ REGISTRY: tuple[Column, ...] = (
     _c("own_object_null", "`own_object_density` when every query gets the image's mean map (its rows averaged over queries)",
        "float", "object", _COUNT),
     _c("own_object_lift", "`own_object_density / own_object_null`: 1 = no object-specific context (a query-independent map "
-       "gives exactly 1); tables: geometric mean over images, CI of the mean log-lift", "float", "object", (0.0, _INF),
+       "gives exactly 1; a merely local map reads above 1 too); tables: geometric mean over images, CI of the mean log-lift", "float", "object", (0.0, _INF),
        header="own-object lift", unit="ratio"),
     _c("own_object_lift_objects", "`own_object_lift` against the mean map of the object queries only: removes a sharper "
        "attention of object than of background queries to one shared map (a temperature, not object-specific context)", "float",

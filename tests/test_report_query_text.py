@@ -59,7 +59,7 @@ def test_query_specific_maps_and_object_specific_context():
     text = query_reading(r, "g")
     assert "**not one map at different sharpness: query-specific maps**" in text
     assert "rank 1 (" not in text  # 85% is not claimed to be one profile
-    assert "against the object-query null: object-specific context" in text
+    assert "against the object-query null: more on its own object (object-specific context or locality" in text
 
 
 def test_sign_flip_of_one_map():
@@ -84,7 +84,7 @@ def test_intervals_that_straddle_a_threshold_are_not_claimed():
     # a lift whose interval spans 1.1 is not called object-specific nor none
     spread = _row(att=0.1, own_object_lift_objects=1.12, noise=0.2)
     assert spread["own_object_lift_objects_low"] < 1.1 < spread["own_object_lift_objects_high"]
-    assert "object-specific context" not in query_reading(spread, "x").replace("whether it is object-specific context", "")
+    assert "more on its own object" not in query_reading(spread, "x") and "no object-specific context" not in query_reading(spread, "x")
 
 
 def test_no_object_specific_context_with_the_interval_stated():

@@ -46,9 +46,11 @@ THRESHOLDS = (
     f"profile, a temperature per query) reproduces at least {ONE_MAP_SHARE:.0%} of `att` with a total-variation distance "
     f"(TV) to the real maps of at most {ONE_MAP_TV}; **not one map at different sharpness** where it reproduces less than "
     f"{NOT_ONE_MAP_SHARE:.0%} or its TV exceeds {NOT_ONE_MAP_TV}; **a sign flip of one map** (signed maps) where `att` of "
-    f"the rows' absolute values is at most {SIGN_SHARE:.0%} of `att`; **object-specific context** where the own-object "
+    f"the rows' absolute values is at most {SIGN_SHARE:.0%} of `att`; **more on the own object** where the own-object "
     f"lift against the object-query null exceeds {LIFT} (10% more mass per unit area on the query's own object than the "
-    "object queries' mean map gives it), **none** where it stays below; a unary term holding more than half of the logits' "
+    "object queries' mean map gives it: object-specific context, or locality alone, which the lift does not tell apart: "
+    "maps by spatial distance only, at a trained block's entropy, read 2.3 on the query-specific scenes; set it beside the "
+    "attention distance and the 3x3 mass), **no object-specific context** where it stays below; a unary term holding more than half of the logits' "
     "variance across keys **dominates**. A reading is claimed only when the whole 95% interval meets the threshold (for a "
     "share: the least favourable ratio of the interval ends); otherwise the text says the intervals cannot tell."
 )
@@ -187,13 +189,13 @@ def _objects(r: pd.Series) -> list[str]:
     null = "the object-query null" if stat == "own_object_lift_objects" else "the image's mean map"
     _, low, high = _ends(r, stat)
     if low > LIFT:
-        word = "object-specific context"
+        word = "more on its own object (object-specific context or locality: the lift does not tell them apart)"
     elif high < 1:
         word = "no object-specific context (the own object gets less than the null gives it)"
     elif high <= LIFT:
         word = f"no object-specific context (at most {high - 1:.{0 if high - 1 >= 0.01 else 1}%} above the null)"
     elif low > 1:
-        word = f"a small lift above 1 whose interval reaches below {LIFT}: the intervals cannot tell whether it is object-specific context"
+        word = f"a small lift above 1 whose interval reaches below {LIFT}: the intervals cannot tell whether the own object gets more"
     else:
         word = "the intervals cannot tell"
     text = f"own-object lift {ci_text(r, stat)} against {null}: {word}"
