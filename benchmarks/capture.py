@@ -234,6 +234,7 @@ def peak_memory(method: str, size: tuple[int, int], device: str, methods: dict[s
     import torch
 
     if device.startswith("cuda"):
+        torch_as_used_by(method)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()

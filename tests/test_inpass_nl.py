@@ -228,18 +228,27 @@ def _wrap_torch_like_torchlens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @needs_kernels
+@pytest.mark.parametrize("made", ["before", "after"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
-def test_torch_functions_wrapped_by_another_tool_are_still_served(family: str, mode: str, monkeypatch) -> None:
+def test_torch_functions_wrapped_by_another_tool_are_still_served(family: str, mode: str, made: str, monkeypatch) -> None:
+    """The mode receives the wrapper where the block calls a ``Tensor`` method (mmcv's ``.softmax()``), torch's C
+    function where it calls ``F`` / ``torch`` functions through the wrapper; ``made="after"``: the sets of functions
+    made after the wrapping (nlanalysis imported after TorchLens traced), which hold the wrappers, not torch's."""
+    from nlanalysis.capture import inpass_blocks
+    from nlanalysis.capture.inpass_mode import Ops
+
     block = _block(family, mode, sub_sample=True)
     x = torch.randn(2, 16, 9, 11)
     with torch.no_grad():
         bare = torch.cat([block(x), block(x * 0.5)])
     _, ref = _run(block, x, share=True, jsd_pairs=100)
     through = _wrap_torch_like_torchlens(monkeypatch)
+    if made == "after":
+        monkeypatch.setattr(inpass_blocks, "_OPS", {k: Ops(*v.places) for k, v in inpass_blocks._OPS.items()})
     out, cap = _run(block, x, share=True, jsd_pairs=100)
     assert through  # the block's calls went through the wrappers
-    assert cap.served == 2  # by name: the wrappers are not torch's functions
+    assert cap.served == 2
     assert torch.allclose(out, bare, rtol=1e-5, atol=1e-6)
     for a, b in zip(cap.records, ref.records):
         _stats_equal(a.stats, b.stats)
@@ -305,3 +314,25 @@ def test_mmcv_softmax_without_padding_reads_jsd_rows_in_its_maps(mode: str, grid
     for a, b in zip(found[True][1].records, found[False][1].records):
         assert torch.isfinite(a.stats.att_jsd).all() == (pairs > 0)
         _stats_equal(a.stats, b.stats)
+
+
+def test_ops_are_told_by_where_torch_keeps_them(monkeypatch) -> None:
+    """``Ops``: torch's function, its C implementation, and a wrapper installed in its place (now) are in the set; a
+    function that only shares the name is not, installed or not."""
+    from nlanalysis.capture.inpass_mode import Ops
+
+    ops = Ops((torch.Tensor, "softmax"), (F, "softmax"))
+    real = torch.Tensor.softmax
+
+    def softmax(*args, **kwargs):  # same name, not installed anywhere
+        return real(*args, **kwargs)
+
+    assert real in ops and F.softmax in ops and torch._C.TensorBase.softmax in ops
+    assert softmax not in ops and torch.matmul not in ops
+
+    def wrapper(*args, **kwargs):
+        return real(*args, **kwargs)
+
+    wrapper.__name__ = "softmax"
+    monkeypatch.setattr(torch.Tensor, "softmax", wrapper)
+    assert wrapper in ops and softmax not in ops

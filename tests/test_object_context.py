@@ -139,9 +139,9 @@ def test_a_map_attending_its_own_group_has_a_same_category_lift_and_a_shared_map
 
 def test_a_local_map_reads_a_lift_below_one_and_a_same_over_other_density_near_one():
     """Maps by spatial distance alone over 2 x 2 objects in 9 slots of a 12 x 12 grid, each object's category drawn
-    at random (no category prefers any place): the lift's mean-map null holds the target objects' own local rows,
-    so the lift reads below 1 over the images (the bias the module docstring states); same/other-category density
-    compares each row with itself and reads ~1."""
+    at random (no category prefers any place): a local row's density on the other objects, which lie farther off,
+    is below the near-uniform mean map's, so the lift reads below 1 over the images (the bias the module docstring
+    states); same/other-category density compares each row with itself and reads ~1."""
     side, g = 12, torch.Generator().manual_seed(3)
     ys, xs = torch.meshgrid(torch.arange(float(side)), torch.arange(float(side)), indexing="ij")
     c = torch.stack([ys.flatten(), xs.flatten()], -1).double()

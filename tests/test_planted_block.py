@@ -168,8 +168,8 @@ def test_item_brightness_is_each_items_mean_gray_and_its_angle_spans_half_the_ci
 
 def test_scene_noise_labels_the_item_cells_from_the_regenerated_draws(tmp_path):
     """The noise twin's label (PLAN session 15): item cells only (as the annotation masks say, independently), values
-    0 or within what the generator draws (one box: 0.15-0.35, overlapping boxes: up to 0.35 sqrt 2); a set whose
-    recorded seed does not regenerate its masks is refused."""
+    0 or within what the generator draws (one box: 0.15-0.35; two overlapping boxes up to 0.35 sqrt 2, which these
+    6 scenes do not exceed: three can, rarely); a set whose recorded seed does not regenerate its masks is refused."""
     import gzip
     import json
 
@@ -231,7 +231,8 @@ def test_locality_twin_matches_the_entropy_and_saves_a_loadable_swap(net_block_f
 
 
 def test_models_miou_evaluates_every_model_a_build_wrote(net_block_features, tmp_path):
-    """``--miou``: one line per seed, the trained final's mIoU then each built model's, as ``evaluate`` gives them."""
+    """``--miou``'s plumbing (which checkpoints, in which order, how printed): one line per seed, the trained final's
+    mIoU then each built model's, as ``evaluate`` gives them (``evaluate`` itself is not what this checks)."""
     import gzip
     import json
 

@@ -39,6 +39,10 @@ def test_maps_are_the_softmax_of_squared_distances():
     expected = _naive_maps(4, 5, 1.3)
     assert np.allclose(maps[0], expected, atol=1e-6) and np.allclose(maps[1], expected, atol=1e-6)
     assert np.allclose(block.attention(x * 3).full().double().numpy()[0], expected, atol=1e-6)  # not the features'
+    wide = SpatialGaussian2d(8, sigma=0.5).attention(torch.randn(1, 8, 32, 32)).full()[0].double().numpy()
+    ref = _naive_maps(32, 32, 0.5)  # a larger grid: centred coordinates keep float32's cancellation small
+    big = ref > 1e-3
+    assert np.max(np.abs(wide - ref)[big] / ref[big]) < 1e-5
 
 
 def test_forward_is_x_plus_the_output_transform_of_the_local_mean_of_g():

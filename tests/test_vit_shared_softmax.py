@@ -103,7 +103,7 @@ def test_capture_answers_the_models_attention_from_the_measured_maps():
 
 def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeypatch):
     """TorchLens replaces torch's functions with Python wrappers process-wide; where nlanalysis is imported after
-    that, the function it knows is the wrapper while the mode receives torch's: told apart by name."""
+    that, the function it knows is the wrapper while the mode receives torch's C function behind it."""
     model = _timm()
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeyp
 
     wrapped.__name__ = real.__name__
     monkeypatch.setattr(F, "scaled_dot_product_attention", wrapped)
-    monkeypatch.setattr(shared_softmax, "_SDPA_OPS", shared_softmax.Ops(wrapped))  # as if imported after the wrapping
+    monkeypatch.setattr(shared_softmax, "_SDPA_OPS", shared_softmax.Ops((F, "scaled_dot_product_attention")))  # made after the wrapping
     with torch.no_grad(), ViTCapture(model, jsd_pairs=50) as cap:
         out = model(x)
     assert through and not torch.equal(out, bare)  # answered from the measured maps, not torch's fused kernel
@@ -126,6 +126,23 @@ def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeyp
     for a, b in zip(cap.records, ref.records):
         for name in FIELDS:
             assert torch.allclose(getattr(a.stats, name), getattr(b.stats, name), atol=2e-6, equal_nan=True), name
+
+
+def test_an_unrelated_operator_of_the_same_name_is_not_answered():
+    """A custom operator named ``scaled_dot_product_attention`` (here: sigmoid attention) is not torch's: the
+    handler is never offered it and its result is its own."""
+    if not hasattr(torch.ops.nlanalysis_test, "scaled_dot_product_attention"):
+        @torch.library.custom_op("nlanalysis_test::scaled_dot_product_attention", mutates_args=())
+        def _sigmoid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(q @ k.transpose(-1, -2)) @ v
+
+    op = torch.ops.nlanalysis_test.scaled_dot_product_attention
+    q, k, v = _qkv(b=1, layout=TokenLayout((2, 2), 1, 0))
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    offered = []
+    with torch.no_grad(), SharedSoftmax(lambda call: offered.append(1) or F.scaled_dot_product_attention(call["query"], call["key"], call["value"])):
+        got = op(q, k, v)
+    assert not offered and torch.allclose(got, torch.sigmoid(q @ k.transpose(-1, -2)) @ v)
 
 
 def test_calls_it_cannot_answer_exactly_go_to_torch():

@@ -10,7 +10,7 @@ It is a :class:`~nlanalysis.blocks.NonLocal2d` (embedded-Gaussian layout, same `
 trained NL block's weights load into it; ``theta`` and ``phi`` are kept for that but unused) whose maps come
 from the positions: the logit ``-||c_i - c_j||^2 / (2 sigma^2)`` equals ``q_i . k_j`` with ``q_i = (y_i, x_i,
 1)`` and ``k_j = (y_j, x_j, -(y_j^2 + x_j^2) / 2) / sigma^2`` up to a term of the query alone, which the
-softmax over keys removes; so its maps are :class:`~nlanalysis.blocks.attention.PairwiseAttention` and its
+softmax over keys removes (coordinates centred on the grid: float32 loses little to cancellation); so its maps are :class:`~nlanalysis.blocks.attention.PairwiseAttention` and its
 forward is the NL block's fused attention call.
 """
 from __future__ import annotations
@@ -39,9 +39,10 @@ class SpatialGaussian2d(NonLocal2d):
 
     def __init__(self, in_channels: int, sigma: float = 1.0, reduction: int = 2) -> None:
         super().__init__(in_channels, reduction=reduction, mode="embedded_gaussian")
+        sigma = float(sigma)
         if not sigma > 0:
             raise ValueError(f"SpatialGaussian2d sigma must be > 0, got {sigma}")
-        self.sigma = float(sigma)
+        self.sigma = sigma  # not in the state dict: a checkpoint's architecture records it
 
     def attention(self, x: Tensor) -> PairwiseAttention:
         """The maps over ``x``'s grid ``[B, H*W, H*W]`` (rows on demand), from the positions alone."""
@@ -49,7 +50,7 @@ class SpatialGaussian2d(NonLocal2d):
         b, _, h, w = x.shape
         y, xx = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device), torch.arange(w, dtype=x.dtype, device=x.device),
                                indexing="ij")  # fmt: skip
-        y, xx = y.flatten(), xx.flatten()
+        y, xx = y.flatten() - (h - 1) / 2, xx.flatten() - (w - 1) / 2  # centred: small terms, little float32 cancellation
         query = torch.stack([y, xx, torch.ones_like(y)], -1)  # [N, 3]
         key = torch.stack([y, xx, -(y * y + xx * xx) / 2], 0) / self.sigma**2  # [3, N]
         query, key = query.expand(b, -1, -1).contiguous(), key.expand(b, -1, -1).contiguous()

@@ -49,8 +49,8 @@ from .records import QueryMaps
 
 __all__ = ["BlockCalls", "InPassBlock"]
 
-_OPS = {"sdpa": Ops(F.scaled_dot_product_attention), "softmax": Ops(torch.Tensor.softmax, torch.softmax, F.softmax),
-        "matmul": Ops(torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm)}
+_OPS = {"sdpa": Ops((F, "scaled_dot_product_attention")), "softmax": Ops((torch.Tensor, "softmax"), (torch, "softmax"), (F, "softmax")),
+        "matmul": Ops((torch, "matmul"), (torch.Tensor, "matmul"), (torch, "bmm"), (torch.Tensor, "bmm"))}  # fmt: skip
 
 
 class BlockCalls(ModuleMode):

@@ -12,25 +12,39 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["ModuleMode", "Ops"]
 
 
-class Ops:
-    """A set of torch functions as a ``TorchFunctionMode`` receives them: ``func in ops`` by identity, or by name
-    where another tool has replaced torch's functions with wrappers of its own (TorchLens does, process-wide,
-    from its first trace on): the mode then receives the wrapper, not the originals (or, where this module was
-    imported after the wrapping, the originals and not the wrappers). Answers are remembered per function:
-    a mode sees every call of its module's forward."""
+#: where torch keeps the C implementation behind each namespace's functions (what a mode receives from a call that
+#: goes through a wrapper made before the set was)
+_C_HOMES = {id(torch.Tensor): torch._C.TensorBase, id(torch): torch._C._VariableFunctions, id(torch.nn.functional): torch._C._nn}
 
-    def __init__(self, *ops: Callable) -> None:
-        self.ops, self.names = ops, frozenset(op.__name__ for op in ops)
+
+class Ops:
+    """The torch functions at ``places``, ``(namespace, name)`` pairs such as ``(torch.Tensor, "softmax")``, as a
+    ``TorchFunctionMode`` receives them: ``func in ops`` where ``func`` is what a place holds now (another tool may
+    have replaced torch's function with a wrapper: TorchLens does, process-wide, from its first trace on, and the
+    mode then receives the wrapper), what it held when the set was made, or torch's C implementation behind it
+    (``torch._C``: received where a wrapper made before the set calls it). A name alone is never trusted: an
+    unrelated function of the same name (a custom operator ``mylib::softmax``) is not in the set. Answers are
+    remembered per function (a mode sees every call of its module's forward); one remembered as not in the set
+    and later installed at a place stays out: the call is then left to torch, never answered wrongly."""
+
+    def __init__(self, *places: tuple[object, str]) -> None:
+        self.places = places
+        fixed = [getattr(owner, name) for owner, name in places]
+        fixed += [getattr(_C_HOMES[id(owner)], name) for owner, name in places if hasattr(_C_HOMES.get(id(owner)), name)]
+        self._fixed = tuple(fixed)
         self._known: dict[Any, bool] = {}
+
+    def _find(self, func: Callable) -> bool:
+        return any(func is f for f in self._fixed) or any(func is getattr(owner, name, None) for owner, name in self.places)
 
     def __contains__(self, func: Callable) -> bool:
         try:
             return self._known[func]
         except KeyError:
-            found = self._known[func] = func in self.ops or getattr(func, "__name__", None) in self.names
+            found = self._known[func] = self._find(func)
             return found
         except TypeError:  # an unhashable callable
-            return func in self.ops or getattr(func, "__name__", None) in self.names
+            return self._find(func)
 
 
 class ModuleMode(TorchFunctionMode):

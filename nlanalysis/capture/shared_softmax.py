@@ -25,7 +25,7 @@ from .inpass_mode import ModuleMode, Ops
 __all__ = ["SharedSoftmax", "sdpa_arguments"]
 
 _SDPA = F.scaled_dot_product_attention
-_SDPA_OPS = Ops(_SDPA)
+_SDPA_OPS = Ops((F, "scaled_dot_product_attention"))
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 

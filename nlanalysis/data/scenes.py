@@ -176,9 +176,10 @@ class Scene:
         item_ids: ``int64 [K]`` indices of the items in the source arrays.
         groups: ``int64 [K]`` group (0 or 1) of each item (``query-specific`` only, else ``None``).
         hues: the two groups' tint hues in ``[0, 1)`` (``query-specific`` only).
-        noise: ``float [H, W]`` the standard deviation of the strong item-box noise added at each pixel,
-            ``sqrt(sum sigma_k^2)`` over the noisy boxes covering it (0 where none; before the image is
-            rounded to ``uint8`` and clipped). Recorded from the draws, not written to the COCO files.
+        noise: ``float [H, W]`` the generator's standard deviation of the strong item-box noise at each pixel,
+            ``sqrt(sum sigma_k^2)`` over the noisy boxes covering it (0 where none): the draws' sigma, before
+            the ``query-specific`` tint scales item pixels (by 0.3-1 per channel) and before the image is
+            rounded to ``uint8`` and clipped. Recorded from the draws, not written to the COCO files.
     """
 
     image: np.ndarray

@@ -27,11 +27,13 @@ them, and over counted object queries ``i`` (valid, on an object, a row with mas
   / of other categories (COCO; NaN without categories or without such objects);
   ``same_category_null`` the former with the mean map, ``same_category_lift`` their ratio (on the
   ``query-specific`` scenes a group is one category: the own-group lift of ``reports/controls``);
-  where maps are local, the lift reads below 1 without any preference for the category: its null, the
-  mean map, holds the rows of the target objects' own queries, each concentrated on its own object (a map
-  by spatial distance alone gave 0.85 on the ``query-specific`` scenes, ``reports/controls/PLAN.md``,
-  session 15), while ``same_category_density / other_category_density``, each query's own row on the two
-  kinds of other objects with no null, stays near 1 there (0.99).
+  where maps are local, the lift reads below 1 without any preference for the category: a local row
+  spends its mass on its own object and the cells around it, so its density on the other objects, which
+  lie farther off, falls below that of the (near-uniform) mean map (a map by spatial distance alone gave
+  0.85 on the ``query-specific`` scenes, ``reports/controls/PLAN.md``, session 15), while
+  ``same_category_density / other_category_density``, each query's own row on the two kinds of other
+  objects with no null, stays near 1 there (0.99). For the same reason a local map reads an own-object
+  lift above 1 (2.3 there): neither lift tells object-specific context from locality.
 
 Each mean is over the queries for which its key set is not empty (NaN if there are none). All of it
 follows from one pass: the label-to-label mass ``R[a, b] = sum_{i on a} p_i(keys on b)`` and the
