@@ -41,7 +41,7 @@ there. Each method is therefore timed with torch as its user has it: the TorchLe
 installed, every other row with torch's own functions (``unwrap_torch`` / ``wrap_torch`` before each timed call,
 untimed). Before 2026-12-05 the rows after the first TorchLens trace ran under its wrappers; the NL block's
 own calls then came to the capture as TorchLens's functions, not torch's, so it was not served in its own pass
-but recomputed (fixed since: told by name), and ``nl, no JSD`` read 1.07x where it costs 1.01-1.03x.
+but recomputed (fixed since: the capture knows torch's functions where torch keeps them, wrapped or not), and ``nl, no JSD`` read 1.07x where it costs 1.01-1.03x.
 
 TorchLens is a benchmark-only dependency (``pip install -e ".[bench]"``); without it its rows are
 skipped, saying so. Targets (issue 18): ``nl, no JSD`` <= 1.05x bare and below ``tl.record`` at both
