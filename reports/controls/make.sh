@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [report]
+# Issue-16 controls grid (plan: reports/controls/PLAN.md). Usage: reports/controls/make.sh [BATCH...] [tables] [extract] [locality] [report]
 # (BATCH: 1-5 of the plan, v2: the revised query-specific design's 12-epoch gate batch, v2-24: its 24-epoch grid,
 # v3: v2's scenes with an image shortcut to the block's input, after its marker check; v3-planted: the planted block on
 # v3's embedded-Gaussian finals with a random twin, v3-planted-b / -v: with a brightness twin, RGB mean / HSV value,
@@ -133,8 +133,16 @@ for batch in "${@:-1 2 3 4 5}"; do
                 done
                 nlanalysis report "${sets[@]}" --out "reports/controls/$d"
             done ;;
+        locality)  # PLAN.md session 15, 02:55: the locality control of the lifts, its check (planted-v3l) first, then v2's and v3's finals
+            ann=nlanalysis/data/demo/scenes_val_query_specific_items4_10/instances.json
+            python reports/controls/locality.py --ann $ann reports/controls/runs/planted-v3l/{planted,locality}_s{0,1,2} \
+                --out reports/controls/locality_check.csv | tee reports/controls/locality_check.md
+            for d in v2 v3; do
+                python reports/controls/locality.py --ann $ann reports/controls/runs/query-specific-$d/{embedded_gaussian,concatenation,danet_pam}_s{0,1,2} \
+                    --out reports/controls/locality_$d.csv | tee reports/controls/locality_$d.md
+            done ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted, v3-planted-b, v3-planted-v, tables, extract, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
     esac
 done
