@@ -87,3 +87,17 @@ def test_read_words_follow_the_interval_of_the_log_ratio():
     below = row.copy()
     below["log_ratio_same_category_lift_low"], below["log_ratio_same_category_lift_high"] = -0.5, -0.1
     assert locality.read(below)[0].endswith("below its locality control")
+
+
+def test_result_sets_without_the_category_lift_are_read_on_the_own_object_lift(tmp_path):
+    """The shipped reference runs (shared scenes, written before `same_category_lift` existed): the own-object lift alone."""
+    ann, _ = demo_scenes_path("shared")
+    sets = []
+    for seed in (0, 1):
+        (tmp_path / f"gaussian_s{seed}").mkdir()
+        pd.read_csv(ROOT / f"reports/trained/runs/gaussian_s{seed}/metrics.csv").head(4).to_csv(tmp_path / f"gaussian_s{seed}" / "metrics.csv", index=False)
+        sets.append(tmp_path / f"gaussian_s{seed}")
+    rows, table = locality.summary(sets, ann)
+    assert "same_category_lift" not in rows and rows["ctrl_local_own_object_lift_objects"].notna().all()
+    words = locality.read(table.iloc[0])
+    assert len(words) == 1 and words[0].startswith("own_object_lift_objects")

@@ -128,6 +128,8 @@ def summary(sets: list[Path], ann_file: Path) -> tuple[pd.DataFrame, pd.DataFram
     rows = pd.concat(parts, ignore_index=True)
     stats = []
     for name in LIFTS:  # the lifts are ratio statistics (geometric means); the control's likewise, through its log
+        if name not in rows:  # result sets written before the column existed
+            continue
         rows[f"log_ctrl_{name}"] = np.log(rows[f"ctrl_local_{name}"])
         rows[f"log_ratio_{name}"] = np.log(rows[name] / rows[f"ctrl_local_{name}"])
         stats += [name, f"log_ctrl_{name}", f"log_ratio_{name}"]
@@ -139,7 +141,7 @@ def read(row: pd.Series) -> list[str]:
     words = []
     for name in LIFTS:
         mean, low, high = (row.get(f"log_ratio_{name}{k}", math.nan) for k in ("", "_low", "_high"))
-        if math.isnan(low):
+        if pd.isna(low):
             continue
         where = "above its locality control" if low > 0 else "below its locality control" if high < 0 else "not distinguishable from locality"
         words.append(f"{name} {row[name]:.3g} vs locality control {math.exp(row[f'log_ctrl_{name}']):.3g}: ratio "
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = ["label", "variant", "seed", "image_id", "block", "att_distance_px", "ctrl_local_sigma_px",
                 *(c for name in LIFTS for c in (name, f"ctrl_local_{name}"))]  # fmt: skip
         tmp = args.out.with_name(args.out.name + ".tmp")
-        rows[keep].to_csv(tmp, index=False)
+        rows[[c for c in keep if c in rows]].to_csv(tmp, index=False)
         tmp.replace(args.out)
     for _, row in table.iterrows():
         print(f"- {row['variant']} ({int(row['seeds'])} seeds, {int(row['rows'])} images): " + "; ".join(read(row)))

@@ -140,7 +140,11 @@ for batch in "${@:-1 2 3 4 5}"; do
             for d in v2 v3; do
                 python reports/controls/locality.py --ann $ann reports/controls/runs/query-specific-$d/{embedded_gaussian,concatenation,danet_pam}_s{0,1,2} \
                     --out reports/controls/locality_$d.csv | tee reports/controls/locality_$d.md
-            done ;;
+            done
+            # the shipped reference models on the shared demo scenes (reports/trained; own-object lift only: one class a scene)
+            python reports/controls/locality.py --ann nlanalysis/data/demo/scenes_val/instances.json \
+                reports/trained/runs/{gaussian,embedded_gaussian,concatenation}_s{0,1,2} \
+                --out reports/controls/locality_trained.csv | tee reports/controls/locality_trained.md ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
         *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
