@@ -10,8 +10,8 @@ It is a :class:`~nlanalysis.blocks.NonLocal2d` (embedded-Gaussian layout, same `
 trained NL block's weights load into it; ``theta`` and ``phi`` are kept for that but unused) whose maps come
 from the positions: the logit ``-||c_i - c_j||^2 / (2 sigma^2)`` equals ``q_i . k_j`` with ``q_i = (y_i, x_i,
 1)`` and ``k_j = (y_j, x_j, -(y_j^2 + x_j^2) / 2) / sigma^2`` up to a term of the query alone, which the
-softmax over keys removes (coordinates centred on the grid: float32 loses little to cancellation); so its maps are :class:`~nlanalysis.blocks.attention.PairwiseAttention` and its
-forward is the NL block's fused attention call.
+softmax over keys removes (coordinates centred on the grid: float32 loses little to cancellation); so its maps
+are :class:`~nlanalysis.blocks.attention.PairwiseAttention` and its forward is the NL block's fused attention call.
 """
 from __future__ import annotations
 
