@@ -38,10 +38,10 @@ def test_control_distance_is_the_naive_one_and_sigma_hits_the_target():
     pos = grid_centres((5, 6), (8.0, 8.0))
     for sigma in (3.0, 11.0):
         assert locality.mean_distance(pos, sigma, (8.0, 8.0)) == pytest.approx(_naive_distance(pos.numpy(), sigma), rel=1e-10)
-    sigma = locality.match_sigma(12.5, pos, (8.0, 8.0))
+    sigma = locality.match_sigma(12.5, (5, 6), (8.0, 8.0))
     assert _naive_distance(pos.numpy(), sigma) == pytest.approx(12.5, rel=1e-6)
     uniform = _naive_distance(pos.numpy(), 1e9)
-    assert math.isnan(locality.match_sigma(uniform * 1.01, pos, (8.0, 8.0))) and math.isnan(locality.match_sigma(0.0, pos, (8.0, 8.0)))
+    assert math.isnan(locality.match_sigma(uniform * 1.01, (5, 6), (8.0, 8.0))) and math.isnan(locality.match_sigma(0.0, (5, 6), (8.0, 8.0)))
 
 
 def test_labels_positions_and_lifts_reproduce_the_kept_locality_twin():

@@ -16,12 +16,13 @@ image, its mean and 95% interval over images nested in seeds (``nlanalysis.table
 locality control" where the interval of the ratio lies above 1, "below" where below 1, else "not distinguishable
 from locality".
 
-Run from the repository root: ``python reports/controls/locality.py --ann ANN SET... [--out CSV]``; ``--check``
-reads the planted/locality sets by the 02:55 entry's own check.
+Run from the repository root: ``python reports/controls/locality.py --ann ANN SET... [--out CSV]`` (``make.sh
+locality`` runs the 02:55 entry's own check on the planted/locality sets first, then the finals).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import sys
@@ -38,7 +39,6 @@ from nlanalysis.extract.object_sites import compact_labels
 from nlanalysis.measure.query_dep import grid_centres
 from nlanalysis.metrics.object_context import object_context
 from nlanalysis.metrics.query_dependence import attention_distance, row_chunks
-from nlanalysis.report.meta import load_runs
 from nlanalysis.tables import summarise
 
 LIFTS = ("same_category_lift", "own_object_lift_objects")
@@ -54,14 +54,20 @@ def mean_distance(pos: Tensor, sigma: float, cell: tuple[float, float]) -> float
     return float(attention_distance(control_maps(pos, sigma)[None], pos, pos, cell)[0][0])
 
 
-def match_sigma(target: float, pos: Tensor, cell: tuple[float, float], steps: int = 50) -> float:
-    """The ``sigma`` (pixels) whose control maps' mean attention distance is ``target``; NaN where the target is not
-    finite, not above 0, or at or beyond the uniform map's distance (no locality map reaches it)."""
-    if not (math.isfinite(target) and target > 0):
+@functools.lru_cache(maxsize=16)
+def _uniform_distance(grid: tuple[int, int], cell: tuple[float, float]) -> float:
+    """The uniform map's mean attention distance on ``grid`` (the same for every image of that grid)."""
+    pos, n = grid_centres(grid, cell), grid[0] * grid[1]
+    return float(attention_distance(torch.full((1, n, n), 1.0 / n, dtype=torch.float64), pos, pos, cell)[0][0])
+
+
+def match_sigma(target: float, grid: tuple[int, int], cell: tuple[float, float], steps: int = 50) -> float:
+    """The ``sigma`` (pixels) whose control maps' mean attention distance on ``grid`` (cells ``cell`` pixels apart) is
+    ``target``; NaN where the target is not finite, not above 0, or at or beyond the uniform map's distance (no
+    locality map reaches it)."""
+    if not (math.isfinite(target) and target > 0) or target >= _uniform_distance(grid, cell):
         return math.nan
-    uniform = float(attention_distance(torch.full((1, len(pos), len(pos)), 1.0 / len(pos), dtype=torch.float64), pos, pos, cell)[0][0])
-    if target >= uniform:
-        return math.nan
+    pos = grid_centres(grid, cell)
     lo, hi = math.log(min(cell) / 100), math.log(max(cell) * len(pos) * 10)
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -84,11 +90,10 @@ def image_labels(coco, image_id: int, grid: tuple[int, int]) -> tuple[Tensor, Te
 def image_control(target: float, labels: Tensor, categories: Tensor | None, grid: tuple[int, int],
                   stride: tuple[float, float]) -> dict[str, float]:  # fmt: skip
     """One image's control: ``sigma_px`` and the lifts of its locality-matched maps (NaN where unreached)."""
-    pos = grid_centres(grid, stride)
-    sigma = match_sigma(target, pos, stride)
+    sigma = match_sigma(target, grid, stride)
     if math.isnan(sigma):
         return {"ctrl_local_sigma_px": math.nan, **{f"ctrl_local_{name}": math.nan for name in LIFTS}}
-    maps = control_maps(pos, sigma)[None]
+    maps = control_maps(grid_centres(grid, stride), sigma)[None]
     found = object_context(row_chunks(maps, 64), labels[None], labels[None], None if categories is None else categories[None])
     return {"ctrl_local_sigma_px": sigma, **{f"ctrl_local_{name}": float(found[name][0]) for name in LIFTS}}
 

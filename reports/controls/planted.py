@@ -291,10 +291,10 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         kinds = (("planted", probe),)
     else:
         kinds = (("planted", probe), ("twin", twin_rows(probe)))
+    kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}  # the trained model's
     for kind, rows in kinds:
         block.load_state_dict(trained)
         s, reached = match_entropy(block, rows, features, target)
-        kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}  # the trained model's
         meta = {**kept, "planted": {"kind": kind, "s": s, "probe_r2_val": r2_val, "source": str(ckpt),
                 "source_miou": loaded.meta.get("miou"),
                 "rows_frobenius": float(rows.norm()), "construction": "reports/controls/PLAN.md 2026-12-04 (session 12, end)"
@@ -304,7 +304,6 @@ def plant_seed(ckpt: Path, train_dir: Path, val_dir: Path, out: Path, negative: 
         result |= {f"s_{kind}": s, f"entropy_{kind}": reached, f"ckpt_{kind}": str(path)}
     block.load_state_dict(trained)
     if negative == "locality":
-        kept = {k: v for k, v in loaded.meta.items() if k not in ("miou", "pixel_accuracy")}
         meta = {**kept, "planted": {"kind": "locality", "source": str(ckpt), "source_miou": loaded.meta.get("miou"),
                                     "construction": "reports/controls/PLAN.md 2026-12-05 (session 15, 02:00)"}}  # fmt: skip
         result |= locality_twin(loaded, name, block, features, target, out, ckpt, meta)
