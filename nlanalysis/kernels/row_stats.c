@@ -121,10 +121,12 @@ int nl_log_positive(const float *x, int64_t n, float *out) {
  * weights (below 1.2e-38 they are flushed anyway) contribute under 1e-35. */
 
 /* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
- * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). The norm is taken of r / pk
- * (entries <= 1, the largest exactly 1): squares of weights below ~1e-19 would underflow otherwise. */
+ * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). n2: sum_j r_j^2, summed by the caller's
+ * pass over r, used where the largest weight pk >= 1e-10 (every square it drops below the float range is then
+ * under 1e-17 of n2); otherwise the norm is taken here of r / pk (entries <= 1, the largest exactly 1): squares
+ * of weights below ~1e-19 underflow in float. */
 static inline void add_row(double *ts, int64_t stride, double *acc, const float *r, int64_t K, int valid, int ok,
-                           double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs) {
+                           double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs, float n2) {
     if (valid) ts[4 * stride] += pre;
     if (ok) {
         ts[0] += ent;
@@ -137,13 +139,18 @@ static inline void add_row(double *ts, int64_t stride, double *acc, const float 
             ts[6 * stride] += qs;
             ts[7 * stride] += 1.0;
         }
-        const float ip = 1.f / pk;
-        float n2 = 0.f;
-        for (int64_t j = 0; j < K; ++j) {
-            const float v = r[j] * ip;
-            n2 += v * v;
+        float u;
+        if (pk >= 1e-10f) {
+            u = 1.f / sqrtf(n2);
+        } else {
+            const float ip = 1.f / pk;
+            float m2 = 0.f;
+            for (int64_t j = 0; j < K; ++j) {
+                const float v = r[j] * ip;
+                m2 += v * v;
+            }
+            u = ip / sqrtf(m2);
         }
-        const float u = ip / sqrtf(n2);
         for (int64_t j = 0; j < K; ++j) acc[j] += (double)(u * r[j]); /* summed in double: many rows */
     } else if (valid) {
         ts[3 * stride] += 1.0;
@@ -260,17 +267,30 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 const float iz = 1.f / z, logz = logf(z), rd = rdw * iz;
                 float pr = 0.f;
                 for (int64_t j = 0; j < prefix; ++j) pr += p[j];
-                if (probs) { /* the plain softmax, for the model: l is not read again, so probs may be logits */
+                float t = 0.f, pk = 0.f, n2 = 0.f;
+                if (probs) { /* the plain softmax, for the model, written by the same pass: l is not read again, so
+                              * probs may be logits */
                     float *out = probs + (b * H + h) * lbh + row_i * N;
-                    for (int64_t j = 0; j < N; ++j) out[j] = p[j] * iz;
-                }
-                float t = 0.f, pk = 0.f;
-                for (int64_t j = 0; j < K; ++j) {
-                    const float v = r[j] * iz * w[j];
-                    r[j] = v;
-                    t += v;
-                    pk = v > pk ? v : pk;
-                    mean[j] += v;
+                    for (int64_t j = 0; j < first; ++j) out[j] = p[j] * iz;
+                    float *o = out + first;
+                    for (int64_t j = 0; j < K; ++j) {
+                        const float q = r[j] * iz, v = q * w[j];
+                        o[j] = q;
+                        r[j] = v;
+                        t += v;
+                        pk = v > pk ? v : pk;
+                        n2 += v * v;
+                        mean[j] += v;
+                    }
+                } else {
+                    for (int64_t j = 0; j < K; ++j) {
+                        const float v = r[j] * iz * w[j];
+                        r[j] = v;
+                        t += v;
+                        pk = v > pk ? v : pk;
+                        n2 += v * v;
+                        mean[j] += v;
+                    }
                 }
                 pre[h] = pr * iz;
                 pre_mean += pre[h];
@@ -278,22 +298,23 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 const int ok = valid && pk > 0.f;
                 /* entropy of r / t: log t - sum r log p / t, with log p = (l - max) - log Z */
                 ent[h] = ok ? log((double)t) - ((double)rd - (double)t * logz) / t : 0.0;
-                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h], kl, li, qs);
+                add_row(tsum + b * H1 + h, B * H1, acc + (b * H1 + h) * K, r, K, valid, ok, ent[h], pk, t, pre[h], kl, li, qs, n2);
             }
             if (with_mean) { /* the head mean: mean_h of the masked rows */
                 const float ih = 1.f / (float)H;
-                float t = 0.f, rl = 0.f, pk = 0.f;
+                float t = 0.f, rl = 0.f, pk = 0.f, n2 = 0.f;
                 for (int64_t j = 0; j < K; ++j) {
                     const float v = mean[j] * ih;
                     mean[j] = v;
                     t += v;
-                    rl += v * logf(fmaxf(v, 1e-37f)); /* v is 0 or a normal float (denormals are flushed) */
+                    rl += v * log_positive(v); /* v is 0 or a normal float (denormals are flushed) */
                     pk = v > pk ? v : pk;
+                    n2 += v * v;
                 }
                 tot[H] = t;
                 const int ok = valid && pk > 0.f;
                 ent[H] = ok ? log((double)t) - (double)rl / t : 0.0;
-                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H, kl, li, qs);
+                add_row(tsum + b * H1 + H, B * H1, acc + (b * H1 + H) * K, mean, K, valid, ok, ent[H], pk, t, pre_mean / H, kl, li, qs, n2);
             }
             if (su && su->p_k) { /* the suite's spatial sums of every map's row */
                 const int64_t Ks = K - su->sp0;
