@@ -14,7 +14,11 @@ The words follow the reading rules of ``reports/controls/PLAN.md``, fixed before
    form-matched control", else "not distinguishable from its control";
 3. maps with explicit query/key projections: ``unary_var_share`` whose interval lies below / above 0.5:
    "pairwise term dominates" / "unary term dominates";
-4. the gate: ``embedded_gaussian`` better than both ``gc`` and ``snl`` on ``query-specific`` (seed-paired
+4. the lifts against their locality control (result sets extracted with ``--locality-control``; PLAN.md,
+   session 15, 02:50, fixed before the control was built, in the ratio form of 02:55): ``own_object_lift_objects_vs_local`` and ``same_category_lift_vs_local`` whose interval
+   lies above 1: "above its locality control", below 1: "below its locality control", else "not
+   distinguishable from locality";
+5. the gate: ``embedded_gaussian`` better than both ``gc`` and ``snl`` on ``query-specific`` (seed-paired
    mIoU margins whose 95% intervals lie above 0); the answer: yes when the gate holds and
    ``embedded_gaussian`` attends its own group there.
 """
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import format_ci, summarise
+from .tables import LOCALITY_RATIOS, format_ci, summarise, with_locality_ratios
 from .train.compare import load_results, paired_margins, plateau
 from .report.meta import load_runs
 
@@ -49,7 +53,7 @@ def _interval(row: pd.Series, stat: str) -> tuple[float, float]:
 
 
 def read_attention(row: pd.Series) -> list[str]:
-    """Rules 1-3 (module docstring) for one row of :func:`attention_summary`; a rule whose statistic the
+    """Rules 1-4 (module docstring) for one row of :func:`attention_summary`; a rule whose statistic the
     row lacks is left out."""
     words = []
     low, high = _interval(row, "same_category_lift")
@@ -65,6 +69,13 @@ def read_attention(row: pd.Series) -> list[str]:
     if row.get("variant") in QK_VARIANTS and not math.isnan(u_low):
         term = "pairwise term dominates" if u_high < 0.5 else "unary term dominates" if u_low > 0.5 else "neither term dominates"
         words.append(f"{term} (unary share {format_ci(row['unary_var_share'], u_low, u_high)})")
+    for ratio, (lift, _) in LOCALITY_RATIOS.items():
+        r_low, r_high = _interval(row, ratio)
+        if not math.isnan(r_low):
+            where = ("above its locality control" if r_low > 1 else "below its locality control" if r_high < 1
+                     else "not distinguishable from locality")  # fmt: skip
+            # four digits: an interval that just excludes 1 ([1.001, 1.71]) must not print as one that touches it
+            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}])")
     return words
 
 
@@ -122,8 +133,8 @@ def answer(gate_holds: bool | None, gate_row: pd.Series | None) -> str:
 
 def attention_summary(extracts: list[Path]) -> pd.DataFrame:
     """:func:`~nlanalysis.tables.summarise` of the result sets, one row per variant and block, pooled over
-    seeds (images nested in seeds)."""
-    return summarise(load_runs(extracts).frame, by=("variant",), stats=ATTENTION_STATS)
+    seeds (images nested in seeds); with the lifts' ratios to their locality control where the sets have it."""
+    return summarise(with_locality_ratios(load_runs(extracts).frame), by=("variant",), stats=(*ATTENTION_STATS, *LOCALITY_RATIOS))
 
 
 def _training_markdown(t: pd.DataFrame) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
-    "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
+    "locality_control_columns", "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
 #: ``head`` value of the rows of a site's head-averaged map (and of an NL block's only map).
@@ -38,7 +38,7 @@ BOTH = frozenset({NL, VIT})
 #: :mod:`nlanalysis.measure.query_dep`, measured with ``query_dependence="cheap"`` or ``"all"``),
 #: ``object`` (object-specific context from annotation masks, :mod:`nlanalysis.metrics.object_context`:
 #: recorded by ``extract`` with the query-dependence suite, NaN without objects).
-ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query", "object")
+ROLES = ("image", "site", "stat", "check", "control", "fact", "locality", "query", "object", "object_control")
 
 _INF = math.inf
 
@@ -137,6 +137,22 @@ REGISTRY: tuple[Column, ...] = (
     _c("same_category_lift", "`same_category_density / same_category_null`: 1 = no preference for the query's own category "
        "(on the query-specific scenes: its own group); tables: geometric mean, CI of the mean log-lift", "float", "object",
        (0.0, _INF), header="same-category lift", unit="ratio"),
+    _c("ctrl_local_sigma_px", "locality control (`--locality-control`): the width in input pixels of maps by distance alone, "
+       "`softmax_k(-d_qk^2 / 2 sigma^2)` over the valid keys, whose mean attention distance is this map's `att_distance_px` "
+       "(NaN where none reaches it, or the valid cells are not a rectangle)", "float", "object_control", (0.0, _INF),
+       unit="px"),
+    _c("ctrl_local_own_object_lift", "`own_object_lift` of the locality control's maps: what locality alone reads (a local map "
+       "reads above 1)", "float", "object_control", (0.0, _INF), unit="ratio"),
+    _c("ctrl_local_own_object_lift_objects", "`own_object_lift_objects` of the locality control's maps", "float", "object_control",
+       (0.0, _INF), unit="ratio"),
+    _c("ctrl_local_same_category_lift", "`same_category_lift` of the locality control's maps (a local map reads below 1)", "float",
+       "object_control", (0.0, _INF), unit="ratio"),
+    _c("own_object_lift_objects_vs_local", "`own_object_lift_objects / ctrl_local_own_object_lift_objects` per image (report-side): "
+       "above 1, more on its own object than locality explains", "float", "object_control", (0.0, _INF),
+       unit="ratio", stored=False),
+    _c("same_category_lift_vs_local", "`same_category_lift / ctrl_local_same_category_lift` per image (report-side): above 1, "
+       "more on its own category than locality explains", "float", "object_control", (0.0, _INF),
+       unit="ratio", stored=False),
     _c("ctrl_att", "`att` of random query/key projections of the same input at the trained maps' entropy (`--controls`)", "float", "control",
        _DIST, header="att, random proj.", unit="1-cos"),
     _c("ctrl_att_jsd", "`att_jsd` of the random-projection control", "float", "control", _UNIT, header="JSD, random proj.",
@@ -241,11 +257,20 @@ def object_columns(site: str) -> list[str]:
     return names(site, ("object",))
 
 
-def metrics_columns(site: str, query: bool = False) -> list[str]:
+def locality_control_columns(site: str) -> list[str]:
+    """The locality control's columns (role ``object_control``): in a run only with ``--locality-control`` (after
+    :func:`object_columns`)."""
+    return names(site, ("object_control",))
+
+
+def metrics_columns(site: str, query: bool = False, locality_control: bool = False) -> list[str]:
     """The columns of a ``site`` run's ``metrics.csv``, in order; ``query``: the run measured the
-    query-dependence suite (its columns last: :func:`query_columns`, then :func:`object_columns`)."""
+    query-dependence suite (its columns last: :func:`query_columns`, then :func:`object_columns`);
+    ``locality_control``: and the locality control of its lifts (:func:`locality_control_columns`, last)."""
     extra = query_columns(site) + object_columns(site)
-    return [n for n in names(site) if n not in extra] + (extra if query else [])
+    control = locality_control_columns(site)
+    base = [n for n in names(site) if n not in extra and n not in control]
+    return base + (extra if query else []) + (control if query and locality_control else [])
 
 
 def statistic_columns(site: str) -> list[str]:
@@ -320,7 +345,7 @@ def _range_text(col: Column) -> str:
 _SITE_TEXT = {BOTH: "both", _NL: "NL blocks", _VIT: "ViT heads"}
 
 
-def readme_table(roles: Sequence[str] = ("stat", "check", "control", "object", "query")) -> str:
+def readme_table(roles: Sequence[str] = ("stat", "check", "control", "object", "object_control", "query")) -> str:
     """The README's Markdown table of the ``metrics.csv`` columns with ``roles`` (default: the measured ones)."""
     lines = ["| column | meaning | unit | range | sites |", "|---|---|---|---|---|"]
     for c in REGISTRY:

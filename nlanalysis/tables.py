@@ -58,6 +58,7 @@ __all__ = [
     "format_ci",
     "format_table",
     "short_block_names",
+    "with_locality_ratios",
     "summarise",
     "to_latex",
     "to_markdown",
@@ -133,6 +134,17 @@ def _units(frame: pd.DataFrame) -> pd.Series:
 
 #: ratio statistics (unit ``ratio``, e.g. ``own_object_lift``): summarised on the log scale.
 RATIO_STATS = frozenset(c.name for c in schema.REGISTRY if c.unit == "ratio")
+
+
+#: the report-side ratios of a lift to its locality control (``extract --locality-control``): ``{ratio: (lift, control)}``
+LOCALITY_RATIOS = {f"{lift}_vs_local": (lift, f"ctrl_local_{lift}") for lift in ("own_object_lift_objects", "same_category_lift")}
+
+
+def with_locality_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each lift's ratio to its locality control per row (:data:`LOCALITY_RATIOS`), where both columns are in
+    it (summarised, like every ratio, as a geometric mean: above 1 where the lift exceeds what locality explains)."""
+    found = {r: frame[lift] / frame[ctrl] for r, (lift, ctrl) in LOCALITY_RATIOS.items() if lift in frame and ctrl in frame}
+    return frame.assign(**found) if found else frame
 
 
 def _logs(frame: pd.DataFrame, ratios: Sequence[str]) -> pd.DataFrame:

@@ -36,6 +36,30 @@ def test_each_rule_says_only_what_its_interval_allows():
     assert read_attention(_row(att=(0.1, 0.05, 0.2))) == []  # nothing to compare with: nothing said
 
 
+def test_the_lifts_are_read_against_their_locality_control():
+    """Rule 4: a lift's ratio to its locality control is called above / below only where its interval excludes 1 (bounds
+    in four digits: an interval that just excludes 1 does not print as one that touches it)."""
+    words = read_attention(_row(same_category_lift_vs_local=(1.31, 1.001, 1.71), own_object_lift_objects_vs_local=(0.9, 0.85, 0.95)))
+    assert words == ["own_object_lift_objects below its locality control (ratio 0.9 [0.85, 0.95])",
+                     "same_category_lift above its locality control (ratio 1.31 [1.001, 1.71])"]
+    assert read_attention(_row(same_category_lift_vs_local=(1.26, 0.96, 1.65))) == [
+        "same_category_lift not distinguishable from locality (ratio 1.26 [0.96, 1.65])"]
+
+
+def test_each_images_lift_is_set_against_its_own_control_and_summarised_as_a_ratio():
+    """with_locality_ratios divides per image (not the means), and the summary is their geometric mean."""
+    from nlanalysis.tables import summarise, with_locality_ratios
+
+    frame = pd.DataFrame({"block": "b", "image_id": [1, 2, 3, 4], "label": "r", "variant": "v", "same_category_lift": [2.0, 4.0, 1.0, 2.0],
+                          "ctrl_local_same_category_lift": [1.0, 1.0, 1.0, 0.5]})  # fmt: skip
+    ratios = with_locality_ratios(frame)
+    assert list(ratios["same_category_lift_vs_local"]) == [2.0, 4.0, 1.0, 4.0] and "own_object_lift_objects_vs_local" not in ratios
+    out = summarise(ratios, by=("variant",), stats=["same_category_lift_vs_local"])
+    assert float(out["same_category_lift_vs_local"].iloc[0]) == pytest.approx(32 ** 0.25)
+    assert with_locality_ratios(frame.drop(columns="ctrl_local_same_category_lift")).columns.tolist() == [
+        c for c in frame if c != "ctrl_local_same_category_lift"]  # no control: no ratio
+
+
 def _grid(folder, mious: dict[str, list[float]]):
     for variant, values in mious.items():
         for seed, m in enumerate(values):

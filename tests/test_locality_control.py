@@ -36,12 +36,13 @@ def _naive_distance(pos: np.ndarray, sigma: float) -> float:
 
 def test_control_distance_is_the_naive_one_and_sigma_hits_the_target():
     pos = grid_centres((5, 6), (8.0, 8.0))
+    grid = locality.locality_grid((5, 6), (8.0, 8.0))
     for sigma in (3.0, 11.0):
-        assert locality.mean_distance(pos, sigma, (8.0, 8.0)) == pytest.approx(_naive_distance(pos.numpy(), sigma), rel=1e-10)
-    sigma = locality.match_sigma(12.5, (5, 6), (8.0, 8.0))
+        assert grid.mean_distance(sigma) == pytest.approx(_naive_distance(pos.numpy(), sigma), rel=1e-10)
+    sigma = grid.match_sigma(12.5)
     assert _naive_distance(pos.numpy(), sigma) == pytest.approx(12.5, rel=1e-6)
     uniform = _naive_distance(pos.numpy(), 1e9)
-    assert math.isnan(locality.match_sigma(uniform * 1.01, (5, 6), (8.0, 8.0))) and math.isnan(locality.match_sigma(0.0, (5, 6), (8.0, 8.0)))
+    assert math.isnan(grid.match_sigma(uniform * 1.01)) and math.isnan(grid.match_sigma(0.0))
 
 
 def test_labels_positions_and_lifts_reproduce_the_kept_locality_twin():
@@ -52,13 +53,13 @@ def test_labels_positions_and_lifts_reproduce_the_kept_locality_twin():
     sigma = json.loads((ROOT / "reports/controls/planted_v3l.json").read_text())[0]["s_locality"] * 8
     kept = pd.read_csv(KEPT / "locality_s0" / "metrics.csv").head(12)
     pos = grid_centres((14, 14), (8.0, 8.0))
-    maps = locality.control_maps(pos, sigma)[None]
+    maps = torch.softmax(-torch.cdist(pos, pos) ** 2 / (2 * sigma**2), -1)[None]  # maps by distance alone
     for _, r in kept.iterrows():
         labels, cats = locality.image_labels(coco, int(r.image_id), (14, 14))
         got = object_context(row_chunks(maps, 64), labels[None], labels[None], cats[None])
         for name in locality.LIFTS:
             assert float(got[name][0]) == pytest.approx(r[name], rel=1e-5, nan_ok=True), (r.image_id, name)
-        assert locality.mean_distance(pos, sigma, (8.0, 8.0)) == pytest.approx(r.att_distance_px, rel=1e-5)
+        assert locality.locality_grid((14, 14), (8.0, 8.0)).mean_distance(sigma) == pytest.approx(r.att_distance_px, rel=1e-5)
 
 
 def test_the_locality_twin_matches_its_control_and_the_planted_block_exceeds_it(tmp_path):

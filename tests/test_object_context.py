@@ -244,8 +244,9 @@ def _cell_labels(pixels: torch.Tensor, grid) -> np.ndarray:
     return out
 
 
-def _run_site(analysis, images, valid, labels, categories):
+def _run_site(analysis, images, valid, labels, categories, locality: bool = False):
     analysis.set_query_dependence("cheap")  # the object context comes with the query-dependence suite
+    analysis.set_locality_control(locality)
     with analysis.capture(queries=None, seed=0, jsd_pairs=16, chunk_size=None, controls=False) as cap:
         cap.set_valid(valid)
         cap.set_objects(labels)
@@ -368,3 +369,82 @@ def test_without_objects_the_columns_are_nan(tmp_path):
         analysis.model(images)
     frame = analysis.frame(cap.records, 1)
     assert frame[list(OBJECT_CONTEXT)].isna().all().all() and len(frame) == 2 and cap.records[0].x is None
+
+
+def _naive_local(qgrid, qcell, kgrid, kcell, kvalid: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Maps by distance alone, row q = exp(-d^2 / 2 sigma^2) over the valid keys / its sum (loops), and the distances."""
+    qp = np.array([((r + 0.5) * qcell[0], (c + 0.5) * qcell[1]) for r in range(qgrid[0]) for c in range(qgrid[1])])
+    kp = np.array([((r + 0.5) * kcell[0], (c + 0.5) * kcell[1]) for r in range(kgrid[0]) for c in range(kgrid[1])])
+    d = np.sqrt(((qp[:, None] - kp[None]) ** 2).sum(-1))
+    maps = np.where(kvalid[None], np.exp(-(d**2) / (2 * sigma**2)), 0.0)
+    return maps / maps.sum(1, keepdims=True), d
+
+
+@pytest.mark.parametrize("site", ["nl", "vit"])
+def test_locality_control_columns_are_those_of_naive_distance_maps(tmp_path, site):
+    """``--locality-control``: each map's sigma gives naive distance-only maps (valid keys; NL: 2x2-pooled keys, image 1
+    padded) whose mean distance over valid queries is the map's own att_distance_px and whose lifts are the
+    ctrl_local_* columns; signed maps (dot product) get NaN."""
+    from nlanalysis.extract import load_analysis
+    from nlanalysis.metrics.locality_control import LOCALITY_COLUMNS, LOCALITY_LIFTS
+    from nlanalysis.models import BlockSpec, ResNetArch
+
+    if site == "nl":
+        from extract_inputs import tiny_checkpoint
+
+        specs = [BlockSpec(f"{n}", "NonLocal2d", c, "after_conv3", kw) for n, c, kw in POOLED_ARCH["blocks"]]
+        analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth", arch=ResNetArch((1, 1), specs, prefix="backbone.")))
+        images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+        labels, valid = _labels_and_valid(2, 64, 96)
+        grid, cell, kgrid, kcell, pooled = (8, 12), (8.0, 8.0), (4, 6), (16.0, 16.0), True
+        rows = lambda f: f[f["block"] == "backbone.layer2.0.nonlocal_block"]  # noqa: E731
+    else:
+        timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="timm (the ViT extra) is not installed")
+        from helpers import randomize_
+
+        from nlanalysis.extract import ViTAnalysis
+
+        model = randomize_(timm_vit.VisionTransformer(img_size=28, patch_size=7, embed_dim=32, depth=1, num_heads=2, num_classes=0,
+                                                      qkv_bias=True), std=0.6).eval()  # fmt: skip
+        analysis = ViTAnalysis(model, size=28, kernels="eager")
+        images = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+        labels, valid = _labels_and_valid(2, 28, 28)
+        grid, cell, kgrid, kcell, pooled = (4, 4), (7.0, 7.0), (4, 4), (7.0, 7.0), False
+        rows = lambda f: f  # noqa: E731
+    categories = [[5, 5, 7], [2, 3, 3]]
+    frame = _run_site(analysis, images, valid, labels, categories, locality=True)
+    assert analysis.columns[-len(LOCALITY_COLUMNS) :] == list(LOCALITY_COLUMNS)
+    checked = 0
+    for _, row in rows(frame).iterrows():
+        b = int(row["image"])
+        ok = _cell_labels(valid.long(), grid)[b] > 0
+        ql = np.where(ok, _cell_labels(labels, grid)[b], -1)
+        kvalid = _pooled_labels(np.where(ok, 0, -1), grid) == 0 if pooled else ok
+        kl = np.where(kvalid, _pooled_labels(ql, grid), -1) if pooled else ql
+        sigma = row["ctrl_local_sigma_px"]
+        if not np.isfinite(sigma):  # only where no distance-only map reaches the map's distance: the uniform map's or more
+            uniform, d = _naive_local(grid, cell, kgrid, kcell, kvalid, 1e12)
+            assert (uniform * d).sum(1)[ok].mean() <= row["att_distance_px"] * (1 + 1e-9), row.to_dict()
+            assert all(np.isnan(row[c]) for c in LOCALITY_COLUMNS)
+            continue
+        maps, d = _naive_local(grid, cell, kgrid, kcell, kvalid, sigma)
+        assert (maps * d).sum(1)[ok].mean() == pytest.approx(row["att_distance_px"], rel=1e-6)
+        want = naive_context(maps, ql, kl, np.array([-1, *categories[b]]))
+        for name in LOCALITY_LIFTS:
+            np.testing.assert_allclose(row[f"ctrl_local_{name}"], want[name], rtol=1e-6, err_msg=name, equal_nan=True)
+        checked += 1
+    assert checked >= (2 if site == "nl" else 2)
+    if site == "nl":  # the signed dot-product block
+        assert frame[frame["block"] != "backbone.layer2.0.nonlocal_block"][list(LOCALITY_COLUMNS)].isna().all().all()
+
+
+def test_locality_control_needs_the_suite(tmp_path):
+    from extract_inputs import tiny_checkpoint
+
+    from nlanalysis.extract import MeasureSpec, load_analysis
+
+    analysis = load_analysis(tiny_checkpoint(tmp_path / "tiny.pth"))
+    with pytest.raises(ValueError, match="--locality-control reads the query-dependence suite"):
+        analysis.set_locality_control(True)
+    with pytest.raises(ValueError, match="--locality-control reads the query-dependence suite"):
+        MeasureSpec(query_dependence="off", locality_control=True)

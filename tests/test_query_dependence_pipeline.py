@@ -256,6 +256,30 @@ def test_extract_writes_the_columns_and_resumes(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+def test_extract_with_the_locality_control_writes_its_columns_last_and_resumes(tmp_path, capsys):
+    from extract_inputs import tiny_checkpoint, write_coco, write_photos
+
+    photos = write_photos(tmp_path / "images", n=2, max_side=120)
+    write_coco(tmp_path / "ann.json", photos)
+    out = tmp_path / "run"
+    args = ["extract", "--ckpt", str(tiny_checkpoint(tmp_path / "tiny.pth")), "--coco-ann", str(tmp_path / "ann.json"),
+            "--coco-images", str(tmp_path / "images"), "--out", str(out), "--quiet", "--jsd-pairs", "0"]  # fmt: skip
+    assert main([*args, "--query-dependence", "off", "--locality-control"]) == 2
+    assert "--locality-control reads the query-dependence suite" in capsys.readouterr().err
+    assert main([*args, "--query-dependence", "cheap", "--locality-control"]) == 0
+    run = load_run(out)
+    assert list(run.metrics.columns) == schema.metrics_columns(schema.NL, query=True, locality_control=True)
+    assert run.info["settings"]["measure"]["locality_control"] is True
+    schema.check_ranges(run.metrics, "metrics.csv")
+    lifted = run.metrics[run.metrics["own_object_lift"].notna() & run.metrics["att_distance_px"].notna()]
+    assert lifted["ctrl_local_sigma_px"].notna().any()  # measured where the map is below the uniform map's distance
+    written = (out / "metrics.csv").read_text()
+    assert main([*args, "--query-dependence", "cheap", "--locality-control"]) == 0  # resumes: nothing to redo
+    assert (out / "metrics.csv").read_text() == written
+    assert main([*args, "--query-dependence", "cheap"]) == 2  # without it: another measurement, refused
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_vit_extract_has_the_columns_and_one_local_mass(tmp_path):
     """A padded ViT run: the suite's columns in metrics.csv equal ``analyze`` on the same input, and the
     locality's ``att_local`` (what ViT runs record) equals the suite's (one definition)."""

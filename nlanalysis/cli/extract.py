@@ -94,6 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "DNL split, signed-map, NMI, distance and 3x3 local-mass columns; all: also the rank-1 logit "
                           "decomposition (one to a few more passes over the maps); off: none (runs made before cheap became the "
                           "default resume with off). Default cheap")
+    run.add_argument("--locality-control", action="store_true",
+                     help="also each map's object-context lifts on maps by distance alone at its own att_distance_px "
+                          "(ctrl_local_* columns): a lift above its control's says more than locality explains")
     run.add_argument("--batch-seed", type=int, metavar="N", help="seed every batch's JSD pairs and controls with N (default: from "
                      "--seed and the batch's images); one batch then has the numbers of analyze_vit(..., seed=N)")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -145,7 +148,7 @@ def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
                       image_ids=_ids(args.image_ids, coco), cat_ids=args.cat_ids, limit=args.limit),  # fmt: skip
         output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
         measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls, batch_seed=args.batch_seed,
-                            query_dependence=args.query_dependence),
+                            query_dependence=args.query_dependence, locality_control=args.locality_control),
         running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
         seed=args.seed,
     )

@@ -124,6 +124,7 @@ class Analysis(ABC):
             ``None``: the capture sizes its chunks itself).
         batch_size: images per forward when ``run_extract(batch_size=None)``.
         query_dependence: the query-dependence suite the capture measures (:meth:`set_query_dependence`).
+        locality_control: the object context's locality control (:meth:`set_locality_control`).
         model: the network, in eval mode.
         blocks: dotted names of the analysed modules.
         prepare: image (uint8 RGB ``[H, W, 3]``) -> :class:`~nlanalysis.data.transforms.Prepared`;
@@ -141,6 +142,7 @@ class Analysis(ABC):
     chunk_size: ClassVar[int | None] = None
     batch_size: ClassVar[int] = 1
     query_dependence: str = "off"
+    locality_control: bool = False
     model: nn.Module
     blocks: list[str]
     prepare: Callable[[np.ndarray], Prepared]
@@ -201,6 +203,18 @@ class Analysis(ABC):
         base = type(self).columns
         suite = schema.query_columns(schema.NL) + schema.object_columns(schema.NL)
         self.columns = base if level == "off" else [*base, *(c for c in suite if c not in base)]
+        if self.locality_control:
+            self.set_locality_control(True)
+
+    def set_locality_control(self, on: bool) -> None:
+        """Add each map's locality control to the object context (``ctrl_local_*`` columns, last); needs the suite
+        (:meth:`set_query_dependence` not ``"off"``: its ``att_distance_px`` and object context)."""
+        if on and self.query_dependence == "off":
+            raise ValueError("--locality-control reads the query-dependence suite's att_distance_px and object context: "
+                             "give --query-dependence cheap or all")  # fmt: skip
+        self.locality_control = bool(on)
+        extra = schema.locality_control_columns(schema.NL)
+        self.columns = [c for c in self.columns if c not in extra] + (extra if on else [])
 
     def measure_settings(self) -> dict[str, Any]:
         """Settings of the measurement beyond the shared ones (``jsd_pairs``, ``convention``, ...)."""

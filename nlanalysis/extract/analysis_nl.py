@@ -106,7 +106,7 @@ class BlockAnalysis(Analysis):
                       chunk_size=chunk_size, controls=controls,
                       **options, **keep_options(NL, options))  # fmt: skip
         suite = self.query_dependence != "off"  # with it the object context (its label mass from the suite's row pass)
-        self._context = ObjectContext(self.model, chunk_size, drop=False) if suite else None
+        self._context = ObjectContext(self.model, chunk_size, drop=False, locality=self.locality_control) if suite else None
         if self._context is not None:
             self._context.attach(cap)
         # each block against the previous; called after the object context, it lets go of the kept input

@@ -175,7 +175,7 @@ class ViTAnalysis(Analysis):
                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
                          keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
         suite = self.query_dependence != "off"
-        self._context = ObjectContext(self.model) if suite else None  # with the suite
+        self._context = ObjectContext(self.model, locality=self.locality_control) if suite else None  # with the suite
         if self._context is not None:
             self._context.attach(cap)
         self._cross = CrossSite(cap) if suite else None  # each layer against the previous (after the object context)

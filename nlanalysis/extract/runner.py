@@ -225,6 +225,7 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
         why = " with --vit-keys all (the control's maps are over patch keys)" if analysis.kind == "vit-heads" else ""
         raise ValueError(f"--controls (random projections at matched sharpness) is not available for {analysis.kind}{why}")
     analysis.set_query_dependence(spec.measure.query_dependence)
+    analysis.set_locality_control(spec.measure.locality_control)
     analysis.model.to(dev)
     use_objects = spec.data.coco and analysis.object_statistics
     info = _describe_run(analysis, items, spec, own_object=use_objects)
@@ -333,7 +334,8 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
                     "own_object": own_object, **analysis.measure_settings(),
                     # only when given: runs made before it resume and merge as before
                     **({"batch_seed": spec.measure.batch_seed} if spec.measure.batch_seed is not None else {}),
-                    **({"query_dependence": spec.measure.query_dependence} if spec.measure.query_dependence != "off" else {})},  # fmt: skip
+                    **({"query_dependence": spec.measure.query_dependence} if spec.measure.query_dependence != "off" else {}),
+                    **({"locality_control": True} if spec.measure.locality_control else {})},  # fmt: skip
     }
     return {
         "format": FORMAT,

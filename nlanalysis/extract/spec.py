@@ -148,6 +148,8 @@ class MeasureSpec:
             default: a seed drawn from :attr:`RunSpec.seed` and the batch's image keys). A run of
             one batch then has the numbers of an in-memory ``analyze`` of the same batch with
             ``seed=batch_seed`` (``nlanalysis vit-report``, which reproduces its earlier reports).
+        locality_control: each map's object-context lifts also on maps by distance alone at the map's own mean
+            attention distance (``ctrl_local_*`` columns, :mod:`nlanalysis.metrics.locality_control`; needs the suite).
     """
 
     jsd_pairs: int = 512
@@ -155,12 +157,16 @@ class MeasureSpec:
     controls: bool = False
     batch_seed: int | None = None
     query_dependence: str = DEFAULT_LEVEL
+    locality_control: bool = False
 
     def __post_init__(self) -> None:
         if self.jsd_pairs < 0:
             raise ValueError(f"--jsd-pairs {self.jsd_pairs}: give 0 (att_jsd off) or a positive number of query pairs")
         if self.query_dependence not in LEVELS:
             raise ValueError(f"--query-dependence {self.query_dependence!r}: choose off, cheap or all")
+        if self.locality_control and self.query_dependence == "off":
+            raise ValueError("--locality-control reads the query-dependence suite's att_distance_px and object context: "
+                             "give --query-dependence cheap or all")  # fmt: skip
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size}: need at least 1 query row per chunk")
 

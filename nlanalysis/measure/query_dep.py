@@ -54,7 +54,7 @@ from ..metrics.rank1 import complete, profile_step
 from ..schema import NL, query_columns
 from .stats import nans
 
-__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "DEFAULT_LEVEL", "EXPENSIVE", "LEVELS", "OBJECT_MASS", "MapGroup", "ObjectLabels", "SiteMaps", "block_maps",
+__all__ = ["CHEAP", "COLUMNS", "CROSS_SITE", "DEFAULT_LEVEL", "EXPENSIVE", "LEVELS", "OBJECT_MASS", "MapGroup", "ObjectLabels", "SiteMaps", "block_maps", "key_cell",
            "check_level", "grid_centres", "head_maps", "local_mass", "query_dependence", "rebuild_block_attention", "suite_pass"]  # fmt: skip
 
 LEVELS = ("off", "cheap", "all")
@@ -153,9 +153,14 @@ def _geometry(query_shape: tuple[int, int], key_shape: tuple[int, int],
     grid or a 2x2 max-pool of it (the key grid's cell then spans two query cells)."""
     if stride is None:
         return None, None, (1.0, 1.0)
+    cell = key_cell(query_shape, key_shape, stride)
+    return grid_centres(query_shape, stride), grid_centres(key_shape, cell), cell
+
+
+def key_cell(query_shape: tuple[int, int], key_shape: tuple[int, int], stride: tuple[float, float]) -> tuple[float, float]:
+    """The key grid's cell in input pixels: the query cell ``stride``, or twice it for keys on a 2x2 max-pool of the query grid."""
     factor = 1.0 if tuple(key_shape) == tuple(query_shape) else 2.0
-    key_cell = (stride[0] * factor, stride[1] * factor)
-    return grid_centres(query_shape, stride), grid_centres(key_shape, key_cell), key_cell
+    return stride[0] * factor, stride[1] * factor
 
 
 def block_maps(att: LazyAttention, query_mask: Tensor | None, key_mask: Tensor | None, stride: tuple[float, float] | None,

@@ -2,12 +2,13 @@
 
 Maps by spatial distance alone read an own-object lift above 1 and an own-group lift below 1 (the planted check's
 locality twins, PLAN 02:20 and 02:40), so a lift read alone does not say object- or group-specific. The control
-gives each image's trained maps a locality-matched counterpart: maps ``softmax_j(-||p_i - p_j||^2 / (2 sigma^2))``
-over the image's cells (``p``: cell centres in input pixels), ``sigma`` set by bisection so that their mean
-attention distance (``nlanalysis.metrics.query_dependence.attention_distance``, as the suite computes
-``att_distance_px``) equals the image's trained ``att_distance_px`` (NaN where the target lies beyond the uniform
-map's distance), and the same object-context statistics on them (``nlanalysis.metrics.object_context``), with the
-cells labelled as ``extract`` labels them (each cell takes the object at its centre pixel, COCO categories).
+(``nlanalysis.metrics.locality_control``, what ``extract --locality-control`` adds as it measures) gives each image's
+trained maps a locality-matched counterpart: maps ``softmax_j(-||p_i - p_j||^2 / (2 sigma^2))`` over the image's
+cells (``p``: cell centres in input pixels), ``sigma`` set so that their mean attention distance (as the suite
+computes ``att_distance_px``) equals the image's trained ``att_distance_px`` (NaN where the target lies beyond the
+uniform map's distance), and the same object-context statistics on them, with the cells labelled as ``extract``
+labels them (each cell takes the object at its centre pixel, COCO categories). This script computes it after the
+fact, from result sets extracted without the flag.
 
 Everything it needs is in a kept result set (``metrics.csv``: per image and block ``att_distance_px`` and the
 lifts) and the scenes' annotations: no model, no maps. Reading, per group of result sets (their names' prefix
@@ -36,43 +37,16 @@ from torch import Tensor
 from nlanalysis.capture import cell_centres
 from nlanalysis.extract.coco import load_coco
 from nlanalysis.extract.object_sites import compact_labels
-from nlanalysis.measure.query_dep import grid_centres
-from nlanalysis.metrics.object_context import object_context
-from nlanalysis.metrics.query_dependence import attention_distance, row_chunks
+from nlanalysis.metrics.locality_control import LocalityGrid, locality_control
 from nlanalysis.tables import summarise
 
 LIFTS = ("same_category_lift", "own_object_lift_objects")
 
 
-def control_maps(pos: Tensor, sigma: float) -> Tensor:
-    """``[N, N]`` float64: row i is ``softmax_j(-||p_i - p_j||^2 / (2 sigma^2))`` over the cells ``pos`` ``[N, 2]``."""
-    return torch.softmax(-torch.cdist(pos, pos) ** 2 / (2 * sigma**2), -1)
-
-
-def mean_distance(pos: Tensor, sigma: float, cell: tuple[float, float]) -> float:
-    """The control maps' mean attention distance in pixels (``attention_distance``, every query and key valid)."""
-    return float(attention_distance(control_maps(pos, sigma)[None], pos, pos, cell)[0][0])
-
-
 @functools.lru_cache(maxsize=16)
-def _uniform_distance(grid: tuple[int, int], cell: tuple[float, float]) -> float:
-    """The uniform map's mean attention distance on ``grid`` (the same for every image of that grid)."""
-    pos, n = grid_centres(grid, cell), grid[0] * grid[1]
-    return float(attention_distance(torch.full((1, n, n), 1.0 / n, dtype=torch.float64), pos, pos, cell)[0][0])
-
-
-def match_sigma(target: float, grid: tuple[int, int], cell: tuple[float, float], steps: int = 50) -> float:
-    """The ``sigma`` (pixels) whose control maps' mean attention distance on ``grid`` (cells ``cell`` pixels apart) is
-    ``target``; NaN where the target is not finite, not above 0, or at or beyond the uniform map's distance (no
-    locality map reaches it)."""
-    if not (math.isfinite(target) and target > 0) or target >= _uniform_distance(grid, cell):
-        return math.nan
-    pos = grid_centres(grid, cell)
-    lo, hi = math.log(min(cell) / 100), math.log(max(cell) * len(pos) * 10)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mean_distance(pos, math.exp(mid), cell) < target else (lo, mid)
-    return math.exp((lo + hi) / 2)
+def locality_grid(grid: tuple[int, int], cell: tuple[float, float]) -> LocalityGrid:
+    """Every cell of ``grid`` valid, queries and keys alike (the scenes are analysed at their own size, no padding)."""
+    return LocalityGrid.of(grid, cell, grid, cell)
 
 
 def image_labels(coco, image_id: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
@@ -89,13 +63,10 @@ def image_labels(coco, image_id: int, grid: tuple[int, int]) -> tuple[Tensor, Te
 
 def image_control(target: float, labels: Tensor, categories: Tensor | None, grid: tuple[int, int],
                   stride: tuple[float, float]) -> dict[str, float]:  # fmt: skip
-    """One image's control: ``sigma_px`` and the lifts of its locality-matched maps (NaN where unreached)."""
-    sigma = match_sigma(target, grid, stride)
-    if math.isnan(sigma):
-        return {"ctrl_local_sigma_px": math.nan, **{f"ctrl_local_{name}": math.nan for name in LIFTS}}
-    maps = control_maps(grid_centres(grid, stride), sigma)[None]
-    found = object_context(row_chunks(maps, 64), labels[None], labels[None], None if categories is None else categories[None])
-    return {"ctrl_local_sigma_px": sigma, **{f"ctrl_local_{name}": float(found[name][0]) for name in LIFTS}}
+    """One image's control (``nlanalysis.metrics.locality_control``): ``ctrl_local_sigma_px`` and the lifts of its
+    locality-matched maps (NaN where unreached)."""
+    n_labels = len(categories) if categories is not None else int(labels.max()) + 1
+    return locality_control(target, locality_grid(grid, stride), labels, labels, categories, n_labels, chunk_size=64)
 
 
 def set_controls(result_set: Path, ann_file: Path) -> pd.DataFrame:

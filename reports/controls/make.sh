@@ -19,7 +19,7 @@ train() {  # design epochs [name extra-args...]: OUT is runs/controls/NAME_eEPOC
         --variants $VARIANTS --out "runs/controls/${name}_e$epochs" --quiet "${@:4}"
 }
 mapped() { case " $MAPPED " in *" $1 "*) return 0 ;; esac; return 1; }
-extract_run() {  # design variant seed: the attention statistics of one run's 12-epoch final (and att of its snapshots)
+extract_run() {  # design variant seed: the attention statistics of one run's 12-epoch final, the lifts with their locality control (PLAN 02:50: sets extracted from session 16 on), and att of its snapshots
     local d=$1 v=$2 s=$3 folder ann img ckpt maps run
     folder=nlanalysis/data/demo/scenes_val; [ "$d" = shared ] || folder=${folder}_${d/-/_}  # the shipped 300
     case "$d" in query-specific-v*) folder=nlanalysis/data/demo/scenes_val_query_specific_items4_10 ;; esac  # v2 and v3: v2's 300
@@ -28,7 +28,7 @@ extract_run() {  # design variant seed: the attention statistics of one run's 12
     [ -f "$ckpt" ] || return 0
     maps=(); [ "$s" = 0 ] && maps=(--save-maps --queries objects:4)  # 4 of the scene's items: both groups
     nlanalysis extract --ckpt "$ckpt" --coco-ann "$ann" --coco-images "$img" --controls \
-        --jsd-pairs 256 --query-dependence all "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
+        --jsd-pairs 256 --query-dependence all --locality-control "${maps[@]}" --quiet --out "runs/controls/extract/$d/${v}_s$s"
     for step in 282 564 846; do  # over training: the headline statistics only
         nlanalysis extract --ckpt "runs/controls/${d}_e12/checkpoints/${v}_s${s}_step$step.pth" --coco-ann "$ann" \
             --coco-images "$img" --quiet --out "runs/controls/snapshots/$d/${v}_s${s}_step$step"
