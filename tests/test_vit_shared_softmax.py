@@ -101,6 +101,32 @@ def test_capture_answers_the_models_attention_from_the_measured_maps():
     assert F.scaled_dot_product_attention is real and torch._C._len_torch_function_stack() == 0
 
 
+@pytest.mark.parametrize("case", ["shared k_norm", "call outside the span"])
+def test_the_mode_is_active_only_in_the_span_and_a_call_outside_it_is_recomputed(monkeypatch, case):
+    """timm's span (``k_norm`` .. ``proj``): with one ``k_norm`` module shared by both layers, each layer answers its own
+    call only (the other layer's run of ``k_norm`` does not push its mode); a call that falls outside the span is left
+    to torch and the maps are recomputed: the statistics equal those of share_softmax=False either way."""
+    from nlanalysis.adapters.vit import TimmViTAdapter
+
+    model = _timm()
+    if case == "shared k_norm":
+        model.blocks[1].attn.k_norm = model.blocks[0].attn.k_norm
+    else:  # a span that starts after the call: nothing is answered
+        monkeypatch.setattr(TimmViTAdapter, "sdpa_span", lambda self, m: (m.proj, m.proj))
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        bare = model(x)
+        runs = {}
+        for share in (True, False):
+            with ViTCapture(model, jsd_pairs=40, share_softmax=share) as cap:  # sampled pairs: one draw per forward
+                out = model(x)
+            runs[share] = (out, _stats(cap.records), cap.shared_calls)
+    assert runs[True][2] == (2 if case == "shared k_norm" else 0)
+    assert torch.allclose(runs[True][0], bare, rtol=1e-4, atol=1e-5)
+    _same(runs[True][1], runs[False][1])
+    assert torch._C._len_torch_function_stack() == 0
+
+
 def test_an_attention_function_wrapped_by_another_tool_is_still_answered(monkeypatch):
     """TorchLens replaces torch's functions with Python wrappers process-wide; where nlanalysis is imported after
     that, the function it knows is the wrapper while the mode receives torch's C function behind it."""

@@ -118,6 +118,14 @@ class ViTAttentionAdapter(BlockAdapter):
         every op of their forward to torch."""
         return False
 
+    def sdpa_span(self, module: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """Two submodules the forward calls around its attention call, ``(after, before)``: the call comes after
+        ``after``'s forward and before ``before``'s, so the capture's mode need only be active in between (every
+        torch call under a mode pays a trip through Python: ~2.4 ms per ViT-S forward over the whole module, ~0.9
+        ms over the span). ``None``: the whole forward. Where the call falls outside the span it is not answered
+        and the maps are recomputed: slower, not wrong."""
+        return None
+
     def out_proj(self, module: nn.Module) -> nn.Module | None:
         """The output projection (a Linear over concatenated heads), if the forward calls it as a module
         (so a pre-hook sees the per-head outputs); ``None`` if it is applied functionally."""
@@ -265,6 +273,10 @@ class TimmViTAdapter(ViTAttentionAdapter):
 
     def calls_sdpa(self, module: nn.Module) -> bool:
         return bool(getattr(module, "fused_attn", False))
+
+    def sdpa_span(self, module: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+        """timm: ``k_norm(k)`` (an ``Identity`` without qk-norm), then the attention call, then ``proj``."""
+        return module.k_norm, module.proj
 
     def qk_from_taps(self, module: nn.Module, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         q, k, _ = self._split(module, outputs["qkv"])

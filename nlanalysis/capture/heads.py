@@ -188,15 +188,28 @@ class HeadSite(Site):
 
         sharing = SharedSoftmax(handler)
         self._sharing.append(sharing)
+        span = adapter.sdpa_span(module)
+        running = [False]  # this module's forward is running: a span's submodule may be shared with another module
 
         def enter(mod: nn.Module, args: tuple) -> None:
             for left in ("maps", "batch", "suite"):  # left by a forward that failed after its attention call
                 seen.pop(left, None)
             if adapter.calls_sdpa(mod):
-                sharing.push()
+                if span is None:
+                    sharing.push()
+                else:
+                    running[0] = True
 
-        self.cap._handles.append(module.register_forward_pre_hook(enter))
-        self.cap._handles.append(module.register_forward_hook(lambda mod, args, output: sharing.pop(), always_call=True))
+        def leave(mod: nn.Module, args: tuple, output: Any) -> None:
+            running[0] = False
+            sharing.pop()
+
+        handles = self.cap._handles
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave, always_call=True))
+        if span is not None:  # the mode only between the span's two submodules (adapters.vit.ViTAttentionAdapter.sdpa_span)
+            handles.append(span[0].register_forward_hook(lambda mod, args, output: sharing.push() if running[0] else None))
+            handles.append(span[1].register_forward_pre_hook(lambda mod, args: sharing.pop()))
 
     def record(self, index: int, block: BlockInfo, info: dict[str, Any], known: bool, gamma: Tensor | None,
                seen: dict[str, Tensor], args: tuple, kwargs: dict, output: Any) -> SiteRecord:  # fmt: skip
