@@ -17,7 +17,8 @@ The words follow the reading rules of ``reports/controls/PLAN.md``, fixed before
 4. the lifts against their locality control (result sets extracted with ``--locality-control``; PLAN.md,
    session 15, 02:50, fixed before the control was built, in the ratio form of 02:55): ``own_object_lift_objects_vs_local`` and ``same_category_lift_vs_local`` whose interval
    lies above 1: "above its locality control", below 1: "below its locality control", else "not
-   distinguishable from locality";
+   distinguishable from locality"; images whose control lift is below 1e-3 (its Gaussian tail, not its locality,
+   would set the ratio; fixed in session 16 before any such set was read) are left out and counted;
 5. the gate: ``embedded_gaussian`` better than both ``gc`` and ``snl`` on ``query-specific`` (seed-paired
    mIoU margins whose 95% intervals lie above 0); the answer: yes when the gate holds and
    ``embedded_gaussian`` attends its own group there.
@@ -75,7 +76,9 @@ def read_attention(row: pd.Series) -> list[str]:
             where = ("above its locality control" if r_low > 1 else "below its locality control" if r_high < 1
                      else "not distinguishable from locality")  # fmt: skip
             # four digits: an interval that just excludes 1 ([1.001, 1.71]) must not print as one that touches it
-            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}])")
+            unread = int(row.get(f"{ratio}_unread", 0) or 0)
+            left = f"; {unread} of {unread + int(row[f'{ratio}_read'])} images without a readable control" if unread else ""
+            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}]{left})")
     return words
 
 
@@ -134,7 +137,14 @@ def answer(gate_holds: bool | None, gate_row: pd.Series | None) -> str:
 def attention_summary(extracts: list[Path]) -> pd.DataFrame:
     """:func:`~nlanalysis.tables.summarise` of the result sets, one row per variant and block, pooled over
     seeds (images nested in seeds); with the lifts' ratios to their locality control where the sets have it."""
-    return summarise(with_locality_ratios(load_runs(extracts).frame), by=("variant",), stats=(*ATTENTION_STATS, *LOCALITY_RATIOS))
+    frame = with_locality_ratios(load_runs(extracts).frame)
+    out = summarise(frame, by=("variant",), stats=(*ATTENTION_STATS, *LOCALITY_RATIOS))
+    for ratio, (lift, _) in LOCALITY_RATIOS.items():  # how many images the ratio was read on, and how many it could not be
+        if ratio in frame:
+            counts = frame.assign(_read=frame[ratio].notna(), _unread=frame[lift].notna() & frame[ratio].isna())
+            counts = counts.groupby(["variant", "block"], sort=False)[["_read", "_unread"]].sum().reset_index()
+            out = out.merge(counts.rename(columns={"_read": f"{ratio}_read", "_unread": f"{ratio}_unread"}), how="left")
+    return out
 
 
 def _training_markdown(t: pd.DataFrame) -> str:

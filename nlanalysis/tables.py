@@ -44,6 +44,7 @@ import pandas as pd
 from . import schema
 from .metrics.grouped import grouped_intervals
 from .metrics.intervals import mean_ci
+from .metrics.locality_control import READABLE
 
 __all__ = [
     "DIAGNOSTIC_STATS",
@@ -142,8 +143,14 @@ LOCALITY_RATIOS = {f"{lift}_vs_local": (lift, f"ctrl_local_{lift}") for lift in 
 
 def with_locality_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with each lift's ratio to its locality control per row (:data:`LOCALITY_RATIOS`), where both columns are in
-    it (summarised, like every ratio, as a geometric mean: above 1 where the lift exceeds what locality explains)."""
-    found = {r: frame[lift] / frame[ctrl] for r, (lift, ctrl) in LOCALITY_RATIOS.items() if lift in frame and ctrl in frame}
+    it (summarised, like every ratio, as a geometric mean: above 1 where the lift exceeds what locality explains); NaN
+    where the control's lift is below :data:`~nlanalysis.metrics.locality_control.READABLE` (its Gaussian tail, not its
+    locality, would set the ratio) or not finite."""
+    found = {}
+    for r, (lift, ctrl) in LOCALITY_RATIOS.items():
+        if lift in frame and ctrl in frame:
+            control = frame[ctrl].where(np.isfinite(frame[ctrl]) & (frame[ctrl] >= READABLE))
+            found[r] = frame[lift] / control
     return frame.assign(**found) if found else frame
 
 

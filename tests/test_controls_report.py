@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ import pandas as pd
 from nlanalysis.controls import answer, gate, read_attention, training_table, write_controls_report
 from nlanalysis.train.loop import TrainConfig, TrainResult
 from nlanalysis.train.run import _record_run
+
+KEPT_SET = Path(__file__).resolve().parents[1] / "reports/controls/runs/query-specific-v3/embedded_gaussian_s0"
 
 
 def _row(**stats) -> pd.Series:
@@ -58,6 +61,30 @@ def test_each_images_lift_is_set_against_its_own_control_and_summarised_as_a_rat
     assert float(out["same_category_lift_vs_local"].iloc[0]) == pytest.approx(32 ** 0.25)
     assert with_locality_ratios(frame.drop(columns="ctrl_local_same_category_lift")).columns.tolist() == [
         c for c in frame if c != "ctrl_local_same_category_lift"]  # no control: no ratio
+    # a control whose Gaussian tail put ~nothing on the category (or nothing at all: 0, inf ratio) is not read over
+    tails = frame.assign(ctrl_local_same_category_lift=[1.0, 0.0, 2.6e-260, 0.5])
+    ratios = with_locality_ratios(tails)
+    assert ratios["same_category_lift_vs_local"].isna().tolist() == [False, True, True, False]
+    assert float(summarise(ratios, by=("variant",), stats=["same_category_lift_vs_local"])["same_category_lift_vs_local"].iloc[0]) == pytest.approx(8**0.5)
+
+
+def test_the_reading_counts_images_without_a_readable_control(tmp_path):
+    from nlanalysis.controls import attention_summary
+
+    sets = []
+    for seed in (0, 1):
+        folder = tmp_path / f"embedded_gaussian_s{seed}"
+        folder.mkdir()
+        kept = pd.read_csv(KEPT_SET / "metrics.csv").head(5)
+        kept = kept.assign(ctrl_local_same_category_lift=[0.9, 0.0, 0.8, 1.1, 1.0], ctrl_local_own_object_lift_objects=1.0)
+        kept.to_csv(folder / "metrics.csv", index=False)
+        for name in ("run.json", "images.csv"):
+            (folder / name).write_text((KEPT_SET / name).read_text())
+        sets.append(folder)
+    row = attention_summary(sets).iloc[0]
+    assert (row["same_category_lift_vs_local_read"], row["same_category_lift_vs_local_unread"]) == (8, 2)
+    words = [w for w in read_attention(row) if w.startswith("same_category_lift")]
+    assert len(words) == 1 and words[0].endswith("; 2 of 10 images without a readable control)"), words
 
 
 def _grid(folder, mious: dict[str, list[float]]):

@@ -46,19 +46,20 @@ def _masks():
 
 
 @pytest.mark.parametrize("sigma", [2.0, 9.0, 40.0])
-def test_mean_distance_and_rows_are_the_naive_ones_with_padding_and_pooled_keys(sigma):
+def test_mean_distance_and_label_mass_are_the_naive_ones_with_padding_and_pooled_keys(sigma):
     qv, kv = _masks()
     grid = LocalityGrid.of((6, 8), (8.0, 8.0), (3, 4), (16.0, 16.0), qv, kv)
     want = _naive_distance((6, 8), 8.0, (3, 4), 16.0, qv.flatten().numpy(), kv.flatten().numpy(), sigma)
     assert grid.mean_distance(sigma) == pytest.approx(want, rel=1e-12)
-    rows = torch.cat([r for _, r in grid.rows(sigma, chunk_size=5)], 1)[0].numpy()
-    naive = _naive_maps((6, 8), 8.0, (3, 4), 16.0, kv.flatten().numpy(), sigma)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 4, (12,), generator=torch.Generator().manual_seed(0)), 4).double()
+    mass = grid.label_mass(sigma, onehot).numpy()
+    naive = _naive_maps((6, 8), 8.0, (3, 4), 16.0, kv.flatten().numpy(), sigma) @ onehot.numpy()
     valid = qv.flatten().numpy()
-    np.testing.assert_allclose(rows[valid], naive[valid], rtol=1e-12, atol=1e-300)
-    assert not rows[~valid].any()  # padding queries: no row
+    np.testing.assert_allclose(mass[valid], naive[valid], rtol=1e-12, atol=1e-300)
+    assert not mass[~valid].any()  # padding queries: no row
 
 
-def test_sigma_hits_the_target_and_unreachable_targets_are_nan():
+def test_sigma_hits_the_target_spread_maps_get_the_uniform_limit_and_unreachable_targets_are_nan():
     qv, kv = _masks()
     grid = LocalityGrid.of((6, 8), (8.0, 8.0), (3, 4), (16.0, 16.0), qv, kv)
     sigma = grid.match_sigma(17.5)
@@ -66,7 +67,9 @@ def test_sigma_hits_the_target_and_unreachable_targets_are_nan():
     uniform = _naive_distance((6, 8), 8.0, (3, 4), 16.0, qv.flatten().numpy(), kv.flatten().numpy(), 1e9)
     nearest = _naive_distance((6, 8), 8.0, (3, 4), 16.0, qv.flatten().numpy(), kv.flatten().numpy(), 1.0)  # ~ its nearest key
     assert grid.uniform_distance() == pytest.approx(uniform, rel=1e-9)
-    for unreachable in (uniform * 1.001, nearest * 0.9, 0.0, math.nan, math.inf):
+    for spread in (uniform * 1.001, uniform, uniform * (1 - 1e-7)):  # as spread as the uniform map, or ~so: its limit
+        assert grid.match_sigma(spread) == math.inf, spread
+    for unreachable in (nearest * 0.9, 0.0, math.nan, math.inf):
         assert math.isnan(grid.match_sigma(unreachable)), unreachable
 
 
@@ -87,11 +90,14 @@ def test_the_control_reads_the_lifts_of_the_naive_maps():
     cats = torch.tensor([-1, 5, 5, 7])
     grid = LocalityGrid.of((7, 9), (8.0, 8.0), (7, 9), (8.0, 8.0))
     lab = labels.flatten()
-    got = locality_control(12.0, grid, lab, lab, cats, 4, chunk_size=10)
+    got = locality_control(12.0, grid, lab, lab, cats, 4)
     assert set(got) == set(LOCALITY_COLUMNS)
     maps = torch.from_numpy(_naive_maps((7, 9), 8.0, (7, 9), 8.0, np.ones(63, bool), got["ctrl_local_sigma_px"]))[None]
     want = object_context(row_chunks(maps, 64), lab[None], lab[None], cats[None], 4)
     for name in ("own_object_lift", "own_object_lift_objects", "same_category_lift"):
         assert got[f"ctrl_local_{name}"] == pytest.approx(float(want[name][0]), rel=1e-9), name
     assert got["ctrl_local_own_object_lift"] > 1 and got["ctrl_local_same_category_lift"] < 1
-    assert all(math.isnan(v) for v in locality_control(1e6, grid, lab, lab, cats, 4).values())
+    spread = locality_control(1e6, grid, lab, lab, cats, 4)  # beyond any local map: the uniform map, every lift 1
+    assert spread["ctrl_local_sigma_px"] == math.inf
+    assert all(spread[f"ctrl_local_{n}"] == pytest.approx(1.0, rel=1e-12) for n in ("own_object_lift", "own_object_lift_objects", "same_category_lift"))
+    assert all(math.isnan(v) for v in locality_control(math.nan, grid, lab, lab, cats, 4).values())

@@ -198,13 +198,15 @@ class Analysis(ABC):
 
     def set_query_dependence(self, level: str) -> None:
         """Measure the query-dependence suite at ``level`` (``"off"``, ``"cheap"``, ``"all"``): its
-        columns follow the kind's :attr:`columns` unless ``"off"`` (:func:`nlanalysis.schema.metrics_columns`)."""
+        columns follow the kind's :attr:`columns` unless ``"off"`` (:func:`nlanalysis.schema.metrics_columns`),
+        which also turns the locality control off (:meth:`set_locality_control`)."""
         self.query_dependence = check_level(level)
         base = type(self).columns
         suite = schema.query_columns(schema.NL) + schema.object_columns(schema.NL)
         self.columns = base if level == "off" else [*base, *(c for c in suite if c not in base)]
-        if self.locality_control:
-            self.set_locality_control(True)
+        # the locality control belongs to the suite's object context: off takes it along (an Analysis reused for a
+        # second run_extract must not carry it into a run without the suite)
+        self.set_locality_control(self.locality_control and level != "off")
 
     def set_locality_control(self, on: bool) -> None:
         """Add each map's locality control to the object context (``ctrl_local_*`` columns, last); needs the suite

@@ -155,7 +155,7 @@ class ObjectContext:
         for b in range(n_images):
             grid = self._grid(rec, stride, None if valid is None else valid[b], None if kvalid is None else kvalid[b])
             out.append([nan if grid is None else locality_control(float(distance[b, m]), grid, queries[b].cpu(), keys[b].cpu(),
-                                                                  None if cats is None else cats[b].cpu(), n_labels, self.chunk_size)
+                                                                  None if cats is None else cats[b].cpu(), n_labels)
                         for m in range(n_maps)])  # fmt: skip
         return out
 

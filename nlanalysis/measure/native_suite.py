@@ -27,7 +27,7 @@ from ..blocks.attention import PairwiseAttention
 from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums
 from ..metrics.cosine import distance_from_sum
-from .query_dep import COLUMNS, CROSS_SITE, grid_centres
+from .query_dep import COLUMNS, CROSS_SITE, grid_centres, key_cell
 
 __all__ = ["block_suite", "head_suite_sums", "native_columns", "suite_columns"]
 
@@ -72,8 +72,7 @@ def _block_geometry(query_shape: tuple[int, int], key_shape: tuple[int, int], st
     """Cell centres and reach of an NL block's grids (keys on the query grid or its 2x2 max-pool)."""
     if stride is None:
         return {}
-    factor = 1.0 if tuple(key_shape) == tuple(query_shape) else 2.0
-    cell = (stride[0] * factor, stride[1] * factor)
+    cell = key_cell(query_shape, key_shape, stride)
     return dict(query_pos=grid_centres(query_shape, stride), key_pos=grid_centres(key_shape, cell), reach=(1.5 * cell[0], 1.5 * cell[1]))
 
 

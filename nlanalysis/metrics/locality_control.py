@@ -12,30 +12,41 @@ with ``sigma`` (input pixels) set so that its mean attention distance
 map's, and the same object-context statistics on it (:func:`~nlanalysis.metrics.object_context.object_context`,
 the same query and key labels). A trained lift above its control's says more than locality explains.
 
-The valid queries and the valid keys must each be a rectangle of their grid's rows and columns (what resizing
-and padding leave): the control's maps are then separable, ``p(k | q) = g_y(k_y | q_y) g_x(k_x | q_x)``, their
-mean distance a sum over the ``(|dy|, |dx|)`` offsets (``O(H W)``, not ``O(N^2)``), and their rows for the
-object context outer products made chunk by chunk (no ``N x N`` tensor). NaN where the target distance is not
-finite or lies outside what such maps reach (at or beyond the uniform map's, below the nearest key's).
+The valid queries and the valid keys must each be the product of some rows and some columns of their grid (a
+rectangle, as resizing and padding leave): the control's maps are then separable,
+``p(k | q) = g_y(k_y | q_y) g_x(k_x | q_x)``, their mean distance a sum over the ``(|dy|, |dx|)`` offsets (``O(H W)``,
+not ``O(N^2)``), and each query's mass on each label's keys two small matrix products per label (no ``N x N`` map
+is formed). A map as spread as the uniform map or more (its distance at or beyond what the widest Gaussian of
+the bracket reaches, within ~1e-5 of the uniform map's) gets the limit ``sigma = inf``, the uniform map (lifts 1,
+or NaN where a lift is undefined); NaN where the target is not finite or below the nearest key's distance.
+
+Limits: the control is matched on the mean distance alone, and a Gaussian's tail falls as ``exp(-d^2 / 2 sigma^2)``,
+far faster than a trained softmax map's; with a small ``sigma`` and far objects its lifts on them (the
+same-category lift) can be ~0, and a ratio trained / control then says nothing (the controls report leaves
+ratios over controls below :data:`READABLE` out, and counts them). The control averages over every valid
+query, where the suite leaves out queries whose row is all zero (none in the kept result sets).
 """
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import brentq
 from torch import Tensor
 
-from .object_context import object_context
+from .object_context import LabelMass, context_from_mass
 
-__all__ = ["LOCALITY_COLUMNS", "LOCALITY_LIFTS", "LocalityGrid", "locality_control"]
+__all__ = ["LOCALITY_COLUMNS", "LOCALITY_LIFTS", "READABLE", "LocalityGrid", "locality_control"]
 
 #: the object-context lifts the control reads
 LOCALITY_LIFTS = ("own_object_lift", "own_object_lift_objects", "same_category_lift")
 #: its ``metrics.csv`` columns (:mod:`nlanalysis.schema`)
 LOCALITY_COLUMNS = ("ctrl_local_sigma_px", *(f"ctrl_local_{name}" for name in LOCALITY_LIFTS))
+#: the smallest control lift a ratio trained / control is read over (fixed in reports/controls/PLAN.md, session 16, before
+#: any set with such controls was read): below it the control's Gaussian tail, not its locality, sets the ratio
+READABLE = 1e-3
 
 
 def _axis(valid: Tensor | None, grid: tuple[int, int], what: str) -> tuple[Tensor, Tensor]:
@@ -115,40 +126,47 @@ class LocalityGrid:
         b = torch.zeros(dist.shape[1], dtype=torch.float64).index_add_(0, ix, gx.flatten())
         return float(a @ dist @ b) / (len(self.qy) * len(self.qx))
 
-    def match_sigma(self, target: float, steps: int = 48) -> float:
-        """The ``sigma`` (pixels) whose maps' mean attention distance is ``target`` (bisection on ``log sigma``); NaN where
-        ``target`` is not finite or no such map reaches it (at or beyond the uniform map's distance, below the nearest key's)."""
-        if not math.isfinite(target) or target >= self.uniform_distance():
+    def match_sigma(self, target: float) -> float:
+        """The ``sigma`` (pixels) whose maps' mean attention distance is ``target`` (a root in ``log sigma``); ``inf`` (the
+        uniform map) where ``target`` is at or beyond what the widest Gaussian of the bracket reaches (within ~1e-5 of the
+        uniform map's distance); NaN where ``target`` is not finite or below the nearest key's distance."""
+        if not math.isfinite(target):
             return math.nan
         centres = torch.cat([self.qy, self.qx, self.ky, self.kx])
         span = float(centres.max() - centres.min()) + max(self.cells)
-        lo, hi = math.log(min(self.cells) / 100), math.log(span * 100)  # nearest key only .. uniform, to float rounding
+        lo, hi = math.log(min(self.cells) / 100), math.log(span * 100)  # ~nearest key only .. ~uniform
+        if target >= self.mean_distance(math.exp(hi)):
+            return math.inf
         if target <= self.mean_distance(math.exp(lo)):
             return math.nan
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.mean_distance(math.exp(mid)) < target else (lo, mid)
-        return math.exp((lo + hi) / 2)
+        # the distance rises with sigma (a Gaussian family in d^2): one root in the bracket, found by Brent's method
+        return math.exp(brentq(lambda u: self.mean_distance(math.exp(u)) - target, lo, hi, xtol=1e-12, rtol=1e-14))
 
-    def rows(self, sigma: float, chunk_size: int = 256) -> Iterator[tuple[int, Tensor]]:
-        """The control maps over the full grids, ``(start, [1, c, N_key])`` chunks of query rows in row-major order:
-        valid queries' rows ``g_y(k_y | q_y) g_x(k_x | q_x)`` on the valid keys (0 elsewhere), invalid queries' rows 0."""
+    def full_weights(self, sigma: float) -> tuple[Tensor, Tensor]:
+        """:meth:`weights` on the full grids, ``[H_q, H_k]`` and ``[W_q, W_k]``: 0 off the valid rows and columns
+        (``sigma = inf``: the uniform map over the valid keys)."""
         gy, gx = self.weights(sigma)
         (hq, wq), (hk, wk) = self.query_grid, self.key_grid
         fy = torch.zeros(hq, hk, dtype=torch.float64)
         fy[self.q_rows[:, None], self.k_rows[None]] = gy
         fx = torch.zeros(wq, wk, dtype=torch.float64)
         fx[self.q_cols[:, None], self.k_cols[None]] = gx
-        n = hq * wq
-        for start in range(0, n, chunk_size):
-            q = torch.arange(start, min(start + chunk_size, n))
-            yield start, (fy[q // wq][:, :, None] * fx[q % wq][:, None, :]).reshape(1, len(q), hk * wk)
+        return fy, fx
+
+    def label_mass(self, sigma: float, key_onehot: Tensor) -> Tensor:
+        """Each query's mass on each label's keys, ``[N_query, L]``: the control map (valid queries' rows
+        ``g_y(k_y | q_y) g_x(k_x | q_x)`` on the valid keys, invalid queries' rows 0) times ``key_onehot`` ``[N_key, L]``,
+        by separability: ``g_y M_l g_x^T`` per label ``l`` (``M_l`` its keys on the key grid), no ``N x N`` map formed."""
+        fy, fx = self.full_weights(sigma)
+        (hq, wq), (hk, wk) = self.query_grid, self.key_grid
+        m = key_onehot.reshape(hk, wk, -1)
+        return torch.einsum("yk,kxl->yxl", fy, torch.einsum("xw,kwl->kxl", fx, m)).reshape(hq * wq, -1)
 
 
 def locality_control(target_px: float, grid: LocalityGrid, query_labels: Tensor, key_labels: Tensor,
-                     categories: Tensor | None, n_labels: int, chunk_size: int = 256) -> dict[str, float]:  # fmt: skip
+                     categories: Tensor | None, n_labels: int) -> dict[str, float]:  # fmt: skip
     """One map's control: ``{"ctrl_local_sigma_px": sigma, "ctrl_local_<lift>": ...}`` (:data:`LOCALITY_COLUMNS`), NaN
-    where ``target_px`` (the map's ``att_distance_px``) is unreached.
+    where ``target_px`` (the map's ``att_distance_px``) is not finite or below the nearest key's distance.
 
     Args:
         query_labels, key_labels: ``[N_query]`` / ``[N_key]`` long, as :func:`~nlanalysis.metrics.object_context.object_context`
@@ -159,7 +177,9 @@ def locality_control(target_px: float, grid: LocalityGrid, query_labels: Tensor,
     out = {"ctrl_local_sigma_px": sigma, **{f"ctrl_local_{name}": math.nan for name in LOCALITY_LIFTS}}
     if math.isnan(sigma):
         return out
-    found = object_context(lambda: grid.rows(sigma, chunk_size), query_labels[None], key_labels[None],
-                           None if categories is None else categories[None], n_labels)  # fmt: skip
+    sums = LabelMass(query_labels[None], key_labels[None], n_labels)
+    onehot = sums.prepare((1,), key_labels.shape[0], torch.device("cpu"))
+    sums.add(0, grid.label_mass(sigma, onehot[0])[None])
+    found = context_from_mass(*sums.result(), None if categories is None else categories[None])
     out.update({f"ctrl_local_{name}": float(found[name][0]) for name in LOCALITY_LIFTS})
     return out

@@ -75,7 +75,8 @@ def compact_object_labels(objects: Tensor) -> tuple[Tensor, int]:
 
 
 class LabelMass:
-    """The sums of :func:`label_mass`, fed one chunk of rows at a time (``update(start, r)``).
+    """The sums of :func:`label_mass`, fed one chunk of rows at a time (``update(start, r)``), or each row's mass per
+    label directly (:meth:`prepare`, then :meth:`add`: maps whose label masses are cheaper than their rows).
 
     Args: as :func:`label_mass`'s, without the rows.
     """
@@ -84,18 +85,30 @@ class LabelMass:
         self.query_labels, self.key_labels, self.n_labels = query_labels, key_labels, n_labels
         self.mass = self.count = self.onehot_k = None
 
+    def prepare(self, batch: tuple[int, ...], n_key: int, device: torch.device) -> Tensor:
+        """Check the labels against maps ``[*batch, N_query, n_key]`` and set up the sums on ``device``; returns the
+        keys' labels one-hot ``[B, N_key, L]`` (float64; 0 for keys that are not clean)."""
+        if self.mass is None:
+            _check_labels(self.query_labels, self.key_labels, batch, n_key)
+            self.query_labels, self.key_labels = self.query_labels.to(device), self.key_labels.to(device)
+            kl = self.key_labels
+            self.onehot_k = torch.nn.functional.one_hot(kl.clamp(min=0), self.n_labels).double() * (kl >= 0)[..., None]
+            self.mass = torch.zeros(*batch, self.n_labels, self.n_labels, dtype=torch.float64, device=device)
+            self.count = torch.zeros(*batch, self.n_labels, dtype=torch.float64, device=device)
+        return self.onehot_k
+
     def update(self, start: int, r: Tensor) -> None:
         """Add the rows ``r`` ``[*batch, c, N_key]`` (non-negative) of queries ``start:start + c``."""
-        batch, c, n_labels = tuple(r.shape[:-2]), r.shape[-2], self.n_labels
-        if self.mass is None:  # on the maps' device
-            _check_labels(self.query_labels, self.key_labels, batch, r.shape[-1])
-            self.query_labels, self.key_labels = self.query_labels.to(r.device), self.key_labels.to(r.device)
-            kl = self.key_labels
-            self.onehot_k = torch.nn.functional.one_hot(kl.clamp(min=0), n_labels).double() * (kl >= 0)[..., None]
-            self.mass = torch.zeros(*batch, n_labels, n_labels, dtype=torch.float64, device=r.device)
-            self.count = torch.zeros(*batch, n_labels, dtype=torch.float64, device=r.device)
+        batch = tuple(r.shape[:-2])
+        onehot_k = self.prepare(batch, r.shape[-1], r.device)  # on the maps' device
         extra = (1,) * (len(batch) - 1)
-        per_label = r.to(torch.float64) @ self.onehot_k.reshape(batch[0], *extra, *self.onehot_k.shape[1:])
+        self.add(start, r.to(torch.float64) @ onehot_k.reshape(batch[0], *extra, *onehot_k.shape[1:]))
+
+    def add(self, start: int, per_label: Tensor) -> None:
+        """Add queries ``start:start + c`` by their rows' mass on each label's clean keys, ``[*batch, c, L]`` float64
+        (after :meth:`prepare`)."""
+        batch, c, n_labels = tuple(per_label.shape[:-2]), per_label.shape[-2], self.n_labels
+        extra = (1,) * (len(batch) - 1)
         total = per_label.sum(-1, keepdim=True)  # [*batch, c, 1]: mass on clean keys
         ql = self.query_labels[:, start : start + c].reshape(batch[0], *extra, c)
         use = (ql >= 0) & (total[..., 0] > 0)

@@ -6,8 +6,9 @@ locality twins, PLAN 02:20 and 02:40), so a lift read alone does not say object-
 trained maps a locality-matched counterpart: maps ``softmax_j(-||p_i - p_j||^2 / (2 sigma^2))`` over the image's
 cells (``p``: cell centres in input pixels), ``sigma`` set so that their mean attention distance (as the suite
 computes ``att_distance_px``) equals the image's trained ``att_distance_px`` (NaN where the target lies beyond the
-uniform map's distance), and the same object-context statistics on them, with the cells labelled as ``extract``
-labels them (each cell takes the object at its centre pixel, COCO categories). This script computes it after the
+uniform map's distance until session 16; since then ``sigma = inf``, the uniform map, there), and the same
+object-context statistics on them, with the cells labelled as ``extract`` labels them (each cell takes the object at
+its centre pixel, COCO categories); ratios are read only over controls whose lift is at least 1e-3 (session 16). This script computes it after the
 fact, from result sets extracted without the flag.
 
 Everything it needs is in a kept result set (``metrics.csv``: per image and block ``att_distance_px`` and the
@@ -37,7 +38,7 @@ from torch import Tensor
 from nlanalysis.capture import cell_centres
 from nlanalysis.extract.coco import load_coco
 from nlanalysis.extract.object_sites import compact_labels
-from nlanalysis.metrics.locality_control import LocalityGrid, locality_control
+from nlanalysis.metrics.locality_control import READABLE, LocalityGrid, locality_control
 from nlanalysis.tables import summarise
 
 LIFTS = ("same_category_lift", "own_object_lift_objects")
@@ -66,7 +67,7 @@ def image_control(target: float, labels: Tensor, categories: Tensor | None, grid
     """One image's control (``nlanalysis.metrics.locality_control``): ``ctrl_local_sigma_px`` and the lifts of its
     locality-matched maps (NaN where unreached)."""
     n_labels = len(categories) if categories is not None else int(labels.max()) + 1
-    return locality_control(target, locality_grid(grid, stride), labels, labels, categories, n_labels, chunk_size=64)
+    return locality_control(target, locality_grid(grid, stride), labels, labels, categories, n_labels)
 
 
 def set_controls(result_set: Path, ann_file: Path) -> pd.DataFrame:
@@ -106,10 +107,13 @@ def summary(sets: list[Path], ann_file: Path) -> tuple[pd.DataFrame, pd.DataFram
     for name in LIFTS:  # the lifts are ratio statistics (geometric means); the control's likewise, through its log
         if name not in rows:  # result sets written before the column existed
             continue
-        rows[f"log_ctrl_{name}"] = np.log(rows[f"ctrl_local_{name}"])
-        rows[f"log_ratio_{name}"] = np.log(rows[name] / rows[f"ctrl_local_{name}"])
+        control = rows[f"ctrl_local_{name}"]  # read only over controls >= READABLE (session 16: not their Gaussian tails)
+        control = control.where(np.isfinite(control) & (control >= READABLE))
+        rows[f"log_ctrl_{name}"] = np.log(control)
+        rows[f"log_ratio_{name}"] = np.log(rows[name] / control)
         stats += [name, f"log_ctrl_{name}", f"log_ratio_{name}"]
-    return rows, summarise(rows, by=("variant",), stats=stats + ["ctrl_local_sigma_px", "att_distance_px"])
+    finite = rows.assign(ctrl_local_sigma_px=rows["ctrl_local_sigma_px"].where(np.isfinite(rows["ctrl_local_sigma_px"])))
+    return rows, summarise(finite, by=("variant",), stats=stats + ["ctrl_local_sigma_px", "att_distance_px"])
 
 
 def read(row: pd.Series) -> list[str]:
