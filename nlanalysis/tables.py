@@ -81,7 +81,8 @@ HEADLINE_STATS = list(schema.pick("input", "output", "att", "att_jsd", "ctrl_att
 #: kind of query dependence there is (:mod:`nlanalysis.measure.query_dep`, the object context).
 QUERY_TABLE_STATS = list(schema.pick(
     "att", "ctrl_form_att", "logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share", "att_pairwise_only", "att_abs",
-    "att_norm_weighted", "own_object_lift", "own_object_lift_objects", "qk_nmi", "att_distance_px",
+    "att_norm_weighted", "own_object_lift", "own_object_lift_objects", "own_object_lift_objects_vs_local",
+    "same_category_lift_vs_local", "qk_nmi", "att_distance_px",
 ))  # fmt: skip
 
 #: the diagnostics table (``tables/diagnostics.*``): the rest of :data:`TABLE_STATS` (sharpness, zero
@@ -94,7 +95,8 @@ DIAGNOSTIC_STATS = [s for s in TABLE_STATS if s not in HEADLINE_STATS + QUERY_TA
 HEADERS = {
     "variant": "variant", "step": "step", "block": "block", "mode": "mode", "images": "images", "seeds": "seeds",
     "att_abs": "att of |map|", "att_norm_weighted": "att, norm-weighted", "att_local": "3x3 mass",
-    "att_local_uniform": "3x3 mass, uniform", **schema.headers(),
+    "att_local_uniform": "3x3 mass, uniform", "own_object_lift_objects_vs_local": "own-object lift / locality control",
+    "same_category_lift_vs_local": "same-category lift / locality control", **schema.headers(),
 }  # fmt: skip
 
 #: how known task metrics are written in headers.
@@ -111,6 +113,8 @@ QUERY_CAPTIONS = {
                "weighted by their row norms (signed maps only: a sign flip of one map is not query dependence)",
     "qk_nmi": "q-k NMI: normalised query-key mutual information (Park et al. 2023; 0: where the weight goes does not depend on the query)",
     "att_distance_px": "att. distance: mean distance from query to attended key in input pixels",
+    "own_object_lift_objects_vs_local": "/ locality control: each image's lift over that of maps by distance alone at its own "
+                                        "att. distance (`--locality-control`; above 1: more than locality explains)",
 }  # fmt: skip
 
 CONVENTION_TEXT = {
@@ -228,6 +232,8 @@ def summarise(
     if frame.empty:
         raise ValueError("no metrics rows to summarise (did the runs analyse any image?)")
     stats = ALL_STATS if stats is None else stats
+    if any(r in stats and r not in frame for r in LOCALITY_RATIOS):  # report-side: each image's lift over its control
+        frame = with_locality_ratios(frame)
     keys = _group_keys(frame, by) + ["block"]
     present = [s for s in stats if s in frame and frame[s].notna().any()]
     ratios = [s for s in present if s in RATIO_STATS]

@@ -272,7 +272,18 @@ def test_extract_with_the_locality_control_writes_its_columns_last_and_resumes(t
     assert run.info["settings"]["measure"]["locality_control"] is True
     schema.check_ranges(run.metrics, "metrics.csv")
     lifted = run.metrics[run.metrics["own_object_lift"].notna() & run.metrics["att_distance_px"].notna()]
-    assert lifted["ctrl_local_sigma_px"].notna().any()  # measured where the map is below the uniform map's distance
+    assert lifted["ctrl_local_sigma_px"].notna().all() and lifted["ctrl_local_own_object_lift_objects"].notna().any()
+    from nlanalysis.tables import QUERY_TABLE_STATS, summarise
+
+    summary = summarise(run.metrics.assign(label="run"), stats=QUERY_TABLE_STATS)  # the report's Table 2 forms the ratio
+    ratio = run.metrics["own_object_lift_objects"] / run.metrics["ctrl_local_own_object_lift_objects"]
+    checked = 0
+    for block, part in summary.groupby("block"):
+        logs = np.log(ratio[run.metrics["block"] == block].dropna())
+        if len(logs):
+            assert float(part["own_object_lift_objects_vs_local"].iloc[0]) == pytest.approx(float(np.exp(logs.mean())))
+            checked += 1
+    assert checked
     written = (out / "metrics.csv").read_text()
     assert main([*args, "--query-dependence", "cheap", "--locality-control"]) == 0  # resumes: nothing to redo
     assert (out / "metrics.csv").read_text() == written
