@@ -101,3 +101,22 @@ def test_the_control_reads_the_lifts_of_the_naive_maps():
     assert spread["ctrl_local_sigma_px"] == math.inf
     assert all(spread[f"ctrl_local_{n}"] == pytest.approx(1.0, rel=1e-12) for n in ("own_object_lift", "own_object_lift_objects", "same_category_lift"))
     assert all(math.isnan(v) for v in locality_control(math.nan, grid, lab, lab, cats, 4).values())
+
+
+def test_several_maps_at_once_are_each_map_alone():
+    """locality_controls batches the object context of a site's maps (a ViT layer's heads): the same numbers as one call
+    per map, NaN and uniform-limit targets included."""
+    from nlanalysis.metrics.locality_control import locality_controls
+
+    labels = torch.zeros(7, 9, dtype=torch.int64)
+    labels[1:3, 1:3], labels[4:6, 6:9], labels[1:3, 6:8] = 1, 2, 3
+    cats, lab = torch.tensor([-1, 5, 5, 7]), labels.flatten()
+    grid = LocalityGrid.of((7, 9), (8.0, 8.0), (7, 9), (8.0, 8.0))
+    targets = [9.0, math.nan, 15.0, 1e6, 0.0, 22.0]
+    many = locality_controls(targets, grid, lab, lab, cats, 4)
+    for t, got in zip(targets, many, strict=True):
+        want = locality_control(t, grid, lab, lab, cats, 4)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-12, nan_ok=True), (t, k)
+    assert math.isnan(many[1]["ctrl_local_sigma_px"]) and many[3]["ctrl_local_sigma_px"] == math.inf

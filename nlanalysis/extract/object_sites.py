@@ -34,7 +34,7 @@ from ..capture.core import Capture
 from ..capture.records import SiteRecord
 from ..measure.blocks import key_labels, key_mask
 from ..measure.query_dep import OBJECT_MASS, SiteMaps, block_maps, head_maps, key_cell, rebuild_block_attention
-from ..metrics.locality_control import LOCALITY_COLUMNS, LocalityGrid, locality_control
+from ..metrics.locality_control import LOCALITY_COLUMNS, LocalityGrid, locality_controls
 from ..metrics.object_context import OBJECT_CONTEXT, compact_object_labels, context_from_mass, object_context
 from ..schema import HEAD_MEAN, NL
 
@@ -152,11 +152,10 @@ class ObjectContext:
         valid, kvalid, queries, keys, cats, n_labels = labels
         distance = torch.as_tensor(distance).reshape(n_images, n_maps)
         out = []
-        for b in range(n_images):
+        for b in range(n_images):  # an image's maps share its grid and labels: one batched control
             grid = self._grid(rec, stride, None if valid is None else valid[b], None if kvalid is None else kvalid[b])
-            out.append([nan if grid is None else locality_control(float(distance[b, m]), grid, queries[b].cpu(), keys[b].cpu(),
-                                                                  None if cats is None else cats[b].cpu(), n_labels)
-                        for m in range(n_maps)])  # fmt: skip
+            out.append([nan] * n_maps if grid is None else locality_controls(
+                distance[b].tolist(), grid, queries[b].cpu(), keys[b].cpu(), None if cats is None else cats[b].cpu(), n_labels))
         return out
 
     def _grid(self, rec: SiteRecord, stride: tuple[float, float], valid: Tensor | None, kvalid: Tensor | None) -> LocalityGrid | None:

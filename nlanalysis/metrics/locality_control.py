@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from .object_context import LabelMass, context_from_mass
 
-__all__ = ["LOCALITY_COLUMNS", "LOCALITY_LIFTS", "READABLE", "LocalityGrid", "locality_control"]
+__all__ = ["LOCALITY_COLUMNS", "LOCALITY_LIFTS", "READABLE", "LocalityGrid", "locality_control", "locality_controls"]
 
 #: the object-context lifts the control reads
 LOCALITY_LIFTS = ("own_object_lift", "own_object_lift_objects", "same_category_lift")
@@ -163,23 +164,33 @@ class LocalityGrid:
         return torch.einsum("yk,kxl->yxl", fy, torch.einsum("xw,kwl->kxl", fx, m)).reshape(hq * wq, -1)
 
 
-def locality_control(target_px: float, grid: LocalityGrid, query_labels: Tensor, key_labels: Tensor,
-                     categories: Tensor | None, n_labels: int) -> dict[str, float]:  # fmt: skip
-    """One map's control: ``{"ctrl_local_sigma_px": sigma, "ctrl_local_<lift>": ...}`` (:data:`LOCALITY_COLUMNS`), NaN
-    where ``target_px`` (the map's ``att_distance_px``) is not finite or below the nearest key's distance.
+def locality_controls(targets_px: Sequence[float], grid: LocalityGrid, query_labels: Tensor, key_labels: Tensor,
+                      categories: Tensor | None, n_labels: int) -> list[dict[str, float]]:  # fmt: skip
+    """The control of each of several maps on one grid with the same labels (a ViT layer's heads and head mean, an NL
+    block's one map): per target ``{"ctrl_local_sigma_px": sigma, "ctrl_local_<lift>": ...}`` (:data:`LOCALITY_COLUMNS`),
+    NaN where the target (the map's ``att_distance_px``) is not finite or below the nearest key's distance; the
+    object context of every reachable control in one batched pass.
 
     Args:
         query_labels, key_labels: ``[N_query]`` / ``[N_key]`` long, as :func:`~nlanalysis.metrics.object_context.object_context`
-            takes them for this map (``-1``: not counted / not a clean key).
+            takes them for these maps (``-1``: not counted / not a clean key).
         categories: ``[L]`` long category of each label (-1: none) or ``None``; ``n_labels``: ``L``.
     """
-    sigma = grid.match_sigma(float(target_px))
-    out = {"ctrl_local_sigma_px": sigma, **{f"ctrl_local_{name}": math.nan for name in LOCALITY_LIFTS}}
-    if math.isnan(sigma):
+    sigmas = [grid.match_sigma(float(t)) for t in targets_px]
+    out = [{"ctrl_local_sigma_px": s, **{f"ctrl_local_{name}": math.nan for name in LOCALITY_LIFTS}} for s in sigmas]
+    reached = [i for i, s in enumerate(sigmas) if not math.isnan(s)]
+    if not reached:
         return out
     sums = LabelMass(query_labels[None], key_labels[None], n_labels)
-    onehot = sums.prepare((1,), key_labels.shape[0], torch.device("cpu"))
-    sums.add(0, grid.label_mass(sigma, onehot[0])[None])
+    onehot = sums.prepare((1, len(reached)), key_labels.shape[0], torch.device("cpu"))[0]
+    sums.add(0, torch.stack([grid.label_mass(sigmas[i], onehot) for i in reached])[None])  # [1, maps, N_query, L]
     found = context_from_mass(*sums.result(), None if categories is None else categories[None])
-    out.update({f"ctrl_local_{name}": float(found[name][0]) for name in LOCALITY_LIFTS})
+    for j, i in enumerate(reached):
+        out[i].update({f"ctrl_local_{name}": float(found[name][0, j]) for name in LOCALITY_LIFTS})
     return out
+
+
+def locality_control(target_px: float, grid: LocalityGrid, query_labels: Tensor, key_labels: Tensor,
+                     categories: Tensor | None, n_labels: int) -> dict[str, float]:  # fmt: skip
+    """:func:`locality_controls` of one map."""
+    return locality_controls([target_px], grid, query_labels, key_labels, categories, n_labels)[0]
