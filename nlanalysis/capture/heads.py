@@ -158,7 +158,8 @@ class HeadSite(Site):
         return record
 
     def _share_softmax(self, index: int, module: nn.Module, adapter: ViTAttentionAdapter, seen: dict[str, Any]) -> None:
-        """Hooks that keep a :class:`SharedSoftmax` active while ``module`` runs, answering its
+        """Hooks that keep a :class:`SharedSoftmax` active while ``module`` runs (or only between the two submodules of
+        the adapter's ``sdpa_span``: every torch call under the mode pays a trip through Python), answering its
         attention call with :func:`~nlanalysis.measure.heads.attend` (the maps and statistics go to
         ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
         heads = adapter.num_heads(module)

@@ -2,7 +2,8 @@
 
 A fused ``F.scaled_dot_product_attention`` never hands out its softmax, so measuring the maps means
 computing ``softmax(scale * q k^T)`` a second time. While a captured attention module runs,
-:class:`SharedSoftmax` (a ``TorchFunctionMode``, active only inside that module's forward) offers
+:class:`SharedSoftmax` (a ``TorchFunctionMode``, active only inside that module's forward, or only in the
+part of it around the call where the adapter knows it: ``sdpa_span``, timm's ``k_norm`` .. ``proj``) offers
 each plain ``scaled_dot_product_attention`` call to a handler, which may answer it itself: with
 :func:`nlanalysis.measure.heads.attend`, which measures the rows and returns ``softmax @ value`` from
 the same pass. The model's modules and weights are untouched; a call that is not plain (masks,
