@@ -95,7 +95,7 @@ def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] |
         table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
     if table is None:
         raise ValueError(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
-    if long is not None and (Path(long) / "runs").is_dir():
+    if long is not None and ((Path(long) / "runs").is_dir() or any(Path(long).glob("*_s*.json"))):  # a train folder, or its kept records
         table = table.merge(plateau(results, load_results(long))[["variant", "pairs", "gain", "threshold", "plateau"]],
                             how="left")  # fmt: skip
     return table
@@ -161,7 +161,8 @@ def _training_markdown(t: pd.DataFrame) -> str:
             cells.append(f"{ci} {r[f'verdict_vs_{ref}']}" if r[f"verdict_vs_{ref}"] != "no difference shown" else ci)
         cells.append(f"{r.seconds_per_run / 60:.1f}")
         if "plateau" in t:
-            cells.append("–" if pd.isna(r.plateau) else ("yes" if r.plateau else f"NO (+{r.gain:.3f})"))
+            cells.append("–" if pd.isna(r.plateau) else ("yes" if r.plateau else f"NO (+{r.gain:.3f})")
+                         + ("" if pd.isna(r.plateau) or int(r.pairs) >= int(r.seeds) else f" ({int(r.pairs)} of {int(r.seeds)} seeds)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

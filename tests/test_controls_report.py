@@ -121,6 +121,19 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     assert "## The answer" in text and "NO (+0.080)" in text and "## independent\n\nNot trained yet." in text
     assert "| gc | 3 | 0.330 (0.010) | -0.07 [" in text
     assert (tmp_path / "out" / "query-specific_training.csv").is_file()
+    # the 24-epoch records as the repository keeps them (flat, no runs/ folder), one seed of gc still training
+    kept = tmp_path / "kept" / "query-specific_e24"
+    kept.mkdir(parents=True)
+    for record in sorted((tmp_path / "g" / "query-specific_e24" / "runs").glob("*.json")):
+        if record.name != "gc_s2.json":
+            (kept / record.name).write_text(record.read_text())
+    table = training_table(tmp_path / "g" / "query-specific_e12", kept).set_index("variant")
+    assert table.loc["gc", "pairs"] == 2 and table.loc["baseline", "plateau"]
+    (tmp_path / "kept" / "query-specific_e12").mkdir()
+    for record in (tmp_path / "g" / "query-specific_e12" / "runs").glob("*.json"):
+        (tmp_path / "kept" / "query-specific_e12" / record.name).write_text(record.read_text())
+    text = write_controls_report(tmp_path / "kept", tmp_path / "out2").read_text()
+    assert "NO (+0.080) (2 of 3 seeds)" in text and "| baseline | 3 |" in text
 
 
 def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
