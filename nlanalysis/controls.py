@@ -95,10 +95,16 @@ def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] |
         table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
     if table is None:
         raise ValueError(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
-    if long is not None and ((Path(long) / "runs").is_dir() or any(Path(long).glob("*_s*.json"))):  # a train folder, or its kept records
+    if long is not None and _has_records(long):
         table = table.merge(plateau(results, load_results(long))[["variant", "pairs", "gain", "threshold", "plateau"]],
                             how="left")  # fmt: skip
     return table
+
+
+def _has_records(folder: str | os.PathLike[str]) -> bool:
+    """A training output (``runs/``) or its run records as the repository keeps them (flat ``*_s*.json``)."""
+    folder = Path(folder)
+    return folder.is_dir() and ((folder / "runs").is_dir() or any(folder.glob("*_s*.json")))
 
 
 def gate(training: pd.DataFrame) -> tuple[bool | None, str]:
@@ -187,12 +193,17 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
     verdict = "Not answered yet: no query-specific grid."
     for design in DESIGNS:
         short, long = root / f"{design}_e12", root / f"{design}_e24"
-        if not (short.is_dir() and ((short / "runs").is_dir() or any(short.glob("*_s*.json")))):
+        if not _has_records(short):
             lines += [f"## {design}", "", "Not trained yet.", ""]
             continue
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
         lines += [f"## {design}", "", f"12-epoch finals ({int(training.seeds.sum())} runs):", "", _training_markdown(training), ""]
+        later = training_table(long) if _has_records(long) else None
+        if later is not None:  # PLAN.md: the plateau rule's runs, and a second reading of the gate, beside the first
+            _write_csv(later, out / f"{design}_training_e24.csv")
+            lines += [f"24-epoch finals ({int(later.seeds.sum())} runs; a second reading beside the 12-epoch one, never in its "
+                      "place):", "", _training_markdown(later), ""]  # fmt: skip
         extracts = sorted(p for p in (root / design).glob("*_s*") if "_step" not in p.name and (p / "metrics.csv").is_file())
         attention = attention_summary(extracts) if extracts else None
         if attention is not None:
@@ -206,6 +217,8 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             row = None if attention is None else next((r for _, r in attention.iterrows() if r.variant == GATE_VARIANT), None)
             verdict = f"On `{design}`: {answer(holds, row)}"
             lines += [f"Gate: {sentence}.", ""]
+            if later is not None:
+                lines += [f"Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): {gate(later)[1]}.", ""]
     path = out / "README.md"
     tmp = path.with_name("README.md.tmp")
     tmp.write_text("\n".join([*head, "## The answer", "", verdict, "", *lines]) + "\n")

@@ -134,6 +134,9 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
         (tmp_path / "kept" / "query-specific_e12" / record.name).write_text(record.read_text())
     text = write_controls_report(tmp_path / "kept", tmp_path / "out2").read_text()
     assert "NO (+0.080) (2 of 3 seeds)" in text and "| baseline | 3 |" in text
+    # the 24-epoch grid's own table and the gate's second reading, beside the first
+    assert "24-epoch finals (5 runs; a second reading" in text and "| gc | 2 | 0.405 (0.007) |" in text
+    assert "Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): gate not decided yet" in text
 
 
 def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
@@ -148,6 +151,13 @@ def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
     answer_part = text.split("## The answer")[1].split("##")[0]
     assert "On `query-specific-v2`: The gate holds" in answer_part and "No valid positive control" not in answer_part
     assert text.count("Gate: ") == 2 and (tmp_path / "out" / "query-specific-v2_training.csv").is_file()
+    # v2 at 24 epochs: the gate fails there; its reading goes beside the 12-epoch one and the answer keeps the latter
+    _grid(tmp_path / "query-specific-v2_e24", {**refs, "gc": [0.40, 0.50, 0.60], "embedded_gaussian": [0.40, 0.52, 0.60]})
+    text = write_controls_report(tmp_path, tmp_path / "out").read_text()
+    assert "On `query-specific-v2`: The gate holds" in text.split("## The answer")[1].split("##")[0]
+    v2 = text.split("## query-specific-v2")[1]
+    assert "Gate: the gate holds" in v2 and "Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): the gate fails" in v2
+    assert (tmp_path / "out" / "query-specific-v2_training_e24.csv").is_file()
 
 
 def test_the_report_reads_the_numbers_kept_in_the_repository(tmp_path, monkeypatch):
