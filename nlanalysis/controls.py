@@ -147,7 +147,8 @@ def attention_summary(extracts: list[Path]) -> pd.DataFrame:
     out = summarise(frame, by=("variant",), stats=(*ATTENTION_STATS, *LOCALITY_RATIOS))
     for ratio, (lift, _) in LOCALITY_RATIOS.items():  # how many images the ratio was read on, and how many it could not be
         if ratio in frame:
-            counts = frame.assign(_read=frame[ratio].notna(), _unread=frame[lift].notna() & frame[ratio].isna())
+            read = frame[ratio] > 0  # as summarise's log reads it (a ratio of 0 has no log)
+            counts = frame.assign(_read=read, _unread=frame[lift].notna() & ~read)
             counts = counts.groupby(["variant", "block"], sort=False)[["_read", "_unread"]].sum().reset_index()
             out = out.merge(counts.rename(columns={"_read": f"{ratio}_read", "_unread": f"{ratio}_unread"}), how="left")
     return out
@@ -171,6 +172,14 @@ def _training_markdown(t: pd.DataFrame) -> str:
                          + ("" if pd.isna(r.plateau) or int(r.pairs) >= int(r.seeds) else f" ({int(r.pairs)} of {int(r.seeds)} seeds)"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _not_at_plateau(training: pd.DataFrame, variant: str) -> str:
+    """``", not at plateau"`` for a variant the plateau rule marks so (PLAN.md: "marked in every table"), else ``""``."""
+    row = training[training.variant == variant]
+    if "plateau" not in training or row.empty or pd.isna(row.plateau.iloc[0]) or bool(row.plateau.iloc[0]):
+        return ""
+    return ", not at plateau"
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -199,7 +208,10 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
         lines += [f"## {design}", "", f"12-epoch finals ({int(training.seeds.sum())} runs):", "", _training_markdown(training), ""]
-        later = training_table(long) if _has_records(long) else None
+        try:
+            later = training_table(long) if _has_records(long) else None
+        except ValueError:  # its first runs, before any reference finished: nothing to pair with yet
+            later = None
         if later is not None:  # PLAN.md: the plateau rule's runs, and a second reading of the gate, beside the first
             _write_csv(later, out / f"{design}_training_e24.csv")
             lines += [f"24-epoch finals ({int(later.seeds.sum())} runs; a second reading beside the 12-epoch one, never in its "
@@ -209,8 +221,8 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
         if attention is not None:
             _write_csv(attention, out / f"{design}_attention.csv")
             lines += [f"Attention of the finals ({len(extracts)} result sets):", ""]
-            lines += [f"- **{r.variant}** ({r.block}): " + "; ".join(read_attention(r) or ["no statistic to read"])
-                      for _, r in attention.iterrows()]  # fmt: skip
+            lines += [f"- **{r.variant}** ({r.block}{_not_at_plateau(training, r.variant)}): "
+                      + "; ".join(read_attention(r) or ["no statistic to read"]) for _, r in attention.iterrows()]  # fmt: skip
             lines.append("")
         if design.startswith("query-specific"):  # the positive controls: the latest one trained gives the answer
             holds, sentence = gate(training)

@@ -139,7 +139,8 @@ REGISTRY: tuple[Column, ...] = (
        (0.0, _INF), header="same-category lift", unit="ratio"),
     _c("ctrl_local_sigma_px", "locality control (`--locality-control`): the width in input pixels of maps by distance alone, "
        "`softmax_k(-d_qk^2 / 2 sigma^2)` over the valid keys, whose mean attention distance is this map's `att_distance_px` "
-       "(NaN where none reaches it, or the valid cells are not a rectangle)", "float", "object_control", (0.0, _INF),
+       "(inf: the uniform map, for a map as spread as it; NaN where the valid cells are not a rectangle or the distance is "
+       "below the nearest key's)", "float", "object_control", (0.0, _INF),
        unit="px"),
     _c("ctrl_local_own_object_lift", "`own_object_lift` of the locality control's maps: what locality alone reads (a local map "
        "reads above 1)", "float", "object_control", (0.0, _INF), unit="ratio"),

@@ -218,7 +218,7 @@ def summarise(
         by: group columns; those missing or all NaN are dropped (e.g. ``step`` of runs whose
             checkpoints do not record it).
         stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped; default
-            :data:`TABLE_STATS`, :data:`QUERY_STATS` and the rest of the three tables' columns); ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`).
+            :data:`TABLE_STATS`, :data:`QUERY_STATS` and the rest of the three tables' columns); ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`); infinite values are left out.
         level: confidence level.
 
     Returns:
@@ -235,6 +235,10 @@ def summarise(
     if any(r in stats and r not in frame for r in LOCALITY_RATIOS):  # report-side: each image's lift over its control
         frame = with_locality_ratios(frame)
     keys = _group_keys(frame, by) + ["block"]
+    # an infinite value (a locality control's sigma at the uniform limit) is a limit, not a number to average: left out
+    infinite = [s for s in stats if s in frame and pd.api.types.is_float_dtype(frame[s]) and np.isinf(frame[s]).any()]
+    if infinite:
+        frame = frame.assign(**{s: frame[s].where(np.isfinite(frame[s])) for s in infinite})
     present = [s for s in stats if s in frame and frame[s].notna().any()]
     ratios = [s for s in present if s in RATIO_STATS]
     bounds = {**schema.frame_ranges(present, frame), **{r: None for r in ratios}}  # logs: any real number

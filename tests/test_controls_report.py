@@ -77,14 +77,34 @@ def test_the_reading_counts_images_without_a_readable_control(tmp_path):
         folder.mkdir()
         kept = pd.read_csv(KEPT_SET / "metrics.csv").head(5)
         kept = kept.assign(ctrl_local_same_category_lift=[0.9, 0.0, 0.8, 1.1, 1.0], ctrl_local_own_object_lift_objects=1.0)
+        if seed == 1:  # a trained lift of exactly 0 has no log: not read either
+            kept.loc[0, "same_category_lift"] = 0.0
         kept.to_csv(folder / "metrics.csv", index=False)
         for name in ("run.json", "images.csv"):
             (folder / name).write_text((KEPT_SET / name).read_text())
         sets.append(folder)
     row = attention_summary(sets).iloc[0]
-    assert (row["same_category_lift_vs_local_read"], row["same_category_lift_vs_local_unread"]) == (8, 2)
+    assert (row["same_category_lift_vs_local_read"], row["same_category_lift_vs_local_unread"]) == (7, 3)
     words = [w for w in read_attention(row) if w.startswith("same_category_lift")]
-    assert len(words) == 1 and words[0].endswith("; 2 of 10 images without a readable control)"), words
+    assert len(words) == 1 and words[0].endswith("; 3 of 10 images without a readable control)"), words
+
+
+def test_a_variant_off_its_plateau_is_marked_on_its_attention_line_too():
+    from nlanalysis.controls import _not_at_plateau
+
+    training = pd.DataFrame({"variant": ["gc", "snl", "se"], "plateau": [False, True, None]})
+    assert _not_at_plateau(training, "gc") == ", not at plateau"
+    assert _not_at_plateau(training, "snl") == _not_at_plateau(training, "se") == _not_at_plateau(training, "pooled_fc") == ""
+    assert _not_at_plateau(training.drop(columns="plateau"), "gc") == ""
+
+
+def test_an_infinite_value_is_left_out_of_its_summary():
+    """A locality control's sigma at the uniform limit (inf) is a limit, not a number to average."""
+    from nlanalysis.tables import summarise
+
+    frame = pd.DataFrame({"block": "b", "image_id": [1, 2, 3], "label": "r", "variant": "v", "ctrl_local_sigma_px": [10.0, 20.0, math.inf]})
+    out = summarise(frame, by=("variant",), stats=["ctrl_local_sigma_px"])
+    assert float(out["ctrl_local_sigma_px"].iloc[0]) == pytest.approx(15.0)
 
 
 def _grid(folder, mious: dict[str, list[float]]):

@@ -114,6 +114,10 @@ def test_the_mode_is_active_only_in_the_span_and_a_call_outside_it_is_recomputed
     else:  # a span that starts after the call: nothing is answered
         monkeypatch.setattr(TimmViTAdapter, "sdpa_span", lambda self, m: (m.proj, m.proj))
     x = torch.randn(2, 3, 28, 28)
+    depth = []  # torch's function-mode stack at points outside the span: empty at each
+    for blk in model.blocks:
+        for m in (blk.attn.q_norm, blk.attn.proj, blk.ls1, blk.norm2):
+            m.register_forward_hook(lambda mod, a, o: depth.append(torch._C._len_torch_function_stack()))
     with torch.no_grad():
         bare = model(x)
         runs = {}
@@ -121,6 +125,7 @@ def test_the_mode_is_active_only_in_the_span_and_a_call_outside_it_is_recomputed
             with ViTCapture(model, jsd_pairs=40, share_softmax=share) as cap:  # sampled pairs: one draw per forward
                 out = model(x)
             runs[share] = (out, _stats(cap.records), cap.shared_calls)
+    assert depth and not any(depth)
     assert runs[True][2] == (2 if case == "shared k_norm" else 0)
     assert torch.allclose(runs[True][0], bare, rtol=1e-4, atol=1e-5)
     _same(runs[True][1], runs[False][1])
