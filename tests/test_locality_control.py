@@ -88,6 +88,8 @@ def test_read_words_follow_the_interval_of_the_log_ratio():
     below = row.copy()
     below["log_ratio_same_category_lift_low"], below["log_ratio_same_category_lift_high"] = -0.5, -0.1
     assert locality.read(below)[0].endswith("below its locality control")
+    below["unread_same_category_lift"] = 3
+    assert locality.read(below)[0].endswith("below its locality control (3 images without a readable control left out)")
 
 
 def test_result_sets_without_the_category_lift_are_read_on_the_own_object_lift(tmp_path):

@@ -112,8 +112,13 @@ def summary(sets: list[Path], ann_file: Path) -> tuple[pd.DataFrame, pd.DataFram
         rows[f"log_ctrl_{name}"] = np.log(control)
         rows[f"log_ratio_{name}"] = np.log(rows[name] / control)
         stats += [name, f"log_ctrl_{name}", f"log_ratio_{name}"]
-    finite = rows.assign(ctrl_local_sigma_px=rows["ctrl_local_sigma_px"].where(np.isfinite(rows["ctrl_local_sigma_px"])))
-    return rows, summarise(finite, by=("variant",), stats=stats + ["ctrl_local_sigma_px", "att_distance_px"])
+    table = summarise(rows, by=("variant",), stats=stats + ["ctrl_local_sigma_px", "att_distance_px"])  # inf sigma: left out
+    for name in LIFTS:  # images with the lift but no readable ratio (a control below READABLE, a lift of 0), per group
+        if f"log_ratio_{name}" in rows:
+            missing = rows[name].notna() & ~np.isfinite(rows[f"log_ratio_{name}"])
+            counts = missing.groupby([rows["variant"], rows["block"]], sort=False).sum()
+            table[f"unread_{name}"] = [int(counts.get((v, b), 0)) for v, b in zip(table["variant"], table["block"])]
+    return rows, table
 
 
 def read(row: pd.Series) -> list[str]:
@@ -124,8 +129,10 @@ def read(row: pd.Series) -> list[str]:
         if pd.isna(low):
             continue
         where = "above its locality control" if low > 0 else "below its locality control" if high < 0 else "not distinguishable from locality"
+        unread = int(row.get(f"unread_{name}", 0) or 0)
         words.append(f"{name} {row[name]:.3g} vs locality control {math.exp(row[f'log_ctrl_{name}']):.3g}: ratio "
-                     f"{math.exp(mean):.4g} [{math.exp(low):.4g}, {math.exp(high):.4g}], {where}")  # fmt: skip
+                     f"{math.exp(mean):.4g} [{math.exp(low):.4g}, {math.exp(high):.4g}], {where}"
+                     + (f" ({unread} images without a readable control left out)" if unread else ""))  # fmt: skip
     return words
 
 
