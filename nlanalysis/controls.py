@@ -174,6 +174,16 @@ def _training_markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+#: runs in a design's full grid (PLAN.md: 9 variants x 3 seeds)
+GRID_RUNS = 27
+
+
+def _runs(training: pd.DataFrame) -> str:
+    """``"27 runs"``, or ``"4 of 27 runs: the grid is still training"``."""
+    n = int(training.seeds.sum())
+    return f"{n} runs" if n >= GRID_RUNS else f"{n} of {GRID_RUNS} runs: the grid is still training"
+
+
 def _not_at_plateau(training: pd.DataFrame, variant: str) -> str:
     """``", not at plateau"`` for a variant the plateau rule marks so (PLAN.md: "marked in every table"), else ``""``."""
     row = training[training.variant == variant]
@@ -207,15 +217,15 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             continue
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
-        lines += [f"## {design}", "", f"12-epoch finals ({int(training.seeds.sum())} runs):", "", _training_markdown(training), ""]
+        lines += [f"## {design}", "", f"12-epoch finals ({_runs(training)}):", "", _training_markdown(training), ""]
         try:
             later = training_table(long) if _has_records(long) else None
         except ValueError:  # its first runs, before any reference finished: nothing to pair with yet
             later = None
         if later is not None:  # PLAN.md: the plateau rule's runs, and a second reading of the gate, beside the first
             _write_csv(later, out / f"{design}_training_e24.csv")
-            lines += [f"24-epoch finals ({int(later.seeds.sum())} runs; a second reading beside the 12-epoch one, never in its "
-                      "place):", "", _training_markdown(later), ""]  # fmt: skip
+            lines += [f"24-epoch finals ({_runs(later)}; a second reading beside the 12-epoch one, never in its place):", "",
+                      _training_markdown(later), ""]  # fmt: skip
         extracts = sorted(p for p in (root / design).glob("*_s*") if "_step" not in p.name and (p / "metrics.csv").is_file())
         attention = attention_summary(extracts) if extracts else None
         if attention is not None:

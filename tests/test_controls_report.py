@@ -155,7 +155,8 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     text = write_controls_report(tmp_path / "kept", tmp_path / "out2").read_text()
     assert "NO (+0.080) (2 of 3 seeds)" in text and "| baseline | 3 |" in text
     # the 24-epoch grid's own table and the gate's second reading, beside the first
-    assert "24-epoch finals (5 runs; a second reading" in text and "| gc | 2 | 0.405 (0.007) |" in text
+    assert "24-epoch finals (5 of 27 runs: the grid is still training; a second reading" in text and "| gc | 2 | 0.405 (0.007) |" in text
+    assert "12-epoch finals (6 of 27 runs: the grid is still training)" in text
     assert "Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): gate not decided yet" in text
 
 

@@ -118,7 +118,10 @@ for batch in "${@:-1 2 3 4 5}"; do
                 done
                 [ -d "reports/controls/runs/${d}_e12" ] || continue
                 long=(); [ -d "reports/controls/runs/${d}_e24" ] && long=(--long "reports/controls/runs/${d}_e24")
-                nlanalysis compare-runs "reports/controls/runs/${d}_e12" "${long[@]}" --against baseline gc snl --csv "reports/controls/$d"
+                refs=(); for r in baseline gc snl; do  # the references trained so far (a grid still training has not all)
+                    compgen -G "reports/controls/runs/${d}_e12/${r}_s*.json" >/dev/null && refs+=("$r"); done
+                [ ${#refs[@]} -gt 0 ] || continue
+                nlanalysis compare-runs "reports/controls/runs/${d}_e12" "${long[@]}" --against "${refs[@]}" --csv "reports/controls/$d"
             done ;;
         extract)  # every design's runs not extracted yet (v2 extracts each run as it finishes), one report per design
             for d in query-specific query-specific-v2 query-specific-v3 independent shared; do
