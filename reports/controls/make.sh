@@ -69,6 +69,7 @@ for batch in "${@:-1 2 3 4 5}"; do
         5) grid independent 24 independent; grid shared 24 shared ;;
         v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         v2-24) grid query-specific 24 query-specific-v2 --num-items 4 10 ;;  # v2's plateau rule (as batch 2 is v1's)
+        v2-48) grid query-specific 48 query-specific-v2 --num-items 4 10 ;;  # PLAN.md session 16, 05:50: v2 at 48 epochs, whole grid
         v3)  # PLAN.md, session 13: the marker check on v3's baseline seed 0 (val R^2 >= 0.5), then the batch
             out=runs/controls/query-specific-v3_e12
             [ -f "$out/checkpoints/baseline_s0.pth" ] ||
@@ -150,6 +151,6 @@ for batch in "${@:-1 2 3 4 5}"; do
                 --out reports/controls/locality_trained.csv | tee reports/controls/locality_trained.md ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v2-48, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
     esac
 done
