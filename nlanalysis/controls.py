@@ -174,6 +174,9 @@ def _training_markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+#: the longer schedules (PLAN.md's plateau rule: 24 epochs; v2's extension, session 16: 48), in order, each read beside
+#: the 12-epoch grid as a further reading
+LONGER = ((24, "second"), (48, "third"))
 #: runs in a design's full grid (PLAN.md: 9 variants x 3 seeds)
 GRID_RUNS = 27
 
@@ -218,14 +221,19 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
         training = training_table(short, long)
         _write_csv(training, out / f"{design}_training.csv")
         lines += [f"## {design}", "", f"12-epoch finals ({_runs(training)}):", "", _training_markdown(training), ""]
-        try:
-            later = training_table(long) if _has_records(long) else None
-        except ValueError:  # its first runs, before any reference finished: nothing to pair with yet
-            later = None
-        if later is not None:  # PLAN.md: the plateau rule's runs, and a second reading of the gate, beside the first
-            _write_csv(later, out / f"{design}_training_e24.csv")
-            lines += [f"24-epoch finals ({_runs(later)}; a second reading beside the 12-epoch one, never in its place):", "",
-                      _training_markdown(later), ""]  # fmt: skip
+        longer = []  # PLAN.md: the plateau rule's longer schedules, each a further reading of the gate beside the first
+        for i, (epochs, nth) in enumerate(LONGER):
+            folder = root / f"{design}_e{epochs}"
+            after = root / f"{design}_e{LONGER[i + 1][0]}" if i + 1 < len(LONGER) else None  # its own plateau rule
+            try:
+                table = training_table(folder, after) if _has_records(folder) else None
+            except ValueError:  # its first runs, before any reference finished: nothing to pair with yet
+                table = None
+            if table is not None:
+                _write_csv(table, out / f"{design}_training_e{epochs}.csv")
+                lines += [f"{epochs}-epoch finals ({_runs(table)}; a {nth} reading beside the 12-epoch one, never in its place):",
+                          "", _training_markdown(table), ""]  # fmt: skip
+                longer.append((epochs, nth, table))
         extracts = sorted(p for p in (root / design).glob("*_s*") if "_step" not in p.name and (p / "metrics.csv").is_file())
         attention = attention_summary(extracts) if extracts else None
         if attention is not None:
@@ -239,8 +247,8 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             row = None if attention is None else next((r for _, r in attention.iterrows() if r.variant == GATE_VARIANT), None)
             verdict = f"On `{design}`: {answer(holds, row)}"
             lines += [f"Gate: {sentence}.", ""]
-            if later is not None:
-                lines += [f"Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): {gate(later)[1]}.", ""]
+            for epochs, nth, table in longer:
+                lines += [f"Gate at {epochs} epochs (the {nth} reading; the answer above keeps the 12-epoch one): {gate(table)[1]}.", ""]
     path = out / "README.md"
     tmp = path.with_name("README.md.tmp")
     tmp.write_text("\n".join([*head, "## The answer", "", verdict, "", *lines]) + "\n")

@@ -179,6 +179,14 @@ def test_the_revised_positive_control_gives_the_answer_once_trained(tmp_path):
     v2 = text.split("## query-specific-v2")[1]
     assert "Gate: the gate holds" in v2 and "Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): the gate fails" in v2
     assert (tmp_path / "out" / "query-specific-v2_training_e24.csv").is_file()
+    # and at 48 epochs: the third reading; the 24-epoch table gains its own plateau column (24 -> 48)
+    _grid(tmp_path / "query-specific-v2_e48", {**refs, "gc": [0.40, 0.50, 0.60], "embedded_gaussian": [0.45, 0.57, 0.65]})
+    v2 = write_controls_report(tmp_path, tmp_path / "out").read_text().split("## query-specific-v2")[1]
+    assert "48-epoch finals (12 of 27 runs: the grid is still training; a third reading beside the 12-epoch one" in v2
+    assert "Gate at 48 epochs (the third reading; the answer above keeps the 12-epoch one): the gate holds" in v2
+    e24 = v2.split("24-epoch finals")[1].split("48-epoch finals")[0]
+    eg = next(line for line in e24.splitlines() if line.startswith("| embedded_gaussian |"))
+    assert "| plateau |" in e24 and eg.endswith("| yes |")  # gains 0.05 from 24 to 48, under its 24-epoch sd of 0.1
 
 
 def test_the_report_reads_the_numbers_kept_in_the_repository(tmp_path, monkeypatch):
