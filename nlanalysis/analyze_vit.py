@@ -22,7 +22,7 @@ from .analyze import analyze, records_to_frame  # records_to_frame: one builder 
 from .capture.blocks import check_batch_args
 from .metrics.grouped import grouped_intervals
 from .metrics.intervals import Method
-from .schema import HEAD_MEAN, VIT, frame_ranges, statistic_columns
+from .schema import HEAD_MEAN, RATIOS, VIT, frame_ranges, statistic_columns
 
 __all__ = ["HEAD_MEAN", "STAT_COLUMNS", "analyze_vit", "format_layer_table", "image_intervals", "layer_table", "photo_table", "records_to_frame"]
 
@@ -93,8 +93,10 @@ def image_intervals(
 ) -> pd.DataFrame:
     """Per group of ``keys`` (in key order): ``n_images``, then each column's mean over the group's
     rows (one per image) and its interval (:func:`~nlanalysis.metrics.grouped.grouped_intervals`), cut to
-    the column's range (:func:`nlanalysis.schema.frame_ranges`), as Table 1's are."""
+    the column's range (:func:`nlanalysis.schema.frame_ranges`), as Table 1's are; ratios (:data:`~nlanalysis.schema.RATIOS`):
+    the geometric mean and the interval of the mean log, as there."""
     return grouped_intervals(frame, keys, columns, level=level, method=method, sort=True, bounds=frame_ranges(columns, frame),
+                             geometric=[c for c in columns if c in RATIOS],
                              facts=lambda part: {"n_images": part["image"].nunique()})  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BOTH", "HEAD_MEAN", "NL", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
+    "BOTH", "HEAD_MEAN", "NL", "RATIOS", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
     "locality_control_columns", "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
@@ -210,6 +210,9 @@ REGISTRY: tuple[Column, ...] = (
 )  # fmt: skip
 
 _BY_NAME = {c.name: c for c in REGISTRY}
+
+#: the ratio columns (unit ``ratio``, e.g. ``own_object_lift``): every table summarises them as geometric means.
+RATIOS = frozenset(c.name for c in REGISTRY if c.unit == "ratio")
 
 #: Table 1's statistic columns, in table order (those with a ``header``).
 TABLE1 = (

@@ -137,8 +137,9 @@ def _units(frame: pd.DataFrame) -> pd.Series:
     return ("seed " + seed.astype("Int64").astype(str)).where(seed.notna(), "run " + label)
 
 
-#: ratio statistics (unit ``ratio``, e.g. ``own_object_lift``): summarised on the log scale.
-RATIO_STATS = frozenset(c.name for c in schema.REGISTRY if c.unit == "ratio")
+#: ratio statistics (unit ``ratio``, e.g. ``own_object_lift``): summarised on the log scale
+#: (:func:`~nlanalysis.metrics.grouped.grouped_intervals`'s ``geometric``).
+RATIO_STATS = schema.RATIOS
 
 
 #: the report-side ratios of a lift to its locality control (``extract --locality-control``): ``{ratio: (lift, control)}``
@@ -156,31 +157,6 @@ def with_locality_ratios(frame: pd.DataFrame) -> pd.DataFrame:
             control = frame[ctrl].where(np.isfinite(frame[ctrl]) & (frame[ctrl] >= READABLE))
             found[r] = frame[lift] / control
     return frame.assign(**found) if found else frame
-
-
-def _logs(frame: pd.DataFrame, ratios: Sequence[str]) -> pd.DataFrame:
-    """``frame`` with each of ``ratios`` replaced by its log (non-positive ratios: NaN, left out).
-
-    A ratio such as ``own_object_lift`` (own-object density of the real maps / of the mean-map null)
-    is summarised as the geometric mean over images with the Student-t interval of the mean
-    log-ratio, exponentiated: a ratio's spread is multiplicative (2x and 0.5x are equally far from
-    1), its per-image values are skewed to the right, and the log makes them additive and nearer to
-    normal, so the t interval holds its level better than on the raw ratios or than a ratio of means;
-    the interval is asymmetric, stays positive, and contains 1 exactly when the mean log-ratio's
-    contains 0 (no effect)."""
-    if not ratios:
-        return frame
-    logs = {r: np.log(frame[r].where(frame[r] > 0)) for r in ratios}
-    return frame.assign(**logs)
-
-
-def _exps(out: pd.DataFrame, ratios: Sequence[str]) -> pd.DataFrame:
-    """Undo :func:`_logs` on a summary: the mean log and its interval back to ratios."""
-    for r in ratios:
-        for c in (r, f"{r}_low", f"{r}_high"):
-            if c in out:
-                out[c] = np.exp(out[c].astype(float))
-    return out
 
 
 def _facts(part: pd.DataFrame, level: float) -> dict[str, object]:
@@ -218,7 +194,7 @@ def summarise(
         by: group columns; those missing or all NaN are dropped (e.g. ``step`` of runs whose
             checkpoints do not record it).
         stats: statistic columns to summarise (those absent or all NaN in ``frame`` are skipped; default
-            :data:`TABLE_STATS`, :data:`QUERY_STATS` and the rest of the three tables' columns); ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:func:`_logs`); infinite values are left out.
+            :data:`TABLE_STATS`, :data:`QUERY_STATS` and the rest of the three tables' columns); ratios (:data:`RATIO_STATS`): geometric mean and the interval of the mean log (:mod:`~nlanalysis.metrics.grouped`); infinite values are left out.
         level: confidence level.
 
     Returns:
@@ -241,10 +217,8 @@ def summarise(
         frame = frame.assign(**{s: frame[s].where(np.isfinite(frame[s])) for s in infinite})
     present = [s for s in stats if s in frame and frame[s].notna().any()]
     ratios = [s for s in present if s in RATIO_STATS]
-    bounds = {**schema.frame_ranges(present, frame), **{r: None for r in ratios}}  # logs: any real number
-    out = grouped_intervals(_logs(frame, ratios).assign(_unit=_units(frame)), keys, present, unit="_unit", level=level,
-                            bounds=bounds, facts=lambda part: _facts(part, level))  # fmt: skip
-    out = _exps(out, ratios)
+    out = grouped_intervals(frame.assign(_unit=_units(frame)), keys, present, unit="_unit", level=level, geometric=ratios,
+                            bounds=schema.frame_ranges(present, frame), facts=lambda part: _facts(part, level))  # fmt: skip
     if "step" in keys:  # steps in increasing order within each variant; variants in first-seen order
         rank = out["variant"].map({v: i for i, v in enumerate(dict.fromkeys(out["variant"]))}) if "variant" in keys else 0
         out = out.assign(_rank=rank).sort_values(["_rank", "step"], kind="stable").drop(columns="_rank").reset_index(drop=True)

@@ -104,3 +104,25 @@ def test_summarise_table1_numbers_unchanged_by_the_engine():
     mean, low, high = _t(frame.groupby("seed")["att"].mean())
     assert row["att"] == pytest.approx(mean) and row["att_low"] == pytest.approx(max(low, 0.0))
     assert row["att_high"] == pytest.approx(min(high, 2.0)) and row["seeds"] == 2 and row["images"] == 6
+
+
+def test_geometric_columns_are_the_exponentiated_t_interval_of_the_logs():
+    rng = np.random.default_rng(3)
+    lifts = np.exp(rng.normal(0.2, 0.4, size=8))
+    frame = pd.DataFrame({"layer": 0, "image": range(10), "lift": [*lifts, 0.0, np.inf], "att": rng.uniform(0, 1, size=10)})
+    got = grouped_intervals(frame, ["layer"], ["lift", "att"], geometric=["lift"], bounds={"lift": (0.0, 0.5)}).iloc[0]
+    mean, low, high = _t(np.log(lifts))  # 0 and inf left out; no bounds on a ratio
+    assert (got["lift"], got["lift_low"], got["lift_high"]) == pytest.approx((np.exp(mean), np.exp(low), np.exp(high)), rel=1e-12)
+    assert (got["att"], got["att_low"], got["att_high"]) == pytest.approx(_t(frame["att"]), rel=1e-12)  # arithmetic, as before
+
+
+def test_vit_tables_summarise_ratio_columns_as_geometric_means():
+    frame = _frame()
+    frame["own_object_lift"] = np.exp(np.random.default_rng(4).normal(0.0, 1.0, size=len(frame)))
+    table = layer_table(frame, columns=("own_object_lift",)).set_index("layer")
+    for layer in (0, 1):
+        values = frame[(frame["layer"] == layer) & (frame["head"] == HEAD_MEAN)]["own_object_lift"]
+        mean, low, high = _t(np.log(values))
+        row = table.loc[layer]
+        assert (row["own_object_lift"], row["own_object_lift_low"], row["own_object_lift_high"]) == pytest.approx(
+            (np.exp(mean), np.exp(low), np.exp(high)), rel=1e-12)

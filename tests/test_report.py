@@ -211,3 +211,43 @@ def test_report_of_a_vit_run(tmp_path):
     assert "2 photos given by the caller" in report.index_md.read_text()
     with pytest.raises(ValueError, match="a ViT run is reported alone"):
         write_report([tmp_path / "vit_run", tmp_path / "vit_run"], tmp_path / "rep2", formats=("png",))
+
+
+def test_report_of_a_vit_run_shows_its_object_lifts_over_their_locality_control(tmp_path):
+    """A ViT run on photos with object labels, extracted with the suite and ``--locality-control``: the per-layer query
+    table has the head-mean maps' lifts and each lift's ratio to its control, as geometric means over photos with the
+    t-interval of the mean log (scipy, from metrics.csv); the per-head table has them too."""
+    from scipy import stats as scipy_stats
+
+    from helpers import randomize_
+    from nlanalysis.vit import HEAD_MEAN
+
+    timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="a ViT run needs timm: pip install 'nlanalysis[vit]'")
+    photos = write_photos(tmp_path / "images", n=3, max_side=120)
+    write_coco(tmp_path / "ann.json", photos)
+    model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=7, embed_dim=32, depth=2, num_heads=2, num_classes=0),
+                       std=0.6).eval()  # fmt: skip
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
+                 "--coco-images", str(tmp_path / "images"), "--out", str(tmp_path / "run"), "--jsd-pairs", "0", "--quiet",
+                 "--query-dependence", "cheap", "--locality-control"]) == 0  # fmt: skip
+    metrics = nlanalysis.load_run(tmp_path / "run").metrics
+    report = write_report([tmp_path / "run"], tmp_path / "rep", formats=("png",))
+    table = report.tables["query_layers"].set_index("layer")
+    heads = report.tables["heads"]
+    checked = 0
+    for layer in (0, 1):
+        rows = metrics[(metrics["layer"] == layer) & (metrics["head"] == HEAD_MEAN)]
+        ratio = rows["own_object_lift_objects"] / rows["ctrl_local_own_object_lift_objects"]
+        for name, values in (("own_object_lift_objects", rows["own_object_lift_objects"]), ("own_object_lift_objects_vs_local", ratio)):
+            logs = np.log(values[np.isfinite(values) & (values > 0)].to_numpy(float))
+            assert len(logs) >= 2, name  # two photos with objects: an interval
+            low, high = scipy_stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=scipy_stats.sem(logs))
+            want = (np.exp(logs.mean()), np.exp(low), np.exp(high))
+            got = table.loc[layer, [name, f"{name}_low", f"{name}_high"]].to_numpy(float)
+            np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"{name}, layer {layer}")
+            mean_row = heads[(heads["layer"] == layer) & (heads["head"] == HEAD_MEAN)].iloc[0]
+            assert mean_row[name] == pytest.approx(want[0], rel=1e-9)
+            checked += 1
+    assert checked == 4
+    assert "locality control" in report.index_md.read_text()

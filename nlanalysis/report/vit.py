@@ -35,8 +35,8 @@ from ..analyze import FRAME_COLUMNS
 from ..extract.locality import parse_peak_offsets
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
-from ..schema import VIT, query_columns
-from ..tables import caption
+from ..schema import VIT, locality_control_columns, object_columns, query_columns
+from ..tables import caption, with_locality_ratios
 from .explore_links import PageWriter, explore_lines
 from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
@@ -136,8 +136,9 @@ def _photo_files(folder: Path, photos: Mapping[str, np.ndarray]) -> tuple[str, .
 def vit_frames(run: ResultSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A ViT run's rows as the report tables them: ``(per image x layer x head, peak offsets)``.
 
-    The first, layer by layer, has the columns of :func:`nlanalysis.analyze_vit` (``image``: the photo's id) plus
-    the locality (``att_local``, ``att_local_uniform``) and each row's commonest peak offset
+    The first, layer by layer, has the columns of :func:`nlanalysis.analyze_vit` (``image``: the photo's id), the
+    query-dependence suite's and the object-context lifts with their locality control where measured (and the lifts' ratios
+    to that control, :func:`~nlanalysis.tables.with_locality_ratios`), plus the locality (``att_local``, ``att_local_uniform``) and each row's commonest peak offset
     (``peak_dy``, ``peak_dx``; ties to the first in ``(dy, dx)`` order) with its share of the queries
     (``peak_share``); the second one row per row and peak offset (:func:`~nlanalysis.extract.locality.parse_peak_offsets`).
     """
@@ -155,7 +156,9 @@ def vit_frames(run: ResultSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = frame.iloc[np.lexsort((frame["image"].map(order), frame["layer"]))].reset_index(drop=True)
     columns = [c for c in FRAME_COLUMNS[VIT] if c in frame] + ["att_local", "att_local_uniform", "peak_dy", "peak_dx", "peak_share"]
     columns += [c for c in query_columns(VIT) if c in frame and c not in columns]  # the query-dependence suite, where measured
-    return frame[columns], offsets
+    # the object-context lifts and their locality control (extract with objects / --locality-control), where measured
+    columns += [c for c in (*object_columns(VIT), *locality_control_columns(VIT)) if c in frame and c not in columns]
+    return with_locality_ratios(frame[columns]), offsets
 
 
 def write_vit_files(

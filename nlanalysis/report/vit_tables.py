@@ -126,15 +126,18 @@ def layers_caption(n_photos: int, keys: str, n_heads: int) -> str:
 
 
 def measured_query_columns(frame: pd.DataFrame) -> list[str]:
-    """The query-dependence suite's columns a ViT run measured (not all NaN), and its form control."""
-    return [c for c in ("ctrl_form_att", *query_columns(VIT)) if c in frame and frame[c].notna().any()]
+    """The query-dependence suite's columns a ViT run measured (not all NaN), its form control, and the object-context
+    lifts of :data:`~nlanalysis.tables.QUERY_TABLE_STATS` with their ratios to the locality control (a run on photos with
+    object labels; ratios are summarised as geometric means)."""
+    lifts = [c for c in QUERY_TABLE_STATS if c in RATIO_STATS]
+    return [c for c in ("ctrl_form_att", *query_columns(VIT), *lifts) if c in frame and frame[c].notna().any()]
 
 
 def query_layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame | None:
     """Per layer, the head-mean maps' query-dependence columns (:data:`~nlanalysis.tables.QUERY_TABLE_STATS`
-    the run measured; mean and CI over photos), or None without the suite."""
+    the run measured; mean and CI over photos, ratios as geometric means), or None without the suite and lifts."""
     means = frame[frame["head"] == HEAD_MEAN]
-    cols = [c for c in QUERY_TABLE_STATS if c in measured_query_columns(means) + ["att"] and c not in RATIO_STATS]
+    cols = [c for c in QUERY_TABLE_STATS if c in measured_query_columns(means) + ["att"]]
     if not set(cols) - {"att", "ctrl_form_att"}:
         return None
     table = layer_table(frame, columns=cols, head=HEAD_MEAN, level=level)
