@@ -288,6 +288,24 @@ def test_timm_nonlocal_attn_training_checkpoint(tmp_path, resnet50_state):
     assert_same_blocks(net, [f"layer3.{i}.se" for i in range(6)], loaded, "")
 
 
+def test_given_use_scale_wins_over_a_layouts_own_logit_factor(tmp_path, resnet50_state):
+    """``use_scale=False`` given: timm's ``C**-0.5`` and the GCNet repository's ``sqrt(C')`` go too (they used to win
+    over the flag, silently); the blocks then equal their references built without a scale."""
+    timm_layers = pytest.importorskip("timm.layers", reason="timm not installed")
+    net = reference(resnet50_state, {"se": lambda c: timm_layers.NonLocalAttn(c, use_scale=False)}, stages=(3,))
+    torch.save({"arch": "resnet50", "state_dict": net.state_dict()}, tmp_path / "timm.pth.tar")
+    loaded = load_checkpoint(tmp_path / "timm.pth.tar", overrides={"use_scale": False})
+    assert any("factor" in n and "dropped" in n for n in loaded.notes)
+    assert_same_blocks(net, [f"layer3.{i}.se" for i in range(6)], loaded, "")
+
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, use_scale=False)}, stages=(2,))
+    path = tmp_path / "gcnet_nl.pth"
+    torch.save({"meta": {"mmdet_version": "1.0.0"}, "state_dict": detector_keys(net.state_dict())}, path)
+    assert load_checkpoint(path).format.startswith("GCNet repository")
+    loaded = load_checkpoint(path, overrides={"use_scale": False})
+    assert_same_blocks(net, [f"layer2.{i}.nonlocal_block" for i in range(4)], loaded, "backbone.")
+
+
 def test_native_round_trip(tmp_path, resnet50_state):
     net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, mode="dot_product")}, stages=(3,))
     path = tmp_path / "plain.pth"

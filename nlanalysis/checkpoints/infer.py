@@ -160,6 +160,19 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str) -> list[str
     return notes
 
 
+def _given_scale(block: BlockSpec, use: bool) -> list[str]:
+    """``use_scale`` given for an NL block: a layout's own logit factor (``logit_scale``: timm's ``C**-0.5``, the GCNet
+    repository's ``sqrt(C')``) goes with ``use_scale=False``, and a layout without one (AlexHex7's 1.0) takes mmcv's
+    ``C'**-0.5`` with ``use_scale=True``; else the factor would win over the flag (``blocks.non_local``)."""
+    block.options["use_scale"] = use
+    own = block.options.get("logit_scale")
+    if own is None or (use and own != 1.0):
+        return []
+    del block.options["logit_scale"]
+    now = "none" if not use else "mmcv's 1/sqrt(C')"
+    return [f"{block.name}: logit scale {now} (use_scale={use} given; the layout's own factor {own:.4g} dropped)"]
+
+
 def apply_overrides(arch: ResNetArch, overrides: dict[str, Any]) -> list[str]:
     """Explicit settings (CLI flags) win over config and keys: ``style``, ``nl_mode``, ``use_scale``, ``position``."""
     notes = []
@@ -173,7 +186,7 @@ def apply_overrides(arch: ResNetArch, overrides: dict[str, Any]) -> list[str]:
                     raise ValueError(f"{block.name}: its keys are those of mode {block.options.get('mode')}, not {overrides['nl_mode']}")
                 block.options["mode"] = overrides["nl_mode"]
             if overrides.get("use_scale") is not None:
-                block.options["use_scale"] = bool(overrides["use_scale"])
+                notes += _given_scale(block, bool(overrides["use_scale"]))
         if overrides.get("position") and block.position != "standalone":
             block.position = overrides["position"]
     return notes
