@@ -24,8 +24,9 @@ class Preprocess:
         mean, std: per channel, in the units of the 0..255 image, in the model's channel order.
         to_rgb: convert BGR (OpenCV-loaded) images to RGB before normalising; for images already
             in RGB it means "the model expects RGB".
-        scale: ``(long side, short side)`` bound of the resize, mmdetection's ``(1333, 800)``.
-        keep_ratio: keep the aspect ratio (fit inside ``scale``), else resize to exactly ``scale``.
+        scale: the resize's ``scale`` as the config gives it, ``(w, h)``, mmdetection's ``(1333, 800)``.
+        keep_ratio: keep the aspect ratio (fit inside ``scale``'s long and short side, either orientation), else resize
+            every image to exactly ``w x h`` (a portrait image too, as mmcv's ``imresize(img, (w, h))``).
         pad_divisor: pad height and width to a multiple of this (0: no padding).
         source: where these values come from (for ``inspect``).
     """

@@ -66,9 +66,8 @@ def image_region(
 
 def resized_size(h: int, w: int, pre: Preprocess) -> tuple[int, int]:
     """``(H, W)`` an ``h x w`` image is resized to before padding, as :func:`prepare_image` does."""
-    if not pre.keep_ratio:
-        long_side, short_side = pre.scale
-        return (short_side, long_side) if h <= w else (long_side, short_side)
+    if not pre.keep_ratio:  # exactly the config's (w, h), whatever the image's orientation (mmcv.imresize(img, (w, h)))
+        return pre.scale[1], pre.scale[0]
     long_side, short_side = max(pre.scale), min(pre.scale)
     factor = min(long_side / max(h, w), short_side / min(h, w))
     return int(h * factor + 0.5), int(w * factor + 0.5)
