@@ -230,6 +230,7 @@ def test_symbolic_links_inside_the_image_folder_are_followed(coco, tmp_path):
         ("height", 0, r"images\[0\] \('photo_000.jpg'\): height 0 is not a positive 32-bit integer"),
         ("bbox", [1, 2, float("nan"), 4], r"annotations\[0\] \(id 101\): bbox .* is not \[x, y, w, h\]"),
         ("bbox", [1, 2, -3, 4], r"annotations\[0\] \(id 101\): bbox .* w, h >= 0"),
+        ("bbox", None, r"annotations\[0\] \(id 101\): bbox None is not \[x, y, w, h\]"),
         ("iscrowd", 2, r"annotations\[0\] \(id 101\): iscrowd 2 is not 0 or 1"),
         ("segmentation", {"counts": "zzzz", "size": [10, 10]}, r"annotations\[0\] \(id 101\): segmentation is neither"),
         ("segmentation", {"counts": [0, 5], "size": [10, 10]}, r"annotations\[0\] \(id 101\): segmentation is neither"),
@@ -366,3 +367,59 @@ def test_query_counts_are_capped_at_the_grid(recwarn):
     assert len(recwarn) == 2 and all("--queries" in str(w.message) and "at most one point per cell" in str(w.message) for w in recwarn)
     few = select_queries(parse_queries("grid:3"), (224, 224), rng, input_size=(224, 224), grids=[(14, 14)])
     assert len(few.yx) == 9 and len(recwarn) == 2  # no cap, no warning
+
+
+# -- EXIF orientation and the size a COCO entry states ---------------------------------------------
+def _sideways_png(path, raw: np.ndarray, orientation: int = 6) -> None:
+    """``raw`` stored as it is, with an EXIF orientation tag (6: shown turned 90 degrees clockwise)."""
+    from PIL import Image
+
+    img = Image.fromarray(raw)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif)
+
+
+def test_exif_orientation_turns_the_pixels_as_displayed(tmp_path):
+    from nlanalysis.data import image_size
+
+    raw = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    _sideways_png(tmp_path / "side.png", raw)
+    shown = load_image(tmp_path / "side.png")
+    assert np.array_equal(shown, np.rot90(raw, k=-1))  # orientation 6: the stored rows become columns, turned clockwise
+    assert image_size(tmp_path / "side.png") == (70, 40) and image_size(tmp_path / "side.png", orient=False) == (40, 70)
+    assert np.array_equal(load_image(tmp_path / "side.png", orient=False), raw)
+    cv2 = pytest.importorskip("cv2", reason="OpenCV, to compare with what mmcv's imread gives")
+    assert np.array_equal(cv2.imread(str(tmp_path / "side.png"), cv2.IMREAD_COLOR)[..., ::-1], shown)
+
+
+def test_a_coco_image_is_read_in_the_frame_its_entry_states_or_fails_by_name(coco, tmp_path):
+    """An entry whose size is the stored (not the displayed) one is read as stored, its objects where it says;
+    an entry of a size the file has neither way is a failure row naming the file and both sizes, not objects drawn
+    into the wrong grid."""
+    import json
+
+    from extract_inputs import one_thread, tiny_checkpoint
+    from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_run, run_extract
+    from nlanalysis.extract.runner import _ImageDataset
+
+    ann, images, data = coco
+    first, second = data["images"]
+    raw = load_image(images / first["file_name"])
+    first["file_name"] = "sideways.png"
+    _sideways_png(images / "sideways.png", raw)  # stored as the entry's height x width, shown turned
+    second["height"], second["width"] = 2 * second["height"], 2 * second["width"]  # a file of half the stated size
+    ann.write_text(json.dumps(data))
+    from nlanalysis.extract import coco_images
+
+    items = coco_images(ann, images)
+    loaded = _ImageDataset(items, lambda image: image, None, objects=False)
+    assert np.array_equal(loaded[0].prep, raw) and loaded[0].error is None
+    with one_thread():
+        spec = RunSpec(model=ModelSpec(tiny_checkpoint(tmp_path / "tiny.pth")), data=DataSpec(coco_ann=ann, coco_images=images),
+                       output=OutputSpec(tmp_path / "out"), measure=MeasureSpec(jsd_pairs=0))  # fmt: skip
+        run = load_run(run_extract(spec, progress=False).path)
+    assert run.failures["image_id"].tolist() == [second["id"]]
+    reason = run.failures["reason"][0]
+    assert second["file_name"] in reason and f"says {second['height']} x {second['width']}" in reason
+    assert run.metrics["image_id"].unique().tolist() == [first["id"]]

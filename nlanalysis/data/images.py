@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PHOTO_FILES", "ImageReadError", "load_image", "photo_file", "sample_photos"]
+__all__ = ["PHOTO_FILES", "ImageReadError", "image_size", "load_image", "photo_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
@@ -23,8 +23,12 @@ class ImageReadError(OSError):
 _EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     """Read an image file as ``uint8`` RGB ``[H, W, 3]`` (the first frame of an animation).
+
+    ``orient``: turn the pixels as the file's EXIF orientation says (a phone photo stored sideways), as
+    OpenCV's ``IMREAD_COLOR`` (mmcv's ``imread``), PIL's ``exif_transpose`` and image viewers do; ``False``:
+    the stored pixels as they are (:func:`image_size` gives the size either way without decoding).
 
     8-bit images are converted by PIL. High-bit-depth and float images are scaled to the 8-bit
     range the preprocessing expects: 16-bit gray ``v`` becomes ``round(v / 257)`` (65535 is white;
@@ -47,7 +51,12 @@ def load_image(path: str | Path) -> np.ndarray:
             if img.format == "PNG":
                 _check_png_crcs(path)
             img.load()
-            return _to_rgb8(img, path)
+            fmt = img.format
+            if orient and _orientation(img) != 1:
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(img)
+            return _to_rgb8(img, path, fmt)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as err:
@@ -57,6 +66,31 @@ def load_image(path: str | Path) -> np.ndarray:
         ) from err
     except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
         raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+#: EXIF orientations (tag 0x0112) whose display swaps width and height
+_TRANSPOSING = (5, 6, 7, 8)
+
+
+def _orientation(img: Any) -> int:
+    """The EXIF orientation of an open PIL image (1: as stored; unreadable or odd values count as 1)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
+    """``(H, W)`` of :func:`load_image` ``(path, orient=orient)`` from the file's header, without decoding its pixels
+    (any error of opening the file is raised as it comes)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        if orient and _orientation(img) in _TRANSPOSING:
+            h, w = w, h
+    return h, w
 
 
 def _check_png_crcs(path: Path) -> None:
@@ -80,12 +114,13 @@ def _check_png_crcs(path: Path) -> None:
             pos = f.tell()
 
 
-def _to_rgb8(img: Any, path: Path) -> np.ndarray:
-    """A loaded PIL image as ``uint8 [H, W, 3]``, high-bit-depth and float pixels scaled (see :func:`load_image`)."""
+def _to_rgb8(img: Any, path: Path, fmt: str | None) -> np.ndarray:
+    """A loaded PIL image (of file format ``fmt``) as ``uint8 [H, W, 3]``, high-bit-depth and float pixels scaled (see
+    :func:`load_image`)."""
     mode = img.mode
     if mode in _EIGHT_BIT_MODES:
         return np.asarray(img.convert("RGB"))
-    if mode.startswith("I;16") or (mode == "I" and img.format == "PNG"):  # PNG has no 32-bit pixels
+    if mode.startswith("I;16") or (mode == "I" and fmt == "PNG"):  # PNG has no 32-bit pixels
         gray = np.asarray(img).astype(np.float64) / 257.0
     elif mode == "F":
         gray = np.asarray(img, dtype=np.float64)

@@ -133,7 +133,7 @@ def _check_annotation(ann: Any, where: str, with_category: bool) -> None:
     if with_category:
         _int_field(ann, "category_id", where)
     bbox = ann.get("bbox")
-    if bbox is not None and not (
+    if "bbox" in ann and not (  # a bbox given as null too: absent, say so; present, it must be a box
         isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0
     ):
         raise CocoFileError(f"{where} (id {ann['id']}): bbox {bbox!r} is not [x, y, w, h] of finite numbers with w, h >= 0")

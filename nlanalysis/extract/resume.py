@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..data import image_size
 from .sources import ImageItem
 from .store import RunStore, _read_json, now, sha256_file
 
@@ -119,10 +120,7 @@ def _input_shape(
         return shape_of(int(h or 0), int(w or 0))
     if not (h and w):
         try:
-            from PIL import Image
-
-            with Image.open(item.path) as img:
-                w, h = img.size
+            h, w = image_size(item.path)  # as load_image turns it (EXIF orientation)
         except Exception:  # unreadable: it fails (alone) when loaded
             return None
     return shape_of(int(h), int(w))

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import ImageReadError, load_image
+from ..data import ImageReadError, image_size, load_image
 from ..data.transforms import Prepared
 from ..metrics.threads import free_core_threads
 from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
@@ -164,7 +164,7 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> _Loaded:
         item = self.items[i]
         try:
-            prep = self.prepare(load_image(item.path))
+            prep = self.prepare(_annotated_pixels(item))
         except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
             return _Loaded(item, error=_reason(item, err))
         out = _Loaded(item, prep=prep)
@@ -174,6 +174,20 @@ class _ImageDataset(torch.utils.data.Dataset):
         except Exception as err:
             return _Loaded(item, error=_reason(item, err, "annotations"))
         return out
+
+
+def _annotated_pixels(item: ImageItem) -> np.ndarray:
+    """``item``'s pixels in the frame its COCO entry states (``height`` x ``width``, which its annotations are drawn in):
+    as displayed (EXIF orientation applied, as mmcv reads images), else as stored where only that has the stated size;
+    ValueError where neither has it (a different file, or annotations made at another size)."""
+    pixels = load_image(item.path)
+    if item.height is None or item.width is None or pixels.shape[:2] == (item.height, item.width):
+        return pixels
+    if image_size(item.path, orient=False) == (item.height, item.width):
+        return load_image(item.path, orient=False)
+    h, w = pixels.shape[:2]
+    raise ValueError(f"{item.path}: the file decodes to {h} x {w} pixels (height x width) but its COCO entry (image id "
+                     f"{item.image_id!r}) says {item.height} x {item.width}: a different file, or annotations made at another size")
 
 
 def _reason(item: ImageItem, err: BaseException, stage: str = "") -> str:

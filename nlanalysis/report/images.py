@@ -67,8 +67,11 @@ def load_pixels(path: Path | None, maps: ImageMaps) -> np.ndarray | None:
         return None
     from ..data import ImageReadError, load_image
 
-    try:
+    size = tuple(int(v) for v in maps["original_size"])
+    try:  # as extract read it: as displayed, or as stored where only that has the size of the maps' image
         pixels = load_image(path)
+        if pixels.shape[:2] != size:
+            pixels = load_image(path, orient=False)
     except ImageReadError:
         return None
-    return pixels if pixels.shape[:2] == tuple(int(v) for v in maps["original_size"]) else None
+    return pixels if pixels.shape[:2] == size else None
