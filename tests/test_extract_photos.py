@@ -58,6 +58,11 @@ def test_photo_images_are_the_sample_photos_in_their_order_with_the_same_pixels(
         photo_images(("nope",))
     with pytest.raises(ValueError, match="--photos"):
         DataSpec(photos=(), images=("x.png",))
+    file = items[0].path  # one name twice would write one image's rows over the other's; an unknown id is refused as files'
+    with pytest.raises(ValueError, match="the name 'a' is given twice"):
+        photo_images((f"a={file}", f"a={items[1].path}"))
+    with pytest.raises(ValueError, match=r"--image-ids: bb not among the photos \(a\)"):
+        photo_images((f"a={file}",), image_ids=("a", "bb"))
 
 
 def test_points_queries_are_fractions_of_the_photo_moved_to_their_patch_centre():

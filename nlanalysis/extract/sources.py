@@ -229,7 +229,13 @@ def photo_images(
             if photos:
                 raise
             continue
+        if any(it.image_id == name for it in items):  # one id, two images: one's rows would overwrite the other's
+            raise ValueError(f"--photos: the name {name!r} is given twice; each photo needs its own name (NAME=PATH)")
         items.append(ImageItem(image_id=name, file_name=file.name, path=str(file), key=_safe_key(name)))
     if image_ids is not None:
-        items = [it for it in items if it.image_id in {str(i) for i in image_ids}]
+        wanted = {str(i) for i in image_ids}
+        unknown = sorted(wanted - {it.image_id for it in items})
+        if unknown:
+            raise ValueError(f"--image-ids: {_few(unknown)} not among the photos ({', '.join(it.image_id for it in items)})")
+        items = [it for it in items if it.image_id in wanted]
     return select(items, limit=limit, seed=seed, what="photos")
