@@ -354,3 +354,21 @@ def test_an_image_too_small_for_the_grid_is_a_failure_row_not_nan_rows(data, tmp
     assert run.metrics["image_id"].unique().tolist() == [p.name for p in sorted((root / "images").iterdir())[:1]]
     assert run.metrics["n_query"].gt(0).all()
     assert not run.metrics[["input", "att"]].isna().any().any()
+
+
+# -- found by a review of extract (2026-12-05) ------------------------------------------------------
+
+
+def test_images_named_like_missing_values_keep_their_names(data, tmp_path):
+    from nlanalysis.extract import load_run
+
+    root, _ = data
+    photos = sorted((root / "images").glob("*.jpg"))
+    named = [f"{name}={path}" for name, path in zip(("NA", "null", "ok"), photos)]
+    args = _args(data, tmp_path / "r", "--image-ids", "NA", "null", "ok")
+    args[args.index("--images") : args.index("--images") + 2] = ["--photos", *named]
+    assert main(args) == 0
+    run = load_run(tmp_path / "r")
+    rows = run.metrics.groupby("image_id", dropna=False).size().to_dict()
+    assert rows == dict.fromkeys(("NA", "null", "ok"), run.metrics["block"].nunique())  # not one NaN id for two images
+    assert sorted(set(run.metrics["file_name"])) == sorted(p.name for p in photos)

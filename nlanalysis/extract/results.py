@@ -12,7 +12,7 @@ import pandas as pd
 from ..metrics.grouped import grouped_intervals
 from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
-from .store import FAILURE_COLUMNS, RunStore, frame_from_csv, read_csv
+from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
 
 __all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
@@ -107,8 +107,8 @@ def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame,
     id_type = info["settings"]["selection"]["id_type"]
     metrics_csv, failures_csv = store.root / "metrics.csv", store.root / "failures.csv"
     metrics = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv)
-    failures = (read_csv(failures_csv, dtype={"image_id": id_type, "file_name": str}) if failures_csv.is_file()
-                else pd.DataFrame(columns=FAILURE_COLUMNS))  # fmt: skip
+    failures = frame_from_csv(failures_csv.read_text(), id_type, failures_csv) if failures_csv.is_file() else pd.DataFrame()
+    failures = failures if len(failures.columns) else pd.DataFrame(columns=FAILURE_COLUMNS)
     counts = info.get("counts") or {}
     complete = bool(info.get("complete")) and counts.get("done") == (metrics["image_id"].nunique() if len(metrics) else 0)
     return ResultSet(store.root, metrics, failures, images, info, maps, complete, str(metrics_csv))

@@ -360,7 +360,15 @@ def read_csv(source: str | os.PathLike[str] | io.StringIO, *, where: Any = None,
 
 
 def frame_from_csv(text: str, id_type: str, where: Any = "metrics") -> pd.DataFrame:
-    """A metrics table from CSV text (empty table for empty text); errors name ``where``."""
+    """A metrics (or failures) table from CSV text (empty table for empty text); errors name ``where``.
+
+    ``image_id`` (typed ``id_type``) and ``file_name`` are read as written: a photo or file called ``NA``, ``null`` or
+    ``nan`` keeps its name (pandas would read it as missing, and two such images as one NaN id)."""
     if not text.strip():
         return pd.DataFrame()
-    return read_csv(io.StringIO(text), where=where, dtype={"image_id": id_type, "file_name": str})
+    frame = read_csv(io.StringIO(text), where=where, dtype={"image_id": id_type, "file_name": str})
+    names = [c for c in ("image_id", "file_name") if c in frame and not pd.api.types.is_integer_dtype(frame[c])]
+    if names:  # the text columns again, with no value taken for missing
+        kept = read_csv(io.StringIO(text), where=where, usecols=names, dtype=str, keep_default_na=False)
+        frame[names] = kept[names]
+    return frame
