@@ -372,3 +372,57 @@ def test_images_named_like_missing_values_keep_their_names(data, tmp_path):
     rows = run.metrics.groupby("image_id", dropna=False).size().to_dict()
     assert rows == dict.fromkeys(("NA", "null", "ok"), run.metrics["block"].nunique())  # not one NaN id for two images
     assert sorted(set(run.metrics["file_name"])) == sorted(p.name for p in photos)
+
+
+def test_maps_of_an_image_that_is_not_done_are_not_the_runs(data, with_maps, tmp_path):
+    """A process killed after an image's maps but before its part leaves the maps; when the image then fails, they
+    are removed, and load_run never serves maps of an image without rows."""
+    import shutil
+
+    from nlanalysis.extract import load_run
+
+    root, _ = data
+    images = shutil.copytree(root / "images", tmp_path / "images")
+    out = _copy(with_maps, tmp_path)
+    first = load_run(out).images.iloc[0]
+    key = first["key"]
+    (out / "parts" / f"{key}.csv").unlink()  # the state of a kill right after maps/KEY.npz
+    (out / "checks" / f"{key}.json").unlink()
+    assert first["image_id"] not in load_run(out).maps  # not done: not served
+    (images / first["file_name"]).write_bytes(b"not an image")  # and on resume it fails
+    args = _args(data, out, "--save-maps")
+    args[args.index("--images") + 1] = str(images)
+    assert main(args) == 1  # an image failed
+    run = load_run(out)
+    assert run.failures["image_id"].tolist() == [first["image_id"]] and first["image_id"] not in run.maps
+    assert not (out / "maps" / f"{key}.npz").exists()
+
+
+def test_metrics_csv_is_trusted_only_for_the_parts_it_holds(with_maps, tmp_path, monkeypatch):
+    """Another shard may finish an image while one assembles: metrics.csv then lacks a part that run.json's counts
+    have; load_run reads the parts instead of missing that image."""
+    import shutil
+
+    from nlanalysis.extract import load_run
+    from nlanalysis.extract.store import RunStore
+
+    out = _copy(with_maps, tmp_path)
+    late = load_run(out).images.iloc[-1]["key"]
+    held = tmp_path / "held"
+    held.mkdir()
+    for sub, ext in (("parts", "csv"), ("checks", "json"), ("maps", "npz")):
+        shutil.move(out / sub / f"{late}.{ext}", held / f"{sub}.{ext}")
+    read = RunStore.read_metrics_text
+
+    def other_shard_finishes_meanwhile(self, keys, got=None):
+        text = read(self, keys, got)
+        for sub, ext in (("maps", "npz"), ("checks", "json"), ("parts", "csv")):
+            shutil.move(held / f"{sub}.{ext}", out / sub / f"{late}.{ext}")
+        return text
+
+    monkeypatch.setattr(RunStore, "read_metrics_text", other_shard_finishes_meanwhile)
+    info = RunStore(out).assemble()
+    monkeypatch.undo()
+    assert info["counts"]["done"] == 3 and info["assembled_parts"] == 2
+    run = load_run(out)
+    assert run.metrics_source.startswith(str(out / "parts")) and run.metrics["image_id"].nunique() == 3

@@ -12,7 +12,7 @@ import pandas as pd
 from ..metrics.grouped import grouped_intervals
 from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
-from .store import FAILURE_COLUMNS, RunStore, frame_from_csv
+from .store import FAILURE_COLUMNS, RunStore, frame_from_csv, parts_digest
 
 __all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
@@ -89,10 +89,14 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     id_type = info["settings"]["selection"]["id_type"]
     keys = images["key"].tolist()
     metrics_csv = store.root / "metrics.csv"
-    maps = MapsIndex(store.maps, dict(zip(images["image_id"], images["key"])))
+    ids = dict(zip(images["image_id"], images["key"]))
     if not store.parts.is_dir() and metrics_csv.is_file():
-        return _load_assembled(store, info, images, maps)
-    if metrics_csv.is_file() and info.get("assembled_parts") == len(store.done_keys() & set(keys)):
+        return _load_assembled(store, info, images, MapsIndex(store.maps, ids))
+    done = store.done_keys()  # maps of images not done (left by a process killed before their part) are not the run's
+    maps = MapsIndex(store.maps, {i: key for i, key in ids.items() if key in done})
+    done_here = done & set(keys)  # metrics.csv is read where it holds exactly these parts (older run.json: as many)
+    fresh = info["assembled_keys"] == parts_digest(done_here) if "assembled_keys" in info else info.get("assembled_parts") == len(done_here)
+    if metrics_csv.is_file() and fresh:
         metrics, source = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv), str(metrics_csv)
     else:  # not assembled yet (running or killed): read the parts
         metrics, source = frame_from_csv(store.read_metrics_text(keys), id_type, store.parts), f"{store.parts} (its parts in run order)"

@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "merge_runs", "now", "read_csv", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "merge_runs", "now", "parts_digest", "read_csv", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -222,8 +222,12 @@ class RunStore:
         self.failure_path(key).unlink(missing_ok=True)
 
     def write_failure(self, item: ImageItem, reason: str) -> None:
+        """Record why ``item`` failed; maps and checks an earlier, killed attempt left for it go (they are not the run's)."""
         row = {"image_id": item.image_id, "file_name": item.file_name, "path": item.path, "reason": reason}
         _write_json(self.failure_path(item.key), row)
+        if not self.part_path(item.key).is_file():
+            for p in (self.maps_path(item.key), self.check_path(item.key)):
+                p.unlink(missing_ok=True)
 
     def write_session(self, shard: str, session: dict[str, Any]) -> None:
         """Append (or update, by ``session['id']``) one session of ``shard``."""
@@ -234,8 +238,8 @@ class RunStore:
             _write_json(path, {"shard": shard, "sessions": sessions})
 
     # -- assembly ----------------------------------------------------------------------------
-    def read_metrics_text(self, keys: Sequence[str]) -> str:
-        """The CSV text of all parts of ``keys`` (in that order), one header.
+    def read_metrics_text(self, keys: Sequence[str], read: list[str] | None = None) -> str:
+        """The CSV text of all parts of ``keys`` (in that order), one header; ``read`` gets the keys whose parts it holds.
 
         Each part must have the header most parts have and that many fields on every line; a
         part that does not is named (not the next good one)."""
@@ -247,6 +251,8 @@ class RunStore:
                 continue
             except UnicodeDecodeError:
                 raise ValueError(f"{self.part_path(key)}: not text (a damaged part); rerun extract with the same arguments to redo it") from None
+        if read is not None:
+            read.extend(texts)
         if not texts:
             return ""
         header = Counter(t.partition("\n")[0] for t in texts.values()).most_common(1)[0][0]
@@ -270,8 +276,9 @@ class RunStore:
         with self.lock():
             info = self.info()
             keys = self.keys()  # not typed ids: assembly must not fail on an id, whatever the selection held
+            read: list[str] = []  # the parts metrics.csv holds (another shard may add one meanwhile: it is not counted)
             with atomic_write(self.root / "metrics.csv") as f:
-                f.write(self.read_metrics_text(keys))
+                f.write(self.read_metrics_text(keys, read))
             failed = self.failed_keys() - self.done_keys()
             rows = [_read_json(self.failure_path(k)) for k in keys if k in failed]
             with atomic_write(self.root / "failures.csv") as f:
@@ -285,10 +292,16 @@ class RunStore:
                 started=min((s["started"] for s in sessions), default=info.get("started")),
                 finished=max((s.get("finished") or "" for s in sessions), default=None) if counts["pending"] == 0 else None,
                 shards=shards,
-                assembled_parts=counts["done"],
+                assembled_parts=len(read),
+                assembled_keys=parts_digest(read),
             )
             _write_json(self.run_json, info)
             return info
+
+
+def parts_digest(keys: Iterable[str]) -> str:
+    """The sha256 of a set of image keys (``run.json``'s ``assembled_keys``: which parts ``metrics.csv`` holds)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
 def _file_check(data: bytes) -> dict[str, Any]:
