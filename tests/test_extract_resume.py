@@ -113,6 +113,39 @@ def test_shards_merge_to_one_run(data, reference, tmp_path, capsys):
         merge_runs(shards, tmp_path / "merged")
 
 
+def test_merge_refuses_what_it_cannot_read_whole_and_leaves_no_half_merge(data, tmp_path):
+    """A damaged part (cut at a line end: still CSV), a result set copied without its parts, or inputs holding no
+    image: refused naming the input file, and --out stays as it was (the merge is built beside it, then renamed)."""
+    import shutil
+
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, out in enumerate(shards):
+        assert main(_args(data, out, "--shard", f"{i}/2")) == 0
+    part = sorted((shards[1] / "parts").glob("*.csv"))[0]
+    whole = part.read_text()
+    part.write_text(whole.rsplit("\n", 2)[0] + "\n")  # the last row gone, a line boundary kept
+    with pytest.raises(ValueError, match=f"{part}: .* bytes, .* were written .*rerun extract with that folder's arguments"):
+        merge_runs(shards, tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.merging.*"))
+    part.write_text(whole)
+    copy = tmp_path / "copied"
+    copy.mkdir()
+    for name in ("metrics.csv", "failures.csv", "run.json", "images.csv"):
+        shutil.copy2(shards[1] / name, copy / name)
+    with pytest.raises(ValueError, match=f"{copy} holds no parts/"):
+        merge_runs([shards[0], copy], tmp_path / "m")
+    empty = tmp_path / "empty"
+    shutil.copytree(shards[1], empty)
+    for sub in ("parts", "checks", "maps", "failed"):
+        shutil.rmtree(empty / sub)
+        (empty / sub).mkdir()
+    with pytest.raises(ValueError, match="holds an analysed or failed image; nothing to merge"):
+        merge_runs([empty], tmp_path / "m")
+    (tmp_path / "m").mkdir()  # an empty --out is taken
+    assert merge_runs(shards, tmp_path / "m")["counts"]["pending"] == 0
+    assert not list(tmp_path.glob(".m.merging.*"))
+
+
 def test_torchrun_ranks_share_one_folder(data, reference, tmp_path, monkeypatch):
     """Under torchrun each rank takes its shard from RANK/WORLD_SIZE and writes into the same --out."""
     root, ckpt = data

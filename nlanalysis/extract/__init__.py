@@ -51,7 +51,7 @@ from .results import ResultSet, load_run
 from .runner import COLUMNS, ExtractReport, run_extract
 from .sources import ImageItem, coco_images, file_images
 from .spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
-from .store import merge_runs
+from .merge import merge_runs
 
 __all__ = [
     "COLUMNS", "VIT_COLUMNS", "Analysis", "BlockAnalysis", "DataSpec", "ExtractReport", "ImageItem", "ImageMaps", "MeasureSpec",

@@ -27,7 +27,7 @@ from ..data import image_size
 from .sources import ImageItem
 from .store import RunStore, _read_json, now, sha256_file
 
-__all__ = ["ShardPlan", "claim_shard", "plan_batches", "plan_shard", "verify_done"]
+__all__ = ["ShardPlan", "claim_shard", "damage", "plan_batches", "plan_shard", "verify_done"]
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def verify_done(store: RunStore, keys: set[str]) -> dict[str, str]:
     maps as a zip)."""
     broken = {}
     for key in sorted(store.done_keys() & keys):
-        why = _damage(store, key)
+        why = damage(store, key)
         if why:
             broken[key] = why
             for p in (store.part_path(key), store.check_path(key), store.maps_path(key)):
@@ -72,7 +72,7 @@ def verify_done(store: RunStore, keys: set[str]) -> dict[str, str]:
     return broken
 
 
-def _damage(store: RunStore, key: str) -> str | None:
+def damage(store: RunStore, key: str) -> str | None:
     """What is wrong with the files of done image ``key`` (``None``: nothing)."""
     if not store.check_path(key).is_file():
         return _unchecked_damage(store.part_path(key), store.maps_path(key))

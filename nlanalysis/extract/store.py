@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "merge_runs", "now", "parts_digest", "read_csv", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "now", "parts_digest", "read_csv", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -317,51 +316,6 @@ def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | 
     if diff:
         shown = "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:120]} vs {json.dumps(new.get(k), default=str)[:120]}" for k in diff[:3])
         raise ValueError(f"{where} holds a run with other settings ({shown}); {hint}")
-
-
-def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Combine the result sets of shards of one run into ``out``.
-
-    Refuses runs with different settings (checkpoint, selection, preprocessing, queries, seed,
-    ...) and runs that both hold (done or failed) the same image. Files are copied; ``out`` must
-    not exist yet or be empty. Returns the merged ``run.json``.
-    """
-    stores = [RunStore(p) for p in inputs]
-    if len(stores) < 1:
-        raise ValueError("give at least one RUN_DIR to merge")
-    infos = [s.info() for s in stores]
-    for s, info in zip(stores[1:], infos[1:]):
-        check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})",
-                            "merge only shards of one run (the same extract arguments but --shard); merge the others separately")
-    owner: dict[str, Path] = {}
-    for s in stores:
-        for key in sorted(s.done_keys() | s.failed_keys()):
-            if key in owner:
-                raise ValueError(f"{s.root} and {owner[key]} overlap (both hold image {key}); merge disjoint shards only")
-            owner[key] = s.root
-    target = RunStore(out)
-    if target.root.exists() and any(target.root.iterdir()):
-        raise ValueError(f"--out {target.root} is not empty; give a new folder for the merged run")
-    for d in (target.parts, target.failed, target.maps, target.shards, target.checks):
-        d.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(stores[0].root / "images.csv", target.root / "images.csv")
-    for s in stores:
-        for src_dir, dst_dir in ((s.parts, target.parts), (s.failed, target.failed), (s.maps, target.maps), (s.checks, target.checks)):
-            if not src_dir.is_dir():  # runs written before checks were recorded
-                continue
-            for p in src_dir.iterdir():
-                if not p.name.startswith("."):
-                    shutil.copy2(p, dst_dir / p.name)
-        for p in s.shards.glob("*.json"):
-            dst = target.shards / p.name
-            n = 1
-            while dst.exists():  # the same shard name from two folders (e.g. two 0-of-1 runs of subsets)
-                dst, n = target.shards / f"{p.stem}.{n}.json", n + 1
-            shutil.copy2(p, dst)
-    merged = dict(infos[0])
-    merged["merged_from"] = [str(s.root) for s in stores]
-    _write_json(target.run_json, merged)
-    return target.assemble()
 
 
 def read_csv(source: str | os.PathLike[str] | io.StringIO, *, where: Any = None, **kwargs: Any) -> pd.DataFrame:
