@@ -426,3 +426,18 @@ def test_metrics_csv_is_trusted_only_for_the_parts_it_holds(with_maps, tmp_path,
     assert info["counts"]["done"] == 3 and info["assembled_parts"] == 2
     run = load_run(out)
     assert run.metrics_source.startswith(str(out / "parts")) and run.metrics["image_id"].nunique() == 3
+
+
+def test_a_run_another_shard_is_creating_or_a_killed_open_left_is_taken(data, tmp_path, capsys):
+    """A folder extract made (its .lock) holding only what an open writes before run.json (images.csv, temporary
+    files of a killed or running open) is taken under the lock; without .lock such files are someone else's."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "images.csv").write_text("key,image_id,file_name\n")
+    line = _error(capsys, _args(data, out))
+    assert "is not empty and not a result set" in line and "images.csv" in line and not (out / ".lock").exists()
+    (out / ".lock").touch()
+    (out / ".images.csv.4242.tmp").write_text("key,image")
+    (out / "parts").mkdir()
+    assert main(_args(data, out)) == 0
+    assert json.loads((out / "run.json").read_text())["counts"]["done"] == 3 and not list(out.glob(".*.tmp"))

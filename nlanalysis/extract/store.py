@@ -162,9 +162,9 @@ class RunStore:
         """Create the run directory for ``info`` (a new ``run.json``), or check that the existing
         one holds a run with the same settings (then it is resumed). Refuses a folder that holds
         other files (nothing is created in it)."""
-        if self.root.is_dir() and not self.exists():
+        if self.root.is_dir() and not self.exists() and not (self.root / ".lock").exists():  # .lock: made by extract
             self._refuse_foreign()
-        with self.lock():
+        with self.lock():  # another shard may be creating the run: after it, run.json exists
             for d in (self.parts, self.failed, self.maps, self.shards, self.checks):
                 d.mkdir(parents=True, exist_ok=True)
             if self.exists():
@@ -173,7 +173,9 @@ class RunStore:
                     raise ValueError(f"--out {self.root}: its run.json is not one `nlanalysis extract` wrote; give a new or empty folder")
                 check_same_settings(old["settings"], info["settings"], self.root)
                 return
-            self._refuse_foreign()
+            self._refuse_foreign(opening=True)
+            for p in self.root.glob(".*.tmp"):  # a killed open's (a running one would hold the lock)
+                p.unlink(missing_ok=True)
             table = pd.DataFrame(
                 {"key": [it.key for it in items], "image_id": [it.image_id for it in items], "file_name": [it.file_name for it in items]}
             )
@@ -181,10 +183,14 @@ class RunStore:
                 table.to_csv(f, index=False)
             _write_json(self.run_json, info)
 
-    def _refuse_foreign(self) -> None:
+    def _refuse_foreign(self, opening: bool = False) -> None:
         """Raise unless the folder (without ``run.json``) is empty but for what :meth:`open` made:
-        extract writes only into a new or empty folder or its own result set, never over other files."""
+        extract writes only into a new or empty folder or its own result set, never over other files.
+        ``opening`` (under the lock, in a folder extract made): also ``images.csv`` and temporary files an open
+        killed before its ``run.json`` left (they are written again)."""
         own = {".lock", *(d.name for d in (self.parts, self.failed, self.maps, self.shards, self.checks))}
+        if opening:
+            own |= {"images.csv", *(p.name for p in self.root.glob(".*.tmp"))}
         foreign = sorted(p.name for p in self.root.iterdir() if p.name not in own or (p.is_dir() and any(p.iterdir())))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
