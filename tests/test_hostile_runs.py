@@ -441,3 +441,24 @@ def test_a_run_another_shard_is_creating_or_a_killed_open_left_is_taken(data, tm
     (out / "parts").mkdir()
     assert main(_args(data, out)) == 0
     assert json.loads((out / "run.json").read_text())["counts"]["done"] == 3 and not list(out.glob(".*.tmp"))
+
+
+def test_a_part_of_other_columns_that_matches_its_checks_is_redone(data, with_maps, tmp_path, capsys):
+    """A part written with other columns (another version) but matching its checks made every rerun fail the same
+    way ("rerun extract to redo it", and the rerun kept it); now the resume redoes it."""
+    import hashlib
+
+    import pandas as pd
+
+    out = _copy(with_maps, tmp_path)
+    part = sorted((out / "parts").glob("*.csv"))[1]
+    data_bytes = pd.read_csv(part).drop(columns=["att_jsd"]).to_csv(index=False).encode()
+    part.write_bytes(data_bytes)
+    check = out / "checks" / f"{part.stem}.json"
+    checks = json.loads(check.read_text())
+    checks[f"parts/{part.name}"] = {"size": len(data_bytes), "sha256": hashlib.sha256(data_bytes).hexdigest()}
+    check.write_text(json.dumps(checks))
+    assert main(_args(data, out, "--save-maps")) == 0
+    assert f"redoing a damaged image: {part}: its columns are not this run's" in capsys.readouterr().err
+    assert (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
+    assert _sessions(out)[-1]["done"] == 1 and _sessions(out)[-1]["skipped"] == 2  # the intact parts are kept

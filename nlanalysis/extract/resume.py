@@ -16,7 +16,7 @@ import fcntl
 import os
 import socket
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,15 +56,16 @@ def claim_shard(store: RunStore, shard: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def verify_done(store: RunStore, keys: set[str]) -> dict[str, str]:
-    """Check the done images of ``keys`` against their recorded sizes and sha256s; remove the part
-    (and checks) of each damaged one so it is redone. Returns ``{key: what was wrong}``.
+def verify_done(store: RunStore, keys: set[str], header: str | None = None) -> dict[str, str]:
+    """Check the done images of ``keys`` against their recorded sizes and sha256s (and, given ``header``, the first
+    line of their parts: this run's columns); remove the part (and checks) of each damaged one so it is redone.
+    Returns ``{key: what was wrong}``.
 
     Parts written before checks were recorded are checked by reading them (the part as CSV, the
     maps as a zip)."""
     broken = {}
     for key in sorted(store.done_keys() & keys):
-        why = damage(store, key)
+        why = damage(store, key) or (_other_columns(store.part_path(key), header) if header is not None else None)
         if why:
             broken[key] = why
             for p in (store.part_path(key), store.check_path(key), store.maps_path(key)):
@@ -89,6 +90,15 @@ def damage(store: RunStore, key: str) -> str | None:
         if sha256_file(path) != want.get("sha256"):
             return f"{path}: its sha256 differs from the one recorded when it was written (changed or damaged)"
     return None
+
+
+def _other_columns(part: Path, header: str) -> str | None:
+    """Why ``part`` is not one of this run's (its first line is not ``header``), or ``None``."""
+    with open(part, "rb") as f:
+        first = f.readline().decode(errors="replace").rstrip("\r\n")
+    if first == header:
+        return None
+    return f"{part}: its columns are not this run's (written by another version of nlanalysis?)"
 
 
 def _unchecked_damage(part: Path, maps: Path) -> str | None:
@@ -167,13 +177,15 @@ class ShardPlan:
 
 
 def plan_shard(store: RunStore, items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int,
-               from_image: bool = True) -> ShardPlan:  # fmt: skip
+               from_image: bool = True, columns: Sequence[str] | None = None) -> ShardPlan:  # fmt: skip
     """The work left in the shard ``items`` (held with :func:`claim_shard`): temporary files of a
-    killed process removed, damaged images redone (:func:`verify_done`), batches planned from the
-    whole shard (:func:`plan_batches`) and those holding an image not done kept."""
+    killed process removed, damaged images redone (:func:`verify_done`; with ``columns``, the run's, also parts
+    of other columns), batches planned from the whole shard (:func:`plan_batches`) and those holding an image not
+    done kept."""
     keys = {it.key for it in items}
     store.clean_temporary(keys)
-    redone = verify_done(store, keys)
+    header = None if columns is None else pd.DataFrame(columns=list(columns)).to_csv(index=False).rstrip("\r\n")
+    redone = verify_done(store, keys, header)
     done_before = store.done_keys()
     todo = [b for b in plan_batches(items, shape_of, batch_size, from_image) if any(items[i].key not in done_before for i in b)]
     n_todo = sum(items[i].key not in done_before for b in todo for i in b)

@@ -251,7 +251,8 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     shard_name = f"{shard_index}-of-{shard_count}"
     with claim_shard(store, shard_name):  # one process per shard: a second identical command is refused
         batch_size = spec.running.batch_size or analysis.batch_size
-        plan = plan_shard(store, shard_of(items, shard_index, shard_count), analysis.input_shape, batch_size, analysis.shape_from_image)
+        plan = plan_shard(store, shard_of(items, shard_index, shard_count), analysis.input_shape, batch_size, analysis.shape_from_image,
+                          analysis.columns)
         for why in plan.redone.values():
             print(f"nlanalysis extract: warning: redoing a damaged image: {why}", file=sys.stderr)
         session = {
