@@ -462,3 +462,43 @@ def test_a_part_of_other_columns_that_matches_its_checks_is_redone(data, with_ma
     assert f"redoing a damaged image: {part}: its columns are not this run's" in capsys.readouterr().err
     assert (out / "metrics.csv").read_text() == (with_maps / "metrics.csv").read_text()
     assert _sessions(out)[-1]["done"] == 1 and _sessions(out)[-1]["skipped"] == 2  # the intact parts are kept
+
+
+def test_a_forked_worker_does_not_keep_the_shard_of_a_killed_extract(tmp_path):
+    """DataLoader workers are forked while the shard is claimed; a flock lives while any descriptor of its file does,
+    so a worker orphaned by a killed extract held the shard and every rerun was refused naming the dead process.
+    Workers close what they inherited (release_inherited_claims, in the workers' init)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nlanalysis.extract.resume import claim_shard
+    from nlanalysis.extract.store import RunStore
+
+    script = """
+import os, sys
+from nlanalysis.extract.resume import claim_shard, release_inherited_claims
+from nlanalysis.extract.store import RunStore
+store = RunStore(sys.argv[1]); store.shards.mkdir(parents=True)
+ready_r, ready_w = os.pipe()
+with claim_shard(store, "0-of-1"):
+    child = os.fork()
+    if child == 0:  # a worker: what its init does, then it hangs on as an orphan
+        release_inherited_claims()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1), os.dup2(null, 2)  # the test reads the parent's output to its end
+        os.write(ready_w, b"x")
+        while True:
+            os.pause() if hasattr(os, "pause") else __import__("signal").pause()
+    os.read(ready_r, 1)
+    print(child, flush=True)
+    os._exit(0)  # killed while holding the shard: nothing released by this process
+"""
+    got = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    child = int(got.stdout.split()[0])
+    try:
+        with claim_shard(RunStore(tmp_path / "run"), "0-of-1"):  # refused before: the orphan held the lock
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)

@@ -27,7 +27,7 @@ from ..data import image_size
 from .sources import ImageItem
 from .store import RunStore, _read_json, now, sha256_file
 
-__all__ = ["ShardPlan", "claim_shard", "damage", "plan_batches", "plan_shard", "verify_done"]
+__all__ = ["ShardPlan", "claim_shard", "damage", "plan_batches", "plan_shard", "release_inherited_claims", "verify_done"]
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def claim_shard(store: RunStore, shard: str) -> Iterator[None]:
     at once (waiting would only end in skipping what the first did). Other shards may share the
     folder. The lock (``flock`` on ``shards/I-of-N.lock``) dies with its process."""
     path = store.shards / f"{shard}.lock"
-    with open(path, "a+") as f:
+    with open(path, "a+") as f, _claimed(f.fileno()):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,6 +54,29 @@ def claim_shard(store: RunStore, shard: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+#: the file descriptors of the shard locks this process holds (:func:`release_inherited_claims`)
+_CLAIMS: set[int] = set()
+
+
+@contextlib.contextmanager
+def _claimed(fd: int) -> Iterator[None]:
+    _CLAIMS.add(fd)
+    try:
+        yield
+    finally:
+        _CLAIMS.discard(fd)
+
+
+def release_inherited_claims() -> None:
+    """In a process forked while a shard was claimed (a DataLoader worker): close the inherited lock descriptors.
+    A ``flock`` lasts while any descriptor of its open file lives; a worker orphaned by a killed extract would
+    otherwise hold the shard, and every rerun be refused naming the dead process."""
+    for fd in list(_CLAIMS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _CLAIMS.clear()
 
 
 def verify_done(store: RunStore, keys: set[str], header: str | None = None) -> dict[str, str]:

@@ -22,10 +22,12 @@ Determinism (what makes a resumed run equal an uninterrupted one row for row):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -48,7 +50,7 @@ from .maps import save_image_maps
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec, select_queries
 from .results import summarize
-from .resume import ShardPlan, claim_shard, plan_shard
+from .resume import ShardPlan, claim_shard, plan_shard, release_inherited_claims
 from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
@@ -210,8 +212,18 @@ def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int
     one.queries, one.query_label = points.yx, points.label
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int | None = None) -> None:
+    """A DataLoader worker: one thread; no shard lock inherited from the parent; gone when the parent dies (a killed
+    extract would otherwise leave its workers hanging on a full pipe, and holding the shard: every rerun refused)."""
     torch.set_num_threads(1)
+    release_inherited_claims()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # the parent died before the line above
+        os._exit(0)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -281,7 +293,7 @@ def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: boo
     workers = spec.running.workers
     return torch.utils.data.DataLoader(
         _ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
-        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
+        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=os.getpid()) if workers else None,
         prefetch_factor=2 if workers else None,
     )  # fmt: skip
 
