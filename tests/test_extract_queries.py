@@ -77,6 +77,20 @@ def test_object_map_draws_small_objects_on_top_and_skips_crowds(annotated):
     assert m.labels[15, 15] == 1 and m.labels[5, 5] == 2 and m.ann_ids == [2, 1] and m.has_mask == [False, False]
 
 
+def test_a_box_objects_point_is_on_it_where_a_smaller_object_covers_its_centre():
+    from nlanalysis.extract.queries import _object_points
+
+    whole = {"id": 10, "bbox": [0, 0, 60, 60], "iscrowd": 0}  # box only, the whole image
+    middle = {"id": 20, "bbox": [20, 20, 20, 20], "iscrowd": 0, "segmentation": [[20, 20, 40, 20, 40, 40, 20, 40]]}
+    m = object_map([whole, middle], (60, 60), (60, 60), (60, 60))
+    points = _object_points(2, m, (0, 60, 0, 60), (1.0, 1.0), (0, 0))
+    for (y, x), ann in zip(points.yx, points.label):  # each point on the object it is recorded for
+        assert m.ann_ids[m.labels[int(y), int(x)] - 1] == ann
+    assert sorted(points.label) == [10, 20]
+    alone = object_map([whole], (60, 60), (60, 60), (60, 60))  # unoccluded: the box centre, as before
+    np.testing.assert_array_equal(_object_points(1, alone, (0, 60, 0, 60), (1.0, 1.0), (0, 0)).yx, [[30.0, 30.0]])
+
+
 def test_grid_and_random_points():
     size = (50, 70)
     grid = select_queries(parse_queries("grid:3"), size, np.random.default_rng(0))

@@ -231,13 +231,14 @@ def _object_points(
     chosen = sorted(visible, key=lambda i: (-counts[i], objects.ann_ids[i - 1]))[:k]
     points, ids = [], []
     for i in chosen:
-        if objects.has_mask[i - 1]:
-            points.append(_deepest(labels == i, distance_transform_edt))
-        else:  # the box centre, in region coordinates, kept inside the region
-            x, y, bw, bh = objects.boxes[i - 1]
+        point = _deepest(labels == i, distance_transform_edt)
+        if not objects.has_mask[i - 1]:  # the box centre, in region coordinates, kept inside the region, where it shows
+            x, y, bw, bh = objects.boxes[i - 1]  # the object (a smaller one drawn on top of it there: its deepest pixel)
             cy = min(max((y + bh / 2) * scale[0] + offset[0] - y0, 0.5), y1 - y0 - 0.5)
             cx = min(max((x + bw / 2) * scale[1] + offset[1] - x0, 0.5), x1 - x0 - 0.5)
-            points.append((cy, cx))
+            if labels[int(cy), int(cx)] == i:
+                point = (cy, cx)
+        points.append(point)
         ids.append(objects.ann_ids[i - 1])
     background = labels == 0
     if background.any():
