@@ -291,12 +291,24 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     config = transformers.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                                        patch_size=14, image_size=56)  # fmt: skip
     hf = randomize_(transformers.Dinov2Model(config), std=0.05).eval()
-    hf.save_pretrained(tmp_path / "hf")  # a Hugging Face folder: heads from config.json
+    hf.save_pretrained(tmp_path / "hf")  # a Hugging Face folder: heads from config.json, normalisation from preprocessor_config.json
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     code = main(["extract", "--ckpt", str(tmp_path / "hf"), "--images", str(root / "images"), "--limit", "1", "--vit-size", "56",
                  "--jsd-pairs", "0", "--out", str(tmp_path / "hf-run"), "--quiet"])  # fmt: skip
     run = load_run(tmp_path / "hf-run")
     assert code == 0 and run.info["checkpoint"]["format"].endswith("(hf layout))")
     assert len(run.metrics) == 2 * 5 and (run.metrics["num_heads"] == 4).all()
+    assert run.info["preprocess"]["mean"] == [0.5] * 3 and run.info["preprocess"]["std"] == [0.5] * 3  # not ImageNet's
+    from nlanalysis.extract import ViTAnalysis
+
+    image = load_image(root / "images" / run.images.iloc[0]["file_name"])
+    x, _ = preprocess_image(image, 56, "pad", mean=(0.5,) * 3, std=(0.5,) * 3)
+    torch.testing.assert_close(ViTAnalysis(load_vit(tmp_path / "hf", img_size=56), size=56).prepare(image).tensor, x)
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5, 0, 0.5]}))
+    from nlanalysis.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="preprocessor_config.json: image_mean .* not three finite numbers each"):
+        load_vit(tmp_path / "hf", img_size=56)
 
 
 def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypatch):

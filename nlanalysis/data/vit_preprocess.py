@@ -119,13 +119,15 @@ def preprocess_image(
     return x, valid
 
 
-def prepare_vit_image(image: object, size: int = 224, mode: str = "pad") -> Prepared:
+def prepare_vit_image(
+    image: object, size: int = 224, mode: str = "pad", mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Prepared:
     """:func:`preprocess_image` with the geometry ``nlanalysis extract`` needs (a
     :class:`~nlanalysis.data.transforms.Prepared`: scale, resized size and the offset of the photo in
     the input, so that object masks and query points land where the photo's pixels do)."""
     img = _as_rgb(image)
     h, w = img.shape[:2]
-    x, valid, (nh, nw), offset = _prepare(img, size, mode, IMAGENET_MEAN, IMAGENET_STD)
+    x, valid, (nh, nw), offset = _prepare(img, size, mode, mean, std)
     return Prepared(x, valid, (nh / h, nw / w), (nh, nw), (h, w), offset)
 
 

@@ -112,7 +112,7 @@ class ViTAnalysis(Analysis):
         kernels: str = "auto",
     ) -> None:
         from ..adapters.vit import ViTAttentionAdapter
-        from ..data.vit_preprocess import PREPROCESSING, prepare_vit_image
+        from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, prepare_vit_image
 
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"--vit-preprocess {preprocessing!r}: expected one of {', '.join(PREPROCESSING)}")
@@ -121,7 +121,9 @@ class ViTAnalysis(Analysis):
         self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
         self.controls = keys == "patch"  # the control's maps are over patch keys
         self.name, self.path = name, path
-        self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing)
+        # the normalisation the checkpoint states (a Hugging Face folder's preprocessor_config.json), else ImageNet's
+        self.mean, self.std = getattr(self.model, "vit_norm", None) or (IMAGENET_MEAN, IMAGENET_STD)
+        self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing, mean=self.mean, std=self.std)
         self._sha256 = _state_sha256(self.model)
         self._cross: CrossSite | None = None
 
@@ -205,15 +207,13 @@ class ViTAnalysis(Analysis):
         return records_layer_maps(records, image, queries, lambda r: (r.layout.grid, r.layout.grid))
 
     def preprocess_dict(self) -> dict[str, Any]:
-        from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD
-
         return {
             "kind": "vit",
             "size": self.size,
             "mode": self.preprocessing,
             "description": VIT_PREPROCESSING[self.preprocessing].format(S=self.size, short=round(self.size / 0.875)),
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": list(self.mean),
+            "std": list(self.std),
             "units": "(x / 255 - mean) / std, RGB",
         }
 

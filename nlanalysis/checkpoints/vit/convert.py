@@ -71,6 +71,8 @@ class ConvertedViT:
         sources: the checkpoint's tensors the state dict is made of, under the checkpoint's names
             (q/k/v still apart): what load-time checks look at and name.
         origin: ``{timm name: the checkpoint's name(s)}``, for messages.
+        norm: ``(mean, std)`` per RGB channel of ``x / 255`` when the source states them (a Hugging Face folder's
+            ``preprocessor_config.json``), else ``None``.
     """
 
     state_dict: dict[str, Tensor]
@@ -82,6 +84,7 @@ class ConvertedViT:
     dropped: list[str] = field(default_factory=list)
     sources: dict[str, Tensor] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 # -- Hugging Face --------------------------------------------------------------------------------

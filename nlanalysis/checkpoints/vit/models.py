@@ -283,10 +283,12 @@ def vit_checkpoint_layout(path: str | Path) -> str | None:
 @names_damaged_file
 def _convert_path(path: Path) -> ConvertedViT:
     config: dict = {}
+    norm = None
     if path.is_dir():
         cfg = path / "config.json"
         if cfg.is_file():
             config = json.loads(cfg.read_text())
+        norm = _stated_norm(path / "preprocessor_config.json")
         path = _weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -295,7 +297,26 @@ def _convert_path(path: Path) -> ConvertedViT:
     converted = to_timm(_read_state_dict(path), str(path))
     converted.num_heads = config.get("num_attention_heads", converted.num_heads)
     converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
+    converted.norm = norm
     return converted
+
+
+def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(image_mean, image_std)`` of a Hugging Face ``preprocessor_config.json`` (``None`` without the file or them;
+    CheckpointError, naming the file, where they are not three numbers each with std > 0)."""
+    if not path.is_file():
+        return None
+    try:
+        stated = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    mean, std = (stated.get(k) if isinstance(stated, dict) else None for k in ("image_mean", "image_std"))
+    if mean is None and std is None:
+        return None
+    ok = all(isinstance(v, list) and len(v) == 3 and all(isinstance(c, (int, float)) and math.isfinite(c) for c in v) for v in (mean, std))
+    if not ok or min(std) <= 0:
+        raise CheckpointError(f"{path}: image_mean {mean!r} / image_std {std!r} are not three finite numbers each (std > 0)")
+    return tuple(float(c) for c in mean), tuple(float(c) for c in std)
 
 
 def load_vit(
@@ -320,8 +341,9 @@ def load_vit(
         allow_nonfinite: load weights holding NaN or inf (``inspect`` does, to warn); refused by default,
             naming the first bad tensor.
 
-    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`), ``vit_source`` (a string) and
-    ``vit_nonfinite`` (the checkpoint's names of weights holding NaN or inf).
+    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`), ``vit_source`` (a string),
+    ``vit_nonfinite`` (the checkpoint's names of weights holding NaN or inf) and ``vit_norm`` (the ``(mean, std)``
+    the source states for ``x / 255``, from a Hugging Face folder's ``preprocessor_config.json``; else ``None``).
 
     Raises:
         CheckpointError: an unreadable file, a layout not understood, a weight that is not floating
@@ -341,4 +363,5 @@ def load_vit(
     model.vit_spec = spec
     model.vit_source = f"{converted.source} ({converted.layout} layout)"
     model.vit_nonfinite = nonfinite
+    model.vit_norm = converted.norm  # the input normalisation the source states (None: not stated)
     return model
