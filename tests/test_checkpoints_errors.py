@@ -118,3 +118,30 @@ def test_pickled_code_never_runs(tmp_path):
     torch.save({"state_dict": small_state(), "meta": {"x": Exploit()}}, tmp_path / "evil.pth")
     expect_error(tmp_path / "evil.pth", "safe loader refused it.*posix.system.*--trust-checkpoint")
     assert not marker.exists()
+
+
+def test_a_weight_of_an_unknown_plugin_inside_the_rebuilt_blocks_is_refused(tmp_path):
+    """mmdetection's GeneralizedAttention (or any layer the rebuild does not know) before the last NL block changes
+    every feature the block sees: refused by name, not dropped with a note. Weights of bottlenecks after the last
+    block are not built and stay fine."""
+    sd = small_state()
+    sd["backbone.layer1.0.gen_attention_block.query_conv.weight"] = torch.ones(4, 256, 1, 1)
+    torch.save(sd, tmp_path / "plugin.pth")
+    expect_error(tmp_path / "plugin.pth", r"1 weight\(s\) inside the backbone's rebuilt blocks would be left unused, first "
+                 r"\['backbone.layer1.0.gen_attention_block.query_conv.weight'\]: a plugin or layer")  # fmt: skip
+    early = ResNetArch((1, 1, 1), [BlockSpec("layer2.0.nonlocal_block", "NonLocal2d", 512)], prefix="backbone.")
+    sd = small_state(early)
+    sd["backbone.layer3.0.gen_attention_block.query_conv.weight"] = torch.ones(4, 1024, 1, 1)  # after the last block
+    torch.save(sd, tmp_path / "later.pth")
+    loaded = load_checkpoint(tmp_path / "later.pth")
+    assert "backbone.layer3.0.gen_attention_block.query_conv.weight" in loaded.unused_keys
+
+
+def test_a_position_the_shapes_cannot_tell_is_noted_as_assumed(tmp_path):
+    """ResNeXt-64x4d: the bottleneck is as wide as its output, so a block's keys fit after_conv2 and after_conv3."""
+    arch = ResNetArch((1, 1), [BlockSpec("layer2.0.context_block", "ContextBlock", 512, "after_conv3", {"ratio": 1 / 16})],
+                      groups=64, width_per_group=4, prefix="backbone.")  # fmt: skip
+    torch.save({"state_dict": small_state(arch)}, tmp_path / "x101.pth")
+    loaded = load_checkpoint(tmp_path / "x101.pth")
+    assert loaded.arch.blocks[0].position == "after_conv3"
+    assert any("after_conv3 assumed (after_conv2 has the same shapes here" in n for n in loaded.notes)

@@ -74,6 +74,9 @@ def infer_arch(state_dict: dict[str, Tensor], prefix: str, blocks: list[FoundBlo
             width = state_dict[f"{prefix}layer{stage}.{index}.conv1.weight"].shape[0]
             if block.in_channels == out:
                 position = "after_conv3"
+                if width == out:  # ResNeXt-64x4d / 32x8d: the bottleneck is as wide as its output
+                    notes.append(f"{block.prefix}: position after_conv3 assumed (after_conv2 has the same shapes here: "
+                                 "give --position or the config)")  # fmt: skip
             elif block.in_channels == width:
                 position = "after_conv2"
                 notes.append(f"{block.prefix}: position after_conv2 assumed (after_conv1 has the same shapes)")

@@ -6,6 +6,7 @@ Formats recognised (by the file's top-level structure, then its keys): :data:`KN
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +247,20 @@ def _match_weights(
         raise CheckpointError(
             path, f"{len(dropped)} NL/GC weight(s) would be left unused, first {dropped[:3]} (layout or options mismatch)"
         )
+    # a weight inside a bottleneck the rebuilt model runs, but not of it: a plugin or layer it does not know (mmdetection's
+    # GeneralizedAttention, ...), which would change every feature after it. (Later bottlenecks are not built: theirs are fine.)
+    built = {m.group(0) for k in expected if (m := _ENTRY.match(k))}
+    stray = [origin.get(k, k) for k in unused if (m := _ENTRY.match(k)) and m.group(0) in built]
+    if stray:
+        raise CheckpointError(
+            path, f"{len(stray)} weight(s) inside the backbone's rebuilt blocks would be left unused, first {stray[:3]}: a plugin or "
+            "layer this rebuild does not know (it would change every feature after it)"
+        )
     return missing, unused
+
+
+#: a ResNet bottleneck's key prefix (``backbone.layer3.5.``)
+_ENTRY = re.compile(r"^(?:.*\.)?layer\d+\.\d+\.")
 
 
 def load_checkpoint(
