@@ -67,7 +67,12 @@ def test_object_map_draws_small_objects_on_top_and_skips_crowds(annotated):
     assert objects.labels.shape == tuple(prep.tensor.shape[1:]) and objects.labels.dtype == np.int64
     assert len(objects.ann_ids) == 1 and objects.has_mask == [True]
     h, w = prep.size
-    assert (objects.labels[: h // 5, :w] == 1).all() and (objects.labels[h // 2 :, :] == 0).all()
+    assert (objects.labels[: h // 5, :w] == 1).all()
+    crowd = objects.labels[h // 2 + 1 : h - 1, 1 : w - 1]  # the crowd region: neither an object nor background
+    assert crowd.size and (crowd == -1).all() and set(np.unique(objects.labels[:h, :w])) == {-1, 0, 1}
+    points = select_queries(parse_queries("objects:2"), prep.size, np.random.default_rng(0), objects, prep.scale)
+    background = points.yx[points.label == 0][0].astype(int)
+    assert objects.labels[background[0], background[1]] == 0  # the background point is not in the crowd
     assert (objects.labels[h:, :] == 0).all() and (objects.labels[:, w:] == 0).all()  # padding has no object
 
     # a small object inside a large one stays visible

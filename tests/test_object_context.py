@@ -223,8 +223,10 @@ def test_the_lift_interval_is_the_geometric_mean_with_a_log_interval():
 
 
 def _labels_and_valid(b: int, h: int, w: int):
-    """Hand-made object labels ``[B, H, W]`` (objects 1..3, two of one category) and a valid mask (image 1 padded)."""
+    """Hand-made object labels ``[B, H, W]`` (objects 1..3, two of one category; -1 a crowd region, neither object nor
+    background: left out like a pooled key of mixed labels) and a valid mask (image 1 padded)."""
     lab = torch.zeros(b, h, w, dtype=torch.int64)
+    lab[:, 3 * h // 8 : 5 * h // 8, : w // 4] = -1  # a crowd region (the object drawn over its top)
     lab[:, : 3 * h // 8, : w // 3] = 1  # edges off the 2x2 pooling: pooled keys that mix labels
     lab[:, h // 2 :, w // 3 : 2 * w // 3] = 2
     lab[:, : h // 4, 5 * w // 8 :] = 3

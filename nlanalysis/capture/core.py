@@ -280,7 +280,7 @@ class Capture:
         self._valid = valid
 
     def set_objects(self, labels: Tensor | None) -> None:
-        """Instance labels ``[B, H, W]`` (int, 0 = no object) of the next forward's input pixels.
+        """Instance labels ``[B, H, W]`` (int, 0 = no object, -1 = neither: a crowd region) of the next forward's input pixels.
 
         Enables ``att_own_object`` / ``own_object_share``; each cell takes the label at its centre.
         """

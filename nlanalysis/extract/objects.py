@@ -3,7 +3,9 @@
 Each non-crowd COCO annotation becomes one object ``k = 1, 2, ...`` (in annotation order), drawn
 from its mask (polygons or RLE, decoded with ``pycocotools.mask``) or, without a mask, its box.
 Where objects overlap the smaller one is drawn on top, so a small object inside a large one stays
-visible. Crowd regions (``iscrowd = 1``) are not objects and are left out (label 0).
+visible. Crowd regions (``iscrowd = 1``: many instances under one mask) are neither an object nor
+background: label -1 where no object is drawn over them, which the object statistics leave out (as
+keys and as queries), as they leave out NL keys pooled over several labels.
 
 The map is made at the original image size, then resampled with nearest neighbour to the
 resized size exactly as pixels are sampled by the resize (resized pixel ``r`` takes original pixel
@@ -29,7 +31,7 @@ class ObjectMap:
     """Objects of one image.
 
     Attributes:
-        labels: ``int64 [H_pad, W_pad]``, 0 = no object, ``k`` = object ``k``.
+        labels: ``int64 [H_pad, W_pad]``, 0 = no object, ``k`` = object ``k``, -1 = a crowd region (neither).
         ann_ids: ``ann_ids[k - 1]`` is the COCO annotation id of object ``k``.
         category_ids: likewise, the category.
         has_mask: likewise, whether the object came from a mask (``False``: from its box).
@@ -160,6 +162,14 @@ def object_map(
             raise ValueError(f"annotation {a.get('id')}: mask of shape {m.shape} on an image of shape {(h, w)}")
         drawn.append((m, has_mask))
     full = np.zeros((h, w), dtype=np.int64)
+    for a in annotations:  # crowd regions under the objects: neither an object nor background
+        if a.get("iscrowd") and a.get("segmentation"):
+            try:
+                crowd = _mask(a, h, w)
+            except ValueError as err:
+                raise ValueError(f"annotation {a.get('id')}: {err}") from err
+            if crowd is not None:
+                full[crowd] = -1
     order = sorted(range(len(drawn)), key=lambda i: -int(drawn[i][0].sum()))  # large first, small on top
     for i in order:
         full[drawn[i][0]] = i + 1

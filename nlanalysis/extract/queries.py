@@ -226,7 +226,7 @@ def _object_points(
 
     y0, y1, x0, x1 = region
     labels = objects.labels[y0:y1, x0:x1]
-    counts = np.bincount(labels.ravel(), minlength=len(objects.ann_ids) + 1)
+    counts = np.bincount(labels[labels > 0], minlength=len(objects.ann_ids) + 1)  # not crowd regions (-1)
     visible = [i for i in range(1, len(counts)) if counts[i] > 0]
     chosen = sorted(visible, key=lambda i: (-counts[i], objects.ann_ids[i - 1]))[:k]
     points, ids = [], []

@@ -418,15 +418,15 @@ class _OwnObject:
     def __init__(self, objects: Tensor, qmask: Tensor | None, kmask: Tensor | None, key_shape: tuple[int, int], device: torch.device) -> None:
         objects = objects.to(device=device, dtype=torch.int64)
         ids = torch.unique(objects[objects > 0])  # compact labels 1..L-1, 0 = no object
-        compact = torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, 0)
-        self.q = compact.flatten(1)  # [B, N]
+        compact = torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, torch.where(objects < 0, -1, 0))  # -1: crowd
+        self.q = compact.clamp(min=0).flatten(1)  # [B, N]: the query's object (> 0) or none (0; a crowd region's too)
         if qmask is not None:
             self.q = torch.where(qmask, self.q, 0)
         k = key_labels(compact, key_shape).flatten(1)  # [B, N_k], -1 for mixed pooled keys
         if kmask is not None:
             k = torch.where(kmask, k, -1)
         self.k = k
-        self.n_labels = int(compact.max()) + 1
+        self.n_labels = max(int(compact.max()), 0) + 1
         self.onehot = torch.nn.functional.one_hot(k.clamp(min=0), self.n_labels).float() * (k >= 0)[..., None].float()
         n_valid_keys = (kmask.sum(1) if kmask is not None else torch.full((k.shape[0],), k.shape[1], device=device)).double()
         self.share = self.onehot.sum(1).double() / n_valid_keys[:, None]  # [B, L]: each label's share of keys

@@ -68,10 +68,11 @@ def _check_labels(query_labels: Tensor, key_labels: Tensor, batch: tuple[int, ..
 
 
 def compact_object_labels(objects: Tensor) -> tuple[Tensor, int]:
-    """Object labels ``[B, H, W]`` (``k`` = object ``k``, 0 none) as labels ``0..L-1`` shared by the batch
-    (object ids in increasing order) and ``L``."""
+    """Object labels ``[B, H, W]`` (``k`` = object ``k``, 0 none, -1 a crowd region) as labels ``0..L-1`` shared by
+    the batch (object ids in increasing order; -1 kept: left out) and ``L``."""
     ids = torch.unique(objects[objects > 0])
-    return torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, 0), len(ids) + 1
+    left_out = torch.where(objects < 0, -1, 0)  # a crowd region: no label (left out as keys and queries)
+    return torch.where(objects > 0, torch.searchsorted(ids, objects) + 1, left_out), len(ids) + 1
 
 
 class LabelMass:
