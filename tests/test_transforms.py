@@ -25,3 +25,19 @@ def test_keep_ratio_true_is_mmcvs_rescale(h, w):
     assert resized_size(h, w, pre) == (int(h * factor + 0.5), int(w * factor + 0.5))
     mmcv = pytest.importorskip("mmcv", reason="mmcv (the bench extra) for its own rescale")
     assert mmcv.imrescale(np.zeros((h, w, 3), np.uint8), (1333, 800)).shape[:2] == resized_size(h, w, pre)
+
+
+def test_an_mmdet3_data_preprocessor_that_does_not_flip_leaves_the_model_bgr():
+    """mmengine's ImgDataPreprocessor has bgr_to_rgb=False by default: images stay BGR as cv2 loads them, so a config that
+    states mean/std but no flip means a BGR model; rgb_to_bgr=True flips them (to RGB, from cv2's BGR)."""
+    from nlanalysis.checkpoints.config import parse_config_text
+    from nlanalysis.checkpoints.preprocess import preprocess_from_config
+
+    def to_rgb(dp: str) -> bool:
+        return preprocess_from_config(parse_config_text(f"model = dict(data_preprocessor=dict({dp}))"), "cfg").to_rgb
+
+    assert not to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.]")
+    assert to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=True")
+    assert not to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=False")
+    assert to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], rgb_to_bgr=True")
+    assert to_rgb("pad_size_divisor=32")  # no normalisation stated: the default (RGB) stays
