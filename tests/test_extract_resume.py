@@ -144,6 +144,9 @@ def test_merge_refuses_what_it_cannot_read_whole_and_leaves_no_half_merge(data, 
     (tmp_path / "m").mkdir()  # an empty --out is taken
     assert merge_runs(shards, tmp_path / "m")["counts"]["pending"] == 0
     assert not list(tmp_path.glob(".m.merging.*"))
+    (tmp_path / "empty_out").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty_out")  # a link to an empty folder: merged through it
+    assert merge_runs(shards, tmp_path / "link")["counts"]["pending"] == 0 and (tmp_path / "empty_out" / "metrics.csv").is_file()
 
 
 def test_torchrun_ranks_share_one_folder(data, reference, tmp_path, monkeypatch):

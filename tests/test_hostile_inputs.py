@@ -415,6 +415,13 @@ def test_a_coco_image_is_read_in_the_frame_its_entry_states_or_fails_by_name(coc
     items = coco_images(ann, images)
     loaded = _ImageDataset(items, lambda image: image, None, objects=False)
     assert np.array_equal(loaded[0].prep, raw) and loaded[0].error is None
+    turned = dict(first, file_name="turned.png", height=first["width"], width=first["height"])  # an entry of the displayed size
+    flipped = dict(first, id=first["id"] + 100, file_name="flipped.png")  # a flip keeps the size: the stored frame, where COCO's annotators drew
+    _sideways_png(images / "turned.png", raw)
+    _sideways_png(images / "flipped.png", raw, orientation=2)
+    (tmp_path / "frames.json").write_text(json.dumps({**data, "images": [turned, flipped], "annotations": []}))
+    frames = _ImageDataset(coco_images(tmp_path / "frames.json", images), lambda image: image, None, objects=False)
+    assert np.array_equal(frames[0].prep, np.rot90(raw, k=-1)) and np.array_equal(frames[1].prep, raw)
     with one_thread():
         spec = RunSpec(model=ModelSpec(tiny_checkpoint(tmp_path / "tiny.pth")), data=DataSpec(coco_ann=ann, coco_images=images),
                        output=OutputSpec(tmp_path / "out"), measure=MeasureSpec(jsd_pairs=0))  # fmt: skip

@@ -502,3 +502,24 @@ with claim_shard(store, "0-of-1"):
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_workers_of_other_start_methods_run(data, tmp_path, method):
+    """Under forkserver (Python 3.14's default on Linux) or spawn a worker's parent is not extract: it must not take
+    that for a dead extract and quit."""
+    import subprocess
+    import sys
+
+    root, ckpt = data
+    script = f"""
+import multiprocessing, sys
+if __name__ == "__main__":
+    multiprocessing.set_start_method({method!r}, force=True)
+    from nlanalysis.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+    args = [*_args(data, tmp_path / "r"), "--workers", "2"]
+    got = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["counts"]["done"] == 3

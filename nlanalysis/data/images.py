@@ -73,7 +73,11 @@ _TRANSPOSING = (5, 6, 7, 8)
 
 
 def _orientation(img: Any) -> int:
-    """The EXIF orientation of an open PIL image (1: as stored; unreadable or odd values count as 1)."""
+    """The EXIF orientation of an open PIL image (1: as stored; unreadable or odd values count as 1). A PNG whose header
+    holds no EXIF counts as 1 without reading further (PIL's ``getexif`` would decode its pixels to look behind them;
+    :func:`load_image` asks after decoding, where an EXIF chunk after the pixels is known)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
     try:
         value = img.getexif().get(0x0112, 1)
     except Exception:  # a malformed EXIF block: the pixels as stored
@@ -83,7 +87,7 @@ def _orientation(img: Any) -> int:
 
 def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
     """``(H, W)`` of :func:`load_image` ``(path, orient=orient)`` from the file's header, without decoding its pixels
-    (any error of opening the file is raised as it comes)."""
+    (any error of opening the file is raised as it comes; a PNG's EXIF chunk after its pixels is not seen here)."""
     from PIL import Image
 
     with Image.open(path) as img:

@@ -44,7 +44,7 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
     Raises:
         ValueError: the run has no saved maps (extract it with ``--save-maps all``).
     """
-    from ..report.images import find_images
+    from ..report.images import find_images, stored_first
 
     ids = list(run.maps) if image_ids is None else list(image_ids)
     if not ids:
@@ -56,7 +56,7 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
     for image_id, path in zip(ids, files):
         maps = run.maps[image_id]
         rows = metrics[metrics["_id"] == str(image_id)]
-        images.append(_image(maps, image_id, path, rows, stats, notes))
+        images.append(_image(maps, image_id, path, rows, stats, notes, stored_first(run)))
     if run.info.get("settings", {}).get("save_maps") != "all":
         notes.add("only the run's chosen queries have maps (the nearest is shown): extract with --save-maps all to hover every query")
     first = images[0]["sites"]
@@ -77,8 +77,9 @@ def _stat_columns(run: ResultSet) -> list[str]:
     return [c for c in wanted if run.metrics[c].notna().any()]
 
 
-def _image(maps: ImageMaps, image_id: Any, path: Any, rows: pd.DataFrame, stats: list[str], notes: set[str]) -> dict[str, Any]:
-    picture, shown = _picture(path, maps)
+def _image(maps: ImageMaps, image_id: Any, path: Any, rows: pd.DataFrame, stats: list[str], notes: set[str],
+           stored: bool = False) -> dict[str, Any]:  # fmt: skip
+    picture, shown = _picture(path, maps, stored)
     if not shown:
         notes.add("some image files were not found: their maps are drawn on grey")
     sites = []
@@ -142,13 +143,14 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(v) or math.isinf(v) else v
 
 
-def _picture(path: Any, maps: ImageMaps) -> tuple[str | None, bool]:
-    """The image as a base64 JPEG data URL, at most :data:`PICTURE_SIDE` pixels long (``None``: not found)."""
+def _picture(path: Any, maps: ImageMaps, stored: bool = False) -> tuple[str | None, bool]:
+    """The image as a base64 JPEG data URL, at most :data:`PICTURE_SIDE` pixels long (``None``: not found); ``stored``:
+    :func:`~nlanalysis.report.images.stored_first` of the run."""
     from PIL import Image
 
     from ..report.images import load_pixels
 
-    pixels = load_pixels(path, maps)
+    pixels = load_pixels(path, maps, stored)
     if pixels is None:
         return None, False
     picture = Image.fromarray(pixels)

@@ -51,7 +51,7 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
         merged["merged_from"] = [str(s.root) for s in stores]
         _write_json(target.run_json, merged)
         target.assemble()
-        os.replace(target.root, final)  # onto a missing or empty folder
+        os.replace(target.root, whole)  # onto a missing or empty folder (through a link to one, too)
     finally:
         shutil.rmtree(target.root, ignore_errors=True)
     return RunStore(final).info()

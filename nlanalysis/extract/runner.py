@@ -179,14 +179,17 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 
 def _annotated_pixels(item: ImageItem) -> np.ndarray:
-    """``item``'s pixels in the frame its COCO entry states (``height`` x ``width``, which its annotations are drawn in):
-    as displayed (EXIF orientation applied, as mmcv reads images), else as stored where only that has the stated size;
-    ValueError where neither has it (a different file, or annotations made at another size)."""
-    pixels = load_image(item.path)
-    if item.height is None or item.width is None or pixels.shape[:2] == (item.height, item.width):
-        return pixels
+    """``item``'s pixels: a plain file as displayed (EXIF orientation applied, as mmcv reads images); a COCO image in the
+    frame its annotations are drawn in: as stored where that has the entry's ``height`` x ``width`` (COCO's annotators
+    drew on the stored pixels; the size cannot tell a flip or a half turn from none), else as displayed where that has
+    it; ValueError where neither has it (a different file, or annotations made at another size)."""
+    if item.height is None or item.width is None:
+        return load_image(item.path)
     if image_size(item.path, orient=False) == (item.height, item.width):
         return load_image(item.path, orient=False)
+    pixels = load_image(item.path)
+    if pixels.shape[:2] == (item.height, item.width):
+        return pixels
     h, w = pixels.shape[:2]
     raise ValueError(f"{item.path}: the file decodes to {h} x {w} pixels (height x width) but its COCO entry (image id "
                      f"{item.image_id!r}) says {item.height} x {item.width}: a different file, or annotations made at another size")
@@ -213,17 +216,29 @@ def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int
 
 
 def _worker_init(_: int, parent: int | None = None) -> None:
-    """A DataLoader worker: one thread; no shard lock inherited from the parent; gone when the parent dies (a killed
-    extract would otherwise leave its workers hanging on a full pipe, and holding the shard: every rerun refused)."""
+    """A DataLoader worker: one thread. Forked by extract (``parent``: its pid; the default start method on Linux before
+    Python 3.14): no shard lock inherited from it, and gone when it dies (a killed extract would otherwise leave its
+    workers hanging on a full pipe, and holding the shard: every rerun refused). Workers of ``spawn`` or
+    ``forkserver`` inherit no descriptor and have another parent: left as they are."""
     torch.set_num_threads(1)
     release_inherited_claims()
+    if parent is None:
+        return
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-    if parent is not None and os.getppid() != parent:  # the parent died before the line above
+    if os.getppid() != parent:  # extract died before the line above
         os._exit(0)
+
+
+def _forking_parent() -> int | None:
+    """This process's pid where DataLoader workers are forked from it (the start method ``fork``), else ``None``."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]  # unset: the default
+    return os.getpid() if method == "fork" else None
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -293,7 +308,7 @@ def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: boo
     workers = spec.running.workers
     return torch.utils.data.DataLoader(
         _ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
-        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=os.getpid()) if workers else None,
+        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=_forking_parent()) if workers else None,
         prefetch_factor=2 if workers else None,
     )  # fmt: skip
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..extract.maps import ImageMaps
 from ..extract.results import ResultSet
 
-__all__ = ["find_image", "find_images", "load_pixels"]
+__all__ = ["find_image", "find_images", "load_pixels", "stored_first"]
 
 
 def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.PathLike[str] | None = None) -> list[Path | None]:
@@ -60,18 +60,25 @@ def _listed_files(paths: Sequence[str] | None, photos: Sequence[str] | None) -> 
         return {}
 
 
-def load_pixels(path: Path | None, maps: ImageMaps) -> np.ndarray | None:
-    """The uint8 RGB pixels ``[H, W, 3]`` of ``path``, or ``None`` when it is missing, unreadable
-    or not of the size the maps were made at."""
+def stored_first(run: ResultSet) -> bool:
+    """Whether ``run`` read its images in their stored frame where that fits (COCO images: extract reads them in the
+    frame of their annotations) rather than as displayed (EXIF orientation applied: plain files and photos)."""
+    return run.info.get("settings", {}).get("selection", {}).get("source") == "coco"
+
+
+def load_pixels(path: Path | None, maps: ImageMaps, stored: bool = False) -> np.ndarray | None:
+    """The uint8 RGB pixels ``[H, W, 3]`` of ``path`` in the frame extract read them in (``stored``: :func:`stored_first`
+    of the run), or ``None`` when it is missing, unreadable or not of the size the maps were made at."""
     if path is None:
         return None
     from ..data import ImageReadError, load_image
 
     size = tuple(int(v) for v in maps["original_size"])
-    try:  # as extract read it: as displayed, or as stored where only that has the size of the maps' image
-        pixels = load_image(path)
-        if pixels.shape[:2] != size:
-            pixels = load_image(path, orient=False)
+    try:  # as extract read it: in its first frame where that has the size of the maps' image, else in the other
+        for orient in ((False, True) if stored else (True, False)):
+            pixels = load_image(path, orient=orient)
+            if pixels.shape[:2] == size:
+                return pixels
     except ImageReadError:
         return None
-    return pixels if pixels.shape[:2] == size else None
+    return None

@@ -13,7 +13,7 @@ import pandas as pd
 from ..extract.results import ResultSet
 from ..plots.query_maps import QueryChoice
 from .drawn_queries import QueryPicker, every_query
-from .images import find_images, load_pixels
+from .images import find_images, load_pixels, stored_first
 from .meta import Runs
 from .pages import Report
 
@@ -67,7 +67,7 @@ def maps_figures(
             continue
         maps = [res.maps[i] for i in ids]
         files = find_images(res, ids, image_root)
-        pixels = [load_pixels(p, m) for p, m in zip(files, maps)]
+        pixels = [load_pixels(p, m, stored_first(res)) for p, m in zip(files, maps)]
         missing = [str(i) for i, p in zip(ids, pixels) if p is None]
         if missing:
             report.notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")

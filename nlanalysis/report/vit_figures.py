@@ -6,11 +6,10 @@ import os
 
 import pandas as pd
 
-from ..data.images import load_image
 from ..extract.maps import photo_maps
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
-from .images import find_images
+from .images import find_images, load_pixels, stored_first
 from .pages import Report
 from .vit_tables import rows_by_head
 
@@ -59,8 +58,9 @@ def _saved_maps(run: ResultSet, frame: pd.DataFrame, heads: list[tuple[int, int]
     ids = [i for i in dict.fromkeys(frame["image"]) if i in run.maps]
     out = []
     for image_id, path in zip(ids, find_images(run, ids, image_root)):
-        if path is not None:
-            out.append(photo_maps(run.maps[image_id], str(image_id), load_image(path), {h: block_of[h[0]] for h in heads},
+        pixels = load_pixels(path, run.maps[image_id], stored_first(run))  # in the frame extract read it in
+        if pixels is not None:
+            out.append(photo_maps(run.maps[image_id], str(image_id), pixels, {h: block_of[h[0]] for h in heads},
                                   int(prep["size"]), prep["mode"]))  # fmt: skip
     return out
 
