@@ -307,8 +307,15 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5, 0, 0.5]}))
     from nlanalysis.checkpoints import CheckpointError
 
-    with pytest.raises(CheckpointError, match="preprocessor_config.json: image_mean .* not three finite numbers each"):
+    with pytest.raises(CheckpointError, match=r"preprocessor_config.json: image_std .* must be positive"):
         load_vit(tmp_path / "hf", img_size=56)
+    for stated, want in (({"image_mean": 0.5, "image_std": 0.25}, ((0.5,) * 3, (0.25,) * 3)),  # one number for every channel
+                         ({"do_normalize": False}, ((0.0,) * 3, (1.0,) * 3)),  # x / 255 as it is
+                         ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_rescale": False}, ((0.5 / 255,) * 3, (0.5 / 255,) * 3)),
+                         ({"do_resize": True}, None)):  # no mean/std stated: the caller's (ImageNet)
+        (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(stated))
+        got = load_vit(tmp_path / "hf", img_size=56).vit_norm
+        assert got == want or np.allclose(got, want), stated
 
 
 def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypatch):

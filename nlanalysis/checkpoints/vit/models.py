@@ -302,21 +302,36 @@ def _convert_path(path: Path) -> ConvertedViT:
 
 
 def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``(image_mean, image_std)`` of a Hugging Face ``preprocessor_config.json`` (``None`` without the file or them;
-    CheckpointError, naming the file, where they are not three numbers each with std > 0)."""
+    """The ``(mean, std)`` of ``x / 255`` that a Hugging Face ``preprocessor_config.json`` states (``None`` without the file
+    or without ``image_mean`` and ``image_std``):
+    its ``image_mean`` / ``image_std`` (a number or three; skipped with ``do_normalize: false``) after ``rescale_factor``
+    (default 1/255; none with ``do_rescale: false``), ``x' = (x r - mean) / std``, written as ``(x / 255 - m) / s`` with
+    ``m = mean / (255 r)`` and ``s = std / (255 r)``. CheckpointError, naming the file, where a value is malformed."""
     if not path.is_file():
         return None
     try:
         stated = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    mean, std = (stated.get(k) if isinstance(stated, dict) else None for k in ("image_mean", "image_std"))
-    if mean is None and std is None:
-        return None
-    ok = all(isinstance(v, list) and len(v) == 3 and all(isinstance(c, (int, float)) and math.isfinite(c) for c in v) for v in (mean, std))
-    if not ok or min(std) <= 0:
-        raise CheckpointError(f"{path}: image_mean {mean!r} / image_std {std!r} are not three finite numbers each (std > 0)")
-    return tuple(float(c) for c in mean), tuple(float(c) for c in std)
+    if not isinstance(stated, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+
+    def three(key: str, default: float) -> tuple[float, ...]:
+        value = stated.get(key, default)
+        values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not (isinstance(values, list) and len(values) == 3 and all(isinstance(c, (int, float)) and math.isfinite(c) for c in values)):
+            raise CheckpointError(f"{path}: {key} {value!r} is not a finite number or three")
+        return tuple(float(c) for c in values)
+
+    normalize = stated.get("do_normalize", True) is not False
+    if normalize and not ("image_mean" in stated and "image_std" in stated):
+        return None  # not stated (each processor class has its own default): the caller's
+    mean, std = (three("image_mean", 0.0), three("image_std", 1.0)) if normalize else ((0.0,) * 3, (1.0,) * 3)
+    rescale = stated.get("rescale_factor", 1 / 255) if stated.get("do_rescale", True) is not False else 1.0
+    if not (isinstance(rescale, (int, float)) and math.isfinite(rescale) and rescale > 0) or min(std) <= 0:
+        raise CheckpointError(f"{path}: image_std {std!r} and rescale_factor {rescale!r} must be positive")
+    unit = 255.0 * float(rescale)
+    return tuple(m / unit for m in mean), tuple(v / unit for v in std)
 
 
 def load_vit(
