@@ -87,13 +87,20 @@ def _orientation(img: Any) -> int:
 
 def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
     """``(H, W)`` of :func:`load_image` ``(path, orient=orient)`` from the file's header, without decoding its pixels
-    (any error of opening the file is raised as it comes; a PNG's EXIF chunk after its pixels is not seen here)."""
+    (a PNG's EXIF chunk after its pixels is not seen here). Raises ImageReadError, naming the file, as :func:`load_image`
+    does where the file is missing or its header is not an image's."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        w, h = img.size
-        if orient and _orientation(img) in _TRANSPOSING:
-            h, w = w, h
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if orient and _orientation(img) in _TRANSPOSING:
+                h, w = w, h
+    except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
+        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
     return h, w
 
 
