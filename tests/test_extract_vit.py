@@ -312,7 +312,7 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     for stated, want in (({"image_mean": 0.5, "image_std": 0.25}, ((0.5,) * 3, (0.25,) * 3)),  # one number for every channel
                          ({"do_normalize": False}, ((0.0,) * 3, (1.0,) * 3)),  # x / 255 as it is
                          ({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_rescale": False}, ((0.5 / 255,) * 3, (0.5 / 255,) * 3)),
-                         ({"do_resize": True}, None)):  # no mean/std stated: the caller's (ImageNet)
+                         ({"do_resize": True}, None), ({"image_mean": None, "image_std": None}, None)):  # not stated: ImageNet
         (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(stated))
         got = load_vit(tmp_path / "hf", img_size=56).vit_norm
         assert got == want or np.allclose(got, want), stated

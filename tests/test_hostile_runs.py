@@ -506,8 +506,8 @@ with claim_shard(store, "0-of-1"):
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_workers_of_other_start_methods_run(data, tmp_path, method):
-    """Under forkserver (Python 3.14's default on Linux) or spawn a worker's parent is not extract: it must not take
-    that for a dead extract and quit."""
+    """Under forkserver (Python 3.14's default on Linux) a worker's parent is the server, not extract: it must not take
+    that for a dead extract and quit (this case failed). Under spawn extract is the parent, as under fork."""
     import subprocess
     import sys
 
@@ -523,3 +523,19 @@ if __name__ == "__main__":
     got = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["counts"]["done"] == 3
+
+
+def test_a_coco_run_made_before_the_crowd_and_frame_rules_does_not_resume_under_them(data, tmp_path, capsys):
+    """Crowd regions left out and images read in their stored frame first change a COCO run's rows: a run made before
+    (its settings without these keys) is not resumed or merged with rows made after, it is refused by name."""
+    root, ckpt = data
+    out = tmp_path / "r"
+    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(root / "images"),
+            "--out", str(out), "--jsd-pairs", "16", "--quiet", "--image-ids", "1"]  # fmt: skip
+    assert main(args) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert {k: info["settings"]["selection"][k] for k in ("crowd", "frame")} == {"crowd": "left-out", "frame": "stored-first"}
+    for key in ("crowd", "frame"):
+        del info["settings"]["selection"][key]
+    (out / "run.json").write_text(json.dumps(info))
+    assert "holds a run with other settings (selection:" in _error(capsys, args)

@@ -40,4 +40,5 @@ def test_an_mmdet3_data_preprocessor_that_does_not_flip_leaves_the_model_bgr():
     assert to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=True")
     assert not to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=False")
     assert to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], rgb_to_bgr=True")
+    assert to_rgb("mean=[1., 2., 3.], std=[4., 5., 6.], bgr_to_rgb=False, rgb_to_bgr=True")  # either flag flips
     assert to_rgb("pad_size_divisor=32")  # no normalisation stated: the default (RGB) stays

@@ -110,8 +110,8 @@ def preprocess_from_config(cfg: dict[str, Any], source: str) -> Preprocess | Non
     if isinstance(model, dict) and isinstance(model.get("data_preprocessor"), dict):
         dp = model["data_preprocessor"]
         norm(dp)
-        if ("mean" in dp or "std" in dp) and "bgr_to_rgb" not in dp:  # mmengine's ImgDataPreprocessor flips the channels
-            found["to_rgb"] = bool(dp.get("rgb_to_bgr", False))  # only when told: else the model gets BGR, as loaded
+        if any(k in dp for k in ("mean", "std", "bgr_to_rgb", "rgb_to_bgr")):  # mmengine's ImgDataPreprocessor flips the
+            found["to_rgb"] = bool(dp.get("bgr_to_rgb") or dp.get("rgb_to_bgr"))  # channels when told: else BGR, as loaded
         if isinstance(dp.get("pad_size_divisor"), int):
             found["pad_divisor"] = dp["pad_size_divisor"]
     if not found:

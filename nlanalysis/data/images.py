@@ -86,8 +86,8 @@ def _orientation(img: Any) -> int:
 
 
 def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
-    """``(H, W)`` of :func:`load_image` ``(path, orient=orient)`` from the file's header, without decoding its pixels
-    (a PNG's EXIF chunk after its pixels is not seen here). Raises ImageReadError, naming the file, as :func:`load_image`
+    """``(H, W)`` from the file's header, without decoding its pixels: that of :func:`load_image` ``(path, orient=orient)``
+    but for a PNG whose EXIF chunk comes after its pixels (not seen here). Raises ImageReadError, naming the file, as :func:`load_image`
     does where the file is missing or its header is not an image's."""
     from PIL import Image
 

@@ -215,14 +215,18 @@ def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int
     one.queries, one.query_label = points.yx, points.label
 
 
-def _worker_init(_: int, parent: int | None = None) -> None:
-    """A DataLoader worker: one thread. Forked by extract (``parent``: its pid; the default start method on Linux before
-    Python 3.14): no shard lock inherited from it, and gone when it dies (a killed extract would otherwise leave its
-    workers hanging on a full pipe, and holding the shard: every rerun refused). Workers of ``spawn`` or
-    ``forkserver`` inherit no descriptor and have another parent: left as they are."""
+def _worker_init(_: int, parent: int | None = None, forked: bool = False) -> None:
+    """A DataLoader worker: one thread, no shard lock inherited from extract (``fork``), and, where extract (``parent``)
+    is its parent (``fork``, ``spawn``), gone when extract dies: a killed extract would otherwise leave its workers
+    hanging on a full pipe (and, forked, holding the shard: every rerun refused). A ``forkserver`` worker's parent is
+    the server: left as it is."""
     torch.set_num_threads(1)
     release_inherited_claims()
     if parent is None:
+        return
+    if os.getppid() != parent:
+        if forked:  # forked by extract, which is gone already
+            os._exit(0)
         return
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
@@ -233,12 +237,11 @@ def _worker_init(_: int, parent: int | None = None) -> None:
         os._exit(0)
 
 
-def _forking_parent() -> int | None:
-    """This process's pid where DataLoader workers are forked from it (the start method ``fork``), else ``None``."""
+def _forks() -> bool:
+    """Whether DataLoader workers are forked from this process (the start method ``fork``)."""
     import multiprocessing
 
-    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]  # unset: the default
-    return os.getpid() if method == "fork" else None
+    return (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"  # unset: the default
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: boo
     workers = spec.running.workers
     return torch.utils.data.DataLoader(
         _ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
-        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=_forking_parent()) if workers else None,
+        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=os.getpid(), forked=_forks()) if workers else None,
         prefetch_factor=2 if workers else None,
     )  # fmt: skip
 
@@ -365,6 +368,9 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
             # COCO ids are ints, but a file may use strings: then they are read back as text
             "id_type": "int" if coco_ann is not None and all(_is_int(it.image_id) for it in items) else "str",
+            # COCO runs since 2026-12-05: crowd regions neither object nor background, images read in their stored frame
+            # where it has the entry's size (_annotated_pixels); earlier COCO runs lack these and refuse to resume or merge
+            **({"crowd": "left-out", "frame": "stored-first"} if coco_ann is not None else {}),
         },
         "queries": str(spec.query_spec()) if save_maps else None,
         # saved query points keep to cells every block's statistics keep; runs written before this rule placed

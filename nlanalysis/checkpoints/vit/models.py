@@ -324,7 +324,7 @@ def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | No
         return tuple(float(c) for c in values)
 
     normalize = stated.get("do_normalize", True) is not False
-    if normalize and not ("image_mean" in stated and "image_std" in stated):
+    if normalize and (stated.get("image_mean") is None or stated.get("image_std") is None):
         return None  # not stated (each processor class has its own default): the caller's
     mean, std = (three("image_mean", 0.0), three("image_std", 1.0)) if normalize else ((0.0,) * 3, (1.0,) * 3)
     rescale = stated.get("rescale_factor", 1 / 255) if stated.get("do_rescale", True) is not False else 1.0
