@@ -526,16 +526,32 @@ if __name__ == "__main__":
 
 
 def test_a_coco_run_made_before_the_crowd_and_frame_rules_does_not_resume_under_them(data, tmp_path, capsys):
-    """Crowd regions left out and images read in their stored frame first change a COCO run's rows: a run made before
-    (its settings without these keys) is not resumed or merged with rows made after, it is refused by name."""
+    """Crowd regions left out and images read in their stored frame first change the rows of COCO runs with crowds or
+    turned photos: such a run made before (its settings without these keys) is refused by name, not resumed or merged
+    with rows made after; a run with neither keeps its settings (the committed demo runs resume)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
     root, ckpt = data
-    out = tmp_path / "r"
-    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(root / "images"),
-            "--out", str(out), "--jsd-pairs", "16", "--quiet", "--image-ids", "1"]  # fmt: skip
-    assert main(args) == 0
-    info = json.loads((out / "run.json").read_text())
-    assert {k: info["settings"]["selection"][k] for k in ("crowd", "frame")} == {"crowd": "left-out", "frame": "stored-first"}
+    images = shutil.copytree(root / "images", tmp_path / "images")
+    raw = np.asarray(Image.open(images / "photo_000.jpg").convert("RGB"))
+    img = Image.fromarray(raw)
+    exif = img.getexif()
+    exif[0x0112] = 3  # a half turn: the size cannot tell the frames apart
+    img.save(images / "photo_000.jpg", exif=exif)
+
+    def args(out, ids):
+        return ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(images),
+                "--out", str(out), "--jsd-pairs", "16", "--quiet", "--image-ids", *ids]  # fmt: skip
+
+    assert main(args(tmp_path / "r", ["1", "3"])) == 0  # image 3 holds a crowd region (write_coco's third pattern)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert {k: info["settings"]["selection"].get(k) for k in ("crowd", "frame")} == {"crowd": "left-out", "frame": "stored-first"}
     for key in ("crowd", "frame"):
         del info["settings"]["selection"][key]
-    (out / "run.json").write_text(json.dumps(info))
-    assert "holds a run with other settings (selection:" in _error(capsys, args)
+    (tmp_path / "r" / "run.json").write_text(json.dumps(info))
+    assert "holds a run with other settings (selection:" in _error(capsys, args(tmp_path / "r", ["1", "3"]))
+    assert main(args(tmp_path / "plain", ["2"])) == 0  # neither: no keys
+    assert not {"crowd", "frame"} & set(json.loads((tmp_path / "plain" / "run.json").read_text())["settings"]["selection"])

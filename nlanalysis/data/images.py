@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PHOTO_FILES", "ImageReadError", "image_size", "load_image", "photo_file", "sample_photos"]
+__all__ = ["PHOTO_FILES", "ImageReadError", "exif_orientation", "image_size", "load_image", "photo_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
@@ -83,6 +83,17 @@ def _orientation(img: Any) -> int:
     except Exception:  # a malformed EXIF block: the pixels as stored
         return 1
     return value if value in range(1, 9) else 1
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation of an image file from its header (1: as stored; also for a file that cannot be opened)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return _orientation(img)
+    except Exception:  # unreadable: it fails (alone) when loaded
+        return 1
 
 
 def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:

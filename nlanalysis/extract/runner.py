@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from ..data import ImageReadError, image_size, load_image
+from ..data.images import exif_orientation
 from ..data.transforms import Prepared
 from ..metrics.threads import free_core_threads
 from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
@@ -353,6 +354,17 @@ def _loop(
         bar.close()
 
 
+def _coco_rules(items: list[ImageItem]) -> dict[str, str]:
+    """The settings of the COCO rules that change the rows of these images: crowd regions left out where an annotation
+    is a crowd with a mask, the stored frame first where an image file has an EXIF orientation (a header read each)."""
+    rules = {}
+    if any(a.get("iscrowd") and a.get("segmentation") for it in items for a in it.annotations or ()):
+        rules["crowd"] = "left-out"
+    if any(exif_orientation(it.path) != 1 for it in items):
+        rules["frame"] = "stored-first"
+    return rules
+
+
 def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, own_object: bool) -> dict[str, Any]:
     """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts.
 
@@ -368,9 +380,10 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
             "keys_sha256": hashlib.sha256("\n".join(it.key for it in items).encode()).hexdigest(),
             # COCO ids are ints, but a file may use strings: then they are read back as text
             "id_type": "int" if coco_ann is not None and all(_is_int(it.image_id) for it in items) else "str",
-            # COCO runs since 2026-12-05: crowd regions neither object nor background, images read in their stored frame
-            # where it has the entry's size (_annotated_pixels); earlier COCO runs lack these and refuse to resume or merge
-            **({"crowd": "left-out", "frame": "stored-first"} if coco_ann is not None else {}),
+            # COCO runs since 2026-12-05, where the rule changes rows: crowd regions neither object nor background
+            # (annotations with crowds), images read in their stored frame first (images with an EXIF orientation,
+            # _annotated_pixels); earlier runs with such data lack the keys and refuse to resume or merge
+            **(_coco_rules(items) if coco_ann is not None else {}),
         },
         "queries": str(spec.query_spec()) if save_maps else None,
         # saved query points keep to cells every block's statistics keep; runs written before this rule placed
