@@ -401,7 +401,7 @@ def test_a_coco_image_is_read_in_the_frame_its_entry_states_or_fails_by_name(coc
 
     from extract_inputs import one_thread, tiny_checkpoint
     from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_run, run_extract
-    from nlanalysis.extract.runner import _ImageDataset
+    from nlanalysis.extract.loading import ImageDataset
 
     ann, images, data = coco
     first, second = data["images"]
@@ -413,14 +413,14 @@ def test_a_coco_image_is_read_in_the_frame_its_entry_states_or_fails_by_name(coc
     from nlanalysis.extract import coco_images
 
     items = coco_images(ann, images)
-    loaded = _ImageDataset(items, lambda image: image, None, objects=False)
+    loaded = ImageDataset(items, lambda image: image, None, objects=False)
     assert np.array_equal(loaded[0].prep, raw) and loaded[0].error is None
     turned = dict(first, file_name="turned.png", height=first["width"], width=first["height"])  # an entry of the displayed size
     flipped = dict(first, id=first["id"] + 100, file_name="flipped.png")  # a flip keeps the size: the stored frame, where COCO's annotators drew
     _sideways_png(images / "turned.png", raw)
     _sideways_png(images / "flipped.png", raw, orientation=2)
     (tmp_path / "frames.json").write_text(json.dumps({**data, "images": [turned, flipped], "annotations": []}))
-    frames = _ImageDataset(coco_images(tmp_path / "frames.json", images), lambda image: image, None, objects=False)
+    frames = ImageDataset(coco_images(tmp_path / "frames.json", images), lambda image: image, None, objects=False)
     assert np.array_equal(frames[0].prep, np.rot90(raw, k=-1)) and np.array_equal(frames[1].prep, raw)
     with one_thread():
         spec = RunSpec(model=ModelSpec(tiny_checkpoint(tmp_path / "tiny.pth")), data=DataSpec(coco_ann=ann, coco_images=images),

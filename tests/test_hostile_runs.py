@@ -70,9 +70,10 @@ def test_extract_writes_into_an_empty_folder_and_resumes_its_own(data, tmp_path)
 
 
 def test_any_error_of_one_image_is_its_failure_row(data, tmp_path, monkeypatch, capsys):
+    import nlanalysis.extract.loading as loading
     import nlanalysis.extract.runner as runner
 
-    real_load, real_queries = runner.load_image, runner.select_queries
+    real_load, real_queries = loading.load_image, runner.select_queries
 
     def load(path):
         if str(path).endswith("photo_001.jpg"):
@@ -87,7 +88,7 @@ def test_any_error_of_one_image_is_its_failure_row(data, tmp_path, monkeypatch, 
             raise IndexError("query bug")
         return real_queries(*args)
 
-    monkeypatch.setattr(runner, "load_image", load)
+    monkeypatch.setattr(loading, "load_image", load)  # images are read in DataLoader work (extract/loading.py)
     monkeypatch.setattr(runner, "select_queries", queries)
     out = tmp_path / "r"
     assert main(_args(data, out, "--save-maps", "--queries", "grid:2")) == 1

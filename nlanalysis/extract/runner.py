@@ -22,12 +22,10 @@ Determinism (what makes a resumed run equal an uninterrupted one row for row):
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
-import signal
 import socket
 import sys
 import time
@@ -42,16 +40,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import ImageReadError, image_size, load_image
 from ..data.images import exif_orientation
-from ..data.transforms import Prepared
 from ..metrics.threads import free_core_threads
-from .analyses import COLUMNS, OBJECT_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, load_analysis
+from .analyses import (
+    COLUMNS,
+    OBJECT_COLUMNS,
+    VIT_COLUMNS,
+    Analysis,
+    LayerMaps,
+    load_analysis,
+)
+from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
 from .maps import save_image_maps
-from .objects import ObjectMap, object_map
 from .queries import QuerySpec, select_queries
 from .results import summarize
-from .resume import ShardPlan, claim_shard, plan_shard, release_inherited_claims
+from .resume import ShardPlan, claim_shard, plan_shard
 from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
@@ -142,70 +145,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-# -- per image work (runs in DataLoader workers) ------------------------------------------------
-
-
-@dataclass
-class _Loaded:
-    """One image read: its preprocessing (``prep``) or why it failed (``error``), its objects and query points."""
-
-    item: ImageItem
-    error: str | None = None
-    prep: Prepared | None = None
-    objects: ObjectMap | None = None
-    queries: np.ndarray | None = None
-    query_label: np.ndarray | None = None
-
-
-class _ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool) -> None:
-        self.items, self.prepare, self.queries, self.objects = items, prepare, queries, objects
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> _Loaded:
-        item = self.items[i]
-        try:
-            prep = self.prepare(_annotated_pixels(item))
-        except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
-            return _Loaded(item, error=_reason(item, err))
-        out = _Loaded(item, prep=prep)
-        try:
-            if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
-                out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
-        except Exception as err:
-            return _Loaded(item, error=_reason(item, err, "annotations"))
-        return out
-
-
-def _annotated_pixels(item: ImageItem) -> np.ndarray:
-    """``item``'s pixels: a plain file as displayed (EXIF orientation applied, as mmcv reads images); a COCO image in the
-    frame its annotations are drawn in: as stored where that has the entry's ``height`` x ``width`` (COCO's annotators
-    drew on the stored pixels; the size cannot tell a flip or a half turn from none), else as displayed where that has
-    it; ValueError where neither has it (a different file, or annotations made at another size)."""
-    if item.height is None or item.width is None:
-        return load_image(item.path)
-    if image_size(item.path, orient=False) == (item.height, item.width):
-        return load_image(item.path, orient=False)
-    pixels = load_image(item.path)
-    if pixels.shape[:2] == (item.height, item.width):
-        return pixels
-    h, w = pixels.shape[:2]
-    raise ValueError(f"{item.path}: the file decodes to {h} x {w} pixels (height x width) but its COCO entry (image id "
-                     f"{item.image_id!r}) says {item.height} x {item.width}: a different file, or annotations made at another size")
-
-
-def _reason(item: ImageItem, err: BaseException, stage: str = "") -> str:
-    """The failures.csv reason of ``err`` for ``item``: its path, the stage, the error (its type when
-    not a plain ValueError / ImageReadError, whose messages are written for users)."""
-    text = str(err) if isinstance(err, (ValueError, ImageReadError)) else f"{type(err).__name__}: {err}"
-    if str(item.path) not in text:
-        text = f"{item.path}: {stage + ': ' if stage else ''}{text}"
-    return text
-
-
-def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int) -> None:
+def _choose_queries(one: Loaded, spec: QuerySpec, analysis: Analysis, seed: int) -> None:
     """Set ``one``'s query points: on the seen image, in cells every analysed block keeps.
 
     Runs in the main process: the blocks' query grids (:meth:`Analysis.query_grids`) come from the model.
@@ -214,35 +154,6 @@ def _choose_queries(one: _Loaded, spec: QuerySpec, analysis: Analysis, seed: int
     rng = np.random.default_rng(_seed_of(seed, one.item.key, "queries"))
     points = select_queries(spec, p.size, rng, one.objects, p.scale, p.offset, input_size, analysis.query_grids(input_size))
     one.queries, one.query_label = points.yx, points.label
-
-
-def _worker_init(_: int, parent: int | None = None, forked: bool = False) -> None:
-    """A DataLoader worker: one thread, no shard lock inherited from extract (``fork``), and, where extract (``parent``)
-    is its parent (``fork``, ``spawn``), gone when extract dies: a killed extract would otherwise leave its workers
-    hanging on a full pipe (and, forked, holding the shard: every rerun refused). A ``forkserver`` worker's parent is
-    the server: left as it is."""
-    torch.set_num_threads(1)
-    release_inherited_claims()
-    if parent is None:
-        return
-    if os.getppid() != parent:
-        if forked:  # forked by extract, which is gone already
-            os._exit(0)
-        return
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # extract died before the line above
-        os._exit(0)
-
-
-def _forks() -> bool:
-    """Whether DataLoader workers are forked from this process (the start method ``fork``)."""
-    import multiprocessing
-
-    return (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"  # unset: the default
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -311,8 +222,8 @@ def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: boo
     """The loader of the shard's batches left (images read in DataLoader workers with ``workers > 0``)."""
     workers = spec.running.workers
     return torch.utils.data.DataLoader(
-        _ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
-        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(_worker_init, parent=os.getpid(), forked=_forks()) if workers else None,
+        ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
+        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(worker_init, parent=os.getpid(), forked=forks()) if workers else None,
         prefetch_factor=2 if workers else None,
     )  # fmt: skip
 
@@ -335,7 +246,7 @@ def _select(spec: RunSpec) -> list[ImageItem]:
 
 
 def _loop(
-    loader: Any, work: Callable[[list[_Loaded]], tuple[int, int]], session: dict[str, Any], total: int, progress: bool, desc: str
+    loader: Any, work: Callable[[list[Loaded]], tuple[int, int]], session: dict[str, Any], total: int, progress: bool, desc: str
 ) -> None:
     """Run ``work`` over the loader's batches, counting into ``session``, with a progress bar."""
     from tqdm import tqdm
@@ -427,17 +338,17 @@ class _BatchWork:
     def __post_init__(self) -> None:
         self.queries = self.spec.query_spec() if self.spec.output.save_maps else None
 
-    def __call__(self, batch: list[_Loaded]) -> tuple[int, int]:
+    def __call__(self, batch: list[Loaded]) -> tuple[int, int]:
         """Returns ``(done, failed)``."""
         failures = [(one, one.error) for one in batch if one.error is not None]
-        results: list[tuple[_Loaded, pd.DataFrame, Any]] = []
-        groups: dict[tuple[int, ...], list[_Loaded]] = {}
+        results: list[tuple[Loaded, pd.DataFrame, Any]] = []
+        groups: dict[tuple[int, ...], list[Loaded]] = {}
         for one in batch:
             if one.error is None and self.queries is not None:
                 try:
                     _choose_queries(one, self.queries, self.analysis, self.spec.seed)
                 except Exception as err:
-                    failures.append((one, _reason(one.item, err, "queries")))
+                    failures.append((one, failure_reason(one.item, err, "queries")))
                     continue
             if one.error is None:
                 groups.setdefault(tuple(one.prep.tensor.shape), []).append(one)
@@ -446,13 +357,13 @@ class _BatchWork:
                 results += self.forward(group)
             except Exception as err:  # e.g. NaN features, out of memory on one large image
                 if len(group) == 1:
-                    failures.append((group[0], _reason(group[0].item, err)))
+                    failures.append((group[0], failure_reason(group[0].item, err)))
                     continue
                 for one in group:  # one bad image must not fail its batch mates
                     try:
                         results += self.forward([one])
                     except Exception as err1:
-                        failures.append((one, _reason(one.item, err1)))
+                        failures.append((one, failure_reason(one.item, err1)))
         kept = []
         for one, rows, save in results:
             too_small = _too_small(one, rows)
@@ -468,7 +379,7 @@ class _BatchWork:
             self.store.write_done(one.item.key, rows, save)
         return len(kept), len(failures)
 
-    def forward(self, group: list[_Loaded]) -> list[tuple[_Loaded, pd.DataFrame, Any]]:
+    def forward(self, group: list[Loaded]) -> list[tuple[Loaded, pd.DataFrame, Any]]:
         """One forward over images of equal shape: per image, its rows and its maps writer (or None)."""
         analysis, measure, save_maps = self.analysis, self.spec.measure, self.spec.output.save_maps
         images = torch.stack([g.prep.tensor for g in group]).to(self.device)
@@ -499,7 +410,7 @@ class _BatchWork:
         return out
 
 
-def _too_small(one: _Loaded, rows: pd.DataFrame) -> str | None:
+def _too_small(one: Loaded, rows: pd.DataFrame) -> str | None:
     """The failure reason of an image too small for some block's grid: no query cell of that block
     lies on the image (every statistic would be NaN), or ``None``."""
     empty = rows.loc[rows["n_query"] == 0, "block"].unique().tolist()
@@ -513,7 +424,7 @@ def _too_small(one: _Loaded, rows: pd.DataFrame) -> str | None:
     )
 
 
-def _save_maps(file: Any, *, layers: list[LayerMaps], one: _Loaded, input_size: tuple[int, int]) -> None:
+def _save_maps(file: Any, *, layers: list[LayerMaps], one: Loaded, input_size: tuple[int, int]) -> None:
     p = one.prep
     save_image_maps(
         file, image_id=one.item.image_id, blocks=[m.name for m in layers], maps=[m.maps for m in layers], cells=[m.cells for m in layers],

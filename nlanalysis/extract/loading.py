@@ -1,0 +1,111 @@
+"""Reading one image of an extract run, in DataLoader workers: its pixels in the frame its annotations are in, its
+preprocessing and object labels (:class:`ImageDataset`; any error is that image's failure), and the workers' set-up."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import ImageReadError, image_size, load_image
+from ..data.transforms import Prepared
+from .objects import ObjectMap, object_map
+from .queries import QuerySpec
+from .resume import release_inherited_claims
+from .sources import ImageItem
+
+__all__ = ["ImageDataset", "Loaded", "failure_reason", "forks", "worker_init"]
+
+
+@dataclass
+class Loaded:
+    """One image read: its preprocessing (``prep``) or why it failed (``error``), its objects and query points."""
+
+    item: ImageItem
+    error: str | None = None
+    prep: Prepared | None = None
+    objects: ObjectMap | None = None
+    queries: np.ndarray | None = None
+    query_label: np.ndarray | None = None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool) -> None:
+        self.items, self.prepare, self.queries, self.objects = items, prepare, queries, objects
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Loaded:
+        item = self.items[i]
+        try:
+            prep = self.prepare(_annotated_pixels(item))
+        except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
+            return Loaded(item, error=failure_reason(item, err))
+        out = Loaded(item, prep=prep)
+        try:
+            if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
+                out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
+        except Exception as err:
+            return Loaded(item, error=failure_reason(item, err, "annotations"))
+        return out
+
+
+def _annotated_pixels(item: ImageItem) -> np.ndarray:
+    """``item``'s pixels: a plain file as displayed (EXIF orientation applied, as mmcv reads images); a COCO image in the
+    frame its annotations are drawn in: as stored where that has the entry's ``height`` x ``width`` (COCO's annotators
+    drew on the stored pixels; the size cannot tell a flip or a half turn from none), else as displayed where that has
+    it; ValueError where neither has it (a different file, or annotations made at another size)."""
+    if item.height is None or item.width is None:
+        return load_image(item.path)
+    if image_size(item.path, orient=False) == (item.height, item.width):
+        return load_image(item.path, orient=False)
+    pixels = load_image(item.path)
+    if pixels.shape[:2] == (item.height, item.width):
+        return pixels
+    h, w = pixels.shape[:2]
+    raise ValueError(f"{item.path}: the file decodes to {h} x {w} pixels (height x width) but its COCO entry (image id "
+                     f"{item.image_id!r}) says {item.height} x {item.width}: a different file, or annotations made at another size")
+
+
+def failure_reason(item: ImageItem, err: BaseException, stage: str = "") -> str:
+    """The failures.csv reason of ``err`` for ``item``: its path, the stage, the error (its type when
+    not a plain ValueError / ImageReadError, whose messages are written for users)."""
+    text = str(err) if isinstance(err, (ValueError, ImageReadError)) else f"{type(err).__name__}: {err}"
+    if str(item.path) not in text:
+        text = f"{item.path}: {stage + ': ' if stage else ''}{text}"
+    return text
+
+
+def worker_init(_: int, parent: int | None = None, forked: bool = False) -> None:
+    """A DataLoader worker: one thread, no shard lock inherited from extract (``fork``), and, where extract (``parent``)
+    is its parent (``fork``, ``spawn``), gone when extract dies: a killed extract would otherwise leave its workers
+    hanging on a full pipe (and, forked, holding the shard: every rerun refused). A ``forkserver`` worker's parent is
+    the server: left as it is."""
+    torch.set_num_threads(1)
+    release_inherited_claims()
+    if parent is None:
+        return
+    if os.getppid() != parent:
+        if forked:  # forked by extract, which is gone already
+            os._exit(0)
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL)
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # extract died before the line above
+        os._exit(0)
+
+
+def forks() -> bool:
+    """Whether DataLoader workers are forked from this process (the start method ``fork``)."""
+    import multiprocessing
+
+    return (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"  # unset: the default
