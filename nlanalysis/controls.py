@@ -29,6 +29,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .tables import LOCALITY_RATIOS, format_ci, summarise, with_locality_ratios
@@ -49,6 +50,16 @@ ATTENTION_STATS = (
 QK_VARIANTS = frozenset({"embedded_gaussian", "dot_product", "danet_pam"})  # explicit query/key projections
 
 
+#: how far an interval must clear 1 to lie above or below it: a map shared by every query has lifts of exactly 1, and
+#: float rounding (1 +- 1e-16) must not read as a preference
+ROUNDING = 1e-9
+
+
+def _side(low: float, high: float) -> int:
+    """+1 where ``[low, high]`` lies above 1, -1 where below, 0 where it holds 1 (within :data:`ROUNDING`)."""
+    return 1 if low > 1 + ROUNDING else -1 if high < 1 - ROUNDING else 0
+
+
 def _interval(row: pd.Series, stat: str) -> tuple[float, float]:
     return float(row.get(f"{stat}_low", math.nan)), float(row.get(f"{stat}_high", math.nan))
 
@@ -59,8 +70,8 @@ def read_attention(row: pd.Series) -> list[str]:
     words = []
     low, high = _interval(row, "same_category_lift")
     if not math.isnan(low):
-        reading = "attends its own group" if low > 1 else "avoids its own group" if high < 1 else "no own-group preference shown"
-        words.append(f"{reading} (same-category lift {format_ci(row['same_category_lift'], low, high)})")
+        reading = {1: "attends its own group", -1: "avoids its own group", 0: "no own-group preference shown"}[_side(low, high)]
+        words.append(f"{reading} (same-category lift {format_ci(row['same_category_lift'], low, high)}{_zeros(row, 'same_category_lift')})")
     (a_low, a_high), (c_low, c_high) = _interval(row, "att"), _interval(row, "ctrl_form_att")
     if not (math.isnan(a_low) or math.isnan(c_low)):
         where = ("above its form-matched control" if a_low > c_high else "below its form-matched control" if a_high < c_low
@@ -73,13 +84,25 @@ def read_attention(row: pd.Series) -> list[str]:
     for ratio, (lift, _) in LOCALITY_RATIOS.items():
         r_low, r_high = _interval(row, ratio)
         if not math.isnan(r_low):
-            where = ("above its locality control" if r_low > 1 else "below its locality control" if r_high < 1
-                     else "not distinguishable from locality")  # fmt: skip
+            where = {1: "above its locality control", -1: "below its locality control", 0: "not distinguishable from locality"}[
+                _side(r_low, r_high)]  # fmt: skip
             # four digits: an interval that just excludes 1 ([1.001, 1.71]) must not print as one that touches it
             unread = int(row.get(f"{ratio}_unread", 0) or 0)
-            left = f"; {unread} of {unread + int(row[f'{ratio}_read'])} images without a readable control" if unread else ""
-            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}]{left})")
+            left = f"; {unread} of {_count(row, lift)} images without a readable control" if unread else ""
+            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}]{left}{_zeros(row, lift)})")
     return words
+
+
+def _count(row: pd.Series, lift: str) -> int:
+    """The images with a value of ``lift`` in ``row``'s group (:func:`attention_summary`'s ``{lift}_images``)."""
+    return int(row.get(f"{lift}_images", 0) or 0)
+
+
+def _zeros(row: pd.Series, lift: str) -> str:
+    """``"; K of M images with lift 0 left out"`` where the group has lifts of 0 (no log: out of every geometric mean
+    of the lift and of its ratios), else ``""``."""
+    zeros = int(row.get(f"{lift}_zero", 0) or 0)
+    return f"; {zeros} of {_count(row, lift)} images with lift 0 left out" if zeros else ""
 
 
 def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -90,7 +113,7 @@ def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] |
     table = None
     for ref in (r for r in REFERENCES if r in present):
         m = paired_margins(results, baseline=ref)
-        cols = {c: f"{c}_vs_{ref}" for c in ("margin", "margin_low", "margin_high", "margin_p", "verdict")}
+        cols = {c: f"{c}_vs_{ref}" for c in ("pairs", "margin", "margin_low", "margin_high", "margin_p", "verdict")}
         part = m.rename(columns=cols)[["variant", *cols.values()]]
         table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
     if table is None:
@@ -131,10 +154,10 @@ def answer(gate_holds: bool | None, gate_row: pd.Series | None) -> str:
     if not gate_holds:
         return ("No valid positive control: the NL block does not beat both GC and SNL on the query-specific "
                 "scenes, so they do not show that query-specific context is needed (a revised design needs its own PLAN entry).")  # fmt: skip
-    low = math.nan if gate_row is None else _interval(gate_row, "same_category_lift")[0]
+    low, high = (math.nan, math.nan) if gate_row is None else _interval(gate_row, "same_category_lift")
     if math.isnan(low):
         return "The gate holds; the attention statistics of the query-specific finals are not extracted yet."
-    if low > 1:
+    if _side(low, high) > 0:
         return ("Yes: where query-specific context is needed (the gate holds), the embedded-Gaussian block's maps "
                 "attend the query's own group, and the analysis shows it.")  # fmt: skip
     return "The block helps (the gate holds) but its maps do not show an own-group preference."
@@ -143,14 +166,23 @@ def answer(gate_holds: bool | None, gate_row: pd.Series | None) -> str:
 def attention_summary(extracts: list[Path]) -> pd.DataFrame:
     """:func:`~nlanalysis.tables.summarise` of the result sets, one row per variant and block, pooled over
     seeds (images nested in seeds); with the lifts' ratios to their locality control where the sets have it."""
-    frame = with_locality_ratios(load_runs(extracts).frame)
+    runs = load_runs(extracts)
+    unknown = [f"{m.path} ({m.source})" for m in runs.meta if m.seed is None]
+    if unknown:  # each set would be read as a variant of its own, with images for seeds
+        raise ValueError("the controls report needs each result set's variant and seed; not known for: " + "; ".join(unknown))
+    frame = with_locality_ratios(runs.frame)
     out = summarise(frame, by=("variant",), stats=(*ATTENTION_STATS, *LOCALITY_RATIOS))
-    for ratio, (lift, _) in LOCALITY_RATIOS.items():  # how many images the ratio was read on, and how many it could not be
+    counted = {}  # per lift: the images with a value, those of lift <= 0 (no log: out of its geometric means) and, per
+    for ratio, (lift, _) in LOCALITY_RATIOS.items():  # ratio, those whose locality control is not readable
+        if lift in frame:
+            counted[f"{lift}_images"] = frame[lift].notna()
+            counted[f"{lift}_zero"] = frame[lift] <= 0
         if ratio in frame:
-            read = frame[ratio] > 0  # as summarise's log reads it (a ratio of 0 has no log)
-            counts = frame.assign(_read=read, _unread=frame[lift].notna() & ~read)
-            counts = counts.groupby(["variant", "block"], sort=False)[["_read", "_unread"]].sum().reset_index()
-            out = out.merge(counts.rename(columns={"_read": f"{ratio}_read", "_unread": f"{ratio}_unread"}), how="left")
+            counted[f"{ratio}_read"] = (frame[ratio] > 0) & np.isfinite(frame[ratio])
+            counted[f"{ratio}_unread"] = frame[lift].notna() & frame[ratio].isna()
+    if counted:
+        counts = frame.assign(**counted).groupby(["variant", "block"], sort=False)[list(counted)].sum().reset_index()
+        out = out.merge(counts, how="left")
     return out
 
 
@@ -165,6 +197,8 @@ def _training_markdown(t: pd.DataFrame) -> str:
                 cells.append("–")
                 continue
             ci = format_ci(r[f"margin_vs_{ref}"], r[f"margin_low_vs_{ref}"], r[f"margin_high_vs_{ref}"])
+            if int(r[f"pairs_vs_{ref}"]) < int(r.seeds):  # the margin is over the seeds both have
+                ci += f" ({int(r[f'pairs_vs_{ref}'])} pair{'s' * (int(r[f'pairs_vs_{ref}']) != 1)})"
             cells.append(f"{ci} {r[f'verdict_vs_{ref}']}" if r[f"verdict_vs_{ref}"] != "no difference shown" else ci)
         cells.append(f"{r.seconds_per_run / 60:.1f}")
         if "plateau" in t:

@@ -68,7 +68,9 @@ def test_each_images_lift_is_set_against_its_own_control_and_summarised_as_a_rat
     assert float(summarise(ratios, by=("variant",), stats=["same_category_lift_vs_local"])["same_category_lift_vs_local"].iloc[0]) == pytest.approx(8**0.5)
 
 
-def test_the_reading_counts_images_without_a_readable_control(tmp_path):
+def test_the_reading_counts_images_without_a_readable_control_and_lifts_of_0_apart(tmp_path):
+    """An unreadable control (below 1e-3) and a lift of exactly 0 (fine control, no log) are different things: each is
+    counted as itself (a lift of 0 used to be called an unreadable control)."""
     from nlanalysis.controls import attention_summary
 
     sets = []
@@ -84,9 +86,43 @@ def test_the_reading_counts_images_without_a_readable_control(tmp_path):
             (folder / name).write_text((KEPT_SET / name).read_text())
         sets.append(folder)
     row = attention_summary(sets).iloc[0]
-    assert (row["same_category_lift_vs_local_read"], row["same_category_lift_vs_local_unread"]) == (7, 3)
-    words = [w for w in read_attention(row) if w.startswith("same_category_lift")]
-    assert len(words) == 1 and words[0].endswith("; 3 of 10 images without a readable control)"), words
+    counts = [row[f"same_category_lift{k}"] for k in ("_vs_local_read", "_vs_local_unread", "_zero", "_images")]
+    assert counts == [7, 2, 1, 10]
+    words = read_attention(row)
+    assert words[0].endswith("; 1 of 10 images with lift 0 left out)"), words  # rule 1: the lift's own geometric mean
+    ratio = [w for w in words if w.startswith("same_category_lift")]
+    assert len(ratio) == 1 and ratio[0].endswith("; 2 of 10 images without a readable control; 1 of 10 images with lift 0 left out)")
+    own = [w for w in words if w.startswith("own_object_lift_objects")]
+    assert len(own) == 1 and "left out" not in own[0] and "readable" not in own[0]
+
+
+def test_a_shared_maps_lift_of_1_plus_rounding_reads_as_no_preference():
+    """GC/SNL maps give lifts of exactly 1 up to float rounding: an interval [1 + 1e-16, 1 + 3e-16] is not a preference."""
+    eps = 2.0**-52
+    words = read_attention(_row(variant="gc", same_category_lift=(1 + 2 * eps, 1 + eps, 1 + 3 * eps),
+                                same_category_lift_vs_local=(1 - 2 * eps, 1 - 3 * eps, 1 - eps)))  # fmt: skip
+    assert words[0].startswith("no own-group preference shown") and "not distinguishable from locality" in words[1]
+    assert read_attention(_row(same_category_lift=(1.01, 1.000001, 1.02)))[0].startswith("attends its own group")
+
+
+def test_a_result_set_whose_seed_is_not_known_is_refused(tmp_path):
+    """Without its seed (run.json without the checkpoint's facts, the checkpoint gone), a set would be read as a variant of
+    its own with images for seeds; the report refuses it, naming the set."""
+    import json
+
+    from nlanalysis.controls import attention_summary
+
+    folder = tmp_path / "embedded_gaussian_s0"
+    folder.mkdir()
+    info = json.loads((KEPT_SET / "run.json").read_text())
+    assert info["checkpoint"]["meta"]["variant"] == "embedded_gaussian"  # kept sets carry their facts (no checkpoint needed)
+    del info["checkpoint"]["meta"]
+    info["checkpoint"]["path"] = str(tmp_path / "gone.pth")
+    (folder / "run.json").write_text(json.dumps(info))
+    for name in ("metrics.csv", "images.csv"):
+        (folder / name).write_text((KEPT_SET / name).read_text())
+    with pytest.raises(ValueError, match=f"not known for: {folder}.*gone"):
+        attention_summary([folder])
 
 
 def test_a_variant_off_its_plateau_is_marked_on_its_attention_line_too():

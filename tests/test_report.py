@@ -76,6 +76,25 @@ def test_labels_come_from_the_checkpoint_meta(runs):
     assert lost.variant == "mine" and lost.source.startswith("none") and "deleted.pth" in lost.source
 
 
+def test_extract_keeps_the_checkpoints_facts_so_the_labels_outlive_the_file(runs, tmp_path):
+    """run.json records the checkpoint meta's facts (variant, seed, step, metric; not an mmdetection config text or a
+    tensor): a report reads them after the checkpoint is deleted or retrained."""
+    root, base, _ = runs
+    loaded = load_checkpoint(root / "tiny.pth")
+    meta = {"variant": "nl", "train_config": {"seed": 2}, "step": 7, "miou": 0.25, "config": "model = dict(...)",
+            "CLASSES": torch.arange(3)}  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "nl_s2.pth", loaded.model, loaded.preprocess, meta)
+    out = tmp_path / "run"
+    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(root / "images"),
+            "--out", str(out), "--jsd-pairs", "0", "--quiet", "--query-dependence", "off", "--limit", "1"]  # fmt: skip
+    assert main(args) == 0
+    facts = json.loads((out / "run.json").read_text())["checkpoint"]["meta"]
+    assert facts == {"variant": "nl", "train_config": {"seed": 2}, "step": 7, "miou": 0.25}
+    ckpt.unlink()
+    meta = describe_run(nlanalysis.load_run(out))
+    assert (meta.variant, meta.seed, meta.step, meta.metric_name, meta.metric, meta.source) == ("nl", 2, 7, "miou", 0.25, "run.json")
+
+
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory):
     _, _, snaps = runs

@@ -37,6 +37,7 @@ def test_verdict_only_when_the_interval_excludes_zero_and_pairs_by_seed():
     assert table.loc["gc", "verdict"] == "better" and table.loc["se", "verdict"] == "worse"
     assert table.loc["baseline", "verdict"] == "baseline"
     assert math.isnan(table.loc["snl", "margin"])  # seed 7 has no baseline partner
+    assert table.loc["snl", "pairs"] == 0 and table.loc["gc", "pairs"] == 3
     with pytest.raises(ValueError, match="no 'baseline' runs"):
         paired_margins(better)
 
@@ -95,3 +96,23 @@ def test_compare_runs_against_another_variant_pairs_with_it(tmp_path):
     assert table.loc[("gc", "embedded_gaussian"), "verdict"] == "better"
     assert table.loc[("baseline", "gc"), "margin"] == pytest.approx(0.05)
     assert table.loc[("gc", "baseline"), "verdict"] == "worse"
+
+
+def test_a_run_given_twice_is_refused_not_paired_with_every_copy(tmp_path):
+    """A copy of a record would pair every copy with every copy: 4 differences from 3 seeds (a narrower interval than
+    scipy's paired t over the 3 real pairs)."""
+    from scipy import stats
+
+    base, nl = _runs("baseline", [0.40, 0.42, 0.41]), _runs("nl", [0.43, 0.44, 0.42])
+    with pytest.raises(ValueError, match="runs given twice: baseline seed 0"):
+        paired_margins(base + nl + base[:1])
+    row = paired_margins(base + nl).set_index("variant").loc["nl"]
+    diffs = [0.03, 0.02, 0.01]
+    low, high = stats.t.interval(0.95, 2, loc=0.02, scale=stats.sem(diffs))
+    assert (row.margin_low, row.margin_high) == (pytest.approx(low), pytest.approx(high))
+    assert row.margin_p == pytest.approx(stats.ttest_rel([0.43, 0.44, 0.42], [0.40, 0.42, 0.41]).pvalue)
+    for folder in ("a", "b"):  # two record files of one run (a copy under another name): refused, naming both
+        _record_run(tmp_path, TrainResult("gc", 1, 0.4, 0.9, 12.5), TrainConfig(seed=1), "data")
+        (tmp_path / "runs" / "gc_s1.json").rename(tmp_path / "runs" / f"{folder}_s1.json")
+    with pytest.raises(ValueError, match="b_s1.json and a_s1.json: both record 'gc' seed 1"):
+        load_results(tmp_path)

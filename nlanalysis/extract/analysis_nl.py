@@ -21,6 +21,7 @@ from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
+from ..checkpoints.facts import run_facts
 from ..data import prepare_image
 from ..data.transforms import padded_size
 from ..measure.cross_site import CrossSite, keep_options
@@ -140,6 +141,7 @@ class BlockAnalysis(Analysis):
                 "arch": loaded.arch.to_dict(),
                 "blocks": loaded.blocks,
                 "notes": loaded.notes,
+                **({"meta": facts} if (facts := run_facts(loaded.meta)) else {}),  # what the run is, without the file
             },
             "preprocess": self.preprocess.to_dict(),
             "padding": "positions that are only padding are excluded from every statistic, as queries and as keys",

@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..checkpoints.facts import METRIC_KEYS
 from ..extract.results import ResultSet, head_mean_rows, load_run
 from ..extract.store import sha256_file
 from ..schema import check_ranges
 
 __all__ = ["METRIC_KEYS", "RunMeta", "Runs", "describe_run", "load_runs"]
 
-#: task metrics looked up in a checkpoint's meta, in order of preference.
-METRIC_KEYS = ("miou", "mIoU", "bbox_mAP", "segm_mAP", "accuracy", "top1", "pixel_accuracy")
 
 
 @dataclass

@@ -30,13 +30,17 @@ def load_results(out: str | Path) -> list[TrainResult]:
         folder = Path(out)
         if not any(folder.glob("*_s*.json")):
             raise FileNotFoundError(f"{out}: no finished runs (neither a `nlanalysis train --out` folder nor its run records)")
-    results = []
+    results, where = [], {}
     for path in sorted(folder.glob("*.json")):
         try:
             record = json.loads(path.read_text())["result"]
-            results.append(TrainResult(**{k: v for k, v in record.items() if k != "checkpoints"}))
+            result = TrainResult(**{k: v for k, v in record.items() if k != "checkpoints"})
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a finished-run record ({err})") from err
+        first = where.setdefault((result.variant, result.seed), path)
+        if first != path:  # a copy would count its seed twice in every paired interval
+            raise ValueError(f"{path} and {first.name}: both record {result.variant!r} seed {result.seed}")
+        results.append(result)
     return results
 
 
@@ -44,7 +48,11 @@ def results_frame(results: Sequence[TrainResult]) -> pd.DataFrame:
     """One row per run: variant, seed, miou, pixel_accuracy, seconds."""
     rows = [{"variant": r.variant, "seed": r.seed, "miou": r.miou, "pixel_accuracy": r.pixel_accuracy,
              "seconds": r.seconds} for r in results]  # fmt: skip
-    return pd.DataFrame(rows, columns=["variant", "seed", "miou", "pixel_accuracy", "seconds"])
+    frame = pd.DataFrame(rows, columns=["variant", "seed", "miou", "pixel_accuracy", "seconds"])
+    twice = frame[frame.duplicated(["variant", "seed"])]
+    if len(twice):  # pairing by seed would match every copy with every copy
+        raise ValueError("runs given twice: " + ", ".join(f"{v} seed {s}" for v, s in zip(twice.variant, twice.seed)))
+    return frame
 
 
 def _paired_p(diffs: np.ndarray) -> float:
@@ -63,8 +71,9 @@ def _paired_p(diffs: np.ndarray) -> float:
 def paired_margins(results: Sequence[TrainResult], baseline: str = "baseline", level: float = 0.95) -> pd.DataFrame:
     """Per variant: final mIoU (mean, sd over seeds) and its seed-paired margin over ``baseline``.
 
-    Columns: ``variant, seeds, miou, miou_sd, margin, margin_low, margin_high, margin_p, verdict,
-    seconds_per_run``. Only seeds that both the variant and the baseline have are paired. ``verdict``
+    Columns: ``variant, seeds, pairs, miou, miou_sd, margin, margin_low, margin_high, margin_p, verdict,
+    seconds_per_run``. Only seeds that both the variant and the baseline have are paired (``pairs`` of the
+    variant's ``seeds``; ``miou`` is over all of them). ``verdict``
     is ``better``/``worse`` only when the interval excludes 0, else ``no difference shown``.
     """
     frame = results_frame(results)
@@ -80,7 +89,7 @@ def paired_margins(results: Sequence[TrainResult], baseline: str = "baseline", l
         verdict = "better" if low > 0 else "worse" if high < 0 else "no difference shown"
         if variant == baseline:
             verdict = "baseline"
-        rows.append({"variant": variant, "seeds": len(runs), "miou": runs.miou.mean(), "miou_sd": runs.miou.std(),
+        rows.append({"variant": variant, "seeds": len(runs), "pairs": len(diffs), "miou": runs.miou.mean(), "miou_sd": runs.miou.std(),
                      "margin": ci.mean, "margin_low": low, "margin_high": high, "margin_p": _paired_p(diffs),
                      "verdict": verdict, "seconds_per_run": runs.seconds.mean()})  # fmt: skip
     return pd.DataFrame(rows)

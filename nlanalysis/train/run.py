@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..checkpoints.loader import save_atomic
 from ..data.scenes import SceneParams, demo_scenes_path, write_scenes
+from .compare import results_frame
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
 from .variants import ALL_VARIANTS, VARIANTS
@@ -97,8 +98,8 @@ def run_training(job: TrainJob) -> pd.DataFrame:
     about = f"train {train.source} ({len(train)} scenes), val {val.source} ({len(val)} scenes)"
     start = time.perf_counter()
     results: list[TrainResult] = []
-    for seed in job.seeds:  # seed-major: a complete set of variants exists as early as possible
-        for variant in job.variants:
+    for seed in dict.fromkeys(job.seeds):  # seed-major: a complete set of variants exists as early as possible
+        for variant in dict.fromkeys(job.variants):  # (each run once, however often it is named)
             cfg = TrainConfig(**{**vars(config), "seed": seed})
             result = _done_run(job.out, variant, cfg, data)
             if result is None:
@@ -151,7 +152,7 @@ def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]
 
 def summarize(results: Sequence[TrainResult]) -> pd.DataFrame:
     """Per variant: final mIoU mean and sample sd over seeds, and the margin over the baseline."""
-    frame = pd.DataFrame([{"variant": r.variant, "seed": r.seed, "miou": r.miou, "seconds": r.seconds} for r in results])
+    frame = results_frame(results)  # (which refuses a run given twice)
     table = frame.groupby("variant", sort=False).agg(
         seeds=("seed", "count"), miou=("miou", "mean"), miou_sd=("miou", "std"), seconds=("seconds", "sum")
     )

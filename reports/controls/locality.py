@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from nlanalysis.capture import cell_centres
+from nlanalysis.controls import ROUNDING
 from nlanalysis.extract.coco import load_coco
 from nlanalysis.extract.object_sites import compact_labels
 from nlanalysis.metrics.locality_control import READABLE, LocalityGrid, locality_control
@@ -113,11 +114,12 @@ def summary(sets: list[Path], ann_file: Path) -> tuple[pd.DataFrame, pd.DataFram
         rows[f"log_ratio_{name}"] = np.log(rows[name] / control)
         stats += [name, f"log_ctrl_{name}", f"log_ratio_{name}"]
     table = summarise(rows, by=("variant",), stats=stats + ["ctrl_local_sigma_px", "att_distance_px"])  # inf sigma: left out
-    for name in LIFTS:  # images with the lift but no readable ratio (a control below READABLE, a lift of 0), per group
-        if f"log_ratio_{name}" in rows:
-            missing = rows[name].notna() & ~np.isfinite(rows[f"log_ratio_{name}"])
-            counts = missing.groupby([rows["variant"], rows["block"]], sort=False).sum()
-            table[f"unread_{name}"] = [int(counts.get((v, b), 0)) for v, b in zip(table["variant"], table["block"])]
+    for name in LIFTS:  # per group, images with the lift but no readable control (below READABLE), and with a lift of 0
+        if f"log_ratio_{name}" in rows:  # (no log: out of the geometric means, counted apart)
+            for column, missing in ((f"unread_{name}", rows[name].notna() & rows[f"log_ctrl_{name}"].isna()),
+                                    (f"zero_{name}", rows[name] <= 0)):  # fmt: skip
+                counts = missing.groupby([rows["variant"], rows["block"]], sort=False).sum()
+                table[column] = [int(counts.get((v, b), 0)) for v, b in zip(table["variant"], table["block"])]
     return rows, table
 
 
@@ -128,11 +130,13 @@ def read(row: pd.Series) -> list[str]:
         mean, low, high = (row.get(f"log_ratio_{name}{k}", math.nan) for k in ("", "_low", "_high"))
         if pd.isna(low):
             continue
-        where = "above its locality control" if low > 0 else "below its locality control" if high < 0 else "not distinguishable from locality"
-        unread = int(row.get(f"unread_{name}", 0) or 0)
+        where = ("above its locality control" if low > ROUNDING else "below its locality control" if high < -ROUNDING
+                 else "not distinguishable from locality")  # a shared map's ratio of exactly 1 +- rounding: neither
+        unread, zero = (int(row.get(f"{k}_{name}", 0) or 0) for k in ("unread", "zero"))
+        left = [f"{unread} images without a readable control"] * bool(unread) + [f"{zero} images with lift 0"] * bool(zero)
         words.append(f"{name} {row[name]:.3g} vs locality control {math.exp(row[f'log_ctrl_{name}']):.3g}: ratio "
                      f"{math.exp(mean):.4g} [{math.exp(low):.4g}, {math.exp(high):.4g}], {where}"
-                     + (f" ({unread} images without a readable control left out)" if unread else ""))  # fmt: skip
+                     + (f" ({' and '.join(left)} left out)" if left else ""))  # fmt: skip
     return words
 
 
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[[c for c in keep if c in rows]].to_csv(tmp, index=False)
         tmp.replace(args.out)
     for _, row in table.iterrows():
-        print(f"- {row['variant']} ({int(row['seeds'])} seeds, {int(row['rows'])} images): " + "; ".join(read(row)))
+        print(f"- {row['variant']} ({int(row['seeds'])} seeds, {int(row['images'])} images, {int(row['rows'])} rows): " + "; ".join(read(row)))
     return 0
 
 

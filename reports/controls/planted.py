@@ -329,7 +329,7 @@ def read_check(root: Path, negative: str = "random") -> tuple[bool, list[str]]:
     passes = own[0] and (above or negative != "random") and not own[1]
     rule2 = f" {'with' if above else 'without'} att above their form-matched control" if negative == "random" else ""
     lines.append(f"The check {'passes' if passes else 'fails'}: the planted blocks "
-                 f"{'read' if own[0] else 'do not read'} \"attends its own group\"{rule2}; the {twin} twins "
+                 f"{'read' if own[0] else 'do not read'} \"attends its own group\"{rule2}; the {'' if twin == 'twin' else twin + ' '}twins "
                  f"{'read' if own[1] else 'do not read'} \"attends its own group\".")  # fmt: skip
     return passes, lines
 
