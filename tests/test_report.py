@@ -228,8 +228,15 @@ def test_report_of_a_vit_run(tmp_path):
     names = sorted(p.name for p in report.figures)
     assert names == ["head_maps.png", "heads_att.png", "heads_att_entropy.png", "heads_att_local.png"]  # Figure 2 from saved maps
     assert "2 photos given by the caller" in report.index_md.read_text()
+    shutil.copytree(tmp_path / "vit_run", tmp_path / "vit_copy")
     with pytest.raises(ValueError, match="a ViT run is reported alone"):
-        write_report([tmp_path / "vit_run", tmp_path / "vit_run"], tmp_path / "rep2", formats=("png",))
+        write_report([tmp_path / "vit_run", tmp_path / "vit_copy"], tmp_path / "rep2", formats=("png",))
+    with pytest.raises(ValueError, match="a ViT run is reported alone"):  # one given by --label only counts too
+        write_report([tmp_path / "vit_run"], tmp_path / "rep2", labels={"copy": tmp_path / "vit_copy"}, formats=("png",))
+    # given twice, or only by --label: the one run's ViT report (a --label-only ViT run was reported as NL runs)
+    for runs, labels in (([tmp_path / "vit_run", tmp_path / "vit_run"], None), ([], {"V": tmp_path / "vit_run"})):
+        again = write_report(runs, tmp_path / "rep3", labels=labels, formats=("png",))
+        assert "layers" in again.tables and "table1" not in again.tables
 
 
 def test_report_of_a_vit_run_shows_its_object_lifts_over_their_locality_control(tmp_path):
@@ -270,3 +277,119 @@ def test_report_of_a_vit_run_shows_its_object_lifts_over_their_locality_control(
             checked += 1
     assert checked == 4
     assert "locality control" in report.index_md.read_text()
+
+
+def test_an_image_of_one_checkpoint_in_two_runs_is_refused_not_counted_twice(runs, tmp_path):
+    """A copied folder (or a shard beside its whole run) holds the same images of the same variant, seed and step: pooled,
+    they narrowed every interval as if there were twice the images. Snapshots of one seed (other steps) are fine."""
+    root, _, snaps = runs
+    copy = tmp_path / "copy"
+    shutil.copytree(snaps[0], copy)
+    with pytest.raises(ValueError, match=r"runs nl_s0_step0 \(nl_s0_step0\), nl_s0_step0 \(copy\) both hold image \d+ of block .* of variant nl \(seed 0, step 0\)"):
+        load_runs([snaps[0], copy])
+    assert len(load_runs(snaps).results) == 4  # two seeds x two steps: no image twice
+
+
+def test_figures_of_labels_that_slug_alike_do_not_overwrite_each_other(runs, tmp_path):
+    root, base, _ = runs
+    other = tmp_path / "other"
+    shutil.copytree(base, other)  # no meta: each run is a variant of its own label
+    report = write_report([], tmp_path / "r", labels={"run a": base, "run_a": other}, formats=("png",), images=1, explore=None)
+    names = [p.name for p in report.figures]
+    assert len(names) == len(set(names)) and all(p.is_file() for p in report.figures)
+    assert "query_maps_run_a_backbone.layer2.0.nonlocal_block.png" in names
+    assert "query_maps_run_a_backbone.layer2.0.nonlocal_block_2.png" in names
+
+
+def test_a_label_given_twice_is_refused(runs, tmp_path, capsys):
+    root, base, snaps = runs
+    assert main(["report", "--label", f"A={base}", "--label", f"A={snaps[0]}", "--out", str(tmp_path / "r")]) == 2
+    assert "--label A: a label names one run; given more than once" in capsys.readouterr().err
+
+
+def test_a_missing_maps_file_is_said_and_a_damaged_one_named(runs, tmp_path):
+    root, base, _ = runs
+    gone = tmp_path / "gone"
+    shutil.copytree(base, gone)
+    first = sorted((gone / "maps").glob("*.npz"))[0]
+    first.unlink()
+    run = nlanalysis.load_run(gone)
+    assert len(run.maps.missing) == 1 and len(run.maps) == 1
+    with pytest.raises(KeyError, match="its maps file is gone"):
+        run.maps[run.maps.missing[0]]
+    report = write_report([gone], tmp_path / "r", formats=("png",), images=2, explore=None)
+    assert any("maps files of 1 done image(s) are gone" in n for n in report.notes)
+    (second,) = (gone / "maps").glob("*.npz")
+    with np.load(second) as z:
+        arrays = {k: z[k] for k in z.files if k != "cells_0"}
+    np.savez(second, **arrays)
+    with pytest.raises(ValueError, match=f"{second}: a damaged maps file \\(no 'cells_0' array"):
+        nlanalysis.load_run(gone).maps[next(iter(nlanalysis.load_run(gone).maps))]["cells_0"]
+
+
+def test_a_run_json_without_its_id_type_is_named(runs, tmp_path):
+    root, base, _ = runs
+    bad = tmp_path / "bad"
+    shutil.copytree(base, bad)
+    info = json.loads((bad / "run.json").read_text())
+    del info["settings"]["selection"]["id_type"]
+    (bad / "run.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"{bad / 'run.json'}: not an extract run.json \\(no settings.selection.id_type\\)"):
+        nlanalysis.load_run(bad)
+
+
+def test_one_map_of_nan_does_not_set_the_colour_scale():
+    from nlanalysis.plots.map_grid import map_norm
+
+    nan, real = np.full((3, 3), np.nan), np.array([[0.1, 0.879], [0.0, 0.2]])
+    assert map_norm([nan, real])[0].vmax == map_norm([real, nan])[0].vmax == pytest.approx(0.879)
+    assert map_norm([nan])[0].vmax == 1e-12
+
+
+def test_a_save_maps_all_run_whose_images_all_failed_is_said_not_explored(tmp_path):
+    """It used to stop the whole report ("no saved maps to explore; run ... --save-maps all", which it was)."""
+    from types import SimpleNamespace
+
+    from nlanalysis.report.explore_links import explore_lines
+
+    def writer(run, path):
+        raise AssertionError("no page for a run without maps")
+
+    empty = SimpleNamespace(info={"settings": {"save_maps": "all"}}, maps={}, path=tmp_path / "e")
+    lines, pages = explore_lines([("e", empty)], tmp_path / "work", tmp_path / "out", writer)
+    assert pages == [] and lines == ["`e` saved every query's map but holds no image with maps (every image failed: see its "
+                                     "failures.csv): no page to explore"]
+
+
+def test_another_file_of_the_same_name_and_size_is_not_drawn_under_the_maps(runs, tmp_path):
+    """The maps record the sha256 of the image file the run read: a different picture of the same size (another data set's
+    folder given as --image-root) is not drawn as if it were the one measured."""
+    import hashlib
+
+    from nlanalysis.report.images import load_pixels
+
+    root, base, _ = runs
+    run = nlanalysis.load_run(base)
+    image_id = next(iter(run.maps))
+    path = find_image(run, image_id)
+    maps = run.maps[image_id]
+    assert maps.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_pixels(path, maps) is not None
+    other = tmp_path / "other" / path.name
+    other.parent.mkdir()
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    Image.fromarray(255 - pixels).save(other, quality=95)  # the same size, other content
+    assert find_image(run, image_id, other.parent) == other and load_pixels(other, maps) is None
+
+
+def test_a_report_through_a_link_replaces_the_folder_it_names_and_keeps_the_link(runs, tmp_path):
+    root, base, _ = runs
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "make.sh").write_text("echo mine\n")
+    link = tmp_path / "latest"
+    link.symlink_to(target, target_is_directory=True)
+    write_report([base], link, formats=("png",), images=1, explore=None)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert (target / "index.md").is_file() and (target / "make.sh").read_text() == "echo mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "target"]  # no .old / .tmp left beside it

@@ -388,3 +388,27 @@ def test_cli_registers_vit_report_and_checks_the_nl_table(tmp_path, capsys):
 
     assert main(["vit-report", "--out", str(tmp_path / "r"), "--nl-table", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv: no such file" in capsys.readouterr().err
+
+
+def test_a_run_with_every_query_saved_draws_the_three_nearest_the_default_points():
+    """``--save-maps all`` keeps every patch's map: Figure 2 draws, per default point (fractions of the photo, not of the
+    padded input), the saved query nearest to it (a loop here), not all 256 (minutes, a figure 90,000 px wide)."""
+    from nlanalysis.extract.maps import PhotoMaps
+    from nlanalysis.report.vit_figures import DEFAULT_QUERIES, MAX_DRAWN, _few_queries
+
+    gy, gx = 4, 4
+    cells = np.array([(r, c) for r in range(gy) for c in range(gx)])
+    points = (cells + 0.5) * 7.0  # patch centres of a 28 x 28 input
+    maps = {(1, 2): np.random.default_rng(0).random((len(cells), gy, gx)).astype(np.float16)}
+    box = (5, 0, 18, 28)  # the photo: rows 5-22 of the input (padding above and below)
+    pm = PhotoMaps("wide", np.zeros((18, 28, 3), np.uint8), (28, 28), box, (gy, gx), cells, points, maps)
+    few = _few_queries(pm)
+    expected = []
+    for fy, fx in DEFAULT_QUERIES:
+        target = (5 + fy * 18, 0 + fx * 28)
+        best = min(range(len(points)), key=lambda i: (points[i][0] - target[0]) ** 2 + (points[i][1] - target[1]) ** 2)
+        expected.append(best)
+    assert len(set(expected)) == 3 and len(cells) > MAX_DRAWN
+    assert few.cells.tolist() == cells[expected].tolist() and few.points.tolist() == points[expected].tolist()
+    np.testing.assert_array_equal(few.maps[1, 2], maps[1, 2][expected])
+    assert _few_queries(few) is few  # a run saved at a few points keeps them

@@ -68,6 +68,10 @@ def explore_page_writer(image_root: Path | None) -> Callable[[ResultSet, Path], 
 def main(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise ValueError(f"--images {args.images}: need at least 1")
+    names = [name for name, _ in args.label]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a dict of them would keep the last run of each name and drop the others unseen
+        raise ValueError(f"--label {', '.join(twice)}: a label names one run; given more than once")
     report = write_report(args.runs, args.out, labels=dict(args.label), blocks=args.blocks, images=args.images,
                           image_ids=args.image_ids, image_root=args.image_root, formats=args.formats, title=args.title,
                           nl_table=args.nl_table, heads=args.heads,

@@ -120,8 +120,10 @@ def save_image_maps(
     original_size: tuple[int, int],
     input_size: tuple[int, int],
     offset: tuple[int, int] = (0, 0),
+    file_sha256: str | None = None,
 ) -> None:
-    """Write one image's maps in the format above (compressed npz) into ``file``."""
+    """Write one image's maps in the format above (compressed npz) into ``file``; ``file_sha256``: the image file's, so that
+    a drawing over it can tell the file the run read from another of the same name and size."""
     arrays: dict[str, np.ndarray] = dict(
         format=np.array(MAPS_FORMAT),
         image_id=np.array(str(image_id)),
@@ -134,6 +136,7 @@ def save_image_maps(
         original_size=np.array(original_size, dtype=np.int64),
         input_size=np.array(input_size, dtype=np.int64),
         offset=np.array(offset, dtype=np.int64),
+        **({"file_sha256": np.array(file_sha256)} if file_sha256 else {}),
     )
     for i in range(len(blocks)):
         if len(np.asarray(cells[i]).reshape(-1, 2)) > QUANTISE_ABOVE:
@@ -276,7 +279,11 @@ class ImageMaps:
         return self._data
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self._load()[name]
+        data = self._load()
+        if name not in data:
+            raise ValueError(f"{self.path}: a damaged maps file (no {name!r} array; it has {', '.join(sorted(data))}); rerun "
+                             "extract with the same arguments to redo its image")  # fmt: skip
+        return data[name]
 
     def keys(self) -> list[str]:
         return list(self._load())
@@ -284,6 +291,12 @@ class ImageMaps:
     @property
     def blocks(self) -> list[str]:
         return [str(b) for b in self["blocks"]]
+
+    @property
+    def file_sha256(self) -> str | None:
+        """The sha256 of the image file the run read (``None``: a file saved before it was recorded)."""
+        value = self._load().get("file_sha256")
+        return None if value is None else str(value)
 
     @property
     def query_yx(self) -> np.ndarray:
@@ -397,17 +410,24 @@ class ImageMaps:
 
 
 class MapsIndex(Mapping):
-    """``{image_id: ImageMaps}`` over a run's ``maps/`` folder; files are opened on access."""
+    """``{image_id: ImageMaps}`` over a run's ``maps/`` folder; files are opened on access.
 
-    def __init__(self, folder: Path, keys: dict[Any, str]) -> None:
+    Attributes:
+        missing: the ids of ``keys`` whose file is gone, where the run saved maps (``expected``): deleted or never copied.
+    """
+
+    def __init__(self, folder: Path, keys: dict[Any, str], expected: bool = False) -> None:
         self.folder = folder
         self._keys = {k: v for k, v in keys.items() if (folder / f"{v}.npz").is_file()}
+        self.missing = [k for k in keys if k not in self._keys] if expected else []
         self._text = {str(k): v for k, v in self._keys.items()}
 
     def __getitem__(self, image_id: Any) -> ImageMaps:
         key = self._keys.get(image_id) or self._text.get(str(image_id))
         if key is None:
-            raise KeyError(f"no saved maps for image {image_id!r} in {self.folder} (was the run made with --save-maps?)")
+            why = ("its maps file is gone" if image_id in self.missing or str(image_id) in map(str, self.missing) else
+                   "the run holds no such image done" if self.missing or self._keys else "was the run made with --save-maps?")
+            raise KeyError(f"no saved maps for image {image_id!r} in {self.folder} ({why})")
         return ImageMaps(self.folder / f"{key}.npz")
 
     def __iter__(self) -> Iterator[Any]:

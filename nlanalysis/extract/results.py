@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,11 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     keys = images["key"].tolist()
     metrics_csv = store.root / "metrics.csv"
     ids = dict(zip(images["image_id"], images["key"]))
+    saved = bool(info["settings"].get("save_maps"))
     if not store.parts.is_dir() and metrics_csv.is_file():
-        return _load_assembled(store, info, images, MapsIndex(store.maps, ids))
+        return _load_assembled(store, info, images, lambda done: MapsIndex(store.maps, {i: ids[i] for i in done if i in ids}, saved))
     done = store.done_keys()  # maps of images not done (left by a process killed before their part) are not the run's
-    maps = MapsIndex(store.maps, {i: key for i, key in ids.items() if key in done})
+    maps = MapsIndex(store.maps, {i: key for i, key in ids.items() if key in done}, saved)
     done_here = done & set(keys)  # metrics.csv is read where it holds exactly these parts (older run.json: as many)
     fresh = info["assembled_keys"] == parts_digest(done_here) if "assembled_keys" in info else info.get("assembled_parts") == len(done_here)
     if metrics_csv.is_file() and fresh:
@@ -106,8 +108,9 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0, source)
 
 
-def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame, maps: MapsIndex) -> ResultSet:
-    """A result set without ``parts/``: its assembled ``metrics.csv`` and ``failures.csv``, ``run.json``'s counts."""
+def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame, index: Callable[[list], MapsIndex]) -> ResultSet:
+    """A result set without ``parts/``: its assembled ``metrics.csv`` and ``failures.csv``, ``run.json``'s counts; ``index``
+    makes the maps index of the images ``metrics.csv`` holds."""
     id_type = info["settings"]["selection"]["id_type"]
     metrics_csv, failures_csv = store.root / "metrics.csv", store.root / "failures.csv"
     metrics = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv)
@@ -115,4 +118,5 @@ def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame,
     failures = failures if len(failures.columns) else pd.DataFrame(columns=FAILURE_COLUMNS)
     counts = info.get("counts") or {}
     complete = bool(info.get("complete")) and counts.get("done") == (metrics["image_id"].nunique() if len(metrics) else 0)
+    maps = index(list(dict.fromkeys(metrics["image_id"])) if len(metrics) else [])
     return ResultSet(store.root, metrics, failures, images, info, maps, complete, str(metrics_csv))

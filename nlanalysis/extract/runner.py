@@ -432,4 +432,5 @@ def _save_maps(file: Any, *, layers: list[LayerMaps], one: Loaded, input_size: t
         query_yx=one.queries if one.queries is not None else np.zeros((0, 2)),
         query_label=one.query_label if one.query_label is not None else np.zeros(0, dtype=np.int64),
         scale=p.scale, size=p.size, original_size=p.original_size, input_size=input_size, offset=p.offset,
+        file_sha256=sha256_file(one.item.path) if one.item.path and Path(one.item.path).is_file() else None,
     )  # fmt: skip

@@ -147,7 +147,11 @@ class RunStore:
     def info(self) -> dict[str, Any]:
         if not self.exists():
             raise FileNotFoundError(f"{self.root}: not a result set of `nlanalysis extract` (no run.json)")
-        return _read_json(self.run_json)
+        info = _read_json(self.run_json)
+        selection = (info.get("settings") or {}).get("selection") if isinstance(info.get("settings"), dict) else None
+        if not isinstance(selection, dict) or not isinstance(selection.get("id_type"), str):  # how every id is read back
+            raise ValueError(f"{self.run_json}: not an extract run.json (no settings.selection.id_type); the file is damaged")
+        return info
 
     def images(self) -> pd.DataFrame:
         """``images.csv``: ``key``, ``image_id`` (typed as ``run.json`` says), ``file_name``."""

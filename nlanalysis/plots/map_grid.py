@@ -63,9 +63,11 @@ def show_image(ax, image: np.ndarray | None, hw: tuple[int, int], gray: bool) ->
 
 def map_norm(overlays: Sequence[np.ndarray]) -> tuple[Normalize, str]:
     """One colour scale for ``overlays``: ``(0 .. max, "inferno")``, or ``(-m .. m, "RdBu_r")``
-    when any value is negative (signed maps, centred on 0). NaN (pixels never seen) is ignored."""
-    lo = min((float(np.nanmin(o)) for o in overlays), default=0.0)
-    hi = max((float(np.nanmax(o)) for o in overlays), default=0.0)
+    when any value is negative (signed maps, centred on 0). NaN (pixels never seen, a map that is NaN throughout) is
+    ignored: every finite value counts, whichever overlay comes first."""
+    finite = [v for o in overlays if (v := np.asarray(o, dtype=np.float64)[np.isfinite(o)]).size]
+    lo = min((float(v.min()) for v in finite), default=0.0)
+    hi = max((float(v.max()) for v in finite), default=0.0)
     if lo < 0:  # signed maps: diverging, centred on 0
         m = max(-lo, hi) or 1e-12
         return Normalize(-m, m), "RdBu_r"

@@ -26,9 +26,12 @@ PageWriter = Callable[[ResultSet, Path], Path]
 
 
 def _saved(run: ResultSet) -> str:
-    """``"all"`` (every query), ``"chosen"`` (``--save-maps``: the chosen queries) or ``"none"``."""
+    """``"all"`` (every query), ``"chosen"`` (``--save-maps``: the chosen queries), ``"empty"`` (``--save-maps all``, but
+    no image with maps: every image failed) or ``"none"``."""
     mode = run.info.get("settings", {}).get("save_maps")
-    return "all" if mode == "all" else "chosen" if len(run.maps) else "none"
+    if mode == "all":
+        return "all" if len(run.maps) else "empty"
+    return "chosen" if len(run.maps) else "none"
 
 
 def explore_lines(
@@ -45,6 +48,7 @@ def explore_lines(
     lines, pages, used = [], [], set()
     chosen = [label for label, run in runs if _saved(run) == "chosen"]
     missing = [label for label, run in runs if _saved(run) == "none"]
+    empty = [label for label, run in runs if _saved(run) == "empty"]
     for label, run in runs:
         if _saved(run) != "all":
             continue
@@ -65,6 +69,9 @@ def explore_lines(
     if missing:
         lines.append(f"{_names(missing)} saved no maps: extract with `--save-maps all`, then `nlanalysis explore RUN_DIR` "
                      "(or report again) to hover every query's map")  # fmt: skip
+    if empty:
+        lines.append(f"{_names(empty)} saved every query's map but {'holds' if len(empty) == 1 else 'hold'} no image with maps "
+                     "(every image failed: see its failures.csv): no page to explore")  # fmt: skip
     return lines, pages
 
 

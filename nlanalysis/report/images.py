@@ -68,10 +68,16 @@ def stored_first(run: ResultSet) -> bool:
 
 def load_pixels(path: Path | None, maps: ImageMaps, stored: bool = False) -> np.ndarray | None:
     """The uint8 RGB pixels ``[H, W, 3]`` of ``path`` in the frame extract read them in (``stored``: :func:`stored_first`
-    of the run), or ``None`` when it is missing, unreadable or not of the size the maps were made at."""
+    of the run), or ``None`` when it is missing, unreadable, not of the size the maps were made at or, where the maps
+    record it, not the file the run read (another file of the same name and size: its sha256 differs)."""
     if path is None:
         return None
     from ..data import ImageReadError, load_image
+    from ..extract.store import sha256_file
+
+    recorded = maps.file_sha256
+    if recorded is not None and sha256_file(path) != recorded:
+        return None
 
     size = tuple(int(v) for v in maps["original_size"])
     try:  # as extract read it: in its first frame where that has the size of the maps' image, else in the other

@@ -189,4 +189,21 @@ def load_runs(
     if frame.empty:
         which = f" with blocks matching {patterns}" if patterns else ""
         raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
+    _check_no_image_twice(frame)
     return Runs(results, metas, frame)
+
+
+def _check_no_image_twice(frame: pd.DataFrame) -> None:
+    """Refuse runs that measured the same image of the same block of one checkpoint (variant, seed and step): the
+    tables would count it twice, as two independent images (a shard reported beside its whole run, a copied folder)."""
+    key = [c for c in ("variant", "seed", "step", "block", "image_id") if c in frame]
+    if "image_id" not in key:
+        return
+    runs = frame.groupby(key, dropna=False, sort=False)["label"].unique()
+    twice = runs[runs.map(len) > 1]
+    if len(twice):
+        where = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in zip(key, twice.index[0])}
+        raise ValueError(f"report: runs {', '.join(map(str, twice.iloc[0]))} both hold image {where['image_id']} of block "
+                         f"{where.get('block')} of variant {where['variant']} (seed {where.get('seed')}, step {where.get('step')}); "
+                         f"{len(twice)} such rows: an image counted twice would narrow every interval. Give each image once "
+                         "(`nlanalysis merge` joins shards)")  # fmt: skip

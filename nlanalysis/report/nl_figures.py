@@ -61,6 +61,10 @@ def maps_figures(
 
     for label in labels:
         res, meta = runs.by_label(label)
+        if res.maps.missing:
+            gone = ", ".join(map(str, res.maps.missing[:5])) + (" ..." if len(res.maps.missing) > 5 else "")
+            report.notes.append(f"`{label}`: the maps files of {len(res.maps.missing)} done image(s) are gone from "
+                                f"{res.maps.folder} ({gone}): those images are not drawn")  # fmt: skip
         ids = _choose_images(res, n_images, image_ids)
         if not ids:
             report.notes.append(f"`{label}`: no saved query maps" + (" for the requested images" if image_ids else " (run extract with --save-maps)"))
@@ -70,7 +74,7 @@ def maps_figures(
         pixels = [load_pixels(p, m, stored_first(res)) for p, m in zip(files, maps)]
         missing = [str(i) for i, p in zip(ids, pixels) if p is None]
         if missing:
-            report.notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found; their maps are drawn on grey (give --image-root)")
+            report.notes.append(f"`{label}`: image file(s) of {', '.join(missing)} not found (or not the file the run read: another size or content); their maps are drawn on grey (give --image-root)")
         ckpt = Path(meta.checkpoint).name if meta.checkpoint else meta.label
         drawn = [b for b in maps[0].blocks if b in blocks]
         chosen, rule = _drawn_queries(res, maps)

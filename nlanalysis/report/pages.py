@@ -61,9 +61,12 @@ class Report:
         return [p.relative_to(self.out).as_posix() for p in paths]
 
     def figure(self, fig: Figure, name: str, caption: str) -> None:
-        """Save ``fig`` as ``figures/NAME.*`` (:func:`~nlanalysis.plots.save_figure`) with its caption."""
+        """Save ``fig`` as ``figures/NAME.*`` (:func:`~nlanalysis.plots.save_figure`) with its caption; ``NAME_2``, ``NAME_3``,
+        ... where the name is taken (labels that differ only in characters a file name drops)."""
         from ..plots import save_figure
 
+        taken = {p.stem for p in self.figures}
+        name = next(n for n in (name, *(f"{name}_{i}" for i in range(2, len(taken) + 3))) if n not in taken)
         save_figure(fig, self.out / "figures" / name, self.formats)
         self.figures.append(self.out / "figures" / f"{name}.png")
         self.captions.append(caption)

@@ -104,7 +104,7 @@ def write_report(
     as it was. Every run's metrics are checked against the columns' ranges first.
     """
     require_png(formats, "report")
-    vit = _vit_run(runs)
+    vit = _vit_run(runs if isinstance(runs, Runs) else [*runs, *(labels or {}).values()])
     if vit is not None:
         return _staged(out, lambda work: write_vit_files(vit, work, nl_table=nl_table, heads=heads, image_root=image_root,
                                                          formats=formats, title=title, explore=(explore, Path(out))))  # fmt: skip
@@ -132,7 +132,7 @@ def _staged(out: str | os.PathLike[str], write: Callable[[Path], Report]) -> Rep
 
 def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> ResultSet | None:
     """The one ViT run among ``runs`` (loaded), or ``None`` when they are NL runs; a mix, or several ViT runs, is refused."""
-    results = runs.results if isinstance(runs, Runs) else runs
+    results = runs.results if isinstance(runs, Runs) else _distinct(runs)
     kinds = [r.analysis if isinstance(r, ResultSet) else str(RunStore(r).info().get("analysis", NL)) for r in results]
     if VIT not in kinds:
         return None
@@ -140,6 +140,14 @@ def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> Resul
         raise ValueError(f"report: a ViT run is reported alone (got {len(kinds)} runs, kinds {', '.join(sorted(set(kinds)))}); "
                          "compare it with NL runs through their Table 1 (nl_table / --nl-table)")  # fmt: skip
     return results[0] if isinstance(results[0], ResultSet) else load_run(results[0])
+
+
+def _distinct(runs: Sequence[str | os.PathLike[str] | ResultSet]) -> list[str | os.PathLike[str] | ResultSet]:
+    """``runs`` with each run folder once (a run given twice, or by position and by ``--label``, is one run)."""
+    seen: dict[str, str | os.PathLike[str] | ResultSet] = {}
+    for r in runs:
+        seen.setdefault(str(Path(r.path if isinstance(r, ResultSet) else r).resolve()), r)
+    return list(seen.values())
 
 
 #: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).

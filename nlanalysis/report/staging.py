@@ -17,9 +17,11 @@ def staged_folder(out: str | os.PathLike[str], own: frozenset[str]) -> Iterator[
     An existing ``out`` is replaced only then: its entries named in ``own`` (what the writer
     makes, e.g. ``index.md``, ``tables``) are dropped with it, any other entry (a user's
     ``make.sh``) is moved into the new folder first. When the block fails, ``out`` is left as it
-    was and the temporary folder is removed.
+    was and the temporary folder is removed. Where ``out`` is a symbolic link, the folder it names is replaced.
     """
     out = Path(out)
+    if out.is_symlink():  # the folder it links to is replaced; the link stays (os.replace would move the link itself)
+        out = out.resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: a file, not a folder; give a folder for the report")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from ..tables import caption, with_locality_ratios
 from .explore_links import PageWriter, explore_lines
 from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
-from .vit_figures import vit_figures
+from .vit_figures import DEFAULT_QUERIES, vit_figures
 from .query_text import layer_lines
 from .vit_tables import (HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, measured_query_columns,
                          query_layers_table, query_layers_text, rows_by_head)
@@ -50,9 +50,6 @@ __all__ = ["HEAD_COLUMNS", "choose_heads", "compare_table", "heads_table", "laye
            "write_vit_report"]  # fmt: skip
 
 _TITLE = "Do a Vision Transformer's attention maps depend on the query? Layer by layer, head by head"
-#: Figure 2's query points: ``(y, x)`` fractions of the photo (not of the padded input).
-DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
-
 
 def write_vit_report(
     out: str | os.PathLike[str],

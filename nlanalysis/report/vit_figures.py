@@ -3,17 +3,25 @@ and GCNet's Figure 2 of two heads from the maps ``extract --save-maps`` kept."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
-from ..extract.maps import photo_maps
+from ..extract.maps import PhotoMaps, photo_maps
 from ..extract.results import ResultSet
 from ..plots.vit_heads import head_name
 from .images import find_images, load_pixels, stored_first
 from .pages import Report
 from .vit_tables import rows_by_head
 
-__all__ = ["vit_figures"]
+__all__ = ["DEFAULT_QUERIES", "vit_figures"]
+
+#: ``(y, x)`` fractions of each photo: the queries of the map figure (``vit-report``'s ``--queries points:...``), and
+#: where a run saved more maps (``--save-maps all``) the saved queries nearest to them are drawn
+DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
+#: the most queries a photo's row draws as saved; more (``--save-maps all``: every patch) are thinned to :data:`DEFAULT_QUERIES`
+MAX_DRAWN = 8
 
 
 def vit_figures(
@@ -34,6 +42,8 @@ def vit_figures(
     for stat, text in _heads_stats(frame):
         report.figure(plot_layer_heads(frame, stat, title=model_name, highlight=highlight), f"heads_{stat}", text)
     maps = _saved_maps(run, frame, chosen_heads, image_root)
+    thinned = any(len(m.points) > MAX_DRAWN for m in maps)
+    maps = [_few_queries(m) for m in maps]
     if not maps:
         return
     row_of = rows_by_head(per_head)
@@ -44,6 +54,9 @@ def vit_figures(
     where = f"`--queries {queries}`"
     if queries.startswith("points:"):
         where = "fixed fractions of the photo, moved to the centre of their patch"
+    if thinned:
+        where = ("of the saved queries, the nearest to (y, x) = " + ", ".join(f"({y:g}, {x:g})" for y, x in DEFAULT_QUERIES)
+                 + " of the photo's height and width")  # fmt: skip
     report.figure(fig, "head_maps",
                   f"GCNet Figure 2 form for the two heads: each photo with {len(maps[0].points)} query points ({where}), "
                   "then each query's map (weights on the photo's patches as the "
@@ -63,6 +76,18 @@ def _saved_maps(run: ResultSet, frame: pd.DataFrame, heads: list[tuple[int, int]
             out.append(photo_maps(run.maps[image_id], str(image_id), pixels, {h: block_of[h[0]] for h in heads},
                                   int(prep["size"]), prep["mode"]))  # fmt: skip
     return out
+
+
+def _few_queries(pm: PhotoMaps) -> PhotoMaps:
+    """``pm``, or where it holds more than :data:`MAX_DRAWN` queries (``--save-maps all``: every patch), the saved query
+    nearest to each :data:`DEFAULT_QUERIES` point of the photo (a figure of every query would be tens of thousands of
+    pixels wide and take minutes)."""
+    if len(pm.points) <= MAX_DRAWN:
+        return pm
+    top, left, h, w = pm.box
+    targets = np.array([(top + fy * h, left + fx * w) for fy, fx in DEFAULT_QUERIES])
+    picked = list(dict.fromkeys(int(np.argmin(((pm.points - t) ** 2).sum(1))) for t in targets))
+    return replace(pm, cells=pm.cells[picked], points=pm.points[picked], maps={k: m[picked] for k, m in pm.maps.items()})
 
 
 def _heads_stats(frame: pd.DataFrame) -> list[tuple[str, str]]:
