@@ -1,6 +1,7 @@
 """The controls report's words (reports/controls/PLAN.md's reading rules) on hand-built rows and runs."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def test_the_reading_counts_images_without_a_readable_control_and_lifts_of_0_apa
         if seed == 1:  # a trained lift of exactly 0 has no log: not read either
             kept.loc[0, "same_category_lift"] = 0.0
         kept.to_csv(folder / "metrics.csv", index=False)
-        for name in ("run.json", "images.csv"):
-            (folder / name).write_text((KEPT_SET / name).read_text())
+        (folder / "images.csv").write_text((KEPT_SET / "images.csv").read_text())
+        info = json.loads((KEPT_SET / "run.json").read_text())
+        info["checkpoint"]["meta"]["train_config"]["seed"] = seed  # each set its own seed (one seed twice: counted once)
+        (folder / "run.json").write_text(json.dumps(info))
         sets.append(folder)
     row = attention_summary(sets).iloc[0]
     counts = [row[f"same_category_lift{k}"] for k in ("_vs_local_read", "_vs_local_unread", "_zero", "_images")]
@@ -108,8 +111,6 @@ def test_a_shared_maps_lift_of_1_plus_rounding_reads_as_no_preference():
 def test_a_result_set_whose_seed_is_not_known_is_refused(tmp_path):
     """Without its seed (run.json without the checkpoint's facts, the checkpoint gone), a set would be read as a variant of
     its own with images for seeds; the report refuses it, naming the set."""
-    import json
-
     from nlanalysis.controls import attention_summary
 
     folder = tmp_path / "embedded_gaussian_s0"

@@ -279,15 +279,22 @@ def test_report_of_a_vit_run_shows_its_object_lifts_over_their_locality_control(
     assert "locality control" in report.index_md.read_text()
 
 
-def test_an_image_of_one_checkpoint_in_two_runs_is_refused_not_counted_twice(runs, tmp_path):
-    """A copied folder (or a shard beside its whole run) holds the same images of the same variant, seed and step: pooled,
-    they narrowed every interval as if there were twice the images. Snapshots of one seed (other steps) are fine."""
+def test_an_image_of_one_checkpoint_in_two_runs_is_counted_once_and_said(runs, tmp_path):
+    """A copied folder (or a shard beside its whole run, or the same model extracted again to save its maps) holds the
+    same images of the same variant, seed and step: pooled, they narrowed every interval as if there were twice the
+    images. The first run's rows count; the note says which were left out. Snapshots of one seed (other steps) are fine."""
     root, _, snaps = runs
     copy = tmp_path / "copy"
     shutil.copytree(snaps[0], copy)
-    with pytest.raises(ValueError, match=r"runs nl_s0_step0 \(nl_s0_step0\), nl_s0_step0 \(copy\) both hold image \d+ of block .* of variant nl \(seed 0, step 0\)"):
-        load_runs([snaps[0], copy])
-    assert len(load_runs(snaps).results) == 4  # two seeds x two steps: no image twice
+    alone, both = load_runs([snaps[0]]), load_runs([snaps[0], copy])
+    pd.testing.assert_frame_equal(both.frame.drop(columns="label"), alone.frame.drop(columns="label"))
+    assert both.notes == [f"`nl_s0_step0 (copy)`: {alone.frame['image_id'].nunique()} image(s) measured by "
+                          "`nl_s0_step0 (nl_s0_step0)` first (the same variant, seed and step) are counted once, from there: "
+                          "its rows of them are left out of the tables"]
+    assert len(load_runs(snaps).frame) == sum(len(load_runs([s]).frame) for s in snaps) and load_runs(snaps).notes == []
+    t_both = summarise(both.frame, by=("variant",))
+    t_alone = summarise(alone.frame, by=("variant",))
+    assert t_both["att_low"].tolist() == t_alone["att_low"].tolist()
 
 
 def test_figures_of_labels_that_slug_alike_do_not_overwrite_each_other(runs, tmp_path):
@@ -357,8 +364,8 @@ def test_a_save_maps_all_run_whose_images_all_failed_is_said_not_explored(tmp_pa
 
     empty = SimpleNamespace(info={"settings": {"save_maps": "all"}}, maps={}, path=tmp_path / "e")
     lines, pages = explore_lines([("e", empty)], tmp_path / "work", tmp_path / "out", writer)
-    assert pages == [] and lines == ["`e` saved every query's map but holds no image with maps (every image failed: see its "
-                                     "failures.csv): no page to explore"]
+    assert pages == [] and lines == ["`e` saved every query's map but holds no image with maps (its images failed, see "
+                                     "failures.csv, or their maps files are gone): no page to explore"]
 
 
 def test_another_file_of_the_same_name_and_size_is_not_drawn_under_the_maps(runs, tmp_path):

@@ -41,18 +41,27 @@ def site_label(block: str, head: int | None) -> str:
 def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: str | None = None) -> dict[str, Any]:
     """The page's data for ``run`` (every image with saved maps, or ``image_ids``).
 
+    Done images whose maps file is gone are left out, and a note says which.
+
     Raises:
-        ValueError: the run has no saved maps (extract it with ``--save-maps all``).
+        ValueError: the run has no image with saved maps (saying why), or some of ``image_ids`` have none.
     """
     from ..report.images import find_images, stored_first
 
     ids = list(run.maps) if image_ids is None else list(image_ids)
     if not ids:
-        raise ValueError(f"{run.path}: no saved maps to explore; run `nlanalysis extract ... --save-maps all`")
+        raise ValueError(_no_maps(run))
+    have = {str(k) for k in run.maps}
+    lacking = [str(i) for i in ids if str(i) not in have]
+    if lacking:
+        raise ValueError(f"{run.path}: no saved maps for {len(lacking)} of the {_count(len(ids), 'image')} asked for: {_why_not(run, lacking)}")
     files = find_images(run, ids, image_root)
     stats = _stat_columns(run)
     metrics = run.metrics.assign(_id=run.metrics["image_id"].astype(str))
     images, notes = [], set()
+    lost = _lost_maps(run)
+    if lost and image_ids is None:
+        notes.add(f"{_count(len(lost), 'done image')} left out, the maps file missing: {_few([f'{i} (maps/{k}.npz)' for i, k in lost])}")
     for image_id, path in zip(ids, files):
         maps = run.maps[image_id]
         rows = metrics[metrics["_id"] == str(image_id)]
@@ -69,6 +78,66 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
         "notes": sorted(notes),
         "images": images,
     }
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _few(values: list[str], n: int = 3) -> str:
+    return ", ".join(values[:n]) + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+def _keys(run: ResultSet) -> dict[str, str]:
+    """``{image id as text: key}`` of the run's images (a maps file is ``maps/KEY.npz``)."""
+    return dict(zip(run.images["image_id"].astype(str), run.images["key"].astype(str)))
+
+
+def _done(run: ResultSet) -> set[str]:
+    """The ids (text) of the run's done images: those with rows in ``metrics`` (none: no columns either)."""
+    return set(run.metrics["image_id"].astype(str)) if "image_id" in run.metrics else set()
+
+
+def _lost_maps(run: ResultSet) -> list[tuple[str, str]]:
+    """``(image id, key)`` of the done images whose maps file is gone, where the run saved maps (``run.maps.missing``)."""
+    keys = _keys(run)
+    return [(str(i), keys.get(str(i), "?")) for i in run.maps.missing]
+
+
+def _no_maps(run: ResultSet) -> str:
+    """Why ``run`` holds no image with saved maps (the error of :func:`page_data`)."""
+    save = run.info.get("settings", {}).get("save_maps")
+    if not save:
+        return f"{run.path}: the run saved no maps; run `nlanalysis extract ... --save-maps all` to explore it"
+    n, failed, lost = len(run.images), len(run.failures), _lost_maps(run)
+    why = [f"{failed} of its {_count(n, 'image')} failed (failures.csv says why)"] if failed else []
+    if lost:
+        why.append(f"{_count(len(lost), 'done image')} without its maps file: {_few([f'maps/{k}.npz' for _, k in lost])}")
+    pending = n - failed - len(_done(run))
+    if pending > 0:
+        why.append(f"{_count(pending, 'image')} not done yet")
+    flag = "--save-maps all" if save == "all" else "--save-maps"
+    return f"{run.path}: the run saved maps ({flag}) but holds no image with maps: {'; '.join(why) or 'it has no images'}"
+
+
+def _why_not(run: ResultSet, ids: list[str]) -> str:
+    """Why each of ``ids`` (text) has no saved maps in ``run``, grouped by reason."""
+    keys, failed, done = _keys(run), set(run.failures["image_id"].astype(str)), _done(run)
+    saved = bool(run.info.get("settings", {}).get("save_maps"))
+    groups: dict[str, list[str]] = {}
+    for i in ids:
+        if i not in keys:
+            reason, shown = "not among the run's images", i
+        elif i in failed:
+            reason, shown = "failed (failures.csv says why)", i
+        elif not saved:
+            reason, shown = "the run saved no maps (extract it with --save-maps all)", i
+        elif i in done:
+            reason, shown = "maps file missing", f"{i} (maps/{keys[i]}.npz)"
+        else:
+            reason, shown = "not done yet", i
+        groups.setdefault(reason, []).append(shown)
+    return "; ".join(f"{_few(shown)}: {reason}" for reason, shown in groups.items())
 
 
 def _stat_columns(run: ResultSet) -> list[str]:

@@ -1,9 +1,13 @@
 """The explore page: one self-contained HTML file (its script, pictures and maps inline; no network)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import html
 import json
 import os
+import re
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,15 +17,21 @@ from .data import page_data
 
 __all__ = ["Explorer", "explore", "render_page"]
 
+#: characters the page's JSON writes as ``\uXXXX``: no text from the data (an image's file name) can close or
+#: open anything in its ``<script>`` (``</script>``, ``<!--<script>``); U+2028/U+2029 for older JavaScript parsers
+_JSON_ESCAPES = {ord(ch): f"\\u{ord(ch):04x}" for ch in "<>&\u2028\u2029"}
+
 
 def render_page(data: dict[str, Any]) -> str:
     """The HTML of the page showing ``data`` (:func:`~nlanalysis.explore.data.page_data`)."""
     folder = resources.files(__package__)
     text = (folder / "page.html").read_text(encoding="utf-8")
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # no "</script>" inside the JSON
-    title = html.escape(f"{Path(data['run']).name}: {len(data['images'])} images, {len(data['sites'])} sites")
-    script = (folder / "viewer.js").read_text(encoding="utf-8")
-    return text.replace("{{TITLE}}", title).replace("{{SCRIPT}}", script).replace("{{DATA}}", payload)
+    parts = {
+        "TITLE": html.escape(f"{Path(data['run']).name}: {len(data['images'])} images, {len(data['sites'])} sites"),
+        "SCRIPT": (folder / "viewer.js").read_text(encoding="utf-8"),
+        "DATA": json.dumps(data, separators=(",", ":")).translate(_JSON_ESCAPES),
+    }
+    return re.sub(r"\{\{(TITLE|SCRIPT|DATA)\}\}", lambda m: parts[m.group(1)], text)  # one pass: no part is read as a slot
 
 
 class Explorer:
@@ -43,12 +53,26 @@ class Explorer:
         return self._html
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the page to ``path`` (atomically: a temporary file, then renamed) and return it."""
+        """Write the page to ``path`` (atomically: a temporary file beside it, then renamed) and return it.
+
+        Raises:
+            IsADirectoryError: ``path`` is a folder.
+        """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give the page's file name (e.g. {path / 'explore.html'})")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.html, encoding="utf-8")
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique: no two writers share it
+        try:
+            with open(tmp, "x", encoding="utf-8") as f:
+                f.write(self.html)
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.filename is None:  # e.g. "No space left on device", which names no file
+                raise type(err)(err.errno, f"{err.strerror or err} (writing {path})") from err
+            raise
         return path
 
     def _repr_html_(self) -> str:

@@ -9,7 +9,9 @@
   const D = JSON.parse(document.getElementById("nla-data").textContent);
   const app = document.getElementById("nla-app");
   const VIEW = 384, PIN = 150, ALPHA = 0.7, MAX_PINS = 4;
-  const state = { image: 0, site: 0, cell: null, pins: [] };
+  // the query and the pins are places in the model input ([y, x] pixels: a cell's centre), so a site of another grid
+  // shows the same place of the image (its nearest kept cell); state.cell is the query's cell at the current site
+  const state = { image: 0, site: 0, at: null, cell: null, pins: [] };
   const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
   const LUT = {};
   for (const k in D.colormaps) LUT[k] = bytes(D.colormaps[k]);
@@ -23,11 +25,28 @@
     if (!s._rows) { s._rows = new Map(); s.cells.forEach((rc, i) => s._rows.set(rc[0] + "," + rc[1], i)); }
     return s._rows;
   }
-  function nearest(s, r, c) { // the kept cell nearest (r, c): itself unless the query grid was subsampled
+  function el(tag, props, ...kids) { // a DOM element; text from the data only ever goes in as text nodes or properties
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "dataset") Object.assign(e.dataset, v); else if (k === "style") e.style.cssText = v; else e[k] = v;
+    }
+    e.append(...kids);
+    return e;
+  }
+  function centre(s, cell) { // [y, x]: the centre of a query cell of site s, in model-input pixels
+    const [H, W] = img().input_size, [gh, gw] = s.query_shape;
+    return [(cell[0] + 0.5) * H / gh, (cell[1] + 0.5) * W / gw];
+  }
+  function cellNear(s, at) { // the kept cell of s at input position `at`: the cell under it, else the kept cell of nearest centre
+    const [H, W] = img().input_size, [gh, gw] = s.query_shape, [y, x] = at;
+    const r = Math.min(gh - 1, Math.max(0, Math.floor(y * gh / H))), c = Math.min(gw - 1, Math.max(0, Math.floor(x * gw / W)));
     const hit = rows(s).get(r + "," + c);
     if (hit !== undefined) return s.cells[hit];
     let best = s.cells[0], bd = Infinity;
-    for (const rc of s.cells) { const d = (rc[0] - r) ** 2 + (rc[1] - c) ** 2; if (d < bd) { bd = d; best = rc; } }
+    for (const rc of s.cells) {
+      const [cy, cx] = centre(s, rc), d = (cy - y) ** 2 + (cx - x) ** 2;
+      if (d < bd) { bd = d; best = rc; }
+    }
     return best;
   }
   async function inflate(s) { // the zlib-compressed 8-bit rows of a site
@@ -54,11 +73,7 @@
       toInput: (px, py) => [im.offset[0] + (py + 0.5) / d * im.scale[0], im.offset[1] + (px + 0.5) / d * im.scale[1]],
       toDisplay: (y, x) => [(y - im.offset[0]) / im.scale[0] * d, (x - im.offset[1]) / im.scale[1] * d] };
   }
-  function cellAt(s, g, px, py) {
-    const [H, W] = img().input_size, [y, x] = g.toInput(px, py), [gh, gw] = s.query_shape;
-    const r = Math.min(gh - 1, Math.max(0, Math.floor(y * gh / H))), c = Math.min(gw - 1, Math.max(0, Math.floor(x * gw / W)));
-    return nearest(s, r, c);
-  }
+  const cellAt = (s, g, px, py) => cellNear(s, g.toInput(px, py)); // the kept cell under display pixel (px, py)
   function grey(im, g) { // the picture as grey levels at the display size (0.85 where the file is missing)
     const key = im.id + "|" + g.w;
     if (greys.has(key)) return greys.get(key);
@@ -134,8 +149,8 @@
 
   function render() {
     const s = site();
-    if (!state.cell) state.cell = [Math.floor(s.query_shape[0] / 2), Math.floor(s.query_shape[1] / 2)];
-    state.cell = nearest(s, state.cell[0], state.cell[1]);
+    if (!state.at) state.at = centre(s, [Math.floor(s.query_shape[0] / 2), Math.floor(s.query_shape[1] / 2)]);
+    state.cell = cellNear(s, state.at);
     const values = draw($("nla-view"), s, state.cell, VIEW);
     app.dataset.image = img().id;
     app.dataset.site = s.key;
@@ -143,7 +158,7 @@
     app.dataset.map = JSON.stringify(Array.from(values, (v) => +v.toPrecision(7)));
     $("nla-site").value = String(state.site);
     $("nla-query").textContent = `query cell (${state.cell.join(", ")}) of ${s.query_shape.join(" x ")}; ${s.cells.length} queries kept`;
-    $("nla-stats").innerHTML = D.stats.map((c) => `<tr><th>${c}</th><td>${fmt(s.stats[c])}</td></tr>`).join("");
+    $("nla-stats").replaceChildren(...D.stats.map((c) => el("tr", {}, el("th", {}, c), el("td", {}, fmt(s.stats[c])))));
     renderPins(s);
     renderGrid();
     document.querySelectorAll(".nla-thumb").forEach((t, i) => {
@@ -154,60 +169,66 @@
     app.dataset.ready = "1";
   }
   function renderPins(s) {
-    const box = $("nla-pins"), keys = validKeys(s), maps = [];
-    box.innerHTML = "";
-    state.pins.forEach((cell, i) => {
-      const fig = document.createElement("figure"), c = document.createElement("canvas");
+    const box = $("nla-pins"), keys = validKeys(s), maps = [], cells = state.pins.map((at) => cellNear(s, at));
+    box.replaceChildren(...cells.map((cell, i) => {
+      const c = el("canvas");
       maps.push(draw(c, s, cell, PIN));
-      fig.append(c, Object.assign(document.createElement("figcaption"), { textContent: `${i + 1}: cell (${cell.join(", ")})` }));
-      box.append(fig);
-    });
-    const dist = [];
-    let html = state.pins.length > 1 ? "<tr><th>1 - cos</th>" + state.pins.map((_, j) => `<th>${j + 1}</th>`).join("") + "</tr>" : "";
-    maps.forEach((a, i) => {
-      html += `<tr><th>${i + 1}</th>` + maps.map((b, j) => { const v = cosDist(a, b, keys); if (j > i) dist.push(v); return `<td>${fmt(v)}</td>`; }).join("") + "</tr>";
-    });
-    $("nla-dist").innerHTML = state.pins.length > 1 ? html : "";
-    app.dataset.pinned = state.pins.map((c) => c.join(",")).join(";");
+      return el("figure", {}, c, el("figcaption", {}, `${i + 1}: cell (${cell.join(", ")})`));
+    }));
+    const dist = [], table = [];
+    if (cells.length > 1) {
+      table.push(el("tr", {}, el("th", {}, "1 - cos"), ...cells.map((_, j) => el("th", {}, String(j + 1)))));
+      maps.forEach((a, i) => table.push(el("tr", {}, el("th", {}, String(i + 1)), ...maps.map((b, j) => {
+        const v = cosDist(a, b, keys);
+        if (j > i) dist.push(v);
+        return el("td", {}, fmt(v));
+      }))));
+    }
+    $("nla-dist").replaceChildren(...table);
+    app.dataset.pinned = cells.map((c) => c.join(",")).join(";");
     app.dataset.distances = JSON.stringify(dist);
   }
   function renderGrid() { // blocks x heads, att of this image, shaded by inferno over the grid
     const sites = img().sites, blocks = [...new Set(sites.map((s) => s.block))];
     const att = sites.map((s) => s.stats.att).filter((v) => v !== null && v !== undefined);
     const top = Math.max(...att, 1e-12), lut = LUT.inferno;
-    let html = "";
+    const heads = sites.some((s) => s.head !== null), table = [el("caption", {}, `att of this image per ${heads ?
+      "layer and head; mean: the att of the head-averaged map (not the mean of the cells)" : "block"}; click to show`)];
     for (const b of blocks) {
-      html += `<tr><th title="${b}">${b}</th>`;
+      const tr = el("tr", {}, el("th", { title: b }, b));
       sites.forEach((s, i) => {
         if (s.block !== b) return;
         const v = s.stats.att, k = v === null || v === undefined ? 0 : Math.round(255 * Math.min(1, v / top));
         const bg = `rgb(${lut[3 * k]},${lut[3 * k + 1]},${lut[3 * k + 2]})`, fg = k > 150 ? "#000" : "#fff";
         const name = s.head === null ? "map" : s.head === -1 ? "mean" : "h" + s.head;
-        html += `<td class="${i === state.site ? "on" : ""}" data-site="${i}" style="background:${bg};color:${fg}" title="${s.label}: att ${fmt(v)}">${name}<br>${fmt(v)}</td>`;
+        tr.append(el("td", { className: i === state.site ? "on" : "", dataset: { site: String(i) }, style: `background:${bg};color:${fg}`,
+          title: `${s.label}: att ${fmt(v)}` }, name, el("br"), fmt(v)));
       });
-      html += "</tr>";
+      table.push(tr);
     }
-    const heads = sites.some((s) => s.head !== null);
-    $("nla-grid").innerHTML = `<caption>att of this image per ${heads ? "layer and head; mean: the att of the head-averaged map (not the mean of the cells)" : "block"}; click to show</caption>` + html;
+    $("nla-grid").replaceChildren(...table);
   }
-  async function openImage(i) { await ensure(i); state.image = i; state.pins = []; state.cell = null; render(); }
+  async function openImage(i) { await ensure(i); state.image = i; state.pins = []; state.at = state.cell = null; render(); }
 
   function setup() {
     $("nla-notes").textContent = D.notes.join("; ");
-    $("nla-site").innerHTML = D.sites.map((s, i) => `<option value="${i}">${s.label}</option>`).join("");
+    $("nla-site").replaceChildren(...D.sites.map((s, i) => new Option(s.label, String(i))));
     $("nla-site").addEventListener("change", (e) => { state.site = +e.target.value; render(); });
     $("nla-grid").addEventListener("click", (e) => { const td = e.target.closest("td[data-site]"); if (td) { state.site = +td.dataset.site; render(); } });
-    $("nla-strip").innerHTML = D.images.map((im, i) => `<figure class="nla-thumb" data-index="${i}">${im.picture ? `<img src="${im.picture}" alt="">` : "<div class=nla-missing></div>"}<figcaption>${im.id}<br><span></span></figcaption></figure>`).join("");
+    $("nla-strip").replaceChildren(...D.images.map((im, i) => el("figure", { className: "nla-thumb", dataset: { index: String(i) } },
+      im.picture ? el("img", { src: im.picture, alt: "" }) : el("div", { className: "nla-missing" }),
+      el("figcaption", {}, im.id, el("br"), el("span")))));
     $("nla-strip").addEventListener("click", (e) => { const f = e.target.closest(".nla-thumb"); if (f) openImage(+f.dataset.index); });
     const view = $("nla-view");
     view.addEventListener("mousemove", (e) => {
       const cell = cellAt(site(), geometry(img(), VIEW), e.offsetX, e.offsetY);
-      if (cell.join() !== state.cell.join()) { state.cell = cell; render(); }
+      if (cell.join() !== state.cell.join()) { state.at = centre(site(), cell); render(); }
     });
     view.addEventListener("click", (e) => {
-      const cell = cellAt(site(), geometry(img(), VIEW), e.offsetX, e.offsetY), at = state.pins.findIndex((p) => p.join() === cell.join());
-      if (at >= 0) state.pins.splice(at, 1); else { state.pins.push(cell); if (state.pins.length > MAX_PINS) state.pins.shift(); }
-      state.cell = cell; render();
+      const s = site(), cell = cellAt(s, geometry(img(), VIEW), e.offsetX, e.offsetY);
+      const at = state.pins.findIndex((p) => cellNear(s, p).join() === cell.join());
+      if (at >= 0) state.pins.splice(at, 1); else { state.pins.push(centre(s, cell)); if (state.pins.length > MAX_PINS) state.pins.shift(); }
+      state.at = centre(s, cell); render();
     });
     document.addEventListener("keydown", (e) => {
       const move = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[e.key];
@@ -215,7 +236,7 @@
       e.preventDefault();
       const s = site(), [gh, gw] = s.query_shape;
       for (let r = state.cell[0] + move[0], c = state.cell[1] + move[1]; r >= 0 && r < gh && c >= 0 && c < gw; r += move[0], c += move[1]) {
-        if (rows(s).has(r + "," + c)) { state.cell = [r, c]; render(); break; }
+        if (rows(s).has(r + "," + c)) { state.at = centre(s, [r, c]); render(); break; }
       }
     });
     let waiting = D.images.filter((im) => im.picture).length;

@@ -71,7 +71,7 @@ def explore_lines(
                      "(or report again) to hover every query's map")  # fmt: skip
     if empty:
         lines.append(f"{_names(empty)} saved every query's map but {'holds' if len(empty) == 1 else 'hold'} no image with maps "
-                     "(every image failed: see its failures.csv): no page to explore")  # fmt: skip
+                     "(its images failed, see failures.csv, or their maps files are gone): no page to explore")  # fmt: skip
     return lines, pages
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +103,15 @@ class Runs:
     Attributes:
         results: the result sets, in the order given.
         meta: one :class:`RunMeta` per result set.
-        frame: every run's ``metrics`` with the run columns of :mod:`nlanalysis.tables`.
+        frame: every run's ``metrics`` with the run columns of :mod:`nlanalysis.tables`, each image of a block of one
+            checkpoint (variant, seed, step) once: where runs measured it again, the first run's rows.
+        notes: what the report should say about ``frame`` (the images measured again and left out).
     """
 
     results: list[ResultSet]
     meta: list[RunMeta]
     frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """One row per run: label, variant, seed, step, task metric, images, checkpoint, folder."""
@@ -189,21 +192,25 @@ def load_runs(
     if frame.empty:
         which = f" with blocks matching {patterns}" if patterns else ""
         raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
-    _check_no_image_twice(frame)
-    return Runs(results, metas, frame)
+    frame, notes = _each_image_once(frame)
+    return Runs(results, metas, frame, notes)
 
 
-def _check_no_image_twice(frame: pd.DataFrame) -> None:
-    """Refuse runs that measured the same image of the same block of one checkpoint (variant, seed and step): the
-    tables would count it twice, as two independent images (a shard reported beside its whole run, a copied folder)."""
+def _each_image_once(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with each image of a block of one checkpoint (variant, seed and step) from the first run that measured
+    it, and the notes saying which runs' rows were left out: counted again (a shard beside its whole run, a copied folder,
+    the same model extracted again to save its maps), an image would count as two independent ones and narrow every
+    interval."""
     key = [c for c in ("variant", "seed", "step", "block", "image_id") if c in frame]
     if "image_id" not in key:
-        return
-    runs = frame.groupby(key, dropna=False, sort=False)["label"].unique()
-    twice = runs[runs.map(len) > 1]
-    if len(twice):
-        where = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in zip(key, twice.index[0])}
-        raise ValueError(f"report: runs {', '.join(map(str, twice.iloc[0]))} both hold image {where['image_id']} of block "
-                         f"{where.get('block')} of variant {where['variant']} (seed {where.get('seed')}, step {where.get('step')}); "
-                         f"{len(twice)} such rows: an image counted twice would narrow every interval. Give each image once "
-                         "(`nlanalysis merge` joins shards)")  # fmt: skip
+        return frame, []
+    first = frame.groupby(key, dropna=False, sort=False)["label"].transform("first")
+    again = frame["label"] != first
+    if not again.any():
+        return frame, []
+    notes = []
+    for label, rows in frame[again].groupby("label", sort=False):
+        by = ", ".join(f"`{b}`" for b in dict.fromkeys(first[rows.index]))
+        notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {by} first (the same variant, seed and "
+                     "step) are counted once, from there: its rows of them are left out of the tables")  # fmt: skip
+    return frame[~again].reset_index(drop=True), notes

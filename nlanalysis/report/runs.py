@@ -191,7 +191,7 @@ def _write_report_files(
 
 def _run_notes(loaded: Runs) -> list[str]:
     """What the reader must know of each run: incomplete, failed images, no checkpoint facts."""
-    notes = []
+    notes = list(loaded.notes)
     for res, m in zip(loaded.results, loaded.meta):
         if not res.complete:
             notes.append(f"`{m.label}`: the run is not complete ({res.info.get('counts', {})}); its numbers cover the images done so far")
