@@ -22,6 +22,8 @@ __all__ = ["run_demo"]
 def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 120, progress: bool = True) -> Report:
     """Extract every shipped checkpoint on ``scenes`` demo scenes into ``out/runs/VARIANT`` and
     write the report to ``out/report``. Reruns resume (finished images are skipped)."""
+    if scenes < 1:
+        raise ValueError(f"--scenes {scenes}: give at least 1 demo scene (300 ship)")
     checkpoints = shipped_checkpoints()
     if not checkpoints:
         raise FileNotFoundError(

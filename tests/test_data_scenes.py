@@ -253,3 +253,28 @@ def test_cli_writes_a_valid_set(tmp_path, source, capsys):
 
     assert main(["demo-data", "--out", str(tmp_path / "x"), "--source", str(tmp_path / "nothing")]) == 2
     assert "apt-get install -y dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_overwrite_checks_the_inputs_before_clearing_the_old_set(tmp_path, source):
+    """A query-specific set needs items of the look-alike classes: with a source that lacks them the call fails, and the
+    set already in the folder must still be there (it used to be deleted first)."""
+    write_scenes(tmp_path / "s", "val", 4, 0, "shared", source=source)
+    before = (tmp_path / "s" / "instances.json").read_bytes()
+    poor = tmp_path / "poor"
+    poor.mkdir()
+    images, labels = tiny_items()
+    keep = labels < 2  # two classes only
+    for prefix in ("train", "t10k"):
+        (poor / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images[keep]), mtime=0))
+        (poor / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels[keep]), mtime=0))
+    with pytest.raises(ValueError):
+        write_scenes(tmp_path / "s", "val", 4, 0, "query-specific", source=poor, overwrite=True)
+    assert (tmp_path / "s" / "instances.json").read_bytes() == before and len(list((tmp_path / "s" / "images").iterdir())) == 4
+
+
+def test_the_recorded_command_writes_the_same_set_again(tmp_path, source):
+    from nlanalysis.data.scenes import SceneParams
+
+    path = write_scenes(tmp_path / "s", "val", 3, 2, "query-specific", source=source, params=SceneParams(num_items=(4, 10)))
+    command = json.loads(path.read_text())["info"]["command"]
+    assert command.endswith("--design query-specific --size 112 --num-items 4 10")

@@ -553,6 +553,6 @@ def test_a_coco_run_made_before_the_crowd_and_frame_rules_does_not_resume_under_
     for key in ("crowd", "frame"):
         del info["settings"]["selection"][key]
     (tmp_path / "r" / "run.json").write_text(json.dumps(info))
-    assert "holds a run with other settings (selection:" in _error(capsys, args(tmp_path / "r", ["1", "3"]))
+    assert "holds a run with other settings (selection.crowd: null vs \"left-out\"" in _error(capsys, args(tmp_path / "r", ["1", "3"]))
     assert main(args(tmp_path / "plain", ["2"])) == 0  # neither: no keys
     assert not {"crowd", "frame"} & set(json.loads((tmp_path / "plain" / "run.json").read_text())["settings"]["selection"])

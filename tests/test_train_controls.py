@@ -70,7 +70,7 @@ def test_training_another_design_validates_on_that_design(tmp_path, source):  # 
                          val_scenes=4, progress=False, config=TrainConfig(epochs=1, batch_size=8, snapshots=(1.0,)))  # fmt: skip
     run_training(job)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "pooled_fc_s0.pth")
-    assert "val_query-specific_300_seed0" in ckpt.meta["val_data"] and "train_query-specific_8" in ckpt.meta["train_data"]
+    assert "val_query-specific_src" in ckpt.meta["val_data"] and "train_query-specific_src" in ckpt.meta["train_data"]  # --source's own
 
 
 def test_a_rerun_skips_finished_runs_and_refuses_other_settings(tmp_path, scenes, monkeypatch):
@@ -160,7 +160,7 @@ def test_num_items_reaches_the_scenes_and_the_validation_set_is_written(tmp_path
     job = TrainJob.quick(tmp_path, design="query-specific", source=str(source), train_scenes=20, val_scenes=4, num_items=(4, 10),
                          progress=False)  # fmt: skip
     train, val = _train_set(job), _val_set(job)
-    assert "train_query-specific_items4-10_20_seed0" in train.source and "val_query-specific_items4-10_300_seed0" in val.source
+    assert "train_query-specific_items4-10_src" in train.source and "val_query-specific_items4-10_src" in val.source
     coco = json.loads(open(train.source).read())
     assert coco["info"]["params"]["num_items"] == [4, 10]
     sizes = Counter((a["image_id"], a["group"]) for a in coco["annotations"])
@@ -169,7 +169,7 @@ def test_num_items_reaches_the_scenes_and_the_validation_set_is_written(tmp_path
     assert _val_set(shipped).source.endswith("scenes_val_query_specific_items4_10/instances.json")  # shipped (v2's)
     other = TrainJob.quick(tmp_path / "other", design="query-specific", source=str(source), val_scenes=4, num_items=(4, 8),
                           progress=False)  # fmt: skip
-    assert "val_query-specific_items4-8_300_seed0" in _val_set(other).source  # not shipped: its own 300 scenes
+    assert "val_query-specific_items4-8_src" in _val_set(other).source  # not shipped: its own 300 scenes
 
 
 def test_image_shortcut_adds_a_1x1_conv_of_the_cell_means_at_the_block_input(tmp_path, scenes, capsys):

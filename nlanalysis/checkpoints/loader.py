@@ -402,6 +402,9 @@ def save_atomic(payload: Any, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it (mkstemp's 0600 kept others from reading the weights)
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..data.scenes import DESIGNS
 from ..train import ALL_VARIANTS, TrainConfig
-from ..train.run import TrainJob, run_training, ship_checkpoints
+from ..train.run import SHIPPED_DIR, TrainJob, run_training, ship_checkpoints
 from . import add_command
 
 
@@ -43,9 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add a 1x1 conv of the image's 8 x 8 cell means to the block's input position, in every "
                    "variant (SceneNetArch.image_shortcut; issue 16's v3 control design)")
     p.add_argument("--source", help="folder with Fashion-MNIST IDX .gz files (default: the Debian package's)")
-    p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=Path("nlanalysis/weights"),
-                   help="afterwards copy seed 0's final checkpoint of every variant to DIR as float16 "
-                   "(default DIR: nlanalysis/weights, the checkpoints that ship with the package)")
+    p.add_argument("--ship", type=Path, metavar="DIR", nargs="?", const=SHIPPED_DIR,
+                   help="afterwards copy the final checkpoint of this job's variants, of seed 0 (else the first seed "
+                   "given), to DIR as float16 (default DIR: the package's weights folder, the checkpoints that ship with it)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 variants, 1 seed, 128 scenes, 1 epoch (< 2 min)")
     p.add_argument("--quiet", action="store_true")
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(summary.to_string(index=False))
     print(f"checkpoints in {args.out / 'checkpoints'}; history {args.out / 'training.csv'}")
     if args.ship:
-        seed = (job.seeds or (0,))[0]
-        for path in ship_checkpoints(args.out / "checkpoints", args.ship, seed=seed):
+        seed = 0 if 0 in job.seeds else job.seeds[0]
+        for path in ship_checkpoints(args.out / "checkpoints", args.ship, seed=seed, variants=job.variants):
             print(f"shipped {path} ({path.stat().st_size / 2**20:.2f} MiB)")
     return 0

@@ -97,10 +97,7 @@ def _demo_dir(design: str, num_items: tuple[int, int] | None = None) -> Path:
 
 def demo_command(design: str = "shared", num_items: tuple[int, int] | None = None) -> str:
     """The command that wrote the shipped validation scenes of ``design`` (run from the repository root)."""
-    cmd = _command("val", 300, 0, design, 112).replace("DIR", f"nlanalysis/data/demo/{_demo_dir(design, num_items).name}")
-    if num_items is not None and tuple(num_items) != SceneParams().num_items:
-        cmd += f" --num-items {num_items[0]} {num_items[1]}"
-    return cmd
+    return _command("val", 300, 0, design, 112, num_items).replace("DIR", f"nlanalysis/data/demo/{_demo_dir(design, num_items).name}")
 
 FORMAT_VERSION = 1
 
@@ -160,7 +157,8 @@ class SceneParams:
     def __post_init__(self) -> None:
         lo, hi = self.item_side
         if not 1 <= lo <= hi <= self.size:
-            raise ValueError(f"item_side {self.item_side} must satisfy 1 <= min <= max <= size ({self.size})")
+            raise ValueError(f"item_side {self.item_side} must satisfy 1 <= min <= max <= size ({self.size}): a scene of "
+                             f"{self.size} pixels is smaller than its largest item (--size at least {hi})")
         if not 1 <= self.num_items[0] <= self.num_items[1]:
             raise ValueError(f"num_items {self.num_items} must satisfy 1 <= min <= max")
 
@@ -354,9 +352,11 @@ def scene_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict]:
     return anns
 
 
-def _command(split: str, num: int, seed: int, design: str, size: int) -> str:
+def _command(split: str, num: int, seed: int, design: str, size: int, num_items: tuple[int, int] | None = None) -> str:
+    """The ``demo-data`` command that writes the set (``--num-items`` where not the default: the same scenes again)."""
+    items = [] if num_items is None or tuple(num_items) == SceneParams().num_items else ["--num-items", *map(str, num_items)]
     return shlex.join(["nlanalysis", "demo-data", "--out", "DIR", "--split", split, "--num", str(num),
-                       "--seed", str(seed), "--design", design, "--size", str(size)])
+                       "--seed", str(seed), "--design", design, "--size", str(size), *items])
 
 
 def _empty_folder(out: Path, overwrite: bool) -> tuple[Path, Path]:
@@ -410,10 +410,11 @@ def write_scenes(
     items, labels = load_fashion_mnist(SPLITS[split], source)
     from PIL import Image
 
-    image_dir, json_path = _empty_folder(Path(out_dir), overwrite)
+    first = make_scene(np.random.default_rng([seed, 0]), items, labels, design, params) if num else None  # the inputs
+    image_dir, json_path = _empty_folder(Path(out_dir), overwrite)  # checked before an old set is cleared
     images, annotations = [], []
     for i in range(num):
-        scene = make_scene(np.random.default_rng([seed, i]), items, labels, design, params)
+        scene = first if i == 0 else make_scene(np.random.default_rng([seed, i]), items, labels, design, params)
         image_id = i + 1
         file_name = f"{image_id:06d}.png"
         Image.fromarray(scene.image).save(image_dir / file_name)
@@ -431,7 +432,7 @@ def write_scenes(
             "num_scenes": num,
             "source": f"Fashion-MNIST {SPLITS[split]} set, {len(labels)} items (Xiao et al., arXiv 1708.07747)",
             "params": asdict(params),
-            "command": _command(split, num, seed, design, params.size),
+            "command": _command(split, num, seed, design, params.size, params.num_items),
         },
         "licenses": [{"id": 1, "name": "MIT (Fashion-MNIST, Zalando SE)", "url": "https://github.com/zalandoresearch/fashion-mnist"}],
         "images": images,

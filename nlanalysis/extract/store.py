@@ -149,7 +149,8 @@ class RunStore:
             raise FileNotFoundError(f"{self.root}: not a result set of `nlanalysis extract` (no run.json)")
         info = _read_json(self.run_json)
         selection = (info.get("settings") or {}).get("selection") if isinstance(info.get("settings"), dict) else None
-        if not isinstance(selection, dict) or not isinstance(selection.get("id_type"), str):  # how every id is read back
+        if info.get("format") == FORMAT and not (isinstance(selection, dict) and isinstance(selection.get("id_type"), str)):
+            # (how every id is read back; another program's run.json is refused by its format, where it is opened)
             raise ValueError(f"{self.run_json}: not an extract run.json (no settings.selection.id_type); the file is damaged")
         return info
 
@@ -322,10 +323,27 @@ RESUME_HINT = "use another --out, or the same arguments to resume"
 
 def check_same_settings(old: dict[str, Any], new: dict[str, Any], where: Path | str, hint: str = RESUME_HINT) -> None:
     """Raise if two runs' settings differ, naming the first settings that do; ``hint``: what to do."""
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    diff = _differences(old, new)
     if diff:
-        shown = "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:120]} vs {json.dumps(new.get(k), default=str)[:120]}" for k in diff[:3])
+        shown = "; ".join(f"{k}: {_short(a)} vs {_short(b)}" for k, a, b in diff[:3])
         raise ValueError(f"{where} holds a run with other settings ({shown}); {hint}")
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of each entry that differs, down into mappings (the run's value, not its
+    whole section, is what a reader needs)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [(path or "settings", old, new)]
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        out += _differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+    return out
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``value`` as JSON, cut to ``limit`` characters with a mark where cut (a cut 10 must not read as 1)."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_csv(source: str | os.PathLike[str] | io.StringIO, *, where: Any = None, **kwargs: Any) -> pd.DataFrame:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..metrics.intervals import mean_ci
-from .loop import TrainResult
+from .loop import TrainConfig, TrainResult
 
-__all__ = ["load_results", "paired_margins", "plateau", "results_frame"]
+__all__ = ["check_same_job", "load_results", "paired_margins", "plateau", "results_frame"]
 
 
 def load_results(out: str | Path) -> list[TrainResult]:
@@ -30,6 +31,7 @@ def load_results(out: str | Path) -> list[TrainResult]:
         folder = Path(out)
         if not any(folder.glob("*_s*.json")):
             raise FileNotFoundError(f"{out}: no finished runs (neither a `nlanalysis train --out` folder nor its run records)")
+    check_same_job(folder)
     results, where = [], {}
     for path in sorted(folder.glob("*.json")):
         try:
@@ -42,6 +44,36 @@ def load_results(out: str | Path) -> list[TrainResult]:
             raise ValueError(f"{path} and {first.name}: both record {result.variant!r} seed {result.seed}")
         results.append(result)
     return results
+
+
+def _plain_config(config: TrainConfig | Mapping[str, Any], keep_seed: bool = False) -> dict[str, Any]:
+    """A run's training settings as its record holds them (JSON types), a field added later at its default; without the
+    seed unless ``keep_seed`` (runs of one job differ only in it)."""
+    given = vars(config) if isinstance(config, TrainConfig) else dict(config)
+    plain = json.loads(json.dumps({**vars(TrainConfig()), **given}, default=list))
+    return plain if keep_seed else {k: v for k, v in plain.items() if k != "seed"}
+
+
+def check_same_job(folder: Path, wanted: Mapping[str, Any] | None = None) -> None:
+    """Refuse run records in ``folder`` (``*_s*.json``) that were trained with other settings (the seed aside) or on other
+    scenes than ``wanted`` (``{"config": ..., "data": ...}``), or than each other: their margins would compare
+    runs of different jobs (another design's scenes, another schedule) as if they were one grid."""
+    first: tuple[Path, dict] | None = None if wanted is None else (Path("this job"), dict(wanted))
+    for path in sorted(Path(folder).glob("*_s*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            continue  # named by the reader of the record
+        if "config" not in record and "data" not in record:  # a record of an older layout: nothing to compare
+            continue
+        found = {"config": _plain_config(record.get("config") or {}), "data": record.get("data")}
+        if first is None:
+            first = (path, found)
+        elif found != first[1]:
+            what = [k for k in ("config", "data") if found.get(k) != first[1].get(k)]
+            detail = {k: (first[1]["config"].get(k), v) for k, v in found["config"].items() if first[1]["config"].get(k) != v}
+            raise ValueError(f"{path}: trained with other {' and '.join('settings' if w == 'config' else 'scenes' for w in what)} "
+                             f"than {first[0]}{f' ({detail})' if detail else ''}; one folder holds one job (use another --out)")
 
 
 def results_frame(results: Sequence[TrainResult]) -> pd.DataFrame:

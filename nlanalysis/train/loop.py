@@ -42,6 +42,16 @@ class TrainConfig:
     loss_stride: int = 2  # the loss compares logits and labels at 1/loss_stride of the input size
     image_shortcut: bool = False  # SceneNetArch.image_shortcut (issue 16's v3 control design)
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "loss_stride"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        outside = [f for f in self.snapshots if not 0.0 <= float(f) <= 1.0]
+        if outside:  # fractions of training; out of range they would be dropped unseen
+            raise ValueError(f"snapshots are fractions of training in [0, 1], got {outside}")
+
 
 @dataclass
 class TrainResult:

@@ -1,6 +1,7 @@
 """The whole training job: data, every variant x seed, a summary table."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ import pandas as pd
 
 from ..checkpoints.loader import save_atomic
 from ..data.scenes import SceneParams, demo_scenes_path, write_scenes
-from .compare import results_frame
+from .compare import _plain_config, check_same_job, results_frame
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
 from .variants import ALL_VARIANTS, VARIANTS
@@ -38,6 +39,12 @@ class TrainJob:
     progress: bool = True
     num_items: tuple[int, int] | None = None  # SceneParams.num_items of the job's scenes (None: the shipped (3, 6))
 
+    def __post_init__(self) -> None:
+        if self.train_scenes < 1 or (self.val_scenes is not None and self.val_scenes < 1):
+            raise ValueError(f"train_scenes and val_scenes must be at least 1, got {self.train_scenes} and {self.val_scenes}")
+        if not list(self.seeds) or not list(self.variants):
+            raise ValueError("give at least one seed and one variant")
+
     @classmethod
     def quick(cls, out: Path, **kw) -> TrainJob:
         """A smoke run (< 2 minutes on 2 CPU cores): two variants, one seed, few scenes, one epoch."""
@@ -49,10 +56,12 @@ class TrainJob:
 
 def _drawn(job: TrainJob) -> tuple[str, SceneParams | None]:
     """The data folders' name part for the job's drawing parameters, and the parameters (None: the shipped ones)."""
+    # another --source draws other items: its own folders (a job without it must not reuse them, nor the reverse)
+    source = "" if job.source is None else "_src" + hashlib.sha1(str(Path(job.source).resolve()).encode()).hexdigest()[:8]
     if job.num_items is None:
-        return job.design, None
+        return job.design + source, None
     lo, hi = job.num_items
-    return f"{job.design}_items{lo}-{hi}", SceneParams(num_items=(lo, hi))
+    return f"{job.design}_items{lo}-{hi}{source}", SceneParams(num_items=(lo, hi))
 
 
 def _train_set(job: TrainJob) -> SceneSet:
@@ -69,7 +78,7 @@ def _val_set(job: TrainJob) -> SceneSet:
     package's Fashion-MNIST); with another ``source``, drawing parameters not shipped, or where they are
     missing (an old install), the same 300 scenes written once to ``out/data``."""
     name, params = _drawn(job)
-    if job.design == "shared" and params is None:
+    if job.design == "shared" and params is None and job.source is None:
         return load_scene_set(*demo_scenes_path(), limit=job.val_scenes)
     if job.source is None:
         try:
@@ -97,17 +106,23 @@ def run_training(job: TrainJob) -> pd.DataFrame:
     data = {"train": train.digest(), "val": val.digest()}  # what a finished run's record must match to be reused
     about = f"train {train.source} ({len(train)} scenes), val {val.source} ({len(val)} scenes)"
     start = time.perf_counter()
+    runs = [(seed, variant) for seed in dict.fromkeys(job.seeds)  # seed-major: a complete set of variants exists early
+            for variant in dict.fromkeys(job.variants)]  # (each run once, however often it is named)
+    done = {run: _done_run(job.out, run[1], TrainConfig(**{**vars(config), "seed": run[0]}), data)
+            for run in runs}  # every recorded run checked before any is trained: no folder of mixed settings
+    check_same_job(job.out / "runs", {"config": _plain_config(config), "data": data})  # and every other run of the folder
     results: list[TrainResult] = []
-    for seed in dict.fromkeys(job.seeds):  # seed-major: a complete set of variants exists as early as possible
-        for variant in dict.fromkeys(job.variants):  # (each run once, however often it is named)
-            cfg = TrainConfig(**{**vars(config), "seed": seed})
-            result = _done_run(job.out, variant, cfg, data)
-            if result is None:
-                result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
-                _record_run(job.out, result, cfg, data, about)
-            results.append(result)
-            if job.progress:
-                print(f"{variant:>22} seed {seed}: mIoU {result.miou:.4f}  ({result.seconds:.0f} s)", flush=True)
+    for seed, variant in runs:
+        cfg = TrainConfig(**{**vars(config), "seed": seed})
+        result = done[seed, variant]
+        if result is None:
+            for stale in (job.out / "checkpoints").glob(f"{variant}_s{seed}_step*.pth"):  # of a killed run of it
+                stale.unlink()
+            result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
+            _record_run(job.out, result, cfg, data, about)
+        results.append(result)
+        if job.progress:
+            print(f"{variant:>22} seed {seed}: mIoU {result.miou:.4f}  ({result.seconds:.0f} s)", flush=True)
     history = pd.DataFrame([row for r in results for row in r.history])
     history.to_csv(job.out / "training.csv", index=False)
     summary = summarize(results)
@@ -141,10 +156,13 @@ def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]
     path = _run_file(out, variant, config.seed)
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        TrainResult(**record["result"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a finished-run record ({type(err).__name__}: {err}); delete it to train the run again") from None
     wanted = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data}
-    defaults = json.loads(json.dumps(vars(TrainConfig()), default=list))  # a field added later: its default
-    found = {"config": {**defaults, **(record.get("config") or {})}, "data": record.get("data")}
+    found = {"config": _plain_config(record.get("config") or {}, keep_seed=True), "data": record.get("data")}
     if found != wanted:
         raise ValueError(f"{path}: this run was trained with other settings or other scenes; use another --out for a new configuration")
     return TrainResult(**record["result"])
@@ -164,15 +182,16 @@ def summarize(results: Sequence[TrainResult]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR, seed: int = 0) -> list[Path]:
-    """Copy the final checkpoint of ``seed`` for every variant to ``dest/{variant}.pth``, with
+def ship_checkpoints(checkpoint_dir: str | Path, dest: str | Path = SHIPPED_DIR, seed: int = 0,
+                     variants: Sequence[str] | None = None) -> list[Path]:  # fmt: skip
+    """Copy the final checkpoint of ``seed`` for every variant (of ``variants``, if given) to ``dest/{variant}.pth``, with
     floating-point tensors stored as float16 (they load into float32 models unchanged in layout;
     the rounding is ~1e-3 relative). Returns the written files."""
     import torch
 
     dest = Path(dest)
     written = []
-    for variant in ALL_VARIANTS:
+    for variant in (v for v in ALL_VARIANTS if variants is None or v in variants):
         src = Path(checkpoint_dir) / f"{variant}_s{seed}.pth"
         if not src.is_file():
             continue
