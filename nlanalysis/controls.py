@@ -261,7 +261,9 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             after = root / f"{design}_e{LONGER[i + 1][0]}" if i + 1 < len(LONGER) else None  # its own plateau rule
             try:
                 table = training_table(folder, after) if _has_records(folder) else None
-            except ValueError:  # its first runs, before any reference finished: nothing to pair with yet
+            except ValueError as err:  # its first runs, before any reference finished: nothing to pair with yet
+                if "nothing to pair with" not in str(err):  # a folder of two jobs, a record twice: said, not skipped
+                    raise
                 table = None
             if table is not None:
                 _write_csv(table, out / f"{design}_training_e{epochs}.csv")

@@ -85,7 +85,8 @@ def test_the_reading_counts_images_without_a_readable_control_and_lifts_of_0_apa
         kept.to_csv(folder / "metrics.csv", index=False)
         (folder / "images.csv").write_text((KEPT_SET / "images.csv").read_text())
         info = json.loads((KEPT_SET / "run.json").read_text())
-        info["checkpoint"]["meta"]["train_config"]["seed"] = seed  # each set its own seed (one seed twice: counted once)
+        info["checkpoint"]["meta"]["train_config"]["seed"] = seed  # each set its own model and seed (a copy: counted once)
+        info["checkpoint"]["sha256"] = info["settings"]["checkpoint_sha256"] = str(seed) * 64
         (folder / "run.json").write_text(json.dumps(info))
         sets.append(folder)
     row = attention_summary(sets).iloc[0]

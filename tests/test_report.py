@@ -289,7 +289,7 @@ def test_an_image_of_one_checkpoint_in_two_runs_is_counted_once_and_said(runs, t
     alone, both = load_runs([snaps[0]]), load_runs([snaps[0], copy])
     pd.testing.assert_frame_equal(both.frame.drop(columns="label"), alone.frame.drop(columns="label"))
     assert both.notes == [f"`nl_s0_step0 (copy)`: {alone.frame['image_id'].nunique()} image(s) measured by "
-                          "`nl_s0_step0 (nl_s0_step0)` first (the same variant, seed and step) are counted once, from there: "
+                          "`nl_s0_step0 (nl_s0_step0)` first (the same checkpoint and settings) are counted once, from there: "
                           "its rows of them are left out of the tables"]
     assert len(load_runs(snaps).frame) == sum(len(load_runs([s]).frame) for s in snaps) and load_runs(snaps).notes == []
     t_both = summarise(both.frame, by=("variant",))
@@ -300,7 +300,10 @@ def test_an_image_of_one_checkpoint_in_two_runs_is_counted_once_and_said(runs, t
 def test_figures_of_labels_that_slug_alike_do_not_overwrite_each_other(runs, tmp_path):
     root, base, _ = runs
     other = tmp_path / "other"
-    shutil.copytree(base, other)  # no meta: each run is a variant of its own label
+    shutil.copytree(base, other)  # no meta: each run is a variant of its own label; measured with another JSD seed
+    info = json.loads((other / "run.json").read_text())
+    info["settings"]["seed"] = 12345
+    (other / "run.json").write_text(json.dumps(info))
     report = write_report([], tmp_path / "r", labels={"run a": base, "run_a": other}, formats=("png",), images=1, explore=None)
     names = [p.name for p in report.figures]
     assert len(names) == len(set(names)) and all(p.is_file() for p in report.figures)
@@ -400,3 +403,29 @@ def test_a_report_through_a_link_replaces_the_folder_it_names_and_keeps_the_link
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert (target / "index.md").is_file() and (target / "make.sh").read_text() == "echo mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "target"]  # no .old / .tmp left beside it
+
+
+def test_runs_of_other_checkpoints_or_settings_are_not_taken_for_copies(runs, tmp_path):
+    """Counting an image once applies to the same checkpoint (sha256) and measurement settings only: two models that share
+    variant, seed and step (v2 and v3 of a design, a planted block and its twin) keep all their rows; a copy measured with
+    another JSD seed is a measurement of its own too. A set kept without its maps/ says so (not 'files gone')."""
+    root, _, snaps = runs
+    other = tmp_path / "other_model"
+    shutil.copytree(snaps[0], other)
+    info = json.loads((other / "run.json").read_text())
+    info["checkpoint"]["sha256"] = info["settings"]["checkpoint_sha256"] = "0" * 64  # another file, the same facts
+    (other / "run.json").write_text(json.dumps(info))
+    one = load_runs([snaps[0]])
+    both = load_runs([snaps[0], other])
+    assert len(both.frame) == 2 * len(one.frame) and both.notes == []
+    reseeded = tmp_path / "reseeded"
+    shutil.copytree(snaps[0], reseeded)
+    info = json.loads((reseeded / "run.json").read_text())
+    info["settings"]["seed"] = 12345
+    (reseeded / "run.json").write_text(json.dumps(info))
+    assert len(load_runs([snaps[0], reseeded]).frame) == 2 * len(one.frame)
+    numbers_only = tmp_path / "numbers_only"
+    shutil.copytree(snaps[0], numbers_only)
+    shutil.rmtree(numbers_only / "maps")
+    run = nlanalysis.load_run(numbers_only)
+    assert run.maps.not_kept and run.maps.missing == [] and len(run.maps) == 0

@@ -187,7 +187,7 @@ def apply_overrides(arch: ResNetArch, overrides: dict[str, Any]) -> list[str]:
             if overrides.get("nl_mode"):
                 if (block.options.get("mode") in ("gaussian", "concatenation")) != (overrides["nl_mode"] in ("gaussian", "concatenation")):
                     raise ValueError(f"{block.name}: its keys are those of mode {block.options.get('mode')}, not {overrides['nl_mode']}")
-                if block.options.get("mode") != overrides["nl_mode"]:  # the user's word wins, and the report says so
+                if block.options.get("mode") != overrides["nl_mode"]:  # the user's word wins, noted (run.json, inspect)
                     notes.append(f"{block.name}: mode {overrides['nl_mode']} (given; the checkpoint's own is {block.options.get('mode')})")
                 block.options["mode"] = overrides["nl_mode"]
             if overrides.get("use_scale") is not None:

@@ -157,8 +157,8 @@ class SceneParams:
     def __post_init__(self) -> None:
         lo, hi = self.item_side
         if not 1 <= lo <= hi <= self.size:
-            raise ValueError(f"item_side {self.item_side} must satisfy 1 <= min <= max <= size ({self.size}): a scene of "
-                             f"{self.size} pixels is smaller than its largest item (--size at least {hi})")
+            small = f": a scene of {self.size} pixels is smaller than its largest item (--size at least {hi})" if 1 <= lo <= hi else ""
+            raise ValueError(f"item_side {self.item_side} must satisfy 1 <= min <= max <= size ({self.size}){small}")
         if not 1 <= self.num_items[0] <= self.num_items[1]:
             raise ValueError(f"num_items {self.num_items} must satisfy 1 <= min <= max")
 

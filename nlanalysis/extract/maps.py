@@ -413,13 +413,15 @@ class MapsIndex(Mapping):
     """``{image_id: ImageMaps}`` over a run's ``maps/`` folder; files are opened on access.
 
     Attributes:
-        missing: the ids of ``keys`` whose file is gone, where the run saved maps (``expected``): deleted or never copied.
+        missing: the ids of ``keys`` whose file is gone from ``maps/``, where the run saved maps (``expected``).
+        not_kept: the run saved maps but this copy of it has no ``maps/`` folder (its numbers kept without them).
     """
 
     def __init__(self, folder: Path, keys: dict[Any, str], expected: bool = False) -> None:
         self.folder = folder
         self._keys = {k: v for k, v in keys.items() if (folder / f"{v}.npz").is_file()}
-        self.missing = [k for k in keys if k not in self._keys] if expected else []
+        self.not_kept = expected and bool(keys) and not folder.is_dir()
+        self.missing = [k for k in keys if k not in self._keys] if expected and not self.not_kept else []
         self._text = {str(k): v for k, v in self._keys.items()}
 
     def __getitem__(self, image_id: Any) -> ImageMaps:

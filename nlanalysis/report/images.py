@@ -76,7 +76,10 @@ def load_pixels(path: Path | None, maps: ImageMaps, stored: bool = False) -> np.
     from ..extract.store import sha256_file
 
     recorded = maps.file_sha256
-    if recorded is not None and sha256_file(path) != recorded:
+    try:
+        if recorded is not None and sha256_file(path) != recorded:
+            return None
+    except OSError:  # unreadable: drawn on grey, as a missing file is
         return None
 
     size = tuple(int(v) for v in maps["original_size"])

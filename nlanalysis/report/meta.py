@@ -3,6 +3,7 @@ every run's metrics in one labelled frame (:func:`load_runs`)."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -192,25 +193,40 @@ def load_runs(
     if frame.empty:
         which = f" with blocks matching {patterns}" if patterns else ""
         raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
-    frame, notes = _each_image_once(frame)
+    frame, notes = _each_image_once(frame, {m.label: _measurement(r) for r, m in zip(results, metas)})
     return Runs(results, metas, frame, notes)
 
 
-def _each_image_once(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """``frame`` with each image of a block of one checkpoint (variant, seed and step) from the first run that measured
-    it, and the notes saying which runs' rows were left out: counted again (a shard beside its whole run, a copied folder,
-    the same model extracted again to save its maps), an image would count as two independent ones and narrow every
-    interval."""
-    key = [c for c in ("variant", "seed", "step", "block", "image_id") if c in frame]
-    if "image_id" not in key:
+#: run settings that choose what is kept or which images are taken, not how an image's statistics are measured
+_NOT_MEASUREMENT = frozenset({"selection", "queries", "query_placement", "save_maps"})
+
+
+def _measurement(run: ResultSet) -> str:
+    """What makes two runs' rows of one image the same measurement: the checkpoint (its sha256) and every setting of how
+    it is measured (``run.json``'s settings but the selection and what is saved); the run folder where none is known."""
+    settings = run.info.get("settings")
+    sha = run.info.get("checkpoint", {}).get("sha256") or (settings or {}).get("checkpoint_sha256")
+    if not sha or not isinstance(settings, dict):
+        return f"run {run.path}"
+    kept = {k: v for k, v in settings.items() if k not in _NOT_MEASUREMENT}
+    return json.dumps({"checkpoint": sha, **kept}, sort_keys=True, default=str)
+
+
+def _each_image_once(frame: pd.DataFrame, measurement: Mapping[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with each image of a block measured by one checkpoint and settings (``measurement`` of each label) taken
+    from the first run that measured it, and notes saying which runs' rows were left out: counted again (a shard beside
+    its whole run, a copied folder, the same model extracted again to save its maps), an image would count as two
+    independent ones and narrow every interval."""
+    if "image_id" not in frame or "block" not in frame:
         return frame, []
-    first = frame.groupby(key, dropna=False, sort=False)["label"].transform("first")
+    measured = frame["label"].map(measurement)
+    first = frame.assign(_m=measured).groupby(["_m", "block", "image_id"], sort=False)["label"].transform("first")
     again = frame["label"] != first
     if not again.any():
         return frame, []
     notes = []
     for label, rows in frame[again].groupby("label", sort=False):
         by = ", ".join(f"`{b}`" for b in dict.fromkeys(first[rows.index]))
-        notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {by} first (the same variant, seed and "
-                     "step) are counted once, from there: its rows of them are left out of the tables")  # fmt: skip
+        notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {by} first (the same checkpoint and "
+                     "settings) are counted once, from there: its rows of them are left out of the tables")  # fmt: skip
     return frame[~again].reset_index(drop=True), notes

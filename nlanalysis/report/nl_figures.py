@@ -67,7 +67,9 @@ def maps_figures(
                                 f"{res.maps.folder} ({gone}): those images are not drawn")  # fmt: skip
         ids = _choose_images(res, n_images, image_ids)
         if not ids:
-            report.notes.append(f"`{label}`: no saved query maps" + (" for the requested images" if image_ids else " (run extract with --save-maps)"))
+            why = (" for the requested images" if image_ids else f" (it saved them, but this copy has no {res.maps.folder})"
+                   if res.maps.not_kept else " (run extract with --save-maps)")  # fmt: skip
+            report.notes.append(f"`{label}`: no saved query maps{why}")
             continue
         maps = [res.maps[i] for i in ids]
         files = find_images(res, ids, image_root)

@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_QUERIES", "vit_figures"]
 #: ``(y, x)`` fractions of each photo: the queries of the map figure (``vit-report``'s ``--queries points:...``), and
 #: where a run saved more maps (``--save-maps all``) the saved queries nearest to them are drawn
 DEFAULT_QUERIES: tuple[tuple[float, float], ...] = ((0.3, 0.3), (0.5, 0.7), (0.75, 0.4))
-#: the most queries a photo's row draws as saved; more (``--save-maps all``: every patch) are thinned to :data:`DEFAULT_QUERIES`
+#: the most queries of a ``--save-maps all`` run (every patch) a photo's row draws as saved; more are thinned to :data:`DEFAULT_QUERIES`
 MAX_DRAWN = 8
 
 
@@ -42,8 +42,9 @@ def vit_figures(
     for stat, text in _heads_stats(frame):
         report.figure(plot_layer_heads(frame, stat, title=model_name, highlight=highlight), f"heads_{stat}", text)
     maps = _saved_maps(run, frame, chosen_heads, image_root)
-    thinned = any(len(m.points) > MAX_DRAWN for m in maps)
-    maps = [_few_queries(m) for m in maps]
+    every = run.info["settings"].get("save_maps") == "all"  # queries chosen by the user are drawn as chosen
+    thinned = every and any(len(m.points) > MAX_DRAWN for m in maps)
+    maps = [_few_queries(m) for m in maps] if every else maps
     if not maps:
         return
     row_of = rows_by_head(per_head)

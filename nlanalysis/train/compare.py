@@ -64,7 +64,7 @@ def check_same_job(folder: Path, wanted: Mapping[str, Any] | None = None) -> Non
             record = json.loads(path.read_text())
         except ValueError:
             continue  # named by the reader of the record
-        if "config" not in record and "data" not in record:  # a record of an older layout: nothing to compare
+        if not isinstance(record, dict) or ("config" not in record and "data" not in record):  # not a record / older layout
             continue
         found = {"config": _plain_config(record.get("config") or {}), "data": record.get("data")}
         if first is None:
