@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Trains SceneNet variants (no block, the four NL pairwise functions, SNL, GC, and a two-NL "
         "variant; the controls se, pooled_fc and danet_pam on request) for per-pixel classification of "
         "Fashion-MNIST scenes (--design). Training scenes come from the Debian package dataset-fashion-mnist (or "
-        "--source); validation uses the scenes shipped with the package for 'shared', and 300 scenes of the "
-        "design written to OUT/data (val split, seed 0) for the others. Checkpoints (native format, mIoU in the "
+        "--source); validation uses the 300 scenes shipped with the package for the design (and --num-items) where "
+        "they ship, else (other parameters, or --source) the same 300 scenes written to OUT/data (val split, seed 0). Checkpoints (native format, mIoU in the "
         "meta) go to OUT/checkpoints, the history to OUT/training.csv, the per-variant summary to OUT/summary.csv. "
         "Rerunning the same command skips the runs already finished in OUT (OUT/runs), so a long job can go in "
         "batches.",
