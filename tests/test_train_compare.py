@@ -116,3 +116,9 @@ def test_a_run_given_twice_is_refused_not_paired_with_every_copy(tmp_path):
         (tmp_path / "runs" / "gc_s1.json").rename(tmp_path / "runs" / f"{folder}_s1.json")
     with pytest.raises(ValueError, match="b_s1.json and a_s1.json: both record 'gc' seed 1"):
         load_results(tmp_path)
+
+
+def test_the_plateau_rule_is_not_read_from_one_seed():
+    """Its threshold is the sd over seeds (floored at 0.01): one seed has none, so no verdict (it read True or False)."""
+    table = plateau(_runs("a", [0.30], seeds=(0,)), _runs("a", [0.35], seeds=(0,))).set_index("variant")
+    assert table.loc["a", "plateau"] is None and math.isnan(table.loc["a", "threshold"]) and table.loc["a", "gain"] == pytest.approx(0.05)

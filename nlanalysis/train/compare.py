@@ -132,7 +132,7 @@ def plateau(short: Sequence[TrainResult], long: Sequence[TrainResult], min_gain:
     mIoU(long) - mIoU(short) is at most ``max(min_gain, sd over seeds of the short mIoU)``.
 
     Columns: ``variant, pairs, miou_short, miou_long, gain, threshold, plateau`` (``plateau`` is
-    ``None`` for a variant without paired runs yet)."""
+    ``None`` for a variant without paired runs yet, or with one seed of the short schedule: no sd over seeds)."""
     a, b = results_frame(short), results_frame(long)
     rows = []
     for variant, runs in a.groupby("variant", sort=False):
@@ -140,9 +140,9 @@ def plateau(short: Sequence[TrainResult], long: Sequence[TrainResult], min_gain:
         l_ = b[b.variant == variant].set_index("seed").miou
         seeds = s.index.intersection(l_.index)
         gain = float((l_[seeds] - s[seeds]).mean()) if len(seeds) else math.nan
-        sd = float(s.std()) if len(s) > 1 else 0.0
-        threshold = max(min_gain, sd)
+        sd = float(s.std()) if len(s) > 1 else math.nan  # one seed has no spread: the rule cannot be read yet
+        threshold = max(min_gain, sd) if not math.isnan(sd) else math.nan
         rows.append({"variant": variant, "pairs": len(seeds), "miou_short": s.mean(),
                      "miou_long": float(l_[seeds].mean()) if len(seeds) else math.nan, "gain": gain,
-                     "threshold": threshold, "plateau": bool(gain <= threshold) if len(seeds) else None})  # fmt: skip
+                     "threshold": threshold, "plateau": bool(gain <= threshold) if len(seeds) and not math.isnan(threshold) else None})  # fmt: skip
     return pd.DataFrame(rows)
