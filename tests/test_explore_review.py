@@ -148,8 +148,9 @@ def test_run_whose_images_all_failed(tmp_path, capsys):
     assert "run `nlanalysis extract" not in err and not (tmp_path / "run" / "explore.html").exists()
 
 
-def test_lost_maps_file_is_noted(hostile, tmp_path):
-    """A done image whose maps file was deleted: the page of the run says so, naming it; asking for it is an error."""
+def test_lost_maps_file_is_noted(hostile, tmp_path, capsys):
+    """A done image whose maps file was deleted: the page of the run (and the command) says so, naming it; asking for it
+    is an error."""
     run_dir, _ = hostile
     shutil.copytree(run_dir, tmp_path / "run")
     run = nlanalysis.load_run(tmp_path / "run")
@@ -164,6 +165,8 @@ def test_lost_maps_file_is_noted(hostile, tmp_path):
     assert str(tmp_path / "run") in str(err.value) and f"{NAMES[0]} (maps/{key}.npz): maps file missing" in str(err.value)
     with pytest.raises(ValueError, match="nope: not among the run's images"):
         page_data(run, ["nope"])
+    assert main(["explore", str(tmp_path / "run"), "--out", str(tmp_path / "page.html")]) == 0
+    assert f"note: 1 done image left out, the maps file missing: {NAMES[0]}" in capsys.readouterr().out
 
 
 def test_save_leaves_nothing_behind(hostile, tmp_path, monkeypatch):

@@ -24,4 +24,6 @@ def main(args: argparse.Namespace) -> int:
     page = explore(args.run, image_ids=args.image_ids, image_root=args.image_root)
     out = page.save(Path(args.out) if args.out else Path(args.run) / "explore.html")
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB, {len(page.data['images'])} images, {len(page.data['sites'])} sites")
+    for note in page.data.get("notes", []):  # what the page says of what it lacks (maps files gone, pictures not found)
+        print(f"note: {note}")
     return 0
