@@ -130,3 +130,28 @@ def test_bad_rows_are_refused():
         s.columns(None, 1.0, 3, [0, 1, 2, 3, 4, 5, 6])
     with pytest.raises(ValueError, match="key_mask"):
         s.columns(torch.ones(2, 4), 1.0, 7, list(range(7)))
+
+
+def test_cross_site_of_two_shared_maps_whose_chunks_do_not_divide_the_queries(monkeypatch):
+    """Consecutive GC blocks (one shared map each; ``nlanalysis analyze``'s GC example model): the last chunk asked past the
+    last query got a full chunk of rows from a shared map and stopped the analysis. Every query's map is the block's one
+    map, so the mean cosine over queries is the cosine of the two maps (NumPy, float64)."""
+    import numpy as np
+
+    import nlanalysis.measure.cross_site as cross_site
+    from nlanalysis.blocks.attention import SharedAttention
+    from nlanalysis.measure.cross_site import SiteRows, site_similarity
+
+    grid = (4, 5)
+    n = grid[0] * grid[1]
+    monkeypatch.setattr(cross_site, "CHUNK_FLOATS", 7 * n)  # chunks of 7 queries: 7, 7, 6
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, n, generator=gen) for _ in range(2)]
+    sites = [SharedAttention(w / w.sum(1, keepdim=True), grid, grid) for w in maps]
+    assert sites[0].rows(14, 21).shape == (2, 6, n) and sites[0].rows(20, 27).shape == (2, 0, n)  # cut at N, as slicing
+    full = torch.ones(2, n, dtype=torch.bool)
+    rows = [SiteRows(0, (grid, grid, 0), 1, lambda s, e, a=a: a.rows(s, e)[:, None], full, full) for a in sites]
+    got = site_similarity(rows[0], rows[1])
+    a, b = (s.weights.double().numpy() for s in sites)
+    want = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=1e-12)

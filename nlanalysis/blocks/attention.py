@@ -219,7 +219,7 @@ class SharedAttention(LazyAttention):
         return self.weights[:, None, :].expand(-1, index.numel(), -1)
 
     def rows(self, start: int, stop: int) -> Tensor:
-        return self.weights[:, None, :].expand(-1, stop - start, -1)
+        return self.weights[:, None, :].expand(-1, max(0, min(stop, self.n_query) - start), -1)  # as slicing: cut at N
 
 
 class DenseAttention(LazyAttention):

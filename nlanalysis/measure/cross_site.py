@@ -82,7 +82,7 @@ def site_similarity(prev: SiteRows | None, cur: SiteRows) -> Tensor:
     device = cur.query_mask.device
 
     def chunks(site: SiteRows) -> Callable[[], Iterator[tuple[int, Tensor]]]:
-        return lambda: ((s, site.rows(s, s + step)[:, pick].to(device)) for s in range(0, n_query, step))
+        return lambda: ((s, site.rows(s, min(s + step, n_query))[:, pick].to(device)) for s in range(0, n_query, step))
 
     qm = cur.query_mask & prev.query_mask.to(device)
     km = cur.key_mask & prev.key_mask.to(device)
