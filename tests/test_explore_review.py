@@ -193,3 +193,44 @@ def test_save_leaves_nothing_behind(hostile, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert page.save(tmp_path / "page.html").read_text(encoding="utf-8") == page.html
     assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html", "taken"]
+
+
+def test_a_subsampled_key_grid_is_drawn_over_the_cells_it_pools(browser, tmp_path):
+    """An NL block with ``sub_sample`` on an odd grid (a 72 x 72 input at stride 8: 9 x 9 queries, 4 x 4 keys over the
+    first 8 x 8 cells): the page lays the keys where the figures do (``grid_overlay`` with ``key_cover``), not stretched
+    over the whole input; the uncovered last row and column are not drawn."""
+    import torch
+    from torch import nn
+
+    from nlanalysis.checkpoints import Preprocess, save_checkpoint
+    from nlanalysis.extract.maps import grid_overlay, key_cover
+    from nlanalysis.models import BlockSpec, ResNetArch, build_model
+
+    torch.manual_seed(0)
+    arch = ResNetArch((1, 1), [BlockSpec("layer2.0.nonlocal_block", "NonLocal2d", 512, "after_conv3",
+                                         {"mode": "embedded_gaussian", "sub_sample": True})], prefix="backbone.")  # fmt: skip
+    model = build_model(arch).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(1.0)
+    ckpt = save_checkpoint(tmp_path / "sub.pth", model, Preprocess(scale=(72, 72), keep_ratio=False, pad_divisor=0))
+    photos = write_photos(tmp_path / "images", n=1, max_side=100)
+    args = ["extract", "--ckpt", str(ckpt), "--images", str(photos[0]), "--out", str(tmp_path / "run"), "--save-maps", "all",
+            "--jsd-pairs", "0", "--quiet", "--query-dependence", "off"]  # fmt: skip
+    with one_thread():
+        assert main(args) == 0
+        assert main(["explore", str(tmp_path / "run"), "--out", str(tmp_path / "page.html")]) == 0
+    run = nlanalysis.load_run(tmp_path / "run")
+    maps = next(iter(run.maps.values()))
+    assert (tuple(maps["query_shape_0"]), tuple(maps["key_shape_0"]), tuple(maps["input_size"])) == ((9, 9), (4, 4), (72, 72))
+    app = _open(browser, tmp_path / "page.html")
+    got = browser.execute_script("return window.nlaExplore.overlay()")
+    values = np.array(got["values"], dtype=np.float64).reshape(got["height"], got["width"])
+    cell = tuple(map(int, app.get_attribute("data-query").split(",")))
+    grid = np.asarray(_expected(maps, "backbone.layer2.0.nonlocal_block", cell), dtype=np.float32).reshape(4, 4)
+    (oh, ow), (h, w) = maps["original_size"], values.shape
+    expected = grid_overlay(grid, (72, 72), tuple(maps["size"]), maps.offset, (h, w), (maps["scale"][0] * oh / h, maps["scale"][1] * ow / w),
+                            key_cover((9, 9), (4, 4)))  # fmt: skip
+    np.testing.assert_array_equal(np.isnan(values), np.isnan(expected))
+    assert np.isnan(values).any() and not np.isnan(values).all()  # the last row and column of cells: no key there
+    assert np.nanmax(np.abs(values - expected)) < 1e-4 * np.nanmax(np.abs(expected))

@@ -102,3 +102,24 @@ def test_bad_input_says_what(tmp_path):
         plot_query_maps([maps], "block", queries=[3])
     with pytest.raises(ValueError, match="does not match"):
         plot_query_maps([maps], "block", images=[np.zeros((10, 10, 3), np.uint8)])
+
+
+def test_a_subsampled_key_grid_is_laid_over_the_cells_it_pools():
+    """``sub_sample`` max-pools the keys 2x2 with floor: an odd 9 x 7 query grid (stride 16: a 144 x 112 input) has 4 x 3
+    keys over its first 8 x 6 cells. The last key's centre is the centre of cells 6-7 x 4-5, pixel (112, 80): a one-hot
+    map there peaks there (stretched over the whole input it peaked at (126, 93)); the uncovered last row and column
+    of cells are not drawn."""
+    from nlanalysis.extract.maps import grid_overlay, key_cover
+
+    assert key_cover((9, 7), (4, 3)) == (8 / 9, 6 / 7) and key_cover((8, 6), (4, 3)) == (1.0, 1.0)
+    assert key_cover((16, 16), (16, 16)) == (1.0, 1.0)
+    one = np.zeros((4, 3), dtype=np.float32)
+    one[3, 2] = 1.0
+    over = grid_overlay(one, (144, 112), (144, 112), cover=key_cover((9, 7), (4, 3)))
+    assert over.shape == (144, 112) and np.isnan(over[128:]).all() and np.isnan(over[:, 96:]).all()
+    assert not np.isnan(over[:128, :96]).any()
+    peak = np.unravel_index(np.nanargmax(over), over.shape)
+    assert tuple(peak) == (112, 80)  # bilinear, align_corners=False: 1 from the key's centre to the covered edge
+    stretched = grid_overlay(one, (144, 112), (144, 112))
+    peak = np.unravel_index(np.argmax(stretched), stretched.shape)
+    assert tuple(peak) == (126, 93)  # the old placement, about a cell off at the far corner

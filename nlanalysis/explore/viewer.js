@@ -99,9 +99,18 @@
     }
     return out;
   }
+  function covered(im, s) { // the input pixels a (sub-sampled) key grid covers, from the top left: key_cover in nlanalysis.extract.maps
+    const part = (q, k) => (k >= q || k < 1 ? 1 : Math.floor(q / k) * k / q);
+    return [Math.round(im.input_size[0] * part(s.query_shape[0], s.key_shape[0])), Math.round(im.input_size[1] * part(s.query_shape[1], s.key_shape[1]))];
+  }
   function overlay(im, s, values, g) { // grid_overlay (nlanalysis.extract.maps): grid -> input -> the image's part -> display
-    const [H, W] = im.input_size, [hk, wk] = s.key_shape, [h, w] = im.size, [top, left] = im.offset;
-    const input = resize(values, hk, wk, 0, 0, hk, wk, H, W);
+    const [H, W] = im.input_size, [hk, wk] = s.key_shape, [h, w] = im.size, [top, left] = im.offset, [ch, cw] = covered(im, s);
+    let input = resize(values, hk, wk, 0, 0, hk, wk, ch, cw);
+    if (ch !== H || cw !== W) { // keys left the last row or column out: not drawn there
+      const full = new Float32Array(H * W).fill(NaN);
+      for (let r = 0; r < ch; r++) full.set(input.subarray(r * cw, (r + 1) * cw), r * W);
+      input = full;
+    }
     const y0 = Math.max(top, 0), y1 = Math.min(top + h, H), x0 = Math.max(left, 0), x1 = Math.min(left + w, W);
     if (y0 === top && y1 === top + h && x0 === left && x1 === left + w) return resize(input, H, W, y0, x0, y1 - y0, x1 - x0, g.h, g.w);
     const sy = h / g.h, sx = w / g.w, field = new Float32Array(g.w * g.h).fill(NaN); // a centre crop: the unseen border stays NaN
@@ -133,9 +142,9 @@
     return values;
   }
   function validKeys(s) { // key cells whose centre shows the image (the statistics' valid keys)
-    const im = img(), [H, W] = im.input_size, [hk, wk] = s.key_shape, [h, w] = im.size, [t, l] = im.offset, ok = [];
+    const im = img(), [H, W] = im.input_size, [hk, wk] = s.key_shape, [h, w] = im.size, [t, l] = im.offset, ok = [], [ch, cw] = covered(im, s);
     for (let r = 0; r < hk; r++) for (let c = 0; c < wk; c++) {
-      const y = (r + 0.5) * H / hk, x = (c + 0.5) * W / wk;
+      const y = (r + 0.5) * ch / hk, x = (c + 0.5) * cw / wk;
       if (y >= Math.max(t, 0) && y < Math.min(t + h, H) && x >= Math.max(l, 0) && x < Math.min(l + w, W)) ok.push(r * wk + c);
     }
     return ok;

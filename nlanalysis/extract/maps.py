@@ -54,7 +54,7 @@ original pixel ``((y - top) / sy, (x - left) / sx)``.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from ..data.transforms import image_region
 
 __all__ = [
-    "MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "photo_maps",
+    "MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "key_cover", "photo_maps",
     "quantise_maps", "save_image_maps",
 ]
 
@@ -156,11 +156,13 @@ def grid_overlay(
     offset: tuple[int, int] = (0, 0),
     out_size: tuple[int, int] | None = None,
     scale: tuple[float, float] | None = None,
+    cover: tuple[float, float] = (1.0, 1.0),
 ) -> np.ndarray:
     """``float32 [oh, ow]``: a map over a key grid, laid over the image the model was given.
 
-    The grid is stretched over the whole ``input_size`` model input (bilinear,
-    ``align_corners=False``), the input pixels that show the image are cut out
+    The grid is stretched over the ``input_size`` model input (bilinear, ``align_corners=False``; over its top-left
+    ``cover`` fraction where the keys are a sub-sampled grid that leaves the last row or column out: :func:`key_cover`,
+    the rest NaN), the input pixels that show the image are cut out
     (:func:`~nlanalysis.data.transforms.image_region` of the resized image's ``size`` at
     ``offset``: padding dropped) and resized to ``out_size`` (default: ``size``, the image as
     resized; the original image's size to draw over the file). Where the preprocessing cut the
@@ -170,7 +172,10 @@ def grid_overlay(
     (h, w), (top, left) = (int(v) for v in size), (int(v) for v in offset)
     oh, ow = (int(v) for v in out_size) if out_size is not None else (h, w)
     m = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
-    m = F.interpolate(m, size=tuple(int(v) for v in input_size), mode="bilinear", align_corners=False)
+    big_h, big_w = (int(v) for v in input_size)
+    ch, cw = round(big_h * float(cover[0])), round(big_w * float(cover[1]))
+    part = F.interpolate(m, size=(ch, cw), mode="bilinear", align_corners=False)
+    m = part if (ch, cw) == (big_h, big_w) else F.pad(part, (0, big_w - cw, 0, big_h - ch), value=float("nan"))
     y0, y1, x0, x1 = image_region((h, w), (top, left), tuple(int(v) for v in input_size))  # type: ignore[arg-type]
     seen = m[..., y0:y1, x0:x1]
     if (y0, y1, x0, x1) == (top, top + h, left, left + w):  # the whole image is in the input
@@ -182,6 +187,13 @@ def grid_overlay(
     out = np.full((oh, ow), np.nan, dtype=np.float32)
     out[r0:r1, c0:c1] = F.interpolate(seen, size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0, 0].numpy()
     return out
+
+
+def key_cover(query_shape: Sequence[int], key_shape: Sequence[int]) -> tuple[float, float]:
+    """The fraction ``(fy, fx)`` of the query grid (the model input) a key grid covers: 1 where the keys are the queries'
+    grid; a key grid pooled by ``f = q // k`` (``sub_sample``: 2x2 max-pooling, floor) covers the first ``f * k`` of ``q``
+    rows or columns (an odd 9 x 7 grid pools to 4 x 3 keys over 8 x 6 of its cells)."""
+    return tuple(1.0 if k >= q or k < 1 else (q // k) * k / q for q, k in zip(query_shape, key_shape))  # type: ignore[return-value]
 
 
 @dataclass
@@ -398,14 +410,16 @@ class ImageMaps:
     def overlay(self, block: str | int, query: int, head: int | None = None) -> np.ndarray:
         """``float32 [h, w]``: query ``query``'s map of ``block`` on the original image.
 
-        The key grid is stretched over the input (bilinear), the part that shows the image is cut
-        out (padding dropped) and resized to the original image size, so it can be drawn over the
-        image file. Where the preprocessing cut the image (a centre crop), the pixels the model
-        never saw are NaN. ``head``: as in :meth:`maps`.
+        The key grid is stretched over the input (bilinear; a sub-sampled grid over the part it covers,
+        :func:`key_cover`), the part that shows the image is cut out (padding dropped) and resized to the
+        original image size, so it can be drawn over the image file. Where the preprocessing cut the image
+        (a centre crop), the pixels the model never saw are NaN. ``head``: as in :meth:`maps`.
         """
+        i = self._index(block)
         return grid_overlay(
             self.maps(block, head)[query], tuple(int(v) for v in self["input_size"]), tuple(int(v) for v in self["size"]),
             self.offset, tuple(int(v) for v in self["original_size"]), tuple(float(v) for v in self["scale"]),
+            key_cover(self[f"query_shape_{i}"], self[f"key_shape_{i}"]),
         )  # fmt: skip
 
 
