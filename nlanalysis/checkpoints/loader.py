@@ -395,6 +395,20 @@ def save_checkpoint(
     return save_atomic(payload, Path(path))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``/proc/self/status``), else set and reset."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(payload: Any, path: Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename it: readers see the old file
     or the new one, never a part."""
@@ -402,9 +416,7 @@ def save_atomic(payload: Any, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it (mkstemp's 0600 kept others from reading the weights)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (mkstemp's 0600 kept others from reading the weights)
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:
