@@ -136,3 +136,22 @@ def test_the_report_of_an_all_maps_run_draws_three_queries_per_image(cli_report)
     md = (cli_report / "index.md").read_text()
     assert "the run saved every query; drawn: the deepest points of the 2 largest objects" in md
     assert Path(cli_report / "figures" / "query_maps_all_layer1.1.png").is_file()
+
+
+def test_the_reports_page_of_a_large_run_holds_its_first_images_and_says_so(runs, tmp_path, monkeypatch):
+    """A report's page holds every query's map of each image it shows (~2 MB an image and block at COCO scale): of a
+    run larger than ``PAGE_IMAGES`` it shows the first ones, and the index says how to page the others."""
+    import json as json_
+
+    import nlanalysis.report.explore_links as links
+    from nlanalysis.cli.report import explore_page_writer
+
+    monkeypatch.setattr(links, "PAGE_IMAGES", 1)
+    run = nlanalysis.load_run(runs["all"])
+    assert len(run.maps) == 2
+    report = write_report([], tmp_path / "rep", labels={"all": runs["all"]}, formats=("png",), images=1,
+                          explore=explore_page_writer(None))  # fmt: skip
+    (page,) = report.pages
+    data = json_.loads(re.search(r'<script type="application/json" id="nla-data">(.*?)</script>', page.read_text(), re.S).group(1))
+    assert [im["id"] for im in data["images"]] == [str(list(run.maps)[0])]
+    assert f"1 images (the first 1 of its 2; `nlanalysis explore {runs['all']} --image-ids ...` pages others)" in report.index_md.read_text()

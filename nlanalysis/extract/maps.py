@@ -438,6 +438,10 @@ class MapsIndex(Mapping):
         self.missing = [k for k in keys if k not in self._keys] if expected and not self.not_kept else []
         self._text = {str(k): v for k, v in self._keys.items()}
 
+    def first(self, n: int) -> MapsIndex:
+        """The index of the first ``n`` images with maps only (in run order)."""
+        return MapsIndex(self.folder, dict(list(self._keys.items())[:n]))
+
     def __getitem__(self, image_id: Any) -> ImageMaps:
         key = self._keys.get(image_id) or self._text.get(str(image_id))
         if key is None:

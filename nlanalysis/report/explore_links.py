@@ -12,6 +12,7 @@ command makes the page.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..extract.results import ResultSet
@@ -23,6 +24,9 @@ __all__ = ["EXPLORE_DIR", "PageWriter", "explore_lines"]
 EXPLORE_DIR = "explore"
 #: writes the explore page of a run to a path and returns it (``nlanalysis report`` passes one)
 PageWriter = Callable[[ResultSet, Path], Path]
+#: images in a report's explore page of a run (its first, in run order): a page holds every query's map of each image
+#: (~2 MB an image and block at COCO scale), so a page of a 5,000-image run would not fit in memory
+PAGE_IMAGES = 20
 
 
 def _saved(run: ResultSet) -> str:
@@ -59,9 +63,12 @@ def explore_lines(
             lines.append(f"`{label}` saved every query's map: `nlanalysis explore {run.path} --out {out / rel}` writes its "
                          "page (`nlanalysis report` writes it beside the report)")  # fmt: skip
             continue
-        page = writer(run, work / rel)
+        shown = run if len(run.maps) <= PAGE_IMAGES else replace(run, maps=run.maps.first(PAGE_IMAGES))
+        page = writer(shown, work / rel)
         pages.append(page)
-        lines.append(f"[{label}: hover every query's attention map]({rel}): {len(run.maps)} images, "
+        more = (f" (the first {PAGE_IMAGES} of its {len(run.maps)}; `nlanalysis explore {run.path} --image-ids ...` pages "
+                "others)" if shown is not run else "")  # fmt: skip
+        lines.append(f"[{label}: hover every query's attention map]({rel}): {len(shown.maps)} images{more}, "
                      f"{page.stat().st_size / 1e6:.1f} MB, one self-contained HTML file (opens from disk, no network)")  # fmt: skip
     if chosen:
         lines.append(f"{_names(chosen)} saved the maps of {'its' if len(chosen) == 1 else 'their'} chosen queries only (`extract --save-maps`): "
