@@ -429,3 +429,22 @@ def test_runs_of_other_checkpoints_or_settings_are_not_taken_for_copies(runs, tm
     shutil.rmtree(numbers_only / "maps")
     run = nlanalysis.load_run(numbers_only)
     assert run.maps.not_kept and run.maps.missing == [] and len(run.maps) == 0
+
+
+def test_the_query_distance_figure_uses_the_runs_convention(runs, tmp_path, monkeypatch):
+    """A run measured with ``(1-cos)/2`` gets its query-distance heat map in that convention too (it was always 1 - cos,
+    beside tables in halves)."""
+    import nlanalysis.plots as plots
+
+    root, base, _ = runs
+    half = tmp_path / "half"
+    shutil.copytree(base, half)
+    for name in ("metrics.csv",):
+        frame = pd.read_csv(half / name)
+        frame.assign(convention="(1-cos)/2").to_csv(half / name, index=False)
+    shutil.rmtree(half / "parts", ignore_errors=True)  # read from metrics.csv
+    seen = []
+    real = plots.plot_query_distances
+    monkeypatch.setattr(plots, "plot_query_distances", lambda *a, **k: seen.append(k["convention"]) or real(*a, **k))
+    report = write_report([half], tmp_path / "r", formats=("png",), images=1, explore=None)
+    assert seen == ["(1-cos)/2"] and "cosine distance ((1 − cos)/2)" in report.index_md.read_text()

@@ -55,8 +55,10 @@ def maps_figures(
     n_images: int,
     image_ids: Sequence[Any] | None,
     image_root: Any,
+    convention: str = "1-cos",
 ) -> None:
-    """Add to ``report`` the Figure 2 form per (run, block) and the query-distance heat map per run, for ``labels``."""
+    """Add to ``report`` the Figure 2 form per (run, block) and the query-distance heat map per run (in the runs' distance
+    ``convention``, as their tables), for ``labels``."""
     from ..plots import plot_query_distances, plot_query_maps
 
     for label in labels:
@@ -88,9 +90,10 @@ def maps_figures(
         first = list(chosen[0].indices) if chosen is not None else None
         if drawn and len(maps[0].query_yx) and first != []:
             names = chosen[0].titles() if chosen is not None else None
-            report.figure(plot_query_distances(maps[0], drawn, queries=first, names=names, title=f"{label} (checkpoint {ckpt})"),
+            report.figure(plot_query_distances(maps[0], drawn, queries=first, names=names, title=f"{label} (checkpoint {ckpt})",
+                                               convention=convention),
                           f"query_distances_{slug(label)}",
-                          f"`{label}`, image {ids[0]}: cosine distance (1 − cos) between the maps of its query points{rule}, per block, "
+                          f"`{label}`, image {ids[0]}: cosine distance ({convention.replace('-', ' − ')}) between the maps of its query points{rule}, per block, "
                           "and its histogram over all pairs of saved queries; the means printed are over query pairs i ≠ j.")  # fmt: skip
 
 

@@ -183,7 +183,7 @@ def _write_report_files(
     _summary_figures(loaded.frame, final, convention, report, baseline_metric)
     blocks_kept = list(dict.fromkeys(loaded.frame["block"]))
     maps_figures(loaded, representatives(loaded, final), blocks_kept, report, n_images=images, image_ids=image_ids,
-                 image_root=image_root)  # fmt: skip
+                 image_root=image_root, convention=convention)  # fmt: skip
     explore_text, report.pages = explore_lines([(m.label, r) for m, r in zip(loaded.meta, loaded.results)], out, explore[1], explore[0])
     report.write_pages(_sections(title, loaded, table_sections, report, explore_text), title)
     return report
