@@ -448,3 +448,26 @@ def test_the_query_distance_figure_uses_the_runs_convention(runs, tmp_path, monk
     monkeypatch.setattr(plots, "plot_query_distances", lambda *a, **k: seen.append(k["convention"]) or real(*a, **k))
     report = write_report([half], tmp_path / "r", formats=("png",), images=1, explore=None)
     assert seen == ["(1-cos)/2"] and "cosine distance ((1 − cos)/2)" in report.index_md.read_text()
+
+
+def test_images_given_by_relative_paths_are_found_from_another_folder(runs, tmp_path, monkeypatch):
+    """run.json records the folder extract ran in: a report made elsewhere finds the images its relative paths name
+    (they were 'not found' and drawn on grey), and the sha256 check still holds."""
+    root, _, _ = runs
+    ckpt = root / "tiny.pth"
+    (tmp_path / "work").mkdir()
+    shutil.copytree(root / "images", tmp_path / "work" / "imgs")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["extract", "--ckpt", str(ckpt), "--images", "imgs", "--out", str(tmp_path / "run"), "--save-maps", "--jsd-pairs",
+            "0", "--quiet", "--query-dependence", "off", "--limit", "1"]  # fmt: skip
+    assert main(args) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run = nlanalysis.load_run(tmp_path / "run")
+    assert run.info["cwd"] == str(tmp_path / "work")
+    (image_id,) = list(run.maps)
+    found = find_image(run, image_id)
+    assert found is not None and found.resolve().parent == (tmp_path / "work" / "imgs").resolve()
+    from nlanalysis.report.images import load_pixels
+
+    assert load_pixels(found, run.maps[image_id], False) is not None

@@ -186,7 +186,7 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     use_objects = spec.data.coco and analysis.object_statistics
     info = _describe_run(analysis, items, spec, own_object=use_objects)
     info.update(command=list(command if command is not None else sys.argv), selection_args=_selection_args(spec),
-                spec=spec.to_dict(), started=started)  # fmt: skip
+                spec=spec.to_dict(), started=started, cwd=os.getcwd())  # fmt: skip  (cwd: where relative paths lead)
     store = RunStore(spec.output.out)
     store.open(json.loads(json.dumps(info, default=str)), items)
 

@@ -19,10 +19,12 @@ def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.P
 
     Looks in, in order: ``image_root / file_name``; the ``path`` column of ``images.csv``
     (where the run records it); the COCO image folder the run was given; the image files and
-    folders, or the shipped photos, it was given (relative paths are taken from the current directory).
+    folders, or the shipped photos, it was given (relative paths are taken from the current directory, then from the
+    one extract ran in, where ``run.json`` records it).
     """
     table = run.images.assign(_id=run.images["image_id"].astype(str)).drop_duplicates("_id").set_index("_id")
     args = run.info.get("selection_args", {})
+    there = run.info.get("cwd")
     listed: dict[str, Path] | None = None
     found: list[Path | None] = []
     for image_id in image_ids:
@@ -35,14 +37,21 @@ def find_images(run: ResultSet, image_ids: Sequence[Any], image_root: str | os.P
         if "path" in table:
             candidates.append(Path(str(table.loc[key, "path"])))
         if args.get("coco_images"):
-            candidates.append(Path(args["coco_images"]) / file_name)
+            candidates += [root / file_name for root in _placed(args["coco_images"], there)]
         hit = next((c for c in candidates if c.is_file()), None)
         if hit is None and (args.get("images") or args.get("photos") is not None):
             if listed is None:  # the files the run was given, listed once
-                listed = _listed_files(args.get("images"), args.get("photos"))
+                images = [next((p for p in _placed(i, there) if p.exists()), Path(i)) for i in args.get("images") or []]
+                listed = _listed_files([str(p) for p in images], args.get("photos"))
             hit = listed.get(key)
         found.append(hit if hit is not None and hit.is_file() else None)
     return found
+
+
+def _placed(path: str | os.PathLike[str], there: str | None) -> list[Path]:
+    """Where a path a run was given may be now: as given (from here), then, if relative, from the folder extract ran in."""
+    p = Path(path)
+    return [p] if p.is_absolute() or not there else [p, Path(there) / p]
 
 
 def find_image(run: ResultSet, image_id: Any, image_root: str | os.PathLike[str] | None = None) -> Path | None:
