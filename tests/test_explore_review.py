@@ -14,7 +14,7 @@ from extract_inputs import one_thread, write_photos
 from nlanalysis.cli import main
 from nlanalysis.explore.data import page_data
 from nlanalysis.train.run import shipped_checkpoints
-from test_explore_browser import _cell_centre, _driver, _expected
+from test_explore_browser import _cell_centre, _driver, _expected, explored
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 #: file names that are HTML: an element whose handler changes the title, a comment and script opening, entities
@@ -30,12 +30,7 @@ def hostile(tmp_path_factory):
     photos = write_photos(root / "photos", n=3, max_side=200, ext=".png")
     for photo, name in zip((photos[0], photos[2], photos[1]), NAMES):  # NAMES[1]: the landscape photo, padded at the bottom
         photo.rename(root / "images" / name)
-    args = ["extract", "--ckpt", str(shipped_checkpoints()["embedded_gaussian_x2"]), "--images", str(root / "images"),
-            "--out", str(root / "run"), "--save-maps", "all", "--jsd-pairs", "0", "--quiet"]  # fmt: skip
-    with one_thread():
-        assert main(args) == 0
-        assert main(["explore", str(root / "run"), "--out", str(root / "page.html")]) == 0
-    return root / "run", root / "page.html"
+    return explored(root, "--ckpt", shipped_checkpoints()["embedded_gaussian_x2"], "--images", root / "images")
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +210,7 @@ def test_a_subsampled_key_grid_is_drawn_over_the_cells_it_pools(browser, tmp_pat
             m.running_var.fill_(1.0)
     ckpt = save_checkpoint(tmp_path / "sub.pth", model, Preprocess(scale=(72, 72), keep_ratio=False, pad_divisor=0))
     photos = write_photos(tmp_path / "images", n=1, max_side=100)
-    args = ["extract", "--ckpt", str(ckpt), "--images", str(photos[0]), "--out", str(tmp_path / "run"), "--save-maps", "all",
-            "--jsd-pairs", "0", "--quiet", "--query-dependence", "off"]  # fmt: skip
-    with one_thread():
-        assert main(args) == 0
-        assert main(["explore", str(tmp_path / "run"), "--out", str(tmp_path / "page.html")]) == 0
+    explored(tmp_path, "--ckpt", ckpt, "--images", photos[0], "--query-dependence", "off")
     run = nlanalysis.load_run(tmp_path / "run")
     maps = next(iter(run.maps.values()))
     assert (tuple(maps["query_shape_0"]), tuple(maps["key_shape_0"]), tuple(maps["input_size"])) == ((9, 9), (4, 4), (72, 72))
