@@ -60,6 +60,10 @@ def _side(low: float, high: float) -> int:
     return 1 if low > 1 + ROUNDING else -1 if high < 1 - ROUNDING else 0
 
 
+class NoReferenceYet(ValueError):
+    """A grid none of whose references (:data:`REFERENCES`) has finished: nothing to pair its margins with yet."""
+
+
 def _interval(row: pd.Series, stat: str) -> tuple[float, float]:
     return float(row.get(f"{stat}_low", math.nan)), float(row.get(f"{stat}_high", math.nan))
 
@@ -117,7 +121,7 @@ def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] |
         part = m.rename(columns=cols)[["variant", *cols.values()]]
         table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
     if table is None:
-        raise ValueError(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
+        raise NoReferenceYet(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
     if long is not None and _has_records(long):
         table = table.merge(plateau(results, load_results(long))[["variant", "pairs", "gain", "threshold", "plateau"]],
                             how="left")  # fmt: skip
@@ -261,9 +265,7 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             after = root / f"{design}_e{LONGER[i + 1][0]}" if i + 1 < len(LONGER) else None  # its own plateau rule
             try:
                 table = training_table(folder, after) if _has_records(folder) else None
-            except ValueError as err:  # its first runs, before any reference finished: nothing to pair with yet
-                if "nothing to pair with" not in str(err):  # a folder of two jobs, a record twice: said, not skipped
-                    raise
+            except NoReferenceYet:  # its first runs (a folder of two jobs or a record twice is raised, not skipped)
                 table = None
             if table is not None:
                 _write_csv(table, out / f"{design}_training_e{epochs}.csv")

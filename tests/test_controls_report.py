@@ -252,3 +252,15 @@ def test_the_report_reads_the_numbers_kept_in_the_repository(tmp_path, monkeypat
     assert "On `query-specific-v2`: The gate holds" in text and "| gc | 3 | 0.410 (0.100) |" in text
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         load_results(tmp_path / "out")
+
+
+def test_a_longer_grid_of_two_jobs_is_raised_not_skipped_as_not_started(tmp_path):
+    """Only a longer grid with no reference finished yet is left out of the report; a folder whose records come from two
+    jobs (another learning rate) is an error, not a silently missing section."""
+    grid = {"baseline": [0.30, 0.40, 0.50], "gc": [0.31, 0.41, 0.51], "snl": [0.30, 0.41, 0.50], "embedded_gaussian": [0.4, 0.5, 0.6]}
+    _grid(tmp_path / "query-specific-v2_e12", grid)
+    _grid(tmp_path / "query-specific-v2_e24", {"embedded_gaussian": [0.4, 0.5, 0.6]})  # no reference yet: skipped
+    assert "24-epoch finals" not in write_controls_report(tmp_path, tmp_path / "out").read_text()
+    _record_run(tmp_path / "query-specific-v2_e24", TrainResult("baseline", 0, 0.3, 0.9, 60.0), TrainConfig(seed=0, lr=0.01), "data")
+    with pytest.raises(ValueError, match="embedded_gaussian_s0.json: trained with other settings than .*baseline_s0.json"):
+        write_controls_report(tmp_path, tmp_path / "out")

@@ -111,7 +111,7 @@ def _no_maps(run: ResultSet) -> str:
         return f"{run.path}: the run saved no maps; run `nlanalysis extract ... --save-maps all` to explore it"
     n, failed, lost = len(run.images), len(run.failures), _lost_maps(run)
     why = [f"{failed} of its {_count(n, 'image')} failed (failures.csv says why)"] if failed else []
-    if getattr(run.maps, "not_kept", False):
+    if run.maps.not_kept:
         why.append(f"this copy of the run has no {run.maps.folder} folder (its numbers were kept without the maps)")
     if lost:
         why.append(f"{_count(len(lost), 'done image')} without its maps file: {_few([f'maps/{k}.npz' for _, k in lost])}")

@@ -20,7 +20,7 @@ import pandas as pd
 from ..metrics.intervals import mean_ci
 from .loop import TrainConfig, TrainResult
 
-__all__ = ["check_same_job", "load_results", "paired_margins", "plateau", "results_frame"]
+__all__ = ["check_same_job", "load_results", "plain_config", "paired_margins", "plateau", "results_frame"]
 
 
 def load_results(out: str | Path) -> list[TrainResult]:
@@ -46,7 +46,7 @@ def load_results(out: str | Path) -> list[TrainResult]:
     return results
 
 
-def _plain_config(config: TrainConfig | Mapping[str, Any], keep_seed: bool = False) -> dict[str, Any]:
+def plain_config(config: TrainConfig | Mapping[str, Any], keep_seed: bool = False) -> dict[str, Any]:
     """A run's training settings as its record holds them (JSON types), a field added later at its default; without the
     seed unless ``keep_seed`` (runs of one job differ only in it)."""
     given = vars(config) if isinstance(config, TrainConfig) else dict(config)
@@ -66,7 +66,7 @@ def check_same_job(folder: Path, wanted: Mapping[str, Any] | None = None) -> Non
             continue  # named by the reader of the record
         if not isinstance(record, dict) or ("config" not in record and "data" not in record):  # not a record / older layout
             continue
-        found = {"config": _plain_config(record.get("config") or {}), "data": record.get("data")}
+        found = {"config": plain_config(record.get("config") or {}), "data": record.get("data")}
         if first is None:
             first = (path, found)
         elif found != first[1]:

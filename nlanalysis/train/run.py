@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..checkpoints.loader import save_atomic
 from ..data.scenes import SceneParams, demo_scenes_path, write_scenes
-from .compare import _plain_config, check_same_job, results_frame
+from .compare import plain_config, check_same_job, results_frame
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
 from .variants import ALL_VARIANTS, VARIANTS
@@ -110,7 +110,7 @@ def run_training(job: TrainJob) -> pd.DataFrame:
             for variant in dict.fromkeys(job.variants)]  # (each run once, however often it is named)
     done = {run: _done_run(job.out, run[1], TrainConfig(**{**vars(config), "seed": run[0]}), data)
             for run in runs}  # every recorded run checked before any is trained: no folder of mixed settings
-    check_same_job(job.out / "runs", {"config": _plain_config(config), "data": data})  # and every other run of the folder
+    check_same_job(job.out / "runs", {"config": plain_config(config), "data": data})  # and every other run of the folder
     results: list[TrainResult] = []
     for seed, variant in runs:
         cfg = TrainConfig(**{**vars(config), "seed": seed})
@@ -162,7 +162,7 @@ def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path}: not a finished-run record ({type(err).__name__}: {err}); delete it to train the run again") from None
     wanted = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data}
-    found = {"config": _plain_config(record.get("config") or {}, keep_seed=True), "data": record.get("data")}
+    found = {"config": plain_config(record.get("config") or {}, keep_seed=True), "data": record.get("data")}
     if found != wanted:
         raise ValueError(f"{path}: this run was trained with other settings or other scenes; use another --out for a new configuration")
     return TrainResult(**record["result"])
