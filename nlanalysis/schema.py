@@ -70,9 +70,7 @@ class Column:
     stored: bool = True
 
 
-def _c(name: str, meaning: str, dtype: str, role: str, range: tuple[float, float] | None = None, **kw: Any) -> Column:
-    return Column(name, meaning, dtype, role, range, **kw)
-
+_c = Column
 
 _NL, _VIT = frozenset({NL}), frozenset({VIT})
 _UNIT, _COUNT, _DIST = (0.0, 1.0), (0.0, _INF), (0.0, 2.0)

@@ -40,6 +40,8 @@ def test_sub_sampled_keys_drop_pooled_padding(tmp_path):
     valid = valid_keys(maps, "block")
     assert valid.shape == (4, 6) and valid[:3, :5].all() and not valid[3].any() and not valid[:, 5].any()
     assert query_distance_matrix(maps, "block")[0, 1] == pytest.approx(1)
+    with pytest.raises(KeyError, match="no maps of block 'nope'"):  # names the file's blocks, not a list.index error
+        valid_keys(maps, "nope")
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -211,6 +211,12 @@ def test_native_kernels_refuse_bad_buffers():
         kernels.pair_jsd(table, ent, ok, torch.tensor([0, 2]), torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="image must be"):
         kernels.pair_jsd(table, ent, ok, torch.tensor([0, 1]), torch.tensor([1, 1]), torch.tensor([0, 3]), 2)
+    pairs = (torch.tensor([0, 1]), torch.tensor([1, 1]))
+    for where in range(4):  # a pointer into another device's memory never reaches C
+        args = [ent, ok, *pairs, torch.tensor([0, 1])]
+        args[[0, 1, 2, 4][where]] = args[[0, 1, 2, 4][where]].to("meta")
+        with pytest.raises(ValueError, match="must be on the CPU"):
+            kernels.pair_jsd(table, *args, 2)
 
 
 def test_native_kernels_leave_the_floating_point_mode_alone():

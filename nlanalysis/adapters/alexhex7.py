@@ -48,13 +48,8 @@ __all__ = ["AlexHex7Adapter", "infer_mode"]
 
 _CLASS_NAMES = frozenset({"_NonLocalBlockND", "NONLocalBlock1D", "NONLocalBlock2D", "NONLocalBlock3D"})
 _ATTRS = ("g", "W", "in_channels", "inter_channels", "sub_sample", "dimension")
-# file-name token -> mode; "embedded_gaussian" is tested before its substring "gaussian"
-_FILE_TOKENS = (
-    ("embedded_gaussian", "embedded_gaussian"),
-    ("dot_product", "dot_product"),
-    ("concatenation", "concatenation"),
-    ("gaussian", "gaussian"),
-)
+# the modes a defining file's name may hold; "embedded_gaussian" is tested before its substring "gaussian"
+_FILE_TOKENS = ("embedded_gaussian", "dot_product", "concatenation", "gaussian")
 _HINT = (
     "Hint: AlexHex7's embedded-Gaussian and dot-product blocks have the same modules; the adapter "
     "tells them apart by the defining file (lib/non_local_embedded_gaussian.py vs "
@@ -76,8 +71,8 @@ def _mode_from_file(module: nn.Module) -> tuple[dict[str, str], list[str]]:
         path = cls.__module__
         paths.append(path)
         stem = path.rsplit(".", 1)[-1]
-        for token, mode in _FILE_TOKENS:
-            if token in stem:
+        for mode in _FILE_TOKENS:
+            if mode in stem:
                 modes.setdefault(mode, path)
                 break
     return modes, paths

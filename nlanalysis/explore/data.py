@@ -22,6 +22,7 @@ import pandas as pd
 from .. import schema
 from ..extract.maps import ImageMaps, quantise_maps
 from ..extract.results import ResultSet
+from ..extract.sources import few
 
 __all__ = ["COLORMAPS", "page_data", "site_label"]
 
@@ -61,7 +62,7 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
     images, notes = [], set()
     lost = _lost_maps(run)
     if lost and image_ids is None:
-        notes.add(f"{_count(len(lost), 'done image')} left out, the maps file missing: {_few([f'{i} (maps/{k}.npz)' for i, k in lost])}")
+        notes.add(f"{_count(len(lost), 'done image')} left out, the maps file missing: {few([f'{i} (maps/{k}.npz)' for i, k in lost], 3)}")
     for image_id, path in zip(ids, files):
         maps = run.maps[image_id]
         rows = metrics[metrics["_id"] == str(image_id)]
@@ -82,10 +83,6 @@ def page_data(run: ResultSet, image_ids: list[Any] | None = None, image_root: st
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
-
-
-def _few(values: list[str], n: int = 3) -> str:
-    return ", ".join(values[:n]) + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
 def _keys(run: ResultSet) -> dict[str, str]:
@@ -114,7 +111,7 @@ def _no_maps(run: ResultSet) -> str:
     if run.maps.not_kept:
         why.append(f"this copy of the run has no {run.maps.folder} folder (its numbers were kept without the maps)")
     if lost:
-        why.append(f"{_count(len(lost), 'done image')} without its maps file: {_few([f'maps/{k}.npz' for _, k in lost])}")
+        why.append(f"{_count(len(lost), 'done image')} without its maps file: {few([f'maps/{k}.npz' for _, k in lost], 3)}")
     pending = n - failed - len(_done(run))
     if pending > 0:
         why.append(f"{_count(pending, 'image')} not done yet")
@@ -139,7 +136,7 @@ def _why_not(run: ResultSet, ids: list[str]) -> str:
         else:
             reason, shown = "not done yet", i
         groups.setdefault(reason, []).append(shown)
-    return "; ".join(f"{_few(shown)}: {reason}" for reason, shown in groups.items())
+    return "; ".join(f"{few(shown, 3)}: {reason}" for reason, shown in groups.items())
 
 
 def _stat_columns(run: ResultSet) -> list[str]:

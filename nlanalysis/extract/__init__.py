@@ -42,13 +42,13 @@ and its registry, :func:`register_analysis`), ``analysis_nl`` and ``analysis_vit
 and ViT-head kinds), ``locality`` (ViT heads), ``runner`` (the loop), ``resume`` (shards, resume),
 ``store`` (files on disk), ``maps`` (saved maps), ``results`` (``load_run``), ``spec`` (:class:`RunSpec`).
 """
-from .analyses import VIT_COLUMNS, Analysis, list_analyses, load_analysis, register_analysis
+from .analyses import COLUMNS, VIT_COLUMNS, Analysis, list_analyses, load_analysis, register_analysis
 from .analysis_nl import BlockAnalysis  # the built-in kinds register themselves on import
 from .analysis_vit import ViTAnalysis
 from .maps import ImageMaps
 from .queries import QuerySpec, parse_queries, query_region, select_queries
 from .results import ResultSet, load_run
-from .runner import COLUMNS, ExtractReport, run_extract
+from .runner import ExtractReport, run_extract
 from .sources import ImageItem, coco_images, file_images
 from .spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
 from .merge import merge_runs

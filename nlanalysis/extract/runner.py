@@ -42,14 +42,7 @@ import torch
 
 from ..data.images import exif_orientation
 from ..metrics.threads import free_core_threads
-from .analyses import (
-    COLUMNS,
-    OBJECT_COLUMNS,
-    VIT_COLUMNS,
-    Analysis,
-    LayerMaps,
-    load_analysis,
-)
+from .analyses import Analysis, LayerMaps, load_analysis
 from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
 from .maps import save_image_maps
 from .queries import QuerySpec, select_queries
@@ -59,7 +52,7 @@ from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
 
-__all__ = ["COLUMNS", "OBJECT_COLUMNS", "VIT_COLUMNS", "ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
+__all__ = ["ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
 
 
 @dataclass

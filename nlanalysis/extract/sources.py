@@ -122,12 +122,12 @@ def coco_images(
     if image_ids is not None:
         unknown = sorted(set(image_ids) - set(coco.imgs))
         if unknown:
-            raise ValueError(f"--image-ids: {_few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})")
+            raise ValueError(f"--image-ids: {few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})")
         ids = sorted(set(image_ids))
     if cat_ids is not None:
         unknown = sorted(set(cat_ids) - set(coco.cats))
         if unknown:
-            raise ValueError(f"--cat-ids: {_few(unknown)} not in {ann_file} (categories: {_few(sorted(coco.cats))})")
+            raise ValueError(f"--cat-ids: {few(unknown)} not in {ann_file} (categories: {few(sorted(coco.cats))})")
         with_cat = set().union(*(coco.catToImgs.get(c, []) for c in cat_ids))
         ids = [i for i in ids if i in with_cat]
     what = f"images in {ann_file}" + (" with the given ids/categories" if image_ids or cat_ids else "")
@@ -154,7 +154,8 @@ def _plain_annotation(ann: dict[str, Any]) -> dict[str, Any]:
     return {k: ann[k] for k in keep if k in ann}
 
 
-def _few(values: Sequence[Any], n: int = 5) -> str:
+def few(values: Sequence[Any], n: int = 5) -> str:
+    """The first ``n`` values, and how many there are in all where there are more (for messages)."""
     shown = ", ".join(map(str, values[:n]))
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
@@ -202,7 +203,7 @@ def file_images(
         wanted = {str(i) for i in image_ids}
         unknown = sorted(wanted - {it.image_id for it in items})
         if unknown:
-            raise ValueError(f"--image-ids: {_few(unknown)} not among the {len(items)} files (ids are paths relative to {root})")
+            raise ValueError(f"--image-ids: {few(unknown)} not among the {len(items)} files (ids are paths relative to {root})")
         items = [it for it in items if it.image_id in wanted]
     return select(items, limit=limit, seed=seed, what=f"image files under {root}")
 
@@ -236,6 +237,6 @@ def photo_images(
         wanted = {str(i) for i in image_ids}
         unknown = sorted(wanted - {it.image_id for it in items})
         if unknown:
-            raise ValueError(f"--image-ids: {_few(unknown)} not among the photos ({', '.join(it.image_id for it in items)})")
+            raise ValueError(f"--image-ids: {few(unknown)} not among the photos ({', '.join(it.image_id for it in items)})")
         items = [it for it in items if it.image_id in wanted]
     return select(items, limit=limit, seed=seed, what="photos")

@@ -258,6 +258,18 @@ def _check_cpu(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} must be float32 on the CPU, got {t.dtype} on {t.device}")
 
 
+def _indices(name: str, a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """``a``, ``b`` as contiguous int64 CPU ``[P]`` row indices below ``size`` (ValueError naming ``name`` otherwise)."""
+    _on_cpu("a", a)
+    _on_cpu("b", b)
+    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
+    if a.shape != b.shape or a.dim() != 1:
+        raise ValueError(f"{name}: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < size):
+        raise ValueError(f"{name}: row indices must lie in [0, {size})")
+    return a, b
+
+
 def _labels(objects: tuple[Tensor, Tensor, Tensor] | None, b: int, nq: int, k: int) -> tuple[Tensor | None, ...]:
     """Query labels ``[B, nq]`` int32, key labels ``[B, K]`` int32, query shares ``[B, nq]`` float32, or Nones."""
     if objects is None:
@@ -389,11 +401,9 @@ def pair_jsd(
     lib = _lib()
     _check_cpu("table", table)
     s, h1, k = table.shape
-    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
-    if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"pair_jsd: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < s):
-        raise ValueError(f"pair_jsd: row indices must lie in [0, {s})")
+    a, b = _indices("pair_jsd", a, b, s)
+    for name, t in (("entropies", ent), ("flags", ok), ("image", image)):  # their pointers reach C
+        _on_cpu(name, t)
     if tuple(ent.shape) != (s, h1) or tuple(ok.shape) != (s, h1):
         raise ValueError(f"pair_jsd: entropies and flags must be [{s}, {h1}], got {tuple(ent.shape)} and {tuple(ok.shape)}")
     out = torch.empty(a.numel(), h1)

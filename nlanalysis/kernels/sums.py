@@ -9,21 +9,9 @@ import os
 import torch
 from torch import Tensor
 
-from . import _check_cpu, _lib, _on_cpu, _ptr, workspace
+from . import _check_cpu, _indices, _lib, _on_cpu, _ptr, workspace
 
 __all__ = ["all_finite", "table_jsd", "unit_sum"]
-
-
-def _indices(name: str, a: Tensor, b: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """``a``, ``b`` as contiguous int64 CPU ``[P]`` row indices below ``size`` (ValueError naming ``name`` otherwise)."""
-    _on_cpu("a", a)
-    _on_cpu("b", b)
-    a, b = a.to(torch.int64).contiguous(), b.to(torch.int64).contiguous()
-    if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"{name}: a and b must be [P] each, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.numel() and not (0 <= min(int(a.min()), int(b.min())) and max(int(a.max()), int(b.max())) < size):
-        raise ValueError(f"{name}: row indices must lie in [0, {size})")
-    return a, b
 
 
 @torch.no_grad()

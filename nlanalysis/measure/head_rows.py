@@ -24,7 +24,7 @@ from .jsd_pairs import _Plan, _pair_jsd
 if TYPE_CHECKING:
     from .heads import HeadsBatch
 
-__all__ = ["LogitSource", "head_chunk", "head_source", "native_chunk"]
+__all__ = ["LogitSource", "head_source", "native_chunk"]
 
 
 @dataclass
@@ -64,19 +64,9 @@ def head_source(att: HeadAttention) -> LogitSource:
 
 def native_chunk(src: LogitSource, chunk_size: int | None) -> int:
     """The queries per kernel call of :func:`_native_rows` (``chunk_size``: the caller's, ``None``: a ~16 MiB buffer of logits)."""
-    return _chunk(src.batch * src.maps * (src.prefix + src.n_query), src.n_query, chunk_size)
-
-
-def head_chunk(att: HeadAttention, chunk_size: int | None) -> int:
-    """:func:`native_chunk` of ``head_source(att)``, without making the source."""
-    n_query = att.layout.n_patch
-    return _chunk(att.batch_size * att.num_heads * (att.layout.n_prefix + n_query), n_query, chunk_size)
-
-
-def _chunk(floats_per_query: int, n_query: int, chunk_size: int | None) -> int:
     if chunk_size is None:  # the kernel reads each row once, in L1: only the logits buffer is bounded
-        chunk_size = max(8, (1 << 22) // floats_per_query)
-    return min(chunk_size, n_query)
+        chunk_size = max(8, (1 << 22) // (src.batch * src.maps * (src.prefix + src.n_query)))
+    return min(chunk_size, src.n_query)
 
 
 def _native_rows(

@@ -37,7 +37,7 @@ from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
 from ..metrics.threads import statistics_threads
-from .head_rows import head_chunk
+from .head_rows import head_source, native_chunk
 from .native_suite import head_suite_sums, suite_columns
 from .query_dep import COLUMNS, CROSS_SITE, grid_centres
 from .stats import nans
@@ -152,7 +152,7 @@ class HeadSuite:
             if self.fed:
                 raise RuntimeError("the suite was fed rows before the native pass was asked for")
             att, prev = self.att, self.previous
-            one_call = head_chunk(att, chunk_size) >= att.n_query
+            one_call = native_chunk(head_source(att), chunk_size) >= att.n_query
             # the kernel keeps this layer's rows and compares them where the previous layer's were kept by it too
             self.kernel_rows = att.device.type == "cpu" and self.keep and (prev is None or prev.rows32 is not None)
             rows = {}

@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from ..tables import HEADERS, short_block_names
 from .style import new_figure, styled
 
-__all__ = ["control_column", "control_columns", "plot_distributions", "signed_groups"]
+__all__ = ["control_columns", "plot_distributions", "signed_groups"]
 
 #: the colour of the control boxes
 CONTROL_COLOR = (0.55, 0.55, 0.55)
@@ -31,12 +31,6 @@ CONTROL_COLOR = (0.55, 0.55, 0.55)
 #: the controls of a statistic, as drawn: the softmax control at the mean entropy, then the control in the
 #: maps' own form (``ctrl_form``: per-query softmax, ReLU for concatenation, signed for dot product)
 CONTROL_HATCHES = {"ctrl_": "////", "ctrl_form_": "...."}
-
-
-def control_column(frame: pd.DataFrame, stat: str) -> str | None:
-    """``ctrl_<stat>`` where the frame has values of it (``att``: ``ctrl_att``), else ``None``."""
-    name = f"ctrl_{stat}"
-    return name if name in frame and frame[name].notna().any() else None
 
 
 def control_columns(frame: pd.DataFrame, stat: str) -> list[str]:

@@ -34,9 +34,7 @@ CONVENTIONS = {"1-cos": 1.0, "(1-cos)/2": 0.5}
 
 def valid_keys(maps: ImageMaps, block: str | int) -> np.ndarray:
     """``bool [Hk, Wk]``: the keys of ``block`` that are image, not padding."""
-    i = maps.blocks.index(block) if isinstance(block, str) else block
-    if isinstance(block, str) and block not in maps.blocks:
-        raise KeyError(f"{maps.path}: no maps of block {block!r}; blocks: {maps.blocks}")
+    i = maps._index(block)  # KeyError naming the file and its blocks
     big_h, big_w = (int(v) for v in maps["input_size"])
     y0, y1, x0, x1 = maps.region
     pixels = torch.zeros(1, big_h, big_w, dtype=torch.bool)

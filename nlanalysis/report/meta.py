@@ -150,6 +150,14 @@ def _unique_labels(metas: list[RunMeta], explicit: list[bool]) -> None:
         used.add(label)
 
 
+def _distinct(runs: Sequence[str | os.PathLike[str] | ResultSet]) -> list[str | os.PathLike[str] | ResultSet]:
+    """``runs`` with each run folder once (a run given twice, or by position and by ``--label``, is one run)."""
+    seen: dict[str, str | os.PathLike[str] | ResultSet] = {}
+    for r in runs:
+        seen.setdefault(str(Path(r.path if isinstance(r, ResultSet) else r).resolve()), r)
+    return list(seen.values())
+
+
 def load_runs(
     runs: Sequence[str | os.PathLike[str] | ResultSet],
     labels: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -165,12 +173,10 @@ def load_runs(
     """
     labels = dict(labels or {})
     given = {str(Path(p).resolve()): name for name, p in labels.items()}
-    items: dict[str, str | os.PathLike[str] | ResultSet] = {}  # one entry per run folder, in order
-    for r in [*runs, *labels.values()]:
-        items.setdefault(str(Path(r.path if isinstance(r, ResultSet) else r).resolve()), r)
+    items = _distinct([*runs, *labels.values()])  # one entry per run folder, in order
     if not items:
         raise ValueError("report: give at least one RUN_DIR (a result set of `nlanalysis extract`)")
-    results = [r if isinstance(r, ResultSet) else load_run(r) for r in items.values()]
+    results = [r if isinstance(r, ResultSet) else load_run(r) for r in items]
     for r in results:  # an impossible value (att = 99) is refused before anything is computed from it
         check_ranges(r.metrics, r.metrics_source or str(r.path))
     names = [given.get(str(Path(r.path).resolve())) for r in results]

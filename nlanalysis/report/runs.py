@@ -49,7 +49,7 @@ from ..tables import (HEADLINE_STATS, METRIC_NAMES, TABLE_STATS, caption, final_
                       summarise)
 from .explore_links import PageWriter, explore_lines
 from .images import find_image, find_images
-from .meta import RunMeta, Runs, describe_run, load_runs
+from .meta import RunMeta, Runs, _distinct, describe_run, load_runs
 from .nl_figures import maps_figures, representatives
 from .nl_tables import write_nl_tables
 from .pages import Report, require_png, start_report, write_pages
@@ -140,14 +140,6 @@ def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> Resul
         raise ValueError(f"report: a ViT run is reported alone (got {len(kinds)} runs, kinds {', '.join(sorted(set(kinds)))}); "
                          "compare it with NL runs through their Table 1 (nl_table / --nl-table)")  # fmt: skip
     return results[0] if isinstance(results[0], ResultSet) else load_run(results[0])
-
-
-def _distinct(runs: Sequence[str | os.PathLike[str] | ResultSet]) -> list[str | os.PathLike[str] | ResultSet]:
-    """``runs`` with each run folder once (a run given twice, or by position and by ``--label``, is one run)."""
-    seen: dict[str, str | os.PathLike[str] | ResultSet] = {}
-    for r in runs:
-        seen.setdefault(str(Path(r.path if isinstance(r, ResultSet) else r).resolve()), r)
-    return list(seen.values())
 
 
 #: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).

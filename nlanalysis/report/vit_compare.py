@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..analyze_vit import HEAD_MEAN
 from ..plots.vit_heads import head_name
-from ..tables import ci_column
+from ..tables import ci_column, final_steps
 from .pages import Report
 from .vit_text import fixed_peak, is_local
 
@@ -26,10 +26,7 @@ def read_nl_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     missing = {"variant", "block", "input", "att"} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: not a Table 1 of `nlanalysis report` (no column(s) {sorted(missing)})")
-    if "step" in table and table["step"].notna().any():
-        last = table.groupby("variant")["step"].transform("max")
-        table = table[(table["step"] == last) | last.isna()]
-    return table.reset_index(drop=True)
+    return final_steps(table).reset_index(drop=True)
 
 
 def _ratio(input_: float, att: float, by_construction: bool = False) -> str:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..analyze_vit import HEAD_MEAN, image_intervals, layer_table
-from ..schema import VIT, pick, query_columns, value_range
+from ..schema import VIT, pick, query_columns
 from ..tables import HEADERS, QUERY_TABLE_STATS, RATIO_STATS, ci_column
 
 __all__ = ["HEAD_COLUMNS", "choose_heads", "heads_table", "layers_caption", "layers_table", "layers_text", "measured_query_columns",
@@ -140,11 +139,7 @@ def query_layers_table(frame: pd.DataFrame, level: float = 0.95) -> pd.DataFrame
     cols = [c for c in QUERY_TABLE_STATS if c in measured_query_columns(means) + ["att"]]
     if not set(cols) - {"att", "ctrl_form_att"}:
         return None
-    table = layer_table(frame, columns=cols, head=HEAD_MEAN, level=level)
-    for c in cols:  # intervals cut to the statistic's range, as the NL tables'
-        low, high = value_range(c, str(frame["convention"].iloc[0]) if "convention" in frame else "1-cos") or (-np.inf, np.inf)
-        table[[f"{c}_low", f"{c}_high"]] = table[[f"{c}_low", f"{c}_high"]].clip(low, high)
-    return table
+    return layer_table(frame, columns=cols, head=HEAD_MEAN, level=level)  # intervals cut to each statistic's range
 
 
 def query_layers_text(table: pd.DataFrame) -> pd.DataFrame:
