@@ -123,6 +123,9 @@ def test_report_renders_a_vit_run_and_refuses_one_without_locality(tmp_path, cap
     old = tmp_path / "old"  # a ViT run made before extract recorded locality: assembled files only
     shutil.copytree(tmp_path / "run", old, ignore=shutil.ignore_patterns("parts", "maps", "checks", "shards", "failed"))
     metrics.drop(columns=["att_local", "att_local_uniform", "peak_offsets"]).to_csv(old / "metrics.csv", index=False)
+    info = json.loads((old / "run.json").read_text())
+    del info["assembled_files"]  # nor did it record its files' sizes and sha256
+    (old / "run.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="made before extract recorded locality"):
         main(["report", str(old), "--out", str(tmp_path / "r2"), "--debug"])
     info = json.loads((old / "run.json").read_text())

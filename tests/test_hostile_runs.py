@@ -556,3 +556,97 @@ def test_a_coco_run_made_before_the_crowd_and_frame_rules_does_not_resume_under_
     assert "holds a run with other settings (selection.crowd: null vs \"left-out\"" in _error(capsys, args(tmp_path / "r", ["1", "3"]))
     assert main(args(tmp_path / "plain", ["2"])) == 0  # neither: no keys
     assert not {"crowd", "frame"} & set(json.loads((tmp_path / "plain" / "run.json").read_text())["settings"]["selection"])
+
+
+# -- 4. an assembled file cut short or changed is not read as a smaller run ----------------------------
+
+
+@pytest.mark.parametrize("parts", [True, False], ids=["with-parts", "copied-without-parts"])
+def test_a_metrics_csv_cut_short_is_not_read_as_fewer_or_other_numbers(data, with_maps, tmp_path, parts):
+    import shutil
+
+    from nlanalysis.extract import load_run
+
+    out = _copy(with_maps, tmp_path)
+    full = load_run(out).metrics
+    if not parts:
+        shutil.rmtree(out / "parts")
+    metrics = out / "metrics.csv"
+    text = metrics.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    metrics.write_text(text[: len(text) - len(last) // 2 - 1])  # the last row ends in the middle of a number
+    if parts:  # the parts hold the run: read from them, every number as extract wrote it
+        run = load_run(out)
+        assert str(out / "parts") in run.metrics_source
+        assert run.metrics.equals(full)
+    else:  # pandas alone would fill the row's last fields with NaN and keep the cut number
+        with pytest.raises(ValueError, match=f"{metrics}: [0-9,]+ bytes, not the [0-9,]+ bytes .* its run.json recorded: cut short"):
+            load_run(out)
+    metrics.write_text(text)
+    assert load_run(out).metrics.equals(full)
+
+
+def test_a_damaged_failure_record_is_named_when_the_run_is_read(data, tmp_path):
+    from nlanalysis.extract import load_run
+    from nlanalysis.extract.store import RunStore
+
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    store = RunStore(out)
+    key = store.keys()[0]
+    store.part_path(key).unlink()
+    store.failure_path(key).parent.mkdir(exist_ok=True)
+    store.failure_path(key).write_text('{"image_id": "x", "rea')
+    with pytest.raises(ValueError, match=f"{store.failure_path(key)}: not valid JSON"):
+        load_run(out)
+
+
+def test_numpy_image_ids_select_the_images_and_keys_plain_ints_do(data):
+    import numpy as np
+
+    from nlanalysis.extract.sources import coco_images
+    from nlanalysis.extract.spec import DataSpec, ModelSpec, OutputSpec, RunSpec
+
+    root, ckpt = data
+    plain = coco_images(root / "ann.json", root / "images", image_ids=[2, 1])
+    given = coco_images(root / "ann.json", root / "images", image_ids=[np.int64(2), np.int32(1)])
+    assert [(it.image_id, it.key) for it in given] == [(it.image_id, it.key) for it in plain] == [(1, "000000000001"), (2, "000000000002")]
+    assert all(type(it.image_id) is int for it in given)
+    spec = RunSpec(ModelSpec(ckpt), DataSpec(coco_ann=root / "ann.json", coco_images=root / "images", image_ids=(np.int64(2), np.int64(1))),
+                   OutputSpec(root / "unused"))  # fmt: skip
+    written = json.loads(json.dumps(spec.to_dict()))  # as run.json holds it: numbers, not their text
+    assert written["data"]["image_ids"] == [2, 1]
+
+
+def test_a_file_name_that_is_not_utf8_is_one_image_not_a_stopped_run(data, tmp_path):
+    import os
+    import shutil
+
+    from nlanalysis.extract import load_run
+
+    root, ckpt = data
+    folder = tmp_path / "images"
+    folder.mkdir()
+    first = sorted((root / "images").iterdir())[0]
+    shutil.copy(first, folder / "ok.png")
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # latin-1, as old archives hold them
+    shutil.copy(first, raw)
+    out = tmp_path / "run"
+    assert main(["extract", "--ckpt", str(ckpt), "--images", str(folder), "--out", str(out), "--jsd-pairs", "16", "--quiet"]) == 0
+    run = load_run(out)
+    assert sorted(run.metrics["image_id"].unique()) == ["caf\\xe9.png", "ok.png"]  # the odd byte written out, not dropped
+    a, b = (run.metrics.loc[run.metrics["image_id"] == i, ["block", "input", "output", "att"]].reset_index(drop=True)
+            for i in ("caf\\xe9.png", "ok.png"))  # fmt: skip
+    assert a.equals(b)  # the same picture, read from its own file (the sampled JSD pairs differ by image)
+
+
+def test_a_saved_query_outside_the_saved_ones_is_named(with_maps):
+    from nlanalysis.extract import load_run
+
+    run = load_run(with_maps)
+    maps = run.maps[run.metrics["image_id"].iloc[0]]
+    k = len(maps.maps(maps.blocks[0]))
+    assert maps.overlay(maps.blocks[0], k - 1).ndim == 2
+    for query in (k, -1):
+        with pytest.raises(IndexError, match=f"{maps.path}: query {query} of block .*saved queries are 0..{k - 1}"):
+            maps.overlay(maps.blocks[0], query)

@@ -416,8 +416,11 @@ class ImageMaps:
         (a centre crop), the pixels the model never saw are NaN. ``head``: as in :meth:`maps`.
         """
         i = self._index(block)
+        maps = self.maps(block, head)
+        if not (isinstance(query, (int, np.integer)) and 0 <= query < len(maps)):  # -1 would draw the last one
+            raise IndexError(f"{self.path}: query {query!r} of block {self.blocks[i]!r}: its {len(maps)} saved queries are 0..{len(maps) - 1}")
         return grid_overlay(
-            self.maps(block, head)[query], tuple(int(v) for v in self["input_size"]), tuple(int(v) for v in self["size"]),
+            maps[query], tuple(int(v) for v in self["input_size"]), tuple(int(v) for v in self["size"]),
             self.offset, tuple(int(v) for v in self["original_size"]), tuple(float(v) for v in self["scale"]),
             key_cover(self[f"query_shape_{i}"], self[f"key_shape_{i}"]),
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """Reading a result set back: ``nlanalysis.load_run(RUN_DIR)``."""
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ import pandas as pd
 from ..metrics.grouped import grouped_intervals
 from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
-from .store import FAILURE_COLUMNS, RunStore, frame_from_csv, parts_digest
+from .store import FAILURE_COLUMNS, RunStore, _read_json, assembled_text, frame_from_csv, parts_digest
 
 __all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
@@ -98,12 +98,16 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     maps = MapsIndex(store.maps, {i: key for i, key in ids.items() if key in done}, saved)
     done_here = done & set(keys)  # metrics.csv is read where it holds exactly these parts (older run.json: as many)
     fresh = info["assembled_keys"] == parts_digest(done_here) if "assembled_keys" in info else info.get("assembled_parts") == len(done_here)
+    text = None
     if metrics_csv.is_file() and fresh:
-        metrics, source = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv), str(metrics_csv)
-    else:  # not assembled yet (running or killed): read the parts
+        with contextlib.suppress(ValueError):  # changed since it was assembled: the parts say what it held
+            text = assembled_text(store.root, "metrics.csv", info)
+    if text is not None:
+        metrics, source = frame_from_csv(text, id_type, metrics_csv), str(metrics_csv)
+    else:  # not assembled yet (running or killed), or metrics.csv changed since: read the parts
         metrics, source = frame_from_csv(store.read_metrics_text(keys), id_type, store.parts), f"{store.parts} (its parts in run order)"
     failed = store.failed_keys() - store.done_keys()
-    failures = pd.DataFrame([json.loads(store.failure_path(k).read_text()) for k in keys if k in failed], columns=FAILURE_COLUMNS)
+    failures = pd.DataFrame([_read_json(store.failure_path(k)) for k in keys if k in failed], columns=FAILURE_COLUMNS)
     counts = store.counts(keys)
     return ResultSet(store.root, metrics, failures, images, info, maps, counts["pending"] == 0, source)
 
@@ -113,8 +117,8 @@ def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame,
     makes the maps index of the images ``metrics.csv`` holds."""
     id_type = info["settings"]["selection"]["id_type"]
     metrics_csv, failures_csv = store.root / "metrics.csv", store.root / "failures.csv"
-    metrics = frame_from_csv(metrics_csv.read_text(), id_type, metrics_csv)
-    failures = frame_from_csv(failures_csv.read_text(), id_type, failures_csv) if failures_csv.is_file() else pd.DataFrame()
+    metrics = frame_from_csv(assembled_text(store.root, "metrics.csv", info), id_type, metrics_csv)
+    failures = frame_from_csv(assembled_text(store.root, "failures.csv", info), id_type, failures_csv) if failures_csv.is_file() else pd.DataFrame()
     failures = failures if len(failures.columns) else pd.DataFrame(columns=FAILURE_COLUMNS)
     counts = info.get("counts") or {}
     complete = bool(info.get("complete")) and counts.get("done") == (metrics["image_id"].nunique() if len(metrics) else 0)

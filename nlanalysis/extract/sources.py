@@ -85,7 +85,13 @@ def _coco_key(image_id: int | str) -> str:
 
 def _safe_key(name: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "image"
-    return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def _printable(name: str) -> str:
+    """A file name as text any file can hold: bytes that are not UTF-8 (a name made on another system, which Python
+    keeps as surrogates) written ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def coco_images(
@@ -123,7 +129,8 @@ def coco_images(
         unknown = sorted(set(image_ids) - set(coco.imgs))
         if unknown:
             raise ValueError(f"--image-ids: {few(unknown)} not in {ann_file} ({len(ids)} images, ids {ids[0]}..{ids[-1]})")
-        ids = sorted(set(image_ids))
+        wanted = set(image_ids)
+        ids = [i for i in ids if i in wanted]  # the file's own ids (a numpy integer given is the same image, the same key)
     if cat_ids is not None:
         unknown = sorted(set(cat_ids) - set(coco.cats))
         if unknown:
@@ -197,7 +204,7 @@ def file_images(
     items = [
         ImageItem(image_id=rel, file_name=rel, path=str(p), key=_safe_key(rel))
         for p in files
-        for rel in [p.relative_to(root).as_posix()]
+        for rel in [_printable(p.relative_to(root).as_posix())]
     ]
     if image_ids is not None:
         wanted = {str(i) for i in image_ids}

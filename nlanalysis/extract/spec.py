@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
+
 from ..measure.query_dep import DEFAULT_LEVEL, LEVELS
 from .queries import QuerySpec, parse_queries
 
@@ -46,10 +48,12 @@ def _tuple(value: Any) -> tuple | None:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):  # numpy ids and numbers as JSON's own (not their text)
+        return value.item()
     return value
 
 

@@ -287,12 +287,14 @@ class RunStore:
             info = self.info()
             keys = self.keys()  # not typed ids: assembly must not fail on an id, whatever the selection held
             read: list[str] = []  # the parts metrics.csv holds (another shard may add one meanwhile: it is not counted)
+            metrics = self.read_metrics_text(keys, read)
             with atomic_write(self.root / "metrics.csv") as f:
-                f.write(self.read_metrics_text(keys, read))
+                f.write(metrics)
             failed = self.failed_keys() - self.done_keys()
             rows = [_read_json(self.failure_path(k)) for k in keys if k in failed]
+            failures = pd.DataFrame(rows, columns=FAILURE_COLUMNS).to_csv(index=False)
             with atomic_write(self.root / "failures.csv") as f:
-                pd.DataFrame(rows, columns=FAILURE_COLUMNS).to_csv(f, index=False)
+                f.write(failures)
             counts = self.counts(keys)
             shards = {p.stem: _read_json(p)["sessions"] for p in sorted(self.shards.glob("*.json")) if not p.name.startswith(".")}
             sessions = [s for ss in shards.values() for s in ss]
@@ -304,9 +306,27 @@ class RunStore:
                 shards=shards,
                 assembled_parts=len(read),
                 assembled_keys=parts_digest(read),
+                assembled_files={"metrics.csv": _file_check(metrics.encode()), "failures.csv": _file_check(failures.encode())},
             )
             _write_json(self.run_json, info)
             return info
+
+
+def assembled_text(root: Path, name: str, info: dict[str, Any]) -> str:
+    """The text of ``metrics.csv`` or ``failures.csv`` in ``root``, checked against the size and sha256 that ``run.json``
+    recorded when it was assembled (``assembled_files``; older run.json: unchecked): a copy cut short or edited since
+    would otherwise read as fewer images or other numbers (ValueError naming the file)."""
+    path = root / name
+    data = path.read_bytes()
+    want = (info.get("assembled_files") or {}).get(name)
+    if want is not None and _file_check(data) != want:
+        raise ValueError(f"{path}: {len(data):,} bytes, not the {want['size']:,} bytes (sha256 {want['sha256'][:12]}...) its run.json "
+                         "recorded: cut short or changed since it was written; copy the result set again, or rerun extract with the "
+                         "same arguments where its parts/ are")  # fmt: skip
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not text (a damaged file)") from None
 
 
 def parts_digest(keys: Iterable[str]) -> str:
