@@ -321,3 +321,67 @@ def test_native_round_trip(tmp_path, resnet50_state):
     with pytest.raises(ValueError, match="not plain data"):
         save_checkpoint(tmp_path / "bad.pth", first.model, meta={"x": object()})
     assert copy.deepcopy(first.arch).to_dict() == first.arch.to_dict()
+
+
+MMDET20_CFG = """
+classes = ('person', 'car')
+model = dict(type='MaskRCNN', backbone=dict(type='ResNet', depth=50, style='pytorch',
+    plugins=[dict(cfg=dict(type='NonLocal2D', mode='dot_product', use_scale=False), stages=(False, False, True, False),
+                  position='after_conv3')]),
+    roi_head=dict(bbox_head=dict(type='Shared2FCBBoxHead', num_classes=len(classes))))
+"""
+
+
+def test_mmdet20_nonlocal2D_plugins_and_a_config_entry_that_is_not_literal(tmp_path, resnet50_state):
+    """mmdetection 2.0-2.2 named its own NL plugin ``NonLocal2D`` (mmdet/ops/plugin.py: ``nonlocal_block``): its mode is
+    the config's, and ``num_classes=len(classes)`` elsewhere in the model costs only that entry (it cost every plugin)."""
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, mode="dot_product", use_scale=False)},
+                    stages=(3,))  # fmt: skip
+    path = tmp_path / "nl_dot_mmdet20.pth"
+    torch.save({"meta": {"mmdet_version": "2.0.0", "config": MMDET20_CFG}, "state_dict": detector_keys(net.state_dict())}, path)
+    loaded = load_checkpoint(path)
+    assert {b.options["mode"] for b in loaded.arch.blocks} == {"dot_product"}
+    assert not [n for n in loaded.notes if "assumed" in n and "nonlocal_block" in n]  # the config said: no "assumed" left
+    assert not [n for n in loaded.notes if "NonLocal2D" in n]  # (it was "not an NL/GC block; ignored")
+    assert [n for n in loaded.notes if "not literal-like" in n and "num_classes" in n]
+    assert_same_blocks(net, [f"layer3.{i}.nonlocal_block" for i in range(6)], loaded, "backbone.")
+
+
+def test_flags_replace_what_was_assumed(tmp_path, resnet50_state):
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c)}, stages=(3,))
+    torch.save(net.state_dict(), tmp_path / "plain.pth")
+    assumed = [n for n in load_checkpoint(tmp_path / "plain.pth").notes if "layer3.0.nonlocal_block" in n]
+    assert any("mode embedded_gaussian assumed" in n for n in assumed) and any("use_scale=True assumed" in n for n in assumed)
+    given = load_checkpoint(tmp_path / "plain.pth", overrides={"nl_mode": "dot_product", "use_scale": False}).notes
+    assert not [n for n in given if "assumed" in n and "nonlocal_block" in n]
+    assert any("layer3.0.nonlocal_block: mode dot_product (given" in n for n in given)
+
+
+def test_gcnet_format_says_after_add_was_possible_unless_told(tmp_path, resnet50_state):
+    net = reference(resnet50_state, {"context_block": lambda c: mmcv_cnn.ContextBlock(c, 0.25)}, stages=(4,))
+    path = tmp_path / "gcnet_no_config.pth"
+    torch.save({"meta": {"mmdet_version": "0.6.0"}, "state_dict": detector_keys(net.state_dict())}, path)
+    notes = load_checkpoint(path).notes
+    assert sum("position after_conv3 assumed (the early GCNet repository's ct insert_pos='after_add'" in n for n in notes) == 3
+    told = load_checkpoint(path, overrides={"position": "after_conv3"})
+    assert not [n for n in told.notes if "after_add" in n] and {b.position for b in told.arch.blocks} == {"after_conv3"}
+
+
+def test_a_position_that_does_not_carry_the_blocks_channels_is_refused_at_load(tmp_path, resnet50_state):
+    from nlanalysis.checkpoints import CheckpointError
+
+    net = reference(resnet50_state, {"context_block": lambda c: mmcv_cnn.ContextBlock(c, 1.0 / 16)}, stages=(3,))
+    torch.save(net.state_dict(), tmp_path / "gc.pth")
+    with pytest.raises(CheckpointError, match=r"gc\.pth: block 'layer3\.0\.context_block' takes 1024 channels, but after_conv2 "
+                                              r"of its bottleneck carries 256: check its position"):  # fmt: skip
+        load_checkpoint(tmp_path / "gc.pth", overrides={"position": "after_conv2"})
+
+
+def test_config_arithmetic_that_fails_is_a_checkpoint_error(tmp_path, resnet50_state):
+    from nlanalysis.checkpoints import CheckpointError
+
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c)}, stages=(3,))
+    cfg = MMDET20_CFG.replace("type='NonLocal2D', mode='dot_product', use_scale=False", "type='NonLocal2d', reduction=0")
+    torch.save({"meta": {"mmdet_version": "2.28.0", "config": cfg}, "state_dict": detector_keys(net.state_dict())}, tmp_path / "r0.pth")
+    with pytest.raises(CheckpointError, match=r"r0\.pth: malformed .*ZeroDivisionError"):
+        load_checkpoint(tmp_path / "r0.pth")

@@ -134,3 +134,32 @@ def test_nonfinite_weights_are_refused_at_load_and_inspect_warns(tmp_path, capsy
     assert main(run) == 2
     assert not (tmp_path / "run" / "metrics.csv").exists()
     assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis extract: error: {refusal(path, img_size=28)}"]
+
+
+def test_a_timm_training_checkpoint_with_its_args_reads_as_a_vit(tmp_path):
+    """timm's train.py (and DINO, iBOT) save ``args``, an argparse.Namespace, beside the weights: placeholders, as the
+    NL/GC loader does (it was sent to the ResNet loader: 'unknown layout: no ResNet backbone found')."""
+    import argparse
+
+    import timm
+
+    from nlanalysis.checkpoints.vit.models import vit_checkpoint_layout
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, img_size=32).eval()
+    path = tmp_path / "checkpoint-3.pth.tar"
+    torch.save({"epoch": 3, "arch": "vit_tiny_patch16_224", "state_dict": model.state_dict(),
+                "args": argparse.Namespace(lr=5e-4, model="vit_tiny_patch16_224")}, path)  # fmt: skip
+    assert vit_checkpoint_layout(path) == "timm"
+    loaded = load_vit(path, img_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.forward_head(model.forward_features(x), pre_logits=True), rtol=1e-4, atol=1e-5)
+
+
+def test_a_distilled_deit_is_refused_by_name(tmp_path):
+    import timm
+
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=1, img_size=32)
+    torch.save(model.state_dict(), tmp_path / "deit.pth")
+    with pytest.raises(CheckpointError, match=r"deit\.pth: a distilled DeiT \(dist_token"):
+        load_vit(tmp_path / "deit.pth")

@@ -103,6 +103,7 @@ class _Evaluator:
         self.limits = budget.limits
         self.names: dict[str, Any] = {}
         self.lines: dict[str, int] = {}  # name -> line of its last assignment
+        self.skipped: list[str] = []  # dict entries left out (not literal-like): 'line N: key (why)'
         self._sized: dict[int, tuple[Any, int, int]] = {}
 
     def measure(self, value: Any) -> tuple[int, int]:
@@ -169,7 +170,7 @@ class _Evaluator:
                 if k is None:  # {**other}
                     out.update(self.eval(v, depth))
                 else:
-                    out[self.eval(k, depth)] = self.eval(v, depth)
+                    self._entry(out, self.eval(k, depth), v, depth)
             return self.made(out)
         if isinstance(node, ast.Name):
             if node.id in self.names:
@@ -185,6 +186,14 @@ class _Evaluator:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("dict", "list", "tuple"):
             return self.made(self._call(node, depth))
         raise _Unsupported(type(node).__name__)
+
+    def _entry(self, out: dict[Any, Any], key: Any, node: ast.AST, depth: int) -> None:
+        """``out[key]`` = the value of ``node``; one that is not literal-like (``num_classes=len(classes)``) is left out of
+        its dict, not the whole assignment with it, and listed in ``skipped``."""
+        try:
+            out[key] = self.eval(node, depth)
+        except (_Unsupported, TypeError, ZeroDivisionError, ValueError, OverflowError) as err:
+            self.skipped.append(f"line {getattr(node, 'lineno', '?')}: {key} ({type(err).__name__}: {err})"[:160])
 
     def _binop(self, op: ast.operator, left: Any, right: Any) -> Any:
         """Arithmetic on two numbers, or ``+`` of two lists/tuples; integers that would outgrow
@@ -218,7 +227,7 @@ class _Evaluator:
                 if kw.arg is None:
                     out.update(self.eval(kw.value, depth))
                 else:
-                    out[kw.arg] = self.eval(kw.value, depth)
+                    self._entry(out, kw.arg, kw.value, depth)
             return out
         if len(node.args) == 1 and not node.keywords:
             arg = self.eval(node.args[0], depth)
@@ -263,14 +272,26 @@ def _parse_text(text: str, source: str, budget: _Budget) -> _Evaluator:
     return evaluator
 
 
+#: the key under which a parsed config lists the dict entries it left out (:meth:`_Evaluator._entry`), if any
+SKIPPED = "_skipped_entries_"
+
+
+def _with_skipped(cfg: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
+    if skipped:
+        cfg[SKIPPED] = skipped
+    return cfg
+
+
 def parse_config_text(text: str, source: str = "<config>", limits: ConfigLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Top-level assignments of a config, evaluated as literals (others skipped).
+    """Top-level assignments of a config, evaluated as literals (others skipped; a dict entry that is not literal-like
+    is left out of its dict and listed under :data:`SKIPPED`).
 
     Raises:
         ConfigLimitError: the text or one of its values is too large, too nested or too much work.
         CheckpointError: the text is not valid Python.
     """
-    return _parse_text(text, source, _Budget(limits)).names
+    parsed = _parse_text(text, source, _Budget(limits))
+    return _with_skipped(parsed.names, [f"{source} {s}" for s in parsed.skipped])
 
 
 def merge_config(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
@@ -342,6 +363,7 @@ def _parse_file(path: Path, budget: _Budget, chain: tuple[Path, ...]) -> dict[st
     except (OSError, RuntimeError) as err:
         raise CheckpointError(path, f"cannot resolve the config's path ({err})") from err
     merged: dict[str, Any] = {}
+    skipped: list[str] = []
     for base in _base_list(path, cfg.pop("_base_", [])):
         try:
             base_path = (path.parent / base).resolve()
@@ -358,8 +380,10 @@ def _parse_file(path: Path, budget: _Budget, chain: tuple[Path, ...]) -> dict[st
             raise CheckpointError(path, f"{where} {_short(base)} cannot be read ({err.strerror})") from err
         if not stat.S_ISREG(mode):
             raise ConfigLimitError(path, f"{where} {_short(base)} is {_kind(mode)}, not a regular file; refused")
-        merged = merge_config(merged, _parse_file(base_path, budget, (*chain, here)))
-    return merge_config(merged, cfg)
+        base_cfg = _parse_file(base_path, budget, (*chain, here))
+        skipped += base_cfg.pop(SKIPPED, [])
+        merged = merge_config(merged, base_cfg)
+    return _with_skipped(merge_config(merged, cfg), skipped + [f"{path} {s}" for s in parsed.skipped])
 
 
 def parse_config_file(path: str | os.PathLike[str], limits: ConfigLimits = DEFAULT_LIMITS) -> dict[str, Any]:

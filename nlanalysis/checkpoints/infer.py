@@ -14,12 +14,19 @@ from typing import Any
 from torch import Tensor
 
 from ..models import BlockSpec, ResNetArch
+from .config import SKIPPED
 from .layouts import FoundBlock
 
-__all__ = ["apply_config", "apply_overrides", "find_backbone_prefix", "infer_arch"]
+__all__ = ["apply_config", "apply_overrides", "drop_assumed", "find_backbone_prefix", "infer_arch"]
 
 _STAGE_KEY = re.compile(r"^(.*?)layer(\d+)\.(\d+)\.conv1\.weight$")
 _ABBR = {"NonLocal2d": "nonlocal_block", "ContextBlock": "context_block"}
+#: other spellings of a plugin type: mmdetection 2.0-2.2's own ``NonLocal2D`` (mmdet/ops/plugin.py, ``nonlocal_block``;
+#: its logits divided by sqrt(C'), as mmcv's) is mmcv's ``NonLocal2d`` without ``sub_sample``
+_SAME_TYPE = {"NonLocal2D": "NonLocal2d"}
+#: how a block's note on a setting its keys could not tell begins (:mod:`.layouts`, :func:`infer_arch`); dropped once
+#: a config or a flag gives that setting
+_ASSUMED = {"mode": ("mode ",), "use_scale": ("use_scale=", "timm use_scale="), "position": ("position ",)}
 _GCNET_POSITIONS = {"after_1x1": "after_conv3", "after_3x3": "after_conv2", "after_add": "after_add"}
 
 
@@ -111,23 +118,36 @@ def _plugin_options(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str) -> list[str]:
-    """Settle style, options and positions from an mmdetection config (in place).
+def drop_assumed(notes: list[str], block: str, given: tuple[str, ...] = tuple(_ASSUMED)) -> None:
+    """Remove from ``notes`` (in place) what was assumed of block ``block`` (its key prefix) about the ``given`` settings:
+    a config or flag has said it since (run.json and ``inspect`` must not say "assumed" of a setting given)."""
+    heads = tuple(f"{block}: {word}" for g in given for word in _ASSUMED[g])
+    notes[:] = [n for n in notes if not (n.startswith(heads) and "assumed" in n)]
+
+
+def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str, notes: list[str]) -> None:
+    """Settle style, options and positions from an mmdetection config (in place), in ``notes`` (also in place) what it
+    settled, without the notes that assumed what it says.
 
     Raises:
         ValueError: the config declares NL/GC blocks the checkpoint has no weights for.
     """
+    skipped = cfg.get(SKIPPED) or []
+    if skipped:  # left to their library's defaults: said, in case one of them sets an NL/GC option
+        notes.append(f"{source}: {len(skipped)} config entr{'y' if len(skipped) == 1 else 'ies'} not literal-like, left out "
+                     f"({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''}); give an NL/GC option among them by flag")  # fmt: skip
     model = cfg.get("model")
     backbone = model.get("backbone") if isinstance(model, dict) else None
     if not isinstance(backbone, dict):
-        return [f"{source}: no model.backbone in the config; architecture from keys only"]
-    notes = []
+        notes.append(f"{source}: no model.backbone in the config; architecture from keys only")
+        return
     if backbone.get("style") in ("pytorch", "caffe"):
         arch.style = backbone["style"]
     declared: list[tuple[str, str, tuple | None, dict[str, Any], str]] = []  # type, attr, stages, options, position
     for plugin in backbone.get("plugins") or []:
         pcfg = dict(plugin.get("cfg", {}))
         kind = pcfg.pop("type", "")
+        kind = _SAME_TYPE.get(kind, kind)
         attr = _ABBR.get(kind, kind) + str(pcfg.pop("postfix", plugin.get("postfix", "")))
         declared.append((kind, attr, plugin.get("stages"), _plugin_options(kind, pcfg), plugin.get("position", "after_conv3")))
     if isinstance(backbone.get("gcb"), dict):
@@ -158,9 +178,9 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str) -> list[str
                 raise ValueError(f"the config ({source}) says {block.name} is a {kind}, the keys say {block.type}")
             block.options.update(options)
             block.position = position
+            drop_assumed(notes, arch.prefix + block.name)  # what the config leaves out is its library's default
     if declared:
         notes.append(f"options and positions of configured blocks from {source}")
-    return notes
 
 
 def _given_scale(block: BlockSpec, use: bool) -> list[str]:
@@ -176,9 +196,9 @@ def _given_scale(block: BlockSpec, use: bool) -> list[str]:
     return [f"{block.name}: logit scale {now} (use_scale={use} given; the layout's own factor {own:.4g} dropped)"]
 
 
-def apply_overrides(arch: ResNetArch, overrides: dict[str, Any]) -> list[str]:
-    """Explicit settings (CLI flags) win over config and keys: ``style``, ``nl_mode``, ``use_scale``, ``position``."""
-    notes = []
+def apply_overrides(arch: ResNetArch, overrides: dict[str, Any], notes: list[str]) -> None:
+    """Explicit settings (CLI flags) win over config and keys: ``style``, ``nl_mode``, ``use_scale``, ``position``; noted in
+    ``notes`` (in place), without the notes that assumed them."""
     if overrides.get("style"):
         arch.style = overrides["style"]
         notes.append(f"style={arch.style} (given)")
@@ -190,8 +210,10 @@ def apply_overrides(arch: ResNetArch, overrides: dict[str, Any]) -> list[str]:
                 if block.options.get("mode") != overrides["nl_mode"]:  # the user's word wins, noted (run.json, inspect)
                     notes.append(f"{block.name}: mode {overrides['nl_mode']} (given; the checkpoint's own is {block.options.get('mode')})")
                 block.options["mode"] = overrides["nl_mode"]
+                drop_assumed(notes, arch.prefix + block.name, ("mode",))
             if overrides.get("use_scale") is not None:
                 notes += _given_scale(block, bool(overrides["use_scale"]))
+                drop_assumed(notes, arch.prefix + block.name, ("use_scale",))
         if overrides.get("position") and block.position != "standalone":
             block.position = overrides["position"]
-    return notes
+            drop_assumed(notes, arch.prefix + block.name, ("position",))

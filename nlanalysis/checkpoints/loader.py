@@ -208,8 +208,13 @@ def _arch_from_keys(path: Path, fmt: str, state_dict: dict[str, Tensor], blocks:
 def _apply_settings(arch: ResNetArch, fmt: str, cfg: dict[str, Any] | None, cfg_source: str, notes: list[str]) -> Preprocess:
     """Settle what the keys cannot say (config settings, style, the GCNet repository's logit scale)
     in ``arch``, noting each assumption; the preprocessing the config states (default: mmdetection's)."""
+    if fmt.startswith("GCNet"):  # the early GCNet 'ct' option could also put a GC block after the residual add
+        for b in arch.blocks:
+            if b.type == "ContextBlock" and b.position == "after_conv3":
+                notes.append(f"{arch.prefix}{b.name}: position after_conv3 assumed (the early GCNet repository's ct "
+                             "insert_pos='after_add' has the same keys: give --config or --position after_add)")  # fmt: skip
     if cfg is not None:
-        notes += apply_config(arch, cfg, cfg_source)
+        apply_config(arch, cfg, cfg_source, notes)
     if not _config_sets_style(cfg):
         notes.append("style 'pytorch' assumed (stride on the 3x3 conv; caffe-style checkpoints need --style caffe or --config)")
     if fmt.startswith("GCNet"):
@@ -304,13 +309,13 @@ def load_checkpoint(
             arch, notes = _arch_from_keys(path, fmt, state_dict, blocks)
             cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
             preprocess = _apply_settings(arch, fmt, cfg, cfg_source, notes)
-        notes += apply_overrides(arch, overrides or {})
+        apply_overrides(arch, overrides or {}, notes)
         model = build_arch(arch, truncate=truncate)
     except CheckpointError:
         raise
     except ValueError as err:
         raise CheckpointError(path, str(err)) from err
-    except (TypeError, AttributeError, KeyError, IndexError) as err:
+    except (TypeError, AttributeError, KeyError, IndexError, ArithmeticError) as err:  # e.g. a config's reduction=0
         what = "checkpoint or config" if cfg is not None else "checkpoint"
         raise CheckpointError(path, f"malformed {fmt} {what} ({type(err).__name__}: {str(err)[:200]})") from err
     if not arch.blocks:

@@ -122,14 +122,15 @@ def _folder_error(path: Path) -> CheckpointError:
     return CheckpointError(path, f"{kind} whose {weights.name} holds no ViT in a known layout (Hugging Face Dinov2/ViT or timm)")
 
 
-def _load_safely(path: Path) -> tuple[Any, list[str]]:
-    """``torch.load(weights_only=True)`` with the file's unknown globals mapped to placeholders."""
+def _load_safely(path: Path, mmap: bool = False) -> tuple[Any, list[str]]:
+    """``torch.load(weights_only=True)`` with the file's unknown globals mapped to placeholders (``mmap``: tensors mapped,
+    not read; zip files only)."""
     placeholders: list[str] = []
     if zipfile.is_zipfile(path):
         placeholders = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))))
     mapped = [(_placeholder(name), name) for name in placeholders]
     with torch.serialization.safe_globals(mapped):
-        return torch.load(path, map_location="cpu", weights_only=True), placeholders
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), placeholders
 
 
 def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> tuple[Any, list[str]]:

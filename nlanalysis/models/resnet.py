@@ -140,6 +140,10 @@ class ResNetBackbone(nn.Module):
                     inplanes, planes, stride, downsample, arch.groups, arch.width_per_group, arch.style
                 )
                 for p in plugins.get((stage, index), []):
+                    carried = {"after_conv1": block.conv1, "after_conv2": block.conv2}.get(p.position, block.conv3).out_channels
+                    if p.in_channels != carried:  # found here, not as a shape error in the first forward
+                        raise ValueError(f"block {p.name!r} takes {p.in_channels} channels, but {p.position} of its bottleneck "
+                                         f"carries {carried}: check its position (--config, --position)")  # fmt: skip
                     block.add_plugin(p.attribute, p.position, build_block(p))
                 entries.append(block)
                 inplanes, first = planes * 4, False

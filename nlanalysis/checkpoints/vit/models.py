@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..loader import nonfinite_weights
-from ..reading import FOLDER_WEIGHTS, names_damaged_file
+from ..reading import FOLDER_WEIGHTS, _load_safely, names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
@@ -133,6 +133,10 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
             )
     proj = sd["patch_embed.proj.weight"]
     dim = proj.shape[0]
+    distilled = [k for k in ("dist_token", "distillation_token") if k in sd]
+    if distilled:  # DeiT's second prefix token and head: a model this rebuild does not make
+        raise CheckpointError(f"{src}: a distilled DeiT ({distilled[0]}: a distillation token beside the class token) is not "
+                              "supported; its plain (non-distilled) DeiT or any ViT without that token is")  # fmt: skip
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     n_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
     class_token = "cls_token" in sd
@@ -233,7 +237,7 @@ def _read_state_dict(path: Path, mmap: bool = False) -> Mapping[str, Tensor]:
     if path.suffix == ".safetensors":
         return require("safetensors.torch").load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        obj = _load_safely(path, mmap)[0]  # a training checkpoint's argparse.Namespace, ... as placeholders
     except Exception as err:
         raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({err})") from err
     for key in ("model", "state_dict", "teacher", "module"):
