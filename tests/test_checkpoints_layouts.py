@@ -385,3 +385,18 @@ def test_config_arithmetic_that_fails_is_a_checkpoint_error(tmp_path, resnet50_s
     torch.save({"meta": {"mmdet_version": "2.28.0", "config": cfg}, "state_dict": detector_keys(net.state_dict())}, tmp_path / "r0.pth")
     with pytest.raises(CheckpointError, match=r"r0\.pth: malformed .*ZeroDivisionError"):
         load_checkpoint(tmp_path / "r0.pth")
+
+
+def test_a_config_with_other_strides_or_dilations_is_refused(tmp_path, resnet50_state):
+    """A DC5 backbone (layer4 dilated, stride 1) would be rebuilt at stride 32 and its GC maps measured at half size."""
+    from nlanalysis.checkpoints import CheckpointError
+
+    net = reference(resnet50_state, {"context_block": lambda c: mmcv_cnn.ContextBlock(c, 1.0 / 16)}, stages=(2, 3, 4))
+    dc5 = MMDET2_CFG.replace("style='pytorch',", "style='pytorch', strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2),")
+    torch.save({"meta": {"mmdet_version": "2.28.2", "config": dc5}, "state_dict": detector_keys(net.state_dict())}, tmp_path / "dc5.pth")
+    with pytest.raises(CheckpointError, match=r"dc5\.pth: the config .* sets the backbone's strides=\(1, 2, 2, 1\): only mmdetection's "
+                                              r"default \(1, 2, 2, 2\) is rebuilt \(layer1..layer4 here\)"):  # fmt: skip
+        load_checkpoint(tmp_path / "dc5.pth")
+    same = MMDET2_CFG.replace("style='pytorch',", "style='pytorch', strides=(1, 2, 2, 2), dilations=[1, 1, 1, 1],")
+    torch.save({"meta": {"mmdet_version": "2.28.2", "config": same}, "state_dict": detector_keys(net.state_dict())}, tmp_path / "ok.pth")
+    assert len(load_checkpoint(tmp_path / "ok.pth").blocks) == 13

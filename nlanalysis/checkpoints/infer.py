@@ -143,6 +143,12 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str, notes: list
         return
     if backbone.get("style") in ("pytorch", "caffe"):
         arch.style = backbone["style"]
+    last = max((b.stage for b in arch.blocks), default=0)  # the stages every block's input goes through
+    for name, default in (("strides", (1, 2, 2, 2)), ("dilations", (1, 1, 1, 1))):
+        given = backbone.get(name)
+        if isinstance(given, (list, tuple)) and tuple(given)[:last] != default[:last]:  # (DC5, dilated backbones)
+            raise ValueError(f"the config ({source}) sets the backbone's {name}={tuple(given)}: only mmdetection's default "
+                             f"{default} is rebuilt (layer1..layer{last} here)")  # fmt: skip
     declared: list[tuple[str, str, tuple | None, dict[str, Any], str]] = []  # type, attr, stages, options, position
     for plugin in backbone.get("plugins") or []:
         pcfg = dict(plugin.get("cfg", {}))
