@@ -650,3 +650,27 @@ def test_a_saved_query_outside_the_saved_ones_is_named(with_maps):
     for query in (k, -1):
         with pytest.raises(IndexError, match=f"{maps.path}: query {query} of block .*saved queries are 0..{k - 1}"):
             maps.overlay(maps.blocks[0], query)
+
+
+def test_resuming_on_other_pictures_under_the_same_names_is_refused(data, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from nlanalysis.extract.store import RunStore
+
+    root, ckpt = data
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(root / "images", first)
+    shutil.copytree(root / "images", second)
+    for p in sorted(second.iterdir()):  # the same names, other pictures
+        with Image.open(p) as img:
+            img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(p)
+    out = tmp_path / "run"
+    args = ["extract", "--ckpt", str(ckpt), "--out", str(out), "--jsd-pairs", "16", "--quiet", "--images"]
+    assert main([*args, str(first)]) == 0
+    store = RunStore(out)
+    store.part_path(store.keys()[-1]).unlink()  # as if killed before its last image
+    line = _error(capsys, [*args, str(second)])
+    assert f"{out}: 2 of its 2 done images were measured on other files than those now under their names, first {second}" in line
+    assert main([*args, str(first)]) == 0  # the pictures it measured: resumed

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..data import image_size
 from .sources import ImageItem
-from .store import RunStore, _read_json, now, sha256_file
+from .store import IMAGE_CHECK, RunStore, _read_json, now, sha256_file
 
 __all__ = ["ShardPlan", "claim_shard", "damage", "plan_batches", "plan_shard", "release_inherited_claims", "verify_done"]
 
@@ -105,6 +105,8 @@ def damage(store: RunStore, key: str) -> str | None:
     except ValueError as err:
         return str(err)
     for rel, want in checks.items():
+        if rel == IMAGE_CHECK:  # the picture measured, not a file of the run (plan_shard compares it)
+            continue
         path = store.root / rel
         if not path.is_file():
             return f"{path}: missing"
@@ -199,6 +201,25 @@ class ShardPlan:
     redone: dict[str, str]
 
 
+def _refuse_other_pictures(store: RunStore, done: list[ImageItem]) -> None:
+    """Raise if a done image was measured on another file than the one its name finds now (another image folder, or a
+    re-encoded copy, given to resume): its rows would join rows of other pictures under one run. Images done before
+    this was recorded are not checked."""
+    other = []
+    for item in done:
+        try:
+            want = _read_json(store.check_path(item.key)).get(IMAGE_CHECK)
+        except (OSError, ValueError):
+            continue
+        if want and item.path and os.path.isfile(item.path):
+            if os.path.getsize(item.path) != want.get("size") or sha256_file(item.path) != want.get("sha256"):
+                other.append(item)
+    if other:
+        raise ValueError(f"{store.root}: {len(other)} of its {len(done)} done images were measured on other files than those "
+                         f"now under their names, first {other[0].path} (sha256 differs from the one recorded when it was measured): "
+                         "another image set, or edited images; give them another --out, or the same images to resume")  # fmt: skip
+
+
 def plan_shard(store: RunStore, items: list[ImageItem], shape_of: Callable[[int, int], tuple[int, int]], batch_size: int,
                from_image: bool = True, columns: Sequence[str] | None = None) -> ShardPlan:  # fmt: skip
     """The work left in the shard ``items`` (held with :func:`claim_shard`): temporary files of a
@@ -210,6 +231,7 @@ def plan_shard(store: RunStore, items: list[ImageItem], shape_of: Callable[[int,
     header = None if columns is None else pd.DataFrame(columns=list(columns)).to_csv(index=False).rstrip("\r\n")
     redone = verify_done(store, keys, header)
     done_before = store.done_keys()
+    _refuse_other_pictures(store, [it for it in items if it.key in done_before])
     todo = [b for b in plan_batches(items, shape_of, batch_size, from_image) if any(items[i].key not in done_before for i in b)]
     n_todo = sum(items[i].key not in done_before for b in todo for i in b)
     return ShardPlan(items, todo, n_todo, done_before, redone)

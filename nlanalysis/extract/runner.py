@@ -369,7 +369,7 @@ class _BatchWork:
         for one, why in failures:
             self.store.write_failure(one.item, why)
         for one, rows, save in kept:
-            self.store.write_done(one.item.key, rows, save)
+            self.store.write_done(one.item.key, rows, save, one.item.path)
         return len(kept), len(failures)
 
     def forward(self, group: list[Loaded]) -> list[tuple[Loaded, pd.DataFrame, Any]]:

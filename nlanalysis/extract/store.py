@@ -57,6 +57,10 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+#: the entry of ``checks/KEY.json`` for the image file a done image was measured on (not a file of the run)
+IMAGE_CHECK = "image file"
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
@@ -216,10 +220,13 @@ class RunStore:
                 if p.name[1:].rsplit(".", 3)[0] in keys:
                     p.unlink(missing_ok=True)
 
-    def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any], None] | None = None) -> None:
+    def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any], None] | None = None, image: str | None = None) -> None:
         """Write one done image: its maps (``save(file)`` writes the npz into an open binary file),
-        the checks of its files, then its part (which marks it done)."""
-        checks = {}
+        the checks of its files (and of the image file measured, ``image``: a resume on other pictures under the
+        same names is refused, :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
+        checks: dict[str, Any] = {}
+        if image is not None and os.path.isfile(image):
+            checks[IMAGE_CHECK] = {"size": os.path.getsize(image), "sha256": sha256_file(image)}
         if save is not None:
             with atomic_write(self.maps_path(key), "wb") as f:
                 save(f)
