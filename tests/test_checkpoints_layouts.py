@@ -400,3 +400,21 @@ def test_a_config_with_other_strides_or_dilations_is_refused(tmp_path, resnet50_
     same = MMDET2_CFG.replace("style='pytorch',", "style='pytorch', strides=(1, 2, 2, 2), dilations=[1, 1, 1, 1],")
     torch.save({"meta": {"mmdet_version": "2.28.2", "config": same}, "state_dict": detector_keys(net.state_dict())}, tmp_path / "ok.pth")
     assert len(load_checkpoint(tmp_path / "ok.pth").blocks) == 13
+
+
+def test_groupnorm_conv_out_takes_num_groups_from_the_config(tmp_path, resnet50_state):
+    """num_groups is not in GroupNorm's keys: the config gives it (the loader refused before reading any config)."""
+    from nlanalysis.checkpoints import CheckpointError
+
+    net = reference(resnet50_state, {"nonlocal_block": lambda c: mmcv_cnn.NonLocal2d(c, norm_cfg=dict(type="GN", num_groups=32))},
+                    stages=(3,))  # fmt: skip
+    cfg = MMDET20_CFG.replace("type='NonLocal2D', mode='dot_product', use_scale=False", "type='NonLocal2d', norm_cfg=dict(type='GN', num_groups=32)")
+    state = detector_keys(net.state_dict())
+    torch.save({"meta": {"mmdet_version": "2.25.0", "config": cfg}, "state_dict": state}, tmp_path / "gn.pth")
+    loaded = load_checkpoint(tmp_path / "gn.pth")
+    assert {b.options["norm_cfg"]["num_groups"] for b in loaded.arch.blocks} == {32}
+    assert_same_blocks(net, [f"layer3.{i}.nonlocal_block" for i in range(6)], loaded, "backbone.")
+    torch.save(state, tmp_path / "gn_bare.pth")
+    with pytest.raises(CheckpointError, match=r"gn_bare\.pth: layer3\.0\.nonlocal_block: conv_out is GroupNorm-normed and its "
+                                              r"num_groups is not in the keys: pass --config"):  # fmt: skip
+        load_checkpoint(tmp_path / "gn_bare.pth")

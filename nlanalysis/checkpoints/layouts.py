@@ -91,8 +91,8 @@ def _infer_mmcv_nl(prefix: str, keys: dict[str, Tensor]) -> tuple[str, int, dict
     }
     if "conv_out.bn.weight" in keys:
         options["norm_cfg"] = {"type": "BN"}
-    elif "conv_out.gn.weight" in keys:
-        raise ValueError(f"{prefix}: conv_out is GroupNorm-normed; its num_groups is not in the keys: pass --config")
+    elif "conv_out.gn.weight" in keys:  # num_groups is not in the keys: a config gives it (checked before the build)
+        options["norm_cfg"] = {"type": "GN"}
     if mode == "embedded_gaussian":
         notes.append(f"{prefix}: use_scale=True assumed (mmcv's default)")
     return "NonLocal2d", int(in_channels), options, notes

@@ -310,6 +310,11 @@ def load_checkpoint(
             cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
             preprocess = _apply_settings(arch, fmt, cfg, cfg_source, notes)
         apply_overrides(arch, overrides or {}, notes)
+        for b in arch.blocks:
+            norm = b.options.get("norm_cfg") or {}
+            if norm.get("type") == "GN" and "num_groups" not in norm:
+                raise ValueError(f"{b.name}: conv_out is GroupNorm-normed and its num_groups is not in the keys: pass --config "
+                                 "(its plugin's norm_cfg=dict(type='GN', num_groups=G))")  # fmt: skip
         model = build_arch(arch, truncate=truncate)
     except CheckpointError:
         raise
