@@ -674,3 +674,28 @@ def test_resuming_on_other_pictures_under_the_same_names_is_refused(data, tmp_pa
     line = _error(capsys, [*args, str(second)])
     assert f"{out}: 2 of its 2 done images were measured on other files than those now under their names, first {second}" in line
     assert main([*args, str(first)]) == 0  # the pictures it measured: resumed
+
+
+def test_a_resume_removes_temporary_files_of_dead_writers_only(data, tmp_path):
+    """A run of another shard plan over the same images may be writing beside this one: its temporary files are its own
+    (removing them stopped it at its rename); those of a killed process go."""
+    import subprocess
+    import sys
+
+    from nlanalysis.extract.store import RunStore
+
+    out = tmp_path / "run"
+    assert main(_args(data, out)) == 0
+    store = RunStore(out)
+    key = store.keys()[0]
+    writer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+        live_tmp, dead_tmp = (store.parts / f".{key}.csv.{pid}.tmp" for pid in (writer.pid, dead))
+        odd = store.parts / ".notes.tmp"  # not one of ours: no key, extension and pid
+        for p in (live_tmp, dead_tmp, odd):
+            p.write_text("half")
+        store.clean_temporary({key})
+        assert live_tmp.exists() and not dead_tmp.exists() and odd.exists()
+    finally:
+        writer.communicate()

@@ -88,6 +88,19 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]
             os.unlink(tmp)
 
 
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (a temporary file's writer, :func:`atomic_write`) runs on this machine (not this one)."""
+    if not pid.isdigit() or int(pid) == os.getpid() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
@@ -214,10 +227,12 @@ class RunStore:
         return {p.name[:-5] for p in self.failed.glob("*.json") if not p.name.startswith(".")}
 
     def clean_temporary(self, keys: set[str]) -> None:
-        """Remove temporary files a killed process left for ``keys`` (only this shard's keys)."""
+        """Remove temporary files a killed process left for ``keys`` (only this shard's keys; a file of a process still
+        running here, such as a run of another shard plan over the same images, is its own: left alone)."""
         for folder in (self.parts, self.maps, self.failed, self.checks):
             for p in folder.glob(".*.tmp"):
-                if p.name[1:].rsplit(".", 3)[0] in keys:
+                parts = p.name[1:].rsplit(".", 3)  # KEY, extension, writer's pid, "tmp"
+                if len(parts) == 4 and parts[0] in keys and not _running(parts[2]):
                     p.unlink(missing_ok=True)
 
     def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any], None] | None = None, image: str | None = None) -> None:
