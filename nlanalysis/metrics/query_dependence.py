@@ -157,8 +157,9 @@ def signed_map_stats(rows: RowSource, n_query: int, n_key: int, *, key_mask: Ten
     absolute values. ``att_norm_weighted`` is ``1 - `` the mean cosine similarity over ordered pairs
     ``i != j`` weighted by ``||r_i|| ||r_j||``, exact in linear time:
     ``sum_{i!=j} r_i.r_j / sum_{i!=j} ||r_i|| ||r_j|| = (||sum r||^2 - sum ||r||^2) / ((sum ||r||)^2 - sum ||r||^2)``.
-    A map and its sign flip give 2 in both the plain and the weighted form; a map and a multiple
-    of itself give 0 in both; ``att_abs`` reads both as 0. NaN with fewer than two non-zero rows.
+    A map and its sign flip give 2 in the weighted form (pairs ``i != j`` only) and 1 in the paper's plain ``att``
+    (whose mean also pairs each row with itself); a map and a multiple of itself give 0 in both; ``att_abs`` reads both
+    as 0. NaN with fewer than two non-zero rows.
 
     Returns:
         ``(att_abs, att_norm_weighted)``, each float64 ``[*batch]``.
