@@ -155,3 +155,30 @@ def test_own_object_mass_for_a_shared_map():
     expected = (4 * p[lab == 1].sum() + 5 * p[lab == 2].sum()) / 9
     assert stats.att_own_object[0].item() == pytest.approx(expected, rel=1e-5)
     assert stats.own_object_share[0].item() == pytest.approx((4 * 4 / 20 + 5 * 5 / 20) / 9)
+
+
+def test_a_row_whose_image_weights_underflow_is_one_all_zero_row_in_eager_and_native():
+    """A valid query whose softmax puts all but ~1e-41 of its mass on a padding key: its weights on the image are float32
+    subnormals, which the native kernels flush. Both paths count it as an all-zero row (eager kept it in att and
+    entropy, native dropped it there but kept it in its JSD pairs)."""
+    from nlanalysis.blocks.attention import PairwiseAttention
+    from nlanalysis.kernels import available
+    from nlanalysis.measure import measure_block
+
+    if not available():
+        pytest.skip("native kernels unavailable (no C compiler)")
+    key = torch.eye(4)[None]  # keys e_j: each query's logits are its own entries
+    query = torch.tensor([[[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 1.0, 0, 95.0], [0, 0, 0, 0]]])
+    att = PairwiseAttention("gaussian", query, key, (1, 4), (1, 4))
+    assert 0 < float(torch.softmax(query[0, 2] @ key[0], -1)[:3].max()) < torch.finfo(torch.float32).tiny
+    valid = torch.tensor([[[True, True, True, False]]])  # the last cell is padding
+    x = torch.randn(1, 3, 1, 4, generator=torch.Generator().manual_seed(0))
+    got = {k: measure_block(att, x, x, valid=valid, kernels=k, jsd_pairs=100) for k in ("eager", "native")}
+    rows = torch.softmax(query[0, :2] @ key[0], -1)[:, :3].double()  # the two rows that count, on the image
+    unit = rows / rows.norm(dim=1, keepdim=True)
+    expected = float((1 - unit @ unit.T).sum() / 4)  # over the 2 x 2 ordered pairs of counted rows, each with itself
+    for k, stats in got.items():
+        assert float(stats.att_zero_rows) == pytest.approx(1 / 3), k
+        assert float(stats.att) == pytest.approx(expected, abs=1e-6), k
+    for name in ("att", "att_jsd", "att_entropy", "att_max"):
+        assert float(getattr(got["eager"], name)) == pytest.approx(float(getattr(got["native"], name)), abs=1e-6), name

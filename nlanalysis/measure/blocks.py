@@ -379,6 +379,7 @@ class _RowSums:
         stop = start + rows.shape[1]
         if self.kmask is not None:
             rows = rows * self.kmask[:, None, :]
+        rows = _flushed(rows)
         m = self.qmask[:, start:stop] if self.qmask is not None else None
         self.acc.update(rows, m)
         ok = _counted(rows, m)
@@ -457,9 +458,21 @@ class _OwnObject:
 
 
 def _counted(rows: Tensor, mask: Tensor | None) -> Tensor:
-    """Which rows of a chunk ``[B, c, N_k]`` count ``[B, c]``: valid (``mask``) and not all zero."""
-    ok = rows.abs().amax(-1) > 0
+    """Which rows of a chunk ``[B, c, N_k]`` count ``[B, c]``: valid (``mask``) and not all zero, where weights below
+    float32's smallest normal number count as zero (:func:`_flushed`, as the native kernels read them)."""
+    ok = rows.abs().amax(-1) >= _tiny(rows)
     return ok & mask if mask is not None else ok
+
+
+def _tiny(rows: Tensor) -> float:
+    return torch.finfo(torch.float32).tiny if rows.is_floating_point() else 1
+
+
+def _flushed(rows: Tensor) -> Tensor:
+    """``rows`` with each weight below float32's smallest normal number (1.2e-38) set to 0, as the native kernels flush
+    them: a query whose softmax puts all its mass on padding keeps only such weights on the image, and eager and
+    native then both count it as an all-zero row (it was kept by one and dropped by the other)."""
+    return rows.masked_fill(rows.abs() < _tiny(rows), 0) if rows.is_floating_point() else rows
 
 
 def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:
