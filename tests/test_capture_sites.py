@@ -135,3 +135,46 @@ def test_capturing_nl_blocks_loads_no_vit_only_module():
     loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root).stdout)
     assert "nlanalysis.capture.blocks" in loaded
     assert not {"nlanalysis.capture.heads", "nlanalysis.measure.heads", "nlanalysis.capture.shared_softmax"} & set(loaded)
+
+
+def test_a_forward_that_runs_no_selected_block_is_said_once():
+    """As a torch.compile'd model does (its compiled graph runs, not the hooked modules): nothing was measured, and the
+    capture says so rather than returning no records in silence."""
+    import warnings
+
+    from torch import nn
+
+    from nlanalysis import capture
+    from nlanalysis.blocks import NonLocal2d
+
+    class Skips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = NonLocal2d(8)
+
+        def forward(self, x, use: bool = False):
+            return self.block(x) if use else x
+
+    model, x = Skips().eval(), torch.randn(1, 8, 4, 4)
+    with torch.no_grad(), pytest.warns(UserWarning, match="a forward of Skips ran none of its 1 selected blocks") as seen, capture(model) as cap:
+        model(x)
+        model(x)
+    assert len([w for w in seen if "ran none" in str(w.message)]) == 1 and not cap.records
+    with torch.no_grad(), warnings.catch_warnings(), capture(model) as cap:
+        warnings.simplefilter("error")
+        model(x, use=True)
+    assert len(cap.records) == 1
+
+
+def test_a_model_that_is_itself_a_block_is_measured_in_its_first_forward_as_call_0():
+    import warnings
+
+    from nlanalysis import capture
+    from nlanalysis.blocks import NonLocal2d
+
+    block = NonLocal2d(8).eval()
+    with torch.no_grad(), warnings.catch_warnings(), capture(block) as cap:
+        warnings.simplefilter("error")  # its record is made before its forward ends: nothing to say
+        block(torch.randn(1, 8, 4, 4))
+        block(torch.randn(1, 8, 4, 4))
+    assert [r.call for r in cap.records] == [0, 1]  # as a block inside a model is counted (it was 1, 2)

@@ -203,9 +203,28 @@ def test_non_finite_input_and_overridden_forward_fall_back() -> None:
     assert cap.served == 0
     torch.manual_seed(0)
     own = _OwnForward(16).eval()
-    with torch.no_grad(), Capture(own, jsd_pairs=0, query_dependence="off") as cap:
-        own(torch.randn(1, 16, 5, 6))
+    with pytest.warns(UserWarning, match="the model: _OwnForward overrides forward of nlanalysis's block; its maps are computed "
+                                         "as that block computes them"):  # fmt: skip
+        with torch.no_grad(), Capture(own, jsd_pairs=0, query_dependence="off") as cap:
+            own(torch.randn(1, 16, 5, 6))
     assert cap.served == 0 and len(cap.records) == 1
+
+
+def test_a_multihead_attention_subclass_with_its_own_forward_is_named() -> None:
+    """Its maps are recomputed from in_proj as torch's forward makes them; a subclass's forward (a temperature, ...)
+    may make others: said, not silently measured as torch's."""
+    import warnings
+
+    class Tempered(torch.nn.MultiheadAttention):
+        def forward(self, q, k, v, **kw):
+            return super().forward(q * 2.0, k, v, **kw)
+
+    model = torch.nn.Sequential(Tempered(8, 2, batch_first=True)).eval()
+    with pytest.warns(UserWarning, match="0: Tempered overrides forward of torch-mha's block"):
+        Capture(model, jsd_pairs=0, query_dependence="off").__enter__().remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Capture(torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2, batch_first=True)), jsd_pairs=0, query_dependence="off")
 
 
 def _wrap_torch_like_torchlens(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -1,4 +1,5 @@
 """ViT adapters recompute each head's map exactly as the library computes it, and its output share."""
+import inspect
 import math
 
 import pytest
@@ -138,6 +139,13 @@ def test_sequence_first_mha_and_unsupported_calls():
         adapter.check_call(mha, (tokens, tokens, tokens), {"attn_mask": torch.zeros(10, 10)})
     with pytest.raises(UnsupportedBlockError, match="is_causal"):
         adapter.check_call(mha, (tokens, tokens, tokens), {"is_causal": True})
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[:, -2:] = True
+    for args, name in (((tokens, tokens, tokens, mask), "key_padding_mask"),  # by position, as torch's signature names them
+                       ((tokens, tokens, tokens, None, False, torch.zeros(10, 10)), "attn_mask")):  # fmt: skip
+        with pytest.raises(UnsupportedBlockError, match=name):
+            adapter.check_call(mha, args, {})
+    adapter.check_call(mha, (tokens, tokens, tokens, None, False), {})  # no mask: measured
     with pytest.raises(ValueError, match="tokens"):
         adapter.head_attention(mha, torch.randn(3, 10, 8))
 
@@ -235,3 +243,18 @@ def test_nl_adapters_do_not_claim_vit_modules_and_vice_versa():
     families = {b.family for b in list_blocks(model)}
     assert families == {"timm-vit"}
     assert not TimmViTAdapter().matches(nn.Linear(3, 3))
+
+
+def test_timm_causal_attention_given_by_position_is_refused():
+    """timm's ``Attention.forward(x, attn_mask=None, is_causal=False)``: ``attn(x, None, True)`` is causal as surely as
+    ``attn(x, is_causal=True)`` (it was measured as full attention)."""
+    model = _timm(fused=True)
+    attn, tokens = model.blocks[0].attn, torch.randn(1, 5, model.embed_dim)
+    params = list(inspect.signature(type(attn).forward).parameters)
+    if "is_causal" not in params:
+        pytest.skip(f"this timm's Attention.forward takes {params[1:]}")
+    adapter = TimmViTAdapter()
+    args = [tokens] + [None] * (params.index("is_causal") - 2) + [True]
+    with pytest.raises(UnsupportedBlockError, match="is_causal=True"):
+        adapter.check_call(attn, tuple(args), {})
+    adapter.check_call(attn, (tokens, None), {})

@@ -75,6 +75,11 @@ class BlockAdapter(ABC):
         (``None``: unknown, the maps are recomputed from the input by :meth:`attention`)."""
         return None
 
+    def overridden(self, module: nn.Module) -> str | None:
+        """What ``module``'s class overrides of the code this adapter reads its maps from (a subclass's own ``forward``:
+        its maps may not be those recomputed), or ``None``."""
+        return None
+
     def describe(self, module: nn.Module) -> dict[str, Any]:
         """Static facts about the block (mode, channels, ...), for result sets and ``inspect``."""
         return {"family": self.family, "class": type(module).__name__}

@@ -10,6 +10,7 @@ from .base import BlockAdapter, MapCall
 from .registry import register_adapter
 
 _BLOCKS = (NonLocal2d, ContextBlock, SimplifiedNonLocal2d)
+_KNOWN = {name: {getattr(c, name) for c in (*_BLOCKS, SpatialGaussian2d)} for name in ("forward", "attention")}
 
 
 @register_adapter
@@ -28,6 +29,10 @@ class NLAnalysisAdapter(BlockAdapter):
         if not isinstance(module, NonLocal2d) or type(module).forward is not NonLocal2d.forward:
             return None
         return MapCall("sdpa" if module.mode in ("gaussian", "embedded_gaussian") else "matmul", module.mode, module.g)
+
+    def overridden(self, module: nn.Module) -> str | None:
+        own = [name for name, known in _KNOWN.items() if getattr(type(module), name, None) not in known]
+        return f"{type(module).__name__} overrides {' and '.join(own)}" if own else None
 
     def describe(self, module: nn.Module) -> dict[str, Any]:
         info = super().describe(module)

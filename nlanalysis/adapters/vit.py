@@ -34,6 +34,7 @@ over a whole model (with LayerScale and the residual stream of the enclosing blo
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -69,6 +70,15 @@ _KNOWN_BLOCKS = {
     "ViTLayer": ("layernorm_before", None),
     "DeiTLayer": ("layernorm_before", None),
 }
+
+
+def _by_name(module: nn.Module, args: tuple[Any, ...]) -> dict[str, Any]:
+    """The positional arguments of ``module``'s forward by their parameter names (none where they do not bind)."""
+    try:
+        bound = inspect.signature(type(module).forward).bind_partial(module, *args)
+    except (TypeError, ValueError):
+        return {}
+    return dict(list(bound.arguments.items())[1:])
 
 
 def _split_heads(t: Tensor, heads: int) -> Tensor:
@@ -161,7 +171,10 @@ class ViTAttentionAdapter(BlockAdapter):
         return super().block_input(args, kwargs)
 
     def check_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Refuse forwards whose maps the recomputation would not reproduce (masks, cross-attention)."""
+        """Refuse forwards whose maps the recomputation would not reproduce (masks, causal, cross-attention), given by
+        keyword or by position (``mha(x, x, x, key_padding_mask)``, timm's ``attn(x, None, True)``)."""
+        if len(args) > (3 if isinstance(module, nn.MultiheadAttention) else 1):  # more than the tokens: read them by name
+            kwargs = {**_by_name(module, args), **kwargs}
         for name in ("attn_mask", "attention_mask", "key_padding_mask", "head_mask"):
             if kwargs.get(name) is not None:
                 raise UnsupportedBlockError(
@@ -307,6 +320,9 @@ class MHAAdapter(ViTAttentionAdapter):
 
     def matches(self, module: nn.Module) -> bool:
         return isinstance(module, nn.MultiheadAttention)
+
+    def overridden(self, module: nn.Module) -> str | None:
+        return None if type(module).forward is nn.MultiheadAttention.forward else f"{type(module).__name__} overrides forward"
 
     def _check(self, module: nn.Module) -> None:
         if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:

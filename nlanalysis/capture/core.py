@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -209,6 +210,11 @@ class Capture:
         if query_space not in ("image", "feature"):
             raise ValueError(f"query_space must be 'image' or 'feature', got {query_space!r}")
         kind, self.blocks = select_sites(model, blocks, exclude, site or self.default_site, "capture")
+        for b in self.blocks:
+            why = b.adapter.overridden(b.module)
+            if why:  # e.g. a sharper softmax in its own forward: the recomputed maps would be its parent's
+                warnings.warn(f"{b.name or 'the model'}: {why} of {b.adapter.family}'s block; its maps are computed as that block computes "
+                              "them, which is right only if the override does not change them", stacklevel=2)  # fmt: skip
         module, name = _KINDS[kind]
         site_class = getattr(importlib.import_module(module), name)
         if not self.blocks:
@@ -233,6 +239,8 @@ class Capture:
         self.records: list[SiteRecord] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._calls = 0
+        self._ran = 0  # site hooks run in this forward (a compiled model runs none: it is said once)
+        self._warned_none = False
         self._input_size: tuple[int, int] | None = None
         self._valid: Tensor | None = None
         self._objects: Tensor | None = None
@@ -251,10 +259,11 @@ class Capture:
             raise RuntimeError("this Capture is already active")
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._on_model_input, with_kwargs=True))
-            self._handles.append(self.model.register_forward_hook(self._on_model_output))
             for index, block in enumerate(self.blocks):
                 hook = self._hook(self.site.attach(index, block))
                 self._handles.append(block.module.register_forward_hook(hook, with_kwargs=True))
+            # after the blocks' hooks: a model that is itself a block has its record made before the forward ends
+            self._handles.append(self.model.register_forward_hook(self._on_model_output))
         except BaseException:
             self.remove()
             raise
@@ -292,15 +301,23 @@ class Capture:
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._ran = 0
         first = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(first, Tensor) and first.dim() == 4:
             self._input_size = (first.shape[-2], first.shape[-1])
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._calls += 1
+        if self.blocks and not self._ran and not self._warned_none:
+            self._warned_none = True
+            compiled = type(self.model).__name__ == "OptimizedModule"
+            warnings.warn(f"capture: a forward of {type(self.model).__name__} ran none of its {len(self.blocks)} selected blocks, so "
+                          "nothing was measured" + ("; a torch.compile'd model runs its compiled graph, not the hooked modules: "
+                          "capture the model before compiling it (model._orig_mod)" if compiled else ""), stacklevel=2)  # fmt: skip
 
     def _hook(self, record: Callable[[nn.Module, tuple, dict, Any], SiteRecord]) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            self._ran += 1
             with torch.no_grad():
                 rec = record(module, args, kwargs, output)
             if self.keep_records:
