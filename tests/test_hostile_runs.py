@@ -699,3 +699,31 @@ def test_a_resume_removes_temporary_files_of_dead_writers_only(data, tmp_path):
         assert live_tmp.exists() and not dead_tmp.exists() and odd.exists()
     finally:
         writer.communicate()
+
+
+def test_a_done_image_unreadable_at_resume_is_not_read_again(data, tmp_path, monkeypatch):
+    """Comparing a done image with the picture it measured must not stop a resume when the file cannot be read now
+    (permissions, I/O; it is done: nothing needs it). It stopped the run with a bare EACCES."""
+    import shutil
+
+    import nlanalysis.extract.resume as resume
+    from nlanalysis.extract.store import RunStore
+
+    root, ckpt = data
+    folder = tmp_path / "a"
+    shutil.copytree(root / "images", folder)
+    out = tmp_path / "run"
+    args = ["extract", "--ckpt", str(ckpt), "--out", str(out), "--jsd-pairs", "16", "--quiet", "--images", str(folder)]
+    assert main(args) == 0
+    store = RunStore(out)
+    store.part_path(store.keys()[-1]).unlink()
+    real, refused = resume.sha256_file, []
+
+    def unreadable(path):  # as for a user without the right to read it (root reads every file)
+        if str(path).endswith(sorted(p.name for p in folder.iterdir())[0]):
+            refused.append(path)
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(resume, "sha256_file", unreadable)
+    assert main(args) == 0 and refused

@@ -105,11 +105,17 @@ def test_cross_site_from_recomputed_rows_and_with_gradients(monkeypatch):
 def test_fed_wrong_raises_and_one_query_grid():
     """A suite fed fewer queries than its maps have refuses to give columns; a 1 x 1 grid gives NaN NMI (one query)."""
     layout = TokenLayout((1, 1), 1, 0, (16, 16))
-    q, k = torch.randn(1, 2, 2, 4), torch.randn(1, 2, 2, 4)
-    att = HeadAttention(q, k, 0.5, layout)
-    suite = HeadSuite(att, None, None, (16.0, 16.0))
-    with pytest.raises(RuntimeError, match="fed 0 of 1"):
-        suite.result()
-    values = suite.run().result()
-    assert torch.isnan(values["qk_nmi"]).all() and torch.isnan(values["cross_site_cos"]).all()
-    assert torch.allclose(values["att_local"], torch.ones(1, 3, dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):  # (seed 0's first draw gave -inf, not NaN: log(1) * H(k) rounds to -0.0 where H(k) ~ -0)
+        q, k = torch.randn(1, 2, 2, 4, generator=gen), torch.randn(1, 2, 2, 4, generator=gen)
+        att = HeadAttention(q, k, 0.5, layout)
+        suite = HeadSuite(att, None, None, (16.0, 16.0))
+        with pytest.raises(RuntimeError, match="fed 0 of 1"):
+            suite.result()
+        values = suite.run().result()
+        assert torch.isnan(values["qk_nmi"]).all() and torch.isnan(values["cross_site_cos"]).all()
+        assert torch.allclose(values["att_local"], torch.ones(1, 3, dtype=torch.float64))
+    from nlanalysis.metrics.query_dependence import query_key_nmi
+
+    rows = torch.softmax(torch.randn(8, 1, 5, generator=gen), -1)  # eight images of one query each
+    assert torch.isnan(query_key_nmi(rows, 1, 5)).all()

@@ -150,12 +150,14 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str, notes: list
             raise ValueError(f"the config ({source}) sets the backbone's {name}={tuple(given)}: only mmdetection's default "
                              f"{default} is rebuilt (layer1..layer{last} here)")  # fmt: skip
     declared: list[tuple[str, str, tuple | None, dict[str, Any], str]] = []  # type, attr, stages, options, position
+    said: dict[int, set[str]] = {}  # per declaration, the settings its config states (not left to a default)
     for plugin in backbone.get("plugins") or []:
         pcfg = dict(plugin.get("cfg", {}))
         kind = pcfg.pop("type", "")
         kind = _SAME_TYPE.get(kind, kind)
         attr = _ABBR.get(kind, kind) + str(pcfg.pop("postfix", plugin.get("postfix", "")))
         declared.append((kind, attr, plugin.get("stages"), _plugin_options(kind, pcfg), plugin.get("position", "after_conv3")))
+        said[len(declared) - 1] = {*pcfg, *(["position"] if "position" in plugin else [])}
     if isinstance(backbone.get("gcb"), dict):
         declared.append(("ContextBlock", "context_block", backbone.get("stage_with_gcb"), _plugin_options("ContextBlock", backbone["gcb"]), "after_conv3"))
     if isinstance(backbone.get("ct"), dict):
@@ -167,7 +169,10 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str, notes: list
             options["ratio"] = ct["ratio"]
         position = _GCNET_POSITIONS.get(ct.get("insert_pos", "after_1x1"), "after_conv3")
         declared.append(("ContextBlock", "context_block", backbone.get("stage_with_ct"), options, position))
-    for kind, attr, stages, options, position in declared:
+    for i, (kind, attr, stages, options, position) in enumerate(declared):
+        # a setting the config leaves out is its library's default, unless an entry was left out as not literal-like
+        # (then it may have been that setting: its note stays); gcb/ct declarations state their position
+        given = tuple(_ASSUMED) if not skipped else tuple(g for g in _ASSUMED if g in said.get(i, {"position"}))
         if kind not in _ABBR:
             notes.append(f"{source}: plugin {kind} ({attr}) is not an NL/GC block; ignored")
             continue
@@ -184,7 +189,7 @@ def apply_config(arch: ResNetArch, cfg: dict[str, Any], source: str, notes: list
                 raise ValueError(f"the config ({source}) says {block.name} is a {kind}, the keys say {block.type}")
             block.options.update(options)
             block.position = position
-            drop_assumed(notes, arch.prefix + block.name)  # what the config leaves out is its library's default
+            drop_assumed(notes, arch.prefix + block.name, given)
     if declared:
         notes.append(f"options and positions of configured blocks from {source}")
 

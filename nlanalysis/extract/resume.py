@@ -212,8 +212,11 @@ def _refuse_other_pictures(store: RunStore, done: list[ImageItem]) -> None:
         except (OSError, ValueError):
             continue
         if want and item.path and os.path.isfile(item.path):
-            if os.path.getsize(item.path) != want.get("size") or sha256_file(item.path) != want.get("sha256"):
-                other.append(item)
+            try:
+                if os.path.getsize(item.path) != want.get("size") or sha256_file(item.path) != want.get("sha256"):
+                    other.append(item)
+            except OSError:  # unreadable now (permissions, I/O): done already, it is not read again; not compared
+                continue
     if other:
         raise ValueError(f"{store.root}: {len(other)} of its {len(done)} done images were measured on other files than those "
                          f"now under their names, first {other[0].path} (sha256 differs from the one recorded when it was measured): "

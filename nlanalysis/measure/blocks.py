@@ -379,10 +379,10 @@ class _RowSums:
         stop = start + rows.shape[1]
         if self.kmask is not None:
             rows = rows * self.kmask[:, None, :]
-        rows = _flushed(rows)
+        rows, peak = _flushed(rows)
         m = self.qmask[:, start:stop] if self.qmask is not None else None
         self.acc.update(rows, m)
-        ok = _counted(rows, m)
+        ok = peak > 0 if m is None else (peak > 0) & m  # as _counted, from the peaks just taken
         self.row_ok[:, start:stop] = ok
         self.sums[2] += ok.sum(1)
         if self.nonnegative:
@@ -468,11 +468,15 @@ def _tiny(rows: Tensor) -> float:
     return torch.finfo(torch.float32).tiny if rows.is_floating_point() else 1
 
 
-def _flushed(rows: Tensor) -> Tensor:
-    """``rows`` with each weight below float32's smallest normal number (1.2e-38) set to 0, as the native kernels flush
-    them: a query whose softmax puts all its mass on padding keeps only such weights on the image, and eager and
-    native then both count it as an all-zero row (it was kept by one and dropped by the other)."""
-    return rows.masked_fill(rows.abs() < _tiny(rows), 0) if rows.is_floating_point() else rows
+def _flushed(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``rows`` with each row whose every weight is below float32's smallest normal number (1.2e-38) set to 0, and each
+    row's largest absolute weight: the native kernels flush such weights, so a query whose softmax puts all its mass on
+    padding keeps nothing on the image, and eager and native both count it as an all-zero row (it was kept by one and
+    dropped by the other). Rows with a normal weight are left as they are (their subnormal weights move no statistic
+    above float32 rounding); one pass for the peaks, a copy only where such a row exists."""
+    peak = rows.abs().amax(-1)
+    low = (peak > 0) & (peak < _tiny(rows))
+    return (rows * ~low[..., None] if bool(low.any()) else rows), torch.where(low, 0, peak)
 
 
 def _zero_vectors(v: Tensor, mask: Tensor | None) -> Tensor:

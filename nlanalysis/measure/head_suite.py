@@ -332,7 +332,8 @@ class HeadSuite:
             p_k = p_k * self.km_sp[:, 0]
         h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
         mutual = (h_k - self.entropy / n_q).clamp_min(0.0)
-        out["qk_nmi"] = (mutual / torch.sqrt(torch.log(n_q) * h_k)).cpu()
+        defined = (n_q >= 2) & (h_k > 0)  # one query (log n_q = 0) or one key: no information to share (NaN, not +-inf)
+        out["qk_nmi"] = torch.where(defined, mutual / torch.sqrt(torch.log(n_q) * h_k).clamp_min(1e-300), math.nan).cpu()
         if self.where is not None:
             out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
             uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)

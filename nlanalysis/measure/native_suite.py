@@ -137,7 +137,8 @@ def _numpy_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[
             p_k = s.p_k.numpy() / n_q[..., None]
             h_k = -np.where(p_k == 0, 0.0, p_k * np.log(p_k)).sum(-1)  # xlogy(p, p)
             mutual = np.maximum(h_k - sums[0] / n_q, 0.0)  # I >= 0 exactly; the clamp removes round-off
-            out["qk_nmi"][...] = mutual / np.sqrt(np.log(n_q) * h_k)
+            defined = (n_q >= 2) & (h_k > 0)  # one query (log n_q = 0) or one key: NaN, not +-inf
+            out["qk_nmi"][...] = np.where(defined, mutual / np.sqrt(np.maximum(np.log(n_q) * h_k, 1e-300)), np.nan)
             if s.query_pos is not None:
                 n_k = km[:, s.spatial_from :].sum(-1, keepdims=True)
                 out["att_distance_px"][...], out["att_local"][...] = sums[1] / n_q, sums[2] / n_q

@@ -292,7 +292,8 @@ class NMISums:
         p_k = self.p_k / n_q[:, None]
         h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
         mutual = (h_k - self.row_entropy / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
-        return mutual / torch.sqrt(torch.log(n_q) * h_k)
+        defined = (n_q >= 2) & (h_k > 0)  # one query (log n_q = 0) or one key: NaN, not +-inf
+        return torch.where(defined, mutual / torch.sqrt(torch.log(n_q) * h_k).clamp_min(1e-300), math.nan)
 
 
 class DistanceSums:
