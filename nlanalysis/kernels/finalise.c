@@ -182,8 +182,8 @@ static void columns_spatial(const double *sums, const double *p_k, int64_t has_p
             mutual = mutual > 0.0 ? mutual : 0.0; /* I >= 0 exactly: the clamp removes round-off */
             const double den = log(n_q) * h_k;
             double *nmi = out + at[0] * BM + j;
-            if (den > 0.0) *nmi = mutual / sqrt(den);
-            else if (den == 0.0 && mutual > 0.0) fin_inf(nmi); /* x / 0 (n_q = 1 or one key); 0 / 0 stays NaN */
+            /* one query (log n_q = 0) or one key (H(k) = 0): no information to share, NaN as in the reference */
+            if (n_q >= 2.0 && h_k > 0.0) *nmi = mutual / sqrt(den > 1e-300 ? den : 1e-300);
             if (has_pos) {
                 out[at[1] * BM + j] = sums[BM + j] / n_q;
                 out[at[2] * BM + j] = sums[2 * BM + j] / n_q;
