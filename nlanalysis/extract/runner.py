@@ -417,7 +417,7 @@ def _too_small(one: Loaded, rows: pd.DataFrame) -> str | None:
     )
 
 
-def _save_maps(file: Any, *, layers: list[LayerMaps], one: Loaded, input_size: tuple[int, int]) -> None:
+def _save_maps(file: Any, image_sha256: str | None, *, layers: list[LayerMaps], one: Loaded, input_size: tuple[int, int]) -> None:
     p = one.prep
     save_image_maps(
         file, image_id=one.item.image_id, blocks=[m.name for m in layers], maps=[m.maps for m in layers], cells=[m.cells for m in layers],
@@ -425,5 +425,5 @@ def _save_maps(file: Any, *, layers: list[LayerMaps], one: Loaded, input_size: t
         query_yx=one.queries if one.queries is not None else np.zeros((0, 2)),
         query_label=one.query_label if one.query_label is not None else np.zeros(0, dtype=np.int64),
         scale=p.scale, size=p.size, original_size=p.original_size, input_size=input_size, offset=p.offset,
-        file_sha256=sha256_file(one.item.path) if one.item.path and Path(one.item.path).is_file() else None,
+        file_sha256=image_sha256,  # the store's hash of the image file (RunStore.write_done)
     )  # fmt: skip

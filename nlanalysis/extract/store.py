@@ -235,16 +235,17 @@ class RunStore:
                 if len(parts) == 4 and parts[0] in keys and not _running(parts[2]):
                     p.unlink(missing_ok=True)
 
-    def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any], None] | None = None, image: str | None = None) -> None:
-        """Write one done image: its maps (``save(file)`` writes the npz into an open binary file),
-        the checks of its files (and of the image file measured, ``image``: a resume on other pictures under the
-        same names is refused, :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
+    def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any, str | None], None] | None = None,
+                   image: str | None = None) -> None:  # fmt: skip
+        """Write one done image: its maps (``save(file, image_sha256)`` writes the npz into an open binary file), the
+        checks of its files (and of the image file measured, ``image``, hashed once for both: a resume on other pictures
+        under the same names is refused, :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
         checks: dict[str, Any] = {}
         if image is not None and os.path.isfile(image):
             checks[IMAGE_CHECK] = {"size": os.path.getsize(image), "sha256": sha256_file(image)}
         if save is not None:
             with atomic_write(self.maps_path(key), "wb") as f:
-                save(f)
+                save(f, checks[IMAGE_CHECK]["sha256"] if IMAGE_CHECK in checks else None)
             checks[f"maps/{key}.npz"] = _file_check(self.maps_path(key).read_bytes())
         data = rows.to_csv(index=False).encode()
         checks[f"parts/{key}.csv"] = _file_check(data)

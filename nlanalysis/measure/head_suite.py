@@ -36,6 +36,7 @@ from torch import Tensor
 from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums, workspace
 from ..metrics.cosine import distance_from_sum
+from ..metrics.query_dependence import normalised_mi
 from ..metrics.threads import statistics_threads
 from .head_rows import head_source, native_chunk
 from .native_suite import head_suite_sums, suite_columns
@@ -331,9 +332,7 @@ class HeadSuite:
         if self.km_sp is not None:
             p_k = p_k * self.km_sp[:, 0]
         h_k = -torch.special.xlogy(p_k, p_k).sum(-1)
-        mutual = (h_k - self.entropy / n_q).clamp_min(0.0)
-        defined = (n_q >= 2) & (h_k > 0)  # one query (log n_q = 0) or one key: no information to share (NaN, not +-inf)
-        out["qk_nmi"] = torch.where(defined, mutual / torch.sqrt(torch.log(n_q) * h_k).clamp_min(1e-300), math.nan).cpu()
+        out["qk_nmi"] = normalised_mi(h_k, self.entropy / n_q, n_q).cpu()
         if self.where is not None:
             out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
             uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)

@@ -35,6 +35,7 @@ __all__ = [
     "SignedSums",
     "attention_distance",
     "cross_site_similarity",
+    "normalised_mi",
     "query_key_nmi",
     "row_chunks",
     "signed_map_stats",
@@ -291,9 +292,16 @@ class NMISums:
         n_q = self.st.query_mask.sum(dim=-1).to(torch.float64)
         p_k = self.p_k / n_q[:, None]
         h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
-        mutual = (h_k - self.row_entropy / n_q).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
-        defined = (n_q >= 2) & (h_k > 0)  # one query (log n_q = 0) or one key: NaN, not +-inf
-        return torch.where(defined, mutual / torch.sqrt(torch.log(n_q) * h_k).clamp_min(1e-300), math.nan)
+        return normalised_mi(h_k, self.row_entropy / n_q, n_q)
+
+
+def normalised_mi(h_k: Tensor, mean_row_entropy: Tensor, n_q: Tensor) -> Tensor:
+    """``I / sqrt(log(n_q) H(k))`` with ``I = H(k) - mean row entropy`` (broadcasting): NaN where it is undefined, one
+    query (``log n_q = 0``) or one key (``H(k) = 0``), not the ``+-inf`` of ``x / 0`` (``x / -0.0`` where ``H(k)``
+    rounds below 0)."""
+    mutual = (h_k - mean_row_entropy).clamp_min(0.0)  # I >= 0 exactly; the clamp removes round-off
+    defined = (n_q >= 2) & (h_k > 0)
+    return torch.where(defined, mutual / torch.sqrt(torch.log(n_q) * h_k).clamp_min(1e-300), math.nan)
 
 
 class DistanceSums:
