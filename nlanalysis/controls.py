@@ -17,7 +17,8 @@ The words follow the reading rules of ``reports/controls/PLAN.md``, fixed before
 4. the lifts against their locality control (result sets extracted with ``--locality-control``; PLAN.md,
    session 15, 02:50, fixed before the control was built, in the ratio form of 02:55): ``own_object_lift_objects_vs_local`` and ``same_category_lift_vs_local`` whose interval
    lies above 1: "above its locality control", below 1: "below its locality control", else "not
-   distinguishable from locality"; images whose control lift is below 1e-3 (its Gaussian tail, not its locality,
+   distinguishable from locality" (for a map shared by every query, GC/SNL, the line says that its lift is 1
+   by construction: the ratio then reads only the control); images whose control lift is below 1e-3 (its Gaussian tail, not its locality,
    would set the ratio; fixed in session 16 before any such set was read) are left out and counted;
 5. the gate: ``embedded_gaussian`` better than both ``gc`` and ``snl`` on ``query-specific`` (seed-paired
    mIoU margins whose 95% intervals lie above 0); the answer: yes when the gate holds and
@@ -42,6 +43,8 @@ __all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", 
 DESIGNS = ("query-specific", "query-specific-v2", "query-specific-v3", "independent", "shared")  # v2, v3: PLAN.md revisions
 REFERENCES = ("baseline", "gc", "snl")
 GATE_VARIANT = "embedded_gaussian"
+#: seeds per variant and design (PLAN.md's grid): the gate is decided on all of them, not on the first to finish
+PLAN_SEEDS = 3
 #: the attention statistics the report tables, as the issue lists them
 ATTENTION_STATS = (
     "input", "output", "att", "ctrl_form_att", "logit_rank1", "att_gain_only", "gain_only_tv", "unary_var_share",
@@ -92,21 +95,24 @@ def read_attention(row: pd.Series) -> list[str]:
                 _side(r_low, r_high)]  # fmt: skip
             # four digits: an interval that just excludes 1 ([1.001, 1.71]) must not print as one that touches it
             unread = int(row.get(f"{ratio}_unread", 0) or 0)
-            left = f"; {unread} of {_count(row, lift)} images without a readable control" if unread else ""
-            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}]{left}{_zeros(row, lift)})")
+            left = f"; {unread} of {_count(row, lift)} image results without a readable control" if unread else ""
+            shared = ("; one map for every query: its lift is 1 by construction, the ratio is 1 over the control's lift"
+                      if bool(row.get("query_independent", False)) else "")  # fmt: skip
+            words.append(f"{lift} {where} (ratio {row[ratio]:.4g} [{r_low:.4g}, {r_high:.4g}]{left}{_zeros(row, lift)}{shared})")
     return words
 
 
 def _count(row: pd.Series, lift: str) -> int:
-    """The images with a value of ``lift`` in ``row``'s group (:func:`attention_summary`'s ``{lift}_images``)."""
+    """The image results (an image once per seed) with a value of ``lift`` in ``row``'s group
+    (:func:`attention_summary`'s ``{lift}_images``)."""
     return int(row.get(f"{lift}_images", 0) or 0)
 
 
 def _zeros(row: pd.Series, lift: str) -> str:
-    """``"; K of M images with lift 0 left out"`` where the group has lifts of 0 (no log: out of every geometric mean
-    of the lift and of its ratios), else ``""``."""
+    """``"; K of M image results with lift 0 left out"`` (an image counts once per seed) where the group has lifts of
+    0 (no log: out of every geometric mean of the lift and of its ratios), else ``""``."""
     zeros = int(row.get(f"{lift}_zero", 0) or 0)
-    return f"; {zeros} of {_count(row, lift)} images with lift 0 left out" if zeros else ""
+    return f"; {zeros} of {_count(row, lift)} image results with lift 0 left out" if zeros else ""
 
 
 def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -136,13 +142,15 @@ def _has_records(folder: str | os.PathLike[str]) -> bool:
 
 def gate(training: pd.DataFrame) -> tuple[bool | None, str]:
     """The PLAN's gate on a ``query-specific`` :func:`training_table`: ``(holds, sentence)``; ``None`` while
-    it cannot be decided (a reference or the gate variant missing, or fewer than 2 paired seeds)."""
+    it cannot be decided (a reference or the gate variant missing, or fewer than the plan's :data:`PLAN_SEEDS`
+    paired seeds)."""
     row = training[training.variant == GATE_VARIANT]
     parts, verdicts = [], []
     for ref in ("gc", "snl"):
         col = f"margin_vs_{ref}"
-        if row.empty or col not in training or math.isnan(float(row[f"margin_low_vs_{ref}"].iloc[0])):
-            return None, f"gate not decided yet: {GATE_VARIANT} vs {ref} needs 2 or more paired seeds"
+        if (row.empty or col not in training or math.isnan(float(row[f"margin_low_vs_{ref}"].iloc[0]))
+                or int(row[f"pairs_vs_{ref}"].iloc[0]) < PLAN_SEEDS):  # fmt: skip
+            return None, f"gate not decided yet: {GATE_VARIANT} vs {ref} needs the plan's {PLAN_SEEDS} paired seeds"
         r = row.iloc[0]
         parts.append(f"{GATE_VARIANT} - {ref} {format_ci(r[col], r[f'margin_low_vs_{ref}'], r[f'margin_high_vs_{ref}'])}"
                      f" mIoU (p = {r[f'margin_p_vs_{ref}']:.3g})")  # fmt: skip
@@ -230,7 +238,8 @@ def _not_at_plateau(training: pd.DataFrame, variant: str) -> str:
     row = training[training.variant == variant]
     if "plateau" not in training or row.empty or pd.isna(row.plateau.iloc[0]) or bool(row.plateau.iloc[0]):
         return ""
-    return ", not at plateau"
+    r = row.iloc[0]
+    return ", not at plateau" + ("" if int(r.pairs) >= int(r.seeds) else f" ({int(r.pairs)} of {int(r.seeds)} seeds)")
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:

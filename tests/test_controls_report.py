@@ -93,9 +93,9 @@ def test_the_reading_counts_images_without_a_readable_control_and_lifts_of_0_apa
     counts = [row[f"same_category_lift{k}"] for k in ("_vs_local_read", "_vs_local_unread", "_zero", "_images")]
     assert counts == [7, 2, 1, 10]
     words = read_attention(row)
-    assert words[0].endswith("; 1 of 10 images with lift 0 left out)"), words  # rule 1: the lift's own geometric mean
+    assert words[0].endswith("; 1 of 10 image results with lift 0 left out)"), words  # rule 1: the lift's own geometric mean
     ratio = [w for w in words if w.startswith("same_category_lift")]
-    assert len(ratio) == 1 and ratio[0].endswith("; 2 of 10 images without a readable control; 1 of 10 images with lift 0 left out)")
+    assert len(ratio) == 1 and ratio[0].endswith("; 2 of 10 image results without a readable control; 1 of 10 image results with lift 0 left out)")
     own = [w for w in words if w.startswith("own_object_lift_objects")]
     assert len(own) == 1 and "left out" not in own[0] and "readable" not in own[0]
 
@@ -130,10 +130,21 @@ def test_a_result_set_whose_seed_is_not_known_is_refused(tmp_path):
 def test_a_variant_off_its_plateau_is_marked_on_its_attention_line_too():
     from nlanalysis.controls import _not_at_plateau
 
-    training = pd.DataFrame({"variant": ["gc", "snl", "se"], "plateau": [False, True, None]})
+    training = pd.DataFrame({"variant": ["gc", "snl", "se"], "plateau": [False, True, None], "pairs": 3, "seeds": 3})
     assert _not_at_plateau(training, "gc") == ", not at plateau"
     assert _not_at_plateau(training, "snl") == _not_at_plateau(training, "se") == _not_at_plateau(training, "pooled_fc") == ""
     assert _not_at_plateau(training.drop(columns="plateau"), "gc") == ""
+    # mid-batch: a verdict read from 1 of 3 seed pairs says so, as the training table does
+    assert _not_at_plateau(training.assign(pairs=1), "gc") == ", not at plateau (1 of 3 seeds)"
+
+
+def test_a_shared_maps_locality_ratio_says_that_its_lift_is_1_by_construction():
+    """GC/SNL's one map gives a lift of 1; its ratio to the locality control is 1 over the control's lift and may lie
+    just above 1: the line says where that comes from."""
+    row = _row(variant="gc", same_category_lift=(1.0, 1.0, 1.0), same_category_lift_vs_local=(1.006, 1.004, 1.009))
+    shared = read_attention(pd.concat([row, pd.Series({"query_independent": True})]))[-1]
+    assert shared.startswith("same_category_lift above its locality control") and "lift is 1 by construction" in shared
+    assert "by construction" not in read_attention(row)[-1]
 
 
 def test_an_infinite_value_is_left_out_of_its_summary():
@@ -165,6 +176,10 @@ def test_gate_and_answer_follow_the_plan(tmp_path):
     assert holds is False and answer(holds, None).startswith("No valid positive control")
     _grid(tmp_path / "c", {"baseline": [0.3], "gc": [0.3], "snl": [0.3], "embedded_gaussian": [0.4]})
     assert gate(training_table(tmp_path / "c"))[0] is None
+    # two of the plan's three seeds give an interval, but the gate waits for the third
+    _grid(tmp_path / "d", {"baseline": [0.30, 0.40], "gc": [0.31, 0.41], "snl": [0.30, 0.41], "embedded_gaussian": [0.40, 0.52]})
+    holds, sentence = gate(training_table(tmp_path / "d"))
+    assert holds is None and "3 paired seeds" in sentence
 
 
 def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(tmp_path):

@@ -106,6 +106,18 @@ def test_summarise_table1_numbers_unchanged_by_the_engine():
     assert row["att_high"] == pytest.approx(min(high, 2.0)) and row["seeds"] == 2 and row["images"] == 6
 
 
+def test_a_statistic_missing_for_a_seed_is_over_the_other_seeds_and_the_ci_text_says_so():
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"variant": "v", "block": "b", "label": np.repeat(["s0", "s1", "s2"], 4), "seed": np.repeat([0.0, 1.0, 2.0], 4),
+                          "image_id": np.tile(np.arange(4), 3), "att": rng.uniform(0, 1, 12), "output": rng.uniform(0.5, 0.52, 12)})  # fmt: skip
+    frame.loc[frame.seed == 2, "output"] = math.nan
+    row = summarise(frame, by=("variant",), stats=("att", "output")).iloc[0]
+    mean, low, high = _t(frame[frame.seed < 2].groupby("seed")["output"].mean())  # df = 1: two seed means
+    assert (row["output"], row["output_low"], row["output_high"]) == pytest.approx((mean, low, high), rel=1e-12)  # not cut at [0, 2]
+    assert row["seeds"] == 3 and row["ci"] == "95% t over 3 seed means (images within seeds); output over 2 of them"
+    assert summarise(frame, by=("variant",), stats=("att",)).iloc[0]["ci"] == "95% t over 3 seed means (images within seeds)"
+
+
 def test_geometric_columns_are_the_exponentiated_t_interval_of_the_logs():
     rng = np.random.default_rng(3)
     lifts = np.exp(rng.normal(0.2, 0.4, size=8))

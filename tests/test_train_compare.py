@@ -122,3 +122,9 @@ def test_the_plateau_rule_is_not_read_from_one_seed():
     """Its threshold is the sd over seeds (floored at 0.01): one seed has none, so no verdict (it read True or False)."""
     table = plateau(_runs("a", [0.30], seeds=(0,)), _runs("a", [0.35], seeds=(0,))).set_index("variant")
     assert table.loc["a", "plateau"] is None and math.isnan(table.loc["a", "threshold"]) and table.loc["a", "gain"] == pytest.approx(0.05)
+
+
+def test_a_long_run_without_a_result_is_no_pair_of_the_plateau_rule():
+    """A NaN mIoU (a failed run) is left out of the gain and of the pairs that the table counts."""
+    table = plateau(_runs("a", [0.30, 0.31, 0.32]), _runs("a", [0.35, math.nan, math.nan])).set_index("variant")
+    assert table.loc["a", "pairs"] == 1 and table.loc["a", "gain"] == pytest.approx(0.05)

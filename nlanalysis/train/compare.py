@@ -137,8 +137,8 @@ def plateau(short: Sequence[TrainResult], long: Sequence[TrainResult], min_gain:
     rows = []
     for variant, runs in a.groupby("variant", sort=False):
         s = runs.set_index("seed").miou
-        l_ = b[b.variant == variant].set_index("seed").miou
-        seeds = s.index.intersection(l_.index)
+        l_ = b[b.variant == variant].set_index("seed").miou.dropna()  # a failed long run is no pair
+        seeds = s.dropna().index.intersection(l_.index)
         gain = float((l_[seeds] - s[seeds]).mean()) if len(seeds) else math.nan
         sd = float(s.std()) if len(s) > 1 else math.nan  # one seed has no spread: the rule cannot be read yet
         threshold = max(min_gain, sd) if not math.isnan(sd) else math.nan
