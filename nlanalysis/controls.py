@@ -35,6 +35,7 @@ import pandas as pd
 
 from .tables import LOCALITY_RATIOS, format_ci, summarise, with_locality_ratios
 from .train.compare import load_results, paired_margins, plateau
+from .train.variants import ALL_VARIANTS, block_parameters
 from .report.meta import load_runs
 
 __all__ = ["ATTENTION_STATS", "DESIGNS", "answer", "attention_summary", "gate", "read_attention", "training_table",
@@ -128,6 +129,7 @@ def training_table(short: str | os.PathLike[str], long: str | os.PathLike[str] |
         table = m[["variant", "seeds", "miou", "miou_sd", "seconds_per_run"]].merge(part) if table is None else table.merge(part)
     if table is None:
         raise NoReferenceYet(f"{short}: none of {REFERENCES} trained yet, nothing to pair with")
+    table.insert(1, "block_params", [block_parameters(v) if v in ALL_VARIANTS else math.nan for v in table.variant])
     if long is not None and _has_records(long):
         table = table.merge(plateau(results, load_results(long))[["variant", "pairs", "gain", "threshold", "plateau"]],
                             how="left")  # fmt: skip
@@ -200,10 +202,12 @@ def attention_summary(extracts: list[Path]) -> pd.DataFrame:
 
 def _training_markdown(t: pd.DataFrame) -> str:
     refs = [r for r in REFERENCES if f"margin_vs_{r}" in t]
-    head = ["variant", "seeds", "mIoU (sd)", *(f"vs {r}" for r in refs), "min / run"] + (["plateau"] if "plateau" in t else [])
+    head = (["variant", "block params", "seeds", "mIoU (sd)", *(f"vs {r}" for r in refs), "min / run"]
+            + (["plateau"] if "plateau" in t else []))  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in t.iterrows():
-        cells = [r.variant, str(int(r.seeds)), f"{r.miou:.3f} ({r.miou_sd:.3f})" if not math.isnan(r.miou_sd) else f"{r.miou:.3f}"]
+        params = "–" if pd.isna(r.block_params) else f"{int(r.block_params):,}"
+        cells = [r.variant, params, str(int(r.seeds)), f"{r.miou:.3f} ({r.miou_sd:.3f})" if not math.isnan(r.miou_sd) else f"{r.miou:.3f}"]
         for ref in refs:
             if r.variant == ref:
                 cells.append("–")

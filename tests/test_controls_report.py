@@ -192,7 +192,7 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     assert table.loc["baseline", "plateau"] and not table.loc["gc", "plateau"]
     text = write_controls_report(tmp_path / "g", tmp_path / "out").read_text()
     assert "## The answer" in text and "NO (+0.080)" in text and "## independent\n\nNot trained yet." in text
-    assert "| gc | 3 | 0.330 (0.010) | -0.07 [" in text
+    assert "| gc | 2,225 | 3 | 0.330 (0.010) | -0.07 [" in text
     assert (tmp_path / "out" / "query-specific_training.csv").is_file()
     # the 24-epoch records as the repository keeps them (flat, no runs/ folder), one seed of gc still training
     kept = tmp_path / "kept" / "query-specific_e24"
@@ -206,9 +206,9 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     for record in (tmp_path / "g" / "query-specific_e12" / "runs").glob("*.json"):
         (tmp_path / "kept" / "query-specific_e12" / record.name).write_text(record.read_text())
     text = write_controls_report(tmp_path / "kept", tmp_path / "out2").read_text()
-    assert "NO (+0.080) (2 of 3 seeds)" in text and "| baseline | 3 |" in text
+    assert "NO (+0.080) (2 of 3 seeds)" in text and "| baseline | 0 | 3 |" in text
     # the 24-epoch grid's own table and the gate's second reading, beside the first
-    assert "24-epoch finals (5 of 27 runs: the grid is still training; a second reading" in text and "| gc | 2 | 0.405 (0.007) |" in text
+    assert "24-epoch finals (5 of 27 runs: the grid is still training; a second reading" in text and "| gc | 2,225 | 2 | 0.405 (0.007) |" in text
     assert "12-epoch finals (6 of 27 runs: the grid is still training)" in text
     assert "Gate at 24 epochs (the second reading; the answer above keeps the 12-epoch one): gate not decided yet" in text
 
@@ -264,7 +264,7 @@ def test_the_report_reads_the_numbers_kept_in_the_repository(tmp_path, monkeypat
     monkeypatch.setattr(controls, "attention_summary", lambda paths: seen.extend(p.name for p in paths))
     text = write_controls_report(tmp_path / "kept", tmp_path / "out").read_text()
     assert sorted(seen) == ["embedded_gaussian_s0", "gc_s1"]
-    assert "On `query-specific-v2`: The gate holds" in text and "| gc | 3 | 0.410 (0.100) |" in text
+    assert "On `query-specific-v2`: The gate holds" in text and "| gc | 2,225 | 3 | 0.410 (0.100) |" in text
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         load_results(tmp_path / "out")
 
@@ -279,3 +279,12 @@ def test_a_longer_grid_of_two_jobs_is_raised_not_skipped_as_not_started(tmp_path
     _record_run(tmp_path / "query-specific-v2_e24", TrainResult("baseline", 0, 0.3, 0.9, 60.0), TrainConfig(seed=0, lr=0.01), "data")
     with pytest.raises(ValueError, match="embedded_gaussian_s0.json: trained with other settings than .*baseline_s0.json"):
         write_controls_report(tmp_path, tmp_path / "out")
+
+
+def test_the_training_table_counts_each_blocks_parameters_on_a_built_model(tmp_path):
+    """The extra parameters of a variant's block, counted here by hand from its layers' shapes (C = 64)."""
+    _grid(tmp_path / "p", {"baseline": [0.3, 0.4, 0.5], "gc": [0.3, 0.4, 0.5], "pooled_fc": [0.3, 0.4, 0.5], "se": [0.3, 0.4, 0.5]})
+    params = training_table(tmp_path / "p").set_index("variant").block_params
+    c, h = 64, 16
+    gc = (c + 1) + (c * h + h) + 2 * h + (h * c + c)  # key mask conv, transform conv, LayerNorm, conv back
+    assert params.to_dict() == {"baseline": 0, "gc": gc, "pooled_fc": c * c + c, "se": (c * h + h) + (h * c + c)}

@@ -27,16 +27,21 @@ random, independent of classes). Items of both groups are placed at random, inte
 local window sees a mix of both groups. A corrupted item is recognisable only from the other
 items of its own group: the items of the other group show the other look-alike class.
 
-Why a query-independent block (GC, SNL, SE, the pooled-FC residual) cannot carry what is needed
-while an NL or PAM block can: a query-independent block gives every position the same vector
-``c = sum_j a_j f(x_j)``. Pooling class features mixes both groups: ``c`` tells which two
-classes the scene holds -- two look-alikes, so it helps little -- but not which belongs to which
-tint. ``c`` carries that binding only if ``f`` encodes class and hue jointly (a class x hue table,
-8 classes x hue bins, hues random per scene) and the block's bottleneck keeps it (16 channels for
-GC and SE here). An NL/PAM block needs no such table: with queries and keys that encode the tint,
-``softmax_j(q_i . k_j)`` puts query i's weight on the items of its own group, and the values
-``g(x_j)`` bring their class to i directly. The design makes the binding necessary; it does not
-make a global code impossible, so the trained margins, not this argument, are the evidence.
+What a query-independent block (GC, SNL, SE, the pooled-FC residual) can and cannot carry: it
+gives every position the same vector ``c = sum_j a_j f(x_j)``. Pooling class features mixes both
+groups: ``c`` cannot say which class belongs to which tint unless ``f`` encodes class and hue
+jointly (a class x hue table, 8 classes x hue bins, hues random per scene) and the block's
+bottleneck keeps it (16 channels for GC and SE here). But ``c`` can say which two classes the scene
+holds, and that is worth more than the design assumed (it said "two look-alikes, so it helps
+little"): in the pilot's check (``reports/controls/pilot.py``, v2's scenes,
+``reports/controls/pilot_v2_classset.csv``) an item classified alone is right 43.6% of the time,
+by its own group's vote 58.4%, and restricted to the scene's two true classes 72.0%. (The same
+classifier's own estimate of the pair, the scene sum's top two, gives 43.6%: what a shared context
+gains depends on how well it estimates the pair.) An NL/PAM block needs no table: with queries and
+keys that encode the tint, ``softmax_j(q_i . k_j)`` puts query i's weight on the items of its own
+group, and the values ``g(x_j)`` bring their class to i directly. So the design rewards
+query-specific context but does not deny a shared context a large gain; the trained margins, not
+this argument, are the evidence.
 
 A check of how much context helps (a small 3-conv CNN trained for 3 epochs on single-item crops
 of 4,000 train scenes, tested on 1,000 val scenes): with the default corruption it labels 52% of

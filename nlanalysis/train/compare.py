@@ -2,7 +2,9 @@
 
 A training folder (``nlanalysis train --out OUT``) records each finished run in ``OUT/runs/*.json``;
 :func:`load_results` reads them back. :func:`paired_margins` compares every variant with the
-baseline seed by seed (the same seed gives both the same data order and initial trunk), with a
+baseline seed by seed (the same seed gives both the same training scenes and batch order; their trunks start
+alike only up to where the block is built: the block draws its initial weights from the same stream, so the layers
+built after it start from other draws), with a
 Student-t interval and a paired t-test over seeds; :func:`plateau` applies the plateau rule of
 ``reports/controls/PLAN.md`` to a short and a long schedule of the same grid.
 """

@@ -2,8 +2,9 @@
 
 Seeded and reproducible on the CPU: the seed fixes the initialisation (``torch.manual_seed``)
 and the batch order (its own ``torch.Generator``), and deterministic algorithms are on, so the
-same seed gives the same weights on one machine and torch build (another CPU sums floats in
-another order, and the weights drift apart: see the README's Training section). Snapshots are written in this project's checkpoint format at
+same seed gives the same weights on one machine and torch build with the same number of intra-op threads (torch's
+thread count, like another CPU, changes the order floats are summed in, and the weights drift apart: see the README's
+Training section; every run of ``reports/controls`` used torch's default of 2 threads on the 2-core machine). Snapshots are written in this project's checkpoint format at
 fractions of training (0 = initialisation), each with the held-out mIoU in its meta, so the
 analysis can follow query-independence through training.
 """

@@ -39,12 +39,13 @@ keep_set() {  # design result-set: keep its numbers (metrics.csv, run.json, imag
     mkdir -p "reports/controls/runs/$1/$(basename "$2")"
     cp "$2/metrics.csv" "$2/run.json" "$2/images.csv" "reports/controls/runs/$1/$(basename "$2")/"
 }
-kept() {  # name epochs variant seed: the run's record, and for a mapped 12-epoch final its result sets, are kept
-    local d=$1 e=$2 v=$3 s=$4 step
-    [ -f "reports/controls/runs/${d}_e$e/${v}_s$s.json" ] || return 1
-    if [ "$e" != 12 ] || ! mapped "$v"; then return 0; fi
+kept() {  # name epochs variant seed: the run's record is kept (a kept run is never trained again: its record is evidence)
+    [ -f "reports/controls/runs/${1}_e$2/${3}_s$4.json" ]
+}
+sets_kept() {  # name variant seed: a mapped 12-epoch final's result sets (the final and its snapshots) are kept
+    local step
     for step in "" _step282 _step564 _step846; do
-        [ -f "reports/controls/runs/$d/${v}_s$s$step/metrics.csv" ] || return 1
+        [ -f "reports/controls/runs/$1/${2}_s$3$step/metrics.csv" ] || return 1
     done
 }
 grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, the gate's variants first, each kept under
@@ -52,15 +53,23 @@ grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, t
     local design=$1 epochs=$2 name=$3 out keep s v
     out=runs/controls/${name}_e$epochs; keep=reports/controls/runs/${name}_e$epochs
     for v in $ORDER; do for s in 0 1 2; do
-        if kept "$name" "$epochs" "$v" "$s"; then mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"; continue; fi
-        train "$design" "$epochs" "$name" "${@:4}" --variants "$v" --seeds "$s"
-        mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
-        if [ "$epochs" = 12 ] && mapped "$v"; then extract_run "$name" "$v" "$s"; fi
+        if kept "$name" "$epochs" "$v" "$s"; then
+            mkdir -p "$out/runs"; cp "$keep/${v}_s$s.json" "$out/runs/"
+        else
+            train "$design" "$epochs" "$name" "${@:4}" --variants "$v" --seeds "$s"
+            mkdir -p "$keep"; cp "$out/runs/${v}_s$s.json" "$keep/"
+        fi
+        if [ "$epochs" = 12 ] && mapped "$v" && ! sets_kept "$name" "$v" "$s"; then
+            # its checkpoint where this checkout trained it (batch 1's v1 finals were never extracted: PLAN.md, the gate failed)
+            if [ -f "runs/controls/${name}_e12/checkpoints/${v}_s$s.pth" ]; then extract_run "$name" "$v" "$s"
+            else echo "$name $v s$s: run kept, result sets not kept and no checkpoint here to extract them from" >&2; fi
+        fi
     done; done
     train "$design" "$epochs" "$name" "${@:4}"  # every run recorded: training.csv and summary over all of them
     cp "$out/training.csv" "$keep/"
 }
-for batch in "${@:-1 2 3 4 5}"; do
+[ $# -gt 0 ] || set -- 1 2 3 4 5
+for batch in "$@"; do
     case "$batch" in
         1) grid query-specific 12 query-specific ;;
         2) grid query-specific 24 query-specific ;;
@@ -72,11 +81,13 @@ for batch in "${@:-1 2 3 4 5}"; do
         v2-48) grid query-specific 48 query-specific-v2 --num-items 4 10 ;;  # PLAN.md session 16, 05:50: v2 at 48 epochs, whole grid
         v3)  # PLAN.md, session 13: the marker check on v3's baseline seed 0 (val R^2 >= 0.5), then the batch
             out=runs/controls/query-specific-v3_e12
-            [ -f "$out/checkpoints/baseline_s0.pth" ] ||
-                train query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut --variants baseline --seeds 0
-            python reports/controls/marker_probe.py "$out/checkpoints/baseline_s0.pth" --require 0.5 \
-                --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
-                --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
+            if ! kept query-specific-v3 12 baseline 0; then  # kept: the check ran (marker_probe_v3.json); not run on a retrain
+                [ -f "$out/checkpoints/baseline_s0.pth" ] ||
+                    train query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut --variants baseline --seeds 0
+                python reports/controls/marker_probe.py "$out/checkpoints/baseline_s0.pth" --require 0.5 \
+                    --train-scenes "$out/data/train_query-specific_items4-10_3000_seed0" \
+                    --val-scenes nlanalysis/data/demo/scenes_val_query_specific_items4_10 --out reports/controls/marker_probe_v3.json
+            fi
             grid query-specific 12 query-specific-v3 --num-items 4 10 --image-shortcut ;;
         v3-planted|v3-planted-b|v3-planted-v|v3-planted-n|v3-planted-l)  # PLAN.md, session 13: the planted own-group block on v3's
             # embedded-Gaussian finals (seeds 0-2) with its negative: the random twin (v3-planted), the brightness twin
