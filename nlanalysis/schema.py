@@ -55,7 +55,8 @@ class Column:
         range: ``(low, high)`` of valid values (NaN is always allowed), or ``None``.
         sites: the sites that have it (:data:`NL`, :data:`VIT`).
         header: its Table 1 header, or ``None`` (not in Table 1).
-        unit: ``1-cos`` for cosine distances (whose upper bound halves under ``(1-cos)/2``), ``bits``, ...
+        unit: ``1-cos`` for cosine distances, each in the run's ``convention`` (all of them halve under ``(1-cos)/2``,
+            their upper bound with them: ``att`` and the suite's ``att_*`` distances alike), ``bits``, ...
         stored: written to ``metrics.csv`` (``False``: computed by a report from the same maps).
     """
 
@@ -171,7 +172,8 @@ REGISTRY: tuple[Column, ...] = (
        "control", _UNIT),
     _c("att_prefix_mass", "weight patch queries put on class/register tokens", "float", "stat", _UNIT, sites=_VIT),
     _c("query_independent", "one map serves every query by construction (GC, simplified NL): `att` = 0", "bool", "fact"),
-    _c("convention", "the cosine distance: `1-cos` (default, as scipy) or `(1-cos)/2`", "str", "fact"),
+    _c("convention", "the cosine distance of every `1-cos` column (`att`, `input`, `output`, the suite's `att_*`): `1-cos` "
+       "(default, as scipy) or `(1-cos)/2`", "str", "fact"),
     _c("input_space", "`block`: input/output are the residual stream; `attention`: the attention module's own", "str", "fact",
        sites=_VIT),
     _c("image_height", "height of the image file, pixels", "int", "image", _COUNT),
@@ -196,7 +198,8 @@ REGISTRY: tuple[Column, ...] = (
        "product: the term itself)", "float", "query", _DIST, header="att, pairwise only", unit="1-cos"),
     _c("att_abs", "`att` of the rows' absolute values (signed maps: dot product; NaN for non-negative maps, where it is `att`)",
        "float", "query", _DIST, unit="1-cos"),
-    _c("att_norm_weighted", "1 - mean cosine of query-map pairs weighted by their row norms (signed maps only)", "float", "query",
+    _c("att_norm_weighted", "1 - mean cosine of query-map pairs weighted by their row norms (signed maps only; halved under "
+       "`(1-cos)/2`, as every cosine distance)", "float", "query",
        _DIST, unit="1-cos"),
     _c("qk_nmi", "normalised query-key mutual information I(q;k)/sqrt(H(q)H(k)), uniform prior over queries (Park et al. "
        "2023; non-negative maps)", "float", "query", _UNIT, header="q-k NMI"),

@@ -160,7 +160,7 @@ def map_stats(att: LazyAttention, masks: BlockMasks, *, chunk_size: int = 256, j
         if sums is not None:
             from .native_suite import native_columns
 
-            columns = native_columns(sums, stats, m.kmask, att.scale)
+            columns = native_columns(sums, stats, m.kmask, att.scale, cos)
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, att.query_independent,
                      att.distribution and not att.query_independent, columns)  # fmt: skip
 
@@ -241,7 +241,7 @@ def measure_block(
         suite = given.suite
     if query_dependence != "off" and not suite:  # the maps' statistics came from their own pass (native, shared map)
         counted = row_ok.to(x.device) if row_ok is not None else masks.qmask
-        suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels)
+        suite, mass = suite_pass(block_maps(att, counted, masks.kmask, stride, chunk_size), query_dependence, labels, cos=cos)
     stats = SiteStats(
         **_feature_stats(x, context, masks.qmask, cos, kernels if given.softmax else "eager", output),
         **{k: v[:, None] for k, v in maps.items()},
@@ -261,7 +261,7 @@ def _suite_and_maps(att: LazyAttention, masks: BlockMasks, labels: ObjectLabels 
     object context; the maps' :class:`BlockMaps`, the suite's columns and the label mass."""
     passed = _RowSums(att, masks.qmask, masks.kmask, masks.n_key, masks.own, att.device)
     site = block_maps(att, passed.row_ok, masks.kmask, stride, chunk_size)  # row_ok: filled chunk by chunk in the pass
-    suite, mass = suite_pass(site, level, labels, headline=passed.update)
+    suite, mass = suite_pass(site, level, labels, headline=passed.update, cos=cos)
     stats, row_ok = _eager_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos, passed)  # fmt: skip
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok), suite, mass

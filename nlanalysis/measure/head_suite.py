@@ -298,17 +298,19 @@ class HeadSuite:
         self.cross[:, pick] += dots.sum(-1)
         self.cross_n[:, pick] += (ok[:, pick] & prev_ok[:, pick]).sum(-1)
 
-    def result(self) -> dict[str, Tensor]:
+    def result(self, cos: dict | None = None) -> dict[str, Tensor]:
         """``{column: [B, heads + 1]}`` float64 (CPU): :data:`~nlanalysis.measure.query_dep.COLUMNS` (those
-        the cheap suite leaves out NaN) and ``cross_site_cos``; sets :attr:`rows`."""
+        the cheap suite leaves out NaN) and ``cross_site_cos``; sets :attr:`rows`. ``cos``: the run's ``convention``
+        and ``zero`` (default ``"1-cos"``, ``"exclude"``), which ``att_pairwise_only`` follows as ``att`` does."""
         att = self.att
         if self.fed != att.n_query:
             raise RuntimeError(f"the suite was fed {self.fed} of {att.n_query} patch queries")
         b, m = att.batch_size, self.maps
         if self.native is not None:  # cross_site_cos too where the kernel compared the rows
-            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale, cross=self.kernel_rows)
+            out = suite_columns(self.native, self.km[:, 0, 0] if self.km is not None else None, att.scale, cross=self.kernel_rows,
+                                cos=cos)  # fmt: skip
         else:
-            out = self._columns()
+            out = self._columns(cos or {})
         if CROSS_SITE not in out:
             cross = nans(b, m)
             if self.previous is not None:
@@ -322,7 +324,7 @@ class HeadSuite:
             self.rows = SuiteRows(self.grids, self.name, m, self.kept, self.inv, self.ok, att, self.km, self.qm)
         return out
 
-    def _columns(self) -> dict[str, Tensor]:
+    def _columns(self, cos: dict) -> dict[str, Tensor]:
         """:data:`~nlanalysis.measure.query_dep.COLUMNS` from the eager sums (:meth:`_spatial`, :meth:`_pairwise`)."""
         att = self.att
         b, m = att.batch_size, self.maps
@@ -340,7 +342,7 @@ class HeadSuite:
         heads = att.num_heads
         out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
         sq = self.pair_sum.square().sum(-1)
-        out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n)).cpu()
+        out["att_pairwise_only"][:, :heads] = distance_from_sum(sq, self.pair_n, torch.zeros_like(self.pair_n), **cos).cpu()
         return out
 
 

@@ -266,22 +266,22 @@ def measure_heads(
         s_att, sums, jsd_values = _native_head_rows(att, km, batch.qmask, batch, chunk_size, suite=sums_of)
     else:
         s_att, sums, jsd_values = _eager_rows(att, km, batch.qmask, batch.plan, chunk_size, batch.objects)
-    stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None,
-                        dict(convention=convention, zero=zero), built)  # fmt: skip
+    cos = dict(convention=convention, zero=zero)
+    stats = _head_stats(att, batch, s2, zeros, s_att, sums.cpu(), jsd_values, proj_in is not None and gram is not None, cos, built)
     if level != "off":
-        _add_suite(stats, suite, level, head_maps(att, batch.qmask, kmask, stride) if level == "all" else None)
+        _add_suite(stats, suite, level, head_maps(att, batch.qmask, kmask, stride) if level == "all" else None, cos)
     return stats
 
 
-def _add_suite(stats: HeadStats, suite: HeadSuite, level: str, maps: SiteMaps | None) -> None:
+def _add_suite(stats: HeadStats, suite: HeadSuite, level: str, maps: SiteMaps | None, cos: dict) -> None:
     """Set the suite's columns (but ``cross_site_cos``) on ``stats``: the cheap ones from ``suite`` (run here
     unless fed), the expensive ones (``level="all"``: the rank-1 fit and the gain-only maps) from the
-    general suite's passes over ``maps``."""
+    general suite's passes over ``maps``; the cosine distances in ``cos`` (the ``convention`` and ``zero`` of ``att``)."""
     if not suite.fed:
         suite.run()
-    columns = suite.result()
+    columns = suite.result(cos)
     if level == "all":
-        expensive = query_dep(maps, level)
+        expensive = query_dep(maps, level, cos)
         columns.update({name: expensive[name] for name in EXPENSIVE})
     for name, value in columns.items():
         if name != CROSS_SITE:

@@ -30,8 +30,8 @@ __all__ = ["attend_block", "formed_block", "softmax_block"]
 
 
 def _measured(att: PairwiseAttention | DenseAttention, stats: dict[str, Tensor], row_ok: Tensor, kmask: Tensor | None,
-              suite: _native.SuiteSums | None, scale: float) -> BlockMaps:  # fmt: skip
-    columns = native_columns(suite, stats, kmask, scale) if suite is not None else None
+              suite: _native.SuiteSums | None, scale: float, cos: dict | None) -> BlockMaps:  # fmt: skip
+    columns = native_columns(suite, stats, kmask, scale, cos) if suite is not None else None
     return BlockMaps(att.query_shape, att.key_shape, stats, row_ok, softmax=True, suite=columns)
 
 
@@ -64,7 +64,7 @@ def attend_block(att: PairwiseAttention, value: Tensor, masks: BlockMasks, *, js
 
     stats, row_ok = native_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos or {}, rows_of)  # fmt: skip
-    return out.transpose(1, 2), _measured(att, stats, row_ok, masks.kmask, suite, att.scale)
+    return out.transpose(1, 2), _measured(att, stats, row_ok, masks.kmask, suite, att.scale, cos)
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def softmax_block(logits: Tensor, query_shape: tuple[int, int], key_shape: tuple
 
     stats, row_ok = native_map_stats(att, masks.qmask, masks.kmask, masks.n_query, masks.n_key, masks.own, chunk_size, jsd_pairs,
                                      generator, cos or {}, rows_of)  # fmt: skip
-    return probs, _measured(att, stats, row_ok, masks.kmask, suite, 1.0)
+    return probs, _measured(att, stats, row_ok, masks.kmask, suite, 1.0, cos)
 
 
 def formed_block(maps: Tensor, query_shape: tuple[int, int], key_shape: tuple[int, int], mode: str, masks: BlockMasks,

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..blocks.attention import PairwiseAttention
 from ..blocks.heads import HeadAttention
 from ..kernels import SuiteSums
-from ..metrics.cosine import distance_from_sum
+from ..metrics.cosine import distance_from_sum, in_convention
 from .query_dep import COLUMNS, CROSS_SITE, grid_centres, key_cell
 
 __all__ = ["block_suite", "head_suite_sums", "native_columns", "suite_columns"]
@@ -98,24 +98,33 @@ def head_suite_sums(att: HeadAttention, qmask: Tensor | None, stride: tuple[floa
     return SuiteSums(b, heads, heads + 1, n_key, spatial_from=prefix if att.keys == "all" else 0, unary=unary, **where, **rows)
 
 
-def native_columns(sums: SuiteSums, stats: dict[str, Tensor], kmask: Tensor | None, scale: float) -> dict[str, Tensor] | None:
+def native_columns(sums: SuiteSums, stats: dict[str, Tensor], kmask: Tensor | None, scale: float,
+                   cos: dict | None = None) -> dict[str, Tensor] | None:  # fmt: skip
     """An NL block's cheap-suite columns ``{name: [B, 1]}`` from its native pass's sums, or ``None`` where the map
-    statistics ``stats`` count a valid all-zero row (the eager suite leaves it out of every mean; the kernel cannot)."""
+    statistics ``stats`` count a valid all-zero row (the eager suite leaves it out of the DNL split's means too; the
+    kernel forms every valid query's pairwise-only row). ``cos``: as :func:`suite_columns`."""
     if bool((stats["att_zero_rows"] > 0).any()):
         return None
-    return suite_columns(sums, kmask, scale)
+    return suite_columns(sums, kmask, scale, cos=cos)
 
 
-def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float, cross: bool = False) -> dict[str, Tensor]:
+def suite_columns(s: SuiteSums, key_mask: Tensor | None, scale: float, cross: bool = False,
+                  cos: dict | None = None) -> dict[str, Tensor]:  # fmt: skip
     """``{column: [B, M]}`` float64 (CPU) of :data:`~.query_dep.COLUMNS` from the sums of every query's rows
     (``key_mask`` ``[B, K]`` the valid keys, or ``None``; ``scale``: the logits' softmax scale); the columns the
     native pass does not give are NaN. ``cross``: ``cross_site_cos`` too, from the cosines the pass summed against
-    the previous site's kept rows (NaN without them).
+    the previous site's kept rows (NaN without them). ``cos``: the run's ``convention`` (and ``zero``) of the cosine
+    distances (:func:`~.query_dep.suite_pass`): the kernel forms ``att_pairwise_only`` as ``1-cos``, halved here for
+    ``"(1-cos)/2"``; its rows are softmax rows, never zero, so no zero rule changes it.
 
     One native call (:meth:`~nlanalysis.kernels.SuiteSums.columns`): in NumPy (:func:`_numpy_columns`, the reference)
     a ViT layer asks ~40 calls, 0.2-0.45 ms per layer on 1 thread."""
     names, at = _ROWS[cross]
-    return dict(zip(names, s.columns(key_mask, scale, len(names), at).unbind(0)))
+    out = dict(zip(names, s.columns(key_mask, scale, len(names), at).unbind(0)))
+    convention = (cos or {}).get("convention", "1-cos")
+    if convention != "1-cos":
+        out["att_pairwise_only"] = in_convention(out["att_pairwise_only"], convention)
+    return out
 
 
 # the output's rows, and the rows of the native columns (then of cross_site_cos, -1: none), without and with it
@@ -123,7 +132,7 @@ _ROWS = {cross: (names, [names.index(name) for name in NATIVE] + [names.index(CR
          for cross, names in ((False, COLUMNS), (True, (*COLUMNS, CROSS_SITE)))}  # fmt: skip
 
 
-def _numpy_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[str, Tensor]:
+def _numpy_columns(s: SuiteSums, key_mask: Tensor | None, scale: float, cos: dict | None = None) -> dict[str, Tensor]:
     """:func:`suite_columns` in NumPy on the sums' float64 arrays (views, no copy), without ``cross_site_cos``: the
     reference of its native call (tests compare the two)."""
     b, m, heads = s.batch, s.maps, s.heads
@@ -153,5 +162,5 @@ def _numpy_columns(s: SuiteSums, key_mask: Tensor | None, scale: float) -> dict[
             out["unary_var_share"][:, :heads] = unary_var / (unary_var + pair_sums[0] / (n_rows * n_k))
             n_long = torch.from_numpy(np.round(n_rows)).long()
             s2 = torch.from_numpy(np.square(s.pair_s.numpy()).sum(-1))
-            out["att_pairwise_only"][:, :heads] = distance_from_sum(s2, n_long, torch.zeros_like(n_long)).numpy()
+            out["att_pairwise_only"][:, :heads] = distance_from_sum(s2, n_long, torch.zeros_like(n_long), **(cos or {})).numpy()
     return dict(zip(COLUMNS, torch.from_numpy(block).unbind(0)))

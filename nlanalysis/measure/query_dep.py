@@ -20,6 +20,8 @@ What each map gives (NaN where a statistic is not defined for it):
   pairwise term itself (no softmax).
 * ``att_abs``, ``att_norm_weighted``: signed maps (dot product) only; NaN for non-negative maps
   (where ``att_abs`` would equal ``att``).
+* The cosine distances (``att_gain_only``, ``att_pairwise_only``, ``att_abs``, ``att_norm_weighted``) are in the
+  run's ``convention`` and ``zero`` rule, as ``att`` (``cos`` of :func:`suite_pass`).
 * ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform``: non-negative maps, rows
   renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out. One pass over
   the rows gives all four (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`).
@@ -219,9 +221,10 @@ def local_mass(maps: Tensor, cells: Tensor, radius: int = 1) -> Tensor:
     return attention_distance(maps, cells, cells, (2 * radius + 1) / 3)[1]
 
 
-def query_dependence(site: SiteMaps, level: str) -> dict[str, Tensor]:
-    """The query-dependence columns ``{name: [B, M]}`` float64 (CPU) of a site's maps; ``{}`` when ``level == "off"``."""
-    return suite_pass(site, level)[0]
+def query_dependence(site: SiteMaps, level: str, cos: dict | None = None) -> dict[str, Tensor]:
+    """The query-dependence columns ``{name: [B, M]}`` float64 (CPU) of a site's maps; ``{}`` when ``level == "off"``
+    (``cos``: as :func:`suite_pass`)."""
+    return suite_pass(site, level, cos=cos)[0]
 
 
 #: the attribute of an NL block's :class:`~.stats.SiteStats` holding the object context's label mass from the
@@ -244,7 +247,7 @@ class ObjectLabels:
 
 
 def suite_pass(site: SiteMaps, level: str, labels: ObjectLabels | None = None,
-               headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], list[Any]]:  # fmt: skip
+               headline: Callable[[int, Tensor], None] | None = None, cos: dict | None = None) -> tuple[dict[str, Tensor], list[Any]]:  # fmt: skip
     """:func:`query_dependence`'s columns and, with ``labels``, each map group's label mass (``(R, n, area)``
     of :func:`~nlanalysis.metrics.object_context.label_mass`; ``None`` for signed maps) from the same pass
     over the rows: one pass over each group's maps feeds the per-row statistics, the object context and the
@@ -252,11 +255,14 @@ def suite_pass(site: SiteMaps, level: str, labels: ObjectLabels | None = None,
     The rank-1 fit then reads the maps again only for the gain-only maps (and subspace steps: more than
     :data:`~nlanalysis.metrics.rank1.GRAM_MAX_KEYS` keys). ``headline(start, rows)``, if given, is fed each
     chunk of the first group's rows first (an NL block's map statistics, :func:`~.blocks.measure_block`): it
-    may fill that group's ``query_mask`` for the chunk's queries, which the suite then reads. ``({}, [])``
-    when ``level == "off"``."""
+    may fill that group's ``query_mask`` for the chunk's queries, which the suite then reads. ``cos``: the run's
+    ``convention`` and ``zero`` (:func:`~nlanalysis.metrics.cosine.distance_from_sum`; default ``"1-cos"``,
+    ``"exclude"``), which the suite's cosine distances (``att_gain_only``, ``att_pairwise_only``, ``att_abs``,
+    ``att_norm_weighted``) follow as ``att`` does. ``({}, [])`` when ``level == "off"``."""
     if check_level(level) == "off":
         return {}, []
-    parts = [_group(g, site, level, labels, headline if i == 0 else None) for i, g in enumerate(site.groups)]
+    cos = dict(cos or {})
+    parts = [_group(g, site, level, labels, headline if i == 0 else None, cos) for i, g in enumerate(site.groups)]
     return {name: torch.cat([p[0][name] for p in parts], dim=1) for name in COLUMNS}, [p[1] for p in parts]
 
 
@@ -317,8 +323,10 @@ class _GroupPass:
 
 
 def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
-           headline: Callable[[int, Tensor], None] | None = None) -> tuple[dict[str, Tensor], Any]:  # fmt: skip
-    """The columns of one map group, each ``[B, m]``, and its label mass (``None`` without labels or for signed maps)."""
+           headline: Callable[[int, Tensor], None] | None = None, cos: dict | None = None) -> tuple[dict[str, Tensor], Any]:  # fmt: skip
+    """The columns of one map group, each ``[B, m]``, and its label mass (``None`` without labels or for signed maps);
+    ``cos``: the cosine distances' ``convention`` and ``zero``."""
+    cos = cos or {}
     acc = None
     for start, rows, logits in _joint(g, level == "all")():
         if headline is not None:
@@ -336,13 +344,13 @@ def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
         out["logit_rank1"] = st.out(found.share)
         if g.logits is not None:  # gain_only forms the gains g_i = L_i . v in its pass
             fit = Rank1(st.out(found.share), st.out(found.profile), None, found.passes, st.out(found.converged))
-            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, n_query=n_query, **masks)
+            out["att_gain_only"], out["gain_only_tv"] = gain_only(g.logits, fit, n_query=n_query, **masks, **cos)
     if g.qk is not None:
         q, k, scale, softmax = g.qk
-        split = dnl_split(q, k, scale, softmax=softmax, **masks)
+        split = dnl_split(q, k, scale, softmax=softmax, **masks, **cos)
         out["unary_var_share"], out["att_pairwise_only"] = split.unary_var_share, split.att_pairwise_only
     if acc.signed is not None:
-        out["att_abs"], out["att_norm_weighted"] = acc.signed.result()
+        out["att_abs"], out["att_norm_weighted"] = acc.signed.result(**cos)
     else:
         out["qk_nmi"] = acc.sst.out(acc.nmi.result())
         if acc.dist is not None:

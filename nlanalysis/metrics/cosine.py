@@ -70,6 +70,7 @@ __all__ = [
     "CosineAccumulator",
     "ZeroRule",
     "distance_from_sum",
+    "in_convention",
     "mean_pairwise_cosine_distance",
 ]
 
@@ -257,6 +258,14 @@ class CosineAccumulator:
                                  include_self=include_self, convention=convention, zero=zero)  # fmt: skip
 
 
+def in_convention(dist: Tensor, convention: Convention = "1-cos") -> Tensor:
+    """A cosine distance ``dist`` formed as ``"1-cos"`` (range [0, 2]) in ``convention``: itself, or halved for
+    ``"(1-cos)/2"`` (ValueError for an unknown convention)."""
+    if convention not in _CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; use one of {_CONVENTIONS}")
+    return dist / 2 if convention == "(1-cos)/2" else dist
+
+
 def distance_from_sum(
     s2: Tensor,
     n_total: Tensor,
@@ -295,9 +304,7 @@ def distance_from_sum(
     else:
         mean_cos = (s2 - n_unit) / (n * (n - 1))
         valid = n >= 2
-    dist = (1.0 - mean_cos).clamp(0.0, 2.0)
-    if convention == "(1-cos)/2":
-        dist = dist / 2
+    dist = in_convention((1.0 - mean_cos).clamp(0.0, 2.0), convention)
     return torch.where(valid, dist, torch.full_like(dist, math.nan))
 
 

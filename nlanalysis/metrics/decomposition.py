@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cosine import CosineAccumulator
+from .cosine import Convention, CosineAccumulator, ZeroRule
 from .query_dependence import RowSource, Stream, as_mask, reopen, valid
 from .rank1 import centred, top_profile
 
@@ -102,13 +102,15 @@ def logit_rank1(logits: RowSource, n_query: int, n_key: int, *, key_mask: Tensor
 
 
 def gain_only(logits: RowSource, fit: Rank1, *, key_mask: Tensor | None = None, query_mask: Tensor | None = None,
-              include_self: bool = True, n_query: int | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+              include_self: bool = True, n_query: int | None = None, convention: Convention = "1-cos",
+              zero: ZeroRule = "exclude") -> tuple[Tensor, Tensor]:  # fmt: skip
     """``att_gain_only`` and ``gain_only_tv``: the maps "one shared key profile, a gain per query".
 
     The rebuilt map of query ``i`` is ``p_hat_i = softmax_k(g_i v_k)`` over valid keys, with ``v`` and
     ``g`` of ``fit`` (:func:`logit_rank1` of the same logits; a fit without gains gets them in this pass,
     ``g_i = L_i . v``, and needs ``n_query``); the real map is ``p_i = softmax_k(logits_i)``.
-    ``att_gain_only`` is the mean pairwise cosine distance (``"1-cos"``) of the ``p_hat_i``;
+    ``att_gain_only`` is the mean pairwise cosine distance of the ``p_hat_i`` (``convention``, ``zero``: as
+    :meth:`~.cosine.CosineAccumulator.result`, the run's ``att``'s);
     ``gain_only_tv`` the mean over valid queries of ``0.5 * sum_k |p_ik - p_hat_ik|`` (in [0, 1]).
     Big att with small ``gain_only_tv``: one map at different sharpness, not query-specific context.
 
@@ -130,7 +132,8 @@ def gain_only(logits: RowSource, fit: Rank1, *, key_mask: Tensor | None = None, 
         p_hat = _softmax(g[..., None] * v[:, None, :], km)
         acc.update(p_hat, qm)
         tv += torch.where(qm, 0.5 * (p - p_hat).abs().sum(dim=-1), 0.0).sum(dim=1)
-    return st.out(acc.result(include_self=include_self)), st.out(tv / st.query_mask.sum(dim=-1))
+    cos = acc.result(include_self=include_self, convention=convention, zero=zero)
+    return st.out(cos), st.out(tv / st.query_mask.sum(dim=-1))
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class DNLSplit:
         unary_var: ``var_k(scale * mu_q . k_j)``, the variance across keys of the unary term.
         pairwise_var: ``mean_i var_k(scale * (q_i - mu_q) . (k_j - mu_k))``.
         unary_var_share: ``unary_var / (unary_var + pairwise_var)``.
-        att_pairwise_only: att (``"1-cos"``) of ``softmax_k`` of the pairwise term alone.
+        att_pairwise_only: att (in the ``convention`` asked for) of ``softmax_k`` of the pairwise term alone.
     """
 
     unary_var: Tensor
@@ -157,7 +160,7 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def dnl_split(q: Tensor, k: Tensor, scale: float = 1.0, *, key_mask: Tensor | None = None,
               query_mask: Tensor | None = None, include_self: bool = True, chunk_size: int = 256,
-              softmax: bool = True) -> DNLSplit:  # fmt: skip
+              softmax: bool = True, convention: Convention = "1-cos", zero: ZeroRule = "exclude") -> DNLSplit:  # fmt: skip
     """Split the logits ``scale * q_i . k_j`` into the DNL whitened pairwise and unary terms.
 
     With ``mu_q``, ``mu_k`` the means over valid positions (as ``dnl_head.py``, which subtracts
@@ -196,4 +199,5 @@ def dnl_split(q: Tensor, k: Tensor, scale: float = 1.0, *, key_mask: Tensor | No
         acc.update(_softmax(pair, km) if softmax else valid(pair, qm[:, start : start + chunk_size], km),
                    qm[:, start : start + chunk_size])
     share = unary_var / (unary_var + pairwise_var)
-    return DNLSplit(*(t.reshape(batch) for t in (unary_var, pairwise_var, share, acc.result(include_self=include_self))))
+    att = acc.result(include_self=include_self, convention=convention, zero=zero)
+    return DNLSplit(*(t.reshape(batch) for t in (unary_var, pairwise_var, share, att)))

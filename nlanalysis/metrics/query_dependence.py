@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from .cosine import CosineAccumulator
+from .cosine import Convention, CosineAccumulator, ZeroRule, in_convention
 
 __all__ = [
     "NMISums",
@@ -151,11 +151,13 @@ def valid(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
 
 
 def signed_map_stats(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
-                     query_mask: Tensor | None = None, include_self: bool = True) -> tuple[Tensor, Tensor]:  # fmt: skip
+                     query_mask: Tensor | None = None, include_self: bool = True, convention: Convention = "1-cos",
+                     zero: ZeroRule = "exclude") -> tuple[Tensor, Tensor]:  # fmt: skip
     """``att_abs`` and ``att_norm_weighted`` of signed maps (dot-product NL rows can be negative).
 
-    ``att_abs`` is the mean pairwise cosine distance (``"1-cos"``, zero rows excluded) of the rows'
-    absolute values. ``att_norm_weighted`` is ``1 - `` the mean cosine similarity over ordered pairs
+    ``att_abs`` is the mean pairwise cosine distance of the rows' absolute values (``convention`` and
+    ``zero``: as :meth:`~.cosine.CosineAccumulator.result`, the run's ``att``'s; ``att_norm_weighted`` is in
+    the same ``convention``: halved under ``"(1-cos)/2"``; zero rows weigh 0 in it whatever ``zero`` says). ``att_norm_weighted`` is ``1 - `` the mean cosine similarity over ordered pairs
     ``i != j`` weighted by ``||r_i|| ||r_j||``, exact in linear time:
     ``sum_{i!=j} r_i.r_j / sum_{i!=j} ||r_i|| ||r_j|| = (||sum r||^2 - sum ||r||^2) / ((sum ||r||)^2 - sum ||r||^2)``.
     A map and its sign flip give 2 in the weighted form (pairs ``i != j`` only) and 1 in the paper's plain ``att``
@@ -169,7 +171,7 @@ def signed_map_stats(rows: RowSource, n_query: int, n_key: int, *, key_mask: Ten
     acc = SignedSums(st)
     for _, x, qm in st:
         acc.update(x, qm)
-    return acc.result(include_self)
+    return acc.result(include_self, convention, zero)
 
 
 class SignedSums:
@@ -189,12 +191,14 @@ class SignedSums:
         self.sum_sq += (norms * norms).sum(dim=1)
         self.sum_norm += norms.sum(dim=1)
 
-    def result(self, include_self: bool = True) -> tuple[Tensor, Tensor]:
-        """``(att_abs, att_norm_weighted)``, each ``[*batch]``."""
+    def result(self, include_self: bool = True, convention: Convention = "1-cos", zero: ZeroRule = "exclude") -> tuple[Tensor, Tensor]:
+        """``(att_abs, att_norm_weighted)``, each ``[*batch]``, in ``convention`` (:func:`signed_map_stats`)."""
+        att_abs = self.acc.result(include_self=include_self, convention=convention, zero=zero)  # checks both rules
         denom = self.sum_norm * self.sum_norm - self.sum_sq
         mean_cos = ((self.s * self.s).sum(dim=-1) - self.sum_sq) / denom
-        weighted = torch.where(denom > 0, (1.0 - mean_cos).clamp(0.0, 2.0), torch.full_like(denom, math.nan))
-        return self.st.out(self.acc.result(include_self=include_self)), self.st.out(weighted)
+        weighted = in_convention((1.0 - mean_cos).clamp(0.0, 2.0), convention)
+        weighted = torch.where(denom > 0, weighted, torch.full_like(denom, math.nan))
+        return self.st.out(att_abs), self.st.out(weighted)
 
 
 def query_key_nmi(rows: RowSource, n_query: int, n_key: int, *, key_mask: Tensor | None = None,
