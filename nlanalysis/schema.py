@@ -185,7 +185,8 @@ REGISTRY: tuple[Column, ...] = (
     _c("peak_offsets", "how many queries have their map's largest weight at each offset from the query: `dy,dx:count` "
        "(patches), space-separated, offsets in `(dy, dx)` order", "str", "locality", sites=_VIT),
     _c("logit_rank1", "share of the row-centred logits' energy in their best rank-1 fit (one key profile x a gain per query; "
-       "maps that are not a softmax: of the map itself; head mean: log of the mean map) (`--query-dependence all`)", "float", "query",
+       "maps that are not a softmax: of the map itself; head mean: log of the mean map; NaN where the centred logits are 0 to rounding, "
+       "e.g. a uniform shared map) (`--query-dependence all`)", "float", "query",
        _UNIT, header="logit rank-1 share"),
     _c("att_gain_only", "`att` of the maps rebuilt as softmax(gain_i x the shared key profile): one map, a temperature per query "
        "(softmax maps; `all`)", "float", "query", _DIST, header="att, gain only", unit="1-cos"),

@@ -1,6 +1,7 @@
 """The rank-1 fit's two methods (metrics/rank1.py through decomposition.logit_rank1): the one-pass Gram matrix
 and the streamed block subspace iteration, each against numpy.linalg.svd of the full float64 centred logits
-(share to 1e-9, profile to 1e-7), with masks, chunking, a zero map, and gain_only forming its own gains."""
+(share to 1e-9, profile to 1e-7), with masks, chunking, a zero map (and maps zero only to rounding), and gain_only
+forming its own gains."""
 import math
 
 import numpy as np
@@ -90,3 +91,51 @@ def test_gain_only_forms_the_gains_itself_and_auto_picks_by_keys():
 
     assert top_profile(stream(GRAM_MAX_KEYS)).method == "gram"
     assert top_profile(stream(GRAM_MAX_KEYS + 1)).method == "subspace"
+
+
+@pytest.mark.parametrize("method", ["gram", "subspace"])
+def test_centred_logits_zero_to_rounding_read_nan(method):
+    """Flat rows (``log(1/K)`` repeated: their float64 mean rounds, so the centred logits are ~1e-16, not 0) have no key
+    profile: NaN for every key count, as for exact zeros; a shared map with a profile, or flat rows with a real (if small)
+    one, keep the SVD's share."""
+    from nlanalysis.metrics.rank1 import centred
+
+    rng = np.random.default_rng(11)
+    # log of float32 1/K in float64, as log_rows reads float32 maps: the row mean rounds for K = 7, 48, 1000, not 32
+    flat = [torch.log(torch.full((20, k), 1 / k, dtype=torch.float32).double()) for k in (48, 32, 7, 1000)]
+    left = [float(centred(f[None], torch.ones(1, 20, dtype=torch.bool), torch.ones(1, f.shape[1], dtype=torch.bool)).abs().max())
+            for f in flat]  # fmt: skip
+    assert left[1] == 0 and min(left[0], left[2], left[3]) > 0  # the rounding the rule is for
+    for f in flat:
+        assert math.isnan(float(logit_rank1(f, *f.shape, method=method, max_iter=300).share))
+    shared = np.tile(rng.normal(size=(1, 30)), (20, 1))  # one profile, every row: rank 1 exactly
+    small = np.full((20, 30), math.log(1 / 30)) + 1e-9 * _logits(rng, 20, 30, [3.0, 1.0, 0.5])  # flat, plus a 1e-9 map
+    for f in (shared, small):
+        got = float(logit_rank1(torch.tensor(f), *f.shape, method=method, max_iter=300).share)
+        assert got == pytest.approx(_svd(f)[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["eager", "native"])
+def test_uniform_maps_read_nan_through_the_suite(kernels):
+    """``measure_block(query_dependence="all")``: a uniform shared map (GC-like) and per-query softmax maps whose logits are
+    flat along every row (keys all alike) give ``logit_rank1`` NaN with and without padding (32 or 48 valid keys), eager
+    and with the native map kernel; ``gain_only_tv`` 0 (the rebuilt maps are the uniform maps themselves)."""
+    from nlanalysis import kernels as native
+    from nlanalysis.blocks.attention import PairwiseAttention, SharedAttention
+    from nlanalysis.measure.blocks import measure_block
+
+    if kernels == "native" and not native.available():
+        pytest.skip("the native kernels do not build here")
+    h, w = 6, 8
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, h, w, generator=g)
+    valid = torch.ones(2, h, w, dtype=torch.bool)
+    valid[1, 4:] = False
+    key = torch.randn(2, 4, 1, generator=g).expand(2, 4, h * w).contiguous()  # every key the same: flat logit rows
+    maps = [SharedAttention(torch.full((2, h * w), 1 / (h * w)), (h, w)),
+            PairwiseAttention("embedded_gaussian", torch.randn(2, h * w, 4, generator=g), key, (h, w), (h, w), scale=0.7)]
+    for att in maps:
+        for v in (None, valid):
+            st = measure_block(att, x, x, valid=v, query_dependence="all", kernels=kernels, jsd_pairs=0)
+            assert st.logit_rank1.isnan().all(), (type(att).__name__, v is not None, st.logit_rank1)
+            assert torch.allclose(st.gain_only_tv, torch.zeros_like(st.gain_only_tv), atol=1e-12)

@@ -13,7 +13,8 @@ What each map gives (NaN where a statistic is not defined for it):
 
 * ``logit_rank1``: of the logits of softmax maps (the head mean: ``log`` of the mean map); of the
   maps themselves where they are linear in a score (dot product, concatenation). A shared map
-  (GC, SNL) is rank 1 trivially: every row is the same, the share is 1 up to rounding.
+  (GC, SNL) is rank 1 trivially: every row is the same, the share is 1 up to rounding; NaN where the centred
+  logits are 0 to rounding (a flat map, e.g. a uniform shared one: no key profile).
 * ``att_gain_only``, ``gain_only_tv``: softmax maps only.
 * ``unary_var_share``, ``att_pairwise_only``: maps with explicit ``q.k`` logits (Gaussian,
   embedded Gaussian, dot product, ViT heads); for dot product the pairwise-only map is the

@@ -36,7 +36,8 @@ class Rank1:
     """The best rank-1 fit ``L_ik ~ g_i v_k`` of the row-centred logits of one site.
 
     Attributes:
-        share: ``[*batch]`` ``sigma_1^2 / ||L||_F^2`` (``logit_rank1``); NaN if ``L = 0``.
+        share: ``[*batch]`` ``sigma_1^2 / ||L||_F^2`` (``logit_rank1``); NaN if ``L = 0`` to rounding (its energy at
+            most :data:`~.rank1.ZERO_ENERGY` of the uncentred logits', e.g. a uniform map).
         profile: ``[*batch, N_key]`` the shared key profile ``v`` (unit norm, 0 on masked keys),
             signed so that the gains sum to >= 0.
         gains: ``[*batch, N_query]`` ``g_i = L_i . v`` (0 on masked queries), or ``None`` (not formed).

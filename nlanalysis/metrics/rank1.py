@@ -55,7 +55,7 @@ class Profile:
     """The top eigenpair of ``L^T L`` per map, batch flattened (``B`` maps).
 
     Attributes:
-        share: ``[B]`` ``sigma_1^2 / ||L||_F^2``; NaN where ``L = 0``.
+        share: ``[B]`` ``sigma_1^2 / ||L||_F^2``; NaN where ``L = 0`` to rounding (:func:`_share`).
         profile: ``[B, K]`` unit key profile (0 on masked keys; sign arbitrary).
         passes: passes over the maps run.
         converged: ``[B]`` bool (always True for ``"gram"``).
@@ -123,27 +123,42 @@ def _unit(v: Tensor, km: Tensor) -> Tensor:
     return v / torch.where(norm > 0, norm, 1.0)
 
 
-def _share(top: Tensor, frob: Tensor) -> Tensor:
-    return torch.where(frob > 0, top.clamp_min(0) / torch.where(frob > 0, frob, 1.0), math.nan)
+#: centred logits whose energy is at most this share of the logits' own (uncentred) energy are 0 up to the rounding of
+#: the centring (each entry off by a few float64 eps of the logits): no key profile to speak of, the share NaN
+ZERO_ENERGY = (64 * torch.finfo(torch.float64).eps) ** 2
+
+
+def _share(top: Tensor, frob: Tensor, raw: Tensor) -> Tensor:
+    """``top / frob`` where the centred energy ``frob`` is above rounding of the uncentred ``raw`` (:data:`ZERO_ENERGY`),
+    else NaN (a map with one row repeated and flat, e.g. a uniform shared map: ``L = 0``, whatever the rounding left)."""
+    some = frob > ZERO_ENERGY * raw
+    return torch.where(some, top.clamp_min(0) / torch.where(some, frob, 1.0), math.nan)
+
+
+def _energy(x: Tensor, qm: Tensor, km: Tensor) -> Tensor:
+    """``[B]`` the sum of squares of the valid logits of a chunk ``x`` ``[B, n, K]`` (before centring)."""
+    return valid(x, qm, km).square().sum(dim=(1, 2))
 
 
 class GramStep:
-    """One pass: ``G = L^T L`` ``[B, K, K]`` (and ``||L||_F^2``, its trace); then ``eigh``."""
+    """One pass: ``G = L^T L`` ``[B, K, K]`` (and ``||L||_F^2``, its trace; the logits' own energy); then ``eigh``."""
 
     def __init__(self, st: Stream) -> None:
         self.km = st.key_mask
         self.gram = torch.zeros(self.km.shape[0], st.n_key, st.n_key, dtype=torch.float64, device=self.km.device)
+        self.raw = torch.zeros(self.km.shape[0], dtype=torch.float64, device=self.km.device)
 
     def update(self, x: Tensor, qm: Tensor) -> None:
         lc = centred(x, qm, self.km)
         self.gram.baddbmm_(lc.transpose(1, 2), lc)
+        self.raw += _energy(x, qm, self.km)
 
     def finish(self) -> Profile:
         frob = torch.diagonal(self.gram, dim1=1, dim2=2).sum(-1)
         with statistics_threads():  # LAPACK's many small parallel steps: a busy machine stalls them at every barrier
             values, vectors = torch.linalg.eigh(self.gram)
         ok = torch.ones(frob.shape[0], dtype=torch.bool, device=frob.device)
-        return Profile(_share(values[:, -1], frob), _unit(vectors[..., -1], self.km.to(torch.float64)), 1, ok, "gram")
+        return Profile(_share(values[:, -1], frob, self.raw), _unit(vectors[..., -1], self.km.to(torch.float64)), 1, ok, "gram")
 
 
 class SubspaceStep:
@@ -164,6 +179,7 @@ class SubspaceStep:
         self.w = torch.zeros_like(self.basis)
         self.h = torch.zeros(b, p, p, dtype=torch.float64, device=self.basis.device)
         self.frob = torch.zeros(b, dtype=torch.float64, device=self.basis.device)
+        self.raw = torch.zeros_like(self.frob)
 
     def update(self, x: Tensor, qm: Tensor) -> None:
         lc = centred(x, qm, self.km)
@@ -171,6 +187,7 @@ class SubspaceStep:
         self.w.baddbmm_(lc.transpose(1, 2), u)
         self.h.baddbmm_(u.transpose(1, 2), u)
         self.frob += lc.square().sum(dim=(1, 2))
+        self.raw += _energy(x, qm, self.km)
 
     def finish(self) -> Profile | None:
         self.passes += 1
@@ -179,9 +196,9 @@ class SubspaceStep:
         top, y1 = theta[:, -1].clamp_min(0), y[..., -1:]
         ritz = (self.basis @ y1)[..., 0]
         residual = torch.linalg.vector_norm((self.w @ y1)[..., 0] - top[:, None] * ritz, dim=-1)
-        converged = (residual <= self.tol * top) | (self.frob == 0)
+        converged = (residual <= self.tol * top) | (self.frob <= ZERO_ENERGY * self.raw)
         if bool(converged.all()) or self.passes >= self.max_passes:
-            return Profile(_share(top, self.frob), _unit(ritz, self.kmf), self.passes, converged, "subspace")
+            return Profile(_share(top, self.frob, self.raw), _unit(ritz, self.kmf), self.passes, converged, "subspace")
         zero = self.w.abs().amax(dim=(1, 2), keepdim=True) == 0  # a zero map keeps its basis
         self.basis = torch.linalg.qr(self.w + zero * self.basis).Q
         self._reset()
