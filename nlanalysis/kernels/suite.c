@@ -4,7 +4,8 @@
  * Reference: nlanalysis.measure.head_suite.HeadSuite (ViT heads and head mean) and
  * nlanalysis.measure.query_dep.suite_pass (NL blocks), eager; tests check the two agree. Per valid query,
  * per map (heads, then the head mean), with r the row over the K measured keys (masked keys 0) and
- * a = r / sum(r) over the spatial keys (keys sp0..K; 0 when the row is all zero there):
+ * a = r / sum(r) over the spatial keys (keys sp0..K), where that row is not all zero (denormals flushed: a row
+ * with no normal weight there adds nothing to p_k and sums, its query not counted for that map):
  *   p_k   [B, M, Ks]  += y / T, y = a + eps on valid spatial keys, T = sum y  (the NMI's key marginal)
  *   sums  [5, B, M]   += entropy of y / T (nats), sum_k a_k dist(q, k) (pixels), sum_k a_k near(q, k),
  *                        sum_k w_k near(q, k) (the uniform map's local mass, times the valid keys), 1
@@ -174,6 +175,7 @@ static double suite_geometry(const nl_suite *su, suite_local *t, int64_t i, cons
 
 /* one map's row r (K keys, masked keys 0) of a valid query: the NMI's marginal and entropy, distance, local
  * mass; ss: this map's first sum (stride between sums), near_count: suite_geometry's (0 without positions).
+ * A row all zero on the spatial keys adds nothing (not even its count): it has no distribution to renormalise.
  * Two passes over the row: the sums that do not need its total, then those that do. */
 static void suite_spatial(const nl_suite *su, const suite_local *t, const float *r, const float *ws, int64_t Ks, double n_valid,
                           double *restrict pk, double *ss, int64_t stride, int geo, double near_count) {
@@ -190,9 +192,10 @@ static void suite_spatial(const nl_suite *su, const suite_local *t, const float 
     } else {
         for (int64_t j = 0; j < Ks; ++j) total += (double)rs[j];
     }
-    const double iw = total > 0.0 ? 1.0 / total : 0.0;
+    if (!(total > 0.0)) return; /* all zero on the spatial keys: left out, as the eager suites leave it */
+    const double iw = 1.0 / total;
     const float fi = (float)iw, fe = (float)su->eps;
-    const double T = (total > 0.0 ? 1.0 : 0.0) + su->eps * n_valid, iT = 1.0 / T;
+    const double T = 1.0 + su->eps * n_valid, iT = 1.0 / T;
     double ylogy = 0.0;
     for (int64_t j = 0; j < Ks; ++j) {
         const float v = rs[j] * fi + fe * ws[j];

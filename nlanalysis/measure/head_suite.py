@@ -10,7 +10,9 @@ lazy maps, :meth:`HeadSuite.run`) and gives the same columns, with the same defi
 
 * ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform`` of every head and the head
   mean (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`: rows over the valid spatial keys
-  renormalised; the NMI adds ``1e-8`` to every valid key first), in float64 from the float32 rows;
+  renormalised; the NMI adds ``1e-8`` to every valid key first), in float64 from the float32 rows; a row with
+  no weight on the valid spatial keys (none a normal float32: its mass underflowed, or all on the class token)
+  is left out of that map's means, each map counting its own queries (as ``att_entropy`` and the NL blocks);
 * ``unary_var_share`` and ``att_pairwise_only`` of every head (:func:`~nlanalysis.metrics.decomposition.dnl_split`):
   the variances from the covariances of q and k (``O(N d^2)``); the pairwise-only map
   ``softmax_k((q_i - mu_q).(k_k - mu_k))`` as ``softmax_k((q_i - mu_q) . k_k)`` (the query's own term
@@ -53,6 +55,7 @@ ROWS_BYTES = 1 << 26
 CHUNK_FLOATS = 1 << 22
 
 _SPATIAL = ("qk_nmi", "att_distance_px", "att_local", "att_local_uniform")
+_TINY = torch.finfo(torch.float32).tiny  # weights below it are 0 to the kernels (flushed)
 
 
 @dataclass
@@ -139,6 +142,7 @@ class HeadSuite:
         if self.native is not None:
             return
         self.p_k, self.entropy, self.dist = zeros(b, self.maps, 1, self.n_sp), zeros(b, self.maps), zeros(b, self.maps, 2)
+        self.counted, self.near = zeros(b, self.maps), zeros(b, self.maps)  # per map: queries counted, their valid near keys
         self.where = _geometry(att.layout.grid, self.stride, self.km_sp, dev) if self.stride is not None else None
         # added to the renormalised rows: the NMI's eps on valid keys, 1 on masked ones (y log y = 0 there)
         self.fill = torch.full((1, 1, 1, self.n_sp), NMI_EPS, dtype=f64, device=dev) if self.km_sp is None else \
@@ -243,24 +247,25 @@ class HeadSuite:
         With ``a`` the rows renormalised (0 on masked queries) and ``y = a + eps`` on the valid keys (1 on
         masked ones: ``y log y = 0`` there), the NMI's row entropy is ``log t - (y . log y) / t``
         (``t = sum y`` over valid keys); ``p_k`` and the distance sums read ``y`` and take out what the
-        fill added."""
+        fill added. A row with no normal float32 weight (the kernels flush the rest) is not counted: weight 0."""
         b, m, c, k = r.shape
         total = r.sum(-1)
-        live = total > 0
-        w = torch.where(live, total, 1.0).reciprocal()
-        if qm is not None:
-            w = w * qm
+        live = r.amax(-1) >= _TINY
+        wl = live.to(r.dtype) if qm is None else live * qm  # [B, M, c] the rows counted
+        w = torch.where(live, total, 1.0).reciprocal() * wl
         y = _scratch("suite_y", (b, m, c, k), r.device)
         torch.addcmul(self.fill, r, w[..., None], out=y) if r.is_contiguous() else y.copy_(torch.addcmul(self.fill, r, w[..., None]))
         t = live.to(r.dtype) + NMI_EPS * self.n_k_sp[:, None, None]  # [B, M, c]: sum of y over the valid keys
         h = t.log() - _dot(y, torch.log(y, out=_scratch("suite_log", y.shape, y.device))) / t  # entropy of y / t
-        wq = t.reciprocal() if qm is None else qm / t
-        self.entropy += (h if qm is None else h * qm).sum(-1)
+        wq = wl / t
+        self.entropy += (h * wl).sum(-1)
+        self.counted += wl.sum(-1)
         self.p_k += wq[:, :, None, :] @ y  # masked keys: zeroed in result()
         if self.where is not None:
             pairs = self.where[0][start:stop]  # [c, K, 2]
             fill = self.fill.reshape(-1, k) @ pairs.sum(0)  # [B or 1, 2]: what the fill adds per query row
             self.dist += (y.reshape(b * m, c * k) @ pairs.reshape(c * k, 2)).reshape(b, m, 2) - fill[:, None, :]
+            self.near += (wl * self.where[1][:, None, start:stop]).sum(-1)  # uncounted rows: y = fill, nothing left
 
     def _pairwise(self, start: int, stop: int, qm: Tensor | None) -> None:
         """The pairwise-only maps ``softmax_k((q_i - mu_q) . (k_k - mu_k))`` of the heads' queries ``start:stop``:
@@ -329,7 +334,7 @@ class HeadSuite:
         att = self.att
         b, m = att.batch_size, self.maps
         out = {name: nans(b, m) for name in COLUMNS}
-        n_q = self.n_q[:, None]
+        n_q = self.counted  # [B, M]: the queries each map counts (valid, a row on the spatial keys)
         p_k = self.p_k[:, :, 0] / n_q[..., None]
         if self.km_sp is not None:
             p_k = p_k * self.km_sp[:, 0]
@@ -337,8 +342,7 @@ class HeadSuite:
         out["qk_nmi"] = normalised_mi(h_k, self.entropy / n_q, n_q).cpu()
         if self.where is not None:
             out["att_distance_px"], out["att_local"] = (self.dist[..., 0] / n_q).cpu(), (self.dist[..., 1] / n_q).cpu()
-            uniform = (self.where[1] if self.qm is None else self.qm[:, 0] * self.where[1]).sum(-1)
-            out["att_local_uniform"] = (uniform / self.n_k_sp / self.n_q)[:, None].expand(b, m).cpu()
+            out["att_local_uniform"] = (self.near / self.n_k_sp[:, None] / n_q).cpu()
         heads = att.num_heads
         out["unary_var_share"][:, :heads] = (self.unary_var / (self.unary_var + self.pair_var / self.pair_norm)).cpu()
         sq = self.pair_sum.square().sum(-1)

@@ -13,9 +13,12 @@ unary term, the cell centres) and the columns they give, with the definitions of
   ``u_j = mu_q . k_j`` (``mu_q``: the mean query over the queries counted) and, from each logits row, the
   pairwise-only row ``softmax_j(scale (l_j - u_j))`` and its variance across keys.
 
-The queries counted are the valid ones. A valid query whose row is all zero counts as a uniform row in the
-NMI and as 0 in the distances (ViT heads, as :class:`~.head_suite.HeadSuite`); an NL block whose pass finds
-such a row leaves the suite to the eager pass, which leaves the row out (:func:`native_columns`).
+The queries counted, per map, are the valid ones whose row has some weight on the valid spatial keys (a normal
+float32: the kernel flushes the rest): a row all zero there (a ViT head whose patch-key mass underflowed, or that
+put it all on the class token) is left out of that map's spatial columns, as in :class:`~.head_suite.HeadSuite`
+and the NL blocks' eager suite; the DNL split of ViT heads counts every valid query (its pairwise-only rows are
+formed from the logits). An NL block whose pass finds such a row leaves the suite to the eager pass, which leaves
+the row out of the DNL split too (:func:`native_columns`).
 """
 from __future__ import annotations
 

@@ -24,8 +24,10 @@ What each map gives (NaN where a statistic is not defined for it):
 * The cosine distances (``att_gain_only``, ``att_pairwise_only``, ``att_abs``, ``att_norm_weighted``) are in the
   run's ``convention`` and ``zero`` rule, as ``att`` (``cos`` of :func:`suite_pass`).
 * ``qk_nmi``, ``att_distance_px``, ``att_local``, ``att_local_uniform``: non-negative maps, rows
-  renormalised over valid (ViT: patch) keys; queries whose row is all zero are left out. One pass over
-  the rows gives all four (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`).
+  renormalised over valid (ViT: patch) keys; queries whose row is all zero there (no normal float32 weight)
+  are left out, each map counting its own (ViT: a head's row can underflow where another's does not;
+  :class:`~.head_suite.HeadSuite` and the native pass alike). One pass over the rows gives all four
+  (:func:`~nlanalysis.metrics.query_dependence.spatial_stats`).
 
 ``cross_site_cos`` (:data:`CROSS_SITE`) compares a site with the previous one of the forward: it is
 measured beside the capture (:mod:`.cross_site`), not here.
@@ -314,6 +316,7 @@ class _GroupPass:
             self.signed.update(*self.st.view(start, rows))
         else:
             x, qm = self.sst.view(start, _normalise(rows, self.keys, self.kmb))
+            qm = qm & (x.amax(dim=-1) > 0)  # a row all zero on the spatial keys is not counted (ViT: its mass underflowed)
             self.nmi.update(x, qm)
             if self.dist is not None:
                 self.dist.update(start, x, qm)
@@ -362,12 +365,13 @@ def _group(g: MapGroup, site: SiteMaps, level: str, labels: ObjectLabels | None,
 
 def _normalise(r: Tensor, keys: slice, key_mask: Tensor | None) -> Tensor:
     """A chunk's rows over the spatial keys, 0 on masked keys (``key_mask`` ``[*batch, K]``), renormalised to
-    sum 1 (all-zero rows stay 0), float64."""
+    sum 1, float64; rows with no normal float32 weight there (0 to the native kernels, which flush the rest) are 0."""
     r = r[..., keys].to(torch.float64)
     if key_mask is not None:
         r = r * key_mask[..., None, :]
     total = r.sum(dim=-1, keepdim=True)
-    return r / torch.where(total > 0, total, 1.0)
+    live = r.amax(dim=-1, keepdim=True) >= torch.finfo(torch.float32).tiny
+    return torch.where(live, r / torch.where(live, total, 1.0), 0.0)
 
 
 def _normalised(rows: Chunks, keys: slice, key_mask: Tensor | None) -> Chunks:

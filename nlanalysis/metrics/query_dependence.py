@@ -276,13 +276,15 @@ def spatial_stats(rows: RowSource, n_query: int, n_key: int, where: tuple[Tensor
 
 
 class NMISums:
-    """The sums of :func:`query_key_nmi` over the chunks of a :class:`Stream`."""
+    """The sums of :func:`query_key_nmi` over the chunks of a :class:`Stream`; the queries counted are those of the
+    ``qm`` given to :meth:`update` (the stream's view's, or fewer: e.g. without the rows that are all zero)."""
 
     def __init__(self, st: Stream, eps: float = 1e-8) -> None:
         self.st, self.eps = st, eps
         b, device = st.key_mask.shape[0], st.key_mask.device
         self.p_k = torch.zeros(b, st.n_key, dtype=torch.float64, device=device)
         self.row_entropy = torch.zeros(b, dtype=torch.float64, device=device)
+        self.n_q = torch.zeros(b, dtype=torch.float64, device=device)
 
     def update(self, x: Tensor, qm: Tensor) -> None:
         x = valid(x + self.eps, qm, self.st.key_mask)
@@ -290,10 +292,11 @@ class NMISums:
         a = x / torch.where(total == 0, torch.ones_like(total), total)
         self.p_k += a.sum(dim=1)
         self.row_entropy -= torch.special.xlogy(a, a).sum(dim=(1, 2))
+        self.n_q += qm.sum(dim=1)
 
     def result(self) -> Tensor:
         """NMI ``[B]`` (batch flattened)."""
-        n_q = self.st.query_mask.sum(dim=-1).to(torch.float64)
+        n_q = self.n_q
         p_k = self.p_k / n_q[:, None]
         h_k = -torch.special.xlogy(p_k, p_k).sum(dim=-1)
         return normalised_mi(h_k, self.row_entropy / n_q, n_q)
@@ -310,7 +313,8 @@ def normalised_mi(h_k: Tensor, mean_row_entropy: Tensor, n_q: Tensor) -> Tensor:
 
 class DistanceSums:
     """The sums of :func:`attention_distance` over the chunks of a :class:`Stream`, and the local mass
-    of the uniform map over the valid keys (no maps needed: ``near @ key_mask / n_key`` per query)."""
+    of the uniform map over the valid keys (no maps needed: ``near @ key_mask / n_key`` per query); the
+    queries counted are those of the ``qm`` given to :meth:`update`, as :class:`NMISums`."""
 
     def __init__(self, st: Stream, query_pos: Tensor, key_pos: Tensor, key_cell: float | tuple[float, float]) -> None:
         self.st = st
@@ -318,7 +322,7 @@ class DistanceSums:
         self.qp, self.kp = query_pos.to(device, torch.float64), key_pos.to(device, torch.float64)
         self.reach = (1.5 * torch.as_tensor(key_cell, dtype=torch.float64).expand(2)).tolist()
         self.dist = torch.zeros(st.key_mask.shape[0], dtype=torch.float64, device=device)
-        self.local, self.uniform = torch.zeros_like(self.dist), torch.zeros_like(self.dist)
+        self.local, self.uniform, self.n_q = torch.zeros_like(self.dist), torch.zeros_like(self.dist), torch.zeros_like(self.dist)
         self.km = st.key_mask.to(torch.float64)
 
     def update(self, start: int, x: Tensor, qm: Tensor) -> None:
@@ -329,10 +333,11 @@ class DistanceSums:
         self.dist += torch.einsum("bnk,nk->b", x, torch.hypot(dy, dx))
         self.local += torch.einsum("bnk,nk->b", x, near)
         self.uniform += torch.einsum("bn,nk,bk->b", qm.to(torch.float64), near, self.km)
+        self.n_q += qm.sum(dim=1)
 
     def result(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(distance, local mass, uniform local mass)``, each ``[*batch]``."""
-        n_q = self.st.query_mask.sum(dim=-1).to(torch.float64)
+        n_q = self.n_q
         n_k = self.km.sum(dim=-1)
         return self.st.out(self.dist / n_q), self.st.out(self.local / n_q), self.st.out(self.uniform / n_k / n_q)
 
