@@ -81,7 +81,7 @@ def test_cross_site_from_recomputed_rows_and_with_gradients(monkeypatch):
     kept = analyze(model, x, valid=valid, query_dependence="cheap")
     monkeypatch.setattr(head_suite, "ROWS_BYTES", 0)
     recomputed = analyze(model, x, valid=valid, query_dependence="cheap")
-    pd.testing.assert_frame_equal(kept, recomputed, rtol=1e-7, atol=1e-8)
+    pd.testing.assert_frame_equal(kept, recomputed, rtol=1e-6, atol=1e-8)  # float32 rounding: a few eps (1.2e-7) of the maps
     monkeypatch.undo()
     from nlanalysis.capture.heads import ViTCapture
     from nlanalysis.measure.cross_site import CrossSite, keep_options
