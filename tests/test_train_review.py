@@ -57,8 +57,14 @@ def test_a_killed_runs_snapshots_are_removed_when_it_trains_again(job, tmp_path)
     stale.write_bytes(b"old")
     other = tmp_path / "checkpoints" / "baseline_s0_step160.pth"
     other.write_bytes(b"another run's")
+    torn = [tmp_path / "checkpoints" / f".gc_s0{end}.pth.k3x9q.tmp" for end in ("", "_step160")]  # killed inside torch.save
+    kept = tmp_path / "checkpoints" / ".gc_s01.pth.k3x9q.tmp"  # seed 01 is another run's (not this one's)
+    for path in (*torn, kept):
+        path.write_bytes(b"half")
     run_training(job())
     assert not stale.exists() and other.read_bytes() == b"another run's"
+    assert not any(p.exists() for p in torn) and kept.exists()
+    assert not list(tmp_path.glob(".*.tmp"))  # training.csv, summary.csv and .json went through temporary files
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("gc_s0*")) == ["gc_s0.pth", "gc_s0_step1.pth"]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,7 +117,8 @@ def run_training(job: TrainJob) -> pd.DataFrame:
         cfg = TrainConfig(**{**vars(config), "seed": seed})
         result = done[seed, variant]
         if result is None:
-            for stale in (job.out / "checkpoints").glob(f"{variant}_s{seed}_step*.pth"):  # of a killed run of it
+            ckpts = job.out / "checkpoints"  # of a killed run of it: its snapshots and its writer's temporary files
+            for stale in [*ckpts.glob(f"{variant}_s{seed}_step*.pth"), *ckpts.glob(f".{variant}_s{seed}[._]*.tmp")]:
                 stale.unlink()
             result = train_variant(variant, train, val, cfg, job.out / "checkpoints", progress=job.progress)
             _record_run(job.out, result, cfg, data, about)
@@ -124,14 +126,21 @@ def run_training(job: TrainJob) -> pd.DataFrame:
         if job.progress:
             print(f"{variant:>22} seed {seed}: mIoU {result.miou:.4f}  ({result.seconds:.0f} s)", flush=True)
     history = pd.DataFrame([row for r in results for row in r.history])
-    history.to_csv(job.out / "training.csv", index=False)
+    _replace_text(job.out / "training.csv", history.to_csv(index=False))
     summary = summarize(results)
-    summary.to_csv(job.out / "summary.csv", index=False)
+    _replace_text(job.out / "summary.csv", summary.to_csv(index=False))
     info = {"seconds_total": time.perf_counter() - start, "train_scenes": len(train), "val_scenes": len(val),
             "design": job.design, "num_items": job.num_items or SceneParams().num_items, "train_data": train.source, "val_data": val.source, "config": vars(config),
             "runs": [{"variant": r.variant, "seed": r.seed, "miou": r.miou, "seconds": r.seconds} for r in results]}  # fmt: skip
-    (job.out / "summary.json").write_text(json.dumps(info, indent=2, default=list))
+    _replace_text(job.out / "summary.json", json.dumps(info, indent=2, default=list))
     return history
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file (a killed job leaves the old file whole, not half a new one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _run_file(out: Path, variant: str, seed: int) -> Path:
