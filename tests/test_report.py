@@ -211,7 +211,7 @@ def test_report_of_a_vit_run(tmp_path):
     model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=14, embed_dim=128, depth=2, num_heads=2, num_classes=0,
                                                   init_values=0.5), std=0.3).eval()  # fmt: skip
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    args = ["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
+    args = ["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "2", "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
             "--coco-images", str(tmp_path / "images"), "--out", str(tmp_path / "vit_run"), "--save-maps", "--jsd-pairs", "16",
             "--quiet", "--query-dependence", "off"]  # fmt: skip  (the headline report)
     assert main(args) == 0
@@ -254,7 +254,7 @@ def test_report_of_a_vit_run_shows_its_object_lifts_over_their_locality_control(
     model = randomize_(timm_vit.VisionTransformer(img_size=56, patch_size=7, embed_dim=32, depth=2, num_heads=2, num_classes=0),
                        std=0.6).eval()  # fmt: skip
     torch.save(model.state_dict(), tmp_path / "vit.pth")
-    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
+    assert main(["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "2", "--vit-size", "56", "--coco-ann", str(tmp_path / "ann.json"),
                  "--coco-images", str(tmp_path / "images"), "--out", str(tmp_path / "run"), "--jsd-pairs", "0", "--quiet",
                  "--query-dependence", "cheap", "--locality-control"]) == 0  # fmt: skip
     metrics = nlanalysis.load_run(tmp_path / "run").metrics

@@ -210,7 +210,7 @@ def test_controls_reach_the_frame_and_extract(tmp_path):
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
-    spec = RunSpec(ModelSpec(tmp_path / "vit.pth", options={"vit_size": 28}), DataSpec(images=paths), OutputSpec(tmp_path / "run"),
+    spec = RunSpec(ModelSpec(tmp_path / "vit.pth", options={"vit_size": 28, "vit_heads": 4}), DataSpec(images=paths), OutputSpec(tmp_path / "run"),
                    MeasureSpec(jsd_pairs=16, controls=True))  # fmt: skip
     run_extract(spec, progress=False)
     run = load_run(tmp_path / "run")

@@ -30,9 +30,9 @@ def test_timm_layout_round_trip_and_head_count():
     sd = {f"module.{k}": v for k, v in model.state_dict().items()}  # DDP prefix is stripped
     assert detect_layout(sd) == "timm"
     loaded = load_vit(sd, img_size=28, num_heads=4)
-    assert _same(model, loaded, x) and loaded.vit_spec.heads_from == "checkpoint"
-    guessed = load_vit(sd, img_size=28)  # weights do not say: 64-wide heads assumed, and said so
-    assert guessed.vit_spec.num_heads == 1 and guessed.vit_spec.heads_from == "assumed head_dim 64"
+    assert _same(model, loaded, x) and loaded.vit_spec.heads_from.startswith("caller")
+    with pytest.raises(CheckpointError, match="width 32.*--vit-heads"):  # weights do not say, and 32 is no standard width
+        load_vit(sd, img_size=28)
 
 
 def test_dinov2_repository_layout_with_registers():

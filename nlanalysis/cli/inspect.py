@@ -31,7 +31,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
     parser.add_argument("--vit-heads", type=int, metavar="H",
-                        help="ViT: attention heads per layer, where the checkpoint does not say (timm state dicts; default: 64-wide heads)")  # fmt: skip
+                        help="ViT: attention heads per layer, where the checkpoint does not say (timm/torchvision state dicts): "
+                        "needed unless the width is 192/384/768/1024/1536, whose standard models all have 64-wide heads")  # fmt: skip
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:

