@@ -66,3 +66,85 @@ def test_a_weights_file_inside_a_hugging_face_folder_reads_the_folder_config(tmp
     (alone / "model.safetensors").write_bytes((tmp_path / "hf" / "model.safetensors").read_bytes())
     guessed = load_vit(alone / "model.safetensors", img_size=28, norm_eps=config.layer_norm_eps)  # no config: 192 / 64
     assert guessed.vit_spec.num_heads == 3 and not torch.allclose(_features(guessed, x), want, atol=1e-3)
+
+
+# -- the position table, resized as each source resizes it -------------------------------------------
+def test_timm_checkpoints_resize_their_table_as_timm_does():
+    """timm's own model at another input size (``dynamic_img_size``: ``resample_abs_pos_embed``, antialiased)."""
+    original = _timm(img_size=98, dynamic_img_size=True)  # a 7 x 7 table, run on 4 x 4 patches
+    x = torch.randn(2, 3, 56, 56)
+    loaded = load_vit(original.state_dict(), img_size=56)
+    assert loaded.vit_spec.pos_antialias and loaded.vit_spec.pos_offset is None
+    torch.testing.assert_close(_features(loaded, x), _features(original, x))
+    plain = load_vit(original.state_dict(), img_size=56, pos_antialias=False)
+    assert not torch.allclose(_features(plain, x), _features(original, x), atol=1e-3)
+
+
+def _hf_model(kind: str):
+    transformers = pytest.importorskip("transformers")
+    kw = dict(hidden_size=192, num_hidden_layers=1, num_attention_heads=3, intermediate_size=192, patch_size=14, image_size=98)
+    if kind == "vit":
+        return transformers.ViTModel(transformers.ViTConfig(**kw), add_pooling_layer=False)
+    if kind == "dinov2":
+        return transformers.Dinov2Model(transformers.Dinov2Config(**kw))
+    if not hasattr(transformers, "Dinov2WithRegistersModel"):
+        pytest.skip("this transformers has no Dinov2WithRegistersModel")
+    return transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(num_register_tokens=2, **kw))
+
+
+@pytest.mark.parametrize(("kind", "antialias"), [("vit", False), ("dinov2", False), ("dinov2-reg", True)])
+def test_hugging_face_checkpoints_resize_their_table_as_transformers_does(kind, antialias, tmp_path):
+    hf = randomize_(_hf_model(kind), std=0.1).eval()
+    hf.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 56, 56)  # 4 x 4 patches from a 7 x 7 table
+    with torch.no_grad():
+        want = hf(pixel_values=x, **({"interpolate_pos_encoding": True} if kind == "vit" else {})).last_hidden_state
+    loaded = load_vit(tmp_path, img_size=56)
+    assert loaded.vit_spec.pos_antialias is antialias
+    torch.testing.assert_close(_features(loaded, x), want, rtol=1e-4, atol=1e-5)
+    other = load_vit(tmp_path, img_size=56, pos_antialias=not antialias)
+    assert not torch.allclose(_features(other, x), want, atol=1e-3)
+
+
+def _bicubic_reference(grid, out: tuple[int, int], scale: tuple[float, float]):
+    """PyTorch's bicubic (``align_corners=False``, cubic a = -0.75, border indices clamped), written out in numpy with
+    an explicit ``scale_factor``: output pixel i samples the input at (i + 0.5) / scale - 0.5."""
+    import numpy as np
+
+    def weights(t):
+        a = -0.75
+        near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # noqa: E731  |d| <= 1
+        far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # noqa: E731  1 < |d| < 2
+        return np.array([far(t + 1), near(t), near(1 - t), far(2 - t)])
+
+    def along(arr, axis, n_out, s):
+        n = arr.shape[axis]
+        rows = []
+        for i in range(n_out):
+            src = (i + 0.5) / s - 0.5
+            f = int(np.floor(src))
+            idx = np.clip(np.arange(f - 1, f + 3), 0, n - 1)
+            rows.append(np.tensordot(weights(src - f), np.take(arr, idx, axis=axis), axes=([0], [axis])))
+        return np.moveaxis(np.stack(rows), 0, axis)
+
+    return along(along(grid, 0, out[0], scale[0]), 1, out[1], scale[1])
+
+
+def test_dinov2_repository_checkpoints_without_registers_resize_with_its_offset():
+    """The DINOv2 repository (``interpolate_pos_encoding``, ``interpolate_offset=0.1``, no antialias): ``scale_factor =
+    (w0 + 0.1) / M``; told apart from timm by its 2-D ``mask_token``."""
+    import numpy as np
+
+    original = _timm(img_size=98)  # 7 x 7
+    repo = {**original.state_dict(), "mask_token": torch.zeros(1, 384)}
+    loaded = load_vit(repo, img_size=56)
+    assert loaded.vit_spec.pos_offset == 0.1 and not loaded.vit_spec.pos_antialias
+    table = original.pos_embed[0, 1:].detach().double().reshape(7, 7, 384).numpy()
+    want = _bicubic_reference(table, (4, 4), (4.1 / 7, 4.1 / 7)).reshape(16, 384)
+    got = loaded.pos_embed[0, 1:].detach().double().numpy()
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert np.abs(load_vit(original.state_dict(), img_size=56, pos_antialias=False).pos_embed[0, 1:].detach().numpy() - want).max() > 1e-2
+    torch.testing.assert_close(loaded.pos_embed[0, :1], original.pos_embed[0, :1])  # the class entry is not resized
+    registers = {**repo, "register_tokens": torch.randn(1, 2, 384)}  # its models with registers: antialias, no offset
+    spec = load_vit(registers, img_size=56).vit_spec
+    assert spec.pos_antialias and spec.pos_offset is None and spec.n_reg == 2

@@ -47,17 +47,17 @@ def test_dinov2_repository_layout_with_registers():
     assert _same(model, loaded, torch.randn(1, 3, 28, 28))
 
 
-def test_position_table_is_resized_bicubic_without_antialias():
+def test_position_table_is_resized_bicubic_as_the_source_does():
     model = _timm(img_size=56)  # 8x8 table
     sd = model.state_dict()
-    small = load_vit(sd, img_size=28, num_heads=4)
-    want = resize_pos_embed(sd["pos_embed"], 1, (4, 4))
+    small = load_vit(sd, img_size=28, num_heads=4)  # timm: antialiased, as its resample_abs_pos_embed
+    want = resize_pos_embed(sd["pos_embed"], 1, (4, 4), antialias=True)
     grid = sd["pos_embed"][:, 1:].reshape(1, 8, 8, 32).permute(0, 3, 1, 2)
-    ref = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False, antialias=False)
+    ref = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False, antialias=True)
     assert torch.allclose(want[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 16, 32))
     assert torch.equal(small.pos_embed, want)
-    smooth = load_vit(sd, img_size=28, num_heads=4, pos_antialias=True)
-    assert not torch.allclose(smooth.pos_embed, want, atol=1e-3)
+    sharp = load_vit(sd, img_size=28, num_heads=4, pos_antialias=False)
+    assert not torch.allclose(sharp.pos_embed, want, atol=1e-3)
 
 
 def _hf(kind, **extra):

