@@ -148,3 +148,21 @@ def test_dinov2_repository_checkpoints_without_registers_resize_with_its_offset(
     registers = {**repo, "register_tokens": torch.randn(1, 2, 384)}  # its models with registers: antialias, no offset
     spec = load_vit(registers, img_size=56).vit_spec
     assert spec.pos_antialias and spec.pos_offset is None and spec.n_reg == 2
+
+
+def test_a_table_resampled_to_another_grid_is_said_and_recorded(tmp_path):
+    import warnings
+
+    from nlanalysis.extract import load_analysis
+
+    original = _timm(img_size=98)  # 7 x 7
+    torch.save(original.state_dict(), tmp_path / "vit.pth")
+    with pytest.warns(UserWarning, match=r"vit\.pth: position table stored for a 7 x 7 patch grid, resampled to 4 x 4 for 56 x 56"):
+        analysis = load_analysis(tmp_path / "vit.pth", options={"vit_size": 56})
+    notes = analysis.describe()["checkpoint"]["notes"]  # run.json's checkpoint.notes
+    assert any("7 x 7 patch grid, resampled to 4 x 4" in n and "with antialias" in n for n in notes)
+    assert any(n.startswith("heads: 6 assumed head_dim 64") for n in notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the stored grid: nothing resampled, nothing said
+        same = load_analysis(tmp_path / "vit.pth", options={"vit_size": 98, "vit_heads": 6})
+    assert not any("resampled" in n or n.startswith("heads:") for n in same.describe()["checkpoint"]["notes"])

@@ -236,7 +236,7 @@ class ViTAnalysis(Analysis):
                 "spec": asdict(spec) if spec is not None else None,
                 "img_size": self.size,
                 "blocks": self.blocks,
-                "notes": list(_VIT_NOTES),
+                "notes": list(getattr(self.model, "vit_notes", [])) + list(_VIT_NOTES),
                 "meta": {},
             },
             "preprocess": self.preprocess_dict(),

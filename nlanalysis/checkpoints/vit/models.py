@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -198,7 +199,8 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
 
     Args:
         img_size: model input ``S`` or ``(H, W)`` (multiples of the patch size); the position table
-            is resized to that grid once, here.
+            is resized to that grid once, here: a ``UserWarning`` names both grids when they differ, and so
+            does the model's ``vit_notes`` (a list of strings, what ``extract`` records in ``run.json``).
     """
     timm_vit = require("timm.models.vision_transformer")
     spec = spec or spec_of(converted)
@@ -217,6 +219,9 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     sd = dict(converted.state_dict)
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias, offset=spec.pos_offset)
+    notes = [resampled] if (resampled := _resample_note(converted.source, spec, grid, size)) else []
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     _check_shapes(converted, sd, model.state_dict(), spec)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -224,7 +229,17 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
             f"{converted.source}: weights do not fit the inferred architecture {spec}: "
             f"missing {missing[:8]}, unexpected {unexpected[:8]}"
         )
+    model.vit_notes = notes
     return model.eval()
+
+
+def _resample_note(source: str, spec: ViTSpec, grid: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """What resizing the position table does, when the input grid is not the stored one (else ``None``)."""
+    if tuple(grid) == tuple(spec.pos_grid):
+        return None
+    how = ("with" if spec.pos_antialias else "without") + " antialias" + (f", offset {spec.pos_offset}" if spec.pos_offset else "")
+    return (f"{source}: position table stored for a {spec.pos_grid[0]} x {spec.pos_grid[1]} patch grid, resampled to "
+            f"{grid[0]} x {grid[1]} for {size[0]} x {size[1]} inputs (bicubic, {how}, as the source model does)")  # fmt: skip
 
 
 def _check_shapes(converted: ConvertedViT, sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], spec: ViTSpec) -> None:
@@ -400,7 +415,9 @@ def load_vit(
         allow_nonfinite: load weights holding NaN or inf (``inspect`` does, to warn); refused by default,
             naming the first bad tensor.
 
-    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`), ``vit_source`` (a string),
+    The model gets a ``vit_spec`` attribute (:class:`ViTSpec`), ``vit_source`` (a string), ``vit_notes``
+    (what was assumed or resampled, one sentence each: a position table resized from its stored grid, which also
+    warns, and a head count guessed from the width),
     ``vit_nonfinite`` (the checkpoint's names of weights holding NaN or inf) and ``vit_norm`` (the ``(mean, std)``
     the source states for ``x / 255``, from a Hugging Face folder's ``preprocessor_config.json``; else ``None``).
 
@@ -420,6 +437,8 @@ def load_vit(
     spec = spec_of(converted, num_heads=num_heads, norm_eps=norm_eps)
     model = build_vit(converted, img_size, spec)
     model.vit_spec = spec
+    if spec.heads_from.startswith("assumed"):
+        model.vit_notes.append(f"heads: {spec.num_heads} {spec.heads_from}; state num_heads= / --vit-heads if this model differs")
     model.vit_source = f"{converted.source} ({converted.layout} layout)"
     model.vit_nonfinite = nonfinite
     model.vit_norm = converted.norm  # the input normalisation the source states (None: not stated)
