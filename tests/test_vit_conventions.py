@@ -166,3 +166,19 @@ def test_a_table_resampled_to_another_grid_is_said_and_recorded(tmp_path):
         warnings.simplefilter("error")  # the stored grid: nothing resampled, nothing said
         same = load_analysis(tmp_path / "vit.pth", options={"vit_size": 98, "vit_heads": 6})
     assert not any("resampled" in n or n.startswith("heads:") for n in same.describe()["checkpoint"]["notes"])
+
+
+# -- where the final norm sits ---------------------------------------------------------------------
+@pytest.mark.parametrize("kw", [dict(global_pool="avg", fc_norm=True),  # MAE fine-tuned: class token, fc_norm after the pool
+                                dict(class_token=False, global_pool="avg", fc_norm=False),  # timm *_gap_*: norm, no class token
+                                dict(class_token=False, global_pool="avg", fc_norm=True),  # no class token, fc_norm
+                                dict(class_token=False, reg_tokens=2, no_embed_class=True, global_pool="avg", fc_norm=False)])
+def test_average_pooled_vits_load_whichever_final_norm_they_have(kw, tmp_path):
+    original = _timm(**kw)
+    torch.save(original.state_dict(), tmp_path / "vit.pth")
+    loaded = load_vit(tmp_path / "vit.pth", img_size=28)
+    assert loaded.vit_spec.final_norm == ("fc_norm" if kw["fc_norm"] else None)
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(_features(loaded, x), _features(original, x))
+    with torch.no_grad():  # the pooled features: the final norm in its place
+        torch.testing.assert_close(loaded(x), original(x))

@@ -239,15 +239,16 @@ def hf_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Converte
 
 
 def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
-    """timm or DINOv2-repository names -> timm names (registers, mask token, classifier head)."""
+    """timm or DINOv2-repository names -> timm names (registers, mask token, classifier head; ``fc_norm`` kept where
+    it is the only final norm)."""
     prefix, sd = _split_prefix(sd)
     take = _Taken(prefix, source)
     out, dropped = {}, []
     for key, value in sd.items():
         if key == "register_tokens":
             out["reg_token"] = take(key, value, "reg_token")
-        elif key == "mask_token" or key.startswith(("head.", "fc_norm.", "attn_pool.")):
-            dropped.append(key)
+        elif key == "mask_token" or key.startswith(("head.", "attn_pool.")) or (key.startswith("fc_norm.") and "norm.weight" in sd):
+            dropped.append(key)  # fc_norm is the final norm where there is no norm (timm global_pool="avg", MAE fine-tuned)
         elif re.match(r"blocks\.\d+\.mlp\.w(12|3)\.", key):
             raise CheckpointError(f"{source}: {key}: SwiGLU MLPs (DINOv2 giant) are not supported")
         elif re.match(r"blocks\.\d+\.\d+\.", key):

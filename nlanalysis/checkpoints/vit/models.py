@@ -94,6 +94,9 @@ class ViTSpec:
         pos_antialias: antialias when resizing the position table (the source model's convention,
             :attr:`~nlanalysis.checkpoints.vit.convert.ConvertedViT.pos_antialias`).
         pos_offset: the DINOv2 repository's ``interpolate_offset`` (its models without registers: 0.1), else ``None``.
+        final_norm: ``"fc_norm"`` when the checkpoint's final LayerNorm is timm's ``fc_norm`` (applied after the
+            average pool over patch tokens: ``global_pool="avg"``, e.g. MAE fine-tuned), ``None`` for ``norm`` (on
+            every token, before the pool).
         heads_from: ``"caller (...)"`` (``num_heads=`` / ``--vit-heads``), ``"checkpoint"`` (the source states it) or ``"assumed head_dim 64
             (...)"`` (nothing states it and the width is one of :data:`GUESSED_WIDTHS`).
     """
@@ -113,6 +116,7 @@ class ViTSpec:
     pos_antialias: bool
     heads_from: str
     pos_offset: float | None = None  # None where unused: run.json settings of earlier runs stay equal
+    final_norm: str | None = None  # "fc_norm" where the final LayerNorm follows the average pool; None: norm, as before
 
 
 #: the tensors :func:`spec_of` reads sizes from, with their number of dimensions.
@@ -168,7 +172,7 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         mlp_hidden=sd["blocks.0.mlp.fc1.weight"].shape[0], qkv_bias="blocks.0.attn.qkv.bias" in sd,
         layer_scale="blocks.0.ls1.gamma" in sd, n_reg=n_reg, class_token=class_token, no_embed_class=no_embed_class,
         pos_grid=(side, side), norm_eps=norm_eps or converted.norm_eps or 1e-6, pos_antialias=converted.pos_antialias,
-        heads_from=heads_from, pos_offset=converted.pos_offset,
+        heads_from=heads_from, pos_offset=converted.pos_offset, final_norm="fc_norm" if "fc_norm.weight" in sd else None,
     )  # fmt: skip
 
 
@@ -209,12 +213,14 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     if size[0] % ph or size[1] % pw:
         raise ValueError(f"img_size {size} is not a multiple of the patch size {spec.patch_size}")
     grid = (size[0] // ph, size[1] // pw)
+    fc_norm = spec.final_norm == "fc_norm"
     model = timm_vit.VisionTransformer(
         img_size=size, patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
         num_heads=spec.num_heads, mlp_ratio=spec.mlp_hidden / spec.embed_dim, qkv_bias=spec.qkv_bias,
         init_values=1.0 if spec.layer_scale else None, class_token=spec.class_token, reg_tokens=spec.n_reg,
-        no_embed_class=spec.no_embed_class, num_classes=0, global_pool="token" if spec.class_token else "avg",
-        norm_layer=partial(nn.LayerNorm, eps=spec.norm_eps),
+        no_embed_class=spec.no_embed_class, num_classes=0, norm_layer=partial(nn.LayerNorm, eps=spec.norm_eps),
+        # timm moves the final norm to fc_norm with an average pool unless told: the checkpoint says which it has
+        global_pool="token" if spec.class_token and not fc_norm else "avg", fc_norm=fc_norm,
     )  # fmt: skip
     sd = dict(converted.state_dict)
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
