@@ -182,3 +182,44 @@ def test_average_pooled_vits_load_whichever_final_norm_they_have(kw, tmp_path):
     torch.testing.assert_close(_features(loaded, x), _features(original, x))
     with torch.no_grad():  # the pooled features: the final norm in its place
         torch.testing.assert_close(loaded(x), original(x))
+
+
+# -- what is refused, and how ----------------------------------------------------------------------
+def test_an_activation_other_than_exact_gelu_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(hidden_size=192, num_hidden_layers=1, num_attention_heads=3, intermediate_size=192,
+                                    patch_size=14, image_size=28, hidden_act="quick_gelu")  # fmt: skip
+    hf = randomize_(transformers.ViTModel(config, add_pooling_layer=False), std=0.1).eval()
+    hf.save_pretrained(tmp_path)
+    for source in (tmp_path, tmp_path / "model.safetensors"):
+        with pytest.raises(CheckpointError, match=r"config\.json: hidden_act 'quick_gelu': the rebuilt ViT uses exact GELU"):
+            load_vit(source, img_size=28)
+    x = torch.randn(1, 3, 28, 28)  # why: the rebuild (exact GELU) is another function than quick_gelu's model
+    with torch.no_grad():
+        want = hf(pixel_values=x).last_hidden_state
+    rebuilt = load_vit(hf.state_dict(), img_size=28, num_heads=3, norm_eps=config.layer_norm_eps)
+    assert not torch.allclose(_features(rebuilt, x), want, atol=1e-3)
+
+
+def test_a_hugging_face_distilled_deit_is_refused_by_name(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DeiTConfig(hidden_size=192, num_hidden_layers=1, num_attention_heads=3, intermediate_size=192,
+                                     patch_size=14, image_size=28)  # fmt: skip
+    deit = transformers.DeiTModel(config, add_pooling_layer=False).eval()
+    assert "embeddings.distillation_token" in deit.state_dict()  # the original has the second token
+    deit.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: a distilled DeiT \(embeddings\.distillation_token: a distillation token"):
+        load_vit(tmp_path, img_size=28)
+
+
+def test_an_unknown_layout_shows_its_whole_sample_of_keys(tmp_path):
+    """A MoCo v3 training file (two encoders under module.base_encoder / module.momentum_encoder): the message keeps the
+    keys it found (it was cut at 200 characters, in the middle of the first key)."""
+    sd = _timm().state_dict()
+    state = {f"module.{enc}.{k}": v for enc in ("base_encoder", "momentum_encoder") for k, v in sd.items()}
+    torch.save({"state_dict": state}, tmp_path / "mocov3.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_vit(tmp_path / "mocov3.pth", img_size=28)
+    message = str(info.value)
+    first = sorted(k.removeprefix("module.") for k in state)[0]
+    assert message.startswith(str(tmp_path / "mocov3.pth")) and f"found {first}" in message and message.endswith(", ...")

@@ -173,10 +173,11 @@ def _describe(err: BaseException) -> str:
     return line if isinstance(err, (RuntimeError, EOFError, zipfile.BadZipFile, OSError)) else f"{type(err).__name__}: {line}"
 
 
-def _first_line(err: BaseException) -> str:
+def _first_line(err: BaseException, limit: int | None = 200) -> str:
+    """The telling first line of an error (one naming a pickle GLOBAL first), cut to ``limit`` characters."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     telling = [line for line in lines if "GLOBAL" in line or "global" in line]
-    return ((telling or lines or [type(err).__name__])[0])[:200]
+    return ((telling or lines or [type(err).__name__])[0])[:limit]
 
 
 def names_damaged_file(func: _F) -> _F:
@@ -194,7 +195,8 @@ def names_damaged_file(func: _F) -> _F:
         except ValueError as err:  # the ViT converter's errors do not always name the file
             if (isinstance(err, CheckpointError) and err.path) or str(err).startswith(str(path)):
                 raise
-            raise CheckpointError(path, _first_line(err)) from err
+            # the project's own messages are whole (detect_layout's sample of keys); others' first line is cut
+            raise CheckpointError(path, _first_line(err, None if isinstance(err, CheckpointError) else 200)) from err
         except Exception as err:
             if type(err).__module__.split(".")[0] != "safetensors" and type(err).__name__ != "SafetensorError":
                 raise

@@ -111,6 +111,7 @@ _HF_BLOCK = [
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.register_tokens": "reg_token",
+    "embeddings.distillation_token": "dist_token",  # a distilled DeiT: kept so that spec_of refuses it by name
     "embeddings.position_embeddings": "pos_embed",
     "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",

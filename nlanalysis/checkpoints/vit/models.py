@@ -148,7 +148,7 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
     dim = proj.shape[0]
     distilled = [k for k in ("dist_token", "distillation_token") if k in sd]
     if distilled:  # DeiT's second prefix token and head: a model this rebuild does not make
-        raise CheckpointError(f"{src}: a distilled DeiT ({distilled[0]}: a distillation token beside the class token) is not "
+        raise CheckpointError(f"{src}: a distilled DeiT ({converted.origin.get(distilled[0], distilled[0])}: a distillation token beside the class token) is not "
                               "supported; its plain (non-distilled) DeiT or any ViT without that token is")  # fmt: skip
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     n_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
@@ -345,12 +345,18 @@ def _convert_path(path: Path) -> ConvertedViT:
                 config = json.loads(cfg.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise CheckpointError(f"{cfg}: not valid JSON text ({err})") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{cfg}: not a JSON object")
         norm = _stated_norm(folder / "preprocessor_config.json")
         path = _weights_file(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".onnx":
         return onnx_state_dict(path)
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":  # transformers' "gelu" is exact GELU, as timm's nn.GELU; gelu_new, quick_gelu, ... are not
+        raise CheckpointError(f"{folder / 'config.json'}: hidden_act {act!r}: the rebuilt ViT uses exact GELU (hidden_act 'gelu'); "
+                              "a model with another activation is not supported")  # fmt: skip
     converted = to_timm(_read_state_dict(path), str(path))
     converted.num_heads = config.get("num_attention_heads", converted.num_heads)
     converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
