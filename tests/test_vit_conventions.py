@@ -223,3 +223,28 @@ def test_an_unknown_layout_shows_its_whole_sample_of_keys(tmp_path):
     message = str(info.value)
     first = sorted(k.removeprefix("module.") for k in state)[0]
     assert message.startswith(str(tmp_path / "mocov3.pth")) and f"found {first}" in message and message.endswith(", ...")
+
+
+# -- torchvision's layout ----------------------------------------------------------------------------
+@pytest.mark.parametrize("legacy_mlp_names", [False, True])
+def test_torchvision_vision_transformers_load_and_reproduce_its_tokens(legacy_mlp_names, tmp_path):
+    tv = pytest.importorskip("torchvision.models.vision_transformer")
+    from nlanalysis.checkpoints.vit.models import vit_checkpoint_layout
+
+    torch.manual_seed(0)
+    original = randomize_(tv.VisionTransformer(image_size=28, patch_size=14, num_layers=2, num_heads=6, hidden_dim=384,
+                                               mlp_dim=512), std=0.1).eval()  # fmt: skip
+    sd = original.state_dict()
+    if legacy_mlp_names:  # torchvision < 0.14: mlp.linear_1 / mlp.linear_2
+        sd = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v for k, v in sd.items()}
+    torch.save(sd, tmp_path / "vit_b_16_like.pth")
+    assert vit_checkpoint_layout(tmp_path / "vit_b_16_like.pth") == "torchvision"  # extract --ckpt reads it as a ViT
+    loaded = load_vit(tmp_path / "vit_b_16_like.pth", img_size=28)
+    assert loaded.vit_spec.num_heads == 6 and loaded.vit_source.endswith("(torchvision layout)")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():  # torchvision's own forward, up to the class-token pick: every token after encoder.ln
+        tokens = original._process_input(x)
+        want = original.encoder(torch.cat([original.class_token.expand(2, -1, -1), tokens], 1))
+    torch.testing.assert_close(_features(loaded, x), want, rtol=1e-4, atol=1e-5)
+    wrong = load_vit(tmp_path / "vit_b_16_like.pth", img_size=28, num_heads=3)
+    assert not torch.allclose(_features(wrong, x), want, atol=1e-3)

