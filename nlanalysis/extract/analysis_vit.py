@@ -60,6 +60,24 @@ _VIT_NOTES = [
 ]
 
 
+def _normalisation(model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None,
+                   imagenet_mean: Sequence[float], imagenet_std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """``(mean, std, where from)``: the caller's, else what the checkpoint states, else ImageNet's (assumed, and said)."""
+    if (mean is None) != (std is None):
+        raise ValueError("--vit-mean and --vit-std go together (three numbers each, for x / 255)")
+    if mean is not None:
+        if len(mean) != 3 or len(std) != 3 or not all(np.isfinite([*mean, *std])) or min(std) <= 0:
+            raise ValueError(f"--vit-mean {list(mean)} / --vit-std {list(std)}: three finite numbers each, std positive")
+        return tuple(map(float, mean)), tuple(map(float, std)), "caller (--vit-mean / --vit-std)"
+    stated = getattr(model, "vit_norm", None)
+    if stated:
+        return stated[0], stated[1], "checkpoint (preprocessor_config.json)"
+    return tuple(imagenet_mean), tuple(imagenet_std), (
+        "ImageNet mean/std assumed: the checkpoint does not state it (timm augreg and SigLIP ViTs use 0.5/0.5; "
+        "set --vit-mean / --vit-std)"
+    )
+
+
 def _state_sha256(model: nn.Module) -> str:
     """sha256 of a model's weights (names, dtypes, shapes and bytes), whatever file they came from."""
     h = hashlib.sha256()
@@ -86,11 +104,14 @@ class ViTAnalysis(Analysis):
             native one-pass CPU kernels where they build (:mod:`nlanalysis.kernels`, ~0.3 s once per
             machine with the system C compiler; same numbers to float32 rounding, 2-4x faster
             statistics than eager), ``"native"`` the same with a warning where they cannot, ``"eager"``.
+        mean, std: the input normalisation of ``x / 255`` per RGB channel (both or neither); default: what the
+            checkpoint states (``model.vit_norm``, a Hugging Face folder's ``preprocessor_config.json``), else
+            ImageNet's, assumed and said so in ``run.json``'s ``checkpoint.notes`` and ``preprocess.norm_from``.
     """
 
     kind = "vit-heads"
     title = "ViTs"
-    options = ("vit_preprocess", "vit_size", "vit_keys", "vit_kernels", "vit_heads")
+    options = ("vit_preprocess", "vit_size", "vit_keys", "vit_kernels", "vit_heads", "vit_mean", "vit_std")
     columns = VIT_COLUMNS
     controls = True  # per head, over patch keys: refused with keys="all" (see __init__)
     shape_from_image = False  # S x S whatever the photo
@@ -110,6 +131,8 @@ class ViTAnalysis(Analysis):
         path: str | os.PathLike[str] | None = None,
         keys: str = "patch",
         kernels: str = "auto",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         from ..adapters.vit import ViTAttentionAdapter
         from ..data.vit_preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING, prepare_vit_image
@@ -121,8 +144,7 @@ class ViTAnalysis(Analysis):
         self.size, self.preprocessing, self.keys, self.kernels = size, preprocessing, keys, kernels
         self.controls = keys == "patch"  # the control's maps are over patch keys
         self.name, self.path = name, path
-        # the normalisation the checkpoint states (a Hugging Face folder's preprocessor_config.json), else ImageNet's
-        self.mean, self.std = getattr(self.model, "vit_norm", None) or (IMAGENET_MEAN, IMAGENET_STD)
+        self.mean, self.std, self.norm_from = _normalisation(self.model, mean, std, IMAGENET_MEAN, IMAGENET_STD)
         self.prepare = partial(prepare_vit_image, size=size, mode=preprocessing, mean=self.mean, std=self.std)
         self._sha256 = _state_sha256(self.model)
         self._cross: CrossSite | None = None
@@ -145,9 +167,9 @@ class ViTAnalysis(Analysis):
     @classmethod
     def from_source(cls, source: Any, *, blocks: str | Sequence[str] | None, options: Mapping[str, Any]) -> ViTAnalysis:
         """A named ViT (:func:`nlanalysis.vit.list_vit_models`) or a ViT checkpoint path. ``options``:
-        ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels`` (``preprocessing``, ``size``,
-        ``keys``, ``kernels``) and ``vit_heads`` (where the checkpoint does not state it, see
-        :func:`nlanalysis.vit.load_vit`)."""
+        ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_mean``, ``vit_std`` (``preprocessing``,
+        ``size``, ``keys``, ``kernels``, ``mean``, ``std``) and ``vit_heads`` (where the checkpoint does not state it,
+        see :func:`nlanalysis.vit.load_vit`)."""
         from ..checkpoints.vit.models import list_vit_models, load_vit, vit_model_path
 
         named = str(source) in list_vit_models()
@@ -155,7 +177,7 @@ class ViTAnalysis(Analysis):
         model = load_vit(str(source) if named else Path(source), img_size=size, num_heads=options.get("vit_heads"))
         return cls(model, size=size, preprocessing=options.get("vit_preprocess", "pad"), blocks=blocks, name=str(source) if named else None,
                    path=vit_model_path(str(source)) if named else Path(source).resolve(), keys=options.get("vit_keys", "patch"),
-                   kernels=options.get("vit_kernels", "auto"))  # fmt: skip
+                   kernels=options.get("vit_kernels", "auto"), mean=options.get("vit_mean"), std=options.get("vit_std"))  # fmt: skip
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         return (self.size, self.size)
@@ -236,10 +258,10 @@ class ViTAnalysis(Analysis):
                 "spec": asdict(spec) if spec is not None else None,
                 "img_size": self.size,
                 "blocks": self.blocks,
-                "notes": list(getattr(self.model, "vit_notes", [])) + list(_VIT_NOTES),
+                "notes": list(getattr(self.model, "vit_notes", [])) + [f"input normalisation: {self.norm_from}"] + list(_VIT_NOTES),
                 "meta": {},
             },
-            "preprocess": self.preprocess_dict(),
+            "preprocess": {**self.preprocess_dict(), "norm_from": self.norm_from},  # not a setting: earlier runs resume
             "padding": VIT_PADDING[self.preprocessing],
             "statistics": self.statistics_implementation(),
             "model_attention": self.model_attention(),

@@ -70,7 +70,7 @@ class ModelSpec:
         options: the kind's options, named as their flags (:attr:`Analysis.options
             <nlanalysis.extract.analyses.Analysis.options>`): NL/GC ``config``,
             ``trust_checkpoint``, ``style``, ``nl_mode``, ``use_scale``, ``position``; ViT
-            ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_heads``.
+            ``vit_preprocess``, ``vit_size``, ``vit_keys``, ``vit_kernels``, ``vit_heads``, ``vit_mean`` / ``vit_std``.
             ``None`` values are not given.
     """
 
