@@ -203,8 +203,8 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
 
     Args:
         img_size: model input ``S`` or ``(H, W)`` (multiples of the patch size); the position table
-            is resized to that grid once, here: a ``UserWarning`` names both grids when they differ, and so
-            does the model's ``vit_notes`` (a list of strings, what ``extract`` records in ``run.json``).
+            is resized to that grid once, here: a ``UserWarning`` names both grids when they differ (not for an
+            ONNX graph, which resizes its table at run time the same way), and so does the model's ``vit_notes`` (a list of strings, what ``extract`` records in ``run.json``).
     """
     timm_vit = require("timm.models.vision_transformer")
     spec = spec or spec_of(converted)
@@ -226,8 +226,9 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias, offset=spec.pos_offset)
     notes = [resampled] if (resampled := _resample_note(converted.source, spec, grid, size)) else []
-    for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+    if converted.layout != "onnx":  # an ONNX graph resizes its table itself at run time, as here: recorded, not warned
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=2)
     _check_shapes(converted, sd, model.state_dict(), spec)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
