@@ -63,7 +63,9 @@ class HeadSite(Site):
         keys: ``"patch"`` (default: patch queries over patch keys) or ``"all"`` (class and register
             keys included).
         layout: the token layout; read from the model (and its input size) when omitted.
-        keep_attention: keep each layer's :class:`HeadAttention` (on the CPU) in its record.
+        keep_attention: keep each layer's :class:`HeadAttention` in its record: ``True`` on the CPU (its
+            queries and keys copied to the host), ``"device"`` where it was computed (no copy: for callbacks
+            that read it as the record is made and let go of it, e.g. the ViT locality of ``extract``).
         chunk_size, jsd_pairs, convention, zero: passed to :func:`~nlanalysis.measure.heads.measure_heads`.
         recompute: recompute q/k from the module input even where hooks could read them
             (for checking the hooks; slower).
@@ -91,7 +93,7 @@ class HeadSite(Site):
     noun = "ViT self-attention module"
     supported = "supported: timm Attention, torch.nn.MultiheadAttention, Hugging Face Dinov2/ViT attention."
 
-    def __init__(self, cap: Capture, keys: str = "patch", layout: TokenLayout | None = None, keep_attention: bool = False,
+    def __init__(self, cap: Capture, keys: str = "patch", layout: TokenLayout | None = None, keep_attention: bool | str = False,
                  chunk_size: int | None = None, jsd_pairs: int = 64, convention: str = "1-cos", zero: str = "exclude",
                  recompute: bool = False, kernels: str = "auto", share_softmax: bool = True, controls: bool = False,
                  query_dependence: str = DEFAULT_LEVEL) -> None:  # fmt: skip
@@ -100,6 +102,8 @@ class HeadSite(Site):
         super().__init__(cap)
         self.keys = keys
         self.layout = layout
+        if keep_attention not in (False, True, "device"):
+            raise ValueError(f"keep_attention must be False, True or 'device', got {keep_attention!r}")
         self.keep_attention = keep_attention
         self.measure_kwargs = dict(chunk_size=chunk_size, convention=convention, zero=zero, kernels=kernels)
         self.query_dependence = check_level(query_dependence)
@@ -256,7 +260,9 @@ class HeadSite(Site):
         if cap.queries is not None:
             record.queries = cap.query_maps(block.name, _HeadsAsKeys(att))
         if self.keep_attention:
-            record.attention = HeadAttention(att.query.cpu(), att.key.cpu(), att.scale, layout, self.keys)
+            host = self.keep_attention != "device"
+            record.attention = HeadAttention(att.query.cpu() if host else att.query, att.key.cpu() if host else att.key,
+                                             att.scale, layout, self.keys)  # fmt: skip
         return record
 
     def _layout(self, n: int) -> TokenLayout:

@@ -35,7 +35,7 @@ from ..analyze import records_to_frame
 from ..capture.blocks import Capture
 from ..measure.cross_site import CrossSite
 from .analyses import IMAGE_COLUMNS, VIT_COLUMNS, Analysis, LayerMaps, pick_blocks, records_layer_maps, register_analysis, with_nan_columns
-from .locality import record_locality
+from .locality import LayerLocality
 from .object_sites import ObjectContext, with_object_context
 
 __all__ = ["VIT_PADDING", "VIT_PREPROCESSING", "ViTAnalysis"]
@@ -197,25 +197,22 @@ class ViTAnalysis(Analysis):
 
         cap = ViTCapture(self.model, self.blocks, keys=self.keys, queries=queries, keep_records=True, seed=seed,
                          jsd_pairs=jsd_pairs, chunk_size=chunk_size, kernels=self.kernels, controls=controls,
-                         keep_attention=True, query_dependence=self.query_dependence)  # fmt: skip
+                         keep_attention="device", query_dependence=self.query_dependence)  # fmt: skip
         suite = self.query_dependence != "off"
         self._context = ObjectContext(self.model, locality=self.locality_control) if suite else None  # with the suite
         if self._context is not None:
             self._context.attach(cap)
         self._cross = CrossSite(cap) if suite else None  # each layer against the previous (after the object context)
+        self._local = LayerLocality(cap)  # last: reduces each layer's maps on their device, then lets go of them
         return cap
 
     def frame(self, records: Sequence[Any], n_images: int, valid: torch.Tensor | None = None) -> pd.DataFrame:
-        """The statistics of every head, with each head's locality (:mod:`.locality`) from the kept
-        attention (let go of here)."""
+        """The statistics of every head, with each head's locality (:mod:`.locality`, measured on the maps'
+        device as the capture made each record)."""
         images = list(range(n_images))
         # the 3x3 local mass is the locality's (the suite's is the same definition: tests compare them)
         frame = records_to_frame(records, image_ids=images, cross=self._cross).drop(columns=["att_local", "att_local_uniform"], errors="ignore")
-        local = []
-        for rec in records:
-            local.append(record_locality(rec, valid, images))
-            rec.attention = None
-        frame = frame.merge(pd.concat(local, ignore_index=True), on=["image", "layer", "head"], how="left")
+        frame = frame.merge(self._local.frame(), on=["image", "layer", "head"], how="left")
         if getattr(self, "_context", None):
             frame = with_object_context(frame, self._context)
         frame = frame.rename(columns={"grid_h": "height", "grid_w": "width"})
