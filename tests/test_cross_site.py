@@ -123,11 +123,14 @@ def test_site_similarity_rules():
 def test_records_without_what_the_comparison_reads_are_refused():
     model = randomize_(TwoBlocks(), std=0.3).eval()
     assert keep_options(schema.NL, {"query_dependence": "off"}) == {}
-    assert keep_options(schema.NL, {"query_dependence": "cheap"}) == {"keep_tensors": True}
+    assert keep_options(schema.NL, {"query_dependence": "cheap"}) == {"keep_input": True}  # on the device, no host copy
+    assert keep_options(schema.NL, {"keep_tensors": True}) == {}
     assert keep_options(schema.VIT, {"query_dependence": "all", "keep_attention": True}) == {}
+    assert keep_options(schema.VIT, {"query_dependence": "all"}) == {}  # the suite compares the layers itself
+    assert keep_options(schema.VIT, {"stats": False}) == {"keep_attention": "device"}
     with torch.no_grad(), Capture(model, query_dependence="cheap", jsd_pairs=0) as cap:
         CrossSite(cap)
-        with pytest.raises(ValueError, match="keep_tensors=True"):
+        with pytest.raises(ValueError, match="keep_input=True"):
             model(torch.randn(1, 3, 10, 12))
 
 

@@ -45,6 +45,9 @@ class BlockSite(Site):
             the maps are recomputed beside the block. Not with ``controls`` or ``query_dependence="all"``; with
             ``"cheap"`` only softmax maps measured by the native kernel without object labels (the suite from the
             same pass), other forwards recompute.
+        keep_input: keep a copy of ``x`` on its device in every record (``keep_tensors`` keeps it on the CPU
+            instead): what :class:`~nlanalysis.measure.cross_site.CrossSite` and the object context rebuild
+            the maps from as each record is made, before they let go of it (no copy to the host).
 
     Attributes:
         served: forwards whose block maps were measured in the block's own pass (``share_softmax``).
@@ -54,9 +57,11 @@ class BlockSite(Site):
 
     def __init__(self, cap: Capture, keep_tensors: bool = False, chunk_size: int = 256, jsd_pairs: int = 512,
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
-                 kernels: str = "auto", query_dependence: str = DEFAULT_LEVEL, share_softmax: bool = True) -> None:  # fmt: skip
+                 kernels: str = "auto", query_dependence: str = DEFAULT_LEVEL, share_softmax: bool = True,
+                 keep_input: bool = False) -> None:  # fmt: skip
         super().__init__(cap)
         self.keep_tensors = keep_tensors
+        self.keep_input = keep_input and not keep_tensors
         self.measure_kwargs = dict(chunk_size=chunk_size, jsd_pairs=jsd_pairs, convention=convention, zero=zero, controls=controls,
                                    kernels=kernels, query_dependence=check_level(query_dependence))
         self.share_softmax = share_softmax and cap.stats and not controls and query_dependence in ("off", "cheap")
@@ -100,6 +105,8 @@ class BlockSite(Site):
         if self.keep_tensors:
             # copies: a model may modify the block output in place after the hook (timm's BasicBlock)
             record.x, record.z, record.context = (t.to("cpu", copy=True) for t in (x, z, context))
+        elif self.keep_input:
+            record.x = x.clone()  # a copy: the model may change its input in place after the hook
         return record
 
 

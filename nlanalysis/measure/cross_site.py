@@ -92,21 +92,23 @@ def site_similarity(prev: SiteRows | None, cur: SiteRows) -> Tensor:
 
 
 def keep_options(site: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The capture options :class:`CrossSite` needs and ``options`` (a capture's keyword arguments) lack:
-    each record's lazy attention (ViT: ``keep_attention``) or block input (NL: ``keep_tensors``);
-    ``{}`` when the query-dependence suite is off."""
+    """The capture options :class:`CrossSite` needs and ``options`` (a capture's keyword arguments) lack,
+    each kept on the device (no copy to the host): an NL record's block input (``keep_input``; none where
+    ``keep_tensors`` keeps it), a ViT record's lazy attention (``keep_attention="device"``) where the capture
+    does not measure the comparison itself (``stats=False``); ``{}`` when the query-dependence suite is off."""
     if options.get("query_dependence", DEFAULT_LEVEL) == "off":
         return {}
-    name = "keep_attention" if site == VIT else "keep_tensors"
-    return {} if options.get(name) else {name: True}
+    if site == VIT:  # with the statistics, the suite compares each layer with the previous (HeadSite.cross_site)
+        return {} if options.get("keep_attention") or options.get("stats", True) else {"keep_attention": "device"}
+    return {} if options.get("keep_tensors") or options.get("keep_input") else {"keep_input": True}
 
 
 class CrossSite:
     """``cross_site_cos`` of every site of a capture, computed as the capture makes each record.
 
     Installs itself as the capture's ``on_record`` (calling any callback set before it first). The
-    capture must keep each record's attention (ViT: ``keep_attention=True``) or input (NL:
-    ``keep_tensors=True``); :func:`keep_options` says which.
+    capture must keep each record's input (NL: ``keep_input`` or ``keep_tensors``) or, where it does not
+    measure the comparison itself, attention (ViT: ``keep_attention``); :func:`keep_options` says which.
 
     Args:
         cap: the :class:`~nlanalysis.capture.Capture` (not yet entered, or entered: either works).
@@ -122,6 +124,7 @@ class CrossSite:
         self.values: dict[tuple[int, str], Tensor] = {}
         self._blocks = {b.name: b for b in cap.blocks}
         self._prev: SiteRows | None = None
+        self._call: int | None = None  # the forward of the latest record
         self._chained = cap.on_record
         cap.on_record = self
 
@@ -129,12 +132,22 @@ class CrossSite:
         if self._chained is not None:
             self._chained(rec)
         measured = getattr(getattr(self.cap, "site", None), "cross_site", {}).pop((rec.call, rec.name), None)
+        if measured is not None:  # the capture compared the rows itself: no maps read here
+            if self.drop:
+                rec.attention = None
+            self._prev = None
+            if self._call != rec.call:
+                self.values.clear()
+            self._call = rec.call
+            self.values[(rec.call, rec.name)] = measured
+            return
         with torch.no_grad():
             cur = self._vit_rows(rec) if rec.site == VIT else self._block_rows(rec)
-            if self._prev is not None and self._prev.call != cur.call:  # a new forward: its first site
+            if self._call != cur.call:  # a new forward: its first site
                 self._prev = None
                 self.values.clear()
-            self.values[(rec.call, rec.name)] = measured if measured is not None else site_similarity(self._prev, cur)
+            self._call = cur.call
+            self.values[(rec.call, rec.name)] = site_similarity(self._prev, cur)
         self._prev = cur
 
     def column(self, rec: Any) -> Tensor | None:
@@ -163,7 +176,7 @@ class CrossSite:
 
     def _block_rows(self, rec: Any) -> SiteRows:
         if rec.x is None:
-            raise ValueError(f"block {rec.name}: cross_site_cos needs the record's input (capture with keep_tensors=True)")
+            raise ValueError(f"block {rec.name}: cross_site_cos needs the record's input (capture with keep_input=True)")
         att = rebuild_block_attention(self._blocks[rec.name], rec.x)
         if self.drop:
             rec.x = rec.z = rec.context = None
