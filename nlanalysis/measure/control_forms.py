@@ -277,6 +277,7 @@ def block_form_controls(att: LazyAttention, x: Tensor, valid: Tensor | None, obj
         return out
     gen = child_generator(measure.pop("generator", None))  # type: ignore[arg-type]
     x = x.detach()
+    valid, objects = (None if t is None else t.to(x.device) for t in (valid, objects))  # the masks meet the maps' rows
     kmask = key_mask(valid.bool(), att.key_shape).flatten(1) if valid is not None else None
     qmask = valid.bool().flatten(1) if valid is not None else torch.ones(b, att.n_query, dtype=torch.bool)
     counted = row_ok.cpu() if row_ok is not None else qmask.cpu()
