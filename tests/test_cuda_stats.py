@@ -1,15 +1,20 @@
 """The statistics on a CUDA device: the same numbers as scipy / the CPU, the maps reduced on the device
-and only per-image numbers (and per-query index vectors) copied back to the host. Runs only where
-torch sees a CUDA GPU (``python benchmarks/capture.py --device cuda`` times the same path)."""
+and only per-image numbers (and per-query index vectors) copied back to the host, in ``measure_block``,
+``analyze`` of NL and ViT models (``controls=True`` too) and ``extract``'s ViT locality. Runs only where
+torch sees a CUDA GPU (``python benchmarks/capture.py --device cuda`` times the same path;
+``tests/test_host_copies.py`` checks on the CPU which copies the code asks for)."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
 from helpers import randomize_
+from host_copies import HostCopies
 from naive import mean_cos_dist_all_pairs
+from nlanalysis import analyze
 from nlanalysis.blocks import PAIRWISE_MODES, NonLocal2d
 from nlanalysis.measure import measure_block
 from nlanalysis.metrics import mean_pairwise_cosine_distance
@@ -18,30 +23,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 FIELDS = ("input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max", "att_zero_rows", "input_zero",
           "output_zero", "att_own_object", "own_object_share", "n_query", "n_key")  # fmt: skip
-
-
-class HostCopies:
-    """Counts the elements of every CUDA tensor copied to the host (``.cpu()``, ``.to("cpu")``, ``.item()``,
-    ``.tolist()``, ``.numpy()``) while open: the largest single copy must stay far below one map."""
-
-    def __init__(self, monkeypatch):
-        self.sizes = []
-        for name in ("cpu", "to", "item", "tolist"):
-            real = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._spy(real, name))
-
-    def _spy(self, real, name):
-        def wrapped(t, *args, **kwargs):
-            if t.is_cuda and (name != "to" or _to_host(args, kwargs)):
-                self.sizes.append(t.numel())
-            return real(t, *args, **kwargs)
-
-        return wrapped
-
-
-def _to_host(args, kwargs) -> bool:
-    target = kwargs.get("device", args[0] if args else None)
-    return isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu"
 
 
 def test_cosine_distance_on_the_device_equals_pdist():
@@ -68,7 +49,7 @@ def test_block_statistics_on_the_device_equal_the_cpu(mode, monkeypatch):
                             generator=torch.Generator().manual_seed(4), kernels="eager")  # fmt: skip
         block, xc, vc = block.cuda(), x.cuda(), valid.cuda()
         att, context = block.attention(xc), block(xc) - xc
-        copies = HostCopies(monkeypatch)
+        copies = HostCopies(monkeypatch, only_cuda=True)
         gpu = measure_block(att, xc, context, valid=vc, jsd_pairs=64, chunk_size=16, generator=torch.Generator().manual_seed(4))
     monkeypatch.undo()
     one_map = att.n_query * att.n_key
@@ -88,3 +69,63 @@ def test_exact_jsd_on_the_device_equals_scipy():
     naive = np.mean([[jensenshannon(p, q, base=2) ** 2 for q in rows] for p in rows])
     assert stats.att_jsd[0].item() == pytest.approx(naive, abs=1e-9)
     assert stats.att_jsd_stderr[0].item() == 0.0 and not math.isnan(stats.att_entropy[0].item())
+
+
+def _same_rows(cpu: pd.DataFrame, gpu: pd.DataFrame) -> None:
+    """The frames of a CPU and a GPU run: the same rows and columns, numbers to float32 rounding of the maps."""
+    assert list(gpu.columns) == list(cpu.columns) and len(gpu) == len(cpu)
+    for name in cpu.columns:
+        if pd.api.types.is_numeric_dtype(cpu[name]):
+            np.testing.assert_allclose(gpu[name].to_numpy(float), cpu[name].to_numpy(float), rtol=1e-4, atol=1e-4, equal_nan=True, err_msg=name)
+        elif name != "peak_offsets":  # argmax: a near tie may round to the other key
+            assert (gpu[name] == cpu[name]).all(), name
+
+
+@pytest.mark.parametrize("options", [{}, {"controls": True}], ids=["default", "controls"])
+def test_analyze_nl_on_the_device_equals_the_cpu(options, monkeypatch):
+    from test_cross_site import TwoBlocks
+    from test_host_copies import _inputs
+
+    model = randomize_(TwoBlocks(), std=0.3).eval()
+    x, valid = _inputs(10, 12)
+    cpu = analyze(model, x, valid=valid, **options)
+    model.cuda()
+    copies = HostCopies(monkeypatch, only_cuda=True)
+    gpu = analyze(model, x.cuda(), valid=valid, **options)  # the mask on the CPU: it goes where the maps are
+    monkeypatch.undo()
+    assert max(copies.sizes) < 2 * 16 * 10 * 12, "a block's input or map was copied to the host"
+    _same_rows(cpu, gpu)
+
+
+def test_analyze_vit_on_the_device_equals_the_cpu(monkeypatch):
+    from test_host_copies import _inputs, _vit
+
+    model = _vit()
+    x, valid = _inputs(64, 64)
+    cpu = analyze(model, x, valid=valid)
+    model.cuda()
+    copies = HostCopies(monkeypatch, only_cuda=True)
+    gpu = analyze(model, x.cuda(), valid=valid.cuda())
+    monkeypatch.undo()
+    assert max(copies.sizes) < 2 * 2 * 257 * 32, "queries, keys or maps were copied to the host"
+    _same_rows(cpu, gpu)
+
+
+def test_extract_vit_locality_on_the_device_equals_the_cpu(monkeypatch):
+    from nlanalysis.extract import ViTAnalysis
+    from test_host_copies import _inputs, _vit
+
+    x, valid = _inputs(64, 64)
+    analysis = ViTAnalysis(_vit(), size=64)
+    frames = []
+    for device in ("cpu", "cuda"):
+        analysis.model.to(device)
+        copies = HostCopies(monkeypatch, only_cuda=True)
+        with torch.no_grad(), analysis.capture(queries=None, seed=0, jsd_pairs=64, chunk_size=None, controls=False) as cap:
+            cap.set_valid(valid.to(device))
+            analysis.model(x.to(device))
+        frames.append(analysis.frame(cap.records, 2, valid.to(device)))
+        monkeypatch.undo()
+    assert max(copies.sizes) < 2 * 2 * 257 * 32, "queries, keys or maps were copied to the host"
+    _same_rows(*frames)
+    assert (frames[0]["peak_offsets"] == frames[1]["peak_offsets"]).mean() > 0.9
