@@ -279,3 +279,26 @@ def test_input_normalisation_is_the_callers_the_checkpoints_or_imagenets_said_so
     assert info["settings"]["preprocess"]["mean"] == [0.5] * 3 and info["preprocess"]["std"] == [0.5] * 3
     assert main([*run, "--out", str(tmp_path / "bad"), "--vit-mean", "0.5", "0.5", "0.5"]) == 2
     assert "--vit-mean and --vit-std go together" in capsys.readouterr().err
+
+
+def test_runs_recorded_before_these_conventions_resume_where_the_numbers_are_the_same(tmp_path):
+    """The settings a resume compares keep the words earlier runs wrote: ``heads_from`` as ``"assumed head_dim 64"`` or
+    ``"checkpoint"`` (a head count given by the caller was recorded so), and the resize convention only where the
+    table is resampled (at the stored grid nothing is resized: earlier runs recorded ``false``)."""
+    from dataclasses import asdict
+
+    from nlanalysis.extract.analysis_vit import _settings_spec
+    from nlanalysis.extract.store import check_same_settings
+
+    torch.save(_timm().state_dict(), tmp_path / "s.pth")
+    with pytest.warns(UserWarning, match="assumed head_dim 64"):
+        guessed = load_vit(tmp_path / "s.pth", img_size=28).vit_spec
+    given = load_vit(tmp_path / "s.pth", img_size=28, num_heads=6).vit_spec
+    assert guessed.pos_antialias and given.heads_from.startswith("caller")  # timm's convention, the caller's count
+    earlier = {**asdict(guessed), "heads_from": "assumed head_dim 64", "pos_antialias": False}  # as runs recorded it
+    for key in ("pos_offset", "final_norm"):  # fields added later: absent from earlier records
+        earlier.pop(key)
+    check_same_settings({"spec": earlier}, {"spec": _settings_spec(guessed, 28)}, "run")
+    check_same_settings({"spec": {**earlier, "heads_from": "checkpoint"}}, {"spec": _settings_spec(given, 28)}, "run")
+    with pytest.raises(ValueError, match="pos_antialias: false vs true"):  # resampled (2 x 2 -> 4 x 4): numbers differ
+        check_same_settings({"spec": earlier}, {"spec": _settings_spec(guessed, 56)}, "run")

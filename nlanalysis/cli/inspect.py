@@ -132,9 +132,14 @@ def run(args: argparse.Namespace) -> int:
         given += [f"--{k.replace('_', '-')}" for k, v in checkpoint_overrides(args).items() if v is not None]
         if given:
             raise ValueError(f"{args.ckpt}: {', '.join(given)}: options of NL/GC checkpoints; this is a ViT checkpoint ({layout} layout)")
+        import warnings
+
         from ..checkpoints.vit.models import load_vit
 
-        print(format_vit_report(args.ckpt, layout, load_vit(args.ckpt, num_heads=args.vit_heads, allow_nonfinite=True)))
+        with warnings.catch_warnings():  # built at 224 to be described, not analysed: no table resample to warn of
+            warnings.filterwarnings("ignore", message=".*position table stored for", category=UserWarning)
+            model = load_vit(args.ckpt, num_heads=args.vit_heads, allow_nonfinite=True)
+        print(format_vit_report(args.ckpt, layout, model))
         return 0
     if args.vit_heads is not None:
         raise ValueError(f"{args.ckpt}: --vit-heads is for ViT checkpoints; this is an NL/GC checkpoint")

@@ -239,7 +239,7 @@ class ViTAnalysis(Analysis):
     def settings(self) -> dict[str, Any]:
         spec = getattr(self.model, "vit_spec", None)
         return {
-            "model": {"weights_sha256": self._sha256, "spec": asdict(spec) if spec is not None else None, "img_size": self.size},
+            "model": {"weights_sha256": self._sha256, "spec": _settings_spec(spec, self.size), "img_size": self.size},
             "blocks": self.blocks,
             "preprocess": self.preprocess_dict(),
         }
@@ -290,3 +290,19 @@ class ViTAnalysis(Analysis):
     def measure_settings(self) -> dict[str, Any]:
         # runs made before locality was recorded lack it, and refuse to resume into its columns
         return {"keys": self.keys, "locality": "3x3 patches; peak offsets"}
+
+
+def _settings_spec(spec: Any, size: int) -> dict[str, Any] | None:
+    """The architecture as a setting that must match to resume or merge: what changes the numbers, in the words runs
+    have recorded since the first ViT extract. ``heads_from`` keeps its two values (``"assumed head_dim 64"`` or
+    ``"checkpoint"``, which a head count given by the caller was recorded as; ``checkpoint.spec`` says whose), and the
+    resize convention (``pos_antialias``, ``pos_offset``) counts only where the table is resampled: at its stored grid
+    nothing is resized, and runs recorded ``false`` and no offset."""
+    if spec is None:
+        return None
+    out = asdict(spec)
+    out["heads_from"] = "assumed head_dim 64" if spec.heads_from.startswith("assumed") else "checkpoint"
+    patch = tuple(spec.patch_size)
+    if (size // patch[0], size // patch[1]) == tuple(spec.pos_grid):
+        out["pos_antialias"], out["pos_offset"] = False, None
+    return out

@@ -80,6 +80,7 @@ class ConvertedViT:
         origin: ``{timm name: the checkpoint's name(s)}``, for messages.
         norm: ``(mean, std)`` per RGB channel of ``x / 255`` when the source states them (a Hugging Face folder's
             ``preprocessor_config.json``), else ``None``.
+        resize_as: whose resize :func:`resize_pos_embed` follows, in words (for the note a resample writes).
     """
 
     state_dict: dict[str, Tensor]
@@ -93,6 +94,7 @@ class ConvertedViT:
     sources: dict[str, Tensor] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
     norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    resize_as: str = "as the source model does"
 
 
 # -- Hugging Face --------------------------------------------------------------------------------
@@ -263,12 +265,12 @@ def timm_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> Conver
     if "register_tokens" in sd:
         _fold_registers(out)
     converted = ConvertedViT(out, source, "timm", dropped=dropped, sources=take.sources, origin=take.origin)
-    converted.pos_antialias, converted.pos_offset = _timm_resize_convention(sd)
+    converted.pos_antialias, converted.pos_offset, converted.resize_as = _timm_resize_convention(sd)
     return converted
 
 
-def _timm_resize_convention(sd: Mapping[str, Tensor]) -> tuple[bool, float | None]:
-    """``(antialias, offset)`` of the position-table resize of a timm-named checkpoint's source model.
+def _timm_resize_convention(sd: Mapping[str, Tensor]) -> tuple[bool, float | None, str]:
+    """``(antialias, offset, whose)`` of the position-table resize of a timm-named checkpoint's source model.
 
     The DINOv2 repository (``dinov2/models/vision_transformer.py``, ``interpolate_pos_encoding``) is told apart by
     its keys: ``register_tokens`` (its models with registers: ``interpolate_antialias=True``, offset 0) or a 2-D
@@ -276,11 +278,11 @@ def _timm_resize_convention(sd: Mapping[str, Tensor]) -> tuple[bool, float | Non
     else is taken for timm, whose ``resample_abs_pos_embed`` antialiases.
     """
     if "register_tokens" in sd:
-        return True, None
+        return True, None, "as the DINOv2 repository does"
     mask = sd.get("mask_token")
     if mask is not None and mask.ndim == 2 and not any(k.startswith("decoder") for k in sd):
-        return False, 0.1
-    return True, None
+        return False, 0.1, "as the DINOv2 repository does"
+    return True, None, "as timm resamples (DINO v1's own code resizes with an offset of 0.1 and no antialias)"
 
 
 def to_timm(sd: Mapping[str, Tensor], source: str = "state dict") -> ConvertedViT:

@@ -225,7 +225,7 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     sd = dict(converted.state_dict)
     n_prefix = 0 if spec.no_embed_class else int(spec.class_token) + spec.n_reg
     sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n_prefix, grid, antialias=spec.pos_antialias, offset=spec.pos_offset)
-    notes = [resampled] if (resampled := _resample_note(converted.source, spec, grid, size)) else []
+    notes = [resampled] if (resampled := _resample_note(converted.source, converted.resize_as, spec, grid, size)) else []
     if converted.layout != "onnx":  # an ONNX graph resizes its table itself at run time, as here: recorded, not warned
         for note in notes:
             warnings.warn(note, UserWarning, stacklevel=2)
@@ -240,13 +240,13 @@ def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, sp
     return model.eval()
 
 
-def _resample_note(source: str, spec: ViTSpec, grid: tuple[int, int], size: tuple[int, int]) -> str | None:
+def _resample_note(source: str, whose: str, spec: ViTSpec, grid: tuple[int, int], size: tuple[int, int]) -> str | None:
     """What resizing the position table does, when the input grid is not the stored one (else ``None``)."""
     if tuple(grid) == tuple(spec.pos_grid):
         return None
     how = ("with" if spec.pos_antialias else "without") + " antialias" + (f", offset {spec.pos_offset}" if spec.pos_offset else "")
     return (f"{source}: position table stored for a {spec.pos_grid[0]} x {spec.pos_grid[1]} patch grid, resampled to "
-            f"{grid[0]} x {grid[1]} for {size[0]} x {size[1]} inputs (bicubic, {how}, as the source model does)")  # fmt: skip
+            f"{grid[0]} x {grid[1]} for {size[0]} x {size[1]} inputs (bicubic, {how}, {whose})")  # fmt: skip
 
 
 def _check_shapes(converted: ConvertedViT, sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], spec: ViTSpec) -> None:
@@ -450,8 +450,10 @@ def load_vit(
     spec = spec_of(converted, num_heads=num_heads, norm_eps=norm_eps)
     model = build_vit(converted, img_size, spec)
     model.vit_spec = spec
-    if spec.heads_from.startswith("assumed"):
-        model.vit_notes.append(f"heads: {spec.num_heads} {spec.heads_from}; state num_heads= / --vit-heads if this model differs")
+    if spec.heads_from.startswith("assumed"):  # right for the standard models of the width, wrong for others (MoCo v3 ViT-S:
+        note = f"heads: {spec.num_heads} {spec.heads_from}; state num_heads= / --vit-heads if this model differs"  # 12 of 32)
+        model.vit_notes.append(note)
+        warnings.warn(f"{converted.source}: {note}", UserWarning, stacklevel=2)
     model.vit_source = f"{converted.source} ({converted.layout} layout)"
     model.vit_nonfinite = nonfinite
     model.vit_norm = converted.norm  # the input normalisation the source states (None: not stated)

@@ -56,4 +56,5 @@ def torchvision_to_timm(sd: Mapping[str, Tensor], source: str = "state dict") ->
             raise CheckpointError(f"{source}: {prefix}{key}: a convolutional stem (torchvision conv_stem_configs) is not supported")
         else:
             dropped.append(key)  # heads.*; anything else is missed by the strict load, naming it
-    return ConvertedViT(out, source, "torchvision", dropped=dropped, sources=take.sources, origin=take.origin)
+    return ConvertedViT(out, source, "torchvision", dropped=dropped, sources=take.sources, origin=take.origin,
+                        resize_as="align_corners=False; torchvision's interpolate_embeddings uses align_corners=True")  # fmt: skip
