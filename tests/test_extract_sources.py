@@ -64,6 +64,16 @@ def test_coco_errors(coco, tmp_path):
         coco_images(ann, images, cat_ids=[42])
     with pytest.raises(ValueError, match="--limit 0 selects no images"):
         coco_images(ann, images, limit=0)
+    data = json.loads(ann.read_text())
+    a0 = data["annotations"][0]
+    for bad, message in ((1.2, r"category_id 1.2 is not an integer"), (42, r"category_id 42 is not in the file's 'categories' \(ids 1, 2, 3\)")):
+        (tmp_path / "cat.json").write_text(json.dumps({**data, "annotations": [{**a0, "category_id": bad}]}))
+        with pytest.raises(ValueError, match=message):
+            coco_images(tmp_path / "cat.json", images)
+    no_list = {k: v for k, v in data.items() if k != "categories"}  # without a list, ids are still integers: 1.2, 1.7 and
+    (tmp_path / "cat.json").write_text(json.dumps({**no_list, "annotations": [{**a0, "category_id": "1"}]}))  # "1" were one
+    with pytest.raises(ValueError, match=r"category_id '1' is not an integer"):
+        coco_images(tmp_path / "cat.json", images)
 
 
 def test_files_folders_globs(tmp_path):
@@ -98,3 +108,24 @@ def test_shards_partition_the_list(coco):
     assert [it.image_id for it in shards[1]] == [12, 15, 18]
     with pytest.raises(ValueError, match="0 <= I < N"):
         shard_of(items, 3, 3)
+
+
+def test_a_recursive_glob_enters_each_folder_once_and_matches_as_glob_does(tmp_path, monkeypatch):
+    """glob follows linked folders: a link to its own folder made ``**`` list paths without end (2^40 here). The walk
+    enters each real folder once and otherwise selects what ``glob.glob(..., recursive=True)`` selects."""
+    import glob
+    import os
+
+    from nlanalysis.extract.sources import _glob
+
+    for name in ("x.png", "a/y.png", "a/b/z.png", "a/.hidden.png", "a/.h/q.png", "c/w.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "c" / "link").symlink_to(tmp_path / "a")  # a link to another folder: followed, as glob does
+    monkeypatch.chdir(tmp_path)
+    patterns = ("**/*.png", "a/**/*.png", "**/*", "c/**/*.png", "**/.h/*.png", f"{tmp_path}/**/*.png", "*.png")
+    for pattern in patterns:
+        got = {os.path.realpath(p) for p in _glob(pattern) if os.path.isfile(p)}
+        assert got == {os.path.realpath(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)}, pattern
+    (tmp_path / "a" / "self").symlink_to(".")  # now a loop
+    assert {it.image_id for it in file_images(["**/*.png"])} == {"x.png", "a/y.png", "a/b/z.png"}

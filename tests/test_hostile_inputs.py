@@ -107,6 +107,24 @@ def test_decompression_bomb_is_an_image_error_naming_the_file(tmp_path):
     with pytest.raises(ImageReadError, match=r"bomb\.png: refused, too many pixels .*900000000 pixels.*MAX_IMAGE_PIXELS") as err:
         load_image(tmp_path / "bomb.png")
     assert isinstance(err.value.__cause__, Image.DecompressionBombError)
+    # between PIL's limit (89M pixels) and twice it, PIL only warns and decodes (a 12,000 x 12,000 PNG took 2.9 GB)
+    write_png(tmp_path / "big.png", size=(10000, 10000))
+    with pytest.raises(ImageReadError, match=r"big\.png: refused, too many pixels"):
+        load_image(tmp_path / "big.png")
+
+
+def test_a_fifo_named_like_an_image_is_not_opened(tmp_path):
+    """Opening a FIFO waits for a writer: the header reads that COCO runs make of every image first must not."""
+    import os
+
+    from nlanalysis.data.images import exif_orientation, image_size
+
+    os.mkfifo(tmp_path / "pipe.png")
+    assert exif_orientation(tmp_path / "pipe.png") == 1  # as a missing file: it fails, alone, when it is loaded
+    with pytest.raises(ImageReadError, match="pipe.png: no such image file"):
+        image_size(tmp_path / "pipe.png")
+    with pytest.raises(ImageReadError, match="pipe.png: no such image file"):
+        load_image(tmp_path / "pipe.png")
 
 
 def test_a_png_whose_pixel_data_fails_its_crc_is_refused(tmp_path, photo):
@@ -419,9 +437,11 @@ def test_a_coco_image_is_read_in_the_frame_its_entry_states_or_fails_by_name(coc
     flipped = dict(first, id=first["id"] + 100, file_name="flipped.png")  # a flip keeps the size: the stored frame, where COCO's annotators drew
     _sideways_png(images / "turned.png", raw)
     _sideways_png(images / "flipped.png", raw, orientation=2)
-    (tmp_path / "frames.json").write_text(json.dumps({**data, "images": [turned, flipped], "annotations": []}))
+    sizeless = {k: v for k, v in dict(first, id=first["id"] + 200).items() if k not in ("height", "width")}  # no size: as stored
+    (tmp_path / "frames.json").write_text(json.dumps({**data, "images": [turned, flipped, sizeless], "annotations": []}))
     frames = ImageDataset(coco_images(tmp_path / "frames.json", images), lambda image: image, None, objects=False)
     assert np.array_equal(frames[0].prep, np.rot90(raw, k=-1)) and np.array_equal(frames[1].prep, raw)
+    assert np.array_equal(frames[2].prep, raw)  # its annotations were drawn on the stored pixels
     with one_thread():
         spec = RunSpec(model=ModelSpec(tiny_checkpoint(tmp_path / "tiny.pth")), data=DataSpec(coco_ann=ann, coco_images=images),
                        output=OutputSpec(tmp_path / "out"), measure=MeasureSpec(jsd_pairs=0))  # fmt: skip

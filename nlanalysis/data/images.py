@@ -6,6 +6,8 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 """
 from __future__ import annotations
 
+import warnings
+
 import zlib
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing, empty, not a decodable image, has pixels of no known
             range (32-bit integers, floats outside ``[0, 1]`` or not finite), or has more pixels
-            than PIL decodes safely (twice ``PIL.Image.MAX_IMAGE_PIXELS``: a decompression bomb),
+            than PIL decodes safely (``PIL.Image.MAX_IMAGE_PIXELS``, 89M by default: a decompression bomb;
+            PIL itself only warns below twice that, and a 12,000 x 12,000 PNG of 168 KB took 2.9 GB),
             or is a PNG whose chunks fail their CRC. The message names the file.
     """
     from PIL import Image
@@ -47,19 +50,21 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such image file")
     try:
-        with Image.open(path) as img:
-            if img.format == "PNG":
-                _check_png_crcs(path)
-            img.load()
-            fmt = img.format
-            if orient and _orientation(img) != 1:
-                from PIL import ImageOps
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
+            with Image.open(path) as img:
+                if img.format == "PNG":
+                    _check_png_crcs(path)
+                img.load()
+                fmt = img.format
+                if orient and _orientation(img) != 1:
+                    from PIL import ImageOps
 
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb8(img, path, fmt)
+                    img = ImageOps.exif_transpose(img)
+                return _to_rgb8(img, path, fmt)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(
             f"{path}: refused, too many pixels to decode safely ({err}). "
             "If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS"
@@ -86,9 +91,12 @@ def _orientation(img: Any) -> int:
 
 
 def exif_orientation(path: str | Path) -> int:
-    """The EXIF orientation of an image file from its header (1: as stored; also for a file that cannot be opened)."""
+    """The EXIF orientation of an image file from its header (1: as stored; also for a file that cannot be opened, or
+    that is no regular file: opening a FIFO would wait for a writer)."""
     from PIL import Image
 
+    if not Path(path).is_file():
+        return 1
     try:
         with Image.open(path) as img:
             return _orientation(img)

@@ -73,10 +73,9 @@ def check_coco(data: Any, path: str | os.PathLike[str]) -> None:
             raise CocoFileError(f"{where}: image id {image_id} is listed twice, for {names[image_id]!r} and {name!r}: ids must be unique")
         names[image_id] = name
     categories = data.get("categories")
-    for n, cat in enumerate(_list(categories, f"{where}: 'categories'")):
-        _int_field(cat, "id", f"{where}: categories[{n}]")
+    known = {_int_field(cat, "id", f"{where}: categories[{n}]") for n, cat in enumerate(_list(categories, f"{where}: 'categories'"))}
     for n, ann in enumerate(_list(data.get("annotations"), f"{where}: 'annotations'")):
-        _check_annotation(ann, f"{where}: annotations[{n}]", with_category="categories" in data)
+        _check_annotation(ann, f"{where}: annotations[{n}]", categories=known if "categories" in data else None)
 
 
 def _list(value: Any, what: str) -> list[Any]:
@@ -127,11 +126,16 @@ def _check_image(image: Any, where: str) -> tuple[int, str]:
     return image_id, name
 
 
-def _check_annotation(ann: Any, where: str, with_category: bool) -> None:
+def _check_annotation(ann: Any, where: str, categories: set[int] | None) -> None:
+    """One annotation, checked: ``category_id`` must be an integer wherever it is given (1.2 and 1.7 would read as one
+    category), and be listed where the file has a ``categories`` list (``categories``; there it must be given)."""
     _int_field(ann, "id", where)
     _int_field(ann, "image_id", where)
-    if with_category:
-        _int_field(ann, "category_id", where)
+    if categories is not None or "category_id" in ann:
+        category = _int_field(ann, "category_id", where)
+        if categories is not None and category not in categories:
+            raise CocoFileError(f"{where} (id {ann['id']}): category_id {category} is not in the file's 'categories' "
+                                f"(ids {', '.join(map(str, sorted(categories)[:8]))}{', ...' * (len(categories) > 8)})")  # fmt: skip
     bbox = ann.get("bbox")
     if "bbox" in ann and not (  # a bbox given as null too: absent, say so; present, it must be a box
         isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0

@@ -60,9 +60,10 @@ def _annotated_pixels(item: ImageItem) -> np.ndarray:
     """``item``'s pixels: a plain file as displayed (EXIF orientation applied, as mmcv reads images); a COCO image in the
     frame its annotations are drawn in: as stored where that has the entry's ``height`` x ``width`` (COCO's annotators
     drew on the stored pixels; the size cannot tell a flip or a half turn from none), else as displayed where that has
-    it; ValueError where neither has it (a different file, or annotations made at another size)."""
+    it; ValueError where neither has it (a different file, or annotations made at another size). A COCO entry without its
+    size is read as stored (its annotations were drawn on the stored pixels; turning the image would move it under them)."""
     if item.height is None or item.width is None:
-        return load_image(item.path)
+        return load_image(item.path, orient=item.annotations is None)
     if image_size(item.path, orient=False) == (item.height, item.width):
         return load_image(item.path, orient=False)
     pixels = load_image(item.path)

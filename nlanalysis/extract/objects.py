@@ -131,6 +131,14 @@ def _box(ann: dict[str, Any], h: int, w: int) -> np.ndarray:
     return m
 
 
+def _cropped(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """``(top, left, mask[box])``: a mask cut to the box of its pixels (an empty one to ``0 x 0``)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0, 0, mask[:0, :0]
+    return int(rows[0]), int(cols[0]), mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy()
+
+
 def object_map(
     annotations: list[dict[str, Any]],
     original_size: tuple[int, int],
@@ -160,7 +168,7 @@ def object_map(
             m = _box(a, h, w) if "bbox" in a else np.zeros((h, w), dtype=bool)
         if m.shape != (h, w):
             raise ValueError(f"annotation {a.get('id')}: mask of shape {m.shape} on an image of shape {(h, w)}")
-        drawn.append((m, has_mask))
+        drawn.append((_cropped(m), has_mask))  # kept as its box: a full-image mask each took 1 MB of a 1000 x 1000 image
     full = np.zeros((h, w), dtype=np.int64)
     for a in annotations:  # crowd regions under the objects: neither an object nor background
         if a.get("iscrowd") and a.get("segmentation"):
@@ -170,9 +178,10 @@ def object_map(
                 raise ValueError(f"annotation {a.get('id')}: {err}") from err
             if crowd is not None:
                 full[crowd] = -1
-    order = sorted(range(len(drawn)), key=lambda i: -int(drawn[i][0].sum()))  # large first, small on top
+    order = sorted(range(len(drawn)), key=lambda i: -int(drawn[i][0][2].sum()))  # large first, small on top
     for i in order:
-        full[drawn[i][0]] = i + 1
+        r0, c0, part = drawn[i][0]
+        full[r0 : r0 + part.shape[0], c0 : c0 + part.shape[1]][part] = i + 1
     nh, nw = size
     rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)

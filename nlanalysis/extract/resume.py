@@ -155,7 +155,7 @@ def _input_shape(
         return shape_of(int(h or 0), int(w or 0))
     if not (h and w):
         try:
-            h, w = image_size(item.path)  # as load_image turns it (EXIF orientation)
+            h, w = image_size(item.path, orient=item.annotations is None)  # as _annotated_pixels reads it
         except Exception:  # unreadable: it fails (alone) when loaded
             return None
     return shape_of(int(h), int(w))

@@ -10,6 +10,7 @@ query points and for the own-object statistics.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -167,9 +168,39 @@ def few(values: Sequence[Any], n: int = 5) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
 
 
+def _glob(pattern: str) -> list[Path]:
+    """``glob.glob(pattern, recursive=True)``, but a ``**`` walk enters each real folder once: glob follows linked
+    folders, and a link to its own folder (``a -> .``) made it list paths without end."""
+    parts = Path(pattern).parts
+    if "**" not in parts:
+        return [Path(p) for p in glob.glob(pattern)]
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root, wanted = Path(*parts[:fixed]) if fixed else Path("."), parts[fixed:]
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(folder))
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in seen]
+        rel = Path(folder).relative_to(root).parts
+        found += [Path(folder, f) for f in files if _matches((*rel, f), wanted)]
+    return found
+
+
+def _matches(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether path ``parts`` match glob ``pattern`` parts as ``glob`` matches them: ``**`` any number of folders, a
+    wildcard never a name starting with a dot."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1)
+                   if not any(p.startswith(".") for p in parts[:i]))  # fmt: skip
+    if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
 def _expand(arg: str) -> list[Path]:
     if glob.has_magic(arg):
-        found = [Path(p) for p in glob.glob(arg, recursive=True)]
+        found = _glob(arg)
         files = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         if not files:
             raise FileNotFoundError(f"--images {arg}: the pattern matches no image files ({', '.join(IMAGE_EXTENSIONS)})")
