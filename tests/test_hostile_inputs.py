@@ -189,7 +189,7 @@ def coco(tmp_path):
     from extract_inputs import write_coco, write_photos
 
     photos = write_photos(tmp_path / "images", n=2, max_side=64)
-    data = write_coco(tmp_path / "ann.json", photos)
+    write_coco(tmp_path / "ann.json", photos)
     return tmp_path / "ann.json", tmp_path / "images", json.loads((tmp_path / "ann.json").read_text())
 
 
