@@ -31,3 +31,16 @@ def test_shape_and_type_are_checked() -> None:
         check_features(torch.zeros(3, 4, 5))
     with pytest.raises(TypeError):
         check_features([1.0])
+
+
+def test_an_input_that_requires_grad_is_read_without_a_warning() -> None:
+    import warnings
+
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)  # a block input in a forward with autograd on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_features(x)
+    x = torch.full((1, 2, 3, 3), math.nan, requires_grad=True)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="NaN or inf"):
+        warnings.simplefilter("error")
+        check_features(x)
