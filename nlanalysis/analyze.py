@@ -8,6 +8,7 @@ batches. For data sets use ``nlanalysis extract``, which streams results to disk
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -91,30 +92,37 @@ def analyze(
     Args:
         model: a model containing supported NL/GC blocks, or a timm / torchvision / Hugging Face ViT.
         images: ``[B, 3, H, W]`` model input.
-        valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding).
-        objects: optional ``[B, H, W]`` int instance labels of the pixels (0 = no object).
+        valid: optional ``[B, H, W]`` bool, True on image pixels (False on padding); ``H x W`` the images'.
+        objects: optional ``[B, H, W]`` int instance labels of the pixels (0 = no object); float labels
+            only where every value is a whole number.
         blocks: glob(s) selecting blocks / attention modules by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
-        batch_size: run the model on this many images at a time (default: all at once).
+        batch_size: run the model on this many images at a time, an int >= 1 (default: all at once).
         site: ``"nl-blocks"`` or ``"vit-heads"``; default: what the selected modules are
             (ValueError if both kinds are selected: their rows have different columns).
         capture_kwargs: passed to the capture (:class:`~nlanalysis.capture.Capture`, or
-            :class:`~nlanalysis.capture.heads.ViTCapture`: e.g. ``keys="all"``).
+            :class:`~nlanalysis.capture.heads.ViTCapture`: e.g. ``keys="all"``). Not ``stats=False``:
+            the rows are the statistics (for query maps alone use :func:`nlanalysis.capture`).
 
     Returns:
         A DataFrame, one row per (image, block), or per (image, layer, head) plus ``head == HEAD_MEAN`` rows.
     """
-    check_batch_args(images, valid, image_ids, "analyze")
+    check_batch_args(images, valid, image_ids, "analyze", objects)
+    if batch_size is not None and (not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"analyze(batch_size=...) must be an int >= 1 (or None: all at once), got {batch_size!r}")
+    if capture_kwargs.get("stats", True) is not True:
+        raise ValueError("analyze(stats=False): analyze's rows are the statistics, so it would return an empty table; "
+                         "for query maps alone use nlanalysis.capture(model, queries=..., stats=False)")  # fmt: skip
     kind = capture_type(model, blocks, capture_kwargs.get("exclude"), site)
     n = images.shape[0]
     ids = list(image_ids) if image_ids is not None else list(range(n))
-    step = batch_size or max(n, 1)
+    step = batch_size or n
     frames = []
     keep = keep_options(kind.default_site, capture_kwargs)
     # torch's threads capped at the free cores: beside a busy neighbour no barrier waits for its core
     with torch.no_grad(), free_core_threads(), kind(model, blocks, **capture_kwargs, **keep) as cap:
         cross = CrossSite(cap, drop=bool(keep)) if capture_kwargs.get("query_dependence", DEFAULT_LEVEL) != "off" else None
-        for start in range(0, max(n, 1), step):
+        for start in range(0, n, step):
             part = slice(start, start + step)
             cap.clear()
             cap.set_valid(valid[part] if valid is not None else None)

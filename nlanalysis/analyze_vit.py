@@ -58,7 +58,7 @@ def analyze_vit(
     Returns:
         A DataFrame, one row per (image, layer, head), plus ``head == HEAD_MEAN`` rows.
     """
-    check_batch_args(images, valid, image_ids, "analyze_vit")
+    check_batch_args(images, valid, image_ids, "analyze_vit", objects)
     return analyze(model, images, valid=valid, objects=objects, blocks=blocks, image_ids=image_ids,
                    batch_size=batch_size, site=VIT, keys=keys, **capture_kwargs)  # fmt: skip
 

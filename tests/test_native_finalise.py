@@ -220,6 +220,7 @@ def test_a_captured_layer_records_the_same_stats_with_and_without_the_native_fin
     valid = torch.ones(2, 4, 4, dtype=torch.bool)
     valid[1, :, 3:] = False
     labels = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(7))
+    pixels = lambda cells: cells.repeat_interleave(7, 1).repeat_interleave(7, 2)  # noqa: E731
     head_stats, native_calls = heads_module._head_stats, []
     spy = heads_module._native_head_stats
     monkeypatch.setattr(heads_module, "_native_head_stats", lambda *a: native_calls.append(1) or spy(*a))
@@ -228,8 +229,8 @@ def test_a_captured_layer_records_the_same_stats_with_and_without_the_native_fin
         if not native:
             monkeypatch.setattr(heads_module, "_head_stats", lambda *a: head_stats(*a[:9], native=False))
         with torch.no_grad(), ViTCapture(model, jsd_pairs=jsd_pairs) as cap:
-            cap.set_valid(valid)
-            cap.set_objects(labels)
+            cap.set_valid(pixels(valid))  # the masks are per input pixel: each 7x7 patch takes its cell's value
+            cap.set_objects(pixels(labels))
             model(x)
         records[native] = cap.records
     assert len(native_calls) == 2  # both layers took the native path in the first capture, none in the second

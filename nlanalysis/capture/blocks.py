@@ -19,7 +19,7 @@ from ..adapters import BlockInfo, check_features
 from ..measure.blocks import measure_block
 from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..schema import NL
-from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, query_points, valid_cells
+from .core import Capture, Site, capture, cell_centres, check_batch_args, check_mask, check_site_options, query_points, valid_cells
 from .inpass_blocks import InPassBlock
 from .records import QueryMaps, SiteRecord
 
@@ -59,6 +59,7 @@ class BlockSite(Site):
                  convention: str = "1-cos", zero: str = "exclude", controls: bool = False,
                  kernels: str = "auto", query_dependence: str = DEFAULT_LEVEL, share_softmax: bool = True,
                  keep_input: bool = False) -> None:  # fmt: skip
+        check_site_options(chunk_size, jsd_pairs, share_softmax, "NL/GC blocks")
         super().__init__(cap)
         self.keep_tensors = keep_tensors
         self.keep_input = keep_input and not keep_tensors

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal
@@ -29,8 +30,8 @@ from ..adapters import BlockInfo, list_blocks
 from ..schema import NL, VIT
 from .records import QueryMaps, SiteRecord
 
-__all__ = ["Capture", "Site", "capture", "cell_centres", "check_batch_args", "check_mask", "query_points", "select_sites",
-           "valid_cells"]  # fmt: skip
+__all__ = ["Capture", "Site", "capture", "cell_centres", "check_batch_args", "check_mask", "check_objects", "check_pixels",
+           "check_site_options", "query_points", "select_sites", "valid_cells"]  # fmt: skip
 
 #: site kind -> the module and class of its :class:`Site`
 _KINDS = {
@@ -97,15 +98,73 @@ def check_mask(valid: Any, what: str) -> None:
         raise ValueError(f"{what}: the valid-pixel mask must be [B, H, W], got shape {list(valid.shape)}")
 
 
-def check_batch_args(images: Tensor, valid: Any, image_ids: Sequence[Any] | None, what: str) -> None:
-    """The checks at the entry of ``analyze``/``analyze_vit`` (``what``): a bool ``valid`` mask of the
-    batch's size, and one image id per image."""
-    n = images.shape[0]
+def check_objects(labels: Any, what: str) -> Tensor | None:
+    """``labels`` as a long tensor ``[B, H, W]`` (``None`` stays ``None``); ``what`` names the argument.
+
+    Integer or bool labels are taken as they are; float labels only where every value is a whole
+    number (``1.5`` would silently merge with ``1``). TypeError otherwise, and for a non-tensor."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        hint = "; pass torch.from_numpy(labels)" if type(labels).__module__ == "numpy" else ""
+        raise TypeError(f"{what}: the object labels must be an integer tensor [B, H, W] (0 = no object), "
+                        f"got a {type(labels).__name__}{hint}")  # fmt: skip
+    if labels.is_complex() or (labels.is_floating_point() and not bool((labels.isfinite() & (labels == labels.round())).all())):
+        raise TypeError(f"{what}: the object labels must be integers [B, H, W] (0 = no object), got a {labels.dtype} tensor "
+                        "with values that are not whole numbers (they would be truncated, merging objects); "
+                        "pass integer labels")  # fmt: skip
+    if labels.dim() != 3:
+        raise ValueError(f"{what}: the object labels must be [B, H, W], got shape {list(labels.shape)}")
+    return labels.long()
+
+
+def check_pixels(given: Tensor | None, size: tuple[int, int], what: str, of: str) -> None:
+    """Raise unless a per-pixel ``[B, H, W]`` map (``what``) has the ``(H, W)`` of the model input (``of``):
+    a transposed or grid-sized map would otherwise be silently stretched onto each site's grid."""
+    if given is not None and tuple(given.shape[-2:]) != tuple(size):
+        h, w = size
+        raise ValueError(f"{what} is {given.shape[-2]}x{given.shape[-1]} (H x W) but {of} is {h}x{w}: a per-pixel "
+                         f"map must be [B, {h}, {w}], one value per input pixel (not per cell of a site's grid, "
+                         "not transposed)")  # fmt: skip
+
+
+def check_batch_args(images: Any, valid: Any, image_ids: Sequence[Any] | None, what: str, objects: Any = None) -> None:
+    """The checks at the entry of ``analyze``/``analyze_vit`` (``what``): ``images`` a ``[B, C, H, W]``
+    tensor, a bool ``valid`` mask and ``objects`` labels of the batch's size and the images' ``H x W``,
+    and one image id per image."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{what}: expected a [B, C, H, W] tensor of images, got a {type(images).__name__} "
+                        "(stack a list of [C, H, W] tensors with torch.stack; convert a PIL image or array with "
+                        "torchvision.transforms.functional.to_tensor or torch.from_numpy)")  # fmt: skip
+    if images.dim() != 4:
+        hint = " (one image: add the batch dimension, images[None])" if images.dim() == 3 else ""
+        raise ValueError(f"{what}: expected a [B, C, H, W] tensor of images, got shape {list(images.shape)}{hint}")
+    n, size = images.shape[0], tuple(images.shape[-2:])
+    if n == 0:
+        raise ValueError(f"{what}: empty batch (0 images): nothing to measure")
     check_mask(valid, f"{what}(valid=...)")
-    if valid is not None and valid.shape[0] != n:
-        raise ValueError(f"{what}(valid=...): the mask has batch {valid.shape[0]}, the images {n}")
+    labels = check_objects(objects, f"{what}(objects=...)")
+    for name, given in (("valid", valid), ("objects", labels)):
+        if given is not None and given.shape[0] != n:
+            raise ValueError(f"{what}({name}=...): the {'mask' if name == 'valid' else 'label map'} has batch {given.shape[0]}, the images {n}")
+        check_pixels(given, size, f"{what}({name}=...)", "the images' H x W")
     if image_ids is not None and len(image_ids) != n:
         raise ValueError(f"{what}(image_ids=...): {len(image_ids)} ids for {n} images")
+
+
+def check_site_options(chunk_size: Any, jsd_pairs: Any, share_softmax: Any, site: str) -> None:
+    """Refuse, before any forward, the options of a site kind (``site``) that would otherwise fail deep in a
+    kernel or silently mean something else: ``chunk_size`` an int >= 1 (``None`` where the kind sizes its own),
+    ``jsd_pairs`` an int >= 0 (0: no JSD), ``share_softmax`` a bool."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if chunk_size is not None and not (whole(chunk_size) and chunk_size >= 1):
+        raise ValueError(f"{site}: chunk_size must be an int >= 1, got {chunk_size!r}")
+    if not (whole(jsd_pairs) and jsd_pairs >= 0):
+        raise ValueError(f"{site}: jsd_pairs must be an int >= 0 (0: no JSD), got {jsd_pairs!r}")
+    if not isinstance(share_softmax, bool):
+        raise TypeError(f"{site}: share_softmax must be True or False, got {share_softmax!r}")
 
 
 def select_sites(model: nn.Module, blocks: str | Iterable[str] | None, exclude: str | Iterable[str] | None,
@@ -187,6 +246,9 @@ class Capture:
             The site's attributes (``measure_kwargs``, a ViT's ``shared_calls``, ...) read as the capture's.
 
     Attributes: ``kind`` (the site kind), ``site`` (its :class:`Site`), ``blocks`` (the sites found), ``records``.
+
+    The masks of :meth:`set_valid` and
+    :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused.
     """
 
     #: the site kind when ``site=None`` (``None``: the selected modules' kind)
@@ -292,8 +354,9 @@ class Capture:
         """Instance labels ``[B, H, W]`` (int, 0 = no object, -1 = neither: a crowd region) of the next forward's input pixels.
 
         Enables ``att_own_object`` / ``own_object_share``; each cell takes the label at its centre.
+        Float labels are taken only where they are whole numbers (TypeError otherwise: truncation would merge objects).
         """
-        self._objects = None if labels is None else labels.long()
+        self._objects = check_objects(labels, "Capture.set_objects(labels)")
 
     def set_input_size(self, size: tuple[int, int]) -> None:
         """Tell the capture the input image size when the model input is not a 4-D tensor."""
@@ -336,10 +399,13 @@ class Capture:
 
     def cell_masks(self, grid: tuple[int, int], batch: int, given_to: str) -> tuple[Tensor | None, Tensor | None]:
         """The valid-pixel mask and object labels of this forward on a site's query ``grid`` (``None``
-        where not set), checked against the batch of the site's input (``given_to`` names it)."""
+        where not set), checked against the batch of the site's input (``given_to`` names it) and, where
+        the model input's size is known, against its ``H x W``: the masks are per input pixel."""
         for what, given in (("valid-pixel mask", self._valid), ("object label map", self._objects)):
             if given is not None and given.shape[0] != batch:
                 raise ValueError(f"the {what} has batch {given.shape[0]}, the {given_to} {batch}")
+            if self._input_size is not None:
+                check_pixels(given, self._input_size, f"the {what}", "the model input")
         valid = valid_cells(self._valid, grid) if self._valid is not None else None
         objects = cell_centres(self._objects, grid) if self._objects is not None else None
         return valid, objects

@@ -30,7 +30,7 @@ from ..measure.head_suite import HeadSuite, SuiteRows
 from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, key_mask, measure_heads, uses_native
 from ..measure.query_dep import CROSS_SITE
 from ..schema import VIT
-from .core import Capture, Site
+from .core import Capture, Site, check_site_options
 from .records import SiteRecord
 from .shared_softmax import SharedSoftmax
 
@@ -99,6 +99,7 @@ class HeadSite(Site):
                  query_dependence: str = DEFAULT_LEVEL) -> None:  # fmt: skip
         if keys not in KEY_SETS:
             raise ValueError(f"keys must be one of {KEY_SETS}, got {keys!r}")
+        check_site_options(chunk_size, jsd_pairs, share_softmax, "ViT heads")
         super().__init__(cap)
         self.keys = keys
         self.layout = layout
