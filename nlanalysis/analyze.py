@@ -8,8 +8,9 @@ batches. For data sets use ``nlanalysis extract``, which streams results to disk
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -104,6 +105,10 @@ def analyze(
             :class:`~nlanalysis.capture.heads.ViTCapture`: e.g. ``keys="all"``). Not ``stats=False``:
             the rows are the statistics (for query maps alone use :func:`nlanalysis.capture`).
 
+    The model runs in eval mode (BatchNorm's running statistics, no dropout: the trained model's maps,
+    the same whatever the batch), and every module's ``training`` flag is restored afterwards; nothing
+    of the model is changed. (:func:`nlanalysis.capture` measures the forwards you run, in their mode.)
+
     Returns:
         A DataFrame, one row per (image, block), or per (image, layer, head) plus ``head == HEAD_MEAN`` rows.
     """
@@ -120,7 +125,7 @@ def analyze(
     frames = []
     keep = keep_options(kind.default_site, capture_kwargs)
     # torch's threads capped at the free cores: beside a busy neighbour no barrier waits for its core
-    with torch.no_grad(), free_core_threads(), kind(model, blocks, **capture_kwargs, **keep) as cap:
+    with torch.no_grad(), free_core_threads(), eval_mode(model), kind(model, blocks, **capture_kwargs, **keep) as cap:
         cross = CrossSite(cap, drop=bool(keep)) if capture_kwargs.get("query_dependence", DEFAULT_LEVEL) != "off" else None
         for start in range(0, n, step):
             part = slice(start, start + step)
@@ -130,3 +135,15 @@ def analyze(
             model(images[part])
             frames.append(records_to_frame(cap.records, ids[part], cross))
     return pd.concat(frames, ignore_index=True)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then every module's own ``training`` flag back (a mix of modes included)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,10 +1,12 @@
 """What ``analyze`` / ``capture`` refuse of a notebook user's mistakes, with errors that say what to do:
 masks and labels of another shape than the images, float labels that are not whole numbers, a batch
-that is empty or not a ``[B, C, H, W]`` tensor, and options out of range."""
+that is empty or not a ``[B, C, H, W]`` tensor, and options out of range; and that ``analyze`` measures a
+train-mode model as in eval mode, leaving it as it was."""
 from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -135,3 +137,21 @@ def test_share_softmax_must_be_a_bool(nl_model):
 def test_analyze_without_statistics_is_refused(nl_model):
     with pytest.raises(ValueError, match=r"analyze\(stats=False\): .* use nlanalysis\.capture"):
         analyze(nl_model, _images(), stats=False)
+
+
+# -- the model's mode ------------------------------------------------------------------------------
+def test_a_train_mode_model_is_measured_in_eval_mode_and_left_as_it_was():
+    torch.manual_seed(0)
+    model = randomize_(nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Dropout(0.5), NonLocal2d(8)), std=0.5)
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    want = analyze(model.eval(), _images(4))
+    model.train()
+    model[1].eval()  # a mix of modes: each module's own flag comes back
+    modes, state = [m.training for m in model.modules()], {k: v.clone() for k, v in model.state_dict().items()}
+    got = analyze(model, _images(4))
+    assert got.equals(want)
+    one = analyze(model, _images(4), batch_size=1)  # the same maps whatever the batch (the JSD's sampled pairs aside)
+    assert np.allclose(one[["att", "input", "att_entropy"]], want[["att", "input", "att_entropy"]], rtol=1e-5, atol=1e-7)
+    assert [m.training for m in model.modules()] == modes and modes[:4] == [True, True, False, True]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # no running statistics updated

@@ -247,7 +247,10 @@ class Capture:
 
     Attributes: ``kind`` (the site kind), ``site`` (its :class:`Site`), ``blocks`` (the sites found), ``records``.
 
-    The masks of :meth:`set_valid` and
+    A capture measures the forwards you run as they run: it does not switch the model's mode, so a
+    model in train mode is measured with batch statistics in its BatchNorm (and updates their running
+    means) and with dropout; call ``model.eval()`` first for the trained model's maps
+    (:func:`nlanalysis.analyze` does, and restores the mode after). The masks of :meth:`set_valid` and
     :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused.
     """
 
