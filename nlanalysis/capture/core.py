@@ -221,7 +221,7 @@ class Capture:
 
     Example::
 
-        with Capture(model, blocks="backbone.layer3.*", queries=[(120, 200)]) as cap:
+        with Capture(model, blocks="backbone.layer3.*", queries=[(120, 200)]) as cap:  # (y, x): row 120, col 200
             model(images)
         for rec in cap.records:
             print(rec.name, rec.stats.att)
