@@ -32,27 +32,30 @@ STAT_COLUMNS = statistic_columns(NL)
 
 #: a site's row columns, in order: the image, the site's facts, its statistics, how they were made
 FRAME_COLUMNS = {
-    NL: ("image", "block", "family", "mode", "height", "width", "n_query", "n_key", *statistic_columns(NL),
+    NL: ("image", "block", "use", "family", "mode", "height", "width", "n_query", "n_key", *statistic_columns(NL),
          "query_independent", "convention"),
-    VIT: ("image", "layer", "block", "family", "head", "num_heads", "grid_h", "grid_w", "n_prefix", "n_query", "n_key",
+    VIT: ("image", "layer", "block", "use", "family", "head", "num_heads", "grid_h", "grid_w", "n_prefix", "n_query", "n_key",
           "keys", "input_space", *statistic_columns(VIT), "convention"),
 }  # fmt: skip
 #: the query-dependence suite (``query_dependence="cheap"`` / ``"all"``), in a row after the site's columns
 QUERY_COLUMNS = tuple(query_columns(NL))
-#: columns in a row only when measured: the control (``controls=True``) and the query-dependence suite
-_OPTIONAL = frozenset((*names(None, ("control",)), *QUERY_COLUMNS))
+#: columns in a row only when measured: the control (``controls=True``) and the query-dependence suite;
+#: ``use`` only when a block ran twice in a forward (:attr:`~nlanalysis.capture.records.SiteRecord.use`)
+_OPTIONAL = frozenset((*names(None, ("control",)), *QUERY_COLUMNS, "use"))
 
 
 def records_to_frame(records: Iterable[SiteRecord], image_ids: Sequence[Any] | None = None,
                      cross: CrossSite | None = None) -> pd.DataFrame:  # fmt: skip
     """One row per (image, site, map) with the columns of :data:`FRAME_COLUMNS` of the record's site:
     an NL block's one map, or a ViT layer's heads then its head mean (``head == HEAD_MEAN``);
-    ``cross``: the capture's cross-site similarity (``cross_site_cos``), where measured."""
-    rows = []
+    ``cross``: the capture's cross-site similarity (``cross_site_cos``), where measured; ``use`` (the
+    block's run in its forward) in every row when some block ran twice in one forward."""
+    rows, records = [], list(records)
+    twice = any(rec.use for rec in records)
     for rec in records:
         if rec.stats is None:
             continue
-        facts, columns = rec.facts(), (*FRAME_COLUMNS[rec.site], *QUERY_COLUMNS)
+        facts, columns = rec.facts() | ({"use": rec.use} if twice else {}), (*FRAME_COLUMNS[rec.site], *QUERY_COLUMNS)
         between = cross.column(rec) if cross is not None else None
         for b, maps in enumerate(rec.stats.per_image_map()):
             for m, values in enumerate(maps):

@@ -81,6 +81,8 @@ REGISTRY: tuple[Column, ...] = (
     _c("image_id", "the image: its COCO id, or its file's path relative to the common folder", "str", "image"),
     _c("file_name", "the image's file name", "str", "image"),
     _c("block", "dotted name of the block (ViT: of the layer's attention module)", "str", "site"),
+    _c("use", "the block's run in one forward, counted from 0: a module called twice per forward gives rows 0 and 1 "
+       "(analyze's frames, only when some block ran twice)", "int", "site", _COUNT, stored=False),
     _c("layer", "transformer layer, counted from 0", "int", "site", _COUNT, sites=_VIT),
     _c("head", "head, counted from 0; -1: the head-averaged map and the whole attention branch", "int", "site", (-1.0, _INF), sites=_VIT),
     _c("family", "the block family (the adapter that found the block)", "str", "site"),

@@ -155,3 +155,26 @@ def test_a_train_mode_model_is_measured_in_eval_mode_and_left_as_it_was():
     assert np.allclose(one[["att", "input", "att_entropy"]], want[["att", "input", "att_entropy"]], rtol=1e-5, atol=1e-7)
     assert [m.training for m in model.modules()] == modes and modes[:4] == [True, True, False, True]
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # no running statistics updated
+
+
+# -- a block run twice in one forward --------------------------------------------------------------
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.nl = nn.Conv2d(3, 8, 4, stride=4), randomize_(NonLocal2d(8), std=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nl(self.nl(self.stem(x)))
+
+
+def test_a_block_run_twice_in_a_forward_gives_rows_told_apart_by_use(nl_model):
+    torch.manual_seed(0)
+    model = _Twice().eval()
+    with pytest.warns(UserWarning, match=r"nl ran more than once in one forward; .* told apart by rec\.use"):
+        frame = analyze(model, _images())
+    assert frame[["image", "block", "use"]].values.tolist() == [[0, "nl", 0], [1, "nl", 0], [0, "nl", 1], [1, "nl", 1]]
+    with torch.no_grad():
+        inner = model.nl(model.stem(_images()))  # the second run's input: the first's output
+    second = analyze(nl_model.__class__(nn.Identity(), model.nl).eval(), inner)  # the block alone, on that input
+    assert np.allclose(frame[frame["use"] == 1][["att", "input"]], second[["att", "input"]], rtol=1e-5, atol=1e-9)
+    assert "use" not in analyze(nl_model, _images()).columns  # only where a block ran twice

@@ -305,6 +305,8 @@ class Capture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._calls = 0
         self._ran = 0  # site hooks run in this forward (a compiled model runs none: it is said once)
+        self._uses: dict[str, int] = {}  # records of each site in this forward: a module called twice has two
+        self._warned_twice = False
         self._warned_none = False
         self._input_size: tuple[int, int] | None = None
         self._valid: Tensor | None = None
@@ -368,6 +370,7 @@ class Capture:
     # -- hooks -------------------------------------------------------------------------------
     def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._ran = 0
+        self._uses = {}
         first = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(first, Tensor) and first.dim() == 4:
             self._input_size = (first.shape[-2], first.shape[-1])
@@ -415,8 +418,14 @@ class Capture:
 
     def site_record(self, block: BlockInfo, info: dict[str, Any], grids: tuple[tuple[int, int], tuple[int, int]],
                     **fields: Any) -> SiteRecord:  # fmt: skip
-        """A record of ``block`` in this forward, ``grids`` its query and key shapes."""
-        return SiteRecord(name=block.name, family=block.adapter.family, info=info, call=self._calls,
+        """A record of ``block`` in this forward, ``grids`` its query and key shapes; ``use`` counts the block's
+        earlier runs in the forward (a module called twice: 0, then 1), said once in a warning."""
+        use = self._uses[block.name] = self._uses.get(block.name, -1) + 1
+        if use == 1 and not self._warned_twice:
+            self._warned_twice = True
+            warnings.warn(f"capture: {block.name or 'the model'} ran more than once in one forward; its records have the same name "
+                          "and call, told apart by rec.use (0, 1, ...: analyze's `use` column)", stacklevel=2)  # fmt: skip
+        return SiteRecord(name=block.name, family=block.adapter.family, info=info, call=self._calls, use=use,
                           input_size=self._input_size, query_shape=grids[0], key_shape=grids[1], **fields)  # fmt: skip
 
     def query_maps(self, name: str, att: Any) -> QueryMaps:

@@ -42,6 +42,7 @@ class SiteRecord:
         family: adapter family (``nlanalysis``, ``mmcv``, ``timm-vit``, ``hf-vit``, ...).
         info: static facts from the adapter (mode, channels, heads, scale, ...).
         call: index of the model forward this record belongs to (0-based).
+        use: the site's run in that forward, counted from 0 (a module called twice in one forward: 0, then 1).
         input_size: ``(H, W)`` of the model input, if known.
         query_shape, key_shape: ``(H, W)`` grids of queries and keys (ViT: the patch grid, both).
         stats: :class:`~nlanalysis.measure.stats.SiteStats` (per-map fields ``[B, 1]`` for a block,
@@ -73,6 +74,7 @@ class SiteRecord:
     layout: TokenLayout | None = None
     input_space: str | None = None
     attention: HeadAttention | None = None
+    use: int = 0
 
     @property
     def site(self) -> str:
