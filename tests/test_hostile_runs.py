@@ -75,10 +75,10 @@ def test_any_error_of_one_image_is_its_failure_row(data, tmp_path, monkeypatch, 
 
     real_load, real_queries = loading.load_image, runner.select_queries
 
-    def load(path):
+    def load(path, **options):
         if str(path).endswith("photo_001.jpg"):
             raise KeyError("a reader bug")
-        return real_load(path)
+        return real_load(path, **options)
 
     calls = []
 

@@ -63,7 +63,7 @@ def _annotated_pixels(item: ImageItem) -> np.ndarray:
     it; ValueError where neither has it (a different file, or annotations made at another size). A COCO entry without its
     size is read as stored (its annotations were drawn on the stored pixels; turning the image would move it under them)."""
     if item.height is None or item.width is None:
-        return load_image(item.path, orient=item.annotations is None)
+        return load_image(item.path) if item.annotations is None else load_image(item.path, orient=False)
     if image_size(item.path, orient=False) == (item.height, item.width):
         return load_image(item.path, orient=False)
     pixels = load_image(item.path)
