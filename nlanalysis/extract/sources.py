@@ -169,17 +169,20 @@ def few(values: Sequence[Any], n: int = 5) -> str:
 
 
 def _glob(pattern: str) -> list[Path]:
-    """``glob.glob(pattern, recursive=True)``, but a ``**`` walk enters each real folder once: glob follows linked
-    folders, and a link to its own folder (``a -> .``) made it list paths without end."""
+    """``glob.glob(pattern, recursive=True)``, but a ``**`` walk does not follow a link back into a folder it is
+    inside: glob follows linked folders, and a link to its own folder (``a -> .``) made it list paths without end."""
     parts = Path(pattern).parts
     if "**" not in parts:
         return [Path(p) for p in glob.glob(pattern)]
+    if pattern.endswith((os.sep, os.sep + ".", os.sep + "..")):  # glob lists folders only there (pathlib drops the ending)
+        return []
     fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
     root, wanted = Path(*parts[:fixed]) if fixed else Path("."), parts[fixed:]
-    found, seen = [], set()
+    found, above = [], {}  # per folder walked: the real folders on its way down (a link back to one of them: a cycle)
     for folder, dirs, files in os.walk(root, followlinks=True):
-        seen.add(os.path.realpath(folder))
-        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in seen]
+        chain = above.get(folder, frozenset()) | {os.path.realpath(folder)}
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in chain]  # only cycles are cut
+        above.update({os.path.join(folder, d): chain for d in dirs})
         rel = Path(folder).relative_to(root).parts
         found += [Path(folder, f) for f in files if _matches((*rel, f), wanted)]
     return found
@@ -190,8 +193,8 @@ def _matches(parts: Sequence[str], pattern: Sequence[str]) -> bool:
     wildcard never a name starting with a dot."""
     if not pattern:
         return not parts
-    if pattern[0] == "**":
-        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1)
+    if pattern[0] == "**":  # a trailing ** takes one part at least: what stands before it is a folder, as in glob
+        return any(_matches(parts[i:], pattern[1:]) for i in range(int(len(pattern) == 1), len(parts) + 1)
                    if not any(p.startswith(".") for p in parts[:i]))  # fmt: skip
     if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
         return False
