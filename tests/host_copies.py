@@ -9,7 +9,8 @@ class HostCopies:
     (``monkeypatch`` undoes it). On a CPU run these calls copy nothing, but each marks a tensor the code moves to
     the host, which a CUDA run pays for. Counted there: floating-point tensors (maps, features, queries, keys; not a
     generator's state), ``.to("cpu")`` but not ``.to(device)`` with a device object (on the CPU it cannot be told
-    from keeping data on its own device). ``only_cuda``: CUDA tensors of any type only, ``.to`` any CPU target."""
+    from keeping data on its own device; nor are ``copy_`` or item assignment into a CPU buffer, for the same reason: a
+    CUDA run, or ``only_cuda`` under an emulator, sees those). ``only_cuda``: CUDA tensors of any type only, ``.to`` any CPU target."""
 
     def __init__(self, monkeypatch, only_cuda: bool = False):
         self.copies: list[tuple[int, str]] = []
@@ -35,6 +36,10 @@ class HostCopies:
     @property
     def sizes(self) -> list[int]:
         return [n for n, _ in self.copies]
+
+    def total(self) -> int:
+        """All elements copied (a map copied in row chunks is as large as one copied whole)."""
+        return sum(self.sizes)
 
     def largest(self) -> tuple[int, str]:
         """The largest copy and where it was made (``(0, "")`` without any)."""

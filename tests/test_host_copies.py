@@ -37,6 +37,8 @@ def test_analyze_nl_copies_neither_maps_nor_features(monkeypatch, options):
     monkeypatch.undo()
     assert frame["cross_site_cos"].notna().any()
     assert copies.largest()[0] < features, f"a block's input or map went to the host: {copies.largest()}"
+    # in all: per-image numbers and the JSD pairs' values (~6,500 with controls) stay below one image's map of a block
+    assert copies.total() < 120 * 120, f"a map went to the host in pieces: {copies.copies}"
 
 
 def test_analyze_vit_copies_neither_maps_nor_queries_and_keys(monkeypatch):
@@ -48,6 +50,7 @@ def test_analyze_vit_copies_neither_maps_nor_queries_and_keys(monkeypatch):
     monkeypatch.undo()
     assert frame["cross_site_cos"].notna().any()
     assert copies.largest()[0] < qk, f"queries, keys or maps went to the host: {copies.largest()}"
+    assert copies.total() < qk, f"queries, keys or maps went to the host in pieces: {copies.copies}"
 
 
 def test_extract_vit_locality_copies_neither_maps_nor_queries_and_keys(monkeypatch):
@@ -63,3 +66,4 @@ def test_extract_vit_locality_copies_neither_maps_nor_queries_and_keys(monkeypat
     monkeypatch.undo()
     assert frame["peak_offsets"].str.len().gt(0).all() and frame["att_local"].notna().all()
     assert copies.largest()[0] < 2 * 2 * 257 * 32, f"queries, keys or maps went to the host: {copies.largest()}"
+    assert copies.total() < 2 * 2 * 257 * 32, f"queries, keys or maps went to the host in pieces: {copies.copies}"
