@@ -260,12 +260,16 @@ def _loop(
 
 def _coco_rules(items: list[ImageItem]) -> dict[str, str]:
     """The settings of the COCO rules that change the rows of these images: crowd regions left out where an annotation
-    is a crowd with a mask, the stored frame first where an image file has an EXIF orientation (a header read each)."""
+    is a crowd with a mask, the stored frame first where an image file has an EXIF orientation (a header read each), and
+    the stored frame for such a file whose entry states no size (earlier runs read it as displayed: they lack the key)."""
     rules = {}
     if any(a.get("iscrowd") and a.get("segmentation") for it in items for a in it.annotations or ()):
         rules["crowd"] = "left-out"
-    if any(exif_orientation(it.path) != 1 for it in items):
+    turned = [it for it in items if exif_orientation(it.path) != 1]
+    if turned:
         rules["frame"] = "stored-first"
+    if any(it.height is None or it.width is None for it in turned):  # since 2026-12-06: read as stored, not as displayed
+        rules["frame_unsized"] = "stored"
     return rules
 
 
