@@ -148,5 +148,6 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        model.train(modes[0][1])  # through the model's own train(): what an override does with the mode is undone too
         for module, training in modes:
             module.training = training

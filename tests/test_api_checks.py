@@ -157,6 +157,19 @@ def test_a_train_mode_model_is_measured_in_eval_mode_and_left_as_it_was():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # no running statistics updated
 
 
+class _FreezesInEval(nn.Sequential):
+    def train(self, mode: bool = True) -> "_FreezesInEval":  # a model whose train() does more than set flags
+        super().train(mode)
+        self[0].requires_grad_(mode)
+        return self
+
+
+def test_a_models_own_train_is_called_to_restore_its_mode():
+    model = _FreezesInEval(nn.Conv2d(3, 8, 4, stride=4), randomize_(NonLocal2d(8), std=0.5)).train()
+    analyze(model, _images())
+    assert model.training and all(p.requires_grad for p in model[0].parameters())
+
+
 # -- a block run twice in one forward --------------------------------------------------------------
 class _Twice(nn.Module):
     def __init__(self) -> None:
@@ -170,9 +183,11 @@ class _Twice(nn.Module):
 def test_a_block_run_twice_in_a_forward_gives_rows_told_apart_by_use(nl_model):
     torch.manual_seed(0)
     model = _Twice().eval()
-    with pytest.warns(UserWarning, match=r"nl ran more than once in one forward; .* told apart by rec\.use"):
+    with pytest.warns(UserWarning, match=r"nl ran more than once in one forward .* told apart by rec\.use"):
         frame = analyze(model, _images())
     assert frame[["image", "block", "use"]].values.tolist() == [[0, "nl", 0], [1, "nl", 0], [0, "nl", 1], [1, "nl", 1]]
+    # the first run is the forward's first site (no cross-site value); the second is compared with it, each its own
+    assert frame[frame["use"] == 0]["cross_site_cos"].isna().all() and frame[frame["use"] == 1]["cross_site_cos"].notna().all()
     with torch.no_grad():
         inner = model.nl(model.stem(_images()))  # the second run's input: the first's output
     second = analyze(nl_model.__class__(nn.Identity(), model.nl).eval(), inner)  # the block alone, on that input

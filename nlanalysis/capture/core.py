@@ -423,8 +423,9 @@ class Capture:
         use = self._uses[block.name] = self._uses.get(block.name, -1) + 1
         if use == 1 and not self._warned_twice:
             self._warned_twice = True
-            warnings.warn(f"capture: {block.name or 'the model'} ran more than once in one forward; its records have the same name "
-                          "and call, told apart by rec.use (0, 1, ...: analyze's `use` column)", stacklevel=2)  # fmt: skip
+            warnings.warn(f"capture: {block.name or 'the model'} ran more than once in one forward of the captured model (or the "
+                          "model's own forward did not run between its runs); its records have the same name and call, told "
+                          "apart by rec.use (0, 1, ...: analyze's `use` column)", stacklevel=2)  # fmt: skip
         return SiteRecord(name=block.name, family=block.adapter.family, info=info, call=self._calls, use=use,
                           input_size=self._input_size, query_shape=grids[0], key_shape=grids[1], **fields)  # fmt: skip
 

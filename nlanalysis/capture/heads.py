@@ -84,7 +84,7 @@ class HeadSite(Site):
 
     Attributes:
         shared_calls: attention calls answered from the measured maps (``share_softmax``), over all forwards.
-        cross_site: ``{(call, layer name): [B, heads + 1]}`` each layer's ``cross_site_cos`` against the layer
+        cross_site: ``{(call, layer name, use): [B, heads + 1]}`` each layer's ``cross_site_cos`` against the layer
             before it in the forward, measured with the suite (:class:`~nlanalysis.measure.head_suite.HeadSuite`)
             from the rows both layers formed anyway; :class:`~nlanalysis.measure.cross_site.CrossSite` takes them
             from here (and lets go of them).
@@ -118,7 +118,7 @@ class HeadSite(Site):
         self._sharing: list[SharedSoftmax] = []
         self._rows: tuple[int, SuiteRows] | None = None  # (forward, the last layer's rows for cross_site_cos)
         self._layouts: tuple[tuple | None, TokenLayout | None] = (None, None)  # ((forward, input size, tokens), layout)
-        self.cross_site: dict[tuple[int, str], Tensor] = {}
+        self.cross_site: dict[tuple[int, str, int], Tensor] = {}
 
     def close(self) -> None:
         for sharing in self._sharing:
@@ -255,7 +255,7 @@ class HeadSite(Site):
             )  # fmt: skip
             if suite is not None:  # this layer's rows: the next layer's cross-site comparison
                 self._rows = (cap._calls, suite.rows)
-                self.cross_site[(record.call, record.name)] = suite.values[CROSS_SITE]
+                self.cross_site[(record.call, record.name, record.use)] = suite.values[CROSS_SITE]
         if self.controls and record.stats is not None and self.keys == "patch":
             record.stats.controls = self._controls(tokens, layout, record.stats, att, index)
         if cap.queries is not None:

@@ -131,7 +131,7 @@ class CrossSite:
     def __call__(self, rec: Any) -> None:
         if self._chained is not None:
             self._chained(rec)
-        measured = getattr(getattr(self.cap, "site", None), "cross_site", {}).pop((rec.call, rec.name), None)
+        measured = getattr(getattr(self.cap, "site", None), "cross_site", {}).pop(_key(rec), None)
         if measured is not None:  # the capture compared the rows itself: no maps read here
             if self.drop:
                 rec.attention = None
@@ -139,7 +139,7 @@ class CrossSite:
             if self._call != rec.call:
                 self.values.clear()
             self._call = rec.call
-            self.values[(rec.call, rec.name)] = measured
+            self.values[_key(rec)] = measured
             return
         with torch.no_grad():
             cur = self._vit_rows(rec) if rec.site == VIT else self._block_rows(rec)
@@ -147,12 +147,12 @@ class CrossSite:
                 self._prev = None
                 self.values.clear()
             self._call = cur.call
-            self.values[(rec.call, rec.name)] = site_similarity(self._prev, cur)
+            self.values[_key(rec)] = site_similarity(self._prev, cur)
         self._prev = cur
 
     def column(self, rec: Any) -> Tensor | None:
         """``cross_site_cos`` ``[B, M]`` of record ``rec`` (``None``: not measured in the latest forward)."""
-        return self.values.get((rec.call, rec.name))
+        return self.values.get(_key(rec))
 
     def _masks(self, grid: tuple[int, int], batch: int, device: torch.device) -> Tensor:
         """``[B, H, W]`` bool valid cells of ``grid`` in this forward (all True without a valid mask)."""
@@ -183,3 +183,8 @@ class CrossSite:
         valid = self._masks(att.query_shape, att.batch_size, att.device)
         qm, km = valid.flatten(1), key_mask(valid, att.key_shape).flatten(1)
         return SiteRows(rec.call, (att.query_shape, att.key_shape, 0), 1, lambda s, e: att.rows(s, e)[:, None], qm, km)
+
+
+def _key(rec: Any) -> tuple[int, str, int]:
+    """A record's place: its forward, its site and its run there (a module called twice in one forward has two)."""
+    return rec.call, rec.name, getattr(rec, "use", 0)
