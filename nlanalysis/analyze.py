@@ -148,6 +148,11 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        model.train(modes[0][1])  # through the model's own train(): what an override does with the mode is undone too
-        for module, training in modes:
-            module.training = training
+        try:  # through the modules' own train(): what an override does with the mode is undone too, parents first
+            model.train(modes[0][1])
+            for module, training in modes[1:]:
+                if module.training != training:
+                    module.train(training)
+        finally:  # and every flag as it was, whatever an override did or raised
+            for module, training in modes:
+                module.training = training

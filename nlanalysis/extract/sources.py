@@ -181,11 +181,26 @@ def _glob(pattern: str) -> list[Path]:
     found, above = [], {}  # per folder walked: the real folders on its way down (a link back to one of them: a cycle)
     for folder, dirs, files in os.walk(root, followlinks=True):
         chain = above.get(folder, frozenset()) | {os.path.realpath(folder)}
-        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in chain]  # only cycles are cut
-        above.update({os.path.join(folder, d): chain for d in dirs})
         rel = Path(folder).relative_to(root).parts
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in chain  # cycles are cut, and
+                   and _leads((*rel, d), wanted)]  # folders no match can pass through (hidden ones: glob's ** skips them)
+        above.update({os.path.join(folder, d): chain for d in dirs})
         found += [Path(folder, f) for f in files if _matches((*rel, f), wanted)]
     return found
+
+
+def _leads(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether folder ``parts`` can begin a path that matches ``pattern`` (:func:`_matches`)."""
+    if not parts:
+        return bool(pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        hidden = next((i for i, p in enumerate(parts) if p.startswith(".")), len(parts))
+        return hidden == len(parts) or any(_leads(parts[i:], pattern[1:]) for i in range(hidden + 1))
+    if parts[0].startswith(".") and not pattern[0].startswith("."):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _leads(parts[1:], pattern[1:])
 
 
 def _matches(parts: Sequence[str], pattern: Sequence[str]) -> bool:

@@ -116,12 +116,12 @@ class CrossSite:
             once read: for captures that kept it only for the comparison.
 
     Attributes:
-        values: ``{(call, site name): [B, M]}`` float64 of the latest forward.
+        values: ``{(call, site name, use): [B, M]}`` float64 of the latest forward.
     """
 
     def __init__(self, cap: Any, *, drop: bool = False) -> None:
         self.cap, self.drop = cap, drop
-        self.values: dict[tuple[int, str], Tensor] = {}
+        self.values: dict[tuple[int, str, int], Tensor] = {}
         self._blocks = {b.name: b for b in cap.blocks}
         self._prev: SiteRows | None = None
         self._call: int | None = None  # the forward of the latest record
