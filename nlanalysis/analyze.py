@@ -101,7 +101,10 @@ def analyze(
             only where every value is a whole number.
         blocks: glob(s) selecting blocks / attention modules by dotted name.
         image_ids: labels for the ``image`` column (default ``0..B-1``).
-        batch_size: run the model on this many images at a time, an int >= 1 (default: all at once).
+        batch_size: run the model on this many images at a time, an int >= 1 (default: all at once). The
+            sampled columns (``att_jsd``'s query pairs, the random controls ``ctrl_*``) draw from one generator
+            per call, so they depend on the batches and the images' order; every other column does not
+            (``nlanalysis extract`` seeds each batch by its images' keys instead).
         site: ``"nl-blocks"`` or ``"vit-heads"``; default: what the selected modules are
             (ValueError if both kinds are selected: their rows have different columns).
         capture_kwargs: passed to the capture (:class:`~nlanalysis.capture.Capture`, or
