@@ -87,6 +87,18 @@ def test_intervals_that_straddle_a_threshold_are_not_claimed():
     assert "more on its own object" not in query_reading(spread, "x") and "no object-specific context" not in query_reading(spread, "x")
 
 
+def test_a_group_of_one_image_has_no_interval_and_no_reading():
+    """One image: the means alone would read "one shared map", "dominates" and "more on its own object"; without an
+    interval nothing is claimed (THRESHOLDS: a reading needs the whole 95% interval)."""
+    means = dict(att=0.1, att_gain_only=0.099, gain_only_tv=0.001, unary_var_share=0.51, own_object_lift_objects=1.5)
+    one = summarise(_frame(n=3, **means).iloc[:1], by=("variant",)).iloc[0]
+    assert np.isnan(one["att_low"]) and kind(one) is None
+    text = query_reading(one, "x")
+    assert "dominates" not in text and "more on its own object" not in text and text.count("no interval to read") == 2
+    many = _row(att=0.1, att_gain_only=0.099, gain_only_tv=0.001, unary_var_share=0.70, own_object_lift_objects=1.5)
+    assert kind(many) == "one map" and "it dominates" in query_reading(many, "x")  # the same means, read with intervals
+
+
 def test_no_object_specific_context_with_the_interval_stated():
     r = _row(att=0.096, own_object_lift_objects=1.01, own_object_lift=1.43, noise=0.01)
     lift = _frame(att=0.096, own_object_lift_objects=1.01, own_object_lift=1.43, noise=0.01)["own_object_lift_objects"]

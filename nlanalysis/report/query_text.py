@@ -68,6 +68,12 @@ def _ends(r: pd.Series, stat: str) -> tuple[float, float, float]:
     return mean, (mean if math.isnan(low) else low), (mean if math.isnan(high) else high)
 
 
+def _read(r: pd.Series, *stats: str) -> bool:
+    """Whether every one of ``stats`` has both interval ends: a reading needs the whole interval (a group of one image or
+    one seed has none, and its mean alone decides nothing)."""
+    return all(math.isfinite(float(r.get(f"{s}_{e}", math.nan))) for s in stats for e in ("low", "high"))
+
+
 def _pct(r: pd.Series, stat: str) -> str:
     mean, low, high = (float(r.get(s, math.nan)) for s in (stat, f"{stat}_low", f"{stat}_high"))
     pct = lambda v: f"{100 * v:.1f}" if abs(100 * v) < 99.95 or v >= 1 else f"{100 * v:.2f}"
@@ -77,6 +83,8 @@ def _pct(r: pd.Series, stat: str) -> str:
 def _gain_kind(r: pd.Series) -> str | None:
     """``one map`` / ``not one map`` / ``partly`` from the gain-only reconstruction (None without it)."""
     if not (_has(r, "att_gain_only") and _has(r, "gain_only_tv") and _has(r, "att")):
+        return None
+    if not _read(r, "att", "att_gain_only", "gain_only_tv"):
         return None
     att, att_lo, att_hi = _ends(r, "att")
     gain, gain_lo, gain_hi = _ends(r, "att_gain_only")
@@ -92,7 +100,7 @@ def _gain_kind(r: pd.Series) -> str | None:
 
 def _sign_kind(r: pd.Series) -> bool:
     """Signed maps whose ``att`` is mostly sign: ``att_abs`` at most :data:`SIGN_SHARE` of ``att`` (interval ends)."""
-    if not (_has(r, "att_abs") and _has(r, "att")):
+    if not (_has(r, "att_abs") and _has(r, "att") and _read(r, "att", "att_abs")):
         return False
     _, att_lo, _ = _ends(r, "att")
     _, _, abs_hi = _ends(r, "att_abs")
@@ -102,6 +110,8 @@ def _sign_kind(r: pd.Series) -> bool:
 def kind(r: pd.Series) -> str | None:
     """The row's reading (module docstring): ``flat``, ``sign``, ``one map``, ``not one map``, ``partly``,
     ``rank 1``, or None when the row has none of the statistics that decide it."""
+    if _has(r, "att") and not _read(r, "att"):
+        return None  # no interval: no reading
     if _has(r, "att") and _ends(r, "att")[2] < FLAT_ATT:
         return "flat"
     if _sign_kind(r):
@@ -109,7 +119,7 @@ def kind(r: pd.Series) -> str | None:
     gain = _gain_kind(r)
     if gain is not None:
         return gain
-    if _has(r, "logit_rank1") and _ends(r, "logit_rank1")[1] >= RANK1:
+    if _has(r, "logit_rank1") and _read(r, "logit_rank1") and _ends(r, "logit_rank1")[1] >= RANK1:
         return "rank 1"
     return None
 
@@ -143,7 +153,7 @@ def _decomposition(r: pd.Series, mode: str) -> list[str]:
         what = "centred maps" if mode in NOT_SOFTMAX else "row-centred logits"
         rank1 = f"the {what} are {_pct(r, 'logit_rank1')} rank 1"
         gain = "a signed gain" if mode == "dot_product" else "a gain"
-        out.append(rank1 + (f" (one key profile times {gain} per query)" if _ends(r, "logit_rank1")[1] >= RANK1 else ""))
+        out.append(rank1 + (f" (one key profile times {gain} per query)" if _read(r, "logit_rank1") and _ends(r, "logit_rank1")[1] >= RANK1 else ""))
     if out and not out[0].startswith("`att`") and att:
         out.insert(0, att)
     return out
@@ -167,7 +177,8 @@ def _dnl(r: pd.Series) -> list[str]:
     out = []
     if _has(r, "unary_var_share"):
         _, low, high = _ends(r, "unary_var_share")
-        word = "dominates" if low > 0.5 else "holds less than half" if high < 0.5 else "holds about half (the interval spans 50%)"
+        word = ("no interval to read" if not _read(r, "unary_var_share") else "dominates" if low > 0.5
+                else "holds less than half" if high < 0.5 else "is not shown to dominate nor to hold less than half (the interval spans 50%)")  # fmt: skip
         out.append(f"the unary (key-only) term holds {_pct(r, 'unary_var_share')} of the logits' variance across keys: it {word}")
     if _has(r, "att_pairwise_only") and _has(r, "att"):
         text = f"the whitened pairwise term alone would give `att` {ci_text(r, 'att_pairwise_only')}"
@@ -188,7 +199,9 @@ def _objects(r: pd.Series) -> list[str]:
         return []
     null = "the object-query null" if stat == "own_object_lift_objects" else "the image's mean map"
     _, low, high = _ends(r, stat)
-    if low > LIFT:
+    if not _read(r, stat):
+        word = "no interval to read"
+    elif low > LIFT:
         word = "more on its own object (object-specific context or locality: the lift does not tell them apart)"
     elif high < 1:
         word = "no object-specific context (the own object gets less than the null gives it)"
