@@ -399,7 +399,8 @@ def to_markdown(table: pd.DataFrame, caption_text: str | None = None) -> str:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "†": r"$^\dagger$", "·": r"$\cdot$"}  # fmt: skip
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "†": r"$^\dagger$", "·": r"$\cdot$",
+        "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}  # fmt: skip  (OT1 set | < > as other glyphs)
 
 
 def _tex(text: object) -> str:

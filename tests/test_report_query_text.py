@@ -162,3 +162,11 @@ def test_vit_layers_group_their_heads_by_reading():
     assert "Its 3 heads: one shared map at different sharpness: h0, h2; not one map at different sharpness: query-specific maps: h1." in lines[1]
     assert lines[2].startswith("layer 1, head-mean map: **not one map") and "partly one shared map" in lines[2] and ": h0." in lines[2]
     assert layer_lines(table[["layer", "head", "att", "att_low", "att_high"]]) == []
+
+
+def test_a_share_below_1_never_prints_as_100_percent():
+    from nlanalysis.report.query_text import _pct
+
+    row = pd.Series({"s": 0.99996, "s_low": 0.9996, "s_high": 0.999999})
+    assert _pct(row, "s") == "99.99% [99.96, 99.99]"
+    assert _pct(pd.Series({"s": 1.0}), "s") == "100.0%" and _pct(pd.Series({"s": 0.339}), "s") == "33.9%"

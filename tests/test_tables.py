@@ -72,6 +72,9 @@ def test_formatted_table_markdown_latex_and_csv(tmp_path):
     assert md.splitlines()[1].startswith("|:---|---:|:---|:---|") and cap in md
     tex = to_latex(f, cap)
     assert r"\toprule" in tex and r"layer1.1.nonlocal\_block $^\dagger$" in tex and "1 $-$ cos" in tex
+    odd = to_latex(pd.DataFrame({"att of |map|": ["<0.001"], "x > y": ["1 | 2"]}), "a | b")  # OT1 sets | < > as other glyphs
+    assert r"att of \textbar{}map\textbar{}" in odd and r"\textless{}0.001" in odd and r"x \textgreater{} y" in odd
+    assert r"\caption{a \textbar{} b}" in odd and "|" not in odd.replace(r"\textbar{}", "")
     paths = write_table(t, tmp_path / "t1", cap)
     assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
     back = pd.read_csv(paths[0])

@@ -76,7 +76,7 @@ def _read(r: pd.Series, *stats: str) -> bool:
 
 def _pct(r: pd.Series, stat: str) -> str:
     mean, low, high = (float(r.get(s, math.nan)) for s in (stat, f"{stat}_low", f"{stat}_high"))
-    pct = lambda v: f"{100 * v:.1f}" if abs(100 * v) < 99.95 or v >= 1 else f"{100 * v:.2f}"
+    pct = lambda v: f"{100 * v:.1f}" if abs(100 * v) < 99.95 or v >= 1 else f"{math.floor(10000 * v) / 100:.2f}"  # < 1: never "100.00"
     return f"{pct(mean)}%" if math.isnan(low) else f"{pct(mean)}% [{pct(low)}, {pct(high)}]"
 
 
