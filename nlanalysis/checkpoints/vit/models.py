@@ -340,14 +340,8 @@ def _convert_path(path: Path) -> ConvertedViT:
     norm = None
     folder = path if path.is_dir() else _hf_folder_of(path)
     if folder is not None:
-        cfg = folder / "config.json"
-        if cfg.is_file():
-            try:
-                config = json.loads(cfg.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise CheckpointError(f"{cfg}: not valid JSON text ({err})") from None
-            if not isinstance(config, dict):
-                raise CheckpointError(f"{cfg}: not a JSON object")
+        if (folder / "config.json").is_file():
+            config = _json_object(folder / "config.json")
         norm = _stated_norm(folder / "preprocessor_config.json")
         path = _weights_file(path)
     if not path.is_file():
@@ -363,6 +357,17 @@ def _convert_path(path: Path) -> ConvertedViT:
     converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
     converted.norm = norm
     return converted
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path`` (a Hugging Face folder's config); CheckpointError, naming the file, otherwise."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON text ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value
 
 
 def _hf_folder_of(path: Path) -> Path | None:
@@ -381,12 +386,7 @@ def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | No
     ``m = mean / (255 r)`` and ``s = std / (255 r)``. CheckpointError, naming the file, where a value is malformed."""
     if not path.is_file():
         return None
-    try:
-        stated = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(stated, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
+    stated = _json_object(path)
 
     def three(key: str, default: float) -> tuple[float, ...]:
         value = stated.get(key, default)
