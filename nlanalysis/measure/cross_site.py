@@ -132,21 +132,18 @@ class CrossSite:
         if self._chained is not None:
             self._chained(rec)
         measured = getattr(getattr(self.cap, "site", None), "cross_site", {}).pop(_key(rec), None)
+        if self._call != rec.call:  # a new forward: its first site
+            self._prev = None
+            self.values.clear()
+        self._call = rec.call
         if measured is not None:  # the capture compared the rows itself: no maps read here
             if self.drop:
                 rec.attention = None
             self._prev = None
-            if self._call != rec.call:
-                self.values.clear()
-            self._call = rec.call
             self.values[_key(rec)] = measured
             return
         with torch.no_grad():
             cur = self._vit_rows(rec) if rec.site == VIT else self._block_rows(rec)
-            if self._call != cur.call:  # a new forward: its first site
-                self._prev = None
-                self.values.clear()
-            self._call = cur.call
             self.values[_key(rec)] = site_similarity(self._prev, cur)
         self._prev = cur
 
