@@ -97,19 +97,20 @@ def row_entropies(att: LazyAttention, kmask: Tensor | None = None, chunk_size: i
         chunk_size: rows at a time.
 
     Returns:
-        ``[B, N_q]`` float64, ``H(p_i) / log max(n_valid_keys, 2)``; NaN on all-zero rows.
+        ``[B, N_q]`` float64 on the CPU, ``H(p_i) / log max(n_valid_keys, 2)``; NaN on all-zero rows.
     """
     if not att.nonnegative:
         raise ValueError("row entropies need non-negative maps (a signed dot-product map has none)")
     out = torch.empty(att.batch_size, att.n_query, dtype=torch.float64)
     for start, rows in att.chunks(chunk_size):
-        out[:, start : start + rows.shape[1]] = entropy_of_rows(rows, kmask[:, None, :] if kmask is not None else None)
+        out[:, start : start + rows.shape[1]] = entropy_of_rows(rows, kmask[:, None, :] if kmask is not None else None).cpu()
     return out
 
 
 def entropy_of_rows(rows: Tensor, kmask: Tensor | None = None) -> Tensor:
-    """Normalised entropy ``[...]`` (float64, CPU) of non-negative rows ``[..., N_k]`` over the keys where
-    ``kmask`` (bool, broadcastable to ``rows``) is True, renormalised there; NaN on all-zero rows."""
+    """Normalised entropy ``[...]`` (float64, on ``rows``' device: a caller that needs it on the host copies it) of
+    non-negative rows ``[..., N_k]`` over the keys where ``kmask`` (bool, broadcastable to ``rows``) is True,
+    renormalised there; NaN on all-zero rows."""
     rows = rows.double()
     n_key = torch.tensor(float(rows.shape[-1]), dtype=torch.float64)
     if kmask is not None:
@@ -117,7 +118,7 @@ def entropy_of_rows(rows: Tensor, kmask: Tensor | None = None) -> Tensor:
         n_key = kmask.sum(-1, keepdim=True).double()[..., 0]
     total = rows.sum(-1)
     h = torch.log(total) - torch.xlogy(rows, rows).sum(-1) / total
-    return torch.where(total > 0, h / torch.log(n_key.clamp(min=2)).to(h.device), math.nan).cpu()
+    return torch.where(total > 0, h / torch.log(n_key.clamp(min=2)).to(h.device), math.nan)
 
 
 def per_query_temperature(query: Tensor, key: Tensor, target: Tensor, key_mask: Tensor | None = None,
@@ -133,22 +134,23 @@ def per_query_temperature(query: Tensor, key: Tensor, target: Tensor, key_mask: 
         chunk: rows solved at once.
 
     Returns:
-        ``(tau, gap)``, ``[M, N]`` float64 each: the temperature (the nearest one in ``[e^-12, e^12]``
-        where no temperature reaches the target) and ``|entropy - target|`` (NaN where the target is).
+        ``(tau, gap)``, ``[M, N]`` float64 each, on ``query``'s device (per-row values: they stay where the maps
+        are): the temperature (the nearest one in ``[e^-12, e^12]`` where no temperature reaches the target) and
+        ``|entropy - target|`` (NaN where the target is).
     """
     m, n, _ = query.shape
     if key.shape[0] != m or key.shape[1] != query.shape[2] or target.shape != (m, n):
         raise ValueError(f"query [M, N, d], key [M, d, N_k] and target [M, N] disagree: {tuple(query.shape)}, "
                          f"{tuple(key.shape)}, {tuple(target.shape)}")  # fmt: skip
-    tau = torch.ones(m, n, dtype=torch.float64)
-    gap = torch.full((m, n), math.nan, dtype=torch.float64)
+    tau = torch.ones(m, n, dtype=torch.float64, device=query.device)
+    gap = torch.full((m, n), math.nan, dtype=torch.float64, device=query.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         logits = torch.matmul(query[:, start:stop], key)  # [M, c, N_k]
         flat = target[:, start:stop].reshape(-1)
         log_tau, h = solve_row_temperatures(logits.reshape(-1, logits.shape[-1]), flat, key_mask)
-        tau[:, start:stop] = log_tau.exp().view(m, -1).cpu()
-        gap[:, start:stop] = (h - flat.to(h)).abs().view(m, -1).cpu()
+        tau[:, start:stop] = log_tau.exp().view(m, -1)
+        gap[:, start:stop] = (h - flat.to(h)).abs().view(m, -1)
     return tau, gap
 
 
@@ -328,4 +330,4 @@ def form_control_maps(form: str, att: LazyAttention, x: Tensor, qmask: Tensor, k
     tau, gap = per_query_temperature(rand.query, rand.key, target, kmask)
     scaled = rand.query * tau.to(rand.query)[..., None]
     maps = PairwiseAttention("embedded_gaussian", scaled, rand.key, att.query_shape, att.key_shape)
-    return maps, float(gap[counted[None]].mean())
+    return maps, float(gap[counted[None].to(gap.device)].mean())
