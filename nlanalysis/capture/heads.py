@@ -286,11 +286,11 @@ class HeadSite(Site):
 
     def _controls(self, tokens: Tensor, layout: TokenLayout, stats: HeadStats, att: HeadAttention, index: int) -> dict[str, Tensor]:
         """The random-projection control of every head (:func:`~nlanalysis.measure.head_controls.head_controls`), drawn
-        from its own generator (:func:`~nlanalysis.measure.head_controls.control_generator`: the JSD pairs stay as without)."""
+        from its own generator (:func:`~nlanalysis.measure.head_controls.control_generator`: the JSD pairs stay as without),
+        on the tokens' device (the masks go there; only per-image numbers come back)."""
         valid, objects = self.cap.cell_masks(layout.grid, tokens.shape[0], "tokens")
         return head_controls(
-            tokens.cpu(), layout, stats.att_entropy, att.query.shape[-1], valid=valid.cpu() if valid is not None else None,
-            objects=objects.cpu() if objects is not None else None, jsd_pairs=self.jsd_pairs,
+            tokens, layout, stats.att_entropy, att.query.shape[-1], valid=valid, objects=objects, jsd_pairs=self.jsd_pairs,
             generator=control_generator(self.cap.seed, self.cap._calls, index),
             convention=self.measure_kwargs["convention"], zero=self.measure_kwargs["zero"], trained=att,
         )  # fmt: skip

@@ -19,6 +19,11 @@ layers x 6 heads at 224 on 2 CPU cores, meant for ``controls=True`` runs, not ev
 small ops: under CPU contention (another process using the cores) two torch threads can make it
 ~10x slower, one thread ~2x.
 
+Everything runs on the tokens' device (a CUDA model's controls never leave the GPU): the projections are drawn
+from the seeded CPU generator (:func:`control_generator`; a CUDA run draws the same numbers as a CPU one) and
+only the small ``[maps, 2, d, C]`` matrices are moved to the device; the temperature matching, the control maps
+and their statistics stay there, and only per-map numbers per image come back to the host.
+
 Given the layer's maps (``trained``), each head and the head mean also get the control in their own
 form (:func:`head_form_controls`, columns ``ctrl_form*``): ``softmax-per-query``, every query row's
 temperature matched to that row's entropy in the trained map (:mod:`nlanalysis.measure.control_forms`).
@@ -60,8 +65,8 @@ class Controls:
     Attributes:
         maps: ``PairwiseAttention`` with one batch item per head (the last: the head mean), the
             temperature folded into its queries (``scale`` 1).
-        temperature: ``[heads + 1]`` float64 ``tau`` (NaN where not matched).
-        ok: ``[heads + 1]`` bool: matched (the target entropy was defined and reached within
+        temperature: ``[heads + 1]`` float64 ``tau`` (NaN where not matched), on the tokens' device.
+        ok: ``[heads + 1]`` bool, on the tokens' device: matched (the target entropy was defined and reached within
             :data:`~nlanalysis.measure.controls.MATCH_TOLERANCE`).
     """
 
@@ -90,16 +95,16 @@ def matched_controls(
         raise ValueError(f"tokens must be [B, N, C] with B = {b}, got {tuple(tokens.shape)}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     x = layout.patch_tokens(tokens.detach().float())  # [B, n, C]
-    c = x.shape[-1]
+    c, dev = x.shape[-1], x.device
     out: list[Controls | None] = []
     for i in range(b):
-        vi = valid[i].flatten().bool() if valid is not None else torch.ones(layout.n_patch, dtype=torch.bool)
+        vi = _valid_patches(valid, i, layout, dev)
         rows = vi.nonzero()[:, 0]
         if rows.numel() == 0:
             out.append(None)
             continue
-        sample = rows[torch.randperm(rows.numel(), generator=gen)[:MATCH_ROWS]]
-        w = draw_projections(maps, head_dim, c, gen)  # a fresh W_q, W_k per map
+        sample = rows[torch.randperm(rows.numel(), generator=gen)[:MATCH_ROWS].to(dev)]  # drawn on the CPU generator
+        w = draw_projections(maps, head_dim, c, gen).to(dev)  # a fresh W_q, W_k per map, drawn on the CPU generator
         query = torch.einsum("hdc,nc->hnd", w[:, 0], x[i])  # [maps, n, d]
         key = torch.einsum("hdc,nc->hdn", w[:, 1], x[i])  # [maps, d, n]
         logits = torch.matmul(query[:, sample], key)  # [maps, S, n]
@@ -140,11 +145,12 @@ def head_controls(
             (:func:`head_form_controls`), drawn from ``generator`` after the mean-entropy one.
 
     Returns:
-        ``{column: [B, heads + 1] float64}`` for :data:`CONTROL_COLUMNS` (NaN where there is no
+        ``{column: [B, heads + 1] float64}`` on the CPU for :data:`CONTROL_COLUMNS` (NaN where there is no
         control: see :func:`matched_controls`); with ``trained``, also ``ctrl_form`` and its columns.
     """
     b, maps = entropy.shape
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    valid, objects = (None if t is None else t.to(tokens.device) for t in (valid, objects))  # the masks go where the tokens are
     controls = matched_controls(tokens, layout, entropy, head_dim, valid=valid, generator=gen)
     out = {name: nans(b, maps) for name in CONTROL_COLUMNS}
     x = layout.patch_tokens(tokens.detach().float()).transpose(1, 2).reshape(b, -1, *layout.grid)  # [B, C, H_g, W_g]
@@ -186,28 +192,38 @@ def head_form_controls(tokens: Tensor, layout: TokenLayout, trained: HeadAttenti
     b, maps = trained.batch_size, trained.num_heads + 1
     out: dict[str, Tensor | str] = {"ctrl_form": SOFTMAX_PER_QUERY, **{name: nans(b, maps) for name in FORM_COLUMNS}}
     x = layout.patch_tokens(tokens.detach().float())  # [B, n, C]
+    dev = x.device
+    valid, objects = (None if t is None else t.to(dev) for t in (valid, objects))
     grid = x.transpose(1, 2).reshape(b, -1, *layout.grid)  # [B, C, H_g, W_g]
     for i in range(b):
-        vi = valid[i].flatten().bool() if valid is not None else torch.ones(layout.n_patch, dtype=torch.bool)
+        vi = _valid_patches(valid, i, layout, dev)
         if not bool(vi.any()):
             continue
-        target = torch.where(vi, _map_row_entropies(trained.image(i), vi), math.nan)  # [maps, n]
-        w = draw_projections(maps, head_dim, x.shape[-1], generator)
+        target = torch.where(vi, _map_row_entropies(trained.image(i), vi).to(dev), math.nan)  # [maps, n], on the device
+        w = draw_projections(maps, head_dim, x.shape[-1], generator).to(dev)  # drawn on the CPU generator
         query = torch.einsum("hdc,nc->hnd", w[:, 0], x[i])
         key = torch.einsum("hdc,nc->hdn", w[:, 1], x[i])
-        tau, gap = per_query_temperature(query, key, target, vi)
+        tau, gap = per_query_temperature(query, key, target, vi)  # [maps, n] each, on the device
         control = PairwiseAttention("embedded_gaussian", query * tau.float()[..., None], key, layout.grid, layout.grid)
         stats = measure_block(control, grid[i : i + 1].expand(maps, -1, -1, -1), grid[i : i + 1].expand(maps, -1, -1, -1),
                               valid=valid[i : i + 1].bool().expand(maps, -1, -1) if valid is not None else None,
                               objects=objects[i : i + 1].expand(maps, -1, -1).contiguous() if objects is not None else None,
                               generator=generator, **measure)  # fmt: skip
-        for name, value in zip(FORM_COLUMNS, (stats.att, stats.att_jsd, stats.att_own_object, gap.nanmean(1)[:, None])):
+        for name, value in zip(FORM_COLUMNS, (stats.att, stats.att_jsd, stats.att_own_object, gap.nanmean(1).cpu()[:, None])):
             out[name][i] = value[:, 0].double()  # type: ignore[index]
     return out
 
 
+def _valid_patches(valid: Tensor | None, i: int, layout: TokenLayout, device: torch.device) -> Tensor:
+    """Bool ``[n_patch]`` on ``device``: image ``i``'s valid patches (all without a mask)."""
+    if valid is None:
+        return torch.ones(layout.n_patch, dtype=torch.bool, device=device)
+    return valid[i].flatten().bool().to(device)
+
+
 def _map_row_entropies(trained: HeadAttention, kmask: Tensor, chunk_size: int = 256) -> Tensor:
-    """``[heads + 1, N_q]`` normalised row entropies of one image's heads and head mean over the keys ``kmask`` ``[N_k]``."""
+    """``[heads + 1, N_q]`` normalised row entropies of one image's heads and head mean over the keys ``kmask`` ``[N_k]``
+    (on the maps' device)."""
     out = []
     for start in range(0, trained.n_query, chunk_size):
         rows = trained.rows(start, min(start + chunk_size, trained.n_query))[0]  # [heads, c, N_k]
