@@ -1,8 +1,8 @@
 """The statistics on a CUDA device: the same numbers as scipy / the CPU, the maps reduced on the device
 and only per-image numbers (and per-query index vectors) copied back to the host, in ``measure_block``,
-``analyze`` of NL and ViT models (``controls=True`` too) and ``extract``'s ViT locality. Runs only where
-torch sees a CUDA GPU (``python benchmarks/capture.py --device cuda`` times the same path;
-``tests/test_host_copies.py`` checks on the CPU which copies the code asks for)."""
+``analyze`` of NL and ViT models (``controls=True`` too: the ViT controls are built from the tokens on the
+device) and ``extract``'s ViT locality. Runs only where torch sees a CUDA GPU (``python benchmarks/capture.py
+--device cuda`` times the same path; ``tests/test_host_copies.py`` checks on the CPU which copies the code asks for)."""
 import math
 
 import numpy as np
@@ -97,17 +97,22 @@ def test_analyze_nl_on_the_device_equals_the_cpu(options, monkeypatch):
     _same_rows(cpu, gpu)
 
 
-def test_analyze_vit_on_the_device_equals_the_cpu(monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"controls": True}], ids=["default", "controls"])
+def test_analyze_vit_on_the_device_equals_the_cpu(options, monkeypatch):
     from test_host_copies import _inputs, _vit
 
     model = _vit()
     x, valid = _inputs(64, 64)
-    cpu = analyze(model, x, valid=valid)
+    cpu = analyze(model, x, valid=valid, **options)
     model.cuda()
     copies = HostCopies(monkeypatch, only_cuda=True)
-    gpu = analyze(model, x.cuda(), valid=valid.cuda())
+    gpu = analyze(model, x.cuda(), valid=valid.cuda(), **options)  # the controls: the same draws, on the device
     monkeypatch.undo()
-    assert max(copies.sizes) < 2 * 2 * 257 * 32, "queries, keys or maps were copied to the host"
+    # a layer's tokens (the controls' input) are as large as its q: copied, they fail this (the controls' per-query
+    # float values are tests/test_host_copies.py's; here per-query masks and index vectors of any type count too)
+    assert max(copies.sizes) < 2 * 2 * 257 * 32, "tokens, queries, keys or maps were copied to the host"
+    if options:
+        assert gpu["ctrl_att"].notna().all() and gpu["ctrl_form_att"].notna().all()
     _same_rows(cpu, gpu)
 
 

@@ -41,16 +41,23 @@ def test_analyze_nl_copies_neither_maps_nor_features(monkeypatch, options):
     assert copies.total() < 120 * 120, f"a map went to the host in pieces: {copies.copies}"
 
 
-def test_analyze_vit_copies_neither_maps_nor_queries_and_keys(monkeypatch):
+@pytest.mark.parametrize("options", [{}, {"controls": True}], ids=["default", "controls"])
+def test_analyze_vit_copies_neither_maps_nor_queries_and_keys(monkeypatch, options):
     x, valid = _inputs(64, 64)
-    qk = 2 * 2 * 257 * 32  # one layer's q (or k) [B, heads, tokens, d]; a map per head is 256 x 256
+    qk = 2 * 2 * 257 * 32  # one layer's q (or k), or its tokens [B, tokens, C]; a map per head is 256 x 256
+    rows = (2 + 1) * 256  # one image's per-query values of a layer's maps (every head and the head mean)
     model = _vit()
     copies = HostCopies(monkeypatch)
-    frame = analyze(model, x, valid=valid)
+    frame = analyze(model, x, valid=valid, **options)
     monkeypatch.undo()
     assert frame["cross_site_cos"].notna().any()
-    assert copies.largest()[0] < qk, f"queries, keys or maps went to the host: {copies.largest()}"
-    assert copies.total() < qk, f"queries, keys or maps went to the host in pieces: {copies.copies}"
+    if options:  # the controls were built (on the tokens' device) and measured
+        assert frame["ctrl_att"].notna().all() and frame["ctrl_form_att"].notna().all()
+    assert copies.largest()[0] < qk, f"tokens, queries, keys or maps went to the host: {copies.largest()}"
+    # the controls' maps, their per-query temperatures and the trained rows' entropies stay on the device too: only
+    # per-image numbers and the JSD pairs' values (~1,700 with controls) come back
+    assert copies.largest()[0] < rows, f"per-query values of a layer's maps went to the host: {copies.largest()}"
+    assert copies.total() < 4 * rows, f"tokens, queries, keys or maps went to the host in pieces: {copies.copies}"
 
 
 def test_extract_vit_locality_copies_neither_maps_nor_queries_and_keys(monkeypatch):
