@@ -269,6 +269,8 @@ def short_block_names(names: Sequence[str]) -> dict[str, str]:
 
 
 def _num(v: float) -> str:
+    """Three significant digits, trailing zeros kept (0.0900, not 0.09, for 0.08999); a number below 1 in
+    magnitude never reads as 1 (0.9996 is 0.999, not 1.00: a share or entropy below 1 is not 1)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     v = float(v)
@@ -278,7 +280,10 @@ def _num(v: float) -> str:
         return f"{v:.0f}"
     if abs(v) < 1e-4:
         return f"{v:.1e}"
-    return np.format_float_positional(v, precision=3, unique=False, fractional=False, trim="k").rstrip(".")
+    text = f"{v:#.3g}".rstrip(".")  # '#': the zeros that rounding leaves are kept; 99.96 -> '100.' -> '100'
+    if abs(v) < 1 <= abs(float(text)):
+        return f"{math.copysign(math.floor(abs(v) * 1000) / 1000, v):.3f}"
+    return text
 
 
 def ci_text(row: pd.Series, stat: str) -> str:

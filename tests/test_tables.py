@@ -99,6 +99,14 @@ def test_write_table_given_text_formats_and_label(tmp_path):
         write_table(t, tmp_path / "x", formats=("html",))
 
 
+def test_three_digits_keep_their_zeros_and_a_share_below_one_never_reads_as_one():
+    assert format_ci(0.5) == "0.500" and format_ci(0.0899999) == "0.0900" and format_ci(0.00099996) == "0.00100"
+    assert format_ci(0.63999) == "0.640" and format_ci(99.96) == "100" and format_ci(12.5) == "12.5"
+    assert format_ci(0.9996) == "0.999" and format_ci(-0.9996) == "-0.999"  # rounding would say 1.00
+    assert format_ci(1.0) == "1.00" and format_ci(0.9994) == "0.999" and format_ci(5e-5) == "5.0e-05"
+    assert format_ci(0.98, 0.95, 0.99951) == "0.980 [0.950, 0.999]"
+
+
 def test_short_block_names():
     assert short_block_names(["backbone.layer1.0.context_block", "backbone.layer2.0.nonlocal_block"]) == {
         "backbone.layer1.0.context_block": "layer1.0.context_block", "backbone.layer2.0.nonlocal_block": "layer2.0.nonlocal_block"}  # fmt: skip
