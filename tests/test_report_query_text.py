@@ -44,7 +44,7 @@ def test_one_shared_map_at_different_sharpness():
     assert kind(r) == "one map"
     text = query_reading(r, "`eg`")
     assert text.startswith("`eg`: **one shared map at different sharpness**")
-    assert "reproduces 0.089 [" in text and "(93%)" in text and "at TV 0.0280" in text
+    assert "reproduces 0.0890 [" in text and "(93%)" in text and "at TV 0.0280" in text
     assert "rank 1 (one key profile times a gain per query)" in text
     assert "78.0% [" in text and "it dominates" in text
     assert "pairwise term alone would give `att` 0.240" in text and "more than the real maps" in text
@@ -170,3 +170,10 @@ def test_a_share_below_1_never_prints_as_100_percent():
     row = pd.Series({"s": 0.99996, "s_low": 0.9996, "s_high": 0.999999})
     assert _pct(row, "s") == "99.99% [99.96, 99.99]"
     assert _pct(pd.Series({"s": 1.0}), "s") == "100.0%" and _pct(pd.Series({"s": 0.339}), "s") == "33.9%"
+
+
+def test_a_tiny_ratio_to_the_form_control_is_not_written_as_zero():
+    # att 0.004 against a form control of 1.0: 0.004x as much (two decimals would print "0.00x")
+    text = query_reading(_row(mode="concatenation", att=0.004, ctrl_form_att=1.0, logit_rank1=0.5, noise=0.0001), "`c`")
+    assert "differ between queries 0.004× as much" in text and "0.00×" not in text
+    assert "differ between queries 0.40× as much" in query_reading(_row(att=0.4, ctrl_form_att=1.0, logit_rank1=0.5), "`e`")

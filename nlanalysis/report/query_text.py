@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..schema import HEAD_MEAN
 from ..tables import ci_text, format_ci
+from .ratio_ends import times
 
 __all__ = ["THRESHOLDS", "kind", "layer_lines", "query_lines", "query_reading"]
 
@@ -224,7 +225,7 @@ def _others(r: pd.Series, mode: str) -> list[str]:
     if _has(r, "ctrl_form_att") and r["ctrl_form_att"] > 0 and _has(r, "att"):
         form = {"concatenation": "ReLU(a_i + b_j)", "dot_product": "signed q.k"}.get(mode, "softmax, sharpness matched per query")
         out.append(f"random projections in the block's own form ({form}) give `att` {ci_text(r, 'ctrl_form_att')}: the trained "
-                   f"maps differ between queries {r['att'] / r['ctrl_form_att']:.2f}× as much")  # fmt: skip
+                   f"maps differ between queries {times(r['att'] / r['ctrl_form_att'], 2)}× as much")  # fmt: skip
     if _has(r, "qk_nmi"):
         out.append(f"query-key NMI {ci_text(r, 'qk_nmi')} (0: where the weight goes does not depend on the query)")
     if _has(r, "att_distance_px"):
