@@ -1,5 +1,6 @@
 """``nlanalysis report``: real result sets in, tables, figures and an honest text out."""
 import json
+import math
 import shutil
 
 import matplotlib
@@ -180,10 +181,70 @@ def test_text_states_the_numbers_and_says_when_att_is_not_far_below_input():
     assert lines[0].startswith("Of 2 block(s) whose maps can depend on the query, 1 has `att` at least ten times below `input`")
     assert "1 − cos" in lines[0] and "i = j included" in lines[0]
     close, far, gc = lines[1:]
-    assert "`att` 0.100" in close and "only 4.0× below `input`: **not** the one to two orders of magnitude" in close
+    # every image alike: intervals of zero width, whose ends print as the point does
+    assert "`att` 0.100" in close and "only 4.0× below `input` (the same at the intervals' ends): **not** the one to two" in close
     assert "Random query/key projections" in close and "differ between queries 0.25× as much as those" in close
-    assert "`att` is 50× below `input`: one to two orders of magnitude, as GCNet found" in far and "Random" not in far
+    assert "`att` is 50× below `input` (the same at the intervals' ends): one to two orders of magnitude, as GCNet found" in far
+    assert "Random" not in far
     assert "by construction" in gc and "`att` 0" in gc
+
+
+def _summary_row(variant: str, att: float, att_low: float = math.nan, att_high: float = math.nan, **extra) -> dict:
+    """A Table 1 row (as :func:`summarise` writes it) with ``input`` 0.6 [0.5, 0.7] where ``att`` has an interval."""
+    ends = {} if math.isnan(att_low) else {"input_low": 0.5, "input_high": 0.7}
+    return {"variant": variant, "block": "b", "mode": "embedded_gaussian", "images": 30, "query_independent": False,
+            "input": 0.6, **ends, "att": att, "att_low": att_low, "att_high": att_high, "att_entropy": 0.5, **extra}  # fmt: skip
+
+
+def test_the_ten_fold_verdict_follows_the_intervals_ends():
+    """input / att with input 0.6 [0.5, 0.7]: the point, the conservative end input_low / att_high and the
+    liberal end input_high / att_low, by hand; 10x is claimed only where the conservative end reaches it."""
+    rows = [
+        _summary_row("clear", 0.02, 0.015, 0.025),  # 30x; 0.5 / 0.025 = 20, 0.7 / 0.015 = 46.7
+        _summary_row("open", 0.055, 0.045, 0.065),  # 10.9x; 0.5 / 0.065 = 7.69, 0.7 / 0.045 = 15.6
+        _summary_row("not", 0.2, 0.15, 0.25),  # 3.0x; 0.5 / 0.25 = 2.0, 0.7 / 0.15 = 4.67
+        _summary_row("bare", 0.03, images=1),  # one image: 0.6 / 0.03 = 20x, no interval
+        _summary_row("gc", 0.0, 0.0, 0.0, mode="gc", query_independent=True),
+    ]
+    lines = summary_text(pd.DataFrame(rows))
+    head, clear, open_, not_, bare, gc = lines
+    assert head.startswith(
+        "Of 4 block(s) whose maps can depend on the query, 2 have `att` at least ten times below `input` (GCNet's "
+        "qualitative finding on trained COCO models) even at the intervals' conservative end (input low / att high); "
+        "1 does not, even at their liberal end (input high / att low); for 1 block (`open` `b`) the intervals do not "
+        "decide whether it is 10×; 1 block without an interval (one image or seed: `bare` `b`) counted by the point estimate. "
+        "Distances:")  # fmt: skip
+    assert "`att` is 30× below `input` (20–47× at the intervals' ends): one to two orders of magnitude, as GCNet found" in clear
+    assert ("`att` is 11× below `input` (7.7–16× at the intervals' ends): the intervals do not decide whether it is 10× "
+            "(GCNet's one to two orders of magnitude)") in open_  # fmt: skip
+    assert "`att` is only 3.0× below `input` (2.0–4.7× at the intervals' ends): **not** the one to two orders" in not_
+    assert "`att` is 20× below `input` (point estimate; no interval available): one to two orders of magnitude" in bare
+    assert "by construction" in gc
+
+
+def test_the_hundred_and_thousand_fold_tiers_follow_the_conservative_end():
+    rows = [
+        _summary_row("t100", 0.004, 0.003, 0.0045),  # 150x; 0.5 / 0.0045 = 111, 0.7 / 0.003 = 233
+        _summary_row("t10", 0.008, 0.006, 0.01),  # 75x; 0.5 / 0.01 = 50, 0.7 / 0.006 = 117: 100x undecided
+        _summary_row("t1000", 0.0001, 0.00005, 0.0002),  # 6000x; 0.5 / 0.0002 = 2500
+        _summary_row("t1000open", 0.0005, 0.0001, 0.001),  # 1200x; 0.5 / 0.001 = 500, 0.7 / 0.0001 = 7000
+    ]
+    _, t100, t10, t1000, t1000open = summary_text(pd.DataFrame(rows))
+    assert "`att` is 150× below `input` (111–233× at the intervals' ends): more than two orders of magnitude;" in t100
+    assert ("`att` is 75× below `input` (50–117× at the intervals' ends): at least one order of magnitude, as GCNet found; "
+            "the intervals do not decide whether it is 100×") in t10  # fmt: skip
+    assert "`att` is more than 1000× below `input` (practically 0; at the intervals' ends too)" in t1000
+    assert ("`att` is 1200× below `input` (500–7000× at the intervals' ends): more than two orders of magnitude; the "
+            "intervals do not decide whether it is 1000×") in t1000open  # fmt: skip
+
+
+def test_output_about_as_large_or_larger_than_input_states_the_inverse_ends():
+    rows = [_summary_row("same", 0.2, 0.15, 0.25, output=0.6, output_low=0.55, output_high=0.65),
+            _summary_row("larger", 0.2, 0.15, 0.25, output=1.2, output_low=1.1, output_high=1.3)]  # fmt: skip
+    _, same, larger = summary_text(pd.DataFrame(rows))
+    # output / input: 0.55 / 0.7 = 0.79 and 0.65 / 0.5 = 1.30; 1.1 / 0.7 = 1.6 and 1.3 / 0.5 = 2.6
+    assert "`output` is about as large as `input` (1.00×; 0.79–1.30× at the intervals' ends): **not**" in same
+    assert "`output` is 2.0× **larger** than `input` (1.6–2.6× at the intervals' ends): **not**" in larger
 
 
 def test_load_runs_rejects_duplicate_labels_and_unknown_blocks(runs):
