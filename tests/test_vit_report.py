@@ -185,15 +185,97 @@ def test_peak_wording_follows_the_share():
     row = pd.Series({"att": 0.9, "att_low": 0.8, "att_high": 1.0, "att_entropy": 0.2, "att_local": 0.6,
                      "att_local_uniform": 0.05, "peak_dy": -1, "peak_dx": 0, "peak_share": 0.8})  # fmt: skip
     assert _peak_words(row) == "peak one patch above the query for 80% of queries"
-    assert "the largest weight lies one patch above the query for 80% of queries" in _head_sentence(row, "x", 0.7)
+    assert "the largest weight lies one patch above the query for 80% of queries" in _head_sentence(row, "x", {"input": 0.7})
     row["peak_share"] = 0.28
     assert _peak_words(row) == "peak offset varies: at most 28% of queries share one; commonest one patch above the query"
-    sentence = _head_sentence(row, "x", 0.7)
+    sentence = _head_sentence(row, "x", {"input": 0.7})
     assert "varies: at most 28% of queries" in sentence and "lies one patch above" not in sentence
     row["peak_share"] = 0.5  # half is not most
     assert _peak_words(row).startswith("peak offset varies")
     row["peak_share"] = 0.502  # most, and not written as 50%
     assert _peak_words(row) == "peak one patch above the query for 50.2% of queries"
+
+
+_LAYER = {"input": 0.6, "input_low": 0.5, "input_high": 0.7}  # a layer's input distance and its interval
+
+
+def _head(att, att_low=math.nan, att_high=math.nan, **extra):
+    return pd.Series({"att": att, "att_low": att_low, "att_high": att_high, "att_entropy": 0.9, **extra})
+
+
+def test_head_sentence_states_the_ratio_with_the_intervals_ends():
+    from nlanalysis.report.vit_text import _head_sentence
+
+    # input 0.6 [0.5, 0.7]; conservative end input_low / att_high, liberal end input_high / att_low, by hand
+    clear = _head_sentence(_head(0.02, 0.015, 0.025), "x", _LAYER)  # 30x; 0.5 / 0.025 = 20, 0.7 / 0.015 = 46.7
+    assert ("att 0.0200 [0.0150, 0.0250], 30.0x below its layer's input distance (0.600 [0.500, 0.700]; 20.0–46.7x at "
+            "the intervals' ends: at least 10x (GCNet-like)); entropy 0.900") in clear  # fmt: skip
+    open_ = _head_sentence(_head(0.055, 0.045, 0.065), "x", _LAYER)  # 10.9x; 0.5 / 0.065 = 7.69, 0.7 / 0.045 = 15.6
+    assert ("10.9x below its layer's input distance (0.600 [0.500, 0.700]; 7.7–15.6x at the intervals' ends: the "
+            "intervals do not decide whether it is 10x)") in open_  # fmt: skip
+    not_ = _head_sentence(_head(0.2, 0.15, 0.25), "x", _LAYER)  # 3.0x; 0.5 / 0.25 = 2.0, 0.7 / 0.15 = 4.67
+    assert "3.0x below its layer's input distance (0.600 [0.500, 0.700]; 2.0–4.7x at the intervals' ends); entropy" in not_
+    bare = _head_sentence(_head(0.03), "x", {"input": 0.6})  # one photo: 0.6 / 0.03 = 20x
+    assert ("att 0.0300, 20.0x below its layer's input distance (0.600; point estimate; no interval available: at least 10x "
+            "(GCNet-like)); entropy") in bare  # fmt: skip
+    larger = _head_sentence(_head(0.9, 0.8, 1.0), "x", _LAYER)  # att / input 1.5; 0.8 / 0.7 = 1.14, 1.0 / 0.5 = 2.00
+    assert "1.50x its layer's input distance (0.600 [0.500, 0.700]; 1.14–2.00x at the intervals' ends); entropy" in larger
+    zero = _head_sentence(_head(0.0, 0.0, 0.0), "x", _LAYER)
+    assert "att is 0, its layer's input distance 0.600 [0.500, 0.700]; entropy" in zero and "inf" not in zero
+    # the 3x3 mass and a uniform map's share with the same precision
+    local = _head_sentence(_head(0.2, att_local=0.05, att_local_uniform=0.045), "x", _LAYER)
+    assert "0.050 of a query's weight on its 3x3 neighbourhood (a uniform map: 0.045)" in local
+
+
+def test_summary_counts_only_heads_whose_intervals_clear_ten_fold():
+    from nlanalysis.report.vit_text import summary_lines
+
+    layers = pd.DataFrame({"layer": [0, 1], "input": 0.6, "input_low": 0.5, "input_high": 0.7, "att": [0.2, 0.055],
+                           "att_low": [0.15, 0.045], "att_high": [0.25, 0.065]})  # fmt: skip
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1, 1], "head": [0, 1, 0, 1, HEAD_MEAN], "att": [0.02, 0.055, 0.2, 0.3, 0.055],
+                          "att_low": [0.015, 0.045, 0.15, 0.25, 0.045], "att_high": [0.025, 0.065, 0.25, 0.35, 0.065],
+                          "att_entropy": 0.9})  # fmt: skip
+    labels = {(0, 0): "lowest att: flat", (1, 1): "highest att: other"}
+    layer_line, head_line, *_ = summary_lines(layers, heads, [(0, 0), (1, 1)], labels)
+    # layer 0: 3.0x (2.0–4.7x); layer 1: 10.9x (7.7–15.6x), undecided
+    assert ("at most 10.9x below the input (layer 1; 7.7–15.6x at the intervals' ends), the intervals do not decide "
+            "whether it is 10x in layer(s) 1.") in layer_line  # fmt: skip
+    assert ("At least 10x below their layer's input distance (GCNet-like) even at the intervals' conservative end (input "
+            "low / att high): 1 of 4 heads: L0·h0 (0.020); the intervals do not decide whether it is 10x for 1 (input / att, "
+            "and at the intervals' ends): L0·h1 (10.9x; 7.7–15.6x). Local") in head_line  # fmt: skip
+    # without intervals (one photo): the point estimates, said so
+    bare_layers = layers.drop(columns=["input_low", "input_high", "att_low", "att_high"])
+    bare_heads = heads.drop(columns=["att_low", "att_high"])
+    layer_line, head_line, *_ = summary_lines(bare_layers, bare_heads, [(0, 0), (1, 1)], labels)
+    assert ("at most 10.9x below the input (layer 1; point estimate; no interval available), an order of magnitude or more "
+            "in layer(s) 1 (no interval available for 2 layer(s): point estimates).") in layer_line  # fmt: skip
+    assert "2 of 4 heads: L0·h0 (0.020), L0·h1 (0.055) (no interval available for 4 head(s): point estimates). Local" in head_line
+    # every layer clearly below 10x, even at the liberal ends
+    low = summary_lines(layers.assign(att=0.2, att_low=0.15, att_high=0.25), heads, [(0, 0), (1, 1)], labels)[0]
+    assert low.endswith("never the one to two orders of magnitude GCNet reports for NL blocks (not even at the intervals' liberal ends).")
+
+
+def test_comparison_counts_nl_maps_whose_intervals_clear_ten_fold():
+    from nlanalysis.report.vit_compare import _comparison_lines
+
+    nl = pd.DataFrame([{"variant": v, "block": "layer1.1", "images": 30, "input": 0.6, "input_low": lo_in, "input_high": hi_in,
+                        "att": a, "att_low": lo, "att_high": hi, "att_entropy": 0.7, "query_independent": False}
+                       for v, a, lo, hi, lo_in, hi_in in [("clear", 0.02, 0.015, 0.025, 0.5, 0.7), ("open", 0.055, 0.045, 0.065, 0.5, 0.7),
+                                                          ("bare", 0.03, math.nan, math.nan, math.nan, math.nan),
+                                                          ("tiny", 40.0, 30.0, 50.0, 0.5, 0.7)]])  # fmt: skip
+    layers = pd.DataFrame({"layer": [0], "input": 0.6, "input_low": 0.5, "input_high": 0.7, "att": 0.2, "att_low": 0.15,
+                           "att_high": 0.25, "att_entropy": 0.9})  # fmt: skip
+    heads = pd.DataFrame({"layer": [0, 0], "head": [0, 1], "att": [0.055, 0.3], "att_low": [0.045, 0.25], "att_high": [0.065, 0.35],
+                          "att_entropy": 0.9, "att_local": 0.1, "att_local_uniform": 0.1})  # fmt: skip
+    table = compare_table(nl, layers, heads, {}, 6, "vit")
+    ratios, count = _comparison_lines(table, layers, heads)[:2]
+    assert "tiny layer1.1 0.015x (att 40)" in ratios  # 0.6 / 40: one decimal would print 0.0x
+    assert ("2 of the 4 learned NL maps with a positive att are an order of magnitude or more below their input distance "
+            "even at the intervals' conservative end (input low / att high) (clear layer1.1, bare layer1.1); the intervals "
+            "do not decide whether it is 10x for 1 (open layer1.1); 1 without an interval counted by the point estimate "
+            "(bare layer1.1); none of the ViT's head-averaged maps (input / att 3.0x–3.0x), while its most query-independent "
+            "single head, L0·h0, is 10.9x below (7.7–15.6x at the intervals' ends: the intervals do not decide whether it is "
+            "10x).") in count  # fmt: skip
 
 
 def test_compare_table_gives_no_ratio_without_a_positive_finite_att():

