@@ -255,6 +255,21 @@ def test_summary_counts_only_heads_whose_intervals_clear_ten_fold():
     assert low.endswith("never the one to two orders of magnitude GCNet reports for NL blocks (not even at the intervals' liberal ends).")
 
 
+def test_the_lowest_head_is_called_nearly_query_independent_only_where_the_intervals_clear_ten_fold():
+    from nlanalysis.report.vit import _heads_to_draw
+
+    layers = pd.DataFrame({"layer": [0], "input": 0.6, "input_low": 0.5, "input_high": 0.7})
+
+    def label(att, low, high):
+        heads = pd.DataFrame({"layer": 0, "head": [0, 1], "att": [att, 0.9], "att_low": [low, 0.8], "att_high": [high, 1.0]})
+        frame = pd.DataFrame({"image": ["a", "b"] * 2, "layer": 0, "head": [0, 0, 1, 1], "att": [att, att, 0.9, 0.9]})
+        return _heads_to_draw(layers, heads, frame, None)[1][(0, 0)]
+
+    assert label(0.02, 0.015, 0.025) == "lowest att: nearly query-independent"  # 0.5 / 0.025 = 20x at the conservative end
+    assert label(0.055, 0.045, 0.065) == "lowest att: least query-dependent"  # 10.9x, but 0.5 / 0.065 = 7.7x
+    assert label(0.03, math.nan, math.nan) == "lowest att: nearly query-independent"  # no interval: 0.6 / 0.03 = 20x
+
+
 def test_comparison_counts_nl_maps_whose_intervals_clear_ten_fold():
     from nlanalysis.report.vit_compare import _comparison_lines
 

@@ -42,6 +42,7 @@ from .pages import Report, require_png, start_report
 from .vit_compare import compare_table, comparison, read_nl_table
 from .vit_figures import DEFAULT_QUERIES, vit_figures
 from .query_text import layer_lines
+from .ratio_ends import ratio_ends
 from .vit_tables import (HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, measured_query_columns,
                          query_layers_table, query_layers_text, rows_by_head)
 from .vit_text import head_kind, measured_lines, provenance, run_facts, summary_lines
@@ -245,9 +246,10 @@ def _heads_to_draw(
     if heads is not None:
         lo, hi = chosen_heads
         return chosen_heads, {lo: "chosen", hi: "chosen"}
-    layer_input = dict(zip(layers["layer"].astype(int), layers["input"]))
+    layer_row = {int(r["layer"]): r for _, r in layers.iterrows()}
     lo, hi = chosen_heads
-    flat = layer_input[lo[0]] >= 10 * row_of[lo]["att"]  # GCNet's "an order of magnitude below the input"
+    # GCNet's "an order of magnitude below the input", even at the intervals' conservative end (the point without them)
+    flat = ratio_ends(row_of[lo], num_from=layer_row[lo[0]]).reaches(10) is True
     return chosen_heads, {lo: f"lowest att: {'nearly query-independent' if flat else 'least query-dependent'}",
                           hi: f"highest att: {head_kind(row_of[hi])}"}  # fmt: skip
 
