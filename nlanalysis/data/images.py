@@ -6,19 +6,41 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
-
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PHOTO_FILES", "ImageReadError", "exif_orientation", "image_size", "load_image", "photo_file", "sample_photos"]
+__all__ = ["PHOTO_FILES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
     """An image file that is missing, cannot be decoded, or is refused (its message names the file)."""
+
+
+#: what a file that is not a regular file is, by its ``st_mode`` test (a folder is told apart before these)
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def check_image_file(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ImageReadError`, naming ``path``, unless it is a regular file (a link to one is): missing, a folder, or
+    a named pipe, socket or device. Nothing is opened: opening a named pipe waits for a writer (forever, where none comes)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such image file") from None
+    except (OSError, ValueError) as err:  # permissions on a folder above, a name too long, a NUL in it
+        raise ImageReadError(f"{path}: cannot read image file ({type(err).__name__}: {err})") from err
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "neither a file nor a folder")
+        raise ImageReadError(f"{path}: is not a regular file ({kind}), not an image file")
 
 
 #: PIL modes of 8 bits per channel: ``convert("RGB")`` keeps their range
@@ -38,7 +60,8 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     ``[0, 1]`` (1 is white) and becomes ``round(255 v)``. Other pixel types are refused.
 
     Raises:
-        ImageReadError: the file is missing, empty, not a decodable image, has pixels of no known
+        ImageReadError: the file is missing, a folder, a named pipe, socket or device (never opened: see
+            :func:`check_image_file`), empty, not a decodable image, has pixels of no known
             range (32-bit integers, floats outside ``[0, 1]`` or not finite), or has more pixels
             than PIL decodes safely (``PIL.Image.MAX_IMAGE_PIXELS``, 89M by default: a decompression bomb;
             PIL itself only warns below twice that, and a 12,000 x 12,000 PNG of 168 KB took 2.9 GB),
@@ -47,8 +70,7 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such image file")
+    check_image_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
@@ -111,8 +133,7 @@ def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
     from PIL import Image
 
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such image file")
+    check_image_file(path)
     try:
         with Image.open(path) as img:
             w, h = img.size

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import PHOTO_FILES, photo_file
+from ..data.images import PHOTO_FILES, check_image_file, photo_file
 from .coco import CocoFileError, load_coco
 
 __all__ = [
@@ -231,6 +231,8 @@ def _expand(arg: str) -> list[Path]:
         return files
     if path.is_file():
         return [path]
+    if path.exists():  # there, but neither a file nor a folder (a named pipe, a socket, a device)
+        check_image_file(path)  # raises, saying what it is (it is never opened)
     raise FileNotFoundError(f"--images {arg}: no such file or folder")
 
 

@@ -1,0 +1,94 @@
+"""Paths that are there but are not regular files (a folder, a named pipe, a device) where a file is read, and COCO files
+whose ids repeat: each is refused with one message that names the path and says what it is, and nothing is opened that
+could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails)."""
+import os
+import threading
+
+import pytest
+
+from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from nlanalysis.cli import main
+from nlanalysis.data import ImageReadError, image_size, load_image
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def unopened(fifo, call, *args, **kwargs):
+    """``call(*args, **kwargs)``'s exception (``None`` if it returns), failing instead of hanging where it opens ``fifo``:
+    a reader left waiting for a writer is let go by a writer that closes at once (end of file), then the test fails."""
+    got = {}
+
+    def run():
+        try:
+            got["value"] = call(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001  (returned to the test, which asserts on it)
+            got["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader gets end of file
+        thread.join(30)
+        pytest.fail(f"{getattr(call, '__name__', call)} opened the named pipe {fifo} and waited for a writer")
+    return got.get("error")
+
+
+@pytest.fixture
+def odd(tmp_path):
+    """A folder and a named pipe, each named like an image."""
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "pipe.jpg")
+    return tmp_path / "folder.jpg", tmp_path / "pipe.jpg"
+
+
+# -- images --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("read", [load_image, image_size], ids=["load_image", "image_size"])
+def test_an_image_path_that_is_a_folder_or_a_fifo_says_so_unopened(odd, read):
+    folder, fifo = odd
+    with pytest.raises(ImageReadError) as err:
+        read(folder)
+    assert str(err.value) == f"{folder}: is a directory, not an image file"
+    err = unopened(fifo, read, fifo)
+    assert isinstance(err, ImageReadError) and str(err) == f"{fifo}: is not a regular file (a named pipe), not an image file"
+    with pytest.raises(ImageReadError, match="gone.jpg: no such image file$"):
+        read(folder.parent / "gone.jpg")
+
+
+def test_a_device_is_not_an_image_file():
+    with pytest.raises(ImageReadError, match="^/dev/null: is not a regular file [(]a character device[)], not an image file$"):
+        load_image("/dev/null")
+
+
+def test_extract_images_given_a_fifo_says_what_it_is(odd, capsys):
+    from nlanalysis.extract import file_images
+
+    _, fifo = odd
+    err = unopened(fifo, file_images, [str(fifo)])
+    assert isinstance(err, ImageReadError) and str(err) == f"{fifo}: is not a regular file (a named pipe), not an image file"
+
+
+def test_coco_and_photo_images_that_are_a_folder_or_a_fifo_are_failure_rows_naming_them(tmp_path):
+    """Every entry point of extract reads its images through load_image / image_size: a COCO image and a ``--photos
+    NAME=PATH`` that are not regular files fail alone, the run goes on, and failures.csv says what each one is."""
+    import pandas as pd
+
+    images = tmp_path / "images"
+    photos = write_photos(images, n=3, max_side=96)
+    write_coco(tmp_path / "ann.json", photos)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
+    for p, make in zip(photos[1:], (os.mkdir, os.mkfifo)):
+        p.unlink()
+        make(p)
+    fifo = photos[2]
+    base = ["extract", "--ckpt", str(ckpt), "--jsd-pairs", "0", "--workers", "0", "--quiet"]
+    coco = [*base, "--coco-ann", str(tmp_path / "ann.json"), "--coco-images", str(images), "--out", str(tmp_path / "coco")]
+    shipped = [*base, "--photos", f"ok={photos[0]}", f"folder={photos[1]}", f"pipe={fifo}", "--out", str(tmp_path / "photos")]
+    with one_thread():
+        assert unopened(fifo, main, coco) is None
+        assert unopened(fifo, main, shipped) is None
+    for out in ("coco", "photos"):
+        failures = pd.read_csv(tmp_path / out / "failures.csv")
+        assert failures["reason"].tolist() == [f"{photos[1]}: is a directory, not an image file",
+                                               f"{fifo}: is not a regular file (a named pipe), not an image file"], out  # fmt: skip
+        assert len(pd.read_csv(tmp_path / out / "metrics.csv")["image_id"].unique()) == 1, out  # the good image
