@@ -1,6 +1,7 @@
 """Paths that are there but are not regular files (a folder, a named pipe, a device) where a file is read, and COCO files
 whose ids repeat: each is refused with one message that names the path and says what it is, and nothing is opened that
 could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails)."""
+import json
 import os
 import threading
 
@@ -92,3 +93,58 @@ def test_coco_and_photo_images_that_are_a_folder_or_a_fifo_are_failure_rows_nami
         assert failures["reason"].tolist() == [f"{photos[1]}: is a directory, not an image file",
                                                f"{fifo}: is not a regular file (a named pipe), not an image file"], out  # fmt: skip
         assert len(pd.read_csv(tmp_path / out / "metrics.csv")["image_id"].unique()) == 1, out  # the good image
+
+
+# -- COCO ids that repeat ------------------------------------------------------------------------
+def _instances(tmp_path):
+    """A COCO instances file in COCO's own layout (info, licenses, images, annotations, categories; val2017's fields)."""
+    polygon = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]
+    ann = {"segmentation": polygon, "area": 400.0, "iscrowd": 0, "bbox": [10.0, 10.0, 20.0, 20.0]}
+    return {
+        "info": {"description": "hostile", "version": "1.0", "year": 2017, "contributor": "tests", "date_created": "2017/09/01"},
+        "licenses": [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}],
+        "images": [{"license": 4, "file_name": f"{i:012d}.jpg", "coco_url": "", "height": 48, "width": 64,
+                    "date_captured": "2013-11-14 17:02:52", "flickr_url": "", "id": i} for i in (139, 285)],
+        "annotations": [{**ann, "image_id": 139, "category_id": 1, "id": 1768},
+                        {**ann, "image_id": 139, "category_id": 18, "id": 1769},
+                        {**ann, "image_id": 285, "category_id": 18, "id": 1770}],
+        "categories": [{"supercategory": "person", "id": 1, "name": "person"}, {"supercategory": "animal", "id": 18, "name": "dog"}],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("what", ["annotation", "category"])
+def test_a_coco_id_listed_twice_is_refused_naming_the_file_and_the_id(tmp_path, capsys, what):
+    """pycocotools indexes annotations and categories by id: one listed twice silently replaced the other (an object
+    lost from ``coco.anns``, and objects of two images under one id; a category's name lost)."""
+    from nlanalysis.extract import coco_images
+
+    data = _instances(tmp_path)
+    (tmp_path / "images").mkdir()
+    ann = tmp_path / "instances_val2017.json"
+    ann.write_text(json.dumps(data))
+    assert [it.image_id for it in coco_images(ann, tmp_path / "images")] == [139, 285]  # well-formed as written
+    if what == "annotation":
+        data["annotations"][2]["id"] = 1768  # another image's object under the first one's id
+        expected = "annotation id 1768 is listed twice, annotations[0] and annotations[2]"
+    else:
+        data["categories"].append({"supercategory": "animal", "id": 18, "name": "cat"})
+        expected = "category id 18 is listed twice, categories[1] and categories[2]"
+    ann.write_text(json.dumps(data))
+    args = ["extract", "--ckpt", str(tmp_path / "none.pth"), "--coco-ann", str(ann), "--coco-images", str(tmp_path / "images"),
+            "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nlanalysis extract: error: --coco-ann {ann}: {expected}: ids must be unique (pycocotools would keep one and drop "
+                   "the other)"]  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_count_of_repeated_annotation_ids_is_given(tmp_path):
+    from nlanalysis.extract.coco import CocoFileError, load_coco
+
+    data = _instances(tmp_path)
+    data["annotations"] += [dict(a) for a in data["annotations"]]  # the whole list twice
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    with pytest.raises(CocoFileError, match=r"a\.json: annotation id 1768 is listed twice, annotations\[0\] and annotations\[3\]; "
+                                            r"3 annotations repeat an earlier one's id: ids must be unique"):  # fmt: skip
+        load_coco(tmp_path / "a.json")

@@ -1,8 +1,9 @@
 """Reading a COCO instances file honestly: every field the analysis uses is checked before use.
 
 pycocotools indexes whatever it is given: a duplicate image id silently replaces the first
-image (whose objects then go with the other image's pixels), a string id is accepted, and a
-``file_name`` may point anywhere on the disk. :func:`load_coco` refuses such a file up front with
+image (whose objects then go with the other image's pixels), a duplicate annotation or category id
+the first annotation or category, a string id is accepted, and a ``file_name`` may point anywhere
+on the disk. :func:`load_coco` refuses such a file up front with
 a :class:`CocoFileError` that names the file and the offending entry.
 
 What is required (the COCO format, https://cocodataset.org/#format-data):
@@ -11,11 +12,11 @@ What is required (the COCO format, https://cocodataset.org/#format-data):
   image folder that stays inside it (no absolute path, no ``..`` leading out; symbolic links
   inside the folder are followed as the user made them); ``height``/``width``, when given,
   positive 32-bit integers. Ids of every kind fit in 64 bits.
-* ``annotations`` (optional): objects with an integer ``id`` and ``image_id``, an integer
+* ``annotations`` (optional): objects with a unique integer ``id`` and an integer ``image_id``, an integer
   ``category_id`` when the file has ``categories``, and, when present, a ``bbox`` of four finite
   numbers ``[x, y, w, h]`` with ``w, h >= 0``, a ``segmentation`` (polygons: lists of numbers;
   or RLE: ``counts`` and ``size``), and ``iscrowd`` 0 or 1.
-* ``categories`` (optional): objects with an integer ``id``.
+* ``categories`` (optional): objects with a unique integer ``id``.
 """
 from __future__ import annotations
 
@@ -73,9 +74,26 @@ def check_coco(data: Any, path: str | os.PathLike[str]) -> None:
             raise CocoFileError(f"{where}: image id {image_id} is listed twice, for {names[image_id]!r} and {name!r}: ids must be unique")
         names[image_id] = name
     categories = data.get("categories")
-    known = {_int_field(cat, "id", f"{where}: categories[{n}]") for n, cat in enumerate(_list(categories, f"{where}: 'categories'"))}
-    for n, ann in enumerate(_list(data.get("annotations"), f"{where}: 'annotations'")):
+    known = _unique_ids([_int_field(cat, "id", f"{where}: categories[{n}]") for n, cat in enumerate(_list(categories, f"{where}: 'categories'"))],
+                        where, "categories", "category")  # fmt: skip
+    annotations = _list(data.get("annotations"), f"{where}: 'annotations'")
+    for n, ann in enumerate(annotations):
         _check_annotation(ann, f"{where}: annotations[{n}]", categories=known if "categories" in data else None)
+    _unique_ids([ann["id"] for ann in annotations], where, "annotations", "annotation")
+
+
+def _unique_ids(ids: list[int], where: str, key: str, what: str) -> set[int]:
+    """The set of ``ids`` (those of ``data[key]``, in order); CocoFileError naming the first that repeats, where it
+    stands, and how many repeat: pycocotools keeps one entry per id, and the other would be lost without a word."""
+    seen: dict[int, int] = {}
+    for n, value in enumerate(ids):
+        if value in seen:
+            repeated = len(ids) - len(set(ids))
+            more = f"; {repeated} {what}s repeat an earlier one's id" if repeated > 1 else ""
+            raise CocoFileError(f"{where}: {what} id {value} is listed twice, {key}[{seen[value]}] and {key}[{n}]{more}: "
+                                f"ids must be unique (pycocotools would keep one and drop the other)")  # fmt: skip
+        seen[value] = n
+    return set(seen)
 
 
 def _list(value: Any, what: str) -> list[Any]:
