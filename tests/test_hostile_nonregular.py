@@ -148,3 +148,41 @@ def test_the_count_of_repeated_annotation_ids_is_given(tmp_path):
     with pytest.raises(CocoFileError, match=r"a\.json: annotation id 1768 is listed twice, annotations\[0\] and annotations\[3\]; "
                                             r"3 annotations repeat an earlier one's id: ids must be unique"):  # fmt: skip
         load_coco(tmp_path / "a.json")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def _inspect_error(capsys, path, fifo=None):
+    """The one-line error of ``inspect --ckpt path`` (guarded: a read of ``fifo`` fails the test, not hangs it)."""
+    assert unopened(fifo, main, ["inspect", "--ckpt", str(path)]) is None if fifo else True
+    if fifo is None:
+        assert main(["inspect", "--ckpt", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nlanalysis inspect: error: "), err
+    return err[0].removeprefix("nlanalysis inspect: error: ")
+
+
+def test_a_checkpoint_that_is_a_fifo_or_a_device_says_so_not_empty_file(tmp_path, capsys):
+    """A FIFO or a device has size 0: it was 'empty file, not a checkpoint'."""
+    for name in ("pipe.pth", "pipe.onnx"):
+        os.mkfifo(tmp_path / name)
+        assert _inspect_error(capsys, tmp_path / name, tmp_path / name) == f"{tmp_path / name}: not a regular file (a FIFO), not a checkpoint"
+    assert _inspect_error(capsys, "/dev/zero") == "/dev/zero: not a regular file (a character device), not a checkpoint"
+    (tmp_path / "folder.pth").mkdir()  # already said before: kept
+    assert _inspect_error(capsys, tmp_path / "folder.pth").startswith(f"{tmp_path / 'folder.pth'}: a folder, not a checkpoint file (no ")
+
+
+def test_a_model_folder_whose_weights_are_a_fifo_or_a_folder_says_so(tmp_path, capsys):
+    """It was 'no model.safetensors / pytorch_model.bin / model.pth in it', with model.safetensors there."""
+    from nlanalysis.checkpoints.vit.models import load_vit
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit", "num_attention_heads": 2}))
+    os.mkfifo(folder / "model.safetensors")
+    fifo = folder / "model.safetensors"
+    assert _inspect_error(capsys, folder, fifo) == f"{folder}: a Hugging Face model folder whose model.safetensors is a FIFO, not a regular file"
+    err = unopened(fifo, load_vit, folder)
+    assert str(err) == f"{fifo}: not a regular file (a FIFO), not a checkpoint"
+    fifo.unlink()
+    (folder / "pytorch_model.bin").mkdir()
+    assert _inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder whose pytorch_model.bin is a folder, not a regular file"

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import pickle
+import stat
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .config import _kind
 from .errors import CheckpointError
 
 __all__ = ["Placeholder", "names_damaged_file", "read_checkpoint_file"]
@@ -71,6 +73,9 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(path, "no such file")
     if path.is_dir():
         raise _folder_error(path)
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a FIFO, a device: its size is 0 ("empty file"), and opening a FIFO waits for a writer
+        raise CheckpointError(path, f"not a regular file ({_kind(mode)}), not a checkpoint")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(path, "empty file, not a checkpoint")
@@ -104,6 +109,9 @@ def _folder_error(path: Path) -> CheckpointError:
     (the ViT reader took it for no ViT, or it would have been read as one)."""
     kind = "a Hugging Face model folder" if (path / "config.json").is_file() else "a folder"
     weights = next((path / name for name in FOLDER_WEIGHTS if (path / name).is_file()), None)
+    there = next((path / name for name in FOLDER_WEIGHTS if (path / name).exists()), None)
+    if weights is None and there is not None:  # a folder or a FIFO under a weights name: not "none in it"
+        return CheckpointError(path, f"{kind} whose {there.name} is {_kind(there.stat().st_mode)}, not a regular file")
     if weights is None:
         return CheckpointError(path, f"{kind}, not a checkpoint file (no {' / '.join(FOLDER_WEIGHTS)} in it)")
     if weights.suffix == ".safetensors":

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..config import _kind
 from ..loader import nonfinite_weights
 from ..reading import FOLDER_WEIGHTS, _load_safely, names_damaged_file
 from ._deps import MissingExtraError, require
@@ -300,12 +301,16 @@ def _read_state_dict(path: Path, mmap: bool = False) -> Mapping[str, Tensor]:
 
 
 def _weights_file(path: Path) -> Path:
-    """The weights file of a Hugging Face-style folder (a file is its own)."""
+    """The weights file of a Hugging Face-style folder (a file is its own; where none of the names is a regular file, the
+    first that is there: a FIFO or a folder, which the reader then names)."""
     if not path.is_dir():
         return path
     for name in FOLDER_WEIGHTS:
         if (path / name).is_file():
             return path / name
+    there = next((path / name for name in FOLDER_WEIGHTS if (path / name).exists()), None)
+    if there is not None:  # a FIFO or a folder under the name: the reader says what it is, not "without"
+        return there
     raise CheckpointError(f"{path}: a folder without {' / '.join(FOLDER_WEIGHTS)}")
 
 
@@ -344,8 +349,9 @@ def _convert_path(path: Path) -> ConvertedViT:
             config = _json_object(folder / "config.json")
         norm = _stated_norm(folder / "preprocessor_config.json")
         path = _weights_file(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not path.is_file():  # there, but a FIFO or a device: say so (never opened: a FIFO waits for a writer)
+        raise CheckpointError(f"{path}: " + (f"not a regular file ({_kind(path.stat().st_mode)}), not a checkpoint" if path.exists()
+                                             else "no such checkpoint file"))  # fmt: skip
     if path.suffix == ".onnx":
         return onnx_state_dict(path)
     act = config.get("hidden_act", "gelu")
