@@ -3,7 +3,9 @@ whose ids repeat: each is refused with one message that names the path and says 
 could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails)."""
 import json
 import os
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +188,51 @@ def test_a_model_folder_whose_weights_are_a_fifo_or_a_folder_says_so(tmp_path, c
     fifo.unlink()
     (folder / "pytorch_model.bin").mkdir()
     assert _inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder whose pytorch_model.bin is a folder, not a regular file"
+
+
+# -- result sets ---------------------------------------------------------------------------------
+DEMO_RUN = Path(__file__).parents[1] / "reports/demo/runs/gc"  # committed: metrics.csv, failures.csv, run.json, images.csv
+
+
+def _odd_run(tmp_path, name, kind):
+    """A copy of the demo result set with a directory or a named pipe where its file ``name`` was."""
+    run = shutil.copytree(DEMO_RUN, tmp_path / "gc")
+    (run / name).unlink()
+    (os.mkdir if kind == "directory" else os.mkfifo)(run / name)
+    return run
+
+
+@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+@pytest.mark.parametrize("name", ["metrics.csv", "failures.csv", "run.json", "images.csv"])
+def test_a_result_set_file_that_is_a_directory_or_a_fifo_is_named(tmp_path, capsys, name, kind):
+    """A metrics.csv or failures.csv that is not a file read as none (0 rows, or no failures: a wrong count without a
+    word), a run.json as 'no run.json', an images.csv as a bare IsADirectoryError or, a pipe, a hang."""
+    from nlanalysis.extract import load_run
+
+    run = _odd_run(tmp_path, name, kind)
+    expected = f"{run / name}: is a {kind}, not a regular file; the result set is damaged"
+    err = unopened(run / name, load_run, run)
+    assert isinstance(err, ValueError) and str(err) == expected
+    assert unopened(run / name, main, ["report", str(run), "--out", str(tmp_path / "report"), "--formats", "png"]) is None
+    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis report: error: {expected}"]
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+def test_a_part_that_is_a_directory_or_a_fifo_is_named(tmp_path, kind):
+    """A run read from its parts (no metrics.csv yet): a part that is not a file was a bare IsADirectoryError, or a hang."""
+    from nlanalysis.extract import load_run
+
+    run = shutil.copytree(DEMO_RUN, tmp_path / "gc")
+    keys = (run / "images.csv").read_text().splitlines()[1:3]
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (run / "metrics.csv").unlink()
+    (run / "parts").mkdir()
+    first = keys[0].split(",")[0]
+    (run / "parts" / f"{first}.csv").write_text(lines[0] + "".join(line for line in lines[1:] if line.startswith(keys[0].split(",")[1] + ",")))
+    odd = run / "parts" / f"{keys[1].split(',')[0]}.csv"
+    (os.mkdir if kind == "directory" else os.mkfifo)(odd)
+    err = unopened(odd, load_run, run)
+    assert isinstance(err, ValueError) and str(err) == f"{odd}: is a {kind}, not a regular file; the result set is damaged"
+    odd.rmdir() if kind == "directory" else odd.unlink()
+    assert load_run(run).metrics["image_id"].unique().tolist() == [1]  # the good part alone reads

@@ -13,7 +13,7 @@ import pandas as pd
 from ..metrics.grouped import grouped_intervals
 from ..schema import HEAD_MEAN, names
 from .maps import MapsIndex
-from .store import FAILURE_COLUMNS, RunStore, _read_json, assembled_text, frame_from_csv, parts_digest
+from .store import FAILURE_COLUMNS, RunStore, _read_json, assembled_text, frame_from_csv, is_run_file, parts_digest
 
 __all__ = ["SUMMARY_COLUMNS", "ResultSet", "head_mean_rows", "load_run", "summarize"]
 
@@ -92,14 +92,14 @@ def load_run(path: str | os.PathLike[str]) -> ResultSet:
     metrics_csv = store.root / "metrics.csv"
     ids = dict(zip(images["image_id"], images["key"]))
     saved = bool(info["settings"].get("save_maps"))
-    if not store.parts.is_dir() and metrics_csv.is_file():
+    if not store.parts.is_dir() and is_run_file(metrics_csv):  # a directory or a pipe there is named, not read as none
         return _load_assembled(store, info, images, lambda done: MapsIndex(store.maps, {i: ids[i] for i in done if i in ids}, saved))
     done = store.done_keys()  # maps of images not done (left by a process killed before their part) are not the run's
     maps = MapsIndex(store.maps, {i: key for i, key in ids.items() if key in done}, saved)
     done_here = done & set(keys)  # metrics.csv is read where it holds exactly these parts (older run.json: as many)
     fresh = info["assembled_keys"] == parts_digest(done_here) if "assembled_keys" in info else info.get("assembled_parts") == len(done_here)
     text = None
-    if metrics_csv.is_file() and fresh:
+    if is_run_file(metrics_csv) and fresh:
         with contextlib.suppress(ValueError):  # changed since it was assembled: the parts say what it held
             text = assembled_text(store.root, "metrics.csv", info)
     if text is not None:
@@ -118,7 +118,7 @@ def _load_assembled(store: RunStore, info: dict[str, Any], images: pd.DataFrame,
     id_type = info["settings"]["selection"]["id_type"]
     metrics_csv, failures_csv = store.root / "metrics.csv", store.root / "failures.csv"
     metrics = frame_from_csv(assembled_text(store.root, "metrics.csv", info), id_type, metrics_csv)
-    failures = frame_from_csv(assembled_text(store.root, "failures.csv", info), id_type, failures_csv) if failures_csv.is_file() else pd.DataFrame()
+    failures = frame_from_csv(assembled_text(store.root, "failures.csv", info), id_type, failures_csv) if is_run_file(failures_csv) else pd.DataFrame()
     failures = failures if len(failures.columns) else pd.DataFrame(columns=FAILURE_COLUMNS)
     counts = info.get("counts") or {}
     complete = bool(info.get("complete")) and counts.get("done") == (metrics["image_id"].nunique() if len(metrics) else 0)

@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ import pandas as pd
 
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "now", "parts_digest", "read_csv", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "is_run_file", "now", "parts_digest", "read_csv", "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -107,7 +108,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
+#: what a path that is not a regular file is, by its ``st_mode`` test
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether a file of a result set is there (``False``: missing); ValueError naming it where something else stands under
+    its name (a directory, a named pipe: opening a pipe would wait for a writer; neither was read as missing)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        raise ValueError(f"{path}: is {kind}, not a regular file; the result set is damaged")
+    return True
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    is_run_file(path)  # a named pipe is refused unopened (a missing file: FileNotFoundError from open)
     with open(path) as f:
         try:
             data = json.load(f)
@@ -159,7 +179,7 @@ class RunStore:
 
     # -- opening ---------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.run_json.is_file()
+        return is_run_file(self.run_json)
 
     def info(self) -> dict[str, Any]:
         if not self.exists():
@@ -174,10 +194,12 @@ class RunStore:
     def images(self) -> pd.DataFrame:
         """``images.csv``: ``key``, ``image_id`` (typed as ``run.json`` says), ``file_name``."""
         id_type = self.info()["settings"]["selection"]["id_type"]
+        is_run_file(self.root / "images.csv")
         return read_csv(self.root / "images.csv", dtype={"image_id": id_type, "key": str, "file_name": str}, keep_default_na=False)
 
     def keys(self) -> list[str]:
         """The selection's image keys in run order (from ``images.csv``, every column read as text)."""
+        is_run_file(self.root / "images.csv")
         return read_csv(self.root / "images.csv", dtype=str, keep_default_na=False)["key"].tolist()
 
     def open(self, info: dict[str, Any], items: Sequence[ImageItem]) -> None:
@@ -278,6 +300,8 @@ class RunStore:
         part that does not is named (not the next good one)."""
         texts = {}
         for key in keys:
+            if not is_run_file(self.part_path(key)):
+                continue
             try:
                 texts[key] = self.part_path(key).read_bytes().decode()
             except FileNotFoundError:
@@ -340,6 +364,7 @@ def assembled_text(root: Path, name: str, info: dict[str, Any]) -> str:
     recorded when it was assembled (``assembled_files``; older run.json: unchecked): a copy cut short or edited since
     would otherwise read as fewer images or other numbers (ValueError naming the file)."""
     path = root / name
+    is_run_file(path)
     data = path.read_bytes()
     want = (info.get("assembled_files") or {}).get(name)
     if want is not None and _file_check(data) != want:
