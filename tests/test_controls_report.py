@@ -192,7 +192,7 @@ def test_training_table_pairs_with_each_reference_and_applies_the_plateau_rule(t
     assert table.loc["baseline", "plateau"] and not table.loc["gc", "plateau"]
     text = write_controls_report(tmp_path / "g", tmp_path / "out").read_text()
     assert "## The answer" in text and "NO (+0.080)" in text and "## independent\n\nNot trained yet." in text
-    assert "| gc | 2,225 | 3 | 0.330 (0.010) | -0.07 [" in text
+    assert "| gc | 2,225 | 3 | 0.330 (0.010) | -0.0700 [" in text
     assert (tmp_path / "out" / "query-specific_training.csv").is_file()
     # the 24-epoch records as the repository keeps them (flat, no runs/ folder), one seed of gc still training
     kept = tmp_path / "kept" / "query-specific_e24"

@@ -243,6 +243,17 @@ def _demo_copy(tmp_path):
     return shutil.copytree(Path(__file__).parents[1] / DEMO_RUN, tmp_path / "gc")
 
 
+def _rerecord(run, name):
+    """Record ``run/name``'s size and sha256 in run.json, as extract does when it assembles the file."""
+    import hashlib
+    import json
+
+    info = json.loads((run / "run.json").read_text())
+    data = (run / name).read_bytes()
+    info.setdefault("assembled_files", {})[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (run / "run.json").write_text(json.dumps(info))
+
+
 def test_report_reads_a_result_set_copied_without_its_parts(tmp_path, capsys):
     import pandas as pd
 
@@ -264,6 +275,7 @@ def test_report_refuses_an_impossible_value(tmp_path, capsys):
     metrics = pd.read_csv(run / "metrics.csv")
     metrics.loc[5, "att"] = 99.0
     metrics.to_csv(run / "metrics.csv", index=False)
+    _rerecord(run, "metrics.csv")  # an edit run.json agrees with: only the value is wrong
     line = _error(capsys, ["report", str(run), "--out", str(tmp_path / "report")], "report")
     assert f"{run / 'metrics.csv'}: row 5 (CSV line 7), column 'att' = 99.0 lies outside [0.0, 2.0]" in line
     assert not (tmp_path / "report").exists()
