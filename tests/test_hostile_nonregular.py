@@ -190,6 +190,41 @@ def test_a_model_folder_whose_weights_are_a_fifo_or_a_folder_says_so(tmp_path, c
     assert _inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder whose pytorch_model.bin is a folder, not a regular file"
 
 
+def _hf_folder(folder):
+    """A tiny Hugging Face Dinov2 folder (width 384, 12 heads: the width alone would guess 6; eps 1e-5) that states its
+    input normalisation (0.5 / 0.5)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("timm")
+    config = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=1, num_attention_heads=12, intermediate_size=64,
+                                       patch_size=14, image_size=28, layer_norm_eps=1e-5)  # fmt: skip
+    transformers.Dinov2Model(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+@pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
+def test_a_model_folder_whose_config_is_a_folder_or_a_fifo_says_so(tmp_path, capsys, name, kind):
+    """It was read as absent: heads guessed from the width (6 of the 12 config.json states) and layer-norm eps 1e-6, or
+    ImageNet's normalisation for the folder's own, without a word (a silent wrong number)."""
+    from nlanalysis.checkpoints.vit.models import load_vit
+
+    folder = _hf_folder(tmp_path / "hf")
+    capsys.readouterr()  # transformers' progress bar
+    model = load_vit(folder, img_size=28)
+    assert (model.vit_spec.num_heads, model.vit_spec.norm_eps, model.vit_norm) == (12, 1e-5, ((0.5,) * 3, (0.5,) * 3))
+    odd = folder / name
+    odd.unlink()
+    (os.mkdir if kind == "directory" else os.mkfifo)(odd)
+    fifo = odd if kind == "named pipe" else None
+    shown = "a folder" if kind == "directory" else "a FIFO"
+    expected = f"{odd}: is {shown}, not a regular file; the Hugging Face model folder's {name} cannot be read"
+    for source in (folder, folder / "model.safetensors"):  # the folder, or its weights file (read with the folder's configs)
+        err = unopened(fifo, load_vit, source, img_size=28) if fifo else pytest.raises(ValueError, load_vit, source, img_size=28).value
+        assert str(err) == expected, source
+        assert _inspect_error(capsys, source, fifo) == expected
+
+
 # -- result sets ---------------------------------------------------------------------------------
 DEMO_RUN = Path(__file__).parents[1] / "reports/demo/runs/gc"  # committed: metrics.csv, failures.csv, run.json, images.csv
 

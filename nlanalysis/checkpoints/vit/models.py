@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import _kind
+from ..errors import CheckpointError as NamedFileError  # names its file: kept as it is by names_damaged_file
 from ..loader import nonfinite_weights
 from ..reading import FOLDER_WEIGHTS, _load_safely, names_damaged_file
 from ._deps import MissingExtraError, require
@@ -345,8 +348,7 @@ def _convert_path(path: Path) -> ConvertedViT:
     norm = None
     folder = path if path.is_dir() else _hf_folder_of(path)
     if folder is not None:
-        if (folder / "config.json").is_file():
-            config = _json_object(folder / "config.json")
+        config = _json_object(folder / "config.json") or {}
         norm = _stated_norm(folder / "preprocessor_config.json")
         path = _weights_file(path)
     if not path.is_file():  # there, but a FIFO or a device: say so (never opened: a FIFO waits for a writer)
@@ -365,21 +367,34 @@ def _convert_path(path: Path) -> ConvertedViT:
     return converted
 
 
-def _json_object(path: Path) -> dict:
-    """The JSON object in ``path`` (a Hugging Face folder's config); CheckpointError, naming the file, otherwise."""
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in ``path`` (a Hugging Face folder's config; ``None`` where no file is there); CheckpointError, naming
+    the file, otherwise: a folder or a named pipe under its name is no config, not an absent one (whose defaults would
+    be used without a word); the error names the file, not the weights beside it. Opened non-blocking and checked on the open descriptor (opening a pipe waits for a writer)."""
     try:
-        value = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise NamedFileError(path, f"cannot read ({err.__class__.__name__}: {err})") from err
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NamedFileError(path, f"is {_kind(mode)}, not a regular file; the Hugging Face model folder's {path.name} cannot be read")
+    try:
+        with os.fdopen(fd, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON text ({err})") from None
+        raise NamedFileError(path, f"not valid JSON text ({err})") from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
+        raise NamedFileError(path, "not a JSON object")
     return value
 
 
 def _hf_folder_of(path: Path) -> Path | None:
     """The Hugging Face folder a weights file belongs to (``model.safetensors`` ... beside a ``config.json``): its
     config and preprocessor config say what the weights cannot (heads, eps, normalisation), as for the folder."""
-    if path.name in FOLDER_WEIGHTS and (path.parent / "config.json").is_file():
+    if path.name in FOLDER_WEIGHTS and os.path.lexists(path.parent / "config.json"):  # a pipe or a folder: the reader names it
         return path.parent
     return None
 
@@ -390,9 +405,9 @@ def _stated_norm(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | No
     its ``image_mean`` / ``image_std`` (a number or three; skipped with ``do_normalize: false``) after ``rescale_factor``
     (default 1/255; none with ``do_rescale: false``), ``x' = (x r - mean) / std``, written as ``(x / 255 - m) / s`` with
     ``m = mean / (255 r)`` and ``s = std / (255 r)``. CheckpointError, naming the file, where a value is malformed."""
-    if not path.is_file():
-        return None
     stated = _json_object(path)
+    if stated is None:
+        return None
 
     def three(key: str, default: float) -> tuple[float, ...]:
         value = stated.get(key, default)
