@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..data import image_size
 from .sources import ImageItem
-from .store import IMAGE_CHECK, RunStore, _read_json, now, sha256_file
+from .store import IMAGE_CHECK, RunStore, _read_json, is_run_file, now, sha256_file
 
 __all__ = ["ShardPlan", "claim_shard", "damage", "plan_batches", "plan_shard", "release_inherited_claims", "verify_done"]
 
@@ -97,8 +97,10 @@ def verify_done(store: RunStore, keys: set[str], header: str | None = None) -> d
 
 
 def damage(store: RunStore, key: str) -> str | None:
-    """What is wrong with the files of done image ``key`` (``None``: nothing)."""
-    if not store.check_path(key).is_file():
+    """What is wrong with the files of done image ``key`` (``None``: nothing). ValueError, naming it, where one of them is a
+    directory or a named pipe (:func:`~nlanalysis.extract.store.is_run_file`): not damage to redo (removing a directory
+    failed with a bare errno; a pipe read as missing, or, in ``checks/``, as a run written before checks)."""
+    if not is_run_file(store.check_path(key)):
         return _unchecked_damage(store.part_path(key), store.maps_path(key))
     try:
         checks = _read_json(store.check_path(key))
@@ -108,7 +110,7 @@ def damage(store: RunStore, key: str) -> str | None:
         if rel == IMAGE_CHECK:  # the picture measured, not a file of the run (plan_shard compares it)
             continue
         path = store.root / rel
-        if not path.is_file():
+        if not is_run_file(path):
             return f"{path}: missing"
         if path.stat().st_size != want.get("size"):
             return f"{path}: {path.stat().st_size} bytes, {want.get('size')} were written (truncated or changed)"
@@ -128,11 +130,12 @@ def _other_columns(part: Path, header: str) -> str | None:
 
 def _unchecked_damage(part: Path, maps: Path) -> str | None:
     """What is wrong with a part written before checks were recorded, and its maps (``None``: nothing found)."""
+    is_run_file(part)  # there (a done image's), but maybe not a file
     try:
         pd.read_csv(part)
     except (ValueError, UnicodeDecodeError) as err:
         return f"{part}: cannot be read as CSV ({err})"
-    if maps.is_file():
+    if is_run_file(maps):
         try:
             with zipfile.ZipFile(maps) as z:
                 bad = z.testzip()

@@ -73,8 +73,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` when the block succeeds."""
+    """Open a temporary file beside ``path``; rename it onto ``path`` when the block succeeds (ValueError, naming it, where
+    a directory or a named pipe stands under its name: :func:`is_run_file`; the rename failed with a bare errno, or
+    replaced the pipe without a word)."""
     path = Path(path)
+    is_run_file(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode) as f:
@@ -216,6 +219,8 @@ class RunStore:
                 if old.get("format") != FORMAT:
                     raise ValueError(f"--out {self.root}: its run.json is not one `nlanalysis extract` wrote; give a new or empty folder")
                 check_same_settings(old["settings"], info["settings"], self.root)
+                for name in ("images.csv", "metrics.csv", "failures.csv"):  # before any work, not at assembly
+                    is_run_file(self.root / name)
                 return
             self._refuse_foreign(opening=True)
             for p in self.root.glob(".*.tmp"):  # a killed open's (a running one would hold the lock)
@@ -280,7 +285,7 @@ class RunStore:
         """Record why ``item`` failed; maps and checks an earlier, killed attempt left for it go (they are not the run's)."""
         row = {"image_id": item.image_id, "file_name": item.file_name, "path": item.path, "reason": reason}
         _write_json(self.failure_path(item.key), row)
-        if not self.part_path(item.key).is_file():
+        if not is_run_file(self.part_path(item.key)):
             for p in (self.maps_path(item.key), self.check_path(item.key)):
                 p.unlink(missing_ok=True)
 
@@ -288,7 +293,7 @@ class RunStore:
         """Append (or update, by ``session['id']``) one session of ``shard``."""
         path = self.shards / f"{shard}.json"
         with self.lock():
-            sessions = _read_json(path)["sessions"] if path.is_file() else []
+            sessions = _read_json(path)["sessions"] if is_run_file(path) else []
             sessions = [s for s in sessions if s.get("id") != session["id"]] + [session]
             _write_json(path, {"shard": shard, "sessions": sessions})
 
