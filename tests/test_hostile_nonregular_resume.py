@@ -71,3 +71,17 @@ def test_resume_into_a_run_with_a_directory_or_a_fifo_for_a_file_names_it(data, 
     assert err == [f"nlanalysis extract: error: {path}: is a {kind}, not a regular file; the result set is damaged"]
     assert path.is_dir() if kind == "directory" else (path.exists() and not path.is_file())  # left for the user to see
     assert _files(run) == before  # nothing redone, removed or assembled
+
+
+@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+def test_saved_maps_that_are_a_directory_or_a_fifo_are_named_not_gone(done, tmp_path, capsys, kind):
+    from nlanalysis.extract import load_run
+
+    run, path = _odd(done, tmp_path, "maps/KEY.npz", kind)
+    expected = f"{path}: is a {kind}, not a regular file; the result set is damaged"
+    err = unopened(path, load_run, run)
+    assert isinstance(err, ValueError) and str(err) == expected  # was: maps[id] -> KeyError "... (its maps file is gone)"
+    capsys.readouterr()
+    assert unopened(path, main, ["explore", str(run), "--out", str(tmp_path / "page.html")]) is None
+    assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis explore: error: {expected}"]  # was: a note, "missing"
+    assert not (tmp_path / "page.html").exists()

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.transforms import image_region
+from .store import is_run_file
 
 __all__ = [
     "MAPS_FORMAT", "MAX_MAP_BYTES", "QUANTISE_ABOVE", "ImageMaps", "MapsIndex", "PhotoMaps", "grid_overlay", "key_cover", "photo_maps",
@@ -430,13 +431,14 @@ class MapsIndex(Mapping):
     """``{image_id: ImageMaps}`` over a run's ``maps/`` folder; files are opened on access.
 
     Attributes:
-        missing: the ids of ``keys`` whose file is gone from ``maps/``, where the run saved maps (``expected``).
+        missing: the ids of ``keys`` whose file is gone from ``maps/``, where the run saved maps (``expected``); a directory or
+            a named pipe under a file's name is a ValueError naming it (:func:`~nlanalysis.extract.store.is_run_file`).
         not_kept: the run saved maps but this copy of it has no ``maps/`` folder (its numbers kept without them).
     """
 
     def __init__(self, folder: Path, keys: dict[Any, str], expected: bool = False) -> None:
         self.folder = folder
-        self._keys = {k: v for k, v in keys.items() if (folder / f"{v}.npz").is_file()}
+        self._keys = {k: v for k, v in keys.items() if is_run_file(folder / f"{v}.npz")}  # a pipe or a directory: named, not gone
         self.not_kept = expected and bool(keys) and not folder.is_dir()
         self.missing = [k for k in keys if k not in self._keys] if expected and not self.not_kept else []
         self._text = {str(k): v for k, v in self._keys.items()}
