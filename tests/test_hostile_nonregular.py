@@ -58,6 +58,28 @@ def test_an_image_path_that_is_a_folder_or_a_fifo_says_so_unopened(odd, read):
         read(folder.parent / "gone.jpg")
 
 
+@pytest.mark.parametrize("read", [load_image, image_size], ids=["load_image", "image_size"])
+@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+def test_an_image_swapped_for_a_folder_or_a_fifo_after_its_check_is_refused_on_the_open_file(tmp_path, monkeypatch, read, kind):
+    """A regular file when checked by name, something else when opened (the stat-then-open race): PIL opened the pipe and
+    waited for a writer, or said 'cannot decode image (IsADirectoryError ...)'. The opened descriptor is checked."""
+    import nlanalysis.data.images as images
+
+    photo = write_photos(tmp_path, n=1, max_side=64)[0]
+    checked = images.check_image_file
+
+    def check_then_swap(path):
+        checked(path)
+        os.unlink(path)
+        (os.mkdir if kind == "directory" else os.mkfifo)(path)
+
+    monkeypatch.setattr(images, "check_image_file", check_then_swap)
+    err = unopened(photo, read, photo)
+    assert isinstance(err, ImageReadError)
+    assert str(err) == f"{photo}: is a directory, not an image file" if kind == "directory" else \
+        str(err) == f"{photo}: is not a regular file (a named pipe), not an image file"  # fmt: skip
+
+
 def test_a_device_is_not_an_image_file():
     with pytest.raises(ImageReadError, match="^/dev/null: is not a regular file [(]a character device[)], not an image file$"):
         load_image("/dev/null")

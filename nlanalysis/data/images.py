@@ -6,12 +6,14 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -36,11 +38,40 @@ def check_image_file(path: str | os.PathLike[str]) -> None:
         raise ImageReadError(f"{path}: no such image file") from None
     except (OSError, ValueError) as err:  # permissions on a folder above, a name too long, a NUL in it
         raise ImageReadError(f"{path}: cannot read image file ({type(err).__name__}: {err})") from err
+    _check_mode(path, mode)
+
+
+def _check_mode(path: str | os.PathLike[str], mode: int) -> None:
     if stat.S_ISDIR(mode):
         raise ImageReadError(f"{path}: is a directory, not an image file")
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _NOT_REGULAR if test(mode)), "neither a file nor a folder")
         raise ImageReadError(f"{path}: is not a regular file ({kind}), not an image file")
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for reading, checked twice: by name before it is opened (a named pipe or a device is never opened),
+    and on the open descriptor (what was put under the name between the two, e.g. a pipe, is refused, not read: opened
+    non-blocking, it does not wait for a writer). Every read of the image goes through this one descriptor."""
+    check_image_file(path)
+    try:
+        f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such image file") from None
+    except IsADirectoryError:  # (Python's open checks the descriptor it opened for a folder)
+        raise ImageReadError(f"{path}: is a directory, not an image file") from None
+    except OSError as err:  # permissions
+        raise ImageReadError(f"{path}: cannot read image file ({type(err).__name__}: {err})") from err
+    with f:
+        _check_mode(path, os.fstat(f.fileno()).st_mode)
+        os.set_blocking(f.fileno(), True)
+        yield f
+
+
+def _decoder_error(err: Exception, f: BinaryIO, path: Path) -> str:
+    """The decoder's message, naming the file as PIL does when given its path (not the open file object's repr)."""
+    return f"{type(err).__name__}: {str(err).replace(repr(f), repr(os.fspath(path)))}"
 
 
 #: PIL modes of 8 bits per channel: ``convert("RGB")`` keeps their range
@@ -67,16 +98,22 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
             PIL itself only warns below twice that, and a 12,000 x 12,000 PNG of 168 KB took 2.9 GB),
             or is a PNG whose chunks fail their CRC. The message names the file.
     """
-    from PIL import Image
 
     path = Path(path)
-    check_image_file(path)
+    with _opened(path) as f:
+        return _decode(f, path, orient)
+
+
+def _decode(f: BinaryIO, path: Path, orient: bool) -> np.ndarray:
+    """:func:`load_image` of the open file ``f`` of ``path``."""
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
-            with Image.open(path) as img:
+            with Image.open(f) as img:
                 if img.format == "PNG":
-                    _check_png_crcs(path)
+                    _check_png_crcs(f, path)
                 img.load()
                 fmt = img.format
                 if orient and _orientation(img) != 1:
@@ -92,7 +129,7 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
             "If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS"
         ) from err
     except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
-        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+        raise ImageReadError(f"{path}: cannot decode image ({_decoder_error(err, f, path)})") from err
 
 
 #: EXIF orientations (tag 0x0112) whose display swaps width and height
@@ -117,12 +154,10 @@ def exif_orientation(path: str | Path) -> int:
     that is no regular file: opening a FIFO would wait for a writer)."""
     from PIL import Image
 
-    if not Path(path).is_file():
-        return 1
     try:
-        with Image.open(path) as img:
+        with _opened(Path(path)) as f, Image.open(f) as img:
             return _orientation(img)
-    except Exception:  # unreadable: it fails (alone) when loaded
+    except Exception:  # unreadable or no regular file: it fails (alone) when loaded
         return 1
 
 
@@ -133,22 +168,24 @@ def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
     from PIL import Image
 
     path = Path(path)
-    check_image_file(path)
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if orient and _orientation(img) in _TRANSPOSING:
-                h, w = w, h
-    except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
-        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+    with _opened(path) as f:
+        try:
+            with Image.open(f) as img:
+                w, h = img.size
+                if orient and _orientation(img) in _TRANSPOSING:
+                    h, w = w, h
+        except Exception as err:  # whatever the decoder raises on a file's bytes is that file's failure
+            raise ImageReadError(f"{path}: cannot decode image ({_decoder_error(err, f, path)})") from err
     return h, w
 
 
-def _check_png_crcs(path: Path) -> None:
-    """Raise ImageReadError when a chunk of a PNG file fails its CRC. PIL skips the CRCs of the
+def _check_png_crcs(f: BinaryIO, path: Path) -> None:
+    """Raise ImageReadError when a chunk of the PNG file ``f`` (open, of ``path``) fails its CRC. PIL skips the CRCs of the
     pixel data (IDAT): a changed byte there that still inflates would read as other pixels.
-    The file is streamed; a file cut short is left to PIL, which says so when it decodes."""
-    with path.open("rb") as f:
+    The file is streamed; a file cut short is left to PIL, which says so when it decodes. ``f`` is left where it was
+    (PIL reads on from there)."""
+    at = f.tell()
+    try:
         pos = f.seek(8)  # after the signature; chunks: length (4), type (4), data, CRC of type + data (4)
         while len(head := f.read(8)) == 8:
             crc, left = zlib.crc32(head[4:]), int.from_bytes(head[:4], "big")
@@ -163,6 +200,8 @@ def _check_png_crcs(path: Path) -> None:
             if head[4:] == b"IEND":
                 return
             pos = f.tell()
+    finally:
+        f.seek(at)
 
 
 def _to_rgb8(img: Any, path: Path, fmt: str | None) -> np.ndarray:
