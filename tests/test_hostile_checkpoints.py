@@ -113,9 +113,9 @@ def test_special_and_large_files_are_refused(tmp_path):
     assert refusal(parse_config_file, "/dev/zero") == "/dev/zero: config is a character device, not a regular file; refused"
     fifo = tmp_path / "fifo.py"
     os.mkfifo(fifo)
-    assert refusal(parse_config_file, fifo) == f"{fifo}: config is a FIFO, not a regular file; refused"
+    assert refusal(parse_config_file, fifo) == f"{fifo}: config is a named pipe, not a regular file; refused"
     (tmp_path / "uses_fifo.py").write_text("x = 1\n_base_ = ['fifo.py']\n")
-    assert refusal(parse_config_file, tmp_path / "uses_fifo.py").endswith("line 2: config _base_ file 'fifo.py' is a FIFO, not a regular file; refused")
+    assert refusal(parse_config_file, tmp_path / "uses_fifo.py").endswith("line 2: config _base_ file 'fifo.py' is a named pipe, not a regular file; refused")
     assert refusal(parse_config_file, tmp_path) == f"{tmp_path}: config is a folder, not a regular file; refused"
     big = tmp_path / "big.py"
     big.write_text("# " + "x" * DEFAULT_LIMITS.max_bytes + "\n")

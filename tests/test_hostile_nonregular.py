@@ -189,7 +189,7 @@ def test_a_checkpoint_that_is_a_fifo_or_a_device_says_so_not_empty_file(tmp_path
     """A FIFO or a device has size 0: it was 'empty file, not a checkpoint'."""
     for name in ("pipe.pth", "pipe.onnx"):
         os.mkfifo(tmp_path / name)
-        assert _inspect_error(capsys, tmp_path / name, tmp_path / name) == f"{tmp_path / name}: not a regular file (a FIFO), not a checkpoint"
+        assert _inspect_error(capsys, tmp_path / name, tmp_path / name) == f"{tmp_path / name}: not a regular file (a named pipe), not a checkpoint"
     assert _inspect_error(capsys, "/dev/zero") == "/dev/zero: not a regular file (a character device), not a checkpoint"
     (tmp_path / "folder.pth").mkdir()  # already said before: kept
     assert _inspect_error(capsys, tmp_path / "folder.pth").startswith(f"{tmp_path / 'folder.pth'}: a folder, not a checkpoint file (no ")
@@ -204,9 +204,9 @@ def test_a_model_folder_whose_weights_are_a_fifo_or_a_folder_says_so(tmp_path, c
     (folder / "config.json").write_text(json.dumps({"model_type": "vit", "num_attention_heads": 2}))
     os.mkfifo(folder / "model.safetensors")
     fifo = folder / "model.safetensors"
-    assert _inspect_error(capsys, folder, fifo) == f"{folder}: a Hugging Face model folder whose model.safetensors is a FIFO, not a regular file"
+    assert _inspect_error(capsys, folder, fifo) == f"{folder}: a Hugging Face model folder whose model.safetensors is a named pipe, not a regular file"
     err = unopened(fifo, load_vit, folder)
-    assert str(err) == f"{fifo}: not a regular file (a FIFO), not a checkpoint"
+    assert str(err) == f"{fifo}: not a regular file (a named pipe), not a checkpoint"
     fifo.unlink()
     (folder / "pytorch_model.bin").mkdir()
     assert _inspect_error(capsys, folder) == f"{folder}: a Hugging Face model folder whose pytorch_model.bin is a folder, not a regular file"
@@ -239,7 +239,7 @@ def test_a_model_folder_whose_config_is_a_folder_or_a_fifo_says_so(tmp_path, cap
     odd.unlink()
     (os.mkdir if kind == "directory" else os.mkfifo)(odd)
     fifo = odd if kind == "named pipe" else None
-    shown = "a folder" if kind == "directory" else "a FIFO"
+    shown = "a folder" if kind == "directory" else "a named pipe"
     expected = f"{odd}: is {shown}, not a regular file; the Hugging Face model folder's {name} cannot be read"
     for source in (folder, folder / "model.safetensors"):  # the folder, or its weights file (read with the folder's configs)
         err = unopened(fifo, load_vit, source, img_size=28) if fifo else pytest.raises(ValueError, load_vit, source, img_size=28).value

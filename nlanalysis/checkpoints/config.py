@@ -310,7 +310,7 @@ def merge_config(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 def _kind(mode: int) -> str:
     """What a non-regular file is, from its ``st_mode``."""
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
