@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlanalysis.data.fashion_mnist import load_fashion_mnist
-from nlanalysis.data.scenes import SPLITS, SceneParams, make_scene
+from nlanalysis.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from nlanalysis.data.scenes import LOOKALIKES, SPLITS, SceneParams, make_scene
 
 
 def crops(design: str, split: str, num: int, seed: int = 0, params: SceneParams | None = None,
@@ -92,20 +94,48 @@ def scores(model: nn.Module, x: torch.Tensor, y: np.ndarray, scene: np.ndarray, 
             "true_set": 100 * (_within(logp, true_set) == y).mean()}  # fmt: skip
 
 
+def pair_confusion(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> pd.DataFrame:
+    """How much the classifier confuses each pair of look-alike classes (:data:`LOOKALIKES`, within a family), on
+    single items: ``two_way_error`` (percent, the mean over the two classes of the share of their items whose
+    log-probability of the other class of the pair is above their own: the error of a choice between the two only)
+    and the 10-way confusions ``a_as_b``, ``b_as_a`` (percent of class a's items whose argmax is b, and the reverse).
+    Design v4 uses the pair with the largest ``two_way_error`` (its scenes hold those two classes only)."""
+    with torch.no_grad():
+        logp = F.log_softmax(model(x), -1).numpy()
+    alone, rows = logp.argmax(1), []
+    for family in LOOKALIKES:
+        for a, b in combinations(family, 2):
+            ia, ib = y == a, y == b
+            err = [100 * (logp[ia, b] > logp[ia, a]).mean(), 100 * (logp[ib, a] > logp[ib, b]).mean()]
+            rows.append({"a": a, "b": b, "name_a": CLASS_NAMES[a], "name_b": CLASS_NAMES[b], "items_a": int(ia.sum()),
+                         "items_b": int(ib.sum()), "two_way_error": np.mean(err), "a_vs_b_error": err[0], "b_vs_a_error": err[1],
+                         "a_as_b": 100 * (alone[ia] == b).mean(), "b_as_a": 100 * (alone[ib] == a).mean()})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["mean_10way"] = (table.a_as_b + table.b_as_a) / 2
+    return table.sort_values("two_way_error", ascending=False, kind="stable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--designs", nargs="+", default=["query-specific", "shared"])
     parser.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"), help="SceneParams.num_items (default: the shipped (3, 6))")
     parser.add_argument("--out", default=str(Path(__file__).with_name("pilot.csv")))
+    parser.add_argument("--confusion", metavar="CSV", help="also write the first design's classifier's look-alike pair "
+                        "confusions on its val items (pair_confusion; v4's pair rule)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     params = SceneParams(num_items=tuple(args.num_items)) if args.num_items else None
     rows = []
     for design in args.designs:
+        start = time.perf_counter()
         model = train(*crops(design, "train", 4000, params=params)[:2])
-        rows.append({"design": design, "num_items": "-".join(map(str, (params or SceneParams()).num_items)),
-                     **scores(model, *crops(design, "val", 1000, params=params))})  # fmt: skip
-        print(rows[-1], flush=True)
+        val = crops(design, "val", 1000, params=params)
+        rows.append({"design": design, "num_items": "-".join(map(str, (params or SceneParams()).num_items)), **scores(model, *val)})
+        print(rows[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
+        if args.confusion and design == args.designs[0]:
+            pairs = pair_confusion(model, *val[:2])
+            pairs.round(2).to_csv(args.confusion, index=False)
+            print(pairs.round(2).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     table["group_minus_alone"], table["group_minus_scene"] = table.group_sum - table.alone, table.group_sum - table.scene_sum
     tmp = args.out + ".tmp"
