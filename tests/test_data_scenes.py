@@ -89,7 +89,7 @@ def check_coco_set(json_path, image_dir, design: str) -> COCO:
         assert fg.mean() > bg.mean() + 40, f"image {image_id}: items not brighter than the background"
         assert np.median(bg) < 80, f"image {image_id}: background not dark"
         n_classes.append(len({a["category_id"] for a in anns}))
-        if design == "query-specific":  # two groups, one class each, different classes: a group is a category
+        if design.startswith("query-specific"):  # two groups, one class each, different classes: a group is a category
             classes = {g: {a["category_id"] for a in anns if a["group"] == g} for g in (0, 1)}
             assert all(len(c) == 1 for c in classes.values()) and classes[0] != classes[1], f"image {image_id}: {classes}"
     if design == "shared":
@@ -97,8 +97,9 @@ def check_coco_set(json_path, image_dir, design: str) -> COCO:
     return coco
 
 
-#: every shipped validation set: each design with the default drawing, and issue 16's v2 (groups of 2-5 items)
-SHIPPED = [(d, None) for d in DESIGNS] + [("query-specific", (4, 10))]
+#: every shipped validation set: each design with the default drawing, and issue 16's v2 (groups of 2-5 items);
+#: query-specific-v4's are not shipped yet (tests/test_scenes_v4.py)
+SHIPPED = [(d, None) for d in DESIGNS if d != "query-specific-v4"] + [("query-specific", (4, 10))]
 
 
 @pytest.mark.parametrize(("design", "num_items"), SHIPPED)

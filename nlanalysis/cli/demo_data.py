@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "10 categories, plus RGB PNGs). Design 'shared' puts one class per scene, so other items disambiguate a "
         "corrupted one (a dense task where global context helps); 'independent' draws classes at random (the "
         "negative control); 'query-specific' holds two tinted groups of two look-alike classes, so a corrupted item "
-        f"is resolved only by its own group (the positive control). Fashion-MNIST is read from {DEFAULT_SOURCE} (`{INSTALL_HINT}`) or --source.",
+        "is resolved only by its own group (the positive control); 'query-specific-v4' holds the same look-alike pair in every "
+        f"scene, in two tinted groups of equal size (nlanalysis.data.scenes_v4). Fashion-MNIST is read from {DEFAULT_SOURCE} (`{INSTALL_HINT}`) or --source.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (instances.json + images/)")
     p.add_argument("--split", choices=sorted(SPLITS), default="train",
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--design", choices=DESIGNS, default="shared", help="class sampling (default: shared)")
     p.add_argument("--size", type=int, default=112, help="canvas side in pixels (default: 112)")
     p.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"),
-                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2)")
+                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2, "
+                   "query-specific-v4's max(2, ceil(LO/2))..HI//2 each, equal)")
     p.add_argument("--source", metavar="DIR", help="folder with the Fashion-MNIST IDX files (.gz or not)")
     p.add_argument("--overwrite", action="store_true", help="replace a scene set already in --out")
 

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fractions of training with a checkpoint and held-out mIoU (default 0 0.25 0.5 1)")
     p.add_argument("--design", choices=DESIGNS, default="shared")
     p.add_argument("--num-items", nargs=2, type=int, metavar=("LO", "HI"),
-                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2); "
+                   help="items per scene, as SceneParams.num_items (default 3 6; query-specific groups hold 2..HI//2, "
+                   "query-specific-v4's max(2, ceil(LO/2))..HI//2 each, equal); "
                    "then the validation scenes are written too, not the shipped ones")
     p.add_argument("--image-shortcut", action="store_true",
                    help="add a 1x1 conv of the image's 8 x 8 cell means to the block's input position, in every "

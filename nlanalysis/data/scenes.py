@@ -7,7 +7,8 @@ scene shares one class (other items disambiguate a corrupted one) it added 11 mI
 
 - ``shared`` (default): 3-6 items of ONE class per scene;
 - ``independent``: items of random classes, the control where context is useless;
-- ``query-specific``: two groups of 2-3 items (the positive control, below).
+- ``query-specific``: two groups of 2-3 items (the positive control, below);
+- ``query-specific-v4``: the same fixed look-alike pair in every scene, two groups of equal size (:mod:`.scenes_v4`).
 
 All designs draw everything else from the same distributions (sizes, placement, clutter,
 corruption); only the class sampling differs (and the tint of ``query-specific``). Each item is
@@ -79,7 +80,7 @@ __all__ = [
     "scene_annotations", "semantic_mask", "write_scenes",
 ]  # fmt: skip
 
-DESIGNS = ("shared", "independent", "query-specific")
+DESIGNS = ("shared", "independent", "query-specific", "query-specific-v4")
 LOOKALIKES = ((0, 2, 3, 4, 6), (5, 7, 9))
 """``query-specific``: the two classes of a scene come from one of these sets (tops/dresses/coats, footwear)."""
 SPLITS = {"train": "train", "val": "test"}
@@ -177,8 +178,8 @@ class Scene:
         masks: ``bool [K, H, W]`` visible silhouettes, pairwise disjoint, in drawing order.
         labels: ``int64 [K]`` Fashion-MNIST classes ``0..9`` (COCO category id = label + 1).
         item_ids: ``int64 [K]`` indices of the items in the source arrays.
-        groups: ``int64 [K]`` group (0 or 1) of each item (``query-specific`` only, else ``None``).
-        hues: the two groups' tint hues in ``[0, 1)`` (``query-specific`` only).
+        groups: ``int64 [K]`` group (0 or 1) of each item (the ``query-specific`` designs only, else ``None``).
+        hues: the two groups' tint hues in ``[0, 1)`` (the ``query-specific`` designs only).
         noise: ``float [H, W]`` the generator's standard deviation of the strong item-box noise at each pixel,
             ``sqrt(sum sigma_k^2)`` over the noisy boxes covering it (0 where none): the draws' sigma, before
             the ``query-specific`` tint scales item pixels (by 0.3-1 per channel) and before the image is
@@ -275,8 +276,8 @@ def make_scene(
         items: ``uint8 [N, h, w]`` Fashion-MNIST images.
         labels: ``int [N]`` their classes.
         design: ``"shared"`` (one class per scene, drawn from that class's items),
-            ``"independent"`` (each item uniformly from all items) or ``"query-specific"``
-            (two tinted groups of two look-alike classes).
+            ``"independent"`` (each item uniformly from all items), ``"query-specific"``
+            (two tinted groups of two look-alike classes) or ``"query-specific-v4"`` (:mod:`.scenes_v4`).
         params: drawing parameters (default :class:`SceneParams`).
     """
     if design not in DESIGNS:
@@ -284,10 +285,19 @@ def make_scene(
     if len(items) == 0 or len(items) != len(labels):
         raise ValueError(f"need as many labels as items (> 0), got {len(items)} items and {len(labels)} labels")
     p = params or SceneParams()
+    if design == "query-specific-v4":
+        from .scenes_v4 import make_scene_v4  # it composes with _compose below
+
+        return make_scene_v4(rng, items, labels, p)
+    return _compose(rng, items, labels, *_draw_items(rng, labels, design, p), p, tinted=design == "query-specific")
+
+
+def _compose(rng, items, labels, drawn: np.ndarray, drawn_groups: np.ndarray, p: SceneParams, tinted: bool) -> Scene:
+    """Place the drawn items (dropping those that find no place), clutter, corrupt, tint (``tinted``: by group)."""
     owner = np.full((p.size, p.size), -1, dtype=np.int64)  # index of the visible item, -1 on background
     fg = np.zeros((p.size, p.size))
     placed, areas, boxes, groups = [], np.zeros(0), [], []
-    for index, group in zip(*_draw_items(rng, labels, design, p)):
+    for index, group in zip(drawn, drawn_groups):
         side = int(rng.integers(p.item_side[0], p.item_side[1] + 1))
         clean = _resize(items[index] / 255.0, side)
         sil = clean > p.mask_threshold
@@ -321,7 +331,7 @@ def make_scene(
     keep = masks.sum((1, 2)) >= p.min_pixels
     ids = np.asarray(placed, dtype=np.int64)[keep]
     scene = Scene(image=image, masks=masks[keep], labels=labels[ids].astype(np.int64), item_ids=ids, noise=np.sqrt(variance))
-    if design == "query-specific":
+    if tinted:
         scene.image, scene.hues = _tint(rng, image, owner, np.asarray(groups, np.int64))
         scene.groups = np.asarray(groups, np.int64)[keep]
     else:
