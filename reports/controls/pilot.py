@@ -8,8 +8,14 @@ of its own group (the whole scene where a design has one group), and two reading
 keep the design when (c) - (a) >= 10 points and (c) - (b) >= 5 points. ``shared`` runs beside it as the
 check of the pilot itself (nlanalysis/data/scenes.py reports 52% alone and 74% summed over the scene).
 
+``query-specific-v4`` (nlanalysis/data/scenes_v4.py: the same class pair in every scene) adds two columns: (f)
+``pair_alone``, the item alone restricted to the fixed pair (what a network without context learns there: only those
+two classes occur) and ``pair_group_sum``, the own group's vote restricted to it; its ``true_set`` is that same
+restriction (every scene holds the pair), and ``group_minus_pair_alone`` = (c) - (f).
+
 Run from the repository root: ``python reports/controls/pilot.py [--designs query-specific shared]
-[--num-items LO HI] [--out CSV]``; writes ``reports/controls/pilot.csv`` (the shipped scenes).
+[--num-items LO HI] [--out CSV] [--confusion CSV]``; writes ``reports/controls/pilot.csv`` (the shipped scenes).
+v4's check: ``--designs query-specific-v4 --num-items 4 10 --out reports/controls/pilot_v4.csv``.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from torch import nn
 
 from nlanalysis.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 from nlanalysis.data.scenes import LOOKALIKES, SPLITS, SceneParams, make_scene
+from nlanalysis.data.scenes_v4 import PAIR
 
 
 def crops(design: str, split: str, num: int, seed: int = 0, params: SceneParams | None = None,
@@ -74,11 +81,13 @@ def _within(logp: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     return np.take_along_axis(allowed, np.take_along_axis(logp, allowed, 1).argmax(1)[:, None], 1)[:, 0]
 
 
-def scores(model: nn.Module, x: torch.Tensor, y: np.ndarray, scene: np.ndarray, group: np.ndarray) -> dict[str, float]:
+def scores(model: nn.Module, x: torch.Tensor, y: np.ndarray, scene: np.ndarray, group: np.ndarray,
+           pair: tuple[int, int] | None = None) -> dict[str, float]:  # fmt: skip
     """Item accuracy (percent): alone, summed over the scene, summed over the own group, and two readings of what
     one context for the whole scene (a query-independent block's) can carry: (d) ``scene_top2``, the item's best class
     among the scene sum's top two, (e) ``true_set``, among the scene's true classes (at best what one vector per scene
-    could say: which classes the scene holds)."""
+    could say: which classes the scene holds). With ``pair`` (a design whose every scene holds those two classes):
+    also ``pair_alone`` and ``pair_group_sum``, the item alone and its own group's vote, each restricted to ``pair``."""
     with torch.no_grad():
         logp = F.log_softmax(model(x), -1).numpy()
     alone = logp.argmax(1)
@@ -89,9 +98,14 @@ def scores(model: nn.Module, x: torch.Tensor, y: np.ndarray, scene: np.ndarray, 
     classes = pd.Series(y).groupby(scene).transform(lambda c: [sorted(set(c))] * len(c))
     width = max(len(c) for c in classes)
     true_set = np.array([c + [c[-1]] * (width - len(c)) for c in classes])  # padded with a repeat: the same choice
-    return {"items": len(y), "alone": 100 * (alone == y).mean(), "scene_sum": 100 * (by_scene.argmax(1) == y).mean(),
-            "group_sum": 100 * (by_group.argmax(1) == y).mean(), "scene_top2": 100 * (_within(logp, top2) == y).mean(),
-            "true_set": 100 * (_within(logp, true_set) == y).mean()}  # fmt: skip
+    out = {"items": len(y), "alone": 100 * (alone == y).mean(), "scene_sum": 100 * (by_scene.argmax(1) == y).mean(),
+           "group_sum": 100 * (by_group.argmax(1) == y).mean(), "scene_top2": 100 * (_within(logp, top2) == y).mean(),
+           "true_set": 100 * (_within(logp, true_set) == y).mean()}  # fmt: skip
+    if pair is not None:
+        allowed = np.broadcast_to(np.asarray(pair), (len(y), 2))
+        out["pair_alone"] = 100 * (_within(logp, allowed) == y).mean()
+        out["pair_group_sum"] = 100 * (_within(by_group, allowed) == y).mean()
+    return out
 
 
 def pair_confusion(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> pd.DataFrame:
@@ -130,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         model = train(*crops(design, "train", 4000, params=params)[:2])
         val = crops(design, "val", 1000, params=params)
-        rows.append({"design": design, "num_items": "-".join(map(str, (params or SceneParams()).num_items)), **scores(model, *val)})
+        pair = PAIR if design == "query-specific-v4" else None  # its fixed class pair
+        rows.append({"design": design, "num_items": "-".join(map(str, (params or SceneParams()).num_items)), **scores(model, *val, pair=pair)})
         print(rows[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
         if args.confusion and design == args.designs[0]:
             pairs = pair_confusion(model, *val[:2])
@@ -138,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(pairs.round(2).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)
     table["group_minus_alone"], table["group_minus_scene"] = table.group_sum - table.alone, table.group_sum - table.scene_sum
+    if "pair_alone" in table:
+        table["group_minus_pair_alone"] = table.group_sum - table.pair_alone
     tmp = args.out + ".tmp"
     table.round(2).to_csv(tmp, index=False)
     os.replace(tmp, args.out)
