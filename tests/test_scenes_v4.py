@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 
 import nlanalysis.data.scenes_v4 as v4
 from nlanalysis.cli import main
+from nlanalysis.data.fashion_mnist import DEFAULT_SOURCE, load_fashion_mnist
 from nlanalysis.data.scenes import LOOKALIKES, SceneParams, make_scene, scene_annotations, write_scenes
 from nlanalysis.train.run import TrainJob, _val_set
 from test_data_scenes import check_coco_set, source, tiny_items  # noqa: F401  (source is a fixture)
@@ -56,6 +57,15 @@ def test_every_scene_holds_the_pair_in_two_equal_groups_with_their_own_tint():
     assert set(sizes) == {2, 3, 4, 5}  # every group size occurs
     share = np.mean(np.array(first_class) == v4.PAIR[0])
     assert 0.35 < share < 0.65, f"group 0 holds {v4.PAIR[0]} in {share:.0%} of the scenes"  # both assignments, ~half each
+
+
+@pytest.mark.skipif(not DEFAULT_SOURCE.is_dir(), reason="dataset-fashion-mnist (Debian) not installed")
+def test_real_items_keep_the_pair_in_equal_groups():
+    items, labels = load_fashion_mnist("test")
+    for i in range(30):  # as write_scenes draws the val split's scene i, seed 0
+        scene = make_scene(np.random.default_rng([0, i]), items, labels.astype(np.int64), V4, ITEMS)
+        count = np.bincount(scene.groups, minlength=2)
+        assert sorted(set(scene.labels.tolist())) == sorted(v4.PAIR) and count[0] == count[1] >= 2
 
 
 def test_same_generator_state_same_scene_and_another_seed_another():
