@@ -238,6 +238,25 @@ def test_the_hundred_and_thousand_fold_tiers_follow_the_conservative_end():
             "intervals do not decide whether it is 1000×") in t1000open  # fmt: skip
 
 
+def test_a_ratio_just_below_a_tier_never_prints_as_the_tier_and_unmeasured_rows_are_not_counted():
+    from nlanalysis.report.ratio_ends import ratio_ends
+
+    edge = {"variant": "edge", "block": "b", "mode": "embedded_gaussian", "images": 30, "query_independent": False,
+            "input": 0.598, "input_low": 0.597, "input_high": 0.599, "att": 0.06, "att_low": 0.06, "att_high": 0.0601,
+            "att_entropy": 0.5}  # fmt: skip
+    rows = [edge, _summary_row("clear", 0.02, 0.015, 0.025), _summary_row("gone", math.nan)]
+    head, edge_text, _, gone = summary_text(pd.DataFrame(rows))
+    # 0.598 / 0.06 = 9.9667 (cut: 9.96, not "10.0"); 0.597 / 0.0601 = 9.933 -> 9.9; 0.599 / 0.06 = 9.9833 (cut: 9.98)
+    assert "`att` is only 9.96× below `input` (9.9–9.98× at the intervals' ends): **not**" in edge_text
+    assert head.startswith("Of 2 block(s) whose maps can depend on the query, 1 has `att` at least ten times below")
+    assert "1 does not, even at their liberal end" in head
+    assert "; 1 block without a finite `input` and `att` (`gone` `b`) not counted" in head
+    assert "cannot be compared with `input` (not available)" in gone and "nearly uniform" not in gone
+    # 0 / 0 at an end allows anything: 0 for the conservative end, unbounded for the liberal one (not "no interval")
+    ends = ratio_ends({"input": 0.2, "input_low": 0.0, "input_high": 0.4, "att": 0.0, "att_low": 0.0, "att_high": 0.0})
+    assert ends.interval and ends.low == 0 and ends.high == math.inf and ends.reaches(10) is None
+
+
 def test_output_about_as_large_or_larger_than_input_states_the_inverse_ends():
     rows = [_summary_row("same", 0.2, 0.15, 0.25, output=0.6, output_low=0.55, output_high=0.65),
             _summary_row("larger", 0.2, 0.15, 0.25, output=1.2, output_low=1.1, output_high=1.3)]  # fmt: skip

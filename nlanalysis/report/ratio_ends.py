@@ -79,12 +79,18 @@ def ratio_ends(row: Mapping[str, Any], num: str = "input", den: str = "att", *, 
     if not all(math.isfinite(e) for e in ends):
         return RatioEnds(point)
     num_low, num_high, den_low, den_high = ends
-    return RatioEnds(point, _div(num_low, den_high), _div(num_high, den_low))
+    low, high = _div(num_low, den_high), _div(num_high, den_low)  # 0 / 0: the end allows anything
+    return RatioEnds(point, 0.0 if math.isnan(low) else low, math.inf if math.isnan(high) else high)
+
+
+#: the tiers a ratio's text must not reach by rounding up (9.97 would print as 10.0 beside "not 10x").
+_TIERS = (1, 10, 100, 1000)
 
 
 def times(x: float, decimals: int = 1) -> str:
     """A ratio as a number: ``decimals`` decimals, but two significant digits below ``10 ** -decimals``
-    (never ``0.00``), ``∞`` for an infinite one and a power of ten from 100000 on."""
+    (never ``0.00``), ``∞`` for an infinite one and a power of ten from 100000 on. A ratio below 1, 10,
+    100 or 1000 never prints as that tier: it gets one more decimal, cut rather than rounded (9.97, not 10.0)."""
     if math.isnan(x):
         return "–"
     if math.isinf(x):
@@ -95,7 +101,11 @@ def times(x: float, decimals: int = 1) -> str:
         return f"{x:.1e}"
     if abs(x) < 10.0**-decimals:  # fixed decimals would show one significant digit, or none
         return f"{x:.2g}"
-    return f"{x:.{decimals}f}"
+    text = f"{x:.{decimals}f}"
+    if any(abs(x) < tier <= abs(float(text)) for tier in _TIERS):
+        more = decimals + 1
+        text = f"{math.trunc(x * 10**more) / 10**more:.{more}f}"
+    return text
 
 
 def ends_text(ends: RatioEnds, fmt: Callable[[float], str], sign: str) -> str:

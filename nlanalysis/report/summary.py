@@ -26,7 +26,7 @@ def _verdict(r: pd.Series, what: str) -> tuple[bool | None, str]:
     point estimate alone where the row has no interval; the words say so)."""
     input_, value = float(r["input"]), float(r.get(what, math.nan))
     if not (math.isfinite(input_) and math.isfinite(value)):
-        return False, f"`{what}` cannot be compared with `input` (not available)"
+        return UNMEASURED, f"`{what}` cannot be compared with `input` (not available)"
     if value <= 0:
         return True, f"`{what}` is 0"
     ends = ratio_ends(r, "input", what)
@@ -45,7 +45,7 @@ def _verdict(r: pd.Series, what: str) -> tuple[bool | None, str]:
         return None, f"{said}: the intervals do not decide whether it is 10× (GCNet's one to two orders of magnitude)"
     inverse = ends.inverse()  # what / input, for maps about as far apart as the input or farther
     if ends.point >= 1.5:
-        return False, f"`{what}` is only {ends.point:.1f}× below `input` ({ends_text(ends, _x, '×')}): {_NOT_GCNET}"
+        return False, f"`{what}` is only {times(ends.point)}× below `input` ({ends_text(ends, _x, '×')}): {_NOT_GCNET}"
     if ends.point > 1 / 1.5:
         return False, (f"`{what}` is about as large as `input` ({inverse.point:.2f}×; "
                        f"{ends_text(inverse, lambda v: times(v, 2), '×')}): {_NOT_GCNET}")  # fmt: skip
@@ -54,11 +54,14 @@ def _verdict(r: pd.Series, what: str) -> tuple[bool | None, str]:
 
 #: a row whose maps are query-independent by construction (no verdict to count).
 BY_CONSTRUCTION = "by construction"
+#: a row without a finite ``input`` or statistic (no verdict to count; named apart).
+UNMEASURED = "not measured"
 
 
 def _row_text(r: pd.Series, block: str) -> tuple[bool | None | str, str]:
     """One Table 1 row in words, and whether its ``att`` is 10x below ``input`` (:func:`_verdict`: True,
-    False, None where the intervals do not decide; :data:`BY_CONSTRUCTION` for one map by construction)."""
+    False, None where the intervals do not decide; :data:`BY_CONSTRUCTION` for one map by construction,
+    :data:`UNMEASURED` without a finite ``input`` and ``att``)."""
     step = f" (step {int(r['step'])})" if pd.notna(r.get("step", math.nan)) else ""
     seeds = int(r["seeds"]) if pd.notna(r.get("seeds", math.nan)) else 1
     count = f"{int(r['images'])} images" + (f", {seeds} seeds" if seeds > 1 else "")
@@ -72,7 +75,7 @@ def _row_text(r: pd.Series, block: str) -> tuple[bool | None | str, str]:
     below, on_att = _verdict(r, "att")
     on_output = _verdict(r, "output")[1]
     text = f"{head}: {nums}. Here {on_att}; {on_output}."
-    uniform = below is not False and r.get("att_entropy", 0) >= 0.99
+    uniform = (below is True or below is None) and r.get("att_entropy", 0) >= 0.99
     if uniform:
         text += (f" But the maps are nearly uniform (normalised entropy {format_ci(r['att_entropy'])}; uniform attention gives "
                  "`att` = 0 with nothing learned), so a small `att` here says little about learned query-independence.")  # fmt: skip
@@ -105,11 +108,14 @@ def summary_text(summary: pd.DataFrame, convention: str = "1-cos") -> list[str]:
     counted by their point estimate, and both sentences say so.
     """
     short = short_block_names(summary["block"].tolist())
-    verdicts, undecided, bare, out = [], [], [], []
+    verdicts, undecided, bare, unmeasured, out = [], [], [], [], []
     for _, r in summary.iterrows():
         below, text = _row_text(r, short[r["block"]])
         out.append(text)
         if below is BY_CONSTRUCTION:
+            continue
+        if below is UNMEASURED:
+            unmeasured.append(f"`{r['variant']}` `{short[r['block']]}`")
             continue
         verdicts.append(below)
         name = f"`{r['variant']}` `{short[r['block']]}`"
@@ -117,7 +123,7 @@ def summary_text(summary: pd.DataFrame, convention: str = "1-cos") -> list[str]:
             undecided.append(name)
         if not ratio_ends(r, "input", "att").interval:
             bare.append(name)
-    if verdicts:
+    if verdicts or unmeasured:
         far, near = verdicts.count(True), verdicts.count(False)
         line = (f"Of {len(verdicts)} block(s) whose maps can depend on the query, {far} {'has' if far == 1 else 'have'} "
                 "`att` at least ten times below `input` (GCNet's qualitative finding on trained COCO models) even at the "
@@ -127,6 +133,8 @@ def summary_text(summary: pd.DataFrame, convention: str = "1-cos") -> list[str]:
             line += f"; for {_blocks(len(undecided))} ({', '.join(undecided)}) the intervals do not decide whether it is 10×"
         if bare:
             line += f"; {_blocks(len(bare))} without an interval (one image or seed: {', '.join(bare)}) counted by the point estimate"
+        if unmeasured:
+            line += f"; {_blocks(len(unmeasured))} without a finite `input` and `att` ({', '.join(unmeasured)}) not counted"
         out.insert(0, line + f". Distances: cosine distance {CONVENTION_TEXT.get(convention, convention)}, averaged over all "
                       "ordered pairs of positions (i = j included), then over images; brackets are 95% confidence intervals.")  # fmt: skip
     return out

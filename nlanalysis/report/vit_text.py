@@ -63,7 +63,7 @@ def _head_sentence(r: pd.Series, name: str, layer: Mapping[str, Any]) -> str:
         where = f"att is 0, its layer's input distance {input_}"
     else:
         shown = ends if ends.point >= 1 else ends.inverse()  # input / att, or att / input where att is the larger
-        said = f"{shown.point:.1f}x below" if ends.point >= 1 else f"{shown.point:.2f}x"
+        said = f"{times(shown.point)}x below" if ends.point >= 1 else f"{times(shown.point, 2)}x"
         words = ends_text(shown, lambda v: times(v, 1 if ends.point >= 1 else 2), "x")
         verdict = {True: ": at least 10x (GCNet-like)", None: ": the intervals do not decide whether it is 10x"}
         where = f"{said} its layer's input distance ({input_}; {words}{verdict.get(ends.reaches(10), '')})"
