@@ -7,6 +7,9 @@ Table 1 header. :data:`REGISTRY` lists them in ``metrics.csv`` order; the column
 (:func:`headers`), the range check (:func:`check_ranges`) and the README's column table
 (:func:`readme_table`) are read from it.
 
+:data:`DEFINITIONS` is the version of how the columns are computed: ``run.json`` records it, and bumping it
+(with a line in :data:`DEFINITIONS_HISTORY`) keeps rows of two computations out of one run.
+
 Sites: :data:`NL` (an NL/GC block, one map) and :data:`VIT` (a ViT layer's heads and head mean),
 named as ``run.json``'s ``analysis``.
 """
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BOTH", "HEAD_MEAN", "NL", "RATIOS", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
+    "BOTH", "DEFINITIONS", "DEFINITIONS_HISTORY", "HEAD_MEAN", "NL", "RATIOS", "REGISTRY", "ROLES", "TABLE1", "VIT", "Column", "check_ranges", "column", "headers",
     "locality_control_columns", "metrics_columns", "names", "object_columns", "pick", "query_columns", "readme_table", "statistic_columns", "value_range",
 ]  # fmt: skip
 
@@ -28,6 +31,23 @@ HEAD_MEAN = -1
 #: sites: an NL/GC block, a ViT layer's heads (the ``analysis`` of ``run.json``).
 NL, VIT = "nl-blocks", "vit-heads"
 BOTH = frozenset({NL, VIT})
+
+DEFINITIONS: int = 1
+"""The version of the columns' definitions: which computation of each column wrote a ``metrics.csv``'s values.
+
+Bump it in the same commit as any change that can move a column's value for the same model, image and settings (a fix,
+a new convention), and add that version's line to :data:`DEFINITIONS_HISTORY`; when in doubt, bump (the cost: runs in
+progress start again). ``extract`` records it in ``run.json`` (``settings.measure.definitions``), so a run written under
+other definitions (or none recorded: before 2026-12-06) is neither resumed nor merged with rows of these: its rows and
+the new ones would stand in one ``metrics.csv`` without a word. Reading a finished run is not refused (nothing in it is
+mixed); a report of runs of different definitions says so in its notes.
+"""
+
+#: one line per :data:`DEFINITIONS` version: the date from which it was written, what it changed
+DEFINITIONS_HISTORY: dict[int, str] = {
+    1: "2026-12-06: everything up to and including that date's fixes (e.g. d322bef: ctrl_form_att_jsd on rows whose weight "
+       "underflows; before it: the suite's cosine convention, logit_rank1 on flat maps, zero rows); runs before it record none",
+}  # fmt: skip
 
 #: what a column is for: ``image`` (filled from the image file), ``site`` (which block / layer /
 #: head and its shape), ``stat`` (a statistic of the trained maps), ``check`` (how far to trust
