@@ -1,5 +1,6 @@
 """``RunSpec``: one frozen object for a run of ``extract``, checked when made, recorded whole in
-``run.json``; the resume/merge settings stay those that result sets written before it hold."""
+``run.json``; the resume/merge settings stay those that result sets written before it hold (but the column definitions'
+version, recorded since 2026-12-06: tests/test_extract_definitions.py)."""
 import dataclasses
 import json
 import shutil
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from extract_inputs import one_thread, tiny_checkpoint, write_photos
+from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.data.scenes import demo_scenes_path
 from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, load_run, run_extract
@@ -97,7 +99,9 @@ def test_the_command_line_makes_the_same_spec(files, tmp_path):
 @pytest.mark.parametrize("variant", ["embedded_gaussian", "gc"])
 def test_a_committed_result_set_resumes_with_equal_rows(variant, tmp_path):
     """A committed run (reports/demo, made by ``nlanalysis demo``) resumes: its settings equal those the
-    spec gives, and the images a new session computes equal the committed rows."""
+    spec gives, and the images a new session computes equal the committed rows. One written before run.json recorded
+    the column definitions is refused (its definitions are unknown) until reports/demo is regenerated; given today's
+    definitions, its rows of the images below are checked to be today's."""
     committed = ROOT / "reports" / "demo" / "runs" / variant
     out = tmp_path / variant
     # only what git holds (reports/demo/.gitignore): a local regeneration's parts/, maps/, checks/ stay behind,
@@ -108,6 +112,11 @@ def test_a_committed_result_set_resumes_with_equal_rows(variant, tmp_path):
     spec = RunSpec(ModelSpec(shipped_checkpoints()[variant]), DataSpec(coco_ann=ann, coco_images=images, limit=120),
                    OutputSpec(out, save_maps=True, queries="objects:3"), MeasureSpec(jsd_pairs=256, controls=True, query_dependence="all"),
                    RunningSpec(shard=(0, 60)))  # fmt: skip  (as nlanalysis/demo.py runs it; a 60th of its images)
+    if "definitions" not in info["settings"]["measure"]:  # written before they were recorded: refused, not resumed
+        with pytest.raises(ValueError, match=r"column definitions differ \(definitions \d+ here, none recorded there"):
+            run_extract(spec, progress=False)
+        info["settings"]["measure"]["definitions"] = schema.DEFINITIONS  # as regenerating reports/demo will record them
+        (out / "run.json").write_text(json.dumps(info))
     report = run_extract(spec, progress=False)  # settings differing would raise "holds a run with other settings"
     assert (report.done, report.failed) == (2, 0)
     assert json.loads((out / "run.json").read_text())["settings"] == info["settings"]

@@ -40,7 +40,8 @@ Modules: ``sources`` (which images), ``objects`` (annotations as a label map), `
 (query points), ``analyses`` (what differs between kinds of model: the :class:`Analysis` interface
 and its registry, :func:`register_analysis`), ``analysis_nl`` and ``analysis_vit`` (the NL/GC-block
 and ViT-head kinds), ``locality`` (ViT heads), ``runner`` (the loop), ``resume`` (shards, resume),
-``store`` (files on disk), ``maps`` (saved maps), ``results`` (``load_run``), ``spec`` (:class:`RunSpec`).
+``store`` (files on disk), ``definitions`` (which column definitions wrote a run: resume and merge keep to one),
+``maps`` (saved maps), ``results`` (``load_run``), ``spec`` (:class:`RunSpec`).
 """
 from .analyses import COLUMNS, VIT_COLUMNS, Analysis, list_analyses, load_analysis, register_analysis
 from .analysis_nl import BlockAnalysis  # the built-in kinds register themselves on import

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .definitions import check_shards_definitions
 from .resume import damage
 from .store import RunStore, _write_json, check_same_settings
 
@@ -17,7 +18,7 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     """Combine the result sets of shards of one run into ``out``.
 
     Refuses runs with different settings (checkpoint, selection, preprocessing, queries, seed,
-    ...), runs that both hold (done or failed) the same image, a result set copied without its
+    ..., and the column definitions that wrote them: :mod:`.definitions`), runs that both hold (done or failed) the same image, a result set copied without its
     ``parts/`` (merge reads the per-image files extract writes), and any done image whose files do
     not match the checks written with them (named: rerun extract on that folder to redo it). Files
     are copied into a temporary folder beside ``out`` that is renamed to ``out`` when all is merged;
@@ -27,6 +28,7 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     if not stores:
         raise ValueError("give at least one RUN_DIR to merge")
     infos = [s.info() for s in stores]
+    check_shards_definitions([s.root for s in stores], [info["settings"] for info in infos])  # first: its own words
     for s, info in zip(stores[1:], infos[1:]):
         check_same_settings(infos[0]["settings"], info["settings"], f"{s.root} (against {stores[0].root})",
                             "merge only shards of one run (the same extract arguments but --shard); merge the others separately")

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import schema
 from ..data.images import exif_orientation
 from ..metrics.threads import free_core_threads
 from .analyses import Analysis, LayerMaps, load_analysis
@@ -276,8 +277,9 @@ def _coco_rules(items: list[ImageItem]) -> dict[str, str]:
 def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, own_object: bool) -> dict[str, Any]:
     """``run.json`` before the run: ``settings`` (what must match to resume or merge) and facts.
 
-    The settings are those runs written before :class:`RunSpec` existed hold, key for key, so
-    they resume and merge with new ones."""
+    The settings are those runs written before :class:`RunSpec` existed hold, key for key, but
+    ``measure.definitions`` (the column definitions' version, :data:`nlanalysis.schema.DEFINITIONS`): runs written
+    before it was recorded, or under other definitions, are refused on resume and merge, saying why."""
     coco_ann, save_maps = spec.data.coco_ann, spec.output.save_maps
     settings = {
         **analysis.settings(),
@@ -301,6 +303,9 @@ def _describe_run(analysis: Analysis, items: list[ImageItem], spec: RunSpec, *, 
         "seed": spec.seed,
         "measure": {"jsd_pairs": spec.measure.jsd_pairs, "controls": spec.measure.controls, "convention": "1-cos", "zero": "exclude",
                     "own_object": own_object, **analysis.measure_settings(),
+                    # which computation of the columns wrote the rows (schema.DEFINITIONS): runs written before it was
+                    # recorded lack it, so they refuse to resume or merge with new ones (.definitions says why)
+                    "definitions": schema.DEFINITIONS,
                     # only when given: runs made before it resume and merge as before
                     **({"batch_seed": spec.measure.batch_seed} if spec.measure.batch_seed is not None else {}),
                     **({"query_dependence": spec.measure.query_dependence} if spec.measure.query_dependence != "off" else {}),

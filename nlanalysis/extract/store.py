@@ -44,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from .definitions import check_same_definitions
 from .sources import ImageItem
 
 __all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "is_run_file", "now", "parts_digest", "read_csv", "sha256_file"]
@@ -218,6 +219,7 @@ class RunStore:
                 old = self.info()
                 if old.get("format") != FORMAT:
                     raise ValueError(f"--out {self.root}: its run.json is not one `nlanalysis extract` wrote; give a new or empty folder")
+                check_same_definitions(old["settings"], self.root)  # first: its own words (the same arguments would not do)
                 check_same_settings(old["settings"], info["settings"], self.root)
                 for name in ("images.csv", "metrics.csv", "failures.csv"):  # before any work, not at assembly
                     is_run_file(self.root / name)
