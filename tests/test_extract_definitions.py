@@ -171,3 +171,23 @@ def test_a_finished_run_without_definitions_is_read_and_reported(tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "report"), "--formats", "png", "--no-explore"]) == 0
     assert pd.read_csv(tmp_path / "report" / "tables" / "table1.csv")["images"].tolist() == [120]
     assert "column definitions" not in (tmp_path / "report" / "index.md").read_text()  # one run: nothing is mixed
+
+
+def test_a_report_of_runs_of_different_definitions_says_so_once(tmp_path):
+    from nlanalysis.report.meta import load_runs
+
+    old = _old_demo_copy(tmp_path)
+    new = shutil.copytree(old, tmp_path / "new")
+    _set_definitions(new, schema.DEFINITIONS)
+    runs = load_runs([old, new], labels={"old": old, "new": new})
+    mixed = [n for n in runs.notes if "column definitions differ" in n]
+    assert mixed == [f"the runs were written by nlanalysis versions whose column definitions differ (definitions none recorded "
+                     f"(before 2026-12-06): `old`; definitions {schema.DEFINITIONS}: `new`; this nlanalysis writes {schema.DEFINITIONS}): "
+                     "a column's values of runs of two versions may differ for the same model and image (extract the older ones "
+                     "again to compare like with like)"]  # fmt: skip
+    # the same checkpoint and settings: an image extracted again under other definitions is still one image, counted once
+    assert len(runs.frame) == 120 and any("`new`: 120 image(s) measured by `old` first" in n for n in runs.notes)
+    assert not [n for n in load_runs([new]).notes if "definitions" in n]
+    assert main(["report", "--label", f"old={old}", "--label", f"new={new}", "--out", str(tmp_path / "report"), "--formats", "png",
+                 "--no-explore"]) == 0  # fmt: skip
+    assert mixed[0] in (tmp_path / "report" / "index.md").read_text()  # a note, not an error

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..checkpoints.facts import METRIC_KEYS
+from ..extract.definitions import definitions_note
 from ..extract.results import ResultSet, head_mean_rows, load_run
 from ..extract.store import sha256_file
 from ..schema import check_ranges
@@ -106,7 +107,8 @@ class Runs:
         meta: one :class:`RunMeta` per result set.
         frame: every run's ``metrics`` with the run columns of :mod:`nlanalysis.tables`, each image of a block of one
             checkpoint (variant, seed, step) once: where runs measured it again, the first run's rows.
-        notes: what the report should say about ``frame`` (the images measured again and left out).
+        notes: what the report should say about ``frame`` (the images measured again and left out; runs written with
+            different column definitions).
     """
 
     results: list[ResultSet]
@@ -200,7 +202,8 @@ def load_runs(
         which = f" with blocks matching {patterns}" if patterns else ""
         raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
     frame, notes = _each_image_once(frame, {m.label: _measurement(r) for r, m in zip(results, metas)})
-    return Runs(results, metas, frame, notes)
+    mixed = definitions_note({m.label: r.info.get("settings") for r, m in zip(results, metas)})
+    return Runs(results, metas, frame, notes + ([mixed] if mixed else []))
 
 
 #: run settings that choose what is kept or which images are taken, not how an image's statistics are measured
@@ -209,12 +212,16 @@ _NOT_MEASUREMENT = frozenset({"selection", "queries", "query_placement", "save_m
 
 def _measurement(run: ResultSet) -> str:
     """What makes two runs' rows of one image the same measurement: the checkpoint (its sha256) and every setting of how
-    it is measured (``run.json``'s settings but the selection and what is saved); the run folder where none is known."""
+    it is measured (``run.json``'s settings but the selection and what is saved); the run folder where none is known. The
+    column definitions' version is not one of them: an image extracted again by a later nlanalysis is still one image
+    (counted once; :func:`~nlanalysis.extract.definitions.definitions_note` names the versions a report mixes)."""
     settings = run.info.get("settings")
     sha = run.info.get("checkpoint", {}).get("sha256") or (settings or {}).get("checkpoint_sha256")
     if not sha or not isinstance(settings, dict):
         return f"run {run.path}"
     kept = {k: v for k, v in settings.items() if k not in _NOT_MEASUREMENT}
+    if isinstance(kept.get("measure"), dict):
+        kept["measure"] = {k: v for k, v in kept["measure"].items() if k != "definitions"}
     return json.dumps({"checkpoint": sha, **kept}, sort_keys=True, default=str)
 
 
