@@ -20,7 +20,7 @@ from nlanalysis.measure.control_forms import (
     FORM_COLUMNS, FORMS, RELU_CONCAT, SIGNED_DOT, SOFTMAX_PER_QUERY, block_form_controls, child_generator, concat_terms,
     form_control_maps, per_query_temperature, positive_share, row_entropies,
 )  # fmt: skip
-from nlanalysis.measure.controls import MATCH_TOLERANCE, draw_projections
+from nlanalysis.measure.controls import draw_projections
 from nlanalysis.measure.stats import CONTROLS
 
 

@@ -9,21 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_photos
+from extract_inputs import tiny_checkpoint, write_photos
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.extract import load_run, merge_runs
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = ROOT / "reports/demo/runs/gc"  # committed: metrics.csv, failures.csv, run.json, images.csv, no parts/
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ import time
 
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from extract_inputs import tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, merge_runs, run_extract
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 N = 40  # enough that a run killed after a few images is surely still running
 

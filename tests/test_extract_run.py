@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nlanalysis
-from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from extract_inputs import tiny_checkpoint, write_coco, write_photos
 from helpers import excluded_queries
 from naive import mean_cos_dist_all_pairs
 from nlanalysis.checkpoints import load_checkpoint
@@ -17,13 +17,9 @@ from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
 from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_analysis, load_run, run_extract
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 NL = "backbone.layer2.0.nonlocal_block"
 GC = "backbone.layer1.0.context_block"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_photos
+from extract_inputs import tiny_checkpoint, write_photos
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.data.scenes import demo_scenes_path
@@ -20,10 +20,7 @@ from nlanalysis.train.run import shipped_checkpoints
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

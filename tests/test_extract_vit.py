@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from extract_inputs import one_thread, write_coco, write_photos
+from extract_inputs import write_coco, write_photos
 from helpers import excluded_queries, randomize_
 from nlanalysis.cli import main
 from nlanalysis.data import load_image
@@ -27,16 +27,11 @@ from nlanalysis.plots.query_maps import plot_query_maps
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer", reason="the ViT extra is not installed (timm missing): pip install 'nlanalysis[vit]'")
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 STATS = ["att_own_object", "own_object_share", "n_query", "n_key", "input", "output", "att", "att_jsd", "att_jsd_stderr", "att_entropy", "att_max",
          "att_zero_rows", "att_prefix_mass"]  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,12 @@ import shutil
 
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_photos
+from extract_inputs import tiny_checkpoint, write_photos
 from nlanalysis.cli import main
 from test_hostile_nonregular import unopened
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

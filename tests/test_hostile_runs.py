@@ -3,16 +3,11 @@ import json
 
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from extract_inputs import tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
