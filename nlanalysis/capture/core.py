@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import BlockInfo, list_blocks
+from ..nograd import without_grad
 from ..schema import NL, VIT
 from .records import QueryMaps, SiteRecord
 
@@ -387,8 +388,7 @@ class Capture:
     def _hook(self, record: Callable[[nn.Module, tuple, dict, Any], SiteRecord]) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             self._ran += 1
-            with torch.no_grad():
-                rec = record(module, args, kwargs, output)
+            rec = without_grad(record, module, args, kwargs, output)
             if self.keep_records:
                 self.records.append(rec)
             if self.on_record is not None:

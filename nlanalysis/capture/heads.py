@@ -29,6 +29,7 @@ from ..measure.query_dep import DEFAULT_LEVEL, check_level
 from ..measure.head_suite import HeadSuite, SuiteRows
 from ..measure.heads import HeadsBatch, HeadStats, attend, gram_matrices, heads_batch, key_mask, measure_heads, uses_native
 from ..measure.query_dep import CROSS_SITE
+from ..nograd import detached
 from ..schema import VIT
 from .core import Capture, Site, check_site_options
 from .records import SiteRecord
@@ -136,6 +137,7 @@ class HeadSite(Site):
         parent_name = block.name.rsplit(".", 1)[0] if "." in block.name else None
         parent = _submodule(self.cap.model, parent_name) if parent_name else None
         known, gamma = adapter.enclosing_block(parent)
+        gamma = None if gamma is None else detached(gamma)  # read, never differentiated: detached once per capture
         info = adapter.describe(module)
 
         def put(kind: str, value: Any) -> None:  # returns None: the hooks change nothing
@@ -181,13 +183,13 @@ class HeadSite(Site):
                 layout.check(n)
             except ValueError:  # the record's hook reports it
                 return None
-            with torch.no_grad():
-                att = HeadAttention(q.detach(), k.detach(), scale if scale is not None else d**-0.5, layout, self.keys)
-                batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
-                suite = seen["suite"] = self._suite(att, batch)
-                out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"], suite=suite)
-                if not all_finite(out):  # a NaN/inf in q, k or v: torch's kernel, the plain path
-                    return None
+            # called without gradients (SharedSoftmax)
+            att = HeadAttention(detached(q), detached(k), scale if scale is not None else d**-0.5, layout, self.keys)
+            batch = seen["batch"] = self._heads_batch(index, layout, b, q.device)  # the record uses it either way
+            suite = seen["suite"] = self._suite(att, batch)
+            out, maps = attend(att, v, batch, self.measure_kwargs["chunk_size"], suite=suite)
+            if not all_finite(out):  # a NaN/inf in q, k or v: torch's kernel, the plain path
+                return None
             seen["maps"] = (maps, att)
             self.shared_calls += 1
             return out
@@ -223,7 +225,7 @@ class HeadSite(Site):
         cap, module, adapter = self.cap, block.module, block.adapter
         where = f"attention module {block.name!r}"
         adapter.check_call(module, args, kwargs)
-        tokens = adapter.tokens(module, adapter.block_input(args, kwargs)).detach()
+        tokens = detached(adapter.tokens(module, adapter.block_input(args, kwargs)))
         maps, att = seen.get("maps", (None, None))  # measured while the model attended (share_softmax)
         # an answered attention call had a finite output, so finite q, k and v for every token: projections of
         # these tokens (a NaN or inf in a token makes every entry of its q, k, v projections non-finite)
@@ -233,7 +235,7 @@ class HeadSite(Site):
         layout.check(n, where)
         if att is None:
             q, k = adapter.qk_from_taps(module, seen) if "qkv" in seen or "q" in seen else adapter.query_key(module, tokens)
-            att = HeadAttention(q.detach().float(), k.detach().float(), adapter.scale(module), layout, self.keys)
+            att = HeadAttention(detached(q).float(), detached(k).float(), adapter.scale(module), layout, self.keys)
         residual = seen.get("residual")
         use_block = known and isinstance(residual, Tensor) and residual.shape == tokens.shape
         record = cap.site_record(block, info, (layout.grid, layout.grid), layer=index, layout=layout,
@@ -242,14 +244,14 @@ class HeadSite(Site):
             proj_in = seen.get("proj_in")
             if proj_in is None:
                 proj_in = adapter.head_values(module, tokens)
-            scale = gamma.detach() if use_block and gamma is not None else None  # LayerScale: applied by measure_heads
-            x = residual.detach() if use_block else tokens
-            out = adapter.output(module, output).detach()
+            scale = gamma if use_block else None  # LayerScale (detached): applied by measure_heads
+            x = detached(residual) if use_block else tokens
+            out = detached(adapter.output(module, output))
             gram = _gram(module, adapter, gamma if use_block else None, att.query.device)
             batch = seen.get("batch") or self._heads_batch(index, layout, b, att.query.device)  # type: ignore[assignment]
             suite = seen.get("suite") if maps is not None else self._suite(att, batch)
             record.stats = measure_heads(
-                att, x.float(), out.float(), proj_in=proj_in.detach().float(), gram=gram, branch_scale=scale,
+                att, x.float(), out.float(), proj_in=detached(proj_in).float(), gram=gram, branch_scale=scale,
                 batch=batch, maps=maps, query_dependence=self.query_dependence,
                 stride=layout.patch_size or cap.stride(layout.grid), suite=suite, **self.measure_kwargs,
             )  # fmt: skip

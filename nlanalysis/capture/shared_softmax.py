@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..nograd import without_grad
 from .inpass_mode import ModuleMode, Ops
 
 __all__ = ["SharedSoftmax", "sdpa_arguments"]
@@ -89,8 +90,7 @@ class SharedSoftmax(ModuleMode):
         if self.alive and func in _SDPA_OPS:
             named = sdpa_arguments(args, kwargs)
             if named is not None and _plain(named):
-                with torch.no_grad():
-                    out = self.handler(named)
+                out = without_grad(self.handler, named)
                 if out is not None:
                     q, k, v = named["query"], named["key"], named["value"]
                     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):

@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..nograd import no_grad
+
 __all__ = ["KERNELS", "KernelUnavailable", "SuiteSums", "all_finite", "available", "uses_native", "pair_jsd", "row_stats", "table_jsd", "unit_sum", "clear_workspace", "feature_stats", "head_finalise", "log_positive", "token_stats", "why_unavailable", "workspace"]
 
 _SOURCE = Path(__file__).with_name("row_stats.c")  # includes sums.c, suite.c and finalise.c
@@ -195,14 +197,19 @@ def workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.floa
     store = getattr(_WORK, "buffers", None)
     if store is None:
         store = _WORK.buffers = {}
+    buf = store.get((name, dtype))
+    last = store.get((name, dtype, "view"))  # the last view handed out: every ViT layer asks for the same shape
+    if last is not None and last[0] is buf and last[1] == shape:
+        return last[2]
     size = 1
     for dim in shape:
         size *= dim
-    buf = store.get((name, dtype))
     if buf is None or buf.numel() < size:
         with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
             buf = store[(name, dtype)] = torch.empty(size, dtype=dtype)
-    return buf[:size].view(shape)
+    view = buf[:size].view(shape)
+    store[(name, dtype, "view")] = (buf, tuple(shape), view)
+    return view
 
 
 def clear_workspace() -> None:
@@ -218,6 +225,10 @@ def uses_native(choice: str, device: torch.device | str = "cpu") -> bool:
     """Whether a measure (:func:`~nlanalysis.measure.heads.measure_heads`, :func:`~nlanalysis.measure.measure_block`)
     with ``kernels=choice`` runs the native kernels for maps on ``device`` (building them now if needed;
     ``"native"`` warns once when it cannot)."""
+    if _LIB and choice != "eager" and getattr(device, "type", None) == "cpu":  # built, a CPU torch.device: every layer asks
+        if choice not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
+        return True
     if choice not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
     if choice == "eager":
@@ -251,6 +262,14 @@ def _f32(t: Tensor | None) -> Tensor | None:
     if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
         return t
     return t.to(torch.float32).contiguous()
+
+
+def _as_kernel(t: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``t.reshape(shape).to(dtype).contiguous()``: ``t`` itself where it already is that (a mask made once per forward,
+    passed to every layer: no view and no conversion call per layer)."""
+    if t.dtype == dtype and t.shape == shape and t.is_contiguous():
+        return t
+    return t.reshape(shape).to(dtype).contiguous()
 
 
 def _check_cpu(name: str, t: Tensor) -> None:
@@ -307,7 +326,7 @@ def _suite_args(suite: SuiteSums | None, start: int, b: int, h: int, maps: int, 
     return suite.call_args(start, start + nq)
 
 
-@torch.no_grad()
+@no_grad
 def row_stats(
     logits: Tensor,
     km: Tensor | None,
@@ -368,8 +387,8 @@ def row_stats(
     lbh = logits.stride(1) if h > 1 else (logits.stride(0) if b > 1 else n_rows * n)  # one (image, head) to the next
     if logits.stride()[2:] != (n, 1) or lbh < n_rows * n or (b > 1 and logits.stride(0) != h * lbh):
         logits, lbh = logits.contiguous(), n_rows * n  # rows of a contiguous [B, H, rows, N] are read in place
-    km = None if km is None else km.reshape(b, k).to(torch.float32).contiguous()
-    qm = None if qm is None else qm.reshape(b, nq).to(torch.uint8).contiguous()
+    km = None if km is None else _as_kernel(km, (b, k), torch.float32)
+    qm = None if qm is None else _as_kernel(qm, (b, nq), torch.uint8)
     s = torch.empty(b, maps, k, dtype=torch.float64)
     sums = torch.empty(8, b, maps, dtype=torch.float64)
     qlab, klab, qshare = _labels(objects, b, nq, k)
@@ -387,7 +406,7 @@ def row_stats(
     return s, sums
 
 
-@torch.no_grad()
+@no_grad
 def pair_jsd(
     table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..nograd import no_grad
 from . import _check_cpu, _f32, _lib, _on_cpu, _ptr, workspace
 
 __all__ = ["feature_stats", "token_stats"]
 
 
-@torch.no_grad()
+@no_grad
 def token_stats(
     x: Tensor,
     branch: Tensor,
@@ -71,7 +72,7 @@ def token_stats(
     return s2, zeros
 
 
-@torch.no_grad()
+@no_grad
 def feature_stats(x: Tensor, y: Tensor, qm: Tensor | None, residual: bool = False) -> tuple[Tensor, Tensor] | None:
     """``||sum_i v_i / ||v_i|| ||^2`` and all-zero counts ``[B, 2]`` of an NL block's input tokens and output
     tokens, read in the block's ``[B, C, H, W]`` layout: as :func:`token_stats` of their ``[B, N, C]`` rows

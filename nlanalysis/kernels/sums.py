@@ -9,12 +9,13 @@ import os
 import torch
 from torch import Tensor
 
+from ..nograd import no_grad
 from . import _check_cpu, _indices, _lib, _on_cpu, _ptr, workspace
 
 __all__ = ["all_finite", "table_jsd", "unit_sum"]
 
 
-@torch.no_grad()
+@no_grad
 def table_jsd(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """JSD (bits) ``[P]`` float64 of the row pairs ``(a[p], b[p])`` of ``rows`` ``[S, K]`` (float32 on the CPU,
     rows contiguous; each renormalised in float64), NaN where either row sums to 0: what
@@ -32,7 +33,7 @@ def table_jsd(rows: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return out.masked_fill_(ok == 0, float("nan"))
 
 
-@torch.no_grad()
+@no_grad
 def unit_sum(v: Tensor, used: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``sum_i v_i / ||v_i||`` over the used non-zero rows of ``v`` ``[B, n, D]`` (float32 on the CPU), as
     :class:`nlanalysis.metrics.CosineAccumulator` sums them (float64 norms and sums).
@@ -76,7 +77,7 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
-@torch.no_grad()
+@no_grad
 def all_finite(t: Tensor) -> bool:
     """Whether ``t`` holds no NaN or inf: one native pass over a dense float32 CPU tensor (in place, any dim
     order, e.g. an attention output seen through ``.transpose(1, 2)``), ``torch.isfinite(t).all()`` otherwise.

@@ -91,7 +91,7 @@ def _native_rows(
     ``start:start + c`` over every token, ``[B, maps, c, N]`` (a reused buffer: read it before returning).
     ``suite``: the cheap query-dependence suite's sums, added to by the same pass (:mod:`.native_suite`)."""
     b, nq, prefix = src.batch, src.n_query, src.prefix
-    kw = km.reshape(b, -1) if km is not None else None
+    kw = km if km is None or km.dim() == 2 else km.reshape(b, -1)
     rows, m_out = None, src.maps + int(src.mean)
     if plan is not None and sel is not None:  # the rows the JSD pairs need: a table row per planned (image, query)
         size = plan.query.numel()
@@ -111,7 +111,7 @@ def _native_rows(
         part = None if rows is None else (rows[0][:, start:stop], *rows[1:])
         obj = None if objects is None else (objects[0][:, start:stop], objects[1], objects[2][:, start:stop])
         s_c, sums_c = _native.row_stats(
-            logits, kw, qmask[:, start:stop] if qmask is not None else None, src.first, prefix, part, scale=src.scale,
+            logits, kw, qmask if qmask is None or (start, stop) == (0, nq) else qmask[:, start:stop], src.first, prefix, part, scale=src.scale,
             objects=obj, probs=logits if attend_to is not None else None, pre=prefix + start - lo, mean=src.mean,
             suite=suite, suite_start=start,
         )  # fmt: skip

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import distance_from_sum
+from ..nograd import detached, no_grad
 from .. import kernels as _native
 from ..kernels import KERNELS, uses_native
 from .head_rows import _eager_rows, _native_head_rows
@@ -183,7 +184,7 @@ def heads_batch(
     )  # fmt: skip
 
 
-@torch.no_grad()
+@no_grad
 def measure_heads(
     att: HeadAttention,
     x: Tensor,
@@ -306,6 +307,8 @@ def _layer_batch(att: HeadAttention, batch: HeadsBatch | None, maps: MapStats | 
 
 def _check_batch(batch: HeadsBatch, att: HeadAttention) -> HeadsBatch:
     """``batch``, if it was built for ``att``'s maps (ValueError otherwise)."""
+    if batch.layout is att.layout and batch.keys == att.keys and batch.size == att.batch_size and batch.device == att.device:
+        return batch  # the usual case, every layer: the layout object the batch was built from
     b, dev = att.batch_size, torch.device(att.device)
     if (batch.layout, batch.keys, batch.size, batch.device) != (att.layout, att.keys, b, dev):
         raise ValueError(
@@ -322,11 +325,11 @@ def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor
     layout = att.layout
     heads_out = proj_in is not None and gram is not None
     tokens = (
-        layout.patch_tokens(x.detach()), layout.patch_tokens(branch.detach()),
-        layout.patch_tokens(proj_in.detach()) if heads_out else None, gram.to(att.device, torch.float32) if heads_out else None, batch.qm,
+        layout.patch_tokens(detached(x)), layout.patch_tokens(detached(branch)),
+        layout.patch_tokens(detached(proj_in)) if heads_out else None, gram.to(att.device, torch.float32) if heads_out else None, batch.qm,
     )  # fmt: skip
     if native:  # float32 already on the usual path: a .float() per tensor would be a dispatched no-op each
-        scale = branch_scale.detach() if branch_scale is not None else None
+        scale = detached(branch_scale) if branch_scale is not None else None
         return _native.token_stats(*(t if t is None or t.dtype == torch.float32 else t.float() for t in tokens), branch_scale=scale)
     if branch_scale is not None:
         tokens = (tokens[0], tokens[1] * branch_scale.detach().to(tokens[1]), *tokens[2:])
@@ -407,7 +410,7 @@ class MapStats:
     batch: HeadsBatch
 
 
-@torch.no_grad()
+@no_grad
 def attend(att: HeadAttention, value: Tensor, batch: HeadsBatch, chunk_size: int | None = None,
            suite: HeadSuite | None = None) -> tuple[Tensor, MapStats]:  # fmt: skip
     """The layer's attention output and its map statistics from one softmax (native kernels).
