@@ -23,6 +23,7 @@ patch queries and patch keys by default; the class/register keys can be included
 from __future__ import annotations
 
 import math
+import functools
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -49,16 +50,17 @@ class TokenLayout:
     n_reg: int = 0
     patch_size: tuple[int, int] | None = None
 
-    @property
+    # computed once per layout (the fields are frozen): every captured layer reads them ~20 times
+    @functools.cached_property
     def n_prefix(self) -> int:
         """Class + register tokens before the patches."""
         return self.n_cls + self.n_reg
 
-    @property
+    @functools.cached_property
     def n_patch(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    @property
+    @functools.cached_property
     def n_tokens(self) -> int:
         return self.n_prefix + self.n_patch
 

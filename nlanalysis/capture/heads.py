@@ -150,11 +150,12 @@ class HeadSite(Site):
         if not self.recompute:
             for kind, sub in adapter.taps(module).items():
                 handles.append(sub.register_forward_hook(lambda mod, a, out, kind=kind: put(kind, out)))
-        proj = adapter.out_proj(module)
-        if proj is not None and self.cap.stats:
-            handles.append(proj.register_forward_pre_hook(lambda mod, a: put("proj_in", a[0])))
-        if self.share_softmax:
-            self._share_softmax(index, module, adapter, seen)
+        proj = adapter.out_proj(module) if self.cap.stats else None
+        put_proj = None if proj is None else (lambda mod, a: put("proj_in", a[0]))
+        if self.share_softmax:  # where the span ends at proj, its pre-hook also takes the heads' outputs: put_proj None
+            put_proj = self._share_softmax(index, module, adapter, seen, proj, put_proj)
+        if put_proj is not None:
+            handles.append(proj.register_forward_pre_hook(put_proj))
 
         def record(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> SiteRecord:
             try:
@@ -164,11 +165,14 @@ class HeadSite(Site):
 
         return record
 
-    def _share_softmax(self, index: int, module: nn.Module, adapter: ViTAttentionAdapter, seen: dict[str, Any]) -> None:
+    def _share_softmax(self, index: int, module: nn.Module, adapter: ViTAttentionAdapter, seen: dict[str, Any],
+                       proj: nn.Module | None = None, put_proj: Callable | None = None) -> Callable | None:  # fmt: skip
         """Hooks that keep a :class:`SharedSoftmax` active while ``module`` runs (or only between the two submodules of
         the adapter's ``sdpa_span``: every torch call under the mode pays a trip through Python), answering its
         attention call with :func:`~nlanalysis.measure.heads.attend` (the maps and statistics go to
-        ``seen["maps"]``) where that call is one ``attend`` computes exactly."""
+        ``seen["maps"]``) where that call is one ``attend`` computes exactly. Where the span ends at ``proj``, its one
+        pre-hook there runs ``put_proj`` (the heads' outputs) first, and ``None`` is returned; else ``put_proj``, for
+        the caller to register."""
         heads = adapter.num_heads(module)
 
         def handler(call: dict[str, Any]) -> Tensor | None:
@@ -217,7 +221,16 @@ class HeadSite(Site):
         handles.append(module.register_forward_hook(leave, always_call=True))
         if span is not None:  # the mode only between the span's two submodules (adapters.vit.ViTAttentionAdapter.sdpa_span)
             handles.append(span[0].register_forward_hook(lambda mod, args, output: sharing.push() if running[0] else None))
+            if put_proj is not None and span[1] is proj:  # one pre-hook on proj, not two: the heads' outputs, then the mode off
+
+                def put_and_pop(mod: nn.Module, args: tuple, put_proj: Callable = put_proj) -> None:
+                    put_proj(mod, args)
+                    sharing.pop()
+
+                handles.append(span[1].register_forward_pre_hook(put_and_pop))
+                return None
             handles.append(span[1].register_forward_pre_hook(lambda mod, args: sharing.pop()))
+        return put_proj
 
     def record(self, index: int, block: BlockInfo, info: dict[str, Any], known: bool, gamma: Tensor | None,
                seen: dict[str, Tensor], args: tuple, kwargs: dict, output: Any) -> SiteRecord:  # fmt: skip

@@ -29,15 +29,16 @@ __all__ = ["SharedSoftmax", "sdpa_arguments"]
 _SDPA = F.scaled_dot_product_attention
 _SDPA_OPS = Ops((F, "scaled_dot_product_attention"))
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_NAME_SET = frozenset(_NAMES)
 _DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 
 
 def sdpa_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The arguments of a ``scaled_dot_product_attention`` call by name (``None``: ones it does not take)."""
-    if len(args) > len(_NAMES) or any(name not in _NAMES for name in kwargs):
+    if len(args) > len(_NAMES) or not _NAME_SET.issuperset(kwargs):
         return None
     named = dict(_DEFAULTS, **dict(zip(_NAMES, args)), **kwargs)
-    return named if all(name in named for name in _NAMES[:3]) else None
+    return named if "query" in named and "key" in named and "value" in named else None
 
 
 def _plain(call: dict[str, Any]) -> bool:
@@ -48,7 +49,11 @@ def _plain(call: dict[str, Any]) -> bool:
         return False
     if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
         return False
-    return all(isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v))
+    return _plain_tensor(q) and _plain_tensor(k) and _plain_tensor(v)
+
+
+def _plain_tensor(t: Any) -> bool:
+    return isinstance(t, Tensor) and t.dim() == 4 and t.dtype == torch.float32 and t.device.type == "cpu"
 
 
 class _Answered(torch.autograd.Function):

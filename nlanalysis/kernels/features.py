@@ -55,7 +55,7 @@ def token_stats(
     if qm is not None and qm.numel() != b * n:
         raise ValueError(f"token_stats: qm must have {b} x {n} entries, got {tuple(qm.shape)}")
     # as float32 and contiguous (each conversion only where needed: a ViT layer at batch 1 pays every dispatched op)
-    bscale, g, qm = (_f32(t) for t in (branch_scale, gram if heads else None, qm))
+    bscale, g, qm = _f32(branch_scale), _f32(gram) if heads else None, _f32(qm)
     go = None
     if heads:  # G_h o_i for every head and token: one batched BLAS call
         go = workspace("token_go", (b, heads, n, d))

@@ -91,7 +91,7 @@ def head_finalise(
     out_zero = torch.empty(2, b, maps, dtype=torch.int64)
     args = array("q", (  # nl_head_finalise's arguments in one array (NULL: 0): one ctypes conversion, not 20
         s2.data_ptr(), zeros.data_ptr(), cols, s_att.data_ptr(), k, sums.data_ptr(), n_query.data_ptr(), log_k.data_ptr(),
-        *(0 if t is None else t.data_ptr() for t in moments), exact.data_ptr() if jsd is not None else 0, b, heads,
+        *[0 if t is None else t.data_ptr() for t in moments], exact.data_ptr() if jsd is not None else 0, b, heads,
         int(heads_out), int(objects), _CONVENTIONS[convention], _ZERO_RULES[zero], out.data_ptr(), out_zero.data_ptr(),
     ))  # fmt: skip
     rc = lib.nl_head_finalise_packed(args.buffer_info()[0])

@@ -69,8 +69,12 @@ def unit_sum(v: Tensor, used: Tensor | None = None) -> tuple[Tensor, Tensor, Ten
 
 def _dense(t: Tensor) -> bool:
     """Whether ``t``'s elements fill ``numel`` consecutive floats in some order (contiguous up to a permutation of dims)."""
+    if t.is_contiguous():
+        return True
     expected = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+    for stride, size in sorted(zip(t.stride(), t.shape)):
+        if size == 1:
+            continue
         if stride != expected:
             return False
         expected *= size

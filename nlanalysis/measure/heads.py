@@ -330,7 +330,7 @@ def _token_sums(att: HeadAttention, batch: HeadsBatch, x: Tensor, branch: Tensor
     )  # fmt: skip
     if native:  # float32 already on the usual path: a .float() per tensor would be a dispatched no-op each
         scale = detached(branch_scale) if branch_scale is not None else None
-        return _native.token_stats(*(t if t is None or t.dtype == torch.float32 else t.float() for t in tokens), branch_scale=scale)
+        return _native.token_stats(*[t if t is None or t.dtype == torch.float32 else t.float() for t in tokens], branch_scale=scale)
     if branch_scale is not None:
         tokens = (tokens[0], tokens[1] * branch_scale.detach().to(tokens[1]), *tokens[2:])
     return _token_stats(*tokens)
