@@ -75,7 +75,8 @@ class TokenLayout:
 
     def patch_tokens(self, tokens: Tensor) -> Tensor:
         """The patch tokens of ``[B, N, C]`` -> ``[B, H_g * W_g, C]`` (a view)."""
-        return tokens[:, self.n_prefix :]
+        n_patch = tokens.shape[1] - self.n_prefix
+        return tokens.narrow(1, self.n_prefix, n_patch) if n_patch >= 0 else tokens[:, self.n_prefix :]  # narrow: no index parse
 
     def to_grid(self, rows: Tensor) -> Tensor:
         """Reshape the last dimension (patch keys, ``H_g * W_g``) to the grid -> ``[..., H_g, W_g]``."""

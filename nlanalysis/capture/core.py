@@ -47,9 +47,23 @@ def cell_centres(pixels: Tensor, grid: tuple[int, int]) -> Tensor:
         raise ValueError(f"per-pixel mask/labels must be [B, H, W], got shape {tuple(pixels.shape)}")
     _, h, w = pixels.shape
     gh, gw = grid
-    rows = ((torch.arange(gh, dtype=torch.float64) + 0.5) * h / gh).long().clamp(max=h - 1)
-    cols = ((torch.arange(gw, dtype=torch.float64) + 0.5) * w / gw).long().clamp(max=w - 1)
-    return pixels[:, rows.to(pixels.device)][:, :, cols.to(pixels.device)]
+    # the centre pixels, as float64 arithmetic truncated (what torch's (arange + 0.5) * h / gh .long() gives)
+    rows = [min(int((i + 0.5) * h / gh), h - 1) for i in range(gh)]
+    cols = [min(int((j + 0.5) * w / gw), w - 1) for j in range(gw)]
+    row_step, col_step = _step(rows), _step(cols)
+    if row_step and col_step:  # evenly spaced (the usual grid): a strided view's copy, not two gathers (~12 ops -> 3)
+        view = pixels[:, rows[0] : rows[-1] + 1 : row_step, cols[0] : cols[-1] + 1 : col_step]
+        return view.clone(memory_format=torch.contiguous_format)
+    index = torch.tensor(rows, device=pixels.device), torch.tensor(cols, device=pixels.device)
+    return pixels[:, index[0]][:, :, index[1]]
+
+
+def _step(index: list[int]) -> int | None:
+    """The common difference (>= 1) of an increasing arithmetic progression ``index``, else ``None``."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step < 1 or any(b - a != step for a, b in zip(index, index[1:])):
+        return None
+    return step
 
 
 def valid_cells(valid: Tensor, grid: tuple[int, int]) -> Tensor:

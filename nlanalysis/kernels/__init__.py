@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from array import array
 from pathlib import Path
 
 import torch
@@ -150,6 +151,8 @@ def _build() -> ctypes.CDLL:
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
         "nl_all_finite": [p, i64],
         "nl_head_finalise_packed": [p],
+        "nl_row_stats_packed": [p, ctypes.c_float],
+        "nl_token_stats_packed": [p],
         "nl_suite_columns": [p, ctypes.c_double],
         "nl_log_positive": [p, i64, p],
     }
@@ -249,6 +252,11 @@ def why_unavailable() -> str | None:
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _addr(t: Tensor | None) -> int:
+    """``t``'s address for a packed argument array (``0``: NULL)."""
+    return 0 if t is None else t.data_ptr()
 
 
 def _on_cpu(name: str, t: Tensor | None) -> None:
@@ -397,10 +405,12 @@ def row_stats(
                               or probs.stride() != logits.stride()):  # written with the logits' strides (after any copy)  # fmt: skip
         raise ValueError(f"row_stats: probs must be a float32 CPU tensor {tuple(logits.shape)} strided as the logits, "
                          f"got {probs.dtype} {tuple(probs.shape)} strides {probs.stride()}")  # fmt: skip
-    rc = lib.nl_row_stats(
-        _ptr(logits), scale, _ptr(km), _ptr(qm), _ptr(sel), _ptr(qlab), _ptr(klab), _ptr(qshare), b, h, nq, n, lbh, pre, first, prefix,
-        int(mean), _ptr(s), _ptr(sums), _ptr(table), _ptr(ent), _ptr(ok), _ptr(probs), _suite_args(suite, suite_start, b, h, maps, k, nq),
-    )  # fmt: skip
+    args = array("q", (  # nl_row_stats' arguments but the scale, packed (NULL: 0): one ctypes conversion, not 24
+        _addr(logits), _addr(km), _addr(qm), _addr(sel), _addr(qlab), _addr(klab), _addr(qshare), b, h, nq, n, lbh, pre, first,
+        prefix, int(mean), _addr(s), _addr(sums), _addr(table), _addr(ent), _addr(ok), _addr(probs),
+        _suite_args(suite, suite_start, b, h, maps, k, nq) or 0,
+    ))  # fmt: skip
+    rc = lib.nl_row_stats_packed(args.buffer_info()[0], scale)
     if rc != 0:
         raise MemoryError("row_stats: could not allocate its per-thread buffers")
     return s, sums

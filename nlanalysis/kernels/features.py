@@ -4,11 +4,13 @@ per-head rows ``[B, n, C]``) and an NL block's input and output read in its ``[B
 """
 from __future__ import annotations
 
+from array import array
+
 import torch
 from torch import Tensor
 
 from ..nograd import no_grad
-from . import _check_cpu, _f32, _lib, _on_cpu, _ptr, workspace
+from . import _addr, _check_cpu, _f32, _lib, _on_cpu, _ptr, workspace
 
 __all__ = ["feature_stats", "token_stats"]
 
@@ -63,10 +65,11 @@ def token_stats(
             torch.bmm(o[i].view(n, heads, d).transpose(0, 1), g, out=go[i])
     s2 = torch.empty(b, 2 + heads, dtype=torch.float64)
     zeros = torch.empty(b, 2 + heads, dtype=torch.int64)
-    rc = lib.nl_token_stats(
-        _ptr(x), x.stride(0), _ptr(branch), branch.stride(0), _ptr(bscale), _ptr(o), o.stride(0) if o is not None else 0,
-        _ptr(go), _ptr(g), _ptr(qm), b, n, c, heads, d, _ptr(s2), _ptr(zeros),
-    )  # fmt: skip
+    args = array("q", (  # nl_token_stats' arguments packed (NULL: 0): one ctypes conversion, not 17
+        _addr(x), x.stride(0), _addr(branch), branch.stride(0), _addr(bscale), _addr(o), o.stride(0) if o is not None else 0,
+        _addr(go), _addr(g), _addr(qm), b, n, c, heads, d, _addr(s2), _addr(zeros),
+    ))  # fmt: skip
+    rc = lib.nl_token_stats_packed(args.buffer_info()[0])
     if rc != 0:
         raise MemoryError("token_stats: could not allocate its buffers")
     return s2, zeros
