@@ -642,29 +642,3 @@ int nl_jsd_by_image(const float *vals, const uint8_t *ok, const int64_t *img, in
 
 #include "sums.c" /* table_jsd, unit_sum */
 #include "finalise.c" /* a ViT layer's per-map fields in one call (nl_head_finalise) */
-
-/* nl_row_stats and nl_token_stats with their integer and pointer arguments packed in one int64 array (pointers as
- * addresses, NULL as 0, in the order of their parameters; nl_row_stats' scale apart): one ctypes argument to convert
- * instead of 23 or 17, most of a call's cost at batch 1. Called through volatile pointers: the kernels are compiled
- * as they are without these wrappers (never inlined into them). */
-typedef int (*nl_row_stats_fn)(const float *, float, const float *, const uint8_t *, const int64_t *, const int32_t *,
-                               const int32_t *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                               int64_t, int64_t, double *, double *, float *, float *, uint8_t *, float *, const nl_suite *);
-typedef int (*nl_token_stats_fn)(const float *, int64_t, const float *, int64_t, const float *, const float *, int64_t,
-                                 const float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                 double *, int64_t *);
-
-int nl_row_stats_packed(const int64_t *a, float scale) {
-    nl_row_stats_fn volatile f = nl_row_stats;
-    return f((const float *)a[0], scale, (const float *)a[1], (const uint8_t *)a[2], (const int64_t *)a[3],
-             (const int32_t *)a[4], (const int32_t *)a[5], (const float *)a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
-             a[14], a[15], (double *)a[16], (double *)a[17], (float *)a[18], (float *)a[19], (uint8_t *)a[20], (float *)a[21],
-             (const nl_suite *)a[22]);
-}
-
-int nl_token_stats_packed(const int64_t *a) {
-    nl_token_stats_fn volatile f = nl_token_stats;
-    return f((const float *)a[0], a[1], (const float *)a[2], a[3], (const float *)a[4], (const float *)a[5], a[6],
-             (const float *)a[7], (const float *)a[8], (const float *)a[9], a[10], a[11], a[12], a[13], a[14], (double *)a[15],
-             (int64_t *)a[16]);
-}
