@@ -228,10 +228,6 @@ def uses_native(choice: str, device: torch.device | str = "cpu") -> bool:
     """Whether a measure (:func:`~nlanalysis.measure.heads.measure_heads`, :func:`~nlanalysis.measure.measure_block`)
     with ``kernels=choice`` runs the native kernels for maps on ``device`` (building them now if needed;
     ``"native"`` warns once when it cannot)."""
-    if _LIB and choice != "eager" and getattr(device, "type", None) == "cpu":  # built, a CPU torch.device: every layer asks
-        if choice not in KERNELS:
-            raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
-        return True
     if choice not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {choice!r}")
     if choice == "eager":
