@@ -167,3 +167,19 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def images_extract_args(root: Path, ckpt: Path, out: str | os.PathLike[str], *extra: str) -> list[str]:
+    """``nlanalysis extract`` of ``root/images`` with ``ckpt`` into ``out`` (16 JSD pairs, quiet), then ``extra``."""
+    return ["extract", "--ckpt", str(ckpt), "--images", str(Path(root) / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", *extra]
+
+
+def cli_error(capsys: Any, args: list[str], command: str = "extract") -> str:
+    """Run the CLI with ``args``, which must fail with exit status 2 and exactly one stderr line
+    ``nlanalysis COMMAND: error: ...``; that line."""
+    from nlanalysis.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"nlanalysis {command}: error: "), err
+    return err[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from extract_inputs import tiny_checkpoint, write_photos
+from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_photos
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.extract import load_run, merge_runs
@@ -36,15 +36,11 @@ def finished(data):
 
 
 def _args(data, out, *extra):
-    root, ckpt = data
-    return ["extract", "--ckpt", str(ckpt), "--images", str(root / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", *extra]
+    return images_extract_args(*data, out, *extra)
 
 
 def _error(capsys, args, command="extract"):
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"nlanalysis {command}: error: "), err
-    return err[0].removeprefix(f"nlanalysis {command}: error: ")
+    return cli_error(capsys, args, command).removeprefix(f"nlanalysis {command}: error: ")
 
 
 def _set_definitions(run, value="absent"):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from extract_inputs import tiny_checkpoint, write_photos
+from extract_inputs import images_extract_args, tiny_checkpoint, write_photos
 from nlanalysis.cli import main
 from test_hostile_nonregular import unopened
 
@@ -23,8 +23,7 @@ def data(tmp_path_factory):
 
 
 def _args(data, out):
-    root, ckpt = data
-    return ["extract", "--ckpt", str(ckpt), "--images", str(root / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", "--save-maps"]
+    return images_extract_args(*data, out, "--save-maps")
 
 
 @pytest.fixture(scope="module")

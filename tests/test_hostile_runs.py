@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from extract_inputs import tiny_checkpoint, write_coco, write_photos
+from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -19,15 +19,10 @@ def data(tmp_path_factory):
 
 
 def _args(data, out, *extra):
-    root, ckpt = data
-    return ["extract", "--ckpt", str(ckpt), "--images", str(root / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", *extra]
+    return images_extract_args(*data, out, *extra)
 
 
-def _error(capsys, args, command="extract"):
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"nlanalysis {command}: error: "), err
-    return err[0]
+_error = cli_error
 
 
 # -- 1. no lost data -----------------------------------------------------------------------------
