@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import file_kind
 from .errors import CheckpointError, ConfigLimitError
 
 __all__ = ["DEFAULT_LIMITS", "ConfigLimits", "merge_config", "parse_config_file", "parse_config_text"]
@@ -308,10 +309,8 @@ def merge_config(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kind(mode: int) -> str:
-    """What a non-regular file is, from its ``st_mode``."""
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
+    """What a non-regular file is, from its ``st_mode`` (a directory: "a folder", as the checkpoint errors say)."""
+    return file_kind(mode, folder="a folder")
 
 
 def _read_config(path: Path, limits: ConfigLimits) -> str:

@@ -17,16 +17,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..files import file_kind
+
 __all__ = ["PHOTO_FILES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
     """An image file that is missing, cannot be decoded, or is refused (its message names the file)."""
-
-
-#: what a file that is not a regular file is, by its ``st_mode`` test (a folder is told apart before these)
-_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"))  # fmt: skip
 
 
 def check_image_file(path: str | os.PathLike[str]) -> None:
@@ -45,8 +42,7 @@ def _check_mode(path: str | os.PathLike[str], mode: int) -> None:
     if stat.S_ISDIR(mode):
         raise ImageReadError(f"{path}: is a directory, not an image file")
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "neither a file nor a folder")
-        raise ImageReadError(f"{path}: is not a regular file ({kind}), not an image file")
+        raise ImageReadError(f"{path}: is not a regular file ({file_kind(mode)}), not an image file")
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..files import file_kind
 from .definitions import check_same_definitions
 from .sources import ImageItem
 
@@ -112,11 +113,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         f.write("\n")
 
 
-#: what a path that is not a regular file is, by its ``st_mode`` test
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
-
-
 def is_run_file(path: Path) -> bool:
     """Whether a file of a result set is there (``False``: missing); ValueError naming it where something else stands under
     its name (a directory, a named pipe: opening a pipe would wait for a writer; neither was read as missing)."""
@@ -125,8 +121,7 @@ def is_run_file(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
-        raise ValueError(f"{path}: is {kind}, not a regular file; the result set is damaged")
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file; the result set is damaged")
     return True
 
 
