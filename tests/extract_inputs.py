@@ -183,3 +183,20 @@ def cli_error(capsys: Any, args: list[str], command: str = "extract") -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"nlanalysis {command}: error: "), err
     return err[0]
+
+
+#: the committed files of a result set (its parts/, maps/, checks/, shards/ stay where `nlanalysis demo` wrote them)
+COMMITTED_RUN_FILES = ("run.json", "metrics.csv", "failures.csv", "images.csv")
+
+
+def copy_committed_run(run: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """A copy of the files the repository keeps of result set ``run`` (``reports/demo/runs/gc``, say) at ``dest``, as
+    a clean checkout has them: whatever a local `nlanalysis demo` left beside them (ignored by git) is not copied."""
+    src, dest = Path(run), Path(dest)
+    if not src.is_absolute():
+        src = Path(__file__).resolve().parents[1] / src
+    dest.mkdir(parents=True)
+    for name in COMMITTED_RUN_FILES:
+        if (src / name).is_file():
+            (dest / name).write_bytes((src / name).read_bytes())
+    return dest

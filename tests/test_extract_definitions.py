@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_photos
+from extract_inputs import cli_error, copy_committed_run, images_extract_args, tiny_checkpoint, write_photos
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.extract import load_run, merge_runs
@@ -148,7 +148,7 @@ def test_merge_of_one_definitions_goes_on(data, finished, shards, tmp_path):
 
 
 def _old_demo_copy(tmp_path, name="old"):
-    run = shutil.copytree(DEMO_RUN, tmp_path / name)
+    run = copy_committed_run(DEMO_RUN, tmp_path / name)
     info = json.loads((run / "run.json").read_text())
     info["settings"]["measure"].pop("definitions", None)  # as the committed runs written before 2026-12-06's record
     (run / "run.json").write_text(json.dumps(info))

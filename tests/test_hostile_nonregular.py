@@ -3,13 +3,12 @@ whose ids repeat: each is refused with one message that names the path and says 
 could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails)."""
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from extract_inputs import one_thread, tiny_checkpoint, write_coco, write_photos
+from extract_inputs import copy_committed_run, one_thread, tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 from nlanalysis.data import ImageReadError, image_size, load_image
 
@@ -253,7 +252,7 @@ DEMO_RUN = Path(__file__).parents[1] / "reports/demo/runs/gc"  # committed: metr
 
 def _odd_run(tmp_path, name, kind):
     """A copy of the demo result set with a directory or a named pipe where its file ``name`` was."""
-    run = shutil.copytree(DEMO_RUN, tmp_path / "gc")
+    run = copy_committed_run(DEMO_RUN, tmp_path / "gc")
     (run / name).unlink()
     (os.mkdir if kind == "directory" else os.mkfifo)(run / name)
     return run
@@ -280,7 +279,7 @@ def test_a_part_that_is_a_directory_or_a_fifo_is_named(tmp_path, kind):
     """A run read from its parts (no metrics.csv yet): a part that is not a file was a bare IsADirectoryError, or a hang."""
     from nlanalysis.extract import load_run
 
-    run = shutil.copytree(DEMO_RUN, tmp_path / "gc")
+    run = copy_committed_run(DEMO_RUN, tmp_path / "gc")
     keys = (run / "images.csv").read_text().splitlines()[1:3]
     lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
     (run / "metrics.csv").unlink()

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_coco, write_photos
+from extract_inputs import cli_error, copy_committed_run, images_extract_args, tiny_checkpoint, write_coco, write_photos
 from nlanalysis.cli import main
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
@@ -227,10 +227,7 @@ DEMO_RUN = "reports/demo/runs/gc"  # a committed result set: metrics.csv, run.js
 
 
 def _demo_copy(tmp_path):
-    import shutil
-    from pathlib import Path
-
-    return shutil.copytree(Path(__file__).parents[1] / DEMO_RUN, tmp_path / "gc")
+    return copy_committed_run(DEMO_RUN, tmp_path / "gc")
 
 
 def _rerecord(run, name):
