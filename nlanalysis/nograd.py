@@ -23,10 +23,7 @@ def no_grad(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return f(*args, **kwargs)
-        with torch.no_grad():
-            return f(*args, **kwargs)
+        return without_grad(f, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
