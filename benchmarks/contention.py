@@ -8,7 +8,11 @@ neighbours). Workloads:
 * ``metric``  -- :func:`nlanalysis.metrics.mean_pairwise_cosine_distance` on a 4,200 x 4,200 float32
                  map (softmax rows, the res4 scale of COCO);
 * ``analyze`` -- :func:`nlanalysis.analyze` of the shipped trained ``embedded_gaussian`` scene model on
-                 8 demo scenes (its forward and the statistics of its NL block, default JSD pairs).
+                 8 demo scenes (its forward and the statistics of its NL block, default JSD pairs);
+* ``control`` -- not the library: one thread summing the same map in float64 and multiplying two
+                 384 x 384 matrices, with no barrier anywhere. What a busy neighbour does to this is
+                 what the machine (the hypervisor, shared caches, clocks) does to any one-thread work,
+                 so a workload's busy/quiet ratio is read against it, not against 1.
 
 Conditions, interleaved per repetition: ``quiet`` and ``busy`` (``--neighbours`` processes spinning
 ``while True: pass``, started by this script, each pinned to one core, counting down from the last,
@@ -75,6 +79,23 @@ def metric_workload() -> Callable[[], object]:
 
     maps = torch.randn(4200, 4200, generator=torch.Generator().manual_seed(0)).mul_(0.05).softmax(-1)
     return lambda: mean_pairwise_cosine_distance(maps)
+
+
+def control_workload() -> Callable[[], object]:
+    import torch
+
+    maps = torch.randn(4200, 4200, generator=torch.Generator().manual_seed(0))
+    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(1))
+
+    def run() -> object:
+        found = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return maps.sum(dtype=torch.float64).item() + (a @ a @ a).sum().item()
+        finally:
+            torch.set_num_threads(found)
+
+    return run
 
 
 def analyze_workload(scenes: int = 8) -> Callable[[], object]:
@@ -152,14 +173,21 @@ def report(times: dict[tuple[str, str, str], list[float]], settings: dict) -> No
             quiet, busy = (times[(w, s, c)] for c in ("quiet", "busy"))
             q, b = statistics.median(quiet), statistics.median(busy)
             print(f"{w:<9} {s:<22} {1e3 * q:9.1f} {1e3 * b:9.1f} {b / q:10.2f}x   ({1e3 * min(busy):.1f}-{1e3 * max(busy):.1f})")
+    if "control" in workloads and "policy" in settings:
+        def ratio(w: str) -> float:
+            return statistics.median(times[(w, "policy", "busy")]) / statistics.median(times[(w, "policy", "quiet")])
+
+        print("busy/quiet against the control's (policy): " + ", ".join(
+            f"{w} {ratio(w) / ratio('control'):.2f}x" for w in workloads if w != "control"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--neighbours", type=int, default=1, help="busy-loop processes beside the analysis")
-    parser.add_argument("--quick", action="store_true", help="3 repetitions, the metric only")
-    parser.add_argument("--workloads", nargs="+", choices=("metric", "analyze"), default=("metric", "analyze"))
+    parser.add_argument("--quick", action="store_true", help="3 repetitions, the metric and the control only")
+    parser.add_argument("--workloads", nargs="+", choices=("metric", "analyze", "control"),
+                        default=("metric", "analyze", "control"))
     args = parser.parse_args()
     import torch
 
@@ -167,8 +195,8 @@ def main() -> None:
     cores = os.cpu_count() or 1
     settings = {"1, no policy": (1, "0", "0"), f"all ({cores}), no policy": (cores, "0", "0"),
                 f"policy ({torch.get_num_threads()}), no free": (None, None, "0"), "policy": (None, None, None)}  # fmt: skip
-    chosen = ("metric",) if args.quick else args.workloads
-    workloads = {"metric": metric_workload, "analyze": analyze_workload}
+    chosen = ("metric", "control") if args.quick else args.workloads
+    workloads = {"metric": metric_workload, "analyze": analyze_workload, "control": control_workload}
     repeats = 3 if args.quick else args.repeats
     print(f"uptime before: {uptime()}")
     print(f"{cores} CPUs, {args.neighbours} busy neighbour(s), {repeats} repetitions, torch {torch.__version__}")
