@@ -42,19 +42,32 @@ __all__ = ["HeadSite", "LayerRecord", "ViTCapture"]
 #: ``input_space`` (``query_shape`` = ``key_shape`` = the patch grid), ``stats`` a ``HeadStats``
 LayerRecord = SiteRecord
 
+#: module -> (the weights its Gram matrices were made from, their device, the Gram matrices)
 _GRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None, device: torch.device) -> Tensor:
-    """Gram matrices of the output projection (LayerScale folded in), cached while the weights are unchanged, in float32
-    (what :func:`~nlanalysis.measure.heads.measure_heads` reads: one conversion per module, not per forward)."""
+    """Gram matrices of the output projection (LayerScale folded in), in float32 (what
+    :func:`~nlanalysis.measure.heads.measure_heads` reads), kept while the weights equal those they were made from.
+
+    Compared with a copy of the weights, not keyed on their ``_version`` and ``data_ptr``: a write through
+    ``.data`` (an EMA's ``p.data.copy_(...)``) changes neither. The comparison reads the weights once (~0.05 ms a
+    ViT-S layer on a CPU); making the matrices again costs ~1.3 ms (float64)."""
     weight, _ = adapter.out_weight(module)
-    key = (weight._version, weight.data_ptr(), None if gamma is None else (gamma._version, gamma.data_ptr()), str(device))
+    weights = (weight.detach(),) if gamma is None else (weight.detach(), gamma.detach())
     cached = _GRAMS.get(module)
-    if cached is None or cached[0] != key:
-        cached = (key, gram_matrices(weight, adapter.num_heads(module), gamma).to(device, torch.float32))
+    if cached is None or cached[1] != str(device) or not _same(cached[0], weights):
+        gram = gram_matrices(weight, adapter.num_heads(module), gamma).to(device, torch.float32)
+        cached = (tuple(w.clone() for w in weights), str(device), gram)
         _GRAMS[module] = cached
-    return cached[1]
+    return cached[2]
+
+
+def _same(kept: tuple[Tensor, ...], now: tuple[Tensor, ...]) -> bool:
+    """Whether the tensors ``now`` hold exactly the values ``kept`` (same shapes, dtypes and devices too)."""
+    return len(kept) == len(now) and all(
+        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(kept, now)
+    )
 
 
 class HeadSite(Site):
