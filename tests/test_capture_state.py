@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from helpers import randomize_
+from helpers import NLGCNet, randomize_
+from nlanalysis.capture import Capture
 from nlanalysis.capture.heads import ViTCapture
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -20,6 +21,34 @@ def _timm():
     model = timm_vit.VisionTransformer(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=0,
                                        qkv_bias=True, init_values=0.5)  # fmt: skip
     return randomize_(model, std=0.2).eval()
+
+
+class _ListNet(torch.nn.Module):
+    """A model whose input is a list of images (not a 4-D tensor): the capture cannot read its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = randomize_(NLGCNet()).eval()
+
+    def forward(self, images):
+        return self.net(torch.stack(list(images)))
+
+
+COLUMNS = ("input", "output", "att", "att_jsd", "att_entropy", "att_max", "att_own_object", "own_object_share", "n_query", "n_key")
+
+
+def _same_stats(a, b) -> None:
+    for name in COLUMNS:
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), equal_nan=True, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _masks(b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    valid = torch.ones(b, h, w, dtype=torch.bool)
+    valid[:, h // 2 :] = False
+    objects = torch.zeros(b, h, w, dtype=torch.long)
+    objects[:, 2:12, 4:20] = 3
+    return valid, objects
 
 
 def _outputs(model, x, **options):
@@ -59,3 +88,40 @@ def test_per_head_outputs_follow_weights_changed_between_captures():
     _ema_step(model, 8)
     for got, want in zip(_outputs(model, x), _outputs(copy.deepcopy(model), x), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("vit", [False, True])
+def test_a_mask_and_labels_are_the_next_forwards_only(vit):
+    model = _timm() if vit else randomize_(NLGCNet()).eval()
+    x = torch.randn(2, 3, 28, 28)
+    valid, objects = _masks(2, 28, 28)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
+        cap.set_valid(valid)
+        cap.set_objects(objects)
+        model(x)
+        model(x)  # neither given again: all pixels valid, no objects
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as bare:
+        model(x)
+    masked, later = ([r for r in cap.records if r.call == call] for call in (0, 1))
+    for first, second, want in zip(masked, later, bare.records, strict=True):
+        assert (first.stats.n_query < want.stats.n_query).all() and not first.stats.att_own_object.isnan().all()
+        _same_stats(second.stats, want.stats)
+
+
+def test_the_input_size_is_each_forwards_own():
+    model = _ListNet()
+    with torch.no_grad(), Capture(model, jsd_pairs=0, queries=[(40, 50)]) as cap:
+        model(torch.randn(2, 3, 64, 64))  # a 4-D input: its own size
+        with pytest.raises(ValueError, match=r"model input size is unknown: call Capture\.set_input_size"):
+            model(list(torch.randn(2, 3, 32, 32)))  # the query (40, 50) px is not mapped with the 64x64 size of before
+        cap.set_input_size((64, 64))
+        model(list(torch.randn(2, 3, 64, 64)))
+    assert [(r.call, r.input_size) for r in cap.records] == [(0, (64, 64)), (0, (64, 64)), (1, (64, 64)), (1, (64, 64))]
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
+        model(torch.randn(2, 3, 64, 64))
+        model(list(torch.randn(2, 3, 32, 32)))
+        cap.set_input_size((32, 32))
+        model(list(torch.randn(2, 3, 32, 32)))
+        model(list(torch.randn(2, 3, 32, 32)))  # the size given was the forward before's
+    assert [r.input_size for r in cap.records[::2]] == [(64, 64), None, (32, 32), None]
+

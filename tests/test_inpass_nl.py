@@ -50,10 +50,12 @@ def _run(block: nn.Module, x: torch.Tensor, share: bool, **options) -> tuple[tor
     valid, objects = _masks(x.shape[0], x.shape[2], x.shape[3])
     options.setdefault("query_dependence", "off")  # the headline statistics in one pass (the suite: test_native_suite.py)
     with torch.no_grad(), Capture(block, share_softmax=share, seed=5, queries=[(1, 2), (4, 0)], query_space="feature", **options) as cap:
-        cap.set_valid(valid)
-        cap.set_objects(objects)
-        out = block(x)
-        out = torch.cat([out, block(x * 0.5)])  # two forwards: the JSD pairs keep one generator sequence
+        outs = []
+        for scale in (1.0, 0.5):  # two forwards: the JSD pairs keep one generator sequence
+            cap.set_valid(valid)  # each forward's own: given again for the second
+            cap.set_objects(objects)
+            outs.append(block(x * scale))
+        out = torch.cat(outs)
     return out, cap
 
 

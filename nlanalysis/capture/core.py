@@ -266,7 +266,8 @@ class Capture:
     model in train mode is measured with batch statistics in its BatchNorm (and updates their running
     means) and with dropout; call ``model.eval()`` first for the trained model's maps
     (:func:`nlanalysis.analyze` does, and restores the mode after). The masks of :meth:`set_valid` and
-    :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused.
+    :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused. They and
+    :meth:`set_input_size` apply to the next forward only: a later one runs without them unless they are given again.
     """
 
     #: the site kind when ``site=None`` (``None``: the selected modules' kind)
@@ -323,9 +324,11 @@ class Capture:
         self._uses: dict[str, int] = {}  # records of each site in this forward: a module called twice has two
         self._warned_twice = False
         self._warned_none = False
+        # this forward's input size and masks (set at each model input), and what set_* gave for the next forward
         self._input_size: tuple[int, int] | None = None
         self._valid: Tensor | None = None
         self._objects: Tensor | None = None
+        self._next: dict[str, Any] = {}
         self.site: Site = site_class(self, **options)
 
     def __getattr__(self, name: str) -> Any:
@@ -366,29 +369,34 @@ class Capture:
         self.records.clear()
 
     def set_valid(self, valid: Tensor | None) -> None:
-        """Mark the valid (non-padding) pixels ``[B, H, W]`` (bool) of the next forward's input."""
+        """Mark the valid (non-padding) pixels ``[B, H, W]`` (bool) of the next forward's input (that forward only)."""
         check_mask(valid, "Capture.set_valid(valid)")
-        self._valid = valid
+        self._next["valid"] = valid
 
     def set_objects(self, labels: Tensor | None) -> None:
-        """Instance labels ``[B, H, W]`` (int, 0 = no object, -1 = neither: a crowd region) of the next forward's input pixels.
+        """Instance labels ``[B, H, W]`` (int, 0 = no object, -1 = neither: a crowd region) of the next forward's input
+        pixels (that forward only).
 
         Enables ``att_own_object`` / ``own_object_share``; each cell takes the label at its centre.
         Float labels are taken only where they are whole numbers (TypeError otherwise: truncation would merge objects).
         """
-        self._objects = check_objects(labels, "Capture.set_objects(labels)")
+        self._next["objects"] = check_objects(labels, "Capture.set_objects(labels)")
 
     def set_input_size(self, size: tuple[int, int]) -> None:
-        """Tell the capture the input image size when the model input is not a 4-D tensor."""
-        self._input_size = (int(size[0]), int(size[1]))
+        """Tell the capture the input image size ``(H, W)`` of the next forward, whose model input is not a 4-D tensor
+        (a 4-D input's own size is read from it; a later forward's is unknown unless given again)."""
+        self._next["size"] = (int(size[0]), int(size[1]))
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward starts: it takes what ``set_*`` gave since the last one (readable until the next starts)."""
         self._ran = 0
         self._uses = {}
+        given, self._next = self._next, {}
+        self._valid, self._objects = given.get("valid"), given.get("objects")
         first = args[0] if args else next(iter(kwargs.values()), None)
-        if isinstance(first, Tensor) and first.dim() == 4:
-            self._input_size = (first.shape[-2], first.shape[-1])
+        four_d = isinstance(first, Tensor) and first.dim() == 4
+        self._input_size = (first.shape[-2], first.shape[-1]) if four_d else given.get("size")
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._calls += 1
