@@ -125,3 +125,28 @@ def test_the_input_size_is_each_forwards_own():
         model(list(torch.randn(2, 3, 32, 32)))  # the size given was the forward before's
     assert [r.input_size for r in cap.records[::2]] == [(64, 64), None, (32, 32), None]
 
+
+def test_a_mask_of_another_size_than_the_input_is_refused():
+    model = _ListNet()
+    x = torch.randn(2, 3, 32, 32)
+    wrong = torch.ones(2, 7, 5, dtype=torch.bool)
+    with torch.no_grad(), Capture(model.net) as cap:
+        cap.set_valid(wrong)
+        with pytest.raises(ValueError, match=r"the valid-pixel mask is 7x5 \(H x W\) but the model input is 32x32"):
+            model.net(x)
+    with torch.no_grad(), Capture(model) as cap:
+        cap.set_valid(wrong)
+        with pytest.raises(ValueError, match=r"the valid-pixel mask is 7x5 \(H x W\) but the size of the model input is "
+                                             r"unknown.*Capture\.set_input_size"):  # fmt: skip
+            model(list(x))
+        cap.set_objects(torch.zeros(2, 32, 32, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"the object label map is 32x32 \(H x W\) but the size of the model input is unknown"):
+            model(list(x))
+        cap.set_input_size((32, 32))
+        cap.set_valid(wrong)
+        with pytest.raises(ValueError, match=r"the valid-pixel mask is 7x5 \(H x W\) but the model input is 32x32"):
+            model(list(x))
+        cap.set_input_size((32, 32))
+        cap.set_valid(torch.ones(2, 32, 32, dtype=torch.bool))
+        model(list(x))
+    assert len(cap.records) == 2 and cap.records[0].input_size == (32, 32)

@@ -266,8 +266,9 @@ class Capture:
     model in train mode is measured with batch statistics in its BatchNorm (and updates their running
     means) and with dropout; call ``model.eval()`` first for the trained model's maps
     (:func:`nlanalysis.analyze` does, and restores the mode after). The masks of :meth:`set_valid` and
-    :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused. They and
-    :meth:`set_input_size` apply to the next forward only: a later one runs without them unless they are given again.
+    :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused, and so is
+    one whose input size is unknown (not a 4-D tensor, no :meth:`set_input_size`). The three apply to the next
+    forward only: a later one runs without them unless they are given again.
     """
 
     #: the site kind when ``site=None`` (``None``: the selected modules' kind)
@@ -427,13 +428,16 @@ class Capture:
 
     def cell_masks(self, grid: tuple[int, int], batch: int, given_to: str) -> tuple[Tensor | None, Tensor | None]:
         """The valid-pixel mask and object labels of this forward on a site's query ``grid`` (``None``
-        where not set), checked against the batch of the site's input (``given_to`` names it) and, where
-        the model input's size is known, against its ``H x W``: the masks are per input pixel."""
+        where not set), checked against the batch of the site's input (``given_to`` names it) and against the
+        model input's ``H x W`` (refused where it is unknown): the masks are per input pixel."""
         for what, given in (("valid-pixel mask", self._valid), ("object label map", self._objects)):
             if given is not None and given.shape[0] != batch:
                 raise ValueError(f"the {what} has batch {given.shape[0]}, the {given_to} {batch}")
             if self._input_size is not None:
                 check_pixels(given, self._input_size, f"the {what}", "the model input")
+            elif given is not None:  # a per-pixel map over pixels of unknown number: it would be stretched onto the grid
+                raise ValueError(f"the {what} is {given.shape[-2]}x{given.shape[-1]} (H x W) but the size of the model input "
+                                 "is unknown (it is not a 4-D tensor): call Capture.set_input_size((H, W)) before the forward")
         valid = valid_cells(self._valid, grid) if self._valid is not None else None
         objects = cell_centres(self._objects, grid) if self._objects is not None else None
         return valid, objects
