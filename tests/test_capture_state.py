@@ -12,12 +12,11 @@ from helpers import NLGCNet, randomize_
 from nlanalysis.capture import Capture
 from nlanalysis.capture.heads import ViTCapture
 
-timm_vit = pytest.importorskip("timm.models.vision_transformer")
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _timm():
+    timm_vit = pytest.importorskip("timm.models.vision_transformer")  # the NL tests here run without timm
     model = timm_vit.VisionTransformer(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=0,
                                        qkv_bias=True, init_values=0.5)  # fmt: skip
     return randomize_(model, std=0.2).eval()
