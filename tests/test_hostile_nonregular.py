@@ -1,6 +1,7 @@
 """Paths that are there but are not regular files (a folder, a named pipe, a device) where a file is read, and COCO files
 whose ids repeat: each is refused with one message that names the path and says what it is, and nothing is opened that
-could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails)."""
+could wait forever (reading a named pipe without a writer blocks: every FIFO call here is guarded, a regression fails).
+A broken symbolic link (one to nothing) under a file's name is named too, where reading it as absent would change a number."""
 import json
 import os
 import threading
@@ -34,6 +35,17 @@ def unopened(fifo, call, *args, **kwargs):
         thread.join(30)
         pytest.fail(f"{getattr(call, '__name__', call)} opened the named pipe {fifo} and waited for a writer")
     return got.get("error")
+
+
+def put_odd(path, kind):
+    """Put a directory, a named pipe or a broken symbolic link (to a file that is not there) under ``path``; what it is, as
+    the readers' messages say it after "is " ("a folder" for a directory: the checkpoint readers' word)."""
+    if kind == "broken link":
+        target = path.parent / "moved-away" / path.name
+        path.symlink_to(target)
+        return f"a broken symbolic link (to {str(target)!r})"
+    (os.mkdir if kind == "directory" else os.mkfifo)(path)
+    return f"a {kind}"
 
 
 @pytest.fixture
@@ -223,11 +235,12 @@ def _hf_folder(folder):
     return folder
 
 
-@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+@pytest.mark.parametrize("kind", ["directory", "named pipe", "broken link"])
 @pytest.mark.parametrize("name", ["config.json", "preprocessor_config.json"])
 def test_a_model_folder_whose_config_is_a_folder_or_a_fifo_says_so(tmp_path, capsys, name, kind):
     """It was read as absent: heads guessed from the width (6 of the 12 config.json states) and layer-norm eps 1e-6, or
-    ImageNet's normalisation for the folder's own, without a word (a silent wrong number)."""
+    ImageNet's normalisation for the folder's own, without a word (a silent wrong number). A broken link too, until
+    the review that found it."""
     from nlanalysis.checkpoints.vit.models import load_vit
 
     folder = _hf_folder(tmp_path / "hf")
@@ -236,9 +249,8 @@ def test_a_model_folder_whose_config_is_a_folder_or_a_fifo_says_so(tmp_path, cap
     assert (model.vit_spec.num_heads, model.vit_spec.norm_eps, model.vit_norm) == (12, 1e-5, ((0.5,) * 3, (0.5,) * 3))
     odd = folder / name
     odd.unlink()
-    (os.mkdir if kind == "directory" else os.mkfifo)(odd)
+    shown = put_odd(odd, kind).replace("a directory", "a folder")
     fifo = odd if kind == "named pipe" else None
-    shown = "a folder" if kind == "directory" else "a named pipe"
     expected = f"{odd}: is {shown}, not a regular file; the Hugging Face model folder's {name} cannot be read"
     for source in (folder, folder / "model.safetensors"):  # the folder, or its weights file (read with the folder's configs)
         err = unopened(fifo, load_vit, source, img_size=28) if fifo else pytest.raises(ValueError, load_vit, source, img_size=28).value
@@ -251,22 +263,22 @@ DEMO_RUN = Path(__file__).parents[1] / "reports/demo/runs/gc"  # committed: metr
 
 
 def _odd_run(tmp_path, name, kind):
-    """A copy of the demo result set with a directory or a named pipe where its file ``name`` was."""
+    """A copy of the demo result set with ``kind`` (:func:`put_odd`) where its file ``name`` was, and what that is."""
     run = copy_committed_run(DEMO_RUN, tmp_path / "gc")
     (run / name).unlink()
-    (os.mkdir if kind == "directory" else os.mkfifo)(run / name)
-    return run
+    return run, put_odd(run / name, kind)
 
 
-@pytest.mark.parametrize("kind", ["directory", "named pipe"])
+@pytest.mark.parametrize("kind", ["directory", "named pipe", "broken link"])
 @pytest.mark.parametrize("name", ["metrics.csv", "failures.csv", "run.json", "images.csv"])
 def test_a_result_set_file_that_is_a_directory_or_a_fifo_is_named(tmp_path, capsys, name, kind):
     """A metrics.csv or failures.csv that is not a file read as none (0 rows, or no failures: a wrong count without a
-    word), a run.json as 'no run.json', an images.csv as a bare IsADirectoryError or, a pipe, a hang."""
+    word), a run.json as 'no run.json', an images.csv as a bare IsADirectoryError or, a pipe, a hang; a broken link as
+    the file missing (failures.csv: no failures, without a word)."""
     from nlanalysis.extract import load_run
 
-    run = _odd_run(tmp_path, name, kind)
-    expected = f"{run / name}: is a {kind}, not a regular file; the result set is damaged"
+    run, shown = _odd_run(tmp_path, name, kind)
+    expected = f"{run / name}: is {shown}, not a regular file; the result set is damaged"
     err = unopened(run / name, load_run, run)
     assert isinstance(err, ValueError) and str(err) == expected
     assert unopened(run / name, main, ["report", str(run), "--out", str(tmp_path / "report"), "--formats", "png"]) is None

@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..files import file_kind
+from ..files import broken_link, file_kind
 from .definitions import check_same_definitions
 from .sources import ImageItem
 
@@ -115,10 +115,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def is_run_file(path: Path) -> bool:
     """Whether a file of a result set is there (``False``: missing); ValueError naming it where something else stands under
-    its name (a directory, a named pipe: opening a pipe would wait for a writer; neither was read as missing)."""
+    its name (a directory, a named pipe: opening a pipe would wait for a writer; a broken symbolic link: none of them is
+    read as missing, e.g. a failures.csv as no failures)."""
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
+        link = broken_link(path)
+        if link is not None:
+            raise ValueError(f"{path}: is {link}, not a regular file; the result set is damaged") from None
         return False
     if not stat.S_ISREG(mode):
         raise ValueError(f"{path}: is {file_kind(mode)}, not a regular file; the result set is damaged")

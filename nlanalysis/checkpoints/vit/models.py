@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...files import broken_link
 from ..config import _kind
 from ..errors import CheckpointError as NamedFileError  # names its file: kept as it is by names_damaged_file
 from ..loader import nonfinite_weights
@@ -369,11 +370,15 @@ def _convert_path(path: Path) -> ConvertedViT:
 
 def _json_object(path: Path) -> dict | None:
     """The JSON object in ``path`` (a Hugging Face folder's config; ``None`` where no file is there); CheckpointError, naming
-    the file, otherwise: a folder or a named pipe under its name is no config, not an absent one (whose defaults would
-    be used without a word); the error names the file, not the weights beside it. Opened non-blocking and checked on the open descriptor (opening a pipe waits for a writer)."""
+    the file, otherwise: a folder, a named pipe or a broken symbolic link under its name is no config, not an absent one
+    (whose defaults would be used without a word); the error names the file, not the weights beside it. Opened
+    non-blocking and checked on the open descriptor (opening a pipe waits for a writer)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
+        link = broken_link(path)
+        if link is not None:
+            raise NamedFileError(path, f"is {link}, not a regular file; the Hugging Face model folder's {path.name} cannot be read") from None
         return None
     except OSError as err:
         raise NamedFileError(path, f"cannot read ({err.__class__.__name__}: {err})") from err
