@@ -124,6 +124,44 @@ def test_special_and_large_files_are_refused(tmp_path):
     assert refusal(parse_config_text, text, "t") == "t: config text of 262,145 characters (limit 262,144); refused"
 
 
+def test_a_config_that_is_no_regular_file_is_refused_before_it_is_opened(tmp_path, monkeypatch, capsys):
+    """``--config`` is looked at by name before it is opened, as images and checkpoints are. It was opened first (non-blocking)
+    and checked on the descriptor: opening a named pipe wakes a writer waiting on it, and opening a device may act (a tape
+    rewinds, a terminal may become the controlling one); and with a checkpoint in this project's format it was not looked
+    at at all, so a pipe, a broken link or a missing file given as ``--config`` went without a word."""
+    fifo, link = tmp_path / "fifo.py", tmp_path / "link.py"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "moved" / "cfg.py")
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, flags, *args, **kwargs):
+        opened.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    assert refusal(parse_config_file, fifo) == f"{fifo}: config is a named pipe, not a regular file; refused"
+    assert refusal(parse_config_file, "/dev/zero") == "/dev/zero: config is a character device, not a regular file; refused"
+    assert opened == []
+    with pytest.raises(CheckpointError) as info:
+        parse_config_file(link)
+    assert str(info.value) == f"{link}: config is a broken symbolic link (to {str(tmp_path / 'moved' / 'cfg.py')!r}), not a file"
+    with pytest.raises(CheckpointError) as info:
+        parse_config_file(tmp_path / "none.py")
+    assert str(info.value) == f"{tmp_path / 'none.py'}: no such config file"
+    monkeypatch.undo()
+
+    arch = ResNetArch((1, 1, 1), [BlockSpec("layer3.0.nonlocal_block", "NonLocal2d", 1024)], prefix="backbone.")
+    native = nlanalysis.checkpoints.save_checkpoint(tmp_path / "native.pth", build_model(arch))
+    for config, reason in ((fifo, "config is a named pipe, not a regular file; refused"), (tmp_path / "none.py", "no such config file")):
+        assert main(["inspect", "--ckpt", str(native), "--config", str(config)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"nlanalysis inspect: error: {config}: {reason}"]
+    (tmp_path / "cfg.py").write_text("model = dict(backbone=dict(type='ResNet', depth=50))\n")
+    loaded = load_checkpoint(native, config=tmp_path / "cfg.py")
+    assert loaded.notes == [f"--config {tmp_path / 'cfg.py'} not used: a checkpoint in this project's format states its architecture and "
+                            "preprocessing"]  # fmt: skip
+
+
 def test_base_chains_are_bounded(tmp_path):
     for i in range(20):
         (tmp_path / f"c{i}.py").write_text(f"_base_ = 'c{i + 1}.py'\nv{i} = {i}\n")

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import file_kind
+from ..files import broken_link, file_kind
 from .errors import CheckpointError, ConfigLimitError
 
-__all__ = ["DEFAULT_LIMITS", "ConfigLimits", "merge_config", "parse_config_file", "parse_config_text"]
+__all__ = ["DEFAULT_LIMITS", "ConfigLimits", "check_config_file", "merge_config", "parse_config_file", "parse_config_text"]
 
 _BINOPS = {
     ast.Add: operator.add,
@@ -313,11 +313,32 @@ def _kind(mode: int) -> str:
     return file_kind(mode, folder="a folder")
 
 
-def _read_config(path: Path, limits: ConfigLimits) -> str:
-    """The text of a regular file of at most ``limits.max_bytes`` (devices, FIFOs, folders refused
-    before anything is read: opened non-blocking, checked on the open descriptor)."""
+def check_config_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, naming it, a config path that is no regular file, looked at by name before anything opens it (opening a
+    named pipe wakes a writer waiting on it, opening a device may act on it): missing, a broken symbolic link, a folder,
+    a named pipe, a socket, a device.
+
+    Raises:
+        ConfigLimitError: a folder, a named pipe, a socket or a device.
+        CheckpointError: no file (a broken link said so), or one that cannot be looked at.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        link = broken_link(path)
+        raise CheckpointError(path, f"config is {link}, not a file" if link else "no such config file") from None
+    except (OSError, ValueError) as err:  # permissions on a folder above, a name too long, a NUL in it
+        raise CheckpointError(path, f"cannot read config ({err.__class__.__name__}: {err})") from err
+    if not stat.S_ISREG(mode):
+        raise ConfigLimitError(path, f"config is {_kind(mode)}, not a regular file; refused")
+
+
+def _read_config(path: Path, limits: ConfigLimits) -> str:
+    """The text of a regular file of at most ``limits.max_bytes`` (devices, FIFOs, folders refused by name before it is
+    opened, :func:`check_config_file`; and on the open descriptor, opened non-blocking, should one be put there between)."""
+    check_config_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except (OSError, ValueError) as err:
         raise CheckpointError(path, f"cannot read config ({err.__class__.__name__}: {err})") from err
     mode = os.fstat(fd).st_mode

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_from_dict, arch_type, build_arch
-from .config import parse_config_file, parse_config_text
+from .config import check_config_file, parse_config_file, parse_config_text
 from .errors import CheckpointError, ConfigLimitError
 from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
 from .layouts import LAYOUTS, FoundBlock, find_blocks
@@ -281,7 +281,8 @@ def load_checkpoint(
 
     Args:
         path: the checkpoint file.
-        config: an mmdetection config file; it overrides the config stored in the checkpoint.
+        config: an mmdetection config file; it overrides the config stored in the checkpoint (checked first, for every
+            format; a checkpoint in this project's format does not use it, and says so in ``notes``).
         trust: allow unrestricted unpickling if the safe loader refuses the file (runs its code).
         overrides: explicit settings that win over config and keys: ``style`` (``pytorch``/
             ``caffe``), ``nl_mode``, ``use_scale`` (bool), ``position`` (plugin position).
@@ -293,9 +294,11 @@ def load_checkpoint(
         CheckpointError: one line naming the file: not a checkpoint, truncated/corrupt, unknown
             layout (with the known ones and the closest match), no NL/GC block, shape mismatch
             (key, expected vs found), NL/GC weights the model would not use, weights holding NaN
-            or inf (the first such key), a config refused by its limits.
+            or inf (the first such key), a config refused by its limits or no regular file (named, not the checkpoint).
     """
     path = Path(path)
+    if config:  # before the checkpoint (it may be large) and for every format: a named pipe is never opened
+        check_config_file(config)
     obj, placeholders = read_checkpoint_file(path, trust=trust)
     fmt, state_dict, meta, whole = _detect(path, obj)
     notes: list[str] = []
@@ -305,6 +308,8 @@ def load_checkpoint(
         if fmt == "nlanalysis native":
             arch = arch_from_dict(whole["arch"])
             preprocess = Preprocess.from_dict(whole.get("preprocess") or {})
+            if config:
+                notes.append(f"--config {config} not used: a checkpoint in this project's format states its architecture and preprocessing")
         else:
             arch, notes = _arch_from_keys(path, fmt, state_dict, blocks)
             cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
