@@ -20,6 +20,7 @@ from torchvision.models.resnet import Bottleneck
 
 from nlanalysis.adapters import attention_maps
 from nlanalysis.checkpoints import load_checkpoint, save_checkpoint
+from nlanalysis.cli import main
 
 mmcv_cnn = pytest.importorskip("mmcv.cnn", reason="mmcv (mmcv-lite) not installed: reference blocks unavailable")
 
@@ -274,6 +275,50 @@ def test_alexhex7_standalone_before_last_res4_block(tmp_path, resnet50_state):
     assert loaded.block_layouts == {"layer3.5": "alexhex7"}
     assert loaded.arch.stage_blocks == (3, 4, 6, 3) and loaded.arch.blocks[0].position == "standalone"
     assert_same_blocks(net, ["layer3.5"], loaded, "")
+
+
+@pytest.mark.parametrize(("mode", "sub_sample"), [("embedded_gaussian", True), ("dot_product", True), ("concatenation", True), ("gaussian", False)])
+def test_alexhex7_2018_non_local_py_takes_the_mode_given(tmp_path, capsys, resnet50_state, mode, sub_sample):
+    """AlexHex7's ``lib/non_local.py`` of October-November 2018 (``lib/backup/non_local.py`` since) makes ``theta``, ``phi``
+    and ``concat_project`` whatever its ``mode``: its keys are those of ``lib/non_local_concatenation.py``. They were read
+    as concatenation without a word, and ``--nl-mode`` was refused ("its keys are those of mode concatenation"). The
+    mode given wins (the modules it does not use are unused keys); without it the guess warns, naming the file, the
+    keys and the modes they allow (gaussian only without sub_sample: with it, that file's gaussian forward pools phi's
+    C' channels as if they were x's C)."""
+    import warnings
+
+    from test_adapters_alexhex7 import upstream_classes
+
+    net = torchvision.models.resnet50()
+    net.load_state_dict(resnet50_state)
+    block = randomise(upstream_classes("combined")["NONLocalBlock2D"](1024, mode=mode, sub_sample=sub_sample), seed=7)
+    net.layer3 = nn.Sequential(*net.layer3[:5], block, net.layer3[5])
+    net.eval()
+    modules = {k[len("layer3.5."):].rsplit(".", 1)[0] for k in net.state_dict() if k.startswith("layer3.5.")}
+    assert modules == {"g.0" if sub_sample else "g", "theta", "phi.0" if sub_sample else "phi", "W.0", "W.1", "concat_project.0"}
+    path = tmp_path / "nl_2018.pth"
+    torch.save(net.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the mode is given: nothing to warn of
+        loaded = load_checkpoint(path, overrides={"nl_mode": mode})
+    assert loaded.arch.blocks[0].options["mode"] == mode and not any("assumed" in n and "mode" in n for n in loaded.notes)
+    idle = {"concatenation": [], "gaussian": ["concat_project.0.weight", "phi.bias", "phi.weight", "theta.bias", "theta.weight"]}
+    assert sorted(k[len("layer3.5."):] for k in loaded.unused_keys if k.startswith("layer3.5.")) == idle.get(mode, ["concat_project.0.weight"])
+    assert_same_blocks(net, ["layer3.5"], loaded, "")
+    assert main(["inspect", "--ckpt", str(path), "--nl-mode", mode]) == 0
+    assert f"layer3.5: NonLocal2d mode={mode} " in capsys.readouterr().out
+
+    possible = "concatenation, embedded_gaussian, dot_product" + (", gaussian" if not sub_sample else "")
+    with pytest.warns(UserWarning) as record:
+        guessed = load_checkpoint(path)
+    told = [str(w.message) for w in record if "--nl-mode" in str(w.message)]
+    assert len(told) == 1 and told[0].startswith(f"{path}: layer3.5: mode concatenation assumed"), told
+    keys = ", ".join(sorted(modules))
+    assert f"keys ({keys})" in told[0] and f"may be any of {possible}" in told[0] and "lib/non_local.py" in told[0]
+    assert told[0].removeprefix(f"{path}: ") in guessed.notes and guessed.arch.blocks[0].options["mode"] == "concatenation"
+    if sub_sample:
+        with pytest.raises(ValueError, match="layer3.5: its keys allow mode concatenation, embedded_gaussian or dot_product, not gaussian"):
+            load_checkpoint(path, overrides={"nl_mode": "gaussian"})
 
 
 def test_timm_nonlocal_attn_training_checkpoint(tmp_path, resnet50_state):

@@ -9,13 +9,14 @@ early GCNet ``ct`` + ``stage_with_ct``) and explicit overrides then settle what 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
 from ..models import BlockSpec, ResNetArch
 from .config import SKIPPED
-from .layouts import FoundBlock
+from .layouts import FoundBlock, key_modes
 
 __all__ = ["apply_config", "apply_overrides", "drop_assumed", "find_backbone_prefix", "infer_arch"]
 
@@ -207,20 +208,25 @@ def _given_scale(block: BlockSpec, use: bool) -> list[str]:
     return [f"{block.name}: logit scale {now} (use_scale={use} given; the layout's own factor {own:.4g} dropped)"]
 
 
-def apply_overrides(arch: ResNetArch, overrides: dict[str, Any], notes: list[str]) -> None:
+def apply_overrides(arch: ResNetArch, overrides: dict[str, Any], notes: list[str], modes: Mapping[str, tuple[str, ...]] | None = None) -> None:
     """Explicit settings (CLI flags) win over config and keys: ``style``, ``nl_mode``, ``use_scale``, ``position``; noted in
-    ``notes`` (in place), without the notes that assumed them."""
+    ``notes`` (in place), without the notes that assumed them. ``modes``: ``{block key prefix: the modes its keys allow}``
+    (:attr:`FoundBlock.modes`; a block not in it: those of its mode's keys in mmcv's layout)."""
     if overrides.get("style"):
         arch.style = overrides["style"]
         notes.append(f"style={arch.style} (given)")
     for block in arch.blocks:
         if block.type == "NonLocal2d":
             if overrides.get("nl_mode"):
-                if (block.options.get("mode") in ("gaussian", "concatenation")) != (overrides["nl_mode"] in ("gaussian", "concatenation")):
-                    raise ValueError(f"{block.name}: its keys are those of mode {block.options.get('mode')}, not {overrides['nl_mode']}")
-                if block.options.get("mode") != overrides["nl_mode"]:  # the user's word wins, noted (run.json, inspect)
-                    notes.append(f"{block.name}: mode {overrides['nl_mode']} (given; the checkpoint's own is {block.options.get('mode')})")
-                block.options["mode"] = overrides["nl_mode"]
+                given, own = overrides["nl_mode"], block.options.get("mode", "embedded_gaussian")  # (NonLocal2d's default)
+                allowed = (modes or {}).get(arch.prefix + block.name) or key_modes("", {**block.options, "mode": own})
+                if given not in allowed:
+                    either = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
+                    raise ValueError(f"{block.name}: its keys allow mode {either}, not {given}")
+                if own != given:  # the user's word wins, noted (run.json, inspect)
+                    said = f"the checkpoint's own is {own}" if len(allowed) <= 2 else f"its keys allow {', '.join(allowed)}"
+                    notes.append(f"{block.name}: mode {given} (given; {said})")
+                block.options["mode"] = given
                 drop_assumed(notes, arch.prefix + block.name, ("mode",))
             if overrides.get("use_scale") is not None:
                 notes += _given_scale(block, bool(overrides["use_scale"]))

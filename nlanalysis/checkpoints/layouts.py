@@ -16,7 +16,11 @@ layout                    keys of one block                            source
 ========================= ============================================ =====================
 
 What keys can't tell (embedded Gaussian vs dot product, ``use_scale``) is assumed as the
-source's default and said in the notes, for ``--config`` or flags to override.
+source's default and said in the notes, for ``--config`` or flags to override. AlexHex7's
+``lib/non_local.py`` of October-November 2018 (``lib/backup/non_local.py`` since) makes ``theta``,
+``phi`` and ``concat_project`` whatever its ``mode``, so its keys are those of the concatenation
+block: concatenation is assumed, and a warning says so (:data:`KEYS_CANNOT_TELL`); ``--nl-mode``
+picks any mode those keys allow (:func:`key_modes`), and the modules it does not use stay unused.
 """
 from __future__ import annotations
 
@@ -26,7 +30,13 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-__all__ = ["LAYOUTS", "BlockLayout", "FoundBlock", "find_blocks"]
+__all__ = ["KEYS_CANNOT_TELL", "LAYOUTS", "MODE_MODULES", "BlockLayout", "FoundBlock", "find_blocks", "key_modes"]
+
+#: the modules an NL block's pairwise term uses in each mode (besides ``g`` and the output conv, which every mode uses)
+MODE_MODULES = {"gaussian": (), "embedded_gaussian": ("theta", "phi"), "dot_product": ("theta", "phi"),
+                "concatenation": ("theta", "phi", "concat_project")}  # fmt: skip
+#: in a note on a mode assumed where the keys allow modes of different forward passes: warned of at load, as well
+KEYS_CANNOT_TELL = "the keys cannot tell"
 
 
 @dataclass
@@ -40,6 +50,7 @@ class FoundBlock:
         in_channels: input channels.
         options: constructor options inferred from shapes.
         notes: what was assumed because keys can't tell.
+        modes: the NL modes whose checkpoints have these keys, the assumed one first (:func:`key_modes`; none: no NL block).
     """
 
     prefix: str
@@ -48,6 +59,7 @@ class FoundBlock:
     in_channels: int
     options: dict[str, Any]
     notes: list[str]
+    modes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,19 @@ def _mode(prefix: str, keys: dict[str, Tensor], concat_key: str, theta_key: str,
         f"{prefix}: mode embedded_gaussian assumed ({source} dot_product has the same keys; "
         "use --config or --nl-mode to say otherwise)"
     ]
+
+
+def key_modes(layout: str, options: dict[str, Any]) -> tuple[str, ...]:
+    """The NL modes whose blocks have the keys of a block of ``layout`` read as ``options`` (its mode first; none without
+    one): embedded Gaussian and dot product have the same; AlexHex7's 2018 ``lib/non_local.py`` has those of its
+    concatenation block in every mode (in gaussian mode with ``sub_sample`` its forward views phi's pooled C' channels
+    as x's C: not the Gaussian this project rebuilds, so not that one)."""
+    mode = options.get("mode")
+    if mode is None:
+        return ()
+    if layout == "alexhex7" and mode == "concatenation":
+        return ("concatenation", "embedded_gaussian", "dot_product") + (() if options.get("sub_sample") else ("gaussian",))
+    return (mode,) if mode in ("gaussian", "concatenation") else (mode, *({"embedded_gaussian", "dot_product"} - {mode}))
 
 
 def _infer_mmcv_nl(prefix: str, keys: dict[str, Tensor]) -> tuple[str, int, dict[str, Any], list[str]]:
@@ -128,6 +153,14 @@ def _infer_alexhex7(prefix: str, keys: dict[str, Tensor]) -> tuple[str, int, dic
         options["logit_scale"] = 1.0  # AlexHex7 applies no 1/sqrt(C') scale
     if "W.1.weight" in keys:
         options["norm_cfg"] = {"type": "BN"}
+    if mode == "concatenation":
+        modules = ", ".join(sorted({k.rsplit(".", 1)[0] for k in keys}))
+        notes.append(
+            f"{prefix}: mode concatenation assumed, but {KEYS_CANNOT_TELL}: its keys ({modules}) are those of AlexHex7's "
+            "lib/non_local_concatenation.py and of that repository's 2018 lib/non_local.py in any mode (it makes theta, phi and concat_project "
+            f"whatever its mode), so the mode may be any of {', '.join(key_modes('alexhex7', options))}; "
+            "give it with --nl-mode (Python: overrides={'nl_mode': ...})"
+        )
     return "NonLocal2d", int(in_channels), options, notes
 
 
@@ -212,6 +245,6 @@ def find_blocks(state_dict: dict[str, Tensor]) -> list[FoundBlock]:
                 kind, channels, options, notes = layout.infer(prefix, keys)
             except KeyError as err:
                 raise ValueError(f"{prefix}: incomplete {layout.name} block, key {prefix}.{err.args[0]} missing") from err
-            found[prefix] = FoundBlock(prefix, layout, kind, channels, options, notes)
+            found[prefix] = FoundBlock(prefix, layout, kind, channels, options, notes, key_modes(layout.name, options))
     # a block nested in another (never in real layouts) would be counted twice: keep outermost
     return [b for b in found.values() if not any(b.prefix.startswith(o + ".") for o in found)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_fr
 from .config import check_config_file, parse_config_file, parse_config_text
 from .errors import CheckpointError, ConfigLimitError
 from .infer import apply_config, apply_overrides, find_backbone_prefix, infer_arch
-from .layouts import LAYOUTS, FoundBlock, find_blocks
+from .layouts import KEYS_CANNOT_TELL, LAYOUTS, MODE_MODULES, FoundBlock, find_blocks
 from .preprocess import Preprocess, preprocess_from_config
 from .reading import read_checkpoint_file
 
@@ -187,6 +188,25 @@ def _convert(state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[d
     return out, origin
 
 
+def _idle_weights(arch: ResNetArch, blocks: list[FoundBlock], state_dict: dict[str, Tensor], notes: list[str]) -> set[str]:
+    """Keys of the modules a block's keys hold that its mode does not use, where the keys allow modes of other modules
+    (AlexHex7's 2018 ``lib/non_local.py`` makes theta, phi and concat_project in every mode): left unused, and noted
+    in ``notes`` (in place). A mode the keys do not allow keeps them all: the weights check refuses it."""
+    modes = {arch.prefix + b.name: b.options.get("mode") for b in arch.blocks if b.type == "NonLocal2d"}
+    idle: set[str] = set()
+    for found in blocks:
+        mode = modes.get(found.prefix)
+        if mode not in found.modes:
+            continue
+        spare = {m for other in found.modes for m in MODE_MODULES[other]} - set(MODE_MODULES[mode])
+        keys = [k for k in state_dict if k.startswith(found.prefix + ".") and k[len(found.prefix) + 1 :].split(".")[0] in spare]
+        if keys:
+            idle.update(keys)
+            notes.append(f"{found.prefix}: {', '.join(sorted(spare))} left unused: mode {mode} does not use them (the keys hold "
+                         f"them for {', '.join(found.modes)})")  # fmt: skip
+    return idle
+
+
 def _arch_from_keys(path: Path, fmt: str, state_dict: dict[str, Tensor], blocks: list[FoundBlock]) -> tuple[ResNetArch, list[str]]:
     """The architecture a foreign checkpoint's keys describe, and the notes on what was assumed."""
     prefix = find_backbone_prefix(state_dict)
@@ -314,7 +334,7 @@ def load_checkpoint(
             arch, notes = _arch_from_keys(path, fmt, state_dict, blocks)
             cfg, cfg_source = (parse_config_file(config), f"--config {config}") if config else _config_from_meta(path, meta, notes)
             preprocess = _apply_settings(arch, fmt, cfg, cfg_source, notes)
-        apply_overrides(arch, overrides or {}, notes)
+        apply_overrides(arch, overrides or {}, notes, {b.prefix: b.modes for b in blocks})
         for b in arch.blocks:
             norm = b.options.get("norm_cfg") or {}
             if norm.get("type") == "GN" and "num_groups" not in norm:
@@ -330,8 +350,12 @@ def load_checkpoint(
         raise CheckpointError(path, f"malformed {fmt} {what} ({type(err).__name__}: {str(err)[:200]})") from err
     if not arch.blocks:
         raise CheckpointError(path, "no NL/GC block in it")
+    for note in notes:  # a mode assumed among some the keys allow whose forward passes differ: said where it is seen
+        if KEYS_CANNOT_TELL in note:
+            warnings.warn(f"{path}: {note}", UserWarning, stacklevel=2)
 
-    converted, origin = _convert(state_dict, blocks)
+    idle = _idle_weights(arch, blocks, state_dict, notes)
+    converted, origin = _convert({k: v for k, v in state_dict.items() if k not in idle}, blocks)
     expected = model.state_dict()
     block_names = [arch.prefix + b.name for b in arch.blocks]
     missing, unused = _match_weights(path, expected, converted, origin, block_names + [b.prefix for b in blocks])
@@ -339,6 +363,7 @@ def load_checkpoint(
     nonfinite = nonfinite_weights(path, used, allow_nonfinite, origin)
     model.load_state_dict(used, strict=False)
     model.eval()
+    dropped = idle | {origin[k] for k in unused}
     return LoadedCheckpoint(
         path=str(path),
         format=fmt + (" (DDP 'module.' prefix)" if arch.prefix.startswith("module.") else ""),
@@ -347,7 +372,7 @@ def load_checkpoint(
         preprocess=preprocess,
         blocks=block_names,
         block_layouts={b.prefix: b.layout.name for b in blocks},
-        unused_keys=[origin[k] for k in unused],
+        unused_keys=[k for k in state_dict if k in dropped],
         missing_keys=missing,
         notes=notes,
         placeholders=placeholders,

@@ -27,7 +27,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow unrestricted unpickling if the safe loader refuses the file (runs code from it)")  # fmt: skip
     parser.add_argument("--style", choices=("pytorch", "caffe"), help="ResNet stride style (keys can't tell)")
-    parser.add_argument("--nl-mode", choices=PAIRWISE_MODES, help="NL pairwise function (keys can't tell embedded_gaussian from dot_product)")
+    parser.add_argument("--nl-mode", choices=PAIRWISE_MODES, help="NL pairwise function (keys can't tell embedded_gaussian from dot_product, "
+                        "nor any mode of AlexHex7's 2018 lib/non_local.py from concatenation)")  # fmt: skip
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
     parser.add_argument("--vit-heads", type=int, metavar="H",
