@@ -16,6 +16,7 @@ from nlanalysis.checkpoints import load_checkpoint
 from nlanalysis.cli import main
 from nlanalysis.data import load_image, prepare_image
 from nlanalysis.extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, load_analysis, load_run, run_extract
+from nlanalysis.extract.store import RunStore
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -272,3 +273,40 @@ def test_file_images_without_annotations(data, tmp_path):
     assert math.isnan(res.metrics["att_jsd"].iloc[1])  # --jsd-pairs 0: off
     nl = res.metrics[res.metrics.block == NL]
     assert nl["ctrl_att"].notna().all() and nl["ctrl_temperature"].gt(0).all()  # the random-projection control
+
+
+def test_the_recorded_image_hash_is_of_the_bytes_decoded(data, tmp_path, monkeypatch, capsys):
+    """An image file replaced after the run decoded it (another picture under its name, between its decoding and the
+    writing of its results): the run records the sha256 of the bytes it measured, not that of the file now there, and a
+    resume over the replaced files refuses them as other pictures."""
+    import hashlib
+
+    from PIL import Image
+
+    import nlanalysis.data.images as reader
+
+    root, ckpt = data
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    measured = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in images.glob("*.jpg")}
+    decode = reader._decode
+
+    def decode_then_replace(f, path, orient):
+        pixels = decode(f, path, orient)
+        Image.fromarray(255 - pixels).save(path, quality=90)  # the same size, other content
+        return pixels
+
+    monkeypatch.setattr(reader, "_decode", decode_then_replace)
+    args = ["extract", "--ckpt", str(ckpt), "--coco-ann", str(root / "ann.json"), "--coco-images", str(images),
+            "--out", str(tmp_path / "r"), "--jsd-pairs", "0", "--image-ids", "1", "2", "--save-maps", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    run = nlanalysis.load_run(tmp_path / "r")
+    done = RunStore(tmp_path / "r").images()
+    assert done["image_id"].tolist() == [1, 2]
+    for key, image_id, name in done.itertuples(index=False):
+        assert hashlib.sha256((images / name).read_bytes()).hexdigest() != measured[name]  # replaced
+        check = json.loads((tmp_path / "r" / "checks" / f"{key}.json").read_text())["image file"]
+        assert check == {"size": len((root / "images" / name).read_bytes()), "sha256": measured[name]}
+        assert run.maps[image_id].file_sha256 == measured[name]
+    monkeypatch.undo()
+    assert "were measured on other files than those now under their names" in _error(capsys, args)

@@ -7,6 +7,7 @@ are under permissive licences (see ../shared/REFERENCE.md of the project).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import warnings
@@ -19,7 +20,8 @@ import numpy as np
 
 from ..files import file_kind
 
-__all__ = ["PHOTO_FILES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file", "sample_photos"]
+__all__ = ["PHOTO_FILES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file",
+           "read_image_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
@@ -65,6 +67,34 @@ def _opened(path: Path) -> Iterator[BinaryIO]:
         yield f
 
 
+@contextlib.contextmanager
+def _source(path: Path, data: bytes | None) -> Iterator[BinaryIO]:
+    """``data``, the bytes of ``path`` read already (:func:`read_image_file`), as a file; without them ``path`` opened
+    (:func:`_opened`)."""
+    if data is not None:
+        yield io.BytesIO(data)
+        return
+    with _opened(path) as f:
+        yield f
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file, read once, for :func:`load_image` and :func:`image_size` to decode (``data=``) and the
+    caller to hash: what is measured and what is recorded are the same bytes, whatever is put under the name meanwhile.
+
+    The file is opened and checked as :func:`load_image` opens it (a folder, named pipe, socket or device is refused
+    unopened), and its header is read first: a file that is no image, or has too many pixels, is refused before the
+    rest of it is read. Raises ImageReadError, naming the file, as :func:`load_image` does for those."""
+    from PIL import Image
+
+    path = Path(path)
+    with _opened(path) as f:
+        with _decoding(f, path), Image.open(f):
+            pass
+        f.seek(0)
+        return f.read()
+
+
 def _decoder_error(err: Exception, f: BinaryIO, path: Path) -> str:
     """The decoder's message, naming the file as PIL does when given its path (not the open file object's repr)."""
     return f"{type(err).__name__}: {str(err).replace(repr(f), repr(os.fspath(path)))}"
@@ -74,12 +104,13 @@ def _decoder_error(err: Exception, f: BinaryIO, path: Path) -> str:
 _EIGHT_BIT_MODES = frozenset({"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
-def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
+def load_image(path: str | Path, *, orient: bool = True, data: bytes | None = None) -> np.ndarray:
     """Read an image file as ``uint8`` RGB ``[H, W, 3]`` (the first frame of an animation).
 
     ``orient``: turn the pixels as the file's EXIF orientation says (a phone photo stored sideways), as
     OpenCV's ``IMREAD_COLOR`` (mmcv's ``imread``), PIL's ``exif_transpose`` and image viewers do; ``False``:
     the stored pixels as they are (:func:`image_size` gives the size either way without decoding).
+    ``data``: the file's bytes, read already (:func:`read_image_file`): decoded from them, the file is not read again.
 
     8-bit images are converted by PIL. High-bit-depth and float images are scaled to the 8-bit
     range the preprocessing expects: 16-bit gray ``v`` becomes ``round(v / 257)`` (65535 is white;
@@ -96,7 +127,7 @@ def load_image(path: str | Path, *, orient: bool = True) -> np.ndarray:
     """
 
     path = Path(path)
-    with _opened(path) as f:
+    with _source(path, data) as f:
         return _decode(f, path, orient)
 
 
@@ -104,19 +135,28 @@ def _decode(f: BinaryIO, path: Path, orient: bool) -> np.ndarray:
     """:func:`load_image` of the open file ``f`` of ``path``."""
     from PIL import Image
 
+    with _decoding(f, path), Image.open(f) as img:
+        if img.format == "PNG":
+            _check_png_crcs(f, path)
+        img.load()
+        fmt = img.format
+        if orient and _orientation(img) != 1:
+            from PIL import ImageOps
+
+            img = ImageOps.exif_transpose(img)
+        return _to_rgb8(img, path, fmt)
+
+
+@contextlib.contextmanager
+def _decoding(f: BinaryIO, path: Path) -> Iterator[None]:
+    """What the decoder raises on the open file ``f`` of ``path`` as ImageReadError naming it (too many pixels: refused,
+    where PIL itself only warns up to twice its limit)."""
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns up to twice its limit
-            with Image.open(f) as img:
-                if img.format == "PNG":
-                    _check_png_crcs(f, path)
-                img.load()
-                fmt = img.format
-                if orient and _orientation(img) != 1:
-                    from PIL import ImageOps
-
-                    img = ImageOps.exif_transpose(img)
-                return _to_rgb8(img, path, fmt)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -157,14 +197,14 @@ def exif_orientation(path: str | Path) -> int:
         return 1
 
 
-def image_size(path: str | Path, *, orient: bool = True) -> tuple[int, int]:
+def image_size(path: str | Path, *, orient: bool = True, data: bytes | None = None) -> tuple[int, int]:
     """``(H, W)`` from the file's header, without decoding its pixels: that of :func:`load_image` ``(path, orient=orient)``
     but for a PNG whose EXIF chunk comes after its pixels (not seen here). Raises ImageReadError, naming the file, as :func:`load_image`
-    does where the file is missing or its header is not an image's."""
+    does where the file is missing or its header is not an image's. ``data``: as :func:`load_image`'s."""
     from PIL import Image
 
     path = Path(path)
-    with _opened(path) as f:
+    with _source(path, data) as f:
         try:
             with Image.open(f) as img:
                 w, h = img.size

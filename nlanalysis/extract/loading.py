@@ -8,27 +8,32 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data import ImageReadError, image_size, load_image
+from ..data.images import read_image_file
 from ..data.transforms import Prepared
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec
 from .resume import release_inherited_claims
 from .sources import ImageItem
+from .store import file_check
 
 __all__ = ["ImageDataset", "Loaded", "failure_reason", "forks", "worker_init"]
 
 
 @dataclass
 class Loaded:
-    """One image read: its preprocessing (``prep``) or why it failed (``error``), its objects and query points."""
+    """One image read: its preprocessing (``prep``) or why it failed (``error``), its objects and query points, and the
+    size and sha256 of the file's bytes it was decoded from (``image_file``, :func:`~.store.file_check`)."""
 
     item: ImageItem
     error: str | None = None
     prep: Prepared | None = None
+    image_file: dict[str, Any] | None = None
     objects: ObjectMap | None = None
     queries: np.ndarray | None = None
     query_label: np.ndarray | None = None
@@ -44,10 +49,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Loaded:
         item = self.items[i]
         try:
-            prep = self.prepare(_annotated_pixels(item))
+            data = read_image_file(item.path)  # read once: the bytes decoded are the bytes hashed
+            prep = self.prepare(_annotated_pixels(item, data))
         except Exception as err:  # any error of one image is its failure (e.g. a decompression bomb), never the run's
             return Loaded(item, error=failure_reason(item, err))
-        out = Loaded(item, prep=prep)
+        out = Loaded(item, prep=prep, image_file=file_check(data))
         try:
             if item.annotations is not None and (self.objects or (self.queries and self.queries.kind == "objects")):
                 out.objects = object_map(item.annotations, prep.original_size, prep.size, tuple(prep.tensor.shape[1:]), prep.offset)
@@ -56,17 +62,18 @@ class ImageDataset(torch.utils.data.Dataset):
         return out
 
 
-def _annotated_pixels(item: ImageItem) -> np.ndarray:
-    """``item``'s pixels: a plain file as displayed (EXIF orientation applied, as mmcv reads images); a COCO image in the
-    frame its annotations are drawn in: as stored where that has the entry's ``height`` x ``width`` (COCO's annotators
-    drew on the stored pixels; the size cannot tell a flip or a half turn from none), else as displayed where that has
-    it; ValueError where neither has it (a different file, or annotations made at another size). A COCO entry without its
-    size is read as stored (its annotations were drawn on the stored pixels; turning the image would move it under them)."""
+def _annotated_pixels(item: ImageItem, data: bytes) -> np.ndarray:
+    """``item``'s pixels, decoded from its file's bytes ``data``: a plain file as displayed (EXIF orientation applied, as
+    mmcv reads images); a COCO image in the frame its annotations are drawn in: as stored where that has the entry's
+    ``height`` x ``width`` (COCO's annotators drew on the stored pixels; the size cannot tell a flip or a half turn from
+    none), else as displayed where that has it; ValueError where neither has it (a different file, or annotations made at
+    another size). A COCO entry without its size is read as stored (its annotations were drawn on the stored pixels;
+    turning the image would move it under them)."""
     if item.height is None or item.width is None:
-        return load_image(item.path) if item.annotations is None else load_image(item.path, orient=False)
-    if image_size(item.path, orient=False) == (item.height, item.width):
-        return load_image(item.path, orient=False)
-    pixels = load_image(item.path)
+        return load_image(item.path, orient=item.annotations is None, data=data)
+    if image_size(item.path, orient=False, data=data) == (item.height, item.width):
+        return load_image(item.path, orient=False, data=data)
+    pixels = load_image(item.path, data=data)
     if pixels.shape[:2] == (item.height, item.width):
         return pixels
     h, w = pixels.shape[:2]

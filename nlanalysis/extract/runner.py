@@ -378,7 +378,7 @@ class _BatchWork:
         for one, why in failures:
             self.store.write_failure(one.item, why)
         for one, rows, save in kept:
-            self.store.write_done(one.item.key, rows, save, one.item.path)
+            self.store.write_done(one.item.key, rows, save, one.image_file)
         return len(kept), len(failures)
 
     def forward(self, group: list[Loaded]) -> list[tuple[Loaded, pd.DataFrame, Any]]:
@@ -434,5 +434,5 @@ def _save_maps(file: Any, image_sha256: str | None, *, layers: list[LayerMaps], 
         query_yx=one.queries if one.queries is not None else np.zeros((0, 2)),
         query_label=one.query_label if one.query_label is not None else np.zeros(0, dtype=np.int64),
         scale=p.scale, size=p.size, original_size=p.original_size, input_size=input_size, offset=p.offset,
-        file_sha256=image_sha256,  # the store's hash of the image file (RunStore.write_done)
+        file_sha256=image_sha256,  # the hash of the image file's bytes measured (RunStore.write_done)
     )  # fmt: skip

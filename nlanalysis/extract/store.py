@@ -48,7 +48,8 @@ from ..files import broken_link, file_kind
 from .definitions import check_same_definitions
 from .sources import ImageItem
 
-__all__ = ["FORMAT", "RunStore", "atomic_write", "frame_from_csv", "is_run_file", "now", "parts_digest", "read_csv", "sha256_file"]
+__all__ = ["FORMAT", "RunStore", "atomic_write", "file_check", "frame_from_csv", "is_run_file", "now", "parts_digest", "read_csv",
+           "sha256_file"]
 
 FORMAT = "nlanalysis-run"
 FORMAT_VERSION = 1
@@ -264,19 +265,20 @@ class RunStore:
                     p.unlink(missing_ok=True)
 
     def write_done(self, key: str, rows: pd.DataFrame, save: Callable[[Any, str | None], None] | None = None,
-                   image: str | None = None) -> None:  # fmt: skip
+                   image: dict[str, Any] | None = None) -> None:  # fmt: skip
         """Write one done image: its maps (``save(file, image_sha256)`` writes the npz into an open binary file), the
-        checks of its files (and of the image file measured, ``image``, hashed once for both: a resume on other pictures
-        under the same names is refused, :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
+        checks of its files (and ``image``, the :func:`file_check` of the image file's bytes that were decoded and
+        measured, not of the file read again: a resume on other pictures under the same names is refused,
+        :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
         checks: dict[str, Any] = {}
-        if image is not None and os.path.isfile(image):
-            checks[IMAGE_CHECK] = {"size": os.path.getsize(image), "sha256": sha256_file(image)}
+        if image is not None:
+            checks[IMAGE_CHECK] = dict(image)
         if save is not None:
             with atomic_write(self.maps_path(key), "wb") as f:
                 save(f, checks[IMAGE_CHECK]["sha256"] if IMAGE_CHECK in checks else None)
-            checks[f"maps/{key}.npz"] = _file_check(self.maps_path(key).read_bytes())
+            checks[f"maps/{key}.npz"] = file_check(self.maps_path(key).read_bytes())
         data = rows.to_csv(index=False).encode()
-        checks[f"parts/{key}.csv"] = _file_check(data)
+        checks[f"parts/{key}.csv"] = file_check(data)
         _write_json(self.check_path(key), checks)
         with atomic_write(self.part_path(key), "wb") as f:
             f.write(data)
@@ -359,7 +361,7 @@ class RunStore:
                 shards=shards,
                 assembled_parts=len(read),
                 assembled_keys=parts_digest(read),
-                assembled_files={"metrics.csv": _file_check(metrics.encode()), "failures.csv": _file_check(failures.encode())},
+                assembled_files={"metrics.csv": file_check(metrics.encode()), "failures.csv": file_check(failures.encode())},
             )
             _write_json(self.run_json, info)
             return info
@@ -373,7 +375,7 @@ def assembled_text(root: Path, name: str, info: dict[str, Any]) -> str:
     is_run_file(path)
     data = path.read_bytes()
     want = (info.get("assembled_files") or {}).get(name)
-    if want is not None and _file_check(data) != want:
+    if want is not None and file_check(data) != want:
         raise ValueError(f"{path}: {len(data):,} bytes, not the {want['size']:,} bytes (sha256 {want['sha256'][:12]}...) its run.json "
                          "recorded: cut short or changed since it was written; copy the result set again, or rerun extract with the "
                          "same arguments where its parts/ are")  # fmt: skip
@@ -388,7 +390,8 @@ def parts_digest(keys: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
-def _file_check(data: bytes) -> dict[str, Any]:
+def file_check(data: bytes) -> dict[str, Any]:
+    """The size and sha256 of a file's bytes, as ``checks/KEY.json`` and ``run.json`` record them."""
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
