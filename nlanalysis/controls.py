@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .files import atomic_write
 from .tables import LOCALITY_RATIOS, format_ci, summarise, with_locality_ratios
 from .train.compare import load_results, paired_margins, plateau
 from .train.variants import ALL_VARIANTS, block_parameters
@@ -247,9 +248,8 @@ def _not_at_plateau(training: pd.DataFrame, variant: str) -> str:
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_write(path, encoding="utf-8") as f:  # as pandas writes to a path
+        frame.to_csv(f, index=False)
 
 
 def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
@@ -301,7 +301,6 @@ def write_controls_report(root: str | os.PathLike[str], out: str | os.PathLike[s
             for epochs, nth, table in longer:
                 lines += [f"Gate at {epochs} epochs (the {nth} reading; the answer above keeps the 12-epoch one): {gate(table)[1]}.", ""]
     path = out / "README.md"
-    tmp = path.with_name("README.md.tmp")
-    tmp.write_text("\n".join([*head, "## The answer", "", verdict, "", *lines]) + "\n")
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write("\n".join([*head, "## The answer", "", verdict, "", *lines]) + "\n")
     return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..files import atomic_write
 from ..models import ResNetArch, ResNetBackbone, SceneNet, SceneNetArch, arch_from_dict, arch_type, build_arch
 from .config import check_config_file, parse_config_file, parse_config_text
 from .errors import CheckpointError, ConfigLimitError
@@ -435,32 +435,11 @@ def save_checkpoint(
     return save_atomic(payload, Path(path))
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux says it (``/proc/self/status``), else set and reset."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_atomic(payload: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it: readers see the old file
-    or the new one, never a part."""
+    """``torch.save`` to a temporary file beside ``path``, synced, then renamed (:func:`nlanalysis.files.atomic_write`):
+    readers see the old file or the new one, never a part, after a power loss too."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (mkstemp's 0600 kept others from reading the weights)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path, "wb", unique=True) as f:
+        torch.save(payload, f)
     return path
 

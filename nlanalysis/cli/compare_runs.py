@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import atomic_write
 from ..train.compare import load_results, paired_margins, plateau
 from . import add_command
 
@@ -39,7 +40,6 @@ def main(args: argparse.Namespace) -> int:
     if args.csv is not None:
         for name, table in tables.items():
             path = args.csv.with_name(f"{args.csv.name}_{name}.csv")
-            tmp = path.with_name(path.name + ".tmp")
-            table.to_csv(tmp, index=False)
-            tmp.replace(path)
+            with atomic_write(path, encoding="utf-8") as f:  # as pandas writes to a path
+                table.to_csv(f, index=False)
     return 0

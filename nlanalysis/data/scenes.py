@@ -66,13 +66,13 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
 import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
 from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
 __all__ = [
@@ -454,9 +454,8 @@ def write_scenes(
         "annotations": annotations,
         "categories": coco_categories(),
     }
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(coco, separators=(",", ":")))
-    os.replace(tmp, json_path)
+    with atomic_write(json_path) as f:
+        f.write(json.dumps(coco, separators=(",", ":")))
     return json_path
 
 

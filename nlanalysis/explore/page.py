@@ -1,18 +1,17 @@
 """The explore page: one self-contained HTML file (its script, pictures and maps inline; no network)."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import html
 import json
 import os
 import re
-import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..extract.results import ResultSet, load_run
+from ..files import atomic_write
 from .data import page_data
 
 __all__ = ["Explorer", "explore", "render_page"]
@@ -62,17 +61,8 @@ class Explorer:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give the page's file name (e.g. {path / 'explore.html'})")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique: no two writers share it
-        try:
-            with open(tmp, "x", encoding="utf-8") as f:
-                f.write(self.html)
-            os.replace(tmp, path)
-        except BaseException as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError) and err.filename is None:  # e.g. "No space left on device", which names no file
-                raise type(err)(err.errno, f"{err.strerror or err} (writing {path})") from err
-            raise
+        with atomic_write(path, encoding="utf-8", unique=True) as f:  # unique: no two writers share its temporary file
+            f.write(self.html)
         return path
 
     def _repr_html_(self) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import fsync_folder, fsync_tree
 from .definitions import check_shards_definitions
 from .resume import damage
 from .store import RunStore, _write_json, check_same_settings
@@ -21,7 +22,7 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     ..., and the column definitions that wrote them: :mod:`.definitions`), runs that both hold (done or failed) the same image, a result set copied without its
     ``parts/`` (merge reads the per-image files extract writes), and any done image whose files do
     not match the checks written with them (named: rerun extract on that folder to redo it). Files
-    are copied into a temporary folder beside ``out`` that is renamed to ``out`` when all is merged;
+    are copied into a temporary folder beside ``out`` that is put on the disk and renamed to ``out`` when all is merged;
     ``out`` must not exist yet or be empty. Returns the merged ``run.json``.
     """
     stores = [RunStore(p) for p in inputs]
@@ -53,7 +54,9 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
         merged["merged_from"] = [str(s.root) for s in stores]
         _write_json(target.run_json, merged)
         target.assemble()
+        fsync_tree(target.root)  # the copies on the disk before the rename shows them
         os.replace(target.root, whole)  # onto a missing or empty folder (through a link to one, too)
+        fsync_folder(whole.parent)
     finally:
         shutil.rmtree(target.root, ignore_errors=True)
     return RunStore(final).info()

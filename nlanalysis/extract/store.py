@@ -13,9 +13,12 @@ Layout of ``RUN_DIR``::
     maps/KEY.npz      the image's query maps (``--save-maps``; see ``nlanalysis.extract.maps``)
     shards/I-of-N.json  the sessions of one shard (start, end, device, command, counts)
 
-Every file is written to a temporary name in its folder and renamed (``os.replace``), so a
+Every file is written to a temporary name in its folder and renamed (:func:`nlanalysis.files.atomic_write`), so a
 process killed at any point leaves each file either complete or absent; ``maps/KEY.npz`` is
-written before ``checks/KEY.json``, and that before ``parts/KEY.csv``. An image counts as done iff
+written before ``checks/KEY.json``, and that before ``parts/KEY.csv``. Each file is also synced before its rename and
+its folder after (``fsync``: after a power loss no empty file stands under a name) but a done image's three files,
+which resume and merge check (a power loss that empties one makes its image redone, not wrong): two ``fsync`` calls a
+file would cost an image more than ten milliseconds. An image counts as done iff
 its part exists and its files match their checks (:func:`~nlanalysis.extract.resume.verify_done`, on resume: a damaged one
 is redone and named in the session), so a rerun skips it, and ``metrics.csv`` (re-)assembled from
 the parts holds exactly the rows of an uninterrupted run. Leftover temporary files
@@ -44,6 +47,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..files import atomic_write as _atomic_write
 from ..files import broken_link, file_kind
 from .definitions import check_same_definitions
 from .sources import ImageItem
@@ -75,24 +79,13 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` when the block succeeds (ValueError, naming it, where
-    a directory or a named pipe stands under its name: :func:`is_run_file`; the rename failed with a bare errno, or
-    replaced the pipe without a word)."""
-    path = Path(path)
-    is_run_file(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    except OSError as err:  # e.g. "No space left on device" from a write, which names no file
-        if err.filename is not None or isinstance(err, FileNotFoundError):
-            raise
-        raise type(err)(err.errno, f"{err.strerror or err} (writing {path})") from err
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", sync: bool = True) -> Iterator[Any]:
+    """A file of the result set written through :func:`nlanalysis.files.atomic_write` (``.NAME.PID.tmp``, synced unless
+    ``sync=False``, renamed onto ``path``); ValueError, naming it, where a directory or a named pipe stands under its name
+    (:func:`is_run_file`; the rename failed with a bare errno, or replaced the pipe without a word)."""
+    is_run_file(Path(path))
+    with _atomic_write(path, mode, sync=sync) as f:
+        yield f
 
 
 def _running(pid: str) -> bool:
@@ -108,8 +101,8 @@ def _running(pid: str) -> bool:
     return True
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_write(path) as f:
+def _write_json(path: Path, data: dict[str, Any], sync: bool = True) -> None:
+    with atomic_write(path, sync=sync) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
 
@@ -269,18 +262,19 @@ class RunStore:
         """Write one done image: its maps (``save(file, image_sha256)`` writes the npz into an open binary file), the
         checks of its files (and ``image``, the :func:`file_check` of the image file's bytes that were decoded and
         measured, not of the file read again: a resume on other pictures under the same names is refused,
-        :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done)."""
+        :func:`~nlanalysis.extract.resume.plan_shard`), then its part (which marks it done). None is synced (module
+        docstring): a file a power loss empties fails its check, on resume and merge, and its image is redone."""
         checks: dict[str, Any] = {}
         if image is not None:
             checks[IMAGE_CHECK] = dict(image)
         if save is not None:
-            with atomic_write(self.maps_path(key), "wb") as f:
+            with atomic_write(self.maps_path(key), "wb", sync=False) as f:
                 save(f, checks[IMAGE_CHECK]["sha256"] if IMAGE_CHECK in checks else None)
             checks[f"maps/{key}.npz"] = file_check(self.maps_path(key).read_bytes())
         data = rows.to_csv(index=False).encode()
         checks[f"parts/{key}.csv"] = file_check(data)
-        _write_json(self.check_path(key), checks)
-        with atomic_write(self.part_path(key), "wb") as f:
+        _write_json(self.check_path(key), checks, sync=False)
+        with atomic_write(self.part_path(key), "wb", sync=False) as f:
             f.write(data)
         self.failure_path(key).unlink(missing_ok=True)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import pandas as pd
 
 from ..checkpoints.loader import save_atomic
 from ..data.scenes import SceneParams, demo_scenes_path, write_scenes
+from ..files import atomic_write
 from .compare import plain_config, check_same_job, results_frame
 from .data import SceneSet, load_scene_set
 from .loop import TrainConfig, TrainResult, train_variant
@@ -138,9 +138,8 @@ def run_training(job: TrainJob) -> pd.DataFrame:
 
 def _replace_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file (a killed job leaves the old file whole, not half a new one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def _run_file(out: Path, variant: str, seed: int) -> Path:
@@ -154,9 +153,7 @@ def _record_run(out: Path, result: TrainResult, config: TrainConfig, data: dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"config": json.loads(json.dumps(vars(config), default=list)), "data": data, "data_files": about,
               "result": {k: v for k, v in vars(result).items() if k != "checkpoints"}}  # fmt: skip
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    _replace_text(path, json.dumps(record, indent=1))
 
 
 def _done_run(out: Path, variant: str, config: TrainConfig, data: dict[str, str]) -> TrainResult | None:
