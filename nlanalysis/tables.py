@@ -35,7 +35,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -169,14 +170,28 @@ def _facts(part: pd.DataFrame, level: float) -> dict[str, object]:
     row["runs"] = part["label"].nunique() if "label" in part else 1
     n_units = part["_unit"].nunique()
     row["seeds"] = int(part["seed"].nunique()) if "seed" in part and part["seed"].notna().any() else math.nan
-    row["ci"] = (f"{level:.0%} t over {n_units} seed means (images within seeds)" if n_units > 1
-                 else f"{level:.0%} t over images")  # fmt: skip
+    metric: dict[str, int] = {}
     if "metric" in part and part["metric"].notna().any():
         per_unit = part.groupby("_unit", sort=False)["metric"].first()
         ci = mean_ci(per_unit.to_numpy(float), level=level)
         low = max(ci.low, 0.0) if (per_unit >= 0).all() and math.isfinite(ci.low) else ci.low  # mIoU, AP, accuracy >= 0
         row.update(metric_name=part["metric_name"].dropna().iloc[0], metric=ci.mean, metric_low=low, metric_high=ci.high)
+        metric = {str(row["metric_name"]): ci.n}  # the seeds whose checkpoint recorded it
+    row["ci"] = partial(_ci_text, level=level, n_units=n_units, metric=metric)  # given each statistic's count
     return row
+
+
+def _ci_text(used: Mapping[str, int], *, level: float, n_units: int, metric: Mapping[str, int]) -> str:
+    """A row's ``ci``: ``t over images``, or ``t over K seed means`` with K the most seeds any of its intervals is over
+    (``K of N`` where that is fewer than the row's N seeds), then each statistic over fewer (``used``: per statistic,
+    the seeds it was measured in; ``metric``: the task metric's; one measured in none is NaN, which says so)."""
+    if n_units <= 1:
+        return f"{level:.0%} t over images"
+    counts = {s: n for s, n in {**used, **metric}.items() if n > 0}
+    most = max(counts.values(), default=n_units)
+    fewer = [f"{s} over {n}" for s, n in counts.items() if n < most]
+    return (f"{level:.0%} t over {most if most == n_units else f'{most} of {n_units}'} seed means (images within seeds)"
+            + (f"; {', '.join(fewer)} of them" if fewer else ""))  # fmt: skip
 
 
 def summarise(
@@ -200,7 +215,8 @@ def summarise(
     Returns:
         Columns: the group keys, ``block``, ``mode``, ``query_independent``, ``images``
         (distinct images), ``rows`` (image results: images x runs), ``runs``, ``seeds``,
-        ``ci`` (how the intervals were formed), ``metric_name``,
+        ``ci`` (how the intervals were formed: over images, or over K seed means, K the most seeds any of the row's
+        intervals is over, each statistic or task metric over fewer named with its count), ``metric_name``,
         ``metric`` / ``metric_low`` / ``metric_high`` (over seeds), and ``STAT`` /
         ``STAT_low`` / ``STAT_high`` for each statistic, its interval cut to the statistic's
         range. Groups keep the order they first appear in, with steps in increasing order.

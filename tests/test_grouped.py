@@ -118,6 +118,28 @@ def test_a_statistic_missing_for_a_seed_is_over_the_other_seeds_and_the_ci_text_
     assert summarise(frame, by=("variant",), stats=("att",)).iloc[0]["ci"] == "95% t over 3 seed means (images within seeds)"
 
 
+def test_the_ci_text_counts_the_seeds_each_interval_is_over():
+    """One seed's statistic all NaN: a row whose every interval is over the other two seeds says 2 of 3, not 3; a task
+    metric missing for a seed (a checkpoint that did not record it) is named as a statistic is."""
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame({"variant": "v", "block": "b", "label": np.repeat(["s0", "s1", "s2"], 4), "seed": np.repeat([0.0, 1.0, 2.0], 4),
+                          "image_id": np.tile(np.arange(4), 3), "att": rng.uniform(0, 1, 12), "output": rng.uniform(0.5, 0.52, 12),
+                          "metric_name": "miou", "metric": np.repeat([0.41, 0.43, 0.40], 4)})  # fmt: skip
+    frame.loc[frame.seed == 2, "att"] = math.nan
+    no_metric = frame.drop(columns=["metric_name", "metric"])
+    row = summarise(no_metric, by=("variant",), stats=("att",)).iloc[0]
+    assert row["att"] == pytest.approx(frame[frame.seed < 2].groupby("seed")["att"].mean().mean())  # over the two seeds
+    assert row["ci"] == "95% t over 2 of 3 seed means (images within seeds)" and row["seeds"] == 3
+    no_metric.loc[no_metric.seed > 0, "output"] = math.nan  # measured in seed 0 only
+    row = summarise(no_metric, by=("variant",), stats=("att", "output")).iloc[0]
+    assert row["ci"] == "95% t over 2 of 3 seed means (images within seeds); output over 1 of them"
+    row = summarise(frame, by=("variant",), stats=("att", "output")).iloc[0]  # the metric's interval is over all three
+    assert row["ci"] == "95% t over 3 seed means (images within seeds); att over 2 of them"
+    frame.loc[frame.seed == 0, "metric"] = math.nan
+    row = summarise(frame, by=("variant",), stats=("output",)).iloc[0]
+    assert row["metric"] == pytest.approx(0.415) and row["ci"] == "95% t over 3 seed means (images within seeds); miou over 2 of them"
+
+
 def test_geometric_columns_are_the_exponentiated_t_interval_of_the_logs():
     rng = np.random.default_rng(3)
     lifts = np.exp(rng.normal(0.2, 0.4, size=8))

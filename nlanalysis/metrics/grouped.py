@@ -65,9 +65,9 @@ def grouped_intervals(
         bounds: ``{stat: (low, high)}``: each interval is cut to its statistic's range (a
             t-interval over few images can reach beyond it; cutting keeps its coverage).
         sort: groups in key order (default: in the order they first appear).
-        facts: more columns per group, placed after the keys (e.g. the number of images); where they
-            include a ``ci`` text, it gains ``"; STAT over K of them"`` for each statistic measured in
-            only K of the group's units (its interval is over those).
+        facts: more columns per group, placed after the keys (e.g. the number of images); a ``ci`` among them
+            that is callable is called with ``{STAT: K}``, the number of units (values, without ``unit``) each
+            statistic's interval is over, and its text kept (how the intervals were formed, counted as used).
         geometric: ratio columns among ``stats``: geometric mean and the exponentiated interval of the
             mean log (module docstring); values that are not positive and finite are left out; no ``bounds``.
 
@@ -84,12 +84,10 @@ def grouped_intervals(
         if facts is not None:
             row.update(facts(part))
         units = part[unit] if unit is not None else None
-        n_units = units.nunique() if units is not None else 0
-        fewer = []  # statistics measured in fewer units than the group has: their interval is over those only
+        used = {}  # per statistic, the units (values) its interval is over: a unit where it is all NaN is not
         for s in stats:
             ci = group_interval(part[s], units, level=level, method=method)
-            if n_units > 1 and 0 < ci.n < n_units:  # (a statistic measured in none: NaN says so)
-                fewer.append(f"{s} over {ci.n}")
+            used[s] = ci.n
             mean, low, high = ci.mean, ci.low, ci.high
             if s in geometric:
                 mean, low, high = float(np.exp(mean)), float(np.exp(low)), float(np.exp(high))
@@ -97,7 +95,7 @@ def grouped_intervals(
                 lo, hi = bounds[s]
                 low, high = float(np.clip(low, lo, hi)), float(np.clip(high, lo, hi))
             row.update({s: mean, f"{s}_low": low, f"{s}_high": high})
-        if fewer and "ci" in row:
-            row["ci"] = f"{row['ci']}; {', '.join(fewer)} of them"
+        if callable(row.get("ci")):
+            row["ci"] = row["ci"](used)
         rows.append(row)
     return pd.DataFrame(rows)
