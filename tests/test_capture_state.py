@@ -115,7 +115,8 @@ def test_the_input_size_is_each_forwards_own():
             model(list(torch.randn(2, 3, 32, 32)))  # the query (40, 50) px is not mapped with the 64x64 size of before
         cap.set_input_size((64, 64))
         model(list(torch.randn(2, 3, 64, 64)))
-    assert [(r.call, r.input_size) for r in cap.records] == [(0, (64, 64)), (0, (64, 64)), (1, (64, 64)), (1, (64, 64))]
+    # the forward that raised had index 1: the next is 2
+    assert [(r.call, r.input_size) for r in cap.records] == [(0, (64, 64)), (0, (64, 64)), (2, (64, 64)), (2, (64, 64))]
     with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
         model(torch.randn(2, 3, 64, 64))
         model(list(torch.randn(2, 3, 32, 32)))
@@ -149,3 +150,52 @@ def test_a_mask_of_another_size_than_the_input_is_refused():
         cap.set_valid(torch.ones(2, 32, 32, dtype=torch.bool))
         model(list(x))
     assert len(cap.records) == 2 and cap.records[0].input_size == (32, 32)
+
+
+class _Fails(Exception):
+    pass
+
+
+def _fail_once(module) -> list:
+    """Make ``module``'s next run raise (after the sites before it were measured); returns the handle list."""
+    def hook(mod, args):
+        handles[0].remove()
+        raise _Fails
+
+    handles = [module.register_forward_pre_hook(hook)]
+    return handles
+
+
+@pytest.mark.parametrize("vit", [False, True], ids=["NL", "ViT"])
+def test_a_forward_that_raised_does_not_lend_its_index_to_the_next(vit):
+    """A forward that raises after some sites ran never reaches the model's output: its records kept the next forward's
+    call index, and a ViT's first layer in the next forward took the failed forward's last rows as its previous
+    layer (cross_site_cos measured against another forward's layer, where it has none)."""
+    torch.manual_seed(0)
+    if vit:
+        model, x = _timm(), torch.randn(2, 3, 28, 28)
+        late, options = model.blocks[1], {"query_dependence": "cheap", "jsd_pairs": 0}
+    else:
+        model, x = randomize_(NLGCNet()).eval(), torch.randn(2, 3, 32, 32)
+        late, options = model.gc, {"jsd_pairs": 0}  # sampled pairs: the generator has moved on
+    make = ViTCapture if vit else Capture
+    with torch.no_grad(), make(model, **options) as cap:
+        _fail_once(late)
+        with pytest.raises(_Fails):
+            model(x)
+        failed = [rec.call for rec in cap.records]
+        model(x)
+        calls = [rec.call for rec in cap.records[len(failed):]]
+    assert failed and calls and set(failed).isdisjoint(calls), (failed, calls)
+    with torch.no_grad(), make(model, **options) as fresh:
+        model(x)
+    assert [r.name for r in cap.records[len(failed):]] == [r.name for r in fresh.records]
+    for got, want in zip(cap.records[len(failed):], fresh.records):
+        _same_stats(got.stats, want.stats)
+    if vit:
+        got = [v for (call, *_), v in cap.cross_site.items() if call == calls[0]]
+        want = list(fresh.cross_site.values())
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, equal_nan=True)
+        assert torch.isnan(got[0]).all(), "the first layer of a forward has no previous layer"

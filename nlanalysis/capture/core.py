@@ -320,7 +320,8 @@ class Capture:
         self.generator = torch.Generator().manual_seed(seed)
         self.records: list[SiteRecord] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._calls = 0
+        self._calls = 0  # the index of the forward running (or last run): its records' ``call``
+        self._started = 0  # forwards started, a failed one too: each has its own index
         self._ran = 0  # site hooks run in this forward (a compiled model runs none: it is said once)
         self._uses: dict[str, int] = {}  # records of each site in this forward: a module called twice has two
         self._warned_twice = False
@@ -393,6 +394,9 @@ class Capture:
         """A forward starts: it takes what ``set_*`` gave since the last one (readable until the next starts)."""
         self._ran = 0
         self._uses = {}
+        # its own index, set as it starts: a forward that raised after some sites ran never reached the output hook,
+        # and its records (and the caches keyed on the index: a ViT's previous-layer rows) would pass as the next one's
+        self._calls, self._started = self._started, self._started + 1
         given, self._next = self._next, {}
         self._valid, self._objects = given.get("valid"), given.get("objects")
         first = args[0] if args else next(iter(kwargs.values()), None)
@@ -400,7 +404,7 @@ class Capture:
         self._input_size = (first.shape[-2], first.shape[-1]) if four_d else given.get("size")
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._calls += 1
+        self._calls = self._started  # sites run outside a forward from now on are the next forward's, as it starts
         if self.blocks and not self._ran and not self._warned_none:
             self._warned_none = True
             compiled = type(self.model).__name__ == "OptimizedModule"
