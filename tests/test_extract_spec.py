@@ -41,6 +41,8 @@ def test_a_bad_spec_fails_when_made_with_the_flags_named():
         (lambda: OutputSpec("run", queries="grid:0"), "--queries 'grid:0': expected grid:K"),
         (lambda: RunningSpec(batch_size=0), "--batch-size must be >= 1"),
         (lambda: RunningSpec(workers=-1), "--workers >= 0"),
+        (lambda: RunningSpec(read_timeout=5), "--read-timeout 5: needs seconds > 0 and --workers 1 or more"),
+        (lambda: RunningSpec(workers=1, read_timeout=0), "--read-timeout 0: needs seconds > 0"),
         (lambda: RunSpec(model, files, OutputSpec("run", queries="objects:2")), "--queries objects:K needs annotated images"),
     ]
     for make, message in cases:

@@ -90,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int,
                      help="images per forward; only equal input shapes are batched (default: 1 for NL/GC, 8 for ViTs)")  # fmt: skip
     run.add_argument("--workers", type=int, default=0, help="DataLoader processes for reading/preprocessing (default 0)")
+    run.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                     help="with --workers: a worker that reads one image for longer is killed and the image read again "
+                     "once, then recorded as failed (a hung decoder); default: no limit")  # fmt: skip
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
     run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")
@@ -153,7 +156,8 @@ def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:
         output=OutputSpec(args.out, save_maps=args.save_maps, queries=args.queries),
         measure=MeasureSpec(jsd_pairs=args.jsd_pairs, controls=args.controls, batch_seed=args.batch_seed,
                             query_dependence=args.query_dependence, locality_control=args.locality_control),
-        running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard),
+        running=RunningSpec(device=args.device, batch_size=args.batch_size, workers=args.workers, shard=args.shard,
+                            read_timeout=args.read_timeout),
         seed=args.seed,
     )
 

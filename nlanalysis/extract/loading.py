@@ -1,12 +1,13 @@
 """Reading one image of an extract run, in DataLoader workers: its pixels in the frame its annotations are in, its
-preprocessing and object labels (:class:`ImageDataset`; any error is that image's failure), and the workers' set-up."""
+preprocessing and object labels (:class:`ImageDataset`; any error is that image's failure, and the image is marked as
+being read meanwhile: :mod:`.readers`), and the workers' set-up."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..data.images import read_image_file
 from ..data.transforms import Prepared
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec
+from .readers import ReadMarker
 from .resume import release_inherited_claims
 from .sources import ImageItem
 from .store import file_check
@@ -40,14 +42,25 @@ class Loaded:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool) -> None:
+    """The images ``items``, each read and prepared (:class:`Loaded`) under ``marker`` (the image being read, in a file
+    that outlives a crashing decoder); those of ``skip`` (``{key: failure reason}``) fail unread."""
+
+    def __init__(self, items: list[ImageItem], prepare: Callable[[np.ndarray], Prepared], queries: QuerySpec | None, objects: bool,
+                 marker: ReadMarker | None = None, skip: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.items, self.prepare, self.queries, self.objects = items, prepare, queries, objects
+        self.marker, self.skip = marker, dict(skip or {})
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> Loaded:
         item = self.items[i]
+        if item.key in self.skip:  # its reader died on it twice
+            return Loaded(item, error=self.skip[item.key])
+        with self.marker.reading(item) if self.marker is not None else contextlib.nullcontext():
+            return self._read(item)
+
+    def _read(self, item: ImageItem) -> Loaded:
         try:
             data = read_image_file(item.path)  # read once: the bytes decoded are the bytes hashed
             prep = self.prepare(_annotated_pixels(item, data))

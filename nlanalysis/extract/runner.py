@@ -19,9 +19,13 @@ Determinism (what makes a resumed run equal an uninterrupted one row for row):
   (``att_jsd_stderr``) unless the batch size is 1.
 * Random choices are seeded from ``(seed, image key)`` (queries) or ``(seed, keys of the batch)``
   (JSD pairs and controls; or ``MeasureSpec.batch_seed``), never from the order images are processed in.
+* An image whose reading process died on it twice (a crashing or, with ``read_timeout``, hung decoder: :mod:`.readers`)
+  fails unread, in its planned batch: its batch mates are measured as beside any image that cannot be read. A loader
+  whose worker died is made again for the batches not yet measured: nothing is measured twice or skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +34,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,8 +51,9 @@ from .analyses import Analysis, LayerMaps, load_analysis
 from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
 from .maps import save_image_maps
 from .queries import QuerySpec, select_queries
+from .readers import Readers, ReadMarker
 from .results import summarize
-from .resume import ShardPlan, claim_shard, plan_shard
+from .resume import claim_shard, plan_shard
 from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
@@ -196,12 +201,17 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(dev), "batch_size": batch_size,
             "workers": spec.running.workers, "images": len(plan.items), "skipped": len(plan.items) - plan.n_todo, "done": 0,
             "failed": 0, "redone_damaged": [{"key": k, "why": why} for k, why in plan.redone.items()],
+            **({"read_timeout": spec.running.read_timeout} if spec.running.read_timeout else {}),
         }  # fmt: skip
         store.write_session(shard_name, session)
+        readers = Readers(store, shard_name, session, spec.running.read_timeout)
         work = _BatchWork(spec, analysis, store, dev, plan.done_before, use_objects)
         try:
-            _loop(_loader(spec, analysis, plan, use_objects), work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
+            readers.recover()  # an image an earlier session's reader died on: counted, skipped at its second death
+            batches = readers.batches(partial(_loader, spec, analysis, plan.items, use_objects, readers.marker), plan.todo)
+            _loop(batches, work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
         finally:
+            readers.close()
             session["finished"] = now() if session["done"] + session["failed"] == plan.n_todo else None
             session["seconds"] = round(time.perf_counter() - t0, 3)
             store.write_session(shard_name, session)
@@ -212,13 +222,15 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
                          time.perf_counter() - t0, run_info, summarize(metrics))  # fmt: skip
 
 
-def _loader(spec: RunSpec, analysis: Analysis, plan: ShardPlan, use_objects: bool) -> torch.utils.data.DataLoader:
-    """The loader of the shard's batches left (images read in DataLoader workers with ``workers > 0``)."""
-    workers = spec.running.workers
+def _loader(spec: RunSpec, analysis: Analysis, items: list[ImageItem], use_objects: bool, marker: ReadMarker,
+            batches: Sequence[list[int]], skip: Mapping[str, str]) -> torch.utils.data.DataLoader:  # fmt: skip
+    """The loader of ``batches`` of ``items`` (images read in DataLoader workers with ``workers > 0``), each image marked
+    as being read (``marker``) but those of ``skip`` (``{key: failure reason}``), which fail unread (:mod:`.readers`)."""
+    workers, queries = spec.running.workers, spec.query_spec() if spec.output.save_maps else None
     return torch.utils.data.DataLoader(
-        ImageDataset(plan.items, analysis.prepare, spec.query_spec() if spec.output.save_maps else None, use_objects),
-        batch_sampler=plan.todo, num_workers=workers, collate_fn=list, worker_init_fn=partial(worker_init, parent=os.getpid(), forked=forks()) if workers else None,
-        prefetch_factor=2 if workers else None,
+        ImageDataset(items, analysis.prepare, queries, use_objects, marker, skip),
+        batch_sampler=batches, num_workers=workers, collate_fn=list, worker_init_fn=partial(worker_init, parent=os.getpid(), forked=forks()) if workers else None,
+        prefetch_factor=2 if workers else None, timeout=spec.running.read_timeout or 0,
     )  # fmt: skip
 
 
@@ -240,15 +252,17 @@ def _select(spec: RunSpec) -> list[ImageItem]:
 
 
 def _loop(
-    loader: Any, work: Callable[[list[Loaded]], tuple[int, int]], session: dict[str, Any], total: int, progress: bool, desc: str
+    batches: Generator[list[Loaded], None, None], work: Callable[[list[Loaded]], tuple[int, int]], session: dict[str, Any], total: int, progress: bool,
+    desc: str,
 ) -> None:
-    """Run ``work`` over the loader's batches, counting into ``session``, with a progress bar."""
+    """Run ``work`` over the batches, counting into ``session``, with a progress bar; the batches are closed (their
+    workers shut down) when it ends."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="img", disable=not progress, desc=desc, dynamic_ncols=True)
     try:
-        with torch.inference_mode():
-            for batch in loader:
+        with torch.inference_mode(), contextlib.closing(batches):
+            for batch in batches:
                 done, failed = work(batch)
                 session["done"] += done
                 session["failed"] += failed

@@ -213,16 +213,22 @@ class RunningSpec:
             analysis' own, 1 for NL/GC blocks, 8 for ViTs).
         workers: DataLoader processes for reading and preprocessing (0: this process).
         shard: ``"I/N"`` or ``(I, N)`` (0-based); ``None``: torchrun's ``RANK``/``WORLD_SIZE``.
+        read_timeout: seconds a worker may read one image; one that reads longer is killed, as if its decoder had
+            crashed (:mod:`.readers`). Needs ``workers >= 1``: a decoder hung in this process cannot be stopped.
     """
 
     device: str = "cpu"
     batch_size: int | None = None
     workers: int = 0
     shard: str | tuple[int, int] | None = None
+    read_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if (self.batch_size is not None and self.batch_size < 1) or self.workers < 0:
             raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
+        if self.read_timeout is not None and not (self.read_timeout > 0 and self.workers >= 1):
+            raise ValueError(f"--read-timeout {self.read_timeout}: needs seconds > 0 and --workers 1 or more (a decoder that "
+                             "hangs in extract's own process cannot be stopped)")  # fmt: skip
         if isinstance(self.shard, list):
             object.__setattr__(self, "shard", tuple(self.shard))
 

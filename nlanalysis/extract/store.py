@@ -11,7 +11,9 @@ Layout of ``RUN_DIR``::
     checks/KEY.json   size and sha256 of the image's part and maps, written just before its part
     failed/KEY.json   why one image failed (removed if a later session analyses it)
     maps/KEY.npz      the image's query maps (``--save-maps``; see ``nlanalysis.extract.maps``)
-    shards/I-of-N.json  the sessions of one shard (start, end, device, command, counts)
+    shards/I-of-N.json  the sessions of one shard (start, end, device, command, counts, readers that died)
+    shards/I-of-N.reading/READER  the image a reading process is on (``nlanalysis.extract.readers``; gone when a
+                      session ends alive, never merged)
 
 Every file is written to a temporary name in its folder and renamed (:func:`nlanalysis.files.atomic_write`), so a
 process killed at any point leaves each file either complete or absent; ``maps/KEY.npz`` is

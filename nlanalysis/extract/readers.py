@@ -1,0 +1,303 @@
+"""The processes that read images (extract itself, or its DataLoader workers), and the images that kill or hang them.
+
+A decoder that crashes (a segfault in C, the OOM killer) takes its process with it, before any failure can be
+written: the image would be read again on every resume, and the run never finish. So each reading process marks the
+image it is reading in a small file of the result set, ``shards/I-of-N.reading/READER`` (``main`` or ``worker-N``: the
+image's key, the process, the session), put back to an empty line once the image is decoded (:class:`ReadMarker`).
+A marker left by a process that is gone names the image it died on:
+
+* found on resume (:meth:`Readers.recover`): extract died while it, or one of its workers, read that image (a
+  worker's counts too: an OOM killer that takes a whole container takes extract with it);
+* found while running (:meth:`Readers.batches`): a DataLoader worker died (the DataLoader raises a RuntimeError, only
+  ever inside ``next``: :class:`_WorkerErrorsInNext`) or, with ``--read-timeout``, has read one image for longer (it is
+  killed); the loader is made again for the batches not yet measured.
+
+One death does not blame an image (a power loss or a ``kill -9`` of extract also leaves a marker): it is recorded in
+the session (``shards/I-of-N.json``, ``reader_deaths``, synced: the count survives the next crash) and named on
+stderr; the image is read again. At its second death the image fails (``failures.csv``, with why) and is not read
+again, on this or any later resume: its batch mates are measured as beside an image that cannot be read.
+
+A marker is written without ``fsync`` (one ``pwrite`` before an image and one after, ~15 microseconds): a killed
+process's writes stay in the page cache, and a power loss, which is no image's fault, may lose it. Markers go when a
+session ends alive; merge and the readers of a result set never look at them.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import file_kind
+from .sources import ImageItem
+from .store import RunStore, _read_json, _running, is_run_file, now
+
+__all__ = ["ReadMarker", "Readers"]
+
+#: the first words of the DataLoader's errors when one of its workers is gone (torch 1.x-2.x)
+_WORKER_DIED = "DataLoader worker (pid"
+_MAIN = "main"
+
+
+class ReadMarker:
+    """The marker of the image this process reads, in ``folder`` (one file per reader; picklable: a DataLoader worker
+    opens its own file the first time it reads)."""
+
+    def __init__(self, folder: str | os.PathLike[str], session: str) -> None:
+        self.folder, self.session = Path(folder), session
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder, "session": self.session}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    @contextlib.contextmanager
+    def reading(self, item: ImageItem) -> Iterator[None]:
+        """Mark ``item`` as being read by this process for the block; an empty line again when it ends (a Python error
+        is the image's failure, not a death)."""
+        fd = self._open()
+        record = {"key": item.key, "path": str(item.path), "reader": _reader(), "pid": os.getpid(), "host": socket.gethostname(),
+                  "session": self.session, "since": time.time()}  # fmt: skip
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)  # one write: a killed process leaves it whole or unread
+        try:
+            yield
+        finally:
+            os.pwrite(fd, b"\n", 0)  # only the first line is read: what follows it is an older record's tail
+
+    def _open(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked worker: the descriptor is the parent's file
+            path = self.folder / _reader()
+            is_run_file(path)  # a directory or a named pipe there is named, not opened
+            self._fd, self._pid = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644), os.getpid()
+        return self._fd
+
+    def close(self) -> None:
+        """Close this process's marker file (it stays)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
+def _reader() -> str:
+    info = torch.utils.data.get_worker_info()
+    return _MAIN if info is None else f"worker-{info.id}"
+
+
+class Readers:
+    """The readers of one session of a shard: their markers, the deaths found, the images no longer read (``skip``:
+    ``{key: failure reason}``)."""
+
+    def __init__(self, store: RunStore, shard: str, session: dict[str, Any], read_timeout: float | None = None) -> None:
+        self.store, self.shard, self.session, self.read_timeout = store, shard, session, read_timeout
+        self.folder = store.shards / f"{shard}.reading"
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{self.folder}: is {file_kind(self.folder.stat().st_mode, 'a folder')}, not a folder; the result "
+                             "set is damaged")  # fmt: skip
+        self.folder.mkdir(exist_ok=True)
+        self.marker = ReadMarker(self.folder, session["id"])
+        self.skip: dict[str, str] = {}
+
+    def recover(self) -> None:
+        """Record the deaths the markers left in the folder tell (earlier sessions' processes, all gone: the shard is
+        this one's), remove the markers, and set :attr:`skip` from every death recorded in the run."""
+        deaths = []
+        for marker, record in self._markers():
+            if record is not None and record["session"] != self.session["id"] and not _still_running(record):
+                who = "extract" if record["reader"] == _MAIN else f"extract's DataLoader {record['reader']}"
+                deaths.append(_death(record, f"{who}, pid {record['pid']}, signal unknown"))
+        self._record(deaths, "an earlier extract died while reading it")
+        for marker, _ in self._markers():
+            marker.unlink(missing_ok=True)
+        self._set_skip()
+
+    def batches(self, make_loader: Callable[[Sequence[list[int]], Mapping[str, str]], Any], todo: Sequence[list[int]]
+                ) -> Generator[list[Any], None, None]:  # fmt: skip
+        """The loader's batches of ``todo`` (``make_loader(batches, skip)``), the loader made again for the batches left
+        where a worker died reading an image or, after ``read_timeout`` seconds on one, was killed."""
+        start = 0
+        while start < len(todo):
+            it = iter(make_loader(todo[start:], dict(self.skip)))  # (torch sets its SIGCHLD handler at the first)
+            with _WorkerErrorsInNext() as guard:
+                try:
+                    while True:
+                        try:
+                            batch = guard.next(it)
+                        except StopIteration:
+                            return
+                        except RuntimeError as err:
+                            if self._dead_worker(err):
+                                break  # recorded: a new loader for the batches left
+                            continue  # a timeout with no image read for that long: wait on
+                        start += 1
+                        yield batch
+                finally:
+                    it = None  # its last reference: the workers shut down, a killed one's signal raising nowhere
+
+    def close(self) -> None:
+        """Remove the markers (the session ends alive: no reader died in it unrecorded); what is not a file stays, to be
+        named by the next session."""
+        self.marker.close()
+        for path in self.folder.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
+    # -- deaths --------------------------------------------------------------------------------------------------
+    def _dead_worker(self, err: RuntimeError) -> bool:
+        """Record a worker's death (or kill a hung worker) that ``err`` tells of; ``False``: a timeout before any image
+        was read for ``read_timeout`` seconds (wait on). Raises ``err`` where no marker explains it."""
+        live = {p.pid for p in multiprocessing.active_children()}  # (joins the dead)
+        marks = [(m, r) for m, r in self._markers() if r is not None and r["session"] == self.session["id"] and r["reader"] != _MAIN]
+        dead = [(m, r) for m, r in marks if r["pid"] not in live]
+        if dead:
+            cause = err.__cause__ if str(err.__cause__).startswith(_WORKER_DIED) else err  # "killed by signal: ...", if torch said
+            self._record([_death(r, str(cause).strip().rstrip(".")) for _, r in dead], "the DataLoader worker reading it died")
+            for m, _ in dead:
+                m.unlink(missing_ok=True)
+            return True
+        if self.read_timeout and "timed out" in str(err):
+            hung = [(m, r) for m, r in marks if time.time() - r["since"] > self.read_timeout]
+            for _, r in hung:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(r["pid"], signal.SIGKILL)
+            how = f"a DataLoader worker read it for more than {self.read_timeout:g} s (--read-timeout) and was killed"
+            self._record([_death(r, how) for _, r in hung], "the DataLoader worker reading it hung")
+            for m, _ in hung:
+                m.unlink(missing_ok=True)
+            return bool(hung)
+        if str(err).startswith(_WORKER_DIED):
+            raise RuntimeError(f"{err}; it was reading no image (none is suspected): rerun the same command to resume") from err
+        raise err
+
+    def _record(self, deaths: list[dict[str, Any]], what: str) -> None:
+        """Add new ``deaths`` to the session (on the disk, synced, before their markers go), name each image on stderr,
+        and skip every image that died twice."""
+        known = {_identity(d) for d in self._recorded()}
+        new = [d for d in deaths if _identity(d) not in known]
+        if not new:
+            return
+        self.session.setdefault("reader_deaths", []).extend(new)
+        self.store.write_session(self.shard, self.session)
+        skipped = set(self._set_skip())
+        for d in new:
+            if d["key"] in skipped:
+                print(f"nlanalysis extract: warning: {d['path']}: the process reading it died twice while decoding it: recorded "
+                      "in failures.csv and skipped", file=sys.stderr)  # fmt: skip
+            else:
+                print(f"nlanalysis extract: warning: {d['path']}: {what} ({d['how']}); suspected of crashing or hanging its "
+                      "decoder: it is read again, and if its reader dies on it again it is recorded in failures.csv and skipped",
+                      file=sys.stderr)  # fmt: skip
+
+    def _set_skip(self) -> dict[str, str]:
+        """:attr:`skip`: the images whose readers died twice (every session of the run), with their failure reason."""
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        seen = set()
+        for d in self._recorded():
+            if _identity(d) not in seen:
+                seen.add(_identity(d))
+                by_key.setdefault(d["key"], []).append(d)
+        self.skip = {
+            key: f"{ds[0]['path']}: the reading process died twice while decoding this image ({'; '.join(d['how'] for d in ds)}); "
+                 "skipped (a crash or a hang of its decoder, or the OOM killer, most likely): it is not read again on resume"
+            for key, ds in by_key.items() if len(ds) >= 2
+        }  # fmt: skip
+        return self.skip
+
+    def _recorded(self) -> list[dict[str, Any]]:
+        """The deaths every session of the run recorded (this one's as in memory)."""
+        out = []
+        for path in sorted(self.store.shards.glob("*.json")):
+            if not path.name.startswith("."):
+                for s in _read_json(path).get("sessions") or []:
+                    if isinstance(s, dict) and s.get("id") != self.session["id"]:
+                        out += s.get("reader_deaths") or []
+        out += self.session.get("reader_deaths") or []
+        return [d for d in out if isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("key", "path", "how"))]
+
+    def _markers(self) -> list[tuple[Path, dict[str, Any] | None]]:
+        """The marker files and what each holds (``None``: an idle reader, or a record cut short by its writer's death)."""
+        out = []
+        for path in sorted(self.folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            is_run_file(path)  # a pipe or a folder is named, not opened
+            with open(path, "rb") as f:
+                first = f.readline(1 << 16).decode(errors="replace").strip()
+            out.append((path, _parse(first)))
+        return out
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line) if line else None
+    except ValueError:
+        return None
+    fields = {"key": str, "path": str, "reader": str, "pid": int, "host": str, "session": str, "since": (int, float)}
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return None
+    return record
+
+
+def _still_running(record: dict[str, Any]) -> bool:
+    """Whether a marker's process still runs on this machine (an orphaned worker); another machine's cannot be told."""
+    return record["host"] == socket.gethostname() and _running(str(record["pid"]))
+
+
+def _death(record: dict[str, Any], how: str) -> dict[str, Any]:
+    since = _dt.datetime.fromtimestamp(record["since"], _dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return {"key": record["key"], "path": record["path"], "reader": record["reader"], "pid": record["pid"], "host": record["host"],
+            "session": record["session"], "reading_since": since, "found": now(), "how": how}  # fmt: skip
+
+
+def _identity(death: dict[str, Any]) -> tuple[Any, ...]:
+    """One death, however often it is found (a session killed between recording it and removing its marker)."""
+    return tuple(str(death.get(k)) for k in ("session", "host", "pid", "key"))
+
+
+class _WorkerErrorsInNext:
+    """Torch's SIGCHLD handler raises a dead worker's RuntimeError wherever the main process is (inside a forward it
+    would read as that batch's failure; inside a write, leave a batch half written): while installed, it raises only
+    inside :meth:`next` (at once if the signal came during other work). Nothing changes where torch set no handler."""
+
+    def __enter__(self) -> _WorkerErrorsInNext:
+        self.torch = signal.getsignal(signal.SIGCHLD)
+        self.waiting = self.pending = False
+        self.installed = callable(self.torch) and threading.current_thread() is threading.main_thread()
+        if self.installed:
+            signal.signal(signal.SIGCHLD, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGCHLD, self.torch)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.waiting:
+            self.torch(signum, frame)
+        else:
+            self.pending = True
+
+    def next(self, it: Iterator[Any]) -> Any:
+        self.waiting = True
+        try:
+            if self.pending:
+                self.pending = False
+                self.torch(signal.SIGCHLD, None)
+            return next(it)
+        finally:
+            self.waiting = False

@@ -1,0 +1,155 @@
+"""An image whose decoder kills (or hangs) the process reading it: counted once, skipped after a second death, and
+the run finishes with every other image's rows as a run without it."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_photos
+from nlanalysis.cli import main
+from nlanalysis.extract import load_run, merge_runs
+
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+BAD = "photo_002.jpg"
+
+#: extract in a process whose decoder dies on one file (CRASH_ON): SIGKILL, as a segfault in a C decoder or the OOM
+#: killer would, or a sleep that never ends (CRASH_HOW=hang); DataLoader workers forked from it inherit the patch
+CRASHING = """
+import os, signal, sys, time
+from pathlib import Path
+import nlanalysis.extract.loading as loading
+from nlanalysis.cli import main
+
+original = loading.load_image
+
+def load_image(path, *args, **kwargs):
+    if Path(path).name == os.environ["CRASH_ON"]:
+        if os.environ.get("CRASH_HOW") == "hang":
+            time.sleep(600)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(path, *args, **kwargs)
+
+loading.load_image = load_image
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    write_photos(root / "images", n=4, max_side=96)
+    return root, tiny_checkpoint(root / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def clean(data):
+    """A folder of the same images but the bad one, and its run (``clean/run``)."""
+    root, ckpt = data
+    clean = root / "clean"
+    write_photos(clean / "images", n=4, max_side=96)
+    (clean / "images" / BAD).unlink()
+    assert main(images_extract_args(clean, ckpt, clean / "run")) == 0
+    return clean
+
+
+@pytest.fixture(scope="module")
+def without_bad(clean):
+    """metrics.csv of a run over the same folder without the bad image."""
+    return pd.read_csv(clean / "run" / "metrics.csv")
+
+
+def _crashing(data, out, *extra, how="kill"):
+    root, ckpt = data
+    env = dict(os.environ, OMP_NUM_THREADS="1", CRASH_ON=BAD, CRASH_HOW=how)
+    proc = subprocess.run([sys.executable, "-c", CRASHING, *images_extract_args(root, ckpt, out, *extra)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return proc.returncode, proc.stderr
+
+
+def _finished_without_bad(out, without_bad, stderr):
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["file_name"].tolist() == [BAD], stderr
+    assert "died twice while decoding this image" in failures["reason"][0] and "skipped" in failures["reason"][0]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), without_bad)
+    assert not any("reading" in p.name for p in out.rglob("*")), "markers left in a finished result set"
+
+
+def test_a_decoder_that_kills_extract_is_skipped_at_its_second_death(data, without_bad, tmp_path):
+    out = tmp_path / "run"
+    rc, err = _crashing(data, out)
+    assert rc == -signal.SIGKILL, err  # the first death: nothing could be written
+    assert (out / "shards" / "0-of-1.reading" / "main").read_text().startswith('{"key": "photo_002.jpg')
+    rc, err = _crashing(data, out)  # one death does not blame an image (a kill -9 leaves the same trace): read again
+    assert rc == -signal.SIGKILL, err
+    assert BAD in err and "suspected" in err  # said after the first death
+    assert not load_run(out).complete and len(load_run(out).metrics)  # a died run's markers: read past, never merged
+    merge_runs([out], tmp_path / "merged")
+    assert not any("reading" in p.name for p in (tmp_path / "merged").rglob("*"))
+    rc, err = _crashing(data, out)  # the second death is counted: the image is skipped, the run finishes
+    assert rc == 1, err
+    _finished_without_bad(out, without_bad, err)
+    rc, err = _crashing(data, out)  # resumed again: nothing left, the skipped image is not read again
+    assert rc == 1, err
+    _finished_without_bad(out, without_bad, err)
+    sessions = json.loads((out / "run.json").read_text())["shards"]["0-of-1"]
+    assert [len(s.get("reader_deaths", [])) for s in sessions] == [0, 1, 1, 0]  # each death once, in the session that found it
+
+
+def test_a_dead_dataloader_worker_is_replaced_and_its_image_skipped_at_its_second_death(data, without_bad, tmp_path):
+    out = tmp_path / "run"
+    rc, err = _crashing(data, out, "--workers", "1")
+    assert rc == 1, err  # one session: the worker died twice on the image, the rest was read by new workers
+    assert "suspected" in err and BAD in err
+    _finished_without_bad(out, without_bad, err)
+
+
+def test_a_hanging_decoder_is_killed_after_the_read_timeout(data, without_bad, tmp_path):
+    out = tmp_path / "run"
+    rc, err = _crashing(data, out, "--workers", "1", "--read-timeout", "1", how="hang")
+    assert rc == 1, err
+    _finished_without_bad(out, without_bad, err)
+    assert "--read-timeout" in pd.read_csv(out / "failures.csv")["reason"][0]
+
+
+def test_a_marker_that_is_not_a_file_is_named_not_opened(clean, data, tmp_path, capsys):
+    out = shutil.copytree(clean / "run", tmp_path / "run")
+    (out / "shards" / "0-of-1.reading").mkdir()
+    os.mkfifo(out / "shards" / "0-of-1.reading" / "main")  # opening it would wait for a writer
+    line = cli_error(capsys, images_extract_args(clean, data[1], out))
+    assert f"{out / 'shards' / '0-of-1.reading' / 'main'}: is a named pipe, not a regular file" in line
+
+
+class _DiesOn(torch.utils.data.Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        if i == 1:
+            time.sleep(0.3)  # after item 0 reached the main process
+            os.kill(os.getpid(), signal.SIGKILL)
+        return i
+
+
+def test_a_dead_workers_error_comes_from_next_not_from_the_work_between_batches():
+    """Torch's SIGCHLD handler raises a worker's death wherever the main process is: inside a forward, extract read it as
+    the batch's own failure. Under the guard the work between batches goes on and the next ``next`` raises."""
+    from nlanalysis.extract.readers import _WorkerErrorsInNext
+
+    it = iter(torch.utils.data.DataLoader(_DiesOn(), batch_size=None, num_workers=1))
+    try:
+        with _WorkerErrorsInNext() as guard:
+            assert guard.next(it) == 0
+            time.sleep(1.0)  # the work on batch 0, while the worker dies on item 1
+            with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid \d+\) is killed by signal"):
+                guard.next(it)
+    finally:
+        del it
