@@ -68,12 +68,25 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", *, encoding: str
         if sync:
             fsync_folder(path.parent)
     except OSError as err:
-        if err.filename is not None or isinstance(err, FileNotFoundError):
+        named = _naming(err, path, tmp)
+        if named is err:
             raise
-        raise type(err)(err.errno, f"{err.strerror or err} (writing {path})") from err
+        raise named from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _naming(err: OSError, path: Path, tmp: Path) -> OSError:
+    """``err`` as it should reach the user: naming ``path`` where it named the hidden temporary file or nothing (a
+    full disk's write error), unchanged where it names another file."""
+    if err.filename is not None and Path(err.filename) != tmp:
+        return err
+    if err.errno is None:
+        return type(err)(f"{err} (writing {path})")
+    if err.filename is not None:  # the temporary file: the user knows the name written, not the hidden one
+        return type(err)(err.errno, err.strerror, str(path))
+    return type(err)(err.errno, f"{err.strerror or err} (writing {path})")
 
 
 def fsync_folder(folder: str | os.PathLike[str]) -> None:

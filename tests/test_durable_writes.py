@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from nlanalysis.files import atomic_write
+
 
 def _inode(path):
     st = os.stat(path)
@@ -151,3 +153,23 @@ def test_a_merged_run_is_synced_before_it_is_renamed_in(tmp_path, disk):
     entries = [out, *out.rglob("*")]  # parts, checks, maps, shards, failed, run.json, metrics.csv, ... and the folders
     assert len(entries) > 10 and {_inode(p) for p in entries} <= {e[1] for e in disk[:renamed]}
     assert disk[renamed + 1 :] == [("fsync", _inode(tmp_path))]
+
+
+def test_a_failed_write_names_the_file_written_not_its_hidden_temporary(tmp_path):
+    """A missing folder was reported as '.../nodir/.x.csv.PID.tmp' (a name the user never gave), and an OSError with no
+    errno as '[Errno None] ...'; another file's error keeps its own name."""
+    target = tmp_path / "nodir" / "x.csv"
+    with pytest.raises(FileNotFoundError) as info:
+        with atomic_write(target) as f:
+            f.write("a")
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
+    with pytest.raises(OSError) as info:
+        with atomic_write(tmp_path / "y.csv") as f:
+            raise OSError("custom message")
+    assert str(info.value) == f"custom message (writing {tmp_path / 'y.csv'})"
+    other = tmp_path / "elsewhere.bin"
+    with pytest.raises(PermissionError) as info:
+        with atomic_write(tmp_path / "z.csv") as f:
+            raise PermissionError(13, "Permission denied", str(other))
+    assert info.value.filename == str(other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no temporary file is left"
