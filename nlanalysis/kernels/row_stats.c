@@ -121,12 +121,13 @@ int nl_log_positive(const float *x, int64_t n, float *out) {
  * weights (below 1.2e-38 they are flushed anyway) contribute under 1e-35. */
 
 /* One row's share of the sums (ts[0], ts[stride], ... : entropy, largest weight / mass, non-zero,
- * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). n2: sum_j r_j^2, summed by the caller's
- * pass over r, used where the largest weight pk >= 1e-10 (every square it drops below the float range is then
- * under 1e-17 of n2); otherwise the norm is taken here of r / pk (entries <= 1, the largest exactly 1): squares
- * of weights below ~1e-19 underflow in float. */
+ * zero, prefix mass) and of the sum of unit rows (acc += r / ||r||). n2: sum_j r_j^2 in double, summed by the
+ * caller's pass over r. The norm, the scale 1 / ||r|| and each r_j / ||r|| are double: float32 left every unit
+ * row's norm 1 +- ~1e-7, a floor of ~1e-7 under att = 1 - ||sum||^2 / n^2 (rows that differ by 1e-4, as a freshly
+ * initialised block's, have att ~1e-8). No square underflows in double (weights below 1.2e-38 are flushed to 0),
+ * so no row needs rescaling by its largest weight first. */
 static inline void add_row(double *ts, int64_t stride, double *acc, const float *r, int64_t K, int valid, int ok,
-                           double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs, float n2) {
+                           double ent, float pk, float t, double pre, const int32_t *kl, int32_t li, float qs, double n2) {
     if (valid) ts[4 * stride] += pre;
     if (ok) {
         ts[0] += ent;
@@ -139,19 +140,8 @@ static inline void add_row(double *ts, int64_t stride, double *acc, const float 
             ts[6 * stride] += qs;
             ts[7 * stride] += 1.0;
         }
-        float u;
-        if (pk >= 1e-10f) {
-            u = 1.f / sqrtf(n2);
-        } else {
-            const float ip = 1.f / pk;
-            float m2 = 0.f;
-            for (int64_t j = 0; j < K; ++j) {
-                const float v = r[j] * ip;
-                m2 += v * v;
-            }
-            u = ip / sqrtf(m2);
-        }
-        for (int64_t j = 0; j < K; ++j) acc[j] += (double)(u * r[j]); /* summed in double: many rows */
+        const double u = 1.0 / sqrt(n2); /* ok: some weight >= 1.2e-38, so n2 >= 1.4e-76 */
+        for (int64_t j = 0; j < K; ++j) acc[j] += u * (double)r[j]; /* summed in double: many rows */
     } else if (valid) {
         ts[3 * stride] += 1.0;
     }
@@ -267,7 +257,8 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                 const float iz = 1.f / z, logz = logf(z), rd = rdw * iz;
                 float pr = 0.f;
                 for (int64_t j = 0; j < prefix; ++j) pr += p[j];
-                float t = 0.f, pk = 0.f, n2 = 0.f;
+                float t = 0.f, pk = 0.f;
+                double n2 = 0.0; /* the row's squared norm, in double (add_row) */
                 if (probs) { /* the plain softmax, for the model, written by the same pass: l is not read again, so
                               * probs may be logits */
                     float *out = probs + (b * H + h) * lbh + row_i * N;
@@ -279,7 +270,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                         r[j] = v;
                         t += v;
                         pk = v > pk ? v : pk;
-                        n2 += v * v;
+                        n2 += (double)v * (double)v;
                         mean[j] += v;
                     }
                 } else {
@@ -288,7 +279,7 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
                         r[j] = v;
                         t += v;
                         pk = v > pk ? v : pk;
-                        n2 += v * v;
+                        n2 += (double)v * (double)v;
                         mean[j] += v;
                     }
                 }
@@ -302,14 +293,15 @@ int nl_row_stats(const float *logits, float scale, const float *km, const uint8_
             }
             if (with_mean) { /* the head mean: mean_h of the masked rows */
                 const float ih = 1.f / (float)H;
-                float t = 0.f, rl = 0.f, pk = 0.f, n2 = 0.f;
+                float t = 0.f, rl = 0.f, pk = 0.f;
+                double n2 = 0.0;
                 for (int64_t j = 0; j < K; ++j) {
                     const float v = mean[j] * ih;
                     mean[j] = v;
                     t += v;
                     rl += v * log_positive(v); /* v is 0 or a normal float (denormals are flushed) */
                     pk = v > pk ? v : pk;
-                    n2 += v * v;
+                    n2 += (double)v * (double)v;
                 }
                 tot[H] = t;
                 const int ok = valid && pk > 0.f;

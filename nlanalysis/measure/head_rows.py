@@ -255,12 +255,14 @@ def _chunk_stats(
         rlogr_h = torch.special.xlogy(r, r).sum(-1)
     rlogr_m = torch.special.xlogy(rm, rm).sum(-1)
     ent = torch.log(tt) - torch.cat([rlogr_h, rlogr_m], 1) / tt
-    # norms accumulated in float64: squares of weights below ~1e-19 underflow in float32
+    # norms, scales and the sum of unit rows in float64 (as the native kernel forms them): a float32 scale or sum
+    # leaves each unit row's norm 1 +- ~1e-7, a floor of ~1e-7 under att (near-identical rows have att ~1e-8);
+    # float32 squares of weights below ~1e-19 would also underflow
     norm = torch.cat([torch.linalg.vector_norm(r, dim=-1, dtype=torch.float64), torch.linalg.vector_norm(rm, dim=-1, dtype=torch.float64)], 1)
-    w = torch.where(ok, 1.0 / norm.clamp(min=1e-300), 0.0).to(p.dtype)  # unit rows (norm >= peak: finite); zero rows add nothing
+    w = torch.where(ok, 1.0 / norm.clamp(min=1e-300), 0.0)  # unit rows (norm >= peak: finite); zero rows add nothing
     w_h, w_m = w[:, :heads], w[:, heads:]
-    # contiguous full rows: GEMV without copying, drop the prefix columns after
-    s = torch.cat([(w_h.unsqueeze(-2) @ p).squeeze(-2), (w_m.unsqueeze(-2) @ pmean).squeeze(-2)], 1)[..., first:]
+    # full rows (a float64 copy of the chunk), drop the prefix columns after
+    s = torch.cat([(w_h.unsqueeze(-2) @ p.double()).squeeze(-2), (w_m.unsqueeze(-2) @ pmean.double()).squeeze(-2)], 1)[..., first:]
     valid = torch.ones_like(ok) if m is None else m.expand_as(ok)
     pre = p[..., :prefix].sum(-1)  # mass on class/register tokens (0 without them)
     pre = torch.cat([pre, pre.mean(1, keepdim=True)], 1)
