@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from extract_inputs import tiny_checkpoint, write_photos
+from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_photos
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.data.scenes import demo_scenes_path
@@ -43,6 +43,9 @@ def test_a_bad_spec_fails_when_made_with_the_flags_named():
         (lambda: RunningSpec(workers=-1), "--workers >= 0"),
         (lambda: RunningSpec(read_timeout=5), "--read-timeout 5: needs seconds > 0 and --workers 1 or more"),
         (lambda: RunningSpec(workers=1, read_timeout=0), "--read-timeout 0: needs seconds > 0"),
+        (lambda: RunningSpec(workers=1, read_timeout=float("inf")), "--read-timeout inf: needs a finite number of seconds"),
+        (lambda: RunningSpec(workers=1, read_timeout=float("nan")), "--read-timeout nan: needs a finite number of seconds"),
+        (lambda: RunningSpec(workers=1, read_timeout=1e300), "--read-timeout 1e[+]300: needs a finite number of seconds, at most"),
         (lambda: RunSpec(model, files, OutputSpec("run", queries="objects:2")), "--queries objects:K needs annotated images"),
     ]
     for make, message in cases:
@@ -52,6 +55,14 @@ def test_a_bad_spec_fails_when_made_with_the_flags_named():
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.seed = 1
     assert spec.query_spec().kind == "random" and RunSpec(model, DataSpec(coco_ann="a", coco_images="i"), out).query_spec().kind == "objects"
+
+
+def test_an_endless_read_timeout_is_refused_before_anything_is_written(files, tmp_path, capsys):
+    """``--read-timeout inf`` (or huge) passed, then overflowed in the DataLoader's wait, its shard JSON saying Infinity."""
+    ckpt = files[0]
+    line = cli_error(capsys, images_extract_args(ckpt.parent, ckpt, tmp_path / "run", "--workers", "1", "--read-timeout", "inf"))
+    assert "--read-timeout inf: needs a finite number of seconds" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_sequences_become_tuples_and_none_options_are_not_given():

@@ -20,7 +20,9 @@ match to resume or merge is still ``run.json``'s ``settings``, unchanged by this
 """
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -203,6 +205,11 @@ class OutputSpec:
             parse_queries(self.queries)  # a bad value fails here, not after the model is loaded
 
 
+#: the longest ``read_timeout``, in seconds (24.8 days): the DataLoader waits on its workers' pipe with ``poll(2)``, whose
+#: timeout is a C int of milliseconds (Python raises OverflowError above it), and a thread's wait ends at TIMEOUT_MAX
+MAX_READ_TIMEOUT = float(min(threading.TIMEOUT_MAX, (2**31 - 1) // 1000))
+
+
 @dataclass(frozen=True)
 class RunningSpec:
     """How this process runs (not part of what the run is: each session in ``shards/`` records its own).
@@ -213,8 +220,9 @@ class RunningSpec:
             analysis' own, 1 for NL/GC blocks, 8 for ViTs).
         workers: DataLoader processes for reading and preprocessing (0: this process).
         shard: ``"I/N"`` or ``(I, N)`` (0-based); ``None``: torchrun's ``RANK``/``WORLD_SIZE``.
-        read_timeout: seconds a worker may read one image; one that reads longer is killed, as if its decoder had
-            crashed (:mod:`.readers`). Needs ``workers >= 1``: a decoder hung in this process cannot be stopped.
+        read_timeout: seconds a worker may read one image (finite, at most :data:`MAX_READ_TIMEOUT`); one that reads
+            longer is killed, and an image read for longer twice is skipped while the limit is no larger
+            (:mod:`.readers`). Needs ``workers >= 1``: a decoder hung in this process cannot be stopped.
     """
 
     device: str = "cpu"
@@ -226,6 +234,9 @@ class RunningSpec:
     def __post_init__(self) -> None:
         if (self.batch_size is not None and self.batch_size < 1) or self.workers < 0:
             raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {self.batch_size} and {self.workers}")
+        if self.read_timeout is not None and not (math.isfinite(self.read_timeout) and self.read_timeout <= MAX_READ_TIMEOUT):
+            raise ValueError(f"--read-timeout {self.read_timeout}: needs a finite number of seconds, at most {MAX_READ_TIMEOUT:.0f} "
+                             "(24 days; leave it out for no limit)")  # fmt: skip
         if self.read_timeout is not None and not (self.read_timeout > 0 and self.workers >= 1):
             raise ValueError(f"--read-timeout {self.read_timeout}: needs seconds > 0 and --workers 1 or more (a decoder that "
                              "hangs in extract's own process cannot be stopped)")  # fmt: skip
