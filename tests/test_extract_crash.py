@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
 BAD = "photo_002.jpg"
 
 #: extract in a process whose decoder dies on one file (CRASH_ON): SIGKILL, as a segfault in a C decoder or the OOM
-#: killer would, or a sleep that never ends (CRASH_HOW=hang); DataLoader workers forked from it inherit the patch
+#: killer would, a sleep that never ends (CRASH_HOW=hang), or a valid image read slowly (CRASH_HOW=slow: SLOW seconds,
+#: after touching the file READING, if given); DataLoader workers forked from it inherit the patch
 CRASHING = """
 import os, signal, sys, time
 from pathlib import Path
@@ -33,6 +34,11 @@ original = loading.load_image
 
 def load_image(path, *args, **kwargs):
     if Path(path).name == os.environ["CRASH_ON"]:
+        if os.environ.get("CRASH_HOW") == "slow":
+            if os.environ.get("READING"):
+                Path(os.environ["READING"]).touch()
+            time.sleep(float(os.environ["SLOW"]))
+            return original(path, *args, **kwargs)
         if os.environ.get("CRASH_HOW") == "hang":
             time.sleep(600)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -67,18 +73,33 @@ def without_bad(clean):
     return pd.read_csv(clean / "run" / "metrics.csv")
 
 
-def _crashing(data, out, *extra, how="kill"):
+@pytest.fixture(scope="module")
+def with_bad(data):
+    """metrics.csv of a run over every image, the "bad" one read as it is (a valid picture)."""
     root, ckpt = data
-    env = dict(os.environ, OMP_NUM_THREADS="1", CRASH_ON=BAD, CRASH_HOW=how)
-    proc = subprocess.run([sys.executable, "-c", CRASHING, *images_extract_args(root, ckpt, out, *extra)], env=env,
+    assert main(images_extract_args(root, ckpt, root / "full")) == 0
+    return pd.read_csv(root / "full" / "metrics.csv")
+
+
+def _env(how, **more):
+    return dict(os.environ, OMP_NUM_THREADS="1", CRASH_ON=BAD, CRASH_HOW=how, **more)
+
+
+def _crashing(data, out, *extra, how="kill", **env):
+    root, ckpt = data
+    proc = subprocess.run([sys.executable, "-c", CRASHING, *images_extract_args(root, ckpt, out, *extra)], env=_env(how, **env),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     return proc.returncode, proc.stderr
 
 
-def _finished_without_bad(out, without_bad, stderr):
+def _sessions(out):
+    return json.loads((out / "run.json").read_text())["shards"]["0-of-1"]
+
+
+def _finished_without_bad(out, without_bad, stderr, why="died twice while decoding this image"):
     failures = pd.read_csv(out / "failures.csv")
     assert failures["file_name"].tolist() == [BAD], stderr
-    assert "died twice while decoding this image" in failures["reason"][0] and "skipped" in failures["reason"][0]
+    assert why in failures["reason"][0] and "skipped" in failures["reason"][0], failures["reason"][0]
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), without_bad)
     assert not any("reading" in p.name for p in out.rglob("*")), "markers left in a finished result set"
 
@@ -153,3 +174,56 @@ def test_a_dead_workers_error_comes_from_next_not_from_the_work_between_batches(
                 guard.next(it)
     finally:
         del it
+
+
+def _no_markers(out):
+    return not any("reading" in p.name for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("sig, workers, kills", [(signal.SIGTERM, "0", 2), (signal.SIGHUP, "1", 1)])
+def test_a_polite_kill_while_an_image_is_read_counts_no_death_of_it(data, with_bad, tmp_path, sig, workers, kills):
+    """scancel, docker stop, systemd, `timeout`, a dropped ssh session: SIGTERM or SIGHUP while a valid image is read. No
+    death is counted (two such kills skipped the image for good): the markers go, the session is finalised."""
+    root, ckpt = data
+    out, reading = tmp_path / "run", tmp_path / "reading"
+    for _ in range(kills):
+        reading.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", CRASHING, *images_extract_args(root, ckpt, out, "--workers", workers)],
+                                env=_env("slow", SLOW="2", READING=str(reading)), stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while not reading.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reading.exists(), proc.communicate(timeout=60)[1]
+        time.sleep(0.3)  # in the middle of its read
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=120)[1]
+        assert _no_markers(out), err
+        assert proc.returncode == 128 + sig, err
+        assert _sessions(out)[-1]["finished"] is None  # the session was written as ended early
+    rc, err = _crashing(data, out, "--workers", workers, how="slow", SLOW="0.5")
+    assert rc == 0, err
+    assert not any(s.get("reader_deaths") for s in _sessions(out)), err
+    assert pd.read_csv(out / "failures.csv").empty and _no_markers(out)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), with_bad)
+
+
+def test_exit_on_term_raises_system_exit_and_restores_the_handlers():
+    from nlanalysis.extract.readers import exit_on_term
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup: an ignored SIGHUP stays ignored
+    try:
+        term = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(SystemExit) as exited, exit_on_term():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert exited.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is term and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        with pytest.raises(SystemExit) as exited, exit_on_term() as held:
+            held.hold()  # finalising: the signal waits for the block's end
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            finalised = True
+        assert finalised and exited.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -19,7 +19,7 @@ from ..data.images import read_image_file
 from ..data.transforms import Prepared
 from .objects import ObjectMap, object_map
 from .queries import QuerySpec
-from .readers import ReadMarker
+from .readers import ReadMarker, in_forked_worker
 from .resume import release_inherited_claims
 from .sources import ImageItem
 from .store import file_check
@@ -104,12 +104,14 @@ def failure_reason(item: ImageItem, err: BaseException, stage: str = "") -> str:
 
 
 def worker_init(_: int, parent: int | None = None, forked: bool = False) -> None:
-    """A DataLoader worker: one thread, no shard lock inherited from extract (``fork``), and, where extract (``parent``)
+    """A DataLoader worker: one thread, no shard lock nor SIGTERM handler inherited from extract (``fork``;
+    :func:`~nlanalysis.extract.readers.in_forked_worker`), and, where extract (``parent``)
     is its parent (``fork``, ``spawn``), gone when extract dies: a killed extract would otherwise leave its workers
     hanging on a full pipe (and, forked, holding the shard: every rerun refused). A ``forkserver`` worker's parent is
     the server: left as it is."""
     torch.set_num_threads(1)
     release_inherited_claims()
+    in_forked_worker()
     if parent is None:
         return
     if os.getppid() != parent:

@@ -51,7 +51,7 @@ from .analyses import Analysis, LayerMaps, load_analysis
 from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
 from .maps import save_image_maps
 from .queries import QuerySpec, select_queries
-from .readers import Readers, ReadMarker
+from .readers import Readers, ReadMarker, exit_on_term
 from .results import summarize
 from .resume import claim_shard, plan_shard
 from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
@@ -190,7 +190,8 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
     store.open(json.loads(json.dumps(info, default=str)), items)
 
     shard_name = f"{shard_index}-of-{shard_count}"
-    with claim_shard(store, shard_name):  # one process per shard: a second identical command is refused
+    # one process per shard: a second identical command is refused; SIGTERM/SIGHUP end the session as an error would
+    with claim_shard(store, shard_name), exit_on_term() as term:
         batch_size = spec.running.batch_size or analysis.batch_size
         plan = plan_shard(store, shard_of(items, shard_index, shard_count), analysis.input_shape, batch_size, analysis.shape_from_image,
                           analysis.columns)
@@ -211,6 +212,7 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
             batches = readers.batches(partial(_loader, spec, analysis, plan.items, use_objects, readers.marker), plan.todo)
             _loop(batches, work, session, plan.n_todo, progress, f"extract {shard_name}" if shard_count > 1 else "extract")
         finally:
+            term.hold()  # a polite kill now waits for the session to be written
             readers.close()
             session["finished"] = now() if session["done"] + session["failed"] == plan.n_todo else None
             session["seconds"] = round(time.perf_counter() - t0, 3)
