@@ -137,8 +137,7 @@ def test_a_hanging_decoder_is_killed_after_the_read_timeout(data, without_bad, t
     out = tmp_path / "run"
     rc, err = _crashing(data, out, "--workers", "1", "--read-timeout", "1", how="hang")
     assert rc == 1, err
-    _finished_without_bad(out, without_bad, err)
-    assert "--read-timeout" in pd.read_csv(out / "failures.csv")["reason"][0]
+    _finished_without_bad(out, without_bad, err, why="read for longer than 1 s twice (--read-timeout 1)")
 
 
 def test_a_marker_that_is_not_a_file_is_named_not_opened(clean, data, tmp_path, capsys):
@@ -227,3 +226,43 @@ def test_exit_on_term_raises_system_exit_and_restores_the_handlers():
         assert finalised and exited.value.code == 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_a_slow_image_past_the_read_timeout_is_skipped_only_under_that_timeout(data, with_bad, tmp_path):
+    """A valid image read for longer than --read-timeout twice is a timeout, not a crash: skipped while the limit is no
+    larger, read again by a resume without it."""
+    out = tmp_path / "run"
+    rc, err = _crashing(data, out, "--workers", "1", "--read-timeout", "1", how="slow", SLOW="5")
+    assert rc == 1, err
+    reason = pd.read_csv(out / "failures.csv")["reason"][0]
+    assert "read for longer than 1 s twice (--read-timeout 1)" in reason and "died" not in reason, reason
+    deaths = [d for s in _sessions(out) for d in s.get("reader_deaths", [])]
+    assert [(d["kind"], d["limit"]) for d in deaths] == [("timeout", 1.0)] * 2, deaths
+    rc, err = _crashing(data, out, how="slow", SLOW="2")  # no limit now: read again (and said)
+    assert rc == 0, err
+    assert BAD in err and "read again" in err
+    assert pd.read_csv(out / "failures.csv").empty and _no_markers(out)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), with_bad)
+
+
+def _store(root, read_timeout=None, deaths=()):
+    from nlanalysis.extract.readers import Readers
+    from nlanalysis.extract.store import RunStore
+
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    earlier = [{"id": f"s{i}", "reader_deaths": [d]} for i, d in enumerate(deaths)]
+    session = {"id": "now"}
+    (root / "shards" / "0-of-1.json").write_text(json.dumps({"shard": "0-of-1", "sessions": [*earlier, session]}))
+    return Readers(RunStore(root), "0-of-1", session, read_timeout), session
+
+
+@pytest.mark.parametrize("limit, skipped", [(None, False), (0.5, True), (1, True), (2, False)])
+def test_two_timeouts_skip_an_image_only_under_a_limit_no_larger(tmp_path, limit, skipped):
+    timeout = {"key": "k", "path": "/x/k.jpg", "how": "read for longer than 1 s", "kind": "timeout", "limit": 1.0}
+    readers, _ = _store(tmp_path, limit, [dict(timeout, pid=1), dict(timeout, pid=2)])
+    readers.recover()
+    assert ("k" in readers.skip) == skipped
+    crash = {"key": "k", "path": "/x/k.jpg", "how": "killed by signal: Killed", "kind": "died", "pid": 3}
+    readers, _ = _store(tmp_path / "mixed", limit, [dict(timeout, pid=1), crash])  # a crash counts under any limit
+    readers.recover()
+    assert ("k" in readers.skip) == skipped

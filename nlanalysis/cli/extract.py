@@ -91,8 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="images per forward; only equal input shapes are batched (default: 1 for NL/GC, 8 for ViTs)")  # fmt: skip
     run.add_argument("--workers", type=int, default=0, help="DataLoader processes for reading/preprocessing (default 0)")
     run.add_argument("--read-timeout", type=float, metavar="SECONDS",
-                     help="with --workers: a worker that reads one image for longer is killed and the image read again "
-                     "once, then recorded as failed (a hung decoder); default: no limit")  # fmt: skip
+                     help="with --workers: a worker that reads one image for longer is killed and the image read again; "
+                     "killed twice, it is recorded as failed (a hung decoder) and skipped by resumes with a limit no "
+                     "larger (without --read-timeout, or with a larger one, it is read again); at most 2147483 (24 days); "
+                     "default: no limit")  # fmt: skip
     run.add_argument("--shard", metavar="I/N", help="analyse shard I (0-based) of N (default: torchrun's RANK/WORLD_SIZE)")
     run.add_argument("--jsd-pairs", type=int, default=512, help="query pairs sampled per image for att_jsd (0: off)")
     run.add_argument("--controls", action="store_true", help="also the random-projection control at matched sharpness (ctrl_* columns)")

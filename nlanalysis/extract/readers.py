@@ -15,11 +15,16 @@ A marker left by a process that is gone names the image it died on:
 One death does not blame an image (a power loss or a ``kill -9`` of extract also leaves a marker): it is recorded in
 the session (``shards/I-of-N.json``, ``reader_deaths``, synced: the count survives the next crash) and named on
 stderr; the image is read again. At its second death the image fails (``failures.csv``, with why) and is not read
-again, on this or any later resume: its batch mates are measured as beside an image that cannot be read.
+again, on this or any later resume: its batch mates are measured as beside an image that cannot be read. A kill after
+``--read-timeout L`` is a death of its own kind (``timeout``, with its ``limit``): a valid image may be slow, so it
+counts only in a session whose limit is set and no larger than ``L``; a resume without ``--read-timeout``, or with a
+larger one, reads the image again (and says so).
 
 A polite kill (SIGTERM or SIGHUP: scancel, docker stop, systemd, ``timeout``, a dropped ssh session) is no death: while
 a session runs (:func:`exit_on_term`) it raises SystemExit (status 128 + the signal) in extract, which removes the markers
-and finalises the session on its way out; a second such signal, or SIGKILL, ends it at once (and leaves its marker).
+and finalises the session on its way out; once one is handled, a second such signal, or SIGKILL, ends it at once
+(leaving its marker). The handler runs when extract's main thread runs Python code: without workers, a decoder hung
+in C code holds it off.
 
 A marker is written without ``fsync`` (one ``pwrite`` before an image and one after, ~15 microseconds): a killed
 process's writes stay in the page cache, and a power loss, which is no image's fault, may lose it. Markers go when a
@@ -52,6 +57,8 @@ __all__ = ["ReadMarker", "Readers", "exit_on_term", "in_forked_worker"]
 #: the first words of the DataLoader's errors when one of its workers is gone (torch 1.x-2.x)
 _WORKER_DIED = "DataLoader worker (pid"
 _MAIN = "main"
+#: the kinds of a death: the reader died (a crash, the OOM killer, a kill), or was killed after --read-timeout
+_DIED, _TIMEOUT = "died", "timeout"
 #: the polite kills, raised as SystemExit while a session runs (:func:`exit_on_term`)
 _TERM_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -172,6 +179,7 @@ class Readers:
         self.folder.mkdir(exist_ok=True)
         self.marker = ReadMarker(self.folder, session["id"])
         self.skip: dict[str, str] = {}
+        self._spared: dict[str, list[dict[str, Any]]] = {}
 
     def recover(self) -> None:
         """Record the deaths the markers left in the folder tell (earlier sessions' processes, all gone: the shard is
@@ -185,6 +193,12 @@ class Readers:
         for marker, _ in self._markers():
             marker.unlink(missing_ok=True)
         self._set_skip()
+        limit = f"--read-timeout {self.read_timeout:g}" if self.read_timeout else "no --read-timeout"
+        for ds in self._spared.values():
+            slow = [d for d in ds if d.get("kind") == _TIMEOUT]
+            print(f"nlanalysis extract: note: {ds[0]['path']}: read for longer than {_slow_words(slow)} by earlier sessions; read "
+                  f"again: this session has {limit}, and such a kill counts against an image only under a limit no larger",
+                  file=sys.stderr)  # fmt: skip
 
     def batches(self, make_loader: Callable[[Sequence[list[int]], Mapping[str, str]], Any], todo: Sequence[list[int]]
                 ) -> Generator[list[Any], None, None]:  # fmt: skip
@@ -237,8 +251,8 @@ class Readers:
             for _, r in hung:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(r["pid"], signal.SIGKILL)
-            how = f"a DataLoader worker read it for more than {self.read_timeout:g} s (--read-timeout) and was killed"
-            self._record([_death(r, how) for _, r in hung], "the DataLoader worker reading it hung")
+            how = f"read for longer than {self.read_timeout:g} s (--read-timeout {self.read_timeout:g}): its DataLoader worker was killed"
+            self._record([_death(r, how, _TIMEOUT, self.read_timeout) for _, r in hung], "")
             for m, _ in hung:
                 m.unlink(missing_ok=True)
             return bool(hung)
@@ -255,29 +269,38 @@ class Readers:
             return
         self.session.setdefault("reader_deaths", []).extend(new)
         self.store.write_session(self.shard, self.session)
-        skipped = set(self._set_skip())
+        skipped, said = self._set_skip(), set()
         for d in new:
             if d["key"] in skipped:
-                print(f"nlanalysis extract: warning: {d['path']}: the process reading it died twice while decoding it: recorded "
-                      "in failures.csv and skipped", file=sys.stderr)  # fmt: skip
+                if d["key"] not in said:
+                    print(f"nlanalysis extract: warning: {skipped[d['key']]} (recorded in failures.csv)", file=sys.stderr)
+                said.add(d["key"])
+            elif d.get("kind") == _TIMEOUT:
+                print(f"nlanalysis extract: warning: {d['path']}: {d['how']}; suspected of hanging its decoder: it is read again, "
+                      "and if it is read for that long again it is recorded in failures.csv and skipped", file=sys.stderr)  # fmt: skip
             else:
-                print(f"nlanalysis extract: warning: {d['path']}: {what} ({d['how']}); suspected of crashing or hanging its "
-                      "decoder: it is read again, and if its reader dies on it again it is recorded in failures.csv and skipped",
+                print(f"nlanalysis extract: warning: {d['path']}: {what} ({d['how']}); suspected of crashing its decoder: it is "
+                      "read again, and if its reader dies on it again it is recorded in failures.csv and skipped",
                       file=sys.stderr)  # fmt: skip
 
     def _set_skip(self) -> dict[str, str]:
-        """:attr:`skip`: the images whose readers died twice (every session of the run), with their failure reason."""
+        """:attr:`skip`: the images with two deaths that count in this session (every session of the run's), with their
+        failure reason: a crash counts always, a kill after ``--read-timeout L`` only while this session's limit is set
+        and no larger than ``L`` (a slow image is read again without a limit or with a larger one). The images with two
+        deaths that do not all count: ``_spared``."""
         by_key: dict[str, list[dict[str, Any]]] = {}
         seen = set()
         for d in self._recorded():
             if _identity(d) not in seen:
                 seen.add(_identity(d))
                 by_key.setdefault(d["key"], []).append(d)
-        self.skip = {
-            key: f"{ds[0]['path']}: the reading process died twice while decoding this image ({'; '.join(d['how'] for d in ds)}); "
-                 "skipped (a crash or a hang of its decoder, or the OOM killer, most likely): it is not read again on resume"
-            for key, ds in by_key.items() if len(ds) >= 2
-        }  # fmt: skip
+        self.skip, self._spared = {}, {}
+        for key, ds in by_key.items():
+            counted = [d for d in ds if _counts(d, self.read_timeout)]
+            if len(counted) >= 2:
+                self.skip[key] = _skip_reason(counted, ds)
+            elif len(ds) >= 2:
+                self._spared[key] = ds
         return self.skip
 
     def _recorded(self) -> list[dict[str, Any]]:
@@ -320,10 +343,44 @@ def _still_running(record: dict[str, Any]) -> bool:
     return record["host"] == socket.gethostname() and _running(str(record["pid"]))
 
 
-def _death(record: dict[str, Any], how: str) -> dict[str, Any]:
+def _death(record: dict[str, Any], how: str, kind: str = _DIED, limit: float | None = None) -> dict[str, Any]:
+    """A death of ``record``'s reader: ``kind`` ``died`` (a crash, the OOM killer, a kill) or ``timeout`` (killed after
+    reading for longer than ``limit`` seconds, ``--read-timeout``)."""
     since = _dt.datetime.fromtimestamp(record["since"], _dt.timezone.utc).astimezone().isoformat(timespec="seconds")
     return {"key": record["key"], "path": record["path"], "reader": record["reader"], "pid": record["pid"], "host": record["host"],
-            "session": record["session"], "reading_since": since, "found": now(), "how": how}  # fmt: skip
+            "session": record["session"], "reading_since": since, "found": now(), "how": how, "kind": kind,
+            **({"limit": limit} if limit is not None else {})}  # fmt: skip
+
+
+def _counts(death: dict[str, Any], limit: float | None) -> bool:
+    """Whether ``death`` counts against its image in a session whose ``--read-timeout`` is ``limit``."""
+    if death.get("kind") != _TIMEOUT:
+        return True
+    return limit is not None and isinstance(death.get("limit"), (int, float)) and limit <= death["limit"]
+
+
+def _slow_words(slow: list[dict[str, Any]]) -> str:
+    """``"1 s twice (--read-timeout 1)"``: the kills ``slow`` after a read timeout, in words."""
+    limits = sorted({float(d["limit"]) for d in slow if isinstance(d.get("limit"), (int, float))}) or [float("nan")]
+    times = {1: "once", 2: "twice"}.get(len(slow), f"{len(slow)} times")
+    return f"{limits[0]:g} s {times} (--read-timeout {', '.join(f'{x:g}' for x in limits)})"
+
+
+def _skip_reason(counted: list[dict[str, Any]], deaths: list[dict[str, Any]]) -> str:
+    """The failure reason of an image skipped for its ``counted`` deaths (of all its ``deaths``)."""
+    path, died = counted[0]["path"], [d for d in counted if d.get("kind") != _TIMEOUT]
+    slow = [d for d in counted if d.get("kind") == _TIMEOUT]
+    if len(died) >= 2 or not slow:
+        return (f"{path}: the reading process died twice while decoding this image ({'; '.join(d['how'] for d in died)}); skipped "
+                "(a crash of its decoder, or the OOM killer, most likely): it is not read again on resume")  # fmt: skip
+    # the largest --read-timeout under which it is still skipped: a resume without one, or with a larger one, reads it again
+    limits = sorted((d["limit"] for d in deaths if d.get("kind") == _TIMEOUT and isinstance(d.get("limit"), (int, float))), reverse=True)
+    still = limits[min(1 - len(died), len(limits) - 1)]
+    again = f"a resume without --read-timeout, or with one above {still:g} s, reads it again"
+    if not died:
+        return f"{path}: read for longer than {_slow_words(slow)}; skipped (a hung or very slow decoder): {again}"
+    return (f"{path}: the reading process died while decoding this image ({'; '.join(d['how'] for d in died)}) and it was read "
+            f"for longer than {_slow_words(slow)}; skipped (a crash or a hang of its decoder, most likely): {again}")  # fmt: skip
 
 
 def _identity(death: dict[str, Any]) -> tuple[Any, ...]:

@@ -19,9 +19,10 @@ Determinism (what makes a resumed run equal an uninterrupted one row for row):
   (``att_jsd_stderr``) unless the batch size is 1.
 * Random choices are seeded from ``(seed, image key)`` (queries) or ``(seed, keys of the batch)``
   (JSD pairs and controls; or ``MeasureSpec.batch_seed``), never from the order images are processed in.
-* An image whose reading process died on it twice (a crashing or, with ``read_timeout``, hung decoder: :mod:`.readers`)
-  fails unread, in its planned batch: its batch mates are measured as beside any image that cannot be read. A loader
-  whose worker died is made again for the batches not yet measured: nothing is measured twice or skipped.
+* An image whose reading process died on it twice (a crashing or, with ``read_timeout``, hung decoder: :mod:`.readers`;
+  a kill after ``read_timeout`` counts only in sessions whose limit is no larger) fails unread, in its planned batch:
+  its batch mates are measured as beside any image that cannot be read. A loader whose worker died is made again for
+  the batches not yet measured: nothing is measured twice or skipped.
 """
 from __future__ import annotations
 
