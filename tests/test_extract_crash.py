@@ -1,11 +1,15 @@
 """An image whose decoder kills (or hangs) the process reading it: counted once, skipped after a second death, and
 the run finishes with every other image's rows as a run without it."""
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -245,6 +249,12 @@ def test_a_slow_image_past_the_read_timeout_is_skipped_only_under_that_timeout(d
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), with_bad)
 
 
+def _planted(folder, reader, key, pid, host, session="earlier", since=None):
+    record = {"key": key, "path": f"/x/{key}", "reader": reader, "pid": pid, "host": host, "session": session,
+              "since": time.time() if since is None else since}  # fmt: skip
+    (folder / reader).write_text(json.dumps(record) + "\n")
+
+
 def _store(root, read_timeout=None, deaths=()):
     from nlanalysis.extract.readers import Readers
     from nlanalysis.extract.store import RunStore
@@ -266,3 +276,68 @@ def test_two_timeouts_skip_an_image_only_under_a_limit_no_larger(tmp_path, limit
     readers, _ = _store(tmp_path / "mixed", limit, [dict(timeout, pid=1), crash])  # a crash counts under any limit
     readers.recover()
     assert ("k" in readers.skip) == skipped
+
+
+def test_a_markers_reader_is_alive_while_it_holds_its_lock_whatever_its_pid(clean, data, tmp_path):
+    """A reused pid (a restarted container of the same host name), a thread of this very process: a real death, counted.
+    A live reader on another machine sharing the folder (its marker locked): not a death."""
+    out = shutil.copytree(clean / "run", tmp_path / "run")
+    folder = out / "shards" / "0-of-1.reading"
+    folder.mkdir()
+    live = subprocess.Popen(["sleep", "60"])
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        _planted(folder, "main", "dead_under_a_live_pid", live.pid, socket.gethostname())
+        _planted(folder, "worker-1", "dead_under_a_thread_id", thread.native_id, socket.gethostname())
+        _planted(folder, "worker-0", "read_elsewhere", 12345, "another-host")
+        with open(folder / "worker-0", "r+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            assert main(images_extract_args(clean, data[1], out)) == 0
+    finally:
+        live.kill()
+        stop.set()
+        thread.join()
+    deaths = _sessions(out)[-1].get("reader_deaths", [])
+    assert sorted(d["key"] for d in deaths) == ["dead_under_a_live_pid", "dead_under_a_thread_id"], deaths
+
+
+#: a reader killed while it reads, after forking a DataLoader-like worker (worker_init) that outlives it
+FORKS_THEN_DIES = """
+import multiprocessing, os, signal, sys, time
+from nlanalysis.extract.loading import worker_init
+from nlanalysis.extract.readers import ReadMarker
+from nlanalysis.extract.sources import ImageItem
+
+def child(ready):
+    quiet = os.open(os.devnull, os.O_WRONLY)  # not the pipes of the parent's output: they end when it dies
+    os.dup2(quiet, 1), os.dup2(quiet, 2)
+    worker_init(0)
+    ready.set()
+    time.sleep(60)
+
+marker = ReadMarker(sys.argv[1], "earlier")
+with marker.reading(ImageItem("a.jpg", "a.jpg", "/x/a.jpg", "a.jpg")):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=child, args=(ready,))
+    p.start()
+    ready.wait()
+    print(p.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_forked_worker_does_not_keep_its_parents_marker_lock(tmp_path):
+    readers, session = _store(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", FORKS_THEN_DIES, str(readers.folder)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    child = int(proc.stdout)
+    try:
+        os.kill(child, 0)  # the forked worker lives on, its parent's marker descriptor closed
+        readers.recover()
+        assert [d["key"] for d in session.get("reader_deaths", [])] == ["a.jpg"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -4,7 +4,11 @@ A decoder that crashes (a segfault in C, the OOM killer) takes its process with 
 written: the image would be read again on every resume, and the run never finish. So each reading process marks the
 image it is reading in a small file of the result set, ``shards/I-of-N.reading/READER`` (``main`` or ``worker-N``: the
 image's key, the process, the session), put back to an empty line once the image is decoded (:class:`ReadMarker`).
-A marker left by a process that is gone names the image it died on:
+The reader holds an exclusive ``flock`` on its marker while it reads; the kernel lets it go when the process dies, so
+a marker that names an image while nobody holds its lock was left by a reader that died on it. (The pid and host in a
+marker only inform: a pid can be reused by another process, or be a thread's, and another machine's cannot be asked;
+a lock is held by the live reader alone, and over NFS it is seen from every machine.) A marker left by a reader that
+is gone names the image it died on:
 
 * found on resume (:meth:`Readers.recover`): extract died while it, or one of its workers, read that image (a
   worker's counts too: an OOM killer that takes a whole container takes extract with it);
@@ -26,7 +30,8 @@ and finalises the session on its way out; once one is handled, a second such sig
 (leaving its marker). The handler runs when extract's main thread runs Python code: without workers, a decoder hung
 in C code holds it off.
 
-A marker is written without ``fsync`` (one ``pwrite`` before an image and one after, ~15 microseconds): a killed
+A marker is written without ``fsync`` (a ``flock``, one ``pwrite`` before an image and one after, an unlock: ~15
+microseconds; measured in the README's terms on a tmpfs and an ext4 disk alike): a killed
 process's writes stay in the page cache, and a power loss, which is no image's fault, may lose it. Markers go when a
 session ends alive; merge and the readers of a result set never look at them.
 """
@@ -48,6 +53,11 @@ from typing import Any
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock; a marker's reader is told alive by its pid and host, as before the locks
+    fcntl = None  # type: ignore[assignment]
+
 from ..files import file_kind
 from .sources import ImageItem
 from .store import RunStore, _read_json, _running, is_run_file, now
@@ -61,6 +71,8 @@ _MAIN = "main"
 _DIED, _TIMEOUT = "died", "timeout"
 #: the polite kills, raised as SystemExit while a session runs (:func:`exit_on_term`)
 _TERM_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: the marker descriptors open in this process or inherited by it, and the process that opened each
+_OPEN: dict[int, int] = {}
 
 
 class ReadMarker:
@@ -80,35 +92,67 @@ class ReadMarker:
 
     @contextlib.contextmanager
     def reading(self, item: ImageItem) -> Iterator[None]:
-        """Mark ``item`` as being read by this process for the block; an empty line again when it ends (a Python error
-        is the image's failure, not a death)."""
+        """Mark ``item`` as being read by this process for the block, its marker locked; an empty line again, and
+        unlocked, when it ends (a Python error is the image's failure, not a death)."""
         fd = self._open()
-        record = {"key": item.key, "path": str(item.path), "reader": _reader(), "pid": os.getpid(), "host": socket.gethostname(),
-                  "session": self.session, "since": time.time()}  # fmt: skip
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)  # one write: a killed process leaves it whole or unread
+        _flock(fd, _LOCK_EX)  # (waits only on a liveness test, which holds it for a read of the file)
         try:
-            yield
+            record = {"key": item.key, "path": str(item.path), "reader": self._reader, "pid": self._pid, "host": self._host,
+                      "session": self.session, "since": time.time()}  # fmt: skip
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)  # one write: a killed process leaves it whole or unread
+            try:
+                yield
+            finally:
+                os.pwrite(fd, b"\n", 0)  # only the first line is read: what follows it is an older record's tail
         finally:
-            os.pwrite(fd, b"\n", 0)  # only the first line is read: what follows it is an older record's tail
+            _flock(fd, _LOCK_UN)
 
     def _open(self) -> int:
         if self._fd is None or self._pid != os.getpid():  # a forked worker: the descriptor is the parent's file
-            path = self.folder / _reader()
+            release_inherited_markers()
+            self._reader, self._host = _reader(), socket.gethostname()
+            path = self.folder / self._reader
             is_run_file(path)  # a directory or a named pipe there is named, not opened
             self._fd, self._pid = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK, 0o644), os.getpid()
+            _OPEN[self._fd] = self._pid
         return self._fd
 
     def close(self) -> None:
         """Close this process's marker file (it stays)."""
         if self._fd is not None and self._pid == os.getpid():
+            _OPEN.pop(self._fd, None)
             os.close(self._fd)
         self._fd = None
 
 
+def release_inherited_markers() -> None:
+    """In a process forked from a reader: close the marker descriptors it inherited. A ``flock`` lasts while any
+    descriptor of its open file lives: a worker forked while extract read an image would keep extract's death on it
+    hidden for as long as it lives."""
+    for fd, pid in list(_OPEN.items()):
+        if pid != os.getpid():
+            del _OPEN[fd]
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_LOCK_EX, _LOCK_UN = (fcntl.LOCK_EX, fcntl.LOCK_UN) if fcntl is not None else (0, 0)
+
+
+def _flock(fd: int, op: int) -> None:
+    """``flock(fd, op)``; nothing where there is none, or where the file system has no locks (ENOLCK and the like: the
+    marker's reader is then told alive by its pid and host)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, op)
+
+
 def in_forked_worker() -> None:
-    """In a process forked from extract (a DataLoader worker, :func:`~nlanalysis.extract.loading.worker_init`): give
-    SIGTERM and SIGHUP back the handling extract found (:func:`exit_on_term`): torch's ``terminate()`` of a worker, a hung
-    one too, must end it (a Python handler waits for the decoder's C code to return)."""
+    """In a process forked from extract (a DataLoader worker, :func:`~nlanalysis.extract.loading.worker_init`): close
+    the marker descriptors inherited (:func:`release_inherited_markers`) and give SIGTERM and SIGHUP back the handling
+    extract found (:func:`exit_on_term`): torch's ``terminate()`` of a worker, a hung one too, must end it (a Python
+    handler waits for the decoder's C code to return)."""
+    release_inherited_markers()
     for sig in _TERM_SIGNALS:
         owner = getattr(signal.getsignal(sig), "__self__", None)
         if isinstance(owner, _ExitOnTerm):
@@ -182,16 +226,17 @@ class Readers:
         self._spared: dict[str, list[dict[str, Any]]] = {}
 
     def recover(self) -> None:
-        """Record the deaths the markers left in the folder tell (earlier sessions' processes, all gone: the shard is
-        this one's), remove the markers, and set :attr:`skip` from every death recorded in the run."""
-        deaths = []
-        for marker, record in self._markers():
-            if record is not None and record["session"] != self.session["id"] and not _still_running(record):
+        """Record the deaths the markers left in the folder tell (earlier sessions' readers whose locks nobody holds: the
+        shard is this one's; a worker orphaned alive is no death), remove the markers, and set :attr:`skip` from every
+        death recorded in the run."""
+        deaths, markers = [], self._markers()
+        for _, record, held in markers:
+            if record is not None and record["session"] != self.session["id"] and not _alive(held, record):
                 who = "extract" if record["reader"] == _MAIN else f"extract's DataLoader {record['reader']}"
                 deaths.append(_death(record, f"{who}, pid {record['pid']}, signal unknown"))
         self._record(deaths, "an earlier extract died while reading it")
-        for marker, _ in self._markers():
-            marker.unlink(missing_ok=True)
+        for marker, *_ in markers:
+            marker.unlink(missing_ok=True)  # (a live orphan writes on in the file it has open: the next reader makes a new one)
         self._set_skip()
         limit = f"--read-timeout {self.read_timeout:g}" if self.read_timeout else "no --read-timeout"
         for ds in self._spared.values():
@@ -238,8 +283,9 @@ class Readers:
         """Record a worker's death (or kill a hung worker) that ``err`` tells of; ``False``: a timeout before any image
         was read for ``read_timeout`` seconds (wait on). Raises ``err`` where no marker explains it."""
         live = {p.pid for p in multiprocessing.active_children()}  # (joins the dead)
-        marks = [(m, r) for m, r in self._markers() if r is not None and r["session"] == self.session["id"] and r["reader"] != _MAIN]
-        dead = [(m, r) for m, r in marks if r["pid"] not in live]
+        marks = [(m, r, held) for m, r, held in self._markers() if r is not None and r["session"] == self.session["id"]
+                 and r["reader"] != _MAIN]  # fmt: skip
+        dead = [(m, r) for m, r, held in marks if not (held if held is not None else r["pid"] in live)]
         if dead:
             cause = err.__cause__ if str(err.__cause__).startswith(_WORKER_DIED) else err  # "killed by signal: ...", if torch said
             self._record([_death(r, str(cause).strip().rstrip(".")) for _, r in dead], "the DataLoader worker reading it died")
@@ -247,7 +293,7 @@ class Readers:
                 m.unlink(missing_ok=True)
             return True
         if self.read_timeout and "timed out" in str(err):
-            hung = [(m, r) for m, r in marks if time.time() - r["since"] > self.read_timeout]
+            hung = [(m, r) for m, r, _ in marks if time.time() - r["since"] > self.read_timeout]
             for _, r in hung:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(r["pid"], signal.SIGKILL)
@@ -314,16 +360,15 @@ class Readers:
         out += self.session.get("reader_deaths") or []
         return [d for d in out if isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("key", "path", "how"))]
 
-    def _markers(self) -> list[tuple[Path, dict[str, Any] | None]]:
-        """The marker files and what each holds (``None``: an idle reader, or a record cut short by its writer's death)."""
+    def _markers(self) -> list[tuple[Path, dict[str, Any] | None, bool | None]]:
+        """The marker files, what each holds (``None``: an idle reader, or a record cut short by its writer's death) and
+        whether its lock is held (by a live reader; ``None``: cannot be told here, no flock)."""
         out = []
         for path in sorted(self.folder.iterdir()):
             if path.name.startswith("."):
                 continue
             is_run_file(path)  # a pipe or a folder is named, not opened
-            with open(path, "rb") as f:
-                first = f.readline(1 << 16).decode(errors="replace").strip()
-            out.append((path, _parse(first)))
+            out.append((path, *_probe(path)))
         return out
 
 
@@ -338,8 +383,35 @@ def _parse(line: str) -> dict[str, Any] | None:
     return record
 
 
-def _still_running(record: dict[str, Any]) -> bool:
-    """Whether a marker's process still runs on this machine (an orphaned worker); another machine's cannot be told."""
+def _probe(path: Path) -> tuple[dict[str, Any] | None, bool | None]:
+    """What marker ``path`` holds, and whether its lock is held (``None``: cannot be told: no flock here, or none on its
+    file system). A free lock is taken while the marker is read: its reader cannot begin an image meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # (an exclusive lock over NFS needs a file open for writing)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        held = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = False
+            except BlockingIOError:
+                held = True
+            except OSError:  # ENOLCK, EBADF: no lock to test
+                pass
+        first = os.pread(fd, 1 << 16, 0).split(b"\n", 1)[0]
+    finally:
+        os.close(fd)  # (our lock with it)
+    return _parse(first.decode(errors="replace").strip()), held
+
+
+def _alive(held: bool | None, record: dict[str, Any]) -> bool:
+    """Whether the reader of a marker whose lock is ``held`` (:func:`_probe`) lives. Where the lock cannot tell (no
+    flock), the pid and host do, less surely: a reused pid (a restarted container of the same host name) hides a death,
+    and another machine's reader, alive or not, cannot be seen (it is taken as dead)."""
+    if held is not None:
+        return held
     return record["host"] == socket.gethostname() and _running(str(record["pid"]))
 
 
