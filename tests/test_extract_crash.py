@@ -211,7 +211,7 @@ def test_a_polite_kill_while_an_image_is_read_counts_no_death_of_it(data, with_b
 
 
 def test_exit_on_term_raises_system_exit_and_restores_the_handlers():
-    from nlanalysis.extract.readers import exit_on_term
+    from nlanalysis.extract.termination import exit_on_term
 
     before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup: an ignored SIGHUP stays ignored
     try:

@@ -40,7 +40,7 @@ Modules: ``sources`` (which images), ``objects`` (annotations as a label map), `
 (query points), ``analyses`` (what differs between kinds of model: the :class:`Analysis` interface
 and its registry, :func:`register_analysis`), ``analysis_nl`` and ``analysis_vit`` (the NL/GC-block
 and ViT-head kinds), ``locality`` (ViT heads), ``runner`` (the loop), ``readers`` (images that kill or hang the
-process reading them), ``resume`` (shards, resume),
+process reading them), ``termination`` (SIGTERM and SIGHUP end a session as an error would), ``resume`` (shards, resume),
 ``store`` (files on disk), ``definitions`` (which column definitions wrote a run: resume and merge keep to one),
 ``maps`` (saved maps), ``results`` (``load_run``), ``spec`` (:class:`RunSpec`).
 """

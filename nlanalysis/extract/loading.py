@@ -104,8 +104,8 @@ def failure_reason(item: ImageItem, err: BaseException, stage: str = "") -> str:
 
 
 def worker_init(_: int, parent: int | None = None, forked: bool = False) -> None:
-    """A DataLoader worker: one thread, no shard lock nor SIGTERM handler inherited from extract (``fork``;
-    :func:`~nlanalysis.extract.readers.in_forked_worker`), and, where extract (``parent``)
+    """A DataLoader worker: one thread, no shard lock, marker descriptor nor SIGTERM handler inherited from extract
+    (``fork``; :func:`~nlanalysis.extract.readers.in_forked_worker`), and, where extract (``parent``)
     is its parent (``fork``, ``spawn``), gone when extract dies: a killed extract would otherwise leave its workers
     hanging on a full pipe (and, forked, holding the shard: every rerun refused). A ``forkserver`` worker's parent is
     the server: left as it is."""

@@ -25,7 +25,7 @@ counts only in a session whose limit is set and no larger than ``L``; a resume w
 larger one, reads the image again (and says so).
 
 A polite kill (SIGTERM or SIGHUP: scancel, docker stop, systemd, ``timeout``, a dropped ssh session) is no death: while
-a session runs (:func:`exit_on_term`) it raises SystemExit (status 128 + the signal) in extract, which removes the markers
+a session runs (:func:`~nlanalysis.extract.termination.exit_on_term`) it raises SystemExit (status 128 + the signal) in extract, which removes the markers
 and finalises the session on its way out; once one is handled, a second such signal, or SIGKILL, ends it at once
 (leaving its marker). The handler runs when extract's main thread runs Python code: without workers, a decoder hung
 in C code holds it off.
@@ -61,16 +61,15 @@ except ImportError:  # not POSIX: no flock; a marker's reader is told alive by i
 from ..files import file_kind
 from .sources import ImageItem
 from .store import RunStore, _read_json, _running, is_run_file, now
+from .termination import default_term_handling
 
-__all__ = ["ReadMarker", "Readers", "exit_on_term", "in_forked_worker"]
+__all__ = ["ReadMarker", "Readers", "in_forked_worker"]
 
 #: the first words of the DataLoader's errors when one of its workers is gone (torch 1.x-2.x)
 _WORKER_DIED = "DataLoader worker (pid"
 _MAIN = "main"
 #: the kinds of a death: the reader died (a crash, the OOM killer, a kill), or was killed after --read-timeout
 _DIED, _TIMEOUT = "died", "timeout"
-#: the polite kills, raised as SystemExit while a session runs (:func:`exit_on_term`)
-_TERM_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: the marker descriptors open in this process or inherited by it, and the process that opened each
 _OPEN: dict[int, int] = {}
 
@@ -150,59 +149,9 @@ def _flock(fd: int, op: int) -> None:
 def in_forked_worker() -> None:
     """In a process forked from extract (a DataLoader worker, :func:`~nlanalysis.extract.loading.worker_init`): close
     the marker descriptors inherited (:func:`release_inherited_markers`) and give SIGTERM and SIGHUP back the handling
-    extract found (:func:`exit_on_term`): torch's ``terminate()`` of a worker, a hung one too, must end it (a Python
-    handler waits for the decoder's C code to return)."""
+    extract found (:func:`~nlanalysis.extract.termination.default_term_handling`)."""
     release_inherited_markers()
-    for sig in _TERM_SIGNALS:
-        owner = getattr(signal.getsignal(sig), "__self__", None)
-        if isinstance(owner, _ExitOnTerm):
-            signal.signal(sig, owner.previous.get(sig, signal.SIG_DFL))
-
-
-def exit_on_term() -> _ExitOnTerm:
-    """A block (a session of extract) in which SIGTERM and SIGHUP raise ``SystemExit(128 + signal)`` in the main thread,
-    so that the ``finally`` clauses on the way out run (the markers go: no death is counted; the session is finalised),
-    where they would have killed the process (their handler is the default: an ignored SIGHUP, ``nohup``, or a handler
-    the caller set, is left as it is; nothing changes outside the main thread). After :meth:`_ExitOnTerm.hold` (the
-    session being finalised) a signal ends the block at its end. The first signal puts the handlers back: a second ends
-    the process at once. The handlers are put back when the block ends."""
-    return _ExitOnTerm()
-
-
-class _ExitOnTerm:
-    def __enter__(self) -> _ExitOnTerm:
-        self.pid, self.received, self.holding = os.getpid(), None, False
-        self.previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in _TERM_SIGNALS:
-                if signal.getsignal(sig) is signal.SIG_DFL:
-                    self.previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def hold(self) -> None:
-        """From now on a signal raises when the block ends, not where the process is."""
-        self.holding = True
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._restore()
-        if self.received is not None and exc_type is None:
-            raise SystemExit(128 + self.received)
-
-    def _restore(self) -> None:
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
-        self.previous = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.pid:  # a process forked from extract, before in_forked_worker: it dies as it would have
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        if self.received is None:
-            self.received = signum
-        self._restore()
-        if not self.holding:
-            raise SystemExit(128 + signum)
+    default_term_handling()
 
 
 def _reader() -> str:

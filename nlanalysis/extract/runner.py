@@ -52,12 +52,13 @@ from .analyses import Analysis, LayerMaps, load_analysis
 from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
 from .maps import save_image_maps
 from .queries import QuerySpec, select_queries
-from .readers import Readers, ReadMarker, exit_on_term
+from .readers import Readers, ReadMarker
 from .results import summarize
 from .resume import claim_shard, plan_shard
 from .sources import ImageItem, coco_images, file_images, photo_images, shard_of
 from .spec import RunSpec
 from .store import FORMAT, FORMAT_VERSION, RunStore, frame_from_csv, now, sha256_file
+from .termination import exit_on_term
 
 __all__ = ["ExtractReport", "resolve_device", "resolve_shard", "run_extract"]
 
