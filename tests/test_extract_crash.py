@@ -341,3 +341,19 @@ def test_a_forked_worker_does_not_keep_its_parents_marker_lock(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def test_only_the_current_loaders_workers_markers_count(tmp_path):
+    """A marker of this session left by a worker of a loader dropped earlier (terminated mid-read), its pid since taken
+    by another process: neither a death at the next error nor a process to kill; it goes when its loader is dropped."""
+    readers, session = _store(tmp_path, read_timeout=1.0)
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        _planted(readers.folder, "worker-1", "img_b", victim.pid, socket.gethostname(), session="now", since=time.time() - 30)
+        assert readers._dead_worker(RuntimeError("DataLoader timed out after 1 seconds")) is False
+        time.sleep(0.2)
+        assert victim.poll() is None and not session.get("reader_deaths")
+        assert list(readers.batches(lambda batches, skip: list(batches), [[0], [1]])) == [[0], [1]]
+        assert not (readers.folder / "worker-1").exists()  # dropped with its loader
+    finally:
+        victim.kill()

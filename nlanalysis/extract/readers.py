@@ -197,10 +197,12 @@ class Readers:
     def batches(self, make_loader: Callable[[Sequence[list[int]], Mapping[str, str]], Any], todo: Sequence[list[int]]
                 ) -> Generator[list[Any], None, None]:  # fmt: skip
         """The loader's batches of ``todo`` (``make_loader(batches, skip)``), the loader made again for the batches left
-        where a worker died reading an image or, after ``read_timeout`` seconds on one, was killed."""
+        where a worker died reading an image or, after ``read_timeout`` seconds on one, was killed. Only the markers of
+        the current loader's workers are looked at; a dropped loader's go with it (:meth:`_drop_worker_markers`)."""
         start = 0
         while start < len(todo):
             it = iter(make_loader(todo[start:], dict(self.skip)))  # (torch sets its SIGCHLD handler at the first)
+            workers = _workers_of(it)
             with _WorkerErrorsInNext() as guard:
                 try:
                     while True:
@@ -209,13 +211,15 @@ class Readers:
                         except StopIteration:
                             return
                         except RuntimeError as err:
-                            if self._dead_worker(err):
+                            if self._dead_worker(err, workers):
                                 break  # recorded: a new loader for the batches left
                             continue  # a timeout with no image read for that long: wait on
                         start += 1
                         yield batch
                 finally:
-                    it = None  # its last reference: the workers shut down, a killed one's signal raising nowhere
+                    getattr(it, "_shutdown_workers", lambda: None)()  # (torch's, as at its last reference: joined, or terminated)
+                    it = workers = None  # a killed worker's signal raising nowhere
+                    self._drop_worker_markers()
 
     def close(self) -> None:
         """Remove the markers (the session ends alive: no reader died in it unrecorded); what is not a file stays, to be
@@ -227,14 +231,23 @@ class Readers:
         with contextlib.suppress(OSError):
             self.folder.rmdir()
 
+    def _drop_worker_markers(self) -> None:
+        """Remove the workers' markers as their loader is dropped: a worker terminated at its loader's shutdown while it
+        read is no death, nor, at a later error, a worker to blame or kill; the next loader's workers make new files (a
+        worker of the old one still alive writes on in its removed file)."""
+        for path in self.folder.iterdir():
+            if path.name != _MAIN and not path.name.startswith(".") and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+
     # -- deaths --------------------------------------------------------------------------------------------------
-    def _dead_worker(self, err: RuntimeError) -> bool:
-        """Record a worker's death (or kill a hung worker) that ``err`` tells of; ``False``: a timeout before any image
-        was read for ``read_timeout`` seconds (wait on). Raises ``err`` where no marker explains it."""
-        live = {p.pid for p in multiprocessing.active_children()}  # (joins the dead)
+    def _dead_worker(self, err: RuntimeError, workers: Mapping[int, Any] | None = None) -> bool:
+        """Record a death of one of ``workers`` (the current loader's processes by pid; or kill one hung) that ``err``
+        tells of; ``False``: a timeout before any image was read for ``read_timeout`` seconds (wait on). Raises ``err``
+        where no marker explains it. Markers of other processes (a dropped loader's, a pid reused) are not looked at."""
+        workers = workers or {}
         marks = [(m, r, held) for m, r, held in self._markers() if r is not None and r["session"] == self.session["id"]
-                 and r["reader"] != _MAIN]  # fmt: skip
-        dead = [(m, r) for m, r, held in marks if not (held if held is not None else r["pid"] in live)]
+                 and r["reader"] != _MAIN and r["pid"] in workers]  # fmt: skip
+        dead = [(m, r) for m, r, held in marks if not (held if held is not None else workers[r["pid"]].is_alive())]
         if dead:
             cause = err.__cause__ if str(err.__cause__).startswith(_WORKER_DIED) else err  # "killed by signal: ...", if torch said
             self._record([_death(r, str(cause).strip().rstrip(".")) for _, r in dead], "the DataLoader worker reading it died")
@@ -244,8 +257,8 @@ class Readers:
         if self.read_timeout and "timed out" in str(err):
             hung = [(m, r) for m, r, _ in marks if time.time() - r["since"] > self.read_timeout]
             for _, r in hung:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(r["pid"], signal.SIGKILL)
+                with contextlib.suppress(OSError, ValueError):
+                    workers[r["pid"]].kill()  # (our child, not yet reaped: never another process under its pid)
             how = f"read for longer than {self.read_timeout:g} s (--read-timeout {self.read_timeout:g}): its DataLoader worker was killed"
             self._record([_death(r, how, _TIMEOUT, self.read_timeout) for _, r in hung], "")
             for m, _ in hung:
@@ -319,6 +332,13 @@ class Readers:
             is_run_file(path)  # a pipe or a folder is named, not opened
             out.append((path, *_probe(path)))
         return out
+
+
+def _workers_of(it: Any) -> dict[int, Any]:
+    """The worker processes of DataLoader iterator ``it`` by pid (torch's ``_workers``; without it, the children alive as
+    the loader starts)."""
+    procs = getattr(it, "_workers", None)
+    return {p.pid: p for p in (multiprocessing.active_children() if procs is None else procs) if p.pid is not None}
 
 
 def _parse(line: str) -> dict[str, Any] | None:
