@@ -30,8 +30,8 @@ and finalises the session on its way out; once one is handled, a second such sig
 (leaving its marker). The handler runs when extract's main thread runs Python code: without workers, a decoder hung
 in C code holds it off.
 
-A marker is written without ``fsync`` (a ``flock``, one ``pwrite`` before an image and one after, an unlock: ~15
-microseconds; measured in the README's terms on a tmpfs and an ext4 disk alike): a killed
+A marker is written without ``fsync`` (a ``flock``, one ``pwrite`` before an image and one after, an unlock: ~20
+microseconds an image, the lock ~2.5 of them, on ext4 and tmpfs alike): a killed
 process's writes stay in the page cache, and a power loss, which is no image's fault, may lose it. Markers go when a
 session ends alive; merge and the readers of a result set never look at them.
 """
