@@ -25,10 +25,10 @@ counts only in a session whose limit is set and no larger than ``L``; a resume w
 larger one, reads the image again (and says so).
 
 A polite kill (SIGTERM or SIGHUP: scancel, docker stop, systemd, ``timeout``, a dropped ssh session) is no death: while
-a session runs (:func:`~nlanalysis.extract.termination.exit_on_term`) it raises SystemExit (status 128 + the signal) in extract, which removes the markers
-and finalises the session on its way out; once one is handled, a second such signal, or SIGKILL, ends it at once
-(leaving its marker). The handler runs when extract's main thread runs Python code: without workers, a decoder hung
-in C code holds it off.
+a session runs (:func:`~nlanalysis.extract.termination.exit_on_term`) it raises SystemExit (status 128 + the signal) in
+extract, which removes the markers and finalises the session on its way out; once one is handled, a second such
+signal, or SIGKILL, ends it at once (leaving its marker). The handler runs when extract's main thread runs Python code:
+without workers, a decoder hung in C code holds it off.
 
 A marker is written without ``fsync`` (a ``flock``, one ``pwrite`` before an image and one after, an unlock: ~20
 microseconds an image, the lock ~2.5 of them, on ext4 and tmpfs alike): a killed
@@ -81,7 +81,7 @@ class ReadMarker:
     def __init__(self, folder: str | os.PathLike[str], session: str) -> None:
         self.folder, self.session = Path(folder), session
         self._fd: int | None = None
-        self._pid = 0
+        self._pid, self._reader, self._host = 0, _MAIN, ""  # (of the process that opened _fd)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"folder": self.folder, "session": self.session}
@@ -259,7 +259,8 @@ class Readers:
             for _, r in hung:
                 with contextlib.suppress(OSError, ValueError):
                     workers[r["pid"]].kill()  # (our child, not yet reaped: never another process under its pid)
-            how = f"read for longer than {self.read_timeout:g} s (--read-timeout {self.read_timeout:g}): its DataLoader worker was killed"
+            limit = f"{self.read_timeout:g}"
+            how = f"read for longer than {limit} s (--read-timeout {limit}): its DataLoader worker was killed"
             self._record([_death(r, how, _TIMEOUT, self.read_timeout) for _, r in hung], "")
             for m, _ in hung:
                 m.unlink(missing_ok=True)
@@ -415,7 +416,8 @@ def _skip_reason(counted: list[dict[str, Any]], deaths: list[dict[str, Any]]) ->
         return (f"{path}: the reading process died twice while decoding this image ({'; '.join(d['how'] for d in died)}); skipped "
                 "(a crash of its decoder, or the OOM killer, most likely): it is not read again on resume")  # fmt: skip
     # the largest --read-timeout under which it is still skipped: a resume without one, or with a larger one, reads it again
-    limits = sorted((d["limit"] for d in deaths if d.get("kind") == _TIMEOUT and isinstance(d.get("limit"), (int, float))), reverse=True)
+    limits = sorted((d["limit"] for d in deaths if d.get("kind") == _TIMEOUT and isinstance(d.get("limit"), (int, float))),
+                    reverse=True)  # fmt: skip
     still = limits[min(1 - len(died), len(limits) - 1)]
     again = f"a resume without --read-timeout, or with one above {still:g} s, reads it again"
     if not died:
