@@ -107,6 +107,68 @@ def test_a_mask_and_labels_are_the_next_forwards_only(vit):
         _same_stats(second.stats, want.stats)
 
 
+def _direct(model, x, vit: bool):
+    """Run the model's sites directly, outside a forward of the model (its hooks on the model itself do not fire)."""
+    if vit:
+        return model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+    return model.gc(model.nl(model.stem(x)))
+
+
+@pytest.mark.filterwarnings("ignore:capture.*ran more than once")  # the direct runs: no model forward between them
+@pytest.mark.parametrize("vit", [False, True], ids=["NL", "ViT"])
+def test_sites_run_outside_a_forward_see_what_was_given_for_the_next(vit):
+    """Blocks run directly after set_* are measured with what was given (not with the forward before's), every run of
+    a chain; the next forward takes it, and the one after runs without."""
+    model = _timm() if vit else randomize_(NLGCNet()).eval()
+    x = torch.randn(2, 3, 28, 28)
+    valid, objects = _masks(2, 28, 28)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
+        model(torch.randn(2, 3, 28, 28))  # a forward without masks before: its (no) masks are not the direct runs'
+        cap.set_valid(valid)
+        cap.set_objects(objects)
+        cap.set_input_size((28, 28))
+        _direct(model, x, vit)
+        _direct(model, x, vit)
+        model(x)
+        model(x)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as want:
+        want.set_valid(valid)
+        want.set_objects(objects)
+        model(x)
+        model(x)
+    n = len(want.records) // 2
+    got = cap.records[n:]
+    assert len(got) == 4 * n
+    masked, bare = want.records[:n], want.records[n:]
+    for rec, ref in zip(got, masked * 3 + bare, strict=True):
+        assert rec.input_size == (28, 28)
+        _same_stats(rec.stats, ref.stats)
+    assert (masked[0].stats.n_query < bare[0].stats.n_query).all() and not masked[0].stats.att_own_object.isnan().all()
+
+
+@pytest.mark.filterwarnings("ignore:capture.*ran more than once")  # the direct run counts on from the forward's uses
+@pytest.mark.parametrize("vit", [False, True], ids=["NL", "ViT"])
+def test_a_site_run_outside_a_forward_after_a_masked_one_has_no_mask(vit):
+    """A direct run takes no mask or labels from the forward before it: a 3-image batch after a masked 2-image forward
+    is measured unmasked (not refused for the other batch's mask)."""
+    model = _timm() if vit else randomize_(NLGCNet()).eval()
+    x, y = torch.randn(2, 3, 28, 28), torch.randn(3, 3, 28, 28)
+    valid, objects = _masks(2, 28, 28)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
+        cap.set_valid(valid)
+        cap.set_objects(objects)
+        model(x)
+        n = len(cap.records)
+        _direct(model, y, vit)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as bare:
+        model(y)
+    assert len(cap.records) == 2 * n
+    for rec, ref in zip(cap.records[n:], bare.records, strict=True):
+        assert rec.input_size is None  # the forward before's is not the direct run's either
+        _same_stats(rec.stats, ref.stats)
+        assert (rec.stats.n_query == ref.stats.n_query).all() and rec.stats.att_own_object.isnan().all()
+
+
 def test_the_input_size_is_each_forwards_own():
     model = _ListNet()
     with torch.no_grad(), Capture(model, jsd_pairs=0, queries=[(40, 50)]) as cap:
@@ -199,3 +261,20 @@ def test_a_forward_that_raised_does_not_lend_its_index_to_the_next(vit):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, equal_nan=True)
         assert torch.isnan(got[0]).all(), "the first layer of a forward has no previous layer"
+
+
+@pytest.mark.filterwarnings("ignore:capture.*ran more than once")  # the direct run counts on from the forward's uses
+def test_a_forward_that_raised_leaves_direct_runs_outside_it():
+    """A forward that raised never reached the model's output hook; its end is still seen (an ``always_call`` hook), so
+    a direct run after it is measured with what was given since, not with the masks the failed forward took."""
+    model = randomize_(NLGCNet()).eval()
+    valid, objects = _masks(2, 28, 28)
+    y = torch.randn(3, 3, 28, 28)
+    with torch.no_grad(), Capture(model, jsd_pairs=0) as cap:
+        cap.set_valid(valid)
+        cap.set_objects(objects)
+        _fail_once(model.gc)
+        with pytest.raises(_Fails):
+            model(torch.randn(2, 3, 28, 28))
+        model.nl(model.stem(y))  # batch 3: the failed forward's masks (batch 2) would be refused
+    assert [(r.call, r.stats.n_query.tolist()) for r in cap.records] == [(0, [21, 21]), (1, [49, 49, 49])]

@@ -268,7 +268,12 @@ class Capture:
     (:func:`nlanalysis.analyze` does, and restores the mode after). The masks of :meth:`set_valid` and
     :meth:`set_objects` are per input pixel: a forward whose input is not their ``H x W`` is refused, and so is
     one whose input size is unknown (not a 4-D tensor, no :meth:`set_input_size`). The three apply to the next
-    forward only: a later one runs without them unless they are given again.
+    forward only: a later one runs without them unless they are given again. A site run outside a forward of
+    ``model`` (a block called directly: ``cap.set_valid(mask); model.gc(model.nl(model.stem(x)))``) is measured
+    with what they gave since the last forward, without taking it: every such run until the next forward sees
+    it, and that forward takes it as usual. With nothing given there is no mask, no labels and no input size (a
+    4-D input is read only at the model's input: give :meth:`set_input_size` for pixel strides, image-space
+    queries or a per-pixel mask, which is refused where the size is unknown).
     """
 
     #: the site kind when ``site=None`` (``None``: the selected modules' kind)
@@ -326,11 +331,11 @@ class Capture:
         self._uses: dict[str, int] = {}  # records of each site in this forward: a module called twice has two
         self._warned_twice = False
         self._warned_none = False
-        # this forward's input size and masks (set at each model input), and what set_* gave for the next forward
-        self._input_size: tuple[int, int] | None = None
-        self._valid: Tensor | None = None
-        self._objects: Tensor | None = None
+        # what the running forward took at its input ("valid", "objects", "size"), and what set_* gave for the next
+        # one; sites read the first inside a forward of the model, the second outside one (_valid, _objects, _input_size)
+        self._taken: dict[str, Any] = {}
         self._next: dict[str, Any] = {}
+        self._in_forward = False  # from the model's input hook to its output (a forward that raised too)
         self.site: Site = site_class(self, **options)
 
     def __getattr__(self, name: str) -> Any:
@@ -351,6 +356,7 @@ class Capture:
                 self._handles.append(block.module.register_forward_hook(hook, with_kwargs=True))
             # after the blocks' hooks: a model that is itself a block has its record made before the forward ends
             self._handles.append(self.model.register_forward_hook(self._on_model_output))
+            self._handles.append(self.model.register_forward_hook(self._on_model_exit, always_call=True))
         except BaseException:
             self.remove()
             raise
@@ -389,28 +395,53 @@ class Capture:
         (a 4-D input's own size is read from it; a later forward's is unknown unless given again)."""
         self._next["size"] = (int(size[0]), int(size[1]))
 
+    # -- what a site is measured with ----------------------------------------------------------
+    @property
+    def _given(self) -> dict[str, Any]:
+        """Inside a forward of the model, what it took at its input; outside one (a block run directly), what ``set_*``
+        gave since the last forward, left for the next (a chain of direct runs all see it)."""
+        return self._taken if self._in_forward else self._next
+
+    @property
+    def _valid(self) -> Tensor | None:
+        return self._given.get("valid")
+
+    @property
+    def _objects(self) -> Tensor | None:
+        return self._given.get("objects")
+
+    @property
+    def _input_size(self) -> tuple[int, int] | None:
+        return self._given.get("size")
+
     # -- hooks -------------------------------------------------------------------------------
     def _on_model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """A forward starts: it takes what ``set_*`` gave since the last one (readable until the next starts)."""
+        """A forward starts: it takes what ``set_*`` gave since the last one."""
+        self._in_forward = True
         self._ran = 0
         self._uses = {}
         # its own index, set as it starts: a forward that raised after some sites ran never reached the output hook,
         # and its records (and the caches keyed on the index: a ViT's previous-layer rows) would pass as the next one's
         self._calls, self._started = self._started, self._started + 1
         given, self._next = self._next, {}
-        self._valid, self._objects = given.get("valid"), given.get("objects")
         first = args[0] if args else next(iter(kwargs.values()), None)
-        four_d = isinstance(first, Tensor) and first.dim() == 4
-        self._input_size = (first.shape[-2], first.shape[-1]) if four_d else given.get("size")
+        if isinstance(first, Tensor) and first.dim() == 4:
+            given["size"] = (first.shape[-2], first.shape[-1])
+        self._taken = given
 
     def _on_model_output(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._calls = self._started  # sites run outside a forward from now on are the next forward's, as it starts
         if self.blocks and not self._ran and not self._warned_none:
             self._warned_none = True
             compiled = type(self.model).__name__ == "OptimizedModule"
             warnings.warn(f"capture: a forward of {type(self.model).__name__} ran none of its {len(self.blocks)} selected blocks, so "
                           "nothing was measured" + ("; a torch.compile'd model runs its compiled graph, not the hooked modules: "
                           "capture the model before compiling it (model._orig_mod)" if compiled else ""), stacklevel=2)  # fmt: skip
+
+    def _on_model_exit(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """A forward ends, or raised (``always_call``): sites run from now on are outside a forward, measured with what
+        ``set_*`` gives next, under the next forward's index (it is set as that forward starts)."""
+        self._in_forward = False
+        self._calls = self._started
 
     def _hook(self, record: Callable[[nn.Module, tuple, dict, Any], SiteRecord]) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -431,9 +462,10 @@ class Capture:
         return self._input_size[0] / grid[0], self._input_size[1] / grid[1]
 
     def cell_masks(self, grid: tuple[int, int], batch: int, given_to: str) -> tuple[Tensor | None, Tensor | None]:
-        """The valid-pixel mask and object labels of this forward on a site's query ``grid`` (``None``
-        where not set), checked against the batch of the site's input (``given_to`` names it) and against the
-        model input's ``H x W`` (refused where it is unknown): the masks are per input pixel."""
+        """The valid-pixel mask and object labels of this forward (outside a forward of the model: those given for the
+        next) on a site's query ``grid`` (``None`` where not set), checked against the batch of the site's input
+        (``given_to`` names it) and against the model input's ``H x W`` (refused where it is unknown): the masks are per
+        input pixel."""
         for what, given in (("valid-pixel mask", self._valid), ("object label map", self._objects)):
             if given is not None and given.shape[0] != batch:
                 raise ValueError(f"the {what} has batch {given.shape[0]}, the {given_to} {batch}")
@@ -441,7 +473,8 @@ class Capture:
                 check_pixels(given, self._input_size, f"the {what}", "the model input")
             elif given is not None:  # a per-pixel map over pixels of unknown number: it would be stretched onto the grid
                 raise ValueError(f"the {what} is {given.shape[-2]}x{given.shape[-1]} (H x W) but the size of the model input "
-                                 "is unknown (it is not a 4-D tensor): call Capture.set_input_size((H, W)) before the forward")
+                                 "is unknown (it is not a 4-D tensor, or the site ran outside a forward of the model): call "
+                                 "Capture.set_input_size((H, W)) before the forward")  # fmt: skip
         valid = valid_cells(self._valid, grid) if self._valid is not None else None
         objects = cell_centres(self._objects, grid) if self._objects is not None else None
         return valid, objects
