@@ -89,6 +89,68 @@ def test_per_head_outputs_follow_weights_changed_between_captures():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def _first_layer(model):
+    """The first attention layer's module and adapter, and its LayerScale vector."""
+    from nlanalysis.adapters import list_blocks
+
+    block = list_blocks(model)[0]
+    return block.module, block.adapter, model.blocks[0].ls1.gamma.detach()
+
+
+def _change(model, how: str) -> None:
+    """Change the first layer's weights in place as an EMA writes them (``.data``: no version counter moves)."""
+    w = model.blocks[0].attn.proj.weight
+    gamma = model.blocks[0].ls1.gamma
+    versions = w._version, gamma._version
+    data = w.data
+    if how == "permute rows":  # each moved row changes as a whole (without the LayerScale its Gram would not)
+        data.copy_(data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(3))])
+    elif how == "swap two in a row":
+        data[5, [2, 9]] = data[5, [9, 2]].clone()
+    elif how == "one ulp":
+        data[7, 3] = torch.nextafter(data[7, 3], torch.tensor(float("inf")))
+    elif how == "one ulp of a tiny one":  # under the rounding of any sum of the weights' values
+        data[7, 3] = torch.nextafter(data[7, 3], torch.tensor(1.0))
+    elif how == "one ulp of the LayerScale":
+        gamma.data[4] = torch.nextafter(gamma.data[4], torch.tensor(float("inf")))
+    assert (w._version, gamma._version) == versions
+
+
+@pytest.mark.parametrize("how", ["permute rows", "swap two in a row", "one ulp", "one ulp of a tiny one", "one ulp of the LayerScale"])
+def test_the_gram_matrices_are_remade_for_any_change_of_the_weights(how):
+    """The kept Gram matrices are used while the weights are the same and remade after any change: a permutation of
+    the rows, two elements swapped, one element moved by one ulp (a tiny one too: 1e-30 by 1e-45)."""
+    from nlanalysis.capture.heads import _gram
+    from nlanalysis.measure.heads import gram_matrices
+
+    model = _timm()
+    module, adapter, gamma = _first_layer(model)
+    cpu = torch.device("cpu")
+    if how == "one ulp of a tiny one":
+        module.proj.weight.data[7, 3] = 1e-30
+    first = _gram(module, adapter, gamma, cpu)
+    assert _gram(module, adapter, gamma, cpu) is first  # the same weights: kept
+    before = module.proj.weight.detach().clone(), gamma.clone()
+    _change(model, how)
+    assert not (torch.equal(module.proj.weight, before[0]) and torch.equal(gamma, before[1]))
+    again = _gram(module, adapter, gamma, cpu)
+    assert again is not first
+    assert torch.equal(again, gram_matrices(module.proj.weight, adapter.num_heads(module), gamma).float())
+    assert _gram(module, adapter, gamma, cpu) is again
+
+
+def test_per_head_outputs_follow_a_permutation_of_the_projections_rows():
+    """Rows of the output projection permuted in place between captures (each moved row changes as a whole): the per-head
+    outputs are measured with the permuted weights (the LayerScale weighs the rows: the Gram matrices change)."""
+    model, x = _timm(), torch.randn(2, 3, 28, 28)
+    before = _outputs(model, x)
+    _change(model, "permute rows")
+    got, want = _outputs(model, x), _outputs(copy.deepcopy(model), x)
+    assert not torch.allclose(before[0], want[0])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("vit", [False, True])
 def test_a_mask_and_labels_are_the_next_forwards_only(vit):
     model = _timm() if vit else randomize_(NLGCNet()).eval()

@@ -42,32 +42,102 @@ __all__ = ["HeadSite", "LayerRecord", "ViTCapture"]
 #: ``input_space`` (``query_shape`` = ``key_shape`` = the patch grid), ``stats`` a ``HeadStats``
 LayerRecord = SiteRecord
 
-#: module -> (the weights its Gram matrices were made from, their device, the Gram matrices)
+#: module -> (the weight's shape, dtype, device and storage, the Gram matrices' device and the LayerScale's shape, dtype
+#: and device; the weight's fingerprint (:func:`_fingerprint`); a copy of the LayerScale vector; the Gram matrices)
 _GRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: fingerprint columns (independent coefficient vectors): see :func:`_fingerprint`
+_PRINTS = 2
+#: the longest row of integers summed whole (longer rows are cut in rows of this length, and a shorter last one)
+_ROW = 1024
+#: (row length, bytes of the integer view, device) -> ``[_PRINTS, row length]`` float64 coefficients (:func:`_coefficients`)
+_COEFFICIENTS: dict[tuple[int, int, torch.device], Tensor] = {}
+_INTS = {1: torch.int8, 2: torch.int16, 4: torch.int32}
 
 
 def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None, device: torch.device) -> Tensor:
     """Gram matrices of the output projection (LayerScale folded in), in float32 (what
-    :func:`~nlanalysis.measure.heads.measure_heads` reads), kept while the weights equal those they were made from.
+    :func:`~nlanalysis.measure.heads.measure_heads` reads), kept while the weight's fingerprint and the LayerScale are
+    those they were made from (and the weight's shape, dtype, device and storage).
 
-    Compared with a copy of the weights, not keyed on their ``_version`` and ``data_ptr``: a write through
-    ``.data`` (an EMA's ``p.data.copy_(...)``) changes neither. The comparison reads the weights once (~0.05 ms a
-    ViT-S layer on a CPU); making the matrices again costs ~1.3 ms (float64)."""
-    weight, _ = adapter.out_weight(module)
-    weights = (weight.detach(),) if gamma is None else (weight.detach(), gamma.detach())
+    Not keyed on ``_version``/``data_ptr`` alone: a write through ``.data`` (an EMA's ``p.data.copy_(...)``) changes
+    neither. Not compared with a kept copy of the weight either: a ViT-L's would be 96 MiB on the model's device for as
+    long as the module lives. The fingerprint (:func:`_fingerprint`: exact; any change of one element, however small,
+    always seen) costs about what comparing with a copy did (~0.04 ms a ViT-S layer on a CPU: its bits as float64 times
+    a [2, 384] matrix) and keeps 2 float64 numbers per row (6 KiB a ViT-S layer, 16 KiB a ViT-L one); the LayerScale
+    vector is compared with a copy (1.5 KiB, 4 KiB: its fingerprint would cost three more ops a layer). Making the
+    matrices again costs ~1.3 ms (float64). On CUDA each comparison waits for the device (once a layer, twice with a LayerScale): not folded
+    into one a forward, which would fingerprint every layer at the first (and key the check on a forward that blocks
+    run directly share an index with); the layers' statistics come to the host one layer at a time anyway."""
+    weight = adapter.out_weight(module)[0].detach()
+    key = (weight.shape, weight.dtype, weight.device, weight.data_ptr(), device,
+           None if gamma is None else (gamma.shape, gamma.dtype, gamma.device))  # fmt: skip
+    prints = _fingerprint(weight)
     cached = _GRAMS.get(module)
-    if cached is None or cached[1] != str(device) or not _same(cached[0], weights):
+    if (cached is None or cached[0] != key or not torch.equal(cached[1], prints)
+            or (gamma is not None and not torch.equal(cached[2], gamma))):  # fmt: skip
         gram = gram_matrices(weight, adapter.num_heads(module), gamma).to(device, torch.float32)
-        cached = (tuple(w.clone() for w in weights), str(device), gram)
+        cached = (key, prints, None if gamma is None else gamma.detach().clone(), gram)
         _GRAMS[module] = cached
-    return cached[2]
+    return cached[3]
 
 
-def _same(kept: tuple[Tensor, ...], now: tuple[Tensor, ...]) -> bool:
-    """Whether the tensors ``now`` hold exactly the values ``kept`` (same shapes, dtypes and devices too)."""
-    return len(kept) == len(now) and all(
-        a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b) for a, b in zip(kept, now)
-    )
+def _fingerprint(t: Tensor) -> Tensor:
+    """``[_PRINTS, rows]`` (a 1-D ``t``: ``[_PRINTS]``) float64: each row of ``t``'s bits, read as integers, times
+    :data:`_PRINTS` vectors of coefficients (:func:`_coefficients`).
+
+    Exact: the integers are below ``2**(8 s - 1)`` (``s`` the view's bytes), the coefficients below ``2**b`` with
+    ``m * 2**(8 s - 1 + b) <= 2**53`` for rows of ``m``, so every product and partial sum is an integer float64 holds
+    exactly, whatever the order of the sum (threads, BLAS blocking, CUDA): the same bits give the same fingerprint,
+    and a change of the bits by ``delta`` moves it by exactly ``c . delta`` (no rounding to hide it). A change of one
+    element of a row, however small (one ulp, a sign, a NaN's payload), moves it by ``c_j delta_j != 0`` (``c_j >= 1``):
+    always seen; two elements of a row swapped move it by ``(c_i - c_j) delta != 0`` (a column's coefficients are
+    distinct): always seen. Other changes of a row (several elements; a permutation of rows, each moved row changing
+    as a whole) go unseen only where ``c . delta = 0`` in every column: for coefficients drawn at random, with
+    probability at most ``(2**b - m)**-_PRINTS`` per changed row (~2**-26 for a ViT-S's float32 rows of 384, b = 13;
+    ~2**-23 for a ViT-L's of 1024, b = 12), and every changed row must go unseen. Comparing values instead
+    (``w.double() @ R``) would lose a change of a tiny element under the rounding of the sum; a float32's bits read
+    as an integer move by at least 1 whatever its value."""
+    if t.element_size() == 4 and 0 < t.dim() <= 2 and t.shape[-1] <= _ROW:  # float32 rows (a projection, a LayerScale)
+        bits = t.view(torch.int32).double()
+        coef = _COEFFICIENTS.get((t.shape[-1], 4, t.device))
+        if coef is None:
+            coef = _coefficients(t.shape[-1], 4, t.device)
+        return coef @ (bits.T if t.dim() == 2 else bits)
+    ints = t.reshape(1) if t.dim() == 0 else t
+    size = ints.element_size()
+    if size in _INTS:
+        ints = ints.view(_INTS[size])
+    else:  # wider (float64): its 4-byte pieces
+        ints = (ints if ints.stride(-1) == 1 else ints.contiguous()).view(torch.int32)
+    m = ints.shape[-1]
+    if m <= _ROW:
+        rows, tail = ints.reshape(-1, m), None
+    else:
+        flat = ints.reshape(-1)
+        cut = flat.numel() // _ROW * _ROW
+        rows, tail = flat[:cut].view(-1, _ROW), flat[cut:]
+    coef = _coefficients(rows.shape[-1], ints.element_size(), t.device)
+    prints = coef @ rows.double().T
+    if tail is not None and tail.numel():
+        prints = torch.cat([prints, coef[:, : tail.numel()] @ tail.double()[:, None]], 1)
+    return prints
+
+
+def _coefficients(m: int, size: int, device: torch.device) -> Tensor:
+    """``[_PRINTS, m]`` float64 integer coefficients for rows of ``m`` integers of ``size`` bytes: in ``[1, 2**b)``,
+    ``b`` the most that keeps a row's sum exact (:func:`_fingerprint`; at most 20), distinct within a column; drawn
+    once from a fixed seed (the same every run), kept per row length, size and device (6 KiB for rows of 384)."""
+    key = (m, size, device)
+    coef = _COEFFICIENTS.get(key)
+    if coef is None:
+        b = min(53 - (8 * size - 1) - (m - 1).bit_length(), 20)  # (m - 1).bit_length() = ceil(log2 m)
+        if 2**b - 1 < m:  # m <= _ROW: never
+            raise ValueError(f"no exact fingerprint of rows of {m} integers of {size} bytes")
+        g = torch.Generator().manual_seed(0x5EED_6A4D)
+        coef = torch.stack([torch.randperm(2**b - 1, generator=g)[:m] + 1 for _ in range(_PRINTS)]).to(device, torch.float64)
+        _COEFFICIENTS[key] = coef
+    return coef
 
 
 class HeadSite(Site):
