@@ -1,6 +1,6 @@
-"""``att`` of maps whose rows are nearly identical (a freshly initialised NL block's: a shared key profile,
-query-dependent only at 1e-4 in the logits) is float64-exact for the float32 maps measured: no float32 norm,
-unit-row scale or unit-row sum leaves a ~1e-7 floor under values of ~1e-8.
+"""``att`` and ``att_jsd`` of maps whose rows are nearly identical (a freshly initialised NL block's: a shared
+key profile, query-dependent only at 1e-4 in the logits) are float64-exact for the float32 maps measured: no float32
+norm, unit-row scale, unit-row sum or entropy difference leaves a ~1e-7 floor under values of ~1e-8.
 
 The reference is computed in float64 from exactly the float32 maps the path measured (the native kernel's own softmax,
 read back by running it again on a copy of the logits it was given; the model's softmax handed to the eager path), so
@@ -22,6 +22,7 @@ from nlanalysis.measure.heads import measure_heads
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="the native kernels do not build here (no C compiler)")
 
 ATT_TOL = 1e-11  # absolute: the values are ~1e-8, the float32 floor was ~1e-7
+JSD_TOL = 1e-11  # absolute (bits): the values are ~1e-8, the float32 entropy difference was ~1e-6 off
 
 
 def _att(rows: np.ndarray) -> float:
@@ -30,6 +31,18 @@ def _att(rows: np.ndarray) -> float:
     unit = rows / np.linalg.norm(rows, axis=-1, keepdims=True)
     total = unit.sum(0)
     return 1.0 - float(total @ total) / rows.shape[0] ** 2
+
+
+def _phi_jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JSD (bits) of rows ``p``, ``q`` ``[..., K]`` (float64, renormalised here) as a sum of non-negative terms
+    ``m phi(r)``, ``m = (p + q) / 2``, ``r = (p - q) / (p + q)``, ``phi(r) = ((1 + r) log(1 + r) + (1 - r) log(1 - r)) / 2``:
+    no cancellation between keys (the float64 log1p form cancels only ``r`` against ``r^2`` within a key)."""
+    p, q = np.broadcast_arrays(p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True))
+    m = (p + q) / 2
+    r = np.divide(p - q, p + q, out=np.zeros_like(p), where=m > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = 0.5 * (np.where(r > -1, (1 + r) * np.log1p(r), 0.0) + np.where(r < 1, (1 - r) * np.log1p(-r), 0.0))
+    return (m * phi).sum(-1) / np.log(2.0)
 
 
 def _near_identical_vit(grid: tuple[int, int], heads: int = 3, d: int = 8, seed: int = 0):
@@ -92,6 +105,28 @@ def test_vit_head_rows_eager_att_is_float64_exact() -> None:
     assert np.allclose(got, want, rtol=0, atol=ATT_TOL), (got, want)
 
 
+@pytest.mark.parametrize("kernel", ["eager", pytest.param("native", marks=needs_kernels)])
+def test_vit_jsd_is_float64_exact(kernel: str, monkeypatch) -> None:
+    """Every ordered pair of queries (10 x 12 patches): the mean JSD per head and of the head mean."""
+    layout, q, k, x = _near_identical_vit((10, 12), seed=1)
+    kw = dict(jsd_pairs=120**2, chunk_size=50)
+    if kernel == "native":
+        maps = _row_maps(monkeypatch)
+        stats = measure_heads(HeadAttention(q, k, 0.5, layout), x, x, kernels="native", **kw)
+        probs = torch.cat(maps, 2)[0]  # the patch queries' rows
+    else:
+        probs = torch.softmax((q * 0.5) @ k.transpose(-2, -1), -1)
+        stats = measure_heads(HeadAttention(q, k, 0.5, layout, probs=probs), x, x, kernels="eager", **kw)
+        probs = probs[0, :, layout.n_prefix :]
+    rows = probs[..., layout.n_prefix :].double().numpy()  # [heads, queries, patch keys]
+    rows = np.concatenate([rows, rows.mean(0, keepdims=True)])
+    want = [float(_phi_jsd(r[:, None, :], r[None, :, :]).mean()) for r in rows]
+    assert 1e-10 < min(want) and max(want) < 1e-7
+    got = stats.att_jsd[0].tolist()
+    assert (stats.att_jsd_stderr[0] == 0).all()  # every pair
+    assert np.allclose(got, want, rtol=0, atol=JSD_TOL), (got, want)
+
+
 def _near_identical_block(grid: tuple[int, int], seed: int = 0) -> tuple[NonLocal2d, torch.Tensor]:
     """An embedded-Gaussian NonLocal2d(16) whose theta reads channels 0-7 (all but constant over the image: 1e-4
     noise) and phi channels 8-15 (random): a shared key profile, query-dependent at ~1e-4 in the logits."""
@@ -123,3 +158,41 @@ def test_nl_block_in_pass_att_is_float64_exact(monkeypatch) -> None:
     assert 1e-10 < min(want) and max(want) < 1e-6
     got = cap.records[0].stats.att[:, 0].tolist()
     assert np.allclose(got, want, rtol=0, atol=ATT_TOL), (got, want)
+
+
+@needs_kernels
+def test_nl_table_jsd_is_float64_exact() -> None:
+    """An NL block's JSD pairs (kernels.table_jsd: rows renormalised and summed in float64) on near-identical rows."""
+    block, x = _near_identical_block((32, 40), seed=2)
+    with torch.no_grad():
+        rows = block.attention(x).full()[0, :64].contiguous()  # float32 maps
+    a, b = torch.arange(64).repeat_interleave(64), torch.arange(64).repeat(64)
+    got = kernels.table_jsd(rows, a, b).numpy()
+    r = rows.double().numpy()
+    want = _phi_jsd(r[a.numpy()], r[b.numpy()])
+    assert 1e-10 < want.mean() < 1e-7
+    assert np.abs(got - want).max() < JSD_TOL, np.abs(got - want).max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("spread, noise", [(2.0, 1e-4), (2.0, 1e-2), (2.0, 1.0), (8.0, 4.0), (30.0, 30.0)])
+def test_pair_jsd_kernel_is_float_accurate_in_every_regime(spread: float, noise: float) -> None:
+    """kernels.pair_jsd (a ViT layer's pairs) against float64, from near-identical rows to rows on disjoint keys
+    (zeros included): both forms of its per-key terms, and the switch between them, within float rounding."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 3, 250, generator=g) * spread + noise * torch.randn(40, 3, 250, generator=g)
+    table = torch.softmax(logits, -1)
+    table[::3, :, ::4] = 0.0  # some keys without weight in some rows
+    table = (table / table.sum(-1, keepdim=True)).float()  # renormalised rows, as the row pass hands them out
+    table[5, 1] = 0.0  # an all-zero row: undefined
+    ok = (table.sum(-1) > 0).to(torch.uint8)
+    a, b = torch.arange(40).repeat_interleave(40), torch.arange(40).repeat(40)
+    ent = -torch.special.xlogy(table.double(), table.double()).sum(-1).float()  # the rows' entropies (nats)
+    got = kernels.pair_jsd(table, ent, ok, a, b).double().numpy()
+    t = table.double().numpy()
+    with np.errstate(invalid="ignore"):
+        want = _phi_jsd(t[a.numpy()], t[b.numpy()])
+    undefined = ~(ok[a] & ok[b]).bool().numpy()
+    assert np.isnan(got[undefined]).all() and not np.isnan(got[~undefined]).any()
+    err = np.abs(got - want)[~undefined]
+    assert (err <= 1e-6 * want[~undefined] + 1e-13).all(), (err.max(), want[~undefined].mean())  # was ~1e-6 off

@@ -190,8 +190,7 @@ def _eager_rows(
             table[inside], table_ent[inside] = rows, rows_ent
     values = None
     if plan is not None and table is not None:
-        values = torch.cat([_pair_jsd(table, table_ent, plan.a[i : i + 8192], plan.b[i : i + 8192])
-                            for i in range(0, plan.a.numel(), 8192)])  # fmt: skip
+        values = _pair_jsd(table, table_ent, plan.a, plan.b)  # in chunks of pairs
     return s_att, sums, values
 
 
