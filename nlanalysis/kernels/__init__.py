@@ -145,7 +145,7 @@ def _build() -> ctypes.CDLL:
         "nl_row_stats": [p, ctypes.c_float, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, p],
         "nl_token_stats": [p, i64, p, i64, p, p, i64, p, p, p, i64, i64, i64, i64, i64, p, p],
         "nl_feature_stats": [p, i64, i64, p, i64, i64, ctypes.c_int, p, i64, i64, i64, p, p, p],
-        "nl_pair_jsd": [p, p, p, p, i64, i64, i64, p, p],
+        "nl_pair_jsd": [p, p, p, p, p, i64, i64, i64, p, p],
         "nl_jsd_by_image": [p, p, p, i64, i64, i64, p, p, p],
         "nl_table_jsd64": [p, i64, p, p, i64, i64, p, p],
         "nl_unit_sum": [p, i64, i64, i64, i64, i64, i64, p, p, p, p, p, p, i64],
@@ -417,9 +417,10 @@ def pair_jsd(
     table: Tensor, ent: Tensor, ok: Tensor, a: Tensor, b: Tensor, image: Tensor | None = None, batch: int = 0
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """JSD (bits) of row pairs ``(a, b)`` of renormalised rows ``table`` ``[S, H+1, K]`` -> ``[P, H+1]``
-    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.measure.jsd_pairs._pair_jsd`: a sum of
-    non-negative per-key terms (``row_stats.c``'s ``jsd_term``), so near-identical rows' JSD (~1e-8 bits) keeps its float
-    precision. ``ent``: the rows' entropies ``[S, H+1]`` the row pass gives (checked, not read).
+    float32, NaN where either row is all zero (``ok`` 0); as :func:`nlanalysis.measure.jsd_pairs._pair_jsd`.
+    ``ent``: the rows' entropies ``[S, H+1]`` (nats) the row pass gives, for the fast form ``H(m) - (H(p) + H(q)) / 2``
+    (within ~1e-4 relative above its cut, ``row_stats.c``'s ``JSD_EXACT_BELOW``); pairs below the cut are summed again
+    as non-negative per-key terms (``jsd_term``), so near-identical rows' JSD (~1e-8 bits) keeps its float precision.
 
     With ``image`` (``[P]``, the image of each pair, ``< batch``): per image and head instead, the
     number of defined values, their mean and sample variance, each ``[batch, H+1]`` float64 (mean
@@ -429,14 +430,16 @@ def pair_jsd(
     _check_cpu("table", table)
     s, h1, k = table.shape
     a, b = _indices("pair_jsd", a, b, s)
-    for name, t in (("entropies", ent), ("flags", ok), ("image", image)):
+    for name, t in (("entropies", ent), ("flags", ok), ("image", image)):  # their pointers reach C
         _on_cpu(name, t)
     if tuple(ent.shape) != (s, h1) or tuple(ok.shape) != (s, h1):
         raise ValueError(f"pair_jsd: entropies and flags must be [{s}, {h1}], got {tuple(ent.shape)} and {tuple(ok.shape)}")
     out = torch.empty(a.numel(), h1)
     out_ok = torch.empty(a.numel(), h1, dtype=torch.uint8)
-    lib.nl_pair_jsd(_ptr(table.contiguous()), _ptr(ok.to(torch.uint8).contiguous()), _ptr(a), _ptr(b), a.numel(), h1, k,
-                    _ptr(out), _ptr(out_ok))  # fmt: skip
+    lib.nl_pair_jsd(
+        _ptr(table.contiguous()), _ptr(ent.to(torch.float32).contiguous()), _ptr(ok.to(torch.uint8).contiguous()),
+        _ptr(a), _ptr(b), a.numel(), h1, k, _ptr(out), _ptr(out_ok),
+    )  # fmt: skip
     if image is None:
         return out.masked_fill_(out_ok == 0, float("nan"))
     image = image.to(torch.int64).contiguous()
