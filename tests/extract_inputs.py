@@ -169,6 +169,13 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def photos_and_checkpoint(root: Path, n: int) -> tuple[Path, Path]:
+    """``root`` with ``n`` small photos in ``root/images`` and a tiny checkpoint ``root/tiny.pth``: the inputs of
+    :func:`images_extract_args`."""
+    write_photos(root / "images", n=n, max_side=96)
+    return root, tiny_checkpoint(root / "tiny.pth")
+
+
 def images_extract_args(root: Path, ckpt: Path, out: str | os.PathLike[str], *extra: str) -> list[str]:
     """``nlanalysis extract`` of ``root/images`` with ``ckpt`` into ``out`` (16 JSD pairs, quiet), then ``extra``."""
     return ["extract", "--ckpt", str(ckpt), "--images", str(Path(root) / "images"), "--out", str(out), "--jsd-pairs", "16", "--quiet", *extra]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from extract_inputs import cli_error, images_extract_args, tiny_checkpoint, write_photos
+from extract_inputs import cli_error, images_extract_args, photos_and_checkpoint, write_photos
 from nlanalysis.cli import main
 from nlanalysis.extract import load_run, merge_runs
 
@@ -55,9 +55,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crash")
-    write_photos(root / "images", n=4, max_side=96)
-    return root, tiny_checkpoint(root / "tiny.pth")
+    return photos_and_checkpoint(tmp_path_factory.mktemp("crash"), n=4)
 
 
 @pytest.fixture(scope="module")

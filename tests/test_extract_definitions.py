@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from extract_inputs import cli_error, copy_committed_run, images_extract_args, tiny_checkpoint, write_photos
+from extract_inputs import cli_error, copy_committed_run, images_extract_args, photos_and_checkpoint
 from nlanalysis import schema
 from nlanalysis.cli import main
 from nlanalysis.extract import load_run, merge_runs
@@ -23,9 +23,7 @@ DEMO_RUN = ROOT / "reports/demo/runs/gc"  # committed: metrics.csv, failures.csv
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("definitions")
-    write_photos(root / "images", n=3, max_side=96)
-    return root, tiny_checkpoint(root / "tiny.pth")
+    return photos_and_checkpoint(tmp_path_factory.mktemp("definitions"), n=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from extract_inputs import images_extract_args, tiny_checkpoint, write_photos
+from extract_inputs import images_extract_args, photos_and_checkpoint
 from nlanalysis.cli import main
 from test_hostile_nonregular import unopened
 
@@ -17,9 +17,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:Deprec
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nonregular_resume")
-    write_photos(root / "images", n=3, max_side=96)
-    return root, tiny_checkpoint(root / "tiny.pth")
+    return photos_and_checkpoint(tmp_path_factory.mktemp("nonregular_resume"), n=3)
 
 
 def _args(data, out):
