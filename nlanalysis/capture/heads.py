@@ -83,7 +83,7 @@ def _gram(module: nn.Module, adapter: ViTAttentionAdapter, gamma: Tensor | None,
 
 
 def _fingerprint(t: Tensor) -> Tensor:
-    """``[_PRINTS, rows]`` (a 1-D ``t``: ``[_PRINTS]``) float64: each row of ``t``'s bits, read as integers, times
+    """``[_PRINTS, rows]`` float64: each row of ``t``'s bits, read as integers, times
     :data:`_PRINTS` vectors of coefficients (:func:`_coefficients`).
 
     Exact: the integers are below ``2**(8 s - 1)`` (``s`` the view's bytes), the coefficients below ``2**b`` with
@@ -98,12 +98,6 @@ def _fingerprint(t: Tensor) -> Tensor:
     ~2**-23 for a ViT-L's of 1024, b = 12), and every changed row must go unseen. Comparing values instead
     (``w.double() @ R``) would lose a change of a tiny element under the rounding of the sum; a float32's bits read
     as an integer move by at least 1 whatever its value."""
-    if t.element_size() == 4 and 0 < t.dim() <= 2 and t.shape[-1] <= _ROW:  # float32 rows (a projection, a LayerScale)
-        bits = t.view(torch.int32).double()
-        coef = _COEFFICIENTS.get((t.shape[-1], 4, t.device))
-        if coef is None:
-            coef = _coefficients(t.shape[-1], 4, t.device)
-        return coef @ (bits.T if t.dim() == 2 else bits)
     ints = t.reshape(1) if t.dim() == 0 else t
     size = ints.element_size()
     if size in _INTS:
