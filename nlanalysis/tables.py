@@ -284,12 +284,18 @@ def short_block_names(names: Sequence[str]) -> dict[str, str]:
     return {n: ".".join(p[common:]) for n, p in zip(unique, parts)}
 
 
+AT_ONE = 1e-12  # a number this close to 1 is 1 up to float rounding (a geometric mean of ones: 1 +- ~1e-16)
+
+
 def _num(v: float) -> str:
     """Three significant digits, trailing zeros kept (0.0900, not 0.09, for 0.08999); a number below 1 in
-    magnitude never reads as 1 (0.9996 is 0.999, not 1.00: a share or entropy below 1 is not 1)."""
+    magnitude never reads as 1 (0.9996 is 0.999, not 1.00: a share or entropy below 1 is not 1), unless it is 1
+    up to float rounding (within :data:`AT_ONE`: a shared map's lift of 1 - 1e-16 reads 1.00, not 0.999)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     v = float(v)
+    if abs(abs(v) - 1.0) <= AT_ONE:
+        v = math.copysign(1.0, v)
     if v == 0:
         return "0"
     if abs(v) >= 100:

@@ -105,6 +105,9 @@ def test_three_digits_keep_their_zeros_and_a_share_below_one_never_reads_as_one(
     assert format_ci(0.9996) == "0.999" and format_ci(-0.9996) == "-0.999"  # rounding would say 1.00
     assert format_ci(1.0) == "1.00" and format_ci(0.9994) == "0.999" and format_ci(5e-5) == "5.0e-05"
     assert format_ci(0.98, 0.95, 0.99951) == "0.980 [0.950, 0.999]"
+    # 1 up to float rounding (a shared map's geometric-mean lift) reads as 1; a real shortfall still does not
+    assert format_ci(1.0, 0.9999999999999999, 1.0000000000000002) == "1.00 [1.00, 1.00]"
+    assert format_ci(1 - 1e-9) == "0.999" and format_ci(-(1 - 2e-16)) == "-1.00"
 
 
 def test_short_block_names():
