@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "compare-runs", main, help="seed-paired mIoU margins of a training folder (and the plateau rule)",
         description="Reads the finished runs of a `nlanalysis train --out` folder (OUT/runs/*.json) and prints, per "
-        "variant, the mean mIoU and the seed-paired margin over the baseline (or each --against variant) with its 95%% t-interval and paired "
+        "variant, the mean mIoU and the seed-paired margin over the baseline (or each --against variant) with its 95% t-interval and paired "
         "t-test p-value; a variant is called better/worse only when the interval excludes 0. With --long (the same "
         "grid on a longer schedule) also the plateau rule of reports/controls/PLAN.md.",
     )

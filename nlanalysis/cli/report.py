@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report",
         help="figures, tables (CSV/Markdown/LaTeX) and a short text from result sets",
         description="Writes OUT/index.md and OUT/index.html with GCNet's Table 1 form (task metric, input, output, att "
-        "with 95%% CIs, JSD, controls and diagnostics), a text of the numbers, and figures: each query's attention map "
+        "with 95% CIs, JSD, controls and diagnostics), a text of the numbers, and figures: each query's attention map "
         "over the image (GCNet Figure 2 form), distributions across images, statistics over training, and "
         "query-distance heat maps. Runs are labelled from their checkpoint's meta (variant, seed, step, task metric) "
         "or --label; runs of one variant with several seeds are pooled (CI over seeds). A ViT run (extract --model ... "

