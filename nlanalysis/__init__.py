@@ -21,6 +21,15 @@ from .metrics import mean_pairwise_cosine_distance
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``nlanalysis.vit`` after a plain ``import nlanalysis``, imported on first use (it needs no timm or onnx either)."""
+    if name == "vit":
+        import importlib
+
+        return importlib.import_module(".vit", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BlockAdapter",
     "BlockRecord",
@@ -31,6 +40,7 @@ __all__ = [
     "attention",
     "attention_maps",
     "capture",
+    "explore",
     "list_adapters",
     "list_blocks",
     "load_run",

@@ -49,3 +49,17 @@ def test_plain_import_loads_no_optional_or_vit_only_module():
         or m in ("nlanalysis.capture.heads", "nlanalysis.measure.heads", "nlanalysis.measure.head_controls", "nlanalysis.analyze_vit")
     ]  # fmt: skip
     assert heavy == [] and vit_only == []
+
+
+def test_vit_alias_reachable_from_a_plain_import():
+    """README: ``nlanalysis.vit.list_vit_models()`` after ``import nlanalysis`` (imported on first use, not before)."""
+    script = (
+        "import sys, nlanalysis\n"
+        "assert 'nlanalysis.vit' not in sys.modules\n"
+        "names = nlanalysis.vit.list_vit_models()\n"
+        "assert names and all(isinstance(n, str) for n in names), names\n"
+        "try:\n    nlanalysis.no_such_thing\nexcept AttributeError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "no attribute 'no_such_thing'" in out.stdout
