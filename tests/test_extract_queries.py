@@ -110,3 +110,20 @@ def test_grid_and_random_points():
     for bad in ("grid", "grid:0", "blobs:3", "random:-1"):
         with pytest.raises(ValueError, match="expected grid:K, random:K or objects:K"):
             parse_queries(bad)
+
+
+def test_every_query_is_capped_silently_an_oversized_grid_with_a_warning():
+    """``save_maps="all"`` (a grid of EVERY_QUERY) from Python warned about a ``--queries`` nobody gave; a user's
+    oversized grid still hears of its cap."""
+    import warnings
+
+    from nlanalysis.extract.queries import EVERY_QUERY, QuerySpec, select_queries
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        every = select_queries(QuerySpec("grid", EVERY_QUERY), (112, 112), rng, input_size=(112, 112), grids=[(14, 14)])
+    assert len(every.yx) == 14 * 14
+    with pytest.warns(UserWarning, match="more points than the query grids"):
+        big = select_queries(QuerySpec("grid", 1000), (112, 112), rng, input_size=(112, 112), grids=[(14, 14)])
+    assert len(big.yx) == 14 * 14

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from typing import Any
 
 import pandas as pd
@@ -143,10 +142,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, coco: bool, quiet: bool):
-    with warnings.catch_warnings():
-        if args.save_maps == "all":  # every query: the cap at one point per cell is what was asked for
-            warnings.filterwarnings("ignore", message="--queries grid:", category=UserWarning)
-        return run_extract(run_spec(args, coco), progress=not quiet, command=command_line(args))
+    return run_extract(run_spec(args, coco), progress=not quiet, command=command_line(args))
 
 
 def run_spec(args: argparse.Namespace, coco: bool) -> RunSpec:

@@ -35,7 +35,7 @@ import numpy as np
 from ..data.transforms import image_region
 from .objects import ObjectMap
 
-__all__ = ["QUERY_KINDS", "QueryPoints", "QuerySpec", "parse_queries", "query_region", "select_queries"]
+__all__ = ["EVERY_QUERY", "QUERY_KINDS", "QueryPoints", "QuerySpec", "parse_queries", "query_region", "select_queries"]
 
 QUERY_KINDS = ("grid", "random", "objects", "points")
 
@@ -52,6 +52,11 @@ class QuerySpec:
         if self.kind == "points":
             return "points:" + ";".join(f"{y:g},{x:g}" for y, x in self.points)
         return f"{self.kind}:{self.k}"
+
+
+#: ``--save-maps all`` asks for a ``grid:EVERY_QUERY``, which the query grids cap at one point per cell (silently: that
+#: cap is what was asked for)
+EVERY_QUERY = 1 << 16
 
 
 @dataclass
@@ -210,7 +215,7 @@ def _capped(spec: QuerySpec, grids: Sequence[tuple[int, int]]) -> tuple[int, int
         return wanted
     rows, cols = max(g[0] for g in grids), max(g[1] for g in grids)
     capped = (min(spec.k, rows), min(spec.k, cols)) if spec.kind == "grid" else (min(spec.k, rows * cols), 0)
-    if capped != wanted:
+    if capped != wanted and spec.k != EVERY_QUERY:
         warnings.warn(
             f"--queries {spec} asks for more points than the query grids of the analysed blocks have cells: "
             "each image gets at most one point per cell of its finest grid (more would repeat maps)",

@@ -30,14 +30,12 @@ from typing import Any
 import numpy as np
 
 from ..measure.query_dep import DEFAULT_LEVEL, LEVELS
-from .queries import QuerySpec, parse_queries
+from .queries import EVERY_QUERY, QuerySpec, parse_queries
 
 __all__ = ["DataSpec", "MeasureSpec", "ModelSpec", "OutputSpec", "RunSpec", "RunningSpec"]
 
 PathLike = str | os.PathLike[str]
 
-#: ``--save-maps all`` asks for a ``grid:EVERY_QUERY``, which the query grids cap at one point per cell
-EVERY_QUERY = 1 << 16
 
 
 def _tuple(value: Any) -> tuple | None:
