@@ -160,8 +160,28 @@ def with_locality_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**found) if found else frame
 
 
+#: the columns that say which block and measurement a row is of: runs that differ in one are different models or
+#: measurements, never pooled in one row.
+ONE_MODEL = {"family": "block family", "mode": "block mode", "convention": "distance convention"}
+
+
+def _one_model(part: pd.DataFrame) -> None:
+    """Refuse a table row that would pool runs of different block families, modes or distance conventions (two models
+    given one variant): naming the row, the runs and their values."""
+    for col, what in ONE_MODEL.items():
+        if col not in part or part[col].nunique() < 2:
+            continue
+        labels = part["label"] if "label" in part else pd.Series("?", index=part.index)
+        where = ", ".join(f"{k} `{part[k].iloc[0]}`" for k in ("variant", "step", "block") if k in part and pd.notna(part[k].iloc[0]))
+        said = "; ".join(f"{v!r} in " + ", ".join(f"`{r}`" for r in dict.fromkeys(labels[part[col] == v])) for v in part[col].dropna().unique())
+        raise ValueError(f"a table row ({where}) would pool runs of different {what}s: {said}; they are different models "
+                         "or measurements (report them separately, or give each its own variant)")  # fmt: skip
+
+
 def _facts(part: pd.DataFrame, level: float) -> dict[str, object]:
-    """The non-statistic columns of one Table 1 row (see :func:`summarise`)."""
+    """The non-statistic columns of one Table 1 row (see :func:`summarise`); a row of different block families, modes or
+    distance conventions is refused (:func:`_one_model`)."""
+    _one_model(part)
     row: dict[str, object] = {}
     row["mode"] = part["mode"].iloc[0] if "mode" in part else ""
     row["query_independent"] = bool(part["query_independent"].iloc[0]) if "query_independent" in part else False

@@ -30,11 +30,14 @@ class RunMeta:
     Attributes:
         label: unique name of the run in a report.
         path: the run directory.
-        variant: what the run is an instance of (the checkpoint meta's ``variant``, else the label).
+        variant: what the run is an instance of: the checkpoint meta's ``variant``, else the run's own (its label, made
+            unique by :func:`load_runs`): runs are pooled as seeds of one variant only where their checkpoints say so (two
+            models whose checkpoints share a file name, ``latest.pth``, are two variants, not two seeds of one).
         seed, step: training seed and step of the checkpoint (``None`` if unknown).
         metric_name, metric: the task metric recorded with the checkpoint (``None`` if unknown).
         checkpoint: the checkpoint file the run analysed.
         source: where the facts came from (``run.json``, ``checkpoint meta`` or ``none``), with why.
+        stated: whether the checkpoint meta states ``variant`` (else ``variant`` is the label).
     """
 
     label: str
@@ -46,6 +49,7 @@ class RunMeta:
     metric: float | None = None
     checkpoint: str | None = None
     source: str = "none"
+    stated: bool = False
 
 
 def _checkpoint_meta(run: ResultSet) -> tuple[dict[str, Any], str]:
@@ -78,7 +82,8 @@ def describe_run(run: ResultSet, label: str | None = None) -> RunMeta:
 
     They are read from ``run.json`` where it records the checkpoint's meta, else from the
     checkpoint file itself (when it still exists and its sha256 matches the run's). ``label``
-    defaults to the checkpoint's file name without extension.
+    defaults to the checkpoint's file name without extension; ``variant`` is the meta's, else ``label`` (which
+    :func:`load_runs` makes unique, and the variant with it: a run whose checkpoint states no variant is its own).
     """
     meta, source = _checkpoint_meta(run)
     ckpt = run.info.get("checkpoint", {}).get("path")
@@ -95,6 +100,7 @@ def describe_run(run: ResultSet, label: str | None = None) -> RunMeta:
         metric=float(meta[metric_name]) if metric_name else None,
         checkpoint=ckpt,
         source=source,
+        stated=bool(meta.get("variant")),
     )
 
 
@@ -152,6 +158,22 @@ def _unique_labels(metas: list[RunMeta], explicit: list[bool]) -> None:
         used.add(label)
 
 
+def _own_variants(metas: list[RunMeta]) -> None:
+    """Name the variant of each run whose checkpoint states none by its (unique) label: a variant of its own, not a seed of
+    a namesake's (``expA/latest.pth`` and ``expB/latest.pth``); where the label is a variant another run's meta states
+    (an unstated ``gaussian.pth`` beside stated ``gaussian`` runs), with its folder's name after it, then a number."""
+    used = {m.variant for m in metas if m.stated}
+    for m in metas:
+        if m.stated:
+            continue
+        variant = m.label if m.label not in used else f"{m.label} ({m.path.name})"
+        base, n = variant, 2
+        while variant in used:
+            variant, n = f"{base} #{n}", n + 1
+        m.variant = variant
+        used.add(variant)
+
+
 def _distinct(runs: Sequence[str | os.PathLike[str] | ResultSet]) -> list[str | os.PathLike[str] | ResultSet]:
     """``runs`` with each run folder once (a run given twice, or by position and by ``--label``, is one run)."""
     seen: dict[str, str | os.PathLike[str] | ResultSet] = {}
@@ -184,6 +206,8 @@ def load_runs(
     names = [given.get(str(Path(r.path).resolve())) for r in results]
     metas = [describe_run(r, name) for r, name in zip(results, names)]
     _unique_labels(metas, [name is not None for name in names])
+    _own_variants(metas)
+    _one_model_per_variant(results, metas)
     patterns = [blocks] if isinstance(blocks, str) else list(blocks or [])
     frames = []
     for res, m in zip(results, metas):
@@ -204,6 +228,64 @@ def load_runs(
     frame, notes = _each_image_once(frame, {m.label: _measurement(r) for r, m in zip(results, metas)})
     mixed = definitions_note({m.label: r.info.get("settings") for r, m in zip(results, metas)})
     return Runs(results, metas, frame, notes + ([mixed] if mixed else []))
+
+
+def _flat(value: Any, path: str = "") -> dict[str, Any]:
+    """``value``'s leaves by their dotted paths (``measure.jsd_pairs``), lists by index (``arch.blocks.0.options.mode``)."""
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {path: value}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flat(v, f"{path}.{k}" if path else str(k)))
+    return out or {path: value}
+
+
+def _differing(a: Any, b: Any) -> list[str]:
+    """The dotted paths where ``a`` and ``b`` differ (one side's missing leaf is ``None``)."""
+    fa, fb = _flat(a), _flat(b)
+    return [k for k in dict.fromkeys([*fa, *fb]) if fa.get(k) != fb.get(k)]
+
+
+def _input(run: ResultSet) -> dict[str, Any] | None:
+    """What a run measured the checkpoint's blocks on, and in which units: the architecture the weights were built into
+    (``arch``; a ViT's ``model`` spec and input size), the preprocessing (input size, normalisation), the distance
+    convention and the keys a map is over (a ViT's patches alone or with its prefix tokens); ``None`` where ``run.json``
+    records no settings. Runs that differ in it are different measurements: a column means another thing (``1-cos`` or
+    ``(1-cos)/2``), or is of another input (other resolution or normalisation)."""
+    settings = run.info.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    model = settings.get("model")
+    measure = settings.get("measure") if isinstance(settings.get("measure"), dict) else {}
+    return {"architecture": settings.get("arch", {k: v for k, v in model.items() if k != "weights_sha256"} if isinstance(model, dict) else None),
+            "preprocess": settings.get("preprocess"), "convention": measure.get("convention"), "zero": measure.get("zero"),
+            "keys": measure.get("keys")}  # fmt: skip
+
+
+def _one_model_per_variant(results: Sequence[ResultSet], metas: Sequence[RunMeta]) -> None:
+    """Refuse runs that one variant would pool (its seeds and steps) but that are of different models or measurements: an
+    architecture (block mode, widths, ...), preprocessing or distance convention of one that another lacks (:func:`_input`;
+    a run that records none is not compared). Their checkpoints' meta states one variant, so the rows cannot be told
+    apart: refused rather than split, since a split would give two table rows of one name, and the wrong meta is the
+    user's to see."""
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for res, m in zip(results, metas):
+        how = _input(res)
+        if how is None:
+            continue
+        first = seen.setdefault(m.variant, (m.label, how))
+        diff = _differing(first[1], how)
+        if diff:
+            fa, fb = _flat(first[1]), _flat(how)
+            shown = "; ".join(f"{k}: {fa.get(k)!r} in `{first[0]}`, {fb.get(k)!r} in `{m.label}`" for k in diff[:4])
+            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise ValueError(f"report: `{first[0]}` and `{m.label}` are both of variant {m.variant!r} (their checkpoints' meta "
+                             f"says so) but are different models or measurements, which one table row cannot pool: {shown}{more}. "
+                             "Report them separately, or correct the `variant` in their checkpoints' meta")  # fmt: skip
 
 
 #: run settings that choose what is kept or which images are taken, not how an image's statistics are measured

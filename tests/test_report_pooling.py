@@ -1,0 +1,87 @@
+"""What a report pools: runs are seeds of one variant only where their checkpoints' meta says so, a table row never
+pools different models, and an image of one checkpoint and input is one image whatever statistics were measured of it.
+
+Built from copies of the committed demo runs (real result sets, no extraction), edited as the cases need."""
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from extract_inputs import copy_committed_run
+from nlanalysis.report.meta import load_runs
+from nlanalysis.tables import summarise
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def _run(tmp_path, demo, name, *, ckpt=None, sha=None, meta="keep", settings=None, metrics=None):
+    """A copy of ``reports/demo/runs/<demo>`` at ``tmp_path/name``: its checkpoint path ``ckpt`` (a file that is gone;
+    by default one named as the demo's where its meta is dropped, ``meta=None``, so that the shipped file's is not read)
+    and sha256 ``sha``, its meta dropped or replaced, ``settings(info["settings"])`` and ``metrics(frame)`` applied."""
+    run = copy_committed_run(f"reports/demo/runs/{demo}", tmp_path / name)
+    info = json.loads((run / "run.json").read_text())
+    if ckpt is None and meta is None:
+        ckpt = f"gone/{demo}.pth"
+    if ckpt is not None:
+        info["checkpoint"]["path"] = str(tmp_path / ckpt)
+    if sha is not None:
+        info["checkpoint"]["sha256"] = info["settings"]["checkpoint_sha256"] = sha
+    if meta is None:
+        info["checkpoint"].pop("meta", None)
+    elif meta != "keep":
+        info["checkpoint"]["meta"] = meta
+    if settings is not None:
+        settings(info["settings"])
+    if metrics is not None:
+        data = metrics(pd.read_csv(run / "metrics.csv")).to_csv(index=False).encode()
+        (run / "metrics.csv").write_bytes(data)
+        info["assembled_files"]["metrics.csv"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_two_models_whose_checkpoints_share_a_file_name_are_two_variants(tmp_path):
+    """expA/model.pth and expB/model.pth (mmdetection's latest.pth) without meta were one variant `model`: an embedded
+    Gaussian and a Gaussian block pooled as two seeds, the row's mode the first's. Each is its own variant now."""
+    a = _run(tmp_path, "embedded_gaussian", "expA", ckpt="expA/model.pth", meta=None)
+    b = _run(tmp_path, "gaussian", "expB", ckpt="expB/model.pth", meta=None)
+    runs = load_runs([a, b])
+    assert [m.variant for m in runs.meta] == [m.label for m in runs.meta] == ["model (expA)", "model (expB)"]
+    table = summarise(runs.frame, by=("variant",))
+    assert table["variant"].tolist() == ["model (expA)", "model (expB)"] and table["mode"].tolist() == ["embedded_gaussian", "gaussian"]
+    assert table["runs"].tolist() == [1, 1] and set(table["ci"]) == {"95% t over images"}
+    for (_, row), run in zip(table.iterrows(), (a, b)):  # each row is its run's alone
+        assert row["att"] == pytest.approx(summarise(load_runs([run]).frame, by=("variant",))["att"].iloc[0], rel=1e-12)
+    # a stated variant still pools: two seeds of one model whose checkpoints share a file name
+    seeds = [_run(tmp_path, "gaussian", f"seed{s}", ckpt=f"seed{s}/latest.pth", meta={"variant": "gaussian", "seed": s},
+                  sha=str(s) * 64) for s in (0, 1)]  # fmt: skip
+    pooled = summarise(load_runs(seeds).frame, by=("variant",))
+    assert pooled["variant"].tolist() == ["gaussian"] and pooled["runs"].tolist() == [2]
+    # nor is a run whose checkpoint states no variant one of a stated namesake's: gaussian.pth without meta, beside them
+    bare = _run(tmp_path, "gaussian", "bare", ckpt="bare/gaussian.pth", meta=None, sha="2" * 64)
+    runs = load_runs([*seeds, bare])
+    assert [m.variant for m in runs.meta] == ["gaussian", "gaussian", "gaussian (bare)"]
+    assert summarise(runs.frame, by=("variant",))["runs"].tolist() == [2, 1]
+
+
+def test_runs_one_meta_calls_one_variant_but_of_different_blocks_are_refused(tmp_path):
+    """Checkpoints whose meta states one variant for two different models: refused, naming the runs and what differs
+    (split rows would carry one variant name twice)."""
+    meta = {"variant": "nl", "seed": 0}
+    a = _run(tmp_path, "embedded_gaussian", "a", meta=meta)
+    b = _run(tmp_path, "gaussian", "b", meta={**meta, "seed": 1})
+    with pytest.raises(ValueError, match=r"`embedded_gaussian` and `gaussian` are both of variant 'nl'.*"
+                                         r"architecture\.blocks\.0\.options\.mode: 'embedded_gaussian' in `embedded_gaussian`, "
+                                         r"'gaussian' in `gaussian`"):  # fmt: skip
+        load_runs([a, b])
+
+
+def test_a_table_row_of_different_block_modes_is_refused():
+    """A labelled frame built by other means (no run.json to compare): the row refuses, naming runs and modes, instead of
+    showing the first run's mode over both."""
+    rows = [{"label": label, "variant": "v", "block": "b", "image_id": i, "mode": mode, "family": "nl", "att": 0.1 * i}
+            for label, mode in (("one", "embedded_gaussian"), ("two", "gaussian")) for i in range(3)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(variant `v`, block `b`\) would pool runs of different block modes: "
+                                         r"'embedded_gaussian' in `one`; 'gaussian' in `two`"):  # fmt: skip
+        summarise(pd.DataFrame(rows), by=("variant",))
