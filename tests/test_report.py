@@ -380,9 +380,9 @@ def test_an_image_of_one_checkpoint_in_two_runs_is_counted_once_and_said(runs, t
 def test_figures_of_labels_that_slug_alike_do_not_overwrite_each_other(runs, tmp_path):
     root, base, _ = runs
     other = tmp_path / "other"
-    shutil.copytree(base, other)  # no meta: each run is a variant of its own label; measured with another JSD seed
+    shutil.copytree(base, other)  # no meta: each run is a variant of its own label; of another checkpoint file
     info = json.loads((other / "run.json").read_text())
-    info["settings"]["seed"] = 12345
+    info["checkpoint"]["sha256"] = info["settings"]["checkpoint_sha256"] = "1" * 64
     (other / "run.json").write_text(json.dumps(info))
     report = write_report([], tmp_path / "r", labels={"run a": base, "run_a": other}, formats=("png",), images=1, explore=None)
     names = [p.name for p in report.figures]
@@ -486,9 +486,10 @@ def test_a_report_through_a_link_replaces_the_folder_it_names_and_keeps_the_link
 
 
 def test_runs_of_other_checkpoints_or_settings_are_not_taken_for_copies(runs, tmp_path):
-    """Counting an image once applies to the same checkpoint (sha256) and measurement settings only: two models that share
-    variant, seed and step (v2 and v3 of a design, a planted block and its twin) keep all their rows; a copy measured with
-    another JSD seed is a measurement of its own too. A set kept without its maps/ says so (not 'files gone')."""
+    """Counting an image once applies to the same checkpoint (sha256) and input only: two models that share variant, seed
+    and step (v2 and v3 of a design, a planted block and its twin) keep all their rows; a copy measured with another JSD
+    seed is the same images measured again (counted once, the note names the setting). A set kept without its maps/ says
+    so (not 'files gone')."""
     root, _, snaps = runs
     other = tmp_path / "other_model"
     shutil.copytree(snaps[0], other)
@@ -503,7 +504,8 @@ def test_runs_of_other_checkpoints_or_settings_are_not_taken_for_copies(runs, tm
     info = json.loads((reseeded / "run.json").read_text())
     info["settings"]["seed"] = 12345
     (reseeded / "run.json").write_text(json.dumps(info))
-    assert len(load_runs([snaps[0], reseeded]).frame) == 2 * len(one.frame)
+    again = load_runs([snaps[0], reseeded])
+    assert len(again.frame) == len(one.frame) and len(again.notes) == 1 and "other settings: seed)" in again.notes[0]
     numbers_only = tmp_path / "numbers_only"
     shutil.copytree(snaps[0], numbers_only)
     shutil.rmtree(numbers_only / "maps")

@@ -5,6 +5,7 @@ Built from copies of the committed demo runs (real result sets, no extraction), 
 import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -85,3 +86,54 @@ def test_a_table_row_of_different_block_modes_is_refused():
     with pytest.raises(ValueError, match=r"\(variant `v`, block `b`\) would pool runs of different block modes: "
                                          r"'embedded_gaussian' in `one`; 'gaussian' in `two`"):  # fmt: skip
         summarise(pd.DataFrame(rows), by=("variant",))
+
+
+def _jsd(st, pairs=64):
+    st["measure"]["jsd_pairs"] = pairs
+
+
+def test_an_image_measured_again_with_other_statistic_settings_is_counted_once(tmp_path):
+    """eg2 and eg2jsd: one checkpoint, one input, other JSD pairs. Counted twice they narrowed every interval (40 rows
+    for 20 images); now the first run's rows count, and the note says which run, how many images and what differs."""
+    eg2 = _run(tmp_path, "embedded_gaussian_x2", "eg2")
+    jsd = _run(tmp_path, "embedded_gaussian_x2", "eg2jsd", settings=_jsd, metrics=lambda f: f.assign(att_jsd=f["att_jsd"] * 0.9))
+    alone, both = load_runs([eg2]), load_runs([eg2, jsd], labels={"eg2": eg2, "eg2jsd": jsd})
+    pd.testing.assert_frame_equal(both.frame.drop(columns="label"), alone.frame.drop(columns="label"))
+    assert both.notes == ["`eg2jsd`: 120 image(s) measured by `eg2` first (the same checkpoint and input; other settings: "
+                          "measure.jsd_pairs) are counted once, from there: its rows of them are left out of the tables"]  # fmt: skip
+    t_alone, t_both = summarise(alone.frame, by=("variant",)), summarise(both.frame, by=("variant",))
+    assert t_both[["att_low", "att_high", "images", "rows"]].equals(t_alone[["att_low", "att_high", "images", "rows"]])
+
+
+def test_the_note_names_the_columns_a_later_run_measured_and_the_first_did_not(tmp_path):
+    first = _run(tmp_path, "embedded_gaussian_x2", "first", settings=lambda st: st["measure"].update(query_dependence="off"),
+                 metrics=lambda f: f.assign(qk_nmi=np.nan))  # fmt: skip
+    later = _run(tmp_path, "embedded_gaussian_x2", "later")
+    runs = load_runs([first, later], labels={"first": first, "later": later})
+    assert len(runs.notes) == 1 and runs.notes[0].endswith("(with its columns the first lacks: qk_nmi)")
+    assert "other settings: measure.query_dependence" in runs.notes[0] and runs.frame["qk_nmi"].isna().all()
+
+
+def _scale(st):
+    st["preprocess"]["scale"] = [224, 224]
+
+
+def _half(st):
+    st["measure"]["convention"] = "(1-cos)/2"
+
+
+@pytest.mark.parametrize("change, what", [(_scale, r"preprocess\.scale\.0: 112 in `eg2`, 224 in `eg2big`"),
+                                          (_half, r"convention: '1-cos' in `eg2`, '\(1-cos\)/2' in `eg2big`")])  # fmt: skip
+def test_one_checkpoint_on_another_input_or_convention_is_another_measurement(tmp_path, change, what):
+    """Another resolution (another input) or distance convention (another meaning of every distance column) is not the
+    same image measured again: kept, as the rows of two variants where no meta names one, refused where one would pool
+    them (and a report of two conventions is refused by `report` as before)."""
+    eg2 = _run(tmp_path, "embedded_gaussian_x2", "eg2", meta=None)
+    big = _run(tmp_path, "embedded_gaussian_x2", "eg2big", meta=None, settings=change)
+    runs = load_runs([eg2, big], labels={"eg2": eg2, "eg2big": big})
+    assert runs.notes == [] and len(runs.frame) == 2 * len(load_runs([eg2]).frame)
+    assert runs.frame["variant"].unique().tolist() == ["eg2", "eg2big"]
+    eg2s = _run(tmp_path, "embedded_gaussian_x2", "eg2s")
+    bigs = _run(tmp_path, "embedded_gaussian_x2", "eg2bigs", settings=change)
+    with pytest.raises(ValueError, match=r"both of variant 'embedded_gaussian_x2'.*" + what):
+        load_runs([eg2s, bigs], labels={"eg2": eg2s, "eg2big": bigs})

@@ -225,7 +225,8 @@ def load_runs(
     if frame.empty:
         which = f" with blocks matching {patterns}" if patterns else ""
         raise ValueError(f"report: the runs hold no metrics rows{which} ({', '.join(str(r.path) for r in results)})")
-    frame, notes = _each_image_once(frame, {m.label: _measurement(r) for r, m in zip(results, metas)})
+    frame, notes = _each_image_once(frame, {m.label: _measurement(r) for r, m in zip(results, metas)},
+                                    {m.label: r.info.get("settings") for r, m in zip(results, metas)})
     mixed = definitions_note({m.label: r.info.get("settings") for r, m in zip(results, metas)})
     return Runs(results, metas, frame, notes + ([mixed] if mixed else []))
 
@@ -266,6 +267,12 @@ def _input(run: ResultSet) -> dict[str, Any] | None:
             "keys": measure.get("keys")}  # fmt: skip
 
 
+def _checkpoint_sha(run: ResultSet) -> str | None:
+    settings = run.info.get("settings") if isinstance(run.info.get("settings"), dict) else {}
+    model = settings.get("model") if isinstance(settings.get("model"), dict) else {}
+    return run.info.get("checkpoint", {}).get("sha256") or settings.get("checkpoint_sha256") or model.get("weights_sha256")
+
+
 def _one_model_per_variant(results: Sequence[ResultSet], metas: Sequence[RunMeta]) -> None:
     """Refuse runs that one variant would pool (its seeds and steps) but that are of different models or measurements: an
     architecture (block mode, widths, ...), preprocessing or distance convention of one that another lacks (:func:`_input`;
@@ -288,40 +295,65 @@ def _one_model_per_variant(results: Sequence[ResultSet], metas: Sequence[RunMeta
                              "Report them separately, or correct the `variant` in their checkpoints' meta")  # fmt: skip
 
 
-#: run settings that choose what is kept or which images are taken, not how an image's statistics are measured
-_NOT_MEASUREMENT = frozenset({"selection", "queries", "query_placement", "save_maps"})
+#: run settings that choose what is kept or which images and blocks are taken, not how an image's statistics are measured
+_NOT_MEASUREMENT = frozenset({"selection", "queries", "query_placement", "save_maps", "blocks"})
 
 
 def _measurement(run: ResultSet) -> str:
-    """What makes two runs' rows of one image the same measurement: the checkpoint (its sha256) and every setting of how
-    it is measured (``run.json``'s settings but the selection and what is saved); the run folder where none is known. The
-    column definitions' version is not one of them: an image extracted again by a later nlanalysis is still one image
-    (counted once; :func:`~nlanalysis.extract.definitions.definitions_note` names the versions a report mixes)."""
-    settings = run.info.get("settings")
-    sha = run.info.get("checkpoint", {}).get("sha256") or (settings or {}).get("checkpoint_sha256")
-    if not sha or not isinstance(settings, dict):
+    """What makes two runs' rows of one image one measurement: the checkpoint (its sha256) and the input it was measured on,
+    in the units of the columns (:func:`_input`: architecture, preprocessing and input size, distance convention); the run
+    folder where either is not known.
+
+    The settings of the statistics are not part of it (JSD pairs, the random-projection controls and their seed, the
+    query-dependence suite's level, the locality control, the object masks): an image of a model measured again with
+    other ones is still one image of that model, and counted twice it would narrow every interval as if there were twice
+    the images. Nor is the column definitions' version: an image extracted again by a later nlanalysis is still one image
+    (:func:`~nlanalysis.extract.definitions.definitions_note` names the versions a report mixes). Runs that differ in the
+    input are different measurements, each kept: as different variants' rows, or refused where one variant would pool them
+    (:func:`_one_model_per_variant`; a report of different conventions is refused too, :func:`~.runs.write_report`)."""
+    sha, how = _checkpoint_sha(run), _input(run)
+    if not sha or how is None:
         return f"run {run.path}"
+    return json.dumps({"checkpoint": sha, **how}, sort_keys=True, default=str)
+
+
+def _statistics(settings: Any) -> dict[str, Any]:
+    """``settings`` but the selection, what is saved and the column definitions: those of the statistics (and input)."""
+    if not isinstance(settings, dict):
+        return {}
     kept = {k: v for k, v in settings.items() if k not in _NOT_MEASUREMENT}
     if isinstance(kept.get("measure"), dict):
         kept["measure"] = {k: v for k, v in kept["measure"].items() if k != "definitions"}
-    return json.dumps({"checkpoint": sha, **kept}, sort_keys=True, default=str)
+    return kept
 
 
-def _each_image_once(frame: pd.DataFrame, measurement: Mapping[str, str]) -> tuple[pd.DataFrame, list[str]]:
-    """``frame`` with each image of a block measured by one checkpoint and settings (``measurement`` of each label) taken
-    from the first run that measured it, and notes saying which runs' rows were left out: counted again (a shard beside
-    its whole run, a copied folder, the same model extracted again to save its maps), an image would count as two
-    independent ones and narrow every interval."""
+def _each_image_once(
+    frame: pd.DataFrame, measurement: Mapping[str, str], settings: Mapping[str, Any] | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` with each image of a block measured by one checkpoint on one input (``measurement`` of each label,
+    :func:`_measurement`) taken from the first run that measured it, and notes saying which runs' rows were left out and
+    how many images: counted again (a shard beside its whole run, a copied folder, the same model extracted again to save
+    its maps or with other JSD pairs), an image would count as two independent ones and narrow every interval. Where the
+    runs' ``settings`` (per label) of the statistics differ, the note names them, and the columns the later run measured
+    that the first did not (left out for those images: give that run first to keep them)."""
     if "image_id" not in frame or "block" not in frame:
         return frame, []
     measured = frame["label"].map(measurement)
-    first = frame.assign(_m=measured).groupby(["_m", "block", "image_id"], sort=False)["label"].transform("first")
+    keyed = frame.assign(_m=measured)
+    first = keyed.groupby(["_m", "block", "image_id"], sort=False)["label"].transform("first")
     again = frame["label"] != first
     if not again.any():
         return frame, []
+    settings = settings or {}
+    where = pd.MultiIndex.from_frame(keyed[["_m", "block", "image_id"]])  # each row's measurement, block and image
     notes = []
     for label, rows in frame[again].groupby("label", sort=False):
-        by = ", ".join(f"`{b}`" for b in dict.fromkeys(first[rows.index]))
-        notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {by} first (the same checkpoint and "
-                     "settings) are counted once, from there: its rows of them are left out of the tables")  # fmt: skip
+        by = list(dict.fromkeys(first[rows.index]))
+        differ = list(dict.fromkeys(d for b in by for d in _differing(_statistics(settings.get(b)), _statistics(settings.get(label)))))
+        what = "the same checkpoint and settings" if not differ else f"the same checkpoint and input; other settings: {', '.join(differ)}"
+        firsts = keyed[~again & where.isin(where[((frame["label"] == label) & again).to_numpy()])]
+        lost = [c for c in rows.columns if rows[c].notna().any() and c in firsts and firsts[c].isna().all()]
+        notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {', '.join(f'`{b}`' for b in by)} first ({what}) "
+                     "are counted once, from there: its rows of them are left out of the tables"
+                     + (f" (with its columns the first lacks: {', '.join(lost)})" if lost else ""))  # fmt: skip
     return frame[~again].reset_index(drop=True), notes
