@@ -13,6 +13,7 @@ VARIANTS="baseline embedded_gaussian dot_product concatenation gc snl se pooled_
 MAPPED="embedded_gaussian dot_product concatenation gc snl danet_pam"  # the variants with a map over positions
 # the order runs are trained in (each run is independent of the others): the gate's four variants, every seed, first
 ORDER="baseline embedded_gaussian gc snl dot_product concatenation se pooled_fc danet_pam"
+GRID_VARIANTS=$VARIANTS  # a grid's variants (an extension of some variants sets ORDER and this to them)
 train() {  # design epochs [name extra-args...]: OUT is runs/controls/NAME_eEPOCHS (NAME: the design)
     local design=$1 epochs=$2 name=${3:-$1}
     nlanalysis train --design "$design" --epochs "$epochs" --snapshots 0.25 0.5 0.75 1 --seeds 0 1 2 \
@@ -65,7 +66,7 @@ grid() {  # design epochs name [extra-args...]: one (variant, seed) at a time, t
             else echo "$name $v s$s: run kept, result sets not kept and no checkpoint here to extract them from" >&2; fi
         fi
     done; done
-    train "$design" "$epochs" "$name" "${@:4}"  # every run recorded: training.csv and summary over all of them
+    train "$design" "$epochs" "$name" "${@:4}" --variants $GRID_VARIANTS  # every run recorded: training.csv and summary over all of them
     cp "$out/training.csv" "$keep/"
 }
 [ $# -gt 0 ] || set -- 1 2 3 4 5
@@ -79,6 +80,10 @@ for batch in "$@"; do
         v2) grid query-specific 12 query-specific-v2 --num-items 4 10 ;;  # PLAN.md, session 11: the revised design's gate
         v2-24) grid query-specific 24 query-specific-v2 --num-items 4 10 ;;  # v2's plateau rule (as batch 2 is v1's)
         v2-48) grid query-specific 48 query-specific-v2 --num-items 4 10 ;;  # PLAN.md session 16, 05:50: v2 at 48 epochs, whole grid
+        independent-48)  # PLAN.md session 23, 07:50: concatenation (off its plateau at 12) and its margins' references at 48 epochs
+            ORDER="baseline gc snl concatenation"; GRID_VARIANTS="baseline concatenation gc snl"
+            grid independent 48 independent
+            ORDER="baseline embedded_gaussian gc snl dot_product concatenation se pooled_fc danet_pam"; GRID_VARIANTS=$VARIANTS ;;
         v3)  # PLAN.md, session 13: the marker check on v3's baseline seed 0 (val R^2 >= 0.5), then the batch
             out=runs/controls/query-specific-v3_e12
             if ! kept query-specific-v3 12 baseline 0; then  # kept: the check ran (marker_probe_v3.json); not run on a retrain
@@ -162,6 +167,6 @@ for batch in "$@"; do
                 --out reports/controls/locality_trained.csv | tee reports/controls/locality_trained.md ;;
         report)  # margins over baseline, GC and SNL, the gate, the attention readings and the answer (PLAN.md's rules)
             nlanalysis controls-report reports/controls/runs --out reports/controls ;;
-        *) echo "unknown batch $batch (1-5, v2, v2-24, v2-48, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
+        *) echo "unknown batch $batch (1-5, v2, v2-24, v2-48, independent-48, v3, v3-planted[-b|-v|-n|-l], tables, extract, locality, report)" >&2; exit 2 ;;
     esac
 done
