@@ -81,7 +81,8 @@ def write_report(
 
     Args:
         runs: run directories, loaded result sets, or :class:`Runs` from :func:`load_runs`.
-        out: the report folder (created; an earlier report there is replaced, other files in it are kept).
+        out: the report folder (created; the files an earlier report there wrote are replaced, other files in it are
+            kept; not the current folder or one above it).
         labels: ``{label: RUN_DIR}``; other runs are named after their checkpoint.
         blocks: glob(s): report only these blocks.
         images: images per Figure 2 (the first ones of each run with saved maps).
@@ -142,7 +143,8 @@ def _vit_run(runs: Sequence[str | os.PathLike[str] | ResultSet] | Runs) -> Resul
     return results[0] if isinstance(results[0], ResultSet) else load_run(results[0])
 
 
-#: what :func:`write_report` writes into its folder (replaced whole by the next report; other files are kept).
+#: what :func:`write_report` writes into its folder (the files it wrote, listed in it, are replaced by the next report;
+#: other files are kept: :func:`~nlanalysis.report.staging.staged_folder`).
 REPORT_ENTRIES = frozenset({"index.md", "index.html", "tables", "figures", "explore"})
 
 
