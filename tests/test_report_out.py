@@ -169,3 +169,12 @@ def test_reporting_twice_into_a_folder_gives_the_same_report_and_keeps_the_users
     write_report([run], out, formats=("png",), explore=None)
     assert _tree(out) == {**first, **mine}
     assert sorted(os.listdir(tmp_path)) == ["gc", "rep"]
+
+
+def test_vit_report_refuses_the_current_folder_before_it_extracts(tmp_path, monkeypatch):
+    from nlanalysis.report.vit import write_vit_report
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--out .: the current folder"):
+        write_vit_report(".", tmp_path / "no-such-vit.pth", formats=("png",))
+    assert os.listdir(tmp_path) == []  # no run/, no photos/

@@ -43,6 +43,7 @@ from .vit_compare import compare_table, comparison, read_nl_table
 from .vit_figures import DEFAULT_QUERIES, vit_figures
 from .query_text import layer_lines
 from .ratio_ends import ratio_ends
+from .staging import report_folder
 from .vit_tables import (HEAD_COLUMNS, choose_heads, heads_table, layers_caption, layers_table, layers_text, measured_query_columns,
                          query_layers_table, query_layers_text, rows_by_head)
 from .vit_text import head_kind, measured_lines, provenance, run_facts, summary_lines
@@ -92,6 +93,7 @@ def write_vit_report(
     from .runs import write_report
 
     require_png(formats, "vit report")
+    report_folder(out)  # a folder the report may replace: said before the extract, not after it
     out = Path(out)
     spec = _photo_spec(out, model, photos, size=size, preprocessing=preprocessing, queries=queries, jsd_pairs=jsd_pairs)
     run_extract(spec, progress=False, command=["nlanalysis", "vit-report", "--out", str(out)])
