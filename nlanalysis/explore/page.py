@@ -6,15 +6,16 @@ import html
 import json
 import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..extract.results import ResultSet, load_run
-from ..files import atomic_write
+from ..files import atomic_write, broken_link, file_kind
 from .data import page_data
 
-__all__ = ["Explorer", "explore", "render_page"]
+__all__ = ["Explorer", "check_page", "explore", "render_page"]
 
 #: characters the page's JSON writes as ``\uXXXX``: no text from the data (an image's file name) can close or
 #: open anything in its ``<script>`` (``</script>``, ``<!--<script>``); U+2028/U+2029 for older JavaScript parsers
@@ -56,10 +57,9 @@ class Explorer:
 
         Raises:
             IsADirectoryError: ``path`` is a folder.
+            ValueError: ``path`` is no ``.html`` name, or a file that is not an explore page (:func:`check_page`).
         """
-        path = Path(path)
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give the page's file name (e.g. {path / 'explore.html'})")
+        path = check_page(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, encoding="utf-8", unique=True) as f:  # unique: no two writers share its temporary file
             f.write(self.html)
@@ -68,6 +68,40 @@ class Explorer:
     def _repr_html_(self) -> str:
         """The page in an ``<iframe>`` (its own document: its script and styles stay in it)."""
         return f'<iframe srcdoc="{html.escape(self.html, quote=True)}" style="width:100%;height:720px;border:0"></iframe>'
+
+
+def check_page(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a name an explore page may be written to: an ``.html`` name that is new or holds an explore page
+    (whose first bytes are the page's own), never a folder or any other file (a run's ``metrics.csv``, say).
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: what else is wrong, naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder: give the page's file name (e.g. {path / 'explore.html'})")
+    if path.suffix.lower() != ".html":
+        raise ValueError(f"{path}: an explore page is an .html file; give a name ending in .html")
+    if not os.path.lexists(path):
+        return path
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # never opened: opening a named pipe waits for a writer
+            raise ValueError(f"{path}: {file_kind(mode)}, not an explore page; give another name")
+        with open(path, "rb") as f:
+            head = f.read(len(_PAGE_HEAD))
+    except OSError as err:
+        raise ValueError(f"{path}: {broken_link(path) or 'cannot be read'}, so not known to be an explore page "
+                         f"({err.strerror or err}); give another name") from None  # fmt: skip
+    if head != _PAGE_HEAD:
+        raise ValueError(f"{path}: a file that nlanalysis explore did not write (not an explore page); explore replaces "
+                         "only its own pages: give another name")  # fmt: skip
+    return path
+
+
+#: how every explore page begins (the template up to its title): what :func:`check_page` recognises
+_PAGE_HEAD = (resources.files(__package__) / "page.html").read_text(encoding="utf-8").split("{{TITLE}}")[0].encode()
 
 
 def explore(run: ResultSet | str | os.PathLike[str], image_ids: list[Any] | None = None,
