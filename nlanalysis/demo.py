@@ -13,7 +13,9 @@ from pathlib import Path
 
 from .data.scenes import demo_scenes_path
 from .extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunSpec, run_extract
+from .files import require_folder
 from .report.runs import Report, write_report
+from .report.staging import report_folder
 from .train.run import SHIPPED_DIR, shipped_checkpoints
 
 __all__ = ["run_demo"]
@@ -30,8 +32,11 @@ def run_demo(out: str | os.PathLike[str] = "nlanalysis-demo", *, scenes: int = 1
             f"{SHIPPED_DIR}: no trained checkpoints ship with this installation; "
             "train them with `nlanalysis train --out runs/train --ship` (see README, Training)"
         )
-    ann, images = demo_scenes_path()
     out = Path(out)
+    for folder in (out, out / "runs"):  # a file there: said before any extract
+        require_folder(folder, "the demo's runs and report")
+    report_folder(out / "report")
+    ann, images = demo_scenes_path()
     runs = {}
     start = time.perf_counter()
     for variant, ckpt in checkpoints.items():

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "broken_link", "file_kind", "fsync_folder", "fsync_tree"]
+__all__ = ["atomic_write", "broken_link", "file_kind", "fsync_folder", "fsync_tree", "require_folder"]
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))  # fmt: skip
@@ -41,6 +41,29 @@ def broken_link(path: str | os.PathLike[str]) -> str | None:
     except OSError:
         return None
     return None
+
+
+def require_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` (an ``--out``) where it is a folder or can be made one; else a ValueError in words: it, or a folder on
+    the way to it, is a file, a broken link or another kind of entry (what ``mkdir`` would say as an errno)."""
+    path = Path(path)
+    for place in (path, *path.parents):
+        try:
+            mode = os.stat(place).st_mode
+        except FileNotFoundError:
+            link = broken_link(place)
+            if link is None:
+                continue
+            kind = link
+        except NotADirectoryError:  # a file further up: found on the way
+            continue
+        else:
+            if stat.S_ISDIR(mode):
+                return path
+            kind = "a file" if stat.S_ISREG(mode) else file_kind(mode)
+        where = f"{kind}, not a folder" if place == path else f"{place} is {kind}, not a folder"
+        raise ValueError(f"--out {path}: {where}; give a folder for {what}")
+    return path
 
 
 @contextlib.contextmanager

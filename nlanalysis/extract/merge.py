@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import fsync_folder, fsync_tree
+from ..files import fsync_folder, fsync_tree, require_folder
 from .definitions import check_shards_definitions
 from .resume import damage
 from .store import RunStore, _write_json, check_same_settings
@@ -25,6 +25,7 @@ def merge_runs(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
     are copied into a temporary folder beside ``out`` that is put on the disk and renamed to ``out`` when all is merged;
     ``out`` must not exist yet or be empty. Returns the merged ``run.json``.
     """
+    require_folder(out, "the merged run")  # a file there, or on the way: said in words, before the runs are read
     stores = [RunStore(p) for p in inputs]
     if not stores:
         raise ValueError("give at least one RUN_DIR to merge")

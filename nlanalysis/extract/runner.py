@@ -47,6 +47,7 @@ import torch
 
 from .. import schema
 from ..data.images import exif_orientation
+from ..files import require_folder
 from ..metrics.threads import free_core_threads
 from .analyses import Analysis, LayerMaps, load_analysis
 from .loading import ImageDataset, Loaded, failure_reason, forks, worker_init
@@ -174,6 +175,7 @@ def run_extract(spec: RunSpec, *, progress: bool = True, command: Sequence[str] 
         command: the command line to record (default ``sys.argv``).
     """
     started, t0 = now(), time.perf_counter()
+    require_folder(spec.output.out, "the result set")  # in words, before the model and the images are read
     shard_index, shard_count = resolve_shard(spec.running.shard)
     dev = resolve_device(spec.running.device)
     items = _select(spec)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..files import atomic_write, fsync_folder, fsync_tree
+from ..files import atomic_write, fsync_folder, fsync_tree, require_folder
 
 __all__ = ["MANIFEST", "report_folder", "staged_folder"]
 
@@ -24,7 +24,9 @@ MANIFEST = ".nlanalysis-report.json"
 
 def report_folder(out: str | os.PathLike[str]) -> Path:
     """``out`` as the absolute, resolved folder a report replaces (a symbolic link: the folder it names), or a
-    ValueError saying why it cannot be one: a file, the root of the file system, the current folder or one above it."""
+    ValueError saying why it cannot be one: a file (:func:`~nlanalysis.files.require_folder`), the root of the file
+    system, the current folder or one above it."""
+    require_folder(out, "the report")  # it, or a folder on the way to it, is a file: said in words
     try:
         path = Path(out).resolve()
     except (OSError, RuntimeError) as err:  # a loop of symbolic links
@@ -37,8 +39,6 @@ def report_folder(out: str | os.PathLike[str]) -> Path:
             where = "the current folder" if path == cwd else f"a folder above the current one ({cwd})"
             raise ValueError(f"--out {out}: {where}; the report replaces its folder: give a folder of its own, e.g. "
                              f"{Path(out) / 'report'}")  # fmt: skip
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {out}: a file, not a folder; give a folder for the report")
     return path
 
 
