@@ -146,8 +146,11 @@ def test_a_folder_that_is_no_report_keeps_its_index_md(tmp_path):
 
 
 def test_a_report_made_before_the_list_is_replaced_as_before_and_other_files_kept(tmp_path):
+    """Without a list, a report folder's files are those its pages link (``linked.png``: gone though the new report
+    has no such figure) and those the new report writes; a file neither names (``old.png``) is kept."""
     out = tmp_path / "rep"
-    for rel, text in {"index.md": "# 0\n", "index.html": "<p>0</p>\n", "figures/a.png": "a0", "figures/old.png": "o",
+    for rel, text in {"index.md": "# 0\n![a](figures/linked.png)\n", "index.html": '<p><img src="figures/linked.png"></p>\n',
+                      "figures/a.png": "a0", "figures/linked.png": "l", "figures/old.png": "o",
                       "tables/t.csv": "x\n0\n"}.items():  # fmt: skip
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)

@@ -7,8 +7,10 @@ file can lose it: a failure puts every moved entry back.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -49,10 +51,10 @@ def staged_folder(out: str | os.PathLike[str], own: frozenset[str]) -> Iterator[
     ``own``: the top-level names the writer makes (``index.md``, ``tables``, ...). An existing ``out`` is replaced only
     when the block succeeds (:func:`_carry_plan` says what of it is kept): a file in an ``own`` entry goes when the last
     report listed it (:data:`MANIFEST`), or, in a report folder without the list (made before it, holding
-    ``index.md`` and ``index.html``), when the new report writes its name; any other file is kept at its place, and
-    a kept file the new report would write over is refused, naming it, before ``out`` is touched. Entries outside
-    ``own`` (a user's ``make.sh``, a ViT report's ``run``) are kept whole. When the block or the swap fails, ``out``
-    is left as it was. ``out`` is resolved first (:func:`report_folder`): where it is a symbolic link, the folder it
+    ``index.md`` and ``index.html``), when its pages link it or the new report writes its name; any other file is kept
+    at its place, and a kept file the new report would write over is refused, naming it, before ``out`` is touched.
+    Entries outside ``own`` (a user's ``make.sh``, a ViT report's ``run``) are kept whole. When the block or the swap
+    fails, ``out`` is left as it was. ``out`` is resolved first (:func:`report_folder`): where it is a symbolic link, the folder it
     names is replaced. The new folder's files reach the disk before the rename, the rename after it: a power loss
     leaves no empty file in it.
     """
@@ -92,13 +94,24 @@ def _listed(out: Path) -> set[str] | None:
     return {f for f in files if isinstance(f, str)} if isinstance(files, list) else None
 
 
+def _linked(out: Path) -> set[str]:
+    """The relative paths ``out/index.md`` and ``out/index.html`` link (a report's figures, tables and explore pages)."""
+    found = set()
+    for name, pattern in (("index.md", r"\]\(([^)\s]+)\)"), ("index.html", r'(?:href|src)="([^"]+)"')):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            links = re.findall(pattern, (out / name).read_text(encoding="utf-8"))
+            found |= {html.unescape(link).split("#")[0].removeprefix("./") for link in links}
+    return found
+
+
 def _carry_plan(out: Path, work: Path, own: frozenset[str], written: set[str]) -> list[tuple[Path, Path]]:
     """The ``(entry of out, its place in work)`` moves that keep what is not the last report's: every top-level entry
     outside ``own`` whole, and every file inside an ``own`` entry but those the last report listed (without a list: in
-    a report folder, those the new report writes). A ValueError names a kept file whose place the new report took."""
+    a report folder, those its pages link and those the new report writes). A ValueError names a kept file whose place
+    the new report took."""
     listed = _listed(out)
     if listed is None and (out / "index.md").is_file() and (out / "index.html").is_file():
-        listed = written  # a report made before the list: its files are those the new one writes, as before
+        listed = written | _linked(out)  # a report made before the list: what its pages link, and what the new one writes
     moves = []
     for entry in sorted(os.scandir(out), key=lambda e: e.name):
         if entry.name == MANIFEST:
