@@ -273,7 +273,10 @@ def test_a_failed_report_leaves_the_earlier_one_whole(with_maps, tmp_path, capsy
     args = ["report", str(with_maps), "--out", str(out), "--formats", "png"]
     assert main(args) == 0
     (out / "make.sh").write_text("nlanalysis report ...\n")  # a user's file in the report folder
-    (out / "figures" / "stale.png").write_bytes(b"from an older report")
+    (out / "figures" / "stale.png").write_bytes(b"from an older report")  # listed as the last report's: replaced
+    listed = json.loads((out / ".nlanalysis-report.json").read_text())
+    (out / ".nlanalysis-report.json").write_text(json.dumps({**listed, "files": [*listed["files"], "figures/stale.png"]}))
+    (out / "figures" / "mine.png").write_bytes(b"a user's figure")  # not listed: kept
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     run = _copy(with_maps, tmp_path)
     npz = sorted((run / "maps").glob("*.npz"))[0]
@@ -284,6 +287,7 @@ def test_a_failed_report_leaves_the_earlier_one_whole(with_maps, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]  # no temporary folder left
     assert main(args) == 0  # a complete new report replaces the old one; the user's file stays
     assert (out / "make.sh").read_text() == "nlanalysis report ...\n" and not (out / "figures" / "stale.png").exists()
+    assert (out / "figures" / "mine.png").read_bytes() == b"a user's figure"
     assert (out / "index.md").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]
 
 
