@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--save-maps all also gets its `nlanalysis explore` page, OUT/explore/LABEL.html, linked from the index.",
     )
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="result sets of `nlanalysis extract` (use --save-maps for map figures)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="report folder, e.g. reports/NAME")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="report folder, e.g. reports/NAME (an earlier report's files there are replaced, any other file is kept)")  # fmt: skip
     p.add_argument("--label", action="append", type=_label, default=[], metavar="NAME=RUN_DIR",
                    help="name a run (repeatable); a run named here need not be listed again")  # fmt: skip
     p.add_argument("--blocks", nargs="+", metavar="GLOB", help="report only blocks whose dotted name matches")
