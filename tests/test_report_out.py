@@ -14,6 +14,9 @@ from nlanalysis.report.staging import MANIFEST, staged_folder
 
 OWN = frozenset({"index.md", "index.html", "tables", "figures", "explore"})
 DEMO_RUN = "reports/demo/runs/gc"
+#: the head of a report's index.html (before the list, the only mark of a report's folder)
+SIGNED = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>t</title>\n<style>body{font-family:system-ui,'
+          'sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}</style></head><body>\n')
 
 
 def _tree(folder):
@@ -65,47 +68,65 @@ def test_report_out_dot_says_so_and_leaves_the_folder_as_it_was(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["gc", "paper"]
 
 
-@pytest.mark.parametrize("failing", ["aside", "in"])
+@pytest.mark.parametrize("failing", ["aside", "in", "list"])
 def test_a_failure_during_the_swap_puts_every_moved_entry_back(tmp_path, monkeypatch, failing):
-    """A rename that fails late (out set aside, or the new folder renamed in: a full disk, a busy mount) leaves the
-    folder as it was, the user's files included, and nothing beside it."""
+    """A move that fails late (the last report's files set aside, the new ones moved in, the new list written: a full
+    disk, a busy mount) leaves the folder as it was, the user's files included, and nothing beside it."""
     out = tmp_path / "rep"
     _report(out, {"index.md": "# 1\n", "index.html": "<p>1</p>\n", "figures/a.png": "a"})
     (out / "make.sh").write_text("echo mine\n")
     (out / "figures" / "fig1_main_result.pdf").write_text("mine")
     before = _tree(tmp_path)
-    replace, failed = os.replace, []
+    name = {"aside": "rename", "in": "link", "list": "replace"}[failing]
+    real, calls = getattr(os, name), []
 
-    def fails(src, dst):  # once: putting back renames onto out too
-        if not failed and ((failing == "aside" and Path(src) == out) or (failing == "in" and Path(dst) == out)):
-            failed.append(dst)
-            raise OSError(28, "No space left on device", str(dst))
-        replace(src, dst)
+    def fails(src, dst, **kw):  # the second call (a list: its first), into out
+        if Path(dst).parent.is_relative_to(out) and ".nlanalysis-report.old" not in str(src):
+            calls.append(dst)
+            if len(calls) == (1 if failing == "list" else 2):
+                raise OSError(28, "No space left on device", str(dst))
+        return real(src, dst, **kw)
 
-    monkeypatch.setattr(os, "replace", fails)
+    monkeypatch.setattr(os, name, fails)
     with pytest.raises(OSError, match="No space left"):
         _report(out, {"index.md": "# 2\n", "index.html": "<p>2</p>\n", "figures/b.png": "b"})
-    assert failed and _tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["rep"]
+    assert calls and _tree(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["rep"]
 
 
-
-def test_where_putting_back_fails_too_the_error_says_where_the_files_are_and_nothing_is_removed(tmp_path, monkeypatch):
+def test_where_putting_back_fails_too_the_error_says_where_the_files_are_and_the_next_report_ends_it(tmp_path, monkeypatch,
+                                                                                                    capsys):  # fmt: skip
     out = tmp_path / "rep"
     _report(out, {"index.md": "# 1\n", "index.html": "<p>1</p>\n"})
     (out / "make.sh").write_text("echo mine\n")
-    replace = os.replace
+    link, rename = os.link, os.rename
 
-    def fails(src, dst):
-        if Path(dst) == out:
+    def no_link(src, dst, **kw):
+        if Path(dst).name == "index.md":
+            raise OSError(28, "No space left on device", str(dst))
+        link(src, dst, **kw)
+
+    def no_rename_back(src, dst):
+        if ".nlanalysis-report.old" in str(src):
             raise OSError(5, "Input/output error", str(dst))
-        replace(src, dst)
+        rename(src, dst)
 
-    monkeypatch.setattr(os, "replace", fails)
-    with pytest.raises(OSError, match=r"putting its folder back failed too .*: its entries are in .*\.old and .*\.tmp"):
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "rename", no_rename_back)
+    with pytest.raises(OSError, match=r"putting the earlier one back failed too .*: its files are in .*\.nlanalysis-report\.old; "
+                                      "the next report into .* puts them back"):  # fmt: skip
         _report(out, {"index.md": "# 2\n", "index.html": "<p>2</p>\n"})
-    (old,), (work,) = tmp_path.glob(".rep.*.old"), tmp_path.glob(".rep.*.tmp")
-    assert (old / "index.md").read_text() == "# 1\n" and (work / "index.md").read_text() == "# 2\n"
-    assert (work / "make.sh").read_text() == "echo mine\n"  # moved in, not put back, not removed
+    assert (out / ".nlanalysis-report.old" / "files" / "index.md").read_text() == "# 1\n"
+    assert (out / "make.sh").read_text() == "echo mine\n"  # never moved
+    monkeypatch.undo()
+    capsys.readouterr()
+    _report(out, {"index.md": "# 3\n", "index.html": "<p>3</p>\n"})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a report stopped half-way was undone" in err[0], err
+    tree = _tree(out)
+    tree.pop(MANIFEST)
+    assert tree == {"index.md": b"# 3\n", "index.html": b"<p>3</p>\n", "make.sh": b"echo mine\n"}
+    assert sorted(os.listdir(tmp_path)) == ["rep"]
+
 
 def test_a_rereport_replaces_only_what_the_last_report_listed(tmp_path):
     out = tmp_path / "rep"
@@ -146,10 +167,10 @@ def test_a_folder_that_is_no_report_keeps_its_index_md(tmp_path):
 
 
 def test_a_report_made_before_the_list_is_replaced_as_before_and_other_files_kept(tmp_path):
-    """Without a list, a report folder's files are those its pages link (``linked.png``: gone though the new report
-    has no such figure) and those the new report writes; a file neither names (``old.png``) is kept."""
+    """Without a list, a report folder (its ``index.html`` has a report's head) has files: those its pages link
+    (``linked.png``: gone though the new report has no such figure) and those the new report writes; a file neither names (``old.png``) is kept."""
     out = tmp_path / "rep"
-    for rel, text in {"index.md": "# 0\n![a](figures/linked.png)\n", "index.html": '<p><img src="figures/linked.png"></p>\n',
+    for rel, text in {"index.md": "# 0\n![a](figures/linked.png)\n", "index.html": SIGNED + '<p><img src="figures/linked.png"></p>\n',
                       "figures/a.png": "a0", "figures/linked.png": "l", "figures/old.png": "o",
                       "tables/t.csv": "x\n0\n"}.items():  # fmt: skip
         (out / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -1,31 +1,51 @@
-"""Write a report folder whole or not at all: build it beside its place, put it on the disk, then rename it in.
+"""Write a report into its folder without touching anything of the user's: build it beside the folder, then, holding
+a lock, swap only the report's own files inside it.
 
-What a report wrote is listed in its folder (:data:`MANIFEST`): the next report into that folder removes only those
-files; every other file, inside the report's own folders or beside them, is kept, and no step that moves a user's
-file can lose it: a failure puts every moved entry back.
+What a report wrote is listed in its folder (:data:`MANIFEST`: relative paths and their sha256): the next report into
+that folder replaces only those files, and only while they are as the report wrote them. The folder itself stays (its
+inode, mode and owner; a process working in it keeps it), a user's entry never moves, and a new file never lands on
+one: a collision is refused, naming the file, before anything moves. A report stopped half-way (killed, a power loss)
+leaves the earlier report's files in :data:`HOLDER` and a plan of the swap; the next report puts them back (or, where
+the new list was already written, finishes) and says so in one line.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import html
 import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..files import atomic_write, fsync_folder, fsync_tree, require_folder
+from .staging_leftovers import HOLDER, PLAN, hashed, recover, undo
 
-__all__ = ["MANIFEST", "report_folder", "staged_folder"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock
+    fcntl = None  # type: ignore[assignment]
 
-#: the list of the files a report wrote (relative POSIX paths), in the report folder
+__all__ = ["HOLDER", "MANIFEST", "report_folder", "staged_folder"]
+
+#: the list of the files a report wrote (relative POSIX paths, and their sha256), in the report folder
 MANIFEST = ".nlanalysis-report.json"
+
+#: the head of ``index.html`` as every report wrote it before :data:`MANIFEST` (``pages._CSS``'s first line): a folder
+#: without the list whose ``index.html`` starts so is an earlier report; any other folder without it is a user's
+_SIGNATURE = "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}"
+
+#: the link errors after which a file is moved in by a rename instead (a file system without hard links)
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS})
 
 
 def report_folder(out: str | os.PathLike[str]) -> Path:
-    """``out`` as the absolute, resolved folder a report replaces (a symbolic link: the folder it names), or a
+    """``out`` as the absolute, resolved folder a report writes (a symbolic link: the folder it names), or a
     ValueError saying why it cannot be one: a file (:func:`~nlanalysis.files.require_folder`), the root of the file
     system, the current folder or one above it."""
     require_folder(out, "the report")  # it, or a folder on the way to it, is a file: said in words
@@ -46,33 +66,72 @@ def report_folder(out: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def staged_folder(out: str | os.PathLike[str], own: frozenset[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; when the block succeeds it becomes ``out``.
+    """Yield an empty temporary folder beside ``out``; when the block succeeds, its files become the report in ``out``.
 
-    ``own``: the top-level names the writer makes (``index.md``, ``tables``, ...). An existing ``out`` is replaced only
-    when the block succeeds (:func:`_carry_plan` says what of it is kept): a file in an ``own`` entry goes when the last
-    report listed it (:data:`MANIFEST`), or, in a report folder without the list (made before it, holding
-    ``index.md`` and ``index.html``), when its pages link it or the new report writes its name; any other file is kept
-    at its place, and a kept file the new report would write over is refused, naming it, before ``out`` is touched.
-    Entries outside ``own`` (a user's ``make.sh``, a ViT report's ``run``) are kept whole. When the block or the swap
-    fails, ``out`` is left as it was. ``out`` is resolved first (:func:`report_folder`): where it is a symbolic link, the folder it
-    names is replaced. The new folder's files reach the disk before the rename, the rename after it: a power loss
-    leaves no empty file in it.
+    ``own``: the top-level names the writer makes (``index.md``, ``tables``, ...); only files under them are ever a
+    report's. A new ``out`` is the temporary folder renamed. In an existing ``out`` the files the last report listed
+    (:data:`MANIFEST`) and that are as it wrote them go; the new ones come in; every other entry stays where it is. A
+    folder without the list is an earlier report only where its ``index.html`` carries the report's head
+    (:data:`_SIGNATURE`; then its files are those its pages link and those the new report writes); else it is a
+    user's and nothing of it is replaced. A new file whose place holds a file that is not the last report's (or one
+    changed since), or an entry at :data:`MANIFEST` that is no list of a report's, is refused by name before anything
+    moves. Everything runs under an exclusive ``flock`` (``.NAME.report.lock`` beside ``out``): a second report into
+    ``out`` meanwhile is refused. When the block or the swap fails, ``out`` is left as it was.
     """
     out = report_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    work.mkdir()
+    with _locked(out):
+        for line in recover(out, MANIFEST):
+            print(f"nlanalysis report: {line}", file=sys.stderr)
+        work = out.parent / f".{out.name}.report.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        work.mkdir()
+        try:
+            yield work
+            written = {rel: hashed(work / rel) for rel in _files(work)}
+            text = json.dumps({"written_by": "nlanalysis report", "files": sorted(written), "sha256": written}, indent=1) + "\n"
+            if not out.is_dir():
+                with atomic_write(work / MANIFEST, encoding="utf-8") as f:
+                    f.write(text)
+                fsync_tree(work)  # what the writer made: on the disk before a rename shows it
+                os.rename(work, out)
+                fsync_folder(out.parent)
+                return
+            fsync_tree(work)
+            old = _plan(out, own, written)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)  # the writer's files only: nothing of out is in it
+            raise
+        _swap(out, work, written, old, text)
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.NAME.report.lock`` beside ``out`` (removed at the end); a held one: a
+    ValueError. Where there is no flock (not POSIX, a file system without locks) it says so and goes on unlocked."""
+    lock = out.parent / f".{out.name}.report.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no flock on this platform")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"--out {out}: another report is being written into it now ({lock} is locked); wait for it "
+                             "to end, or choose another folder") from None  # fmt: skip
+        except OSError as err:
+            print(f"nlanalysis report: {lock}: cannot lock it ({err}); two reports into {out} at once are not kept apart",
+                  file=sys.stderr)  # fmt: skip
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:  # not one an ending report removed meanwhile
+                break
+        os.close(fd)
     try:
-        yield work
-        written = _files(work)
-        with atomic_write(work / MANIFEST, encoding="utf-8") as f:
-            f.write(json.dumps({"written_by": "nlanalysis report", "files": written}, indent=1) + "\n")
-        fsync_tree(work)  # what the writer made: on the disk before a rename shows it
-        moves = _carry_plan(out, work, own | {MANIFEST}, set(written)) if out.is_dir() else []
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)  # the writer's files only: nothing of out is in it yet
-        raise
-    _swap(out, work, moves)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while locked: a report waiting on this one's file retries on a new one
+        os.close(fd)
 
 
 def _files(folder: Path, prefix: str = "") -> list[str]:
@@ -85,13 +144,52 @@ def _files(folder: Path, prefix: str = "") -> list[str]:
     return found
 
 
-def _listed(out: Path) -> set[str] | None:
-    """The files the report in ``out`` wrote: its :data:`MANIFEST`'s list; without one, ``None``."""
+def _folders(folder: Path, prefix: str = "") -> list[str]:
+    """Every folder under ``folder`` (not through a symbolic link), parents first, as relative POSIX paths."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            found += [f"{prefix}{entry.name}", *_folders(Path(entry.path), f"{prefix}{entry.name}/")]
+    return found
+
+
+def _listed(out: Path, own: frozenset[str], written: dict[str, str]) -> dict[str, str | None]:
+    """The files of the last report in ``out`` (relative path: its recorded sha256, ``None`` where none is recorded),
+    from its :data:`MANIFEST`; without one, those of an earlier report's folder (:data:`_SIGNATURE`), or none. An entry
+    at :data:`MANIFEST` that is no such list: a ValueError naming it."""
+    path = out / MANIFEST
+    if os.path.lexists(path):
+        try:
+            if path.is_symlink() or not path.is_file():
+                raise ValueError
+            data = json.loads(path.read_text(encoding="utf-8"))
+            files, sums = data["files"], data.get("sha256", {})
+            if data.get("written_by") != "nlanalysis report" or not isinstance(files, list) or not isinstance(sums, dict):
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"--out {out}: {path} is not the list of files a report wrote; a report writes its list "
+                             "there: move it or choose another folder") from None  # fmt: skip
+        listed = {f: sums.get(f) if isinstance(sums.get(f), str) else None for f in files if isinstance(f, str)}
+    elif _signed(out):  # a report made before the list: what its pages link, and what the new one writes
+        listed = dict.fromkeys({"index.md", "index.html", *_linked(out), *written})
+    else:
+        return {}
+    return {rel: sha for rel, sha in listed.items() if _inside(rel, own)}
+
+
+def _signed(out: Path) -> bool:
+    """Whether ``out/index.html`` is a report's (:data:`_SIGNATURE` in its head)."""
     try:
-        files = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else None
+        with open(out / "index.html", encoding="utf-8", errors="replace") as f:
+            return _SIGNATURE in f.read(4096)
+    except OSError:
+        return False
+
+
+def _inside(rel: str, own: frozenset[str]) -> bool:
+    """Whether ``rel`` is a plain relative path under one of ``own`` (no ``..``, not absolute, not the list)."""
+    parts = rel.split("/")
+    return bool(rel) and parts[0] in own and all(p not in ("", ".", "..") for p in parts) and "\\" not in rel
 
 
 def _linked(out: Path) -> set[str]:
@@ -104,72 +202,83 @@ def _linked(out: Path) -> set[str]:
     return found
 
 
-def _carry_plan(out: Path, work: Path, own: frozenset[str], written: set[str]) -> list[tuple[Path, Path]]:
-    """The ``(entry of out, its place in work)`` moves that keep what is not the last report's: every top-level entry
-    outside ``own`` whole, and every file inside an ``own`` entry but those the last report listed (without a list: in
-    a report folder, those its pages link and those the new report writes). A ValueError names a kept file whose place
-    the new report took."""
-    listed = _listed(out)
-    if listed is None and (out / "index.md").is_file() and (out / "index.html").is_file():
-        listed = written | _linked(out)  # a report made before the list: what its pages link, and what the new one writes
-    moves = []
-    for entry in sorted(os.scandir(out), key=lambda e: e.name):
-        if entry.name == MANIFEST:
-            continue
-        if entry.name not in own:
-            keep = [entry.name]
-        elif entry.is_dir(follow_symlinks=False):
-            keep = [rel for rel in _files(Path(entry.path), f"{entry.name}/") if rel not in (listed or set())]
-        else:
-            keep = [] if entry.name in (listed or set()) else [entry.name]
-        for rel in keep:
-            if _taken(work, rel):
-                raise ValueError(f"--out {out}: {out / rel} was not written by a report; move it or choose another folder")
-            moves.append((out / rel, work / rel))
-    return moves
+def _plan(out: Path, own: frozenset[str], written: dict[str, str]) -> list[str]:
+    """The files of ``out`` that are the last report's as it wrote them (they go); a ValueError names the first new file
+    whose place (or a folder on the way to it) holds anything else."""
+    listed, old = _listed(out, own, written), []
+    changed = set(listed) if os.path.lexists(out / MANIFEST) else set()  # listed, kept: said to be changed since
+    for rel, sha in sorted(listed.items()):
+        if _plain(out, rel) and os.path.lexists(out / rel) and not (out / rel).is_dir():
+            if sha is None or hashed(out / rel) == sha:
+                old.append(rel)
+    going = set(old)
+    for rel in sorted(written):
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            here, sub = out.joinpath(*parts[:i]), "/".join(parts[:i])
+            if not os.path.lexists(here) or sub in going or (i < len(parts) and here.is_dir() and not here.is_symlink()):
+                continue
+            if i == len(parts) and here.is_dir() and not here.is_symlink():
+                why = "is a folder of yours where the report writes a file"
+            elif sub in changed:
+                why = "was changed since the last report wrote it; the report would write over it"
+            else:
+                why = "was not written by a report"
+            raise ValueError(f"--out {out}: {here} {why}; move it or choose another folder")
+    return old
 
 
-def _taken(work: Path, rel: str) -> bool:
-    """Whether the new report wrote ``rel`` or a file where one of its folders would go."""
+def _plain(out: Path, rel: str) -> bool:
+    """Whether every folder on the way to ``out/rel`` is a real folder (no symbolic link to elsewhere)."""
     parts = rel.split("/")
-    if os.path.lexists(work.joinpath(*parts)):
-        return True
-    return any(os.path.lexists(work.joinpath(*parts[:i])) and not work.joinpath(*parts[:i]).is_dir() for i in range(1, len(parts)))
+    return all(out.joinpath(*parts[:i]).is_dir() and not out.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts)))
 
 
-def _swap(out: Path, work: Path, moves: list[tuple[Path, Path]]) -> None:
-    """Move the kept entries of ``out`` into ``work``, ``out`` aside and ``work`` onto it; on any failure, put back
-    what was moved (a folder that may hold a user's file is never removed)."""
-    old = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
-    done: list[tuple[Path, Path]] = []
-    aside = False
+def _swap(out: Path, work: Path, written: dict[str, str], old: list[str], text: str) -> None:
+    """Move the last report's files ``old`` into :data:`HOLDER`, the new ones in, write the list last; then remove the
+    holder and the report's emptied folders. The plan is on the disk first: a failure here is undone at once, a stop
+    by the next report (:func:`~.staging_leftovers.recover`)."""
+    holder = out / HOLDER
+    made = [d for d in _folders(work) if not os.path.lexists(out / d)]
+    plan = {"work": work.name, "new": written, "old": old, "made": made,
+            "manifest": hashlib.sha256(text.encode()).hexdigest()}  # fmt: skip
     try:
-        for src, dst in moves:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
-            done.append((src, dst))
-        for folder in sorted({dst.parent for _, dst in moves}):
-            fsync_folder(folder)  # the entries moved in
-        if out.is_dir():
-            os.replace(out, old)
-            aside = True
-        os.replace(work, out)
+        holder.mkdir()
+        with atomic_write(holder / PLAN, encoding="utf-8") as f:
+            f.write(json.dumps(plan, indent=1) + "\n")
+        for rel in old:
+            (holder / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(out / rel, holder / "files" / rel)
+        for rel in made:
+            (out / rel).mkdir(exist_ok=True)
+        for rel in sorted(written):
+            _move_in(work / rel, out / rel)
+        for folder in sorted({(out / rel).parent for rel in [*old, *written]}):
+            fsync_folder(folder)
+        with atomic_write(out / MANIFEST, encoding="utf-8") as f:
+            f.write(text)
     except BaseException as err:
-        _put_back(out, work, old if aside else None, done, err)
+        try:
+            undo(out, MANIFEST)
+        except OSError as failed:
+            raise OSError(f"--out {out}: writing the report failed ({err}) and putting the earlier one back failed too "
+                          f"({failed}): its files are in {holder}; the next report into {out} puts them back") from err  # fmt: skip
         raise
-    fsync_folder(out.parent)
-    if aside:
-        shutil.rmtree(old, ignore_errors=True)  # the last report's files only: every other one was moved out of it
+    undo(out, MANIFEST)  # the list is the new one: this finishes (holder, emptied folders and work go)
 
 
-def _put_back(out: Path, work: Path, old: Path | None, done: list[tuple[Path, Path]], err: BaseException) -> None:
-    """Undo :func:`_swap`'s moves after ``err``; where that fails too, say where the entries are and remove nothing."""
+def _move_in(src: Path, dst: Path) -> None:
+    """Move a new file onto ``dst``, never over an entry there (a hard link, then the name removed; a rename after a
+    look where the file system has no hard links)."""
     try:
-        if old is not None:
-            os.replace(old, out)
-        for src, dst in reversed(done):
-            os.replace(dst, src)
-    except OSError as undo:
-        raise OSError(f"--out {out}: writing the report failed ({err}) and putting its folder back failed too ({undo}): "
-                      f"its entries are in {old or out} and {work}") from err  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True)  # the writer's files only, now
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise ValueError(f"{dst} appeared while the report was moved in; it was not written by a report: move it") from None
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(dst):
+            raise ValueError(f"{dst} appeared while the report was moved in; it was not written by a report: move it") from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
