@@ -100,9 +100,9 @@ def write_report(
             ``reports/training/summary.csv``'s baseline), drawn as a line over training; default: the
             runs of variant ``baseline``, if any.
 
-    The report is written into a temporary folder beside ``out`` and renamed into place when
-    complete (:func:`~nlanalysis.report.staging.staged_folder`): a failed report leaves ``out``
-    as it was. Every run's metrics are checked against the columns' ranges first.
+    The report is written into a temporary folder beside ``out`` and swapped in when complete
+    (:func:`~nlanalysis.report.staging.staged_folder`): only the last report's files are replaced,
+    the folder and every other entry in it stay, and a failed report leaves ``out`` as it was. Every run's metrics are checked against the columns' ranges first.
     """
     require_png(formats, "report")
     vit = _vit_run(runs if isinstance(runs, Runs) else [*runs, *(labels or {}).values()])

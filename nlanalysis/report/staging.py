@@ -59,7 +59,7 @@ def report_folder(out: str | os.PathLike[str]) -> Path:
         cwd = Path.cwd().resolve()
         if path == cwd or path in cwd.parents:
             where = "the current folder" if path == cwd else f"a folder above the current one ({cwd})"
-            raise ValueError(f"--out {out}: {where}; the report replaces its folder: give a folder of its own, e.g. "
+            raise ValueError(f"--out {out}: {where}; the report writes its files into its folder: give a folder of its own, e.g. "
                              f"{Path(out) / 'report'}")  # fmt: skip
     return path
 
