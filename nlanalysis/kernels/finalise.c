@@ -73,7 +73,9 @@ static inline void fin_rows(const double *sums, int64_t BM, int64_t j, double nq
         fin_nan(out + 6 * BM + j);
     }
     if (nq != 0.0) {
-        out[7 * BM + j] = 1.0 - nz / nq;
+        /* the share of all-zero rows, exactly 0 and 1 at its ends: -ffast-math made 1 - nz / nq an fma with 1 / nq,
+           3e-17 where no row is zero */
+        out[7 * BM + j] = nz == nq ? 0.0 : nz == 0.0 ? 1.0 : (nq - nz) / nq;
         out[10 * BM + j] = sums[4 * BM + j] / nq;
     } else {
         fin_nan(out + 7 * BM + j);
