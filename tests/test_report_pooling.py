@@ -4,6 +4,7 @@ pools different models, and an image of one checkpoint and input is one image wh
 Built from copies of the committed demo runs (real result sets, no extraction), edited as the cases need."""
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -72,10 +73,41 @@ def test_runs_one_meta_calls_one_variant_but_of_different_blocks_are_refused(tmp
     meta = {"variant": "nl", "seed": 0}
     a = _run(tmp_path, "embedded_gaussian", "a", meta=meta)
     b = _run(tmp_path, "gaussian", "b", meta={**meta, "seed": 1})
-    with pytest.raises(ValueError, match=r"`embedded_gaussian` and `gaussian` are both of variant 'nl'.*"
+    with pytest.raises(ValueError, match=rf"`embedded_gaussian` \(folder {re.escape(str(a))}\) and `gaussian` \(folder "
+                                         rf"{re.escape(str(b))}\) are both of variant 'nl'.*"
                                          r"architecture\.blocks\.0\.options\.mode: 'embedded_gaussian' in `embedded_gaussian`, "
                                          r"'gaussian' in `gaussian`"):  # fmt: skip
         load_runs([a, b])
+
+
+def test_the_refusal_names_each_run_s_folder_where_the_labels_look_alike(tmp_path):
+    """Two runs whose checkpoints share a file stem, in folders of one name: labels `x (x)` and `x (x) #2`, which alone
+    do not say which run is which; the refusal gives each run's folder."""
+    a = _run(tmp_path / "v2", "embedded_gaussian", "x", ckpt="v2/x.pth", meta={"variant": "nl", "seed": 0}, sha="a" * 64)
+    b = _run(tmp_path / "v3", "gaussian", "x", ckpt="v3/x.pth", meta={"variant": "nl", "seed": 1}, sha="b" * 64)
+    with pytest.raises(ValueError, match=rf"`x \(x\)` \(folder {re.escape(str(a))}\) and `x \(x\) #2` \(folder "
+                                         rf"{re.escape(str(b))}\) are both of variant 'nl'"):  # fmt: skip
+        load_runs([a, b])
+
+
+def test_two_checkpoints_one_meta_calls_the_same_seed_and_step_are_refused(tmp_path):
+    """A planted block and its random twin, each saved with its source's meta (variant, seed 0, step): pooled as one seed
+    they gave one row of 2 runs, 1 seed. Refused, naming both folders and checkpoints; the same checkpoint twice is still
+    one seed."""
+    meta = {"variant": "embedded_gaussian", "seed": 0, "step": 1128}
+    planted = _run(tmp_path, "embedded_gaussian", "planted_s0", ckpt="planted.pth", meta=meta, sha="1" * 64)
+    twin = _run(tmp_path, "embedded_gaussian", "twin_s0", ckpt="twin.pth", meta=meta, sha="2" * 64)
+    with pytest.raises(ValueError, match=rf"`planted` \(folder {re.escape(str(planted))}\) and `twin` \(folder "
+                                         rf"{re.escape(str(twin))}\) are both seed 0 at step 1128 of variant 'embedded_gaussian'"
+                                         r".* different checkpoints \(sha256 111111111111\.\.\. and 222222222222\.\.\.\)"):  # fmt: skip
+        load_runs([planted, twin])
+    # another step of the seed (a snapshot), or another seed, is pooled as before
+    later = _run(tmp_path, "embedded_gaussian", "planted_s0_late", ckpt="late.pth", meta={**meta, "step": 2256}, sha="3" * 64)
+    seed1 = _run(tmp_path, "embedded_gaussian", "planted_s1", ckpt="s1.pth", meta={**meta, "seed": 1}, sha="4" * 64)
+    assert [m.label for m in load_runs([planted, later, seed1]).meta] == ["planted", "late", "s1"]
+    again = _run(tmp_path, "embedded_gaussian", "planted_s0_again", ckpt="planted.pth", meta=meta, sha="1" * 64)
+    table = summarise(load_runs([planted, again]).frame, by=("variant",))
+    assert table["runs"].tolist() == [1] and table["seeds"].tolist() == [1]
 
 
 def test_a_table_row_of_different_block_modes_is_refused():

@@ -273,25 +273,59 @@ def _checkpoint_sha(run: ResultSet) -> str | None:
     return run.info.get("checkpoint", {}).get("sha256") or settings.get("checkpoint_sha256") or model.get("weights_sha256")
 
 
+def _named(m: RunMeta) -> str:
+    """A run in a refusal: its label and its folder (two labels can look alike: ``x (x)`` and ``x (x) #2``)."""
+    return f"`{m.label}` (folder {m.path})"
+
+
+def _shown(a: dict[str, Any], b: dict[str, Any], la: str, lb: str) -> str:
+    """Where ``a`` (of ``la``) and ``b`` (of ``lb``) differ, the first four paths with both values; ``""`` where they do not."""
+    diff, fa, fb = _differing(a, b), _flat(a), _flat(b)
+    shown = "; ".join(f"{k}: {fa.get(k)!r} in `{la}`, {fb.get(k)!r} in `{lb}`" for k in diff[:4])
+    return shown + (f" (and {len(diff) - 4} more)" if len(diff) > 4 else "")
+
+
+def _one_checkpoint_per_seed(results: Sequence[ResultSet], metas: Sequence[RunMeta]) -> None:
+    """Refuse two runs of one variant whose checkpoints' meta states the same seed and step but that are of different
+    checkpoints (sha256): one table row would pool them as one seed (a planted block and its random twin, each saved with
+    its source's meta). The same checkpoint twice is one seed, and its images count once (:func:`_each_image_once`); a
+    run whose seed or checkpoint is not known is not compared."""
+    seen: dict[tuple[str, int, int | None], tuple[RunMeta, str, ResultSet]] = {}
+    for res, m in zip(results, metas):
+        sha = _checkpoint_sha(res)
+        if m.seed is None or not sha:
+            continue
+        first, first_sha, first_res = seen.setdefault((m.variant, m.seed, m.step), (m, sha, res))
+        if first_sha == sha:
+            continue
+        a, b = _input(first_res), _input(res)
+        also = _shown(a, b, first.label, m.label) if a is not None and b is not None else ""
+        step = "an unknown step" if m.step is None else f"step {m.step}"
+        raise ValueError(f"report: {_named(first)} and {_named(m)} are both seed {m.seed} at {step} of variant {m.variant!r} "
+                         f"(their checkpoints' meta says so) but of different checkpoints (sha256 {first_sha[:12]}... and "
+                         f"{sha[:12]}...), which one table row would pool as one seed"
+                         + (f"; they also differ in {also}" if also else "")
+                         + ". Report them separately, or correct the `variant` or `seed` in their checkpoints' meta")  # fmt: skip
+
+
 def _one_model_per_variant(results: Sequence[ResultSet], metas: Sequence[RunMeta]) -> None:
     """Refuse runs that one variant would pool (its seeds and steps) but that are of different models or measurements: an
     architecture (block mode, widths, ...), preprocessing or distance convention of one that another lacks (:func:`_input`;
-    a run that records none is not compared). Their checkpoints' meta states one variant, so the rows cannot be told
-    apart: refused rather than split, since a split would give two table rows of one name, and the wrong meta is the
-    user's to see."""
-    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    a run that records none is not compared), or two checkpoints of one seed and step (:func:`_one_checkpoint_per_seed`,
+    checked first: it names the mix where the models differ too). Their checkpoints' meta states one variant, so the rows
+    cannot be told apart: refused rather than split, since a split would give two table rows of one name, and the wrong
+    meta is the user's to see."""
+    _one_checkpoint_per_seed(results, metas)
+    seen: dict[str, tuple[RunMeta, dict[str, Any]]] = {}
     for res, m in zip(results, metas):
         how = _input(res)
         if how is None:
             continue
-        first = seen.setdefault(m.variant, (m.label, how))
-        diff = _differing(first[1], how)
-        if diff:
-            fa, fb = _flat(first[1]), _flat(how)
-            shown = "; ".join(f"{k}: {fa.get(k)!r} in `{first[0]}`, {fb.get(k)!r} in `{m.label}`" for k in diff[:4])
-            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
-            raise ValueError(f"report: `{first[0]}` and `{m.label}` are both of variant {m.variant!r} (their checkpoints' meta "
-                             f"says so) but are different models or measurements, which one table row cannot pool: {shown}{more}. "
+        first = seen.setdefault(m.variant, (m, how))
+        shown = _shown(first[1], how, first[0].label, m.label)
+        if shown:
+            raise ValueError(f"report: {_named(first[0])} and {_named(m)} are both of variant {m.variant!r} (their checkpoints' "
+                             f"meta says so) but are different models or measurements, which one table row cannot pool: {shown}. "
                              "Report them separately, or correct the `variant` in their checkpoints' meta")  # fmt: skip
 
 
