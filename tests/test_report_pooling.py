@@ -169,3 +169,24 @@ def test_one_checkpoint_on_another_input_or_convention_is_another_measurement(tm
     bigs = _run(tmp_path, "embedded_gaussian_x2", "eg2bigs", settings=change)
     with pytest.raises(ValueError, match=r"both of variant 'embedded_gaussian_x2'.*" + what):
         load_runs([eg2s, bigs], labels={"eg2": eg2s, "eg2big": bigs})
+
+
+def _locality(sigma, reduction=2):
+    def change(st):
+        st["arch"]["blocks"][0].update(type="SpatialGaussian2d", options={"sigma": sigma, "reduction": reduction})
+    return change
+
+
+def test_seeds_of_a_locality_twin_differ_in_sigma_and_are_pooled(tmp_path):
+    """The locality twin's sigma is fitted to each model (matched to its trained block's row entropy), as weights are:
+    its seeds were refused as different architectures (planted-v3l). A fitted option is left out of the comparison; an
+    option chosen with the architecture (``reduction``) still refuses, and the refusal names it alone."""
+    seeds = [_run(tmp_path, "embedded_gaussian", f"loc_s{s}", ckpt=f"loc_s{s}.pth", meta={"variant": "loc", "seed": s},
+                  sha=str(s) * 64, settings=_locality(sigma)) for s, sigma in ((0, 3.23), (1, 3.34))]  # fmt: skip
+    table = summarise(load_runs(seeds).frame, by=("variant",))
+    assert table["variant"].tolist() == ["loc"] and table["runs"].tolist() == [2] and table["seeds"].tolist() == [2]
+    other = _run(tmp_path, "embedded_gaussian", "loc_s2", ckpt="loc_s2.pth", meta={"variant": "loc", "seed": 2},
+                 sha="2" * 64, settings=_locality(3.3, reduction=4))  # fmt: skip
+    with pytest.raises(ValueError, match=r"cannot pool: architecture\.blocks\.0\.options\.reduction: 2 in `loc_s0`, "
+                                         r"4 in `loc_s2`\. Report"):  # fmt: skip
+        load_runs([*seeds, other])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["BLOCK_TYPES", "DEPTHS", "POSITIONS", "BlockSpec", "ResNetArch"]
+__all__ = ["BLOCK_TYPES", "DEPTHS", "FITTED_OPTIONS", "POSITIONS", "BlockSpec", "ResNetArch"]
 
 #: stage depths of the Bottleneck ResNets (He et al., arXiv 1512.03385), as torchvision/mmdet.
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -30,6 +30,14 @@ BLOCK_TYPES = {
     "PooledResidual2d": (),  # global average pool -> FC -> add: no map over positions
     "SpatialGaussian2d": ("sigma", "reduction"),  # maps by spatial distance only: the locality control
 }
+
+#: block type -> options whose value is fitted to each model, as its weights are learnt, not chosen with the architecture.
+#: The rule: an option is fitted when the checkpoint's maker sets it from that model's own weights or features, so two
+#: seeds of one variant differ in it as in their weights; an option set from the layout or the variant alone (``mode``,
+#: ``reduction``, a layout's ``logit_scale``) is architecture. A report pools seeds whose fitted options differ
+#: (``nlanalysis.report.meta``). The locality twin's ``sigma`` is matched to the trained block's mean row entropy on that
+#: model's features (``reports/controls/planted.py``, ``match_sigma``).
+FITTED_OPTIONS = {"SpatialGaussian2d": ("sigma",)}
 
 
 @dataclass

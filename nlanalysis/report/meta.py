@@ -17,6 +17,7 @@ from ..checkpoints.facts import METRIC_KEYS
 from ..extract.definitions import definitions_note
 from ..extract.results import ResultSet, head_mean_rows, load_run
 from ..extract.store import sha256_file
+from ..models.arch import FITTED_OPTIONS
 from ..schema import check_ranges
 
 __all__ = ["METRIC_KEYS", "RunMeta", "Runs", "describe_run", "load_runs"]
@@ -273,6 +274,22 @@ def _checkpoint_sha(run: ResultSet) -> str | None:
     return run.info.get("checkpoint", {}).get("sha256") or settings.get("checkpoint_sha256") or model.get("weights_sha256")
 
 
+def _compared(how: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``how`` (:func:`_input`) as runs of one variant must share it: without the block options fitted per model
+    (:data:`~nlanalysis.models.arch.FITTED_OPTIONS`: the locality twin's ``sigma``), in which seeds differ as in weights."""
+    arch = how.get("architecture") if how else None
+    blocks = arch.get("blocks") if isinstance(arch, dict) else None
+    if not isinstance(blocks, list):
+        return how
+    kept = []
+    for b in blocks:
+        fitted = FITTED_OPTIONS.get(b.get("type"), ()) if isinstance(b, dict) else ()
+        if fitted and isinstance(b.get("options"), dict):
+            b = {**b, "options": {k: v for k, v in b["options"].items() if k not in fitted}}
+        kept.append(b)
+    return {**how, "architecture": {**arch, "blocks": kept}}
+
+
 def _named(m: RunMeta) -> str:
     """A run in a refusal: its label and its folder (two labels can look alike: ``x (x)`` and ``x (x) #2``)."""
     return f"`{m.label}` (folder {m.path})"
@@ -298,7 +315,7 @@ def _one_checkpoint_per_seed(results: Sequence[ResultSet], metas: Sequence[RunMe
         first, first_sha, first_res = seen.setdefault((m.variant, m.seed, m.step), (m, sha, res))
         if first_sha == sha:
             continue
-        a, b = _input(first_res), _input(res)
+        a, b = _compared(_input(first_res)), _compared(_input(res))
         also = _shown(a, b, first.label, m.label) if a is not None and b is not None else ""
         step = "an unknown step" if m.step is None else f"step {m.step}"
         raise ValueError(f"report: {_named(first)} and {_named(m)} are both seed {m.seed} at {step} of variant {m.variant!r} "
@@ -318,7 +335,7 @@ def _one_model_per_variant(results: Sequence[ResultSet], metas: Sequence[RunMeta
     _one_checkpoint_per_seed(results, metas)
     seen: dict[str, tuple[RunMeta, dict[str, Any]]] = {}
     for res, m in zip(results, metas):
-        how = _input(res)
+        how = _compared(_input(res))
         if how is None:
             continue
         first = seen.setdefault(m.variant, (m, how))
