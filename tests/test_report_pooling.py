@@ -142,8 +142,32 @@ def test_the_note_names_the_columns_a_later_run_measured_and_the_first_did_not(t
                  metrics=lambda f: f.assign(qk_nmi=np.nan))  # fmt: skip
     later = _run(tmp_path, "embedded_gaussian_x2", "later")
     runs = load_runs([first, later], labels={"first": first, "later": later})
-    assert len(runs.notes) == 1 and runs.notes[0].endswith("(with its columns the first lacks: qk_nmi)")
-    assert "other settings: measure.query_dependence" in runs.notes[0] and runs.frame["qk_nmi"].isna().all()
+    assert len(runs.notes) == 1 and runs.notes[0].endswith(", but for the values the first lacks, taken from it: qk_nmi (120 image(s))")
+    assert "other settings: measure.query_dependence" in runs.notes[0]
+    pd.testing.assert_series_equal(runs.frame["qk_nmi"], load_runs([later]).frame["qk_nmi"])
+
+
+def test_an_image_measured_again_takes_each_value_the_first_lacks_from_the_next_run_that_has_it(tmp_path):
+    """The first run's row of a repeated image was kept whole: a column it lacks for some images (NaN there) or has not
+    at all stayed empty though a later run measured it, and the note named a column only when every first row lacked it.
+    Now each value is the first non-null in run order, per block and image; the image still counts once."""
+    def half(f):  # the first 60 images
+        return f["image_id"].isin(sorted(f["image_id"].unique())[:60])
+
+    first = _run(tmp_path, "embedded_gaussian_x2", "first",
+                 metrics=lambda f: f.drop(columns="att_jsd").assign(own_object_share=f["own_object_share"].mask(half(f))))  # fmt: skip
+    middle = _run(tmp_path, "embedded_gaussian_x2", "middle", metrics=lambda f: f.assign(att_jsd=f["att_jsd"] * 0.5, own_object_share=np.nan))
+    last = _run(tmp_path, "embedded_gaussian_x2", "last", metrics=lambda f: f.assign(att_jsd=f["att_jsd"] * 0.25, own_object_share=f["own_object_share"] * 0.9))
+    runs = load_runs([first, middle, last], labels={"first": first, "middle": middle, "last": last})
+    whole = load_runs([_run(tmp_path, "embedded_gaussian_x2", "whole")]).frame
+    assert len(runs.frame) == len(whole) and set(runs.frame["label"]) == {"first"}
+    pd.testing.assert_series_equal(runs.frame["att_jsd"], whole["att_jsd"] * 0.5)  # the middle run's: the first with it
+    share = whole["own_object_share"].where(~half(whole), whole["own_object_share"] * 0.9)  # the first's, else the last's
+    pd.testing.assert_series_equal(runs.frame["own_object_share"], share)
+    assert runs.notes[0].endswith("left out of the tables, but for the values the first lacks, taken from it: att_jsd (120 image(s))")
+    assert runs.notes[1].endswith("left out of the tables, but for the values the first lacks, taken from it: own_object_share (60 image(s))")
+    table = summarise(runs.frame, by=("variant",))
+    assert table["images"].tolist() == [120, 120] and table["rows"].tolist() == [120, 120] and table["runs"].tolist() == [1, 1]
 
 
 def _scale(st):

@@ -113,9 +113,10 @@ class Runs:
         results: the result sets, in the order given.
         meta: one :class:`RunMeta` per result set.
         frame: every run's ``metrics`` with the run columns of :mod:`nlanalysis.tables`, each image of a block of one
-            checkpoint (variant, seed, step) once: where runs measured it again, the first run's rows.
-        notes: what the report should say about ``frame`` (the images measured again and left out; runs written with
-            different column definitions).
+            checkpoint (variant, seed, step) once: where runs measured it again, the first run's row, the values it
+            lacks taken column by column from the later runs, in order (:func:`_each_image_once`).
+        notes: what the report should say about ``frame`` (the images measured again and left out, and the columns
+            filled from a later run; runs written with different column definitions).
     """
 
     results: list[ResultSet]
@@ -382,29 +383,59 @@ def _each_image_once(
     frame: pd.DataFrame, measurement: Mapping[str, str], settings: Mapping[str, Any] | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
     """``frame`` with each image of a block measured by one checkpoint on one input (``measurement`` of each label,
-    :func:`_measurement`) taken from the first run that measured it, and notes saying which runs' rows were left out and
-    how many images: counted again (a shard beside its whole run, a copied folder, the same model extracted again to save
-    its maps or with other JSD pairs), an image would count as two independent ones and narrow every interval. Where the
-    runs' ``settings`` (per label) of the statistics differ, the note names them, and the columns the later run measured
-    that the first did not (left out for those images: give that run first to keep them)."""
+    :func:`_measurement`) once: the row of the first run that measured it, each value it lacks (a column it did not
+    measure, or NaN for that image) taken from the next run in order that has one (:func:`_fill_from_later`). Counted
+    again (a shard beside its whole run, a copied folder, the same model extracted again to save its maps or with other
+    JSD pairs), an image would count as two independent ones and narrow every interval. The notes say which runs' rows
+    were left out and how many images; where the runs' ``settings`` (per label) of the statistics differ, which; and the
+    columns whose values were taken from a later run."""
     if "image_id" not in frame or "block" not in frame:
         return frame, []
-    measured = frame["label"].map(measurement)
-    keyed = frame.assign(_m=measured)
-    first = keyed.groupby(["_m", "block", "image_id"], sort=False)["label"].transform("first")
+    keys = ["_m", "block", "image_id"]
+    keyed = frame.assign(_m=frame["label"].map(measurement))
+    first = keyed.groupby(keys, sort=False)["label"].transform("first")
     again = frame["label"] != first
     if not again.any():
         return frame, []
     settings = settings or {}
-    where = pd.MultiIndex.from_frame(keyed[["_m", "block", "image_id"]])  # each row's measurement, block and image
+    kept, filled = _fill_from_later(keyed, again, keys)
     notes = []
     for label, rows in frame[again].groupby("label", sort=False):
         by = list(dict.fromkeys(first[rows.index]))
         differ = list(dict.fromkeys(d for b in by for d in _differing(_statistics(settings.get(b)), _statistics(settings.get(label)))))
         what = "the same checkpoint and settings" if not differ else f"the same checkpoint and input; other settings: {', '.join(differ)}"
-        firsts = keyed[~again & where.isin(where[((frame["label"] == label) & again).to_numpy()])]
-        lost = [c for c in rows.columns if rows[c].notna().any() and c in firsts and firsts[c].isna().all()]
+        taken = ", ".join(f"{c} ({n} image(s))" for c, n in filled.get(label, {}).items())
         notes.append(f"`{label}`: {rows['image_id'].nunique()} image(s) measured by {', '.join(f'`{b}`' for b in by)} first ({what}) "
                      "are counted once, from there: its rows of them are left out of the tables"
-                     + (f" (with its columns the first lacks: {', '.join(lost)})" if lost else ""))  # fmt: skip
-    return frame[~again].reset_index(drop=True), notes
+                     + (f", but for the values the first lacks, taken from it: {taken}" if taken else ""))  # fmt: skip
+    return kept.drop(columns="_m").reset_index(drop=True), notes
+
+
+#: the run columns of a row (:func:`load_runs`): its run's, never taken from another run's row of the image
+_RUN_COLUMNS = ("label", "variant", "seed", "step", "metric_name", "metric")
+
+
+def _fill_from_later(
+    keyed: pd.DataFrame, again: pd.Series, keys: list[str]
+) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """The first rows of each ``keys`` (``keyed[~again]``), each missing value of a measured column taken from the first
+    later row (``keyed[again]``, in run order) of that measurement, block and image that has one; and per later label,
+    the columns it filled, with how many images."""
+    kept, later = keyed[~again].copy(), keyed[again]
+    where = pd.MultiIndex.from_frame(kept[keys])
+    filled: dict[str, dict[str, int]] = {}
+    for c in [c for c in keyed.columns if c not in (*keys, *_RUN_COLUMNS)]:
+        missing = kept[c].isna().to_numpy()
+        donors = later[later[c].notna()].drop_duplicates(keys)  # the first later value of each image
+        if not missing.any() or donors.empty:
+            continue
+        pos = pd.MultiIndex.from_frame(donors[keys]).get_indexer(where)
+        take = missing & (pos >= 0)
+        if not take.any():
+            continue
+        source = donors.iloc[pos[take]]
+        values = pd.Series(source[c].to_numpy(), index=kept.index[take])
+        kept[c] = kept[c].where(~pd.Series(take, index=kept.index), values)
+        for label, n in source.groupby("label", sort=False)["image_id"].nunique().items():
+            filled.setdefault(str(label), {})[c] = int(n)
+    return kept, filled
