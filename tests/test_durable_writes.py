@@ -17,10 +17,10 @@ def _inode(path):
 
 @pytest.fixture
 def disk(monkeypatch):
-    """The ``fsync`` and ``os.replace`` calls, in order: ``("fsync", (device, inode))`` of the descriptor synced,
-    ``("replace", name)`` of the file renamed onto."""
+    """The ``fsync`` and ``os.replace``/``os.rename`` calls, in order: ``("fsync", (device, inode))`` of the descriptor
+    synced, ``("replace", name)`` of the file renamed onto."""
     events = []
-    fsync, replace = os.fsync, os.replace
+    fsync, replace, rename = os.fsync, os.replace, os.rename
 
     def spy_fsync(fd):
         st = os.fstat(fd)
@@ -31,8 +31,13 @@ def disk(monkeypatch):
         events.append(("replace", Path(dst).name))
         replace(src, dst, **kwargs)
 
+    def spy_rename(src, dst, **kwargs):
+        events.append(("replace", Path(dst).name))
+        rename(src, dst, **kwargs)
+
     monkeypatch.setattr(os, "fsync", spy_fsync)
     monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "rename", spy_rename)
     return events
 
 
@@ -89,12 +94,13 @@ def test_what_a_power_loss_empties_of_a_done_image_is_redone(tmp_path, emptied, 
 
 
 def test_every_writer_of_a_file_goes_through_the_one_atomic_write():
-    """No module renames a file it wrote but :func:`nlanalysis.files.atomic_write` (folders: merge and report staging;
-    a compiled kernel: the compiler writes it, a cache rebuilt when it does not load)."""
+    """No module renames a file it wrote but :func:`nlanalysis.files.atomic_write` (folders: merge and report staging, and
+    the staging's recovery of a killed report, which renames files back; a compiled kernel: the compiler writes it, a
+    cache rebuilt when it does not load)."""
     root = Path(__file__).resolve().parents[1] / "nlanalysis"
     renaming = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                       if any(call in p.read_text() for call in ("os.replace(", "os.rename(", "tmp.replace(", "tmp.rename(")))  # fmt: skip
-    assert renaming == ["extract/merge.py", "files.py", "kernels/__init__.py", "report/staging.py"]
+    assert renaming == ["extract/merge.py", "files.py", "kernels/__init__.py", "report/staging.py", "report/staging_leftovers.py"]
 
 
 def test_a_staged_report_folder_is_synced_before_it_is_renamed_in(tmp_path, disk):
