@@ -16,6 +16,7 @@ from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..extract.analysis_nl import CHECKPOINT_OVERRIDES
 from ..models import POSITIONS
 from . import add_command
+from ._vit_flags import head_count_arg
 
 __all__ = ["add_checkpoint_arguments", "checkpoint_overrides", "register"]
 
@@ -31,9 +32,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                         "nor any mode of AlexHex7's 2018 lib/non_local.py from concatenation)")  # fmt: skip
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
-    parser.add_argument("--vit-heads", type=int, metavar="H",
+    parser.add_argument("--vit-heads", type=head_count_arg, metavar="H",
                         help="ViT: attention heads per layer, where the checkpoint does not say (timm/torchvision state dicts): "
-                        "needed unless the width is 192/384/768/1024/1536, whose standard models all have 64-wide heads")  # fmt: skip
+                        "needed unless the width is 192/384/768/1024/1536, whose standard models all have 64-wide heads; "
+                        "refused where the checkpoint states another count")  # fmt: skip
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:

