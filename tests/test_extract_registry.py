@@ -70,7 +70,7 @@ def test_a_new_kind_is_one_class_and_one_decorator(registry, tmp_path):
     with pytest.raises(ValueError, match=r"vit_size: options of ViTs; .*m.toy is of the kind toy-blocks \(toy checkpoints: toy_blocks\)"):
         load_analysis(ckpt, options={"vit_size": 56})
     with pytest.raises(ValueError, match="toy_blocks: options of toy checkpoints; .*is of the kind nl-blocks"):
-        load_analysis(tmp_path / "other.pth", options={"toy_blocks": "*"})  # refused before the (missing) file is read
+        load_analysis(tiny_checkpoint(tmp_path / "other.pth"), options={"toy_blocks": "*"})
     paths = write_photos(tmp_path / "images", n=1, max_side=96)
     with one_thread():
         spec = RunSpec(ModelSpec(ckpt), DataSpec(images=paths), OutputSpec(tmp_path / "run"), MeasureSpec(jsd_pairs=0))
@@ -93,7 +93,7 @@ def test_sources_claimed_twice_and_unknown_options_are_refused(registry, tmp_pat
         load_analysis(tmp_path / "m.pth")
     del registry["greedier"], registry["greedy"]
     with pytest.raises(ValueError, match="vit_sise: options of no analysis kind"):
-        load_analysis(tmp_path / "m.pth", options={"vit_sise": 56})
+        load_analysis(tiny_checkpoint(tmp_path / "m.pth"), options={"vit_sise": 56})
 
 
 def test_named_vits_are_a_registry(monkeypatch, tmp_path):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from extract_inputs import write_coco, write_photos
+from extract_inputs import tiny_checkpoint, write_coco, write_photos
 from helpers import excluded_queries, randomize_
 from nlanalysis.cli import main
 from nlanalysis.data import load_image
@@ -379,6 +379,9 @@ def test_clear_errors(tmp_path, capsys, photos):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     assert main(["extract", "--ckpt", str(junk), "--vit-preprocess", "crop", *images]) == 2
+    assert "junk.pth: not a PyTorch checkpoint" in capsys.readouterr().err  # what is wrong with the file, first
+    nl = tiny_checkpoint(tmp_path / "nl.pth")
+    assert main(["extract", "--ckpt", str(nl), "--vit-preprocess", "crop", *images]) == 2
     assert "vit_preprocess: options of ViTs; " in (err := capsys.readouterr().err) and "is of the kind nl-blocks" in err
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=64, depth=1, num_heads=1, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")

@@ -4,9 +4,10 @@ from .errors import CheckpointError
 from .layouts import LAYOUTS, find_blocks
 from .loader import KNOWN_FORMATS, LoadedCheckpoint, load_checkpoint, save_checkpoint
 from .preprocess import Preprocess
-from .reading import Placeholder, read_checkpoint_file
+from .reading import Placeholder, check_checkpoint_file, read_checkpoint_file
 
 __all__ = [
-    "KNOWN_FORMATS", "LAYOUTS", "CheckpointError", "LoadedCheckpoint", "Placeholder", "Preprocess", "find_blocks", "load_checkpoint",
+    "KNOWN_FORMATS", "LAYOUTS", "CheckpointError", "LoadedCheckpoint", "Placeholder", "Preprocess", "check_checkpoint_file", "find_blocks",
+    "load_checkpoint",
     "parse_config_file", "parse_config_text", "read_checkpoint_file", "save_checkpoint",
 ]  # fmt: skip

@@ -28,7 +28,7 @@ import torch
 from .config import _kind
 from .errors import CheckpointError
 
-__all__ = ["Placeholder", "names_damaged_file", "read_checkpoint_file"]
+__all__ = ["Placeholder", "check_checkpoint_file", "names_damaged_file", "read_checkpoint_file"]
 
 _PICKLE_PROTOCOL_BYTE = 0x80
 #: the weights files of a Hugging Face-style model folder, in the order they are looked for.
@@ -172,6 +172,22 @@ def read_checkpoint_file(path: str | os.PathLike[str], trust: bool = False) -> t
     try:
         return torch.load(path, map_location="cpu", weights_only=False), []
     except Exception as err:  # noqa: BLE001  (trusted load: any failure is "corrupt")
+        raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
+
+
+def check_checkpoint_file(path: str | os.PathLike[str]) -> None:
+    """Raise the :class:`CheckpointError` that :func:`read_checkpoint_file` would for a missing, non-regular, empty, truncated
+    or corrupt file (or a folder, saying what is wrong with it), without keeping what it reads; a file the safe loader
+    refuses because unpickling it would run code is no damage and passes (``--trust-checkpoint`` decides about it).
+    What a caller asks first where another refusal (an option of another kind of model) would hide why the file cannot
+    be read."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        _load_safely(path, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        return
+    except Exception as err:  # noqa: BLE001  (the safe unpickler runs nothing of the file's: a failure is damage)
         raise CheckpointError(path, f"truncated or corrupt checkpoint ({_describe(err)})") from err
 
 

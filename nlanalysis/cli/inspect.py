@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from ..blocks import PAIRWISE_MODES
-from ..checkpoints import LoadedCheckpoint, load_checkpoint
+from ..checkpoints import LoadedCheckpoint, check_checkpoint_file, load_checkpoint
 from ..extract.analysis_nl import CHECKPOINT_OVERRIDES
 from ..models import POSITIONS
 from . import add_command
@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_vit_report(args.ckpt, layout, model))
         return 0
     if args.vit_heads is not None:
+        check_checkpoint_file(args.ckpt)  # a missing or damaged file says so, not that --vit-heads is for ViTs
         raise ValueError(f"{args.ckpt}: --vit-heads is for ViT checkpoints; this is an NL/GC checkpoint")
     ckpt = load_checkpoint(args.ckpt, config=args.config, trust=args.trust_checkpoint, overrides=checkpoint_overrides(args),
                            allow_nonfinite=True)  # fmt: skip

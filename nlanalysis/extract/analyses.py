@@ -159,6 +159,13 @@ class Analysis(ABC):
         return {}
 
     @classmethod
+    def check_source(cls, source: Any) -> None:
+        """Raise the error :meth:`from_source` would raise first for a ``source`` it cannot read at all (a missing or
+        damaged file), without loading it: :func:`load_analysis` asks a :attr:`fallback` kind, which claims whatever no
+        other kind does, before it refuses another kind's options (which would hide why the file is no model of
+        that kind). Default: nothing to check."""
+
+    @classmethod
     @abstractmethod
     def from_source(cls, source: Any, *, blocks: str | Sequence[str] | None, options: Mapping[str, Any]) -> Analysis:
         """The analysis of ``source`` (a source it claims, or a name of :meth:`named_models`);
@@ -302,6 +309,8 @@ def load_analysis(
     kind = _kind_named(model) if model is not None else _kind_claiming(ckpt)
     foreign = [k for k in given if k not in kind.options]
     if foreign:
+        if model is None and kind.fallback:  # only the catch-all claims it: an unreadable file says so first
+            kind.check_source(ckpt)
         owners = sorted({cls.title for cls in _KINDS.values() for k in foreign if k in cls.options})
         whose = f"options of {' / '.join(owners)}" if owners else "options of no analysis kind"
         source = model or getattr(ckpt, "path", ckpt)

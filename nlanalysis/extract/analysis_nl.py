@@ -20,7 +20,7 @@ from torch import nn
 from ..adapters import list_blocks
 from ..analyze import records_to_frame
 from ..capture.blocks import Capture
-from ..checkpoints import LoadedCheckpoint, Preprocess, load_checkpoint
+from ..checkpoints import LoadedCheckpoint, Preprocess, check_checkpoint_file, load_checkpoint
 from ..checkpoints.facts import run_facts
 from ..data import prepare_image
 from ..data.transforms import padded_size
@@ -68,6 +68,12 @@ class BlockAnalysis(Analysis):
     @classmethod
     def claims(cls, source: Any) -> bool:
         return isinstance(source, (str, os.PathLike, LoadedCheckpoint))
+
+    @classmethod
+    def check_source(cls, source: Any) -> None:
+        """A path: missing, not a regular file, empty, truncated or corrupt raises its :class:`CheckpointError`."""
+        if isinstance(source, (str, os.PathLike)):
+            check_checkpoint_file(source)
 
     @classmethod
     def from_source(cls, source: Any, *, blocks: str | Sequence[str] | None, options: Mapping[str, Any]) -> BlockAnalysis:
