@@ -22,7 +22,7 @@ from torch import nn
 from nlanalysis.checkpoints import Preprocess, save_checkpoint
 from nlanalysis.models import BlockSpec, ResNetArch, build_model
 
-__all__ = ["TINY_ARCH", "one_thread", "tiny_checkpoint", "write_coco", "write_photos"]
+__all__ = ["TINY_ARCH", "one_thread", "tiny_checkpoint", "tiny_hf_vit", "write_coco", "write_photos"]
 
 #: two stages of a ResNet, a GC block in res2 and an embedded-Gaussian NL block in res3.
 TINY_ARCH = ResNetArch(
@@ -33,6 +33,18 @@ TINY_ARCH = ResNetArch(
     ],
     prefix="backbone.",
 )
+
+
+def tiny_hf_vit(folder: str | os.PathLike[str], heads: int = 2) -> Path:
+    """Write a tiny random Hugging Face ViT folder (``config.json`` stating ``heads`` heads, ``model.safetensors``;
+    1 layer, width 32, 14-pixel patches, 28 x 28 input); needs transformers."""
+    import transformers
+
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=64, patch_size=14,
+                                    image_size=28)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return Path(folder)
 
 
 def tiny_checkpoint(path: str | os.PathLike[str], scale: tuple[int, int] = (96, 64), seed: int = 0, arch: ResNetArch = TINY_ARCH) -> Path:

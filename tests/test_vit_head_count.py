@@ -8,22 +8,19 @@ import importlib.util
 import pytest
 import torch
 
+from extract_inputs import tiny_hf_vit
 from nlanalysis.checkpoints import CheckpointError
 from nlanalysis.checkpoints.vit.models import load_vit
 from nlanalysis.cli import main
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
 
 @pytest.fixture
 def hf_folder(tmp_path):
     """A tiny Hugging Face ViT folder whose config.json states 2 heads (width 32)."""
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, patch_size=14,
-                                    image_size=28)  # fmt: skip
-    torch.manual_seed(0)
-    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
-    return tmp_path / "hf"
+    return tiny_hf_vit(tmp_path / "hf", heads=2)
 
 
 @pytest.fixture

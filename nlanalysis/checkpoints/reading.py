@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..files import broken_link
 from .config import _kind
 from .errors import CheckpointError
 
@@ -70,7 +71,8 @@ def _placeholder(full_name: str) -> type[Placeholder]:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(path, "no such file")
+        link = broken_link(path)
+        raise CheckpointError(path, f"is {link}, not a checkpoint file" if link else "no such file")
     if path.is_dir():
         raise _folder_error(path)
     mode = path.stat().st_mode
@@ -104,11 +106,28 @@ def _check_zip(path: Path, size: int) -> None:
         raise CheckpointError(path, f"truncated or corrupt checkpoint (record {bad!r} fails its CRC-32 check: the file changed after it was written)")
 
 
+def folder_weights(folder: Path) -> Path | None:
+    """The weights file of a model folder: the first of :data:`FOLDER_WEIGHTS` that is a regular file (``None``: none is).
+    A broken symbolic link under a name before it is refused, naming it (the folder's weights are gone, not absent: as
+    for its ``config.json``)."""
+    for name in FOLDER_WEIGHTS:
+        entry = folder / name
+        if entry.is_file():
+            return entry
+        link = broken_link(entry)
+        if link is not None:
+            raise CheckpointError(entry, f"is {link}, not a regular file; the model folder's {name} cannot be read")
+    return None
+
+
 def _folder_error(path: Path) -> CheckpointError:
     """Why a folder given as a checkpoint is refused: say what the folder is and what is wrong with it
     (the ViT reader took it for no ViT, or it would have been read as one)."""
     kind = "a Hugging Face model folder" if (path / "config.json").is_file() else "a folder"
-    weights = next((path / name for name in FOLDER_WEIGHTS if (path / name).is_file()), None)
+    try:
+        weights = folder_weights(path)
+    except CheckpointError as err:  # a broken link under a weights name: named, not "none in it"
+        return err
     there = next((path / name for name in FOLDER_WEIGHTS if (path / name).exists()), None)
     if weights is None and there is not None:  # a folder or a FIFO under a weights name: not "none in it"
         return CheckpointError(path, f"{kind} whose {there.name} is {_kind(there.stat().st_mode)}, not a regular file")

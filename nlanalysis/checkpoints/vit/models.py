@@ -43,7 +43,7 @@ from ...files import broken_link
 from ..config import _kind
 from ..errors import CheckpointError as NamedFileError  # names its file: kept as it is by names_damaged_file
 from ..loader import nonfinite_weights
-from ..reading import FOLDER_WEIGHTS, _load_safely, names_damaged_file
+from ..reading import FOLDER_WEIGHTS, _load_safely, folder_weights, names_damaged_file
 from ._deps import MissingExtraError, require
 from .convert import CheckpointError, ConvertedViT, detect_layout, onnx_state_dict, resize_pos_embed, to_timm
 from .heads import GUESSED_WIDTHS, head_count, valid_head_count
@@ -285,12 +285,12 @@ def _read_state_dict(path: Path, mmap: bool = False) -> Mapping[str, Tensor]:
 
 def _weights_file(path: Path) -> Path:
     """The weights file of a Hugging Face-style folder (a file is its own; where none of the names is a regular file, the
-    first that is there: a FIFO or a folder, which the reader then names)."""
+    first that is there: a FIFO or a folder, which the reader then names; a broken link: refused, naming it)."""
     if not path.is_dir():
         return path
-    for name in FOLDER_WEIGHTS:
-        if (path / name).is_file():
-            return path / name
+    weights = folder_weights(path)  # a broken link under a weights name is refused, naming it
+    if weights is not None:
+        return weights
     there = next((path / name for name in FOLDER_WEIGHTS if (path / name).exists()), None)
     if there is not None:  # a FIFO or a folder under the name: the reader says what it is, not "without"
         return there
