@@ -18,10 +18,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..checkpoints.vit._deps import MissingExtraError
 from ..files import file_kind
 
-__all__ = ["PHOTO_FILES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file",
-           "read_image_file", "sample_photos"]
+__all__ = ["PHOTO_FILES", "PHOTO_PACKAGES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file",
+           "photo_listing", "read_image_file", "sample_photos"]
 
 
 class ImageReadError(OSError):
@@ -274,20 +275,38 @@ PHOTO_FILES = {
 }  # fmt: skip
 
 
+#: the pip name of each package :data:`PHOTO_FILES` names.
+PHOTO_PACKAGES = {"matplotlib": "matplotlib", "skimage": "scikit-image", "sklearn": "scikit-learn"}
+
+
+def photo_listing() -> str:
+    """The shipped photos' names grouped by the package each needs (for messages listing them)."""
+    by_package: dict[str, list[str]] = {}
+    for name, (package, _) in PHOTO_FILES.items():
+        by_package.setdefault(PHOTO_PACKAGES[package], []).append(name)
+    return "; ".join(f"{', '.join(names)} (need {package})" for package, names in by_package.items())
+
+
 def photo_file(name: str) -> Path:
-    """The file of the shipped photo ``name`` (ImportError when its package is not installed)."""
+    """The file of the shipped photo ``name``; :class:`~nlanalysis.checkpoints.vit._deps.MissingExtraError` (an
+    ImportError) naming the photo and the package to install when its package is not installed."""
     package, file = PHOTO_FILES[name]
-    if package == "matplotlib":
-        from matplotlib import cbook
+    try:
+        if package == "matplotlib":
+            from matplotlib import cbook
 
-        return Path(cbook.get_sample_data(file, asfileobj=False))
-    if package == "skimage":
-        import skimage
+            return Path(cbook.get_sample_data(file, asfileobj=False))
+        if package == "skimage":
+            import skimage
 
-        return Path(skimage.data_dir) / file
-    import sklearn.datasets
+            return Path(skimage.data_dir) / file
+        import sklearn.datasets
 
-    return Path(sklearn.datasets.__file__).parent / "images" / file
+        return Path(sklearn.datasets.__file__).parent / "images" / file
+    except ImportError as err:
+        pip = PHOTO_PACKAGES[package]
+        raise MissingExtraError(f"the photo {name!r} ships in the {pip} package, which is not installed ({err}): "
+                                f"pip install {pip}, or give the photo as NAME=PATH") from err  # fmt: skip
 
 
 def sample_photos(names: list[str] | None = None) -> dict[str, np.ndarray]:

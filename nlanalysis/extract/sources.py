@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import PHOTO_FILES, check_image_file, photo_file
+from ..data.images import PHOTO_FILES, check_image_file, photo_file, photo_listing
 from .coco import CocoFileError, load_coco
 
 __all__ = [
@@ -281,7 +281,7 @@ def photo_images(
     for text in photos or PHOTO_FILES:
         name, given, path = text.partition("=")
         if not given and name not in PHOTO_FILES:
-            raise ValueError(f"--photos {name}: unknown photo; the shipped photos are {', '.join(PHOTO_FILES)} (or NAME=PATH)")
+            raise ValueError(f"--photos {name}: unknown photo; the shipped photos are {photo_listing()} (or NAME=PATH)")
         try:
             file = Path(path) if given else photo_file(name)
         except ImportError:
