@@ -33,7 +33,7 @@ def test_the_commands_refuse_it_in_one_line(no_sklearn, tmp_path, capsys):
     model = timm_vit.VisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=1, num_heads=2, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     for command in (["extract", "--ckpt", str(tmp_path / "vit.pth"), "--vit-heads", "2", "--vit-size", "28", "--photos", "china"],
-                    ["vit-report", "--model", str(tmp_path / "vit.pth"), "--size", "28", "--photos", "flower"]):  # fmt: skip
+                    ["vit-report", "--model", str(tmp_path / "vit.pth"), "--vit-heads", "2", "--size", "28", "--photos", "flower"]):  # fmt: skip
         assert main([*command, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err

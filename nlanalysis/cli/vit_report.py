@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._vit_flags import add_vit_flags, vit_flag_values
+
+#: extract's ViT flags that vit-report forwards (its own --size and --preprocessing are the other two).
+REPORT_VIT_FLAGS = ("vit_heads", "vit_mean", "vit_std", "vit_keys")
+
 
 def head_arg(text: str) -> tuple[int, int]:
     """``LAYER:HEAD`` (``--heads``) as ``(layer, head)``."""
@@ -31,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "e.g. reports/trained/tables/table1.csv")  # fmt: skip
     p.add_argument("--size", type=int, default=224, help="input size (default %(default)s)")
     p.add_argument("--preprocessing", choices=("pad", "crop"), default="pad", help="pad-to-square (default) or centre crop")
+    vit = p.add_argument_group("the ViT checkpoint (as extract's flags; --size and --preprocessing are --vit-size and --vit-preprocess)")
+    add_vit_flags(vit, REPORT_VIT_FLAGS)
     p.add_argument("--heads", nargs=2, type=head_arg, metavar="LAYER:HEAD", help="the two heads to draw (default: lowest and highest att)")
     p.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf"], help="figure formats (png needed)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nl_table is not None and not args.nl_table.is_file():
         raise FileNotFoundError(f"--nl-table {args.nl_table}: no such file (write it with `nlanalysis report ... --out DIR`)")
-    report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size,
-                              preprocessing=args.preprocessing, heads=args.heads, formats=args.formats)  # fmt: skip
+    report = write_vit_report(args.out, args.model, args.photos, args.nl_table, size=args.size, preprocessing=args.preprocessing,
+                              heads=args.heads, formats=args.formats, vit_options=vit_flag_values(args, REPORT_VIT_FLAGS))  # fmt: skip
     print(f"report: {report.index_md} (and {report.index_html.name})")
     return 0

@@ -66,6 +66,7 @@ def write_vit_report(
     jsd_pairs: int = 256,
     formats: Sequence[str] = ("png", "pdf"),
     title: str = _TITLE,
+    vit_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """``extract`` a ViT on real photos into ``out/run`` and write its report into ``out``.
 
@@ -85,6 +86,8 @@ def write_vit_report(
         jsd_pairs: sampled query pairs per image for the JSD.
         formats: figure formats (``png`` needed).
         title: the report's heading.
+        vit_options: ``extract``'s other ViT options, given (``vit_heads``, ``vit_mean``, ``vit_std``, ``vit_keys``;
+            :meth:`nlanalysis.extract.ViTAnalysis.from_source`); for a module, ``vit_heads`` is refused (it is built).
 
     Every photo goes through one forward with the JSD pairs and controls seeded by 0
     (``MeasureSpec(batch_seed=0)``): the numbers of ``analyze_vit`` on the same batch.
@@ -95,21 +98,25 @@ def write_vit_report(
     require_png(formats, "vit report")
     report_folder(out)  # a folder the report may replace: said before the extract, not after it
     out = Path(out)
-    spec = _photo_spec(out, model, photos, size=size, preprocessing=preprocessing, queries=queries, jsd_pairs=jsd_pairs)
+    spec = _photo_spec(out, model, photos, size=size, preprocessing=preprocessing, queries=queries, jsd_pairs=jsd_pairs,
+                       vit_options=dict(vit_options or {}))
     run_extract(spec, progress=False, command=["nlanalysis", "vit-report", "--out", str(out)])
     return write_report([out / "run"], out, nl_table=nl_table, heads=heads, formats=formats, title=title)
 
 
 def _photo_spec(out: Path, model: nn.Module | str, photos: Sequence[str] | Mapping[str, np.ndarray] | None, *, size: int,
-                preprocessing: str, queries: Sequence[tuple[float, float]], jsd_pairs: int) -> Any:  # fmt: skip
+                preprocessing: str, queries: Sequence[tuple[float, float]], jsd_pairs: int, vit_options: dict[str, Any]) -> Any:  # fmt: skip
     """The run of :func:`write_vit_report`: the photos, in one batch, maps saved at ``queries``."""
     from ..checkpoints.vit.models import list_vit_models
     from ..extract import DataSpec, MeasureSpec, ModelSpec, OutputSpec, RunningSpec, RunSpec, ViTAnalysis
     from ..extract.sources import photo_images
 
-    options = {"vit_size": size, "vit_preprocess": preprocessing}
+    options = {**vit_options, "vit_size": size, "vit_preprocess": preprocessing}
     if isinstance(model, nn.Module):
-        model_spec = ModelSpec(ViTAnalysis(model, size=size, preprocessing=preprocessing))
+        if "vit_heads" in vit_options:
+            raise ValueError("vit_heads: a ViT module is built already (its heads are its own); give a checkpoint path or name")
+        model_spec = ModelSpec(ViTAnalysis(model, size=size, preprocessing=preprocessing, keys=vit_options.get("vit_keys", "patch"),
+                                           mean=vit_options.get("vit_mean"), std=vit_options.get("vit_std")))  # fmt: skip
     elif model in list_vit_models():
         model_spec = ModelSpec(name=model, options=options)
     else:
@@ -117,7 +124,7 @@ def _photo_spec(out: Path, model: nn.Module | str, photos: Sequence[str] | Mappi
     names = _photo_files(out / "photos", photos) if isinstance(photos, Mapping) else tuple(photos or ())
     points = "points:" + ";".join(f"{y:g},{x:g}" for y, x in queries)
     return RunSpec(model=model_spec, data=DataSpec(photos=names), output=OutputSpec(out / "run", save_maps=True, queries=points),
-                   measure=MeasureSpec(jsd_pairs=jsd_pairs, controls=True, batch_seed=0),
+                   measure=MeasureSpec(jsd_pairs=jsd_pairs, controls=vit_options.get("vit_keys", "patch") == "patch", batch_seed=0),
                    running=RunningSpec(batch_size=max(1, len(photo_images(names)))))  # fmt: skip
 
 

