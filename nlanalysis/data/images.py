@@ -18,7 +18,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..checkpoints.vit._deps import MissingExtraError
 from ..files import file_kind
 
 __all__ = ["PHOTO_FILES", "PHOTO_PACKAGES", "ImageReadError", "check_image_file", "exif_orientation", "image_size", "load_image", "photo_file",
@@ -304,6 +303,8 @@ def photo_file(name: str) -> Path:
 
         return Path(sklearn.datasets.__file__).parent / "images" / file
     except ImportError as err:
+        from ..checkpoints.vit._deps import MissingExtraError  # here: a plain import loads no ViT-only module
+
         pip = PHOTO_PACKAGES[package]
         raise MissingExtraError(f"the photo {name!r} ships in the {pip} package, which is not installed ({err}): "
                                 f"pip install {pip}, or give the photo as NAME=PATH") from err  # fmt: skip
