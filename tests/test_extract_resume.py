@@ -90,6 +90,8 @@ def test_shards_merge_to_one_run(data, reference, tmp_path, capsys):
     for i, out in enumerate(shards):
         assert main(_args(data, out, "--shard", f"{i}/3")) == 0
         assert not json.loads((out / "run.json").read_text())["complete"]
+    assert main(["merge", *map(str, shards[:2]), "--out", str(tmp_path / "partial")]) == 1  # a shard missing: not 0
+    assert "not complete" in capsys.readouterr().out
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
     assert f"{N} of {N} images done" in capsys.readouterr().out
     assert (tmp_path / "merged" / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
